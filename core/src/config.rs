@@ -1,0 +1,553 @@
+//! The gateway config: the JSON document the filter receives (`GatewayConfig`), its validation,
+//! and its compiled, indexed runtime form (`CompiledConfig`).
+//!
+//! The control plane (or `sluice envoy-config` in standalone mode) builds a `GatewayConfig` from
+//! LiteLLM's `config.yaml` shape (see [`crate::litellm`]) and validates it with the same
+//! [`CompiledConfig::compile`] the filter runs, so a config one side accepts the other accepts.
+//! The document holds key hashes and the *names* of environment variables with provider
+//! credentials, never a secret: it is visible in Envoy's `/config_dump`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cost::{Pricing, usd_to_nanos};
+use crate::endpoint::{Endpoint, RouteSet};
+use crate::keys::KeyHash;
+use crate::limits::ScopeLimits;
+use crate::time::{BudgetDuration, Timestamp};
+use crate::usage::ApiFormat;
+
+pub const SCHEMA_VERSION: u32 = 1;
+pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 10 * 1024 * 1024;
+/// How much of a non-streaming response the filter copies to find `usage`.
+pub const DEFAULT_MAX_RESPONSE_SCAN_BYTES: u64 = 16 * 1024 * 1024;
+/// Output tokens reserved against budgets when neither the request nor the model says.
+pub const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 4096;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_key_hash: Option<KeyHash>,
+    #[serde(default = "default_max_body")]
+    pub max_request_body_bytes: u64,
+    #[serde(default = "default_max_scan")]
+    pub max_response_scan_bytes: u64,
+    #[serde(default)]
+    pub routing_strategy: RoutingStrategy,
+    #[serde(default)]
+    pub deployments: Vec<Deployment>,
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+    #[serde(default)]
+    pub teams: Vec<TeamConfig>,
+}
+
+fn default_max_body() -> u64 {
+    DEFAULT_MAX_REQUEST_BODY_BYTES
+}
+fn default_max_scan() -> u64 {
+    DEFAULT_MAX_RESPONSE_SCAN_BYTES
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RoutingStrategy {
+    /// LiteLLM's default: random choice weighted by `weight`, else `rpm`, else `tpm`.
+    #[default]
+    #[serde(rename = "simple-shuffle")]
+    SimpleShuffle,
+}
+
+/// The wire protocol a deployment speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    /// OpenAI and OpenAI-compatible servers (vLLM, Ollama's /v1, …): `Authorization: Bearer`.
+    Openai,
+    /// Anthropic: `x-api-key` and `anthropic-version`.
+    Anthropic,
+}
+
+impl Provider {
+    pub fn format(self) -> ApiFormat {
+        match self {
+            Self::Openai => ApiFormat::OpenAi,
+            Self::Anthropic => ApiFormat::Anthropic,
+        }
+    }
+}
+
+/// One `model_list` entry: where a model group's traffic may go.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Deployment {
+    /// Unique id (`model_info.id`, or derived from the group and position).
+    pub id: String,
+    /// The model group clients ask for (`model_name`).
+    pub model_name: String,
+    pub provider: Provider,
+    /// The model name sent upstream (`litellm_params.model` without its provider prefix).
+    pub upstream_model: String,
+    /// The Envoy cluster that reaches this deployment's `api_base`.
+    pub cluster: String,
+    /// Path prefix of `api_base` (`/v1` for OpenAI, empty for Anthropic).
+    #[serde(default)]
+    pub base_path: String,
+    /// Name of the environment variable holding the provider credential (never its value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// Relative routing weight (already resolved from weight / rpm / tpm).
+    #[serde(default = "one")]
+    pub weight: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    #[serde(default)]
+    pub pricing: Pricing,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A virtual key (LiteLLM's field names). Only its SHA-256 hash is ever configured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub key_hash: Option<KeyHash>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_alias: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// Model groups (or `*`-wildcards, or `all-proxy-models`) this key may use; empty = all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm_limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm_limit: Option<u64>,
+    /// USD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_budget: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_duration: Option<BudgetDuration>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_routes: Vec<String>,
+    #[serde(default)]
+    pub blocked: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub model_rpm_limit: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub model_tpm_limit: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TeamConfig {
+    pub team_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team_alias: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm_limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm_limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_budget: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_duration: Option<BudgetDuration>,
+    #[serde(default)]
+    pub blocked: bool,
+}
+
+/// Which models a key or team may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelAccess {
+    All,
+    /// Exact group names and `prefix*` wildcards.
+    Only { exact: HashSet<String>, prefixes: Vec<String> },
+}
+
+impl ModelAccess {
+    fn compile(models: &[String]) -> Self {
+        if models.is_empty() || models.iter().any(|m| m == "*" || m == "all-proxy-models") {
+            return Self::All;
+        }
+        let mut exact = HashSet::new();
+        let mut prefixes = Vec::new();
+        for m in models {
+            match m.strip_suffix('*') {
+                Some(prefix) => prefixes.push(prefix.to_owned()),
+                None => {
+                    exact.insert(m.clone());
+                }
+            }
+        }
+        Self::Only { exact, prefixes }
+    }
+
+    pub fn allows(&self, model_group: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only { exact, prefixes } => exact.contains(model_group) || prefixes.iter().any(|p| model_group.starts_with(p.as_str())),
+        }
+    }
+}
+
+/// A key ready for the request path: limits in nano-dollars, routes as a bit set.
+#[derive(Debug, Clone)]
+pub struct CompiledKey {
+    pub hash: KeyHash,
+    /// Non-secret id used in usage records, logs and counter names (hash prefix).
+    pub key_id: String,
+    pub alias: Option<String>,
+    pub team: Option<usize>,
+    pub team_id: Option<String>,
+    pub user_id: Option<String>,
+    pub models: ModelAccess,
+    pub routes: RouteSet,
+    pub blocked: bool,
+    pub expires_unix_secs: Option<i64>,
+    pub limits: ScopeLimits,
+    /// Per-model limits (`model_rpm_limit` / `model_tpm_limit`) by model group.
+    pub model_limits: HashMap<String, ModelScope>,
+    /// Shared-data name of this key's counters.
+    pub counter_name: String,
+}
+
+/// A key × model group scope with its own limits and counter.
+#[derive(Debug, Clone)]
+pub struct ModelScope {
+    pub limits: ScopeLimits,
+    pub counter_name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct CompiledTeam {
+    pub team_id: String,
+    pub models: ModelAccess,
+    pub blocked: bool,
+    pub limits: ScopeLimits,
+    pub counter_name: String,
+}
+
+/// The deployments of one model group, in config order.
+#[derive(Debug, Clone)]
+pub struct ModelGroup {
+    pub name: String,
+    pub deployments: Vec<usize>,
+}
+
+/// An error in a gateway config, naming the offending entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CompiledConfig {
+    pub config: GatewayConfig,
+    pub keys: Vec<CompiledKey>,
+    pub teams: Vec<CompiledTeam>,
+    pub groups: Vec<ModelGroup>,
+    key_index: HashMap<KeyHash, usize>,
+    group_index: HashMap<String, usize>,
+    /// Model group names in sorted order, for `/v1/models`.
+    pub sorted_groups: Vec<usize>,
+}
+
+/// Names usable as Envoy cluster names, shared-data keys and metric name parts.
+fn is_safe_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 200 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/'))
+}
+
+fn check_budget(what: &str, budget: Option<f64>, errors: &mut Vec<ConfigError>) {
+    if let Some(b) = budget {
+        if !b.is_finite() || b < 0.0 {
+            errors.push(ConfigError(format!("{what}: max_budget must be a non-negative number, got {b}")));
+        }
+    }
+}
+
+impl CompiledConfig {
+    /// Validates a config and builds its indexes. Every problem is reported, not just the first.
+    pub fn compile(config: GatewayConfig) -> Result<Self, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        if config.schema_version != SCHEMA_VERSION {
+            errors.push(ConfigError(format!("schema_version {} is not supported (expected {SCHEMA_VERSION})", config.schema_version)));
+        }
+        if config.max_request_body_bytes == 0 {
+            errors.push(ConfigError("max_request_body_bytes must be positive".into()));
+        }
+
+        let mut groups: Vec<ModelGroup> = Vec::new();
+        let mut group_index: HashMap<String, usize> = HashMap::new();
+        let mut deployment_ids = HashSet::new();
+        for (i, d) in config.deployments.iter().enumerate() {
+            let what = format!("deployment {:?} (model_name {:?})", d.id, d.model_name);
+            if !deployment_ids.insert(d.id.as_str()) {
+                errors.push(ConfigError(format!("{what}: duplicate deployment id")));
+            }
+            if d.model_name.trim().is_empty() || d.model_name.len() > 200 {
+                errors.push(ConfigError(format!("{what}: model_name must be 1-200 characters")));
+            }
+            if d.upstream_model.is_empty() {
+                errors.push(ConfigError(format!("{what}: the upstream model name is empty")));
+            }
+            if !is_safe_name(&d.cluster) {
+                errors.push(ConfigError(format!("{what}: cluster {:?} must be 1-200 characters of [A-Za-z0-9-_.:/]", d.cluster)));
+            }
+            if !(d.base_path.is_empty() || d.base_path.starts_with('/')) || d.base_path.ends_with('/') || d.base_path.contains(['?', '#', ' ']) {
+                errors.push(ConfigError(format!("{what}: api_base path {:?} must start with '/' and not end with one", d.base_path)));
+            }
+            if let Some(env) = &d.api_key_env {
+                if env.is_empty() || !env.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                    errors.push(ConfigError(format!("{what}: {env:?} is not an environment variable name")));
+                }
+            }
+            if let Err(e) = d.pricing.validate() {
+                errors.push(ConfigError(format!("{what}: {e}")));
+            }
+            let g = *group_index.entry(d.model_name.clone()).or_insert_with(|| {
+                groups.push(ModelGroup { name: d.model_name.clone(), deployments: Vec::new() });
+                groups.len() - 1
+            });
+            if let Some(group) = groups.get_mut(g) {
+                group.deployments.push(i);
+            }
+        }
+
+        let mut teams = Vec::new();
+        let mut team_index: HashMap<&str, usize> = HashMap::new();
+        for t in &config.teams {
+            let what = format!("team {:?}", t.team_id);
+            if !is_safe_name(&t.team_id) {
+                errors.push(ConfigError(format!("{what}: team_id must be 1-200 characters of [A-Za-z0-9-_.:/]")));
+            }
+            if team_index.insert(t.team_id.as_str(), teams.len()).is_some() {
+                errors.push(ConfigError(format!("{what}: duplicate team_id")));
+            }
+            check_budget(&what, t.max_budget, &mut errors);
+            teams.push(CompiledTeam {
+                team_id: t.team_id.clone(),
+                models: ModelAccess::compile(&t.models),
+                blocked: t.blocked,
+                limits: ScopeLimits::new(t.rpm_limit, t.tpm_limit, t.max_budget.map(usd_to_nanos), t.budget_duration),
+                counter_name: format!("sluice:t:{}", t.team_id),
+            });
+        }
+
+        let mut keys = Vec::new();
+        let mut key_index = HashMap::new();
+        let mut key_ids = HashSet::new();
+        for (i, k) in config.keys.iter().enumerate() {
+            let label = k.key_alias.clone().unwrap_or_else(|| format!("#{i}"));
+            let what = format!("key {label:?}");
+            let Some(hash) = k.key_hash else {
+                errors.push(ConfigError(format!("{what}: key_hash is required (run `sluice key new`)")));
+                continue;
+            };
+            if key_index.insert(hash, keys.len()).is_some() {
+                errors.push(ConfigError(format!("{what}: the same key_hash appears twice")));
+            }
+            let mut key_id = hash.to_hex();
+            key_id.truncate(16);
+            if !key_ids.insert(key_id.clone()) {
+                errors.push(ConfigError(format!("{what}: two keys share the hash prefix {key_id}")));
+            }
+            let team = match &k.team_id {
+                Some(t) => match team_index.get(t.as_str()) {
+                    Some(idx) => Some(*idx),
+                    None => {
+                        errors.push(ConfigError(format!("{what}: team_id {t:?} is not declared under teams")));
+                        None
+                    }
+                },
+                None => None,
+            };
+            check_budget(&what, k.max_budget, &mut errors);
+            let routes = RouteSet::from_names(&k.allowed_routes).unwrap_or_else(|e| {
+                errors.push(ConfigError(format!("{what}: {e}")));
+                RouteSet::ALL
+            });
+            let mut model_limits = HashMap::new();
+            for group in k.model_rpm_limit.keys().chain(k.model_tpm_limit.keys()) {
+                if !group_index.contains_key(group) {
+                    errors.push(ConfigError(format!("{what}: per-model limit for unknown model {group:?}")));
+                }
+                model_limits.entry(group.clone()).or_insert_with(|| ModelScope {
+                    limits: ScopeLimits::new(k.model_rpm_limit.get(group).copied(), k.model_tpm_limit.get(group).copied(), None, None),
+                    counter_name: format!("sluice:km:{key_id}:{group}"),
+                });
+            }
+            keys.push(CompiledKey {
+                hash,
+                counter_name: format!("sluice:k:{key_id}"),
+                key_id,
+                alias: k.key_alias.clone(),
+                team,
+                team_id: k.team_id.clone(),
+                user_id: k.user_id.clone(),
+                models: ModelAccess::compile(&k.models),
+                routes,
+                blocked: k.blocked,
+                expires_unix_secs: k.expires.as_ref().map(|t| t.unix_secs),
+                limits: ScopeLimits::new(k.rpm_limit, k.tpm_limit, k.max_budget.map(usd_to_nanos), k.budget_duration),
+                model_limits,
+            });
+        }
+
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut sorted_groups: Vec<usize> = (0..groups.len()).collect();
+        sorted_groups.sort_by(|a, b| groups.get(*a).map(|g| &g.name).cmp(&groups.get(*b).map(|g| &g.name)));
+        Ok(Self { config, keys, teams, groups, key_index, group_index, sorted_groups })
+    }
+
+    pub fn key(&self, hash: &KeyHash) -> Option<&CompiledKey> {
+        self.keys.get(self.key_position(hash)?)
+    }
+
+    /// Index of a key in [`Self::keys`] by its hash (a hash-map lookup: the digest, not the
+    /// key, is compared, so timing reveals nothing about the key).
+    pub fn key_position(&self, hash: &KeyHash) -> Option<usize> {
+        self.key_index.get(hash).copied()
+    }
+
+    pub fn is_master_key(&self, hash: &KeyHash) -> bool {
+        self.config.master_key_hash.is_some_and(|m| m.ct_eq(hash))
+    }
+
+    pub fn team(&self, idx: usize) -> Option<&CompiledTeam> {
+        self.teams.get(idx)
+    }
+
+    pub fn group(&self, name: &str) -> Option<&ModelGroup> {
+        self.groups.get(*self.group_index.get(name)?)
+    }
+
+    pub fn deployment(&self, idx: usize) -> Option<&Deployment> {
+        self.config.deployments.get(idx)
+    }
+
+    /// Whether a group has at least one deployment that speaks the endpoint's format.
+    pub fn group_serves(&self, group: &ModelGroup, endpoint: Endpoint) -> bool {
+        group.deployments.iter().filter_map(|i| self.deployment(*i)).any(|d| d.provider.format() == endpoint.format())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn deployment(id: &str, group: &str) -> Deployment {
+        Deployment {
+            id: id.into(),
+            model_name: group.into(),
+            provider: Provider::Openai,
+            upstream_model: group.into(),
+            cluster: format!("sluice_{id}"),
+            base_path: "/v1".into(),
+            api_key_env: Some("OPENAI_API_KEY".into()),
+            weight: 1,
+            rpm: None,
+            tpm: None,
+            pricing: Pricing::default(),
+            max_output_tokens: None,
+        }
+    }
+
+    fn base() -> GatewayConfig {
+        GatewayConfig {
+            schema_version: SCHEMA_VERSION,
+            master_key_hash: None,
+            max_request_body_bytes: 1024,
+            max_response_scan_bytes: 1024,
+            routing_strategy: RoutingStrategy::SimpleShuffle,
+            deployments: vec![deployment("a", "gpt-4o"), deployment("b", "gpt-4o"), deployment("c", "claude")],
+            keys: vec![],
+            teams: vec![],
+        }
+    }
+
+    #[test]
+    fn groups_are_indexed() {
+        let c = CompiledConfig::compile(base()).unwrap();
+        assert_eq!(c.group("gpt-4o").unwrap().deployments, vec![0, 1]);
+        assert!(c.group("nope").is_none());
+        let names: Vec<_> = c.sorted_groups.iter().map(|i| c.groups[*i].name.as_str()).collect();
+        assert_eq!(names, ["claude", "gpt-4o"]);
+    }
+
+    #[test]
+    fn every_error_is_reported() {
+        let mut cfg = base();
+        cfg.deployments[1].id = "a".into();
+        cfg.deployments[2].cluster = "bad cluster".into();
+        cfg.deployments[2].pricing.input_cost_per_token = -1.0;
+        cfg.keys.push(KeyConfig { key_hash: Some(KeyHash::of(b"k")), team_id: Some("ghost".into()), max_budget: Some(f64::NAN), allowed_routes: vec!["/admin".into()], ..KeyConfig::default() });
+        cfg.keys.push(KeyConfig { key_hash: Some(KeyHash::of(b"k")), ..KeyConfig::default() });
+        let errors = CompiledConfig::compile(cfg).unwrap_err();
+        let all = errors.iter().map(|e| e.0.clone()).collect::<Vec<_>>().join("\n");
+        for needle in ["duplicate deployment id", "cluster", "input_cost_per_token", "ghost", "max_budget", "/admin", "appears twice"] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn keys_resolve_teams_and_access() {
+        let mut cfg = base();
+        cfg.teams.push(TeamConfig { team_id: "t1".into(), models: vec!["gpt-*".into()], ..TeamConfig::default() });
+        cfg.keys.push(KeyConfig { key_hash: Some(KeyHash::of(b"k1")), team_id: Some("t1".into()), models: vec!["gpt-4o".into()], max_budget: Some(1.5), ..KeyConfig::default() });
+        let c = CompiledConfig::compile(cfg).unwrap();
+        let k = c.key(&KeyHash::of(b"k1")).unwrap();
+        assert_eq!(k.team, Some(0));
+        assert!(k.models.allows("gpt-4o") && !k.models.allows("claude"));
+        assert!(c.teams[0].models.allows("gpt-4o-mini"));
+        assert_eq!(k.limits.max_budget_nanos, Some(1_500_000_000));
+        assert!(c.key(&KeyHash::of(b"k2")).is_none());
+        assert_eq!(k.key_id.len(), 16);
+    }
+
+    #[test]
+    fn plaintext_keys_and_unknown_fields_are_refused() {
+        let doc = r#"{"schema_version":1,"keys":[{"key_hash":"sk-sluice-plaintext"}]}"#;
+        assert!(serde_json::from_str::<GatewayConfig>(doc).is_err());
+        let doc = r#"{"schema_version":1,"keys":[{"key_hash":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","max_budgte":1}]}"#;
+        assert!(serde_json::from_str::<GatewayConfig>(doc).is_err());
+    }
+
+    #[test]
+    fn master_key_matches_only_itself() {
+        let mut cfg = base();
+        cfg.master_key_hash = Some(KeyHash::of(b"sk-master"));
+        let c = CompiledConfig::compile(cfg).unwrap();
+        assert!(c.is_master_key(&KeyHash::of(b"sk-master")));
+        assert!(!c.is_master_key(&KeyHash::of(b"sk-master2")));
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let mut cfg = base();
+        cfg.keys.push(KeyConfig { key_hash: Some(KeyHash::of(b"k1")), budget_duration: BudgetDuration::parse("30d"), expires: Timestamp::parse("2030-01-01T00:00:00Z"), ..KeyConfig::default() });
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert_eq!(serde_json::from_str::<GatewayConfig>(&json).unwrap(), cfg);
+    }
+}

@@ -1,0 +1,238 @@
+//! Every rejection the gateway makes, as one enum mapped to an HTTP status and an
+//! OpenAI-style body `{"error":{"message","type","param","code"}}`.
+//!
+//! Codes follow LiteLLM where it defines one (budget exceeded is a 400 `budget_exceeded`),
+//! OpenAI otherwise. Messages never contain a key, a hash or a provider credential.
+
+use serde::Serialize;
+
+/// Which counter refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScope {
+    Key,
+    Team,
+    KeyModel,
+}
+
+impl LimitScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Key => "key",
+            Self::Team => "team",
+            Self::KeyModel => "key_model",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    Requests,
+    Tokens,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum GatewayError {
+    MissingKey,
+    MalformedKey,
+    InvalidKey,
+    KeyBlocked,
+    KeyExpired,
+    TeamBlocked,
+    RouteNotAllowed { route: &'static str },
+    UnknownRoute,
+    MethodNotAllowed { route: &'static str, allowed: &'static str },
+    ModelNotAllowed { model: String },
+    UnknownModel { model: String },
+    ModelNotOnRoute { model: String, route: &'static str },
+    MissingModel,
+    InvalidJson { detail: String },
+    InvalidField { param: &'static str, detail: String },
+    BodyTooLarge { limit: u64 },
+    RateLimited { scope: LimitScope, kind: LimitKind, limit: u64, retry_after_secs: u64 },
+    BudgetExceeded { scope: LimitScope, spend_usd: f64, max_budget_usd: f64 },
+    Internal { detail: &'static str },
+}
+
+/// Longest client-supplied text echoed back in an error message.
+const ECHO_LIMIT: usize = 128;
+
+fn echo(s: &str) -> &str {
+    match s.char_indices().nth(ECHO_LIMIT) {
+        Some((i, _)) => s.get(..i).unwrap_or(s),
+        None => s,
+    }
+}
+
+impl GatewayError {
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::MissingKey | Self::MalformedKey | Self::InvalidKey | Self::KeyBlocked | Self::KeyExpired | Self::TeamBlocked => 401,
+            Self::RouteNotAllowed { .. } | Self::ModelNotAllowed { .. } => 403,
+            Self::UnknownRoute => 404,
+            Self::MethodNotAllowed { .. } => 405,
+            Self::BodyTooLarge { .. } => 413,
+            Self::RateLimited { .. } => 429,
+            Self::Internal { .. } => 500,
+            Self::UnknownModel { .. }
+            | Self::ModelNotOnRoute { .. }
+            | Self::MissingModel
+            | Self::InvalidJson { .. }
+            | Self::InvalidField { .. }
+            | Self::BudgetExceeded { .. } => 400,
+        }
+    }
+
+    /// Short machine-readable reason, also used as the `reason` of rejection metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MissingKey => "missing_api_key",
+            Self::MalformedKey | Self::InvalidKey => "invalid_api_key",
+            Self::KeyBlocked => "key_blocked",
+            Self::KeyExpired => "key_expired",
+            Self::TeamBlocked => "team_blocked",
+            Self::RouteNotAllowed { .. } => "route_not_allowed",
+            Self::UnknownRoute => "unknown_url",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::ModelNotAllowed { .. } => "model_not_allowed",
+            Self::UnknownModel { .. } => "model_not_found",
+            Self::ModelNotOnRoute { .. } => "model_not_supported_on_route",
+            Self::MissingModel => "missing_model",
+            Self::InvalidJson { .. } => "invalid_json",
+            Self::InvalidField { .. } => "invalid_value",
+            Self::BodyTooLarge { .. } => "request_too_large",
+            Self::RateLimited { kind: LimitKind::Requests, .. } => "rate_limit_exceeded",
+            Self::RateLimited { kind: LimitKind::Tokens, .. } => "token_rate_limit_exceeded",
+            Self::BudgetExceeded { .. } => "budget_exceeded",
+            Self::Internal { .. } => "internal_error",
+        }
+    }
+
+    fn error_type(&self) -> &'static str {
+        match self.status() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 | 405 => "invalid_request_error",
+            429 => "rate_limit_error",
+            500 => "internal_error",
+            _ if matches!(self, Self::BudgetExceeded { .. }) => "budget_exceeded",
+            _ => "invalid_request_error",
+        }
+    }
+
+    fn param(&self) -> Option<&'static str> {
+        match self {
+            Self::ModelNotAllowed { .. } | Self::UnknownModel { .. } | Self::ModelNotOnRoute { .. } | Self::MissingModel => Some("model"),
+            Self::InvalidField { param, .. } => Some(param),
+            _ => None,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Self::MissingKey => "No API key provided. Pass it as 'Authorization: Bearer <key>', 'x-api-key' or 'api-key'.".into(),
+            Self::MalformedKey => "Invalid API key: not a well-formed Sluice key (wrong prefix, length or checksum).".into(),
+            Self::InvalidKey => "Invalid API key: no such key.".into(),
+            Self::KeyBlocked => "This API key is blocked.".into(),
+            Self::KeyExpired => "This API key has expired.".into(),
+            Self::TeamBlocked => "The team of this API key is blocked.".into(),
+            Self::RouteNotAllowed { route } => format!("This API key is not allowed to call {route}."),
+            Self::UnknownRoute => "Unknown URL. Sluice serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models and /v1/messages.".into(),
+            Self::MethodNotAllowed { route, allowed } => format!("{route} only accepts {allowed}."),
+            Self::ModelNotAllowed { model } => format!("This API key is not allowed to use model={}. Call /v1/models to see the models it may use.", echo(model)),
+            Self::UnknownModel { model } => format!("Invalid model name passed in model={}. Call /v1/models to see the models available to this key.", echo(model)),
+            Self::ModelNotOnRoute { model, route } => format!("model={} is not served on {route}.", echo(model)),
+            Self::MissingModel => "Missing required parameter: 'model'.".into(),
+            Self::InvalidJson { detail } => format!("The request body is not valid JSON: {}", echo(detail)),
+            Self::InvalidField { param, detail } => format!("Invalid value for '{param}': {}", echo(detail)),
+            Self::BodyTooLarge { limit } => format!("Request body too large: the limit is {limit} bytes."),
+            Self::RateLimited { scope, kind, limit, retry_after_secs } => {
+                let what = match kind {
+                    LimitKind::Requests => "requests per minute",
+                    LimitKind::Tokens => "tokens per minute",
+                };
+                let whose = match scope {
+                    LimitScope::Key => "this API key",
+                    LimitScope::Team => "the team of this API key",
+                    LimitScope::KeyModel => "this API key and model",
+                };
+                format!("Rate limit reached for {whose}: {limit} {what}. Retry after {retry_after_secs} s.")
+            }
+            Self::BudgetExceeded { scope, spend_usd, max_budget_usd } => {
+                let whose = match scope {
+                    LimitScope::Team => "Team budget",
+                    _ => "Budget",
+                };
+                format!("{whose} has been exceeded! Current cost: {spend_usd:.6}, Max budget: {max_budget_usd:.6}")
+            }
+            Self::Internal { detail } => format!("Internal gateway error: {detail}"),
+        }
+    }
+
+    /// The OpenAI-style JSON error body.
+    pub fn body(&self) -> Vec<u8> {
+        error_body(&self.message(), self.error_type(), self.param(), self.code())
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorEnvelope<'a> {
+    error: ErrorBody<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: &'a str,
+}
+
+/// Serialises `{"error":{"message","type","param","code"}}`.
+pub fn error_body(message: &str, kind: &str, param: Option<&str>, code: &str) -> Vec<u8> {
+    let envelope = ErrorEnvelope { error: ErrorBody { message, kind, param, code } };
+    serde_json::to_vec(&envelope).unwrap_or_else(|_| br#"{"error":{"message":"internal error","type":"internal_error","param":null,"code":"internal_error"}}"#.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(e: &GatewayError) -> serde_json::Value {
+        serde_json::from_slice(&e.body()).unwrap()
+    }
+
+    #[test]
+    fn bodies_are_openai_shaped() {
+        let v = parse(&GatewayError::InvalidKey);
+        assert_eq!(v["error"]["code"], "invalid_api_key");
+        assert_eq!(v["error"]["type"], "authentication_error");
+        assert!(v["error"]["param"].is_null());
+        assert!(v["error"]["message"].as_str().unwrap().contains("Invalid API key"));
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(GatewayError::MalformedKey.status(), 401);
+        assert_eq!(GatewayError::ModelNotAllowed { model: "x".into() }.status(), 403);
+        assert_eq!(GatewayError::BodyTooLarge { limit: 1 }.status(), 413);
+        let budget = GatewayError::BudgetExceeded { scope: LimitScope::Team, spend_usd: 1.5, max_budget_usd: 1.0 };
+        assert_eq!(budget.status(), 400);
+        assert_eq!(parse(&budget)["error"]["type"], "budget_exceeded");
+        let rl = GatewayError::RateLimited { scope: LimitScope::Key, kind: LimitKind::Tokens, limit: 10, retry_after_secs: 3 };
+        assert_eq!(rl.status(), 429);
+        assert_eq!(parse(&rl)["error"]["code"], "token_rate_limit_exceeded");
+    }
+
+    #[test]
+    fn echoed_model_names_are_escaped_and_bounded() {
+        let hostile = format!("\"}}\u{0}{}", "x".repeat(10_000));
+        let v = parse(&GatewayError::UnknownModel { model: hostile });
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.len() < 400);
+        assert!(msg.contains("\"}\u{0}"));
+        assert_eq!(v["error"]["param"], "model");
+    }
+}

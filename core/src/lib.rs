@@ -1,0 +1,17 @@
+//! Sluice's pure core: everything the filter and the control plane must agree on.
+//!
+//! No proxy-wasm, no tokio, no clock and no RNG: time and randomness are arguments,
+//! so every function here is deterministic and unit-tested natively and in wasm32.
+
+pub mod config;
+pub mod cost;
+pub mod endpoint;
+pub mod error;
+pub mod keys;
+pub mod limits;
+pub mod litellm;
+pub mod request;
+pub mod routing;
+pub mod sse;
+pub mod time;
+pub mod usage;

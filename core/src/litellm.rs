@@ -1,0 +1,1 @@
+//! LiteLLM's config.yaml shape → [`crate::config::GatewayConfig`]. (Being written.)

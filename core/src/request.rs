@@ -1,0 +1,247 @@
+//! Reading and rewriting an LLM request body.
+//!
+//! The body is validated in full by serde_json but only the fields the gateway needs are
+//! decoded. `model` and `stream_options` are borrowed as raw JSON slices of the body, which gives
+//! their byte positions, so the rewrite (upstream model name, `stream_options.include_usage`)
+//! splices bytes instead of re-serialising the whole document.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::error::GatewayError;
+
+#[derive(Deserialize)]
+struct Fields<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(default)]
+    stream: Option<bool>,
+    // Kept even when `null`, so the rewrite replaces it rather than adding a duplicate member.
+    #[serde(borrow, default, deserialize_with = "raw_keep_null")]
+    stream_options: Option<&'a RawValue>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+}
+
+fn raw_keep_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+/// The parts of a request body the gateway acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LlmRequest<'a> {
+    pub model: Cow<'a, str>,
+    /// Byte range of the `model` value (quotes included) in the body.
+    model_span: (usize, usize),
+    pub stream: bool,
+    /// The client asked for `stream_options.include_usage: true` itself.
+    pub client_wants_usage: bool,
+    /// Byte range of the `stream_options` value, if present.
+    stream_options_span: Option<(usize, usize)>,
+    /// `max_completion_tokens`, else `max_tokens`.
+    pub max_output_tokens: Option<u64>,
+}
+
+fn span_of(body: &str, raw: &RawValue) -> Option<(usize, usize)> {
+    let start = (raw.get().as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let end = start.checked_add(raw.get().len())?;
+    (end <= body.len()).then_some((start, end))
+}
+
+fn serde_detail(e: &serde_json::Error) -> String {
+    e.to_string()
+}
+
+/// Parses a request body. Invalid JSON, a non-object, a missing or non-string `model` or a
+/// field of the wrong type is a clear 400.
+pub fn parse_request(body: &[u8]) -> Result<LlmRequest<'_>, GatewayError> {
+    let text = std::str::from_utf8(body).map_err(|e| GatewayError::InvalidJson { detail: format!("not UTF-8 ({e})") })?;
+    if !text.trim_start().starts_with('{') {
+        return Err(GatewayError::InvalidJson { detail: "the body must be a JSON object".into() });
+    }
+    let fields: Fields<'_> = serde_json::from_str(text).map_err(|e| {
+        if e.is_data() {
+            GatewayError::InvalidField { param: field_of(&e), detail: serde_detail(&e) }
+        } else {
+            GatewayError::InvalidJson { detail: serde_detail(&e) }
+        }
+    })?;
+    let raw_model = fields.model.ok_or(GatewayError::MissingModel)?;
+    let model: Cow<'_, str> = serde_json::from_str(raw_model.get())
+        .map_err(|_| GatewayError::InvalidField { param: "model", detail: "must be a string".into() })?;
+    if model.trim().is_empty() {
+        return Err(GatewayError::MissingModel);
+    }
+    let model_span = span_of(text, raw_model).ok_or(GatewayError::Internal { detail: "model span" })?;
+    let mut client_wants_usage = false;
+    let mut stream_options_span = None;
+    if let Some(raw) = fields.stream_options {
+        if raw.get() != "null" {
+            let opts: StreamOptions = serde_json::from_str(raw.get())
+                .map_err(|e| GatewayError::InvalidField { param: "stream_options", detail: serde_detail(&e) })?;
+            client_wants_usage = opts.include_usage == Some(true);
+        }
+        stream_options_span = span_of(text, raw);
+    }
+    Ok(LlmRequest {
+        model,
+        model_span,
+        stream: fields.stream.unwrap_or(false),
+        client_wants_usage,
+        stream_options_span,
+        max_output_tokens: fields.max_completion_tokens.or(fields.max_tokens),
+    })
+}
+
+/// Best guess at which field a serde data error is about, for the error's `param`.
+fn field_of(e: &serde_json::Error) -> &'static str {
+    let msg = e.to_string();
+    ["max_completion_tokens", "max_tokens", "stream_options", "stream", "model"]
+        .into_iter()
+        .find(|f| msg.contains(f))
+        .unwrap_or(if msg.contains("boolean") {
+            "stream"
+        } else if msg.contains("u64") || msg.contains("integer") {
+            "max_tokens"
+        } else {
+            "body"
+        })
+}
+
+/// Rewrites the body for the upstream: the deployment's model name, and, if `add_include_usage`,
+/// `stream_options.include_usage: true` so a stream reports its usage. Returns None when the body
+/// can go upstream unchanged.
+pub fn rewrite_body(body: &[u8], req: &LlmRequest<'_>, upstream_model: &str, add_include_usage: bool) -> Option<Vec<u8>> {
+    let rename = req.model != upstream_model;
+    let add_usage = add_include_usage && !req.client_wants_usage;
+    if !rename && !add_usage {
+        return None;
+    }
+    let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::with_capacity(2);
+    if rename {
+        let quoted = serde_json::to_vec(upstream_model).ok()?;
+        edits.push((req.model_span.0, req.model_span.1, quoted));
+    }
+    if add_usage {
+        match req.stream_options_span {
+            // Replace the client's stream_options (which lacks include_usage: true) with ours,
+            // keeping its other members.
+            Some((start, end)) => {
+                let existing = body.get(start..end)?;
+                let mut merged: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_slice(existing).unwrap_or_default();
+                merged.insert("include_usage".into(), serde_json::Value::Bool(true));
+                edits.push((start, end, serde_json::to_vec(&merged).ok()?));
+            }
+            None => {
+                let open = body.iter().position(|b| *b == b'{')?;
+                let is_empty = body.get(open + 1..)?.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
+                let member: &[u8] = if is_empty { br#""stream_options":{"include_usage":true}"# } else { br#""stream_options":{"include_usage":true},"# };
+                edits.push((open + 1, open + 1, member.to_vec()));
+            }
+        }
+    }
+    edits.sort_by_key(|e| e.0);
+    let extra: usize = edits.iter().map(|e| e.2.len()).sum();
+    let mut out = Vec::with_capacity(body.len() + extra);
+    let mut at = 0;
+    for (start, end, replacement) in edits {
+        out.extend_from_slice(body.get(at..start)?);
+        out.extend_from_slice(&replacement);
+        at = end;
+    }
+    out.extend_from_slice(body.get(at..)?);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn rewrite(body: &str, upstream: &str, add: bool) -> Value {
+        let req = parse_request(body.as_bytes()).unwrap();
+        let out = rewrite_body(body.as_bytes(), &req, upstream, add).unwrap();
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn reads_the_fields() {
+        let body = br#"{"messages":[{"role":"user","content":"hi"}],"model":"gpt-4o","stream":true,"max_tokens":50}"#;
+        let r = parse_request(body).unwrap();
+        assert_eq!(r.model, "gpt-4o");
+        assert!(r.stream && !r.client_wants_usage);
+        assert_eq!(r.max_output_tokens, Some(50));
+        let r = parse_request(br#"{"model":"m","max_tokens":5,"max_completion_tokens":9,"stream_options":{"include_usage":true}}"#).unwrap();
+        assert_eq!(r.max_output_tokens, Some(9));
+        assert!(r.client_wants_usage);
+    }
+
+    #[test]
+    fn escaped_model_names_decode() {
+        let r = parse_request(br#"{"model":"gpt\u002d4o"}"#).unwrap();
+        assert_eq!(r.model, "gpt-4o");
+    }
+
+    #[test]
+    fn bad_bodies_are_clear_400s() {
+        let cases: [(&[u8], &str); 10] = [
+            (b"", "invalid_json"),
+            (b"{", "invalid_json"),
+            (b"[1,2]", "invalid_json"),
+            (b"\xff\xfe", "invalid_json"),
+            (b"{}", "missing_model"),
+            (br#"{"model":""}"#, "missing_model"),
+            (br#"{"model":42}"#, "invalid_value"),
+            (br#"{"model":"m","stream":"yes"}"#, "invalid_value"),
+            (br#"{"model":"m","max_tokens":-1}"#, "invalid_value"),
+            (br#"{"model":"a","model":"b"}"#, "invalid_value"),
+        ];
+        for (body, code) in cases {
+            let err = parse_request(body).unwrap_err();
+            assert_eq!(err.code(), code, "{:?} -> {err:?}", String::from_utf8_lossy(body));
+            assert_eq!(err.status(), 400);
+        }
+        let err = parse_request(br#"{"model":"m","stream":"yes"}"#).unwrap_err();
+        assert!(matches!(err, GatewayError::InvalidField { param: "stream", .. }), "{err:?}");
+    }
+
+    #[test]
+    fn unchanged_when_nothing_to_do() {
+        let body = br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true}}"#;
+        let r = parse_request(body).unwrap();
+        assert_eq!(rewrite_body(body, &r, "gpt-4o", true), None);
+    }
+
+    #[test]
+    fn renames_the_model_and_keeps_everything_else() {
+        let body = r#"{"model":"my-alias","messages":[{"role":"user","content":"model \"x\" 🌍"}],"temperature":0.30000000000000004}"#;
+        let v = rewrite(body, "gpt-4o-2024-08-06", false);
+        assert_eq!(v["model"], "gpt-4o-2024-08-06");
+        assert_eq!(v["messages"][0]["content"], "model \"x\" 🌍");
+        assert_eq!(v["temperature"], json!(0.30000000000000004));
+    }
+
+    #[test]
+    fn adds_include_usage_in_every_shape() {
+        let v = rewrite(r#"{"model":"m","stream":true}"#, "m2", true);
+        assert_eq!(v["stream_options"], json!({"include_usage": true}));
+        assert_eq!(v["model"], "m2");
+        let v = rewrite(r#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"x":1}}"#, "m", true);
+        assert_eq!(v["stream_options"], json!({"include_usage": true, "x": 1}));
+        let v = rewrite(r#"{"model":"m","stream_options":null}"#, "m", true);
+        assert_eq!(v["stream_options"], json!({"include_usage": true}));
+        let v = rewrite("  {\n \"model\" : \"m\" }", "m", true);
+        assert_eq!(v, json!({"model": "m", "stream_options": {"include_usage": true}}));
+    }
+}

@@ -1,0 +1,270 @@
+//! Calendar math without a clock: RFC 3339 timestamps and budget windows.
+//!
+//! Time is always an argument (milliseconds since the Unix epoch) so callers decide where it comes
+//! from: Envoy's clock in the filter, the system clock in the control plane, a constant in tests.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+const SECS_PER_DAY: i64 = 86_400;
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// (year, month) of a day count since the epoch (inverse of [`days_from_civil`], day dropped).
+fn year_month_from_days(days: i64) -> (i64, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month as u32)
+}
+
+fn days_in_month(year: i64, month: u32) -> u32 {
+    match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        _ if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        _ => 28,
+    }
+}
+
+fn digits(s: &[u8]) -> Option<u32> {
+    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    s.iter()
+        .try_fold(0u32, |acc, d| acc.checked_mul(10)?.checked_add(u32::from(d - b'0')))
+}
+
+/// Parses an RFC 3339 timestamp (`2027-01-31T23:59:59Z`, fractional seconds and `±hh:mm`
+/// offsets allowed) or a bare date (`2027-01-31`, meaning its start in UTC) into Unix seconds.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.trim().as_bytes();
+    let date = b.get(..10)?;
+    if date.get(4) != Some(&b'-') || date.get(7) != Some(&b'-') {
+        return None;
+    }
+    let year = i64::from(digits(date.get(..4)?)?);
+    let month = digits(date.get(5..7)?)?;
+    let day = digits(date.get(8..10)?)?;
+    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    let rest = b.get(10..)?;
+    if rest.is_empty() {
+        return Some(days * SECS_PER_DAY);
+    }
+    if !matches!(rest.first(), Some(b'T' | b't' | b' ')) || rest.len() < 9 {
+        return None;
+    }
+    let hour = i64::from(digits(rest.get(1..3)?)?);
+    let minute = i64::from(digits(rest.get(4..6)?)?);
+    let second = i64::from(digits(rest.get(7..9)?)?);
+    if rest.get(3) != Some(&b':') || rest.get(6) != Some(&b':') || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut tail = rest.get(9..)?;
+    if tail.first() == Some(&b'.') {
+        let frac_len = tail.iter().skip(1).take_while(|c| c.is_ascii_digit()).count();
+        if frac_len == 0 {
+            return None;
+        }
+        tail = tail.get(1 + frac_len..)?;
+    }
+    let offset = match tail {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let h = i64::from(digits(&[*h1, *h2])?);
+            let m = i64::from(digits(&[*m1, *m2])?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let off = h * 3600 + m * 60;
+            if *sign == b'+' { off } else { -off }
+        }
+        _ => return None,
+    };
+    Some(days * SECS_PER_DAY + hour * 3600 + minute * 60 + second - offset)
+}
+
+/// How often a budget's spend resets (LiteLLM's `budget_duration`).
+///
+/// Fixed windows are aligned to the Unix epoch (so `1d` resets at 00:00 UTC), which makes the
+/// window a pure function of time: every worker and every replica agrees on it without talking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetDuration {
+    Seconds(u64),
+    /// Resets at 00:00 UTC on the first day of each month (`1mo`).
+    CalendarMonth,
+}
+
+impl BudgetDuration {
+    /// Parses `30s`, `30m`, `1h`, `1d`, `7d`, `30d`, `1mo` (LiteLLM's duration syntax).
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim();
+        if s == "1mo" {
+            return Some(Self::CalendarMonth);
+        }
+        let split = s.find(|c: char| !c.is_ascii_digit())?;
+        let n = u64::from(digits(s.get(..split)?.as_bytes())?);
+        let unit = match s.get(split..)? {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            "w" => 7 * 86_400,
+            _ => return None,
+        };
+        match n.checked_mul(unit)? {
+            0 => None,
+            secs => Some(Self::Seconds(secs)),
+        }
+    }
+
+    /// Index of the window containing `now_ms`; spend resets when it changes.
+    pub fn period(&self, now_ms: u64) -> u64 {
+        let secs = now_ms / 1000;
+        match self {
+            Self::Seconds(len) => secs / (*len).max(1),
+            Self::CalendarMonth => {
+                let (year, month) = year_month_from_days((secs / 86_400) as i64);
+                (year.max(0) as u64) * 12 + u64::from(month - 1)
+            }
+        }
+    }
+
+    /// Unix seconds at which the window containing `now_ms` ends.
+    pub fn period_end_secs(&self, now_ms: u64) -> u64 {
+        match self {
+            Self::Seconds(len) => (self.period(now_ms) + 1).saturating_mul((*len).max(1)),
+            Self::CalendarMonth => {
+                let next = self.period(now_ms) + 1;
+                let (year, month) = ((next / 12) as i64, (next % 12) as u32 + 1);
+                (days_from_civil(year, month, 1).max(0) as u64) * 86_400
+            }
+        }
+    }
+
+    fn to_config_string(self) -> String {
+        match self {
+            Self::CalendarMonth => "1mo".to_owned(),
+            Self::Seconds(s) if s % 86_400 == 0 => format!("{}d", s / 86_400),
+            Self::Seconds(s) if s % 3600 == 0 => format!("{}h", s / 3600),
+            Self::Seconds(s) if s % 60 == 0 => format!("{}m", s / 60),
+            Self::Seconds(s) => format!("{s}s"),
+        }
+    }
+}
+
+impl Serialize for BudgetDuration {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_config_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for BudgetDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Self::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid budget_duration {s:?}: use a number and a unit (30s, 10m, 1h, 1d, 7d, 30d) or 1mo"
+            ))
+        })
+    }
+}
+
+/// An RFC 3339 expiry, kept as Unix seconds and its original text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timestamp {
+    pub unix_secs: i64,
+    text: String,
+}
+
+impl Timestamp {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(Self { unix_secs: parse_rfc3339(s)?, text: s.trim().to_owned() })
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Self::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!("invalid timestamp {s:?}: use RFC 3339, e.g. 2027-01-31T00:00:00Z"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_instants() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339("2000-03-01T00:00:00Z"), Some(951_868_800));
+        assert_eq!(parse_rfc3339("2026-11-22T10:00:00Z"), Some(1_795_341_600));
+        assert_eq!(parse_rfc3339("2026-11-22T12:00:00+02:00"), Some(1_795_341_600));
+        assert_eq!(parse_rfc3339("2026-11-22T10:00:00.123456Z"), Some(1_795_341_600));
+        assert_eq!(parse_rfc3339("2026-11-22"), Some(1_795_305_600));
+        assert_eq!(parse_rfc3339("2024-02-29T00:00:00Z"), Some(1_709_164_800));
+    }
+
+    #[test]
+    fn rfc3339_rejects_garbage() {
+        for bad in ["", "2026", "2026-13-01", "2026-02-30", "2023-02-29", "2026-11-22T25:00:00Z", "2026-11-22T10:00:00", "2026-11-22T10:00:00+0200", "2026-11-22T10:00:00.Z", "２０２６-11-22", "2026-11-22T10:00:00Zjunk"] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations_parse_and_print() {
+        assert_eq!(BudgetDuration::parse("30d"), Some(BudgetDuration::Seconds(30 * 86_400)));
+        assert_eq!(BudgetDuration::parse("1h"), Some(BudgetDuration::Seconds(3600)));
+        assert_eq!(BudgetDuration::parse("1mo"), Some(BudgetDuration::CalendarMonth));
+        for bad in ["", "d", "0d", "1y", "-1d", "1.5d", "99999999999999999999d"] {
+            assert_eq!(BudgetDuration::parse(bad), None, "{bad}");
+        }
+        assert_eq!(BudgetDuration::Seconds(7 * 86_400).to_config_string(), "7d");
+    }
+
+    #[test]
+    fn fixed_windows_reset_once_per_window() {
+        let d = BudgetDuration::Seconds(86_400);
+        let day = 86_400_000u64;
+        assert_eq!(d.period(5 * day), d.period(6 * day - 1));
+        assert_ne!(d.period(6 * day - 1), d.period(6 * day));
+        assert_eq!(d.period_end_secs(5 * day + 7), 6 * 86_400);
+    }
+
+    #[test]
+    fn calendar_month_windows() {
+        let d = BudgetDuration::CalendarMonth;
+        let jan31 = parse_rfc3339("2027-01-31T23:59:59Z").unwrap() as u64 * 1000;
+        let feb1 = parse_rfc3339("2027-02-01T00:00:00Z").unwrap() as u64 * 1000;
+        let dec31 = parse_rfc3339("2026-12-31T12:00:00Z").unwrap() as u64 * 1000;
+        assert_ne!(d.period(jan31), d.period(feb1));
+        assert_eq!(d.period(dec31) + 1, d.period(jan31));
+        assert_eq!(d.period_end_secs(jan31), feb1 / 1000);
+        assert_eq!(d.period_end_secs(dec31), parse_rfc3339("2027-01-01T00:00:00Z").unwrap() as u64);
+    }
+}

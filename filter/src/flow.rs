@@ -1,0 +1,531 @@
+//! One HTTP request through the gateway: authenticate (headers) → admit and route (body) →
+//! meter (response) → settle and record (log). Generic over [`Host`] so every path runs in
+//! native unit tests against a mock Envoy.
+
+use std::rc::Rc;
+
+use proxy_wasm::types::{Action, LogLevel};
+use sluice_core::config::{CompiledConfig, CompiledKey, DEFAULT_MAX_OUTPUT_TOKENS, Provider};
+use sluice_core::endpoint::Endpoint;
+use sluice_core::error::{GatewayError, LimitKind, LimitScope};
+use sluice_core::keys::{self, KeyHash};
+use sluice_core::limits::Remaining;
+use sluice_core::request::{parse_request, rewrite_body};
+use sluice_core::routing::choose_weighted;
+use sluice_core::sse::{Forward, SseUsageScanner};
+use sluice_core::usage::{self, ApiFormat, Usage};
+
+use crate::counters::{self, Scope, Ticket};
+use crate::host::Host;
+use crate::usage_record::{Outcome, USAGE_LOG_PREFIX, UsageRecord};
+
+/// Longer credentials are rejected before hashing: no Sluice or master key is this long.
+const MAX_CREDENTIAL_LEN: usize = 512;
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// What the worker shares with every request: the compiled config and provider credentials.
+pub struct Gateway {
+    pub config: CompiledConfig,
+    /// Per deployment, the credential header value read from the environment at configure time.
+    pub credentials: Vec<Option<String>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Principal {
+    Master,
+    Key(usize),
+}
+
+/// An admitted request, from routing until it is settled.
+struct Admitted {
+    group: String,
+    deployment: usize,
+    format: ApiFormat,
+    streamed: bool,
+    strip_usage_chunk: bool,
+    est_prompt_tokens: u64,
+    tickets: Vec<Ticket>,
+    remaining: Remaining,
+}
+
+/// What the response tap keeps while the response passes.
+enum Tap {
+    None,
+    Sse(SseUsageScanner),
+    /// Copy of a non-streaming body (bounded), parsed for `usage` at the end.
+    Json { body: Vec<u8>, overflow: bool },
+}
+
+pub struct RequestFlow<H: Host> {
+    host: H,
+    gateway: Rc<Gateway>,
+    random: u64,
+    start_ms: u64,
+    endpoint: Option<Endpoint>,
+    principal: Option<Principal>,
+    request_id: Option<String>,
+    admitted: Option<Admitted>,
+    status: u16,
+    tap: Tap,
+    response_complete: bool,
+    /// A local reply was sent; nothing else to do for this request.
+    rejected: bool,
+    recorded: bool,
+}
+
+impl<H: Host> RequestFlow<H> {
+    pub fn new(host: H, gateway: Rc<Gateway>, random: u64) -> Self {
+        Self {
+            host,
+            gateway,
+            random,
+            start_ms: 0,
+            endpoint: None,
+            principal: None,
+            request_id: None,
+            admitted: None,
+            status: 0,
+            tap: Tap::None,
+            response_complete: false,
+            rejected: false,
+            recorded: false,
+        }
+    }
+
+    fn config(&self) -> &CompiledConfig {
+        &self.gateway.config
+    }
+
+    fn key(&self) -> Option<&CompiledKey> {
+        match self.principal? {
+            Principal::Key(i) => self.gateway.config.keys.get(i),
+            Principal::Master => None,
+        }
+    }
+
+    /// Answers the client with an OpenAI-style error and stops the request here.
+    fn reject(&mut self, error: &GatewayError) -> Action {
+        self.reject_with(error, &[])
+    }
+
+    fn reject_with(&mut self, error: &GatewayError, extra: &[(&str, &str)]) -> Action {
+        self.rejected = true;
+        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(2 + extra.len());
+        headers.push(("content-type", "application/json"));
+        headers.extend_from_slice(extra);
+        self.host.send_local_response(u32::from(error.status()), &headers, &error.body());
+        self.host.count(&format!("sluice.rejections.reason.{}", error.code()), 1);
+        Action::Pause
+    }
+
+    // ---- request headers -------------------------------------------------------------------
+
+    pub fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
+        self.start_ms = self.host.now_ms();
+        let path = self.host.request_header(":path").unwrap_or_default();
+        let Some(endpoint) = Endpoint::from_path(&path) else {
+            return self.reject(&GatewayError::UnknownRoute);
+        };
+        self.endpoint = Some(endpoint);
+        let method = self.host.request_header(":method").unwrap_or_default();
+        if method != endpoint.method().as_bytes() {
+            return self.reject(&GatewayError::MethodNotAllowed { route: endpoint.route(), allowed: endpoint.method() });
+        }
+        match self.authenticate(endpoint) {
+            Ok(principal) => self.principal = Some(principal),
+            Err(e) => return self.reject(&e),
+        }
+        // The client's credential never goes upstream, nor may a client pick the cluster or
+        // ask for a compressed response the gateway could not meter.
+        for header in ["authorization", "x-api-key", "api-key", "x-sluice-cluster", "accept-encoding"] {
+            self.host.set_request_header(header, None);
+        }
+        if endpoint == Endpoint::Models {
+            self.answer_models();
+            return Action::Pause;
+        }
+        if end_of_stream {
+            return self.reject(&GatewayError::MissingModel);
+        }
+        let limit = self.config().config.max_request_body_bytes;
+        let declared = self.host.request_header("content-length").and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            return self.reject(&GatewayError::BodyTooLarge { limit });
+        }
+        self.request_id = self.host.request_header("x-request-id").map(|v| String::from_utf8_lossy(&v).into_owned());
+        Action::Pause
+    }
+
+    fn credential(&self) -> Result<Vec<u8>, GatewayError> {
+        if let Some(token) = self.host.request_header("authorization").as_deref().and_then(keys::bearer_token) {
+            return Ok(token.to_vec());
+        }
+        ["x-api-key", "api-key"]
+            .into_iter()
+            .find_map(|h| self.host.request_header(h).map(|v| v.trim_ascii().to_vec()).filter(|v| !v.is_empty()))
+            .ok_or(GatewayError::MissingKey)
+    }
+
+    fn authenticate(&self, endpoint: Endpoint) -> Result<Principal, GatewayError> {
+        let token = self.credential()?;
+        if token.len() > MAX_CREDENTIAL_LEN {
+            return Err(GatewayError::MalformedKey);
+        }
+        let hash = KeyHash::of(&token);
+        let config = self.config();
+        if config.is_master_key(&hash) {
+            return Ok(Principal::Master);
+        }
+        keys::check_format(&token).map_err(|_| GatewayError::MalformedKey)?;
+        let index = config.key_position(&hash).ok_or(GatewayError::InvalidKey)?;
+        let key = config.keys.get(index).ok_or(GatewayError::InvalidKey)?;
+        if key.blocked {
+            return Err(GatewayError::KeyBlocked);
+        }
+        if let Some(expires) = key.expires_unix_secs {
+            let now_secs = i64::try_from(self.start_ms / 1000).unwrap_or(i64::MAX);
+            if now_secs >= expires {
+                return Err(GatewayError::KeyExpired);
+            }
+        }
+        if key.team.and_then(|t| config.team(t)).is_some_and(|t| t.blocked) {
+            return Err(GatewayError::TeamBlocked);
+        }
+        if !key.routes.contains(endpoint) {
+            return Err(GatewayError::RouteNotAllowed { route: endpoint.route() });
+        }
+        Ok(Principal::Key(index))
+    }
+
+    fn may_use(&self, group: &str) -> bool {
+        let Some(key) = self.key() else {
+            return true; // the master key may use every model
+        };
+        key.models.allows(group) && key.team.and_then(|t| self.config().team(t)).is_none_or(|t| t.models.allows(group))
+    }
+
+    /// `GET /v1/models`: the model groups this key may use, answered without an upstream.
+    fn answer_models(&mut self) {
+        #[derive(serde::Serialize)]
+        struct Model<'a> {
+            id: &'a str,
+            object: &'static str,
+            created: u64,
+            owned_by: &'static str,
+        }
+        let config = self.config();
+        let data: Vec<Model<'_>> = config
+            .sorted_groups
+            .iter()
+            .filter_map(|i| config.groups.get(*i))
+            .filter(|g| self.may_use(&g.name))
+            .map(|g| Model { id: &g.name, object: "model", created: 0, owned_by: "sluice" })
+            .collect();
+        let body = serde_json::to_vec(&serde_json::json!({ "object": "list", "data": data })).unwrap_or_default();
+        self.rejected = true; // answered locally: no upstream, no usage record
+        self.host.send_local_response(200, &[("content-type", "application/json")], &body);
+    }
+
+    // ---- request body ----------------------------------------------------------------------
+
+    pub fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.rejected || self.admitted.is_some() {
+            return Action::Continue;
+        }
+        let limit = self.config().config.max_request_body_bytes;
+        if body_size as u64 > limit {
+            return self.reject(&GatewayError::BodyTooLarge { limit });
+        }
+        if !end_of_stream {
+            return Action::Pause; // buffer until the whole body is here
+        }
+        let body = self.host.request_body(body_size).unwrap_or_default();
+        match self.admit_and_route(&body) {
+            Ok(()) => Action::Continue,
+            Err(error) => {
+                let headers = rate_limit_headers(&error);
+                let refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                self.reject_with(&error, &refs)
+            }
+        }
+    }
+
+    fn admit_and_route(&mut self, body: &[u8]) -> Result<(), GatewayError> {
+        let endpoint = self.endpoint.ok_or(GatewayError::Internal { detail: "no endpoint" })?;
+        let req = parse_request(body)?;
+        let gateway = Rc::clone(&self.gateway);
+        let config = &gateway.config;
+        let group = config.group(&req.model).ok_or_else(|| GatewayError::UnknownModel { model: req.model.to_string() })?;
+        if !self.may_use(&group.name) {
+            return Err(GatewayError::ModelNotAllowed { model: req.model.to_string() });
+        }
+        // Deployments of the group that speak this route's wire format.
+        let candidates: Vec<usize> = group
+            .deployments
+            .iter()
+            .copied()
+            .filter(|i| config.deployment(*i).is_some_and(|d| d.provider.format() == endpoint.format()))
+            .collect();
+        let weights = candidates.iter().map(|i| config.deployment(*i).map_or(0, |d| d.weight));
+        let chosen = choose_weighted(weights, self.random).and_then(|c| candidates.get(c).copied());
+        let Some((index, deployment)) = chosen.and_then(|i| Some((i, config.deployment(i)?))) else {
+            return Err(GatewayError::ModelNotOnRoute { model: req.model.to_string(), route: endpoint.route() });
+        };
+
+        // Admission: reserve estimated tokens and the maximum cost on every limited scope.
+        let est_prompt_tokens = usage::estimate_tokens_from_bytes(body.len() as u64);
+        let max_output = if endpoint == Endpoint::Embeddings {
+            0
+        } else {
+            req.max_output_tokens.or(deployment.max_output_tokens).unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS)
+        };
+        let max_cost = deployment.pricing.max_cost_nanos(est_prompt_tokens, max_output);
+        let mut scopes: Vec<Scope<'_>> = Vec::with_capacity(3);
+        if let Some(key) = self.key() {
+            if !key.limits.is_unlimited() {
+                scopes.push(Scope { name: &key.counter_name, limits: key.limits, kind: LimitScope::Key });
+            }
+            if let Some(team) = key.team.and_then(|t| config.team(t)).filter(|t| !t.limits.is_unlimited()) {
+                scopes.push(Scope { name: &team.counter_name, limits: team.limits, kind: LimitScope::Team });
+            }
+            if let Some(per_model) = key.model_limits.get(&group.name) {
+                scopes.push(Scope { name: &per_model.counter_name, limits: per_model.limits, kind: LimitScope::KeyModel });
+            }
+        }
+        let (tickets, remaining) = if scopes.is_empty() {
+            (Vec::new(), Remaining::default())
+        } else {
+            counters::admit_all(&self.host, &scopes, self.start_ms, est_prompt_tokens, max_cost)?
+        };
+
+        // Rewrite the body for the deployment; OpenAI streams must report usage.
+        let format = endpoint.format();
+        let streamed = req.stream && endpoint.can_stream();
+        let wants_usage_chunk = streamed && format == ApiFormat::OpenAi;
+        let strip_usage_chunk = wants_usage_chunk && !req.client_wants_usage;
+        if let Some(new_body) = rewrite_body(body, &req, &deployment.upstream_model, wants_usage_chunk) {
+            self.host.replace_request_body(body.len(), &new_body);
+            self.host.set_request_header("content-length", Some(new_body.len().to_string().as_bytes()));
+        }
+        let upstream_path = format!("{}{}", deployment.base_path, endpoint.upstream_suffix());
+        self.host.set_request_header(":path", Some(upstream_path.as_bytes()));
+        self.host.set_request_header("x-sluice-cluster", Some(deployment.cluster.as_bytes()));
+        let credential = gateway.credentials.get(index).and_then(Option::as_deref);
+        match deployment.provider {
+            Provider::Openai => {
+                if let Some(c) = credential {
+                    self.host.set_request_header("authorization", Some(format!("Bearer {c}").as_bytes()));
+                }
+            }
+            Provider::Anthropic => {
+                if let Some(c) = credential {
+                    self.host.set_request_header("x-api-key", Some(c.as_bytes()));
+                }
+                if self.host.request_header("anthropic-version").is_none() {
+                    self.host.set_request_header("anthropic-version", Some(ANTHROPIC_VERSION.as_bytes()));
+                }
+            }
+        }
+        self.host.count(&format!("sluice.requests.model_group.{}", metric_part(&group.name)), 1);
+        self.admitted = Some(Admitted {
+            group: group.name.clone(),
+            deployment: index,
+            format,
+            streamed,
+            strip_usage_chunk,
+            est_prompt_tokens,
+            tickets,
+            remaining,
+        });
+        Ok(())
+    }
+
+    // ---- response --------------------------------------------------------------------------
+
+    pub fn on_response_headers(&mut self) -> Action {
+        let Some(admitted) = &self.admitted else {
+            return Action::Continue;
+        };
+        self.status = self
+            .host
+            .response_header(":status")
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+            .unwrap_or(0);
+        for (name, value) in remaining_headers(&admitted.remaining) {
+            self.host.set_response_header(name, Some(value.as_bytes()));
+        }
+        let is_sse = self
+            .host
+            .response_header("content-type")
+            .is_some_and(|v| v.windows(17).any(|w| w.eq_ignore_ascii_case(b"text/event-stream")));
+        self.tap = if is_sse {
+            if admitted.strip_usage_chunk {
+                // The body changes length once the usage chunk is removed.
+                self.host.set_response_header("content-length", None);
+            }
+            Tap::Sse(SseUsageScanner::new(admitted.format, admitted.strip_usage_chunk))
+        } else {
+            Tap::Json { body: Vec::new(), overflow: false }
+        };
+        Action::Continue
+    }
+
+    pub fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if end_of_stream {
+            self.response_complete = true;
+        }
+        let scan_limit = usize::try_from(self.config().config.max_response_scan_bytes).unwrap_or(usize::MAX);
+        match &mut self.tap {
+            Tap::None => {}
+            Tap::Sse(scanner) => {
+                let chunk = if body_size > 0 { self.host.response_body(body_size).unwrap_or_default() } else { Vec::new() };
+                if let Forward::Replace(bytes) = scanner.feed(&chunk, end_of_stream) {
+                    self.host.replace_response_body(body_size, &bytes);
+                }
+            }
+            Tap::Json { body, overflow } => {
+                if body_size > 0 && !*overflow {
+                    if body.len().saturating_add(body_size) > scan_limit {
+                        *overflow = true;
+                    } else if let Some(chunk) = self.host.response_body(body_size) {
+                        body.extend_from_slice(&chunk);
+                    }
+                }
+            }
+        }
+        Action::Continue
+    }
+
+    // ---- end of stream ---------------------------------------------------------------------
+
+    /// Called once when the stream ends, however it ends: settle, count, record.
+    pub fn on_log(&mut self) {
+        if self.recorded || self.rejected {
+            return;
+        }
+        self.recorded = true;
+        let Some(admitted) = self.admitted.take() else {
+            return;
+        };
+        let tap = std::mem::replace(&mut self.tap, Tap::None);
+        let (usage, outcome, estimated) = self.measure(&admitted, &tap);
+        let gateway = Rc::clone(&self.gateway);
+        let Some(deployment) = gateway.config.deployment(admitted.deployment) else {
+            return;
+        };
+        let cost_nanos = deployment.pricing.cost_nanos(&usage);
+        let now = self.host.now_ms();
+        if !counters::settle_all(&self.host, &admitted.tickets, now, usage.total_tokens(), cost_nanos) {
+            self.host.log(LogLevel::Error, "sluice: could not settle counters (shared data unavailable)");
+        }
+        let group = metric_part(&admitted.group);
+        self.host.count(&format!("sluice.prompt_tokens.model_group.{group}"), usage.prompt_tokens);
+        self.host.count(&format!("sluice.completion_tokens.model_group.{group}"), usage.completion_tokens);
+        self.host.count(&format!("sluice.cost_nanodollars.model_group.{group}"), cost_nanos);
+        if estimated {
+            self.host.count(&format!("sluice.estimated_usage.model_group.{group}"), 1);
+        }
+        let key = self.key();
+        let record = UsageRecord {
+            request_id: self.request_id.as_deref().unwrap_or(""),
+            key_id: key.map_or("master", |k| k.key_id.as_str()),
+            key_alias: key.and_then(|k| k.alias.as_deref()),
+            team_id: key.and_then(|k| k.team_id.as_deref()),
+            user_id: key.and_then(|k| k.user_id.as_deref()),
+            model_group: &admitted.group,
+            deployment: &deployment.id,
+            upstream_model: &deployment.upstream_model,
+            route: self.endpoint.map_or("", Endpoint::route),
+            status: self.status,
+            outcome,
+            prompt_tokens: usage.prompt_tokens,
+            cached_prompt_tokens: usage.cached_prompt_tokens,
+            cache_write_tokens: usage.cache_write_tokens,
+            completion_tokens: usage.completion_tokens,
+            reasoning_tokens: usage.reasoning_tokens,
+            total_tokens: usage.total_tokens(),
+            cost_usd: sluice_core::cost::nanos_to_usd(cost_nanos),
+            start_ms: self.start_ms,
+            latency_ms: now.saturating_sub(self.start_ms),
+            streamed: admitted.streamed,
+            estimated,
+        };
+        let Ok(json) = serde_json::to_vec(&record) else {
+            return;
+        };
+        if !self.host.enqueue_usage(&json) {
+            // The singleton service is not up (yet): write the record ourselves, never drop it.
+            self.host.log(LogLevel::Info, &format!("{USAGE_LOG_PREFIX}{}", String::from_utf8_lossy(&json)));
+        }
+    }
+
+    /// Usage of a finished request: as reported by the provider, or estimated from what was
+    /// delivered when the response was cut short.
+    fn measure(&self, admitted: &Admitted, tap: &Tap) -> (Usage, Outcome, bool) {
+        let estimate = |delivered_bytes: u64| Usage {
+            prompt_tokens: admitted.est_prompt_tokens,
+            completion_tokens: usage::estimate_tokens_from_bytes(delivered_bytes),
+            ..Usage::default()
+        };
+        let cut_outcome = if self.status == 0 || !self.response_complete { Outcome::Cancelled } else { Outcome::Truncated };
+        if self.status != 0 && !(200..300).contains(&self.status) {
+            return (Usage::default(), Outcome::UpstreamError, false);
+        }
+        match tap {
+            Tap::Sse(scanner) => {
+                let delivered = scanner.delivered_text_bytes();
+                match scanner.reported_usage() {
+                    Some(u) if scanner.completed() => (u, Outcome::Completed, false),
+                    Some(mut u) => {
+                        // Anthropic reports input at the start; output only at the end.
+                        u.completion_tokens = u.completion_tokens.max(usage::estimate_tokens_from_bytes(delivered));
+                        (u, cut_outcome, true)
+                    }
+                    None => (estimate(delivered), cut_outcome, true),
+                }
+            }
+            Tap::Json { body, overflow } => match usage::parse_response_usage(admitted.format, body) {
+                Some(u) if self.response_complete => (u, Outcome::Completed, false),
+                Some(u) => (u, cut_outcome, true),
+                None if !*overflow && self.response_complete => (estimate(0), Outcome::Truncated, true),
+                None => (estimate(body.len() as u64), cut_outcome, true),
+            },
+            // No response at all: the client left before the upstream answered.
+            Tap::None => (estimate(0), Outcome::Cancelled, true),
+        }
+    }
+}
+
+/// Metric name parts may not contain `.` (it separates tags) — model groups often do.
+fn metric_part(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}
+
+/// `x-ratelimit-*` headers for the tightest scope.
+fn remaining_headers(remaining: &Remaining) -> Vec<(&'static str, String)> {
+    let mut out = Vec::with_capacity(4);
+    if let Some((limit, left)) = remaining.requests {
+        out.push(("x-ratelimit-limit-requests", limit.to_string()));
+        out.push(("x-ratelimit-remaining-requests", left.to_string()));
+    }
+    if let Some((limit, left)) = remaining.tokens {
+        out.push(("x-ratelimit-limit-tokens", limit.to_string()));
+        out.push(("x-ratelimit-remaining-tokens", left.to_string()));
+    }
+    out
+}
+
+/// Headers of a rejection: `retry-after` and the limit that was hit (remaining 0).
+fn rate_limit_headers(error: &GatewayError) -> Vec<(&'static str, String)> {
+    let GatewayError::RateLimited { kind, limit, retry_after_secs, .. } = error else {
+        return Vec::new();
+    };
+    let mut rem = Remaining::default();
+    match kind {
+        LimitKind::Requests => rem.requests = Some((*limit, 0)),
+        LimitKind::Tokens => rem.tokens = Some((*limit, 0)),
+    }
+    let mut out = remaining_headers(&rem);
+    out.push(("retry-after", retry_after_secs.to_string()));
+    out
+}

