@@ -177,7 +177,10 @@ pub struct TeamConfig {
 pub enum ModelAccess {
     All,
     /// Exact group names and `prefix*` wildcards.
-    Only { exact: HashSet<String>, prefixes: Vec<String> },
+    Only {
+        exact: HashSet<String>,
+        prefixes: Vec<String>,
+    },
 }
 
 impl ModelAccess {
@@ -201,7 +204,10 @@ impl ModelAccess {
     pub fn allows(&self, model_group: &str) -> bool {
         match self {
             Self::All => true,
-            Self::Only { exact, prefixes } => exact.contains(model_group) || prefixes.iter().any(|p| model_group.starts_with(p.as_str())),
+            Self::Only { exact, prefixes } => {
+                exact.contains(model_group)
+                    || prefixes.iter().any(|p| model_group.starts_with(p.as_str()))
+            }
         }
     }
 }
@@ -274,14 +280,19 @@ pub struct CompiledConfig {
 
 /// Names usable as Envoy cluster names, shared-data keys and metric name parts.
 fn is_safe_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 200 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/'))
+    !s.is_empty()
+        && s.len() <= 200
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/'))
 }
 
 fn check_budget(what: &str, budget: Option<f64>, errors: &mut Vec<ConfigError>) {
-    if let Some(b) = budget {
-        if !b.is_finite() || b < 0.0 {
-            errors.push(ConfigError(format!("{what}: max_budget must be a non-negative number, got {b}")));
-        }
+    if let Some(b) = budget
+        && (!b.is_finite() || b < 0.0)
+    {
+        errors.push(ConfigError(format!(
+            "{what}: max_budget must be a non-negative number, got {b}"
+        )));
     }
 }
 
@@ -290,10 +301,15 @@ impl CompiledConfig {
     pub fn compile(config: GatewayConfig) -> Result<Self, Vec<ConfigError>> {
         let mut errors = Vec::new();
         if config.schema_version != SCHEMA_VERSION {
-            errors.push(ConfigError(format!("schema_version {} is not supported (expected {SCHEMA_VERSION})", config.schema_version)));
+            errors.push(ConfigError(format!(
+                "schema_version {} is not supported (expected {SCHEMA_VERSION})",
+                config.schema_version
+            )));
         }
         if config.max_request_body_bytes == 0 {
-            errors.push(ConfigError("max_request_body_bytes must be positive".into()));
+            errors.push(ConfigError(
+                "max_request_body_bytes must be positive".into(),
+            ));
         }
 
         let mut groups: Vec<ModelGroup> = Vec::new();
@@ -305,27 +321,45 @@ impl CompiledConfig {
                 errors.push(ConfigError(format!("{what}: duplicate deployment id")));
             }
             if d.model_name.trim().is_empty() || d.model_name.len() > 200 {
-                errors.push(ConfigError(format!("{what}: model_name must be 1-200 characters")));
+                errors.push(ConfigError(format!(
+                    "{what}: model_name must be 1-200 characters"
+                )));
             }
             if d.upstream_model.is_empty() {
-                errors.push(ConfigError(format!("{what}: the upstream model name is empty")));
+                errors.push(ConfigError(format!(
+                    "{what}: the upstream model name is empty"
+                )));
             }
             if !is_safe_name(&d.cluster) {
-                errors.push(ConfigError(format!("{what}: cluster {:?} must be 1-200 characters of [A-Za-z0-9-_.:/]", d.cluster)));
+                errors.push(ConfigError(format!(
+                    "{what}: cluster {:?} must be 1-200 characters of [A-Za-z0-9-_.:/]",
+                    d.cluster
+                )));
             }
-            if !(d.base_path.is_empty() || d.base_path.starts_with('/')) || d.base_path.ends_with('/') || d.base_path.contains(['?', '#', ' ']) {
-                errors.push(ConfigError(format!("{what}: api_base path {:?} must start with '/' and not end with one", d.base_path)));
+            if !(d.base_path.is_empty() || d.base_path.starts_with('/'))
+                || d.base_path.ends_with('/')
+                || d.base_path.contains(['?', '#', ' '])
+            {
+                errors.push(ConfigError(format!(
+                    "{what}: api_base path {:?} must start with '/' and not end with one",
+                    d.base_path
+                )));
             }
-            if let Some(env) = &d.api_key_env {
-                if env.is_empty() || !env.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                    errors.push(ConfigError(format!("{what}: {env:?} is not an environment variable name")));
-                }
+            if let Some(env) = &d.api_key_env
+                && (env.is_empty() || !env.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+            {
+                errors.push(ConfigError(format!(
+                    "{what}: {env:?} is not an environment variable name"
+                )));
             }
             if let Err(e) = d.pricing.validate() {
                 errors.push(ConfigError(format!("{what}: {e}")));
             }
             let g = *group_index.entry(d.model_name.clone()).or_insert_with(|| {
-                groups.push(ModelGroup { name: d.model_name.clone(), deployments: Vec::new() });
+                groups.push(ModelGroup {
+                    name: d.model_name.clone(),
+                    deployments: Vec::new(),
+                });
                 groups.len() - 1
             });
             if let Some(group) = groups.get_mut(g) {
@@ -338,7 +372,9 @@ impl CompiledConfig {
         for t in &config.teams {
             let what = format!("team {:?}", t.team_id);
             if !is_safe_name(&t.team_id) {
-                errors.push(ConfigError(format!("{what}: team_id must be 1-200 characters of [A-Za-z0-9-_.:/]")));
+                errors.push(ConfigError(format!(
+                    "{what}: team_id must be 1-200 characters of [A-Za-z0-9-_.:/]"
+                )));
             }
             if team_index.insert(t.team_id.as_str(), teams.len()).is_some() {
                 errors.push(ConfigError(format!("{what}: duplicate team_id")));
@@ -348,7 +384,12 @@ impl CompiledConfig {
                 team_id: t.team_id.clone(),
                 models: ModelAccess::compile(&t.models),
                 blocked: t.blocked,
-                limits: ScopeLimits::new(t.rpm_limit, t.tpm_limit, t.max_budget.map(usd_to_nanos), t.budget_duration),
+                limits: ScopeLimits::new(
+                    t.rpm_limit,
+                    t.tpm_limit,
+                    t.max_budget.map(usd_to_nanos),
+                    t.budget_duration,
+                ),
                 counter_name: format!("sluice:t:{}", t.team_id),
             });
         }
@@ -360,22 +401,30 @@ impl CompiledConfig {
             let label = k.key_alias.clone().unwrap_or_else(|| format!("#{i}"));
             let what = format!("key {label:?}");
             let Some(hash) = k.key_hash else {
-                errors.push(ConfigError(format!("{what}: key_hash is required (run `sluice key new`)")));
+                errors.push(ConfigError(format!(
+                    "{what}: key_hash is required (run `sluice key new`)"
+                )));
                 continue;
             };
             if key_index.insert(hash, keys.len()).is_some() {
-                errors.push(ConfigError(format!("{what}: the same key_hash appears twice")));
+                errors.push(ConfigError(format!(
+                    "{what}: the same key_hash appears twice"
+                )));
             }
             let mut key_id = hash.to_hex();
             key_id.truncate(16);
             if !key_ids.insert(key_id.clone()) {
-                errors.push(ConfigError(format!("{what}: two keys share the hash prefix {key_id}")));
+                errors.push(ConfigError(format!(
+                    "{what}: two keys share the hash prefix {key_id}"
+                )));
             }
             let team = match &k.team_id {
                 Some(t) => match team_index.get(t.as_str()) {
                     Some(idx) => Some(*idx),
                     None => {
-                        errors.push(ConfigError(format!("{what}: team_id {t:?} is not declared under teams")));
+                        errors.push(ConfigError(format!(
+                            "{what}: team_id {t:?} is not declared under teams"
+                        )));
                         None
                     }
                 },
@@ -389,12 +438,21 @@ impl CompiledConfig {
             let mut model_limits = HashMap::new();
             for group in k.model_rpm_limit.keys().chain(k.model_tpm_limit.keys()) {
                 if !group_index.contains_key(group) {
-                    errors.push(ConfigError(format!("{what}: per-model limit for unknown model {group:?}")));
+                    errors.push(ConfigError(format!(
+                        "{what}: per-model limit for unknown model {group:?}"
+                    )));
                 }
-                model_limits.entry(group.clone()).or_insert_with(|| ModelScope {
-                    limits: ScopeLimits::new(k.model_rpm_limit.get(group).copied(), k.model_tpm_limit.get(group).copied(), None, None),
-                    counter_name: format!("sluice:km:{key_id}:{group}"),
-                });
+                model_limits
+                    .entry(group.clone())
+                    .or_insert_with(|| ModelScope {
+                        limits: ScopeLimits::new(
+                            k.model_rpm_limit.get(group).copied(),
+                            k.model_tpm_limit.get(group).copied(),
+                            None,
+                            None,
+                        ),
+                        counter_name: format!("sluice:km:{key_id}:{group}"),
+                    });
             }
             keys.push(CompiledKey {
                 hash,
@@ -408,7 +466,12 @@ impl CompiledConfig {
                 routes,
                 blocked: k.blocked,
                 expires_unix_secs: k.expires.as_ref().map(|t| t.unix_secs),
-                limits: ScopeLimits::new(k.rpm_limit, k.tpm_limit, k.max_budget.map(usd_to_nanos), k.budget_duration),
+                limits: ScopeLimits::new(
+                    k.rpm_limit,
+                    k.tpm_limit,
+                    k.max_budget.map(usd_to_nanos),
+                    k.budget_duration,
+                ),
                 model_limits,
             });
         }
@@ -417,8 +480,21 @@ impl CompiledConfig {
             return Err(errors);
         }
         let mut sorted_groups: Vec<usize> = (0..groups.len()).collect();
-        sorted_groups.sort_by(|a, b| groups.get(*a).map(|g| &g.name).cmp(&groups.get(*b).map(|g| &g.name)));
-        Ok(Self { config, keys, teams, groups, key_index, group_index, sorted_groups })
+        sorted_groups.sort_by(|a, b| {
+            groups
+                .get(*a)
+                .map(|g| &g.name)
+                .cmp(&groups.get(*b).map(|g| &g.name))
+        });
+        Ok(Self {
+            config,
+            keys,
+            teams,
+            groups,
+            key_index,
+            group_index,
+            sorted_groups,
+        })
     }
 
     pub fn key(&self, hash: &KeyHash) -> Option<&CompiledKey> {
@@ -449,7 +525,11 @@ impl CompiledConfig {
 
     /// Whether a group has at least one deployment that speaks the endpoint's format.
     pub fn group_serves(&self, group: &ModelGroup, endpoint: Endpoint) -> bool {
-        group.deployments.iter().filter_map(|i| self.deployment(*i)).any(|d| d.provider.format() == endpoint.format())
+        group
+            .deployments
+            .iter()
+            .filter_map(|i| self.deployment(*i))
+            .any(|d| d.provider.format() == endpoint.format())
     }
 }
 
@@ -481,7 +561,11 @@ mod tests {
             max_request_body_bytes: 1024,
             max_response_scan_bytes: 1024,
             routing_strategy: RoutingStrategy::SimpleShuffle,
-            deployments: vec![deployment("a", "gpt-4o"), deployment("b", "gpt-4o"), deployment("c", "claude")],
+            deployments: vec![
+                deployment("a", "gpt-4o"),
+                deployment("b", "gpt-4o"),
+                deployment("c", "claude"),
+            ],
             keys: vec![],
             teams: vec![],
         }
@@ -492,7 +576,11 @@ mod tests {
         let c = CompiledConfig::compile(base()).unwrap();
         assert_eq!(c.group("gpt-4o").unwrap().deployments, vec![0, 1]);
         assert!(c.group("nope").is_none());
-        let names: Vec<_> = c.sorted_groups.iter().map(|i| c.groups[*i].name.as_str()).collect();
+        let names: Vec<_> = c
+            .sorted_groups
+            .iter()
+            .map(|i| c.groups[*i].name.as_str())
+            .collect();
         assert_eq!(names, ["claude", "gpt-4o"]);
     }
 
@@ -502,11 +590,32 @@ mod tests {
         cfg.deployments[1].id = "a".into();
         cfg.deployments[2].cluster = "bad cluster".into();
         cfg.deployments[2].pricing.input_cost_per_token = -1.0;
-        cfg.keys.push(KeyConfig { key_hash: Some(KeyHash::of(b"k")), team_id: Some("ghost".into()), max_budget: Some(f64::NAN), allowed_routes: vec!["/admin".into()], ..KeyConfig::default() });
-        cfg.keys.push(KeyConfig { key_hash: Some(KeyHash::of(b"k")), ..KeyConfig::default() });
+        cfg.keys.push(KeyConfig {
+            key_hash: Some(KeyHash::of(b"k")),
+            team_id: Some("ghost".into()),
+            max_budget: Some(f64::NAN),
+            allowed_routes: vec!["/admin".into()],
+            ..KeyConfig::default()
+        });
+        cfg.keys.push(KeyConfig {
+            key_hash: Some(KeyHash::of(b"k")),
+            ..KeyConfig::default()
+        });
         let errors = CompiledConfig::compile(cfg).unwrap_err();
-        let all = errors.iter().map(|e| e.0.clone()).collect::<Vec<_>>().join("\n");
-        for needle in ["duplicate deployment id", "cluster", "input_cost_per_token", "ghost", "max_budget", "/admin", "appears twice"] {
+        let all = errors
+            .iter()
+            .map(|e| e.0.clone())
+            .collect::<Vec<_>>()
+            .join("\n");
+        for needle in [
+            "duplicate deployment id",
+            "cluster",
+            "input_cost_per_token",
+            "ghost",
+            "max_budget",
+            "/admin",
+            "appears twice",
+        ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
     }
@@ -514,8 +623,18 @@ mod tests {
     #[test]
     fn keys_resolve_teams_and_access() {
         let mut cfg = base();
-        cfg.teams.push(TeamConfig { team_id: "t1".into(), models: vec!["gpt-*".into()], ..TeamConfig::default() });
-        cfg.keys.push(KeyConfig { key_hash: Some(KeyHash::of(b"k1")), team_id: Some("t1".into()), models: vec!["gpt-4o".into()], max_budget: Some(1.5), ..KeyConfig::default() });
+        cfg.teams.push(TeamConfig {
+            team_id: "t1".into(),
+            models: vec!["gpt-*".into()],
+            ..TeamConfig::default()
+        });
+        cfg.keys.push(KeyConfig {
+            key_hash: Some(KeyHash::of(b"k1")),
+            team_id: Some("t1".into()),
+            models: vec!["gpt-4o".into()],
+            max_budget: Some(1.5),
+            ..KeyConfig::default()
+        });
         let c = CompiledConfig::compile(cfg).unwrap();
         let k = c.key(&KeyHash::of(b"k1")).unwrap();
         assert_eq!(k.team, Some(0));
@@ -546,7 +665,12 @@ mod tests {
     #[test]
     fn json_round_trip() {
         let mut cfg = base();
-        cfg.keys.push(KeyConfig { key_hash: Some(KeyHash::of(b"k1")), budget_duration: BudgetDuration::parse("30d"), expires: Timestamp::parse("2030-01-01T00:00:00Z"), ..KeyConfig::default() });
+        cfg.keys.push(KeyConfig {
+            key_hash: Some(KeyHash::of(b"k1")),
+            budget_duration: BudgetDuration::parse("30d"),
+            expires: Timestamp::parse("2030-01-01T00:00:00Z"),
+            ..KeyConfig::default()
+        });
         let json = serde_json::to_string(&cfg).unwrap();
         assert_eq!(serde_json::from_str::<GatewayConfig>(&json).unwrap(), cfg);
     }

@@ -27,7 +27,9 @@ struct Fields<'a> {
     max_completion_tokens: Option<u64>,
 }
 
-fn raw_keep_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+fn raw_keep_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
 }
 
@@ -65,30 +67,47 @@ fn serde_detail(e: &serde_json::Error) -> String {
 /// Parses a request body. Invalid JSON, a non-object, a missing or non-string `model` or a
 /// field of the wrong type is a clear 400.
 pub fn parse_request(body: &[u8]) -> Result<LlmRequest<'_>, GatewayError> {
-    let text = std::str::from_utf8(body).map_err(|e| GatewayError::InvalidJson { detail: format!("not UTF-8 ({e})") })?;
+    let text = std::str::from_utf8(body).map_err(|e| GatewayError::InvalidJson {
+        detail: format!("not UTF-8 ({e})"),
+    })?;
     if !text.trim_start().starts_with('{') {
-        return Err(GatewayError::InvalidJson { detail: "the body must be a JSON object".into() });
+        return Err(GatewayError::InvalidJson {
+            detail: "the body must be a JSON object".into(),
+        });
     }
     let fields: Fields<'_> = serde_json::from_str(text).map_err(|e| {
         if e.is_data() {
-            GatewayError::InvalidField { param: field_of(&e), detail: serde_detail(&e) }
+            GatewayError::InvalidField {
+                param: field_of(&e),
+                detail: serde_detail(&e),
+            }
         } else {
-            GatewayError::InvalidJson { detail: serde_detail(&e) }
+            GatewayError::InvalidJson {
+                detail: serde_detail(&e),
+            }
         }
     })?;
     let raw_model = fields.model.ok_or(GatewayError::MissingModel)?;
-    let model: Cow<'_, str> = serde_json::from_str(raw_model.get())
-        .map_err(|_| GatewayError::InvalidField { param: "model", detail: "must be a string".into() })?;
+    let model: Cow<'_, str> =
+        serde_json::from_str(raw_model.get()).map_err(|_| GatewayError::InvalidField {
+            param: "model",
+            detail: "must be a string".into(),
+        })?;
     if model.trim().is_empty() {
         return Err(GatewayError::MissingModel);
     }
-    let model_span = span_of(text, raw_model).ok_or(GatewayError::Internal { detail: "model span" })?;
+    let model_span = span_of(text, raw_model).ok_or(GatewayError::Internal {
+        detail: "model span",
+    })?;
     let mut client_wants_usage = false;
     let mut stream_options_span = None;
     if let Some(raw) = fields.stream_options {
         if raw.get() != "null" {
-            let opts: StreamOptions = serde_json::from_str(raw.get())
-                .map_err(|e| GatewayError::InvalidField { param: "stream_options", detail: serde_detail(&e) })?;
+            let opts: StreamOptions =
+                serde_json::from_str(raw.get()).map_err(|e| GatewayError::InvalidField {
+                    param: "stream_options",
+                    detail: serde_detail(&e),
+                })?;
             client_wants_usage = opts.include_usage == Some(true);
         }
         stream_options_span = span_of(text, raw);
@@ -106,22 +125,33 @@ pub fn parse_request(body: &[u8]) -> Result<LlmRequest<'_>, GatewayError> {
 /// Best guess at which field a serde data error is about, for the error's `param`.
 fn field_of(e: &serde_json::Error) -> &'static str {
     let msg = e.to_string();
-    ["max_completion_tokens", "max_tokens", "stream_options", "stream", "model"]
-        .into_iter()
-        .find(|f| msg.contains(f))
-        .unwrap_or(if msg.contains("boolean") {
-            "stream"
-        } else if msg.contains("u64") || msg.contains("integer") {
-            "max_tokens"
-        } else {
-            "body"
-        })
+    [
+        "max_completion_tokens",
+        "max_tokens",
+        "stream_options",
+        "stream",
+        "model",
+    ]
+    .into_iter()
+    .find(|f| msg.contains(f))
+    .unwrap_or(if msg.contains("boolean") {
+        "stream"
+    } else if msg.contains("u64") || msg.contains("integer") {
+        "max_tokens"
+    } else {
+        "body"
+    })
 }
 
 /// Rewrites the body for the upstream: the deployment's model name, and, if `add_include_usage`,
 /// `stream_options.include_usage: true` so a stream reports its usage. Returns None when the body
 /// can go upstream unchanged.
-pub fn rewrite_body(body: &[u8], req: &LlmRequest<'_>, upstream_model: &str, add_include_usage: bool) -> Option<Vec<u8>> {
+pub fn rewrite_body(
+    body: &[u8],
+    req: &LlmRequest<'_>,
+    upstream_model: &str,
+    add_include_usage: bool,
+) -> Option<Vec<u8>> {
     let rename = req.model != upstream_model;
     let add_usage = add_include_usage && !req.client_wants_usage;
     if !rename && !add_usage {
@@ -145,8 +175,16 @@ pub fn rewrite_body(body: &[u8], req: &LlmRequest<'_>, upstream_model: &str, add
             }
             None => {
                 let open = body.iter().position(|b| *b == b'{')?;
-                let is_empty = body.get(open + 1..)?.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
-                let member: &[u8] = if is_empty { br#""stream_options":{"include_usage":true}"# } else { br#""stream_options":{"include_usage":true},"# };
+                let is_empty = body
+                    .get(open + 1..)?
+                    .iter()
+                    .find(|b| !b.is_ascii_whitespace())
+                    == Some(&b'}');
+                let member: &[u8] = if is_empty {
+                    br#""stream_options":{"include_usage":true}"#
+                } else {
+                    br#""stream_options":{"include_usage":true},"#
+                };
                 edits.push((open + 1, open + 1, member.to_vec()));
             }
         }
@@ -209,11 +247,25 @@ mod tests {
         ];
         for (body, code) in cases {
             let err = parse_request(body).unwrap_err();
-            assert_eq!(err.code(), code, "{:?} -> {err:?}", String::from_utf8_lossy(body));
+            assert_eq!(
+                err.code(),
+                code,
+                "{:?} -> {err:?}",
+                String::from_utf8_lossy(body)
+            );
             assert_eq!(err.status(), 400);
         }
         let err = parse_request(br#"{"model":"m","stream":"yes"}"#).unwrap_err();
-        assert!(matches!(err, GatewayError::InvalidField { param: "stream", .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                GatewayError::InvalidField {
+                    param: "stream",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -237,11 +289,18 @@ mod tests {
         let v = rewrite(r#"{"model":"m","stream":true}"#, "m2", true);
         assert_eq!(v["stream_options"], json!({"include_usage": true}));
         assert_eq!(v["model"], "m2");
-        let v = rewrite(r#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"x":1}}"#, "m", true);
+        let v = rewrite(
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"x":1}}"#,
+            "m",
+            true,
+        );
         assert_eq!(v["stream_options"], json!({"include_usage": true, "x": 1}));
         let v = rewrite(r#"{"model":"m","stream_options":null}"#, "m", true);
         assert_eq!(v["stream_options"], json!({"include_usage": true}));
         let v = rewrite("  {\n \"model\" : \"m\" }", "m", true);
-        assert_eq!(v, json!({"model": "m", "stream_options": {"include_usage": true}}));
+        assert_eq!(
+            v,
+            json!({"model": "m", "stream_options": {"include_usage": true}})
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! Token usage as providers report it, normalised to one shape.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Which wire format a response is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -29,5 +29,189 @@ pub struct Usage {
 impl Usage {
     pub fn total_tokens(&self) -> u64 {
         self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+}
+
+/// The usual ~4 bytes per token, rounded up: for estimates only (reservations, cut streams).
+pub fn estimate_tokens_from_bytes(bytes: u64) -> u64 {
+    bytes.div_ceil(4)
+}
+
+/// The `usage` object of either provider, every field optional (they may be absent or null).
+#[derive(Debug, Deserialize, Default)]
+pub(crate) struct RawUsage {
+    // OpenAI
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    prompt_tokens_details: Option<PromptDetails>,
+    completion_tokens_details: Option<CompletionDetails>,
+    // Anthropic
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct PromptDetails {
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct CompletionDetails {
+    reasoning_tokens: Option<u64>,
+}
+
+impl RawUsage {
+    pub(crate) fn normalise(&self, format: ApiFormat) -> Usage {
+        match format {
+            ApiFormat::OpenAi => Usage {
+                prompt_tokens: self.prompt_tokens.unwrap_or(0),
+                cached_prompt_tokens: self
+                    .prompt_tokens_details
+                    .as_ref()
+                    .and_then(|d| d.cached_tokens)
+                    .unwrap_or(0),
+                cache_write_tokens: 0,
+                completion_tokens: self.completion_tokens.unwrap_or(0),
+                reasoning_tokens: self
+                    .completion_tokens_details
+                    .as_ref()
+                    .and_then(|d| d.reasoning_tokens)
+                    .unwrap_or(0),
+            },
+            ApiFormat::Anthropic => {
+                let writes = self.cache_creation_input_tokens.unwrap_or(0);
+                let reads = self.cache_read_input_tokens.unwrap_or(0);
+                Usage {
+                    // Anthropic's input_tokens excludes cache reads and writes; ours counts all.
+                    prompt_tokens: self
+                        .input_tokens
+                        .unwrap_or(0)
+                        .saturating_add(writes)
+                        .saturating_add(reads),
+                    cached_prompt_tokens: reads,
+                    cache_write_tokens: writes,
+                    completion_tokens: self.output_tokens.unwrap_or(0),
+                    reasoning_tokens: 0,
+                }
+            }
+        }
+    }
+
+    /// Anthropic's `message_delta` repeats or updates some fields; later values win.
+    pub(crate) fn merge_from(&mut self, later: RawUsage) {
+        let RawUsage {
+            prompt_tokens,
+            completion_tokens,
+            prompt_tokens_details,
+            completion_tokens_details,
+            input_tokens,
+            output_tokens,
+            cache_creation_input_tokens,
+            cache_read_input_tokens,
+        } = later;
+        self.prompt_tokens = prompt_tokens.or(self.prompt_tokens);
+        self.completion_tokens = completion_tokens.or(self.completion_tokens);
+        self.prompt_tokens_details = prompt_tokens_details.or(self.prompt_tokens_details.take());
+        self.completion_tokens_details =
+            completion_tokens_details.or(self.completion_tokens_details.take());
+        self.input_tokens = input_tokens.or(self.input_tokens);
+        self.output_tokens = output_tokens.or(self.output_tokens);
+        self.cache_creation_input_tokens =
+            cache_creation_input_tokens.or(self.cache_creation_input_tokens);
+        self.cache_read_input_tokens = cache_read_input_tokens.or(self.cache_read_input_tokens);
+    }
+}
+
+#[derive(Deserialize)]
+struct WithUsage {
+    usage: Option<RawUsage>,
+}
+
+/// Usage of a complete non-streaming response body, or None if it is not JSON or has none.
+pub fn parse_response_usage(format: ApiFormat, body: &[u8]) -> Option<Usage> {
+    let parsed: WithUsage = serde_json::from_slice(body).ok()?;
+    parsed.usage.map(|u| u.normalise(format))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_chat_usage() {
+        let body = br#"{"id":"x","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":4,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":2}}}"#;
+        let u = parse_response_usage(ApiFormat::OpenAi, body).unwrap();
+        assert_eq!(
+            u,
+            Usage {
+                prompt_tokens: 12,
+                cached_prompt_tokens: 4,
+                cache_write_tokens: 0,
+                completion_tokens: 5,
+                reasoning_tokens: 2
+            }
+        );
+    }
+
+    #[test]
+    fn embeddings_and_nulls() {
+        let u = parse_response_usage(
+            ApiFormat::OpenAi,
+            br#"{"data":[],"usage":{"prompt_tokens":8,"total_tokens":8}}"#,
+        )
+        .unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (8, 0));
+        let u = parse_response_usage(ApiFormat::OpenAi, br#"{"usage":{"prompt_tokens":3,"completion_tokens":null,"prompt_tokens_details":null}}"#).unwrap();
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.cached_prompt_tokens),
+            (3, 0, 0)
+        );
+    }
+
+    #[test]
+    fn anthropic_usage_counts_cache_tokens_as_input() {
+        let body = br#"{"type":"message","usage":{"input_tokens":10,"output_tokens":7,"cache_creation_input_tokens":20,"cache_read_input_tokens":30}}"#;
+        let u = parse_response_usage(ApiFormat::Anthropic, body).unwrap();
+        assert_eq!(
+            u,
+            Usage {
+                prompt_tokens: 60,
+                cached_prompt_tokens: 30,
+                cache_write_tokens: 20,
+                completion_tokens: 7,
+                reasoning_tokens: 0
+            }
+        );
+    }
+
+    #[test]
+    fn garbage_and_missing_usage() {
+        assert_eq!(
+            parse_response_usage(ApiFormat::OpenAi, b"this is not json {{{"),
+            None
+        );
+        assert_eq!(
+            parse_response_usage(ApiFormat::OpenAi, br#"{"usage":null}"#),
+            None
+        );
+        assert_eq!(
+            parse_response_usage(ApiFormat::OpenAi, br#"{"choices":[]}"#),
+            None
+        );
+        assert_eq!(
+            parse_response_usage(ApiFormat::OpenAi, br#"{"usage":{"prompt_tokens":-1}}"#),
+            None
+        );
+        assert_eq!(parse_response_usage(ApiFormat::OpenAi, br#"[1,2]"#), None);
+    }
+
+    #[test]
+    fn estimates_round_up() {
+        assert_eq!(estimate_tokens_from_bytes(0), 0);
+        assert_eq!(estimate_tokens_from_bytes(1), 1);
+        assert_eq!(estimate_tokens_from_bytes(8), 2);
+        assert_eq!(estimate_tokens_from_bytes(9), 3);
     }
 }

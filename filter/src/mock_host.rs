@@ -36,7 +36,11 @@ impl MockEnvoy {
     }
 
     pub fn records(&self) -> Vec<serde_json::Value> {
-        self.queue.borrow().iter().map(|r| serde_json::from_slice(r).unwrap_or_default()).collect()
+        self.queue
+            .borrow()
+            .iter()
+            .map(|r| serde_json::from_slice(r).unwrap_or_default())
+            .collect()
     }
 }
 
@@ -54,7 +58,10 @@ impl LocalReply {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -76,7 +83,10 @@ pub struct MockHost {
 }
 
 fn get(map: &RefCell<Vec<(String, Vec<u8>)>>, name: &str) -> Option<Vec<u8>> {
-    map.borrow().iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
+    map.borrow()
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
 }
 
 fn set(map: &RefCell<Vec<(String, Vec<u8>)>>, name: &str, value: Option<&[u8]>) {
@@ -89,7 +99,10 @@ fn set(map: &RefCell<Vec<(String, Vec<u8>)>>, name: &str, value: Option<&[u8]>) 
 
 impl MockHost {
     pub fn new(envoy: Rc<MockEnvoy>) -> Self {
-        Self { envoy, stream: Rc::new(MockStream::default()) }
+        Self {
+            envoy,
+            stream: Rc::new(MockStream::default()),
+        }
     }
 
     pub fn request_header_str(&self, name: &str) -> Option<String> {
@@ -139,7 +152,10 @@ impl Host for MockHost {
     fn send_local_response(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
         *self.stream.local_reply.borrow_mut() = Some(LocalReply {
             status,
-            headers: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             body: body.to_vec(),
         });
     }
@@ -159,10 +175,10 @@ impl Host for MockHost {
         }
         let mut data = self.envoy.data.borrow_mut();
         // Envoy's semantics: a non-zero CAS must match the entry's current one.
-        if let (Some(expected), Some((_, current))) = (cas, data.get(key)) {
-            if expected != *current {
-                return CasResult::Conflict;
-            }
+        if let (Some(expected), Some((_, current))) = (cas, data.get(key))
+            && expected != *current
+        {
+            return CasResult::Conflict;
         }
         let next = self.envoy.next_cas.get() + 1;
         self.envoy.next_cas.set(next);
@@ -187,6 +203,11 @@ impl Host for MockHost {
     }
 
     fn count(&self, metric: &str, delta: u64) {
-        *self.envoy.metrics.borrow_mut().entry(metric.to_owned()).or_default() += delta;
+        *self
+            .envoy
+            .metrics
+            .borrow_mut()
+            .entry(metric.to_owned())
+            .or_default() += delta;
     }
 }

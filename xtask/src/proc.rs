@@ -4,7 +4,10 @@ use std::path::PathBuf;
 use std::process::Command;
 
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 pub fn cargo() -> String {
@@ -19,7 +22,11 @@ pub fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(), Str
         .current_dir(root())
         .status()
         .map_err(|e| format!("cannot start {program}: {e}"))?;
-    if status.success() { Ok(()) } else { Err(format!("`{program} {}` failed ({status})", args.join(" "))) }
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{program} {}` failed ({status})", args.join(" ")))
+    }
 }
 
 /// Runs a command and returns its stdout.
@@ -31,7 +38,11 @@ pub fn output(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Stri
         .output()
         .map_err(|e| format!("cannot start {program}: {e}"))?;
     if !out.status.success() {
-        return Err(format!("`{program} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -48,6 +59,8 @@ pub fn step(name: &str, result: Result<(), String>) -> Result<(), String> {
 pub fn random_hex() -> Result<String, String> {
     use std::io::Read;
     let mut buf = [0u8; 16];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).map_err(|e| format!("/dev/urandom: {e}"))?;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| format!("/dev/urandom: {e}"))?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
