@@ -1,3 +1,4 @@
+#!/usr/bin/env -S node --no-warnings
 // Runs a wasm32-wasip1 test binary under Node's built-in WASI (cargo's runner for that target),
 // so sluice-core's unit tests also run as 32-bit wasm without installing a wasm runtime.
 import { readFile } from "node:fs/promises";
