@@ -1,1 +1,62 @@
-fn main() {}
+//! `sluice-mock-provider --listen 127.0.0.1:8081 [--latency-ms N] [--openai-key K]
+//! [--anthropic-key K] [--workers N]`
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use sluice_mock_provider::{Config, serve};
+
+#[derive(Parser)]
+#[command(about = "Mock OpenAI/Anthropic provider for Sluice's tests, benchmarks and quickstart")]
+struct Args {
+    /// Address to listen on; port 0 picks a free port (printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    listen: SocketAddr,
+    /// Delay before every response's headers, unless a request sets x-mock-latency-ms.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Require `Authorization: Bearer <key>` on OpenAI-format endpoints.
+    #[arg(long)]
+    openai_key: Option<String>,
+    /// Require `x-api-key: <key>` on /v1/messages.
+    #[arg(long)]
+    anthropic_key: Option<String>,
+    /// Runtime worker threads (1 leaves room for Envoy during benchmarks on small machines).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(args.workers.max(1)).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice-mock-provider: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = Arc::new(Config { latency_ms: args.latency_ms, openai_key: args.openai_key, anthropic_key: args.anthropic_key });
+    let result = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        println!("sluice-mock-provider listening on {}", listener.local_addr()?);
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        serve(listener, config, shutdown).await;
+        Ok::<(), std::io::Error>(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice-mock-provider: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! Per-request behaviour, from `x-mock-*` request headers (the gateway passes them through).
+
+use std::collections::HashMap;
+
+use crate::Config;
+
+#[derive(Debug, Clone, Default)]
+pub struct Knobs {
+    pub latency_ms: u64,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub cached_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub reasoning_tokens: u64,
+    /// Words per streamed content event.
+    pub chunk_tokens: usize,
+    pub chunk_delay_ms: u64,
+    /// Write the SSE byte stream in pieces of this many bytes, ignoring event boundaries.
+    pub split_bytes: Option<usize>,
+    /// Stream: send this many events, then abort. Non-stream: send half the body, then abort.
+    pub cut_after: Option<usize>,
+    pub status: Option<u16>,
+    pub garbage: bool,
+    /// Pad a non-streaming response to about this many bytes.
+    pub response_bytes: Option<usize>,
+}
+
+impl Knobs {
+    pub fn from_headers(headers: &HashMap<String, String>, config: &Config) -> Self {
+        let num = |name: &str| headers.get(name).and_then(|v| v.trim().parse::<u64>().ok());
+        Self {
+            latency_ms: num("x-mock-latency-ms").unwrap_or(config.latency_ms),
+            prompt_tokens: num("x-mock-prompt-tokens"),
+            completion_tokens: num("x-mock-completion-tokens"),
+            cached_tokens: num("x-mock-cached-tokens").unwrap_or(0),
+            cache_write_tokens: num("x-mock-cache-write-tokens").unwrap_or(0),
+            reasoning_tokens: num("x-mock-reasoning-tokens").unwrap_or(0),
+            chunk_tokens: num("x-mock-chunk-tokens").map_or(1, |n| n.max(1) as usize),
+            chunk_delay_ms: num("x-mock-chunk-delay-ms").unwrap_or(0),
+            split_bytes: num("x-mock-split-bytes").map(|n| n.max(1) as usize),
+            cut_after: num("x-mock-cut-after").map(|n| n as usize),
+            status: num("x-mock-status").and_then(|n| u16::try_from(n).ok()),
+            garbage: headers.get("x-mock-garbage").is_some_and(|v| v == "1"),
+            response_bytes: num("x-mock-response-bytes").map(|n| n as usize),
+        }
+    }
+}

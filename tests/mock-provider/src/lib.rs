@@ -1,0 +1,187 @@
+//! A mock LLM provider: OpenAI chat/completions/embeddings and Anthropic messages, streaming
+//! and not, deterministic, with per-request knobs for latency, token counts, chunking, cuts,
+//! errors and garbage. It stands in for the paid upstream in tests, benchmarks and the
+//! quickstart, and counts what it served so tests can check spend records against it.
+
+mod knobs;
+mod providers;
+mod stats;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+pub use knobs::Knobs;
+use providers::{Api, Reply};
+pub use stats::Stats;
+
+/// Server-wide settings from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub latency_ms: u64,
+    pub openai_key: Option<String>,
+    pub anthropic_key: Option<String>,
+}
+
+/// A response body that is either complete or fed frame by frame from a channel; an `Err`
+/// frame aborts the connection (a truncated stream, as a failing provider would cut it).
+pub enum MockBody {
+    Full(Option<Bytes>),
+    Channel(mpsc::Receiver<Result<Bytes, std::io::Error>>),
+}
+
+impl http_body::Body for MockBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            MockBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            MockBody::Channel(rx) => rx.poll_recv(cx).map(|item| item.map(|r| r.map(Frame::data))),
+        }
+    }
+}
+
+struct State {
+    config: Arc<Config>,
+    stats: Stats,
+}
+
+/// Serves connections until `shutdown` resolves.
+pub async fn serve<F>(listener: TcpListener, config: Arc<Config>, shutdown: F)
+where
+    F: std::future::Future,
+{
+    let state = Arc::new(State { config, stats: Stats::default() });
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let state = Arc::clone(&state);
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| handle(req, Arc::clone(&state)));
+                    let _ = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<MockBody> {
+    let mut response = Response::new(MockBody::Full(Some(Bytes::from(body))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    response
+}
+
+async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<MockBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let headers: HashMap<String, String> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    match path.as_str() {
+        "/mock/stats" => return Ok(json_response(StatusCode::OK, state.stats.to_json())),
+        "/mock/reset" => {
+            state.stats.reset();
+            return Ok(json_response(StatusCode::OK, b"{}".to_vec()));
+        }
+        _ => {}
+    }
+    let path_v1 = path.strip_prefix("/v1").unwrap_or(&path);
+    let api = match path_v1 {
+        "/chat/completions" => Api::Chat,
+        "/completions" => Api::Completions,
+        "/embeddings" => Api::Embeddings,
+        "/messages" => Api::Messages,
+        _ => return Ok(json_response(StatusCode::NOT_FOUND, providers::openai_error("Unknown URL", "invalid_request_error", "unknown_url"))),
+    };
+    let knobs = Knobs::from_headers(&headers, &state.config);
+    let reply = providers::reply(api, &headers, &body, &knobs, &state.config);
+    state.stats.record(&path, &headers, &body, &reply);
+    if knobs.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
+    }
+    Ok(respond(reply, knobs))
+}
+
+fn respond(reply: Reply, knobs: Knobs) -> Response<MockBody> {
+    match reply {
+        Reply::Json { status, body } => {
+            if let Some(cut) = knobs.cut_after.filter(|_| status == StatusCode::OK) {
+                // A non-streaming body cut halfway: declared length, half the bytes, then abort.
+                let _ = cut;
+                let half = Bytes::from(body.get(..body.len() / 2).unwrap_or(&[]).to_vec());
+                let (tx, rx) = mpsc::channel(2);
+                let len = body.len();
+                tokio::spawn(async move {
+                    let _ = tx.send(Ok(half)).await;
+                    let _ = tx.send(Err(std::io::Error::other("mock: cut"))).await;
+                });
+                let mut response = json_response(status, Vec::new());
+                *response.body_mut() = MockBody::Channel(rx);
+                response.headers_mut().insert(hyper::header::CONTENT_LENGTH, hyper::header::HeaderValue::from(len));
+                return response;
+            }
+            json_response(status, body)
+        }
+        Reply::Stream { events } => {
+            let (tx, rx) = mpsc::channel(16);
+            tokio::spawn(async move {
+                let stream: Vec<u8> = match knobs.cut_after {
+                    Some(n) => events.iter().take(n).flat_map(|e| e.iter().copied()).collect(),
+                    None => events.iter().flat_map(|e| e.iter().copied()).collect(),
+                };
+                if let Some(split) = knobs.split_bytes {
+                    for piece in stream.chunks(split.max(1)) {
+                        if knobs.chunk_delay_ms > 0 {
+                            tokio::time::sleep(Duration::from_millis(knobs.chunk_delay_ms)).await;
+                        }
+                        if tx.send(Ok(Bytes::copy_from_slice(piece))).await.is_err() {
+                            return;
+                        }
+                    }
+                } else {
+                    let count = knobs.cut_after.unwrap_or(usize::MAX).min(events.len());
+                    for event in events.into_iter().take(count) {
+                        if knobs.chunk_delay_ms > 0 {
+                            tokio::time::sleep(Duration::from_millis(knobs.chunk_delay_ms)).await;
+                        }
+                        if tx.send(Ok(Bytes::from(event))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                if knobs.cut_after.is_some() {
+                    let _ = tx.send(Err(std::io::Error::other("mock: stream cut"))).await;
+                }
+            });
+            let mut response = Response::new(MockBody::Channel(rx));
+            response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/event-stream"));
+            response.headers_mut().insert(hyper::header::CACHE_CONTROL, hyper::header::HeaderValue::from_static("no-cache"));
+            response
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! What the mock served: a counter tests compare spend records against, and the last requests
+//! (with the credential headers received, so tests can prove the client's key never arrived).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::providers::Reply;
+
+const KEEP: usize = 1000;
+
+#[derive(Debug, Clone, Serialize)]
+struct Seen {
+    path: String,
+    model: Option<String>,
+    stream: bool,
+    include_usage: bool,
+    authorization: Option<String>,
+    x_api_key: Option<String>,
+    api_key: Option<String>,
+    anthropic_version: Option<String>,
+    status: u16,
+    body_bytes: usize,
+}
+
+#[derive(Default)]
+pub struct Stats {
+    served: AtomicU64,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_path: HashMap<String, u64>,
+    requests: VecDeque<Seen>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct Peek {
+    model: Option<String>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<PeekOptions>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct PeekOptions {
+    include_usage: Option<bool>,
+}
+
+impl Stats {
+    pub fn record(&self, path: &str, headers: &HashMap<String, String>, body: &[u8], reply: &Reply) {
+        let status = reply.status();
+        // A started 2xx response is a billed upstream call, even if it is cut later.
+        if (200..300).contains(&status) {
+            self.served.fetch_add(1, Ordering::Relaxed);
+        }
+        let peek: Peek = serde_json::from_slice(body).unwrap_or_default();
+        let seen = Seen {
+            path: path.to_owned(),
+            model: peek.model,
+            stream: peek.stream.unwrap_or(false),
+            include_usage: peek.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
+            authorization: headers.get("authorization").cloned(),
+            x_api_key: headers.get("x-api-key").cloned(),
+            api_key: headers.get("api-key").cloned(),
+            anthropic_version: headers.get("anthropic-version").cloned(),
+            status,
+            body_bytes: body.len(),
+        };
+        if let Ok(mut inner) = self.inner.lock() {
+            *inner.by_path.entry(path.to_owned()).or_default() += 1;
+            if inner.requests.len() == KEEP {
+                inner.requests.pop_front();
+            }
+            inner.requests.push_back(seen);
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let served = self.served.load(Ordering::Relaxed);
+        let Ok(inner) = self.inner.lock() else {
+            return b"{}".to_vec();
+        };
+        serde_json::to_vec(&serde_json::json!({ "served": served, "by_path": inner.by_path, "requests": inner.requests })).unwrap_or_default()
+    }
+
+    pub fn reset(&self) {
+        self.served.store(0, Ordering::Relaxed);
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.by_path.clear();
+            inner.requests.clear();
+        }
+    }
+}
