@@ -1,1 +1,268 @@
-fn main() {}
+//! `sluice`: the command line for Sluice's standalone mode.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::{Map, Value, json};
+use sluice_control_plane::envoy_bootstrap::{BootstrapOptions, standalone_bootstrap, to_yaml};
+use sluice_control_plane::{config_file, key_file};
+use sluice_core::keys::{KeyHash, check_format};
+use sluice_core::time::{BudgetDuration, Timestamp};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Sluice, the LLM gateway for Envoy: keys, config checks and Envoy config"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create and inspect API keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Validate config.yaml.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Generate Envoy's bootstrap (listener, clusters, the Sluice filter) from config.yaml.
+    EnvoyConfig {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Path of sluice_filter.wasm (made absolute in the output).
+        #[arg(long)]
+        wasm: PathBuf,
+        #[arg(short, long)]
+        out: PathBuf,
+        #[arg(long, default_value = "0.0.0.0:4000")]
+        listen: String,
+        /// Admin port, always bound to 127.0.0.1.
+        #[arg(long, default_value_t = 9901)]
+        admin_port: u16,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Generate a key: prints it once, and the `keys:` entry (its hash) for config.yaml.
+    New {
+        #[arg(long)]
+        alias: Option<String>,
+        #[arg(long)]
+        team: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        /// Comma-separated model groups (empty: all).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        #[arg(long)]
+        rpm: Option<u64>,
+        #[arg(long)]
+        tpm: Option<u64>,
+        /// USD.
+        #[arg(long)]
+        max_budget: Option<f64>,
+        /// 30s, 10m, 1h, 1d, 7d, 30d or 1mo.
+        #[arg(long)]
+        budget_duration: Option<String>,
+        /// RFC 3339 expiry, e.g. 2027-01-01T00:00:00Z.
+        #[arg(long)]
+        expires: Option<String>,
+        /// Add the entry to this config file's `keys:` section.
+        #[arg(long)]
+        append_to: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the `key_hash` of an existing key (argument or stdin).
+    Hash { key: Option<String> },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print warnings and errors; exit 1 on errors.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_warnings(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Key(KeyCommand::New {
+            alias,
+            team,
+            user,
+            models,
+            rpm,
+            tpm,
+            max_budget,
+            budget_duration,
+            expires,
+            append_to,
+            json,
+        }) => {
+            let mut fields = Map::new();
+            let mut put = |k: &str, v: Option<Value>| {
+                if let Some(v) = v {
+                    fields.insert(k.into(), v);
+                }
+            };
+            put("key_alias", alias.map(Value::from));
+            put("team_id", team.map(Value::from));
+            put("user_id", user.map(Value::from));
+            put("models", (!models.is_empty()).then(|| Value::from(models)));
+            put("rpm_limit", rpm.map(Value::from));
+            put("tpm_limit", tpm.map(Value::from));
+            if let Some(b) = max_budget {
+                if !b.is_finite() || b < 0.0 {
+                    return Err("--max-budget must be a non-negative number of USD".into());
+                }
+            }
+            put("max_budget", max_budget.map(Value::from));
+            if let Some(d) = &budget_duration {
+                BudgetDuration::parse(d).ok_or_else(|| {
+                    format!("--budget-duration {d:?}: use 30s, 10m, 1h, 1d, 7d, 30d or 1mo")
+                })?;
+            }
+            put("budget_duration", budget_duration.map(Value::from));
+            if let Some(e) = &expires {
+                Timestamp::parse(e).ok_or_else(|| {
+                    format!("--expires {e:?}: use RFC 3339, e.g. 2027-01-01T00:00:00Z")
+                })?;
+            }
+            put("expires", expires.map(Value::from));
+            let key = key_file::generate_key()?;
+            let entry = key_file::entry(&key, fields);
+            let item = key_file::entry_yaml(&entry)?;
+            if let Some(path) = &append_to {
+                key_file::append_to_file(path, &item, |text| {
+                    config_file::convert(text).map(|_| ())
+                })?;
+            }
+            if json {
+                let hash = entry.get("key_hash").cloned().unwrap_or(Value::Null);
+                println!("{}", json!({"key": key, "key_hash": hash, "entry": entry}));
+            } else {
+                println!("{key}");
+                eprintln!(
+                    "\nThe key above is shown once: store it now. Only its hash goes in config.yaml."
+                );
+                match &append_to {
+                    Some(path) => eprintln!("Added to the keys: section of {}.", path.display()),
+                    None => eprintln!("Add this under `keys:` in config.yaml:\n{item}"),
+                }
+            }
+            Ok(())
+        }
+        Command::Key(KeyCommand::Hash { key }) => {
+            let key = match key {
+                Some(k) => k,
+                None => {
+                    let mut s = String::new();
+                    std::io::stdin()
+                        .read_to_string(&mut s)
+                        .map_err(|e| format!("cannot read the key from stdin: {e}"))?;
+                    s
+                }
+            };
+            let key = key.trim();
+            check_format(key.as_bytes()).map_err(|e| {
+                format!("not a Sluice key ({e:?}); keys look like sk-sluice-… and carry a checksum")
+            })?;
+            println!("key_hash: sha256:{}", KeyHash::of(key.as_bytes()).to_hex());
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check { config }) => {
+            let s = config_file::load(&config).map_err(|errors| {
+                format!(
+                    "{} is not valid:\n  {}",
+                    config.display(),
+                    errors.join("\n  ")
+                )
+            })?;
+            print_warnings(&s.warnings);
+            let g = &s.gateway;
+            let groups: std::collections::BTreeSet<&str> = g
+                .deployments
+                .iter()
+                .map(|d| d.model_name.as_str())
+                .collect();
+            println!(
+                "{}: ok — {} deployments in {} model groups, {} keys, {} teams, {} warnings",
+                config.display(),
+                g.deployments.len(),
+                groups.len(),
+                g.keys.len(),
+                g.teams.len(),
+                s.warnings.len()
+            );
+            Ok(())
+        }
+        Command::EnvoyConfig {
+            config,
+            wasm,
+            out,
+            listen,
+            admin_port,
+        } => {
+            let s = config_file::load(&config).map_err(|errors| {
+                format!(
+                    "{} is not valid:\n  {}",
+                    config.display(),
+                    errors.join("\n  ")
+                )
+            })?;
+            print_warnings(&s.warnings);
+            let (address, port) = listen
+                .rsplit_once(':')
+                .ok_or_else(|| format!("--listen {listen:?}: use HOST:PORT"))?;
+            let port: u16 = port
+                .parse()
+                .map_err(|_| format!("--listen {listen:?}: invalid port"))?;
+            let wasm =
+                std::path::absolute(&wasm).map_err(|e| format!("{}: {e}", wasm.display()))?;
+            if !wasm.exists() {
+                return Err(format!(
+                    "{} does not exist (build it: cargo build --release --target wasm32-wasip1 -p sluice-filter)",
+                    wasm.display()
+                ));
+            }
+            let opts = BootstrapOptions {
+                listen_address: address
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+                listen_port: port,
+                admin_port,
+                wasm_path: wasm.to_string_lossy().into_owned(),
+            };
+            let yaml = to_yaml(&standalone_bootstrap(&s, &opts)?)?;
+            std::fs::write(&out, yaml)
+                .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+            eprintln!("wrote {}", out.display());
+            Ok(())
+        }
+    }
+}

@@ -1,1 +1,688 @@
-//! LiteLLM's config.yaml shape → [`crate::config::GatewayConfig`]. (Being written.)
+//! LiteLLM's `config.yaml` shape → [`GatewayConfig`], plus the upstream endpoints Envoy needs.
+//!
+//! The YAML is parsed into a `serde_json::Value` by the caller (core stays free of YAML).
+//! Every key Sluice does not support is named in a warning; unknown fields in Sluice's own
+//! `keys:` and `teams:` sections are errors, because a misspelt budget must not be ignored.
+//! Secrets are never copied into warnings, errors or the output: `os.environ/NAME` values are
+//! kept as names (provider keys) or hashed (the master key).
+
+use serde_json::{Map, Value};
+
+use crate::config::{
+    CompiledConfig, ConfigError, DEFAULT_MAX_REQUEST_BODY_BYTES, DEFAULT_MAX_RESPONSE_SCAN_BYTES,
+    Deployment, GatewayConfig, KeyConfig, Provider, RoutingStrategy, SCHEMA_VERSION, TeamConfig,
+};
+use crate::cost::Pricing;
+use crate::keys::KeyHash;
+use crate::routing::shuffle_weight;
+
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 600;
+
+/// What to do with a request when the filter itself fails (a wasm trap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    FailClosed,
+    FailOpen,
+    FailReload,
+}
+
+/// Where a deployment's Envoy cluster connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub cluster: String,
+    pub https: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+/// Everything standalone mode needs to generate Envoy's bootstrap.
+#[derive(Debug, Clone)]
+pub struct Standalone {
+    pub gateway: GatewayConfig,
+    /// One per deployment, in the same order.
+    pub upstreams: Vec<Upstream>,
+    pub request_timeout_secs: u64,
+    pub failure_policy: FailurePolicy,
+    pub warnings: Vec<String>,
+}
+
+struct Ctx<'a> {
+    env: &'a dyn Fn(&str) -> Option<String>,
+    warnings: Vec<String>,
+    errors: Vec<ConfigError>,
+}
+
+impl Ctx<'_> {
+    fn warn_unsupported(&mut self, path: &str, map: &Map<String, Value>, supported: &[&str]) {
+        for key in map.keys().filter(|k| !supported.contains(&k.as_str())) {
+            self.warnings.push(format!(
+                "{path}.{key}: not supported by Sluice yet, ignored"
+            ));
+        }
+    }
+
+    fn error(&mut self, message: String) {
+        self.errors.push(ConfigError(message));
+    }
+}
+
+fn as_u64(v: Option<&Value>) -> Option<u64> {
+    v.and_then(|v| {
+        v.as_u64().or_else(|| {
+            v.as_f64()
+                .filter(|f| *f >= 0.0 && f.fract() == 0.0)
+                .map(|f| f as u64)
+        })
+    })
+}
+
+fn as_f64(v: Option<&Value>) -> Option<f64> {
+    v.and_then(|v| {
+        v.as_f64()
+            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+    })
+}
+
+/// Parses an `api_base` URL: scheme, host (IPv6 in brackets), optional port, path.
+pub fn parse_api_base(url: &str) -> Result<(bool, String, u16, String), String> {
+    let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err("api_base must start with http:// or https://".into());
+    };
+    if rest.contains(['?', '#']) {
+        return Err("api_base must not have a query or fragment".into());
+    }
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if authority.contains('@') {
+        return Err("api_base must not carry credentials (user@host); use api_key".into());
+    }
+    let default_port = if https { 443 } else { 80 };
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6
+            .split_once(']')
+            .ok_or("unterminated IPv6 address in api_base")?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p
+                .parse()
+                .map_err(|_| format!("invalid port {p:?} in api_base"))?,
+            None if after.is_empty() => default_port,
+            None => return Err("invalid api_base authority".into()),
+        };
+        (host.to_owned(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, p)) => (
+                host.to_owned(),
+                p.parse()
+                    .map_err(|_| format!("invalid port {p:?} in api_base"))?,
+            ),
+            None => (authority.to_owned(), default_port),
+        }
+    };
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_'))
+    {
+        return Err(format!("invalid host {host:?} in api_base"));
+    }
+    if port == 0 {
+        return Err("api_base port must not be 0".into());
+    }
+    let path = path.trim_end_matches('/').to_owned();
+    Ok((https, host, port, path))
+}
+
+/// `os.environ/NAME` → Some(NAME).
+fn env_ref(value: &str) -> Option<&str> {
+    value.strip_prefix("os.environ/")
+}
+
+fn sanitize_cluster(id: &str) -> String {
+    let mut s: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    s.truncate(150);
+    format!("sluice_{s}")
+}
+
+/// Converts a LiteLLM config document. Errors name the entry; all are reported at once.
+pub fn from_litellm(
+    doc: &Value,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Standalone, Vec<ConfigError>> {
+    let mut cx = Ctx {
+        env,
+        warnings: Vec::new(),
+        errors: Vec::new(),
+    };
+    let Some(root) = doc.as_object() else {
+        return Err(vec![ConfigError(
+            "the config must be a YAML mapping (model_list, router_settings, …)".into(),
+        )]);
+    };
+    cx.warn_unsupported(
+        "",
+        root,
+        &[
+            "model_list",
+            "router_settings",
+            "litellm_settings",
+            "general_settings",
+            "keys",
+            "teams",
+            "environment_variables",
+        ],
+    );
+    if root.contains_key("environment_variables") {
+        cx.warnings.push(
+            "environment_variables: not supported; set variables in Envoy's environment instead"
+                .into(),
+        );
+    }
+
+    let mut request_timeout_secs = DEFAULT_REQUEST_TIMEOUT_SECS;
+    let mut routing_strategy = RoutingStrategy::SimpleShuffle;
+    if let Some(settings) = root.get("litellm_settings").and_then(Value::as_object) {
+        cx.warn_unsupported("litellm_settings", settings, &["request_timeout"]);
+        if let Some(t) = as_u64(settings.get("request_timeout")) {
+            request_timeout_secs = t;
+        }
+    }
+    if let Some(settings) = root.get("router_settings").and_then(Value::as_object) {
+        cx.warn_unsupported(
+            "router_settings",
+            settings,
+            &["routing_strategy", "timeout"],
+        );
+        if let Some(t) = as_u64(settings.get("timeout")) {
+            request_timeout_secs = t;
+        }
+        match settings.get("routing_strategy").and_then(Value::as_str) {
+            None | Some("simple-shuffle") => routing_strategy = RoutingStrategy::SimpleShuffle,
+            Some(s @ ("least-busy" | "latency-based-routing" | "usage-based-routing" | "usage-based-routing-v2" | "cost-based-routing")) => {
+                cx.warnings.push(format!("router_settings.routing_strategy: {s} is not supported yet; using simple-shuffle (weighted)"))
+            }
+            Some(other) => cx.error(format!("router_settings.routing_strategy: unknown strategy {other:?}")),
+        }
+    }
+
+    let mut master_key_hash = None;
+    let mut max_request_body_bytes = DEFAULT_MAX_REQUEST_BODY_BYTES;
+    let mut failure_policy = FailurePolicy::FailClosed;
+    if let Some(settings) = root.get("general_settings").and_then(Value::as_object) {
+        cx.warn_unsupported(
+            "general_settings",
+            settings,
+            &[
+                "master_key",
+                "database_url",
+                "max_request_size_mb",
+                "sluice_failure_policy",
+            ],
+        );
+        if settings.contains_key("database_url") {
+            cx.warnings.push("general_settings.database_url: standalone mode keeps no database; spend lives in Envoy's shared memory".into());
+        }
+        match settings.get("master_key") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) => {
+                let value = match env_ref(s) {
+                    Some(name) => (cx.env)(name).or_else(|| {
+                        cx.error(format!(
+                            "general_settings.master_key: environment variable {name} is not set"
+                        ));
+                        None
+                    }),
+                    None => Some(s.clone()),
+                };
+                master_key_hash = value
+                    .filter(|v| !v.is_empty())
+                    .map(|v| KeyHash::of(v.as_bytes()));
+            }
+            Some(_) => cx.error("general_settings.master_key must be a string".into()),
+        }
+        if let Some(mb) = as_f64(settings.get("max_request_size_mb")) {
+            if mb > 0.0 && mb.is_finite() {
+                max_request_body_bytes = (mb * 1024.0 * 1024.0) as u64;
+            } else {
+                cx.error("general_settings.max_request_size_mb must be a positive number".into());
+            }
+        }
+        match settings.get("sluice_failure_policy").and_then(Value::as_str) {
+            None | Some("fail_closed") => {}
+            Some("fail_open") => failure_policy = FailurePolicy::FailOpen,
+            Some("fail_reload") => failure_policy = FailurePolicy::FailReload,
+            Some(other) => cx.error(format!("general_settings.sluice_failure_policy: {other:?} is not fail_closed, fail_open or fail_reload")),
+        }
+    }
+
+    let (deployments, upstreams) = model_list(&mut cx, root.get("model_list"));
+    let keys: Vec<KeyConfig> = section(&mut cx, root.get("keys"), "keys");
+    let teams: Vec<TeamConfig> = section(&mut cx, root.get("teams"), "teams");
+
+    let gateway = GatewayConfig {
+        schema_version: SCHEMA_VERSION,
+        master_key_hash,
+        max_request_body_bytes,
+        max_response_scan_bytes: DEFAULT_MAX_RESPONSE_SCAN_BYTES,
+        routing_strategy,
+        deployments,
+        keys,
+        teams,
+    };
+    if cx.errors.is_empty() {
+        // The filter's own validation: what it would refuse, refuse here.
+        if let Err(errors) = CompiledConfig::compile(gateway.clone()) {
+            cx.errors.extend(errors);
+        }
+    }
+    if !cx.errors.is_empty() {
+        return Err(cx.errors);
+    }
+    for key in &gateway.keys {
+        for model in &key.models {
+            let known = model == "*"
+                || model == "all-proxy-models"
+                || model.ends_with('*')
+                || gateway.deployments.iter().any(|d| &d.model_name == model);
+            if !known {
+                cx.warnings.push(format!(
+                    "key {:?}: model {model:?} is not in model_list",
+                    key.key_alias.as_deref().unwrap_or("?")
+                ));
+            }
+        }
+    }
+    Ok(Standalone {
+        gateway,
+        upstreams,
+        request_timeout_secs,
+        failure_policy,
+        warnings: cx.warnings,
+    })
+}
+
+fn section<T: serde::de::DeserializeOwned>(
+    cx: &mut Ctx<'_>,
+    value: Option<&Value>,
+    name: &str,
+) -> Vec<T> {
+    match value {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .filter_map(
+                |(i, item)| match serde_json::from_value::<T>(item.clone()) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        cx.error(format!("{name}[{i}]: {e}"));
+                        None
+                    }
+                },
+            )
+            .collect(),
+        Some(_) => {
+            cx.error(format!("{name} must be a list"));
+            Vec::new()
+        }
+    }
+}
+
+fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>) -> (Vec<Deployment>, Vec<Upstream>) {
+    let mut deployments = Vec::new();
+    let mut upstreams = Vec::new();
+    let Some(items) = value.and_then(Value::as_array) else {
+        if value.is_some() {
+            cx.error("model_list must be a list".into());
+        }
+        return (deployments, upstreams);
+    };
+    for (i, item) in items.iter().enumerate() {
+        let name = item
+            .get("model_name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let at = format!("model_list[{i}] (model_name {name:?})");
+        let Some(entry) = item.as_object() else {
+            cx.error(format!("model_list[{i}] must be a mapping"));
+            continue;
+        };
+        cx.warn_unsupported(
+            &format!("model_list[{i}]"),
+            entry,
+            &["model_name", "litellm_params", "model_info"],
+        );
+        if name.is_empty() {
+            cx.error(format!("{at}: model_name is required"));
+        }
+        let empty = Map::new();
+        let params = entry
+            .get("litellm_params")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
+        let info = entry
+            .get("model_info")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
+        cx.warn_unsupported(
+            &format!("model_list[{i}].litellm_params"),
+            params,
+            &["model", "api_base", "api_key", "rpm", "tpm", "weight"],
+        );
+        cx.warn_unsupported(
+            &format!("model_list[{i}].model_info"),
+            info,
+            &[
+                "id",
+                "mode",
+                "base_model",
+                "input_cost_per_token",
+                "output_cost_per_token",
+                "cache_read_input_token_cost",
+                "cache_creation_input_token_cost",
+                "max_tokens",
+                "max_output_tokens",
+            ],
+        );
+        let Some(model) = params.get("model").and_then(Value::as_str) else {
+            cx.error(format!(
+                "{at}: litellm_params.model is required (e.g. openai/gpt-4o)"
+            ));
+            continue;
+        };
+        let (provider_name, upstream_model) = model.split_once('/').unwrap_or(("openai", model));
+        let (provider, default_base, default_env) = match provider_name {
+            "openai" | "hosted_vllm" | "openai_compatible" | "text-completion-openai" => (
+                Provider::Openai,
+                "https://api.openai.com/v1",
+                "OPENAI_API_KEY",
+            ),
+            "anthropic" => (
+                Provider::Anthropic,
+                "https://api.anthropic.com",
+                "ANTHROPIC_API_KEY",
+            ),
+            other => {
+                cx.error(format!("{at}: provider {other:?} is not supported yet (openai, anthropic and OpenAI-compatible servers are)"));
+                continue;
+            }
+        };
+        let api_base = params
+            .get("api_base")
+            .and_then(Value::as_str)
+            .unwrap_or(default_base);
+        let (https, host, port, base_path) = match parse_api_base(api_base) {
+            Ok(parts) => parts,
+            Err(e) => {
+                cx.error(format!("{at}: {e}"));
+                continue;
+            }
+        };
+        let api_key_env = match params.get("api_key") {
+            None | Some(Value::Null) => Some(default_env.to_owned()),
+            Some(Value::String(s)) => match env_ref(s) {
+                Some(name) => Some(name.to_owned()),
+                None => {
+                    // Never echo the value: it is a credential.
+                    cx.error(format!("{at}: litellm_params.api_key must be os.environ/NAME; a literal key would be visible in Envoy's config dump"));
+                    None
+                }
+            },
+            Some(_) => {
+                cx.error(format!(
+                    "{at}: litellm_params.api_key must be a string os.environ/NAME"
+                ));
+                None
+            }
+        };
+        let id = info
+            .get("id")
+            .and_then(Value::as_str)
+            .map_or_else(|| format!("{name}-{i}"), str::to_owned);
+        let rpm = as_u64(params.get("rpm"));
+        let tpm = as_u64(params.get("tpm"));
+        let weight = as_u64(params.get("weight")).map(|w| u32::try_from(w).unwrap_or(u32::MAX));
+        let price = |k: &str| as_f64(info.get(k));
+        let pricing = Pricing {
+            input_cost_per_token: price("input_cost_per_token").unwrap_or(0.0),
+            output_cost_per_token: price("output_cost_per_token").unwrap_or(0.0),
+            cache_read_input_token_cost: price("cache_read_input_token_cost"),
+            cache_creation_input_token_cost: price("cache_creation_input_token_cost"),
+        };
+        if !info.contains_key("input_cost_per_token") && !info.contains_key("output_cost_per_token")
+        {
+            cx.warnings.push(format!(
+                "{at}: no model_info prices; its spend will be recorded as $0"
+            ));
+        }
+        let cluster = sanitize_cluster(&id);
+        if upstreams.iter().any(|u: &Upstream| u.cluster == cluster) {
+            cx.error(format!(
+                "{at}: deployment id {id:?} collides with another after sanitising"
+            ));
+        }
+        upstreams.push(Upstream {
+            cluster: cluster.clone(),
+            https,
+            host,
+            port,
+        });
+        deployments.push(Deployment {
+            id,
+            model_name: name,
+            provider,
+            upstream_model: upstream_model.to_owned(),
+            cluster,
+            base_path,
+            api_key_env,
+            weight: shuffle_weight(weight, rpm, tpm),
+            rpm,
+            tpm,
+            pricing,
+            max_output_tokens: as_u64(info.get("max_output_tokens"))
+                .or_else(|| as_u64(info.get("max_tokens"))),
+        });
+    }
+    (deployments, upstreams)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "SLUICE_MASTER_KEY" => Some("sk-master-very-secret".into()),
+            "OPENAI_API_KEY" => Some("sk-provider-secret".into()),
+            _ => None,
+        }
+    }
+
+    fn realistic() -> Value {
+        json!({
+            "model_list": [
+                {"model_name": "gpt-4o", "litellm_params": {"model": "openai/gpt-4o-2024-08-06", "api_key": "os.environ/OPENAI_API_KEY", "weight": 3},
+                 "model_info": {"id": "gpt4o-east", "input_cost_per_token": 2.5e-6, "output_cost_per_token": 1e-5, "cache_read_input_token_cost": 1.25e-6, "supports_vision": true}},
+                {"model_name": "gpt-4o", "litellm_params": {"model": "openai/gpt-4o", "api_base": "http://127.0.0.1:8081/v1", "rpm": 100, "timeout": 30},
+                 "model_info": {"input_cost_per_token": 2.5e-6, "output_cost_per_token": 1e-5, "max_tokens": 4096}},
+                {"model_name": "claude", "litellm_params": {"model": "anthropic/claude-3-5-sonnet-20241022", "api_key": "os.environ/ANTHROPIC_API_KEY"},
+                 "model_info": {"input_cost_per_token": 3e-6, "output_cost_per_token": 1.5e-5, "cache_creation_input_token_cost": 3.75e-6}},
+            ],
+            "router_settings": {"routing_strategy": "least-busy", "num_retries": 2},
+            "litellm_settings": {"request_timeout": 120, "drop_params": true},
+            "general_settings": {"master_key": "os.environ/SLUICE_MASTER_KEY", "max_request_size_mb": 2, "database_url": "postgres://x"},
+            "teams": [{"team_id": "platform", "rpm_limit": 600, "max_budget": 100}],
+            "keys": [{"key_hash": format!("sha256:{}", KeyHash::of(b"k").to_hex()), "key_alias": "ci", "team_id": "platform", "models": ["gpt-4o"], "rpm_limit": 60}],
+        })
+    }
+
+    #[test]
+    fn a_realistic_config_converts() {
+        let s = from_litellm(&realistic(), &env).unwrap();
+        let d = &s.gateway.deployments;
+        assert_eq!(d.len(), 3);
+        assert_eq!(
+            (d[0].id.as_str(), d[0].upstream_model.as_str(), d[0].weight),
+            ("gpt4o-east", "gpt-4o-2024-08-06", 3)
+        );
+        assert_eq!(
+            (d[1].id.as_str(), d[1].weight, d[1].max_output_tokens),
+            ("gpt-4o-1", 100, Some(4096))
+        );
+        assert_eq!(d[0].base_path, "/v1");
+        assert_eq!(d[2].provider, Provider::Anthropic);
+        assert_eq!(d[2].api_key_env.as_deref(), Some("ANTHROPIC_API_KEY"));
+        assert_eq!(d[0].pricing.cache_read_input_token_cost, Some(1.25e-6));
+        assert_eq!(
+            s.upstreams[0],
+            Upstream {
+                cluster: "sluice_gpt4o_east".into(),
+                https: true,
+                host: "api.openai.com".into(),
+                port: 443
+            }
+        );
+        assert_eq!(
+            s.upstreams[1],
+            Upstream {
+                cluster: "sluice_gpt_4o_1".into(),
+                https: false,
+                host: "127.0.0.1".into(),
+                port: 8081
+            }
+        );
+        assert_eq!(s.upstreams[2].host, "api.anthropic.com");
+        assert_eq!(
+            s.gateway.master_key_hash,
+            Some(KeyHash::of(b"sk-master-very-secret"))
+        );
+        assert_eq!(s.gateway.max_request_body_bytes, 2 * 1024 * 1024);
+        assert_eq!(s.request_timeout_secs, 120);
+        assert_eq!(s.gateway.keys.len(), 1);
+        let all = s.warnings.join("\n");
+        for needle in [
+            "model_list[0].model_info.supports_vision",
+            "model_list[1].litellm_params.timeout",
+            "least-busy",
+            "router_settings.num_retries",
+            "litellm_settings.drop_params",
+            "database_url",
+        ] {
+            assert!(all.contains(needle), "no warning for {needle}:\n{all}");
+        }
+        assert!(!all.contains("sk-master-very-secret") && !all.contains("sk-provider-secret"));
+    }
+
+    #[test]
+    fn errors_name_the_entry_and_never_echo_secrets() {
+        let doc = json!({
+            "model_list": [
+                {"model_name": "a", "litellm_params": {"model": "openai/x", "api_key": "sk-literal-secret-123"}},
+                {"model_name": "b", "litellm_params": {"model": "azure/gpt"}},
+                {"model_name": "c", "litellm_params": {"model": "openai/x", "api_base": "ftp://nope"}},
+                {"model_name": "d"},
+            ],
+            "general_settings": {"master_key": "os.environ/MISSING_VAR", "sluice_failure_policy": "sometimes"},
+            "router_settings": {"routing_strategy": "random-ish"},
+            "keys": [{"key_hash": "sk-sluice-plaintext", "key_alias": "x"}, {"key_hash": format!("sha256:{}", KeyHash::of(b"z").to_hex()), "max_budgte": 5}],
+            "teams": "nope",
+        });
+        let errors = from_litellm(&doc, &env).unwrap_err();
+        let all = errors
+            .iter()
+            .map(|e| e.0.clone())
+            .collect::<Vec<_>>()
+            .join("\n");
+        for needle in [
+            "model_list[0]",
+            "os.environ/NAME",
+            "\"azure\"",
+            "model_list[2]",
+            "model_list[3]",
+            "MISSING_VAR",
+            "sometimes",
+            "random-ish",
+            "keys[0]",
+            "keys[1]",
+            "max_budgte",
+            "teams must be a list",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert!(!all.contains("sk-literal-secret-123"));
+    }
+
+    #[test]
+    fn filter_validation_runs_too() {
+        let mut doc = realistic();
+        doc["keys"][0]["team_id"] = json!("ghost");
+        let errors = from_litellm(&doc, &env).unwrap_err();
+        assert!(errors.iter().any(|e| e.0.contains("ghost")));
+    }
+
+    #[test]
+    fn api_base_parsing() {
+        assert_eq!(
+            parse_api_base("https://api.openai.com/v1/"),
+            Ok((true, "api.openai.com".into(), 443, "/v1".into()))
+        );
+        assert_eq!(
+            parse_api_base("http://localhost:8000"),
+            Ok((false, "localhost".into(), 8000, String::new()))
+        );
+        assert_eq!(
+            parse_api_base("http://[::1]:9000/v1"),
+            Ok((false, "::1".into(), 9000, "/v1".into()))
+        );
+        assert_eq!(
+            parse_api_base("https://[2001:db8::1]"),
+            Ok((true, "2001:db8::1".into(), 443, String::new()))
+        );
+        for bad in [
+            "api.openai.com",
+            "http://user:pw@host/v1",
+            "http://host/v1?x=1",
+            "http://host:99999",
+            "http://host:0",
+            "http://",
+            "http://ho st/",
+            "http://[::1",
+        ] {
+            assert!(parse_api_base(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_and_empty_config() {
+        let s = from_litellm(&json!({}), &env).unwrap();
+        assert!(s.gateway.deployments.is_empty());
+        assert_eq!(s.request_timeout_secs, DEFAULT_REQUEST_TIMEOUT_SECS);
+        assert_eq!(s.failure_policy, FailurePolicy::FailClosed);
+        assert!(from_litellm(&json!([1]), &env).is_err());
+        let s = from_litellm(
+            &json!({"model_list": [{"model_name": "m", "litellm_params": {"model": "gpt-4o"}}]}),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(s.gateway.deployments[0].provider, Provider::Openai);
+        assert!(
+            s.warnings
+                .iter()
+                .any(|w| w.contains("no model_info prices"))
+        );
+    }
+}

@@ -52,7 +52,13 @@ struct PeekOptions {
 }
 
 impl Stats {
-    pub fn record(&self, path: &str, headers: &HashMap<String, String>, body: &[u8], reply: &Reply) {
+    pub fn record(
+        &self,
+        path: &str,
+        headers: &HashMap<String, String>,
+        body: &[u8],
+        reply: &Reply,
+    ) {
         let status = reply.status();
         // A started 2xx response is a billed upstream call, even if it is cut later.
         if (200..300).contains(&status) {
@@ -63,7 +69,10 @@ impl Stats {
             path: path.to_owned(),
             model: peek.model,
             stream: peek.stream.unwrap_or(false),
-            include_usage: peek.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
+            include_usage: peek
+                .stream_options
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
             authorization: headers.get("authorization").cloned(),
             x_api_key: headers.get("x-api-key").cloned(),
             api_key: headers.get("api-key").cloned(),

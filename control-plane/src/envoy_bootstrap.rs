@@ -1,0 +1,170 @@
+//! Envoy's bootstrap for standalone mode, generated from the converted config.
+//!
+//! The contract with the filter: the wasm HTTP filter (`root_id: sluice_filter`) and the
+//! singleton service (`root_id: sluice_service`) share `vm_id: sluice`; the filter sets
+//! `x-sluice-cluster`, which the single route reads with `cluster_header`; provider credentials
+//! reach the VM as environment variables (`host_env_keys`), never as config.
+
+use std::net::IpAddr;
+
+use serde_json::{Value, json};
+use sluice_core::litellm::{FailurePolicy, Standalone, Upstream};
+
+pub const CLUSTER_HEADER: &str = "x-sluice-cluster";
+const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+#[derive(Debug, Clone)]
+pub struct BootstrapOptions {
+    pub listen_address: String,
+    pub listen_port: u16,
+    pub admin_port: u16,
+    /// Absolute path of sluice_filter.wasm.
+    pub wasm_path: String,
+}
+
+fn vm_config(wasm: &str, env_keys: &[String]) -> Value {
+    let mut vm = json!({
+        "vm_id": "sluice",
+        "runtime": "envoy.wasm.runtime.v8",
+        "code": {"local": {"filename": wasm}},
+    });
+    if !env_keys.is_empty() {
+        vm["environment_variables"] = json!({"host_env_keys": env_keys});
+    }
+    vm
+}
+
+fn cluster(u: &Upstream) -> Value {
+    let is_ip = u.host.parse::<IpAddr>().is_ok();
+    let mut c = json!({
+        "name": u.cluster,
+        "type": if is_ip { "STATIC" } else { "LOGICAL_DNS" },
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "10s",
+        "load_assignment": {
+            "cluster_name": u.cluster,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"socket_address": {"address": u.host, "port_value": u.port}},
+                "hostname": u.host,
+            }}]}],
+        },
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http_protocol_options": {}},
+        }},
+    });
+    if u.https {
+        // Verify the provider's certificate chain *and* its name.
+        c["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": u.host,
+                "common_tls_context": {"validation_context": {
+                    "trusted_ca": {"filename": CA_BUNDLE},
+                    "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": u.host}}],
+                }},
+            },
+        });
+    }
+    c
+}
+
+pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<Value, String> {
+    let gateway_json = serde_json::to_string(&s.gateway)
+        .map_err(|e| format!("cannot serialise the gateway config: {e}"))?;
+    let mut env_keys: Vec<String> = s
+        .gateway
+        .deployments
+        .iter()
+        .filter_map(|d| d.api_key_env.clone())
+        .collect();
+    env_keys.sort();
+    env_keys.dedup();
+    let failure_policy = match s.failure_policy {
+        FailurePolicy::FailClosed => "FAIL_CLOSED",
+        FailurePolicy::FailOpen => "FAIL_OPEN",
+        FailurePolicy::FailReload => "FAIL_RELOAD",
+    };
+    let wasm_filter = json!({
+        "name": "sluice",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "sluice",
+                "root_id": "sluice_filter",
+                "vm_config": vm_config(&opts.wasm_path, &env_keys),
+                "configuration": {"@type": STRING_VALUE, "value": gateway_json},
+                "failure_policy": failure_policy,
+            },
+        },
+    });
+    // Envoy's own error replies (provider unreachable, timeouts) in OpenAI's error shape. Only
+    // replies with these response flags: the filter's own replies are already JSON.
+    let local_reply = json!({"mappers": [{
+        "filter": {"response_flag_filter": {"flags": ["UH", "UF", "UO", "NR", "URX", "NC", "UT", "LH", "UC", "DC", "UPE", "UMSDR", "DPE"]}},
+        "body_format_override": {
+            "json_format": {"error": {"message": "%LOCAL_REPLY_BODY%", "type": "upstream_error", "code": "%RESPONSE_CODE%"}},
+            "content_type": "application/json",
+        },
+    }]});
+    let hcm = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "sluice",
+        "use_remote_address": true,
+        "generate_request_id": true,
+        // Streams may run long; idle streams may not.
+        "request_timeout": "0s",
+        "stream_idle_timeout": "300s",
+        "local_reply_config": local_reply,
+        "route_config": {
+            "name": "sluice",
+            "virtual_hosts": [{
+                "name": "sluice",
+                "domains": ["*"],
+                "routes": [{
+                    "match": {"prefix": "/"},
+                    "route": {"cluster_header": CLUSTER_HEADER, "timeout": format!("{}s", s.request_timeout_secs), "auto_host_rewrite": true},
+                    "request_headers_to_remove": [CLUSTER_HEADER],
+                }],
+            }],
+        },
+        "http_filters": [
+            wasm_filter,
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+        ],
+    });
+    let listener = json!({
+        "name": "sluice",
+        "address": {"socket_address": {"address": opts.listen_address, "port_value": opts.listen_port}},
+        // Above the filter's body limit, so the filter (not Envoy) answers oversize bodies with JSON.
+        "per_connection_buffer_limit_bytes": s.gateway.max_request_body_bytes.saturating_add(65_536),
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
+    });
+    Ok(json!({
+        "node": {"id": "sluice-standalone", "cluster": "sluice"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": opts.admin_port}}},
+        "bootstrap_extensions": [{
+            "name": "envoy.bootstrap.wasm",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.wasm.v3.WasmService",
+                "singleton": true,
+                "config": {"name": "sluice_service", "root_id": "sluice_service", "vm_config": vm_config(&opts.wasm_path, &[])},
+            },
+        }],
+        "static_resources": {"listeners": [listener], "clusters": s.upstreams.iter().map(cluster).collect::<Vec<_>>()},
+        "stats_config": {"stats_tags": [
+            {"tag_name": "model_group", "regex": r"^wasmcustom\.sluice\.[a-z_]+(\.model_group\.([^.]+))$"},
+            {"tag_name": "reason", "regex": r"^wasmcustom\.sluice\.rejections(\.reason\.([^.]+))$"},
+        ]},
+    }))
+}
+
+/// The bootstrap as YAML text, with a header saying where it came from.
+pub fn to_yaml(bootstrap: &Value) -> Result<String, String> {
+    let body = serde_norway::to_string(bootstrap).map_err(|e| format!("cannot write YAML: {e}"))?;
+    Ok(format!(
+        "# Generated by `sluice envoy-config`; edit config.yaml and regenerate instead.\n{body}"
+    ))
+}
