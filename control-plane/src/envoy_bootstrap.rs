@@ -9,6 +9,7 @@ use std::net::IpAddr;
 
 use serde_json::{Value, json};
 use sluice_core::litellm::{FailurePolicy, Standalone, Upstream};
+use sluice_core::request::META_NAMESPACE;
 
 pub const CLUSTER_HEADER: &str = "x-sluice-cluster";
 const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
@@ -100,15 +101,56 @@ pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<V
             },
         },
     });
+    // json_to_metadata buffers the body and extracts the fields routing needs into dynamic
+    // metadata before the Sluice filter sees the headers (proxy-wasm cannot hold the headers
+    // back while it reads the body; the router picks the cluster from the headers).
+    let field = |selectors: Value, key: &str, kind: Option<&str>| {
+        let mut on_present = json!({"metadata_namespace": META_NAMESPACE, "key": key});
+        if let Some(kind) = kind {
+            on_present["type"] = json!(kind);
+        }
+        json!({
+            "selectors": selectors,
+            "on_present": on_present,
+            "on_error": {"metadata_namespace": META_NAMESPACE, "key": "invalid_json", "value": {"bool_value": true}},
+        })
+    };
+    let json_to_metadata = json!({
+        "name": "envoy.filters.http.json_to_metadata",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata",
+            "request_rules": {
+                "rules": [
+                    field(json!([{"key": "model"}]), "model", Some("STRING")),
+                    field(json!([{"key": "stream"}]), "stream", None),
+                    field(json!([{"key": "stream_options"}, {"key": "include_usage"}]), "include_usage", None),
+                    field(json!([{"key": "max_tokens"}]), "max_tokens", None),
+                    field(json!([{"key": "max_completion_tokens"}]), "max_completion_tokens", None),
+                ],
+                "allow_content_types": ["application/json", "text/plain", "application/x-www-form-urlencoded", "application/octet-stream"],
+                "allow_empty_content_type": true,
+            },
+        },
+    });
     // Envoy's own error replies (provider unreachable, timeouts) in OpenAI's error shape. Only
     // replies with these response flags: the filter's own replies are already JSON.
-    let local_reply = json!({"mappers": [{
-        "filter": {"response_flag_filter": {"flags": ["UH", "UF", "UO", "NR", "URX", "NC", "UT", "LH", "UC", "DC", "UPE", "UMSDR", "DPE"]}},
-        "body_format_override": {
-            "json_format": {"error": {"message": "%LOCAL_REPLY_BODY%", "type": "upstream_error", "code": "%RESPONSE_CODE%"}},
-            "content_type": "application/json",
+    let local_reply = json!({"mappers": [
+        {
+            "filter": {"response_flag_filter": {"flags": ["UH", "UF", "UO", "NR", "URX", "NC", "UT", "LH", "UC", "DC", "UPE", "UMSDR", "DPE"]}},
+            "body_format_override": {
+                "json_format": {"error": {"message": "%LOCAL_REPLY_BODY%", "type": "upstream_error", "code": "%RESPONSE_CODE%"}},
+                "content_type": "application/json",
+            },
         },
-    }]});
+        {
+            // A body over the limit is refused by Envoy's buffer (json_to_metadata buffers first).
+            "filter": {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": 413, "runtime_key": "sluice.unused_413"}}}},
+            "body_format_override": {
+                "json_format": {"error": {"message": "Request body too large.", "type": "invalid_request_error", "code": "request_too_large"}},
+                "content_type": "application/json",
+            },
+        },
+    ]});
     let hcm = json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "sluice",
@@ -131,6 +173,7 @@ pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<V
             }],
         },
         "http_filters": [
+            json_to_metadata,
             wasm_filter,
             {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
         ],
@@ -138,8 +181,8 @@ pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<V
     let listener = json!({
         "name": "sluice",
         "address": {"socket_address": {"address": opts.listen_address, "port_value": opts.listen_port}},
-        // Above the filter's body limit, so the filter (not Envoy) answers oversize bodies with JSON.
-        "per_connection_buffer_limit_bytes": s.gateway.max_request_body_bytes.saturating_add(65_536),
+        // The body limit: json_to_metadata buffers the body, and Envoy refuses more with a 413.
+        "per_connection_buffer_limit_bytes": s.gateway.max_request_body_bytes,
         "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
     });
     Ok(json!({

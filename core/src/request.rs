@@ -304,3 +304,153 @@ mod tests {
         );
     }
 }
+
+/// What Envoy's `json_to_metadata` filter extracted from the request body, read by the
+/// filter at the headers phase (see ARCHITECTURE.md: proxy-wasm cannot hold the headers while
+/// it reads the body, so the body's routing fields arrive as dynamic metadata).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestMeta {
+    pub model: Option<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub max_tokens: Option<u64>,
+    pub max_completion_tokens: Option<u64>,
+    /// The body was not valid JSON.
+    pub invalid_json: bool,
+}
+
+/// Metadata namespace the bootstrap's `json_to_metadata` rules write to.
+pub const META_NAMESPACE: &str = "sluice.request";
+
+impl RequestMeta {
+    /// `max_completion_tokens`, else `max_tokens`.
+    pub fn max_output_tokens(&self) -> Option<u64> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+
+    /// Decodes the namespace's Struct as proxy-wasm serialises a map property: a count, then
+    /// (key length, value length) pairs, then each key and value NUL-terminated. Values keep
+    /// their CEL encoding: strings as bytes, bools as 1 byte, numbers as 8-byte LE doubles.
+    pub fn from_property(bytes: &[u8]) -> Option<Self> {
+        let mut meta = Self::default();
+        for (key, value) in decode_pairs(bytes)? {
+            match key {
+                b"model" => meta.model = Some(String::from_utf8_lossy(value).into_owned()),
+                b"stream" => meta.stream = value.first() == Some(&1),
+                b"include_usage" => meta.include_usage = value.first() == Some(&1),
+                b"max_tokens" => meta.max_tokens = decode_count(value),
+                b"max_completion_tokens" => meta.max_completion_tokens = decode_count(value),
+                b"invalid_json" => meta.invalid_json = true,
+                _ => {}
+            }
+        }
+        Some(meta)
+    }
+}
+
+fn decode_count(value: &[u8]) -> Option<u64> {
+    let bits: [u8; 8] = value.try_into().ok()?;
+    let n = f64::from_le_bytes(bits);
+    (n.is_finite() && n >= 0.0).then_some(n as u64)
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
+    let raw: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    usize::try_from(u32::from_le_bytes(raw)).ok()
+}
+
+/// Parses proxy-wasm's map serialisation; None if it is malformed.
+pub fn decode_pairs(bytes: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+    let count = read_u32(bytes, 0)?;
+    let mut data = count.checked_mul(8)?.checked_add(4)?;
+    if data > bytes.len() {
+        return None;
+    }
+    let mut pairs = Vec::with_capacity(count);
+    for i in 0..count {
+        let key_len = read_u32(bytes, 4 + i * 8)?;
+        let value_len = read_u32(bytes, 8 + i * 8)?;
+        let key = bytes.get(data..data.checked_add(key_len)?)?;
+        data = data.checked_add(key_len)?.checked_add(1)?;
+        let value = bytes.get(data..data.checked_add(value_len)?)?;
+        data = data.checked_add(value_len)?.checked_add(1)?;
+        pairs.push((key, value));
+    }
+    Some(pairs)
+}
+
+/// The inverse of [`decode_pairs`] (used by tests and the native mock host).
+pub fn encode_pairs(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+    for (k, v) in pairs {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k);
+        out.push(0);
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    out
+}
+
+/// What `json_to_metadata` would extract from a body, encoded as the property reads it.
+pub fn meta_property_for(body: &[u8]) -> Vec<u8> {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return encode_pairs(&[(b"invalid_json", &[1])]);
+    };
+    let mut owned: Vec<(&[u8], Vec<u8>)> = Vec::new();
+    match v.get("model") {
+        Some(serde_json::Value::String(s)) => owned.push((b"model", s.as_bytes().to_vec())),
+        Some(other) if !other.is_null() => owned.push((b"model", other.to_string().into_bytes())),
+        _ => {}
+    }
+    if let Some(b) = v.get("stream").and_then(serde_json::Value::as_bool) {
+        owned.push((b"stream", vec![u8::from(b)]));
+    }
+    if let Some(b) = v
+        .pointer("/stream_options/include_usage")
+        .and_then(serde_json::Value::as_bool)
+    {
+        owned.push((b"include_usage", vec![u8::from(b)]));
+    }
+    for key in ["max_tokens", "max_completion_tokens"] {
+        if let Some(n) = v.get(key).and_then(serde_json::Value::as_f64) {
+            owned.push((key.as_bytes(), n.to_le_bytes().to_vec()));
+        }
+    }
+    let pairs: Vec<(&[u8], &[u8])> = owned.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+    encode_pairs(&pairs)
+}
+
+#[cfg(test)]
+mod meta_tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_through_the_property_encoding() {
+        let bytes = meta_property_for(br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"max_tokens":50}"#);
+        let meta = RequestMeta::from_property(&bytes).unwrap();
+        assert_eq!(meta.model.as_deref(), Some("gpt-4o"));
+        assert!(meta.stream && meta.include_usage && !meta.invalid_json);
+        assert_eq!(meta.max_output_tokens(), Some(50));
+        assert!(
+            RequestMeta::from_property(&meta_property_for(b"{oops"))
+                .unwrap()
+                .invalid_json
+        );
+    }
+
+    #[test]
+    fn malformed_encodings_are_refused() {
+        assert_eq!(decode_pairs(b""), None);
+        assert_eq!(decode_pairs(&[5, 0, 0, 0]), None);
+        let mut ok = encode_pairs(&[(b"model", b"m")]);
+        assert!(decode_pairs(&ok).is_some());
+        ok.truncate(ok.len() - 3);
+        assert_eq!(decode_pairs(&ok), None);
+        assert_eq!(decode_pairs(&[255, 255, 255, 255]), None);
+    }
+}

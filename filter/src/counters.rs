@@ -120,3 +120,12 @@ pub fn settle_all<H: Host>(
         .is_some()
     })
 }
+
+/// Gives back the reservations of a request that was admitted but did not go ahead.
+pub fn release_all<H: Host>(host: &H, tickets: &[Ticket], now_ms: u64) {
+    for t in tickets {
+        update(host, &t.name, |state| {
+            limits::release(state, &t.limits, now_ms, &t.reservation)
+        });
+    }
+}

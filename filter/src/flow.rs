@@ -10,7 +10,7 @@ use sluice_core::endpoint::Endpoint;
 use sluice_core::error::{GatewayError, LimitKind, LimitScope};
 use sluice_core::keys::{self, KeyHash};
 use sluice_core::limits::Remaining;
-use sluice_core::request::{parse_request, rewrite_body};
+use sluice_core::request::{RequestMeta, parse_request, rewrite_body};
 use sluice_core::routing::choose_weighted;
 use sluice_core::sse::{Forward, SseUsageScanner};
 use sluice_core::usage::{self, ApiFormat, Usage};
@@ -38,6 +38,12 @@ enum Principal {
 
 /// An admitted request, from routing until it is settled.
 struct Admitted {
+    /// The model the client asked for (from the body's metadata).
+    requested_model: String,
+    /// The body must be rewritten (model rename or injected include_usage).
+    rewrite: bool,
+    /// OpenAI stream: make sure `stream_options.include_usage` is on upstream.
+    wants_usage_chunk: bool,
     group: String,
     deployment: usize,
     format: ApiFormat,
@@ -173,7 +179,34 @@ impl<H: Host> RequestFlow<H> {
             .host
             .request_header("x-request-id")
             .map(|v| String::from_utf8_lossy(&v).into_owned());
-        Action::Pause
+        // The body's routing fields, extracted by Envoy's json_to_metadata filter (which runs
+        // first and has buffered the whole body): proxy-wasm cannot hold the headers back while
+        // it reads the body, and the router picks the cluster from the headers.
+        let Some(meta) = self
+            .host
+            .request_metadata()
+            .as_deref()
+            .and_then(RequestMeta::from_property)
+        else {
+            return self.reject(&GatewayError::Internal { detail: "no request metadata: Envoy's json_to_metadata filter must run before sluice" });
+        };
+        if meta.invalid_json {
+            return self.reject(&GatewayError::InvalidJson {
+                detail: "the body could not be parsed".into(),
+            });
+        }
+        let Some(model) = meta.model.clone().filter(|m| !m.trim().is_empty()) else {
+            return self.reject(&GatewayError::MissingModel);
+        };
+        match self.admit_and_route(model, &meta, declared) {
+            Ok(()) => Action::Continue,
+            Err(error) => {
+                let headers = rate_limit_headers(&error);
+                let refs: Vec<(&str, &str)> =
+                    headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                self.reject_with(&error, &refs)
+            }
+        }
     }
 
     fn credential(&self) -> Result<Vec<u8>, GatewayError> {
@@ -276,43 +309,79 @@ impl<H: Host> RequestFlow<H> {
     // ---- request body ----------------------------------------------------------------------
 
     pub fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if self.rejected || self.admitted.is_some() {
+        let Some(admitted) = &self.admitted else {
             return Action::Continue;
-        }
-        let limit = self.config().config.max_request_body_bytes;
-        if body_size as u64 > limit {
-            return self.reject(&GatewayError::BodyTooLarge { limit });
+        };
+        if !admitted.rewrite {
+            return Action::Continue; // nothing to change: the body streams through untouched
         }
         if !end_of_stream {
             return Action::Pause; // buffer until the whole body is here
         }
         let body = self.host.request_body(body_size).unwrap_or_default();
-        match self.admit_and_route(&body) {
+        match self.rewrite(&body) {
             Ok(()) => Action::Continue,
             Err(error) => {
-                let headers = rate_limit_headers(&error);
-                let refs: Vec<(&str, &str)> =
-                    headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                self.reject_with(&error, &refs)
+                // Admitted at the headers, refused now: give the reservations back.
+                if let Some(admitted) = self.admitted.take() {
+                    counters::release_all(&self.host, &admitted.tickets, self.host.now_ms());
+                }
+                self.reject(&error)
             }
         }
     }
 
-    fn admit_and_route(&mut self, body: &[u8]) -> Result<(), GatewayError> {
+    /// Rewrites the body for the chosen deployment (model name, `include_usage`).
+    fn rewrite(&mut self, body: &[u8]) -> Result<(), GatewayError> {
+        let admitted = self.admitted.as_ref().ok_or(GatewayError::Internal {
+            detail: "not admitted",
+        })?;
+        let req = parse_request(body)?;
+        if req.model != admitted.requested_model {
+            return Err(GatewayError::InvalidField {
+                param: "model",
+                detail: "the body names more than one model".into(),
+            });
+        }
+        let deployment =
+            self.gateway
+                .config
+                .deployment(admitted.deployment)
+                .ok_or(GatewayError::Internal {
+                    detail: "deployment",
+                })?;
+        if let Some(new_body) = rewrite_body(
+            body,
+            &req,
+            &deployment.upstream_model,
+            admitted.wants_usage_chunk,
+        ) {
+            self.host.replace_request_body(body.len(), &new_body);
+        }
+        Ok(())
+    }
+
+    /// Chooses the deployment, admits the request on every limited scope, and points the
+    /// request at the deployment. Runs at the headers phase, before the router picks a cluster.
+    fn admit_and_route(
+        &mut self,
+        model: String,
+        meta: &RequestMeta,
+        content_length: Option<u64>,
+    ) -> Result<(), GatewayError> {
         let endpoint = self.endpoint.ok_or(GatewayError::Internal {
             detail: "no endpoint",
         })?;
-        let req = parse_request(body)?;
         let gateway = Rc::clone(&self.gateway);
         let config = &gateway.config;
         let group = config
-            .group(&req.model)
+            .group(&model)
             .ok_or_else(|| GatewayError::UnknownModel {
-                model: req.model.to_string(),
+                model: model.clone(),
             })?;
         if !self.may_use(&group.name) {
             return Err(GatewayError::ModelNotAllowed {
-                model: req.model.to_string(),
+                model: model.clone(),
             });
         }
         // Deployments of the group that speak this route's wire format.
@@ -333,17 +402,17 @@ impl<H: Host> RequestFlow<H> {
         let Some((index, deployment)) = chosen.and_then(|i| Some((i, config.deployment(i)?)))
         else {
             return Err(GatewayError::ModelNotOnRoute {
-                model: req.model.to_string(),
+                model: model.clone(),
                 route: endpoint.route(),
             });
         };
 
         // Admission: reserve estimated tokens and the maximum cost on every limited scope.
-        let est_prompt_tokens = usage::estimate_tokens_from_bytes(body.len() as u64);
+        let est_prompt_tokens = usage::estimate_tokens_from_bytes(content_length.unwrap_or(0));
         let max_output = if endpoint == Endpoint::Embeddings {
             0
         } else {
-            req.max_output_tokens
+            meta.max_output_tokens()
                 .or(deployment.max_output_tokens)
                 .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS)
         };
@@ -392,17 +461,13 @@ impl<H: Host> RequestFlow<H> {
 
         // Rewrite the body for the deployment; OpenAI streams must report usage.
         let format = endpoint.format();
-        let streamed = req.stream && endpoint.can_stream();
+        let streamed = meta.stream && endpoint.can_stream();
         let wants_usage_chunk = streamed && format == ApiFormat::OpenAi;
-        let strip_usage_chunk = wants_usage_chunk && !req.client_wants_usage;
-        if let Some(new_body) =
-            rewrite_body(body, &req, &deployment.upstream_model, wants_usage_chunk)
-        {
-            self.host.replace_request_body(body.len(), &new_body);
-            self.host.set_request_header(
-                "content-length",
-                Some(new_body.len().to_string().as_bytes()),
-            );
+        let strip_usage_chunk = wants_usage_chunk && !meta.include_usage;
+        let rewrite = model != deployment.upstream_model || strip_usage_chunk;
+        if rewrite {
+            // The body will change length, and the headers go upstream before it does.
+            self.host.set_request_header("content-length", None);
         }
         let upstream_path = format!("{}{}", deployment.base_path, endpoint.upstream_suffix());
         self.host
@@ -437,6 +502,9 @@ impl<H: Host> RequestFlow<H> {
             1,
         );
         self.admitted = Some(Admitted {
+            requested_model: model,
+            rewrite,
+            wants_usage_chunk,
             group: group.name.clone(),
             deployment: index,
             format,

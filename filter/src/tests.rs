@@ -2,12 +2,14 @@
 
 use std::rc::Rc;
 
+use crate::host::Host;
 use sluice_core::config::{
     CompiledConfig, Deployment, GatewayConfig, KeyConfig, Provider, RoutingStrategy,
     SCHEMA_VERSION, TeamConfig,
 };
 use sluice_core::cost::Pricing;
 use sluice_core::keys::{KeyHash, key_from_random};
+use sluice_core::request::meta_property_for;
 use sluice_core::time::Timestamp;
 
 use crate::flow::{Gateway, RequestFlow};
@@ -143,9 +145,16 @@ impl Stream {
         self.host.stream.local_reply.borrow().clone()
     }
 
+    /// Plays a request as Envoy would: json_to_metadata has buffered and parsed the body
+    /// before the headers reach the filter, then the body follows in one piece.
     fn send_body(&mut self, body: &[u8]) -> Option<LocalReply> {
-        if self.flow.on_request_headers(body.is_empty()) == Action::Pause && self.reply().is_some()
-        {
+        if !body.is_empty() {
+            *self.host.stream.request_metadata.borrow_mut() = Some(meta_property_for(body));
+            self.host
+                .set_request_header("content-length", Some(body.len().to_string().as_bytes()));
+        }
+        self.flow.on_request_headers(body.is_empty());
+        if self.reply().is_some() {
             return self.reply();
         }
         *self.host.stream.request_body.borrow_mut() = body.to_vec();
@@ -213,10 +222,8 @@ fn a_chat_request_is_routed_rewritten_and_metered() {
         serde_json::from_slice(&s.host.stream.request_body.borrow()).unwrap();
     assert_eq!(sent["model"], "gpt-4o-2024-08-06");
     assert_eq!(sent["messages"][0]["content"], "hello");
-    assert_eq!(
-        s.host.request_header_str("content-length"),
-        Some(s.host.stream.request_body.borrow().len().to_string())
-    );
+    // The body changed length after the headers left: no stale content-length goes upstream.
+    assert_eq!(s.host.request_header_str("content-length"), None);
 
     let body = openai_response(1000, 100, 400);
     let delivered = s.respond(200, "application/json", &[body.as_bytes()], true);
@@ -406,7 +413,7 @@ fn bad_bodies_get_clear_errors() {
     for (body, status, code) in [
         ("{not json", 400, "invalid_json"),
         (r#"{"messages":[]}"#, 400, "missing_model"),
-        (r#"{"model":["gpt-4o"]}"#, 400, "invalid_value"),
+        (r#"{"model":["gpt-4o"]}"#, 400, "model_not_found"),
         (
             r#"{"model":"gpt-4o","stream":"true"}"#,
             400,
@@ -798,9 +805,8 @@ fn weighted_routing_uses_every_deployment() {
             Rc::clone(&h.gateway),
             sluice_core::routing::SplitMix64::new(i).next_u64(),
         );
+        *host.stream.request_metadata.borrow_mut() = Some(meta_property_for(CHAT.as_bytes()));
         flow.on_request_headers(false);
-        *host.stream.request_body.borrow_mut() = CHAT.as_bytes().to_vec();
-        flow.on_request_body(CHAT.len(), true);
         *seen
             .entry(host.request_header_str("x-sluice-cluster").unwrap())
             .or_insert(0) += 1;
