@@ -156,6 +156,8 @@ pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<V
         "stat_prefix": "sluice",
         "use_remote_address": true,
         "generate_request_id": true,
+        // Clients can quote the id of a request; it is also the usage record's key.
+        "always_set_request_id_in_response": true,
         // Streams may run long; idle streams may not.
         "request_timeout": "0s",
         "stream_idle_timeout": "300s",

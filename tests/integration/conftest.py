@@ -1,0 +1,252 @@
+"""Fixtures: one mock provider and one real Envoy with the Sluice filter for the session.
+
+The four artifacts come from the environment (`cargo xtask test` sets them):
+ENVOY_BIN, SLUICE_WASM, SLUICE_CLI, SLUICE_MOCK.
+"""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ARTIFACTS = ("ENVOY_BIN", "SLUICE_WASM", "SLUICE_CLI", "SLUICE_MOCK")
+
+PRICES = {
+    "gpt-4o": (2.5e-6, 1e-5, 1.25e-6, None),
+    "gpt-4o-mini": (1.5e-7, 6e-7, 7.5e-8, None),
+    "text-embedding-3-small": (2e-8, 0.0, None, None),
+    "claude-3-5-sonnet": (3e-6, 1.5e-5, 3e-7, 3.75e-6),
+    "dead-model": (1e-6, 1e-6, None, None),
+}
+
+# Keys the tests use, by alias: the CLI flags that create them.
+KEYS = {
+    "open": [],
+    "sdk": [],
+    "stream": [],
+    "faults": [],
+    "money-a": [],
+    "money-b": ["--team", "platform"],
+    "only-gpt4o": ["--models", "gpt-4o"],
+    "rpm20": ["--rpm", "20"],
+    "tpm": ["--tpm", "300"],
+    "budget": ["--max-budget", "0.05"],
+    "blocked": [],
+    "expired": ["--expires", "2020-01-01T00:00:00Z"],
+    "embeddings-only": [],
+    "capped-a": ["--team", "capped"],
+    "capped-b": ["--team", "capped"],
+    "frozen": ["--team", "frozen"],
+    "per-model": [],
+    "security": [],
+    "anthropic": [],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def model_entry(name, model, api_base, key_env, model_id, weight=None):
+    inp, out, cached, write = PRICES[name]
+    info = {"id": model_id, "input_cost_per_token": inp, "output_cost_per_token": out}
+    if cached is not None:
+        info["cache_read_input_token_cost"] = cached
+    if write is not None:
+        info["cache_creation_input_token_cost"] = write
+    params = {"model": model, "api_base": api_base, "api_key": f"os.environ/{key_env}"}
+    if weight:
+        params["weight"] = weight
+    return {"model_name": name, "litellm_params": params, "model_info": info}
+
+
+class Gateway:
+    """A running Envoy+Sluice and its mock provider."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.env_bin = {k: os.environ[k] for k in ARTIFACTS}
+        self.provider_keys = {
+            "MOCK_OPENAI_KEY": "mock-openai-" + os.urandom(8).hex(),
+            "MOCK_ANTHROPIC_KEY": "mock-anthropic-" + os.urandom(8).hex(),
+        }
+        self.master_key = "sk-master-" + os.urandom(8).hex()
+        self.env = {**os.environ, **self.provider_keys, "SLUICE_MASTER_KEY": self.master_key}
+        self.procs = []
+        self.keys = {}
+        self.key_ids = {}
+
+    # -- start-up -------------------------------------------------------------------------
+
+    def start_mock(self):
+        proc = subprocess.Popen(
+            [self.env_bin["SLUICE_MOCK"], "--listen", "127.0.0.1:0",
+             "--openai-key", self.provider_keys["MOCK_OPENAI_KEY"],
+             "--anthropic-key", self.provider_keys["MOCK_ANTHROPIC_KEY"], "--workers", "2"],
+            stdout=subprocess.PIPE, text=True)
+        self.procs.append(proc)
+        line = proc.stdout.readline()
+        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        assert match, f"mock provider did not start: {line!r}"
+        self.mock_port = int(match.group(1))
+        self.mock_url = f"http://127.0.0.1:{self.mock_port}"
+
+    def cli(self, *args, check=True):
+        return subprocess.run([self.env_bin["SLUICE_CLI"], *args], env=self.env, capture_output=True,
+                              text=True, check=check, timeout=60)
+
+    def write_config(self):
+        openai_base = f"{self.mock_url}/v1"
+        dead_port = free_port()  # nothing listens here
+        models = [
+            model_entry("gpt-4o", "openai/gpt-4o-2024-08-06", openai_base, "MOCK_OPENAI_KEY", "gpt-4o-a", 3),
+            model_entry("gpt-4o", "openai/gpt-4o", openai_base, "MOCK_OPENAI_KEY", "gpt-4o-b", 1),
+            model_entry("gpt-4o-mini", "openai/gpt-4o-mini", openai_base, "MOCK_OPENAI_KEY", "mini"),
+            model_entry("text-embedding-3-small", "openai/text-embedding-3-small", openai_base, "MOCK_OPENAI_KEY", "emb"),
+            model_entry("claude-3-5-sonnet", "anthropic/claude-3-5-sonnet-20241022", self.mock_url, "MOCK_ANTHROPIC_KEY", "claude"),
+            model_entry("dead-model", "openai/dead", f"http://127.0.0.1:{dead_port}/v1", "MOCK_OPENAI_KEY", "dead"),
+        ]
+        keys = []
+        for alias, flags in KEYS.items():
+            out = self.cli("key", "new", "--alias", alias, *flags, "--json").stdout
+            created = json.loads(out)
+            entry = created["entry"]
+            if alias == "blocked":
+                entry["blocked"] = True
+            if alias == "embeddings-only":
+                entry["allowed_routes"] = ["/v1/embeddings"]
+            if alias == "per-model":
+                entry["model_rpm_limit"] = {"gpt-4o-mini": 3}
+            keys.append(entry)
+            self.keys[alias] = created["key"]
+            self.key_ids[alias] = created["key_hash"].removeprefix("sha256:")[:16]
+        config = {
+            "model_list": models,
+            "router_settings": {"routing_strategy": "simple-shuffle"},
+            "general_settings": {"master_key": "os.environ/SLUICE_MASTER_KEY", "max_request_size_mb": 1},
+            "teams": [
+                {"team_id": "platform", "rpm_limit": 100000, "max_budget": 1000},
+                {"team_id": "capped", "rpm_limit": 5},
+                {"team_id": "frozen", "blocked": True},
+            ],
+            "keys": keys,
+        }
+        self.config_path = self.workdir / "config.yaml"
+        # JSON is valid YAML.
+        self.config_path.write_text(json.dumps(config, indent=2))
+
+    def start_envoy(self):
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin = f"http://127.0.0.1:{self.admin_port}"
+        self.envoy_yaml = self.workdir / "envoy.yaml"
+        self.cli("envoy-config", "-c", str(self.config_path), "--wasm", self.env_bin["SLUICE_WASM"],
+                 "--out", str(self.envoy_yaml), "--listen", f"127.0.0.1:{self.port}",
+                 "--admin-port", str(self.admin_port))
+        self.log_path = self.workdir / "envoy.log"
+        log = open(self.log_path, "w")
+        proc = subprocess.Popen(
+            [self.env_bin["ENVOY_BIN"], "-c", str(self.envoy_yaml), "--disable-hot-restart",
+             "--concurrency", "2", "--log-level", "info"],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=log)
+        self.procs.append(proc)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            assert proc.poll() is None, f"Envoy exited: {self.log_path.read_text()[-3000:]}"
+            try:
+                if httpx.get(f"{self.admin}/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"Envoy never became ready: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self):
+        for proc in reversed(self.procs):
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    # -- helpers for tests -----------------------------------------------------------------
+
+    def auth(self, alias):
+        return {"Authorization": f"Bearer {self.keys[alias]}"}
+
+    def post(self, path, alias, body, headers=None, **kw):
+        hdrs = {**self.auth(alias), **(headers or {})}
+        if isinstance(body, (dict, list)):
+            return httpx.post(self.url + path, json=body, headers=hdrs, timeout=30, **kw)
+        return httpx.post(self.url + path, content=body, headers=hdrs, timeout=30, **kw)
+
+    def records(self, alias=None):
+        """Usage records written so far (optionally only one key's)."""
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            idx = line.find("sluice.usage ")
+            if idx >= 0:
+                rec = json.loads(line[idx + len("sluice.usage "):])
+                if alias is None or rec["key_alias"] == alias:
+                    out.append(rec)
+        return out
+
+    def wait_records(self, alias, count, timeout=10.0):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            recs = self.records(alias)
+            if len(recs) >= count:
+                time.sleep(0.2)  # anything extra would show up now
+                return self.records(alias)
+            time.sleep(0.05)
+        raise AssertionError(f"expected {count} usage records for {alias}, got {len(self.records(alias))}")
+
+    def wait_for(self, predicate, timeout=10.0):
+        """Polls until predicate(records) is truthy; returns the records."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            recs = self.records()
+            if predicate(recs):
+                return recs
+            time.sleep(0.05)
+        raise AssertionError("usage records never matched")
+
+    def mock_stats(self):
+        return httpx.get(f"{self.mock_url}/mock/stats", timeout=5).json()
+
+    def prometheus(self):
+        return httpx.get(f"{self.admin}/stats/prometheus", timeout=5).text
+
+
+def cost(group, prompt, completion, cached=0, cache_write=0):
+    inp, out, cached_price, write_price = PRICES[group]
+    plain = prompt - cached - cache_write
+    return (plain * inp + cached * (cached_price if cached_price is not None else inp)
+            + cache_write * (write_price if write_price is not None else inp) + completion * out)
+
+
+@pytest.fixture(scope="session")
+def gw():
+    missing = [k for k in ARTIFACTS if not os.environ.get(k)]
+    if missing:
+        pytest.fail(f"set {', '.join(missing)} (cargo xtask test does this)")
+    with tempfile.TemporaryDirectory(prefix="sluice-it-") as tmp:
+        g = Gateway(Path(tmp))
+        try:
+            g.start_mock()
+            g.write_config()
+            g.start_envoy()
+            yield g
+        finally:
+            g.stop()

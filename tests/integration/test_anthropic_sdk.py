@@ -1,0 +1,46 @@
+"""The Anthropic Python SDK against /v1/messages through Envoy+Sluice."""
+
+import anthropic
+import pytest
+
+from conftest import cost
+
+
+def client(gw):
+    return anthropic.Anthropic(base_url=gw.url, api_key=gw.keys["anthropic"], max_retries=0)
+
+
+def test_messages_non_streaming(gw):
+    before = len(gw.records("anthropic"))
+    msg = client(gw).messages.create(
+        model="claude-3-5-sonnet", max_tokens=50, messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-mock-prompt-tokens": "100", "x-mock-completion-tokens": "6",
+                       "x-mock-cached-tokens": "30", "x-mock-cache-write-tokens": "20"})
+    assert msg.content[0].text == "tok0 tok1 tok2 tok3 tok4 tok5"
+    assert msg.usage.input_tokens == 100 and msg.usage.output_tokens == 6
+    rec = gw.wait_records("anthropic", before + 1)[-1]
+    # Sluice counts cache reads and writes as input tokens, priced at their own rates.
+    assert (rec["prompt_tokens"], rec["cached_prompt_tokens"], rec["cache_write_tokens"], rec["completion_tokens"]) == (150, 30, 20, 6)
+    assert rec["cost_usd"] == pytest.approx(cost("claude-3-5-sonnet", 150, 6, cached=30, cache_write=20), abs=1e-9)
+    seen = gw.mock_stats()["requests"][-1]
+    assert seen["x_api_key"] == gw.provider_keys["MOCK_ANTHROPIC_KEY"]
+    assert seen["anthropic_version"]
+
+
+def test_messages_streaming(gw):
+    before = len(gw.records("anthropic"))
+    with client(gw).messages.stream(
+        model="claude-3-5-sonnet", max_tokens=50, messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-mock-prompt-tokens": "70", "x-mock-completion-tokens": "9"},
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == " ".join(f"tok{i}" for i in range(9))
+    assert final.usage.output_tokens == 9
+    rec = gw.wait_records("anthropic", before + 1)[-1]
+    assert (rec["prompt_tokens"], rec["completion_tokens"], rec["streamed"], rec["estimated"]) == (70, 9, True, False)
+
+
+def test_an_openai_model_is_not_served_on_messages(gw):
+    with pytest.raises(anthropic.BadRequestError):
+        client(gw).messages.create(model="gpt-4o", max_tokens=5, messages=[{"role": "user", "content": "hi"}])

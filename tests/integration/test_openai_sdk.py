@@ -1,0 +1,93 @@
+"""The OpenAI Python SDK against Envoy+Sluice: what a user of the gateway does first."""
+
+import openai
+import pytest
+
+from conftest import cost
+
+
+def client(gw, alias, **kw):
+    return openai.OpenAI(base_url=f"{gw.url}/v1", api_key=gw.keys[alias], max_retries=0, **kw)
+
+
+def test_chat_completion_is_metered_at_the_price_table(gw):
+    before = len(gw.records("sdk"))
+    reply = client(gw, "sdk").chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hello"}],
+        extra_headers={"x-mock-prompt-tokens": "1200", "x-mock-completion-tokens": "7",
+                       "x-mock-cached-tokens": "200", "x-mock-reasoning-tokens": "3"})
+    assert reply.choices[0].message.content == "tok0 tok1 tok2 tok3 tok4 tok5 tok6"
+    assert reply.usage.prompt_tokens == 1200 and reply.usage.completion_tokens == 7
+    rec = gw.wait_records("sdk", before + 1)[-1]
+    assert rec["model_group"] == "gpt-4o"
+    assert rec["deployment"] in ("gpt-4o-a", "gpt-4o-b")
+    assert (rec["prompt_tokens"], rec["completion_tokens"], rec["cached_prompt_tokens"], rec["reasoning_tokens"]) == (1200, 7, 200, 3)
+    assert rec["cost_usd"] == pytest.approx(cost("gpt-4o", 1200, 7, cached=200), abs=1e-9)
+    assert rec["status"] == 200 and rec["outcome"] == "completed" and rec["estimated"] is False
+    assert rec["key_id"] == gw.key_ids["sdk"]
+
+
+def test_stream_without_include_usage_hides_the_usage_chunk_but_meters_it(gw):
+    before = len(gw.records("stream"))
+    chunks = list(client(gw, "stream").chat.completions.create(
+        model="gpt-4o", stream=True, messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-mock-completion-tokens": "5", "x-mock-prompt-tokens": "40"}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "tok0 tok1 tok2 tok3 tok4"
+    assert all(c.usage is None for c in chunks), "the client did not ask for usage"
+    assert all(c.choices for c in chunks)
+    rec = gw.wait_records("stream", before + 1)[-1]
+    assert (rec["prompt_tokens"], rec["completion_tokens"]) == (40, 5)
+    assert rec["streamed"] is True and rec["estimated"] is False
+    # Upstream did get include_usage.
+    assert any(r["stream"] and r["include_usage"] for r in gw.mock_stats()["requests"])
+
+
+def test_stream_with_include_usage_keeps_it_for_the_client(gw):
+    chunks = list(client(gw, "stream").chat.completions.create(
+        model="gpt-4o-mini", stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-mock-completion-tokens": "4", "x-mock-prompt-tokens": "10"}))
+    usage = [c.usage for c in chunks if c.usage is not None]
+    assert len(usage) == 1 and usage[0].completion_tokens == 4 and usage[0].prompt_tokens == 10
+
+
+def test_embeddings(gw):
+    before = len(gw.records("sdk"))
+    reply = client(gw, "sdk").embeddings.create(model="text-embedding-3-small", input=["a", "b"],
+                                                extra_headers={"x-mock-prompt-tokens": "9"})
+    assert len(reply.data) == 2 and len(reply.data[0].embedding) == 8
+    rec = gw.wait_records("sdk", before + 1)[-1]
+    assert rec["route"] == "/v1/embeddings" and rec["prompt_tokens"] == 9 and rec["completion_tokens"] == 0
+
+
+def test_legacy_completions(gw):
+    reply = client(gw, "sdk").completions.create(model="gpt-4o-mini", prompt="say", max_tokens=3)
+    assert reply.choices[0].text == "tok0 tok1 tok2"
+
+
+def test_models_lists_only_what_the_key_may_use(gw):
+    assert [m.id for m in client(gw, "only-gpt4o").models.list()] == ["gpt-4o"]
+    everything = {m.id for m in client(gw, "open").models.list()}
+    assert {"gpt-4o", "gpt-4o-mini", "text-embedding-3-small", "claude-3-5-sonnet"} <= everything
+
+
+def test_sdk_errors_map_to_the_right_exceptions(gw):
+    bad = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="sk-sluice-notarealkey", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as e:
+        bad.chat.completions.create(model="gpt-4o", messages=[])
+    assert e.value.code == "invalid_api_key"
+    with pytest.raises(openai.PermissionDeniedError):
+        client(gw, "only-gpt4o").chat.completions.create(model="gpt-4o-mini", messages=[])
+    with pytest.raises(openai.BadRequestError) as e:
+        client(gw, "open").chat.completions.create(model="gpt-9", messages=[])
+    assert e.value.code == "model_not_found"
+    assert "gpt-9" in str(e.value) and gw.keys["open"] not in str(e.value)
+
+
+def test_master_key_works_and_is_recorded_as_master(gw):
+    master = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=gw.master_key, max_retries=0)
+    reply = master.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    assert reply.choices[0].message.content.startswith("tok0")
+    recs = gw.wait_for(lambda rs: any(r["key_id"] == "master" for r in rs))
+    assert all(r["key_alias"] is None for r in recs if r["key_id"] == "master")
