@@ -11,8 +11,7 @@ pub fn parse_yaml(text: &str) -> Result<serde_json::Value, String> {
 
 /// Loads and converts a config file, resolving `os.environ/NAME` from the process environment.
 pub fn load(path: &Path) -> Result<Standalone, Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
+    let text = std::fs::read_to_string(path).map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
     convert(&text)
 }
 

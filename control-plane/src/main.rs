@@ -12,11 +12,7 @@ use sluice_core::keys::{KeyHash, check_format};
 use sluice_core::time::{BudgetDuration, Timestamp};
 
 #[derive(Parser)]
-#[command(
-    name = "sluice",
-    version,
-    about = "Sluice, the LLM gateway for Envoy: keys, config checks and Envoy config"
-)]
+#[command(name = "sluice", version, about = "Sluice, the LLM gateway for Envoy: keys, config checks and Envoy config")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -142,33 +138,27 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             put("max_budget", max_budget.map(Value::from));
             if let Some(d) = &budget_duration {
-                BudgetDuration::parse(d).ok_or_else(|| {
-                    format!("--budget-duration {d:?}: use 30s, 10m, 1h, 1d, 7d, 30d or 1mo")
-                })?;
+                BudgetDuration::parse(d)
+                    .ok_or_else(|| format!("--budget-duration {d:?}: use 30s, 10m, 1h, 1d, 7d, 30d or 1mo"))?;
             }
             put("budget_duration", budget_duration.map(Value::from));
             if let Some(e) = &expires {
-                Timestamp::parse(e).ok_or_else(|| {
-                    format!("--expires {e:?}: use RFC 3339, e.g. 2027-01-01T00:00:00Z")
-                })?;
+                Timestamp::parse(e)
+                    .ok_or_else(|| format!("--expires {e:?}: use RFC 3339, e.g. 2027-01-01T00:00:00Z"))?;
             }
             put("expires", expires.map(Value::from));
             let key = key_file::generate_key()?;
             let entry = key_file::entry(&key, fields);
             let item = key_file::entry_yaml(&entry)?;
             if let Some(path) = &append_to {
-                key_file::append_to_file(path, &item, |text| {
-                    config_file::convert(text).map(|_| ())
-                })?;
+                key_file::append_to_file(path, &item, |text| config_file::convert(text).map(|_| ()))?;
             }
             if json {
                 let hash = entry.get("key_hash").cloned().unwrap_or(Value::Null);
                 println!("{}", json!({"key": key, "key_hash": hash, "entry": entry}));
             } else {
                 println!("{key}");
-                eprintln!(
-                    "\nThe key above is shown once: store it now. Only its hash goes in config.yaml."
-                );
+                eprintln!("\nThe key above is shown once: store it now. Only its hash goes in config.yaml.");
                 match &append_to {
                     Some(path) => eprintln!("Added to the keys: section of {}.", path.display()),
                     None => eprintln!("Add this under `keys:` in config.yaml:\n{item}"),
@@ -188,27 +178,18 @@ fn run(cli: Cli) -> Result<(), String> {
                 }
             };
             let key = key.trim();
-            check_format(key.as_bytes()).map_err(|e| {
-                format!("not a Sluice key ({e:?}); keys look like sk-sluice-… and carry a checksum")
-            })?;
+            check_format(key.as_bytes())
+                .map_err(|e| format!("not a Sluice key ({e:?}); keys look like sk-sluice-… and carry a checksum"))?;
             println!("key_hash: sha256:{}", KeyHash::of(key.as_bytes()).to_hex());
             Ok(())
         }
         Command::Config(ConfigCommand::Check { config }) => {
-            let s = config_file::load(&config).map_err(|errors| {
-                format!(
-                    "{} is not valid:\n  {}",
-                    config.display(),
-                    errors.join("\n  ")
-                )
-            })?;
+            let s = config_file::load(&config)
+                .map_err(|errors| format!("{} is not valid:\n  {}", config.display(), errors.join("\n  ")))?;
             print_warnings(&s.warnings);
             let g = &s.gateway;
-            let groups: std::collections::BTreeSet<&str> = g
-                .deployments
-                .iter()
-                .map(|d| d.model_name.as_str())
-                .collect();
+            let groups: std::collections::BTreeSet<&str> =
+                g.deployments.iter().map(|d| d.model_name.as_str()).collect();
             println!(
                 "{}: ok — {} deployments in {} model groups, {} keys, {} teams, {} warnings",
                 config.display(),
@@ -220,29 +201,14 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
-        Command::EnvoyConfig {
-            config,
-            wasm,
-            out,
-            listen,
-            admin_port,
-        } => {
-            let s = config_file::load(&config).map_err(|errors| {
-                format!(
-                    "{} is not valid:\n  {}",
-                    config.display(),
-                    errors.join("\n  ")
-                )
-            })?;
+        Command::EnvoyConfig { config, wasm, out, listen, admin_port } => {
+            let s = config_file::load(&config)
+                .map_err(|errors| format!("{} is not valid:\n  {}", config.display(), errors.join("\n  ")))?;
             print_warnings(&s.warnings);
-            let (address, port) = listen
-                .rsplit_once(':')
-                .ok_or_else(|| format!("--listen {listen:?}: use HOST:PORT"))?;
-            let port: u16 = port
-                .parse()
-                .map_err(|_| format!("--listen {listen:?}: invalid port"))?;
-            let wasm =
-                std::path::absolute(&wasm).map_err(|e| format!("{}: {e}", wasm.display()))?;
+            let (address, port) =
+                listen.rsplit_once(':').ok_or_else(|| format!("--listen {listen:?}: use HOST:PORT"))?;
+            let port: u16 = port.parse().map_err(|_| format!("--listen {listen:?}: invalid port"))?;
+            let wasm = std::path::absolute(&wasm).map_err(|e| format!("{}: {e}", wasm.display()))?;
             if !wasm.exists() {
                 return Err(format!(
                     "{} does not exist (build it: cargo build --release --target wasm32-wasip1 -p sluice-filter)",
@@ -250,17 +216,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 ));
             }
             let opts = BootstrapOptions {
-                listen_address: address
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_owned(),
+                listen_address: address.trim_start_matches('[').trim_end_matches(']').to_owned(),
                 listen_port: port,
                 admin_port,
                 wasm_path: wasm.to_string_lossy().into_owned(),
             };
             let yaml = to_yaml(&standalone_bootstrap(&s, &opts)?)?;
-            std::fs::write(&out, yaml)
-                .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+            std::fs::write(&out, yaml).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
             eprintln!("wrote {}", out.display());
             Ok(())
         }

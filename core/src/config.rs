@@ -205,8 +205,7 @@ impl ModelAccess {
         match self {
             Self::All => true,
             Self::Only { exact, prefixes } => {
-                exact.contains(model_group)
-                    || prefixes.iter().any(|p| model_group.starts_with(p.as_str()))
+                exact.contains(model_group) || prefixes.iter().any(|p| model_group.starts_with(p.as_str()))
             }
         }
     }
@@ -282,17 +281,14 @@ pub struct CompiledConfig {
 fn is_safe_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 200
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/'))
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/'))
 }
 
 fn check_budget(what: &str, budget: Option<f64>, errors: &mut Vec<ConfigError>) {
     if let Some(b) = budget
         && (!b.is_finite() || b < 0.0)
     {
-        errors.push(ConfigError(format!(
-            "{what}: max_budget must be a non-negative number, got {b}"
-        )));
+        errors.push(ConfigError(format!("{what}: max_budget must be a non-negative number, got {b}")));
     }
 }
 
@@ -307,9 +303,7 @@ impl CompiledConfig {
             )));
         }
         if config.max_request_body_bytes == 0 {
-            errors.push(ConfigError(
-                "max_request_body_bytes must be positive".into(),
-            ));
+            errors.push(ConfigError("max_request_body_bytes must be positive".into()));
         }
 
         let mut groups: Vec<ModelGroup> = Vec::new();
@@ -321,14 +315,10 @@ impl CompiledConfig {
                 errors.push(ConfigError(format!("{what}: duplicate deployment id")));
             }
             if d.model_name.trim().is_empty() || d.model_name.len() > 200 {
-                errors.push(ConfigError(format!(
-                    "{what}: model_name must be 1-200 characters"
-                )));
+                errors.push(ConfigError(format!("{what}: model_name must be 1-200 characters")));
             }
             if d.upstream_model.is_empty() {
-                errors.push(ConfigError(format!(
-                    "{what}: the upstream model name is empty"
-                )));
+                errors.push(ConfigError(format!("{what}: the upstream model name is empty")));
             }
             if !is_safe_name(&d.cluster) {
                 errors.push(ConfigError(format!(
@@ -348,18 +338,13 @@ impl CompiledConfig {
             if let Some(env) = &d.api_key_env
                 && (env.is_empty() || !env.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
             {
-                errors.push(ConfigError(format!(
-                    "{what}: {env:?} is not an environment variable name"
-                )));
+                errors.push(ConfigError(format!("{what}: {env:?} is not an environment variable name")));
             }
             if let Err(e) = d.pricing.validate() {
                 errors.push(ConfigError(format!("{what}: {e}")));
             }
             let g = *group_index.entry(d.model_name.clone()).or_insert_with(|| {
-                groups.push(ModelGroup {
-                    name: d.model_name.clone(),
-                    deployments: Vec::new(),
-                });
+                groups.push(ModelGroup { name: d.model_name.clone(), deployments: Vec::new() });
                 groups.len() - 1
             });
             if let Some(group) = groups.get_mut(g) {
@@ -372,9 +357,7 @@ impl CompiledConfig {
         for t in &config.teams {
             let what = format!("team {:?}", t.team_id);
             if !is_safe_name(&t.team_id) {
-                errors.push(ConfigError(format!(
-                    "{what}: team_id must be 1-200 characters of [A-Za-z0-9-_.:/]"
-                )));
+                errors.push(ConfigError(format!("{what}: team_id must be 1-200 characters of [A-Za-z0-9-_.:/]")));
             }
             if team_index.insert(t.team_id.as_str(), teams.len()).is_some() {
                 errors.push(ConfigError(format!("{what}: duplicate team_id")));
@@ -384,12 +367,7 @@ impl CompiledConfig {
                 team_id: t.team_id.clone(),
                 models: ModelAccess::compile(&t.models),
                 blocked: t.blocked,
-                limits: ScopeLimits::new(
-                    t.rpm_limit,
-                    t.tpm_limit,
-                    t.max_budget.map(usd_to_nanos),
-                    t.budget_duration,
-                ),
+                limits: ScopeLimits::new(t.rpm_limit, t.tpm_limit, t.max_budget.map(usd_to_nanos), t.budget_duration),
                 counter_name: format!("sluice:t:{}", t.team_id),
             });
         }
@@ -401,30 +379,22 @@ impl CompiledConfig {
             let label = k.key_alias.clone().unwrap_or_else(|| format!("#{i}"));
             let what = format!("key {label:?}");
             let Some(hash) = k.key_hash else {
-                errors.push(ConfigError(format!(
-                    "{what}: key_hash is required (run `sluice key new`)"
-                )));
+                errors.push(ConfigError(format!("{what}: key_hash is required (run `sluice key new`)")));
                 continue;
             };
             if key_index.insert(hash, keys.len()).is_some() {
-                errors.push(ConfigError(format!(
-                    "{what}: the same key_hash appears twice"
-                )));
+                errors.push(ConfigError(format!("{what}: the same key_hash appears twice")));
             }
             let mut key_id = hash.to_hex();
             key_id.truncate(16);
             if !key_ids.insert(key_id.clone()) {
-                errors.push(ConfigError(format!(
-                    "{what}: two keys share the hash prefix {key_id}"
-                )));
+                errors.push(ConfigError(format!("{what}: two keys share the hash prefix {key_id}")));
             }
             let team = match &k.team_id {
                 Some(t) => match team_index.get(t.as_str()) {
                     Some(idx) => Some(*idx),
                     None => {
-                        errors.push(ConfigError(format!(
-                            "{what}: team_id {t:?} is not declared under teams"
-                        )));
+                        errors.push(ConfigError(format!("{what}: team_id {t:?} is not declared under teams")));
                         None
                     }
                 },
@@ -438,21 +408,17 @@ impl CompiledConfig {
             let mut model_limits = HashMap::new();
             for group in k.model_rpm_limit.keys().chain(k.model_tpm_limit.keys()) {
                 if !group_index.contains_key(group) {
-                    errors.push(ConfigError(format!(
-                        "{what}: per-model limit for unknown model {group:?}"
-                    )));
+                    errors.push(ConfigError(format!("{what}: per-model limit for unknown model {group:?}")));
                 }
-                model_limits
-                    .entry(group.clone())
-                    .or_insert_with(|| ModelScope {
-                        limits: ScopeLimits::new(
-                            k.model_rpm_limit.get(group).copied(),
-                            k.model_tpm_limit.get(group).copied(),
-                            None,
-                            None,
-                        ),
-                        counter_name: format!("sluice:km:{key_id}:{group}"),
-                    });
+                model_limits.entry(group.clone()).or_insert_with(|| ModelScope {
+                    limits: ScopeLimits::new(
+                        k.model_rpm_limit.get(group).copied(),
+                        k.model_tpm_limit.get(group).copied(),
+                        None,
+                        None,
+                    ),
+                    counter_name: format!("sluice:km:{key_id}:{group}"),
+                });
             }
             keys.push(CompiledKey {
                 hash,
@@ -466,12 +432,7 @@ impl CompiledConfig {
                 routes,
                 blocked: k.blocked,
                 expires_unix_secs: k.expires.as_ref().map(|t| t.unix_secs),
-                limits: ScopeLimits::new(
-                    k.rpm_limit,
-                    k.tpm_limit,
-                    k.max_budget.map(usd_to_nanos),
-                    k.budget_duration,
-                ),
+                limits: ScopeLimits::new(k.rpm_limit, k.tpm_limit, k.max_budget.map(usd_to_nanos), k.budget_duration),
                 model_limits,
             });
         }
@@ -480,21 +441,8 @@ impl CompiledConfig {
             return Err(errors);
         }
         let mut sorted_groups: Vec<usize> = (0..groups.len()).collect();
-        sorted_groups.sort_by(|a, b| {
-            groups
-                .get(*a)
-                .map(|g| &g.name)
-                .cmp(&groups.get(*b).map(|g| &g.name))
-        });
-        Ok(Self {
-            config,
-            keys,
-            teams,
-            groups,
-            key_index,
-            group_index,
-            sorted_groups,
-        })
+        sorted_groups.sort_by(|a, b| groups.get(*a).map(|g| &g.name).cmp(&groups.get(*b).map(|g| &g.name)));
+        Ok(Self { config, keys, teams, groups, key_index, group_index, sorted_groups })
     }
 
     pub fn key(&self, hash: &KeyHash) -> Option<&CompiledKey> {
@@ -525,11 +473,7 @@ impl CompiledConfig {
 
     /// Whether a group has at least one deployment that speaks the endpoint's format.
     pub fn group_serves(&self, group: &ModelGroup, endpoint: Endpoint) -> bool {
-        group
-            .deployments
-            .iter()
-            .filter_map(|i| self.deployment(*i))
-            .any(|d| d.provider.format() == endpoint.format())
+        group.deployments.iter().filter_map(|i| self.deployment(*i)).any(|d| d.provider.format() == endpoint.format())
     }
 }
 
@@ -561,11 +505,7 @@ mod tests {
             max_request_body_bytes: 1024,
             max_response_scan_bytes: 1024,
             routing_strategy: RoutingStrategy::SimpleShuffle,
-            deployments: vec![
-                deployment("a", "gpt-4o"),
-                deployment("b", "gpt-4o"),
-                deployment("c", "claude"),
-            ],
+            deployments: vec![deployment("a", "gpt-4o"), deployment("b", "gpt-4o"), deployment("c", "claude")],
             keys: vec![],
             teams: vec![],
         }
@@ -576,11 +516,7 @@ mod tests {
         let c = CompiledConfig::compile(base()).unwrap();
         assert_eq!(c.group("gpt-4o").unwrap().deployments, vec![0, 1]);
         assert!(c.group("nope").is_none());
-        let names: Vec<_> = c
-            .sorted_groups
-            .iter()
-            .map(|i| c.groups[*i].name.as_str())
-            .collect();
+        let names: Vec<_> = c.sorted_groups.iter().map(|i| c.groups[*i].name.as_str()).collect();
         assert_eq!(names, ["claude", "gpt-4o"]);
     }
 
@@ -597,16 +533,9 @@ mod tests {
             allowed_routes: vec!["/admin".into()],
             ..KeyConfig::default()
         });
-        cfg.keys.push(KeyConfig {
-            key_hash: Some(KeyHash::of(b"k")),
-            ..KeyConfig::default()
-        });
+        cfg.keys.push(KeyConfig { key_hash: Some(KeyHash::of(b"k")), ..KeyConfig::default() });
         let errors = CompiledConfig::compile(cfg).unwrap_err();
-        let all = errors
-            .iter()
-            .map(|e| e.0.clone())
-            .collect::<Vec<_>>()
-            .join("\n");
+        let all = errors.iter().map(|e| e.0.clone()).collect::<Vec<_>>().join("\n");
         for needle in [
             "duplicate deployment id",
             "cluster",
@@ -623,11 +552,7 @@ mod tests {
     #[test]
     fn keys_resolve_teams_and_access() {
         let mut cfg = base();
-        cfg.teams.push(TeamConfig {
-            team_id: "t1".into(),
-            models: vec!["gpt-*".into()],
-            ..TeamConfig::default()
-        });
+        cfg.teams.push(TeamConfig { team_id: "t1".into(), models: vec!["gpt-*".into()], ..TeamConfig::default() });
         cfg.keys.push(KeyConfig {
             key_hash: Some(KeyHash::of(b"k1")),
             team_id: Some("t1".into()),

@@ -31,14 +31,8 @@ impl Pricing {
         let all = [
             ("input_cost_per_token", Some(self.input_cost_per_token)),
             ("output_cost_per_token", Some(self.output_cost_per_token)),
-            (
-                "cache_read_input_token_cost",
-                self.cache_read_input_token_cost,
-            ),
-            (
-                "cache_creation_input_token_cost",
-                self.cache_creation_input_token_cost,
-            ),
+            ("cache_read_input_token_cost", self.cache_read_input_token_cost),
+            ("cache_creation_input_token_cost", self.cache_creation_input_token_cost),
         ];
         for (name, value) in all {
             if let Some(v) = value
@@ -56,14 +50,8 @@ impl Pricing {
         let writes = usage.cache_write_tokens.min(usage.prompt_tokens - cached);
         let plain_input = usage.prompt_tokens - cached - writes;
         plain_input as f64 * self.input_cost_per_token
-            + cached as f64
-                * self
-                    .cache_read_input_token_cost
-                    .unwrap_or(self.input_cost_per_token)
-            + writes as f64
-                * self
-                    .cache_creation_input_token_cost
-                    .unwrap_or(self.input_cost_per_token)
+            + cached as f64 * self.cache_read_input_token_cost.unwrap_or(self.input_cost_per_token)
+            + writes as f64 * self.cache_creation_input_token_cost.unwrap_or(self.input_cost_per_token)
             + usage.completion_tokens as f64 * self.output_cost_per_token
     }
 
@@ -78,10 +66,7 @@ impl Pricing {
             .input_cost_per_token
             .max(self.cache_read_input_token_cost.unwrap_or(0.0))
             .max(self.cache_creation_input_token_cost.unwrap_or(0.0));
-        usd_to_nanos(
-            prompt_tokens as f64 * input_price
-                + max_output_tokens as f64 * self.output_cost_per_token,
-        )
+        usd_to_nanos(prompt_tokens as f64 * input_price + max_output_tokens as f64 * self.output_cost_per_token)
     }
 }
 
@@ -116,49 +101,27 @@ mod tests {
 
     #[test]
     fn plain_usage_cost() {
-        let u = Usage {
-            prompt_tokens: 1000,
-            completion_tokens: 100,
-            ..Usage::default()
-        };
+        let u = Usage { prompt_tokens: 1000, completion_tokens: 100, ..Usage::default() };
         assert_eq!(gpt4o().cost_nanos(&u), 2_500_000 + 1_000_000);
     }
 
     #[test]
     fn cached_tokens_are_priced_at_the_cache_price() {
-        let u = Usage {
-            prompt_tokens: 1000,
-            cached_prompt_tokens: 400,
-            completion_tokens: 0,
-            ..Usage::default()
-        };
+        let u = Usage { prompt_tokens: 1000, cached_prompt_tokens: 400, completion_tokens: 0, ..Usage::default() };
         assert_eq!(gpt4o().cost_nanos(&u), 600 * 2500 + 400 * 1250);
     }
 
     #[test]
     fn cache_writes_fall_back_to_the_input_price() {
-        let p = Pricing {
-            cache_creation_input_token_cost: Some(3.75e-6),
-            ..gpt4o()
-        };
-        let u = Usage {
-            prompt_tokens: 100,
-            cache_write_tokens: 40,
-            cached_prompt_tokens: 10,
-            ..Usage::default()
-        };
+        let p = Pricing { cache_creation_input_token_cost: Some(3.75e-6), ..gpt4o() };
+        let u = Usage { prompt_tokens: 100, cache_write_tokens: 40, cached_prompt_tokens: 10, ..Usage::default() };
         assert_eq!(p.cost_nanos(&u), 50 * 2500 + 10 * 1250 + 40 * 3750);
         assert_eq!(gpt4o().cost_nanos(&u), 50 * 2500 + 10 * 1250 + 40 * 2500);
     }
 
     #[test]
     fn inconsistent_usage_does_not_underflow() {
-        let u = Usage {
-            prompt_tokens: 10,
-            cached_prompt_tokens: 50,
-            cache_write_tokens: 50,
-            ..Usage::default()
-        };
+        let u = Usage { prompt_tokens: 10, cached_prompt_tokens: 50, cache_write_tokens: 50, ..Usage::default() };
         assert_eq!(gpt4o().cost_nanos(&u), 10 * 1250);
     }
 
@@ -181,21 +144,7 @@ mod tests {
         assert_eq!(usd_to_nanos(-1.0), 0);
         assert_eq!(usd_to_nanos(1e30), u64::MAX);
         assert_eq!(usd_to_nanos(0.1), 100_000_000);
-        assert!(
-            Pricing {
-                input_cost_per_token: f64::NAN,
-                ..Pricing::default()
-            }
-            .validate()
-            .is_err()
-        );
-        assert!(
-            Pricing {
-                output_cost_per_token: -1.0,
-                ..Pricing::default()
-            }
-            .validate()
-            .is_err()
-        );
+        assert!(Pricing { input_cost_per_token: f64::NAN, ..Pricing::default() }.validate().is_err());
+        assert!(Pricing { output_cost_per_token: -1.0, ..Pricing::default() }.validate().is_err());
     }
 }

@@ -15,13 +15,8 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 5] = [
-        Endpoint::ChatCompletions,
-        Endpoint::Completions,
-        Endpoint::Embeddings,
-        Endpoint::Models,
-        Endpoint::Messages,
-    ];
+    pub const ALL: [Endpoint; 5] =
+        [Endpoint::ChatCompletions, Endpoint::Completions, Endpoint::Embeddings, Endpoint::Models, Endpoint::Messages];
 
     /// Recognises a request path (query string allowed), or None for a route Sluice doesn't serve.
     pub fn from_path(path: &[u8]) -> Option<Self> {
@@ -76,10 +71,7 @@ impl Endpoint {
 
     /// Whether responses on this route can stream (embeddings never do).
     pub fn can_stream(self) -> bool {
-        matches!(
-            self,
-            Self::ChatCompletions | Self::Completions | Self::Messages
-        )
+        matches!(self, Self::ChatCompletions | Self::Completions | Self::Messages)
     }
 
     fn bit(self) -> u8 {
@@ -133,32 +125,15 @@ mod tests {
 
     #[test]
     fn paths_with_and_without_v1() {
-        assert_eq!(
-            Endpoint::from_path(b"/v1/chat/completions"),
-            Some(Endpoint::ChatCompletions)
-        );
-        assert_eq!(
-            Endpoint::from_path(b"/chat/completions"),
-            Some(Endpoint::ChatCompletions)
-        );
-        assert_eq!(
-            Endpoint::from_path(b"/v1/chat/completions?x=1"),
-            Some(Endpoint::ChatCompletions)
-        );
+        assert_eq!(Endpoint::from_path(b"/v1/chat/completions"), Some(Endpoint::ChatCompletions));
+        assert_eq!(Endpoint::from_path(b"/chat/completions"), Some(Endpoint::ChatCompletions));
+        assert_eq!(Endpoint::from_path(b"/v1/chat/completions?x=1"), Some(Endpoint::ChatCompletions));
         assert_eq!(Endpoint::from_path(b"/v1/models/"), Some(Endpoint::Models));
         assert_eq!(Endpoint::from_path(b"/messages"), Some(Endpoint::Messages));
-        assert_eq!(
-            Endpoint::from_path(b"/v1/embeddings"),
-            Some(Endpoint::Embeddings)
-        );
-        for other in [
-            &b"/"[..],
-            b"/v2/chat/completions",
-            b"/v1/chat/completions/../x",
-            b"/admin",
-            b"",
-            b"/v1/v1/models",
-        ] {
+        assert_eq!(Endpoint::from_path(b"/v1/embeddings"), Some(Endpoint::Embeddings));
+        for other in
+            [&b"/"[..], b"/v2/chat/completions", b"/v1/chat/completions/../x", b"/admin", b"", b"/v1/v1/models"]
+        {
             assert_eq!(Endpoint::from_path(other), None);
         }
     }
@@ -174,9 +149,6 @@ mod tests {
         assert_eq!(RouteSet::from_names(&empty), Ok(RouteSet::ALL));
         assert!(RouteSet::from_names(&["/key/generate"]).is_err());
         let anthropic = RouteSet::from_names(&["anthropic_routes"]).unwrap();
-        assert!(
-            anthropic.contains(Endpoint::Messages)
-                && !anthropic.contains(Endpoint::ChatCompletions)
-        );
+        assert!(anthropic.contains(Endpoint::Messages) && !anthropic.contains(Endpoint::ChatCompletions));
     }
 }

@@ -39,49 +39,19 @@ pub enum GatewayError {
     KeyBlocked,
     KeyExpired,
     TeamBlocked,
-    RouteNotAllowed {
-        route: &'static str,
-    },
+    RouteNotAllowed { route: &'static str },
     UnknownRoute,
-    MethodNotAllowed {
-        route: &'static str,
-        allowed: &'static str,
-    },
-    ModelNotAllowed {
-        model: String,
-    },
-    UnknownModel {
-        model: String,
-    },
-    ModelNotOnRoute {
-        model: String,
-        route: &'static str,
-    },
+    MethodNotAllowed { route: &'static str, allowed: &'static str },
+    ModelNotAllowed { model: String },
+    UnknownModel { model: String },
+    ModelNotOnRoute { model: String, route: &'static str },
     MissingModel,
-    InvalidJson {
-        detail: String,
-    },
-    InvalidField {
-        param: &'static str,
-        detail: String,
-    },
-    BodyTooLarge {
-        limit: u64,
-    },
-    RateLimited {
-        scope: LimitScope,
-        kind: LimitKind,
-        limit: u64,
-        retry_after_secs: u64,
-    },
-    BudgetExceeded {
-        scope: LimitScope,
-        spend_usd: f64,
-        max_budget_usd: f64,
-    },
-    Internal {
-        detail: &'static str,
-    },
+    InvalidJson { detail: String },
+    InvalidField { param: &'static str, detail: String },
+    BodyTooLarge { limit: u64 },
+    RateLimited { scope: LimitScope, kind: LimitKind, limit: u64, retry_after_secs: u64 },
+    BudgetExceeded { scope: LimitScope, spend_usd: f64, max_budget_usd: f64 },
+    Internal { detail: &'static str },
 }
 
 /// Longest client-supplied text echoed back in an error message.
@@ -136,14 +106,8 @@ impl GatewayError {
             Self::InvalidJson { .. } => "invalid_json",
             Self::InvalidField { .. } => "invalid_value",
             Self::BodyTooLarge { .. } => "request_too_large",
-            Self::RateLimited {
-                kind: LimitKind::Requests,
-                ..
-            } => "rate_limit_exceeded",
-            Self::RateLimited {
-                kind: LimitKind::Tokens,
-                ..
-            } => "token_rate_limit_exceeded",
+            Self::RateLimited { kind: LimitKind::Requests, .. } => "rate_limit_exceeded",
+            Self::RateLimited { kind: LimitKind::Tokens, .. } => "token_rate_limit_exceeded",
             Self::BudgetExceeded { .. } => "budget_exceeded",
             Self::Internal { .. } => "internal_error",
         }
@@ -216,12 +180,7 @@ impl GatewayError {
 
     /// The OpenAI-style JSON error body.
     pub fn body(&self) -> Vec<u8> {
-        error_body(
-            &self.message(),
-            self.error_type(),
-            self.param(),
-            self.code(),
-        )
+        error_body(&self.message(), self.error_type(), self.param(), self.code())
     }
 }
 
@@ -241,15 +200,11 @@ struct ErrorBody<'a> {
 
 /// Serialises `{"error":{"message","type","param","code"}}`.
 pub fn error_body(message: &str, kind: &str, param: Option<&str>, code: &str) -> Vec<u8> {
-    let envelope = ErrorEnvelope {
-        error: ErrorBody {
-            message,
-            kind,
-            param,
-            code,
-        },
-    };
-    serde_json::to_vec(&envelope).unwrap_or_else(|_| br#"{"error":{"message":"internal error","type":"internal_error","param":null,"code":"internal_error"}}"#.to_vec())
+    let envelope = ErrorEnvelope { error: ErrorBody { message, kind, param, code } };
+    serde_json::to_vec(&envelope).unwrap_or_else(|_| {
+        br#"{"error":{"message":"internal error","type":"internal_error","param":null,"code":"internal_error"}}"#
+            .to_vec()
+    })
 }
 
 #[cfg(test)]
@@ -266,27 +221,15 @@ mod tests {
         assert_eq!(v["error"]["code"], "invalid_api_key");
         assert_eq!(v["error"]["type"], "authentication_error");
         assert!(v["error"]["param"].is_null());
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("Invalid API key")
-        );
+        assert!(v["error"]["message"].as_str().unwrap().contains("Invalid API key"));
     }
 
     #[test]
     fn statuses() {
         assert_eq!(GatewayError::MalformedKey.status(), 401);
-        assert_eq!(
-            GatewayError::ModelNotAllowed { model: "x".into() }.status(),
-            403
-        );
+        assert_eq!(GatewayError::ModelNotAllowed { model: "x".into() }.status(), 403);
         assert_eq!(GatewayError::BodyTooLarge { limit: 1 }.status(), 413);
-        let budget = GatewayError::BudgetExceeded {
-            scope: LimitScope::Team,
-            spend_usd: 1.5,
-            max_budget_usd: 1.0,
-        };
+        let budget = GatewayError::BudgetExceeded { scope: LimitScope::Team, spend_usd: 1.5, max_budget_usd: 1.0 };
         assert_eq!(budget.status(), 400);
         assert_eq!(parse(&budget)["error"]["type"], "budget_exceeded");
         let rl = GatewayError::RateLimited {

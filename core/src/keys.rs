@@ -30,11 +30,7 @@ pub enum KeyFormatError {
 pub fn key_from_random(random: &[u8]) -> Option<String> {
     let mut body = String::with_capacity(KEY_LEN);
     body.push_str(KEY_PREFIX);
-    let chars = random
-        .iter()
-        .filter(|b| **b < 248)
-        .map(|b| char::from(BASE62[usize::from(*b % 62)]))
-        .take(RANDOM_LEN);
+    let chars = random.iter().filter(|b| **b < 248).map(|b| char::from(BASE62[usize::from(*b % 62)])).take(RANDOM_LEN);
     body.extend(chars);
     if body.len() != KEY_PREFIX.len() + RANDOM_LEN {
         return None;
@@ -56,9 +52,7 @@ fn checksum_chars(random_part: &[u8]) -> [u8; CHECKSUM_LEN] {
 
 /// Checks format and checksum of a presented key (raw header bytes, possibly hostile).
 pub fn check_format(key: &[u8]) -> Result<(), KeyFormatError> {
-    let rest = key
-        .strip_prefix(KEY_PREFIX.as_bytes())
-        .ok_or(KeyFormatError::WrongPrefix)?;
+    let rest = key.strip_prefix(KEY_PREFIX.as_bytes()).ok_or(KeyFormatError::WrongPrefix)?;
     if rest.len() != RANDOM_LEN + CHECKSUM_LEN {
         return Err(KeyFormatError::WrongLength);
     }
@@ -113,11 +107,7 @@ impl KeyHash {
 
     /// Compares two digests in constant time (no early exit on the first differing byte).
     pub fn ct_eq(&self, other: &KeyHash) -> bool {
-        self.0
-            .iter()
-            .zip(other.0.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        self.0.iter().zip(other.0.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 }
 
@@ -171,9 +161,7 @@ mod tests {
     use super::*;
 
     fn key(seed: u8) -> String {
-        let random: Vec<u8> = (0..64u16)
-            .map(|i| (i as u8).wrapping_mul(37).wrapping_add(seed))
-            .collect();
+        let random: Vec<u8> = (0..64u16).map(|i| (i as u8).wrapping_mul(37).wrapping_add(seed)).collect();
         key_from_random(&random).unwrap()
     }
 
@@ -231,10 +219,7 @@ mod tests {
         assert_eq!(serde_json::from_str::<KeyHash>(&json).unwrap(), h);
         assert!(serde_json::from_str::<KeyHash>("\"sk-sluice-plaintext\"").is_err());
         // The well-known SHA-256 of the empty string.
-        assert_eq!(
-            KeyHash::of(b"").to_hex(),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
+        assert_eq!(KeyHash::of(b"").to_hex(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     }
 
     #[test]

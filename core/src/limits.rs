@@ -28,12 +28,7 @@ impl ScopeLimits {
         max_budget_nanos: Option<u64>,
         budget_duration: Option<BudgetDuration>,
     ) -> Self {
-        Self {
-            rpm,
-            tpm,
-            max_budget_nanos,
-            budget_duration,
-        }
+        Self { rpm, tpm, max_budget_nanos, budget_duration }
     }
 
     /// A scope with no limit needs no counter at all (and costs no host call).
@@ -65,14 +60,7 @@ pub const STATE_LEN: usize = 48;
 impl ScopeState {
     pub fn encode(&self) -> [u8; STATE_LEN] {
         let mut out = [0u8; STATE_LEN];
-        let fields = [
-            self.window,
-            self.requests,
-            self.tokens,
-            self.period,
-            self.spend_nanos,
-            self.reserved_nanos,
-        ];
+        let fields = [self.window, self.requests, self.tokens, self.period, self.spend_nanos, self.reserved_nanos];
         for (chunk, v) in out.chunks_exact_mut(8).zip(fields) {
             chunk.copy_from_slice(&v.to_le_bytes());
         }
@@ -84,9 +72,7 @@ impl ScopeState {
         if bytes.len() != STATE_LEN {
             return Self::default();
         }
-        let mut f = bytes
-            .chunks_exact(8)
-            .map(|c| c.try_into().map(u64::from_le_bytes).unwrap_or(0));
+        let mut f = bytes.chunks_exact(8).map(|c| c.try_into().map(u64::from_le_bytes).unwrap_or(0));
         let mut next = || f.next().unwrap_or(0);
         Self {
             window: next(),
@@ -182,24 +168,13 @@ pub fn admit(
     state.requests = state.requests.saturating_add(1);
     let tokens = if limits.tpm.is_some() { est_tokens } else { 0 };
     state.tokens = state.tokens.saturating_add(tokens);
-    let cost_nanos = if limits.max_budget_nanos.is_some() {
-        max_cost_nanos
-    } else {
-        0
-    };
+    let cost_nanos = if limits.max_budget_nanos.is_some() { max_cost_nanos } else { 0 };
     state.reserved_nanos = state.reserved_nanos.saturating_add(cost_nanos);
     let remaining = Remaining {
         requests: limits.rpm.map(|l| (l, l.saturating_sub(state.requests))),
         tokens: limits.tpm.map(|l| (l, l.saturating_sub(state.tokens))),
     };
-    Ok((
-        Reservation {
-            window: state.window,
-            tokens,
-            cost_nanos,
-        },
-        remaining,
-    ))
+    Ok((Reservation { window: state.window, tokens, cost_nanos }, remaining))
 }
 
 /// Settles an admitted request with its real token count and cost.
@@ -225,12 +200,7 @@ pub fn settle(
 }
 
 /// Undoes an admission that did not go ahead (another scope refused the request).
-pub fn release(
-    state: &mut ScopeState,
-    limits: &ScopeLimits,
-    now_ms: u64,
-    reservation: &Reservation,
-) {
+pub fn release(state: &mut ScopeState, limits: &ScopeLimits, now_ms: u64, reservation: &Reservation) {
     state.roll(limits, now_ms);
     if state.window == reservation.window {
         state.requests = state.requests.saturating_sub(1);
@@ -251,14 +221,7 @@ mod tests {
 
     #[test]
     fn state_round_trips_and_garbage_is_fresh() {
-        let s = ScopeState {
-            window: 1,
-            requests: 2,
-            tokens: 3,
-            period: 4,
-            spend_nanos: 5,
-            reserved_nanos: 6,
-        };
+        let s = ScopeState { window: 1, requests: 2, tokens: 3, period: 4, spend_nanos: 5, reserved_nanos: 6 };
         assert_eq!(ScopeState::decode(&s.encode()), s);
         assert_eq!(ScopeState::decode(b"short"), ScopeState::default());
     }
@@ -323,10 +286,7 @@ mod tests {
         }
         assert!(s.spend_nanos <= max + 300);
         assert_eq!(s.reserved_nanos, 0);
-        assert!(matches!(
-            admit(&mut s, &limits, LimitScope::Key, T0, 0, 1),
-            Err(GatewayError::BudgetExceeded { .. })
-        ));
+        assert!(matches!(admit(&mut s, &limits, LimitScope::Key, T0, 0, 1), Err(GatewayError::BudgetExceeded { .. })));
     }
 
     #[test]

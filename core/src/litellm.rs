@@ -9,8 +9,8 @@
 use serde_json::{Map, Value};
 
 use crate::config::{
-    CompiledConfig, ConfigError, DEFAULT_MAX_REQUEST_BODY_BYTES, DEFAULT_MAX_RESPONSE_SCAN_BYTES,
-    Deployment, GatewayConfig, KeyConfig, Provider, RoutingStrategy, SCHEMA_VERSION, TeamConfig,
+    CompiledConfig, ConfigError, DEFAULT_MAX_REQUEST_BODY_BYTES, DEFAULT_MAX_RESPONSE_SCAN_BYTES, Deployment,
+    GatewayConfig, KeyConfig, Provider, RoutingStrategy, SCHEMA_VERSION, TeamConfig,
 };
 use crate::cost::Pricing;
 use crate::keys::KeyHash;
@@ -55,9 +55,7 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn warn_unsupported(&mut self, path: &str, map: &Map<String, Value>, supported: &[&str]) {
         for key in map.keys().filter(|k| !supported.contains(&k.as_str())) {
-            self.warnings.push(format!(
-                "{path}.{key}: not supported by Sluice yet, ignored"
-            ));
+            self.warnings.push(format!("{path}.{key}: not supported by Sluice yet, ignored"));
         }
     }
 
@@ -67,20 +65,11 @@ impl Ctx<'_> {
 }
 
 fn as_u64(v: Option<&Value>) -> Option<u64> {
-    v.and_then(|v| {
-        v.as_u64().or_else(|| {
-            v.as_f64()
-                .filter(|f| *f >= 0.0 && f.fract() == 0.0)
-                .map(|f| f as u64)
-        })
-    })
+    v.and_then(|v| v.as_u64().or_else(|| v.as_f64().filter(|f| *f >= 0.0 && f.fract() == 0.0).map(|f| f as u64)))
 }
 
 fn as_f64(v: Option<&Value>) -> Option<f64> {
-    v.and_then(|v| {
-        v.as_f64()
-            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-    })
+    v.and_then(|v| v.as_f64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok())))
 }
 
 /// Parses an `api_base` URL: scheme, host (IPv6 in brackets), optional port, path.
@@ -101,32 +90,20 @@ pub fn parse_api_base(url: &str) -> Result<(bool, String, u16, String), String> 
     }
     let default_port = if https { 443 } else { 80 };
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6
-            .split_once(']')
-            .ok_or("unterminated IPv6 address in api_base")?;
+        let (host, after) = v6.split_once(']').ok_or("unterminated IPv6 address in api_base")?;
         let port = match after.strip_prefix(':') {
-            Some(p) => p
-                .parse()
-                .map_err(|_| format!("invalid port {p:?} in api_base"))?,
+            Some(p) => p.parse().map_err(|_| format!("invalid port {p:?} in api_base"))?,
             None if after.is_empty() => default_port,
             None => return Err("invalid api_base authority".into()),
         };
         (host.to_owned(), port)
     } else {
         match authority.rsplit_once(':') {
-            Some((host, p)) => (
-                host.to_owned(),
-                p.parse()
-                    .map_err(|_| format!("invalid port {p:?} in api_base"))?,
-            ),
+            Some((host, p)) => (host.to_owned(), p.parse().map_err(|_| format!("invalid port {p:?} in api_base"))?),
             None => (authority.to_owned(), default_port),
         }
     };
-    if host.is_empty()
-        || !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_'))
-    {
+    if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_')) {
         return Err(format!("invalid host {host:?} in api_base"));
     }
     if port == 0 {
@@ -142,34 +119,17 @@ fn env_ref(value: &str) -> Option<&str> {
 }
 
 fn sanitize_cluster(id: &str) -> String {
-    let mut s: String = id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let mut s: String =
+        id.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
     s.truncate(150);
     format!("sluice_{s}")
 }
 
 /// Converts a LiteLLM config document. Errors name the entry; all are reported at once.
-pub fn from_litellm(
-    doc: &Value,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Standalone, Vec<ConfigError>> {
-    let mut cx = Ctx {
-        env,
-        warnings: Vec::new(),
-        errors: Vec::new(),
-    };
+pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<Standalone, Vec<ConfigError>> {
+    let mut cx = Ctx { env, warnings: Vec::new(), errors: Vec::new() };
     let Some(root) = doc.as_object() else {
-        return Err(vec![ConfigError(
-            "the config must be a YAML mapping (model_list, router_settings, …)".into(),
-        )]);
+        return Err(vec![ConfigError("the config must be a YAML mapping (model_list, router_settings, …)".into())]);
     };
     cx.warn_unsupported(
         "",
@@ -185,10 +145,7 @@ pub fn from_litellm(
         ],
     );
     if root.contains_key("environment_variables") {
-        cx.warnings.push(
-            "environment_variables: not supported; set variables in Envoy's environment instead"
-                .into(),
-        );
+        cx.warnings.push("environment_variables: not supported; set variables in Envoy's environment instead".into());
     }
 
     let mut request_timeout_secs = DEFAULT_REQUEST_TIMEOUT_SECS;
@@ -200,19 +157,21 @@ pub fn from_litellm(
         }
     }
     if let Some(settings) = root.get("router_settings").and_then(Value::as_object) {
-        cx.warn_unsupported(
-            "router_settings",
-            settings,
-            &["routing_strategy", "timeout"],
-        );
+        cx.warn_unsupported("router_settings", settings, &["routing_strategy", "timeout"]);
         if let Some(t) = as_u64(settings.get("timeout")) {
             request_timeout_secs = t;
         }
         match settings.get("routing_strategy").and_then(Value::as_str) {
             None | Some("simple-shuffle") => routing_strategy = RoutingStrategy::SimpleShuffle,
-            Some(s @ ("least-busy" | "latency-based-routing" | "usage-based-routing" | "usage-based-routing-v2" | "cost-based-routing")) => {
-                cx.warnings.push(format!("router_settings.routing_strategy: {s} is not supported yet; using simple-shuffle (weighted)"))
-            }
+            Some(
+                s @ ("least-busy"
+                | "latency-based-routing"
+                | "usage-based-routing"
+                | "usage-based-routing-v2"
+                | "cost-based-routing"),
+            ) => cx.warnings.push(format!(
+                "router_settings.routing_strategy: {s} is not supported yet; using simple-shuffle (weighted)"
+            )),
             Some(other) => cx.error(format!("router_settings.routing_strategy: unknown strategy {other:?}")),
         }
     }
@@ -224,12 +183,7 @@ pub fn from_litellm(
         cx.warn_unsupported(
             "general_settings",
             settings,
-            &[
-                "master_key",
-                "database_url",
-                "max_request_size_mb",
-                "sluice_failure_policy",
-            ],
+            &["master_key", "database_url", "max_request_size_mb", "sluice_failure_policy"],
         );
         if settings.contains_key("database_url") {
             cx.warnings.push("general_settings.database_url: standalone mode keeps no database; spend lives in Envoy's shared memory".into());
@@ -239,16 +193,12 @@ pub fn from_litellm(
             Some(Value::String(s)) => {
                 let value = match env_ref(s) {
                     Some(name) => (cx.env)(name).or_else(|| {
-                        cx.error(format!(
-                            "general_settings.master_key: environment variable {name} is not set"
-                        ));
+                        cx.error(format!("general_settings.master_key: environment variable {name} is not set"));
                         None
                     }),
                     None => Some(s.clone()),
                 };
-                master_key_hash = value
-                    .filter(|v| !v.is_empty())
-                    .map(|v| KeyHash::of(v.as_bytes()));
+                master_key_hash = value.filter(|v| !v.is_empty()).map(|v| KeyHash::of(v.as_bytes()));
             }
             Some(_) => cx.error("general_settings.master_key must be a string".into()),
         }
@@ -263,7 +213,9 @@ pub fn from_litellm(
             None | Some("fail_closed") => {}
             Some("fail_open") => failure_policy = FailurePolicy::FailOpen,
             Some("fail_reload") => failure_policy = FailurePolicy::FailReload,
-            Some(other) => cx.error(format!("general_settings.sluice_failure_policy: {other:?} is not fail_closed, fail_open or fail_reload")),
+            Some(other) => cx.error(format!(
+                "general_settings.sluice_failure_policy: {other:?} is not fail_closed, fail_open or fail_reload"
+            )),
         }
     }
 
@@ -304,34 +256,22 @@ pub fn from_litellm(
             }
         }
     }
-    Ok(Standalone {
-        gateway,
-        upstreams,
-        request_timeout_secs,
-        failure_policy,
-        warnings: cx.warnings,
-    })
+    Ok(Standalone { gateway, upstreams, request_timeout_secs, failure_policy, warnings: cx.warnings })
 }
 
-fn section<T: serde::de::DeserializeOwned>(
-    cx: &mut Ctx<'_>,
-    value: Option<&Value>,
-    name: &str,
-) -> Vec<T> {
+fn section<T: serde::de::DeserializeOwned>(cx: &mut Ctx<'_>, value: Option<&Value>, name: &str) -> Vec<T> {
     match value {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) => items
             .iter()
             .enumerate()
-            .filter_map(
-                |(i, item)| match serde_json::from_value::<T>(item.clone()) {
-                    Ok(v) => Some(v),
-                    Err(e) => {
-                        cx.error(format!("{name}[{i}]: {e}"));
-                        None
-                    }
-                },
-            )
+            .filter_map(|(i, item)| match serde_json::from_value::<T>(item.clone()) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    cx.error(format!("{name}[{i}]: {e}"));
+                    None
+                }
+            })
             .collect(),
         Some(_) => {
             cx.error(format!("{name} must be a list"));
@@ -350,33 +290,19 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>) -> (Vec<Deployment>, Vec<
         return (deployments, upstreams);
     };
     for (i, item) in items.iter().enumerate() {
-        let name = item
-            .get("model_name")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
+        let name = item.get("model_name").and_then(Value::as_str).unwrap_or("").to_owned();
         let at = format!("model_list[{i}] (model_name {name:?})");
         let Some(entry) = item.as_object() else {
             cx.error(format!("model_list[{i}] must be a mapping"));
             continue;
         };
-        cx.warn_unsupported(
-            &format!("model_list[{i}]"),
-            entry,
-            &["model_name", "litellm_params", "model_info"],
-        );
+        cx.warn_unsupported(&format!("model_list[{i}]"), entry, &["model_name", "litellm_params", "model_info"]);
         if name.is_empty() {
             cx.error(format!("{at}: model_name is required"));
         }
         let empty = Map::new();
-        let params = entry
-            .get("litellm_params")
-            .and_then(Value::as_object)
-            .unwrap_or(&empty);
-        let info = entry
-            .get("model_info")
-            .and_then(Value::as_object)
-            .unwrap_or(&empty);
+        let params = entry.get("litellm_params").and_then(Value::as_object).unwrap_or(&empty);
+        let info = entry.get("model_info").and_then(Value::as_object).unwrap_or(&empty);
         cx.warn_unsupported(
             &format!("model_list[{i}].litellm_params"),
             params,
@@ -398,32 +324,21 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>) -> (Vec<Deployment>, Vec<
             ],
         );
         let Some(model) = params.get("model").and_then(Value::as_str) else {
-            cx.error(format!(
-                "{at}: litellm_params.model is required (e.g. openai/gpt-4o)"
-            ));
+            cx.error(format!("{at}: litellm_params.model is required (e.g. openai/gpt-4o)"));
             continue;
         };
         let (provider_name, upstream_model) = model.split_once('/').unwrap_or(("openai", model));
         let (provider, default_base, default_env) = match provider_name {
-            "openai" | "hosted_vllm" | "openai_compatible" | "text-completion-openai" => (
-                Provider::Openai,
-                "https://api.openai.com/v1",
-                "OPENAI_API_KEY",
-            ),
-            "anthropic" => (
-                Provider::Anthropic,
-                "https://api.anthropic.com",
-                "ANTHROPIC_API_KEY",
-            ),
+            "openai" | "hosted_vllm" | "openai_compatible" | "text-completion-openai" => {
+                (Provider::Openai, "https://api.openai.com/v1", "OPENAI_API_KEY")
+            }
+            "anthropic" => (Provider::Anthropic, "https://api.anthropic.com", "ANTHROPIC_API_KEY"),
             other => {
                 cx.error(format!("{at}: provider {other:?} is not supported yet (openai, anthropic and OpenAI-compatible servers are)"));
                 continue;
             }
         };
-        let api_base = params
-            .get("api_base")
-            .and_then(Value::as_str)
-            .unwrap_or(default_base);
+        let api_base = params.get("api_base").and_then(Value::as_str).unwrap_or(default_base);
         let (https, host, port, base_path) = match parse_api_base(api_base) {
             Ok(parts) => parts,
             Err(e) => {
@@ -442,16 +357,11 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>) -> (Vec<Deployment>, Vec<
                 }
             },
             Some(_) => {
-                cx.error(format!(
-                    "{at}: litellm_params.api_key must be a string os.environ/NAME"
-                ));
+                cx.error(format!("{at}: litellm_params.api_key must be a string os.environ/NAME"));
                 None
             }
         };
-        let id = info
-            .get("id")
-            .and_then(Value::as_str)
-            .map_or_else(|| format!("{name}-{i}"), str::to_owned);
+        let id = info.get("id").and_then(Value::as_str).map_or_else(|| format!("{name}-{i}"), str::to_owned);
         let rpm = as_u64(params.get("rpm"));
         let tpm = as_u64(params.get("tpm"));
         let weight = as_u64(params.get("weight")).map(|w| u32::try_from(w).unwrap_or(u32::MAX));
@@ -462,24 +372,14 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>) -> (Vec<Deployment>, Vec<
             cache_read_input_token_cost: price("cache_read_input_token_cost"),
             cache_creation_input_token_cost: price("cache_creation_input_token_cost"),
         };
-        if !info.contains_key("input_cost_per_token") && !info.contains_key("output_cost_per_token")
-        {
-            cx.warnings.push(format!(
-                "{at}: no model_info prices; its spend will be recorded as $0"
-            ));
+        if !info.contains_key("input_cost_per_token") && !info.contains_key("output_cost_per_token") {
+            cx.warnings.push(format!("{at}: no model_info prices; its spend will be recorded as $0"));
         }
         let cluster = sanitize_cluster(&id);
         if upstreams.iter().any(|u: &Upstream| u.cluster == cluster) {
-            cx.error(format!(
-                "{at}: deployment id {id:?} collides with another after sanitising"
-            ));
+            cx.error(format!("{at}: deployment id {id:?} collides with another after sanitising"));
         }
-        upstreams.push(Upstream {
-            cluster: cluster.clone(),
-            https,
-            host,
-            port,
-        });
+        upstreams.push(Upstream { cluster: cluster.clone(), https, host, port });
         deployments.push(Deployment {
             id,
             model_name: name,
@@ -492,8 +392,7 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>) -> (Vec<Deployment>, Vec<
             rpm,
             tpm,
             pricing,
-            max_output_tokens: as_u64(info.get("max_output_tokens"))
-                .or_else(|| as_u64(info.get("max_tokens"))),
+            max_output_tokens: as_u64(info.get("max_output_tokens")).or_else(|| as_u64(info.get("max_tokens"))),
         });
     }
     (deployments, upstreams)
@@ -539,37 +438,21 @@ mod tests {
             (d[0].id.as_str(), d[0].upstream_model.as_str(), d[0].weight),
             ("gpt4o-east", "gpt-4o-2024-08-06", 3)
         );
-        assert_eq!(
-            (d[1].id.as_str(), d[1].weight, d[1].max_output_tokens),
-            ("gpt-4o-1", 100, Some(4096))
-        );
+        assert_eq!((d[1].id.as_str(), d[1].weight, d[1].max_output_tokens), ("gpt-4o-1", 100, Some(4096)));
         assert_eq!(d[0].base_path, "/v1");
         assert_eq!(d[2].provider, Provider::Anthropic);
         assert_eq!(d[2].api_key_env.as_deref(), Some("ANTHROPIC_API_KEY"));
         assert_eq!(d[0].pricing.cache_read_input_token_cost, Some(1.25e-6));
         assert_eq!(
             s.upstreams[0],
-            Upstream {
-                cluster: "sluice_gpt4o_east".into(),
-                https: true,
-                host: "api.openai.com".into(),
-                port: 443
-            }
+            Upstream { cluster: "sluice_gpt4o_east".into(), https: true, host: "api.openai.com".into(), port: 443 }
         );
         assert_eq!(
             s.upstreams[1],
-            Upstream {
-                cluster: "sluice_gpt_4o_1".into(),
-                https: false,
-                host: "127.0.0.1".into(),
-                port: 8081
-            }
+            Upstream { cluster: "sluice_gpt_4o_1".into(), https: false, host: "127.0.0.1".into(), port: 8081 }
         );
         assert_eq!(s.upstreams[2].host, "api.anthropic.com");
-        assert_eq!(
-            s.gateway.master_key_hash,
-            Some(KeyHash::of(b"sk-master-very-secret"))
-        );
+        assert_eq!(s.gateway.master_key_hash, Some(KeyHash::of(b"sk-master-very-secret")));
         assert_eq!(s.gateway.max_request_body_bytes, 2 * 1024 * 1024);
         assert_eq!(s.request_timeout_secs, 120);
         assert_eq!(s.gateway.keys.len(), 1);
@@ -602,11 +485,7 @@ mod tests {
             "teams": "nope",
         });
         let errors = from_litellm(&doc, &env).unwrap_err();
-        let all = errors
-            .iter()
-            .map(|e| e.0.clone())
-            .collect::<Vec<_>>()
-            .join("\n");
+        let all = errors.iter().map(|e| e.0.clone()).collect::<Vec<_>>().join("\n");
         for needle in [
             "model_list[0]",
             "os.environ/NAME",
@@ -640,18 +519,9 @@ mod tests {
             parse_api_base("https://api.openai.com/v1/"),
             Ok((true, "api.openai.com".into(), 443, "/v1".into()))
         );
-        assert_eq!(
-            parse_api_base("http://localhost:8000"),
-            Ok((false, "localhost".into(), 8000, String::new()))
-        );
-        assert_eq!(
-            parse_api_base("http://[::1]:9000/v1"),
-            Ok((false, "::1".into(), 9000, "/v1".into()))
-        );
-        assert_eq!(
-            parse_api_base("https://[2001:db8::1]"),
-            Ok((true, "2001:db8::1".into(), 443, String::new()))
-        );
+        assert_eq!(parse_api_base("http://localhost:8000"), Ok((false, "localhost".into(), 8000, String::new())));
+        assert_eq!(parse_api_base("http://[::1]:9000/v1"), Ok((false, "::1".into(), 9000, "/v1".into())));
+        assert_eq!(parse_api_base("https://[2001:db8::1]"), Ok((true, "2001:db8::1".into(), 443, String::new())));
         for bad in [
             "api.openai.com",
             "http://user:pw@host/v1",
@@ -673,16 +543,10 @@ mod tests {
         assert_eq!(s.request_timeout_secs, DEFAULT_REQUEST_TIMEOUT_SECS);
         assert_eq!(s.failure_policy, FailurePolicy::FailClosed);
         assert!(from_litellm(&json!([1]), &env).is_err());
-        let s = from_litellm(
-            &json!({"model_list": [{"model_name": "m", "litellm_params": {"model": "gpt-4o"}}]}),
-            &env,
-        )
-        .unwrap();
+        let s =
+            from_litellm(&json!({"model_list": [{"model_name": "m", "litellm_params": {"model": "gpt-4o"}}]}), &env)
+                .unwrap();
         assert_eq!(s.gateway.deployments[0].provider, Provider::Openai);
-        assert!(
-            s.warnings
-                .iter()
-                .any(|w| w.contains("no model_info prices"))
-        );
+        assert!(s.warnings.iter().any(|w| w.contains("no model_info prices")));
     }
 }

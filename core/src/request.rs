@@ -27,9 +27,7 @@ struct Fields<'a> {
     max_completion_tokens: Option<u64>,
 }
 
-fn raw_keep_null<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<&'de RawValue>, D::Error> {
+fn raw_keep_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
 }
 
@@ -67,47 +65,31 @@ fn serde_detail(e: &serde_json::Error) -> String {
 /// Parses a request body. Invalid JSON, a non-object, a missing or non-string `model` or a
 /// field of the wrong type is a clear 400.
 pub fn parse_request(body: &[u8]) -> Result<LlmRequest<'_>, GatewayError> {
-    let text = std::str::from_utf8(body).map_err(|e| GatewayError::InvalidJson {
-        detail: format!("not UTF-8 ({e})"),
-    })?;
+    let text =
+        std::str::from_utf8(body).map_err(|e| GatewayError::InvalidJson { detail: format!("not UTF-8 ({e})") })?;
     if !text.trim_start().starts_with('{') {
-        return Err(GatewayError::InvalidJson {
-            detail: "the body must be a JSON object".into(),
-        });
+        return Err(GatewayError::InvalidJson { detail: "the body must be a JSON object".into() });
     }
     let fields: Fields<'_> = serde_json::from_str(text).map_err(|e| {
         if e.is_data() {
-            GatewayError::InvalidField {
-                param: field_of(&e),
-                detail: serde_detail(&e),
-            }
+            GatewayError::InvalidField { param: field_of(&e), detail: serde_detail(&e) }
         } else {
-            GatewayError::InvalidJson {
-                detail: serde_detail(&e),
-            }
+            GatewayError::InvalidJson { detail: serde_detail(&e) }
         }
     })?;
     let raw_model = fields.model.ok_or(GatewayError::MissingModel)?;
-    let model: Cow<'_, str> =
-        serde_json::from_str(raw_model.get()).map_err(|_| GatewayError::InvalidField {
-            param: "model",
-            detail: "must be a string".into(),
-        })?;
+    let model: Cow<'_, str> = serde_json::from_str(raw_model.get())
+        .map_err(|_| GatewayError::InvalidField { param: "model", detail: "must be a string".into() })?;
     if model.trim().is_empty() {
         return Err(GatewayError::MissingModel);
     }
-    let model_span = span_of(text, raw_model).ok_or(GatewayError::Internal {
-        detail: "model span",
-    })?;
+    let model_span = span_of(text, raw_model).ok_or(GatewayError::Internal { detail: "model span" })?;
     let mut client_wants_usage = false;
     let mut stream_options_span = None;
     if let Some(raw) = fields.stream_options {
         if raw.get() != "null" {
-            let opts: StreamOptions =
-                serde_json::from_str(raw.get()).map_err(|e| GatewayError::InvalidField {
-                    param: "stream_options",
-                    detail: serde_detail(&e),
-                })?;
+            let opts: StreamOptions = serde_json::from_str(raw.get())
+                .map_err(|e| GatewayError::InvalidField { param: "stream_options", detail: serde_detail(&e) })?;
             client_wants_usage = opts.include_usage == Some(true);
         }
         stream_options_span = span_of(text, raw);
@@ -125,22 +107,16 @@ pub fn parse_request(body: &[u8]) -> Result<LlmRequest<'_>, GatewayError> {
 /// Best guess at which field a serde data error is about, for the error's `param`.
 fn field_of(e: &serde_json::Error) -> &'static str {
     let msg = e.to_string();
-    [
-        "max_completion_tokens",
-        "max_tokens",
-        "stream_options",
-        "stream",
-        "model",
-    ]
-    .into_iter()
-    .find(|f| msg.contains(f))
-    .unwrap_or(if msg.contains("boolean") {
-        "stream"
-    } else if msg.contains("u64") || msg.contains("integer") {
-        "max_tokens"
-    } else {
-        "body"
-    })
+    ["max_completion_tokens", "max_tokens", "stream_options", "stream", "model"]
+        .into_iter()
+        .find(|f| msg.contains(f))
+        .unwrap_or(if msg.contains("boolean") {
+            "stream"
+        } else if msg.contains("u64") || msg.contains("integer") {
+            "max_tokens"
+        } else {
+            "body"
+        })
 }
 
 /// Rewrites the body for the upstream: the deployment's model name, and, if `add_include_usage`,
@@ -175,11 +151,7 @@ pub fn rewrite_body(
             }
             None => {
                 let open = body.iter().position(|b| *b == b'{')?;
-                let is_empty = body
-                    .get(open + 1..)?
-                    .iter()
-                    .find(|b| !b.is_ascii_whitespace())
-                    == Some(&b'}');
+                let is_empty = body.get(open + 1..)?.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
                 let member: &[u8] = if is_empty {
                     br#""stream_options":{"include_usage":true}"#
                 } else {
@@ -220,7 +192,10 @@ mod tests {
         assert_eq!(r.model, "gpt-4o");
         assert!(r.stream && !r.client_wants_usage);
         assert_eq!(r.max_output_tokens, Some(50));
-        let r = parse_request(br#"{"model":"m","max_tokens":5,"max_completion_tokens":9,"stream_options":{"include_usage":true}}"#).unwrap();
+        let r = parse_request(
+            br#"{"model":"m","max_tokens":5,"max_completion_tokens":9,"stream_options":{"include_usage":true}}"#,
+        )
+        .unwrap();
         assert_eq!(r.max_output_tokens, Some(9));
         assert!(r.client_wants_usage);
     }
@@ -247,25 +222,11 @@ mod tests {
         ];
         for (body, code) in cases {
             let err = parse_request(body).unwrap_err();
-            assert_eq!(
-                err.code(),
-                code,
-                "{:?} -> {err:?}",
-                String::from_utf8_lossy(body)
-            );
+            assert_eq!(err.code(), code, "{:?} -> {err:?}", String::from_utf8_lossy(body));
             assert_eq!(err.status(), 400);
         }
         let err = parse_request(br#"{"model":"m","stream":"yes"}"#).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                GatewayError::InvalidField {
-                    param: "stream",
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, GatewayError::InvalidField { param: "stream", .. }), "{err:?}");
     }
 
     #[test]
@@ -289,19 +250,12 @@ mod tests {
         let v = rewrite(r#"{"model":"m","stream":true}"#, "m2", true);
         assert_eq!(v["stream_options"], json!({"include_usage": true}));
         assert_eq!(v["model"], "m2");
-        let v = rewrite(
-            r#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"x":1}}"#,
-            "m",
-            true,
-        );
+        let v = rewrite(r#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"x":1}}"#, "m", true);
         assert_eq!(v["stream_options"], json!({"include_usage": true, "x": 1}));
         let v = rewrite(r#"{"model":"m","stream_options":null}"#, "m", true);
         assert_eq!(v["stream_options"], json!({"include_usage": true}));
         let v = rewrite("  {\n \"model\" : \"m\" }", "m", true);
-        assert_eq!(
-            v,
-            json!({"model": "m", "stream_options": {"include_usage": true}})
-        );
+        assert_eq!(v, json!({"model": "m", "stream_options": {"include_usage": true}}));
     }
 }
 
@@ -410,10 +364,7 @@ pub fn meta_property_for(body: &[u8]) -> Vec<u8> {
     if let Some(b) = v.get("stream").and_then(serde_json::Value::as_bool) {
         owned.push((b"stream", vec![u8::from(b)]));
     }
-    if let Some(b) = v
-        .pointer("/stream_options/include_usage")
-        .and_then(serde_json::Value::as_bool)
-    {
+    if let Some(b) = v.pointer("/stream_options/include_usage").and_then(serde_json::Value::as_bool) {
         owned.push((b"include_usage", vec![u8::from(b)]));
     }
     for key in ["max_tokens", "max_completion_tokens"] {
@@ -431,16 +382,14 @@ mod meta_tests {
 
     #[test]
     fn round_trip_through_the_property_encoding() {
-        let bytes = meta_property_for(br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"max_tokens":50}"#);
+        let bytes = meta_property_for(
+            br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"max_tokens":50}"#,
+        );
         let meta = RequestMeta::from_property(&bytes).unwrap();
         assert_eq!(meta.model.as_deref(), Some("gpt-4o"));
         assert!(meta.stream && meta.include_usage && !meta.invalid_json);
         assert_eq!(meta.max_output_tokens(), Some(50));
-        assert!(
-            RequestMeta::from_property(&meta_property_for(b"{oops"))
-                .unwrap()
-                .invalid_json
-        );
+        assert!(RequestMeta::from_property(&meta_property_for(b"{oops")).unwrap().invalid_json);
     }
 
     #[test]

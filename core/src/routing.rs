@@ -65,10 +65,7 @@ mod tests {
     fn edge_cases() {
         assert_eq!(choose_weighted([].iter().copied(), 5), None);
         assert_eq!(choose_weighted([0u32, 0].iter().copied(), 5), Some(1));
-        assert_eq!(
-            choose_weighted([u32::MAX, u32::MAX].iter().copied(), u64::MAX),
-            Some(1)
-        );
+        assert_eq!(choose_weighted([u32::MAX, u32::MAX].iter().copied(), u64::MAX), Some(1));
     }
 
     #[test]

@@ -44,9 +44,7 @@ fn digits(s: &[u8]) -> Option<u32> {
     if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    s.iter().try_fold(0u32, |acc, d| {
-        acc.checked_mul(10)?.checked_add(u32::from(d - b'0'))
-    })
+    s.iter().try_fold(0u32, |acc, d| acc.checked_mul(10)?.checked_add(u32::from(d - b'0')))
 }
 
 /// Parses an RFC 3339 timestamp (`2027-01-31T23:59:59Z`, fractional seconds and `±hh:mm`
@@ -74,21 +72,12 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let hour = i64::from(digits(rest.get(1..3)?)?);
     let minute = i64::from(digits(rest.get(4..6)?)?);
     let second = i64::from(digits(rest.get(7..9)?)?);
-    if rest.get(3) != Some(&b':')
-        || rest.get(6) != Some(&b':')
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
+    if rest.get(3) != Some(&b':') || rest.get(6) != Some(&b':') || hour > 23 || minute > 59 || second > 60 {
         return None;
     }
     let mut tail = rest.get(9..)?;
     if tail.first() == Some(&b'.') {
-        let frac_len = tail
-            .iter()
-            .skip(1)
-            .take_while(|c| c.is_ascii_digit())
-            .count();
+        let frac_len = tail.iter().skip(1).take_while(|c| c.is_ascii_digit()).count();
         if frac_len == 0 {
             return None;
         }
@@ -205,10 +194,7 @@ pub struct Timestamp {
 
 impl Timestamp {
     pub fn parse(s: &str) -> Option<Self> {
-        Some(Self {
-            unix_secs: parse_rfc3339(s)?,
-            text: s.trim().to_owned(),
-        })
+        Some(Self { unix_secs: parse_rfc3339(s)?, text: s.trim().to_owned() })
     }
 }
 
@@ -222,9 +208,7 @@ impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let s = String::deserialize(deserializer)?;
         Self::parse(&s).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "invalid timestamp {s:?}: use RFC 3339, e.g. 2027-01-31T00:00:00Z"
-            ))
+            serde::de::Error::custom(format!("invalid timestamp {s:?}: use RFC 3339, e.g. 2027-01-31T00:00:00Z"))
         })
     }
 }
@@ -238,14 +222,8 @@ mod tests {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("2000-03-01T00:00:00Z"), Some(951_868_800));
         assert_eq!(parse_rfc3339("2026-11-22T10:00:00Z"), Some(1_795_341_600));
-        assert_eq!(
-            parse_rfc3339("2026-11-22T12:00:00+02:00"),
-            Some(1_795_341_600)
-        );
-        assert_eq!(
-            parse_rfc3339("2026-11-22T10:00:00.123456Z"),
-            Some(1_795_341_600)
-        );
+        assert_eq!(parse_rfc3339("2026-11-22T12:00:00+02:00"), Some(1_795_341_600));
+        assert_eq!(parse_rfc3339("2026-11-22T10:00:00.123456Z"), Some(1_795_341_600));
         assert_eq!(parse_rfc3339("2026-11-22"), Some(1_795_305_600));
         assert_eq!(parse_rfc3339("2024-02-29T00:00:00Z"), Some(1_709_164_800));
     }
@@ -271,18 +249,9 @@ mod tests {
 
     #[test]
     fn durations_parse_and_print() {
-        assert_eq!(
-            BudgetDuration::parse("30d"),
-            Some(BudgetDuration::Seconds(30 * 86_400))
-        );
-        assert_eq!(
-            BudgetDuration::parse("1h"),
-            Some(BudgetDuration::Seconds(3600))
-        );
-        assert_eq!(
-            BudgetDuration::parse("1mo"),
-            Some(BudgetDuration::CalendarMonth)
-        );
+        assert_eq!(BudgetDuration::parse("30d"), Some(BudgetDuration::Seconds(30 * 86_400)));
+        assert_eq!(BudgetDuration::parse("1h"), Some(BudgetDuration::Seconds(3600)));
+        assert_eq!(BudgetDuration::parse("1mo"), Some(BudgetDuration::CalendarMonth));
         for bad in ["", "d", "0d", "1y", "-1d", "1.5d", "99999999999999999999d"] {
             assert_eq!(BudgetDuration::parse(bad), None, "{bad}");
         }
@@ -307,9 +276,6 @@ mod tests {
         assert_ne!(d.period(jan31), d.period(feb1));
         assert_eq!(d.period(dec31) + 1, d.period(jan31));
         assert_eq!(d.period_end_secs(jan31), feb1 / 1000);
-        assert_eq!(
-            d.period_end_secs(dec31),
-            parse_rfc3339("2027-01-01T00:00:00Z").unwrap() as u64
-        );
+        assert_eq!(d.period_end_secs(dec31), parse_rfc3339("2027-01-01T00:00:00Z").unwrap() as u64);
     }
 }

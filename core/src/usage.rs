@@ -67,29 +67,17 @@ impl RawUsage {
         match format {
             ApiFormat::OpenAi => Usage {
                 prompt_tokens: self.prompt_tokens.unwrap_or(0),
-                cached_prompt_tokens: self
-                    .prompt_tokens_details
-                    .as_ref()
-                    .and_then(|d| d.cached_tokens)
-                    .unwrap_or(0),
+                cached_prompt_tokens: self.prompt_tokens_details.as_ref().and_then(|d| d.cached_tokens).unwrap_or(0),
                 cache_write_tokens: 0,
                 completion_tokens: self.completion_tokens.unwrap_or(0),
-                reasoning_tokens: self
-                    .completion_tokens_details
-                    .as_ref()
-                    .and_then(|d| d.reasoning_tokens)
-                    .unwrap_or(0),
+                reasoning_tokens: self.completion_tokens_details.as_ref().and_then(|d| d.reasoning_tokens).unwrap_or(0),
             },
             ApiFormat::Anthropic => {
                 let writes = self.cache_creation_input_tokens.unwrap_or(0);
                 let reads = self.cache_read_input_tokens.unwrap_or(0);
                 Usage {
                     // Anthropic's input_tokens excludes cache reads and writes; ours counts all.
-                    prompt_tokens: self
-                        .input_tokens
-                        .unwrap_or(0)
-                        .saturating_add(writes)
-                        .saturating_add(reads),
+                    prompt_tokens: self.input_tokens.unwrap_or(0).saturating_add(writes).saturating_add(reads),
                     cached_prompt_tokens: reads,
                     cache_write_tokens: writes,
                     completion_tokens: self.output_tokens.unwrap_or(0),
@@ -114,12 +102,10 @@ impl RawUsage {
         self.prompt_tokens = prompt_tokens.or(self.prompt_tokens);
         self.completion_tokens = completion_tokens.or(self.completion_tokens);
         self.prompt_tokens_details = prompt_tokens_details.or(self.prompt_tokens_details.take());
-        self.completion_tokens_details =
-            completion_tokens_details.or(self.completion_tokens_details.take());
+        self.completion_tokens_details = completion_tokens_details.or(self.completion_tokens_details.take());
         self.input_tokens = input_tokens.or(self.input_tokens);
         self.output_tokens = output_tokens.or(self.output_tokens);
-        self.cache_creation_input_tokens =
-            cache_creation_input_tokens.or(self.cache_creation_input_tokens);
+        self.cache_creation_input_tokens = cache_creation_input_tokens.or(self.cache_creation_input_tokens);
         self.cache_read_input_tokens = cache_read_input_tokens.or(self.cache_read_input_tokens);
     }
 }
@@ -157,17 +143,15 @@ mod tests {
 
     #[test]
     fn embeddings_and_nulls() {
+        let u = parse_response_usage(ApiFormat::OpenAi, br#"{"data":[],"usage":{"prompt_tokens":8,"total_tokens":8}}"#)
+            .unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (8, 0));
         let u = parse_response_usage(
             ApiFormat::OpenAi,
-            br#"{"data":[],"usage":{"prompt_tokens":8,"total_tokens":8}}"#,
+            br#"{"usage":{"prompt_tokens":3,"completion_tokens":null,"prompt_tokens_details":null}}"#,
         )
         .unwrap();
-        assert_eq!((u.prompt_tokens, u.completion_tokens), (8, 0));
-        let u = parse_response_usage(ApiFormat::OpenAi, br#"{"usage":{"prompt_tokens":3,"completion_tokens":null,"prompt_tokens_details":null}}"#).unwrap();
-        assert_eq!(
-            (u.prompt_tokens, u.completion_tokens, u.cached_prompt_tokens),
-            (3, 0, 0)
-        );
+        assert_eq!((u.prompt_tokens, u.completion_tokens, u.cached_prompt_tokens), (3, 0, 0));
     }
 
     #[test]
@@ -188,23 +172,84 @@ mod tests {
 
     #[test]
     fn garbage_and_missing_usage() {
-        assert_eq!(
-            parse_response_usage(ApiFormat::OpenAi, b"this is not json {{{"),
-            None
-        );
-        assert_eq!(
-            parse_response_usage(ApiFormat::OpenAi, br#"{"usage":null}"#),
-            None
-        );
-        assert_eq!(
-            parse_response_usage(ApiFormat::OpenAi, br#"{"choices":[]}"#),
-            None
-        );
-        assert_eq!(
-            parse_response_usage(ApiFormat::OpenAi, br#"{"usage":{"prompt_tokens":-1}}"#),
-            None
-        );
+        assert_eq!(parse_response_usage(ApiFormat::OpenAi, b"this is not json {{{"), None);
+        assert_eq!(parse_response_usage(ApiFormat::OpenAi, br#"{"usage":null}"#), None);
+        assert_eq!(parse_response_usage(ApiFormat::OpenAi, br#"{"choices":[]}"#), None);
+        assert_eq!(parse_response_usage(ApiFormat::OpenAi, br#"{"usage":{"prompt_tokens":-1}}"#), None);
         assert_eq!(parse_response_usage(ApiFormat::OpenAi, br#"[1,2]"#), None);
+    }
+
+    #[test]
+    fn openai_completions_and_null_details() {
+        let body = br#"{"id":"cmpl-1","object":"text_completion","choices":[{"text":"hi","index":0}],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12,"prompt_tokens_details":{"cached_tokens":null,"audio_tokens":null},"completion_tokens_details":null}}"#;
+        let u = parse_response_usage(ApiFormat::OpenAi, body).unwrap();
+        assert_eq!(u, Usage { prompt_tokens: 5, completion_tokens: 7, ..Usage::default() });
+        assert_eq!(u.total_tokens(), 12);
+        // Whitespace around the document is fine.
+        let u = parse_response_usage(
+            ApiFormat::OpenAi,
+            b" \n{\"usage\": {\"prompt_tokens\": 1, \"completion_tokens\": 2}}\r\n",
+        )
+        .unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (1, 2));
+    }
+
+    #[test]
+    fn anthropic_without_cache_fields_and_with_newer_fields() {
+        let body = br#"{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"text","text":"Hi"}],"model":"claude-sonnet-4-5","stop_reason":"end_turn","usage":{"input_tokens":9,"output_tokens":3}}"#;
+        let u = parse_response_usage(ApiFormat::Anthropic, body).unwrap();
+        assert_eq!(u, Usage { prompt_tokens: 9, completion_tokens: 3, ..Usage::default() });
+        let body = br#"{"type":"message","usage":{"input_tokens":9,"cache_creation_input_tokens":null,"cache_read_input_tokens":4,"cache_creation":{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":0},"output_tokens":3,"server_tool_use":{"web_search_requests":1},"service_tier":"standard"}}"#;
+        let u = parse_response_usage(ApiFormat::Anthropic, body).unwrap();
+        assert_eq!((u.prompt_tokens, u.cached_prompt_tokens, u.cache_write_tokens), (13, 4, 0));
+    }
+
+    #[test]
+    fn the_format_decides_which_fields_count() {
+        // An OpenAI body read as Anthropic (or the reverse) reports no tokens, not wrong ones.
+        let openai = br#"{"usage":{"prompt_tokens":12,"completion_tokens":5}}"#;
+        assert_eq!(parse_response_usage(ApiFormat::Anthropic, openai), Some(Usage::default()));
+        let anthropic = br#"{"usage":{"input_tokens":12,"output_tokens":5}}"#;
+        assert_eq!(parse_response_usage(ApiFormat::OpenAi, anthropic), Some(Usage::default()));
+    }
+
+    #[test]
+    fn huge_counts_saturate() {
+        let body = br#"{"usage":{"input_tokens":18446744073709551615,"cache_read_input_tokens":5,"output_tokens":18446744073709551615}}"#;
+        let u = parse_response_usage(ApiFormat::Anthropic, body).unwrap();
+        assert_eq!(u.prompt_tokens, u64::MAX);
+        assert_eq!(u.total_tokens(), u64::MAX);
+        assert_eq!(estimate_tokens_from_bytes(u64::MAX), u64::MAX / 4 + 1);
+    }
+
+    #[test]
+    fn message_delta_merge_keeps_earlier_values_for_absent_or_null_fields() {
+        let mut start: RawUsage =
+            serde_json::from_str(r#"{"input_tokens":10,"cache_read_input_tokens":3,"output_tokens":1}"#).unwrap();
+        let later: RawUsage = serde_json::from_str(r#"{"output_tokens":20,"cache_read_input_tokens":null}"#).unwrap();
+        start.merge_from(later);
+        let u = start.normalise(ApiFormat::Anthropic);
+        assert_eq!((u.prompt_tokens, u.cached_prompt_tokens, u.completion_tokens), (13, 3, 20));
+    }
+
+    #[test]
+    fn not_json_or_wrong_shapes() {
+        for body in [
+            &b""[..],
+            b"   ",
+            b"\xff\xfe{}",
+            b"{\"usage\":{\"prompt_tokens\":1}",
+            b"{\"usage\":5}",
+            b"{\"usage\":\"none\"}",
+            b"{\"usage\":{\"prompt_tokens\":1.5}}",
+            b"data: {\"usage\":{\"prompt_tokens\":1}}\n\n",
+            b"null",
+        ] {
+            assert_eq!(parse_response_usage(ApiFormat::OpenAi, body), None, "{body:?}");
+            assert_eq!(parse_response_usage(ApiFormat::Anthropic, body), None, "{body:?}");
+        }
+        // An empty usage object is usage of nothing, not "no usage".
+        assert_eq!(parse_response_usage(ApiFormat::OpenAi, br#"{"usage":{}}"#), Some(Usage::default()));
     }
 
     #[test]

@@ -70,33 +70,18 @@ pub fn admit_all<H: Host>(
     let mut remaining = Remaining::default();
     for scope in scopes {
         let outcome = update(host, scope.name, |state| {
-            limits::admit(
-                state,
-                &scope.limits,
-                scope.kind,
-                now_ms,
-                est_tokens,
-                max_cost_nanos,
-            )
+            limits::admit(state, &scope.limits, scope.kind, now_ms, est_tokens, max_cost_nanos)
         });
-        let result = outcome.unwrap_or(Err(GatewayError::Internal {
-            detail: "shared counters unavailable",
-        }));
+        let result = outcome.unwrap_or(Err(GatewayError::Internal { detail: "shared counters unavailable" }));
         match result {
             Ok((reservation, rem)) => {
                 remaining.requests = tighter(remaining.requests, rem.requests);
                 remaining.tokens = tighter(remaining.tokens, rem.tokens);
-                tickets.push(Ticket {
-                    name: scope.name.to_owned(),
-                    limits: scope.limits,
-                    reservation,
-                });
+                tickets.push(Ticket { name: scope.name.to_owned(), limits: scope.limits, reservation });
             }
             Err(e) => {
                 for t in &tickets {
-                    update(host, &t.name, |state| {
-                        limits::release(state, &t.limits, now_ms, &t.reservation)
-                    });
+                    update(host, &t.name, |state| limits::release(state, &t.limits, now_ms, &t.reservation));
                 }
                 return Err(e);
             }
@@ -106,26 +91,16 @@ pub fn admit_all<H: Host>(
 }
 
 /// Settles every ticket with the request's real tokens and cost.
-pub fn settle_all<H: Host>(
-    host: &H,
-    tickets: &[Ticket],
-    now_ms: u64,
-    tokens: u64,
-    cost_nanos: u64,
-) -> bool {
+pub fn settle_all<H: Host>(host: &H, tickets: &[Ticket], now_ms: u64, tokens: u64, cost_nanos: u64) -> bool {
     tickets.iter().all(|t| {
-        update(host, &t.name, |state| {
-            limits::settle(state, &t.limits, now_ms, &t.reservation, tokens, cost_nanos)
-        })
-        .is_some()
+        update(host, &t.name, |state| limits::settle(state, &t.limits, now_ms, &t.reservation, tokens, cost_nanos))
+            .is_some()
     })
 }
 
 /// Gives back the reservations of a request that was admitted but did not go ahead.
 pub fn release_all<H: Host>(host: &H, tickets: &[Ticket], now_ms: u64) {
     for t in tickets {
-        update(host, &t.name, |state| {
-            limits::release(state, &t.limits, now_ms, &t.reservation)
-        });
+        update(host, &t.name, |state| limits::release(state, &t.limits, now_ms, &t.reservation));
     }
 }

@@ -122,10 +122,8 @@ impl<H: Host> RequestFlow<H> {
         let mut headers: Vec<(&str, &str)> = Vec::with_capacity(2 + extra.len());
         headers.push(("content-type", "application/json"));
         headers.extend_from_slice(extra);
-        self.host
-            .send_local_response(u32::from(error.status()), &headers, &error.body());
-        self.host
-            .count(&format!("sluice.rejections.reason.{}", error.code()), 1);
+        self.host.send_local_response(u32::from(error.status()), &headers, &error.body());
+        self.host.count(&format!("sluice.rejections.reason.{}", error.code()), 1);
         Action::Pause
     }
 
@@ -140,10 +138,8 @@ impl<H: Host> RequestFlow<H> {
         self.endpoint = Some(endpoint);
         let method = self.host.request_header(":method").unwrap_or_default();
         if method != endpoint.method().as_bytes() {
-            return self.reject(&GatewayError::MethodNotAllowed {
-                route: endpoint.route(),
-                allowed: endpoint.method(),
-            });
+            return self
+                .reject(&GatewayError::MethodNotAllowed { route: endpoint.route(), allowed: endpoint.method() });
         }
         match self.authenticate(endpoint) {
             Ok(principal) => self.principal = Some(principal),
@@ -151,13 +147,7 @@ impl<H: Host> RequestFlow<H> {
         }
         // The client's credential never goes upstream, nor may a client pick the cluster or
         // ask for a compressed response the gateway could not meter.
-        for header in [
-            "authorization",
-            "x-api-key",
-            "api-key",
-            "x-sluice-cluster",
-            "accept-encoding",
-        ] {
+        for header in ["authorization", "x-api-key", "api-key", "x-sluice-cluster", "accept-encoding"] {
             self.host.set_request_header(header, None);
         }
         if endpoint == Endpoint::Models {
@@ -175,25 +165,16 @@ impl<H: Host> RequestFlow<H> {
         if declared.is_some_and(|len| len > limit) {
             return self.reject(&GatewayError::BodyTooLarge { limit });
         }
-        self.request_id = self
-            .host
-            .request_header("x-request-id")
-            .map(|v| String::from_utf8_lossy(&v).into_owned());
+        self.request_id = self.host.request_header("x-request-id").map(|v| String::from_utf8_lossy(&v).into_owned());
         // The body's routing fields, extracted by Envoy's json_to_metadata filter (which runs
         // first and has buffered the whole body): proxy-wasm cannot hold the headers back while
         // it reads the body, and the router picks the cluster from the headers.
-        let Some(meta) = self
-            .host
-            .request_metadata()
-            .as_deref()
-            .and_then(RequestMeta::from_property)
-        else {
-            return self.reject(&GatewayError::Internal { detail: "no request metadata: Envoy's json_to_metadata filter must run before sluice" });
+        let Some(meta) = self.host.request_metadata().as_deref().and_then(RequestMeta::from_property) else {
+            // json_to_metadata left nothing: no JSON body it could read (or it is not configured).
+            return self.reject(&GatewayError::MissingModel);
         };
         if meta.invalid_json {
-            return self.reject(&GatewayError::InvalidJson {
-                detail: "the body could not be parsed".into(),
-            });
+            return self.reject(&GatewayError::InvalidJson { detail: "the body could not be parsed".into() });
         }
         let Some(model) = meta.model.clone().filter(|m| !m.trim().is_empty()) else {
             return self.reject(&GatewayError::MissingModel);
@@ -202,30 +183,19 @@ impl<H: Host> RequestFlow<H> {
             Ok(()) => Action::Continue,
             Err(error) => {
                 let headers = rate_limit_headers(&error);
-                let refs: Vec<(&str, &str)> =
-                    headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
                 self.reject_with(&error, &refs)
             }
         }
     }
 
     fn credential(&self) -> Result<Vec<u8>, GatewayError> {
-        if let Some(token) = self
-            .host
-            .request_header("authorization")
-            .as_deref()
-            .and_then(keys::bearer_token)
-        {
+        if let Some(token) = self.host.request_header("authorization").as_deref().and_then(keys::bearer_token) {
             return Ok(token.to_vec());
         }
         ["x-api-key", "api-key"]
             .into_iter()
-            .find_map(|h| {
-                self.host
-                    .request_header(h)
-                    .map(|v| v.trim_ascii().to_vec())
-                    .filter(|v| !v.is_empty())
-            })
+            .find_map(|h| self.host.request_header(h).map(|v| v.trim_ascii().to_vec()).filter(|v| !v.is_empty()))
             .ok_or(GatewayError::MissingKey)
     }
 
@@ -251,17 +221,11 @@ impl<H: Host> RequestFlow<H> {
                 return Err(GatewayError::KeyExpired);
             }
         }
-        if key
-            .team
-            .and_then(|t| config.team(t))
-            .is_some_and(|t| t.blocked)
-        {
+        if key.team.and_then(|t| config.team(t)).is_some_and(|t| t.blocked) {
             return Err(GatewayError::TeamBlocked);
         }
         if !key.routes.contains(endpoint) {
-            return Err(GatewayError::RouteNotAllowed {
-                route: endpoint.route(),
-            });
+            return Err(GatewayError::RouteNotAllowed { route: endpoint.route() });
         }
         Ok(Principal::Key(index))
     }
@@ -270,11 +234,7 @@ impl<H: Host> RequestFlow<H> {
         let Some(key) = self.key() else {
             return true; // the master key may use every model
         };
-        key.models.allows(group)
-            && key
-                .team
-                .and_then(|t| self.config().team(t))
-                .is_none_or(|t| t.models.allows(group))
+        key.models.allows(group) && key.team.and_then(|t| self.config().team(t)).is_none_or(|t| t.models.allows(group))
     }
 
     /// `GET /v1/models`: the model groups this key may use, answered without an upstream.
@@ -292,34 +252,24 @@ impl<H: Host> RequestFlow<H> {
             .iter()
             .filter_map(|i| config.groups.get(*i))
             .filter(|g| self.may_use(&g.name))
-            .map(|g| Model {
-                id: &g.name,
-                object: "model",
-                created: 0,
-                owned_by: "sluice",
-            })
+            .map(|g| Model { id: &g.name, object: "model", created: 0, owned_by: "sluice" })
             .collect();
-        let body = serde_json::to_vec(&serde_json::json!({ "object": "list", "data": data }))
-            .unwrap_or_default();
+        let body = serde_json::to_vec(&serde_json::json!({ "object": "list", "data": data })).unwrap_or_default();
         self.rejected = true; // answered locally: no upstream, no usage record
-        self.host
-            .send_local_response(200, &[("content-type", "application/json")], &body);
+        self.host.send_local_response(200, &[("content-type", "application/json")], &body);
     }
 
     // ---- request body ----------------------------------------------------------------------
 
     pub fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(admitted) = &self.admitted else {
+        if self.admitted.is_none() {
             return Action::Continue;
-        };
-        if !admitted.rewrite {
-            return Action::Continue; // nothing to change: the body streams through untouched
         }
         if !end_of_stream {
             return Action::Pause; // buffer until the whole body is here
         }
         let body = self.host.request_body(body_size).unwrap_or_default();
-        match self.rewrite(&body) {
+        match self.validate_and_rewrite(&body) {
             Ok(()) => Action::Continue,
             Err(error) => {
                 // Admitted at the headers, refused now: give the reservations back.
@@ -331,11 +281,10 @@ impl<H: Host> RequestFlow<H> {
         }
     }
 
-    /// Rewrites the body for the chosen deployment (model name, `include_usage`).
-    fn rewrite(&mut self, body: &[u8]) -> Result<(), GatewayError> {
-        let admitted = self.admitted.as_ref().ok_or(GatewayError::Internal {
-            detail: "not admitted",
-        })?;
+    /// Validates the body (types of the fields the gateway reads) and rewrites it for the
+    /// chosen deployment (model name, `include_usage`) when that is needed.
+    fn validate_and_rewrite(&mut self, body: &[u8]) -> Result<(), GatewayError> {
+        let admitted = self.admitted.as_ref().ok_or(GatewayError::Internal { detail: "not admitted" })?;
         let req = parse_request(body)?;
         if req.model != admitted.requested_model {
             return Err(GatewayError::InvalidField {
@@ -343,19 +292,15 @@ impl<H: Host> RequestFlow<H> {
                 detail: "the body names more than one model".into(),
             });
         }
-        let deployment =
-            self.gateway
-                .config
-                .deployment(admitted.deployment)
-                .ok_or(GatewayError::Internal {
-                    detail: "deployment",
-                })?;
-        if let Some(new_body) = rewrite_body(
-            body,
-            &req,
-            &deployment.upstream_model,
-            admitted.wants_usage_chunk,
-        ) {
+        let deployment = self
+            .gateway
+            .config
+            .deployment(admitted.deployment)
+            .ok_or(GatewayError::Internal { detail: "deployment" })?;
+        if !admitted.rewrite {
+            return Ok(()); // valid, and nothing to change
+        }
+        if let Some(new_body) = rewrite_body(body, &req, &deployment.upstream_model, admitted.wants_usage_chunk) {
             self.host.replace_request_body(body.len(), &new_body);
         }
         Ok(())
@@ -369,42 +314,24 @@ impl<H: Host> RequestFlow<H> {
         meta: &RequestMeta,
         content_length: Option<u64>,
     ) -> Result<(), GatewayError> {
-        let endpoint = self.endpoint.ok_or(GatewayError::Internal {
-            detail: "no endpoint",
-        })?;
+        let endpoint = self.endpoint.ok_or(GatewayError::Internal { detail: "no endpoint" })?;
         let gateway = Rc::clone(&self.gateway);
         let config = &gateway.config;
-        let group = config
-            .group(&model)
-            .ok_or_else(|| GatewayError::UnknownModel {
-                model: model.clone(),
-            })?;
+        let group = config.group(&model).ok_or_else(|| GatewayError::UnknownModel { model: model.clone() })?;
         if !self.may_use(&group.name) {
-            return Err(GatewayError::ModelNotAllowed {
-                model: model.clone(),
-            });
+            return Err(GatewayError::ModelNotAllowed { model: model.clone() });
         }
         // Deployments of the group that speak this route's wire format.
         let candidates: Vec<usize> = group
             .deployments
             .iter()
             .copied()
-            .filter(|i| {
-                config
-                    .deployment(*i)
-                    .is_some_and(|d| d.provider.format() == endpoint.format())
-            })
+            .filter(|i| config.deployment(*i).is_some_and(|d| d.provider.format() == endpoint.format()))
             .collect();
-        let weights = candidates
-            .iter()
-            .map(|i| config.deployment(*i).map_or(0, |d| d.weight));
+        let weights = candidates.iter().map(|i| config.deployment(*i).map_or(0, |d| d.weight));
         let chosen = choose_weighted(weights, self.random).and_then(|c| candidates.get(c).copied());
-        let Some((index, deployment)) = chosen.and_then(|i| Some((i, config.deployment(i)?)))
-        else {
-            return Err(GatewayError::ModelNotOnRoute {
-                model: model.clone(),
-                route: endpoint.route(),
-            });
+        let Some((index, deployment)) = chosen.and_then(|i| Some((i, config.deployment(i)?))) else {
+            return Err(GatewayError::ModelNotOnRoute { model: model.clone(), route: endpoint.route() });
         };
 
         // Admission: reserve estimated tokens and the maximum cost on every limited scope.
@@ -412,32 +339,16 @@ impl<H: Host> RequestFlow<H> {
         let max_output = if endpoint == Endpoint::Embeddings {
             0
         } else {
-            meta.max_output_tokens()
-                .or(deployment.max_output_tokens)
-                .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS)
+            meta.max_output_tokens().or(deployment.max_output_tokens).unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS)
         };
-        let max_cost = deployment
-            .pricing
-            .max_cost_nanos(est_prompt_tokens, max_output);
+        let max_cost = deployment.pricing.max_cost_nanos(est_prompt_tokens, max_output);
         let mut scopes: Vec<Scope<'_>> = Vec::with_capacity(3);
         if let Some(key) = self.key() {
             if !key.limits.is_unlimited() {
-                scopes.push(Scope {
-                    name: &key.counter_name,
-                    limits: key.limits,
-                    kind: LimitScope::Key,
-                });
+                scopes.push(Scope { name: &key.counter_name, limits: key.limits, kind: LimitScope::Key });
             }
-            if let Some(team) = key
-                .team
-                .and_then(|t| config.team(t))
-                .filter(|t| !t.limits.is_unlimited())
-            {
-                scopes.push(Scope {
-                    name: &team.counter_name,
-                    limits: team.limits,
-                    kind: LimitScope::Team,
-                });
+            if let Some(team) = key.team.and_then(|t| config.team(t)).filter(|t| !t.limits.is_unlimited()) {
+                scopes.push(Scope { name: &team.counter_name, limits: team.limits, kind: LimitScope::Team });
             }
             if let Some(per_model) = key.model_limits.get(&group.name) {
                 scopes.push(Scope {
@@ -450,13 +361,7 @@ impl<H: Host> RequestFlow<H> {
         let (tickets, remaining) = if scopes.is_empty() {
             (Vec::new(), Remaining::default())
         } else {
-            counters::admit_all(
-                &self.host,
-                &scopes,
-                self.start_ms,
-                est_prompt_tokens,
-                max_cost,
-            )?
+            counters::admit_all(&self.host, &scopes, self.start_ms, est_prompt_tokens, max_cost)?
         };
 
         // Rewrite the body for the deployment; OpenAI streams must report usage.
@@ -470,37 +375,24 @@ impl<H: Host> RequestFlow<H> {
             self.host.set_request_header("content-length", None);
         }
         let upstream_path = format!("{}{}", deployment.base_path, endpoint.upstream_suffix());
-        self.host
-            .set_request_header(":path", Some(upstream_path.as_bytes()));
-        self.host
-            .set_request_header("x-sluice-cluster", Some(deployment.cluster.as_bytes()));
+        self.host.set_request_header(":path", Some(upstream_path.as_bytes()));
+        self.host.set_request_header("x-sluice-cluster", Some(deployment.cluster.as_bytes()));
         let credential = gateway.credentials.get(index).and_then(Option::as_deref);
         match deployment.provider {
             Provider::Openai => {
                 if let Some(c) = credential {
-                    self.host.set_request_header(
-                        "authorization",
-                        Some(format!("Bearer {c}").as_bytes()),
-                    );
+                    self.host.set_request_header("authorization", Some(format!("Bearer {c}").as_bytes()));
                 }
             }
             Provider::Anthropic => {
                 if let Some(c) = credential {
-                    self.host
-                        .set_request_header("x-api-key", Some(c.as_bytes()));
+                    self.host.set_request_header("x-api-key", Some(c.as_bytes()));
                 }
                 if self.host.request_header("anthropic-version").is_none() {
-                    self.host.set_request_header(
-                        "anthropic-version",
-                        Some(ANTHROPIC_VERSION.as_bytes()),
-                    );
+                    self.host.set_request_header("anthropic-version", Some(ANTHROPIC_VERSION.as_bytes()));
                 }
             }
         }
-        self.host.count(
-            &format!("sluice.requests.model_group.{}", metric_part(&group.name)),
-            1,
-        );
         self.admitted = Some(Admitted {
             requested_model: model,
             rewrite,
@@ -523,32 +415,23 @@ impl<H: Host> RequestFlow<H> {
         let Some(admitted) = &self.admitted else {
             return Action::Continue;
         };
-        self.status = self
-            .host
-            .response_header(":status")
-            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
-            .unwrap_or(0);
+        self.status =
+            self.host.response_header(":status").and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()).unwrap_or(0);
         for (name, value) in remaining_headers(&admitted.remaining) {
             self.host.set_response_header(name, Some(value.as_bytes()));
         }
-        let is_sse = self.host.response_header("content-type").is_some_and(|v| {
-            v.windows(17)
-                .any(|w| w.eq_ignore_ascii_case(b"text/event-stream"))
-        });
+        let is_sse = self
+            .host
+            .response_header("content-type")
+            .is_some_and(|v| v.windows(17).any(|w| w.eq_ignore_ascii_case(b"text/event-stream")));
         self.tap = if is_sse {
             if admitted.strip_usage_chunk {
                 // The body changes length once the usage chunk is removed.
                 self.host.set_response_header("content-length", None);
             }
-            Tap::Sse(SseUsageScanner::new(
-                admitted.format,
-                admitted.strip_usage_chunk,
-            ))
+            Tap::Sse(SseUsageScanner::new(admitted.format, admitted.strip_usage_chunk))
         } else {
-            Tap::Json {
-                body: Vec::new(),
-                overflow: false,
-            }
+            Tap::Json { body: Vec::new(), overflow: false }
         };
         Action::Continue
     }
@@ -557,16 +440,12 @@ impl<H: Host> RequestFlow<H> {
         if end_of_stream {
             self.response_complete = true;
         }
-        let scan_limit =
-            usize::try_from(self.config().config.max_response_scan_bytes).unwrap_or(usize::MAX);
+        let scan_limit = usize::try_from(self.config().config.max_response_scan_bytes).unwrap_or(usize::MAX);
         match &mut self.tap {
             Tap::None => {}
             Tap::Sse(scanner) => {
-                let chunk = if body_size > 0 {
-                    self.host.response_body(body_size).unwrap_or_default()
-                } else {
-                    Vec::new()
-                };
+                let chunk =
+                    if body_size > 0 { self.host.response_body(body_size).unwrap_or_default() } else { Vec::new() };
                 if let Forward::Replace(bytes) = scanner.feed(&chunk, end_of_stream) {
                     self.host.replace_response_body(body_size, &bytes);
                 }
@@ -603,34 +482,16 @@ impl<H: Host> RequestFlow<H> {
         };
         let cost_nanos = deployment.pricing.cost_nanos(&usage);
         let now = self.host.now_ms();
-        if !counters::settle_all(
-            &self.host,
-            &admitted.tickets,
-            now,
-            usage.total_tokens(),
-            cost_nanos,
-        ) {
-            self.host.log(
-                LogLevel::Error,
-                "sluice: could not settle counters (shared data unavailable)",
-            );
+        if !counters::settle_all(&self.host, &admitted.tickets, now, usage.total_tokens(), cost_nanos) {
+            self.host.log(LogLevel::Error, "sluice: could not settle counters (shared data unavailable)");
         }
         let group = metric_part(&admitted.group);
-        self.host.count(
-            &format!("sluice.prompt_tokens.model_group.{group}"),
-            usage.prompt_tokens,
-        );
-        self.host.count(
-            &format!("sluice.completion_tokens.model_group.{group}"),
-            usage.completion_tokens,
-        );
-        self.host.count(
-            &format!("sluice.cost_nanodollars.model_group.{group}"),
-            cost_nanos,
-        );
+        self.host.count(&format!("sluice.requests.model_group.{group}"), 1);
+        self.host.count(&format!("sluice.prompt_tokens.model_group.{group}"), usage.prompt_tokens);
+        self.host.count(&format!("sluice.completion_tokens.model_group.{group}"), usage.completion_tokens);
+        self.host.count(&format!("sluice.cost_nanodollars.model_group.{group}"), cost_nanos);
         if estimated {
-            self.host
-                .count(&format!("sluice.estimated_usage.model_group.{group}"), 1);
+            self.host.count(&format!("sluice.estimated_usage.model_group.{group}"), 1);
         }
         let key = self.key();
         let record = UsageRecord {
@@ -662,10 +523,7 @@ impl<H: Host> RequestFlow<H> {
         };
         if !self.host.enqueue_usage(&json) {
             // The singleton service is not up (yet): write the record ourselves, never drop it.
-            self.host.log(
-                LogLevel::Info,
-                &format!("{USAGE_LOG_PREFIX}{}", String::from_utf8_lossy(&json)),
-            );
+            self.host.log(LogLevel::Info, &format!("{USAGE_LOG_PREFIX}{}", String::from_utf8_lossy(&json)));
         }
     }
 
@@ -677,11 +535,8 @@ impl<H: Host> RequestFlow<H> {
             completion_tokens: usage::estimate_tokens_from_bytes(delivered_bytes),
             ..Usage::default()
         };
-        let cut_outcome = if self.status == 0 || !self.response_complete {
-            Outcome::Cancelled
-        } else {
-            Outcome::Truncated
-        };
+        let cut_outcome =
+            if self.status == 0 || !self.response_complete { Outcome::Cancelled } else { Outcome::Truncated };
         if self.status != 0 && !(200..300).contains(&self.status) {
             return (Usage::default(), Outcome::UpstreamError, false);
         }
@@ -692,24 +547,18 @@ impl<H: Host> RequestFlow<H> {
                     Some(u) if scanner.completed() => (u, Outcome::Completed, false),
                     Some(mut u) => {
                         // Anthropic reports input at the start; output only at the end.
-                        u.completion_tokens = u
-                            .completion_tokens
-                            .max(usage::estimate_tokens_from_bytes(delivered));
+                        u.completion_tokens = u.completion_tokens.max(usage::estimate_tokens_from_bytes(delivered));
                         (u, cut_outcome, true)
                     }
                     None => (estimate(delivered), cut_outcome, true),
                 }
             }
-            Tap::Json { body, overflow } => {
-                match usage::parse_response_usage(admitted.format, body) {
-                    Some(u) if self.response_complete => (u, Outcome::Completed, false),
-                    Some(u) => (u, cut_outcome, true),
-                    None if !*overflow && self.response_complete => {
-                        (estimate(0), Outcome::Truncated, true)
-                    }
-                    None => (estimate(body.len() as u64), cut_outcome, true),
-                }
-            }
+            Tap::Json { body, overflow } => match usage::parse_response_usage(admitted.format, body) {
+                Some(u) if self.response_complete => (u, Outcome::Completed, false),
+                Some(u) => (u, cut_outcome, true),
+                None if !*overflow && self.response_complete => (estimate(0), Outcome::Truncated, true),
+                None => (estimate(body.len() as u64), cut_outcome, true),
+            },
             // No response at all: the client left before the upstream answered.
             Tap::None => (estimate(0), Outcome::Cancelled, true),
         }
@@ -718,15 +567,7 @@ impl<H: Host> RequestFlow<H> {
 
 /// Metric name parts may not contain `.` (it separates tags) — model groups often do.
 fn metric_part(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
 /// `x-ratelimit-*` headers for the tightest scope.
@@ -745,13 +586,7 @@ fn remaining_headers(remaining: &Remaining) -> Vec<(&'static str, String)> {
 
 /// Headers of a rejection: `retry-after` and the limit that was hit (remaining 0).
 fn rate_limit_headers(error: &GatewayError) -> Vec<(&'static str, String)> {
-    let GatewayError::RateLimited {
-        kind,
-        limit,
-        retry_after_secs,
-        ..
-    } = error
-    else {
+    let GatewayError::RateLimited { kind, limit, retry_after_secs, .. } = error else {
         return Vec::new();
     };
     let mut rem = Remaining::default();

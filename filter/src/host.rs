@@ -73,10 +73,7 @@ fn ok_or_log<T>(result: Result<T, Status>, what: &str) -> Option<T> {
     match result {
         Ok(v) => Some(v),
         Err(status) => {
-            let _ = hostcalls::log(
-                LogLevel::Warn,
-                &format!("sluice: host call {what} failed: {status:?}"),
-            );
+            let _ = hostcalls::log(LogLevel::Warn, &format!("sluice: host call {what} failed: {status:?}"));
             None
         }
     }
@@ -85,68 +82,43 @@ fn ok_or_log<T>(result: Result<T, Status>, what: &str) -> Option<T> {
 impl Host for EnvoyHost {
     fn request_header(&self, name: &str) -> Option<Vec<u8>> {
         // The `_bytes` variant: header values may be any bytes, and the String variant panics.
-        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
+        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
     }
 
     fn set_request_header(&self, name: &str, value: Option<&[u8]>) {
-        ok_or_log(
-            hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, value),
-            "set_request_header",
-        );
+        ok_or_log(hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, value), "set_request_header");
     }
 
     fn request_body(&self, size: usize) -> Option<Vec<u8>> {
-        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
-            .ok()
-            .flatten()
+        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size).ok().flatten()
     }
 
     fn request_metadata(&self) -> Option<Vec<u8>> {
-        hostcalls::get_property(vec!["metadata", "filter_metadata", META_NAMESPACE])
-            .ok()
-            .flatten()
+        hostcalls::get_property(vec!["metadata", "filter_metadata", META_NAMESPACE]).ok().flatten()
     }
 
     fn replace_request_body(&self, old_size: usize, body: &[u8]) {
-        ok_or_log(
-            hostcalls::set_buffer(BufferType::HttpRequestBody, 0, old_size, body),
-            "replace_request_body",
-        );
+        ok_or_log(hostcalls::set_buffer(BufferType::HttpRequestBody, 0, old_size, body), "replace_request_body");
     }
 
     fn response_header(&self, name: &str) -> Option<Vec<u8>> {
-        hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
-            .ok()
-            .flatten()
+        hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).ok().flatten()
     }
 
     fn set_response_header(&self, name: &str, value: Option<&[u8]>) {
-        ok_or_log(
-            hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, value),
-            "set_response_header",
-        );
+        ok_or_log(hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, value), "set_response_header");
     }
 
     fn response_body(&self, size: usize) -> Option<Vec<u8>> {
-        hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size)
-            .ok()
-            .flatten()
+        hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size).ok().flatten()
     }
 
     fn replace_response_body(&self, old_size: usize, body: &[u8]) {
-        ok_or_log(
-            hostcalls::set_buffer(BufferType::HttpResponseBody, 0, old_size, body),
-            "replace_response_body",
-        );
+        ok_or_log(hostcalls::set_buffer(BufferType::HttpResponseBody, 0, old_size, body), "replace_response_body");
     }
 
     fn send_local_response(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
-        ok_or_log(
-            hostcalls::send_http_response(status, headers.to_vec(), Some(body)),
-            "send_http_response",
-        );
+        ok_or_log(hostcalls::send_http_response(status, headers.to_vec(), Some(body)), "send_http_response");
     }
 
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
@@ -165,9 +137,7 @@ impl Host for EnvoyHost {
         let mut worker = self.worker.borrow_mut();
         if worker.usage_queue.is_none() {
             // The service registers the queue when it starts; resolve lazily and retry later.
-            worker.usage_queue = hostcalls::resolve_shared_queue(VM_ID, USAGE_QUEUE)
-                .ok()
-                .flatten();
+            worker.usage_queue = hostcalls::resolve_shared_queue(VM_ID, USAGE_QUEUE).ok().flatten();
         }
         match worker.usage_queue {
             Some(id) => match hostcalls::enqueue_shared_queue(id, Some(record)) {
@@ -193,6 +163,9 @@ impl Host for EnvoyHost {
     }
 
     fn count(&self, metric: &str, delta: u64) {
+        if delta == 0 {
+            return; // Envoy refuses a zero increment; skip the host calls
+        }
         let mut worker = self.worker.borrow_mut();
         let id = match worker.metric_ids.get(metric) {
             Some(id) => *id,

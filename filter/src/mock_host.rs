@@ -36,11 +36,7 @@ impl MockEnvoy {
     }
 
     pub fn records(&self) -> Vec<serde_json::Value> {
-        self.queue
-            .borrow()
-            .iter()
-            .map(|r| serde_json::from_slice(r).unwrap_or_default())
-            .collect()
+        self.queue.borrow().iter().map(|r| serde_json::from_slice(r).unwrap_or_default()).collect()
     }
 }
 
@@ -58,10 +54,7 @@ impl LocalReply {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -85,10 +78,7 @@ pub struct MockHost {
 }
 
 fn get(map: &RefCell<Vec<(String, Vec<u8>)>>, name: &str) -> Option<Vec<u8>> {
-    map.borrow()
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.clone())
+    map.borrow().iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
 }
 
 fn set(map: &RefCell<Vec<(String, Vec<u8>)>>, name: &str, value: Option<&[u8]>) {
@@ -101,10 +91,7 @@ fn set(map: &RefCell<Vec<(String, Vec<u8>)>>, name: &str, value: Option<&[u8]>) 
 
 impl MockHost {
     pub fn new(envoy: Rc<MockEnvoy>) -> Self {
-        Self {
-            envoy,
-            stream: Rc::new(MockStream::default()),
-        }
+        Self { envoy, stream: Rc::new(MockStream::default()) }
     }
 
     pub fn request_header_str(&self, name: &str) -> Option<String> {
@@ -158,10 +145,7 @@ impl Host for MockHost {
     fn send_local_response(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
         *self.stream.local_reply.borrow_mut() = Some(LocalReply {
             status,
-            headers: headers
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
+            headers: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             body: body.to_vec(),
         });
     }
@@ -209,11 +193,6 @@ impl Host for MockHost {
     }
 
     fn count(&self, metric: &str, delta: u64) {
-        *self
-            .envoy
-            .metrics
-            .borrow_mut()
-            .entry(metric.to_owned())
-            .or_default() += delta;
+        *self.envoy.metrics.borrow_mut().entry(metric.to_owned()).or_default() += delta;
     }
 }

@@ -48,10 +48,7 @@ impl SluiceRoot {
         let config: GatewayConfig = match serde_json::from_slice(bytes) {
             Ok(c) => c,
             Err(e) => {
-                host.log(
-                    LogLevel::Critical,
-                    &format!("sluice: invalid filter configuration: {e}"),
-                );
+                host.log(LogLevel::Critical, &format!("sluice: invalid filter configuration: {e}"));
                 return false;
             }
         };
@@ -59,10 +56,7 @@ impl SluiceRoot {
             Ok(c) => c,
             Err(errors) => {
                 for e in errors {
-                    host.log(
-                        LogLevel::Critical,
-                        &format!("sluice: invalid filter configuration: {e}"),
-                    );
+                    host.log(LogLevel::Critical, &format!("sluice: invalid filter configuration: {e}"));
                 }
                 return false;
             }
@@ -73,16 +67,10 @@ impl SluiceRoot {
             .config
             .deployments
             .iter()
-            .map(|d| {
-                d.api_key_env
-                    .as_deref()
-                    .and_then(|name| std::env::var(name).ok())
-                    .filter(|v| !v.is_empty())
-            })
+            .map(|d| d.api_key_env.as_deref().and_then(|name| std::env::var(name).ok()).filter(|v| !v.is_empty()))
             .collect();
         for name in compiled.keys.iter().flat_map(|k| {
-            std::iter::once(k.counter_name.as_str())
-                .chain(k.model_limits.values().map(|m| m.counter_name.as_str()))
+            std::iter::once(k.counter_name.as_str()).chain(k.model_limits.values().map(|m| m.counter_name.as_str()))
         }) {
             counters::ensure_exists(&host, name);
         }
@@ -101,10 +89,7 @@ impl SluiceRoot {
                 compiled.teams.len()
             ),
         );
-        self.role = Role::Filter(Rc::new(Gateway {
-            config: compiled,
-            credentials,
-        }));
+        self.role = Role::Filter(Rc::new(Gateway { config: compiled, credentials }));
         true
     }
 }
@@ -113,10 +98,7 @@ impl Context for SluiceRoot {}
 
 impl RootContext for SluiceRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let root_id = hostcalls::get_property(vec!["plugin_root_id"])
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let root_id = hostcalls::get_property(vec!["plugin_root_id"]).ok().flatten().unwrap_or_default();
         if root_id == SERVICE_ROOT_ID.as_bytes() {
             return match UsageService::start(self.host()) {
                 Some(service) => {
@@ -146,14 +128,10 @@ impl RootContext for SluiceRoot {
                 let mut rng = self.rng.get();
                 let random = rng.next_u64();
                 self.rng.set(rng);
-                Some(Box::new(SluiceHttp {
-                    flow: RequestFlow::new(self.host(), Rc::clone(gateway), random),
-                }))
+                Some(Box::new(SluiceHttp { flow: RequestFlow::new(self.host(), Rc::clone(gateway), random) }))
             }
             // Fail closed: a worker without a valid config never lets a request through.
-            Role::Unconfigured | Role::Service(_) => {
-                Some(Box::new(Unconfigured { host: self.host() }))
-            }
+            Role::Unconfigured | Role::Service(_) => Some(Box::new(Unconfigured { host: self.host() })),
         }
     }
 }
@@ -194,11 +172,8 @@ impl Context for Unconfigured {}
 
 impl HttpContext for Unconfigured {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let error = GatewayError::Internal {
-            detail: "the gateway has no valid configuration",
-        };
-        self.host
-            .send_local_response(500, &[("content-type", "application/json")], &error.body());
+        let error = GatewayError::Internal { detail: "the gateway has no valid configuration" };
+        self.host.send_local_response(500, &[("content-type", "application/json")], &error.body());
         Action::Pause
     }
 }

@@ -22,10 +22,7 @@ impl UsageService {
                 Some(Self { host })
             }
             Err(e) => {
-                host.log(
-                    LogLevel::Critical,
-                    &format!("sluice: cannot register the usage queue: {e:?}"),
-                );
+                host.log(LogLevel::Critical, &format!("sluice: cannot register the usage queue: {e:?}"));
                 None
             }
         }
@@ -33,10 +30,7 @@ impl UsageService {
 
     pub fn drain(&self, queue_id: u32) {
         while let Ok(Some(record)) = hostcalls::dequeue_shared_queue(queue_id) {
-            self.host.log(
-                LogLevel::Info,
-                &format!("{USAGE_LOG_PREFIX}{}", String::from_utf8_lossy(&record)),
-            );
+            self.host.log(LogLevel::Info, &format!("{USAGE_LOG_PREFIX}{}", String::from_utf8_lossy(&record)));
         }
     }
 }

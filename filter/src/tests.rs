@@ -4,8 +4,7 @@ use std::rc::Rc;
 
 use crate::host::Host;
 use sluice_core::config::{
-    CompiledConfig, Deployment, GatewayConfig, KeyConfig, Provider, RoutingStrategy,
-    SCHEMA_VERSION, TeamConfig,
+    CompiledConfig, Deployment, GatewayConfig, KeyConfig, Provider, RoutingStrategy, SCHEMA_VERSION, TeamConfig,
 };
 use sluice_core::cost::Pricing;
 use sluice_core::keys::{KeyHash, key_from_random};
@@ -19,9 +18,7 @@ use proxy_wasm::types::Action;
 const NOW: u64 = 1_795_341_610_000;
 
 fn key(seed: u8) -> String {
-    let random: Vec<u8> = (0..64u16)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect();
+    let random: Vec<u8> = (0..64u16).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
     key_from_random(&random).unwrap()
 }
 
@@ -32,11 +29,7 @@ fn deployment(id: &str, group: &str, provider: Provider, upstream: &str) -> Depl
         provider,
         upstream_model: upstream.into(),
         cluster: format!("sluice_{id}"),
-        base_path: if provider == Provider::Openai {
-            "/v1".into()
-        } else {
-            String::new()
-        },
+        base_path: if provider == Provider::Openai { "/v1".into() } else { String::new() },
         api_key_env: None,
         weight: 1,
         rpm: None,
@@ -68,12 +61,7 @@ fn base_config() -> GatewayConfig {
         routing_strategy: RoutingStrategy::SimpleShuffle,
         deployments: vec![
             deployment("gpt4o-a", "gpt-4o", Provider::Openai, "gpt-4o-2024-08-06"),
-            deployment(
-                "claude",
-                "claude-3-5-sonnet",
-                Provider::Anthropic,
-                "claude-3-5-sonnet-20241022",
-            ),
+            deployment("claude", "claude-3-5-sonnet", Provider::Anthropic, "claude-3-5-sonnet-20241022"),
             deployment("mini", "gpt-4o-mini", Provider::Openai, "gpt-4o-mini"),
         ],
         keys: vec![key_config(1)],
@@ -89,19 +77,8 @@ struct Harness {
 impl Harness {
     fn new(config: GatewayConfig) -> Self {
         let config = CompiledConfig::compile(config).unwrap();
-        let credentials = config
-            .config
-            .deployments
-            .iter()
-            .map(|d| Some(format!("provider-secret-{}", d.id)))
-            .collect();
-        Self {
-            envoy: MockEnvoy::new(NOW),
-            gateway: Rc::new(Gateway {
-                config,
-                credentials,
-            }),
-        }
+        let credentials = config.config.deployments.iter().map(|d| Some(format!("provider-secret-{}", d.id))).collect();
+        Self { envoy: MockEnvoy::new(NOW), gateway: Rc::new(Gateway { config, credentials }) }
     }
 
     fn start(&self, method: &str, path: &str, headers: &[(&str, &[u8])]) -> Stream {
@@ -122,14 +99,8 @@ impl Harness {
     /// A POST with a Bearer key and a JSON body; returns the stream and any local reply.
     fn post(&self, path: &str, key: &str, body: &str) -> (Stream, Option<LocalReply>) {
         let auth = format!("Bearer {key}");
-        let mut s = self.start(
-            "POST",
-            path,
-            &[
-                ("authorization", auth.as_bytes()),
-                ("content-type", b"application/json"),
-            ],
-        );
+        let mut s =
+            self.start("POST", path, &[("authorization", auth.as_bytes()), ("content-type", b"application/json")]);
         let reply = s.send_body(body.as_bytes());
         (s, reply)
     }
@@ -150,8 +121,7 @@ impl Stream {
     fn send_body(&mut self, body: &[u8]) -> Option<LocalReply> {
         if !body.is_empty() {
             *self.host.stream.request_metadata.borrow_mut() = Some(meta_property_for(body));
-            self.host
-                .set_request_header("content-length", Some(body.len().to_string().as_bytes()));
+            self.host.set_request_header("content-length", Some(body.len().to_string().as_bytes()));
         }
         self.flow.on_request_headers(body.is_empty());
         if self.reply().is_some() {
@@ -163,13 +133,7 @@ impl Stream {
     }
 
     /// Plays an upstream response through the filter; returns what the client receives.
-    fn respond(
-        &mut self,
-        status: u16,
-        content_type: &str,
-        chunks: &[&[u8]],
-        complete: bool,
-    ) -> Vec<u8> {
+    fn respond(&mut self, status: u16, content_type: &str, chunks: &[&[u8]], complete: bool) -> Vec<u8> {
         {
             let mut h = self.host.stream.response_headers.borrow_mut();
             h.push((":status".into(), status.to_string().into_bytes()));
@@ -179,8 +143,7 @@ impl Stream {
         let mut delivered = Vec::new();
         for (i, chunk) in chunks.iter().enumerate() {
             *self.host.stream.response_chunk.borrow_mut() = chunk.to_vec();
-            self.flow
-                .on_response_body(chunk.len(), complete && i + 1 == chunks.len());
+            self.flow.on_response_body(chunk.len(), complete && i + 1 == chunks.len());
             delivered.extend_from_slice(&self.host.stream.response_chunk.borrow());
         }
         delivered
@@ -206,20 +169,10 @@ fn a_chat_request_is_routed_rewritten_and_metered() {
     let (mut s, reply) = h.post("/v1/chat/completions", &key(1), CHAT);
     assert!(reply.is_none(), "{reply:?}");
     // Routed to the deployment's cluster and path, with the provider's credential, never the client's.
-    assert_eq!(
-        s.host.request_header_str("x-sluice-cluster").as_deref(),
-        Some("sluice_gpt4o-a")
-    );
-    assert_eq!(
-        s.host.request_header_str(":path").as_deref(),
-        Some("/v1/chat/completions")
-    );
-    assert_eq!(
-        s.host.request_header_str("authorization").as_deref(),
-        Some("Bearer provider-secret-gpt4o-a")
-    );
-    let sent: serde_json::Value =
-        serde_json::from_slice(&s.host.stream.request_body.borrow()).unwrap();
+    assert_eq!(s.host.request_header_str("x-sluice-cluster").as_deref(), Some("sluice_gpt4o-a"));
+    assert_eq!(s.host.request_header_str(":path").as_deref(), Some("/v1/chat/completions"));
+    assert_eq!(s.host.request_header_str("authorization").as_deref(), Some("Bearer provider-secret-gpt4o-a"));
+    let sent: serde_json::Value = serde_json::from_slice(&s.host.stream.request_body.borrow()).unwrap();
     assert_eq!(sent["model"], "gpt-4o-2024-08-06");
     assert_eq!(sent["messages"][0]["content"], "hello");
     // The body changed length after the headers left: no stale content-length goes upstream.
@@ -243,10 +196,7 @@ fn a_chat_request_is_routed_rewritten_and_metered() {
     let expected = 600.0 * 2.5e-6 + 400.0 * 1.25e-6 + 100.0 * 1e-5;
     assert!((r["cost_usd"].as_f64().unwrap() - expected).abs() < 1e-9);
     assert_eq!(h.envoy.metric("sluice.requests.model_group.gpt-4o"), 1);
-    assert_eq!(
-        h.envoy.metric("sluice.prompt_tokens.model_group.gpt-4o"),
-        1000
-    );
+    assert_eq!(h.envoy.metric("sluice.prompt_tokens.model_group.gpt-4o"), 1000);
     // The record names the key by a hash prefix, never by the key.
     let line = String::from_utf8(h.envoy.queue.borrow()[0].clone()).unwrap();
     assert!(!line.contains(&key(1)));
@@ -258,11 +208,7 @@ fn credentials_are_read_from_every_header_spelling_and_stripped() {
     for header in ["x-api-key", "api-key"] {
         let mut s = h.start("POST", "/chat/completions", &[(header, key(1).as_bytes())]);
         assert!(s.send_body(CHAT.as_bytes()).is_none());
-        assert_eq!(
-            s.host.request_header_str(header),
-            None,
-            "{header} leaked upstream"
-        );
+        assert_eq!(s.host.request_header_str(header), None, "{header} leaked upstream");
     }
 }
 
@@ -276,20 +222,11 @@ fn bad_credentials_are_401_before_any_lookup() {
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"Bearer ".to_vec(), "missing_api_key"),
         (b"Bearer sk-1234".to_vec(), "invalid_api_key"),
-        (
-            [b"Bearer ".as_slice(), &tampered].concat(),
-            "invalid_api_key",
-        ),
-        (
-            [b"Bearer ".as_slice(), key(2).as_bytes()].concat(),
-            "invalid_api_key",
-        ),
+        ([b"Bearer ".as_slice(), &tampered].concat(), "invalid_api_key"),
+        ([b"Bearer ".as_slice(), key(2).as_bytes()].concat(), "invalid_api_key"),
         ([b"Bearer ".as_slice(), &long].concat(), "invalid_api_key"),
         (b"Bearer sk-sluice-\0\0\xff\xfe".to_vec(), "invalid_api_key"),
-        (
-            b"Bearer ' OR 1=1; DROP TABLE keys; --".to_vec(),
-            "invalid_api_key",
-        ),
+        (b"Bearer ' OR 1=1; DROP TABLE keys; --".to_vec(), "invalid_api_key"),
     ];
     for (auth, code) in cases {
         let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", &auth)]);
@@ -298,64 +235,32 @@ fn bad_credentials_are_401_before_any_lookup() {
         assert_eq!(reply.json()["error"]["code"], code);
         assert_eq!(reply.header("content-type"), Some("application/json"));
     }
-    assert_eq!(
-        h.envoy.metric("sluice.rejections.reason.invalid_api_key"),
-        6
-    );
+    assert_eq!(h.envoy.metric("sluice.rejections.reason.invalid_api_key"), 6);
     assert!(h.envoy.records().is_empty());
 }
 
 #[test]
 fn blocked_expired_and_route_restricted_keys() {
     let mut cfg = base_config();
-    cfg.keys.push(KeyConfig {
-        blocked: true,
-        ..key_config(2)
-    });
-    cfg.keys.push(KeyConfig {
-        expires: Timestamp::parse("2026-01-01T00:00:00Z"),
-        ..key_config(3)
-    });
-    cfg.keys.push(KeyConfig {
-        allowed_routes: vec!["/v1/embeddings".into()],
-        ..key_config(4)
-    });
-    cfg.teams.push(TeamConfig {
-        team_id: "frozen".into(),
-        blocked: true,
-        ..TeamConfig::default()
-    });
-    cfg.keys.push(KeyConfig {
-        team_id: Some("frozen".into()),
-        ..key_config(5)
-    });
+    cfg.keys.push(KeyConfig { blocked: true, ..key_config(2) });
+    cfg.keys.push(KeyConfig { expires: Timestamp::parse("2026-01-01T00:00:00Z"), ..key_config(3) });
+    cfg.keys.push(KeyConfig { allowed_routes: vec!["/v1/embeddings".into()], ..key_config(4) });
+    cfg.teams.push(TeamConfig { team_id: "frozen".into(), blocked: true, ..TeamConfig::default() });
+    cfg.keys.push(KeyConfig { team_id: Some("frozen".into()), ..key_config(5) });
     let h = Harness::new(cfg);
-    for (seed, status, code) in [
-        (2, 401, "key_blocked"),
-        (3, 401, "key_expired"),
-        (4, 403, "route_not_allowed"),
-        (5, 401, "team_blocked"),
-    ] {
+    for (seed, status, code) in
+        [(2, 401, "key_blocked"), (3, 401, "key_expired"), (4, 403, "route_not_allowed"), (5, 401, "team_blocked")]
+    {
         let (_, reply) = h.post("/v1/chat/completions", &key(seed), CHAT);
         let reply = reply.expect("rejected");
-        assert_eq!(
-            (
-                reply.status,
-                reply.json()["error"]["code"].as_str().unwrap()
-            ),
-            (status, code)
-        );
+        assert_eq!((reply.status, reply.json()["error"]["code"].as_str().unwrap()), (status, code));
     }
 }
 
 #[test]
 fn models_unknown_forbidden_and_listed() {
     let mut cfg = base_config();
-    cfg.teams.push(TeamConfig {
-        team_id: "t".into(),
-        models: vec!["gpt-4o*".into()],
-        ..TeamConfig::default()
-    });
+    cfg.teams.push(TeamConfig { team_id: "t".into(), models: vec!["gpt-4o*".into()], ..TeamConfig::default() });
     cfg.keys.push(KeyConfig {
         team_id: Some("t".into()),
         models: vec!["gpt-4o".into(), "claude-3-5-sonnet".into()],
@@ -367,43 +272,21 @@ fn models_unknown_forbidden_and_listed() {
     assert_eq!(reply.status, 400);
     assert_eq!(reply.json()["error"]["param"], "model");
     // Allowed by the key but not by its team.
-    let (_, reply) = h.post(
-        "/v1/chat/completions",
-        &key(2),
-        r#"{"model":"claude-3-5-sonnet"}"#,
-    );
+    let (_, reply) = h.post("/v1/chat/completions", &key(2), r#"{"model":"claude-3-5-sonnet"}"#);
     assert_eq!(reply.unwrap().status, 403);
-    let (_, reply) = h.post(
-        "/v1/chat/completions",
-        &key(2),
-        r#"{"model":"gpt-4o-mini"}"#,
-    );
+    let (_, reply) = h.post("/v1/chat/completions", &key(2), r#"{"model":"gpt-4o-mini"}"#);
     assert_eq!(reply.unwrap().status, 403);
 
     let auth = format!("Bearer {}", key(2));
     let mut s = h.start("GET", "/v1/models", &[("authorization", auth.as_bytes())]);
     let reply = s.send_body(b"").unwrap();
     assert_eq!(reply.status, 200);
-    let ids: Vec<String> = reply.json()["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_owned())
-        .collect();
+    let ids: Vec<String> =
+        reply.json()["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect();
     assert_eq!(ids, ["gpt-4o"]);
     // The master key sees every group.
-    let mut s = h.start(
-        "GET",
-        "/models",
-        &[("authorization", b"Bearer sk-master-1234")],
-    );
-    assert_eq!(
-        s.send_body(b"").unwrap().json()["data"]
-            .as_array()
-            .unwrap()
-            .len(),
-        3
-    );
+    let mut s = h.start("GET", "/models", &[("authorization", b"Bearer sk-master-1234")]);
+    assert_eq!(s.send_body(b"").unwrap().json()["data"].as_array().unwrap().len(), 3);
 }
 
 #[test]
@@ -414,48 +297,23 @@ fn bad_bodies_get_clear_errors() {
         ("{not json", 400, "invalid_json"),
         (r#"{"messages":[]}"#, 400, "missing_model"),
         (r#"{"model":["gpt-4o"]}"#, 400, "model_not_found"),
-        (
-            r#"{"model":"gpt-4o","stream":"true"}"#,
-            400,
-            "invalid_value",
-        ),
+        (r#"{"model":"gpt-4o","stream":"true"}"#, 400, "invalid_value"),
         (big.as_str(), 413, "request_too_large"),
     ] {
         let (_, reply) = h.post("/v1/chat/completions", &key(1), body);
         let reply = reply.unwrap_or_else(|| panic!("{body} was accepted"));
-        assert_eq!(
-            (
-                reply.status,
-                reply.json()["error"]["code"].as_str().unwrap()
-            ),
-            (status, code),
-            "{body}"
-        );
+        assert_eq!((reply.status, reply.json()["error"]["code"].as_str().unwrap()), (status, code), "{body}");
     }
     // An oversized declared content-length is refused at the headers.
     let auth = format!("Bearer {}", key(1));
-    let mut s = h.start(
-        "POST",
-        "/v1/chat/completions",
-        &[
-            ("authorization", auth.as_bytes()),
-            ("content-length", b"999999"),
-        ],
-    );
+    let mut s =
+        h.start("POST", "/v1/chat/completions", &[("authorization", auth.as_bytes()), ("content-length", b"999999")]);
     assert_eq!(s.flow.on_request_headers(false), Action::Pause);
     assert_eq!(s.reply().unwrap().status, 413);
     // Unknown routes and wrong methods.
-    let mut s = h.start(
-        "POST",
-        "/v1/images/generations",
-        &[("authorization", auth.as_bytes())],
-    );
+    let mut s = h.start("POST", "/v1/images/generations", &[("authorization", auth.as_bytes())]);
     assert_eq!(s.send_body(b"{}").unwrap().status, 404);
-    let mut s = h.start(
-        "GET",
-        "/v1/chat/completions",
-        &[("authorization", auth.as_bytes())],
-    );
+    let mut s = h.start("GET", "/v1/chat/completions", &[("authorization", auth.as_bytes())]);
     assert_eq!(s.send_body(b"").unwrap().status, 405);
 }
 
@@ -467,22 +325,9 @@ fn rpm_limit_rejects_with_headers_and_resets_next_minute() {
     for left in [1, 0] {
         let (mut s, reply) = h.post("/v1/chat/completions", &key(1), CHAT);
         assert!(reply.is_none());
-        s.respond(
-            200,
-            "application/json",
-            &[openai_response(10, 1, 0).as_bytes()],
-            true,
-        );
-        assert_eq!(
-            s.host
-                .response_header_str("x-ratelimit-limit-requests")
-                .as_deref(),
-            Some("2")
-        );
-        assert_eq!(
-            s.host.response_header_str("x-ratelimit-remaining-requests"),
-            Some(left.to_string())
-        );
+        s.respond(200, "application/json", &[openai_response(10, 1, 0).as_bytes()], true);
+        assert_eq!(s.host.response_header_str("x-ratelimit-limit-requests").as_deref(), Some("2"));
+        assert_eq!(s.host.response_header_str("x-ratelimit-remaining-requests"), Some(left.to_string()));
         s.finish();
     }
     let (_, reply) = h.post("/v1/chat/completions", &key(1), CHAT);
@@ -498,43 +343,23 @@ fn rpm_limit_rejects_with_headers_and_resets_next_minute() {
 #[test]
 fn team_and_per_model_limits_apply_and_roll_back() {
     let mut cfg = base_config();
-    cfg.teams.push(TeamConfig {
-        team_id: "t".into(),
-        rpm_limit: Some(3),
-        ..TeamConfig::default()
-    });
+    cfg.teams.push(TeamConfig { team_id: "t".into(), rpm_limit: Some(3), ..TeamConfig::default() });
     cfg.keys.push(KeyConfig {
         team_id: Some("t".into()),
         model_rpm_limit: [("gpt-4o".to_string(), 1)].into(),
         ..key_config(2)
     });
-    cfg.keys.push(KeyConfig {
-        team_id: Some("t".into()),
-        ..key_config(3)
-    });
+    cfg.keys.push(KeyConfig { team_id: Some("t".into()), ..key_config(3) });
     let h = Harness::new(cfg);
     assert!(h.post("/v1/chat/completions", &key(2), CHAT).1.is_none());
     let reply = h.post("/v1/chat/completions", &key(2), CHAT).1.unwrap();
     assert_eq!(reply.status, 429);
     // The refused request's team admission was released: the team still has 2 left.
     assert!(h.post("/v1/chat/completions", &key(3), CHAT).1.is_none());
-    assert!(
-        h.post(
-            "/v1/chat/completions",
-            &key(2),
-            r#"{"model":"gpt-4o-mini"}"#
-        )
-        .1
-        .is_none()
-    );
+    assert!(h.post("/v1/chat/completions", &key(2), r#"{"model":"gpt-4o-mini"}"#).1.is_none());
     let reply = h.post("/v1/chat/completions", &key(3), CHAT).1.unwrap();
     assert_eq!(reply.status, 429);
-    assert!(
-        reply.json()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("team")
-    );
+    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("team"));
 }
 
 #[test]
@@ -565,12 +390,7 @@ fn budget_reserves_then_settles_and_blocks_when_spent() {
     assert_eq!(reply.status, 400);
     assert_eq!(reply.json()["error"]["type"], "budget_exceeded");
     for s in [&mut a, &mut b] {
-        s.respond(
-            200,
-            "application/json",
-            &[openai_response(1000, 100, 0).as_bytes()],
-            true,
-        );
+        s.respond(200, "application/json", &[openai_response(1000, 100, 0).as_bytes()], true);
         s.finish();
     }
     // Settled at $0.0035 each: $0.007 spent, room again.
@@ -578,26 +398,12 @@ fn budget_reserves_then_settles_and_blocks_when_spent() {
     while spent < 0.02 {
         let (mut s, reply) = h.post("/v1/chat/completions", &key(1), CHAT);
         assert!(reply.is_none(), "refused at spend {spent}");
-        s.respond(
-            200,
-            "application/json",
-            &[openai_response(1000, 100, 0).as_bytes()],
-            true,
-        );
+        s.respond(200, "application/json", &[openai_response(1000, 100, 0).as_bytes()], true);
         s.finish();
         spent += 0.0035;
     }
-    assert!(
-        spent < 0.02 + 0.0101,
-        "overspend bounded by one reservation"
-    );
-    assert_eq!(
-        h.post("/v1/chat/completions", &key(1), CHAT)
-            .1
-            .unwrap()
-            .status,
-        400
-    );
+    assert!(spent < 0.02 + 0.0101, "overspend bounded by one reservation");
+    assert_eq!(h.post("/v1/chat/completions", &key(1), CHAT).1.unwrap().status, 400);
 }
 
 fn sse(events: &[&str]) -> String {
@@ -611,34 +417,18 @@ const USAGE: &str = r#"{"id":"c","object":"chat.completion.chunk","choices":[],"
 #[test]
 fn openai_stream_gets_usage_added_then_stripped() {
     let h = Harness::new(base_config());
-    let (mut s, reply) = h.post(
-        "/v1/chat/completions",
-        &key(1),
-        r#"{"model":"gpt-4o","stream":true,"messages":[]}"#,
-    );
+    let (mut s, reply) = h.post("/v1/chat/completions", &key(1), r#"{"model":"gpt-4o","stream":true,"messages":[]}"#);
     assert!(reply.is_none());
-    let sent: serde_json::Value =
-        serde_json::from_slice(&s.host.stream.request_body.borrow()).unwrap();
+    let sent: serde_json::Value = serde_json::from_slice(&s.host.stream.request_body.borrow()).unwrap();
     assert_eq!(sent["stream_options"]["include_usage"], true);
     let stream = sse(&[CHUNK1, CHUNK2, USAGE, "[DONE]"]);
     // Split at awkward places: inside an event and inside the usage chunk.
     let bytes = stream.as_bytes();
-    let delivered = s.respond(
-        200,
-        "text/event-stream",
-        &[&bytes[..17], &bytes[17..300], &bytes[300..]],
-        true,
-    );
-    assert_eq!(
-        String::from_utf8(delivered).unwrap(),
-        sse(&[CHUNK1, CHUNK2, "[DONE]"])
-    );
+    let delivered = s.respond(200, "text/event-stream", &[&bytes[..17], &bytes[17..300], &bytes[300..]], true);
+    assert_eq!(String::from_utf8(delivered).unwrap(), sse(&[CHUNK1, CHUNK2, "[DONE]"]));
     s.finish();
     let r = &h.envoy.records()[0];
-    assert_eq!(
-        (r["prompt_tokens"].as_u64(), r["completion_tokens"].as_u64()),
-        (Some(20), Some(2))
-    );
+    assert_eq!((r["prompt_tokens"].as_u64(), r["completion_tokens"].as_u64()), (Some(20), Some(2)));
     assert_eq!(r["streamed"], true);
     assert_eq!(r["estimated"], false);
 }
@@ -649,10 +439,7 @@ fn a_client_that_asked_for_usage_keeps_it() {
     let body = r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true}}"#;
     let (mut s, _) = h.post("/v1/chat/completions", &key(1), body);
     let stream = sse(&[CHUNK1, USAGE, "[DONE]"]);
-    assert_eq!(
-        s.respond(200, "text/event-stream", &[stream.as_bytes()], true),
-        stream.as_bytes()
-    );
+    assert_eq!(s.respond(200, "text/event-stream", &[stream.as_bytes()], true), stream.as_bytes());
     s.finish();
     assert_eq!(h.envoy.records()[0]["prompt_tokens"], 20);
 }
@@ -660,11 +447,7 @@ fn a_client_that_asked_for_usage_keeps_it() {
 #[test]
 fn cancelled_stream_is_charged_for_what_was_delivered() {
     let h = Harness::new(base_config());
-    let (mut s, _) = h.post(
-        "/v1/chat/completions",
-        &key(1),
-        r#"{"model":"gpt-4o","stream":true}"#,
-    );
+    let (mut s, _) = h.post("/v1/chat/completions", &key(1), r#"{"model":"gpt-4o","stream":true}"#);
     let partial = sse(&[CHUNK1, CHUNK2]);
     s.respond(200, "text/event-stream", &[partial.as_bytes()], false);
     s.finish(); // the client went away: on_log without end of stream
@@ -679,85 +462,46 @@ fn cancelled_stream_is_charged_for_what_was_delivered() {
 #[test]
 fn anthropic_messages_pass_through_with_the_provider_key() {
     let h = Harness::new(base_config());
-    let body = r#"{"model":"claude-3-5-sonnet","max_tokens":100,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let body =
+        r#"{"model":"claude-3-5-sonnet","max_tokens":100,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
     let mut s = h.start("POST", "/v1/messages", &[("x-api-key", key(1).as_bytes())]);
     assert!(s.send_body(body.as_bytes()).is_none());
-    assert_eq!(
-        s.host.request_header_str("x-api-key").as_deref(),
-        Some("provider-secret-claude")
-    );
-    assert_eq!(
-        s.host.request_header_str("anthropic-version").as_deref(),
-        Some("2023-06-01")
-    );
-    assert_eq!(
-        s.host.request_header_str(":path").as_deref(),
-        Some("/v1/messages")
-    );
-    let sent: serde_json::Value =
-        serde_json::from_slice(&s.host.stream.request_body.borrow()).unwrap();
-    assert!(
-        sent.get("stream_options").is_none(),
-        "Anthropic bodies get no OpenAI fields"
-    );
+    assert_eq!(s.host.request_header_str("x-api-key").as_deref(), Some("provider-secret-claude"));
+    assert_eq!(s.host.request_header_str("anthropic-version").as_deref(), Some("2023-06-01"));
+    assert_eq!(s.host.request_header_str(":path").as_deref(), Some("/v1/messages"));
+    let sent: serde_json::Value = serde_json::from_slice(&s.host.stream.request_body.borrow()).unwrap();
+    assert!(sent.get("stream_options").is_none(), "Anthropic bodies get no OpenAI fields");
     let events = concat!(
         "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":30,\"output_tokens\":1,\"cache_read_input_tokens\":10}}}\n\n",
         "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n",
         "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":7}}\n\n",
         "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
     );
-    assert_eq!(
-        s.respond(200, "text/event-stream", &[events.as_bytes()], true),
-        events.as_bytes()
-    );
+    assert_eq!(s.respond(200, "text/event-stream", &[events.as_bytes()], true), events.as_bytes());
     s.finish();
     let r = &h.envoy.records()[0];
     assert_eq!(
-        (
-            r["prompt_tokens"].as_u64(),
-            r["cached_prompt_tokens"].as_u64(),
-            r["completion_tokens"].as_u64()
-        ),
+        (r["prompt_tokens"].as_u64(), r["cached_prompt_tokens"].as_u64(), r["completion_tokens"].as_u64()),
         (Some(40), Some(10), Some(7))
     );
     // An OpenAI-only group is not served on /v1/messages.
     let mut s = h.start("POST", "/v1/messages", &[("x-api-key", key(1).as_bytes())]);
     let reply = s.send_body(CHAT.as_bytes()).unwrap();
-    assert_eq!(
-        (reply.status, reply.json()["error"]["code"].as_str()),
-        (400, Some("model_not_supported_on_route"))
-    );
+    assert_eq!((reply.status, reply.json()["error"]["code"].as_str()), (400, Some("model_not_supported_on_route")));
 }
 
 #[test]
 fn upstream_errors_and_garbage_are_recorded_honestly() {
     let h = Harness::new(base_config());
     let (mut s, _) = h.post("/v1/chat/completions", &key(1), CHAT);
-    s.respond(
-        500,
-        "application/json",
-        &[br#"{"error":{"message":"boom"}}"#],
-        true,
-    );
+    s.respond(500, "application/json", &[br#"{"error":{"message":"boom"}}"#], true);
     s.finish();
     let (mut s, _) = h.post("/v1/chat/completions", &key(1), CHAT);
     s.respond(200, "application/json", &[b"this is not json {{{"], true);
     s.finish();
     let records = h.envoy.records();
-    assert_eq!(
-        (
-            records[0]["outcome"].as_str(),
-            records[0]["cost_usd"].as_f64()
-        ),
-        (Some("upstream_error"), Some(0.0))
-    );
-    assert_eq!(
-        (
-            records[1]["outcome"].as_str(),
-            records[1]["estimated"].as_bool()
-        ),
-        (Some("truncated"), Some(true))
-    );
+    assert_eq!((records[0]["outcome"].as_str(), records[0]["cost_usd"].as_f64()), (Some("upstream_error"), Some(0.0)));
+    assert_eq!((records[1]["outcome"].as_str(), records[1]["estimated"].as_bool()), (Some("truncated"), Some(true)));
 }
 
 #[test]
@@ -765,29 +509,18 @@ fn records_are_logged_when_the_queue_is_unavailable() {
     let h = Harness::new(base_config());
     h.envoy.queue_available.set(false);
     let (mut s, _) = h.post("/v1/chat/completions", &key(1), CHAT);
-    s.respond(
-        200,
-        "application/json",
-        &[openai_response(5, 5, 0).as_bytes()],
-        true,
-    );
+    s.respond(200, "application/json", &[openai_response(5, 5, 0).as_bytes()], true);
     s.finish();
     s.finish(); // on_log twice must not double-count
     let logs = h.envoy.logs.borrow();
-    let lines: Vec<_> = logs
-        .iter()
-        .filter(|l| l.starts_with("sluice.usage "))
-        .collect();
+    let lines: Vec<_> = logs.iter().filter(|l| l.starts_with("sluice.usage ")).collect();
     assert_eq!(lines.len(), 1);
 }
 
 #[test]
 fn weighted_routing_uses_every_deployment() {
     let mut cfg = base_config();
-    cfg.deployments.push(Deployment {
-        weight: 3,
-        ..deployment("gpt4o-b", "gpt-4o", Provider::Openai, "gpt-4o")
-    });
+    cfg.deployments.push(Deployment { weight: 3, ..deployment("gpt4o-b", "gpt-4o", Provider::Openai, "gpt-4o") });
     let h = Harness::new(cfg);
     let mut seen = std::collections::HashMap::new();
     for i in 0..400u64 {
@@ -795,21 +528,13 @@ fn weighted_routing_uses_every_deployment() {
         host.stream.request_headers.borrow_mut().extend([
             (":method".to_string(), b"POST".to_vec()),
             (":path".to_string(), b"/v1/chat/completions".to_vec()),
-            (
-                "authorization".to_string(),
-                format!("Bearer {}", key(1)).into_bytes(),
-            ),
+            ("authorization".to_string(), format!("Bearer {}", key(1)).into_bytes()),
         ]);
-        let mut flow = RequestFlow::new(
-            host.clone(),
-            Rc::clone(&h.gateway),
-            sluice_core::routing::SplitMix64::new(i).next_u64(),
-        );
+        let mut flow =
+            RequestFlow::new(host.clone(), Rc::clone(&h.gateway), sluice_core::routing::SplitMix64::new(i).next_u64());
         *host.stream.request_metadata.borrow_mut() = Some(meta_property_for(CHAT.as_bytes()));
         flow.on_request_headers(false);
-        *seen
-            .entry(host.request_header_str("x-sluice-cluster").unwrap())
-            .or_insert(0) += 1;
+        *seen.entry(host.request_header_str("x-sluice-cluster").unwrap()).or_insert(0) += 1;
     }
     let (a, b) = (seen["sluice_gpt4o-a"], seen["sluice_gpt4o-b"]);
     assert!(b > 2 * a && a > 50, "a={a} b={b}");

@@ -38,31 +38,15 @@ struct WrkResult {
 
 pub fn bench(args: &[String]) -> Result<(), String> {
     let quick = args.iter().any(|a| a == "--quick");
-    let (duration, rounds, ttft_requests) = if quick {
-        ("3s", 1, 50)
-    } else {
-        ("10s", 3, 300)
-    };
+    let (duration, rounds, ttft_requests) = if quick { ("3s", 1, 50) } else { ("10s", 3, 300) };
     let tools = setup::setup()?;
     ensure_wrk()?;
     let cargo = proc::cargo();
     proc::step(
         "build the mock provider (release)",
-        proc::run(
-            &cargo,
-            &[
-                "build",
-                "--quiet",
-                "--release",
-                "-p",
-                "sluice-mock-provider",
-            ],
-            &[],
-        ),
+        proc::run(&cargo, &["build", "--quiet", "--release", "-p", "sluice-mock-provider"], &[]),
     )?;
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root().join("target"));
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root().join("target"));
     let mock_bin = target.join("release/sluice-mock-provider");
 
     let dir = root().join(".sluice/bench");
@@ -95,12 +79,8 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         ],
         &env,
     )?;
-    let key = created
-        .split("\"key\"")
-        .nth(1)
-        .and_then(|r| r.split('"').nth(1))
-        .ok_or("no key from the CLI")?
-        .to_owned();
+    let key =
+        created.split("\"key\"").nth(1).and_then(|r| r.split('"').nth(1)).ok_or("no key from the CLI")?.to_owned();
     let sluice_yaml = dir.join("sluice-envoy.yaml");
     proc::run(
         &cli,
@@ -130,24 +110,13 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     let mut children = Children(Vec::new());
     children.0.push(
         Command::new(&mock_bin)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{MOCK_PORT}"),
-                "--openai-key",
-                &provider_key,
-                "--workers",
-                "1",
-            ])
+            .args(["--listen", &format!("127.0.0.1:{MOCK_PORT}"), "--openai-key", &provider_key, "--workers", "1"])
             .stdout(Stdio::null())
             .spawn()
             .map_err(|e| format!("mock: {e}"))?,
     );
-    for (yaml, admin, id) in [
-        (&bare_yaml, BARE_ADMIN, "1"),
-        (&sluice_yaml, SLUICE_ADMIN, "2"),
-    ] {
-        let log = std::fs::File::create(dir.join(format!("envoy-{admin}.log")))
-            .map_err(|e| e.to_string())?;
+    for (yaml, admin, id) in [(&bare_yaml, BARE_ADMIN, "1"), (&sluice_yaml, SLUICE_ADMIN, "2")] {
+        let log = std::fs::File::create(dir.join(format!("envoy-{admin}.log"))).map_err(|e| e.to_string())?;
         children.0.push(
             Command::new(&tools.envoy)
                 .args([
@@ -169,10 +138,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         );
         wait_ready(admin)?;
     }
-    let envoy_pids = [
-        children.0.get(1).map(Child::id),
-        children.0.get(2).map(Child::id),
-    ];
+    let envoy_pids = [children.0.get(1).map(Child::id), children.0.get(2).map(Child::id)];
     let rss_before: Vec<u64> = envoy_pids.iter().map(|p| p.map_or(0, rss_kib)).collect();
 
     // Warm up both paths (VM JIT, connection pools), then alternate bare/sluice each round.
@@ -192,54 +158,26 @@ pub fn bench(args: &[String]) -> Result<(), String> {
             );
             one_conn[i].push(wrk(&lua, port, 1, duration)?);
             saturated[i].push(wrk(&lua, port, 32, duration)?);
-            ttft[i].extend(time_to_first_token(
-                port,
-                &key,
-                &provider_key,
-                &stream_body,
-                ttft_requests / rounds,
-            )?);
+            ttft[i].extend(time_to_first_token(port, &key, &provider_key, &stream_body, ttft_requests / rounds)?);
         }
     }
     let rss_after: Vec<u64> = envoy_pids.iter().map(|p| p.map_or(0, rss_kib)).collect();
 
     let med = |v: &[WrkResult], f: fn(&WrkResult) -> f64| median(v.iter().map(f).collect());
-    let bare1 = (
-        med(&one_conn[0], |r| r.p50_us),
-        med(&one_conn[0], |r| r.p99_us),
-        med(&one_conn[0], |r| r.rps),
-    );
-    let sl1 = (
-        med(&one_conn[1], |r| r.p50_us),
-        med(&one_conn[1], |r| r.p99_us),
-        med(&one_conn[1], |r| r.rps),
-    );
-    let bare_sat = (
-        med(&saturated[0], |r| r.rps),
-        med(&saturated[0], |r| r.p50_us),
-        med(&saturated[0], |r| r.p99_us),
-    );
-    let sl_sat = (
-        med(&saturated[1], |r| r.rps),
-        med(&saturated[1], |r| r.p50_us),
-        med(&saturated[1], |r| r.p99_us),
-    );
-    let (bare_ttft, sl_ttft) = (
-        percentile(&mut ttft[0].clone(), 50.0),
-        percentile(&mut ttft[1].clone(), 50.0),
-    );
-    let (bare_ttft99, sl_ttft99) = (
-        percentile(&mut ttft[0].clone(), 99.0),
-        percentile(&mut ttft[1].clone(), 99.0),
-    );
+    let bare1 = (med(&one_conn[0], |r| r.p50_us), med(&one_conn[0], |r| r.p99_us), med(&one_conn[0], |r| r.rps));
+    let sl1 = (med(&one_conn[1], |r| r.p50_us), med(&one_conn[1], |r| r.p99_us), med(&one_conn[1], |r| r.rps));
+    let bare_sat = (med(&saturated[0], |r| r.rps), med(&saturated[0], |r| r.p50_us), med(&saturated[0], |r| r.p99_us));
+    let sl_sat = (med(&saturated[1], |r| r.rps), med(&saturated[1], |r| r.p50_us), med(&saturated[1], |r| r.p99_us));
+    let (bare_ttft, sl_ttft) = (percentile(&mut ttft[0].clone(), 50.0), percentile(&mut ttft[1].clone(), 50.0));
+    let (bare_ttft99, sl_ttft99) = (percentile(&mut ttft[0].clone(), 99.0), percentile(&mut ttft[1].clone(), 99.0));
 
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     let ratio = sl_sat.0 / bare_sat.0.max(1.0);
     let added_p50 = sl1.0 - bare1.0;
     let added_p99 = sl1.1 - bare1.1;
     let added_ttft = sl_ttft - bare_ttft;
-    let mem_ratio = rss_after.get(1).copied().unwrap_or(0) as f64
-        / rss_after.first().copied().unwrap_or(1).max(1) as f64;
+    let mem_ratio =
+        rss_after.get(1).copied().unwrap_or(0) as f64 / rss_after.first().copied().unwrap_or(1).max(1) as f64;
     let report = format!(
         "Measured {date} on this machine ({cores} cores), `cargo xtask bench{quick_flag}`: {rounds} round(s), bare and Sluice alternating, \
 each Envoy with `--concurrency 1`, mock provider with 1 worker, wrk 1 thread; medians over rounds.\n\n\
@@ -280,9 +218,7 @@ each Envoy with `--concurrency 1`, mock provider with 1 worker, wrk 1 thread; me
         rss_after.first().copied().unwrap_or(0),
         rss_after.get(1).copied().unwrap_or(0),
         verdict(mem_ratio <= 1.5),
-        date = proc::output("date", &["-u", "+%Y-%m-%d %H:%M UTC"], &[])
-            .unwrap_or_default()
-            .trim(),
+        date = proc::output("date", &["-u", "+%Y-%m-%d %H:%M UTC"], &[]).unwrap_or_default().trim(),
         cores = std::thread::available_parallelism().map_or(0, |n| n.get()),
         quick_flag = if quick { " --quick" } else { "" },
     );
@@ -293,10 +229,7 @@ each Envoy with `--concurrency 1`, mock provider with 1 worker, wrk 1 thread; me
 
 fn ensure_wrk() -> Result<(), String> {
     if proc::output("wrk", &["--version"], &[]).is_ok()
-        || Command::new("wrk")
-            .arg("-v")
-            .output()
-            .is_ok_and(|o| !o.stdout.is_empty() || !o.stderr.is_empty())
+        || Command::new("wrk").arg("-v").output().is_ok_and(|o| !o.stdout.is_empty() || !o.stderr.is_empty())
     {
         return Ok(());
     }
@@ -308,16 +241,12 @@ fn ensure_wrk() -> Result<(), String> {
 fn wait_ready(admin: u16) -> Result<(), String> {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(30) {
-        if let Ok((200, _)) =
-            crate::quickstart::http(&format!("127.0.0.1:{admin}"), "GET", "/ready", &[], "")
-        {
+        if let Ok((200, _)) = crate::quickstart::http(&format!("127.0.0.1:{admin}"), "GET", "/ready", &[], "") {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    Err(format!(
-        "Envoy with admin port {admin} did not become ready"
-    ))
+    Err(format!("Envoy with admin port {admin} did not become ready"))
 }
 
 fn check_request(port: u16, key: &str, body: &str) -> Result<(), String> {
@@ -326,17 +255,11 @@ fn check_request(port: u16, key: &str, body: &str) -> Result<(), String> {
         &format!("127.0.0.1:{port}"),
         "POST",
         "/v1/chat/completions",
-        &[
-            ("authorization", &auth),
-            ("content-type", "application/json"),
-            ("x-mock-response-bytes", "1400"),
-        ],
+        &[("authorization", &auth), ("content-type", "application/json"), ("x-mock-response-bytes", "1400")],
         body,
     )?;
     if status != 200 {
-        return Err(format!(
-            "bench request to :{port} failed: HTTP {status}: {response}"
-        ));
+        return Err(format!("bench request to :{port} failed: HTTP {status}: {response}"));
     }
     Ok(())
 }
@@ -383,28 +306,18 @@ fn parse_duration_us(s: &str) -> f64 {
 }
 
 /// Microseconds from sending a streaming request to receiving its first content event.
-fn time_to_first_token(
-    port: u16,
-    key: &str,
-    provider_key: &str,
-    body: &str,
-    n: usize,
-) -> Result<Vec<f64>, String> {
+fn time_to_first_token(port: u16, key: &str, provider_key: &str, body: &str, n: usize) -> Result<Vec<f64>, String> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(|e| e.to_string())?;
+        stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
         let request = format!(
             "POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\nauthorization: Bearer {key}\r\nx-bench-provider-key: Bearer {provider_key}\r\ncontent-type: application/json\r\nx-mock-chunk-delay-ms: 2\r\nx-mock-completion-tokens: 8\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         );
         let start = Instant::now();
-        stream
-            .write_all(request.as_bytes())
-            .map_err(|e| e.to_string())?;
+        stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
         let mut seen = Vec::with_capacity(4096);
         let mut buf = [0u8; 4096];
         let mut first = None;
@@ -436,9 +349,7 @@ fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
 }
@@ -463,11 +374,9 @@ fn write_report(path: &Path, report: &str) -> Result<(), String> {
     let existing = std::fs::read_to_string(path).unwrap_or_default();
     let block = format!("{BEGIN}\n{report}{END}");
     let updated = match (existing.find(BEGIN), existing.find(END)) {
-        (Some(b), Some(e)) if e > b => format!(
-            "{}{block}{}",
-            existing.get(..b).unwrap_or(""),
-            existing.get(e + END.len()..).unwrap_or("")
-        ),
+        (Some(b), Some(e)) if e > b => {
+            format!("{}{block}{}", existing.get(..b).unwrap_or(""), existing.get(e + END.len()..).unwrap_or(""))
+        }
         _ => format!("{existing}\n{block}\n"),
     };
     std::fs::write(path, updated).map_err(|e| format!("{}: {e}", path.display()))

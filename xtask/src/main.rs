@@ -39,62 +39,22 @@ fn main() -> ExitCode {
 fn test() -> Result<(), String> {
     let tools = setup::setup()?;
     let cargo = proc::cargo();
-    proc::step(
-        "cargo fmt --check",
-        proc::run(&cargo, &["fmt", "--all", "--", "--check"], &[]),
-    )?;
+    proc::step("cargo fmt --check", proc::run(&cargo, &["fmt", "--all", "--", "--check"], &[]))?;
     proc::step(
         "cargo clippy",
-        proc::run(
-            &cargo,
-            &[
-                "clippy",
-                "--workspace",
-                "--all-targets",
-                "--quiet",
-                "--",
-                "-D",
-                "warnings",
-            ],
-            &[],
-        ),
+        proc::run(&cargo, &["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"], &[]),
     )?;
-    proc::step(
-        "unit tests (native)",
-        proc::run(&cargo, &["test", "--workspace", "--quiet"], &[]),
-    )?;
+    proc::step("unit tests (native)", proc::run(&cargo, &["test", "--workspace", "--quiet"], &[]))?;
     proc::step(
         "sluice-core unit tests compiled to wasm32-wasip1 (run under Node's WASI)",
-        proc::run(
-            &cargo,
-            &[
-                "test",
-                "-p",
-                "sluice-core",
-                "--target",
-                "wasm32-wasip1",
-                "--quiet",
-            ],
-            &[],
-        ),
+        proc::run(&cargo, &["test", "-p", "sluice-core", "--target", "wasm32-wasip1", "--quiet"], &[]),
     )?;
     let env = tools.env();
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let python = tools.python.to_string_lossy().into_owned();
     proc::step(
         "integration tests (real Envoy, mock provider, OpenAI and Anthropic SDKs)",
-        proc::run(
-            &python,
-            &[
-                "-m",
-                "pytest",
-                "tests/integration",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-            ],
-            &env_refs,
-        ),
+        proc::run(&python, &["-m", "pytest", "tests/integration", "-q", "-p", "no:cacheprovider"], &env_refs),
     )?;
     proc::step("quickstart smoke run", quickstart::run(true))?;
     eprintln!("\nxtask: all checks passed");

@@ -30,8 +30,7 @@ pub fn run(smoke: bool) -> Result<(), String> {
     let dir = root().join(".sluice");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let config = dir.join("config.yaml");
-    std::fs::copy(root().join("examples/config.yaml"), &config)
-        .map_err(|e| format!("examples/config.yaml: {e}"))?;
+    std::fs::copy(root().join("examples/config.yaml"), &config).map_err(|e| format!("examples/config.yaml: {e}"))?;
     let config_s = config.to_string_lossy().into_owned();
     let cli = tools.cli.to_string_lossy().into_owned();
 
@@ -44,19 +43,8 @@ pub fn run(smoke: bool) -> Result<(), String> {
         ("MOCK_OPENAI_KEY", openai_key.as_str()),
         ("MOCK_ANTHROPIC_KEY", anthropic_key.as_str()),
     ];
-    let created = proc::output(
-        &cli,
-        &[
-            "key",
-            "new",
-            "--alias",
-            "quickstart",
-            "--append-to",
-            &config_s,
-            "--json",
-        ],
-        &env,
-    )?;
+    let created =
+        proc::output(&cli, &["key", "new", "--alias", "quickstart", "--append-to", &config_s, "--json"], &env)?;
     let key = json_string_field(&created, "key").ok_or("`sluice key new --json` printed no key")?;
     let envoy_yaml = dir.join("envoy.yaml").to_string_lossy().into_owned();
     let wasm = tools.wasm.to_string_lossy().into_owned();
@@ -79,34 +67,18 @@ pub fn run(smoke: bool) -> Result<(), String> {
     )?;
 
     let log_path = dir.join("envoy.log");
-    let log =
-        std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
     let mut children = Children(Vec::new());
     children.0.push(
         Command::new(&tools.mock)
-            .args([
-                "--listen",
-                MOCK,
-                "--openai-key",
-                &openai_key,
-                "--anthropic-key",
-                &anthropic_key,
-            ])
+            .args(["--listen", MOCK, "--openai-key", &openai_key, "--anthropic-key", &anthropic_key])
             .stdout(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start the mock provider: {e}"))?,
     );
     children.0.push(
         Command::new(&tools.envoy)
-            .args([
-                "-c",
-                &envoy_yaml,
-                "--disable-hot-restart",
-                "--log-level",
-                "info",
-                "--concurrency",
-                "2",
-            ])
+            .args(["-c", &envoy_yaml, "--disable-hot-restart", "--log-level", "info", "--concurrency", "2"])
             .envs(env)
             .stdout(Stdio::null())
             .stderr(log)
@@ -121,27 +93,17 @@ pub fn run(smoke: bool) -> Result<(), String> {
     println!(
         "\nSluice is running: Envoy on http://localhost:4000 (admin http://127.0.0.1:{ADMIN_PORT}), mock provider on http://{MOCK}"
     );
-    println!(
-        "Envoy log (usage records are the `sluice.usage` lines): {}\n",
-        log_path.display()
-    );
-    println!(
-        "Your API key (shown once; only its hash is in {}):\n  {key}\n",
-        config.display()
-    );
+    println!("Envoy log (usage records are the `sluice.usage` lines): {}\n", log_path.display());
+    println!("Your API key (shown once; only its hash is in {}):\n  {key}\n", config.display());
     println!(
         "Try it:\n  curl -s http://localhost:4000/v1/chat/completions \\\n    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    -d '{body}'\n"
     );
-    println!(
-        "Or with the OpenAI SDK:\n  OpenAI(base_url=\"http://localhost:4000/v1\", api_key=\"{key}\")\n"
-    );
+    println!("Or with the OpenAI SDK:\n  OpenAI(base_url=\"http://localhost:4000/v1\", api_key=\"{key}\")\n");
 
     if smoke {
         let (status, response) = http_post(LISTEN, "/v1/chat/completions", &key, body)?;
         if status != 200 || !response.contains("\"usage\"") {
-            return Err(format!(
-                "quickstart request failed: HTTP {status}: {response}"
-            ));
+            return Err(format!("quickstart request failed: HTTP {status}: {response}"));
         }
         println!("Smoke request: HTTP {status}\n{response}");
         return Ok(());
@@ -150,10 +112,7 @@ pub fn run(smoke: bool) -> Result<(), String> {
     loop {
         for child in &mut children.0 {
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!(
-                    "a process exited ({status}); see {}",
-                    log_path.display()
-                ));
+                return Err(format!("a process exited ({status}); see {}", log_path.display()));
             }
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -193,16 +152,7 @@ fn wait_until_ready(admin: &str, timeout: Duration) -> Result<(), String> {
 
 fn http_post(addr: &str, path: &str, key: &str, body: &str) -> Result<(u16, String), String> {
     let auth = format!("Bearer {key}");
-    http(
-        addr,
-        "POST",
-        path,
-        &[
-            ("authorization", &auth),
-            ("content-type", "application/json"),
-        ],
-        body,
-    )
+    http(addr, "POST", path, &[("authorization", &auth), ("content-type", "application/json")], body)
 }
 
 /// One HTTP/1.1 request with `Connection: close`.
@@ -214,33 +164,18 @@ pub fn http(
     body: &str,
 ) -> Result<(u16, String), String> {
     let mut stream = TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));
     }
     request.push_str("\r\n");
     request.push_str(body);
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| e.to_string())?;
+    stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
     let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| e.to_string())?;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or("malformed HTTP response")?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
+    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or("malformed HTTP response")?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
     Ok((status, body))
 }

@@ -30,48 +30,20 @@ pub fn setup() -> Result<Tools, String> {
     let root = root();
     // The wasm target (pinned in rust-toolchain.toml); a no-op when present.
     if proc::output("rustup", &["--version"], &[]).is_ok() {
-        proc::step(
-            "rustup target add wasm32-wasip1",
-            proc::run("rustup", &["target", "add", "wasm32-wasip1"], &[]),
-        )?;
+        proc::step("rustup target add wasm32-wasip1", proc::run("rustup", &["target", "add", "wasm32-wasip1"], &[]))?;
     }
     let python = python_venv(&root)?;
     let envoy = envoy_binary(&root)?;
     let cargo = proc::cargo();
     proc::step(
         "build the filter (wasm32-wasip1, release)",
-        proc::run(
-            &cargo,
-            &[
-                "build",
-                "--quiet",
-                "--release",
-                "--target",
-                "wasm32-wasip1",
-                "-p",
-                "sluice-filter",
-            ],
-            &[],
-        ),
+        proc::run(&cargo, &["build", "--quiet", "--release", "--target", "wasm32-wasip1", "-p", "sluice-filter"], &[]),
     )?;
     proc::step(
         "build the CLI and the mock provider",
-        proc::run(
-            &cargo,
-            &[
-                "build",
-                "--quiet",
-                "-p",
-                "sluice-control-plane",
-                "-p",
-                "sluice-mock-provider",
-            ],
-            &[],
-        ),
+        proc::run(&cargo, &["build", "--quiet", "-p", "sluice-control-plane", "-p", "sluice-mock-provider"], &[]),
     )?;
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
     Ok(Tools {
         python,
         envoy,
@@ -86,14 +58,10 @@ fn python_venv(root: &Path) -> Result<PathBuf, String> {
     let venv = root.join(".venv");
     let python = venv.join("bin/python");
     if !python.exists() {
-        proc::step(
-            "create .venv",
-            proc::run("python3", &["-m", "venv", &venv.to_string_lossy()], &[]),
-        )?;
+        proc::step("create .venv", proc::run("python3", &["-m", "venv", &venv.to_string_lossy()], &[]))?;
     }
     let requirements = root.join("tests/requirements.txt");
-    let wanted = std::fs::read_to_string(&requirements)
-        .map_err(|e| format!("{}: {e}", requirements.display()))?;
+    let wanted = std::fs::read_to_string(&requirements).map_err(|e| format!("{}: {e}", requirements.display()))?;
     let stamp = venv.join(".sluice-requirements");
     if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
         let py = python.to_string_lossy().into_owned();

@@ -48,15 +48,10 @@ impl http_body::Body for MockBody {
     type Data = Bytes;
     type Error = std::io::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             MockBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            MockBody::Channel(rx) => rx
-                .poll_recv(cx)
-                .map(|item| item.map(|r| r.map(Frame::data))),
+            MockBody::Channel(rx) => rx.poll_recv(cx).map(|item| item.map(|r| r.map(Frame::data))),
         }
     }
 }
@@ -71,10 +66,7 @@ pub async fn serve<F>(listener: TcpListener, config: Arc<Config>, shutdown: F)
 where
     F: std::future::Future,
 {
-    let state = Arc::new(State {
-        config,
-        stats: Stats::default(),
-    });
+    let state = Arc::new(State { config, stats: Stats::default() });
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -95,27 +87,18 @@ where
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response<MockBody> {
     let mut response = Response::new(MockBody::Full(Some(Bytes::from(body))));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     response
 }
 
-async fn handle(
-    req: Request<Incoming>,
-    state: Arc<State>,
-) -> Result<Response<MockBody>, Infallible> {
+async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<MockBody>, Infallible> {
     let path = req.uri().path().to_owned();
     let headers: HashMap<String, String> = req
         .headers()
         .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
@@ -162,14 +145,12 @@ fn respond(reply: Reply, knobs: Knobs) -> Response<MockBody> {
                 let len = body.len();
                 tokio::spawn(async move {
                     let _ = tx.send(Ok(half)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     let _ = tx.send(Err(std::io::Error::other("mock: cut"))).await;
                 });
                 let mut response = json_response(status, Vec::new());
                 *response.body_mut() = MockBody::Channel(rx);
-                response.headers_mut().insert(
-                    hyper::header::CONTENT_LENGTH,
-                    hyper::header::HeaderValue::from(len),
-                );
+                response.headers_mut().insert(hyper::header::CONTENT_LENGTH, hyper::header::HeaderValue::from(len));
                 return response;
             }
             json_response(status, body)
@@ -178,11 +159,7 @@ fn respond(reply: Reply, knobs: Knobs) -> Response<MockBody> {
             let (tx, rx) = mpsc::channel(16);
             tokio::spawn(async move {
                 let stream: Vec<u8> = match knobs.cut_after {
-                    Some(n) => events
-                        .iter()
-                        .take(n)
-                        .flat_map(|e| e.iter().copied())
-                        .collect(),
+                    Some(n) => events.iter().take(n).flat_map(|e| e.iter().copied()).collect(),
                     None => events.iter().flat_map(|e| e.iter().copied()).collect(),
                 };
                 if let Some(split) = knobs.split_bytes {
@@ -206,20 +183,18 @@ fn respond(reply: Reply, knobs: Knobs) -> Response<MockBody> {
                     }
                 }
                 if knobs.cut_after.is_some() {
-                    let _ = tx
-                        .send(Err(std::io::Error::other("mock: stream cut")))
-                        .await;
+                    // Let what was sent reach the wire, then drop the connection mid-body.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let _ = tx.send(Err(std::io::Error::other("mock: stream cut"))).await;
                 }
             });
             let mut response = Response::new(MockBody::Channel(rx));
-            response.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("text/event-stream"),
-            );
-            response.headers_mut().insert(
-                hyper::header::CACHE_CONTROL,
-                hyper::header::HeaderValue::from_static("no-cache"),
-            );
+            response
+                .headers_mut()
+                .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/event-stream"));
+            response
+                .headers_mut()
+                .insert(hyper::header::CACHE_CONTROL, hyper::header::HeaderValue::from_static("no-cache"));
             response
         }
     }

@@ -30,17 +30,14 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.workers.max(1))
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("sluice-mock-provider: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let runtime =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(args.workers.max(1)).enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("sluice-mock-provider: cannot start the runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     let config = Arc::new(Config {
         latency_ms: args.latency_ms,
         openai_key: args.openai_key,
@@ -48,13 +45,9 @@ fn main() -> ExitCode {
     });
     let result = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen).await?;
-        println!(
-            "sluice-mock-provider listening on {}",
-            listener.local_addr()?
-        );
+        println!("sluice-mock-provider listening on {}", listener.local_addr()?);
         let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}

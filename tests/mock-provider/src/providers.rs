@@ -40,30 +40,21 @@ impl Reply {
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 pub fn openai_error(message: &str, kind: &str, code: &str) -> Vec<u8> {
-    serde_json::to_vec(
-        &json!({"error": {"message": message, "type": kind, "param": null, "code": code}}),
-    )
-    .unwrap_or_default()
-}
-
-fn anthropic_error(message: &str, kind: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({"type": "error", "error": {"type": kind, "message": message}}))
+    serde_json::to_vec(&json!({"error": {"message": message, "type": kind, "param": null, "code": code}}))
         .unwrap_or_default()
 }
 
+fn anthropic_error(message: &str, kind: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"type": "error", "error": {"type": kind, "message": message}})).unwrap_or_default()
+}
+
 fn error(api: Api, status: StatusCode, message: &str, kind: &str, code: &str) -> Reply {
-    let body = if api == Api::Messages {
-        anthropic_error(message, kind)
-    } else {
-        openai_error(message, kind, code)
-    };
+    let body = if api == Api::Messages { anthropic_error(message, kind) } else { openai_error(message, kind, code) };
     Reply::Json { status, body }
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn sse(data: &Value) -> Vec<u8> {
@@ -75,22 +66,14 @@ fn anthropic_sse(name: &str, data: &Value) -> Vec<u8> {
 }
 
 /// The reply to one request.
-pub fn reply(
-    api: Api,
-    headers: &HashMap<String, String>,
-    body: &[u8],
-    knobs: &Knobs,
-    config: &Config,
-) -> Reply {
+pub fn reply(api: Api, headers: &HashMap<String, String>, body: &[u8], knobs: &Knobs, config: &Config) -> Reply {
     // Credentials first, as a provider would.
     let authorised = match api {
-        Api::Messages => config
-            .anthropic_key
+        Api::Messages => config.anthropic_key.as_ref().is_none_or(|k| headers.get("x-api-key") == Some(k)),
+        _ => config
+            .openai_key
             .as_ref()
-            .is_none_or(|k| headers.get("x-api-key") == Some(k)),
-        _ => config.openai_key.as_ref().is_none_or(|k| {
-            headers.get("authorization").map(String::as_str) == Some(format!("Bearer {k}").as_str())
-        }),
+            .is_none_or(|k| headers.get("authorization").map(String::as_str) == Some(format!("Bearer {k}").as_str())),
     };
     if !authorised {
         return match api {
@@ -100,11 +83,7 @@ pub fn reply(
             },
             _ => Reply::Json {
                 status: StatusCode::UNAUTHORIZED,
-                body: openai_error(
-                    "Incorrect API key provided",
-                    "invalid_request_error",
-                    "invalid_api_key",
-                ),
+                body: openai_error("Incorrect API key provided", "invalid_request_error", "invalid_api_key"),
             },
         };
     }
@@ -117,11 +96,7 @@ pub fn reply(
             "invalid_json",
         );
     };
-    let Some(model) = request
-        .get("model")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-    else {
+    let Some(model) = request.get("model").and_then(Value::as_str).map(str::to_owned) else {
         return error(
             api,
             StatusCode::BAD_REQUEST,
@@ -131,60 +106,23 @@ pub fn reply(
         );
     };
     if let Some(status) = knobs.status.and_then(|s| StatusCode::from_u16(s).ok()) {
-        return error(
-            api,
-            status,
-            &format!("mock error {}", status.as_u16()),
-            "api_error",
-            "mock_error",
-        );
+        return error(api, status, &format!("mock error {}", status.as_u16()), "api_error", "mock_error");
     }
-    let stream = request
-        .get("stream")
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
-        && api != Api::Embeddings;
+    let stream = request.get("stream").and_then(Value::as_bool).unwrap_or(false) && api != Api::Embeddings;
     if knobs.garbage {
         return if stream {
-            Reply::Stream {
-                events: vec![b"data: {not json\n\n".to_vec(); 3],
-            }
+            Reply::Stream { events: vec![b"data: {not json\n\n".to_vec(); 3] }
         } else {
-            Reply::Json {
-                status: StatusCode::OK,
-                body: b"this is not json {{{".to_vec(),
-            }
+            Reply::Json { status: StatusCode::OK, body: b"this is not json {{{".to_vec() }
         };
     }
-    let include_usage = request
-        .pointer("/stream_options/include_usage")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let max_tokens = request
-        .get("max_completion_tokens")
-        .or_else(|| request.get("max_tokens"))
-        .and_then(Value::as_u64);
-    let prompt = knobs
-        .prompt_tokens
-        .unwrap_or((body.len() as u64).div_ceil(4));
-    let completion = knobs
-        .completion_tokens
-        .unwrap_or_else(|| max_tokens.map_or(16, |m| m.min(16)));
-    let word = if knobs.split_bytes.is_some() {
-        "tök"
-    } else {
-        "tok"
-    };
+    let include_usage = request.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
+    let max_tokens = request.get("max_completion_tokens").or_else(|| request.get("max_tokens")).and_then(Value::as_u64);
+    let prompt = knobs.prompt_tokens.unwrap_or((body.len() as u64).div_ceil(4));
+    let completion = knobs.completion_tokens.unwrap_or_else(|| max_tokens.map_or(16, |m| m.min(16)));
+    let word = if knobs.split_bytes.is_some() { "tök" } else { "tok" };
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    let g = Gen {
-        model,
-        prompt,
-        completion,
-        word,
-        id,
-        knobs: knobs.clone(),
-        include_usage,
-    };
+    let g = Gen { model, prompt, completion, word, id, knobs: knobs.clone(), include_usage };
     match (api, stream) {
         (Api::Embeddings, _) => g.embeddings(&request),
         (Api::Chat | Api::Completions, false) => g.openai_full(api),
@@ -207,11 +145,7 @@ struct Gen {
 impl Gen {
     /// Word `i` as it appears in the text: the first without a leading space.
     fn piece(&self, i: u64) -> String {
-        if i == 0 {
-            format!("{}0", self.word)
-        } else {
-            format!(" {}{i}", self.word)
-        }
+        if i == 0 { format!("{}0", self.word) } else { format!(" {}{i}", self.word) }
     }
 
     fn text(&self, words: u64) -> String {
@@ -232,10 +166,9 @@ impl Gen {
         let build = |words: u64| {
             let text = self.text(words);
             let (object, choice) = match api {
-                Api::Completions => (
-                    "text_completion",
-                    json!({"index": 0, "text": text, "finish_reason": "stop", "logprobs": null}),
-                ),
+                Api::Completions => {
+                    ("text_completion", json!({"index": 0, "text": text, "finish_reason": "stop", "logprobs": null}))
+                }
                 _ => (
                     "chat.completion",
                     json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}),
@@ -254,22 +187,16 @@ impl Gen {
                 words += 1;
             }
         }
-        Reply::Json {
-            status: StatusCode::OK,
-            body: build(words),
-        }
+        Reply::Json { status: StatusCode::OK, body: build(words) }
     }
 
     fn openai_stream(&self, api: Api) -> Reply {
         let created = now();
         let id = format!("chatcmpl-mock-{}", self.id);
-        let object = if api == Api::Completions {
-            "text_completion"
-        } else {
-            "chat.completion.chunk"
-        };
+        let object = if api == Api::Completions { "text_completion" } else { "chat.completion.chunk" };
         let chunk = |choice: Value| {
-            let mut v = json!({"id": id, "object": object, "created": created, "model": self.model, "choices": [choice]});
+            let mut v =
+                json!({"id": id, "object": object, "created": created, "model": self.model, "choices": [choice]});
             if self.include_usage {
                 v["usage"] = Value::Null;
             }
@@ -281,14 +208,13 @@ impl Gen {
         };
         let mut events = Vec::new();
         if api == Api::Chat {
-            events.push(chunk(json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null})));
+            events
+                .push(chunk(json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null})));
         }
         let step = self.knobs.chunk_tokens.max(1) as u64;
         let mut i = 0;
         while i < self.completion {
-            let text: String = (i..(i + step).min(self.completion))
-                .map(|w| self.piece(w))
-                .collect();
+            let text: String = (i..(i + step).min(self.completion)).map(|w| self.piece(w)).collect();
             events.push(chunk(content(&text, Value::Null)));
             i += step;
         }
@@ -312,10 +238,7 @@ impl Gen {
             .map(|i| json!({"object": "embedding", "index": i, "embedding": [0.1, -0.2, 0.3, -0.4, 0.5, -0.6, 0.7, -0.8]}))
             .collect();
         let body = json!({"object": "list", "data": data, "model": self.model, "usage": {"prompt_tokens": self.prompt, "total_tokens": self.prompt}});
-        Reply::Json {
-            status: StatusCode::OK,
-            body: serde_json::to_vec(&body).unwrap_or_default(),
-        }
+        Reply::Json { status: StatusCode::OK, body: serde_json::to_vec(&body).unwrap_or_default() }
     }
 
     fn anthropic_usage(&self, output: u64) -> Value {
@@ -333,10 +256,7 @@ impl Gen {
             "content": [{"type": "text", "text": self.text(self.completion)}],
             "stop_reason": "end_turn", "stop_sequence": null, "usage": self.anthropic_usage(self.completion),
         });
-        Reply::Json {
-            status: StatusCode::OK,
-            body: serde_json::to_vec(&body).unwrap_or_default(),
-        }
+        Reply::Json { status: StatusCode::OK, body: serde_json::to_vec(&body).unwrap_or_default() }
     }
 
     fn anthropic_stream(&self) -> Reply {
@@ -356,21 +276,16 @@ impl Gen {
         let step = self.knobs.chunk_tokens.max(1) as u64;
         let mut i = 0;
         while i < self.completion {
-            let text: String = (i..(i + step).min(self.completion))
-                .map(|w| self.piece(w))
-                .collect();
-            events.push(anthropic_sse("content_block_delta", &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}})));
+            let text: String = (i..(i + step).min(self.completion)).map(|w| self.piece(w)).collect();
+            events.push(anthropic_sse(
+                "content_block_delta",
+                &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+            ));
             i += step;
         }
-        events.push(anthropic_sse(
-            "content_block_stop",
-            &json!({"type": "content_block_stop", "index": 0}),
-        ));
+        events.push(anthropic_sse("content_block_stop", &json!({"type": "content_block_stop", "index": 0})));
         events.push(anthropic_sse("message_delta", &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": self.completion}})));
-        events.push(anthropic_sse(
-            "message_stop",
-            &json!({"type": "message_stop"}),
-        ));
+        events.push(anthropic_sse("message_stop", &json!({"type": "message_stop"})));
         Reply::Stream { events }
     }
 }

@@ -52,13 +52,7 @@ struct PeekOptions {
 }
 
 impl Stats {
-    pub fn record(
-        &self,
-        path: &str,
-        headers: &HashMap<String, String>,
-        body: &[u8],
-        reply: &Reply,
-    ) {
+    pub fn record(&self, path: &str, headers: &HashMap<String, String>, body: &[u8], reply: &Reply) {
         let status = reply.status();
         // A started 2xx response is a billed upstream call, even if it is cut later.
         if (200..300).contains(&status) {
@@ -69,10 +63,7 @@ impl Stats {
             path: path.to_owned(),
             model: peek.model,
             stream: peek.stream.unwrap_or(false),
-            include_usage: peek
-                .stream_options
-                .and_then(|o| o.include_usage)
-                .unwrap_or(false),
+            include_usage: peek.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
             authorization: headers.get("authorization").cloned(),
             x_api_key: headers.get("x-api-key").cloned(),
             api_key: headers.get("api-key").cloned(),
@@ -94,7 +85,10 @@ impl Stats {
         let Ok(inner) = self.inner.lock() else {
             return b"{}".to_vec();
         };
-        serde_json::to_vec(&serde_json::json!({ "served": served, "by_path": inner.by_path, "requests": inner.requests })).unwrap_or_default()
+        serde_json::to_vec(
+            &serde_json::json!({ "served": served, "by_path": inner.by_path, "requests": inner.requests }),
+        )
+        .unwrap_or_default()
     }
 
     pub fn reset(&self) {

@@ -1,0 +1,40 @@
+"""The generated bootstrap is valid Envoy config; a config the filter refuses is refused."""
+
+import json
+import os
+import subprocess
+
+from conftest import free_port
+
+
+def test_generated_bootstrap_validates(gw):
+    r = subprocess.run([gw.env_bin["ENVOY_BIN"], "--mode", "validate", "-c", str(gw.envoy_yaml)],
+                       env=gw.env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_config_check_reports_unsupported_keys(gw, tmp_path):
+    cfg = json.loads(gw.config_path.read_text())
+    cfg["router_settings"]["num_retries"] = 3
+    cfg["litellm_settings"] = {"drop_params": True}
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(cfg))
+    r = gw.cli("config", "check", "-c", str(path))
+    assert "router_settings.num_retries" in r.stderr and "litellm_settings.drop_params" in r.stderr
+    cfg["keys"][0]["max_budgte"] = 5
+    path.write_text(json.dumps(cfg))
+    r = gw.cli("config", "check", "-c", str(path), check=False)
+    assert r.returncode == 1 and "max_budgte" in r.stderr
+
+
+def test_envoy_refuses_a_filter_config_the_filter_rejects(gw, tmp_path):
+    out = tmp_path / "envoy.yaml"
+    gw.cli("envoy-config", "-c", str(gw.config_path), "--wasm", gw.env_bin["SLUICE_WASM"], "--out", str(out),
+           "--listen", f"127.0.0.1:{free_port()}", "--admin-port", str(free_port()))
+    text = out.read_text()
+    assert '\\"schema_version\\":1' in text or '"schema_version":1' in text
+    out.write_text(text.replace('schema_version\\":1', 'schema_version\\":99').replace('"schema_version":1', '"schema_version":99'))
+    proc = subprocess.run([gw.env_bin["ENVOY_BIN"], "-c", str(out), "--disable-hot-restart", "--base-id", str(os.getpid() % 1000 + 10)],
+                          env=gw.env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "schema_version 99" in proc.stderr
