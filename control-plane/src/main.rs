@@ -131,10 +131,10 @@ fn run(cli: Cli) -> Result<(), String> {
             put("models", (!models.is_empty()).then(|| Value::from(models)));
             put("rpm_limit", rpm.map(Value::from));
             put("tpm_limit", tpm.map(Value::from));
-            if let Some(b) = max_budget {
-                if !b.is_finite() || b < 0.0 {
-                    return Err("--max-budget must be a non-negative number of USD".into());
-                }
+            if let Some(b) = max_budget
+                && (!b.is_finite() || b < 0.0)
+            {
+                return Err("--max-budget must be a non-negative number of USD".into());
             }
             put("max_budget", max_budget.map(Value::from));
             if let Some(d) = &budget_duration {

@@ -1104,6 +1104,12 @@ mod tests {
         s.feed(b"data: {\"usage\":{\"prompt_tokens\":1\ndata: 2}}\n\n", false);
         assert!(s.saw_malformed_event(), "1\\n2 is not a number");
         assert_eq!(s.reported_usage(), None);
+        let mut s = SseUsageScanner::new(ApiFormat::OpenAi, false);
+        s.feed(b"data: {\"usage\":\ndata: {\"prompt_tokens\":1\ndata: 2}}\n\n", false);
+        assert!(s.saw_malformed_event(), "the third line joins with `\\n` too");
+        let mut s = SseUsageScanner::new(ApiFormat::OpenAi, false);
+        s.feed(b"data: {\"usage\":\ndata: {\"prompt_tokens\":1,\ndata: \"completion_tokens\":2}}\n\n", false);
+        assert_eq!(s.reported_usage().map(|u| u.total_tokens()), Some(3));
 
         // A usage chunk spread over data lines is still the usage chunk.
         let (a, b) = USAGE.split_at(USAGE.find("\"usage\"").unwrap());
