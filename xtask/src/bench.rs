@@ -143,7 +143,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
 
     // Warm up both paths (VM JIT, connection pools), then alternate bare/sluice each round.
     for port in [BARE_PORT, SLUICE_PORT] {
-        check_request(port, &key, &body)?;
+        check_request(port, &key, &provider_key, &body)?;
         wrk(&lua, port, 4, "2s")?;
     }
     let mut one_conn: [Vec<WrkResult>; 2] = [Vec::new(), Vec::new()];
@@ -249,13 +249,19 @@ fn wait_ready(admin: u16) -> Result<(), String> {
     Err(format!("Envoy with admin port {admin} did not become ready"))
 }
 
-fn check_request(port: u16, key: &str, body: &str) -> Result<(), String> {
+fn check_request(port: u16, key: &str, provider_key: &str, body: &str) -> Result<(), String> {
     let auth = format!("Bearer {key}");
+    let provider = format!("Bearer {provider_key}");
     let (status, response) = crate::quickstart::http(
         &format!("127.0.0.1:{port}"),
         "POST",
         "/v1/chat/completions",
-        &[("authorization", &auth), ("content-type", "application/json"), ("x-mock-response-bytes", "1400")],
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+            ("x-mock-response-bytes", "1400"),
+            ("x-bench-provider-key", &provider),
+        ],
         body,
     )?;
     if status != 200 {
