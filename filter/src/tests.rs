@@ -539,3 +539,35 @@ fn weighted_routing_uses_every_deployment() {
     let (a, b) = (seen["sluice_gpt4o-a"], seen["sluice_gpt4o-b"]);
     assert!(b > 2 * a && a > 50, "a={a} b={b}");
 }
+
+#[test]
+fn a_body_json_to_metadata_could_not_read_is_a_clear_400() {
+    let h = Harness::new(base_config());
+    let auth = format!("Bearer {}", key(1));
+    let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", auth.as_bytes())]);
+    // No metadata at all: no JSON body Envoy could read (or json_to_metadata is not configured).
+    s.flow.on_request_headers(false);
+    let reply = s.reply().unwrap();
+    assert_eq!((reply.status, reply.json()["error"]["code"].as_str()), (400, Some("missing_model")));
+}
+
+#[test]
+fn a_body_that_fails_validation_after_admission_gives_its_reservation_back() {
+    let mut cfg = base_config();
+    cfg.keys[0].rpm_limit = Some(1);
+    let h = Harness::new(cfg);
+    let auth = format!("Bearer {}", key(1));
+    let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", auth.as_bytes())]);
+    // json_to_metadata saw one model; the body (with a duplicate member) is not valid for us.
+    *s.host.stream.request_metadata.borrow_mut() = Some(meta_property_for(br#"{"model":"gpt-4o"}"#));
+    s.flow.on_request_headers(false);
+    assert!(s.reply().is_none(), "admitted at the headers");
+    let body = br#"{"model":"gpt-4o","model":"gpt-4o-mini"}"#;
+    *s.host.stream.request_body.borrow_mut() = body.to_vec();
+    s.flow.on_request_body(body.len(), true);
+    assert_eq!(s.reply().unwrap().status, 400);
+    s.finish();
+    assert!(h.envoy.records().is_empty(), "no upstream call, no record");
+    // The RPM slot was released: the next request is admitted.
+    assert!(h.post("/v1/chat/completions", &key(1), CHAT).1.is_none());
+}
