@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::proc::{self, root};
+use crate::proc::{self, Children, root};
 use crate::setup;
 
 const MOCK_PORT: u16 = 18_081;
@@ -17,17 +17,6 @@ const BARE_PORT: u16 = 18_000;
 const SLUICE_PORT: u16 = 18_001;
 const BARE_ADMIN: u16 = 18_900;
 const SLUICE_ADMIN: u16 = 18_901;
-
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, Default)]
 struct WrkResult {
@@ -136,7 +125,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
                 .spawn()
                 .map_err(|e| format!("envoy: {e}"))?,
         );
-        wait_ready(admin)?;
+        crate::quickstart::wait_until_ready(&format!("127.0.0.1:{admin}"), Duration::from_secs(30))?;
     }
     let envoy_pids = [children.0.get(1).map(Child::id), children.0.get(2).map(Child::id)];
     let rss_before: Vec<u64> = envoy_pids.iter().map(|p| p.map_or(0, rss_kib)).collect();
@@ -236,17 +225,6 @@ fn ensure_wrk() -> Result<(), String> {
     eprintln!("xtask: installing wrk from Debian's packages");
     proc::run("apt-get", &["update", "-qq"], &[])?;
     proc::run("apt-get", &["install", "-y", "-qq", "wrk"], &[])
-}
-
-fn wait_ready(admin: u16) -> Result<(), String> {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
-        if let Ok((200, _)) = crate::quickstart::http(&format!("127.0.0.1:{admin}"), "GET", "/ready", &[], "") {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Err(format!("Envoy with admin port {admin} did not become ready"))
 }
 
 fn check_request(port: u16, key: &str, provider_key: &str, body: &str) -> Result<(), String> {

@@ -3,27 +3,15 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::proc::{self, root};
+use crate::proc::{self, Children, root};
 use crate::setup;
 
 const LISTEN: &str = "127.0.0.1:4000";
 const MOCK: &str = "127.0.0.1:8081";
 const ADMIN_PORT: &str = "9901";
-
-/// Kills the child processes however the run ends.
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 pub fn run(smoke: bool) -> Result<(), String> {
     let tools = setup::setup()?;
@@ -139,7 +127,7 @@ fn wait_for_port(addr: &str, timeout: Duration) -> Result<(), String> {
     Err(format!("nothing listening on {addr} after {timeout:?}"))
 }
 
-fn wait_until_ready(admin: &str, timeout: Duration) -> Result<(), String> {
+pub fn wait_until_ready(admin: &str, timeout: Duration) -> Result<(), String> {
     let start = Instant::now();
     while start.elapsed() < timeout {
         if let Ok((200, _)) = http(admin, "GET", "/ready", &[], "") {
