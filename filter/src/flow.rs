@@ -11,7 +11,7 @@ use sluice_core::error::{GatewayError, LimitKind, LimitScope};
 use sluice_core::keys::{self, KeyHash};
 use sluice_core::limits::Remaining;
 use sluice_core::request::{RequestMeta, parse_request, rewrite_body};
-use sluice_core::routing::choose_weighted;
+use sluice_core::routing::{SplitMix64, choose_weighted};
 use sluice_core::sse::{Forward, SseUsageScanner};
 use sluice_core::usage::{self, ApiFormat, Usage};
 
@@ -494,7 +494,9 @@ impl<H: Host> RequestFlow<H> {
             self.host.count(&format!("sluice.estimated_usage.model_group.{group}"), 1);
         }
         let key = self.key();
+        let record_id = format!("{:016x}{:016x}", self.random, SplitMix64::new(self.random).next_u64());
         let record = UsageRecord {
+            record_id: &record_id,
             request_id: self.request_id.as_deref().unwrap_or(""),
             key_id: key.map_or("master", |k| k.key_id.as_str()),
             key_alias: key.and_then(|k| k.alias.as_deref()),

@@ -571,3 +571,27 @@ fn a_body_that_fails_validation_after_admission_gives_its_reservation_back() {
     // The RPM slot was released: the next request is admitted.
     assert!(h.post("/v1/chat/completions", &key(1), CHAT).1.is_none());
 }
+
+#[test]
+fn record_ids_are_unique_even_when_clients_reuse_a_request_id() {
+    let h = Harness::new(base_config());
+    for random in [1u64, 2] {
+        let auth = format!("Bearer {}", key(1));
+        let host = MockHost::new(Rc::clone(&h.envoy));
+        host.stream.request_headers.borrow_mut().extend([
+            (":method".to_string(), b"POST".to_vec()),
+            (":path".to_string(), b"/v1/chat/completions".to_vec()),
+            ("authorization".to_string(), auth.into_bytes()),
+            ("x-request-id".to_string(), b"client-chosen".to_vec()),
+        ]);
+        *host.stream.request_metadata.borrow_mut() = Some(meta_property_for(CHAT.as_bytes()));
+        let mut flow = RequestFlow::new(host.clone(), Rc::clone(&h.gateway), random);
+        flow.on_request_headers(false);
+        flow.on_log();
+    }
+    let records = h.envoy.records();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0]["request_id"], records[1]["request_id"]);
+    assert_ne!(records[0]["record_id"], records[1]["record_id"]);
+    assert_eq!(records[0]["record_id"].as_str().unwrap().len(), 32);
+}

@@ -21,6 +21,9 @@ pub enum Outcome {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct UsageRecord<'a> {
+    /// Unique per admitted request, made by the filter: the idempotency key for ingestion.
+    /// (`request_id` is Envoy's `x-request-id`, which a client on an internal network may set.)
+    pub record_id: &'a str,
     pub request_id: &'a str,
     /// Non-secret key id (hash prefix), or `master`.
     pub key_id: &'a str,

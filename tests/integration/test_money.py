@@ -36,6 +36,7 @@ def test_records_equal_upstream_calls_and_costs_match(gw):
     recs = gw.records("money-a")[before["money-a"]:] + gw.records("money-b")[before["money-b"]:]
     assert len(recs) == 120
     assert len({r["request_id"] for r in recs}) == 120, "request ids are unique"
+    assert len({r["record_id"] for r in recs}) == 120, "record ids (the idempotency keys) are unique"
     assert gw.mock_stats()["served"] - served_before == 120
     for r in recs:
         assert r["estimated"] is False
