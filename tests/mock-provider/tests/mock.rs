@@ -1,0 +1,173 @@
+//! The mock provider over real sockets: the shapes and knobs the gateway's tests rely on.
+
+use std::sync::Arc;
+
+use sluice_mock_provider::{Config, serve};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+async fn start(config: Config) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(listener, Arc::new(config), std::future::pending::<()>()));
+    addr
+}
+
+/// One HTTP/1.1 request with `connection: close`; returns (status, raw body bytes, complete).
+async fn request(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, Vec<u8>, bool) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut req =
+        format!("POST {path} HTTP/1.1\r\nhost: mock\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let complete = stream.read_to_end(&mut raw).await.is_ok();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").map_or(raw.len(), |p| p + 4);
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let rest = &raw[split..];
+    if !head.contains("transfer-encoding: chunked") {
+        return (status, rest.to_vec(), complete);
+    }
+    match dechunk(rest) {
+        Some(b) => (status, b, complete),
+        None => (status, rest.to_vec(), false),
+    }
+}
+
+/// Decodes a chunked body (bytes: chunks may split UTF-8); None if it ends before the last chunk.
+fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = rest.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).ok()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        let data = rest.get(eol + 2..eol + 2 + size)?;
+        out.extend_from_slice(data);
+        rest = rest.get(eol + 4 + size..)?;
+    }
+}
+
+fn data_events(body: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(body).lines().filter_map(|l| l.strip_prefix("data: ").map(str::to_owned)).collect()
+}
+
+#[tokio::test]
+async fn chat_usage_follows_the_knobs() {
+    let addr = start(Config::default()).await;
+    let (status, body, _) = request(
+        addr,
+        "/v1/chat/completions",
+        &[("x-mock-prompt-tokens", "50"), ("x-mock-completion-tokens", "3"), ("x-mock-cached-tokens", "10")],
+        r#"{"model":"gpt-4o","messages":[]}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "tok0 tok1 tok2");
+    assert_eq!(v["usage"]["prompt_tokens"], 50);
+    assert_eq!(v["usage"]["completion_tokens"], 3);
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 10);
+    assert_eq!(v["model"], "gpt-4o");
+}
+
+#[tokio::test]
+async fn streams_carry_usage_only_when_asked_and_match_the_full_text() {
+    let addr = start(Config::default()).await;
+    let with = r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#;
+    let (_, body, _) = request(addr, "/v1/chat/completions", &[("x-mock-completion-tokens", "4")], with).await;
+    let events = data_events(&body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let usage: Vec<&String> = events.iter().filter(|e| e.contains(r#""usage":{"#)).collect();
+    assert_eq!(usage.len(), 1);
+    assert_eq!(&events[events.len() - 2], usage[0], "the usage chunk comes last, before [DONE]");
+    let text: String = events[..events.len() - 1]
+        .iter()
+        .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(text, "tok0 tok1 tok2 tok3");
+    let (_, body, _) = request(addr, "/v1/chat/completions", &[], r#"{"model":"m","stream":true}"#).await;
+    assert!(data_events(&body).iter().all(|e| !e.contains(r#""usage":{"#)));
+}
+
+#[tokio::test]
+async fn cut_streams_end_without_the_terminating_chunk() {
+    let addr = start(Config::default()).await;
+    let (status, body, complete) =
+        request(addr, "/v1/chat/completions", &[("x-mock-cut-after", "3")], r#"{"model":"m","stream":true}"#).await;
+    assert_eq!(status, 200);
+    assert!(!complete, "the chunked body never terminates");
+    let text = String::from_utf8_lossy(&body);
+    assert!(!text.contains("[DONE]"));
+    assert_eq!(text.matches("data: ").count(), 3, "exactly the first three events arrive");
+}
+
+#[tokio::test]
+async fn provider_keys_are_enforced_and_stats_count_served_requests() {
+    let addr =
+        start(Config { openai_key: Some("pk".into()), anthropic_key: Some("ak".into()), ..Config::default() }).await;
+    let (status, _, _) = request(addr, "/v1/chat/completions", &[], r#"{"model":"m"}"#).await;
+    assert_eq!(status, 401);
+    let (status, _, _) =
+        request(addr, "/v1/chat/completions", &[("authorization", "Bearer pk")], r#"{"model":"m"}"#).await;
+    assert_eq!(status, 200);
+    let (status, _, _) = request(addr, "/v1/messages", &[("x-api-key", "ak")], r#"{"model":"c","max_tokens":5}"#).await;
+    assert_eq!(status, 200);
+    let (_, stats, _) = request(addr, "/mock/stats", &[], "").await;
+    let stats: serde_json::Value = serde_json::from_slice(&stats).unwrap();
+    assert_eq!(stats["served"], 2);
+    assert_eq!(stats["requests"][1]["authorization"], "Bearer pk");
+}
+
+#[tokio::test]
+async fn anthropic_stream_events_in_order_with_usage() {
+    let addr = start(Config::default()).await;
+    let (_, body, _) = request(
+        addr,
+        "/v1/messages",
+        &[("x-mock-prompt-tokens", "9"), ("x-mock-completion-tokens", "2"), ("x-mock-split-bytes", "5")],
+        r#"{"model":"c","stream":true,"max_tokens":5}"#,
+    )
+    .await;
+    let types: Vec<String> = data_events(&body)
+        .iter()
+        .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
+        .filter_map(|v| v["type"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "message_start",
+            "content_block_start",
+            "ping",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("\"input_tokens\":9") && text.contains("tök1"));
+}
+
+#[tokio::test]
+async fn errors_and_embeddings() {
+    let addr = start(Config::default()).await;
+    let (status, body, _) =
+        request(addr, "/v1/chat/completions", &[("x-mock-status", "429")], r#"{"model":"m"}"#).await;
+    assert_eq!(status, 429);
+    assert!(String::from_utf8_lossy(&body).contains("\"error\""));
+    let (status, _, _) = request(addr, "/v1/chat/completions", &[], "{nope").await;
+    assert_eq!(status, 400);
+    let (_, body, _) = request(addr, "/v1/embeddings", &[], r#"{"model":"e","input":["a","b","c"]}"#).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["data"].as_array().unwrap().len(), 3);
+}
