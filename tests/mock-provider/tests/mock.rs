@@ -1,4 +1,5 @@
 //! The mock provider over real sockets: the shapes and knobs the gateway's tests rely on.
+#![allow(clippy::unwrap_used)] // test helpers: a failure here is a failed test
 
 use std::sync::Arc;
 
