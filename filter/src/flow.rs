@@ -537,8 +537,16 @@ impl<H: Host> RequestFlow<H> {
             completion_tokens: usage::estimate_tokens_from_bytes(delivered_bytes),
             ..Usage::default()
         };
-        let cut_outcome =
-            if self.status == 0 || !self.response_complete { Outcome::Cancelled } else { Outcome::Truncated };
+        // Cut short: by the upstream (Envoy saw it reset) or by the client (it went away).
+        let cut_outcome = if self.status != 0
+            && self.host.response_code_details().is_some_and(|d| d.windows(8).any(|w| w == b"upstream"))
+        {
+            Outcome::Truncated
+        } else if self.status == 0 || !self.response_complete {
+            Outcome::Cancelled
+        } else {
+            Outcome::Truncated
+        };
         if self.status != 0 && !(200..300).contains(&self.status) {
             return (Usage::default(), Outcome::UpstreamError, false);
         }

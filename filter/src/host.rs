@@ -42,6 +42,8 @@ pub trait Host {
     /// Hands a usage record to the singleton service; false if it could not be queued.
     fn enqueue_usage(&self, record: &[u8]) -> bool;
     fn now_ms(&self) -> u64;
+    /// Envoy's response code details (why a stream ended, e.g. an upstream reset).
+    fn response_code_details(&self) -> Option<Vec<u8>>;
     fn log(&self, level: LogLevel, message: &str);
     fn count(&self, metric: &str, delta: u64);
 }
@@ -149,6 +151,10 @@ impl Host for EnvoyHost {
             },
             None => false,
         }
+    }
+
+    fn response_code_details(&self) -> Option<Vec<u8>> {
+        hostcalls::get_property(vec!["response", "code_details"]).ok().flatten()
     }
 
     fn now_ms(&self) -> u64 {

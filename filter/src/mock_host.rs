@@ -69,6 +69,8 @@ pub struct MockStream {
     /// The response chunk currently passing through the filter.
     pub response_chunk: RefCell<Vec<u8>>,
     pub local_reply: RefCell<Option<LocalReply>>,
+    /// What Envoy would report as the response code details at the end.
+    pub code_details: RefCell<Option<String>>,
 }
 
 #[derive(Clone)]
@@ -182,6 +184,10 @@ impl Host for MockHost {
         }
         self.envoy.queue.borrow_mut().push(record.to_vec());
         true
+    }
+
+    fn response_code_details(&self) -> Option<Vec<u8>> {
+        self.stream.code_details.borrow().clone().map(String::into_bytes)
     }
 
     fn now_ms(&self) -> u64 {

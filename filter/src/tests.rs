@@ -595,3 +595,15 @@ fn record_ids_are_unique_even_when_clients_reuse_a_request_id() {
     assert_ne!(records[0]["record_id"], records[1]["record_id"]);
     assert_eq!(records[0]["record_id"].as_str().unwrap().len(), 32);
 }
+
+#[test]
+fn an_upstream_cut_is_truncated_not_cancelled() {
+    let h = Harness::new(base_config());
+    let (mut s, _) = h.post("/v1/chat/completions", &key(1), r#"{"model":"gpt-4o","stream":true}"#);
+    let partial = sse(&[CHUNK1]);
+    s.respond(200, "text/event-stream", &[partial.as_bytes()], false);
+    *s.host.stream.code_details.borrow_mut() = Some("upstream_reset_after_response_started{remote_reset}".into());
+    s.finish();
+    let r = &h.envoy.records()[0];
+    assert_eq!((r["outcome"].as_str(), r["estimated"].as_bool()), (Some("truncated"), Some(true)));
+}

@@ -46,7 +46,7 @@ def test_upstream_cut_stream_is_charged_as_estimated(gw):
         complete = False
     assert not complete, "the client must see the stream cut, not a clean end"
     rec = gw.wait_records("faults", before + 1)[-1]
-    assert rec["estimated"] is True and rec["outcome"] in ("truncated", "cancelled")
+    assert rec["estimated"] is True and rec["outcome"] == "truncated", rec
     assert rec["completion_tokens"] >= 2 and rec["cost_usd"] > 0
 
 
