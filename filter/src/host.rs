@@ -9,6 +9,8 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 use sluice_core::request::META_NAMESPACE;
 
+use crate::usage_record::USAGE_LOG_PREFIX;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -39,7 +41,8 @@ pub trait Host {
     fn send_local_response(&self, status: u32, headers: &[(&str, &str)], body: &[u8]);
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
     fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> CasResult;
-    /// Hands a usage record to the singleton service; false if it could not be queued.
+    /// Hands a usage record (one JSON line) to the singleton service; false if it could not
+    /// be queued (the caller then writes it to the log itself).
     fn enqueue_usage(&self, record: &[u8]) -> bool;
     fn now_ms(&self) -> u64;
     /// Envoy's response code details (why a stream ended, e.g. an upstream reset).
@@ -53,11 +56,43 @@ pub const USAGE_QUEUE: &str = "sluice_usage";
 /// VM id shared by the filter and the service, so they share data and queues.
 pub const VM_ID: &str = "sluice";
 
-/// State the proxy-wasm host binding keeps per worker (VM): metric ids and the queue id.
+/// Records a worker batches before one queue message (one cross-thread hand-off per batch).
+const USAGE_BATCH: usize = 32;
+
+/// State the proxy-wasm host binding keeps per worker (VM): metric ids, the queue id, and
+/// usage records not yet handed to the service (newline-separated JSON).
 #[derive(Default)]
 pub struct WorkerState {
     metric_ids: HashMap<String, u32>,
     usage_queue: Option<u32>,
+    pending_usage: Vec<u8>,
+    pending_count: usize,
+}
+
+impl WorkerState {
+    /// Hands the pending batch to the service; if the queue is unavailable, writes the records
+    /// to the log instead, so none is ever dropped.
+    pub fn flush_usage(&mut self) {
+        if self.pending_count == 0 {
+            return;
+        }
+        if self.usage_queue.is_none() {
+            // The service registers the queue when it starts; resolve lazily and retry later.
+            self.usage_queue = hostcalls::resolve_shared_queue(VM_ID, USAGE_QUEUE).ok().flatten();
+        }
+        let queued = match self.usage_queue {
+            Some(id) => hostcalls::enqueue_shared_queue(id, Some(&self.pending_usage)).is_ok(),
+            None => false,
+        };
+        if !queued {
+            self.usage_queue = None;
+            for line in self.pending_usage.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let _ = hostcalls::log(LogLevel::Info, &format!("{USAGE_LOG_PREFIX}{}", String::from_utf8_lossy(line)));
+            }
+        }
+        self.pending_usage.clear();
+        self.pending_count = 0;
+    }
 }
 
 /// The production [`Host`]: proxy-wasm host calls into Envoy.
@@ -136,21 +171,15 @@ impl Host for EnvoyHost {
     }
 
     fn enqueue_usage(&self, record: &[u8]) -> bool {
+        // Batched per worker: flushed every USAGE_BATCH records and on every tick.
         let mut worker = self.worker.borrow_mut();
-        if worker.usage_queue.is_none() {
-            // The service registers the queue when it starts; resolve lazily and retry later.
-            worker.usage_queue = hostcalls::resolve_shared_queue(VM_ID, USAGE_QUEUE).ok().flatten();
+        worker.pending_usage.extend_from_slice(record);
+        worker.pending_usage.push(b'\n');
+        worker.pending_count += 1;
+        if worker.pending_count >= USAGE_BATCH {
+            worker.flush_usage();
         }
-        match worker.usage_queue {
-            Some(id) => match hostcalls::enqueue_shared_queue(id, Some(record)) {
-                Ok(()) => true,
-                Err(_) => {
-                    worker.usage_queue = None;
-                    false
-                }
-            },
-            None => false,
-        }
+        true
     }
 
     fn response_code_details(&self) -> Option<Vec<u8>> {

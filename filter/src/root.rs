@@ -17,6 +17,8 @@ use crate::host::{EnvoyHost, Host, WorkerState};
 use crate::service::UsageService;
 
 pub const SERVICE_ROOT_ID: &str = "sluice_service";
+/// How long a usage record may wait in its worker's batch.
+const USAGE_FLUSH_PERIOD: std::time::Duration = std::time::Duration::from_millis(250);
 
 enum Role {
     Unconfigured,
@@ -90,11 +92,21 @@ impl SluiceRoot {
             ),
         );
         self.role = Role::Filter(Rc::new(Gateway { config: compiled, credentials }));
+        // Pending usage records reach the service within a tick even when traffic stops.
+        let _ = hostcalls::set_tick_period(USAGE_FLUSH_PERIOD);
         true
     }
 }
 
-impl Context for SluiceRoot {}
+impl Context for SluiceRoot {
+    /// The VM is going away (drain, reload): hand over what is still batched.
+    fn on_done(&mut self) -> bool {
+        if let Role::Filter(_) = self.role {
+            self.worker.borrow_mut().flush_usage();
+        }
+        true
+    }
+}
 
 impl RootContext for SluiceRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -110,6 +122,12 @@ impl RootContext for SluiceRoot {
         }
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         self.configure_filter(&bytes)
+    }
+
+    fn on_tick(&mut self) {
+        if let Role::Filter(_) = self.role {
+            self.worker.borrow_mut().flush_usage();
+        }
     }
 
     fn on_queue_ready(&mut self, queue_id: u32) {

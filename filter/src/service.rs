@@ -28,9 +28,12 @@ impl UsageService {
         }
     }
 
+    /// Each message is a worker's batch: newline-separated JSON records.
     pub fn drain(&self, queue_id: u32) {
-        while let Ok(Some(record)) = hostcalls::dequeue_shared_queue(queue_id) {
-            self.host.log(LogLevel::Info, &format!("{USAGE_LOG_PREFIX}{}", String::from_utf8_lossy(&record)));
+        while let Ok(Some(batch)) = hostcalls::dequeue_shared_queue(queue_id) {
+            for record in batch.split(|b| *b == b'\n').filter(|r| !r.is_empty()) {
+                self.host.log(LogLevel::Info, &format!("{USAGE_LOG_PREFIX}{}", String::from_utf8_lossy(record)));
+            }
         }
     }
 }
