@@ -79,7 +79,9 @@ impl SluiceRoot {
         for team in &compiled.teams {
             counters::ensure_exists(&host, &team.counter_name);
         }
-        let seed = host.now_ms() ^ self.rng.get().next_u64();
+        // Every worker VM numbers its contexts the same way and configures in the same
+        // millisecond: only real entropy keeps their routing choices and record ids apart.
+        let seed = getrandom::u64().unwrap_or(0) ^ host.now_ms() ^ self.rng.get().next_u64();
         self.rng.set(SplitMix64::new(seed));
         host.log(
             LogLevel::Info,

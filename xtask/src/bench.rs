@@ -68,24 +68,15 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         ],
         &env,
     )?;
-    let key =
-        created.split("\"key\"").nth(1).and_then(|r| r.split('"').nth(1)).ok_or("no key from the CLI")?.to_owned();
+    let key = crate::quickstart::json_string_field(&created, "key").ok_or("no key from the CLI")?;
     let sluice_yaml = dir.join("sluice-envoy.yaml");
-    proc::run(
+    crate::quickstart::envoy_config(
         &cli,
-        &[
-            "envoy-config",
-            "-c",
-            &config_s,
-            "--wasm",
-            &tools.wasm.to_string_lossy(),
-            "--out",
-            &sluice_yaml.to_string_lossy(),
-            "--listen",
-            &format!("127.0.0.1:{SLUICE_PORT}"),
-            "--admin-port",
-            &SLUICE_ADMIN.to_string(),
-        ],
+        &config_s,
+        &tools.wasm.to_string_lossy(),
+        &sluice_yaml.to_string_lossy(),
+        &format!("127.0.0.1:{SLUICE_PORT}"),
+        &SLUICE_ADMIN.to_string(),
         &env,
     )?;
     let bare_yaml = dir.join("bare-envoy.yaml");

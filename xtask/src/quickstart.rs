@@ -36,23 +36,7 @@ pub fn run(smoke: bool) -> Result<(), String> {
     let key = json_string_field(&created, "key").ok_or("`sluice key new --json` printed no key")?;
     let envoy_yaml = dir.join("envoy.yaml").to_string_lossy().into_owned();
     let wasm = tools.wasm.to_string_lossy().into_owned();
-    proc::run(
-        &cli,
-        &[
-            "envoy-config",
-            "-c",
-            &config_s,
-            "--wasm",
-            &wasm,
-            "--out",
-            &envoy_yaml,
-            "--listen",
-            "0.0.0.0:4000",
-            "--admin-port",
-            ADMIN_PORT,
-        ],
-        &env,
-    )?;
+    envoy_config(&cli, &config_s, &wasm, &envoy_yaml, "0.0.0.0:4000", ADMIN_PORT, &env)?;
 
     let log_path = dir.join("envoy.log");
     let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
@@ -107,8 +91,23 @@ pub fn run(smoke: bool) -> Result<(), String> {
     }
 }
 
+/// `sluice envoy-config`: the bootstrap for a config, listener and admin port.
+pub fn envoy_config(
+    cli: &str,
+    config: &str,
+    wasm: &str,
+    out: &str,
+    listen: &str,
+    admin_port: &str,
+    env: &[(&str, &str)],
+) -> Result<(), String> {
+    let args =
+        ["envoy-config", "-c", config, "--wasm", wasm, "--out", out, "--listen", listen, "--admin-port", admin_port];
+    proc::run(cli, &args, env)
+}
+
 /// Minimal extraction of `"field": "value"` from the CLI's JSON (xtask has no dependencies).
-fn json_string_field(json: &str, field: &str) -> Option<String> {
+pub fn json_string_field(json: &str, field: &str) -> Option<String> {
     let start = json.find(&format!("\"{field}\""))?;
     let rest = json.get(start + field.len() + 2..)?;
     let open = rest.find('"')?;
