@@ -9,7 +9,6 @@ use std::net::IpAddr;
 
 use serde_json::{Value, json};
 use sluice_core::litellm::{FailurePolicy, Standalone, Upstream};
-use sluice_core::request::META_NAMESPACE;
 
 pub const CLUSTER_HEADER: &str = "x-sluice-cluster";
 const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
@@ -93,44 +92,9 @@ pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<V
                 "vm_config": vm_config(&opts.wasm_path, &env_keys),
                 "configuration": {"@type": STRING_VALUE, "value": gateway_json},
                 "failure_policy": failure_policy,
-            },
-        },
-    });
-    // json_to_metadata buffers the body and extracts the fields routing needs into dynamic
-    // metadata before the Sluice filter sees the headers (proxy-wasm cannot hold the headers
-    // back while it reads the body; the router picks the cluster from the headers).
-    let field = |selectors: Value, key: &str, kind: Option<&str>| {
-        let mut on_present = json!({"metadata_namespace": META_NAMESPACE, "key": key});
-        if let Some(kind) = kind {
-            on_present["type"] = json!(kind);
-        }
-        json!({
-            "selectors": selectors,
-            "on_present": on_present,
-            "on_error": {"metadata_namespace": META_NAMESPACE, "key": "invalid_json", "value": {"bool_value": true}},
-        })
-    };
-    let mut model_rule = field(json!([{"key": "model"}]), "model", Some("STRING"));
-    // Always leave a trace in the namespace when the body has no model.
-    model_rule["on_missing"] =
-        json!({"metadata_namespace": META_NAMESPACE, "key": "model_missing", "value": {"bool_value": true}});
-    let json_to_metadata = json!({
-        "name": "envoy.filters.http.json_to_metadata",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata",
-            "request_rules": {
-                "rules": [
-                    model_rule,
-                    field(json!([{"key": "stream"}]), "stream", None),
-                    field(json!([{"key": "stream_options"}, {"key": "include_usage"}]), "include_usage", None),
-                    field(json!([{"key": "max_tokens"}]), "max_tokens", None),
-                    field(json!([{"key": "max_completion_tokens"}]), "max_completion_tokens", None),
-                ],
-                "allow_content_types": [
-                    "application/json", "application/json; charset=utf-8", "application/json;charset=utf-8",
-                    "text/plain", "application/x-www-form-urlencoded", "application/octet-stream",
-                ],
-                "allow_empty_content_type": true,
+                // The filter holds the headers while it reads the body (it routes on the
+                // body's `model`); without this, a paused headers phase pauses the body too.
+                "allow_on_headers_stop_iteration": true,
             },
         },
     });
@@ -145,7 +109,7 @@ pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<V
             },
         },
         {
-            // A body over the limit is refused by Envoy's buffer (json_to_metadata buffers first).
+            // A body over the limit is refused by Envoy's buffer (the filter buffers it to route).
             "filter": {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": 413, "runtime_key": "sluice.unused_413"}}}},
             "body_format_override": {
                 "json_format": {"error": {"message": "Request body too large.", "type": "invalid_request_error", "code": "request_too_large"}},
@@ -177,7 +141,6 @@ pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<V
             }],
         },
         "http_filters": [
-            json_to_metadata,
             wasm_filter,
             {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
         ],
@@ -185,7 +148,7 @@ pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<V
     let listener = json!({
         "name": "sluice",
         "address": {"socket_address": {"address": opts.listen_address, "port_value": opts.listen_port}},
-        // The body limit: json_to_metadata buffers the body, and Envoy refuses more with a 413.
+        // The body limit: the filter buffers the body, and Envoy refuses more with a 413.
         "per_connection_buffer_limit_bytes": s.gateway.max_request_body_bytes,
         "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
     });

@@ -1,5 +1,5 @@
-//! One HTTP request through the gateway: authenticate (headers) → admit and route (body) →
-//! meter (response) → settle and record (log). Generic over [`Host`] so every path runs in
+//! One HTTP request through the gateway: authenticate and hold the headers → route and admit
+//! on the body → meter the response → settle and record (log). Generic over [`Host`] so every path runs in
 //! native unit tests against a mock Envoy.
 
 use std::rc::Rc;
@@ -10,7 +10,7 @@ use sluice_core::endpoint::Endpoint;
 use sluice_core::error::{GatewayError, LimitKind, LimitScope};
 use sluice_core::keys::{self, KeyHash};
 use sluice_core::limits::Remaining;
-use sluice_core::request::{RequestMeta, parse_request, rewrite_body};
+use sluice_core::request::{parse_request, rewrite_body};
 use sluice_core::routing::{SplitMix64, choose_weighted};
 use sluice_core::sse::{Forward, SseUsageScanner};
 use sluice_core::usage::{self, ApiFormat, Usage};
@@ -38,12 +38,6 @@ enum Principal {
 
 /// An admitted request, from routing until it is settled.
 struct Admitted {
-    /// The model the client asked for (from the body's metadata).
-    requested_model: String,
-    /// The body must be rewritten (model rename or injected include_usage).
-    rewrite: bool,
-    /// OpenAI stream: make sure `stream_options.include_usage` is on upstream.
-    wants_usage_chunk: bool,
     group: String,
     deployment: usize,
     format: ApiFormat,
@@ -73,6 +67,8 @@ pub struct RequestFlow<H: Host> {
     endpoint: Option<Endpoint>,
     principal: Option<Principal>,
     request_id: Option<String>,
+    /// Headers held (authenticated), waiting for the body to route on.
+    awaiting_body: bool,
     admitted: Option<Admitted>,
     status: u16,
     tap: Tap,
@@ -92,6 +88,7 @@ impl<H: Host> RequestFlow<H> {
             endpoint: None,
             principal: None,
             request_id: None,
+            awaiting_body: false,
             admitted: None,
             status: 0,
             tap: Tap::None,
@@ -166,27 +163,11 @@ impl<H: Host> RequestFlow<H> {
             return self.reject(&GatewayError::BodyTooLarge { limit });
         }
         self.request_id = self.host.request_header("x-request-id").map(|v| String::from_utf8_lossy(&v).into_owned());
-        // The body's routing fields, extracted by Envoy's json_to_metadata filter (which runs
-        // first and has buffered the whole body): proxy-wasm cannot hold the headers back while
-        // it reads the body, and the router picks the cluster from the headers.
-        let Some(meta) = self.host.request_metadata().as_deref().and_then(RequestMeta::from_property) else {
-            // json_to_metadata left nothing: no JSON body it could read (or it is not configured).
-            return self.reject(&GatewayError::MissingModel);
-        };
-        if meta.invalid_json {
-            return self.reject(&GatewayError::InvalidJson { detail: "the body could not be parsed".into() });
-        }
-        let Some(model) = meta.model.clone().filter(|m| !m.trim().is_empty()) else {
-            return self.reject(&GatewayError::MissingModel);
-        };
-        match self.admit_and_route(model, &meta, declared) {
-            Ok(()) => Action::Continue,
-            Err(error) => {
-                let headers = rate_limit_headers(&error);
-                let refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                self.reject_with(&error, &refs)
-            }
-        }
+        // Hold the headers until the body is here: routing needs the body's `model`. The
+        // bootstrap sets `allow_on_headers_stop_iteration`, so Envoy keeps calling the body
+        // callback while the headers wait (without it, a paused headers phase stops the body too).
+        self.awaiting_body = true;
+        Action::Pause
     }
 
     fn credential(&self) -> Result<Vec<u8>, GatewayError> {
@@ -262,84 +243,61 @@ impl<H: Host> RequestFlow<H> {
     // ---- request body ----------------------------------------------------------------------
 
     pub fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if self.admitted.is_none() {
+        if !self.awaiting_body {
             return Action::Continue;
         }
-        if !end_of_stream {
-            return Action::Pause; // buffer until the whole body is here
+        let limit = self.config().config.max_request_body_bytes;
+        if body_size as u64 > limit {
+            // No content-length (chunked upload), or a client that lied about it.
+            self.awaiting_body = false;
+            return self.reject(&GatewayError::BodyTooLarge { limit });
         }
+        if !end_of_stream {
+            return Action::Pause; // Envoy buffers until the whole body is here
+        }
+        self.awaiting_body = false;
         let body = self.host.request_body(body_size).unwrap_or_default();
-        match self.validate_and_rewrite(&body) {
+        match self.route_and_admit(&body) {
             Ok(()) => Action::Continue,
             Err(error) => {
-                // Admitted at the headers, refused now: give the reservations back.
-                if let Some(admitted) = self.admitted.take() {
-                    counters::release_all(&self.host, &admitted.tickets, self.host.now_ms());
-                }
-                self.reject(&error)
+                let headers = rate_limit_headers(&error);
+                let refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                self.reject_with(&error, &refs)
             }
         }
     }
 
-    /// Validates the body (types of the fields the gateway reads) and rewrites it for the
-    /// chosen deployment (model name, `include_usage`) when that is needed.
-    fn validate_and_rewrite(&mut self, body: &[u8]) -> Result<(), GatewayError> {
-        let admitted = self.admitted.as_ref().ok_or(GatewayError::Internal { detail: "not admitted" })?;
-        let req = parse_request(body)?;
-        if req.model != admitted.requested_model {
-            return Err(GatewayError::InvalidField {
-                param: "model",
-                detail: "the body names more than one model".into(),
-            });
-        }
-        let deployment = self
-            .gateway
-            .config
-            .deployment(admitted.deployment)
-            .ok_or(GatewayError::Internal { detail: "deployment" })?;
-        if !admitted.rewrite {
-            return Ok(()); // valid, and nothing to change
-        }
-        if let Some(new_body) = rewrite_body(body, &req, &deployment.upstream_model, admitted.wants_usage_chunk) {
-            self.host.replace_request_body(body.len(), &new_body);
-        }
-        Ok(())
-    }
-
-    /// Chooses the deployment, admits the request on every limited scope, and points the
-    /// request at the deployment. Runs at the headers phase, before the router picks a cluster.
-    fn admit_and_route(
-        &mut self,
-        model: String,
-        meta: &RequestMeta,
-        content_length: Option<u64>,
-    ) -> Result<(), GatewayError> {
+    /// Validates the body, chooses the deployment, admits the request on every limited scope,
+    /// and points the (still held) headers and the body at the deployment.
+    fn route_and_admit(&mut self, body: &[u8]) -> Result<(), GatewayError> {
         let endpoint = self.endpoint.ok_or(GatewayError::Internal { detail: "no endpoint" })?;
+        let req = parse_request(body)?;
         let gateway = Rc::clone(&self.gateway);
         let config = &gateway.config;
-        let group = config.group(&model).ok_or_else(|| GatewayError::UnknownModel { model: model.clone() })?;
+        let model = req.model.as_ref();
+        let group = config.group(model).ok_or_else(|| GatewayError::UnknownModel { model: model.to_owned() })?;
         if !self.may_use(&group.name) {
-            return Err(GatewayError::ModelNotAllowed { model: model.clone() });
+            return Err(GatewayError::ModelNotAllowed { model: model.to_owned() });
         }
         // Deployments of the group that speak this route's wire format.
-        let candidates: Vec<usize> = group
+        let format = endpoint.format();
+        let candidates = group
             .deployments
             .iter()
-            .copied()
-            .filter(|i| config.deployment(*i).is_some_and(|d| d.provider.format() == endpoint.format()))
-            .collect();
-        let weights = candidates.iter().map(|i| config.deployment(*i).map_or(0, |d| d.weight));
-        let chosen = choose_weighted(weights, self.random).and_then(|c| candidates.get(c).copied());
-        let Some((index, deployment)) = chosen.and_then(|i| Some((i, config.deployment(i)?))) else {
-            return Err(GatewayError::ModelNotOnRoute { model: model.clone(), route: endpoint.route() });
+            .filter_map(|i| Some((*i, config.deployment(*i)?)))
+            .filter(|(_, d)| d.provider.format() == format);
+        let chosen = choose_weighted(candidates.clone().map(|(_, d)| d.weight), self.random)
+            .and_then(|c| candidates.clone().nth(c));
+        let Some((index, deployment)) = chosen else {
+            return Err(GatewayError::ModelNotOnRoute { model: model.to_owned(), route: endpoint.route() });
         };
 
         // Admission: reserve estimated tokens and the maximum cost on every limited scope.
-        let est_prompt_tokens = usage::estimate_tokens_from_bytes(content_length.unwrap_or(0));
+        let est_prompt_tokens = usage::estimate_tokens_from_bytes(body.len() as u64);
         let max_output = if endpoint == Endpoint::Embeddings {
             0
         } else {
-            meta.max_output_tokens().or(deployment.max_output_tokens).unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS)
+            req.max_output_tokens.or(deployment.max_output_tokens).unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS)
         };
         let max_cost = deployment.pricing.max_cost_nanos(est_prompt_tokens, max_output);
         let mut scopes: Vec<Scope<'_>> = Vec::with_capacity(3);
@@ -364,15 +322,13 @@ impl<H: Host> RequestFlow<H> {
             counters::admit_all(&self.host, &scopes, self.start_ms, est_prompt_tokens, max_cost)?
         };
 
-        // Rewrite the body for the deployment; OpenAI streams must report usage.
-        let format = endpoint.format();
-        let streamed = meta.stream && endpoint.can_stream();
+        // The body for the deployment: its model name; OpenAI streams must report usage.
+        let streamed = req.stream && endpoint.can_stream();
         let wants_usage_chunk = streamed && format == ApiFormat::OpenAi;
-        let strip_usage_chunk = wants_usage_chunk && !meta.include_usage;
-        let rewrite = model != deployment.upstream_model || strip_usage_chunk;
-        if rewrite {
-            // The body will change length, and the headers go upstream before it does.
-            self.host.set_request_header("content-length", None);
+        let strip_usage_chunk = wants_usage_chunk && !req.client_wants_usage;
+        if let Some(new_body) = rewrite_body(body, &req, &deployment.upstream_model, wants_usage_chunk) {
+            self.host.replace_request_body(body.len(), &new_body);
+            self.host.set_request_header("content-length", Some(new_body.len().to_string().as_bytes()));
         }
         let upstream_path = format!("{}{}", deployment.base_path, endpoint.upstream_suffix());
         self.host.set_request_header(":path", Some(upstream_path.as_bytes()));
@@ -394,9 +350,6 @@ impl<H: Host> RequestFlow<H> {
             }
         }
         self.admitted = Some(Admitted {
-            requested_model: model,
-            rewrite,
-            wants_usage_chunk,
             group: group.name.clone(),
             deployment: index,
             format,

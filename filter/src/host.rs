@@ -7,7 +7,6 @@
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
-use sluice_core::request::META_NAMESPACE;
 
 use crate::usage_record::USAGE_LOG_PREFIX;
 
@@ -29,8 +28,6 @@ pub trait Host {
     /// Sets (replaces) a request header, or removes it with `None`.
     fn set_request_header(&self, name: &str, value: Option<&[u8]>);
     fn request_body(&self, size: usize) -> Option<Vec<u8>>;
-    /// The request fields `json_to_metadata` extracted (a serialised map; see `RequestMeta`).
-    fn request_metadata(&self) -> Option<Vec<u8>>;
     /// Replaces the whole buffered request body of `old_size` bytes.
     fn replace_request_body(&self, old_size: usize, body: &[u8]);
     fn response_header(&self, name: &str) -> Option<Vec<u8>>;
@@ -128,10 +125,6 @@ impl Host for EnvoyHost {
 
     fn request_body(&self, size: usize) -> Option<Vec<u8>> {
         hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size).ok().flatten()
-    }
-
-    fn request_metadata(&self) -> Option<Vec<u8>> {
-        hostcalls::get_property(vec!["metadata", "filter_metadata", META_NAMESPACE]).ok().flatten()
     }
 
     fn replace_request_body(&self, old_size: usize, body: &[u8]) {

@@ -63,8 +63,6 @@ impl LocalReply {
 pub struct MockStream {
     pub request_headers: RefCell<Vec<(String, Vec<u8>)>>,
     pub request_body: RefCell<Vec<u8>>,
-    /// What json_to_metadata would have extracted (None: the filter is missing).
-    pub request_metadata: RefCell<Option<Vec<u8>>>,
     pub response_headers: RefCell<Vec<(String, Vec<u8>)>>,
     /// The response chunk currently passing through the filter.
     pub response_chunk: RefCell<Vec<u8>>,
@@ -117,10 +115,6 @@ impl Host for MockHost {
     fn request_body(&self, size: usize) -> Option<Vec<u8>> {
         let body = self.stream.request_body.borrow();
         body.get(..size.min(body.len())).map(<[u8]>::to_vec)
-    }
-
-    fn request_metadata(&self) -> Option<Vec<u8>> {
-        self.stream.request_metadata.borrow().clone()
     }
 
     fn replace_request_body(&self, _old_size: usize, body: &[u8]) {

@@ -8,7 +8,6 @@ use sluice_core::config::{
 };
 use sluice_core::cost::Pricing;
 use sluice_core::keys::{KeyHash, key_from_random};
-use sluice_core::request::meta_property_for;
 use sluice_core::time::Timestamp;
 
 use crate::flow::{Gateway, RequestFlow};
@@ -116,19 +115,19 @@ impl Stream {
         self.host.stream.local_reply.borrow().clone()
     }
 
-    /// Plays a request as Envoy would: json_to_metadata has buffered and parsed the body
-    /// before the headers reach the filter, then the body follows in one piece.
+    /// Plays a request as Envoy would: the headers (held by the filter), then the body in one
+    /// piece, which is when the filter routes.
     fn send_body(&mut self, body: &[u8]) -> Option<LocalReply> {
         if !body.is_empty() {
-            *self.host.stream.request_metadata.borrow_mut() = Some(meta_property_for(body));
             self.host.set_request_header("content-length", Some(body.len().to_string().as_bytes()));
         }
-        self.flow.on_request_headers(body.is_empty());
+        let action = self.flow.on_request_headers(body.is_empty());
         if self.reply().is_some() {
             return self.reply();
         }
+        assert_eq!(action, Action::Pause, "the headers wait for the body");
         *self.host.stream.request_body.borrow_mut() = body.to_vec();
-        self.flow.on_request_body(body.len(), true);
+        assert_eq!(self.flow.on_request_body(body.len(), true) == Action::Continue, self.reply().is_none());
         self.reply()
     }
 
@@ -175,8 +174,9 @@ fn a_chat_request_is_routed_rewritten_and_metered() {
     let sent: serde_json::Value = serde_json::from_slice(&s.host.stream.request_body.borrow()).unwrap();
     assert_eq!(sent["model"], "gpt-4o-2024-08-06");
     assert_eq!(sent["messages"][0]["content"], "hello");
-    // The body changed length after the headers left: no stale content-length goes upstream.
-    assert_eq!(s.host.request_header_str("content-length"), None);
+    // The headers were held while the body changed length: content-length is the new one.
+    let sent_len = s.host.stream.request_body.borrow().len();
+    assert_eq!(s.host.request_header_str("content-length"), Some(sent_len.to_string()));
 
     let body = openai_response(1000, 100, 400);
     let delivered = s.respond(200, "application/json", &[body.as_bytes()], true);
@@ -296,7 +296,7 @@ fn bad_bodies_get_clear_errors() {
     for (body, status, code) in [
         ("{not json", 400, "invalid_json"),
         (r#"{"messages":[]}"#, 400, "missing_model"),
-        (r#"{"model":["gpt-4o"]}"#, 400, "model_not_found"),
+        (r#"{"model":["gpt-4o"]}"#, 400, "invalid_value"),
         (r#"{"model":"gpt-4o","stream":"true"}"#, 400, "invalid_value"),
         (big.as_str(), 413, "request_too_large"),
     ] {
@@ -530,10 +530,10 @@ fn weighted_routing_uses_every_deployment() {
             (":path".to_string(), b"/v1/chat/completions".to_vec()),
             ("authorization".to_string(), format!("Bearer {}", key(1)).into_bytes()),
         ]);
-        let mut flow =
+        let flow =
             RequestFlow::new(host.clone(), Rc::clone(&h.gateway), sluice_core::routing::SplitMix64::new(i).next_u64());
-        *host.stream.request_metadata.borrow_mut() = Some(meta_property_for(CHAT.as_bytes()));
-        flow.on_request_headers(false);
+        let mut s = Stream { host: host.clone(), flow };
+        assert!(s.send_body(CHAT.as_bytes()).is_none());
         *seen.entry(host.request_header_str("x-sluice-cluster").unwrap()).or_insert(0) += 1;
     }
     let (a, b) = (seen["sluice_gpt4o-a"], seen["sluice_gpt4o-b"]);
@@ -541,35 +541,45 @@ fn weighted_routing_uses_every_deployment() {
 }
 
 #[test]
-fn a_body_json_to_metadata_could_not_read_is_a_clear_400() {
-    let h = Harness::new(base_config());
-    let auth = format!("Bearer {}", key(1));
-    let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", auth.as_bytes())]);
-    // No metadata at all: no JSON body Envoy could read (or json_to_metadata is not configured).
-    s.flow.on_request_headers(false);
-    let reply = s.reply().unwrap();
-    assert_eq!((reply.status, reply.json()["error"]["code"].as_str()), (400, Some("missing_model")));
-}
-
-#[test]
-fn a_body_that_fails_validation_after_admission_gives_its_reservation_back() {
+fn a_body_is_validated_before_anything_is_reserved() {
     let mut cfg = base_config();
     cfg.keys[0].rpm_limit = Some(1);
     let h = Harness::new(cfg);
-    let auth = format!("Bearer {}", key(1));
-    let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", auth.as_bytes())]);
-    // json_to_metadata saw one model; the body (with a duplicate member) is not valid for us.
-    *s.host.stream.request_metadata.borrow_mut() = Some(meta_property_for(br#"{"model":"gpt-4o"}"#));
-    s.flow.on_request_headers(false);
-    assert!(s.reply().is_none(), "admitted at the headers");
-    let body = br#"{"model":"gpt-4o","model":"gpt-4o-mini"}"#;
-    *s.host.stream.request_body.borrow_mut() = body.to_vec();
-    s.flow.on_request_body(body.len(), true);
-    assert_eq!(s.reply().unwrap().status, 400);
+    // A duplicate member: whichever `model` a reader picked, the gateway would route on one and
+    // the upstream might read the other.
+    let (mut s, reply) = h.post("/v1/chat/completions", &key(1), r#"{"model":"gpt-4o","model":"gpt-4o-mini"}"#);
+    assert_eq!(reply.unwrap().status, 400);
     s.finish();
     assert!(h.envoy.records().is_empty(), "no upstream call, no record");
-    // The RPM slot was released: the next request is admitted.
+    // The one RPM slot was never taken: the next request is admitted.
     assert!(h.post("/v1/chat/completions", &key(1), CHAT).1.is_none());
+}
+
+#[test]
+fn a_body_arriving_in_pieces_is_buffered_then_routed() {
+    let h = Harness::new(base_config());
+    let auth = format!("Bearer {}", key(1));
+    let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", auth.as_bytes())]);
+    assert_eq!(s.flow.on_request_headers(false), Action::Pause);
+    let (first, rest) = CHAT.as_bytes().split_at(7);
+    *s.host.stream.request_body.borrow_mut() = first.to_vec();
+    assert_eq!(s.flow.on_request_body(first.len(), false), Action::Pause, "Envoy keeps buffering");
+    assert_eq!(s.host.request_header_str("x-sluice-cluster"), None);
+    s.host.stream.request_body.borrow_mut().extend_from_slice(rest);
+    assert_eq!(s.flow.on_request_body(CHAT.len(), true), Action::Continue);
+    assert_eq!(s.host.request_header_str("x-sluice-cluster").as_deref(), Some("sluice_gpt4o-a"));
+}
+
+#[test]
+fn a_chunked_body_over_the_limit_is_413() {
+    let h = Harness::new(base_config());
+    let auth = format!("Bearer {}", key(1));
+    // No content-length: the limit is enforced as the body arrives.
+    let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", auth.as_bytes())]);
+    assert_eq!(s.flow.on_request_headers(false), Action::Pause);
+    *s.host.stream.request_body.borrow_mut() = vec![b' '; 5000];
+    s.flow.on_request_body(5000, false);
+    assert_eq!(s.reply().unwrap().status, 413);
 }
 
 #[test]
@@ -584,10 +594,10 @@ fn record_ids_are_unique_even_when_clients_reuse_a_request_id() {
             ("authorization".to_string(), auth.into_bytes()),
             ("x-request-id".to_string(), b"client-chosen".to_vec()),
         ]);
-        *host.stream.request_metadata.borrow_mut() = Some(meta_property_for(CHAT.as_bytes()));
-        let mut flow = RequestFlow::new(host.clone(), Rc::clone(&h.gateway), random);
-        flow.on_request_headers(false);
-        flow.on_log();
+        let flow = RequestFlow::new(host.clone(), Rc::clone(&h.gateway), random);
+        let mut s = Stream { host, flow };
+        assert!(s.send_body(CHAT.as_bytes()).is_none());
+        s.flow.on_log();
     }
     let records = h.envoy.records();
     assert_eq!(records.len(), 2);
