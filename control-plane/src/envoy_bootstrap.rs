@@ -136,7 +136,8 @@ pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<V
                 "routes": [{
                     "match": {"prefix": "/"},
                     "route": {"cluster_header": CLUSTER_HEADER, "timeout": format!("{}s", s.request_timeout_secs), "auto_host_rewrite": true},
-                    "request_headers_to_remove": [CLUSTER_HEADER],
+                    // The filter sets the cluster header and handles credentials; these never go upstream.
+                    "request_headers_to_remove": [CLUSTER_HEADER, "api-key", "accept-encoding"],
                 }],
             }],
         },

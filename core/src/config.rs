@@ -464,7 +464,12 @@ impl CompiledConfig {
     }
 
     pub fn group(&self, name: &str) -> Option<&ModelGroup> {
-        self.groups.get(*self.group_index.get(name)?)
+        self.groups.get(self.group_index(name)?)
+    }
+
+    /// Position of a model group in `groups`.
+    pub fn group_index(&self, name: &str) -> Option<usize> {
+        self.group_index.get(name).copied()
     }
 
     pub fn deployment(&self, idx: usize) -> Option<&Deployment> {

@@ -99,6 +99,26 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     Some(days * SECS_PER_DAY + hour * 3600 + minute * 60 + second - offset)
 }
 
+/// Formats Unix milliseconds as RFC 3339 in UTC with millisecond precision
+/// (`2026-11-22T10:00:00.000Z`), the inverse of [`parse_rfc3339`] for whole seconds.
+pub fn format_rfc3339_ms(unix_ms: i64) -> String {
+    let secs = unix_ms.div_euclid(1000);
+    let millis = unix_ms.rem_euclid(1000);
+    let days = secs.div_euclid(SECS_PER_DAY);
+    let rem = secs.rem_euclid(SECS_PER_DAY);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
+}
+
 /// How often a budget's spend resets (LiteLLM's `budget_duration`).
 ///
 /// Fixed windows are aligned to the Unix epoch (so `1d` resets at 00:00 UTC), which makes the
@@ -226,6 +246,15 @@ mod tests {
         assert_eq!(parse_rfc3339("2026-11-22T10:00:00.123456Z"), Some(1_795_341_600));
         assert_eq!(parse_rfc3339("2026-11-22"), Some(1_795_305_600));
         assert_eq!(parse_rfc3339("2024-02-29T00:00:00Z"), Some(1_709_164_800));
+    }
+
+    #[test]
+    fn rfc3339_formatting_round_trips() {
+        for secs in [0i64, 951_868_800, 1_709_164_800, 1_795_341_600, 4_102_444_799, -86_400] {
+            let text = format_rfc3339_ms(secs * 1000 + 7);
+            assert_eq!(parse_rfc3339(&text), Some(secs), "{text}");
+        }
+        assert_eq!(format_rfc3339_ms(1_795_341_600_250), "2026-11-22T10:00:00.250Z");
     }
 
     #[test]

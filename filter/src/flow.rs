@@ -28,6 +28,42 @@ pub struct Gateway {
     pub config: CompiledConfig,
     /// Per deployment, the credential header value read from the environment at configure time.
     pub credentials: Vec<Option<String>>,
+    /// Per model group (same index as `config.groups`), its metric names, built once here so
+    /// the hot path formats none.
+    group_metrics: Vec<GroupMetrics>,
+}
+
+struct GroupMetrics {
+    requests: String,
+    prompt_tokens: String,
+    completion_tokens: String,
+    cost_nanos: String,
+    estimated: String,
+}
+
+impl Gateway {
+    pub fn new(config: CompiledConfig, credentials: Vec<Option<String>>) -> Self {
+        let group_metrics = config
+            .groups
+            .iter()
+            .map(|g| {
+                // Metric name parts may not contain `.` (it separates tags); model groups often do.
+                let part: String = g
+                    .name
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+                    .collect();
+                GroupMetrics {
+                    requests: format!("sluice.requests.model_group.{part}"),
+                    prompt_tokens: format!("sluice.prompt_tokens.model_group.{part}"),
+                    completion_tokens: format!("sluice.completion_tokens.model_group.{part}"),
+                    cost_nanos: format!("sluice.cost_nanodollars.model_group.{part}"),
+                    estimated: format!("sluice.estimated_usage.model_group.{part}"),
+                }
+            })
+            .collect();
+        Self { config, credentials, group_metrics }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -38,7 +74,8 @@ enum Principal {
 
 /// An admitted request, from routing until it is settled.
 struct Admitted {
-    group: String,
+    /// Index into `config.groups`.
+    group: usize,
     deployment: usize,
     format: ApiFormat,
     streamed: bool,
@@ -142,11 +179,10 @@ impl<H: Host> RequestFlow<H> {
             Ok(principal) => self.principal = Some(principal),
             Err(e) => return self.reject(&e),
         }
-        // The client's credential never goes upstream, nor may a client pick the cluster or
-        // ask for a compressed response the gateway could not meter.
-        for header in ["authorization", "x-api-key", "api-key", "x-sluice-cluster", "accept-encoding"] {
-            self.host.set_request_header(header, None);
-        }
+        // The client's credential never goes upstream: `authorization` and `x-api-key` are
+        // replaced or removed when the request is routed (nothing leaves before that); the
+        // route removes `api-key`, `accept-encoding` (the gateway meters plain responses) and
+        // any client-sent `x-sluice-cluster` (the filter always sets its own).
         if endpoint == Endpoint::Models {
             self.answer_models();
             return Action::Pause;
@@ -275,7 +311,9 @@ impl<H: Host> RequestFlow<H> {
         let gateway = Rc::clone(&self.gateway);
         let config = &gateway.config;
         let model = req.model.as_ref();
-        let group = config.group(model).ok_or_else(|| GatewayError::UnknownModel { model: model.to_owned() })?;
+        let group_index =
+            config.group_index(model).ok_or_else(|| GatewayError::UnknownModel { model: model.to_owned() })?;
+        let group = config.groups.get(group_index).ok_or(GatewayError::Internal { detail: "group" })?;
         if !self.may_use(&group.name) {
             return Err(GatewayError::ModelNotAllowed { model: model.to_owned() });
         }
@@ -333,24 +371,24 @@ impl<H: Host> RequestFlow<H> {
         let upstream_path = format!("{}{}", deployment.base_path, endpoint.upstream_suffix());
         self.host.set_request_header(":path", Some(upstream_path.as_bytes()));
         self.host.set_request_header("x-sluice-cluster", Some(deployment.cluster.as_bytes()));
+        // The provider's credential replaces the client's; the client's other header goes.
         let credential = gateway.credentials.get(index).and_then(Option::as_deref);
         match deployment.provider {
             Provider::Openai => {
-                if let Some(c) = credential {
-                    self.host.set_request_header("authorization", Some(format!("Bearer {c}").as_bytes()));
-                }
+                let bearer = credential.map(|c| format!("Bearer {c}"));
+                self.host.set_request_header("authorization", bearer.as_deref().map(str::as_bytes));
+                self.host.set_request_header("x-api-key", None);
             }
             Provider::Anthropic => {
-                if let Some(c) = credential {
-                    self.host.set_request_header("x-api-key", Some(c.as_bytes()));
-                }
+                self.host.set_request_header("x-api-key", credential.map(str::as_bytes));
+                self.host.set_request_header("authorization", None);
                 if self.host.request_header("anthropic-version").is_none() {
                     self.host.set_request_header("anthropic-version", Some(ANTHROPIC_VERSION.as_bytes()));
                 }
             }
         }
         self.admitted = Some(Admitted {
-            group: group.name.clone(),
+            group: group_index,
             deployment: index,
             format,
             streamed,
@@ -438,13 +476,14 @@ impl<H: Host> RequestFlow<H> {
         if !counters::settle_all(&self.host, &admitted.tickets, now, usage.total_tokens(), cost_nanos) {
             self.host.log(LogLevel::Error, "sluice: could not settle counters (shared data unavailable)");
         }
-        let group = metric_part(&admitted.group);
-        self.host.count(&format!("sluice.requests.model_group.{group}"), 1);
-        self.host.count(&format!("sluice.prompt_tokens.model_group.{group}"), usage.prompt_tokens);
-        self.host.count(&format!("sluice.completion_tokens.model_group.{group}"), usage.completion_tokens);
-        self.host.count(&format!("sluice.cost_nanodollars.model_group.{group}"), cost_nanos);
-        if estimated {
-            self.host.count(&format!("sluice.estimated_usage.model_group.{group}"), 1);
+        if let Some(metrics) = gateway.group_metrics.get(admitted.group) {
+            self.host.count(&metrics.requests, 1);
+            self.host.count(&metrics.prompt_tokens, usage.prompt_tokens);
+            self.host.count(&metrics.completion_tokens, usage.completion_tokens);
+            self.host.count(&metrics.cost_nanos, cost_nanos);
+            if estimated {
+                self.host.count(&metrics.estimated, 1);
+            }
         }
         let key = self.key();
         let record_id = format!("{:016x}{:016x}", self.random, SplitMix64::new(self.random).next_u64());
@@ -455,7 +494,7 @@ impl<H: Host> RequestFlow<H> {
             key_alias: key.and_then(|k| k.alias.as_deref()),
             team_id: key.and_then(|k| k.team_id.as_deref()),
             user_id: key.and_then(|k| k.user_id.as_deref()),
-            model_group: &admitted.group,
+            model_group: gateway.config.groups.get(admitted.group).map_or("", |g| g.name.as_str()),
             deployment: &deployment.id,
             upstream_model: &deployment.upstream_model,
             route: self.endpoint.map_or("", Endpoint::route),
@@ -490,15 +529,18 @@ impl<H: Host> RequestFlow<H> {
             completion_tokens: usage::estimate_tokens_from_bytes(delivered_bytes),
             ..Usage::default()
         };
-        // Cut short: by the upstream (Envoy saw it reset) or by the client (it went away).
-        let cut_outcome = if self.status != 0
-            && self.host.response_code_details().is_some_and(|d| d.windows(8).any(|w| w == b"upstream"))
-        {
-            Outcome::Truncated
-        } else if self.status == 0 || !self.response_complete {
-            Outcome::Cancelled
-        } else {
-            Outcome::Truncated
+        // Cut short: by the upstream (Envoy saw it reset) or by the client (it went away). Asked
+        // only when needed: the property read is one of the dearer host calls.
+        let cut_outcome = || {
+            if self.status != 0
+                && self.host.response_code_details().is_some_and(|d| d.windows(8).any(|w| w == b"upstream"))
+            {
+                Outcome::Truncated
+            } else if self.status == 0 || !self.response_complete {
+                Outcome::Cancelled
+            } else {
+                Outcome::Truncated
+            }
         };
         if self.status != 0 && !(200..300).contains(&self.status) {
             return (Usage::default(), Outcome::UpstreamError, false);
@@ -511,26 +553,21 @@ impl<H: Host> RequestFlow<H> {
                     Some(mut u) => {
                         // Anthropic reports input at the start; output only at the end.
                         u.completion_tokens = u.completion_tokens.max(usage::estimate_tokens_from_bytes(delivered));
-                        (u, cut_outcome, true)
+                        (u, cut_outcome(), true)
                     }
-                    None => (estimate(delivered), cut_outcome, true),
+                    None => (estimate(delivered), cut_outcome(), true),
                 }
             }
             Tap::Json { body, overflow } => match usage::parse_response_usage(admitted.format, body) {
                 Some(u) if self.response_complete => (u, Outcome::Completed, false),
-                Some(u) => (u, cut_outcome, true),
+                Some(u) => (u, cut_outcome(), true),
                 None if !*overflow && self.response_complete => (estimate(0), Outcome::Truncated, true),
-                None => (estimate(body.len() as u64), cut_outcome, true),
+                None => (estimate(body.len() as u64), cut_outcome(), true),
             },
             // No response at all: the client left before the upstream answered.
             Tap::None => (estimate(0), Outcome::Cancelled, true),
         }
     }
-}
-
-/// Metric name parts may not contain `.` (it separates tags) — model groups often do.
-fn metric_part(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
 /// `x-ratelimit-*` headers for the tightest scope.

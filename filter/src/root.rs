@@ -93,7 +93,7 @@ impl SluiceRoot {
                 compiled.teams.len()
             ),
         );
-        self.role = Role::Filter(Rc::new(Gateway { config: compiled, credentials }));
+        self.role = Role::Filter(Rc::new(Gateway::new(compiled, credentials)));
         // Pending usage records reach the service within a tick even when traffic stops.
         let _ = hostcalls::set_tick_period(USAGE_FLUSH_PERIOD);
         true

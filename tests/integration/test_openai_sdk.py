@@ -91,3 +91,14 @@ def test_master_key_works_and_is_recorded_as_master(gw):
     assert reply.choices[0].message.content.startswith("tok0")
     recs = gw.wait_for(lambda rs: any(r["key_id"] == "master" for r in rs))
     assert all(r["key_alias"] is None for r in recs if r["key_id"] == "master")
+
+
+def test_a_rewritten_body_goes_upstream_with_its_own_content_length(gw):
+    # A stream without include_usage is rewritten (the gateway adds it): the headers are held
+    # until then, so the upstream gets an exact content-length, not a stale one or none.
+    r = gw.post("/v1/chat/completions", "open",
+                {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200
+    seen = gw.mock_stats()["requests"][-1]
+    assert seen["include_usage"] and seen["stream"]
+    assert seen["content_length"] == str(seen["body_bytes"])

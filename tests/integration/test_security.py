@@ -30,6 +30,16 @@ def test_the_upstream_sees_the_provider_key_never_the_clients(gw):
     assert r.headers.get("x-request-id")
 
 
+def test_an_anthropic_upstream_sees_only_the_provider_key(gw):
+    r = gw.post("/v1/messages", "security", {"model": "claude-3-5-sonnet", "max_tokens": 5, "messages": []},
+                headers={"api-key": "also-the-client", "accept-encoding": "gzip"})
+    assert r.status_code == 200
+    seen = gw.mock_stats()["requests"][-1]
+    assert seen["x_api_key"] == gw.provider_keys["MOCK_ANTHROPIC_KEY"]
+    assert seen["authorization"] is None and seen["api_key"] is None
+    assert seen["accept_encoding"] is None, "the gateway meters plain responses"
+
+
 def test_hostile_authorization_values_get_401_and_no_trap(gw):
     cases = {
         "sql": b"authorization: Bearer ' OR 1=1; DROP TABLE keys; --\r\n",

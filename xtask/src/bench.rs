@@ -15,14 +15,28 @@ use crate::setup;
 const MOCK_PORT: u16 = 18_081;
 const BARE_PORT: u16 = 18_000;
 const SLUICE_PORT: u16 = 18_001;
+const NOOP_PORT: u16 = 18_002;
 const BARE_ADMIN: u16 = 18_900;
 const SLUICE_ADMIN: u16 = 18_901;
+const NOOP_ADMIN: u16 = 18_902;
+
+/// The Envoys measured, in the order each round runs them: bare, Sluice, and the floor (a
+/// no-op wasm filter) that shows what any proxy-wasm filter costs on this Envoy.
+const BARE: usize = 0;
+const SLUICE: usize = 1;
+const NOOP: usize = 2;
+const PORTS: [u16; 3] = [BARE_PORT, SLUICE_PORT, NOOP_PORT];
+const NAMES: [&str; 3] = ["bare Envoy", "Envoy+Sluice", "Envoy+no-op wasm filter"];
 
 #[derive(Debug, Clone, Copy, Default)]
 struct WrkResult {
     rps: f64,
     p50_us: f64,
     p99_us: f64,
+    requests: f64,
+    /// Envoy's CPU time (user + system) per request during the run: unlike req/s, this does
+    /// not depend on how the two cores are shared with wrk and the mock.
+    envoy_cpu_us_per_request: f64,
 }
 
 pub fn bench(args: &[String]) -> Result<(), String> {
@@ -35,8 +49,17 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         "build the mock provider (release)",
         proc::run(&cargo, &["build", "--quiet", "--release", "-p", "sluice-mock-provider"], &[]),
     )?;
+    proc::step(
+        "build the no-op wasm filter (the floor)",
+        proc::run(
+            &cargo,
+            &["build", "--quiet", "--release", "--target", "wasm32-wasip1", "-p", "sluice-noop-filter"],
+            &[],
+        ),
+    )?;
     let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root().join("target"));
     let mock_bin = target.join("release/sluice-mock-provider");
+    let noop_wasm = target.join("wasm32-wasip1/release/sluice_noop_filter.wasm");
 
     let dir = root().join(".sluice/bench");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -80,7 +103,10 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         &env,
     )?;
     let bare_yaml = dir.join("bare-envoy.yaml");
-    std::fs::write(&bare_yaml, bare_envoy_config()).map_err(|e| e.to_string())?;
+    std::fs::write(&bare_yaml, reference_envoy_config(BARE_PORT, BARE_ADMIN, None)).map_err(|e| e.to_string())?;
+    let noop_yaml = dir.join("noop-envoy.yaml");
+    std::fs::write(&noop_yaml, reference_envoy_config(NOOP_PORT, NOOP_ADMIN, Some(&noop_wasm)))
+        .map_err(|e| e.to_string())?;
 
     let body = chat_body(false);
     let stream_body = chat_body(true);
@@ -95,7 +121,9 @@ pub fn bench(args: &[String]) -> Result<(), String> {
             .spawn()
             .map_err(|e| format!("mock: {e}"))?,
     );
-    for (yaml, admin, id) in [(&bare_yaml, BARE_ADMIN, "1"), (&sluice_yaml, SLUICE_ADMIN, "2")] {
+    for (yaml, admin, id) in
+        [(&bare_yaml, BARE_ADMIN, "1"), (&sluice_yaml, SLUICE_ADMIN, "2"), (&noop_yaml, NOOP_ADMIN, "3")]
+    {
         let log = std::fs::File::create(dir.join(format!("envoy-{admin}.log"))).map_err(|e| e.to_string())?;
         children.0.push(
             Command::new(&tools.envoy)
@@ -118,36 +146,44 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         );
         crate::quickstart::wait_until_ready(&format!("127.0.0.1:{admin}"), Duration::from_secs(30))?;
     }
-    let envoy_pids = [children.0.get(1).map(Child::id), children.0.get(2).map(Child::id)];
-    let rss_before: Vec<u64> = envoy_pids.iter().map(|p| p.map_or(0, rss_kib)).collect();
+    // Children: the mock, then the Envoys in PORTS order.
+    let envoy_pids: Vec<u32> = (1..=PORTS.len()).map(|i| children.0.get(i).map_or(0, Child::id)).collect();
+    let rss_before: Vec<u64> = envoy_pids.iter().map(|p| rss_kib(*p)).collect();
 
-    // Warm up both paths (VM JIT, connection pools), then alternate bare/sluice each round.
-    for port in [BARE_PORT, SLUICE_PORT] {
+    // Warm up every path (VM JIT, connection pools), then alternate the Envoys each round.
+    for port in PORTS {
         check_request(port, &key, &provider_key, &body)?;
-        wrk(&lua, port, 4, "2s")?;
+        wrk(&lua, port, 4, "2s", 0)?;
     }
-    let mut one_conn: [Vec<WrkResult>; 2] = [Vec::new(), Vec::new()];
-    let mut saturated: [Vec<WrkResult>; 2] = [Vec::new(), Vec::new()];
+    let mut one_conn: [Vec<WrkResult>; 3] = Default::default();
+    let mut saturated: [Vec<WrkResult>; 3] = Default::default();
     let mut ttft: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for round in 0..rounds {
-        for (i, port) in [BARE_PORT, SLUICE_PORT].into_iter().enumerate() {
-            eprintln!(
-                "xtask: bench round {} / {rounds}: {} ",
-                round + 1,
-                if i == 0 { "bare Envoy" } else { "Envoy+Sluice" }
-            );
-            one_conn[i].push(wrk(&lua, port, 1, duration)?);
-            saturated[i].push(wrk(&lua, port, 32, duration)?);
-            ttft[i].extend(time_to_first_token(port, &key, &provider_key, &stream_body, ttft_requests / rounds)?);
+        for (i, port) in PORTS.into_iter().enumerate() {
+            let name = NAMES.get(i).copied().unwrap_or("?");
+            eprintln!("xtask: bench round {} / {rounds}: {name}", round + 1);
+            let pid = envoy_pids.get(i).copied().unwrap_or(0);
+            one_conn[i].push(wrk(&lua, port, 1, duration, pid)?);
+            saturated[i].push(wrk(&lua, port, 32, duration, pid)?);
+            if let Some(samples) = ttft.get_mut(i) {
+                samples.extend(time_to_first_token(port, &key, &provider_key, &stream_body, ttft_requests / rounds)?);
+            }
         }
     }
-    let rss_after: Vec<u64> = envoy_pids.iter().map(|p| p.map_or(0, rss_kib)).collect();
+    let rss_after: Vec<u64> = envoy_pids.iter().map(|p| rss_kib(*p)).collect();
 
     let med = |v: &[WrkResult], f: fn(&WrkResult) -> f64| median(v.iter().map(f).collect());
-    let bare1 = (med(&one_conn[0], |r| r.p50_us), med(&one_conn[0], |r| r.p99_us), med(&one_conn[0], |r| r.rps));
-    let sl1 = (med(&one_conn[1], |r| r.p50_us), med(&one_conn[1], |r| r.p99_us), med(&one_conn[1], |r| r.rps));
-    let bare_sat = (med(&saturated[0], |r| r.rps), med(&saturated[0], |r| r.p50_us), med(&saturated[0], |r| r.p99_us));
-    let sl_sat = (med(&saturated[1], |r| r.rps), med(&saturated[1], |r| r.p50_us), med(&saturated[1], |r| r.p99_us));
+    let bare1 =
+        (med(&one_conn[BARE], |r| r.p50_us), med(&one_conn[BARE], |r| r.p99_us), med(&one_conn[BARE], |r| r.rps));
+    let sl1 =
+        (med(&one_conn[SLUICE], |r| r.p50_us), med(&one_conn[SLUICE], |r| r.p99_us), med(&one_conn[SLUICE], |r| r.rps));
+    let noop1 = med(&one_conn[NOOP], |r| r.p50_us);
+    let sat =
+        |i: usize| (med(&saturated[i], |r| r.rps), med(&saturated[i], |r| r.p50_us), med(&saturated[i], |r| r.p99_us));
+    let (bare_sat, sl_sat, noop_sat) = (sat(BARE), sat(SLUICE), sat(NOOP));
+    let cpu = |i: usize| med(&saturated[i], |r| r.envoy_cpu_us_per_request);
+    let (bare_cpu, sl_cpu, noop_cpu) = (cpu(BARE), cpu(SLUICE), cpu(NOOP));
+    let rss = |v: &[u64], i: usize| v.get(i).copied().unwrap_or(0);
     let (bare_ttft, sl_ttft) = (percentile(&mut ttft[0].clone(), 50.0), percentile(&mut ttft[1].clone(), 50.0));
     let (bare_ttft99, sl_ttft99) = (percentile(&mut ttft[0].clone(), 99.0), percentile(&mut ttft[1].clone(), 99.0));
 
@@ -156,23 +192,30 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     let added_p50 = sl1.0 - bare1.0;
     let added_p99 = sl1.1 - bare1.1;
     let added_ttft = sl_ttft - bare_ttft;
-    let mem_ratio =
-        rss_after.get(1).copied().unwrap_or(0) as f64 / rss_after.first().copied().unwrap_or(1).max(1) as f64;
+    let mem_ratio = rss(&rss_after, SLUICE) as f64 / rss(&rss_after, BARE).max(1) as f64;
+    let cpu_ratio = bare_cpu / sl_cpu.max(0.001);
     let report = format!(
-        "Measured {date} on this machine ({cores} cores), `cargo xtask bench{quick_flag}`: {rounds} round(s), bare and Sluice alternating, \
+        "Measured {date} on this machine ({cores} cores), `cargo xtask bench{quick_flag}`: {rounds} round(s), bare Envoy, Envoy+Sluice and the no-op floor alternating, \
 each Envoy with `--concurrency 1`, mock provider with 1 worker, wrk 1 thread; medians over rounds.\n\n\
 | what | bare Envoy | Envoy+Sluice | result | target |\n|---|---|---|---|---|\n\
 | throughput at saturation (32 connections), req/s | {:.0} | {:.0} | ratio **{ratio:.3}** | ≥ 0.85 ({}) |\n\
+| Envoy CPU per request at saturation (user + system) | {bare_cpu:.1} µs | {sl_cpu:.1} µs | ratio **{cpu_ratio:.3}**, added {:.1} µs | ≥ 0.85 ({}) |\n\
 | one connection, p50 latency | {:.0} µs | {:.0} µs | added **{added_p50:.0} µs** | ≤ 100 µs ({}) |\n\
 | one connection, p99 latency | {:.0} µs | {:.0} µs | added **{added_p99:.0} µs** | ≤ 250 µs ({}) |\n\
 | one connection, req/s | {:.0} | {:.0} | ratio {:.3} | — |\n\
 | saturation p50 / p99 latency | {:.0} / {:.0} µs | {:.0} / {:.0} µs | — | — |\n\
 | streaming, time to first token p50 ({} streams each) | {:.0} µs | {:.0} µs | added **{added_ttft:.0} µs** | ≤ 500 µs ({}) |\n\
 | streaming, time to first token p99 | {:.0} µs | {:.0} µs | added {:.0} µs | — |\n\
-| Envoy RSS after the run (before: {} / {} KiB) | {} KiB | {} KiB | ratio {mem_ratio:.2} | ≤ 1.5 ({}) |\n",
+| Envoy RSS after the run (before: {} / {} KiB) | {} KiB | {} KiB | ratio {mem_ratio:.2} | ≤ 1.5 ({}) |\n\n\
+The floor, measured in the same rounds: Envoy with a no-op wasm filter (`tests/noop-filter`: one header read and one \
+write) serves {:.0} req/s (ratio {:.3}), spends {noop_cpu:.1} µs of CPU per request (ratio {:.3}), adds {:.0} µs at p50 \
+on one connection and holds {} KiB after the run (ratio {:.2}). What Sluice adds beyond any wasm filter: {:.1} µs of CPU per \
+request.\n",
         bare_sat.0,
         sl_sat.0,
         verdict(ratio >= 0.85),
+        sl_cpu - bare_cpu,
+        verdict(cpu_ratio >= 0.85),
         bare1.0,
         sl1.0,
         verdict(added_p50 <= 100.0),
@@ -193,11 +236,18 @@ each Envoy with `--concurrency 1`, mock provider with 1 worker, wrk 1 thread; me
         bare_ttft99,
         sl_ttft99,
         sl_ttft99 - bare_ttft99,
-        rss_before.first().copied().unwrap_or(0),
-        rss_before.get(1).copied().unwrap_or(0),
-        rss_after.first().copied().unwrap_or(0),
-        rss_after.get(1).copied().unwrap_or(0),
+        rss(&rss_before, BARE),
+        rss(&rss_before, SLUICE),
+        rss(&rss_after, BARE),
+        rss(&rss_after, SLUICE),
         verdict(mem_ratio <= 1.5),
+        noop_sat.0,
+        noop_sat.0 / bare_sat.0.max(1.0),
+        bare_cpu / noop_cpu.max(0.001),
+        noop1 - bare1.0,
+        rss(&rss_after, NOOP),
+        rss(&rss_after, NOOP) as f64 / rss(&rss_after, BARE).max(1) as f64,
+        sl_cpu - noop_cpu,
         date = proc::output("date", &["-u", "+%Y-%m-%d %H:%M UTC"], &[]).unwrap_or_default().trim(),
         cores = std::thread::available_parallelism().map_or(0, |n| n.get()),
         quick_flag = if quick { " --quick" } else { "" },
@@ -239,7 +289,9 @@ fn check_request(port: u16, key: &str, provider_key: &str, body: &str) -> Result
     Ok(())
 }
 
-fn wrk(script: &Path, port: u16, connections: u32, duration: &str) -> Result<WrkResult, String> {
+/// One wrk run; `envoy_pid` (0: don't) is the Envoy whose CPU time is sampled around it.
+fn wrk(script: &Path, port: u16, connections: u32, duration: &str, envoy_pid: u32) -> Result<WrkResult, String> {
+    let cpu_before = cpu_ticks(envoy_pid);
     let out = proc::output(
         "wrk",
         &[
@@ -256,9 +308,12 @@ fn wrk(script: &Path, port: u16, connections: u32, duration: &str) -> Result<Wrk
     if out.contains("Non-2xx") {
         return Err(format!("wrk saw errors on :{port}:\n{out}"));
     }
+    let cpu_after = cpu_ticks(envoy_pid);
     let mut result = WrkResult::default();
     for line in out.lines().map(str::trim) {
-        if let Some(v) = line.strip_prefix("Requests/sec:") {
+        if let Some((n, _)) = line.split_once(" requests in ") {
+            result.requests = n.trim().parse().unwrap_or(0.0);
+        } else if let Some(v) = line.strip_prefix("Requests/sec:") {
             result.rps = v.trim().parse().unwrap_or(0.0);
         } else if let Some(v) = line.strip_prefix("50%") {
             result.p50_us = parse_duration_us(v.trim());
@@ -266,7 +321,28 @@ fn wrk(script: &Path, port: u16, connections: u32, duration: &str) -> Result<Wrk
             result.p99_us = parse_duration_us(v.trim());
         }
     }
+    if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
+        result.envoy_cpu_us_per_request =
+            after.saturating_sub(before) as f64 * 1e6 / CLOCK_TICKS_PER_SEC / result.requests.max(1.0);
+    }
     Ok(result)
+}
+
+/// `sysconf(_SC_CLK_TCK)`, which is 100 on every Linux this runs on (std has no sysconf).
+const CLOCK_TICKS_PER_SEC: f64 = 100.0;
+
+/// A process's user + system CPU time so far, in clock ticks (fields 14 and 15 of /proc/PID/stat).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    if pid == 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; count fields after its closing parenthesis.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(user + system)
 }
 
 fn parse_duration_us(s: &str) -> f64 {
@@ -378,23 +454,46 @@ fn bench_config() -> String {
     )
 }
 
-/// Bare Envoy: same listener settings, router only, static route to the same mock. The
-/// provider key comes from a request header the load generator sends (bare Envoy has no way
-/// to inject it), which the route moves into `Authorization`.
-fn bare_envoy_config() -> String {
+/// The reference Envoys: same listener settings, a static route to the same mock, router only
+/// (bare) or a no-op wasm filter first (the floor). The provider key comes from a request header
+/// the load generator sends, which bare Envoy's route (or the no-op filter) moves into
+/// `Authorization`.
+fn reference_envoy_config(port: u16, admin: u16, wasm: Option<&Path>) -> String {
+    let (move_key, wasm_filter) = match wasm {
+        None => (
+            r#"
+                          request_headers_to_add:
+                            - header: {key: authorization, value: "%REQ(x-bench-provider-key)%"}
+                              append_action: OVERWRITE_IF_EXISTS_OR_ADD"#
+                .to_owned(),
+            String::new(),
+        ),
+        Some(path) => (
+            String::new(),
+            format!(
+                r#"
+                  - name: envoy.filters.http.wasm
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+                      config:
+                        vm_config: {{runtime: envoy.wasm.runtime.v8, code: {{local: {{filename: "{}"}}}}}}"#,
+                path.display()
+            ),
+        ),
+    };
     format!(
         r#"admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {BARE_ADMIN}}}}}
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
 static_resources:
   listeners:
-    - name: bare
-      address: {{socket_address: {{address: 127.0.0.1, port_value: {BARE_PORT}}}}}
+    - name: reference
+      address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
       filter_chains:
         - filters:
             - name: envoy.filters.network.http_connection_manager
               typed_config:
                 "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: bare
+                stat_prefix: reference
                 use_remote_address: true
                 route_config:
                   virtual_hosts:
@@ -402,11 +501,8 @@ static_resources:
                       domains: ["*"]
                       routes:
                         - match: {{prefix: /}}
-                          route: {{cluster: mock, timeout: 600s}}
-                          request_headers_to_add:
-                            - header: {{key: authorization, value: "%REQ(x-bench-provider-key)%"}}
-                              append_action: OVERWRITE_IF_EXISTS_OR_ADD
-                http_filters:
+                          route: {{cluster: mock, timeout: 600s}}{move_key}
+                http_filters:{wasm_filter}
                   - name: envoy.filters.http.router
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router

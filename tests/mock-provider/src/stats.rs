@@ -21,6 +21,9 @@ struct Seen {
     x_api_key: Option<String>,
     api_key: Option<String>,
     anthropic_version: Option<String>,
+    accept_encoding: Option<String>,
+    /// The content-length header as sent, to check it against the body that arrived.
+    content_length: Option<String>,
     status: u16,
     body_bytes: usize,
 }
@@ -68,6 +71,8 @@ impl Stats {
             x_api_key: headers.get("x-api-key").cloned(),
             api_key: headers.get("api-key").cloned(),
             anthropic_version: headers.get("anthropic-version").cloned(),
+            accept_encoding: headers.get("accept-encoding").cloned(),
+            content_length: headers.get("content-length").cloned(),
             status,
             body_bytes: body.len(),
         };
