@@ -1,4 +1,7 @@
-//! `sluice`: the command line for Sluice's standalone mode.
+//! `sluice`: the command line — standalone mode's tooling, the control plane's server
+//! (`sluice serve`) and its admin API client (`sluice key create|list|…`, `sluice audit`).
+
+mod admin_cli;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -16,13 +19,37 @@ use sluice_core::time::{BudgetDuration, Timestamp};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    connection: admin_cli::Connection,
 }
 
+// Parsed once per run: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Create and inspect API keys.
+    /// Run the control plane: the admin gRPC API over SQLite (default) or Postgres.
+    Serve {
+        /// LiteLLM config.yaml: general_settings.master_key and database_url are read from it.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:4001")]
+        listen: std::net::SocketAddr,
+        /// sqlite:PATH or postgres://…; overrides the config file.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+    },
+    /// Create and manage API keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// The audit log (admin only).
+    Audit {
+        #[arg(long)]
+        object_type: Option<String>,
+        #[arg(long)]
+        object_id: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
     /// Validate config.yaml.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -72,11 +99,11 @@ enum KeyCommand {
         /// Add the entry to this config file's `keys:` section.
         #[arg(long)]
         append_to: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
     },
     /// Print the `key_hash` of an existing key (argument or stdin).
     Hash { key: Option<String> },
+    #[command(flatten)]
+    Admin(admin_cli::KeyAdmin),
 }
 
 #[derive(Subcommand)]
@@ -104,8 +131,57 @@ fn print_warnings(warnings: &[String]) {
     }
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| format!("tokio: {e}"))
+}
+
+/// `serve`'s settings: flags and environment first, then config.yaml's general_settings.
+fn serve_options(
+    config: Option<PathBuf>,
+    listen: std::net::SocketAddr,
+    database_url: Option<String>,
+) -> Result<sluice_control_plane::server::ServeOptions, String> {
+    let settings = match &config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            config_file::parse_yaml(&text)?.get("general_settings").cloned().unwrap_or(Value::Null)
+        }
+        None => Value::Null,
+    };
+    let resolve = |name: &str| -> Result<Option<String>, String> {
+        match settings.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(v)) => match v.strip_prefix("os.environ/") {
+                Some(var) => std::env::var(var)
+                    .map(Some)
+                    .map_err(|_| format!("general_settings.{name}: environment variable {var} is not set")),
+                None => Ok(Some(v.clone())),
+            },
+            Some(_) => Err(format!("general_settings.{name} must be a string")),
+        }
+    };
+    let database_url = match database_url {
+        Some(url) => url,
+        None => resolve("database_url")?.unwrap_or_else(|| "sqlite:sluice.db".into()),
+    };
+    let master_key = match std::env::var("SLUICE_MASTER_KEY") {
+        Ok(k) if !k.is_empty() => Some(k),
+        _ => resolve("master_key")?,
+    };
+    Ok(sluice_control_plane::server::ServeOptions { listen, database_url, master_key })
+}
+
 fn run(cli: Cli) -> Result<(), String> {
+    let connection = cli.connection;
     match cli.command {
+        Command::Serve { config, listen, database_url } => {
+            let opts = serve_options(config, listen, database_url)?;
+            runtime()?.block_on(sluice_control_plane::server::serve(opts))
+        }
+        Command::Key(KeyCommand::Admin(cmd)) => runtime()?.block_on(admin_cli::run_key(&connection, cmd)),
+        Command::Audit { object_type, object_id, limit } => {
+            runtime()?.block_on(admin_cli::run_audit(&connection, object_type, object_id, limit))
+        }
         Command::Key(KeyCommand::New {
             alias,
             team,
@@ -117,8 +193,8 @@ fn run(cli: Cli) -> Result<(), String> {
             budget_duration,
             expires,
             append_to,
-            json,
         }) => {
+            let json = connection.json;
             let mut fields = Map::new();
             let mut put = |k: &str, v: Option<Value>| {
                 if let Some(v) = v {

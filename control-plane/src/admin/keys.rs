@@ -1,0 +1,464 @@
+//! `KeyService`: virtual keys over gRPC. Validates input, authorises the caller, and hands the
+//! change to the store with its audit row (one transaction).
+
+use sluice_core::cost::{nanos_to_usd, usd_to_nanos};
+use sluice_core::endpoint::RouteSet;
+use sluice_core::keys::KeyHash;
+use sluice_core::time::{BudgetDuration, format_rfc3339_ms};
+use sluice_proto::admin::v1 as pb;
+use sluice_proto::admin::v1::key_ref::Ref;
+use tonic::{Request, Response, Status};
+
+use super::auth::Principal;
+use super::error::{AdminError, AdminResult};
+use super::{Admin, random_id};
+use crate::key_file::generate_key;
+use crate::store::{KeyFilter, KeyLookup, KeyRecord, KeyStore, KeyType, ModelLimits, NewAudit, StoreError, now_ms};
+
+/// Longest alias, id, model name, route, tag we accept; larger input is refused, not truncated.
+const MAX_NAME: usize = 256;
+const MAX_LIST: usize = 1000;
+const MAX_METADATA_BYTES: usize = 16 * 1024;
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 500;
+
+fn check_name(field: &str, value: &str) -> AdminResult<()> {
+    if value.is_empty() || value.len() > MAX_NAME || value.chars().any(char::is_control) {
+        return Err(AdminError::InvalidArgument(format!(
+            "{field} must be 1-{MAX_NAME} characters without control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_names(field: &str, values: &[String]) -> AdminResult<()> {
+    if values.len() > MAX_LIST {
+        return Err(AdminError::InvalidArgument(format!("{field}: at most {MAX_LIST} entries")));
+    }
+    values.iter().try_for_each(|v| check_name(field, v))
+}
+
+fn non_negative(field: &str, v: Option<i64>) -> AdminResult<Option<i64>> {
+    match v {
+        Some(n) if n < 0 => Err(AdminError::InvalidArgument(format!("{field} must not be negative, got {n}"))),
+        other => Ok(other),
+    }
+}
+
+fn dollars(field: &str, v: Option<f64>) -> AdminResult<Option<i64>> {
+    match v {
+        None => Ok(None),
+        Some(d) if !d.is_finite() || d < 0.0 => {
+            Err(AdminError::InvalidArgument(format!("{field} must be a non-negative number of dollars, got {d}")))
+        }
+        Some(d) => Ok(Some(i64::try_from(usd_to_nanos(d)).unwrap_or(i64::MAX))),
+    }
+}
+
+fn duration_ms(field: &str, s: &str) -> AdminResult<i64> {
+    let d = BudgetDuration::parse(s)
+        .ok_or_else(|| AdminError::InvalidArgument(format!("{field} {s:?} is not a duration like 30s, 1h, 7d, 1mo")))?;
+    let secs = match d {
+        BudgetDuration::Seconds(s) => s,
+        BudgetDuration::CalendarMonth => 30 * 86_400,
+    };
+    Ok(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX))
+}
+
+fn metadata(json: Option<&str>) -> AdminResult<serde_json::Value> {
+    let Some(text) = json.filter(|t| !t.trim().is_empty()) else {
+        return Ok(serde_json::json!({}));
+    };
+    if text.len() > MAX_METADATA_BYTES {
+        return Err(AdminError::InvalidArgument(format!("metadata_json is over {MAX_METADATA_BYTES} bytes")));
+    }
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(v @ serde_json::Value::Object(_)) => Ok(v),
+        _ => Err(AdminError::InvalidArgument("metadata_json must be a JSON object".into())),
+    }
+}
+
+fn model_limits(m: Option<pb::ModelLimits>) -> AdminResult<ModelLimits> {
+    let Some(m) = m else {
+        return Ok(ModelLimits::default());
+    };
+    let mut out = ModelLimits::default();
+    for (model, n) in m.rpm {
+        check_name("model_limits.rpm", &model)?;
+        out.rpm.insert(model, non_negative("model_limits.rpm", Some(n))?.unwrap_or(0));
+    }
+    for (model, n) in m.tpm {
+        check_name("model_limits.tpm", &model)?;
+        out.tpm.insert(model, non_negative("model_limits.tpm", Some(n))?.unwrap_or(0));
+    }
+    for (model, d) in m.max_budget {
+        check_name("model_limits.max_budget", &model)?;
+        out.max_budget_nanos.insert(model, dollars("model_limits.max_budget", Some(d))?.unwrap_or(0));
+    }
+    Ok(out)
+}
+
+/// Applies a Limits message: each present field replaces the current value.
+fn apply_limits(key: &mut KeyRecord, limits: &pb::Limits) -> AdminResult<()> {
+    if limits.rpm_limit.is_some() {
+        key.rpm_limit = non_negative("rpm_limit", limits.rpm_limit)?;
+    }
+    if limits.tpm_limit.is_some() {
+        key.tpm_limit = non_negative("tpm_limit", limits.tpm_limit)?;
+    }
+    if limits.max_parallel_requests.is_some() {
+        key.max_parallel_requests = non_negative("max_parallel_requests", limits.max_parallel_requests)?;
+    }
+    if limits.max_budget.is_some() {
+        key.max_budget_nanos = dollars("max_budget", limits.max_budget)?;
+    }
+    if limits.soft_budget.is_some() {
+        key.soft_budget_nanos = dollars("soft_budget", limits.soft_budget)?;
+    }
+    if let Some(d) = &limits.budget_duration {
+        duration_ms("budget_duration", d)?;
+        key.budget_duration = Some(d.clone());
+    }
+    Ok(())
+}
+
+fn clear_limit(key: &mut KeyRecord, name: &str) -> AdminResult<()> {
+    match name {
+        "rpm_limit" => key.rpm_limit = None,
+        "tpm_limit" => key.tpm_limit = None,
+        "max_parallel_requests" => key.max_parallel_requests = None,
+        "max_budget" => key.max_budget_nanos = None,
+        "soft_budget" => key.soft_budget_nanos = None,
+        "budget_duration" => key.budget_duration = None,
+        other => return Err(AdminError::InvalidArgument(format!("clear_limits: unknown limit {other:?}"))),
+    }
+    Ok(())
+}
+
+fn routes(values: &[String]) -> AdminResult<Vec<String>> {
+    check_names("allowed_routes", values)?;
+    RouteSet::from_names(values).map_err(|e| AdminError::InvalidArgument(format!("allowed_routes: {e}")))?;
+    Ok(values.to_vec())
+}
+
+fn key_type(t: i32) -> AdminResult<KeyType> {
+    match pb::KeyType::try_from(t) {
+        Ok(pb::KeyType::Unspecified | pb::KeyType::LlmApi) => Ok(KeyType::LlmApi),
+        Ok(pb::KeyType::Management) => Ok(KeyType::Management),
+        Ok(pb::KeyType::ReadOnly) => Ok(KeyType::ReadOnly),
+        Err(_) => Err(AdminError::InvalidArgument(format!("key_type {t} is not a key type"))),
+    }
+}
+
+/// The display parts of a plaintext key: its first characters and last four.
+fn display_parts(key: &str) -> (String, String) {
+    let prefix: String = key.chars().take(14).collect();
+    let tail: Vec<char> = key.chars().rev().take(4).collect();
+    (format!("{prefix}…"), tail.into_iter().rev().collect())
+}
+
+fn key_hash(key: &str) -> String {
+    format!("sha256:{}", KeyHash::of(key.as_bytes()).to_hex())
+}
+
+/// A new key record from a spec (validated), owned by `spec.user_id` or the caller's user.
+fn record_from_spec(spec: pb::KeySpec, caller: &Principal, plaintext: &str) -> AdminResult<KeyRecord> {
+    let now = now_ms();
+    for (field, value) in [
+        ("key_alias", &spec.key_alias),
+        ("user_id", &spec.user_id),
+        ("team_id", &spec.team_id),
+        ("organization_id", &spec.organization_id),
+    ] {
+        if let Some(v) = value {
+            check_name(field, v)?;
+        }
+    }
+    check_names("models", &spec.models)?;
+    check_names("tags", &spec.tags)?;
+    let (key_prefix, last4) = display_parts(plaintext);
+    let mut key = KeyRecord {
+        key_id: random_id("key")?,
+        key_prefix,
+        last4,
+        key_alias: spec.key_alias,
+        user_id: spec.user_id.or_else(|| caller.user_id.clone()),
+        team_id: spec.team_id,
+        organization_id: spec.organization_id,
+        models: spec.models,
+        rpm_limit: None,
+        tpm_limit: None,
+        max_parallel_requests: None,
+        max_budget_nanos: None,
+        soft_budget_nanos: None,
+        budget_duration: None,
+        model_limits: model_limits(spec.model_limits)?,
+        allowed_routes: routes(&spec.allowed_routes)?,
+        metadata: metadata(spec.metadata_json.as_deref())?,
+        tags: spec.tags,
+        key_type: key_type(spec.key_type)?,
+        blocked: spec.blocked,
+        expires_at: match spec.duration.as_deref() {
+            Some(d) => Some(now.saturating_add(duration_ms("duration", d)?)),
+            None => None,
+        },
+        created_by: Some(caller.actor.clone()),
+        created_at: now,
+        updated_at: now,
+        last_used_at: None,
+        version: 1,
+        previous_key_valid_until: None,
+    };
+    if let Some(limits) = &spec.limits {
+        apply_limits(&mut key, limits)?;
+    }
+    Ok(key)
+}
+
+fn to_proto(k: &KeyRecord) -> pb::Key {
+    let usd = |n: Option<i64>| n.map(|n| nanos_to_usd(u64::try_from(n).unwrap_or(0)));
+    pb::Key {
+        key_id: k.key_id.clone(),
+        key_prefix: k.key_prefix.clone(),
+        last4: k.last4.clone(),
+        key_alias: k.key_alias.clone(),
+        user_id: k.user_id.clone(),
+        team_id: k.team_id.clone(),
+        organization_id: k.organization_id.clone(),
+        models: k.models.clone(),
+        limits: Some(pb::Limits {
+            rpm_limit: k.rpm_limit,
+            tpm_limit: k.tpm_limit,
+            max_parallel_requests: k.max_parallel_requests,
+            max_budget: usd(k.max_budget_nanos),
+            soft_budget: usd(k.soft_budget_nanos),
+            budget_duration: k.budget_duration.clone(),
+        }),
+        model_limits: Some(pb::ModelLimits {
+            rpm: k.model_limits.rpm.clone().into_iter().collect(),
+            tpm: k.model_limits.tpm.clone().into_iter().collect(),
+            max_budget: k
+                .model_limits
+                .max_budget_nanos
+                .iter()
+                .map(|(m, n)| (m.clone(), nanos_to_usd(u64::try_from(*n).unwrap_or(0))))
+                .collect(),
+        }),
+        allowed_routes: k.allowed_routes.clone(),
+        metadata_json: k.metadata.to_string(),
+        tags: k.tags.clone(),
+        key_type: match k.key_type {
+            KeyType::LlmApi => pb::KeyType::LlmApi,
+            KeyType::Management => pb::KeyType::Management,
+            KeyType::ReadOnly => pb::KeyType::ReadOnly,
+        } as i32,
+        blocked: k.blocked,
+        expires_at: k.expires_at.map(format_rfc3339_ms),
+        created_at: format_rfc3339_ms(k.created_at),
+        updated_at: format_rfc3339_ms(k.updated_at),
+        last_used_at: k.last_used_at.map(format_rfc3339_ms),
+        created_by: k.created_by.clone(),
+        previous_key_valid_until: k.previous_key_valid_until.map(format_rfc3339_ms),
+    }
+}
+
+fn lookup(r: Option<pb::KeyRef>) -> AdminResult<KeyLookup> {
+    match r.and_then(|r| r.r#ref) {
+        Some(Ref::KeyId(id)) => Ok(KeyLookup::Id(id)),
+        Some(Ref::KeyAlias(alias)) => Ok(KeyLookup::Alias(alias)),
+        Some(Ref::Key(key)) => Ok(KeyLookup::Hash(key_hash(&key))),
+        None => Err(AdminError::InvalidArgument("name the key: key_id, key_alias or key".into())),
+    }
+}
+
+impl<S: KeyStore + Send + Sync + 'static> Admin<S> {
+    /// The key a caller names, if it may see it (others' keys look like missing ones).
+    async fn visible_key(&self, caller: &Principal, r: Option<pb::KeyRef>) -> AdminResult<KeyRecord> {
+        let key = self.store.get_key(&lookup(r)?).await.map_err(|_| AdminError::NotFound("no such key".into()))?;
+        if caller.can_read_key(&key) { Ok(key) } else { Err(AdminError::NotFound("no such key".into())) }
+    }
+
+    async fn set_blocked(&self, caller: &Principal, r: pb::KeyRef, blocked: bool) -> AdminResult<pb::Key> {
+        let key = self.visible_key(caller, Some(r)).await?;
+        caller.can_manage_key(&key)?;
+        let action = if blocked { "key.block" } else { "key.unblock" };
+        let audit = NewAudit::new(&caller.actor, action, "key", &key.key_id);
+        let after = self
+            .store
+            .update_key(
+                &key.key_id,
+                move |k| {
+                    k.blocked = blocked;
+                    Ok(())
+                },
+                audit,
+            )
+            .await?;
+        Ok(to_proto(&after))
+    }
+}
+
+#[tonic::async_trait]
+impl<S: KeyStore + Send + Sync + 'static> pb::key_service_server::KeyService for Admin<S> {
+    async fn generate_key(
+        &self,
+        request: Request<pb::GenerateKeyRequest>,
+    ) -> Result<Response<pb::GeneratedKey>, Status> {
+        let caller = self.caller(&request).await?;
+        let spec = request.into_inner().spec.unwrap_or_default();
+        let plaintext = generate_key().map_err(|_| AdminError::Internal)?;
+        let key = record_from_spec(spec, &caller, &plaintext)?;
+        caller.can_grant(&key)?;
+        let audit = NewAudit::new(&caller.actor, "key.generate", "key", &key.key_id);
+        self.store.insert_key(&key, &key_hash(&plaintext), audit).await.map_err(AdminError::from)?;
+        Ok(Response::new(pb::GeneratedKey { key: plaintext, info: Some(to_proto(&key)) }))
+    }
+
+    async fn update_key(&self, request: Request<pb::UpdateKeyRequest>) -> Result<Response<pb::Key>, Status> {
+        let caller = self.caller(&request).await?;
+        let req = request.into_inner();
+        let key = self.visible_key(&caller, req.r#ref.clone()).await?;
+        caller.can_manage_key(&key)?;
+        // Validate once up front, so a bad request changes nothing.
+        let mut preview = key.clone();
+        apply_update(&mut preview, &req)?;
+        caller.can_grant(&preview)?;
+        let audit = NewAudit::new(&caller.actor, "key.update", "key", &key.key_id);
+        let caller_for_check = caller.clone();
+        let after = self
+            .store
+            .update_key(
+                &key.key_id,
+                // Re-applied to the latest version if another writer got in first; the request
+                // itself was validated above, but what it grants is checked again.
+                move |k| {
+                    apply_update(k, &req).map_err(|e| StoreError::Refused(e.message()))?;
+                    caller_for_check.can_grant(k).map_err(|e| StoreError::Refused(e.message()))
+                },
+                audit,
+            )
+            .await
+            .map_err(AdminError::from)?;
+        Ok(Response::new(to_proto(&after)))
+    }
+
+    async fn regenerate_key(
+        &self,
+        request: Request<pb::RegenerateKeyRequest>,
+    ) -> Result<Response<pb::GeneratedKey>, Status> {
+        let caller = self.caller(&request).await?;
+        let req = request.into_inner();
+        let key = self.visible_key(&caller, req.r#ref).await?;
+        caller.can_manage_key(&key)?;
+        let grace_ms = match req.grace_period.as_deref() {
+            None | Some("0s" | "0" | "") => 0,
+            Some(d) => duration_ms("grace_period", d)?,
+        };
+        let plaintext = generate_key().map_err(|_| AdminError::Internal)?;
+        let (prefix, last4) = display_parts(&plaintext);
+        let valid_until = (grace_ms > 0).then(|| now_ms().saturating_add(grace_ms));
+        let audit = NewAudit::new(&caller.actor, "key.regenerate", "key", &key.key_id);
+        let after = self
+            .store
+            .rotate_key(&key.key_id, &key_hash(&plaintext), &prefix, &last4, valid_until, audit)
+            .await
+            .map_err(AdminError::from)?;
+        Ok(Response::new(pb::GeneratedKey { key: plaintext, info: Some(to_proto(&after)) }))
+    }
+
+    async fn block_key(&self, request: Request<pb::KeyRef>) -> Result<Response<pb::Key>, Status> {
+        let caller = self.caller(&request).await?;
+        Ok(Response::new(self.set_blocked(&caller, request.into_inner(), true).await?))
+    }
+
+    async fn unblock_key(&self, request: Request<pb::KeyRef>) -> Result<Response<pb::Key>, Status> {
+        let caller = self.caller(&request).await?;
+        Ok(Response::new(self.set_blocked(&caller, request.into_inner(), false).await?))
+    }
+
+    async fn delete_key(&self, request: Request<pb::KeyRef>) -> Result<Response<pb::DeleteKeyResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        let key = self.visible_key(&caller, Some(request.into_inner())).await?;
+        caller.can_manage_key(&key)?;
+        let audit = NewAudit::new(&caller.actor, "key.delete", "key", &key.key_id);
+        self.store.delete_key(&key.key_id, audit).await.map_err(AdminError::from)?;
+        Ok(Response::new(pb::DeleteKeyResponse { key_id: key.key_id }))
+    }
+
+    async fn get_key(&self, request: Request<pb::KeyRef>) -> Result<Response<pb::Key>, Status> {
+        let caller = self.caller(&request).await?;
+        let key = self.visible_key(&caller, Some(request.into_inner())).await?;
+        Ok(Response::new(to_proto(&key)))
+    }
+
+    async fn list_keys(&self, request: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        let req = request.into_inner();
+        let limit = match req.page_size {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let filter = KeyFilter {
+            team_id: req.team_id,
+            user_id: req.user_id,
+            organization_id: req.organization_id,
+            key_alias: req.key_alias,
+            after_key_id: Some(req.page_token).filter(|t| !t.is_empty()),
+            limit,
+            visible_to: (!caller.is_admin())
+                .then(|| (caller.user_id.clone().or_else(|| Some(String::new())), Vec::new())),
+        };
+        let (keys, total) = self.store.list_keys(&filter).await.map_err(AdminError::from)?;
+        let next_page_token = if keys.len() == limit as usize {
+            keys.last().map(|k| k.key_id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListKeysResponse { keys: keys.iter().map(to_proto).collect(), next_page_token, total }))
+    }
+}
+
+/// Applies an update request to a record (validating every field it touches).
+fn apply_update(k: &mut KeyRecord, req: &pb::UpdateKeyRequest) -> AdminResult<()> {
+    if let Some(alias) = &req.key_alias {
+        check_name("key_alias", alias)?;
+        k.key_alias = Some(alias.clone());
+    }
+    if let Some(user) = &req.user_id {
+        check_name("user_id", user)?;
+        k.user_id = Some(user.clone());
+    }
+    if let Some(team) = &req.team_id {
+        check_name("team_id", team)?;
+        k.team_id = Some(team.clone());
+    }
+    if let Some(models) = &req.models {
+        check_names("models", &models.values)?;
+        k.models = models.values.clone();
+    }
+    for name in &req.clear_limits {
+        clear_limit(k, name)?;
+    }
+    if let Some(limits) = &req.limits {
+        apply_limits(k, limits)?;
+    }
+    if req.model_limits.is_some() {
+        k.model_limits = model_limits(req.model_limits.clone())?;
+    }
+    if let Some(r) = &req.allowed_routes {
+        k.allowed_routes = routes(&r.values)?;
+    }
+    if let Some(m) = &req.metadata_json {
+        k.metadata = metadata(Some(m))?;
+    }
+    if let Some(tags) = &req.tags {
+        check_names("tags", &tags.values)?;
+        k.tags = tags.values.clone();
+    }
+    match req.duration.as_deref() {
+        Some("never") => k.expires_at = None,
+        Some(d) => k.expires_at = Some(now_ms().saturating_add(duration_ms("duration", d)?)),
+        None => {}
+    }
+    Ok(())
+}

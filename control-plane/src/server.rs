@@ -1,0 +1,54 @@
+//! `sluice serve`: the control plane's gRPC server (admin API, health, reflection).
+
+use std::net::SocketAddr;
+
+use sluice_core::keys::KeyHash;
+use sluice_proto::admin::v1::audit_service_server::AuditServiceServer;
+use sluice_proto::admin::v1::key_service_server::KeyServiceServer;
+use tonic::transport::Server;
+
+use crate::admin::Admin;
+use crate::store::SqlStore;
+
+/// Largest admin request the server reads: admin calls are small; a huge one is an error.
+const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub master_key: Option<String>,
+}
+
+/// Opens (and migrates) the database, then serves until the process is stopped.
+pub async fn serve(opts: ServeOptions) -> Result<(), String> {
+    let store = SqlStore::open(&opts.database_url).await.map_err(|e| format!("database: {e}"))?;
+    let master = opts.master_key.as_deref().map(|k| KeyHash::of(k.as_bytes()));
+    if master.is_none() {
+        eprintln!(
+            "sluice: no master key (general_settings.master_key or SLUICE_MASTER_KEY): only management keys can call the admin API"
+        );
+    }
+    let admin = Admin::new(store, master);
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<KeyServiceServer<Admin<SqlStore>>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| format!("reflection: {e}"))?;
+    eprintln!(
+        "sluice: admin API on {} ({})",
+        opts.listen,
+        if opts.database_url.starts_with("sqlite:") { "SQLite" } else { "Postgres" }
+    );
+    Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(KeyServiceServer::from_arc(admin.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(AuditServiceServer::from_arc(admin).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .serve_with_shutdown(opts.listen, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| format!("server: {e}"))
+}

@@ -1,0 +1,133 @@
+//! Storage: SQLite (embedded default) or Postgres, chosen by the database URL.
+//!
+//! Both go through sqlx's Any driver with one SQL text per query: `$1` placeholders work on
+//! both, so every query is parameterised: SQL text is made of constants only, and every value
+//! is bound. Columns are portable
+//! types only (TEXT, BIGINT): money in integer nano-dollars, times in Unix milliseconds, flags
+//! 0/1, lists and maps as JSON text. The test suite runs every query against both databases
+//! (that is the "equally safe scheme" in place of compile-time checking, which sqlx offers for
+//! one database type per query).
+//!
+//! Capabilities are traits ([`KeyStore`], [`AuditStore`]) so the admin service does not know
+//! which database it has; [`SqlStore`] implements them for both.
+
+mod audit;
+mod keys;
+mod migrations;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+
+pub use audit::{AuditEntry, AuditFilter, AuditStore, NewAudit};
+pub use keys::{KeyFilter, KeyLookup, KeyRecord, KeyStore, KeyType, ModelLimits};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug)]
+pub enum StoreError {
+    /// The object does not exist.
+    NotFound,
+    /// A unique value (an alias, an id) is taken.
+    Conflict(String),
+    /// Another writer changed the object first, too many times in a row.
+    Contended,
+    /// The change function refused the current state of the object (it changed underneath).
+    Refused(String),
+    /// A stored value could not be read back (a bug or a hand-edited row).
+    Corrupt(String),
+    Database(sqlx::Error),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotFound => write!(f, "not found"),
+            Self::Conflict(what) => write!(f, "{what} already exists"),
+            Self::Contended => write!(f, "the object is being changed concurrently; try again"),
+            Self::Refused(why) => write!(f, "{why}"),
+            Self::Corrupt(what) => write!(f, "stored data is unreadable: {what}"),
+            Self::Database(e) => write!(f, "database error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &e
+            && db.is_unique_violation()
+        {
+            return Self::Conflict(db.constraint().unwrap_or("a unique value").to_owned());
+        }
+        if matches!(e, sqlx::Error::RowNotFound) {
+            return Self::NotFound;
+        }
+        Self::Database(e)
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The SQL implementation of every store trait.
+#[derive(Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl SqlStore {
+    /// Connects (creating a SQLite file if it does not exist) and applies pending migrations.
+    pub async fn open(database_url: &str) -> StoreResult<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else if database_url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(StoreError::Database(sqlx::Error::Configuration(
+                "database_url must start with sqlite: or postgres://".into(),
+            )));
+        };
+        let url = match backend {
+            // Create the file on first start; foreign keys are on by default in sqlx's SQLite.
+            Backend::Sqlite if !database_url.contains("mode=") => {
+                let sep = if database_url.contains('?') { '&' } else { '?' };
+                format!("{database_url}{sep}mode=rwc")
+            }
+            _ => database_url.to_owned(),
+        };
+        let max = if backend == Backend::Sqlite { 1 } else { 10 };
+        let pool = AnyPoolOptions::new().max_connections(max).connect(&url).await?;
+        let store = Self { pool, backend };
+        migrations::apply(&store.pool, backend).await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// JSON text of a value for a TEXT column (lists, maps, audit snapshots).
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(column: &str, text: &str) -> StoreResult<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+}
