@@ -66,6 +66,8 @@ pub struct KeyFields {
 #[derive(Subcommand, Clone)]
 pub enum KeyAdmin {
     /// Create a key through the admin API (prints it once).
+    // Negative numbers reach the server, which says what is wrong with them.
+    #[command(allow_negative_numbers = true)]
     Create {
         #[command(flatten)]
         fields: KeyFields,
@@ -95,6 +97,7 @@ pub enum KeyAdmin {
         key: String,
     },
     /// Change a key's fields; absent flags are left alone.
+    #[command(allow_negative_numbers = true)]
     Update {
         key: String,
         #[command(flatten)]

@@ -5,10 +5,12 @@ use std::net::SocketAddr;
 use sluice_core::keys::KeyHash;
 use sluice_proto::admin::v1::audit_service_server::AuditServiceServer;
 use sluice_proto::admin::v1::key_service_server::KeyServiceServer;
+use tokio::net::TcpListener;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 use crate::admin::Admin;
-use crate::store::SqlStore;
+use crate::store::{Backend, SqlStore};
 
 /// Largest admin request the server reads: admin calls are small; a huge one is an error.
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
@@ -22,7 +24,23 @@ pub struct ServeOptions {
 /// Opens (and migrates) the database, then serves until the process is stopped.
 pub async fn serve(opts: ServeOptions) -> Result<(), String> {
     let store = SqlStore::open(&opts.database_url).await.map_err(|e| format!("database: {e}"))?;
-    let master = opts.master_key.as_deref().map(|k| KeyHash::of(k.as_bytes()));
+    let listener = TcpListener::bind(opts.listen).await.map_err(|e| format!("listen on {}: {e}", opts.listen))?;
+    let backend = if store.backend() == Backend::Sqlite { "SQLite" } else { "Postgres" };
+    eprintln!("sluice: admin API on {} ({backend})", opts.listen);
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    serve_on(listener, store, opts.master_key.as_deref(), shutdown).await
+}
+
+/// Serves the admin API on a bound listener until `shutdown` completes (tests bind port 0).
+pub async fn serve_on(
+    listener: TcpListener,
+    store: SqlStore,
+    master_key: Option<&str>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), String> {
+    let master = master_key.map(|k| KeyHash::of(k.as_bytes()));
     if master.is_none() {
         eprintln!(
             "sluice: no master key (general_settings.master_key or SLUICE_MASTER_KEY): only management keys can call the admin API"
@@ -36,19 +54,12 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| format!("reflection: {e}"))?;
-    eprintln!(
-        "sluice: admin API on {} ({})",
-        opts.listen,
-        if opts.database_url.starts_with("sqlite:") { "SQLite" } else { "Postgres" }
-    );
     Server::builder()
         .add_service(health)
         .add_service(reflection)
         .add_service(KeyServiceServer::from_arc(admin.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(AuditServiceServer::from_arc(admin).max_decoding_message_size(MAX_MESSAGE_BYTES))
-        .serve_with_shutdown(opts.listen, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await
         .map_err(|e| format!("server: {e}"))
 }

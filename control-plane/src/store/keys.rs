@@ -114,8 +114,8 @@ pub trait KeyStore {
         audit: NewAudit,
     ) -> impl Future<Output = StoreResult<()>> + Send;
     fn get_key(&self, lookup: &KeyLookup) -> impl Future<Output = StoreResult<KeyRecord>> + Send;
-    /// Applies `change` to the current record and writes it if nobody else wrote in between
-    /// (compare on `version`, retried a few times); audited with before and after.
+    /// Applies `change` to the current record with the row held, so concurrent updates queue
+    /// and each sees the previous one; audited with before and after.
     fn update_key<F>(
         &self,
         key_id: &str,
@@ -205,9 +205,6 @@ macro_rules! bind_key_fields {
     };
 }
 
-/// Tries of a compare-and-swap update before reporting contention.
-const UPDATE_ATTEMPTS: usize = 8;
-
 impl KeyStore for SqlStore {
     async fn insert_key(&self, key: &KeyRecord, key_hash: &str, audit: NewAudit) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
@@ -270,35 +267,40 @@ impl KeyStore for SqlStore {
     where
         F: Fn(&mut KeyRecord) -> Result<(), StoreError> + Send + Sync,
     {
-        for _ in 0..UPDATE_ATTEMPTS {
-            let before = self.get_key(&KeyLookup::Id(key_id.to_owned())).await?;
-            let mut after = before.clone();
-            change(&mut after)?;
-            after.updated_at = now_ms().max(before.updated_at);
-            let mut tx = self.pool.begin().await?;
-            let update = sqlx::query(
-                "UPDATE keys SET key_prefix = $1, last4 = $2, key_alias = $3, user_id = $4, team_id = $5, \
-                 organization_id = $6, models = $7, rpm_limit = $8, tpm_limit = $9, max_parallel_requests = $10, \
-                 max_budget_nanos = $11, soft_budget_nanos = $12, budget_duration = $13, model_limits = $14, \
-                 allowed_routes = $15, metadata = $16, tags = $17, key_type = $18, blocked = $19, expires_at = $20, \
-                 updated_at = $21, version = version + 1 WHERE key_id = $22 AND version = $23",
-            );
-            let done = bind_key_fields!(update, after)
-                .bind(after.updated_at)
-                .bind(key_id.to_owned())
-                .bind(before.version)
-                .execute(&mut *tx)
-                .await?;
-            if done.rows_affected() == 0 {
-                tx.rollback().await?;
-                continue; // another writer won; re-read and re-apply
-            }
-            after.version = before.version + 1;
-            audit.clone().with_before(&before).with_after(&after).insert(&mut tx).await?;
-            tx.commit().await?;
-            return Ok(after);
+        // Read and write in one transaction holding the row: Postgres locks it (FOR UPDATE);
+        // SQLite has one writer at a time (the pool has one connection). Concurrent updates
+        // therefore queue instead of failing, and each applies to the latest version.
+        let lock = if self.backend == super::Backend::Postgres { " FOR UPDATE OF k" } else { "" };
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM keys k WHERE k.key_id = $1{lock}"))
+            .bind(key_id.to_owned())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let before = row.as_ref().map(record_from_row).transpose()?.ok_or(StoreError::NotFound)?;
+        let mut after = before.clone();
+        change(&mut after)?;
+        after.updated_at = now_ms().max(before.updated_at);
+        let update = sqlx::query(
+            "UPDATE keys SET key_prefix = $1, last4 = $2, key_alias = $3, user_id = $4, team_id = $5, \
+             organization_id = $6, models = $7, rpm_limit = $8, tpm_limit = $9, max_parallel_requests = $10, \
+             max_budget_nanos = $11, soft_budget_nanos = $12, budget_duration = $13, model_limits = $14, \
+             allowed_routes = $15, metadata = $16, tags = $17, key_type = $18, blocked = $19, expires_at = $20, \
+             updated_at = $21, version = version + 1 WHERE key_id = $22 AND version = $23",
+        );
+        let done = bind_key_fields!(update, after)
+            .bind(after.updated_at)
+            .bind(key_id.to_owned())
+            .bind(before.version)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            // Only possible if something outside Sluice wrote the row without the lock.
+            return Err(StoreError::Contended);
         }
-        Err(StoreError::Contended)
+        after.version = before.version + 1;
+        audit.with_before(&before).with_after(&after).insert(&mut tx).await?;
+        tx.commit().await?;
+        Ok(after)
     }
 
     async fn rotate_key(

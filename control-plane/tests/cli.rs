@@ -1,0 +1,143 @@
+//! The `sluice` CLI against a running `sluice serve` (SQLite), as a user would drive it.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failure here is a failed test
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+const MASTER: &str = "sk-master-cli-test";
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start() -> Server {
+    let port = free_port();
+    let mut random = [0u8; 6];
+    getrandom::fill(&mut random).unwrap();
+    let db = std::env::temp_dir()
+        .join(format!("sluice-cli-{}.db", random.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+    let child = Command::new(SLUICE)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--database-url",
+            &format!("sqlite:{}", db.display()),
+        ])
+        .env("SLUICE_MASTER_KEY", MASTER)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "sluice serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Server { child, url: format!("http://127.0.0.1:{port}") }
+}
+
+fn sluice(server: &str, key: Option<&str>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(SLUICE);
+    cmd.args(args).env("SLUICE_SERVER", server).env_remove("SLUICE_API_KEY");
+    if let Some(k) = key {
+        cmd.env("SLUICE_API_KEY", k);
+    }
+    cmd.output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_str(&ok(out)).unwrap()
+}
+
+#[test]
+fn the_cli_drives_keys_and_the_audit_log() {
+    let s = start();
+    let created = json(&sluice(
+        &s.url,
+        Some(MASTER),
+        &[
+            "key",
+            "create",
+            "--alias",
+            "cli-1",
+            "--team",
+            "t1",
+            "--models",
+            "gpt-4o",
+            "--max-budget",
+            "50",
+            "--rpm",
+            "60",
+            "--json",
+        ],
+    ));
+    let key = created["key"].as_str().unwrap().to_owned();
+    assert!(sluice_core::keys::check_format(key.as_bytes()).is_ok());
+    assert_eq!((created["key_alias"].as_str(), created["max_budget"].as_f64()), (Some("cli-1"), Some(50.0)));
+
+    // The table: a header and the key's row, with the key shown only by its ends.
+    let table = ok(&sluice(&s.url, Some(MASTER), &["key", "list"]));
+    let mut lines = table.lines();
+    assert!(lines.next().unwrap().starts_with("KEY_ID"));
+    let row = lines.next().unwrap();
+    assert!(row.contains("cli-1") && row.contains("gpt-4o") && row.contains("active"));
+    assert!(!table.contains(&key), "the list never shows a whole key");
+
+    let blocked = ok(&sluice(&s.url, Some(MASTER), &["key", "block", "cli-1"]));
+    assert!(blocked.contains("blocked"));
+    let info = json(&sluice(&s.url, Some(MASTER), &["key", "info", &key, "--json"]));
+    assert_eq!(info["blocked"], true);
+    let updated = json(&sluice(
+        &s.url,
+        Some(MASTER),
+        &["key", "update", "cli-1", "--tpm", "500", "--clear", "rpm_limit", "--json"],
+    ));
+    assert_eq!((updated["tpm_limit"].as_i64(), updated["rpm_limit"].as_i64()), (Some(500), None));
+
+    let audit = json(&sluice(&s.url, Some(MASTER), &["audit", "--json"]));
+    let actions: Vec<&str> = audit["entries"].as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
+    assert_eq!(actions, ["key.update", "key.block", "key.generate"]);
+    assert!(!audit.to_string().contains(&key));
+
+    let deleted = ok(&sluice(&s.url, Some(MASTER), &["key", "delete", "cli-1"]));
+    assert!(deleted.starts_with("deleted key_"));
+    assert_eq!(json(&sluice(&s.url, Some(MASTER), &["key", "list", "--json"]))["keys"], serde_json::json!([]));
+}
+
+#[test]
+fn the_cli_explains_what_went_wrong() {
+    let s = start();
+    let no_key = sluice(&s.url, None, &["key", "list"]);
+    assert!(!no_key.status.success());
+    assert!(String::from_utf8_lossy(&no_key.stderr).contains("--api-key"));
+
+    let wrong = sluice(&s.url, Some("sk-not-the-master"), &["key", "list"]);
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("Unauthenticated"));
+
+    let bad = sluice(&s.url, Some(MASTER), &["key", "create", "--max-budget", "-3"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("max_budget must be a non-negative number"));
+
+    let down = sluice(&format!("http://127.0.0.1:{}", free_port()), Some(MASTER), &["key", "list"]);
+    assert!(!down.status.success());
+    assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach the control plane"));
+}
