@@ -516,3 +516,48 @@ async fn migrations_apply_to_an_empty_database_and_reopen_cleanly() {
         }
     }
 }
+
+#[tokio::test]
+async fn health_and_reflection_answer_like_grpcurl_expects() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let plane = Plane::start(Db::Sqlite).await;
+    let channel = Channel::from_shared(plane.url.clone()).unwrap().connect().await.unwrap();
+    let status = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest { service: "sluice.admin.v1.KeyService".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream_once(request))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        responses.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("no service list");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in ["sluice.admin.v1.KeyService", "sluice.admin.v1.AuditService", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == expected), "{names:?}");
+    }
+    plane.stop().await;
+}
+
+/// A one-message request stream.
+fn tokio_stream_once<T: Send + 'static>(item: T) -> impl tonic::codegen::tokio_stream::Stream<Item = T> {
+    tonic::codegen::tokio_stream::iter([item])
+}
