@@ -6,15 +6,17 @@ CREATE TABLE organizations (
     organization_id   TEXT PRIMARY KEY,
     organization_alias TEXT,
     models            TEXT NOT NULL DEFAULT '[]',
-    budget_id         TEXT,
-    max_budget_nanos  BIGINT,
-    budget_duration   TEXT,
     rpm_limit         BIGINT,
     tpm_limit         BIGINT,
+    max_parallel_requests BIGINT,
+    max_budget_nanos  BIGINT,
+    soft_budget_nanos BIGINT,
+    budget_duration   TEXT,
     metadata          TEXT NOT NULL DEFAULT '{}',
     blocked           BIGINT NOT NULL DEFAULT 0,
     created_at        BIGINT NOT NULL,
-    updated_at        BIGINT NOT NULL
+    updated_at        BIGINT NOT NULL,
+    version           BIGINT NOT NULL DEFAULT 1
 );
 
 CREATE TABLE teams (
@@ -22,18 +24,18 @@ CREATE TABLE teams (
     team_alias        TEXT,
     organization_id   TEXT REFERENCES organizations (organization_id),
     models            TEXT NOT NULL DEFAULT '[]',
-    budget_id         TEXT,
-    max_budget_nanos  BIGINT,
-    soft_budget_nanos BIGINT,
-    budget_duration   TEXT,
     rpm_limit         BIGINT,
     tpm_limit         BIGINT,
     max_parallel_requests BIGINT,
+    max_budget_nanos  BIGINT,
+    soft_budget_nanos BIGINT,
+    budget_duration   TEXT,
     member_max_budget_nanos BIGINT,
     metadata          TEXT NOT NULL DEFAULT '{}',
     blocked           BIGINT NOT NULL DEFAULT 0,
     created_at        BIGINT NOT NULL,
-    updated_at        BIGINT NOT NULL
+    updated_at        BIGINT NOT NULL,
+    version           BIGINT NOT NULL DEFAULT 1
 );
 CREATE INDEX teams_by_org ON teams (organization_id);
 
@@ -43,22 +45,29 @@ CREATE TABLE users (
     user_role         TEXT NOT NULL,
     organization_id   TEXT REFERENCES organizations (organization_id),
     models            TEXT NOT NULL DEFAULT '[]',
-    max_budget_nanos  BIGINT,
-    budget_duration   TEXT,
     rpm_limit         BIGINT,
     tpm_limit         BIGINT,
+    max_parallel_requests BIGINT,
+    max_budget_nanos  BIGINT,
+    soft_budget_nanos BIGINT,
+    budget_duration   TEXT,
     metadata          TEXT NOT NULL DEFAULT '{}',
     created_at        BIGINT NOT NULL,
-    updated_at        BIGINT NOT NULL
+    updated_at        BIGINT NOT NULL,
+    version           BIGINT NOT NULL DEFAULT 1
 );
+CREATE INDEX users_by_org ON users (organization_id);
 
 CREATE TABLE memberships (
     team_id           TEXT NOT NULL REFERENCES teams (team_id) ON DELETE CASCADE,
     user_id           TEXT NOT NULL REFERENCES users (user_id) ON DELETE CASCADE,
     role              TEXT NOT NULL,
-    max_budget_nanos  BIGINT,
     rpm_limit         BIGINT,
     tpm_limit         BIGINT,
+    max_parallel_requests BIGINT,
+    max_budget_nanos  BIGINT,
+    soft_budget_nanos BIGINT,
+    budget_duration   TEXT,
     created_at        BIGINT NOT NULL,
     PRIMARY KEY (team_id, user_id)
 );

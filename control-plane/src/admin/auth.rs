@@ -1,24 +1,68 @@
 //! Who is calling, and what they may do.
 //!
 //! Callers authenticate with the master key or a management key (gRPC metadata
-//! `authorization: Bearer …`). The decisions are pure functions of the [`Principal`] and the
-//! object, so the authorisation matrix is tested without a server.
+//! `authorization: Bearer …`). A management key acts with its owner user's role (LiteLLM's
+//! roles) and team roles; a read-only key acts with the same scope but cannot change anything.
+//! LLM API keys cannot call the admin API.
 //!
-//! Roles today: the master key is `proxy_admin` (everything). A management key acts as an
-//! `internal_user` scoped to its own `user_id` and `team_id`: it may create LLM API keys for
-//! that user, within its own models, and manage keys that user owns. A read-only key may only
-//! read within the same scope. LLM API keys cannot call the admin API.
+//! Every decision is a pure function of the [`Principal`] and the [`Tenancy`] of the object it
+//! touches, so the authorisation matrix is one table. Objects outside the caller's scope answer
+//! NOT_FOUND rather than PERMISSION_DENIED: ids cannot be probed.
 
 use sluice_core::keys::{self, KeyHash};
 
 use super::error::{AdminError, AdminResult};
-use crate::store::{KeyLookup, KeyRecord, KeyStore, KeyType, now_ms};
+use crate::store::{DirectoryStore, KeyLookup, KeyStore, KeyType, StoreError, UserRecord, now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     ProxyAdmin,
+    ProxyAdminViewer,
+    OrgAdmin,
     InternalUser,
     InternalUserViewer,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "proxy_admin" => Self::ProxyAdmin,
+            "proxy_admin_viewer" => Self::ProxyAdminViewer,
+            "org_admin" => Self::OrgAdmin,
+            "internal_user" => Self::InternalUser,
+            "internal_user_viewer" => Self::InternalUserViewer,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ProxyAdmin => "proxy_admin",
+            Self::ProxyAdminViewer => "proxy_admin_viewer",
+            Self::OrgAdmin => "org_admin",
+            Self::InternalUser => "internal_user",
+            Self::InternalUserViewer => "internal_user_viewer",
+        }
+    }
+
+    /// Roles ordered by power: a caller may hand out only roles at or below its own.
+    fn rank(self) -> u8 {
+        match self {
+            Self::InternalUserViewer => 0,
+            Self::InternalUser => 1,
+            Self::OrgAdmin => 2,
+            Self::ProxyAdminViewer => 3,
+            Self::ProxyAdmin => 4,
+        }
+    }
+}
+
+/// Where an object sits: the user, team and organization it belongs to (as far as known).
+#[derive(Debug, Clone, Default)]
+pub struct Tenancy {
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
+    pub organization_id: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -27,89 +71,234 @@ pub struct Principal {
     pub actor: String,
     pub role: Role,
     pub user_id: Option<String>,
-    pub team_id: Option<String>,
+    pub organization_id: Option<String>,
+    /// Teams the caller belongs to, and whether it is their admin.
+    pub teams: Vec<(String, bool)>,
     /// Models the caller may hand out (empty: any).
     pub models: Vec<String>,
+    /// A read-only key: reads within the role's scope, never writes.
+    pub read_only: bool,
 }
 
 impl Principal {
     pub fn master() -> Self {
-        Self { actor: "master".into(), role: Role::ProxyAdmin, user_id: None, team_id: None, models: Vec::new() }
-    }
-
-    fn from_key(key: &KeyRecord) -> Self {
-        let role = if key.key_type == KeyType::ReadOnly { Role::InternalUserViewer } else { Role::InternalUser };
         Self {
-            actor: format!("key:{}", key.key_id),
-            role,
-            user_id: key.user_id.clone(),
-            team_id: key.team_id.clone(),
-            models: key.models.clone(),
+            actor: "master".into(),
+            role: Role::ProxyAdmin,
+            user_id: None,
+            organization_id: None,
+            teams: Vec::new(),
+            models: Vec::new(),
+            read_only: false,
         }
     }
 
     pub fn is_admin(&self) -> bool {
-        self.role == Role::ProxyAdmin
+        self.role == Role::ProxyAdmin && !self.read_only
     }
 
-    /// May this caller see the key?
-    pub fn can_read_key(&self, key: &KeyRecord) -> bool {
-        self.is_admin() || (self.user_id.is_some() && key.user_id == self.user_id)
+    fn reads_everything(&self) -> bool {
+        matches!(self.role, Role::ProxyAdmin | Role::ProxyAdminViewer)
+    }
+
+    fn may_write(&self) -> bool {
+        !self.read_only && !matches!(self.role, Role::ProxyAdminViewer | Role::InternalUserViewer)
+    }
+
+    fn in_my_org(&self, t: &Tenancy) -> bool {
+        self.role == Role::OrgAdmin && self.organization_id.is_some() && t.organization_id == self.organization_id
+    }
+
+    fn is_me(&self, user: Option<&String>) -> bool {
+        self.user_id.is_some() && user == self.user_id.as_ref()
+    }
+
+    fn member_of(&self, team: Option<&String>) -> bool {
+        team.is_some_and(|t| self.teams.iter().any(|(id, _)| id == t))
+    }
+
+    fn admin_of(&self, team: Option<&String>) -> bool {
+        team.is_some_and(|t| self.teams.iter().any(|(id, admin)| id == t && *admin))
+    }
+
+    fn hidden<T>(&self) -> AdminResult<T> {
+        Err(AdminError::NotFound("no such object".into()))
+    }
+
+    fn read_only_refusal<T>(&self) -> AdminResult<T> {
+        Err(AdminError::PermissionDenied(format!(
+            "{} cannot change anything",
+            if self.read_only { "a read-only key" } else { self.role.as_str() }
+        )))
+    }
+
+    // ---- keys ----
+
+    /// What `ListKeys` shows this caller (None: every key).
+    pub fn key_visibility(&self) -> Option<crate::store::Visibility> {
+        if self.reads_everything() {
+            return None;
+        }
+        Some(crate::store::Visibility {
+            // A management key without an owner sees no user's keys (an empty id matches none).
+            user_id: Some(self.user_id.clone().unwrap_or_default()),
+            admin_teams: self.teams.iter().filter(|(_, admin)| *admin).map(|(t, _)| t.clone()).collect(),
+            organization_id: if self.role == Role::OrgAdmin { self.organization_id.clone() } else { None },
+        })
+    }
+
+    /// May this caller see the key? (its owner, its team's admin, its org's admin, admins)
+    pub fn can_read_key(&self, t: &Tenancy) -> bool {
+        self.reads_everything()
+            || self.in_my_org(t)
+            || self.is_me(t.user_id.as_ref())
+            || self.admin_of(t.team_id.as_ref())
     }
 
     /// May this caller change, rotate, block or delete the key?
-    pub fn can_manage_key(&self, key: &KeyRecord) -> AdminResult<()> {
-        if self.role == Role::InternalUserViewer {
-            return Err(AdminError::PermissionDenied("a read-only key cannot change keys".into()));
+    pub fn can_manage_key(&self, t: &Tenancy) -> AdminResult<()> {
+        if !self.can_read_key(t) {
+            return self.hidden();
         }
-        if self.can_read_key(key) {
-            Ok(())
-        } else {
-            // Same answer as for a key that does not exist: no probing other tenants' keys.
-            Err(AdminError::NotFound("no such key".into()))
+        if !self.may_write() {
+            return self.read_only_refusal();
         }
+        Ok(())
     }
 
-    /// May this caller create (or turn a key into) one with these fields? A caller never grants
-    /// more than it holds.
-    pub fn can_grant(&self, key: &KeyRecord) -> AdminResult<()> {
+    /// May this caller create (or turn a key into) one with these fields? Never more than it
+    /// holds: its own user (or, for a team or org admin, their team's or org's users), its
+    /// models, LLM API keys only unless it is an admin.
+    pub fn can_grant_key(&self, t: &Tenancy, models: &[String], key_type: KeyType) -> AdminResult<()> {
         if self.is_admin() {
             return Ok(());
         }
-        if self.role == Role::InternalUserViewer {
-            return Err(AdminError::PermissionDenied("a read-only key cannot create or change keys".into()));
+        if !self.may_write() {
+            return self.read_only_refusal();
         }
-        let Some(user) = &self.user_id else {
-            return Err(AdminError::PermissionDenied("this management key belongs to no user".into()));
-        };
-        if key.user_id.as_ref() != Some(user) {
-            return Err(AdminError::PermissionDenied(format!("keys you make must belong to your user ({user})")));
-        }
-        if key.team_id.is_some() && key.team_id != self.team_id {
-            return Err(AdminError::PermissionDenied("you may only use your own team".into()));
-        }
-        if key.organization_id.is_some() {
-            return Err(AdminError::PermissionDenied("only an admin may set organization_id".into()));
-        }
-        if key.key_type != KeyType::LlmApi {
+        if key_type != KeyType::LlmApi && self.role != Role::OrgAdmin {
             return Err(AdminError::PermissionDenied("only an admin may create management or read-only keys".into()));
         }
+        let owner_ok = if self.role == Role::OrgAdmin {
+            self.in_my_org(t) && (t.team_id.is_some() || t.user_id.is_some())
+        } else {
+            match (&t.user_id, &t.team_id) {
+                (Some(_), team) => self.is_me(t.user_id.as_ref()) && (team.is_none() || self.member_of(team.as_ref())),
+                (None, Some(_)) => self.admin_of(t.team_id.as_ref()),
+                (None, None) => false,
+            }
+        };
+        if !owner_ok {
+            return Err(AdminError::PermissionDenied(
+                "a key you make must belong to you, a team you administer, or your organization".into(),
+            ));
+        }
+        if t.organization_id.is_some() && !self.in_my_org(t) {
+            return Err(AdminError::PermissionDenied("only an admin may set another organization".into()));
+        }
         if !self.models.is_empty() {
-            if key.models.is_empty() {
+            if models.is_empty() {
                 return Err(AdminError::PermissionDenied(format!(
                     "name the models: you may grant only {}",
                     self.models.join(", ")
                 )));
             }
-            if let Some(m) = key.models.iter().find(|m| !self.models.contains(m)) {
+            if let Some(m) = models.iter().find(|m| !self.models.contains(m)) {
                 return Err(AdminError::PermissionDenied(format!("you may not grant model {m:?}")));
             }
         }
         Ok(())
     }
 
-    pub fn can_read_audit(&self) -> AdminResult<()> {
+    // ---- teams ----
+
+    pub fn can_read_team(&self, t: &Tenancy) -> AdminResult<()> {
+        if self.reads_everything() || self.in_my_org(t) || self.member_of(t.team_id.as_ref()) {
+            Ok(())
+        } else {
+            self.hidden()
+        }
+    }
+
+    /// Create, update, block, delete: admins, and org admins inside their organization.
+    pub fn can_manage_team(&self, t: &Tenancy) -> AdminResult<()> {
+        self.can_read_team(t)?;
+        if !self.may_write() {
+            return self.read_only_refusal();
+        }
+        if self.is_admin() || self.in_my_org(t) {
+            Ok(())
+        } else {
+            Err(AdminError::PermissionDenied("only an admin or the organization's admin may change a team".into()))
+        }
+    }
+
+    /// Add, change or remove members: also the team's own admins.
+    pub fn can_manage_members(&self, t: &Tenancy) -> AdminResult<()> {
+        self.can_read_team(t)?;
+        if !self.may_write() {
+            return self.read_only_refusal();
+        }
+        if self.is_admin() || self.in_my_org(t) || self.admin_of(t.team_id.as_ref()) {
+            Ok(())
+        } else {
+            Err(AdminError::PermissionDenied("only the team's admins may change its members".into()))
+        }
+    }
+
+    // ---- users ----
+
+    pub fn can_read_user(&self, t: &Tenancy) -> AdminResult<()> {
+        if self.reads_everything() || self.in_my_org(t) || self.is_me(t.user_id.as_ref()) {
+            Ok(())
+        } else {
+            self.hidden()
+        }
+    }
+
+    /// Create, update, delete a user with `role`: admins; org admins for their organization's
+    /// users and roles up to their own. Nobody raises their own role.
+    pub fn can_manage_user(&self, t: &Tenancy, role: Role) -> AdminResult<()> {
+        self.can_read_user(t)?;
+        if !self.may_write() {
+            return self.read_only_refusal();
+        }
         if self.is_admin() {
+            return Ok(());
+        }
+        if self.in_my_org(t) && role.rank() <= self.role.rank() && !self.is_me(t.user_id.as_ref()) {
+            return Ok(());
+        }
+        Err(AdminError::PermissionDenied(format!(
+            "{} may not create or change this user or give role {}",
+            self.role.as_str(),
+            role.as_str()
+        )))
+    }
+
+    // ---- organizations ----
+
+    pub fn can_read_org(&self, t: &Tenancy) -> AdminResult<()> {
+        if self.reads_everything() || (self.organization_id.is_some() && t.organization_id == self.organization_id) {
+            Ok(())
+        } else {
+            self.hidden()
+        }
+    }
+
+    pub fn can_manage_org(&self, t: &Tenancy) -> AdminResult<()> {
+        self.can_read_org(t)?;
+        if self.is_admin() {
+            Ok(())
+        } else if !self.may_write() {
+            self.read_only_refusal()
+        } else {
+            Err(AdminError::PermissionDenied("only an admin may create, change or delete organizations".into()))
+        }
+    }
+
+    pub fn can_read_audit(&self) -> AdminResult<()> {
+        if self.reads_everything() {
             Ok(())
         } else {
             Err(AdminError::PermissionDenied("only an admin may read the audit log".into()))
@@ -118,7 +307,7 @@ impl Principal {
 }
 
 /// Resolves the caller from the `authorization` metadata value.
-pub async fn authenticate<S: KeyStore>(
+pub async fn authenticate<S: KeyStore + DirectoryStore>(
     store: &S,
     master_key_hash: Option<&KeyHash>,
     authorization: Option<&[u8]>,
@@ -135,7 +324,7 @@ pub async fn authenticate<S: KeyStore>(
     }
     let key = match store.get_key(&KeyLookup::Hash(format!("sha256:{}", hash.to_hex()))).await {
         Ok(key) => key,
-        Err(crate::store::StoreError::NotFound) => return Err(AdminError::Unauthenticated("unknown key")),
+        Err(StoreError::NotFound) => return Err(AdminError::Unauthenticated("unknown key")),
         Err(e) => return Err(e.into()),
     };
     if key.blocked {
@@ -149,5 +338,27 @@ pub async fn authenticate<S: KeyStore>(
             "an LLM API key cannot call the admin API; use a management key".into(),
         ));
     }
-    Ok(Principal::from_key(&key))
+    // The key acts with its owner's role; a key without a known owner is an internal user.
+    let user: Option<UserRecord> = match &key.user_id {
+        Some(id) => match store.get::<UserRecord>(id).await {
+            Ok(u) => Some(u),
+            Err(StoreError::NotFound) => None,
+            Err(e) => return Err(e.into()),
+        },
+        None => None,
+    };
+    let role = user.as_ref().and_then(|u| Role::parse(&u.user_role)).unwrap_or(Role::InternalUser);
+    let teams = match &key.user_id {
+        Some(id) => store.memberships(id).await?.into_iter().map(|m| (m.team_id, m.role == "admin")).collect(),
+        None => Vec::new(),
+    };
+    Ok(Principal {
+        actor: format!("key:{}", key.key_id),
+        role,
+        user_id: key.user_id.clone(),
+        organization_id: user.and_then(|u| u.organization_id),
+        teams,
+        models: key.models.clone(),
+        read_only: key.key_type == KeyType::ReadOnly,
+    })
 }

@@ -11,6 +11,8 @@ pub enum AdminError {
     InvalidArgument(String),
     NotFound(String),
     AlreadyExists(String),
+    /// The request is valid but the state does not allow it (e.g. deleting a referenced object).
+    FailedPrecondition(String),
     /// Lost a race too many times; retrying is safe.
     Aborted(String),
     Internal,
@@ -23,6 +25,9 @@ impl From<StoreError> for AdminError {
             StoreError::Conflict(what) => Self::AlreadyExists(format!("{what} is already taken")),
             StoreError::Contended => Self::Aborted("the object is being changed concurrently; try again".into()),
             StoreError::Refused(why) => Self::PermissionDenied(why),
+            StoreError::InUse(_) => Self::FailedPrecondition(
+                "other objects still refer to this one (or it refers to one that does not exist); move or delete them first".into(),
+            ),
             StoreError::Corrupt(_) | StoreError::Database(_) => {
                 eprintln!("sluice: store error: {e}");
                 Self::Internal
@@ -40,6 +45,7 @@ impl From<AdminError> for tonic::Status {
             AdminError::NotFound(what) => tonic::Status::not_found(what),
             AdminError::AlreadyExists(what) => tonic::Status::already_exists(what),
             AdminError::Aborted(why) => tonic::Status::aborted(why),
+            AdminError::FailedPrecondition(why) => tonic::Status::failed_precondition(why),
             AdminError::Internal => tonic::Status::internal("internal error; the control plane's log has the details"),
         }
     }

@@ -1,82 +1,25 @@
 //! `KeyService`: virtual keys over gRPC. Validates input, authorises the caller, and hands the
 //! change to the store with its audit row (one transaction).
 
-use sluice_core::cost::{nanos_to_usd, usd_to_nanos};
 use sluice_core::endpoint::RouteSet;
 use sluice_core::keys::KeyHash;
-use sluice_core::time::{BudgetDuration, format_rfc3339_ms};
+use sluice_core::time::format_rfc3339_ms;
 use sluice_proto::admin::v1 as pb;
 use sluice_proto::admin::v1::key_ref::Ref;
 use tonic::{Request, Response, Status};
 
-use super::auth::Principal;
+use super::auth::{Principal, Tenancy};
 use super::error::{AdminError, AdminResult};
 use super::{Admin, random_id};
 use crate::key_file::generate_key;
-use crate::store::{KeyFilter, KeyLookup, KeyRecord, KeyStore, KeyType, ModelLimits, NewAudit, StoreError, now_ms};
+use crate::store::{
+    KeyFilter, KeyLookup, KeyRecord, KeyType, LimitsRecord, ModelLimits, NewAudit, Store, StoreError, now_ms,
+};
 
-/// Longest alias, id, model name, route, tag we accept; larger input is refused, not truncated.
-const MAX_NAME: usize = 256;
-const MAX_LIST: usize = 1000;
-const MAX_METADATA_BYTES: usize = 16 * 1024;
-const DEFAULT_PAGE: u32 = 50;
-const MAX_PAGE: u32 = 500;
-
-fn check_name(field: &str, value: &str) -> AdminResult<()> {
-    if value.is_empty() || value.len() > MAX_NAME || value.chars().any(char::is_control) {
-        return Err(AdminError::InvalidArgument(format!(
-            "{field} must be 1-{MAX_NAME} characters without control characters"
-        )));
-    }
-    Ok(())
-}
-
-fn check_names(field: &str, values: &[String]) -> AdminResult<()> {
-    if values.len() > MAX_LIST {
-        return Err(AdminError::InvalidArgument(format!("{field}: at most {MAX_LIST} entries")));
-    }
-    values.iter().try_for_each(|v| check_name(field, v))
-}
-
-fn non_negative(field: &str, v: Option<i64>) -> AdminResult<Option<i64>> {
-    match v {
-        Some(n) if n < 0 => Err(AdminError::InvalidArgument(format!("{field} must not be negative, got {n}"))),
-        other => Ok(other),
-    }
-}
-
-fn dollars(field: &str, v: Option<f64>) -> AdminResult<Option<i64>> {
-    match v {
-        None => Ok(None),
-        Some(d) if !d.is_finite() || d < 0.0 => {
-            Err(AdminError::InvalidArgument(format!("{field} must be a non-negative number of dollars, got {d}")))
-        }
-        Some(d) => Ok(Some(i64::try_from(usd_to_nanos(d)).unwrap_or(i64::MAX))),
-    }
-}
-
-fn duration_ms(field: &str, s: &str) -> AdminResult<i64> {
-    let d = BudgetDuration::parse(s)
-        .ok_or_else(|| AdminError::InvalidArgument(format!("{field} {s:?} is not a duration like 30s, 1h, 7d, 1mo")))?;
-    let secs = match d {
-        BudgetDuration::Seconds(s) => s,
-        BudgetDuration::CalendarMonth => 30 * 86_400,
-    };
-    Ok(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX))
-}
-
-fn metadata(json: Option<&str>) -> AdminResult<serde_json::Value> {
-    let Some(text) = json.filter(|t| !t.trim().is_empty()) else {
-        return Ok(serde_json::json!({}));
-    };
-    if text.len() > MAX_METADATA_BYTES {
-        return Err(AdminError::InvalidArgument(format!("metadata_json is over {MAX_METADATA_BYTES} bytes")));
-    }
-    match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(v @ serde_json::Value::Object(_)) => Ok(v),
-        _ => Err(AdminError::InvalidArgument("metadata_json must be a JSON object".into())),
-    }
-}
+use super::validate::{
+    apply_limits, check_name, check_names, clear_limits, dollars, duration_ms, limits_to_proto, metadata, non_negative,
+    page_size, usd,
+};
 
 fn model_limits(m: Option<pb::ModelLimits>) -> AdminResult<ModelLimits> {
     let Some(m) = m else {
@@ -96,43 +39,6 @@ fn model_limits(m: Option<pb::ModelLimits>) -> AdminResult<ModelLimits> {
         out.max_budget_nanos.insert(model, dollars("model_limits.max_budget", Some(d))?.unwrap_or(0));
     }
     Ok(out)
-}
-
-/// Applies a Limits message: each present field replaces the current value.
-fn apply_limits(key: &mut KeyRecord, limits: &pb::Limits) -> AdminResult<()> {
-    if limits.rpm_limit.is_some() {
-        key.rpm_limit = non_negative("rpm_limit", limits.rpm_limit)?;
-    }
-    if limits.tpm_limit.is_some() {
-        key.tpm_limit = non_negative("tpm_limit", limits.tpm_limit)?;
-    }
-    if limits.max_parallel_requests.is_some() {
-        key.max_parallel_requests = non_negative("max_parallel_requests", limits.max_parallel_requests)?;
-    }
-    if limits.max_budget.is_some() {
-        key.max_budget_nanos = dollars("max_budget", limits.max_budget)?;
-    }
-    if limits.soft_budget.is_some() {
-        key.soft_budget_nanos = dollars("soft_budget", limits.soft_budget)?;
-    }
-    if let Some(d) = &limits.budget_duration {
-        duration_ms("budget_duration", d)?;
-        key.budget_duration = Some(d.clone());
-    }
-    Ok(())
-}
-
-fn clear_limit(key: &mut KeyRecord, name: &str) -> AdminResult<()> {
-    match name {
-        "rpm_limit" => key.rpm_limit = None,
-        "tpm_limit" => key.tpm_limit = None,
-        "max_parallel_requests" => key.max_parallel_requests = None,
-        "max_budget" => key.max_budget_nanos = None,
-        "soft_budget" => key.soft_budget_nanos = None,
-        "budget_duration" => key.budget_duration = None,
-        other => return Err(AdminError::InvalidArgument(format!("clear_limits: unknown limit {other:?}"))),
-    }
-    Ok(())
 }
 
 fn routes(values: &[String]) -> AdminResult<Vec<String>> {
@@ -186,12 +92,7 @@ fn record_from_spec(spec: pb::KeySpec, caller: &Principal, plaintext: &str) -> A
         team_id: spec.team_id,
         organization_id: spec.organization_id,
         models: spec.models,
-        rpm_limit: None,
-        tpm_limit: None,
-        max_parallel_requests: None,
-        max_budget_nanos: None,
-        soft_budget_nanos: None,
-        budget_duration: None,
+        limits: LimitsRecord::default(),
         model_limits: model_limits(spec.model_limits)?,
         allowed_routes: routes(&spec.allowed_routes)?,
         metadata: metadata(spec.metadata_json.as_deref())?,
@@ -210,13 +111,12 @@ fn record_from_spec(spec: pb::KeySpec, caller: &Principal, plaintext: &str) -> A
         previous_key_valid_until: None,
     };
     if let Some(limits) = &spec.limits {
-        apply_limits(&mut key, limits)?;
+        apply_limits(&mut key.limits, limits)?;
     }
     Ok(key)
 }
 
 fn to_proto(k: &KeyRecord) -> pb::Key {
-    let usd = |n: Option<i64>| n.map(|n| nanos_to_usd(u64::try_from(n).unwrap_or(0)));
     pb::Key {
         key_id: k.key_id.clone(),
         key_prefix: k.key_prefix.clone(),
@@ -226,14 +126,7 @@ fn to_proto(k: &KeyRecord) -> pb::Key {
         team_id: k.team_id.clone(),
         organization_id: k.organization_id.clone(),
         models: k.models.clone(),
-        limits: Some(pb::Limits {
-            rpm_limit: k.rpm_limit,
-            tpm_limit: k.tpm_limit,
-            max_parallel_requests: k.max_parallel_requests,
-            max_budget: usd(k.max_budget_nanos),
-            soft_budget: usd(k.soft_budget_nanos),
-            budget_duration: k.budget_duration.clone(),
-        }),
+        limits: Some(limits_to_proto(&k.limits)),
         model_limits: Some(pb::ModelLimits {
             rpm: k.model_limits.rpm.clone().into_iter().collect(),
             tpm: k.model_limits.tpm.clone().into_iter().collect(),
@@ -241,7 +134,7 @@ fn to_proto(k: &KeyRecord) -> pb::Key {
                 .model_limits
                 .max_budget_nanos
                 .iter()
-                .map(|(m, n)| (m.clone(), nanos_to_usd(u64::try_from(*n).unwrap_or(0))))
+                .filter_map(|(m, n)| Some((m.clone(), usd(Some(*n))?)))
                 .collect(),
         }),
         allowed_routes: k.allowed_routes.clone(),
@@ -271,16 +164,27 @@ fn lookup(r: Option<pb::KeyRef>) -> AdminResult<KeyLookup> {
     }
 }
 
-impl<S: KeyStore + Send + Sync + 'static> Admin<S> {
+impl<S: Store> Admin<S> {
     /// The key a caller names, if it may see it (others' keys look like missing ones).
-    async fn visible_key(&self, caller: &Principal, r: Option<pb::KeyRef>) -> AdminResult<KeyRecord> {
-        let key = self.store.get_key(&lookup(r)?).await.map_err(|_| AdminError::NotFound("no such key".into()))?;
-        if caller.can_read_key(&key) { Ok(key) } else { Err(AdminError::NotFound("no such key".into())) }
+    async fn visible_key(&self, caller: &Principal, r: Option<pb::KeyRef>) -> AdminResult<(KeyRecord, Tenancy)> {
+        let key = match self.store.get_key(&lookup(r)?).await {
+            Ok(key) => key,
+            Err(StoreError::NotFound) => return Err(AdminError::NotFound("no such key".into())),
+            Err(e) => return Err(e.into()),
+        };
+        let tenancy = self.key_tenancy(&key).await;
+        if caller.can_read_key(&tenancy) { Ok((key, tenancy)) } else { Err(AdminError::NotFound("no such key".into())) }
+    }
+
+    /// Checks that the caller may hand out a key like this one.
+    async fn check_grant(&self, caller: &Principal, key: &KeyRecord) -> AdminResult<()> {
+        let tenancy = self.key_tenancy(key).await;
+        caller.can_grant_key(&tenancy, &key.models, key.key_type)
     }
 
     async fn set_blocked(&self, caller: &Principal, r: pb::KeyRef, blocked: bool) -> AdminResult<pb::Key> {
-        let key = self.visible_key(caller, Some(r)).await?;
-        caller.can_manage_key(&key)?;
+        let (key, tenancy) = self.visible_key(caller, Some(r)).await?;
+        caller.can_manage_key(&tenancy)?;
         let action = if blocked { "key.block" } else { "key.unblock" };
         let audit = NewAudit::new(&caller.actor, action, "key", &key.key_id);
         let after = self
@@ -299,7 +203,7 @@ impl<S: KeyStore + Send + Sync + 'static> Admin<S> {
 }
 
 #[tonic::async_trait]
-impl<S: KeyStore + Send + Sync + 'static> pb::key_service_server::KeyService for Admin<S> {
+impl<S: Store> pb::key_service_server::KeyService for Admin<S> {
     async fn generate_key(
         &self,
         request: Request<pb::GenerateKeyRequest>,
@@ -308,7 +212,7 @@ impl<S: KeyStore + Send + Sync + 'static> pb::key_service_server::KeyService for
         let spec = request.into_inner().spec.unwrap_or_default();
         let plaintext = generate_key().map_err(|_| AdminError::Internal)?;
         let key = record_from_spec(spec, &caller, &plaintext)?;
-        caller.can_grant(&key)?;
+        self.check_grant(&caller, &key).await?;
         let audit = NewAudit::new(&caller.actor, "key.generate", "key", &key.key_id);
         self.store.insert_key(&key, &key_hash(&plaintext), audit).await.map_err(AdminError::from)?;
         Ok(Response::new(pb::GeneratedKey { key: plaintext, info: Some(to_proto(&key)) }))
@@ -317,23 +221,26 @@ impl<S: KeyStore + Send + Sync + 'static> pb::key_service_server::KeyService for
     async fn update_key(&self, request: Request<pb::UpdateKeyRequest>) -> Result<Response<pb::Key>, Status> {
         let caller = self.caller(&request).await?;
         let req = request.into_inner();
-        let key = self.visible_key(&caller, req.r#ref.clone()).await?;
-        caller.can_manage_key(&key)?;
-        // Validate once up front, so a bad request changes nothing.
+        let (key, tenancy) = self.visible_key(&caller, req.r#ref.clone()).await?;
+        caller.can_manage_key(&tenancy)?;
+        // Validate and authorise the result up front, so a bad request changes nothing.
         let mut preview = key.clone();
         apply_update(&mut preview, &req)?;
-        caller.can_grant(&preview)?;
+        self.check_grant(&caller, &preview).await?;
         let audit = NewAudit::new(&caller.actor, "key.update", "key", &key.key_id);
-        let caller_for_check = caller.clone();
+        let (owner, team) = (preview.user_id.clone(), preview.team_id.clone());
         let after = self
             .store
             .update_key(
                 &key.key_id,
-                // Re-applied to the latest version if another writer got in first; the request
-                // itself was validated above, but what it grants is checked again.
+                // Applied to the row as it is now (another update may have landed since the
+                // preview); the owner and team it grants must still be the ones authorised.
                 move |k| {
                     apply_update(k, &req).map_err(|e| StoreError::Refused(e.message()))?;
-                    caller_for_check.can_grant(k).map_err(|e| StoreError::Refused(e.message()))
+                    if k.user_id != owner || k.team_id != team {
+                        return Err(StoreError::Refused("the key changed owner meanwhile; try again".into()));
+                    }
+                    Ok(())
                 },
                 audit,
             )
@@ -348,8 +255,8 @@ impl<S: KeyStore + Send + Sync + 'static> pb::key_service_server::KeyService for
     ) -> Result<Response<pb::GeneratedKey>, Status> {
         let caller = self.caller(&request).await?;
         let req = request.into_inner();
-        let key = self.visible_key(&caller, req.r#ref).await?;
-        caller.can_manage_key(&key)?;
+        let (key, tenancy) = self.visible_key(&caller, req.r#ref).await?;
+        caller.can_manage_key(&tenancy)?;
         let grace_ms = match req.grace_period.as_deref() {
             None | Some("0s" | "0" | "") => 0,
             Some(d) => duration_ms("grace_period", d)?,
@@ -378,8 +285,8 @@ impl<S: KeyStore + Send + Sync + 'static> pb::key_service_server::KeyService for
 
     async fn delete_key(&self, request: Request<pb::KeyRef>) -> Result<Response<pb::DeleteKeyResponse>, Status> {
         let caller = self.caller(&request).await?;
-        let key = self.visible_key(&caller, Some(request.into_inner())).await?;
-        caller.can_manage_key(&key)?;
+        let (key, tenancy) = self.visible_key(&caller, Some(request.into_inner())).await?;
+        caller.can_manage_key(&tenancy)?;
         let audit = NewAudit::new(&caller.actor, "key.delete", "key", &key.key_id);
         self.store.delete_key(&key.key_id, audit).await.map_err(AdminError::from)?;
         Ok(Response::new(pb::DeleteKeyResponse { key_id: key.key_id }))
@@ -387,17 +294,14 @@ impl<S: KeyStore + Send + Sync + 'static> pb::key_service_server::KeyService for
 
     async fn get_key(&self, request: Request<pb::KeyRef>) -> Result<Response<pb::Key>, Status> {
         let caller = self.caller(&request).await?;
-        let key = self.visible_key(&caller, Some(request.into_inner())).await?;
+        let (key, _) = self.visible_key(&caller, Some(request.into_inner())).await?;
         Ok(Response::new(to_proto(&key)))
     }
 
     async fn list_keys(&self, request: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
         let caller = self.caller(&request).await?;
         let req = request.into_inner();
-        let limit = match req.page_size {
-            0 => DEFAULT_PAGE,
-            n => n.min(MAX_PAGE),
-        };
+        let limit = page_size(req.page_size);
         let filter = KeyFilter {
             team_id: req.team_id,
             user_id: req.user_id,
@@ -405,8 +309,7 @@ impl<S: KeyStore + Send + Sync + 'static> pb::key_service_server::KeyService for
             key_alias: req.key_alias,
             after_key_id: Some(req.page_token).filter(|t| !t.is_empty()),
             limit,
-            visible_to: (!caller.is_admin())
-                .then(|| (caller.user_id.clone().or_else(|| Some(String::new())), Vec::new())),
+            visible_to: caller.key_visibility(),
         };
         let (keys, total) = self.store.list_keys(&filter).await.map_err(AdminError::from)?;
         let next_page_token = if keys.len() == limit as usize {
@@ -436,11 +339,9 @@ fn apply_update(k: &mut KeyRecord, req: &pb::UpdateKeyRequest) -> AdminResult<()
         check_names("models", &models.values)?;
         k.models = models.values.clone();
     }
-    for name in &req.clear_limits {
-        clear_limit(k, name)?;
-    }
+    clear_limits(&mut k.limits, &req.clear_limits)?;
     if let Some(limits) = &req.limits {
-        apply_limits(k, limits)?;
+        apply_limits(&mut k.limits, limits)?;
     }
     if req.model_limits.is_some() {
         k.model_limits = model_limits(req.model_limits.clone())?;

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod error;
 mod keys;
+pub mod validate;
 
 use std::sync::Arc;
 
@@ -11,8 +12,9 @@ use sluice_core::time::format_rfc3339_ms;
 use sluice_proto::admin::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::store::{AuditFilter, AuditStore, KeyStore};
+use crate::store::{AuditFilter, KeyRecord, Store, TeamRecord, UserRecord};
 use auth::Principal;
+use auth::Tenancy;
 use error::{AdminError, AdminResult};
 
 /// The admin services' shared state: the store and the master key's digest.
@@ -21,7 +23,7 @@ pub struct Admin<S> {
     pub master_key_hash: Option<KeyHash>,
 }
 
-impl<S: KeyStore + Send + Sync + 'static> Admin<S> {
+impl<S: Store> Admin<S> {
     pub fn new(store: S, master_key_hash: Option<KeyHash>) -> Arc<Self> {
         Arc::new(Self { store, master_key_hash })
     }
@@ -30,6 +32,23 @@ impl<S: KeyStore + Send + Sync + 'static> Admin<S> {
     async fn caller<T>(&self, request: &Request<T>) -> AdminResult<Principal> {
         let authorization = request.metadata().get("authorization").map(|v| v.as_bytes());
         auth::authenticate(&self.store, self.master_key_hash.as_ref(), authorization).await
+    }
+
+    /// Where a key sits: its owner, its team, and the organization (its own, else its team's,
+    /// else its user's).
+    async fn key_tenancy(&self, key: &KeyRecord) -> Tenancy {
+        let mut organization_id = key.organization_id.clone();
+        if organization_id.is_none()
+            && let Some(team) = &key.team_id
+        {
+            organization_id = self.store.get::<TeamRecord>(team).await.ok().and_then(|t| t.organization_id);
+        }
+        if organization_id.is_none()
+            && let Some(user) = &key.user_id
+        {
+            organization_id = self.store.get::<UserRecord>(user).await.ok().and_then(|u| u.organization_id);
+        }
+        Tenancy { user_id: key.user_id.clone(), team_id: key.team_id.clone(), organization_id }
     }
 }
 
@@ -41,7 +60,7 @@ pub(crate) fn random_id(prefix: &str) -> AdminResult<String> {
 }
 
 #[tonic::async_trait]
-impl<S: KeyStore + AuditStore + Send + Sync + 'static> pb::audit_service_server::AuditService for Admin<S> {
+impl<S: Store> pb::audit_service_server::AuditService for Admin<S> {
     async fn list_audit(
         &self,
         request: Request<pb::ListAuditRequest>,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{NewAudit, SqlStore, StoreError, StoreResult, from_json, now_ms, to_json};
+use super::{LimitsRecord, NewAudit, SqlStore, StoreError, StoreResult, from_json, now_ms, to_json};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -59,12 +59,8 @@ pub struct KeyRecord {
     pub team_id: Option<String>,
     pub organization_id: Option<String>,
     pub models: Vec<String>,
-    pub rpm_limit: Option<i64>,
-    pub tpm_limit: Option<i64>,
-    pub max_parallel_requests: Option<i64>,
-    pub max_budget_nanos: Option<i64>,
-    pub soft_budget_nanos: Option<i64>,
-    pub budget_duration: Option<String>,
+    #[serde(flatten)]
+    pub limits: LimitsRecord,
     pub model_limits: ModelLimits,
     pub allowed_routes: Vec<String>,
     pub metadata: serde_json::Value,
@@ -101,8 +97,16 @@ pub struct KeyFilter {
     /// Keyset pagination: keys with a larger id than this.
     pub after_key_id: Option<String>,
     pub limit: u32,
-    /// Restricts to keys owned by this user or by one of these teams (a scoped caller's view).
-    pub visible_to: Option<(Option<String>, Vec<String>)>,
+    /// A scoped caller's view (None: everything).
+    pub visible_to: Option<Visibility>,
+}
+
+/// The keys a scoped caller may see: its own, its administered teams', its organization's.
+#[derive(Debug, Clone, Default)]
+pub struct Visibility {
+    pub user_id: Option<String>,
+    pub admin_teams: Vec<String>,
+    pub organization_id: Option<String>,
 }
 
 pub trait KeyStore {
@@ -156,12 +160,7 @@ fn record_from_row(row: &AnyRow) -> StoreResult<KeyRecord> {
         team_id: row.try_get("team_id")?,
         organization_id: row.try_get("organization_id")?,
         models: from_json("models", &row.try_get::<String, _>("models")?)?,
-        rpm_limit: row.try_get("rpm_limit")?,
-        tpm_limit: row.try_get("tpm_limit")?,
-        max_parallel_requests: row.try_get("max_parallel_requests")?,
-        max_budget_nanos: row.try_get("max_budget_nanos")?,
-        soft_budget_nanos: row.try_get("soft_budget_nanos")?,
-        budget_duration: row.try_get("budget_duration")?,
+        limits: LimitsRecord::from_row(row)?,
         model_limits: from_json("model_limits", &row.try_get::<String, _>("model_limits")?)?,
         allowed_routes: from_json("allowed_routes", &row.try_get::<String, _>("allowed_routes")?)?,
         metadata: from_json("metadata", &row.try_get::<String, _>("metadata")?)?,
@@ -189,12 +188,12 @@ macro_rules! bind_key_fields {
             .bind($k.team_id.clone())
             .bind($k.organization_id.clone())
             .bind(to_json(&$k.models))
-            .bind($k.rpm_limit)
-            .bind($k.tpm_limit)
-            .bind($k.max_parallel_requests)
-            .bind($k.max_budget_nanos)
-            .bind($k.soft_budget_nanos)
-            .bind($k.budget_duration.clone())
+            .bind($k.limits.rpm_limit)
+            .bind($k.limits.tpm_limit)
+            .bind($k.limits.max_parallel_requests)
+            .bind($k.limits.max_budget_nanos)
+            .bind($k.limits.soft_budget_nanos)
+            .bind($k.limits.budget_duration.clone())
             .bind(to_json(&$k.model_limits))
             .bind(to_json(&$k.allowed_routes))
             .bind(to_json(&$k.metadata))
@@ -203,6 +202,20 @@ macro_rules! bind_key_fields {
             .bind(i64::from($k.blocked))
             .bind($k.expires_at)
     };
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Binds `$1`..`$8` of `list_keys`' conditions.
+fn bind_list_conditions<'q>(q: AnyQuery<'q>, filter: &KeyFilter, scoped: i64, visible: &Visibility) -> AnyQuery<'q> {
+    q.bind(filter.team_id.clone())
+        .bind(filter.user_id.clone())
+        .bind(filter.organization_id.clone())
+        .bind(filter.key_alias.clone())
+        .bind(scoped)
+        .bind(visible.user_id.clone())
+        .bind(to_json(&visible.admin_teams))
+        .bind(visible.organization_id.clone())
 }
 
 impl KeyStore for SqlStore {
@@ -376,43 +389,33 @@ impl KeyStore for SqlStore {
     async fn list_keys(&self, filter: &KeyFilter) -> StoreResult<(Vec<KeyRecord>, u64)> {
         // Each condition is always present and switched off by a NULL parameter, so the SQL
         // text is constant and every value is bound.
-        let (visible_user, visible_teams, scoped) = match &filter.visible_to {
-            Some((user, teams)) => (user.clone(), to_json(teams), 1i64),
-            None => (None, "[]".to_owned(), 0i64),
+        let (scoped, visible) = match &filter.visible_to {
+            Some(v) => (1i64, v.clone()),
+            None => (0i64, Visibility::default()),
         };
-        let conditions = "($1 IS NULL OR k.team_id = $1) AND ($2 IS NULL OR k.user_id = $2) \
-             AND ($3 IS NULL OR k.organization_id = $3) AND ($4 IS NULL OR k.key_alias = $4) \
-             AND ($5 = 0 OR k.user_id = $6 OR k.team_id IN (SELECT value FROM json_each_text_compat))";
         let teams_source = match self.backend {
             super::Backend::Sqlite => "(SELECT value FROM json_each($7))",
             super::Backend::Postgres => "(SELECT jsonb_array_elements_text($7::jsonb))",
         };
-        let conditions = conditions.replace("(SELECT value FROM json_each_text_compat)", teams_source);
-        let page_sql = format!(
-            "SELECT {KEY_COLUMNS} FROM keys k WHERE {conditions} AND ($8 IS NULL OR k.key_id > $8) \
-             ORDER BY k.key_id LIMIT $9"
+        let conditions = format!(
+            "($1 IS NULL OR k.team_id = $1) AND ($2 IS NULL OR k.user_id = $2) \
+             AND ($3 IS NULL OR k.organization_id = $3) AND ($4 IS NULL OR k.key_alias = $4) \
+             AND ($5 = 0 OR k.user_id = $6 OR k.team_id IN {teams_source} \
+                  OR ($8 IS NOT NULL AND (k.organization_id = $8 \
+                      OR k.team_id IN (SELECT t.team_id FROM teams t WHERE t.organization_id = $8) \
+                      OR k.user_id IN (SELECT u.user_id FROM users u WHERE u.organization_id = $8))))"
         );
-        let rows = sqlx::query(&page_sql)
-            .bind(filter.team_id.clone())
-            .bind(filter.user_id.clone())
-            .bind(filter.organization_id.clone())
-            .bind(filter.key_alias.clone())
-            .bind(scoped)
-            .bind(visible_user.clone())
-            .bind(visible_teams.clone())
+        let page_sql = format!(
+            "SELECT {KEY_COLUMNS} FROM keys k WHERE {conditions} AND ($9 IS NULL OR k.key_id > $9) \
+             ORDER BY k.key_id LIMIT $10"
+        );
+        let rows = bind_list_conditions(sqlx::query(&page_sql), filter, scoped, &visible)
             .bind(filter.after_key_id.clone())
             .bind(i64::from(filter.limit))
             .fetch_all(&self.pool)
             .await?;
         let count_sql = format!("SELECT COUNT(*) AS n FROM keys k WHERE {conditions}");
-        let total: i64 = sqlx::query(&count_sql)
-            .bind(filter.team_id.clone())
-            .bind(filter.user_id.clone())
-            .bind(filter.organization_id.clone())
-            .bind(filter.key_alias.clone())
-            .bind(scoped)
-            .bind(visible_user)
-            .bind(visible_teams)
+        let total: i64 = bind_list_conditions(sqlx::query(&count_sql), filter, scoped, &visible)
             .fetch_one(&self.pool)
             .await?
             .try_get("n")?;

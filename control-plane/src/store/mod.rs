@@ -12,6 +12,7 @@
 //! which database it has; [`SqlStore`] implements them for both.
 
 mod audit;
+mod directory;
 mod keys;
 mod migrations;
 
@@ -21,7 +22,15 @@ use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
 pub use audit::{AuditEntry, AuditFilter, AuditStore, NewAudit};
-pub use keys::{KeyFilter, KeyLookup, KeyRecord, KeyStore, KeyType, ModelLimits};
+pub use directory::{
+    DirectoryStore, Entity, LimitsRecord, ListFilter, MemberRecord, OrgRecord, TeamRecord, UserRecord,
+};
+pub use keys::{KeyFilter, KeyLookup, KeyRecord, KeyStore, KeyType, ModelLimits, Visibility};
+
+/// Every capability the admin API needs, in one bound.
+pub trait Store: KeyStore + DirectoryStore + AuditStore + Send + Sync + 'static {}
+
+impl<T: KeyStore + DirectoryStore + AuditStore + Send + Sync + 'static> Store for T {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -35,6 +44,8 @@ pub enum StoreError {
     NotFound,
     /// A unique value (an alias, an id) is taken.
     Conflict(String),
+    /// Other objects still refer to this one (a team's organization, say).
+    InUse(String),
     /// Another writer changed the object first, too many times in a row.
     Contended,
     /// The change function refused the current state of the object (it changed underneath).
@@ -49,6 +60,7 @@ impl std::fmt::Display for StoreError {
         match self {
             Self::NotFound => write!(f, "not found"),
             Self::Conflict(what) => write!(f, "{what} already exists"),
+            Self::InUse(what) => write!(f, "still referred to ({what})"),
             Self::Contended => write!(f, "the object is being changed concurrently; try again"),
             Self::Refused(why) => write!(f, "{why}"),
             Self::Corrupt(what) => write!(f, "stored data is unreadable: {what}"),
@@ -65,6 +77,11 @@ impl From<sqlx::Error> for StoreError {
             && db.is_unique_violation()
         {
             return Self::Conflict(db.constraint().unwrap_or("a unique value").to_owned());
+        }
+        if let sqlx::Error::Database(db) = &e
+            && db.is_foreign_key_violation()
+        {
+            return Self::InUse(db.constraint().unwrap_or("a reference").to_owned());
         }
         if matches!(e, sqlx::Error::RowNotFound) {
             return Self::NotFound;
