@@ -5,6 +5,9 @@ use std::net::SocketAddr;
 use sluice_core::keys::KeyHash;
 use sluice_proto::admin::v1::audit_service_server::AuditServiceServer;
 use sluice_proto::admin::v1::key_service_server::KeyServiceServer;
+use sluice_proto::admin::v1::organization_service_server::OrganizationServiceServer;
+use sluice_proto::admin::v1::team_service_server::TeamServiceServer;
+use sluice_proto::admin::v1::user_service_server::UserServiceServer;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -58,6 +61,9 @@ pub async fn serve_on(
         .add_service(health)
         .add_service(reflection)
         .add_service(KeyServiceServer::from_arc(admin.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(UserServiceServer::from_arc(admin.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(TeamServiceServer::from_arc(admin.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(OrganizationServiceServer::from_arc(admin.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(AuditServiceServer::from_arc(admin).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await

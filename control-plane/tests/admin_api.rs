@@ -4,94 +4,18 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failure here is a failed test
 
-use std::time::Duration;
-
-use sluice_control_plane::server::serve_on;
 use sluice_control_plane::store::SqlStore;
 use sluice_core::keys::check_format;
 use sluice_proto::admin::v1 as pb;
-use sluice_proto::admin::v1::audit_service_client::AuditServiceClient;
 use sluice_proto::admin::v1::key_ref::Ref;
 use sluice_proto::admin::v1::key_service_client::KeyServiceClient;
 use sqlx::Executor;
 use tonic::Code;
 use tonic::transport::Channel;
 
-const MASTER: &str = "sk-master-admin-test";
+mod common;
 
-/// A running control plane on a fresh database; dropped at the end of the test.
-struct Plane {
-    url: String,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    cleanup: Option<String>,
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Db {
-    Sqlite,
-    Postgres,
-}
-
-fn unique(prefix: &str) -> String {
-    let mut b = [0u8; 6];
-    getrandom::fill(&mut b).unwrap();
-    format!("{prefix}{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
-}
-
-async fn database(db: Db) -> (String, Option<String>) {
-    match db {
-        Db::Sqlite => (format!("sqlite:{}/{}.db", std::env::temp_dir().display(), unique("sluice-test-")), None),
-        Db::Postgres => {
-            let server = std::env::var("SLUICE_TEST_POSTGRES").unwrap_or("postgres://postgres@127.0.0.1:5432".into());
-            let name = unique("sluice_test_");
-            sqlx::any::install_default_drivers();
-            let admin = sqlx::AnyPool::connect(&format!("{server}/test")).await.unwrap();
-            admin.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
-            admin.close().await;
-            (format!("{server}/{name}"), Some(format!("{server}|{name}")))
-        }
-    }
-}
-
-impl Plane {
-    async fn start(db: Db) -> Self {
-        let (database_url, cleanup) = database(db).await;
-        let store = SqlStore::open(&database_url).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve_on(listener, store, Some(MASTER), async {
-            let _ = rx.await;
-        }));
-        Self { url, shutdown: Some(tx), cleanup }
-    }
-
-    async fn keys(&self) -> KeyServiceClient<Channel> {
-        KeyServiceClient::new(Channel::from_shared(self.url.clone()).unwrap().connect().await.unwrap())
-    }
-
-    async fn audit(&self) -> AuditServiceClient<Channel> {
-        AuditServiceClient::new(Channel::from_shared(self.url.clone()).unwrap().connect().await.unwrap())
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(spec) = self.cleanup.take() {
-            let (server, name) = spec.split_once('|').unwrap();
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let admin = sqlx::AnyPool::connect(&format!("{server}/test")).await.unwrap();
-            let _ = admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await;
-        }
-    }
-}
-
-fn as_<T>(key: &str, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
-    r
-}
+use common::{Db, MASTER, Plane, as_, database};
 
 fn by_id(id: &str) -> pb::KeyRef {
     pb::KeyRef { r#ref: Some(Ref::KeyId(id.into())) }

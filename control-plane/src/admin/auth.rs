@@ -65,6 +65,14 @@ pub struct Tenancy {
     pub organization_id: Option<String>,
 }
 
+/// What a caller may list: everything, its organization, or its own objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Org(String),
+    Own(String),
+}
+
 #[derive(Debug, Clone)]
 pub struct Principal {
     /// How audit rows name the caller: `master` or `key:<key_id>`.
@@ -95,6 +103,20 @@ impl Principal {
 
     pub fn is_admin(&self) -> bool {
         self.role == Role::ProxyAdmin && !self.read_only
+    }
+
+    pub fn is_org_admin_of(&self, org: Option<&String>) -> bool {
+        self.role == Role::OrgAdmin && self.may_write() && org.is_some() && org == self.organization_id.as_ref()
+    }
+
+    pub fn list_scope(&self) -> Scope {
+        if self.reads_everything() {
+            Scope::All
+        } else if let (Role::OrgAdmin, Some(org)) = (self.role, &self.organization_id) {
+            Scope::Org(org.clone())
+        } else {
+            Scope::Own(self.user_id.clone().unwrap_or_default())
+        }
     }
 
     fn reads_everything(&self) -> bool {

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod error;
+mod directory;
 mod keys;
 pub mod validate;
 
