@@ -191,7 +191,15 @@ impl Principal {
     /// May this caller create (or turn a key into) one with these fields? Never more than it
     /// holds: its own user (or, for a team or org admin, their team's or org's users), its
     /// models, LLM API keys only unless it is an admin.
-    pub fn can_grant_key(&self, t: &Tenancy, models: &[String], key_type: KeyType) -> AdminResult<()> {
+    /// `explicit_org` is the organization the request itself names, if any (`t` also carries
+    /// the one derived from the key's team or user).
+    pub fn can_grant_key(
+        &self,
+        t: &Tenancy,
+        explicit_org: Option<&String>,
+        models: &[String],
+        key_type: KeyType,
+    ) -> AdminResult<()> {
         if self.is_admin() {
             return Ok(());
         }
@@ -215,8 +223,16 @@ impl Principal {
                 "a key you make must belong to you, a team you administer, or your organization".into(),
             ));
         }
-        if t.organization_id.is_some() && !self.in_my_org(t) {
+        if explicit_org.is_some() && !self.is_org_admin_of(explicit_org) {
             return Err(AdminError::PermissionDenied("only an admin may set another organization".into()));
+        }
+        self.can_grant_models(models)
+    }
+
+    /// A caller restricted to some models hands out only those (and never "all models").
+    pub fn can_grant_models(&self, models: &[String]) -> AdminResult<()> {
+        if self.is_admin() {
+            return Ok(());
         }
         if !self.models.is_empty() {
             if models.is_empty() {

@@ -227,7 +227,11 @@ impl<S: Store> pb::user_service_server::UserService for Admin<S> {
         let audit = NewAudit::new(&caller.actor, "user.update", "user", &req.user_id);
         let after: UserRecord = self
             .store
-            .update(&req.user_id, |u: &mut UserRecord| apply_user_update(u, &req).map_err(|e| StoreError::Refused(e.message())), audit)
+            .update(
+                &req.user_id,
+                |u: &mut UserRecord| apply_user_update(u, &req).map_err(|e| StoreError::Refused(e.message())),
+                audit,
+            )
             .await
             .map_err(AdminError::from)?;
         Ok(Response::new(self.user_proto(&after).await?))
@@ -250,7 +254,10 @@ impl<S: Store> pb::user_service_server::UserService for Admin<S> {
         Ok(Response::new(self.user_proto(&user).await?))
     }
 
-    async fn list_users(&self, request: Request<pb::ListUsersRequest>) -> Result<Response<pb::ListUsersResponse>, Status> {
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
         let caller = self.caller(&request).await?;
         let req = request.into_inner();
         let limit = page_size(req.page_size);
@@ -351,7 +358,11 @@ impl<S: Store> pb::team_service_server::TeamService for Admin<S> {
         let audit = NewAudit::new(&caller.actor, "team.update", "team", &req.team_id);
         let after: TeamRecord = self
             .store
-            .update(&req.team_id, |t: &mut TeamRecord| apply_team_update(t, &req).map_err(|e| StoreError::Refused(e.message())), audit)
+            .update(
+                &req.team_id,
+                |t: &mut TeamRecord| apply_team_update(t, &req).map_err(|e| StoreError::Refused(e.message())),
+                audit,
+            )
             .await
             .map_err(AdminError::from)?;
         Ok(Response::new(self.team_proto(&after).await?))
@@ -373,7 +384,10 @@ impl<S: Store> pb::team_service_server::TeamService for Admin<S> {
         Ok(Response::new(self.team_proto(&team).await?))
     }
 
-    async fn list_teams(&self, request: Request<pb::ListTeamsRequest>) -> Result<Response<pb::ListTeamsResponse>, Status> {
+    async fn list_teams(
+        &self,
+        request: Request<pb::ListTeamsRequest>,
+    ) -> Result<Response<pb::ListTeamsResponse>, Status> {
         let caller = self.caller(&request).await?;
         let req = request.into_inner();
         let limit = page_size(req.page_size);
@@ -502,13 +516,20 @@ impl<S: Store> pb::organization_service_server::OrganizationService for Admin<S>
         let audit = NewAudit::new(&caller.actor, "organization.update", "organization", &req.organization_id);
         let after: OrgRecord = self
             .store
-            .update(&req.organization_id, |o: &mut OrgRecord| apply_org_update(o, &req).map_err(|e| StoreError::Refused(e.message())), audit)
+            .update(
+                &req.organization_id,
+                |o: &mut OrgRecord| apply_org_update(o, &req).map_err(|e| StoreError::Refused(e.message())),
+                audit,
+            )
             .await
             .map_err(AdminError::from)?;
         Ok(Response::new(org_proto(&after)))
     }
 
-    async fn delete_organization(&self, request: Request<pb::OrganizationRef>) -> Result<Response<pb::Deleted>, Status> {
+    async fn delete_organization(
+        &self,
+        request: Request<pb::OrganizationRef>,
+    ) -> Result<Response<pb::Deleted>, Status> {
         let caller = self.caller(&request).await?;
         let id = request.into_inner().organization_id;
         let org: OrgRecord = self.store.get(&id).await.map_err(not_found("organization"))?;
@@ -518,7 +539,10 @@ impl<S: Store> pb::organization_service_server::OrganizationService for Admin<S>
         Ok(Response::new(pb::Deleted { id }))
     }
 
-    async fn get_organization(&self, request: Request<pb::OrganizationRef>) -> Result<Response<pb::Organization>, Status> {
+    async fn get_organization(
+        &self,
+        request: Request<pb::OrganizationRef>,
+    ) -> Result<Response<pb::Organization>, Status> {
         let caller = self.caller(&request).await?;
         let org: OrgRecord =
             self.store.get(&request.into_inner().organization_id).await.map_err(not_found("organization"))?;

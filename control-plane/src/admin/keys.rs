@@ -179,7 +179,7 @@ impl<S: Store> Admin<S> {
     /// Checks that the caller may hand out a key like this one.
     async fn check_grant(&self, caller: &Principal, key: &KeyRecord) -> AdminResult<()> {
         let tenancy = self.key_tenancy(key).await;
-        caller.can_grant_key(&tenancy, &key.models, key.key_type)
+        caller.can_grant_key(&tenancy, key.organization_id.as_ref(), &key.models, key.key_type)
     }
 
     async fn set_blocked(&self, caller: &Principal, r: pb::KeyRef, blocked: bool) -> AdminResult<pb::Key> {
@@ -226,7 +226,14 @@ impl<S: Store> pb::key_service_server::KeyService for Admin<S> {
         // Validate and authorise the result up front, so a bad request changes nothing.
         let mut preview = key.clone();
         apply_update(&mut preview, &req)?;
-        self.check_grant(&caller, &preview).await?;
+        // A new owner is a new grant; otherwise only widened models need the caller to hold them.
+        let owner_changed = (&preview.user_id, &preview.team_id, &preview.organization_id)
+            != (&key.user_id, &key.team_id, &key.organization_id);
+        if owner_changed {
+            self.check_grant(&caller, &preview).await?;
+        } else if preview.models != key.models {
+            caller.can_grant_models(&preview.models)?;
+        }
         let audit = NewAudit::new(&caller.actor, "key.update", "key", &key.key_id);
         let (owner, team) = (preview.user_id.clone(), preview.team_id.clone());
         let after = self

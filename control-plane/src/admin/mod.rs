@@ -1,8 +1,8 @@
 //! The admin gRPC API: authorisation, validation and audit around the stores.
 
 pub mod auth;
-pub mod error;
 mod directory;
+pub mod error;
 mod keys;
 pub mod validate;
 

@@ -107,4 +107,3 @@ pub fn as_<T>(key: &str, msg: T) -> tonic::Request<T> {
     r.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
     r
 }
-

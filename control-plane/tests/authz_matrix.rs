@@ -1,0 +1,464 @@
+//! The authorisation matrix: every admin RPC × every role × an object in the caller's own
+//! tenant and one in another tenant, each cell asserted allowed or denied, on SQLite and on
+//! Postgres. Denials must be PERMISSION_DENIED or NOT_FOUND (other tenants' objects: always
+//! NOT_FOUND, so ids cannot be probed), never anything else.
+//!
+//! The world: organizations A and B; team TA in A (admin `ta_admin`, members `member`,
+//! `viewer`), team TB in B; users of every role in A, `user_b` in B. Each actor calls with a
+//! management key (read-only for `member_ro`) owned by its user; `master` uses the master key.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failure here is a failed test
+
+mod common;
+
+use common::{Db, MASTER, Plane, as_};
+use sluice_proto::admin::v1 as pb;
+use sluice_proto::admin::v1::key_ref::Ref;
+use tonic::Code;
+
+const ACTORS: [&str; 7] = ["master", "admin_viewer", "org_admin", "ta_admin", "member", "viewer", "member_ro"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rpc {
+    GetKey,
+    ListKeysSeesIt,
+    UpdateKey,
+    BlockKey,
+    RegenerateKey,
+    GenerateKeyForOwner,
+    GetTeam,
+    UpdateTeam,
+    BlockTeam,
+    AddMember,
+    RemoveMember,
+    CreateTeam,
+    GetUser,
+    UpdateUser,
+    CreateUser,
+    GetOrganization,
+    UpdateOrganization,
+    CreateOrganization,
+    ListAudit,
+}
+
+const RPCS: [Rpc; 19] = [
+    Rpc::GetKey,
+    Rpc::ListKeysSeesIt,
+    Rpc::UpdateKey,
+    Rpc::BlockKey,
+    Rpc::RegenerateKey,
+    Rpc::GenerateKeyForOwner,
+    Rpc::GetTeam,
+    Rpc::UpdateTeam,
+    Rpc::BlockTeam,
+    Rpc::AddMember,
+    Rpc::RemoveMember,
+    Rpc::CreateTeam,
+    Rpc::GetUser,
+    Rpc::UpdateUser,
+    Rpc::CreateUser,
+    Rpc::GetOrganization,
+    Rpc::UpdateOrganization,
+    Rpc::CreateOrganization,
+    Rpc::ListAudit,
+];
+
+/// Who may do `rpc` on an object of their own tenant (org A: team TA, `member`'s key, user
+/// `member`, org A) and on another tenant's (org B: team TB, `user_b`'s key, user `user_b`).
+fn allowed(rpc: Rpc, actor: &str, own: bool) -> bool {
+    let any_of = |actors: &[&str]| actors.contains(&actor);
+    if !own {
+        // Another tenant: readers of everything read; only the master changes anything.
+        return match rpc {
+            Rpc::GetKey | Rpc::ListKeysSeesIt | Rpc::GetTeam | Rpc::GetUser | Rpc::GetOrganization | Rpc::ListAudit => {
+                any_of(&["master", "admin_viewer"])
+            }
+            _ => actor == "master",
+        };
+    }
+    match rpc {
+        // The key belongs to `member`, in team TA, in org A.
+        Rpc::GetKey | Rpc::ListKeysSeesIt => {
+            any_of(&["master", "admin_viewer", "org_admin", "ta_admin", "member", "member_ro"])
+        }
+        Rpc::UpdateKey | Rpc::BlockKey | Rpc::RegenerateKey => any_of(&["master", "org_admin", "ta_admin", "member"]),
+        // A key for `member` in team TA: the member itself, its team's admin (team keys are
+        // theirs to hand out only without a user: see GenerateKeyForOwner's call), the org admin.
+        Rpc::GenerateKeyForOwner => any_of(&["master", "org_admin", "member"]),
+        Rpc::GetTeam => any_of(&["master", "admin_viewer", "org_admin", "ta_admin", "member", "viewer", "member_ro"]),
+        Rpc::UpdateTeam | Rpc::BlockTeam | Rpc::CreateTeam => any_of(&["master", "org_admin"]),
+        Rpc::AddMember | Rpc::RemoveMember => any_of(&["master", "org_admin", "ta_admin"]),
+        Rpc::GetUser => any_of(&["master", "admin_viewer", "org_admin", "member", "member_ro"]),
+        Rpc::UpdateUser | Rpc::CreateUser => any_of(&["master", "org_admin"]),
+        Rpc::GetOrganization => any_of(&ACTORS),
+        Rpc::UpdateOrganization | Rpc::CreateOrganization => actor == "master",
+        Rpc::ListAudit => any_of(&["master", "admin_viewer"]),
+    }
+}
+
+struct World {
+    credentials: Vec<(&'static str, String)>,
+}
+
+async fn build_world(plane: &Plane) -> World {
+    let (mut users, mut teams, mut orgs, mut keys) =
+        (plane.users().await, plane.teams().await, plane.orgs().await, plane.keys().await);
+    for org in ["org-a", "org-b"] {
+        orgs.create_organization(as_(
+            MASTER,
+            pb::CreateOrganizationRequest { organization_id: org.into(), ..Default::default() },
+        ))
+        .await
+        .unwrap();
+    }
+    let people = [
+        ("admin_viewer", pb::UserRole::ProxyAdminViewer, None),
+        ("org_admin", pb::UserRole::OrgAdmin, Some("org-a")),
+        ("ta_admin", pb::UserRole::InternalUser, Some("org-a")),
+        ("member", pb::UserRole::InternalUser, Some("org-a")),
+        ("viewer", pb::UserRole::InternalUserViewer, Some("org-a")),
+        ("newcomer", pb::UserRole::InternalUser, Some("org-a")),
+        ("user_b", pb::UserRole::InternalUser, Some("org-b")),
+        ("newcomer_b", pb::UserRole::InternalUser, Some("org-b")),
+    ];
+    for (id, role, org) in people {
+        users
+            .create_user(as_(
+                MASTER,
+                pb::CreateUserRequest {
+                    user_id: id.into(),
+                    user_role: role as i32,
+                    organization_id: org.map(Into::into),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+    }
+    let member = |id: &str, admin: bool| pb::Member {
+        user_id: id.into(),
+        role: if admin { pb::MemberRole::Admin } else { pb::MemberRole::User } as i32,
+        limits: None,
+    };
+    teams
+        .create_team(as_(
+            MASTER,
+            pb::CreateTeamRequest {
+                team_id: "ta".into(),
+                organization_id: Some("org-a".into()),
+                members: vec![member("ta_admin", true), member("member", false), member("viewer", false)],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    teams
+        .create_team(as_(
+            MASTER,
+            pb::CreateTeamRequest {
+                team_id: "tb".into(),
+                organization_id: Some("org-b".into()),
+                members: vec![member("user_b", true)],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    // The objects the matrix touches: one LLM key in each tenant.
+    for (alias, user, team) in [("key-a", "member", "ta"), ("key-b", "user_b", "tb")] {
+        keys.generate_key(as_(
+            MASTER,
+            pb::GenerateKeyRequest {
+                spec: Some(pb::KeySpec {
+                    key_alias: Some(alias.into()),
+                    user_id: Some(user.into()),
+                    team_id: Some(team.into()),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    }
+    // Each actor's credential.
+    let mut credentials = vec![("master", MASTER.to_owned())];
+    for (actor, user, kind) in [
+        ("admin_viewer", "admin_viewer", pb::KeyType::Management),
+        ("org_admin", "org_admin", pb::KeyType::Management),
+        ("ta_admin", "ta_admin", pb::KeyType::Management),
+        ("member", "member", pb::KeyType::Management),
+        ("viewer", "viewer", pb::KeyType::Management),
+        ("member_ro", "member", pb::KeyType::ReadOnly),
+    ] {
+        let made = keys
+            .generate_key(as_(
+                MASTER,
+                pb::GenerateKeyRequest {
+                    spec: Some(pb::KeySpec { user_id: Some(user.into()), key_type: kind as i32, ..Default::default() }),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        credentials.push((actor, made.key));
+    }
+    World { credentials }
+}
+
+/// Calls `rpc` as `key` on the own (org A) or other (org B) tenant's object.
+async fn call(plane: &Plane, rpc: Rpc, key: &str, own: bool) -> Result<(), tonic::Status> {
+    let (org, team, user, key_alias, newcomer) = if own {
+        ("org-a", "ta", "member", "key-a", "newcomer")
+    } else {
+        ("org-b", "tb", "user_b", "key-b", "newcomer_b")
+    };
+    let key_ref = || pb::KeyRef { r#ref: Some(Ref::KeyAlias(key_alias.into())) };
+    match rpc {
+        Rpc::GetKey => plane.keys().await.get_key(as_(key, key_ref())).await.map(drop),
+        Rpc::ListKeysSeesIt => {
+            let page = plane
+                .keys()
+                .await
+                .list_keys(as_(key, pb::ListKeysRequest { key_alias: Some(key_alias.into()), ..Default::default() }))
+                .await?
+                .into_inner();
+            // Listing itself is open to every management key; seeing the object is the question.
+            if page.keys.iter().any(|k| k.key_alias.as_deref() == Some(key_alias)) {
+                Ok(())
+            } else {
+                Err(tonic::Status::not_found("not listed"))
+            }
+        }
+        Rpc::UpdateKey => plane
+            .keys()
+            .await
+            .update_key(as_(
+                key,
+                pb::UpdateKeyRequest {
+                    r#ref: Some(key_ref()),
+                    tags: Some(pb::StringList { values: vec!["matrix".into()] }),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(drop),
+        Rpc::BlockKey => plane.keys().await.block_key(as_(key, key_ref())).await.map(drop),
+        Rpc::RegenerateKey => plane
+            .keys()
+            .await
+            .regenerate_key(as_(key, pb::RegenerateKeyRequest { r#ref: Some(key_ref()), grace_period: None }))
+            .await
+            .map(drop),
+        Rpc::GenerateKeyForOwner => plane
+            .keys()
+            .await
+            .generate_key(as_(
+                key,
+                pb::GenerateKeyRequest {
+                    spec: Some(pb::KeySpec {
+                        user_id: Some(user.into()),
+                        team_id: Some(team.into()),
+                        ..Default::default()
+                    }),
+                },
+            ))
+            .await
+            .map(drop),
+        Rpc::GetTeam => plane.teams().await.get_team(as_(key, pb::TeamRef { team_id: team.into() })).await.map(drop),
+        Rpc::UpdateTeam => plane
+            .teams()
+            .await
+            .update_team(as_(
+                key,
+                pb::UpdateTeamRequest {
+                    team_id: team.into(),
+                    team_alias: Some("renamed".into()),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(drop),
+        Rpc::BlockTeam => {
+            let mut teams = plane.teams().await;
+            teams.block_team(as_(key, pb::TeamRef { team_id: team.into() })).await?;
+            // Leave it usable for the next cells.
+            teams.unblock_team(as_(MASTER, pb::TeamRef { team_id: team.into() })).await.map(drop)
+        }
+        Rpc::AddMember => plane
+            .teams()
+            .await
+            .add_member(as_(
+                key,
+                pb::MemberRequest {
+                    team_id: team.into(),
+                    member: Some(pb::Member {
+                        user_id: newcomer.into(),
+                        role: pb::MemberRole::User as i32,
+                        limits: None,
+                    }),
+                },
+            ))
+            .await
+            .map(drop),
+        Rpc::RemoveMember => {
+            let mut teams = plane.teams().await;
+            // Make sure there is a member to remove, whoever the caller is.
+            teams
+                .add_member(as_(
+                    MASTER,
+                    pb::MemberRequest {
+                        team_id: team.into(),
+                        member: Some(pb::Member { user_id: newcomer.into(), role: 0, limits: None }),
+                    },
+                ))
+                .await
+                .unwrap();
+            teams
+                .remove_member(as_(key, pb::RemoveMemberRequest { team_id: team.into(), user_id: newcomer.into() }))
+                .await
+                .map(drop)
+        }
+        Rpc::CreateTeam => plane
+            .teams()
+            .await
+            .create_team(as_(key, pb::CreateTeamRequest { organization_id: Some(org.into()), ..Default::default() }))
+            .await
+            .map(drop),
+        Rpc::GetUser => plane.users().await.get_user(as_(key, pb::UserRef { user_id: user.into() })).await.map(drop),
+        Rpc::UpdateUser => plane
+            .users()
+            .await
+            .update_user(as_(
+                key,
+                pb::UpdateUserRequest {
+                    user_id: user.into(),
+                    metadata_json: Some(r#"{"touched":true}"#.into()),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(drop),
+        Rpc::CreateUser => plane
+            .users()
+            .await
+            .create_user(as_(key, pb::CreateUserRequest { organization_id: Some(org.into()), ..Default::default() }))
+            .await
+            .map(drop),
+        Rpc::GetOrganization => plane
+            .orgs()
+            .await
+            .get_organization(as_(key, pb::OrganizationRef { organization_id: org.into() }))
+            .await
+            .map(drop),
+        Rpc::UpdateOrganization => plane
+            .orgs()
+            .await
+            .update_organization(as_(
+                key,
+                pb::UpdateOrganizationRequest {
+                    organization_id: org.into(),
+                    organization_alias: Some("renamed".into()),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(drop),
+        Rpc::CreateOrganization => {
+            plane.orgs().await.create_organization(as_(key, pb::CreateOrganizationRequest::default())).await.map(drop)
+        }
+        Rpc::ListAudit => plane.audit().await.list_audit(as_(key, pb::ListAuditRequest::default())).await.map(drop),
+    }
+}
+
+async fn matrix(db: Db) {
+    let plane = Plane::start(db).await;
+    let world = build_world(&plane).await;
+    let mut failures = Vec::new();
+    let mut cells = 0;
+    for rpc in RPCS {
+        for own in [true, false] {
+            for (actor, key) in &world.credentials {
+                cells += 1;
+                let expected = allowed(rpc, actor, own);
+                let got = call(&plane, rpc, key, own).await;
+                let tenant = if own { "own" } else { "other" };
+                match (&got, expected) {
+                    (Ok(()), true) => {}
+                    (Err(s), false) if matches!(s.code(), Code::PermissionDenied | Code::NotFound) => {
+                        // Reading another tenant's object must look like it does not exist.
+                        let read = matches!(rpc, Rpc::GetKey | Rpc::GetTeam | Rpc::GetUser | Rpc::GetOrganization);
+                        if !own && read && s.code() != Code::NotFound {
+                            failures.push(format!("{rpc:?} {tenant} as {actor}: {:?} instead of NotFound", s.code()));
+                        }
+                    }
+                    (Ok(()), false) => failures.push(format!("{rpc:?} {tenant} as {actor}: allowed, expected denied")),
+                    (Err(s), _) => failures.push(format!(
+                        "{rpc:?} {tenant} as {actor}: {:?} {:?}, expected {}",
+                        s.code(),
+                        s.message(),
+                        if expected { "allowed" } else { "denied" }
+                    )),
+                }
+            }
+        }
+    }
+    plane.stop().await;
+    assert_eq!(cells, RPCS.len() * 2 * ACTORS.len());
+    assert!(failures.is_empty(), "{} of {cells} cells wrong:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorisation_matrix_sqlite() {
+    matrix(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorisation_matrix_postgres() {
+    matrix(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_grants_a_role_above_their_own() {
+    let plane = Plane::start(Db::Sqlite).await;
+    let world = build_world(&plane).await;
+    let key_of = |actor: &str| world.credentials.iter().find(|(a, _)| *a == actor).unwrap().1.clone();
+    let mut users = plane.users().await;
+    let org_admin = key_of("org_admin");
+    // An org admin makes internal users in its organization, but no admins, and cannot promote itself.
+    for role in [pb::UserRole::InternalUser, pb::UserRole::InternalUserViewer] {
+        let req = pb::CreateUserRequest {
+            organization_id: Some("org-a".into()),
+            user_role: role as i32,
+            ..Default::default()
+        };
+        users.create_user(as_(&org_admin, req)).await.unwrap();
+    }
+    for role in [pb::UserRole::ProxyAdmin, pb::UserRole::ProxyAdminViewer] {
+        let req = pb::CreateUserRequest {
+            organization_id: Some("org-a".into()),
+            user_role: role as i32,
+            ..Default::default()
+        };
+        assert_eq!(
+            users.create_user(as_(&org_admin, req)).await.unwrap_err().code(),
+            Code::PermissionDenied,
+            "{role:?}"
+        );
+    }
+    let promote = |id: &str, role: pb::UserRole| pb::UpdateUserRequest {
+        user_id: id.into(),
+        user_role: Some(role as i32),
+        ..Default::default()
+    };
+    let own = users.update_user(as_(&org_admin, promote("org_admin", pb::UserRole::ProxyAdmin))).await.unwrap_err();
+    assert_eq!(own.code(), Code::PermissionDenied);
+    let other = users.update_user(as_(&org_admin, promote("member", pb::UserRole::ProxyAdmin))).await.unwrap_err();
+    assert_eq!(other.code(), Code::PermissionDenied);
+    // A member cannot promote itself either, and its role is unchanged.
+    let member = key_of("member");
+    let err = users.update_user(as_(&member, promote("member", pb::UserRole::OrgAdmin))).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let now = users.get_user(as_(MASTER, pb::UserRef { user_id: "member".into() })).await.unwrap().into_inner();
+    assert_eq!(now.user_role, pb::UserRole::InternalUser as i32);
+    plane.stop().await;
+}
