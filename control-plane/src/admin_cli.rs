@@ -7,6 +7,9 @@ use sluice_proto::admin::v1 as pb;
 use sluice_proto::admin::v1::audit_service_client::AuditServiceClient;
 use sluice_proto::admin::v1::key_ref::Ref;
 use sluice_proto::admin::v1::key_service_client::KeyServiceClient;
+use sluice_proto::admin::v1::organization_service_client::OrganizationServiceClient;
+use sluice_proto::admin::v1::team_service_client::TeamServiceClient;
+use sluice_proto::admin::v1::user_service_client::UserServiceClient;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
@@ -412,5 +415,426 @@ pub async fn run_audit(
             .collect();
         table(&["ID", "AT", "ACTOR", "ACTION", "OBJECT"], &rows);
     }
+    Ok(())
+}
+
+// ---- teams, users, organizations ---------------------------------------------------------------
+
+/// Limits flags shared by teams, users and organizations.
+#[derive(Args, Clone, Default)]
+pub struct LimitFlags {
+    #[arg(long)]
+    pub rpm: Option<i64>,
+    #[arg(long)]
+    pub tpm: Option<i64>,
+    #[arg(long)]
+    pub max_parallel: Option<i64>,
+    /// USD.
+    #[arg(long)]
+    pub max_budget: Option<f64>,
+    /// USD; crossing it alerts, never blocks.
+    #[arg(long)]
+    pub soft_budget: Option<f64>,
+    #[arg(long)]
+    pub budget_duration: Option<String>,
+    /// Comma-separated model groups.
+    #[arg(long, value_delimiter = ',')]
+    pub models: Option<Vec<String>>,
+}
+
+impl LimitFlags {
+    fn limits(&self) -> Option<pb::Limits> {
+        let l = pb::Limits {
+            rpm_limit: self.rpm,
+            tpm_limit: self.tpm,
+            max_parallel_requests: self.max_parallel,
+            max_budget: self.max_budget,
+            soft_budget: self.soft_budget,
+            budget_duration: self.budget_duration.clone(),
+        };
+        (l != pb::Limits::default()).then_some(l)
+    }
+}
+
+#[derive(Subcommand, Clone)]
+pub enum TeamAdmin {
+    #[command(allow_negative_numbers = true)]
+    Create {
+        /// The team id (default: one is made).
+        #[arg(long, default_value = "")]
+        id: String,
+        #[arg(long)]
+        alias: Option<String>,
+        #[arg(long)]
+        org: Option<String>,
+        #[command(flatten)]
+        limits: LimitFlags,
+    },
+    #[command(allow_negative_numbers = true)]
+    Update {
+        team: String,
+        #[arg(long)]
+        alias: Option<String>,
+        #[command(flatten)]
+        limits: LimitFlags,
+        #[arg(long, value_delimiter = ',')]
+        clear: Vec<String>,
+    },
+    List {
+        #[arg(long)]
+        org: Option<String>,
+    },
+    Info {
+        team: String,
+    },
+    Block {
+        team: String,
+    },
+    Unblock {
+        team: String,
+    },
+    Delete {
+        team: String,
+    },
+    /// Add a member (or change its role and limits).
+    #[command(allow_negative_numbers = true)]
+    AddMember {
+        team: String,
+        user: String,
+        /// `admin` or `user`.
+        #[arg(long, default_value = "user")]
+        role: String,
+        /// The member's own budget in this team, USD.
+        #[arg(long)]
+        max_budget: Option<f64>,
+    },
+    RemoveMember {
+        team: String,
+        user: String,
+    },
+}
+
+#[derive(Subcommand, Clone)]
+pub enum UserAdmin {
+    #[command(allow_negative_numbers = true)]
+    Create {
+        #[arg(long, default_value = "")]
+        id: String,
+        #[arg(long)]
+        email: Option<String>,
+        /// proxy_admin, proxy_admin_viewer, org_admin, internal_user (default), internal_user_viewer.
+        #[arg(long, default_value = "internal_user")]
+        role: String,
+        #[arg(long)]
+        org: Option<String>,
+        #[command(flatten)]
+        limits: LimitFlags,
+    },
+    #[command(allow_negative_numbers = true)]
+    Update {
+        user: String,
+        #[arg(long)]
+        role: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+        #[command(flatten)]
+        limits: LimitFlags,
+        #[arg(long, value_delimiter = ',')]
+        clear: Vec<String>,
+    },
+    List {
+        #[arg(long)]
+        org: Option<String>,
+    },
+    Info {
+        user: String,
+    },
+    Delete {
+        user: String,
+    },
+}
+
+#[derive(Subcommand, Clone)]
+pub enum OrgAdmin {
+    #[command(allow_negative_numbers = true)]
+    Create {
+        #[arg(long, default_value = "")]
+        id: String,
+        #[arg(long)]
+        alias: Option<String>,
+        #[command(flatten)]
+        limits: LimitFlags,
+    },
+    List,
+    Info {
+        org: String,
+    },
+    Delete {
+        org: String,
+    },
+}
+
+fn user_role(s: &str) -> Result<i32, String> {
+    Ok(match s {
+        "proxy_admin" => pb::UserRole::ProxyAdmin,
+        "proxy_admin_viewer" => pb::UserRole::ProxyAdminViewer,
+        "org_admin" => pb::UserRole::OrgAdmin,
+        "internal_user" => pb::UserRole::InternalUser,
+        "internal_user_viewer" => pb::UserRole::InternalUserViewer,
+        other => return Err(format!("unknown role {other:?}")),
+    } as i32)
+}
+
+fn role_name(r: i32) -> &'static str {
+    match pb::UserRole::try_from(r) {
+        Ok(pb::UserRole::ProxyAdmin) => "proxy_admin",
+        Ok(pb::UserRole::ProxyAdminViewer) => "proxy_admin_viewer",
+        Ok(pb::UserRole::OrgAdmin) => "org_admin",
+        Ok(pb::UserRole::InternalUserViewer) => "internal_user_viewer",
+        _ => "internal_user",
+    }
+}
+
+fn limits_json(l: &Option<pb::Limits>) -> Value {
+    let l = l.clone().unwrap_or_default();
+    json!({"rpm_limit": l.rpm_limit, "tpm_limit": l.tpm_limit, "max_parallel_requests": l.max_parallel_requests,
+        "max_budget": l.max_budget, "soft_budget": l.soft_budget, "budget_duration": l.budget_duration})
+}
+
+fn team_json(t: &pb::Team) -> Value {
+    json!({"team_id": t.team_id, "team_alias": t.team_alias, "organization_id": t.organization_id, "models": t.models,
+        "limits": limits_json(&t.limits), "blocked": t.blocked,
+        "members": t.members.iter().map(|m| json!({"user_id": m.user_id,
+            "role": if m.role == pb::MemberRole::Admin as i32 { "admin" } else { "user" }})).collect::<Vec<_>>()})
+}
+
+fn print_teams(c: &Connection, teams: &[pb::Team]) {
+    if c.json {
+        println!("{}", json!({"teams": teams.iter().map(team_json).collect::<Vec<_>>()}));
+        return;
+    }
+    let rows: Vec<Vec<String>> = teams
+        .iter()
+        .map(|t| {
+            let l = t.limits.clone().unwrap_or_default();
+            vec![
+                t.team_id.clone(),
+                opt(&t.team_alias),
+                opt(&t.organization_id),
+                t.members.len().to_string(),
+                opt(&l.max_budget),
+                opt(&l.rpm_limit),
+                if t.blocked { "blocked".into() } else { "active".into() },
+            ]
+        })
+        .collect();
+    table(&["TEAM_ID", "ALIAS", "ORG", "MEMBERS", "BUDGET", "RPM", "STATE"], &rows);
+}
+
+fn print_users(c: &Connection, users: &[pb::User]) {
+    if c.json {
+        let v: Vec<Value> = users
+            .iter()
+            .map(|u| {
+                json!({"user_id": u.user_id, "user_email": u.user_email, "user_role": role_name(u.user_role),
+                "organization_id": u.organization_id, "limits": limits_json(&u.limits),
+                "teams": u.teams.iter().map(|t| t.team_id.clone()).collect::<Vec<_>>()})
+            })
+            .collect();
+        println!("{}", json!({"users": v}));
+        return;
+    }
+    let rows: Vec<Vec<String>> = users
+        .iter()
+        .map(|u| {
+            vec![
+                u.user_id.clone(),
+                opt(&u.user_email),
+                role_name(u.user_role).to_owned(),
+                opt(&u.organization_id),
+                u.teams.iter().map(|t| t.team_id.clone()).collect::<Vec<_>>().join(","),
+            ]
+        })
+        .collect();
+    table(&["USER_ID", "EMAIL", "ROLE", "ORG", "TEAMS"], &rows);
+}
+
+fn print_orgs(c: &Connection, orgs: &[pb::Organization]) {
+    if c.json {
+        let v: Vec<Value> = orgs
+            .iter()
+            .map(|o| {
+                json!({"organization_id": o.organization_id, "organization_alias": o.organization_alias,
+                "models": o.models, "limits": limits_json(&o.limits), "blocked": o.blocked})
+            })
+            .collect();
+        println!("{}", json!({"organizations": v}));
+        return;
+    }
+    let rows: Vec<Vec<String>> = orgs
+        .iter()
+        .map(|o| {
+            vec![
+                o.organization_id.clone(),
+                opt(&o.organization_alias),
+                opt(&o.limits.clone().unwrap_or_default().max_budget),
+            ]
+        })
+        .collect();
+    table(&["ORG_ID", "ALIAS", "BUDGET"], &rows);
+}
+
+pub async fn run_team(c: &Connection, cmd: TeamAdmin) -> Result<(), String> {
+    let mut client = TeamServiceClient::new(channel(c).await?);
+    let err = |s: tonic::Status| status_message(&s);
+    let team = match cmd {
+        TeamAdmin::Create { id, alias, org, limits } => {
+            let req = pb::CreateTeamRequest {
+                team_id: id,
+                team_alias: alias,
+                organization_id: org,
+                models: limits.models.clone().unwrap_or_default(),
+                limits: limits.limits(),
+                ..Default::default()
+            };
+            client.create_team(authed(c, req)?).await.map_err(err)?.into_inner()
+        }
+        TeamAdmin::Update { team, alias, limits, clear } => {
+            let req = pb::UpdateTeamRequest {
+                team_id: team,
+                team_alias: alias,
+                models: limits.models.clone().map(|values| pb::StringList { values }),
+                limits: limits.limits(),
+                clear_limits: clear,
+                ..Default::default()
+            };
+            client.update_team(authed(c, req)?).await.map_err(err)?.into_inner()
+        }
+        TeamAdmin::List { org } => {
+            let req = pb::ListTeamsRequest { organization_id: org, page_size: 500, page_token: String::new() };
+            let teams = client.list_teams(authed(c, req)?).await.map_err(err)?.into_inner().teams;
+            print_teams(c, &teams);
+            return Ok(());
+        }
+        TeamAdmin::Info { team } => {
+            client.get_team(authed(c, pb::TeamRef { team_id: team })?).await.map_err(err)?.into_inner()
+        }
+        TeamAdmin::Block { team } => {
+            client.block_team(authed(c, pb::TeamRef { team_id: team })?).await.map_err(err)?.into_inner()
+        }
+        TeamAdmin::Unblock { team } => {
+            client.unblock_team(authed(c, pb::TeamRef { team_id: team })?).await.map_err(err)?.into_inner()
+        }
+        TeamAdmin::Delete { team } => {
+            let done = client.delete_team(authed(c, pb::TeamRef { team_id: team })?).await.map_err(err)?.into_inner();
+            println!("deleted {}", done.id);
+            return Ok(());
+        }
+        TeamAdmin::AddMember { team, user, role, max_budget } => {
+            let role = match role.as_str() {
+                "admin" => pb::MemberRole::Admin,
+                "user" => pb::MemberRole::User,
+                other => return Err(format!("--role {other}: use admin or user")),
+            };
+            let limits = max_budget.map(|b| pb::Limits { max_budget: Some(b), ..Default::default() });
+            let req = pb::MemberRequest {
+                team_id: team,
+                member: Some(pb::Member { user_id: user, role: role as i32, limits }),
+            };
+            client.add_member(authed(c, req)?).await.map_err(err)?.into_inner()
+        }
+        TeamAdmin::RemoveMember { team, user } => client
+            .remove_member(authed(c, pb::RemoveMemberRequest { team_id: team, user_id: user })?)
+            .await
+            .map_err(err)?
+            .into_inner(),
+    };
+    print_teams(c, &[team]);
+    Ok(())
+}
+
+pub async fn run_user(c: &Connection, cmd: UserAdmin) -> Result<(), String> {
+    let mut client = UserServiceClient::new(channel(c).await?);
+    let err = |s: tonic::Status| status_message(&s);
+    let user = match cmd {
+        UserAdmin::Create { id, email, role, org, limits } => {
+            let req = pb::CreateUserRequest {
+                user_id: id,
+                user_email: email,
+                user_role: user_role(&role)?,
+                organization_id: org,
+                models: limits.models.clone().unwrap_or_default(),
+                limits: limits.limits(),
+                metadata_json: None,
+            };
+            client.create_user(authed(c, req)?).await.map_err(err)?.into_inner()
+        }
+        UserAdmin::Update { user, role, email, limits, clear } => {
+            let req = pb::UpdateUserRequest {
+                user_id: user,
+                user_email: email,
+                user_role: role.as_deref().map(user_role).transpose()?,
+                models: limits.models.clone().map(|values| pb::StringList { values }),
+                limits: limits.limits(),
+                clear_limits: clear,
+                ..Default::default()
+            };
+            client.update_user(authed(c, req)?).await.map_err(err)?.into_inner()
+        }
+        UserAdmin::List { org } => {
+            let req = pb::ListUsersRequest { organization_id: org, page_size: 500, ..Default::default() };
+            let users = client.list_users(authed(c, req)?).await.map_err(err)?.into_inner().users;
+            print_users(c, &users);
+            return Ok(());
+        }
+        UserAdmin::Info { user } => {
+            client.get_user(authed(c, pb::UserRef { user_id: user })?).await.map_err(err)?.into_inner()
+        }
+        UserAdmin::Delete { user } => {
+            let done = client.delete_user(authed(c, pb::UserRef { user_id: user })?).await.map_err(err)?.into_inner();
+            println!("deleted {}", done.id);
+            return Ok(());
+        }
+    };
+    print_users(c, &[user]);
+    Ok(())
+}
+
+pub async fn run_org(c: &Connection, cmd: OrgAdmin) -> Result<(), String> {
+    let mut client = OrganizationServiceClient::new(channel(c).await?);
+    let err = |s: tonic::Status| status_message(&s);
+    let org = match cmd {
+        OrgAdmin::Create { id, alias, limits } => {
+            let req = pb::CreateOrganizationRequest {
+                organization_id: id,
+                organization_alias: alias,
+                models: limits.models.clone().unwrap_or_default(),
+                limits: limits.limits(),
+                metadata_json: None,
+            };
+            client.create_organization(authed(c, req)?).await.map_err(err)?.into_inner()
+        }
+        OrgAdmin::List => {
+            let req = pb::ListOrganizationsRequest { page_size: 500, page_token: String::new() };
+            let orgs = client.list_organizations(authed(c, req)?).await.map_err(err)?.into_inner().organizations;
+            print_orgs(c, &orgs);
+            return Ok(());
+        }
+        OrgAdmin::Info { org } => client
+            .get_organization(authed(c, pb::OrganizationRef { organization_id: org })?)
+            .await
+            .map_err(err)?
+            .into_inner(),
+        OrgAdmin::Delete { org } => {
+            let done = client
+                .delete_organization(authed(c, pb::OrganizationRef { organization_id: org })?)
+                .await
+                .map_err(err)?
+                .into_inner();
+            println!("deleted {}", done.id);
+            return Ok(());
+        }
+    };
+    print_orgs(c, &[org]);
     Ok(())
 }

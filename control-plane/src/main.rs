@@ -41,6 +41,15 @@ enum Command {
     /// Create and manage API keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Teams and their members.
+    #[command(subcommand)]
+    Team(admin_cli::TeamAdmin),
+    /// Users and their roles.
+    #[command(subcommand)]
+    User(admin_cli::UserAdmin),
+    /// Organizations.
+    #[command(subcommand)]
+    Org(admin_cli::OrgAdmin),
     /// The audit log (admin only).
     Audit {
         #[arg(long)]
@@ -179,6 +188,9 @@ fn run(cli: Cli) -> Result<(), String> {
             runtime()?.block_on(sluice_control_plane::server::serve(opts))
         }
         Command::Key(KeyCommand::Admin(cmd)) => runtime()?.block_on(admin_cli::run_key(&connection, cmd)),
+        Command::Team(cmd) => runtime()?.block_on(admin_cli::run_team(&connection, cmd)),
+        Command::User(cmd) => runtime()?.block_on(admin_cli::run_user(&connection, cmd)),
+        Command::Org(cmd) => runtime()?.block_on(admin_cli::run_org(&connection, cmd)),
         Command::Audit { object_type, object_id, limit } => {
             runtime()?.block_on(admin_cli::run_audit(&connection, object_type, object_id, limit))
         }

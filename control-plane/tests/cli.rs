@@ -141,3 +141,32 @@ fn the_cli_explains_what_went_wrong() {
     assert!(!down.status.success());
     assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach the control plane"));
 }
+
+#[test]
+fn the_cli_drives_organizations_users_and_teams() {
+    let s = start();
+    let run = |args: &[&str]| sluice(&s.url, Some(MASTER), args);
+    ok(&run(&["org", "create", "--id", "acme", "--max-budget", "1000"]));
+    ok(&run(&["user", "create", "--id", "alice", "--org", "acme", "--email", "alice@acme.test"]));
+    ok(&run(&["user", "create", "--id", "bob", "--org", "acme", "--role", "internal_user_viewer"]));
+    ok(&run(&["team", "create", "--id", "t1", "--org", "acme", "--max-budget", "100", "--rpm", "600"]));
+    ok(&run(&["team", "add-member", "t1", "alice", "--role", "admin"]));
+    let team = json(&run(&["team", "add-member", "t1", "bob", "--json"]));
+    let members: Vec<(String, String)> = team["teams"][0]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["user_id"].as_str().unwrap().to_owned(), m["role"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(members, [("alice".to_owned(), "admin".to_owned()), ("bob".to_owned(), "user".to_owned())]);
+    let users = json(&run(&["user", "list", "--org", "acme", "--json"]));
+    assert_eq!(users["users"].as_array().unwrap().len(), 2);
+    assert_eq!(users["users"][0]["teams"], serde_json::json!(["t1"]));
+    let table = ok(&run(&["team", "list"]));
+    assert!(table.lines().nth(1).unwrap().starts_with("t1"));
+    ok(&run(&["team", "remove-member", "t1", "bob"]));
+    // An organization with teams and users cannot be deleted out from under them.
+    let refused = run(&["org", "delete", "acme"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("FailedPrecondition"));
+}
