@@ -7,6 +7,7 @@ use sluice_proto::admin::v1 as pb;
 use sluice_proto::admin::v1::audit_service_client::AuditServiceClient;
 use sluice_proto::admin::v1::key_ref::Ref;
 use sluice_proto::admin::v1::key_service_client::KeyServiceClient;
+use sluice_proto::admin::v1::model_service_client::ModelServiceClient;
 use sluice_proto::admin::v1::organization_service_client::OrganizationServiceClient;
 use sluice_proto::admin::v1::team_service_client::TeamServiceClient;
 use sluice_proto::admin::v1::user_service_client::UserServiceClient;
@@ -836,5 +837,114 @@ pub async fn run_org(c: &Connection, cmd: OrgAdmin) -> Result<(), String> {
         }
     };
     print_orgs(c, &[org]);
+    Ok(())
+}
+
+// ---- model deployments -----------------------------------------------------------------------
+
+#[derive(Subcommand, Clone)]
+pub enum ModelAdmin {
+    /// Add a deployment: LiteLLM's `litellm_params` and `model_info` as JSON.
+    Create {
+        /// The model group clients ask for.
+        model_name: String,
+        /// e.g. '{"model": "openai/gpt-4o", "api_key": "os.environ/OPENAI_API_KEY"}'
+        #[arg(long)]
+        params: String,
+        /// e.g. '{"id": "gpt4o-east", "input_cost_per_token": 2.5e-6, "output_cost_per_token": 1e-5}'
+        #[arg(long, default_value = "{}")]
+        info: String,
+    },
+    Update {
+        deployment_id: String,
+        #[arg(long)]
+        model_name: Option<String>,
+        #[arg(long)]
+        params: Option<String>,
+        #[arg(long)]
+        info: Option<String>,
+    },
+    List {
+        #[arg(long)]
+        model_name: Option<String>,
+    },
+    Info {
+        deployment_id: String,
+    },
+    Delete {
+        deployment_id: String,
+    },
+}
+
+fn print_models(c: &Connection, models: &[pb::ModelDeployment]) {
+    let parse = |t: &str| serde_json::from_str::<Value>(t).unwrap_or(Value::Null);
+    if c.json {
+        let v: Vec<Value> = models
+            .iter()
+            .map(|m| {
+                json!({"deployment_id": m.deployment_id, "model_name": m.model_name, "source": m.source,
+                "litellm_params": parse(&m.litellm_params_json), "model_info": parse(&m.model_info_json),
+                "warnings": m.warnings})
+            })
+            .collect();
+        println!("{}", json!({"models": v}));
+        return;
+    }
+    let rows: Vec<Vec<String>> = models
+        .iter()
+        .map(|m| {
+            let p = parse(&m.litellm_params_json);
+            let i = parse(&m.model_info_json);
+            vec![
+                m.deployment_id.clone(),
+                m.model_name.clone(),
+                p["model"].as_str().unwrap_or("-").to_owned(),
+                i["input_cost_per_token"].as_f64().map_or("-".into(), |v| v.to_string()),
+                i["output_cost_per_token"].as_f64().map_or("-".into(), |v| v.to_string()),
+                m.source.clone(),
+            ]
+        })
+        .collect();
+    table(&["DEPLOYMENT", "MODEL_NAME", "MODEL", "INPUT $/TOK", "OUTPUT $/TOK", "SOURCE"], &rows);
+    for m in models {
+        for w in &m.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+}
+
+pub async fn run_model(c: &Connection, cmd: ModelAdmin) -> Result<(), String> {
+    let mut client = ModelServiceClient::new(channel(c).await?);
+    let err = |s: tonic::Status| status_message(&s);
+    let model = match cmd {
+        ModelAdmin::Create { model_name, params, info } => {
+            let req = pb::CreateModelRequest { model_name, litellm_params_json: params, model_info_json: info };
+            client.create_model(authed(c, req)?).await.map_err(err)?.into_inner()
+        }
+        ModelAdmin::Update { deployment_id, model_name, params, info } => {
+            let req = pb::UpdateModelRequest {
+                deployment_id,
+                model_name,
+                litellm_params_json: params,
+                model_info_json: info,
+            };
+            client.update_model(authed(c, req)?).await.map_err(err)?.into_inner()
+        }
+        ModelAdmin::List { model_name } => {
+            let req = pb::ListModelsRequest { model_name, page_size: 500, page_token: String::new() };
+            let models = client.list_models(authed(c, req)?).await.map_err(err)?.into_inner().models;
+            print_models(c, &models);
+            return Ok(());
+        }
+        ModelAdmin::Info { deployment_id } => {
+            client.get_model(authed(c, pb::ModelRef { deployment_id })?).await.map_err(err)?.into_inner()
+        }
+        ModelAdmin::Delete { deployment_id } => {
+            let done = client.delete_model(authed(c, pb::ModelRef { deployment_id })?).await.map_err(err)?.into_inner();
+            println!("deleted {}", done.id);
+            return Ok(());
+        }
+    };
+    print_models(c, &[model]);
     Ok(())
 }

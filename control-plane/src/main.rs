@@ -50,6 +50,9 @@ enum Command {
     /// Organizations.
     #[command(subcommand)]
     Org(admin_cli::OrgAdmin),
+    /// Model deployments (the `model_list`), validated like the gateway does.
+    #[command(subcommand)]
+    Model(admin_cli::ModelAdmin),
     /// The audit log (admin only).
     Audit {
         #[arg(long)]
@@ -150,13 +153,15 @@ fn serve_options(
     listen: std::net::SocketAddr,
     database_url: Option<String>,
 ) -> Result<sluice_control_plane::server::ServeOptions, String> {
-    let settings = match &config {
+    let doc = match &config {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            config_file::parse_yaml(&text)?.get("general_settings").cloned().unwrap_or(Value::Null)
+            Some(config_file::parse_yaml(&text)?)
         }
-        None => Value::Null,
+        None => None,
     };
+    let settings = doc.as_ref().and_then(|d| d.get("general_settings")).cloned().unwrap_or(Value::Null);
+    let model_list = doc.as_ref().map(|d| d.get("model_list").and_then(Value::as_array).cloned().unwrap_or_default());
     let resolve = |name: &str| -> Result<Option<String>, String> {
         match settings.get(name) {
             None | Some(Value::Null) => Ok(None),
@@ -177,7 +182,7 @@ fn serve_options(
         Ok(k) if !k.is_empty() => Some(k),
         _ => resolve("master_key")?,
     };
-    Ok(sluice_control_plane::server::ServeOptions { listen, database_url, master_key })
+    Ok(sluice_control_plane::server::ServeOptions { listen, database_url, master_key, model_list })
 }
 
 fn run(cli: Cli) -> Result<(), String> {
@@ -191,6 +196,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Team(cmd) => runtime()?.block_on(admin_cli::run_team(&connection, cmd)),
         Command::User(cmd) => runtime()?.block_on(admin_cli::run_user(&connection, cmd)),
         Command::Org(cmd) => runtime()?.block_on(admin_cli::run_org(&connection, cmd)),
+        Command::Model(cmd) => runtime()?.block_on(admin_cli::run_model(&connection, cmd)),
         Command::Audit { object_type, object_id, limit } => {
             runtime()?.block_on(admin_cli::run_audit(&connection, object_type, object_id, limit))
         }

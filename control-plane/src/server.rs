@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use sluice_core::keys::KeyHash;
 use sluice_proto::admin::v1::audit_service_server::AuditServiceServer;
 use sluice_proto::admin::v1::key_service_server::KeyServiceServer;
+use sluice_proto::admin::v1::model_service_server::ModelServiceServer;
 use sluice_proto::admin::v1::organization_service_server::OrganizationServiceServer;
 use sluice_proto::admin::v1::team_service_server::TeamServiceServer;
 use sluice_proto::admin::v1::user_service_server::UserServiceServer;
@@ -13,7 +14,8 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::admin::Admin;
-use crate::store::{Backend, SqlStore};
+use crate::admin::models::{deployment_id, validate_model_list};
+use crate::store::{Backend, ModelRecord, ModelStore, SqlStore, SyncReport, now_ms};
 
 /// Largest admin request the server reads: admin calls are small; a huge one is an error.
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
@@ -22,11 +24,52 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     pub database_url: String,
     pub master_key: Option<String>,
+    /// config.yaml's `model_list`, synced into the database at start (None: no config file).
+    pub model_list: Option<Vec<serde_json::Value>>,
+}
+
+/// Makes the database's `config` deployments match the file's `model_list` (validated by the
+/// gateway's own code first); deployments created through the API are kept.
+pub async fn sync_models(store: &SqlStore, model_list: &[serde_json::Value]) -> Result<SyncReport, String> {
+    let warnings =
+        validate_model_list(model_list).map_err(|errs| format!("config.yaml model_list:\n  {}", errs.join("\n  ")))?;
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    let now = now_ms();
+    let records: Vec<ModelRecord> = model_list
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let id = deployment_id(entry, i);
+            let mut entry = entry.clone();
+            // Pin the id, so the deployment keeps it if the file's order changes.
+            if let Some(obj) = entry.as_object_mut() {
+                let info = obj.entry("model_info").or_insert_with(|| serde_json::json!({}));
+                if let Some(info) = info.as_object_mut() {
+                    info.insert("id".into(), serde_json::Value::String(id.clone()));
+                }
+            }
+            ModelRecord {
+                model_name: entry.get("model_name").and_then(serde_json::Value::as_str).unwrap_or_default().to_owned(),
+                deployment_id: id,
+                entry,
+                source: "config".into(),
+                created_at: now,
+                updated_at: now,
+            }
+        })
+        .collect();
+    store.sync_config_models(&records, "config").await.map_err(|e| format!("model sync: {e}"))
 }
 
 /// Opens (and migrates) the database, then serves until the process is stopped.
 pub async fn serve(opts: ServeOptions) -> Result<(), String> {
     let store = SqlStore::open(&opts.database_url).await.map_err(|e| format!("database: {e}"))?;
+    if let Some(model_list) = &opts.model_list {
+        let r = sync_models(&store, model_list).await?;
+        eprintln!("sluice: model_list synced: {} added, {} updated, {} removed", r.added, r.updated, r.removed);
+    }
     let listener = TcpListener::bind(opts.listen).await.map_err(|e| format!("listen on {}: {e}", opts.listen))?;
     let backend = if store.backend() == Backend::Sqlite { "SQLite" } else { "Postgres" };
     eprintln!("sluice: admin API on {} ({backend})", opts.listen);
@@ -64,6 +107,7 @@ pub async fn serve_on(
         .add_service(UserServiceServer::from_arc(admin.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(TeamServiceServer::from_arc(admin.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(OrganizationServiceServer::from_arc(admin.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(ModelServiceServer::from_arc(admin.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(AuditServiceServer::from_arc(admin).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await

@@ -16,6 +16,8 @@ use tonic::transport::Channel;
 mod common;
 
 use common::{Db, MASTER, Plane, as_, database};
+use sluice_control_plane::server::sync_models;
+use sluice_proto::admin::v1::model_service_client::ModelServiceClient;
 
 fn by_id(id: &str) -> pb::KeyRef {
     pb::KeyRef { r#ref: Some(Ref::KeyId(id.into())) }
@@ -74,6 +76,8 @@ on_both_databases!(
     callers_never_exceed_their_own_scope,
     every_mutation_is_audited_without_secrets,
     concurrent_updates_to_one_key_all_land,
+    models_are_validated_like_the_gateway,
+    config_sync_keeps_models_made_through_the_api,
 );
 
 async fn key_lifecycle(plane: &Plane) {
@@ -484,4 +488,117 @@ async fn health_and_reflection_answer_like_grpcurl_expects() {
 /// A one-message request stream.
 fn tokio_stream_once<T: Send + 'static>(item: T) -> impl tonic::codegen::tokio_stream::Stream<Item = T> {
     tonic::codegen::tokio_stream::iter([item])
+}
+
+fn model_request(name: &str, id: &str, params: serde_json::Value) -> pb::CreateModelRequest {
+    pb::CreateModelRequest {
+        model_name: name.into(),
+        litellm_params_json: params.to_string(),
+        model_info_json: serde_json::json!({"id": id, "input_cost_per_token": 2.5e-6, "output_cost_per_token": 1e-5})
+            .to_string(),
+    }
+}
+
+async fn models_are_validated_like_the_gateway(plane: &Plane) {
+    let mut m = ModelServiceClient::new(Channel::from_shared(plane.url.clone()).unwrap().connect().await.unwrap());
+    let good = serde_json::json!({"model": "openai/gpt-4o", "api_base": "https://api.openai.com/v1", "api_key": "os.environ/OPENAI_API_KEY", "order": 1});
+    let made =
+        m.create_model(as_(MASTER, model_request("gpt-4o", "gpt4o-east", good.clone()))).await.unwrap().into_inner();
+    assert_eq!((made.deployment_id.as_str(), made.source.as_str()), ("gpt4o-east", "api"));
+    assert!(made.warnings.iter().any(|w| w.contains("order")), "unsupported fields are named: {:?}", made.warnings);
+    // What the gateway would refuse, the API refuses, with the reason.
+    let literal = serde_json::json!({"model": "openai/gpt-4o", "api_key": "sk-live-abc123"});
+    for (params, says) in [
+        (literal, "os.environ"),
+        (serde_json::json!({"model": "nosuchprovider/x"}), "provider"),
+        (serde_json::json!({"model": "openai/gpt-4o", "api_base": "ftp://x"}), "api_base"),
+    ] {
+        let err = m.create_model(as_(MASTER, model_request("bad", "bad-1", params))).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{says}");
+        assert!(err.message().contains(says), "{}", err.message());
+        assert!(!err.message().contains("sk-live-abc123"), "a credential never appears in an error");
+    }
+    let mut negative = model_request("bad", "bad-2", good.clone());
+    negative.model_info_json = r#"{"input_cost_per_token": -1}"#.into();
+    assert_eq!(m.create_model(as_(MASTER, negative)).await.unwrap_err().code(), Code::InvalidArgument);
+    let mut not_object = model_request("bad", "bad-3", good.clone());
+    not_object.litellm_params_json = "[1]".into();
+    assert_eq!(m.create_model(as_(MASTER, not_object)).await.unwrap_err().code(), Code::InvalidArgument);
+    let dup = m.create_model(as_(MASTER, model_request("gpt-4o", "gpt4o-east", good.clone()))).await.unwrap_err();
+    assert_eq!(dup.code(), Code::AlreadyExists);
+    // Update the price; list by group; delete.
+    let updated = m
+        .update_model(as_(
+            MASTER,
+            pb::UpdateModelRequest {
+                deployment_id: "gpt4o-east".into(),
+                model_info_json: Some(r#"{"input_cost_per_token": 5e-6, "output_cost_per_token": 2e-5}"#.into()),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&updated.model_info_json).unwrap();
+    assert_eq!((info["input_cost_per_token"].as_f64(), info["id"].as_str()), (Some(5e-6), Some("gpt4o-east")));
+    let listed = m
+        .list_models(as_(MASTER, pb::ListModelsRequest { model_name: Some("gpt-4o".into()), ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.total, 1);
+    // Only admins change deployments; any management key reads them.
+    let mut keys = plane.keys().await;
+    let ops = generate(
+        &mut keys,
+        MASTER,
+        pb::KeySpec { key_type: pb::KeyType::Management as i32, user_id: Some("ops".into()), ..spec("ops") },
+    )
+    .await
+    .unwrap()
+    .key;
+    m.get_model(as_(&ops, pb::ModelRef { deployment_id: "gpt4o-east".into() })).await.unwrap();
+    let denied = m.create_model(as_(&ops, model_request("x", "x-1", good))).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    m.delete_model(as_(MASTER, pb::ModelRef { deployment_id: "gpt4o-east".into() })).await.unwrap();
+    let gone = m.get_model(as_(MASTER, pb::ModelRef { deployment_id: "gpt4o-east".into() })).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    let audit = format!("{:?}", all_audit(plane).await);
+    assert!(!audit.contains("sk-live-abc123"));
+}
+
+async fn config_sync_keeps_models_made_through_the_api(plane: &Plane) {
+    let entry = |name: &str, id: &str, price: f64| {
+        serde_json::json!({"model_name": name, "litellm_params": {"model": format!("openai/{name}"), "api_key": "os.environ/K"},
+            "model_info": {"id": id, "input_cost_per_token": price, "output_cost_per_token": price}})
+    };
+    let store = plane.store().await;
+    let first = sync_models(&store, &[entry("a", "a-1", 1e-6), entry("b", "b-1", 1e-6)]).await.unwrap();
+    assert_eq!((first.added, first.updated, first.removed), (2, 0, 0));
+    let mut m = ModelServiceClient::new(Channel::from_shared(plane.url.clone()).unwrap().connect().await.unwrap());
+    m.create_model(as_(
+        MASTER,
+        model_request("c", "c-1", serde_json::json!({"model": "openai/c", "api_key": "os.environ/K"})),
+    ))
+    .await
+    .unwrap();
+    // The file changes: a's price, b gone. c, made through the API, stays.
+    let second = sync_models(&store, &[entry("a", "a-1", 2e-6)]).await.unwrap();
+    assert_eq!((second.added, second.updated, second.removed), (0, 1, 1));
+    let ids: Vec<String> = m
+        .list_models(as_(MASTER, pb::ListModelsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .models
+        .into_iter()
+        .map(|d| d.deployment_id)
+        .collect();
+    assert_eq!(ids, ["a-1", "c-1"]);
+    let again = sync_models(&store, &[entry("a", "a-1", 2e-6)]).await.unwrap();
+    assert_eq!((again.added, again.updated, again.removed), (0, 0, 0), "a second start changes nothing");
+    // A file the gateway would refuse does not start the control plane.
+    let bad = serde_json::json!({"model_name": "x", "litellm_params": {"model": "openai/x", "api_key": "sk-literal"}});
+    let err = sync_models(&store, &[bad]).await.unwrap_err();
+    assert!(err.contains("os.environ") && !err.contains("sk-literal"), "{err}");
 }

@@ -1,4 +1,4 @@
-//! The authorisation matrix: every admin RPC × every role × an object in the caller's own
+//! The authorisation matrix: the admin RPCs × every role × an object in the caller's own
 //! tenant and one in another tenant, each cell asserted allowed or denied, on SQLite and on
 //! Postgres. Denials must be PERMISSION_DENIED or NOT_FOUND (other tenants' objects: always
 //! NOT_FOUND, so ids cannot be probed), never anything else.
@@ -39,9 +39,11 @@ enum Rpc {
     UpdateOrganization,
     CreateOrganization,
     ListAudit,
+    GetModel,
+    UpdateModel,
 }
 
-const RPCS: [Rpc; 19] = [
+const RPCS: [Rpc; 21] = [
     Rpc::GetKey,
     Rpc::ListKeysSeesIt,
     Rpc::UpdateKey,
@@ -61,12 +63,20 @@ const RPCS: [Rpc; 19] = [
     Rpc::UpdateOrganization,
     Rpc::CreateOrganization,
     Rpc::ListAudit,
+    Rpc::GetModel,
+    Rpc::UpdateModel,
 ];
 
 /// Who may do `rpc` on an object of their own tenant (org A: team TA, `member`'s key, user
 /// `member`, org A) and on another tenant's (org B: team TB, `user_b`'s key, user `user_b`).
 fn allowed(rpc: Rpc, actor: &str, own: bool) -> bool {
     let any_of = |actors: &[&str]| actors.contains(&actor);
+    // Model deployments belong to no tenant: every management key reads them, admins change them.
+    match rpc {
+        Rpc::GetModel => return true,
+        Rpc::UpdateModel => return actor == "master",
+        _ => {}
+    }
     if !own {
         // Another tenant: readers of everything read; only the master changes anything.
         return match rpc {
@@ -93,6 +103,7 @@ fn allowed(rpc: Rpc, actor: &str, own: bool) -> bool {
         Rpc::GetOrganization => any_of(&ACTORS),
         Rpc::UpdateOrganization | Rpc::CreateOrganization => actor == "master",
         Rpc::ListAudit => any_of(&["master", "admin_viewer"]),
+        Rpc::GetModel | Rpc::UpdateModel => unreachable!("decided above"),
     }
 }
 
@@ -180,6 +191,19 @@ async fn build_world(plane: &Plane) -> World {
         .await
         .unwrap();
     }
+    plane
+        .models()
+        .await
+        .create_model(as_(
+            MASTER,
+            pb::CreateModelRequest {
+                model_name: "gpt-4o".into(),
+                litellm_params_json: r#"{"model": "openai/gpt-4o", "api_key": "os.environ/K"}"#.into(),
+                model_info_json: r#"{"id": "shared"}"#.into(),
+            },
+        ))
+        .await
+        .unwrap();
     // Each actor's credential.
     let mut credentials = vec![("master", MASTER.to_owned())];
     for (actor, user, kind) in [
@@ -367,6 +391,22 @@ async fn call(plane: &Plane, rpc: Rpc, key: &str, own: bool) -> Result<(), tonic
             plane.orgs().await.create_organization(as_(key, pb::CreateOrganizationRequest::default())).await.map(drop)
         }
         Rpc::ListAudit => plane.audit().await.list_audit(as_(key, pb::ListAuditRequest::default())).await.map(drop),
+        Rpc::GetModel => {
+            plane.models().await.get_model(as_(key, pb::ModelRef { deployment_id: "shared".into() })).await.map(drop)
+        }
+        Rpc::UpdateModel => plane
+            .models()
+            .await
+            .update_model(as_(
+                key,
+                pb::UpdateModelRequest {
+                    deployment_id: "shared".into(),
+                    model_info_json: Some(r#"{"input_cost_per_token": 1e-6}"#.into()),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(drop),
     }
 }
 

@@ -170,3 +170,52 @@ fn the_cli_drives_organizations_users_and_teams() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("FailedPrecondition"));
 }
+
+#[test]
+fn the_cli_manages_model_deployments_and_serve_syncs_the_config_file() {
+    // `serve -c config.yaml` syncs model_list into the database at start.
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("sluice-cli-models-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        "model_list:\n  - model_name: gpt-4o\n    litellm_params:\n      model: openai/gpt-4o\n      api_key: os.environ/OPENAI_API_KEY\n    model_info:\n      id: from-file\n      input_cost_per_token: 0.0000025\n      output_cost_per_token: 0.00001\ngeneral_settings:\n  master_key: os.environ/TEST_MASTER\n",
+    )
+    .unwrap();
+    let mut child = Command::new(SLUICE)
+        .args(["serve", "-c", &config.to_string_lossy(), "--listen", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", format!("sqlite:{}", dir.join("db.sqlite").display()))
+        .env("TEST_MASTER", MASTER)
+        .env_remove("SLUICE_MASTER_KEY")
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "sluice serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("http://127.0.0.1:{port}");
+    let run = |args: &[&str]| sluice(&url, Some(MASTER), args);
+    let listed = json(&run(&["model", "list", "--json"]));
+    assert_eq!(listed["models"][0]["deployment_id"], "from-file");
+    assert_eq!(listed["models"][0]["source"], "config");
+    let made = json(&run(&[
+        "model",
+        "create",
+        "gpt-4o-mini",
+        "--params",
+        r#"{"model": "openai/gpt-4o-mini", "api_key": "os.environ/OPENAI_API_KEY"}"#,
+        "--info",
+        r#"{"id": "mini", "input_cost_per_token": 1.5e-7, "output_cost_per_token": 6e-7}"#,
+        "--json",
+    ]));
+    assert_eq!(made["models"][0]["source"], "api");
+    let refused = run(&["model", "create", "x", "--params", r#"{"model": "openai/x", "api_key": "sk-literal"}"#]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("os.environ"));
+    let table = ok(&run(&["model", "list"]));
+    assert!(table.contains("from-file") && table.contains("mini") && table.contains("openai/gpt-4o-mini"));
+    let _ = child.kill();
+    let _ = child.wait();
+}

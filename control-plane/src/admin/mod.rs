@@ -4,6 +4,7 @@ pub mod auth;
 mod directory;
 pub mod error;
 mod keys;
+pub mod models;
 pub mod validate;
 
 use std::sync::Arc;

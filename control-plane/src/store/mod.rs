@@ -15,6 +15,7 @@ mod audit;
 mod directory;
 mod keys;
 mod migrations;
+mod models;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -26,11 +27,12 @@ pub use directory::{
     DirectoryStore, Entity, LimitsRecord, ListFilter, MemberRecord, OrgRecord, TeamRecord, UserRecord,
 };
 pub use keys::{KeyFilter, KeyLookup, KeyRecord, KeyStore, KeyType, ModelLimits, Visibility};
+pub use models::{ModelRecord, ModelStore, SyncReport};
 
 /// Every capability the admin API needs, in one bound.
-pub trait Store: KeyStore + DirectoryStore + AuditStore + Send + Sync + 'static {}
+pub trait Store: KeyStore + DirectoryStore + ModelStore + AuditStore + Send + Sync + 'static {}
 
-impl<T: KeyStore + DirectoryStore + AuditStore + Send + Sync + 'static> Store for T {}
+impl<T: KeyStore + DirectoryStore + ModelStore + AuditStore + Send + Sync + 'static> Store for T {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

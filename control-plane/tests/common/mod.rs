@@ -10,6 +10,7 @@ use sluice_control_plane::server::serve_on;
 use sluice_control_plane::store::SqlStore;
 use sluice_proto::admin::v1::audit_service_client::AuditServiceClient;
 use sluice_proto::admin::v1::key_service_client::KeyServiceClient;
+use sluice_proto::admin::v1::model_service_client::ModelServiceClient;
 use sluice_proto::admin::v1::organization_service_client::OrganizationServiceClient;
 use sluice_proto::admin::v1::team_service_client::TeamServiceClient;
 use sluice_proto::admin::v1::user_service_client::UserServiceClient;
@@ -21,6 +22,7 @@ pub const MASTER: &str = "sk-master-admin-test";
 /// A running control plane on a fresh database; dropped at the end of the test.
 pub struct Plane {
     pub url: String,
+    pub database_url: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     cleanup: Option<String>,
 }
@@ -62,11 +64,16 @@ impl Plane {
         tokio::spawn(serve_on(listener, store, Some(MASTER), async {
             let _ = rx.await;
         }));
-        Self { url, shutdown: Some(tx), cleanup }
+        Self { url, database_url, shutdown: Some(tx), cleanup }
     }
 
     pub async fn keys(&self) -> KeyServiceClient<Channel> {
         KeyServiceClient::new(Channel::from_shared(self.url.clone()).unwrap().connect().await.unwrap())
+    }
+
+    /// A second connection to the plane's database (as another replica would have).
+    pub async fn store(&self) -> SqlStore {
+        SqlStore::open(&self.database_url).await.unwrap()
     }
 
     async fn channel(&self) -> Channel {
@@ -83,6 +90,10 @@ impl Plane {
 
     pub async fn orgs(&self) -> OrganizationServiceClient<Channel> {
         OrganizationServiceClient::new(self.channel().await)
+    }
+
+    pub async fn models(&self) -> ModelServiceClient<Channel> {
+        ModelServiceClient::new(self.channel().await)
     }
 
     pub async fn audit(&self) -> AuditServiceClient<Channel> {
