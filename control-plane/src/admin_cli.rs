@@ -9,6 +9,7 @@ use sluice_proto::admin::v1::key_ref::Ref;
 use sluice_proto::admin::v1::key_service_client::KeyServiceClient;
 use sluice_proto::admin::v1::model_service_client::ModelServiceClient;
 use sluice_proto::admin::v1::organization_service_client::OrganizationServiceClient;
+use sluice_proto::admin::v1::spend_service_client::SpendServiceClient;
 use sluice_proto::admin::v1::team_service_client::TeamServiceClient;
 use sluice_proto::admin::v1::user_service_client::UserServiceClient;
 use tonic::metadata::MetadataValue;
@@ -946,5 +947,99 @@ pub async fn run_model(c: &Connection, cmd: ModelAdmin) -> Result<(), String> {
         }
     };
     print_models(c, &[model]);
+    Ok(())
+}
+
+// ---- spend ----------------------------------------------------------------------------------
+
+#[derive(Args, Clone)]
+pub struct SpendArgs {
+    #[arg(long)]
+    pub key: Option<String>,
+    #[arg(long)]
+    pub team: Option<String>,
+    #[arg(long)]
+    pub user: Option<String>,
+    #[arg(long)]
+    pub org: Option<String>,
+    #[arg(long)]
+    pub model: Option<String>,
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// A window back from today (`7d`, `30d`, `1mo`), or a day (`2026-11-01`).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// The last day (default: today).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// day (default), key, team, user, org, model or tag.
+    #[arg(long, default_value = "day")]
+    pub group_by: String,
+}
+
+fn since_day(s: &str) -> Result<String, String> {
+    if s.len() == 10 && sluice_core::time::parse_rfc3339(s).is_some() {
+        return Ok(s.to_owned());
+    }
+    let secs = match sluice_core::time::BudgetDuration::parse(s) {
+        Some(sluice_core::time::BudgetDuration::Seconds(n)) => n,
+        Some(sluice_core::time::BudgetDuration::CalendarMonth) => 30 * 86_400,
+        None => return Err(format!("--since {s}: use a window like 7d or a day like 2026-11-01")),
+    };
+    let now = sluice_control_plane::store::now_ms();
+    Ok(sluice_control_plane::store::day_of(now - i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)))
+}
+
+pub async fn run_spend(c: &Connection, a: SpendArgs) -> Result<(), String> {
+    let mut client = SpendServiceClient::new(channel(c).await?);
+    let group_by = match a.group_by.as_str() {
+        "day" => pb::SpendGroupBy::Day,
+        "key" => pb::SpendGroupBy::Key,
+        "team" => pb::SpendGroupBy::Team,
+        "user" => pb::SpendGroupBy::User,
+        "org" => pb::SpendGroupBy::Organization,
+        "model" => pb::SpendGroupBy::Model,
+        "tag" => pb::SpendGroupBy::Tag,
+        other => return Err(format!("--group-by {other}: use day, key, team, user, org, model or tag")),
+    };
+    let query = pb::SpendQuery {
+        key_id: a.key,
+        team_id: a.team,
+        user_id: a.user,
+        organization_id: a.org,
+        model_group: a.model,
+        tag: a.tag,
+        start_day: a.since.as_deref().map(since_day).transpose()?.unwrap_or_default(),
+        end_day: a.until.unwrap_or_default(),
+        group_by: group_by as i32,
+    };
+    let report = client.query_spend(authed(c, query)?).await.map_err(|s| status_message(&s))?.into_inner();
+    if c.json {
+        let rows: Vec<Value> = report
+            .rows
+            .iter()
+            .map(|r| {
+                json!({"group": r.group, "requests": r.requests, "prompt_tokens": r.prompt_tokens,
+                "completion_tokens": r.completion_tokens, "spend": r.spend})
+            })
+            .collect();
+        println!("{}", json!({"rows": rows, "requests": report.requests, "spend": report.spend}));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = report
+        .rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.group.clone(),
+                r.requests.to_string(),
+                r.prompt_tokens.to_string(),
+                r.completion_tokens.to_string(),
+                format!("${:.6}", r.spend),
+            ]
+        })
+        .collect();
+    table(&[&a.group_by.to_uppercase(), "REQUESTS", "PROMPT_TOKENS", "COMPLETION_TOKENS", "SPEND"], &rows);
+    println!("total: {} requests, ${:.6}", report.requests, report.spend);
     Ok(())
 }

@@ -53,6 +53,8 @@ enum Command {
     /// Model deployments (the `model_list`), validated like the gateway does.
     #[command(subcommand)]
     Model(admin_cli::ModelAdmin),
+    /// Spend by key, team, user, org, model, tag and day.
+    Spend(admin_cli::SpendArgs),
     /// The audit log (admin only).
     Audit {
         #[arg(long)]
@@ -197,6 +199,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::User(cmd) => runtime()?.block_on(admin_cli::run_user(&connection, cmd)),
         Command::Org(cmd) => runtime()?.block_on(admin_cli::run_org(&connection, cmd)),
         Command::Model(cmd) => runtime()?.block_on(admin_cli::run_model(&connection, cmd)),
+        Command::Spend(args) => runtime()?.block_on(admin_cli::run_spend(&connection, args)),
         Command::Audit { object_type, object_id, limit } => {
             runtime()?.block_on(admin_cli::run_audit(&connection, object_type, object_id, limit))
         }

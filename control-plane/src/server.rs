@@ -7,6 +7,7 @@ use sluice_proto::admin::v1::audit_service_server::AuditServiceServer;
 use sluice_proto::admin::v1::key_service_server::KeyServiceServer;
 use sluice_proto::admin::v1::model_service_server::ModelServiceServer;
 use sluice_proto::admin::v1::organization_service_server::OrganizationServiceServer;
+use sluice_proto::admin::v1::spend_service_server::SpendServiceServer;
 use sluice_proto::admin::v1::team_service_server::TeamServiceServer;
 use sluice_proto::admin::v1::user_service_server::UserServiceServer;
 use tokio::net::TcpListener;
@@ -108,6 +109,7 @@ pub async fn serve_on(
         .add_service(TeamServiceServer::from_arc(admin.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(OrganizationServiceServer::from_arc(admin.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(ModelServiceServer::from_arc(admin.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(SpendServiceServer::from_arc(admin.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(AuditServiceServer::from_arc(admin).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await

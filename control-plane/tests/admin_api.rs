@@ -17,7 +17,9 @@ mod common;
 
 use common::{Db, MASTER, Plane, as_, database};
 use sluice_control_plane::server::sync_models;
+use sluice_control_plane::store::{SpendLog, SpendStore};
 use sluice_proto::admin::v1::model_service_client::ModelServiceClient;
+use sluice_proto::admin::v1::spend_service_client::SpendServiceClient;
 
 fn by_id(id: &str) -> pb::KeyRef {
     pb::KeyRef { r#ref: Some(Ref::KeyId(id.into())) }
@@ -78,6 +80,7 @@ on_both_databases!(
     concurrent_updates_to_one_key_all_land,
     models_are_validated_like_the_gateway,
     config_sync_keeps_models_made_through_the_api,
+    spend_queries_answer_from_seeded_records,
 );
 
 async fn key_lifecycle(plane: &Plane) {
@@ -601,4 +604,126 @@ async fn config_sync_keeps_models_made_through_the_api(plane: &Plane) {
     let bad = serde_json::json!({"model_name": "x", "litellm_params": {"model": "openai/x", "api_key": "sk-literal"}});
     let err = sync_models(&store, &[bad]).await.unwrap_err();
     assert!(err.contains("os.environ") && !err.contains("sk-literal"), "{err}");
+}
+
+async fn spend_queries_answer_from_seeded_records(plane: &Plane) {
+    // 2026-11-20 and 2026-11-21, UTC.
+    let (d1, d2) = (1_795_132_800_000i64, 1_795_219_200_000i64);
+    let log = |id: &str, key: &str, team: &str, user: &str, model: &str, tags: &[&str], cost: i64, at: i64| SpendLog {
+        record_id: id.into(),
+        request_id: format!("req-{id}"),
+        key_id: Some(key.into()),
+        team_id: Some(team.into()),
+        user_id: Some(user.into()),
+        organization_id: Some("org-1".into()),
+        model_group: model.into(),
+        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        prompt_tokens: 100,
+        completion_tokens: 10,
+        cost_nanos: cost,
+        status: 200,
+        outcome: "completed".into(),
+        start_ms: at,
+        ..Default::default()
+    };
+    let batch = vec![
+        log("r1", "k1", "t1", "alice", "gpt-4o", &["prod"], 1_000_000, d1),
+        log("r2", "k1", "t1", "alice", "gpt-4o", &["prod", "eu"], 2_000_000, d1 + 3_600_000),
+        log("r3", "k2", "t1", "bob", "gpt-4o-mini", &[], 500_000, d2),
+        log("r4", "k3", "t2", "carol", "gpt-4o", &["eu"], 4_000_000, d2 + 60_000),
+    ];
+    let store = plane.store().await;
+    assert_eq!(store.record_spend(&batch).await.unwrap(), 4);
+    // A replayed batch (and a partial one) changes nothing.
+    assert_eq!(store.record_spend(&batch).await.unwrap(), 0);
+    assert_eq!(store.record_spend(&batch[1..2]).await.unwrap(), 0);
+
+    let mut s = SpendServiceClient::new(Channel::from_shared(plane.url.clone()).unwrap().connect().await.unwrap());
+    let q = |f: fn(&mut pb::SpendQuery)| {
+        let mut query = pb::SpendQuery::default();
+        f(&mut query);
+        query
+    };
+    let all = s.query_spend(as_(MASTER, q(|_| {}))).await.unwrap().into_inner();
+    assert_eq!(all.requests, 4);
+    assert!((all.spend - 0.0075).abs() < 1e-12, "{}", all.spend);
+    let by_day: Vec<(String, u64)> = all.rows.iter().map(|r| (r.group.clone(), r.requests)).collect();
+    assert_eq!(by_day, [("2026-11-20".to_owned(), 2), ("2026-11-21".to_owned(), 2)]);
+
+    let t1 = s
+        .query_spend(as_(
+            MASTER,
+            q(|q| {
+                q.team_id = Some("t1".into());
+                q.group_by = pb::SpendGroupBy::Key as i32;
+            }),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let rows: Vec<(String, u64, f64)> = t1.rows.iter().map(|r| (r.group.clone(), r.requests, r.spend)).collect();
+    assert_eq!(rows, [("k1".to_owned(), 2, 0.003), ("k2".to_owned(), 1, 0.0005)]);
+    assert_eq!((t1.rows[0].prompt_tokens, t1.rows[0].completion_tokens), (200, 20));
+
+    let tags = s
+        .query_spend(as_(
+            MASTER,
+            q(|q| {
+                q.key_id = Some("k1".into());
+                q.group_by = pb::SpendGroupBy::Tag as i32;
+            }),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let rows: Vec<(String, u64)> = tags.rows.iter().map(|r| (r.group.clone(), r.requests)).collect();
+    assert_eq!(rows, [("eu".to_owned(), 1), ("prod".to_owned(), 2)]);
+    assert_eq!(tags.requests, 2, "a request with two tags is counted once in the total");
+    assert!((tags.spend - 0.003).abs() < 1e-12);
+
+    let eu_day2 = s
+        .query_spend(as_(
+            MASTER,
+            q(|q| {
+                q.tag = Some("eu".into());
+                q.start_day = "2026-11-21".into();
+                q.end_day = "2026-11-21".into();
+            }),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((eu_day2.requests, eu_day2.spend), (1, 0.004));
+    let mini =
+        s.query_spend(as_(MASTER, q(|q| q.model_group = Some("gpt-4o-mini".into())))).await.unwrap().into_inner();
+    assert_eq!(mini.requests, 1);
+    let bad = s.query_spend(as_(MASTER, q(|q| q.start_day = "last week".into()))).await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+
+    // A scoped caller sees its own slice, whatever it asks for.
+    let mut keys = plane.keys().await;
+    let alice = generate(
+        &mut keys,
+        MASTER,
+        pb::KeySpec { user_id: Some("alice".into()), key_type: pb::KeyType::Management as i32, ..spec("alice-ops") },
+    )
+    .await
+    .unwrap()
+    .key;
+    let mine = s.query_spend(as_(&alice, q(|_| {}))).await.unwrap().into_inner();
+    assert_eq!(mine.requests, 2);
+    let other = s.query_spend(as_(&alice, q(|q| q.user_id = Some("carol".into())))).await.unwrap_err();
+    assert_eq!(other.code(), Code::NotFound);
+
+    // The daily aggregates agree with the records.
+    let per_team: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT value, requests, cost_nanos FROM daily_spend WHERE dimension = 'team' ORDER BY day, value",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        per_team,
+        [("t1".to_owned(), 2, 3_000_000), ("t1".to_owned(), 1, 500_000), ("t2".to_owned(), 1, 4_000_000)]
+    );
 }

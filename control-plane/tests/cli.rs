@@ -12,6 +12,7 @@ const MASTER: &str = "sk-master-cli-test";
 struct Server {
     child: Child,
     url: String,
+    database_url: String,
 }
 
 impl Drop for Server {
@@ -47,7 +48,7 @@ fn start() -> Server {
         assert!(Instant::now() < deadline, "sluice serve did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Server { child, url: format!("http://127.0.0.1:{port}") }
+    Server { child, url: format!("http://127.0.0.1:{port}"), database_url: format!("sqlite:{}", db.display()) }
 }
 
 fn sluice(server: &str, key: Option<&str>, args: &[&str]) -> Output {
@@ -218,4 +219,41 @@ fn the_cli_manages_model_deployments_and_serve_syncs_the_config_file() {
     assert!(table.contains("from-file") && table.contains("mini") && table.contains("openai/gpt-4o-mini"));
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[test]
+fn the_cli_reports_spend() {
+    let s = start();
+    // Seed two records as ingestion would write them (yesterday and today, team t1).
+    let now = sluice_control_plane::store::now_ms();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use sluice_control_plane::store::{SpendLog, SpendStore, SqlStore};
+        let store = SqlStore::open(&s.database_url).await.unwrap();
+        let log = |id: &str, at: i64, cost: i64| SpendLog {
+            record_id: id.into(),
+            team_id: Some("t1".into()),
+            model_group: "gpt-4o".into(),
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            cost_nanos: cost,
+            start_ms: at,
+            ..Default::default()
+        };
+        store.record_spend(&[log("a", now - 86_400_000, 1_500_000), log("b", now, 2_000_000)]).await.unwrap();
+    });
+    let report = json(&sluice(&s.url, Some(MASTER), &["spend", "--team", "t1", "--since", "7d", "--json"]));
+    assert_eq!(report["requests"], 2);
+    assert!((report["spend"].as_f64().unwrap() - 0.0035).abs() < 1e-12);
+    assert_eq!(report["rows"].as_array().unwrap().len(), 2, "one row per day");
+    let table = ok(&sluice(&s.url, Some(MASTER), &["spend", "--team", "t1", "--group-by", "model"]));
+    assert!(
+        table.starts_with("MODEL") && table.contains("gpt-4o") && table.contains("total: 2 requests, $0.003500"),
+        "{table}"
+    );
+    let today = sluice_control_plane::store::day_of(now);
+    let today_only = json(&sluice(&s.url, Some(MASTER), &["spend", "--team", "t1", "--since", &today, "--json"]));
+    assert_eq!(today_only["requests"], 1);
+    let nobody = json(&sluice(&s.url, Some(MASTER), &["spend", "--team", "t2", "--json"]));
+    assert_eq!(nobody["requests"], 0);
 }

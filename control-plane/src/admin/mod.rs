@@ -5,6 +5,7 @@ mod directory;
 pub mod error;
 mod keys;
 pub mod models;
+mod spend;
 pub mod validate;
 
 use std::sync::Arc;

@@ -16,6 +16,7 @@ mod directory;
 mod keys;
 mod migrations;
 mod models;
+mod spend;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -28,11 +29,12 @@ pub use directory::{
 };
 pub use keys::{KeyFilter, KeyLookup, KeyRecord, KeyStore, KeyType, ModelLimits, Visibility};
 pub use models::{ModelRecord, ModelStore, SyncReport};
+pub use spend::{GroupBy, SpendFilter, SpendLog, SpendRow, SpendStore, day_of};
 
 /// Every capability the admin API needs, in one bound.
-pub trait Store: KeyStore + DirectoryStore + ModelStore + AuditStore + Send + Sync + 'static {}
+pub trait Store: KeyStore + DirectoryStore + ModelStore + SpendStore + AuditStore + Send + Sync + 'static {}
 
-impl<T: KeyStore + DirectoryStore + ModelStore + AuditStore + Send + Sync + 'static> Store for T {}
+impl<T: KeyStore + DirectoryStore + ModelStore + SpendStore + AuditStore + Send + Sync + 'static> Store for T {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

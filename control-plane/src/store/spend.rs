@@ -1,0 +1,197 @@
+//! Spend: one row per usage record (`spend_logs`, keyed by the filter's `record_id`, so a
+//! replayed record changes nothing) and the daily aggregates per dimension (`daily_spend`),
+//! updated in the same transaction as the rows they count.
+
+use sqlx::Row;
+
+use super::{Backend, SqlStore, StoreResult, to_json};
+
+/// One usage record as spend (what ingestion writes; the next issue feeds it from Envoy).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpendLog {
+    pub record_id: String,
+    pub request_id: String,
+    pub key_id: Option<String>,
+    pub team_id: Option<String>,
+    pub user_id: Option<String>,
+    pub organization_id: Option<String>,
+    pub customer_id: Option<String>,
+    pub model_group: String,
+    pub deployment_id: Option<String>,
+    pub tags: Vec<String>,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cost_nanos: i64,
+    pub status: i64,
+    pub outcome: String,
+    pub estimated: bool,
+    pub start_ms: i64,
+}
+
+/// What a spend report groups by: a `spend_logs` column, the day, or each tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    Day,
+    Key,
+    Team,
+    User,
+    Organization,
+    Model,
+    Tag,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SpendFilter {
+    pub key_id: Option<String>,
+    pub team_id: Option<String>,
+    pub user_id: Option<String>,
+    pub organization_id: Option<String>,
+    pub model_group: Option<String>,
+    pub tag: Option<String>,
+    /// Inclusive `YYYY-MM-DD` bounds.
+    pub start_day: Option<String>,
+    pub end_day: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpendRow {
+    pub group: String,
+    pub requests: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cost_nanos: i64,
+}
+
+pub trait SpendStore {
+    /// Writes records not seen before (by `record_id`) and their aggregates; returns how many
+    /// were new. Replaying a batch is harmless.
+    fn record_spend(&self, logs: &[SpendLog]) -> impl Future<Output = StoreResult<usize>> + Send;
+    fn query_spend(&self, filter: &SpendFilter, by: GroupBy)
+    -> impl Future<Output = StoreResult<Vec<SpendRow>>> + Send;
+}
+
+/// UTC day of a Unix-millisecond time.
+pub fn day_of(ms: i64) -> String {
+    sluice_core::time::format_rfc3339_ms(ms).chars().take(10).collect()
+}
+
+impl SpendStore for SqlStore {
+    async fn record_spend(&self, logs: &[SpendLog]) -> StoreResult<usize> {
+        let mut tx = self.pool.begin().await?;
+        let mut new = 0;
+        for l in logs {
+            let day = day_of(l.start_ms);
+            let done = sqlx::query(
+                "INSERT INTO spend_logs (record_id, request_id, key_id, team_id, user_id, organization_id, customer_id, \
+                 model_group, deployment_id, tags, prompt_tokens, completion_tokens, cost_nanos, status, outcome, \
+                 estimated, start_ms, day) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+                 $16, $17, $18) ON CONFLICT (record_id) DO NOTHING",
+            )
+            .bind(l.record_id.clone())
+            .bind(l.request_id.clone())
+            .bind(l.key_id.clone())
+            .bind(l.team_id.clone())
+            .bind(l.user_id.clone())
+            .bind(l.organization_id.clone())
+            .bind(l.customer_id.clone())
+            .bind(l.model_group.clone())
+            .bind(l.deployment_id.clone())
+            .bind(to_json(&l.tags))
+            .bind(l.prompt_tokens)
+            .bind(l.completion_tokens)
+            .bind(l.cost_nanos)
+            .bind(l.status)
+            .bind(l.outcome.clone())
+            .bind(i64::from(l.estimated))
+            .bind(l.start_ms)
+            .bind(day.clone())
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                continue; // seen before: already counted
+            }
+            new += 1;
+            let dimensions = [
+                ("key", l.key_id.clone()),
+                ("team", l.team_id.clone()),
+                ("user", l.user_id.clone()),
+                ("org", l.organization_id.clone()),
+                ("customer", l.customer_id.clone()),
+                ("model", Some(l.model_group.clone())),
+            ]
+            .into_iter()
+            .filter_map(|(d, v)| Some((d, v?)))
+            .chain(l.tags.iter().map(|t| ("tag", t.clone())));
+            for (dimension, value) in dimensions {
+                sqlx::query(
+                    "INSERT INTO daily_spend (day, dimension, value, requests, prompt_tokens, completion_tokens, \
+                     cost_nanos) VALUES ($1, $2, $3, 1, $4, $5, $6) ON CONFLICT (day, dimension, value) DO UPDATE SET \
+                     requests = daily_spend.requests + 1, prompt_tokens = daily_spend.prompt_tokens + excluded.prompt_tokens, \
+                     completion_tokens = daily_spend.completion_tokens + excluded.completion_tokens, \
+                     cost_nanos = daily_spend.cost_nanos + excluded.cost_nanos",
+                )
+                .bind(day.clone())
+                .bind(dimension)
+                .bind(value)
+                .bind(l.prompt_tokens)
+                .bind(l.completion_tokens)
+                .bind(l.cost_nanos)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(new)
+    }
+
+    async fn query_spend(&self, filter: &SpendFilter, by: GroupBy) -> StoreResult<Vec<SpendRow>> {
+        // The grouping expression is one of these constants; every value is bound.
+        let (tags_of, has_tag) = match self.backend {
+            Backend::Sqlite => ("json_each(s.tags) t", "EXISTS (SELECT 1 FROM json_each(s.tags) WHERE value = $6)"),
+            Backend::Postgres => ("jsonb_array_elements_text(s.tags::jsonb) AS t(value)", "(s.tags::jsonb ? $6)"),
+        };
+        let (group, from) = match by {
+            GroupBy::Day => ("s.day", "spend_logs s".to_owned()),
+            GroupBy::Key => ("COALESCE(s.key_id, '-')", "spend_logs s".to_owned()),
+            GroupBy::Team => ("COALESCE(s.team_id, '-')", "spend_logs s".to_owned()),
+            GroupBy::User => ("COALESCE(s.user_id, '-')", "spend_logs s".to_owned()),
+            GroupBy::Organization => ("COALESCE(s.organization_id, '-')", "spend_logs s".to_owned()),
+            GroupBy::Model => ("s.model_group", "spend_logs s".to_owned()),
+            GroupBy::Tag => ("t.value", format!("spend_logs s, {tags_of}")),
+        };
+        let sql = format!(
+            // SUM of BIGINT is NUMERIC on Postgres: cast back so both databases return BIGINT.
+            "SELECT {group} AS grp, CAST(COUNT(*) AS BIGINT) AS requests, \
+             CAST(COALESCE(SUM(s.prompt_tokens), 0) AS BIGINT) AS prompt_tokens, \
+             CAST(COALESCE(SUM(s.completion_tokens), 0) AS BIGINT) AS completion_tokens, \
+             CAST(COALESCE(SUM(s.cost_nanos), 0) AS BIGINT) AS cost_nanos \
+             FROM {from} WHERE ($1 IS NULL OR s.key_id = $1) AND ($2 IS NULL OR s.team_id = $2) \
+             AND ($3 IS NULL OR s.user_id = $3) AND ($4 IS NULL OR s.organization_id = $4) \
+             AND ($5 IS NULL OR s.model_group = $5) AND ($6 IS NULL OR {has_tag}) \
+             AND ($7 IS NULL OR s.day >= $7) AND ($8 IS NULL OR s.day <= $8) \
+             GROUP BY {group} ORDER BY {group}"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(filter.key_id.clone())
+            .bind(filter.team_id.clone())
+            .bind(filter.user_id.clone())
+            .bind(filter.organization_id.clone())
+            .bind(filter.model_group.clone())
+            .bind(filter.tag.clone())
+            .bind(filter.start_day.clone())
+            .bind(filter.end_day.clone())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SpendRow {
+                    group: r.try_get("grp")?,
+                    requests: r.try_get("requests")?,
+                    prompt_tokens: r.try_get("prompt_tokens")?,
+                    completion_tokens: r.try_get("completion_tokens")?,
+                    cost_nanos: r.try_get("cost_nanos")?,
+                })
+            })
+            .collect()
+    }
+}
