@@ -38,24 +38,9 @@ pub struct KeyFields {
     pub team: Option<String>,
     #[arg(long)]
     pub org: Option<String>,
-    /// Comma-separated model groups (empty: every model the owner may use).
-    #[arg(long, value_delimiter = ',')]
-    pub models: Option<Vec<String>>,
-    #[arg(long)]
-    pub rpm: Option<i64>,
-    #[arg(long)]
-    pub tpm: Option<i64>,
-    #[arg(long)]
-    pub max_parallel: Option<i64>,
-    /// USD.
-    #[arg(long)]
-    pub max_budget: Option<f64>,
-    /// USD; crossing it alerts, never blocks.
-    #[arg(long)]
-    pub soft_budget: Option<f64>,
-    /// 30s, 10m, 1h, 1d, 7d, 30d or 1mo.
-    #[arg(long)]
-    pub budget_duration: Option<String>,
+    /// Models (empty: every model the owner may use) and limits.
+    #[command(flatten)]
+    pub limits: LimitFlags,
     /// Expiry from now (30d); with `update`, `never` removes it.
     #[arg(long)]
     pub duration: Option<String>,
@@ -160,18 +145,6 @@ fn status_message(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
-fn limits(f: &KeyFields) -> Option<pb::Limits> {
-    let l = pb::Limits {
-        rpm_limit: f.rpm,
-        tpm_limit: f.tpm,
-        max_parallel_requests: f.max_parallel,
-        max_budget: f.max_budget,
-        soft_budget: f.soft_budget,
-        budget_duration: f.budget_duration.clone(),
-    };
-    (l != pb::Limits::default()).then_some(l)
-}
-
 fn key_json(k: &pb::Key) -> Value {
     let l = k.limits.clone().unwrap_or_default();
     json!({
@@ -251,8 +224,8 @@ pub async fn run_key(c: &Connection, cmd: KeyAdmin) -> Result<(), String> {
                 user_id: fields.user.clone(),
                 team_id: fields.team.clone(),
                 organization_id: fields.org.clone(),
-                models: fields.models.clone().unwrap_or_default(),
-                limits: limits(&fields),
+                models: fields.limits.models.clone().unwrap_or_default(),
+                limits: fields.limits.limits(),
                 allowed_routes: fields.allowed_routes.clone().unwrap_or_default(),
                 metadata_json: fields.metadata.clone(),
                 tags: fields.tags.clone().unwrap_or_default(),
@@ -326,8 +299,8 @@ pub async fn run_key(c: &Connection, cmd: KeyAdmin) -> Result<(), String> {
                 key_alias: fields.alias.clone(),
                 user_id: fields.user.clone(),
                 team_id: fields.team.clone(),
-                models: list(&fields.models),
-                limits: limits(&fields),
+                models: list(&fields.limits.models),
+                limits: fields.limits.limits(),
                 clear_limits: clear,
                 model_limits: None,
                 allowed_routes: list(&fields.allowed_routes),
@@ -422,7 +395,7 @@ pub async fn run_audit(
 
 // ---- teams, users, organizations ---------------------------------------------------------------
 
-/// Limits flags shared by teams, users and organizations.
+/// Model and limit flags shared by keys, teams, users and organizations.
 #[derive(Args, Clone, Default)]
 pub struct LimitFlags {
     #[arg(long)]
@@ -437,6 +410,7 @@ pub struct LimitFlags {
     /// USD; crossing it alerts, never blocks.
     #[arg(long)]
     pub soft_budget: Option<f64>,
+    /// 30s, 10m, 1h, 1d, 7d, 30d or 1mo.
     #[arg(long)]
     pub budget_duration: Option<String>,
     /// Comma-separated model groups.
