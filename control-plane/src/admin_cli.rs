@@ -5,6 +5,8 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use sluice_proto::admin::v1 as pb;
 use sluice_proto::admin::v1::audit_service_client::AuditServiceClient;
+use sluice_proto::admin::v1::budget_service_client::BudgetServiceClient;
+use sluice_proto::admin::v1::customer_service_client::CustomerServiceClient;
 use sluice_proto::admin::v1::key_ref::Ref;
 use sluice_proto::admin::v1::key_service_client::KeyServiceClient;
 use sluice_proto::admin::v1::model_service_client::ModelServiceClient;
@@ -1015,5 +1017,176 @@ pub async fn run_spend(c: &Connection, a: SpendArgs) -> Result<(), String> {
         .collect();
     table(&[&a.group_by.to_uppercase(), "REQUESTS", "PROMPT_TOKENS", "COMPLETION_TOKENS", "SPEND"], &rows);
     println!("total: {} requests, ${:.6}", report.requests, report.spend);
+    Ok(())
+}
+
+// ---- budgets and customers -------------------------------------------------------------------
+
+#[derive(Subcommand, Clone)]
+pub enum BudgetAdmin {
+    #[command(allow_negative_numbers = true)]
+    Create {
+        #[arg(long, default_value = "")]
+        id: String,
+        #[command(flatten)]
+        limits: LimitFlags,
+    },
+    #[command(allow_negative_numbers = true)]
+    Update {
+        budget: String,
+        #[command(flatten)]
+        limits: LimitFlags,
+        #[arg(long, value_delimiter = ',')]
+        clear: Vec<String>,
+    },
+    List,
+    Info {
+        budget: String,
+    },
+    Delete {
+        budget: String,
+    },
+}
+
+#[derive(Subcommand, Clone)]
+pub enum CustomerAdmin {
+    #[command(allow_negative_numbers = true)]
+    Create {
+        #[arg(long, default_value = "")]
+        id: String,
+        #[arg(long)]
+        alias: Option<String>,
+        /// A budget made with `sluice budget create`.
+        #[arg(long)]
+        budget: Option<String>,
+        #[command(flatten)]
+        limits: LimitFlags,
+    },
+    List,
+    Info {
+        customer: String,
+    },
+    Block {
+        customer: String,
+    },
+    Unblock {
+        customer: String,
+    },
+    Delete {
+        customer: String,
+    },
+}
+
+fn print_budgets(c: &Connection, budgets: &[pb::Budget]) {
+    if c.json {
+        let v: Vec<Value> =
+            budgets.iter().map(|b| json!({"budget_id": b.budget_id, "limits": limits_json(&b.limits)})).collect();
+        println!("{}", json!({"budgets": v}));
+        return;
+    }
+    let rows: Vec<Vec<String>> = budgets
+        .iter()
+        .map(|b| {
+            let l = b.limits.clone().unwrap_or_default();
+            vec![b.budget_id.clone(), opt(&l.max_budget), opt(&l.budget_duration), opt(&l.rpm_limit), opt(&l.tpm_limit)]
+        })
+        .collect();
+    table(&["BUDGET_ID", "MAX_BUDGET", "DURATION", "RPM", "TPM"], &rows);
+}
+
+fn print_customers(c: &Connection, customers: &[pb::Customer]) {
+    if c.json {
+        let v: Vec<Value> = customers
+            .iter()
+            .map(|x| {
+                json!({"customer_id": x.customer_id, "alias": x.alias, "budget_id": x.budget_id,
+                "limits": limits_json(&x.limits), "blocked": x.blocked})
+            })
+            .collect();
+        println!("{}", json!({"customers": v}));
+        return;
+    }
+    let rows: Vec<Vec<String>> = customers
+        .iter()
+        .map(|x| {
+            vec![
+                x.customer_id.clone(),
+                opt(&x.alias),
+                opt(&x.budget_id),
+                if x.blocked { "blocked".into() } else { "active".into() },
+            ]
+        })
+        .collect();
+    table(&["CUSTOMER_ID", "ALIAS", "BUDGET", "STATE"], &rows);
+}
+
+pub async fn run_budget(c: &Connection, cmd: BudgetAdmin) -> Result<(), String> {
+    let mut client = BudgetServiceClient::new(channel(c).await?);
+    let err = |s: tonic::Status| status_message(&s);
+    let budget = match cmd {
+        BudgetAdmin::Create { id, limits } => {
+            let req = pb::CreateBudgetRequest { budget_id: id, limits: limits.limits() };
+            client.create_budget(authed(c, req)?).await.map_err(err)?.into_inner()
+        }
+        BudgetAdmin::Update { budget, limits, clear } => {
+            let req = pb::UpdateBudgetRequest { budget_id: budget, limits: limits.limits(), clear_limits: clear };
+            client.update_budget(authed(c, req)?).await.map_err(err)?.into_inner()
+        }
+        BudgetAdmin::List => {
+            let req = pb::ListBudgetsRequest { page_size: 500, page_token: String::new() };
+            let budgets = client.list_budgets(authed(c, req)?).await.map_err(err)?.into_inner().budgets;
+            print_budgets(c, &budgets);
+            return Ok(());
+        }
+        BudgetAdmin::Info { budget } => {
+            client.get_budget(authed(c, pb::BudgetRef { budget_id: budget })?).await.map_err(err)?.into_inner()
+        }
+        BudgetAdmin::Delete { budget } => {
+            let done = client.delete_budget(authed(c, pb::BudgetRef { budget_id: budget })?).await.map_err(err)?;
+            println!("deleted {}", done.into_inner().id);
+            return Ok(());
+        }
+    };
+    print_budgets(c, &[budget]);
+    Ok(())
+}
+
+pub async fn run_customer(c: &Connection, cmd: CustomerAdmin) -> Result<(), String> {
+    let mut client = CustomerServiceClient::new(channel(c).await?);
+    let err = |s: tonic::Status| status_message(&s);
+    let r = |id: String| pb::CustomerRef { customer_id: id };
+    let customer = match cmd {
+        CustomerAdmin::Create { id, alias, budget, limits } => {
+            let req = pb::CreateCustomerRequest {
+                customer_id: id,
+                alias,
+                budget_id: budget,
+                limits: limits.limits(),
+                blocked: false,
+            };
+            client.create_customer(authed(c, req)?).await.map_err(err)?.into_inner()
+        }
+        CustomerAdmin::List => {
+            let req = pb::ListCustomersRequest { page_size: 500, page_token: String::new() };
+            let customers = client.list_customers(authed(c, req)?).await.map_err(err)?.into_inner().customers;
+            print_customers(c, &customers);
+            return Ok(());
+        }
+        CustomerAdmin::Info { customer } => {
+            client.get_customer(authed(c, r(customer))?).await.map_err(err)?.into_inner()
+        }
+        CustomerAdmin::Block { customer } => {
+            client.block_customer(authed(c, r(customer))?).await.map_err(err)?.into_inner()
+        }
+        CustomerAdmin::Unblock { customer } => {
+            client.unblock_customer(authed(c, r(customer))?).await.map_err(err)?.into_inner()
+        }
+        CustomerAdmin::Delete { customer } => {
+            let done = client.delete_customer(authed(c, r(customer))?).await.map_err(err)?;
+            println!("deleted {}", done.into_inner().id);
+            return Ok(());
+        }
+    };
+    print_customers(c, &[customer]);
     Ok(())
 }

@@ -55,6 +55,12 @@ enum Command {
     Model(admin_cli::ModelAdmin),
     /// Spend by key, team, user, org, model, tag and day.
     Spend(admin_cli::SpendArgs),
+    /// Reusable budgets.
+    #[command(subcommand)]
+    Budget(admin_cli::BudgetAdmin),
+    /// End users of your product (LiteLLM's customers).
+    #[command(subcommand)]
+    Customer(admin_cli::CustomerAdmin),
     /// The audit log (admin only).
     Audit {
         #[arg(long)]
@@ -200,6 +206,8 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Org(cmd) => runtime()?.block_on(admin_cli::run_org(&connection, cmd)),
         Command::Model(cmd) => runtime()?.block_on(admin_cli::run_model(&connection, cmd)),
         Command::Spend(args) => runtime()?.block_on(admin_cli::run_spend(&connection, args)),
+        Command::Budget(cmd) => runtime()?.block_on(admin_cli::run_budget(&connection, cmd)),
+        Command::Customer(cmd) => runtime()?.block_on(admin_cli::run_customer(&connection, cmd)),
         Command::Audit { object_type, object_id, limit } => {
             runtime()?.block_on(admin_cli::run_audit(&connection, object_type, object_id, limit))
         }

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 
 use sluice_core::keys::KeyHash;
 use sluice_proto::admin::v1::audit_service_server::AuditServiceServer;
+use sluice_proto::admin::v1::budget_service_server::BudgetServiceServer;
+use sluice_proto::admin::v1::customer_service_server::CustomerServiceServer;
 use sluice_proto::admin::v1::key_service_server::KeyServiceServer;
 use sluice_proto::admin::v1::model_service_server::ModelServiceServer;
 use sluice_proto::admin::v1::organization_service_server::OrganizationServiceServer;
@@ -109,6 +111,8 @@ pub async fn serve_on(
         .add_service(TeamServiceServer::from_arc(admin.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(OrganizationServiceServer::from_arc(admin.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(ModelServiceServer::from_arc(admin.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(BudgetServiceServer::from_arc(admin.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(CustomerServiceServer::from_arc(admin.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(SpendServiceServer::from_arc(admin.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(AuditServiceServer::from_arc(admin).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)

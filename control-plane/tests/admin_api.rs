@@ -18,6 +18,8 @@ mod common;
 use common::{Db, MASTER, Plane, as_, database};
 use sluice_control_plane::server::sync_models;
 use sluice_control_plane::store::{SpendLog, SpendStore};
+use sluice_proto::admin::v1::budget_service_client::BudgetServiceClient;
+use sluice_proto::admin::v1::customer_service_client::CustomerServiceClient;
 use sluice_proto::admin::v1::model_service_client::ModelServiceClient;
 use sluice_proto::admin::v1::spend_service_client::SpendServiceClient;
 
@@ -81,6 +83,7 @@ on_both_databases!(
     models_are_validated_like_the_gateway,
     config_sync_keeps_models_made_through_the_api,
     spend_queries_answer_from_seeded_records,
+    budgets_and_customers,
 );
 
 async fn key_lifecycle(plane: &Plane) {
@@ -725,5 +728,108 @@ async fn spend_queries_answer_from_seeded_records(plane: &Plane) {
     assert_eq!(
         per_team,
         [("t1".to_owned(), 2, 3_000_000), ("t1".to_owned(), 1, 500_000), ("t2".to_owned(), 1, 4_000_000)]
+    );
+}
+
+async fn budgets_and_customers(plane: &Plane) {
+    let channel = Channel::from_shared(plane.url.clone()).unwrap().connect().await.unwrap();
+    let mut b = BudgetServiceClient::new(channel.clone());
+    let mut c = CustomerServiceClient::new(channel);
+    let limits = |usd: f64| {
+        Some(pb::Limits { max_budget: Some(usd), budget_duration: Some("30d".into()), ..Default::default() })
+    };
+    let tier = b
+        .create_budget(as_(MASTER, pb::CreateBudgetRequest { budget_id: "free-tier".into(), limits: limits(5.0) }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(tier.limits.unwrap().max_budget, Some(5.0));
+    let bad = b
+        .create_budget(as_(MASTER, pb::CreateBudgetRequest { budget_id: "neg".into(), limits: limits(-5.0) }))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    // Customers refer to budgets that exist.
+    let missing = c
+        .create_customer(as_(
+            MASTER,
+            pb::CreateCustomerRequest {
+                customer_id: "acme-user-1".into(),
+                budget_id: Some("nope".into()),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    let cust = c
+        .create_customer(as_(
+            MASTER,
+            pb::CreateCustomerRequest {
+                customer_id: "acme-user-1".into(),
+                budget_id: Some("free-tier".into()),
+                alias: Some("Ada".into()),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((cust.budget_id.as_deref(), cust.blocked), (Some("free-tier"), false));
+    assert!(
+        c.block_customer(as_(MASTER, pb::CustomerRef { customer_id: "acme-user-1".into() }))
+            .await
+            .unwrap()
+            .into_inner()
+            .blocked
+    );
+    assert!(
+        !c.unblock_customer(as_(MASTER, pb::CustomerRef { customer_id: "acme-user-1".into() }))
+            .await
+            .unwrap()
+            .into_inner()
+            .blocked
+    );
+    let updated = c
+        .update_customer(as_(
+            MASTER,
+            pb::UpdateCustomerRequest {
+                customer_id: "acme-user-1".into(),
+                limits: Some(pb::Limits { rpm_limit: Some(10), ..Default::default() }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((updated.limits.unwrap().rpm_limit, updated.alias.as_deref()), (Some(10), Some("Ada")));
+    // A budget in use cannot be deleted from under its customers.
+    let in_use = b.delete_budget(as_(MASTER, pb::BudgetRef { budget_id: "free-tier".into() })).await.unwrap_err();
+    assert_eq!(in_use.code(), Code::FailedPrecondition);
+    let updated = b
+        .update_budget(as_(
+            MASTER,
+            pb::UpdateBudgetRequest {
+                budget_id: "free-tier".into(),
+                limits: limits(10.0),
+                clear_limits: vec!["budget_duration".into()],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let l = updated.limits.unwrap();
+    assert_eq!(
+        (l.max_budget, l.budget_duration),
+        (Some(10.0), Some("30d".into())),
+        "present fields win over cleared ones"
+    );
+    assert_eq!(c.list_customers(as_(MASTER, pb::ListCustomersRequest::default())).await.unwrap().into_inner().total, 1);
+    assert_eq!(b.list_budgets(as_(MASTER, pb::ListBudgetsRequest::default())).await.unwrap().into_inner().total, 1);
+    c.delete_customer(as_(MASTER, pb::CustomerRef { customer_id: "acme-user-1".into() })).await.unwrap();
+    b.delete_budget(as_(MASTER, pb::BudgetRef { budget_id: "free-tier".into() })).await.unwrap();
+    assert_eq!(
+        b.get_budget(as_(MASTER, pb::BudgetRef { budget_id: "free-tier".into() })).await.unwrap_err().code(),
+        Code::NotFound
     );
 }

@@ -41,9 +41,11 @@ enum Rpc {
     ListAudit,
     GetModel,
     UpdateModel,
+    GetCustomer,
+    CreateBudget,
 }
 
-const RPCS: [Rpc; 21] = [
+const RPCS: [Rpc; 23] = [
     Rpc::GetKey,
     Rpc::ListKeysSeesIt,
     Rpc::UpdateKey,
@@ -65,6 +67,8 @@ const RPCS: [Rpc; 21] = [
     Rpc::ListAudit,
     Rpc::GetModel,
     Rpc::UpdateModel,
+    Rpc::GetCustomer,
+    Rpc::CreateBudget,
 ];
 
 /// Who may do `rpc` on an object of their own tenant (org A: team TA, `member`'s key, user
@@ -75,6 +79,9 @@ fn allowed(rpc: Rpc, actor: &str, own: bool) -> bool {
     match rpc {
         Rpc::GetModel => return true,
         Rpc::UpdateModel => return actor == "master",
+        // Budgets and customers belong to no tenant either: admins change, admin viewers read.
+        Rpc::GetCustomer => return any_of(&["master", "admin_viewer"]),
+        Rpc::CreateBudget => return actor == "master",
         _ => {}
     }
     if !own {
@@ -103,7 +110,7 @@ fn allowed(rpc: Rpc, actor: &str, own: bool) -> bool {
         Rpc::GetOrganization => any_of(&ACTORS),
         Rpc::UpdateOrganization | Rpc::CreateOrganization => actor == "master",
         Rpc::ListAudit => any_of(&["master", "admin_viewer"]),
-        Rpc::GetModel | Rpc::UpdateModel => unreachable!("decided above"),
+        Rpc::GetModel | Rpc::UpdateModel | Rpc::GetCustomer | Rpc::CreateBudget => unreachable!("decided above"),
     }
 }
 
@@ -201,6 +208,15 @@ async fn build_world(plane: &Plane) -> World {
                 litellm_params_json: r#"{"model": "openai/gpt-4o", "api_key": "os.environ/K"}"#.into(),
                 model_info_json: r#"{"id": "shared"}"#.into(),
             },
+        ))
+        .await
+        .unwrap();
+    plane
+        .customers()
+        .await
+        .create_customer(as_(
+            MASTER,
+            pb::CreateCustomerRequest { customer_id: "end-user".into(), ..Default::default() },
         ))
         .await
         .unwrap();
@@ -391,6 +407,13 @@ async fn call(plane: &Plane, rpc: Rpc, key: &str, own: bool) -> Result<(), tonic
             plane.orgs().await.create_organization(as_(key, pb::CreateOrganizationRequest::default())).await.map(drop)
         }
         Rpc::ListAudit => plane.audit().await.list_audit(as_(key, pb::ListAuditRequest::default())).await.map(drop),
+        Rpc::GetCustomer => {
+            let req = pb::CustomerRef { customer_id: "end-user".into() };
+            plane.customers().await.get_customer(as_(key, req)).await.map(drop)
+        }
+        Rpc::CreateBudget => {
+            plane.budgets().await.create_budget(as_(key, pb::CreateBudgetRequest::default())).await.map(drop)
+        }
         Rpc::GetModel => {
             plane.models().await.get_model(as_(key, pb::ModelRef { deployment_id: "shared".into() })).await.map(drop)
         }

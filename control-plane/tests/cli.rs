@@ -257,3 +257,22 @@ fn the_cli_reports_spend() {
     let nobody = json(&sluice(&s.url, Some(MASTER), &["spend", "--team", "t2", "--json"]));
     assert_eq!(nobody["requests"], 0);
 }
+
+#[test]
+fn the_cli_drives_budgets_and_customers() {
+    let s = start();
+    let run = |args: &[&str]| sluice(&s.url, Some(MASTER), args);
+    ok(&run(&["budget", "create", "--id", "free-tier", "--max-budget", "5", "--budget-duration", "30d"]));
+    ok(&run(&["customer", "create", "--id", "ada", "--budget", "free-tier", "--alias", "Ada"]));
+    let blocked = ok(&run(&["customer", "block", "ada"]));
+    assert!(blocked.contains("blocked"));
+    let listed = json(&run(&["customer", "list", "--json"]));
+    assert_eq!(
+        (listed["customers"][0]["budget_id"].as_str(), listed["customers"][0]["blocked"].as_bool()),
+        (Some("free-tier"), Some(true))
+    );
+    let budgets = ok(&run(&["budget", "list"]));
+    assert!(budgets.contains("free-tier") && budgets.contains("30d"));
+    let refused = run(&["customer", "create", "--id", "x", "--budget", "missing"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no such budget"));
+}

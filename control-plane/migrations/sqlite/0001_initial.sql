@@ -118,23 +118,32 @@ CREATE INDEX key_hashes_by_key ON key_hashes (key_id);
 
 CREATE TABLE budgets (
     budget_id         TEXT PRIMARY KEY,
-    max_budget_nanos  BIGINT,
-    soft_budget_nanos BIGINT,
-    budget_duration   TEXT,
     rpm_limit         BIGINT,
     tpm_limit         BIGINT,
     max_parallel_requests BIGINT,
+    max_budget_nanos  BIGINT,
+    soft_budget_nanos BIGINT,
+    budget_duration   TEXT,
     created_at        BIGINT NOT NULL,
-    updated_at        BIGINT NOT NULL
+    updated_at        BIGINT NOT NULL,
+    version           BIGINT NOT NULL DEFAULT 1
 );
 
+-- End users of a platform's own product (LiteLLM's customers), named in requests' `user` field.
 CREATE TABLE customers (
     customer_id       TEXT PRIMARY KEY,
     alias             TEXT,
     budget_id         TEXT REFERENCES budgets (budget_id),
+    rpm_limit         BIGINT,
+    tpm_limit         BIGINT,
+    max_parallel_requests BIGINT,
+    max_budget_nanos  BIGINT,
+    soft_budget_nanos BIGINT,
+    budget_duration   TEXT,
     blocked           BIGINT NOT NULL DEFAULT 0,
     created_at        BIGINT NOT NULL,
-    updated_at        BIGINT NOT NULL
+    updated_at        BIGINT NOT NULL,
+    version           BIGINT NOT NULL DEFAULT 1
 );
 
 CREATE TABLE model_deployments (

@@ -335,6 +335,23 @@ impl Principal {
         }
     }
 
+    /// Budgets and customers belong to no tenant: admins change them, admin viewers read them.
+    pub fn can_read_global(&self, what: &str) -> AdminResult<()> {
+        if self.reads_everything() {
+            Ok(())
+        } else {
+            Err(AdminError::PermissionDenied(format!("only an admin may read {what}")))
+        }
+    }
+
+    pub fn can_write_global(&self, what: &str) -> AdminResult<()> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(AdminError::PermissionDenied(format!("only an admin may change {what}")))
+        }
+    }
+
     pub fn can_read_audit(&self) -> AdminResult<()> {
         if self.reads_everything() {
             Ok(())

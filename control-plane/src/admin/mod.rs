@@ -1,6 +1,7 @@
 //! The admin gRPC API: authorisation, validation and audit around the stores.
 
 pub mod auth;
+mod budgets;
 mod directory;
 pub mod error;
 mod keys;

@@ -101,6 +101,29 @@ pub struct MemberRecord {
     pub limits: LimitsRecord,
 }
 
+/// A reusable budget.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BudgetRecord {
+    pub budget_id: String,
+    #[serde(flatten)]
+    pub limits: LimitsRecord,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// An end user of the platform's product.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CustomerRecord {
+    pub customer_id: String,
+    pub alias: Option<String>,
+    pub budget_id: Option<String>,
+    #[serde(flatten)]
+    pub limits: LimitsRecord,
+    pub blocked: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
 /// One directory entity kind: its table, id column and row mapping. Lets one set of generic
 /// functions do insert/get/update/delete/list for organizations, teams and users.
 pub trait Entity: Clone + Serialize + Send + Sync + Unpin + 'static {
@@ -257,6 +280,73 @@ impl Entity for UserRecord {
             .bind(self.organization_id.clone())
             .bind(to_json(&self.models))
             .bind(to_json(&self.metadata))
+            .bind(self.created_at)
+            .bind(self.updated_at)
+    }
+}
+
+impl Entity for BudgetRecord {
+    const TABLE: &'static str = "budgets";
+    const ID: &'static str = "budget_id";
+    const KIND: &'static str = "budget";
+    const COLUMNS: &'static [&'static str] = &["created_at", "updated_at"];
+    fn id(&self) -> &str {
+        &self.budget_id
+    }
+    fn from_row(row: &AnyRow) -> StoreResult<Self> {
+        Ok(Self {
+            budget_id: row.try_get("budget_id")?,
+            limits: LimitsRecord::from_row(row)?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+    fn limits(&self) -> &LimitsRecord {
+        &self.limits
+    }
+    fn touch(&mut self, now: i64) {
+        self.updated_at = now.max(self.updated_at);
+    }
+    fn bind<'q>(
+        &self,
+        q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+        q.bind(self.created_at).bind(self.updated_at)
+    }
+}
+
+impl Entity for CustomerRecord {
+    const TABLE: &'static str = "customers";
+    const ID: &'static str = "customer_id";
+    const KIND: &'static str = "customer";
+    const COLUMNS: &'static [&'static str] = &["alias", "budget_id", "blocked", "created_at", "updated_at"];
+    fn id(&self) -> &str {
+        &self.customer_id
+    }
+    fn from_row(row: &AnyRow) -> StoreResult<Self> {
+        Ok(Self {
+            customer_id: row.try_get("customer_id")?,
+            alias: row.try_get("alias")?,
+            budget_id: row.try_get("budget_id")?,
+            limits: LimitsRecord::from_row(row)?,
+            blocked: row.try_get::<i64, _>("blocked")? != 0,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+    fn limits(&self) -> &LimitsRecord {
+        &self.limits
+    }
+    fn touch(&mut self, now: i64) {
+        self.updated_at = now.max(self.updated_at);
+    }
+    fn bind<'q>(
+        &self,
+        q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+        q.bind(self.alias.clone())
+            .bind(self.budget_id.clone())
+            .bind(i64::from(self.blocked))
             .bind(self.created_at)
             .bind(self.updated_at)
     }

@@ -25,7 +25,8 @@ use sqlx::any::AnyPoolOptions;
 
 pub use audit::{AuditEntry, AuditFilter, AuditStore, NewAudit};
 pub use directory::{
-    DirectoryStore, Entity, LimitsRecord, ListFilter, MemberRecord, OrgRecord, TeamRecord, UserRecord,
+    BudgetRecord, CustomerRecord, DirectoryStore, Entity, LimitsRecord, ListFilter, MemberRecord, OrgRecord,
+    TeamRecord, UserRecord,
 };
 pub use keys::{KeyFilter, KeyLookup, KeyRecord, KeyStore, KeyType, ModelLimits, Visibility};
 pub use models::{ModelRecord, ModelStore, SyncReport};

@@ -9,6 +9,8 @@ use std::time::Duration;
 use sluice_control_plane::server::serve_on;
 use sluice_control_plane::store::SqlStore;
 use sluice_proto::admin::v1::audit_service_client::AuditServiceClient;
+use sluice_proto::admin::v1::budget_service_client::BudgetServiceClient;
+use sluice_proto::admin::v1::customer_service_client::CustomerServiceClient;
 use sluice_proto::admin::v1::key_service_client::KeyServiceClient;
 use sluice_proto::admin::v1::model_service_client::ModelServiceClient;
 use sluice_proto::admin::v1::organization_service_client::OrganizationServiceClient;
@@ -94,6 +96,14 @@ impl Plane {
 
     pub async fn models(&self) -> ModelServiceClient<Channel> {
         ModelServiceClient::new(self.channel().await)
+    }
+
+    pub async fn budgets(&self) -> BudgetServiceClient<Channel> {
+        BudgetServiceClient::new(self.channel().await)
+    }
+
+    pub async fn customers(&self) -> CustomerServiceClient<Channel> {
+        CustomerServiceClient::new(self.channel().await)
     }
 
     pub async fn audit(&self) -> AuditServiceClient<Channel> {
