@@ -9,7 +9,6 @@ use sluice_core::keys::check_format;
 use sluice_proto::admin::v1 as pb;
 use sluice_proto::admin::v1::key_ref::Ref;
 use sluice_proto::admin::v1::key_service_client::KeyServiceClient;
-use sqlx::Executor;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -84,6 +83,8 @@ on_both_databases!(
     config_sync_keeps_models_made_through_the_api,
     spend_queries_answer_from_seeded_records,
     budgets_and_customers,
+    expired_and_blocked_keys_lose_access,
+    directory_lists_are_paged,
 );
 
 async fn key_lifecycle(plane: &Plane) {
@@ -425,29 +426,52 @@ async fn concurrent_updates_to_one_key_all_land(plane: &Plane) {
 }
 
 #[tokio::test]
-async fn migrations_apply_to_an_empty_database_and_reopen_cleanly() {
-    for db in [Db::Sqlite, Db::Postgres] {
+async fn migrations_apply_to_an_empty_database_and_to_the_previous_schema() {
+    use sluice_control_plane::store::migrations::migrator_through;
+    use sluice_control_plane::store::{Backend, DirectoryStore, UserRecord};
+    let applied = |pool: sqlx::AnyPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM _sqlx_migrations").fetch_one(&pool).await.unwrap()
+    };
+    for (db, backend) in [(Db::Sqlite, Backend::Sqlite), (Db::Postgres, Backend::Postgres)] {
+        // An empty database gets every version; a second start changes nothing.
         let (url, cleanup) = database(db).await;
-        let first = SqlStore::open(&url).await.unwrap();
-        let tables: i64 = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM _sqlx_migrations")
-            .fetch_one(first.pool())
+        let fresh = SqlStore::open(&url).await.unwrap();
+        assert_eq!(applied(fresh.pool().clone()).await, 2, "{db:?}");
+        fresh.pool().close().await;
+        let again = SqlStore::open(&url).await.unwrap();
+        assert_eq!(applied(again.pool().clone()).await, 2);
+        again.pool().close().await;
+        drop_database(cleanup).await;
+
+        // A database at schema 1, with data, is brought to the latest and keeps its data.
+        let (url, cleanup) = database(db).await;
+        let url_rwc = if url.starts_with("sqlite:") { format!("{url}?mode=rwc") } else { url.clone() };
+        let old = sqlx::AnyPool::connect(&url_rwc).await.unwrap();
+        migrator_through(backend, 1).run(&old).await.unwrap();
+        sqlx::query("INSERT INTO users (user_id, user_role, created_at, updated_at) VALUES ($1, $2, $3, $4)")
+            .bind("from-schema-1")
+            .bind("internal_user")
+            .bind(1_i64)
+            .bind(1_i64)
+            .execute(&old)
             .await
             .unwrap();
-        assert_eq!(tables, 1, "{db:?}");
-        first.pool().close().await;
-        // A second start finds the schema current and changes nothing.
-        let second = SqlStore::open(&url).await.unwrap();
-        let again: i64 = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM _sqlx_migrations")
-            .fetch_one(second.pool())
-            .await
-            .unwrap();
-        assert_eq!(again, 1);
-        second.pool().close().await;
-        if let Some(spec) = cleanup {
-            let (server, name) = spec.split_once('|').unwrap();
-            let admin = sqlx::AnyPool::connect(&format!("{server}/test")).await.unwrap();
-            admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await.unwrap();
-        }
+        assert_eq!(applied(old.clone()).await, 1);
+        old.close().await;
+        let upgraded = SqlStore::open(&url).await.unwrap();
+        assert_eq!(applied(upgraded.pool().clone()).await, 2, "{db:?}");
+        let user: UserRecord = upgraded.get("from-schema-1").await.unwrap();
+        assert_eq!(user.user_role, "internal_user");
+        upgraded.pool().close().await;
+        drop_database(cleanup).await;
+    }
+}
+
+async fn drop_database(cleanup: Option<String>) {
+    if let Some(spec) = cleanup {
+        let (server, name) = spec.split_once('|').unwrap();
+        let admin = sqlx::AnyPool::connect(&format!("{server}/test")).await.unwrap();
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await.unwrap();
     }
 }
 
@@ -832,4 +856,97 @@ async fn budgets_and_customers(plane: &Plane) {
         b.get_budget(as_(MASTER, pb::BudgetRef { budget_id: "free-tier".into() })).await.unwrap_err().code(),
         Code::NotFound
     );
+}
+
+async fn expired_and_blocked_keys_lose_access(plane: &Plane) {
+    let mut c = plane.keys().await;
+    let mgmt = |alias: &str, duration: Option<&str>| pb::KeySpec {
+        user_id: Some("ops".into()),
+        key_type: pb::KeyType::Management as i32,
+        duration: duration.map(Into::into),
+        ..spec(alias)
+    };
+    let short = generate(&mut c, MASTER, mgmt("short", Some("1s"))).await.unwrap().key;
+    c.list_keys(as_(&short, pb::ListKeysRequest::default())).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let expired = c.list_keys(as_(&short, pb::ListKeysRequest::default())).await.unwrap_err();
+    assert_eq!((expired.code(), expired.message()), (Code::Unauthenticated, "the key has expired"));
+    // Extending the expiry brings it back; blocking takes it away again.
+    c.update_key(as_(
+        MASTER,
+        pb::UpdateKeyRequest {
+            r#ref: Some(pb::KeyRef { r#ref: Some(Ref::KeyAlias("short".into())) }),
+            duration: Some("never".into()),
+            ..Default::default()
+        },
+    ))
+    .await
+    .unwrap();
+    c.list_keys(as_(&short, pb::ListKeysRequest::default())).await.unwrap();
+    c.block_key(as_(MASTER, pb::KeyRef { r#ref: Some(Ref::KeyAlias("short".into())) })).await.unwrap();
+    let blocked = c.list_keys(as_(&short, pb::ListKeysRequest::default())).await.unwrap_err();
+    assert_eq!(blocked.code(), Code::Unauthenticated);
+}
+
+async fn directory_lists_are_paged(plane: &Plane) {
+    let mut users = plane.users().await;
+    for i in 0..5 {
+        users
+            .create_user(as_(
+                MASTER,
+                pb::CreateUserRequest { user_id: format!("u{i}"), organization_id: None, ..Default::default() },
+            ))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = users
+            .list_users(as_(MASTER, pb::ListUsersRequest { page_size: 2, page_token: token, ..Default::default() }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(page.total, 5);
+        assert!(page.users.len() <= 2);
+        seen.extend(page.users.into_iter().map(|u| u.user_id));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(seen, ["u0", "u1", "u2", "u3", "u4"]);
+    // Bad input changes nothing.
+    let bad = users
+        .create_user(as_(MASTER, pb::CreateUserRequest { user_id: "x".repeat(300), ..Default::default() }))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let bad = users
+        .create_user(as_(
+            MASTER,
+            pb::CreateUserRequest {
+                user_id: "neg".into(),
+                limits: Some(pb::Limits { tpm_limit: Some(-1), ..Default::default() }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let dup = users
+        .create_user(as_(MASTER, pb::CreateUserRequest { user_id: "u0".into(), ..Default::default() }))
+        .await
+        .unwrap_err();
+    assert_eq!(dup.code(), Code::AlreadyExists);
+    let mut teams = plane.teams().await;
+    let orphan = teams
+        .create_team(as_(
+            MASTER,
+            pb::CreateTeamRequest { organization_id: Some("no-such-org".into()), ..Default::default() },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(orphan.code(), Code::FailedPrecondition, "{}", orphan.message());
+    assert_eq!(users.list_users(as_(MASTER, pb::ListUsersRequest::default())).await.unwrap().into_inner().total, 5);
 }

@@ -10,16 +10,26 @@ use super::{Backend, StoreResult};
 
 /// (version, description, SQLite DDL, Postgres DDL), in order. Never edit a released entry:
 /// add a new version (sqlx refuses a database whose applied migration changed).
-const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/sqlite/0001_initial.sql"),
-    include_str!("../../migrations/postgres/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/sqlite/0001_initial.sql"),
+        include_str!("../../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "spend indexes",
+        include_str!("../../migrations/sqlite/0002_spend_indexes.sql"),
+        include_str!("../../migrations/postgres/0002_spend_indexes.sql"),
+    ),
+];
 
-pub(super) fn migrator(backend: Backend) -> Migrator {
+/// The migrator for `backend`, with every version up to `through` (tests build older schemas).
+pub fn migrator_through(backend: Backend, through: i64) -> Migrator {
     let migrations = MIGRATIONS
         .iter()
+        .filter(|(version, ..)| *version <= through)
         .map(|(version, description, sqlite, postgres)| {
             let sql = if backend == Backend::Sqlite { sqlite } else { postgres };
             Migration::new(*version, Cow::Borrowed(*description), MigrationType::Simple, Cow::Borrowed(*sql), false)
@@ -29,5 +39,5 @@ pub(super) fn migrator(backend: Backend) -> Migrator {
 }
 
 pub(super) async fn apply(pool: &AnyPool, backend: Backend) -> StoreResult<()> {
-    migrator(backend).run(pool).await.map_err(|e| super::StoreError::Database(e.into()))
+    migrator_through(backend, i64::MAX).run(pool).await.map_err(|e| super::StoreError::Database(e.into()))
 }

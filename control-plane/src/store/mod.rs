@@ -14,7 +14,7 @@
 mod audit;
 mod directory;
 mod keys;
-mod migrations;
+pub mod migrations;
 mod models;
 mod spend;
 
