@@ -314,6 +314,25 @@ async fn callers_never_exceed_their_own_scope(plane: &Plane) {
         let err = generate(&mut c, &alice, s).await.unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied, "{what}");
     }
+    // A management key limited to some routes hands out only those.
+    let chat_only = generate(
+        &mut c,
+        MASTER,
+        pb::KeySpec {
+            user_id: Some("alice".into()),
+            key_type: pb::KeyType::Management as i32,
+            allowed_routes: vec!["/v1/chat/completions".into()],
+            ..spec("alice-chat-ops")
+        },
+    )
+    .await
+    .unwrap()
+    .key;
+    let wider = pb::KeySpec { allowed_routes: vec!["/v1/embeddings".into()], ..spec("alice-emb") };
+    assert_eq!(generate(&mut c, &chat_only, wider).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(generate(&mut c, &chat_only, spec("alice-any")).await.unwrap_err().code(), Code::PermissionDenied);
+    let narrow = pb::KeySpec { allowed_routes: vec!["/v1/chat/completions".into()], ..spec("alice-chat") };
+    generate(&mut c, &chat_only, narrow).await.unwrap();
     // She cannot widen her own key past her scope either.
     let widen = c
         .update_key(as_(
@@ -338,7 +357,7 @@ async fn callers_never_exceed_their_own_scope(plane: &Plane) {
     }
     let listed = c.list_keys(as_(&alice, pb::ListKeysRequest::default())).await.unwrap().into_inner();
     assert!(listed.keys.iter().all(|k| k.user_id.as_deref() == Some("alice")), "{listed:?}");
-    assert_eq!(listed.total, 3);
+    assert_eq!(listed.total, 5, "her two management keys, the read-only one, and the two she made");
     // Bob sees only his own.
     let listed = c.list_keys(as_(&bob, pb::ListKeysRequest::default())).await.unwrap().into_inner();
     assert_eq!(listed.total, 1);

@@ -84,6 +84,8 @@ pub struct Principal {
     pub teams: Vec<(String, bool)>,
     /// Models the caller may hand out (empty: any).
     pub models: Vec<String>,
+    /// Routes the caller may hand out (empty: any).
+    pub routes: Vec<String>,
     /// A read-only key: reads within the role's scope, never writes.
     pub read_only: bool,
 }
@@ -97,6 +99,7 @@ impl Principal {
             organization_id: None,
             teams: Vec::new(),
             models: Vec::new(),
+            routes: Vec::new(),
             read_only: false,
         }
     }
@@ -198,6 +201,7 @@ impl Principal {
         t: &Tenancy,
         explicit_org: Option<&String>,
         models: &[String],
+        routes: &[String],
         key_type: KeyType,
     ) -> AdminResult<()> {
         if self.is_admin() {
@@ -226,7 +230,25 @@ impl Principal {
         if explicit_org.is_some() && !self.is_org_admin_of(explicit_org) {
             return Err(AdminError::PermissionDenied("only an admin may set another organization".into()));
         }
-        self.can_grant_models(models)
+        self.can_grant_models(models)?;
+        self.can_grant_routes(routes)
+    }
+
+    /// A caller restricted to some routes hands out only those (and never "every route").
+    pub fn can_grant_routes(&self, routes: &[String]) -> AdminResult<()> {
+        if self.is_admin() || self.routes.is_empty() {
+            return Ok(());
+        }
+        if routes.is_empty() {
+            return Err(AdminError::PermissionDenied(format!(
+                "name the routes: you may grant only {}",
+                self.routes.join(", ")
+            )));
+        }
+        match routes.iter().find(|r| !self.routes.contains(r)) {
+            Some(r) => Err(AdminError::PermissionDenied(format!("you may not grant route {r:?}"))),
+            None => Ok(()),
+        }
     }
 
     /// A caller restricted to some models hands out only those (and never "all models").
@@ -414,6 +436,7 @@ pub async fn authenticate<S: KeyStore + DirectoryStore>(
         organization_id: user.and_then(|u| u.organization_id),
         teams,
         models: key.models.clone(),
+        routes: key.allowed_routes.clone(),
         read_only: key.key_type == KeyType::ReadOnly,
     })
 }

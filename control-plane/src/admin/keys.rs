@@ -179,7 +179,7 @@ impl<S: Store> Admin<S> {
     /// Checks that the caller may hand out a key like this one.
     async fn check_grant(&self, caller: &Principal, key: &KeyRecord) -> AdminResult<()> {
         let tenancy = self.key_tenancy(key).await;
-        caller.can_grant_key(&tenancy, key.organization_id.as_ref(), &key.models, key.key_type)
+        caller.can_grant_key(&tenancy, key.organization_id.as_ref(), &key.models, &key.allowed_routes, key.key_type)
     }
 
     async fn set_blocked(&self, caller: &Principal, r: pb::KeyRef, blocked: bool) -> AdminResult<pb::Key> {
@@ -231,8 +231,13 @@ impl<S: Store> pb::key_service_server::KeyService for Admin<S> {
             != (&key.user_id, &key.team_id, &key.organization_id);
         if owner_changed {
             self.check_grant(&caller, &preview).await?;
-        } else if preview.models != key.models {
-            caller.can_grant_models(&preview.models)?;
+        } else {
+            if preview.models != key.models {
+                caller.can_grant_models(&preview.models)?;
+            }
+            if preview.allowed_routes != key.allowed_routes {
+                caller.can_grant_routes(&preview.allowed_routes)?;
+            }
         }
         let audit = NewAudit::new(&caller.actor, "key.update", "key", &key.key_id);
         let (owner, team) = (preview.user_id.clone(), preview.team_id.clone());
