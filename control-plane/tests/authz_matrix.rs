@@ -14,6 +14,7 @@ mod common;
 use common::{Db, MASTER, Plane, as_};
 use sluice_proto::admin::v1 as pb;
 use sluice_proto::admin::v1::key_ref::Ref;
+use sluice_proto::admin::v1::spend_service_client::SpendServiceClient;
 use tonic::Code;
 
 const ACTORS: [&str; 7] = ["master", "admin_viewer", "org_admin", "ta_admin", "member", "viewer", "member_ro"];
@@ -43,9 +44,34 @@ enum Rpc {
     UpdateModel,
     GetCustomer,
     CreateBudget,
+    UnblockKey,
+    DeleteKey,
+    DeleteUser,
+    ListUsersSeesIt,
+    DeleteTeam,
+    ListTeamsSeesIt,
+    UnblockTeam,
+    DeleteOrganization,
+    ListOrganizationsSeesIt,
+    CreateModel,
+    DeleteModel,
+    ListModels,
+    QuerySpend,
+    UpdateBudget,
+    DeleteBudget,
+    GetBudget,
+    ListBudgets,
+    CreateCustomer,
+    UpdateCustomer,
+    DeleteCustomer,
+    ListCustomers,
+    BlockCustomer,
+    UnblockCustomer,
 }
 
-const RPCS: [Rpc; 23] = [
+/// Every RPC of the admin API (46): keys 8, users 5, teams 9, organizations 5, models 5,
+/// spend 1, budgets 5, customers 7, audit 1.
+const RPCS: [Rpc; 46] = [
     Rpc::GetKey,
     Rpc::ListKeysSeesIt,
     Rpc::UpdateKey,
@@ -69,6 +95,29 @@ const RPCS: [Rpc; 23] = [
     Rpc::UpdateModel,
     Rpc::GetCustomer,
     Rpc::CreateBudget,
+    Rpc::UnblockKey,
+    Rpc::DeleteKey,
+    Rpc::DeleteUser,
+    Rpc::ListUsersSeesIt,
+    Rpc::DeleteTeam,
+    Rpc::ListTeamsSeesIt,
+    Rpc::UnblockTeam,
+    Rpc::DeleteOrganization,
+    Rpc::ListOrganizationsSeesIt,
+    Rpc::CreateModel,
+    Rpc::DeleteModel,
+    Rpc::ListModels,
+    Rpc::QuerySpend,
+    Rpc::UpdateBudget,
+    Rpc::DeleteBudget,
+    Rpc::GetBudget,
+    Rpc::ListBudgets,
+    Rpc::CreateCustomer,
+    Rpc::UpdateCustomer,
+    Rpc::DeleteCustomer,
+    Rpc::ListCustomers,
+    Rpc::BlockCustomer,
+    Rpc::UnblockCustomer,
 ];
 
 /// Who may do `rpc` on an object of their own tenant (org A: team TA, `member`'s key, user
@@ -79,17 +128,37 @@ fn allowed(rpc: Rpc, actor: &str, own: bool) -> bool {
     match rpc {
         Rpc::GetModel => return true,
         Rpc::UpdateModel => return actor == "master",
+        Rpc::ListModels => return true,
+        Rpc::CreateModel | Rpc::DeleteModel => return actor == "master",
         // Budgets and customers belong to no tenant either: admins change, admin viewers read.
-        Rpc::GetCustomer => return any_of(&["master", "admin_viewer"]),
-        Rpc::CreateBudget => return actor == "master",
+        Rpc::GetCustomer | Rpc::ListCustomers | Rpc::GetBudget | Rpc::ListBudgets => {
+            return any_of(&["master", "admin_viewer"]);
+        }
+        Rpc::CreateBudget
+        | Rpc::UpdateBudget
+        | Rpc::DeleteBudget
+        | Rpc::CreateCustomer
+        | Rpc::UpdateCustomer
+        | Rpc::DeleteCustomer
+        | Rpc::BlockCustomer
+        | Rpc::UnblockCustomer => return actor == "master",
+        // Deleting an organization (a throwaway one in either case) is the master's alone.
+        Rpc::DeleteOrganization => return actor == "master",
         _ => {}
     }
     if !own {
         // Another tenant: readers of everything read; only the master changes anything.
         return match rpc {
-            Rpc::GetKey | Rpc::ListKeysSeesIt | Rpc::GetTeam | Rpc::GetUser | Rpc::GetOrganization | Rpc::ListAudit => {
-                any_of(&["master", "admin_viewer"])
-            }
+            Rpc::GetKey
+            | Rpc::ListKeysSeesIt
+            | Rpc::GetTeam
+            | Rpc::ListTeamsSeesIt
+            | Rpc::GetUser
+            | Rpc::ListUsersSeesIt
+            | Rpc::GetOrganization
+            | Rpc::ListOrganizationsSeesIt
+            | Rpc::QuerySpend
+            | Rpc::ListAudit => any_of(&["master", "admin_viewer"]),
             _ => actor == "master",
         };
     }
@@ -98,19 +167,28 @@ fn allowed(rpc: Rpc, actor: &str, own: bool) -> bool {
         Rpc::GetKey | Rpc::ListKeysSeesIt => {
             any_of(&["master", "admin_viewer", "org_admin", "ta_admin", "member", "member_ro"])
         }
-        Rpc::UpdateKey | Rpc::BlockKey | Rpc::RegenerateKey => any_of(&["master", "org_admin", "ta_admin", "member"]),
+        Rpc::UpdateKey | Rpc::BlockKey | Rpc::UnblockKey | Rpc::RegenerateKey | Rpc::DeleteKey => {
+            any_of(&["master", "org_admin", "ta_admin", "member"])
+        }
         // A key for `member` in team TA: the member itself, its team's admin (team keys are
         // theirs to hand out only without a user: see GenerateKeyForOwner's call), the org admin.
         Rpc::GenerateKeyForOwner => any_of(&["master", "org_admin", "member"]),
         Rpc::GetTeam => any_of(&["master", "admin_viewer", "org_admin", "ta_admin", "member", "viewer", "member_ro"]),
-        Rpc::UpdateTeam | Rpc::BlockTeam | Rpc::CreateTeam => any_of(&["master", "org_admin"]),
+        Rpc::UpdateTeam | Rpc::BlockTeam | Rpc::UnblockTeam | Rpc::CreateTeam | Rpc::DeleteTeam => {
+            any_of(&["master", "org_admin"])
+        }
+        // Listing shows a team to its members, its organization's admin and admins.
+        Rpc::ListTeamsSeesIt => any_of(&ACTORS),
         Rpc::AddMember | Rpc::RemoveMember => any_of(&["master", "org_admin", "ta_admin"]),
         Rpc::GetUser => any_of(&["master", "admin_viewer", "org_admin", "member", "member_ro"]),
-        Rpc::UpdateUser | Rpc::CreateUser => any_of(&["master", "org_admin"]),
-        Rpc::GetOrganization => any_of(&ACTORS),
+        Rpc::ListUsersSeesIt | Rpc::QuerySpend => {
+            any_of(&["master", "admin_viewer", "org_admin", "member", "member_ro"])
+        }
+        Rpc::UpdateUser | Rpc::CreateUser | Rpc::DeleteUser => any_of(&["master", "org_admin"]),
+        Rpc::GetOrganization | Rpc::ListOrganizationsSeesIt => any_of(&ACTORS),
         Rpc::UpdateOrganization | Rpc::CreateOrganization => actor == "master",
         Rpc::ListAudit => any_of(&["master", "admin_viewer"]),
-        Rpc::GetModel | Rpc::UpdateModel | Rpc::GetCustomer | Rpc::CreateBudget => unreachable!("decided above"),
+        _ => unreachable!("{rpc:?} is decided above"),
     }
 }
 
@@ -212,6 +290,12 @@ async fn build_world(plane: &Plane) -> World {
         .await
         .unwrap();
     plane
+        .budgets()
+        .await
+        .create_budget(as_(MASTER, pb::CreateBudgetRequest { budget_id: "shared-budget".into(), limits: None }))
+        .await
+        .unwrap();
+    plane
         .customers()
         .await
         .create_customer(as_(
@@ -245,6 +329,11 @@ async fn build_world(plane: &Plane) -> World {
     World { credentials }
 }
 
+/// A listing answers the question "may this caller see the object" by including it or not.
+fn seen(listed: bool) -> Result<(), tonic::Status> {
+    if listed { Ok(()) } else { Err(tonic::Status::not_found("not listed")) }
+}
+
 /// Calls `rpc` as `key` on the own (org A) or other (org B) tenant's object.
 async fn call(plane: &Plane, rpc: Rpc, key: &str, own: bool) -> Result<(), tonic::Status> {
     let (org, team, user, key_alias, newcomer) = if own {
@@ -263,11 +352,7 @@ async fn call(plane: &Plane, rpc: Rpc, key: &str, own: bool) -> Result<(), tonic
                 .await?
                 .into_inner();
             // Listing itself is open to every management key; seeing the object is the question.
-            if page.keys.iter().any(|k| k.key_alias.as_deref() == Some(key_alias)) {
-                Ok(())
-            } else {
-                Err(tonic::Status::not_found("not listed"))
-            }
+            seen(page.keys.iter().any(|k| k.key_alias.as_deref() == Some(key_alias)))
         }
         Rpc::UpdateKey => plane
             .keys()
@@ -407,6 +492,160 @@ async fn call(plane: &Plane, rpc: Rpc, key: &str, own: bool) -> Result<(), tonic
             plane.orgs().await.create_organization(as_(key, pb::CreateOrganizationRequest::default())).await.map(drop)
         }
         Rpc::ListAudit => plane.audit().await.list_audit(as_(key, pb::ListAuditRequest::default())).await.map(drop),
+        Rpc::UnblockKey => plane.keys().await.unblock_key(as_(key, key_ref())).await.map(drop),
+        Rpc::DeleteKey => {
+            let mut keys = plane.keys().await;
+            let alias = common::unique("doomed-");
+            let spec = pb::KeySpec {
+                key_alias: Some(alias.clone()),
+                user_id: Some(user.into()),
+                team_id: Some(team.into()),
+                ..Default::default()
+            };
+            keys.generate_key(as_(MASTER, pb::GenerateKeyRequest { spec: Some(spec) })).await.unwrap();
+            keys.delete_key(as_(key, pb::KeyRef { r#ref: Some(Ref::KeyAlias(alias)) })).await.map(drop)
+        }
+        Rpc::DeleteUser => {
+            let mut users = plane.users().await;
+            let id = common::unique("doomed-");
+            let req =
+                pb::CreateUserRequest { user_id: id.clone(), organization_id: Some(org.into()), ..Default::default() };
+            users.create_user(as_(MASTER, req)).await.unwrap();
+            users.delete_user(as_(key, pb::UserRef { user_id: id })).await.map(drop)
+        }
+        Rpc::ListUsersSeesIt => {
+            let page = plane
+                .users()
+                .await
+                .list_users(as_(key, pb::ListUsersRequest { page_size: 500, ..Default::default() }))
+                .await?;
+            seen(page.into_inner().users.iter().any(|u| u.user_id == user))
+        }
+        Rpc::DeleteTeam => {
+            let mut teams = plane.teams().await;
+            let id = common::unique("doomed-");
+            let req =
+                pb::CreateTeamRequest { team_id: id.clone(), organization_id: Some(org.into()), ..Default::default() };
+            teams.create_team(as_(MASTER, req)).await.unwrap();
+            teams.delete_team(as_(key, pb::TeamRef { team_id: id })).await.map(drop)
+        }
+        Rpc::ListTeamsSeesIt => {
+            let page = plane
+                .teams()
+                .await
+                .list_teams(as_(key, pb::ListTeamsRequest { page_size: 500, ..Default::default() }))
+                .await?;
+            seen(page.into_inner().teams.iter().any(|t| t.team_id == team))
+        }
+        Rpc::UnblockTeam => {
+            plane.teams().await.unblock_team(as_(key, pb::TeamRef { team_id: team.into() })).await.map(drop)
+        }
+        Rpc::DeleteOrganization => {
+            let mut orgs = plane.orgs().await;
+            let id = common::unique("doomed-");
+            orgs.create_organization(as_(
+                MASTER,
+                pb::CreateOrganizationRequest { organization_id: id.clone(), ..Default::default() },
+            ))
+            .await
+            .unwrap();
+            orgs.delete_organization(as_(key, pb::OrganizationRef { organization_id: id })).await.map(drop)
+        }
+        Rpc::ListOrganizationsSeesIt => {
+            let page = plane
+                .orgs()
+                .await
+                .list_organizations(as_(
+                    key,
+                    pb::ListOrganizationsRequest { page_size: 500, page_token: String::new() },
+                ))
+                .await?;
+            seen(page.into_inner().organizations.iter().any(|o| o.organization_id == org))
+        }
+        Rpc::CreateModel => {
+            let req = pb::CreateModelRequest {
+                model_name: "extra".into(),
+                litellm_params_json: r#"{"model": "openai/extra", "api_key": "os.environ/K"}"#.into(),
+                model_info_json: String::new(),
+            };
+            plane.models().await.create_model(as_(key, req)).await.map(drop)
+        }
+        Rpc::DeleteModel => {
+            let mut models = plane.models().await;
+            let id = common::unique("doomed-");
+            let req = pb::CreateModelRequest {
+                model_name: "doomed".into(),
+                litellm_params_json: r#"{"model": "openai/doomed", "api_key": "os.environ/K"}"#.into(),
+                model_info_json: format!(r#"{{"id": "{id}"}}"#),
+            };
+            models.create_model(as_(MASTER, req)).await.unwrap();
+            models.delete_model(as_(key, pb::ModelRef { deployment_id: id })).await.map(drop)
+        }
+        Rpc::ListModels => plane.models().await.list_models(as_(key, pb::ListModelsRequest::default())).await.map(drop),
+        Rpc::QuerySpend => {
+            let query = pb::SpendQuery { user_id: Some(user.into()), ..Default::default() };
+            SpendServiceClient::new(plane.channel().await).query_spend(as_(key, query)).await.map(drop)
+        }
+        Rpc::UpdateBudget => {
+            let req = pb::UpdateBudgetRequest { budget_id: "shared-budget".into(), ..Default::default() };
+            plane.budgets().await.update_budget(as_(key, req)).await.map(drop)
+        }
+        Rpc::DeleteBudget => {
+            let mut budgets = plane.budgets().await;
+            let id = common::unique("doomed-");
+            budgets
+                .create_budget(as_(MASTER, pb::CreateBudgetRequest { budget_id: id.clone(), limits: None }))
+                .await
+                .unwrap();
+            budgets.delete_budget(as_(key, pb::BudgetRef { budget_id: id })).await.map(drop)
+        }
+        Rpc::GetBudget => plane
+            .budgets()
+            .await
+            .get_budget(as_(key, pb::BudgetRef { budget_id: "shared-budget".into() }))
+            .await
+            .map(drop),
+        Rpc::ListBudgets => {
+            plane.budgets().await.list_budgets(as_(key, pb::ListBudgetsRequest::default())).await.map(drop)
+        }
+        Rpc::CreateCustomer => {
+            plane.customers().await.create_customer(as_(key, pb::CreateCustomerRequest::default())).await.map(drop)
+        }
+        Rpc::UpdateCustomer => {
+            let req = pb::UpdateCustomerRequest {
+                customer_id: "end-user".into(),
+                alias: Some("x".into()),
+                ..Default::default()
+            };
+            plane.customers().await.update_customer(as_(key, req)).await.map(drop)
+        }
+        Rpc::DeleteCustomer => {
+            let mut customers = plane.customers().await;
+            let id = common::unique("doomed-");
+            customers
+                .create_customer(as_(
+                    MASTER,
+                    pb::CreateCustomerRequest { customer_id: id.clone(), ..Default::default() },
+                ))
+                .await
+                .unwrap();
+            customers.delete_customer(as_(key, pb::CustomerRef { customer_id: id })).await.map(drop)
+        }
+        Rpc::ListCustomers => {
+            plane.customers().await.list_customers(as_(key, pb::ListCustomersRequest::default())).await.map(drop)
+        }
+        Rpc::BlockCustomer => plane
+            .customers()
+            .await
+            .block_customer(as_(key, pb::CustomerRef { customer_id: "end-user".into() }))
+            .await
+            .map(drop),
+        Rpc::UnblockCustomer => plane
+            .customers()
+            .await
+            .unblock_customer(as_(key, pb::CustomerRef { customer_id: "end-user".into() }))
+            .await
+            .map(drop),
         Rpc::GetCustomer => {
             let req = pb::CustomerRef { customer_id: "end-user".into() };
             plane.customers().await.get_customer(as_(key, req)).await.map(drop)
@@ -449,7 +688,10 @@ async fn matrix(db: Db) {
                     (Ok(()), true) => {}
                     (Err(s), false) if matches!(s.code(), Code::PermissionDenied | Code::NotFound) => {
                         // Reading another tenant's object must look like it does not exist.
-                        let read = matches!(rpc, Rpc::GetKey | Rpc::GetTeam | Rpc::GetUser | Rpc::GetOrganization);
+                        let read = matches!(
+                            rpc,
+                            Rpc::GetKey | Rpc::GetTeam | Rpc::GetUser | Rpc::GetOrganization | Rpc::QuerySpend
+                        );
                         if !own && read && s.code() != Code::NotFound {
                             failures.push(format!("{rpc:?} {tenant} as {actor}: {:?} instead of NotFound", s.code()));
                         }

@@ -13,6 +13,8 @@ struct Server {
     child: Child,
     url: String,
     database_url: String,
+    /// Everything `sluice serve` wrote (stdout and stderr).
+    log: std::path::PathBuf,
 }
 
 impl Drop for Server {
@@ -32,6 +34,8 @@ fn start() -> Server {
     getrandom::fill(&mut random).unwrap();
     let db = std::env::temp_dir()
         .join(format!("sluice-cli-{}.db", random.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+    let log = db.with_extension("log");
+    let out = std::fs::File::create(&log).unwrap();
     let child = Command::new(SLUICE)
         .args([
             "serve",
@@ -41,6 +45,8 @@ fn start() -> Server {
             &format!("sqlite:{}", db.display()),
         ])
         .env("SLUICE_MASTER_KEY", MASTER)
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -48,7 +54,7 @@ fn start() -> Server {
         assert!(Instant::now() < deadline, "sluice serve did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Server { child, url: format!("http://127.0.0.1:{port}"), database_url: format!("sqlite:{}", db.display()) }
+    Server { child, url: format!("http://127.0.0.1:{port}"), database_url: format!("sqlite:{}", db.display()), log }
 }
 
 fn sluice(server: &str, key: Option<&str>, args: &[&str]) -> Output {
@@ -119,6 +125,14 @@ fn the_cli_drives_keys_and_the_audit_log() {
     assert_eq!(actions, ["key.update", "key.block", "key.generate"]);
     assert!(!audit.to_string().contains(&key));
 
+    // Nothing the server logged, and no error a client saw, holds a key or the master key.
+    let wrong = sluice(&s.url, Some(&key), &["key", "list"]);
+    let errors = String::from_utf8_lossy(&wrong.stderr).into_owned();
+    let logged = std::fs::read_to_string(&s.log).unwrap();
+    assert!(logged.contains("admin API on"), "the log is the server's: {logged}");
+    for text in [&logged, &errors] {
+        assert!(!text.contains(&key) && !text.contains(MASTER), "a secret in: {text}");
+    }
     let deleted = ok(&sluice(&s.url, Some(MASTER), &["key", "delete", "cli-1"]));
     assert!(deleted.starts_with("deleted key_"));
     assert_eq!(json(&sluice(&s.url, Some(MASTER), &["key", "list", "--json"]))["keys"], serde_json::json!([]));

@@ -142,6 +142,11 @@ impl Principal {
         team.is_some_and(|t| self.teams.iter().any(|(id, _)| id == t))
     }
 
+    /// Is the caller an admin of this team?
+    pub fn administers(&self, team: &str) -> bool {
+        self.teams.iter().any(|(id, admin)| id == team && *admin)
+    }
+
     fn admin_of(&self, team: Option<&String>) -> bool {
         team.is_some_and(|t| self.teams.iter().any(|(id, admin)| id == t && *admin))
     }

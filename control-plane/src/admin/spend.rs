@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use super::Admin;
 use super::auth::Scope;
 use super::error::{AdminError, AdminResult};
-use crate::store::{GroupBy, SpendFilter, Store};
+use crate::store::{GroupBy, SpendFilter, Store, TeamRecord, UserRecord};
 
 /// A `YYYY-MM-DD` day (validated: it is compared as text).
 fn day(field: &str, s: &str) -> AdminResult<Option<String>> {
@@ -60,8 +60,23 @@ impl<S: Store> pb::spend_service_server::SpendService for Admin<S> {
                 if filter.organization_id.as_ref().is_some_and(|o| *o != org) {
                     return Err(AdminError::NotFound("no such organization".into()).into());
                 }
+                // Naming another organization's user, team or key answers as if it did not exist.
+                if let Some(user) = &filter.user_id {
+                    let u: Option<UserRecord> = self.store.get(user).await.ok();
+                    if u.and_then(|u| u.organization_id).as_ref() != Some(&org) {
+                        return Err(AdminError::NotFound("no such user".into()).into());
+                    }
+                }
+                if let Some(team) = &filter.team_id {
+                    let t: Option<TeamRecord> = self.store.get(team).await.ok();
+                    if t.and_then(|t| t.organization_id).as_ref() != Some(&org) {
+                        return Err(AdminError::NotFound("no such team".into()).into());
+                    }
+                }
                 filter.organization_id = Some(org);
             }
+            // A team's admin sees the team's spend; anyone else its own.
+            Scope::Own(_) if filter.team_id.as_ref().is_some_and(|t| caller.administers(t)) => {}
             Scope::Own(user) => {
                 if filter.user_id.as_ref().is_some_and(|u| *u != user) {
                     return Err(AdminError::NotFound("no such user".into()).into());

@@ -78,7 +78,7 @@ impl Plane {
         SqlStore::open(&self.database_url).await.unwrap()
     }
 
-    async fn channel(&self) -> Channel {
+    pub async fn channel(&self) -> Channel {
         Channel::from_shared(self.url.clone()).unwrap().connect().await.unwrap()
     }
 
