@@ -5,7 +5,8 @@
 //!
 //! The world: organizations A and B; team TA in A (admin `ta_admin`, members `member`,
 //! `viewer`), team TB in B; users of every role in A, `user_b` in B. Each actor calls with a
-//! management key (read-only for `member_ro`) owned by its user; `master` uses the master key.
+//! management key (read-only for `member_ro`) owned by its user (`admin_user` is a
+//! `proxy_admin`); `master` uses the master key.
 
 #![allow(clippy::unwrap_used)] // test helpers: a failure here is a failed test
 
@@ -17,7 +18,8 @@ use sluice_proto::admin::v1::key_ref::Ref;
 use sluice_proto::admin::v1::spend_service_client::SpendServiceClient;
 use tonic::Code;
 
-const ACTORS: [&str; 7] = ["master", "admin_viewer", "org_admin", "ta_admin", "member", "viewer", "member_ro"];
+const ACTORS: [&str; 8] =
+    ["master", "admin_user", "admin_viewer", "org_admin", "ta_admin", "member", "viewer", "member_ro"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Rpc {
@@ -123,6 +125,8 @@ const RPCS: [Rpc; 46] = [
 /// Who may do `rpc` on an object of their own tenant (org A: team TA, `member`'s key, user
 /// `member`, org A) and on another tenant's (org B: team TB, `user_b`'s key, user `user_b`).
 fn allowed(rpc: Rpc, actor: &str, own: bool) -> bool {
+    // A management key of a `proxy_admin` user may do what the master key does.
+    let actor = if actor == "admin_user" { "master" } else { actor };
     let any_of = |actors: &[&str]| actors.contains(&actor);
     // Model deployments belong to no tenant: every management key reads them, admins change them.
     match rpc {
@@ -208,6 +212,7 @@ async fn build_world(plane: &Plane) -> World {
         .unwrap();
     }
     let people = [
+        ("admin_user", pb::UserRole::ProxyAdmin, None),
         ("admin_viewer", pb::UserRole::ProxyAdminViewer, None),
         ("org_admin", pb::UserRole::OrgAdmin, Some("org-a")),
         ("ta_admin", pb::UserRole::InternalUser, Some("org-a")),
@@ -307,6 +312,7 @@ async fn build_world(plane: &Plane) -> World {
     // Each actor's credential.
     let mut credentials = vec![("master", MASTER.to_owned())];
     for (actor, user, kind) in [
+        ("admin_user", "admin_user", pb::KeyType::Management),
         ("admin_viewer", "admin_viewer", pb::KeyType::Management),
         ("org_admin", "org_admin", pb::KeyType::Management),
         ("ta_admin", "ta_admin", pb::KeyType::Management),
