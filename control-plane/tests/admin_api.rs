@@ -968,4 +968,12 @@ async fn directory_lists_are_paged(plane: &Plane) {
         .unwrap_err();
     assert_eq!(orphan.code(), Code::FailedPrecondition, "{}", orphan.message());
     assert_eq!(users.list_users(as_(MASTER, pb::ListUsersRequest::default())).await.unwrap().into_inner().total, 5);
+    // A user who still owns keys is not deleted from under them.
+    let mut keys = plane.keys().await;
+    let owned =
+        generate(&mut keys, MASTER, pb::KeySpec { user_id: Some("u0".into()), ..spec("u0-key") }).await.unwrap();
+    let refused = users.delete_user(as_(MASTER, pb::UserRef { user_id: "u0".into() })).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    keys.delete_key(as_(MASTER, by_id(&owned.info.unwrap().key_id))).await.unwrap();
+    users.delete_user(as_(MASTER, pb::UserRef { user_id: "u0".into() })).await.unwrap();
 }

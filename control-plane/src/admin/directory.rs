@@ -11,7 +11,8 @@ use super::validate::{
 };
 use super::{Admin, random_id};
 use crate::store::{
-    LimitsRecord, ListFilter, MemberRecord, NewAudit, OrgRecord, Store, StoreError, TeamRecord, UserRecord, now_ms,
+    KeyFilter, LimitsRecord, ListFilter, MemberRecord, NewAudit, OrgRecord, Store, StoreError, TeamRecord, UserRecord,
+    now_ms,
 };
 
 fn role_from_proto(r: i32) -> AdminResult<Role> {
@@ -132,6 +133,19 @@ impl<S: Store> Admin<S> {
         })
     }
 
+    /// Keys must not outlive their owner unnoticed: deleting a user or team that still owns
+    /// keys is refused until they are deleted or moved.
+    async fn refuse_if_keys_remain(&self, mut filter: KeyFilter, what: &str) -> AdminResult<()> {
+        filter.limit = 1;
+        let (_, total) = self.store.list_keys(&filter).await?;
+        if total > 0 {
+            return Err(AdminError::FailedPrecondition(format!(
+                "the {what} still owns {total} key(s); delete them or move them to another owner first"
+            )));
+        }
+        Ok(())
+    }
+
     /// A team the caller may see.
     async fn visible_team(&self, caller: &Principal, id: &str) -> AdminResult<TeamRecord> {
         let team: TeamRecord = self.store.get(id).await.map_err(not_found("team"))?;
@@ -242,6 +256,7 @@ impl<S: Store> pb::user_service_server::UserService for Admin<S> {
         let id = request.into_inner().user_id;
         let user: UserRecord = self.store.get(&id).await.map_err(not_found("user"))?;
         caller.can_manage_user(&user_tenancy(&user), Role::parse(&user.user_role).unwrap_or(Role::InternalUser))?;
+        self.refuse_if_keys_remain(KeyFilter { user_id: Some(id.clone()), ..KeyFilter::default() }, "user").await?;
         let audit = NewAudit::new(&caller.actor, "user.delete", "user", &id);
         self.store.delete::<UserRecord>(&id, audit).await.map_err(AdminError::from)?;
         Ok(Response::new(pb::Deleted { id }))
@@ -373,6 +388,7 @@ impl<S: Store> pb::team_service_server::TeamService for Admin<S> {
         let id = request.into_inner().team_id;
         let team = self.visible_team(&caller, &id).await?;
         caller.can_manage_team(&team_tenancy(&team))?;
+        self.refuse_if_keys_remain(KeyFilter { team_id: Some(id.clone()), ..KeyFilter::default() }, "team").await?;
         let audit = NewAudit::new(&caller.actor, "team.delete", "team", &id);
         self.store.delete::<TeamRecord>(&id, audit).await.map_err(AdminError::from)?;
         Ok(Response::new(pb::Deleted { id }))

@@ -129,8 +129,6 @@ pub struct CustomerRecord {
 pub trait Entity: Clone + Serialize + Send + Sync + Unpin + 'static {
     const TABLE: &'static str;
     const ID: &'static str;
-    /// Audit object type, e.g. `team`.
-    const KIND: &'static str;
     /// Columns after the id, in bind order (limits excluded: they always follow these).
     const COLUMNS: &'static [&'static str];
     fn id(&self) -> &str;
@@ -154,7 +152,6 @@ fn metadata(row: &AnyRow) -> StoreResult<serde_json::Value> {
 impl Entity for OrgRecord {
     const TABLE: &'static str = "organizations";
     const ID: &'static str = "organization_id";
-    const KIND: &'static str = "organization";
     const COLUMNS: &'static [&'static str] =
         &["organization_alias", "models", "metadata", "blocked", "created_at", "updated_at"];
     fn id(&self) -> &str {
@@ -194,7 +191,6 @@ impl Entity for OrgRecord {
 impl Entity for TeamRecord {
     const TABLE: &'static str = "teams";
     const ID: &'static str = "team_id";
-    const KIND: &'static str = "team";
     const COLUMNS: &'static [&'static str] = &[
         "team_alias",
         "organization_id",
@@ -246,7 +242,6 @@ impl Entity for TeamRecord {
 impl Entity for UserRecord {
     const TABLE: &'static str = "users";
     const ID: &'static str = "user_id";
-    const KIND: &'static str = "user";
     const COLUMNS: &'static [&'static str] =
         &["user_email", "user_role", "organization_id", "models", "metadata", "created_at", "updated_at"];
     fn id(&self) -> &str {
@@ -288,7 +283,6 @@ impl Entity for UserRecord {
 impl Entity for BudgetRecord {
     const TABLE: &'static str = "budgets";
     const ID: &'static str = "budget_id";
-    const KIND: &'static str = "budget";
     const COLUMNS: &'static [&'static str] = &["created_at", "updated_at"];
     fn id(&self) -> &str {
         &self.budget_id
@@ -318,7 +312,6 @@ impl Entity for BudgetRecord {
 impl Entity for CustomerRecord {
     const TABLE: &'static str = "customers";
     const ID: &'static str = "customer_id";
-    const KIND: &'static str = "customer";
     const COLUMNS: &'static [&'static str] = &["alias", "budget_id", "blocked", "created_at", "updated_at"];
     fn id(&self) -> &str {
         &self.customer_id
