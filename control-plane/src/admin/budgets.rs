@@ -5,17 +5,10 @@ use sluice_core::time::format_rfc3339_ms;
 use sluice_proto::admin::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::error::{AdminError, AdminResult};
-use super::validate::{apply_limits, check_name, clear_limits, limits_to_proto, page_size};
-use super::{Admin, random_id};
-use crate::store::{BudgetRecord, CustomerRecord, LimitsRecord, ListFilter, NewAudit, Store, StoreError, now_ms};
-
-fn missing(what: &'static str) -> impl Fn(StoreError) -> AdminError {
-    move |e| match e {
-        StoreError::NotFound => AdminError::NotFound(format!("no such {what}")),
-        other => other.into(),
-    }
-}
+use super::Admin;
+use super::error::{AdminError, AdminResult, missing};
+use super::validate::{check_name, id_or_new, limits_record, limits_to_proto, next_page_token, page_after, page_size};
+use crate::store::{BudgetRecord, CustomerRecord, LimitsRecord, ListFilter, NewAudit, Store, now_ms};
 
 fn budget_proto(b: &BudgetRecord) -> pb::Budget {
     pb::Budget {
@@ -36,32 +29,6 @@ fn customer_proto(c: &CustomerRecord) -> pb::Customer {
         created_at: format_rfc3339_ms(c.created_at),
         updated_at: format_rfc3339_ms(c.updated_at),
     }
-}
-
-fn limits(l: Option<&pb::Limits>, clear: &[String], base: &LimitsRecord) -> AdminResult<LimitsRecord> {
-    let mut out = base.clone();
-    clear_limits(&mut out, clear)?;
-    if let Some(l) = l {
-        apply_limits(&mut out, l)?;
-    }
-    Ok(out)
-}
-
-fn new_id(given: &str, prefix: &str, field: &str) -> AdminResult<String> {
-    if given.is_empty() {
-        random_id(prefix)
-    } else {
-        check_name(field, given)?;
-        Ok(given.to_owned())
-    }
-}
-
-fn token(page_token: String) -> Option<String> {
-    Some(page_token).filter(|t| !t.is_empty())
-}
-
-fn next_token(last: Option<String>, got: usize, limit: u32) -> String {
-    if got == limit as usize { last.unwrap_or_default() } else { String::new() }
 }
 
 impl<S: Store> Admin<S> {
@@ -106,8 +73,8 @@ impl<S: Store> pb::budget_service_server::BudgetService for Admin<S> {
         let req = request.into_inner();
         let now = now_ms();
         let budget = BudgetRecord {
-            budget_id: new_id(&req.budget_id, "budget", "budget_id")?,
-            limits: limits(req.limits.as_ref(), &[], &LimitsRecord::default())?,
+            budget_id: id_or_new("budget_id", &req.budget_id, "budget")?,
+            limits: limits_record(&LimitsRecord::default(), req.limits.as_ref(), &[])?,
             created_at: now,
             updated_at: now,
         };
@@ -121,7 +88,7 @@ impl<S: Store> pb::budget_service_server::BudgetService for Admin<S> {
         caller.can_write_global("budgets")?;
         let req = request.into_inner();
         let current: BudgetRecord = self.store.get(&req.budget_id).await.map_err(missing("budget"))?;
-        let new_limits = limits(req.limits.as_ref(), &req.clear_limits, &current.limits)?;
+        let new_limits = limits_record(&current.limits, req.limits.as_ref(), &req.clear_limits)?;
         let audit = NewAudit::new(&caller.actor, "budget.update", "budget", &req.budget_id);
         let after: BudgetRecord = self
             .store
@@ -162,9 +129,9 @@ impl<S: Store> pb::budget_service_server::BudgetService for Admin<S> {
         caller.can_read_global("budgets")?;
         let req = request.into_inner();
         let limit = page_size(req.page_size);
-        let filter = ListFilter { column: None, after_id: token(req.page_token), limit };
+        let filter = ListFilter { column: None, after_id: page_after(req.page_token), limit };
         let (budgets, total) = self.store.list::<BudgetRecord>(&filter).await.map_err(AdminError::from)?;
-        let next_page_token = next_token(budgets.last().map(|b| b.budget_id.clone()), budgets.len(), limit);
+        let next_page_token = next_page_token(budgets.last().map(|b| b.budget_id.clone()), budgets.len(), limit);
         Ok(Response::new(pb::ListBudgetsResponse {
             budgets: budgets.iter().map(budget_proto).collect(),
             next_page_token,
@@ -188,10 +155,10 @@ impl<S: Store> pb::customer_service_server::CustomerService for Admin<S> {
         self.check_budget_exists(req.budget_id.as_ref()).await?;
         let now = now_ms();
         let customer = CustomerRecord {
-            customer_id: new_id(&req.customer_id, "customer", "customer_id")?,
+            customer_id: id_or_new("customer_id", &req.customer_id, "customer")?,
             alias: req.alias,
             budget_id: req.budget_id,
-            limits: limits(req.limits.as_ref(), &[], &LimitsRecord::default())?,
+            limits: limits_record(&LimitsRecord::default(), req.limits.as_ref(), &[])?,
             blocked: req.blocked,
             created_at: now,
             updated_at: now,
@@ -213,7 +180,7 @@ impl<S: Store> pb::customer_service_server::CustomerService for Admin<S> {
             check_name("alias", alias)?;
         }
         self.check_budget_exists(req.budget_id.as_ref()).await?;
-        let new_limits = limits(req.limits.as_ref(), &req.clear_limits, &current.limits)?;
+        let new_limits = limits_record(&current.limits, req.limits.as_ref(), &req.clear_limits)?;
         let audit = NewAudit::new(&caller.actor, "customer.update", "customer", &req.customer_id);
         let after: CustomerRecord = self
             .store
@@ -260,9 +227,9 @@ impl<S: Store> pb::customer_service_server::CustomerService for Admin<S> {
         caller.can_read_global("customers")?;
         let req = request.into_inner();
         let limit = page_size(req.page_size);
-        let filter = ListFilter { column: None, after_id: token(req.page_token), limit };
+        let filter = ListFilter { column: None, after_id: page_after(req.page_token), limit };
         let (customers, total) = self.store.list::<CustomerRecord>(&filter).await.map_err(AdminError::from)?;
-        let next_page_token = next_token(customers.last().map(|c| c.customer_id.clone()), customers.len(), limit);
+        let next_page_token = next_page_token(customers.last().map(|c| c.customer_id.clone()), customers.len(), limit);
         Ok(Response::new(pb::ListCustomersResponse {
             customers: customers.iter().map(customer_proto).collect(),
             next_page_token,

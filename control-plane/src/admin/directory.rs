@@ -4,12 +4,13 @@ use sluice_core::time::format_rfc3339_ms;
 use sluice_proto::admin::v1 as pb;
 use tonic::{Request, Response, Status};
 
+use super::Admin;
 use super::auth::{Principal, Role, Scope, Tenancy};
-use super::error::{AdminError, AdminResult};
+use super::error::{AdminError, AdminResult, missing};
 use super::validate::{
-    apply_limits, check_name, check_names, clear_limits, dollars, limits_to_proto, metadata, page_size, usd,
+    check_name, check_names, dollars, id_or_new, limits_record, limits_to_proto, metadata, next_page_token, page_after,
+    page_size, usd,
 };
-use super::{Admin, random_id};
 use crate::store::{
     KeyFilter, LimitsRecord, ListFilter, MemberRecord, NewAudit, OrgRecord, Store, StoreError, TeamRecord, UserRecord,
     now_ms,
@@ -44,22 +45,8 @@ fn member_role(r: i32) -> AdminResult<&'static str> {
     }
 }
 
-/// An id given by the caller (checked), or a new one.
-fn id_or_new(field: &str, given: &str, prefix: &str) -> AdminResult<String> {
-    if given.is_empty() {
-        random_id(prefix)
-    } else {
-        check_name(field, given)?;
-        Ok(given.to_owned())
-    }
-}
-
 fn limits_from(l: Option<&pb::Limits>) -> AdminResult<LimitsRecord> {
-    let mut out = LimitsRecord::default();
-    if let Some(l) = l {
-        apply_limits(&mut out, l)?;
-    }
-    Ok(out)
+    limits_record(&LimitsRecord::default(), l, &[])
 }
 
 fn opt_name(field: &str, v: &Option<String>) -> AdminResult<()> {
@@ -76,13 +63,6 @@ fn team_tenancy(t: &TeamRecord) -> Tenancy {
 
 fn org_tenancy(o: &OrgRecord) -> Tenancy {
     Tenancy { user_id: None, team_id: None, organization_id: Some(o.organization_id.clone()) }
-}
-
-fn not_found(what: &str) -> impl Fn(StoreError) -> AdminError + '_ {
-    move |e| match e {
-        StoreError::NotFound => AdminError::NotFound(format!("no such {what}")),
-        other => other.into(),
-    }
 }
 
 fn member_to_proto(m: &MemberRecord) -> pb::Member {
@@ -148,7 +128,7 @@ impl<S: Store> Admin<S> {
 
     /// A team the caller may see.
     async fn visible_team(&self, caller: &Principal, id: &str) -> AdminResult<TeamRecord> {
-        let team: TeamRecord = self.store.get(id).await.map_err(not_found("team"))?;
+        let team: TeamRecord = self.store.get(id).await.map_err(missing("team"))?;
         caller.can_read_team(&team_tenancy(&team))?;
         Ok(team)
     }
@@ -174,7 +154,7 @@ impl<S: Store> Admin<S> {
     /// Members named in a request must exist as users; their limits are validated.
     async fn member_record(&self, team_id: &str, m: &pb::Member) -> AdminResult<MemberRecord> {
         check_name("user_id", &m.user_id)?;
-        let _: UserRecord = self.store.get(&m.user_id).await.map_err(not_found("user"))?;
+        let _: UserRecord = self.store.get(&m.user_id).await.map_err(missing("user"))?;
         Ok(MemberRecord {
             team_id: team_id.to_owned(),
             user_id: m.user_id.clone(),
@@ -195,10 +175,6 @@ fn org_proto(o: &OrgRecord) -> pb::Organization {
         created_at: format_rfc3339_ms(o.created_at),
         updated_at: format_rfc3339_ms(o.updated_at),
     }
-}
-
-fn next_token(ids: impl DoubleEndedIterator<Item = String>, got: usize, limit: u32) -> String {
-    if got == limit as usize { ids.last().unwrap_or_default() } else { String::new() }
 }
 
 #[tonic::async_trait]
@@ -231,7 +207,7 @@ impl<S: Store> pb::user_service_server::UserService for Admin<S> {
     async fn update_user(&self, request: Request<pb::UpdateUserRequest>) -> Result<Response<pb::User>, Status> {
         let caller = self.caller(&request).await?;
         let req = request.into_inner();
-        let current: UserRecord = self.store.get(&req.user_id).await.map_err(not_found("user"))?;
+        let current: UserRecord = self.store.get(&req.user_id).await.map_err(missing("user"))?;
         let current_role = Role::parse(&current.user_role).unwrap_or(Role::InternalUser);
         caller.can_manage_user(&user_tenancy(&current), current_role)?;
         let mut preview = current.clone();
@@ -254,7 +230,7 @@ impl<S: Store> pb::user_service_server::UserService for Admin<S> {
     async fn delete_user(&self, request: Request<pb::UserRef>) -> Result<Response<pb::Deleted>, Status> {
         let caller = self.caller(&request).await?;
         let id = request.into_inner().user_id;
-        let user: UserRecord = self.store.get(&id).await.map_err(not_found("user"))?;
+        let user: UserRecord = self.store.get(&id).await.map_err(missing("user"))?;
         caller.can_manage_user(&user_tenancy(&user), Role::parse(&user.user_role).unwrap_or(Role::InternalUser))?;
         self.refuse_if_keys_remain(KeyFilter { user_id: Some(id.clone()), ..KeyFilter::default() }, "user").await?;
         let audit = NewAudit::new(&caller.actor, "user.delete", "user", &id);
@@ -264,7 +240,7 @@ impl<S: Store> pb::user_service_server::UserService for Admin<S> {
 
     async fn get_user(&self, request: Request<pb::UserRef>) -> Result<Response<pb::User>, Status> {
         let caller = self.caller(&request).await?;
-        let user: UserRecord = self.store.get(&request.into_inner().user_id).await.map_err(not_found("user"))?;
+        let user: UserRecord = self.store.get(&request.into_inner().user_id).await.map_err(missing("user"))?;
         caller.can_read_user(&user_tenancy(&user))?;
         Ok(Response::new(self.user_proto(&user).await?))
     }
@@ -284,13 +260,13 @@ impl<S: Store> pb::user_service_server::UserService for Admin<S> {
             (Scope::Org(org), _, _) => Some(("organization_id", org)),
             (Scope::Own(user), _, _) => Some(("user_id", user)),
         };
-        let filter = ListFilter { column, after_id: Some(req.page_token).filter(|t| !t.is_empty()), limit };
+        let filter = ListFilter { column, after_id: page_after(req.page_token), limit };
         let (users, total) = self.store.list::<UserRecord>(&filter).await.map_err(AdminError::from)?;
         let mut out = Vec::with_capacity(users.len());
         for u in &users {
             out.push(self.user_proto(u).await?);
         }
-        let next_page_token = next_token(users.iter().map(|u| u.user_id.clone()), users.len(), limit);
+        let next_page_token = next_page_token(users.last().map(|u| u.user_id.clone()), users.len(), limit);
         Ok(Response::new(pb::ListUsersResponse { users: out, next_page_token, total }))
     }
 }
@@ -311,10 +287,7 @@ fn apply_user_update(u: &mut UserRecord, req: &pb::UpdateUserRequest) -> AdminRe
         check_names("models", &models.values)?;
         u.models = models.values.clone();
     }
-    clear_limits(&mut u.limits, &req.clear_limits)?;
-    if let Some(l) = &req.limits {
-        apply_limits(&mut u.limits, l)?;
-    }
+    u.limits = limits_record(&u.limits, req.limits.as_ref(), &req.clear_limits)?;
     if let Some(m) = &req.metadata_json {
         u.metadata = metadata(Some(m))?;
     }
@@ -407,7 +380,7 @@ impl<S: Store> pb::team_service_server::TeamService for Admin<S> {
         let caller = self.caller(&request).await?;
         let req = request.into_inner();
         let limit = page_size(req.page_size);
-        let after_id = Some(req.page_token).filter(|t| !t.is_empty());
+        let after_id = page_after(req.page_token);
         let (teams, total) = match (caller.list_scope(), req.organization_id) {
             (Scope::All, org) => {
                 let filter = ListFilter { column: org.map(|o| ("organization_id", o)), after_id, limit };
@@ -431,7 +404,7 @@ impl<S: Store> pb::team_service_server::TeamService for Admin<S> {
         for t in &teams {
             out.push(self.team_proto(t).await?);
         }
-        let next_page_token = next_token(teams.iter().map(|t| t.team_id.clone()), teams.len(), limit);
+        let next_page_token = next_page_token(teams.last().map(|t| t.team_id.clone()), teams.len(), limit);
         Ok(Response::new(pb::ListTeamsResponse { teams: out, next_page_token, total }))
     }
 
@@ -463,7 +436,7 @@ impl<S: Store> pb::team_service_server::TeamService for Admin<S> {
         let team = self.visible_team(&caller, &req.team_id).await?;
         caller.can_manage_members(&team_tenancy(&team))?;
         let audit = NewAudit::new(&caller.actor, "team.member_remove", "team", &team.team_id);
-        self.store.remove_member(&team.team_id, &req.user_id, audit).await.map_err(not_found("member"))?;
+        self.store.remove_member(&team.team_id, &req.user_id, audit).await.map_err(missing("member"))?;
         Ok(Response::new(self.team_proto(&team).await?))
     }
 }
@@ -477,10 +450,7 @@ fn apply_team_update(t: &mut TeamRecord, req: &pb::UpdateTeamRequest) -> AdminRe
         check_names("models", &models.values)?;
         t.models = models.values.clone();
     }
-    clear_limits(&mut t.limits, &req.clear_limits)?;
-    if let Some(l) = &req.limits {
-        apply_limits(&mut t.limits, l)?;
-    }
+    t.limits = limits_record(&t.limits, req.limits.as_ref(), &req.clear_limits)?;
     if req.member_max_budget.is_some() {
         t.member_max_budget_nanos = dollars("member_max_budget", req.member_max_budget)?;
     }
@@ -525,7 +495,7 @@ impl<S: Store> pb::organization_service_server::OrganizationService for Admin<S>
     ) -> Result<Response<pb::Organization>, Status> {
         let caller = self.caller(&request).await?;
         let req = request.into_inner();
-        let org: OrgRecord = self.store.get(&req.organization_id).await.map_err(not_found("organization"))?;
+        let org: OrgRecord = self.store.get(&req.organization_id).await.map_err(missing("organization"))?;
         caller.can_manage_org(&org_tenancy(&org))?;
         let mut preview = org.clone();
         apply_org_update(&mut preview, &req)?;
@@ -548,7 +518,7 @@ impl<S: Store> pb::organization_service_server::OrganizationService for Admin<S>
     ) -> Result<Response<pb::Deleted>, Status> {
         let caller = self.caller(&request).await?;
         let id = request.into_inner().organization_id;
-        let org: OrgRecord = self.store.get(&id).await.map_err(not_found("organization"))?;
+        let org: OrgRecord = self.store.get(&id).await.map_err(missing("organization"))?;
         caller.can_manage_org(&org_tenancy(&org))?;
         let audit = NewAudit::new(&caller.actor, "organization.delete", "organization", &id);
         self.store.delete::<OrgRecord>(&id, audit).await.map_err(AdminError::from)?;
@@ -561,7 +531,7 @@ impl<S: Store> pb::organization_service_server::OrganizationService for Admin<S>
     ) -> Result<Response<pb::Organization>, Status> {
         let caller = self.caller(&request).await?;
         let org: OrgRecord =
-            self.store.get(&request.into_inner().organization_id).await.map_err(not_found("organization"))?;
+            self.store.get(&request.into_inner().organization_id).await.map_err(missing("organization"))?;
         caller.can_read_org(&org_tenancy(&org))?;
         Ok(Response::new(org_proto(&org)))
     }
@@ -579,9 +549,9 @@ impl<S: Store> pb::organization_service_server::OrganizationService for Admin<S>
             Scope::Org(org) => Some(("organization_id", org)),
             Scope::Own(_) => Some(("organization_id", caller.organization_id.clone().unwrap_or_default())),
         };
-        let filter = ListFilter { column, after_id: Some(req.page_token).filter(|t| !t.is_empty()), limit };
+        let filter = ListFilter { column, after_id: page_after(req.page_token), limit };
         let (orgs, total) = self.store.list::<OrgRecord>(&filter).await.map_err(AdminError::from)?;
-        let next_page_token = next_token(orgs.iter().map(|o| o.organization_id.clone()), orgs.len(), limit);
+        let next_page_token = next_page_token(orgs.last().map(|o| o.organization_id.clone()), orgs.len(), limit);
         Ok(Response::new(pb::ListOrganizationsResponse {
             organizations: orgs.iter().map(org_proto).collect(),
             next_page_token,
@@ -599,10 +569,7 @@ fn apply_org_update(o: &mut OrgRecord, req: &pb::UpdateOrganizationRequest) -> A
         check_names("models", &models.values)?;
         o.models = models.values.clone();
     }
-    clear_limits(&mut o.limits, &req.clear_limits)?;
-    if let Some(l) = &req.limits {
-        apply_limits(&mut o.limits, l)?;
-    }
+    o.limits = limits_record(&o.limits, req.limits.as_ref(), &req.clear_limits)?;
     if let Some(m) = &req.metadata_json {
         o.metadata = metadata(Some(m))?;
     }

@@ -59,3 +59,12 @@ impl AdminError {
 }
 
 pub type AdminResult<T> = Result<T, AdminError>;
+
+/// Maps a store error where a named object was expected: a missing one is "no such {what}";
+/// anything else keeps its own mapping (a database failure is never reported as "not found").
+pub fn missing(what: &'static str) -> impl Fn(StoreError) -> AdminError {
+    move |e| match e {
+        StoreError::NotFound => AdminError::NotFound(format!("no such {what}")),
+        other => other.into(),
+    }
+}

@@ -9,7 +9,7 @@ use sluice_proto::admin::v1::key_ref::Ref;
 use tonic::{Request, Response, Status};
 
 use super::auth::{Principal, Tenancy};
-use super::error::{AdminError, AdminResult};
+use super::error::{AdminError, AdminResult, missing};
 use super::{Admin, random_id};
 use crate::key_file::generate_key;
 use crate::store::{
@@ -17,8 +17,8 @@ use crate::store::{
 };
 
 use super::validate::{
-    apply_limits, check_name, check_names, clear_limits, dollars, duration_ms, limits_to_proto, metadata, non_negative,
-    page_size, usd,
+    apply_limits, check_name, check_names, dollars, duration_ms, limits_record, limits_to_proto, metadata,
+    next_page_token, non_negative, page_after, page_size, usd,
 };
 
 fn model_limits(m: Option<pb::ModelLimits>) -> AdminResult<ModelLimits> {
@@ -167,11 +167,7 @@ fn lookup(r: Option<pb::KeyRef>) -> AdminResult<KeyLookup> {
 impl<S: Store> Admin<S> {
     /// The key a caller names, if it may see it (others' keys look like missing ones).
     async fn visible_key(&self, caller: &Principal, r: Option<pb::KeyRef>) -> AdminResult<(KeyRecord, Tenancy)> {
-        let key = match self.store.get_key(&lookup(r)?).await {
-            Ok(key) => key,
-            Err(StoreError::NotFound) => return Err(AdminError::NotFound("no such key".into())),
-            Err(e) => return Err(e.into()),
-        };
+        let key = self.store.get_key(&lookup(r)?).await.map_err(missing("key"))?;
         let tenancy = self.key_tenancy(&key).await;
         if caller.can_read_key(&tenancy) { Ok((key, tenancy)) } else { Err(AdminError::NotFound("no such key".into())) }
     }
@@ -319,16 +315,12 @@ impl<S: Store> pb::key_service_server::KeyService for Admin<S> {
             user_id: req.user_id,
             organization_id: req.organization_id,
             key_alias: req.key_alias,
-            after_key_id: Some(req.page_token).filter(|t| !t.is_empty()),
+            after_key_id: page_after(req.page_token),
             limit,
             visible_to: caller.key_visibility(),
         };
         let (keys, total) = self.store.list_keys(&filter).await.map_err(AdminError::from)?;
-        let next_page_token = if keys.len() == limit as usize {
-            keys.last().map(|k| k.key_id.clone()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = next_page_token(keys.last().map(|k| k.key_id.clone()), keys.len(), limit);
         Ok(Response::new(pb::ListKeysResponse { keys: keys.iter().map(to_proto).collect(), next_page_token, total }))
     }
 }
@@ -351,10 +343,7 @@ fn apply_update(k: &mut KeyRecord, req: &pb::UpdateKeyRequest) -> AdminResult<()
         check_names("models", &models.values)?;
         k.models = models.values.clone();
     }
-    clear_limits(&mut k.limits, &req.clear_limits)?;
-    if let Some(limits) = &req.limits {
-        apply_limits(&mut k.limits, limits)?;
-    }
+    k.limits = limits_record(&k.limits, req.limits.as_ref(), &req.clear_limits)?;
     if req.model_limits.is_some() {
         k.model_limits = model_limits(req.model_limits.clone())?;
     }

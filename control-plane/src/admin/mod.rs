@@ -72,18 +72,14 @@ impl<S: Store> pb::audit_service_server::AuditService for Admin<S> {
         let caller = self.caller(&request).await?;
         caller.can_read_audit()?;
         let req = request.into_inner();
-        let limit = if req.page_size == 0 { 50 } else { req.page_size.min(500) };
+        let limit = validate::page_size(req.page_size);
         let before_id = match req.page_token.as_str() {
             "" => None,
             t => Some(t.parse::<i64>().map_err(|_| AdminError::InvalidArgument("bad page_token".into()))?),
         };
         let filter = AuditFilter { object_type: req.object_type, object_id: req.object_id, before_id, limit };
         let entries = self.store.list_audit(&filter).await.map_err(AdminError::from)?;
-        let next_page_token = if entries.len() == limit as usize {
-            entries.last().map(|e| e.id.to_string()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = validate::next_page_token(entries.last().map(|e| e.id.to_string()), entries.len(), limit);
         Ok(Response::new(pb::ListAuditResponse {
             entries: entries
                 .into_iter()

@@ -9,10 +9,10 @@ use sluice_core::time::format_rfc3339_ms;
 use sluice_proto::admin::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::error::{AdminError, AdminResult};
-use super::validate::{check_name, page_size};
+use super::error::{AdminError, AdminResult, missing};
+use super::validate::{check_name, next_page_token, page_size};
 use super::{Admin, random_id};
-use crate::store::{ModelRecord, NewAudit, Store, StoreError, now_ms};
+use crate::store::{ModelRecord, NewAudit, Store, now_ms};
 
 /// Largest JSON object accepted for `litellm_params` or `model_info`.
 const MAX_JSON_BYTES: usize = 16 * 1024;
@@ -140,11 +140,7 @@ impl<S: Store> pb::model_service_server::ModelService for Admin<S> {
         let caller = self.caller(&request).await?;
         Self::admin_only(&caller)?;
         let req = request.into_inner();
-        let current = self
-            .store
-            .get_model(&req.deployment_id)
-            .await
-            .map_err(|_| AdminError::NotFound("no such deployment".into()))?;
+        let current = self.store.get_model(&req.deployment_id).await.map_err(missing("deployment"))?;
         let name = req.model_name.clone().unwrap_or_else(|| current.model_name.clone());
         check_name("model_name", &name)?;
         let params = match &req.litellm_params_json {
@@ -185,20 +181,13 @@ impl<S: Store> pb::model_service_server::ModelService for Admin<S> {
         Self::admin_only(&caller)?;
         let id = request.into_inner().deployment_id;
         let audit = NewAudit::new(&caller.actor, "model.delete", "model", &id);
-        self.store.delete_model(&id, audit).await.map_err(|e| match e {
-            StoreError::NotFound => AdminError::NotFound("no such deployment".into()),
-            other => other.into(),
-        })?;
+        self.store.delete_model(&id, audit).await.map_err(missing("deployment"))?;
         Ok(Response::new(pb::Deleted { id }))
     }
 
     async fn get_model(&self, request: Request<pb::ModelRef>) -> Result<Response<pb::ModelDeployment>, Status> {
         let _caller = self.caller(&request).await?;
-        let m = self
-            .store
-            .get_model(&request.into_inner().deployment_id)
-            .await
-            .map_err(|_| AdminError::NotFound("no such deployment".into()))?;
+        let m = self.store.get_model(&request.into_inner().deployment_id).await.map_err(missing("deployment"))?;
         Ok(Response::new(to_proto(&m, Vec::new())))
     }
 
@@ -208,7 +197,7 @@ impl<S: Store> pb::model_service_server::ModelService for Admin<S> {
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
         let _caller = self.caller(&request).await?;
         let req = request.into_inner();
-        let limit = page_size(req.page_size) as usize;
+        let limit = page_size(req.page_size);
         let all = self.store.all_models().await.map_err(AdminError::from)?;
         let matching: Vec<&ModelRecord> =
             all.iter().filter(|m| req.model_name.as_ref().is_none_or(|n| &m.model_name == n)).collect();
@@ -216,13 +205,9 @@ impl<S: Store> pb::model_service_server::ModelService for Admin<S> {
         let page: Vec<&ModelRecord> = matching
             .into_iter()
             .filter(|m| req.page_token.is_empty() || m.deployment_id > req.page_token)
-            .take(limit)
+            .take(limit as usize)
             .collect();
-        let next_page_token = if page.len() == limit {
-            page.last().map(|m| m.deployment_id.clone()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = next_page_token(page.last().map(|m| m.deployment_id.clone()), page.len(), limit);
         Ok(Response::new(pb::ListModelsResponse {
             models: page.into_iter().map(|m| to_proto(m, Vec::new())).collect(),
             next_page_token,

@@ -124,6 +124,36 @@ pub fn limits_to_proto(l: &LimitsRecord) -> pb::Limits {
     }
 }
 
+/// An id the caller gave (checked like any name), or a new random one.
+pub fn id_or_new(field: &str, given: &str, prefix: &str) -> AdminResult<String> {
+    if given.is_empty() {
+        super::random_id(prefix)
+    } else {
+        check_name(field, given)?;
+        Ok(given.to_owned())
+    }
+}
+
+/// `base` with the named limits cleared, then the present fields of `set` applied.
+pub fn limits_record(base: &LimitsRecord, set: Option<&pb::Limits>, clear: &[String]) -> AdminResult<LimitsRecord> {
+    let mut out = base.clone();
+    clear_limits(&mut out, clear)?;
+    if let Some(l) = set {
+        apply_limits(&mut out, l)?;
+    }
+    Ok(out)
+}
+
+/// A request's page token as the id to continue after (empty: the first page).
+pub fn page_after(page_token: String) -> Option<String> {
+    Some(page_token).filter(|t| !t.is_empty())
+}
+
+/// The next page's token: the last id of a full page, or empty after the last page.
+pub fn next_page_token(last_id: Option<String>, got: usize, limit: u32) -> String {
+    if got == limit as usize { last_id.unwrap_or_default() } else { String::new() }
+}
+
 /// Page size: 0 means the default; larger than the maximum is capped.
 pub fn page_size(requested: u32) -> u32 {
     match requested {
