@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Backend, NewAudit, SqlStore, StoreError, StoreResult, from_json, to_json};
+use super::{NewAudit, SqlStore, StoreError, StoreResult, from_json, to_json};
 
 /// Limits and budgets, as every governed entity stores them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -33,19 +33,6 @@ impl LimitsRecord {
             budget_duration: row.try_get("budget_duration")?,
         })
     }
-}
-
-/// Binds the six limit columns in `LIMIT_COLUMNS` order.
-macro_rules! bind_limits {
-    ($query:expr, $l:expr) => {
-        $query
-            .bind($l.rpm_limit)
-            .bind($l.tpm_limit)
-            .bind($l.max_parallel_requests)
-            .bind($l.max_budget_nanos)
-            .bind($l.soft_budget_nanos)
-            .bind($l.budget_duration.clone())
-    };
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -391,6 +378,15 @@ fn member_from_row(row: &AnyRow) -> StoreResult<MemberRecord> {
     })
 }
 
+impl SqlStore {
+    /// Reads an entity inside `tx`, holding its row (see `row_lock`).
+    async fn locked<E: Entity>(&self, tx: &mut sqlx::Transaction<'static, sqlx::Any>, id: &str) -> StoreResult<E> {
+        let sql = format!("{} WHERE {} = $1{}", select::<E>(), E::ID, self.row_lock());
+        let row = sqlx::query(&sql).bind(id.to_owned()).fetch_optional(&mut **tx).await?;
+        row.as_ref().map(E::from_row).transpose()?.ok_or(StoreError::NotFound)
+    }
+}
+
 impl DirectoryStore for SqlStore {
     async fn insert<E: Entity>(&self, e: &E, audit: NewAudit) -> StoreResult<()> {
         let n = E::COLUMNS.len();
@@ -420,11 +416,8 @@ impl DirectoryStore for SqlStore {
     where
         F: FnOnce(&mut E) -> Result<(), StoreError> + Send,
     {
-        let lock = if self.backend == Backend::Postgres { " FOR UPDATE" } else { "" };
         let mut tx = self.pool.begin().await?;
-        let sql = format!("{} WHERE {} = $1{lock}", select::<E>(), E::ID);
-        let row = sqlx::query(&sql).bind(id.to_owned()).fetch_optional(&mut *tx).await?;
-        let before = row.as_ref().map(E::from_row).transpose()?.ok_or(StoreError::NotFound)?;
+        let before: E = self.locked(&mut tx, id).await?;
         let mut after = before.clone();
         change(&mut after)?;
         after.touch(super::now_ms());
@@ -445,8 +438,8 @@ impl DirectoryStore for SqlStore {
     }
 
     async fn delete<E: Entity>(&self, id: &str, audit: NewAudit) -> StoreResult<()> {
-        let before: E = self.get(id).await?;
         let mut tx = self.pool.begin().await?;
+        let before: E = self.locked(&mut tx, id).await?;
         let sql = format!("DELETE FROM {} WHERE {} = $1", E::TABLE, E::ID);
         let done = sqlx::query(&sql).bind(id.to_owned()).execute(&mut *tx).await?;
         if done.rows_affected() == 0 {

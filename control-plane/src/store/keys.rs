@@ -180,27 +180,24 @@ fn record_from_row(row: &AnyRow) -> StoreResult<KeyRecord> {
 /// Binds every column of a record, in the order of the INSERT and UPDATE statements below.
 macro_rules! bind_key_fields {
     ($query:expr, $k:expr) => {
-        $query
-            .bind($k.key_prefix.clone())
-            .bind($k.last4.clone())
-            .bind($k.key_alias.clone())
-            .bind($k.user_id.clone())
-            .bind($k.team_id.clone())
-            .bind($k.organization_id.clone())
-            .bind(to_json(&$k.models))
-            .bind($k.limits.rpm_limit)
-            .bind($k.limits.tpm_limit)
-            .bind($k.limits.max_parallel_requests)
-            .bind($k.limits.max_budget_nanos)
-            .bind($k.limits.soft_budget_nanos)
-            .bind($k.limits.budget_duration.clone())
-            .bind(to_json(&$k.model_limits))
-            .bind(to_json(&$k.allowed_routes))
-            .bind(to_json(&$k.metadata))
-            .bind(to_json(&$k.tags))
-            .bind($k.key_type.as_str())
-            .bind(i64::from($k.blocked))
-            .bind($k.expires_at)
+        bind_limits!(
+            $query
+                .bind($k.key_prefix.clone())
+                .bind($k.last4.clone())
+                .bind($k.key_alias.clone())
+                .bind($k.user_id.clone())
+                .bind($k.team_id.clone())
+                .bind($k.organization_id.clone())
+                .bind(to_json(&$k.models)),
+            $k.limits
+        )
+        .bind(to_json(&$k.model_limits))
+        .bind(to_json(&$k.allowed_routes))
+        .bind(to_json(&$k.metadata))
+        .bind(to_json(&$k.tags))
+        .bind($k.key_type.as_str())
+        .bind(i64::from($k.blocked))
+        .bind($k.expires_at)
     };
 }
 
@@ -216,6 +213,17 @@ fn bind_list_conditions<'q>(q: AnyQuery<'q>, filter: &KeyFilter, scoped: i64, vi
         .bind(visible.user_id.clone())
         .bind(to_json(&visible.admin_teams))
         .bind(visible.organization_id.clone())
+}
+
+impl SqlStore {
+    /// Reads a key inside `tx`, holding its row (see `row_lock`).
+    async fn locked_key(&self, tx: &mut sqlx::Transaction<'static, sqlx::Any>, key_id: &str) -> StoreResult<KeyRecord> {
+        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM keys k WHERE k.key_id = $1{}", self.row_lock()))
+            .bind(key_id.to_owned())
+            .fetch_optional(&mut **tx)
+            .await?;
+        row.as_ref().map(record_from_row).transpose()?.ok_or(StoreError::NotFound)
+    }
 }
 
 impl KeyStore for SqlStore {
@@ -280,16 +288,9 @@ impl KeyStore for SqlStore {
     where
         F: Fn(&mut KeyRecord) -> Result<(), StoreError> + Send + Sync,
     {
-        // Read and write in one transaction holding the row: Postgres locks it (FOR UPDATE);
-        // SQLite has one writer at a time (the pool has one connection). Concurrent updates
-        // therefore queue instead of failing, and each applies to the latest version.
-        let lock = if self.backend == super::Backend::Postgres { " FOR UPDATE OF k" } else { "" };
+        // Concurrent updates queue on the held row, and each applies to the latest version.
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM keys k WHERE k.key_id = $1{lock}"))
-            .bind(key_id.to_owned())
-            .fetch_optional(&mut *tx)
-            .await?;
-        let before = row.as_ref().map(record_from_row).transpose()?.ok_or(StoreError::NotFound)?;
+        let before = self.locked_key(&mut tx, key_id).await?;
         let mut after = before.clone();
         change(&mut after)?;
         after.updated_at = now_ms().max(before.updated_at);
@@ -325,9 +326,9 @@ impl KeyStore for SqlStore {
         old_valid_until: Option<i64>,
         audit: NewAudit,
     ) -> StoreResult<KeyRecord> {
-        let before = self.get_key(&KeyLookup::Id(key_id.to_owned())).await?;
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        let before = self.locked_key(&mut tx, key_id).await?;
         // Digests from earlier rotations stop now; the current one gets the grace period.
         sqlx::query("DELETE FROM key_hashes WHERE key_id = $1 AND valid_until IS NOT NULL")
             .bind(key_id.to_owned())
@@ -374,8 +375,8 @@ impl KeyStore for SqlStore {
     }
 
     async fn delete_key(&self, key_id: &str, audit: NewAudit) -> StoreResult<()> {
-        let before = self.get_key(&KeyLookup::Id(key_id.to_owned())).await?;
         let mut tx = self.pool.begin().await?;
+        let before = self.locked_key(&mut tx, key_id).await?;
         sqlx::query("DELETE FROM key_hashes WHERE key_id = $1").bind(key_id.to_owned()).execute(&mut *tx).await?;
         let done = sqlx::query("DELETE FROM keys WHERE key_id = $1").bind(key_id.to_owned()).execute(&mut *tx).await?;
         if done.rows_affected() == 0 {

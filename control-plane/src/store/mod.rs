@@ -11,6 +11,20 @@
 //! Capabilities are traits ([`KeyStore`], [`AuditStore`]) so the admin service does not know
 //! which database it has; [`SqlStore`] implements them for both.
 
+/// Binds the six limit columns in `directory::LIMIT_COLUMNS` order (every table with limits
+/// has these six columns).
+macro_rules! bind_limits {
+    ($query:expr, $l:expr) => {
+        $query
+            .bind($l.rpm_limit)
+            .bind($l.tpm_limit)
+            .bind($l.max_parallel_requests)
+            .bind($l.max_budget_nanos)
+            .bind($l.soft_budget_nanos)
+            .bind($l.budget_duration.clone())
+    };
+}
+
 mod audit;
 mod directory;
 mod keys;
@@ -138,6 +152,14 @@ impl SqlStore {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// The suffix that makes a SELECT inside a transaction hold the rows it read until the
+    /// transaction ends: `FOR UPDATE` on Postgres; nothing on SQLite, which has one writer at
+    /// a time (and this pool one connection). Mutations read their "before" this way, so
+    /// concurrent ones queue and each audits exactly what it changed.
+    fn row_lock(&self) -> &'static str {
+        if self.backend == Backend::Postgres { " FOR UPDATE" } else { "" }
     }
 }
 

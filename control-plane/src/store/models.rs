@@ -5,7 +5,7 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Backend, NewAudit, SqlStore, StoreError, StoreResult, from_json, now_ms, to_json};
+use super::{NewAudit, SqlStore, StoreError, StoreResult, from_json, now_ms, to_json};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelRecord {
@@ -89,6 +89,15 @@ async fn write(tx: &mut sqlx::Transaction<'static, sqlx::Any>, m: &ModelRecord) 
     Ok(())
 }
 
+impl SqlStore {
+    /// Reads a deployment inside `tx`, holding its row (see `row_lock`).
+    async fn locked_model(&self, tx: &mut sqlx::Transaction<'static, sqlx::Any>, id: &str) -> StoreResult<ModelRecord> {
+        let sql = format!("SELECT {COLUMNS} FROM model_deployments WHERE deployment_id = $1{}", self.row_lock());
+        let row = sqlx::query(&sql).bind(id.to_owned()).fetch_optional(&mut **tx).await?;
+        row.as_ref().map(from_row).transpose()?.ok_or(StoreError::NotFound)
+    }
+}
+
 impl ModelStore for SqlStore {
     async fn insert_model(&self, m: &ModelRecord, audit: NewAudit) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
@@ -112,13 +121,8 @@ impl ModelStore for SqlStore {
         change: impl FnOnce(&mut ModelRecord) -> StoreResult<()> + Send,
         audit: NewAudit,
     ) -> StoreResult<ModelRecord> {
-        let lock = if self.backend == Backend::Postgres { " FOR UPDATE" } else { "" };
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM model_deployments WHERE deployment_id = $1{lock}"))
-            .bind(id.to_owned())
-            .fetch_optional(&mut *tx)
-            .await?;
-        let before = row.as_ref().map(from_row).transpose()?.ok_or(StoreError::NotFound)?;
+        let before = self.locked_model(&mut tx, id).await?;
         let mut after = before.clone();
         change(&mut after)?;
         after.updated_at = now_ms().max(before.updated_at);
@@ -129,8 +133,8 @@ impl ModelStore for SqlStore {
     }
 
     async fn delete_model(&self, id: &str, audit: NewAudit) -> StoreResult<()> {
-        let before = self.get_model(id).await?;
         let mut tx = self.pool.begin().await?;
+        let before = self.locked_model(&mut tx, id).await?;
         sqlx::query("DELETE FROM model_deployments WHERE deployment_id = $1")
             .bind(id.to_owned())
             .execute(&mut *tx)
