@@ -80,9 +80,7 @@ pub fn admit_all<H: Host>(
                 tickets.push(Ticket { name: scope.name.to_owned(), limits: scope.limits, reservation });
             }
             Err(e) => {
-                for t in &tickets {
-                    update(host, &t.name, |state| limits::release(state, &t.limits, now_ms, &t.reservation));
-                }
+                release_all(host, &tickets, now_ms);
                 return Err(e);
             }
         }
@@ -98,7 +96,7 @@ pub fn settle_all<H: Host>(host: &H, tickets: &[Ticket], now_ms: u64, tokens: u6
     })
 }
 
-/// Gives back the reservations of a request that was admitted but did not go ahead.
+/// Gives back reservations that will not be used (a scope refused after earlier ones admitted).
 pub fn release_all<H: Host>(host: &H, tickets: &[Ticket], now_ms: u64) {
     for t in tickets {
         update(host, &t.name, |state| limits::release(state, &t.limits, now_ms, &t.reservation));
