@@ -173,7 +173,7 @@ fn serve_options(
     let resolve = |name: &str| -> Result<Option<String>, String> {
         match settings.get(name) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::String(v)) => match v.strip_prefix("os.environ/") {
+            Some(Value::String(v)) => match sluice_core::litellm::env_ref(v) {
                 Some(var) => std::env::var(var)
                     .map(Some)
                     .map_err(|_| format!("general_settings.{name}: environment variable {var} is not set")),

@@ -28,6 +28,15 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Waits until `sluice serve` accepts connections on `port`.
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "sluice serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn start() -> Server {
     let port = free_port();
     let mut random = [0u8; 6];
@@ -49,11 +58,7 @@ fn start() -> Server {
         .stderr(out)
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "sluice serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_port(port);
     Server { child, url: format!("http://127.0.0.1:{port}"), database_url: format!("sqlite:{}", db.display()), log }
 }
 
@@ -205,11 +210,7 @@ fn the_cli_manages_model_deployments_and_serve_syncs_the_config_file() {
         .env_remove("SLUICE_MASTER_KEY")
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "sluice serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_port(port);
     let url = format!("http://127.0.0.1:{port}");
     let run = |args: &[&str]| sluice(&url, Some(MASTER), args);
     let listed = json(&run(&["model", "list", "--json"]));

@@ -113,8 +113,8 @@ pub fn parse_api_base(url: &str) -> Result<(bool, String, u16, String), String> 
     Ok((https, host, port, path))
 }
 
-/// `os.environ/NAME` → Some(NAME).
-fn env_ref(value: &str) -> Option<&str> {
+/// `os.environ/NAME` → Some(NAME): LiteLLM's way to name a secret instead of writing it.
+pub fn env_ref(value: &str) -> Option<&str> {
     value.strip_prefix("os.environ/")
 }
 
