@@ -5,7 +5,11 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
-    let files = [root.join("sluice/admin/v1/admin.proto"), root.join("sluice/v1/usage.proto")];
+    let files = [
+        root.join("sluice/admin/v1/admin.proto"),
+        root.join("sluice/v1/usage.proto"),
+        root.join("sluice/v1/gateway.proto"),
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }

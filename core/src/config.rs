@@ -43,6 +43,41 @@ pub struct GatewayConfig {
     pub keys: Vec<KeyConfig>,
     #[serde(default)]
     pub teams: Vec<TeamConfig>,
+    /// Keys not in `keys` are looked up in the control plane (xDS mode); None: standalone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_lookup: Option<KeyLookupConfig>,
+}
+
+/// How the filter asks the control plane for a key it has not cached
+/// (`sluice.v1.KeyLookupService/Lookup`, see proto/sluice/v1/gateway.proto).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyLookupConfig {
+    /// The Envoy cluster that reaches the control plane's gRPC port.
+    pub cluster: String,
+    /// A lookup slower than this fails like an unreachable control plane.
+    #[serde(default = "default_lookup_timeout_ms")]
+    pub timeout_ms: u64,
+    /// How long a found key is served from cache (revocations are pushed, so this only bounds
+    /// staleness when a push is lost).
+    #[serde(default = "default_key_ttl_ms")]
+    pub ttl_ms: u64,
+    /// How long an unknown key is remembered as unknown, so a flood of bad keys stays in Envoy.
+    #[serde(default = "default_negative_ttl_ms")]
+    pub negative_ttl_ms: u64,
+    /// With the control plane unreachable, an uncached key is refused (503) unless this is set.
+    #[serde(default)]
+    pub fail_open: bool,
+}
+
+fn default_lookup_timeout_ms() -> u64 {
+    1000
+}
+fn default_key_ttl_ms() -> u64 {
+    60_000
+}
+fn default_negative_ttl_ms() -> u64 {
+    5_000
 }
 
 fn default_max_body() -> u64 {
@@ -513,6 +548,7 @@ mod tests {
             deployments: vec![deployment("a", "gpt-4o"), deployment("b", "gpt-4o"), deployment("c", "claude")],
             keys: vec![],
             teams: vec![],
+            key_lookup: None,
         }
     }
 

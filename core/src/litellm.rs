@@ -232,6 +232,7 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
         deployments,
         keys,
         teams,
+        key_lookup: None,
     };
     if cx.errors.is_empty() {
         // The filter's own validation: what it would refuse, refuse here.

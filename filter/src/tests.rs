@@ -65,6 +65,7 @@ fn base_config() -> GatewayConfig {
         ],
         keys: vec![key_config(1)],
         teams: vec![],
+        key_lookup: None,
     }
 }
 

@@ -8,7 +8,8 @@ pub mod admin {
     }
 }
 
-pub mod usage {
+/// What Envoy and the control plane exchange: usage records, key lookups (`sluice.v1`).
+pub mod gateway {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/sluice.v1.rs"));
     }
