@@ -1,18 +1,30 @@
-//! Envoy's bootstrap for standalone mode, generated from the converted config.
+//! Envoy's bootstrap: for standalone mode (everything from the converted config file) and for
+//! xDS mode (only the control plane's address; clusters, the filter's config and provider
+//! credentials arrive over ADS, see `crate::xds`).
 //!
 //! The contract with the filter: the wasm HTTP filter (`root_id: sluice_filter`) and the
 //! singleton service (`root_id: sluice_service`) share `vm_id: sluice`; the filter sets
-//! `x-sluice-cluster`, which the single route reads with `cluster_header`; provider credentials
-//! reach the VM as environment variables (`host_env_keys`), never as config.
+//! `x-sluice-cluster`, which the single route reads with `cluster_header`. Provider credentials
+//! reach the VM as environment variables (`host_env_keys`) in standalone mode and are injected
+//! by Envoy from SDS secrets in xDS mode; never as config.
 
 use std::net::IpAddr;
 
 use serde_json::{Value, json};
+use sluice_core::config::DEFAULT_MAX_REQUEST_BODY_BYTES;
 use sluice_core::litellm::{FailurePolicy, Standalone, Upstream};
 
 pub const CLUSTER_HEADER: &str = "x-sluice-cluster";
 const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
-const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+const WASM_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+pub const CONNECT_TIMEOUT_SECS: i64 = 10;
+pub const VM_ID: &str = "sluice";
+pub const WASM_RUNTIME: &str = "envoy.wasm.runtime.v8";
+pub const FILTER_ROOT_ID: &str = "sluice_filter";
+/// Requests may stream for minutes; the route's timeout in xDS mode (standalone takes
+/// `router_settings.timeout`).
+const DEFAULT_ROUTE_TIMEOUT_SECS: u64 = 600;
 
 #[derive(Debug, Clone)]
 pub struct BootstrapOptions {
@@ -25,8 +37,8 @@ pub struct BootstrapOptions {
 
 fn vm_config(wasm: &str, env_keys: &[String]) -> Value {
     let mut vm = json!({
-        "vm_id": "sluice",
-        "runtime": "envoy.wasm.runtime.v8",
+        "vm_id": VM_ID,
+        "runtime": WASM_RUNTIME,
         "code": {"local": {"filename": wasm}},
     });
     if !env_keys.is_empty() {
@@ -35,13 +47,17 @@ fn vm_config(wasm: &str, env_keys: &[String]) -> Value {
     vm
 }
 
+/// An IP address needs no DNS (STATIC); a name is resolved by Envoy (LOGICAL_DNS).
+pub fn upstream_is_ip(u: &Upstream) -> bool {
+    u.host.parse::<IpAddr>().is_ok()
+}
+
 fn cluster(u: &Upstream) -> Value {
-    let is_ip = u.host.parse::<IpAddr>().is_ok();
     let mut c = json!({
         "name": u.cluster,
-        "type": if is_ip { "STATIC" } else { "LOGICAL_DNS" },
+        "type": if upstream_is_ip(u) { "STATIC" } else { "LOGICAL_DNS" },
         "dns_lookup_family": "V4_PREFERRED",
-        "connect_timeout": "10s",
+        "connect_timeout": format!("{CONNECT_TIMEOUT_SECS}s"),
         "load_assignment": {
             "cluster_name": u.cluster,
             "endpoints": [{"lb_endpoints": [{"endpoint": {
@@ -85,10 +101,10 @@ pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<V
     let wasm_filter = json!({
         "name": "sluice",
         "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "@type": WASM_FILTER_TYPE,
             "config": {
                 "name": "sluice",
-                "root_id": "sluice_filter",
+                "root_id": FILTER_ROOT_ID,
                 "vm_config": vm_config(&opts.wasm_path, &env_keys),
                 "configuration": {"@type": STRING_VALUE, "value": gateway_json},
                 "failure_policy": failure_policy,
@@ -98,6 +114,62 @@ pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<V
             },
         },
     });
+    let listener = listener(opts, wasm_filter, s.request_timeout_secs, s.gateway.max_request_body_bytes);
+    let clusters: Vec<Value> = s.upstreams.iter().map(cluster).collect();
+    Ok(bootstrap("sluice-standalone", opts, listener, clusters, None))
+}
+
+/// Where an xDS-mode Envoy finds its control plane.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneAddress {
+    pub host: String,
+    pub port: u16,
+}
+
+/// The xDS-mode bootstrap: the listener (whose Sluice filter config arrives by ECDS), the
+/// singleton service, and the control plane's address. Clusters and secrets come over ADS.
+pub fn xds_bootstrap(control_plane: &ControlPlaneAddress, node_id: &str, opts: &BootstrapOptions) -> Value {
+    let wasm_filter = json!({
+        "name": crate::xds::FILTER_CONFIG_NAME,
+        // No default: the listener warms until the control plane has sent a config, so no
+        // request is ever served unchecked.
+        "config_discovery": {
+            "config_source": {"ads": {}, "resource_api_version": "V3"},
+            "type_urls": [WASM_FILTER_TYPE],
+        },
+    });
+    let listener = listener(opts, wasm_filter, DEFAULT_ROUTE_TIMEOUT_SECS, DEFAULT_MAX_REQUEST_BODY_BYTES);
+    let is_ip = control_plane.host.parse::<IpAddr>().is_ok();
+    let control_plane_cluster = json!({
+        "name": crate::xds::CONTROL_PLANE_CLUSTER,
+        "type": if is_ip { "STATIC" } else { "STRICT_DNS" },
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }},
+        "load_assignment": {
+            "cluster_name": crate::xds::CONTROL_PLANE_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": control_plane.host, "port_value": control_plane.port}}}}]}],
+        },
+    });
+    let dynamic = json!({
+        "ads_config": {
+            "api_type": "GRPC",
+            "transport_api_version": "V3",
+            // Reconnect fast after a control-plane restart (Envoy's default backs off to 30 s).
+            "grpc_services": [{"envoy_grpc": {
+                "cluster_name": crate::xds::CONTROL_PLANE_CLUSTER,
+                "retry_policy": {"retry_back_off": {"base_interval": "0.25s", "max_interval": "2s"}},
+            }}],
+            "set_node_on_first_message_only": true,
+        },
+        "cds_config": {"ads": {}, "resource_api_version": "V3"},
+    });
+    bootstrap(node_id, opts, listener, vec![control_plane_cluster], Some(dynamic))
+}
+
+fn listener(opts: &BootstrapOptions, wasm_filter: Value, route_timeout_secs: u64, max_body_bytes: u64) -> Value {
     // Envoy's own error replies (provider unreachable, timeouts) in OpenAI's error shape. Only
     // replies with these response flags: the filter's own replies are already JSON.
     let local_reply = json!({"mappers": [
@@ -135,7 +207,7 @@ pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<V
                 "domains": ["*"],
                 "routes": [{
                     "match": {"prefix": "/"},
-                    "route": {"cluster_header": CLUSTER_HEADER, "timeout": format!("{}s", s.request_timeout_secs), "auto_host_rewrite": true},
+                    "route": {"cluster_header": CLUSTER_HEADER, "timeout": format!("{route_timeout_secs}s"), "auto_host_rewrite": true},
                     // The filter sets the cluster header and handles credentials; these never go upstream.
                     "request_headers_to_remove": [CLUSTER_HEADER, "api-key", "accept-encoding"],
                 }],
@@ -146,15 +218,24 @@ pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<V
             {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
         ],
     });
-    let listener = json!({
+    json!({
         "name": "sluice",
         "address": {"socket_address": {"address": opts.listen_address, "port_value": opts.listen_port}},
         // The body limit: the filter buffers the body, and Envoy refuses more with a 413.
-        "per_connection_buffer_limit_bytes": s.gateway.max_request_body_bytes,
+        "per_connection_buffer_limit_bytes": max_body_bytes,
         "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
-    });
-    Ok(json!({
-        "node": {"id": "sluice-standalone", "cluster": "sluice"},
+    })
+}
+
+fn bootstrap(
+    node_id: &str,
+    opts: &BootstrapOptions,
+    listener: Value,
+    clusters: Vec<Value>,
+    dynamic: Option<Value>,
+) -> Value {
+    let mut b = json!({
+        "node": {"id": node_id, "cluster": "sluice"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": opts.admin_port}}},
         "bootstrap_extensions": [{
             "name": "envoy.bootstrap.wasm",
@@ -164,12 +245,16 @@ pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<V
                 "config": {"name": "sluice_service", "root_id": "sluice_service", "vm_config": vm_config(&opts.wasm_path, &[])},
             },
         }],
-        "static_resources": {"listeners": [listener], "clusters": s.upstreams.iter().map(cluster).collect::<Vec<_>>()},
+        "static_resources": {"listeners": [listener], "clusters": clusters},
         "stats_config": {"stats_tags": [
             {"tag_name": "model_group", "regex": r"^wasmcustom\.sluice\.[a-z_]+(\.model_group\.([^.]+))$"},
             {"tag_name": "reason", "regex": r"^wasmcustom\.sluice\.rejections(\.reason\.([^.]+))$"},
         ]},
-    }))
+    });
+    if let Some(dynamic) = dynamic {
+        b["dynamic_resources"] = dynamic;
+    }
+    b
 }
 
 /// The bootstrap as YAML text, with a header saying where it came from.

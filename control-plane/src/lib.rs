@@ -1,10 +1,12 @@
-//! Sluice's control plane. Today: standalone mode's tooling behind the `sluice` CLI — loading
-//! LiteLLM's config.yaml, generating Envoy's bootstrap, and key management in the file. The
-//! gRPC admin API, storage and xDS server grow here next, on the same core types.
+//! Sluice's control plane: the admin gRPC API over SQLite or Postgres (`admin`, `store`), the
+//! xDS server and key lookups that Envoys use (`xds`, `key_lookup`), and standalone mode's
+//! tooling behind the `sluice` CLI (config.yaml, Envoy's bootstrap, keys in the file).
 
 pub mod admin;
 pub mod config_file;
 pub mod envoy_bootstrap;
 pub mod key_file;
+pub mod key_lookup;
 pub mod server;
 pub mod store;
+pub mod xds;

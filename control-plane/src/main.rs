@@ -9,7 +9,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value, json};
-use sluice_control_plane::envoy_bootstrap::{BootstrapOptions, standalone_bootstrap, to_yaml};
+use sluice_control_plane::envoy_bootstrap::{
+    BootstrapOptions, ControlPlaneAddress, standalone_bootstrap, to_yaml, xds_bootstrap,
+};
+use sluice_control_plane::xds::XdsOptions;
 use sluice_control_plane::{config_file, key_file};
 use sluice_core::keys::{KeyHash, check_format};
 use sluice_core::time::{BudgetDuration, Timestamp};
@@ -27,13 +30,21 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Run the control plane: the admin gRPC API over SQLite (default) or Postgres.
+    /// Run the control plane: the admin gRPC API over SQLite (default) or Postgres, and the
+    /// data-plane port Envoys connect to (xDS, key lookups).
     Serve {
         /// LiteLLM config.yaml: general_settings.master_key and database_url are read from it.
         #[arg(short, long)]
         config: Option<PathBuf>,
         #[arg(long, default_value = "127.0.0.1:4001")]
         listen: std::net::SocketAddr,
+        /// Where Envoys connect: ADS and key lookups. Keep it reachable from Envoys only: it
+        /// serves provider credentials (SDS).
+        #[arg(long, default_value = "127.0.0.1:4002")]
+        xds_listen: std::net::SocketAddr,
+        /// Path of sluice_filter.wasm on the Envoy hosts (sent in the filter's config).
+        #[arg(long, env = "SLUICE_ENVOY_WASM", default_value = "/usr/local/lib/sluice/sluice_filter.wasm")]
+        envoy_wasm: String,
         /// sqlite:PATH or postgres://…; overrides the config file.
         #[arg(long, env = "DATABASE_URL")]
         database_url: Option<String>,
@@ -73,10 +84,17 @@ enum Command {
     /// Validate config.yaml.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Generate Envoy's bootstrap (listener, clusters, the Sluice filter) from config.yaml.
+    /// Generate Envoy's bootstrap: standalone (listener, clusters, the Sluice filter, all from
+    /// config.yaml), or with --xds only the control plane's address (the rest comes over xDS).
     EnvoyConfig {
-        #[arg(short, long)]
-        config: PathBuf,
+        #[arg(short, long, required_unless_present = "xds")]
+        config: Option<PathBuf>,
+        /// HOST:PORT of the control plane's data-plane port (`sluice serve --xds-listen`).
+        #[arg(long, conflicts_with = "config")]
+        xds: Option<String>,
+        /// This Envoy's node id in xDS mode (shown in the control plane's logs).
+        #[arg(long, default_value = "sluice-envoy")]
+        node_id: String,
         /// Path of sluice_filter.wasm (made absolute in the output).
         #[arg(long)]
         wasm: PathBuf,
@@ -159,6 +177,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 fn serve_options(
     config: Option<PathBuf>,
     listen: std::net::SocketAddr,
+    xds_listen: std::net::SocketAddr,
+    envoy_wasm: String,
     database_url: Option<String>,
 ) -> Result<sluice_control_plane::server::ServeOptions, String> {
     let doc = match &config {
@@ -190,14 +210,21 @@ fn serve_options(
         Ok(k) if !k.is_empty() => Some(k),
         _ => resolve("master_key")?,
     };
-    Ok(sluice_control_plane::server::ServeOptions { listen, database_url, master_key, model_list })
+    Ok(sluice_control_plane::server::ServeOptions {
+        listen,
+        xds_listen,
+        xds: XdsOptions::new(envoy_wasm),
+        database_url,
+        master_key,
+        model_list,
+    })
 }
 
 fn run(cli: Cli) -> Result<(), String> {
     let connection = cli.connection;
     match cli.command {
-        Command::Serve { config, listen, database_url } => {
-            let opts = serve_options(config, listen, database_url)?;
+        Command::Serve { config, listen, xds_listen, envoy_wasm, database_url } => {
+            let opts = serve_options(config, listen, xds_listen, envoy_wasm, database_url)?;
             runtime()?.block_on(sluice_control_plane::server::serve(opts))
         }
         Command::Key(KeyCommand::Admin(cmd)) => runtime()?.block_on(admin_cli::run_key(&connection, cmd)),
@@ -306,10 +333,7 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
-        Command::EnvoyConfig { config, wasm, out, listen, admin_port } => {
-            let s = config_file::load(&config)
-                .map_err(|errors| format!("{} is not valid:\n  {}", config.display(), errors.join("\n  ")))?;
-            print_warnings(&s.warnings);
+        Command::EnvoyConfig { config, xds, node_id, wasm, out, listen, admin_port } => {
             let (address, port) =
                 listen.rsplit_once(':').ok_or_else(|| format!("--listen {listen:?}: use HOST:PORT"))?;
             let port: u16 = port.parse().map_err(|_| format!("--listen {listen:?}: invalid port"))?;
@@ -326,7 +350,22 @@ fn run(cli: Cli) -> Result<(), String> {
                 admin_port,
                 wasm_path: wasm.to_string_lossy().into_owned(),
             };
-            let yaml = to_yaml(&standalone_bootstrap(&s, &opts)?)?;
+            let bootstrap = match (xds, config) {
+                (Some(xds), _) => {
+                    let (host, port) = xds.rsplit_once(':').ok_or_else(|| format!("--xds {xds:?}: use HOST:PORT"))?;
+                    let port: u16 = port.parse().map_err(|_| format!("--xds {xds:?}: invalid port"))?;
+                    let control_plane = ControlPlaneAddress { host: host.to_owned(), port };
+                    xds_bootstrap(&control_plane, &node_id, &opts)
+                }
+                (None, Some(config)) => {
+                    let s = config_file::load(&config)
+                        .map_err(|errors| format!("{} is not valid:\n  {}", config.display(), errors.join("\n  ")))?;
+                    print_warnings(&s.warnings);
+                    standalone_bootstrap(&s, &opts)?
+                }
+                (None, None) => return Err("give -c config.yaml (standalone) or --xds HOST:PORT".into()),
+            };
+            let yaml = to_yaml(&bootstrap)?;
             std::fs::write(&out, yaml).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
             eprintln!("wrote {}", out.display());
             Ok(())

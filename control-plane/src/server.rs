@@ -1,4 +1,8 @@
-//! `sluice serve`: the control plane's gRPC server (admin API, health, reflection).
+//! `sluice serve`: the control plane's two gRPC servers. The admin API (with health and
+//! reflection) is for people and tools; the data-plane port is for Envoys: ADS (clusters, the
+//! filter's config, provider credentials) and key lookups. They listen apart so that the admin
+//! port can be exposed to operators while the data-plane port, which serves provider
+//! credentials over SDS, stays reachable only from Envoys (network policy or mTLS).
 
 use std::net::SocketAddr;
 
@@ -12,19 +16,29 @@ use sluice_proto::admin::v1::organization_service_server::OrganizationServiceSer
 use sluice_proto::admin::v1::spend_service_server::SpendServiceServer;
 use sluice_proto::admin::v1::team_service_server::TeamServiceServer;
 use sluice_proto::admin::v1::user_service_server::UserServiceServer;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use sluice_proto::gateway::v1::key_lookup_service_server::KeyLookupServiceServer;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::admin::Admin;
 use crate::admin::models::{deployment_id, validate_model_list};
+use crate::key_lookup::KeyLookupApi;
 use crate::store::{Backend, ModelRecord, ModelStore, SqlStore, SyncReport, now_ms};
+use crate::xds::{AdsService, SnapshotPublisher, XdsMetrics, XdsOptions};
 
 /// Largest admin request the server reads: admin calls are small; a huge one is an error.
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
 pub struct ServeOptions {
     pub listen: SocketAddr,
+    /// The data-plane port (xDS and key lookups).
+    pub xds_listen: SocketAddr,
+    pub xds: XdsOptions,
     pub database_url: String,
     pub master_key: Option<String>,
     /// config.yaml's `model_list`, synced into the database at start (None: no config file).
@@ -74,17 +88,30 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
         eprintln!("sluice: model_list synced: {} added, {} updated, {} removed", r.added, r.updated, r.removed);
     }
     let listener = TcpListener::bind(opts.listen).await.map_err(|e| format!("listen on {}: {e}", opts.listen))?;
+    let xds_listener =
+        TcpListener::bind(opts.xds_listen).await.map_err(|e| format!("listen on {}: {e}", opts.xds_listen))?;
     let backend = if store.backend() == Backend::Sqlite { "SQLite" } else { "Postgres" };
-    eprintln!("sluice: admin API on {} ({backend})", opts.listen);
+    eprintln!("sluice: admin API on {} ({backend}); xDS and key lookups on {}", opts.listen, opts.xds_listen);
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    serve_on(listener, store, opts.master_key.as_deref(), shutdown).await
+    serve_planes(listener, Some((xds_listener, opts.xds)), store, opts.master_key.as_deref(), shutdown).await
 }
 
 /// Serves the admin API on a bound listener until `shutdown` completes (tests bind port 0).
 pub async fn serve_on(
     listener: TcpListener,
+    store: SqlStore,
+    master_key: Option<&str>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), String> {
+    serve_planes(listener, None, store, master_key, shutdown).await
+}
+
+/// Serves the admin API and, with `xds`, the data-plane port, until `shutdown` completes.
+pub async fn serve_planes(
+    listener: TcpListener,
+    xds: Option<(TcpListener, XdsOptions)>,
     store: SqlStore,
     master_key: Option<&str>,
     shutdown: impl Future<Output = ()> + Send,
@@ -95,7 +122,34 @@ pub async fn serve_on(
             "sluice: no master key (general_settings.master_key or SLUICE_MASTER_KEY): only management keys can call the admin API"
         );
     }
-    let admin = Admin::new(store, master);
+    let admin = Admin::new(store.clone(), master);
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let data_plane = match xds {
+        None => None,
+        Some((xds_listener, options)) => {
+            let store = Arc::new(store);
+            let metrics = Arc::new(XdsMetrics::default());
+            let publisher = SnapshotPublisher::new(
+                Arc::clone(&store),
+                master,
+                options,
+                admin.config_changes(),
+                Arc::clone(&metrics),
+            );
+            // The first snapshot before any Envoy can ask, so none gets an empty config.
+            publisher.rebuild().await?;
+            let ads = AdsService::new(publisher.subscribe(), metrics);
+            tokio::spawn(publisher.run());
+            let server = Server::builder()
+                .add_service(AggregatedDiscoveryServiceServer::new(ads))
+                .add_service(KeyLookupServiceServer::new(KeyLookupApi::new(store)))
+                .serve_with_incoming_shutdown(TcpIncoming::from(xds_listener), until_stopped(stopped.clone()));
+            Some(tokio::spawn(server))
+        }
+    };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<KeyServiceServer<Admin<SqlStore>>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -103,7 +157,7 @@ pub async fn serve_on(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| format!("reflection: {e}"))?;
-    Server::builder()
+    let admin_server = Server::builder()
         .add_service(health)
         .add_service(reflection)
         .add_service(KeyServiceServer::from_arc(admin.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
@@ -115,7 +169,14 @@ pub async fn serve_on(
         .add_service(CustomerServiceServer::from_arc(admin.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(SpendServiceServer::from_arc(admin.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(AuditServiceServer::from_arc(admin).max_decoding_message_size(MAX_MESSAGE_BYTES))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
-        .await
-        .map_err(|e| format!("server: {e}"))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), until_stopped(stopped));
+    let stop_on_shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    let (result, ()) = tokio::join!(admin_server, stop_on_shutdown);
+    if let Some(task) = data_plane {
+        task.await.map_err(|e| format!("data-plane server: {e}"))?.map_err(|e| format!("data-plane server: {e}"))?;
+    }
+    result.map_err(|e| format!("server: {e}"))
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use sluice_core::keys::KeyHash;
 use sluice_core::time::format_rfc3339_ms;
 use sluice_proto::admin::v1 as pb;
+use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
 use crate::store::{AuditFilter, KeyRecord, Store, TeamRecord, UserRecord};
@@ -21,15 +22,27 @@ use auth::Principal;
 use auth::Tenancy;
 use error::{AdminError, AdminResult};
 
-/// The admin services' shared state: the store and the master key's digest.
+/// The admin services' shared state: the store, the master key's digest, and the signal that
+/// tells the xDS snapshot writer that what Envoys run has changed.
 pub struct Admin<S> {
     pub store: S,
     pub master_key_hash: Option<KeyHash>,
+    config_changes: Arc<Notify>,
 }
 
 impl<S: Store> Admin<S> {
     pub fn new(store: S, master_key_hash: Option<KeyHash>) -> Arc<Self> {
-        Arc::new(Self { store, master_key_hash })
+        Arc::new(Self { store, master_key_hash, config_changes: Arc::new(Notify::new()) })
+    }
+
+    /// Notified after every committed change to what Envoys run (deployments, prices).
+    pub fn config_changes(&self) -> Arc<Notify> {
+        Arc::clone(&self.config_changes)
+    }
+
+    fn config_changed(&self) {
+        // A stored permit: a rebuild in progress still sees this change afterwards.
+        self.config_changes.notify_one();
     }
 
     /// The authenticated caller of a request.

@@ -130,6 +130,7 @@ impl<S: Store> pb::model_service_server::ModelService for Admin<S> {
         let warnings = self.validate_with(&record).await?;
         let audit = NewAudit::new(&caller.actor, "model.create", "model", &id);
         self.store.insert_model(&record, audit).await.map_err(AdminError::from)?;
+        self.config_changed();
         Ok(Response::new(to_proto(&record, warnings)))
     }
 
@@ -173,6 +174,7 @@ impl<S: Store> pb::model_service_server::ModelService for Admin<S> {
             )
             .await
             .map_err(AdminError::from)?;
+        self.config_changed();
         Ok(Response::new(to_proto(&after, warnings)))
     }
 
@@ -182,6 +184,7 @@ impl<S: Store> pb::model_service_server::ModelService for Admin<S> {
         let id = request.into_inner().deployment_id;
         let audit = NewAudit::new(&caller.actor, "model.delete", "model", &id);
         self.store.delete_model(&id, audit).await.map_err(missing("deployment"))?;
+        self.config_changed();
         Ok(Response::new(pb::Deleted { id }))
     }
 

@@ -1,0 +1,118 @@
+//! `sluice.v1.KeyLookupService`: what an Envoy asks on a key-cache miss. The answer is the key
+//! (and its team) in sluice-core's `KeyConfig` / `TeamConfig` JSON shape, the same shape a
+//! standalone config declares, so the filter compiles it with the code it already trusts.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use sluice_core::config::{KeyConfig, TeamConfig};
+use sluice_core::keys::KeyHash;
+use sluice_core::time::{BudgetDuration, Timestamp, format_rfc3339_ms};
+use sluice_proto::gateway::v1::key_lookup_service_server::KeyLookupService;
+use sluice_proto::gateway::v1::{KeyLookupRequest, KeyLookupResponse};
+use tonic::{Request, Response, Status};
+
+use crate::store::{KeyLookup, KeyRecord, KeyType, LimitsRecord, Store, StoreError, TeamRecord};
+
+pub struct KeyLookupApi<S> {
+    store: Arc<S>,
+}
+
+impl<S> KeyLookupApi<S> {
+    pub fn new(store: Arc<S>) -> Self {
+        Self { store }
+    }
+}
+
+fn unsigned(v: Option<i64>) -> Option<u64> {
+    v.and_then(|n| u64::try_from(n).ok())
+}
+
+fn usd(nanos: Option<i64>) -> Option<f64> {
+    // Exact for any budget below ~$9M (f64 holds 2^53 nano-dollars).
+    nanos.map(|n| n as f64 / 1e9)
+}
+
+fn duration(limits: &LimitsRecord) -> Option<BudgetDuration> {
+    limits.budget_duration.as_deref().and_then(BudgetDuration::parse)
+}
+
+fn per_model(limits: &BTreeMap<String, i64>) -> BTreeMap<String, u64> {
+    limits.iter().filter_map(|(m, v)| Some((m.clone(), u64::try_from(*v).ok()?))).collect()
+}
+
+/// The gateway's view of a stored key.
+pub fn key_config(hash: KeyHash, key: &KeyRecord) -> KeyConfig {
+    KeyConfig {
+        key_hash: Some(hash),
+        key_alias: key.key_alias.clone(),
+        team_id: key.team_id.clone(),
+        user_id: key.user_id.clone(),
+        models: key.models.clone(),
+        rpm_limit: unsigned(key.limits.rpm_limit),
+        tpm_limit: unsigned(key.limits.tpm_limit),
+        max_budget: usd(key.limits.max_budget_nanos),
+        budget_duration: duration(&key.limits),
+        allowed_routes: key.allowed_routes.clone(),
+        blocked: key.blocked,
+        expires: key.expires_at.and_then(|ms| Timestamp::parse(&format_rfc3339_ms(ms))),
+        metadata: key.metadata.as_object().cloned().unwrap_or_default(),
+        model_rpm_limit: per_model(&key.model_limits.rpm),
+        model_tpm_limit: per_model(&key.model_limits.tpm),
+    }
+}
+
+pub fn team_config(team: &TeamRecord) -> TeamConfig {
+    TeamConfig {
+        team_id: team.team_id.clone(),
+        team_alias: team.team_alias.clone(),
+        models: team.models.clone(),
+        rpm_limit: unsigned(team.limits.rpm_limit),
+        tpm_limit: unsigned(team.limits.tpm_limit),
+        max_budget: usd(team.limits.max_budget_nanos),
+        budget_duration: duration(&team.limits),
+        blocked: team.blocked,
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String, Status> {
+    serde_json::to_string(v).map_err(|_| Status::internal("cannot encode the key"))
+}
+
+#[tonic::async_trait]
+impl<S: Store> KeyLookupService for KeyLookupApi<S> {
+    async fn lookup(&self, request: Request<KeyLookupRequest>) -> Result<Response<KeyLookupResponse>, Status> {
+        let Some(hash) = KeyHash::from_hex(&request.get_ref().key_hash) else {
+            return Err(Status::invalid_argument("key_hash must be sha256:<64 hex digits>"));
+        };
+        let unknown = || Ok(Response::new(KeyLookupResponse::default()));
+        let key = match self.store.get_key(&KeyLookup::Hash(format!("sha256:{}", hash.to_hex()))).await {
+            Ok(key) => key,
+            Err(StoreError::NotFound) => return unknown(),
+            Err(e) => {
+                eprintln!("sluice: key lookup: {e}");
+                return Err(Status::unavailable("the key store is unavailable"));
+            }
+        };
+        // Management and read-only keys are for the admin API only; the gateway never knows them.
+        if key.key_type != KeyType::LlmApi {
+            return unknown();
+        }
+        let team_json = match &key.team_id {
+            None => String::new(),
+            Some(team_id) => match self.store.get::<TeamRecord>(team_id).await {
+                Ok(team) => json(&team_config(&team))?,
+                // A key whose team is gone is refused like a key of a blocked team would be.
+                Err(StoreError::NotFound) => {
+                    json(&TeamConfig { team_id: team_id.clone(), blocked: true, ..Default::default() })?
+                }
+                Err(e) => {
+                    eprintln!("sluice: key lookup: {e}");
+                    return Err(Status::unavailable("the key store is unavailable"));
+                }
+            },
+        };
+        let key_json = json(&key_config(hash, &key))?;
+        Ok(Response::new(KeyLookupResponse { key_json, team_json }))
+    }
+}

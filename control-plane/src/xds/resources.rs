@@ -1,0 +1,375 @@
+//! What the control plane serves over xDS, built from the database: one cluster per model
+//! deployment (CDS), the Sluice filter's config (ECDS, a `TypedExtensionConfig` wrapping the
+//! wasm filter), and each deployment's provider credential (SDS).
+//!
+//! Provider credentials never enter the filter or its config: each cluster runs Envoy's
+//! `credential_injector` as an upstream HTTP filter, which takes the credential from an SDS
+//! secret (redacted in `/config_dump`) and sets the provider's header on the way out. The
+//! filter only removes the client's credential. The control plane reads the credential from its
+//! own environment (`api_key: os.environ/NAME`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, DnsLookupFamily};
+use envoy_types::pb::envoy::config::core::v3::Address;
+use envoy_types::pb::envoy::config::core::v3::{
+    AggregatedConfigSource, ApiVersion, AsyncDataSource, ConfigSource, DataSource, Http1ProtocolOptions, SocketAddress,
+    TransportSocket, TypedExtensionConfig, address, async_data_source, config_source, data_source, socket_address,
+    transport_socket,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
+use envoy_types::pb::envoy::extensions::filters::http::credential_injector::v3::CredentialInjector;
+use envoy_types::pb::envoy::extensions::filters::http::upstream_codec::v3::UpstreamCodec;
+use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{HttpFilter, http_filter};
+use envoy_types::pb::envoy::extensions::http::injected_credentials::generic::v3::Generic;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, GenericSecret, SdsSecretConfig, Secret, SubjectAltNameMatcher,
+    UpstreamTlsContext, common_tls_context, secret, subject_alt_name_matcher,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config,
+};
+use envoy_types::pb::envoy::extensions::wasm::v3::{
+    FailurePolicy as WasmFailurePolicy, PluginConfig, VmConfig, plugin_config,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, StringValue};
+use prost::{Message, Name};
+use sluice_core::config::{GatewayConfig, KeyLookupConfig, Provider};
+use sluice_core::keys::KeyHash;
+use sluice_core::litellm::{FailurePolicy, Upstream, from_litellm};
+
+use super::protocol::{CLUSTER, EXTENSION_CONFIG, SECRET, Snapshot};
+use crate::envoy_bootstrap::{CA_BUNDLE, CONNECT_TIMEOUT_SECS, FILTER_ROOT_ID, VM_ID, WASM_RUNTIME, upstream_is_ip};
+
+/// The name the listener's `config_discovery` asks for.
+pub const FILTER_CONFIG_NAME: &str = "sluice";
+/// The bootstrap's cluster that reaches the control plane (xDS and key lookups).
+pub const CONTROL_PLANE_CLUSTER: &str = "sluice_control_plane";
+
+/// How the control plane describes Envoy's side of things.
+#[derive(Debug, Clone)]
+pub struct XdsOptions {
+    /// Path of `sluice_filter.wasm` on the Envoy hosts (the same file the bootstrap's singleton
+    /// service loads, so both share one VM image).
+    pub wasm_path: String,
+    pub failure_policy: FailurePolicy,
+    pub key_lookup: KeyLookupConfig,
+}
+
+impl XdsOptions {
+    pub fn new(wasm_path: String) -> Self {
+        Self {
+            wasm_path,
+            failure_policy: FailurePolicy::FailClosed,
+            key_lookup: KeyLookupConfig {
+                cluster: CONTROL_PLANE_CLUSTER.into(),
+                timeout_ms: 1000,
+                ttl_ms: 60_000,
+                negative_ttl_ms: 5_000,
+                fail_open: false,
+            },
+        }
+    }
+}
+
+/// The snapshot for a set of deployments (LiteLLM `model_list` entries as stored), plus the
+/// warnings the conversion produced. `env` resolves `os.environ/NAME` credentials.
+pub fn build(
+    model_list: &[serde_json::Value],
+    master_key: Option<&KeyHash>,
+    opts: &XdsOptions,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Snapshot, Vec<String>), String> {
+    let doc = serde_json::json!({ "model_list": model_list });
+    let standalone =
+        from_litellm(&doc, env).map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
+    let mut gateway: GatewayConfig = standalone.gateway;
+    gateway.master_key_hash = master_key.copied();
+    gateway.key_lookup = Some(opts.key_lookup.clone());
+
+    let mut clusters = BTreeMap::new();
+    let mut secrets = BTreeMap::new();
+    let mut warnings = standalone.warnings;
+    for (deployment, upstream) in gateway.deployments.iter_mut().zip(&standalone.upstreams) {
+        // The credential goes to SDS; the filter config keeps no trace of it.
+        let credential = deployment.api_key_env.take().and_then(|name| match env(&name) {
+            Some(value) if !value.is_empty() => Some(value),
+            _ => {
+                warnings.push(format!(
+                    "deployment {}: ${name} is not set in the control plane's environment; requests go upstream without a provider credential",
+                    deployment.id
+                ));
+                None
+            }
+        });
+        let injected = credential.map(|value| {
+            let secret_name = format!("sluice-provider-{}", upstream.cluster);
+            secrets.insert(secret_name.clone(), pack(&provider_secret(&secret_name, value)));
+            (secret_name, deployment.provider)
+        });
+        clusters.insert(upstream.cluster.clone(), pack(&cluster(upstream, injected.as_ref())));
+    }
+    let routes_to: BTreeSet<String> = gateway.deployments.iter().map(|d| d.cluster.clone()).collect();
+    let filter = filter_config(&gateway, opts)?;
+
+    let mut snapshot = Snapshot::default();
+    snapshot.resources.insert(CLUSTER, clusters);
+    snapshot.resources.insert(SECRET, secrets);
+    snapshot.resources.insert(EXTENSION_CONFIG, [(FILTER_CONFIG_NAME.to_owned(), pack(&filter))].into());
+    snapshot.clusters_named_by.insert(FILTER_CONFIG_NAME.into(), routes_to);
+    Ok((snapshot, warnings))
+}
+
+pub fn pack<M: Message + Name>(message: &M) -> Any {
+    Any { type_url: M::type_url(), value: message.encode_to_vec() }
+}
+
+fn ads() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3.into(),
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..Default::default()
+    }
+}
+
+fn filter_config(gateway: &GatewayConfig, opts: &XdsOptions) -> Result<TypedExtensionConfig, String> {
+    let json = serde_json::to_string(gateway).map_err(|e| format!("cannot serialise the gateway config: {e}"))?;
+    let failure_policy = match opts.failure_policy {
+        FailurePolicy::FailClosed => WasmFailurePolicy::FailClosed,
+        FailurePolicy::FailOpen => WasmFailurePolicy::FailOpen,
+        FailurePolicy::FailReload => WasmFailurePolicy::FailReload,
+    };
+    let vm = VmConfig {
+        vm_id: VM_ID.into(),
+        runtime: WASM_RUNTIME.into(),
+        code: Some(AsyncDataSource {
+            specifier: Some(async_data_source::Specifier::Local(DataSource {
+                specifier: Some(data_source::Specifier::Filename(opts.wasm_path.clone())),
+                ..Default::default()
+            })),
+        }),
+        ..Default::default()
+    };
+    let plugin = PluginConfig {
+        name: FILTER_CONFIG_NAME.into(),
+        root_id: FILTER_ROOT_ID.into(),
+        vm: Some(plugin_config::Vm::VmConfig(vm)),
+        configuration: Some(pack(&StringValue { value: json })),
+        failure_policy: failure_policy.into(),
+        // The filter holds the headers while it reads the body (ARCHITECTURE.md).
+        allow_on_headers_stop_iteration: Some(BoolValue { value: true }),
+        ..Default::default()
+    };
+    Ok(TypedExtensionConfig {
+        name: FILTER_CONFIG_NAME.into(),
+        typed_config: Some(pack(&Wasm { config: Some(plugin) })),
+    })
+}
+
+fn provider_secret(name: &str, value: String) -> Secret {
+    Secret {
+        name: name.into(),
+        r#type: Some(secret::Type::GenericSecret(GenericSecret {
+            secret: Some(DataSource {
+                specifier: Some(data_source::Specifier::InlineString(value)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+    }
+}
+
+fn http_filter<M: Message + Name>(name: &str, config: &M) -> HttpFilter {
+    HttpFilter {
+        name: name.into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack(config))),
+        ..Default::default()
+    }
+}
+
+/// The provider's credential header, set by Envoy on the upstream request from an SDS secret.
+fn credential_injector(secret_name: &str, provider: Provider) -> HttpFilter {
+    let (header, prefix) = match provider {
+        Provider::Openai => ("authorization", "Bearer "),
+        Provider::Anthropic => ("x-api-key", ""),
+    };
+    let generic = Generic {
+        credential: Some(SdsSecretConfig { name: secret_name.into(), sds_config: Some(ads()) }),
+        header: header.into(),
+        header_value_prefix: prefix.into(),
+    };
+    let injector = CredentialInjector {
+        overwrite: true,
+        credential: Some(TypedExtensionConfig {
+            name: "envoy.http.injected_credentials.generic".into(),
+            typed_config: Some(pack(&generic)),
+        }),
+        ..Default::default()
+    };
+    http_filter("envoy.filters.http.credential_injector", &injector)
+}
+
+/// One deployment's cluster: the same shape as the standalone bootstrap's (envoy_bootstrap.rs),
+/// plus the credential injector when the deployment has a credential.
+fn cluster(u: &Upstream, credential: Option<&(String, Provider)>) -> Cluster {
+    let discovery = if upstream_is_ip(u) { DiscoveryType::Static } else { DiscoveryType::LogicalDns };
+    let endpoint = Endpoint {
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: u.host.clone(),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(u.port))),
+                ..Default::default()
+            })),
+        }),
+        hostname: u.host.clone(),
+        ..Default::default()
+    };
+    let mut upstream_filters = Vec::new();
+    if let Some((secret_name, provider)) = credential {
+        upstream_filters.push(credential_injector(secret_name, *provider));
+    }
+    if !upstream_filters.is_empty() {
+        upstream_filters.push(http_filter("envoy.filters.http.upstream_codec", &UpstreamCodec {}));
+    }
+    let protocol = HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+            protocol_config: Some(explicit_http_config::ProtocolConfig::HttpProtocolOptions(
+                Http1ProtocolOptions::default(),
+            )),
+        })),
+        http_filters: upstream_filters,
+        ..Default::default()
+    };
+    Cluster {
+        name: u.cluster.clone(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(discovery.into())),
+        dns_lookup_family: DnsLookupFamily::V4Preferred.into(),
+        connect_timeout: Some(Duration { seconds: CONNECT_TIMEOUT_SECS, nanos: 0 }),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: u.cluster.clone(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(endpoint)),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        typed_extension_protocol_options: [(HttpProtocolOptions::full_name(), pack(&protocol))].into_iter().collect(),
+        transport_socket: u.https.then(|| tls(&u.host)),
+        ..Default::default()
+    }
+}
+
+/// Verify the provider's certificate chain *and* its name.
+fn tls(host: &str) -> TransportSocket {
+    let context = UpstreamTlsContext {
+        sni: host.into(),
+        common_tls_context: Some(CommonTlsContext {
+            validation_context_type: Some(common_tls_context::ValidationContextType::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: Some(DataSource {
+                        specifier: Some(data_source::Specifier::Filename(CA_BUNDLE.into())),
+                        ..Default::default()
+                    }),
+                    match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                        san_type: subject_alt_name_matcher::SanType::Dns.into(),
+                        matcher: Some(StringMatcher {
+                            match_pattern: Some(string_matcher::MatchPattern::Exact(host.into())),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack(&context))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "OPENAI_KEY").then(|| "sk-provider-secret".to_owned())
+    }
+
+    fn model_list() -> Vec<serde_json::Value> {
+        vec![
+            json!({"model_name": "gpt-4o", "litellm_params": {"model": "openai/gpt-4o", "api_key": "os.environ/OPENAI_KEY"},
+                   "model_info": {"id": "east", "input_cost_per_token": 1e-6}}),
+            json!({"model_name": "claude", "litellm_params": {"model": "anthropic/claude-3-5-sonnet", "api_base": "http://10.0.0.7:8080", "api_key": "os.environ/MISSING"},
+                   "model_info": {"id": "local"}}),
+        ]
+    }
+
+    fn decode<M: Message + Default>(any: &Any) -> M {
+        M::decode(any.value.as_slice()).unwrap()
+    }
+
+    #[test]
+    fn one_cluster_per_deployment_with_tls_for_https_and_the_credential_from_sds() {
+        let (snap, warnings) = build(&model_list(), None, &XdsOptions::new("/x/sluice.wasm".into()), &env).unwrap();
+        let clusters = &snap.resources[CLUSTER];
+        assert_eq!(clusters.keys().collect::<Vec<_>>(), ["sluice_east", "sluice_local"]);
+        let east: Cluster = decode(&clusters["sluice_east"]);
+        assert!(east.transport_socket.is_some(), "https api_base → TLS");
+        let local: Cluster = decode(&clusters["sluice_local"]);
+        assert!(local.transport_socket.is_none());
+        // Only the credential the control plane can resolve becomes a secret; the other is named
+        // in a warning, never guessed.
+        let secrets = &snap.resources[SECRET];
+        assert_eq!(secrets.keys().collect::<Vec<_>>(), ["sluice-provider-sluice_east"]);
+        let secret: Secret = decode(&secrets["sluice-provider-sluice_east"]);
+        assert!(format!("{secret:?}").contains("sk-provider-secret"));
+        assert!(warnings.iter().any(|w| w.contains("MISSING")));
+        let options: HttpProtocolOptions =
+            decode(&east.typed_extension_protocol_options[&HttpProtocolOptions::full_name()]);
+        let names: Vec<&str> = options.http_filters.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["envoy.filters.http.credential_injector", "envoy.filters.http.upstream_codec"]);
+        let local_options: HttpProtocolOptions =
+            decode(&local.typed_extension_protocol_options[&HttpProtocolOptions::full_name()]);
+        assert!(local_options.http_filters.is_empty());
+    }
+
+    #[test]
+    fn the_filter_config_looks_keys_up_and_holds_no_credential() {
+        let master = KeyHash::of(b"sk-master");
+        let (snap, _) = build(&model_list(), Some(&master), &XdsOptions::new("/x/sluice.wasm".into()), &env).unwrap();
+        let ext: TypedExtensionConfig = decode(&snap.resources[EXTENSION_CONFIG][FILTER_CONFIG_NAME]);
+        let wasm: Wasm = decode(ext.typed_config.as_ref().unwrap());
+        let plugin = wasm.config.unwrap();
+        assert_eq!(plugin.root_id, FILTER_ROOT_ID);
+        let json: StringValue = decode(plugin.configuration.as_ref().unwrap());
+        assert!(!json.value.contains("sk-provider-secret") && !json.value.contains("OPENAI_KEY"));
+        let gateway: GatewayConfig = serde_json::from_str(&json.value).unwrap();
+        assert_eq!(gateway.master_key_hash, Some(master));
+        assert_eq!(gateway.key_lookup.as_ref().unwrap().cluster, CONTROL_PLANE_CLUSTER);
+        assert!(gateway.keys.is_empty());
+        assert_eq!(snap.clusters_named_by[FILTER_CONFIG_NAME].len(), 2);
+        // The filter accepts what the control plane sends.
+        sluice_core::config::CompiledConfig::compile(gateway).unwrap();
+    }
+
+    #[test]
+    fn an_invalid_deployment_set_is_refused_whole() {
+        let bad = vec![json!({"model_name": "x", "litellm_params": {"model": "bedrock/claude"}})];
+        assert!(build(&bad, None, &XdsOptions::new("/x.wasm".into()), &env).is_err());
+    }
+}

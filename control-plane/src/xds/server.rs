@@ -1,0 +1,187 @@
+//! The ADS service and the snapshot cache.
+//!
+//! One writer ([`SnapshotPublisher`]) rebuilds the snapshot from the database whenever the admin
+//! API reports a change (and periodically, to catch changes made by another replica), and
+//! publishes it through a `watch` channel only if it differs. Each connected Envoy has one task
+//! running an [`AdsStream`] state machine over its requests and the published snapshots.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use sluice_core::keys::KeyHash;
+use tokio::sync::{Notify, mpsc, watch};
+use tonic::codegen::tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::protocol::{AdsStream, Event, Snapshot};
+use super::resources::{XdsOptions, build};
+use crate::store::Store;
+
+/// How often the snapshot is rebuilt without a change notice (changes made by another replica).
+const REBUILD_PERIOD: Duration = Duration::from_secs(5);
+
+/// Counters for operators (logged, and exported with the control plane's metrics).
+#[derive(Debug, Default)]
+pub struct XdsMetrics {
+    pub connected: AtomicI64,
+    pub pushes: AtomicU64,
+    pub acks: AtomicU64,
+    pub nacks: AtomicU64,
+    pub snapshots: AtomicU64,
+}
+
+/// The single writer of snapshots.
+pub struct SnapshotPublisher<S> {
+    store: Arc<S>,
+    master_key: Option<KeyHash>,
+    options: XdsOptions,
+    sender: watch::Sender<Arc<Snapshot>>,
+    changed: Arc<Notify>,
+    metrics: Arc<XdsMetrics>,
+}
+
+impl<S: Store> SnapshotPublisher<S> {
+    pub fn new(
+        store: Arc<S>,
+        master_key: Option<KeyHash>,
+        options: XdsOptions,
+        changed: Arc<Notify>,
+        metrics: Arc<XdsMetrics>,
+    ) -> Self {
+        let (sender, _) = watch::channel(Arc::new(Snapshot::default()));
+        Self { store, master_key, options, sender, changed, metrics }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.sender.subscribe()
+    }
+
+    /// Rebuilds from the database and publishes if anything changed. A database error or an
+    /// invalid deployment set keeps the last good snapshot serving.
+    pub async fn rebuild(&self) -> Result<bool, String> {
+        let models = self.store.all_models().await.map_err(|e| format!("reading deployments: {e}"))?;
+        let entries: Vec<serde_json::Value> = models.into_iter().map(|m| m.entry).collect();
+        let env = |name: &str| std::env::var(name).ok();
+        let (snapshot, _warnings) = build(&entries, self.master_key.as_ref(), &self.options, &env)?;
+        let changed = self.sender.send_if_modified(|current| {
+            if **current == snapshot {
+                return false;
+            }
+            *current = Arc::new(snapshot);
+            true
+        });
+        if changed {
+            self.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(changed)
+    }
+
+    /// Runs until the process stops: rebuild on every change notice, and every few seconds.
+    pub async fn run(self) {
+        loop {
+            if let Err(e) = self.rebuild().await {
+                eprintln!("sluice: xds: keeping the last snapshot: {e}");
+            }
+            let _ = tokio::time::timeout(REBUILD_PERIOD, self.changed.notified()).await;
+        }
+    }
+}
+
+/// The tonic ADS service: one task and one state machine per stream.
+pub struct AdsService {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    metrics: Arc<XdsMetrics>,
+}
+
+impl AdsService {
+    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, metrics: Arc<XdsMetrics>) -> Self {
+        Self { snapshots, metrics }
+    }
+}
+
+pub struct ResponseStream<T>(mpsc::Receiver<Result<T, Status>>);
+
+impl<T> Stream for ResponseStream<T> {
+    type Item = Result<T, Status>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+fn record(events: &[Event], node: &str, metrics: &XdsMetrics) {
+    for event in events {
+        match event {
+            Event::Ack { .. } => {
+                metrics.acks.fetch_add(1, Ordering::Relaxed);
+            }
+            Event::Nack { type_url, version, detail } => {
+                metrics.nacks.fetch_add(1, Ordering::Relaxed);
+                eprintln!("sluice: xds: envoy {node:?} rejected {type_url} version {version}: {detail}");
+            }
+            Event::Stale { .. } => {}
+            Event::Invalid { reason } => eprintln!("sluice: xds: envoy {node:?}: {reason}"),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsService {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let mut inbound = request.into_inner();
+        let mut snapshots = self.snapshots.clone();
+        let metrics = Arc::clone(&self.metrics);
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            metrics.connected.fetch_add(1, Ordering::Relaxed);
+            let mut stream = AdsStream::default();
+            loop {
+                let step = tokio::select! {
+                    message = inbound.message() => match message {
+                        Ok(Some(req)) => {
+                            let snapshot = Arc::clone(&snapshots.borrow_and_update());
+                            stream.on_request(&req, &snapshot)
+                        }
+                        // Envoy went away (or the stream broke): it reconnects with a new one.
+                        Ok(None) | Err(_) => break,
+                    },
+                    changed = snapshots.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let snapshot = Arc::clone(&snapshots.borrow_and_update());
+                        stream.on_snapshot(&snapshot)
+                    }
+                };
+                record(&step.events, &stream.node_id, &metrics);
+                for response in step.responses {
+                    if tx.send(Ok(response)).await.is_err() {
+                        break;
+                    }
+                    metrics.pushes.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            metrics.connected.fetch_sub(1, Ordering::Relaxed);
+        });
+        Ok(Response::new(ResponseStream(rx)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Err(Status::unimplemented("Sluice serves state-of-the-world ADS; delta xDS is not supported"))
+    }
+}
