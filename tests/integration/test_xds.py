@@ -1,0 +1,248 @@
+"""xDS mode: a real control plane (`sluice serve`) configures real Envoys over ADS.
+
+Each Envoy starts from `sluice envoy-config --xds` (the control plane's address and nothing
+else); clusters, the Sluice filter's config and provider credentials arrive over xDS. The mock
+provider refuses requests without its key, so a 200 proves the credential came through SDS.
+"""
+
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import free_port, model_entry
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello there"}]}
+
+
+def wait_until(predicate, timeout=15.0, what="condition"):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except httpx.HTTPError as e:
+            last = e
+        time.sleep(0.05)
+    raise AssertionError(f"{what} never held (last: {last!r})")
+
+
+class Fleet:
+    """A control plane, its mock provider and any number of Envoys configured over xDS."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.bins = {k: os.environ[k] for k in ("ENVOY_BIN", "SLUICE_WASM", "SLUICE_CLI", "SLUICE_MOCK")}
+        self.openai_key = "mock-openai-" + os.urandom(8).hex()
+        self.master_key = "sk-master-" + os.urandom(8).hex()
+        self.env = {**os.environ, "MOCK_OPENAI_KEY": self.openai_key, "MOCK_ANTHROPIC_KEY": "unused",
+                    "SLUICE_MASTER_KEY": self.master_key}
+        self.admin_port = free_port()
+        self.xds_port = free_port()
+        self.control_plane = None
+        self.envoys = []
+        self.procs = []
+        mock = subprocess.Popen([self.bins["SLUICE_MOCK"], "--listen", "127.0.0.1:0", "--openai-key", self.openai_key,
+                                 "--anthropic-key", "unused"], stdout=subprocess.PIPE, text=True)
+        self.procs.append(mock)
+        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", mock.stdout.readline())
+        assert match, "mock provider did not start"
+        self.mock_url = f"http://127.0.0.1:{match.group(1)}"
+        config = {
+            "model_list": [
+                model_entry("gpt-4o", "openai/gpt-4o", f"{self.mock_url}/v1", "MOCK_OPENAI_KEY", "gpt-4o-a"),
+                model_entry("gpt-4o-mini", "openai/gpt-4o-mini", f"{self.mock_url}/v1", "MOCK_OPENAI_KEY", "mini"),
+            ],
+            "general_settings": {"master_key": "os.environ/SLUICE_MASTER_KEY"},
+        }
+        self.config_path = workdir / "config.yaml"
+        self.config_path.write_text(json.dumps(config))
+        self.db = workdir / "sluice.db"
+
+    def start_control_plane(self, wasm=None):
+        self.cp_log_path = self.workdir / f"control-plane-{len(self.procs)}.log"
+        self.control_plane = subprocess.Popen(
+            [self.bins["SLUICE_CLI"], "serve", "-c", str(self.config_path), "--database-url", f"sqlite:{self.db}",
+             "--listen", f"127.0.0.1:{self.admin_port}", "--xds-listen", f"127.0.0.1:{self.xds_port}",
+             "--envoy-wasm", wasm or self.bins["SLUICE_WASM"]],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.cp_log_path, "w"))
+        self.procs.append(self.control_plane)
+        wait_until(lambda: "xDS and key lookups on" in self.cp_log_path.read_text(), what="control plane start")
+
+    def stop_control_plane(self):
+        self.control_plane.terminate()
+        self.control_plane.wait(timeout=10)
+
+    def start_envoy(self, node_id):
+        envoy = Envoy(self, node_id)
+        self.envoys.append(envoy)
+        self.procs.append(envoy.proc)
+        envoy.wait_serving()
+        return envoy
+
+    def cli(self, *args):
+        return subprocess.run([self.bins["SLUICE_CLI"], "--server", f"http://127.0.0.1:{self.admin_port}",
+                               "--api-key", self.master_key, *args],
+                              env=self.env, capture_output=True, text=True, check=True, timeout=60)
+
+    def served(self):
+        return httpx.get(f"{self.mock_url}/mock/stats", timeout=5).json()
+
+    def stop(self):
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+class Envoy:
+    def __init__(self, fleet, node_id):
+        self.fleet = fleet
+        self.node_id = node_id
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin = f"http://127.0.0.1:{self.admin_port}"
+        self.yaml = fleet.workdir / f"{node_id}.yaml"
+        subprocess.run([fleet.bins["SLUICE_CLI"], "envoy-config", "--xds", f"127.0.0.1:{fleet.xds_port}",
+                        "--node-id", node_id, "--wasm", fleet.bins["SLUICE_WASM"], "--out", str(self.yaml),
+                        "--listen", f"127.0.0.1:{self.port}", "--admin-port", str(self.admin_port)],
+                       check=True, capture_output=True, timeout=60)
+        self.start()
+
+    def start(self):
+        self.log_path = self.fleet.workdir / f"{self.node_id}-{time.time_ns()}.log"
+        # The Envoy gets no provider credential: those come from the control plane over SDS.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MOCK_")}
+        self.proc = subprocess.Popen(
+            [self.fleet.bins["ENVOY_BIN"], "-c", str(self.yaml), "--disable-hot-restart", "--concurrency", "2",
+             "--log-level", "info", "--base-id", str(self.port)],
+            env=env, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "w"))
+
+    def restart(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.start()
+        self.fleet.procs.append(self.proc)
+        self.wait_serving()
+
+    def wait_serving(self):
+        wait_until(lambda: self.chat(CHAT).status_code == 200, timeout=30, what=f"{self.node_id} serving")
+
+    def chat(self, body, key=None):
+        return httpx.post(f"{self.url}/v1/chat/completions", json=body, timeout=30,
+                          headers={"Authorization": f"Bearer {key or self.fleet.master_key}"})
+
+    def stat(self, name):
+        text = httpx.get(f"{self.admin}/stats?filter=^{re.escape(name)}$", timeout=5).text
+        match = re.search(r": (\S+)", text)
+        return match.group(1) if match else None
+
+    def records(self):
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            idx = line.find("sluice.usage ")
+            if idx >= 0:
+                out.append(json.loads(line[idx + len("sluice.usage "):]))
+        return out
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    f = Fleet(tmp_path)
+    try:
+        f.start_control_plane()
+        yield f
+    finally:
+        f.stop()
+
+
+def test_envoy_runs_on_config_from_the_control_plane_and_never_sees_a_provider_key(fleet):
+    envoy = fleet.start_envoy("edge-1")
+    before = fleet.served()["served"]
+    resp = envoy.chat(CHAT)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["usage"]["prompt_tokens"] > 0
+    assert fleet.served()["served"] == before + 1
+    assert envoy.stat("control_plane.connected_state") == "1"
+    dump = httpx.get(f"{envoy.admin}/config_dump?include_eds", timeout=5).text
+    assert "sluice_gpt_4o_a" in dump  # the deployment's cluster arrived over CDS
+    assert fleet.openai_key not in dump  # the SDS secret is redacted
+    assert fleet.openai_key not in envoy.log_path.read_text()
+    assert fleet.master_key not in dump
+
+
+def test_admin_changes_reach_every_envoy(fleet):
+    a = fleet.start_envoy("edge-a")
+    b = fleet.start_envoy("edge-b")
+    new_model = {"model": "brand-new", "messages": [{"role": "user", "content": "hi"}]}
+    assert a.chat(new_model).status_code == 400  # unknown model, for now
+
+    fleet.cli("model", "create", "brand-new", "--params",
+              json.dumps({"model": "openai/upstream-new", "api_base": f"{fleet.mock_url}/v1",
+                          "api_key": "os.environ/MOCK_OPENAI_KEY"}),
+              "--info", json.dumps({"id": "newdep", "input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}))
+    for envoy in (a, b):
+        resp = wait_until(lambda e=envoy: (r := e.chat(new_model)).status_code == 200 and r, what="new model served")
+        assert resp.json()["model"] == "upstream-new"
+
+    # A price change is what the next usage record is charged with.
+    fleet.cli("model", "update", "newdep", "--info",
+              json.dumps({"id": "newdep", "input_cost_per_token": 1e-3, "output_cost_per_token": 2e-3}))
+
+    def repriced(envoy):
+        envoy.chat(new_model)
+        recs = [r for r in envoy.records() if r["deployment"] == "newdep"]
+        last = recs[-1] if recs else None
+        return last and abs(last["cost_usd"] - (last["prompt_tokens"] * 1e-3 + last["completion_tokens"] * 2e-3)) < 1e-9
+
+    for envoy in (a, b):
+        wait_until(lambda e=envoy: repriced(e), what="new price charged")
+
+    # A deleted deployment stops serving; the rest is untouched.
+    fleet.cli("model", "delete", "newdep")
+    for envoy in (a, b):
+        wait_until(lambda e=envoy: e.chat(new_model).status_code == 400, what="deleted model refused")
+        assert envoy.chat(CHAT).status_code == 200
+
+
+def test_envoy_keeps_serving_without_the_control_plane_and_a_restarted_envoy_gets_the_current_config(fleet):
+    envoy = fleet.start_envoy("edge-1")
+    fleet.stop_control_plane()
+    wait_until(lambda: envoy.stat("control_plane.connected_state") == "0", what="disconnect noticed")
+    for _ in range(5):
+        assert envoy.chat(CHAT).status_code == 200
+
+    fleet.start_control_plane()
+    wait_until(lambda: envoy.stat("control_plane.connected_state") == "1", what="reconnected")
+    fleet.cli("model", "create", "after-restart", "--params",
+              json.dumps({"model": "openai/x", "api_base": f"{fleet.mock_url}/v1", "api_key": "os.environ/MOCK_OPENAI_KEY"}))
+    envoy.restart()
+    assert envoy.chat({"model": "after-restart", "messages": []}).status_code == 200
+
+
+def test_a_config_envoy_rejects_is_nacked_and_the_previous_one_keeps_serving(fleet):
+    envoy = fleet.start_envoy("edge-1")
+    version = envoy.stat("extension_config_discovery.http_filter.sluice.version_text")
+    # An operator points the control plane at a filter module that is not on the Envoy host.
+    fleet.stop_control_plane()
+    fleet.start_control_plane(wasm=str(fleet.workdir / "missing.wasm"))
+    wait_until(lambda: "rejected type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+               in fleet.cp_log_path.read_text(), what="NACK logged by the control plane")
+    assert envoy.stat("extension_config_discovery.http_filter.sluice.update_rejected") == "1"
+    assert envoy.stat("extension_config_discovery.http_filter.sluice.version_text") == version
+    assert envoy.chat(CHAT).status_code == 200
+    # No resend loop: the rejected version was sent once.
+    time.sleep(1.0)
+    assert envoy.stat("extension_config_discovery.http_filter.sluice.update_rejected") == "1"
