@@ -9,4 +9,5 @@ pub mod key_file;
 pub mod key_lookup;
 pub mod server;
 pub mod store;
+pub mod usage_ingest;
 pub mod xds;

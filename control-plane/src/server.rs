@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use sluice_proto::gateway::v1::key_lookup_service_server::KeyLookupServiceServer;
+use sluice_proto::gateway::v1::usage_service_server::UsageServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
@@ -29,10 +30,13 @@ use crate::admin::Admin;
 use crate::admin::models::{deployment_id, validate_model_list};
 use crate::key_lookup::KeyLookupApi;
 use crate::store::{Backend, ModelRecord, ModelStore, SqlStore, SyncReport, now_ms};
+use crate::usage_ingest::UsageIngest;
 use crate::xds::{AdsService, SnapshotPublisher, XdsMetrics, XdsOptions};
 
 /// Largest admin request the server reads: admin calls are small; a huge one is an error.
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// A usage batch of `usage_ingest::MAX_BATCH` records stays well under this.
+const MAX_USAGE_BYTES: usize = 16 << 20;
 
 pub struct ServeOptions {
     pub listen: SocketAddr,
@@ -145,7 +149,10 @@ pub async fn serve_planes(
             tokio::spawn(publisher.run());
             let server = Server::builder()
                 .add_service(AggregatedDiscoveryServiceServer::new(ads))
-                .add_service(KeyLookupServiceServer::new(KeyLookupApi::new(store)))
+                .add_service(KeyLookupServiceServer::new(KeyLookupApi::new(Arc::clone(&store))))
+                .add_service(
+                    UsageServiceServer::new(UsageIngest::new(store)).max_decoding_message_size(MAX_USAGE_BYTES),
+                )
                 .serve_with_incoming_shutdown(TcpIncoming::from(xds_listener), until_stopped(stopped.clone()));
             Some(tokio::spawn(server))
         }

@@ -6,8 +6,9 @@
 
 use std::time::Duration;
 
-use sluice_control_plane::server::serve_on;
+use sluice_control_plane::server::serve_planes;
 use sluice_control_plane::store::SqlStore;
+use sluice_control_plane::xds::XdsOptions;
 use sluice_proto::admin::v1::audit_service_client::AuditServiceClient;
 use sluice_proto::admin::v1::budget_service_client::BudgetServiceClient;
 use sluice_proto::admin::v1::customer_service_client::CustomerServiceClient;
@@ -24,6 +25,8 @@ pub const MASTER: &str = "sk-master-admin-test";
 /// A running control plane on a fresh database; dropped at the end of the test.
 pub struct Plane {
     pub url: String,
+    /// The data-plane port: xDS, key lookups, usage ingestion.
+    pub data_url: String,
     pub database_url: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     cleanup: Option<String>,
@@ -62,11 +65,14 @@ impl Plane {
         let store = SqlStore::open(&database_url).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let data = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let data_url = format!("http://{}", data.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve_on(listener, store, Some(MASTER), async {
+        let xds = XdsOptions::new("/unused/sluice_filter.wasm".into());
+        tokio::spawn(serve_planes(listener, Some((data, xds)), store, Some(MASTER), async {
             let _ = rx.await;
         }));
-        Self { url, database_url, shutdown: Some(tx), cleanup }
+        Self { url, data_url, database_url, shutdown: Some(tx), cleanup }
     }
 
     pub async fn keys(&self) -> KeyServiceClient<Channel> {
@@ -76,6 +82,10 @@ impl Plane {
     /// A second connection to the plane's database (as another replica would have).
     pub async fn store(&self) -> SqlStore {
         SqlStore::open(&self.database_url).await.unwrap()
+    }
+
+    pub async fn data_channel(&self) -> Channel {
+        Channel::from_shared(self.data_url.clone()).unwrap().connect().await.unwrap()
     }
 
     pub async fn channel(&self) -> Channel {

@@ -1,0 +1,183 @@
+//! The data-plane port, as an Envoy uses it: key lookups and usage ingestion, on SQLite and on
+//! a fresh Postgres database.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Db, MASTER, Plane, as_};
+use sluice_core::config::{KeyConfig, TeamConfig};
+use sluice_core::keys::KeyHash;
+use sluice_proto::admin::v1 as pb;
+use sluice_proto::admin::v1::key_service_client::KeyServiceClient;
+use sluice_proto::admin::v1::spend_service_client::SpendServiceClient;
+use sluice_proto::gateway::v1::key_lookup_service_client::KeyLookupServiceClient;
+use sluice_proto::gateway::v1::usage_service_client::UsageServiceClient;
+use sluice_proto::gateway::v1::{KeyLookupRequest, Outcome, ReportUsageRequest, UsageRecord};
+
+fn digest(key: &str) -> String {
+    format!("sha256:{}", KeyHash::of(key.as_bytes()).to_hex())
+}
+
+async fn generate(plane: &Plane, spec: pb::KeySpec) -> pb::GeneratedKey {
+    let mut keys: KeyServiceClient<_> = plane.keys().await;
+    keys.generate_key(as_(MASTER, pb::GenerateKeyRequest { spec: Some(spec) })).await.unwrap().into_inner()
+}
+
+async fn lookup(plane: &Plane, key: &str) -> (Option<KeyConfig>, Option<TeamConfig>) {
+    let mut c = KeyLookupServiceClient::new(plane.data_channel().await);
+    let r = c.lookup(KeyLookupRequest { key_hash: digest(key) }).await.unwrap().into_inner();
+    let key = (!r.key_json.is_empty()).then(|| serde_json::from_str(&r.key_json).unwrap());
+    let team = (!r.team_json.is_empty()).then(|| serde_json::from_str(&r.team_json).unwrap());
+    (key, team)
+}
+
+async fn key_lookup_answers_what_the_filter_needs(db: Db) {
+    let plane = Plane::start(db).await;
+    let mut teams = plane.teams().await;
+    teams
+        .create_team(as_(
+            MASTER,
+            pb::CreateTeamRequest {
+                team_id: "ml".into(),
+                limits: Some(pb::Limits { rpm_limit: Some(50), ..Default::default() }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let created = generate(
+        &plane,
+        pb::KeySpec {
+            key_alias: Some("svc".into()),
+            team_id: Some("ml".into()),
+            models: vec!["gpt-4o".into()],
+            limits: Some(pb::Limits {
+                rpm_limit: Some(7),
+                max_budget: Some(2.5),
+                budget_duration: Some("1d".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (key, team) = lookup(&plane, &created.key).await;
+    let key = key.expect("a stored key is found by its digest");
+    assert_eq!(key.key_hash, KeyHash::from_hex(&digest(&created.key)));
+    assert_eq!((key.rpm_limit, key.max_budget, key.models.clone()), (Some(7), Some(2.5), vec!["gpt-4o".to_owned()]));
+    assert_eq!(key.team_id.as_deref(), Some("ml"));
+    assert_eq!(team.unwrap().rpm_limit, Some(50));
+    // The filter compiles what it is given.
+    assert!(!key.blocked);
+
+    // Unknown keys, and management keys (admin API only), are not found.
+    assert_eq!(lookup(&plane, "sk-sluice-unknown").await.0, None);
+    let management =
+        generate(&plane, pb::KeySpec { key_type: pb::KeyType::Management.into(), ..Default::default() }).await;
+    assert_eq!(lookup(&plane, &management.key).await.0, None);
+
+    // A blocked key is returned blocked (the filter gives the precise error).
+    let mut keys = plane.keys().await;
+    keys.block_key(as_(MASTER, pb::KeyRef { r#ref: Some(pb::key_ref::Ref::KeyId(created.info.unwrap().key_id)) }))
+        .await
+        .unwrap();
+    assert!(lookup(&plane, &created.key).await.0.unwrap().blocked);
+
+    // A malformed digest is the caller's error, not a miss.
+    let mut c = KeyLookupServiceClient::new(plane.data_channel().await);
+    let err = c.lookup(KeyLookupRequest { key_hash: "sha256:xyz".into() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    plane.stop().await;
+}
+
+fn record(id: &str, key_id: &str, cost: f64) -> UsageRecord {
+    UsageRecord {
+        request_id: format!("req-{id}"),
+        record_id: id.into(),
+        key_id: key_id.into(),
+        team_id: Some("ml".into()),
+        model_group: "gpt-4o".into(),
+        deployment: "gpt-4o-a".into(),
+        route: "/v1/chat/completions".into(),
+        status: 200,
+        outcome: Outcome::Completed.into(),
+        prompt_tokens: 100,
+        completion_tokens: 20,
+        total_tokens: 120,
+        cost_usd: cost,
+        start_ms: 1_795_300_000_000,
+        ..Default::default()
+    }
+}
+
+async fn replayed_batches_count_once_and_spend_is_enriched(db: Db) {
+    let plane = Plane::start(db).await;
+    let mut orgs = plane.orgs().await;
+    orgs.create_organization(as_(
+        MASTER,
+        pb::CreateOrganizationRequest { organization_id: "acme".into(), ..Default::default() },
+    ))
+    .await
+    .unwrap();
+    let created = generate(
+        &plane,
+        pb::KeySpec { organization_id: Some("acme".into()), tags: vec!["prod".into()], ..Default::default() },
+    )
+    .await;
+    let key_id = created.info.unwrap().key_id;
+    let batch: Vec<UsageRecord> = (0..50).map(|i| record(&format!("rec-{i}"), &key_id, 0.001)).collect();
+    let mut usage = UsageServiceClient::new(plane.data_channel().await);
+    let first = usage.report(ReportUsageRequest { records: batch.clone() }).await.unwrap().into_inner();
+    assert_eq!((first.accepted, first.duplicates), (50, 0));
+    // The singleton retries a batch whose answer it lost: nothing changes.
+    let again = usage.report(ReportUsageRequest { records: batch[10..30].to_vec() }).await.unwrap().into_inner();
+    assert_eq!((again.accepted, again.duplicates), (0, 20));
+
+    let mut spend = SpendServiceClient::new(plane.channel().await);
+    let q = |query: pb::SpendQuery| as_(MASTER, query);
+    let by_key = spend.query_spend(q(pb::SpendQuery { key_id: Some(key_id.clone()), ..Default::default() })).await;
+    let by_key = by_key.unwrap().into_inner();
+    assert_eq!(by_key.requests, 50);
+    assert!((by_key.spend - 0.05).abs() < 1e-9, "{}", by_key.spend);
+    // Organization and tags come from the stored key, not from the filter.
+    let by_org = spend
+        .query_spend(q(pb::SpendQuery { organization_id: Some("acme".into()), ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_org.requests, 50);
+    let by_tag = spend
+        .query_spend(q(pb::SpendQuery { tag: Some("prod".into()), ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_tag.requests, 50);
+
+    // A record without its idempotency key is refused whole.
+    let mut bad = record("", &key_id, 0.0);
+    bad.record_id.clear();
+    let err = usage.report(ReportUsageRequest { records: vec![bad] }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    plane.stop().await;
+}
+
+#[tokio::test]
+async fn key_lookup_sqlite() {
+    key_lookup_answers_what_the_filter_needs(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn key_lookup_postgres() {
+    key_lookup_answers_what_the_filter_needs(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn usage_ingestion_sqlite() {
+    replayed_batches_count_once_and_spend_is_enriched(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn usage_ingestion_postgres() {
+    replayed_batches_count_once_and_spend_is_enriched(Db::Postgres).await;
+}
