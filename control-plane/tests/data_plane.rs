@@ -1,7 +1,7 @@
 //! The data-plane port, as an Envoy uses it: key lookups and usage ingestion, on SQLite and on
 //! a fresh Postgres database.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
