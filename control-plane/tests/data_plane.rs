@@ -154,6 +154,11 @@ async fn replayed_batches_count_once_and_spend_is_enriched(db: Db) {
         .into_inner();
     assert_eq!(by_tag.requests, 50);
 
+    // The same record twice in one batch counts once.
+    let twice = vec![record("rec-dup", &key_id, 0.001), record("rec-dup", &key_id, 0.001)];
+    let dup = usage.report(ReportUsageRequest { records: twice }).await.unwrap().into_inner();
+    assert_eq!((dup.accepted, dup.duplicates), (1, 1));
+
     // A record without its idempotency key is refused whole.
     let mut bad = record("", &key_id, 0.0);
     bad.record_id.clear();

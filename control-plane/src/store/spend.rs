@@ -2,6 +2,9 @@
 //! replayed record changes nothing) and the daily aggregates per dimension (`daily_spend`),
 //! updated in the same transaction as the rows they count.
 
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write;
+
 use sqlx::Row;
 
 use super::{Backend, SqlStore, StoreResult, to_json};
@@ -70,6 +73,25 @@ pub trait SpendStore {
     -> impl Future<Output = StoreResult<Vec<SpendRow>>> + Send;
 }
 
+/// Rows per multi-row INSERT: well under both databases' bound-parameter limits (SQLite
+/// 32,766; Postgres 65,535) at 18 and 7 columns.
+const LOG_ROWS_PER_STATEMENT: usize = 500;
+const DAILY_ROWS_PER_STATEMENT: usize = 1000;
+
+/// `($1, $2, …), ($n+1, …)` for `rows` rows of `columns` bound values.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let mut out = String::with_capacity(rows * columns * 5);
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..columns {
+            let sep = if c == 0 { "" } else { ", " };
+            let _ = write!(out, "{sep}${}", r * columns + c + 1);
+        }
+        out.push(')');
+    }
+    out
+}
+
 /// UTC day of a Unix-millisecond time.
 pub fn day_of(ms: i64) -> String {
     sluice_core::time::format_rfc3339_ms(ms).chars().take(10).collect()
@@ -78,39 +100,45 @@ pub fn day_of(ms: i64) -> String {
 impl SpendStore for SqlStore {
     async fn record_spend(&self, logs: &[SpendLog]) -> StoreResult<usize> {
         let mut tx = self.pool.begin().await?;
-        let mut new = 0;
-        for l in logs {
-            let day = day_of(l.start_ms);
-            let done = sqlx::query(
+        let mut new: Vec<&SpendLog> = Vec::with_capacity(logs.len());
+        for chunk in logs.chunks(LOG_ROWS_PER_STATEMENT) {
+            let sql = format!(
                 "INSERT INTO spend_logs (record_id, request_id, key_id, team_id, user_id, organization_id, customer_id, \
                  model_group, deployment_id, tags, prompt_tokens, completion_tokens, cost_nanos, status, outcome, \
-                 estimated, start_ms, day) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                 $16, $17, $18) ON CONFLICT (record_id) DO NOTHING",
-            )
-            .bind(l.record_id.clone())
-            .bind(l.request_id.clone())
-            .bind(l.key_id.clone())
-            .bind(l.team_id.clone())
-            .bind(l.user_id.clone())
-            .bind(l.organization_id.clone())
-            .bind(l.customer_id.clone())
-            .bind(l.model_group.clone())
-            .bind(l.deployment_id.clone())
-            .bind(to_json(&l.tags))
-            .bind(l.prompt_tokens)
-            .bind(l.completion_tokens)
-            .bind(l.cost_nanos)
-            .bind(l.status)
-            .bind(l.outcome.clone())
-            .bind(i64::from(l.estimated))
-            .bind(l.start_ms)
-            .bind(day.clone())
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 0 {
-                continue; // seen before: already counted
+                 estimated, start_ms, day) VALUES {} ON CONFLICT (record_id) DO NOTHING RETURNING record_id",
+                placeholders(chunk.len(), 18)
+            );
+            let mut q = sqlx::query(&sql);
+            for l in chunk {
+                q = q
+                    .bind(l.record_id.clone())
+                    .bind(l.request_id.clone())
+                    .bind(l.key_id.clone())
+                    .bind(l.team_id.clone())
+                    .bind(l.user_id.clone())
+                    .bind(l.organization_id.clone())
+                    .bind(l.customer_id.clone())
+                    .bind(l.model_group.clone())
+                    .bind(l.deployment_id.clone())
+                    .bind(to_json(&l.tags))
+                    .bind(l.prompt_tokens)
+                    .bind(l.completion_tokens)
+                    .bind(l.cost_nanos)
+                    .bind(l.status)
+                    .bind(l.outcome.clone())
+                    .bind(i64::from(l.estimated))
+                    .bind(l.start_ms)
+                    .bind(day_of(l.start_ms));
             }
-            new += 1;
+            // Only rows not seen before come back: those, and only those, are counted.
+            let inserted: HashSet<String> =
+                q.fetch_all(&mut *tx).await?.iter().map(|r| r.try_get("record_id")).collect::<Result<_, _>>()?;
+            let mut first = HashSet::new();
+            new.extend(chunk.iter().filter(|l| inserted.contains(&l.record_id) && first.insert(&l.record_id)));
+        }
+        // One increment per (day, dimension, value) for the whole batch.
+        let mut totals: BTreeMap<(String, &'static str, String), [i64; 4]> = BTreeMap::new();
+        for l in &new {
             let dimensions = [
                 ("key", l.key_id.clone()),
                 ("team", l.team_id.clone()),
@@ -123,25 +151,39 @@ impl SpendStore for SqlStore {
             .filter_map(|(d, v)| Some((d, v?)))
             .chain(l.tags.iter().map(|t| ("tag", t.clone())));
             for (dimension, value) in dimensions {
-                sqlx::query(
-                    "INSERT INTO daily_spend (day, dimension, value, requests, prompt_tokens, completion_tokens, \
-                     cost_nanos) VALUES ($1, $2, $3, 1, $4, $5, $6) ON CONFLICT (day, dimension, value) DO UPDATE SET \
-                     requests = daily_spend.requests + 1, prompt_tokens = daily_spend.prompt_tokens + excluded.prompt_tokens, \
-                     completion_tokens = daily_spend.completion_tokens + excluded.completion_tokens, \
-                     cost_nanos = daily_spend.cost_nanos + excluded.cost_nanos",
-                )
-                .bind(day.clone())
-                .bind(dimension)
-                .bind(value)
-                .bind(l.prompt_tokens)
-                .bind(l.completion_tokens)
-                .bind(l.cost_nanos)
-                .execute(&mut *tx)
-                .await?;
+                let t = totals.entry((day_of(l.start_ms), dimension, value)).or_default();
+                t[0] += 1;
+                t[1] += l.prompt_tokens;
+                t[2] += l.completion_tokens;
+                t[3] += l.cost_nanos;
             }
         }
+        let totals: Vec<_> = totals.into_iter().collect();
+        for chunk in totals.chunks(DAILY_ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO daily_spend (day, dimension, value, requests, prompt_tokens, completion_tokens, \
+                 cost_nanos) VALUES {} ON CONFLICT (day, dimension, value) DO UPDATE SET \
+                 requests = daily_spend.requests + excluded.requests, \
+                 prompt_tokens = daily_spend.prompt_tokens + excluded.prompt_tokens, \
+                 completion_tokens = daily_spend.completion_tokens + excluded.completion_tokens, \
+                 cost_nanos = daily_spend.cost_nanos + excluded.cost_nanos",
+                placeholders(chunk.len(), 7)
+            );
+            let mut q = sqlx::query(&sql);
+            for ((day, dimension, value), [requests, prompt, completion, cost]) in chunk {
+                q = q
+                    .bind(day.clone())
+                    .bind(*dimension)
+                    .bind(value.clone())
+                    .bind(*requests)
+                    .bind(*prompt)
+                    .bind(*completion)
+                    .bind(*cost);
+            }
+            q.execute(&mut *tx).await?;
+        }
         tx.commit().await?;
-        Ok(new)
+        Ok(new.len())
     }
 
     async fn query_spend(&self, filter: &SpendFilter, by: GroupBy) -> StoreResult<Vec<SpendRow>> {
