@@ -34,7 +34,7 @@ fn record(i: usize) -> UsageRecord {
         total_tokens: 600,
         cost_usd: 0.0041,
         start_ms: 1_795_300_000_000 + i as u64,
-        streamed: i % 2 == 0,
+        streamed: i.is_multiple_of(2),
         ..Default::default()
     }
 }
