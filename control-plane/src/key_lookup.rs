@@ -4,23 +4,32 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sluice_core::config::{KeyConfig, TeamConfig};
 use sluice_core::keys::KeyHash;
 use sluice_core::time::{BudgetDuration, Timestamp, format_rfc3339_ms};
 use sluice_proto::gateway::v1::key_lookup_service_server::KeyLookupService;
-use sluice_proto::gateway::v1::{KeyLookupRequest, KeyLookupResponse};
+use sluice_proto::gateway::v1::{
+    KeyLookupRequest, KeyLookupResponse, WatchInvalidationsRequest, WatchInvalidationsResponse,
+};
 use tonic::{Request, Response, Status};
 
+use crate::invalidation::Invalidations;
 use crate::store::{KeyLookup, KeyRecord, KeyType, LimitsRecord, Store, StoreError, TeamRecord};
+
+/// How long a `WatchInvalidations` call is held when nothing changes (below Envoy's gRPC
+/// timeout for the call, so an idle watch ends in an answer rather than an error).
+const WATCH_HOLD: Duration = Duration::from_secs(20);
 
 pub struct KeyLookupApi<S> {
     store: Arc<S>,
+    invalidations: Arc<Invalidations>,
 }
 
 impl<S> KeyLookupApi<S> {
-    pub fn new(store: Arc<S>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<S>, invalidations: Arc<Invalidations>) -> Self {
+        Self { store, invalidations }
     }
 }
 
@@ -114,5 +123,12 @@ impl<S: Store> KeyLookupService for KeyLookupApi<S> {
         };
         let key_json = json(&key_config(hash, &key))?;
         Ok(Response::new(KeyLookupResponse { key_json, team_json }))
+    }
+
+    async fn watch_invalidations(
+        &self,
+        request: Request<WatchInvalidationsRequest>,
+    ) -> Result<Response<WatchInvalidationsResponse>, Status> {
+        Ok(Response::new(self.invalidations.watch(request.get_ref(), WATCH_HOLD).await))
     }
 }

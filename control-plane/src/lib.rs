@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod config_file;
 pub mod envoy_bootstrap;
+pub mod invalidation;
 pub mod key_file;
 pub mod key_lookup;
 pub mod server;

@@ -149,7 +149,7 @@ pub async fn serve_planes(
             tokio::spawn(publisher.run());
             let server = Server::builder()
                 .add_service(AggregatedDiscoveryServiceServer::new(ads))
-                .add_service(KeyLookupServiceServer::new(KeyLookupApi::new(Arc::clone(&store))))
+                .add_service(KeyLookupServiceServer::new(KeyLookupApi::new(Arc::clone(&store), admin.invalidations())))
                 .add_service(
                     UsageServiceServer::new(UsageIngest::new(store)).max_decoding_message_size(MAX_USAGE_BYTES),
                 )

@@ -186,3 +186,57 @@ async fn usage_ingestion_sqlite() {
 async fn usage_ingestion_postgres() {
     replayed_batches_count_once_and_spend_is_enriched(Db::Postgres).await;
 }
+
+async fn admin_changes_are_pushed_to_watchers(db: Db) {
+    use sluice_proto::gateway::v1::WatchInvalidationsRequest;
+    let plane = Plane::start(db).await;
+    let mut lookups = KeyLookupServiceClient::new(plane.data_channel().await);
+    let start = lookups.watch_invalidations(WatchInvalidationsRequest::default()).await.unwrap().into_inner();
+    assert!(!start.reset && !start.epoch.is_empty());
+
+    // A watch is held open until something changes; blocking a key answers it.
+    let waiting = {
+        let mut c = KeyLookupServiceClient::new(plane.data_channel().await);
+        let req = WatchInvalidationsRequest { epoch: start.epoch.clone(), after_seq: start.last_seq };
+        tokio::spawn(async move { c.watch_invalidations(req).await.unwrap().into_inner() })
+    };
+    let created = generate(&plane, pb::KeySpec::default()).await;
+    let key_id = created.info.unwrap().key_id;
+    let mut keys = plane.keys().await;
+    keys.block_key(as_(MASTER, pb::KeyRef { r#ref: Some(pb::key_ref::Ref::KeyId(key_id.clone())) })).await.unwrap();
+    let woken = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.unwrap().unwrap();
+    assert_eq!(woken.key_ids, [key_id.clone()]);
+
+    // Deletion and team changes too, in order, from where the watcher left off.
+    keys.delete_key(as_(MASTER, pb::KeyRef { r#ref: Some(pb::key_ref::Ref::KeyId(key_id.clone())) })).await.unwrap();
+    let mut teams = plane.teams().await;
+    teams
+        .create_team(as_(MASTER, pb::CreateTeamRequest { team_id: "ops".into(), ..Default::default() }))
+        .await
+        .unwrap();
+    teams.block_team(as_(MASTER, pb::TeamRef { team_id: "ops".into() })).await.unwrap();
+    let next = lookups
+        .watch_invalidations(WatchInvalidationsRequest { epoch: woken.epoch.clone(), after_seq: woken.last_seq })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((next.key_ids, next.team_ids), (vec![key_id], vec!["ops".to_owned()]));
+    // A watcher from another epoch (the control plane restarted) must drop everything.
+    let stale = lookups
+        .watch_invalidations(WatchInvalidationsRequest { epoch: "old".into(), after_seq: 3 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stale.reset);
+    plane.stop().await;
+}
+
+#[tokio::test]
+async fn invalidations_sqlite() {
+    admin_changes_are_pushed_to_watchers(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn invalidations_postgres() {
+    admin_changes_are_pushed_to_watchers(Db::Postgres).await;
+}

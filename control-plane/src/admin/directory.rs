@@ -11,6 +11,7 @@ use super::validate::{
     check_name, check_names, dollars, id_or_new, limits_record, limits_to_proto, metadata, next_page_token, page_after,
     page_size, usd,
 };
+use crate::invalidation::Target;
 use crate::store::{
     KeyFilter, LimitsRecord, ListFilter, MemberRecord, NewAudit, OrgRecord, Store, StoreError, TeamRecord, UserRecord,
     now_ms,
@@ -148,6 +149,7 @@ impl<S: Store> Admin<S> {
                 NewAudit::new(&caller.actor, action, "team", id),
             )
             .await?;
+        self.invalidate(Target::Team(after.team_id.clone()));
         self.team_proto(&after).await
     }
 
@@ -353,6 +355,7 @@ impl<S: Store> pb::team_service_server::TeamService for Admin<S> {
             )
             .await
             .map_err(AdminError::from)?;
+        self.invalidate(Target::Team(after.team_id.clone()));
         Ok(Response::new(self.team_proto(&after).await?))
     }
 
@@ -364,6 +367,7 @@ impl<S: Store> pb::team_service_server::TeamService for Admin<S> {
         self.refuse_if_keys_remain(KeyFilter { team_id: Some(id.clone()), ..KeyFilter::default() }, "team").await?;
         let audit = NewAudit::new(&caller.actor, "team.delete", "team", &id);
         self.store.delete::<TeamRecord>(&id, audit).await.map_err(AdminError::from)?;
+        self.invalidate(Target::Team(id.clone()));
         Ok(Response::new(pb::Deleted { id }))
     }
 

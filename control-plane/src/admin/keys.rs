@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use super::auth::{Principal, Tenancy};
 use super::error::{AdminError, AdminResult, missing};
 use super::{Admin, random_id};
+use crate::invalidation::Target;
 use crate::key_file::generate_key;
 use crate::store::{
     KeyFilter, KeyLookup, KeyRecord, KeyType, LimitsRecord, ModelLimits, NewAudit, Store, StoreError, now_ms,
@@ -194,6 +195,7 @@ impl<S: Store> Admin<S> {
                 audit,
             )
             .await?;
+        self.invalidate(Target::Key(after.key_id.clone()));
         Ok(to_proto(&after))
     }
 }
@@ -254,6 +256,7 @@ impl<S: Store> pb::key_service_server::KeyService for Admin<S> {
             )
             .await
             .map_err(AdminError::from)?;
+        self.invalidate(Target::Key(after.key_id.clone()));
         Ok(Response::new(to_proto(&after)))
     }
 
@@ -278,6 +281,16 @@ impl<S: Store> pb::key_service_server::KeyService for Admin<S> {
             .rotate_key(&key.key_id, &key_hash(&plaintext), &prefix, &last4, valid_until, audit)
             .await
             .map_err(AdminError::from)?;
+        self.invalidate(Target::Key(after.key_id.clone()));
+        if grace_ms > 0 {
+            // The previous key stops working when its grace ends: drop it from caches then too.
+            let invalidations = self.invalidations();
+            let key_id = after.key_id.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(grace_ms.unsigned_abs())).await;
+                invalidations.publish(Target::Key(key_id));
+            });
+        }
         Ok(Response::new(pb::GeneratedKey { key: plaintext, info: Some(to_proto(&after)) }))
     }
 
@@ -297,6 +310,7 @@ impl<S: Store> pb::key_service_server::KeyService for Admin<S> {
         caller.can_manage_key(&tenancy)?;
         let audit = NewAudit::new(&caller.actor, "key.delete", "key", &key.key_id);
         self.store.delete_key(&key.key_id, audit).await.map_err(AdminError::from)?;
+        self.invalidate(Target::Key(key.key_id.clone()));
         Ok(Response::new(pb::DeleteKeyResponse { key_id: key.key_id }))
     }
 

@@ -15,6 +15,8 @@ use sluice_core::keys::KeyHash;
 use sluice_core::time::format_rfc3339_ms;
 use sluice_proto::admin::v1 as pb;
 use tokio::sync::Notify;
+
+use crate::invalidation::{Invalidations, Target};
 use tonic::{Request, Response, Status};
 
 use crate::store::{AuditFilter, KeyRecord, Store, TeamRecord, UserRecord};
@@ -28,11 +30,32 @@ pub struct Admin<S> {
     pub store: S,
     pub master_key_hash: Option<KeyHash>,
     config_changes: Arc<Notify>,
+    invalidations: Arc<Invalidations>,
 }
 
 impl<S: Store> Admin<S> {
     pub fn new(store: S, master_key_hash: Option<KeyHash>) -> Arc<Self> {
-        Arc::new(Self { store, master_key_hash, config_changes: Arc::new(Notify::new()) })
+        let mut epoch = [0u8; 8];
+        // Only tells restarts apart: a clock-based epoch is as good if the OS has no entropy.
+        if getrandom::fill(&mut epoch).is_err() {
+            epoch = crate::store::now_ms().to_le_bytes();
+        }
+        let epoch = epoch.iter().map(|b| format!("{b:02x}")).collect();
+        Arc::new(Self {
+            store,
+            master_key_hash,
+            config_changes: Arc::new(Notify::new()),
+            invalidations: Arc::new(Invalidations::new(epoch)),
+        })
+    }
+
+    /// What Envoys must drop from their key caches, published after each committed change.
+    pub fn invalidations(&self) -> Arc<Invalidations> {
+        Arc::clone(&self.invalidations)
+    }
+
+    fn invalidate(&self, target: Target) {
+        self.invalidations.publish(target);
     }
 
     /// Notified after every committed change to what Envoys run (deployments, prices).
