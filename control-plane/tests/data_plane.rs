@@ -205,7 +205,7 @@ async fn admin_changes_are_pushed_to_watchers(db: Db) {
     let mut keys = plane.keys().await;
     keys.block_key(as_(MASTER, pb::KeyRef { r#ref: Some(pb::key_ref::Ref::KeyId(key_id.clone())) })).await.unwrap();
     let woken = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.unwrap().unwrap();
-    assert_eq!(woken.key_ids, [key_id.clone()]);
+    assert_eq!(woken.key_ids, std::slice::from_ref(&key_id));
 
     // Deletion and team changes too, in order, from where the watcher left off.
     keys.delete_key(as_(MASTER, pb::KeyRef { r#ref: Some(pb::key_ref::Ref::KeyId(key_id.clone())) })).await.unwrap();
