@@ -41,7 +41,34 @@ def test_image_and_entrypoint():
     assert subprocess.run(["sh", "-n", str(entry)]).returncode == 0
     script = entry.read_text()
     assert "sluice config check" in script and "sluice envoy-config" in script and "exec envoy" in script
+    assert "--xds" in script
     manifest = (ROOT / "deploy/kubernetes/sluice.yaml").read_text()
     assert "secretRef" in manifest and "readOnlyRootFilesystem: true" in manifest
     # Secrets come from the Secret, never from the ConfigMap's config.yaml.
     assert re.search(r"api_key: os\.environ/", shipped_config())
+
+
+def test_xds_manifests_keep_credentials_on_the_control_plane_and_the_bootstrap_validates(gw, tmp_path):
+    manifest = (ROOT / "deploy/kubernetes/sluice-xds.yaml").read_text()
+    docs = manifest.split("\n---\n")
+    gateway = next(d for d in docs if "name: sluice-gateway\n" in d and "kind: Deployment" in d)
+    # The gateway pods get the control plane's address, never a provider key or the database.
+    assert "SLUICE_XDS" in gateway and "secretRef" not in gateway and "OPENAI_API_KEY" not in gateway
+    policy = next(d for d in docs if "kind: NetworkPolicy" in d)
+    assert "port: 4002" in policy and "sluice-gateway" in policy
+    # The control plane's config is a valid LiteLLM config.
+    block = manifest.split("config.yaml: |\n", 1)[1].split("\n---", 1)[0]
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(textwrap.dedent(block))
+    env = {**gw.env, "OPENAI_API_KEY": "x", "SLUICE_MASTER_KEY": "y", "DATABASE_URL": "sqlite::memory:"}
+    check = subprocess.run([gw.env_bin["SLUICE_CLI"], "config", "check", "-c", str(cfg)], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr
+    # The entrypoint's xDS bootstrap passes Envoy's own validation.
+    out = tmp_path / "envoy.yaml"
+    subprocess.run([gw.env_bin["SLUICE_CLI"], "envoy-config", "--xds", "sluice-control-plane:4002", "--node-id", "pod-1",
+                    "--wasm", gw.env_bin["SLUICE_WASM"], "--out", str(out)], check=True, capture_output=True, timeout=60)
+    validate = subprocess.run([gw.env_bin["ENVOY_BIN"], "--mode", "validate", "-c", str(out)],
+                              capture_output=True, text=True, timeout=120)
+    assert validate.returncode == 0, validate.stderr[-2000:]
+    assert "SLUICE_XDS" in (ROOT / "deploy/entrypoint.sh").read_text()
