@@ -2,7 +2,9 @@
 //!
 //! - `cargo xtask setup`  installs what the project needs (wasm target, a project-local Python
 //!   venv with the pinned Envoy and SDKs) and builds the filter, CLI and mock provider.
-//! - `cargo xtask run`    sets up and starts the quickstart: mock provider + Envoy with Sluice.
+//! - `cargo xtask run`    sets up and starts the quickstart: control plane, mock provider and
+//!   an Envoy with Sluice configured over xDS.
+//! - `cargo xtask join`   one more Envoy from the running quickstart's control plane.
 //! - `cargo xtask test`   every check: fmt, clippy, unit tests (native and wasm32), integration
 //!   tests against a real Envoy, and a smoke run of the quickstart.
 //! - `cargo xtask bench`  Envoy+Sluice against bare Envoy, same run, same mock.
@@ -19,10 +21,11 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("setup") => setup::setup().map(|_| ()),
         Some("run") => quickstart::run(args.iter().any(|a| a == "--smoke")),
+        Some("join") => quickstart::join(),
         Some("test") => test(),
         Some("bench") => bench::bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <setup|run [--smoke]|test|bench [--quick]>");
+            eprintln!("usage: cargo xtask <setup|run [--smoke]|join|test|bench [--quick]>");
             return ExitCode::from(2);
         }
     };

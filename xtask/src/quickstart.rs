@@ -1,17 +1,22 @@
-//! `cargo xtask run`: the quickstart. Mock provider on :8081, Envoy with Sluice on :4000
-//! (admin on 127.0.0.1:9901), configured from examples/config.yaml plus a fresh key.
+//! `cargo xtask run`: the quickstart. The control plane (`sluice serve`, SQLite in .sluice/)
+//! with the models of examples/config.yaml, the mock provider on :8081, and an Envoy with
+//! Sluice on :4000 (admin on 127.0.0.1:9901) configured over xDS; it creates a key with the
+//! CLI and prints how to use it. `cargo xtask join` starts one more Envoy (:4010) from the same
+//! control plane.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::proc::{self, Children, root};
-use crate::setup;
+use crate::setup::{self, Tools};
 
 const LISTEN: &str = "127.0.0.1:4000";
 const MOCK: &str = "127.0.0.1:8081";
 const ADMIN_PORT: &str = "9901";
+const CONTROL_PLANE: &str = "127.0.0.1:4001";
+const XDS: &str = "127.0.0.1:4002";
 
 pub fn run(smoke: bool) -> Result<(), String> {
     let tools = setup::setup()?;
@@ -21,25 +26,23 @@ pub fn run(smoke: bool) -> Result<(), String> {
     std::fs::copy(root().join("examples/config.yaml"), &config).map_err(|e| format!("examples/config.yaml: {e}"))?;
     let config_s = config.to_string_lossy().into_owned();
     let cli = tools.cli.to_string_lossy().into_owned();
+    let wasm = tools.wasm.to_string_lossy().into_owned();
+    // A fresh database each run, so the printed master key is the one that owns it.
+    let db = dir.join("sluice.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
 
     // Demo secrets, fresh each run: the master key and the mock provider's own keys.
     let master_key = format!("sk-master-{}", proc::random_hex()?);
     let openai_key = format!("mock-openai-{}", proc::random_hex()?);
     let anthropic_key = format!("mock-anthropic-{}", proc::random_hex()?);
-    let env = [
+    // Provider keys go to the control plane only: Envoy gets them over SDS.
+    let control_plane_env = [
         ("SLUICE_MASTER_KEY", master_key.as_str()),
         ("MOCK_OPENAI_KEY", openai_key.as_str()),
         ("MOCK_ANTHROPIC_KEY", anthropic_key.as_str()),
     ];
-    let created =
-        proc::output(&cli, &["key", "new", "--alias", "quickstart", "--append-to", &config_s, "--json"], &env)?;
-    let key = json_string_field(&created, "key").ok_or("`sluice key new --json` printed no key")?;
-    let envoy_yaml = dir.join("envoy.yaml").to_string_lossy().into_owned();
-    let wasm = tools.wasm.to_string_lossy().into_owned();
-    envoy_config(&cli, &config_s, &wasm, &envoy_yaml, "0.0.0.0:4000", ADMIN_PORT, &env)?;
-
-    let log_path = dir.join("envoy.log");
-    let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
     let mut children = Children(Vec::new());
     children.0.push(
         Command::new(&tools.mock)
@@ -48,32 +51,52 @@ pub fn run(smoke: bool) -> Result<(), String> {
             .spawn()
             .map_err(|e| format!("cannot start the mock provider: {e}"))?,
     );
+    let cp_log_path = dir.join("control-plane.log");
+    let cp_log = std::fs::File::create(&cp_log_path).map_err(|e| format!("{}: {e}", cp_log_path.display()))?;
+    let db_url = format!("sqlite:{}", db.display());
     children.0.push(
-        Command::new(&tools.envoy)
-            .args(["-c", &envoy_yaml, "--disable-hot-restart", "--log-level", "info", "--concurrency", "2"])
-            .envs(env)
+        Command::new(&cli)
+            .args(["serve", "-c", &config_s, "--database-url", &db_url, "--listen", CONTROL_PLANE])
+            .args(["--xds-listen", XDS, "--envoy-wasm", &wasm])
+            .envs(control_plane_env)
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(cp_log)
             .spawn()
-            .map_err(|e| format!("cannot start Envoy ({}): {e}", tools.envoy.display()))?,
+            .map_err(|e| format!("cannot start the control plane: {e}"))?,
     );
+    wait_for_port(CONTROL_PLANE, Duration::from_secs(30)).map_err(|e| format!("{e}; see {}", cp_log_path.display()))?;
+
+    // A key, made the way an operator would: with the CLI against the admin API.
+    let admin_env = [("SLUICE_API_KEY", master_key.as_str()), ("SLUICE_SERVER", "http://127.0.0.1:4001")];
+    let created = proc::output(&cli, &["key", "create", "--alias", "quickstart", "--json"], &admin_env)?;
+    let key = json_string_field(&created, "key").ok_or("`sluice key create --json` printed no key")?;
+
+    let log_path = dir.join("envoy.log");
+    children.0.push(start_envoy(&tools, "quickstart-1", "0.0.0.0:4000", ADMIN_PORT, &log_path)?);
     wait_until_ready(&format!("127.0.0.1:{ADMIN_PORT}"), Duration::from_secs(30))
         .map_err(|e| format!("{e}; see {}", log_path.display()))?;
     wait_for_port(MOCK, Duration::from_secs(10))?;
 
     let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hello from the Sluice quickstart"}]}"#;
     println!(
-        "\nSluice is running: Envoy on http://localhost:4000 (admin http://127.0.0.1:{ADMIN_PORT}), mock provider on http://{MOCK}"
+        "\nSluice is running: Envoy on http://localhost:4000 (admin http://127.0.0.1:{ADMIN_PORT}), configured by the control plane \
+         (admin API {CONTROL_PLANE}, xDS {XDS}, SQLite {}), mock provider on http://{MOCK}",
+        db.display()
     );
-    println!("Envoy log (usage records are the `sluice.usage` lines): {}\n", log_path.display());
-    println!("Your API key (shown once; only its hash is in {}):\n  {key}\n", config.display());
+    println!("Logs: {} and {}\n", cp_log_path.display(), log_path.display());
+    println!("Master key (admin API and CLI):\n  export SLUICE_API_KEY={master_key}\n");
+    println!("An API key, created with `sluice key create --alias quickstart` (shown once):\n  {key}\n");
     println!(
         "Try it:\n  curl -s http://localhost:4000/v1/chat/completions \\\n    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    -d '{body}'\n"
     );
     println!("Or with the OpenAI SDK:\n  OpenAI(base_url=\"http://localhost:4000/v1\", api_key=\"{key}\")\n");
+    println!(
+        "More keys, limits, spend:\n  {cli} key create --alias my-service --rpm 60 --max-budget 5\n  {cli} spend --group-by key\n"
+    );
+    println!("Another Envoy from the same control plane (on :4010):\n  cargo xtask join\n");
 
     if smoke {
-        let (status, response) = http_post(LISTEN, "/v1/chat/completions", &key, body)?;
+        let (status, response) = wait_for_answer(&key, body)?;
         if status != 200 || !response.contains("\"usage\"") {
             return Err(format!("quickstart request failed: HTTP {status}: {response}"));
         }
@@ -81,6 +104,81 @@ pub fn run(smoke: bool) -> Result<(), String> {
         return Ok(());
     }
     println!("Press Ctrl-C to stop.");
+    watch(&mut children, &log_path)
+}
+
+/// `cargo xtask join`: one more Envoy on :4010 (admin 9911), configured by the running
+/// quickstart's control plane.
+pub fn join() -> Result<(), String> {
+    let tools = setup::setup()?;
+    wait_for_port(XDS, Duration::from_secs(2))
+        .map_err(|_| "no control plane on 127.0.0.1:4002: run `cargo xtask run` first")?;
+    let log_path = root().join(".sluice/envoy-2.log");
+    let mut children = Children(vec![start_envoy(&tools, "quickstart-2", "0.0.0.0:4010", "9911", &log_path)?]);
+    wait_until_ready("127.0.0.1:9911", Duration::from_secs(30))
+        .map_err(|e| format!("{e}; see {}", log_path.display()))?;
+    println!(
+        "A second Envoy is serving on http://localhost:4010 with the same keys, models and limits (log: {}).",
+        log_path.display()
+    );
+    println!("Press Ctrl-C to stop it.");
+    watch(&mut children, &log_path)
+}
+
+/// An Envoy that knows only the control plane's address.
+fn start_envoy(
+    tools: &Tools,
+    node_id: &str,
+    listen: &str,
+    admin_port: &str,
+    log_path: &std::path::Path,
+) -> Result<Child, String> {
+    let cli = tools.cli.to_string_lossy().into_owned();
+    let wasm = tools.wasm.to_string_lossy().into_owned();
+    let yaml = root().join(format!(".sluice/{node_id}.yaml")).to_string_lossy().into_owned();
+    proc::run(
+        &cli,
+        &[
+            "envoy-config",
+            "--xds",
+            XDS,
+            "--node-id",
+            node_id,
+            "--wasm",
+            &wasm,
+            "--out",
+            &yaml,
+            "--listen",
+            listen,
+            "--admin-port",
+            admin_port,
+        ],
+        &[],
+    )?;
+    let log = std::fs::File::create(log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    Command::new(&tools.envoy)
+        .args(["-c", &yaml, "--disable-hot-restart", "--log-level", "info", "--concurrency", "2"])
+        .args(["--base-id", admin_port])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start Envoy ({}): {e}", tools.envoy.display()))
+}
+
+/// The listener serves once the control plane's filter config has arrived.
+fn wait_for_answer(key: &str, body: &str) -> Result<(u16, String), String> {
+    let start = Instant::now();
+    loop {
+        let answer = http_post(LISTEN, "/v1/chat/completions", key, body);
+        match answer {
+            Ok((200, _)) => return answer,
+            _ if start.elapsed() > Duration::from_secs(30) => return answer,
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+fn watch(children: &mut Children, log_path: &std::path::Path) -> Result<(), String> {
     loop {
         for child in &mut children.0 {
             if let Ok(Some(status)) = child.try_wait() {
