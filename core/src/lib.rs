@@ -10,6 +10,7 @@ pub mod error;
 pub mod keys;
 pub mod limits;
 pub mod litellm;
+pub mod outbox;
 pub mod request;
 pub mod routing;
 pub mod sse;
