@@ -54,6 +54,7 @@ fn per_model(limits: &BTreeMap<String, i64>) -> BTreeMap<String, u64> {
 pub fn key_config(hash: KeyHash, key: &KeyRecord) -> KeyConfig {
     KeyConfig {
         key_hash: Some(hash),
+        key_id: Some(key.key_id.clone()),
         key_alias: key.key_alias.clone(),
         team_id: key.team_id.clone(),
         user_id: key.user_id.clone(),

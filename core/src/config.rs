@@ -155,6 +155,10 @@ fn one() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     pub key_hash: Option<KeyHash>,
+    /// The control plane's id of the key (`key_…`), used in usage records and counter names;
+    /// standalone keys have none and are named by their hash prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_alias: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -267,6 +271,13 @@ pub struct CompiledKey {
     pub counter_name: String,
 }
 
+/// A key with its team, however it reached the gateway (config or lookup).
+#[derive(Debug, Clone)]
+pub struct ResolvedKey {
+    pub key: CompiledKey,
+    pub team: Option<CompiledTeam>,
+}
+
 /// A key × model group scope with its own limits and counter.
 #[derive(Debug, Clone)]
 pub struct ModelScope {
@@ -325,6 +336,83 @@ fn check_budget(what: &str, budget: Option<f64>, errors: &mut Vec<ConfigError>) 
     {
         errors.push(ConfigError(format!("{what}: max_budget must be a non-negative number, got {b}")));
     }
+}
+
+fn compile_team(t: &TeamConfig, errors: &mut Vec<ConfigError>) -> CompiledTeam {
+    let what = format!("team {:?}", t.team_id);
+    if !is_safe_name(&t.team_id) {
+        errors.push(ConfigError(format!("{what}: team_id must be 1-200 characters of [A-Za-z0-9-_.:/]")));
+    }
+    check_budget(&what, t.max_budget, errors);
+    CompiledTeam {
+        team_id: t.team_id.clone(),
+        models: ModelAccess::compile(&t.models),
+        blocked: t.blocked,
+        limits: ScopeLimits::new(t.rpm_limit, t.tpm_limit, t.max_budget.map(usd_to_nanos), t.budget_duration),
+        counter_name: format!("sluice:t:{}", t.team_id),
+    }
+}
+
+/// One key; `team` is its index in the config's teams (None for a looked-up key, whose team
+/// travels with it), `known_group` says which per-model limits may name a group.
+fn compile_key(
+    k: &KeyConfig,
+    what: &str,
+    team: Option<usize>,
+    known_group: impl Fn(&str) -> bool,
+    errors: &mut Vec<ConfigError>,
+) -> Option<CompiledKey> {
+    let Some(hash) = k.key_hash else {
+        errors.push(ConfigError(format!("{what}: key_hash is required (run `sluice key new`)")));
+        return None;
+    };
+    let key_id = match &k.key_id {
+        Some(id) if is_safe_name(id) => id.clone(),
+        Some(id) => {
+            errors.push(ConfigError(format!("{what}: key_id {id:?} must be 1-200 characters of [A-Za-z0-9-_.:/]")));
+            return None;
+        }
+        None => {
+            let mut prefix = hash.to_hex();
+            prefix.truncate(16);
+            prefix
+        }
+    };
+    check_budget(what, k.max_budget, errors);
+    let routes = RouteSet::from_names(&k.allowed_routes).unwrap_or_else(|e| {
+        errors.push(ConfigError(format!("{what}: {e}")));
+        RouteSet::ALL
+    });
+    let mut model_limits = HashMap::new();
+    for group in k.model_rpm_limit.keys().chain(k.model_tpm_limit.keys()) {
+        if !known_group(group) {
+            errors.push(ConfigError(format!("{what}: per-model limit for unknown model {group:?}")));
+        }
+        model_limits.entry(group.clone()).or_insert_with(|| ModelScope {
+            limits: ScopeLimits::new(
+                k.model_rpm_limit.get(group).copied(),
+                k.model_tpm_limit.get(group).copied(),
+                None,
+                None,
+            ),
+            counter_name: format!("sluice:km:{key_id}:{group}"),
+        });
+    }
+    Some(CompiledKey {
+        hash,
+        counter_name: format!("sluice:k:{key_id}"),
+        key_id,
+        alias: k.key_alias.clone(),
+        team,
+        team_id: k.team_id.clone(),
+        user_id: k.user_id.clone(),
+        models: ModelAccess::compile(&k.models),
+        routes,
+        blocked: k.blocked,
+        expires_unix_secs: k.expires.as_ref().map(|t| t.unix_secs),
+        limits: ScopeLimits::new(k.rpm_limit, k.tpm_limit, k.max_budget.map(usd_to_nanos), k.budget_duration),
+        model_limits,
+    })
 }
 
 impl CompiledConfig {
@@ -391,20 +479,10 @@ impl CompiledConfig {
         let mut team_index: HashMap<&str, usize> = HashMap::new();
         for t in &config.teams {
             let what = format!("team {:?}", t.team_id);
-            if !is_safe_name(&t.team_id) {
-                errors.push(ConfigError(format!("{what}: team_id must be 1-200 characters of [A-Za-z0-9-_.:/]")));
-            }
             if team_index.insert(t.team_id.as_str(), teams.len()).is_some() {
                 errors.push(ConfigError(format!("{what}: duplicate team_id")));
             }
-            check_budget(&what, t.max_budget, &mut errors);
-            teams.push(CompiledTeam {
-                team_id: t.team_id.clone(),
-                models: ModelAccess::compile(&t.models),
-                blocked: t.blocked,
-                limits: ScopeLimits::new(t.rpm_limit, t.tpm_limit, t.max_budget.map(usd_to_nanos), t.budget_duration),
-                counter_name: format!("sluice:t:{}", t.team_id),
-            });
+            teams.push(compile_team(t, &mut errors));
         }
 
         let mut keys = Vec::new();
@@ -413,18 +491,6 @@ impl CompiledConfig {
         for (i, k) in config.keys.iter().enumerate() {
             let label = k.key_alias.clone().unwrap_or_else(|| format!("#{i}"));
             let what = format!("key {label:?}");
-            let Some(hash) = k.key_hash else {
-                errors.push(ConfigError(format!("{what}: key_hash is required (run `sluice key new`)")));
-                continue;
-            };
-            if key_index.insert(hash, keys.len()).is_some() {
-                errors.push(ConfigError(format!("{what}: the same key_hash appears twice")));
-            }
-            let mut key_id = hash.to_hex();
-            key_id.truncate(16);
-            if !key_ids.insert(key_id.clone()) {
-                errors.push(ConfigError(format!("{what}: two keys share the hash prefix {key_id}")));
-            }
             let team = match &k.team_id {
                 Some(t) => match team_index.get(t.as_str()) {
                     Some(idx) => Some(*idx),
@@ -435,41 +501,16 @@ impl CompiledConfig {
                 },
                 None => None,
             };
-            check_budget(&what, k.max_budget, &mut errors);
-            let routes = RouteSet::from_names(&k.allowed_routes).unwrap_or_else(|e| {
-                errors.push(ConfigError(format!("{what}: {e}")));
-                RouteSet::ALL
-            });
-            let mut model_limits = HashMap::new();
-            for group in k.model_rpm_limit.keys().chain(k.model_tpm_limit.keys()) {
-                if !group_index.contains_key(group) {
-                    errors.push(ConfigError(format!("{what}: per-model limit for unknown model {group:?}")));
-                }
-                model_limits.entry(group.clone()).or_insert_with(|| ModelScope {
-                    limits: ScopeLimits::new(
-                        k.model_rpm_limit.get(group).copied(),
-                        k.model_tpm_limit.get(group).copied(),
-                        None,
-                        None,
-                    ),
-                    counter_name: format!("sluice:km:{key_id}:{group}"),
-                });
+            let Some(key) = compile_key(k, &what, team, |g| group_index.contains_key(g), &mut errors) else {
+                continue;
+            };
+            if key_index.insert(key.hash, keys.len()).is_some() {
+                errors.push(ConfigError(format!("{what}: the same key_hash appears twice")));
             }
-            keys.push(CompiledKey {
-                hash,
-                counter_name: format!("sluice:k:{key_id}"),
-                key_id,
-                alias: k.key_alias.clone(),
-                team,
-                team_id: k.team_id.clone(),
-                user_id: k.user_id.clone(),
-                models: ModelAccess::compile(&k.models),
-                routes,
-                blocked: k.blocked,
-                expires_unix_secs: k.expires.as_ref().map(|t| t.unix_secs),
-                limits: ScopeLimits::new(k.rpm_limit, k.tpm_limit, k.max_budget.map(usd_to_nanos), k.budget_duration),
-                model_limits,
-            });
+            if !key_ids.insert(key.key_id.clone()) {
+                errors.push(ConfigError(format!("{what}: two keys share the id {}", key.key_id)));
+            }
+            keys.push(key);
         }
 
         if !errors.is_empty() {
@@ -509,6 +550,37 @@ impl CompiledConfig {
 
     pub fn deployment(&self, idx: usize) -> Option<&Deployment> {
         self.config.deployments.get(idx)
+    }
+
+    /// A key (and its team) the control plane answered a lookup with, validated and compiled
+    /// like a configured one, with the same counter names. Per-model limits for model groups
+    /// this gateway does not serve are left out (they cannot apply here).
+    pub fn compile_looked_up(
+        &self,
+        key: &KeyConfig,
+        team: Option<&TeamConfig>,
+    ) -> Result<ResolvedKey, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let what = "looked-up key";
+        if key.team_id.as_deref() != team.map(|t| t.team_id.as_str()) {
+            errors.push(ConfigError(format!("{what}: its team does not match the team sent with it")));
+        }
+        let compiled_team = team.map(|t| compile_team(t, &mut errors));
+        let compiled = compile_key(key, what, None, |_| true, &mut errors);
+        match compiled {
+            Some(mut k) if errors.is_empty() => {
+                k.model_limits.retain(|group, _| self.group_index.contains_key(group));
+                Ok(ResolvedKey { key: k, team: compiled_team })
+            }
+            _ => Err(errors),
+        }
+    }
+
+    /// A configured key with its team, in the form the request path uses for every key.
+    pub fn resolved(&self, index: usize) -> Option<ResolvedKey> {
+        let key = self.keys.get(index)?.clone();
+        let team = key.team.and_then(|t| self.team(t)).cloned();
+        Some(ResolvedKey { key, team })
     }
 
     /// Whether a group has at least one deployment that speaks the endpoint's format.

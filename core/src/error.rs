@@ -39,19 +39,51 @@ pub enum GatewayError {
     KeyBlocked,
     KeyExpired,
     TeamBlocked,
-    RouteNotAllowed { route: &'static str },
+    RouteNotAllowed {
+        route: &'static str,
+    },
     UnknownRoute,
-    MethodNotAllowed { route: &'static str, allowed: &'static str },
-    ModelNotAllowed { model: String },
-    UnknownModel { model: String },
-    ModelNotOnRoute { model: String, route: &'static str },
+    MethodNotAllowed {
+        route: &'static str,
+        allowed: &'static str,
+    },
+    ModelNotAllowed {
+        model: String,
+    },
+    UnknownModel {
+        model: String,
+    },
+    ModelNotOnRoute {
+        model: String,
+        route: &'static str,
+    },
     MissingModel,
-    InvalidJson { detail: String },
-    InvalidField { param: &'static str, detail: String },
-    BodyTooLarge { limit: u64 },
-    RateLimited { scope: LimitScope, kind: LimitKind, limit: u64, retry_after_secs: u64 },
-    BudgetExceeded { scope: LimitScope, spend_usd: f64, max_budget_usd: f64 },
-    Internal { detail: &'static str },
+    InvalidJson {
+        detail: String,
+    },
+    InvalidField {
+        param: &'static str,
+        detail: String,
+    },
+    BodyTooLarge {
+        limit: u64,
+    },
+    RateLimited {
+        scope: LimitScope,
+        kind: LimitKind,
+        limit: u64,
+        retry_after_secs: u64,
+    },
+    BudgetExceeded {
+        scope: LimitScope,
+        spend_usd: f64,
+        max_budget_usd: f64,
+    },
+    /// The key is not cached and the control plane could not be asked (fail closed).
+    KeyServiceUnavailable,
+    Internal {
+        detail: &'static str,
+    },
 }
 
 /// Longest client-supplied text echoed back in an error message.
@@ -79,6 +111,7 @@ impl GatewayError {
             Self::BodyTooLarge { .. } => 413,
             Self::RateLimited { .. } => 429,
             Self::Internal { .. } => 500,
+            Self::KeyServiceUnavailable => 503,
             Self::UnknownModel { .. }
             | Self::ModelNotOnRoute { .. }
             | Self::MissingModel
@@ -109,6 +142,7 @@ impl GatewayError {
             Self::RateLimited { kind: LimitKind::Requests, .. } => "rate_limit_exceeded",
             Self::RateLimited { kind: LimitKind::Tokens, .. } => "token_rate_limit_exceeded",
             Self::BudgetExceeded { .. } => "budget_exceeded",
+            Self::KeyServiceUnavailable => "key_service_unavailable",
             Self::Internal { .. } => "internal_error",
         }
     }
@@ -121,6 +155,7 @@ impl GatewayError {
             413 | 405 => "invalid_request_error",
             429 => "rate_limit_error",
             500 => "internal_error",
+            503 => "service_unavailable",
             _ if matches!(self, Self::BudgetExceeded { .. }) => "budget_exceeded",
             _ => "invalid_request_error",
         }
@@ -173,6 +208,9 @@ impl GatewayError {
                     _ => "Budget",
                 };
                 format!("{whose} has been exceeded! Current cost: {spend_usd:.6}, Max budget: {max_budget_usd:.6}")
+            }
+            Self::KeyServiceUnavailable => {
+                "The gateway cannot check this API key right now (its control plane is unreachable). Retry shortly.".into()
             }
             Self::Internal { detail } => format!("Internal gateway error: {detail}"),
         }

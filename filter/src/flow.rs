@@ -2,10 +2,14 @@
 //! on the body → meter the response → settle and record (log). Generic over [`Host`] so every path runs in
 //! native unit tests against a mock Envoy.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
+use prost::Message;
 use proxy_wasm::types::{Action, LogLevel};
-use sluice_core::config::{CompiledConfig, CompiledKey, DEFAULT_MAX_OUTPUT_TOKENS, Provider};
+use sluice_core::config::{
+    CompiledConfig, CompiledKey, CompiledTeam, DEFAULT_MAX_OUTPUT_TOKENS, KeyConfig, Provider, ResolvedKey, TeamConfig,
+};
 use sluice_core::endpoint::Endpoint;
 use sluice_core::error::{GatewayError, LimitKind, LimitScope};
 use sluice_core::keys::{self, KeyHash};
@@ -17,17 +21,29 @@ use sluice_core::usage::{self, ApiFormat, Usage};
 
 use crate::counters::{self, Scope, Ticket};
 use crate::host::Host;
+use crate::key_cache::{Cached, KeyCache};
 use crate::usage_record::{Outcome, USAGE_LOG_PREFIX, UsageRecord};
+use sluice_proto::gateway::v1::{KeyLookupRequest, KeyLookupResponse};
+
+/// The control plane's key lookup (proto/sluice/v1/gateway.proto).
+pub const KEY_LOOKUP_SERVICE: &str = "sluice.v1.KeyLookupService";
+/// gRPC status OK, as Envoy reports it to the filter.
+const GRPC_OK: u32 = 0;
 
 /// Longer credentials are rejected before hashing: no Sluice or master key is this long.
 const MAX_CREDENTIAL_LEN: usize = 512;
 const ANTHROPIC_VERSION: &str = "2023-06-01";
 
-/// What the worker shares with every request: the compiled config and provider credentials.
+/// What the worker shares with every request: the compiled config, provider credentials, and
+/// the keys it knows (configured ones, and those looked up in the control plane).
 pub struct Gateway {
     pub config: CompiledConfig,
     /// Per deployment, the credential header value read from the environment at configure time.
     pub credentials: Vec<Option<String>>,
+    /// The configured keys with their teams (same index as `config.keys`).
+    keys: Vec<Rc<ResolvedKey>>,
+    /// Looked-up keys (xDS mode).
+    pub key_cache: RefCell<KeyCache>,
     /// Per model group (same index as `config.groups`), its metric names, built once here so
     /// the hot path formats none.
     group_metrics: Vec<GroupMetrics>,
@@ -62,14 +78,31 @@ impl Gateway {
                 }
             })
             .collect();
-        Self { config, credentials, group_metrics }
+        let keys = (0..config.keys.len()).filter_map(|i| config.resolved(i)).map(Rc::new).collect();
+        Self { config, credentials, keys, key_cache: RefCell::new(KeyCache::default()), group_metrics }
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Principal {
     Master,
-    Key(usize),
+    Key(Rc<ResolvedKey>),
+    /// A well-formed key the control plane could not be asked about, admitted without limits
+    /// because the config says fail open.
+    Unverified(KeyHash),
+}
+
+/// The outcome of reading the credential.
+enum Auth {
+    Known(Principal),
+    /// Not configured and not cached: ask the control plane.
+    Lookup(KeyHash),
+}
+
+/// A key lookup in flight for this request.
+struct PendingLookup {
+    token: u32,
+    hash: KeyHash,
 }
 
 /// An admitted request, from routing until it is settled.
@@ -106,6 +139,10 @@ pub struct RequestFlow<H: Host> {
     request_id: Option<String>,
     /// Headers held (authenticated), waiting for the body to route on.
     awaiting_body: bool,
+    /// The key is being looked up; the request waits for the answer.
+    lookup: Option<PendingLookup>,
+    /// The body was complete while the lookup was pending (its size).
+    body_ready: Option<usize>,
     admitted: Option<Admitted>,
     status: u16,
     tap: Tap,
@@ -126,6 +163,8 @@ impl<H: Host> RequestFlow<H> {
             principal: None,
             request_id: None,
             awaiting_body: false,
+            lookup: None,
+            body_ready: None,
             admitted: None,
             status: 0,
             tap: Tap::None,
@@ -140,9 +179,16 @@ impl<H: Host> RequestFlow<H> {
     }
 
     fn key(&self) -> Option<&CompiledKey> {
-        match self.principal? {
-            Principal::Key(i) => self.gateway.config.keys.get(i),
-            Principal::Master => None,
+        match self.principal.as_ref()? {
+            Principal::Key(r) => Some(&r.key),
+            Principal::Master | Principal::Unverified(_) => None,
+        }
+    }
+
+    fn team(&self) -> Option<&CompiledTeam> {
+        match self.principal.as_ref()? {
+            Principal::Key(r) => r.team.as_ref(),
+            Principal::Master | Principal::Unverified(_) => None,
         }
     }
 
@@ -176,7 +222,15 @@ impl<H: Host> RequestFlow<H> {
                 .reject(&GatewayError::MethodNotAllowed { route: endpoint.route(), allowed: endpoint.method() });
         }
         match self.authenticate(endpoint) {
-            Ok(principal) => self.principal = Some(principal),
+            Ok(Auth::Known(principal)) => self.principal = Some(principal),
+            Ok(Auth::Lookup(hash)) => {
+                if end_of_stream && endpoint != Endpoint::Models {
+                    return self.reject(&GatewayError::MissingModel);
+                }
+                if let Err(e) = self.start_lookup(hash) {
+                    return self.reject(&e);
+                }
+            }
             Err(e) => return self.reject(&e),
         }
         // The client's credential never goes upstream: `authorization` and `x-api-key` are
@@ -184,7 +238,9 @@ impl<H: Host> RequestFlow<H> {
         // route removes `api-key`, `accept-encoding` (the gateway meters plain responses) and
         // any client-sent `x-sluice-cluster` (the filter always sets its own).
         if endpoint == Endpoint::Models {
-            self.answer_models();
+            if self.lookup.is_none() {
+                self.answer_models();
+            }
             return Action::Pause;
         }
         if end_of_stream {
@@ -216,7 +272,7 @@ impl<H: Host> RequestFlow<H> {
             .ok_or(GatewayError::MissingKey)
     }
 
-    fn authenticate(&self, endpoint: Endpoint) -> Result<Principal, GatewayError> {
+    fn authenticate(&self, endpoint: Endpoint) -> Result<Auth, GatewayError> {
         let token = self.credential()?;
         if token.len() > MAX_CREDENTIAL_LEN {
             return Err(GatewayError::MalformedKey);
@@ -224,11 +280,32 @@ impl<H: Host> RequestFlow<H> {
         let hash = KeyHash::of(&token);
         let config = self.config();
         if config.is_master_key(&hash) {
-            return Ok(Principal::Master);
+            return Ok(Auth::Known(Principal::Master));
         }
         keys::check_format(&token).map_err(|_| GatewayError::MalformedKey)?;
-        let index = config.key_position(&hash).ok_or(GatewayError::InvalidKey)?;
-        let key = config.keys.get(index).ok_or(GatewayError::InvalidKey)?;
+        let resolved = match config.key_position(&hash) {
+            Some(index) => self.gateway.keys.get(index).cloned().ok_or(GatewayError::InvalidKey)?,
+            None => {
+                if config.config.key_lookup.is_none() {
+                    return Err(GatewayError::InvalidKey);
+                }
+                match self.gateway.key_cache.borrow().get(&hash, self.start_ms) {
+                    Some(Cached::Found(r)) => Rc::clone(r),
+                    Some(Cached::Unknown) => {
+                        self.host.count("sluice.key_cache.negative_hits", 1);
+                        return Err(GatewayError::InvalidKey);
+                    }
+                    None => return Ok(Auth::Lookup(hash)),
+                }
+            }
+        };
+        self.check_key(&resolved, endpoint)?;
+        Ok(Auth::Known(Principal::Key(resolved)))
+    }
+
+    /// What a known key may not do, whichever way it became known.
+    fn check_key(&self, resolved: &ResolvedKey, endpoint: Endpoint) -> Result<(), GatewayError> {
+        let key = &resolved.key;
         if key.blocked {
             return Err(GatewayError::KeyBlocked);
         }
@@ -238,20 +315,144 @@ impl<H: Host> RequestFlow<H> {
                 return Err(GatewayError::KeyExpired);
             }
         }
-        if key.team.and_then(|t| config.team(t)).is_some_and(|t| t.blocked) {
+        if resolved.team.as_ref().is_some_and(|t| t.blocked) {
             return Err(GatewayError::TeamBlocked);
         }
         if !key.routes.contains(endpoint) {
             return Err(GatewayError::RouteNotAllowed { route: endpoint.route() });
         }
-        Ok(Principal::Key(index))
+        Ok(())
+    }
+
+    // ---- key lookup (xDS mode) -------------------------------------------------------------
+
+    /// Asks the control plane about a key this worker has not cached; the request waits.
+    fn start_lookup(&mut self, hash: KeyHash) -> Result<(), GatewayError> {
+        let Some(lookup) = self.config().config.key_lookup.as_ref() else {
+            return Err(GatewayError::InvalidKey);
+        };
+        let message = KeyLookupRequest { key_hash: format!("sha256:{}", hash.to_hex()) }.encode_to_vec();
+        self.host.count("sluice.key_lookups", 1);
+        match self.host.dispatch_grpc(&lookup.cluster, KEY_LOOKUP_SERVICE, "Lookup", &message, lookup.timeout_ms) {
+            Some(token) => {
+                self.lookup = Some(PendingLookup { token, hash });
+                Ok(())
+            }
+            None => self.lookup_failed(hash),
+        }
+    }
+
+    /// The control plane could not answer: refuse (fail closed, not cached, so the next request
+    /// asks again), or with `fail_open` admit the key without limits.
+    fn lookup_failed(&mut self, hash: KeyHash) -> Result<(), GatewayError> {
+        self.host.count("sluice.key_lookup_failures", 1);
+        let fail_open = self.config().config.key_lookup.as_ref().is_some_and(|l| l.fail_open);
+        if !fail_open {
+            return Err(GatewayError::KeyServiceUnavailable);
+        }
+        self.host.log(LogLevel::Warn, "sluice: key service unreachable; admitting a key unchecked (fail_open)");
+        self.principal = Some(Principal::Unverified(hash));
+        Ok(())
+    }
+
+    /// The control plane's answer: the key (and its team), or nothing for an unknown key.
+    fn decode_lookup(&self, status: u32, size: usize) -> Result<Option<(KeyConfig, Option<TeamConfig>)>, ()> {
+        if status != GRPC_OK {
+            return Err(());
+        }
+        let bytes = self.host.grpc_response(size).unwrap_or_default();
+        let answer = KeyLookupResponse::decode(bytes.as_slice()).map_err(|_| ())?;
+        if answer.key_json.is_empty() {
+            return Ok(None);
+        }
+        let key: KeyConfig = serde_json::from_str(&answer.key_json).map_err(|_| ())?;
+        let team = if answer.team_json.is_empty() {
+            None
+        } else {
+            Some(serde_json::from_str::<TeamConfig>(&answer.team_json).map_err(|_| ())?)
+        };
+        Ok(Some((key, team)))
+    }
+
+    /// A gRPC answer for this request (Envoy routes it to the context that made the call).
+    pub fn on_grpc_response(&mut self, token: u32, status: u32, size: usize) {
+        let Some(pending) = self.lookup.take_if(|l| l.token == token) else {
+            return;
+        };
+        let Some(endpoint) = self.endpoint else {
+            return;
+        };
+        let Some(lookup) = self.config().config.key_lookup.clone() else {
+            return;
+        };
+        let now = self.host.now_ms();
+        let resolved = match self.decode_lookup(status, size) {
+            Ok(Some((key, team))) if key.key_hash == Some(pending.hash) => {
+                match self.config().compile_looked_up(&key, team.as_ref()) {
+                    Ok(r) => Some(Rc::new(r)),
+                    Err(errors) => {
+                        let detail: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                        self.host.log(
+                            LogLevel::Error,
+                            &format!("sluice: unusable key from the control plane: {}", detail.join("; ")),
+                        );
+                        None
+                    }
+                }
+            }
+            Ok(Some(_)) => None, // an answer about another key: never trusted
+            Ok(None) => {
+                self.gateway.key_cache.borrow_mut().insert(pending.hash, Cached::Unknown, now, lookup.negative_ttl_ms);
+                self.reject(&GatewayError::InvalidKey);
+                return;
+            }
+            Err(()) => None,
+        };
+        match resolved {
+            Some(r) => {
+                // Its counters exist before any admission writes them (as configured keys' do
+                // from configure time); see counters::ensure_exists.
+                let names = std::iter::once(&r.key.counter_name)
+                    .chain(r.key.model_limits.values().map(|m| &m.counter_name))
+                    .chain(r.team.as_ref().map(|t| &t.counter_name));
+                for name in names {
+                    counters::ensure_exists(&self.host, name);
+                }
+                self.gateway.key_cache.borrow_mut().insert(
+                    pending.hash,
+                    Cached::Found(Rc::clone(&r)),
+                    now,
+                    lookup.ttl_ms,
+                );
+                if let Err(e) = self.check_key(&r, endpoint) {
+                    self.reject(&e);
+                    return;
+                }
+                self.principal = Some(Principal::Key(r));
+            }
+            None => {
+                if let Err(e) = self.lookup_failed(pending.hash) {
+                    self.reject(&e);
+                    return;
+                }
+            }
+        }
+        if endpoint == Endpoint::Models {
+            self.answer_models();
+        } else if let Some(body_size) = self.body_ready.take() {
+            // The body is all here: route now, then let the request go.
+            if self.route_body(body_size) == Action::Continue {
+                self.host.resume_request();
+            }
+        }
+        // Otherwise the body is still arriving; its last callback routes as usual.
     }
 
     fn may_use(&self, group: &str) -> bool {
         let Some(key) = self.key() else {
             return true; // the master key may use every model
         };
-        key.models.allows(group) && key.team.and_then(|t| self.config().team(t)).is_none_or(|t| t.models.allows(group))
+        key.models.allows(group) && self.team().is_none_or(|t| t.models.allows(group))
     }
 
     /// `GET /v1/models`: the model groups this key may use, answered without an upstream.
@@ -291,6 +492,16 @@ impl<H: Host> RequestFlow<H> {
         if !end_of_stream {
             return Action::Pause; // Envoy buffers until the whole body is here
         }
+        if self.lookup.is_some() {
+            // Routing needs the key: keep the body buffered until the control plane answers.
+            self.body_ready = Some(body_size);
+            return Action::Pause;
+        }
+        self.route_body(body_size)
+    }
+
+    /// The whole body is buffered: route and admit, or refuse.
+    fn route_body(&mut self, body_size: usize) -> Action {
         self.awaiting_body = false;
         let body = self.host.request_body(body_size).unwrap_or_default();
         match self.route_and_admit(&body) {
@@ -343,7 +554,7 @@ impl<H: Host> RequestFlow<H> {
             if !key.limits.is_unlimited() {
                 scopes.push(Scope { name: &key.counter_name, limits: key.limits, kind: LimitScope::Key });
             }
-            if let Some(team) = key.team.and_then(|t| config.team(t)).filter(|t| !t.limits.is_unlimited()) {
+            if let Some(team) = self.team().filter(|t| !t.limits.is_unlimited()) {
                 scopes.push(Scope { name: &team.counter_name, limits: team.limits, kind: LimitScope::Team });
             }
             if let Some(per_model) = key.model_limits.get(&group.name) {
@@ -486,11 +697,19 @@ impl<H: Host> RequestFlow<H> {
             }
         }
         let key = self.key();
+        let unverified_id = match &self.principal {
+            Some(Principal::Unverified(hash)) => format!("unverified:{}", hash.short_id()),
+            _ => String::new(),
+        };
+        let key_id = match &self.principal {
+            Some(Principal::Unverified(_)) => unverified_id.as_str(),
+            _ => key.map_or("master", |k| k.key_id.as_str()),
+        };
         let record_id = format!("{:016x}{:016x}", self.random, SplitMix64::new(self.random).next_u64());
         let record = UsageRecord {
             record_id: &record_id,
             request_id: self.request_id.as_deref().unwrap_or(""),
-            key_id: key.map_or("master", |k| k.key_id.as_str()),
+            key_id,
             key_alias: key.and_then(|k| k.alias.as_deref()),
             team_id: key.and_then(|k| k.team_id.as_deref()),
             user_id: key.and_then(|k| k.user_id.as_deref()),

@@ -46,6 +46,14 @@ pub trait Host {
     fn response_code_details(&self) -> Option<Vec<u8>>;
     fn log(&self, level: LogLevel, message: &str);
     fn count(&self, metric: &str, delta: u64);
+    /// A unary gRPC call to a cluster; the answer comes back to this request's context.
+    /// Returns the call's token, or None if Envoy refused to start it.
+    fn dispatch_grpc(&self, cluster: &str, service: &str, method: &str, message: &[u8], timeout_ms: u64)
+    -> Option<u32>;
+    /// The body of the gRPC answer being delivered (`size` bytes).
+    fn grpc_response(&self, size: usize) -> Option<Vec<u8>>;
+    /// Lets a request that the filter paused continue (headers and buffered body).
+    fn resume_request(&self);
 }
 
 /// Name of the shared queue that carries usage records to the singleton service.
@@ -188,6 +196,26 @@ impl Host for EnvoyHost {
 
     fn log(&self, level: LogLevel, message: &str) {
         let _ = hostcalls::log(level, message);
+    }
+
+    fn dispatch_grpc(
+        &self,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout_ms: u64,
+    ) -> Option<u32> {
+        let timeout = std::time::Duration::from_millis(timeout_ms);
+        ok_or_log(hostcalls::dispatch_grpc_call(cluster, service, method, Vec::new(), Some(message), timeout), "grpc")
+    }
+
+    fn grpc_response(&self, size: usize) -> Option<Vec<u8>> {
+        hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size).ok().flatten()
+    }
+
+    fn resume_request(&self) {
+        ok_or_log(hostcalls::resume_http_request(), "resume_http_request");
     }
 
     fn count(&self, metric: &str, delta: u64) {

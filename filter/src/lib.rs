@@ -3,12 +3,15 @@
 //! - [`host`]: every host call behind one trait (mocked natively in tests).
 //! - [`flow`]: one request's life: authenticate, admit, route, meter, settle, record.
 //! - [`counters`]: limit and budget counters in shared data (CAS loops).
+//! - [`key_cache`]: keys looked up in the control plane, per worker (xDS mode).
 //! - [`root`]: per-worker root contexts (filter) and the singleton service's root.
-//! - [`service`]: the singleton that drains usage records.
+//! - [`service`]: the singleton: drains usage records (to the log, or in batches to the
+//!   control plane) and relays the control plane's key invalidations to the workers.
 
 pub mod counters;
 pub mod flow;
 pub mod host;
+pub mod key_cache;
 #[cfg(test)]
 mod mock_host;
 pub mod root;

@@ -21,6 +21,21 @@ pub struct MockEnvoy {
     pub metrics: RefCell<HashMap<String, u64>>,
     pub logs: RefCell<Vec<String>>,
     pub now_ms: Cell<u64>,
+    /// gRPC calls started, in order.
+    pub grpc_calls: RefCell<Vec<GrpcCall>>,
+    /// When true, Envoy refuses to start gRPC calls (no such cluster).
+    pub grpc_refused: Cell<bool>,
+}
+
+/// A gRPC call a request started.
+#[derive(Debug, Clone)]
+pub struct GrpcCall {
+    pub token: u32,
+    pub cluster: String,
+    pub service: String,
+    pub method: String,
+    pub message: Vec<u8>,
+    pub timeout_ms: u64,
 }
 
 impl MockEnvoy {
@@ -67,6 +82,10 @@ pub struct MockStream {
     /// The response chunk currently passing through the filter.
     pub response_chunk: RefCell<Vec<u8>>,
     pub local_reply: RefCell<Option<LocalReply>>,
+    /// The gRPC answer being delivered to this request.
+    pub grpc_response: RefCell<Vec<u8>>,
+    /// Times the filter let a paused request continue.
+    pub resumed: Cell<u32>,
     /// What Envoy would report as the response code details at the end.
     pub code_details: RefCell<Option<String>>,
 }
@@ -194,5 +213,38 @@ impl Host for MockHost {
 
     fn count(&self, metric: &str, delta: u64) {
         *self.envoy.metrics.borrow_mut().entry(metric.to_owned()).or_default() += delta;
+    }
+
+    fn dispatch_grpc(
+        &self,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout_ms: u64,
+    ) -> Option<u32> {
+        if self.envoy.grpc_refused.get() {
+            return None;
+        }
+        let mut calls = self.envoy.grpc_calls.borrow_mut();
+        let token = u32::try_from(calls.len()).unwrap_or(u32::MAX) + 1;
+        calls.push(GrpcCall {
+            token,
+            cluster: cluster.to_owned(),
+            service: service.to_owned(),
+            method: method.to_owned(),
+            message: message.to_vec(),
+            timeout_ms,
+        });
+        Some(token)
+    }
+
+    fn grpc_response(&self, size: usize) -> Option<Vec<u8>> {
+        let body = self.stream.grpc_response.borrow();
+        body.get(..size.min(body.len())).map(<[u8]>::to_vec)
+    }
+
+    fn resume_request(&self) {
+        self.stream.resumed.set(self.stream.resumed.get() + 1);
     }
 }

@@ -160,7 +160,11 @@ struct SluiceHttp {
     flow: RequestFlow<EnvoyHost>,
 }
 
-impl Context for SluiceHttp {}
+impl Context for SluiceHttp {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        self.flow.on_grpc_response(token_id, status_code, response_size);
+    }
+}
 
 impl HttpContext for SluiceHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {

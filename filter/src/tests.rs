@@ -627,3 +627,249 @@ fn an_upstream_cut_is_truncated_not_cancelled() {
     let r = &h.envoy.records()[0];
     assert_eq!((r["outcome"].as_str(), r["estimated"].as_bool()), (Some("truncated"), Some(true)));
 }
+
+// ---- keys looked up in the control plane (xDS mode) -----------------------------------------
+
+mod lookup {
+    use prost::Message;
+    use sluice_core::config::KeyLookupConfig;
+    use sluice_proto::gateway::v1::{KeyLookupRequest, KeyLookupResponse};
+
+    use super::*;
+    use crate::flow::KEY_LOOKUP_SERVICE;
+
+    fn xds_config(fail_open: bool) -> GatewayConfig {
+        let mut cfg = base_config();
+        cfg.keys.clear();
+        cfg.key_lookup = Some(KeyLookupConfig {
+            cluster: "sluice_control_plane".into(),
+            timeout_ms: 1000,
+            ttl_ms: 60_000,
+            negative_ttl_ms: 5_000,
+            fail_open,
+        });
+        cfg
+    }
+
+    fn stored(seed: u8) -> KeyConfig {
+        KeyConfig { key_id: Some(format!("key_{seed:02}")), ..key_config(seed) }
+    }
+
+    fn answer(key: Option<&KeyConfig>, team: Option<&TeamConfig>) -> Vec<u8> {
+        KeyLookupResponse {
+            key_json: key.map(|k| serde_json::to_string(k).unwrap()).unwrap_or_default(),
+            team_json: team.map(|t| serde_json::to_string(t).unwrap()).unwrap_or_default(),
+        }
+        .encode_to_vec()
+    }
+
+    impl Stream {
+        /// Headers then the whole body, with the lookup pending: the filter must hold both.
+        fn send_body_awaiting_lookup(&mut self, body: &[u8]) {
+            self.host.set_request_header("content-length", Some(body.len().to_string().as_bytes()));
+            assert_eq!(self.flow.on_request_headers(false), Action::Pause);
+            *self.host.stream.request_body.borrow_mut() = body.to_vec();
+            assert_eq!(self.flow.on_request_body(body.len(), true), Action::Pause, "held until the key is known");
+        }
+
+        /// Delivers the control plane's answer to the call this request made.
+        fn deliver(&mut self, status: u32, body: &[u8]) {
+            let token = self.host.envoy.grpc_calls.borrow().last().unwrap().token;
+            *self.host.stream.grpc_response.borrow_mut() = body.to_vec();
+            self.flow.on_grpc_response(token, status, body.len());
+        }
+    }
+
+    #[test]
+    fn a_cache_miss_asks_once_then_the_key_is_served_from_cache() {
+        let h = Harness::new(xds_config(false));
+        let k = key(7);
+        let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        {
+            let calls = h.envoy.grpc_calls.borrow();
+            assert_eq!(calls.len(), 1);
+            let call = &calls[0];
+            assert_eq!(
+                (call.cluster.as_str(), call.service.as_str(), call.method.as_str()),
+                ("sluice_control_plane", KEY_LOOKUP_SERVICE, "Lookup")
+            );
+            assert_eq!(call.timeout_ms, 1000, "the config's lookup timeout");
+            let asked = KeyLookupRequest::decode(call.message.as_slice()).unwrap();
+            assert_eq!(asked.key_hash, format!("sha256:{}", KeyHash::of(k.as_bytes()).to_hex()));
+            assert!(!String::from_utf8_lossy(&call.message).contains(&k), "the key itself never leaves Envoy");
+        }
+        s.deliver(0, &answer(Some(&stored(7)), None));
+        assert!(s.reply().is_none(), "{:?}", s.reply());
+        assert_eq!(s.host.stream.resumed.get(), 1, "the request goes on once routed");
+        assert_eq!(s.host.request_header_str("x-sluice-cluster").as_deref(), Some("sluice_gpt4o-a"));
+        assert_eq!(s.host.request_header_str("authorization").as_deref(), Some("Bearer provider-secret-gpt4o-a"));
+        s.respond(200, "application/json", &[openai_response(10, 5, 0).as_bytes()], true);
+        s.finish();
+        assert_eq!(h.envoy.records()[0]["key_id"], "key_07", "records carry the control plane's key id");
+
+        // The next request with the same key: no call, routed at once.
+        let (_, reply) = h.post("/v1/chat/completions", &k, CHAT);
+        assert!(reply.is_none());
+        assert_eq!(h.envoy.grpc_calls.borrow().len(), 1);
+    }
+
+    #[test]
+    fn an_answer_before_the_body_lets_the_body_route_as_usual() {
+        let h = Harness::new(xds_config(false));
+        let k = key(8);
+        let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        s.host.set_request_header("content-length", Some(CHAT.len().to_string().as_bytes()));
+        assert_eq!(s.flow.on_request_headers(false), Action::Pause);
+        s.deliver(0, &answer(Some(&stored(8)), None));
+        assert_eq!(s.host.stream.resumed.get(), 0, "nothing to resume: the body has not arrived");
+        *s.host.stream.request_body.borrow_mut() = CHAT.as_bytes().to_vec();
+        assert_eq!(s.flow.on_request_body(CHAT.len(), true), Action::Continue);
+        assert_eq!(s.host.request_header_str("x-sluice-cluster").as_deref(), Some("sluice_gpt4o-a"));
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_and_remembered_for_a_while() {
+        let h = Harness::new(xds_config(false));
+        let k = key(9);
+        let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        s.deliver(0, &answer(None, None));
+        let reply = s.reply().unwrap();
+        assert_eq!((reply.status, reply.json()["error"]["code"].as_str()), (401, Some("invalid_api_key")));
+        let (_, again) = h.post("/v1/chat/completions", &k, CHAT);
+        assert_eq!(again.unwrap().status, 401);
+        assert_eq!(h.envoy.grpc_calls.borrow().len(), 1, "the negative answer is cached");
+        h.envoy.now_ms.set(NOW + 5_001);
+        let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        assert_eq!(h.envoy.grpc_calls.borrow().len(), 2, "asked again once it expired");
+    }
+
+    #[test]
+    fn a_blocked_key_or_team_from_the_control_plane_gets_the_precise_error() {
+        let h = Harness::new(xds_config(false));
+        let cases = [
+            (KeyConfig { blocked: true, ..stored(10) }, None, "key_blocked"),
+            (
+                KeyConfig { team_id: Some("ml".into()), ..stored(11) },
+                Some(TeamConfig { team_id: "ml".into(), blocked: true, ..TeamConfig::default() }),
+                "team_blocked",
+            ),
+            (KeyConfig { models: vec!["claude-3-5-sonnet".into()], ..stored(12) }, None, "model_not_allowed"),
+        ];
+        for (i, (stored_key, team, code)) in cases.iter().enumerate() {
+            let k = key(10 + i as u8);
+            let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+            s.send_body_awaiting_lookup(CHAT.as_bytes());
+            s.deliver(0, &answer(Some(stored_key), team.as_ref()));
+            assert_eq!(s.reply().unwrap().json()["error"]["code"].as_str(), Some(*code));
+            assert_eq!(s.host.stream.resumed.get(), 0);
+        }
+    }
+
+    #[test]
+    fn a_team_limit_from_the_control_plane_is_enforced() {
+        let h = Harness::new(xds_config(false));
+        let team = TeamConfig { team_id: "ml".into(), rpm_limit: Some(1), ..TeamConfig::default() };
+        let k = key(13);
+        let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        s.deliver(0, &answer(Some(&KeyConfig { team_id: Some("ml".into()), ..stored(13) }), Some(&team)));
+        assert!(s.reply().is_none());
+        let (_, second) = h.post("/v1/chat/completions", &k, CHAT);
+        let second = second.unwrap();
+        assert_eq!((second.status, second.json()["error"]["code"].as_str()), (429, Some("rate_limit_exceeded")));
+    }
+
+    #[test]
+    fn an_unreachable_control_plane_fails_closed_and_is_asked_again() {
+        let h = Harness::new(xds_config(false));
+        let k = key(14);
+        for status in [14, 4] {
+            // UNAVAILABLE, then DEADLINE_EXCEEDED.
+            let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+            s.send_body_awaiting_lookup(CHAT.as_bytes());
+            s.deliver(status, b"");
+            let reply = s.reply().unwrap();
+            assert_eq!((reply.status, reply.json()["error"]["code"].as_str()), (503, Some("key_service_unavailable")));
+            assert!(!String::from_utf8_lossy(&reply.body).contains(&k));
+            assert!(s.host.request_header_str("x-sluice-cluster").is_none(), "nothing routed upstream");
+        }
+        assert_eq!(h.envoy.grpc_calls.borrow().len(), 2, "a failure is not cached");
+        // Garbage from the control plane is a failure too, not a key.
+        let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        s.deliver(0, b"\xff\xfe not protobuf");
+        assert_eq!(s.reply().unwrap().status, 503);
+        // And a call Envoy refuses to start.
+        h.envoy.grpc_refused.set(true);
+        let (_, refused) = h.post("/v1/chat/completions", &k, CHAT);
+        assert_eq!(refused.unwrap().status, 503);
+    }
+
+    #[test]
+    fn fail_open_admits_an_unchecked_key_without_limits() {
+        let h = Harness::new(xds_config(true));
+        let k = key(15);
+        let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        s.deliver(14, b"");
+        assert!(s.reply().is_none());
+        assert_eq!(s.host.stream.resumed.get(), 1);
+        s.respond(200, "application/json", &[openai_response(10, 5, 0).as_bytes()], true);
+        s.finish();
+        let id = h.envoy.records()[0]["key_id"].as_str().unwrap().to_owned();
+        assert!(id.starts_with("unverified:"), "{id}");
+        assert!(h.envoy.logs.borrow().iter().all(|l| !l.contains(&k)));
+    }
+
+    #[test]
+    fn an_answer_about_another_key_is_not_trusted() {
+        let h = Harness::new(xds_config(false));
+        let k = key(16);
+        let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        s.deliver(0, &answer(Some(&stored(17)), None));
+        assert_eq!(s.reply().unwrap().status, 503);
+    }
+
+    #[test]
+    fn invalidation_drops_keys_by_id_and_by_team() {
+        let h = Harness::new(xds_config(false));
+        let team = TeamConfig { team_id: "ml".into(), ..TeamConfig::default() };
+        for (seed, t) in [(20u8, None), (21, Some(&team))] {
+            let k = key(seed);
+            let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+            s.send_body_awaiting_lookup(CHAT.as_bytes());
+            let cfg = KeyConfig { team_id: t.map(|t| t.team_id.clone()), ..stored(seed) };
+            s.deliver(0, &answer(Some(&cfg), t));
+        }
+        assert_eq!(h.gateway.key_cache.borrow().len(), 2);
+        h.gateway.key_cache.borrow_mut().invalidate_team("ml");
+        assert_eq!(h.gateway.key_cache.borrow().len(), 1);
+        h.gateway.key_cache.borrow_mut().invalidate_key("key_20");
+        assert!(h.gateway.key_cache.borrow().is_empty());
+        let k = key(20);
+        let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        assert_eq!(h.envoy.grpc_calls.borrow().len(), 3, "a dropped key is asked about again");
+    }
+
+    #[test]
+    fn models_lists_what_a_looked_up_key_may_use() {
+        let h = Harness::new(xds_config(false));
+        let k = key(22);
+        let mut s = h.start("GET", "/v1/models", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        assert_eq!(s.flow.on_request_headers(true), Action::Pause);
+        assert!(s.reply().is_none(), "answered once the key is known");
+        s.deliver(0, &answer(Some(&KeyConfig { models: vec!["gpt-4o".into()], ..stored(22) }), None));
+        let listed: Vec<String> = s.reply().unwrap().json()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(listed, ["gpt-4o"]);
+    }
+}
