@@ -116,7 +116,7 @@ pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<V
     });
     let listener = listener(opts, wasm_filter, s.request_timeout_secs, s.gateway.max_request_body_bytes);
     let clusters: Vec<Value> = s.upstreams.iter().map(cluster).collect();
-    Ok(bootstrap("sluice-standalone", opts, listener, clusters, None))
+    Ok(bootstrap("sluice-standalone", opts, listener, clusters, None, None))
 }
 
 /// Where an xDS-mode Envoy finds its control plane.
@@ -166,7 +166,9 @@ pub fn xds_bootstrap(control_plane: &ControlPlaneAddress, node_id: &str, opts: &
         },
         "cds_config": {"ads": {}, "resource_api_version": "V3"},
     });
-    bootstrap(node_id, opts, listener, vec![control_plane_cluster], Some(dynamic))
+    // The singleton ships usage to, and hears revocations from, the control plane.
+    let service = json!({"control_plane_cluster": crate::xds::CONTROL_PLANE_CLUSTER}).to_string();
+    bootstrap(node_id, opts, listener, vec![control_plane_cluster], Some(dynamic), Some(service))
 }
 
 fn listener(opts: &BootstrapOptions, wasm_filter: Value, route_timeout_secs: u64, max_body_bytes: u64) -> Value {
@@ -233,6 +235,7 @@ fn bootstrap(
     listener: Value,
     clusters: Vec<Value>,
     dynamic: Option<Value>,
+    service_config: Option<String>,
 ) -> Value {
     let mut b = json!({
         "node": {"id": node_id, "cluster": "sluice"},
@@ -253,6 +256,10 @@ fn bootstrap(
     });
     if let Some(dynamic) = dynamic {
         b["dynamic_resources"] = dynamic;
+    }
+    if let Some(config) = service_config {
+        b["bootstrap_extensions"][0]["typed_config"]["config"]["configuration"] =
+            json!({"@type": STRING_VALUE, "value": config});
     }
     b
 }

@@ -21,7 +21,7 @@ use sluice_core::usage::{self, ApiFormat, Usage};
 
 use crate::counters::{self, Scope, Ticket};
 use crate::host::Host;
-use crate::key_cache::{Cached, KeyCache};
+use crate::key_cache::{Cached, Invalidations, KeyCache, SharedEntry, shared_key};
 use crate::usage_record::{Outcome, USAGE_LOG_PREFIX, UsageRecord};
 use sluice_proto::gateway::v1::{KeyLookupRequest, KeyLookupResponse};
 
@@ -44,6 +44,8 @@ pub struct Gateway {
     keys: Vec<Rc<ResolvedKey>>,
     /// Looked-up keys (xDS mode).
     pub key_cache: RefCell<KeyCache>,
+    /// What this worker has applied of the control plane's invalidations.
+    pub invalidations: RefCell<Invalidations>,
     /// Per model group (same index as `config.groups`), its metric names, built once here so
     /// the hot path formats none.
     group_metrics: Vec<GroupMetrics>,
@@ -79,7 +81,36 @@ impl Gateway {
             })
             .collect();
         let keys = (0..config.keys.len()).filter_map(|i| config.resolved(i)).map(Rc::new).collect();
-        Self { config, credentials, keys, key_cache: RefCell::new(KeyCache::default()), group_metrics }
+        Self {
+            config,
+            credentials,
+            keys,
+            key_cache: RefCell::new(KeyCache::default()),
+            invalidations: RefCell::new(Invalidations::default()),
+            group_metrics,
+        }
+    }
+}
+
+impl Gateway {
+    /// Applies the singleton's invalidation log (`service::INVALIDATIONS_KEY`): drops the named
+    /// keys and teams from this worker's cache, and remembers them so that shared entries
+    /// written before them are not trusted either.
+    pub fn apply_invalidations(&self, log: &str) {
+        let mut applied = self.invalidations.borrow_mut();
+        let (drops, last) = crate::service::invalidations_since(log, applied.seq);
+        let mut cache = self.key_cache.borrow_mut();
+        for drop in drops {
+            match &drop {
+                Some(('k', id)) => cache.invalidate_key(id),
+                Some((_, id)) => cache.invalidate_team(id),
+                None => cache.clear(),
+            }
+            // Numbered with the newest position read: conservative for judging shared entries.
+            let (kind, id) = drop.unwrap_or(('r', String::new()));
+            applied.record(last, kind, &id);
+        }
+        applied.seq = last;
     }
 }
 
@@ -95,14 +126,40 @@ enum Principal {
 /// The outcome of reading the credential.
 enum Auth {
     Known(Principal),
-    /// Not configured and not cached: ask the control plane.
-    Lookup(KeyHash),
+    /// Not configured and not freshly cached: ask the control plane (the stale entry, if any,
+    /// serves only if it cannot answer).
+    Lookup(KeyHash, Option<Rc<ResolvedKey>>),
 }
 
 /// A key lookup in flight for this request.
 struct PendingLookup {
     token: u32,
     hash: KeyHash,
+    stale: Option<Rc<ResolvedKey>>,
+}
+
+/// What another worker left in shared data for a digest.
+enum Shared {
+    Fresh(Rc<ResolvedKey>),
+    Stale(Rc<ResolvedKey>),
+    Absent,
+}
+
+type Answer = (KeyConfig, Option<TeamConfig>);
+
+/// The control plane's answer: the key and its team, or None for an unknown key.
+fn parse_answer(bytes: &[u8]) -> Result<Option<Answer>, ()> {
+    let answer = KeyLookupResponse::decode(bytes).map_err(|_| ())?;
+    if answer.key_json.is_empty() {
+        return Ok(None);
+    }
+    let key: KeyConfig = serde_json::from_str(&answer.key_json).map_err(|_| ())?;
+    let team = if answer.team_json.is_empty() {
+        None
+    } else {
+        Some(serde_json::from_str::<TeamConfig>(&answer.team_json).map_err(|_| ())?)
+    };
+    Ok(Some((key, team)))
 }
 
 /// An admitted request, from routing until it is settled.
@@ -223,11 +280,11 @@ impl<H: Host> RequestFlow<H> {
         }
         match self.authenticate(endpoint) {
             Ok(Auth::Known(principal)) => self.principal = Some(principal),
-            Ok(Auth::Lookup(hash)) => {
+            Ok(Auth::Lookup(hash, stale)) => {
                 if end_of_stream && endpoint != Endpoint::Models {
                     return self.reject(&GatewayError::MissingModel);
                 }
-                if let Err(e) = self.start_lookup(hash) {
+                if let Err(e) = self.start_lookup(hash, stale) {
                     return self.reject(&e);
                 }
             }
@@ -286,16 +343,24 @@ impl<H: Host> RequestFlow<H> {
         let resolved = match config.key_position(&hash) {
             Some(index) => self.gateway.keys.get(index).cloned().ok_or(GatewayError::InvalidKey)?,
             None => {
-                if config.config.key_lookup.is_none() {
+                let Some(lookup) = config.config.key_lookup.as_ref() else {
                     return Err(GatewayError::InvalidKey);
-                }
-                match self.gateway.key_cache.borrow().get(&hash, self.start_ms) {
-                    Some(Cached::Found(r)) => Rc::clone(r),
+                };
+                let cached = self.gateway.key_cache.borrow().get(&hash, self.start_ms).cloned();
+                match cached {
+                    Some(Cached::Found(r)) => r,
                     Some(Cached::Unknown) => {
                         self.host.count("sluice.key_cache.negative_hits", 1);
                         return Err(GatewayError::InvalidKey);
                     }
-                    None => return Ok(Auth::Lookup(hash)),
+                    None => match self.shared_answer(&hash, lookup.ttl_ms) {
+                        Shared::Fresh(r) => r,
+                        Shared::Stale(r) => return Ok(Auth::Lookup(hash, Some(r))),
+                        Shared::Absent => {
+                            let stale = self.gateway.key_cache.borrow().stale(&hash);
+                            return Ok(Auth::Lookup(hash, stale));
+                        }
+                    },
                 }
             }
         };
@@ -326,8 +391,37 @@ impl<H: Host> RequestFlow<H> {
 
     // ---- key lookup (xDS mode) -------------------------------------------------------------
 
-    /// Asks the control plane about a key this worker has not cached; the request waits.
-    fn start_lookup(&mut self, hash: KeyHash) -> Result<(), GatewayError> {
+    /// Another worker's answer for this digest, from shared data, unless an invalidation has
+    /// named its key or team since it was written. A fresh one joins this worker's cache.
+    fn shared_answer(&self, hash: &KeyHash, ttl_ms: u64) -> Shared {
+        let (Some(bytes), _) = self.host.shared_get(&shared_key(hash)) else { return Shared::Absent };
+        let Some(entry) = SharedEntry::decode(&bytes) else { return Shared::Absent };
+        let Ok(Some((key, team))) = parse_answer(&entry.answer) else { return Shared::Absent };
+        if key.key_hash != Some(*hash) {
+            return Shared::Absent;
+        }
+        let Ok(resolved) = self.config().compile_looked_up(&key, team.as_ref()) else { return Shared::Absent };
+        let valid = self.gateway.invalidations.borrow().still_valid(
+            entry.seq,
+            &resolved.key.key_id,
+            resolved.key.team_id.as_deref(),
+        );
+        if !valid {
+            return Shared::Absent;
+        }
+        let resolved = Rc::new(resolved);
+        let age = self.start_ms.saturating_sub(entry.fetched_ms);
+        if age >= ttl_ms {
+            return Shared::Stale(resolved);
+        }
+        self.host.count("sluice.key_cache.shared_hits", 1);
+        let cached = Cached::Found(Rc::clone(&resolved));
+        self.gateway.key_cache.borrow_mut().insert(*hash, cached, self.start_ms, ttl_ms - age);
+        Shared::Fresh(resolved)
+    }
+
+    /// Asks the control plane about a key no worker has fresh; the request waits.
+    fn start_lookup(&mut self, hash: KeyHash, stale: Option<Rc<ResolvedKey>>) -> Result<(), GatewayError> {
         let Some(lookup) = self.config().config.key_lookup.as_ref() else {
             return Err(GatewayError::InvalidKey);
         };
@@ -335,17 +429,25 @@ impl<H: Host> RequestFlow<H> {
         self.host.count("sluice.key_lookups", 1);
         match self.host.dispatch_grpc(&lookup.cluster, KEY_LOOKUP_SERVICE, "Lookup", &message, lookup.timeout_ms) {
             Some(token) => {
-                self.lookup = Some(PendingLookup { token, hash });
+                self.lookup = Some(PendingLookup { token, hash, stale });
                 Ok(())
             }
-            None => self.lookup_failed(hash),
+            None => self.lookup_failed(hash, stale),
         }
     }
 
-    /// The control plane could not answer: refuse (fail closed, not cached, so the next request
-    /// asks again), or with `fail_open` admit the key without limits.
-    fn lookup_failed(&mut self, hash: KeyHash) -> Result<(), GatewayError> {
+    /// The control plane could not answer. A key known before (past its TTL) keeps working;
+    /// otherwise refuse (fail closed, not cached, so the next request asks again), or with
+    /// `fail_open` admit the key without limits.
+    fn lookup_failed(&mut self, hash: KeyHash, stale: Option<Rc<ResolvedKey>>) -> Result<(), GatewayError> {
         self.host.count("sluice.key_lookup_failures", 1);
+        if let Some(known) = stale {
+            let endpoint = self.endpoint.ok_or(GatewayError::Internal { detail: "no endpoint" })?;
+            self.check_key(&known, endpoint)?;
+            self.host.count("sluice.key_cache.stale_served", 1);
+            self.principal = Some(Principal::Key(known));
+            return Ok(());
+        }
         let fail_open = self.config().config.key_lookup.as_ref().is_some_and(|l| l.fail_open);
         if !fail_open {
             return Err(GatewayError::KeyServiceUnavailable);
@@ -353,25 +455,6 @@ impl<H: Host> RequestFlow<H> {
         self.host.log(LogLevel::Warn, "sluice: key service unreachable; admitting a key unchecked (fail_open)");
         self.principal = Some(Principal::Unverified(hash));
         Ok(())
-    }
-
-    /// The control plane's answer: the key (and its team), or nothing for an unknown key.
-    fn decode_lookup(&self, status: u32, size: usize) -> Result<Option<(KeyConfig, Option<TeamConfig>)>, ()> {
-        if status != GRPC_OK {
-            return Err(());
-        }
-        let bytes = self.host.grpc_response(size).unwrap_or_default();
-        let answer = KeyLookupResponse::decode(bytes.as_slice()).map_err(|_| ())?;
-        if answer.key_json.is_empty() {
-            return Ok(None);
-        }
-        let key: KeyConfig = serde_json::from_str(&answer.key_json).map_err(|_| ())?;
-        let team = if answer.team_json.is_empty() {
-            None
-        } else {
-            Some(serde_json::from_str::<TeamConfig>(&answer.team_json).map_err(|_| ())?)
-        };
-        Ok(Some((key, team)))
     }
 
     /// A gRPC answer for this request (Envoy routes it to the context that made the call).
@@ -386,7 +469,9 @@ impl<H: Host> RequestFlow<H> {
             return;
         };
         let now = self.host.now_ms();
-        let resolved = match self.decode_lookup(status, size) {
+        let bytes = if status == GRPC_OK { self.host.grpc_response(size).unwrap_or_default() } else { Vec::new() };
+        let parsed = if status == GRPC_OK { parse_answer(&bytes) } else { Err(()) };
+        let resolved = match parsed {
             Ok(Some((key, team))) if key.key_hash == Some(pending.hash) => {
                 match self.config().compile_looked_up(&key, team.as_ref()) {
                     Ok(r) => Some(Rc::new(r)),
@@ -418,6 +503,10 @@ impl<H: Host> RequestFlow<H> {
                 for name in names {
                     counters::ensure_exists(&self.host, name);
                 }
+                // Every worker may use this answer (and keep using it through an outage).
+                let seq = self.gateway.invalidations.borrow().seq;
+                let entry = SharedEntry { fetched_ms: now, seq, answer: bytes };
+                self.host.shared_set(&shared_key(&pending.hash), &entry.encode(), None);
                 self.gateway.key_cache.borrow_mut().insert(
                     pending.hash,
                     Cached::Found(Rc::clone(&r)),
@@ -431,7 +520,7 @@ impl<H: Host> RequestFlow<H> {
                 self.principal = Some(Principal::Key(r));
             }
             None => {
-                if let Err(e) = self.lookup_failed(pending.hash) {
+                if let Err(e) = self.lookup_failed(pending.hash, pending.stale) {
                     self.reject(&e);
                     return;
                 }

@@ -14,16 +14,19 @@ use sluice_core::routing::SplitMix64;
 use crate::counters;
 use crate::flow::{Gateway, RequestFlow};
 use crate::host::{EnvoyHost, Host, WorkerState};
-use crate::service::UsageService;
+use crate::service::{INVALIDATIONS_KEY, UsageService};
 
 pub const SERVICE_ROOT_ID: &str = "sluice_service";
-/// How long a usage record may wait in its worker's batch.
+/// How long a usage record may wait in its worker's batch; also how often a worker applies the
+/// control plane's key invalidations.
 const USAGE_FLUSH_PERIOD: std::time::Duration = std::time::Duration::from_millis(250);
+/// The singleton's retry and watch period (xDS mode).
+const SERVICE_TICK_PERIOD: std::time::Duration = std::time::Duration::from_millis(200);
 
 enum Role {
     Unconfigured,
     Filter(Rc<Gateway>),
-    Service(UsageService),
+    Service(Box<UsageService>),
 }
 
 pub struct SluiceRoot {
@@ -100,7 +103,25 @@ impl SluiceRoot {
     }
 }
 
+impl SluiceRoot {
+    /// Drops the keys the control plane revoked from this worker's cache (one shared-data read
+    /// per tick; none on the request path).
+    fn apply_invalidations(&self, gateway: &Gateway) {
+        if gateway.config.config.key_lookup.is_none() {
+            return;
+        }
+        let (Some(bytes), _) = self.host().shared_get(INVALIDATIONS_KEY) else { return };
+        gateway.apply_invalidations(&String::from_utf8_lossy(&bytes));
+    }
+}
+
 impl Context for SluiceRoot {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        if let Role::Service(service) = &mut self.role {
+            service.on_grpc_response(token_id, status_code, response_size);
+        }
+    }
+
     /// The VM is going away (drain, reload): hand over what is still batched.
     fn on_done(&mut self) -> bool {
         if let Role::Filter(_) = self.role {
@@ -114,9 +135,14 @@ impl RootContext for SluiceRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let root_id = hostcalls::get_property(vec!["plugin_root_id"]).ok().flatten().unwrap_or_default();
         if root_id == SERVICE_ROOT_ID.as_bytes() {
-            return match UsageService::start(self.host()) {
+            let config = self.get_plugin_configuration().unwrap_or_default();
+            return match UsageService::start(self.host(), &config) {
                 Some(service) => {
-                    self.role = Role::Service(service);
+                    if service.has_control_plane() {
+                        // Retries and the invalidation watch run on the tick.
+                        let _ = hostcalls::set_tick_period(SERVICE_TICK_PERIOD);
+                    }
+                    self.role = Role::Service(Box::new(service));
                     true
                 }
                 None => false,
@@ -127,13 +153,19 @@ impl RootContext for SluiceRoot {
     }
 
     fn on_tick(&mut self) {
-        if let Role::Filter(_) = self.role {
-            self.worker.borrow_mut().flush_usage();
+        match &mut self.role {
+            Role::Filter(gateway) => {
+                self.worker.borrow_mut().flush_usage();
+                let gateway = Rc::clone(gateway);
+                self.apply_invalidations(&gateway);
+            }
+            Role::Service(service) => service.tick(),
+            Role::Unconfigured => {}
         }
     }
 
     fn on_queue_ready(&mut self, queue_id: u32) {
-        if let Role::Service(service) = &self.role {
+        if let Role::Service(service) = &mut self.role {
             service.drain(queue_id);
         }
     }

@@ -1,39 +1,312 @@
-//! The singleton service VM: one per Envoy, it drains the usage queue that every worker feeds.
+//! The singleton service VM: one per Envoy. It drains the usage queue that every worker feeds
+//! and writes each record as one JSON line to Envoy's log ([`USAGE_LOG_PREFIX`]). With a
+//! control plane (xDS mode: the bootstrap names its cluster) it also
 //!
-//! Until the control plane exists it writes each record as one JSON line to Envoy's log,
-//! prefixed with [`USAGE_LOG_PREFIX`]; the next step ships them over gRPC in batches.
+//! - ships the records in batches over gRPC (`sluice.v1.UsageService/Report`) through an
+//!   [`Outbox`]: one batch in flight, retried with backoff until acknowledged (ingestion is
+//!   idempotent by record id, so a resent batch counts once), bounded in size;
+//! - long-polls `KeyLookupService/WatchInvalidations` and relays what it hears to the workers
+//!   through one shared-data entry ([`INVALIDATIONS_KEY`]), which each worker reads on its
+//!   tick: keys revoked, blocked or rotated leave every worker's cache within a tick.
 
+use prost::Message;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::LogLevel;
+use serde::Deserialize;
+use serde_json::Value;
+use sluice_core::outbox::Outbox;
+use sluice_proto::gateway::v1 as pb;
 
 use crate::host::{EnvoyHost, Host, USAGE_QUEUE};
 use crate::usage_record::USAGE_LOG_PREFIX;
 
+/// Shared-data entry holding recent invalidations, one `seq kind id` line each (kind `k` key,
+/// `t` team, `r` drop everything); written only by the singleton.
+pub const INVALIDATIONS_KEY: &str = "sluice:invalidations";
+/// Lines kept in [`INVALIDATIONS_KEY`]; a worker further behind drops its whole cache.
+const INVALIDATIONS_KEPT: usize = 256;
+const USAGE_SERVICE: &str = "sluice.v1.UsageService";
+const KEY_SERVICE: &str = crate::flow::KEY_LOOKUP_SERVICE;
+/// Records per batch, and records the outbox holds while the control plane is away (beyond
+/// that, the oldest are only in the log).
+const BATCH: usize = 500;
+const OUTBOX_CAPACITY: usize = 200_000;
+const REPORT_TIMEOUT_MS: u64 = 10_000;
+/// Above the control plane's 20 s hold, so an idle watch ends with an answer, not a timeout.
+const WATCH_TIMEOUT_MS: u64 = 30_000;
+const WATCH_RETRY_MS: u64 = 1_000;
+
+/// The singleton's plugin configuration (absent in standalone mode).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// The cluster that reaches the control plane's data-plane port.
+    #[serde(default)]
+    pub control_plane_cluster: Option<String>,
+}
+
+struct ControlPlaneLink {
+    cluster: String,
+    outbox: Outbox<pb::UsageRecord>,
+    /// The Report call in flight: its token and the outbox batch it carries.
+    report: Option<(u32, u64)>,
+    watch: Option<u32>,
+    watch_retry_at_ms: u64,
+    epoch: String,
+    after_seq: u64,
+    /// Numbering of the lines this singleton writes for the workers.
+    relay_seq: u64,
+    relayed: Vec<String>,
+}
+
 pub struct UsageService {
     host: EnvoyHost,
+    link: Option<ControlPlaneLink>,
 }
 
 impl UsageService {
     /// Registers the usage queue; workers resolve it by VM id and name.
-    pub fn start(host: EnvoyHost) -> Option<Self> {
-        match hostcalls::register_shared_queue(USAGE_QUEUE) {
-            Ok(_) => {
-                host.log(LogLevel::Info, "sluice: usage service started");
-                Some(Self { host })
+    pub fn start(host: EnvoyHost, config: &[u8]) -> Option<Self> {
+        let config: ServiceConfig = if config.is_empty() {
+            ServiceConfig::default()
+        } else {
+            match serde_json::from_slice(config) {
+                Ok(c) => c,
+                Err(e) => {
+                    host.log(LogLevel::Critical, &format!("sluice: invalid service configuration: {e}"));
+                    return None;
+                }
             }
-            Err(e) => {
-                host.log(LogLevel::Critical, &format!("sluice: cannot register the usage queue: {e:?}"));
-                None
-            }
+        };
+        if let Err(e) = hostcalls::register_shared_queue(USAGE_QUEUE) {
+            host.log(LogLevel::Critical, &format!("sluice: cannot register the usage queue: {e:?}"));
+            return None;
         }
+        let link = config.control_plane_cluster.map(|cluster| ControlPlaneLink {
+            cluster,
+            outbox: Outbox::new(BATCH, OUTBOX_CAPACITY),
+            report: None,
+            watch: None,
+            watch_retry_at_ms: 0,
+            epoch: String::new(),
+            after_seq: 0,
+            relay_seq: 0,
+            relayed: Vec::new(),
+        });
+        let mode = if link.is_some() { "shipping usage to the control plane" } else { "usage to the log" };
+        host.log(LogLevel::Info, &format!("sluice: usage service started ({mode})"));
+        Some(Self { host, link })
+    }
+
+    pub fn has_control_plane(&self) -> bool {
+        self.link.is_some()
     }
 
     /// Each message is a worker's batch: newline-separated JSON records.
-    pub fn drain(&self, queue_id: u32) {
+    pub fn drain(&mut self, queue_id: u32) {
         while let Ok(Some(batch)) = hostcalls::dequeue_shared_queue(queue_id) {
-            for record in batch.split(|b| *b == b'\n').filter(|r| !r.is_empty()) {
-                self.host.log(LogLevel::Info, &format!("{USAGE_LOG_PREFIX}{}", String::from_utf8_lossy(record)));
+            for line in batch.split(|b| *b == b'\n').filter(|r| !r.is_empty()) {
+                // The log line is kept in every mode: operators grep it, and it holds any record
+                // the outbox had to let go during a long outage.
+                self.host.log(LogLevel::Info, &format!("{USAGE_LOG_PREFIX}{}", String::from_utf8_lossy(line)));
+                if let Some(link) = &mut self.link {
+                    match proto_record(line) {
+                        Some(record) => {
+                            if link.outbox.push(record).is_some() {
+                                self.host.count("sluice.usage.outbox_overflow", 1);
+                            }
+                        }
+                        None => self.host.count("sluice.usage.unreadable", 1),
+                    }
+                }
             }
         }
+        self.send_report();
+    }
+
+    /// Periodic work: retry a failed batch, keep the invalidation watch open.
+    pub fn tick(&mut self) {
+        self.send_report();
+        self.watch();
+    }
+
+    fn send_report(&mut self) {
+        let now = self.host.now_ms();
+        let Some(link) = &mut self.link else { return };
+        if link.report.is_some() {
+            return;
+        }
+        let Some((batch_id, records)) = link.outbox.next_batch(now) else { return };
+        let message = pb::ReportUsageRequest { records }.encode_to_vec();
+        match self.host.dispatch_grpc(&link.cluster, USAGE_SERVICE, "Report", &message, REPORT_TIMEOUT_MS) {
+            Some(token) => link.report = Some((token, batch_id)),
+            None => link.outbox.failed(batch_id, now),
+        }
+    }
+
+    fn watch(&mut self) {
+        let now = self.host.now_ms();
+        let Some(link) = &mut self.link else { return };
+        if link.watch.is_some() || now < link.watch_retry_at_ms {
+            return;
+        }
+        let request = pb::WatchInvalidationsRequest { epoch: link.epoch.clone(), after_seq: link.after_seq };
+        let message = request.encode_to_vec();
+        match self.host.dispatch_grpc(&link.cluster, KEY_SERVICE, "WatchInvalidations", &message, WATCH_TIMEOUT_MS) {
+            Some(token) => link.watch = Some(token),
+            None => link.watch_retry_at_ms = now + WATCH_RETRY_MS,
+        }
+    }
+
+    /// An answer to one of the singleton's calls.
+    pub fn on_grpc_response(&mut self, token: u32, status: u32, size: usize) {
+        let now = self.host.now_ms();
+        let body = if status == 0 { self.host.grpc_response(size).unwrap_or_default() } else { Vec::new() };
+        let Some(link) = &mut self.link else { return };
+        if let Some((_, batch_id)) = link.report.take_if(|(t, _)| *t == token) {
+            match (status, pb::ReportUsageResponse::decode(body.as_slice())) {
+                (0, Ok(answer)) => {
+                    link.outbox.acknowledged(batch_id);
+                    self.host.count("sluice.usage.shipped", u64::from(answer.accepted));
+                    self.host.count("sluice.usage.duplicates", u64::from(answer.duplicates));
+                }
+                _ => {
+                    link.outbox.failed(batch_id, now);
+                    self.host.count("sluice.usage.report_failures", 1);
+                }
+            }
+            self.send_report();
+        } else if link.watch.take_if(|t| *t == token).is_some() {
+            match (status, pb::WatchInvalidationsResponse::decode(body.as_slice())) {
+                (0, Ok(answer)) => {
+                    relay(&self.host, link, &answer);
+                    self.watch();
+                }
+                _ => link.watch_retry_at_ms = now + WATCH_RETRY_MS,
+            }
+        }
+    }
+}
+
+/// Appends the control plane's invalidations to the workers' shared-data entry.
+fn relay(host: &EnvoyHost, link: &mut ControlPlaneLink, answer: &pb::WatchInvalidationsResponse) {
+    let first = link.epoch.is_empty();
+    link.epoch.clone_from(&answer.epoch);
+    link.after_seq = answer.last_seq;
+    // The first answer only tells where the log stands: nothing is cached before it.
+    let mut lines: Vec<(char, &str)> = Vec::new();
+    if answer.reset && !first {
+        lines.push(('r', "-"));
+    }
+    lines.extend(answer.key_ids.iter().map(|id| ('k', id.as_str())));
+    lines.extend(answer.team_ids.iter().map(|id| ('t', id.as_str())));
+    if lines.is_empty() {
+        return;
+    }
+    for (kind, id) in lines {
+        link.relay_seq += 1;
+        link.relayed.push(format!("{} {kind} {id}", link.relay_seq));
+    }
+    let excess = link.relayed.len().saturating_sub(INVALIDATIONS_KEPT);
+    link.relayed.drain(..excess);
+    let text = link.relayed.join("\n");
+    // The only writer: no CAS needed.
+    host.shared_set(INVALIDATIONS_KEY, text.as_bytes(), None);
+    host.count("sluice.key_invalidations", 1);
+}
+
+/// A usage record as the control plane's protobuf, from its JSON line.
+fn proto_record(line: &[u8]) -> Option<pb::UsageRecord> {
+    let v: Value = serde_json::from_slice(line).ok()?;
+    let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    let num = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let flag = |k: &str| v.get(k).and_then(Value::as_bool).unwrap_or(false);
+    let outcome = match v.get("outcome").and_then(Value::as_str) {
+        Some("completed") => pb::Outcome::Completed,
+        Some("upstream_error") => pb::Outcome::UpstreamError,
+        Some("truncated") => pb::Outcome::Truncated,
+        Some("cancelled") => pb::Outcome::Cancelled,
+        _ => pb::Outcome::Unspecified,
+    };
+    Some(pb::UsageRecord {
+        request_id: text("request_id").unwrap_or_default(),
+        record_id: text("record_id")?,
+        key_id: text("key_id").unwrap_or_default(),
+        key_alias: text("key_alias"),
+        team_id: text("team_id"),
+        user_id: text("user_id"),
+        model_group: text("model_group")?,
+        deployment: text("deployment").unwrap_or_default(),
+        upstream_model: text("upstream_model").unwrap_or_default(),
+        route: text("route").unwrap_or_default(),
+        status: u32::try_from(num("status")).unwrap_or(0),
+        outcome: outcome.into(),
+        prompt_tokens: num("prompt_tokens"),
+        cached_prompt_tokens: num("cached_prompt_tokens"),
+        cache_write_tokens: num("cache_write_tokens"),
+        completion_tokens: num("completion_tokens"),
+        reasoning_tokens: num("reasoning_tokens"),
+        total_tokens: num("total_tokens"),
+        cost_usd: v.get("cost_usd").and_then(Value::as_f64).unwrap_or(0.0),
+        start_ms: num("start_ms"),
+        latency_ms: num("latency_ms"),
+        streamed: flag("streamed"),
+        estimated: flag("estimated"),
+    })
+}
+
+/// New invalidations for a worker that has seen up to `after_seq`: what to drop, and the new
+/// position. `None` in the list means drop everything.
+pub fn invalidations_since(text: &str, after_seq: u64) -> (Vec<Option<(char, String)>>, u64) {
+    let mut out = Vec::new();
+    let mut last = after_seq;
+    let mut oldest = None;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ' ');
+        let (Some(seq), Some(kind), Some(id)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let Ok(seq) = seq.parse::<u64>() else { continue };
+        oldest.get_or_insert(seq);
+        if seq <= after_seq {
+            continue;
+        }
+        last = last.max(seq);
+        match kind {
+            "k" => out.push(Some(('k', id.to_owned()))),
+            "t" => out.push(Some(('t', id.to_owned()))),
+            _ => out.push(None),
+        }
+    }
+    // Lines this worker never saw were trimmed away: it cannot know what they dropped.
+    if oldest.is_some_and(|o| o > after_seq + 1) && after_seq > 0 {
+        out.push(None);
+    }
+    (out, last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_usage_line_becomes_the_control_planes_record() {
+        let line = br#"{"record_id":"r1","request_id":"q","key_id":"key_1","key_alias":"a","team_id":null,"user_id":null,"model_group":"gpt-4o","deployment":"d","upstream_model":"m","route":"/v1/chat/completions","status":200,"outcome":"truncated","prompt_tokens":10,"cached_prompt_tokens":2,"cache_write_tokens":0,"completion_tokens":5,"reasoning_tokens":1,"total_tokens":15,"cost_usd":0.0001,"start_ms":7,"latency_ms":3,"streamed":true,"estimated":true}"#;
+        let r = proto_record(line).unwrap();
+        assert_eq!((r.record_id.as_str(), r.key_id.as_str(), r.team_id.as_deref()), ("r1", "key_1", None));
+        assert_eq!((r.prompt_tokens, r.completion_tokens, r.status), (10, 5, 200));
+        assert_eq!(r.outcome, pb::Outcome::Truncated as i32);
+        assert!(r.streamed && r.estimated);
+        assert!(proto_record(br#"{"model_group":"x"}"#).is_none(), "no record id, no record");
+    }
+
+    #[test]
+    fn workers_read_only_what_they_have_not_seen() {
+        let text = "1 k key_a\n2 t ml\n3 k key_b";
+        let (drop, last) = invalidations_since(text, 1);
+        assert_eq!(drop, vec![Some(('t', "ml".into())), Some(('k', "key_b".into()))]);
+        assert_eq!(last, 3);
+        assert_eq!(invalidations_since(text, 3), (vec![], 3));
+        // A reset line, and a worker that fell behind the kept lines, drop everything.
+        assert_eq!(invalidations_since("4 r -", 3).0, vec![None]);
+        assert!(invalidations_since("10 k x\n11 k y", 2).0.contains(&None));
     }
 }

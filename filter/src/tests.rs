@@ -630,15 +630,14 @@ fn an_upstream_cut_is_truncated_not_cancelled() {
 
 // ---- keys looked up in the control plane (xDS mode) -----------------------------------------
 
-mod lookup {
+mod lookup_support {
     use prost::Message;
     use sluice_core::config::KeyLookupConfig;
-    use sluice_proto::gateway::v1::{KeyLookupRequest, KeyLookupResponse};
+    use sluice_proto::gateway::v1::KeyLookupResponse;
 
     use super::*;
-    use crate::flow::KEY_LOOKUP_SERVICE;
 
-    fn xds_config(fail_open: bool) -> GatewayConfig {
+    pub fn xds_config(fail_open: bool) -> GatewayConfig {
         let mut cfg = base_config();
         cfg.keys.clear();
         cfg.key_lookup = Some(KeyLookupConfig {
@@ -651,11 +650,11 @@ mod lookup {
         cfg
     }
 
-    fn stored(seed: u8) -> KeyConfig {
+    pub fn stored(seed: u8) -> KeyConfig {
         KeyConfig { key_id: Some(format!("key_{seed:02}")), ..key_config(seed) }
     }
 
-    fn answer(key: Option<&KeyConfig>, team: Option<&TeamConfig>) -> Vec<u8> {
+    pub fn answer(key: Option<&KeyConfig>, team: Option<&TeamConfig>) -> Vec<u8> {
         KeyLookupResponse {
             key_json: key.map(|k| serde_json::to_string(k).unwrap()).unwrap_or_default(),
             team_json: team.map(|t| serde_json::to_string(t).unwrap()).unwrap_or_default(),
@@ -663,9 +662,19 @@ mod lookup {
         .encode_to_vec()
     }
 
+    impl Harness {
+        /// Another worker of the same Envoy (shared data and calls in common).
+        pub fn on(envoy: Rc<MockEnvoy>, config: GatewayConfig) -> Self {
+            let config = CompiledConfig::compile(config).unwrap();
+            let credentials =
+                config.config.deployments.iter().map(|d| Some(format!("provider-secret-{}", d.id))).collect();
+            Self { envoy, gateway: Rc::new(Gateway::new(config, credentials)) }
+        }
+    }
+
     impl Stream {
         /// Headers then the whole body, with the lookup pending: the filter must hold both.
-        fn send_body_awaiting_lookup(&mut self, body: &[u8]) {
+        pub fn send_body_awaiting_lookup(&mut self, body: &[u8]) {
             self.host.set_request_header("content-length", Some(body.len().to_string().as_bytes()));
             assert_eq!(self.flow.on_request_headers(false), Action::Pause);
             *self.host.stream.request_body.borrow_mut() = body.to_vec();
@@ -673,12 +682,21 @@ mod lookup {
         }
 
         /// Delivers the control plane's answer to the call this request made.
-        fn deliver(&mut self, status: u32, body: &[u8]) {
+        pub fn deliver(&mut self, status: u32, body: &[u8]) {
             let token = self.host.envoy.grpc_calls.borrow().last().unwrap().token;
             *self.host.stream.grpc_response.borrow_mut() = body.to_vec();
             self.flow.on_grpc_response(token, status, body.len());
         }
     }
+}
+
+mod lookup {
+    use prost::Message;
+    use sluice_proto::gateway::v1::KeyLookupRequest;
+
+    use super::lookup_support::*;
+    use super::*;
+    use crate::flow::KEY_LOOKUP_SERVICE;
 
     #[test]
     fn a_cache_miss_asks_once_then_the_key_is_served_from_cache() {
@@ -846,9 +864,9 @@ mod lookup {
             s.deliver(0, &answer(Some(&cfg), t));
         }
         assert_eq!(h.gateway.key_cache.borrow().len(), 2);
-        h.gateway.key_cache.borrow_mut().invalidate_team("ml");
+        h.gateway.apply_invalidations("1 t ml");
         assert_eq!(h.gateway.key_cache.borrow().len(), 1);
-        h.gateway.key_cache.borrow_mut().invalidate_key("key_20");
+        h.gateway.apply_invalidations("1 t ml\n2 k key_20");
         assert!(h.gateway.key_cache.borrow().is_empty());
         let k = key(20);
         let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
@@ -871,5 +889,61 @@ mod lookup {
             .map(|m| m["id"].as_str().unwrap().to_owned())
             .collect();
         assert_eq!(listed, ["gpt-4o"]);
+    }
+}
+
+mod shared_keys {
+    use super::lookup_support::*;
+    use super::*;
+
+    #[test]
+    fn a_key_one_worker_looked_up_is_known_to_the_others() {
+        let envoy = MockEnvoy::new(NOW);
+        let a = Harness::on(Rc::clone(&envoy), xds_config(false));
+        let b = Harness::on(Rc::clone(&envoy), xds_config(false));
+        let k = key(30);
+        let mut s = a.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        s.deliver(0, &answer(Some(&stored(30)), None));
+        let (_, reply) = b.post("/v1/chat/completions", &k, CHAT);
+        assert!(reply.is_none(), "{reply:?}");
+        assert_eq!(envoy.grpc_calls.borrow().len(), 1, "the other worker asked nobody");
+        assert_eq!(envoy.metric("sluice.key_cache.shared_hits"), 1);
+    }
+
+    #[test]
+    fn a_known_key_outlives_its_ttl_while_the_control_plane_is_down() {
+        let envoy = MockEnvoy::new(NOW);
+        let a = Harness::on(Rc::clone(&envoy), xds_config(false));
+        let b = Harness::on(Rc::clone(&envoy), xds_config(false));
+        let k = key(31);
+        let mut s = a.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        s.deliver(0, &answer(Some(&stored(31)), None));
+        envoy.now_ms.set(NOW + 120_000); // past the 60 s TTL
+        for h in [&a, &b] {
+            let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+            s.send_body_awaiting_lookup(CHAT.as_bytes());
+            s.deliver(14, b""); // UNAVAILABLE
+            assert!(s.reply().is_none(), "{:?}", s.reply());
+            assert_eq!(s.host.stream.resumed.get(), 1);
+        }
+        assert_eq!(envoy.metric("sluice.key_cache.stale_served"), 2);
+    }
+
+    #[test]
+    fn a_shared_entry_written_before_an_invalidation_is_not_trusted() {
+        let envoy = MockEnvoy::new(NOW);
+        let a = Harness::on(Rc::clone(&envoy), xds_config(false));
+        let b = Harness::on(Rc::clone(&envoy), xds_config(false));
+        let k = key(32);
+        let mut s = a.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        s.deliver(0, &answer(Some(&stored(32)), None));
+        // The key is blocked: worker b hears of it before it ever used the key.
+        b.gateway.apply_invalidations("1 k key_32");
+        let mut s = b.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        assert_eq!(envoy.grpc_calls.borrow().len(), 2, "asked again instead of trusting the old answer");
     }
 }

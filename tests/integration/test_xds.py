@@ -246,3 +246,82 @@ def test_a_config_envoy_rejects_is_nacked_and_the_previous_one_keeps_serving(fle
     # No resend loop: the rejected version was sent once.
     time.sleep(1.0)
     assert envoy.stat("extension_config_discovery.http_filter.sluice.update_rejected") == "1"
+
+
+def create_key(fleet, *flags):
+    out = fleet.cli("key", "create", *flags, "--json").stdout
+    created = json.loads(out)
+    return created["key"], created["key_id"]
+
+
+def spend(fleet, *flags):
+    return json.loads(fleet.cli("spend", "--group-by", "key", *flags, "--json").stdout)
+
+
+def test_a_key_made_with_the_cli_works_at_once_and_its_spend_reaches_the_control_plane(fleet):
+    envoy = fleet.start_envoy("edge-1")
+    key, key_id = create_key(fleet, "--alias", "svc", "--rpm", "1000")
+    before = fleet.served()["served"]
+    for _ in range(5):
+        resp = envoy.chat(CHAT, key=key)
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["x-ratelimit-limit-requests"] == "1000"
+    served = fleet.served()["served"] - before
+    assert served == 5
+    # Every upstream call is one spend row at the control plane, exactly once.
+    report = wait_until(lambda: (r := spend(fleet, "--key", key_id)) and r["requests"] == served and r,
+                        what="usage ingested")
+    records = [r for r in envoy.records() if r["key_id"] == key_id]
+    assert len(records) == 5
+    assert abs(report["spend"] - sum(r["cost_usd"] for r in records)) < 1e-9
+    # Unknown and malformed keys are refused; the plaintext key never reached a log.
+    bogus = key[:-8] + ("A" * 8)
+    assert envoy.chat(CHAT, key=bogus).status_code == 401
+    assert key not in envoy.log_path.read_text() and key not in fleet.cp_log_path.read_text()
+
+
+def test_revocation_reaches_every_envoy_within_a_second(fleet):
+    a = fleet.start_envoy("edge-a")
+    b = fleet.start_envoy("edge-b")
+    key, key_id = create_key(fleet, "--alias", "to-revoke")
+    for envoy in (a, b):
+        assert envoy.chat(CHAT, key=key).status_code == 200  # now cached in both
+    started = time.monotonic()
+    fleet.cli("key", "block", key_id)
+    for envoy in (a, b):
+        resp = wait_until(lambda e=envoy: (r := e.chat(CHAT, key=key)).status_code == 401 and r, timeout=10,
+                          what="block seen")
+        assert resp.json()["error"]["code"] == "key_blocked"
+    elapsed = time.monotonic() - started
+    print(f"revocation reached both Envoys after {elapsed * 1000:.0f} ms")
+    fleet.cli("key", "unblock", key_id)
+    for envoy in (a, b):
+        wait_until(lambda e=envoy: e.chat(CHAT, key=key).status_code == 200, timeout=10, what="unblock seen")
+    fleet.cli("key", "delete", key_id)
+    for envoy in (a, b):
+        resp = wait_until(lambda e=envoy: (r := e.chat(CHAT, key=key)).status_code == 401 and r, timeout=10,
+                          what="delete seen")
+        assert resp.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_with_the_control_plane_down_known_keys_work_unknown_keys_fail_closed_and_usage_waits(fleet):
+    envoy = fleet.start_envoy("edge-1")
+    known, known_id = create_key(fleet, "--alias", "known")
+    stranger, _ = create_key(fleet, "--alias", "never-used")
+    assert envoy.chat(CHAT, key=known).status_code == 200
+    fleet.stop_control_plane()
+    wait_until(lambda: envoy.stat("control_plane.connected_state") == "0", what="disconnect noticed")
+    before = fleet.served()["served"]
+    for _ in range(4):
+        assert envoy.chat(CHAT, key=known).status_code == 200
+    resp = envoy.chat(CHAT, key=stranger)
+    assert resp.status_code == 503 and resp.json()["error"]["code"] == "key_service_unavailable"
+    assert fleet.served()["served"] == before + 4, "the refused request never went upstream"
+
+    fleet.start_control_plane()
+    # The records made during the outage arrive once the control plane is back, exactly once.
+    report = wait_until(lambda: (r := spend(fleet, "--key", known_id)) and r["requests"] == 5 and r, timeout=30,
+                        what="usage delivered after restart")
+    time.sleep(1.0)
+    assert spend(fleet, "--key", known_id)["requests"] == 5
+    assert envoy.chat(CHAT, key=stranger).status_code == 200, "the control plane answers again"
