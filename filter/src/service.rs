@@ -179,10 +179,22 @@ impl UsageService {
         } else if link.watch.take_if(|t| *t == token).is_some() {
             match (status, pb::WatchInvalidationsResponse::decode(body.as_slice())) {
                 (0, Ok(answer)) => {
+                    if answer.epoch != link.epoch {
+                        self.host.log(
+                            LogLevel::Info,
+                            &format!("sluice: watching key invalidations (epoch {})", answer.epoch),
+                        );
+                    }
                     relay(&self.host, link, &answer);
                     self.watch();
                 }
-                _ => link.watch_retry_at_ms = now + WATCH_RETRY_MS,
+                _ => {
+                    self.host.log(
+                        LogLevel::Warn,
+                        &format!("sluice: key invalidation watch failed (gRPC status {status}); retrying"),
+                    );
+                    link.watch_retry_at_ms = now + WATCH_RETRY_MS;
+                }
             }
         }
     }
@@ -193,9 +205,11 @@ fn relay(host: &EnvoyHost, link: &mut ControlPlaneLink, answer: &pb::WatchInvali
     let first = link.epoch.is_empty();
     link.epoch.clone_from(&answer.epoch);
     link.after_seq = answer.last_seq;
-    // The first answer only tells where the log stands: nothing is cached before it.
+    // The first answer only tells where the log stands; whatever workers cached before it was
+    // not covered by a watch, so it goes (as on a reset: the control plane restarted, or this
+    // singleton fell behind its log).
     let mut lines: Vec<(char, &str)> = Vec::new();
-    if answer.reset && !first {
+    if answer.reset || first {
         lines.push(('r', "-"));
     }
     lines.extend(answer.key_ids.iter().map(|id| ('k', id.as_str())));

@@ -422,11 +422,16 @@ const BEGIN: &str = "<!-- bench-results:begin -->";
 const END: &str = "<!-- bench-results:end -->";
 
 fn write_report(path: &Path, report: &str) -> Result<(), String> {
+    write_block(path, BEGIN, END, report)
+}
+
+/// Replaces the text between two marker lines of a file (or appends the block).
+pub fn write_block(path: &Path, begin: &str, end: &str, report: &str) -> Result<(), String> {
     let existing = std::fs::read_to_string(path).unwrap_or_default();
-    let block = format!("{BEGIN}\n{report}{END}");
-    let updated = match (existing.find(BEGIN), existing.find(END)) {
+    let block = format!("{begin}\n{report}{end}");
+    let updated = match (existing.find(begin), existing.find(end)) {
         (Some(b), Some(e)) if e > b => {
-            format!("{}{block}{}", existing.get(..b).unwrap_or(""), existing.get(e + END.len()..).unwrap_or(""))
+            format!("{}{block}{}", existing.get(..b).unwrap_or(""), existing.get(e + end.len()..).unwrap_or(""))
         }
         _ => format!("{existing}\n{block}\n"),
     };

@@ -8,8 +8,11 @@
 //! - `cargo xtask test`   every check: fmt, clippy, unit tests (native and wasm32), integration
 //!   tests against a real Envoy, and a smoke run of the quickstart.
 //! - `cargo xtask bench`  Envoy+Sluice against bare Envoy, same run, same mock.
+//! - `cargo xtask bench-fleet`  the control plane: key lookup with 1M keys, ingestion rate,
+//!   revocation time.
 
 mod bench;
+mod bench_fleet;
 mod proc;
 mod quickstart;
 mod setup;
@@ -24,8 +27,9 @@ fn main() -> ExitCode {
         Some("join") => quickstart::join(),
         Some("test") => test(),
         Some("bench") => bench::bench(&args[1..]),
+        Some("bench-fleet") => bench_fleet::bench_fleet(),
         _ => {
-            eprintln!("usage: cargo xtask <setup|run [--smoke]|join|test|bench [--quick]>");
+            eprintln!("usage: cargo xtask <setup|run [--smoke]|join|test|bench [--quick]|bench-fleet>");
             return ExitCode::from(2);
         }
     };

@@ -1,0 +1,107 @@
+//! Key lookup latency with 1,000,000 keys in Postgres: what an Envoy's cache miss costs at the
+//! control plane. Keys are made in the database with `generate_series` (their digests are
+//! SHA-256 of `key-<n>`), then `KeyLookupService/Lookup` is called over gRPC, one call at a
+//! time, for random existing keys and for unknown ones; p50/p99/max are printed.
+//!
+//! `cargo run --release -p sluice-control-plane --example lookup_bench -- [keys] [lookups]`
+//! (Postgres from SLUICE_TEST_POSTGRES, default postgres://postgres@127.0.0.1:5432).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: failing loudly is the point
+
+use std::time::{Duration, Instant};
+
+use sluice_control_plane::server::serve_planes;
+use sluice_control_plane::store::SqlStore;
+use sluice_control_plane::xds::XdsOptions;
+use sluice_core::keys::KeyHash;
+use sluice_core::routing::SplitMix64;
+use sluice_proto::gateway::v1::KeyLookupRequest;
+use sluice_proto::gateway::v1::key_lookup_service_client::KeyLookupServiceClient;
+use sqlx::Executor;
+use tonic::transport::Channel;
+
+fn digest(n: u64) -> String {
+    format!("sha256:{}", KeyHash::of(format!("key-{n}").as_bytes()).to_hex())
+}
+
+fn percentiles(mut v: Vec<Duration>) -> String {
+    v.sort();
+    let at = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)].as_secs_f64() * 1e3;
+    format!("p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms", at(0.5), at(0.99), at(1.0))
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<u64> = std::env::args().skip(1).map(|a| a.parse().expect("numbers")).collect();
+    let keys = args.first().copied().unwrap_or(1_000_000);
+    let lookups = args.get(1).copied().unwrap_or(20_000) as usize;
+
+    let server = std::env::var("SLUICE_TEST_POSTGRES").unwrap_or("postgres://postgres@127.0.0.1:5432".into());
+    let name = format!("sluice_lookup_bench_{}", std::process::id());
+    sqlx::any::install_default_drivers();
+    let admin = sqlx::AnyPool::connect(&format!("{server}/test")).await.unwrap();
+    admin.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
+    let store = SqlStore::open(&format!("{server}/{name}")).await.unwrap();
+    let started = Instant::now();
+    store
+        .pool()
+        .execute(
+            format!(
+                "INSERT INTO keys (key_id, key_prefix, last4, key_type, created_at, updated_at, rpm_limit, models) \
+                 SELECT 'key_' || g, 'sk-sluice-', 'abcd', 'llm_api', 0, 0, 600, '[\"gpt-4o\"]' FROM generate_series(1, {keys}) g"
+            )
+            .as_str(),
+        )
+        .await
+        .unwrap();
+    store
+        .pool()
+        .execute(
+            format!(
+                "INSERT INTO key_hashes (key_hash, key_id) SELECT 'sha256:' || encode(sha256(('key-' || g)::bytea), 'hex'), \
+                 'key_' || g FROM generate_series(1, {keys}) g"
+            )
+            .as_str(),
+        )
+        .await
+        .unwrap();
+    // Settle the load (statistics, a checkpoint) before measuring, as a database in service is.
+    store.pool().execute("ANALYZE").await.unwrap();
+    store.pool().execute("CHECKPOINT").await.unwrap();
+    println!("{keys} keys created in {:.1} s", started.elapsed().as_secs_f64());
+
+    let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let data = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", data.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let xds = XdsOptions::new("/unused.wasm".into());
+    let serving = tokio::spawn(serve_planes(admin_listener, Some((data, xds)), store.clone(), None, async {
+        let _ = stopped.await;
+    }));
+    let mut client = KeyLookupServiceClient::new(Channel::from_shared(url).unwrap().connect().await.unwrap());
+
+    let mut rng = SplitMix64::new(7);
+    let mut found = Vec::with_capacity(lookups);
+    let mut missing = Vec::with_capacity(lookups / 4);
+    // Warm the connection and the database's caches a little, as a running system would be.
+    for _ in 0..500 {
+        let n = rng.next_u64() % keys + 1;
+        client.lookup(KeyLookupRequest { key_hash: digest(n) }).await.unwrap();
+    }
+    for i in 0..lookups + lookups / 4 {
+        let (n, known) =
+            if i < lookups { (rng.next_u64() % keys + 1, true) } else { (keys + 1 + rng.next_u64() % keys, false) };
+        let t = Instant::now();
+        let answer = client.lookup(KeyLookupRequest { key_hash: digest(n) }).await.unwrap().into_inner();
+        let took = t.elapsed();
+        assert_eq!(answer.key_json.is_empty(), !known);
+        if known { found.push(took) } else { missing.push(took) }
+    }
+    println!("lookup of an existing key ({lookups} calls, random over {keys} keys): {}", percentiles(found));
+    println!("lookup of an unknown key ({} calls): {}", lookups / 4, percentiles(missing));
+
+    let _ = stop.send(());
+    let _ = serving.await;
+    store.pool().close().await;
+    admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await.unwrap();
+}
