@@ -712,4 +712,111 @@ mod tests {
         let json = serde_json::to_string(&cfg).unwrap();
         assert_eq!(serde_json::from_str::<GatewayConfig>(&json).unwrap(), cfg);
     }
+
+    fn full_key(seed: &[u8]) -> KeyConfig {
+        let mut model_rpm_limit = BTreeMap::new();
+        model_rpm_limit.insert("gpt-4o".to_owned(), 5);
+        KeyConfig {
+            key_hash: Some(KeyHash::of(seed)),
+            key_id: Some("key_abc".into()),
+            key_alias: Some("ci".into()),
+            team_id: Some("t1".into()),
+            models: vec!["gpt-4o".into()],
+            rpm_limit: Some(60),
+            max_budget: Some(2.5),
+            budget_duration: BudgetDuration::parse("1d"),
+            allowed_routes: vec!["/v1/chat/completions".into()],
+            model_rpm_limit,
+            ..KeyConfig::default()
+        }
+    }
+
+    fn team_t1() -> TeamConfig {
+        TeamConfig { team_id: "t1".into(), rpm_limit: Some(600), models: vec!["gpt-*".into()], ..TeamConfig::default() }
+    }
+
+    #[test]
+    fn a_looked_up_key_compiles_like_a_configured_one() {
+        // The same key and team, once in the config (standalone) and once from a lookup (xDS).
+        let mut standalone = base();
+        standalone.teams.push(team_t1());
+        standalone.keys.push(full_key(b"k1"));
+        let standalone = CompiledConfig::compile(standalone).unwrap();
+        let configured = standalone.resolved(0).unwrap();
+
+        let xds = CompiledConfig::compile(base()).unwrap();
+        let looked_up = xds.compile_looked_up(&full_key(b"k1"), Some(&team_t1())).unwrap();
+
+        let (a, b) = (&configured.key, &looked_up.key);
+        assert_eq!(a.counter_name, "sluice:k:key_abc");
+        assert_eq!(a.counter_name, b.counter_name, "counters are shared however the key arrived");
+        assert_eq!((a.hash, &a.key_id, &a.alias, &a.team_id), (b.hash, &b.key_id, &b.alias, &b.team_id));
+        assert_eq!(
+            (a.limits, a.routes, a.blocked, a.expires_unix_secs),
+            (b.limits, b.routes, b.blocked, b.expires_unix_secs)
+        );
+        assert_eq!(a.models, b.models);
+        let names = |k: &CompiledKey| {
+            let mut v: Vec<_> =
+                k.model_limits.iter().map(|(g, m)| (g.clone(), m.counter_name.clone(), m.limits)).collect();
+            v.sort_by(|x, y| x.0.cmp(&y.0));
+            v
+        };
+        assert_eq!(names(a), names(b));
+        assert_eq!(
+            names(b),
+            [("gpt-4o".to_owned(), "sluice:km:key_abc:gpt-4o".to_owned(), b.model_limits["gpt-4o"].limits)]
+        );
+        let (ta, tb) = (configured.team.as_ref().unwrap(), looked_up.team.as_ref().unwrap());
+        assert_eq!(
+            (ta.counter_name.as_str(), ta.limits, &ta.models),
+            (tb.counter_name.as_str(), tb.limits, &tb.models)
+        );
+        assert_eq!(tb.counter_name, "sluice:t:t1");
+        assert_eq!(b.team, None, "a looked-up key's team travels with it, not as a config index");
+    }
+
+    #[test]
+    fn a_looked_up_key_without_an_id_is_named_by_its_hash_prefix() {
+        let c = CompiledConfig::compile(base()).unwrap();
+        let key = KeyConfig { key_hash: Some(KeyHash::of(b"k2")), ..KeyConfig::default() };
+        let r = c.compile_looked_up(&key, None).unwrap();
+        let prefix = &KeyHash::of(b"k2").to_hex()[..16];
+        assert_eq!(r.key.key_id, prefix);
+        assert_eq!(r.key.counter_name, format!("sluice:k:{prefix}"));
+        assert!(r.team.is_none());
+    }
+
+    #[test]
+    fn a_looked_up_key_is_validated_like_a_configured_one() {
+        let c = CompiledConfig::compile(base()).unwrap();
+        let bad = |key: KeyConfig, team: Option<TeamConfig>, needle: &str| {
+            let errors = c.compile_looked_up(&key, team.as_ref()).unwrap_err();
+            let all = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        };
+        let ok = KeyConfig { key_hash: Some(KeyHash::of(b"k3")), ..KeyConfig::default() };
+        bad(KeyConfig { key_hash: None, ..ok.clone() }, None, "key_hash is required");
+        bad(KeyConfig { key_id: Some("key with spaces".into()), ..ok.clone() }, None, "key_id");
+        bad(KeyConfig { max_budget: Some(f64::NAN), ..ok.clone() }, None, "max_budget");
+        bad(KeyConfig { allowed_routes: vec!["/admin".into()], ..ok.clone() }, None, "/admin");
+        bad(KeyConfig { team_id: Some("t1".into()), ..ok.clone() }, None, "team does not match");
+        bad(ok.clone(), Some(team_t1()), "team does not match");
+        let bad_team = TeamConfig { team_id: "t 1".into(), max_budget: Some(-1.0), ..TeamConfig::default() };
+        bad(KeyConfig { team_id: Some("t 1".into()), ..ok.clone() }, Some(bad_team), "team_id must be");
+        // A valid key with a team that is blocked compiles: the request path gives the precise error.
+        let blocked = TeamConfig { blocked: true, ..team_t1() };
+        let r = c.compile_looked_up(&KeyConfig { team_id: Some("t1".into()), ..ok }, Some(&blocked)).unwrap();
+        assert!(r.team.unwrap().blocked);
+    }
+
+    #[test]
+    fn per_model_limits_for_groups_this_gateway_does_not_serve_are_dropped() {
+        let c = CompiledConfig::compile(base()).unwrap();
+        let mut key = KeyConfig { key_hash: Some(KeyHash::of(b"k4")), ..KeyConfig::default() };
+        key.model_tpm_limit.insert("gpt-4o".into(), 1000);
+        key.model_tpm_limit.insert("served-elsewhere".into(), 1000);
+        let r = c.compile_looked_up(&key, None).unwrap();
+        assert_eq!(r.key.model_limits.keys().collect::<Vec<_>>(), ["gpt-4o"]);
+    }
 }

@@ -2,7 +2,7 @@
 //! on the body → meter the response → settle and record (log). Generic over [`Host`] so every path runs in
 //! native unit tests against a mock Envoy.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use prost::Message;
@@ -46,6 +46,9 @@ pub struct Gateway {
     pub key_cache: RefCell<KeyCache>,
     /// What this worker has applied of the control plane's invalidations.
     pub invalidations: RefCell<Invalidations>,
+    /// Requests served from `key_cache`, counted here and reported on the tick, so a hit costs
+    /// no host call.
+    key_cache_hits: Cell<u64>,
     /// Per model group (same index as `config.groups`), its metric names, built once here so
     /// the hot path formats none.
     group_metrics: Vec<GroupMetrics>,
@@ -87,8 +90,14 @@ impl Gateway {
             keys,
             key_cache: RefCell::new(KeyCache::default()),
             invalidations: RefCell::new(Invalidations::default()),
+            key_cache_hits: Cell::new(0),
             group_metrics,
         }
+    }
+
+    /// Reports what the request path counted without host calls (called on the worker's tick).
+    pub fn flush_metrics<H: Host>(&self, host: &H) {
+        host.count("sluice.key_cache.hits", self.key_cache_hits.take());
     }
 }
 
@@ -278,16 +287,12 @@ impl<H: Host> RequestFlow<H> {
             return self
                 .reject(&GatewayError::MethodNotAllowed { route: endpoint.route(), allowed: endpoint.method() });
         }
+        // A key to ask the control plane about is asked about only once the request passed
+        // every check that needs no key, so a request refused anyway costs no call.
+        let mut to_look_up = None;
         match self.authenticate(endpoint) {
             Ok(Auth::Known(principal)) => self.principal = Some(principal),
-            Ok(Auth::Lookup(hash, stale)) => {
-                if end_of_stream && endpoint != Endpoint::Models {
-                    return self.reject(&GatewayError::MissingModel);
-                }
-                if let Err(e) = self.start_lookup(hash, stale) {
-                    return self.reject(&e);
-                }
-            }
+            Ok(Auth::Lookup(hash, stale)) => to_look_up = Some((hash, stale)),
             Err(e) => return self.reject(&e),
         }
         // The client's credential never goes upstream: `authorization` and `x-api-key` are
@@ -295,6 +300,11 @@ impl<H: Host> RequestFlow<H> {
         // route removes `api-key`, `accept-encoding` (the gateway meters plain responses) and
         // any client-sent `x-sluice-cluster` (the filter always sets its own).
         if endpoint == Endpoint::Models {
+            if let Some((hash, stale)) = to_look_up
+                && let Err(e) = self.start_lookup(hash, stale)
+            {
+                return self.reject(&e);
+            }
             if self.lookup.is_none() {
                 self.answer_models();
             }
@@ -312,6 +322,11 @@ impl<H: Host> RequestFlow<H> {
             return self.reject(&GatewayError::BodyTooLarge { limit });
         }
         self.request_id = self.host.request_header("x-request-id").map(|v| String::from_utf8_lossy(&v).into_owned());
+        if let Some((hash, stale)) = to_look_up
+            && let Err(e) = self.start_lookup(hash, stale)
+        {
+            return self.reject(&e);
+        }
         // Hold the headers until the body is here: routing needs the body's `model`. The
         // bootstrap sets `allow_on_headers_stop_iteration`, so Envoy keeps calling the body
         // callback while the headers wait (without it, a paused headers phase stops the body too).
@@ -348,7 +363,10 @@ impl<H: Host> RequestFlow<H> {
                 };
                 let cached = self.gateway.key_cache.borrow().get(&hash, self.start_ms).cloned();
                 match cached {
-                    Some(Cached::Found(r)) => r,
+                    Some(Cached::Found(r)) => {
+                        self.gateway.key_cache_hits.set(self.gateway.key_cache_hits.get() + 1);
+                        r
+                    }
                     Some(Cached::Unknown) => {
                         self.host.count("sluice.key_cache.negative_hits", 1);
                         return Err(GatewayError::InvalidKey);
@@ -488,7 +506,9 @@ impl<H: Host> RequestFlow<H> {
             Ok(Some(_)) => None, // an answer about another key: never trusted
             Ok(None) => {
                 self.gateway.key_cache.borrow_mut().insert(pending.hash, Cached::Unknown, now, lookup.negative_ttl_ms);
-                self.reject(&GatewayError::InvalidKey);
+                if !self.rejected {
+                    self.reject(&GatewayError::InvalidKey);
+                }
                 return;
             }
             Err(()) => None,
@@ -513,12 +533,16 @@ impl<H: Host> RequestFlow<H> {
                     now,
                     lookup.ttl_ms,
                 );
+                if self.rejected {
+                    return; // refused meanwhile (its body was too large): the answer is only cached
+                }
                 if let Err(e) = self.check_key(&r, endpoint) {
                     self.reject(&e);
                     return;
                 }
                 self.principal = Some(Principal::Key(r));
             }
+            None if self.rejected => return,
             None => {
                 if let Err(e) = self.lookup_failed(pending.hash, pending.stale) {
                     self.reject(&e);

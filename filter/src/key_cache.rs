@@ -111,13 +111,24 @@ impl KeyCache {
 
     pub fn insert(&mut self, hash: KeyHash, entry: Cached, now_ms: u64, ttl_ms: u64) {
         if self.entries.len() >= CAPACITY && !self.entries.contains_key(&hash) {
-            self.entries.retain(|_, (_, expires)| now_ms < *expires);
-            if self.entries.len() >= CAPACITY {
-                // Still full of live entries: start over (each costs one lookup to refill).
-                self.entries.clear();
-            }
+            self.make_room(now_ms);
         }
         self.entries.insert(hash, (entry, now_ms.saturating_add(ttl_ms)));
+    }
+
+    /// Frees at least a tenth of the cache, so its scans run at most once per thousand
+    /// inserts: expired entries go first, then unknown keys (a flood of made-up keys must not
+    /// push out the real ones), and only if real keys alone fill it, everything (each then
+    /// costs one lookup, or one shared-data read, to come back).
+    fn make_room(&mut self, now_ms: u64) {
+        let target = CAPACITY - CAPACITY / 10;
+        self.entries.retain(|_, (_, expires)| now_ms < *expires);
+        if self.entries.len() > target {
+            self.entries.retain(|_, (c, _)| matches!(c, Cached::Found(_)));
+        }
+        if self.entries.len() > target {
+            self.entries.clear();
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -126,6 +137,11 @@ impl KeyCache {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Drops one digest's entry, found or unknown (a revocation that names the digest).
+    pub fn invalidate_digest(&mut self, hash: &KeyHash) -> bool {
+        self.entries.remove(hash).is_some()
     }
 
     /// Drops the key with this control-plane id (every digest of it: a rotated key has two).
@@ -140,5 +156,105 @@ impl KeyCache {
 
     pub fn clear(&mut self) {
         self.entries.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::config::{CompiledConfig, GatewayConfig, KeyConfig, SCHEMA_VERSION, TeamConfig};
+
+    const NOW: u64 = 1_000_000;
+
+    fn found(seed: u32, team: Option<&str>) -> (KeyHash, Cached) {
+        let hash = KeyHash::of(&seed.to_le_bytes());
+        let config: GatewayConfig =
+            serde_json::from_value(serde_json::json!({"schema_version": SCHEMA_VERSION})).expect("an empty config");
+        let compiled = CompiledConfig::compile(config).expect("valid");
+        let key = KeyConfig {
+            key_hash: Some(hash),
+            key_id: Some(format!("key_{seed}")),
+            team_id: team.map(str::to_owned),
+            ..KeyConfig::default()
+        };
+        let team = team.map(|t| TeamConfig { team_id: t.to_owned(), ..TeamConfig::default() });
+        let resolved = compiled.compile_looked_up(&key, team.as_ref()).expect("valid key");
+        (hash, Cached::Found(Rc::new(resolved)))
+    }
+
+    fn unknown(seed: u32) -> KeyHash {
+        KeyHash::of(&(u64::from(seed) << 32).to_le_bytes())
+    }
+
+    #[test]
+    fn entries_live_for_their_ttl() {
+        let mut cache = KeyCache::default();
+        let (k, entry) = found(1, None);
+        cache.insert(k, entry, NOW, 60_000);
+        cache.insert(unknown(1), Cached::Unknown, NOW, 5_000);
+        assert!(matches!(cache.get(&k, NOW + 59_999), Some(Cached::Found(_))));
+        assert!(cache.get(&k, NOW + 60_000).is_none(), "expired");
+        assert!(cache.stale(&k).is_some(), "but kept as a fallback for an outage");
+        assert!(matches!(cache.get(&unknown(1), NOW + 4_999), Some(Cached::Unknown)));
+        assert!(cache.get(&unknown(1), NOW + 5_000).is_none());
+        assert!(cache.stale(&unknown(1)).is_none(), "unknown keys are never served stale");
+    }
+
+    #[test]
+    fn invalidation_drops_a_digest_a_key_a_team_or_everything() {
+        let mut cache = KeyCache::default();
+        for (seed, team) in [(1, None), (2, Some("ml")), (3, Some("ml")), (4, None)] {
+            let (k, e) = found(seed, team);
+            cache.insert(k, e, NOW, 60_000);
+        }
+        cache.insert(unknown(1), Cached::Unknown, NOW, 5_000);
+        assert!(cache.invalidate_digest(&unknown(1)));
+        assert!(!cache.invalidate_digest(&unknown(1)), "already gone");
+        assert!(cache.invalidate_digest(&found(4, None).0));
+        cache.invalidate_key("key_1");
+        assert!(cache.get(&found(1, None).0, NOW).is_none());
+        assert_eq!(cache.len(), 2);
+        cache.invalidate_team("ml");
+        assert!(cache.is_empty());
+        let (k, e) = found(5, None);
+        cache.insert(k, e, NOW, 60_000);
+        cache.clear();
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_flood_of_unknown_keys_is_bounded_and_keeps_the_real_ones() {
+        let mut cache = KeyCache::default();
+        let real: Vec<_> = (0..100).map(|i| found(i, None)).collect();
+        for (k, e) in &real {
+            cache.insert(*k, e.clone(), NOW, 60_000);
+        }
+        for i in 0..(3 * CAPACITY as u32) {
+            cache.insert(unknown(i), Cached::Unknown, NOW, 5_000);
+            assert!(cache.len() <= CAPACITY);
+        }
+        assert!(real.iter().all(|(k, _)| cache.get(k, NOW).is_some()), "real keys survive the flood");
+    }
+
+    #[test]
+    fn expired_entries_are_evicted_first() {
+        let mut cache = KeyCache::default();
+        for i in 0..CAPACITY as u32 {
+            cache.insert(unknown(i), Cached::Unknown, NOW, 5_000);
+        }
+        let (k, e) = found(1, None);
+        cache.insert(k, e, NOW + 5_000, 60_000);
+        assert_eq!(cache.len(), 1, "every unknown entry had expired");
+        assert!(cache.get(&k, NOW + 5_000).is_some());
+    }
+
+    #[test]
+    fn a_cache_full_of_real_keys_starts_over_rather_than_grow() {
+        let mut cache = KeyCache::default();
+        for i in 0..=CAPACITY as u32 {
+            let (k, e) = found(i, None);
+            cache.insert(k, e, NOW, 60_000);
+        }
+        assert_eq!(cache.len(), 1);
     }
 }

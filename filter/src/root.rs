@@ -158,6 +158,7 @@ impl RootContext for SluiceRoot {
                 self.worker.borrow_mut().flush_usage();
                 let gateway = Rc::clone(gateway);
                 self.apply_invalidations(&gateway);
+                gateway.flush_metrics(&self.host());
             }
             Role::Service(service) => service.tick(),
             Role::Unconfigured => {}

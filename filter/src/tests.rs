@@ -892,6 +892,111 @@ mod lookup {
     }
 }
 
+mod lookup_edges {
+    use super::lookup_support::*;
+    use super::*;
+
+    fn bearer(k: &str) -> String {
+        format!("Bearer {k}")
+    }
+
+    #[test]
+    fn a_cache_hit_makes_no_call_and_is_counted_on_the_tick() {
+        let h = Harness::new(xds_config(false));
+        let k = key(40);
+        let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", bearer(&k).as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        s.deliver(0, &answer(Some(&stored(40)), None));
+        for _ in 0..3 {
+            let (_, reply) = h.post("/v1/chat/completions", &k, CHAT);
+            assert!(reply.is_none());
+        }
+        assert_eq!(h.envoy.grpc_calls.borrow().len(), 1);
+        assert_eq!(h.envoy.metric("sluice.key_lookups"), 1);
+        assert_eq!(h.envoy.metric("sluice.key_cache.hits"), 0, "not reported from the request path");
+        h.gateway.flush_metrics(&MockHost::new(Rc::clone(&h.envoy)));
+        assert_eq!(h.envoy.metric("sluice.key_cache.hits"), 3);
+        h.gateway.flush_metrics(&MockHost::new(Rc::clone(&h.envoy)));
+        assert_eq!(h.envoy.metric("sluice.key_cache.hits"), 3, "each hit reported once");
+    }
+
+    #[test]
+    fn a_request_refused_without_its_key_costs_no_call() {
+        let h = Harness::new(xds_config(false));
+        let k = key(41);
+        let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", bearer(&k).as_bytes())]);
+        s.host.set_request_header("content-length", Some(b"1000000"));
+        assert_eq!(s.flow.on_request_headers(false), Action::Pause);
+        assert_eq!(s.reply().unwrap().status, 413);
+        let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", bearer(&k).as_bytes())]);
+        s.flow.on_request_headers(true);
+        assert_eq!(s.reply().unwrap().json()["error"]["code"], "missing_model");
+        assert!(h.envoy.grpc_calls.borrow().is_empty());
+    }
+
+    #[test]
+    fn an_answer_for_a_request_refused_meanwhile_is_only_cached() {
+        let h = Harness::new(xds_config(false));
+        for (seed, found) in [(42u8, false), (43, true)] {
+            let k = key(seed);
+            let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", bearer(&k).as_bytes())]);
+            assert_eq!(s.flow.on_request_headers(false), Action::Pause, "no content-length: a chunked upload");
+            // The body grows past the limit while the lookup is pending.
+            assert_eq!(s.flow.on_request_body(5000, false), Action::Pause);
+            assert_eq!(s.reply().unwrap().status, 413);
+            let stored_key = stored(seed);
+            s.deliver(0, &answer(found.then_some(&stored_key), None));
+            assert_eq!(s.reply().unwrap().status, 413, "one reply per request");
+            assert_eq!(s.host.stream.resumed.get(), 0);
+            // The answer was kept: the next request with the key asks nobody.
+            let calls = h.envoy.grpc_calls.borrow().len();
+            let (_, reply) = h.post("/v1/chat/completions", &k, CHAT);
+            assert_eq!(reply.map(|r| r.status), if found { None } else { Some(401) });
+            assert_eq!(h.envoy.grpc_calls.borrow().len(), calls);
+        }
+    }
+
+    #[test]
+    fn neither_the_key_nor_its_digest_is_ever_logged_or_echoed() {
+        let mut seen = Vec::new();
+        let mut secrets = Vec::new();
+        for fail_open in [false, true] {
+            let h = Harness::new(xds_config(fail_open));
+            let cases: [(u8, u32, Vec<u8>); 5] = [
+                (50, 0, answer(None, None)),
+                (51, 0, answer(Some(&KeyConfig { blocked: true, ..stored(51) }), None)),
+                (52, 14, Vec::new()),
+                (53, 0, b"not protobuf".to_vec()),
+                // An answer the filter cannot use (an invalid budget) is logged: without the key.
+                (54, 0, answer(Some(&KeyConfig { max_budget: Some(-1.0), ..stored(54) }), None)),
+            ];
+            for (seed, status, body) in cases {
+                let k = key(seed);
+                let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", bearer(&k).as_bytes())]);
+                s.send_body_awaiting_lookup(CHAT.as_bytes());
+                s.deliver(status, &body);
+                if let Some(reply) = s.reply() {
+                    seen.push(String::from_utf8_lossy(&reply.body).into_owned());
+                } else {
+                    s.respond(200, "application/json", &[openai_response(10, 5, 0).as_bytes()], true);
+                    s.finish();
+                }
+                let digest = KeyHash::of(k.as_bytes()).to_hex();
+                secrets.push(k);
+                secrets.push(digest);
+            }
+            seen.extend(h.envoy.logs.borrow().iter().cloned());
+            seen.extend(h.envoy.queue.borrow().iter().map(|r| String::from_utf8_lossy(r).into_owned()));
+        }
+        assert!(seen.len() > 5, "{seen:?}");
+        for text in &seen {
+            for secret in &secrets {
+                assert!(!text.contains(secret.as_str()), "{text:?} reveals a key or its digest");
+            }
+        }
+    }
+}
+
 mod shared_keys {
     use super::lookup_support::*;
     use super::*;

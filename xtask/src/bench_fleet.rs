@@ -32,6 +32,12 @@ pub fn bench_fleet() -> Result<(), String> {
     let revocation = proc::output(&python, &["tests/bench/revocation.py", "50"], &env_refs)?;
     eprint!("{revocation}");
 
+    let revocation_summary = format!(
+        "p50 {:.0} ms, p99 {:.0} ms over {} revocations",
+        json_number(&revocation, "p50_ms"),
+        json_number(&revocation, "p99_ms"),
+        json_number(&revocation, "rounds")
+    );
     let date = proc::output("date", &["-u", "+%Y-%m-%d %H:%M UTC"], &[]).unwrap_or_default();
     let report = format!(
         "Measured {} on this machine (2 cores), `cargo xtask bench-fleet`.\n\n\
@@ -45,7 +51,7 @@ pub fn bench_fleet() -> Result<(), String> {
         line_with(&lookup, "existing key"),
         line_with(&lookup, "unknown key"),
         line_with(&ingest, "records/s"),
-        revocation.trim(),
+        revocation_summary,
         lookup,
         ingest,
         revocation,
@@ -61,4 +67,12 @@ fn line_with(out: &str, needle: &str) -> String {
         .find(|l| l.contains(needle))
         .map(|l| l.split_once(": ").map_or(l, |(_, rest)| rest).trim().to_owned())
         .unwrap_or_else(|| "not measured".into())
+}
+
+/// A number field of the one-line JSON the Python bench prints (xtask has no JSON parser).
+fn json_number(json: &str, field: &str) -> f64 {
+    json.split(&format!("\"{field}\": "))
+        .nth(1)
+        .and_then(|rest| rest.split([',', '}']).next()?.trim().parse().ok())
+        .unwrap_or(f64::NAN)
 }
