@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use sluice_control_plane::server::serve_planes;
+use sluice_control_plane::server::{DataPlane, serve_planes};
 use sluice_control_plane::store::SqlStore;
 use sluice_control_plane::xds::XdsOptions;
 use sluice_proto::gateway::v1::usage_service_client::UsageServiceClient;
@@ -59,9 +59,15 @@ async fn main() {
     let data_url = format!("http://{}", data.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let xds = XdsOptions::new("/unused.wasm".into());
-    let serving = tokio::spawn(serve_planes(admin_listener, Some((data, xds)), store.clone(), None, async {
-        let _ = stopped.await;
-    }));
+    let serving = tokio::spawn(serve_planes(
+        admin_listener,
+        Some(DataPlane { listener: data, xds, metrics: None }),
+        store.clone(),
+        None,
+        async {
+            let _ = stopped.await;
+        },
+    ));
 
     let records: Vec<UsageRecord> = (0..total).map(record).collect();
     let batches: Vec<Vec<UsageRecord>> = records.chunks(batch).map(<[UsageRecord]>::to_vec).collect();

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use sluice_control_plane::server::serve_planes;
+use sluice_control_plane::server::{DataPlane, serve_planes};
 use sluice_control_plane::store::SqlStore;
 use sluice_control_plane::xds::XdsOptions;
 use sluice_core::keys::KeyHash;
@@ -75,9 +75,15 @@ async fn main() {
     let url = format!("http://{}", data.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let xds = XdsOptions::new("/unused.wasm".into());
-    let serving = tokio::spawn(serve_planes(admin_listener, Some((data, xds)), store.clone(), None, async {
-        let _ = stopped.await;
-    }));
+    let serving = tokio::spawn(serve_planes(
+        admin_listener,
+        Some(DataPlane { listener: data, xds, metrics: None }),
+        store.clone(),
+        None,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let mut client = KeyLookupServiceClient::new(Channel::from_shared(url).unwrap().connect().await.unwrap());
 
     let mut rng = SplitMix64::new(7);

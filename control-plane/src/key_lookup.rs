@@ -16,6 +16,7 @@ use sluice_proto::gateway::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::invalidation::Invalidations;
+use crate::metrics::{Metrics, inc};
 use crate::store::{KeyLookup, KeyRecord, KeyType, LimitsRecord, Store, StoreError, TeamRecord};
 
 /// How long a `WatchInvalidations` call is held when nothing changes (below Envoy's gRPC
@@ -25,11 +26,12 @@ const WATCH_HOLD: Duration = Duration::from_secs(20);
 pub struct KeyLookupApi<S> {
     store: Arc<S>,
     invalidations: Arc<Invalidations>,
+    metrics: Arc<Metrics>,
 }
 
 impl<S> KeyLookupApi<S> {
-    pub fn new(store: Arc<S>, invalidations: Arc<Invalidations>) -> Self {
-        Self { store, invalidations }
+    pub fn new(store: Arc<S>, invalidations: Arc<Invalidations>, metrics: Arc<Metrics>) -> Self {
+        Self { store, invalidations, metrics }
     }
 }
 
@@ -95,11 +97,15 @@ impl<S: Store> KeyLookupService for KeyLookupApi<S> {
         let Some(hash) = KeyHash::from_hex(&request.get_ref().key_hash) else {
             return Err(Status::invalid_argument("key_hash must be sha256:<64 hex digits>"));
         };
-        let unknown = || Ok(Response::new(KeyLookupResponse::default()));
+        let unknown = || {
+            inc(&self.metrics.lookups_unknown, 1);
+            Ok(Response::new(KeyLookupResponse::default()))
+        };
         let key = match self.store.get_key(&KeyLookup::Hash(format!("sha256:{}", hash.to_hex()))).await {
             Ok(key) => key,
             Err(StoreError::NotFound) => return unknown(),
             Err(e) => {
+                inc(&self.metrics.lookups_failed, 1);
                 eprintln!("sluice: key lookup: {e}");
                 return Err(Status::unavailable("the key store is unavailable"));
             }
@@ -117,11 +123,13 @@ impl<S: Store> KeyLookupService for KeyLookupApi<S> {
                     json(&TeamConfig { team_id: team_id.clone(), blocked: true, ..Default::default() })?
                 }
                 Err(e) => {
+                    inc(&self.metrics.lookups_failed, 1);
                     eprintln!("sluice: key lookup: {e}");
                     return Err(Status::unavailable("the key store is unavailable"));
                 }
             },
         };
+        inc(&self.metrics.lookups_found, 1);
         let key_json = json(&key_config(hash, &key))?;
         Ok(Response::new(KeyLookupResponse { key_json, team_json }))
     }

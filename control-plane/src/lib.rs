@@ -8,6 +8,7 @@ pub mod envoy_bootstrap;
 pub mod invalidation;
 pub mod key_file;
 pub mod key_lookup;
+pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod usage_ingest;

@@ -42,6 +42,9 @@ enum Command {
         /// serves provider credentials (SDS).
         #[arg(long, default_value = "127.0.0.1:4002")]
         xds_listen: std::net::SocketAddr,
+        /// Prometheus metrics of the control plane (`GET /metrics`).
+        #[arg(long, default_value = "127.0.0.1:4003")]
+        metrics_listen: std::net::SocketAddr,
         /// Path of sluice_filter.wasm on the Envoy hosts (sent in the filter's config).
         #[arg(long, env = "SLUICE_ENVOY_WASM", default_value = "/usr/local/lib/sluice/sluice_filter.wasm")]
         envoy_wasm: String,
@@ -213,6 +216,7 @@ fn serve_options(
     Ok(sluice_control_plane::server::ServeOptions {
         listen,
         xds_listen,
+        metrics_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 4003)),
         xds: XdsOptions::new(envoy_wasm),
         database_url,
         master_key,
@@ -223,8 +227,9 @@ fn serve_options(
 fn run(cli: Cli) -> Result<(), String> {
     let connection = cli.connection;
     match cli.command {
-        Command::Serve { config, listen, xds_listen, envoy_wasm, database_url } => {
-            let opts = serve_options(config, listen, xds_listen, envoy_wasm, database_url)?;
+        Command::Serve { config, listen, xds_listen, metrics_listen, envoy_wasm, database_url } => {
+            let mut opts = serve_options(config, listen, xds_listen, envoy_wasm, database_url)?;
+            opts.metrics_listen = metrics_listen;
             runtime()?.block_on(sluice_control_plane::server::serve(opts))
         }
         Command::Key(KeyCommand::Admin(cmd)) => runtime()?.block_on(admin_cli::run_key(&connection, cmd)),

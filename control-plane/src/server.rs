@@ -29,19 +29,29 @@ use tonic::transport::server::TcpIncoming;
 use crate::admin::Admin;
 use crate::admin::models::{deployment_id, validate_model_list};
 use crate::key_lookup::KeyLookupApi;
+use crate::metrics::Metrics;
 use crate::store::{Backend, ModelRecord, ModelStore, SqlStore, SyncReport, now_ms};
 use crate::usage_ingest::UsageIngest;
-use crate::xds::{AdsService, SnapshotPublisher, XdsMetrics, XdsOptions};
+use crate::xds::{AdsService, SnapshotPublisher, XdsOptions};
 
 /// Largest admin request the server reads: admin calls are small; a huge one is an error.
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
 /// A usage batch of `usage_ingest::MAX_BATCH` records stays well under this.
 const MAX_USAGE_BYTES: usize = 16 << 20;
 
+/// What Envoys talk to: the data-plane port, its xDS settings, and where metrics are served.
+pub struct DataPlane {
+    pub listener: TcpListener,
+    pub xds: XdsOptions,
+    pub metrics: Option<TcpListener>,
+}
+
 pub struct ServeOptions {
     pub listen: SocketAddr,
     /// The data-plane port (xDS and key lookups).
     pub xds_listen: SocketAddr,
+    /// Prometheus metrics (`GET /metrics`).
+    pub metrics_listen: SocketAddr,
     pub xds: XdsOptions,
     pub database_url: String,
     pub master_key: Option<String>,
@@ -94,12 +104,18 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
     let listener = TcpListener::bind(opts.listen).await.map_err(|e| format!("listen on {}: {e}", opts.listen))?;
     let xds_listener =
         TcpListener::bind(opts.xds_listen).await.map_err(|e| format!("listen on {}: {e}", opts.xds_listen))?;
+    let metrics_listener =
+        TcpListener::bind(opts.metrics_listen).await.map_err(|e| format!("listen on {}: {e}", opts.metrics_listen))?;
     let backend = if store.backend() == Backend::Sqlite { "SQLite" } else { "Postgres" };
-    eprintln!("sluice: admin API on {} ({backend}); xDS and key lookups on {}", opts.listen, opts.xds_listen);
+    eprintln!(
+        "sluice: admin API on {} ({backend}); xDS and key lookups on {}; metrics on http://{}/metrics",
+        opts.listen, opts.xds_listen, opts.metrics_listen
+    );
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    serve_planes(listener, Some((xds_listener, opts.xds)), store, opts.master_key.as_deref(), shutdown).await
+    let data_plane = DataPlane { listener: xds_listener, xds: opts.xds, metrics: Some(metrics_listener) };
+    serve_planes(listener, Some(data_plane), store, opts.master_key.as_deref(), shutdown).await
 }
 
 /// Serves the admin API on a bound listener until `shutdown` completes (tests bind port 0).
@@ -115,7 +131,7 @@ pub async fn serve_on(
 /// Serves the admin API and, with `xds`, the data-plane port, until `shutdown` completes.
 pub async fn serve_planes(
     listener: TcpListener,
-    xds: Option<(TcpListener, XdsOptions)>,
+    data_plane: Option<DataPlane>,
     store: SqlStore,
     master_key: Option<&str>,
     shutdown: impl Future<Output = ()> + Send,
@@ -131,11 +147,14 @@ pub async fn serve_planes(
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let data_plane = match xds {
+    let data_plane = match data_plane {
         None => None,
-        Some((xds_listener, options)) => {
+        Some(DataPlane { listener: xds_listener, xds: options, metrics: metrics_listener }) => {
             let store = Arc::new(store);
-            let metrics = Arc::new(XdsMetrics::default());
+            let metrics = Arc::new(Metrics::default());
+            if let Some(l) = metrics_listener {
+                tokio::spawn(crate::metrics::serve(l, Arc::clone(&metrics)));
+            }
             let publisher = SnapshotPublisher::new(
                 Arc::clone(&store),
                 master,
@@ -145,13 +164,18 @@ pub async fn serve_planes(
             );
             // The first snapshot before any Envoy can ask, so none gets an empty config.
             publisher.rebuild().await?;
-            let ads = AdsService::new(publisher.subscribe(), metrics);
+            let ads = AdsService::new(publisher.subscribe(), Arc::clone(&metrics));
             tokio::spawn(publisher.run());
             let server = Server::builder()
                 .add_service(AggregatedDiscoveryServiceServer::new(ads))
-                .add_service(KeyLookupServiceServer::new(KeyLookupApi::new(Arc::clone(&store), admin.invalidations())))
+                .add_service(KeyLookupServiceServer::new(KeyLookupApi::new(
+                    Arc::clone(&store),
+                    admin.invalidations(),
+                    Arc::clone(&metrics),
+                )))
                 .add_service(
-                    UsageServiceServer::new(UsageIngest::new(store)).max_decoding_message_size(MAX_USAGE_BYTES),
+                    UsageServiceServer::new(UsageIngest::new(store, metrics))
+                        .max_decoding_message_size(MAX_USAGE_BYTES),
                 )
                 .serve_with_incoming_shutdown(TcpIncoming::from(xds_listener), until_stopped(stopped.clone()));
             Some(tokio::spawn(server))

@@ -13,6 +13,7 @@ use sluice_proto::gateway::v1::usage_service_server::UsageService;
 use sluice_proto::gateway::v1::{Outcome, ReportUsageRequest, ReportUsageResponse, UsageRecord};
 use tonic::{Request, Response, Status};
 
+use crate::metrics::{Metrics, inc};
 use crate::store::{KeyLookup, SpendLog, Store};
 
 /// Largest batch one call may carry; the singleton sends far fewer.
@@ -34,11 +35,12 @@ struct Tenancy {
 pub struct UsageIngest<S> {
     store: Arc<S>,
     tenancy: Mutex<HashMap<String, (Tenancy, Instant)>>,
+    metrics: Arc<Metrics>,
 }
 
 impl<S: Store> UsageIngest<S> {
-    pub fn new(store: Arc<S>) -> Self {
-        Self { store, tenancy: Mutex::new(HashMap::new()) }
+    pub fn new(store: Arc<S>, metrics: Arc<Metrics>) -> Self {
+        Self { store, tenancy: Mutex::new(HashMap::new()), metrics }
     }
 
     /// The key's tenancy, from the cache or the store (a key that is gone enriches nothing).
@@ -126,12 +128,15 @@ impl<S: Store> UsageService for UsageIngest<S> {
         let logs: Vec<SpendLog> =
             records.iter().map(|r| spend_log(r, keys.get(r.key_id.as_str()).unwrap_or(&none))).collect();
         let accepted = self.store.record_spend(&logs).await.map_err(|e| {
+            inc(&self.metrics.usage_failed_batches, 1);
             eprintln!("sluice: usage ingestion: {e}");
             // The singleton keeps the batch and retries.
             Status::unavailable("spend store unavailable")
         })?;
         let accepted = u32::try_from(accepted).unwrap_or(u32::MAX);
         let total = u32::try_from(logs.len()).unwrap_or(u32::MAX);
+        inc(&self.metrics.usage_ingested, u64::from(accepted));
+        inc(&self.metrics.usage_duplicates, u64::from(total.saturating_sub(accepted)));
         Ok(Response::new(ReportUsageResponse { accepted, duplicates: total.saturating_sub(accepted) }))
     }
 }

@@ -52,6 +52,8 @@ fn start() -> Server {
             &format!("127.0.0.1:{port}"),
             "--xds-listen",
             &format!("127.0.0.1:{}", free_port()),
+            "--metrics-listen",
+            &format!("127.0.0.1:{}", free_port()),
             "--database-url",
             &format!("sqlite:{}", db.display()),
         ])
@@ -208,6 +210,7 @@ fn the_cli_manages_model_deployments_and_serve_syncs_the_config_file() {
     let mut child = Command::new(SLUICE)
         .args(["serve", "-c", &config.to_string_lossy(), "--listen", &format!("127.0.0.1:{port}")])
         .args(["--xds-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
         .env("DATABASE_URL", format!("sqlite:{}", dir.join("db.sqlite").display()))
         .env("TEST_MASTER", MASTER)
         .env_remove("SLUICE_MASTER_KEY")

@@ -46,6 +46,7 @@ class Fleet:
                     "SLUICE_MASTER_KEY": self.master_key}
         self.admin_port = free_port()
         self.xds_port = free_port()
+        self.metrics_port = free_port()
         self.control_plane = None
         self.envoys = []
         self.procs = []
@@ -71,6 +72,7 @@ class Fleet:
         self.control_plane = subprocess.Popen(
             [self.bins["SLUICE_CLI"], "serve", "-c", str(self.config_path), "--database-url", f"sqlite:{self.db}",
              "--listen", f"127.0.0.1:{self.admin_port}", "--xds-listen", f"127.0.0.1:{self.xds_port}",
+             "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
              "--envoy-wasm", wasm or self.bins["SLUICE_WASM"]],
             env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.cp_log_path, "w"))
         self.procs.append(self.control_plane)
@@ -91,6 +93,9 @@ class Fleet:
         return subprocess.run([self.bins["SLUICE_CLI"], "--server", f"http://127.0.0.1:{self.admin_port}",
                                "--api-key", self.master_key, *args],
                               env=self.env, capture_output=True, text=True, check=True, timeout=60)
+
+    def metrics(self):
+        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
 
     def served(self):
         return httpx.get(f"{self.mock_url}/mock/stats", timeout=5).json()
@@ -176,6 +181,7 @@ def test_envoy_runs_on_config_from_the_control_plane_and_never_sees_a_provider_k
     assert resp.json()["usage"]["prompt_tokens"] > 0
     assert fleet.served()["served"] == before + 1
     assert envoy.stat("control_plane.connected_state") == "1"
+    assert "sluice_xds_connected_envoys 1\n" in fleet.metrics()
     dump = httpx.get(f"{envoy.admin}/config_dump?include_eds", timeout=5).text
     assert "sluice_gpt_4o_a" in dump  # the deployment's cluster arrived over CDS
     assert fleet.openai_key not in dump  # the SDS secret is redacted
@@ -242,6 +248,10 @@ def test_a_config_envoy_rejects_is_nacked_and_the_previous_one_keeps_serving(fle
                in fleet.cp_log_path.read_text(), what="NACK logged by the control plane")
     assert envoy.stat("extension_config_discovery.http_filter.sluice.update_rejected") == "1"
     assert envoy.stat("extension_config_discovery.http_filter.sluice.version_text") == version
+    # Visible in the control plane's metrics too, with Envoy's reason.
+    metrics = fleet.metrics()
+    assert "sluice_xds_nacks_total 1\n" in metrics
+    assert re.search(r'sluice_xds_last_nack_info\{node="edge-1",type_url="[^"]*TypedExtensionConfig",detail="[^"]+"\} 1', metrics)
     assert envoy.chat(CHAT).status_code == 200
     # No resend loop: the rejected version was sent once.
     time.sleep(1.0)
@@ -271,6 +281,8 @@ def test_a_key_made_with_the_cli_works_at_once_and_its_spend_reaches_the_control
     # Every upstream call is one spend row at the control plane, exactly once.
     report = wait_until(lambda: (r := spend(fleet, "--key", key_id)) and r["requests"] == served and r,
                         what="usage ingested")
+    assert re.search(r"sluice_usage_records_ingested_total [1-9]", fleet.metrics())
+    assert 'sluice_key_lookups_total{result="found"} 1\n' in fleet.metrics()
     records = [r for r in envoy.records() if r["key_id"] == key_id]
     assert len(records) == 5
     assert abs(report["spend"] - sum(r["cost_usd"] for r in records)) < 1e-9

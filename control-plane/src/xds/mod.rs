@@ -13,4 +13,4 @@ pub mod resources;
 pub mod server;
 
 pub use resources::{CONTROL_PLANE_CLUSTER, FILTER_CONFIG_NAME, XdsOptions};
-pub use server::{AdsService, SnapshotPublisher, XdsMetrics};
+pub use server::{AdsService, SnapshotPublisher};

@@ -7,7 +7,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,20 +22,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::protocol::{AdsStream, Event, Snapshot};
 use super::resources::{XdsOptions, build};
+use crate::metrics::{Metrics, inc};
 use crate::store::Store;
 
 /// How often the snapshot is rebuilt without a change notice (changes made by another replica).
 const REBUILD_PERIOD: Duration = Duration::from_secs(5);
-
-/// Counters for operators (logged, and exported with the control plane's metrics).
-#[derive(Debug, Default)]
-pub struct XdsMetrics {
-    pub connected: AtomicI64,
-    pub pushes: AtomicU64,
-    pub acks: AtomicU64,
-    pub nacks: AtomicU64,
-    pub snapshots: AtomicU64,
-}
 
 /// The single writer of snapshots.
 pub struct SnapshotPublisher<S> {
@@ -44,7 +35,7 @@ pub struct SnapshotPublisher<S> {
     options: XdsOptions,
     sender: watch::Sender<Arc<Snapshot>>,
     changed: Arc<Notify>,
-    metrics: Arc<XdsMetrics>,
+    metrics: Arc<Metrics>,
 }
 
 impl<S: Store> SnapshotPublisher<S> {
@@ -53,7 +44,7 @@ impl<S: Store> SnapshotPublisher<S> {
         master_key: Option<KeyHash>,
         options: XdsOptions,
         changed: Arc<Notify>,
-        metrics: Arc<XdsMetrics>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let (sender, _) = watch::channel(Arc::new(Snapshot::default()));
         Self { store, master_key, options, sender, changed, metrics }
@@ -78,7 +69,7 @@ impl<S: Store> SnapshotPublisher<S> {
             true
         });
         if changed {
-            self.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
+            inc(&self.metrics.xds_snapshots, 1);
         }
         Ok(changed)
     }
@@ -97,11 +88,11 @@ impl<S: Store> SnapshotPublisher<S> {
 /// The tonic ADS service: one task and one state machine per stream.
 pub struct AdsService {
     snapshots: watch::Receiver<Arc<Snapshot>>,
-    metrics: Arc<XdsMetrics>,
+    metrics: Arc<Metrics>,
 }
 
 impl AdsService {
-    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, metrics: Arc<XdsMetrics>) -> Self {
+    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, metrics: Arc<Metrics>) -> Self {
         Self { snapshots, metrics }
     }
 }
@@ -115,14 +106,15 @@ impl<T> Stream for ResponseStream<T> {
     }
 }
 
-fn record(events: &[Event], node: &str, metrics: &XdsMetrics) {
+fn record(events: &[Event], node: &str, metrics: &Metrics) {
     for event in events {
         match event {
-            Event::Ack { .. } => {
-                metrics.acks.fetch_add(1, Ordering::Relaxed);
-            }
+            Event::Ack { .. } => inc(&metrics.xds_acks, 1),
             Event::Nack { type_url, version, detail } => {
-                metrics.nacks.fetch_add(1, Ordering::Relaxed);
+                inc(&metrics.xds_nacks, 1);
+                if let Ok(mut last) = metrics.last_nack.lock() {
+                    *last = Some((node.to_owned(), type_url.clone(), detail.clone()));
+                }
                 eprintln!("sluice: xds: envoy {node:?} rejected {type_url} version {version}: {detail}");
             }
             Event::Stale { .. } => {}
@@ -145,7 +137,7 @@ impl AggregatedDiscoveryService for AdsService {
         let metrics = Arc::clone(&self.metrics);
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
-            metrics.connected.fetch_add(1, Ordering::Relaxed);
+            metrics.xds_connected.fetch_add(1, Ordering::Relaxed);
             let mut stream = AdsStream::default();
             loop {
                 let step = tokio::select! {
@@ -170,10 +162,10 @@ impl AggregatedDiscoveryService for AdsService {
                     if tx.send(Ok(response)).await.is_err() {
                         break;
                     }
-                    metrics.pushes.fetch_add(1, Ordering::Relaxed);
+                    inc(&metrics.xds_pushes, 1);
                 }
             }
-            metrics.connected.fetch_sub(1, Ordering::Relaxed);
+            metrics.xds_connected.fetch_sub(1, Ordering::Relaxed);
         });
         Ok(Response::new(ResponseStream(rx)))
     }

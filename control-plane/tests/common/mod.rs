@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use sluice_control_plane::server::serve_planes;
+use sluice_control_plane::server::{DataPlane, serve_planes};
 use sluice_control_plane::store::SqlStore;
 use sluice_control_plane::xds::XdsOptions;
 use sluice_proto::admin::v1::audit_service_client::AuditServiceClient;
@@ -69,9 +69,15 @@ impl Plane {
         let data_url = format!("http://{}", data.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let xds = XdsOptions::new("/unused/sluice_filter.wasm".into());
-        tokio::spawn(serve_planes(listener, Some((data, xds)), store, Some(MASTER), async {
-            let _ = rx.await;
-        }));
+        tokio::spawn(serve_planes(
+            listener,
+            Some(DataPlane { listener: data, xds, metrics: None }),
+            store,
+            Some(MASTER),
+            async {
+                let _ = rx.await;
+            },
+        ));
         Self { url, data_url, database_url, shutdown: Some(tx), cleanup }
     }
 
