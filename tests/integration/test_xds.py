@@ -7,15 +7,19 @@ provider refuses requests without its key, so a 200 proves the credential came t
 
 import json
 import os
+import random
 import re
+import socket
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import free_port, model_entry
+from conftest import cost, free_port, model_entry
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello there"}]}
 
@@ -337,3 +341,64 @@ def test_with_the_control_plane_down_known_keys_work_unknown_keys_fail_closed_an
     time.sleep(1.0)
     assert spend(fleet, "--key", known_id)["requests"] == 5
     assert envoy.chat(CHAT, key=stranger).status_code == 200, "the control plane answers again"
+
+
+def test_ten_thousand_requests_with_cancelled_streams_each_billed_once_at_the_control_plane(fleet):
+    """10,000 requests through one Envoy, 10% of them streams the client abandons midway:
+    the control plane's spend rows equal the upstream calls the mock served, and the spend is
+    what the price table gives for the tokens recorded."""
+    envoy = fleet.start_envoy("edge-1")
+    key, key_id = create_key(fleet, "--alias", "load")
+    served_before = fleet.served()["served"]
+    rng = random.Random(11)
+    jobs = [(i % 10 == 0, rng.choice(["gpt-4o", "gpt-4o-mini"]), rng.randint(1, 30)) for i in range(10_000)]
+
+    def cancelled_stream(group, tokens):
+        body = json.dumps({"model": group, "stream": True, "messages": []}).encode()
+        req = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+               + f"authorization: Bearer {key}\r\nx-mock-chunk-delay-ms: 20\r\n".encode()
+               + f"x-mock-completion-tokens: {tokens + 10}\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body)
+        with socket.create_connection(("127.0.0.1", envoy.port), timeout=30) as s:
+            s.sendall(req)
+            got = b""
+            while got.count(b"data: ") < 2:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+        return 200 if b" 200 " in got[:20] else 0
+
+    local = threading.local()
+
+    def run(job):
+        cancel, group, tokens = job
+        if cancel:
+            return cancelled_stream(group, tokens)
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(timeout=30)
+        r = local.client.post(f"{envoy.url}/v1/chat/completions", headers={
+            "Authorization": f"Bearer {key}", "x-mock-completion-tokens": str(tokens)},
+            json={"model": group, "messages": [{"role": "user", "content": "x" * tokens}]})
+        return r.status_code
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        codes = list(pool.map(run, jobs))
+    assert codes.count(200) == 10_000, {c: codes.count(c) for c in set(codes)}
+    served = fleet.served()["served"] - served_before
+    assert served == 10_000
+
+    def settled():
+        report = spend(fleet, "--key", key_id)
+        return report if report["requests"] == served else None
+
+    report = wait_until(settled, timeout=60, what="every record ingested")
+    records = [r for r in envoy.records() if r["key_id"] == key_id]
+    assert len(records) == served and len({r["record_id"] for r in records}) == served
+    cancelled = [r for r in records if r["outcome"] == "cancelled"]
+    assert len(cancelled) >= 900 and all(r["estimated"] for r in cancelled)
+    for r in records:
+        expected = cost(r["model_group"], r["prompt_tokens"], r["completion_tokens"], cached=r["cached_prompt_tokens"])
+        assert r["cost_usd"] == pytest.approx(expected, abs=1e-9)
+    assert report["spend"] == pytest.approx(sum(r["cost_usd"] for r in records), abs=1e-6)
+    time.sleep(1.0)
+    assert spend(fleet, "--key", key_id)["requests"] == served, "nothing counted twice"
