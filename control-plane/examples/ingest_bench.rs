@@ -9,12 +9,12 @@
 
 use std::time::Instant;
 
-use sluice_control_plane::server::{DataPlane, serve_planes};
-use sluice_control_plane::store::SqlStore;
-use sluice_control_plane::xds::XdsOptions;
+mod support;
+
 use sluice_proto::gateway::v1::usage_service_client::UsageServiceClient;
 use sluice_proto::gateway::v1::{Outcome, ReportUsageRequest, UsageRecord};
-use sqlx::{Executor, Row};
+use sqlx::Row;
+use support::BenchPlane;
 use tonic::transport::Channel;
 
 fn record(i: usize) -> UsageRecord {
@@ -46,28 +46,8 @@ async fn main() {
     let batch = args.get(1).copied().unwrap_or(500);
     let senders = args.get(2).copied().unwrap_or(4);
 
-    let server = std::env::var("SLUICE_TEST_POSTGRES").unwrap_or("postgres://postgres@127.0.0.1:5432".into());
-    let name = format!("sluice_ingest_bench_{}", std::process::id());
-    sqlx::any::install_default_drivers();
-    let admin = sqlx::AnyPool::connect(&format!("{server}/test")).await.unwrap();
-    admin.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
-    let url = format!("{server}/{name}");
-    let store = SqlStore::open(&url).await.unwrap();
-
-    let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let data = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let data_url = format!("http://{}", data.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let xds = XdsOptions::new("/unused.wasm".into());
-    let serving = tokio::spawn(serve_planes(
-        admin_listener,
-        Some(DataPlane { listener: data, xds, metrics: None }),
-        store.clone(),
-        None,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let plane = BenchPlane::start("sluice_ingest_bench").await;
+    let data_url = plane.data_url.clone();
 
     let records: Vec<UsageRecord> = (0..total).map(record).collect();
     let batches: Vec<Vec<UsageRecord>> = records.chunks(batch).map(<[UsageRecord]>::to_vec).collect();
@@ -89,7 +69,7 @@ async fn main() {
     let elapsed = started.elapsed().as_secs_f64();
 
     let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM spend_logs")
-        .fetch_one(store.pool())
+        .fetch_one(plane.store.pool())
         .await
         .unwrap()
         .try_get("n")
@@ -106,8 +86,5 @@ async fn main() {
     assert_eq!(count as usize, total, "every record exactly once");
     assert_eq!(replay.accepted, 0);
 
-    let _ = stop.send(());
-    let _ = serving.await;
-    store.pool().close().await;
-    admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await.unwrap();
+    plane.finish().await;
 }

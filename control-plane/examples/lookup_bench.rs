@@ -10,14 +10,14 @@
 
 use std::time::{Duration, Instant};
 
-use sluice_control_plane::server::{DataPlane, serve_planes};
-use sluice_control_plane::store::SqlStore;
-use sluice_control_plane::xds::XdsOptions;
+mod support;
+
 use sluice_core::keys::KeyHash;
 use sluice_core::routing::SplitMix64;
 use sluice_proto::gateway::v1::KeyLookupRequest;
 use sluice_proto::gateway::v1::key_lookup_service_client::KeyLookupServiceClient;
 use sqlx::Executor;
+use support::BenchPlane;
 use tonic::transport::Channel;
 
 fn digest(n: u64) -> String {
@@ -36,12 +36,8 @@ async fn main() {
     let keys = args.first().copied().unwrap_or(1_000_000);
     let lookups = args.get(1).copied().unwrap_or(20_000) as usize;
 
-    let server = std::env::var("SLUICE_TEST_POSTGRES").unwrap_or("postgres://postgres@127.0.0.1:5432".into());
-    let name = format!("sluice_lookup_bench_{}", std::process::id());
-    sqlx::any::install_default_drivers();
-    let admin = sqlx::AnyPool::connect(&format!("{server}/test")).await.unwrap();
-    admin.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
-    let store = SqlStore::open(&format!("{server}/{name}")).await.unwrap();
+    let plane = BenchPlane::start("sluice_lookup_bench").await;
+    let store = &plane.store;
     let started = Instant::now();
     store
         .pool()
@@ -70,21 +66,8 @@ async fn main() {
     store.pool().execute("CHECKPOINT").await.unwrap();
     println!("{keys} keys created in {:.1} s", started.elapsed().as_secs_f64());
 
-    let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let data = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", data.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let xds = XdsOptions::new("/unused.wasm".into());
-    let serving = tokio::spawn(serve_planes(
-        admin_listener,
-        Some(DataPlane { listener: data, xds, metrics: None }),
-        store.clone(),
-        None,
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let mut client = KeyLookupServiceClient::new(Channel::from_shared(url).unwrap().connect().await.unwrap());
+    let channel = Channel::from_shared(plane.data_url.clone()).unwrap().connect().await.unwrap();
+    let mut client = KeyLookupServiceClient::new(channel);
 
     let mut rng = SplitMix64::new(7);
     let mut found = Vec::with_capacity(lookups);
@@ -106,8 +89,5 @@ async fn main() {
     println!("lookup of an existing key ({lookups} calls, random over {keys} keys): {}", percentiles(found));
     println!("lookup of an unknown key ({} calls): {}", lookups / 4, percentiles(missing));
 
-    let _ = stop.send(());
-    let _ = serving.await;
-    store.pool().close().await;
-    admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await.unwrap();
+    plane.finish().await;
 }

@@ -21,7 +21,7 @@ use sluice_core::usage::{self, ApiFormat, Usage};
 
 use crate::counters::{self, Scope, Ticket};
 use crate::host::Host;
-use crate::key_cache::{Cached, Invalidations, KeyCache, SharedEntry, shared_key};
+use crate::key_cache::{Cached, Invalidations, KeyCache, SharedEntry, Verdict, shared_key};
 use crate::usage_record::{Outcome, USAGE_LOG_PREFIX, UsageRecord};
 use sluice_proto::gateway::v1::{KeyLookupRequest, KeyLookupResponse};
 
@@ -105,7 +105,7 @@ impl Gateway {
     /// Applies the singleton's invalidation log (`service::INVALIDATIONS_KEY`): drops the named
     /// keys and teams from this worker's cache, and remembers them so that shared entries
     /// written before them are not trusted either.
-    pub fn apply_invalidations(&self, log: &str) {
+    pub fn apply_invalidations(&self, log: &str, now_ms: u64) {
         let mut applied = self.invalidations.borrow_mut();
         let (drops, last) = crate::service::invalidations_since(log, applied.seq);
         let mut cache = self.key_cache.borrow_mut();
@@ -113,7 +113,7 @@ impl Gateway {
             match &drop {
                 Some(('k', id)) => cache.invalidate_key(id),
                 Some((_, id)) => cache.invalidate_team(id),
-                None => cache.clear(),
+                None => cache.expire_all(now_ms),
             }
             // Numbered with the newest position read: conservative for judging shared entries.
             let (kind, id) = drop.unwrap_or(('r', String::new()));
@@ -410,7 +410,8 @@ impl<H: Host> RequestFlow<H> {
     // ---- key lookup (xDS mode) -------------------------------------------------------------
 
     /// Another worker's answer for this digest, from shared data, unless an invalidation has
-    /// named its key or team since it was written. A fresh one joins this worker's cache.
+    /// named its key or team since it was written (after a reset it is only a fallback). A
+    /// fresh one joins this worker's cache.
     fn shared_answer(&self, hash: &KeyHash, ttl_ms: u64) -> Shared {
         let (Some(bytes), _) = self.host.shared_get(&shared_key(hash)) else { return Shared::Absent };
         let Some(entry) = SharedEntry::decode(&bytes) else { return Shared::Absent };
@@ -419,18 +420,15 @@ impl<H: Host> RequestFlow<H> {
             return Shared::Absent;
         }
         let Ok(resolved) = self.config().compile_looked_up(&key, team.as_ref()) else { return Shared::Absent };
-        let valid = self.gateway.invalidations.borrow().still_valid(
-            entry.seq,
-            &resolved.key.key_id,
-            resolved.key.team_id.as_deref(),
-        );
-        if !valid {
-            return Shared::Absent;
-        }
+        let verdict =
+            self.gateway.invalidations.borrow().judge(entry.seq, &resolved.key.key_id, resolved.key.team_id.as_deref());
         let resolved = Rc::new(resolved);
         let age = self.start_ms.saturating_sub(entry.fetched_ms);
-        if age >= ttl_ms {
-            return Shared::Stale(resolved);
+        match verdict {
+            Verdict::Revoked => return Shared::Absent,
+            Verdict::Unconfirmed => return Shared::Stale(resolved),
+            Verdict::Valid if age >= ttl_ms => return Shared::Stale(resolved),
+            Verdict::Valid => {}
         }
         self.host.count("sluice.key_cache.shared_hits", 1);
         let cached = Cached::Found(Rc::clone(&resolved));

@@ -68,20 +68,36 @@ impl Invalidations {
         self.recent.drain(..excess);
     }
 
-    /// Whether an entry written at `written_seq` for this key and team may still be trusted.
-    pub fn still_valid(&self, written_seq: u64, key_id: &str, team_id: Option<&str>) -> bool {
+    /// What an entry written at `written_seq` for this key and team is worth now.
+    pub fn judge(&self, written_seq: u64, key_id: &str, team_id: Option<&str>) -> Verdict {
         if let Some((oldest, _, _)) = self.recent.first()
             && written_seq + 1 < *oldest
             && written_seq < self.seq
         {
-            return false; // older than anything remembered: cannot tell
+            return Verdict::Revoked; // older than anything remembered: cannot tell, so never trusted
         }
-        !self.recent.iter().filter(|(seq, _, _)| *seq > written_seq).any(|(_, kind, id)| match kind {
-            'k' => id == key_id,
-            't' => Some(id.as_str()) == team_id,
-            _ => true,
-        })
+        let mut verdict = Verdict::Valid;
+        for (_, kind, id) in self.recent.iter().filter(|(seq, _, _)| *seq > written_seq) {
+            match kind {
+                'k' if id == key_id => return Verdict::Revoked,
+                't' if Some(id.as_str()) == team_id => return Verdict::Revoked,
+                'k' | 't' => {}
+                _ => verdict = Verdict::Unconfirmed,
+            }
+        }
+        verdict
     }
+}
+
+/// How far a cached answer may be trusted after invalidations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Valid,
+    /// A reset happened since (a new watch, a restarted control plane): ask again, but it may
+    /// still serve while the control plane cannot be asked.
+    Unconfirmed,
+    /// Its key or team changed since: never serve it.
+    Revoked,
 }
 
 #[derive(Debug, Clone)]
@@ -156,6 +172,15 @@ impl KeyCache {
 
     pub fn clear(&mut self) {
         self.entries.clear();
+    }
+
+    /// After a reset: every found key must be confirmed again before it serves, but stays as a
+    /// fallback for an outage; unknown entries go.
+    pub fn expire_all(&mut self, now_ms: u64) {
+        self.entries.retain(|_, (c, expires)| {
+            *expires = (*expires).min(now_ms);
+            matches!(c, Cached::Found(_))
+        });
     }
 }
 

@@ -111,7 +111,7 @@ impl SluiceRoot {
             return;
         }
         let (Some(bytes), _) = self.host().shared_get(INVALIDATIONS_KEY) else { return };
-        gateway.apply_invalidations(&String::from_utf8_lossy(&bytes));
+        gateway.apply_invalidations(&String::from_utf8_lossy(&bytes), self.host().now_ms());
     }
 }
 

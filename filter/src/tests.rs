@@ -864,9 +864,9 @@ mod lookup {
             s.deliver(0, &answer(Some(&cfg), t));
         }
         assert_eq!(h.gateway.key_cache.borrow().len(), 2);
-        h.gateway.apply_invalidations("1 t ml");
+        h.gateway.apply_invalidations("1 t ml", NOW);
         assert_eq!(h.gateway.key_cache.borrow().len(), 1);
-        h.gateway.apply_invalidations("1 t ml\n2 k key_20");
+        h.gateway.apply_invalidations("1 t ml\n2 k key_20", NOW);
         assert!(h.gateway.key_cache.borrow().is_empty());
         let k = key(20);
         let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
@@ -1046,9 +1046,49 @@ mod shared_keys {
         s.send_body_awaiting_lookup(CHAT.as_bytes());
         s.deliver(0, &answer(Some(&stored(32)), None));
         // The key is blocked: worker b hears of it before it ever used the key.
-        b.gateway.apply_invalidations("1 k key_32");
+        b.gateway.apply_invalidations("1 k key_32", NOW);
         let mut s = b.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
         s.send_body_awaiting_lookup(CHAT.as_bytes());
         assert_eq!(envoy.grpc_calls.borrow().len(), 2, "asked again instead of trusting the old answer");
+    }
+}
+
+mod resets {
+    use super::lookup_support::*;
+    use super::*;
+
+    #[test]
+    fn after_a_reset_known_keys_are_confirmed_again_but_still_serve_through_an_outage() {
+        let envoy = MockEnvoy::new(NOW);
+        let a = Harness::on(Rc::clone(&envoy), xds_config(false));
+        let b = Harness::on(Rc::clone(&envoy), xds_config(false));
+        let k = key(40);
+        let mut s = a.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        s.deliver(0, &answer(Some(&stored(40)), None));
+        // The singleton's watch starts (or the control plane restarted): both workers reset.
+        for h in [&a, &b] {
+            h.gateway.apply_invalidations("1 r -", NOW);
+            let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+            s.send_body_awaiting_lookup(CHAT.as_bytes());
+            s.deliver(14, b""); // the control plane is unreachable: the known key still serves
+            assert!(s.reply().is_none(), "{:?}", s.reply());
+        }
+        assert_eq!(envoy.grpc_calls.borrow().len(), 3, "each worker asked to confirm it first");
+    }
+
+    #[test]
+    fn a_revoked_key_never_serves_even_through_an_outage() {
+        let envoy = MockEnvoy::new(NOW);
+        let a = Harness::on(Rc::clone(&envoy), xds_config(false));
+        let k = key(41);
+        let mut s = a.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        s.deliver(0, &answer(Some(&stored(41)), None));
+        a.gateway.apply_invalidations("1 k key_41", NOW);
+        let mut s = a.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        s.deliver(14, b"");
+        assert_eq!(s.reply().unwrap().status, 503);
     }
 }

@@ -50,6 +50,18 @@ KEYS = {
 }
 
 
+def stop_all(procs):
+    """Terminates processes (newest first) and reaps them, killing any that hang."""
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -172,13 +184,7 @@ class Gateway:
         raise AssertionError(f"Envoy never became ready: {self.log_path.read_text()[-3000:]}")
 
     def stop(self):
-        for proc in reversed(self.procs):
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(self.procs)
 
     # -- helpers for tests -----------------------------------------------------------------
 
