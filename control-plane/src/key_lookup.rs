@@ -15,6 +15,7 @@ use sluice_proto::gateway::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::budget::{BudgetLimits, BudgetTracker, ScopeId};
 use crate::invalidation::Invalidations;
 use crate::metrics::{Metrics, inc};
 use crate::store::{KeyLookup, KeyRecord, KeyType, LimitsRecord, Store, StoreError, TeamRecord};
@@ -27,11 +28,31 @@ pub struct KeyLookupApi<S> {
     store: Arc<S>,
     invalidations: Arc<Invalidations>,
     metrics: Arc<Metrics>,
+    budgets: Arc<BudgetTracker>,
 }
 
-impl<S> KeyLookupApi<S> {
-    pub fn new(store: Arc<S>, invalidations: Arc<Invalidations>, metrics: Arc<Metrics>) -> Self {
-        Self { store, invalidations, metrics }
+impl<S: Store> KeyLookupApi<S> {
+    pub fn new(
+        store: Arc<S>,
+        invalidations: Arc<Invalidations>,
+        metrics: Arc<Metrics>,
+        budgets: Arc<BudgetTracker>,
+    ) -> Self {
+        Self { store, invalidations, metrics, budgets }
+    }
+
+    /// Fleet-wide spend in the scope's current window, in USD, when it has a budget.
+    async fn fleet_spend(&self, scope: ScopeId, limits: &LimitsRecord) -> Result<Option<f64>, Status> {
+        let Some(budget) = BudgetLimits::of(limits) else { return Ok(None) };
+        let now = u64::try_from(crate::store::now_ms()).unwrap_or(0);
+        match self.budgets.spend(&*self.store, &scope, &budget, now).await {
+            Ok(nanos) => Ok(Some(sluice_core::cost::nanos_to_usd(nanos))),
+            Err(e) => {
+                inc(&self.metrics.lookups_failed, 1);
+                eprintln!("sluice: key lookup: budget window: {e}");
+                Err(Status::unavailable("the spend store is unavailable"))
+            }
+        }
     }
 }
 
@@ -71,6 +92,7 @@ pub fn key_config(hash: KeyHash, key: &KeyRecord) -> KeyConfig {
         metadata: key.metadata.as_object().cloned().unwrap_or_default(),
         model_rpm_limit: per_model(&key.model_limits.rpm),
         model_tpm_limit: per_model(&key.model_limits.tpm),
+        fleet_spend: None,
     }
 }
 
@@ -84,6 +106,7 @@ pub fn team_config(team: &TeamRecord) -> TeamConfig {
         max_budget: usd(team.limits.max_budget_nanos),
         budget_duration: duration(&team.limits),
         blocked: team.blocked,
+        fleet_spend: None,
     }
 }
 
@@ -117,7 +140,11 @@ impl<S: Store> KeyLookupService for KeyLookupApi<S> {
         let team_json = match &key.team_id {
             None => String::new(),
             Some(team_id) => match self.store.get::<TeamRecord>(team_id).await {
-                Ok(team) => json(&team_config(&team))?,
+                Ok(team) => {
+                    let mut config = team_config(&team);
+                    config.fleet_spend = self.fleet_spend(ScopeId::Team(team.team_id.clone()), &team.limits).await?;
+                    json(&config)?
+                }
                 // A key whose team is gone is refused like a key of a blocked team would be.
                 Err(StoreError::NotFound) => {
                     json(&TeamConfig { team_id: team_id.clone(), blocked: true, ..Default::default() })?
@@ -130,7 +157,9 @@ impl<S: Store> KeyLookupService for KeyLookupApi<S> {
             },
         };
         inc(&self.metrics.lookups_found, 1);
-        let key_json = json(&key_config(hash, &key))?;
+        let mut config = key_config(hash, &key);
+        config.fleet_spend = self.fleet_spend(ScopeId::Key(key.key_id.clone()), &key.limits).await?;
+        let key_json = json(&config)?;
         Ok(Response::new(KeyLookupResponse { key_json, team_json }))
     }
 

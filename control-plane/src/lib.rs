@@ -3,6 +3,7 @@
 //! tooling behind the `sluice` CLI (config.yaml, Envoy's bootstrap, keys in the file).
 
 pub mod admin;
+pub mod budget;
 pub mod config_file;
 pub mod envoy_bootstrap;
 pub mod invalidation;

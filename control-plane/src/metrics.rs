@@ -29,6 +29,8 @@ pub struct Metrics {
     pub usage_ingested: AtomicU64,
     pub usage_duplicates: AtomicU64,
     pub usage_failed_batches: AtomicU64,
+    pub budget_soft_alerts: AtomicU64,
+    pub budget_exhausted: AtomicU64,
 }
 
 pub fn inc(counter: &AtomicU64, by: u64) {
@@ -95,6 +97,18 @@ impl Metrics {
             "counter",
             "Usage batches the store could not take (Envoys retry them).",
             &[("", get(&self.usage_failed_batches))],
+        );
+        metric(
+            "sluice_budget_soft_alerts_total",
+            "counter",
+            "Keys and teams that reached their soft budget (once per window).",
+            &[("", get(&self.budget_soft_alerts))],
+        );
+        metric(
+            "sluice_budget_exhausted_total",
+            "counter",
+            "Keys and teams that reached their max budget across the fleet (once per window).",
+            &[("", get(&self.budget_exhausted))],
         );
         out
     }

@@ -28,6 +28,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::admin::Admin;
 use crate::admin::models::{deployment_id, validate_model_list};
+use crate::budget::BudgetTracker;
 use crate::key_lookup::KeyLookupApi;
 use crate::metrics::Metrics;
 use crate::store::{Backend, ModelRecord, ModelStore, SqlStore, SyncReport, now_ms};
@@ -165,6 +166,7 @@ pub async fn serve_planes(
             // The first snapshot before any Envoy can ask, so none gets an empty config.
             publisher.rebuild().await?;
             let ads = AdsService::new(publisher.subscribe(), Arc::clone(&metrics));
+            let budgets = BudgetTracker::new(admin.invalidations(), Arc::clone(&metrics));
             tokio::spawn(publisher.run());
             let server = Server::builder()
                 .add_service(AggregatedDiscoveryServiceServer::new(ads))
@@ -172,9 +174,10 @@ pub async fn serve_planes(
                     Arc::clone(&store),
                     admin.invalidations(),
                     Arc::clone(&metrics),
+                    Arc::clone(&budgets),
                 )))
                 .add_service(
-                    UsageServiceServer::new(UsageIngest::new(store, metrics))
+                    UsageServiceServer::new(UsageIngest::new(store, metrics, budgets))
                         .max_decoding_message_size(MAX_USAGE_BYTES),
                 )
                 .serve_with_incoming_shutdown(TcpIncoming::from(xds_listener), until_stopped(stopped.clone()));

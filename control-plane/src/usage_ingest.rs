@@ -13,8 +13,9 @@ use sluice_proto::gateway::v1::usage_service_server::UsageService;
 use sluice_proto::gateway::v1::{Outcome, ReportUsageRequest, ReportUsageResponse, UsageRecord};
 use tonic::{Request, Response, Status};
 
+use crate::budget::{BudgetLimits, BudgetTracker, ScopeId};
 use crate::metrics::{Metrics, inc};
-use crate::store::{KeyLookup, SpendLog, Store};
+use crate::store::{KeyLookup, SpendLog, Store, StoreResult, TeamRecord, now_ms};
 
 /// Largest batch one call may carry; the singleton sends far fewer.
 pub const MAX_BATCH: usize = 10_000;
@@ -25,22 +26,60 @@ const TENANCY_TTL: Duration = Duration::from_secs(60);
 /// Bound on cached keys; past it the cache starts over.
 const TENANCY_CACHE_MAX: usize = 100_000;
 
-/// What spend is enriched with, per key.
+/// What spend is enriched with, per key, and the budgets it counts against.
 #[derive(Debug, Clone, Default)]
 struct Tenancy {
     organization_id: Option<String>,
     tags: Vec<String>,
+    key_budget: Option<BudgetLimits>,
+    team_budget: Option<(String, BudgetLimits)>,
+}
+
+impl Tenancy {
+    fn budgeted(&self) -> bool {
+        self.key_budget.is_some() || self.team_budget.is_some()
+    }
 }
 
 pub struct UsageIngest<S> {
     store: Arc<S>,
     tenancy: Mutex<HashMap<String, (Tenancy, Instant)>>,
     metrics: Arc<Metrics>,
+    budgets: Arc<BudgetTracker>,
 }
 
 impl<S: Store> UsageIngest<S> {
-    pub fn new(store: Arc<S>, metrics: Arc<Metrics>) -> Self {
-        Self { store, tenancy: Mutex::new(HashMap::new()), metrics }
+    pub fn new(store: Arc<S>, metrics: Arc<Metrics>, budgets: Arc<BudgetTracker>) -> Self {
+        Self { store, tenancy: Mutex::new(HashMap::new()), metrics, budgets }
+    }
+
+    /// Stores the batch and, for keys and teams with budgets, counts its new spend against
+    /// their windows (the tracker held throughout, so a window loaded meanwhile counts each
+    /// record once).
+    async fn store_and_count(&self, logs: &[SpendLog], tenancy: &[&Tenancy]) -> StoreResult<usize> {
+        if !tenancy.iter().any(|t| t.budgeted()) {
+            return self.store.record_spend(logs).await;
+        }
+        let mut windows = self.budgets.lock().await;
+        let new = self.store.record_new_spend(logs).await?;
+        let mut per_scope: HashMap<ScopeId, (BudgetLimits, u64)> = HashMap::new();
+        for (log, t) in new.iter().filter_map(|p| Some((logs.get(*p)?, tenancy.get(*p)?))) {
+            let cost = u64::try_from(log.cost_nanos).unwrap_or(0);
+            if let (Some(limits), Some(key_id)) = (t.key_budget, &log.key_id) {
+                per_scope.entry(ScopeId::Key(key_id.clone())).or_insert((limits, 0)).1 += cost;
+            }
+            if let Some((team_id, limits)) = &t.team_budget {
+                per_scope.entry(ScopeId::Team(team_id.clone())).or_insert((*limits, 0)).1 += cost;
+            }
+        }
+        let now = u64::try_from(now_ms()).unwrap_or(0);
+        for (scope, (limits, nanos)) in per_scope {
+            if let Err(e) = self.budgets.add(&mut windows, &*self.store, &scope, &limits, nanos, now).await {
+                // The spend is stored; the window is reloaded from it on its next use.
+                eprintln!("sluice: budget count for {scope:?}: {e}");
+            }
+        }
+        Ok(new.len())
     }
 
     /// The key's tenancy, from the cache or the store (a key that is gone enriches nothing).
@@ -53,7 +92,21 @@ impl<S: Store> UsageIngest<S> {
             return t.clone();
         }
         let t = match self.store.get_key(&KeyLookup::Id(key_id.to_owned())).await {
-            Ok(k) => Tenancy { organization_id: k.organization_id, tags: k.tags },
+            Ok(k) => {
+                let team_budget = match &k.team_id {
+                    Some(team_id) => match self.store.get::<TeamRecord>(team_id).await {
+                        Ok(team) => BudgetLimits::of(&team.limits).map(|b| (team_id.clone(), b)),
+                        Err(_) => None,
+                    },
+                    None => None,
+                };
+                Tenancy {
+                    key_budget: BudgetLimits::of(&k.limits),
+                    team_budget,
+                    organization_id: k.organization_id,
+                    tags: k.tags,
+                }
+            }
             Err(_) => Tenancy::default(),
         };
         if let Ok(mut cache) = self.tenancy.lock() {
@@ -125,9 +178,9 @@ impl<S: Store> UsageService for UsageIngest<S> {
             }
         }
         let none = Tenancy::default();
-        let logs: Vec<SpendLog> =
-            records.iter().map(|r| spend_log(r, keys.get(r.key_id.as_str()).unwrap_or(&none))).collect();
-        let accepted = self.store.record_spend(&logs).await.map_err(|e| {
+        let tenancy: Vec<&Tenancy> = records.iter().map(|r| keys.get(r.key_id.as_str()).unwrap_or(&none)).collect();
+        let logs: Vec<SpendLog> = records.iter().zip(&tenancy).map(|(r, t)| spend_log(r, t)).collect();
+        let accepted = self.store_and_count(&logs, &tenancy).await.map_err(|e| {
             inc(&self.metrics.usage_failed_batches, 1);
             eprintln!("sluice: usage ingestion: {e}");
             // The singleton keeps the batch and retries.

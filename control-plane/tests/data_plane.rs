@@ -240,3 +240,72 @@ async fn invalidations_sqlite() {
 async fn invalidations_postgres() {
     admin_changes_are_pushed_to_watchers(Db::Postgres).await;
 }
+
+async fn budgets_are_counted_across_the_fleet(db: Db) {
+    use sluice_proto::gateway::v1::WatchInvalidationsRequest;
+    let plane = Plane::start(db).await;
+    let created = generate(
+        &plane,
+        pb::KeySpec {
+            limits: Some(pb::Limits {
+                max_budget: Some(0.01),
+                soft_budget: Some(0.005),
+                budget_duration: Some("2s".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let key_id = created.info.unwrap().key_id;
+    let fleet_spend = |answer: (Option<KeyConfig>, Option<TeamConfig>)| answer.0.unwrap().fleet_spend.unwrap();
+    assert_eq!(fleet_spend(lookup(&plane, &created.key).await), 0.0);
+
+    let mut lookups = KeyLookupServiceClient::new(plane.data_channel().await);
+    let start = lookups.watch_invalidations(WatchInvalidationsRequest::default()).await.unwrap().into_inner();
+    let now = u64::try_from(sluice_control_plane::store::now_ms()).unwrap();
+    let batch = |from: usize| -> Vec<UsageRecord> {
+        (from..from + 4).map(|i| UsageRecord { start_ms: now, ..record(&format!("b-{i}"), &key_id, 0.002) }).collect()
+    };
+    let mut usage = UsageServiceClient::new(plane.data_channel().await);
+    // Two Envoys report $0.008 between them: over the soft budget, under the max.
+    usage.report(ReportUsageRequest { records: batch(0) }).await.unwrap();
+    let metrics_before_max = plane.metrics_text().await;
+    assert!(metrics_before_max.contains("sluice_budget_soft_alerts_total 1\n"), "{metrics_before_max}");
+    assert!(metrics_before_max.contains("sluice_budget_exhausted_total 0\n"));
+    assert!((fleet_spend(lookup(&plane, &created.key).await) - 0.008).abs() < 1e-9);
+    // One more batch crosses $0.01: every Envoy is told to look the key up again.
+    usage.report(ReportUsageRequest { records: batch(4) }).await.unwrap();
+    let told = lookups
+        .watch_invalidations(WatchInvalidationsRequest { epoch: start.epoch.clone(), after_seq: start.last_seq })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(told.key_ids, std::slice::from_ref(&key_id));
+    assert!(fleet_spend(lookup(&plane, &created.key).await) >= 0.01);
+    // A replayed batch does not count again.
+    usage.report(ReportUsageRequest { records: batch(4) }).await.unwrap();
+    assert!((fleet_spend(lookup(&plane, &created.key).await) - 0.016).abs() < 1e-9);
+    // When the 2 s window ends, Envoys are told again, and the key starts the new window at $0.
+    let reset = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        lookups.watch_invalidations(WatchInvalidationsRequest { epoch: told.epoch.clone(), after_seq: told.last_seq }),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .into_inner();
+    assert_eq!(reset.key_ids, [key_id]);
+    assert_eq!(fleet_spend(lookup(&plane, &created.key).await), 0.0);
+    plane.stop().await;
+}
+
+#[tokio::test]
+async fn fleet_budgets_sqlite() {
+    budgets_are_counted_across_the_fleet(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn fleet_budgets_postgres() {
+    budgets_are_counted_across_the_fleet(Db::Postgres).await;
+}

@@ -189,6 +189,11 @@ pub struct KeyConfig {
     pub model_rpm_limit: BTreeMap<String, u64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub model_tpm_limit: BTreeMap<String, u64>,
+    /// USD this key spent across every Envoy in its current budget window, as the control
+    /// plane counted it when it answered a lookup (xDS mode; a key at its `max_budget` is
+    /// refused everywhere, not only on the Envoy that spent it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_spend: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -209,6 +214,9 @@ pub struct TeamConfig {
     pub budget_duration: Option<BudgetDuration>,
     #[serde(default)]
     pub blocked: bool,
+    /// As `KeyConfig::fleet_spend`, for the team.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_spend: Option<f64>,
 }
 
 /// Which models a key or team may use.
@@ -269,6 +277,8 @@ pub struct CompiledKey {
     pub model_limits: HashMap<String, ModelScope>,
     /// Shared-data name of this key's counters.
     pub counter_name: String,
+    /// Fleet-wide spend in the current budget window (xDS mode), nano-dollars.
+    pub fleet_spend_nanos: Option<u64>,
 }
 
 /// A key with its team, however it reached the gateway (config or lookup).
@@ -292,6 +302,8 @@ pub struct CompiledTeam {
     pub blocked: bool,
     pub limits: ScopeLimits,
     pub counter_name: String,
+    /// Fleet-wide spend in the current budget window (xDS mode), nano-dollars.
+    pub fleet_spend_nanos: Option<u64>,
 }
 
 /// The deployments of one model group, in config order.
@@ -350,6 +362,7 @@ fn compile_team(t: &TeamConfig, errors: &mut Vec<ConfigError>) -> CompiledTeam {
         blocked: t.blocked,
         limits: ScopeLimits::new(t.rpm_limit, t.tpm_limit, t.max_budget.map(usd_to_nanos), t.budget_duration),
         counter_name: format!("sluice:t:{}", t.team_id),
+        fleet_spend_nanos: t.fleet_spend.map(usd_to_nanos),
     }
 }
 
@@ -412,6 +425,7 @@ fn compile_key(
         expires_unix_secs: k.expires.as_ref().map(|t| t.unix_secs),
         limits: ScopeLimits::new(k.rpm_limit, k.tpm_limit, k.max_budget.map(usd_to_nanos), k.budget_duration),
         model_limits,
+        fleet_spend_nanos: k.fleet_spend.map(usd_to_nanos),
     })
 }
 

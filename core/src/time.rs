@@ -165,6 +165,18 @@ impl BudgetDuration {
         }
     }
 
+    /// Unix seconds at which the window containing `now_ms` began.
+    pub fn period_start_secs(&self, now_ms: u64) -> u64 {
+        match self {
+            Self::Seconds(len) => self.period(now_ms).saturating_mul((*len).max(1)),
+            Self::CalendarMonth => {
+                let p = self.period(now_ms);
+                let (year, month) = ((p / 12) as i64, (p % 12) as u32 + 1);
+                (days_from_civil(year, month, 1).max(0) as u64) * 86_400
+            }
+        }
+    }
+
     /// Unix seconds at which the window containing `now_ms` ends.
     pub fn period_end_secs(&self, now_ms: u64) -> u64 {
         match self {

@@ -10,6 +10,7 @@ use proxy_wasm::types::{Action, LogLevel};
 use sluice_core::config::{
     CompiledConfig, CompiledKey, CompiledTeam, DEFAULT_MAX_OUTPUT_TOKENS, KeyConfig, Provider, ResolvedKey, TeamConfig,
 };
+use sluice_core::cost::nanos_to_usd;
 use sluice_core::endpoint::Endpoint;
 use sluice_core::error::{GatewayError, LimitKind, LimitScope};
 use sluice_core::keys::{self, KeyHash};
@@ -400,6 +401,20 @@ impl<H: Host> RequestFlow<H> {
         }
         if resolved.team.as_ref().is_some_and(|t| t.blocked) {
             return Err(GatewayError::TeamBlocked);
+        }
+        // The control plane's fleet-wide count (xDS mode): a budget spent on any Envoy is spent
+        // on all of them. This Envoy's own counters still reserve and settle each request.
+        let over = |spent: Option<u64>, max: Option<u64>| match (spent, max) {
+            (Some(spent), Some(max)) if spent >= max => Some((nanos_to_usd(spent), nanos_to_usd(max))),
+            _ => None,
+        };
+        if let Some((spend_usd, max_budget_usd)) = over(key.fleet_spend_nanos, key.limits.max_budget_nanos) {
+            return Err(GatewayError::BudgetExceeded { scope: LimitScope::Key, spend_usd, max_budget_usd });
+        }
+        if let Some(team) = &resolved.team
+            && let Some((spend_usd, max_budget_usd)) = over(team.fleet_spend_nanos, team.limits.max_budget_nanos)
+        {
+            return Err(GatewayError::BudgetExceeded { scope: LimitScope::Team, spend_usd, max_budget_usd });
         }
         if !key.routes.contains(endpoint) {
             return Err(GatewayError::RouteNotAllowed { route: endpoint.route() });

@@ -1092,3 +1092,45 @@ mod resets {
         assert_eq!(s.reply().unwrap().status, 503);
     }
 }
+
+mod fleet_budgets {
+    use super::lookup_support::*;
+    use super::*;
+
+    #[test]
+    fn a_key_or_team_whose_budget_the_fleet_spent_is_refused_with_the_fleet_figures() {
+        let h = Harness::new(xds_config(false));
+        let cases = [
+            (
+                KeyConfig { max_budget: Some(1.0), fleet_spend: Some(1.25), ..stored(50) },
+                None,
+                "Current cost: 1.250000",
+            ),
+            (
+                KeyConfig { team_id: Some("ml".into()), fleet_spend: Some(0.5), max_budget: Some(1.0), ..stored(51) },
+                Some(TeamConfig {
+                    team_id: "ml".into(),
+                    max_budget: Some(2.0),
+                    fleet_spend: Some(2.0),
+                    ..TeamConfig::default()
+                }),
+                "Team budget has been exceeded",
+            ),
+        ];
+        for (i, (cfg, team, message)) in cases.iter().enumerate() {
+            let k = key(50 + i as u8);
+            let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+            s.send_body_awaiting_lookup(CHAT.as_bytes());
+            s.deliver(0, &answer(Some(cfg), team.as_ref()));
+            let reply = s.reply().unwrap();
+            assert_eq!((reply.status, reply.json()["error"]["code"].as_str()), (400, Some("budget_exceeded")));
+            assert!(reply.json()["error"]["message"].as_str().unwrap().contains(message), "{:?}", reply.json());
+        }
+        // Under budget across the fleet: admitted.
+        let k = key(52);
+        let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        s.deliver(0, &answer(Some(&KeyConfig { max_budget: Some(1.0), fleet_spend: Some(0.5), ..stored(52) }), None));
+        assert!(s.reply().is_none());
+    }
+}

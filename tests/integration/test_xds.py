@@ -397,3 +397,19 @@ def test_ten_thousand_requests_with_cancelled_streams_each_billed_once_at_the_co
     assert report["spend"] == pytest.approx(sum(r["cost_usd"] for r in records), abs=1e-6)
     time.sleep(1.0)
     assert spend(fleet, "--key", key_id)["requests"] == served, "nothing counted twice"
+
+
+def test_a_budget_spent_through_one_envoy_is_refused_by_every_envoy(fleet):
+    a = fleet.start_envoy("edge-a")
+    b = fleet.start_envoy("edge-b")
+    key, key_id = create_key(fleet, "--alias", "capped", "--max-budget", "0.002")
+    assert b.chat(CHAT, key=key).status_code == 200  # b knows the key (cached)
+    # Spend it through a alone (each request costs ~0.00016 with 16 output tokens of gpt-4o).
+    for _ in range(40):
+        if a.chat(CHAT, key=key).status_code != 200:
+            break
+    resp = wait_until(lambda: (r := b.chat(CHAT, key=key)).status_code == 400 and r, timeout=10,
+                      what="b refuses a budget spent through a")
+    error = resp.json()["error"]
+    assert error["code"] == "budget_exceeded" and "Max budget: 0.002" in error["message"]
+    assert 'sluice_budget_exhausted_total 1\n' in fleet.metrics()

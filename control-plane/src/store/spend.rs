@@ -31,6 +31,13 @@ pub struct SpendLog {
     pub start_ms: i64,
 }
 
+/// Whose budget window a spend total is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetScope<'a> {
+    Key(&'a str),
+    Team(&'a str),
+}
+
 /// What a spend report groups by: a `spend_logs` column, the day, or each tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupBy {
@@ -69,6 +76,10 @@ pub trait SpendStore {
     /// Writes records not seen before (by `record_id`) and their aggregates; returns how many
     /// were new. Replaying a batch is harmless.
     fn record_spend(&self, logs: &[SpendLog]) -> impl Future<Output = StoreResult<usize>> + Send;
+    /// As `record_spend`, returning the positions (in `logs`) of the records that were new.
+    fn record_new_spend(&self, logs: &[SpendLog]) -> impl Future<Output = StoreResult<Vec<usize>>> + Send;
+    /// Spend of a key or a team since a time (Unix ms), in nano-dollars: a budget window's.
+    fn spend_since(&self, scope: BudgetScope<'_>, since_ms: i64) -> impl Future<Output = StoreResult<i64>> + Send;
     fn query_spend(&self, filter: &SpendFilter, by: GroupBy)
     -> impl Future<Output = StoreResult<Vec<SpendRow>>> + Send;
 }
@@ -99,8 +110,29 @@ pub fn day_of(ms: i64) -> String {
 
 impl SpendStore for SqlStore {
     async fn record_spend(&self, logs: &[SpendLog]) -> StoreResult<usize> {
+        Ok(self.record_new_spend(logs).await?.len())
+    }
+
+    async fn spend_since(&self, scope: BudgetScope<'_>, since_ms: i64) -> StoreResult<i64> {
+        // Constant SQL per scope kind; the id and time are bound.
+        let sql = match scope {
+            BudgetScope::Key(_) => {
+                "SELECT CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) AS n FROM spend_logs WHERE key_id = $1 AND start_ms >= $2"
+            }
+            BudgetScope::Team(_) => {
+                "SELECT CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) AS n FROM spend_logs WHERE team_id = $1 AND start_ms >= $2"
+            }
+        };
+        let (BudgetScope::Key(id) | BudgetScope::Team(id)) = scope;
+        let row = sqlx::query(sql).bind(id.to_owned()).bind(since_ms).fetch_one(&self.pool).await?;
+        Ok(row.try_get("n")?)
+    }
+
+    async fn record_new_spend(&self, logs: &[SpendLog]) -> StoreResult<Vec<usize>> {
         let mut tx = self.pool.begin().await?;
         let mut new: Vec<&SpendLog> = Vec::with_capacity(logs.len());
+        let mut new_positions: Vec<usize> = Vec::with_capacity(logs.len());
+        let mut chunk_start = 0;
         for chunk in logs.chunks(LOG_ROWS_PER_STATEMENT) {
             let sql = format!(
                 "INSERT INTO spend_logs (record_id, request_id, key_id, team_id, user_id, organization_id, customer_id, \
@@ -134,7 +166,13 @@ impl SpendStore for SqlStore {
             let inserted: HashSet<String> =
                 q.fetch_all(&mut *tx).await?.iter().map(|r| r.try_get("record_id")).collect::<Result<_, _>>()?;
             let mut first = HashSet::new();
-            new.extend(chunk.iter().filter(|l| inserted.contains(&l.record_id) && first.insert(&l.record_id)));
+            for (i, l) in chunk.iter().enumerate() {
+                if inserted.contains(&l.record_id) && first.insert(&l.record_id) {
+                    new.push(l);
+                    new_positions.push(chunk_start + i);
+                }
+            }
+            chunk_start += chunk.len();
         }
         // One increment per (day, dimension, value) for the whole batch.
         let mut totals: BTreeMap<(String, &'static str, String), [i64; 4]> = BTreeMap::new();
@@ -183,7 +221,7 @@ impl SpendStore for SqlStore {
             q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(new.len())
+        Ok(new_positions)
     }
 
     async fn query_spend(&self, filter: &SpendFilter, by: GroupBy) -> StoreResult<Vec<SpendRow>> {

@@ -27,6 +27,8 @@ pub struct Plane {
     pub url: String,
     /// The data-plane port: xDS, key lookups, usage ingestion.
     pub data_url: String,
+    /// host:port of the Prometheus metrics.
+    pub metrics_addr: String,
     pub database_url: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     cleanup: Option<String>,
@@ -67,18 +69,20 @@ impl Plane {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let data = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let data_url = format!("http://{}", data.local_addr().unwrap());
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_addr = metrics.local_addr().unwrap().to_string();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let xds = XdsOptions::new("/unused/sluice_filter.wasm".into());
         tokio::spawn(serve_planes(
             listener,
-            Some(DataPlane { listener: data, xds, metrics: None }),
+            Some(DataPlane { listener: data, xds, metrics: Some(metrics) }),
             store,
             Some(MASTER),
             async {
                 let _ = rx.await;
             },
         ));
-        Self { url, data_url, database_url, shutdown: Some(tx), cleanup }
+        Self { url, data_url, metrics_addr, database_url, shutdown: Some(tx), cleanup }
     }
 
     pub async fn keys(&self) -> KeyServiceClient<Channel> {
@@ -88,6 +92,16 @@ impl Plane {
     /// A second connection to the plane's database (as another replica would have).
     pub async fn store(&self) -> SqlStore {
         SqlStore::open(&self.database_url).await.unwrap()
+    }
+
+    /// The control plane's metrics, as Prometheus reads them.
+    pub async fn metrics_text(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(&self.metrics_addr).await.unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.unwrap();
+        out
     }
 
     pub async fn data_channel(&self) -> Channel {
