@@ -543,6 +543,14 @@ mod tests {
         assert!(s.gateway.deployments.is_empty());
         assert_eq!(s.request_timeout_secs, DEFAULT_REQUEST_TIMEOUT_SECS);
         assert_eq!(s.failure_policy, FailurePolicy::FailClosed);
+        for (value, policy) in [
+            ("fail_closed", FailurePolicy::FailClosed),
+            ("fail_open", FailurePolicy::FailOpen),
+            ("fail_reload", FailurePolicy::FailReload),
+        ] {
+            let s = from_litellm(&json!({"general_settings": {"sluice_failure_policy": value}}), &env).unwrap();
+            assert_eq!(s.failure_policy, policy, "{value}");
+        }
         assert!(from_litellm(&json!([1]), &env).is_err());
         let s =
             from_litellm(&json!({"model_list": [{"model_name": "m", "litellm_params": {"model": "gpt-4o"}}]}), &env)

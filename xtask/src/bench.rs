@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: Envoy+Sluice against bare Envoy, in one run, alternating, on the same
 //! mock provider. A 1 KB chat request with a ~1.4 KB response, at one connection (latency) and
-//! at saturation (throughput), plus time to first token on a stream. Results go to stdout and
-//! to BENCHMARKS.md (between the generated-results markers).
+//! at saturation (throughput), plus time to first token on a stream. LiteLLM's proxy (pinned, in
+//! its own venv, `.venv-litellm`) is measured at saturation against the same mock, unless
+//! `--no-litellm`. Results go to stdout and to BENCHMARKS.md (between the generated-results
+//! markers).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -19,6 +21,10 @@ const NOOP_PORT: u16 = 18_002;
 const BARE_ADMIN: u16 = 18_900;
 const SLUICE_ADMIN: u16 = 18_901;
 const NOOP_ADMIN: u16 = 18_902;
+const LITELLM_PORT: u16 = 18_400;
+/// LiteLLM's proxy, pinned: the 1.106 line DESIGN.md's anchor was measured with, at the newest
+/// release whose dependencies resolve here (1.106.10 needs a certifi newer than any published).
+const LITELLM_VERSION: &str = "1.106.0";
 
 /// The Envoys measured, in the order each round runs them: bare, Sluice, and the floor (a
 /// no-op wasm filter) that shows what any proxy-wasm filter costs on this Envoy.
@@ -41,6 +47,7 @@ struct WrkResult {
 
 pub fn bench(args: &[String]) -> Result<(), String> {
     let quick = args.iter().any(|a| a == "--quick");
+    let no_litellm = args.iter().any(|a| a == "--no-litellm");
     let (duration, rounds, ttft_requests) = if quick { ("3s", 1, 50) } else { ("10s", 3, 300) };
     let tools = setup::setup()?;
     ensure_wrk()?;
@@ -49,17 +56,10 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         "build the mock provider (release)",
         proc::run(&cargo, &["build", "--quiet", "--release", "-p", "sluice-mock-provider"], &[]),
     )?;
-    proc::step(
-        "build the no-op wasm filter (the floor)",
-        proc::run(
-            &cargo,
-            &["build", "--quiet", "--release", "--target", "wasm32-wasip1", "-p", "sluice-noop-filter"],
-            &[],
-        ),
-    )?;
     let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root().join("target"));
     let mock_bin = target.join("release/sluice-mock-provider");
-    let noop_wasm = target.join("wasm32-wasip1/release/sluice_noop_filter.wasm");
+    // The floor: setup builds the no-op filter with Sluice's.
+    let noop_wasm = tools.noop_wasm.clone();
 
     let dir = root().join(".sluice/bench");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -146,9 +146,16 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         );
         crate::quickstart::wait_until_ready(&format!("127.0.0.1:{admin}"), Duration::from_secs(30))?;
     }
-    // Children: the mock, then the Envoys in PORTS order.
+    // Children: the mock, then the Envoys in PORTS order (then LiteLLM, if it runs).
     let envoy_pids: Vec<u32> = (1..=PORTS.len()).map(|i| children.0.get(i).map_or(0, Child::id)).collect();
     let rss_before: Vec<u64> = envoy_pids.iter().map(|p| rss_kib(*p)).collect();
+
+    // LiteLLM's proxy on the same mock, one worker; any failure is reported, not hidden.
+    let mut litellm: Result<Litellm, String> = if no_litellm {
+        Err("not measured in this run (`--no-litellm`)".into())
+    } else {
+        start_litellm(&dir, &provider_key, &body, &mut children).map_err(|e| format!("could not be run here: {e}"))
+    };
 
     // Warm up every path (VM JIT, connection pools), then alternate the Envoys each round.
     for port in PORTS {
@@ -158,6 +165,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     let mut one_conn: [Vec<WrkResult>; 3] = Default::default();
     let mut saturated: [Vec<WrkResult>; 3] = Default::default();
     let mut ttft: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut litellm_saturated: Vec<WrkResult> = Vec::new();
     for round in 0..rounds {
         for (i, port) in PORTS.into_iter().enumerate() {
             let name = NAMES.get(i).copied().unwrap_or("?");
@@ -169,7 +177,15 @@ pub fn bench(args: &[String]) -> Result<(), String> {
                 samples.extend(time_to_first_token(port, &key, &provider_key, &stream_body, ttft_requests / rounds)?);
             }
         }
+        if let Ok(l) = &litellm {
+            eprintln!("xtask: bench round {} / {rounds}: LiteLLM proxy", round + 1);
+            match wrk(&l.script, LITELLM_PORT, 32, duration, l.pid) {
+                Ok(r) => litellm_saturated.push(r),
+                Err(e) => litellm = Err(format!("failed during the run: {e}")),
+            }
+        }
     }
+    let litellm_rss = litellm.as_ref().map_or(0, |l| rss_kib(l.pid));
     let rss_after: Vec<u64> = envoy_pids.iter().map(|p| rss_kib(*p)).collect();
 
     let med = |v: &[WrkResult], f: fn(&WrkResult) -> f64| median(v.iter().map(f).collect());
@@ -194,6 +210,34 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     let added_ttft = sl_ttft - bare_ttft;
     let mem_ratio = rss(&rss_after, SLUICE) as f64 / rss(&rss_after, BARE).max(1) as f64;
     let cpu_ratio = bare_cpu / sl_cpu.max(0.001);
+    let (litellm_row, litellm_text) = match (&litellm, litellm_saturated.is_empty()) {
+        (Ok(_), false) => {
+            let rps = med(&litellm_saturated, |r| r.rps);
+            let (sl_x, bare_x) = (sl_sat.0 / rps.max(0.001), bare_sat.0 / rps.max(0.001));
+            (
+                format!(
+                    "| throughput / LiteLLM proxy at saturation (LiteLLM: {rps:.1} req/s) | {bare_x:.0}× | {sl_x:.0}× | Envoy+Sluice **{sl_x:.0}×** LiteLLM | ≥ 80× ({}) |\n",
+                    verdict(sl_x >= 80.0)
+                ),
+                format!(
+                    "\nLiteLLM's proxy {LITELLM_VERSION} (`litellm --num_workers 1`, its own venv; master key only: without a database it has \
+no virtual keys, budgets or spend logs, so it does less per request than Sluice), same mock, same body, in the same rounds: \
+{rps:.1} req/s at 32 connections (p50 {:.0} ms, p99 {:.0} ms), {:.0} µs of CPU per request, {litellm_rss} KiB RSS after the run. \
+Envoy+Sluice serves {sl_x:.0}× and bare Envoy {bare_x:.0}× its throughput.\n",
+                    med(&litellm_saturated, |r| r.p50_us) / 1000.0,
+                    med(&litellm_saturated, |r| r.p99_us) / 1000.0,
+                    med(&litellm_saturated, |r| r.envoy_cpu_us_per_request),
+                ),
+            )
+        }
+        (Ok(_), true) => {
+            ("| throughput / LiteLLM proxy | — | — | **not measured** | ≥ 80× |\n".to_owned(), String::new())
+        }
+        (Err(e), _) => (
+            "| throughput / LiteLLM proxy | — | — | **not measured** | ≥ 80× |\n".to_owned(),
+            format!("\n**LiteLLM's proxy {LITELLM_VERSION}: {e}.** The ≥ 80× target was not checked in this run.\n"),
+        ),
+    };
     let report = format!(
         "Measured {date} on this machine ({cores} cores), `cargo xtask bench{quick_flag}`: {rounds} round(s), bare Envoy, Envoy+Sluice and the no-op floor alternating, \
 each Envoy with `--concurrency 1`, mock provider with 1 worker, wrk 1 thread; medians over rounds.\n\n\
@@ -206,11 +250,12 @@ each Envoy with `--concurrency 1`, mock provider with 1 worker, wrk 1 thread; me
 | saturation p50 / p99 latency | {:.0} / {:.0} µs | {:.0} / {:.0} µs | — | — |\n\
 | streaming, time to first token p50 ({} streams each) | {:.0} µs | {:.0} µs | added **{added_ttft:.0} µs** | ≤ 500 µs ({}) |\n\
 | streaming, time to first token p99 | {:.0} µs | {:.0} µs | added {:.0} µs | — |\n\
-| Envoy RSS after the run (before: {} / {} KiB) | {} KiB | {} KiB | ratio {mem_ratio:.2} | ≤ 1.5 ({}) |\n\n\
+| Envoy RSS after the run (before: {} / {} KiB) | {} KiB | {} KiB | ratio {mem_ratio:.2} | ≤ 1.5 ({}) |\n\
+{litellm_row}\n\
 The floor, measured in the same rounds: Envoy with a no-op wasm filter (`tests/noop-filter`: one header read and one \
 write) serves {:.0} req/s (ratio {:.3}), spends {noop_cpu:.1} µs of CPU per request (ratio {:.3}), adds {:.0} µs at p50 \
 on one connection and holds {} KiB after the run (ratio {:.2}). What Sluice adds beyond any wasm filter: {:.1} µs of CPU per \
-request.\n",
+request.\n{litellm_text}",
         bare_sat.0,
         sl_sat.0,
         verdict(ratio >= 0.85),
@@ -255,6 +300,102 @@ request.\n",
     println!("\n{report}");
     write_report(&root().join("BENCHMARKS.md"), &report)?;
     Ok(())
+}
+
+/// A running LiteLLM proxy: its pid (for CPU and RSS) and the wrk script with its master key.
+struct Litellm {
+    pid: u32,
+    script: PathBuf,
+}
+
+/// Installs the pinned LiteLLM proxy into `.venv-litellm` (only when it is missing or another
+/// version), starts it on the mock with one worker, and waits until it answers a chat request.
+fn start_litellm(dir: &Path, provider_key: &str, body: &str, children: &mut Children) -> Result<Litellm, String> {
+    let litellm_bin = litellm_binary(&root())?;
+    let master_key = format!("sk-litellm-bench-{}", proc::random_hex()?);
+    let config = dir.join("litellm.yaml");
+    std::fs::write(&config, litellm_config(&master_key)).map_err(|e| e.to_string())?;
+    let script = dir.join("post-litellm.lua");
+    std::fs::write(&script, litellm_wrk_script(&master_key, body)).map_err(|e| e.to_string())?;
+    let log_path = dir.join("litellm.log");
+    let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+    let log2 = log.try_clone().map_err(|e| e.to_string())?;
+    let port = LITELLM_PORT.to_string();
+    let child = Command::new(&litellm_bin)
+        .args(["--config", &config.to_string_lossy(), "--host", "127.0.0.1", "--port", &port, "--num_workers", "1"])
+        .envs([
+            ("BENCH_PROVIDER_KEY", provider_key),
+            // The price map shipped in the package: no download at start.
+            ("LITELLM_LOCAL_MODEL_COST_MAP", "True"),
+            ("LITELLM_LOG", "ERROR"),
+        ])
+        .stdout(log)
+        .stderr(log2)
+        .spawn()
+        .map_err(|e| format!("{}: {e}", litellm_bin.display()))?;
+    let pid = child.id();
+    children.0.push(child);
+    let addr = format!("127.0.0.1:{LITELLM_PORT}");
+    let auth = format!("Bearer {master_key}");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < Duration::from_secs(180) {
+        if let Some(Ok(Some(status))) = children.0.last_mut().map(Child::try_wait) {
+            return Err(format!("LiteLLM exited ({status}); see {}", log_path.display()));
+        }
+        match crate::quickstart::http(&addr, "POST", "/v1/chat/completions", &headers, body) {
+            Ok((200, _)) => return Ok(Litellm { pid, script }),
+            Ok((status, response)) => {
+                last = format!("HTTP {status}: {}", response.chars().take(300).collect::<String>())
+            }
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Err(format!("LiteLLM never served a chat request (last: {last}); see {}", log_path.display()))
+}
+
+/// `.venv-litellm/bin/litellm` at `LITELLM_VERSION`, installed with pip on first use. Its own
+/// venv: LiteLLM's dependency pins must not move the test venv's SDKs.
+fn litellm_binary(root: &Path) -> Result<PathBuf, String> {
+    let venv = root.join(".venv-litellm");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        proc::step("create .venv-litellm", proc::run("python3", &["-m", "venv", &venv.to_string_lossy()], &[]))?;
+    }
+    let py = python.to_string_lossy().into_owned();
+    let version = || {
+        proc::output(&py, &["-c", "import importlib.metadata as m; print(m.version('litellm'))"], &[])
+            .map(|v| v.trim().to_owned())
+    };
+    if version().ok().as_deref() != Some(LITELLM_VERSION) {
+        let requirement = format!("litellm[proxy]=={LITELLM_VERSION}");
+        proc::step(
+            &format!("pip install {requirement} into .venv-litellm"),
+            proc::run(&py, &["-m", "pip", "install", "--quiet", "--disable-pip-version-check", &requirement], &[]),
+        )?;
+        let installed = version()?;
+        if installed != LITELLM_VERSION {
+            return Err(format!("pip installed litellm {installed}, not {LITELLM_VERSION}"));
+        }
+    }
+    Ok(venv.join("bin/litellm"))
+}
+
+/// LiteLLM's config for the same mock deployment; the mock's response size (a request header
+/// for the Envoys) is sent by LiteLLM itself, since it does not forward client headers.
+fn litellm_config(master_key: &str) -> String {
+    format!(
+        "model_list:\n  - model_name: gpt-4o\n    litellm_params:\n      model: openai/gpt-4o\n      api_base: http://127.0.0.1:{MOCK_PORT}/v1\n      api_key: os.environ/BENCH_PROVIDER_KEY\n      extra_headers: {{\"x-mock-response-bytes\": \"1400\"}}\ngeneral_settings:\n  master_key: {master_key}\nlitellm_settings:\n  telemetry: false\n"
+    )
+}
+
+fn litellm_wrk_script(master_key: &str, body: &str) -> String {
+    let escaped = body.replace('\\', "\\\\").replace('"', "\\\"");
+    format!(
+        "wrk.method = \"POST\"\nwrk.body = \"{escaped}\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer {master_key}\"\n"
+    )
 }
 
 fn ensure_wrk() -> Result<(), String> {

@@ -7,7 +7,8 @@
 //! - `cargo xtask join`   one more Envoy from the running quickstart's control plane.
 //! - `cargo xtask test`   every check: fmt, clippy, unit tests (native and wasm32), integration
 //!   tests against a real Envoy, and a smoke run of the quickstart.
-//! - `cargo xtask bench`  Envoy+Sluice against bare Envoy, same run, same mock.
+//! - `cargo xtask bench`  Envoy+Sluice against bare Envoy (and LiteLLM's proxy unless
+//!   `--no-litellm`), same run, same mock.
 //! - `cargo xtask bench-fleet`  the control plane: key lookup with 1M keys, ingestion rate,
 //!   revocation time.
 
@@ -29,7 +30,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::bench(&args[1..]),
         Some("bench-fleet") => bench_fleet::bench_fleet(),
         _ => {
-            eprintln!("usage: cargo xtask <setup|run [--smoke]|join|test|bench [--quick]|bench-fleet>");
+            eprintln!("usage: cargo xtask <setup|run [--smoke]|join|test|bench [--quick] [--no-litellm]|bench-fleet>");
             return ExitCode::from(2);
         }
     };

@@ -9,6 +9,9 @@ pub struct Tools {
     pub python: PathBuf,
     pub envoy: PathBuf,
     pub wasm: PathBuf,
+    /// The no-op filter (`tests/noop-filter`): the bench's floor, and the trap module of the
+    /// failure-policy test.
+    pub noop_wasm: PathBuf,
     pub cli: PathBuf,
     pub mock: PathBuf,
 }
@@ -20,6 +23,7 @@ impl Tools {
         vec![
             ("ENVOY_BIN".into(), s(&self.envoy)),
             ("SLUICE_WASM".into(), s(&self.wasm)),
+            ("SLUICE_NOOP_WASM".into(), s(&self.noop_wasm)),
             ("SLUICE_CLI".into(), s(&self.cli)),
             ("SLUICE_MOCK".into(), s(&self.mock)),
         ]
@@ -36,8 +40,22 @@ pub fn setup() -> Result<Tools, String> {
     let envoy = envoy_binary(&root)?;
     let cargo = proc::cargo();
     proc::step(
-        "build the filter (wasm32-wasip1, release)",
-        proc::run(&cargo, &["build", "--quiet", "--release", "--target", "wasm32-wasip1", "-p", "sluice-filter"], &[]),
+        "build the filter and the no-op test filter (wasm32-wasip1, release)",
+        proc::run(
+            &cargo,
+            &[
+                "build",
+                "--quiet",
+                "--release",
+                "--target",
+                "wasm32-wasip1",
+                "-p",
+                "sluice-filter",
+                "-p",
+                "sluice-noop-filter",
+            ],
+            &[],
+        ),
     )?;
     proc::step(
         "build the CLI and the mock provider",
@@ -48,6 +66,7 @@ pub fn setup() -> Result<Tools, String> {
         python,
         envoy,
         wasm: target.join("wasm32-wasip1/release/sluice_filter.wasm"),
+        noop_wasm: target.join("wasm32-wasip1/release/sluice_noop_filter.wasm"),
         cli: target.join("debug/sluice"),
         mock: target.join("debug/sluice-mock-provider"),
     })

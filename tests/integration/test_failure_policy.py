@@ -1,0 +1,195 @@
+"""A trapping filter fails closed; under FAIL_RELOAD the gateway recovers (DESIGN.md §7).
+
+Sluice's own filter has no trap path (no panics, no unwraps), so these tests start Envoy from
+Sluice's own generated bootstrap (`sluice envoy-config`) with the wasm module swapped for the
+no-op test filter (`tests/noop-filter`, `SLUICE_NOOP_WASM`). Under Sluice's root id it executes
+wasm's `unreachable` instruction — a real V8 trap — on a request carrying `x-sluice-test-trap`;
+otherwise it lets the request through (the client names the cluster in `x-sluice-cluster`, the
+header Sluice's filter would set, and the provider key in `x-bench-provider-key`), so a normal
+request provably reaches the mock provider as long as the VM is alive.
+
+A trap fails the VM of the worker that ran it; every other worker keeps its own VM (measured
+with two workers: the trapping worker answers 503, the other 200). Envoy runs one worker here
+so that "the next request" is a request to the failed VM.
+"""
+
+import json
+import os
+import re
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from conftest import Gateway, free_port, model_entry
+
+TRAP = {"x-sluice-test-trap": "1"}
+# What Envoy logs when the module executes `unreachable` in V8.
+TRAP_LOG = "proxy_on_request_headers failed: Uncaught RuntimeError: unreachable"
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]}
+
+
+class TrapGateway(Gateway):
+    """Sluice's generated standalone bootstrap, running the trap module instead of Sluice."""
+
+    def __init__(self, workdir, policy):
+        super().__init__(workdir)
+        self.policy = policy
+        self.trap_wasm = os.environ["SLUICE_NOOP_WASM"]
+
+    def write_config(self):
+        general = {"master_key": "os.environ/SLUICE_MASTER_KEY"}
+        if self.policy is not None:
+            general["sluice_failure_policy"] = self.policy
+        config = {
+            "model_list": [model_entry("gpt-4o", "openai/gpt-4o", f"{self.mock_url}/v1", "MOCK_OPENAI_KEY", "gpt-4o-a")],
+            "general_settings": general,
+        }
+        self.config_path = self.workdir / "config.yaml"
+        self.config_path.write_text(json.dumps(config))
+
+    def start_envoy(self):
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin = f"http://127.0.0.1:{self.admin_port}"
+        self.envoy_yaml = self.workdir / "envoy.yaml"
+        self.cli("envoy-config", "-c", str(self.config_path), "--wasm", self.trap_wasm, "--out", str(self.envoy_yaml),
+                 "--listen", f"127.0.0.1:{self.port}", "--admin-port", str(self.admin_port))
+        text = self.envoy_yaml.read_text()
+        expected = {None: "FAIL_CLOSED", "fail_reload": "FAIL_RELOAD"}[self.policy]
+        assert f"failure_policy: {expected}" in text
+        assert self.trap_wasm in text, "the bootstrap does not run the trap module"
+        self.cluster = re.search(r"cluster_name: (sluice_\S+)", text).group(1)
+        self.log_path = self.workdir / "envoy.log"
+        self.proc = subprocess.Popen(
+            [self.env_bin["ENVOY_BIN"], "-c", str(self.envoy_yaml), "--disable-hot-restart", "--concurrency", "1",
+             "--log-level", "info", "--base-id", str(self.port)],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "w"))
+        self.procs.append(self.proc)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            assert self.proc.poll() is None, f"Envoy exited: {self.log_path.read_text()[-3000:]}"
+            try:
+                if httpx.get(f"{self.admin}/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"Envoy never became ready: {self.log_path.read_text()[-3000:]}")
+
+    def send(self, trap=False):
+        headers = {"x-sluice-cluster": self.cluster,
+                   "x-bench-provider-key": f"Bearer {self.provider_keys['MOCK_OPENAI_KEY']}",
+                   **(TRAP if trap else {})}
+        return httpx.post(f"{self.url}/v1/chat/completions", json=CHAT, headers=headers, timeout=10)
+
+    def upstream_calls(self):
+        """Every request the mock provider received, whatever it answered."""
+        return sum(self.mock_stats()["by_path"].values())
+
+    def wasm_stat(self, name):
+        stats = httpx.get(f"{self.admin}/stats", params={"filter": r"^wasm\.sluice\."}, timeout=5).text
+        match = re.search(rf"^wasm\.sluice\.{name}: (\d+)$", stats, re.M)
+        return int(match.group(1)) if match else 0
+
+
+def start(tmp_path, policy):
+    gw = TrapGateway(tmp_path, policy)
+    gw.start_mock()
+    gw.write_config()
+    gw.start_envoy()
+    return gw
+
+
+@pytest.fixture
+def gateway_factory(tmp_path):
+    started = []
+
+    def make(policy):
+        gw = start(tmp_path, policy)
+        started.append(gw)
+        return gw
+
+    yield make
+    for gw in started:
+        gw.stop()
+
+
+def assert_failed_closed(response):
+    """What a client sees from a failed VM: a 503 in OpenAI's error shape, nothing forwarded."""
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert error["code"] == "gateway_filter_failed"
+    assert error["type"] == "service_unavailable"
+    assert "not forwarded" in error["message"]
+
+
+def trap(gw):
+    """Runs the trap and checks it was a real wasm trap that reached no upstream."""
+    before = gw.upstream_calls()
+    traps = gw.log_path.read_text().count(TRAP_LOG)
+    assert_failed_closed(gw.send(trap=True))
+    assert gw.upstream_calls() == before
+    deadline = time.time() + 5  # Envoy's log is written by its own thread
+    while gw.log_path.read_text().count(TRAP_LOG) == traps and time.time() < deadline:
+        time.sleep(0.05)
+    assert gw.log_path.read_text().count(TRAP_LOG) == traps + 1
+
+
+def test_a_trap_fails_closed_by_default(gateway_factory):
+    gw = gateway_factory(None)  # no sluice_failure_policy: the default
+    # The stand-in filter lets a normal request through to the provider while its VM lives.
+    assert gw.send().status_code == 200
+    assert gw.upstream_calls() == 1
+
+    trap(gw)
+
+    # From now on the worker's VM is dead: every request is refused, none reaches the provider,
+    # however long we keep asking (no reload under FAIL_CLOSED).
+    deadline = time.time() + 3
+    refused = 0
+    while time.time() < deadline:
+        assert_failed_closed(gw.send())
+        refused += 1
+        time.sleep(0.05)
+    assert refused >= 10
+    assert gw.upstream_calls() == 1
+    assert gw.mock_stats()["served"] == 1
+    assert gw.wasm_stat("vm_reload_success") == 0
+    # Envoy itself is up and still reports ready: failing closed is per request, not a crash.
+    assert gw.proc.poll() is None
+    assert httpx.get(f"{gw.admin}/ready", timeout=5).status_code == 200
+
+
+def test_fail_reload_recovers_after_a_trap(gateway_factory):
+    gw = gateway_factory("fail_reload")
+    assert gw.send().status_code == 200
+    assert gw.upstream_calls() == 1
+
+    for round_ in range(2):
+        trap(gw)
+        before = gw.upstream_calls()
+        # Envoy makes a new VM for a request once its reload backoff has passed (about 1 s
+        # here: `vm_reload_backoff` counts the requests refused meanwhile); until then requests
+        # still fail closed. Poll until one is served.
+        served = refused = 0
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            response = gw.send()
+            if response.status_code == 200:
+                served += 1
+                break
+            assert_failed_closed(response)
+            refused += 1
+            time.sleep(0.05)
+        assert served == 1, f"round {round_}: no recovery within 30 s ({refused} requests refused)"
+        # Exactly the served request reached the provider; the refused ones did not.
+        assert gw.upstream_calls() == before + 1
+        assert gw.wasm_stat("vm_reload_success") >= round_ + 1
+
+    # The reloaded VM keeps serving.
+    for _ in range(5):
+        assert gw.send().status_code == 200
