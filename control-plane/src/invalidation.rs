@@ -1,7 +1,8 @@
 //! Which cached keys Envoys must drop, as a numbered log that each Envoy's singleton VM
 //! long-polls (`KeyLookupService/WatchInvalidations`). The admin API publishes to it after every
 //! committed change that a cached key could hide: a key updated, blocked, rotated or deleted, a
-//! team changed or blocked.
+//! team changed or blocked, a user or organization changed; and the budget tracker publishes
+//! when a key's, team's, user's or organization's budget is spent or its window ends.
 //!
 //! The log lives in this process: one control plane replica sees its own changes. Replicas
 //! sharing a database would publish through it (or Redis) instead; see ARCHITECTURE.md.
@@ -20,6 +21,10 @@ const KEPT: usize = 10_000;
 pub enum Target {
     Key(String),
     Team(String),
+    /// Every key of a user.
+    User(String),
+    /// Every key of an organization (its own, or its team's).
+    Org(String),
 }
 
 #[derive(Debug)]
@@ -62,8 +67,12 @@ impl Invalidations {
             published.as_mut().enable();
             let answer = self.since(req);
             // A caller from another epoch (or its first call) learns the current one at once.
-            let changed =
-                answer.reset || req.epoch != self.epoch || !answer.key_ids.is_empty() || !answer.team_ids.is_empty();
+            let changed = answer.reset
+                || req.epoch != self.epoch
+                || !answer.key_ids.is_empty()
+                || !answer.team_ids.is_empty()
+                || !answer.user_ids.is_empty()
+                || !answer.org_ids.is_empty();
             if changed || tokio::time::timeout_at(deadline, published).await.is_err() {
                 return answer;
             }
@@ -91,6 +100,8 @@ impl Invalidations {
             match target {
                 Target::Key(id) => answer.key_ids.push(id.clone()),
                 Target::Team(id) => answer.team_ids.push(id.clone()),
+                Target::User(id) => answer.user_ids.push(id.clone()),
+                Target::Org(id) => answer.org_ids.push(id.clone()),
             }
         }
         answer
@@ -116,6 +127,24 @@ mod tests {
         assert_eq!((next.key_ids, next.team_ids, next.last_seq), (vec!["key_a".to_owned()], vec!["ml".to_owned()], 2));
         let after = inv.watch(&req("e1", 2), Duration::from_millis(20)).await;
         assert!(after.key_ids.is_empty() && !after.reset, "nothing new: an empty answer after the wait");
+    }
+
+    #[tokio::test]
+    async fn users_and_organizations_are_published_in_their_own_lists() {
+        let inv = std::sync::Arc::new(Invalidations::new("e1".into()));
+        let waiter = {
+            let inv = std::sync::Arc::clone(&inv);
+            tokio::spawn(async move { inv.watch(&req("e1", 0), Duration::from_secs(30)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        inv.publish(Target::User("alice".into()));
+        let woken = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        assert_eq!((woken.user_ids, woken.last_seq), (vec!["alice".to_owned()], 1), "a user alone wakes a watcher");
+        inv.publish(Target::Org("acme".into()));
+        inv.publish(Target::Key("key_a".into()));
+        let next = inv.watch(&req("e1", 1), Duration::ZERO).await;
+        assert_eq!((next.org_ids, next.key_ids), (vec!["acme".to_owned()], vec!["key_a".to_owned()]));
+        assert!(next.user_ids.is_empty() && next.team_ids.is_empty());
     }
 
     #[tokio::test]

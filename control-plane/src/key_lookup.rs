@@ -1,24 +1,30 @@
 //! `sluice.v1.KeyLookupService`: what an Envoy asks on a key-cache miss. The answer is the key
 //! (and its team) in sluice-core's `KeyConfig` / `TeamConfig` JSON shape, the same shape a
-//! standalone config declares, so the filter compiles it with the code it already trusts.
+//! standalone config declares, so the filter compiles it with the code it already trusts. It
+//! carries the fleet-wide spend of every budget the key counts against: its own, its team's,
+//! its user's and its organization's (the key's own organization, else its team's).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_core::config::{KeyConfig, TeamConfig};
+use sluice_core::config::{KeyConfig, TeamConfig, rate_limited_counters};
+use sluice_core::fleet::window_of;
 use sluice_core::keys::KeyHash;
 use sluice_core::time::{BudgetDuration, Timestamp, format_rfc3339_ms};
 use sluice_proto::gateway::v1::key_lookup_service_server::KeyLookupService;
 use sluice_proto::gateway::v1::{
-    KeyLookupRequest, KeyLookupResponse, WatchInvalidationsRequest, WatchInvalidationsResponse,
+    KeyLookupRequest, KeyLookupResponse, ScopeCounts, WatchInvalidationsRequest, WatchInvalidationsResponse,
 };
 use tonic::{Request, Response, Status};
 
 use crate::budget::{BudgetLimits, BudgetTracker, ScopeId};
+use crate::fleet_limits::FleetCounts;
 use crate::invalidation::Invalidations;
 use crate::metrics::{Metrics, inc};
-use crate::store::{KeyLookup, KeyRecord, KeyType, LimitsRecord, Store, StoreError, TeamRecord};
+use crate::store::{
+    KeyLookup, KeyRecord, KeyType, LimitsRecord, OrgRecord, Store, StoreError, StoreResult, TeamRecord, UserRecord,
+};
 
 /// How long a `WatchInvalidations` call is held when nothing changes (below Envoy's gRPC
 /// timeout for the call, so an idle watch ends in an answer rather than an error).
@@ -29,6 +35,8 @@ pub struct KeyLookupApi<S> {
     invalidations: Arc<Invalidations>,
     metrics: Arc<Metrics>,
     budgets: Arc<BudgetTracker>,
+    /// The fleet's rate-limit counts, sent with a key so an Envoy new to it starts from them.
+    fleet_counts: Option<Arc<FleetCounts>>,
 }
 
 impl<S: Store> KeyLookupApi<S> {
@@ -38,7 +46,60 @@ impl<S: Store> KeyLookupApi<S> {
         metrics: Arc<Metrics>,
         budgets: Arc<BudgetTracker>,
     ) -> Self {
-        Self { store, invalidations, metrics, budgets }
+        Self { store, invalidations, metrics, budgets, fleet_counts: None }
+    }
+
+    pub fn with_fleet_counts(mut self, fleet_counts: Arc<FleetCounts>) -> Self {
+        self.fleet_counts = Some(fleet_counts);
+        self
+    }
+
+    /// What the fleet counted this minute on the key's rate-limited counters. Best effort: a
+    /// lookup never fails for it (the Envoy's first sync brings the same figures).
+    async fn fleet_counts(&self, key: &KeyConfig, team: Option<&TeamConfig>) -> (u64, Vec<ScopeCounts>) {
+        let window = window_of(u64::try_from(crate::store::now_ms()).unwrap_or(0));
+        let Some(fleet) = &self.fleet_counts else { return (window, Vec::new()) };
+        let scopes = rate_limited_counters(key, team);
+        if scopes.is_empty() {
+            return (window, Vec::new());
+        }
+        match fleet.totals(window, &scopes).await {
+            Ok(totals) => (
+                window,
+                scopes
+                    .into_iter()
+                    .zip(totals)
+                    .filter(|(_, (requests, tokens))| *requests > 0 || *tokens > 0)
+                    .map(|(scope, (requests, tokens))| ScopeCounts { scope, requests, tokens })
+                    .collect(),
+            ),
+            Err(e) => {
+                eprintln!("sluice: key lookup: fleet counts: {e}");
+                (window, Vec::new())
+            }
+        }
+    }
+
+    /// A record the key names: `None` when it is gone, UNAVAILABLE when the store fails.
+    fn found<T>(&self, r: StoreResult<T>) -> Result<Option<T>, Status> {
+        match r {
+            Ok(v) => Ok(Some(v)),
+            Err(StoreError::NotFound) => Ok(None),
+            Err(e) => {
+                inc(&self.metrics.lookups_failed, 1);
+                eprintln!("sluice: key lookup: {e}");
+                Err(Status::unavailable("the key store is unavailable"))
+            }
+        }
+    }
+
+    /// An owner's max budget (USD) and its fleet-wide spend, when it has a max budget (only a
+    /// max refuses: a soft budget alone is the control plane's business).
+    async fn owner_budget(&self, scope: ScopeId, limits: &LimitsRecord) -> Result<(Option<f64>, Option<f64>), Status> {
+        if limits.max_budget_nanos.is_none() {
+            return Ok((None, None));
+        }
+        Ok((usd(limits.max_budget_nanos), self.fleet_spend(scope, limits).await?))
     }
 
     /// Fleet-wide spend in the scope's current window, in USD, when it has a budget.
@@ -93,6 +154,12 @@ pub fn key_config(hash: KeyHash, key: &KeyRecord) -> KeyConfig {
         model_rpm_limit: per_model(&key.model_limits.rpm),
         model_tpm_limit: per_model(&key.model_limits.tpm),
         fleet_spend: None,
+        // The lookup adds the team's organization and the owners' budgets.
+        organization_id: key.organization_id.clone(),
+        user_max_budget: None,
+        user_fleet_spend: None,
+        organization_max_budget: None,
+        organization_fleet_spend: None,
     }
 }
 
@@ -137,30 +204,47 @@ impl<S: Store> KeyLookupService for KeyLookupApi<S> {
         if key.key_type != KeyType::LlmApi {
             return unknown();
         }
-        let team_json = match &key.team_id {
-            None => String::new(),
-            Some(team_id) => match self.store.get::<TeamRecord>(team_id).await {
-                Ok(team) => {
-                    let mut config = team_config(&team);
-                    config.fleet_spend = self.fleet_spend(ScopeId::Team(team.team_id.clone()), &team.limits).await?;
-                    json(&config)?
-                }
-                // A key whose team is gone is refused like a key of a blocked team would be.
-                Err(StoreError::NotFound) => {
-                    json(&TeamConfig { team_id: team_id.clone(), blocked: true, ..Default::default() })?
-                }
-                Err(e) => {
-                    inc(&self.metrics.lookups_failed, 1);
-                    eprintln!("sluice: key lookup: {e}");
-                    return Err(Status::unavailable("the key store is unavailable"));
-                }
-            },
+        let team = match &key.team_id {
+            None => None,
+            Some(team_id) => Some((team_id, self.found(self.store.get::<TeamRecord>(team_id).await)?)),
         };
-        inc(&self.metrics.lookups_found, 1);
+        let team_json = match &team {
+            None => String::new(),
+            Some((_, Some(team))) => {
+                let mut config = team_config(team);
+                config.fleet_spend = self.fleet_spend(ScopeId::Team(team.team_id.clone()), &team.limits).await?;
+                json(&config)?
+            }
+            // A key whose team is gone is refused like a key of a blocked team would be.
+            Some((team_id, None)) => {
+                json(&TeamConfig { team_id: (*team_id).clone(), blocked: true, ..Default::default() })?
+            }
+        };
         let mut config = key_config(hash, &key);
         config.fleet_spend = self.fleet_spend(ScopeId::Key(key.key_id.clone()), &key.limits).await?;
+        // The user's and the organization's budgets (no counter in the filter: this answer,
+        // and the invalidation when they are spent, are what enforce them).
+        config.organization_id = key
+            .organization_id
+            .clone()
+            .or_else(|| team.as_ref().and_then(|(_, t)| t.as_ref()?.organization_id.clone()));
+        if let Some(user_id) = &key.user_id
+            && let Some(user) = self.found(self.store.get::<UserRecord>(user_id).await)?
+        {
+            (config.user_max_budget, config.user_fleet_spend) =
+                self.owner_budget(ScopeId::User(user.user_id.clone()), &user.limits).await?;
+        }
+        if let Some(org_id) = &config.organization_id
+            && let Some(org) = self.found(self.store.get::<OrgRecord>(org_id).await)?
+        {
+            (config.organization_max_budget, config.organization_fleet_spend) =
+                self.owner_budget(ScopeId::Org(org.organization_id.clone()), &org.limits).await?;
+        }
+        inc(&self.metrics.lookups_found, 1);
         let key_json = json(&config)?;
-        Ok(Response::new(KeyLookupResponse { key_json, team_json }))
+        let team_limits = team.as_ref().and_then(|(_, t)| t.as_ref()).map(team_config);
+        let (fleet_window, fleet_counts) = self.fleet_counts(&config, team_limits.as_ref()).await;
+        Ok(Response::new(KeyLookupResponse { key_json, team_json, fleet_window, fleet_counts }))
     }
 
     async fn watch_invalidations(

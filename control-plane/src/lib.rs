@@ -3,9 +3,11 @@
 //! tooling behind the `sluice` CLI (config.yaml, Envoy's bootstrap, keys in the file).
 
 pub mod admin;
+pub mod alerting;
 pub mod budget;
 pub mod config_file;
 pub mod envoy_bootstrap;
+pub mod fleet_limits;
 pub mod invalidation;
 pub mod key_file;
 pub mod key_lookup;

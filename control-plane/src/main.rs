@@ -51,6 +51,11 @@ enum Command {
         /// sqlite:PATH or postgres://…; overrides the config file.
         #[arg(long, env = "DATABASE_URL")]
         database_url: Option<String>,
+        /// redis://… shared by control-plane replicas for fleet-wide RPM/TPM; overrides
+        /// router_settings (redis_url, or redis_host/redis_port/redis_password). Without one,
+        /// fleet counts live in this process (right for a single replica).
+        #[arg(long, env = "REDIS_URL")]
+        redis_url: Option<String>,
     },
     /// Create and manage API keys.
     #[command(subcommand)]
@@ -183,6 +188,7 @@ fn serve_options(
     xds_listen: std::net::SocketAddr,
     envoy_wasm: String,
     database_url: Option<String>,
+    redis_url: Option<String>,
 ) -> Result<sluice_control_plane::server::ServeOptions, String> {
     let doc = match &config {
         Some(path) => {
@@ -192,18 +198,42 @@ fn serve_options(
         None => None,
     };
     let settings = doc.as_ref().and_then(|d| d.get("general_settings")).cloned().unwrap_or(Value::Null);
+    // Budget alerts: `alerting: ["webhook"]` and WEBHOOK_URL, as in LiteLLM.
+    let webhook =
+        sluice_control_plane::alerting::webhook_from_settings(&settings, std::env::var("WEBHOOK_URL").ok().as_deref())?;
+    let router = doc.as_ref().and_then(|d| d.get("router_settings")).cloned().unwrap_or(Value::Null);
     let model_list = doc.as_ref().map(|d| d.get("model_list").and_then(Value::as_array).cloned().unwrap_or_default());
-    let resolve = |name: &str| -> Result<Option<String>, String> {
-        match settings.get(name) {
+    // A setting's value: a string, a number (ports), or `os.environ/VAR`.
+    let setting = |section: &Value, section_name: &str, name: &str| -> Result<Option<String>, String> {
+        match section.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(v)) => match sluice_core::litellm::env_ref(v) {
                 Some(var) => std::env::var(var)
                     .map(Some)
-                    .map_err(|_| format!("general_settings.{name}: environment variable {var} is not set")),
+                    .map_err(|_| format!("{section_name}.{name}: environment variable {var} is not set")),
                 None => Ok(Some(v.clone())),
             },
-            Some(_) => Err(format!("general_settings.{name} must be a string")),
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(_) => Err(format!("{section_name}.{name} must be a string")),
         }
+    };
+    let resolve = |name: &str| setting(&settings, "general_settings", name);
+    let redis_url = match redis_url {
+        Some(url) => Some(url),
+        None => match setting(&router, "router_settings", "redis_url")? {
+            Some(url) => Some(url),
+            // LiteLLM's other spelling: host, port and password apart.
+            None => match setting(&router, "router_settings", "redis_host")? {
+                None => None,
+                Some(host) => {
+                    let port = setting(&router, "router_settings", "redis_port")?.unwrap_or_else(|| "6379".into());
+                    let auth = setting(&router, "router_settings", "redis_password")?
+                        .map(|p| format!(":{p}@"))
+                        .unwrap_or_default();
+                    Some(format!("redis://{auth}{host}:{port}"))
+                }
+            },
+        },
     };
     let database_url = match database_url {
         Some(url) => url,
@@ -219,6 +249,8 @@ fn serve_options(
         metrics_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 4003)),
         xds: XdsOptions::new(envoy_wasm),
         database_url,
+        redis_url,
+        webhook,
         master_key,
         model_list,
     })
@@ -227,8 +259,8 @@ fn serve_options(
 fn run(cli: Cli) -> Result<(), String> {
     let connection = cli.connection;
     match cli.command {
-        Command::Serve { config, listen, xds_listen, metrics_listen, envoy_wasm, database_url } => {
-            let mut opts = serve_options(config, listen, xds_listen, envoy_wasm, database_url)?;
+        Command::Serve { config, listen, xds_listen, metrics_listen, envoy_wasm, database_url, redis_url } => {
+            let mut opts = serve_options(config, listen, xds_listen, envoy_wasm, database_url, redis_url)?;
             opts.metrics_listen = metrics_listen;
             runtime()?.block_on(sluice_control_plane::server::serve(opts))
         }

@@ -31,6 +31,12 @@ pub struct Metrics {
     pub usage_failed_batches: AtomicU64,
     pub budget_soft_alerts: AtomicU64,
     pub budget_exhausted: AtomicU64,
+    /// Budget webhook events (`alerting.rs`): delivered, given up, dropped (queue full).
+    pub webhook_sent: AtomicU64,
+    pub webhook_failed: AtomicU64,
+    pub webhook_dropped: AtomicU64,
+    pub limit_syncs: AtomicU64,
+    pub limit_sync_failures: AtomicU64,
 }
 
 pub fn inc(counter: &AtomicU64, by: u64) {
@@ -101,14 +107,36 @@ impl Metrics {
         metric(
             "sluice_budget_soft_alerts_total",
             "counter",
-            "Keys and teams that reached their soft budget (once per window).",
+            "Keys, teams, users and organizations that reached their soft budget (once per window).",
             &[("", get(&self.budget_soft_alerts))],
         );
         metric(
             "sluice_budget_exhausted_total",
             "counter",
-            "Keys and teams that reached their max budget across the fleet (once per window).",
+            "Keys, teams, users and organizations that reached their max budget across the fleet (once per window).",
             &[("", get(&self.budget_exhausted))],
+        );
+        metric(
+            "sluice_webhook_events_total",
+            "counter",
+            "Budget webhook events, by result (sent; failed after retries; dropped, the queue being full).",
+            &[
+                ("{result=\"sent\"}", get(&self.webhook_sent)),
+                ("{result=\"failed\"}", get(&self.webhook_failed)),
+                ("{result=\"dropped\"}", get(&self.webhook_dropped)),
+            ],
+        );
+        metric(
+            "sluice_limit_syncs_total",
+            "counter",
+            "Fleet rate-limit reports answered (each Envoy about every 200 ms while it has traffic).",
+            &[("", get(&self.limit_syncs))],
+        );
+        metric(
+            "sluice_limit_sync_failures_total",
+            "counter",
+            "Fleet rate-limit reports that failed (Redis unavailable); Envoys limit locally meanwhile.",
+            &[("", get(&self.limit_sync_failures))],
         );
         out
     }
@@ -154,5 +182,6 @@ mod tests {
         assert!(text.contains("sluice_xds_connected_envoys 3\n"));
         assert!(text.contains(r#"detail="bad \"wasm\"\nline""#), "{text}");
         assert!(text.contains("sluice_key_lookups_total{result=\"found\"} 0\n"));
+        assert!(text.contains("sluice_webhook_events_total{result=\"failed\"} 0\n"));
     }
 }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use sluice_proto::gateway::v1::key_lookup_service_server::KeyLookupServiceServer;
+use sluice_proto::gateway::v1::limit_service_server::LimitServiceServer;
 use sluice_proto::gateway::v1::usage_service_server::UsageServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -28,7 +29,9 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::admin::Admin;
 use crate::admin::models::{deployment_id, validate_model_list};
+use crate::alerting::WebhookUrl;
 use crate::budget::BudgetTracker;
+use crate::fleet_limits::{FleetCounts, LimitSyncApi};
 use crate::key_lookup::KeyLookupApi;
 use crate::metrics::Metrics;
 use crate::store::{Backend, ModelRecord, ModelStore, SqlStore, SyncReport, now_ms};
@@ -45,6 +48,10 @@ pub struct DataPlane {
     pub listener: TcpListener,
     pub xds: XdsOptions,
     pub metrics: Option<TcpListener>,
+    /// Where the fleet's rate-limit counts live (Redis, or this process).
+    pub fleet_counts: FleetCounts,
+    /// Where budget alerts are POSTed, besides the log and the metrics.
+    pub webhook: Option<WebhookUrl>,
 }
 
 pub struct ServeOptions {
@@ -55,6 +62,10 @@ pub struct ServeOptions {
     pub metrics_listen: SocketAddr,
     pub xds: XdsOptions,
     pub database_url: String,
+    /// Shares fleet rate-limit counts between replicas; None keeps them in this process.
+    pub redis_url: Option<String>,
+    /// Budget alert webhook (`general_settings.alerting: ["webhook"]` and `WEBHOOK_URL`).
+    pub webhook: Option<WebhookUrl>,
     pub master_key: Option<String>,
     /// config.yaml's `model_list`, synced into the database at start (None: no config file).
     pub model_list: Option<Vec<serde_json::Value>>,
@@ -107,15 +118,31 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
         TcpListener::bind(opts.xds_listen).await.map_err(|e| format!("listen on {}: {e}", opts.xds_listen))?;
     let metrics_listener =
         TcpListener::bind(opts.metrics_listen).await.map_err(|e| format!("listen on {}: {e}", opts.metrics_listen))?;
+    let fleet_counts = match &opts.redis_url {
+        Some(url) => FleetCounts::redis(url)?,
+        None => FleetCounts::in_memory(),
+    };
     let backend = if store.backend() == Backend::Sqlite { "SQLite" } else { "Postgres" };
     eprintln!(
-        "sluice: admin API on {} ({backend}); xDS and key lookups on {}; metrics on http://{}/metrics",
-        opts.listen, opts.xds_listen, opts.metrics_listen
+        "sluice: admin API on {} ({backend}); xDS and key lookups on {}; metrics on http://{}/metrics; fleet rate limits counted {}",
+        opts.listen,
+        opts.xds_listen,
+        opts.metrics_listen,
+        fleet_counts.describe()
     );
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let data_plane = DataPlane { listener: xds_listener, xds: opts.xds, metrics: Some(metrics_listener) };
+    if let Some(url) = &opts.webhook {
+        eprintln!("sluice: budget alerts are POSTed to the webhook on {}", url.authority());
+    }
+    let data_plane = DataPlane {
+        listener: xds_listener,
+        xds: opts.xds,
+        metrics: Some(metrics_listener),
+        fleet_counts,
+        webhook: opts.webhook,
+    };
     serve_planes(listener, Some(data_plane), store, opts.master_key.as_deref(), shutdown).await
 }
 
@@ -150,7 +177,7 @@ pub async fn serve_planes(
     };
     let data_plane = match data_plane {
         None => None,
-        Some(DataPlane { listener: xds_listener, xds: options, metrics: metrics_listener }) => {
+        Some(DataPlane { listener: xds_listener, xds: options, metrics: metrics_listener, fleet_counts, webhook }) => {
             let store = Arc::new(store);
             let metrics = Arc::new(Metrics::default());
             if let Some(l) = metrics_listener {
@@ -166,16 +193,21 @@ pub async fn serve_planes(
             // The first snapshot before any Envoy can ask, so none gets an empty config.
             publisher.rebuild().await?;
             let ads = AdsService::new(publisher.subscribe(), Arc::clone(&metrics));
-            let budgets = BudgetTracker::new(admin.invalidations(), Arc::clone(&metrics));
+            let fleet_counts = Arc::new(fleet_counts);
+            let budgets = BudgetTracker::with_webhook_url(admin.invalidations(), Arc::clone(&metrics), webhook);
             tokio::spawn(publisher.run());
             let server = Server::builder()
                 .add_service(AggregatedDiscoveryServiceServer::new(ads))
-                .add_service(KeyLookupServiceServer::new(KeyLookupApi::new(
-                    Arc::clone(&store),
-                    admin.invalidations(),
-                    Arc::clone(&metrics),
-                    Arc::clone(&budgets),
-                )))
+                .add_service(KeyLookupServiceServer::new(
+                    KeyLookupApi::new(
+                        Arc::clone(&store),
+                        admin.invalidations(),
+                        Arc::clone(&metrics),
+                        Arc::clone(&budgets),
+                    )
+                    .with_fleet_counts(Arc::clone(&fleet_counts)),
+                ))
+                .add_service(LimitServiceServer::new(LimitSyncApi::new(fleet_counts, Arc::clone(&metrics))))
                 .add_service(
                     UsageServiceServer::new(UsageIngest::new(store, metrics, budgets))
                         .max_decoding_message_size(MAX_USAGE_BYTES),

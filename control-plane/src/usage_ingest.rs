@@ -3,7 +3,9 @@
 //! Delivery is at-least-once (the singleton retries a batch until it is acknowledged) and
 //! ingestion is idempotent by `record_id` (`SpendStore::record_spend`), so every record counts
 //! exactly once however often a batch is replayed. Records are enriched from the key's stored
-//! tenancy (organization, tags) so spend can be reported by every dimension the admin API has.
+//! tenancy (organization: the key's own, else its team's; tags) so spend can be reported by
+//! every dimension the admin API has, and counted against the budgets of the key, its team, its
+//! user and its organization (`budget.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,9 +15,9 @@ use sluice_proto::gateway::v1::usage_service_server::UsageService;
 use sluice_proto::gateway::v1::{Outcome, ReportUsageRequest, ReportUsageResponse, UsageRecord};
 use tonic::{Request, Response, Status};
 
-use crate::budget::{BudgetLimits, BudgetTracker, ScopeId};
+use crate::budget::{BudgetLimits, BudgetTracker, ScopeId, SpendContext};
 use crate::metrics::{Metrics, inc};
-use crate::store::{KeyLookup, SpendLog, Store, StoreResult, TeamRecord, now_ms};
+use crate::store::{KeyLookup, OrgRecord, SpendLog, Store, StoreError, StoreResult, TeamRecord, UserRecord, now_ms};
 
 /// Largest batch one call may carry; the singleton sends far fewer.
 pub const MAX_BATCH: usize = 10_000;
@@ -33,11 +35,27 @@ struct Tenancy {
     tags: Vec<String>,
     key_budget: Option<BudgetLimits>,
     team_budget: Option<(String, BudgetLimits)>,
+    user_budget: Option<(String, BudgetLimits)>,
+    org_budget: Option<(String, BudgetLimits)>,
+    /// The key and its owners, as a budget webhook event names them.
+    context: SpendContext,
 }
 
 impl Tenancy {
     fn budgeted(&self) -> bool {
-        self.key_budget.is_some() || self.team_budget.is_some()
+        self.key_budget.is_some()
+            || self.team_budget.is_some()
+            || self.user_budget.is_some()
+            || self.org_budget.is_some()
+    }
+}
+
+/// A directory entity the key names; gone is `None`, a database error is the caller's.
+fn found<T>(r: StoreResult<T>) -> StoreResult<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e @ StoreError::Database(_)) => Err(e),
+        Err(_) => Ok(None),
     }
 }
 
@@ -53,28 +71,34 @@ impl<S: Store> UsageIngest<S> {
         Self { store, tenancy: Mutex::new(HashMap::new()), metrics, budgets }
     }
 
-    /// Stores the batch and, for keys and teams with budgets, counts its new spend against
-    /// their windows (the tracker held throughout, so a window loaded meanwhile counts each
-    /// record once).
+    /// Stores the batch and, for keys, teams, users and organizations with budgets, counts its
+    /// new spend against their windows (the tracker held throughout, so a window loaded
+    /// meanwhile counts each record once).
     async fn store_and_count(&self, logs: &[SpendLog], tenancy: &[&Tenancy]) -> StoreResult<usize> {
         if !tenancy.iter().any(|t| t.budgeted()) {
             return self.store.record_spend(logs).await;
         }
         let mut windows = self.budgets.lock().await;
         let new = self.store.record_new_spend(logs).await?;
-        let mut per_scope: HashMap<ScopeId, (BudgetLimits, u64)> = HashMap::new();
+        // Per scope: its limits, the batch's new spend, and the last key that spent it.
+        let mut per_scope: HashMap<ScopeId, (BudgetLimits, u64, &SpendContext)> = HashMap::new();
         for (log, t) in new.iter().filter_map(|p| Some((logs.get(*p)?, tenancy.get(*p)?))) {
             let cost = u64::try_from(log.cost_nanos).unwrap_or(0);
-            if let (Some(limits), Some(key_id)) = (t.key_budget, &log.key_id) {
-                per_scope.entry(ScopeId::Key(key_id.clone())).or_insert((limits, 0)).1 += cost;
-            }
-            if let Some((team_id, limits)) = &t.team_budget {
-                per_scope.entry(ScopeId::Team(team_id.clone())).or_insert((*limits, 0)).1 += cost;
+            let key = log.key_id.as_ref().and_then(|id| Some((ScopeId::Key(id.clone()), t.key_budget?)));
+            let owners = [
+                t.team_budget.as_ref().map(|(id, l)| (ScopeId::Team(id.clone()), *l)),
+                t.user_budget.as_ref().map(|(id, l)| (ScopeId::User(id.clone()), *l)),
+                t.org_budget.as_ref().map(|(id, l)| (ScopeId::Org(id.clone()), *l)),
+            ];
+            for (scope, limits) in std::iter::once(key).chain(owners).flatten() {
+                let entry = per_scope.entry(scope).or_insert((limits, 0, &t.context));
+                entry.1 += cost;
+                entry.2 = &t.context;
             }
         }
         let now = u64::try_from(now_ms()).unwrap_or(0);
-        for (scope, (limits, nanos)) in per_scope {
-            if let Err(e) = self.budgets.add(&mut windows, &*self.store, &scope, &limits, nanos, now).await {
+        for (scope, (limits, nanos, context)) in per_scope {
+            if let Err(e) = self.budgets.add(&mut windows, &*self.store, &scope, &limits, nanos, now, context).await {
                 // The spend is stored; the window is reloaded from it on its next use.
                 eprintln!("sluice: budget count for {scope:?}: {e}");
             }
@@ -82,31 +106,56 @@ impl<S: Store> UsageIngest<S> {
         Ok(new.len())
     }
 
-    /// The key's tenancy, from the cache or the store (a key that is gone enriches nothing).
-    async fn tenancy(&self, key_id: &str) -> Tenancy {
+    /// The key's tenancy, from the cache or the store (a key that is gone enriches nothing). A
+    /// database error is the batch's error: the records must not be stored (or the tenancy
+    /// cached) without their organization, tags and budgets because the database was briefly
+    /// unreachable; the singleton retries the batch.
+    async fn tenancy(&self, key_id: &str) -> StoreResult<Tenancy> {
         let now = Instant::now();
         if let Ok(cache) = self.tenancy.lock()
             && let Some((t, at)) = cache.get(key_id)
             && now.duration_since(*at) < TENANCY_TTL
         {
-            return t.clone();
+            return Ok(t.clone());
         }
         let t = match self.store.get_key(&KeyLookup::Id(key_id.to_owned())).await {
             Ok(k) => {
-                let team_budget = match &k.team_id {
-                    Some(team_id) => match self.store.get::<TeamRecord>(team_id).await {
-                        Ok(team) => BudgetLimits::of(&team.limits).map(|b| (team_id.clone(), b)),
-                        Err(_) => None,
-                    },
+                let team = match &k.team_id {
+                    Some(team_id) => found(self.store.get::<TeamRecord>(team_id).await)?,
+                    None => None,
+                };
+                let user = match &k.user_id {
+                    Some(user_id) => found(self.store.get::<UserRecord>(user_id).await)?,
+                    None => None,
+                };
+                // The key's organization, else its team's (as key lookups resolve it).
+                let organization_id =
+                    k.organization_id.clone().or_else(|| team.as_ref().and_then(|t| t.organization_id.clone()));
+                let org = match &organization_id {
+                    Some(org_id) => found(self.store.get::<OrgRecord>(org_id).await)?,
                     None => None,
                 };
                 Tenancy {
                     key_budget: BudgetLimits::of(&k.limits),
-                    team_budget,
-                    organization_id: k.organization_id,
+                    team_budget: team.as_ref().and_then(|t| Some((t.team_id.clone(), BudgetLimits::of(&t.limits)?))),
+                    user_budget: user.as_ref().and_then(|u| Some((u.user_id.clone(), BudgetLimits::of(&u.limits)?))),
+                    org_budget: org
+                        .as_ref()
+                        .and_then(|o| Some((o.organization_id.clone(), BudgetLimits::of(&o.limits)?))),
+                    context: SpendContext {
+                        key_id: Some(k.key_id.clone()),
+                        key_alias: k.key_alias.clone(),
+                        user_id: k.user_id.clone(),
+                        user_email: user.and_then(|u| u.user_email),
+                        team_id: k.team_id.clone(),
+                        team_alias: team.and_then(|t| t.team_alias),
+                        organization_id: organization_id.clone(),
+                    },
+                    organization_id,
                     tags: k.tags,
                 }
             }
+            Err(e @ StoreError::Database(_)) => return Err(e),
             Err(_) => Tenancy::default(),
         };
         if let Ok(mut cache) = self.tenancy.lock() {
@@ -115,7 +164,7 @@ impl<S: Store> UsageIngest<S> {
             }
             cache.insert(key_id.to_owned(), (t.clone(), now));
         }
-        t
+        Ok(t)
     }
 }
 
@@ -171,25 +220,108 @@ impl<S: Store> UsageService for UsageIngest<S> {
         if let Some(bad) = records.iter().position(|r| r.record_id.is_empty() || r.model_group.is_empty()) {
             return Err(Status::invalid_argument(format!("record {bad} has no record_id or model_group")));
         }
+        let failed = |e: StoreError| {
+            inc(&self.metrics.usage_failed_batches, 1);
+            eprintln!("sluice: usage ingestion: {e}");
+            // The singleton keeps the batch and retries.
+            Status::unavailable("spend store unavailable")
+        };
         let mut keys: HashMap<&str, Tenancy> = HashMap::new();
         for r in &records {
             if !r.key_id.is_empty() && !keys.contains_key(r.key_id.as_str()) {
-                keys.insert(&r.key_id, self.tenancy(&r.key_id).await);
+                keys.insert(&r.key_id, self.tenancy(&r.key_id).await.map_err(failed)?);
             }
         }
         let none = Tenancy::default();
         let tenancy: Vec<&Tenancy> = records.iter().map(|r| keys.get(r.key_id.as_str()).unwrap_or(&none)).collect();
         let logs: Vec<SpendLog> = records.iter().zip(&tenancy).map(|(r, t)| spend_log(r, t)).collect();
-        let accepted = self.store_and_count(&logs, &tenancy).await.map_err(|e| {
-            inc(&self.metrics.usage_failed_batches, 1);
-            eprintln!("sluice: usage ingestion: {e}");
-            // The singleton keeps the batch and retries.
-            Status::unavailable("spend store unavailable")
-        })?;
+        let accepted = self.store_and_count(&logs, &tenancy).await.map_err(failed)?;
         let accepted = u32::try_from(accepted).unwrap_or(u32::MAX);
         let total = u32::try_from(logs.len()).unwrap_or(u32::MAX);
         inc(&self.metrics.usage_ingested, u64::from(accepted));
         inc(&self.metrics.usage_duplicates, u64::from(total.saturating_sub(accepted)));
         Ok(Response::new(ReportUsageResponse { accepted, duplicates: total.saturating_sub(accepted) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::invalidation::Invalidations;
+    use crate::store::{
+        GroupBy, KeyRecord, KeyStore, KeyType, LimitsRecord, ModelLimits, NewAudit, SpendFilter, SpendStore, SqlStore,
+    };
+
+    fn key(key_id: &str, tags: &[&str]) -> KeyRecord {
+        KeyRecord {
+            key_id: key_id.into(),
+            key_prefix: "sk-".into(),
+            last4: "abcd".into(),
+            key_alias: None,
+            user_id: None,
+            team_id: None,
+            organization_id: None,
+            models: vec![],
+            limits: LimitsRecord::default(),
+            model_limits: ModelLimits::default(),
+            allowed_routes: vec![],
+            metadata: serde_json::json!({}),
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+            key_type: KeyType::LlmApi,
+            blocked: false,
+            expires_at: None,
+            created_by: None,
+            created_at: 1,
+            updated_at: 1,
+            last_used_at: None,
+            version: 1,
+            previous_key_valid_until: None,
+        }
+    }
+
+    fn record(id: &str, key_id: &str) -> UsageRecord {
+        UsageRecord {
+            record_id: id.into(),
+            key_id: key_id.into(),
+            model_group: "gpt-4o".into(),
+            status: 200,
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            cost_usd: 0.001,
+            start_ms: 1_795_300_000_000,
+            ..Default::default()
+        }
+    }
+
+    /// The database is unreachable while a key's tenancy is read (here: its table is away): the
+    /// batch fails, and once the database is back the records are stored with the key's tags,
+    /// not without them (nor is the empty tenancy cached for the next batches).
+    #[tokio::test]
+    async fn a_batch_whose_tenancy_cannot_be_read_fails_and_is_enriched_on_retry() {
+        let path = std::env::temp_dir().join(format!("sluice-ingest-{}-{}.db", std::process::id(), now_ms()));
+        let store = Arc::new(SqlStore::open(&format!("sqlite:{}", path.display())).await.unwrap());
+        store
+            .insert_key(&key("k1", &["prod"]), "sha256:00", NewAudit::new("test", "create", "key", "k1"))
+            .await
+            .unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let budgets = BudgetTracker::new(Arc::new(Invalidations::new("e".into())), Arc::clone(&metrics));
+        let ingest = UsageIngest::new(Arc::clone(&store), Arc::clone(&metrics), budgets);
+        let batch = || Request::new(ReportUsageRequest { records: vec![record("r1", "k1"), record("r2", "k1")] });
+
+        sqlx::query("ALTER TABLE keys RENAME TO keys_away").execute(store.pool()).await.unwrap();
+        let err = ingest.report(batch()).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "the singleton keeps the batch and retries");
+        assert_eq!(metrics.usage_failed_batches.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+        sqlx::query("ALTER TABLE keys_away RENAME TO keys").execute(store.pool()).await.unwrap();
+        let ok = ingest.report(batch()).await.unwrap().into_inner();
+        assert_eq!((ok.accepted, ok.duplicates), (2, 0));
+        let filter = SpendFilter { tag: Some("prod".into()), ..Default::default() };
+        let by_tag = store.query_spend(&filter, GroupBy::Key).await.unwrap();
+        assert_eq!(by_tag.iter().map(|r| r.requests).sum::<i64>(), 2, "stored with the key's tags: {by_tag:?}");
+        let _ = std::fs::remove_file(&path);
     }
 }

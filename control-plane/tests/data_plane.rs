@@ -309,3 +309,131 @@ async fn fleet_budgets_sqlite() {
 async fn fleet_budgets_postgres() {
     budgets_are_counted_across_the_fleet(Db::Postgres).await;
 }
+
+/// A user's and an organization's budgets (LiteLLM's `max_budget` on users and organizations):
+/// counted from every Envoy's usage, carried by every lookup of their keys, and announced to
+/// Envoys (every key of the user or organization) when spent and when the window ends.
+async fn user_and_org_budgets_are_counted_across_the_fleet(db: Db) {
+    use sluice_proto::gateway::v1::{WatchInvalidationsRequest, WatchInvalidationsResponse};
+    let plane = Plane::start(db).await;
+    let limits = |max: f64, duration: Option<&str>| pb::Limits {
+        max_budget: Some(max),
+        budget_duration: duration.map(str::to_owned),
+        ..Default::default()
+    };
+    let mut orgs = plane.orgs().await;
+    let org = pb::CreateOrganizationRequest {
+        organization_id: "acme".into(),
+        limits: Some(limits(0.02, None)),
+        ..Default::default()
+    };
+    orgs.create_organization(as_(MASTER, org)).await.unwrap();
+    let mut teams = plane.teams().await;
+    let team =
+        pb::CreateTeamRequest { team_id: "ml".into(), organization_id: Some("acme".into()), ..Default::default() };
+    teams.create_team(as_(MASTER, team)).await.unwrap();
+    let mut users = plane.users().await;
+    for (user_id, budget) in [("alice", Some(limits(0.01, Some("3s")))), ("bob", None)] {
+        let user = pb::CreateUserRequest { user_id: user_id.into(), limits: budget, ..Default::default() };
+        users.create_user(as_(MASTER, user)).await.unwrap();
+    }
+    let key = |user: &str, team: Option<&str>| pb::KeySpec {
+        user_id: Some(user.into()),
+        team_id: team.map(str::to_owned),
+        ..Default::default()
+    };
+    // alice's personal key, alice's key in team ml (organization acme through the team), bob's.
+    let alice_own = generate(&plane, key("alice", None)).await;
+    let alice_ml = generate(&plane, key("alice", Some("ml"))).await;
+    let bob_ml = generate(&plane, key("bob", Some("ml"))).await;
+    let id = |k: &pb::GeneratedKey| k.info.clone().unwrap().key_id;
+
+    let answer = lookup(&plane, &alice_ml.key).await.0.unwrap();
+    assert_eq!((answer.user_max_budget, answer.user_fleet_spend), (Some(0.01), Some(0.0)));
+    assert_eq!(answer.organization_id.as_deref(), Some("acme"), "the team's organization");
+    assert_eq!((answer.organization_max_budget, answer.organization_fleet_spend), (Some(0.02), Some(0.0)));
+    let bob = lookup(&plane, &bob_ml.key).await.0.unwrap();
+    assert_eq!((bob.user_max_budget, bob.user_fleet_spend), (None, None), "bob has no budget of his own");
+    assert_eq!(bob.organization_max_budget, Some(0.02));
+    let plain = lookup(&plane, &alice_own.key).await.0.unwrap();
+    assert_eq!((plain.organization_id, plain.organization_max_budget), (None, None));
+
+    // Start at the beginning of a 3 s window of alice's, so the steps below share one window.
+    let now = || u64::try_from(sluice_control_plane::store::now_ms()).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(3_000 - now() % 3_000 + 20)).await;
+    let mut lookups = KeyLookupServiceClient::new(plane.data_channel().await);
+    let start = lookups.watch_invalidations(WatchInvalidationsRequest::default()).await.unwrap().into_inner();
+    let mut usage = UsageServiceClient::new(plane.data_channel().await);
+    let records = |prefix: &str, k: &pb::GeneratedKey, user: &str, team: Option<&str>, n: usize, cost: f64| {
+        let start_ms = now();
+        (0..n)
+            .map(|i| UsageRecord {
+                start_ms,
+                user_id: Some(user.into()),
+                team_id: team.map(str::to_owned),
+                ..record(&format!("{prefix}-{i}"), &id(k), cost)
+            })
+            .collect::<Vec<_>>()
+    };
+    // alice spends $0.008 through her personal key: under her budget; her team key sees it.
+    usage.report(ReportUsageRequest { records: records("a", &alice_own, "alice", None, 4, 0.002) }).await.unwrap();
+    let seen = lookup(&plane, &alice_ml.key).await.0.unwrap();
+    assert!((seen.user_fleet_spend.unwrap() - 0.008).abs() < 1e-9, "{seen:?}");
+    assert_eq!(seen.organization_fleet_spend, Some(0.0), "a personal key's spend is not the organization's");
+    // Two more requests cross $0.01: Envoys are told to drop every key of alice's.
+    usage.report(ReportUsageRequest { records: records("b", &alice_own, "alice", None, 2, 0.002) }).await.unwrap();
+    let next = |after: &WatchInvalidationsResponse| WatchInvalidationsRequest {
+        epoch: after.epoch.clone(),
+        after_seq: after.last_seq,
+    };
+    let told = lookups.watch_invalidations(next(&start)).await.unwrap().into_inner();
+    assert_eq!((told.user_ids.as_slice(), told.key_ids.len()), (["alice".to_owned()].as_slice(), 0));
+    assert!(lookup(&plane, &alice_ml.key).await.0.unwrap().user_fleet_spend.unwrap() >= 0.01);
+
+    // bob spends $0.02 through the team: the organization (through the team) is spent.
+    usage.report(ReportUsageRequest { records: records("c", &bob_ml, "bob", Some("ml"), 5, 0.004) }).await.unwrap();
+    let told_org = lookups.watch_invalidations(next(&told)).await.unwrap().into_inner();
+    assert_eq!(told_org.org_ids, ["acme"]);
+    let answer = lookup(&plane, &alice_ml.key).await.0.unwrap();
+    assert!((answer.organization_fleet_spend.unwrap() - 0.02).abs() < 1e-9, "{answer:?}");
+    // Spend reports see the team's organization on the records too.
+    let mut spend = SpendServiceClient::new(plane.channel().await);
+    let by_org = pb::SpendQuery { organization_id: Some("acme".into()), ..Default::default() };
+    assert_eq!(spend.query_spend(as_(MASTER, by_org)).await.unwrap().into_inner().requests, 5);
+
+    // Raising alice's budget reaches cached keys at once.
+    let raise =
+        pb::UpdateUserRequest { user_id: "alice".into(), limits: Some(limits(1.0, None)), ..Default::default() };
+    users.update_user(as_(MASTER, raise)).await.unwrap();
+    let told_update = lookups.watch_invalidations(next(&told_org)).await.unwrap().into_inner();
+    assert_eq!(told_update.user_ids, ["alice"]);
+    assert_eq!(lookup(&plane, &alice_own.key).await.0.unwrap().user_max_budget, Some(1.0));
+    let back =
+        pb::UpdateUserRequest { user_id: "alice".into(), limits: Some(limits(0.01, Some("3s"))), ..Default::default() };
+    users.update_user(as_(MASTER, back)).await.unwrap();
+    let told_back = lookups.watch_invalidations(next(&told_update)).await.unwrap().into_inner();
+
+    // alice's 3 s window ends: Envoys are told again, and her keys start the new one at $0.
+    let reset = tokio::time::timeout(std::time::Duration::from_secs(6), lookups.watch_invalidations(next(&told_back)))
+        .await
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    assert_eq!(reset.user_ids, ["alice"]);
+    assert_eq!(lookup(&plane, &alice_own.key).await.0.unwrap().user_fleet_spend, Some(0.0));
+    // The organization has no duration: still spent.
+    assert!(lookup(&plane, &bob_ml.key).await.0.unwrap().organization_fleet_spend.unwrap() >= 0.02);
+    let metrics = plane.metrics_text().await;
+    assert!(metrics.contains("sluice_budget_exhausted_total 2\n"), "{metrics}");
+    plane.stop().await;
+}
+
+#[tokio::test]
+async fn owner_budgets_sqlite() {
+    user_and_org_budgets_are_counted_across_the_fleet(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn owner_budgets_postgres() {
+    user_and_org_budgets_are_counted_across_the_fleet(Db::Postgres).await;
+}

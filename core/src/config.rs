@@ -194,6 +194,22 @@ pub struct KeyConfig {
     /// refused everywhere, not only on the Envoy that spent it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet_spend: Option<f64>,
+    /// The key's organization: its own, else its team's (xDS mode: the control plane's
+    /// invalidations name it when the organization's budget is spent or its window ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization_id: Option<String>,
+    /// The `max_budget` (USD) of the key's user, and what that user spent across every Envoy
+    /// in the user's current budget window (xDS mode; the control plane counts it, as for
+    /// `fleet_spend`). A key whose user is at or over its budget is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_max_budget: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_fleet_spend: Option<f64>,
+    /// As `user_max_budget` / `user_fleet_spend`, for the key's organization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization_max_budget: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization_fleet_spend: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -279,6 +295,35 @@ pub struct CompiledKey {
     pub counter_name: String,
     /// Fleet-wide spend in the current budget window (xDS mode), nano-dollars.
     pub fleet_spend_nanos: Option<u64>,
+    /// The key's organization (its own, else its team's), as the control plane resolved it.
+    pub organization_id: Option<String>,
+    /// The budgets of the key's user and organization, counted by the control plane across
+    /// the fleet (xDS mode): max and spend in the current window, nano-dollars. The filter
+    /// keeps no counters of its own for these.
+    pub user_budget: FleetBudget,
+    pub org_budget: FleetBudget,
+}
+
+/// A budget only the control plane counts (a user's, an organization's): its max and what the
+/// fleet spent of it in the current window when the key was looked up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FleetBudget {
+    pub max_nanos: Option<u64>,
+    pub spend_nanos: Option<u64>,
+}
+
+impl FleetBudget {
+    fn of(max_usd: Option<f64>, spend_usd: Option<f64>) -> Self {
+        Self { max_nanos: max_usd.map(usd_to_nanos), spend_nanos: spend_usd.map(usd_to_nanos) }
+    }
+
+    /// `(spend, max)` when the budget is spent.
+    pub fn exceeded(&self) -> Option<(u64, u64)> {
+        match (self.spend_nanos, self.max_nanos) {
+            (Some(spend), Some(max)) if spend >= max => Some((spend, max)),
+            _ => None,
+        }
+    }
 }
 
 /// A key with its team, however it reached the gateway (config or lookup).
@@ -335,6 +380,38 @@ pub struct CompiledConfig {
     pub sorted_groups: Vec<usize>,
 }
 
+/// The shared-data counter of a key, a team, a key on one model group: the names the filter
+/// counts under and the fleet's limit sync reports (`crate::fleet`).
+pub fn key_counter_name(key_id: &str) -> String {
+    format!("sluice:k:{key_id}")
+}
+
+pub fn team_counter_name(team_id: &str) -> String {
+    format!("sluice:t:{team_id}")
+}
+
+pub fn key_model_counter_name(key_id: &str, group: &str) -> String {
+    format!("sluice:km:{key_id}:{group}")
+}
+
+/// The counters of a stored key (it has a `key_id`) and its team that carry an RPM or TPM
+/// limit: what a key lookup reports the fleet's counts for.
+pub fn rate_limited_counters(key: &KeyConfig, team: Option<&TeamConfig>) -> Vec<String> {
+    let mut names = Vec::new();
+    let Some(key_id) = key.key_id.as_deref() else { return names };
+    if key.rpm_limit.is_some() || key.tpm_limit.is_some() {
+        names.push(key_counter_name(key_id));
+    }
+    if let Some(team) = team.filter(|t| t.rpm_limit.is_some() || t.tpm_limit.is_some()) {
+        names.push(team_counter_name(&team.team_id));
+    }
+    let mut groups: Vec<&String> = key.model_rpm_limit.keys().chain(key.model_tpm_limit.keys()).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    names.extend(groups.into_iter().map(|g| key_model_counter_name(key_id, g)));
+    names
+}
+
 /// Names usable as Envoy cluster names, shared-data keys and metric name parts.
 fn is_safe_name(s: &str) -> bool {
     !s.is_empty()
@@ -361,7 +438,7 @@ fn compile_team(t: &TeamConfig, errors: &mut Vec<ConfigError>) -> CompiledTeam {
         models: ModelAccess::compile(&t.models),
         blocked: t.blocked,
         limits: ScopeLimits::new(t.rpm_limit, t.tpm_limit, t.max_budget.map(usd_to_nanos), t.budget_duration),
-        counter_name: format!("sluice:t:{}", t.team_id),
+        counter_name: team_counter_name(&t.team_id),
         fleet_spend_nanos: t.fleet_spend.map(usd_to_nanos),
     }
 }
@@ -392,6 +469,8 @@ fn compile_key(
         }
     };
     check_budget(what, k.max_budget, errors);
+    check_budget(&format!("{what}: user"), k.user_max_budget, errors);
+    check_budget(&format!("{what}: organization"), k.organization_max_budget, errors);
     let routes = RouteSet::from_names(&k.allowed_routes).unwrap_or_else(|e| {
         errors.push(ConfigError(format!("{what}: {e}")));
         RouteSet::ALL
@@ -408,12 +487,12 @@ fn compile_key(
                 None,
                 None,
             ),
-            counter_name: format!("sluice:km:{key_id}:{group}"),
+            counter_name: key_model_counter_name(&key_id, group),
         });
     }
     Some(CompiledKey {
         hash,
-        counter_name: format!("sluice:k:{key_id}"),
+        counter_name: key_counter_name(&key_id),
         key_id,
         alias: k.key_alias.clone(),
         team,
@@ -426,6 +505,9 @@ fn compile_key(
         limits: ScopeLimits::new(k.rpm_limit, k.tpm_limit, k.max_budget.map(usd_to_nanos), k.budget_duration),
         model_limits,
         fleet_spend_nanos: k.fleet_spend.map(usd_to_nanos),
+        organization_id: k.organization_id.clone(),
+        user_budget: FleetBudget::of(k.user_max_budget, k.user_fleet_spend),
+        org_budget: FleetBudget::of(k.organization_max_budget, k.organization_fleet_spend),
     })
 }
 
@@ -825,6 +907,42 @@ mod tests {
     }
 
     #[test]
+    fn user_and_organization_budgets_are_optional_and_compiled_to_nanos() {
+        // An answer from a control plane that knows nothing of them still parses.
+        let old: KeyConfig = serde_json::from_str(&format!(
+            r#"{{"key_hash":"sha256:{}","fleet_spend":0.5}}"#,
+            KeyHash::of(b"k5").to_hex()
+        ))
+        .unwrap();
+        assert_eq!((old.user_max_budget, old.organization_id.as_deref()), (None, None));
+        let c = CompiledConfig::compile(base()).unwrap();
+        let r = c.compile_looked_up(&old, None).unwrap();
+        assert_eq!((r.key.user_budget, r.key.org_budget), (FleetBudget::default(), FleetBudget::default()));
+        assert_eq!(r.key.user_budget.exceeded(), None);
+        // And a key without them serialises exactly as before.
+        assert!(!serde_json::to_string(&old).unwrap().contains("user_"));
+
+        let key = KeyConfig {
+            user_id: Some("alice".into()),
+            user_max_budget: Some(1.0),
+            user_fleet_spend: Some(1.25),
+            organization_id: Some("acme".into()),
+            organization_max_budget: Some(10.0),
+            organization_fleet_spend: Some(2.0),
+            ..old.clone()
+        };
+        let json = serde_json::to_string(&key).unwrap();
+        assert_eq!(serde_json::from_str::<KeyConfig>(&json).unwrap(), key, "round trip");
+        let r = c.compile_looked_up(&key, None).unwrap();
+        assert_eq!(r.key.organization_id.as_deref(), Some("acme"));
+        assert_eq!(r.key.user_budget.exceeded(), Some((1_250_000_000, 1_000_000_000)));
+        assert_eq!(r.key.org_budget, FleetBudget { max_nanos: Some(10_000_000_000), spend_nanos: Some(2_000_000_000) });
+        assert_eq!(r.key.org_budget.exceeded(), None);
+        let errors = c.compile_looked_up(&KeyConfig { organization_max_budget: Some(-1.0), ..key }, None).unwrap_err();
+        assert!(errors.iter().any(|e| e.0.contains("organization: max_budget")), "{errors:?}");
+    }
+
+    #[test]
     fn per_model_limits_for_groups_this_gateway_does_not_serve_are_dropped() {
         let c = CompiledConfig::compile(base()).unwrap();
         let mut key = KeyConfig { key_hash: Some(KeyHash::of(b"k4")), ..KeyConfig::default() };
@@ -832,5 +950,31 @@ mod tests {
         key.model_tpm_limit.insert("served-elsewhere".into(), 1000);
         let r = c.compile_looked_up(&key, None).unwrap();
         assert_eq!(r.key.model_limits.keys().collect::<Vec<_>>(), ["gpt-4o"]);
+    }
+}
+
+#[cfg(test)]
+mod counter_name_tests {
+    use super::*;
+
+    #[test]
+    fn a_lookup_reports_exactly_the_counters_the_filter_limits() {
+        let key = KeyConfig {
+            key_id: Some("key_1".into()),
+            rpm_limit: Some(10),
+            model_tpm_limit: [("gpt-4o".to_string(), 100)].into(),
+            model_rpm_limit: [("gpt-4o".to_string(), 5), ("mini".to_string(), 5)].into(),
+            ..KeyConfig::default()
+        };
+        let limited_team = TeamConfig { team_id: "ml".into(), tpm_limit: Some(1), ..TeamConfig::default() };
+        assert_eq!(
+            rate_limited_counters(&key, Some(&limited_team)),
+            ["sluice:k:key_1", "sluice:t:ml", "sluice:km:key_1:gpt-4o", "sluice:km:key_1:mini"]
+        );
+        // A team without RPM/TPM, a key without any: nothing to report for them.
+        let free_team = TeamConfig { team_id: "ops".into(), max_budget: Some(1.0), ..TeamConfig::default() };
+        let free_key = KeyConfig { key_id: Some("key_2".into()), max_budget: Some(1.0), ..KeyConfig::default() };
+        assert!(rate_limited_counters(&free_key, Some(&free_team)).is_empty());
+        assert!(rate_limited_counters(&KeyConfig { key_id: None, ..key }, None).is_empty());
     }
 }

@@ -13,6 +13,10 @@ pub enum LimitScope {
     Key,
     Team,
     KeyModel,
+    /// The key's user (budgets only, counted by the control plane across the fleet).
+    User,
+    /// The key's organization (budgets only, counted by the control plane).
+    Organization,
 }
 
 impl LimitScope {
@@ -21,6 +25,8 @@ impl LimitScope {
             Self::Key => "key",
             Self::Team => "team",
             Self::KeyModel => "key_model",
+            Self::User => "user",
+            Self::Organization => "organization",
         }
     }
 }
@@ -79,6 +85,15 @@ pub enum GatewayError {
         spend_usd: f64,
         max_budget_usd: f64,
     },
+    /// The budget of the key's user or organization, spent across the fleet (the control
+    /// plane's count). Same status and code as [`Self::BudgetExceeded`]; the message names the
+    /// owner, as LiteLLM's does.
+    OwnerBudgetExceeded {
+        scope: LimitScope,
+        id: String,
+        spend_usd: f64,
+        max_budget_usd: f64,
+    },
     /// The key is not cached and the control plane could not be asked (fail closed).
     KeyServiceUnavailable,
     Internal {
@@ -117,7 +132,8 @@ impl GatewayError {
             | Self::MissingModel
             | Self::InvalidJson { .. }
             | Self::InvalidField { .. }
-            | Self::BudgetExceeded { .. } => 400,
+            | Self::BudgetExceeded { .. }
+            | Self::OwnerBudgetExceeded { .. } => 400,
         }
     }
 
@@ -141,7 +157,7 @@ impl GatewayError {
             Self::BodyTooLarge { .. } => "request_too_large",
             Self::RateLimited { kind: LimitKind::Requests, .. } => "rate_limit_exceeded",
             Self::RateLimited { kind: LimitKind::Tokens, .. } => "token_rate_limit_exceeded",
-            Self::BudgetExceeded { .. } => "budget_exceeded",
+            Self::BudgetExceeded { .. } | Self::OwnerBudgetExceeded { .. } => "budget_exceeded",
             Self::KeyServiceUnavailable => "key_service_unavailable",
             Self::Internal { .. } => "internal_error",
         }
@@ -156,7 +172,7 @@ impl GatewayError {
             429 => "rate_limit_error",
             500 => "internal_error",
             503 => "service_unavailable",
-            _ if matches!(self, Self::BudgetExceeded { .. }) => "budget_exceeded",
+            _ if matches!(self, Self::BudgetExceeded { .. } | Self::OwnerBudgetExceeded { .. }) => "budget_exceeded",
             _ => "invalid_request_error",
         }
     }
@@ -199,6 +215,8 @@ impl GatewayError {
                     LimitScope::Key => "this API key",
                     LimitScope::Team => "the team of this API key",
                     LimitScope::KeyModel => "this API key and model",
+                    LimitScope::User => "the user of this API key",
+                    LimitScope::Organization => "the organization of this API key",
                 };
                 format!("Rate limit reached for {whose}: {limit} {what}. Retry after {retry_after_secs} s.")
             }
@@ -208,6 +226,17 @@ impl GatewayError {
                     _ => "Budget",
                 };
                 format!("{whose} has been exceeded! Current cost: {spend_usd:.6}, Max budget: {max_budget_usd:.6}")
+            }
+            Self::OwnerBudgetExceeded { scope, id, spend_usd, max_budget_usd } => {
+                let whose = match scope {
+                    LimitScope::Organization => "Organization",
+                    LimitScope::Team => "Team",
+                    _ => "User",
+                };
+                format!(
+                    "Budget has been exceeded! {whose}={} Current cost: {spend_usd:.6}, Max budget: {max_budget_usd:.6}",
+                    echo(id)
+                )
             }
             Self::KeyServiceUnavailable => {
                 "The gateway cannot check this API key right now (its control plane is unreachable). Retry shortly.".into()
@@ -278,6 +307,30 @@ mod tests {
         };
         assert_eq!(rl.status(), 429);
         assert_eq!(parse(&rl)["error"]["code"], "token_rate_limit_exceeded");
+    }
+
+    #[test]
+    fn a_user_or_organization_budget_names_its_owner_like_litellm() {
+        let user = GatewayError::OwnerBudgetExceeded {
+            scope: LimitScope::User,
+            id: "alice".into(),
+            spend_usd: 2.5,
+            max_budget_usd: 2.0,
+        };
+        assert_eq!((user.status(), user.code()), (400, "budget_exceeded"));
+        let v = parse(&user);
+        assert_eq!(v["error"]["type"], "budget_exceeded");
+        assert_eq!(
+            v["error"]["message"],
+            "Budget has been exceeded! User=alice Current cost: 2.500000, Max budget: 2.000000"
+        );
+        let org = GatewayError::OwnerBudgetExceeded {
+            scope: LimitScope::Organization,
+            id: "acme".into(),
+            spend_usd: 1.0,
+            max_budget_usd: 1.0,
+        };
+        assert!(org.message().starts_with("Budget has been exceeded! Organization=acme Current cost: 1.0"));
     }
 
     #[test]

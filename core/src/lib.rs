@@ -7,6 +7,7 @@ pub mod config;
 pub mod cost;
 pub mod endpoint;
 pub mod error;
+pub mod fleet;
 pub mod keys;
 pub mod limits;
 pub mod litellm;

@@ -7,11 +7,16 @@
 //!
 //! RPM/TPM use fixed one-minute windows aligned to the epoch (LiteLLM's semantics); exact across
 //! Envoy workers because every update is a CAS on the shared record.
+//!
+//! With a control plane, the record also holds what the *other* Envoys of the fleet counted in
+//! the same window (`remote_*`, written by the singleton from its periodic sync, see
+//! [`crate::fleet`]); admission counts them against the limit too. They lag by one sync, which
+//! is the fleet's documented error bound (ARCHITECTURE.md, "Limits across a fleet").
 
 use crate::error::{GatewayError, LimitKind, LimitScope};
 use crate::time::BudgetDuration;
 
-const WINDOW_MS: u64 = 60_000;
+pub const WINDOW_MS: u64 = 60_000;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ScopeLimits {
@@ -53,14 +58,29 @@ pub struct ScopeState {
     pub spend_nanos: u64,
     /// Estimated cost of admitted requests that have not settled yet.
     pub reserved_nanos: u64,
+    /// The minute `remote_requests`/`remote_tokens` belong to; other minutes' are ignored.
+    pub remote_window: u64,
+    /// Requests and tokens the other Envoys of the fleet counted in `remote_window`.
+    pub remote_requests: u64,
+    pub remote_tokens: u64,
 }
 
-pub const STATE_LEN: usize = 48;
+pub const STATE_LEN: usize = 72;
 
 impl ScopeState {
     pub fn encode(&self) -> [u8; STATE_LEN] {
         let mut out = [0u8; STATE_LEN];
-        let fields = [self.window, self.requests, self.tokens, self.period, self.spend_nanos, self.reserved_nanos];
+        let fields = [
+            self.window,
+            self.requests,
+            self.tokens,
+            self.period,
+            self.spend_nanos,
+            self.reserved_nanos,
+            self.remote_window,
+            self.remote_requests,
+            self.remote_tokens,
+        ];
         for (chunk, v) in out.chunks_exact_mut(8).zip(fields) {
             chunk.copy_from_slice(&v.to_le_bytes());
         }
@@ -81,7 +101,55 @@ impl ScopeState {
             period: next(),
             spend_nanos: next(),
             reserved_nanos: next(),
+            remote_window: next(),
+            remote_requests: next(),
+            remote_tokens: next(),
         }
+    }
+
+    /// What the other Envoys counted in the current window (nothing if the last sync was for
+    /// an older one).
+    fn others(&self) -> (u64, u64) {
+        if self.remote_window == self.window { (self.remote_requests, self.remote_tokens) } else { (0, 0) }
+    }
+
+    /// This Envoy's own requests and tokens in `window` (what the singleton reports).
+    pub fn local_counts(&self, window: u64) -> (u64, u64) {
+        if self.window == window { (self.requests, self.tokens) } else { (0, 0) }
+    }
+
+    /// Stores the fleet's totals for `window` that came with a key lookup. They include what
+    /// this Envoy itself last reported, so only the part above its own counts is the others';
+    /// a sync's figure for the same minute is kept if it is higher.
+    pub fn set_fleet_total(&mut self, window: u64, requests: u64, tokens: u64) {
+        if window < self.window {
+            return;
+        }
+        if window > self.window {
+            self.window = window;
+            self.requests = 0;
+            self.tokens = 0;
+        }
+        let known = if self.remote_window == window { (self.remote_requests, self.remote_tokens) } else { (0, 0) };
+        self.remote_window = window;
+        self.remote_requests = known.0.max(requests.saturating_sub(self.requests));
+        self.remote_tokens = known.1.max(tokens.saturating_sub(self.tokens));
+    }
+
+    /// Stores the fleet's counts for `window` from a sync answer. An answer for a window this
+    /// record has already left is ignored; one for a newer window rolls the local counts too.
+    pub fn set_remote(&mut self, window: u64, requests: u64, tokens: u64) {
+        if window < self.window {
+            return;
+        }
+        if window > self.window {
+            self.window = window;
+            self.requests = 0;
+            self.tokens = 0;
+        }
+        self.remote_window = window;
+        self.remote_requests = requests;
+        self.remote_tokens = tokens;
     }
 
     fn roll(&mut self, limits: &ScopeLimits, now_ms: u64) {
@@ -135,8 +203,9 @@ pub fn admit(
     max_cost_nanos: u64,
 ) -> Result<(Reservation, Remaining), GatewayError> {
     state.roll(limits, now_ms);
+    let (other_requests, other_tokens) = state.others();
     if let Some(rpm) = limits.rpm
-        && state.requests >= rpm
+        && state.requests.saturating_add(other_requests) >= rpm
     {
         return Err(GatewayError::RateLimited {
             scope,
@@ -146,7 +215,7 @@ pub fn admit(
         });
     }
     if let Some(tpm) = limits.tpm
-        && state.tokens.saturating_add(est_tokens) > tpm
+        && state.tokens.saturating_add(other_tokens).saturating_add(est_tokens) > tpm
     {
         return Err(GatewayError::RateLimited {
             scope,
@@ -171,10 +240,19 @@ pub fn admit(
     let cost_nanos = if limits.max_budget_nanos.is_some() { max_cost_nanos } else { 0 };
     state.reserved_nanos = state.reserved_nanos.saturating_add(cost_nanos);
     let remaining = Remaining {
-        requests: limits.rpm.map(|l| (l, l.saturating_sub(state.requests))),
-        tokens: limits.tpm.map(|l| (l, l.saturating_sub(state.tokens))),
+        requests: limits.rpm.map(|l| (l, l.saturating_sub(state.requests.saturating_add(other_requests)))),
+        tokens: limits.tpm.map(|l| (l, l.saturating_sub(state.tokens.saturating_add(other_tokens)))),
     };
     Ok((Reservation { window: state.window, tokens, cost_nanos }, remaining))
+}
+
+/// Whether an admission moved this Envoy's own count past a tenth of `limit`: the points at
+/// which the fleet hears of it at once (an immediate sync) rather than at the next periodic
+/// one, so a burst is seen by the other Envoys while it is still under way.
+pub fn crosses_tenth(limit: Option<u64>, before: u64, after: u64) -> bool {
+    let Some(limit) = limit else { return false };
+    let step = (limit / 10).max(1);
+    before / step != after / step
 }
 
 /// Settles an admitted request with its real token count and cost.
@@ -221,7 +299,17 @@ mod tests {
 
     #[test]
     fn state_round_trips_and_garbage_is_fresh() {
-        let s = ScopeState { window: 1, requests: 2, tokens: 3, period: 4, spend_nanos: 5, reserved_nanos: 6 };
+        let s = ScopeState {
+            window: 1,
+            requests: 2,
+            tokens: 3,
+            period: 4,
+            spend_nanos: 5,
+            reserved_nanos: 6,
+            remote_window: 7,
+            remote_requests: 8,
+            remote_tokens: 9,
+        };
         assert_eq!(ScopeState::decode(&s.encode()), s);
         assert_eq!(ScopeState::decode(b"short"), ScopeState::default());
     }
@@ -313,6 +401,78 @@ mod tests {
         release(&mut s, &limits, T0, &r);
         assert_eq!((s.requests, s.tokens, s.reserved_nanos), (0, 0, 0));
         admit(&mut s, &limits, LimitScope::Key, T0, 10, 10).unwrap();
+    }
+
+    #[test]
+    fn the_fleets_counts_limit_this_envoy_in_their_window_only() {
+        let limits = ScopeLimits::new(Some(10), Some(1_000), None, None);
+        let mut s = ScopeState::default();
+        admit(&mut s, &limits, LimitScope::Key, T0, 100, 0).unwrap();
+        let window = T0 / WINDOW_MS;
+        // The other Envoys used 8 requests and 850 tokens this minute: one request fits, and
+        // only if its estimate fits in the 50 tokens left.
+        s.set_remote(window, 8, 850);
+        assert_eq!(s.local_counts(window), (1, 100), "the remote counts are not this Envoy's");
+        assert!(matches!(
+            admit(&mut s, &limits, LimitScope::Key, T0 + 1, 51, 0),
+            Err(GatewayError::RateLimited { kind: LimitKind::Tokens, .. })
+        ));
+        let (_, rem) = admit(&mut s, &limits, LimitScope::Key, T0 + 1, 50, 0).unwrap();
+        assert_eq!((rem.requests, rem.tokens), (Some((10, 0)), Some((1_000, 0))));
+        assert!(matches!(
+            admit(&mut s, &limits, LimitScope::Key, T0 + 2, 0, 0),
+            Err(GatewayError::RateLimited { kind: LimitKind::Requests, .. })
+        ));
+        // The next minute starts afresh, though no sync has said so yet.
+        admit(&mut s, &limits, LimitScope::Key, T0 + WINDOW_MS, 0, 0).unwrap();
+        // A late answer for the minute that ended changes nothing.
+        s.set_remote(window, 100, 100);
+        assert_eq!(s.others(), (0, 0));
+        assert_eq!(s.local_counts(window + 1), (1, 0));
+    }
+
+    #[test]
+    fn a_looked_up_total_counts_only_what_is_not_this_envoys_own() {
+        let limits = rpm(10);
+        let window = T0 / WINDOW_MS;
+        let mut s = ScopeState::default();
+        // First sight: the whole fleet total is the others'.
+        s.set_fleet_total(window, 6, 600);
+        assert_eq!((s.remote_requests, s.remote_tokens), (6, 600));
+        admit(&mut s, &limits, LimitScope::Key, T0, 0, 0).unwrap();
+        admit(&mut s, &limits, LimitScope::Key, T0, 0, 0).unwrap();
+        // Looked up again later: the total includes this Envoy's own 2, which are not remote;
+        // a sync's higher figure for the minute stands.
+        s.set_fleet_total(window, 7, 0);
+        assert_eq!(s.remote_requests, 6);
+        s.set_fleet_total(window, 9, 0);
+        assert_eq!(s.remote_requests, 7);
+        admit(&mut s, &limits, LimitScope::Key, T0, 0, 0).unwrap();
+        assert!(admit(&mut s, &limits, LimitScope::Key, T0, 0, 0).is_err());
+        // A total for a minute already over changes nothing.
+        s.set_fleet_total(window - 1, 100, 0);
+        assert_eq!(s.remote_requests, 7);
+    }
+
+    #[test]
+    fn an_answer_for_a_newer_window_rolls_the_record() {
+        let limits = rpm(5);
+        let mut s = ScopeState::default();
+        admit(&mut s, &limits, LimitScope::Key, T0, 0, 0).unwrap();
+        let next = T0 / WINDOW_MS + 1;
+        s.set_remote(next, 5, 0);
+        assert_eq!(s.local_counts(next), (0, 0));
+        assert!(admit(&mut s, &limits, LimitScope::Key, T0 + WINDOW_MS, 0, 0).is_err());
+    }
+
+    #[test]
+    fn every_tenth_of_a_limit_is_a_checkpoint() {
+        let crossings = (0..100).filter(|n| crosses_tenth(Some(60), *n, n + 1)).count();
+        assert_eq!(crossings, 16, "60 rpm: every 6th request, up to 100");
+        assert!(crosses_tenth(Some(5), 2, 3), "limits under 10: every request");
+        assert!(crosses_tenth(Some(1_000), 90, 130), "a token estimate may jump past one");
+        assert!(!crosses_tenth(Some(1_000), 101, 150));
+        assert!(!crosses_tenth(None, 0, 1_000));
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub struct Ticket {
     pub name: String,
     pub limits: ScopeLimits,
     pub reservation: Reservation,
+    /// The admission moved this Envoy's count past a tenth of an RPM/TPM limit: in xDS mode
+    /// the fleet should hear of it now ([`limits::crosses_tenth`]).
+    pub checkpoint: bool,
 }
 
 /// Reads a scope record, applies `f`, and writes it back with CAS; retries on conflict.
@@ -70,14 +73,18 @@ pub fn admit_all<H: Host>(
     let mut remaining = Remaining::default();
     for scope in scopes {
         let outcome = update(host, scope.name, |state| {
-            limits::admit(state, &scope.limits, scope.kind, now_ms, est_tokens, max_cost_nanos)
+            let before = (state.requests, state.tokens);
+            let admitted = limits::admit(state, &scope.limits, scope.kind, now_ms, est_tokens, max_cost_nanos);
+            let checkpoint = limits::crosses_tenth(scope.limits.rpm, before.0, state.requests)
+                || limits::crosses_tenth(scope.limits.tpm, before.1, state.tokens);
+            admitted.map(|(reservation, rem)| (reservation, rem, checkpoint))
         });
         let result = outcome.unwrap_or(Err(GatewayError::Internal { detail: "shared counters unavailable" }));
         match result {
-            Ok((reservation, rem)) => {
+            Ok((reservation, rem, checkpoint)) => {
                 remaining.requests = tighter(remaining.requests, rem.requests);
                 remaining.tokens = tighter(remaining.tokens, rem.tokens);
-                tickets.push(Ticket { name: scope.name.to_owned(), limits: scope.limits, reservation });
+                tickets.push(Ticket { name: scope.name.to_owned(), limits: scope.limits, reservation, checkpoint });
             }
             Err(e) => {
                 release_all(host, &tickets, now_ms);
@@ -101,4 +108,21 @@ pub fn release_all<H: Host>(host: &H, tickets: &[Ticket], now_ms: u64) {
     for t in tickets {
         update(host, &t.name, |state| limits::release(state, &t.limits, now_ms, &t.reservation));
     }
+}
+
+/// Stores what the other Envoys of the fleet counted on a scope in `window` (the singleton,
+/// from a sync answer); the workers' admissions count it against the limits.
+pub fn set_remote<H: Host>(host: &H, name: &str, window: u64, requests: u64, tokens: u64) -> bool {
+    update(host, name, |state| state.set_remote(window, requests, tokens)).is_some()
+}
+
+/// Stores the fleet's totals on a scope that came with a key lookup (see
+/// `ScopeState::set_fleet_total`).
+pub fn set_fleet_total<H: Host>(host: &H, name: &str, window: u64, requests: u64, tokens: u64) -> bool {
+    update(host, name, |state| state.set_fleet_total(window, requests, tokens)).is_some()
+}
+
+/// This Envoy's own requests and tokens on a scope in `window` (what the singleton reports).
+pub fn local_counts<H: Host>(host: &H, name: &str, window: u64) -> (u64, u64) {
+    host.shared_get(name).0.as_deref().map(ScopeState::decode).unwrap_or_default().local_counts(window)
 }

@@ -13,6 +13,7 @@ use sluice_core::config::{
 use sluice_core::cost::nanos_to_usd;
 use sluice_core::endpoint::Endpoint;
 use sluice_core::error::{GatewayError, LimitKind, LimitScope};
+use sluice_core::fleet::{self, WindowSet};
 use sluice_core::keys::{self, KeyHash};
 use sluice_core::limits::Remaining;
 use sluice_core::request::{parse_request, rewrite_body};
@@ -50,17 +51,34 @@ pub struct Gateway {
     /// Requests served from `key_cache`, counted here and reported on the tick, so a hit costs
     /// no host call.
     key_cache_hits: Cell<u64>,
+    /// Rate-limited scopes this worker announced to the singleton this minute (xDS mode: the
+    /// singleton syncs their counts with the rest of the fleet).
+    announced_scopes: RefCell<WindowSet>,
     /// Per model group (same index as `config.groups`), its metric names, built once here so
     /// the hot path formats none.
     group_metrics: Vec<GroupMetrics>,
 }
 
+/// A model group's metrics: their names, and what requests added since the last tick (the
+/// request path adds here; the tick reports, so a request costs no metric host call).
 struct GroupMetrics {
-    requests: String,
-    prompt_tokens: String,
-    completion_tokens: String,
-    cost_nanos: String,
-    estimated: String,
+    names: [String; GROUP_METRICS],
+    pending: [Cell<u64>; GROUP_METRICS],
+}
+
+const GROUP_METRICS: usize = 5;
+const REQUESTS: usize = 0;
+const PROMPT_TOKENS: usize = 1;
+const COMPLETION_TOKENS: usize = 2;
+const COST_NANOS: usize = 3;
+const ESTIMATED: usize = 4;
+
+impl GroupMetrics {
+    fn add(&self, metric: usize, delta: u64) {
+        if let Some(cell) = self.pending.get(metric) {
+            cell.set(cell.get().saturating_add(delta));
+        }
+    }
 }
 
 impl Gateway {
@@ -76,11 +94,14 @@ impl Gateway {
                     .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
                     .collect();
                 GroupMetrics {
-                    requests: format!("sluice.requests.model_group.{part}"),
-                    prompt_tokens: format!("sluice.prompt_tokens.model_group.{part}"),
-                    completion_tokens: format!("sluice.completion_tokens.model_group.{part}"),
-                    cost_nanos: format!("sluice.cost_nanodollars.model_group.{part}"),
-                    estimated: format!("sluice.estimated_usage.model_group.{part}"),
+                    names: [
+                        format!("sluice.requests.model_group.{part}"),
+                        format!("sluice.prompt_tokens.model_group.{part}"),
+                        format!("sluice.completion_tokens.model_group.{part}"),
+                        format!("sluice.cost_nanodollars.model_group.{part}"),
+                        format!("sluice.estimated_usage.model_group.{part}"),
+                    ],
+                    pending: Default::default(),
                 }
             })
             .collect();
@@ -92,20 +113,40 @@ impl Gateway {
             key_cache: RefCell::new(KeyCache::default()),
             invalidations: RefCell::new(Invalidations::default()),
             key_cache_hits: Cell::new(0),
+            announced_scopes: RefCell::new(WindowSet::default()),
             group_metrics,
+        }
+    }
+
+    /// Tells the singleton of the RPM/TPM-limited scopes an admission used that this worker
+    /// has not announced this minute, and of those it moved past a tenth of their limit (it
+    /// syncs at once). One queue message each; a set lookup otherwise.
+    fn announce_to_fleet<H: Host>(&self, host: &H, tickets: &[Ticket], now_ms: u64) {
+        let window = fleet::window_of(now_ms);
+        let mut announced = self.announced_scopes.borrow_mut();
+        for ticket in tickets.iter().filter(|t| t.limits.rpm.is_some() || t.limits.tpm.is_some()) {
+            if announced.insert(&ticket.name, window) || ticket.checkpoint {
+                host.announce_limit_scope(&ticket.name);
+            }
         }
     }
 
     /// Reports what the request path counted without host calls (called on the worker's tick).
     pub fn flush_metrics<H: Host>(&self, host: &H) {
         host.count("sluice.key_cache.hits", self.key_cache_hits.take());
+        for group in &self.group_metrics {
+            for (name, pending) in group.names.iter().zip(&group.pending) {
+                host.count(name, pending.take());
+            }
+        }
     }
 }
 
 impl Gateway {
     /// Applies the singleton's invalidation log (`service::INVALIDATIONS_KEY`): drops the named
-    /// keys and teams from this worker's cache, and remembers them so that shared entries
-    /// written before them are not trusted either.
+    /// keys, and the keys of the named teams, users and organizations, from this worker's
+    /// cache, and remembers them so that shared entries written before them are not trusted
+    /// either.
     pub fn apply_invalidations(&self, log: &str, now_ms: u64) {
         let mut applied = self.invalidations.borrow_mut();
         let (drops, last) = crate::service::invalidations_since(log, applied.seq);
@@ -113,6 +154,8 @@ impl Gateway {
         for drop in drops {
             match &drop {
                 Some(('k', id)) => cache.invalidate_key(id),
+                Some(('u', id)) => cache.invalidate_user(id),
+                Some(('o', id)) => cache.invalidate_org(id),
                 Some((_, id)) => cache.invalidate_team(id),
                 None => cache.expire_all(now_ms),
             }
@@ -159,7 +202,10 @@ type Answer = (KeyConfig, Option<TeamConfig>);
 
 /// The control plane's answer: the key and its team, or None for an unknown key.
 fn parse_answer(bytes: &[u8]) -> Result<Option<Answer>, ()> {
-    let answer = KeyLookupResponse::decode(bytes).map_err(|_| ())?;
+    answer_of(&KeyLookupResponse::decode(bytes).map_err(|_| ())?)
+}
+
+fn answer_of(answer: &KeyLookupResponse) -> Result<Option<Answer>, ()> {
     if answer.key_json.is_empty() {
         return Ok(None);
     }
@@ -201,6 +247,8 @@ pub struct RequestFlow<H: Host> {
     gateway: Rc<Gateway>,
     random: u64,
     start_ms: u64,
+    /// The client's `:path` (the upstream path replaces it only where they differ).
+    path: Vec<u8>,
     endpoint: Option<Endpoint>,
     principal: Option<Principal>,
     request_id: Option<String>,
@@ -226,6 +274,7 @@ impl<H: Host> RequestFlow<H> {
             gateway,
             random,
             start_ms: 0,
+            path: Vec::new(),
             endpoint: None,
             principal: None,
             request_id: None,
@@ -278,8 +327,8 @@ impl<H: Host> RequestFlow<H> {
 
     pub fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
         self.start_ms = self.host.now_ms();
-        let path = self.host.request_header(":path").unwrap_or_default();
-        let Some(endpoint) = Endpoint::from_path(&path) else {
+        self.path = self.host.request_header(":path").unwrap_or_default();
+        let Some(endpoint) = Endpoint::from_path(&self.path) else {
             return self.reject(&GatewayError::UnknownRoute);
         };
         self.endpoint = Some(endpoint);
@@ -416,6 +465,22 @@ impl<H: Host> RequestFlow<H> {
         {
             return Err(GatewayError::BudgetExceeded { scope: LimitScope::Team, spend_usd, max_budget_usd });
         }
+        // The user's and the organization's budgets are counted by the control plane alone
+        // (no counter here): spent on the fleet, the key is refused until the window resets.
+        let owners = [
+            (LimitScope::User, key.user_id.as_deref(), key.user_budget),
+            (LimitScope::Organization, key.organization_id.as_deref(), key.org_budget),
+        ];
+        for (scope, id, budget) in owners {
+            if let (Some(id), Some((spend, max))) = (id, budget.exceeded()) {
+                return Err(GatewayError::OwnerBudgetExceeded {
+                    scope,
+                    id: id.to_owned(),
+                    spend_usd: nanos_to_usd(spend),
+                    max_budget_usd: nanos_to_usd(max),
+                });
+            }
+        }
         if !key.routes.contains(endpoint) {
             return Err(GatewayError::RouteNotAllowed { route: endpoint.route() });
         }
@@ -435,8 +500,7 @@ impl<H: Host> RequestFlow<H> {
             return Shared::Absent;
         }
         let Ok(resolved) = self.config().compile_looked_up(&key, team.as_ref()) else { return Shared::Absent };
-        let verdict =
-            self.gateway.invalidations.borrow().judge(entry.seq, &resolved.key.key_id, resolved.key.team_id.as_deref());
+        let verdict = self.gateway.invalidations.borrow().judge(entry.seq, &resolved.key);
         let resolved = Rc::new(resolved);
         let age = self.start_ms.saturating_sub(entry.fetched_ms);
         match verdict {
@@ -501,7 +565,9 @@ impl<H: Host> RequestFlow<H> {
         };
         let now = self.host.now_ms();
         let bytes = if status == GRPC_OK { self.host.grpc_response(size).unwrap_or_default() } else { Vec::new() };
-        let parsed = if status == GRPC_OK { parse_answer(&bytes) } else { Err(()) };
+        let decoded =
+            if status == GRPC_OK { KeyLookupResponse::decode(bytes.as_slice()).map_err(|_| ()) } else { Err(()) };
+        let parsed = decoded.as_ref().map_err(|_| ()).and_then(answer_of);
         let resolved = match parsed {
             Ok(Some((key, team))) if key.key_hash == Some(pending.hash) => {
                 match self.config().compile_looked_up(&key, team.as_ref()) {
@@ -530,11 +596,27 @@ impl<H: Host> RequestFlow<H> {
             Some(r) => {
                 // Its counters exist before any admission writes them (as configured keys' do
                 // from configure time); see counters::ensure_exists.
-                let names = std::iter::once(&r.key.counter_name)
-                    .chain(r.key.model_limits.values().map(|m| &m.counter_name))
-                    .chain(r.team.as_ref().map(|t| &t.counter_name));
-                for name in names {
+                let names = || {
+                    std::iter::once(&r.key.counter_name)
+                        .chain(r.key.model_limits.values().map(|m| &m.counter_name))
+                        .chain(r.team.as_ref().map(|t| &t.counter_name))
+                };
+                for name in names() {
                     counters::ensure_exists(&self.host, name);
+                }
+                // What the rest of the fleet counted on them this minute, so that this Envoy's
+                // first requests with the key are limited like its later ones. Only this key's
+                // own counters: the answer names shared-data entries.
+                if let Ok(answer) = &decoded {
+                    for counts in answer.fleet_counts.iter().filter(|c| names().any(|n| *n == c.scope)) {
+                        counters::set_fleet_total(
+                            &self.host,
+                            &counts.scope,
+                            answer.fleet_window,
+                            counts.requests,
+                            counts.tokens,
+                        );
+                    }
                 }
                 // Every worker may use this answer (and keep using it through an outage).
                 let seq = self.gateway.invalidations.borrow().seq;
@@ -696,6 +778,9 @@ impl<H: Host> RequestFlow<H> {
         } else {
             counters::admit_all(&self.host, &scopes, self.start_ms, est_prompt_tokens, max_cost)?
         };
+        if config.config.key_lookup.is_some() {
+            gateway.announce_to_fleet(&self.host, &tickets, self.start_ms);
+        }
 
         // The body for the deployment: its model name; OpenAI streams must report usage.
         let streamed = req.stream && endpoint.can_stream();
@@ -706,7 +791,9 @@ impl<H: Host> RequestFlow<H> {
             self.host.set_request_header("content-length", Some(new_body.len().to_string().as_bytes()));
         }
         let upstream_path = format!("{}{}", deployment.base_path, endpoint.upstream_suffix());
-        self.host.set_request_header(":path", Some(upstream_path.as_bytes()));
+        if upstream_path.as_bytes() != self.path.as_slice() {
+            self.host.set_request_header(":path", Some(upstream_path.as_bytes()));
+        }
         self.host.set_request_header("x-sluice-cluster", Some(deployment.cluster.as_bytes()));
         // The provider's credential replaces the client's; the client's other header goes.
         let credential = gateway.credentials.get(index).and_then(Option::as_deref);
@@ -814,13 +901,11 @@ impl<H: Host> RequestFlow<H> {
             self.host.log(LogLevel::Error, "sluice: could not settle counters (shared data unavailable)");
         }
         if let Some(metrics) = gateway.group_metrics.get(admitted.group) {
-            self.host.count(&metrics.requests, 1);
-            self.host.count(&metrics.prompt_tokens, usage.prompt_tokens);
-            self.host.count(&metrics.completion_tokens, usage.completion_tokens);
-            self.host.count(&metrics.cost_nanos, cost_nanos);
-            if estimated {
-                self.host.count(&metrics.estimated, 1);
-            }
+            metrics.add(REQUESTS, 1);
+            metrics.add(PROMPT_TOKENS, usage.prompt_tokens);
+            metrics.add(COMPLETION_TOKENS, usage.completion_tokens);
+            metrics.add(COST_NANOS, cost_nanos);
+            metrics.add(ESTIMATED, u64::from(estimated));
         }
         let key = self.key();
         let unverified_id = match &self.principal {

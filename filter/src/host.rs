@@ -41,6 +41,9 @@ pub trait Host {
     /// Hands a usage record (one JSON line) to the singleton service; false if it could not
     /// be queued (the caller then writes it to the log itself).
     fn enqueue_usage(&self, record: &[u8]) -> bool;
+    /// Tells the singleton that this worker uses a rate-limited scope this minute, so it syncs
+    /// the scope's counts with the fleet (xDS mode). Called once per scope per minute.
+    fn announce_limit_scope(&self, name: &str);
     fn now_ms(&self) -> u64;
     /// Envoy's response code details (why a stream ended, e.g. an upstream reset).
     fn response_code_details(&self) -> Option<Vec<u8>>;
@@ -58,6 +61,8 @@ pub trait Host {
 
 /// Name of the shared queue that carries usage records to the singleton service.
 pub const USAGE_QUEUE: &str = "sluice_usage";
+/// Name of the shared queue that carries rate-limited scope names to the singleton service.
+pub const LIMIT_SCOPES_QUEUE: &str = "sluice_limit_scopes";
 /// VM id shared by the filter and the service, so they share data and queues.
 pub const VM_ID: &str = "sluice";
 
@@ -70,6 +75,7 @@ const USAGE_BATCH: usize = 32;
 pub struct WorkerState {
     metric_ids: HashMap<String, u32>,
     usage_queue: Option<u32>,
+    limit_scopes_queue: Option<u32>,
     pending_usage: Vec<u8>,
     pending_count: usize,
 }
@@ -181,6 +187,21 @@ impl Host for EnvoyHost {
             worker.flush_usage();
         }
         true
+    }
+
+    fn announce_limit_scope(&self, name: &str) {
+        let mut worker = self.worker.borrow_mut();
+        if worker.limit_scopes_queue.is_none() {
+            worker.limit_scopes_queue = hostcalls::resolve_shared_queue(VM_ID, LIMIT_SCOPES_QUEUE).ok().flatten();
+        }
+        let queued = worker
+            .limit_scopes_queue
+            .is_some_and(|id| hostcalls::enqueue_shared_queue(id, Some(name.as_bytes())).is_ok());
+        if !queued {
+            // The singleton is not up yet (or restarted): resolve again next time. Until it
+            // hears of the scope, this Envoy limits it with its own counts only.
+            worker.limit_scopes_queue = None;
+        }
     }
 
     fn response_code_details(&self) -> Option<Vec<u8>> {

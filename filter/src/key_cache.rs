@@ -10,12 +10,13 @@
 //!
 //! The control plane's pushes (`WatchInvalidations`, relayed by the singleton) drop entries
 //! early: from the worker caches directly, and for shared entries by their sequence number (an
-//! entry written before an invalidation that names its key or team is ignored).
+//! entry written before an invalidation that names its key, team, user or organization is
+//! ignored).
 
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use sluice_core::config::ResolvedKey;
+use sluice_core::config::{CompiledKey, ResolvedKey};
 use sluice_core::keys::KeyHash;
 
 /// Entries per worker.
@@ -57,7 +58,8 @@ impl SharedEntry {
 #[derive(Debug, Default)]
 pub struct Invalidations {
     pub seq: u64,
-    /// Recent lines: (seq, kind, id); kind `r` = everything.
+    /// Recent lines: (seq, kind, id); kind `k` key, `t` team, `u` user, `o` organization,
+    /// `r` = everything.
     recent: Vec<(u64, char, String)>,
 }
 
@@ -68,8 +70,9 @@ impl Invalidations {
         self.recent.drain(..excess);
     }
 
-    /// What an entry written at `written_seq` for this key and team is worth now.
-    pub fn judge(&self, written_seq: u64, key_id: &str, team_id: Option<&str>) -> Verdict {
+    /// What an entry written at `written_seq` for this key (and its team, user and
+    /// organization) is worth now.
+    pub fn judge(&self, written_seq: u64, key: &CompiledKey) -> Verdict {
         if let Some((oldest, _, _)) = self.recent.first()
             && written_seq + 1 < *oldest
             && written_seq < self.seq
@@ -78,11 +81,18 @@ impl Invalidations {
         }
         let mut verdict = Verdict::Valid;
         for (_, kind, id) in self.recent.iter().filter(|(seq, _, _)| *seq > written_seq) {
-            match kind {
-                'k' if id == key_id => return Verdict::Revoked,
-                't' if Some(id.as_str()) == team_id => return Verdict::Revoked,
-                'k' | 't' => {}
-                _ => verdict = Verdict::Unconfirmed,
+            let named = match kind {
+                'k' => Some(key.key_id.as_str()),
+                't' => key.team_id.as_deref(),
+                'u' => key.user_id.as_deref(),
+                'o' => key.organization_id.as_deref(),
+                _ => {
+                    verdict = Verdict::Unconfirmed;
+                    continue;
+                }
+            };
+            if named == Some(id.as_str()) {
+                return Verdict::Revoked;
             }
         }
         verdict
@@ -170,6 +180,17 @@ impl KeyCache {
         self.entries.retain(|_, (c, _)| !matches!(c, Cached::Found(r) if r.key.team_id.as_deref() == Some(team_id)));
     }
 
+    /// Drops every key of a user (its budget was spent, or its window ended).
+    pub fn invalidate_user(&mut self, user_id: &str) {
+        self.entries.retain(|_, (c, _)| !matches!(c, Cached::Found(r) if r.key.user_id.as_deref() == Some(user_id)));
+    }
+
+    /// Drops every key of an organization (the key's own, or its team's).
+    pub fn invalidate_org(&mut self, org_id: &str) {
+        self.entries
+            .retain(|_, (c, _)| !matches!(c, Cached::Found(r) if r.key.organization_id.as_deref() == Some(org_id)));
+    }
+
     pub fn clear(&mut self) {
         self.entries.clear();
     }
@@ -192,6 +213,10 @@ mod tests {
     const NOW: u64 = 1_000_000;
 
     fn found(seed: u32, team: Option<&str>) -> (KeyHash, Cached) {
+        found_owned(seed, team, None, None)
+    }
+
+    fn found_owned(seed: u32, team: Option<&str>, user: Option<&str>, org: Option<&str>) -> (KeyHash, Cached) {
         let hash = KeyHash::of(&seed.to_le_bytes());
         let config: GatewayConfig =
             serde_json::from_value(serde_json::json!({"schema_version": SCHEMA_VERSION})).expect("an empty config");
@@ -200,6 +225,8 @@ mod tests {
             key_hash: Some(hash),
             key_id: Some(format!("key_{seed}")),
             team_id: team.map(str::to_owned),
+            user_id: user.map(str::to_owned),
+            organization_id: org.map(str::to_owned),
             ..KeyConfig::default()
         };
         let team = team.map(|t| TeamConfig { team_id: t.to_owned(), ..TeamConfig::default() });
@@ -245,6 +272,34 @@ mod tests {
         cache.insert(k, e, NOW, 60_000);
         cache.clear();
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn invalidation_drops_every_key_of_a_user_or_an_organization() {
+        let mut cache = KeyCache::default();
+        let keys = [
+            found_owned(1, None, Some("alice"), None),
+            found_owned(2, Some("ml"), Some("alice"), Some("acme")),
+            found_owned(3, Some("ml"), Some("bob"), Some("acme")),
+            found_owned(4, None, Some("bob"), Some("other")),
+        ];
+        for (k, e) in &keys {
+            cache.insert(*k, e.clone(), NOW, 60_000);
+        }
+        cache.invalidate_user("alice");
+        let left = |cache: &KeyCache| keys.iter().map(|(k, _)| cache.get(k, NOW).is_some()).collect::<Vec<_>>();
+        assert_eq!(left(&cache), [false, false, true, true]);
+        cache.invalidate_org("acme");
+        assert_eq!(left(&cache), [false, false, false, true]);
+
+        // A shared entry written before a line naming its user or organization is revoked.
+        let Cached::Found(r) = &keys[2].1 else { unreachable!() };
+        let mut inv = Invalidations::default();
+        inv.record(5, 'u', "alice");
+        assert_eq!(inv.judge(4, &r.key), Verdict::Valid, "another user");
+        inv.record(6, 'o', "acme");
+        assert_eq!(inv.judge(4, &r.key), Verdict::Revoked);
+        assert_eq!(inv.judge(6, &r.key), Verdict::Valid, "written after the line");
     }
 
     #[test]

@@ -18,6 +18,11 @@ pub struct MockEnvoy {
     pub inject_conflicts: Cell<u32>,
     pub queue: RefCell<Vec<Vec<u8>>>,
     pub queue_available: Cell<bool>,
+    /// Every call into the host, by method name, in order (what a request costs in VM
+    /// boundary crossings; usage records are batched per worker, so they are not counted).
+    pub host_calls: RefCell<Vec<&'static str>>,
+    /// Rate-limited scopes the workers announced to the singleton, in order.
+    pub announced_scopes: RefCell<Vec<String>>,
     pub metrics: RefCell<HashMap<String, u64>>,
     pub logs: RefCell<Vec<String>>,
     pub now_ms: Cell<u64>,
@@ -124,40 +129,49 @@ impl MockHost {
 
 impl Host for MockHost {
     fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.envoy.host_calls.borrow_mut().push("request_header");
         get(&self.stream.request_headers, name)
     }
 
     fn set_request_header(&self, name: &str, value: Option<&[u8]>) {
+        self.envoy.host_calls.borrow_mut().push("set_request_header");
         set(&self.stream.request_headers, name, value);
     }
 
     fn request_body(&self, size: usize) -> Option<Vec<u8>> {
+        self.envoy.host_calls.borrow_mut().push("request_body");
         let body = self.stream.request_body.borrow();
         body.get(..size.min(body.len())).map(<[u8]>::to_vec)
     }
 
     fn replace_request_body(&self, _old_size: usize, body: &[u8]) {
+        self.envoy.host_calls.borrow_mut().push("replace_request_body");
         *self.stream.request_body.borrow_mut() = body.to_vec();
     }
 
     fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.envoy.host_calls.borrow_mut().push("response_header");
         get(&self.stream.response_headers, name)
     }
 
     fn set_response_header(&self, name: &str, value: Option<&[u8]>) {
+        self.envoy.host_calls.borrow_mut().push("set_response_header");
         set(&self.stream.response_headers, name, value);
     }
 
     fn response_body(&self, size: usize) -> Option<Vec<u8>> {
+        self.envoy.host_calls.borrow_mut().push("response_body");
         let chunk = self.stream.response_chunk.borrow();
         chunk.get(..size.min(chunk.len())).map(<[u8]>::to_vec)
     }
 
     fn replace_response_body(&self, _old_size: usize, body: &[u8]) {
+        self.envoy.host_calls.borrow_mut().push("replace_response_body");
         *self.stream.response_chunk.borrow_mut() = body.to_vec();
     }
 
     fn send_local_response(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        self.envoy.host_calls.borrow_mut().push("send_local_response");
         *self.stream.local_reply.borrow_mut() = Some(LocalReply {
             status,
             headers: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
@@ -166,6 +180,7 @@ impl Host for MockHost {
     }
 
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        self.envoy.host_calls.borrow_mut().push("shared_get");
         match self.envoy.data.borrow().get(key) {
             Some((v, cas)) => (Some(v.clone()), Some(*cas)),
             None => (None, None),
@@ -173,6 +188,7 @@ impl Host for MockHost {
     }
 
     fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> CasResult {
+        self.envoy.host_calls.borrow_mut().push("shared_set");
         let conflicts = self.envoy.inject_conflicts.get();
         if conflicts > 0 {
             self.envoy.inject_conflicts.set(conflicts - 1);
@@ -191,6 +207,11 @@ impl Host for MockHost {
         CasResult::Written
     }
 
+    fn announce_limit_scope(&self, name: &str) {
+        self.envoy.host_calls.borrow_mut().push("announce_limit_scope");
+        self.envoy.announced_scopes.borrow_mut().push(name.to_owned());
+    }
+
     fn enqueue_usage(&self, record: &[u8]) -> bool {
         if !self.envoy.queue_available.get() {
             return false;
@@ -200,18 +221,24 @@ impl Host for MockHost {
     }
 
     fn response_code_details(&self) -> Option<Vec<u8>> {
+        self.envoy.host_calls.borrow_mut().push("response_code_details");
         self.stream.code_details.borrow().clone().map(String::into_bytes)
     }
 
     fn now_ms(&self) -> u64 {
+        self.envoy.host_calls.borrow_mut().push("now_ms");
         self.envoy.now_ms.get()
     }
 
     fn log(&self, _level: LogLevel, message: &str) {
+        self.envoy.host_calls.borrow_mut().push("log");
         self.envoy.logs.borrow_mut().push(message.to_owned());
     }
 
     fn count(&self, metric: &str, delta: u64) {
+        if delta > 0 {
+            self.envoy.host_calls.borrow_mut().push("count"); // Envoy's binding skips a zero
+        }
         *self.envoy.metrics.borrow_mut().entry(metric.to_owned()).or_default() += delta;
     }
 
@@ -223,6 +250,7 @@ impl Host for MockHost {
         message: &[u8],
         timeout_ms: u64,
     ) -> Option<u32> {
+        self.envoy.host_calls.borrow_mut().push("dispatch_grpc");
         if self.envoy.grpc_refused.get() {
             return None;
         }
@@ -240,11 +268,13 @@ impl Host for MockHost {
     }
 
     fn grpc_response(&self, size: usize) -> Option<Vec<u8>> {
+        self.envoy.host_calls.borrow_mut().push("grpc_response");
         let body = self.stream.grpc_response.borrow();
         body.get(..size.min(body.len())).map(<[u8]>::to_vec)
     }
 
     fn resume_request(&self) {
+        self.envoy.host_calls.borrow_mut().push("resume_request");
         self.stream.resumed.set(self.stream.resumed.get() + 1);
     }
 }

@@ -7,26 +7,35 @@
 //!   idempotent by record id, so a resent batch counts once), bounded in size;
 //! - long-polls `KeyLookupService/WatchInvalidations` and relays what it hears to the workers
 //!   through one shared-data entry ([`INVALIDATIONS_KEY`]), which each worker reads on its
-//!   tick: keys revoked, blocked or rotated leave every worker's cache within a tick.
+//!   tick: keys revoked, blocked or rotated leave every worker's cache within a tick;
+//! - syncs rate limits with the fleet (`sluice.v1.LimitService/Sync`): for every limited scope
+//!   the workers announced this minute ([`LIMIT_SCOPES_QUEUE`]), it reports this Envoy's
+//!   counts, at once for a new scope and then every tick, and writes what the other Envoys
+//!   counted into the scope's shared record, where admission counts it.
 
 use prost::Message;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::LogLevel;
 use serde::Deserialize;
 use serde_json::Value;
+use sluice_core::fleet::{self, WindowSet};
 use sluice_core::outbox::Outbox;
 use sluice_proto::gateway::v1 as pb;
 
-use crate::host::{EnvoyHost, Host, USAGE_QUEUE};
+use crate::counters;
+use crate::host::{EnvoyHost, Host, LIMIT_SCOPES_QUEUE, USAGE_QUEUE};
 use crate::usage_record::USAGE_LOG_PREFIX;
 
 /// Shared-data entry holding recent invalidations, one `seq kind id` line each (kind `k` key,
-/// `t` team, `r` drop everything); written only by the singleton.
+/// `t` team, `u` user, `o` organization, `r` drop everything); written only by the singleton.
 pub const INVALIDATIONS_KEY: &str = "sluice:invalidations";
 /// Lines kept in [`INVALIDATIONS_KEY`]; a worker further behind drops its whole cache.
 const INVALIDATIONS_KEPT: usize = 256;
 const USAGE_SERVICE: &str = "sluice.v1.UsageService";
 const KEY_SERVICE: &str = crate::flow::KEY_LOOKUP_SERVICE;
+const LIMIT_SERVICE: &str = "sluice.v1.LimitService";
+/// A sync slower than this is abandoned; the next tick sends a fresh one.
+const SYNC_TIMEOUT_MS: u64 = 2_000;
 /// Records per batch, and records the outbox holds while the control plane is away (beyond
 /// that, the oldest are only in the log).
 const BATCH: usize = 500;
@@ -57,6 +66,20 @@ struct ControlPlaneLink {
     /// Numbering of the lines this singleton writes for the workers.
     relay_seq: u64,
     relayed: Vec<String>,
+    fleet: FleetSync,
+}
+
+/// The fleet rate-limit sync: which scopes, and the call in flight.
+struct FleetSync {
+    /// `<node id>/<random>`: the fleet's counts are kept per instance, and a restarted Envoy
+    /// must not overwrite what its predecessor counted this minute.
+    instance: String,
+    queue: Option<u32>,
+    scopes: WindowSet,
+    /// The Sync call in flight: its token and the window it reported.
+    call: Option<(u32, u64)>,
+    /// A new scope arrived while a call was in flight: sync again when it returns.
+    again: bool,
 }
 
 pub struct UsageService {
@@ -83,6 +106,20 @@ impl UsageService {
             return None;
         }
         let link = config.control_plane_cluster.map(|cluster| ControlPlaneLink {
+            fleet: FleetSync {
+                instance: instance_name(&host),
+                // Without this queue workers cannot announce scopes: limits stay per Envoy.
+                queue: match hostcalls::register_shared_queue(LIMIT_SCOPES_QUEUE) {
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        host.log(LogLevel::Error, &format!("sluice: cannot register the limit-scope queue: {e:?}"));
+                        None
+                    }
+                },
+                scopes: WindowSet::default(),
+                call: None,
+                again: false,
+            },
             cluster,
             outbox: Outbox::new(BATCH, OUTBOX_CAPACITY),
             report: None,
@@ -102,8 +139,27 @@ impl UsageService {
         self.link.is_some()
     }
 
-    /// Each message is a worker's batch: newline-separated JSON records.
+    /// A queue has messages: scope announcements, or usage records.
     pub fn drain(&mut self, queue_id: u32) {
+        if let Some(link) = &mut self.link
+            && link.fleet.queue == Some(queue_id)
+        {
+            let window = fleet::window_of(self.host.now_ms());
+            while let Ok(Some(message)) = hostcalls::dequeue_shared_queue(queue_id) {
+                for name in fleet::announced_names(&message) {
+                    link.fleet.scopes.insert(name, window);
+                }
+            }
+            // A scope new to this Envoy, or one whose count passed a tenth of its limit, is
+            // synced at once (so a burst is seen by the fleet while it lasts).
+            self.sync_limits(true);
+            return;
+        }
+        self.drain_usage(queue_id);
+    }
+
+    /// Each message is a worker's batch: newline-separated JSON records.
+    fn drain_usage(&mut self, queue_id: u32) {
         while let Ok(Some(batch)) = hostcalls::dequeue_shared_queue(queue_id) {
             for line in batch.split(|b| *b == b'\n').filter(|r| !r.is_empty()) {
                 // The log line is kept in every mode: operators grep it, and it holds any record
@@ -124,10 +180,41 @@ impl UsageService {
         self.send_report();
     }
 
-    /// Periodic work: retry a failed batch, keep the invalidation watch open.
+    /// Periodic work: retry a failed batch, keep the invalidation watch open, sync limits.
     pub fn tick(&mut self) {
         self.send_report();
         self.watch();
+        self.sync_limits(false);
+    }
+
+    /// Reports this Envoy's counts of every scope announced this minute. One call at a time;
+    /// `urgent` (a new scope, or a count past a tenth of its limit) asks for another as soon as
+    /// the one in flight returns.
+    fn sync_limits(&mut self, urgent: bool) {
+        let now = self.host.now_ms();
+        let Some(link) = &mut self.link else { return };
+        let sync = &mut link.fleet;
+        if sync.call.is_some() {
+            sync.again |= urgent;
+            return;
+        }
+        sync.again = false;
+        let window = fleet::window_of(now);
+        let counts: Vec<pb::ScopeCounts> = sync
+            .scopes
+            .names(window)
+            .map(|name| {
+                let (requests, tokens) = counters::local_counts(&self.host, name, window);
+                pb::ScopeCounts { scope: name.to_owned(), requests, tokens }
+            })
+            .collect();
+        if counts.is_empty() {
+            return;
+        }
+        let message = pb::SyncLimitsRequest { instance: sync.instance.clone(), window, counts }.encode_to_vec();
+        if let Some(token) = self.host.dispatch_grpc(&link.cluster, LIMIT_SERVICE, "Sync", &message, SYNC_TIMEOUT_MS) {
+            sync.call = Some((token, window));
+        }
     }
 
     fn send_report(&mut self) {
@@ -176,6 +263,22 @@ impl UsageService {
                 }
             }
             self.send_report();
+        } else if link.fleet.call.take_if(|(t, _)| *t == token).is_some() {
+            match (status, pb::SyncLimitsResponse::decode(body.as_slice())) {
+                (0, Ok(answer)) => {
+                    // Only scopes this singleton reported: the answer names shared-data entries.
+                    let reported = &link.fleet.scopes;
+                    for others in answer.others.iter().filter(|o| reported.contains(&o.scope, answer.window)) {
+                        counters::set_remote(&self.host, &others.scope, answer.window, others.requests, others.tokens);
+                    }
+                    self.host.count("sluice.fleet_limits.syncs", 1);
+                }
+                // Until the next answer, admission uses the last counts it had for this minute.
+                _ => self.host.count("sluice.fleet_limits.sync_failures", 1),
+            }
+            if link.fleet.again {
+                self.sync_limits(true);
+            }
         } else if link.watch.take_if(|t| *t == token).is_some() {
             match (status, pb::WatchInvalidationsResponse::decode(body.as_slice())) {
                 (0, Ok(answer)) => {
@@ -200,6 +303,14 @@ impl UsageService {
     }
 }
 
+/// This singleton's name in the fleet's counts: Envoy's node id and a random suffix.
+fn instance_name(host: &EnvoyHost) -> String {
+    let node = hostcalls::get_property(vec!["node", "id"]).ok().flatten().unwrap_or_default();
+    let node = String::from_utf8_lossy(&node);
+    let suffix = getrandom::u64().unwrap_or_else(|_| host.now_ms());
+    format!("{}/{suffix:016x}", if node.is_empty() { "envoy" } else { &node })
+}
+
 /// Appends the control plane's invalidations to the workers' shared-data entry.
 fn relay(host: &EnvoyHost, link: &mut ControlPlaneLink, answer: &pb::WatchInvalidationsResponse) {
     let first = link.epoch.is_empty();
@@ -214,6 +325,8 @@ fn relay(host: &EnvoyHost, link: &mut ControlPlaneLink, answer: &pb::WatchInvali
     }
     lines.extend(answer.key_ids.iter().map(|id| ('k', id.as_str())));
     lines.extend(answer.team_ids.iter().map(|id| ('t', id.as_str())));
+    lines.extend(answer.user_ids.iter().map(|id| ('u', id.as_str())));
+    lines.extend(answer.org_ids.iter().map(|id| ('o', id.as_str())));
     if lines.is_empty() {
         return;
     }
@@ -287,6 +400,8 @@ pub fn invalidations_since(text: &str, after_seq: u64) -> (Vec<Option<(char, Str
         match kind {
             "k" => out.push(Some(('k', id.to_owned()))),
             "t" => out.push(Some(('t', id.to_owned()))),
+            "u" => out.push(Some(('u', id.to_owned()))),
+            "o" => out.push(Some(('o', id.to_owned()))),
             _ => out.push(None),
         }
     }
@@ -322,5 +437,9 @@ mod tests {
         // A reset line, and a worker that fell behind the kept lines, drop everything.
         assert_eq!(invalidations_since("4 r -", 3).0, vec![None]);
         assert!(invalidations_since("10 k x\n11 k y", 2).0.contains(&None));
+        // Users and organizations (ids may contain spaces: the id is the rest of the line).
+        let (drop, last) = invalidations_since("4 u alice\n5 o Acme Corp", 3);
+        assert_eq!(drop, vec![Some(('u', "alice".into())), Some(('o', "Acme Corp".into()))]);
+        assert_eq!(last, 5);
     }
 }

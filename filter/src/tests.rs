@@ -196,8 +196,13 @@ fn a_chat_request_is_routed_rewritten_and_metered() {
     assert_eq!(r["outcome"], "completed");
     let expected = 600.0 * 2.5e-6 + 400.0 * 1.25e-6 + 100.0 * 1e-5;
     assert!((r["cost_usd"].as_f64().unwrap() - expected).abs() < 1e-9);
+    // Metrics are added up in the worker and reported on its tick (no host call per request).
+    assert_eq!(h.envoy.metric("sluice.requests.model_group.gpt-4o"), 0);
+    h.gateway.flush_metrics(&MockHost::new(Rc::clone(&h.envoy)));
     assert_eq!(h.envoy.metric("sluice.requests.model_group.gpt-4o"), 1);
     assert_eq!(h.envoy.metric("sluice.prompt_tokens.model_group.gpt-4o"), 1000);
+    h.gateway.flush_metrics(&MockHost::new(Rc::clone(&h.envoy)));
+    assert_eq!(h.envoy.metric("sluice.requests.model_group.gpt-4o"), 1, "each request reported once");
     // The record names the key by a hash prefix, never by the key.
     let line = String::from_utf8(h.envoy.queue.borrow()[0].clone()).unwrap();
     assert!(!line.contains(&key(1)));
@@ -658,6 +663,7 @@ mod lookup_support {
         KeyLookupResponse {
             key_json: key.map(|k| serde_json::to_string(k).unwrap()).unwrap_or_default(),
             team_json: team.map(|t| serde_json::to_string(t).unwrap()).unwrap_or_default(),
+            ..KeyLookupResponse::default()
         }
         .encode_to_vec()
     }
@@ -1132,5 +1138,226 @@ mod fleet_budgets {
         s.send_body_awaiting_lookup(CHAT.as_bytes());
         s.deliver(0, &answer(Some(&KeyConfig { max_budget: Some(1.0), fleet_spend: Some(0.5), ..stored(52) }), None));
         assert!(s.reply().is_none());
+    }
+}
+
+mod owner_budgets {
+    use super::lookup_support::*;
+    use super::*;
+
+    fn alice(seed: u8, spend: f64) -> KeyConfig {
+        KeyConfig {
+            user_id: Some("alice".into()),
+            user_max_budget: Some(1.0),
+            user_fleet_spend: Some(spend),
+            ..stored(seed)
+        }
+    }
+
+    #[test]
+    fn a_spent_user_or_organization_budget_refuses_every_key_of_it_until_the_window_resets() {
+        let envoy = MockEnvoy::new(NOW);
+        let a = Harness::on(Rc::clone(&envoy), xds_config(false));
+        let b = Harness::on(Rc::clone(&envoy), xds_config(false));
+        let calls = || envoy.grpc_calls.borrow().len();
+        let request = |h: &Harness, seed: u8, answer_with: Option<KeyConfig>| {
+            let k = key(seed);
+            let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+            match answer_with {
+                Some(cfg) => {
+                    s.send_body_awaiting_lookup(CHAT.as_bytes());
+                    s.deliver(0, &answer(Some(&cfg), None));
+                }
+                None => {
+                    s.host.set_request_header("content-length", Some(CHAT.len().to_string().as_bytes()));
+                    s.flow.on_request_headers(false);
+                    *s.host.stream.request_body.borrow_mut() = CHAT.as_bytes().to_vec();
+                    s.flow.on_request_body(CHAT.len(), true);
+                }
+            }
+            s.reply()
+        };
+        // Two keys of alice and one of bob, under budget: served, then cached.
+        assert!(request(&a, 60, Some(alice(60, 0.5))).is_none());
+        assert!(request(&a, 61, Some(alice(61, 0.5))).is_none());
+        let bob = KeyConfig { user_id: Some("bob".into()), organization_id: Some("acme".into()), ..stored(62) };
+        assert!(request(&a, 62, Some(bob.clone())).is_none());
+        assert_eq!(calls(), 3);
+        assert!(request(&a, 60, None).is_none(), "a cache hit");
+        assert_eq!(calls(), 3);
+
+        // The control plane counted alice's budget spent on another Envoy: every key of hers
+        // is dropped (bob's stays) and asked about again, on this worker and on another one
+        // that would otherwise trust the shared entry written before the invalidation.
+        for h in [&a, &b] {
+            h.gateway.apply_invalidations("1 u alice", NOW);
+        }
+        assert!(request(&a, 62, None).is_none(), "bob's key is still cached");
+        assert_eq!(calls(), 3);
+        for (h, seed) in [(&a, 60), (&b, 61)] {
+            let before = calls();
+            let reply = request(h, seed, Some(alice(seed, 1.25))).expect("refused");
+            assert_eq!(calls(), before + 1, "looked up again");
+            assert_eq!((reply.status, reply.json()["error"]["code"].as_str()), (400, Some("budget_exceeded")));
+            assert_eq!(
+                reply.json()["error"]["message"],
+                "Budget has been exceeded! User=alice Current cost: 1.250000, Max budget: 1.000000"
+            );
+        }
+        // The refusal is cached like any answer: no call per request while it lasts.
+        let before = calls();
+        assert_eq!(request(&a, 60, None).map(|r| r.status), Some(400));
+        assert_eq!(calls(), before);
+
+        // An organization's budget, the same way (the key's organization travels with it).
+        a.gateway.apply_invalidations("1 u alice\n2 o acme", NOW);
+        let spent = KeyConfig { organization_max_budget: Some(5.0), organization_fleet_spend: Some(5.0), ..bob };
+        let reply = request(&a, 62, Some(spent)).expect("refused");
+        assert_eq!(reply.status, 400);
+        assert!(
+            reply.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("Budget has been exceeded! Organization=acme"),
+            "{:?}",
+            reply.json()
+        );
+
+        // The window ends: the control plane names alice again, and the new window's spend lets
+        // her keys through.
+        a.gateway.apply_invalidations("1 u alice\n2 o acme\n3 u alice", NOW);
+        assert!(request(&a, 60, Some(alice(60, 0.0))).is_none());
+    }
+}
+
+mod fleet_limits {
+    use super::lookup_support::*;
+    use super::*;
+    use crate::counters;
+    use sluice_core::fleet::window_of;
+
+    /// A looked-up key with an RPM limit, admitted once on this Envoy.
+    fn limited_key(h: &Harness, seed: u8, rpm: u64) -> String {
+        let k = key(seed);
+        let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        s.deliver(0, &answer(Some(&KeyConfig { rpm_limit: Some(rpm), ..stored(seed) }), None));
+        assert!(s.reply().is_none(), "{:?}", s.reply());
+        k
+    }
+
+    #[test]
+    fn a_scope_is_announced_again_at_each_tenth_of_its_limit() {
+        let h = Harness::new(xds_config(false));
+        let k = limited_key(&h, 64, 30); // a checkpoint every 3 requests
+        for _ in 0..8 {
+            assert!(h.post("/v1/chat/completions", &k, CHAT).1.is_none());
+        }
+        // The first admission (new this minute), then the 3rd, 6th and 9th.
+        assert_eq!(h.envoy.announced_scopes.borrow().len(), 4);
+    }
+
+    #[test]
+    fn a_worker_announces_each_limited_scope_once_a_minute() {
+        let h = Harness::new(xds_config(false));
+        let k = limited_key(&h, 60, 100);
+        assert!(h.post("/v1/chat/completions", &k, CHAT).1.is_none());
+        // An unlimited key needs no fleet sync.
+        let free = key(61);
+        let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {free}").as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        s.deliver(0, &answer(Some(&stored(61)), None));
+        assert!(s.reply().is_none());
+        assert_eq!(*h.envoy.announced_scopes.borrow(), ["sluice:k:key_60"]);
+        h.envoy.now_ms.set(NOW + 50_000); // the next minute, within the key's cache TTL
+        assert!(h.post("/v1/chat/completions", &k, CHAT).1.is_none());
+        assert_eq!(h.envoy.announced_scopes.borrow().len(), 2, "announced again in the next minute");
+    }
+
+    #[test]
+    fn a_looked_up_key_starts_from_the_fleets_counts() {
+        use prost::Message;
+        use sluice_proto::gateway::v1::{KeyLookupResponse, ScopeCounts};
+        let h = Harness::new(xds_config(false));
+        let k = key(63);
+        let config = KeyConfig { rpm_limit: Some(10), ..stored(63) };
+        let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        let counts = |scope: &str, requests| ScopeCounts { scope: scope.into(), requests, tokens: 0 };
+        let response = KeyLookupResponse {
+            key_json: serde_json::to_string(&config).unwrap(),
+            fleet_window: window_of(NOW),
+            // The fleet used 9 of the key's 10; the other name is not this key's counter and
+            // must not be written.
+            fleet_counts: vec![counts("sluice:k:key_63", 9), counts("sluice:k:key_99", 5)],
+            ..KeyLookupResponse::default()
+        };
+        s.deliver(0, &response.encode_to_vec());
+        assert!(s.reply().is_none(), "the 10th request of the minute is admitted");
+        s.respond(200, "application/json", &[openai_response(10, 1, 0).as_bytes()], true);
+        assert_eq!(s.host.response_header_str("x-ratelimit-remaining-requests").as_deref(), Some("0"));
+        s.finish();
+        let reply = h.post("/v1/chat/completions", &k, CHAT).1.unwrap();
+        assert_eq!(reply.status, 429);
+        assert!(MockHost::new(Rc::clone(&h.envoy)).shared_get("sluice:k:key_99").0.is_none());
+    }
+
+    #[test]
+    fn standalone_mode_announces_nothing() {
+        let mut cfg = base_config();
+        cfg.keys[0].rpm_limit = Some(5);
+        let h = Harness::new(cfg);
+        assert!(h.post("/v1/chat/completions", &key(1), CHAT).1.is_none());
+        assert!(h.envoy.announced_scopes.borrow().is_empty());
+    }
+
+    #[test]
+    fn what_the_other_envoys_counted_limits_this_one() {
+        let h = Harness::new(xds_config(false));
+        let k = limited_key(&h, 62, 10);
+        let window = window_of(NOW);
+        assert_eq!(counters::local_counts(&MockHost::new(Rc::clone(&h.envoy)), "sluice:k:key_62", window), (1, 0));
+        // The sync answer: the rest of the fleet used 7 of the 10 requests this minute.
+        assert!(counters::set_remote(&MockHost::new(Rc::clone(&h.envoy)), "sluice:k:key_62", window, 7, 0));
+        let (mut s, reply) = h.post("/v1/chat/completions", &k, CHAT);
+        assert!(reply.is_none());
+        s.respond(200, "application/json", &[openai_response(10, 1, 0).as_bytes()], true);
+        assert_eq!(s.host.response_header_str("x-ratelimit-remaining-requests").as_deref(), Some("1"));
+        s.finish();
+        assert!(h.post("/v1/chat/completions", &k, CHAT).1.is_none());
+        let reply = h.post("/v1/chat/completions", &k, CHAT).1.unwrap();
+        assert_eq!((reply.status, reply.header("x-ratelimit-remaining-requests")), (429, Some("0")));
+        // Only this Envoy's own requests are reported back to the fleet.
+        assert_eq!(counters::local_counts(&MockHost::new(Rc::clone(&h.envoy)), "sluice:k:key_62", window), (3, 0));
+    }
+}
+
+mod host_call_budget {
+    use super::*;
+
+    /// Each call crosses the VM boundary (a copy and a context switch in V8): the hot path's
+    /// main cost above the floor of any wasm filter. A change that adds one must say why.
+    #[test]
+    fn an_admitted_request_with_every_limit_costs_at_most_24_host_calls() {
+        let mut cfg = base_config();
+        cfg.keys[0].rpm_limit = Some(1_000_000);
+        cfg.keys[0].tpm_limit = Some(1_000_000_000);
+        cfg.keys[0].max_budget = Some(1_000_000.0);
+        let h = Harness::new(cfg);
+        let mut s =
+            h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {}", key(1)).as_bytes())]);
+        *s.host.stream.request_body.borrow_mut() = CHAT.as_bytes().to_vec();
+        h.envoy.host_calls.borrow_mut().clear();
+        assert_eq!(s.flow.on_request_headers(false), Action::Pause);
+        assert_eq!(s.flow.on_request_body(CHAT.len(), true), Action::Continue);
+        s.respond(200, "application/json", &[openai_response(10, 5, 0).as_bytes()], true);
+        s.finish();
+        let calls = h.envoy.host_calls.borrow();
+        assert!(calls.len() <= 24, "{} host calls: {calls:?}", calls.len());
+        // Metrics and usage records are batched per worker; nothing is logged.
+        assert!(!calls.iter().any(|c| matches!(*c, "count" | "log")), "{calls:?}");
+        // One read and one write of the key's counter at admission, the same at settlement.
+        assert_eq!(calls.iter().filter(|c| **c == "shared_get").count(), 2);
+        assert_eq!(calls.iter().filter(|c| **c == "shared_set").count(), 2);
     }
 }

@@ -1,6 +1,7 @@
 """Every billed upstream call produces exactly one usage record, priced by the table."""
 
 import random
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -56,7 +57,13 @@ def test_prometheus_counters_move(gw):
     for _ in range(3):
         assert gw.post("/v1/chat/completions", "open", {"model": "gpt-4o-mini", "messages": []}).status_code == 200
     assert gw.post("/v1/chat/completions", "open", {"model": "gpt-4o-mini", "stream": "bad"}).status_code == 400
+    # Each worker reports its per-model counts on its 250 ms tick.
+    requests = lambda text: value(text, "sluice_requests", 'model_group="gpt-4o-mini"')
+    deadline = time.time() + 5
+    while requests(after := gw.prometheus()) - requests(before) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # a later tick must not report them again
     after = gw.prometheus()
-    assert value(after, "sluice_requests", 'model_group="gpt-4o-mini"') - value(before, "sluice_requests", 'model_group="gpt-4o-mini"') == 3
+    assert requests(after) - requests(before) == 3
     assert value(after, "sluice_rejections", 'reason="invalid_value"') - value(before, "sluice_rejections", 'reason="invalid_value"') >= 1
     assert value(after, "sluice_completion_tokens", 'model_group="gpt-4o-mini"') > value(before, "sluice_completion_tokens", 'model_group="gpt-4o-mini"')

@@ -70,11 +70,13 @@ class Fleet:
         self.config_path = workdir / "config.yaml"
         self.config_path.write_text(json.dumps(config))
         self.db = workdir / "sluice.db"
+        # Set before start_control_plane to run it on another database (Postgres).
+        self.database_url = f"sqlite:{self.db}"
 
     def start_control_plane(self, wasm=None):
         self.cp_log_path = self.workdir / f"control-plane-{len(self.procs)}.log"
         self.control_plane = subprocess.Popen(
-            [self.bins["SLUICE_CLI"], "serve", "-c", str(self.config_path), "--database-url", f"sqlite:{self.db}",
+            [self.bins["SLUICE_CLI"], "serve", "-c", str(self.config_path), "--database-url", self.database_url,
              "--listen", f"127.0.0.1:{self.admin_port}", "--xds-listen", f"127.0.0.1:{self.xds_port}",
              "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
              "--envoy-wasm", wasm or self.bins["SLUICE_WASM"]],

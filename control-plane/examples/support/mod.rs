@@ -29,7 +29,13 @@ impl BenchPlane {
         let data = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let data_url = format!("http://{}", data.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let data_plane = DataPlane { listener: data, xds: XdsOptions::new("/unused.wasm".into()), metrics: None };
+        let data_plane = DataPlane {
+            listener: data,
+            xds: XdsOptions::new("/unused.wasm".into()),
+            metrics: None,
+            fleet_counts: sluice_control_plane::fleet_limits::FleetCounts::in_memory(),
+            webhook: None,
+        };
         let serving = tokio::spawn(serve_planes(admin_listener, Some(data_plane), store.clone(), None, async {
             let _ = stopped.await;
         }));

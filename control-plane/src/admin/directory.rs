@@ -226,6 +226,8 @@ impl<S: Store> pb::user_service_server::UserService for Admin<S> {
             )
             .await
             .map_err(AdminError::from)?;
+        // Cached keys carry the user's budget: a changed budget applies at once.
+        self.invalidate(Target::User(after.user_id.clone()));
         Ok(Response::new(self.user_proto(&after).await?))
     }
 
@@ -513,6 +515,8 @@ impl<S: Store> pb::organization_service_server::OrganizationService for Admin<S>
             )
             .await
             .map_err(AdminError::from)?;
+        // Cached keys carry the organization's budget: a changed budget applies at once.
+        self.invalidate(Target::Org(after.organization_id.clone()));
         Ok(Response::new(org_proto(&after)))
     }
 

@@ -32,10 +32,22 @@ pub mod migrations;
 mod models;
 mod spend;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
+
+/// How long a query waits for a Postgres connection before it fails. sqlx's default (30 s)
+/// keeps retrying a refused connection for that long, so while Postgres is down (restarting,
+/// failing over) every call hung: a usage Report outlived the singleton's 10 s timeout without
+/// ever being answered or counted as a failed batch, a key lookup outlived the filter's. Failing
+/// within a few seconds answers UNAVAILABLE (the singleton retries the batch with backoff) and
+/// shows in `sluice_usage_batches_failed_total`. SQLite keeps the default: its file does not go
+/// away, so a wait there is only for its one connection.
+pub const POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long `open` waits for the database to accept connections at start (it may be starting
+/// too, as in a fresh deployment).
+const STARTUP_WAIT: Duration = Duration::from_secs(30);
 
 pub use audit::{AuditEntry, AuditFilter, AuditStore, NewAudit};
 pub use directory::{
@@ -139,8 +151,7 @@ impl SqlStore {
             }
             _ => database_url.to_owned(),
         };
-        let max = if backend == Backend::Sqlite { 1 } else { 10 };
-        let pool = AnyPoolOptions::new().max_connections(max).connect(&url).await?;
+        let pool = connect(&url, backend, STARTUP_WAIT).await?;
         let store = Self { pool, backend };
         migrations::apply(&store.pool, backend).await?;
         Ok(store)
@@ -163,6 +174,24 @@ impl SqlStore {
     }
 }
 
+/// The pool for a database, once it accepts a connection: a refused connection is retried until
+/// `wait` has passed (errors such as a bad password or a missing database end it at once).
+async fn connect(url: &str, backend: Backend, wait: Duration) -> Result<AnyPool, sqlx::Error> {
+    let options = match backend {
+        Backend::Sqlite => AnyPoolOptions::new().max_connections(1),
+        Backend::Postgres => AnyPoolOptions::new().max_connections(10).acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT),
+    };
+    let pool = options.connect_lazy(url)?;
+    let deadline = Instant::now() + wait;
+    loop {
+        match pool.acquire().await {
+            Ok(_) => return Ok(pool),
+            Err(sqlx::Error::PoolTimedOut) if Instant::now() < deadline => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
@@ -174,4 +203,28 @@ pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
 
 pub(crate) fn from_json<T: serde::de::DeserializeOwned>(column: &str, text: &str) -> StoreResult<T> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Postgres refusing connections (down, restarting): each wait for a connection ends after
+    /// `POSTGRES_ACQUIRE_TIMEOUT`, not sqlx's 30 s, and at start `open` keeps trying for as long
+    /// as it was told to.
+    #[tokio::test]
+    async fn a_postgres_that_refuses_connections_fails_calls_within_the_acquire_timeout() {
+        sqlx::any::install_default_drivers();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("postgres://sluice@127.0.0.1:{port}/sluice");
+        let wait = Duration::from_secs(4);
+        let started = Instant::now();
+        let err = connect(&url, Backend::Postgres, wait).await.unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(err, sqlx::Error::PoolTimedOut), "{err}");
+        assert!(took >= wait, "kept trying at start: {took:?}");
+        assert!(took < wait + POSTGRES_ACQUIRE_TIMEOUT + Duration::from_secs(1), "each attempt bounded: {took:?}");
+    }
 }

@@ -36,6 +36,10 @@ pub struct SpendLog {
 pub enum BudgetScope<'a> {
     Key(&'a str),
     Team(&'a str),
+    User(&'a str),
+    /// Spend recorded with this organization (ingestion enriches each record with its key's
+    /// organization, else its team's).
+    Org(&'a str),
 }
 
 /// What a spend report groups by: a `spend_logs` column, the day, or each tag.
@@ -78,7 +82,8 @@ pub trait SpendStore {
     fn record_spend(&self, logs: &[SpendLog]) -> impl Future<Output = StoreResult<usize>> + Send;
     /// As `record_spend`, returning the positions (in `logs`) of the records that were new.
     fn record_new_spend(&self, logs: &[SpendLog]) -> impl Future<Output = StoreResult<Vec<usize>>> + Send;
-    /// Spend of a key or a team since a time (Unix ms), in nano-dollars: a budget window's.
+    /// Spend of a key, team, user or organization since a time (Unix ms), in nano-dollars: a
+    /// budget window's.
     fn spend_since(&self, scope: BudgetScope<'_>, since_ms: i64) -> impl Future<Output = StoreResult<i64>> + Send;
     fn query_spend(&self, filter: &SpendFilter, by: GroupBy)
     -> impl Future<Output = StoreResult<Vec<SpendRow>>> + Send;
@@ -122,8 +127,14 @@ impl SpendStore for SqlStore {
             BudgetScope::Team(_) => {
                 "SELECT CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) AS n FROM spend_logs WHERE team_id = $1 AND start_ms >= $2"
             }
+            BudgetScope::User(_) => {
+                "SELECT CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) AS n FROM spend_logs WHERE user_id = $1 AND start_ms >= $2"
+            }
+            BudgetScope::Org(_) => {
+                "SELECT CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) AS n FROM spend_logs WHERE organization_id = $1 AND start_ms >= $2"
+            }
         };
-        let (BudgetScope::Key(id) | BudgetScope::Team(id)) = scope;
+        let (BudgetScope::Key(id) | BudgetScope::Team(id) | BudgetScope::User(id) | BudgetScope::Org(id)) = scope;
         let row = sqlx::query(sql).bind(id.to_owned()).bind(since_ms).fetch_one(&self.pool).await?;
         Ok(row.try_get("n")?)
     }

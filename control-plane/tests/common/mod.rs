@@ -75,7 +75,13 @@ impl Plane {
         let xds = XdsOptions::new("/unused/sluice_filter.wasm".into());
         tokio::spawn(serve_planes(
             listener,
-            Some(DataPlane { listener: data, xds, metrics: Some(metrics) }),
+            Some(DataPlane {
+                listener: data,
+                xds,
+                metrics: Some(metrics),
+                fleet_counts: sluice_control_plane::fleet_limits::FleetCounts::in_memory(),
+                webhook: None,
+            }),
             store,
             Some(MASTER),
             async {

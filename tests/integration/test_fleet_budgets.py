@@ -1,0 +1,157 @@
+"""Budgets of users and organizations across the fleet, and LiteLLM's budget webhook.
+
+A real control plane and two real Envoys (xDS mode, `test_xds.Fleet`): a user's or an
+organization's budget spent through one Envoy is refused by the other, whose key of that owner
+was cached, within the revocation time; the webhook named by `WEBHOOK_URL` (with
+`general_settings.alerting: ["webhook"]`) receives one `threshold_crossed` and one
+`budget_crossed` event.
+"""
+
+import hashlib
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from test_xds import CHAT, Fleet, create_key, wait_until
+
+
+class WebhookReceiver:
+    """A tiny HTTP server in the test process that keeps every JSON body POSTed to it."""
+
+    def __init__(self):
+        self.events = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                with receiver.lock:
+                    receiver.events.append((time.monotonic(), self.path, json.loads(body)))
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/sluice-alerts?team=platform"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def of(self, event):
+        with self.lock:
+            return [(at, body) for at, _, body in self.events if body["event"] == event]
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def alerting_fleet(tmp_path):
+    hook = WebhookReceiver()
+    f = Fleet(tmp_path)
+    config = json.loads(f.config_path.read_text())
+    config["general_settings"]["alerting"] = ["webhook"]
+    f.config_path.write_text(json.dumps(config))
+    f.env["WEBHOOK_URL"] = hook.url
+    try:
+        f.start_control_plane()
+        yield f, hook
+    finally:
+        f.stop()
+        hook.stop()
+
+
+def refused(resp):
+    return resp.status_code == 400 and resp
+
+
+def test_a_user_budget_spent_through_one_envoy_is_refused_by_another_and_the_webhook_hears_it(alerting_fleet):
+    fleet, hook = alerting_fleet
+    a = fleet.start_envoy("edge-a")
+    b = fleet.start_envoy("edge-b")
+    # Each request costs ~$0.00016 (gpt-4o, 16 output tokens): ~6 reach the soft budget, ~13 the max.
+    fleet.cli("user", "create", "--id", "alice", "--max-budget", "0.002", "--soft-budget", "0.001")
+    key_a, key_a_id = create_key(fleet, "--alias", "alice-a", "--user", "alice")
+    key_b, key_b_id = create_key(fleet, "--alias", "alice-b", "--user", "alice")
+    other, _ = create_key(fleet, "--alias", "someone-else")
+    assert b.chat(CHAT, key=key_b).status_code == 200  # b has alice's other key cached
+    assert b.chat(CHAT, key=other).status_code == 200
+
+    # Spend alice's budget through a alone. a has no counter for users: it goes on admitting
+    # until the control plane has counted the usage a shipped, then refuses like every Envoy.
+    a_refused = None
+    for _ in range(80):
+        resp = a.chat(CHAT, key=key_a)
+        if resp.status_code != 200:
+            a_refused = time.monotonic()
+            break
+    assert a_refused, "a never refused alice's key"
+    error = resp.json()["error"]
+    assert (resp.status_code, error["code"], error["type"]) == (400, "budget_exceeded", "budget_exceeded")
+    assert error["message"].startswith("Budget has been exceeded! User=alice Current cost: ")
+    assert error["message"].endswith("Max budget: 0.002000")
+
+    crossed = wait_until(lambda: hook.of("budget_crossed"), timeout=10, what="budget_crossed delivered")
+    spent_at = min(a_refused, crossed[0][0])
+    resp = wait_until(lambda: refused(b.chat(CHAT, key=key_b)), timeout=5, what="b refuses alice's other key")
+    elapsed = time.monotonic() - spent_at
+    print(f"b refused alice's other key {elapsed * 1000:.0f} ms after the budget was spent")
+    assert elapsed < 1.0
+    assert "User=alice" in resp.json()["error"]["message"]
+    assert b.chat(CHAT, key=other).status_code == 200, "other users are not affected"
+
+    # Usage a shipped after the crossing still arrives: no second event of either kind.
+    time.sleep(1.5)
+    soft, hard = hook.of("threshold_crossed"), hook.of("budget_crossed")
+    assert (len(soft), len(hard)) == (1, 1), hook.events
+    assert soft[0][0] <= hard[0][0]
+    for (_, event), threshold in ((soft[0], 0.001), (hard[0], 0.002)):
+        assert (event["event_group"], event["user_id"]) == ("user", "alice")
+        assert event["spend"] >= threshold
+        assert (event["max_budget"], event["soft_budget"]) == (0.002, 0.001)
+        # The key by its id, never the key or its digest.
+        assert event["token"] in (key_a_id, key_b_id)
+        assert event["key_alias"] in ("alice-a", "alice-b")
+        assert event["team_id"] is None and event["organization_id"] is None
+    assert hard[0][1]["event_message"] == "User Budget: Budget Crossed"
+    assert soft[0][1]["event_message"] == "User Budget: Soft Budget Crossed"
+    with hook.lock:
+        assert {path for _, path, _ in hook.events} == {"/sluice-alerts?team=platform"}
+        raw = json.dumps([body for _, _, body in hook.events])
+    for key in (key_a, key_b):
+        assert key not in raw and hashlib.sha256(key.encode()).hexdigest() not in raw
+    assert 'sluice_webhook_events_total{result="sent"} 2\n' in fleet.metrics()
+
+
+def test_an_organization_budget_is_refused_across_the_fleet_until_its_window_resets(alerting_fleet):
+    fleet, hook = alerting_fleet
+    a = fleet.start_envoy("edge-a")
+    b = fleet.start_envoy("edge-b")
+    window = 10
+    fleet.cli("org", "create", "--id", "acme", "--max-budget", "0.001", "--budget-duration", f"{window}s")
+    fleet.cli("team", "create", "--id", "ml", "--org", "acme")
+    # Two keys of the organization through its team (neither names the organization itself).
+    key_a, _ = create_key(fleet, "--alias", "ml-a", "--team", "ml")
+    key_b, _ = create_key(fleet, "--alias", "ml-b", "--team", "ml")
+    # Start at the beginning of a budget window (epoch-aligned), so spending and refusal share one.
+    time.sleep(window - time.time() % window + 0.05)
+    assert b.chat(CHAT, key=key_b).status_code == 200  # cached on b
+    for _ in range(60):
+        if a.chat(CHAT, key=key_a).status_code != 200:
+            break
+    resp = wait_until(lambda: refused(b.chat(CHAT, key=key_b)), timeout=5, what="b refuses the organization's key")
+    spent_in = time.time() % window
+    assert resp.json()["error"]["message"].startswith("Budget has been exceeded! Organization=acme ")
+    assert spent_in < window - 1, "spent too late in the window for this test to tell a reset apart"
+    [(_, event)] = wait_until(lambda: hook.of("budget_crossed"), timeout=5, what="budget_crossed delivered")
+    assert (event["event_group"], event["organization_id"], event["team_id"]) == ("organization", "acme", "ml")
+    # The window ends: the control plane tells every Envoy, and both keys spend again.
+    for envoy, key in ((a, key_a), (b, key_b)):
+        wait_until(lambda e=envoy, k=key: e.chat(CHAT, key=k).status_code == 200, timeout=window + 5,
+                   what="the organization's new window")
