@@ -34,6 +34,10 @@ const GRPC_OK: u32 = 0;
 
 /// Longer credentials are rejected before hashing: no Sluice or master key is this long.
 const MAX_CREDENTIAL_LEN: usize = 512;
+/// After a failed lookup, a key known from before is served from this worker's cache for this
+/// long before the control plane is asked again, so an outage costs one waiting request per
+/// key and worker every few seconds, not every request.
+const STALE_RETRY_MS: u64 = 5_000;
 const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// What the worker shares with every request: the compiled config, provider credentials, and
@@ -538,6 +542,8 @@ impl<H: Host> RequestFlow<H> {
         self.host.count("sluice.key_lookup_failures", 1);
         if let Some(known) = stale {
             let endpoint = self.endpoint.ok_or(GatewayError::Internal { detail: "no endpoint" })?;
+            let retry = Cached::Found(Rc::clone(&known));
+            self.gateway.key_cache.borrow_mut().insert(hash, retry, self.host.now_ms(), STALE_RETRY_MS);
             self.check_key(&known, endpoint)?;
             self.host.count("sluice.key_cache.stale_served", 1);
             self.principal = Some(Principal::Key(known));

@@ -36,6 +36,9 @@ const KEY_SERVICE: &str = crate::flow::KEY_LOOKUP_SERVICE;
 const LIMIT_SERVICE: &str = "sluice.v1.LimitService";
 /// A sync slower than this is abandoned; the next tick sends a fresh one.
 const SYNC_TIMEOUT_MS: u64 = 2_000;
+/// Scopes per Sync call (the control plane takes up to 20,000); an Envoy with more active
+/// scopes reports them in turns, one call per tick.
+const SYNC_SCOPES_PER_CALL: usize = 5_000;
 /// Records per batch, and records the outbox holds while the control plane is away (beyond
 /// that, the oldest are only in the log).
 const BATCH: usize = 500;
@@ -80,6 +83,8 @@ struct FleetSync {
     call: Option<(u32, u64)>,
     /// A new scope arrived while a call was in flight: sync again when it returns.
     again: bool,
+    /// Where the next call starts when there are more scopes than one call carries.
+    cursor: usize,
 }
 
 pub struct UsageService {
@@ -119,6 +124,7 @@ impl UsageService {
                 scopes: WindowSet::default(),
                 call: None,
                 again: false,
+                cursor: 0,
             },
             cluster,
             outbox: Outbox::new(BATCH, OUTBOX_CAPACITY),
@@ -200,17 +206,24 @@ impl UsageService {
         }
         sync.again = false;
         let window = fleet::window_of(now);
+        let active = sync.scopes.names(window).count();
+        if active == 0 {
+            return;
+        }
+        if sync.cursor >= active {
+            sync.cursor = 0;
+        }
         let counts: Vec<pb::ScopeCounts> = sync
             .scopes
             .names(window)
+            .skip(sync.cursor)
+            .take(SYNC_SCOPES_PER_CALL)
             .map(|name| {
                 let (requests, tokens) = counters::local_counts(&self.host, name, window);
                 pb::ScopeCounts { scope: name.to_owned(), requests, tokens }
             })
             .collect();
-        if counts.is_empty() {
-            return;
-        }
+        sync.cursor += counts.len();
         let message = pb::SyncLimitsRequest { instance: sync.instance.clone(), window, counts }.encode_to_vec();
         if let Some(token) = self.host.dispatch_grpc(&link.cluster, LIMIT_SERVICE, "Sync", &message, SYNC_TIMEOUT_MS) {
             sync.call = Some((token, window));

@@ -1040,6 +1040,15 @@ mod shared_keys {
             assert_eq!(s.host.stream.resumed.get(), 1);
         }
         assert_eq!(envoy.metric("sluice.key_cache.stale_served"), 2);
+        // While the control plane stays away, the next requests are served without waiting
+        // for another failed call; a few seconds later the worker asks again.
+        let calls = envoy.grpc_calls.borrow().len();
+        assert!(a.post("/v1/chat/completions", &k, CHAT).1.is_none());
+        assert_eq!(envoy.grpc_calls.borrow().len(), calls, "no call within the retry period");
+        envoy.now_ms.set(NOW + 126_000);
+        let mut s = a.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        assert_eq!(envoy.grpc_calls.borrow().len(), calls + 1, "asked again once the retry period is over");
     }
 
     #[test]
