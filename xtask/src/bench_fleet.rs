@@ -2,7 +2,8 @@
 //!
 //! - key lookup latency with 1,000,000 keys in Postgres (`examples/lookup_bench.rs`);
 //! - usage ingestion into Postgres (`examples/ingest_bench.rs`);
-//! - revocation time to two Envoys (`tests/bench/revocation.py`).
+//! - how fast admin changes reach two Envoys: revocation, a limit change, a new deployment,
+//!   a price change (`tests/bench/propagation.py`).
 
 use crate::proc::{self, root};
 use crate::setup;
@@ -27,17 +28,19 @@ pub fn bench_fleet() -> Result<(), String> {
     let ingest = example("ingest_bench")?;
     let env = tools.env();
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    eprintln!("xtask: measuring revocation time (two Envoys, one control plane)");
+    eprintln!("xtask: measuring how fast admin changes reach two Envoys (one control plane)");
     let python = tools.python.to_string_lossy().into_owned();
-    let revocation = proc::output(&python, &["tests/bench/revocation.py", "50"], &env_refs)?;
-    eprint!("{revocation}");
-
-    let revocation_summary = format!(
-        "p50 {:.0} ms, p99 {:.0} ms over {} revocations",
-        json_number(&revocation, "p50_ms"),
-        json_number(&revocation, "p99_ms"),
-        json_number(&revocation, "rounds")
-    );
+    let propagation = proc::output(&python, &["tests/bench/propagation.py", "50"], &env_refs)?;
+    eprint!("{propagation}");
+    let summary = |what: &str| {
+        format!(
+            "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} changes)",
+            json_number(&propagation, &format!("{what}_p50_ms")),
+            json_number(&propagation, &format!("{what}_p99_ms")),
+            json_number(&propagation, &format!("{what}_max_ms")),
+            json_number(&propagation, &format!("{what}_samples"))
+        )
+    };
     let date = proc::output("date", &["-u", "+%Y-%m-%d %H:%M UTC"], &[]).unwrap_or_default();
     let report = format!(
         "Measured {} on this machine (2 cores), `cargo xtask bench-fleet`.\n\n\
@@ -45,16 +48,22 @@ pub fn bench_fleet() -> Result<(), String> {
          | key lookup at the control plane, 1,000,000 keys in Postgres (cache miss) | {} | p99 ≤ 2 ms |\n\
          | unknown key lookup | {} | — |\n\
          | usage ingestion into Postgres | {} | ≥ 20,000 records/s |\n\
-         | revocation: `sluice key block` answered → refused by two Envoys | {} | p99 ≤ 1 s |\n\n\
+         | revocation: `sluice key block` answered → refused by two Envoys | {} | p99 ≤ 1 s |\n\
+         | limit change: `sluice key update --rpm 1` answered → 429 from two Envoys | {} | < 1 s |\n\
+         | new deployment: `sluice model create` answered → served by two Envoys | {} | < 1 s |\n\
+         | price change: `sluice model update` answered → charged by two Envoys | {} | < 1 s |\n\n\
          Raw output:\n\n```\n{}{}{}```\n",
         date.trim(),
         line_with(&lookup, "existing key"),
         line_with(&lookup, "unknown key"),
         line_with(&ingest, "records/s"),
-        revocation_summary,
+        summary("revocation"),
+        summary("limit"),
+        summary("deployment"),
+        summary("price"),
         lookup,
         ingest,
-        revocation,
+        propagation,
     );
     crate::bench::write_block(&root().join("BENCHMARKS.md"), BEGIN, END, &report)?;
     eprintln!("xtask: wrote the results to BENCHMARKS.md");
