@@ -3,8 +3,11 @@
 //! SHA-256 of `key-<n>`), then `KeyLookupService/Lookup` is called over gRPC, one call at a
 //! time, for random existing keys and for unknown ones; p50/p99/max are printed.
 //!
-//! `cargo run --release -p sluice-control-plane --example lookup_bench -- [keys] [lookups]`
-//! (Postgres from SLUICE_TEST_POSTGRES, default postgres://postgres@127.0.0.1:5432).
+//! `cargo run --release -p sluice-control-plane --example lookup_bench -- [keys] [lookups] [budgeted]`
+//! (Postgres from SLUICE_TEST_POSTGRES, default postgres://postgres@127.0.0.1:5432). With
+//! `budgeted` = 1 every key has a daily max budget, so each lookup also reads its window's
+//! spend (`budget_windows`): half the keys have a row for today's window, the others none (the
+//! lookup then sums `spend_logs` for the window).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: failing loudly is the point
 
@@ -35,21 +38,41 @@ async fn main() {
     let args: Vec<u64> = std::env::args().skip(1).map(|a| a.parse().expect("numbers")).collect();
     let keys = args.first().copied().unwrap_or(1_000_000);
     let lookups = args.get(1).copied().unwrap_or(20_000) as usize;
+    let budgeted = args.get(2).copied().unwrap_or(0) == 1;
 
     let plane = BenchPlane::start("sluice_lookup_bench").await;
     let store = &plane.store;
     let started = Instant::now();
+    let (budget, budget_values) =
+        if budgeted { (", max_budget_nanos, budget_duration", ", 1000000000000, '1d'") } else { ("", "") };
     store
         .pool()
         .execute(
             format!(
-                "INSERT INTO keys (key_id, key_prefix, last4, key_type, created_at, updated_at, rpm_limit, models) \
-                 SELECT 'key_' || g, 'sk-sluice-', 'abcd', 'llm_api', 0, 0, 600, '[\"gpt-4o\"]' FROM generate_series(1, {keys}) g"
+                "INSERT INTO keys (key_id, key_prefix, last4, key_type, created_at, updated_at, rpm_limit, models{budget}) \
+                 SELECT 'key_' || g, 'sk-sluice-', 'abcd', 'llm_api', 0, 0, 600, '[\"gpt-4o\"]'{budget_values} \
+                 FROM generate_series(1, {keys}) g"
             )
             .as_str(),
         )
         .await
         .unwrap();
+    if budgeted {
+        let day_ms = 86_400_000;
+        let today = sluice_control_plane::store::now_ms() / day_ms * day_ms;
+        store
+            .pool()
+            .execute(
+                format!(
+                    "INSERT INTO budget_windows (scope_kind, scope_id, period_start, period_end, spend_nanos, seeded) \
+                     SELECT 'key', 'key_' || g, {today}, {}, g, 1 FROM generate_series(1, {keys}, 2) g",
+                    today + day_ms
+                )
+                .as_str(),
+            )
+            .await
+            .unwrap();
+    }
     store
         .pool()
         .execute(
@@ -64,7 +87,8 @@ async fn main() {
     // Settle the load (statistics, a checkpoint) before measuring, as a database in service is.
     store.pool().execute("ANALYZE").await.unwrap();
     store.pool().execute("CHECKPOINT").await.unwrap();
-    println!("{keys} keys created in {:.1} s", started.elapsed().as_secs_f64());
+    let what = if budgeted { " (each with a daily budget)" } else { "" };
+    println!("{keys} keys{what} created in {:.1} s", started.elapsed().as_secs_f64());
 
     let channel = Channel::from_shared(plane.data_url.clone()).unwrap().connect().await.unwrap();
     let mut client = KeyLookupServiceClient::new(channel);
@@ -86,7 +110,7 @@ async fn main() {
         assert_eq!(answer.key_json.is_empty(), !known);
         if known { found.push(took) } else { missing.push(took) }
     }
-    println!("lookup of an existing key ({lookups} calls, random over {keys} keys): {}", percentiles(found));
+    println!("lookup of an existing key{what} ({lookups} calls, random over {keys} keys): {}", percentiles(found));
     println!("lookup of an unknown key ({} calls): {}", lookups / 4, percentiles(missing));
 
     plane.finish().await;

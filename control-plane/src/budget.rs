@@ -15,21 +15,26 @@
 //! Users and organizations have no counter in the filter: only this count (and the lookup
 //! answer built from it) enforces their budgets.
 //!
-//! Windows are epoch-aligned, as the filter's own counters are (`BudgetDuration::period`), so
-//! a window resets exactly once. Each Envoy still reserves and settles every request against
-//! its own counter, which bounds overspend within one Envoy; across Envoys a budget can be
-//! overrun by what the others spend until the invalidation reaches them.
+//! The windows live in the database (`budget_windows`), not in this process, so that every
+//! replica of the control plane counts and answers the same spend: a batch adds its new
+//! records' cost to each window they count against in the transaction that stores them, and
+//! the replica whose batch first takes a window to a threshold claims its alert there (one
+//! alert per window and threshold across the fleet). A lookup reads the window's row. A record
+//! counts in the window its request started in (`start_ms`, the Envoy's clock), as the filter's
+//! own counters do. Windows are epoch-aligned (`BudgetDuration::period`), so a window resets
+//! exactly once. Each Envoy still reserves and settles every request against its own counter,
+//! which bounds overspend within one Envoy; across Envoys a budget can be overrun by what the
+//! others spend until the invalidation reaches them.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use sluice_core::time::BudgetDuration;
-use tokio::sync::{Mutex, MutexGuard};
 
 use crate::alerting::{Delivery, Webhook, WebhookEvent};
 use crate::invalidation::{Invalidations, Target};
 use crate::metrics::{Metrics, inc};
-use crate::store::{BudgetScope, LimitsRecord, Store, StoreResult};
+use crate::store::{BudgetWindow, Charge, LimitsRecord, ScopeKind, Store, StoreResult, WindowTotal};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ScopeId {
@@ -40,12 +45,21 @@ pub enum ScopeId {
 }
 
 impl ScopeId {
-    fn store_scope(&self) -> BudgetScope<'_> {
+    fn kind_and_id(&self) -> (ScopeKind, &str) {
         match self {
-            Self::Key(id) => BudgetScope::Key(id),
-            Self::Team(id) => BudgetScope::Team(id),
-            Self::User(id) => BudgetScope::User(id),
-            Self::Org(id) => BudgetScope::Org(id),
+            Self::Key(id) => (ScopeKind::Key, id),
+            Self::Team(id) => (ScopeKind::Team, id),
+            Self::User(id) => (ScopeKind::User, id),
+            Self::Org(id) => (ScopeKind::Org, id),
+        }
+    }
+
+    fn of(kind: ScopeKind, id: &str) -> Self {
+        match kind {
+            ScopeKind::Key => Self::Key(id.to_owned()),
+            ScopeKind::Team => Self::Team(id.to_owned()),
+            ScopeKind::User => Self::User(id.to_owned()),
+            ScopeKind::Org => Self::Org(id.to_owned()),
         }
     }
 
@@ -107,35 +121,33 @@ impl BudgetLimits {
         (out.max_nanos.is_some() || out.soft_nanos.is_some()).then_some(out)
     }
 
-    /// The window containing `now_ms`: [start, end) in Unix ms; a budget without a duration
+    /// The window containing `at_ms`: [start, end) in Unix ms; a budget without a duration
     /// has one window, forever.
-    fn window(&self, now_ms: u64) -> (u64, Option<u64>) {
+    fn window(&self, at_ms: u64) -> (u64, Option<u64>) {
         match self.duration {
             None => (0, None),
-            Some(d) => (d.period_start_secs(now_ms) * 1000, Some(d.period_end_secs(now_ms) * 1000)),
+            Some(d) => (d.period_start_secs(at_ms) * 1000, Some(d.period_end_secs(at_ms) * 1000)),
         }
+    }
+
+    /// The scope's window containing `at_ms`, as the store keys it.
+    fn budget_window(&self, scope: &ScopeId, at_ms: u64) -> BudgetWindow {
+        let (start_ms, end_ms) = self.window(at_ms);
+        let (kind, id) = scope.kind_and_id();
+        let signed = |ms: u64| i64::try_from(ms).unwrap_or(i64::MAX);
+        BudgetWindow { kind, id: id.to_owned(), start_ms: signed(start_ms), end_ms: end_ms.map(signed) }
     }
 }
 
-#[derive(Debug)]
-pub struct Window {
-    start_ms: u64,
-    end_ms: Option<u64>,
-    spend_nanos: u64,
-    /// The max budget this window was found spent against, and the soft budget it alerted on
-    /// (a budget changed since is checked again).
-    exhausted: Option<u64>,
-    soft_alerted: Option<u64>,
-}
-
 pub struct BudgetTracker {
-    windows: Mutex<HashMap<ScopeId, Window>>,
     invalidations: Arc<Invalidations>,
     metrics: Arc<Metrics>,
     webhook: Option<Webhook>,
+    /// Spent windows whose end this process will announce (once each): the replica that
+    /// found one spent, and any replica that answered a lookup with it (duplicates across
+    /// replicas are harmless: an Envoy looks the key up once more).
+    ending: Mutex<HashSet<(ScopeId, u64)>>,
 }
-
-pub type Windows<'a> = MutexGuard<'a, HashMap<ScopeId, Window>>;
 
 impl BudgetTracker {
     /// Without a webhook: alerts go to the log and the metrics only.
@@ -158,100 +170,70 @@ impl BudgetTracker {
         metrics: Arc<Metrics>,
         webhook: Option<Webhook>,
     ) -> Arc<Self> {
-        Arc::new(Self { windows: Mutex::new(HashMap::new()), invalidations, metrics, webhook })
-    }
-
-    /// Held while a batch is stored and counted, so that a window loaded from the database
-    /// meanwhile counts each record exactly once.
-    pub async fn lock(&self) -> Windows<'_> {
-        self.windows.lock().await
-    }
-
-    /// The scope's window, loaded from the database when unknown or when its window ended.
-    /// `true` when just loaded (the total already includes everything stored so far).
-    async fn window<'a, S: Store>(
-        windows: &'a mut Windows<'_>,
-        store: &S,
-        scope: &ScopeId,
-        limits: &BudgetLimits,
-        now_ms: u64,
-    ) -> StoreResult<(&'a mut Window, bool)> {
-        let (start_ms, end_ms) = limits.window(now_ms);
-        let current = windows.get(scope).is_some_and(|w| w.start_ms == start_ms);
-        if !current {
-            let since = i64::try_from(start_ms).unwrap_or(i64::MAX);
-            let spent = store.spend_since(scope.store_scope(), since).await?;
-            let spend_nanos = u64::try_from(spent).unwrap_or(0);
-            windows
-                .insert(scope.clone(), Window { start_ms, end_ms, spend_nanos, exhausted: None, soft_alerted: None });
-        }
-        let window = windows.get_mut(scope).ok_or(crate::store::StoreError::NotFound)?;
-        Ok((window, !current))
+        Arc::new(Self { invalidations, metrics, webhook, ending: Mutex::new(HashSet::new()) })
     }
 
     /// The fleet-wide spend of a scope in its current window (for a key lookup's answer).
     pub async fn spend<S: Store>(
-        &self,
+        self: &Arc<Self>,
         store: &S,
         scope: &ScopeId,
         limits: &BudgetLimits,
         now_ms: u64,
     ) -> StoreResult<u64> {
-        let mut windows = self.lock().await;
-        let (window, _) = Self::window(&mut windows, store, scope, limits, now_ms).await?;
-        Ok(window.spend_nanos)
+        let window = limits.budget_window(scope, now_ms);
+        let spend_nanos = u64::try_from(store.window_spend(&window).await?).unwrap_or(0);
+        if limits.max_nanos.is_some_and(|max| spend_nanos >= max) {
+            // This answer refuses the key until the window ends: say so when it does.
+            self.announce_end(scope, &window, now_ms);
+        }
+        Ok(spend_nanos)
     }
 
-    /// Counts a batch's new spend for one scope (with the lock held since before the batch
-    /// was stored), and acts on the thresholds it crosses. `context` is the key whose usage
-    /// this is (for the webhook's event).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn add<S: Store>(
+    /// What record `record` (which started at `start_ms`) counts against for this scope. A
+    /// window that has already ended (a record shipped late) is counted but alerts nobody.
+    pub fn charge(record: usize, scope: &ScopeId, limits: &BudgetLimits, start_ms: i64, now_ms: u64) -> Charge {
+        let window = limits.budget_window(scope, u64::try_from(start_ms).unwrap_or(0));
+        let open = window.end_ms.is_none_or(|end| u64::try_from(end).is_ok_and(|end| end > now_ms));
+        let signed = |n: Option<u64>| n.and_then(|n| i64::try_from(n).ok()).filter(|_| open);
+        Charge { record, window, soft_nanos: signed(limits.soft_nanos), max_nanos: signed(limits.max_nanos) }
+    }
+
+    /// Acts on the thresholds a stored batch claimed (`SpendStore::record_charged_spend`):
+    /// each alert is raised by the one replica whose batch claimed it. `scopes` has each
+    /// scope's limits and the last key that spent on it (for the webhook's event).
+    pub fn counted(
         self: &Arc<Self>,
-        windows: &mut Windows<'_>,
-        store: &S,
-        scope: &ScopeId,
-        limits: &BudgetLimits,
-        nanos: u64,
+        totals: &[WindowTotal],
+        scopes: &HashMap<ScopeId, (BudgetLimits, &SpendContext)>,
         now_ms: u64,
-        context: &SpendContext,
-    ) -> StoreResult<()> {
-        let (window, loaded) = Self::window(windows, store, scope, limits, now_ms).await?;
-        if !loaded {
-            window.spend_nanos = window.spend_nanos.saturating_add(nanos);
-        }
-        if let Some(soft) = limits.soft_nanos
-            && window.spend_nanos >= soft
-            && window.soft_alerted != Some(soft)
-        {
-            window.soft_alerted = Some(soft);
-            inc(&self.metrics.budget_soft_alerts, 1);
-            eprintln!(
-                "sluice: budget alert: {scope:?} spent {} of its soft budget {} (USD)",
-                usd(window.spend_nanos),
-                usd(soft)
-            );
-            self.notify(Crossed::Soft, scope, window.spend_nanos, limits, context);
-        }
-        if let Some(max) = limits.max_nanos
-            && window.spend_nanos >= max
-            && window.exhausted != Some(max)
-        {
-            window.exhausted = Some(max);
-            inc(&self.metrics.budget_exhausted, 1);
-            eprintln!(
-                "sluice: budget spent: {scope:?} at {} of {} (USD); refused on every Envoy",
-                usd(window.spend_nanos),
-                usd(max)
-            );
-            self.invalidations.publish(scope.target());
-            let (spend_nanos, start_ms, end_ms) = (window.spend_nanos, window.start_ms, window.end_ms);
-            if let Some(end_ms) = end_ms {
-                self.reset_at(scope.clone(), start_ms, end_ms, now_ms);
+    ) {
+        for total in totals.iter().filter(|t| t.soft_claimed.is_some() || t.max_claimed.is_some()) {
+            let scope = ScopeId::of(total.window.kind, &total.window.id);
+            let Some((limits, context)) = scopes.get(&scope) else { continue };
+            let spend_nanos = u64::try_from(total.spend_nanos).unwrap_or(0);
+            let usd_of = |n: i64| usd(u64::try_from(n).unwrap_or(0));
+            if let Some(soft) = total.soft_claimed {
+                inc(&self.metrics.budget_soft_alerts, 1);
+                eprintln!(
+                    "sluice: budget alert: {scope:?} spent {} of its soft budget {} (USD)",
+                    usd(spend_nanos),
+                    usd_of(soft)
+                );
+                self.notify(Crossed::Soft, &scope, spend_nanos, limits, context);
             }
-            self.notify(Crossed::Max, scope, spend_nanos, limits, context);
+            if let Some(max) = total.max_claimed {
+                inc(&self.metrics.budget_exhausted, 1);
+                eprintln!(
+                    "sluice: budget spent: {scope:?} at {} of {} (USD); refused on every Envoy",
+                    usd(spend_nanos),
+                    usd_of(max)
+                );
+                self.invalidations.publish(scope.target());
+                self.announce_end(&scope, &total.window, now_ms);
+                self.notify(Crossed::Max, &scope, spend_nanos, limits, context);
+            }
         }
-        Ok(())
     }
 
     /// The webhook's event for a threshold just crossed (queued; never waits).
@@ -260,19 +242,39 @@ impl BudgetTracker {
         webhook.send(event(crossed, scope, spend_nanos, limits, c));
     }
 
-    /// When the window ends, forget it (the next lookup starts the new window at the spend
-    /// since its start) and make Envoys ask again, so the scope can spend again.
-    fn reset_at(self: &Arc<Self>, scope: ScopeId, start_ms: u64, end_ms: u64, now_ms: u64) {
+    /// When a spent window ends, make Envoys ask again (the new window starts from what was
+    /// spent in it), so the scope can spend again. Once per window and process.
+    fn announce_end(self: &Arc<Self>, scope: &ScopeId, window: &BudgetWindow, now_ms: u64) {
+        let Some(end_ms) = window.end_ms.and_then(|end| u64::try_from(end).ok()) else { return };
+        let entry = (scope.clone(), end_ms);
+        let first = self.ending.lock().is_ok_and(|mut ending| ending.insert(entry.clone()));
+        if !first {
+            return;
+        }
         let tracker = Arc::clone(self);
         tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(end_ms.saturating_sub(now_ms))).await;
-            let mut windows = tracker.lock().await;
-            if windows.get(&scope).is_some_and(|w| w.start_ms == start_ms) {
-                windows.remove(&scope);
+            if let Ok(mut ending) = tracker.ending.lock() {
+                ending.remove(&entry);
             }
-            drop(windows);
-            tracker.invalidations.publish(scope.target());
+            tracker.invalidations.publish(entry.0.target());
         });
+    }
+}
+
+/// How long an ended window's row is kept (for records shipped late), and how often old ones go.
+const KEEP_ENDED: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Forgets windows that ended more than a day ago, every ten minutes (any replica may: the
+/// deletes are idempotent). A record older than that recreates its window from `spend_logs`.
+pub async fn prune_windows<S: Store>(store: Arc<S>) {
+    loop {
+        tokio::time::sleep(PRUNE_EVERY).await;
+        let keep_ms = i64::try_from(KEEP_ENDED.as_millis()).unwrap_or(i64::MAX);
+        if let Err(e) = store.prune_budget_windows(crate::store::now_ms().saturating_sub(keep_ms)).await {
+            eprintln!("sluice: pruning budget windows: {e}");
+        }
     }
 }
 
@@ -329,20 +331,29 @@ mod tests {
     use crate::store::{SpendLog, SpendStore, SqlStore};
 
     /// A fresh database: a SQLite file, or a new database on the Postgres the control plane's
-    /// tests use (`SLUICE_TEST_POSTGRES`, default `postgres://postgres@127.0.0.1:5432`).
-    /// Also returns how to drop it (Postgres).
-    async fn store(postgres: bool) -> (SqlStore, Option<(String, String)>) {
-        let name = format!("sluice_budget_{}_{}", std::process::id(), crate::store::now_ms());
+    /// tests use (`SLUICE_TEST_POSTGRES`, default `postgres://postgres@127.0.0.1:5432`), as a
+    /// URL (each replica opens its own pool on it) and how to drop it (Postgres).
+    async fn database(postgres: bool) -> (String, Option<(String, String)>) {
+        let mut salt = [0u8; 4];
+        getrandom::fill(&mut salt).unwrap();
+        let name =
+            format!("sluice_budget_{}_{}_{}", std::process::id(), crate::store::now_ms(), u32::from_le_bytes(salt));
         if !postgres {
-            let path = format!("sqlite:{}/{name}.db", std::env::temp_dir().display());
-            return (SqlStore::open(&path).await.unwrap(), None);
+            return (format!("sqlite:{}/{name}.db", std::env::temp_dir().display()), None);
         }
         let server = std::env::var("SLUICE_TEST_POSTGRES").unwrap_or("postgres://postgres@127.0.0.1:5432".into());
         sqlx::any::install_default_drivers();
         let admin = sqlx::AnyPool::connect(&format!("{server}/test")).await.unwrap();
         admin.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
         admin.close().await;
-        (SqlStore::open(&format!("{server}/{name}")).await.unwrap(), Some((server, name)))
+        (format!("{server}/{name}"), Some((server, name)))
+    }
+
+    async fn drop_database(cleanup: Option<(String, String)>) {
+        if let Some((server, name)) = cleanup {
+            let admin = sqlx::AnyPool::connect(&format!("{server}/test")).await.unwrap();
+            let _ = admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await;
+        }
     }
 
     fn spent(id: &str, user: &str, org: &str, cost_nanos: i64) -> SpendLog {
@@ -359,17 +370,45 @@ mod tests {
         }
     }
 
+    fn now() -> u64 {
+        u64::try_from(crate::store::now_ms()).unwrap()
+    }
+
+    /// What ingestion does with a batch: every record charged to each of `scopes`, stored and
+    /// counted in one transaction, then the claimed alerts raised.
+    async fn ingest(
+        tracker: &Arc<BudgetTracker>,
+        store: &SqlStore,
+        logs: &[SpendLog],
+        scopes: &[(ScopeId, BudgetLimits)],
+        context: &SpendContext,
+    ) -> Vec<WindowTotal> {
+        let now = now();
+        let charges: Vec<Charge> = (0..logs.len())
+            .flat_map(|i| scopes.iter().map(move |(scope, limits)| (i, scope, limits)))
+            .map(|(i, scope, limits)| BudgetTracker::charge(i, scope, limits, logs[i].start_ms, now))
+            .collect();
+        let (_, totals) = store.record_charged_spend(logs, &charges).await.unwrap();
+        let by_scope = scopes.iter().map(|(scope, limits)| (scope.clone(), (*limits, context))).collect();
+        tracker.counted(&totals, &by_scope, now);
+        totals
+    }
+
+    fn usd(n: f64) -> u64 {
+        (n * 1e9).round() as u64
+    }
+
     /// One soft-budget and one max-budget event per scope and window, in LiteLLM's shape, each
     /// naming the key by its id; a max budget reached also tells Envoys to drop the owner's keys.
     async fn thresholds_post_one_event_each(postgres: bool) {
-        let (store, cleanup) = store(postgres).await;
-        let (url, got) = receiver(vec![200]).await;
+        let (url, cleanup) = database(postgres).await;
+        let store = SqlStore::open(&url).await.unwrap();
+        let (hook, got) = receiver(vec![200]).await;
         let metrics = Arc::new(Metrics::default());
         let invalidations = Arc::new(Invalidations::new("e".into()));
         let fast = Delivery { first_backoff: Duration::from_millis(10), ..Delivery::default() };
-        let webhook = Webhook::start(WebhookUrl::parse(&url).unwrap(), Arc::clone(&metrics), fast);
+        let webhook = Webhook::start(WebhookUrl::parse(&hook).unwrap(), Arc::clone(&metrics), fast);
         let tracker = BudgetTracker::with_webhook(Arc::clone(&invalidations), Arc::clone(&metrics), webhook);
-        let usd = |n: f64| (n * 1e9) as u64;
         let user = BudgetLimits { max_nanos: Some(usd(0.01)), soft_nanos: Some(usd(0.005)), duration: None };
         let org = BudgetLimits { max_nanos: Some(usd(1.0)), soft_nanos: Some(usd(0.008)), duration: None };
         let context = SpendContext {
@@ -380,15 +419,10 @@ mod tests {
             organization_id: Some("acme".into()),
             ..SpendContext::default()
         };
-        // Each step as ingestion does it: stored, then counted, under the tracker's lock.
+        let scopes = [(ScopeId::User("alice".into()), user), (ScopeId::Org("acme".into()), org)];
         for (i, nanos) in [usd(0.006), usd(0.002), usd(0.004), usd(0.003)].into_iter().enumerate() {
-            let mut windows = tracker.lock().await;
             let log = spent(&format!("r{i}"), "alice", "acme", i64::try_from(nanos).unwrap());
-            store.record_new_spend(&[log]).await.unwrap();
-            let now = u64::try_from(crate::store::now_ms()).unwrap();
-            for (scope, limits) in [(ScopeId::User("alice".into()), &user), (ScopeId::Org("acme".into()), &org)] {
-                tracker.add(&mut windows, &store, &scope, limits, nanos, now, &context).await.unwrap();
-            }
+            ingest(&tracker, &store, &[log], &scopes, &context).await;
         }
         let from_start = WatchInvalidationsRequest { epoch: "e".into(), after_seq: 0 };
         let watched = invalidations.watch(&from_start, Duration::ZERO).await;
@@ -423,11 +457,8 @@ mod tests {
         assert!(crossed["team_id"].is_null());
         assert_eq!(events[1]["event_message"], "Organization Budget: Soft Budget Crossed");
         assert_eq!(metrics.webhook_sent.load(std::sync::atomic::Ordering::Relaxed), 3);
-        if let Some((server, name)) = cleanup {
-            store.pool().close().await;
-            let admin = sqlx::AnyPool::connect(&format!("{server}/test")).await.unwrap();
-            let _ = admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await;
-        }
+        store.pool().close().await;
+        drop_database(cleanup).await;
     }
 
     #[tokio::test]
@@ -438,5 +469,230 @@ mod tests {
     #[tokio::test]
     async fn webhook_events_postgres() {
         thresholds_post_one_event_each(true).await;
+    }
+
+    /// A replica of the control plane: its own pool on the shared database, its own log of
+    /// invalidations, metrics and tracker.
+    struct Replica {
+        store: SqlStore,
+        invalidations: Arc<Invalidations>,
+        metrics: Arc<Metrics>,
+        tracker: Arc<BudgetTracker>,
+    }
+
+    impl Replica {
+        async fn open(url: &str, webhook: Option<&str>) -> Self {
+            let store = SqlStore::open(url).await.unwrap();
+            let invalidations = Arc::new(Invalidations::new("e".into()));
+            let metrics = Arc::new(Metrics::default());
+            let fast = Delivery { first_backoff: Duration::from_millis(10), ..Delivery::default() };
+            let hook = webhook.and_then(|u| Webhook::start(WebhookUrl::parse(u).unwrap(), Arc::clone(&metrics), fast));
+            let tracker = BudgetTracker::with_webhook(Arc::clone(&invalidations), Arc::clone(&metrics), hook);
+            Self { store, invalidations, metrics, tracker }
+        }
+
+        fn alerts(&self) -> (u64, u64) {
+            let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            (get(&self.metrics.budget_soft_alerts), get(&self.metrics.budget_exhausted))
+        }
+
+        async fn told(&self) -> Vec<String> {
+            let from_start = WatchInvalidationsRequest { epoch: "e".into(), after_seq: 0 };
+            self.invalidations.watch(&from_start, Duration::ZERO).await.key_ids
+        }
+    }
+
+    fn key_log(id: &str, cost_nanos: u64) -> SpendLog {
+        SpendLog { user_id: None, organization_id: None, ..spent(id, "", "", i64::try_from(cost_nanos).unwrap()) }
+    }
+
+    /// Two replicas ingest a key's usage alternately: each sees the whole window's spend, and
+    /// the soft and max alerts (metric, webhook, invalidation) are raised once between them.
+    async fn replicas_count_one_window(postgres: bool) {
+        let (url, cleanup) = database(postgres).await;
+        let (hook, got) = receiver(vec![200]).await;
+        let replicas = [Replica::open(&url, Some(&hook)).await, Replica::open(&url, Some(&hook)).await];
+        let key = ScopeId::Key("key_1".into());
+        let limits = BudgetLimits { max_nanos: Some(usd(0.01)), soft_nanos: Some(usd(0.005)), duration: None };
+        let context = SpendContext { key_id: Some("key_1".into()), ..SpendContext::default() };
+        for i in 0..8 {
+            let r = &replicas[i % 2];
+            let batch = [key_log(&format!("a{i}"), usd(0.0015)), key_log(&format!("b{i}"), usd(0.0005))];
+            ingest(&r.tracker, &r.store, &batch, &[(key.clone(), limits)], &context).await;
+            // A replayed batch (the singleton retried it on the other replica) counts nothing.
+            let other = &replicas[(i + 1) % 2];
+            ingest(&other.tracker, &other.store, &batch, &[(key.clone(), limits)], &context).await;
+            for r in &replicas {
+                let seen = r.tracker.spend(&r.store, &key, &limits, now()).await.unwrap();
+                assert_eq!(seen, usd(0.002) * (i as u64 + 1), "after batch {i}, every replica sees the whole spend");
+            }
+        }
+        let (a, b) = (replicas[0].alerts(), replicas[1].alerts());
+        assert_eq!((a.0 + b.0, a.1 + b.1), (1, 1), "one soft and one max alert in all: {a:?} {b:?}");
+        // $0.005 is reached by batch 2 (replica 0), $0.01 by batch 4 (replica 0).
+        assert_eq!((a, b), ((1, 1), (0, 0)));
+        assert_eq!(replicas[0].told().await, ["key_1"]);
+        assert!(replicas[1].told().await.is_empty(), "the other replica hears it through Redis, not from here");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let events: Vec<String> =
+            got.lock().unwrap().iter().map(|(_, e)| e["event"].as_str().unwrap().to_owned()).collect();
+        assert_eq!(events, ["threshold_crossed", "budget_crossed"]);
+        for r in replicas {
+            r.store.pool().close().await;
+        }
+        drop_database(cleanup).await;
+    }
+
+    #[tokio::test]
+    async fn replicas_count_one_window_sqlite() {
+        replicas_count_one_window(false).await;
+    }
+
+    #[tokio::test]
+    async fn replicas_count_one_window_postgres() {
+        replicas_count_one_window(true).await;
+    }
+
+    /// Spend recorded before a scope had a budget (or before the table existed) is in the
+    /// window from its start, whether a lookup reads it first or a batch creates it, and exactly once; a
+    /// record of an earlier window is not.
+    async fn a_window_created_late_starts_from_spend_logs(postgres: bool) {
+        let (url, cleanup) = database(postgres).await;
+        let r = Replica::open(&url, None).await;
+        let day = BudgetLimits { max_nanos: Some(usd(1.0)), soft_nanos: None, duration: BudgetDuration::parse("1d") };
+        let mut yesterday = key_log("old", usd(0.5));
+        yesterday.start_ms -= 86_400_000;
+        yesterday.user_id = Some("alice".into());
+        let mut before = vec![yesterday];
+        for i in 0..3 {
+            before.push(SpendLog { user_id: Some("alice".into()), ..key_log(&format!("before{i}"), usd(0.001)) });
+        }
+        r.store.record_spend(&before).await.unwrap();
+        let context = SpendContext::default();
+        // The key's window is first read by a lookup (before any row exists); alice's is made
+        // by a batch.
+        let key = ScopeId::Key("key_1".into());
+        let alice = ScopeId::User("alice".into());
+        assert_eq!(r.tracker.spend(&r.store, &key, &day, now()).await.unwrap(), usd(0.003));
+        let batch = [SpendLog { user_id: Some("alice".into()), ..key_log("after", usd(0.002)) }];
+        let totals = ingest(&r.tracker, &r.store, &batch, &[(key.clone(), day), (alice.clone(), day)], &context).await;
+        let mut spends: Vec<i64> = totals.iter().map(|t| t.spend_nanos).collect();
+        spends.sort_unstable();
+        assert_eq!(spends, [usd(0.005) as i64, usd(0.005) as i64]);
+        for scope in [&key, &alice] {
+            assert_eq!(r.tracker.spend(&r.store, scope, &day, now()).await.unwrap(), usd(0.005), "{scope:?}");
+        }
+        // Without a duration the one window holds yesterday's spend too.
+        let forever = BudgetLimits { duration: None, ..day };
+        assert_eq!(r.tracker.spend(&r.store, &alice, &forever, now()).await.unwrap(), usd(0.505));
+        r.store.pool().close().await;
+        drop_database(cleanup).await;
+    }
+
+    #[tokio::test]
+    async fn a_window_created_late_sqlite() {
+        a_window_created_late_starts_from_spend_logs(false).await;
+    }
+
+    #[tokio::test]
+    async fn a_window_created_late_postgres() {
+        a_window_created_late_starts_from_spend_logs(true).await;
+    }
+
+    /// Replicas ingesting concurrently (and lookups creating windows meanwhile), on a key
+    /// with spend from before its budget: every window ends equal to what `spend_logs` holds
+    /// for it, and its max budget is announced once.
+    async fn concurrent_batches_count_each_record_once(postgres: bool) {
+        let (url, cleanup) = database(postgres).await;
+        let replicas = Arc::new([Replica::open(&url, None).await, Replica::open(&url, None).await]);
+        let limits = BudgetLimits { max_nanos: Some(usd(0.05)), soft_nanos: None, duration: None };
+        for round in 0..4 {
+            let key_id = format!("key_r{round}");
+            let key = ScopeId::Key(key_id.clone());
+            let log = |id: String, cost: u64| SpendLog { key_id: Some(key_id.clone()), ..key_log(&id, cost) };
+            let before: Vec<SpendLog> = (0..5).map(|i| log(format!("{round}-before-{i}"), usd(0.001))).collect();
+            replicas[0].store.record_spend(&before).await.unwrap();
+            let mut tasks = Vec::new();
+            for t in 0..6 {
+                let (replicas, key) = (Arc::clone(&replicas), key.clone());
+                let batches: Vec<Vec<SpendLog>> = (0..4)
+                    .map(|b| (0..5).map(|i| log(format!("{round}-{t}-{b}-{i}"), usd(0.0005) + i as u64)).collect())
+                    .collect();
+                tasks.push(tokio::spawn(async move {
+                    let r = &replicas[t % 2];
+                    for batch in batches {
+                        if t == 0 {
+                            r.tracker.spend(&r.store, &key, &limits, now()).await.unwrap();
+                        }
+                        let context = SpendContext::default();
+                        ingest(&r.tracker, &r.store, &batch, &[(key.clone(), limits)], &context).await;
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let sum: i64 =
+                sqlx::query_scalar("SELECT CAST(SUM(cost_nanos) AS BIGINT) FROM spend_logs WHERE key_id = $1")
+                    .bind(key_id.clone())
+                    .fetch_one(replicas[0].store.pool())
+                    .await
+                    .unwrap();
+            for r in replicas.iter() {
+                let seen = r.tracker.spend(&r.store, &key, &limits, now()).await.unwrap();
+                assert_eq!(seen, u64::try_from(sum).unwrap(), "round {round}");
+            }
+        }
+        let exhausted: u64 = replicas.iter().map(|r| r.alerts().1).sum();
+        assert_eq!(exhausted, 4, "each key's max announced once");
+        drop_database(cleanup).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_batches_sqlite() {
+        concurrent_batches_count_each_record_once(false).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_batches_postgres() {
+        concurrent_batches_count_each_record_once(true).await;
+    }
+
+    /// A database from before `budget_windows` existed: the windows start from its spend.
+    #[tokio::test]
+    async fn an_existing_database_gets_windows_from_its_spend() {
+        use crate::store::Backend;
+        use crate::store::migrations::migrator_through;
+        for (postgres, backend) in [(false, Backend::Sqlite), (true, Backend::Postgres)] {
+            let (url, cleanup) = database(postgres).await;
+            let url_rwc = if postgres { url.clone() } else { format!("{url}?mode=rwc") };
+            let old = sqlx::AnyPool::connect(&url_rwc).await.unwrap();
+            migrator_through(backend, 2).run(&old).await.unwrap();
+            for (i, cost) in [300_i64, 400].into_iter().enumerate() {
+                sqlx::query(
+                    "INSERT INTO spend_logs (record_id, request_id, key_id, model_group, prompt_tokens, \
+                     completion_tokens, cost_nanos, status, outcome, estimated, start_ms, day) \
+                     VALUES ($1, '', 'key_1', 'gpt-4o', 1, 1, $2, 200, 'completed', 0, $3, $4)",
+                )
+                .bind(format!("old-{i}"))
+                .bind(cost)
+                .bind(crate::store::now_ms())
+                .bind(crate::store::day_of(crate::store::now_ms()))
+                .execute(&old)
+                .await
+                .unwrap();
+            }
+            old.close().await;
+            let r = Replica::open(&url, None).await;
+            let limits =
+                BudgetLimits { max_nanos: Some(1000), soft_nanos: None, duration: BudgetDuration::parse("30d") };
+            let key = ScopeId::Key("key_1".into());
+            let context = SpendContext::default();
+            let totals = ingest(&r.tracker, &r.store, &[key_log("new", 500)], &[(key.clone(), limits)], &context).await;
+            assert_eq!(totals.iter().map(|t| (t.spend_nanos, t.max_claimed)).collect::<Vec<_>>(), [(1200, Some(1000))]);
+            assert_eq!(r.tracker.spend(&r.store, &key, &limits, now()).await.unwrap(), 1200);
+            r.store.pool().close().await;
+            drop_database(cleanup).await;
+        }
     }
 }

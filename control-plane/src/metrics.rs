@@ -37,6 +37,12 @@ pub struct Metrics {
     pub webhook_dropped: AtomicU64,
     pub limit_syncs: AtomicU64,
     pub limit_sync_failures: AtomicU64,
+    /// Invalidations shared with the other replicas (Redis stream): added, read from the
+    /// others, failed Redis calls, and resets forced because entries may have been missed.
+    pub invalidations_shared: AtomicU64,
+    pub invalidations_received: AtomicU64,
+    pub invalidation_stream_failures: AtomicU64,
+    pub invalidation_resets: AtomicU64,
 }
 
 pub fn inc(counter: &AtomicU64, by: u64) {
@@ -137,6 +143,30 @@ impl Metrics {
             "counter",
             "Fleet rate-limit reports that failed (Redis unavailable); Envoys limit locally meanwhile.",
             &[("", get(&self.limit_sync_failures))],
+        );
+        metric(
+            "sluice_invalidations_shared_total",
+            "counter",
+            "Invalidations this replica added to the replicas' Redis stream.",
+            &[("", get(&self.invalidations_shared))],
+        );
+        metric(
+            "sluice_invalidations_received_total",
+            "counter",
+            "Invalidations read from the Redis stream that other replicas published.",
+            &[("", get(&self.invalidations_received))],
+        );
+        metric(
+            "sluice_invalidation_stream_failures_total",
+            "counter",
+            "Failed Redis calls of the invalidation stream (retried; entries are kept meanwhile).",
+            &[("", get(&self.invalidation_stream_failures))],
+        );
+        metric(
+            "sluice_invalidation_resets_total",
+            "counter",
+            "Times this replica's watchers were reset because stream entries may have been missed.",
+            &[("", get(&self.invalidation_resets))],
         );
         out
     }

@@ -32,6 +32,7 @@ use crate::admin::models::{deployment_id, validate_model_list};
 use crate::alerting::WebhookUrl;
 use crate::budget::BudgetTracker;
 use crate::fleet_limits::{FleetCounts, LimitSyncApi};
+use crate::invalidation::RedisStream;
 use crate::key_lookup::KeyLookupApi;
 use crate::metrics::Metrics;
 use crate::store::{Backend, ModelRecord, ModelStore, SqlStore, SyncReport, now_ms};
@@ -52,6 +53,8 @@ pub struct DataPlane {
     pub fleet_counts: FleetCounts,
     /// Where budget alerts are POSTed, besides the log and the metrics.
     pub webhook: Option<WebhookUrl>,
+    /// The Redis stream through which replicas share invalidations (None: this process only).
+    pub invalidations: Option<RedisStream>,
 }
 
 pub struct ServeOptions {
@@ -62,7 +65,8 @@ pub struct ServeOptions {
     pub metrics_listen: SocketAddr,
     pub xds: XdsOptions,
     pub database_url: String,
-    /// Shares fleet rate-limit counts between replicas; None keeps them in this process.
+    /// Shares fleet rate-limit counts and invalidations between replicas; None keeps them in
+    /// this process.
     pub redis_url: Option<String>,
     /// Budget alert webhook (`general_settings.alerting: ["webhook"]` and `WEBHOOK_URL`).
     pub webhook: Option<WebhookUrl>,
@@ -122,13 +126,15 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
         Some(url) => FleetCounts::redis(url)?,
         None => FleetCounts::in_memory(),
     };
+    let invalidations = opts.redis_url.as_deref().map(RedisStream::new);
     let backend = if store.backend() == Backend::Sqlite { "SQLite" } else { "Postgres" };
     eprintln!(
-        "sluice: admin API on {} ({backend}); xDS and key lookups on {}; metrics on http://{}/metrics; fleet rate limits counted {}",
+        "sluice: admin API on {} ({backend}); xDS and key lookups on {}; metrics on http://{}/metrics; fleet rate limits counted {}; invalidations {}",
         opts.listen,
         opts.xds_listen,
         opts.metrics_listen,
-        fleet_counts.describe()
+        fleet_counts.describe(),
+        if invalidations.is_some() { "shared through Redis" } else { "in this process" }
     );
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -142,6 +148,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
         metrics: Some(metrics_listener),
         fleet_counts,
         webhook: opts.webhook,
+        invalidations,
     };
     serve_planes(listener, Some(data_plane), store, opts.master_key.as_deref(), shutdown).await
 }
@@ -177,9 +184,19 @@ pub async fn serve_planes(
     };
     let data_plane = match data_plane {
         None => None,
-        Some(DataPlane { listener: xds_listener, xds: options, metrics: metrics_listener, fleet_counts, webhook }) => {
+        Some(DataPlane {
+            listener: xds_listener,
+            xds: options,
+            metrics: metrics_listener,
+            fleet_counts,
+            webhook,
+            invalidations,
+        }) => {
             let store = Arc::new(store);
             let metrics = Arc::new(Metrics::default());
+            if let Some(stream) = invalidations {
+                admin.invalidations().share_through_redis(stream, Arc::clone(&metrics)).await?;
+            }
             if let Some(l) = metrics_listener {
                 tokio::spawn(crate::metrics::serve(l, Arc::clone(&metrics)));
             }
@@ -196,6 +213,9 @@ pub async fn serve_planes(
             let fleet_counts = Arc::new(fleet_counts);
             let budgets = BudgetTracker::with_webhook_url(admin.invalidations(), Arc::clone(&metrics), webhook);
             tokio::spawn(publisher.run());
+            tokio::spawn(crate::budget::prune_windows(Arc::clone(&store)));
+            let ingest = Arc::new(UsageIngest::new(Arc::clone(&store), Arc::clone(&metrics), Arc::clone(&budgets)));
+            ingest.forget_tenancy_on(admin.invalidations());
             let server = Server::builder()
                 .add_service(AggregatedDiscoveryServiceServer::new(ads))
                 .add_service(KeyLookupServiceServer::new(
@@ -208,10 +228,7 @@ pub async fn serve_planes(
                     .with_fleet_counts(Arc::clone(&fleet_counts)),
                 ))
                 .add_service(LimitServiceServer::new(LimitSyncApi::new(fleet_counts, Arc::clone(&metrics))))
-                .add_service(
-                    UsageServiceServer::new(UsageIngest::new(store, metrics, budgets))
-                        .max_decoding_message_size(MAX_USAGE_BYTES),
-                )
+                .add_service(UsageServiceServer::from_arc(ingest).max_decoding_message_size(MAX_USAGE_BYTES))
                 .serve_with_incoming_shutdown(TcpIncoming::from(xds_listener), until_stopped(stopped.clone()));
             Some(tokio::spawn(server))
         }

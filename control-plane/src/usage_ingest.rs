@@ -12,10 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sluice_proto::gateway::v1::usage_service_server::UsageService;
-use sluice_proto::gateway::v1::{Outcome, ReportUsageRequest, ReportUsageResponse, UsageRecord};
+use sluice_proto::gateway::v1::{
+    Outcome, ReportUsageRequest, ReportUsageResponse, UsageRecord, WatchInvalidationsRequest,
+};
 use tonic::{Request, Response, Status};
 
 use crate::budget::{BudgetLimits, BudgetTracker, ScopeId, SpendContext};
+use crate::invalidation::Invalidations;
 use crate::metrics::{Metrics, inc};
 use crate::store::{KeyLookup, OrgRecord, SpendLog, Store, StoreError, StoreResult, TeamRecord, UserRecord, now_ms};
 
@@ -71,38 +74,56 @@ impl<S: Store> UsageIngest<S> {
         Self { store, tenancy: Mutex::new(HashMap::new()), metrics, budgets }
     }
 
-    /// Stores the batch and, for keys, teams, users and organizations with budgets, counts its
-    /// new spend against their windows (the tracker held throughout, so a window loaded
-    /// meanwhile counts each record once).
+    /// Drops a key's cached tenancy when an invalidation names it, its team, user or
+    /// organization (an admin change on any replica, when replicas share invalidations), so
+    /// that a budget set or changed counts from the next batch on rather than within
+    /// `TENANCY_TTL`. Runs until the ingestion is dropped.
+    pub fn forget_tenancy_on(self: &Arc<Self>, invalidations: Arc<Invalidations>) {
+        let ingest = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut position = WatchInvalidationsRequest::default();
+            loop {
+                let answer = invalidations.watch(&position, Duration::from_secs(20)).await;
+                let Some(ingest) = ingest.upgrade() else { return };
+                let first = position.epoch.is_empty();
+                if let Ok(mut cache) = ingest.tenancy.lock() {
+                    if answer.reset && !first {
+                        cache.clear();
+                    } else {
+                        let named =
+                            |ids: &[String], id: &Option<String>| id.as_ref().is_some_and(|id| ids.contains(id));
+                        cache.retain(|key_id, (t, _)| {
+                            !(answer.key_ids.contains(key_id)
+                                || named(&answer.team_ids, &t.context.team_id)
+                                || named(&answer.user_ids, &t.context.user_id)
+                                || named(&answer.org_ids, &t.organization_id))
+                        });
+                    }
+                }
+                position = WatchInvalidationsRequest { epoch: answer.epoch, after_seq: answer.last_seq };
+            }
+        });
+    }
+
+    /// Stores the batch and, for keys, teams, users and organizations with budgets, adds its
+    /// new spend to their windows in the same transaction (`budget_windows`, shared by every
+    /// replica), then raises the alerts this batch was the first to reach.
     async fn store_and_count(&self, logs: &[SpendLog], tenancy: &[&Tenancy]) -> StoreResult<usize> {
         if !tenancy.iter().any(|t| t.budgeted()) {
             return self.store.record_spend(logs).await;
         }
-        let mut windows = self.budgets.lock().await;
-        let new = self.store.record_new_spend(logs).await?;
-        // Per scope: its limits, the batch's new spend, and the last key that spent it.
-        let mut per_scope: HashMap<ScopeId, (BudgetLimits, u64, &SpendContext)> = HashMap::new();
-        for (log, t) in new.iter().filter_map(|p| Some((logs.get(*p)?, tenancy.get(*p)?))) {
-            let cost = u64::try_from(log.cost_nanos).unwrap_or(0);
-            let key = log.key_id.as_ref().and_then(|id| Some((ScopeId::Key(id.clone()), t.key_budget?)));
-            let owners = [
-                t.team_budget.as_ref().map(|(id, l)| (ScopeId::Team(id.clone()), *l)),
-                t.user_budget.as_ref().map(|(id, l)| (ScopeId::User(id.clone()), *l)),
-                t.org_budget.as_ref().map(|(id, l)| (ScopeId::Org(id.clone()), *l)),
-            ];
-            for (scope, limits) in std::iter::once(key).chain(owners).flatten() {
-                let entry = per_scope.entry(scope).or_insert((limits, 0, &t.context));
-                entry.1 += cost;
-                entry.2 = &t.context;
-            }
-        }
         let now = u64::try_from(now_ms()).unwrap_or(0);
-        for (scope, (limits, nanos, context)) in per_scope {
-            if let Err(e) = self.budgets.add(&mut windows, &*self.store, &scope, &limits, nanos, now, context).await {
-                // The spend is stored; the window is reloaded from it on its next use.
-                eprintln!("sluice: budget count for {scope:?}: {e}");
+        let mut charges = Vec::new();
+        // Per scope: its limits and the last key that spent on it (for the webhook's event).
+        let mut scopes: HashMap<ScopeId, (BudgetLimits, &SpendContext)> = HashMap::new();
+        for (position, (log, t)) in logs.iter().zip(tenancy).enumerate() {
+            for (scope, limits) in budgets_of(log, t) {
+                charges.push(BudgetTracker::charge(position, &scope, &limits, log.start_ms, now));
+                scopes.insert(scope, (limits, &t.context));
             }
         }
+        let (new, totals) = self.store.record_charged_spend(logs, &charges).await?;
+        self.budgets.counted(&totals, &scopes, now);
         Ok(new.len())
     }
 
@@ -168,6 +189,20 @@ impl<S: Store> UsageIngest<S> {
     }
 }
 
+/// The budgets a stored record counts against: its key's, and its team's, user's and
+/// organization's as the record names them (the columns a window is summed by when it is
+/// created from `spend_logs`, so that both ways of counting agree).
+fn budgets_of(log: &SpendLog, t: &Tenancy) -> Vec<(ScopeId, BudgetLimits)> {
+    let named = |owner: &Option<(String, BudgetLimits)>, column: &Option<String>| {
+        owner.as_ref().filter(|(id, _)| column.as_deref() == Some(id.as_str())).map(|(id, l)| (id.clone(), *l))
+    };
+    let key = log.key_id.as_ref().and_then(|id| Some((ScopeId::Key(id.clone()), t.key_budget?)));
+    let team = named(&t.team_budget, &log.team_id).map(|(id, l)| (ScopeId::Team(id), l));
+    let user = named(&t.user_budget, &log.user_id).map(|(id, l)| (ScopeId::User(id), l));
+    let org = named(&t.org_budget, &log.organization_id).map(|(id, l)| (ScopeId::Org(id), l));
+    [key, team, user, org].into_iter().flatten().collect()
+}
+
 fn outcome(o: i32) -> &'static str {
     match Outcome::try_from(o).unwrap_or(Outcome::Unspecified) {
         Outcome::Completed => "completed",
@@ -193,8 +228,10 @@ fn spend_log(r: &UsageRecord, key: &Tenancy) -> SpendLog {
         record_id: r.record_id.clone(),
         request_id: r.request_id.clone(),
         key_id: Some(r.key_id.clone()).filter(|k| !k.is_empty()),
-        team_id: non_empty(&r.team_id),
-        user_id: non_empty(&r.user_id),
+        // The filter sends the key's team and user; the key's stored ones stand in for a record
+        // without them, so the record counts against their budgets either way.
+        team_id: non_empty(&r.team_id).or_else(|| key.context.team_id.clone()),
+        user_id: non_empty(&r.user_id).or_else(|| key.context.user_id.clone()),
         organization_id: key.organization_id.clone(),
         customer_id: None,
         model_group: r.model_group.clone(),
@@ -249,7 +286,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::invalidation::Invalidations;
     use crate::store::{
         GroupBy, KeyRecord, KeyStore, KeyType, LimitsRecord, ModelLimits, NewAudit, SpendFilter, SpendStore, SqlStore,
     };
@@ -322,6 +358,37 @@ mod tests {
         let filter = SpendFilter { tag: Some("prod".into()), ..Default::default() };
         let by_tag = store.query_spend(&filter, GroupBy::Key).await.unwrap();
         assert_eq!(by_tag.iter().map(|r| r.requests).sum::<i64>(), 2, "stored with the key's tags: {by_tag:?}");
+        let _ = std::fs::remove_file(&path);
+    }
+    /// A key changed through the admin API (here: retagged, with its invalidation published):
+    /// the next batch is enriched with what it is now, not with the cached tenancy.
+    #[tokio::test]
+    async fn an_invalidation_drops_the_cached_tenancy() {
+        let path = std::env::temp_dir().join(format!("sluice-ingest-inv-{}-{}.db", std::process::id(), now_ms()));
+        let store = Arc::new(SqlStore::open(&format!("sqlite:{}", path.display())).await.unwrap());
+        store
+            .insert_key(&key("k1", &["prod"]), "sha256:01", NewAudit::new("test", "create", "key", "k1"))
+            .await
+            .unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let invalidations = Arc::new(Invalidations::new("e".into()));
+        let budgets = BudgetTracker::new(Arc::clone(&invalidations), Arc::clone(&metrics));
+        let ingest = Arc::new(UsageIngest::new(Arc::clone(&store), metrics, budgets));
+        ingest.forget_tenancy_on(Arc::clone(&invalidations));
+        let batch = |id: &str| Request::new(ReportUsageRequest { records: vec![record(id, "k1")] });
+        ingest.report(batch("r1")).await.unwrap();
+        let retag = |k: &mut KeyRecord| {
+            k.tags = vec!["staging".into()];
+            Ok(())
+        };
+        store.update_key("k1", retag, NewAudit::new("test", "update", "key", "k1")).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await; // the watcher has its position
+        invalidations.publish(crate::invalidation::Target::Key("k1".into()));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        ingest.report(batch("r2")).await.unwrap();
+        let filter = SpendFilter { tag: Some("staging".into()), ..Default::default() };
+        let staging = store.query_spend(&filter, GroupBy::Key).await.unwrap();
+        assert_eq!(staging.iter().map(|r| r.requests).sum::<i64>(), 1, "{staging:?}");
         let _ = std::fs::remove_file(&path);
     }
 }

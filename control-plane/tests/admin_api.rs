@@ -455,10 +455,10 @@ async fn migrations_apply_to_an_empty_database_and_to_the_previous_schema() {
         // An empty database gets every version; a second start changes nothing.
         let (url, cleanup) = database(db).await;
         let fresh = SqlStore::open(&url).await.unwrap();
-        assert_eq!(applied(fresh.pool().clone()).await, 2, "{db:?}");
+        assert_eq!(applied(fresh.pool().clone()).await, 3, "{db:?}");
         fresh.pool().close().await;
         let again = SqlStore::open(&url).await.unwrap();
-        assert_eq!(applied(again.pool().clone()).await, 2);
+        assert_eq!(applied(again.pool().clone()).await, 3);
         again.pool().close().await;
         drop_database(cleanup).await;
 
@@ -478,7 +478,7 @@ async fn migrations_apply_to_an_empty_database_and_to_the_previous_schema() {
         assert_eq!(applied(old.clone()).await, 1);
         old.close().await;
         let upgraded = SqlStore::open(&url).await.unwrap();
-        assert_eq!(applied(upgraded.pool().clone()).await, 2, "{db:?}");
+        assert_eq!(applied(upgraded.pool().clone()).await, 3, "{db:?}");
         let user: UserRecord = upgraded.get("from-schema-1").await.unwrap();
         assert_eq!(user.user_role, "internal_user");
         upgraded.pool().close().await;

@@ -263,7 +263,11 @@ async fn budgets_are_counted_across_the_fleet(db: Db) {
 
     let mut lookups = KeyLookupServiceClient::new(plane.data_channel().await);
     let start = lookups.watch_invalidations(WatchInvalidationsRequest::default()).await.unwrap().into_inner();
-    let now = u64::try_from(sluice_control_plane::store::now_ms()).unwrap();
+    // A record counts in the window it started in: start at the beginning of a 2 s window, so
+    // that the records and the lookups below share one.
+    let ms = || u64::try_from(sluice_control_plane::store::now_ms()).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2_000 - ms() % 2_000 + 20)).await;
+    let now = ms();
     let batch = |from: usize| -> Vec<UsageRecord> {
         (from..from + 4).map(|i| UsageRecord { start_ms: now, ..record(&format!("b-{i}"), &key_id, 0.002) }).collect()
     };

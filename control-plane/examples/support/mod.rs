@@ -35,6 +35,7 @@ impl BenchPlane {
             metrics: None,
             fleet_counts: sluice_control_plane::fleet_limits::FleetCounts::in_memory(),
             webhook: None,
+            invalidations: None,
         };
         let serving = tokio::spawn(serve_planes(admin_listener, Some(data_plane), store.clone(), None, async {
             let _ = stopped.await;

@@ -23,6 +23,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0002_spend_indexes.sql"),
         include_str!("../../migrations/postgres/0002_spend_indexes.sql"),
     ),
+    (
+        3,
+        "budget windows",
+        include_str!("../../migrations/sqlite/0003_budget_windows.sql"),
+        include_str!("../../migrations/postgres/0003_budget_windows.sql"),
+    ),
 ];
 
 /// The migrator for `backend`, with every version up to `through` (tests build older schemas).

@@ -56,7 +56,9 @@ pub use directory::{
 };
 pub use keys::{KeyFilter, KeyLookup, KeyRecord, KeyStore, KeyType, ModelLimits, Visibility};
 pub use models::{ModelRecord, ModelStore, SyncReport};
-pub use spend::{BudgetScope, GroupBy, SpendFilter, SpendLog, SpendRow, SpendStore, day_of};
+pub use spend::{
+    BudgetWindow, Charge, GroupBy, ScopeKind, SpendFilter, SpendLog, SpendRow, SpendStore, WindowTotal, day_of,
+};
 
 /// Every capability the admin API needs, in one bound.
 pub trait Store: KeyStore + DirectoryStore + ModelStore + SpendStore + AuditStore + Send + Sync + 'static {}

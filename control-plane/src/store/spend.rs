@@ -31,15 +31,58 @@ pub struct SpendLog {
     pub start_ms: i64,
 }
 
-/// Whose budget window a spend total is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BudgetScope<'a> {
-    Key(&'a str),
-    Team(&'a str),
-    User(&'a str),
-    /// Spend recorded with this organization (ingestion enriches each record with its key's
-    /// organization, else its team's).
-    Org(&'a str),
+/// Whose budget a window counts; the kind names the `spend_logs` column that attributes a
+/// record to it (ingestion enriches each record with its key's team, user and organization).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ScopeKind {
+    Key,
+    Team,
+    User,
+    Org,
+}
+
+impl ScopeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Key => "key",
+            Self::Team => "team",
+            Self::User => "user",
+            Self::Org => "org",
+        }
+    }
+}
+
+/// One budget window of one scope: the records that started in [start_ms, end_ms) (Unix ms;
+/// epoch-aligned; no end for a budget without a duration, whose one window starts at 0).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BudgetWindow {
+    pub kind: ScopeKind,
+    pub id: String,
+    pub start_ms: i64,
+    pub end_ms: Option<i64>,
+}
+
+/// A record of a batch that counts against a budget window, and the scope's thresholds (an
+/// alert is claimed for a threshold the window's total has reached).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    /// The record's position in the batch.
+    pub record: usize,
+    pub window: BudgetWindow,
+    pub soft_nanos: Option<i64>,
+    pub max_nanos: Option<i64>,
+}
+
+/// A window a batch counted against, as the batch left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowTotal {
+    pub window: BudgetWindow,
+    /// The window's spend across the fleet, this batch included.
+    pub spend_nanos: i64,
+    /// The soft and max budgets this batch was the first (on any replica) to find reached in
+    /// this window: the caller alerts for these, and nobody else will.
+    pub soft_claimed: Option<i64>,
+    pub max_claimed: Option<i64>,
 }
 
 /// What a spend report groups by: a `spend_logs` column, the day, or each tag.
@@ -82,9 +125,18 @@ pub trait SpendStore {
     fn record_spend(&self, logs: &[SpendLog]) -> impl Future<Output = StoreResult<usize>> + Send;
     /// As `record_spend`, returning the positions (in `logs`) of the records that were new.
     fn record_new_spend(&self, logs: &[SpendLog]) -> impl Future<Output = StoreResult<Vec<usize>>> + Send;
-    /// Spend of a key, team, user or organization since a time (Unix ms), in nano-dollars: a
-    /// budget window's.
-    fn spend_since(&self, scope: BudgetScope<'_>, since_ms: i64) -> impl Future<Output = StoreResult<i64>> + Send;
+    /// As `record_new_spend`, and in the same transaction adds each new record's cost to the
+    /// budget windows it is charged to (`budget_windows`), returning every window charged.
+    fn record_charged_spend(
+        &self,
+        logs: &[SpendLog],
+        charges: &[Charge],
+    ) -> impl Future<Output = StoreResult<(Vec<usize>, Vec<WindowTotal>)>> + Send;
+    /// A budget window's spend across the fleet, in nano-dollars (for a window no batch has
+    /// charged yet, what `spend_logs` has for it). Reads only.
+    fn window_spend(&self, window: &BudgetWindow) -> impl Future<Output = StoreResult<i64>> + Send;
+    /// Forgets budget windows that ended before a time (Unix ms); returns how many.
+    fn prune_budget_windows(&self, ended_before_ms: i64) -> impl Future<Output = StoreResult<u64>> + Send;
     fn query_spend(&self, filter: &SpendFilter, by: GroupBy)
     -> impl Future<Output = StoreResult<Vec<SpendRow>>> + Send;
 }
@@ -113,33 +165,206 @@ pub fn day_of(ms: i64) -> String {
     sluice_core::time::format_rfc3339_ms(ms).chars().take(10).collect()
 }
 
+/// The `spend_logs` column that attributes a record to a scope of this kind.
+fn column(kind: ScopeKind) -> &'static str {
+    match kind {
+        ScopeKind::Key => "key_id",
+        ScopeKind::Team => "team_id",
+        ScopeKind::User => "user_id",
+        ScopeKind::Org => "organization_id",
+    }
+}
+
+/// A window's records as `spend_logs` bounds: [lo, hi) on `start_ms`, and the same as an
+/// inclusive range of `day`s (which is what the spend indexes are on).
+fn bounds(window: &BudgetWindow) -> (i64, i64, String, String) {
+    let hi = window.end_ms.unwrap_or(i64::MAX);
+    let last_day = match window.end_ms {
+        Some(end) => day_of(end.saturating_sub(1)),
+        None => "9999-12-31".to_owned(),
+    };
+    (window.start_ms, hi, day_of(window.start_ms.max(0)), last_day)
+}
+
+/// Sums what `spend_logs` holds for a window into its row, which the calling transaction has
+/// just created (`seeded = 0`).
+///
+/// Why this counts every record exactly once, whichever replicas ingest concurrently:
+///
+/// - A window's row is created (or charged) only inside the transaction that inserts the
+///   records it charges, and creating it locks it until that transaction ends: on Postgres a
+///   concurrent `INSERT … ON CONFLICT DO UPDATE` of the same key waits for this transaction and
+///   then updates the committed row; on SQLite the whole transaction holds the write lock.
+/// - So when this transaction created the row, no committed transaction ever charged it: every
+///   committed record of the window is one that no row counts yet (ingested before the scope
+///   had a budget, before this table existed, or by a replica whose tenancy cache did not know
+///   the budget yet), and the sum below, which also sees this transaction's own new records,
+///   is the window's whole spend so far. It replaces the batch's own increment.
+/// - A batch still in flight on another replica is not in the sum (its records are not
+///   committed, and this statement's snapshot cannot see them); it cannot commit before its own
+///   charge of this row, which waits for this transaction and then adds exactly its records.
+/// - Key lookups only read (`window_spend`: the row, or the same sum while there is none).
+///
+/// The sum runs once per window across the fleet, not per batch.
+fn seed_sql(kind: ScopeKind) -> String {
+    format!(
+        "UPDATE budget_windows SET seeded = 1, spend_nanos = (SELECT CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) \
+         FROM spend_logs WHERE {} = $2 AND start_ms >= $4 AND start_ms < $5 AND day >= $6 AND day <= $7) \
+         WHERE scope_kind = $1 AND scope_id = $2 AND period_start = $3 AND seeded = 0 RETURNING spend_nanos",
+        column(kind)
+    )
+}
+
+/// A window's row as a batch's charge left it: spend, seeded, soft and max budget alerted.
+type Charged = (i64, bool, Option<i64>, Option<i64>);
+
+/// Rows per multi-row upsert of `budget_windows` (5 bound values each).
+const WINDOW_ROWS_PER_STATEMENT: usize = 1000;
+
+/// Adds the new records' cost to the windows they are charged to, seeds windows this
+/// transaction created, and claims the alerts their totals call for (in the caller's
+/// transaction, so the totals move exactly with the rows they count).
+async fn charge_windows(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    logs: &[SpendLog],
+    new_positions: &[usize],
+    charges: &[Charge],
+) -> StoreResult<Vec<WindowTotal>> {
+    if charges.is_empty() || new_positions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let new: HashSet<usize> = new_positions.iter().copied().collect();
+    // Per window: the new records' cost and the scope's thresholds. A BTreeMap, so that every
+    // batch locks the rows it charges in one order (two batches cannot deadlock on them).
+    let mut per_window: BTreeMap<&BudgetWindow, (i64, Option<i64>, Option<i64>)> = BTreeMap::new();
+    for c in charges.iter().filter(|c| new.contains(&c.record)) {
+        let Some(log) = logs.get(c.record) else { continue };
+        let entry = per_window.entry(&c.window).or_insert((0, c.soft_nanos, c.max_nanos));
+        entry.0 = entry.0.saturating_add(log.cost_nanos);
+        (entry.1, entry.2) = (c.soft_nanos, c.max_nanos);
+    }
+    let per_window: Vec<_> = per_window.into_iter().collect();
+    let mut totals = Vec::with_capacity(per_window.len());
+    for chunk in per_window.chunks(WINDOW_ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO budget_windows (scope_kind, scope_id, period_start, period_end, spend_nanos) VALUES {} \
+             ON CONFLICT (scope_kind, scope_id, period_start) DO UPDATE SET \
+             spend_nanos = budget_windows.spend_nanos + excluded.spend_nanos \
+             RETURNING scope_kind, scope_id, period_start, spend_nanos, seeded, soft_alerted, max_alerted",
+            placeholders(chunk.len(), 5)
+        );
+        let mut q = sqlx::query(&sql);
+        for (w, (nanos, ..)) in chunk {
+            q = q.bind(w.kind.as_str()).bind(w.id.clone()).bind(w.start_ms).bind(w.end_ms).bind(*nanos);
+        }
+        let mut charged: BTreeMap<(String, String, i64), Charged> = BTreeMap::new();
+        for row in q.fetch_all(&mut **tx).await? {
+            let key = (row.try_get("scope_kind")?, row.try_get("scope_id")?, row.try_get("period_start")?);
+            let seeded: i64 = row.try_get("seeded")?;
+            charged.insert(
+                key,
+                (row.try_get("spend_nanos")?, seeded != 0, row.try_get("soft_alerted")?, row.try_get("max_alerted")?),
+            );
+        }
+        for (w, (_, soft, max)) in chunk {
+            let key = (w.kind.as_str().to_owned(), w.id.clone(), w.start_ms);
+            let Some(&(mut spend_nanos, seeded, soft_alerted, max_alerted)) = charged.get(&key) else {
+                return Err(super::StoreError::Corrupt(format!("budget window {key:?} was not charged")));
+            };
+            if !seeded {
+                let (lo, hi, first_day, last_day) = bounds(w);
+                let row = sqlx::query(&seed_sql(w.kind))
+                    .bind(w.kind.as_str())
+                    .bind(w.id.clone())
+                    .bind(w.start_ms)
+                    .bind(lo)
+                    .bind(hi)
+                    .bind(first_day)
+                    .bind(last_day)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                spend_nanos = row.try_get("spend_nanos")?;
+            }
+            // The row is this transaction's until it ends (see `seed_sql`), so the flags read
+            // back are current and no other replica can claim the same alert meanwhile.
+            let reached = |threshold: Option<i64>, alerted: Option<i64>| {
+                threshold.filter(|t| spend_nanos >= *t && alerted.is_none_or(|a| a < *t))
+            };
+            let (soft_claimed, max_claimed) = (reached(*soft, soft_alerted), reached(*max, max_alerted));
+            if soft_claimed.is_some() || max_claimed.is_some() {
+                sqlx::query(
+                    "UPDATE budget_windows SET soft_alerted = COALESCE($4, soft_alerted), \
+                     max_alerted = COALESCE($5, max_alerted) \
+                     WHERE scope_kind = $1 AND scope_id = $2 AND period_start = $3",
+                )
+                .bind(w.kind.as_str())
+                .bind(w.id.clone())
+                .bind(w.start_ms)
+                .bind(soft_claimed)
+                .bind(max_claimed)
+                .execute(&mut **tx)
+                .await?;
+            }
+            totals.push(WindowTotal { window: (*w).clone(), spend_nanos, soft_claimed, max_claimed });
+        }
+    }
+    Ok(totals)
+}
+
 impl SpendStore for SqlStore {
     async fn record_spend(&self, logs: &[SpendLog]) -> StoreResult<usize> {
         Ok(self.record_new_spend(logs).await?.len())
     }
 
-    async fn spend_since(&self, scope: BudgetScope<'_>, since_ms: i64) -> StoreResult<i64> {
-        // Constant SQL per scope kind; the id and time are bound.
-        let sql = match scope {
-            BudgetScope::Key(_) => {
-                "SELECT CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) AS n FROM spend_logs WHERE key_id = $1 AND start_ms >= $2"
-            }
-            BudgetScope::Team(_) => {
-                "SELECT CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) AS n FROM spend_logs WHERE team_id = $1 AND start_ms >= $2"
-            }
-            BudgetScope::User(_) => {
-                "SELECT CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) AS n FROM spend_logs WHERE user_id = $1 AND start_ms >= $2"
-            }
-            BudgetScope::Org(_) => {
-                "SELECT CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) AS n FROM spend_logs WHERE organization_id = $1 AND start_ms >= $2"
-            }
-        };
-        let (BudgetScope::Key(id) | BudgetScope::Team(id) | BudgetScope::User(id) | BudgetScope::Org(id)) = scope;
-        let row = sqlx::query(sql).bind(id.to_owned()).bind(since_ms).fetch_one(&self.pool).await?;
+    async fn record_new_spend(&self, logs: &[SpendLog]) -> StoreResult<Vec<usize>> {
+        Ok(self.record_charged_spend(logs, &[]).await?.0)
+    }
+
+    async fn window_spend(&self, window: &BudgetWindow) -> StoreResult<i64> {
+        let row = sqlx::query(
+            "SELECT spend_nanos FROM budget_windows WHERE scope_kind = $1 AND scope_id = $2 AND period_start = $3",
+        )
+        .bind(window.kind.as_str())
+        .bind(window.id.clone())
+        .bind(window.start_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = row {
+            return Ok(row.try_get("spend_nanos")?);
+        }
+        // No batch has charged this window yet: what spend_logs has for it (spend recorded
+        // before the scope had a budget, or before this table existed) is what its row will
+        // start from. Only read here: a lookup never writes (no commit on the lookup path).
+        let (lo, hi, first_day, last_day) = bounds(window);
+        let sql = format!(
+            "SELECT CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) AS n FROM spend_logs \
+             WHERE {} = $1 AND start_ms >= $2 AND start_ms < $3 AND day >= $4 AND day <= $5",
+            column(window.kind)
+        );
+        let row = sqlx::query(&sql)
+            .bind(window.id.clone())
+            .bind(lo)
+            .bind(hi)
+            .bind(first_day)
+            .bind(last_day)
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.try_get("n")?)
     }
 
-    async fn record_new_spend(&self, logs: &[SpendLog]) -> StoreResult<Vec<usize>> {
+    async fn prune_budget_windows(&self, ended_before_ms: i64) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM budget_windows WHERE period_end IS NOT NULL AND period_end < $1")
+            .bind(ended_before_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn record_charged_spend(
+        &self,
+        logs: &[SpendLog],
+        charges: &[Charge],
+    ) -> StoreResult<(Vec<usize>, Vec<WindowTotal>)> {
         let mut tx = self.pool.begin().await?;
         let mut new: Vec<&SpendLog> = Vec::with_capacity(logs.len());
         let mut new_positions: Vec<usize> = Vec::with_capacity(logs.len());
@@ -231,8 +456,9 @@ impl SpendStore for SqlStore {
             }
             q.execute(&mut *tx).await?;
         }
+        let windows = charge_windows(&mut tx, logs, &new_positions, charges).await?;
         tx.commit().await?;
-        Ok(new_positions)
+        Ok((new_positions, windows))
     }
 
     async fn query_spend(&self, filter: &SpendFilter, by: GroupBy) -> StoreResult<Vec<SpendRow>> {

@@ -81,6 +81,7 @@ impl Plane {
                 metrics: Some(metrics),
                 fleet_counts: sluice_control_plane::fleet_limits::FleetCounts::in_memory(),
                 webhook: None,
+                invalidations: None,
             }),
             store,
             Some(MASTER),
