@@ -56,6 +56,10 @@ def test_xds_manifests_keep_credentials_on_the_control_plane_and_the_bootstrap_v
     assert "SLUICE_XDS" in gateway and "secretRef" not in gateway and "OPENAI_API_KEY" not in gateway
     control_plane = next(d for d in docs if "name: sluice-control-plane\n" in d and "kind: Deployment" in d)
     assert '"--metrics-listen", "0.0.0.0:4003"' in control_plane, "Prometheus can scrape the control plane"
+    # Several replicas must share Redis (rate-limit counts, revocations): the Secret names it.
+    replicas = int(re.search(r"replicas: (\d+)", control_plane).group(1))
+    secret = next(d for d in docs if "kind: Secret" in d)
+    assert replicas == 1 or "REDIS_URL:" in secret
     policy = next(d for d in docs if "kind: NetworkPolicy" in d)
     assert "port: 4002" in policy and "sluice-gateway" in policy
     # The control plane's config is a valid LiteLLM config.
