@@ -7,6 +7,11 @@ few milliseconds from the moment the admin API answered:
 - price: `sluice model update --info` with a new price → both charge it (the first request each
   prices with it, timed by the request's start in its usage record).
 
+And what a key-cache miss costs through Envoy: the first request with a new key (looked up in
+the control plane while it waits) against the next ones (served from the worker's cache),
+client-side latency over the same connection (`miss_*`, `hit_*`; the control plane's own lookup
+time with 1,000,000 keys is `examples/lookup_bench.rs`).
+
 Run by `cargo xtask bench-fleet`, which sets ENVOY_BIN, SLUICE_WASM, SLUICE_CLI and SLUICE_MOCK;
 prints one JSON line of flat fields (`<what>_p50_ms`, `<what>_p99_ms`, `<what>_max_ms`)."""
 
@@ -62,6 +67,14 @@ def first_charged_ms(fleet, envoys, model, deployment, price_in, price_out):
     return max(firsts.values())
 
 
+def latency_ms(client, envoy, key):
+    start = time.perf_counter()
+    resp = client.post(f"{envoy.url}/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {key}"})
+    elapsed = (time.perf_counter() - start) * 1000
+    assert resp.status_code == 200, resp.text
+    return elapsed
+
+
 def summary(samples):
     samples = sorted(samples)
     return {"p50_ms": statistics.median(samples), "p99_ms": samples[min(len(samples) - 1, int(len(samples) * 0.99))],
@@ -74,7 +87,12 @@ def main(rounds: int) -> None:
         try:
             fleet.start_control_plane()
             envoys = [fleet.start_envoy("edge-a"), fleet.start_envoy("edge-b")]
-            samples = {"revocation": [], "limit": [], "deployment": [], "price": []}
+            samples = {"revocation": [], "limit": [], "deployment": [], "price": [], "miss": [], "hit": []}
+            with httpx.Client(timeout=30) as client:
+                for _ in range(rounds * 4):
+                    key, _ = create_key(fleet)
+                    samples["miss"].append(latency_ms(client, envoys[0], key))
+                    samples["hit"].extend(latency_ms(client, envoys[0], key) for _ in range(3))
             for n in range(rounds):
                 key, key_id = create_key(fleet)
                 for envoy in envoys:

@@ -34,7 +34,7 @@ pub fn bench_fleet() -> Result<(), String> {
     eprint!("{propagation}");
     let summary = |what: &str| {
         format!(
-            "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} changes)",
+            "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} changes)",
             json_number(&propagation, &format!("{what}_p50_ms")),
             json_number(&propagation, &format!("{what}_p99_ms")),
             json_number(&propagation, &format!("{what}_max_ms")),
@@ -51,7 +51,9 @@ pub fn bench_fleet() -> Result<(), String> {
          | revocation: `sluice key block` answered → refused by two Envoys | {} | p99 ≤ 1 s |\n\
          | limit change: `sluice key update --rpm 1` answered → 429 from two Envoys | {} | < 1 s |\n\
          | new deployment: `sluice model create` answered → served by two Envoys | {} | < 1 s |\n\
-         | price change: `sluice model update` answered → charged by two Envoys | {} | < 1 s |\n\n\
+         | price change: `sluice model update` answered → charged by two Envoys | {} | < 1 s |\n\
+         | a request with a key new to the Envoy (cache miss: looked up), client-side | {} | — |\n\
+         | the next requests with that key (cache hit), client-side | {} | no change |\n\n\
          Raw output:\n\n```\n{}{}{}```\n",
         date.trim(),
         line_with(&lookup, "existing key"),
@@ -61,6 +63,8 @@ pub fn bench_fleet() -> Result<(), String> {
         summary("limit"),
         summary("deployment"),
         summary("price"),
+        summary("miss").replace("changes", "keys"),
+        summary("hit").replace("changes", "requests"),
         lookup,
         ingest,
         propagation,
