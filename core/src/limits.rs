@@ -118,17 +118,26 @@ impl ScopeState {
         if self.window == window { (self.requests, self.tokens) } else { (0, 0) }
     }
 
-    /// Stores the fleet's totals for `window` that came with a key lookup. They include what
-    /// this Envoy itself last reported, so only the part above its own counts is the others';
-    /// a sync's figure for the same minute is kept if it is higher.
-    pub fn set_fleet_total(&mut self, window: u64, requests: u64, tokens: u64) {
+    /// Makes `window` the record's minute if it is not older (a newer one starts the local
+    /// counts afresh); false for a minute the record has already left.
+    fn move_to_window(&mut self, window: u64) -> bool {
         if window < self.window {
-            return;
+            return false;
         }
         if window > self.window {
             self.window = window;
             self.requests = 0;
             self.tokens = 0;
+        }
+        true
+    }
+
+    /// Stores the fleet's totals for `window` that came with a key lookup. They include what
+    /// this Envoy itself last reported, so only the part above its own counts is the others';
+    /// a sync's figure for the same minute is kept if it is higher.
+    pub fn set_fleet_total(&mut self, window: u64, requests: u64, tokens: u64) {
+        if !self.move_to_window(window) {
+            return;
         }
         let known = if self.remote_window == window { (self.remote_requests, self.remote_tokens) } else { (0, 0) };
         self.remote_window = window;
@@ -139,13 +148,8 @@ impl ScopeState {
     /// Stores the fleet's counts for `window` from a sync answer. An answer for a window this
     /// record has already left is ignored; one for a newer window rolls the local counts too.
     pub fn set_remote(&mut self, window: u64, requests: u64, tokens: u64) {
-        if window < self.window {
+        if !self.move_to_window(window) {
             return;
-        }
-        if window > self.window {
-            self.window = window;
-            self.requests = 0;
-            self.tokens = 0;
         }
         self.remote_window = window;
         self.remote_requests = requests;

@@ -156,20 +156,21 @@ class Gateway:
         # JSON is valid YAML.
         self.config_path.write_text(json.dumps(config, indent=2))
 
-    def start_envoy(self):
+    def start_envoy(self, wasm=None, concurrency=2):
+        """Envoy from `sluice envoy-config` (with another wasm module if given), once ready."""
         self.port = free_port()
         self.admin_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin = f"http://127.0.0.1:{self.admin_port}"
         self.envoy_yaml = self.workdir / "envoy.yaml"
-        self.cli("envoy-config", "-c", str(self.config_path), "--wasm", self.env_bin["SLUICE_WASM"],
+        self.cli("envoy-config", "-c", str(self.config_path), "--wasm", wasm or self.env_bin["SLUICE_WASM"],
                  "--out", str(self.envoy_yaml), "--listen", f"127.0.0.1:{self.port}",
                  "--admin-port", str(self.admin_port))
         self.log_path = self.workdir / "envoy.log"
         log = open(self.log_path, "w")
-        proc = subprocess.Popen(
+        proc = self.proc = subprocess.Popen(
             [self.env_bin["ENVOY_BIN"], "-c", str(self.envoy_yaml), "--disable-hot-restart",
-             "--concurrency", "2", "--log-level", "info"],
+             "--concurrency", str(concurrency), "--log-level", "info"],
             env=self.env, stdout=subprocess.DEVNULL, stderr=log)
         self.procs.append(proc)
         deadline = time.time() + 60

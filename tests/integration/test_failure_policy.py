@@ -16,13 +16,12 @@ so that "the next request" is a request to the failed VM.
 import json
 import os
 import re
-import subprocess
 import time
 
 import httpx
 import pytest
 
-from conftest import Gateway, free_port, model_entry
+from conftest import Gateway, model_entry
 
 TRAP = {"x-sluice-test-trap": "1"}
 # What Envoy logs when the module executes `unreachable` in V8.
@@ -50,34 +49,12 @@ class TrapGateway(Gateway):
         self.config_path.write_text(json.dumps(config))
 
     def start_envoy(self):
-        self.port = free_port()
-        self.admin_port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.admin = f"http://127.0.0.1:{self.admin_port}"
-        self.envoy_yaml = self.workdir / "envoy.yaml"
-        self.cli("envoy-config", "-c", str(self.config_path), "--wasm", self.trap_wasm, "--out", str(self.envoy_yaml),
-                 "--listen", f"127.0.0.1:{self.port}", "--admin-port", str(self.admin_port))
+        super().start_envoy(wasm=self.trap_wasm, concurrency=1)
         text = self.envoy_yaml.read_text()
         expected = {None: "FAIL_CLOSED", "fail_reload": "FAIL_RELOAD"}[self.policy]
         assert f"failure_policy: {expected}" in text
         assert self.trap_wasm in text, "the bootstrap does not run the trap module"
         self.cluster = re.search(r"cluster_name: (sluice_\S+)", text).group(1)
-        self.log_path = self.workdir / "envoy.log"
-        self.proc = subprocess.Popen(
-            [self.env_bin["ENVOY_BIN"], "-c", str(self.envoy_yaml), "--disable-hot-restart", "--concurrency", "1",
-             "--log-level", "info", "--base-id", str(self.port)],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "w"))
-        self.procs.append(self.proc)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            assert self.proc.poll() is None, f"Envoy exited: {self.log_path.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"{self.admin}/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"Envoy never became ready: {self.log_path.read_text()[-3000:]}")
 
     def send(self, trap=False):
         headers = {"x-sluice-cluster": self.cluster,

@@ -84,6 +84,16 @@ def in_one_minute():
         time.sleep(60.5 - into)
 
 
+def one_envoy_per_replica(replicas, *key_flags):
+    """An Envoy on each replica and a new key, at a moment that leaves ~12 s of this minute."""
+    first, second, _ = replicas
+    a = first.start_envoy("edge-a")
+    b = second.start_envoy("edge-b")
+    key, _ = create_key(first, *key_flags)
+    in_one_minute()
+    return a, b, key
+
+
 def admitted(envoy, key, n):
     codes = [envoy.chat(CHAT, key=key).status_code for _ in range(n)]
     assert set(codes) <= {200, 429}, codes
@@ -91,11 +101,7 @@ def admitted(envoy, key, n):
 
 
 def test_an_rpm_limit_holds_across_envoys_on_different_replicas(replicas):
-    first, second, _ = replicas
-    a = first.start_envoy("edge-a")
-    b = second.start_envoy("edge-b")
-    key, _ = create_key(first, "--alias", "fleet-rpm", "--rpm", "20")
-    in_one_minute()
+    a, b, key = one_envoy_per_replica(replicas, "--alias", "fleet-rpm", "--rpm", "20")
     # Both Envoys know the key and have used it once this minute.
     assert a.chat(CHAT, key=key).status_code == 200
     assert b.chat(CHAT, key=key).status_code == 200
@@ -114,7 +120,7 @@ def test_an_rpm_limit_holds_across_envoys_on_different_replicas(replicas):
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
     assert int(refused.headers["retry-after"]) >= 1
     # Each replica answered syncs (each Envoy talks to its own), and none failed.
-    for cp in (first, second):
+    for cp in replicas[:2]:
         metrics = cp.metrics()
         assert re.search(r"^sluice_limit_syncs_total [1-9]", metrics, re.M), metrics
         assert re.search(r"^sluice_limit_sync_failures_total 0$", metrics, re.M)
@@ -124,11 +130,7 @@ def test_an_rpm_limit_holds_across_envoys_on_different_replicas(replicas):
 
 
 def test_an_envoy_new_to_a_key_starts_from_the_fleets_count(replicas):
-    first, second, _ = replicas
-    a = first.start_envoy("edge-a")
-    b = second.start_envoy("edge-b")
-    key, _ = create_key(first, "--alias", "fleet-first-sight", "--rpm", "20")
-    in_one_minute()
+    a, b, key = one_envoy_per_replica(replicas, "--alias", "fleet-first-sight", "--rpm", "20")
     assert admitted(a, key, 15) == 15
     time.sleep(1.0)  # a's counts reach Redis with its next sync
     # b has never seen the key: its lookup brings the fleet's 15 along, so it admits 5, not 20.
@@ -139,11 +141,7 @@ def test_an_envoy_new_to_a_key_starts_from_the_fleets_count(replicas):
 
 
 def test_a_tpm_limit_counts_the_other_envoys_tokens(replicas):
-    first, second, _ = replicas
-    a = first.start_envoy("edge-a")
-    b = second.start_envoy("edge-b")
-    key, _ = create_key(first, "--alias", "fleet-tpm", "--tpm", "400")
-    in_one_minute()
+    a, b, key = one_envoy_per_replica(replicas, "--alias", "fleet-tpm", "--tpm", "400")
     # The mock answers with ~16 output tokens; a's traffic uses the budget of tokens.
     assert b.chat(CHAT, key=key).status_code == 200
     used = 0
@@ -157,11 +155,7 @@ def test_a_tpm_limit_counts_the_other_envoys_tokens(replicas):
 
 
 def test_a_burst_on_both_envoys_stays_within_the_documented_bound(replicas):
-    first, second, _ = replicas
-    a = first.start_envoy("edge-a")
-    b = second.start_envoy("edge-b")
-    key, _ = create_key(first, "--alias", "fleet-burst", "--rpm", "60")
-    in_one_minute()
+    a, b, key = one_envoy_per_replica(replicas, "--alias", "fleet-burst", "--rpm", "60")
     assert a.chat(CHAT, key=key).status_code == 200
     assert b.chat(CHAT, key=key).status_code == 200
     time.sleep(0.5)
@@ -188,10 +182,7 @@ def test_a_burst_on_both_envoys_stays_within_the_documented_bound(replicas):
 
 def test_without_redis_each_envoy_limits_alone_and_nothing_fails(replicas):
     first, second, redis = replicas
-    a = first.start_envoy("edge-a")
-    b = second.start_envoy("edge-b")
-    key, _ = create_key(first, "--alias", "fleet-redis-down", "--rpm", "10")
-    in_one_minute()
+    a, b, key = one_envoy_per_replica(replicas, "--alias", "fleet-redis-down", "--rpm", "10")
     redis.stop()
     # No request waits for Redis or fails because of it: each Envoy enforces the limit alone.
     assert admitted(a, key, 12) == 10
