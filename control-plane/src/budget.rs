@@ -159,7 +159,7 @@ impl BudgetTracker {
     pub fn with_webhook_url(
         invalidations: Arc<Invalidations>,
         metrics: Arc<Metrics>,
-        url: Option<crate::alerting::WebhookUrl>,
+        url: Option<crate::alerting::WebhookTarget>,
     ) -> Arc<Self> {
         let webhook = url.and_then(|url| Webhook::start(url, Arc::clone(&metrics), Delivery::default()));
         Self::with_webhook(invalidations, metrics, webhook)
@@ -326,7 +326,7 @@ mod tests {
     use sqlx::Executor;
 
     use super::*;
-    use crate::alerting::WebhookUrl;
+    use crate::alerting::WebhookTarget;
     use crate::alerting::tests::receiver;
     use crate::store::{SpendLog, SpendStore, SqlStore};
 
@@ -407,7 +407,7 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let invalidations = Arc::new(Invalidations::new("e".into()));
         let fast = Delivery { first_backoff: Duration::from_millis(10), ..Delivery::default() };
-        let webhook = Webhook::start(WebhookUrl::parse(&hook).unwrap(), Arc::clone(&metrics), fast);
+        let webhook = Webhook::start(WebhookTarget::parse(&hook, None).unwrap(), Arc::clone(&metrics), fast);
         let tracker = BudgetTracker::with_webhook(Arc::clone(&invalidations), Arc::clone(&metrics), webhook);
         let user = BudgetLimits { max_nanos: Some(usd(0.01)), soft_nanos: Some(usd(0.005)), duration: None };
         let org = BudgetLimits { max_nanos: Some(usd(1.0)), soft_nanos: Some(usd(0.008)), duration: None };
@@ -486,7 +486,8 @@ mod tests {
             let invalidations = Arc::new(Invalidations::new("e".into()));
             let metrics = Arc::new(Metrics::default());
             let fast = Delivery { first_backoff: Duration::from_millis(10), ..Delivery::default() };
-            let hook = webhook.and_then(|u| Webhook::start(WebhookUrl::parse(u).unwrap(), Arc::clone(&metrics), fast));
+            let hook = webhook
+                .and_then(|u| Webhook::start(WebhookTarget::parse(u, None).unwrap(), Arc::clone(&metrics), fast));
             let tracker = BudgetTracker::with_webhook(Arc::clone(&invalidations), Arc::clone(&metrics), hook);
             Self { store, invalidations, metrics, tracker }
         }

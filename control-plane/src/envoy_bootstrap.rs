@@ -126,10 +126,54 @@ pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<V
 pub struct ControlPlaneAddress {
     pub host: String,
     pub port: u16,
+    /// mTLS to the data-plane port (`sluice serve --xds-client-ca …`); None: plaintext.
+    pub tls: Option<ControlPlaneTls>,
+}
+
+/// The files Envoy reads for mTLS to the control plane (absolute paths). Only the names go in
+/// the bootstrap: no key material in it, nor in `/config_dump`.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneTls {
+    /// The CA that signed the control plane's certificate.
+    pub ca: String,
+    /// This Envoy's client certificate chain and its key.
+    pub cert: String,
+    pub key: String,
+}
+
+/// The control-plane cluster's TLS: Envoy's client certificate, the control plane's checked
+/// against `ca` *and* against the host Envoy connects to (Envoy checks no name unless told),
+/// ALPN h2 (gRPC). SNI is sent for a DNS name (an IP address is not a valid SNI).
+fn control_plane_tls(host: &str, tls: &ControlPlaneTls) -> Value {
+    let is_ip = host.parse::<IpAddr>().is_ok();
+    let mut context = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {
+            "alpn_protocols": ["h2"],
+            "tls_certificates": [{
+                "certificate_chain": {"filename": tls.cert},
+                "private_key": {"filename": tls.key},
+            }],
+            "validation_context": {
+                "trusted_ca": {"filename": tls.ca},
+                "match_typed_subject_alt_names": [{
+                    "san_type": if is_ip { "IP_ADDRESS" } else { "DNS" },
+                    "matcher": {"exact": host},
+                }],
+            },
+        },
+    });
+    if !is_ip {
+        context["sni"] = json!(host);
+    }
+    json!({"name": "envoy.transport_sockets.tls", "typed_config": context})
 }
 
 /// The xDS-mode bootstrap: the listener (whose Sluice filter config arrives by ECDS), the
 /// singleton service, and the control plane's address. Clusters and secrets come over ADS.
+/// Everything Envoy says to the control plane goes through the one cluster
+/// `sluice_control_plane` (ADS, and the filter's key lookups, usage reports, invalidation
+/// watch and limit syncs), so its TLS settings cover all of it.
 pub fn xds_bootstrap(control_plane: &ControlPlaneAddress, node_id: &str, opts: &BootstrapOptions) -> Value {
     let wasm_filter = json!({
         "name": crate::xds::FILTER_CONFIG_NAME,
@@ -142,7 +186,7 @@ pub fn xds_bootstrap(control_plane: &ControlPlaneAddress, node_id: &str, opts: &
     });
     let listener = listener(opts, wasm_filter, DEFAULT_ROUTE_TIMEOUT_SECS, DEFAULT_MAX_REQUEST_BODY_BYTES);
     let is_ip = control_plane.host.parse::<IpAddr>().is_ok();
-    let control_plane_cluster = json!({
+    let mut control_plane_cluster = json!({
         "name": crate::xds::CONTROL_PLANE_CLUSTER,
         "type": if is_ip { "STATIC" } else { "STRICT_DNS" },
         "connect_timeout": "1s",
@@ -155,6 +199,9 @@ pub fn xds_bootstrap(control_plane: &ControlPlaneAddress, node_id: &str, opts: &
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": control_plane.host, "port_value": control_plane.port}}}}]}],
         },
     });
+    if let Some(tls) = &control_plane.tls {
+        control_plane_cluster["transport_socket"] = control_plane_tls(&control_plane.host, tls);
+    }
     let dynamic = json!({
         "ads_config": {
             "api_type": "GRPC",
@@ -333,7 +380,7 @@ mod tests {
         let s = from_litellm(&json!({}), &|_| None).unwrap();
         for b in [
             standalone_bootstrap(&s, &opts()).unwrap(),
-            xds_bootstrap(&ControlPlaneAddress { host: "127.0.0.1".into(), port: 4002 }, "n", &opts()),
+            xds_bootstrap(&ControlPlaneAddress { host: "127.0.0.1".into(), port: 4002, tls: None }, "n", &opts()),
         ] {
             let mapper = &hcm(&b)["local_reply_config"]["mappers"][0];
             let expression = mapper["filter"]["extension_filter"]["typed_config"]["expression"].as_str().unwrap();
@@ -342,5 +389,50 @@ mod tests {
             assert_eq!(error["code"], "gateway_filter_failed");
             assert_eq!(error["type"], "service_unavailable");
         }
+    }
+
+    fn control_plane_cluster(b: &Value) -> &Value {
+        let clusters = b["static_resources"]["clusters"].as_array().unwrap();
+        clusters.iter().find(|c| c["name"] == crate::xds::CONTROL_PLANE_CLUSTER).unwrap()
+    }
+
+    #[test]
+    fn the_control_plane_cluster_speaks_mtls_when_asked_with_files_named_not_inlined() {
+        let plain = xds_bootstrap(&ControlPlaneAddress { host: "cp".into(), port: 4002, tls: None }, "n", &opts());
+        assert!(control_plane_cluster(&plain).get("transport_socket").is_none(), "plaintext by default");
+
+        let tls =
+            ControlPlaneTls { ca: "/tls/ca.pem".into(), cert: "/tls/envoy.pem".into(), key: "/tls/envoy.key".into() };
+        let by_name = ControlPlaneAddress { host: "sluice-control-plane".into(), port: 4002, tls: Some(tls.clone()) };
+        let b = xds_bootstrap(&by_name, "n", &opts());
+        let socket = &control_plane_cluster(&b)["transport_socket"];
+        assert_eq!(socket["name"], "envoy.transport_sockets.tls");
+        let context = &socket["typed_config"];
+        assert_eq!(context["sni"], "sluice-control-plane");
+        let common = &context["common_tls_context"];
+        assert_eq!(common["alpn_protocols"], json!(["h2"]));
+        assert_eq!(common["tls_certificates"][0]["certificate_chain"], json!({"filename": "/tls/envoy.pem"}));
+        assert_eq!(common["tls_certificates"][0]["private_key"], json!({"filename": "/tls/envoy.key"}));
+        assert_eq!(common["validation_context"]["trusted_ca"], json!({"filename": "/tls/ca.pem"}));
+        assert_eq!(
+            common["validation_context"]["match_typed_subject_alt_names"],
+            json!([{"san_type": "DNS", "matcher": {"exact": "sluice-control-plane"}}])
+        );
+        // The ADS stream and the filter's calls both name this one cluster.
+        assert_eq!(
+            b["dynamic_resources"]["ads_config"]["grpc_services"][0]["envoy_grpc"]["cluster_name"],
+            "sluice_control_plane"
+        );
+        let text = to_yaml(&b).unwrap();
+        assert!(!text.contains("inline_") && !text.contains("PRIVATE KEY"), "only file names");
+
+        let by_ip = ControlPlaneAddress { host: "10.0.0.7".into(), port: 4002, tls: Some(tls) };
+        let b = xds_bootstrap(&by_ip, "n", &opts());
+        let context = &control_plane_cluster(&b)["transport_socket"]["typed_config"];
+        assert!(context.get("sni").is_none(), "an IP address is no SNI");
+        assert_eq!(
+            context["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"],
+            json!([{"san_type": "IP_ADDRESS", "matcher": {"exact": "10.0.0.7"}}])
+        );
     }
 }

@@ -16,3 +16,8 @@ pub mod server;
 pub mod store;
 pub mod usage_ingest;
 pub mod xds;
+
+/// A throwaway CA for the TLS tests (shared with the integration tests).
+#[cfg(test)]
+#[path = "../tests/common/certs.rs"]
+pub(crate) mod test_certs;

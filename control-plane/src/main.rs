@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value, json};
 use sluice_control_plane::envoy_bootstrap::{
-    BootstrapOptions, ControlPlaneAddress, standalone_bootstrap, to_yaml, xds_bootstrap,
+    BootstrapOptions, ControlPlaneAddress, ControlPlaneTls, standalone_bootstrap, to_yaml, xds_bootstrap,
 };
 use sluice_control_plane::xds::XdsOptions;
 use sluice_control_plane::{config_file, key_file};
@@ -56,6 +56,18 @@ enum Command {
         /// fleet counts live in this process (right for a single replica).
         #[arg(long, env = "REDIS_URL")]
         redis_url: Option<String>,
+        /// mTLS on the data-plane port: this server's certificate chain (PEM). With
+        /// --xds-tls-key and --xds-client-ca; Envoys then connect with `sluice envoy-config
+        /// --xds-ca --xds-cert --xds-key`. Off by default (plaintext gRPC).
+        #[arg(long, value_name = "PEM", requires_all = ["xds_tls_key", "xds_client_ca"])]
+        xds_tls_cert: Option<PathBuf>,
+        /// The private key of --xds-tls-cert (PEM).
+        #[arg(long, value_name = "PEM", requires_all = ["xds_tls_cert", "xds_client_ca"])]
+        xds_tls_key: Option<PathBuf>,
+        /// The CA (PEM) that must have signed every Envoy's client certificate: a connection
+        /// without one is refused before any xDS, SDS or key lookup call.
+        #[arg(long, value_name = "PEM", requires_all = ["xds_tls_cert", "xds_tls_key"])]
+        xds_client_ca: Option<PathBuf>,
     },
     /// Create and manage API keys.
     #[command(subcommand)]
@@ -100,6 +112,17 @@ enum Command {
         /// HOST:PORT of the control plane's data-plane port (`sluice serve --xds-listen`).
         #[arg(long, conflicts_with = "config")]
         xds: Option<String>,
+        /// mTLS to the data-plane port (`sluice serve --xds-client-ca …`): the CA (PEM file)
+        /// that signed the control plane's certificate, which must also name HOST (DNS or IP
+        /// SAN). With --xds-cert and --xds-key. Files are named in the bootstrap, never inlined.
+        #[arg(long, value_name = "PEM", conflicts_with = "config", requires_all = ["xds", "xds_cert", "xds_key"])]
+        xds_ca: Option<PathBuf>,
+        /// This Envoy's client certificate chain (PEM file).
+        #[arg(long, value_name = "PEM", conflicts_with = "config", requires_all = ["xds", "xds_ca", "xds_key"])]
+        xds_cert: Option<PathBuf>,
+        /// The private key of --xds-cert (PEM file, read by Envoy).
+        #[arg(long, value_name = "PEM", conflicts_with = "config", requires_all = ["xds", "xds_ca", "xds_cert"])]
+        xds_key: Option<PathBuf>,
         /// This Envoy's node id in xDS mode (shown in the control plane's logs).
         #[arg(long, default_value = "sluice-envoy")]
         node_id: String,
@@ -177,6 +200,15 @@ fn print_warnings(warnings: &[String]) {
     }
 }
 
+/// The absolute path of a file that must exist (Envoy reads it; only its name goes in the bootstrap).
+fn existing_file(flag: &str, path: &std::path::Path) -> Result<String, String> {
+    let absolute = std::path::absolute(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    if !absolute.is_file() {
+        return Err(format!("{flag} {}: no such file", absolute.display()));
+    }
+    Ok(absolute.to_string_lossy().into_owned())
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| format!("tokio: {e}"))
 }
@@ -198,9 +230,14 @@ fn serve_options(
         None => None,
     };
     let settings = doc.as_ref().and_then(|d| d.get("general_settings")).cloned().unwrap_or(Value::Null);
-    // Budget alerts: `alerting: ["webhook"]` and WEBHOOK_URL, as in LiteLLM.
+    // Budget alerts: `alerting: ["webhook"]` and WEBHOOK_URL, as in LiteLLM; an https receiver's
+    // certificate may also chain to the CAs in SSL_CERT_FILE.
     let webhook =
         sluice_control_plane::alerting::webhook_from_settings(&settings, std::env::var("WEBHOOK_URL").ok().as_deref())?;
+    let extra_roots = std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty()).map(PathBuf::from);
+    let webhook = webhook
+        .map(|url| sluice_control_plane::alerting::WebhookTarget::new(url, extra_roots.as_deref()))
+        .transpose()?;
     let router = doc.as_ref().and_then(|d| d.get("router_settings")).cloned().unwrap_or(Value::Null);
     let model_list = doc.as_ref().map(|d| d.get("model_list").and_then(Value::as_array).cloned().unwrap_or_default());
     // A setting's value: a string, a number (ports), or `os.environ/VAR`.
@@ -251,6 +288,7 @@ fn serve_options(
         database_url,
         redis_url,
         webhook,
+        xds_tls: None,
         master_key,
         model_list,
     })
@@ -259,9 +297,23 @@ fn serve_options(
 fn run(cli: Cli) -> Result<(), String> {
     let connection = cli.connection;
     match cli.command {
-        Command::Serve { config, listen, xds_listen, metrics_listen, envoy_wasm, database_url, redis_url } => {
+        Command::Serve {
+            config,
+            listen,
+            xds_listen,
+            metrics_listen,
+            envoy_wasm,
+            database_url,
+            redis_url,
+            xds_tls_cert,
+            xds_tls_key,
+            xds_client_ca,
+        } => {
             let mut opts = serve_options(config, listen, xds_listen, envoy_wasm, database_url, redis_url)?;
             opts.metrics_listen = metrics_listen;
+            if let (Some(cert), Some(key), Some(ca)) = (&xds_tls_cert, &xds_tls_key, &xds_client_ca) {
+                opts.xds_tls = Some(sluice_control_plane::server::data_plane_tls(cert, key, ca)?);
+            }
             runtime()?.block_on(sluice_control_plane::server::serve(opts))
         }
         Command::Key(KeyCommand::Admin(cmd)) => runtime()?.block_on(admin_cli::run_key(&connection, cmd)),
@@ -370,7 +422,7 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
-        Command::EnvoyConfig { config, xds, node_id, wasm, out, listen, admin_port } => {
+        Command::EnvoyConfig { config, xds, xds_ca, xds_cert, xds_key, node_id, wasm, out, listen, admin_port } => {
             let (address, port) =
                 listen.rsplit_once(':').ok_or_else(|| format!("--listen {listen:?}: use HOST:PORT"))?;
             let port: u16 = port.parse().map_err(|_| format!("--listen {listen:?}: invalid port"))?;
@@ -391,7 +443,16 @@ fn run(cli: Cli) -> Result<(), String> {
                 (Some(xds), _) => {
                     let (host, port) = xds.rsplit_once(':').ok_or_else(|| format!("--xds {xds:?}: use HOST:PORT"))?;
                     let port: u16 = port.parse().map_err(|_| format!("--xds {xds:?}: invalid port"))?;
-                    let control_plane = ControlPlaneAddress { host: host.to_owned(), port };
+                    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+                    let tls = match (xds_ca, xds_cert, xds_key) {
+                        (Some(ca), Some(cert), Some(key)) => Some(ControlPlaneTls {
+                            ca: existing_file("--xds-ca", &ca)?,
+                            cert: existing_file("--xds-cert", &cert)?,
+                            key: existing_file("--xds-key", &key)?,
+                        }),
+                        _ => None,
+                    };
+                    let control_plane = ControlPlaneAddress { host, port, tls };
                     xds_bootstrap(&control_plane, &node_id, &opts)
                 }
                 (None, Some(config)) => {

@@ -2,9 +2,13 @@
 //! reflection) is for people and tools; the data-plane port is for Envoys: ADS (clusters, the
 //! filter's config, provider credentials) and key lookups. They listen apart so that the admin
 //! port can be exposed to operators while the data-plane port, which serves provider
-//! credentials over SDS, stays reachable only from Envoys (network policy or mTLS).
+//! credentials over SDS, stays reachable only from Envoys: a network policy, and/or mTLS
+//! (`--xds-tls-cert`, `--xds-tls-key`, `--xds-client-ca`: then every connection must present a
+//! client certificate signed by that CA before any call, ADS or SDS included, is read).
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
 
 use sluice_core::keys::KeyHash;
 use sluice_proto::admin::v1::audit_service_server::AuditServiceServer;
@@ -19,17 +23,19 @@ use sluice_proto::admin::v1::user_service_server::UserServiceServer;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sluice_proto::gateway::v1::key_lookup_service_server::KeyLookupServiceServer;
 use sluice_proto::gateway::v1::limit_service_server::LimitServiceServer;
 use sluice_proto::gateway::v1::usage_service_server::UsageServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::admin::Admin;
 use crate::admin::models::{deployment_id, validate_model_list};
-use crate::alerting::WebhookUrl;
+use crate::alerting::WebhookTarget;
 use crate::budget::BudgetTracker;
 use crate::fleet_limits::{FleetCounts, LimitSyncApi};
 use crate::invalidation::RedisStream;
@@ -43,6 +49,54 @@ use crate::xds::{AdsService, SnapshotPublisher, XdsOptions};
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
 /// A usage batch of `usage_ingest::MAX_BATCH` records stays well under this.
 const MAX_USAGE_BYTES: usize = 16 << 20;
+/// A connection that has not finished its TLS handshake by then is closed.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// mTLS on the data-plane port: the server's certificate chain and key, and the CA that must
+/// have signed every client's (Envoy's) certificate, all PEM files read now. Each is checked
+/// here, so a wrong file stops `sluice serve` at start; errors name the file, never its contents.
+pub fn data_plane_tls(cert: &Path, key: &Path, client_ca: &Path) -> Result<ServerTlsConfig, String> {
+    let read = |flag: &str, path: &Path| -> Result<Vec<u8>, String> {
+        std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+    };
+    let certs = |flag: &str, path: &Path, pem: &[u8]| -> Result<(), String> {
+        let found = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+        if found.is_empty() {
+            return Err(format!("{flag} {}: no PEM certificate in it", path.display()));
+        }
+        Ok(())
+    };
+    let (cert_pem, key_pem, ca_pem) =
+        (read("--xds-tls-cert", cert)?, read("--xds-tls-key", key)?, read("--xds-client-ca", client_ca)?);
+    certs("--xds-tls-cert", cert, &cert_pem)?;
+    certs("--xds-client-ca", client_ca, &ca_pem)?;
+    PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|_| format!("--xds-tls-key {}: no PEM private key (PKCS#8, PKCS#1 or SEC1) in it", key.display()))?;
+    let config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(cert_pem, key_pem))
+        // Required, not optional: a connection without a certificate from this CA gets nothing.
+        .client_ca_root(Certificate::from_pem(ca_pem))
+        .timeout(TLS_HANDSHAKE_TIMEOUT);
+    // What tonic would refuse only when the server starts (a key that is not the certificate's, …).
+    Server::builder()
+        .tls_config(config.clone())
+        .map_err(|e| format!("data-plane TLS (--xds-tls-cert, --xds-tls-key, --xds-client-ca): {}", error_chain(&e)))?;
+    Ok(config)
+}
+
+/// An error and its sources, `: `-separated (tonic's own text is only "transport error").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
 
 /// What Envoys talk to: the data-plane port, its xDS settings, and where metrics are served.
 pub struct DataPlane {
@@ -52,9 +106,11 @@ pub struct DataPlane {
     /// Where the fleet's rate-limit counts live (Redis, or this process).
     pub fleet_counts: FleetCounts,
     /// Where budget alerts are POSTed, besides the log and the metrics.
-    pub webhook: Option<WebhookUrl>,
+    pub webhook: Option<WebhookTarget>,
     /// The Redis stream through which replicas share invalidations (None: this process only).
     pub invalidations: Option<RedisStream>,
+    /// mTLS ([`data_plane_tls`]); None serves plaintext gRPC (h2c).
+    pub tls: Option<ServerTlsConfig>,
 }
 
 pub struct ServeOptions {
@@ -69,7 +125,9 @@ pub struct ServeOptions {
     /// this process.
     pub redis_url: Option<String>,
     /// Budget alert webhook (`general_settings.alerting: ["webhook"]` and `WEBHOOK_URL`).
-    pub webhook: Option<WebhookUrl>,
+    pub webhook: Option<WebhookTarget>,
+    /// mTLS on the data-plane port ([`data_plane_tls`]).
+    pub xds_tls: Option<ServerTlsConfig>,
     pub master_key: Option<String>,
     /// config.yaml's `model_list`, synced into the database at start (None: no config file).
     pub model_list: Option<Vec<serde_json::Value>>,
@@ -129,9 +187,10 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
     let invalidations = opts.redis_url.as_deref().map(RedisStream::new);
     let backend = if store.backend() == Backend::Sqlite { "SQLite" } else { "Postgres" };
     eprintln!(
-        "sluice: admin API on {} ({backend}); xDS and key lookups on {}; metrics on http://{}/metrics; fleet rate limits counted {}; invalidations {}",
+        "sluice: admin API on {} ({backend}); xDS and key lookups on {}{}; metrics on http://{}/metrics; fleet rate limits counted {}; invalidations {}",
         opts.listen,
         opts.xds_listen,
+        if opts.xds_tls.is_some() { " (mTLS: client certificates required)" } else { "" },
         opts.metrics_listen,
         fleet_counts.describe(),
         if invalidations.is_some() { "shared through Redis" } else { "in this process" }
@@ -140,7 +199,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
         let _ = tokio::signal::ctrl_c().await;
     };
     if let Some(url) = &opts.webhook {
-        eprintln!("sluice: budget alerts are POSTed to the webhook on {}", url.authority());
+        let scheme = if url.is_https() { "https" } else { "http" };
+        eprintln!("sluice: budget alerts are POSTed to the webhook on {scheme}://{}", url.authority());
     }
     let data_plane = DataPlane {
         listener: xds_listener,
@@ -149,6 +209,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
         fleet_counts,
         webhook: opts.webhook,
         invalidations,
+        tls: opts.xds_tls,
     };
     serve_planes(listener, Some(data_plane), store, opts.master_key.as_deref(), shutdown).await
 }
@@ -191,6 +252,7 @@ pub async fn serve_planes(
             fleet_counts,
             webhook,
             invalidations,
+            tls,
         }) => {
             let store = Arc::new(store);
             let metrics = Arc::new(Metrics::default());
@@ -216,7 +278,11 @@ pub async fn serve_planes(
             tokio::spawn(crate::budget::prune_windows(Arc::clone(&store)));
             let ingest = Arc::new(UsageIngest::new(Arc::clone(&store), Arc::clone(&metrics), Arc::clone(&budgets)));
             ingest.forget_tenancy_on(admin.invalidations());
-            let server = Server::builder()
+            let mut builder = Server::builder();
+            if let Some(tls) = tls {
+                builder = builder.tls_config(tls).map_err(|e| format!("data-plane TLS: {}", error_chain(&e)))?;
+            }
+            let server = builder
                 .add_service(AggregatedDiscoveryServiceServer::new(ads))
                 .add_service(KeyLookupServiceServer::new(
                     KeyLookupApi::new(

@@ -68,6 +68,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class CertAuthority:
+    """A throwaway certificate authority made at test time with the `openssl` command (EC P-256,
+    PKCS#8 keys, valid two days): nothing is committed, nothing outlives the test's directory."""
+
+    def __init__(self, directory: Path, name="Sluice test CA"):
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        (self.dir / "ca.cnf").write_text(
+            f"[req]\ndistinguished_name = dn\nx509_extensions = ext\nprompt = no\n[dn]\nCN = {name}\n[ext]\n"
+            "basicConstraints = critical, CA:TRUE\nkeyUsage = critical, keyCertSign, cRLSign\n"
+            "subjectKeyIdentifier = hash\n")
+        self._openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                      "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-config", "ca.cnf")
+        self.cert = self.dir / "ca.pem"
+
+    def _openssl(self, *args):
+        subprocess.run(["openssl", *args], cwd=self.dir, check=True, capture_output=True, timeout=60)
+
+    def leaf(self, name, sans="DNS:localhost,IP:127.0.0.1"):
+        """A certificate for `sans`, usable by a server and by a client: (cert path, key path)."""
+        (self.dir / f"{name}.ext").write_text(
+            "basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\n"
+            f"extendedKeyUsage = serverAuth, clientAuth\nsubjectAltName = {sans}\n")
+        self._openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                      "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        self._openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                      "-set_serial", "0x" + os.urandom(8).hex(), "-days", "2", "-out", f"{name}.pem",
+                      "-extfile", f"{name}.ext")
+        return self.dir / f"{name}.pem", self.dir / f"{name}.key"
+
+
 def model_entry(name, model, api_base, key_env, model_id, weight=None):
     inp, out, cached, write = PRICES[name]
     info = {"id": model_id, "input_cost_per_token": inp, "output_cost_per_token": out}

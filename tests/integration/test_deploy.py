@@ -62,6 +62,9 @@ def test_xds_manifests_keep_credentials_on_the_control_plane_and_the_bootstrap_v
     assert replicas == 1 or "REDIS_URL:" in secret
     policy = next(d for d in docs if "kind: NetworkPolicy" in d)
     assert "port: 4002" in policy and "sluice-gateway" in policy
+    # mTLS on 4002 is documented (off by default), and the entrypoint passes its files on.
+    assert "--xds-client-ca" in manifest and "SLUICE_XDS_CA" in gateway
+    assert "--xds-ca" in (ROOT / "deploy/entrypoint.sh").read_text()
     # The control plane's config is a valid LiteLLM config.
     block = manifest.split("config.yaml: |\n", 1)[1].split("\n---", 1)[0]
     cfg = tmp_path / "config.yaml"

@@ -4,24 +4,28 @@ A real control plane and two real Envoys (xDS mode, `test_xds.Fleet`): a user's 
 organization's budget spent through one Envoy is refused by the other, whose key of that owner
 was cached, within the revocation time; the webhook named by `WEBHOOK_URL` (with
 `general_settings.alerting: ["webhook"]`) receives one `threshold_crossed` and one
-`budget_crossed` event.
+`budget_crossed` event. One run delivers over https, to a receiver whose certificate comes from
+a CA made for the test and trusted through `SSL_CERT_FILE`.
 """
 
 import hashlib
 import json
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from conftest import CertAuthority
 from test_xds import CHAT, Fleet, create_key, wait_until
 
 
 class WebhookReceiver:
-    """A tiny HTTP server in the test process that keeps every JSON body POSTed to it."""
+    """A tiny HTTP server in the test process that keeps every JSON body POSTed to it; with
+    `tls` (certificate and key files) an https server, reached by the name `localhost`."""
 
-    def __init__(self):
+    def __init__(self, tls=None):
         self.events = []
         self.lock = threading.Lock()
         receiver = self
@@ -39,7 +43,13 @@ class WebhookReceiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/sluice-alerts?team=platform"
+        port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{port}/sluice-alerts?team=platform"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            self.url = f"https://localhost:{port}/sluice-alerts?team=platform"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def of(self, event):
@@ -52,13 +62,19 @@ class WebhookReceiver:
 
 
 @pytest.fixture
-def alerting_fleet(tmp_path):
-    hook = WebhookReceiver()
+def alerting_fleet(tmp_path, request):
+    """A fleet whose budget webhook is http, or https when the test asks (indirect "https")."""
+    https = getattr(request, "param", "http") == "https"
+    ca = CertAuthority(tmp_path / "webhook-ca") if https else None
+    hook = WebhookReceiver(tls=ca.leaf("receiver", "DNS:localhost") if https else None)
     f = Fleet(tmp_path)
     config = json.loads(f.config_path.read_text())
     config["general_settings"]["alerting"] = ["webhook"]
     f.config_path.write_text(json.dumps(config))
     f.env["WEBHOOK_URL"] = hook.url
+    if https:
+        # Trusted besides the built-in roots: the test's own CA.
+        f.env["SSL_CERT_FILE"] = str(ca.cert)
     try:
         f.start_control_plane()
         yield f, hook
@@ -129,8 +145,11 @@ def test_a_user_budget_spent_through_one_envoy_is_refused_by_another_and_the_web
     assert 'sluice_webhook_events_total{result="sent"} 2\n' in fleet.metrics()
 
 
+@pytest.mark.parametrize("alerting_fleet", ["https"], indirect=True)
 def test_an_organization_budget_is_refused_across_the_fleet_until_its_window_resets(alerting_fleet):
+    """Its webhook is https: a certificate for `localhost` from the test's CA (SSL_CERT_FILE)."""
     fleet, hook = alerting_fleet
+    assert hook.url.startswith("https://localhost:")
     a = fleet.start_envoy("edge-a")
     b = fleet.start_envoy("edge-b")
     window = 10
@@ -151,6 +170,10 @@ def test_an_organization_budget_is_refused_across_the_fleet_until_its_window_res
     assert spent_in < window - 1, "spent too late in the window for this test to tell a reset apart"
     [(_, event)] = wait_until(lambda: hook.of("budget_crossed"), timeout=5, what="budget_crossed delivered")
     assert (event["event_group"], event["organization_id"], event["team_id"]) == ("organization", "acme", "ml")
+    metrics = fleet.metrics()
+    assert 'sluice_webhook_events_total{result="sent"} 1\n' in metrics
+    assert 'sluice_webhook_events_total{result="failed"} 0\n' in metrics
+    assert "on https://localhost:" in fleet.cp_log_path.read_text()
     # The window ends: the control plane tells every Envoy, and both keys spend again.
     for envoy, key in ((a, key_a), (b, key_b)):
         wait_until(lambda e=envoy, k=key: e.chat(CHAT, key=k).status_code == 200, timeout=window + 5,

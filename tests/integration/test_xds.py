@@ -72,6 +72,8 @@ class Fleet:
         self.db = workdir / "sluice.db"
         # Set before start_control_plane to run it on another database (Postgres).
         self.database_url = f"sqlite:{self.db}"
+        # More `sluice serve` flags (e.g. the data-plane port's mTLS).
+        self.serve_args = []
 
     def start_control_plane(self, wasm=None):
         self.cp_log_path = self.workdir / f"control-plane-{len(self.procs)}.log"
@@ -79,7 +81,7 @@ class Fleet:
             [self.bins["SLUICE_CLI"], "serve", "-c", str(self.config_path), "--database-url", self.database_url,
              "--listen", f"127.0.0.1:{self.admin_port}", "--xds-listen", f"127.0.0.1:{self.xds_port}",
              "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
-             "--envoy-wasm", wasm or self.bins["SLUICE_WASM"]],
+             "--envoy-wasm", wasm or self.bins["SLUICE_WASM"], *self.serve_args],
             env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.cp_log_path, "w"))
         self.procs.append(self.control_plane)
         wait_until(lambda: "xDS and key lookups on" in self.cp_log_path.read_text(), what="control plane start")
@@ -88,11 +90,13 @@ class Fleet:
         self.control_plane.terminate()
         self.control_plane.wait(timeout=10)
 
-    def start_envoy(self, node_id):
-        envoy = Envoy(self, node_id)
+    def start_envoy(self, node_id, config_args=(), wait=True):
+        """An Envoy from `sluice envoy-config --xds` (plus `config_args`), serving unless `wait` is off."""
+        envoy = Envoy(self, node_id, config_args)
         self.envoys.append(envoy)
         self.procs.append(envoy.proc)
-        envoy.wait_serving()
+        if wait:
+            envoy.wait_serving()
         return envoy
 
     def cli(self, *args):
@@ -111,7 +115,7 @@ class Fleet:
 
 
 class Envoy:
-    def __init__(self, fleet, node_id):
+    def __init__(self, fleet, node_id, config_args=()):
         self.fleet = fleet
         self.node_id = node_id
         self.port = free_port()
@@ -121,7 +125,7 @@ class Envoy:
         self.yaml = fleet.workdir / f"{node_id}.yaml"
         subprocess.run([fleet.bins["SLUICE_CLI"], "envoy-config", "--xds", f"127.0.0.1:{fleet.xds_port}",
                         "--node-id", node_id, "--wasm", fleet.bins["SLUICE_WASM"], "--out", str(self.yaml),
-                        "--listen", f"127.0.0.1:{self.port}", "--admin-port", str(self.admin_port)],
+                        "--listen", f"127.0.0.1:{self.port}", "--admin-port", str(self.admin_port), *config_args],
                        check=True, capture_output=True, timeout=60)
         self.start()
 

@@ -36,6 +36,7 @@ impl BenchPlane {
             fleet_counts: sluice_control_plane::fleet_limits::FleetCounts::in_memory(),
             webhook: None,
             invalidations: None,
+            tls: None,
         };
         let serving = tokio::spawn(serve_planes(admin_listener, Some(data_plane), store.clone(), None, async {
             let _ = stopped.await;

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, dead_code)] // test helpers: a failure here is a failed test
 
+pub mod certs;
+
 use std::time::Duration;
 
 use sluice_control_plane::server::{DataPlane, serve_planes};
@@ -63,12 +65,18 @@ pub async fn database(db: Db) -> (String, Option<String>) {
 
 impl Plane {
     pub async fn start(db: Db) -> Self {
+        Self::start_with(db, None).await
+    }
+
+    /// With the data-plane port behind mTLS (`data_url` is then `https://…`).
+    pub async fn start_with(db: Db, tls: Option<tonic::transport::ServerTlsConfig>) -> Self {
         let (database_url, cleanup) = database(db).await;
         let store = SqlStore::open(&database_url).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let data = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let data_url = format!("http://{}", data.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let data_url = format!("{scheme}://{}", data.local_addr().unwrap());
         let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics_addr = metrics.local_addr().unwrap().to_string();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -82,6 +90,7 @@ impl Plane {
                 fleet_counts: sluice_control_plane::fleet_limits::FleetCounts::in_memory(),
                 webhook: None,
                 invalidations: None,
+                tls,
             }),
             store,
             Some(MASTER),
