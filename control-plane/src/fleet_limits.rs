@@ -34,7 +34,7 @@ const MAX_NAME_BYTES: usize = 512;
 const REDIS_TIMEOUT: Duration = Duration::from_millis(1_000);
 
 /// The minute by this host's clock.
-fn current_window() -> u64 {
+pub fn current_window() -> u64 {
     window_of(u64::try_from(now_ms()).unwrap_or(0))
 }
 
@@ -137,10 +137,7 @@ impl RedisCounts {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let c = tokio::time::timeout(REDIS_TIMEOUT, self.client.get_multiplexed_async_connection())
-            .await
-            .map_err(|_| "redis: connect timed out".to_owned())?
-            .map_err(|e| format!("redis: {e}"))?;
+        let c = crate::shared_redis::connect(&self.client, REDIS_TIMEOUT).await?;
         *slot = Some(c.clone());
         Ok(c)
     }

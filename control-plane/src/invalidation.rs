@@ -255,10 +255,7 @@ const ADD_SCRIPT: &str = "local n = redis.call('INCR', KEYS[2]) \
      return n";
 
 async fn connect(client: &redis::Client) -> Result<MultiplexedConnection, String> {
-    tokio::time::timeout(REDIS_TIMEOUT, client.get_multiplexed_async_connection())
-        .await
-        .map_err(|_| "redis: connect timed out".to_owned())?
-        .map_err(|e| format!("redis: {e}"))
+    crate::shared_redis::connect(client, REDIS_TIMEOUT).await
 }
 
 /// This replica's entries on their way to the stream, oldest first.

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::config::{KeyConfig, TeamConfig, rate_limited_counters};
-use sluice_core::fleet::window_of;
 use sluice_core::keys::KeyHash;
 use sluice_core::time::{BudgetDuration, Timestamp, format_rfc3339_ms};
 use sluice_proto::gateway::v1::key_lookup_service_server::KeyLookupService;
@@ -19,7 +18,7 @@ use sluice_proto::gateway::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::budget::{BudgetLimits, BudgetTracker, ScopeId};
-use crate::fleet_limits::FleetCounts;
+use crate::fleet_limits::{FleetCounts, current_window};
 use crate::invalidation::Invalidations;
 use crate::metrics::{Metrics, inc};
 use crate::store::{
@@ -57,7 +56,7 @@ impl<S: Store> KeyLookupApi<S> {
     /// What the fleet counted this minute on the key's rate-limited counters. Best effort: a
     /// lookup never fails for it (the Envoy's first sync brings the same figures).
     async fn fleet_counts(&self, key: &KeyConfig, team: Option<&TeamConfig>) -> (u64, Vec<ScopeCounts>) {
-        let window = window_of(u64::try_from(crate::store::now_ms()).unwrap_or(0));
+        let window = current_window();
         let Some(fleet) = &self.fleet_counts else { return (window, Vec::new()) };
         let scopes = rate_limited_counters(key, team);
         if scopes.is_empty() {
@@ -208,18 +207,19 @@ impl<S: Store> KeyLookupService for KeyLookupApi<S> {
             None => None,
             Some(team_id) => Some((team_id, self.found(self.store.get::<TeamRecord>(team_id).await)?)),
         };
-        let team_json = match &team {
-            None => String::new(),
+        let team_answer = match &team {
+            None => None,
             Some((_, Some(team))) => {
                 let mut config = team_config(team);
                 config.fleet_spend = self.fleet_spend(ScopeId::Team(team.team_id.clone()), &team.limits).await?;
-                json(&config)?
+                Some(config)
             }
             // A key whose team is gone is refused like a key of a blocked team would be.
             Some((team_id, None)) => {
-                json(&TeamConfig { team_id: (*team_id).clone(), blocked: true, ..Default::default() })?
+                Some(TeamConfig { team_id: (*team_id).clone(), blocked: true, ..Default::default() })
             }
         };
+        let team_json = team_answer.as_ref().map(json).transpose()?.unwrap_or_default();
         let mut config = key_config(hash, &key);
         config.fleet_spend = self.fleet_spend(ScopeId::Key(key.key_id.clone()), &key.limits).await?;
         // The user's and the organization's budgets (no counter in the filter: this answer,
@@ -242,8 +242,7 @@ impl<S: Store> KeyLookupService for KeyLookupApi<S> {
         }
         inc(&self.metrics.lookups_found, 1);
         let key_json = json(&config)?;
-        let team_limits = team.as_ref().and_then(|(_, t)| t.as_ref()).map(team_config);
-        let (fleet_window, fleet_counts) = self.fleet_counts(&config, team_limits.as_ref()).await;
+        let (fleet_window, fleet_counts) = self.fleet_counts(&config, team_answer.as_ref()).await;
         Ok(Response::new(KeyLookupResponse { key_json, team_json, fleet_window, fleet_counts }))
     }
 

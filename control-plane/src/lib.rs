@@ -13,6 +13,7 @@ pub mod key_file;
 pub mod key_lookup;
 pub mod metrics;
 pub mod server;
+pub mod shared_redis;
 pub mod store;
 pub mod usage_ingest;
 pub mod xds;

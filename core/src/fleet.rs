@@ -46,10 +46,6 @@ impl WindowSet {
     pub fn contains(&self, name: &str, window: u64) -> bool {
         self.window == window && self.names.contains(name)
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
 }
 
 /// The scope names in an announcement message (one per line).

@@ -139,7 +139,8 @@ impl ScopeState {
         if !self.move_to_window(window) {
             return;
         }
-        let known = if self.remote_window == window { (self.remote_requests, self.remote_tokens) } else { (0, 0) };
+        // The record is in `window` now: `others` is what a sync already said of it.
+        let known = self.others();
         self.remote_window = window;
         self.remote_requests = known.0.max(requests.saturating_sub(self.requests));
         self.remote_tokens = known.1.max(tokens.saturating_sub(self.tokens));

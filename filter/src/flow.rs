@@ -8,7 +8,8 @@ use std::rc::Rc;
 use prost::Message;
 use proxy_wasm::types::{Action, LogLevel};
 use sluice_core::config::{
-    CompiledConfig, CompiledKey, CompiledTeam, DEFAULT_MAX_OUTPUT_TOKENS, KeyConfig, Provider, ResolvedKey, TeamConfig,
+    CompiledConfig, CompiledKey, CompiledTeam, DEFAULT_MAX_OUTPUT_TOKENS, FleetBudget, KeyConfig, Provider,
+    ResolvedKey, TeamConfig,
 };
 use sluice_core::cost::nanos_to_usd;
 use sluice_core::endpoint::Endpoint;
@@ -157,10 +158,7 @@ impl Gateway {
         let mut cache = self.key_cache.borrow_mut();
         for drop in drops {
             match &drop {
-                Some(('k', id)) => cache.invalidate_key(id),
-                Some(('u', id)) => cache.invalidate_user(id),
-                Some(('o', id)) => cache.invalidate_org(id),
-                Some((_, id)) => cache.invalidate_team(id),
+                Some((kind, id)) => cache.invalidate(*kind, id),
                 None => cache.expire_all(now_ms),
             }
             // Numbered with the newest position read: conservative for judging shared entries.
@@ -457,9 +455,10 @@ impl<H: Host> RequestFlow<H> {
         }
         // The control plane's fleet-wide count (xDS mode): a budget spent on any Envoy is spent
         // on all of them. This Envoy's own counters still reserve and settle each request.
-        let over = |spent: Option<u64>, max: Option<u64>| match (spent, max) {
-            (Some(spent), Some(max)) if spent >= max => Some((nanos_to_usd(spent), nanos_to_usd(max))),
-            _ => None,
+        let over = |spend_nanos, max_nanos| {
+            FleetBudget { max_nanos, spend_nanos }
+                .exceeded()
+                .map(|(spent, max)| (nanos_to_usd(spent), nanos_to_usd(max)))
         };
         if let Some((spend_usd, max_budget_usd)) = over(key.fleet_spend_nanos, key.limits.max_budget_nanos) {
             return Err(GatewayError::BudgetExceeded { scope: LimitScope::Key, spend_usd, max_budget_usd });

@@ -81,22 +81,32 @@ impl Invalidations {
         }
         let mut verdict = Verdict::Valid;
         for (_, kind, id) in self.recent.iter().filter(|(seq, _, _)| *seq > written_seq) {
-            let named = match kind {
-                'k' => Some(key.key_id.as_str()),
-                't' => key.team_id.as_deref(),
-                'u' => key.user_id.as_deref(),
-                'o' => key.organization_id.as_deref(),
-                _ => {
-                    verdict = Verdict::Unconfirmed;
-                    continue;
-                }
-            };
-            if named == Some(id.as_str()) {
-                return Verdict::Revoked;
+            match named_by(key, *kind) {
+                Named::Id(named) if named == Some(id.as_str()) => return Verdict::Revoked,
+                Named::Id(_) => {}
+                Named::Everything => verdict = Verdict::Unconfirmed,
             }
         }
         verdict
     }
+}
+
+/// What an invalidation line of `kind` names on a key.
+enum Named<'a> {
+    /// The key's own id (`k`), or its team's (`t`), user's (`u`), organization's (`o`).
+    Id(Option<&'a str>),
+    /// Every key (`r`, a reset).
+    Everything,
+}
+
+fn named_by(key: &CompiledKey, kind: char) -> Named<'_> {
+    Named::Id(match kind {
+        'k' => Some(key.key_id.as_str()),
+        't' => key.team_id.as_deref(),
+        'u' => key.user_id.as_deref(),
+        'o' => key.organization_id.as_deref(),
+        _ => return Named::Everything,
+    })
 }
 
 /// How far a cached answer may be trusted after invalidations.
@@ -170,25 +180,13 @@ impl KeyCache {
         self.entries.remove(hash).is_some()
     }
 
-    /// Drops the key with this control-plane id (every digest of it: a rotated key has two).
-    pub fn invalidate_key(&mut self, key_id: &str) {
-        self.entries.retain(|_, (c, _)| !matches!(c, Cached::Found(r) if r.key.key_id == key_id));
-    }
-
-    /// Drops every key of a team.
-    pub fn invalidate_team(&mut self, team_id: &str) {
-        self.entries.retain(|_, (c, _)| !matches!(c, Cached::Found(r) if r.key.team_id.as_deref() == Some(team_id)));
-    }
-
-    /// Drops every key of a user (its budget was spent, or its window ended).
-    pub fn invalidate_user(&mut self, user_id: &str) {
-        self.entries.retain(|_, (c, _)| !matches!(c, Cached::Found(r) if r.key.user_id.as_deref() == Some(user_id)));
-    }
-
-    /// Drops every key of an organization (the key's own, or its team's).
-    pub fn invalidate_org(&mut self, org_id: &str) {
-        self.entries
-            .retain(|_, (c, _)| !matches!(c, Cached::Found(r) if r.key.organization_id.as_deref() == Some(org_id)));
+    /// Drops the keys an invalidation line names: `k` the key with this control-plane id
+    /// (every digest of it: a rotated key has two), `t`/`u`/`o` every key of this team, user
+    /// or organization (the key's own, or its team's). Other kinds drop nothing here.
+    pub fn invalidate(&mut self, kind: char, id: &str) {
+        self.entries.retain(|_, (c, _)| {
+            !matches!(c, Cached::Found(r) if matches!(named_by(&r.key, kind), Named::Id(Some(named)) if named == id))
+        });
     }
 
     pub fn clear(&mut self) {
@@ -263,10 +261,10 @@ mod tests {
         assert!(cache.invalidate_digest(&unknown(1)));
         assert!(!cache.invalidate_digest(&unknown(1)), "already gone");
         assert!(cache.invalidate_digest(&found(4, None).0));
-        cache.invalidate_key("key_1");
+        cache.invalidate('k', "key_1");
         assert!(cache.get(&found(1, None).0, NOW).is_none());
         assert_eq!(cache.len(), 2);
-        cache.invalidate_team("ml");
+        cache.invalidate('t', "ml");
         assert!(cache.is_empty());
         let (k, e) = found(5, None);
         cache.insert(k, e, NOW, 60_000);
@@ -286,10 +284,10 @@ mod tests {
         for (k, e) in &keys {
             cache.insert(*k, e.clone(), NOW, 60_000);
         }
-        cache.invalidate_user("alice");
+        cache.invalidate('u', "alice");
         let left = |cache: &KeyCache| keys.iter().map(|(k, _)| cache.get(k, NOW).is_some()).collect::<Vec<_>>();
         assert_eq!(left(&cache), [false, false, true, true]);
-        cache.invalidate_org("acme");
+        cache.invalidate('o', "acme");
         assert_eq!(left(&cache), [false, false, false, true]);
 
         // A shared entry written before a line naming its user or organization is revoked.

@@ -410,13 +410,11 @@ pub fn invalidations_since(text: &str, after_seq: u64) -> (Vec<Option<(char, Str
             continue;
         }
         last = last.max(seq);
-        match kind {
-            "k" => out.push(Some(('k', id.to_owned()))),
-            "t" => out.push(Some(('t', id.to_owned()))),
-            "u" => out.push(Some(('u', id.to_owned()))),
-            "o" => out.push(Some(('o', id.to_owned()))),
-            _ => out.push(None),
-        }
+        // k key, t team, u user, o organization; anything else (`r`) drops everything.
+        out.push(match kind {
+            "k" | "t" | "u" | "o" => kind.chars().next().map(|k| (k, id.to_owned())),
+            _ => None,
+        });
     }
     // Lines this worker never saw were trimmed away: it cannot know what they dropped.
     if oldest.is_some_and(|o| o > after_seq + 1) && after_seq > 0 {

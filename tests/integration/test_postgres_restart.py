@@ -135,11 +135,6 @@ def pg_fleet(tmp_path, postgres):
         f.stop()
 
 
-def metric(text, name):
-    match = re.search(rf"^{re.escape(name)} (\d+)$", text, re.M)
-    return int(match.group(1)) if match else None
-
-
 class Traffic:
     """Chat requests from a few threads until stopped: half of them streams read to the end."""
 
@@ -204,7 +199,7 @@ def test_postgres_restarted_mid_ingestion_loses_nothing_and_doubles_nothing(pg_f
     refused = edge2.chat({"model": "gpt-4o", "messages": []}, key=late)
     assert refused.status_code in (401, 403), refused.text
     wait_until(lambda: spend(fleet, "--key", key_id)["requests"] == 1, what="first record ingested")
-    failed_before = metric(fleet.metrics(), "sluice_usage_batches_failed_total")
+    failed_before = fleet.metric("sluice_usage_batches_failed_total")
     served_before = fleet.served()["served"]
 
     steady = Traffic(edge1.url, key)
@@ -219,7 +214,7 @@ def test_postgres_restarted_mid_ingestion_loses_nothing_and_doubles_nothing(pg_f
         failed_while_down = failed_before
         while time.monotonic() - down_at < DOWN_SECONDS:
             assert fleet.control_plane.poll() is None, "the control plane exited when Postgres went away"
-            failed_while_down = max(failed_while_down, metric(fleet.metrics(), "sluice_usage_batches_failed_total"))
+            failed_while_down = max(failed_while_down, fleet.metric("sluice_usage_batches_failed_total"))
             time.sleep(0.25)
         postgres.start()
         up_at = time.monotonic()
@@ -291,8 +286,7 @@ def test_postgres_restarted_mid_ingestion_loses_nothing_and_doubles_nothing(pg_f
         assert report["requests"] == len(theirs)
         assert report["spend"] == pytest.approx(sum(int(r[5]) for r in theirs) / 1e9, abs=1e-9)
 
-    metrics = fleet.metrics()
     print(f"{len(results)} requests ({len(during)} while Postgres was down for {up_at - down_at:.1f} s); "
           f"failed batches {failed_while_down - failed_before} during the outage, "
-          f"{metric(metrics, 'sluice_usage_batches_failed_total') - failed_before} in all; "
-          f"duplicates ignored {metric(metrics, 'sluice_usage_records_duplicate_total')}")
+          f"{fleet.metric('sluice_usage_batches_failed_total') - failed_before} in all; "
+          f"duplicates ignored {fleet.metric('sluice_usage_records_duplicate_total')}")

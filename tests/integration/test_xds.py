@@ -107,6 +107,11 @@ class Fleet:
     def metrics(self):
         return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
 
+    def metric(self, name):
+        """One sample of the control plane's metrics (`name` with its labels, if any); 0 if absent."""
+        match = re.search(rf"^{re.escape(name)} (\d+)$", self.metrics(), re.M)
+        return int(match.group(1)) if match else 0
+
     def served(self):
         return httpx.get(f"{self.mock_url}/mock/stats", timeout=5).json()
 

@@ -123,10 +123,9 @@ pub trait SpendStore {
     /// Writes records not seen before (by `record_id`) and their aggregates; returns how many
     /// were new. Replaying a batch is harmless.
     fn record_spend(&self, logs: &[SpendLog]) -> impl Future<Output = StoreResult<usize>> + Send;
-    /// As `record_spend`, returning the positions (in `logs`) of the records that were new.
-    fn record_new_spend(&self, logs: &[SpendLog]) -> impl Future<Output = StoreResult<Vec<usize>>> + Send;
-    /// As `record_new_spend`, and in the same transaction adds each new record's cost to the
-    /// budget windows it is charged to (`budget_windows`), returning every window charged.
+    /// As `record_spend`, returning the positions (in `logs`) of the records that were new, and
+    /// in the same transaction adds each new record's cost to the budget windows it is charged
+    /// to (`budget_windows`), returning every window charged.
     fn record_charged_spend(
         &self,
         logs: &[SpendLog],
@@ -313,11 +312,7 @@ async fn charge_windows(
 
 impl SpendStore for SqlStore {
     async fn record_spend(&self, logs: &[SpendLog]) -> StoreResult<usize> {
-        Ok(self.record_new_spend(logs).await?.len())
-    }
-
-    async fn record_new_spend(&self, logs: &[SpendLog]) -> StoreResult<Vec<usize>> {
-        Ok(self.record_charged_spend(logs, &[]).await?.0)
+        Ok(self.record_charged_spend(logs, &[]).await?.0.len())
     }
 
     async fn window_spend(&self, window: &BudgetWindow) -> StoreResult<i64> {
