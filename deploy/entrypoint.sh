@@ -3,10 +3,14 @@
 #   SLUICE_XDS=host:port  xDS mode: only the control plane's address; clusters, the filter's
 #                         config and provider credentials come from `sluice serve`.
 #     SLUICE_XDS_CA, SLUICE_XDS_CERT, SLUICE_XDS_KEY
-#                         optional, all three: mTLS to a control plane started with
-#                         --xds-tls-cert/--xds-tls-key/--xds-client-ca. PEM files (mounted from
-#                         a Secret): the CA that signed the control plane's certificate (which
-#                         must name the host of SLUICE_XDS), this Envoy's certificate and key.
+#                         required, all three: mTLS to the control plane's data-plane port.
+#                         PEM files (mounted from a Secret, e.g. made by `sluice pki`): the CA
+#                         that signed the control plane's certificate (which must name the host
+#                         of SLUICE_XDS), and this Envoy's certificate (naming
+#                         <SLUICE_NODE_ID>.envoy.sluice or *.envoy.sluice) and key.
+#     SLUICE_INSECURE_DATA_PLANE=1
+#                         instead: plaintext to a control plane run with --insecure-data-plane
+#                         (local development only).
 #   otherwise             standalone mode, from the mounted LiteLLM-style config.
 set -eu
 OUT="${SLUICE_ENVOY_CONFIG:-/tmp/sluice-envoy.yaml}"
@@ -22,8 +26,11 @@ if [ -n "${SLUICE_XDS:-}" ]; then
     TOGETHER="set SLUICE_XDS_CA, SLUICE_XDS_CERT and SLUICE_XDS_KEY together"
     xds_config --xds-ca "${SLUICE_XDS_CA:?$TOGETHER}" --xds-cert "${SLUICE_XDS_CERT:?$TOGETHER}" \
       --xds-key "${SLUICE_XDS_KEY:?$TOGETHER}"
+  elif [ "${SLUICE_INSECURE_DATA_PLANE:-}" = 1 ]; then
+    xds_config --insecure-data-plane
   else
-    xds_config
+    echo "entrypoint: SLUICE_XDS needs SLUICE_XDS_CA, SLUICE_XDS_CERT and SLUICE_XDS_KEY (mTLS), or SLUICE_INSECURE_DATA_PLANE=1 for local development" >&2
+    exit 1
   fi
 else
   CONFIG="${SLUICE_CONFIG:-/etc/sluice/config.yaml}"

@@ -12,6 +12,8 @@ pub mod invalidation;
 pub mod key_file;
 pub mod key_lookup;
 pub mod metrics;
+pub mod pki;
+pub mod provider_policy;
 pub mod server;
 pub mod shared_redis;
 pub mod store;

@@ -12,6 +12,9 @@ use serde_json::{Map, Value, json};
 use sluice_control_plane::envoy_bootstrap::{
     BootstrapOptions, ControlPlaneAddress, ControlPlaneTls, standalone_bootstrap, to_yaml, xds_bootstrap,
 };
+use sluice_control_plane::pki::{self, PkiDir};
+use sluice_control_plane::provider_policy::ProviderPolicy;
+use sluice_control_plane::server::data_plane_tls;
 use sluice_control_plane::xds::XdsOptions;
 use sluice_control_plane::{config_file, key_file};
 use sluice_core::keys::{KeyHash, check_format};
@@ -32,43 +35,11 @@ struct Cli {
 enum Command {
     /// Run the control plane: the admin gRPC API over SQLite (default) or Postgres, and the
     /// data-plane port Envoys connect to (xDS, key lookups).
-    Serve {
-        /// LiteLLM config.yaml: general_settings.master_key and database_url are read from it.
-        #[arg(short, long)]
-        config: Option<PathBuf>,
-        #[arg(long, default_value = "127.0.0.1:4001")]
-        listen: std::net::SocketAddr,
-        /// Where Envoys connect: ADS and key lookups. Keep it reachable from Envoys only: it
-        /// serves provider credentials (SDS).
-        #[arg(long, default_value = "127.0.0.1:4002")]
-        xds_listen: std::net::SocketAddr,
-        /// Prometheus metrics of the control plane (`GET /metrics`).
-        #[arg(long, default_value = "127.0.0.1:4003")]
-        metrics_listen: std::net::SocketAddr,
-        /// Path of sluice_filter.wasm on the Envoy hosts (sent in the filter's config).
-        #[arg(long, env = "SLUICE_ENVOY_WASM", default_value = "/usr/local/lib/sluice/sluice_filter.wasm")]
-        envoy_wasm: String,
-        /// sqlite:PATH or postgres://…; overrides the config file.
-        #[arg(long, env = "DATABASE_URL")]
-        database_url: Option<String>,
-        /// redis://… shared by control-plane replicas for fleet-wide RPM/TPM; overrides
-        /// router_settings (redis_url, or redis_host/redis_port/redis_password). Without one,
-        /// fleet counts live in this process (right for a single replica).
-        #[arg(long, env = "REDIS_URL")]
-        redis_url: Option<String>,
-        /// mTLS on the data-plane port: this server's certificate chain (PEM). With
-        /// --xds-tls-key and --xds-client-ca; Envoys then connect with `sluice envoy-config
-        /// --xds-ca --xds-cert --xds-key`. Off by default (plaintext gRPC).
-        #[arg(long, value_name = "PEM", requires_all = ["xds_tls_key", "xds_client_ca"])]
-        xds_tls_cert: Option<PathBuf>,
-        /// The private key of --xds-tls-cert (PEM).
-        #[arg(long, value_name = "PEM", requires_all = ["xds_tls_cert", "xds_client_ca"])]
-        xds_tls_key: Option<PathBuf>,
-        /// The CA (PEM) that must have signed every Envoy's client certificate: a connection
-        /// without one is refused before any xDS, SDS or key lookup call.
-        #[arg(long, value_name = "PEM", requires_all = ["xds_tls_cert", "xds_tls_key"])]
-        xds_client_ca: Option<PathBuf>,
-    },
+    Serve(ServeArgs),
+    /// The data-plane port's certificates: a private CA, the control plane's certificate and
+    /// one per Envoy node (mTLS is required unless `serve --insecure-data-plane`).
+    #[command(subcommand)]
+    Pki(PkiCommand),
     /// Create and manage API keys.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -123,7 +94,16 @@ enum Command {
         /// The private key of --xds-cert (PEM file, read by Envoy).
         #[arg(long, value_name = "PEM", conflicts_with = "config", requires_all = ["xds", "xds_ca", "xds_cert"])]
         xds_key: Option<PathBuf>,
-        /// This Envoy's node id in xDS mode (shown in the control plane's logs).
+        /// mTLS from `sluice pki`'s directory: its ca.pem, envoy-NODE.pem and envoy-NODE.key
+        /// (instead of the three --xds-ca/--xds-cert/--xds-key flags).
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "xds_ca"], requires = "xds")]
+        pki_dir: Option<PathBuf>,
+        /// Connect to the data-plane port in plaintext (`sluice serve --insecure-data-plane`).
+        /// Local development only.
+        #[arg(long, conflicts_with_all = ["config", "xds_ca", "pki_dir"], requires = "xds")]
+        insecure_data_plane: bool,
+        /// This Envoy's node id in xDS mode; with mTLS, its certificate must name it
+        /// (`<node-id>.envoy.sluice`, see `sluice pki envoy`).
         #[arg(long, default_value = "sluice-envoy")]
         node_id: String,
         /// Path of sluice_filter.wasm (made absolute in the output).
@@ -136,6 +116,95 @@ enum Command {
         /// Admin port, always bound to 127.0.0.1.
         #[arg(long, default_value_t = 9901)]
         admin_port: u16,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// LiteLLM config.yaml: general_settings.master_key and database_url are read from it.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1:4001")]
+    listen: std::net::SocketAddr,
+    /// Where Envoys connect: ADS and key lookups. Keep it reachable from Envoys only: it
+    /// serves provider credentials (SDS).
+    #[arg(long, default_value = "127.0.0.1:4002")]
+    xds_listen: std::net::SocketAddr,
+    /// Prometheus metrics of the control plane (`GET /metrics`).
+    #[arg(long, default_value = "127.0.0.1:4003")]
+    metrics_listen: std::net::SocketAddr,
+    /// Path of sluice_filter.wasm on the Envoy hosts (sent in the filter's config).
+    #[arg(long, env = "SLUICE_ENVOY_WASM", default_value = "/usr/local/lib/sluice/sluice_filter.wasm")]
+    envoy_wasm: String,
+    /// sqlite:PATH or postgres://…; overrides the config file.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// redis://… shared by control-plane replicas for fleet-wide RPM/TPM; overrides
+    /// router_settings (redis_url, or redis_host/redis_port/redis_password). Without one,
+    /// fleet counts live in this process (right for a single replica).
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: Option<String>,
+    /// The directory `sluice pki init` wrote: its ca.pem, control-plane.pem and
+    /// control-plane.key serve the data-plane port's mTLS (instead of the three --xds-tls flags).
+    #[arg(long, value_name = "DIR", env = "SLUICE_PKI_DIR", conflicts_with_all = ["xds_tls_cert", "xds_tls_key", "xds_client_ca"])]
+    pki_dir: Option<PathBuf>,
+    /// mTLS on the data-plane port: this server's certificate chain (PEM). With
+    /// --xds-tls-key and --xds-client-ca; Envoys then connect with `sluice envoy-config
+    /// --xds-ca --xds-cert --xds-key`.
+    #[arg(long, value_name = "PEM", requires_all = ["xds_tls_key", "xds_client_ca"])]
+    xds_tls_cert: Option<PathBuf>,
+    /// The private key of --xds-tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires_all = ["xds_tls_cert", "xds_client_ca"])]
+    xds_tls_key: Option<PathBuf>,
+    /// The CA (PEM) that must have signed every Envoy's client certificate: a connection
+    /// without one is refused before any xDS, SDS or key lookup call, and an ADS stream whose
+    /// node id the certificate does not name (`<node-id>.envoy.sluice`) is refused.
+    #[arg(long, value_name = "PEM", requires_all = ["xds_tls_cert", "xds_tls_key"])]
+    xds_client_ca: Option<PathBuf>,
+    /// Serve the data-plane port in plaintext, to any client that reaches it (provider
+    /// credentials included). Local development only.
+    #[arg(long, conflicts_with_all = ["pki_dir", "xds_tls_cert"])]
+    insecure_data_plane: bool,
+    /// Environment variables deployments may name as their credential (`api_key:
+    /// os.environ/NAME`): comma-separated names or NAME_PREFIX*. Default: OPENAI_API_KEY,
+    /// ANTHROPIC_API_KEY and those config.yaml's model_list names. The control plane's own
+    /// settings (SLUICE_*, DATABASE_URL, REDIS_URL, WEBHOOK_URL, …) are never allowed.
+    #[arg(long, env = "SLUICE_PROVIDER_CREDENTIALS", value_name = "LIST")]
+    provider_credentials: Option<String>,
+    /// Hosts deployments may send credentials to (`api_base`): comma-separated names,
+    /// *.domain or IP addresses. Default: any host except link-local and cloud metadata
+    /// addresses (which listing them here allows).
+    #[arg(long, env = "SLUICE_UPSTREAM_HOSTS", value_name = "LIST")]
+    upstream_hosts: Option<String>,
+    /// Accept a master key shorter than 32 characters (LiteLLM's docs' sk-1234). Local
+    /// development only.
+    #[arg(long, env = "SLUICE_ALLOW_WEAK_MASTER_KEY")]
+    allow_weak_master_key: bool,
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// A new CA and the control plane's server certificate (never overwrites files).
+    Init {
+        #[arg(long, default_value = ".sluice/pki")]
+        dir: PathBuf,
+        /// Names or addresses Envoys dial the control plane by (comma-separated), e.g.
+        /// sluice-control-plane,sluice-control-plane.sluice.svc,127.0.0.1.
+        #[arg(long, value_delimiter = ',', required = true)]
+        host: Vec<String>,
+    },
+    /// A client certificate for one Envoy node (envoy-NODE.pem, envoy-NODE.key), signed by the
+    /// CA of `pki init`.
+    Envoy {
+        #[arg(long, default_value = ".sluice/pki")]
+        dir: PathBuf,
+        /// The node id the Envoy runs with (`sluice envoy-config --node-id`).
+        #[arg(long)]
+        node_id: String,
+        /// A fleet certificate valid for any node id (`*.envoy.sluice`), e.g. one Kubernetes
+        /// Secret shared by every gateway pod; files named after --node-id.
+        #[arg(long)]
+        any_node: bool,
     },
 }
 
@@ -213,16 +282,15 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| format!("tokio: {e}"))
 }
 
+/// The variables a config section reads through `os.environ/NAME`: the control plane's own.
+fn env_refs(section: &Value) -> Vec<String> {
+    let Some(map) = section.as_object() else { return Vec::new() };
+    map.values().filter_map(Value::as_str).filter_map(sluice_core::litellm::env_ref).map(str::to_owned).collect()
+}
+
 /// `serve`'s settings: flags and environment first, then config.yaml's general_settings.
-fn serve_options(
-    config: Option<PathBuf>,
-    listen: std::net::SocketAddr,
-    xds_listen: std::net::SocketAddr,
-    envoy_wasm: String,
-    database_url: Option<String>,
-    redis_url: Option<String>,
-) -> Result<sluice_control_plane::server::ServeOptions, String> {
-    let doc = match &config {
+fn serve_options(args: &ServeArgs) -> Result<sluice_control_plane::server::ServeOptions, String> {
+    let doc = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
             Some(config_file::parse_yaml(&text)?)
@@ -255,8 +323,8 @@ fn serve_options(
         }
     };
     let resolve = |name: &str| setting(&settings, "general_settings", name);
-    let redis_url = match redis_url {
-        Some(url) => Some(url),
+    let redis_url = match &args.redis_url {
+        Some(url) => Some(url.clone()),
         None => match setting(&router, "router_settings", "redis_url")? {
             Some(url) => Some(url),
             // LiteLLM's other spelling: host, port and password apart.
@@ -272,23 +340,80 @@ fn serve_options(
             },
         },
     };
-    let database_url = match database_url {
-        Some(url) => url,
+    let database_url = match &args.database_url {
+        Some(url) => url.clone(),
         None => resolve("database_url")?.unwrap_or_else(|| "sqlite:sluice.db".into()),
     };
     let master_key = match std::env::var("SLUICE_MASTER_KEY") {
         Ok(k) if !k.is_empty() => Some(k),
-        _ => resolve("master_key")?,
+        _ => {
+            if settings
+                .get("master_key")
+                .and_then(Value::as_str)
+                .is_some_and(|v| sluice_core::litellm::env_ref(v).is_none())
+            {
+                eprintln!(
+                    "warning: general_settings.master_key is written in config.yaml; read it from the environment (os.environ/NAME) or a mounted secret instead"
+                );
+            }
+            resolve("master_key")?
+        }
+    };
+    if let Some(key) = &master_key
+        && let Err(e) = sluice_core::keys::check_master_key(key)
+    {
+        if !args.allow_weak_master_key {
+            return Err(format!("{e}; for local development only, pass --allow-weak-master-key"));
+        }
+        eprintln!("warning: {e} (accepted: --allow-weak-master-key)");
+    }
+    // Provider credentials: the allow-list, and the variables that are this process's own.
+    let config_names: Vec<String> = model_list
+        .iter()
+        .flatten()
+        .filter_map(|m| m.pointer("/litellm_params/api_key").and_then(Value::as_str))
+        .filter_map(sluice_core::litellm::env_ref)
+        .map(str::to_owned)
+        .collect();
+    let own = [env_refs(&settings), env_refs(&router)].concat();
+    let mut xds = XdsOptions::new(args.envoy_wasm.clone());
+    // What shapes the filter in standalone mode shapes it here too.
+    for name in ["max_request_size_mb", "sluice_failure_policy"] {
+        if let Some(value) = settings.get(name) {
+            xds.general_settings.insert(name.to_owned(), value.clone());
+        }
+    }
+    xds.provider_policy =
+        ProviderPolicy::new(args.provider_credentials.as_deref(), &config_names, &own, args.upstream_hosts.as_deref())?;
+    let xds_tls = match (&args.pki_dir, &args.xds_tls_cert, &args.xds_tls_key, &args.xds_client_ca) {
+        (Some(dir), ..) => {
+            let dir = PkiDir(dir.clone());
+            Some(data_plane_tls(&dir.server_cert(), &dir.server_key(), &dir.ca_cert())?)
+        }
+        (None, Some(cert), Some(key), Some(ca)) => Some(data_plane_tls(cert, key, ca)?),
+        _ if args.insecure_data_plane => {
+            eprintln!(
+                "warning: --insecure-data-plane: the data-plane port on {} answers any client in plaintext, provider credentials included",
+                args.xds_listen
+            );
+            None
+        }
+        _ => {
+            return Err(
+                "the data-plane port serves provider credentials and needs mTLS: give --pki-dir (made by `sluice pki init`) or --xds-tls-cert, --xds-tls-key and --xds-client-ca; for local development only, --insecure-data-plane"
+                    .into(),
+            );
+        }
     };
     Ok(sluice_control_plane::server::ServeOptions {
-        listen,
-        xds_listen,
-        metrics_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 4003)),
-        xds: XdsOptions::new(envoy_wasm),
+        listen: args.listen,
+        xds_listen: args.xds_listen,
+        metrics_listen: args.metrics_listen,
+        xds,
         database_url,
         redis_url,
         webhook,
-        xds_tls: None,
+        xds_tls,
         master_key,
         model_list,
     })
@@ -297,24 +422,22 @@ fn serve_options(
 fn run(cli: Cli) -> Result<(), String> {
     let connection = cli.connection;
     match cli.command {
-        Command::Serve {
-            config,
-            listen,
-            xds_listen,
-            metrics_listen,
-            envoy_wasm,
-            database_url,
-            redis_url,
-            xds_tls_cert,
-            xds_tls_key,
-            xds_client_ca,
-        } => {
-            let mut opts = serve_options(config, listen, xds_listen, envoy_wasm, database_url, redis_url)?;
-            opts.metrics_listen = metrics_listen;
-            if let (Some(cert), Some(key), Some(ca)) = (&xds_tls_cert, &xds_tls_key, &xds_client_ca) {
-                opts.xds_tls = Some(sluice_control_plane::server::data_plane_tls(cert, key, ca)?);
-            }
+        Command::Serve(args) => {
+            let opts = serve_options(&args)?;
             runtime()?.block_on(sluice_control_plane::server::serve(opts))
+        }
+        Command::Pki(PkiCommand::Init { dir, host }) => {
+            for path in pki::init(&PkiDir(dir), &host)? {
+                eprintln!("wrote {}", path.display());
+            }
+            eprintln!("keep ca.key offline or in a secret store: whoever holds it can make Envoy identities");
+            Ok(())
+        }
+        Command::Pki(PkiCommand::Envoy { dir, node_id, any_node }) => {
+            for path in pki::issue_envoy(&PkiDir(dir), &node_id, any_node)? {
+                eprintln!("wrote {}", path.display());
+            }
+            Ok(())
         }
         Command::Key(KeyCommand::Admin(cmd)) => runtime()?.block_on(admin_cli::run_key(&connection, cmd)),
         Command::Team(cmd) => runtime()?.block_on(admin_cli::run_team(&connection, cmd)),
@@ -422,7 +545,20 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
-        Command::EnvoyConfig { config, xds, xds_ca, xds_cert, xds_key, node_id, wasm, out, listen, admin_port } => {
+        Command::EnvoyConfig {
+            config,
+            xds,
+            xds_ca,
+            xds_cert,
+            xds_key,
+            pki_dir,
+            insecure_data_plane,
+            node_id,
+            wasm,
+            out,
+            listen,
+            admin_port,
+        } => {
             let (address, port) =
                 listen.rsplit_once(':').ok_or_else(|| format!("--listen {listen:?}: use HOST:PORT"))?;
             let port: u16 = port.parse().map_err(|_| format!("--listen {listen:?}: invalid port"))?;
@@ -444,13 +580,28 @@ fn run(cli: Cli) -> Result<(), String> {
                     let (host, port) = xds.rsplit_once(':').ok_or_else(|| format!("--xds {xds:?}: use HOST:PORT"))?;
                     let port: u16 = port.parse().map_err(|_| format!("--xds {xds:?}: invalid port"))?;
                     let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-                    let tls = match (xds_ca, xds_cert, xds_key) {
-                        (Some(ca), Some(cert), Some(key)) => Some(ControlPlaneTls {
-                            ca: existing_file("--xds-ca", &ca)?,
-                            cert: existing_file("--xds-cert", &cert)?,
-                            key: existing_file("--xds-key", &key)?,
-                        }),
+                    let files = match (pki_dir, xds_ca, xds_cert, xds_key) {
+                        (Some(dir), ..) => {
+                            let dir = PkiDir(dir);
+                            Some((dir.ca_cert(), dir.envoy_cert(&node_id), dir.envoy_key(&node_id)))
+                        }
+                        (None, Some(ca), Some(cert), Some(key)) => Some((ca, cert, key)),
                         _ => None,
+                    };
+                    let tls = match files {
+                        Some((ca, cert, key)) => {
+                            // The control plane refuses a node its certificate does not name.
+                            pki::node_name(&node_id).map_err(|e| format!("--node-id: {e}"))?;
+                            Some(ControlPlaneTls {
+                                ca: existing_file("--xds-ca", &ca)?,
+                                cert: existing_file("--xds-cert", &cert)?,
+                                key: existing_file("--xds-key", &key)?,
+                            })
+                        }
+                        None if insecure_data_plane => None,
+                        None => {
+                            return Err("--xds needs mTLS to the data-plane port: --pki-dir (from `sluice pki`) or --xds-ca, --xds-cert and --xds-key; for local development only, --insecure-data-plane".into());
+                        }
                     };
                     let control_plane = ControlPlaneAddress { host, port, tls };
                     xds_bootstrap(&control_plane, &node_id, &opts)

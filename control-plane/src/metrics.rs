@@ -20,6 +20,8 @@ pub struct Metrics {
     pub xds_pushes: AtomicU64,
     pub xds_acks: AtomicU64,
     pub xds_nacks: AtomicU64,
+    /// ADS streams refused: the client certificate does not name the node.
+    pub xds_refused: AtomicU64,
     pub xds_snapshots: AtomicU64,
     /// The most recent NACK: node, type URL, Envoy's error detail.
     pub last_nack: Mutex<Option<(String, String, String)>>,
@@ -69,6 +71,12 @@ impl Metrics {
         metric("sluice_xds_pushes_total", "counter", "DiscoveryResponses sent.", &[("", get(&self.xds_pushes))]);
         metric("sluice_xds_acks_total", "counter", "Responses Envoys accepted.", &[("", get(&self.xds_acks))]);
         metric("sluice_xds_nacks_total", "counter", "Responses Envoys rejected.", &[("", get(&self.xds_nacks))]);
+        metric(
+            "sluice_xds_refused_streams_total",
+            "counter",
+            "ADS streams refused because the client certificate does not name the node.",
+            &[("", get(&self.xds_refused))],
+        );
         metric("sluice_xds_snapshots_total", "counter", "Snapshots published.", &[("", get(&self.xds_snapshots))]);
         if let Ok(last) = self.last_nack.lock()
             && let Some((node, type_url, detail)) = last.as_ref()

@@ -41,6 +41,7 @@ use crate::fleet_limits::{FleetCounts, LimitSyncApi};
 use crate::invalidation::RedisStream;
 use crate::key_lookup::KeyLookupApi;
 use crate::metrics::Metrics;
+use crate::provider_policy::ProviderPolicy;
 use crate::store::{Backend, ModelRecord, ModelStore, SqlStore, SyncReport, now_ms};
 use crate::usage_ingest::UsageIngest;
 use crate::xds::{AdsService, SnapshotPublisher, XdsOptions};
@@ -135,9 +136,13 @@ pub struct ServeOptions {
 
 /// Makes the database's `config` deployments match the file's `model_list` (validated by the
 /// gateway's own code first); deployments created through the API are kept.
-pub async fn sync_models(store: &SqlStore, model_list: &[serde_json::Value]) -> Result<SyncReport, String> {
-    let warnings =
-        validate_model_list(model_list).map_err(|errs| format!("config.yaml model_list:\n  {}", errs.join("\n  ")))?;
+pub async fn sync_models(
+    store: &SqlStore,
+    model_list: &[serde_json::Value],
+    policy: &ProviderPolicy,
+) -> Result<SyncReport, String> {
+    let warnings = validate_model_list(model_list, policy)
+        .map_err(|errs| format!("config.yaml model_list:\n  {}", errs.join("\n  ")))?;
     for w in warnings {
         eprintln!("warning: {w}");
     }
@@ -172,7 +177,7 @@ pub async fn sync_models(store: &SqlStore, model_list: &[serde_json::Value]) -> 
 pub async fn serve(opts: ServeOptions) -> Result<(), String> {
     let store = SqlStore::open(&opts.database_url).await.map_err(|e| format!("database: {e}"))?;
     if let Some(model_list) = &opts.model_list {
-        let r = sync_models(&store, model_list).await?;
+        let r = sync_models(&store, model_list, &opts.xds.provider_policy).await?;
         eprintln!("sluice: model_list synced: {} added, {} updated, {} removed", r.added, r.updated, r.removed);
     }
     let listener = TcpListener::bind(opts.listen).await.map_err(|e| format!("listen on {}: {e}", opts.listen))?;
@@ -238,7 +243,9 @@ pub async fn serve_planes(
             "sluice: no master key (general_settings.master_key or SLUICE_MASTER_KEY): only management keys can call the admin API"
         );
     }
-    let admin = Admin::new(store.clone(), master);
+    // The admin API refuses what the snapshot would refuse to send.
+    let policy = data_plane.as_ref().map(|d| d.xds.provider_policy.clone()).unwrap_or_default();
+    let admin = Admin::with_provider_policy(store.clone(), master, policy);
     let (stop, stopped) = watch::channel(false);
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -272,6 +279,7 @@ pub async fn serve_planes(
             // The first snapshot before any Envoy can ask, so none gets an empty config.
             publisher.rebuild().await?;
             let ads = AdsService::new(publisher.subscribe(), Arc::clone(&metrics));
+            let ads = if tls.is_some() { ads.with_node_identity() } else { ads };
             let fleet_counts = Arc::new(fleet_counts);
             let budgets = BudgetTracker::with_webhook_url(admin.invalidations(), Arc::clone(&metrics), webhook);
             tokio::spawn(publisher.run());

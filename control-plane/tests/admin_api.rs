@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 mod common;
 
 use common::{Db, MASTER, Plane, as_, database};
+use sluice_control_plane::provider_policy::ProviderPolicy;
 use sluice_control_plane::server::sync_models;
 use sluice_control_plane::store::{SpendLog, SpendStore};
 use sluice_proto::admin::v1::budget_service_client::BudgetServiceClient;
@@ -561,6 +562,23 @@ async fn models_are_validated_like_the_gateway(plane: &Plane) {
         (literal, "os.environ"),
         (serde_json::json!({"model": "nosuchprovider/x"}), "provider"),
         (serde_json::json!({"model": "openai/gpt-4o", "api_base": "ftp://x"}), "api_base"),
+        // The control plane's own secrets are never a provider credential ...
+        (
+            serde_json::json!({"model": "openai/gpt-4o", "api_base": "https://collector.example", "api_key": "os.environ/SLUICE_MASTER_KEY"}),
+            "os.environ/SLUICE_MASTER_KEY names one of the control plane's own secrets",
+        ),
+        (
+            serde_json::json!({"model": "openai/gpt-4o", "api_key": "os.environ/DATABASE_URL"}),
+            "os.environ/DATABASE_URL names one of the control plane's own secrets",
+        ),
+        // ... nor is any variable off the allow-list ...
+        (serde_json::json!({"model": "openai/gpt-4o", "api_key": "os.environ/HOME"}), "--provider-credentials"),
+        // ... and no credential goes to the cloud's metadata service.
+        (
+            serde_json::json!({"model": "openai/gpt-4o", "api_base": "http://169.254.169.254/latest", "api_key": "os.environ/OPENAI_API_KEY"}),
+            "link-local",
+        ),
+        (serde_json::json!({"model": "anthropic/claude", "api_base": "http://metadata.google.internal"}), "metadata"),
     ] {
         let err = m.create_model(as_(MASTER, model_request("bad", "bad-1", params))).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{says}");
@@ -618,21 +636,23 @@ async fn models_are_validated_like_the_gateway(plane: &Plane) {
 
 async fn config_sync_keeps_models_made_through_the_api(plane: &Plane) {
     let entry = |name: &str, id: &str, price: f64| {
-        serde_json::json!({"model_name": name, "litellm_params": {"model": format!("openai/{name}"), "api_key": "os.environ/K"},
+        serde_json::json!({"model_name": name, "litellm_params": {"model": format!("openai/{name}"), "api_key": "os.environ/OPENAI_API_KEY"},
             "model_info": {"id": id, "input_cost_per_token": price, "output_cost_per_token": price}})
     };
     let store = plane.store().await;
-    let first = sync_models(&store, &[entry("a", "a-1", 1e-6), entry("b", "b-1", 1e-6)]).await.unwrap();
+    let first = sync_models(&store, &[entry("a", "a-1", 1e-6), entry("b", "b-1", 1e-6)], &ProviderPolicy::default())
+        .await
+        .unwrap();
     assert_eq!((first.added, first.updated, first.removed), (2, 0, 0));
     let mut m = ModelServiceClient::new(Channel::from_shared(plane.url.clone()).unwrap().connect().await.unwrap());
     m.create_model(as_(
         MASTER,
-        model_request("c", "c-1", serde_json::json!({"model": "openai/c", "api_key": "os.environ/K"})),
+        model_request("c", "c-1", serde_json::json!({"model": "openai/c", "api_key": "os.environ/OPENAI_API_KEY"})),
     ))
     .await
     .unwrap();
     // The file changes: a's price, b gone. c, made through the API, stays.
-    let second = sync_models(&store, &[entry("a", "a-1", 2e-6)]).await.unwrap();
+    let second = sync_models(&store, &[entry("a", "a-1", 2e-6)], &ProviderPolicy::default()).await.unwrap();
     assert_eq!((second.added, second.updated, second.removed), (0, 1, 1));
     let ids: Vec<String> = m
         .list_models(as_(MASTER, pb::ListModelsRequest::default()))
@@ -644,11 +664,11 @@ async fn config_sync_keeps_models_made_through_the_api(plane: &Plane) {
         .map(|d| d.deployment_id)
         .collect();
     assert_eq!(ids, ["a-1", "c-1"]);
-    let again = sync_models(&store, &[entry("a", "a-1", 2e-6)]).await.unwrap();
+    let again = sync_models(&store, &[entry("a", "a-1", 2e-6)], &ProviderPolicy::default()).await.unwrap();
     assert_eq!((again.added, again.updated, again.removed), (0, 0, 0), "a second start changes nothing");
     // A file the gateway would refuse does not start the control plane.
     let bad = serde_json::json!({"model_name": "x", "litellm_params": {"model": "openai/x", "api_key": "sk-literal"}});
-    let err = sync_models(&store, &[bad]).await.unwrap_err();
+    let err = sync_models(&store, &[bad], &ProviderPolicy::default()).await.unwrap_err();
     assert!(err.contains("os.environ") && !err.contains("sk-literal"), "{err}");
 }
 

@@ -288,7 +288,7 @@ async fn build_world(plane: &Plane) -> World {
             MASTER,
             pb::CreateModelRequest {
                 model_name: "gpt-4o".into(),
-                litellm_params_json: r#"{"model": "openai/gpt-4o", "api_key": "os.environ/K"}"#.into(),
+                litellm_params_json: r#"{"model": "openai/gpt-4o", "api_key": "os.environ/OPENAI_API_KEY"}"#.into(),
                 model_info_json: r#"{"id": "shared"}"#.into(),
             },
         ))
@@ -571,7 +571,7 @@ async fn call(plane: &Plane, rpc: Rpc, key: &str, own: bool) -> Result<(), tonic
         Rpc::CreateModel => {
             let req = pb::CreateModelRequest {
                 model_name: "extra".into(),
-                litellm_params_json: r#"{"model": "openai/extra", "api_key": "os.environ/K"}"#.into(),
+                litellm_params_json: r#"{"model": "openai/extra", "api_key": "os.environ/OPENAI_API_KEY"}"#.into(),
                 model_info_json: String::new(),
             };
             plane.models().await.create_model(as_(key, req)).await.map(drop)
@@ -581,7 +581,7 @@ async fn call(plane: &Plane, rpc: Rpc, key: &str, own: bool) -> Result<(), tonic
             let id = common::unique("doomed-");
             let req = pb::CreateModelRequest {
                 model_name: "doomed".into(),
-                litellm_params_json: r#"{"model": "openai/doomed", "api_key": "os.environ/K"}"#.into(),
+                litellm_params_json: r#"{"model": "openai/doomed", "api_key": "os.environ/OPENAI_API_KEY"}"#.into(),
                 model_info_json: format!(r#"{{"id": "{id}"}}"#),
             };
             models.create_model(as_(MASTER, req)).await.unwrap();

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
-const MASTER: &str = "sk-master-cli-test";
+const MASTER: &str = "sk-master-cli-test-0123456789abcdef";
 
 struct Server {
     child: Child,
@@ -56,6 +56,8 @@ fn start() -> Server {
             &format!("127.0.0.1:{}", free_port()),
             "--database-url",
             &format!("sqlite:{}", db.display()),
+            // These tests are about the admin API; the data-plane port's mTLS has its own.
+            "--insecure-data-plane",
         ])
         .env("SLUICE_MASTER_KEY", MASTER)
         .stdout(out.try_clone().unwrap())
@@ -210,7 +212,7 @@ fn the_cli_manages_model_deployments_and_serve_syncs_the_config_file() {
     let mut child = Command::new(SLUICE)
         .args(["serve", "-c", &config.to_string_lossy(), "--listen", &format!("127.0.0.1:{port}")])
         .args(["--xds-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port()), "--insecure-data-plane"])
         .env("DATABASE_URL", format!("sqlite:{}", dir.join("db.sqlite").display()))
         .env("TEST_MASTER", MASTER)
         .env_remove("SLUICE_MASTER_KEY")
@@ -236,6 +238,19 @@ fn the_cli_manages_model_deployments_and_serve_syncs_the_config_file() {
     let refused = run(&["model", "create", "x", "--params", r#"{"model": "openai/x", "api_key": "sk-literal"}"#]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("os.environ"));
+    // The variable config.yaml reads the master key from is the control plane's own: never a
+    // provider credential, even for the master key's holder.
+    let own = run(&[
+        "model",
+        "create",
+        "x",
+        "--params",
+        r#"{"model": "openai/x", "api_base": "https://collector.example", "api_key": "os.environ/TEST_MASTER"}"#,
+    ]);
+    assert!(!own.status.success());
+    let says = String::from_utf8_lossy(&own.stderr);
+    assert!(says.contains("os.environ/TEST_MASTER names one of the control plane's own secrets"), "{says}");
+    assert!(!says.contains(MASTER));
     let table = ok(&run(&["model", "list"]));
     assert!(table.contains("from-file") && table.contains("mini") && table.contains("openai/gpt-4o-mini"));
     let _ = child.kill();
@@ -296,4 +311,35 @@ fn the_cli_drives_budgets_and_customers() {
     assert!(budgets.contains("free-tier") && budgets.contains("30d"));
     let refused = run(&["customer", "create", "--id", "x", "--budget", "missing"]);
     assert!(String::from_utf8_lossy(&refused.stderr).contains("no such budget"));
+}
+
+#[test]
+fn a_weak_master_key_does_not_start_the_control_plane() {
+    let serve = |key: &str, extra: &[&str]| {
+        let dir = std::env::temp_dir().join(format!("sluice-cli-weak-{}", free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let child = Command::new(SLUICE)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--insecure-data-plane"])
+            .args(["--xds-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--database-url", &format!("sqlite:{}", dir.join("db.sqlite").display())])
+            .args(extra)
+            .env("SLUICE_MASTER_KEY", key)
+            .env_remove("SLUICE_ALLOW_WEAK_MASTER_KEY")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        (port, child)
+    };
+    let (_, refused) = serve("sk-1234", &[]);
+    let out = refused.wait_with_output().unwrap();
+    let says = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && says.contains("at least 32") && !says.contains("sk-1234"), "{says}");
+    // The development escape hatch starts it, with a warning.
+    let (port, mut dev) = serve("sk-1234", &["--allow-weak-master-key"]);
+    wait_for_port(port);
+    dev.kill().unwrap();
+    let says = String::from_utf8_lossy(&dev.wait_with_output().unwrap().stderr).into_owned();
+    assert!(says.contains("accepted: --allow-weak-master-key"), "{says}");
 }

@@ -66,6 +66,26 @@ pub fn check_format(key: &[u8]) -> Result<(), KeyFormatError> {
     Ok(())
 }
 
+/// The shortest master key accepted: it opens the admin API, so it must not be guessable
+/// (LiteLLM's docs' `sk-1234` is an example, not a key). Sluice's own keys have 48 characters.
+pub const MIN_MASTER_KEY_LEN: usize = 32;
+
+/// Why a master key is too weak to start a gateway with, if it is: shorter than
+/// [`MIN_MASTER_KEY_LEN`], or with fewer than 8 distinct characters (`sk-aaaa…`). Never echoes it.
+pub fn check_master_key(key: &str) -> Result<(), String> {
+    let distinct = key.bytes().collect::<std::collections::BTreeSet<u8>>().len();
+    if key.len() < MIN_MASTER_KEY_LEN {
+        return Err(format!(
+            "the master key has {} characters; at least {MIN_MASTER_KEY_LEN} are required (e.g. `sluice key new` or `openssl rand -hex 24`)",
+            key.len()
+        ));
+    }
+    if distinct < 8 {
+        return Err("the master key repeats too few characters to be secret; use a random one".into());
+    }
+    Ok(())
+}
+
 /// SHA-256 digest of a key: the only form in which keys are stored, configured or logged.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KeyHash(pub [u8; 32]);
@@ -158,6 +178,15 @@ pub fn bearer_token(authorization: &[u8]) -> Option<&[u8]> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn weak_master_keys_are_named_without_echoing_them() {
+        for weak in ["sk-1234", "", "sk-master-1234", &"sk-".repeat(20)] {
+            let e = check_master_key(weak).unwrap_err();
+            assert!(weak.is_empty() || !e.contains(weak), "{e}");
+        }
+        check_master_key("sk-master-0123456789abcdef0123456789ab").unwrap();
+    }
     use super::*;
 
     fn key(seed: u8) -> String {

@@ -13,7 +13,7 @@ use crate::config::{
     GatewayConfig, KeyConfig, Provider, RoutingStrategy, SCHEMA_VERSION, TeamConfig,
 };
 use crate::cost::Pricing;
-use crate::keys::KeyHash;
+use crate::keys::{KeyHash, check_master_key};
 use crate::routing::shuffle_weight;
 
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 600;
@@ -118,11 +118,15 @@ pub fn env_ref(value: &str) -> Option<&str> {
     value.strip_prefix("os.environ/")
 }
 
-fn sanitize_cluster(id: &str) -> String {
+/// A deployment's Envoy cluster: `sluice_<readable id>_<CRC32 of the exact id>`. The readable
+/// part folds case and punctuation and is cut at 100 characters, so ids differing only there
+/// still get different names, and no such name can be the bootstrap's own `sluice_control_plane`
+/// (its last part is not 8 hex digits).
+pub fn cluster_name(id: &str) -> String {
     let mut s: String =
         id.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
-    s.truncate(150);
-    format!("sluice_{s}")
+    s.truncate(100);
+    format!("sluice_{s}_{:08x}", crc32fast::hash(id.as_bytes()))
 }
 
 /// Converts a LiteLLM config document. Errors name the entry; all are reported at once.
@@ -196,9 +200,24 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
                         cx.error(format!("general_settings.master_key: environment variable {name} is not set"));
                         None
                     }),
-                    None => Some(s.clone()),
+                    None => {
+                        cx.warnings.push("general_settings.master_key is written in config.yaml; read it from the environment (os.environ/NAME) or a mounted secret instead".into());
+                        Some(s.clone())
+                    }
                 };
-                master_key_hash = value.filter(|v| !v.is_empty()).map(|v| KeyHash::of(v.as_bytes()));
+                let value = value.filter(|v| !v.is_empty());
+                if let Some(Err(e)) = value.as_deref().map(check_master_key) {
+                    // For local development only: LiteLLM's docs use `sk-1234`.
+                    if (cx.env)("SLUICE_ALLOW_WEAK_MASTER_KEY")
+                        .is_some_and(|v| !matches!(v.as_str(), "" | "0" | "false"))
+                    {
+                        cx.warnings
+                            .push(format!("general_settings.master_key: {e} (accepted: SLUICE_ALLOW_WEAK_MASTER_KEY)"));
+                    } else {
+                        cx.error(format!("general_settings.master_key: {e}; for local development only, set SLUICE_ALLOW_WEAK_MASTER_KEY=1"));
+                    }
+                }
+                master_key_hash = value.map(|v| KeyHash::of(v.as_bytes()));
             }
             Some(_) => cx.error("general_settings.master_key must be a string".into()),
         }
@@ -376,9 +395,12 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>) -> (Vec<Deployment>, Vec<
         if !info.contains_key("input_cost_per_token") && !info.contains_key("output_cost_per_token") {
             cx.warnings.push(format!("{at}: no model_info prices; its spend will be recorded as $0"));
         }
-        let cluster = sanitize_cluster(&id);
-        if upstreams.iter().any(|u: &Upstream| u.cluster == cluster) {
-            cx.error(format!("{at}: deployment id {id:?} collides with another after sanitising"));
+        let cluster = cluster_name(&id);
+        if deployments.iter().any(|d: &Deployment| d.id == id) {
+            cx.error(format!("{at}: deployment id {id:?} is used by another entry; ids must be unique"));
+        } else if upstreams.iter().any(|u: &Upstream| u.cluster == cluster) {
+            // Two ids whose CRC32 and readable part agree: vanishingly rare, refused all the same.
+            cx.error(format!("{at}: deployment id {id:?} maps to the same Envoy cluster as another; rename it"));
         }
         upstreams.push(Upstream { cluster: cluster.clone(), https, host, port });
         deployments.push(Deployment {
@@ -406,7 +428,7 @@ mod tests {
 
     fn env(name: &str) -> Option<String> {
         match name {
-            "SLUICE_MASTER_KEY" => Some("sk-master-very-secret".into()),
+            "SLUICE_MASTER_KEY" => Some("sk-master-very-secret-0123456789abcdef".into()),
             "OPENAI_API_KEY" => Some("sk-provider-secret".into()),
             _ => None,
         }
@@ -446,14 +468,14 @@ mod tests {
         assert_eq!(d[0].pricing.cache_read_input_token_cost, Some(1.25e-6));
         assert_eq!(
             s.upstreams[0],
-            Upstream { cluster: "sluice_gpt4o_east".into(), https: true, host: "api.openai.com".into(), port: 443 }
+            Upstream { cluster: cluster_name("gpt4o-east"), https: true, host: "api.openai.com".into(), port: 443 }
         );
         assert_eq!(
             s.upstreams[1],
-            Upstream { cluster: "sluice_gpt_4o_1".into(), https: false, host: "127.0.0.1".into(), port: 8081 }
+            Upstream { cluster: cluster_name("gpt-4o-1"), https: false, host: "127.0.0.1".into(), port: 8081 }
         );
         assert_eq!(s.upstreams[2].host, "api.anthropic.com");
-        assert_eq!(s.gateway.master_key_hash, Some(KeyHash::of(b"sk-master-very-secret")));
+        assert_eq!(s.gateway.master_key_hash, Some(KeyHash::of(b"sk-master-very-secret-0123456789abcdef")));
         assert_eq!(s.gateway.max_request_body_bytes, 2 * 1024 * 1024);
         assert_eq!(s.request_timeout_secs, 120);
         assert_eq!(s.gateway.keys.len(), 1);
@@ -468,7 +490,7 @@ mod tests {
         ] {
             assert!(all.contains(needle), "no warning for {needle}:\n{all}");
         }
-        assert!(!all.contains("sk-master-very-secret") && !all.contains("sk-provider-secret"));
+        assert!(!all.contains("sk-master-very-secret-0123456789abcdef") && !all.contains("sk-provider-secret"));
     }
 
     #[test]
@@ -504,6 +526,41 @@ mod tests {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
         assert!(!all.contains("sk-literal-secret-123"));
+    }
+
+    #[test]
+    fn cluster_names_are_unique_by_construction() {
+        let names: Vec<String> = ["gpt-4o", "GPT-4o", "gpt_4o", "gpt.4o", "control-plane", "control_plane"]
+            .iter()
+            .map(|id| cluster_name(id))
+            .collect();
+        let distinct: std::collections::BTreeSet<&String> = names.iter().collect();
+        assert_eq!(distinct.len(), names.len(), "{names:?}");
+        assert!(names.iter().all(|n| n != "sluice_control_plane" && n.starts_with("sluice_")), "{names:?}");
+        // Ids longer than the readable part still differ.
+        let long = "x".repeat(300);
+        assert_ne!(cluster_name(&format!("{long}a")), cluster_name(&format!("{long}b")));
+        // The same id twice is refused, with the reason.
+        let entry =
+            |id: &str| json!({"model_name": "m", "litellm_params": {"model": "openai/m"}, "model_info": {"id": id}});
+        let errors = from_litellm(&json!({"model_list": [entry("a"), entry("a")]}), &|_| None).unwrap_err();
+        assert!(errors.iter().any(|e| e.0.contains("\"a\" is used by another entry")), "{errors:?}");
+        from_litellm(&json!({"model_list": [entry("a"), entry("A")]}), &|_| None).unwrap();
+    }
+
+    #[test]
+    fn a_weak_master_key_is_refused_and_a_literal_one_warned_about() {
+        let doc = |key: &str| json!({"general_settings": {"master_key": key}});
+        let errors = from_litellm(&doc("sk-1234"), &|_| None).unwrap_err();
+        assert!(errors.iter().any(|e| e.0.contains("at least 32") && !e.0.contains("sk-1234")), "{errors:?}");
+        // The development escape hatch turns the error into a warning.
+        let dev = |name: &str| (name == "SLUICE_ALLOW_WEAK_MASTER_KEY").then(|| "1".to_owned());
+        let s = from_litellm(&doc("sk-1234"), &dev).unwrap();
+        assert!(s.warnings.iter().any(|w| w.contains("SLUICE_ALLOW_WEAK_MASTER_KEY")), "{:?}", s.warnings);
+        let strong = "sk-0123456789abcdef0123456789abcdef";
+        let s = from_litellm(&doc(strong), &|_| None).unwrap();
+        assert!(s.warnings.iter().any(|w| w.contains("written in config.yaml")), "{:?}", s.warnings);
+        assert!(s.warnings.iter().all(|w| !w.contains(strong)));
     }
 
     #[test]

@@ -123,7 +123,7 @@ class Gateway:
             "MOCK_OPENAI_KEY": "mock-openai-" + os.urandom(8).hex(),
             "MOCK_ANTHROPIC_KEY": "mock-anthropic-" + os.urandom(8).hex(),
         }
-        self.master_key = "sk-master-" + os.urandom(8).hex()
+        self.master_key = "sk-master-" + os.urandom(16).hex()
         self.env = {**os.environ, **self.provider_keys, "SLUICE_MASTER_KEY": self.master_key}
         self.procs = []
         self.keys = {}

@@ -1,13 +1,18 @@
 """mTLS on the data-plane port: `sluice serve --xds-tls-cert --xds-tls-key --xds-client-ca` and
-`sluice envoy-config --xds-ca --xds-cert --xds-key`.
+`sluice envoy-config --xds-ca --xds-cert --xds-key` (every other xDS test uses `sluice pki`'s
+files through `--pki-dir`, the same thing).
 
-Certificates come from a CA made for the test (`conftest.CertAuthority`). An Envoy with a client
-certificate from that CA gets its config over ADS (clusters, the filter, the provider credential
-over SDS) and makes the filter's calls (key lookup, usage, invalidation watch, limit sync)
-through the same TLS cluster; a plain gRPC client without such a certificate gets nothing, not
-even a connection that answers. The bootstrap names the certificate files and holds no key.
+Certificates here come from a CA made with `openssl` (`conftest.CertAuthority`), as an operator's
+own CA would. An Envoy with a client certificate from that CA naming its node
+(`<node-id>.envoy.sluice`) gets its config over ADS (clusters, the filter, the provider
+credential over SDS) and makes the filter's calls (key lookup, usage, invalidation watch, limit
+sync) through the same TLS cluster; a plain gRPC client without such a certificate gets
+nothing, not even a connection that answers, and a certificate for another node gets no
+configuration. The bootstrap names the certificate files and holds no key. Without TLS flags,
+`sluice serve` does not start.
 """
 
+import subprocess
 import threading
 
 import grpc
@@ -40,7 +45,7 @@ def sds_request(node_id):
     return field(2, field(1, node_id.encode())) + field(4, SECRET.encode())
 
 
-def fetch_secrets(target, credentials=None):
+def fetch_secrets(target, credentials=None, node_id="edge-mtls"):
     """The first answer an SDS request gets on the ADS stream (raw DiscoveryResponse bytes), or
     the grpc.RpcError that ended the call. `credentials` None: plaintext gRPC."""
     options = [("grpc.ssl_target_name_override", "localhost")]
@@ -49,7 +54,7 @@ def fetch_secrets(target, credentials=None):
     finished = threading.Event()
 
     def requests():
-        yield sds_request("probe")
+        yield sds_request(node_id)
         finished.wait(10)  # keep the stream open until the answer is read
 
     with channel:
@@ -69,9 +74,9 @@ def pki(tmp_path):
     return {
         "ca": ca.cert,
         "server": ca.leaf("control-plane", "DNS:localhost,IP:127.0.0.1"),
-        "envoy": ca.leaf("envoy", "DNS:edge-mtls"),
+        "envoy": ca.leaf("envoy", "DNS:edge-mtls.envoy.sluice"),
         # A well-formed client certificate from a CA the control plane does not trust.
-        "rogue": CertAuthority(tmp_path / "rogue", "Rogue CA").leaf("rogue-envoy", "DNS:edge-mtls"),
+        "rogue": CertAuthority(tmp_path / "rogue", "Rogue CA").leaf("rogue-envoy", "DNS:edge-mtls.envoy.sluice"),
     }
 
 
@@ -145,11 +150,43 @@ def test_without_a_client_certificate_from_the_ca_nothing_is_served(mtls_fleet, 
         assert refused.code() == grpc.StatusCode.UNAVAILABLE, (name, refused)
         assert fleet.openai_key not in str(refused.details())
 
-    # An Envoy from the plain bootstrap (no --xds-ca …) never gets a config: it keeps trying.
-    plain = fleet.start_envoy("edge-plain", wait=False)
+    # A certificate from the CA, but for another node: the stream is refused before any answer.
+    refused = fetch_secrets(target, tls(pki["envoy"]), node_id="edge-other")
+    assert isinstance(refused, grpc.RpcError), "a certificate for edge-mtls read edge-other's config"
+    assert refused.code() == grpc.StatusCode.PERMISSION_DENIED, refused
+    assert "edge-other" in refused.details() and fleet.openai_key not in refused.details()
+    assert fleet.metric("sluice_xds_refused_streams_total") >= 1
+
+    # An Envoy from a plain bootstrap never gets a config: it keeps trying.
+    plain = fleet.start_envoy("edge-plain", ["--insecure-data-plane"], wait=False)
     wait_until(lambda: int(plain.stat("cluster.sluice_control_plane.upstream_cx_total") or 0) >= 2, timeout=20,
                what="the plain Envoy retried")
     assert plain.stat("control_plane.connected_state") == "0"
     assert "sluice_xds_connected_envoys 0\n" in fleet.metrics()
     with pytest.raises(httpx.ConnectError):  # its listener never left warming
         plain.chat(CHAT)
+
+
+def test_the_data_plane_port_needs_tls_unless_told_it_is_local_development(tmp_path):
+    fleet = Fleet(tmp_path)
+    try:
+        fleet.serve_args = []
+        with pytest.raises(AssertionError):
+            fleet.start_control_plane()
+        log = fleet.cp_log_path.read_text()
+        assert "needs mTLS" in log and "--pki-dir" in log and "--insecure-data-plane" in log, log
+        assert fleet.control_plane.wait(timeout=10) != 0
+        # `sluice envoy-config --xds` refuses a plaintext bootstrap the same way.
+        out = subprocess.run([fleet.bins["SLUICE_CLI"], "envoy-config", "--xds", "127.0.0.1:1", "--wasm",
+                              fleet.bins["SLUICE_WASM"], "--out", str(tmp_path / "e.yaml")],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode != 0 and "--insecure-data-plane" in out.stderr, out.stderr
+
+        # Local development, said explicitly: plaintext, with a warning.
+        fleet.serve_args = ["--insecure-data-plane"]
+        fleet.start_control_plane()
+        assert "answers any client in plaintext" in fleet.cp_log_path.read_text()
+        envoy = fleet.start_envoy("edge-dev", ["--insecure-data-plane"])
+        assert envoy.chat(CHAT).status_code == 200
+    finally:
+        fleet.stop()

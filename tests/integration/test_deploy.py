@@ -18,7 +18,7 @@ def shipped_config() -> str:
 def test_kubernetes_config_is_valid_and_its_bootstrap_validates(gw, tmp_path):
     cfg = tmp_path / "config.yaml"
     cfg.write_text(shipped_config())
-    env = {**gw.env, "OPENAI_API_KEY": "x", "SLUICE_MASTER_KEY": "y"}
+    env = {**gw.env, "OPENAI_API_KEY": "x", "SLUICE_MASTER_KEY": "sk-" + "0123456789abcdef" * 2}
     check = subprocess.run([gw.env_bin["SLUICE_CLI"], "config", "check", "-c", str(cfg)], env=env,
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stderr
@@ -62,20 +62,31 @@ def test_xds_manifests_keep_credentials_on_the_control_plane_and_the_bootstrap_v
     assert replicas == 1 or "REDIS_URL:" in secret
     policy = next(d for d in docs if "kind: NetworkPolicy" in d)
     assert "port: 4002" in policy and "sluice-gateway" in policy
-    # mTLS on 4002 is documented (off by default), and the entrypoint passes its files on.
-    assert "--xds-client-ca" in manifest and "SLUICE_XDS_CA" in gateway
-    assert "--xds-ca" in (ROOT / "deploy/entrypoint.sh").read_text()
+    # mTLS on 4002 is on: the control plane serves it from `sluice pki`'s files, the gateways
+    # present theirs, and the entrypoint refuses xDS mode without them.
+    assert '"--pki-dir"' in control_plane and "--insecure-data-plane" not in manifest
+    assert "secretName: sluice-xds-pki" in control_plane and "secretName: sluice-xds-envoy" in gateway
+    for var in ("SLUICE_XDS_CA", "SLUICE_XDS_CERT", "SLUICE_XDS_KEY"):
+        assert f"name: {var}, value:" in gateway and f"# - {{name: {var}" not in gateway
+    entry = (ROOT / "deploy/entrypoint.sh").read_text()
+    assert "--xds-ca" in entry and "exit 1" in entry
     # The control plane's config is a valid LiteLLM config.
     block = manifest.split("config.yaml: |\n", 1)[1].split("\n---", 1)[0]
     cfg = tmp_path / "config.yaml"
     cfg.write_text(textwrap.dedent(block))
-    env = {**gw.env, "OPENAI_API_KEY": "x", "SLUICE_MASTER_KEY": "y", "DATABASE_URL": "sqlite::memory:"}
+    env = {**gw.env, "OPENAI_API_KEY": "x", "SLUICE_MASTER_KEY": "sk-" + "0123456789abcdef" * 2, "DATABASE_URL": "sqlite::memory:"}
     check = subprocess.run([gw.env_bin["SLUICE_CLI"], "config", "check", "-c", str(cfg)], env=env,
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stderr
     # The entrypoint's xDS bootstrap passes Envoy's own validation.
     out = tmp_path / "envoy.yaml"
-    subprocess.run([gw.env_bin["SLUICE_CLI"], "envoy-config", "--xds", "sluice-control-plane:4002", "--node-id", "pod-1",
+    pki = tmp_path / "pki"
+    cli = gw.env_bin["SLUICE_CLI"]
+    subprocess.run([cli, "pki", "init", "--dir", str(pki), "--host", "sluice-control-plane"], check=True, timeout=60)
+    subprocess.run([cli, "pki", "envoy", "--dir", str(pki), "--node-id", "gateway", "--any-node"], check=True, timeout=60)
+    subprocess.run([cli, "envoy-config", "--xds", "sluice-control-plane:4002", "--node-id", "sluice-gateway-5d9c7-x2x9q",
+                    "--xds-ca", str(pki / "ca.pem"), "--xds-cert", str(pki / "envoy-gateway.pem"),
+                    "--xds-key", str(pki / "envoy-gateway.key"),
                     "--wasm", gw.env_bin["SLUICE_WASM"], "--out", str(out)], check=True, capture_output=True, timeout=60)
     validate = subprocess.run([gw.env_bin["ENVOY_BIN"], "--mode", "validate", "-c", str(out)],
                               capture_output=True, text=True, timeout=120)

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import time
+import zlib
 
 import httpx
 import pytest
@@ -170,3 +171,36 @@ def test_fail_reload_recovers_after_a_trap(gateway_factory):
     # The reloaded VM keeps serving.
     for _ in range(5):
         assert gw.send().status_code == 200
+
+
+def test_in_xds_mode_the_policy_comes_from_the_control_planes_config(tmp_path):
+    """`sluice serve` sends the filter with config.yaml's `sluice_failure_policy` over ECDS, so
+    an Envoy configured over xDS recovers from a trap under fail_reload, as a standalone one."""
+    from test_xds import Fleet, wait_until
+
+    fleet = Fleet(tmp_path)
+    try:
+        config = json.loads(fleet.config_path.read_text())
+        config["general_settings"]["sluice_failure_policy"] = "fail_reload"
+        fleet.config_path.write_text(json.dumps(config))
+        fleet.start_control_plane(wasm=os.environ["SLUICE_NOOP_WASM"])  # the filter Envoys get over ECDS
+        fleet.envoy_concurrency = 1  # "the next request" goes to the VM that trapped
+        envoy = fleet.start_envoy("edge-trap", wait=False)
+        cluster = "sluice_gpt_4o_a_" + format(zlib.crc32(b"gpt-4o-a"), "08x")
+
+        def send(trap=False):
+            headers = {"x-sluice-cluster": cluster, **(TRAP if trap else {})}
+            return httpx.post(f"{envoy.url}/v1/chat/completions", json=CHAT, headers=headers, timeout=10)
+
+        # The stand-in filter forwards; the provider credential comes from SDS, so a 200 means the
+        # whole xDS config arrived.
+        wait_until(lambda: send().status_code == 200, timeout=30, what="the Envoy serving over xDS")
+        dump = httpx.get(f"{envoy.admin}/config_dump", timeout=5).text
+        assert '"failure_policy": "FAIL_RELOAD"' in dump
+        for _ in range(2):
+            assert_failed_closed(send(trap=True))
+            wait_until(lambda: send().status_code == 200, timeout=30, what="recovery after a trap")
+        # One worker: each recovery was a reload of the VM that trapped.
+        assert int(envoy.stat("wasm.sluice.vm_reload_success") or 0) >= 2
+    finally:
+        fleet.stop()

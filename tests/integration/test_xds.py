@@ -45,7 +45,7 @@ class Fleet:
         self.workdir = workdir
         self.bins = {k: os.environ[k] for k in ("ENVOY_BIN", "SLUICE_WASM", "SLUICE_CLI", "SLUICE_MOCK")}
         self.openai_key = "mock-openai-" + os.urandom(8).hex()
-        self.master_key = "sk-master-" + os.urandom(8).hex()
+        self.master_key = "sk-master-" + os.urandom(16).hex()
         self.env = {**os.environ, "MOCK_OPENAI_KEY": self.openai_key, "MOCK_ANTHROPIC_KEY": "unused",
                     "SLUICE_MASTER_KEY": self.master_key}
         self.admin_port = free_port()
@@ -72,8 +72,13 @@ class Fleet:
         self.db = workdir / "sluice.db"
         # Set before start_control_plane to run it on another database (Postgres).
         self.database_url = f"sqlite:{self.db}"
-        # More `sluice serve` flags (e.g. the data-plane port's mTLS).
-        self.serve_args = []
+        # The data-plane port's mTLS, as in production: a CA and certificates from `sluice pki`.
+        self.pki = workdir / "sluice-pki"
+        subprocess.run([self.bins["SLUICE_CLI"], "pki", "init", "--dir", str(self.pki), "--host", "127.0.0.1,localhost"],
+                       check=True, capture_output=True, timeout=60)
+        # `sluice serve`'s data-plane flags (a test may give other certificates).
+        self.serve_args = ["--pki-dir", str(self.pki)]
+        self.envoy_concurrency = 2
 
     def start_control_plane(self, wasm=None):
         self.cp_log_path = self.workdir / f"control-plane-{len(self.procs)}.log"
@@ -84,14 +89,29 @@ class Fleet:
              "--envoy-wasm", wasm or self.bins["SLUICE_WASM"], *self.serve_args],
             env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.cp_log_path, "w"))
         self.procs.append(self.control_plane)
-        wait_until(lambda: "xDS and key lookups on" in self.cp_log_path.read_text(), what="control plane start")
+        def started():
+            if self.control_plane.poll() is not None:
+                raise AssertionError(f"the control plane exited: {self.cp_log_path.read_text()}")
+            return "xDS and key lookups on" in self.cp_log_path.read_text()
+
+        wait_until(started, what="control plane start")
 
     def stop_control_plane(self):
         self.control_plane.terminate()
         self.control_plane.wait(timeout=10)
 
-    def start_envoy(self, node_id, config_args=(), wait=True):
-        """An Envoy from `sluice envoy-config --xds` (plus `config_args`), serving unless `wait` is off."""
+    def envoy_pki_args(self, node_id):
+        """`sluice envoy-config` flags for a client certificate naming `node_id` (issued once)."""
+        if not (self.pki / f"envoy-{node_id}.pem").exists():
+            subprocess.run([self.bins["SLUICE_CLI"], "pki", "envoy", "--dir", str(self.pki), "--node-id", node_id],
+                           check=True, capture_output=True, timeout=60)
+        return ["--pki-dir", str(self.pki)]
+
+    def start_envoy(self, node_id, config_args=None, wait=True):
+        """An Envoy from `sluice envoy-config --xds` with `config_args` for the data-plane port
+        (default: its own certificate from the fleet's CA), serving unless `wait` is off."""
+        if config_args is None:
+            config_args = self.envoy_pki_args(node_id)
         envoy = Envoy(self, node_id, config_args)
         self.envoys.append(envoy)
         self.procs.append(envoy.proc)
@@ -120,7 +140,7 @@ class Fleet:
 
 
 class Envoy:
-    def __init__(self, fleet, node_id, config_args=()):
+    def __init__(self, fleet, node_id, config_args):
         self.fleet = fleet
         self.node_id = node_id
         self.port = free_port()
@@ -139,7 +159,8 @@ class Envoy:
         # The Envoy gets no provider credential: those come from the control plane over SDS.
         env = {k: v for k, v in os.environ.items() if not k.startswith("MOCK_")}
         self.proc = subprocess.Popen(
-            [self.fleet.bins["ENVOY_BIN"], "-c", str(self.yaml), "--disable-hot-restart", "--concurrency", "2",
+            [self.fleet.bins["ENVOY_BIN"], "-c", str(self.yaml), "--disable-hot-restart",
+             "--concurrency", str(self.fleet.envoy_concurrency),
              "--log-level", "info", "--base-id", str(self.port)],
             env=env, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "w"))
 

@@ -33,6 +33,12 @@ pub fn run(smoke: bool) -> Result<(), String> {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
 
+    // The data-plane port's mTLS, as in production: a CA made for this run (`sluice pki`).
+    let pki = dir.join("pki");
+    let _ = std::fs::remove_dir_all(&pki);
+    let pki_s = pki.to_string_lossy().into_owned();
+    proc::run(&cli, &["pki", "init", "--dir", &pki_s, "--host", "127.0.0.1,localhost"], &[])?;
+
     // Demo secrets, fresh each run: the master key and the mock provider's own keys.
     let master_key = format!("sk-master-{}", proc::random_hex()?);
     let openai_key = format!("mock-openai-{}", proc::random_hex()?);
@@ -57,7 +63,7 @@ pub fn run(smoke: bool) -> Result<(), String> {
     children.0.push(
         Command::new(&cli)
             .args(["serve", "-c", &config_s, "--database-url", &db_url, "--listen", CONTROL_PLANE])
-            .args(["--xds-listen", XDS, "--envoy-wasm", &wasm])
+            .args(["--xds-listen", XDS, "--envoy-wasm", &wasm, "--pki-dir", &pki_s])
             .envs(control_plane_env)
             .stdout(Stdio::null())
             .stderr(cp_log)
@@ -136,6 +142,11 @@ fn start_envoy(
     let cli = tools.cli.to_string_lossy().into_owned();
     let wasm = tools.wasm.to_string_lossy().into_owned();
     let yaml = root().join(format!(".sluice/{node_id}.yaml")).to_string_lossy().into_owned();
+    // Its own client certificate, naming its node, from the run's CA.
+    let pki = root().join(".sluice/pki").to_string_lossy().into_owned();
+    if !root().join(format!(".sluice/pki/envoy-{node_id}.pem")).exists() {
+        proc::run(&cli, &["pki", "envoy", "--dir", &pki, "--node-id", node_id], &[])?;
+    }
     proc::run(
         &cli,
         &[
@@ -152,6 +163,8 @@ fn start_envoy(
             listen,
             "--admin-port",
             admin_port,
+            "--pki-dir",
+            &pki,
         ],
         &[],
     )?;

@@ -17,6 +17,7 @@ use sluice_proto::admin::v1 as pb;
 use tokio::sync::Notify;
 
 use crate::invalidation::{Invalidations, Target};
+use crate::provider_policy::ProviderPolicy;
 use tonic::{Request, Response, Status};
 
 use crate::store::{AuditFilter, KeyRecord, Store, TeamRecord, UserRecord};
@@ -31,10 +32,20 @@ pub struct Admin<S> {
     pub master_key_hash: Option<KeyHash>,
     config_changes: Arc<Notify>,
     invalidations: Arc<Invalidations>,
+    /// Which credentials and upstreams deployments may name (fixed at start).
+    pub provider_policy: ProviderPolicy,
 }
 
 impl<S: Store> Admin<S> {
     pub fn new(store: S, master_key_hash: Option<KeyHash>) -> Arc<Self> {
+        Self::with_provider_policy(store, master_key_hash, ProviderPolicy::default())
+    }
+
+    pub fn with_provider_policy(
+        store: S,
+        master_key_hash: Option<KeyHash>,
+        provider_policy: ProviderPolicy,
+    ) -> Arc<Self> {
         let mut epoch = [0u8; 8];
         // Only tells restarts apart: a clock-based epoch is as good if the OS has no entropy.
         if getrandom::fill(&mut epoch).is_err() {
@@ -46,6 +57,7 @@ impl<S: Store> Admin<S> {
             master_key_hash,
             config_changes: Arc::new(Notify::new()),
             invalidations: Arc::new(Invalidations::new(epoch)),
+            provider_policy,
         })
     }
 

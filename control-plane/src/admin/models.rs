@@ -12,17 +12,35 @@ use tonic::{Request, Response, Status};
 use super::error::{AdminError, AdminResult, missing};
 use super::validate::{check_name, next_page_token, page_size};
 use super::{Admin, random_id};
+use crate::provider_policy::ProviderPolicy;
 use crate::store::{ModelRecord, NewAudit, Store, now_ms};
 
 /// Largest JSON object accepted for `litellm_params` or `model_info`.
 const MAX_JSON_BYTES: usize = 16 * 1024;
 
-/// Validates a whole `model_list`; Ok holds the warnings (fields Sluice does not use).
-pub fn validate_model_list(entries: &[Value]) -> Result<Vec<String>, Vec<String>> {
+/// Validates a whole `model_list`, including which credential each deployment may name and
+/// where it may send it (`policy`); Ok holds the warnings (fields Sluice does not use).
+pub fn validate_model_list(entries: &[Value], policy: &ProviderPolicy) -> Result<Vec<String>, Vec<String>> {
     let doc = json!({ "model_list": entries });
-    // Credentials are `os.environ/NAME` references, resolved where Envoy runs, not here.
+    // Credentials are `os.environ/NAME` references, resolved only when the snapshot is built.
     let standalone =
         from_litellm(&doc, &|_| None).map_err(|errs| errs.into_iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    let refused: Vec<String> = standalone
+        .gateway
+        .deployments
+        .iter()
+        .zip(&standalone.upstreams)
+        .enumerate()
+        .flat_map(|(i, (deployment, upstream))| {
+            let credential = deployment.api_key_env.as_deref().map(|name| policy.check_credential(name));
+            let host = policy.check_upstream(&upstream.host);
+            let at = format!("model_list[{i}] (model_name {:?})", deployment.model_name);
+            [credential.and_then(Result::err), host.err()].into_iter().flatten().map(move |e| format!("{at}: {e}"))
+        })
+        .collect();
+    if !refused.is_empty() {
+        return Err(refused);
+    }
     CompiledConfig::compile(standalone.gateway)
         .map_err(|errs| errs.into_iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
     Ok(standalone.warnings)
@@ -76,14 +94,15 @@ impl<S: Store> Admin<S> {
         let alone = |errs: Vec<String>| {
             errs.iter().map(|e| e.replacen("model_list[0]", "the deployment", 1)).collect::<Vec<_>>()
         };
-        let warnings = validate_model_list(std::slice::from_ref(&changed.entry))
+        let warnings = validate_model_list(std::slice::from_ref(&changed.entry), &self.provider_policy)
             .map_err(|errs| AdminError::InvalidArgument(alone(errs).join("; ")))?;
         // ... and within the whole set, as the gateway will compile it.
         let mut all = self.store.all_models().await?;
         all.retain(|m| m.deployment_id != changed.deployment_id);
         all.push(changed.clone());
         let entries: Vec<Value> = all.iter().map(|m| m.entry.clone()).collect();
-        validate_model_list(&entries).map_err(|errs| AdminError::InvalidArgument(errs.join("; ")))?;
+        validate_model_list(&entries, &self.provider_policy)
+            .map_err(|errs| AdminError::InvalidArgument(errs.join("; ")))?;
         Ok(alone(warnings))
     }
 

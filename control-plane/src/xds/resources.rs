@@ -46,6 +46,7 @@ use sluice_core::litellm::{FailurePolicy, Upstream, from_litellm};
 
 use super::protocol::{CLUSTER, EXTENSION_CONFIG, SECRET, Snapshot};
 use crate::envoy_bootstrap::{CA_BUNDLE, CONNECT_TIMEOUT_SECS, FILTER_ROOT_ID, VM_ID, WASM_RUNTIME, upstream_is_ip};
+use crate::provider_policy::ProviderPolicy;
 
 /// The name the listener's `config_discovery` asks for.
 pub const FILTER_CONFIG_NAME: &str = "sluice";
@@ -58,15 +59,20 @@ pub struct XdsOptions {
     /// Path of `sluice_filter.wasm` on the Envoy hosts (the same file the bootstrap's singleton
     /// service loads, so both share one VM image).
     pub wasm_path: String,
-    pub failure_policy: FailurePolicy,
+    /// config.yaml's `general_settings` that shape the filter (`max_request_size_mb`,
+    /// `sluice_failure_policy`), converted by the same code as in standalone mode.
+    pub general_settings: serde_json::Map<String, serde_json::Value>,
     pub key_lookup: KeyLookupConfig,
+    /// Which credentials deployments may name and where they may go; checked again here, so a
+    /// deployment stored before a policy change never gets a refused credential.
+    pub provider_policy: ProviderPolicy,
 }
 
 impl XdsOptions {
     pub fn new(wasm_path: String) -> Self {
         Self {
             wasm_path,
-            failure_policy: FailurePolicy::FailClosed,
+            general_settings: serde_json::Map::new(),
             key_lookup: KeyLookupConfig {
                 cluster: CONTROL_PLANE_CLUSTER.into(),
                 timeout_ms: 1000,
@@ -74,6 +80,7 @@ impl XdsOptions {
                 negative_ttl_ms: 5_000,
                 fail_open: false,
             },
+            provider_policy: ProviderPolicy::default(),
         }
     }
 }
@@ -86,7 +93,7 @@ pub fn build(
     opts: &XdsOptions,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(Snapshot, Vec<String>), String> {
-    let doc = serde_json::json!({ "model_list": model_list });
+    let doc = serde_json::json!({ "model_list": model_list, "general_settings": opts.general_settings });
     let standalone =
         from_litellm(&doc, env).map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
     let mut gateway: GatewayConfig = standalone.gateway;
@@ -98,7 +105,13 @@ pub fn build(
     let mut warnings = standalone.warnings;
     for (deployment, upstream) in gateway.deployments.iter_mut().zip(&standalone.upstreams) {
         // The credential goes to SDS; the filter config keeps no trace of it.
-        let credential = deployment.api_key_env.take().and_then(|name| match env(&name) {
+        let credential = deployment.api_key_env.take().and_then(|name| {
+            let policy = &opts.provider_policy;
+            if let Err(e) = policy.check_credential(&name).and_then(|()| policy.check_upstream(&upstream.host)) {
+                warnings.push(format!("deployment {}: no credential sent: {e}", deployment.id));
+                return None;
+            }
+            match env(&name) {
             Some(value) if !value.is_empty() => Some(value),
             _ => {
                 warnings.push(format!(
@@ -107,6 +120,7 @@ pub fn build(
                 ));
                 None
             }
+        }
         });
         let injected = credential.map(|value| {
             let secret_name = format!("sluice-provider-{}", upstream.cluster);
@@ -116,7 +130,7 @@ pub fn build(
         clusters.insert(upstream.cluster.clone(), pack(&cluster(upstream, injected.as_ref())));
     }
     let routes_to: BTreeSet<String> = gateway.deployments.iter().map(|d| d.cluster.clone()).collect();
-    let filter = filter_config(&gateway, opts)?;
+    let filter = filter_config(&gateway, standalone.failure_policy, opts)?;
 
     let mut snapshot = Snapshot::default();
     snapshot.resources.insert(CLUSTER, clusters);
@@ -138,9 +152,13 @@ fn ads() -> ConfigSource {
     }
 }
 
-fn filter_config(gateway: &GatewayConfig, opts: &XdsOptions) -> Result<TypedExtensionConfig, String> {
+fn filter_config(
+    gateway: &GatewayConfig,
+    failure_policy: FailurePolicy,
+    opts: &XdsOptions,
+) -> Result<TypedExtensionConfig, String> {
     let json = serde_json::to_string(gateway).map_err(|e| format!("cannot serialise the gateway config: {e}"))?;
-    let failure_policy = match opts.failure_policy {
+    let failure_policy = match failure_policy {
         FailurePolicy::FailClosed => WasmFailurePolicy::FailClosed,
         FailurePolicy::FailOpen => WasmFailurePolicy::FailOpen,
         FailurePolicy::FailReload => WasmFailurePolicy::FailReload,
@@ -305,6 +323,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use sluice_core::litellm::cluster_name;
 
     fn env(name: &str) -> Option<String> {
         (name == "OPENAI_KEY").then(|| "sk-provider-secret".to_owned())
@@ -319,24 +338,33 @@ mod tests {
         ]
     }
 
+    /// Options whose policy allows the test's credential names.
+    fn options() -> XdsOptions {
+        let mut opts = XdsOptions::new("/x/sluice.wasm".into());
+        opts.provider_policy = ProviderPolicy::new(Some("OPENAI_KEY,MISSING"), &[], &[], None).unwrap();
+        opts
+    }
+
     fn decode<M: Message + Default>(any: &Any) -> M {
         M::decode(any.value.as_slice()).unwrap()
     }
 
     #[test]
     fn one_cluster_per_deployment_with_tls_for_https_and_the_credential_from_sds() {
-        let (snap, warnings) = build(&model_list(), None, &XdsOptions::new("/x/sluice.wasm".into()), &env).unwrap();
+        let (snap, warnings) = build(&model_list(), None, &options(), &env).unwrap();
         let clusters = &snap.resources[CLUSTER];
-        assert_eq!(clusters.keys().collect::<Vec<_>>(), ["sluice_east", "sluice_local"]);
-        let east: Cluster = decode(&clusters["sluice_east"]);
+        let (east_name, local_name) = (cluster_name("east"), cluster_name("local"));
+        assert_eq!(clusters.keys().collect::<Vec<_>>(), [&east_name, &local_name]);
+        let east: Cluster = decode(&clusters[&east_name]);
         assert!(east.transport_socket.is_some(), "https api_base → TLS");
-        let local: Cluster = decode(&clusters["sluice_local"]);
+        let local: Cluster = decode(&clusters[&local_name]);
         assert!(local.transport_socket.is_none());
         // Only the credential the control plane can resolve becomes a secret; the other is named
         // in a warning, never guessed.
         let secrets = &snap.resources[SECRET];
-        assert_eq!(secrets.keys().collect::<Vec<_>>(), ["sluice-provider-sluice_east"]);
-        let secret: Secret = decode(&secrets["sluice-provider-sluice_east"]);
+        let east_secret = format!("sluice-provider-{east_name}");
+        assert_eq!(secrets.keys().collect::<Vec<_>>(), [&east_secret]);
+        let secret: Secret = decode(&secrets[&east_secret]);
         assert!(format!("{secret:?}").contains("sk-provider-secret"));
         assert!(warnings.iter().any(|w| w.contains("MISSING")));
         let options: HttpProtocolOptions =
@@ -351,7 +379,7 @@ mod tests {
     #[test]
     fn the_filter_config_looks_keys_up_and_holds_no_credential() {
         let master = KeyHash::of(b"sk-master");
-        let (snap, _) = build(&model_list(), Some(&master), &XdsOptions::new("/x/sluice.wasm".into()), &env).unwrap();
+        let (snap, _) = build(&model_list(), Some(&master), &options(), &env).unwrap();
         let ext: TypedExtensionConfig = decode(&snap.resources[EXTENSION_CONFIG][FILTER_CONFIG_NAME]);
         let wasm: Wasm = decode(ext.typed_config.as_ref().unwrap());
         let plugin = wasm.config.unwrap();
@@ -365,6 +393,40 @@ mod tests {
         assert_eq!(snap.clusters_named_by[FILTER_CONFIG_NAME].len(), 2);
         // The filter accepts what the control plane sends.
         sluice_core::config::CompiledConfig::compile(gateway).unwrap();
+    }
+
+    #[test]
+    fn general_settings_shape_the_filter_in_xds_mode_too() {
+        let mut opts = options();
+        let settings = json!({"max_request_size_mb": 2, "sluice_failure_policy": "fail_reload"});
+        opts.general_settings = settings.as_object().unwrap().clone();
+        let (snap, _) = build(&model_list(), None, &opts, &env).unwrap();
+        let ext: TypedExtensionConfig = decode(&snap.resources[EXTENSION_CONFIG][FILTER_CONFIG_NAME]);
+        let plugin = decode::<Wasm>(ext.typed_config.as_ref().unwrap()).config.unwrap();
+        assert_eq!(plugin.failure_policy, WasmFailurePolicy::FailReload as i32);
+        let json: StringValue = decode(plugin.configuration.as_ref().unwrap());
+        let gateway: GatewayConfig = serde_json::from_str(&json.value).unwrap();
+        assert_eq!(gateway.max_request_body_bytes, 2 * 1024 * 1024);
+        // The default: closed.
+        let (snap, _) = build(&model_list(), None, &options(), &env).unwrap();
+        let ext: TypedExtensionConfig = decode(&snap.resources[EXTENSION_CONFIG][FILTER_CONFIG_NAME]);
+        let plugin = decode::<Wasm>(ext.typed_config.as_ref().unwrap()).config.unwrap();
+        assert_eq!(plugin.failure_policy, WasmFailurePolicy::FailClosed as i32);
+    }
+
+    #[test]
+    fn a_stored_deployment_the_policy_refuses_gets_no_credential() {
+        // Stored before the policy was in force (the admin API refuses both today).
+        let own = json!({"model_name": "a", "litellm_params": {"model": "openai/x", "api_base": "https://collector.example", "api_key": "os.environ/SLUICE_MASTER_KEY"},
+                         "model_info": {"id": "own"}});
+        let metadata = json!({"model_name": "b", "litellm_params": {"model": "openai/x", "api_base": "http://169.254.169.254", "api_key": "os.environ/OPENAI_KEY"},
+                              "model_info": {"id": "metadata"}});
+        let env = |name: &str| Some(format!("secret-of-{name}"));
+        let (snap, warnings) = build(&[own, metadata], None, &options(), &env).unwrap();
+        assert!(snap.resources[SECRET].is_empty(), "{:?}", snap.resources[SECRET].keys());
+        let all = format!("{warnings:?}");
+        assert!(all.contains("SLUICE_MASTER_KEY") && all.contains("169.254.169.254"), "{all}");
+        assert!(!all.contains("secret-of-"), "{all}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use rustls::pki_types::CertificateDer;
 use sluice_core::keys::KeyHash;
 use tokio::sync::{Notify, mpsc, watch};
 use tonic::codegen::tokio_stream::Stream;
@@ -36,6 +37,8 @@ pub struct SnapshotPublisher<S> {
     sender: watch::Sender<Arc<Snapshot>>,
     changed: Arc<Notify>,
     metrics: Arc<Metrics>,
+    /// Refusals already logged (the snapshot is rebuilt every few seconds).
+    reported: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl<S: Store> SnapshotPublisher<S> {
@@ -47,7 +50,7 @@ impl<S: Store> SnapshotPublisher<S> {
         metrics: Arc<Metrics>,
     ) -> Self {
         let (sender, _) = watch::channel(Arc::new(Snapshot::default()));
-        Self { store, master_key, options, sender, changed, metrics }
+        Self { store, master_key, options, sender, changed, metrics, reported: Default::default() }
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
@@ -60,7 +63,13 @@ impl<S: Store> SnapshotPublisher<S> {
         let models = self.store.all_models().await.map_err(|e| format!("reading deployments: {e}"))?;
         let entries: Vec<serde_json::Value> = models.into_iter().map(|m| m.entry).collect();
         let env = |name: &str| std::env::var(name).ok();
-        let (snapshot, _warnings) = build(&entries, self.master_key.as_ref(), &self.options, &env)?;
+        let (snapshot, warnings) = build(&entries, self.master_key.as_ref(), &self.options, &env)?;
+        // Only what the policy refuses: the rest was said when the deployment was accepted.
+        for w in warnings.iter().filter(|w| w.contains("no credential sent")) {
+            if self.reported.lock().map(|mut seen| seen.insert(w.clone())).unwrap_or(false) {
+                eprintln!("sluice: xds: {w}");
+            }
+        }
         let changed = self.sender.send_if_modified(|current| {
             if **current == snapshot {
                 return false;
@@ -89,12 +98,30 @@ impl<S: Store> SnapshotPublisher<S> {
 pub struct AdsService {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
+    /// mTLS is on: each stream must come from a certificate naming its node (`pki::check_node`).
+    node_identity: bool,
 }
 
 impl AdsService {
     pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, metrics: Arc<Metrics>) -> Self {
-        Self { snapshots, metrics }
+        Self { snapshots, metrics, node_identity: false }
     }
+
+    /// Requires every stream's node id to be the one its client certificate names.
+    pub fn with_node_identity(mut self) -> Self {
+        self.node_identity = true;
+        self
+    }
+}
+
+/// Whether the stream's first request may be answered: the node it names must be the one the
+/// connection's client certificate names (when identities are required).
+fn authorise_node(certs: Option<&[CertificateDer<'static>]>, req: &DiscoveryRequest) -> Result<(), Status> {
+    let node = req.node.as_ref().map(|n| n.id.as_str()).unwrap_or_default();
+    let cert = certs
+        .and_then(<[_]>::first)
+        .ok_or_else(|| Status::unauthenticated("the data-plane port requires a client certificate"))?;
+    crate::pki::check_node(cert, node).map_err(Status::permission_denied)
 }
 
 pub struct ResponseStream<T>(mpsc::Receiver<Result<T, Status>>);
@@ -132,6 +159,8 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        // Checked on the first request, which names the node.
+        let mut unchecked = self.node_identity.then(|| request.peer_certs());
         let mut inbound = request.into_inner();
         let mut snapshots = self.snapshots.clone();
         let metrics = Arc::clone(&self.metrics);
@@ -143,6 +172,14 @@ impl AggregatedDiscoveryService for AdsService {
                 let step = tokio::select! {
                     message = inbound.message() => match message {
                         Ok(Some(req)) => {
+                            if let Some(certs) = unchecked.take()
+                                && let Err(refused) = authorise_node(certs.as_deref().map(Vec::as_slice), &req)
+                            {
+                                eprintln!("sluice: xds: refused a stream: {}", refused.message());
+                                inc(&metrics.xds_refused, 1);
+                                let _ = tx.send(Err(refused)).await;
+                                break;
+                            }
                             let snapshot = Arc::clone(&snapshots.borrow_and_update());
                             stream.on_request(&req, &snapshot)
                         }
