@@ -2,6 +2,7 @@
 //! (`sluice serve`) and its admin API client (`sluice key create|list|…`, `sluice audit`).
 
 mod admin_cli;
+mod usage_import;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -57,6 +58,9 @@ enum Command {
     Model(admin_cli::ModelAdmin),
     /// Spend by key, team, user, org, model, tag and day.
     Spend(admin_cli::SpendArgs),
+    /// Usage records Envoys logged: `import` replays them to the control plane (idempotent).
+    #[command(subcommand)]
+    Usage(UsageCommand),
     /// Reusable budgets.
     #[command(subcommand)]
     Budget(admin_cli::BudgetAdmin),
@@ -180,6 +184,14 @@ struct ServeArgs {
     /// development only.
     #[arg(long, env = "SLUICE_ALLOW_WEAK_MASTER_KEY")]
     allow_weak_master_key: bool,
+}
+
+#[derive(Subcommand)]
+enum UsageCommand {
+    /// Replay the `sluice.usage` lines of Envoy logs through the data-plane port: records the
+    /// control plane never got (an Envoy stopped while it was unreachable) are added, the rest
+    /// are recognised by record id and counted once.
+    Import(usage_import::ImportArgs),
 }
 
 #[derive(Subcommand)]
@@ -445,6 +457,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Org(cmd) => runtime()?.block_on(admin_cli::run_org(&connection, cmd)),
         Command::Model(cmd) => runtime()?.block_on(admin_cli::run_model(&connection, cmd)),
         Command::Spend(args) => runtime()?.block_on(admin_cli::run_spend(&connection, args)),
+        Command::Usage(UsageCommand::Import(args)) => runtime()?.block_on(usage_import::run(args)),
         Command::Budget(cmd) => runtime()?.block_on(admin_cli::run_budget(&connection, cmd)),
         Command::Customer(cmd) => runtime()?.block_on(admin_cli::run_customer(&connection, cmd)),
         Command::Audit { object_type, object_id, limit } => {

@@ -124,8 +124,10 @@ impl Context for SluiceRoot {
 
     /// The VM is going away (drain, reload): hand over what is still batched.
     fn on_done(&mut self) -> bool {
-        if let Role::Filter(_) = self.role {
-            self.worker.borrow_mut().flush_usage();
+        match &self.role {
+            Role::Filter(_) => self.worker.borrow_mut().flush_usage(),
+            Role::Service(service) => service.stop(),
+            _ => {}
         }
         true
     }

@@ -17,10 +17,10 @@ use prost::Message;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::LogLevel;
 use serde::Deserialize;
-use serde_json::Value;
 use sluice_core::fleet::{self, WindowSet};
 use sluice_core::outbox::Outbox;
 use sluice_proto::gateway::v1 as pb;
+use sluice_proto::usage_line::record_from_json;
 
 use crate::counters;
 use crate::host::{EnvoyHost, Host, LIMIT_SCOPES_QUEUE, USAGE_QUEUE};
@@ -43,6 +43,11 @@ const SYNC_SCOPES_PER_CALL: usize = 5_000;
 /// that, the oldest are only in the log).
 const BATCH: usize = 500;
 const OUTBOX_CAPACITY: usize = 200_000;
+/// How often a control plane that does not answer is mentioned in the log.
+const PENDING_LOG_EVERY_MS: u64 = 30_000;
+/// Where unshipped records are, and how to get them to the control plane.
+const REPLAY_HINT: &str =
+    "every record is also in this log as a sluice.usage line: `sluice usage import` replays them (idempotent)";
 const REPORT_TIMEOUT_MS: u64 = 10_000;
 /// Above the control plane's 20 s hold, so an idle watch ends with an answer, not a timeout.
 const WATCH_TIMEOUT_MS: u64 = 30_000;
@@ -70,6 +75,8 @@ struct ControlPlaneLink {
     relay_seq: u64,
     relayed: Vec<String>,
     fleet: FleetSync,
+    /// When the last "records wait" line was logged (at most one per [`PENDING_LOG_EVERY_MS`]).
+    pending_logged_ms: u64,
 }
 
 /// The fleet rate-limit sync: which scopes, and the call in flight.
@@ -135,10 +142,27 @@ impl UsageService {
             after_seq: 0,
             relay_seq: 0,
             relayed: Vec::new(),
+            pending_logged_ms: 0,
         });
         let mode = if link.is_some() { "shipping usage to the control plane" } else { "usage to the log" };
         host.log(LogLevel::Info, &format!("sluice: usage service started ({mode})"));
         Some(Self { host, link })
+    }
+
+    /// The VM is going away (Envoy stopping or draining): what was never shipped is named, so
+    /// an operator knows to replay it from this log.
+    pub fn stop(&self) {
+        if let Some(link) = &self.link
+            && !link.outbox.is_empty()
+        {
+            self.host.log(
+                LogLevel::Warn,
+                &format!(
+                    "sluice: stopping with {} usage records not shipped to the control plane; {REPLAY_HINT}",
+                    link.outbox.len()
+                ),
+            );
+        }
     }
 
     pub fn has_control_plane(&self) -> bool {
@@ -172,7 +196,7 @@ impl UsageService {
                 // the outbox had to let go during a long outage.
                 self.host.log(LogLevel::Info, &format!("{USAGE_LOG_PREFIX}{}", String::from_utf8_lossy(line)));
                 if let Some(link) = &mut self.link {
-                    match proto_record(line) {
+                    match record_from_json(line) {
                         Some(record) => {
                             if link.outbox.push(record).is_some() {
                                 self.host.count("sluice.usage.outbox_overflow", 1);
@@ -273,6 +297,17 @@ impl UsageService {
                 _ => {
                     link.outbox.failed(batch_id, now);
                     self.host.count("sluice.usage.report_failures", 1);
+                    if now >= link.pending_logged_ms + PENDING_LOG_EVERY_MS {
+                        link.pending_logged_ms = now;
+                        self.host.log(
+                            LogLevel::Warn,
+                            &format!(
+                                "sluice: usage not shipped: the control plane did not answer (gRPC status {status}); {} records wait in memory (at most {OUTBOX_CAPACITY}); {}",
+                                link.outbox.len(),
+                                REPLAY_HINT
+                            ),
+                        );
+                    }
                 }
             }
             self.send_report();
@@ -355,46 +390,6 @@ fn relay(host: &EnvoyHost, link: &mut ControlPlaneLink, answer: &pb::WatchInvali
     host.count("sluice.key_invalidations", 1);
 }
 
-/// A usage record as the control plane's protobuf, from its JSON line.
-fn proto_record(line: &[u8]) -> Option<pb::UsageRecord> {
-    let v: Value = serde_json::from_slice(line).ok()?;
-    let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-    let num = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let flag = |k: &str| v.get(k).and_then(Value::as_bool).unwrap_or(false);
-    let outcome = match v.get("outcome").and_then(Value::as_str) {
-        Some("completed") => pb::Outcome::Completed,
-        Some("upstream_error") => pb::Outcome::UpstreamError,
-        Some("truncated") => pb::Outcome::Truncated,
-        Some("cancelled") => pb::Outcome::Cancelled,
-        _ => pb::Outcome::Unspecified,
-    };
-    Some(pb::UsageRecord {
-        request_id: text("request_id").unwrap_or_default(),
-        record_id: text("record_id")?,
-        key_id: text("key_id").unwrap_or_default(),
-        key_alias: text("key_alias"),
-        team_id: text("team_id"),
-        user_id: text("user_id"),
-        model_group: text("model_group")?,
-        deployment: text("deployment").unwrap_or_default(),
-        upstream_model: text("upstream_model").unwrap_or_default(),
-        route: text("route").unwrap_or_default(),
-        status: u32::try_from(num("status")).unwrap_or(0),
-        outcome: outcome.into(),
-        prompt_tokens: num("prompt_tokens"),
-        cached_prompt_tokens: num("cached_prompt_tokens"),
-        cache_write_tokens: num("cache_write_tokens"),
-        completion_tokens: num("completion_tokens"),
-        reasoning_tokens: num("reasoning_tokens"),
-        total_tokens: num("total_tokens"),
-        cost_usd: v.get("cost_usd").and_then(Value::as_f64).unwrap_or(0.0),
-        start_ms: num("start_ms"),
-        latency_ms: num("latency_ms"),
-        streamed: flag("streamed"),
-        estimated: flag("estimated"),
-    })
-}
-
 /// New invalidations for a worker that has seen up to `after_seq`: what to drop, and the new
 /// position. `None` in the list means drop everything.
 pub fn invalidations_since(text: &str, after_seq: u64) -> (Vec<Option<(char, String)>>, u64) {
@@ -426,17 +421,6 @@ pub fn invalidations_since(text: &str, after_seq: u64) -> (Vec<Option<(char, Str
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_usage_line_becomes_the_control_planes_record() {
-        let line = br#"{"record_id":"r1","request_id":"q","key_id":"key_1","key_alias":"a","team_id":null,"user_id":null,"model_group":"gpt-4o","deployment":"d","upstream_model":"m","route":"/v1/chat/completions","status":200,"outcome":"truncated","prompt_tokens":10,"cached_prompt_tokens":2,"cache_write_tokens":0,"completion_tokens":5,"reasoning_tokens":1,"total_tokens":15,"cost_usd":0.0001,"start_ms":7,"latency_ms":3,"streamed":true,"estimated":true}"#;
-        let r = proto_record(line).unwrap();
-        assert_eq!((r.record_id.as_str(), r.key_id.as_str(), r.team_id.as_deref()), ("r1", "key_1", None));
-        assert_eq!((r.prompt_tokens, r.completion_tokens, r.status), (10, 5, 200));
-        assert_eq!(r.outcome, pb::Outcome::Truncated as i32);
-        assert!(r.streamed && r.estimated);
-        assert!(proto_record(br#"{"model_group":"x"}"#).is_none(), "no record id, no record");
-    }
 
     #[test]
     fn workers_read_only_what_they_have_not_seen() {

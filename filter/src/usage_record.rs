@@ -2,8 +2,8 @@
 
 use serde::Serialize;
 
-/// Log prefix of a usage record line; tests and log shippers match on it.
-pub const USAGE_LOG_PREFIX: &str = "sluice.usage ";
+/// Log prefix of a usage record line; tests, log shippers and `sluice usage import` match on it.
+pub use sluice_proto::usage_line::USAGE_LOG_PREFIX;
 
 /// How the request ended, from the gateway's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

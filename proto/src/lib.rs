@@ -15,5 +15,7 @@ pub mod gateway {
     }
 }
 
+pub mod usage_line;
+
 /// The encoded descriptors of every file, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sluice_descriptor.bin"));

@@ -1,0 +1,117 @@
+//! `sluice usage import`: replays the usage records in Envoy logs through the data-plane port,
+//! as an Envoy's singleton would have shipped them.
+//!
+//! Every admitted request's record is written to Envoy's log (`sluice.usage {…}`) as well as
+//! queued for the control plane; an Envoy that stops while the control plane is unreachable
+//! takes its queue with it, but not its log. Ingestion is idempotent by record id, so replaying
+//! a whole log adds exactly the records the control plane never got.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use sluice_control_plane::pki::PkiDir;
+use sluice_proto::gateway::v1::ReportUsageRequest;
+use sluice_proto::gateway::v1::usage_service_client::UsageServiceClient;
+use sluice_proto::usage_line::record_from_log_line;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+/// Records per Report call, as the singleton sends them.
+const BATCH: usize = 500;
+
+#[derive(clap::Args)]
+pub struct ImportArgs {
+    /// HOST:PORT of the control plane's data-plane port (`sluice serve --xds-listen`).
+    #[arg(long)]
+    xds: String,
+    /// mTLS from `sluice pki`'s directory: ca.pem, and envoy-NODE.pem/.key for --node-id (issue
+    /// one for the importer with `sluice pki envoy --node-id usage-import`).
+    #[arg(long, value_name = "DIR", conflicts_with = "xds_ca")]
+    pki_dir: Option<PathBuf>,
+    #[arg(long, default_value = "usage-import")]
+    node_id: String,
+    /// Or the files themselves: the CA, a client certificate and its key (PEM).
+    #[arg(long, value_name = "PEM", requires_all = ["xds_cert", "xds_key"])]
+    xds_ca: Option<PathBuf>,
+    #[arg(long, value_name = "PEM")]
+    xds_cert: Option<PathBuf>,
+    #[arg(long, value_name = "PEM")]
+    xds_key: Option<PathBuf>,
+    /// Plaintext, to a control plane run with --insecure-data-plane (local development).
+    #[arg(long, conflicts_with_all = ["pki_dir", "xds_ca"])]
+    insecure_data_plane: bool,
+    /// Envoy log files (`-` or none: standard input).
+    files: Vec<PathBuf>,
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+async fn channel(args: &ImportArgs) -> Result<Channel, String> {
+    let (host, _) = args.xds.rsplit_once(':').ok_or_else(|| format!("--xds {:?}: use HOST:PORT", args.xds))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let files = match (&args.pki_dir, &args.xds_ca, &args.xds_cert, &args.xds_key) {
+        (Some(dir), ..) => {
+            let dir = PkiDir(dir.clone());
+            Some((dir.ca_cert(), dir.envoy_cert(&args.node_id), dir.envoy_key(&args.node_id)))
+        }
+        (None, Some(ca), Some(cert), Some(key)) => Some((ca.clone(), cert.clone(), key.clone())),
+        _ if args.insecure_data_plane => None,
+        _ => return Err("the data-plane port needs mTLS: --pki-dir or --xds-ca/--xds-cert/--xds-key (or --insecure-data-plane for a local development control plane)".into()),
+    };
+    let scheme = if files.is_some() { "https" } else { "http" };
+    let mut endpoint = Channel::from_shared(format!("{scheme}://{}", args.xds)).map_err(|e| format!("--xds: {e}"))?;
+    if let Some((ca, cert, key)) = files {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&ca)?))
+            .identity(Identity::from_pem(read(&cert)?, read(&key)?))
+            .domain_name(host);
+        endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
+    }
+    endpoint.connect().await.map_err(|e| format!("cannot reach the data-plane port {}: {e}", args.xds))
+}
+
+pub async fn run(args: ImportArgs) -> Result<(), String> {
+    let mut records = Vec::new();
+    let mut lines = 0u64;
+    let mut scan = |reader: &mut dyn BufRead, name: &str| -> Result<(), String> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {
+                    lines += 1;
+                    records.extend(record_from_log_line(&line));
+                }
+                // A line that is not UTF-8 is not Sluice's.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {}
+                Err(e) => return Err(format!("{name}: {e}")),
+            }
+        }
+    };
+    let stdin = args.files.is_empty() || args.files.iter().any(|f| f.as_os_str() == "-");
+    if stdin {
+        scan(&mut std::io::stdin().lock(), "standard input")?;
+    }
+    for path in args.files.iter().filter(|f| f.as_os_str() != "-") {
+        let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        scan(&mut std::io::BufReader::new(file), &path.display().to_string())?;
+    }
+    let found = records.len();
+    let mut client = UsageServiceClient::new(channel(&args).await?);
+    let (mut accepted, mut duplicates) = (0u64, 0u64);
+    for batch in records.chunks(BATCH) {
+        let answer = client
+            .report(ReportUsageRequest { records: batch.to_vec() })
+            .await
+            .map_err(|s| format!("the control plane refused a batch ({:?}): {}", s.code(), s.message()))?
+            .into_inner();
+        accepted += u64::from(answer.accepted);
+        duplicates += u64::from(answer.duplicates);
+    }
+    println!(
+        "{lines} lines read, {found} usage records: {accepted} new, {duplicates} already known to the control plane"
+    );
+    Ok(())
+}
