@@ -68,6 +68,57 @@ pub struct KeyLookupConfig {
     /// With the control plane unreachable, an uncached key is refused (503) unless this is set.
     #[serde(default)]
     pub fail_open: bool,
+    /// How many lookups each worker may start (see [`crate::lookup_budget`]).
+    #[serde(default)]
+    pub rate: LookupRateConfig,
+}
+
+/// Token buckets on the lookups an Envoy worker starts, so a flood of made-up keys (well
+/// formed: the checksum is public) cannot reach the control plane's database. A lookup one of
+/// them refuses is a 429 (`key_lookup_rate_limited`), unless the key is known from before (then
+/// its cached answer serves). Every bound is per worker: an Envoy with `W` workers starts at
+/// most `W × (burst + per_second × seconds)` lookups.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LookupRateConfig {
+    /// Lookups a worker may start per second, sustained (all clients together).
+    pub per_second: u32,
+    /// Lookups a worker may start at once after a quiet spell.
+    pub burst: u32,
+    /// Lookups one client (an IPv4 address, an IPv6 /64: Envoy's `source.address`) may start
+    /// per second on a worker; 0 turns the per-client buckets off (e.g. behind a proxy whose
+    /// clients Envoy cannot tell apart).
+    pub per_source_per_second: u32,
+    /// Lookups one client may start at once.
+    pub per_source_burst: u32,
+    /// Clients a worker keeps a bucket for; when full, it forgets the idle ones (or all).
+    pub max_sources: u32,
+}
+
+impl Default for LookupRateConfig {
+    /// Why these: a found key costs one lookup per Envoy a minute (60 s TTL, shared by the
+    /// workers), so 50 a second per worker refreshes thousands of active keys per Envoy, and a
+    /// key known from before is served from cache whenever the bucket is empty; the burst of
+    /// 100 absorbs a cold start. A client rarely presents more than a few new keys a second,
+    /// so 10 a second (20 at once) is generous for one and leaves the worker's other 40 to the
+    /// rest. At the control plane's ~0.3 ms a lookup, 50 a second is under 2 % of a core.
+    fn default() -> Self {
+        Self { per_second: 50, burst: 100, per_source_per_second: 10, per_source_burst: 20, max_sources: 4096 }
+    }
+}
+
+impl LookupRateConfig {
+    fn check(&self, errors: &mut Vec<ConfigError>) {
+        if self.per_second == 0 || self.burst == 0 {
+            errors.push(ConfigError("key_lookup.rate: per_second and burst must be positive".into()));
+        }
+        if self.per_source_per_second > 0 && (self.per_source_burst == 0 || self.max_sources == 0) {
+            errors.push(ConfigError(
+                "key_lookup.rate: per_source_burst and max_sources must be positive (or per_source_per_second 0)"
+                    .into(),
+            ));
+        }
+    }
 }
 
 fn default_lookup_timeout_ms() -> u64 {
@@ -524,6 +575,9 @@ impl CompiledConfig {
         if config.max_request_body_bytes == 0 {
             errors.push(ConfigError("max_request_body_bytes must be positive".into()));
         }
+        if let Some(lookup) = &config.key_lookup {
+            lookup.rate.check(&mut errors);
+        }
 
         let mut groups: Vec<ModelGroup> = Vec::new();
         let mut group_index: HashMap<String, usize> = HashMap::new();
@@ -950,6 +1004,35 @@ mod tests {
         key.model_tpm_limit.insert("served-elsewhere".into(), 1000);
         let r = c.compile_looked_up(&key, None).unwrap();
         assert_eq!(r.key.model_limits.keys().collect::<Vec<_>>(), ["gpt-4o"]);
+    }
+
+    #[test]
+    fn the_lookup_rate_defaults_when_absent_and_must_be_usable() {
+        let lookup: KeyLookupConfig = serde_json::from_str(r#"{"cluster":"cp"}"#).unwrap();
+        assert_eq!(lookup.rate, LookupRateConfig::default());
+        let partial: KeyLookupConfig =
+            serde_json::from_str(r#"{"cluster":"cp","rate":{"per_second":5,"per_source_per_second":0}}"#).unwrap();
+        assert_eq!((partial.rate.per_second, partial.rate.burst, partial.rate.per_source_per_second), (5, 100, 0));
+        assert!(serde_json::from_str::<KeyLookupConfig>(r#"{"cluster":"cp","rate":{"perSecond":5}}"#).is_err());
+        let with = |rate: LookupRateConfig| {
+            let mut cfg = base();
+            cfg.key_lookup = Some(KeyLookupConfig { rate, ..lookup.clone() });
+            CompiledConfig::compile(cfg).err().unwrap_or_default()
+        };
+        assert!(with(LookupRateConfig::default()).is_empty());
+        assert!(
+            with(LookupRateConfig { per_source_per_second: 0, max_sources: 0, ..LookupRateConfig::default() })
+                .is_empty()
+        );
+        for bad in [
+            LookupRateConfig { per_second: 0, ..LookupRateConfig::default() },
+            LookupRateConfig { burst: 0, ..LookupRateConfig::default() },
+            LookupRateConfig { per_source_burst: 0, ..LookupRateConfig::default() },
+            LookupRateConfig { max_sources: 0, ..LookupRateConfig::default() },
+        ] {
+            let errors = with(bad);
+            assert!(errors.iter().any(|e| e.0.starts_with("key_lookup.rate")), "{bad:?}: {errors:?}");
+        }
     }
 }
 

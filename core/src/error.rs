@@ -96,6 +96,11 @@ pub enum GatewayError {
     },
     /// The key is not cached and the control plane could not be asked (fail closed).
     KeyServiceUnavailable,
+    /// The key is not cached and this worker may not ask the control plane about another key
+    /// now (`key_lookup.rate`): a flood of made-up keys, or this client's share of lookups used.
+    KeyLookupRateLimited {
+        retry_after_secs: u64,
+    },
     Internal {
         detail: &'static str,
     },
@@ -124,7 +129,7 @@ impl GatewayError {
             Self::UnknownRoute => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::BodyTooLarge { .. } => 413,
-            Self::RateLimited { .. } => 429,
+            Self::RateLimited { .. } | Self::KeyLookupRateLimited { .. } => 429,
             Self::Internal { .. } => 500,
             Self::KeyServiceUnavailable => 503,
             Self::UnknownModel { .. }
@@ -159,6 +164,7 @@ impl GatewayError {
             Self::RateLimited { kind: LimitKind::Tokens, .. } => "token_rate_limit_exceeded",
             Self::BudgetExceeded { .. } | Self::OwnerBudgetExceeded { .. } => "budget_exceeded",
             Self::KeyServiceUnavailable => "key_service_unavailable",
+            Self::KeyLookupRateLimited { .. } => "key_lookup_rate_limited",
             Self::Internal { .. } => "internal_error",
         }
     }
@@ -241,6 +247,9 @@ impl GatewayError {
             Self::KeyServiceUnavailable => {
                 "The gateway cannot check this API key right now (its control plane is unreachable). Retry shortly.".into()
             }
+            Self::KeyLookupRateLimited { retry_after_secs } => format!(
+                "Too many API keys this gateway has not seen recently are being checked; this one could not be checked now. Retry after {retry_after_secs} s."
+            ),
             Self::Internal { detail } => format!("Internal gateway error: {detail}"),
         }
     }
@@ -307,6 +316,10 @@ mod tests {
         };
         assert_eq!(rl.status(), 429);
         assert_eq!(parse(&rl)["error"]["code"], "token_rate_limit_exceeded");
+        let lookups = GatewayError::KeyLookupRateLimited { retry_after_secs: 1 };
+        assert_eq!((lookups.status(), lookups.code()), (429, "key_lookup_rate_limited"));
+        assert_eq!(parse(&lookups)["error"]["type"], "rate_limit_error");
+        assert!(lookups.message().ends_with("Retry after 1 s."));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod keys;
 pub mod limits;
 pub mod litellm;
+pub mod lookup_budget;
 pub mod outbox;
 pub mod request;
 pub mod routing;

@@ -17,6 +17,7 @@ use sluice_core::error::{GatewayError, LimitKind, LimitScope};
 use sluice_core::fleet::{self, WindowSet};
 use sluice_core::keys::{self, KeyHash};
 use sluice_core::limits::Remaining;
+use sluice_core::lookup_budget::{LookupBudget, Refused, Source};
 use sluice_core::request::{parse_request, rewrite_body};
 use sluice_core::routing::{SplitMix64, choose_weighted};
 use sluice_core::sse::{Forward, SseUsageScanner};
@@ -35,9 +36,10 @@ const GRPC_OK: u32 = 0;
 
 /// Longer credentials are rejected before hashing: no Sluice or master key is this long.
 const MAX_CREDENTIAL_LEN: usize = 512;
-/// After a failed lookup, a key known from before is served from this worker's cache for this
-/// long before the control plane is asked again, so an outage costs one waiting request per
-/// key and worker every few seconds, not every request.
+/// After a failed or refused lookup, a key known from before is served from this worker's
+/// cache for this long before the control plane is asked again, so an outage costs one waiting
+/// request per key and worker every few seconds, not every request (and a flood of made-up
+/// keys, which empties the lookup budget, costs a known key nothing).
 const STALE_RETRY_MS: u64 = 5_000;
 const ANTHROPIC_VERSION: &str = "2023-06-01";
 
@@ -53,9 +55,14 @@ pub struct Gateway {
     pub key_cache: RefCell<KeyCache>,
     /// What this worker has applied of the control plane's invalidations.
     pub invalidations: RefCell<Invalidations>,
+    /// The lookups this worker may start (`key_lookup.rate`); None in standalone mode.
+    lookup_budget: Option<RefCell<LookupBudget>>,
     /// Requests served from `key_cache`, counted here and reported on the tick, so a hit costs
     /// no host call.
     key_cache_hits: Cell<u64>,
+    /// Lookups the budget refused (the key then served stale, or a 429), reported on the tick
+    /// like the hits: a flood must not cost an extra host call per request.
+    lookups_refused: Cell<u64>,
     /// Rate-limited scopes this worker announced to the singleton this minute (xDS mode: the
     /// singleton syncs their counts with the rest of the fleet).
     announced_scopes: RefCell<WindowSet>,
@@ -111,13 +118,16 @@ impl Gateway {
             })
             .collect();
         let keys = (0..config.keys.len()).filter_map(|i| config.resolved(i)).map(Rc::new).collect();
+        let lookup_budget = config.config.key_lookup.as_ref().map(|l| RefCell::new(LookupBudget::new(&l.rate)));
         Self {
             config,
             credentials,
             keys,
             key_cache: RefCell::new(KeyCache::default()),
             invalidations: RefCell::new(Invalidations::default()),
+            lookup_budget,
             key_cache_hits: Cell::new(0),
+            lookups_refused: Cell::new(0),
             announced_scopes: RefCell::new(WindowSet::default()),
             group_metrics,
         }
@@ -139,6 +149,7 @@ impl Gateway {
     /// Reports what the request path counted without host calls (called on the worker's tick).
     pub fn flush_metrics<H: Host>(&self, host: &H) {
         host.count("sluice.key_cache.hits", self.key_cache_hits.take());
+        host.count("sluice.key_lookups_refused", self.lookups_refused.take());
         for group in &self.group_metrics {
             for (name, pending) in group.names.iter().zip(&group.pending) {
                 host.count(name, pending.take());
@@ -310,16 +321,14 @@ impl<H: Host> RequestFlow<H> {
         }
     }
 
-    /// Answers the client with an OpenAI-style error and stops the request here.
+    /// Answers the client with an OpenAI-style error (a 429 with `retry-after`, and the limit
+    /// it hit) and stops the request here.
     fn reject(&mut self, error: &GatewayError) -> Action {
-        self.reject_with(error, &[])
-    }
-
-    fn reject_with(&mut self, error: &GatewayError, extra: &[(&str, &str)]) -> Action {
         self.rejected = true;
-        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(2 + extra.len());
+        let extra = rate_limit_headers(error);
+        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(1 + extra.len());
         headers.push(("content-type", "application/json"));
-        headers.extend_from_slice(extra);
+        headers.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
         self.host.send_local_response(u32::from(error.status()), &headers, &error.body());
         self.host.count(&format!("sluice.rejections.reason.{}", error.code()), 1);
         Action::Pause
@@ -518,8 +527,13 @@ impl<H: Host> RequestFlow<H> {
         Shared::Fresh(resolved)
     }
 
-    /// Asks the control plane about a key no worker has fresh; the request waits.
+    /// Asks the control plane about a key no worker has fresh; the request waits. Unless the
+    /// worker's lookup budget, or this client's, is spent: then a key known from before serves
+    /// from cache and any other is refused (429; a real key gets in on retry).
     fn start_lookup(&mut self, hash: KeyHash, stale: Option<Rc<ResolvedKey>>) -> Result<(), GatewayError> {
+        if let Err(refused) = self.take_lookup_token() {
+            return self.lookup_refused(hash, stale, refused);
+        }
         let Some(lookup) = self.config().config.key_lookup.as_ref() else {
             return Err(GatewayError::InvalidKey);
         };
@@ -534,19 +548,50 @@ impl<H: Host> RequestFlow<H> {
         }
     }
 
+    /// A token from the worker's lookup budget and the client's. The client's address is read
+    /// here, so only a request that would cost a lookup pays for the property read.
+    fn take_lookup_token(&self) -> Result<(), Refused> {
+        let Some(budget) = &self.gateway.lookup_budget else { return Ok(()) };
+        let mut budget = budget.borrow_mut();
+        let source =
+            budget.per_source().then(|| self.host.source_address().map_or(Source::UNKNOWN, |a| Source::of_address(&a)));
+        budget.try_start(source, self.start_ms)
+    }
+
+    /// No lookup may start now. A key known before (past its TTL, or awaiting confirmation
+    /// after a reset; never a revoked one) keeps working, as through an outage; any other key
+    /// is refused with a 429, whatever `fail_open` says (a flood must not be admitted).
+    fn lookup_refused(
+        &mut self,
+        hash: KeyHash,
+        stale: Option<Rc<ResolvedKey>>,
+        refused: Refused,
+    ) -> Result<(), GatewayError> {
+        self.gateway.lookups_refused.set(self.gateway.lookups_refused.get() + 1);
+        match stale {
+            Some(known) => self.serve_stale(hash, known),
+            None => Err(GatewayError::KeyLookupRateLimited { retry_after_secs: refused.retry_after_secs() }),
+        }
+    }
+
+    /// Serves a key known from before without asking (for a few seconds, then it asks again).
+    fn serve_stale(&mut self, hash: KeyHash, known: Rc<ResolvedKey>) -> Result<(), GatewayError> {
+        let endpoint = self.endpoint.ok_or(GatewayError::Internal { detail: "no endpoint" })?;
+        let retry = Cached::Found(Rc::clone(&known));
+        self.gateway.key_cache.borrow_mut().insert(hash, retry, self.host.now_ms(), STALE_RETRY_MS);
+        self.check_key(&known, endpoint)?;
+        self.host.count("sluice.key_cache.stale_served", 1);
+        self.principal = Some(Principal::Key(known));
+        Ok(())
+    }
+
     /// The control plane could not answer. A key known before (past its TTL) keeps working;
     /// otherwise refuse (fail closed, not cached, so the next request asks again), or with
     /// `fail_open` admit the key without limits.
     fn lookup_failed(&mut self, hash: KeyHash, stale: Option<Rc<ResolvedKey>>) -> Result<(), GatewayError> {
         self.host.count("sluice.key_lookup_failures", 1);
         if let Some(known) = stale {
-            let endpoint = self.endpoint.ok_or(GatewayError::Internal { detail: "no endpoint" })?;
-            let retry = Cached::Found(Rc::clone(&known));
-            self.gateway.key_cache.borrow_mut().insert(hash, retry, self.host.now_ms(), STALE_RETRY_MS);
-            self.check_key(&known, endpoint)?;
-            self.host.count("sluice.key_cache.stale_served", 1);
-            self.principal = Some(Principal::Key(known));
-            return Ok(());
+            return self.serve_stale(hash, known);
         }
         let fail_open = self.config().config.key_lookup.as_ref().is_some_and(|l| l.fail_open);
         if !fail_open {
@@ -719,11 +764,7 @@ impl<H: Host> RequestFlow<H> {
         let body = self.host.request_body(body_size).unwrap_or_default();
         match self.route_and_admit(&body) {
             Ok(()) => Action::Continue,
-            Err(error) => {
-                let headers = rate_limit_headers(&error);
-                let refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                self.reject_with(&error, &refs)
-            }
+            Err(error) => self.reject(&error),
         }
     }
 
@@ -1021,8 +1062,12 @@ fn remaining_headers(remaining: &Remaining) -> Vec<(&'static str, String)> {
 
 /// Headers of a rejection: `retry-after` and the limit that was hit (remaining 0).
 fn rate_limit_headers(error: &GatewayError) -> Vec<(&'static str, String)> {
-    let GatewayError::RateLimited { kind, limit, retry_after_secs, .. } = error else {
-        return Vec::new();
+    let (kind, limit, retry_after_secs) = match error {
+        GatewayError::RateLimited { kind, limit, retry_after_secs, .. } => (kind, limit, retry_after_secs),
+        GatewayError::KeyLookupRateLimited { retry_after_secs } => {
+            return vec![("retry-after", retry_after_secs.to_string())];
+        }
+        _ => return Vec::new(),
     };
     let mut rem = Remaining::default();
     match kind {

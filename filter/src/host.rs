@@ -47,6 +47,9 @@ pub trait Host {
     fn now_ms(&self) -> u64;
     /// Envoy's response code details (why a stream ended, e.g. an upstream reset).
     fn response_code_details(&self) -> Option<Vec<u8>>;
+    /// The client's address (`source.address`, e.g. `1.2.3.4:5678`): read only when a key
+    /// lookup is about to start, never for a cached key.
+    fn source_address(&self) -> Option<Vec<u8>>;
     fn log(&self, level: LogLevel, message: &str);
     fn count(&self, metric: &str, delta: u64);
     /// A unary gRPC call to a cluster; the answer comes back to this request's context.
@@ -206,6 +209,10 @@ impl Host for EnvoyHost {
 
     fn response_code_details(&self) -> Option<Vec<u8>> {
         hostcalls::get_property(vec!["response", "code_details"]).ok().flatten()
+    }
+
+    fn source_address(&self) -> Option<Vec<u8>> {
+        hostcalls::get_property(vec!["source", "address"]).ok().flatten()
     }
 
     fn now_ms(&self) -> u64 {

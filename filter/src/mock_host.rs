@@ -93,6 +93,8 @@ pub struct MockStream {
     pub resumed: Cell<u32>,
     /// What Envoy would report as the response code details at the end.
     pub code_details: RefCell<Option<String>>,
+    /// The client's address (`source.address`).
+    pub source_address: RefCell<Option<String>>,
 }
 
 #[derive(Clone)]
@@ -223,6 +225,11 @@ impl Host for MockHost {
     fn response_code_details(&self) -> Option<Vec<u8>> {
         self.envoy.host_calls.borrow_mut().push("response_code_details");
         self.stream.code_details.borrow().clone().map(String::into_bytes)
+    }
+
+    fn source_address(&self) -> Option<Vec<u8>> {
+        self.envoy.host_calls.borrow_mut().push("source_address");
+        self.stream.source_address.borrow().clone().map(String::into_bytes)
     }
 
     fn now_ms(&self) -> u64 {

@@ -637,7 +637,7 @@ fn an_upstream_cut_is_truncated_not_cancelled() {
 
 mod lookup_support {
     use prost::Message;
-    use sluice_core::config::KeyLookupConfig;
+    use sluice_core::config::{KeyLookupConfig, LookupRateConfig};
     use sluice_proto::gateway::v1::KeyLookupResponse;
 
     use super::*;
@@ -651,6 +651,7 @@ mod lookup_support {
             ttl_ms: 60_000,
             negative_ttl_ms: 5_000,
             fail_open,
+            rate: LookupRateConfig::default(),
         });
         cfg
     }
@@ -1368,5 +1369,231 @@ mod host_call_budget {
         // One read and one write of the key's counter at admission, the same at settlement.
         assert_eq!(calls.iter().filter(|c| **c == "shared_get").count(), 2);
         assert_eq!(calls.iter().filter(|c| **c == "shared_set").count(), 2);
+    }
+}
+
+mod lookup_budget {
+    use sluice_core::config::LookupRateConfig;
+
+    use super::lookup_support::*;
+    use super::*;
+    use crate::mock_host::LocalReply;
+
+    /// An xDS config whose workers may start `per_second` lookups a second, `burst` at once,
+    /// and each client `per_source` a second (`per_source_burst` at once; 0: no per-client
+    /// buckets).
+    fn limited(per_second: u32, burst: u32, per_source: u32, per_source_burst: u32) -> GatewayConfig {
+        let mut cfg = xds_config(false);
+        if let Some(lookup) = cfg.key_lookup.as_mut() {
+            lookup.rate = LookupRateConfig {
+                per_second,
+                burst,
+                per_source_per_second: per_source,
+                per_source_burst,
+                ..LookupRateConfig::default()
+            };
+        }
+        cfg
+    }
+
+    /// A well-formed key no one issued (its checksum is right: anyone can compute it).
+    fn forged(i: u32) -> String {
+        let mut random = KeyHash::of(&i.to_le_bytes()).0.to_vec();
+        random.extend_from_slice(&KeyHash::of(&(!i).to_le_bytes()).0);
+        key_from_random(&random).unwrap()
+    }
+
+    /// A chat request with `k` from `source`, its headers and body played; the reply if the
+    /// filter answered locally (None: waiting for a lookup, or routed upstream).
+    fn ask(h: &Harness, k: &str, source: Option<&str>) -> (Stream, Option<LocalReply>) {
+        let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        *s.host.stream.source_address.borrow_mut() = source.map(str::to_owned);
+        s.host.set_request_header("content-length", Some(CHAT.len().to_string().as_bytes()));
+        s.flow.on_request_headers(false);
+        if s.reply().is_none() {
+            *s.host.stream.request_body.borrow_mut() = CHAT.as_bytes().to_vec();
+            s.flow.on_request_body(CHAT.len(), true);
+        }
+        let reply = s.reply();
+        (s, reply)
+    }
+
+    fn calls(h: &Harness) -> usize {
+        h.envoy.grpc_calls.borrow().len()
+    }
+
+    fn assert_lookup_refused(reply: Option<LocalReply>) {
+        let reply = reply.expect("a local reply");
+        assert_eq!((reply.status, reply.json()["error"]["code"].as_str()), (429, Some("key_lookup_rate_limited")));
+        assert_eq!(reply.json()["error"]["type"], "rate_limit_error");
+        assert_eq!(reply.header("retry-after"), Some("1"));
+        assert_eq!(reply.header("content-type"), Some("application/json"));
+    }
+
+    #[test]
+    fn a_burst_of_lookups_passes_then_429s_without_a_call_until_the_bucket_refills() {
+        let h = Harness::new(limited(2, 3, 0, 0));
+        for i in 0..3 {
+            let (s, reply) = ask(&h, &forged(i), None);
+            assert!(reply.is_none(), "the burst asks the control plane");
+            assert_eq!(s.host.stream.resumed.get(), 0, "waiting for the answer");
+        }
+        assert_eq!(calls(&h), 3);
+        for i in 3..10 {
+            let (s, reply) = ask(&h, &forged(i), None);
+            assert_lookup_refused(reply);
+            assert!(s.host.request_header_str("x-sluice-cluster").is_none(), "nothing went upstream");
+        }
+        assert_eq!(calls(&h), 3, "no call for a refused lookup");
+        assert_eq!(h.envoy.metric("sluice.rejections.reason.key_lookup_rate_limited"), 7);
+        assert_eq!(h.envoy.metric("sluice.key_lookups_refused"), 0, "reported on the tick");
+        h.gateway.flush_metrics(&MockHost::new(Rc::clone(&h.envoy)));
+        assert_eq!(h.envoy.metric("sluice.key_lookups_refused"), 7);
+        assert_eq!(h.envoy.metric("sluice.key_lookups"), 3);
+        // Two a second: one more after 500 ms, then none again.
+        h.envoy.now_ms.set(NOW + 499);
+        assert_lookup_refused(ask(&h, &forged(10), None).1);
+        h.envoy.now_ms.set(NOW + 500);
+        assert!(ask(&h, &forged(11), None).1.is_none());
+        assert_lookup_refused(ask(&h, &forged(12), None).1);
+        // After a quiet spell, the whole burst again (and no more).
+        h.envoy.now_ms.set(NOW + 60_000);
+        let started = (100..110).filter(|i| ask(&h, &forged(*i), None).1.is_none()).count();
+        assert_eq!(started, 3);
+        assert_eq!(calls(&h), 7);
+    }
+
+    #[test]
+    fn one_client_spending_its_share_leaves_the_others_theirs() {
+        let h = Harness::new(limited(50, 100, 1, 2));
+        let abuser = Some("203.0.113.9:50000");
+        let refused = (0..50).filter(|i| ask(&h, &forged(*i), abuser).1.is_some()).count();
+        assert_eq!(refused, 48, "its burst of 2 asked, the rest were refused");
+        // The same client on another connection is the same client.
+        assert_lookup_refused(ask(&h, &forged(50), Some("203.0.113.9:50001")).1);
+        // Other clients are untouched by it: each has its own burst.
+        for other in ["198.51.100.7:1000", "[2001:db8::7]:443"] {
+            assert!(ask(&h, &forged(60), Some(other)).1.is_none());
+            assert!(ask(&h, &forged(61), Some(other)).1.is_none());
+            assert_lookup_refused(ask(&h, &forged(62), Some(other)).1);
+        }
+        assert_eq!(calls(&h), 6);
+        // A second later the abuser has one more.
+        h.envoy.now_ms.set(NOW + 1_000);
+        assert!(ask(&h, &forged(70), abuser).1.is_none());
+        assert_lookup_refused(ask(&h, &forged(71), abuser).1);
+        // Clients Envoy cannot name share one bucket.
+        h.envoy.now_ms.set(NOW + 2_000);
+        assert!(ask(&h, &forged(80), None).1.is_none());
+        assert!(ask(&h, &forged(81), Some("not an address")).1.is_none());
+        assert_lookup_refused(ask(&h, &forged(82), None).1);
+    }
+
+    #[test]
+    fn cached_keys_and_unknown_digests_never_touch_the_budget() {
+        let h = Harness::new(limited(1, 2, 0, 0));
+        let real = key(90);
+        let (mut s, reply) = ask(&h, &real, Some("192.0.2.1:1"));
+        assert!(reply.is_none());
+        s.deliver(0, &answer(Some(&stored(90)), None));
+        assert!(s.reply().is_none(), "routed");
+        let (mut s, _) = ask(&h, &forged(0), Some("192.0.2.1:1"));
+        s.deliver(0, &answer(None, None)); // unknown: remembered for 5 s
+        assert_lookup_refused(ask(&h, &forged(1), Some("192.0.2.1:1")).1);
+        // The budget is spent. A cached key is served, a remembered unknown one is a 401, and
+        // neither reads the client's address or asks anyone.
+        h.envoy.host_calls.borrow_mut().clear();
+        for _ in 0..20 {
+            let (s, reply) = ask(&h, &real, Some("192.0.2.1:1"));
+            assert!(reply.is_none(), "{reply:?}");
+            assert_eq!(s.host.request_header_str("x-sluice-cluster").as_deref(), Some("sluice_gpt4o-a"));
+            let (_, reply) = ask(&h, &forged(0), Some("192.0.2.1:1"));
+            assert_eq!(reply.unwrap().json()["error"]["code"], "invalid_api_key");
+        }
+        assert!(!h.envoy.host_calls.borrow().contains(&"source_address"));
+        assert_eq!(calls(&h), 2);
+        assert_eq!(h.envoy.metric("sluice.rejections.reason.key_lookup_rate_limited"), 1);
+    }
+
+    #[test]
+    fn a_key_another_worker_looked_up_is_served_with_this_workers_budget_spent() {
+        let envoy = MockEnvoy::new(NOW);
+        let a = Harness::on(Rc::clone(&envoy), limited(1, 1, 0, 0));
+        let b = Harness::on(Rc::clone(&envoy), limited(1, 1, 0, 0));
+        let real = key(91);
+        let (mut s, _) = ask(&a, &real, None);
+        s.deliver(0, &answer(Some(&stored(91)), None));
+        assert!(ask(&b, &forged(0), None).1.is_none(), "b spends its one lookup");
+        assert_lookup_refused(ask(&b, &forged(1), None).1);
+        assert!(ask(&b, &real, None).1.is_none(), "found in shared data, no lookup needed");
+        assert_eq!(envoy.grpc_calls.borrow().len(), 2);
+    }
+
+    #[test]
+    fn a_known_key_past_its_ttl_is_served_from_cache_when_no_lookup_may_start() {
+        let h = Harness::new(limited(1, 2, 0, 0));
+        let real = key(92);
+        let (mut s, _) = ask(&h, &real, None);
+        s.deliver(0, &answer(Some(&stored(92)), None));
+        h.envoy.now_ms.set(NOW + 120_000); // past the 60 s TTL: to be confirmed by a lookup
+        assert!(ask(&h, &forged(0), None).1.is_none());
+        assert!(ask(&h, &forged(1), None).1.is_none());
+        let calls_before = calls(&h);
+        let (s, reply) = ask(&h, &real, None);
+        assert!(reply.is_none(), "{reply:?}");
+        assert_eq!(s.host.request_header_str("x-sluice-cluster").as_deref(), Some("sluice_gpt4o-a"));
+        assert_eq!(calls(&h), calls_before, "served without asking");
+        assert_eq!(h.envoy.metric("sluice.key_cache.stale_served"), 1);
+        assert_eq!(h.envoy.metric("sluice.rejections.reason.key_lookup_rate_limited"), 0);
+        // Asked again once the retry period is over and a token is there.
+        h.envoy.now_ms.set(NOW + 126_000);
+        let (mut s, reply) = ask(&h, &real, None);
+        assert!(reply.is_none());
+        assert_eq!(calls(&h), calls_before + 1);
+        s.deliver(0, &answer(Some(&stored(92)), None));
+        assert!(s.reply().is_none());
+        // A revoked key is not known from before: refused like any other.
+        h.gateway.apply_invalidations("1 k key_92", NOW + 126_000);
+        assert!(ask(&h, &forged(2), None).1.is_none());
+        assert_lookup_refused(ask(&h, &real, None).1);
+    }
+
+    #[test]
+    fn a_real_key_refused_in_a_flood_gets_in_on_retry() {
+        let h = Harness::new(limited(50, 100, 0, 0));
+        for i in 0..100 {
+            assert!(ask(&h, &forged(i), None).1.is_none());
+        }
+        let real = key(93);
+        let reply = ask(&h, &real, None).1;
+        assert_lookup_refused(reply.clone());
+        let retry_after: u64 = reply.unwrap().header("retry-after").unwrap().parse().unwrap();
+        h.envoy.now_ms.set(NOW + retry_after * 1000);
+        let (mut s, reply) = ask(&h, &real, None);
+        assert!(reply.is_none());
+        s.deliver(0, &answer(Some(&stored(93)), None));
+        assert!(s.reply().is_none(), "{:?}", s.reply());
+        assert_eq!(s.host.stream.resumed.get(), 1);
+    }
+
+    #[test]
+    fn fail_open_does_not_admit_a_key_whose_lookup_was_refused() {
+        let mut cfg = limited(1, 1, 0, 0);
+        if let Some(lookup) = cfg.key_lookup.as_mut() {
+            lookup.fail_open = true;
+        }
+        let h = Harness::new(cfg);
+        assert!(ask(&h, &forged(0), None).1.is_none());
+        assert_lookup_refused(ask(&h, &forged(1), None).1);
+    }
+
+    #[test]
+    fn models_with_a_refused_lookup_is_a_429_too() {
+        let h = Harness::new(limited(1, 1, 0, 0));
+        assert!(ask(&h, &forged(0), None).1.is_none());
+        let k = forged(1);
+        let mut s = h.start("GET", "/v1/models", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        assert_eq!(s.flow.on_request_headers(true), Action::Pause);
+        assert_lookup_refused(s.reply());
     }
 }

@@ -40,7 +40,7 @@ use envoy_types::pb::envoy::extensions::wasm::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, StringValue};
 use prost::{Message, Name};
-use sluice_core::config::{GatewayConfig, KeyLookupConfig, Provider};
+use sluice_core::config::{GatewayConfig, KeyLookupConfig, LookupRateConfig, Provider};
 use sluice_core::keys::KeyHash;
 use sluice_core::litellm::{FailurePolicy, Upstream, from_litellm};
 
@@ -79,6 +79,9 @@ impl XdsOptions {
                 ttl_ms: 60_000,
                 negative_ttl_ms: 5_000,
                 fail_open: false,
+                // Per worker: 50 lookups a second, 100 at once; 10 a second (20 at once) per
+                // client address. Why these: LookupRateConfig::default.
+                rate: LookupRateConfig::default(),
             },
             provider_policy: ProviderPolicy::default(),
         }
@@ -389,6 +392,9 @@ mod tests {
         let gateway: GatewayConfig = serde_json::from_str(&json.value).unwrap();
         assert_eq!(gateway.master_key_hash, Some(master));
         assert_eq!(gateway.key_lookup.as_ref().unwrap().cluster, CONTROL_PLANE_CLUSTER);
+        let rate = gateway.key_lookup.as_ref().unwrap().rate;
+        assert_eq!((rate.per_second, rate.burst, rate.per_source_per_second, rate.per_source_burst), (50, 100, 10, 20));
+        assert!(json.value.contains(r#""rate":{"per_second":50,"#), "sent explicitly: {}", json.value);
         assert!(gateway.keys.is_empty());
         assert_eq!(snap.clusters_named_by[FILTER_CONFIG_NAME].len(), 2);
         // The filter accepts what the control plane sends.
