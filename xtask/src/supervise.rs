@@ -5,12 +5,13 @@
 //!
 //! - **Stopping on purpose.** SIGINT (Ctrl-C), SIGTERM (a supervisor) and SIGHUP (a closed
 //!   terminal) only record the signal in an atomic ([`catch_stop_signals`]). The command's wait
-//!   loops poll it at least every 100 ms ([`stopped`]) and return; the [`Children`] going out of
+//!   loops poll it every 100-200 ms ([`stopped`]) and return; the [`Children`] going out of
 //!   scope then stops every child ([`stop`]: SIGTERM, up to [`GRACE`] to exit, SIGKILL, each
 //!   reaped), and `main` exits with 128 + the signal's number and no error line. All the work
-//!   happens on the main thread, in ordinary code: the handler itself does nothing else.
+//!   happens on the main thread, in ordinary code: the handler itself does nothing else. (A
+//!   signal during `cargo xtask setup`'s builds takes effect when the build step returns.)
 //! - **Ctrl-C reaches xtask only.** Each child runs in its own process group ([`command`]), so
-//!   the terminal's SIGINT goes to xtask alone, which stops the children newest first (Envoy
+//!   the terminal's SIGINT goes to xtask alone, which signals the children newest first (Envoy
 //!   before the control plane it talks to) instead of racing their exits and reporting one as a
 //!   failure.
 //! - **When xtask cannot clean up** (SIGKILL, a crash), the kernel kills each child: the child
