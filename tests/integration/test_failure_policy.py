@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from conftest import Gateway, model_entry
+from wasm_stats import LOG_KEY, vm_failures
 
 TRAP = {"x-sluice-test-trap": "1"}
 # What Envoy logs when the module executes `unreachable` in V8.
@@ -67,11 +68,6 @@ class TrapGateway(Gateway):
         """Every request the mock provider received, whatever it answered."""
         return sum(self.mock_stats()["by_path"].values())
 
-    def wasm_stat(self, name):
-        stats = httpx.get(f"{self.admin}/stats", params={"filter": r"^wasm\.sluice\."}, timeout=5).text
-        match = re.search(rf"^wasm\.sluice\.{name}: (\d+)$", stats, re.M)
-        return int(match.group(1)) if match else 0
-
 
 def start(tmp_path, policy):
     gw = TrapGateway(tmp_path, policy)
@@ -106,15 +102,18 @@ def assert_failed_closed(response):
 
 
 def trap(gw):
-    """Runs the trap and checks it was a real wasm trap that reached no upstream."""
+    """Runs the trap and checks it was a real wasm trap that reached no upstream, and that
+    wasm_stats (the other tests' "no VM failed" check) counts it."""
     before = gw.upstream_calls()
     traps = gw.log_path.read_text().count(TRAP_LOG)
+    failures = vm_failures(gw)[LOG_KEY]
     assert_failed_closed(gw.send(trap=True))
     assert gw.upstream_calls() == before
     deadline = time.time() + 5  # Envoy's log is written by its own thread
     while gw.log_path.read_text().count(TRAP_LOG) == traps and time.time() < deadline:
         time.sleep(0.05)
     assert gw.log_path.read_text().count(TRAP_LOG) == traps + 1
+    assert vm_failures(gw)[LOG_KEY] == failures + 1
 
 
 def test_a_trap_fails_closed_by_default(gateway_factory):
@@ -122,6 +121,7 @@ def test_a_trap_fails_closed_by_default(gateway_factory):
     # The stand-in filter lets a normal request through to the provider while its VM lives.
     assert gw.send().status_code == 200
     assert gw.upstream_calls() == 1
+    assert not any(vm_failures(gw).values())
 
     trap(gw)
 
@@ -136,7 +136,10 @@ def test_a_trap_fails_closed_by_default(gateway_factory):
     assert refused >= 10
     assert gw.upstream_calls() == 1
     assert gw.mock_stats()["served"] == 1
-    assert gw.wasm_stat("vm_reload_success") == 0
+    # Under FAIL_CLOSED Envoy counts the failure nowhere, however many requests it refuses:
+    # every wasm counter stays 0 (no reload), and its log line is the only record of the trap
+    # (which is why wasm_stats reads the log too).
+    assert {name: n for name, n in vm_failures(gw).items() if n} == {LOG_KEY: 1}
     # Envoy itself is up and still reports ready: failing closed is per request, not a crash.
     assert gw.proc.poll() is None
     assert httpx.get(f"{gw.admin}/ready", timeout=5).status_code == 200
@@ -146,7 +149,9 @@ def test_fail_reload_recovers_after_a_trap(gateway_factory):
     gw = gateway_factory("fail_reload")
     assert gw.send().status_code == 200
     assert gw.upstream_calls() == 1
+    assert not any(vm_failures(gw).values())
 
+    refused_in_all = 0
     for round_ in range(2):
         trap(gw)
         before = gw.upstream_calls()
@@ -166,7 +171,14 @@ def test_fail_reload_recovers_after_a_trap(gateway_factory):
         assert served == 1, f"round {round_}: no recovery within 30 s ({refused} requests refused)"
         # Exactly the served request reached the provider; the refused ones did not.
         assert gw.upstream_calls() == before + 1
-        assert gw.wasm_stat("vm_reload_success") >= round_ + 1
+        # Under FAIL_RELOAD the counters record the failure too: each request refused while
+        # the VM waits for its reload is one `vm_reload_backoff`, each recovery one
+        # `vm_reload_success`; the log has one failed call per trap.
+        refused_in_all += refused
+        failures = vm_failures(gw)
+        assert failures["wasm.sluice.vm_reload_backoff"] == refused_in_all
+        assert failures["wasm.sluice.vm_reload_success"] == round_ + 1
+        assert failures[LOG_KEY] == round_ + 1
 
     # The reloaded VM keeps serving.
     for _ in range(5):

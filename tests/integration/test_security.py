@@ -1,8 +1,13 @@
 """Credentials never leak; hostile input never traps the filter."""
 
+import json
+import re
 import socket
 
 import httpx
+import pytest
+
+from wasm_stats import assert_no_vm_failed
 
 
 def raw_request(gw, header_lines: bytes, body: bytes = b'{"model":"gpt-4o"}') -> int:
@@ -56,8 +61,7 @@ def test_hostile_authorization_values_get_401_and_no_trap(gw):
     assert 400 <= raw_request(gw, b"authorization: Bearer " + b"k" * 65536 + b"\r\n") < 500
     # Still serving, and no VM failed.
     assert gw.post("/v1/chat/completions", "security", {"model": "gpt-4o"}).status_code == 200
-    stats = httpx.get(f"{gw.admin}/stats", timeout=5).text
-    assert "wasm.envoy.wasm.runtime.v8.failed" not in stats or "failed: 0" in stats
+    assert_no_vm_failed(gw)
 
 
 def test_a_client_cannot_pick_the_cluster(gw):
@@ -83,3 +87,141 @@ def test_admin_is_loopback_only(gw):
     yaml = gw.envoy_yaml.read_text()
     admin_block = yaml[yaml.index("admin:"):yaml.index("admin:") + 200]
     assert "127.0.0.1" in admin_block
+
+
+# -- Hostile headers that Envoy lets through to the filter ------------------------------------
+# Envoy's limits here are its defaults (the bootstrap sets neither): 60 KiB of request headers
+# (`max_request_headers_kb`) and 100 headers (`max_headers_count`); 95 extra headers get Envoy's
+# own 431 before any filter runs. Everything below is within them, so the filter sees it.
+
+CHAT = b'{"model":"gpt-4o","messages":[]}'
+HIGH_BYTES = bytes(range(0x80, 0x100))
+MANY = b"".join(b"x-hostile-%d: v\r\n" % i for i in range(90))
+
+
+def exchange(gw, header_lines: bytes, body: bytes = CHAT):
+    """One raw HTTP/1.1 request (bytes as they are); (status, lower-cased headers, body).
+
+    Reads exactly the response (content-length or chunks), not up to the close: after a local
+    reply Envoy may hold the connection for its delayed-close timeout (1 s)."""
+    req = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+           + header_lines + b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+        s.sendall(req)
+        data = b""
+
+        def complete():
+            head, sep, payload = data.partition(b"\r\n\r\n")
+            if not sep:
+                return False
+            length = re.search(rb"(?im)^content-length: *(\d+)", head)
+            if length:
+                return len(payload) >= int(length.group(1))
+            return payload.endswith(b"0\r\n\r\n")  # chunked
+
+        while not complete() and (chunk := s.recv(65536)):
+            data += chunk
+    head, _, payload = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict((k.strip().lower(), v.strip()) for k, v in (line.split(":", 1) for line in lines[1:]))
+    if headers.get("transfer-encoding") == "chunked":
+        chunks, rest = b"", payload
+        while (size := int(rest.split(b"\r\n", 1)[0], 16)) > 0:
+            rest = rest.split(b"\r\n", 1)[1]
+            chunks, rest = chunks + rest[:size], rest[size + 2:]
+        payload = chunks
+    return int(lines[0].split(" ")[1]), headers, payload
+
+
+# (case, header lines given the `security` key and the `open` key, expected outcome): 200, or the
+# OpenAI error code of a 401.
+HOSTILE_HEADERS = [
+    # Very long values, within Envoy's 60 KiB.
+    ("32 KiB bearer token", lambda k, o: b"authorization: Bearer " + b"k" * 32768, "invalid_api_key"),
+    ("32 KiB x-api-key", lambda k, o: b"x-api-key: " + b"k" * 32768, "invalid_api_key"),
+    ("a valid key then 32 KiB of spaces", lambda k, o: b"authorization: Bearer " + k + b" " * 32768, 200),
+    ("a 32 KiB header beside a valid key", lambda k, o: b"authorization: Bearer " + k + b"\r\nx-junk: "
+     + b"j" * 32768, 200),
+    # Bytes 0x80-0xFF (obs-text: Envoy passes them, they are not UTF-8).
+    ("bytes 0x80-0xff as the bearer token", lambda k, o: b"authorization: Bearer " + HIGH_BYTES, "invalid_api_key"),
+    ("bytes 0x80-0xff as x-api-key", lambda k, o: b"x-api-key: " + HIGH_BYTES, "invalid_api_key"),
+    ("bytes 0x80-0xff after a valid key", lambda k, o: b"authorization: Bearer " + k + HIGH_BYTES, "invalid_api_key"),
+    ("bytes 0x80-0xff in a header beside a valid key", lambda k, o: b"authorization: Bearer " + k
+     + b"\r\nx-junk: " + HIGH_BYTES, 200),
+    # Many headers.
+    ("90 headers beside a valid key", lambda k, o: MANY + b"authorization: Bearer " + k, 200),
+    ("90 headers and no key", lambda k, o: MANY.rstrip(b"\r\n"), "missing_api_key"),
+    ("one header 90 times beside a valid key", lambda k, o: b"x-same: v\r\n" * 90 + b"authorization: Bearer " + k, 200),
+    # Repeated credentials. Envoy joins a repeated Authorization with a comma, so two are never
+    # a key, whichever they are; a repeated x-api-key or api-key reaches the filter as its first
+    # value (the upstream sees none of them either way).
+    ("Authorization twice, the same valid key", lambda k, o: b"authorization: Bearer " + k
+     + b"\r\nauthorization: Bearer " + k, "invalid_api_key"),
+    ("Authorization twice, valid then bogus", lambda k, o: b"authorization: Bearer " + k
+     + b"\r\nauthorization: Bearer sk-bogus", "invalid_api_key"),
+    ("Authorization twice, bogus then valid", lambda k, o: b"authorization: Bearer sk-bogus\r\nauthorization: Bearer "
+     + k, "invalid_api_key"),
+    ("Authorization twice, two valid keys", lambda k, o: b"authorization: Bearer " + k
+     + b"\r\nauthorization: Bearer " + o, "invalid_api_key"),
+    ("x-api-key twice, the same valid key", lambda k, o: b"x-api-key: " + k + b"\r\nx-api-key: " + k, 200),
+    ("x-api-key twice, bogus first", lambda k, o: b"x-api-key: sk-bogus\r\nx-api-key: " + k, "invalid_api_key"),
+    ("x-api-key twice, valid first", lambda k, o: b"x-api-key: " + k + b"\r\nx-api-key: sk-bogus", 200),
+    # `Bearer` and whitespace: the scheme is case-insensitive and needs a space (RFC 9110 §11.4:
+    # one or more SP, no tab); whitespace around the token does not count.
+    ("Bearer, a tab, the key", lambda k, o: b"authorization: Bearer\t" + k, "missing_api_key"),
+    ("Bearer glued to the key", lambda k, o: b"authorization: Bearer" + k, "missing_api_key"),
+    ("Bearer, three spaces, the key", lambda k, o: b"authorization: Bearer   " + k, 200),
+    ("Bearer, the key, tabs", lambda k, o: b"authorization: Bearer " + k + b"\t\t", 200),
+    ("spaces and a tab before Bearer", lambda k, o: b"authorization:  \t Bearer " + k, 200),
+    ("lower-case bearer", lambda k, o: b"authorization: bearer " + k, 200),
+    ("a tab inside the key", lambda k, o: b"authorization: Bearer " + k[:12] + b"\t" + k[12:], "invalid_api_key"),
+    # Both x-api-key and Authorization: a Bearer credential is the one that counts.
+    ("valid x-api-key, bogus Bearer", lambda k, o: b"x-api-key: " + k + b"\r\nauthorization: Bearer sk-bogus",
+     "invalid_api_key"),
+    ("bogus x-api-key, valid Bearer", lambda k, o: b"x-api-key: sk-bogus\r\nauthorization: Bearer " + k, 200),
+    ("valid x-api-key, Basic authorization", lambda k, o: b"x-api-key: " + k
+     + b"\r\nauthorization: Basic dXNlcjpwYXNz", 200),
+    ("valid x-api-key, another valid Bearer", lambda k, o: b"x-api-key: " + o + b"\r\nauthorization: Bearer " + k, 200),
+    # Empty values.
+    ("empty authorization", lambda k, o: b"authorization:", "missing_api_key"),
+    ("Bearer and nothing", lambda k, o: b"authorization: Bearer    ", "missing_api_key"),
+    ("empty x-api-key", lambda k, o: b"x-api-key:", "missing_api_key"),
+    ("empty x-api-key and api-key, valid Bearer", lambda k, o: b"x-api-key:\r\napi-key:\r\nauthorization: Bearer " + k,
+     200),
+    ("valid x-api-key, empty authorization", lambda k, o: b"authorization:\r\nx-api-key: " + k, 200),
+    ("empty headers beside a valid key", lambda k, o: b"x-junk:\r\naccept:\r\nauthorization: Bearer " + k, 200),
+]
+
+
+@pytest.mark.parametrize("lines,expected", [pytest.param(f, e, id=name) for name, f, e in HOSTILE_HEADERS])
+def test_hostile_headers_reach_the_filter_and_get_a_defined_answer(gw, lines, expected):
+    def upstream_calls():
+        return sum(gw.mock_stats()["by_path"].values())
+
+    before = upstream_calls()
+    status, headers, body = exchange(gw, lines(gw.keys["security"].encode(), gw.keys["open"].encode()) + b"\r\n")
+    if expected == 200:
+        assert status == 200, body[:300]
+        assert json.loads(body)["usage"]["total_tokens"] > 0
+        # Whatever the client sent, the upstream saw the provider's key and nothing of the client's.
+        assert upstream_calls() == before + 1
+        seen = gw.mock_stats()["requests"][-1]
+        assert seen["authorization"] == f"Bearer {gw.provider_keys['MOCK_OPENAI_KEY']}"
+        assert seen["x_api_key"] is None and seen["api_key"] is None
+    else:
+        # Refused by the filter in OpenAI's error format, and nothing went upstream.
+        assert status == 401, body[:300]
+        assert headers["content-type"].startswith("application/json")
+        error = json.loads(body)["error"]
+        assert (error["code"], error["type"]) == (expected, "authentication_error"), error
+        assert error["message"]
+        assert upstream_calls() == before
+    assert_no_vm_failed(gw)
+    assert gw.post("/v1/chat/completions", "security", {"model": "gpt-4o", "messages": []}).status_code == 200
+
+
+def test_more_headers_than_envoy_allows_never_reach_the_filter(gw):
+    """The bound of the cases above: Envoy answers 431 itself, and no VM failed."""
+    status, _, _ = exchange(gw, MANY + b"".join(b"x-more-%d: v\r\n" % i for i in range(10)))
+    assert status == 431
+    assert_no_vm_failed(gw)

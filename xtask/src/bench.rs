@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::proc::{self, Children, root};
+use crate::proc::{self, root};
 use crate::setup;
+use crate::supervise::Children;
 
 const MOCK_PORT: u16 = 18_081;
 const BARE_PORT: u16 = 18_000;

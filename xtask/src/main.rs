@@ -1,4 +1,4 @@
-//! Project automation, std only (it must build fast on a fresh machine):
+//! Project automation, std and libc only (it must build fast on a fresh machine):
 //!
 //! - `cargo xtask setup`  installs what the project needs (wasm target, a project-local Python
 //!   venv with the pinned Envoy and SDKs) and builds the filter, CLI and mock provider.
@@ -17,7 +17,9 @@ mod bench_fleet;
 mod proc;
 mod quickstart;
 mod setup;
+mod supervise;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -34,6 +36,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(signal) = supervise::stop_signal() {
+        // Stopped on purpose (Ctrl-C, a supervisor's SIGTERM, a closed terminal's SIGHUP): the
+        // children are stopped by now, and whatever the interrupted step returned is moot. The
+        // terminal may be gone, so a failed write is ignored.
+        let _ = writeln!(std::io::stderr(), "xtask: stopped by {}", supervise::signal_name(signal));
+        return ExitCode::from(128 + u8::try_from(signal).unwrap_or(0));
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,7 +1,7 @@
 //! Running commands and finding the workspace.
 
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
@@ -52,16 +52,4 @@ pub fn random_hex() -> Result<String, String> {
         .and_then(|mut f| f.read_exact(&mut buf))
         .map_err(|e| format!("/dev/urandom: {e}"))?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Child processes killed however the command ends (Ctrl-C, error, success).
-pub struct Children(pub Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }

@@ -3,27 +3,114 @@
 //! Sluice on :4000 (admin on 127.0.0.1:9901) configured over xDS; it creates a key with the
 //! CLI and prints how to use it. `cargo xtask join` starts one more Envoy (:4010) from the same
 //! control plane.
+//!
+//! `SLUICE_QUICKSTART_BASE_PORT=N` moves every port to N and the ones after it, and the state to
+//! `.sluice/base-N/` (the integration tests run a quickstart beside a developer's this way).
+//! Every port is checked before anything starts, and the children are supervised
+//! (src/supervise.rs): a stop signal (Ctrl-C, SIGTERM, SIGHUP) stops them all, and they die with
+//! xtask if it is killed.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::proc::{self, Children, root};
+use crate::proc::{self, root};
 use crate::setup::{self, Tools};
+use crate::supervise::{self, Children};
 
-const LISTEN: &str = "127.0.0.1:4000";
-const MOCK: &str = "127.0.0.1:8081";
-const ADMIN_PORT: &str = "9901";
-const CONTROL_PLANE: &str = "127.0.0.1:4001";
-const XDS: &str = "127.0.0.1:4002";
+/// Where a quickstart listens and keeps its state.
+struct Quickstart {
+    dir: PathBuf,
+    listen: u16,
+    control_plane: u16,
+    xds: u16,
+    metrics: u16,
+    mock: u16,
+    admin: u16,
+    /// `cargo xtask join`'s Envoy.
+    join_listen: u16,
+    join_admin: u16,
+}
+
+impl Quickstart {
+    fn from_env() -> Result<Self, String> {
+        let Ok(base) = std::env::var("SLUICE_QUICKSTART_BASE_PORT") else {
+            return Ok(Self {
+                dir: root().join(".sluice"),
+                listen: 4000,
+                control_plane: 4001,
+                xds: 4002,
+                metrics: 4003,
+                mock: 8081,
+                admin: 9901,
+                join_listen: 4010,
+                join_admin: 9911,
+            });
+        };
+        let b = base
+            .parse::<u16>()
+            .ok()
+            .filter(|b| (1024..=65_000).contains(b))
+            .ok_or_else(|| format!("SLUICE_QUICKSTART_BASE_PORT={base}: not a port from 1024 to 65000"))?;
+        Ok(Self {
+            dir: root().join(format!(".sluice/base-{b}")),
+            listen: b,
+            control_plane: b + 1,
+            xds: b + 2,
+            metrics: b + 3,
+            mock: b + 4,
+            admin: b + 5,
+            join_listen: b + 10,
+            join_admin: b + 11,
+        })
+    }
+
+    /// The ports `cargo xtask run` listens on, with what for.
+    fn ports(&self) -> [(u16, &'static str); 6] {
+        [
+            (self.listen, "Envoy's listener"),
+            (self.control_plane, "the control plane's admin API"),
+            (self.xds, "the control plane's xDS and key lookups"),
+            (self.metrics, "the control plane's metrics"),
+            (self.mock, "the mock provider"),
+            (self.admin, "Envoy's admin"),
+        ]
+    }
+}
+
+/// Fails, naming the first taken port and what it was wanted for, before anything starts: a
+/// leftover process on a port would otherwise answer in the new one's place (an old control
+/// plane refusing the new master key).
+fn check_ports_free(ports: &[(u16, &str)], hint: &str) -> Result<(), String> {
+    for &(port, what) in ports {
+        // Envoy listens on every address; a bind to 0.0.0.0 conflicts with a listener on any.
+        match TcpListener::bind(("0.0.0.0", port)) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::AddrInUse => {
+                return Err(format!("port {port} ({what}) is in use: {hint} (`ss -ltnp 'sport = :{port}'`)"));
+            }
+            Err(e) => return Err(format!("cannot listen on port {port} ({what}): {e}")),
+        }
+    }
+    Ok(())
+}
 
 pub fn run(smoke: bool) -> Result<(), String> {
+    supervise::catch_stop_signals();
+    let qs = Quickstart::from_env()?;
     let tools = setup::setup()?;
-    let dir = root().join(".sluice");
+    supervise::stopped()?;
+    check_ports_free(&qs.ports(), "is another `cargo xtask run` still running?")?;
+    let dir = qs.dir.clone();
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let config = dir.join("config.yaml");
-    std::fs::copy(root().join("examples/config.yaml"), &config).map_err(|e| format!("examples/config.yaml: {e}"))?;
+    let example = std::fs::read_to_string(root().join("examples/config.yaml"))
+        .map_err(|e| format!("examples/config.yaml: {e}"))?;
+    // The example's models point at the mock provider on its default port.
+    let example = example.replace("http://127.0.0.1:8081", &format!("http://127.0.0.1:{}", qs.mock));
+    std::fs::write(&config, example).map_err(|e| format!("{}: {e}", config.display()))?;
     let config_s = config.to_string_lossy().into_owned();
     let cli = tools.cli.to_string_lossy().into_owned();
     let wasm = tools.wasm.to_string_lossy().into_owned();
@@ -49,10 +136,11 @@ pub fn run(smoke: bool) -> Result<(), String> {
         ("MOCK_OPENAI_KEY", openai_key.as_str()),
         ("MOCK_ANTHROPIC_KEY", anthropic_key.as_str()),
     ];
+    let (mock, control_plane, xds) = (loopback(qs.mock), loopback(qs.control_plane), loopback(qs.xds));
     let mut children = Children(Vec::new());
     children.0.push(
-        Command::new(&tools.mock)
-            .args(["--listen", MOCK, "--openai-key", &openai_key, "--anthropic-key", &anthropic_key])
+        supervise::command(&tools.mock)
+            .args(["--listen", &mock, "--openai-key", &openai_key, "--anthropic-key", &anthropic_key])
             .stdout(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start the mock provider: {e}"))?,
@@ -61,48 +149,53 @@ pub fn run(smoke: bool) -> Result<(), String> {
     let cp_log = std::fs::File::create(&cp_log_path).map_err(|e| format!("{}: {e}", cp_log_path.display()))?;
     let db_url = format!("sqlite:{}", db.display());
     children.0.push(
-        Command::new(&cli)
-            .args(["serve", "-c", &config_s, "--database-url", &db_url, "--listen", CONTROL_PLANE])
-            .args(["--xds-listen", XDS, "--envoy-wasm", &wasm, "--pki-dir", &pki_s])
+        supervise::command(&cli)
+            .args(["serve", "-c", &config_s, "--database-url", &db_url, "--listen", &control_plane])
+            .args(["--xds-listen", &xds, "--metrics-listen", &loopback(qs.metrics), "--envoy-wasm", &wasm])
+            .args(["--pki-dir", &pki_s])
             .envs(control_plane_env)
             .stdout(Stdio::null())
             .stderr(cp_log)
             .spawn()
             .map_err(|e| format!("cannot start the control plane: {e}"))?,
     );
-    wait_for_port(CONTROL_PLANE, Duration::from_secs(30)).map_err(|e| format!("{e}; see {}", cp_log_path.display()))?;
+    wait_for_port(&control_plane, Duration::from_secs(30), &mut children)
+        .map_err(|e| format!("{e}; see {}", cp_log_path.display()))?;
 
     // A key, made the way an operator would: with the CLI against the admin API.
-    let admin_env = [("SLUICE_API_KEY", master_key.as_str()), ("SLUICE_SERVER", "http://127.0.0.1:4001")];
+    let server = format!("http://{control_plane}");
+    let admin_env = [("SLUICE_API_KEY", master_key.as_str()), ("SLUICE_SERVER", server.as_str())];
     let created = proc::output(&cli, &["key", "create", "--alias", "quickstart", "--json"], &admin_env)?;
     let key = json_string_field(&created, "key").ok_or("`sluice key create --json` printed no key")?;
 
     let log_path = dir.join("envoy.log");
-    children.0.push(start_envoy(&tools, "quickstart-1", "0.0.0.0:4000", ADMIN_PORT, &log_path)?);
-    wait_until_ready(&format!("127.0.0.1:{ADMIN_PORT}"), Duration::from_secs(30))
-        .map_err(|e| format!("{e}; see {}", log_path.display()))?;
-    wait_for_port(MOCK, Duration::from_secs(10))?;
+    let (listen, admin_port) = (format!("0.0.0.0:{}", qs.listen), qs.admin.to_string());
+    children.0.push(start_envoy(&tools, &qs, "quickstart-1", &listen, &admin_port, &log_path)?);
+    wait_for(Duration::from_secs(30), &mut children, || envoy_ready(&loopback(qs.admin)))
+        .map_err(|e| format!("Envoy not ready on {}: {e}; see {}", loopback(qs.admin), log_path.display()))?;
+    wait_for_port(&mock, Duration::from_secs(10), &mut children)?;
 
     let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hello from the Sluice quickstart"}]}"#;
+    let (port, admin) = (qs.listen, qs.admin);
     println!(
-        "\nSluice is running: Envoy on http://localhost:4000 (admin http://127.0.0.1:{ADMIN_PORT}), configured by the control plane \
-         (admin API {CONTROL_PLANE}, xDS {XDS}, SQLite {}), mock provider on http://{MOCK}",
+        "\nSluice is running: Envoy on http://localhost:{port} (admin http://127.0.0.1:{admin}), configured by the control plane \
+         (admin API {control_plane}, xDS {xds}, SQLite {}), mock provider on http://{mock}",
         db.display()
     );
     println!("Logs: {} and {}\n", cp_log_path.display(), log_path.display());
     println!("Master key (admin API and CLI):\n  export SLUICE_API_KEY={master_key}\n");
     println!("An API key, created with `sluice key create --alias quickstart` (shown once):\n  {key}\n");
     println!(
-        "Try it:\n  curl -s http://localhost:4000/v1/chat/completions \\\n    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    -d '{body}'\n"
+        "Try it:\n  curl -s http://localhost:{port}/v1/chat/completions \\\n    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    -d '{body}'\n"
     );
-    println!("Or with the OpenAI SDK:\n  OpenAI(base_url=\"http://localhost:4000/v1\", api_key=\"{key}\")\n");
+    println!("Or with the OpenAI SDK:\n  OpenAI(base_url=\"http://localhost:{port}/v1\", api_key=\"{key}\")\n");
     println!(
         "More keys, limits, spend:\n  {cli} key create --alias my-service --rpm 60 --max-budget 5\n  {cli} spend --group-by key\n"
     );
-    println!("Another Envoy from the same control plane (on :4010):\n  cargo xtask join\n");
+    println!("Another Envoy from the same control plane (on :{}):\n  cargo xtask join\n", qs.join_listen);
 
     if smoke {
-        let (status, response) = wait_for_answer(&key, body)?;
+        let (status, response) = wait_for_answer(&loopback(qs.listen), &key, body)?;
         if status != 200 || !response.contains("\"usage\"") {
             return Err(format!("quickstart request failed: HTTP {status}: {response}"));
         }
@@ -116,15 +209,24 @@ pub fn run(smoke: bool) -> Result<(), String> {
 /// `cargo xtask join`: one more Envoy on :4010 (admin 9911), configured by the running
 /// quickstart's control plane.
 pub fn join() -> Result<(), String> {
+    supervise::catch_stop_signals();
+    let qs = Quickstart::from_env()?;
     let tools = setup::setup()?;
-    wait_for_port(XDS, Duration::from_secs(2))
-        .map_err(|_| "no control plane on 127.0.0.1:4002: run `cargo xtask run` first")?;
-    let log_path = root().join(".sluice/envoy-2.log");
-    let mut children = Children(vec![start_envoy(&tools, "quickstart-2", "0.0.0.0:4010", "9911", &log_path)?]);
-    wait_until_ready("127.0.0.1:9911", Duration::from_secs(30))
-        .map_err(|e| format!("{e}; see {}", log_path.display()))?;
+    supervise::stopped()?;
+    let xds = loopback(qs.xds);
+    let mut children = Children(Vec::new());
+    wait_for_port(&xds, Duration::from_secs(2), &mut children)
+        .map_err(|_| format!("no control plane on {xds}: run `cargo xtask run` first"))?;
+    let ports = [(qs.join_listen, "the second Envoy's listener"), (qs.join_admin, "the second Envoy's admin")];
+    check_ports_free(&ports, "is another `cargo xtask join` still running?")?;
+    let log_path = qs.dir.join("envoy-2.log");
+    let (listen, admin_port) = (format!("0.0.0.0:{}", qs.join_listen), qs.join_admin.to_string());
+    children.0.push(start_envoy(&tools, &qs, "quickstart-2", &listen, &admin_port, &log_path)?);
+    wait_for(Duration::from_secs(30), &mut children, || envoy_ready(&loopback(qs.join_admin)))
+        .map_err(|e| format!("Envoy not ready on {}: {e}; see {}", loopback(qs.join_admin), log_path.display()))?;
     println!(
-        "A second Envoy is serving on http://localhost:4010 with the same keys, models and limits (log: {}).",
+        "A second Envoy is serving on http://localhost:{} with the same keys, models and limits (log: {}).",
+        qs.join_listen,
         log_path.display()
     );
     println!("Press Ctrl-C to stop it.");
@@ -134,6 +236,7 @@ pub fn join() -> Result<(), String> {
 /// An Envoy that knows only the control plane's address.
 fn start_envoy(
     tools: &Tools,
+    qs: &Quickstart,
     node_id: &str,
     listen: &str,
     admin_port: &str,
@@ -141,10 +244,11 @@ fn start_envoy(
 ) -> Result<Child, String> {
     let cli = tools.cli.to_string_lossy().into_owned();
     let wasm = tools.wasm.to_string_lossy().into_owned();
-    let yaml = root().join(format!(".sluice/{node_id}.yaml")).to_string_lossy().into_owned();
+    let yaml = qs.dir.join(format!("{node_id}.yaml")).to_string_lossy().into_owned();
+    let xds = loopback(qs.xds);
     // Its own client certificate, naming its node, from the run's CA.
-    let pki = root().join(".sluice/pki").to_string_lossy().into_owned();
-    if !root().join(format!(".sluice/pki/envoy-{node_id}.pem")).exists() {
+    let pki = qs.dir.join("pki").to_string_lossy().into_owned();
+    if !qs.dir.join(format!("pki/envoy-{node_id}.pem")).exists() {
         proc::run(&cli, &["pki", "envoy", "--dir", &pki, "--node-id", node_id], &[])?;
     }
     proc::run(
@@ -152,7 +256,7 @@ fn start_envoy(
         &[
             "envoy-config",
             "--xds",
-            XDS,
+            &xds,
             "--node-id",
             node_id,
             "--wasm",
@@ -169,7 +273,7 @@ fn start_envoy(
         &[],
     )?;
     let log = std::fs::File::create(log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
-    Command::new(&tools.envoy)
+    supervise::command(&tools.envoy)
         .args(["-c", &yaml, "--disable-hot-restart", "--log-level", "info", "--concurrency", "2"])
         .args(["--base-id", admin_port])
         .stdout(Stdio::null())
@@ -179,10 +283,11 @@ fn start_envoy(
 }
 
 /// The listener serves once the control plane's filter config has arrived.
-fn wait_for_answer(key: &str, body: &str) -> Result<(u16, String), String> {
+fn wait_for_answer(listen: &str, key: &str, body: &str) -> Result<(u16, String), String> {
     let start = Instant::now();
     loop {
-        let answer = http_post(LISTEN, "/v1/chat/completions", key, body);
+        supervise::stopped()?;
+        let answer = http_post(listen, "/v1/chat/completions", key, body);
         match answer {
             Ok((200, _)) => return answer,
             _ if start.elapsed() > Duration::from_secs(30) => return answer,
@@ -191,15 +296,43 @@ fn wait_for_answer(key: &str, body: &str) -> Result<(u16, String), String> {
     }
 }
 
-fn watch(children: &mut Children, log_path: &std::path::Path) -> Result<(), String> {
+/// Until a stop signal (then `Ok`: the children are stopped as they drop) or a child's exit.
+fn watch(children: &mut Children, log_path: &Path) -> Result<(), String> {
     loop {
-        for child in &mut children.0 {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("a process exited ({status}); see {}", log_path.display()));
-            }
+        if supervise::stop_signal().is_some() {
+            return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(500));
+        if let Some(status) = exited(children) {
+            return Err(format!("a process exited ({status}); see {}", log_path.display()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+fn exited(children: &mut Children) -> Option<std::process::ExitStatus> {
+    children.0.iter_mut().find_map(|child| child.try_wait().ok().flatten())
+}
+
+/// Polls `ready` every 100 ms until it holds; `Err` on timeout, a stop signal or a child's exit.
+fn wait_for(timeout: Duration, children: &mut Children, mut ready: impl FnMut() -> bool) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        supervise::stopped()?;
+        if let Some(status) = exited(children) {
+            return Err(format!("a process exited ({status})"));
+        }
+        if ready() {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            return Err(format!("not ready after {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn loopback(port: u16) -> String {
+    format!("127.0.0.1:{port}")
 }
 
 /// `sluice envoy-config`: the bootstrap for a config, listener and admin port.
@@ -226,21 +359,18 @@ pub fn json_string_field(json: &str, field: &str) -> Option<String> {
     Some(rest.get(..rest.find('"')?)?.to_owned())
 }
 
-fn wait_for_port(addr: &str, timeout: Duration) -> Result<(), String> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if TcpStream::connect(addr).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Err(format!("nothing listening on {addr} after {timeout:?}"))
+fn wait_for_port(addr: &str, timeout: Duration, children: &mut Children) -> Result<(), String> {
+    wait_for(timeout, children, || TcpStream::connect(addr).is_ok()).map_err(|e| format!("{addr}: {e}"))
+}
+
+fn envoy_ready(admin: &str) -> bool {
+    matches!(http(admin, "GET", "/ready", &[], ""), Ok((200, _)))
 }
 
 pub fn wait_until_ready(admin: &str, timeout: Duration) -> Result<(), String> {
     let start = Instant::now();
     while start.elapsed() < timeout {
-        if let Ok((200, _)) = http(admin, "GET", "/ready", &[], "") {
+        if envoy_ready(admin) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(200));
