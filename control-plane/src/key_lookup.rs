@@ -28,6 +28,8 @@ use crate::store::{
 /// How long a `WatchInvalidations` call is held when nothing changes (below Envoy's gRPC
 /// timeout for the call, so an idle watch ends in an answer rather than an error).
 const WATCH_HOLD: Duration = Duration::from_secs(20);
+/// The key id a master-key request's usage is recorded under (as the filter does standalone).
+const MASTER_KEY_ID: &str = "master";
 
 pub struct KeyLookupApi<S> {
     store: Arc<S>,
@@ -36,6 +38,8 @@ pub struct KeyLookupApi<S> {
     budgets: Arc<BudgetTracker>,
     /// The fleet's rate-limit counts, sent with a key so an Envoy new to it starts from them.
     fleet_counts: Option<Arc<FleetCounts>>,
+    /// The master key's digest: Envoys hold none, and look the master key up like a key.
+    master_key: Option<KeyHash>,
 }
 
 impl<S: Store> KeyLookupApi<S> {
@@ -45,7 +49,12 @@ impl<S: Store> KeyLookupApi<S> {
         metrics: Arc<Metrics>,
         budgets: Arc<BudgetTracker>,
     ) -> Self {
-        Self { store, invalidations, metrics, budgets, fleet_counts: None }
+        Self { store, invalidations, metrics, budgets, fleet_counts: None, master_key: None }
+    }
+
+    pub fn with_master_key(mut self, master_key: Option<KeyHash>) -> Self {
+        self.master_key = master_key;
+        self
     }
 
     pub fn with_fleet_counts(mut self, fleet_counts: Arc<FleetCounts>) -> Self {
@@ -190,6 +199,18 @@ impl<S: Store> KeyLookupService for KeyLookupApi<S> {
             inc(&self.metrics.lookups_unknown, 1);
             Ok(Response::new(KeyLookupResponse::default()))
         };
+        // The master key (LiteLLM lets it call models too): every model, no limit, its spend
+        // recorded as `master`.
+        if self.master_key.is_some_and(|m| m.ct_eq(&hash)) {
+            inc(&self.metrics.lookups_found, 1);
+            let master = KeyConfig {
+                key_hash: Some(hash),
+                key_id: Some(MASTER_KEY_ID.into()),
+                key_alias: Some("master key".into()),
+                ..Default::default()
+            };
+            return Ok(Response::new(KeyLookupResponse { key_json: json(&master)?, ..Default::default() }));
+        }
         let key = match self.store.get_key(&KeyLookup::Hash(format!("sha256:{}", hash.to_hex()))).await {
             Ok(key) => key,
             Err(StoreError::NotFound) => return unknown(),

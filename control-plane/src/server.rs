@@ -269,13 +269,8 @@ pub async fn serve_planes(
             if let Some(l) = metrics_listener {
                 tokio::spawn(crate::metrics::serve(l, Arc::clone(&metrics)));
             }
-            let publisher = SnapshotPublisher::new(
-                Arc::clone(&store),
-                master,
-                options,
-                admin.config_changes(),
-                Arc::clone(&metrics),
-            );
+            let publisher =
+                SnapshotPublisher::new(Arc::clone(&store), options, admin.config_changes(), Arc::clone(&metrics));
             // The first snapshot before any Envoy can ask, so none gets an empty config.
             publisher.rebuild().await?;
             let ads = AdsService::new(publisher.subscribe(), Arc::clone(&metrics));
@@ -299,7 +294,8 @@ pub async fn serve_planes(
                         Arc::clone(&metrics),
                         Arc::clone(&budgets),
                     )
-                    .with_fleet_counts(Arc::clone(&fleet_counts)),
+                    .with_fleet_counts(Arc::clone(&fleet_counts))
+                    .with_master_key(master),
                 ))
                 .add_service(LimitServiceServer::new(LimitSyncApi::new(fleet_counts, Arc::clone(&metrics))))
                 .add_service(UsageServiceServer::from_arc(ingest).max_decoding_message_size(MAX_USAGE_BYTES))

@@ -740,6 +740,51 @@ mod lookup {
     }
 
     #[test]
+    fn in_xds_mode_the_master_key_is_looked_up_and_short_garbage_is_not() {
+        let mut cfg = xds_config(false);
+        cfg.master_key_hash = None; // what the control plane sends: no digest of the master key
+        let h = Harness::new(cfg);
+        // Too short to be a master key (and not a Sluice key): refused with no call.
+        let (_, reply) = h.post("/v1/chat/completions", "sk-1234", CHAT);
+        assert_eq!(reply.unwrap().status, 401);
+        assert!(h.envoy.grpc_calls.borrow().is_empty());
+        // Long enough: asked about, by digest only, and served as the control plane answers.
+        let master = "sk-master-0123456789abcdef0123456789abcdef";
+        let mut s =
+            h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {master}").as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        {
+            let calls = h.envoy.grpc_calls.borrow();
+            assert_eq!(calls.len(), 1);
+            let asked = KeyLookupRequest::decode(calls[0].message.as_slice()).unwrap();
+            assert_eq!(asked.key_hash, format!("sha256:{}", KeyHash::of(master.as_bytes()).to_hex()));
+            assert!(!String::from_utf8_lossy(&calls[0].message).contains(master));
+        }
+        let answered = KeyConfig {
+            key_hash: Some(KeyHash::of(master.as_bytes())),
+            key_id: Some("master".into()),
+            ..KeyConfig::default()
+        };
+        s.deliver(0, &answer(Some(&answered), None));
+        assert!(s.reply().is_none(), "{:?}", s.reply());
+        s.respond(200, "application/json", &[openai_response(10, 5, 0).as_bytes()], true);
+        s.finish();
+        assert_eq!(h.envoy.records()[0]["key_id"], "master");
+        // A long credential the control plane does not know is refused, and remembered.
+        let (_, reply) = {
+            let mut s = h.start(
+                "POST",
+                "/v1/chat/completions",
+                &[("authorization", b"Bearer not-the-master-key-but-long-enough-0000")],
+            );
+            s.send_body_awaiting_lookup(CHAT.as_bytes());
+            s.deliver(0, &answer(None, None));
+            ((), s.reply())
+        };
+        assert_eq!(reply.unwrap().status, 401);
+    }
+
+    #[test]
     fn an_answer_before_the_body_lets_the_body_route_as_usual() {
         let h = Harness::new(xds_config(false));
         let k = key(8);

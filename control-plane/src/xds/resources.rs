@@ -41,7 +41,6 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher}
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, StringValue};
 use prost::{Message, Name};
 use sluice_core::config::{GatewayConfig, KeyLookupConfig, LookupRateConfig, Provider};
-use sluice_core::keys::KeyHash;
 use sluice_core::litellm::{FailurePolicy, Upstream, from_litellm};
 
 use super::protocol::{CLUSTER, EXTENSION_CONFIG, SECRET, Snapshot};
@@ -92,7 +91,6 @@ impl XdsOptions {
 /// warnings the conversion produced. `env` resolves `os.environ/NAME` credentials.
 pub fn build(
     model_list: &[serde_json::Value],
-    master_key: Option<&KeyHash>,
     opts: &XdsOptions,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(Snapshot, Vec<String>), String> {
@@ -100,7 +98,9 @@ pub fn build(
     let standalone =
         from_litellm(&doc, env).map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
     let mut gateway: GatewayConfig = standalone.gateway;
-    gateway.master_key_hash = master_key.copied();
+    // The master key stays here: Envoys look it up like a key (`KeyLookupApi`), so no digest
+    // of it is in any Envoy's config or `/config_dump`.
+    gateway.master_key_hash = None;
     gateway.key_lookup = Some(opts.key_lookup.clone());
 
     let mut clusters = BTreeMap::new();
@@ -354,7 +354,7 @@ mod tests {
 
     #[test]
     fn one_cluster_per_deployment_with_tls_for_https_and_the_credential_from_sds() {
-        let (snap, warnings) = build(&model_list(), None, &options(), &env).unwrap();
+        let (snap, warnings) = build(&model_list(), &options(), &env).unwrap();
         let clusters = &snap.resources[CLUSTER];
         let (east_name, local_name) = (cluster_name("east"), cluster_name("local"));
         assert_eq!(clusters.keys().collect::<Vec<_>>(), [&east_name, &local_name]);
@@ -381,8 +381,7 @@ mod tests {
 
     #[test]
     fn the_filter_config_looks_keys_up_and_holds_no_credential() {
-        let master = KeyHash::of(b"sk-master");
-        let (snap, _) = build(&model_list(), Some(&master), &options(), &env).unwrap();
+        let (snap, _) = build(&model_list(), &options(), &env).unwrap();
         let ext: TypedExtensionConfig = decode(&snap.resources[EXTENSION_CONFIG][FILTER_CONFIG_NAME]);
         let wasm: Wasm = decode(ext.typed_config.as_ref().unwrap());
         let plugin = wasm.config.unwrap();
@@ -390,7 +389,7 @@ mod tests {
         let json: StringValue = decode(plugin.configuration.as_ref().unwrap());
         assert!(!json.value.contains("sk-provider-secret") && !json.value.contains("OPENAI_KEY"));
         let gateway: GatewayConfig = serde_json::from_str(&json.value).unwrap();
-        assert_eq!(gateway.master_key_hash, Some(master));
+        assert_eq!(gateway.master_key_hash, None, "the master key is looked up, never sent");
         assert_eq!(gateway.key_lookup.as_ref().unwrap().cluster, CONTROL_PLANE_CLUSTER);
         let rate = gateway.key_lookup.as_ref().unwrap().rate;
         assert_eq!((rate.per_second, rate.burst, rate.per_source_per_second, rate.per_source_burst), (50, 100, 10, 20));
@@ -406,7 +405,7 @@ mod tests {
         let mut opts = options();
         let settings = json!({"max_request_size_mb": 2, "sluice_failure_policy": "fail_reload"});
         opts.general_settings = settings.as_object().unwrap().clone();
-        let (snap, _) = build(&model_list(), None, &opts, &env).unwrap();
+        let (snap, _) = build(&model_list(), &opts, &env).unwrap();
         let ext: TypedExtensionConfig = decode(&snap.resources[EXTENSION_CONFIG][FILTER_CONFIG_NAME]);
         let plugin = decode::<Wasm>(ext.typed_config.as_ref().unwrap()).config.unwrap();
         assert_eq!(plugin.failure_policy, WasmFailurePolicy::FailReload as i32);
@@ -414,7 +413,7 @@ mod tests {
         let gateway: GatewayConfig = serde_json::from_str(&json.value).unwrap();
         assert_eq!(gateway.max_request_body_bytes, 2 * 1024 * 1024);
         // The default: closed.
-        let (snap, _) = build(&model_list(), None, &options(), &env).unwrap();
+        let (snap, _) = build(&model_list(), &options(), &env).unwrap();
         let ext: TypedExtensionConfig = decode(&snap.resources[EXTENSION_CONFIG][FILTER_CONFIG_NAME]);
         let plugin = decode::<Wasm>(ext.typed_config.as_ref().unwrap()).config.unwrap();
         assert_eq!(plugin.failure_policy, WasmFailurePolicy::FailClosed as i32);
@@ -428,7 +427,7 @@ mod tests {
         let metadata = json!({"model_name": "b", "litellm_params": {"model": "openai/x", "api_base": "http://169.254.169.254", "api_key": "os.environ/OPENAI_KEY"},
                               "model_info": {"id": "metadata"}});
         let env = |name: &str| Some(format!("secret-of-{name}"));
-        let (snap, warnings) = build(&[own, metadata], None, &options(), &env).unwrap();
+        let (snap, warnings) = build(&[own, metadata], &options(), &env).unwrap();
         assert!(snap.resources[SECRET].is_empty(), "{:?}", snap.resources[SECRET].keys());
         let all = format!("{warnings:?}");
         assert!(all.contains("SLUICE_MASTER_KEY") && all.contains("169.254.169.254"), "{all}");
@@ -438,6 +437,6 @@ mod tests {
     #[test]
     fn an_invalid_deployment_set_is_refused_whole() {
         let bad = vec![json!({"model_name": "x", "litellm_params": {"model": "bedrock/claude"}})];
-        assert!(build(&bad, None, &XdsOptions::new("/x.wasm".into()), &env).is_err());
+        assert!(build(&bad, &XdsOptions::new("/x.wasm".into()), &env).is_err());
     }
 }

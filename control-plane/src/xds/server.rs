@@ -16,7 +16,6 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use rustls::pki_types::CertificateDer;
-use sluice_core::keys::KeyHash;
 use tokio::sync::{Notify, mpsc, watch};
 use tonic::codegen::tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -32,7 +31,6 @@ const REBUILD_PERIOD: Duration = Duration::from_secs(5);
 /// The single writer of snapshots.
 pub struct SnapshotPublisher<S> {
     store: Arc<S>,
-    master_key: Option<KeyHash>,
     options: XdsOptions,
     sender: watch::Sender<Arc<Snapshot>>,
     changed: Arc<Notify>,
@@ -42,15 +40,9 @@ pub struct SnapshotPublisher<S> {
 }
 
 impl<S: Store> SnapshotPublisher<S> {
-    pub fn new(
-        store: Arc<S>,
-        master_key: Option<KeyHash>,
-        options: XdsOptions,
-        changed: Arc<Notify>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(store: Arc<S>, options: XdsOptions, changed: Arc<Notify>, metrics: Arc<Metrics>) -> Self {
         let (sender, _) = watch::channel(Arc::new(Snapshot::default()));
-        Self { store, master_key, options, sender, changed, metrics, reported: Default::default() }
+        Self { store, options, sender, changed, metrics, reported: Default::default() }
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
@@ -63,7 +55,7 @@ impl<S: Store> SnapshotPublisher<S> {
         let models = self.store.all_models().await.map_err(|e| format!("reading deployments: {e}"))?;
         let entries: Vec<serde_json::Value> = models.into_iter().map(|m| m.entry).collect();
         let env = |name: &str| std::env::var(name).ok();
-        let (snapshot, warnings) = build(&entries, self.master_key.as_ref(), &self.options, &env)?;
+        let (snapshot, warnings) = build(&entries, &self.options, &env)?;
         // Only what the policy refuses: the rest was said when the deployment was accepted.
         for w in warnings.iter().filter(|w| w.contains("no credential sent")) {
             if self.reported.lock().map(|mut seen| seen.insert(w.clone())).unwrap_or(false) {
