@@ -47,7 +47,7 @@ const OUTBOX_CAPACITY: usize = 200_000;
 const PENDING_LOG_EVERY_MS: u64 = 30_000;
 /// Where unshipped records are, and how to get them to the control plane.
 const REPLAY_HINT: &str =
-    "every record is also in this log as a sluice.usage line: `sluice usage import` replays them (idempotent)";
+    "every record is also in this log, on its usage line: `sluice usage import` replays them (idempotent)";
 const REPORT_TIMEOUT_MS: u64 = 10_000;
 /// Above the control plane's 20 s hold, so an idle watch ends with an answer, not a timeout.
 const WATCH_TIMEOUT_MS: u64 = 30_000;

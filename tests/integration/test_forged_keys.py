@@ -20,9 +20,8 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import pytest
 
-from test_xds import CHAT, Fleet, create_key, wait_until
+from test_xds import CHAT, create_key, fleet, wait_until  # noqa: F401  (fleet: the fixture)
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -108,16 +107,6 @@ def check_refused_or_unknown(answers):
             assert code == "key_lookup_rate_limited", code
             assert retry_after is not None and int(retry_after) >= 1
     return by_status
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    f = Fleet(tmp_path)
-    try:
-        f.start_control_plane()
-        yield f
-    finally:
-        f.stop()
 
 
 def test_a_flood_of_forged_keys_is_bounded_and_real_keys_keep_working(fleet):
