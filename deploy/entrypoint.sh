@@ -12,14 +12,22 @@
 #                         instead: plaintext to a control plane run with --insecure-data-plane
 #                         (local development only).
 #   otherwise             standalone mode, from the mounted LiteLLM-style config.
+#   SLUICE_MAX_HEAP_MB, SLUICE_MAX_CONNECTIONS
+#                         optional, both modes: Envoy's heap limit (keep it a few hundred MiB
+#                         under the container's memory limit) and its downstream connection limit
+#                         (sluice envoy-config --max-heap-mb / --max-connections).
 set -eu
 OUT="${SLUICE_ENVOY_CONFIG:-/tmp/sluice-envoy.yaml}"
 WASM=/usr/local/lib/sluice/sluice_filter.wasm
 LISTEN="${SLUICE_LISTEN:-0.0.0.0:4000}"
 ADMIN_PORT="${SLUICE_ADMIN_PORT:-9901}"
+LIMITS=""
+if [ -n "${SLUICE_MAX_HEAP_MB:-}" ]; then LIMITS="$LIMITS --max-heap-mb $SLUICE_MAX_HEAP_MB"; fi
+if [ -n "${SLUICE_MAX_CONNECTIONS:-}" ]; then LIMITS="$LIMITS --max-connections $SLUICE_MAX_CONNECTIONS"; fi
 xds_config() {
+  # shellcheck disable=SC2086 # LIMITS is flags and numbers, split on purpose
   sluice envoy-config --xds "$SLUICE_XDS" --node-id "${SLUICE_NODE_ID:-$(hostname)}" --wasm "$WASM" \
-    --out "$OUT" --listen "$LISTEN" --admin-port "$ADMIN_PORT" "$@"
+    --out "$OUT" --listen "$LISTEN" --admin-port "$ADMIN_PORT" $LIMITS "$@"
 }
 if [ -n "${SLUICE_XDS:-}" ]; then
   if [ -n "${SLUICE_XDS_CA:-}${SLUICE_XDS_CERT:-}${SLUICE_XDS_KEY:-}" ]; then
@@ -35,6 +43,7 @@ if [ -n "${SLUICE_XDS:-}" ]; then
 else
   CONFIG="${SLUICE_CONFIG:-/etc/sluice/config.yaml}"
   sluice config check -c "$CONFIG"
-  sluice envoy-config -c "$CONFIG" --wasm "$WASM" --out "$OUT" --listen "$LISTEN" --admin-port "$ADMIN_PORT"
+  # shellcheck disable=SC2086
+  sluice envoy-config -c "$CONFIG" --wasm "$WASM" --out "$OUT" --listen "$LISTEN" --admin-port "$ADMIN_PORT" $LIMITS
 fi
 exec envoy -c "$OUT" --log-level "${SLUICE_LOG_LEVEL:-info}" "$@"

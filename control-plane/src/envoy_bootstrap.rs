@@ -27,6 +27,36 @@ pub const FILTER_ROOT_ID: &str = "sluice_filter";
 const DEFAULT_ROUTE_TIMEOUT_SECS: u64 = 600;
 /// The response code details of the 503 Envoy sends when a wasm filter's VM has failed.
 const WASM_FAIL_STREAM_DETAILS: &str = "wasm_fail_stream";
+/// The response code details of the 503 Envoy sends while the overload manager refuses requests.
+const OVERLOAD_DETAILS: &str = "overload";
+
+// Defences against slow and abusive clients (issue 17; envoy/README.md says why each value).
+/// From a request's first byte to the end of its headers: a slowloris client, which sends
+/// headers a byte at a time, is cut off with a 408 after this.
+pub const REQUEST_HEADERS_TIMEOUT_SECS: u64 = 10;
+/// From a request's first byte until Envoy has the whole request (the filter has read the body
+/// and sent it on) or has begun the response: a slow body is cut off with a 408 after this.
+/// Disarmed by then, so it never cuts a streaming response.
+pub const REQUEST_TIMEOUT_SECS: u64 = 120;
+/// A stream with no bytes either way for this long is reset (Envoy's default, written out).
+pub const STREAM_IDLE_TIMEOUT_SECS: u64 = 300;
+/// A downstream connection with no request on it for this long is closed (Envoy's default: 1 h).
+pub const CONNECTION_IDLE_TIMEOUT_SECS: u64 = 300;
+/// Request headers larger than this get a 431 (Envoy's default: 60 KiB).
+pub const MAX_REQUEST_HEADERS_KB: u32 = 32;
+/// HTTP/2 (h2c) limits from Envoy's edge best practices: Envoy's defaults are 2^31 - 1 streams
+/// per connection and 256 MiB windows.
+pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 100;
+pub const HTTP2_INITIAL_STREAM_WINDOW_SIZE: u32 = 64 * 1024;
+pub const HTTP2_INITIAL_CONNECTION_WINDOW_SIZE: u32 = 1024 * 1024;
+/// The overload manager's heap limit (`sluice envoy-config --max-heap-mb`).
+pub const DEFAULT_MAX_HEAP_MB: u64 = 1024;
+/// At this share of the heap limit Envoy returns free memory to the system...
+pub const SHRINK_HEAP_AT: f64 = 0.90;
+/// ...and at this share it answers new requests with a 503 until the heap shrinks.
+pub const STOP_ACCEPTING_REQUESTS_AT: f64 = 0.98;
+/// Downstream connections over all listeners (`sluice envoy-config --max-connections`).
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 50_000;
 
 #[derive(Debug, Clone)]
 pub struct BootstrapOptions {
@@ -35,6 +65,10 @@ pub struct BootstrapOptions {
     pub admin_port: u16,
     /// Absolute path of sluice_filter.wasm.
     pub wasm_path: String,
+    /// The overload manager's heap limit, in MiB.
+    pub max_heap_mb: u64,
+    /// The global limit on downstream connections.
+    pub max_connections: u64,
 }
 
 fn vm_config(wasm: &str, env_keys: &[String]) -> Value {
@@ -261,6 +295,35 @@ fn listener(opts: &BootstrapOptions, wasm_filter: Value, route_timeout_secs: u64
                 "content_type": "application/json",
             },
         },
+        {
+            // The client did not send its headers (request_headers_timeout) or its whole request
+            // (request_timeout, stream_idle_timeout before the end of the request) in time. A
+            // timeout after the request was complete is a 504 with a response flag (above).
+            "filter": {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": 408, "runtime_key": "sluice.unused_408"}}}},
+            "body_format_override": {
+                "json_format": {"error": {"message": "The request was not received in time (%LOCAL_REPLY_BODY%).", "type": "invalid_request_error", "code": "request_timeout"}},
+                "content_type": "application/json",
+            },
+        },
+        {
+            // The overload manager refuses new requests (the heap is near --max-heap-mb).
+            "filter": {"extension_filter": {
+                "name": "envoy.access_loggers.extension_filters.cel",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                    "expression": format!("response.code_details == '{OVERLOAD_DETAILS}'"),
+                },
+            }},
+            "body_format_override": {
+                "json_format": {"error": {
+                    "message": "The gateway is overloaded; retry later.",
+                    "type": "service_unavailable",
+                    "param": null,
+                    "code": "gateway_overloaded",
+                }},
+                "content_type": "application/json",
+            },
+        },
     ]});
     let hcm = json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -269,9 +332,19 @@ fn listener(opts: &BootstrapOptions, wasm_filter: Value, route_timeout_secs: u64
         "generate_request_id": true,
         // Clients can quote the id of a request; it is also the usage record's key.
         "always_set_request_id_in_response": true,
-        // Streams may run long; idle streams may not.
-        "request_timeout": "0s",
-        "stream_idle_timeout": "300s",
+        // Slow clients: the headers, then the whole request, must arrive in time; neither
+        // timer runs once the response has begun, so streams may run long. Idle streams and
+        // idle connections may not.
+        "request_headers_timeout": format!("{REQUEST_HEADERS_TIMEOUT_SECS}s"),
+        "request_timeout": format!("{REQUEST_TIMEOUT_SECS}s"),
+        "stream_idle_timeout": format!("{STREAM_IDLE_TIMEOUT_SECS}s"),
+        "common_http_protocol_options": {"idle_timeout": format!("{CONNECTION_IDLE_TIMEOUT_SECS}s")},
+        "max_request_headers_kb": MAX_REQUEST_HEADERS_KB,
+        "http2_protocol_options": {
+            "max_concurrent_streams": HTTP2_MAX_CONCURRENT_STREAMS,
+            "initial_stream_window_size": HTTP2_INITIAL_STREAM_WINDOW_SIZE,
+            "initial_connection_window_size": HTTP2_INITIAL_CONNECTION_WINDOW_SIZE,
+        },
         "local_reply_config": local_reply,
         "route_config": {
             "name": "sluice",
@@ -295,6 +368,7 @@ fn listener(opts: &BootstrapOptions, wasm_filter: Value, route_timeout_secs: u64
         "name": "sluice",
         "address": {"socket_address": {"address": opts.listen_address, "port_value": opts.listen_port}},
         // The body limit: the filter buffers the body, and Envoy refuses more with a 413.
+        // Connections are limited by the overload manager's global limit (see `bootstrap`).
         "per_connection_buffer_limit_bytes": max_body_bytes,
         "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
     })
@@ -310,7 +384,11 @@ fn bootstrap(
 ) -> Value {
     let mut b = json!({
         "node": {"id": node_id, "cluster": "sluice"},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": opts.admin_port}}},
+        // Outside the global connection limit, so /ready and /stats answer during a flood.
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": opts.admin_port}},
+            "ignore_global_conn_limit": true,
+        },
         "bootstrap_extensions": [{
             "name": "envoy.bootstrap.wasm",
             "typed_config": {
@@ -320,6 +398,7 @@ fn bootstrap(
             },
         }],
         "static_resources": {"listeners": [listener], "clusters": clusters},
+        "overload_manager": overload_manager(opts),
         "stats_config": {"stats_tags": [
             {"tag_name": "model_group", "regex": r"^wasmcustom\.sluice\.[a-z_]+(\.model_group\.([^.]+))$"},
             {"tag_name": "reason", "regex": r"^wasmcustom\.sluice\.rejections(\.reason\.([^.]+))$"},
@@ -333,6 +412,37 @@ fn bootstrap(
             json!({"@type": STRING_VALUE, "value": config});
     }
     b
+}
+
+/// Envoy's overload manager: a heap limit with two actions, and the global limit on downstream
+/// connections (without one Envoy warns at start-up).
+fn overload_manager(opts: &BootstrapOptions) -> Value {
+    const FIXED_HEAP: &str = "envoy.resource_monitors.fixed_heap";
+    let on_heap =
+        |action: &str, at: f64| json!({"name": action, "triggers": [{"name": FIXED_HEAP, "threshold": {"value": at}}]});
+    json!({
+        "refresh_interval": "0.25s",
+        "resource_monitors": [
+            {
+                "name": FIXED_HEAP,
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+                    "max_heap_size_bytes": opts.max_heap_mb.saturating_mul(1024 * 1024),
+                },
+            },
+            {
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": opts.max_connections,
+                },
+            },
+        ],
+        "actions": [
+            on_heap("envoy.overload_actions.shrink_heap", SHRINK_HEAP_AT),
+            on_heap("envoy.overload_actions.stop_accepting_requests", STOP_ACCEPTING_REQUESTS_AT),
+        ],
+    })
 }
 
 /// The bootstrap as YAML text, with a header saying where it came from.
@@ -352,6 +462,8 @@ mod tests {
             listen_port: 4000,
             admin_port: 9901,
             wasm_path: "/x/sluice_filter.wasm".into(),
+            max_heap_mb: DEFAULT_MAX_HEAP_MB,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 
@@ -388,6 +500,76 @@ mod tests {
             let error = &mapper["body_format_override"]["json_format"]["error"];
             assert_eq!(error["code"], "gateway_filter_failed");
             assert_eq!(error["type"], "service_unavailable");
+        }
+    }
+
+    fn both_bootstraps(opts: &BootstrapOptions) -> [Value; 2] {
+        let s = from_litellm(&json!({}), &|_| None).unwrap();
+        [
+            standalone_bootstrap(&s, opts).unwrap(),
+            xds_bootstrap(&ControlPlaneAddress { host: "127.0.0.1".into(), port: 4002, tls: None }, "n", opts),
+        ]
+    }
+
+    #[test]
+    fn every_bootstrap_defends_against_slow_clients() {
+        for b in both_bootstraps(&opts()) {
+            let hcm = hcm(&b);
+            assert_eq!(hcm["request_headers_timeout"], "10s");
+            assert_eq!(hcm["request_timeout"], "120s");
+            assert_eq!(hcm["stream_idle_timeout"], "300s");
+            assert_eq!(hcm["common_http_protocol_options"]["idle_timeout"], "300s");
+            assert_eq!(hcm["max_request_headers_kb"], 32);
+            assert_eq!(hcm["use_remote_address"], true);
+            assert_eq!(
+                hcm["http2_protocol_options"],
+                json!({"max_concurrent_streams": 100, "initial_stream_window_size": 65536, "initial_connection_window_size": 1048576})
+            );
+            let listener = &b["static_resources"]["listeners"][0];
+            assert!(listener["per_connection_buffer_limit_bytes"].as_u64().unwrap() > 0);
+            assert_eq!(b["admin"]["ignore_global_conn_limit"], true);
+            // Envoy's own 408s and overload 503s answer in OpenAI's error shape.
+            let mappers = hcm["local_reply_config"]["mappers"].as_array().unwrap();
+            let codes: Vec<&Value> =
+                mappers.iter().map(|m| &m["body_format_override"]["json_format"]["error"]["code"]).collect();
+            assert!(
+                codes.contains(&&json!("request_timeout")) && codes.contains(&&json!("gateway_overloaded")),
+                "{codes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_bootstrap_has_the_overload_manager_with_the_given_limits() {
+        let defaults = opts();
+        let custom = BootstrapOptions { max_heap_mb: 512, max_connections: 2000, ..opts() };
+        for (opts, heap_bytes, connections) in [(&defaults, 1024u64 << 20, 50_000u64), (&custom, 512 << 20, 2000)] {
+            for b in both_bootstraps(opts) {
+                let overload = &b["overload_manager"];
+                let monitors = overload["resource_monitors"].as_array().unwrap();
+                let monitor = |name: &str| &monitors.iter().find(|m| m["name"] == name).unwrap()["typed_config"];
+                assert_eq!(monitor("envoy.resource_monitors.fixed_heap")["max_heap_size_bytes"], heap_bytes);
+                assert_eq!(
+                    monitor("envoy.resource_monitors.global_downstream_max_connections")["max_active_downstream_connections"],
+                    connections
+                );
+                let actions: Vec<(&str, f64)> = overload["actions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| {
+                        assert_eq!(a["triggers"][0]["name"], "envoy.resource_monitors.fixed_heap");
+                        (a["name"].as_str().unwrap(), a["triggers"][0]["threshold"]["value"].as_f64().unwrap())
+                    })
+                    .collect();
+                assert_eq!(
+                    actions,
+                    [
+                        ("envoy.overload_actions.shrink_heap", 0.90),
+                        ("envoy.overload_actions.stop_accepting_requests", 0.98)
+                    ]
+                );
+            }
         }
     }
 

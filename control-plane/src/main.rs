@@ -11,7 +11,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value, json};
 use sluice_control_plane::envoy_bootstrap::{
-    BootstrapOptions, ControlPlaneAddress, ControlPlaneTls, standalone_bootstrap, to_yaml, xds_bootstrap,
+    BootstrapOptions, ControlPlaneAddress, ControlPlaneTls, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEAP_MB,
+    standalone_bootstrap, to_yaml, xds_bootstrap,
 };
 use sluice_control_plane::pki::{self, PkiDir};
 use sluice_control_plane::provider_policy::ProviderPolicy;
@@ -120,6 +121,14 @@ enum Command {
         /// Admin port, always bound to 127.0.0.1.
         #[arg(long, default_value_t = 9901)]
         admin_port: u16,
+        /// Envoy's heap limit in MiB (overload manager): it releases free memory at 90% and
+        /// answers new requests with a 503 at 98%. Keep it below the container's memory limit.
+        #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MAX_HEAP_MB, value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
+        max_heap_mb: u64,
+        /// Downstream connections Envoy keeps open at once (over all listeners but admin); more
+        /// are refused. Keep it under half of Envoy's file-descriptor limit (`ulimit -n`).
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u64).range(1..))]
+        max_connections: u64,
     },
 }
 
@@ -571,6 +580,8 @@ fn run(cli: Cli) -> Result<(), String> {
             out,
             listen,
             admin_port,
+            max_heap_mb,
+            max_connections,
         } => {
             let (address, port) =
                 listen.rsplit_once(':').ok_or_else(|| format!("--listen {listen:?}: use HOST:PORT"))?;
@@ -587,6 +598,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 listen_port: port,
                 admin_port,
                 wasm_path: wasm.to_string_lossy().into_owned(),
+                max_heap_mb,
+                max_connections,
             };
             let bootstrap = match (xds, config) {
                 (Some(xds), _) => {

@@ -92,3 +92,17 @@ def test_xds_manifests_keep_credentials_on_the_control_plane_and_the_bootstrap_v
                               capture_output=True, text=True, timeout=120)
     assert validate.returncode == 0, validate.stderr[-2000:]
     assert "SLUICE_XDS" in (ROOT / "deploy/entrypoint.sh").read_text()
+
+
+def test_gateway_pods_keep_envoys_heap_limit_under_their_memory_limit():
+    """The overload manager must shed load before the kernel kills the pod: the heap limit the
+    entrypoint passes (`--max-heap-mb`) stays well under the container's memory limit, since the
+    filter's wasm memory is outside the heap."""
+    entry = (ROOT / "deploy/entrypoint.sh").read_text()
+    assert "--max-heap-mb $SLUICE_MAX_HEAP_MB" in entry and "--max-connections $SLUICE_MAX_CONNECTIONS" in entry
+    for name in ("sluice.yaml", "sluice-xds.yaml"):
+        manifest = (ROOT / "deploy/kubernetes" / name).read_text()
+        heap = re.search(r'name: SLUICE_MAX_HEAP_MB, value: "(\d+)"', manifest)
+        limits = re.findall(r"limits: \{memory: (\d+)Gi\}", manifest)  # the gateway's (the control plane's is in Mi)
+        assert heap and len(limits) == 1, name
+        assert int(heap.group(1)) <= int(limits[0]) * 1024 * 3 // 4, name
