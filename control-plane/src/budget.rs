@@ -147,6 +147,9 @@ pub struct BudgetTracker {
     /// found one spent, and any replica that answered a lookup with it (duplicates across
     /// replicas are harmless: an Envoy looks the key up once more).
     ending: Mutex<HashSet<(ScopeId, u64)>>,
+    /// Windows this process has told its Envoys are spent, by (scope, window start, max
+    /// budget), with the window's end (entries go once it has passed).
+    refused: Mutex<HashMap<(ScopeId, i64, i64), Option<i64>>>,
 }
 
 impl BudgetTracker {
@@ -170,7 +173,13 @@ impl BudgetTracker {
         metrics: Arc<Metrics>,
         webhook: Option<Webhook>,
     ) -> Arc<Self> {
-        Arc::new(Self { invalidations, metrics, webhook, ending: Mutex::new(HashSet::new()) })
+        Arc::new(Self {
+            invalidations,
+            metrics,
+            webhook,
+            ending: Mutex::new(HashSet::new()),
+            refused: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The fleet-wide spend of a scope in its current window (for a key lookup's answer).
@@ -202,16 +211,35 @@ impl BudgetTracker {
     /// Acts on the thresholds a stored batch claimed (`SpendStore::record_charged_spend`):
     /// each alert is raised by the one replica whose batch claimed it. `scopes` has each
     /// scope's limits and the last key that spent on it (for the webhook's event).
+    ///
+    /// A batch that adds to an open window another replica already found spent means that an
+    /// Envoy shipping to this replica is still admitting the scope: its invalidation reaches
+    /// this replica's watchers only through Redis, which may be down. So this replica tells its
+    /// own Envoys too (once per window and process; duplicates are harmless), but raises no
+    /// alert: that was the claimer's.
     pub fn counted(
         self: &Arc<Self>,
         totals: &[WindowTotal],
         scopes: &HashMap<ScopeId, (BudgetLimits, &SpendContext)>,
         now_ms: u64,
     ) {
-        for total in totals.iter().filter(|t| t.soft_claimed.is_some() || t.max_claimed.is_some()) {
+        for total in totals {
             let scope = ScopeId::of(total.window.kind, &total.window.id);
             let Some((limits, context)) = scopes.get(&scope) else { continue };
             let spend_nanos = u64::try_from(total.spend_nanos).unwrap_or(0);
+            if total.max_claimed.is_none()
+                && let Some(max) = limits.max_nanos.filter(|max| spend_nanos >= *max)
+                && self.first_refusal(&scope, &total.window, max, now_ms)
+            {
+                eprintln!(
+                    "sluice: budget spent: {scope:?} at {} of {} (USD), found spent by another replica; \
+                     refused on this replica's Envoys too",
+                    usd(spend_nanos),
+                    usd(max)
+                );
+                self.invalidations.publish(scope.target());
+                self.announce_end(&scope, &total.window, now_ms);
+            }
             let usd_of = |n: i64| usd(u64::try_from(n).unwrap_or(0));
             if let Some(soft) = total.soft_claimed {
                 inc(&self.metrics.budget_soft_alerts, 1);
@@ -223,6 +251,7 @@ impl BudgetTracker {
                 self.notify(Crossed::Soft, &scope, spend_nanos, limits, context);
             }
             if let Some(max) = total.max_claimed {
+                self.first_refusal(&scope, &total.window, u64::try_from(max).unwrap_or(0), now_ms);
                 inc(&self.metrics.budget_exhausted, 1);
                 eprintln!(
                     "sluice: budget spent: {scope:?} at {} of {} (USD); refused on every Envoy",
@@ -234,6 +263,19 @@ impl BudgetTracker {
                 self.notify(Crossed::Max, &scope, spend_nanos, limits, context);
             }
         }
+    }
+
+    /// Whether this process has yet to tell its Envoys that `scope`'s open `window` is spent
+    /// at `max` (and remembers that it now has). False for a window that has ended.
+    fn first_refusal(&self, scope: &ScopeId, window: &BudgetWindow, max: u64, now_ms: u64) -> bool {
+        let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+        if window.end_ms.is_some_and(|end| end <= now) {
+            return false;
+        }
+        let Ok(mut refused) = self.refused.lock() else { return false };
+        refused.retain(|_, end| end.is_none_or(|end| end > now));
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        refused.insert((scope.clone(), window.start_ms, max), window.end_ms).is_none()
     }
 
     /// The webhook's event for a threshold just crossed (queued; never waits).
@@ -533,7 +575,10 @@ mod tests {
         // $0.005 is reached by batch 2 (replica 0), $0.01 by batch 4 (replica 0).
         assert_eq!((a, b), ((1, 1), (0, 0)));
         assert_eq!(replicas[0].told().await, ["key_1"]);
-        assert!(replicas[1].told().await.is_empty(), "the other replica hears it through Redis, not from here");
+        // Replica 1's next batch (5) found the window spent: it tells its own Envoys too (once:
+        // not again for batch 7), in case replica 0's invalidation cannot reach them through
+        // Redis, but alerts nobody.
+        assert_eq!(replicas[1].told().await, ["key_1"]);
         tokio::time::sleep(Duration::from_millis(300)).await;
         let events: Vec<String> =
             got.lock().unwrap().iter().map(|(_, e)| e["event"].as_str().unwrap().to_owned()).collect();
@@ -552,6 +597,50 @@ mod tests {
     #[tokio::test]
     async fn replicas_count_one_window_postgres() {
         replicas_count_one_window(true).await;
+    }
+
+    /// Usage stored on a replica into a window another replica found spent (an Envoy that has
+    /// not heard yet: Redis down) makes this replica tell its own Envoys, once per window and
+    /// budget; usage of a window that has ended tells nobody.
+    async fn a_replica_storing_spend_past_the_budget_tells_its_envoys(postgres: bool) {
+        let (url, cleanup) = database(postgres).await;
+        let (a, b) = (Replica::open(&url, None).await, Replica::open(&url, None).await);
+        let key = ScopeId::Key("key_1".into());
+        let day = BudgetLimits { max_nanos: Some(usd(0.01)), soft_nanos: None, duration: BudgetDuration::parse("1d") };
+        let context = SpendContext::default();
+        ingest(&a.tracker, &a.store, &[key_log("a1", usd(0.011))], &[(key.clone(), day)], &context).await;
+        assert_eq!((a.told().await, b.told().await), (vec!["key_1".to_owned()], vec![]));
+        for i in 0..3 {
+            ingest(&b.tracker, &b.store, &[key_log(&format!("b{i}"), usd(0.001))], &[(key.clone(), day)], &context)
+                .await;
+        }
+        assert_eq!(b.told().await, ["key_1"], "told once, not per batch");
+        assert_eq!((a.alerts(), b.alerts()), ((0, 1), (0, 0)), "alerted once, by the claimer");
+        // A raised budget, spent again: the claimer (b, this time) tells its Envoys, a again.
+        let raised = BudgetLimits { max_nanos: Some(usd(0.02)), ..day };
+        ingest(&b.tracker, &b.store, &[key_log("b3", usd(0.007))], &[(key.clone(), raised)], &context).await;
+        ingest(&a.tracker, &a.store, &[key_log("a2", usd(0.001))], &[(key.clone(), raised)], &context).await;
+        assert_eq!((a.told().await.len(), b.told().await.len()), (2, 2));
+        assert_eq!(b.alerts(), (0, 1));
+        // A record shipped late into yesterday's spent window: counted, but nobody is told.
+        let mut late = key_log("late", usd(0.05));
+        late.start_ms -= 86_400_000;
+        ingest(&b.tracker, &b.store, &[late], &[(key.clone(), day)], &context).await;
+        assert_eq!((a.told().await.len(), b.told().await.len()), (2, 2));
+        for r in [a, b] {
+            r.store.pool().close().await;
+        }
+        drop_database(cleanup).await;
+    }
+
+    #[tokio::test]
+    async fn a_replica_storing_spend_past_the_budget_tells_its_envoys_sqlite() {
+        a_replica_storing_spend_past_the_budget_tells_its_envoys(false).await;
+    }
+
+    #[tokio::test]
+    async fn a_replica_storing_spend_past_the_budget_tells_its_envoys_postgres() {
+        a_replica_storing_spend_past_the_budget_tells_its_envoys(true).await;
     }
 
     /// Spend recorded before a scope had a budget (or before the table existed) is in the

@@ -11,6 +11,7 @@
 //! this: an Envoy that cannot sync limits with its own counts and the last answer it had.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,7 +58,7 @@ impl FleetCounts {
     /// Connects lazily: a Redis that is down at start only fails syncs until it is back.
     pub fn redis(url: &str) -> Result<Self, String> {
         let client = redis::Client::open(url).map_err(|e| format!("redis url: {e}"))?;
-        Ok(Self::Redis(RedisCounts { client, connection: tokio::sync::Mutex::new(None) }))
+        Ok(Self::Redis(RedisCounts { client, connection: tokio::sync::Mutex::new(None), failing: Outage::default() }))
     }
 
     pub fn describe(&self) -> &'static str {
@@ -129,6 +130,21 @@ pub struct RedisCounts {
     client: redis::Client,
     /// One multiplexed connection, replaced after an error.
     connection: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    /// Whether the last round trip failed: an outage is logged when it starts and when it
+    /// ends, not at every sync (each Envoy syncs every 200 ms; the failures are counted).
+    failing: Outage,
+}
+
+/// Whether something is failing, told only when that changes.
+#[derive(Debug, Default)]
+struct Outage(AtomicBool);
+
+impl Outage {
+    /// Records an outcome; true when it differs from the previous one (the first failure, or
+    /// the first success after failures).
+    fn changed(&self, ok: bool) -> bool {
+        self.0.swap(!ok, Ordering::Relaxed) == ok
+    }
 }
 
 impl RedisCounts {
@@ -172,16 +188,28 @@ impl RedisCounts {
 
     /// Runs a pipeline whose answers are hashes; after an error the next call reconnects.
     async fn query(&self, pipe: &redis::Pipeline) -> Result<Vec<HashMap<String, String>>, String> {
+        let result = self.round_trip(pipe).await;
+        if let Err(e) = &result {
+            *self.connection.lock().await = None;
+            if self.failing.changed(false) {
+                eprintln!(
+                    "sluice: fleet limit counts: {e}; until Redis answers, syncs fail (counted in \
+                     sluice_limit_sync_failures_total) and each Envoy limits on its own counts"
+                );
+            }
+        } else if self.failing.changed(true) {
+            eprintln!("sluice: fleet limit counts: Redis answers again");
+        }
+        result
+    }
+
+    async fn round_trip(&self, pipe: &redis::Pipeline) -> Result<Vec<HashMap<String, String>>, String> {
         let mut connection = self.connection().await?;
-        let result = match tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async(&mut connection)).await {
+        match tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async(&mut connection)).await {
             Ok(Ok(hashes)) => Ok(hashes),
             Ok(Err(e)) => Err(format!("redis: {e}")),
             Err(_) => Err("redis: timed out".to_owned()),
-        };
-        if result.is_err() {
-            *self.connection.lock().await = None;
         }
-        result
     }
 }
 
@@ -233,9 +261,9 @@ impl LimitService for LimitSyncApi {
         validate(&request, current_window())?;
         let others = match self.counts.report(&request.instance, request.window, &request.counts).await {
             Ok(o) => o,
-            Err(e) => {
+            Err(_) => {
+                // Logged where it failed, when the outage starts and ends.
                 inc(&self.metrics.limit_sync_failures, 1);
-                eprintln!("sluice: fleet limit sync: {e}");
                 return Err(Status::unavailable("the fleet's limit counters are unavailable"));
             }
         };
@@ -289,6 +317,29 @@ mod tests {
             );
         })
         .await;
+    }
+
+    #[test]
+    fn an_outage_is_told_when_it_starts_and_when_it_ends() {
+        let outage = Outage::default();
+        let told: Vec<bool> = [true, false, false, false, true, true, false].map(|ok| outage.changed(ok)).into();
+        assert_eq!(told, [false, true, false, false, true, false, true]);
+    }
+
+    /// Redis unreachable: syncs and lookups fail at once (refused, not waiting out a timeout),
+    /// and go on failing until it is back.
+    #[tokio::test]
+    async fn without_redis_reports_fail_fast_and_the_outage_is_remembered() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let fleet = FleetCounts::redis(&format!("redis://127.0.0.1:{port}")).unwrap();
+        let started = std::time::Instant::now();
+        for _ in 0..3 {
+            assert!(fleet.report("a", current_window(), &[counts("s", 1, 1)]).await.is_err());
+            assert!(fleet.totals(current_window(), &["s".into()]).await.is_err());
+        }
+        assert!(started.elapsed() < REDIS_TIMEOUT, "{:?}", started.elapsed());
+        let FleetCounts::Redis(redis) = &fleet else { unreachable!() };
+        assert!(!redis.failing.changed(false), "already failing");
     }
 
     #[test]
