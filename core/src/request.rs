@@ -6,6 +6,7 @@
 //! splices bytes instead of re-serialising the whole document.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -141,12 +142,11 @@ pub fn rewrite_body(
     if add_usage {
         match req.stream_options_span {
             // Replace the client's stream_options (which lacks include_usage: true) with ours,
-            // keeping its other members.
+            // keeping its other members as they were written (raw: a number is not re-read).
             Some((start, end)) => {
                 let existing = body.get(start..end)?;
-                let mut merged: serde_json::Map<String, serde_json::Value> =
-                    serde_json::from_slice(existing).unwrap_or_default();
-                merged.insert("include_usage".into(), serde_json::Value::Bool(true));
+                let mut merged: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(existing).unwrap_or_default();
+                merged.insert("include_usage".into(), RawValue::from_string("true".into()).ok()?);
                 edits.push((start, end, serde_json::to_vec(&merged).ok()?));
             }
             None => {
@@ -256,5 +256,19 @@ mod tests {
         assert_eq!(v["stream_options"], json!({"include_usage": true}));
         let v = rewrite("  {\n \"model\" : \"m\" }", "m", true);
         assert_eq!(v, json!({"model": "m", "stream_options": {"include_usage": true}}));
+    }
+
+    /// Found by the property tests: the client's other `stream_options` members were re-parsed
+    /// as `Value`s, so a float came back a bit off and a number no f64 holds dropped them all.
+    #[test]
+    fn include_usage_keeps_other_stream_options_byte_for_byte() {
+        for members in [r#""y":-2.1342604842594043e238"#, r#""x":1e400,"z":123456789012345678901234567890"#] {
+            let body = format!(r#"{{"model":"m","stream":true,"stream_options":{{{members},"include_usage":false}}}}"#);
+            let req = parse_request(body.as_bytes()).unwrap();
+            let out = String::from_utf8(rewrite_body(body.as_bytes(), &req, "m", true).unwrap()).unwrap();
+            assert!(out.contains(members), "{out}");
+            assert!(out.contains(r#""include_usage":true"#) && !out.contains("false"), "{out}");
+            assert!(parse_request(out.as_bytes()).unwrap().client_wants_usage);
+        }
     }
 }

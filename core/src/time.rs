@@ -119,6 +119,10 @@ pub fn format_rfc3339_ms(unix_ms: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
 }
 
+/// The longest budget duration, `4294967295w` (the longest one ever accepted): its window
+/// bounds in milliseconds still fit a u64.
+const MAX_DURATION_SECS: u64 = u32::MAX as u64 * 7 * 86_400;
+
 /// How often a budget's spend resets (LiteLLM's `budget_duration`).
 ///
 /// Fixed windows are aligned to the Unix epoch (so `1d` resets at 00:00 UTC), which makes the
@@ -138,7 +142,9 @@ impl BudgetDuration {
             return Some(Self::CalendarMonth);
         }
         let split = s.find(|c: char| !c.is_ascii_digit())?;
-        let n = u64::from(digits(s.get(..split)?.as_bytes())?);
+        // The count as a u64, not a u32: every duration this accepts must print as one it
+        // accepts again (`613566757w` prints as `4294967299d`).
+        let n: u64 = s.get(..split)?.parse().ok()?;
         let unit = match s.get(split..)? {
             "s" => 1,
             "m" => 60,
@@ -149,6 +155,7 @@ impl BudgetDuration {
         };
         match n.checked_mul(unit)? {
             0 => None,
+            secs if secs > MAX_DURATION_SECS => None,
             secs => Some(Self::Seconds(secs)),
         }
     }
@@ -297,6 +304,23 @@ mod tests {
             assert_eq!(BudgetDuration::parse(bad), None, "{bad}");
         }
         assert_eq!(BudgetDuration::Seconds(7 * 86_400).to_config_string(), "7d");
+    }
+
+    /// Found by the property tests: `613566757w` was accepted but printed as `4294967299d`,
+    /// which did not read back (the count was read as a u32), so a config the control plane
+    /// accepted would not load in the filter.
+    #[test]
+    fn every_accepted_duration_reads_back_as_printed() {
+        let d = BudgetDuration::parse("613566757w").unwrap();
+        assert_eq!(d.to_config_string(), "4294967299d");
+        assert_eq!(BudgetDuration::parse(&d.to_config_string()), Some(d));
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(serde_json::from_str::<BudgetDuration>(&json).unwrap(), d);
+        // No longer than before: the window bounds in ms must fit a u64.
+        let longest = BudgetDuration::parse("4294967295w").unwrap();
+        assert_eq!(BudgetDuration::parse(&longest.to_config_string()), Some(longest));
+        assert_eq!(BudgetDuration::parse("2597596220016001s"), None, "one second longer");
+        assert_eq!(BudgetDuration::parse("18446744073709551615m"), None, "overflows");
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub mod usage_record;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+mod proptests;
+
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
     proxy_wasm::set_root_context(|context_id| -> Box<dyn proxy_wasm::traits::RootContext> {

@@ -1,4 +1,5 @@
 //! Request flows end to end against the mock host: auth → body → response → usage.
+//! (The harness is `pub(crate)`: the property tests in `proptests.rs` drive flows with it too.)
 
 use std::rc::Rc;
 
@@ -16,7 +17,7 @@ use proxy_wasm::types::Action;
 
 const NOW: u64 = 1_795_341_610_000;
 
-fn key(seed: u8) -> String {
+pub(crate) fn key(seed: u8) -> String {
     let random: Vec<u8> = (0..64u16).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
     key_from_random(&random).unwrap()
 }
@@ -43,7 +44,7 @@ fn deployment(id: &str, group: &str, provider: Provider, upstream: &str) -> Depl
     }
 }
 
-fn key_config(seed: u8) -> KeyConfig {
+pub(crate) fn key_config(seed: u8) -> KeyConfig {
     KeyConfig {
         key_hash: Some(KeyHash::of(key(seed).as_bytes())),
         key_alias: Some(format!("key{seed}")),
@@ -51,7 +52,7 @@ fn key_config(seed: u8) -> KeyConfig {
     }
 }
 
-fn base_config() -> GatewayConfig {
+pub(crate) fn base_config() -> GatewayConfig {
     GatewayConfig {
         schema_version: SCHEMA_VERSION,
         master_key_hash: Some(KeyHash::of(b"sk-master-1234")),
@@ -69,13 +70,13 @@ fn base_config() -> GatewayConfig {
     }
 }
 
-struct Harness {
-    envoy: Rc<MockEnvoy>,
-    gateway: Rc<Gateway>,
+pub(crate) struct Harness {
+    pub(crate) envoy: Rc<MockEnvoy>,
+    pub(crate) gateway: Rc<Gateway>,
 }
 
 impl Harness {
-    fn new(config: GatewayConfig) -> Self {
+    pub(crate) fn new(config: GatewayConfig) -> Self {
         let config = CompiledConfig::compile(config).unwrap();
         let credentials = config.config.deployments.iter().map(|d| Some(format!("provider-secret-{}", d.id))).collect();
         Self { envoy: MockEnvoy::new(NOW), gateway: Rc::new(Gateway::new(config, credentials)) }
@@ -635,7 +636,7 @@ fn an_upstream_cut_is_truncated_not_cancelled() {
 
 // ---- keys looked up in the control plane (xDS mode) -----------------------------------------
 
-mod lookup_support {
+pub(crate) mod lookup_support {
     use prost::Message;
     use sluice_core::config::{KeyLookupConfig, LookupRateConfig};
     use sluice_proto::gateway::v1::KeyLookupResponse;

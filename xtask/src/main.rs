@@ -11,6 +11,8 @@
 //!   `--no-litellm`), same run, same mock.
 //! - `cargo xtask bench-fleet`  the control plane: key lookup with 1M keys, ingestion rate,
 //!   revocation time.
+//! - `cargo xtask fuzz [--cases N]`  the property tests of every parser of untrusted bytes
+//!   (sluice-core and the filter's request flows) at volume: 100,000 cases each by default.
 
 mod bench;
 mod bench_fleet;
@@ -31,8 +33,11 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("bench") => bench::bench(&args[1..]),
         Some("bench-fleet") => bench_fleet::bench_fleet(),
+        Some("fuzz") => fuzz(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <setup|run [--smoke]|join|test|bench [--quick] [--no-litellm]|bench-fleet>");
+            eprintln!(
+                "usage: cargo xtask <setup|run [--smoke]|join|test|bench [--quick] [--no-litellm]|bench-fleet|fuzz [--cases N]>"
+            );
             return ExitCode::from(2);
         }
     };
@@ -75,5 +80,29 @@ fn test() -> Result<(), String> {
     )?;
     proc::step("quickstart smoke run", quickstart::run(true))?;
     eprintln!("\nxtask: all checks passed");
+    Ok(())
+}
+
+/// The property tests at volume: the fuzzer this project has offline (nightly `cargo fuzz` is
+/// not available here). Built with the `fuzz` profile: optimised, overflow checks kept.
+fn fuzz(args: &[String]) -> Result<(), String> {
+    let cases = match args {
+        [] => 100_000,
+        [flag, n] if flag == "--cases" => n.parse::<u32>().map_err(|_| format!("--cases {n}: not a number"))?,
+        _ => return Err("usage: cargo xtask fuzz [--cases N]".into()),
+    };
+    let cargo = proc::cargo();
+    let cases = cases.to_string();
+    let env = [("PROPTEST_CASES", cases.as_str())];
+    let profile = ["--profile", "fuzz"];
+    proc::step(
+        &format!("sluice-core property tests, {cases} cases each"),
+        proc::run(&cargo, &[&["test", "-p", "sluice-core", "--test", "proptest_parsers"][..], &profile].concat(), &env),
+    )?;
+    proc::step(
+        &format!("sluice-filter request-flow property tests, {cases} cases each"),
+        proc::run(&cargo, &[&["test", "-p", "sluice-filter", "--lib"][..], &profile, &["proptests::"]].concat(), &env),
+    )?;
+    eprintln!("\nxtask: no property failed in {cases} cases");
     Ok(())
 }
