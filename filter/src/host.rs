@@ -87,8 +87,22 @@ impl WorkerState {
     /// Hands the pending batch to the service; if the queue is unavailable, writes the records
     /// to the log instead, so none is ever dropped.
     pub fn flush_usage(&mut self) {
+        self.hand_over(false);
+    }
+
+    /// The VM is going away: the pending records are also written to this worker's log, since
+    /// the service may stop before it drains the queue (Envoy shutting down); if it does drain
+    /// it, the record is logged twice and counted once (`sluice usage import` is idempotent).
+    pub fn flush_usage_on_stop(&mut self) {
+        self.hand_over(true);
+    }
+
+    fn hand_over(&mut self, also_log: bool) {
         if self.pending_count == 0 {
             return;
+        }
+        if also_log {
+            self.log_pending();
         }
         if self.usage_queue.is_none() {
             // The service registers the queue when it starts; resolve lazily and retry later.
@@ -100,12 +114,18 @@ impl WorkerState {
         };
         if !queued {
             self.usage_queue = None;
-            for line in self.pending_usage.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                let _ = hostcalls::log(LogLevel::Info, &format!("{USAGE_LOG_PREFIX}{}", String::from_utf8_lossy(line)));
+            if !also_log {
+                self.log_pending();
             }
         }
         self.pending_usage.clear();
         self.pending_count = 0;
+    }
+
+    fn log_pending(&self) {
+        for line in self.pending_usage.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let _ = hostcalls::log(LogLevel::Info, &format!("{USAGE_LOG_PREFIX}{}", String::from_utf8_lossy(line)));
+        }
     }
 }
 

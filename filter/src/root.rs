@@ -124,8 +124,8 @@ impl Context for SluiceRoot {
 
     /// The VM is going away (drain, reload): hand over what is still batched.
     fn on_done(&mut self) -> bool {
-        match &self.role {
-            Role::Filter(_) => self.worker.borrow_mut().flush_usage(),
+        match &mut self.role {
+            Role::Filter(_) => self.worker.borrow_mut().flush_usage_on_stop(),
             Role::Service(service) => service.stop(),
             _ => {}
         }

@@ -96,6 +96,8 @@ struct FleetSync {
 
 pub struct UsageService {
     host: EnvoyHost,
+    /// The queue the workers hand their records to.
+    usage_queue: u32,
     link: Option<ControlPlaneLink>,
 }
 
@@ -113,10 +115,13 @@ impl UsageService {
                 }
             }
         };
-        if let Err(e) = hostcalls::register_shared_queue(USAGE_QUEUE) {
-            host.log(LogLevel::Critical, &format!("sluice: cannot register the usage queue: {e:?}"));
-            return None;
-        }
+        let usage_queue = match hostcalls::register_shared_queue(USAGE_QUEUE) {
+            Ok(id) => id,
+            Err(e) => {
+                host.log(LogLevel::Critical, &format!("sluice: cannot register the usage queue: {e:?}"));
+                return None;
+            }
+        };
         let link = config.control_plane_cluster.map(|cluster| ControlPlaneLink {
             fleet: FleetSync {
                 instance: instance_name(&host),
@@ -146,12 +151,14 @@ impl UsageService {
         });
         let mode = if link.is_some() { "shipping usage to the control plane" } else { "usage to the log" };
         host.log(LogLevel::Info, &format!("sluice: usage service started ({mode})"));
-        Some(Self { host, link })
+        Some(Self { host, usage_queue, link })
     }
 
     /// The VM is going away (Envoy stopping or draining): what was never shipped is named, so
     /// an operator knows to replay it from this log.
-    pub fn stop(&self) {
+    pub fn stop(&mut self) {
+        // What the workers handed over last is logged (and counted) before the count.
+        self.drain_usage(self.usage_queue);
         if let Some(link) = &self.link
             && !link.outbox.is_empty()
         {
