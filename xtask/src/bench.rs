@@ -36,14 +36,14 @@ const PORTS: [u16; 3] = [BARE_PORT, SLUICE_PORT, NOOP_PORT];
 const NAMES: [&str; 3] = ["bare Envoy", "Envoy+Sluice", "Envoy+no-op wasm filter"];
 
 #[derive(Debug, Clone, Copy, Default)]
-struct WrkResult {
-    rps: f64,
-    p50_us: f64,
-    p99_us: f64,
-    requests: f64,
+pub(crate) struct WrkResult {
+    pub(crate) rps: f64,
+    pub(crate) p50_us: f64,
+    pub(crate) p99_us: f64,
+    pub(crate) requests: f64,
     /// Envoy's CPU time (user + system) per request during the run: unlike req/s, this does
     /// not depend on how the two cores are shared with wrk and the mock.
-    envoy_cpu_us_per_request: f64,
+    pub(crate) envoy_cpu_us_per_request: f64,
 }
 
 pub fn bench(args: &[String]) -> Result<(), String> {
@@ -399,7 +399,7 @@ fn litellm_wrk_script(master_key: &str, body: &str) -> String {
     )
 }
 
-fn ensure_wrk() -> Result<(), String> {
+pub(crate) fn ensure_wrk() -> Result<(), String> {
     if proc::output("wrk", &["--version"], &[]).is_ok()
         || Command::new("wrk").arg("-v").output().is_ok_and(|o| !o.stdout.is_empty() || !o.stderr.is_empty())
     {
@@ -432,7 +432,13 @@ fn check_request(port: u16, key: &str, provider_key: &str, body: &str) -> Result
 }
 
 /// One wrk run; `envoy_pid` (0: don't) is the Envoy whose CPU time is sampled around it.
-fn wrk(script: &Path, port: u16, connections: u32, duration: &str, envoy_pid: u32) -> Result<WrkResult, String> {
+pub(crate) fn wrk(
+    script: &Path,
+    port: u16,
+    connections: u32,
+    duration: &str,
+    envoy_pid: u32,
+) -> Result<WrkResult, String> {
     let cpu_before = cpu_ticks(envoy_pid);
     let out = proc::output(
         "wrk",
@@ -538,7 +544,7 @@ fn time_to_first_token(port: u16, key: &str, provider_key: &str, body: &str, n: 
     Ok(out)
 }
 
-fn rss_kib(pid: u32) -> u64 {
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -547,7 +553,7 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     percentile(&mut v, 50.0)
 }
 

