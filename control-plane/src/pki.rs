@@ -100,11 +100,15 @@ fn leaf_params(common_name: &str, sans: Vec<SanType>, usage: ExtendedKeyUsagePur
 }
 
 fn valid_for(params: &mut CertificateParams, days: i64) {
+    valid_for_secs(params, days * 86_400);
+}
+
+fn valid_for_secs(params: &mut CertificateParams, secs: i64) {
     let now = rcgen::date_time_ymd(1970, 1, 1)
         + std::time::Duration::from_millis(crate::store::now_ms().try_into().unwrap_or(0));
     // An hour back: clocks on the Envoy hosts may be a little behind.
     params.not_before = now - std::time::Duration::from_secs(3600);
-    params.not_after = now + std::time::Duration::from_secs(days.unsigned_abs() * 86_400);
+    params.not_after = now + std::time::Duration::from_secs(secs.unsigned_abs());
 }
 
 /// Writes a file only if it is new; keys readable by the owner only.
@@ -158,17 +162,30 @@ pub fn init(dir: &PkiDir, hosts: &[String]) -> Result<Vec<PathBuf>, String> {
 /// certificate valid for every node), signed by the CA `init` made.
 pub fn issue_envoy(dir: &PkiDir, node: &str, any_node: bool) -> Result<Vec<PathBuf>, String> {
     let name = if any_node { format!("*.{NODE_DOMAIN}") } else { node_name(node)? };
+    let (cert, key) = sign_client(dir, &name, LEAF_DAYS * 86_400)?;
+    write_new(&dir.envoy_cert(node), &cert, false)?;
+    write_new(&dir.envoy_key(node), &key, true)?;
+    Ok(vec![dir.envoy_cert(node), dir.envoy_key(node)])
+}
+
+/// A client certificate for one tool run (`sluice usage import`): valid for an hour, kept in
+/// memory only, so no lasting data-plane identity is left on the operator's disk. Needs the
+/// CA's key, which can make any identity anyway. (PEM certificate, PEM key.)
+pub fn ephemeral_client(dir: &PkiDir, node: &str) -> Result<(String, String), String> {
+    sign_client(dir, &node_name(node)?, 3600)
+}
+
+/// A clientAuth certificate for the DNS name `name`, signed by the CA in `dir`.
+fn sign_client(dir: &PkiDir, name: &str, valid_secs: i64) -> Result<(String, String), String> {
     let ca_pem = std::fs::read_to_string(dir.ca_key()).map_err(|e| format!("{}: {e}", dir.ca_key().display()))?;
     let ca_key = KeyPair::from_pem(&ca_pem).map_err(err("CA key"))?;
     let issuer = Issuer::new(ca_params(), &ca_key);
-    let key = KeyPair::generate().map_err(err("Envoy key"))?;
-    let dns = name.clone().try_into().map_err(|_| format!("{name:?} is not a DNS name"))?;
-    let mut leaf = leaf_params(&name, vec![SanType::DnsName(dns)], ExtendedKeyUsagePurpose::ClientAuth);
-    valid_for(&mut leaf, LEAF_DAYS);
-    let cert = leaf.signed_by(&key, &issuer).map_err(err("Envoy certificate"))?;
-    write_new(&dir.envoy_cert(node), &cert.pem(), false)?;
-    write_new(&dir.envoy_key(node), &key.serialize_pem(), true)?;
-    Ok(vec![dir.envoy_cert(node), dir.envoy_key(node)])
+    let key = KeyPair::generate().map_err(err("client key"))?;
+    let dns = name.to_owned().try_into().map_err(|_| format!("{name:?} is not a DNS name"))?;
+    let mut leaf = leaf_params(name, vec![SanType::DnsName(dns)], ExtendedKeyUsagePurpose::ClientAuth);
+    valid_for_secs(&mut leaf, valid_secs);
+    let cert = leaf.signed_by(&key, &issuer).map_err(err("client certificate"))?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 #[cfg(test)]
@@ -203,6 +220,11 @@ mod tests {
         check_node(&fleet, "pod-7").unwrap();
         // The control plane's own certificate names no node.
         assert!(check_node(&cert(&dir.server_cert()), "edge-1").is_err());
+        // A tool's certificate for one run: valid for its name, nothing written.
+        let files = std::fs::read_dir(&dir.0).unwrap().count();
+        let (pem, _key) = ephemeral_client(&dir, "usage-import").unwrap();
+        check_node(&CertificateDer::from_pem_slice(pem.as_bytes()).unwrap(), "usage-import").unwrap();
+        assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), files);
         // Nothing is overwritten.
         assert!(init(&dir, &["127.0.0.1".into()]).unwrap_err().contains("already exists"));
         assert!(issue_envoy(&dir, "edge-1", false).unwrap_err().contains("already exists"));

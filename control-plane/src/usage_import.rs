@@ -9,7 +9,7 @@
 use std::io::BufRead;
 use std::path::PathBuf;
 
-use sluice_control_plane::pki::PkiDir;
+use sluice_control_plane::pki::{self, PkiDir};
 use sluice_proto::gateway::v1::ReportUsageRequest;
 use sluice_proto::gateway::v1::usage_service_client::UsageServiceClient;
 use sluice_proto::usage_line::record_from_log_line;
@@ -23,10 +23,11 @@ pub struct ImportArgs {
     /// HOST:PORT of the control plane's data-plane port (`sluice serve --xds-listen`).
     #[arg(long)]
     xds: String,
-    /// mTLS from `sluice pki`'s directory: ca.pem, and envoy-NODE.pem/.key for --node-id (issue
-    /// one for the importer with `sluice pki envoy --node-id usage-import`).
+    /// mTLS from `sluice pki`'s directory: its ca.pem, and a client certificate for this run
+    /// signed in memory with its ca.key (valid for an hour, never written to disk).
     #[arg(long, value_name = "DIR", conflicts_with = "xds_ca")]
     pki_dir: Option<PathBuf>,
+    /// The node name of that certificate (`<name>.envoy.sluice`).
     #[arg(long, default_value = "usage-import")]
     node_id: String,
     /// Or the files themselves: the CA, a client certificate and its key (PEM).
@@ -50,21 +51,23 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, String> {
 async fn channel(args: &ImportArgs) -> Result<Channel, String> {
     let (host, _) = args.xds.rsplit_once(':').ok_or_else(|| format!("--xds {:?}: use HOST:PORT", args.xds))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let files = match (&args.pki_dir, &args.xds_ca, &args.xds_cert, &args.xds_key) {
+    // (CA, certificate, key), PEM.
+    let pem = match (&args.pki_dir, &args.xds_ca, &args.xds_cert, &args.xds_key) {
         (Some(dir), ..) => {
             let dir = PkiDir(dir.clone());
-            Some((dir.ca_cert(), dir.envoy_cert(&args.node_id), dir.envoy_key(&args.node_id)))
+            let (cert, key) = pki::ephemeral_client(&dir, &args.node_id)?;
+            Some((read(&dir.ca_cert())?, cert.into_bytes(), key.into_bytes()))
         }
-        (None, Some(ca), Some(cert), Some(key)) => Some((ca.clone(), cert.clone(), key.clone())),
+        (None, Some(ca), Some(cert), Some(key)) => Some((read(ca)?, read(cert)?, read(key)?)),
         _ if args.insecure_data_plane => None,
         _ => return Err("the data-plane port needs mTLS: --pki-dir or --xds-ca/--xds-cert/--xds-key (or --insecure-data-plane for a local development control plane)".into()),
     };
-    let scheme = if files.is_some() { "https" } else { "http" };
+    let scheme = if pem.is_some() { "https" } else { "http" };
     let mut endpoint = Channel::from_shared(format!("{scheme}://{}", args.xds)).map_err(|e| format!("--xds: {e}"))?;
-    if let Some((ca, cert, key)) = files {
+    if let Some((ca, cert, key)) = pem {
         let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read(&ca)?))
-            .identity(Identity::from_pem(read(&cert)?, read(&key)?))
+            .ca_certificate(Certificate::from_pem(ca))
+            .identity(Identity::from_pem(cert, key))
             .domain_name(host);
         endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
     }
