@@ -11,12 +11,15 @@
 //!   `--no-litellm`), same run, same mock.
 //! - `cargo xtask bench-fleet`  the control plane: key lookup with 1M keys, ingestion rate,
 //!   revocation time.
+//! - `cargo xtask soak`   an hour (`--duration SECS`) of steady load with key churn, streams and
+//!   cancellations; the Envoys' and the control plane's memory growth.
 
 mod bench;
 mod bench_fleet;
 mod proc;
 mod quickstart;
 mod setup;
+mod soak;
 mod supervise;
 
 use std::io::Write;
@@ -31,8 +34,11 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("bench") => bench::bench(&args[1..]),
         Some("bench-fleet") => bench_fleet::bench_fleet(),
+        Some("soak") => soak::soak(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <setup|run [--smoke]|join|test|bench [--quick] [--no-litellm]|bench-fleet>");
+            eprintln!(
+                "usage: cargo xtask <setup|run [--smoke]|join|test|bench [--quick] [--no-litellm]|bench-fleet|soak [--duration SECS]>"
+            );
             return ExitCode::from(2);
         }
     };
