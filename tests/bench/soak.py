@@ -356,9 +356,11 @@ class Sampler:
         self.thread = threading.Thread(target=self.loop, daemon=True)
 
     def loop(self):
+        next_at = time.monotonic()
         while True:
             self.take()
-            if self.stop.wait(self.interval):
+            next_at = max(next_at + self.interval, time.monotonic())
+            if self.stop.wait(next_at - time.monotonic()):
                 self.take()
                 return
 
@@ -439,13 +441,21 @@ def count_report(samples, warmup_s, names):
     return out
 
 
+def load_report(samples):
+    """The machine's one-minute load average over the run: the figures share its two cores."""
+    loads = [s["load average"] for _, s in samples if s.get("load average") is not None]
+    return {"mean": round(sum(loads) / len(loads), 2), "max": round(max(loads), 2)} if loads else {}
+
+
 def markdown(report):
     lines = [
         f"{report['duration_s']:.0f} s at {report['rate_target']} req/s (target) through two Envoys "
         f"(`--concurrency {report['envoy_concurrency']}`), control plane on {report['database']}; "
         f"warm-up {report['warmup_s']:.0f} s; RSS sampled every {report['sample_interval_s']:g} s "
         f"({report['samples']} samples). Keys: {report['keys_created']} created, "
-        f"{report['cli_calls'].get('block', 0)} blocked, {report['cli_calls'].get('delete', 0)} deleted.",
+        f"{report['cli_calls'].get('block', 0)} blocked, {report['cli_calls'].get('delete', 0)} deleted. "
+        f"Load average over the run: mean {report['load_average'].get('mean')}, "
+        f"max {report['load_average'].get('max')}.",
         "",
         "| process | after warm-up | at the end | max | growth (end − start) | fitted slope |",
         "|---|---|---|---|---|---|",
@@ -508,7 +518,7 @@ def main():
                    "control plane": rss_probe(fleet.control_plane.pid), "mock provider": rss_probe(fleet.procs[0].pid)}
             heap = {f"envoy {e.node_id} heap": envoy_heap_probe(e) for e in envoys}
             stats = {f"envoy {e.node_id} stats": envoy_stats_probe(e) for e in envoys}
-            sampler = Sampler({**rss, **heap, **stats}, interval)
+            sampler = Sampler({**rss, **heap, **stats, "load average": lambda: os.getloadavg()[0]}, interval)
             log(f"{args.duration:.0f} s at {args.rate} req/s, {type(db).__name__} database, warm-up {warmup:.0f} s")
             started = time.monotonic()
             deadline = started + args.duration
@@ -571,7 +581,7 @@ def main():
                 "memory": memory_report(sampler.samples, warmup, rss),
                 "envoy_heap": memory_report(sampler.samples, warmup, heap),
                 "envoy_stats": count_report(sampler.samples, warmup, stats),
-                "loadavg_end": os.getloadavg()[0],
+                "load_average": load_report(sampler.samples),
             }
             if args.samples:
                 names = list(sampler.probes)

@@ -8,8 +8,12 @@
 //! fails, after writing the results, if spend rows and upstream calls differ or any answer was
 //! not one the request's kind may get (a 5xx, a refused good key).
 
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
 use crate::proc::{self, root};
 use crate::setup;
+use crate::supervise;
 
 const BEGIN: &str = "<!-- soak-results:begin -->";
 const END: &str = "<!-- soak-results:end -->";
@@ -17,6 +21,8 @@ const DEFAULT_DURATION_S: u64 = 3600;
 /// Above this one-minute load average the machine is busy: the figures are still written, with
 /// the load next to them.
 const QUIET_LOAD: f64 = 1.5;
+/// How long the driver has to stop its processes and drop its database after a stop signal.
+const STOP_GRACE: Duration = Duration::from_secs(30);
 
 pub fn soak(args: &[String]) -> Result<(), String> {
     let mut driver_args: Vec<String> = args.to_vec();
@@ -54,16 +60,17 @@ pub fn soak(args: &[String]) -> Result<(), String> {
     let python = tools.python.to_string_lossy().into_owned();
     let mut argv: Vec<&str> = vec!["tests/bench/soak.py"];
     argv.extend(driver_args.iter().map(String::as_str));
-    eprintln!("xtask: soak for {duration} s (progress every minute; Ctrl-C stops it, nothing is written)");
-    let json = proc::output(&python, &argv, &env_refs)?;
+    eprintln!("xtask: soak for {duration} s (progress every minute; Ctrl-C stops it and writes nothing)");
+    let json = run_driver(&python, &argv, &env_refs)?;
     let summary = std::fs::read_to_string(&markdown).map_err(|e| format!("{}: {e}", markdown.display()))?;
     let date = proc::output("date", &["-u", "+%Y-%m-%d %H:%M UTC"], &[]).unwrap_or_default();
     let report = format!(
         "Measured {} on this machine (2 cores; one-minute load average {load:.2} at the start{}), \
-         `cargo xtask soak --duration {duration}`; the control plane is the debug build `cargo xtask setup` makes.\n\n\
+         `cargo xtask soak{}`; the control plane is the debug build `cargo xtask setup` makes.\n\n\
          {summary}\nRaw output (samples: `{}`):\n\n```\n{}\n```\n",
         date.trim(),
         if load > QUIET_LOAD { ": busy, shared with other work" } else { "" },
+        args.iter().fold(String::new(), |acc, a| acc + " " + a),
         samples.strip_prefix(root()).unwrap_or(&samples).display(),
         json.trim(),
     );
@@ -78,6 +85,54 @@ pub fn soak(args: &[String]) -> Result<(), String> {
         problems.push("some answers were not what their request may get");
     }
     if problems.is_empty() { Ok(()) } else { Err(format!("soak: {}", problems.join("; "))) }
+}
+
+/// Runs the driver in a process group of its own (it and the control plane, Envoys and mock it
+/// starts), its progress (stderr) shown as it runs; returns its stdout. A stop signal to xtask
+/// (Ctrl-C, SIGTERM, SIGHUP) sends SIGTERM to the group: the driver stops its processes, drops
+/// its database and exits; after [`STOP_GRACE`], SIGKILL. If xtask itself is killed, the driver
+/// still ends by itself when its duration is up.
+fn run_driver(python: &str, argv: &[&str], env: &[(&str, &str)]) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    supervise::catch_stop_signals();
+    let mut child = Command::new(python)
+        .args(argv)
+        .envs(env.iter().copied())
+        .current_dir(root())
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start {python}: {e}"))?;
+    let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = stdout.read_to_string(&mut out);
+        out
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| format!("waiting for the driver: {e}"))? {
+            break status;
+        }
+        if supervise::stop_signal().is_some() {
+            supervise::signal_group(&child, libc::SIGTERM);
+            let deadline = Instant::now() + STOP_GRACE;
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            supervise::signal_group(&child, libc::SIGKILL);
+            let _ = child.wait();
+            return supervise::stopped().map(|()| String::new());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let out = reader.join().unwrap_or_default();
+    if !status.success() {
+        return Err(format!("tests/bench/soak.py failed ({status})"));
+    }
+    Ok(out)
 }
 
 /// The one-minute load average (`/proc/loadavg`), or 0 if unreadable.
