@@ -67,11 +67,10 @@ pub fn soak(args: &[String]) -> Result<(), String> {
     let report = format!(
         "Measured {} on this machine (2 cores; one-minute load average {load:.2} at the start{}), \
          `cargo xtask soak{}`; the control plane is the debug build `cargo xtask setup` makes.\n\n\
-         {summary}\nRaw output (samples: `{}`):\n\n```\n{}\n```\n",
+         {summary}\nRaw output (the samples are in `soak-samples.csv` in the target directory):\n\n```\n{}\n```\n",
         date.trim(),
         if load > QUIET_LOAD { ": busy, shared with other work" } else { "" },
         args.iter().fold(String::new(), |acc, a| acc + " " + a),
-        samples.strip_prefix(root()).unwrap_or(&samples).display(),
         json.trim(),
     );
     crate::bench::write_block(&root().join("BENCHMARKS.md"), BEGIN, END, &report)?;
