@@ -16,6 +16,8 @@
 //!   no-op wasm filter and the native no-op dynamic module, same run, alternating.
 //! - `cargo xtask fuzz [--cases N]`  the property tests of every parser of untrusted bytes
 //!   (sluice-core and the filter's request flows) at volume: 100,000 cases each by default.
+//! - `cargo xtask soak`   an hour (`--duration SECS`) of steady load with key churn, streams and
+//!   cancellations; the Envoys' and the control plane's memory growth.
 
 mod bench;
 mod bench_fleet;
@@ -23,6 +25,7 @@ mod bench_native;
 mod proc;
 mod quickstart;
 mod setup;
+mod soak;
 mod supervise;
 
 use std::io::Write;
@@ -39,9 +42,10 @@ fn main() -> ExitCode {
         Some("bench-fleet") => bench_fleet::bench_fleet(),
         Some("bench-native") => bench_native::bench_native(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
+        Some("soak") => soak::soak(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|run [--smoke]|join|test|bench [--quick] [--no-litellm]|bench-fleet|bench-native [--quick]|fuzz [--cases N]>"
+                "usage: cargo xtask <setup|run [--smoke]|join|test|bench [--quick] [--no-litellm]|bench-fleet|bench-native [--quick]|fuzz [--cases N]|soak [--duration SECS]>"
             );
             return ExitCode::from(2);
         }

@@ -81,6 +81,12 @@ pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     command
 }
 
+/// Sends `signal` to every process of the group a child leads (a child started with
+/// `process_group(0)`, and whatever it started and did not move elsewhere).
+pub fn signal_group(child: &Child, signal: libc::c_int) {
+    sys::send_group(child, signal);
+}
+
 /// Child processes stopped however the command ends (a stop signal, an error, success).
 pub struct Children(pub Vec<Child>);
 
@@ -132,6 +138,19 @@ mod sys {
         // unreaped child's (a zombie keeps its pid), never 0 or negative (a group).
         unsafe {
             libc::kill(pid, signal);
+        }
+    }
+
+    /// Sends `signal` to the process group a child leads (its pid is the group's id).
+    pub fn send_group(child: &Child, signal: libc::c_int) {
+        let Ok(pid) = libc::pid_t::try_from(child.id()) else { return };
+        if pid <= 1 {
+            return;
+        }
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours; -pid names the
+        // group our unreaped child leads (started with process_group(0)), never every process.
+        unsafe {
+            libc::kill(-pid, signal);
         }
     }
 
