@@ -157,12 +157,14 @@ def test_a_control_plane_killed_under_load_loses_no_usage_and_counts_none_twice(
     for kind, sid, window_spend, rows_spend in windows:
         assert int(window_spend) == int(rows_spend) > 0, (kind, sid, window_spend, rows_spend)
 
-    # What the Envoys were told: every record accepted once (the rows, warm-up included); the
-    # batches that failed while the control plane was down were resent.
+    # What the Envoys were told: every record accepted once (the rows, warm-up included), except
+    # those of a batch the kill cut between its commit and its answer: resent, they come back as
+    # duplicates. The batches that failed while the control plane was down were resent.
     stat = lambda e, name: int(e.stat(f"wasmcustom.sluice.usage.{name}") or 0)  # noqa: E731
-    assert sum(stat(e, "shipped") for e in envoys) == len(rows)
+    shipped = sum(stat(e, "shipped") for e in envoys)
     failures = sum(stat(e, "report_failures") for e in envoys)
     duplicates = sum(stat(e, "duplicates") for e in envoys)
+    assert shipped <= len(rows) <= shipped + duplicates, (shipped, duplicates, len(rows))
     assert failures >= 1, "usage was shipped while the control plane was down"
 
     print(f"{len(results)} requests through two Envoys ({len(during)} during a {up1 - down1:.1f} s outage: {kinds}; "
