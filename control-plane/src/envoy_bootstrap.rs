@@ -124,9 +124,22 @@ fn cluster(u: &Upstream) -> Value {
 }
 
 pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<Value, String> {
+    if s.master_key_literal {
+        return Err("general_settings.master_key is written in config.yaml: Envoy would need it (or a digest \
+                    one could brute-force) in its own config; read it from the environment instead \
+                    (master_key: os.environ/SLUICE_MASTER_KEY) and start Envoy with that variable set"
+            .into());
+    }
     let gateway_json =
         serde_json::to_string(&s.gateway).map_err(|e| format!("cannot serialise the gateway config: {e}"))?;
-    let mut env_keys: Vec<String> = s.gateway.deployments.iter().filter_map(|d| d.api_key_env.clone()).collect();
+    // Secrets reach the VM from Envoy's environment, by name: provider credentials and the master key.
+    let mut env_keys: Vec<String> = s
+        .gateway
+        .deployments
+        .iter()
+        .filter_map(|d| d.api_key_env.clone())
+        .chain(s.gateway.master_key_env.clone())
+        .collect();
     env_keys.sort();
     env_keys.dedup();
     let failure_policy = match s.failure_policy {
@@ -485,6 +498,22 @@ mod tests {
             let filter = &hcm(&b)["http_filters"][0]["typed_config"]["config"];
             assert_eq!(filter["failure_policy"], expected, "{setting:?}");
         }
+    }
+
+    #[test]
+    fn the_master_key_reaches_envoy_by_name_only_and_a_literal_one_not_at_all() {
+        let key = "sk-master-0123456789abcdef0123456789abcdef";
+        let env = |name: &str| (name == "SLUICE_MASTER_KEY").then(|| key.to_owned());
+        let doc = json!({"general_settings": {"master_key": "os.environ/SLUICE_MASTER_KEY"}});
+        let b = standalone_bootstrap(&from_litellm(&doc, &env).unwrap(), &opts()).unwrap();
+        let filter = &hcm(&b)["http_filters"][0]["typed_config"]["config"];
+        assert_eq!(filter["vm_config"]["environment_variables"]["host_env_keys"], json!(["SLUICE_MASTER_KEY"]));
+        let text = to_yaml(&b).unwrap();
+        let digest = sluice_core::keys::KeyHash::of(key.as_bytes()).to_hex();
+        assert!(!text.contains(key) && !text.contains(&digest), "the key or its digest is in Envoy's config");
+        let literal = from_litellm(&json!({"general_settings": {"master_key": key}}), &|_| None).unwrap();
+        let e = standalone_bootstrap(&literal, &opts()).unwrap_err();
+        assert!(e.contains("os.environ/") && !e.contains(key), "{e}");
     }
 
     #[test]

@@ -226,11 +226,34 @@ fn parse_counts(value: &str) -> Counts {
 pub struct LimitSyncApi {
     counts: Arc<FleetCounts>,
     metrics: Arc<Metrics>,
+    node_identity: bool,
 }
 
 impl LimitSyncApi {
     pub fn new(counts: Arc<FleetCounts>, metrics: Arc<Metrics>) -> Self {
-        Self { counts, metrics }
+        Self { counts, metrics, node_identity: false }
+    }
+
+    /// Reports are accepted only for the node the client certificate names: an instance is
+    /// `<node id>/<suffix>`, and an Envoy that could report as another node could overwrite
+    /// that node's counts (and so lift or tighten its limits).
+    pub fn with_node_identity(mut self, on: bool) -> Self {
+        self.node_identity = on;
+        self
+    }
+
+    fn authorise(&self, request: &Request<SyncLimitsRequest>) -> Result<(), Status> {
+        if !self.node_identity {
+            return Ok(());
+        }
+        let cert = crate::pki::peer_certificate(request)?;
+        let instance = &request.get_ref().instance;
+        let node = instance.split_once('/').map_or(instance.as_str(), |(node, _)| node);
+        crate::pki::check_node(&cert, node).map_err(|e| {
+            inc(&self.metrics.data_plane_refused, 1);
+            eprintln!("sluice: limit sync: refused instance {instance:?}: {e}");
+            Status::permission_denied(e)
+        })
     }
 }
 
@@ -257,6 +280,7 @@ fn validate(request: &SyncLimitsRequest, now_window: u64) -> Result<(), Status> 
 #[tonic::async_trait]
 impl LimitService for LimitSyncApi {
     async fn sync(&self, request: Request<SyncLimitsRequest>) -> Result<Response<SyncLimitsResponse>, Status> {
+        self.authorise(&request)?;
         let request = request.into_inner();
         validate(&request, current_window())?;
         let others = match self.counts.report(&request.instance, request.window, &request.counts).await {

@@ -22,6 +22,9 @@ pub struct Metrics {
     pub xds_nacks: AtomicU64,
     /// ADS streams refused: the client certificate does not name the node.
     pub xds_refused: AtomicU64,
+    /// Key lookups, usage reports and limit syncs refused: not an Envoy's certificate, or a
+    /// limit report for another node.
+    pub data_plane_refused: AtomicU64,
     pub xds_snapshots: AtomicU64,
     /// The most recent NACK: node, type URL, Envoy's error detail.
     pub last_nack: Mutex<Option<(String, String, String)>>,
@@ -76,6 +79,12 @@ impl Metrics {
             "counter",
             "ADS streams refused because the client certificate does not name the node.",
             &[("", get(&self.xds_refused))],
+        );
+        metric(
+            "sluice_data_plane_refused_calls_total",
+            "counter",
+            "Key lookups, usage reports and limit syncs refused: the client certificate is not an Envoy's, or names another node.",
+            &[("", get(&self.data_plane_refused))],
         );
         metric("sluice_xds_snapshots_total", "counter", "Snapshots published.", &[("", get(&self.xds_snapshots))]);
         if let Ok(last) = self.last_nack.lock()

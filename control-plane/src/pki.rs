@@ -47,6 +47,56 @@ pub fn check_node(cert: &CertificateDer<'_>, node_id: &str) -> Result<(), String
         .map_err(|_| format!("the client certificate does not name node {node_id:?} ({name} or *.{NODE_DOMAIN})"))
 }
 
+/// Whether the client certificate `cert` is an Envoy's at all: it names some node
+/// (`<label>.envoy.sluice`) or the fleet (`*.envoy.sluice`). The data-plane port's CA may be a
+/// shared one (a cluster-wide cert-manager issuer) that also signs other workloads' client
+/// certificates; those are not Envoys and get nothing.
+pub fn check_envoy(cert: &CertificateDer<'_>) -> Result<(), String> {
+    let cert = webpki::EndEntityCert::try_from(cert).map_err(|e| format!("unreadable client certificate: {e}"))?;
+    let suffix = format!(".{NODE_DOMAIN}");
+    let names_a_node = cert.valid_dns_names().any(|name| {
+        let name = name.to_ascii_lowercase();
+        name.strip_suffix(&suffix).is_some_and(|label| label == "*" || node_name(label).is_ok())
+    });
+    if names_a_node {
+        Ok(())
+    } else {
+        Err(format!("the client certificate names no Envoy node (<node-id>.{NODE_DOMAIN} or *.{NODE_DOMAIN})"))
+    }
+}
+
+/// The verified end-entity certificate of a data-plane connection, or UNAUTHENTICATED.
+pub fn peer_certificate<T>(request: &tonic::Request<T>) -> Result<CertificateDer<'static>, tonic::Status> {
+    request
+        .peer_certs()
+        .and_then(|certs| certs.first().cloned())
+        .ok_or_else(|| tonic::Status::unauthenticated("the data-plane port requires a client certificate"))
+}
+
+/// Lets a data-plane call through only with an Envoy's certificate ([`check_envoy`]): on the key
+/// lookup, usage and limit services (ADS checks the exact node on its stream's first message).
+/// Not `enforced` only under `--insecure-data-plane`, where there are no certificates.
+#[derive(Clone)]
+pub struct EnvoyOnly {
+    pub enforced: bool,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+impl tonic::service::Interceptor for EnvoyOnly {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if !self.enforced {
+            return Ok(request);
+        }
+        let checked =
+            peer_certificate(&request).and_then(|cert| check_envoy(&cert).map_err(tonic::Status::permission_denied));
+        if let Err(refused) = &checked {
+            crate::metrics::inc(&self.metrics.data_plane_refused, 1);
+            eprintln!("sluice: data plane: refused a call: {}", refused.message());
+        }
+        checked.map(|()| request)
+    }
+}
+
 /// Where `sluice pki` keeps its files.
 #[derive(Debug, Clone)]
 pub struct PkiDir(pub PathBuf);
@@ -220,6 +270,9 @@ mod tests {
         check_node(&fleet, "pod-7").unwrap();
         // The control plane's own certificate names no node.
         assert!(check_node(&cert(&dir.server_cert()), "edge-1").is_err());
+        assert!(check_envoy(&cert(&dir.server_cert())).is_err());
+        check_envoy(&edge).unwrap();
+        check_envoy(&fleet).unwrap();
         // A tool's certificate for one run: valid for its name, nothing written.
         let files = std::fs::read_dir(&dir.0).unwrap().count();
         let (pem, _key) = ephemeral_client(&dir, "usage-import").unwrap();

@@ -281,13 +281,14 @@ pub async fn serve_planes(
             tokio::spawn(crate::budget::prune_windows(Arc::clone(&store)));
             let ingest = Arc::new(UsageIngest::new(Arc::clone(&store), Arc::clone(&metrics), Arc::clone(&budgets)));
             ingest.forget_tenancy_on(admin.invalidations());
+            let envoy_only = crate::pki::EnvoyOnly { enforced: tls.is_some(), metrics: Arc::clone(&metrics) };
             let mut builder = Server::builder();
             if let Some(tls) = tls {
                 builder = builder.tls_config(tls).map_err(|e| format!("data-plane TLS: {}", error_chain(&e)))?;
             }
             let server = builder
                 .add_service(AggregatedDiscoveryServiceServer::new(ads))
-                .add_service(KeyLookupServiceServer::new(
+                .add_service(KeyLookupServiceServer::with_interceptor(
                     KeyLookupApi::new(
                         Arc::clone(&store),
                         admin.invalidations(),
@@ -296,9 +297,16 @@ pub async fn serve_planes(
                     )
                     .with_fleet_counts(Arc::clone(&fleet_counts))
                     .with_master_key(master),
+                    envoy_only.clone(),
                 ))
-                .add_service(LimitServiceServer::new(LimitSyncApi::new(fleet_counts, Arc::clone(&metrics))))
-                .add_service(UsageServiceServer::from_arc(ingest).max_decoding_message_size(MAX_USAGE_BYTES))
+                .add_service(LimitServiceServer::with_interceptor(
+                    LimitSyncApi::new(fleet_counts, Arc::clone(&metrics)).with_node_identity(envoy_only.enforced),
+                    envoy_only.clone(),
+                ))
+                .add_service(tonic::service::interceptor::InterceptedService::new(
+                    UsageServiceServer::from_arc(ingest).max_decoding_message_size(MAX_USAGE_BYTES),
+                    envoy_only,
+                ))
                 .serve_with_incoming_shutdown(TcpIncoming::from(xds_listener), until_stopped(stopped.clone()));
             Some(tokio::spawn(server))
         }

@@ -29,8 +29,12 @@ pub const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 4096;
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     pub schema_version: u32,
+    /// The environment variable holding the master key (standalone mode): Envoy hands it to
+    /// the filter like a provider credential (`host_env_keys`), so neither the key nor a
+    /// digest one could brute-force offline is ever in Envoy's config or `/config_dump`.
+    /// None in xDS mode, where the control plane checks the master key on lookup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub master_key_hash: Option<KeyHash>,
+    pub master_key_env: Option<String>,
     #[serde(default = "default_max_body")]
     pub max_request_body_bytes: u64,
     #[serde(default = "default_max_scan")]
@@ -681,10 +685,6 @@ impl CompiledConfig {
         self.key_index.get(hash).copied()
     }
 
-    pub fn is_master_key(&self, hash: &KeyHash) -> bool {
-        self.config.master_key_hash.is_some_and(|m| m.ct_eq(hash))
-    }
-
     pub fn team(&self, idx: usize) -> Option<&CompiledTeam> {
         self.teams.get(idx)
     }
@@ -763,7 +763,7 @@ mod tests {
     fn base() -> GatewayConfig {
         GatewayConfig {
             schema_version: SCHEMA_VERSION,
-            master_key_hash: None,
+            master_key_env: None,
             max_request_body_bytes: 1024,
             max_response_scan_bytes: 1024,
             routing_strategy: RoutingStrategy::SimpleShuffle,
@@ -839,15 +839,6 @@ mod tests {
         assert!(serde_json::from_str::<GatewayConfig>(doc).is_err());
         let doc = r#"{"schema_version":1,"keys":[{"key_hash":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","max_budgte":1}]}"#;
         assert!(serde_json::from_str::<GatewayConfig>(doc).is_err());
-    }
-
-    #[test]
-    fn master_key_matches_only_itself() {
-        let mut cfg = base();
-        cfg.master_key_hash = Some(KeyHash::of(b"sk-master"));
-        let c = CompiledConfig::compile(cfg).unwrap();
-        assert!(c.is_master_key(&KeyHash::of(b"sk-master")));
-        assert!(!c.is_master_key(&KeyHash::of(b"sk-master2")));
     }
 
     #[test]

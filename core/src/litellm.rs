@@ -13,7 +13,7 @@ use crate::config::{
     GatewayConfig, KeyConfig, Provider, RoutingStrategy, SCHEMA_VERSION, TeamConfig,
 };
 use crate::cost::Pricing;
-use crate::keys::{KeyHash, check_master_key};
+use crate::keys::check_master_key;
 use crate::routing::shuffle_weight;
 
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 600;
@@ -43,6 +43,10 @@ pub struct Standalone {
     pub upstreams: Vec<Upstream>,
     pub request_timeout_secs: u64,
     pub failure_policy: FailurePolicy,
+    /// `general_settings.master_key` is written in config.yaml itself: it cannot reach a
+    /// standalone Envoy without being written into Envoy's config too, so `sluice envoy-config`
+    /// refuses it (the control plane only warns: it keeps the key to itself).
+    pub master_key_literal: bool,
     pub warnings: Vec<String>,
 }
 
@@ -180,7 +184,8 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
         }
     }
 
-    let mut master_key_hash = None;
+    let mut master_key_env = None;
+    let mut master_key_literal = false;
     let mut max_request_body_bytes = DEFAULT_MAX_REQUEST_BODY_BYTES;
     let mut failure_policy = FailurePolicy::FailClosed;
     if let Some(settings) = root.get("general_settings").and_then(Value::as_object) {
@@ -202,6 +207,7 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
                     }),
                     None => {
                         cx.warnings.push("general_settings.master_key is written in config.yaml; read it from the environment (os.environ/NAME) or a mounted secret instead".into());
+                        master_key_literal = true;
                         Some(s.clone())
                     }
                 };
@@ -217,7 +223,9 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
                         cx.error(format!("general_settings.master_key: {e}; for local development only, set SLUICE_ALLOW_WEAK_MASTER_KEY=1"));
                     }
                 }
-                master_key_hash = value.map(|v| KeyHash::of(v.as_bytes()));
+                if value.is_some() && !master_key_literal {
+                    master_key_env = env_ref(s).map(str::to_owned);
+                }
             }
             Some(_) => cx.error("general_settings.master_key must be a string".into()),
         }
@@ -244,7 +252,7 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
 
     let gateway = GatewayConfig {
         schema_version: SCHEMA_VERSION,
-        master_key_hash,
+        master_key_env,
         max_request_body_bytes,
         max_response_scan_bytes: DEFAULT_MAX_RESPONSE_SCAN_BYTES,
         routing_strategy,
@@ -276,7 +284,14 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
             }
         }
     }
-    Ok(Standalone { gateway, upstreams, request_timeout_secs, failure_policy, warnings: cx.warnings })
+    Ok(Standalone {
+        gateway,
+        upstreams,
+        request_timeout_secs,
+        failure_policy,
+        master_key_literal,
+        warnings: cx.warnings,
+    })
 }
 
 fn section<T: serde::de::DeserializeOwned>(cx: &mut Ctx<'_>, value: Option<&Value>, name: &str) -> Vec<T> {
@@ -426,6 +441,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    use crate::keys::KeyHash;
+
     fn env(name: &str) -> Option<String> {
         match name {
             "SLUICE_MASTER_KEY" => Some("sk-master-very-secret-0123456789abcdef".into()),
@@ -475,7 +492,14 @@ mod tests {
             Upstream { cluster: cluster_name("gpt-4o-1"), https: false, host: "127.0.0.1".into(), port: 8081 }
         );
         assert_eq!(s.upstreams[2].host, "api.anthropic.com");
-        assert_eq!(s.gateway.master_key_hash, Some(KeyHash::of(b"sk-master-very-secret-0123456789abcdef")));
+        // Envoy reads the key from the same variable: the config names it and holds no digest.
+        assert_eq!(s.gateway.master_key_env.as_deref(), Some("SLUICE_MASTER_KEY"));
+        assert!(!s.master_key_literal);
+        assert!(
+            !serde_json::to_string(&s.gateway)
+                .unwrap()
+                .contains(&KeyHash::of(b"sk-master-very-secret-0123456789abcdef").to_hex())
+        );
         assert_eq!(s.gateway.max_request_body_bytes, 2 * 1024 * 1024);
         assert_eq!(s.request_timeout_secs, 120);
         assert_eq!(s.gateway.keys.len(), 1);
@@ -561,6 +585,7 @@ mod tests {
         let s = from_litellm(&doc(strong), &|_| None).unwrap();
         assert!(s.warnings.iter().any(|w| w.contains("written in config.yaml")), "{:?}", s.warnings);
         assert!(s.warnings.iter().all(|w| !w.contains(strong)));
+        assert!(s.master_key_literal && s.gateway.master_key_env.is_none());
     }
 
     #[test]

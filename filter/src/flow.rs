@@ -26,6 +26,7 @@ use sluice_core::usage::{self, ApiFormat, Usage};
 use crate::counters::{self, Scope, Ticket};
 use crate::host::Host;
 use crate::key_cache::{Cached, Invalidations, KeyCache, SharedEntry, Verdict, shared_key};
+use crate::secrets::Secrets;
 use crate::usage_record::{Outcome, USAGE_LOG_PREFIX, UsageRecord};
 use sluice_proto::gateway::v1::{KeyLookupRequest, KeyLookupResponse};
 
@@ -49,6 +50,8 @@ pub struct Gateway {
     pub config: CompiledConfig,
     /// Per deployment, the credential header value read from the environment at configure time.
     pub credentials: Vec<Option<String>>,
+    /// The master key's digest (standalone mode), from the environment likewise.
+    master_key: Option<KeyHash>,
     /// The configured keys with their teams (same index as `config.keys`).
     keys: Vec<Rc<ResolvedKey>>,
     /// Looked-up keys (xDS mode).
@@ -94,7 +97,7 @@ impl GroupMetrics {
 }
 
 impl Gateway {
-    pub fn new(config: CompiledConfig, credentials: Vec<Option<String>>) -> Self {
+    pub fn new(config: CompiledConfig, secrets: Secrets) -> Self {
         let group_metrics = config
             .groups
             .iter()
@@ -121,7 +124,8 @@ impl Gateway {
         let lookup_budget = config.config.key_lookup.as_ref().map(|l| RefCell::new(LookupBudget::new(&l.rate)));
         Self {
             config,
-            credentials,
+            credentials: secrets.credentials,
+            master_key: secrets.master_key,
             keys,
             key_cache: RefCell::new(KeyCache::default()),
             invalidations: RefCell::new(Invalidations::default()),
@@ -412,14 +416,14 @@ impl<H: Host> RequestFlow<H> {
         }
         let hash = KeyHash::of(&token);
         let config = self.config();
-        if config.is_master_key(&hash) {
+        if self.gateway.master_key.is_some_and(|m| m.ct_eq(&hash)) {
             return Ok(Auth::Known(Principal::Master));
         }
         // In xDS mode the master key stays with the control plane (the filter's config holds no
         // digest of it): a credential that could be one is looked up like a key, within the
         // lookup budget. Anything else must be a well-formed Sluice key.
         let master_by_lookup = config.config.key_lookup.is_some()
-            && config.config.master_key_hash.is_none()
+            && self.gateway.master_key.is_none()
             && token.len() >= keys::MIN_MASTER_KEY_LEN;
         if !master_by_lookup {
             keys::check_format(&token).map_err(|_| GatewayError::MalformedKey)?;

@@ -3,6 +3,7 @@
 //! - [`host`]: every host call behind one trait (mocked natively in tests).
 //! - [`flow`]: one request's life: authenticate, admit, route, meter, settle, record.
 //! - [`counters`]: limit and budget counters in shared data (CAS loops).
+//! - [`secrets`]: provider credentials and the master key, from Envoy's environment.
 //! - [`key_cache`]: keys looked up in the control plane, per worker (xDS mode).
 //! - [`root`]: per-worker root contexts (filter) and the singleton service's root.
 //! - [`service`]: the singleton: drains usage records (to the log, or in batches to the
@@ -15,6 +16,7 @@ pub mod key_cache;
 #[cfg(test)]
 mod mock_host;
 pub mod root;
+pub mod secrets;
 pub mod service;
 pub mod usage_record;
 

@@ -14,6 +14,7 @@ use sluice_core::routing::SplitMix64;
 use crate::counters;
 use crate::flow::{Gateway, RequestFlow};
 use crate::host::{EnvoyHost, Host, WorkerState};
+use crate::secrets;
 use crate::service::{INVALIDATIONS_KEY, UsageService};
 
 pub const SERVICE_ROOT_ID: &str = "sluice_service";
@@ -66,14 +67,13 @@ impl SluiceRoot {
                 return false;
             }
         };
-        // Credentials come from the environment Envoy passes to the VM (`host_env_keys`), so
-        // they never appear in the config or in /config_dump.
-        let credentials = compiled
-            .config
-            .deployments
-            .iter()
-            .map(|d| d.api_key_env.as_deref().and_then(|name| std::env::var(name).ok()).filter(|v| !v.is_empty()))
-            .collect();
+        let secrets = match secrets::from_env(&compiled, |name| std::env::var(name).ok()) {
+            Ok(s) => s,
+            Err(e) => {
+                host.log(LogLevel::Critical, &format!("sluice: invalid filter configuration: {e}"));
+                return false;
+            }
+        };
         for name in compiled.keys.iter().flat_map(|k| {
             std::iter::once(k.counter_name.as_str()).chain(k.model_limits.values().map(|m| m.counter_name.as_str()))
         }) {
@@ -96,7 +96,7 @@ impl SluiceRoot {
                 compiled.teams.len()
             ),
         );
-        self.role = Role::Filter(Rc::new(Gateway::new(compiled, credentials)));
+        self.role = Role::Filter(Rc::new(Gateway::new(compiled, secrets)));
         // Pending usage records reach the service within a tick even when traffic stops.
         let _ = hostcalls::set_tick_period(USAGE_FLUSH_PERIOD);
         true

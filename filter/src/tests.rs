@@ -13,6 +13,7 @@ use sluice_core::time::Timestamp;
 
 use crate::flow::{Gateway, RequestFlow};
 use crate::mock_host::{LocalReply, MockEnvoy, MockHost};
+use crate::secrets::Secrets;
 use proxy_wasm::types::Action;
 
 const NOW: u64 = 1_795_341_610_000;
@@ -55,7 +56,7 @@ pub(crate) fn key_config(seed: u8) -> KeyConfig {
 pub(crate) fn base_config() -> GatewayConfig {
     GatewayConfig {
         schema_version: SCHEMA_VERSION,
-        master_key_hash: Some(KeyHash::of(b"sk-master-1234")),
+        master_key_env: Some("SLUICE_MASTER_KEY".into()),
         max_request_body_bytes: 4096,
         max_response_scan_bytes: 1 << 20,
         routing_strategy: RoutingStrategy::SimpleShuffle,
@@ -77,9 +78,18 @@ pub(crate) struct Harness {
 
 impl Harness {
     pub(crate) fn new(config: GatewayConfig) -> Self {
+        Self::on(MockEnvoy::new(NOW), config)
+    }
+
+    /// Another worker of the same Envoy (shared data and calls in common).
+    pub(crate) fn on(envoy: Rc<MockEnvoy>, config: GatewayConfig) -> Self {
         let config = CompiledConfig::compile(config).unwrap();
-        let credentials = config.config.deployments.iter().map(|d| Some(format!("provider-secret-{}", d.id))).collect();
-        Self { envoy: MockEnvoy::new(NOW), gateway: Rc::new(Gateway::new(config, credentials)) }
+        // What Envoy's environment would give: a credential per deployment, and the master key.
+        let secrets = Secrets {
+            credentials: config.config.deployments.iter().map(|d| Some(format!("provider-secret-{}", d.id))).collect(),
+            master_key: config.config.master_key_env.as_ref().map(|_| KeyHash::of(b"sk-master-1234")),
+        };
+        Self { envoy, gateway: Rc::new(Gateway::new(config, secrets)) }
     }
 
     fn start(&self, method: &str, path: &str, headers: &[(&str, &[u8])]) -> Stream {
@@ -670,16 +680,6 @@ pub(crate) mod lookup_support {
         .encode_to_vec()
     }
 
-    impl Harness {
-        /// Another worker of the same Envoy (shared data and calls in common).
-        pub fn on(envoy: Rc<MockEnvoy>, config: GatewayConfig) -> Self {
-            let config = CompiledConfig::compile(config).unwrap();
-            let credentials =
-                config.config.deployments.iter().map(|d| Some(format!("provider-secret-{}", d.id))).collect();
-            Self { envoy, gateway: Rc::new(Gateway::new(config, credentials)) }
-        }
-    }
-
     impl Stream {
         /// Headers then the whole body, with the lookup pending: the filter must hold both.
         pub fn send_body_awaiting_lookup(&mut self, body: &[u8]) {
@@ -743,7 +743,7 @@ mod lookup {
     #[test]
     fn in_xds_mode_the_master_key_is_looked_up_and_short_garbage_is_not() {
         let mut cfg = xds_config(false);
-        cfg.master_key_hash = None; // what the control plane sends: no digest of the master key
+        cfg.master_key_env = None; // what the control plane sends: no master key at all
         let h = Harness::new(cfg);
         // Too short to be a master key (and not a Sluice key): refused with no call.
         let (_, reply) = h.post("/v1/chat/completions", "sk-1234", CHAT);

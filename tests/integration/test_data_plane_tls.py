@@ -12,8 +12,10 @@ configuration. The bootstrap names the certificate files and holds no key. Witho
 `sluice serve` does not start.
 """
 
+import os
 import subprocess
 import threading
+import time
 
 import grpc
 import httpx
@@ -24,6 +26,9 @@ from test_xds import CHAT, Fleet, create_key, spend, wait_until
 
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+LOOKUP = "/sluice.v1.KeyLookupService/Lookup"
+USAGE = "/sluice.v1.UsageService/Report"
+SYNC = "/sluice.v1.LimitService/Sync"
 
 
 def field(number, payload: bytes) -> bytes:
@@ -75,6 +80,7 @@ def pki(tmp_path):
         "ca": ca.cert,
         "server": ca.leaf("control-plane", "DNS:localhost,IP:127.0.0.1"),
         "envoy": ca.leaf("envoy", "DNS:edge-mtls.envoy.sluice"),
+        "fleet": ca.leaf("fleet", "DNS:*.envoy.sluice"),
         # A well-formed client certificate from a CA the control plane does not trust.
         "rogue": CertAuthority(tmp_path / "rogue", "Rogue CA").leaf("rogue-envoy", "DNS:edge-mtls.envoy.sluice"),
     }
@@ -165,6 +171,78 @@ def test_without_a_client_certificate_from_the_ca_nothing_is_served(mtls_fleet, 
     assert "sluice_xds_connected_envoys 0\n" in fleet.metrics()
     with pytest.raises(httpx.ConnectError):  # its listener never left warming
         plain.chat(CHAT)
+
+
+def varint_field(number, n):
+    """A varint protobuf field (an integer)."""
+    out = bytes([number << 3])
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out += bytes([byte | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def unary(target, credentials, method, request: bytes):
+    """One unary call with raw protobuf bytes: the answer's bytes, or the grpc.RpcError."""
+    options = [("grpc.ssl_target_name_override", "localhost")]
+    with grpc.secure_channel(target, credentials, options=options) as channel:
+        try:
+            return channel.unary_unary(method)(request, timeout=5)
+        except grpc.RpcError as e:
+            return e
+
+
+def test_only_envoys_certificates_reach_the_filters_services_and_each_reports_limits_as_itself(mtls_fleet, pki):
+    """The CA may be a shared one (a cluster-wide issuer) that signs other workloads' client
+    certificates too: those look up no key, report no usage and sync no limit counts; and an
+    Envoy's certificate syncs limit counts only as its own node, since reports for another node
+    would overwrite that node's counts."""
+    fleet = mtls_fleet
+    target = f"127.0.0.1:{fleet.xds_port}"
+    ca = pki["ca"].read_bytes()
+
+    def tls(identity):
+        cert, key = identity
+        return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key.read_bytes(),
+                                            certificate_chain=cert.read_bytes())
+
+    envoy, workload = tls(pki["envoy"]), tls(pki["server"])  # the latter: CA-signed, clientAuth, not an Envoy
+    window = int(time.time() * 1000) // 60000
+    scope = f"sluice:k:probe-{os.urandom(4).hex()}".encode()  # the counts may live in a shared Redis
+
+    def scope_counts(requests, tokens):
+        return field(1, scope) + varint_field(2, requests) + varint_field(3, tokens)
+
+    def sync_as(instance):
+        return field(1, instance.encode()) + varint_field(2, window) + field(3, scope_counts(5, 50))
+
+    lookup = field(1, b"0" * 64)
+    usage = field(1, field(23, b"probe-record") + field(6, b"gpt-4o-mini"))
+
+    refused_before = fleet.metric("sluice_data_plane_refused_calls_total")
+    for method, request in ((LOOKUP, lookup), (USAGE, usage), (SYNC, sync_as("edge-mtls/1"))):
+        answer = unary(target, workload, method, request)
+        assert isinstance(answer, grpc.RpcError), f"{method}: a non-Envoy certificate got an answer"
+        assert answer.code() == grpc.StatusCode.PERMISSION_DENIED, (method, answer)
+        assert "names no Envoy node" in answer.details()
+    # Nor does it get configuration.
+    refused = fetch_secrets(target, workload)
+    assert isinstance(refused, grpc.RpcError) and refused.code() == grpc.StatusCode.PERMISSION_DENIED, refused
+
+    # The Envoy's certificate: a lookup of an unknown key is answered (not found is an answer).
+    assert not isinstance(unary(target, envoy, LOOKUP, lookup), grpc.RpcError)
+    # Its own node's counts are taken; another node's are refused and change nothing.
+    assert not isinstance(unary(target, envoy, SYNC, sync_as("edge-mtls/1")), grpc.RpcError)
+    other = unary(target, envoy, SYNC, sync_as("edge-other/1"))
+    assert isinstance(other, grpc.RpcError) and other.code() == grpc.StatusCode.PERMISSION_DENIED, other
+    assert "edge-other" in other.details()
+    # What a third instance (a fleet certificate: any node) hears the others counted: edge-mtls's
+    # 5 requests and 50 tokens, not edge-other's.
+    answer = unary(target, tls(pki["fleet"]), SYNC, sync_as("edge-third/1"))
+    assert not isinstance(answer, grpc.RpcError), answer
+    assert field(2, scope_counts(5, 50)) in answer, answer
+    assert fleet.metric("sluice_data_plane_refused_calls_total") == refused_before + 4
 
 
 def test_the_data_plane_port_needs_tls_unless_told_it_is_local_development(tmp_path):

@@ -1,9 +1,14 @@
 """The OpenAI Python SDK against Envoy+Sluice: what a user of the gateway does first."""
 
+import hashlib
+import os
+import subprocess
+
+import httpx
 import openai
 import pytest
 
-from conftest import cost
+from conftest import cost, free_port
 
 
 def client(gw, alias, **kw):
@@ -91,6 +96,26 @@ def test_master_key_works_and_is_recorded_as_master(gw):
     assert reply.choices[0].message.content.startswith("tok0")
     recs = gw.wait_for(lambda rs: any(r["key_id"] == "master" for r in rs))
     assert all(r["key_alias"] is None for r in recs if r["key_id"] == "master")
+    # Envoy reads the key from its environment: neither it nor a digest one could brute-force
+    # offline is in its config.
+    dump = httpx.get(f"{gw.admin}/config_dump", timeout=10).text + gw.envoy_yaml.read_text()
+    assert "SLUICE_MASTER_KEY" in dump
+    assert gw.master_key not in dump and hashlib.sha256(gw.master_key.encode()).hexdigest() not in dump
+
+
+def test_envoy_without_the_master_key_in_its_environment_does_not_start(gw, tmp_path):
+    """A config that reads the master key from a variable Envoy was not given is refused when
+    the filter loads, with the variable's name (not served on with the master key unusable)."""
+    yaml, log = tmp_path / "envoy.yaml", tmp_path / "envoy.log"
+    gw.cli("envoy-config", "-c", str(gw.config_path), "--wasm", gw.env_bin["SLUICE_WASM"], "--out", str(yaml),
+           "--listen", f"127.0.0.1:{free_port()}", "--admin-port", str(free_port()))
+    env = {k: v for k, v in gw.env.items() if k != "SLUICE_MASTER_KEY"}
+    with open(log, "w") as out:
+        envoy = subprocess.run([gw.env_bin["ENVOY_BIN"], "-c", str(yaml), "--disable-hot-restart",
+                                "--concurrency", "1", "--base-id", str(os.getpid() % 1000 + 100)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=out, timeout=60)
+    assert envoy.returncode != 0
+    assert "SLUICE_MASTER_KEY, which Envoy's environment does not hold" in log.read_text()
 
 
 def test_a_rewritten_body_goes_upstream_with_its_own_content_length(gw):

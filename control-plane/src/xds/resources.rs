@@ -98,9 +98,9 @@ pub fn build(
     let standalone =
         from_litellm(&doc, env).map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
     let mut gateway: GatewayConfig = standalone.gateway;
-    // The master key stays here: Envoys look it up like a key (`KeyLookupApi`), so no digest
+    // The master key stays here: Envoys look it up like a key (`KeyLookupApi`), so neither it nor a digest
     // of it is in any Envoy's config or `/config_dump`.
-    gateway.master_key_hash = None;
+    gateway.master_key_env = None;
     gateway.key_lookup = Some(opts.key_lookup.clone());
 
     let mut clusters = BTreeMap::new();
@@ -389,7 +389,7 @@ mod tests {
         let json: StringValue = decode(plugin.configuration.as_ref().unwrap());
         assert!(!json.value.contains("sk-provider-secret") && !json.value.contains("OPENAI_KEY"));
         let gateway: GatewayConfig = serde_json::from_str(&json.value).unwrap();
-        assert_eq!(gateway.master_key_hash, None, "the master key is looked up, never sent");
+        assert_eq!(gateway.master_key_env, None, "the master key is looked up, never sent");
         assert_eq!(gateway.key_lookup.as_ref().unwrap().cluster, CONTROL_PLANE_CLUSTER);
         let rate = gateway.key_lookup.as_ref().unwrap().rate;
         assert_eq!((rate.per_second, rate.burst, rate.per_source_per_second, rate.per_source_burst), (50, 100, 10, 20));

@@ -165,7 +165,7 @@ fn team_config() -> BoxedStrategy<Value> {
 fn gateway_doc() -> BoxedStrategy<Value> {
     object(vec![
         ("schema_version", mostly(prop_oneof![4 => Just(json!(1)), 1 => any::<u32>().prop_map(Value::from)])),
-        ("master_key_hash", key_hash()),
+        ("master_key_env", string(prop_oneof!["[A-Z_]{1,12}", odd_string()])),
         ("max_request_body_bytes", uint()),
         ("max_response_scan_bytes", uint()),
         ("routing_strategy", string(prop_oneof![Just("simple-shuffle".to_owned()), odd_string()])),
