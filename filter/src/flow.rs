@@ -25,7 +25,7 @@ use sluice_core::usage::{self, ApiFormat, Usage};
 
 use crate::counters::{self, Scope, Ticket};
 use crate::host::Host;
-use crate::key_cache::{Cached, Invalidations, KeyCache, SharedEntry, Verdict, shared_key};
+use crate::key_cache::{Cached, Invalidations, KeyCache, SharedEntry, Verdict, read_shared, write_shared};
 use crate::secrets::Secrets;
 use crate::usage_record::{Outcome, USAGE_LOG_PREFIX, UsageRecord};
 use sluice_proto::gateway::v1::{KeyLookupRequest, KeyLookupResponse};
@@ -517,8 +517,7 @@ impl<H: Host> RequestFlow<H> {
     /// named its key or team since it was written (after a reset it is only a fallback). A
     /// fresh one joins this worker's cache.
     fn shared_answer(&self, hash: &KeyHash, ttl_ms: u64) -> Shared {
-        let (Some(bytes), _) = self.host.shared_get(&shared_key(hash)) else { return Shared::Absent };
-        let Some(entry) = SharedEntry::decode(&bytes) else { return Shared::Absent };
+        let Some(entry) = read_shared(&self.host, hash) else { return Shared::Absent };
         let Ok(Some((key, team))) = parse_answer(&entry.answer) else { return Shared::Absent };
         if key.key_hash != Some(*hash) {
             return Shared::Absent;
@@ -656,12 +655,15 @@ impl<H: Host> RequestFlow<H> {
         };
         match resolved {
             Some(r) => {
-                // Its counters exist before any admission writes them (as configured keys' do
-                // from configure time); see counters::ensure_exists.
+                // Its limited scopes' counters exist before any admission writes them (as
+                // configured keys' do from configure time); see counters::ensure_exists. An
+                // unlimited scope is never admitted on, so it gets no record in shared data.
                 let names = || {
-                    std::iter::once(&r.key.counter_name)
+                    std::iter::once(&r.key)
+                        .filter(|k| !k.limits.is_unlimited())
+                        .map(|k| &k.counter_name)
                         .chain(r.key.model_limits.values().map(|m| &m.counter_name))
-                        .chain(r.team.as_ref().map(|t| &t.counter_name))
+                        .chain(r.team.as_ref().filter(|t| !t.limits.is_unlimited()).map(|t| &t.counter_name))
                 };
                 for name in names() {
                     counters::ensure_exists(&self.host, name);
@@ -682,8 +684,7 @@ impl<H: Host> RequestFlow<H> {
                 }
                 // Every worker may use this answer (and keep using it through an outage).
                 let seq = self.gateway.invalidations.borrow().seq;
-                let entry = SharedEntry { fetched_ms: now, seq, answer: bytes };
-                self.host.shared_set(&shared_key(&pending.hash), &entry.encode(), None);
+                write_shared(&self.host, &SharedEntry { fetched_ms: now, seq, hash: pending.hash, answer: bytes });
                 self.gateway.key_cache.borrow_mut().insert(
                     pending.hash,
                     Cached::Found(Rc::clone(&r)),

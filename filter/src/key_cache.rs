@@ -5,8 +5,10 @@
 //!   Bounded: a flood of distinct well-formed keys cannot grow it past [`CAPACITY`].
 //! - [`SharedEntry`], in Envoy's shared data (every worker): the control plane's answer for a
 //!   found key, so a key one worker looked up is known to all, and keeps working on every
-//!   worker while the control plane is down. Unknown keys are never written there (shared data
-//!   only shrinks when entries are removed, so a flood of bad keys must not reach it).
+//!   worker while the control plane is down. Unknown keys are never written there. Proxy-wasm
+//!   cannot remove a shared-data entry, so entries live in a fixed set of slots
+//!   ([`SHARED_SLOTS`], two candidates per key) that are overwritten, never added: the memory
+//!   is bounded whatever the number of distinct keys an Envoy serves over its life.
 //!
 //! The control plane's pushes (`WatchInvalidations`, relayed by the singleton) drop entries
 //! early: from the worker caches directly, and for shared entries by their sequence number (an
@@ -19,30 +21,75 @@ use std::rc::Rc;
 use sluice_core::config::{CompiledKey, ResolvedKey};
 use sluice_core::keys::KeyHash;
 
+use crate::host::Host;
+
 /// Entries per worker.
 pub const CAPACITY: usize = 10_000;
 /// Invalidation lines a worker remembers, to judge shared entries by.
 const RECENT: usize = 256;
 
-/// Shared-data name of a digest's entry.
-pub fn shared_key(hash: &KeyHash) -> String {
-    format!("sluice:key:{}", hash.to_hex())
+/// Shared-data slots for found keys' answers. An answer is ~0.5 KB, so at most ~16 MB per
+/// Envoy; past this many keys in use at once, the less recently fetched of a key's two slots
+/// is replaced (that key is then looked up again by the next worker that needs it).
+pub const SHARED_SLOTS: u32 = 32_768;
+
+/// The two shared-data slots a digest's answer may live in (two choices: a key is displaced
+/// only when both hold other keys, which stays rare far below [`SHARED_SLOTS`] keys).
+pub fn shared_slots(hash: &KeyHash) -> [String; 2] {
+    let slot = |i: usize| {
+        let bytes = [hash.0[i], hash.0[i + 1], hash.0[i + 2], hash.0[i + 3]];
+        u32::from_le_bytes(bytes) % SHARED_SLOTS
+    };
+    [format!("sluice:key:{}", slot(0)), format!("sluice:key:{}", slot(4))]
+}
+
+/// The shared answer for `hash`, from whichever of its slots holds it.
+pub fn read_shared<H: Host>(host: &H, hash: &KeyHash) -> Option<SharedEntry> {
+    shared_slots(hash).iter().find_map(|slot| {
+        let bytes = host.shared_get(slot).0?;
+        SharedEntry::decode(&bytes).filter(|e| e.hash == *hash)
+    })
+}
+
+/// Stores `entry` in the slot that already holds its key, else an empty one, else the one
+/// whose answer is older.
+pub fn write_shared<H: Host>(host: &H, entry: &SharedEntry) {
+    let [a, b] = shared_slots(&entry.hash);
+    let fetched = |slot: &str| -> Option<(bool, u64)> {
+        let bytes = host.shared_get(slot).0?;
+        SharedEntry::decode(&bytes).map(|e| (e.hash == entry.hash, e.fetched_ms))
+    };
+    let slot = match (fetched(&a), fetched(&b)) {
+        (Some((true, _)), _) | (None, _) => a,
+        (_, Some((true, _)) | None) => b,
+        (Some((_, at_a)), Some((_, at_b))) => {
+            if at_a <= at_b {
+                a
+            } else {
+                b
+            }
+        }
+    };
+    host.shared_set(&slot, &entry.encode(), None);
 }
 
 /// A found key as stored in shared data: when it was fetched, the invalidation position of the
-/// worker that wrote it, and the control plane's answer (protobuf `KeyLookupResponse`).
+/// worker that wrote it, its digest (whose slot it is), and the control plane's answer
+/// (protobuf `KeyLookupResponse`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedEntry {
     pub fetched_ms: u64,
     pub seq: u64,
+    pub hash: KeyHash,
     pub answer: Vec<u8>,
 }
 
 impl SharedEntry {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + self.answer.len());
+        let mut out = Vec::with_capacity(48 + self.answer.len());
         out.extend_from_slice(&self.fetched_ms.to_le_bytes());
         out.extend_from_slice(&self.seq.to_le_bytes());
+        out.extend_from_slice(&self.hash.0);
         out.extend_from_slice(&self.answer);
         out
     }
@@ -50,7 +97,8 @@ impl SharedEntry {
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         let fetched_ms = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
         let seq = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
-        Some(Self { fetched_ms, seq, answer: bytes.get(16..)?.to_vec() })
+        let hash = KeyHash(bytes.get(16..48)?.try_into().ok()?);
+        Some(Self { fetched_ms, seq, hash, answer: bytes.get(48..)?.to_vec() })
     }
 }
 

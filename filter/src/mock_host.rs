@@ -44,6 +44,11 @@ pub struct GrpcCall {
 }
 
 impl MockEnvoy {
+    /// Entries in shared data (Envoy never removes one).
+    pub fn shared_len(&self) -> usize {
+        self.data.borrow().len()
+    }
+
     pub fn new(now_ms: u64) -> Rc<Self> {
         let env = Self::default();
         env.now_ms.set(now_ms);

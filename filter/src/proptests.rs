@@ -19,7 +19,7 @@ use sluice_proto::gateway::v1::{KeyLookupResponse, ScopeCounts};
 
 use crate::flow::RequestFlow;
 use crate::host::Host;
-use crate::key_cache::shared_key;
+use crate::key_cache::shared_slots;
 use crate::mock_host::{LocalReply, MockHost};
 use crate::tests::lookup_support::{stored, xds_config};
 use crate::tests::{Harness, base_config, key, key_config};
@@ -736,7 +736,9 @@ proptest! {
 
         // Another worker of the same Envoy, perhaps after the shared entry was overwritten.
         if let Some(garbage) = &shared_garbage {
-            host.shared_set(&shared_key(&KeyHash::of(key(seed).as_bytes())), garbage, None);
+            for slot in shared_slots(&KeyHash::of(key(seed).as_bytes())) {
+                host.shared_set(&slot, garbage, None);
+            }
         }
         let other = Harness::on(Rc::clone(&h.envoy), cfg);
         for (req, resp) in &later {

@@ -1053,6 +1053,47 @@ mod lookup_edges {
 mod shared_keys {
     use super::lookup_support::*;
     use super::*;
+    use crate::key_cache::{SHARED_SLOTS, SharedEntry, read_shared, write_shared};
+
+    #[test]
+    fn shared_answers_stay_within_their_slots_however_many_keys_an_envoy_serves() {
+        let envoy = MockEnvoy::new(NOW);
+        let host = MockHost::new(Rc::clone(&envoy));
+        let hash = |i: u64| KeyHash::of(&i.to_le_bytes());
+        let total = u64::from(SHARED_SLOTS) * 3;
+        for i in 0..total {
+            write_shared(&host, &SharedEntry { fetched_ms: i, seq: 0, hash: hash(i), answer: vec![7; 16] });
+        }
+        assert!(envoy.shared_len() <= SHARED_SLOTS as usize, "{} entries", envoy.shared_len());
+        // The keys fetched last are the ones kept, each under its own digest.
+        for i in total - 1_000..total {
+            let entry = read_shared(&host, &hash(i)).unwrap_or_else(|| panic!("key {i} was displaced"));
+            assert_eq!((entry.hash, entry.fetched_ms), (hash(i), i));
+        }
+        // Writing a key again rewrites its slot in place.
+        let before = envoy.shared_len();
+        write_shared(&host, &SharedEntry { fetched_ms: total, seq: 1, hash: hash(total - 1), answer: vec![] });
+        assert_eq!(envoy.shared_len(), before);
+        assert_eq!(read_shared(&host, &hash(total - 1)).unwrap().seq, 1);
+    }
+
+    #[test]
+    fn a_looked_up_key_writes_counters_only_for_its_limited_scopes() {
+        let envoy = MockEnvoy::new(NOW);
+        let h = Harness::on(Rc::clone(&envoy), xds_config(false));
+        let before = envoy.shared_len();
+        let mut s =
+            h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {}", key(31)).as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        s.deliver(0, &answer(Some(&stored(31)), None));
+        assert_eq!(envoy.shared_len(), before + 1, "an unlimited key adds its shared answer only");
+        let limited = KeyConfig { rpm_limit: Some(10), ..stored(32) };
+        let mut s =
+            h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {}", key(32)).as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        s.deliver(0, &answer(Some(&limited), None));
+        assert_eq!(envoy.shared_len(), before + 3, "a limited key adds its answer and its counter");
+    }
 
     #[test]
     fn a_key_one_worker_looked_up_is_known_to_the_others() {
