@@ -263,7 +263,7 @@ pub fn xds_bootstrap(control_plane: &ControlPlaneAddress, node_id: &str, opts: &
         "cds_config": {"ads": {}, "resource_api_version": "V3"},
     });
     // The singleton ships usage to, and hears revocations from, the control plane.
-    let service = json!({"control_plane_cluster": crate::xds::CONTROL_PLANE_CLUSTER}).to_string();
+    let service = json!({"control_plane_cluster": crate::xds::CONTROL_PLANE_CLUSTER, "node_id": node_id}).to_string();
     bootstrap(node_id, opts, listener, vec![control_plane_cluster], Some(dynamic), Some(service))
 }
 

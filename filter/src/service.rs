@@ -60,6 +60,11 @@ pub struct ServiceConfig {
     /// The cluster that reaches the control plane's data-plane port.
     #[serde(default)]
     pub control_plane_cluster: Option<String>,
+    /// Envoy's node id, as its bootstrap names it: the first part of this singleton's instance
+    /// name in limit syncs, which the control plane checks against the node's certificate
+    /// (the `node.id` property reads empty in the singleton's VM).
+    #[serde(default)]
+    pub node_id: Option<String>,
 }
 
 struct ControlPlaneLink {
@@ -124,7 +129,7 @@ impl UsageService {
         };
         let link = config.control_plane_cluster.map(|cluster| ControlPlaneLink {
             fleet: FleetSync {
-                instance: instance_name(&host),
+                instance: instance_name(&host, config.node_id.as_deref()),
                 // Without this queue workers cannot announce scopes: limits stay per Envoy.
                 queue: match hostcalls::register_shared_queue(LIMIT_SCOPES_QUEUE) {
                     Ok(id) => Some(id),
@@ -359,8 +364,11 @@ impl UsageService {
 }
 
 /// This singleton's name in the fleet's counts: Envoy's node id and a random suffix.
-fn instance_name(host: &EnvoyHost) -> String {
-    let node = hostcalls::get_property(vec!["node", "id"]).ok().flatten().unwrap_or_default();
+fn instance_name(host: &EnvoyHost, configured: Option<&str>) -> String {
+    let node = match configured {
+        Some(node) => node.as_bytes().to_vec(),
+        None => hostcalls::get_property(vec!["node", "id"]).ok().flatten().unwrap_or_default(),
+    };
     let node = String::from_utf8_lossy(&node);
     let suffix = getrandom::u64().unwrap_or_else(|_| host.now_ms());
     format!("{}/{suffix:016x}", if node.is_empty() { "envoy" } else { &node })
