@@ -23,7 +23,7 @@ use sluice_core::routing::{SplitMix64, choose_weighted};
 use sluice_core::sse::{Forward, SseUsageScanner};
 use sluice_core::usage::{self, ApiFormat, Usage};
 
-use crate::counters::{self, Scope, Ticket};
+use crate::counters::{self, Placement, Scope, Ticket};
 use crate::host::Host;
 use crate::key_cache::{Cached, Invalidations, KeyCache, SharedEntry, Verdict, read_shared, write_shared};
 use crate::secrets::Secrets;
@@ -655,9 +655,8 @@ impl<H: Host> RequestFlow<H> {
         };
         match resolved {
             Some(r) => {
-                // Its limited scopes' counters exist before any admission writes them (as
-                // configured keys' do from configure time); see counters::ensure_exists. An
-                // unlimited scope is never admitted on, so it gets no record in shared data.
+                // Its limited scopes (an unlimited one is never admitted on, so it gets no
+                // record in shared data).
                 let names = || {
                     std::iter::once(&r.key)
                         .filter(|k| !k.limits.is_unlimited())
@@ -665,9 +664,6 @@ impl<H: Host> RequestFlow<H> {
                         .chain(r.key.model_limits.values().map(|m| &m.counter_name))
                         .chain(r.team.as_ref().filter(|t| !t.limits.is_unlimited()).map(|t| &t.counter_name))
                 };
-                for name in names() {
-                    counters::ensure_exists(&self.host, name);
-                }
                 // What the rest of the fleet counted on them this minute, so that this Envoy's
                 // first requests with the key are limited like its later ones. Only this key's
                 // own counters: the answer names shared-data entries.
@@ -817,18 +813,21 @@ impl<H: Host> RequestFlow<H> {
         };
         let max_cost = deployment.pricing.max_cost_nanos(est_prompt_tokens, max_output);
         let mut scopes: Vec<Scope<'_>> = Vec::with_capacity(3);
+        // Looked-up scopes (xDS mode) share slots; configured ones have named records.
+        let placement = if config.config.key_lookup.is_some() { Placement::Slotted } else { Placement::Named };
         if let Some(key) = self.key() {
             if !key.limits.is_unlimited() {
-                scopes.push(Scope { name: &key.counter_name, limits: key.limits, kind: LimitScope::Key });
+                scopes.push(Scope { name: &key.counter_name, limits: key.limits, kind: LimitScope::Key, placement });
             }
             if let Some(team) = self.team().filter(|t| !t.limits.is_unlimited()) {
-                scopes.push(Scope { name: &team.counter_name, limits: team.limits, kind: LimitScope::Team });
+                scopes.push(Scope { name: &team.counter_name, limits: team.limits, kind: LimitScope::Team, placement });
             }
             if let Some(per_model) = key.model_limits.get(&group.name) {
                 scopes.push(Scope {
                     name: &per_model.counter_name,
                     limits: per_model.limits,
                     kind: LimitScope::KeyModel,
+                    placement,
                 });
             }
         }
