@@ -24,6 +24,7 @@ use sluice_core::sse::{Forward, SseUsageScanner};
 use sluice_core::usage::{self, ApiFormat, Usage};
 
 use crate::counters::{self, Placement, Scope, Ticket};
+use crate::health::{self, Probe};
 use crate::host::Host;
 use crate::key_cache::{Cached, Invalidations, KeyCache, SharedEntry, Verdict, read_shared, write_shared};
 use crate::secrets::Secrets;
@@ -341,8 +342,16 @@ impl<H: Host> RequestFlow<H> {
     // ---- request headers -------------------------------------------------------------------
 
     pub fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
+        #[cfg(all(feature = "test-trap", target_arch = "wasm32"))]
+        if self.host.request_header("x-sluice-test-trap").is_some() {
+            core::arch::wasm32::unreachable();
+        }
         self.start_ms = self.host.now_ms();
         self.path = self.host.request_header(":path").unwrap_or_default();
+        if let Some(probe) = Probe::from_path(&self.path) {
+            self.answer_probe(probe);
+            return Action::Pause;
+        }
         let Some(endpoint) = Endpoint::from_path(&self.path) else {
             return self.reject(&GatewayError::UnknownRoute);
         };
@@ -720,6 +729,19 @@ impl<H: Host> RequestFlow<H> {
             return true; // the master key may use every model
         };
         key.models.allows(group) && self.team().is_none_or(|t| t.models.allows(group))
+    }
+
+    /// A liveness or readiness probe (no key: Kubernetes and load balancers call these).
+    fn answer_probe(&mut self, probe: Probe) {
+        let json = [("content-type", "application/json")];
+        match probe {
+            Probe::Liveness => self.host.send_local_response(200, &json, br#""I'm alive!""#),
+            Probe::Readiness => {
+                let readiness = health::readiness(&self.host);
+                let status = if readiness.ready() { 200 } else { 503 };
+                self.host.send_local_response(status, &json, &readiness.body());
+            }
+        }
     }
 
     /// `GET /v1/models`: the model groups this key may use, answered without an upstream.

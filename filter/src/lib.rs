@@ -3,6 +3,7 @@
 //! - [`host`]: every host call behind one trait (mocked natively in tests).
 //! - [`flow`]: one request's life: authenticate, admit, route, meter, settle, record.
 //! - [`counters`]: limit and budget counters in shared data (CAS loops).
+//! - [`health`]: the liveness and readiness probes, and the workers' heartbeats behind them.
 //! - [`secrets`]: provider credentials and the master key, from Envoy's environment.
 //! - [`key_cache`]: keys looked up in the control plane, per worker (xDS mode).
 //! - [`root`]: per-worker root contexts (filter) and the singleton service's root.
@@ -11,6 +12,7 @@
 
 pub mod counters;
 pub mod flow;
+pub mod health;
 pub mod host;
 pub mod key_cache;
 #[cfg(test)]

@@ -125,7 +125,10 @@ impl Context for SluiceRoot {
     /// The VM is going away (drain, reload): hand over what is still batched.
     fn on_done(&mut self) -> bool {
         match &mut self.role {
-            Role::Filter(_) => self.worker.borrow_mut().flush_usage_on_stop(),
+            Role::Filter(_) => {
+                crate::health::retire(&self.host());
+                self.worker.borrow_mut().flush_usage_on_stop();
+            }
             Role::Service(service) => service.stop(),
             _ => {}
         }
@@ -157,8 +160,9 @@ impl RootContext for SluiceRoot {
     fn on_tick(&mut self) {
         match &mut self.role {
             Role::Filter(gateway) => {
-                self.worker.borrow_mut().flush_usage();
                 let gateway = Rc::clone(gateway);
+                crate::health::heartbeat(&self.host());
+                self.worker.borrow_mut().flush_usage();
                 self.apply_invalidations(&gateway);
                 gateway.flush_metrics(&self.host());
             }

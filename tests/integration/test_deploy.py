@@ -6,6 +6,8 @@ import subprocess
 import textwrap
 from pathlib import Path
 
+import httpx
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -106,3 +108,17 @@ def test_gateway_pods_keep_envoys_heap_limit_under_their_memory_limit():
         limits = re.findall(r"limits: \{memory: (\d+)Gi\}", manifest)  # the gateway's (the control plane's is in Mi)
         assert heap and len(limits) == 1, name
         assert int(heap.group(1)) <= int(limits[0]) * 1024 * 3 // 4, name
+
+
+def test_gateway_pods_probe_the_filters_health_routes(gw):
+    """Kubernetes takes a gateway pod out of rotation while one of its workers cannot serve: the
+    readiness probe is the filter's `/health/readiness` (503 then, see test_failure_policy.py),
+    not a TCP check or Envoy's `/ready`, which both stay green. The routes need no key."""
+    for name in ("sluice.yaml", "sluice-xds.yaml"):
+        manifest = (ROOT / "deploy/kubernetes" / name).read_text()
+        assert "httpGet: {path: /health/readiness, port: http}" in manifest, name
+        assert "httpGet: {path: /health/liveliness, port: http}" in manifest, name
+        assert "tcpSocket: {port: http}" not in manifest, name
+    # The same routes on the running gateway: 200 without a key.
+    assert httpx.get(f"{gw.url}/health/readiness", timeout=5).json()["status"] == "healthy"
+    assert httpx.get(f"{gw.url}/health/liveliness", timeout=5).status_code == 200

@@ -216,3 +216,110 @@ def test_in_xds_mode_the_policy_comes_from_the_control_planes_config(tmp_path):
         assert int(envoy.stat("wasm.sluice.vm_reload_success") or 0) >= 2
     finally:
         fleet.stop()
+
+
+class TwoWorkerGateway(Gateway):
+    """Sluice's own filter, built with the `test-trap` feature, on two workers: the probes must
+    tell when one of them cannot serve."""
+
+    def __init__(self, workdir, policy):
+        super().__init__(workdir)
+        self.policy = policy
+
+    def write_config(self):
+        super().write_config()
+        if self.policy is not None:
+            config = json.loads(self.config_path.read_text())
+            config["general_settings"]["sluice_failure_policy"] = self.policy
+            self.config_path.write_text(json.dumps(config))
+
+    def probe(self, path="/health/readiness"):
+        """One probe on a new connection (each lands on the worker the kernel picks), no key."""
+        with httpx.Client() as client:
+            return client.get(f"{self.url}{path}", timeout=5)
+
+
+@pytest.fixture
+def two_workers(tmp_path):
+    started = []
+
+    def make(policy):
+        gw = TwoWorkerGateway(tmp_path, policy)
+        started.append(gw)
+        gw.start_mock()
+        gw.write_config()
+        gw.start_envoy(wasm=os.environ["SLUICE_TRAP_WASM"], concurrency=2)
+        # Both workers tick (every 250 ms) soon after they are configured, and so does the
+        # filter's root context on Envoy's main thread: three.
+        deadline = time.time() + 10
+        while time.time() < deadline and gw.probe().json().get("workers_running") != 3:
+            time.sleep(0.1)
+        return gw
+
+    yield make
+    for gw in started:
+        gw.stop()
+
+
+def trap_one_worker(gw):
+    with httpx.Client() as client:
+        response = client.post(f"{gw.url}/v1/chat/completions", json=CHAT, timeout=10,
+                               headers={**gw.auth("sdk"), **TRAP})
+    assert_failed_closed(response)
+    deadline = time.time() + 5
+    while TRAP_LOG not in gw.log_path.read_text():
+        assert time.time() < deadline, "no trap in Envoy's log"
+        time.sleep(0.05)
+
+
+def test_readiness_is_false_while_a_worker_cannot_serve(two_workers):
+    gw = two_workers(None)
+    # Ready: every probe, whichever worker answers it, says both serve. No key needed.
+    for _ in range(10):
+        r = gw.probe()
+        assert r.status_code == 200, r.text
+        assert r.json() == {"status": "healthy", "workers_running": 3, "workers_failed": 0}
+    alive = gw.probe("/health/liveliness")
+    assert (alive.status_code, alive.json()) == (200, "I'm alive!")
+    assert gw.probe("/health/liveness").status_code == 200
+
+    trap_one_worker(gw)
+    time.sleep(3.5)  # the failed worker's last heartbeat goes stale (3 s)
+
+    # Now no probe says ready: the live worker answers 503 and why; the failed one's VM
+    # answers nothing, so Envoy's fail-closed 503 does.
+    answered_by = set()
+    for _ in range(30):
+        r = gw.probe()
+        assert r.status_code == 503, r.text
+        body = r.json()
+        if "error" in body:
+            assert body["error"]["code"] == "gateway_filter_failed"
+            answered_by.add("failed worker")
+        else:
+            assert body == {"status": "unhealthy", "workers_running": 2, "workers_failed": 1}
+            answered_by.add("live worker")
+    assert answered_by == {"failed worker", "live worker"}, answered_by
+    # Liveness is not readiness: the live worker still says it is alive.
+    assert any(gw.probe("/health/liveliness").status_code == 200 for _ in range(20))
+    assert not any(vm_failures(gw).get(k) for k in vm_failures(gw) if k != LOG_KEY)
+
+
+def test_readiness_comes_back_when_envoy_reloads_the_failed_worker(two_workers):
+    gw = two_workers("fail_reload")
+    assert gw.probe().status_code == 200
+    trap_one_worker(gw)
+    # Probes reach the failed worker too, which makes Envoy reload its VM (after its backoff);
+    # the new VM ticks and takes the old one's place.
+    deadline, streak = time.time() + 30, 0
+    while streak < 10:
+        assert time.time() < deadline, "readiness never came back"
+        r = gw.probe()
+        streak = streak + 1 if r.status_code == 200 else 0
+        time.sleep(0.1)
+    # Once the failed VM's heartbeat is stale, it is accounted for by its replacement.
+    time.sleep(3.5)
+    for _ in range(10):
+        r = gw.probe()
+        assert r.json() == {"status": "healthy", "workers_running": 3, "workers_failed": 0}, r.text
+    assert vm_failures(gw)["wasm.sluice.vm_reload_success"] >= 1

@@ -12,6 +12,8 @@ pub struct Tools {
     /// The no-op filter (`tests/noop-filter`): the bench's floor, and the trap module of the
     /// failure-policy test.
     pub noop_wasm: PathBuf,
+    /// Sluice's filter built with the `test-trap` feature: a header makes its VM trap.
+    pub trap_wasm: PathBuf,
     /// The native no-op filter (`tests/native-noop`): the same work as an Envoy dynamic module
     /// (.so), the first step of the native build (issue 15).
     pub native_noop: PathBuf,
@@ -27,6 +29,7 @@ impl Tools {
             ("ENVOY_BIN".into(), s(&self.envoy)),
             ("SLUICE_WASM".into(), s(&self.wasm)),
             ("SLUICE_NOOP_WASM".into(), s(&self.noop_wasm)),
+            ("SLUICE_TRAP_WASM".into(), s(&self.trap_wasm)),
             ("SLUICE_NATIVE_NOOP".into(), s(&self.native_noop)),
             ("SLUICE_CLI".into(), s(&self.cli)),
             ("SLUICE_MOCK".into(), s(&self.mock)),
@@ -61,6 +64,24 @@ pub fn setup() -> Result<Tools, String> {
             &[],
         ),
     )?;
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    let wasm_dir = target.join("wasm32-wasip1/release");
+    let wasm_build = |features: &[&str]| {
+        let mut args = vec!["build", "--quiet", "--release", "--target", "wasm32-wasip1", "-p", "sluice-filter"];
+        args.extend_from_slice(features);
+        proc::run(&cargo, &args, &[])
+    };
+    // Cargo keeps both builds' artifacts, so after the first run switching costs only a copy;
+    // the plain build runs last because both write the same file name.
+    proc::step("build the filter's test-trap variant (wasm32-wasip1, release)", {
+        wasm_build(&["--features", "test-trap"])
+            .and_then(|()| {
+                std::fs::copy(wasm_dir.join("sluice_filter.wasm"), wasm_dir.join("sluice_filter_trap.wasm"))
+                    .map(|_| ())
+                    .map_err(|e| format!("copy the test-trap build: {e}"))
+            })
+            .and_then(|()| wasm_build(&[]))
+    })?;
     proc::step(
         "build the native no-op filter (Envoy dynamic module, release)",
         proc::run(&cargo, &["build", "--quiet", "--release", "-p", "sluice-native-noop"], &[]),
@@ -69,12 +90,12 @@ pub fn setup() -> Result<Tools, String> {
         "build the CLI and the mock provider",
         proc::run(&cargo, &["build", "--quiet", "-p", "sluice-control-plane", "-p", "sluice-mock-provider"], &[]),
     )?;
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
     Ok(Tools {
         python,
         envoy,
         wasm: target.join("wasm32-wasip1/release/sluice_filter.wasm"),
         noop_wasm: target.join("wasm32-wasip1/release/sluice_noop_filter.wasm"),
+        trap_wasm: wasm_dir.join("sluice_filter_trap.wasm"),
         native_noop: target.join("release/libsluice_native_noop.so"),
         cli: target.join("debug/sluice"),
         mock: target.join("debug/sluice-mock-provider"),
