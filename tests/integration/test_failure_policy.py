@@ -323,3 +323,29 @@ def test_readiness_comes_back_when_envoy_reloads_the_failed_worker(two_workers):
         r = gw.probe()
         assert r.json() == {"status": "healthy", "workers_running": 3, "workers_failed": 0}, r.text
     assert vm_failures(gw)["wasm.sluice.vm_reload_success"] >= 1
+
+
+def test_in_xds_mode_readiness_also_sees_a_failed_worker(tmp_path):
+    """The same probe on an Envoy configured over xDS (the filter from ECDS, fail_closed)."""
+    from test_xds import Fleet, wait_until
+
+    fleet = Fleet(tmp_path)
+    try:
+        fleet.start_control_plane(wasm=os.environ["SLUICE_TRAP_WASM"])
+        fleet.envoy_concurrency = 2
+        envoy = fleet.start_envoy("edge-ready")
+
+        def probe():
+            with httpx.Client() as client:
+                return client.get(f"{envoy.url}/health/readiness", timeout=5)
+
+        wait_until(lambda: probe().json().get("workers_running") == 3, timeout=30, what="every worker ticking")
+        assert all(probe().status_code == 200 for _ in range(10))
+        with httpx.Client() as client:
+            assert_failed_closed(client.post(f"{envoy.url}/v1/chat/completions", json=CHAT, headers=TRAP, timeout=10))
+        time.sleep(3.5)
+        answers = [probe() for _ in range(20)]
+        assert all(r.status_code == 503 for r in answers), [r.text for r in answers]
+        assert any(r.json().get("workers_failed") == 1 for r in answers)
+    finally:
+        fleet.stop()
