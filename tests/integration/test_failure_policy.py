@@ -69,26 +69,31 @@ class TrapGateway(Gateway):
         return sum(self.mock_stats()["by_path"].values())
 
 
-def start(tmp_path, policy):
-    gw = TrapGateway(tmp_path, policy)
+def start(gw):
     gw.start_mock()
     gw.write_config()
     gw.start_envoy()
-    return gw
 
 
-@pytest.fixture
-def gateway_factory(tmp_path):
+def factory(new_gateway, start_gateway):
+    """A fixture body: `make(policy)` makes a gateway and starts it; all stop after the test (a
+    start that failed halfway too)."""
     started = []
 
     def make(policy):
-        gw = start(tmp_path, policy)
+        gw = new_gateway(policy)
         started.append(gw)
+        start_gateway(gw)
         return gw
 
     yield make
     for gw in started:
         gw.stop()
+
+
+@pytest.fixture
+def gateway_factory(tmp_path):
+    yield from factory(lambda policy: TrapGateway(tmp_path, policy), start)
 
 
 def assert_failed_closed(response):
@@ -239,26 +244,20 @@ class TwoWorkerGateway(Gateway):
             return client.get(f"{self.url}{path}", timeout=5)
 
 
+def start_two_workers(gw):
+    gw.start_mock()
+    gw.write_config()
+    gw.start_envoy(wasm=os.environ["SLUICE_TRAP_WASM"], concurrency=2)
+    # Both workers tick (every 250 ms) soon after they are configured, and so does the
+    # filter's root context on Envoy's main thread: three.
+    deadline = time.time() + 10
+    while time.time() < deadline and gw.probe().json().get("workers_running") != 3:
+        time.sleep(0.1)
+
+
 @pytest.fixture
 def two_workers(tmp_path):
-    started = []
-
-    def make(policy):
-        gw = TwoWorkerGateway(tmp_path, policy)
-        started.append(gw)
-        gw.start_mock()
-        gw.write_config()
-        gw.start_envoy(wasm=os.environ["SLUICE_TRAP_WASM"], concurrency=2)
-        # Both workers tick (every 250 ms) soon after they are configured, and so does the
-        # filter's root context on Envoy's main thread: three.
-        deadline = time.time() + 10
-        while time.time() < deadline and gw.probe().json().get("workers_running") != 3:
-            time.sleep(0.1)
-        return gw
-
-    yield make
-    for gw in started:
-        gw.stop()
+    yield from factory(lambda policy: TwoWorkerGateway(tmp_path, policy), start_two_workers)
 
 
 def trap_one_worker(gw):
