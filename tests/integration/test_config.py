@@ -29,7 +29,7 @@ def test_config_check_reports_unsupported_keys(gw, tmp_path):
 
 def test_envoy_refuses_a_filter_config_the_filter_rejects(gw, tmp_path):
     out = tmp_path / "envoy.yaml"
-    gw.cli("envoy-config", "-c", str(gw.config_path), "--wasm", gw.env_bin["SLUICE_WASM"], "--out", str(out),
+    gw.cli("envoy-config", "-c", str(gw.config_path), *gw.filter_args(), "--out", str(out),
            "--listen", f"127.0.0.1:{free_port()}", "--admin-port", str(free_port()))
     text = out.read_text()
     assert '\\"schema_version\\":1' in text or '"schema_version":1' in text

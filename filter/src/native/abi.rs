@@ -178,6 +178,9 @@ callbacks! {
     /// A local reply: status, headers, body, and the response code details.
     send_response: fn(FilterEnvoyPtr, u32, *const ModuleHttpHeader, usize, ModuleBuffer, ModuleBuffer)
         = c"envoy_dynamic_module_callback_http_send_response";
+    /// Makes the router choose the route again (the filter's headers choose the cluster).
+    clear_route_cache: fn(FilterEnvoyPtr)
+        = c"envoy_dynamic_module_callback_http_clear_route_cache";
     /// Lets a stream the filter stopped go on (headers and buffered body).
     continue_decoding: fn(FilterEnvoyPtr)
         = c"envoy_dynamic_module_callback_http_filter_continue_decoding";
@@ -329,6 +332,11 @@ impl Stream {
                 ModuleBuffer::NULL,
             );
         }
+    }
+
+    pub fn clear_route_cache(&self) {
+        // SAFETY: a live stream.
+        unsafe { (self.callbacks.clear_route_cache)(self.ptr) }
     }
 
     pub fn continue_decoding(&self) {

@@ -98,8 +98,11 @@ impl Host for DynamicModuleHost {
         self.stream.header(REQUEST_HEADERS, name)
     }
 
+    /// Also clears the route cache, as Envoy does for a wasm filter's header change: the
+    /// filter routes by setting `x-sluice-cluster` (and `:path`) after Envoy chose a route.
     fn set_request_header(&self, name: &str, value: Option<&[u8]>) {
         self.stream.set_header(REQUEST_HEADERS, name, value);
+        self.stream.clear_route_cache();
     }
 
     /// The whole request body: what earlier callbacks buffered, then this callback's chunk
