@@ -15,6 +15,8 @@ pub struct Tools {
     /// The native no-op filter (`tests/native-noop`): the same work as an Envoy dynamic module
     /// (.so), the first step of the native build (issue 15).
     pub native_noop: PathBuf,
+    /// The filter as an Envoy dynamic module (`libsluice_filter.so`): the native build.
+    pub native: PathBuf,
     pub cli: PathBuf,
     pub mock: PathBuf,
 }
@@ -28,6 +30,7 @@ impl Tools {
             ("SLUICE_WASM".into(), s(&self.wasm)),
             ("SLUICE_NOOP_WASM".into(), s(&self.noop_wasm)),
             ("SLUICE_NATIVE_NOOP".into(), s(&self.native_noop)),
+            ("SLUICE_NATIVE".into(), s(&self.native)),
             ("SLUICE_CLI".into(), s(&self.cli)),
             ("SLUICE_MOCK".into(), s(&self.mock)),
         ]
@@ -62,8 +65,8 @@ pub fn setup() -> Result<Tools, String> {
         ),
     )?;
     proc::step(
-        "build the native no-op filter (Envoy dynamic module, release)",
-        proc::run(&cargo, &["build", "--quiet", "--release", "-p", "sluice-native-noop"], &[]),
+        "build the filter and the no-op filter as Envoy dynamic modules (native, release)",
+        proc::run(&cargo, &["build", "--quiet", "--release", "-p", "sluice-filter", "-p", "sluice-native-noop"], &[]),
     )?;
     proc::step(
         "build the CLI and the mock provider",
@@ -76,6 +79,7 @@ pub fn setup() -> Result<Tools, String> {
         wasm: target.join("wasm32-wasip1/release/sluice_filter.wasm"),
         noop_wasm: target.join("wasm32-wasip1/release/sluice_noop_filter.wasm"),
         native_noop: target.join("release/libsluice_native_noop.so"),
+        native: target.join("release/libsluice_filter.so"),
         cli: target.join("debug/sluice"),
         mock: target.join("debug/sluice-mock-provider"),
     })
