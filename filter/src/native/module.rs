@@ -71,8 +71,10 @@ impl FilterConfig {
     fn worker(&self) -> (Rc<Gateway>, u64) {
         WORKERS.with(|workers| {
             let mut workers = workers.borrow_mut();
-            let token = Arc::downgrade(&self.token);
-            if let Some(w) = workers.iter().find(|w| w.config.ptr_eq(&token)) {
+            // Compared by address, touching no reference count (every worker shares it); a dead
+            // entry's Weak keeps its allocation, so no new config can have that address.
+            let token = Arc::as_ptr(&self.token);
+            if let Some(w) = workers.iter().find(|w| w.config.as_ptr() == token) {
                 let mut rng = w.rng.get();
                 let random = rng.next_u64();
                 w.rng.set(rng);
@@ -85,7 +87,11 @@ impl FilterConfig {
             let mut rng = SplitMix64::new(seed);
             let random = rng.next_u64();
             let gateway = Rc::new(Gateway::new(self.compiled.clone(), self.credentials.clone()));
-            workers.push(Worker { config: token, gateway: Rc::clone(&gateway), rng: Cell::new(rng) });
+            workers.push(Worker {
+                config: Arc::downgrade(&self.token),
+                gateway: Rc::clone(&gateway),
+                rng: Cell::new(rng),
+            });
             (gateway, random)
         })
     }
