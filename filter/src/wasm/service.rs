@@ -1,6 +1,7 @@
-//! The singleton service VM (the wasm build): one per Envoy. It drains the usage queue that every worker feeds
-//! and writes each record as one JSON line to Envoy's log ([`USAGE_LOG_PREFIX`]). With a
-//! control plane (xDS mode: the bootstrap names its cluster) it also
+//! The singleton service VM (the wasm build): one per Envoy. It drains the usage queue that
+//! every worker feeds and writes each record as one JSON line to Envoy's log
+//! ([`USAGE_LOG_PREFIX`]). With a control plane (xDS mode: the bootstrap names its cluster) it
+//! also
 //!
 //! - ships the records in batches over gRPC (`sluice.v1.UsageService/Report`) through an
 //!   [`Outbox`]: one batch in flight, retried with backoff until acknowledged (ingestion is
