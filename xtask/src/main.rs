@@ -13,8 +13,9 @@
 //!   `--no-litellm`), same run, same mock.
 //! - `cargo xtask bench-fleet`  the control plane: key lookup with 1M keys, ingestion rate,
 //!   revocation time.
-//! - `cargo xtask bench-native [--quick]`  the native build's floor (issue 15): bare Envoy, the
-//!   no-op wasm filter and the native no-op dynamic module, same run, alternating.
+//! - `cargo xtask bench-native [--quick] [--quiet-usage]`  the native build against the wasm
+//!   build (issue 15): bare Envoy, the two no-op floors, Sluice wasm and Sluice native, same run,
+//!   alternating.
 //! - `cargo xtask fuzz [--cases N]`  the property tests of every parser of untrusted bytes
 //!   (sluice-core and the filter's request flows) at volume: 100,000 cases each by default.
 //! - `cargo xtask soak`   an hour (`--duration SECS`) of steady load with key churn, streams and
@@ -46,7 +47,7 @@ fn main() -> ExitCode {
         Some("soak") => soak::soak(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|run [--smoke]|join|test|bench [--quick] [--no-litellm]|bench-fleet|bench-native [--quick]|fuzz [--cases N]|soak [--duration SECS]>"
+                "usage: cargo xtask <setup|run [--smoke]|join|test|bench [--quick] [--no-litellm]|bench-fleet|bench-native [--quick] [--quiet-usage]|fuzz [--cases N]|soak [--duration SECS]>"
             );
             return ExitCode::from(2);
         }
