@@ -17,6 +17,8 @@ use sluice_core::litellm::{FailurePolicy, Standalone, Upstream};
 pub const CLUSTER_HEADER: &str = "x-sluice-cluster";
 const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
 const WASM_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+const DYNAMIC_MODULE_FILTER_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
 pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 pub const CONNECT_TIMEOUT_SECS: i64 = 10;
 pub const VM_ID: &str = "sluice";
@@ -63,7 +65,7 @@ pub struct BootstrapOptions {
     pub listen_address: String,
     pub listen_port: u16,
     pub admin_port: u16,
-    /// Absolute path of sluice_filter.wasm.
+    /// Absolute path of sluice_filter.wasm (unused by [`standalone_native_bootstrap`]).
     pub wasm_path: String,
     /// The overload manager's heap limit, in MiB.
     pub max_heap_mb: u64,
@@ -123,13 +125,20 @@ fn cluster(u: &Upstream) -> Value {
     c
 }
 
-pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<Value, String> {
+/// A master key written in config.yaml could reach Envoy only inside its config (the key, or
+/// a digest one could brute-force): refused for both builds, which read it from the environment.
+fn refuse_literal_master_key(s: &Standalone) -> Result<(), String> {
     if s.master_key_literal {
         return Err("general_settings.master_key is written in config.yaml: Envoy would need it (or a digest \
                     one could brute-force) in its own config; read it from the environment instead \
                     (master_key: os.environ/SLUICE_MASTER_KEY) and start Envoy with that variable set"
             .into());
     }
+    Ok(())
+}
+
+pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<Value, String> {
+    refuse_literal_master_key(s)?;
     let gateway_json =
         serde_json::to_string(&s.gateway).map_err(|e| format!("cannot serialise the gateway config: {e}"))?;
     // Secrets reach the VM from Envoy's environment, by name: provider credentials and the master key.
@@ -166,6 +175,48 @@ pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<V
     let listener = listener(opts, wasm_filter, s.request_timeout_secs, s.gateway.max_request_body_bytes);
     let clusters: Vec<Value> = s.upstreams.iter().map(cluster).collect();
     Ok(bootstrap("sluice-standalone", opts, listener, clusters, None, None))
+}
+
+/// Standalone mode with the native build: the same listener, clusters and filter config, the
+/// filter loaded as an Envoy dynamic module (`libsluice_filter.so`) instead of a wasm VM. No
+/// WasmService (usage records are logged by the filter itself) and no `vm_config` (the module
+/// reads provider credentials from Envoy's own environment). A failure policy other than
+/// `fail_closed` cannot apply: a native module has no VM to skip or reload, and nothing passes
+/// an Envoy whose module failed (it is one process).
+pub fn standalone_native_bootstrap(
+    s: &Standalone,
+    opts: &BootstrapOptions,
+    module_path: &str,
+) -> Result<Value, String> {
+    refuse_literal_master_key(s)?;
+    if s.failure_policy != FailurePolicy::FailClosed {
+        return Err("general_settings.sluice_failure_policy: only fail_closed applies to the native build (a native module has no VM to skip or reload); remove it or use the wasm build".into());
+    }
+    let gateway_json =
+        serde_json::to_string(&s.gateway).map_err(|e| format!("cannot serialise the gateway config: {e}"))?;
+    let native_filter = json!({
+        "name": "sluice",
+        "typed_config": {
+            "@type": DYNAMIC_MODULE_FILTER_TYPE,
+            "dynamic_module_config": {"module": {"local": {"filename": module_path}}},
+            "filter_name": "sluice",
+            // The module receives the StringValue's text: the same JSON as the wasm filter.
+            "filter_config": {"@type": STRING_VALUE, "value": gateway_json},
+        },
+    });
+    let listener = listener(opts, native_filter, s.request_timeout_secs, s.gateway.max_request_body_bytes);
+    let clusters: Vec<Value> = s.upstreams.iter().map(cluster).collect();
+    let mut b = bootstrap("sluice-standalone", opts, listener, clusters, None, None);
+    if let Some(b) = b.as_object_mut() {
+        b.remove("bootstrap_extensions");
+    }
+    // Envoy's Prometheus output strips a registered custom namespace (`wasmcustom` always; the
+    // module's `dynamicmodulescustom` only with this flag in 1.40), so both builds export
+    // `sluice_requests{model_group=…}` and not `envoy_dynamicmodulescustom_sluice_requests`.
+    b["layered_runtime"] = json!({"layers": [{"name": "sluice", "static_layer": {
+        "envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix": true,
+    }}]});
+    Ok(b)
 }
 
 /// Where an xDS-mode Envoy finds its control plane.
@@ -412,9 +463,11 @@ fn bootstrap(
         }],
         "static_resources": {"listeners": [listener], "clusters": clusters},
         "overload_manager": overload_manager(opts),
+        // The filter's counters: `wasmcustom.` from the wasm build, `dynamicmodulescustom.` from
+        // the native one; the same names and tags after that.
         "stats_config": {"stats_tags": [
-            {"tag_name": "model_group", "regex": r"^wasmcustom\.sluice\.[a-z_]+(\.model_group\.([^.]+))$"},
-            {"tag_name": "reason", "regex": r"^wasmcustom\.sluice\.rejections(\.reason\.([^.]+))$"},
+            {"tag_name": "model_group", "regex": r"^(?:wasmcustom|dynamicmodulescustom)\.sluice\.[a-z_]+(\.model_group\.([^.]+))$"},
+            {"tag_name": "reason", "regex": r"^(?:wasmcustom|dynamicmodulescustom)\.sluice\.rejections(\.reason\.([^.]+))$"},
         ]},
     });
     if let Some(dynamic) = dynamic {
@@ -512,8 +565,44 @@ mod tests {
         let digest = sluice_core::keys::KeyHash::of(key.as_bytes()).to_hex();
         assert!(!text.contains(key) && !text.contains(&digest), "the key or its digest is in Envoy's config");
         let literal = from_litellm(&json!({"general_settings": {"master_key": key}}), &|_| None).unwrap();
-        let e = standalone_bootstrap(&literal, &opts()).unwrap_err();
-        assert!(e.contains("os.environ/") && !e.contains(key), "{e}");
+        for e in [
+            standalone_bootstrap(&literal, &opts()).unwrap_err(),
+            standalone_native_bootstrap(&literal, &opts(), "/x/libsluice_filter.so").unwrap_err(),
+        ] {
+            assert!(e.contains("os.environ/") && !e.contains(key), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_native_bootstrap_loads_the_module_with_the_wasm_filters_config() {
+        let s = from_litellm(&json!({}), &|_| None).unwrap();
+        let wasm = standalone_bootstrap(&s, &opts()).unwrap();
+        let native = standalone_native_bootstrap(&s, &opts(), "/x/libsluice_filter.so").unwrap();
+        let filter = &hcm(&native)["http_filters"][0]["typed_config"];
+        assert_eq!(filter["@type"], DYNAMIC_MODULE_FILTER_TYPE);
+        assert_eq!(filter["dynamic_module_config"]["module"]["local"]["filename"], "/x/libsluice_filter.so");
+        let wasm_config = &hcm(&wasm)["http_filters"][0]["typed_config"]["config"]["configuration"];
+        assert_eq!(filter["filter_config"], *wasm_config, "the same JSON, the same StringValue");
+        // Nothing of wasm's: no VM, no singleton, no failure policy.
+        let text = native.to_string();
+        for wasm_only in ["vm_config", "envoy.bootstrap.wasm", "failure_policy", ".wasm"] {
+            assert!(!text.contains(wasm_only), "{wasm_only} in the native bootstrap");
+        }
+        let runtime = &native["layered_runtime"]["layers"][0]["static_layer"];
+        assert_eq!(runtime["envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix"], true);
+        // Everything else is the same.
+        assert_eq!(native["static_resources"]["clusters"], wasm["static_resources"]["clusters"]);
+        assert_eq!(hcm(&native)["route_config"], hcm(&wasm)["route_config"]);
+        assert_eq!(native["overload_manager"], wasm["overload_manager"]);
+    }
+
+    #[test]
+    fn the_native_bootstrap_refuses_a_failure_policy_it_cannot_apply() {
+        for (setting, ok) in [("fail_closed", true), ("fail_open", false), ("fail_reload", false)] {
+            let s = from_litellm(&json!({"general_settings": {"sluice_failure_policy": setting}}), &|_| None).unwrap();
+            let result = standalone_native_bootstrap(&s, &opts(), "/x/libsluice_filter.so");
+            assert_eq!(result.is_ok(), ok, "{setting}: {result:?}");
+        }
     }
 
     #[test]

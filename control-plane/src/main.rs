@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use serde_json::{Map, Value, json};
 use sluice_control_plane::envoy_bootstrap::{
     BootstrapOptions, ControlPlaneAddress, ControlPlaneTls, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEAP_MB,
-    standalone_bootstrap, to_yaml, xds_bootstrap,
+    standalone_bootstrap, standalone_native_bootstrap, to_yaml, xds_bootstrap,
 };
 use sluice_control_plane::pki::{self, PkiDir};
 use sluice_control_plane::provider_policy::ProviderPolicy;
@@ -112,8 +112,12 @@ enum Command {
         #[arg(long, default_value = "sluice-envoy")]
         node_id: String,
         /// Path of sluice_filter.wasm (made absolute in the output).
-        #[arg(long)]
-        wasm: PathBuf,
+        #[arg(long, required_unless_present = "native")]
+        wasm: Option<PathBuf>,
+        /// Standalone mode with the native build: path of libsluice_filter.so (made absolute),
+        /// loaded as an Envoy dynamic module instead of the wasm filter (Envoy 1.40 exactly).
+        #[arg(long, value_name = "SO", conflicts_with_all = ["wasm", "xds"], requires = "config")]
+        native: Option<PathBuf>,
         #[arg(short, long)]
         out: PathBuf,
         #[arg(long, default_value = "0.0.0.0:4000")]
@@ -577,6 +581,7 @@ fn run(cli: Cli) -> Result<(), String> {
             insecure_data_plane,
             node_id,
             wasm,
+            native,
             out,
             listen,
             admin_port,
@@ -586,18 +591,26 @@ fn run(cli: Cli) -> Result<(), String> {
             let (address, port) =
                 listen.rsplit_once(':').ok_or_else(|| format!("--listen {listen:?}: use HOST:PORT"))?;
             let port: u16 = port.parse().map_err(|_| format!("--listen {listen:?}: invalid port"))?;
-            let wasm = std::path::absolute(&wasm).map_err(|e| format!("{}: {e}", wasm.display()))?;
-            if !wasm.exists() {
-                return Err(format!(
-                    "{} does not exist (build it: cargo build --release --target wasm32-wasip1 -p sluice-filter)",
-                    wasm.display()
-                ));
-            }
+            let module = |path: &PathBuf, build: &str| {
+                let path = std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                if !path.exists() {
+                    return Err(format!("{} does not exist (build it: {build})", path.display()));
+                }
+                Ok(path.to_string_lossy().into_owned())
+            };
+            let wasm = match &wasm {
+                Some(w) => module(w, "cargo build --release --target wasm32-wasip1 -p sluice-filter")?,
+                None => String::new(),
+            };
+            let native = match &native {
+                Some(n) => Some(module(n, "cargo build --release -p sluice-filter")?),
+                None => None,
+            };
             let opts = BootstrapOptions {
                 listen_address: address.trim_start_matches('[').trim_end_matches(']').to_owned(),
                 listen_port: port,
                 admin_port,
-                wasm_path: wasm.to_string_lossy().into_owned(),
+                wasm_path: wasm,
                 max_heap_mb,
                 max_connections,
             };
@@ -636,7 +649,10 @@ fn run(cli: Cli) -> Result<(), String> {
                     let s = config_file::load(&config)
                         .map_err(|errors| format!("{} is not valid:\n  {}", config.display(), errors.join("\n  ")))?;
                     print_warnings(&s.warnings);
-                    standalone_bootstrap(&s, &opts)?
+                    match &native {
+                        Some(module) => standalone_native_bootstrap(&s, &opts, module)?,
+                        None => standalone_bootstrap(&s, &opts)?,
+                    }
                 }
                 (None, None) => return Err("give -c config.yaml (standalone) or --xds HOST:PORT".into()),
             };

@@ -1,6 +1,7 @@
 //! mTLS on the data-plane port (`sluice serve --xds-tls-cert --xds-tls-key --xds-client-ca`):
-//! a gRPC client is answered only with a client certificate signed by the configured CA; without
-//! one, with one from another CA, or in plaintext, no call gets through. Certificates are made
+//! a gRPC client is answered only with an Envoy's client certificate signed by the configured
+//! CA; without one, with one from another CA, with one naming no Envoy, or in plaintext, no call
+//! gets through. Certificates are made
 //! at test time (`common::certs`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -44,7 +45,9 @@ fn client_tls(ca: &TestCa, identity: Option<&Leaf>) -> ClientTlsConfig {
 async fn only_clients_with_a_certificate_from_the_configured_ca_are_answered() {
     let ca = TestCa::new("data-plane test CA");
     let server = ca.leaf("control-plane", "DNS:localhost,IP:127.0.0.1");
-    let envoy = ca.leaf("envoy", "DNS:edge-1");
+    let envoy = ca.leaf("envoy", "DNS:edge-1.envoy.sluice");
+    // From the right CA, but not an Envoy's (a shared CA signs other workloads' certificates).
+    let workload = ca.leaf("workload", "DNS:edge-1");
     let rogue_ca = TestCa::new("rogue CA");
     let rogue = rogue_ca.leaf("rogue-envoy", "DNS:edge-1");
     let tls = data_plane_tls(&server.cert, &server.key, &ca.cert()).unwrap();
@@ -58,6 +61,8 @@ async fn only_clients_with_a_certificate_from_the_configured_ca_are_answered() {
     assert!(wrong_ca.is_err(), "a certificate from another CA was accepted");
     let plaintext = lookup(&plane.data_url.replace("https://", "http://"), None).await;
     assert!(plaintext.is_err(), "plaintext gRPC was answered");
+    let not_envoy = lookup(&plane.data_url, Some(client_tls(&ca, Some(&workload)))).await.unwrap_err();
+    assert!(not_envoy.contains("PermissionDenied") && not_envoy.contains("names no Envoy node"), "{not_envoy}");
 
     // The port still answers the right client after refusing the others.
     lookup(&plane.data_url, Some(client_tls(&ca, Some(&envoy)))).await.unwrap();

@@ -169,6 +169,32 @@ impl GatewayError {
         }
     }
 
+    /// Every [`Self::code`]: the native build defines one counter per code when it loads its
+    /// config (Envoy creates no stats after that).
+    pub const CODES: &'static [&'static str] = &[
+        "missing_api_key",
+        "invalid_api_key",
+        "key_blocked",
+        "key_expired",
+        "team_blocked",
+        "route_not_allowed",
+        "unknown_url",
+        "method_not_allowed",
+        "model_not_allowed",
+        "model_not_found",
+        "model_not_supported_on_route",
+        "missing_model",
+        "invalid_json",
+        "invalid_value",
+        "request_too_large",
+        "rate_limit_exceeded",
+        "token_rate_limit_exceeded",
+        "budget_exceeded",
+        "key_service_unavailable",
+        "key_lookup_rate_limited",
+        "internal_error",
+    ];
+
     fn error_type(&self) -> &'static str {
         match self.status() {
             401 => "authentication_error",
@@ -289,6 +315,73 @@ mod tests {
 
     fn parse(e: &GatewayError) -> serde_json::Value {
         serde_json::from_slice(&e.body()).unwrap()
+    }
+
+    #[test]
+    fn every_code_is_listed() {
+        let limited = |kind| GatewayError::RateLimited { scope: LimitScope::Key, kind, limit: 1, retry_after_secs: 1 };
+        let every = [
+            GatewayError::MissingKey,
+            GatewayError::MalformedKey,
+            GatewayError::InvalidKey,
+            GatewayError::KeyBlocked,
+            GatewayError::KeyExpired,
+            GatewayError::TeamBlocked,
+            GatewayError::RouteNotAllowed { route: "/" },
+            GatewayError::UnknownRoute,
+            GatewayError::MethodNotAllowed { route: "/", allowed: "POST" },
+            GatewayError::ModelNotAllowed { model: "m".into() },
+            GatewayError::UnknownModel { model: "m".into() },
+            GatewayError::ModelNotOnRoute { model: "m".into(), route: "/" },
+            GatewayError::MissingModel,
+            GatewayError::InvalidJson { detail: "d".into() },
+            GatewayError::InvalidField { param: "p", detail: "d".into() },
+            GatewayError::BodyTooLarge { limit: 1 },
+            limited(LimitKind::Requests),
+            limited(LimitKind::Tokens),
+            GatewayError::BudgetExceeded { scope: LimitScope::Key, spend_usd: 1.0, max_budget_usd: 1.0 },
+            GatewayError::OwnerBudgetExceeded {
+                scope: LimitScope::User,
+                id: "u".into(),
+                spend_usd: 1.0,
+                max_budget_usd: 1.0,
+            },
+            GatewayError::KeyServiceUnavailable,
+            GatewayError::KeyLookupRateLimited { retry_after_secs: 1 },
+            GatewayError::Internal { detail: "d" },
+        ];
+        for e in &every {
+            // A new variant must be added above (the match makes it a compile error to forget).
+            match e {
+                GatewayError::MissingKey
+                | GatewayError::MalformedKey
+                | GatewayError::InvalidKey
+                | GatewayError::KeyBlocked
+                | GatewayError::KeyExpired
+                | GatewayError::TeamBlocked
+                | GatewayError::RouteNotAllowed { .. }
+                | GatewayError::UnknownRoute
+                | GatewayError::MethodNotAllowed { .. }
+                | GatewayError::ModelNotAllowed { .. }
+                | GatewayError::UnknownModel { .. }
+                | GatewayError::ModelNotOnRoute { .. }
+                | GatewayError::MissingModel
+                | GatewayError::InvalidJson { .. }
+                | GatewayError::InvalidField { .. }
+                | GatewayError::BodyTooLarge { .. }
+                | GatewayError::RateLimited { .. }
+                | GatewayError::BudgetExceeded { .. }
+                | GatewayError::OwnerBudgetExceeded { .. }
+                | GatewayError::KeyServiceUnavailable
+                | GatewayError::KeyLookupRateLimited { .. }
+                | GatewayError::Internal { .. } => {}
+            }
+            assert!(GatewayError::CODES.contains(&e.code()), "{} is not in CODES", e.code());
+        }
+        let mut codes: Vec<&str> = every.iter().map(GatewayError::code).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), GatewayError::CODES.len(), "CODES lists a code no error has");
     }
 
     #[test]

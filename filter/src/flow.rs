@@ -6,7 +6,6 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use prost::Message;
-use proxy_wasm::types::{Action, LogLevel};
 use sluice_core::config::{
     CompiledConfig, CompiledKey, CompiledTeam, DEFAULT_MAX_OUTPUT_TOKENS, FleetBudget, KeyConfig, Provider,
     ResolvedKey, TeamConfig,
@@ -25,7 +24,7 @@ use sluice_core::usage::{self, ApiFormat, Usage};
 
 use crate::counters::{self, Placement, Scope, Ticket};
 use crate::health::{self, Probe};
-use crate::host::Host;
+use crate::host::{Action, Host, LogLevel};
 use crate::key_cache::{Cached, Invalidations, KeyCache, SharedEntry, Verdict, read_shared, write_shared};
 use crate::secrets::Secrets;
 use crate::usage_record::{Outcome, USAGE_LOG_PREFIX, UsageRecord};
@@ -149,6 +148,11 @@ impl Gateway {
                 host.announce_limit_scope(&ticket.name);
             }
         }
+    }
+
+    /// The per-model-group metric names (the native build defines its counters up front).
+    pub fn group_metric_names(&self) -> impl Iterator<Item = &str> {
+        self.group_metrics.iter().flat_map(|g| g.names.iter().map(String::as_str))
     }
 
     /// Reports what the request path counted without host calls (called on the worker's tick).

@@ -1,14 +1,16 @@
-//! Sluice's proxy-wasm filter: thin glue from Envoy's callbacks to [`sluice_core`].
+//! Sluice's Envoy filter: thin glue from Envoy's callbacks to [`sluice_core`], built two ways
+//! from the same code: a proxy-wasm module (wasm32) and an Envoy dynamic module (a native `.so`).
 //!
-//! - [`host`]: every host call behind one trait (mocked natively in tests).
+//! - [`host`]: every host call behind one trait (mocked natively in tests), no binding's types.
 //! - [`flow`]: one request's life: authenticate, admit, route, meter, settle, record.
 //! - [`counters`]: limit and budget counters in shared data (CAS loops).
 //! - [`health`]: the liveness and readiness probes, and the workers' heartbeats behind them.
 //! - [`secrets`]: provider credentials and the master key, from Envoy's environment.
 //! - [`key_cache`]: keys looked up in the control plane, per worker (xDS mode).
-//! - [`root`]: per-worker root contexts (filter) and the singleton service's root.
-//! - [`service`]: the singleton: drains usage records (to the log, or in batches to the
-//!   control plane) and relays the control plane's key invalidations to the workers.
+//! - [`service`]: the invalidation log the singleton relays to the workers (xDS mode).
+//! - `wasm` (wasm32 only): the proxy-wasm binding: root contexts, the singleton service.
+//! - `native` (other targets): the dynamic-module binding: the ABI, its [`host::Host`], the
+//!   exported hooks. Standalone mode only for now (ARCHITECTURE.md, "Native build").
 
 pub mod counters;
 pub mod flow;
@@ -17,20 +19,18 @@ pub mod host;
 pub mod key_cache;
 #[cfg(test)]
 mod mock_host;
-pub mod root;
 pub mod secrets;
 pub mod service;
 pub mod usage_record;
+
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native;
 
 #[cfg(test)]
 mod tests;
 
 #[cfg(test)]
 mod proptests;
-
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    proxy_wasm::set_root_context(|context_id| -> Box<dyn proxy_wasm::traits::RootContext> {
-        Box::new(root::SluiceRoot::new(context_id))
-    });
-}}

@@ -5,9 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use proxy_wasm::types::LogLevel;
-
-use crate::host::{CasResult, Host};
+use crate::host::{CasResult, Host, LogLevel};
 
 /// State shared by every request of one Envoy (all workers): shared data, queue, metrics.
 #[derive(Default)]

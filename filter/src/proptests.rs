@@ -7,10 +7,10 @@
 
 use std::rc::Rc;
 
+use crate::host::Action;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use prost::Message;
-use proxy_wasm::types::Action;
 use serde_json::{Value, json};
 use sluice_core::config::{GatewayConfig, KeyConfig, TeamConfig, key_counter_name, team_counter_name};
 use sluice_core::keys::KeyHash;

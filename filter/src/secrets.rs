@@ -5,6 +5,7 @@
 use sluice_core::config::CompiledConfig;
 use sluice_core::keys::KeyHash;
 
+#[derive(Debug, Clone, Default)]
 pub struct Secrets {
     /// Per deployment (same index as the config's), its credential, if the variable is set.
     pub credentials: Vec<Option<String>>,

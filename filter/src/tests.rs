@@ -3,7 +3,7 @@
 
 use std::rc::Rc;
 
-use crate::host::Host;
+use crate::host::{Action, Host};
 use sluice_core::config::{
     CompiledConfig, Deployment, GatewayConfig, KeyConfig, Provider, RoutingStrategy, SCHEMA_VERSION, TeamConfig,
 };
@@ -14,7 +14,6 @@ use sluice_core::time::Timestamp;
 use crate::flow::{Gateway, RequestFlow};
 use crate::mock_host::{LocalReply, MockEnvoy, MockHost};
 use crate::secrets::Secrets;
-use proxy_wasm::types::Action;
 
 const NOW: u64 = 1_795_341_610_000;
 

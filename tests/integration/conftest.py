@@ -2,6 +2,10 @@
 
 The four artifacts come from the environment (`cargo xtask test` sets them):
 ENVOY_BIN, SLUICE_WASM, SLUICE_CLI, SLUICE_MOCK.
+
+The build of the filter the standalone `gw` fixture runs is chosen by SLUICE_FILTER_BUILD:
+`wasm` (the default) or `native`, which loads SLUICE_NATIVE (libsluice_filter.so) as an Envoy
+dynamic module. Tests of what only one build has are marked `wasm_only`.
 """
 
 import json
@@ -16,7 +20,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-ARTIFACTS = ("ENVOY_BIN", "SLUICE_WASM", "SLUICE_CLI", "SLUICE_MOCK")
+FILTER_BUILD = os.environ.get("SLUICE_FILTER_BUILD", "wasm")
+assert FILTER_BUILD in ("wasm", "native"), f"SLUICE_FILTER_BUILD={FILTER_BUILD!r}: wasm or native"
+NATIVE = FILTER_BUILD == "native"
+ARTIFACTS = ("ENVOY_BIN", "SLUICE_CLI", "SLUICE_MOCK", "SLUICE_NATIVE" if NATIVE else "SLUICE_WASM")
+
+
+def wasm_only(reason):
+    """Marks a test of something only the wasm build has (skipped, with the reason, natively)."""
+    return pytest.mark.skipif(NATIVE, reason=f"wasm build only: {reason}")
 
 PRICES = {
     "gpt-4o": (2.5e-6, 1e-5, 1.25e-6, None),
@@ -189,13 +201,15 @@ class Gateway:
         self.config_path.write_text(json.dumps(config, indent=2))
 
     def start_envoy(self, wasm=None, concurrency=2):
-        """Envoy from `sluice envoy-config` (with another wasm module if given), once ready."""
+        """Envoy from `sluice envoy-config` with the build SLUICE_FILTER_BUILD names (or the
+        given wasm module), once ready."""
         self.port = free_port()
         self.admin_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin = f"http://127.0.0.1:{self.admin_port}"
         self.envoy_yaml = self.workdir / "envoy.yaml"
-        self.cli("envoy-config", "-c", str(self.config_path), "--wasm", wasm or self.env_bin["SLUICE_WASM"],
+        self.module_args = self.filter_args(wasm)
+        self.cli("envoy-config", "-c", str(self.config_path), *self.module_args,
                  "--out", str(self.envoy_yaml), "--listen", f"127.0.0.1:{self.port}",
                  "--admin-port", str(self.admin_port))
         self.log_path = self.workdir / "envoy.log"
@@ -215,6 +229,12 @@ class Gateway:
                 pass
             time.sleep(0.2)
         raise AssertionError(f"Envoy never became ready: {self.log_path.read_text()[-3000:]}")
+
+    def filter_args(self, wasm=None):
+        """`sluice envoy-config`'s flags for the build under test (or the given wasm module)."""
+        if wasm is None and NATIVE:
+            return ["--native", self.env_bin["SLUICE_NATIVE"]]
+        return ["--wasm", wasm or self.env_bin["SLUICE_WASM"]]
 
     def stop(self):
         stop_all(self.procs)

@@ -4,7 +4,9 @@ import json
 import os
 import subprocess
 
-from conftest import free_port
+import pytest
+
+from conftest import NATIVE, free_port
 
 
 def test_generated_bootstrap_validates(gw):
@@ -29,7 +31,7 @@ def test_config_check_reports_unsupported_keys(gw, tmp_path):
 
 def test_envoy_refuses_a_filter_config_the_filter_rejects(gw, tmp_path):
     out = tmp_path / "envoy.yaml"
-    gw.cli("envoy-config", "-c", str(gw.config_path), "--wasm", gw.env_bin["SLUICE_WASM"], "--out", str(out),
+    gw.cli("envoy-config", "-c", str(gw.config_path), *gw.filter_args(), "--out", str(out),
            "--listen", f"127.0.0.1:{free_port()}", "--admin-port", str(free_port()))
     text = out.read_text()
     assert '\\"schema_version\\":1' in text or '"schema_version":1' in text
@@ -38,3 +40,26 @@ def test_envoy_refuses_a_filter_config_the_filter_rejects(gw, tmp_path):
                           env=gw.env, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "schema_version 99" in proc.stderr
+
+
+@pytest.mark.skipif(not NATIVE, reason="native build only: the module's load and ABI check")
+def test_the_native_module_loads_at_envoys_abi_version_without_a_vm(gw):
+    log = gw.log_path.read_text(errors="replace")
+    assert "Dynamic module ABI version v0.2.0 matched." in log
+    assert "sluice: filter configured (native)" in log
+    bootstrap = gw.envoy_yaml.read_text()
+    assert "DynamicModuleFilter" in bootstrap and "envoy.bootstrap.wasm" not in bootstrap and "vm_config" not in bootstrap
+
+
+def test_a_failure_policy_the_build_cannot_apply_is_refused(gw, tmp_path):
+    """fail_open/fail_reload are the wasm VM's; the native build has no VM and refuses them."""
+    cfg = json.loads(gw.config_path.read_text())
+    cfg["general_settings"]["sluice_failure_policy"] = "fail_open"
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(cfg))
+    r = gw.cli("envoy-config", "-c", str(path), *gw.filter_args(), "--out", str(tmp_path / "e.yaml"), check=False)
+    if NATIVE:
+        assert r.returncode != 0 and "fail_closed" in r.stderr, r.stderr
+    else:
+        assert r.returncode == 0, r.stderr
+        assert "FAIL_OPEN" in (tmp_path / "e.yaml").read_text()

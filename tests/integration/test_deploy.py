@@ -8,7 +8,10 @@ from pathlib import Path
 
 import httpx
 
+from conftest import wasm_only
+
 ROOT = Path(__file__).resolve().parents[2]
+SHIPS_WASM = wasm_only("the container image and the manifests ship the wasm build")
 
 
 def shipped_config() -> str:
@@ -17,6 +20,7 @@ def shipped_config() -> str:
     return textwrap.dedent(block)
 
 
+@SHIPS_WASM
 def test_kubernetes_config_is_valid_and_its_bootstrap_validates(gw, tmp_path):
     cfg = tmp_path / "config.yaml"
     cfg.write_text(shipped_config())
@@ -50,6 +54,7 @@ def test_image_and_entrypoint():
     assert re.search(r"api_key: os\.environ/", shipped_config())
 
 
+@SHIPS_WASM
 def test_xds_manifests_keep_credentials_on_the_control_plane_and_the_bootstrap_validates(gw, tmp_path):
     manifest = (ROOT / "deploy/kubernetes/sluice-xds.yaml").read_text()
     docs = manifest.split("\n---\n")

@@ -22,8 +22,10 @@ import zlib
 import httpx
 import pytest
 
-from conftest import Gateway, model_entry
+from conftest import Gateway, model_entry, wasm_only
 from wasm_stats import LOG_KEY, vm_failures
+
+pytestmark = wasm_only("the VM failure policy (a native module has no VM to fail or reload)")
 
 TRAP = {"x-sluice-test-trap": "1"}
 # What Envoy logs when the module executes `unreachable` in V8.

@@ -410,7 +410,7 @@ pub(crate) fn ensure_wrk() -> Result<(), String> {
     proc::run("apt-get", &["install", "-y", "-qq", "wrk"], &[])
 }
 
-fn check_request(port: u16, key: &str, provider_key: &str, body: &str) -> Result<(), String> {
+pub(crate) fn check_request(port: u16, key: &str, provider_key: &str, body: &str) -> Result<(), String> {
     let auth = format!("Bearer {key}");
     let provider = format!("Bearer {provider_key}");
     let (status, response) = crate::quickstart::http(
@@ -587,14 +587,14 @@ pub fn write_block(path: &Path, begin: &str, end: &str, report: &str) -> Result<
 }
 
 /// A ~1 KB chat request, like a short conversation.
-fn chat_body(stream: bool) -> String {
+pub(crate) fn chat_body(stream: bool) -> String {
     let filler = "Summarise the following meeting notes in three bullet points. ".repeat(14);
     format!(
         r#"{{"model":"gpt-4o","stream":{stream},"max_tokens":256,"messages":[{{"role":"system","content":"You are a concise assistant."}},{{"role":"user","content":"{filler}"}}]}}"#
     )
 }
 
-fn wrk_script(key: &str, body: &str, provider_key: &str) -> String {
+pub(crate) fn wrk_script(key: &str, body: &str, provider_key: &str) -> String {
     let escaped = body.replace('\\', "\\\\").replace('"', "\\\"");
     format!(
         "wrk.method = \"POST\"\nwrk.body = \"{escaped}\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer {key}\"\nwrk.headers[\"x-bench-provider-key\"] = \"Bearer {provider_key}\"\nwrk.headers[\"x-mock-response-bytes\"] = \"1400\"\n"

@@ -1,19 +1,21 @@
 //! Project automation, std and libc only (it must build fast on a fresh machine):
 //!
 //! - `cargo xtask setup`  installs what the project needs (wasm target, a project-local Python
-//!   venv with the pinned Envoy and SDKs) and builds the filter, the no-op floors (wasm and
-//!   native), CLI and mock provider.
+//!   venv with the pinned Envoy and SDKs) and builds the filter (wasm and native), the no-op
+//!   floors (wasm and native), CLI and mock provider.
 //! - `cargo xtask run`    sets up and starts the quickstart: control plane, mock provider and
 //!   an Envoy with Sluice configured over xDS.
 //! - `cargo xtask join`   one more Envoy from the running quickstart's control plane.
 //! - `cargo xtask test`   every check: fmt, clippy, unit tests (native and wasm32), integration
-//!   tests against a real Envoy, and a smoke run of the quickstart.
+//!   tests against a real Envoy (the standalone files again with the native build), and a
+//!   smoke run of the quickstart.
 //! - `cargo xtask bench`  Envoy+Sluice against bare Envoy (and LiteLLM's proxy unless
 //!   `--no-litellm`), same run, same mock.
 //! - `cargo xtask bench-fleet`  the control plane: key lookup with 1M keys, ingestion rate,
 //!   revocation time.
-//! - `cargo xtask bench-native [--quick]`  the native build's floor (issue 15): bare Envoy, the
-//!   no-op wasm filter and the native no-op dynamic module, same run, alternating.
+//! - `cargo xtask bench-native [--quick] [--quiet-usage]`  the native build against the wasm
+//!   build (issue 15): bare Envoy, the two no-op floors, Sluice wasm and Sluice native, same run,
+//!   alternating.
 //! - `cargo xtask fuzz [--cases N]`  the property tests of every parser of untrusted bytes
 //!   (sluice-core and the filter's request flows) at volume: 100,000 cases each by default.
 //! - `cargo xtask soak`   an hour (`--duration SECS`) of steady load with key churn, streams and
@@ -45,7 +47,7 @@ fn main() -> ExitCode {
         Some("soak") => soak::soak(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|run [--smoke]|join|test|bench [--quick] [--no-litellm]|bench-fleet|bench-native [--quick]|fuzz [--cases N]|soak [--duration SECS]>"
+                "usage: cargo xtask <setup|run [--smoke]|join|test|bench [--quick] [--no-litellm]|bench-fleet|bench-native [--quick] [--quiet-usage]|fuzz [--cases N]|soak [--duration SECS]>"
             );
             return ExitCode::from(2);
         }
@@ -65,6 +67,19 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// The integration files the native build runs (those that use only the standalone `gw` fixture).
+const NATIVE_FILES: &[&str] = &[
+    "test_openai_sdk.py",
+    "test_anthropic_sdk.py",
+    "test_limits.py",
+    "test_money.py",
+    "test_bad_input.py",
+    "test_faults.py",
+    "test_security.py",
+    "test_config.py",
+    "test_slow_clients.py",
+];
 
 /// The test command the README gives and CI runs.
 fn test() -> Result<(), String> {
@@ -86,6 +101,16 @@ fn test() -> Result<(), String> {
     proc::step(
         "integration tests (real Envoy, mock provider, OpenAI and Anthropic SDKs)",
         proc::run(&python, &["-m", "pytest", "tests/integration", "-q", "-p", "no:cacheprovider"], &env_refs),
+    )?;
+    // The native build (Envoy dynamic module) against the files that use only the standalone
+    // `gw` fixture: xDS mode is wasm-only for now (ARCHITECTURE.md, "Native build").
+    let native_env: Vec<(&str, &str)> = env_refs.iter().copied().chain([("SLUICE_FILTER_BUILD", "native")]).collect();
+    let native_files: Vec<String> = NATIVE_FILES.iter().map(|f| format!("tests/integration/{f}")).collect();
+    let mut native_args = vec!["-m", "pytest", "-q", "-p", "no:cacheprovider"];
+    native_args.extend(native_files.iter().map(String::as_str));
+    proc::step(
+        "integration tests again with the native build (standalone mode)",
+        proc::run(&python, &native_args, &native_env),
     )?;
     proc::step("quickstart smoke run", quickstart::run(true))?;
     eprintln!("\nxtask: all checks passed");

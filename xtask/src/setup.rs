@@ -17,6 +17,8 @@ pub struct Tools {
     /// The native no-op filter (`tests/native-noop`): the same work as an Envoy dynamic module
     /// (.so), the first step of the native build (issue 15).
     pub native_noop: PathBuf,
+    /// The filter as an Envoy dynamic module (`libsluice_filter.so`): the native build.
+    pub native: PathBuf,
     pub cli: PathBuf,
     pub mock: PathBuf,
 }
@@ -31,6 +33,7 @@ impl Tools {
             ("SLUICE_NOOP_WASM".into(), s(&self.noop_wasm)),
             ("SLUICE_TRAP_WASM".into(), s(&self.trap_wasm)),
             ("SLUICE_NATIVE_NOOP".into(), s(&self.native_noop)),
+            ("SLUICE_NATIVE".into(), s(&self.native)),
             ("SLUICE_CLI".into(), s(&self.cli)),
             ("SLUICE_MOCK".into(), s(&self.mock)),
         ]
@@ -83,8 +86,8 @@ pub fn setup() -> Result<Tools, String> {
             .and_then(|()| wasm_build(&[]))
     })?;
     proc::step(
-        "build the native no-op filter (Envoy dynamic module, release)",
-        proc::run(&cargo, &["build", "--quiet", "--release", "-p", "sluice-native-noop"], &[]),
+        "build the filter and the no-op filter as Envoy dynamic modules (native, release)",
+        proc::run(&cargo, &["build", "--quiet", "--release", "-p", "sluice-filter", "-p", "sluice-native-noop"], &[]),
     )?;
     proc::step(
         "build the CLI and the mock provider",
@@ -97,17 +100,10 @@ pub fn setup() -> Result<Tools, String> {
         noop_wasm: target.join("wasm32-wasip1/release/sluice_noop_filter.wasm"),
         trap_wasm: wasm_dir.join("sluice_filter_trap.wasm"),
         native_noop: target.join("release/libsluice_native_noop.so"),
+        native: target.join("release/libsluice_filter.so"),
         cli: target.join("debug/sluice"),
         mock: target.join("debug/sluice-mock-provider"),
     })
-}
-
-/// The pinned Envoy (the venv installed if missing), building nothing: for commands that need
-/// Envoy but not every artifact `setup` builds.
-pub fn envoy() -> Result<PathBuf, String> {
-    let root = root();
-    python_venv(&root)?;
-    envoy_binary(&root)
 }
 
 /// A project-local venv with the pinned requirements, reinstalled only when they change.

@@ -1,4 +1,4 @@
-//! Root contexts: one per worker for the HTTP filter (`root_id: sluice_filter`) and one for the
+//! Root contexts (the wasm build): one per worker for the HTTP filter (`root_id: sluice_filter`) and one for the
 //! singleton service (`root_id: sluice_service`), both from the same wasm module.
 
 use std::cell::{Cell, RefCell};
@@ -6,16 +6,18 @@ use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType};
 use sluice_core::config::{CompiledConfig, GatewayConfig};
 use sluice_core::error::GatewayError;
 use sluice_core::routing::SplitMix64;
 
+use super::host::{EnvoyHost, WorkerState};
+use super::service::UsageService;
 use crate::counters;
 use crate::flow::{Gateway, RequestFlow};
-use crate::host::{EnvoyHost, Host, WorkerState};
+use crate::host::{self, Host, LogLevel};
 use crate::secrets;
-use crate::service::{INVALIDATIONS_KEY, UsageService};
+use crate::service::INVALIDATIONS_KEY;
 
 pub const SERVICE_ROOT_ID: &str = "sluice_service";
 /// How long a usage record may wait in its worker's batch; also how often a worker applies the
@@ -195,6 +197,14 @@ impl RootContext for SluiceRoot {
     }
 }
 
+/// proxy-wasm's action for the flow's.
+fn action(action: host::Action) -> Action {
+    match action {
+        host::Action::Continue => Action::Continue,
+        host::Action::Pause => Action::Pause,
+    }
+}
+
 struct SluiceHttp {
     flow: RequestFlow<EnvoyHost>,
 }
@@ -207,19 +217,19 @@ impl Context for SluiceHttp {
 
 impl HttpContext for SluiceHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        self.flow.on_request_headers(end_of_stream)
+        action(self.flow.on_request_headers(end_of_stream))
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.flow.on_request_body(body_size, end_of_stream)
+        action(self.flow.on_request_body(body_size, end_of_stream))
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.flow.on_response_headers()
+        action(self.flow.on_response_headers())
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.flow.on_response_body(body_size, end_of_stream)
+        action(self.flow.on_response_body(body_size, end_of_stream))
     }
 
     fn on_log(&mut self) {

@@ -1,0 +1,395 @@
+//! A hand-written binding of the parts of Envoy's dynamic-module ABI the filter uses
+//! (`source/extensions/dynamic_modules/abi/abi.h`, ABI version [`ABI_VERSION`], Envoy 1.40),
+//! grown from the spike's (`tests/native-noop`). Envoy's Rust SDK is not on crates.io and is not
+//! vendored: this is the whole contract, in one file.
+//!
+//! Two directions:
+//! - **Event hooks** (`envoy_dynamic_module_on_*`): functions the module exports and Envoy calls,
+//!   defined in `module.rs` with the pointer and status types below.
+//! - **Callbacks** (`envoy_dynamic_module_callback_*`): functions the Envoy executable exports.
+//!   They are not linked: [`Callbacks::resolve`] looks every one up in the running process
+//!   (`dlsym`) when Envoy loads the module, so a host that lacks one refuses the load with a
+//!   message naming it, instead of the dynamic linker's `undefined symbol` or a crash on first
+//!   use. Each was checked present in the pinned binary (`nm -D`).
+//!
+//! On x86-64 and aarch64 a `{pointer, length}` struct passed by value travels in two integer
+//! registers, exactly like the C header's `envoy_dynamic_module_type_*_buffer` structs; C enums
+//! are `int`s.
+
+use core::ffi::{CStr, c_char, c_void};
+
+/// The ABI version this binding was written against, returned by
+/// `envoy_dynamic_module_on_program_init`. Envoy 1.40 logs `Dynamic module ABI version v0.2.0
+/// matched.`, or on a mismatch only a warning: the integration tests require the match.
+pub const ABI_VERSION: &CStr = c"v0.2.0";
+
+/// Envoy's `DynamicModuleHttpFilterConfig*`, opaque to the module.
+pub type ConfigEnvoyPtr = *mut c_void;
+/// The module's per-config object, opaque to Envoy; null rejects the config.
+pub type ConfigModulePtr = *const c_void;
+/// Envoy's `DynamicModuleHttpFilter*` for one stream, opaque to the module.
+pub type FilterEnvoyPtr = *mut c_void;
+/// The module's per-stream object, opaque to Envoy.
+pub type FilterModulePtr = *const c_void;
+
+/// `envoy_dynamic_module_type_envoy_buffer`: bytes Envoy owns.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EnvoyBuffer {
+    pub ptr: *const c_char,
+    pub length: usize,
+}
+
+impl EnvoyBuffer {
+    pub const NULL: EnvoyBuffer = EnvoyBuffer { ptr: core::ptr::null(), length: 0 };
+
+    /// A copy of the bytes, or None for Envoy's `{NULL, 0}`.
+    ///
+    /// # Safety
+    /// `ptr` must point at `length` readable bytes (Envoy's promise for a buffer it just filled,
+    /// until the stream's next mutation).
+    pub unsafe fn to_vec(self) -> Option<Vec<u8>> {
+        if self.ptr.is_null() {
+            return None;
+        }
+        // SAFETY: the caller's promise above.
+        Some(unsafe { core::slice::from_raw_parts(self.ptr.cast::<u8>(), self.length) }.to_vec())
+    }
+}
+
+/// `envoy_dynamic_module_type_module_buffer`: bytes the module owns; Envoy copies them.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ModuleBuffer {
+    pub ptr: *const c_char,
+    pub length: usize,
+}
+
+impl ModuleBuffer {
+    pub const NULL: ModuleBuffer = ModuleBuffer { ptr: core::ptr::null(), length: 0 };
+
+    /// Borrows `bytes` for one call (Envoy copies what it keeps).
+    pub fn of(bytes: &[u8]) -> ModuleBuffer {
+        ModuleBuffer { ptr: bytes.as_ptr().cast(), length: bytes.len() }
+    }
+}
+
+/// `envoy_dynamic_module_type_module_http_header`: a header of a local reply.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ModuleHttpHeader {
+    pub key_ptr: *const c_char,
+    pub key_length: usize,
+    pub value_ptr: *const c_char,
+    pub value_length: usize,
+}
+
+/// `envoy_dynamic_module_type_http_header_type`.
+pub type HeaderType = u32;
+pub const REQUEST_HEADERS: HeaderType = 0;
+pub const RESPONSE_HEADERS: HeaderType = 2;
+
+/// `envoy_dynamic_module_type_http_body_type`: the chunk this callback brought ("received") or
+/// what earlier callbacks left in Envoy's buffer ("buffered", after `StopIterationAndBuffer`).
+pub type BodyType = u32;
+pub const RECEIVED_REQUEST_BODY: BodyType = 0;
+pub const BUFFERED_REQUEST_BODY: BodyType = 1;
+pub const RECEIVED_RESPONSE_BODY: BodyType = 2;
+
+/// `envoy_dynamic_module_type_attribute_id` (Envoy's attribute list, in order).
+pub type AttributeId = u32;
+pub const ATTRIBUTE_RESPONSE_CODE_DETAILS: AttributeId = 16;
+pub const ATTRIBUTE_SOURCE_ADDRESS: AttributeId = 24;
+
+/// `envoy_dynamic_module_type_log_level`.
+pub type LogLevel = u32;
+pub const LOG_TRACE: LogLevel = 0;
+pub const LOG_DEBUG: LogLevel = 1;
+pub const LOG_INFO: LogLevel = 2;
+pub const LOG_WARN: LogLevel = 3;
+pub const LOG_ERROR: LogLevel = 4;
+pub const LOG_CRITICAL: LogLevel = 5;
+
+/// `envoy_dynamic_module_type_metrics_result`: 0 is success.
+pub type MetricsResult = u32;
+pub const METRICS_SUCCESS: MetricsResult = 0;
+
+/// The `envoy_dynamic_module_type_on_http_filter_*_status` enums, which Envoy casts to its own
+/// `FilterHeadersStatus` / `FilterDataStatus`: `Continue` is 0 in each; 1 is `StopIteration`
+/// for headers and `StopIterationAndBuffer` for bodies.
+pub type FilterStatus = u32;
+pub const CONTINUE: FilterStatus = 0;
+pub const HEADERS_STOP_ITERATION: FilterStatus = 1;
+pub const BODY_STOP_ITERATION_AND_BUFFER: FilterStatus = 1;
+
+/// Declares the callbacks: their C signatures (abi.h at v0.2.0), the struct that holds them,
+/// and [`Callbacks::resolve`].
+macro_rules! callbacks {
+    ($($(#[$doc:meta])* $field:ident: fn($($arg:ty),*) $(-> $ret:ty)? = $symbol:literal;)*) => {
+        /// The host callbacks the module calls, resolved once at load.
+        #[derive(Clone, Copy)]
+        pub struct Callbacks {
+            $($(#[$doc])* pub $field: unsafe extern "C" fn($($arg),*) $(-> $ret)?,)*
+        }
+
+        impl Callbacks {
+            /// Looks up every callback the module uses; the first missing one is the error.
+            pub fn resolve() -> Result<Callbacks, String> {
+                Ok(Callbacks {
+                    $($field: {
+                        let found = lookup($symbol)?;
+                        // SAFETY: `found` is the non-null address of Envoy's exported C function
+                        // of this signature (abi.h, ABI v0.2.0; present in the pinned binary); a
+                        // data pointer and a function pointer have the same size and
+                        // representation on every target Envoy supports (as POSIX requires for
+                        // dlsym).
+                        unsafe {
+                            core::mem::transmute::<*mut c_void, unsafe extern "C" fn($($arg),*) $(-> $ret)?>(found)
+                        }
+                    },)*
+                })
+            }
+        }
+    };
+}
+
+callbacks! {
+    /// The `index`-th value of a header into `result` (`{NULL, 0}` when absent); the number of
+    /// values into the last argument unless it is null.
+    get_header: fn(FilterEnvoyPtr, HeaderType, ModuleBuffer, *mut EnvoyBuffer, usize, *mut usize) -> bool
+        = c"envoy_dynamic_module_callback_http_get_header";
+    /// Replaces every value of a header (copied); a null value removes it.
+    set_header: fn(FilterEnvoyPtr, HeaderType, ModuleBuffer, ModuleBuffer) -> bool
+        = c"envoy_dynamic_module_callback_http_set_header";
+    /// How many chunks a body has (0 when there is none).
+    get_body_chunks_size: fn(FilterEnvoyPtr, BodyType) -> usize
+        = c"envoy_dynamic_module_callback_http_get_body_chunks_size";
+    /// Fills an array of that many buffers with the body's chunks.
+    get_body_chunks: fn(FilterEnvoyPtr, BodyType, *mut EnvoyBuffer) -> bool
+        = c"envoy_dynamic_module_callback_http_get_body_chunks";
+    append_body: fn(FilterEnvoyPtr, BodyType, ModuleBuffer) -> bool
+        = c"envoy_dynamic_module_callback_http_append_body";
+    drain_body: fn(FilterEnvoyPtr, BodyType, usize) -> bool
+        = c"envoy_dynamic_module_callback_http_drain_body";
+    /// True when the chunk this body callback brought is the buffer itself (a filter before
+    /// this one buffered the body and resumed): read it once, not twice.
+    received_buffered_request_body: fn(FilterEnvoyPtr) -> bool
+        = c"envoy_dynamic_module_callback_http_received_buffered_request_body";
+    /// A local reply: status, headers, body, and the response code details.
+    send_response: fn(FilterEnvoyPtr, u32, *const ModuleHttpHeader, usize, ModuleBuffer, ModuleBuffer)
+        = c"envoy_dynamic_module_callback_http_send_response";
+    /// Makes the router choose the route again (the filter's headers choose the cluster).
+    clear_route_cache: fn(FilterEnvoyPtr)
+        = c"envoy_dynamic_module_callback_http_clear_route_cache";
+    /// Lets a stream the filter stopped go on (headers and buffered body).
+    continue_decoding: fn(FilterEnvoyPtr)
+        = c"envoy_dynamic_module_callback_http_filter_continue_decoding";
+    get_attribute_string: fn(FilterEnvoyPtr, AttributeId, *mut EnvoyBuffer) -> bool
+        = c"envoy_dynamic_module_callback_http_filter_get_attribute_string";
+    /// Envoy's log, under its `dynamic_modules` logger.
+    log: fn(LogLevel, ModuleBuffer)
+        = c"envoy_dynamic_module_callback_log";
+    /// A counter (no labels), defined while the config is created; its id into the last argument.
+    define_counter: fn(ConfigEnvoyPtr, ModuleBuffer, *const ModuleBuffer, usize, *mut usize) -> MetricsResult
+        = c"envoy_dynamic_module_callback_http_filter_config_define_counter";
+    increment_counter: fn(FilterEnvoyPtr, usize, *const ModuleBuffer, usize, u64) -> MetricsResult
+        = c"envoy_dynamic_module_callback_http_filter_increment_counter";
+}
+
+unsafe extern "C" {
+    /// glibc's `dlsym` (in libc.so.6 since glibc 2.34; std links libc).
+    fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
+}
+
+/// glibc's `RTLD_DEFAULT`: search the global scope, where the Envoy executable's exported
+/// callbacks are.
+const RTLD_DEFAULT: *mut c_void = core::ptr::null_mut();
+
+fn lookup(name: &CStr) -> Result<*mut c_void, String> {
+    // SAFETY: `name` is a NUL-terminated C string that outlives the call; RTLD_DEFAULT is a
+    // valid pseudo-handle for glibc's dlsym, which has no other preconditions.
+    let found = unsafe { dlsym(RTLD_DEFAULT, name.as_ptr()) };
+    if found.is_null() {
+        return Err(format!(
+            "sluice: the host does not export {} (this module was written for Envoy's dynamic-module \
+             ABI {}, Envoy 1.40): refusing to load",
+            name.to_string_lossy(),
+            ABI_VERSION.to_string_lossy()
+        ));
+    }
+    Ok(found)
+}
+
+/// One stream, as the module may touch it: Envoy's filter pointer and the callbacks. Safe to
+/// use because it is only made (unsafely, in the hooks) from the pointer Envoy passed to
+/// `on_http_filter_new`, kept in that stream's own object, and dropped with it in
+/// `on_http_filter_destroy`; a raw pointer makes it neither `Send` nor `Sync`, so it stays on the
+/// stream's worker thread.
+#[derive(Clone, Copy)]
+pub struct Stream {
+    ptr: FilterEnvoyPtr,
+    callbacks: &'static Callbacks,
+}
+
+impl Stream {
+    /// # Safety
+    /// `ptr` is the `DynamicModuleHttpFilter*` Envoy gave `on_http_filter_new`, and the value is
+    /// used only on that stream's worker thread, before Envoy calls `on_http_filter_destroy`.
+    pub unsafe fn new(ptr: FilterEnvoyPtr, callbacks: &'static Callbacks) -> Stream {
+        Stream { ptr, callbacks }
+    }
+
+    pub fn callbacks(&self) -> &'static Callbacks {
+        self.callbacks
+    }
+
+    pub fn header(&self, kind: HeaderType, name: &str) -> Option<Vec<u8>> {
+        let mut value = EnvoyBuffer::NULL;
+        // SAFETY: a live stream (see `new`); `value` is writable; a null count pointer is allowed.
+        let found = unsafe {
+            (self.callbacks.get_header)(
+                self.ptr,
+                kind,
+                ModuleBuffer::of(name.as_bytes()),
+                &mut value,
+                0,
+                core::ptr::null_mut(),
+            )
+        };
+        // SAFETY: Envoy just pointed `value` into its header map, unchanged until our next call.
+        if found { unsafe { value.to_vec() } } else { None }
+    }
+
+    /// Sets (replaces) a header, or removes it with `None`.
+    pub fn set_header(&self, kind: HeaderType, name: &str, value: Option<&[u8]>) -> bool {
+        let value = value.map_or(ModuleBuffer::NULL, ModuleBuffer::of);
+        // SAFETY: a live stream; Envoy copies both buffers before returning.
+        unsafe { (self.callbacks.set_header)(self.ptr, kind, ModuleBuffer::of(name.as_bytes()), value) }
+    }
+
+    /// The chunks of one body, as Envoy's buffers.
+    fn chunks(&self, kind: BodyType) -> Vec<EnvoyBuffer> {
+        // SAFETY: a live stream.
+        let count = unsafe { (self.callbacks.get_body_chunks_size)(self.ptr, kind) };
+        if count == 0 {
+            return Vec::new();
+        }
+        let mut chunks = vec![EnvoyBuffer::NULL; count];
+        // SAFETY: a live stream; `chunks` has room for the `count` buffers Envoy just reported.
+        let ok = unsafe { (self.callbacks.get_body_chunks)(self.ptr, kind, chunks.as_mut_ptr()) };
+        if ok { chunks } else { Vec::new() }
+    }
+
+    /// Appends one body (all its chunks) to `out`.
+    pub fn read_body(&self, kind: BodyType, out: &mut Vec<u8>) {
+        for chunk in self.chunks(kind) {
+            // SAFETY: Envoy just filled `chunk` from the body, unchanged until our next call.
+            if let Some(bytes) = unsafe { chunk.to_vec() } {
+                out.extend_from_slice(&bytes);
+            }
+        }
+    }
+
+    pub fn body_len(&self, kind: BodyType) -> usize {
+        self.chunks(kind).iter().map(|c| c.length).sum()
+    }
+
+    pub fn drain_body(&self, kind: BodyType, bytes: usize) -> bool {
+        // SAFETY: a live stream; `bytes` is at most the body's length (the caller measured it).
+        unsafe { (self.callbacks.drain_body)(self.ptr, kind, bytes) }
+    }
+
+    pub fn append_body(&self, kind: BodyType, bytes: &[u8]) -> bool {
+        // SAFETY: a live stream; Envoy copies the bytes.
+        unsafe { (self.callbacks.append_body)(self.ptr, kind, ModuleBuffer::of(bytes)) }
+    }
+
+    /// True when the chunk this request-body callback brought is Envoy's buffer itself.
+    pub fn received_is_buffered(&self) -> bool {
+        // SAFETY: a live stream.
+        unsafe { (self.callbacks.received_buffered_request_body)(self.ptr) }
+    }
+
+    /// A local reply (Envoy's response code details: `dynamic_module`).
+    pub fn send_response(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        let headers: Vec<ModuleHttpHeader> = headers
+            .iter()
+            .map(|(k, v)| ModuleHttpHeader {
+                key_ptr: k.as_ptr().cast(),
+                key_length: k.len(),
+                value_ptr: v.as_ptr().cast(),
+                value_length: v.len(),
+            })
+            .collect();
+        // SAFETY: a live stream; `headers` and `body` outlive the call and Envoy copies them.
+        unsafe {
+            (self.callbacks.send_response)(
+                self.ptr,
+                status,
+                headers.as_ptr(),
+                headers.len(),
+                ModuleBuffer::of(body),
+                ModuleBuffer::NULL,
+            );
+        }
+    }
+
+    pub fn clear_route_cache(&self) {
+        // SAFETY: a live stream.
+        unsafe { (self.callbacks.clear_route_cache)(self.ptr) }
+    }
+
+    pub fn continue_decoding(&self) {
+        // SAFETY: a live stream.
+        unsafe { (self.callbacks.continue_decoding)(self.ptr) }
+    }
+
+    pub fn attribute(&self, id: AttributeId) -> Option<Vec<u8>> {
+        let mut value = EnvoyBuffer::NULL;
+        // SAFETY: a live stream; `value` is writable.
+        let found = unsafe { (self.callbacks.get_attribute_string)(self.ptr, id, &mut value) };
+        // SAFETY: Envoy just pointed `value` at the attribute's bytes.
+        if found { unsafe { value.to_vec() } } else { None }
+    }
+
+    /// Adds to a counter the stream's config defined.
+    pub fn increment_counter(&self, id: usize, delta: u64) -> bool {
+        // SAFETY: a live stream; no labels (null with length 0 is allowed).
+        unsafe { (self.callbacks.increment_counter)(self.ptr, id, core::ptr::null(), 0, delta) == METRICS_SUCCESS }
+    }
+}
+
+impl Callbacks {
+    /// A line in Envoy's log (any thread).
+    pub fn log(&self, level: LogLevel, message: &str) {
+        // SAFETY: the buffer outlives the call; Envoy copies it.
+        unsafe { (self.log)(level, ModuleBuffer::of(message.as_bytes())) }
+    }
+}
+
+/// A filter config while Envoy creates it (`on_http_filter_config_new`): where counters are
+/// defined.
+pub struct ConfigHandle {
+    ptr: ConfigEnvoyPtr,
+    callbacks: &'static Callbacks,
+}
+
+impl ConfigHandle {
+    /// # Safety
+    /// `ptr` is the `DynamicModuleHttpFilterConfig*` Envoy passed to the running
+    /// `on_http_filter_config_new`, and the handle does not outlive that call.
+    pub unsafe fn new(ptr: ConfigEnvoyPtr, callbacks: &'static Callbacks) -> ConfigHandle {
+        ConfigHandle { ptr, callbacks }
+    }
+
+    /// Defines a counter (no labels); its id, or None if Envoy refused.
+    pub fn define_counter(&self, name: &str) -> Option<usize> {
+        let mut id = 0usize;
+        // SAFETY: the config being created (see `new`); Envoy copies the name; `id` is writable;
+        // no labels (null with length 0 is allowed).
+        let result = unsafe {
+            (self.callbacks.define_counter)(self.ptr, ModuleBuffer::of(name.as_bytes()), core::ptr::null(), 0, &mut id)
+        };
+        (result == METRICS_SUCCESS).then_some(id)
+    }
+}

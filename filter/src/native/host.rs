@@ -1,0 +1,236 @@
+//! The dynamic-module binding of [`Host`]: each call is one of Envoy's callbacks on the stream
+//! (through the safe [`Stream`] handle), or process memory where proxy-wasm needed a host call
+//! (shared data, the clock). Standalone mode only: the calls that serve xDS mode (gRPC to the
+//! control plane, the fleet's limit scopes) answer "not available", and the config loader
+//! refuses a config that needs them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+
+use super::abi::{
+    ATTRIBUTE_RESPONSE_CODE_DETAILS, ATTRIBUTE_SOURCE_ADDRESS, BUFFERED_REQUEST_BODY, Callbacks, ConfigHandle,
+    RECEIVED_REQUEST_BODY, RECEIVED_RESPONSE_BODY, REQUEST_HEADERS, RESPONSE_HEADERS, Stream,
+};
+use super::shared_data::SharedData;
+use crate::host::{CasResult, Host, LogLevel};
+use crate::usage_record::USAGE_LOG_PREFIX;
+
+/// The shared data of every worker of this Envoy (and of every config it loads, as proxy-wasm's
+/// shared data outlives VMs): limit and budget counters.
+static SHARED: LazyLock<SharedData> = LazyLock::new(SharedData::default);
+
+/// Creates a shared record if absent (`counters::ensure_exists` for a config being loaded,
+/// before any stream exists).
+pub fn ensure_record(name: &str, initial: &[u8]) {
+    if SHARED.get(name).0.is_none() {
+        SHARED.set(name, initial, None);
+    }
+}
+
+/// Counter names the flow reports besides the per-model-group ones and the rejections
+/// (`sluice.rejections.reason.<code>`, one per `GatewayError::CODES`). A name missing here is
+/// not counted: the test below reads the flow's source for them.
+pub const FLOW_COUNTERS: &[&str] = &[
+    "sluice.key_cache.hits",
+    "sluice.key_cache.negative_hits",
+    "sluice.key_cache.shared_hits",
+    "sluice.key_cache.stale_served",
+    "sluice.key_lookups",
+    "sluice.key_lookups_refused",
+    "sluice.key_lookup_failures",
+];
+
+/// The counters a config defined, by name (Envoy creates no stats once a config is loaded, so
+/// every name the flow may count is defined up front).
+#[derive(Debug, Default)]
+pub struct Counters {
+    ids: HashMap<String, usize>,
+}
+
+impl Counters {
+    /// Defines every name; the first Envoy refuses is the error.
+    pub fn define<'a>(config: &ConfigHandle, names: impl Iterator<Item = &'a str>) -> Result<Counters, String> {
+        let mut ids = HashMap::new();
+        for name in names {
+            let id = config.define_counter(name).ok_or_else(|| format!("Envoy refused the counter {name}"))?;
+            ids.insert(name.to_owned(), id);
+        }
+        Ok(Counters { ids })
+    }
+}
+
+/// The production [`Host`] of the native build: one stream's.
+pub struct DynamicModuleHost {
+    stream: Stream,
+    counters: Arc<Counters>,
+}
+
+impl DynamicModuleHost {
+    pub fn new(stream: Stream, counters: Arc<Counters>) -> Self {
+        Self { stream, counters }
+    }
+
+    fn callbacks(&self) -> &'static Callbacks {
+        self.stream.callbacks()
+    }
+}
+
+/// Envoy's log level for the filter's own.
+fn level(level: LogLevel) -> super::abi::LogLevel {
+    use super::abi::{LOG_CRITICAL, LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_TRACE, LOG_WARN};
+    match level {
+        LogLevel::Trace => LOG_TRACE,
+        LogLevel::Debug => LOG_DEBUG,
+        LogLevel::Info => LOG_INFO,
+        LogLevel::Warn => LOG_WARN,
+        LogLevel::Error => LOG_ERROR,
+        LogLevel::Critical => LOG_CRITICAL,
+    }
+}
+
+/// A line in Envoy's log, from any thread.
+pub fn log(callbacks: &Callbacks, log_level: LogLevel, message: &str) {
+    callbacks.log(level(log_level), message);
+}
+
+impl Host for DynamicModuleHost {
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.stream.header(REQUEST_HEADERS, name)
+    }
+
+    /// Also clears the route cache, as Envoy does for a wasm filter's header change: the
+    /// filter routes by setting `x-sluice-cluster` (and `:path`) after Envoy chose a route.
+    fn set_request_header(&self, name: &str, value: Option<&[u8]>) {
+        self.stream.set_header(REQUEST_HEADERS, name, value);
+        self.stream.clear_route_cache();
+    }
+
+    /// The whole request body: what earlier callbacks buffered, then this callback's chunk
+    /// (unless that chunk is the buffer itself).
+    fn request_body(&self, size: usize) -> Option<Vec<u8>> {
+        let mut body = Vec::with_capacity(size);
+        self.stream.read_body(BUFFERED_REQUEST_BODY, &mut body);
+        if !self.stream.received_is_buffered() {
+            self.stream.read_body(RECEIVED_REQUEST_BODY, &mut body);
+        }
+        Some(body)
+    }
+
+    /// Empties both parts of the body and puts the new one in this callback's chunk, which
+    /// Envoy adds to its buffer and sends on when the callback continues.
+    fn replace_request_body(&self, _old_size: usize, body: &[u8]) {
+        let target = if self.stream.received_is_buffered() {
+            BUFFERED_REQUEST_BODY
+        } else {
+            self.stream.drain_body(BUFFERED_REQUEST_BODY, self.stream.body_len(BUFFERED_REQUEST_BODY));
+            RECEIVED_REQUEST_BODY
+        };
+        self.stream.drain_body(target, self.stream.body_len(target));
+        if !self.stream.append_body(target, body) {
+            self.log(LogLevel::Warn, "sluice: could not replace the request body");
+        }
+    }
+
+    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.stream.header(RESPONSE_HEADERS, name)
+    }
+
+    fn set_response_header(&self, name: &str, value: Option<&[u8]>) {
+        self.stream.set_header(RESPONSE_HEADERS, name, value);
+    }
+
+    /// This callback's chunk of the response (the filter never buffers responses).
+    fn response_body(&self, size: usize) -> Option<Vec<u8>> {
+        let mut chunk = Vec::with_capacity(size);
+        self.stream.read_body(RECEIVED_RESPONSE_BODY, &mut chunk);
+        Some(chunk)
+    }
+
+    fn replace_response_body(&self, _old_size: usize, body: &[u8]) {
+        self.stream.drain_body(RECEIVED_RESPONSE_BODY, self.stream.body_len(RECEIVED_RESPONSE_BODY));
+        if !self.stream.append_body(RECEIVED_RESPONSE_BODY, body) {
+            self.log(LogLevel::Warn, "sluice: could not replace a response chunk");
+        }
+    }
+
+    fn send_local_response(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        self.stream.send_response(status, headers, body);
+    }
+
+    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        SHARED.get(key)
+    }
+
+    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> CasResult {
+        SHARED.set(key, value, cas)
+    }
+
+    /// Standalone mode: the record goes to Envoy's log at once, the line the wasm build's
+    /// singleton writes. No queue, no batch: a log call is what the hand-off would have cost.
+    fn enqueue_usage(&self, record: &[u8]) -> bool {
+        self.log(LogLevel::Info, &format!("{USAGE_LOG_PREFIX}{}", String::from_utf8_lossy(record)));
+        true
+    }
+
+    /// xDS mode only (the fleet's limit sync), which the native build does not run yet.
+    fn announce_limit_scope(&self, _name: &str) {}
+
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn response_code_details(&self) -> Option<Vec<u8>> {
+        self.stream.attribute(ATTRIBUTE_RESPONSE_CODE_DETAILS)
+    }
+
+    fn source_address(&self) -> Option<Vec<u8>> {
+        self.stream.attribute(ATTRIBUTE_SOURCE_ADDRESS)
+    }
+
+    fn log(&self, log_level: LogLevel, message: &str) {
+        log(self.callbacks(), log_level, message);
+    }
+
+    fn count(&self, metric: &str, delta: u64) {
+        if delta == 0 {
+            return;
+        }
+        if let Some(id) = self.counters.ids.get(metric) {
+            self.stream.increment_counter(*id, delta);
+        }
+    }
+
+    /// xDS mode only (key lookups): the config loader refuses a config with `key_lookup`.
+    fn dispatch_grpc(&self, _: &str, _: &str, _: &str, _: &[u8], _: u64) -> Option<u32> {
+        None
+    }
+
+    fn grpc_response(&self, _size: usize) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn resume_request(&self) {
+        self.stream.continue_decoding();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every literal counter name the flow reports is defined by the native build.
+    #[test]
+    fn every_counter_the_flow_reports_is_defined() {
+        let flow = include_str!("../flow.rs");
+        let mut found = 0;
+        for piece in flow.split("count(\"").skip(1) {
+            let Some(name) = piece.split('"').next() else { continue };
+            assert!(FLOW_COUNTERS.contains(&name), "{name} is counted by the flow but not defined natively");
+            found += 1;
+        }
+        assert!(found >= 5, "the flow's counters were not found ({found})");
+        assert!(flow.contains("\"sluice.rejections.reason.{}\""), "the rejection counters were renamed");
+    }
+}

@@ -1,0 +1,17 @@
+//! The native build: Sluice's filter as an Envoy dynamic module (`libsluice_filter.so`, loaded
+//! by `envoy.filters.http.dynamic_modules`), from the same flow as the wasm build.
+//!
+//! - `abi`: the hand-written binding of Envoy 1.40's dynamic-module ABI (v0.2.0): types,
+//!   callbacks resolved at load, and safe handles over them. Most of the `unsafe` is here.
+//! - `host`: [`host::DynamicModuleHost`], the [`crate::host::Host`] of one stream.
+//! - `shared_data`: process-wide shared data with proxy-wasm's CAS semantics.
+//! - `module`: the exported `envoy_dynamic_module_on_*` hooks, configs and per-worker state.
+//!
+//! Standalone mode only: a config with `key_lookup` (xDS mode) is refused at load.
+
+#[allow(unsafe_code)]
+pub mod abi;
+pub mod host;
+#[allow(unsafe_code)]
+pub mod module;
+pub mod shared_data;

@@ -1,0 +1,473 @@
+//! The hooks Envoy calls (`envoy_dynamic_module_on_*`): load, configs, streams.
+//!
+//! **Where state lives.** A filter config ([`FilterConfig`]) is made once on Envoy's main
+//! thread and then read by every worker: it holds only `Sync` data (the compiled config, the
+//! provider credentials, the counter ids). What the wasm build keeps per worker VM — the
+//! [`Gateway`]: key cache, lookup budget, metrics not yet reported — is per worker thread here
+//! too, in a thread-local made from the config on the thread's first stream, so the request
+//! path takes no lock (the `Gateway` is `Rc`/`RefCell` inside, as in wasm). A config Envoy
+//! replaced is forgotten by each worker when it next makes a gateway. The counters' shared data
+//! is process memory (`shared_data.rs`), shared by every worker and config, as proxy-wasm's is.
+//!
+//! **Never panic**: a panic here unwinds into Envoy's C++ (or aborts, with `panic = "abort"`)
+//! and takes the process down; there is no VM to fail and no failure policy. The workspace lints
+//! deny unwrap/expect/panic, and every hook treats a null or unexpected pointer as "nothing to
+//! do".
+
+use core::ffi::c_char;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+
+use sluice_core::config::{CompiledConfig, GatewayConfig};
+use sluice_core::error::GatewayError;
+use sluice_core::limits::ScopeState;
+use sluice_core::routing::SplitMix64;
+
+use super::abi::{
+    ABI_VERSION, BODY_STOP_ITERATION_AND_BUFFER, BUFFERED_REQUEST_BODY, CONTINUE, Callbacks, ConfigEnvoyPtr,
+    ConfigHandle, ConfigModulePtr, EnvoyBuffer, FilterEnvoyPtr, FilterModulePtr, FilterStatus, HEADERS_STOP_ITERATION,
+    RECEIVED_REQUEST_BODY, RECEIVED_RESPONSE_BODY, Stream,
+};
+use super::host::{Counters, DynamicModuleHost, FLOW_COUNTERS, log};
+use crate::flow::{Gateway, RequestFlow};
+use crate::host::{Action, LogLevel};
+use crate::secrets::Secrets;
+
+/// The host callbacks, resolved once by `envoy_dynamic_module_on_program_init`.
+static CALLBACKS: OnceLock<Callbacks> = OnceLock::new();
+
+/// One loaded filter config, shared by every worker thread.
+struct FilterConfig {
+    compiled: CompiledConfig,
+    secrets: Secrets,
+    counters: Arc<Counters>,
+    /// Alive while the config is: workers drop their gateway for a config whose token is gone.
+    token: Arc<()>,
+}
+
+// Envoy hands one config to every worker thread.
+const _: fn() = || {
+    fn shared_across_threads<T: Send + Sync>() {}
+    shared_across_threads::<FilterConfig>();
+};
+
+/// A worker thread's gateway for one config.
+struct Worker {
+    config: Weak<()>,
+    gateway: Rc<Gateway>,
+    rng: Cell<SplitMix64>,
+}
+
+thread_local! {
+    static WORKERS: RefCell<Vec<Worker>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Distinguishes worker threads' seeds even if the OS's random source failed.
+static SEEDS: AtomicU64 = AtomicU64::new(0);
+
+impl FilterConfig {
+    /// This thread's gateway for the config and a fresh random value for a stream.
+    fn worker(&self) -> (Rc<Gateway>, u64) {
+        WORKERS.with(|workers| {
+            let mut workers = workers.borrow_mut();
+            // Compared by address, touching no reference count (every worker shares it); a dead
+            // entry's Weak keeps its allocation, so no new config can have that address.
+            let token = Arc::as_ptr(&self.token);
+            if let Some(w) = workers.iter().find(|w| w.config.as_ptr() == token) {
+                let mut rng = w.rng.get();
+                let random = rng.next_u64();
+                w.rng.set(rng);
+                return (Rc::clone(&w.gateway), random);
+            }
+            workers.retain(|w| w.config.strong_count() > 0);
+            // Every worker configures in the same millisecond: only real entropy keeps their
+            // routing choices and record ids apart.
+            let seed = getrandom::u64().unwrap_or(0) ^ SEEDS.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+            let mut rng = SplitMix64::new(seed);
+            let random = rng.next_u64();
+            let gateway = Rc::new(Gateway::new(self.compiled.clone(), self.secrets.clone()));
+            workers.push(Worker {
+                config: Arc::downgrade(&self.token),
+                gateway: Rc::clone(&gateway),
+                rng: Cell::new(rng),
+            });
+            (gateway, random)
+        })
+    }
+}
+
+/// One stream: the flow, and what its end needs.
+struct StreamFilter {
+    /// Borrowed only for one hook's work. Envoy calls a hook again from inside ours when the
+    /// flow sends a local reply (the reply's headers pass back through this filter): that
+    /// nested call finds the flow borrowed and lets the reply through untouched.
+    flow: RefCell<RequestFlow<DynamicModuleHost>>,
+    gateway: Rc<Gateway>,
+    stream: Stream,
+    counters: Arc<Counters>,
+}
+
+impl StreamFilter {
+    /// Settles and records the request (once: the flow ignores a second call), then reports
+    /// this worker's metrics (counters are cheap natively: no tick batches them).
+    fn finish(&self) {
+        if let Ok(mut flow) = self.flow.try_borrow_mut() {
+            flow.on_log();
+        }
+        self.gateway.flush_metrics(&DynamicModuleHost::new(self.stream, Arc::clone(&self.counters)));
+    }
+}
+
+fn headers_status(action: Action) -> FilterStatus {
+    match action {
+        Action::Continue => CONTINUE,
+        Action::Pause => HEADERS_STOP_ITERATION,
+    }
+}
+
+/// A paused body is buffered by Envoy until the filter has all of it.
+fn body_status(action: Action) -> FilterStatus {
+    match action {
+        Action::Continue => CONTINUE,
+        Action::Pause => BODY_STOP_ITERATION_AND_BUFFER,
+    }
+}
+
+/// Compiles a config the way the wasm build's `on_configure` does, refusing what the native
+/// build cannot do yet; the counters and counter records are made here, before any traffic.
+fn load_config(callbacks: &'static Callbacks, handle: &ConfigHandle, bytes: &[u8]) -> Result<FilterConfig, String> {
+    let config: GatewayConfig = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if config.key_lookup.is_some() {
+        return Err("key_lookup (xDS mode) is not supported by the native build yet: use the wasm build".into());
+    }
+    let compiled = CompiledConfig::compile(config)
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
+    // Envoy's own environment: the native module is Envoy, so it reads the variables named by
+    // `api_key: os.environ/NAME` and the master key's directly (the wasm build needs
+    // `host_env_keys`).
+    let secrets = crate::secrets::from_env(&compiled, |name| std::env::var(name).ok())?;
+    let probe = Gateway::new(compiled.clone(), Secrets::default());
+    let rejections: Vec<String> =
+        GatewayError::CODES.iter().map(|code| format!("sluice.rejections.reason.{code}")).collect();
+    let names =
+        FLOW_COUNTERS.iter().copied().chain(probe.group_metric_names()).chain(rejections.iter().map(String::as_str));
+    let counters = Counters::define(handle, names)?;
+    // Two workers creating the same record at once could lose an update: made before traffic.
+    let scopes = compiled.keys.iter().flat_map(|k| {
+        std::iter::once(k.counter_name.as_str()).chain(k.model_limits.values().map(|m| m.counter_name.as_str()))
+    });
+    for name in scopes.chain(compiled.teams.iter().map(|t| t.counter_name.as_str())) {
+        super::host::ensure_record(name, &ScopeState::default().encode());
+    }
+    log(
+        callbacks,
+        LogLevel::Info,
+        &format!(
+            "sluice: filter configured (native): {} deployments, {} model groups, {} keys, {} teams",
+            compiled.config.deployments.len(),
+            compiled.groups.len(),
+            compiled.keys.len(),
+            compiled.teams.len()
+        ),
+    );
+    Ok(FilterConfig { compiled, secrets, counters: Arc::new(counters), token: Arc::new(()) })
+}
+
+// ---- hooks ---------------------------------------------------------------------------------
+
+/// Called once when Envoy loads the module. Returns the ABI version the module was written
+/// against, or null (Envoy then rejects the config: "Failed to initialize dynamic module") when
+/// the host lacks a callback the module calls; the reason goes to Envoy's stderr.
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
+    match Callbacks::resolve() {
+        Ok(callbacks) => {
+            let _ = CALLBACKS.set(callbacks);
+            ABI_VERSION.as_ptr()
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            core::ptr::null()
+        }
+    }
+}
+
+/// A filter config: `filter_config` is the same `GatewayConfig` JSON the wasm filter gets.
+/// Null (an invalid config, logged) makes Envoy reject it, as the wasm filter's failed
+/// `on_configure` does: fail closed at load.
+///
+/// # Safety
+/// Envoy passes its config pointer and two buffers valid for the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    config_envoy: ConfigEnvoyPtr,
+    _name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> ConfigModulePtr {
+    let Some(callbacks) = CALLBACKS.get() else {
+        return core::ptr::null();
+    };
+    // SAFETY: Envoy's buffer, valid for this call.
+    let bytes = unsafe { config.to_vec() }.unwrap_or_default();
+    // SAFETY: the config Envoy is creating in this very call; the handle ends with it.
+    let handle = unsafe { ConfigHandle::new(config_envoy, callbacks) };
+    match load_config(callbacks, &handle, &bytes) {
+        Ok(config) => Box::into_raw(Box::new(config)).cast_const().cast(),
+        Err(e) => {
+            log(callbacks, LogLevel::Critical, &format!("sluice: invalid filter configuration: {e}"));
+            core::ptr::null()
+        }
+    }
+}
+
+/// # Safety
+/// `config` is a pointer `on_http_filter_config_new` returned, destroyed once.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: ConfigModulePtr) {
+    if !config.is_null() {
+        // SAFETY: made by Box::into_raw in on_http_filter_config_new; Envoy destroys it once,
+        // after its last stream.
+        drop(unsafe { Box::from_raw(config.cast::<FilterConfig>().cast_mut()) });
+    }
+}
+
+/// A stream begins on a worker thread.
+///
+/// # Safety
+/// `config` is a live pointer from `on_http_filter_config_new`; `filter_envoy` is the stream's.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
+    config: ConfigModulePtr,
+    filter_envoy: FilterEnvoyPtr,
+) -> FilterModulePtr {
+    let Some(callbacks) = CALLBACKS.get() else {
+        return core::ptr::null();
+    };
+    // SAFETY: a config this module made, alive while Envoy has streams of it.
+    let Some(config) = (unsafe { config.cast::<FilterConfig>().as_ref() }) else {
+        return core::ptr::null();
+    };
+    // SAFETY: the stream's pointer, kept in the stream's own object (dropped in
+    // on_http_filter_destroy) and used only in its hooks, on its worker thread.
+    let stream = unsafe { Stream::new(filter_envoy, callbacks) };
+    let (gateway, random) = config.worker();
+    let host = DynamicModuleHost::new(stream, Arc::clone(&config.counters));
+    let filter = StreamFilter {
+        flow: RefCell::new(RequestFlow::new(host, Rc::clone(&gateway), random)),
+        gateway,
+        stream,
+        counters: Arc::clone(&config.counters),
+    };
+    Box::into_raw(Box::new(filter)).cast_const().cast()
+}
+
+/// The stream's object, for one hook.
+///
+/// # Safety
+/// `filter` is null or a live pointer from `on_http_filter_new`, used on its worker thread.
+unsafe fn stream_filter<'a>(filter: FilterModulePtr) -> Option<&'a StreamFilter> {
+    // SAFETY: the caller's promise; shared references only (hooks may nest, see `flow`).
+    unsafe { filter.cast::<StreamFilter>().as_ref() }
+}
+
+/// # Safety
+/// Envoy calls it with a live stream's pointers, on that stream's worker thread (as every
+/// stream hook below).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+    _filter_envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+    end_of_stream: bool,
+) -> FilterStatus {
+    // SAFETY: see the function's contract.
+    let Some(f) = (unsafe { stream_filter(filter) }) else { return CONTINUE };
+    let Ok(mut flow) = f.flow.try_borrow_mut() else { return CONTINUE };
+    headers_status(flow.on_request_headers(end_of_stream))
+}
+
+/// # Safety
+/// As for the request headers.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    _filter_envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+    end_of_stream: bool,
+) -> FilterStatus {
+    // SAFETY: see the function's contract.
+    let Some(f) = (unsafe { stream_filter(filter) }) else { return CONTINUE };
+    let Ok(mut flow) = f.flow.try_borrow_mut() else { return CONTINUE };
+    // The body so far: what Envoy buffered for us, and this callback's chunk.
+    let mut size = f.stream.body_len(BUFFERED_REQUEST_BODY);
+    if !f.stream.received_is_buffered() {
+        size += f.stream.body_len(RECEIVED_REQUEST_BODY);
+    }
+    body_status(flow.on_request_body(size, end_of_stream))
+}
+
+/// # Safety
+/// As for the request headers.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    _filter_envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+    _end_of_stream: bool,
+) -> FilterStatus {
+    // SAFETY: see the function's contract.
+    let Some(f) = (unsafe { stream_filter(filter) }) else { return CONTINUE };
+    let Ok(mut flow) = f.flow.try_borrow_mut() else { return CONTINUE };
+    headers_status(flow.on_response_headers())
+}
+
+/// # Safety
+/// As for the request headers.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+    _filter_envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+    end_of_stream: bool,
+) -> FilterStatus {
+    // SAFETY: see the function's contract.
+    let Some(f) = (unsafe { stream_filter(filter) }) else { return CONTINUE };
+    let Ok(mut flow) = f.flow.try_borrow_mut() else { return CONTINUE };
+    let size = f.stream.body_len(RECEIVED_RESPONSE_BODY);
+    // Never buffered: each chunk passes as soon as the tap has read it (streams stay streams).
+    flow.on_response_body(size, end_of_stream);
+    CONTINUE
+}
+
+/// The stream is over (completed, reset or cancelled): settle and record, as wasm's `on_log`.
+///
+/// # Safety
+/// As for the request headers.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+    _filter_envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+) {
+    // SAFETY: see the function's contract.
+    if let Some(f) = unsafe { stream_filter(filter) } {
+        f.finish();
+    }
+}
+
+/// # Safety
+/// `filter` is a pointer `on_http_filter_new` returned; Envoy destroys it once, last.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: FilterModulePtr) {
+    if !filter.is_null() {
+        // SAFETY: made by Box::into_raw in on_http_filter_new; no hook runs after this one.
+        drop(unsafe { Box::from_raw(filter.cast::<StreamFilter>().cast_mut()) });
+    }
+}
+
+// The other hooks Envoy 1.40 resolves when it loads an HTTP filter module: nothing to do
+// (no trailers to inspect; no callouts, streams or timers started; no flow control).
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter: FilterModulePtr,
+) -> FilterStatus {
+    CONTINUE
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter: FilterModulePtr,
+) -> FilterStatus {
+    CONTINUE
+}
+
+/// An HTTP callout finished (none is started yet). Trailing arguments undeclared: never read.
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter: FilterModulePtr,
+    _callout_id: u64,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter: FilterModulePtr,
+    _stream_id: u64,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter: FilterModulePtr,
+    _stream_id: u64,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter: FilterModulePtr,
+    _stream_id: u64,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter: FilterModulePtr,
+    _stream_id: u64,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter: FilterModulePtr,
+    _stream_id: u64,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter: FilterModulePtr,
+    _event_id: u64,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter: FilterModulePtr,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter: FilterModulePtr,
+) {
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_abi_version_is_the_one_envoy_1_40_expects() {
+        assert_eq!(ABI_VERSION.to_str().ok(), Some("v0.2.0"));
+    }
+
+    /// Outside Envoy (a test binary exports no callbacks) the load check refuses, naming the
+    /// missing callback and the ABI version, and program init returns null.
+    #[test]
+    fn without_envoy_the_load_check_refuses_clearly() {
+        let err = Callbacks::resolve().err().unwrap_or_default();
+        assert!(err.contains("envoy_dynamic_module_callback_http_get_header"), "{err}");
+        assert!(err.contains("v0.2.0"), "{err}");
+        assert!(envoy_dynamic_module_on_program_init().is_null());
+    }
+}
