@@ -107,7 +107,7 @@ def test_envoy_without_the_master_key_in_its_environment_does_not_start(gw, tmp_
     """A config that reads the master key from a variable Envoy was not given is refused when
     the filter loads, with the variable's name (not served on with the master key unusable)."""
     yaml, log = tmp_path / "envoy.yaml", tmp_path / "envoy.log"
-    gw.cli("envoy-config", "-c", str(gw.config_path), "--wasm", gw.env_bin["SLUICE_WASM"], "--out", str(yaml),
+    gw.cli("envoy-config", "-c", str(gw.config_path), *gw.module_args, "--out", str(yaml),
            "--listen", f"127.0.0.1:{free_port()}", "--admin-port", str(free_port()))
     env = {k: v for k, v in gw.env.items() if k != "SLUICE_MASTER_KEY"}
     with open(log, "w") as out:
