@@ -1,0 +1,74 @@
+//! Translation between LLM API formats, one module per format pair (issue 11; the choice is in
+//! ARCHITECTURE.md, "Translation between formats").
+//!
+//! - [`openai_anthropic`]: an OpenAI Chat Completions client in front of an Anthropic Messages
+//!   deployment: the request there, the response, the stream and the errors back.
+//!
+//! Each direction is a pure function of bytes (the stream: a state machine fed chunk by chunk)
+//! with what it cannot know passed in ([`Target`]: the upstream model, the default
+//! `max_tokens`, whether unsupported parameters are dropped; the creation time). Translation
+//! builds `serde_json::Value`s: it runs only for a request whose client and deployment speak
+//! different formats, so the OpenAI → OpenAI path keeps its byte splicing (`request.rs`).
+//!
+//! Not wired into the filter yet: the filter will run it per upstream attempt (the
+//! deployment that answers may change between attempts).
+
+pub mod openai_anthropic;
+mod sse_events;
+
+pub use sse_events::SseEvents;
+
+use std::fmt;
+
+/// What a translation needs to know about the deployment it translates for.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The deployment's own model name (`litellm_params.model` without its provider prefix).
+    pub model: &'a str,
+    /// `max_tokens` when the client sent none and the provider requires it (Anthropic).
+    pub default_max_tokens: u64,
+    /// LiteLLM's `drop_params`: a parameter the provider cannot take is dropped (and named in
+    /// [`Translated::dropped`]) instead of refused.
+    pub drop_params: bool,
+}
+
+/// A translated request body, and the client parameters left out under `drop_params`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Translated {
+    pub body: Vec<u8>,
+    pub dropped: Vec<String>,
+}
+
+/// Why a body could not be translated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConversionError {
+    /// Not JSON, or not the shape the format requires (a client error: 400).
+    InvalidRequest { detail: String },
+    /// Parameters the provider cannot take, without `drop_params` (400, named as LiteLLM does).
+    Unsupported { provider: &'static str, params: Vec<String> },
+    /// The provider's answer is not what its format promises (502: the provider's fault).
+    InvalidResponse { detail: String },
+}
+
+impl fmt::Display for ConversionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidRequest { detail } => write!(f, "invalid request: {detail}"),
+            Self::Unsupported { provider, params } => write!(
+                f,
+                "{provider} does not support parameters: {}. To drop them, set `litellm_settings.drop_params: true` \
+                 (or `drop_params: true` in the deployment's litellm_params)",
+                params.join(", ")
+            ),
+            Self::InvalidResponse { detail } => write!(f, "the provider's response could not be translated: {detail}"),
+        }
+    }
+}
+
+fn invalid(detail: impl Into<String>) -> ConversionError {
+    ConversionError::InvalidRequest { detail: detail.into() }
+}
+
+fn bad_response(detail: impl Into<String>) -> ConversionError {
+    ConversionError::InvalidResponse { detail: detail.into() }
+}

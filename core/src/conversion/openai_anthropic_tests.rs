@@ -1,0 +1,313 @@
+//! Table-driven checks of each mapping, over payloads shaped as the providers' docs show them
+//! (`core/tests/fixtures/anthropic/`).
+
+#![allow(clippy::unwrap_used)]
+
+use serde_json::{Value, json};
+
+use super::*;
+
+const TARGET: Target<'static> =
+    Target { model: "claude-sonnet-4-5-20250929", default_max_tokens: 4096, drop_params: false };
+
+fn translate(body: Value) -> Value {
+    serde_json::from_slice(&request(body.to_string().as_bytes(), &TARGET).unwrap().body).unwrap()
+}
+
+#[test]
+fn a_conversation_with_system_images_and_tools_maps_field_by_field() {
+    let got = translate(json!({
+        "model": "claude",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "developer", "content": [{"type": "text", "text": "Use metric units."}]},
+            {"role": "user", "content": [
+                {"type": "text", "text": "What is in this picture, and the weather there?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}}
+            ]},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+                {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": ""}}
+            ]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18°C"},
+            {"role": "tool", "tool_call_id": "call_2", "content": "noon"},
+            {"role": "user", "content": "Thanks"}
+        ],
+        "max_completion_tokens": 300,
+        "stop": "END",
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "user": "user-42",
+        "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Weather now", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
+                  {"type": "function", "function": {"name": "get_time"}}],
+        "tool_choice": "required",
+        "parallel_tool_calls": false
+    }));
+    assert_eq!(
+        got,
+        json!({
+            "model": "claude-sonnet-4-5-20250929",
+            "system": [{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Use metric units."}],
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "text", "text": "What is in this picture, and the weather there?"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+                    {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}}
+                ]},
+                {"role": "assistant", "content": [
+                    {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}},
+                    {"type": "tool_use", "id": "call_2", "name": "get_time", "input": {}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "call_1", "content": "18°C"},
+                    {"type": "tool_result", "tool_use_id": "call_2", "content": "noon"},
+                    {"type": "text", "text": "Thanks"}
+                ]}
+            ],
+            "max_tokens": 300,
+            "stop_sequences": ["END"],
+            "temperature": 0.2,
+            "top_p": 0.9,
+            "stream": true,
+            "metadata": {"user_id": "user-42"},
+            "tools": [
+                {"name": "get_weather", "description": "Weather now", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}},
+                {"name": "get_time", "input_schema": {"type": "object", "properties": {}}}
+            ],
+            "tool_choice": {"type": "any", "disable_parallel_tool_use": true}
+        })
+    );
+}
+
+#[test]
+fn max_tokens_comes_from_the_deployment_when_the_client_sends_none_and_one_system_text_is_a_string() {
+    let got = translate(
+        json!({"model": "x", "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "hi"}]}),
+    );
+    assert_eq!(got["max_tokens"], 4096);
+    assert_eq!(got["system"], "S");
+    assert_eq!(got["messages"], json!([{"role": "user", "content": [{"type": "text", "text": "hi"}]}]));
+    let got = translate(
+        json!({"model": "x", "messages": [], "max_tokens": 7, "tool_choice": {"type": "function", "function": {"name": "f"}}}),
+    );
+    assert_eq!(
+        (got["max_tokens"].clone(), got["tool_choice"].clone()),
+        (json!(7), json!({"type": "tool", "name": "f"}))
+    );
+}
+
+#[test]
+fn parameters_anthropic_cannot_take_are_refused_by_name_unless_dropped() {
+    let body = json!({"model": "x", "messages": [], "logit_bias": {"1": 2}, "n": 2, "seed": 1, "n_extra_unknown": true, "response_format": {"type": "json_object"}});
+    let e = request(body.to_string().as_bytes(), &TARGET).unwrap_err();
+    assert_eq!(
+        e,
+        ConversionError::Unsupported {
+            provider: "anthropic",
+            params: vec![
+                "logit_bias".into(),
+                "n".into(),
+                "n_extra_unknown".into(),
+                "response_format".into(),
+                "seed".into()
+            ]
+        }
+    );
+    assert!(e.to_string().contains("drop_params"), "{e}");
+    let dropping = Target { drop_params: true, ..TARGET };
+    let translated = request(body.to_string().as_bytes(), &dropping).unwrap();
+    assert_eq!(translated.dropped.len(), 5);
+    let sent: Value = serde_json::from_slice(&translated.body).unwrap();
+    assert!(sent.get("logit_bias").is_none() && sent.get("seed").is_none() && sent.get("n").is_none());
+    // n = 1 and a text response format ask for nothing Anthropic lacks.
+    assert!(
+        request(
+            json!({"model": "x", "messages": [], "n": 1, "response_format": {"type": "text"}}).to_string().as_bytes(),
+            &TARGET
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn malformed_requests_get_a_reason() {
+    for (body, reason) in [
+        ("not json", "not JSON"),
+        ("[]", "must be an object"),
+        (r#"{"messages": "x"}"#, "messages must be an array"),
+        (r#"{"messages": [{"content": "x"}]}"#, "role is missing"),
+        (r#"{"messages": [{"role": "wizard", "content": "x"}]}"#, "wizard"),
+        (
+            r#"{"messages": [{"role": "assistant", "tool_calls": [{"id": "1", "function": {"name": "f", "arguments": "{oops"}}]}]}"#,
+            "not JSON",
+        ),
+        (
+            r#"{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}]}]}"#,
+            "http(s) URL",
+        ),
+        (r#"{"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}"#, "input_audio"),
+        (r#"{"messages": [], "stop": 3}"#, "stop must be"),
+        (r#"{"messages": [], "max_tokens": -1}"#, "max_tokens"),
+        (r#"{"messages": [{"role": "tool", "content": "x"}]}"#, "tool_call_id"),
+    ] {
+        let e = request(body.as_bytes(), &TARGET).unwrap_err();
+        assert!(matches!(e, ConversionError::InvalidRequest { .. }), "{body}: {e:?}");
+        assert!(e.to_string().contains(reason), "{body}: {e}");
+    }
+}
+
+#[test]
+fn a_response_with_text_and_a_tool_call_becomes_a_chat_completion() {
+    let body = include_bytes!("../../tests/fixtures/anthropic/response_tool_use.json");
+    let got: Value = serde_json::from_slice(&response(body, "claude", 1_700_000_000).unwrap()).unwrap();
+    assert_eq!(
+        got,
+        json!({
+            "id": "msg_01Aq9w938a90dw8q",
+            "object": "chat.completion",
+            "created": 1_700_000_000,
+            "model": "claude",
+            "choices": [{
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": "I'll check the weather.",
+                    "tool_calls": [{"id": "toolu_01A09q90qw90lq917835lq9", "type": "function",
+                                    "function": {"name": "get_weather", "arguments": "{\"location\":\"San Francisco, CA\",\"unit\":\"celsius\"}"}}]
+                },
+                "finish_reason": "tool_calls"
+            }],
+            "usage": {
+                "prompt_tokens": 3105,
+                "completion_tokens": 503,
+                "total_tokens": 3608,
+                "prompt_tokens_details": {"cached_tokens": 1000},
+                "cache_creation_input_tokens": 10,
+                "cache_read_input_tokens": 1000
+            }
+        })
+    );
+}
+
+#[test]
+fn stop_reasons_map_to_finish_reasons() {
+    for (stop, finish) in [
+        ("end_turn", "stop"),
+        ("stop_sequence", "stop"),
+        ("max_tokens", "length"),
+        ("tool_use", "tool_calls"),
+        ("refusal", "content_filter"),
+        ("pause_turn", "stop"),
+    ] {
+        let body = json!({"id": "m", "content": [{"type": "text", "text": "x"}], "stop_reason": stop, "usage": {"input_tokens": 1, "output_tokens": 1}});
+        let got: Value = serde_json::from_slice(&response(body.to_string().as_bytes(), "m", 0).unwrap()).unwrap();
+        assert_eq!(got["choices"][0]["finish_reason"], finish, "{stop}");
+    }
+    let bad = response(b"{\"type\":\"message\"}", "m", 0).unwrap_err();
+    assert!(matches!(bad, ConversionError::InvalidResponse { .. }), "{bad:?}");
+}
+
+#[test]
+fn provider_errors_come_back_in_openai_shape() {
+    let body = include_bytes!("../../tests/fixtures/anthropic/error_overloaded.json");
+    let got: Value = serde_json::from_slice(&error(body)).unwrap();
+    assert_eq!(
+        got,
+        json!({"error": {"message": "Overloaded", "type": "overloaded_error", "param": null, "code": "overloaded_error"}})
+    );
+    let got: Value = serde_json::from_slice(&error(b"<html>bad gateway</html>")).unwrap();
+    assert!(got["error"]["message"].as_str().unwrap().contains("bad gateway"));
+}
+
+/// The OpenAI chunks a translator writes for `stream`, fed in `pieces`.
+fn stream_chunks(pieces: &[&[u8]], include_usage: bool) -> (Vec<Value>, bool, Usage) {
+    let mut t = StreamTranslator::new("claude", 1_700_000_000, include_usage);
+    let mut out = Vec::new();
+    for (i, piece) in pieces.iter().enumerate() {
+        out.extend(t.feed(piece, i + 1 == pieces.len()));
+    }
+    let text = String::from_utf8(out).unwrap();
+    let mut chunks = Vec::new();
+    let mut done = false;
+    for event in text.split("\n\n").filter(|e| !e.is_empty()) {
+        let data = event.strip_prefix("data: ").unwrap();
+        if data == "[DONE]" {
+            assert!(!done, "[DONE] twice");
+            done = true;
+        } else {
+            assert!(!done, "a chunk after [DONE]");
+            chunks.push(serde_json::from_str(data).unwrap());
+        }
+    }
+    (chunks, done, t.usage())
+}
+
+#[test]
+fn a_streamed_tool_call_becomes_openai_chunks_whatever_the_split() {
+    let stream = include_bytes!("../../tests/fixtures/anthropic/stream_tool_use.sse");
+    let (chunks, done, usage) = stream_chunks(&[stream], true);
+    assert!(done);
+    let deltas: Vec<Value> =
+        chunks.iter().map(|c| c["choices"].get(0).map_or(Value::Null, |ch| ch["delta"].clone())).collect();
+    assert_eq!(
+        deltas,
+        [
+            json!({"role": "assistant", "content": ""}),
+            json!({"content": "Okay"}),
+            json!({"content": ", let's check the weather."}),
+            json!({"tool_calls": [{"index": 0, "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}),
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": ""}}]}),
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"location\":"}}]}),
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": " \"San Francisco, CA\"}"}}]}),
+            json!({}),
+            Value::Null, // the usage chunk has no choices
+        ]
+    );
+    assert!(chunks.iter().all(|c| c["id"] == "msg_014p7gG3wDgGV9EUtLvnow3U"
+        && c["model"] == "claude"
+        && c["object"] == "chat.completion.chunk"));
+    assert_eq!(chunks[7]["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(chunks[8]["usage"]["prompt_tokens"], 622);
+    assert_eq!(chunks[8]["usage"]["completion_tokens"], 89);
+    assert_eq!(chunks[8]["usage"]["prompt_tokens_details"]["cached_tokens"], 100);
+    assert_eq!(
+        usage,
+        Usage {
+            prompt_tokens: 622,
+            cached_prompt_tokens: 100,
+            cache_write_tokens: 50,
+            completion_tokens: 89,
+            reasoning_tokens: 0
+        }
+    );
+
+    // Split at every byte: the same chunks.
+    let whole = stream_chunks(&[stream], true);
+    for at in (0..stream.len()).step_by(7) {
+        let (a, b) = stream.split_at(at);
+        assert_eq!(stream_chunks(&[a, b], true), whole, "split at {at}");
+    }
+    // Without include_usage, no usage chunk (the request is still charged: `usage()`).
+    let (chunks, done, usage) = stream_chunks(&[stream], false);
+    assert!(done && chunks.len() == 8 && usage.completion_tokens == 89);
+}
+
+#[test]
+fn a_stream_that_fails_or_is_cut_still_ends_for_the_client() {
+    let failed = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":5}}}\n\nevent: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+    let (chunks, done, _) = stream_chunks(&[failed], true);
+    assert!(done);
+    assert_eq!(chunks.last().unwrap()["error"]["type"], "overloaded_error");
+    // Cut after the first delta: what arrived is sent, then the end.
+    let cut = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":5}}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hel\"}}";
+    let (chunks, done, usage) = stream_chunks(&[cut], true);
+    assert!(done);
+    assert_eq!(chunks.last().unwrap()["choices"][0]["delta"]["content"], "Hel");
+    assert_eq!(usage.prompt_tokens, 5);
+    // Garbage from the provider is no panic and no chunk.
+    let (chunks, done, _) = stream_chunks(&[b"data: {not json\n\nevent: content_block_delta\ndata: 7\n\n"], false);
+    assert!(done && chunks.is_empty(), "{chunks:?}");
+}
