@@ -12,6 +12,7 @@
 
 mod common;
 mod config;
+mod conversion;
 mod keys_time;
 mod request;
 mod sse;

@@ -1,0 +1,83 @@
+//! `sluice_core::conversion`: translators between API formats read a client's body and a
+//! provider's answer, both untrusted. No input may panic; a stream translator's output is the
+//! same however the provider's stream is cut, and always ends with exactly one `[DONE]`.
+
+use proptest::prelude::*;
+use proptest::sample::Index;
+use serde_json::{Value, json};
+use sluice_core::conversion::Target;
+use sluice_core::conversion::openai_anthropic::{StreamTranslator, error, request, response};
+
+use crate::common::{config, hostile_bytes, json_value, split_at_points};
+
+const TARGET: Target<'static> = Target { model: "claude", default_max_tokens: 1024, drop_params: true };
+
+/// Chat requests with the right field names and any values in them.
+fn chat_request() -> impl Strategy<Value = Vec<u8>> {
+    let message = (prop_oneof![Just("system"), Just("user"), Just("assistant"), Just("tool"), Just("x")], json_value())
+        .prop_map(|(role, content)| json!({"role": role, "content": content, "tool_call_id": "t", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{}"}}]}));
+    (prop::collection::vec(message, 0..6), json_value(), json_value(), json_value()).prop_map(
+        |(messages, tools, choice, stop)| {
+            json!({"model": "m", "messages": messages, "tools": tools, "tool_choice": choice, "stop": stop})
+                .to_string()
+                .into_bytes()
+        },
+    )
+}
+
+/// Anthropic streams of the right event names with any JSON in them.
+fn anthropic_stream() -> impl Strategy<Value = Vec<u8>> {
+    let name = prop_oneof![
+        Just("message_start"),
+        Just("content_block_start"),
+        Just("content_block_delta"),
+        Just("message_delta"),
+        Just("message_stop"),
+        Just("ping"),
+        Just("error")
+    ];
+    prop::collection::vec((name, json_value()), 0..12).prop_map(|events| {
+        events.iter().map(|(name, data)| format!("event: {name}\ndata: {data}\n\n")).collect::<String>().into_bytes()
+    })
+}
+
+fn translate_stream(pieces: &[&[u8]]) -> Vec<u8> {
+    let mut t = StreamTranslator::new("m", 0, true);
+    let mut out = Vec::new();
+    for (i, piece) in pieces.iter().enumerate() {
+        out.extend(t.feed(piece, i + 1 == pieces.len()));
+    }
+    if pieces.is_empty() {
+        out.extend(t.feed(b"", true));
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    #[test]
+    fn requests_never_panic(body in prop_oneof![chat_request(), hostile_bytes()]) {
+        if let Ok(translated) = request(&body, &TARGET) {
+            let sent: Value = serde_json::from_slice(&translated.body).unwrap();
+            prop_assert_eq!(&sent["model"], "claude");
+            prop_assert!(sent["max_tokens"].is_u64());
+        }
+    }
+
+    #[test]
+    fn responses_and_errors_never_panic(body in prop_oneof![json_value().prop_map(|v| v.to_string().into_bytes()), hostile_bytes()]) {
+        let _ = response(&body, "m", 0);
+        let e: Value = serde_json::from_slice(&error(&body)).unwrap();
+        prop_assert!(e["error"]["message"].is_string());
+    }
+
+    #[test]
+    fn a_stream_translates_the_same_however_it_is_cut(stream in prop_oneof![anthropic_stream(), hostile_bytes()], points in prop::collection::vec(any::<Index>(), 0..6)) {
+        let whole = translate_stream(&[&stream]);
+        let text = String::from_utf8(whole.clone()).unwrap();
+        prop_assert_eq!(text.matches("data: [DONE]\n\n").count(), 1);
+        prop_assert!(text.ends_with("data: [DONE]\n\n"));
+        prop_assert_eq!(translate_stream(&split_at_points(&stream, &points)), whole);
+    }
+}
