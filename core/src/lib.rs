@@ -14,6 +14,7 @@ pub mod limits;
 pub mod litellm;
 pub mod lookup_budget;
 pub mod outbox;
+pub mod price_catalog;
 pub mod request;
 pub mod routing;
 pub mod sse;

@@ -14,6 +14,7 @@ use crate::config::{
 };
 use crate::cost::Pricing;
 use crate::keys::check_master_key;
+use crate::price_catalog;
 use crate::routing::shuffle_weight;
 
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 600;
@@ -400,16 +401,28 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>) -> (Vec<Deployment>, Vec<
         let rpm = as_u64(params.get("rpm"));
         let tpm = as_u64(params.get("tpm"));
         let weight = as_u64(params.get("weight")).map(|w| u32::try_from(w).unwrap_or(u32::MAX));
+        // Prices: model_info's own, else the built-in table's for `base_model` (LiteLLM's name
+        // for what an Azure deployment runs) or the model itself.
         let price = |k: &str| as_f64(info.get(k));
-        let pricing = Pricing {
-            input_cost_per_token: price("input_cost_per_token").unwrap_or(0.0),
-            output_cost_per_token: price("output_cost_per_token").unwrap_or(0.0),
-            cache_read_input_token_cost: price("cache_read_input_token_cost"),
-            cache_creation_input_token_cost: price("cache_creation_input_token_cost"),
+        let base_model = info.get("base_model").and_then(Value::as_str);
+        let catalog = base_model.and_then(price_catalog::lookup).or_else(|| price_catalog::lookup(model));
+        let pricing = if info.contains_key("input_cost_per_token") || info.contains_key("output_cost_per_token") {
+            Pricing {
+                input_cost_per_token: price("input_cost_per_token").unwrap_or(0.0),
+                output_cost_per_token: price("output_cost_per_token").unwrap_or(0.0),
+                cache_read_input_token_cost: price("cache_read_input_token_cost"),
+                cache_creation_input_token_cost: price("cache_creation_input_token_cost"),
+            }
+        } else if let Some(listed) = catalog {
+            listed.pricing()
+        } else {
+            let named = base_model.unwrap_or(model);
+            cx.warnings.push(format!(
+                "{at}: no price known for {named:?} (not in the built-in table, no model_info prices): its spend \
+                 will be recorded as $0 until model_info.input_cost_per_token / output_cost_per_token are set"
+            ));
+            Pricing::default()
         };
-        if !info.contains_key("input_cost_per_token") && !info.contains_key("output_cost_per_token") {
-            cx.warnings.push(format!("{at}: no model_info prices; its spend will be recorded as $0"));
-        }
         let cluster = cluster_name(&id);
         if deployments.iter().any(|d: &Deployment| d.id == id) {
             cx.error(format!("{at}: deployment id {id:?} is used by another entry; ids must be unique"));
@@ -430,7 +443,9 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>) -> (Vec<Deployment>, Vec<
             rpm,
             tpm,
             pricing,
-            max_output_tokens: as_u64(info.get("max_output_tokens")).or_else(|| as_u64(info.get("max_tokens"))),
+            max_output_tokens: as_u64(info.get("max_output_tokens"))
+                .or_else(|| as_u64(info.get("max_tokens")))
+                .or_else(|| catalog.and_then(|c| c.max_output_tokens)),
         });
     }
     (deployments, upstreams)
@@ -638,6 +653,29 @@ mod tests {
             from_litellm(&json!({"model_list": [{"model_name": "m", "litellm_params": {"model": "gpt-4o"}}]}), &env)
                 .unwrap();
         assert_eq!(s.gateway.deployments[0].provider, Provider::Openai);
-        assert!(s.warnings.iter().any(|w| w.contains("no model_info prices")));
+        // gpt-4o is in the built-in table: priced, and its output limit known.
+        assert_eq!(s.gateway.deployments[0].pricing.input_cost_per_token, 2.5e-6);
+        assert_eq!(s.gateway.deployments[0].max_output_tokens, Some(16_384));
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    }
+
+    #[test]
+    fn prices_come_from_model_info_else_the_table_else_a_warning_naming_the_model() {
+        let entry = |model: &str, info: Value| json!({"model_name": "m", "litellm_params": {"model": model}, "model_info": info});
+        let doc = json!({"model_list": [
+            entry("openai/gpt-4o", json!({"id": "own", "input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6})),
+            entry("hosted_vllm/prod-east", json!({"id": "proxied", "base_model": "gpt-4o-mini"})),
+            entry("anthropic/claude-sonnet-4-5", json!({"id": "claude"})),
+            entry("hosted_vllm/llama-3-70b", json!({"id": "vllm"})),
+        ]});
+        let s = from_litellm(&doc, &env).unwrap();
+        let price = |i: usize| s.gateway.deployments[i].pricing;
+        assert_eq!((price(0).input_cost_per_token, price(0).output_cost_per_token), (1e-6, 2e-6));
+        assert_eq!((price(1).input_cost_per_token, price(1).output_cost_per_token), (1.5e-7, 6e-7));
+        assert_eq!(price(2).cache_creation_input_token_cost, Some(3.75e-6));
+        assert_eq!(price(3), Pricing::default());
+        let unpriced: Vec<&String> = s.warnings.iter().filter(|w| w.contains("no price known")).collect();
+        assert_eq!(unpriced.len(), 1, "{:?}", s.warnings);
+        assert!(unpriced[0].contains("hosted_vllm/llama-3-70b"), "{}", unpriced[0]);
     }
 }

@@ -63,3 +63,29 @@ def test_a_failure_policy_the_build_cannot_apply_is_refused(gw, tmp_path):
     else:
         assert r.returncode == 0, r.stderr
         assert "FAIL_OPEN" in (tmp_path / "e.yaml").read_text()
+
+
+def test_prices_come_from_the_built_in_table_and_an_unpriced_model_is_named(gw, tmp_path):
+    """A model_list entry without model_info prices is priced from the built-in table (LiteLLM's
+    published prices, `cargo xtask prices`); one the table does not know is named by `sluice
+    config check`, never silently billed $0 without a word."""
+    cfg = {
+        "model_list": [
+            {"model_name": "mini", "litellm_params": {"model": "openai/gpt-4o-mini", "api_base": gw.mock_url + "/v1",
+                                                       "api_key": "os.environ/MOCK_OPENAI_KEY"}},
+            {"model_name": "llama", "litellm_params": {"model": "hosted_vllm/llama-3-70b", "api_base": gw.mock_url + "/v1",
+                                                        "api_key": "os.environ/MOCK_OPENAI_KEY"}},
+        ],
+        "general_settings": {"master_key": "os.environ/SLUICE_MASTER_KEY"},
+    }
+    path = tmp_path / "priced.yaml"
+    path.write_text(json.dumps(cfg))
+    r = gw.cli("config", "check", "-c", str(path))
+    unpriced = [line for line in r.stderr.splitlines() if "no price known" in line]
+    assert len(unpriced) == 1 and "hosted_vllm/llama-3-70b" in unpriced[0], r.stderr
+    # The table's price reaches the filter's config: what every request of the group is charged.
+    out = tmp_path / "envoy.yaml"
+    gw.cli("envoy-config", "-c", str(path), *gw.filter_args(), "--out", str(out),
+           "--listen", f"127.0.0.1:{free_port()}", "--admin-port", str(free_port()))
+    text = out.read_text().replace("\\", "")
+    assert '"input_cost_per_token":1.5e-7' in text and '"output_cost_per_token":6e-7' in text, text[:3000]

@@ -24,6 +24,7 @@
 mod bench;
 mod bench_fleet;
 mod bench_native;
+mod prices;
 mod proc;
 mod quickstart;
 mod setup;
@@ -45,9 +46,10 @@ fn main() -> ExitCode {
         Some("bench-native") => bench_native::bench_native(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         Some("soak") => soak::soak(&args[1..]),
+        Some("prices") => prices::prices(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|run [--smoke]|join|test|bench [--quick] [--no-litellm]|bench-fleet|bench-native [--quick] [--quiet-usage]|fuzz [--cases N]|soak [--duration SECS]>"
+                "usage: cargo xtask <setup|run [--smoke]|join|test|bench [--quick] [--no-litellm]|bench-fleet|bench-native [--quick] [--quiet-usage]|fuzz [--cases N]|soak [--duration SECS]|prices [--litellm VERSION]>"
             );
             return ExitCode::from(2);
         }

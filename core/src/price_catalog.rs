@@ -1,0 +1,114 @@
+//! The built-in price table: prices and output limits of public models, taken as data from
+//! LiteLLM's published price map (`core/data/model_prices.json`, refreshed by `cargo xtask
+//! prices`, one model a line so a refresh reads as a diff). config.yaml's `model_info` prices
+//! override it.
+//!
+//! Used where config.yaml is read (the CLI and the control plane); the filter gets prices
+//! already resolved in its config, so the table is never in the wasm module.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+
+use crate::cost::Pricing;
+
+const TABLE: &str = include_str!("../data/model_prices.json");
+
+/// One model's entry.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+pub struct CatalogPrice {
+    #[serde(default)]
+    pub input: f64,
+    #[serde(default)]
+    pub output: f64,
+    #[serde(default)]
+    pub cache_read: Option<f64>,
+    #[serde(default)]
+    pub cache_write: Option<f64>,
+    #[serde(default)]
+    pub max_output_tokens: Option<u64>,
+}
+
+impl CatalogPrice {
+    pub fn pricing(&self) -> Pricing {
+        Pricing {
+            input_cost_per_token: self.input,
+            output_cost_per_token: self.output,
+            cache_read_input_token_cost: self.cache_read,
+            cache_creation_input_token_cost: self.cache_write,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Entry {
+    provider: String,
+    #[serde(flatten)]
+    price: CatalogPrice,
+}
+
+/// Model name → (LiteLLM provider, price). Parsed once; an unreadable table (a bad refresh,
+/// caught by this module's tests) is an empty one, so every model is then "no known price".
+fn table() -> &'static HashMap<String, (String, CatalogPrice)> {
+    static PARSED: OnceLock<HashMap<String, (String, CatalogPrice)>> = OnceLock::new();
+    PARSED.get_or_init(|| {
+        let raw: HashMap<String, serde_json::Value> = serde_json::from_str(TABLE).unwrap_or_default();
+        raw.into_iter()
+            .filter(|(name, _)| !name.starts_with('_'))
+            .filter_map(|(name, v)| serde_json::from_value::<Entry>(v).ok().map(|e| (name, (e.provider, e.price))))
+            .collect()
+    })
+}
+
+/// The price of `model` as config.yaml names it (`litellm_params.model`, `provider/name`, or
+/// `model_info.base_model`): the name as written, else the name without its provider prefix
+/// when the table lists it under that provider (LiteLLM keys OpenAI and Anthropic models by
+/// their bare names, Azure and Bedrock ones with their prefix).
+pub fn lookup(model: &str) -> Option<CatalogPrice> {
+    let table = table();
+    if let Some((_, price)) = table.get(model) {
+        return Some(*price);
+    }
+    let (provider, name) = model.split_once('/')?;
+    let (listed_under, price) = table.get(name)?;
+    let same_provider = listed_under == provider
+        || (provider == "text-completion-openai" && listed_under == "openai")
+        || (provider == "anthropic" && listed_under.starts_with("anthropic"));
+    same_provider.then_some(*price)
+}
+
+/// How many models the table has (for `sluice config check`'s summary and the tests).
+pub fn len() -> usize {
+    table().len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_parses_whole() {
+        let raw: HashMap<String, serde_json::Value> = serde_json::from_str(TABLE).unwrap_or_default();
+        // Every line is a model (but the `_about` header), and every model parsed.
+        assert!(len() > 1000, "{} models", len());
+        assert_eq!(len(), raw.len() - 1);
+    }
+
+    #[test]
+    fn models_are_found_as_config_yaml_names_them() {
+        // Prices as the providers publish them (USD per token), via LiteLLM's map.
+        let gpt4o = lookup("openai/gpt-4o");
+        assert_eq!(gpt4o.map(|p| (p.input, p.output, p.cache_read)), Some((2.5e-6, 1e-5, Some(1.25e-6))));
+        assert_eq!(lookup("gpt-4o"), gpt4o);
+        let sonnet = lookup("anthropic/claude-sonnet-4-5").map(|p| (p.input, p.output, p.cache_read, p.cache_write));
+        assert_eq!(sonnet, Some((3e-6, 1.5e-5, Some(3e-7), Some(3.75e-6))));
+        assert_eq!(lookup("azure/gpt-4o").map(|p| p.input), Some(2.5e-6));
+        let embedding = lookup("openai/text-embedding-3-small").map(|p| (p.input, p.output));
+        assert_eq!(embedding, Some((2e-8, 0.0)));
+        // A name listed under another provider is not that provider's price.
+        assert_eq!(lookup("anthropic/gpt-4o"), None);
+        assert_eq!(lookup("openai/my-fine-tune"), None);
+        assert_eq!(lookup("hosted_vllm/llama-3"), None);
+    }
+}
