@@ -102,14 +102,6 @@ pub fn setup() -> Result<Tools, String> {
     })
 }
 
-/// The pinned Envoy (the venv installed if missing), building nothing: for commands that need
-/// Envoy but not every artifact `setup` builds.
-pub fn envoy() -> Result<PathBuf, String> {
-    let root = root();
-    python_venv(&root)?;
-    envoy_binary(&root)
-}
-
 /// A project-local venv with the pinned requirements, reinstalled only when they change.
 fn python_venv(root: &Path) -> Result<PathBuf, String> {
     let venv = root.join(".venv");
