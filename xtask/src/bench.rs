@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick] [--no-litellm] [--profile] [--native-filter PATH]`: every front
+//! `cargo xtask bench [--quick] [--no-litellm] [--profile] [--no-pin] [--native-filter PATH]`: every front
 //! Envoy issue 15 compares, in one run, in alternating rounds, on one upstream.
 //!
 //! - Front Envoys, each `--concurrency 1`: bare; the no-op wasm filter (`tests/noop-filter`); the
@@ -7,8 +7,8 @@
 //! - Upstream: one Envoy with `direct_response` (an OpenAI chat completion with `usage`, or an SSE
 //!   stream when the request carries `x-bench-stream`): cheaper than any gateway in front of it,
 //!   so the ratios measure the gateway, not the upstream.
-//! - With two cores or more, the measured Envoy runs on core 0, wrk, the upstream and this
-//!   process on core 1.
+//! - With two cores or more (and no `--no-pin`), the measured Envoy runs on core 0, wrk, the
+//!   upstream and this process on core 1.
 //! - Scenarios (`Scenario`), each run for every Envoy in every round, the order rotated per round
 //!   and scenario so no Envoy always goes first. Per run: req/s, latency, and the Envoy's own CPU
 //!   time (utime + stime from /proc) per request.
@@ -130,6 +130,7 @@ struct Options {
     quick: bool,
     no_litellm: bool,
     profile: bool,
+    no_pin: bool,
     native_filter: Option<PathBuf>,
 }
 
@@ -138,6 +139,7 @@ fn options(args: &[String]) -> Result<Options, String> {
         quick: false,
         no_litellm: false,
         profile: false,
+        no_pin: false,
         native_filter: std::env::var_os("SLUICE_NATIVE").filter(|v| !v.is_empty()).map(PathBuf::from),
     };
     let mut it = args.iter();
@@ -146,6 +148,7 @@ fn options(args: &[String]) -> Result<Options, String> {
             "--quick" => o.quick = true,
             "--no-litellm" => o.no_litellm = true,
             "--profile" => o.profile = true,
+            "--no-pin" => o.no_pin = true,
             "--native-filter" => o.native_filter = Some(it.next().ok_or("--native-filter needs a path")?.into()),
             other => return Err(format!("cargo xtask bench: unknown argument {other}")),
         }
@@ -173,7 +176,9 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     let key = new_key(&cli, &config_s, "bench", &["--rpm", "100000000", "--tpm", "1000000000000"], &env)?;
     let limited_key = new_key(&cli, &config_s, "bench-limited", &["--rpm", "1"], &env)?;
 
-    let pin = pinning();
+    // Counted before this process pins itself to one core.
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let pin = !opts.no_pin && cores >= 2 && taskset_works();
     if pin {
         // wrk, the upstream and the TTFT client (this process) share the load core.
         let me = std::process::id().to_string();
@@ -291,6 +296,8 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     }
     let load_after = loadavg();
     let rss_after: Vec<u64> = fronts.iter().map(|f| f.pid.as_ref().map_or(0, |p| rss_kib(*p))).collect();
+    let metered: Vec<(Kind, Result<u64, String>)> =
+        running.iter().filter(|f| f.kind.is_sluice()).map(|f| (f.kind, metered_tokens(f.kind))).collect();
     let litellm_rss = litellm.as_ref().map_or(0, |l| rss_kib(l.pid));
 
     let profile = if !opts.profile {
@@ -315,7 +322,9 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         rounds,
         duration,
         ttft_per_round,
+        cores,
         pinned: pin,
+        metered,
         load_before,
         load_after,
         fronts: &fronts,
@@ -338,7 +347,10 @@ pub(crate) struct Run<'a> {
     pub(crate) rounds: usize,
     pub(crate) duration: &'a str,
     pub(crate) ttft_per_round: usize,
+    pub(crate) cores: usize,
     pub(crate) pinned: bool,
+    /// Completion tokens each Sluice Envoy counted over the run.
+    pub(crate) metered: Vec<(Kind, Result<u64, String>)>,
     pub(crate) load_before: String,
     pub(crate) load_after: String,
     pub(crate) fronts: &'a [Front],
@@ -371,10 +383,16 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Pin only where there are cores to pin to, and `taskset` to do it.
-fn pinning() -> bool {
-    std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
-        && Command::new("taskset").arg("-V").output().is_ok_and(|o| o.status.success())
+fn taskset_works() -> bool {
+    Command::new("taskset").arg("-V").output().is_ok_and(|o| o.status.success())
+}
+
+/// The completion tokens a Sluice Envoy has counted (its `sluice.completion_tokens.*` metrics):
+/// more than zero shows the upstream's `usage` was parsed, i.e. each request was metered.
+fn metered_tokens(kind: Kind) -> Result<u64, String> {
+    let admin = format!("127.0.0.1:{}", kind.admin());
+    let (_, stats) = crate::quickstart::http(&admin, "GET", "/stats?filter=completion_tokens", &[], "")?;
+    Ok(stats.lines().filter_map(|l| l.rsplit_once(": ")?.1.trim().parse::<u64>().ok()).sum())
 }
 
 /// `sluice key new --append-to config.yaml`, returning the key.

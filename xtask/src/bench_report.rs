@@ -104,11 +104,11 @@ fn refused_share(run: &Run, s: Scenario, k: Kind) -> f64 {
 pub(crate) fn render(run: &Run) -> String {
     let date = proc::output("date", &["-u", "+%Y-%m-%d %H:%M UTC"], &[]).unwrap_or_default();
     let kernel = proc::output("uname", &["-r"], &[]).unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cores = run.cores;
     let pinning = if run.pinned {
         "the measured Envoy pinned to core 0; wrk (1 thread), the upstream Envoy and the time-to-first-token client on core 1"
     } else {
-        "nothing pinned (fewer than two cores, or no `taskset`)"
+        "nothing pinned (`--no-pin`, fewer than two cores, or no `taskset`)"
     };
     let mut out = format!(
         "Measured {} on this machine ({cores} cores, Linux {}), `{}`: {} round(s), {} per run, every scenario run for every \
@@ -229,7 +229,7 @@ fn targets(run: &Run) -> String {
 fn per_envoy(run: &Run) -> String {
     let mut out = String::from(
         "**Per Envoy** (median (min–max) over rounds; added CPU paired per round with bare Envoy)\n\n\
-| scenario | Envoy | req/s | Envoy CPU per request | added CPU vs bare | p50 | p99 |\n|---|---|---|---|---|---|---|\n",
+| scenario | Envoy | req/s | Envoy CPU per request | added CPU vs bare | Envoy's core busy | p50 | p99 |\n|---|---|---|---|---|---|---|---|\n",
     );
     for s in SCENARIOS {
         for k in KINDS {
@@ -245,18 +245,22 @@ fn per_envoy(run: &Run) -> String {
             let opt = |v: Option<Spread>, d: usize, unit: &str| {
                 v.map_or("—".to_owned(), |v| format!("{}{unit}", fmt(v, d)))
             };
-            let (rps, cpu_cell, added) = if s == Scenario::Ttft1 {
-                ("—".to_owned(), "—".to_owned(), "—".to_owned())
+            let (rps, cpu_cell, added, busy) = if s == Scenario::Ttft1 {
+                ("—".to_owned(), "—".to_owned(), "—".to_owned(), "—".to_owned())
             } else {
                 let added = if k == KINDS[BARE] {
                     "—".to_owned()
                 } else {
                     diff(run, s, k, KINDS[BARE], cpu).map_or("—".to_owned(), |v| format!("{} µs", fmt_signed(v, 1)))
                 };
-                (opt(of(run, s, k, |r| r.rps), 0, ""), opt(of(run, s, k, cpu), 1, " µs"), added)
+                // How much of one core the Envoy used: near 100 % it was the bottleneck; well
+                // below, something else was (the load core, or a busy machine).
+                let busy = of(run, s, k, |r| r.rps * r.envoy_cpu_us_per_request / 1e4)
+                    .map_or("—".to_owned(), |v| format!("{:.0} %", v.0));
+                (opt(of(run, s, k, |r| r.rps), 0, ""), opt(of(run, s, k, cpu), 1, " µs"), added, busy)
             };
             out.push_str(&format!(
-                "| {} | {name} | {rps} | {cpu_cell} | {added} | {} | {} |\n",
+                "| {} | {name} | {rps} | {cpu_cell} | {added} | {busy} | {} | {} |\n",
                 s.label(),
                 opt(of(run, s, k, |r| r.p50_us), 0, " µs"),
                 opt(of(run, s, k, |r| r.p99_us), 0, " µs"),
@@ -286,10 +290,20 @@ Postgres) but not as Envoy CPU per request.",
         }
     }
     out.push_str(&format!(
-        " The time to first token is measured on {} streams per Envoy and round, one connection each; the upstream \
-sends the whole stream at once, so it is the gateway's added latency to the first event, not a model's.\n",
+        "\n\n**Reading.** The time to first token is measured on {} streams per Envoy and round, one connection each; \
+the upstream sends the whole stream at once, so it is the gateway's added latency to the first event, not a model's.",
         run.ttft_per_round
     ));
+    for (k, tokens) in &run.metered {
+        match tokens {
+            Ok(n) => out.push_str(&format!(
+                " {} counted {n} completion tokens over the run (the upstream's `usage`, metered).",
+                k.name()
+            )),
+            Err(e) => out.push_str(&format!(" {}'s metering could not be read: {e}.", k.name())),
+        }
+    }
+    out.push('\n');
     out.push_str(
         "\nThe limit-hit row: Sluice refuses with a 429 before any upstream call, bare Envoy and the no-op filters \
 (which check no key) serve the same requests; its CPU ratio says how much cheaper an over-limit request is for Sluice \

@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         Some("soak") => soak::soak(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|run [--smoke]|join|test|bench [--quick] [--no-litellm] [--profile] [--native-filter PATH]|bench-fleet|bench-native|fuzz [--cases N]|soak [--duration SECS]>"
+                "usage: cargo xtask <setup|run [--smoke]|join|test|bench [--quick] [--no-litellm] [--profile] [--no-pin] [--native-filter PATH]|bench-fleet|bench-native|fuzz [--cases N]|soak [--duration SECS]>"
             );
             return ExitCode::from(2);
         }
