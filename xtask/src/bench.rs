@@ -212,8 +212,10 @@ pub fn bench(args: &[String]) -> Result<(), String> {
             Kind::SluiceNative => match &native {
                 None => Err("not built: pass `--native-filter PATH` or `SLUICE_NATIVE=PATH`".to_owned()),
                 Some(so) if !so.exists() => Err(format!("not built: no file at {}", so.display())),
-                Some(so) => sluice_config(&cli, &config_s, "--native", so, &yaml, kind, &env)
-                    .map_err(|e| format!("could not be configured: {e}")),
+                // The CLI's error (clap's usage, on several lines) on one line of the table's notes.
+                Some(so) => sluice_config(&cli, &config_s, "--native", so, &yaml, kind, &env).map_err(|e| {
+                    format!("could not be configured: {}", e.split_whitespace().collect::<Vec<_>>().join(" "))
+                }),
             },
         };
         let pid = written.and_then(|()| {

@@ -59,6 +59,9 @@ pub(crate) fn profile(
         if let Some(n) = line.strip_prefix("# Samples: ") {
             samples = parse_count(n);
         }
+        if line.starts_with('#') {
+            continue;
+        }
         let Some((pct, rest)) = line.split_once('%') else { continue };
         let Ok(pct) = pct.trim().parse::<f64>() else { continue };
         let mut parts = rest.split_whitespace();
@@ -77,6 +80,12 @@ pub(crate) fn profile(
     if groups.is_empty() {
         return Err(format!("`perf report` gave no samples; see {}", data.display()));
     }
+    // Thousands of entries each rounded to 0.01 % do not add up to exactly 100: normalise.
+    let total: f64 = groups.iter().map(|(_, pct)| pct).sum();
+    for (_, pct) in &mut groups {
+        *pct *= 100.0 / total;
+    }
+    unresolved_envoy_share *= 100.0 / total;
     groups.sort_by(|a, b| b.1.total_cmp(&a.1));
     Ok(Profile { cpu_us_per_request: run.envoy_cpu_us_per_request, samples, groups, unresolved_envoy_share })
 }
