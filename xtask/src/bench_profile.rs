@@ -77,11 +77,11 @@ pub(crate) fn profile(
             None => groups.push((group, pct)),
         }
     }
-    if groups.is_empty() {
+    let total: f64 = groups.iter().map(|(_, pct)| pct).sum();
+    if groups.is_empty() || total <= 0.0 {
         return Err(format!("`perf report` gave no samples; see {}", data.display()));
     }
     // Thousands of entries each rounded to 0.01 % do not add up to exactly 100: normalise.
-    let total: f64 = groups.iter().map(|(_, pct)| pct).sum();
     for (_, pct) in &mut groups {
         *pct *= 100.0 / total;
     }
