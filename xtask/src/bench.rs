@@ -222,6 +222,11 @@ pub fn bench(args: &[String]) -> Result<(), String> {
             let core = pin.then_some(ENVOY_CORE);
             start_envoy(&tools.envoy, &yaml, kind.admin(), 30 + kind.index(), core, &dir, &env, &mut children)
         });
+        // A native module must have been loaded at this Envoy's ABI version.
+        let pid = match kind {
+            Kind::SluiceNative => pid.and_then(|p| check_native_abi(&dir, kind).map(|()| p)),
+            _ => pid,
+        };
         // Only Sluice (native) may be missing; every other Envoy must run.
         let pid = match pid {
             Err(e) if kind != Kind::SluiceNative => return Err(format!("{}: {e}", kind.name())),
