@@ -1,9 +1,21 @@
-//! `cargo xtask bench`: Envoy+Sluice against bare Envoy, in one run, alternating, on the same
-//! mock provider. A 1 KB chat request with a ~1.4 KB response, at one connection (latency) and
-//! at saturation (throughput), plus time to first token on a stream. LiteLLM's proxy (pinned, in
-//! its own venv, `.venv-litellm`) is measured at saturation against the same mock, unless
-//! `--no-litellm`. Results go to stdout and to BENCHMARKS.md (between the generated-results
-//! markers).
+//! `cargo xtask bench [--quick] [--no-litellm] [--profile] [--no-pin] [--native-filter PATH]`: every front
+//! Envoy issue 15 compares, in one run, in alternating rounds, on one upstream.
+//!
+//! - Front Envoys, each `--concurrency 1`: bare; the no-op wasm filter (`tests/noop-filter`); the
+//!   native no-op module (`tests/native-noop`); Sluice (wasm); Sluice (native, when a
+//!   `libsluice_filter.so` is given with `--native-filter` or `SLUICE_NATIVE`).
+//! - Upstream: one Envoy with `direct_response` (an OpenAI chat completion with `usage`, or an SSE
+//!   stream when the request carries `x-bench-stream`): cheaper than any gateway in front of it,
+//!   so the ratios measure the gateway, not the upstream.
+//! - With two cores or more (and no `--no-pin`), the measured Envoy runs on core 0, wrk, the
+//!   upstream and this process on core 1.
+//! - Scenarios (`Scenario`), each run for every Envoy in every round, the order rotated per round
+//!   and scenario so no Envoy always goes first. Per run: req/s, latency, and the Envoy's own CPU
+//!   time (utime + stime from /proc) per request.
+//!
+//! LiteLLM's proxy (pinned, its own venv) is measured on the same upstream unless `--no-litellm`;
+//! `--profile` adds a `perf record` of Sluice's (wasm) Envoy during one saturated run. The report
+//! goes to stdout and to BENCHMARKS.md, between the bench-results markers.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -11,296 +23,502 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::envoy_yaml::{self, Filter, STREAM_HEADER};
 use crate::proc::{self, root};
 use crate::setup;
 use crate::supervise::Children;
 
-const MOCK_PORT: u16 = 18_081;
-const BARE_PORT: u16 = 18_000;
-const SLUICE_PORT: u16 = 18_001;
-const NOOP_PORT: u16 = 18_002;
-const BARE_ADMIN: u16 = 18_900;
-const SLUICE_ADMIN: u16 = 18_901;
-const NOOP_ADMIN: u16 = 18_902;
+const UPSTREAM_PORT: u16 = 18_110;
+const UPSTREAM_ADMIN: u16 = 18_910;
 const LITELLM_PORT: u16 = 18_400;
 /// LiteLLM's proxy, pinned: the 1.106 line DESIGN.md's anchor was measured with, at the newest
 /// release whose dependencies resolve here (1.106.10 needs a certifi newer than any published).
 const LITELLM_VERSION: &str = "1.106.0";
+/// The measured Envoy's core, and everything else's, when the machine has two.
+const ENVOY_CORE: &str = "0";
+const LOAD_CORE: &str = "1";
 
-/// The Envoys measured, in the order each round runs them: bare, Sluice, and the floor (a
-/// no-op wasm filter) that shows what any proxy-wasm filter costs on this Envoy.
-const BARE: usize = 0;
-const SLUICE: usize = 1;
-const NOOP: usize = 2;
-const PORTS: [u16; 3] = [BARE_PORT, SLUICE_PORT, NOOP_PORT];
-const NAMES: [&str; 3] = ["bare Envoy", "Envoy+Sluice", "Envoy+no-op wasm filter"];
+/// The front Envoys, in their base order (`BARE` first: everything is compared with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Bare,
+    NoopWasm,
+    NoopNative,
+    SluiceWasm,
+    SluiceNative,
+}
 
+pub(crate) const KINDS: [Kind; 5] =
+    [Kind::Bare, Kind::NoopWasm, Kind::NoopNative, Kind::SluiceWasm, Kind::SluiceNative];
+pub(crate) const BARE: usize = 0;
+
+impl Kind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Bare => "bare Envoy",
+            Kind::NoopWasm => "no-op wasm",
+            Kind::NoopNative => "no-op native",
+            Kind::SluiceWasm => "Sluice (wasm)",
+            Kind::SluiceNative => "Sluice (native)",
+        }
+    }
+    pub(crate) fn index(self) -> usize {
+        KINDS.iter().position(|k| *k == self).unwrap_or(0)
+    }
+    fn port(self) -> u16 {
+        18_100 + self.index() as u16
+    }
+    fn admin(self) -> u16 {
+        18_920 + self.index() as u16
+    }
+    pub(crate) fn is_sluice(self) -> bool {
+        matches!(self, Kind::SluiceWasm | Kind::SluiceNative)
+    }
+}
+
+/// A front Envoy: running (its pid), or why not.
+pub(crate) struct Front {
+    pub(crate) kind: Kind,
+    pub(crate) pid: Result<u32, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scenario {
+    Chat32,
+    Chat1,
+    Stream32,
+    Ttft1,
+    Prompt32k,
+    Limited,
+}
+
+pub(crate) const SCENARIOS: [Scenario; 6] =
+    [Scenario::Chat32, Scenario::Chat1, Scenario::Stream32, Scenario::Ttft1, Scenario::Prompt32k, Scenario::Limited];
+
+impl Scenario {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Scenario::Chat32 => "chat, 32 connections",
+            Scenario::Chat1 => "chat, 1 connection",
+            Scenario::Stream32 => "streaming, 32 connections",
+            Scenario::Ttft1 => "streaming, time to first token (1 connection)",
+            Scenario::Prompt32k => "32 KB prompt, 32 connections",
+            Scenario::Limited => "limit hit (RPM exhausted), 32 connections",
+        }
+    }
+    /// Latency is what counts at one connection; throughput and CPU elsewhere.
+    pub(crate) fn is_latency(self) -> bool {
+        matches!(self, Scenario::Chat1 | Scenario::Ttft1)
+    }
+}
+
+/// One measured run of one Envoy in one scenario.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct WrkResult {
     pub(crate) rps: f64,
     pub(crate) p50_us: f64,
     pub(crate) p99_us: f64,
     pub(crate) requests: f64,
+    /// Responses that were not 2xx (the limit-hit scenario's 429s).
+    pub(crate) non_2xx: f64,
     /// Envoy's CPU time (user + system) per request during the run: unlike req/s, this does
-    /// not depend on how the two cores are shared with wrk and the mock.
+    /// not depend on how the cores are shared with wrk and the upstream.
     pub(crate) envoy_cpu_us_per_request: f64,
 }
 
+struct Options {
+    quick: bool,
+    no_litellm: bool,
+    profile: bool,
+    no_pin: bool,
+    native_filter: Option<PathBuf>,
+}
+
+fn options(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        quick: false,
+        no_litellm: false,
+        profile: false,
+        no_pin: false,
+        native_filter: std::env::var_os("SLUICE_NATIVE").filter(|v| !v.is_empty()).map(PathBuf::from),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--no-litellm" => o.no_litellm = true,
+            "--profile" => o.profile = true,
+            "--no-pin" => o.no_pin = true,
+            "--native-filter" => o.native_filter = Some(it.next().ok_or("--native-filter needs a path")?.into()),
+            other => return Err(format!("cargo xtask bench: unknown argument {other}")),
+        }
+    }
+    Ok(o)
+}
+
 pub fn bench(args: &[String]) -> Result<(), String> {
-    let quick = args.iter().any(|a| a == "--quick");
-    let no_litellm = args.iter().any(|a| a == "--no-litellm");
-    let (duration, rounds, ttft_requests) = if quick { ("3s", 1, 50) } else { ("10s", 3, 300) };
+    let opts = options(args)?;
+    let (duration, rounds, ttft_per_round) = if opts.quick { ("2s", 1, 30) } else { ("6s", 3, 100) };
     let tools = setup::setup()?;
     ensure_wrk()?;
-    let cargo = proc::cargo();
-    proc::step(
-        "build the mock provider (release)",
-        proc::run(&cargo, &["build", "--quiet", "--release", "-p", "sluice-mock-provider"], &[]),
-    )?;
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root().join("target"));
-    let mock_bin = target.join("release/sluice-mock-provider");
-    // The floor: setup builds the no-op filter with Sluice's.
-    let noop_wasm = tools.noop_wasm.clone();
-
     let dir = root().join(".sluice/bench");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let provider_key = format!("bench-provider-{}", proc::random_hex()?);
     let env = [("BENCH_PROVIDER_KEY", provider_key.as_str())];
+    let cli = tools.cli.to_string_lossy().into_owned();
 
     // Sluice's config: one key with RPM, TPM and budget limits high enough never to trigger, so
-    // every request pays for auth, limit checks, budget reservation, body rewrite and usage.
+    // every request pays for auth, limit checks, budget reservation and usage; and one with
+    // RPM 1, exhausted by the warm-up, for the limit-hit scenario.
     let config = dir.join("config.yaml");
     std::fs::write(&config, bench_config()).map_err(|e| e.to_string())?;
-    let cli = tools.cli.to_string_lossy().into_owned();
     let config_s = config.to_string_lossy().into_owned();
-    let created = proc::output(
-        &cli,
-        &[
-            "key",
-            "new",
-            "--alias",
-            "bench",
-            "--rpm",
-            "100000000",
-            "--tpm",
-            "1000000000000",
-            "--max-budget",
-            "1000000000",
-            "--append-to",
-            &config_s,
-            "--json",
-        ],
-        &env,
-    )?;
-    let key = crate::quickstart::json_string_field(&created, "key").ok_or("no key from the CLI")?;
-    let sluice_yaml = dir.join("sluice-envoy.yaml");
-    crate::quickstart::envoy_config(
-        &cli,
-        &config_s,
-        &tools.wasm.to_string_lossy(),
-        &sluice_yaml.to_string_lossy(),
-        &format!("127.0.0.1:{SLUICE_PORT}"),
-        &SLUICE_ADMIN.to_string(),
-        &env,
-    )?;
-    let bare_yaml = dir.join("bare-envoy.yaml");
-    std::fs::write(&bare_yaml, reference_envoy_config(BARE_PORT, BARE_ADMIN, None)).map_err(|e| e.to_string())?;
-    let noop_yaml = dir.join("noop-envoy.yaml");
-    std::fs::write(&noop_yaml, reference_envoy_config(NOOP_PORT, NOOP_ADMIN, Some(&noop_wasm)))
-        .map_err(|e| e.to_string())?;
+    let key = new_key(&cli, &config_s, "bench", &["--rpm", "100000000", "--tpm", "1000000000000"], &env)?;
+    let limited_key = new_key(&cli, &config_s, "bench-limited", &["--rpm", "1"], &env)?;
 
-    let body = chat_body(false);
-    let stream_body = chat_body(true);
-    let lua = dir.join("post.lua");
-    std::fs::write(&lua, wrk_script(&key, &body, &provider_key)).map_err(|e| e.to_string())?;
-
-    let mut children = Children(Vec::new());
-    children.0.push(
-        Command::new(&mock_bin)
-            .args(["--listen", &format!("127.0.0.1:{MOCK_PORT}"), "--openai-key", &provider_key, "--workers", "1"])
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("mock: {e}"))?,
-    );
-    for (yaml, admin, id) in
-        [(&bare_yaml, BARE_ADMIN, "1"), (&sluice_yaml, SLUICE_ADMIN, "2"), (&noop_yaml, NOOP_ADMIN, "3")]
-    {
-        let log = std::fs::File::create(dir.join(format!("envoy-{admin}.log"))).map_err(|e| e.to_string())?;
-        children.0.push(
-            Command::new(&tools.envoy)
-                .args([
-                    "-c",
-                    &yaml.to_string_lossy(),
-                    "--disable-hot-restart",
-                    "--concurrency",
-                    "1",
-                    "--log-level",
-                    "warn",
-                    "--base-id",
-                    id,
-                ])
-                .envs(env)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .map_err(|e| format!("envoy: {e}"))?,
-        );
-        crate::quickstart::wait_until_ready(&format!("127.0.0.1:{admin}"), Duration::from_secs(30))?;
+    // Counted before this process pins itself to one core.
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let pin = !opts.no_pin && cores >= 2 && taskset_works();
+    if pin {
+        // wrk, the upstream and the TTFT client (this process) share the load core.
+        let me = std::process::id().to_string();
+        proc::output("taskset", &["-a", "-c", "-p", LOAD_CORE, &me], &[])?;
     }
-    // Children: the mock, then the Envoys in PORTS order (then LiteLLM, if it runs).
-    let envoy_pids: Vec<u32> = (1..=PORTS.len()).map(|i| children.0.get(i).map_or(0, Child::id)).collect();
-    let rss_before: Vec<u64> = envoy_pids.iter().map(|p| rss_kib(*p)).collect();
+    let mut children = Children(Vec::new());
+    let upstream_yaml = dir.join("upstream.yaml");
+    std::fs::write(&upstream_yaml, envoy_yaml::upstream(UPSTREAM_PORT, UPSTREAM_ADMIN)).map_err(|e| e.to_string())?;
+    start_envoy(&tools.envoy, &upstream_yaml, UPSTREAM_ADMIN, 40, None, &dir, &env, &mut children)?;
 
-    // LiteLLM's proxy on the same mock, one worker; any failure is reported, not hidden.
-    let mut litellm: Result<Litellm, String> = if no_litellm {
-        Err("not measured in this run (`--no-litellm`)".into())
-    } else {
-        start_litellm(&dir, &provider_key, &body, &mut children).map_err(|e| format!("could not be run here: {e}"))
+    let native = opts.native_filter.clone();
+    let mut fronts = Vec::new();
+    for kind in KINDS {
+        let yaml = dir.join(format!("envoy-{}.yaml", kind.port()));
+        let written = match kind {
+            Kind::Bare => write(&yaml, &envoy_yaml::front(kind.port(), kind.admin(), UPSTREAM_PORT, &Filter::None)),
+            Kind::NoopWasm => write(
+                &yaml,
+                &envoy_yaml::front(kind.port(), kind.admin(), UPSTREAM_PORT, &Filter::Wasm(&tools.noop_wasm)),
+            ),
+            Kind::NoopNative => write(
+                &yaml,
+                &envoy_yaml::front(
+                    kind.port(),
+                    kind.admin(),
+                    UPSTREAM_PORT,
+                    &Filter::Native(&tools.native_noop, "sluice-noop"),
+                ),
+            ),
+            Kind::SluiceWasm => sluice_config(&cli, &config_s, "--wasm", &tools.wasm, &yaml, kind, &env),
+            Kind::SluiceNative => match &native {
+                None => Err("not built: pass `--native-filter PATH` or `SLUICE_NATIVE=PATH`".to_owned()),
+                Some(so) if !so.exists() => Err(format!("not built: no file at {}", so.display())),
+                // The CLI's error (clap's usage, on several lines) on one line of the table's notes.
+                Some(so) => sluice_config(&cli, &config_s, "--native", so, &yaml, kind, &env).map_err(|e| {
+                    format!("could not be configured: {}", e.split_whitespace().collect::<Vec<_>>().join(" "))
+                }),
+            },
+        };
+        let pid = written.and_then(|()| {
+            let core = pin.then_some(ENVOY_CORE);
+            start_envoy(&tools.envoy, &yaml, kind.admin(), 30 + kind.index(), core, &dir, &env, &mut children)
+        });
+        // A native module must have been loaded at this Envoy's ABI version.
+        let pid = match kind {
+            Kind::SluiceNative => pid.and_then(|p| check_native_abi(&dir, kind).map(|()| p)),
+            _ => pid,
+        };
+        // Only Sluice (native) may be missing; every other Envoy must run.
+        let pid = match pid {
+            Err(e) if kind != Kind::SluiceNative => return Err(format!("{}: {e}", kind.name())),
+            other => other,
+        };
+        fronts.push(Front { kind, pid });
+    }
+    check_native_abi(&dir, Kind::NoopNative)?;
+
+    let chat = chat_body(false, 14);
+    let stream = chat_body(true, 14);
+    let big = chat_body(false, 520);
+    let scripts = Scripts {
+        chat: write_script(&dir, "chat.lua", &chat, &key, &provider_key, false)?,
+        stream: write_script(&dir, "stream.lua", &stream, &key, &provider_key, true)?,
+        big: write_script(&dir, "prompt32k.lua", &big, &key, &provider_key, false)?,
+        limited: write_script(&dir, "limited.lua", &chat, &limited_key, &provider_key, false)?,
     };
 
-    // Warm up every path (VM JIT, connection pools), then alternate the Envoys each round.
-    for port in PORTS {
-        check_request(port, &key, &provider_key, &body)?;
-        wrk(&lua, port, 4, "2s", 0)?;
+    // Warm up every path (VM JIT, connection pools) and check each answers as it should.
+    for f in &fronts {
+        if f.pid.is_err() {
+            continue;
+        }
+        let port = f.kind.port();
+        check_request(port, &key, &provider_key, &chat, false)?;
+        check_request(port, &key, &provider_key, &stream, true)?;
+        for _ in 0..2 {
+            let status = post(port, &limited_key, &provider_key, &chat, false)?.0;
+            if f.kind.is_sluice() && status == 429 {
+                break;
+            }
+        }
+        wrk(&scripts.chat, port, 32, "2s", 0, false)?;
     }
-    let mut one_conn: [Vec<WrkResult>; 3] = Default::default();
-    let mut saturated: [Vec<WrkResult>; 3] = Default::default();
-    let mut ttft: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
-    let mut litellm_saturated: Vec<WrkResult> = Vec::new();
+
+    let mut litellm: Result<Litellm, String> = if opts.no_litellm {
+        Err("not measured in this run (`--no-litellm`)".into())
+    } else {
+        start_litellm(&dir, &provider_key, &chat, pin, &mut children).map_err(|e| format!("could not be run here: {e}"))
+    };
+
+    let running: Vec<&Front> = fronts.iter().filter(|f| f.pid.is_ok()).collect();
+    let rss_before: Vec<u64> = fronts.iter().map(|f| f.pid.as_ref().map_or(0, |p| rss_kib(*p))).collect();
+    let load_before = loadavg();
+    // results[scenario][kind] holds one run per round.
+    let mut results: Vec<Vec<Vec<WrkResult>>> = vec![vec![Vec::new(); KINDS.len()]; SCENARIOS.len()];
+    let mut litellm_runs: Vec<WrkResult> = Vec::new();
     for round in 0..rounds {
-        for (i, port) in PORTS.into_iter().enumerate() {
-            let name = NAMES.get(i).copied().unwrap_or("?");
-            eprintln!("xtask: bench round {} / {rounds}: {name}", round + 1);
-            let pid = envoy_pids.get(i).copied().unwrap_or(0);
-            one_conn[i].push(wrk(&lua, port, 1, duration, pid)?);
-            saturated[i].push(wrk(&lua, port, 32, duration, pid)?);
-            if let Some(samples) = ttft.get_mut(i) {
-                samples.extend(time_to_first_token(port, &key, &provider_key, &stream_body, ttft_requests / rounds)?);
+        for (s, scenario) in SCENARIOS.iter().enumerate() {
+            for n in 0..running.len() {
+                let f = running[(n + round + s) % running.len()];
+                let pid = f.pid.as_ref().copied().unwrap_or(0);
+                eprintln!("xtask: bench round {} / {rounds}: {} — {}", round + 1, scenario.label(), f.kind.name());
+                let port = f.kind.port();
+                let r = match scenario {
+                    Scenario::Chat32 => wrk(&scripts.chat, port, 32, duration, pid, false)?,
+                    Scenario::Chat1 => wrk(&scripts.chat, port, 1, duration, pid, false)?,
+                    Scenario::Stream32 => wrk(&scripts.stream, port, 32, duration, pid, false)?,
+                    Scenario::Ttft1 => time_to_first_token(port, &key, &provider_key, &stream, ttft_per_round)?,
+                    Scenario::Prompt32k => wrk(&scripts.big, port, 32, duration, pid, false)?,
+                    Scenario::Limited => wrk(&scripts.limited, port, 32, duration, pid, true)?,
+                };
+                results[s][f.kind.index()].push(r);
             }
         }
         if let Ok(l) = &litellm {
             eprintln!("xtask: bench round {} / {rounds}: LiteLLM proxy", round + 1);
-            match wrk(&l.script, LITELLM_PORT, 32, duration, l.pid) {
-                Ok(r) => litellm_saturated.push(r),
+            match wrk(&l.script, LITELLM_PORT, 32, duration, l.pid, false) {
+                Ok(r) => litellm_runs.push(r),
                 Err(e) => litellm = Err(format!("failed during the run: {e}")),
             }
         }
     }
+    let load_after = loadavg();
+    let rss_after: Vec<u64> = fronts.iter().map(|f| f.pid.as_ref().map_or(0, |p| rss_kib(*p))).collect();
+    let metered: Vec<(Kind, Result<u64, String>)> =
+        running.iter().filter(|f| f.kind.is_sluice()).map(|f| (f.kind, metered_tokens(f.kind))).collect();
     let litellm_rss = litellm.as_ref().map_or(0, |l| rss_kib(l.pid));
-    let rss_after: Vec<u64> = envoy_pids.iter().map(|p| rss_kib(*p)).collect();
 
-    let med = |v: &[WrkResult], f: fn(&WrkResult) -> f64| median(v.iter().map(f).collect());
-    let bare1 =
-        (med(&one_conn[BARE], |r| r.p50_us), med(&one_conn[BARE], |r| r.p99_us), med(&one_conn[BARE], |r| r.rps));
-    let sl1 =
-        (med(&one_conn[SLUICE], |r| r.p50_us), med(&one_conn[SLUICE], |r| r.p99_us), med(&one_conn[SLUICE], |r| r.rps));
-    let noop1 = med(&one_conn[NOOP], |r| r.p50_us);
-    let sat =
-        |i: usize| (med(&saturated[i], |r| r.rps), med(&saturated[i], |r| r.p50_us), med(&saturated[i], |r| r.p99_us));
-    let (bare_sat, sl_sat, noop_sat) = (sat(BARE), sat(SLUICE), sat(NOOP));
-    let cpu = |i: usize| med(&saturated[i], |r| r.envoy_cpu_us_per_request);
-    let (bare_cpu, sl_cpu, noop_cpu) = (cpu(BARE), cpu(SLUICE), cpu(NOOP));
-    let rss = |v: &[u64], i: usize| v.get(i).copied().unwrap_or(0);
-    let (bare_ttft, sl_ttft) = (percentile(&mut ttft[0].clone(), 50.0), percentile(&mut ttft[1].clone(), 50.0));
-    let (bare_ttft99, sl_ttft99) = (percentile(&mut ttft[0].clone(), 99.0), percentile(&mut ttft[1].clone(), 99.0));
+    let profile = if !opts.profile {
+        None
+    } else {
+        let sluice = fronts.iter().find(|f| f.kind == Kind::SluiceWasm).and_then(|f| f.pid.as_ref().ok().copied());
+        Some(match sluice {
+            Some(pid) => crate::bench_profile::profile(pid, &dir, || {
+                wrk(&scripts.chat, Kind::SluiceWasm.port(), 32, "8s", pid, false)
+            }),
+            None => Err("Sluice (wasm) is not running".into()),
+        })
+    };
 
-    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-    let ratio = sl_sat.0 / bare_sat.0.max(1.0);
-    let added_p50 = sl1.0 - bare1.0;
-    let added_p99 = sl1.1 - bare1.1;
-    let added_ttft = sl_ttft - bare_ttft;
-    let mem_ratio = rss(&rss_after, SLUICE) as f64 / rss(&rss_after, BARE).max(1) as f64;
-    let cpu_ratio = bare_cpu / sl_cpu.max(0.001);
-    let (litellm_row, litellm_text) = match (&litellm, litellm_saturated.is_empty()) {
+    let mut command = "cargo xtask bench".to_owned();
+    for a in args {
+        command.push(' ');
+        command.push_str(a);
+    }
+    let run = Run {
+        command,
+        rounds,
+        duration,
+        ttft_per_round,
+        cores,
+        pinned: pin,
+        metered,
+        load_before,
+        load_after,
+        fronts: &fronts,
+        results: &results,
+        rss_before,
+        rss_after,
+    };
+    let mut report = crate::bench_report::render(&run);
+    report.push_str(&litellm_text(&litellm, &litellm_runs, litellm_rss, &run));
+    if let Some(p) = profile {
+        report.push_str(&crate::bench_profile::render(&p));
+    }
+    println!("\n{report}");
+    write_block(&root().join("BENCHMARKS.md"), BEGIN, END, &report)
+}
+
+/// Everything the report is made from.
+pub(crate) struct Run<'a> {
+    pub(crate) command: String,
+    pub(crate) rounds: usize,
+    pub(crate) duration: &'a str,
+    pub(crate) ttft_per_round: usize,
+    pub(crate) cores: usize,
+    pub(crate) pinned: bool,
+    /// Completion tokens each Sluice Envoy counted over the run.
+    pub(crate) metered: Vec<(Kind, Result<u64, String>)>,
+    pub(crate) load_before: String,
+    pub(crate) load_after: String,
+    pub(crate) fronts: &'a [Front],
+    pub(crate) results: &'a [Vec<Vec<WrkResult>>],
+    pub(crate) rss_before: Vec<u64>,
+    pub(crate) rss_after: Vec<u64>,
+}
+
+impl Run<'_> {
+    /// The runs of one Envoy in one scenario (one per round; none if it did not run).
+    pub(crate) fn runs(&self, scenario: Scenario, kind: Kind) -> &[WrkResult] {
+        let s = SCENARIOS.iter().position(|x| *x == scenario).unwrap_or(0);
+        self.results.get(s).and_then(|v| v.get(kind.index())).map_or(&[], Vec::as_slice)
+    }
+    /// Why an Envoy has no figures (`None` when it ran).
+    pub(crate) fn missing(&self, kind: Kind) -> Option<&str> {
+        self.fronts.iter().find(|f| f.kind == kind).and_then(|f| f.pid.as_ref().err().map(String::as_str))
+    }
+}
+
+/// The wrk scripts of the scenarios.
+struct Scripts {
+    chat: PathBuf,
+    stream: PathBuf,
+    big: PathBuf,
+    limited: PathBuf,
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn taskset_works() -> bool {
+    Command::new("taskset").arg("-V").output().is_ok_and(|o| o.status.success())
+}
+
+/// The completion tokens a Sluice Envoy has counted (its `sluice.completion_tokens.*` metrics):
+/// more than zero shows the upstream's `usage` was parsed, i.e. each request was metered.
+fn metered_tokens(kind: Kind) -> Result<u64, String> {
+    let admin = format!("127.0.0.1:{}", kind.admin());
+    let (_, stats) = crate::quickstart::http(&admin, "GET", "/stats?filter=completion_tokens", &[], "")?;
+    Ok(stats.lines().filter_map(|l| l.rsplit_once(": ")?.1.trim().parse::<u64>().ok()).sum())
+}
+
+/// `sluice key new --append-to config.yaml`, returning the key.
+fn new_key(cli: &str, config: &str, alias: &str, limits: &[&str], env: &[(&str, &str)]) -> Result<String, String> {
+    let mut args = vec!["key", "new", "--alias", alias, "--max-budget", "1000000000", "--append-to", config, "--json"];
+    args.extend_from_slice(limits);
+    let created = proc::output(cli, &args, env)?;
+    crate::quickstart::json_string_field(&created, "key").ok_or_else(|| "no key from the CLI".to_owned())
+}
+
+/// Sluice's standalone bootstrap, as `sluice envoy-config` writes it for operators.
+fn sluice_config(
+    cli: &str,
+    config: &str,
+    filter_flag: &str,
+    filter: &Path,
+    out: &Path,
+    kind: Kind,
+    env: &[(&str, &str)],
+) -> Result<(), String> {
+    let listen = format!("127.0.0.1:{}", kind.port());
+    let admin = kind.admin().to_string();
+    let filter = filter.to_string_lossy();
+    let out = out.to_string_lossy();
+    let args = [
+        "envoy-config",
+        "-c",
+        config,
+        filter_flag,
+        &filter,
+        "--out",
+        &out,
+        "--listen",
+        &listen,
+        "--admin-port",
+        &admin,
+    ];
+    proc::output(cli, &args, env).map(|_| ())
+}
+
+/// Starts an Envoy (on `core` if given) and waits until its admin says it is ready.
+#[allow(clippy::too_many_arguments)]
+fn start_envoy(
+    envoy: &Path,
+    yaml: &Path,
+    admin: u16,
+    base_id: usize,
+    core: Option<&str>,
+    dir: &Path,
+    env: &[(&str, &str)],
+    children: &mut Children,
+) -> Result<u32, String> {
+    let log = std::fs::File::create(dir.join(format!("envoy-{admin}.log"))).map_err(|e| e.to_string())?;
+    // `taskset -c N envoy …` execs Envoy: the child's pid is Envoy's.
+    let mut cmd = match core {
+        Some(c) => {
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", c]).arg(envoy);
+            cmd
+        }
+        None => Command::new(envoy),
+    };
+    // Info, not warn: the dynamic-module ABI check is logged at info (and nothing per request).
+    let child = cmd
+        .args(["-c", &yaml.to_string_lossy(), "--disable-hot-restart", "--concurrency", "1"])
+        .args(["--log-level", "info", "--base-id", &base_id.to_string()])
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("envoy: {e}"))?;
+    let pid = child.id();
+    children.0.push(child);
+    crate::quickstart::wait_until_ready(&format!("127.0.0.1:{admin}"), Duration::from_secs(30))
+        .map_err(|e| format!("{e}; see {}", dir.join(format!("envoy-{admin}.log")).display()))?;
+    Ok(pid)
+}
+
+/// A dynamic module must have been loaded at Envoy's own ABI version.
+fn check_native_abi(dir: &Path, kind: Kind) -> Result<(), String> {
+    let log = std::fs::read_to_string(dir.join(format!("envoy-{}.log", kind.admin()))).unwrap_or_default();
+    if !log.contains("Dynamic module ABI version") || !log.contains("matched") {
+        return Err(format!("{}'s Envoy did not log a matched dynamic-module ABI version", kind.name()));
+    }
+    Ok(())
+}
+
+/// The first three fields of /proc/loadavg (1, 5 and 15 minutes).
+pub(crate) fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" / "))
+        .unwrap_or_default()
+}
+
+fn litellm_text(litellm: &Result<Litellm, String>, runs: &[WrkResult], rss: u64, run: &Run) -> String {
+    let sluice = crate::bench_report::of(run, Scenario::Chat32, Kind::SluiceWasm, |r| r.rps).map_or(0.0, |s| s.0);
+    let bare = crate::bench_report::of(run, Scenario::Chat32, Kind::Bare, |r| r.rps).map_or(0.0, |s| s.0);
+    match (litellm, runs.is_empty()) {
         (Ok(_), false) => {
-            let rps = med(&litellm_saturated, |r| r.rps);
-            let (sl_x, bare_x) = (sl_sat.0 / rps.max(0.001), bare_sat.0 / rps.max(0.001));
-            (
-                format!(
-                    "| throughput / LiteLLM proxy at saturation (LiteLLM: {rps:.1} req/s) | {bare_x:.0}× | {sl_x:.0}× | Envoy+Sluice **{sl_x:.0}×** LiteLLM | ≥ 80× ({}) |\n",
-                    verdict(sl_x >= 80.0)
-                ),
-                format!(
-                    "\nLiteLLM's proxy {LITELLM_VERSION} (`litellm --num_workers 1`, its own venv; master key only: without a database it has \
-no virtual keys, budgets or spend logs, so it does less per request than Sluice), same mock, same body, in the same rounds: \
-{rps:.1} req/s at 32 connections (p50 {:.0} ms, p99 {:.0} ms), {:.0} µs of CPU per request, {litellm_rss} KiB RSS after the run. \
-Envoy+Sluice serves {sl_x:.0}× and bare Envoy {bare_x:.0}× its throughput.\n",
-                    med(&litellm_saturated, |r| r.p50_us) / 1000.0,
-                    med(&litellm_saturated, |r| r.p99_us) / 1000.0,
-                    med(&litellm_saturated, |r| r.envoy_cpu_us_per_request),
-                ),
+            let med = |f: fn(&WrkResult) -> f64| median(runs.iter().map(f).collect());
+            let rps = med(|r| r.rps);
+            let (sl_x, bare_x) = (sluice / rps.max(0.001), bare / rps.max(0.001));
+            format!(
+                "\n**LiteLLM's proxy** {LITELLM_VERSION} (`litellm --num_workers 1`, its own venv, on the measured Envoys' core; \
+master key only: without a database it has no virtual keys, budgets or spend logs, so it does less per request than Sluice), \
+same upstream, same body, in the same rounds: {rps:.1} req/s at 32 connections (p50 {:.0} ms, p99 {:.0} ms), {:.0} µs of CPU \
+per request, {rss} KiB RSS after the run. Sluice (wasm) serves **{sl_x:.0}×** its throughput (target ≥ 80×: {}), bare Envoy \
+{bare_x:.0}×.\n",
+                med(|r| r.p50_us) / 1000.0,
+                med(|r| r.p99_us) / 1000.0,
+                med(|r| r.envoy_cpu_us_per_request),
+                if sl_x >= 80.0 { "met" } else { "MISSED" },
             )
         }
-        (Ok(_), true) => {
-            ("| throughput / LiteLLM proxy | — | — | **not measured** | ≥ 80× |\n".to_owned(), String::new())
+        (Ok(_), true) => "\n**LiteLLM's proxy**: no run finished; the ≥ 80× target was not checked.\n".to_owned(),
+        (Err(e), _) => {
+            format!("\n**LiteLLM's proxy {LITELLM_VERSION}**: {e}. The ≥ 80× target was not checked in this run.\n")
         }
-        (Err(e), _) => (
-            "| throughput / LiteLLM proxy | — | — | **not measured** | ≥ 80× |\n".to_owned(),
-            format!("\n**LiteLLM's proxy {LITELLM_VERSION}: {e}.** The ≥ 80× target was not checked in this run.\n"),
-        ),
-    };
-    let report = format!(
-        "Measured {date} on this machine ({cores} cores), `cargo xtask bench{quick_flag}`: {rounds} round(s), bare Envoy, Envoy+Sluice and the no-op floor alternating, \
-each Envoy with `--concurrency 1`, mock provider with 1 worker, wrk 1 thread; medians over rounds.\n\n\
-| what | bare Envoy | Envoy+Sluice | result | target |\n|---|---|---|---|---|\n\
-| throughput at saturation (32 connections), req/s | {:.0} | {:.0} | ratio **{ratio:.3}** | ≥ 0.85 ({}) |\n\
-| Envoy CPU per request at saturation (user + system) | {bare_cpu:.1} µs | {sl_cpu:.1} µs | ratio **{cpu_ratio:.3}**, added {:.1} µs | ≥ 0.85 ({}) |\n\
-| one connection, p50 latency | {:.0} µs | {:.0} µs | added **{added_p50:.0} µs** | ≤ 100 µs ({}) |\n\
-| one connection, p99 latency | {:.0} µs | {:.0} µs | added **{added_p99:.0} µs** | ≤ 250 µs ({}) |\n\
-| one connection, req/s | {:.0} | {:.0} | ratio {:.3} | — |\n\
-| saturation p50 / p99 latency | {:.0} / {:.0} µs | {:.0} / {:.0} µs | — | — |\n\
-| streaming, time to first token p50 ({} streams each) | {:.0} µs | {:.0} µs | added **{added_ttft:.0} µs** | ≤ 500 µs ({}) |\n\
-| streaming, time to first token p99 | {:.0} µs | {:.0} µs | added {:.0} µs | — |\n\
-| Envoy RSS after the run (before: {} / {} KiB) | {} KiB | {} KiB | ratio {mem_ratio:.2} | ≤ 1.5 ({}) |\n\
-{litellm_row}\n\
-The floor, measured in the same rounds: Envoy with a no-op wasm filter (`tests/noop-filter`: one header read and one \
-write) serves {:.0} req/s (ratio {:.3}), spends {noop_cpu:.1} µs of CPU per request (ratio {:.3}), adds {:.0} µs at p50 \
-on one connection and holds {} KiB after the run (ratio {:.2}). What Sluice adds beyond any wasm filter: {:.1} µs of CPU per \
-request.\n{litellm_text}",
-        bare_sat.0,
-        sl_sat.0,
-        verdict(ratio >= 0.85),
-        sl_cpu - bare_cpu,
-        verdict(cpu_ratio >= 0.85),
-        bare1.0,
-        sl1.0,
-        verdict(added_p50 <= 100.0),
-        bare1.1,
-        sl1.1,
-        verdict(added_p99 <= 250.0),
-        bare1.2,
-        sl1.2,
-        sl1.2 / bare1.2.max(1.0),
-        bare_sat.1,
-        bare_sat.2,
-        sl_sat.1,
-        sl_sat.2,
-        ttft[0].len(),
-        bare_ttft,
-        sl_ttft,
-        verdict(added_ttft <= 500.0),
-        bare_ttft99,
-        sl_ttft99,
-        sl_ttft99 - bare_ttft99,
-        rss(&rss_before, BARE),
-        rss(&rss_before, SLUICE),
-        rss(&rss_after, BARE),
-        rss(&rss_after, SLUICE),
-        verdict(mem_ratio <= 1.5),
-        noop_sat.0,
-        noop_sat.0 / bare_sat.0.max(1.0),
-        bare_cpu / noop_cpu.max(0.001),
-        noop1 - bare1.0,
-        rss(&rss_after, NOOP),
-        rss(&rss_after, NOOP) as f64 / rss(&rss_after, BARE).max(1) as f64,
-        sl_cpu - noop_cpu,
-        date = proc::output("date", &["-u", "+%Y-%m-%d %H:%M UTC"], &[]).unwrap_or_default().trim(),
-        cores = std::thread::available_parallelism().map_or(0, |n| n.get()),
-        quick_flag = if quick { " --quick" } else { "" },
-    );
-    println!("\n{report}");
-    write_report(&root().join("BENCHMARKS.md"), &report)?;
-    Ok(())
+    }
 }
 
 /// A running LiteLLM proxy: its pid (for CPU and RSS) and the wrk script with its master key.
@@ -310,8 +528,15 @@ struct Litellm {
 }
 
 /// Installs the pinned LiteLLM proxy into `.venv-litellm` (only when it is missing or another
-/// version), starts it on the mock with one worker, and waits until it answers a chat request.
-fn start_litellm(dir: &Path, provider_key: &str, body: &str, children: &mut Children) -> Result<Litellm, String> {
+/// version), starts it on the upstream with one worker, and waits until it answers a chat
+/// request.
+fn start_litellm(
+    dir: &Path,
+    provider_key: &str,
+    body: &str,
+    pin: bool,
+    children: &mut Children,
+) -> Result<Litellm, String> {
     let litellm_bin = litellm_binary(&root())?;
     let master_key = format!("sk-litellm-bench-{}", proc::random_hex()?);
     let config = dir.join("litellm.yaml");
@@ -322,7 +547,15 @@ fn start_litellm(dir: &Path, provider_key: &str, body: &str, children: &mut Chil
     let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
     let log2 = log.try_clone().map_err(|e| e.to_string())?;
     let port = LITELLM_PORT.to_string();
-    let child = Command::new(&litellm_bin)
+    // The gateway measured gets the gateways' core, as the Envoys do.
+    let mut cmd = if pin {
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", ENVOY_CORE]).arg(&litellm_bin);
+        cmd
+    } else {
+        Command::new(&litellm_bin)
+    };
+    let child = cmd
         .args(["--config", &config.to_string_lossy(), "--host", "127.0.0.1", "--port", &port, "--num_workers", "1"])
         .envs([
             ("BENCH_PROVIDER_KEY", provider_key),
@@ -384,11 +617,10 @@ fn litellm_binary(root: &Path) -> Result<PathBuf, String> {
     Ok(venv.join("bin/litellm"))
 }
 
-/// LiteLLM's config for the same mock deployment; the mock's response size (a request header
-/// for the Envoys) is sent by LiteLLM itself, since it does not forward client headers.
+/// LiteLLM's config for the same upstream deployment.
 fn litellm_config(master_key: &str) -> String {
     format!(
-        "model_list:\n  - model_name: gpt-4o\n    litellm_params:\n      model: openai/gpt-4o\n      api_base: http://127.0.0.1:{MOCK_PORT}/v1\n      api_key: os.environ/BENCH_PROVIDER_KEY\n      extra_headers: {{\"x-mock-response-bytes\": \"1400\"}}\ngeneral_settings:\n  master_key: {master_key}\nlitellm_settings:\n  telemetry: false\n"
+        "model_list:\n  - model_name: gpt-4o\n    litellm_params:\n      model: openai/gpt-4o\n      api_base: http://127.0.0.1:{UPSTREAM_PORT}/v1\n      api_key: os.environ/BENCH_PROVIDER_KEY\ngeneral_settings:\n  master_key: {master_key}\nlitellm_settings:\n  telemetry: false\n"
     )
 }
 
@@ -410,34 +642,41 @@ pub(crate) fn ensure_wrk() -> Result<(), String> {
     proc::run("apt-get", &["install", "-y", "-qq", "wrk"], &[])
 }
 
-pub(crate) fn check_request(port: u16, key: &str, provider_key: &str, body: &str) -> Result<(), String> {
+/// One request, with the headers the load generator sends: (status, response).
+fn post(port: u16, key: &str, provider_key: &str, body: &str, stream: bool) -> Result<(u16, String), String> {
     let auth = format!("Bearer {key}");
     let provider = format!("Bearer {provider_key}");
-    let (status, response) = crate::quickstart::http(
-        &format!("127.0.0.1:{port}"),
-        "POST",
-        "/v1/chat/completions",
-        &[
-            ("authorization", &auth),
-            ("content-type", "application/json"),
-            ("x-mock-response-bytes", "1400"),
-            ("x-bench-provider-key", &provider),
-        ],
-        body,
-    )?;
-    if status != 200 {
-        return Err(format!("bench request to :{port} failed: HTTP {status}: {response}"));
+    let mut headers = vec![
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+        ("x-bench-provider-key", provider.as_str()),
+    ];
+    if stream {
+        headers.push((STREAM_HEADER, "1"));
+    }
+    crate::quickstart::http(&format!("127.0.0.1:{port}"), "POST", "/v1/chat/completions", &headers, body)
+}
+
+/// A chat (or stream) request through an Envoy is answered 200 with the upstream's body.
+fn check_request(port: u16, key: &str, provider_key: &str, body: &str, stream: bool) -> Result<(), String> {
+    let (status, response) = post(port, key, provider_key, body, stream)?;
+    let expected = if stream { "data: [DONE]" } else { "\"usage\"" };
+    if status != 200 || !response.contains(expected) {
+        let head: String = response.chars().take(300).collect();
+        return Err(format!("bench request to :{port} (stream: {stream}) failed: HTTP {status}: {head}"));
     }
     Ok(())
 }
 
-/// One wrk run; `envoy_pid` (0: don't) is the Envoy whose CPU time is sampled around it.
+/// One wrk run; `envoy_pid` (0: don't) is the Envoy whose CPU time is sampled around it. A
+/// non-2xx answer is an error unless `allow_non_2xx` (the limit-hit scenario counts them).
 pub(crate) fn wrk(
     script: &Path,
     port: u16,
     connections: u32,
     duration: &str,
     envoy_pid: u32,
+    allow_non_2xx: bool,
 ) -> Result<WrkResult, String> {
     let cpu_before = cpu_ticks(envoy_pid);
     let out = proc::output(
@@ -453,9 +692,6 @@ pub(crate) fn wrk(
         ],
         &[],
     )?;
-    if out.contains("Non-2xx") {
-        return Err(format!("wrk saw errors on :{port}:\n{out}"));
-    }
     let cpu_after = cpu_ticks(envoy_pid);
     let mut result = WrkResult::default();
     for line in out.lines().map(str::trim) {
@@ -463,11 +699,16 @@ pub(crate) fn wrk(
             result.requests = n.trim().parse().unwrap_or(0.0);
         } else if let Some(v) = line.strip_prefix("Requests/sec:") {
             result.rps = v.trim().parse().unwrap_or(0.0);
+        } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            result.non_2xx = v.trim().parse().unwrap_or(0.0);
         } else if let Some(v) = line.strip_prefix("50%") {
             result.p50_us = parse_duration_us(v.trim());
         } else if let Some(v) = line.strip_prefix("99%") {
             result.p99_us = parse_duration_us(v.trim());
         }
+    }
+    if result.non_2xx > 0.0 && !allow_non_2xx {
+        return Err(format!("wrk saw errors on :{port}:\n{out}"));
     }
     if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
         result.envoy_cpu_us_per_request =
@@ -504,15 +745,16 @@ fn parse_duration_us(s: &str) -> f64 {
     }
 }
 
-/// Microseconds from sending a streaming request to receiving its first content event.
-fn time_to_first_token(port: u16, key: &str, provider_key: &str, body: &str, n: usize) -> Result<Vec<f64>, String> {
-    let mut out = Vec::with_capacity(n);
+/// `n` streams, one at a time, each timed from sending the request to its first content event;
+/// the result holds their p50 and p99 (no CPU figure: the streams are too few and too short).
+fn time_to_first_token(port: u16, key: &str, provider_key: &str, body: &str, n: usize) -> Result<WrkResult, String> {
+    let mut times = Vec::with_capacity(n);
     for _ in 0..n {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
         stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
         let request = format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\nauthorization: Bearer {key}\r\nx-bench-provider-key: Bearer {provider_key}\r\ncontent-type: application/json\r\nx-mock-chunk-delay-ms: 2\r\nx-mock-completion-tokens: 8\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\nauthorization: Bearer {key}\r\nx-bench-provider-key: Bearer {provider_key}\r\ncontent-type: application/json\r\n{STREAM_HEADER}: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         );
         let start = Instant::now();
@@ -530,9 +772,8 @@ fn time_to_first_token(port: u16, key: &str, provider_key: &str, body: &str, n: 
                 first = Some(start.elapsed());
             }
         }
-        let status_ok = seen.starts_with(b"HTTP/1.1 200");
         match first {
-            Some(t) if status_ok => out.push(t.as_secs_f64() * 1e6),
+            Some(t) if seen.starts_with(b"HTTP/1.1 200") => times.push(t.as_secs_f64() * 1e6),
             _ => {
                 return Err(format!(
                     "stream on :{port} failed: {}",
@@ -541,7 +782,12 @@ fn time_to_first_token(port: u16, key: &str, provider_key: &str, body: &str, n: 
             }
         }
     }
-    Ok(out)
+    Ok(WrkResult {
+        p50_us: percentile(&mut times.clone(), 50.0),
+        p99_us: percentile(&mut times, 99.0),
+        requests: n as f64,
+        ..WrkResult::default()
+    })
 }
 
 pub(crate) fn rss_kib(pid: u32) -> u64 {
@@ -569,10 +815,6 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 const BEGIN: &str = "<!-- bench-results:begin -->";
 const END: &str = "<!-- bench-results:end -->";
 
-fn write_report(path: &Path, report: &str) -> Result<(), String> {
-    write_block(path, BEGIN, END, report)
-}
-
 /// Replaces the text between two marker lines of a file (or appends the block).
 pub fn write_block(path: &Path, begin: &str, end: &str, report: &str) -> Result<(), String> {
     let existing = std::fs::read_to_string(path).unwrap_or_default();
@@ -586,88 +828,37 @@ pub fn write_block(path: &Path, begin: &str, end: &str, report: &str) -> Result<
     std::fs::write(path, updated).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// A ~1 KB chat request, like a short conversation.
-pub(crate) fn chat_body(stream: bool) -> String {
-    let filler = "Summarise the following meeting notes in three bullet points. ".repeat(14);
+/// A chat request: `filler` sentences of 63 bytes (14: ~1 KB, like a short conversation; 520:
+/// ~32 KB, a long prompt).
+fn chat_body(stream: bool, filler: usize) -> String {
+    let filler = "Summarise the following meeting notes in three bullet points. ".repeat(filler);
     format!(
         r#"{{"model":"gpt-4o","stream":{stream},"max_tokens":256,"messages":[{{"role":"system","content":"You are a concise assistant."}},{{"role":"user","content":"{filler}"}}]}}"#
     )
 }
 
-pub(crate) fn wrk_script(key: &str, body: &str, provider_key: &str) -> String {
+fn write_script(
+    dir: &Path,
+    name: &str,
+    body: &str,
+    key: &str,
+    provider_key: &str,
+    stream: bool,
+) -> Result<PathBuf, String> {
     let escaped = body.replace('\\', "\\\\").replace('"', "\\\"");
-    format!(
-        "wrk.method = \"POST\"\nwrk.body = \"{escaped}\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer {key}\"\nwrk.headers[\"x-bench-provider-key\"] = \"Bearer {provider_key}\"\nwrk.headers[\"x-mock-response-bytes\"] = \"1400\"\n"
-    )
+    let mut lua = format!(
+        "wrk.method = \"POST\"\nwrk.body = \"{escaped}\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer {key}\"\nwrk.headers[\"x-bench-provider-key\"] = \"Bearer {provider_key}\"\n"
+    );
+    if stream {
+        lua.push_str(&format!("wrk.headers[\"{STREAM_HEADER}\"] = \"1\"\n"));
+    }
+    let path = dir.join(name);
+    write(&path, &lua)?;
+    Ok(path)
 }
 
 fn bench_config() -> String {
     format!(
-        "model_list:\n  - model_name: gpt-4o\n    litellm_params:\n      model: openai/gpt-4o\n      api_base: http://127.0.0.1:{MOCK_PORT}/v1\n      api_key: os.environ/BENCH_PROVIDER_KEY\n    model_info:\n      input_cost_per_token: 0.0000025\n      output_cost_per_token: 0.00001\nkeys:\n"
-    )
-}
-
-/// The reference Envoys: same listener settings, a static route to the same mock, router only
-/// (bare) or a no-op wasm filter first (the floor). The provider key comes from a request header
-/// the load generator sends, which bare Envoy's route (or the no-op filter) moves into
-/// `Authorization`.
-fn reference_envoy_config(port: u16, admin: u16, wasm: Option<&Path>) -> String {
-    let (move_key, wasm_filter) = match wasm {
-        None => (
-            r#"
-                          request_headers_to_add:
-                            - header: {key: authorization, value: "%REQ(x-bench-provider-key)%"}
-                              append_action: OVERWRITE_IF_EXISTS_OR_ADD"#
-                .to_owned(),
-            String::new(),
-        ),
-        Some(path) => (
-            String::new(),
-            format!(
-                r#"
-                  - name: envoy.filters.http.wasm
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-                      config:
-                        vm_config: {{runtime: envoy.wasm.runtime.v8, code: {{local: {{filename: "{}"}}}}}}"#,
-                path.display()
-            ),
-        ),
-    };
-    format!(
-        r#"admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-    - name: reference
-      address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-      filter_chains:
-        - filters:
-            - name: envoy.filters.network.http_connection_manager
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: reference
-                use_remote_address: true
-                route_config:
-                  virtual_hosts:
-                    - name: all
-                      domains: ["*"]
-                      routes:
-                        - match: {{prefix: /}}
-                          route: {{cluster: mock, timeout: 600s}}{move_key}
-                http_filters:{wasm_filter}
-                  - name: envoy.filters.http.router
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-    - name: mock
-      type: STATIC
-      connect_timeout: 10s
-      load_assignment:
-        cluster_name: mock
-        endpoints:
-          - lb_endpoints:
-              - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {MOCK_PORT}}}}}}}
-"#
+        "model_list:\n  - model_name: gpt-4o\n    litellm_params:\n      model: openai/gpt-4o\n      api_base: http://127.0.0.1:{UPSTREAM_PORT}/v1\n      api_key: os.environ/BENCH_PROVIDER_KEY\n    model_info:\n      input_cost_per_token: 0.0000025\n      output_cost_per_token: 0.00001\nkeys:\n"
     )
 }

@@ -7,15 +7,17 @@
 //!   an Envoy with Sluice configured over xDS.
 //! - `cargo xtask join`   one more Envoy from the running quickstart's control plane.
 //! - `cargo xtask test`   every check: fmt, clippy, unit tests (native and wasm32), integration
-//!   tests against a real Envoy (the standalone files again with the native build), and a
-//!   smoke run of the quickstart.
-//! - `cargo xtask bench`  Envoy+Sluice against bare Envoy (and LiteLLM's proxy unless
-//!   `--no-litellm`), same run, same mock.
+//!   tests against a real Envoy (the standalone files again with the native build), and a smoke run of the quickstart.
+//! - `cargo xtask bench [--quick] [--no-litellm] [--profile] [--native-filter PATH]`  every
+//!   front Envoy of issue 15 (bare, no-op wasm, no-op native, Sluice wasm, Sluice native when
+//!   given) in alternating rounds on one `direct_response` upstream, per scenario; LiteLLM's
+//!   proxy unless `--no-litellm`.
 //! - `cargo xtask bench-fleet`  the control plane: key lookup with 1M keys, ingestion rate,
 //!   revocation time.
-//! - `cargo xtask bench-native [--quick] [--quiet-usage]`  the native build against the wasm
-//!   build (issue 15): bare Envoy, the two no-op floors, Sluice wasm and Sluice native, same run,
-//!   alternating.
+//! - `cargo xtask bench-native`  an alias of `bench --no-litellm`, which now measures the
+//!   native floor too.
+//! - `cargo xtask prices [--litellm VERSION]`  refreshes the built-in price table from LiteLLM's
+//!   published price map.
 //! - `cargo xtask fuzz [--cases N]`  the property tests of every parser of untrusted bytes
 //!   (sluice-core and the filter's request flows) at volume: 100,000 cases each by default.
 //! - `cargo xtask soak`   an hour (`--duration SECS`) of steady load with key churn, streams and
@@ -23,7 +25,9 @@
 
 mod bench;
 mod bench_fleet;
-mod bench_native;
+mod bench_profile;
+mod bench_report;
+mod envoy_yaml;
 mod prices;
 mod proc;
 mod quickstart;
@@ -43,13 +47,14 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("bench") => bench::bench(&args[1..]),
         Some("bench-fleet") => bench_fleet::bench_fleet(),
-        Some("bench-native") => bench_native::bench_native(&args[1..]),
+        // Superseded: `bench` runs the native no-op module beside the others.
+        Some("bench-native") => bench::bench(&[&args[1..], &["--no-litellm".to_owned()]].concat()),
         Some("fuzz") => fuzz(&args[1..]),
         Some("soak") => soak::soak(&args[1..]),
         Some("prices") => prices::prices(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|run [--smoke]|join|test|bench [--quick] [--no-litellm]|bench-fleet|bench-native [--quick] [--quiet-usage]|fuzz [--cases N]|soak [--duration SECS]|prices [--litellm VERSION]>"
+                "usage: cargo xtask <setup|run [--smoke]|join|test|bench [--quick] [--no-litellm] [--profile] [--no-pin] [--native-filter PATH]|bench-fleet|bench-native|fuzz [--cases N]|soak [--duration SECS]|prices [--litellm VERSION]>"
             );
             return ExitCode::from(2);
         }

@@ -335,21 +335,6 @@ fn loopback(port: u16) -> String {
     format!("127.0.0.1:{port}")
 }
 
-/// `sluice envoy-config`: the bootstrap for a config, listener and admin port.
-pub fn envoy_config(
-    cli: &str,
-    config: &str,
-    wasm: &str,
-    out: &str,
-    listen: &str,
-    admin_port: &str,
-    env: &[(&str, &str)],
-) -> Result<(), String> {
-    let args =
-        ["envoy-config", "-c", config, "--wasm", wasm, "--out", out, "--listen", listen, "--admin-port", admin_port];
-    proc::run(cli, &args, env)
-}
-
 /// Minimal extraction of `"field": "value"` from the CLI's JSON (xtask has no dependencies).
 pub fn json_string_field(json: &str, field: &str) -> Option<String> {
     let start = json.find(&format!("\"{field}\""))?;

@@ -1,0 +1,313 @@
+//! The report of `cargo xtask bench`: the figures (medians, spreads, ratios paired per round
+//! with bare Envoy) and the Markdown tables they go into.
+
+use crate::bench::{BARE, KINDS, Kind, Run, SCENARIOS, Scenario, WrkResult, median};
+use crate::proc;
+
+/// Median, min and max over the rounds.
+pub(crate) type Spread = (f64, f64, f64);
+
+fn spread(v: Vec<f64>) -> Option<Spread> {
+    if v.is_empty() {
+        return None;
+    }
+    let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+    Some((median(v), lo, hi))
+}
+
+pub(crate) fn of(run: &Run, s: Scenario, k: Kind, f: fn(&WrkResult) -> f64) -> Option<Spread> {
+    spread(run.runs(s, k).iter().map(f).collect())
+}
+
+/// `f(a's run) − f(b's run)`, paired per round (the same minute of a shared machine), then
+/// median and range over the rounds.
+fn diff(run: &Run, s: Scenario, a: Kind, b: Kind, f: fn(&WrkResult) -> f64) -> Option<Spread> {
+    spread(run.runs(s, a).iter().zip(run.runs(s, b)).map(|(x, y)| f(x) - f(y)).collect())
+}
+
+/// `g(this Envoy's run, bare's run)` per round, then median and range.
+fn vs_bare(run: &Run, s: Scenario, k: Kind, g: fn(&WrkResult, &WrkResult) -> f64) -> Option<Spread> {
+    spread(run.runs(s, k).iter().zip(run.runs(s, KINDS[BARE])).map(|(r, b)| g(r, b)).collect())
+}
+
+/// Throughput ratio: this Envoy's req/s ÷ bare's.
+fn rps_ratio(r: &WrkResult, b: &WrkResult) -> f64 {
+    r.rps / b.rps.max(1.0)
+}
+
+/// CPU ratio: bare's CPU per request ÷ this Envoy's (≥ 1 is cheaper, read like throughput).
+fn cpu_ratio(r: &WrkResult, b: &WrkResult) -> f64 {
+    b.envoy_cpu_us_per_request / r.envoy_cpu_us_per_request.max(0.001)
+}
+
+fn cpu(r: &WrkResult) -> f64 {
+    r.envoy_cpu_us_per_request
+}
+
+fn rss(run: &Run, k: Kind) -> (u64, u64) {
+    (run.rss_before.get(k.index()).copied().unwrap_or(0), run.rss_after.get(k.index()).copied().unwrap_or(0))
+}
+
+fn rss_ratio(run: &Run, k: Kind) -> f64 {
+    rss(run, k).1 as f64 / rss(run, KINDS[BARE]).1.max(1) as f64
+}
+
+/// "12.3 (10.1–14.0)", with `digits` decimals.
+fn fmt(s: Spread, digits: usize) -> String {
+    format!("{:.d$} ({:.d$}–{:.d$})", s.0, s.1, s.2, d = digits)
+}
+
+/// "+12.3 (+10.1 to +14.0)".
+fn fmt_signed(s: Spread, digits: usize) -> String {
+    format!("{:+.d$} ({:+.d$} to {:+.d$})", s.0, s.1, s.2, d = digits)
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+/// The short form of why an Envoy has no figures: "not built", "could not be configured".
+fn short(reason: &str) -> &str {
+    reason.split(':').next().unwrap_or(reason)
+}
+
+/// One cell of the ratio table: what this Envoy costs against bare Envoy in one scenario.
+fn ratio_cell(run: &Run, s: Scenario, k: Kind) -> String {
+    if let Some(reason) = run.missing(k) {
+        return short(reason).to_owned();
+    }
+    if s.is_latency() {
+        let p50 = diff(run, s, k, KINDS[BARE], |r| r.p50_us);
+        let p99 = diff(run, s, k, KINDS[BARE], |r| r.p99_us);
+        return match (p50, p99) {
+            (Some(a), Some(b)) => format!("p50 {:+.0} µs, p99 {:+.0} µs", a.0, b.0),
+            _ => "—".to_owned(),
+        };
+    }
+    let (Some(t), Some(c), Some(a)) =
+        (vs_bare(run, s, k, rps_ratio), vs_bare(run, s, k, cpu_ratio), diff(run, s, k, KINDS[BARE], cpu))
+    else {
+        return "—".to_owned();
+    };
+    let refused = refused_share(run, s, k);
+    let refused = if refused > 0.0 { format!(" ({:.0} % refused)", refused * 100.0) } else { String::new() };
+    format!("{:.2}× req/s, {:.2}× CPU, {:+.1} µs{refused}", t.0, c.0, a.0)
+}
+
+/// The share of requests answered non-2xx, over all rounds.
+fn refused_share(run: &Run, s: Scenario, k: Kind) -> f64 {
+    let runs = run.runs(s, k);
+    let (bad, all) = runs.iter().fold((0.0, 0.0), |(b, a), r| (b + r.non_2xx, a + r.requests));
+    if all > 0.0 { bad / all } else { 0.0 }
+}
+
+pub(crate) fn render(run: &Run) -> String {
+    let date = proc::output("date", &["-u", "+%Y-%m-%d %H:%M UTC"], &[]).unwrap_or_default();
+    let kernel = proc::output("uname", &["-r"], &[]).unwrap_or_default();
+    let cores = run.cores;
+    let pinning = if run.pinned {
+        "the measured Envoy pinned to core 0; wrk (1 thread), the upstream Envoy and the time-to-first-token client on core 1"
+    } else {
+        "nothing pinned (`--no-pin`, fewer than two cores, or no `taskset`)"
+    };
+    let mut out = format!(
+        "Measured {} on this machine ({cores} cores, Linux {}), `{}`: {} round(s), {} per run, every scenario run for every \
+Envoy in each round in a rotating order; each front Envoy `--concurrency 1`, {pinning}. Upstream: one Envoy answering with \
+`direct_response` (an OpenAI chat completion with `usage`, or an SSE stream ending in a usage chunk). Load average {} before, \
+{} after. Figures are the median (min–max) over rounds; ratios and \"added\" pair each run with bare Envoy's run of the same \
+round and scenario. CPU is the Envoy process's utime + stime from /proc per request; CPU ratio = bare's ÷ this Envoy's \
+(≥ 1 is cheaper, read like the throughput ratio).\n\n",
+        date.trim(),
+        kernel.trim(),
+        run.command,
+        run.rounds,
+        run.duration,
+        run.load_before,
+        run.load_after,
+    );
+
+    out.push_str("**Against bare Envoy** (throughput ratio, CPU ratio, added CPU per request; latency: added µs)\n\n");
+    out.push_str("| scenario |");
+    for k in &KINDS[1..] {
+        out.push_str(&format!(" {} |", k.name()));
+    }
+    out.push_str("\n|---|");
+    out.push_str(&"---|".repeat(KINDS.len() - 1));
+    out.push('\n');
+    for s in SCENARIOS {
+        out.push_str(&format!("| {} |", s.label()));
+        for k in &KINDS[1..] {
+            out.push_str(&format!(" {} |", ratio_cell(run, s, *k)));
+        }
+        out.push('\n');
+    }
+    out.push_str("| Envoy RSS after the run |");
+    for k in &KINDS[1..] {
+        let cell = run.missing(*k).map_or_else(|| format!("{:.2}×", rss_ratio(run, *k)), |r| short(r).to_owned());
+        out.push_str(&format!(" {cell} |"));
+    }
+    out.push_str("\n\n");
+    out.push_str(&targets(run));
+    out.push_str(&per_envoy(run));
+    out.push_str(&not_measured(run));
+    out
+}
+
+/// Issue 15's targets, met or missed.
+fn targets(run: &Run) -> String {
+    let mut out =
+        String::from("**Issue 15's targets**\n\n| target | Sluice (wasm) | Sluice (native) |\n|---|---|---|\n");
+    // A cell: the figure and its verdict, or why there is none. `native_only` targets show the
+    // wasm figure for reference, without a verdict.
+    let cell =
+        |k: Kind, value: Option<f64>, unit: &str, ok: fn(f64) -> bool, native_only: bool| match (run.missing(k), value)
+        {
+            (Some(reason), _) => short(reason).to_owned(),
+            (None, None) => "—".to_owned(),
+            (None, Some(v)) if native_only && k == Kind::SluiceWasm => format!("{v:.2}{unit} (reference)"),
+            (None, Some(v)) => format!("{v:.2}{unit} ({})", verdict(ok(v))),
+        };
+    let row = |label: &str, f: &dyn Fn(Kind) -> Option<f64>, unit: &str, ok: fn(f64) -> bool, native_only: bool| {
+        format!(
+            "| {label} | {} | {} |\n",
+            cell(Kind::SluiceWasm, f(Kind::SluiceWasm), unit, ok, native_only),
+            cell(Kind::SluiceNative, f(Kind::SluiceNative), unit, ok, native_only)
+        )
+    };
+    let med = |s: Option<Spread>| s.map(|x| x.0);
+    out += &row(
+        "chat at 32 connections: throughput ≥ 0.85× bare (native)",
+        &|k| med(vs_bare(run, Scenario::Chat32, k, rps_ratio)),
+        "×",
+        |v| v >= 0.85,
+        true,
+    );
+    out += &row(
+        "chat at 32 connections: CPU per request ≥ 0.85× bare (native)",
+        &|k| med(vs_bare(run, Scenario::Chat32, k, cpu_ratio)),
+        "×",
+        |v| v >= 0.85,
+        true,
+    );
+    out += &row(
+        "Sluice's own CPU over its runtime's no-op filter ≤ 10 µs (wasm; native for reference)",
+        &|k| {
+            let floor = if k == Kind::SluiceWasm { Kind::NoopWasm } else { Kind::NoopNative };
+            med(diff(run, Scenario::Chat32, k, floor, cpu))
+        },
+        " µs",
+        |v| v <= 10.0,
+        false,
+    );
+    out += &row(
+        "streaming at 32 connections: throughput ≥ 0.85× bare (native)",
+        &|k| med(vs_bare(run, Scenario::Stream32, k, rps_ratio)),
+        "×",
+        |v| v >= 0.85,
+        true,
+    );
+    out += &row(
+        "1 connection: added p50 ≤ 100 µs",
+        &|k| med(diff(run, Scenario::Chat1, k, KINDS[BARE], |r| r.p50_us)),
+        " µs",
+        |v| v <= 100.0,
+        false,
+    );
+    out += &row(
+        "1 connection: added p99 ≤ 250 µs",
+        &|k| med(diff(run, Scenario::Chat1, k, KINDS[BARE], |r| r.p99_us)),
+        " µs",
+        |v| v <= 250.0,
+        false,
+    );
+    out += &row("Envoy RSS after the run ≤ 1.3× bare", &|k| Some(rss_ratio(run, k)), "×", |v| v <= 1.3, false);
+    out.push('\n');
+    out
+}
+
+/// Every Envoy in every scenario, with the spread over rounds.
+fn per_envoy(run: &Run) -> String {
+    let mut out = String::from(
+        "**Per Envoy** (median (min–max) over rounds; added CPU paired per round with bare Envoy)\n\n\
+| scenario | Envoy | req/s | Envoy CPU per request | added CPU vs bare | Envoy's core busy | p50 | p99 |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for s in SCENARIOS {
+        for k in KINDS {
+            if run.missing(k).is_some() {
+                continue;
+            }
+            let refused = refused_share(run, s, k);
+            let name = if refused > 0.0 {
+                format!("{}, {:.0} % answered 429", k.name(), refused * 100.0)
+            } else {
+                k.name().to_owned()
+            };
+            let opt = |v: Option<Spread>, d: usize, unit: &str| {
+                v.map_or("—".to_owned(), |v| format!("{}{unit}", fmt(v, d)))
+            };
+            let (rps, cpu_cell, added, busy) = if s == Scenario::Ttft1 {
+                ("—".to_owned(), "—".to_owned(), "—".to_owned(), "—".to_owned())
+            } else {
+                let added = if k == KINDS[BARE] {
+                    "—".to_owned()
+                } else {
+                    diff(run, s, k, KINDS[BARE], cpu).map_or("—".to_owned(), |v| format!("{} µs", fmt_signed(v, 1)))
+                };
+                // How much of one core the Envoy used: near 100 % it was the bottleneck; well
+                // below, something else was (the load core, or a busy machine).
+                let busy = of(run, s, k, |r| r.rps * r.envoy_cpu_us_per_request / 1e4)
+                    .map_or("—".to_owned(), |v| format!("{:.0} %", v.0));
+                (opt(of(run, s, k, |r| r.rps), 0, ""), opt(of(run, s, k, cpu), 1, " µs"), added, busy)
+            };
+            out.push_str(&format!(
+                "| {} | {name} | {rps} | {cpu_cell} | {added} | {busy} | {} | {} |\n",
+                s.label(),
+                opt(of(run, s, k, |r| r.p50_us), 0, " µs"),
+                opt(of(run, s, k, |r| r.p99_us), 0, " µs"),
+            ));
+        }
+    }
+    out.push_str("\n| Envoy | RSS before the rounds | RSS after | after, ÷ bare |\n|---|---|---|---|\n");
+    for k in KINDS {
+        if run.missing(k).is_none() {
+            let (before, after) = rss(run, k);
+            out.push_str(&format!("| {} | {before} KiB | {after} KiB | {:.2}× |\n", k.name(), rss_ratio(run, k)));
+        }
+    }
+    out.push('\n');
+    out
+}
+
+fn not_measured(run: &Run) -> String {
+    let mut out = String::from(
+        "**Not measured here.** A key-cache miss: it needs xDS mode (a control plane answering the Envoy's key lookups), \
+which this harness does not start; `cargo xtask bench-fleet` measures a miss from the client side (control plane on \
+Postgres) but not as Envoy CPU per request.",
+    );
+    for k in KINDS {
+        if let Some(reason) = run.missing(k) {
+            out.push_str(&format!(" {}: {reason}.", k.name()));
+        }
+    }
+    out.push_str(&format!(
+        "\n\n**Reading.** The time to first token is measured on {} streams per Envoy and round, one connection each; \
+the upstream sends the whole stream at once, so it is the gateway's added latency to the first event, not a model's.",
+        run.ttft_per_round
+    ));
+    for (k, tokens) in &run.metered {
+        match tokens {
+            Ok(n) => out.push_str(&format!(
+                " {} counted {n} completion tokens over the run (the upstream's `usage`, metered).",
+                k.name()
+            )),
+            Err(e) => out.push_str(&format!(" {}'s metering could not be read: {e}.", k.name())),
+        }
+    }
+    out.push('\n');
+    out.push_str(
+        "\nThe limit-hit row: Sluice refuses with a 429 before any upstream call, bare Envoy and the no-op filters \
+(which check no key) serve the same requests; its CPU ratio says how much cheaper an over-limit request is for Sluice \
+than a served one is for bare Envoy (> 1: cheaper), i.e. what a client hammering past its limit costs the gateway.\n",
+    );
+    out
+}
