@@ -74,6 +74,16 @@ pub enum GatewayError {
     BodyTooLarge {
         limit: u64,
     },
+    /// The request cannot be put into the deployment's format (a malformed message, a part the
+    /// provider has no counterpart for).
+    Untranslatable {
+        detail: String,
+    },
+    /// Parameters the deployment's provider cannot take (LiteLLM's UnsupportedParamsError).
+    UnsupportedParams {
+        provider: &'static str,
+        params: Vec<String>,
+    },
     RateLimited {
         scope: LimitScope,
         kind: LimitKind,
@@ -137,6 +147,8 @@ impl GatewayError {
             | Self::MissingModel
             | Self::InvalidJson { .. }
             | Self::InvalidField { .. }
+            | Self::Untranslatable { .. }
+            | Self::UnsupportedParams { .. }
             | Self::BudgetExceeded { .. }
             | Self::OwnerBudgetExceeded { .. } => 400,
         }
@@ -158,7 +170,8 @@ impl GatewayError {
             Self::ModelNotOnRoute { .. } => "model_not_supported_on_route",
             Self::MissingModel => "missing_model",
             Self::InvalidJson { .. } => "invalid_json",
-            Self::InvalidField { .. } => "invalid_value",
+            Self::InvalidField { .. } | Self::Untranslatable { .. } => "invalid_value",
+            Self::UnsupportedParams { .. } => "unsupported_params",
             Self::BodyTooLarge { .. } => "request_too_large",
             Self::RateLimited { kind: LimitKind::Requests, .. } => "rate_limit_exceeded",
             Self::RateLimited { kind: LimitKind::Tokens, .. } => "token_rate_limit_exceeded",
@@ -186,6 +199,7 @@ impl GatewayError {
         "missing_model",
         "invalid_json",
         "invalid_value",
+        "unsupported_params",
         "request_too_large",
         "rate_limit_exceeded",
         "token_rate_limit_exceeded",
@@ -237,6 +251,12 @@ impl GatewayError {
             Self::MissingModel => "Missing required parameter: 'model'.".into(),
             Self::InvalidJson { detail } => format!("The request body is not valid JSON: {}", echo(detail)),
             Self::InvalidField { param, detail } => format!("Invalid value for '{param}': {}", echo(detail)),
+            Self::Untranslatable { detail } => format!("The request cannot be sent to this model's provider: {}", echo(detail)),
+            Self::UnsupportedParams { provider, params } => format!(
+                "{provider} does not support parameters: {}. To drop them, set `litellm_settings.drop_params: true` \
+                 (or `drop_params: true` in the deployment's litellm_params).",
+                echo(&params.join(", "))
+            ),
             Self::BodyTooLarge { limit } => format!("Request body too large: the limit is {limit} bytes."),
             Self::RateLimited { scope, kind, limit, retry_after_secs } => {
                 let what = match kind {
@@ -337,6 +357,8 @@ mod tests {
             GatewayError::InvalidJson { detail: "d".into() },
             GatewayError::InvalidField { param: "p", detail: "d".into() },
             GatewayError::BodyTooLarge { limit: 1 },
+            GatewayError::Untranslatable { detail: "d".into() },
+            GatewayError::UnsupportedParams { provider: "anthropic", params: vec!["seed".into()] },
             limited(LimitKind::Requests),
             limited(LimitKind::Tokens),
             GatewayError::BudgetExceeded { scope: LimitScope::Key, spend_usd: 1.0, max_budget_usd: 1.0 },
@@ -369,6 +391,8 @@ mod tests {
                 | GatewayError::InvalidJson { .. }
                 | GatewayError::InvalidField { .. }
                 | GatewayError::BodyTooLarge { .. }
+                | GatewayError::Untranslatable { .. }
+                | GatewayError::UnsupportedParams { .. }
                 | GatewayError::RateLimited { .. }
                 | GatewayError::BudgetExceeded { .. }
                 | GatewayError::OwnerBudgetExceeded { .. }

@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use prost::Message;
 use sluice_core::config::{
-    CompiledConfig, CompiledKey, CompiledTeam, DEFAULT_MAX_OUTPUT_TOKENS, FleetBudget, KeyConfig, Provider,
+    CompiledConfig, CompiledKey, CompiledTeam, DEFAULT_MAX_OUTPUT_TOKENS, Deployment, FleetBudget, KeyConfig, Provider,
     ResolvedKey, TeamConfig,
 };
 use sluice_core::cost::nanos_to_usd;
@@ -28,6 +28,8 @@ use crate::host::{Action, Host, LogLevel};
 use crate::key_cache::{Cached, Invalidations, KeyCache, SharedEntry, Verdict, read_shared, write_shared};
 use crate::secrets::Secrets;
 use crate::usage_record::{Outcome, USAGE_LOG_PREFIX, UsageRecord};
+use sluice_core::conversion::Target;
+use sluice_core::conversion::openai_anthropic::{self, StreamTranslator};
 use sluice_proto::gateway::v1::{KeyLookupRequest, KeyLookupResponse};
 
 /// The control plane's key lookup (proto/sluice/v1/gateway.proto).
@@ -245,7 +247,10 @@ struct Admitted {
     /// Index into `config.groups`.
     group: usize,
     deployment: usize,
+    /// The deployment's format: what the response is parsed as.
     format: ApiFormat,
+    /// The client speaks another format than the deployment: its answer is translated back.
+    translation: Option<Translation>,
     streamed: bool,
     strip_usage_chunk: bool,
     est_prompt_tokens: u64,
@@ -253,10 +258,27 @@ struct Admitted {
     remaining: Remaining,
 }
 
+/// An OpenAI Chat Completions client served by an Anthropic deployment (`core::conversion`).
+#[derive(Debug, Clone)]
+struct Translation {
+    /// The `model` the client asked for: what its responses name.
+    client_model: String,
+    /// The client asked for `stream_options.include_usage`.
+    include_usage: bool,
+}
+
 /// What the response tap keeps while the response passes.
 enum Tap {
     None,
     Sse(SseUsageScanner),
+    /// A translated stream: every chunk is replaced by its translation.
+    TranslatedSse(StreamTranslator),
+    /// A translated non-streaming body (or error): gathered, sent translated at its end.
+    TranslatedJson {
+        body: Vec<u8>,
+        overflow: bool,
+        translation: Translation,
+    },
     /// Copy of a non-streaming body (bounded), parsed for `usage` at the end.
     Json {
         body: Vec<u8>,
@@ -817,17 +839,34 @@ impl<H: Host> RequestFlow<H> {
         if !self.may_use(&group.name) {
             return Err(GatewayError::ModelNotAllowed { model: model.to_owned() });
         }
-        // Deployments of the group that speak this route's wire format.
-        let format = endpoint.format();
+        // Deployments of the group that speak this route's wire format, or whose format the
+        // gateway translates to (an OpenAI chat client in front of an Anthropic deployment).
+        let client_format = endpoint.format();
+        let translatable = |d: &Deployment| endpoint == Endpoint::ChatCompletions && d.provider == Provider::Anthropic;
         let candidates = group
             .deployments
             .iter()
             .filter_map(|i| Some((*i, config.deployment(*i)?)))
-            .filter(|(_, d)| d.provider.format() == format);
+            .filter(|(_, d)| d.provider.format() == client_format || translatable(d));
         let chosen = choose_weighted(candidates.clone().map(|(_, d)| d.weight), self.random)
             .and_then(|c| candidates.clone().nth(c));
         let Some((index, deployment)) = chosen else {
             return Err(GatewayError::ModelNotOnRoute { model: model.to_owned(), route: endpoint.route() });
+        };
+        let format = deployment.provider.format();
+        let streamed = req.stream && endpoint.can_stream();
+        // Translated before admission: a request that cannot be translated reserves nothing.
+        let translated = if format == client_format {
+            None
+        } else {
+            let target = Target {
+                model: &deployment.upstream_model,
+                default_max_tokens: deployment.max_output_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS),
+                drop_params: false,
+            };
+            let body = openai_anthropic::request(body, &target)?.body;
+            let translation = Translation { client_model: model.to_owned(), include_usage: req.client_wants_usage };
+            Some((body, translation))
         };
 
         // Admission: reserve estimated tokens and the maximum cost on every limited scope.
@@ -867,14 +906,17 @@ impl<H: Host> RequestFlow<H> {
         }
 
         // The body for the deployment: its model name; OpenAI streams must report usage.
-        let streamed = req.stream && endpoint.can_stream();
         let wants_usage_chunk = streamed && format == ApiFormat::OpenAi;
         let strip_usage_chunk = wants_usage_chunk && !req.client_wants_usage;
-        if let Some(new_body) = rewrite_body(body, &req, &deployment.upstream_model, wants_usage_chunk) {
+        let (new_body, upstream_endpoint, translation) = match translated {
+            Some((body, translation)) => (Some(body), Endpoint::Messages, Some(translation)),
+            None => (rewrite_body(body, &req, &deployment.upstream_model, wants_usage_chunk), endpoint, None),
+        };
+        if let Some(new_body) = new_body {
             self.host.replace_request_body(body.len(), &new_body);
             self.host.set_request_header("content-length", Some(new_body.len().to_string().as_bytes()));
         }
-        let upstream_path = format!("{}{}", deployment.base_path, endpoint.upstream_suffix());
+        let upstream_path = format!("{}{}", deployment.base_path, upstream_endpoint.upstream_suffix());
         if upstream_path.as_bytes() != self.path.as_slice() {
             self.host.set_request_header(":path", Some(upstream_path.as_bytes()));
         }
@@ -899,6 +941,7 @@ impl<H: Host> RequestFlow<H> {
             group: group_index,
             deployment: index,
             format,
+            translation,
             streamed,
             strip_usage_chunk,
             est_prompt_tokens,
@@ -923,6 +966,18 @@ impl<H: Host> RequestFlow<H> {
             .host
             .response_header("content-type")
             .is_some_and(|v| v.windows(17).any(|w| w.eq_ignore_ascii_case(b"text/event-stream")));
+        if let Some(translation) = &admitted.translation {
+            // Every byte of the body changes: its length is no longer the provider's.
+            self.host.set_response_header("content-length", None);
+            self.tap = if is_sse && (200..300).contains(&self.status) {
+                let created = self.start_ms / 1000;
+                Tap::TranslatedSse(StreamTranslator::new(&translation.client_model, created, translation.include_usage))
+            } else {
+                self.host.set_response_header("content-type", Some(b"application/json"));
+                Tap::TranslatedJson { body: Vec::new(), overflow: false, translation: translation.clone() }
+            };
+            return Action::Continue;
+        }
         self.tap = if is_sse {
             if admitted.strip_usage_chunk {
                 // The body changes length once the usage chunk is removed.
@@ -957,6 +1012,35 @@ impl<H: Host> RequestFlow<H> {
                         body.extend_from_slice(&chunk);
                     }
                 }
+            }
+            Tap::TranslatedSse(translator) => {
+                let chunk =
+                    if body_size > 0 { self.host.response_body(body_size).unwrap_or_default() } else { Vec::new() };
+                let translated = translator.feed(&chunk, end_of_stream);
+                self.host.replace_response_body(body_size, &translated);
+            }
+            Tap::TranslatedJson { body, overflow, translation } => {
+                // Held back chunk by chunk (each replaced by nothing) and sent whole, translated,
+                // with the last one: a JSON document translates only once it is complete.
+                if body_size > 0 && !*overflow {
+                    if body.len().saturating_add(body_size) > scan_limit {
+                        *overflow = true;
+                    } else if let Some(chunk) = self.host.response_body(body_size) {
+                        body.extend_from_slice(&chunk);
+                    }
+                }
+                let out = if !end_of_stream {
+                    Vec::new()
+                } else if *overflow {
+                    GatewayError::Untranslatable { detail: format!("the provider's answer is over {scan_limit} bytes") }
+                        .body()
+                } else if (200..300).contains(&self.status) {
+                    openai_anthropic::response(body, &translation.client_model, self.start_ms / 1000)
+                        .unwrap_or_else(|e| GatewayError::Untranslatable { detail: e.to_string() }.body())
+                } else {
+                    openai_anthropic::error(body)
+                };
+                self.host.replace_response_body(body_size, &out);
             }
         }
         Action::Continue
@@ -1072,12 +1156,24 @@ impl<H: Host> RequestFlow<H> {
                     None => (estimate(delivered), cut_outcome(), true),
                 }
             }
-            Tap::Json { body, overflow } => match usage::parse_response_usage(admitted.format, body) {
-                Some(u) if self.response_complete => (u, Outcome::Completed, false),
-                Some(u) => (u, cut_outcome(), true),
-                None if !*overflow && self.response_complete => (estimate(0), Outcome::Truncated, true),
-                None => (estimate(body.len() as u64), cut_outcome(), true),
-            },
+            Tap::TranslatedSse(translator) => {
+                let reported = translator.usage();
+                if translator.completed() {
+                    (reported, Outcome::Completed, false)
+                } else if reported == Usage::default() {
+                    (estimate(0), cut_outcome(), true)
+                } else {
+                    (reported, cut_outcome(), true)
+                }
+            }
+            Tap::TranslatedJson { body, overflow, .. } | Tap::Json { body, overflow } => {
+                match usage::parse_response_usage(admitted.format, body) {
+                    Some(u) if self.response_complete => (u, Outcome::Completed, false),
+                    Some(u) => (u, cut_outcome(), true),
+                    None if !*overflow && self.response_complete => (estimate(0), Outcome::Truncated, true),
+                    None => (estimate(body.len() as u64), cut_outcome(), true),
+                }
+            }
             // No response at all: the client left before the upstream answered.
             Tap::None => (estimate(0), Outcome::Cancelled, true),
         }

@@ -516,6 +516,95 @@ fn anthropic_messages_pass_through_with_the_provider_key() {
 }
 
 #[test]
+fn an_openai_chat_client_is_served_by_an_anthropic_deployment_both_ways() {
+    let h = Harness::new(base_config());
+    let body = r#"{"model":"claude-3-5-sonnet","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"hi"}],"max_tokens":50}"#;
+    let (mut s, reply) = h.post("/v1/chat/completions", &key(1), body);
+    assert!(reply.is_none(), "{reply:?}");
+    // Upstream: Anthropic's path, headers and body.
+    assert_eq!(s.host.request_header_str(":path").as_deref(), Some("/v1/messages"));
+    assert_eq!(s.host.request_header_str("x-api-key").as_deref(), Some("provider-secret-claude"));
+    assert_eq!(s.host.request_header_str("authorization"), None);
+    assert_eq!(s.host.request_header_str("anthropic-version").as_deref(), Some("2023-06-01"));
+    let sent: serde_json::Value = serde_json::from_slice(&s.host.stream.request_body.borrow()).unwrap();
+    assert_eq!(sent["model"], "claude-3-5-sonnet-20241022");
+    assert_eq!(sent["system"], "Be brief.");
+    assert_eq!(sent["max_tokens"], 50);
+    assert_eq!(
+        s.host.request_header_str("content-length"),
+        Some(s.host.stream.request_body.borrow().len().to_string())
+    );
+    // Back: the answer in OpenAI's shape, sent whole at its end; metered as Anthropic reported.
+    let answer = r#"{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"text","text":"Hello!"}],"stop_reason":"end_turn","usage":{"input_tokens":12,"output_tokens":3,"cache_read_input_tokens":4}}"#;
+    let (first, rest) = answer.split_at(20);
+    let delivered = s.respond(200, "application/json", &[first.as_bytes(), rest.as_bytes()], true);
+    assert_eq!(s.host.response_header_str("content-length"), None);
+    let got: serde_json::Value = serde_json::from_slice(&delivered).unwrap();
+    assert_eq!(got["object"], "chat.completion");
+    assert_eq!(got["model"], "claude-3-5-sonnet");
+    assert_eq!(got["choices"][0]["message"]["content"], "Hello!");
+    assert_eq!(got["choices"][0]["finish_reason"], "stop");
+    assert_eq!(got["usage"]["prompt_tokens"], 16);
+    s.finish();
+    let r = &h.envoy.records()[0];
+    assert_eq!(
+        (r["prompt_tokens"].as_u64(), r["cached_prompt_tokens"].as_u64(), r["completion_tokens"].as_u64()),
+        (Some(16), Some(4), Some(3))
+    );
+    assert_eq!((r["outcome"].as_str(), r["estimated"].as_bool()), (Some("completed"), Some(false)));
+    assert!(r["cost_usd"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn a_translated_stream_reaches_the_client_as_openai_chunks_and_is_charged_in_full() {
+    let h = Harness::new(base_config());
+    let body = r#"{"model":"claude-3-5-sonnet","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
+    let (mut s, reply) = h.post("/v1/chat/completions", &key(1), body);
+    assert!(reply.is_none(), "{reply:?}");
+    let sent: serde_json::Value = serde_json::from_slice(&s.host.stream.request_body.borrow()).unwrap();
+    assert_eq!((sent["stream"].as_bool(), sent.get("stream_options")), (Some(true), None));
+    let events = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_2\",\"usage\":{\"input_tokens\":30,\"output_tokens\":1}}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":7}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+    let (a, b) = events.as_bytes().split_at(100);
+    let delivered = String::from_utf8(s.respond(200, "text/event-stream", &[a, b], true)).unwrap();
+    assert!(delivered.contains(r#""delta":{"content":"Hi"}"#), "{delivered}");
+    assert!(delivered.contains(r#""finish_reason":"stop""#), "{delivered}");
+    assert!(delivered.contains(r#""completion_tokens":7"#), "the usage chunk the client asked for: {delivered}");
+    assert!(delivered.ends_with("data: [DONE]\n\n"), "{delivered}");
+    s.finish();
+    let r = &h.envoy.records()[0];
+    assert_eq!((r["prompt_tokens"].as_u64(), r["completion_tokens"].as_u64()), (Some(30), Some(7)));
+    assert_eq!((r["outcome"].as_str(), r["streamed"].as_bool()), (Some("completed"), Some(true)));
+}
+
+#[test]
+fn a_translation_that_cannot_be_made_is_a_400_that_reserves_nothing_and_provider_errors_come_back_in_openai_shape() {
+    let mut cfg = base_config();
+    cfg.keys[0].rpm_limit = Some(1);
+    let h = Harness::new(cfg);
+    let body = r#"{"model":"claude-3-5-sonnet","messages":[],"logit_bias":{"1":1}}"#;
+    let reply = h.post("/v1/chat/completions", &key(1), body).1.unwrap();
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json()["error"]["code"], "unsupported_params");
+    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("logit_bias"));
+    // The key's one request a minute was not spent on it.
+    let body = r#"{"model":"claude-3-5-sonnet","messages":[{"role":"user","content":"hi"}]}"#;
+    let (mut s, reply) = h.post("/v1/chat/completions", &key(1), body);
+    assert!(reply.is_none(), "{reply:?}");
+    let error = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+    let delivered = s.respond(529, "application/json", &[error], true);
+    let got: serde_json::Value = serde_json::from_slice(&delivered).unwrap();
+    assert_eq!(got["error"]["type"], "overloaded_error");
+    assert_eq!(got["error"]["message"], "Overloaded");
+    s.finish();
+    assert_eq!(h.envoy.records()[0]["outcome"], "upstream_error");
+}
+
+#[test]
 fn upstream_errors_and_garbage_are_recorded_honestly() {
     let h = Harness::new(base_config());
     let (mut s, _) = h.post("/v1/chat/completions", &key(1), CHAT);

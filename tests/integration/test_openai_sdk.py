@@ -127,3 +127,50 @@ def test_a_rewritten_body_goes_upstream_with_its_own_content_length(gw):
     seen = gw.mock_stats()["requests"][-1]
     assert seen["include_usage"] and seen["stream"]
     assert seen["content_length"] == str(seen["body_bytes"])
+
+
+def test_the_openai_sdk_is_served_by_a_claude_model_group(gw):
+    """LiteLLM's first promise: every model in the OpenAI format. A Claude group's deployment
+    speaks Anthropic's Messages API; the gateway translates the request there and the answer
+    back, and meters what Anthropic reported."""
+    before = len(gw.records("sdk"))
+    reply = client(gw, "sdk").chat.completions.create(
+        model="claude-3-5-sonnet", max_tokens=40,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}],
+        extra_headers={"x-mock-prompt-tokens": "100", "x-mock-completion-tokens": "6",
+                       "x-mock-cached-tokens": "30", "x-mock-cache-write-tokens": "20"})
+    assert reply.object == "chat.completion" and reply.model == "claude-3-5-sonnet"
+    assert reply.choices[0].message.content == "tok0 tok1 tok2 tok3 tok4 tok5"
+    assert reply.choices[0].finish_reason == "stop"
+    # Anthropic counts cache reads and writes apart; OpenAI's prompt_tokens include them.
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (150, 6)
+    assert reply.usage.prompt_tokens_details.cached_tokens == 30
+    seen = gw.mock_stats()["requests"][-1]
+    assert seen["path"] == "/v1/messages"
+    assert seen["x_api_key"] == gw.provider_keys["MOCK_ANTHROPIC_KEY"]
+    rec = gw.wait_records("sdk", before + 1)[-1]
+    assert (rec["prompt_tokens"], rec["cached_prompt_tokens"], rec["cache_write_tokens"], rec["completion_tokens"]) == (150, 30, 20, 6)
+    assert rec["cost_usd"] == pytest.approx(cost("claude-3-5-sonnet", 150, 6, cached=30, cache_write=20), abs=1e-9)
+    assert (rec["model_group"], rec["deployment"], rec["route"]) == ("claude-3-5-sonnet", "claude", "/v1/chat/completions")
+
+
+def test_a_claude_stream_reaches_the_openai_sdk_as_chunks_with_usage(gw):
+    before = len(gw.records("sdk"))
+    stream = client(gw, "sdk").chat.completions.create(
+        model="claude-3-5-sonnet", max_tokens=40, stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "hello"}],
+        extra_headers={"x-mock-prompt-tokens": "70", "x-mock-completion-tokens": "9"})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == " ".join(f"tok{i}" for i in range(9))
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    assert chunks[-1].usage.prompt_tokens == 70 and chunks[-1].usage.completion_tokens == 9
+    rec = gw.wait_records("sdk", before + 1)[-1]
+    assert (rec["prompt_tokens"], rec["completion_tokens"], rec["streamed"], rec["estimated"]) == (70, 9, True, False)
+
+
+def test_a_parameter_claude_cannot_take_is_refused_by_name(gw):
+    with pytest.raises(openai.BadRequestError) as e:
+        client(gw, "sdk").chat.completions.create(
+            model="claude-3-5-sonnet", messages=[{"role": "user", "content": "hi"}], logit_bias={"1": 1})
+    assert "logit_bias" in str(e.value) and "drop_params" in str(e.value)

@@ -65,6 +65,17 @@ impl fmt::Display for ConversionError {
     }
 }
 
+impl From<ConversionError> for crate::error::GatewayError {
+    fn from(e: ConversionError) -> Self {
+        match e {
+            ConversionError::Unsupported { provider, params } => Self::UnsupportedParams { provider, params },
+            ConversionError::InvalidRequest { detail } | ConversionError::InvalidResponse { detail } => {
+                Self::Untranslatable { detail }
+            }
+        }
+    }
+}
+
 fn invalid(detail: impl Into<String>) -> ConversionError {
     ConversionError::InvalidRequest { detail: detail.into() }
 }

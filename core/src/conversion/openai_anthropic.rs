@@ -396,7 +396,10 @@ pub struct StreamTranslator {
     usage: Usage,
     /// Anthropic block index → OpenAI tool call index, for tool-use blocks.
     tool_indexes: Vec<(u64, u64)>,
+    /// `[DONE]` was sent: nothing more goes out.
     done: bool,
+    /// `message_stop` arrived.
+    stopped: bool,
 }
 
 impl StreamTranslator {
@@ -410,6 +413,7 @@ impl StreamTranslator {
             usage: Usage::default(),
             tool_indexes: Vec::new(),
             done: false,
+            stopped: false,
         }
     }
 
@@ -430,6 +434,11 @@ impl StreamTranslator {
             }
         }
         out
+    }
+
+    /// The provider's stream ended properly (`message_stop`), not cut or failed.
+    pub fn completed(&self) -> bool {
+        self.stopped
     }
 
     /// The usage Anthropic reported so far (input at `message_start`, output at
@@ -524,6 +533,7 @@ impl StreamTranslator {
                     push_data(out, &chunk);
                 }
                 self.done = true;
+                self.stopped = true;
                 out.extend_from_slice(b"data: [DONE]\n\n");
             }
             "error" => {
