@@ -10,8 +10,8 @@
 //! builds `serde_json::Value`s: it runs only for a request whose client and deployment speak
 //! different formats, so the OpenAI → OpenAI path keeps its byte splicing (`request.rs`).
 //!
-//! Not wired into the filter yet: the filter will run it per upstream attempt (the
-//! deployment that answers may change between attempts).
+//! The filter runs it once per request today (`flow.rs`); with retries it moves to each
+//! upstream attempt (the deployment that answers may change between attempts).
 
 pub mod openai_anthropic;
 mod sse_events;
