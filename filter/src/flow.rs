@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use prost::Message;
 use sluice_core::config::{
-    CompiledConfig, CompiledKey, CompiledTeam, DEFAULT_MAX_OUTPUT_TOKENS, Deployment, FleetBudget, KeyConfig, Provider,
+    CompiledConfig, CompiledKey, CompiledTeam, DEFAULT_MAX_OUTPUT_TOKENS, FleetBudget, KeyConfig, Provider,
     ResolvedKey, TeamConfig,
 };
 use sluice_core::cost::nanos_to_usd;
@@ -27,9 +27,8 @@ use crate::health::{self, Probe};
 use crate::host::{Action, Host, LogLevel};
 use crate::key_cache::{Cached, Invalidations, KeyCache, SharedEntry, Verdict, read_shared, write_shared};
 use crate::secrets::Secrets;
+use crate::translation::{Direction, StreamTranslation, Translation};
 use crate::usage_record::{Outcome, USAGE_LOG_PREFIX, UsageRecord};
-use sluice_core::conversion::Target;
-use sluice_core::conversion::openai_anthropic::{self, StreamTranslator};
 use sluice_proto::gateway::v1::{KeyLookupRequest, KeyLookupResponse};
 
 /// The control plane's key lookup (proto/sluice/v1/gateway.proto).
@@ -258,21 +257,12 @@ struct Admitted {
     remaining: Remaining,
 }
 
-/// An OpenAI Chat Completions client served by an Anthropic deployment (`core::conversion`).
-#[derive(Debug, Clone)]
-struct Translation {
-    /// The `model` the client asked for: what its responses name.
-    client_model: String,
-    /// The client asked for `stream_options.include_usage`.
-    include_usage: bool,
-}
-
 /// What the response tap keeps while the response passes.
 enum Tap {
     None,
     Sse(SseUsageScanner),
     /// A translated stream: every chunk is replaced by its translation.
-    TranslatedSse(StreamTranslator),
+    TranslatedSse(StreamTranslation),
     /// A translated non-streaming body (or error): gathered, sent translated at its end.
     TranslatedJson {
         body: Vec<u8>,
@@ -840,14 +830,12 @@ impl<H: Host> RequestFlow<H> {
             return Err(GatewayError::ModelNotAllowed { model: model.to_owned() });
         }
         // Deployments of the group that speak this route's wire format, or whose format the
-        // gateway translates to (an OpenAI chat client in front of an Anthropic deployment).
+        // gateway translates to (`translation.rs`).
         let client_format = endpoint.format();
-        let translatable = |d: &Deployment| endpoint == Endpoint::ChatCompletions && d.provider == Provider::Anthropic;
-        let candidates = group
-            .deployments
-            .iter()
-            .filter_map(|i| Some((*i, config.deployment(*i)?)))
-            .filter(|(_, d)| d.provider.format() == client_format || translatable(d));
+        let candidates =
+            group.deployments.iter().filter_map(|i| Some((*i, config.deployment(*i)?))).filter(|(_, d)| {
+                d.provider.format() == client_format || Direction::between(endpoint, d.provider).is_some()
+            });
         let chosen = choose_weighted(candidates.clone().map(|(_, d)| d.weight), self.random)
             .and_then(|c| candidates.clone().nth(c));
         let Some((index, deployment)) = chosen else {
@@ -856,17 +844,13 @@ impl<H: Host> RequestFlow<H> {
         let format = deployment.provider.format();
         let streamed = req.stream && endpoint.can_stream();
         // Translated before admission: a request that cannot be translated reserves nothing.
-        let translated = if format == client_format {
-            None
-        } else {
-            let target = Target {
-                model: &deployment.upstream_model,
-                default_max_tokens: deployment.max_output_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS),
-                drop_params: false,
-            };
-            let body = openai_anthropic::request(body, &target)?.body;
-            let translation = Translation { client_model: model.to_owned(), include_usage: req.client_wants_usage };
-            Some((body, translation))
+        let translated = match Direction::between(endpoint, deployment.provider).filter(|_| format != client_format) {
+            None => None,
+            Some(direction) => {
+                let translation =
+                    Translation { direction, client_model: model.to_owned(), include_usage: req.client_wants_usage };
+                Some((translation.request(body, deployment, DEFAULT_MAX_OUTPUT_TOKENS)?, translation))
+            }
         };
 
         // Admission: reserve estimated tokens and the maximum cost on every limited scope.
@@ -909,7 +893,7 @@ impl<H: Host> RequestFlow<H> {
         let wants_usage_chunk = streamed && format == ApiFormat::OpenAi;
         let strip_usage_chunk = wants_usage_chunk && !req.client_wants_usage;
         let (new_body, upstream_endpoint, translation) = match translated {
-            Some((body, translation)) => (Some(body), Endpoint::Messages, Some(translation)),
+            Some((body, translation)) => (Some(body), translation.direction.upstream_endpoint(), Some(translation)),
             None => (rewrite_body(body, &req, &deployment.upstream_model, wants_usage_chunk), endpoint, None),
         };
         if let Some(new_body) = new_body {
@@ -971,7 +955,7 @@ impl<H: Host> RequestFlow<H> {
             self.host.set_response_header("content-length", None);
             self.tap = if is_sse && (200..300).contains(&self.status) {
                 let created = self.start_ms / 1000;
-                Tap::TranslatedSse(StreamTranslator::new(&translation.client_model, created, translation.include_usage))
+                Tap::TranslatedSse(translation.stream(created))
             } else {
                 self.host.set_response_header("content-type", Some(b"application/json"));
                 Tap::TranslatedJson { body: Vec::new(), overflow: false, translation: translation.clone() }
@@ -1034,11 +1018,8 @@ impl<H: Host> RequestFlow<H> {
                 } else if *overflow {
                     GatewayError::Untranslatable { detail: format!("the provider's answer is over {scan_limit} bytes") }
                         .body()
-                } else if (200..300).contains(&self.status) {
-                    openai_anthropic::response(body, &translation.client_model, self.start_ms / 1000)
-                        .unwrap_or_else(|e| GatewayError::Untranslatable { detail: e.to_string() }.body())
                 } else {
-                    openai_anthropic::error(body)
+                    translation.response(self.status, body, self.start_ms / 1000)
                 };
                 self.host.replace_response_body(body_size, &out);
             }

@@ -5,6 +5,7 @@
 //! - [`flow`]: one request's life: authenticate, admit, route, meter, settle, record.
 //! - [`counters`]: limit and budget counters in shared data (CAS loops).
 //! - [`health`]: the liveness and readiness probes, and the workers' heartbeats behind them.
+//! - [`translation`]: a client and a deployment of different formats (both directions).
 //! - [`secrets`]: provider credentials and the master key, from Envoy's environment.
 //! - [`key_cache`]: keys looked up in the control plane, per worker (xDS mode).
 //! - [`service`]: the invalidation log the singleton relays to the workers (xDS mode).
@@ -21,6 +22,7 @@ pub mod key_cache;
 mod mock_host;
 pub mod secrets;
 pub mod service;
+pub mod translation;
 pub mod usage_record;
 
 #[cfg(target_arch = "wasm32")]

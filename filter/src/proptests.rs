@@ -456,15 +456,20 @@ fn play(h: &Harness, req: &Request, resp: &Response) -> Result<bool, TestCaseErr
         let delivered = respond(&host, &mut flow, resp);
         let content_type = String::from_utf8_lossy(&resp.content_type).to_ascii_lowercase();
         let path = host.request_header_str(":path").unwrap_or_default();
-        // An OpenAI chat request an Anthropic deployment took is translated both ways: its
-        // answer is always JSON or SSE in OpenAI's shape (the translators' own properties are
+        // A request a deployment of the other format took is translated both ways: its answer
+        // is always JSON or SSE in the client's shape (the translators' own properties are
         // core's), never the provider's bytes.
-        let client_path =
-            req.headers.iter().find(|(n, _)| n == ":path").map(|(_, v)| String::from_utf8_lossy(v).into_owned());
-        let translated = path.ends_with("/v1/messages") && client_path.is_some_and(|p| p.contains("chat/completions"));
-        if translated {
+        let client_path = req
+            .headers
+            .iter()
+            .find(|(n, _)| n == ":path")
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        let to_messages = |p: &str| p.split('?').next().unwrap_or(p).trim_end_matches('/').ends_with("/messages");
+        if to_messages(&path) != to_messages(&client_path) {
+            let sse_event = delivered.starts_with(b"data: ") || delivered.starts_with(b"event: ");
             prop_assert!(
-                delivered.is_empty() || delivered.starts_with(b"{") || delivered.starts_with(b"data: "),
+                delivered.is_empty() || delivered.starts_with(b"{") || sse_event,
                 "{:?}",
                 String::from_utf8_lossy(&delivered)
             );

@@ -509,10 +509,41 @@ fn anthropic_messages_pass_through_with_the_provider_key() {
         (r["prompt_tokens"].as_u64(), r["cached_prompt_tokens"].as_u64(), r["completion_tokens"].as_u64()),
         (Some(40), Some(10), Some(7))
     );
-    // An OpenAI-only group is not served on /v1/messages.
+}
+
+#[test]
+fn an_anthropic_client_is_served_by_an_openai_deployment_both_ways() {
+    let h = Harness::new(base_config());
+    let body = r#"{"model":"gpt-4o-mini","max_tokens":64,"system":"Be brief.","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
     let mut s = h.start("POST", "/v1/messages", &[("x-api-key", key(1).as_bytes())]);
-    let reply = s.send_body(CHAT.as_bytes()).unwrap();
-    assert_eq!((reply.status, reply.json()["error"]["code"].as_str()), (400, Some("model_not_supported_on_route")));
+    assert!(s.send_body(body.as_bytes()).is_none());
+    assert_eq!(s.host.request_header_str(":path").as_deref(), Some("/v1/chat/completions"));
+    assert_eq!(s.host.request_header_str("authorization").as_deref(), Some("Bearer provider-secret-mini"));
+    assert_eq!(s.host.request_header_str("x-api-key"), None);
+    let sent: serde_json::Value = serde_json::from_slice(&s.host.stream.request_body.borrow()).unwrap();
+    assert_eq!(sent["messages"][0], serde_json::json!({"role": "system", "content": "Be brief."}));
+    assert_eq!(sent["stream_options"]["include_usage"], true, "the gateway meters from the usage chunk");
+    let chunks = concat!(
+        "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+        "data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":20,\"completion_tokens\":4,\"total_tokens\":24}}\n\n",
+        "data: [DONE]\n\n",
+    );
+    let delivered = String::from_utf8(s.respond(200, "text/event-stream", &[chunks.as_bytes()], true)).unwrap();
+    assert!(delivered.starts_with("event: message_start\n"), "{delivered}");
+    assert!(delivered.contains(r#""delta":{"text":"Hi","type":"text_delta"}"#), "{delivered}");
+    assert!(
+        delivered.contains(r#""stop_reason":"end_turn""#)
+            && delivered.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"),
+        "{delivered}"
+    );
+    s.finish();
+    let r = &h.envoy.records()[0];
+    assert_eq!(
+        (r["prompt_tokens"].as_u64(), r["completion_tokens"].as_u64(), r["outcome"].as_str()),
+        (Some(20), Some(4), Some("completed"))
+    );
+    assert_eq!(r["route"], "/v1/messages");
 }
 
 #[test]

@@ -41,6 +41,43 @@ def test_messages_streaming(gw):
     assert (rec["prompt_tokens"], rec["completion_tokens"], rec["streamed"], rec["estimated"]) == (70, 9, True, False)
 
 
-def test_an_openai_model_is_not_served_on_messages(gw):
-    with pytest.raises(anthropic.BadRequestError):
-        client(gw).messages.create(model="gpt-4o", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+def test_the_anthropic_sdk_is_served_by_an_openai_model_group(gw):
+    """Claude Code and the Anthropic SDK in front of GPT: the gateway translates the Messages
+    request to Chat Completions and the answer back, and meters what OpenAI reported."""
+    before = len(gw.records("anthropic"))
+    msg = client(gw).messages.create(
+        model="gpt-4o", max_tokens=50, system="Be brief.", messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-mock-prompt-tokens": "100", "x-mock-completion-tokens": "6", "x-mock-cached-tokens": "40"})
+    assert msg.type == "message" and msg.model == "gpt-4o"
+    assert msg.content[0].text == "tok0 tok1 tok2 tok3 tok4 tok5"
+    assert msg.stop_reason == "end_turn"
+    # Anthropic reports cached input apart from the rest.
+    assert (msg.usage.input_tokens, msg.usage.cache_read_input_tokens, msg.usage.output_tokens) == (60, 40, 6)
+    seen = gw.mock_stats()["requests"][-1]
+    assert seen["path"] == "/v1/chat/completions"
+    assert seen["authorization"] == f"Bearer {gw.provider_keys['MOCK_OPENAI_KEY']}" and seen["x_api_key"] is None
+    rec = gw.wait_records("anthropic", before + 1)[-1]
+    assert (rec["prompt_tokens"], rec["cached_prompt_tokens"], rec["completion_tokens"]) == (100, 40, 6)
+    assert rec["cost_usd"] == pytest.approx(cost("gpt-4o", 100, 6, cached=40), abs=1e-9)
+    assert (rec["model_group"], rec["route"]) == ("gpt-4o", "/v1/messages")
+
+
+def test_an_openai_model_streams_to_the_anthropic_sdk(gw):
+    before = len(gw.records("anthropic"))
+    with client(gw).messages.stream(
+        model="gpt-4o", max_tokens=50, messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-mock-prompt-tokens": "70", "x-mock-completion-tokens": "9"},
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == " ".join(f"tok{i}" for i in range(9))
+    assert final.stop_reason == "end_turn" and final.usage.output_tokens == 9
+    rec = gw.wait_records("anthropic", before + 1)[-1]
+    assert (rec["prompt_tokens"], rec["completion_tokens"], rec["streamed"], rec["estimated"]) == (70, 9, True, False)
+
+
+def test_a_parameter_openai_cannot_take_is_refused_by_name(gw):
+    with pytest.raises(anthropic.BadRequestError) as e:
+        client(gw).messages.create(model="gpt-4o", max_tokens=5, messages=[{"role": "user", "content": "hi"}],
+                                   extra_body={"top_k": 3})
+    assert "top_k" in str(e.value)

@@ -13,6 +13,7 @@
 //! The filter runs it once per request today (`flow.rs`); with retries it moves to each
 //! upstream attempt (the deployment that answers may change between attempts).
 
+pub mod anthropic_openai;
 pub mod openai_anthropic;
 mod sse_events;
 

@@ -6,6 +6,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::{Value, json};
 use sluice_core::conversion::Target;
+use sluice_core::conversion::anthropic_openai;
 use sluice_core::conversion::openai_anthropic::{StreamTranslator, error, request, response};
 
 use crate::common::{config, hostile_bytes, json_value, split_at_points};
@@ -79,5 +80,30 @@ proptest! {
         prop_assert_eq!(text.matches("data: [DONE]\n\n").count(), 1);
         prop_assert!(text.ends_with("data: [DONE]\n\n"));
         prop_assert_eq!(translate_stream(&split_at_points(&stream, &points)), whole);
+    }
+
+    #[test]
+    fn the_reverse_direction_never_panics_and_always_ends_its_stream(body in hostile_bytes(), stream in prop_oneof![anthropic_stream(), hostile_bytes()], points in prop::collection::vec(any::<Index>(), 0..6)) {
+        let _ = anthropic_openai::request(&body, &TARGET);
+        let _ = anthropic_openai::response(&body, "m");
+        let e: Value = serde_json::from_slice(&anthropic_openai::error(&body, 500)).unwrap();
+        prop_assert_eq!(&e["type"], "error");
+        let run = |pieces: &[&[u8]]| {
+            let mut t = anthropic_openai::StreamTranslator::new("m");
+            let mut out = Vec::new();
+            for (i, piece) in pieces.iter().enumerate() {
+                out.extend(t.feed(piece, i + 1 == pieces.len()));
+            }
+            if pieces.is_empty() {
+                out.extend(t.feed(b"", true));
+            }
+            out
+        };
+        let whole = run(&[&stream]);
+        let text = String::from_utf8(whole.clone()).unwrap();
+        prop_assert!(text.starts_with("event: message_start\n"));
+        let ended = text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n") || text.contains("event: error\n");
+        prop_assert!(ended, "the stream did not end: {}", text);
+        prop_assert_eq!(run(&split_at_points(&stream, &points)), whole);
     }
 }

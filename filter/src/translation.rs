@@ -1,0 +1,127 @@
+//! A client and a deployment that speak different formats: which translation applies, and the
+//! request, response, stream and error mappings of `sluice_core::conversion` behind one type,
+//! so `flow.rs` routes and meters the same way whatever the pair.
+
+use sluice_core::config::{Deployment, Provider};
+use sluice_core::conversion::{Target, anthropic_openai, openai_anthropic};
+use sluice_core::endpoint::Endpoint;
+use sluice_core::error::GatewayError;
+use sluice_core::usage::Usage;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// An OpenAI Chat Completions client, an Anthropic Messages deployment.
+    OpenAiToAnthropic,
+    /// An Anthropic Messages client (Claude Code, the Anthropic SDK), an OpenAI deployment.
+    AnthropicToOpenAi,
+}
+
+impl Direction {
+    /// The translation a request on `endpoint` needs to reach `provider`, if one exists.
+    pub fn between(endpoint: Endpoint, provider: Provider) -> Option<Direction> {
+        match (endpoint, provider) {
+            (Endpoint::ChatCompletions, Provider::Anthropic) => Some(Self::OpenAiToAnthropic),
+            (Endpoint::Messages, Provider::Openai) => Some(Self::AnthropicToOpenAi),
+            _ => None,
+        }
+    }
+
+    /// The route the deployment is called on.
+    pub fn upstream_endpoint(self) -> Endpoint {
+        match self {
+            Self::OpenAiToAnthropic => Endpoint::Messages,
+            Self::AnthropicToOpenAi => Endpoint::ChatCompletions,
+        }
+    }
+}
+
+/// One request's translation.
+#[derive(Debug, Clone)]
+pub struct Translation {
+    pub direction: Direction,
+    /// The `model` the client asked for: what its responses name.
+    pub client_model: String,
+    /// An OpenAI client asked for `stream_options.include_usage`.
+    pub include_usage: bool,
+}
+
+impl Translation {
+    /// The body for `deployment`; a request that cannot be translated is the client's error.
+    pub fn request(
+        &self,
+        body: &[u8],
+        deployment: &Deployment,
+        default_max_tokens: u64,
+    ) -> Result<Vec<u8>, GatewayError> {
+        let target = Target {
+            model: &deployment.upstream_model,
+            default_max_tokens: deployment.max_output_tokens.unwrap_or(default_max_tokens),
+            drop_params: false,
+        };
+        let translated = match self.direction {
+            Direction::OpenAiToAnthropic => openai_anthropic::request(body, &target)?,
+            Direction::AnthropicToOpenAi => anthropic_openai::request(body, &target)?,
+        };
+        Ok(translated.body)
+    }
+
+    /// A whole response body in the client's format: the answer, or the provider's error.
+    pub fn response(&self, status: u16, body: &[u8], created_unix_secs: u64) -> Vec<u8> {
+        let untranslatable = |e: sluice_core::conversion::ConversionError| GatewayError::from(e).body();
+        match (self.direction, (200..300).contains(&status)) {
+            (Direction::OpenAiToAnthropic, true) => {
+                openai_anthropic::response(body, &self.client_model, created_unix_secs).unwrap_or_else(untranslatable)
+            }
+            (Direction::OpenAiToAnthropic, false) => openai_anthropic::error(body),
+            (Direction::AnthropicToOpenAi, true) => {
+                anthropic_openai::response(body, &self.client_model).unwrap_or_else(untranslatable)
+            }
+            (Direction::AnthropicToOpenAi, false) => anthropic_openai::error(body, status),
+        }
+    }
+
+    pub fn stream(&self, created_unix_secs: u64) -> StreamTranslation {
+        match self.direction {
+            Direction::OpenAiToAnthropic => StreamTranslation::ToOpenAi(openai_anthropic::StreamTranslator::new(
+                &self.client_model,
+                created_unix_secs,
+                self.include_usage,
+            )),
+            Direction::AnthropicToOpenAi => {
+                StreamTranslation::ToAnthropic(anthropic_openai::StreamTranslator::new(&self.client_model))
+            }
+        }
+    }
+}
+
+/// A stream being translated, chunk by chunk.
+#[derive(Debug)]
+pub enum StreamTranslation {
+    ToOpenAi(openai_anthropic::StreamTranslator),
+    ToAnthropic(anthropic_openai::StreamTranslator),
+}
+
+impl StreamTranslation {
+    pub fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8> {
+        match self {
+            Self::ToOpenAi(t) => t.feed(chunk, end_of_stream),
+            Self::ToAnthropic(t) => t.feed(chunk, end_of_stream),
+        }
+    }
+
+    /// What the provider reported (the request is charged this).
+    pub fn usage(&self) -> Usage {
+        match self {
+            Self::ToOpenAi(t) => t.usage(),
+            Self::ToAnthropic(t) => t.usage(),
+        }
+    }
+
+    /// The provider's stream ended properly.
+    pub fn completed(&self) -> bool {
+        match self {
+            Self::ToOpenAi(t) => t.completed(),
+            Self::ToAnthropic(t) => t.completed(),
+        }
+    }
+}
