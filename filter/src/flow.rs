@@ -844,7 +844,8 @@ impl<H: Host> RequestFlow<H> {
         let format = deployment.provider.format();
         let streamed = req.stream && endpoint.can_stream();
         // Translated before admission: a request that cannot be translated reserves nothing.
-        let translated = match Direction::between(endpoint, deployment.provider).filter(|_| format != client_format) {
+        // (`between` names only pairs of different formats.)
+        let translated = match Direction::between(endpoint, deployment.provider) {
             None => None,
             Some(direction) => {
                 let translation =
@@ -988,15 +989,7 @@ impl<H: Host> RequestFlow<H> {
                     self.host.replace_response_body(body_size, &bytes);
                 }
             }
-            Tap::Json { body, overflow } => {
-                if body_size > 0 && !*overflow {
-                    if body.len().saturating_add(body_size) > scan_limit {
-                        *overflow = true;
-                    } else if let Some(chunk) = self.host.response_body(body_size) {
-                        body.extend_from_slice(&chunk);
-                    }
-                }
-            }
+            Tap::Json { body, overflow } => gather(&self.host, body, overflow, body_size, scan_limit),
             Tap::TranslatedSse(translator) => {
                 let chunk =
                     if body_size > 0 { self.host.response_body(body_size).unwrap_or_default() } else { Vec::new() };
@@ -1006,13 +999,7 @@ impl<H: Host> RequestFlow<H> {
             Tap::TranslatedJson { body, overflow, translation } => {
                 // Held back chunk by chunk (each replaced by nothing) and sent whole, translated,
                 // with the last one: a JSON document translates only once it is complete.
-                if body_size > 0 && !*overflow {
-                    if body.len().saturating_add(body_size) > scan_limit {
-                        *overflow = true;
-                    } else if let Some(chunk) = self.host.response_body(body_size) {
-                        body.extend_from_slice(&chunk);
-                    }
-                }
+                gather(&self.host, body, overflow, body_size, scan_limit);
                 let out = if !end_of_stream {
                     Vec::new()
                 } else if *overflow {
@@ -1158,6 +1145,19 @@ impl<H: Host> RequestFlow<H> {
             // No response at all: the client left before the upstream answered.
             Tap::None => (estimate(0), Outcome::Cancelled, true),
         }
+    }
+}
+
+/// Appends the response chunk of `size` bytes to `body`, up to `limit` bytes in all; past it,
+/// `overflow` is set and nothing more is kept.
+fn gather<H: Host>(host: &H, body: &mut Vec<u8>, overflow: &mut bool, size: usize, limit: usize) {
+    if size == 0 || *overflow {
+        return;
+    }
+    if body.len().saturating_add(size) > limit {
+        *overflow = true;
+    } else if let Some(chunk) = host.response_body(size) {
+        body.extend_from_slice(&chunk);
     }
 }
 

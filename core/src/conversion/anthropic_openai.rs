@@ -9,7 +9,7 @@
 use serde_json::{Map, Value, json};
 
 use super::sse_events::{Event, SseEvents};
-use super::{ConversionError, Target, Translated, bad_response, invalid};
+use super::{ConversionError, Target, Translated, bad_response, invalid, provider_error};
 use crate::usage::Usage;
 
 const PROVIDER: &str = "openai";
@@ -299,12 +299,7 @@ pub fn response(body: &[u8], client_model: &str) -> Result<Vec<u8>, ConversionEr
 
 /// OpenAI's error body in Anthropic's shape (`{"type":"error","error":{"type","message"}}`).
 pub fn error(body: &[u8], status: u16) -> Vec<u8> {
-    let parsed: Option<Value> = serde_json::from_slice(body).ok();
-    let inner = parsed.as_ref().and_then(|v| v.get("error"));
-    let message = inner
-        .and_then(|e| e.get("message"))
-        .and_then(Value::as_str)
-        .map_or_else(|| format!("the provider answered: {}", String::from_utf8_lossy(body)), str::to_owned);
+    let (message, _) = provider_error(body);
     let kind = match status {
         400 | 404 | 413 | 422 => "invalid_request_error",
         401 => "authentication_error",
@@ -351,13 +346,10 @@ impl StreamTranslator {
     /// The bytes to send the client for this chunk of the OpenAI stream.
     pub fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8> {
         let mut out = Vec::new();
-        for event in self.events.feed(chunk) {
+        for event in self.events.feed(chunk, end_of_stream) {
             self.translate(&event, &mut out);
         }
         if end_of_stream {
-            if let Some(event) = self.events.finish() {
-                self.translate(&event, &mut out);
-            }
             self.finish(&mut out);
         }
         out

@@ -77,6 +77,17 @@ impl From<ConversionError> for crate::error::GatewayError {
     }
 }
 
+/// The message and type of a provider's error body (`{"error": {"message", "type"}}`, the
+/// shape both OpenAI and Anthropic use); a body without one is quoted as the message.
+fn provider_error(body: &[u8]) -> (String, Option<String>) {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let inner = parsed.as_ref().and_then(|v| v.get("error"));
+    let field = |name: &str| inner.and_then(|e| e.get(name)).and_then(serde_json::Value::as_str).map(str::to_owned);
+    let message =
+        field("message").unwrap_or_else(|| format!("the provider answered: {}", String::from_utf8_lossy(body)));
+    (message, field("type"))
+}
+
 fn invalid(detail: impl Into<String>) -> ConversionError {
     ConversionError::InvalidRequest { detail: detail.into() }
 }

@@ -10,7 +10,7 @@
 use serde_json::{Map, Value, json};
 
 use super::sse_events::{Event, SseEvents};
-use super::{ConversionError, Target, Translated, bad_response, invalid};
+use super::{ConversionError, Target, Translated, bad_response, invalid, provider_error};
 use crate::usage::Usage;
 
 const PROVIDER: &str = "anthropic";
@@ -373,13 +373,8 @@ pub fn response(body: &[u8], client_model: &str, created_unix_secs: u64) -> Resu
 /// Anthropic's error body (`{"type":"error","error":{"type","message"}}`) in OpenAI's shape;
 /// the status stays the provider's. Anything else becomes a message that says so.
 pub fn error(body: &[u8]) -> Vec<u8> {
-    let parsed: Option<Value> = serde_json::from_slice(body).ok();
-    let inner = parsed.as_ref().and_then(|v| v.get("error"));
-    let message = inner
-        .and_then(|e| e.get("message"))
-        .and_then(Value::as_str)
-        .map_or_else(|| format!("the provider answered: {}", String::from_utf8_lossy(body)), str::to_owned);
-    let kind = inner.and_then(|e| e.get("type")).and_then(Value::as_str).unwrap_or("api_error");
+    let (message, kind) = provider_error(body);
+    let kind = kind.as_deref().unwrap_or("api_error");
     json!({"error": {"message": message, "type": kind, "param": null, "code": kind}}).to_string().into_bytes()
 }
 
@@ -421,17 +416,12 @@ impl StreamTranslator {
     /// last one). A stream that ends without `message_stop` still ends with `data: [DONE]`.
     pub fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8> {
         let mut out = Vec::new();
-        for event in self.events.feed(chunk) {
+        for event in self.events.feed(chunk, end_of_stream) {
             self.translate(&event, &mut out);
         }
-        if end_of_stream {
-            if let Some(event) = self.events.finish() {
-                self.translate(&event, &mut out);
-            }
-            if !self.done {
-                self.done = true;
-                out.extend_from_slice(b"data: [DONE]\n\n");
-            }
+        if end_of_stream && !self.done {
+            self.done = true;
+            out.extend_from_slice(b"data: [DONE]\n\n");
         }
         out
     }

@@ -31,8 +31,9 @@ pub struct SseEvents {
 }
 
 impl SseEvents {
-    /// The events `chunk` completes, in order.
-    pub fn feed(&mut self, chunk: &[u8]) -> Vec<Event> {
+    /// The events `chunk` completes, in order; at the end of the stream, also the event it was
+    /// in the middle of (a provider that ends without the final blank line).
+    pub fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<Event> {
         let mut events = Vec::new();
         for &byte in chunk {
             if self.after_cr {
@@ -59,11 +60,14 @@ impl SseEvents {
                 }
             }
         }
+        if end_of_stream {
+            events.extend(self.finish());
+        }
         events
     }
 
-    /// The event a stream that ended without its final blank line was in the middle of.
-    pub fn finish(&mut self) -> Option<Event> {
+    /// Ends the current line, then the event (the line may have been its last field).
+    fn finish(&mut self) -> Option<Event> {
         let event = self.end_line();
         if event.is_some() {
             return event;
@@ -120,7 +124,7 @@ mod tests {
 
     fn all(chunks: &[&[u8]]) -> Vec<Event> {
         let mut s = SseEvents::default();
-        chunks.iter().flat_map(|c| s.feed(c)).collect()
+        chunks.iter().flat_map(|c| s.feed(c, false)).collect()
     }
 
     #[test]
@@ -147,15 +151,15 @@ mod tests {
     fn an_oversized_event_is_dropped_and_the_next_one_read() {
         let mut s = SseEvents::default();
         let big = format!("data: {}\n\n", "x".repeat(MAX_EVENT_BYTES + 10));
-        assert!(s.feed(big.as_bytes()).is_empty());
+        assert!(s.feed(big.as_bytes(), false).is_empty());
         assert_eq!(s.dropped, 1);
-        assert_eq!(s.feed(b"data: ok\n\n"), [Event { event: String::new(), data: "ok".into() }]);
+        assert_eq!(s.feed(b"data: ok\n\n", false), [Event { event: String::new(), data: "ok".into() }]);
     }
 
     #[test]
     fn a_stream_cut_before_its_blank_line_still_yields_its_last_event() {
         let mut s = SseEvents::default();
-        assert!(s.feed(b"event: message_stop\ndata: {}").is_empty());
-        assert_eq!(s.finish(), Some(Event { event: "message_stop".into(), data: "{}".into() }));
+        assert!(s.feed(b"event: message_stop\ndata: {}", false).is_empty());
+        assert_eq!(s.feed(b"", true), [Event { event: "message_stop".into(), data: "{}".into() }]);
     }
 }

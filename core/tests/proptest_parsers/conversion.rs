@@ -42,16 +42,21 @@ fn anthropic_stream() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
-fn translate_stream(pieces: &[&[u8]]) -> Vec<u8> {
-    let mut t = StreamTranslator::new("m", 0, true);
+/// What a stream translator (`feed`: chunk, end of stream → bytes out) writes for `pieces`.
+fn run_stream(mut feed: impl FnMut(&[u8], bool) -> Vec<u8>, pieces: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::new();
     for (i, piece) in pieces.iter().enumerate() {
-        out.extend(t.feed(piece, i + 1 == pieces.len()));
+        out.extend(feed(piece, i + 1 == pieces.len()));
     }
     if pieces.is_empty() {
-        out.extend(t.feed(b"", true));
+        out.extend(feed(b"", true));
     }
     out
+}
+
+fn translate_stream(pieces: &[&[u8]]) -> Vec<u8> {
+    let mut t = StreamTranslator::new("m", 0, true);
+    run_stream(|chunk, end| t.feed(chunk, end), pieces)
 }
 
 proptest! {
@@ -90,14 +95,7 @@ proptest! {
         prop_assert_eq!(&e["type"], "error");
         let run = |pieces: &[&[u8]]| {
             let mut t = anthropic_openai::StreamTranslator::new("m");
-            let mut out = Vec::new();
-            for (i, piece) in pieces.iter().enumerate() {
-                out.extend(t.feed(piece, i + 1 == pieces.len()));
-            }
-            if pieces.is_empty() {
-                out.extend(t.feed(b"", true));
-            }
-            out
+            run_stream(|chunk, end| t.feed(chunk, end), pieces)
         };
         let whole = run(&[&stream]);
         let text = String::from_utf8(whole.clone()).unwrap();
