@@ -8,10 +8,11 @@
 //! - [`translation`]: a client and a deployment of different formats (both directions).
 //! - [`secrets`]: provider credentials and the master key, from Envoy's environment.
 //! - [`key_cache`]: keys looked up in the control plane, per worker (xDS mode).
-//! - [`service`]: the invalidation log the singleton relays to the workers (xDS mode).
-//! - `wasm` (wasm32 only): the proxy-wasm binding: root contexts, the singleton service.
+//! - [`service`]: the singleton service (usage shipping, invalidations, fleet limit sync) and the
+//!   invalidation log it relays to the workers, for either binding to run.
+//! - `wasm` (wasm32 only): the proxy-wasm binding: root contexts, the singleton service's VM.
 //! - `native` (other targets): the dynamic-module binding: the ABI, its [`host::Host`], the
-//!   exported hooks. Standalone mode only for now (ARCHITECTURE.md, "Native build").
+//!   exported hooks, the singleton on Envoy's main thread (ARCHITECTURE.md, "Native build").
 
 pub mod counters;
 pub mod flow;

@@ -74,7 +74,7 @@ impl ModuleBuffer {
     }
 }
 
-/// `envoy_dynamic_module_type_module_http_header`: a header of a local reply.
+/// `envoy_dynamic_module_type_module_http_header`: a header of a local reply or a callout.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ModuleHttpHeader {
@@ -83,6 +83,26 @@ pub struct ModuleHttpHeader {
     pub value_ptr: *const c_char,
     pub value_length: usize,
 }
+
+/// `envoy_dynamic_module_type_envoy_http_header`: a header of a callout's answer, Envoy's bytes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EnvoyHttpHeader {
+    pub key: EnvoyBuffer,
+    pub value: EnvoyBuffer,
+}
+
+/// `envoy_dynamic_module_type_http_callout_init_result`: 0 is success (the others: missing
+/// required headers, cluster not found, duplicate id, cannot create the request, which is also
+/// what an answer delivered inline, before the call returned, looks like).
+pub type CalloutInitResult = u32;
+pub const CALLOUT_INIT_SUCCESS: CalloutInitResult = 0;
+/// `envoy_dynamic_module_type_http_callout_result`: 0 is an answer; 1 reset; 2 too large.
+pub type CalloutResult = u32;
+pub const CALLOUT_SUCCESS: CalloutResult = 0;
+
+/// `envoy_dynamic_module_type_http_filter_config_scheduler_module_ptr`, Envoy's object.
+pub type SchedulerPtr = *mut c_void;
 
 /// `envoy_dynamic_module_type_http_header_type`.
 pub type HeaderType = u32;
@@ -194,6 +214,82 @@ callbacks! {
         = c"envoy_dynamic_module_callback_http_filter_config_define_counter";
     increment_counter: fn(FilterEnvoyPtr, usize, *const ModuleBuffer, usize, u64) -> MetricsResult
         = c"envoy_dynamic_module_callback_http_filter_increment_counter";
+    /// An HTTP request to a cluster for one stream (key lookups); its id into the second
+    /// argument. The answer comes to `on_http_filter_http_callout_done` on the stream's thread.
+    http_callout: fn(FilterEnvoyPtr, *mut u64, ModuleBuffer, *const ModuleHttpHeader, usize, ModuleBuffer, u64) -> CalloutInitResult
+        = c"envoy_dynamic_module_callback_http_filter_http_callout";
+    /// The same from a config, on the main thread (the singleton's calls); the answer comes to
+    /// `on_http_filter_config_http_callout_done`.
+    config_http_callout: fn(ConfigEnvoyPtr, *mut u64, ModuleBuffer, *const ModuleHttpHeader, usize, ModuleBuffer, u64) -> CalloutInitResult
+        = c"envoy_dynamic_module_callback_http_filter_config_http_callout";
+    /// A handle that posts events to the main thread (`on_http_filter_config_scheduled`) from
+    /// any thread.
+    config_scheduler_new: fn(ConfigEnvoyPtr) -> SchedulerPtr
+        = c"envoy_dynamic_module_callback_http_filter_config_scheduler_new";
+    config_scheduler_commit: fn(SchedulerPtr, u64)
+        = c"envoy_dynamic_module_callback_http_filter_config_scheduler_commit";
+    config_scheduler_delete: fn(SchedulerPtr)
+        = c"envoy_dynamic_module_callback_http_filter_config_scheduler_delete";
+    /// A counter of the config, incremented outside any stream (the singleton's).
+    config_increment_counter: fn(ConfigEnvoyPtr, usize, *const ModuleBuffer, usize, u64) -> MetricsResult
+        = c"envoy_dynamic_module_callback_http_filter_config_increment_counter";
+}
+
+/// The headers of a callout as Envoy's header structs (borrowing `headers`).
+fn module_headers(headers: &[(&str, &[u8])]) -> Vec<ModuleHttpHeader> {
+    headers
+        .iter()
+        .map(|(k, v)| ModuleHttpHeader {
+            key_ptr: k.as_ptr().cast(),
+            key_length: k.len(),
+            value_ptr: v.as_ptr().cast(),
+            value_length: v.len(),
+        })
+        .collect()
+}
+
+/// A callout's answer as Envoy delivers it: headers, then the body's chunks.
+pub struct CalloutAnswer {
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+impl CalloutAnswer {
+    /// Copies what a `*_http_callout_done` hook was given.
+    ///
+    /// # Safety
+    /// The pointers and sizes are the hook's arguments: null, or arrays of that many entries
+    /// whose buffers are valid for the hook's duration.
+    pub unsafe fn read(
+        headers: *const EnvoyHttpHeader,
+        headers_size: usize,
+        chunks: *const EnvoyBuffer,
+        chunks_size: usize,
+    ) -> CalloutAnswer {
+        let headers = if headers.is_null() {
+            &[][..]
+        } else {
+            // SAFETY: the caller's promise.
+            unsafe { core::slice::from_raw_parts(headers, headers_size) }
+        };
+        let chunks = if chunks.is_null() {
+            &[][..]
+        } else {
+            // SAFETY: the caller's promise.
+            unsafe { core::slice::from_raw_parts(chunks, chunks_size) }
+        };
+        let mut body = Vec::new();
+        for chunk in chunks {
+            // SAFETY: a buffer of the answer, valid during the hook.
+            body.extend_from_slice(&unsafe { chunk.to_vec() }.unwrap_or_default());
+        }
+        let headers = headers
+            .iter()
+            // SAFETY: buffers of the answer, valid during the hook.
+            .map(|h| unsafe { (h.key.to_vec().unwrap_or_default(), h.value.to_vec().unwrap_or_default()) })
+            .collect();
+        CalloutAnswer { headers, body }
+    }
 }
 
 unsafe extern "C" {
@@ -352,6 +448,27 @@ impl Stream {
         if found { unsafe { value.to_vec() } } else { None }
     }
 
+    /// Starts an HTTP request to `cluster` for this stream; its id, or None if Envoy could not
+    /// start it (no such cluster, or it failed before returning).
+    pub fn http_callout(&self, cluster: &str, headers: &[(&str, &[u8])], body: &[u8], timeout_ms: u64) -> Option<u64> {
+        let headers = module_headers(headers);
+        let mut id = 0u64;
+        // SAFETY: a live stream; `id` is writable; Envoy copies the cluster name, headers and
+        // body before returning.
+        let result = unsafe {
+            (self.callbacks.http_callout)(
+                self.ptr,
+                &mut id,
+                ModuleBuffer::of(cluster.as_bytes()),
+                headers.as_ptr(),
+                headers.len(),
+                ModuleBuffer::of(body),
+                timeout_ms,
+            )
+        };
+        (result == CALLOUT_INIT_SUCCESS).then_some(id)
+    }
+
     /// Adds to a counter the stream's config defined.
     pub fn increment_counter(&self, id: usize, delta: u64) -> bool {
         // SAFETY: a live stream; no labels (null with length 0 is allowed).
@@ -391,5 +508,90 @@ impl ConfigHandle {
             (self.callbacks.define_counter)(self.ptr, ModuleBuffer::of(name.as_bytes()), core::ptr::null(), 0, &mut id)
         };
         (result == METRICS_SUCCESS).then_some(id)
+    }
+}
+
+/// A filter config between its creation and its destruction, used on Envoy's main thread only:
+/// the singleton's callouts and counters. A raw pointer makes it neither `Send` nor `Sync`.
+#[derive(Clone, Copy)]
+pub struct LiveConfig {
+    ptr: ConfigEnvoyPtr,
+    callbacks: &'static Callbacks,
+}
+
+impl LiveConfig {
+    /// # Safety
+    /// `ptr` is the `DynamicModuleHttpFilterConfig*` Envoy passed to `on_http_filter_config_new`;
+    /// the value is used only on Envoy's main thread and forgotten in
+    /// `on_http_filter_config_destroy` of the module config made with it.
+    pub unsafe fn new(ptr: ConfigEnvoyPtr, callbacks: &'static Callbacks) -> LiveConfig {
+        LiveConfig { ptr, callbacks }
+    }
+
+    pub fn ptr(&self) -> ConfigEnvoyPtr {
+        self.ptr
+    }
+
+    pub fn callbacks(&self) -> &'static Callbacks {
+        self.callbacks
+    }
+
+    /// Starts an HTTP request to `cluster` from the config; its id, or None.
+    pub fn http_callout(&self, cluster: &str, headers: &[(&str, &[u8])], body: &[u8], timeout_ms: u64) -> Option<u64> {
+        let headers = module_headers(headers);
+        let mut id = 0u64;
+        // SAFETY: a live config (see `new`), on the main thread; Envoy copies the inputs.
+        let result = unsafe {
+            (self.callbacks.config_http_callout)(
+                self.ptr,
+                &mut id,
+                ModuleBuffer::of(cluster.as_bytes()),
+                headers.as_ptr(),
+                headers.len(),
+                ModuleBuffer::of(body),
+                timeout_ms,
+            )
+        };
+        (result == CALLOUT_INIT_SUCCESS).then_some(id)
+    }
+
+    pub fn increment_counter(&self, id: usize, delta: u64) -> bool {
+        // SAFETY: a live config; no labels.
+        unsafe {
+            (self.callbacks.config_increment_counter)(self.ptr, id, core::ptr::null(), 0, delta) == METRICS_SUCCESS
+        }
+    }
+
+    /// A scheduler posting to the main thread on this config's behalf.
+    pub fn new_scheduler(&self) -> Option<Scheduler> {
+        // SAFETY: a live config.
+        let ptr = unsafe { (self.callbacks.config_scheduler_new)(self.ptr) };
+        (!ptr.is_null()).then_some(Scheduler { ptr, callbacks: self.callbacks })
+    }
+}
+
+/// Envoy's config scheduler: `commit` from any thread posts `on_http_filter_config_scheduled`
+/// to the main thread (dropped silently if the config is gone by then). Deleted on drop.
+pub struct Scheduler {
+    ptr: SchedulerPtr,
+    callbacks: &'static Callbacks,
+}
+
+// SAFETY: Envoy's scheduler posts to the main dispatcher under its own lock and holds the
+// config weakly: committing from any thread is its purpose. The module deletes it (on drop)
+// only on the main thread, under the lock the committing thread holds (`native::service`).
+unsafe impl Send for Scheduler {}
+
+impl Scheduler {
+    pub fn commit(&self, event_id: u64) {
+        // SAFETY: a scheduler Envoy made and the module has not deleted (it is deleted on drop).
+        unsafe { (self.callbacks.config_scheduler_commit)(self.ptr, event_id) }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        // SAFETY: made by config_scheduler_new, deleted once.
+        unsafe { (self.callbacks.config_scheduler_delete)(self.ptr) }
     }
 }

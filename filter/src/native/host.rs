@@ -1,10 +1,12 @@
 //! The dynamic-module binding of [`Host`]: each call is one of Envoy's callbacks on the stream
 //! (through the safe [`Stream`] handle), or process memory where proxy-wasm needed a host call
-//! (shared data, the clock). Standalone mode only: the calls that serve xDS mode (gRPC to the
-//! control plane, the fleet's limit scopes) answer "not available", and the config loader
-//! refuses a config that needs them.
+//! (shared data, the clock). In xDS mode a key lookup is an HTTP callout carrying gRPC
+//! ([`super::grpc`]), and usage records and limit scopes go to the singleton service on the
+//! main thread ([`super::service`]).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::{Arc, LazyLock};
 
 use super::abi::{
@@ -19,6 +21,18 @@ use crate::usage_record::USAGE_LOG_PREFIX;
 /// shared data outlives VMs): limit and budget counters.
 static SHARED: LazyLock<SharedData> = LazyLock::new(SharedData::default);
 
+/// The process's shared data (the singleton service writes the invalidation log here).
+pub fn shared() -> &'static SharedData {
+    &SHARED
+}
+
+/// Milliseconds since the Unix epoch, as proxy-wasm's clock gives them.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Creates a shared record if absent (`counters::ensure_exists` for a config being loaded,
 /// before any stream exists).
 pub fn ensure_record(name: &str, initial: &[u8]) {
@@ -26,6 +40,10 @@ pub fn ensure_record(name: &str, initial: &[u8]) {
         SHARED.set(name, initial, None);
     }
 }
+
+/// The request headers the bootstrap's route reads (`envoy_bootstrap.rs`: one route, prefix `/`,
+/// `cluster_header: x-sluice-cluster`).
+const ROUTE_HEADERS: &[&str] = &["x-sluice-cluster", ":path"];
 
 /// Counter names the flow reports besides the per-model-group ones and the rejections
 /// (`sluice.rejections.reason.<code>`, one per `GatewayError::CODES`). A name missing here is
@@ -38,6 +56,19 @@ pub const FLOW_COUNTERS: &[&str] = &[
     "sluice.key_lookups",
     "sluice.key_lookups_refused",
     "sluice.key_lookup_failures",
+];
+
+/// Counter names the singleton service reports (xDS mode); the test below reads them from
+/// `service.rs`.
+pub const SERVICE_COUNTERS: &[&str] = &[
+    "sluice.usage.outbox_overflow",
+    "sluice.usage.unreadable",
+    "sluice.usage.shipped",
+    "sluice.usage.duplicates",
+    "sluice.usage.report_failures",
+    "sluice.fleet_limits.syncs",
+    "sluice.fleet_limits.sync_failures",
+    "sluice.key_invalidations",
 ];
 
 /// The counters a config defined, by name (Envoy creates no stats once a config is loaded, so
@@ -57,17 +88,25 @@ impl Counters {
         }
         Ok(Counters { ids })
     }
+
+    pub fn id(&self, name: &str) -> Option<usize> {
+        self.ids.get(name).copied()
+    }
 }
 
 /// The production [`Host`] of the native build: one stream's.
 pub struct DynamicModuleHost {
     stream: Stream,
     counters: Arc<Counters>,
+    /// xDS mode: usage goes to the singleton service (standalone: straight to the log).
+    xds: bool,
+    /// The message of the key lookup's answer, put here by the callout hook for the flow.
+    grpc_answer: Rc<RefCell<Vec<u8>>>,
 }
 
 impl DynamicModuleHost {
-    pub fn new(stream: Stream, counters: Arc<Counters>) -> Self {
-        Self { stream, counters }
+    pub fn new(stream: Stream, counters: Arc<Counters>, xds: bool, grpc_answer: Rc<RefCell<Vec<u8>>>) -> Self {
+        Self { stream, counters, xds, grpc_answer }
     }
 
     fn callbacks(&self) -> &'static Callbacks {
@@ -98,11 +137,15 @@ impl Host for DynamicModuleHost {
         self.stream.header(REQUEST_HEADERS, name)
     }
 
-    /// Also clears the route cache, as Envoy does for a wasm filter's header change: the
-    /// filter routes by setting `x-sluice-cluster` (and `:path`) after Envoy chose a route.
+    /// A header the route reads also clears the route cache, as Envoy does for a wasm filter's
+    /// every header change: the filter routes by setting `x-sluice-cluster` (and `:path`) after
+    /// Envoy chose a route. The route matches on nothing else (`prefix: /`, `cluster_header`),
+    /// so the credential headers set beside them cost no second route choice.
     fn set_request_header(&self, name: &str, value: Option<&[u8]>) {
         self.stream.set_header(REQUEST_HEADERS, name, value);
-        self.stream.clear_route_cache();
+        if ROUTE_HEADERS.contains(&name) {
+            self.stream.clear_route_cache();
+        }
     }
 
     /// The whole request body: what earlier callbacks buffered, then this callback's chunk
@@ -165,20 +208,24 @@ impl Host for DynamicModuleHost {
         SHARED.set(key, value, cas)
     }
 
-    /// Standalone mode: the record goes to Envoy's log at once, the line the wasm build's
-    /// singleton writes. No queue, no batch: a log call is what the hand-off would have cost.
+    /// xDS mode: handed to the singleton service, which logs and ships it. Standalone mode:
+    /// the record goes to Envoy's log at once, the line the wasm build's singleton writes (no
+    /// queue, no batch: a log call is what the hand-off would have cost).
     fn enqueue_usage(&self, record: &[u8]) -> bool {
-        self.log(LogLevel::Info, &format!("{USAGE_LOG_PREFIX}{}", String::from_utf8_lossy(record)));
+        if self.xds {
+            super::service::hand_over_usage(record);
+        } else {
+            self.log(LogLevel::Info, &format!("{USAGE_LOG_PREFIX}{}", String::from_utf8_lossy(record)));
+        }
         true
     }
 
-    /// xDS mode only (the fleet's limit sync), which the native build does not run yet.
-    fn announce_limit_scope(&self, _name: &str) {}
+    fn announce_limit_scope(&self, name: &str) {
+        super::service::announce_scope(name);
+    }
 
     fn now_ms(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        now_ms()
     }
 
     fn response_code_details(&self) -> Option<Vec<u8>> {
@@ -202,13 +249,16 @@ impl Host for DynamicModuleHost {
         }
     }
 
-    /// xDS mode only (key lookups): the config loader refuses a config with `key_lookup`.
-    fn dispatch_grpc(&self, _: &str, _: &str, _: &str, _: &[u8], _: u64) -> Option<u32> {
-        None
+    /// A key lookup: an HTTP callout with gRPC's framing; the answer reaches the flow through
+    /// `on_http_filter_http_callout_done`. Envoy numbers callouts per stream from 1.
+    fn dispatch_grpc(&self, cluster: &str, service: &str, method: &str, message: &[u8], timeout_ms: u64) -> Option<u32> {
+        let (path, body) = super::grpc::request(service, method, message);
+        let id = self.stream.http_callout(cluster, &super::grpc::headers(&path, cluster), &body, timeout_ms)?;
+        u32::try_from(id).ok()
     }
 
     fn grpc_response(&self, _size: usize) -> Option<Vec<u8>> {
-        None
+        Some(std::mem::take(&mut *self.grpc_answer.borrow_mut()))
     }
 
     fn resume_request(&self) {
@@ -232,5 +282,17 @@ mod tests {
         }
         assert!(found >= 5, "the flow's counters were not found ({found})");
         assert!(flow.contains("\"sluice.rejections.reason.{}\""), "the rejection counters were renamed");
+    }
+
+    /// Every literal counter name the singleton service reports is defined by the native build.
+    #[test]
+    fn every_counter_the_service_reports_is_defined() {
+        let service = include_str!("../service.rs");
+        let names: Vec<&str> =
+            service.split("count(\"").skip(1).filter_map(|piece| piece.split('"').next()).collect();
+        assert!(names.len() >= 6, "the service's counters were not found ({names:?})");
+        for name in names {
+            assert!(SERVICE_COUNTERS.contains(&name), "{name} is counted by the service but not defined natively");
+        }
     }
 }

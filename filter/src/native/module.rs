@@ -26,11 +26,13 @@ use sluice_core::limits::ScopeState;
 use sluice_core::routing::SplitMix64;
 
 use super::abi::{
-    ABI_VERSION, BODY_STOP_ITERATION_AND_BUFFER, BUFFERED_REQUEST_BODY, CONTINUE, Callbacks, ConfigEnvoyPtr,
-    ConfigHandle, ConfigModulePtr, EnvoyBuffer, FilterEnvoyPtr, FilterModulePtr, FilterStatus, HEADERS_STOP_ITERATION,
-    RECEIVED_REQUEST_BODY, RECEIVED_RESPONSE_BODY, Stream,
+    ABI_VERSION, BODY_STOP_ITERATION_AND_BUFFER, BUFFERED_REQUEST_BODY, CALLOUT_SUCCESS, CONTINUE, CalloutAnswer,
+    CalloutResult, Callbacks, ConfigEnvoyPtr, ConfigHandle, ConfigModulePtr, EnvoyBuffer, EnvoyHttpHeader,
+    FilterEnvoyPtr, FilterModulePtr, FilterStatus, HEADERS_STOP_ITERATION, LiveConfig, RECEIVED_REQUEST_BODY,
+    RECEIVED_RESPONSE_BODY, Stream,
 };
-use super::host::{Counters, DynamicModuleHost, FLOW_COUNTERS, log};
+use super::host::{Counters, DynamicModuleHost, FLOW_COUNTERS, SERVICE_COUNTERS, log, shared};
+use super::{grpc, service};
 use crate::flow::{Gateway, RequestFlow};
 use crate::host::{Action, LogLevel};
 use crate::secrets::Secrets;
@@ -45,6 +47,11 @@ struct FilterConfig {
     counters: Arc<Counters>,
     /// Alive while the config is: workers drop their gateway for a config whose token is gone.
     token: Arc<()>,
+    /// xDS mode (`key_lookup`): keys are looked up, usage is shipped, and this config drives the
+    /// singleton service while it is the newest (`service.rs`).
+    xds: bool,
+    /// Envoy's pointer for this config, as a number: the service's name for its driver.
+    envoy_config: usize,
 }
 
 // Envoy hands one config to every worker thread.
@@ -58,6 +65,8 @@ struct Worker {
     config: Weak<()>,
     gateway: Rc<Gateway>,
     rng: Cell<SplitMix64>,
+    /// The invalidation log's generation this gateway has applied (xDS mode).
+    invalidations_seen: Cell<u64>,
 }
 
 thread_local! {
@@ -79,6 +88,9 @@ impl FilterConfig {
                 let mut rng = w.rng.get();
                 let random = rng.next_u64();
                 w.rng.set(rng);
+                if self.xds {
+                    apply_invalidations(w);
+                }
                 return (Rc::clone(&w.gateway), random);
             }
             workers.retain(|w| w.config.strong_count() > 0);
@@ -88,13 +100,28 @@ impl FilterConfig {
             let mut rng = SplitMix64::new(seed);
             let random = rng.next_u64();
             let gateway = Rc::new(Gateway::new(self.compiled.clone(), self.secrets.clone()));
-            workers.push(Worker {
-                config: Arc::downgrade(&self.token),
-                gateway: Rc::clone(&gateway),
-                rng: Cell::new(rng),
-            });
+            let worker =
+                Worker { config: Arc::downgrade(&self.token), gateway, rng: Cell::new(rng), invalidations_seen: Cell::new(0) };
+            if self.xds {
+                apply_invalidations(&worker);
+            }
+            let gateway = Rc::clone(&worker.gateway);
+            workers.push(worker);
             (gateway, random)
         })
+    }
+}
+
+/// Drops the keys the control plane revoked from this worker's cache, when the singleton wrote
+/// the log since this worker last read it (one atomic load per stream otherwise).
+fn apply_invalidations(worker: &Worker) {
+    let generation = service::invalidations_generation();
+    if generation == worker.invalidations_seen.get() {
+        return;
+    }
+    worker.invalidations_seen.set(generation);
+    if let (Some(log), _) = shared().get(crate::service::INVALIDATIONS_KEY) {
+        worker.gateway.apply_invalidations(&String::from_utf8_lossy(&log), super::host::now_ms());
     }
 }
 
@@ -107,6 +134,9 @@ struct StreamFilter {
     gateway: Rc<Gateway>,
     stream: Stream,
     counters: Arc<Counters>,
+    /// Shared with the host: the key lookup's answer, for the flow to read.
+    grpc_answer: Rc<RefCell<Vec<u8>>>,
+    xds: bool,
 }
 
 impl StreamFilter {
@@ -116,7 +146,8 @@ impl StreamFilter {
         if let Ok(mut flow) = self.flow.try_borrow_mut() {
             flow.on_log();
         }
-        self.gateway.flush_metrics(&DynamicModuleHost::new(self.stream, Arc::clone(&self.counters)));
+        let host = DynamicModuleHost::new(self.stream, Arc::clone(&self.counters), self.xds, Rc::clone(&self.grpc_answer));
+        self.gateway.flush_metrics(&host);
     }
 }
 
@@ -135,13 +166,10 @@ fn body_status(action: Action) -> FilterStatus {
     }
 }
 
-/// Compiles a config the way the wasm build's `on_configure` does, refusing what the native
-/// build cannot do yet; the counters and counter records are made here, before any traffic.
+/// Compiles a config the way the wasm build's `on_configure` does; the counters and counter
+/// records are made here, before any traffic.
 fn load_config(callbacks: &'static Callbacks, handle: &ConfigHandle, bytes: &[u8]) -> Result<FilterConfig, String> {
     let config: GatewayConfig = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    if config.key_lookup.is_some() {
-        return Err("key_lookup (xDS mode) is not supported by the native build yet: use the wasm build".into());
-    }
     let compiled = CompiledConfig::compile(config)
         .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
     // Envoy's own environment: the native module is Envoy, so it reads the variables named by
@@ -151,8 +179,14 @@ fn load_config(callbacks: &'static Callbacks, handle: &ConfigHandle, bytes: &[u8
     let probe = Gateway::new(compiled.clone(), Secrets::default());
     let rejections: Vec<String> =
         GatewayError::CODES.iter().map(|code| format!("sluice.rejections.reason.{code}")).collect();
-    let names =
-        FLOW_COUNTERS.iter().copied().chain(probe.group_metric_names()).chain(rejections.iter().map(String::as_str));
+    let xds = compiled.config.key_lookup.is_some();
+    let service_counters = if xds { SERVICE_COUNTERS } else { &[] };
+    let names = FLOW_COUNTERS
+        .iter()
+        .chain(service_counters)
+        .copied()
+        .chain(probe.group_metric_names())
+        .chain(rejections.iter().map(String::as_str));
     let counters = Counters::define(handle, names)?;
     // Two workers creating the same record at once could lose an update: made before traffic.
     let scopes = compiled.keys.iter().flat_map(|k| {
@@ -172,7 +206,7 @@ fn load_config(callbacks: &'static Callbacks, handle: &ConfigHandle, bytes: &[u8
             compiled.teams.len()
         ),
     );
-    Ok(FilterConfig { compiled, secrets, counters: Arc::new(counters), token: Arc::new(()) })
+    Ok(FilterConfig { compiled, secrets, counters: Arc::new(counters), token: Arc::new(()), xds, envoy_config: 0 })
 }
 
 // ---- hooks ---------------------------------------------------------------------------------
@@ -214,7 +248,16 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     // SAFETY: the config Envoy is creating in this very call; the handle ends with it.
     let handle = unsafe { ConfigHandle::new(config_envoy, callbacks) };
     match load_config(callbacks, &handle, &bytes) {
-        Ok(config) => Box::into_raw(Box::new(config)).cast_const().cast(),
+        Ok(mut config) => {
+            config.envoy_config = config_envoy as usize;
+            if let Some(lookup) = config.compiled.config.key_lookup.as_ref() {
+                // SAFETY: the config Envoy is creating; forgotten in on_http_filter_config_destroy
+                // (unregister), used on this, the main, thread only.
+                let live = unsafe { LiveConfig::new(config_envoy, callbacks) };
+                service::register(live, Arc::clone(&config.counters), &lookup.cluster);
+            }
+            Box::into_raw(Box::new(config)).cast_const().cast()
+        }
         Err(e) => {
             log(callbacks, LogLevel::Critical, &format!("sluice: invalid filter configuration: {e}"));
             core::ptr::null()
@@ -229,7 +272,10 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(conf
     if !config.is_null() {
         // SAFETY: made by Box::into_raw in on_http_filter_config_new; Envoy destroys it once,
         // after its last stream.
-        drop(unsafe { Box::from_raw(config.cast::<FilterConfig>().cast_mut()) });
+        let config = unsafe { Box::from_raw(config.cast::<FilterConfig>().cast_mut()) };
+        if config.xds {
+            service::unregister(config.envoy_config);
+        }
     }
 }
 
@@ -253,12 +299,15 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
     // on_http_filter_destroy) and used only in its hooks, on its worker thread.
     let stream = unsafe { Stream::new(filter_envoy, callbacks) };
     let (gateway, random) = config.worker();
-    let host = DynamicModuleHost::new(stream, Arc::clone(&config.counters));
+    let grpc_answer = Rc::new(RefCell::new(Vec::new()));
+    let host = DynamicModuleHost::new(stream, Arc::clone(&config.counters), config.xds, Rc::clone(&grpc_answer));
     let filter = StreamFilter {
         flow: RefCell::new(RequestFlow::new(host, Rc::clone(&gateway), random)),
         gateway,
         stream,
         counters: Arc::clone(&config.counters),
+        grpc_answer,
+        xds: config.xds,
     };
     Box::into_raw(Box::new(filter)).cast_const().cast()
 }
@@ -362,8 +411,73 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: Fil
     }
 }
 
+/// A key lookup's answer (xDS mode), on the stream's worker thread: the flow admits or refuses
+/// and resumes the request. An answer Envoy delivers inside the call that started it (it failed
+/// before leaving) finds the flow borrowed and is dropped: the start reports the failure.
+///
+/// # Safety
+/// As for the request headers; `headers` and `chunks` are arrays of the given sizes (or null),
+/// valid during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    _filter_envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+    callout_id: u64,
+    result: CalloutResult,
+    headers: *const EnvoyHttpHeader,
+    headers_size: usize,
+    chunks: *const EnvoyBuffer,
+    chunks_size: usize,
+) {
+    // SAFETY: see the function's contract.
+    let Some(f) = (unsafe { stream_filter(filter) }) else { return };
+    let Ok(mut flow) = f.flow.try_borrow_mut() else { return };
+    let Ok(token) = u32::try_from(callout_id) else { return };
+    // SAFETY: the hook's arguments, as Envoy passed them.
+    let answer = unsafe { CalloutAnswer::read(headers, headers_size, chunks, chunks_size) };
+    let (status, message) = grpc::answer(result == CALLOUT_SUCCESS, &answer.headers, &answer.body);
+    let size = message.len();
+    *f.grpc_answer.borrow_mut() = message;
+    flow.on_grpc_response(token, status, size);
+}
+
+/// An event the singleton's ticking thread (or a worker announcing a scope) posted to the main
+/// thread through a config's scheduler.
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    _config_envoy: ConfigEnvoyPtr,
+    _config: ConfigModulePtr,
+    event_id: u64,
+) {
+    service::on_event(event_id);
+}
+
+/// The answer to one of the singleton's calls, on the main thread.
+///
+/// # Safety
+/// `config_envoy` is a live config's; `headers` and `chunks` as in the stream's callout hook.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    config_envoy: ConfigEnvoyPtr,
+    _config: ConfigModulePtr,
+    callout_id: u64,
+    result: CalloutResult,
+    headers: *const EnvoyHttpHeader,
+    headers_size: usize,
+    chunks: *const EnvoyBuffer,
+    chunks_size: usize,
+) {
+    let Some(callbacks) = CALLBACKS.get() else { return };
+    // SAFETY: the hook's arguments, as Envoy passed them.
+    let answer = unsafe { CalloutAnswer::read(headers, headers_size, chunks, chunks_size) };
+    // SAFETY: a config Envoy still has (it calls this hook only for one), on the main thread;
+    // the service only compares it with its drivers.
+    let config = unsafe { LiveConfig::new(config_envoy, callbacks) };
+    service::on_answer(config, callout_id, result == CALLOUT_SUCCESS, &answer.headers, &answer.body);
+}
+
 // The other hooks Envoy 1.40 resolves when it loads an HTTP filter module: nothing to do
-// (no trailers to inspect; no callouts, streams or timers started; no flow control).
+// (no trailers to inspect; no streams or per-stream timers started; no flow control).
 
 #[unsafe(no_mangle)]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
@@ -379,15 +493,6 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
     _filter: FilterModulePtr,
 ) -> FilterStatus {
     CONTINUE
-}
-
-/// An HTTP callout finished (none is started yet). Trailing arguments undeclared: never read.
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
-    _filter_envoy: FilterEnvoyPtr,
-    _filter: FilterModulePtr,
-    _callout_id: u64,
-) {
 }
 
 #[unsafe(no_mangle)]

@@ -12,7 +12,7 @@ use sluice_core::error::GatewayError;
 use sluice_core::routing::SplitMix64;
 
 use super::host::{EnvoyHost, WorkerState};
-use super::service::UsageService;
+use super::service::WasmService;
 use crate::counters;
 use crate::flow::{Gateway, RequestFlow};
 use crate::host::{self, Host, LogLevel};
@@ -29,7 +29,7 @@ const SERVICE_TICK_PERIOD: std::time::Duration = std::time::Duration::from_milli
 enum Role {
     Unconfigured,
     Filter(Rc<Gateway>),
-    Service(Box<UsageService>),
+    Service(Box<WasmService>),
 }
 
 pub struct SluiceRoot {
@@ -119,8 +119,9 @@ impl SluiceRoot {
 
 impl Context for SluiceRoot {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let host = self.host();
         if let Role::Service(service) = &mut self.role {
-            service.on_grpc_response(token_id, status_code, response_size);
+            service.on_grpc_response(&host, token_id, status_code, response_size);
         }
     }
 
@@ -143,7 +144,7 @@ impl RootContext for SluiceRoot {
         let root_id = hostcalls::get_property(vec!["plugin_root_id"]).ok().flatten().unwrap_or_default();
         if root_id == SERVICE_ROOT_ID.as_bytes() {
             let config = self.get_plugin_configuration().unwrap_or_default();
-            return match UsageService::start(self.host(), &config) {
+            return match WasmService::start(self.host(), &config) {
                 Some(service) => {
                     if service.has_control_plane() {
                         // Retries and the invalidation watch run on the tick.

@@ -1,0 +1,294 @@
+//! The singleton service in the native build (xDS mode): [`crate::service::UsageService`] on
+//! Envoy's main thread, where the wasm build runs it in a `WasmService` VM.
+//!
+//! - **Who drives it.** There is no singleton extension to live in, so the filter configs carry
+//!   it: each config with `key_lookup` registers as a driver when Envoy creates it and leaves
+//!   when Envoy destroys it; the newest live one makes the service's gRPC calls (config-level
+//!   HTTP callouts through the control plane's cluster, [`super::grpc`]) and defines its
+//!   counters. A replaced driver's calls in flight are forgotten (`calls_lost`): its answers,
+//!   numbered by another config, are ignored.
+//! - **When it runs.** A thread of the module's own wakes every [`TICK`] and posts an event to
+//!   the main thread through the driver's scheduler (Envoy's config scheduler has no timer).
+//!   A scope the workers announce posts one at once.
+//! - **What the workers hand over.** Usage records and scope names go into [`HANDOVER`], a
+//!   mutex a worker holds for one append; the main thread takes the lot on each event. Key
+//!   invalidations come back the other way in the shared-data entry the wasm build uses, with
+//!   a generation number workers compare on each stream instead of reading the entry.
+//!
+//! The service itself is main-thread state (a thread-local): every hook that touches it runs
+//! there. A callout Envoy completes inside the call that started it (a failure before it left)
+//! finds the service borrowed and is dropped; the start then reports failure, as it should.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Once, PoisonError};
+use std::time::Duration;
+
+use super::abi::{Callbacks, LiveConfig, Scheduler};
+use super::grpc;
+use super::host::{Counters, log, now_ms, shared};
+use crate::host::{CasResult, Host, LogLevel};
+use crate::service::{INVALIDATIONS_KEY, ServiceConfig, UsageService};
+
+/// How often the service retries, keeps its watch open and syncs limits (the wasm build's
+/// singleton tick).
+pub const TICK: Duration = Duration::from_millis(200);
+/// Scheduler events: the periodic tick, and a scope announced (sync at once).
+const EVENT_TICK: u64 = 1;
+const EVENT_ANNOUNCED: u64 = 2;
+
+/// What workers hand the service between two events.
+#[derive(Default)]
+struct Handover {
+    /// Usage records, one JSON line each.
+    usage: Vec<u8>,
+    /// Scope names announced, one per line.
+    scopes: Vec<u8>,
+}
+
+static HANDOVER: Mutex<Handover> = Mutex::new(Handover { usage: Vec::new(), scopes: Vec::new() });
+/// The drivers' schedulers, newest last: the ticking thread posts to the last.
+static SCHEDULERS: Mutex<Vec<(usize, Scheduler)>> = Mutex::new(Vec::new());
+/// Bumped at each write of the invalidation log; workers re-read the log when it moved.
+static INVALIDATIONS_GENERATION: AtomicU64 = AtomicU64::new(0);
+static TICKER: Once = Once::new();
+
+/// A poisoned lock would mean a panic while holding it, which this module never does; the data
+/// is still whole (each holder appends or takes), so go on with it.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A driver as the main thread keeps it.
+struct Driver {
+    config: LiveConfig,
+    counters: Arc<Counters>,
+}
+
+thread_local! {
+    /// Main thread only (configs are created and destroyed there, and events and callouts
+    /// arrive there).
+    static DRIVERS: RefCell<Vec<Driver>> = const { RefCell::new(Vec::new()) };
+    static SERVICE: RefCell<Option<UsageService<MainThreadHost>>> = const { RefCell::new(None) };
+}
+
+// ---- the workers' side ---------------------------------------------------------------------
+
+/// A usage record from a worker (xDS mode).
+pub fn hand_over_usage(record: &[u8]) {
+    let mut handover = lock(&HANDOVER);
+    handover.usage.extend_from_slice(record);
+    handover.usage.push(b'\n');
+}
+
+/// A scope a worker limits this minute: synced with the fleet at once.
+pub fn announce_scope(name: &str) {
+    {
+        let mut handover = lock(&HANDOVER);
+        handover.scopes.extend_from_slice(name.as_bytes());
+        handover.scopes.push(b'\n');
+    }
+    if let Some((_, scheduler)) = lock(&SCHEDULERS).last() {
+        scheduler.commit(EVENT_ANNOUNCED);
+    }
+}
+
+/// The invalidation log's generation: a worker that saw another re-reads the log.
+pub fn invalidations_generation() -> u64 {
+    INVALIDATIONS_GENERATION.load(Ordering::Acquire)
+}
+
+// ---- the main thread's side ----------------------------------------------------------------
+
+/// A config with `key_lookup` was created: it drives the service from now on (the service
+/// starts with the first one).
+pub fn register(config: LiveConfig, counters: Arc<Counters>, cluster: &str) {
+    let Some(scheduler) = config.new_scheduler() else {
+        log(config.callbacks(), LogLevel::Error, "sluice: Envoy gave no scheduler: usage is not shipped");
+        return;
+    };
+    lock(&SCHEDULERS).push((config.ptr() as usize, scheduler));
+    DRIVERS.with(|d| d.borrow_mut().push(Driver { config, counters }));
+    SERVICE.with(|service| {
+        let Ok(mut service) = service.try_borrow_mut() else { return };
+        match service.as_mut() {
+            // The old driver's calls were numbered by it: their answers will not be read.
+            Some(running) => running.calls_lost(),
+            None => {
+                let config_callbacks = config.callbacks();
+                let config = ServiceConfig { control_plane_cluster: Some(cluster.to_owned()), node_id: None };
+                let random = getrandom::u64().unwrap_or_else(|_| now_ms());
+                // The node id is not readable here: the control plane names this instance after
+                // its client certificate.
+                *service = Some(UsageService::start(MainThreadHost { callbacks: config_callbacks }, config, None, random));
+            }
+        }
+    });
+    TICKER.call_once(|| {
+        let spawned = std::thread::Builder::new().name("sluice-service-tick".into()).spawn(|| {
+            loop {
+                std::thread::sleep(TICK);
+                if let Some((_, scheduler)) = lock(&SCHEDULERS).last() {
+                    scheduler.commit(EVENT_TICK);
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            log(config.callbacks(), LogLevel::Error, &format!("sluice: cannot start the service's tick: {e}"));
+        }
+    });
+}
+
+/// A config is being destroyed: it drives nothing any more. The last one hands over what the
+/// workers left and names what was never shipped (Envoy stopping).
+pub fn unregister(envoy_config: usize) {
+    let key = envoy_config;
+    // Under the lock the ticking thread commits with: the scheduler is deleted here.
+    lock(&SCHEDULERS).retain(|(c, _)| *c != key);
+    // Out first: Envoy is destroying this config, so nothing may call or count through it.
+    let (was_current, left) = DRIVERS.with(|d| {
+        let mut drivers = d.borrow_mut();
+        let was_current = drivers.last().is_some_and(|last| last.config.ptr() as usize == key);
+        drivers.retain(|driver| driver.config.ptr() as usize != key);
+        (was_current, drivers.len())
+    });
+    SERVICE.with(|service| {
+        let Ok(mut service) = service.try_borrow_mut() else { return };
+        let Some(running) = service.as_mut() else { return };
+        if left == 0 {
+            // Envoy is stopping: what the workers left goes to the log with the rest.
+            running.calls_lost();
+            take_handover(running);
+            running.stop();
+        } else if was_current {
+            running.calls_lost();
+        }
+    });
+}
+
+fn take_handover(service: &mut UsageService<MainThreadHost>) {
+    let handover = std::mem::take(&mut *lock(&HANDOVER));
+    if !handover.scopes.is_empty() {
+        service.take_announcements([handover.scopes.as_slice()]);
+    }
+    if !handover.usage.is_empty() {
+        service.take_usage([handover.usage.as_slice()]);
+    }
+}
+
+/// An event posted by a driver's scheduler.
+pub fn on_event(event: u64) {
+    SERVICE.with(|service| {
+        let Ok(mut service) = service.try_borrow_mut() else { return };
+        let Some(running) = service.as_mut() else { return };
+        take_handover(running);
+        if event == EVENT_TICK {
+            running.tick();
+        }
+    });
+}
+
+/// The answer to one of the service's calls, made through `config`.
+pub fn on_answer(config: LiveConfig, callout: u64, delivered: bool, headers: &[(Vec<u8>, Vec<u8>)], body: &[u8]) {
+    let current = DRIVERS.with(|d| d.borrow().last().is_some_and(|last| last.config.ptr() == config.ptr()));
+    if !current {
+        return;
+    }
+    let Ok(token) = u32::try_from(callout) else { return };
+    let (status, message) = grpc::answer(delivered, headers, body);
+    SERVICE.with(|service| {
+        if let Ok(mut service) = service.try_borrow_mut()
+            && let Some(running) = service.as_mut()
+        {
+            running.on_grpc_response(token, status, &message);
+        }
+    });
+}
+
+/// The service's [`Host`]: the current driver's callouts and counters, the process's shared
+/// data, Envoy's log. It has no stream: the stream calls do nothing.
+pub struct MainThreadHost {
+    callbacks: &'static Callbacks,
+}
+
+impl MainThreadHost {
+    fn with_driver<T>(&self, f: impl FnOnce(&Driver) -> T) -> Option<T> {
+        DRIVERS.with(|d| d.try_borrow().ok().and_then(|drivers| drivers.last().map(f)))
+    }
+}
+
+impl Host for MainThreadHost {
+    fn request_header(&self, _: &str) -> Option<Vec<u8>> {
+        None
+    }
+    fn set_request_header(&self, _: &str, _: Option<&[u8]>) {}
+    fn request_body(&self, _: usize) -> Option<Vec<u8>> {
+        None
+    }
+    fn replace_request_body(&self, _: usize, _: &[u8]) {}
+    fn response_header(&self, _: &str) -> Option<Vec<u8>> {
+        None
+    }
+    fn set_response_header(&self, _: &str, _: Option<&[u8]>) {}
+    fn response_body(&self, _: usize) -> Option<Vec<u8>> {
+        None
+    }
+    fn replace_response_body(&self, _: usize, _: &[u8]) {}
+    fn send_local_response(&self, _: u32, _: &[(&str, &str)], _: &[u8]) {}
+
+    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        shared().get(key)
+    }
+
+    /// The service is the invalidation log's only writer: each write moves its generation.
+    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> CasResult {
+        let result = shared().set(key, value, cas);
+        if key == INVALIDATIONS_KEY && result == CasResult::Written {
+            INVALIDATIONS_GENERATION.fetch_add(1, Ordering::AcqRel);
+        }
+        result
+    }
+
+    fn enqueue_usage(&self, _: &[u8]) -> bool {
+        false
+    }
+    fn announce_limit_scope(&self, _: &str) {}
+
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+    fn response_code_details(&self) -> Option<Vec<u8>> {
+        None
+    }
+    fn source_address(&self) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn log(&self, level: LogLevel, message: &str) {
+        log(self.callbacks, level, message);
+    }
+
+    fn count(&self, metric: &str, delta: u64) {
+        if delta == 0 {
+            return;
+        }
+        self.with_driver(|d| {
+            if let Some(id) = d.counters.id(metric) {
+                d.config.increment_counter(id, delta);
+            }
+        });
+    }
+
+    fn dispatch_grpc(&self, cluster: &str, service: &str, method: &str, message: &[u8], timeout_ms: u64) -> Option<u32> {
+        let (path, body) = grpc::request(service, method, message);
+        let headers = grpc::headers(&path, cluster);
+        let id = self.with_driver(|d| d.config.http_callout(cluster, &headers, &body, timeout_ms)).flatten()?;
+        u32::try_from(id).ok()
+    }
+
+    /// The service gets its answers' bodies as arguments (`on_answer`).
+    fn grpc_response(&self, _: usize) -> Option<Vec<u8>> {
+        None
+    }
+    fn resume_request(&self) {}
+}
