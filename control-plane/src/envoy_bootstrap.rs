@@ -16,9 +16,14 @@ use sluice_core::litellm::{FailurePolicy, Standalone, Upstream};
 
 pub const CLUSTER_HEADER: &str = "x-sluice-cluster";
 const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
-const WASM_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
-const DYNAMIC_MODULE_FILTER_TYPE: &str =
+pub const WASM_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+pub const DYNAMIC_MODULE_FILTER_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
+/// The native module's `filter_name` (the module serves one filter).
+pub const NATIVE_FILTER_NAME: &str = "sluice";
+/// The runtime flag without which Envoy 1.40's Prometheus output keeps the native module's
+/// `dynamicmodulescustom` namespace (see [`native_only`]).
+const STRIP_MODULE_STAT_PREFIX: &str = "envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix";
 pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 pub const CONNECT_TIMEOUT_SECS: i64 = 10;
 pub const VM_ID: &str = "sluice";
@@ -177,6 +182,16 @@ pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<V
     Ok(bootstrap("sluice-standalone", opts, listener, clusters, None, None))
 }
 
+/// A failure policy other than `fail_closed` cannot apply to the native build: a native module
+/// has no VM to skip or reload, and nothing passes an Envoy whose module failed (it is one
+/// process). Refused in both modes (`envoy-config --native`, `serve --envoy-native`).
+pub fn refuse_failure_policy_for_native(policy: FailurePolicy) -> Result<(), String> {
+    if policy != FailurePolicy::FailClosed {
+        return Err("general_settings.sluice_failure_policy: only fail_closed applies to the native build (a native module has no VM to skip or reload); remove it or use the wasm build".into());
+    }
+    Ok(())
+}
+
 /// Standalone mode with the native build: the same listener, clusters and filter config, the
 /// filter loaded as an Envoy dynamic module (`libsluice_filter.so`) instead of a wasm VM. No
 /// WasmService (usage records are logged by the filter itself) and no `vm_config` (the module
@@ -189,9 +204,7 @@ pub fn standalone_native_bootstrap(
     module_path: &str,
 ) -> Result<Value, String> {
     refuse_literal_master_key(s)?;
-    if s.failure_policy != FailurePolicy::FailClosed {
-        return Err("general_settings.sluice_failure_policy: only fail_closed applies to the native build (a native module has no VM to skip or reload); remove it or use the wasm build".into());
-    }
+    refuse_failure_policy_for_native(s.failure_policy)?;
     let gateway_json =
         serde_json::to_string(&s.gateway).map_err(|e| format!("cannot serialise the gateway config: {e}"))?;
     let native_filter = json!({
@@ -199,24 +212,27 @@ pub fn standalone_native_bootstrap(
         "typed_config": {
             "@type": DYNAMIC_MODULE_FILTER_TYPE,
             "dynamic_module_config": {"module": {"local": {"filename": module_path}}},
-            "filter_name": "sluice",
+            "filter_name": NATIVE_FILTER_NAME,
             // The module receives the StringValue's text: the same JSON as the wasm filter.
             "filter_config": {"@type": STRING_VALUE, "value": gateway_json},
         },
     });
     let listener = listener(opts, native_filter, s.request_timeout_secs, s.gateway.max_request_body_bytes);
     let clusters: Vec<Value> = s.upstreams.iter().map(cluster).collect();
-    let mut b = bootstrap("sluice-standalone", opts, listener, clusters, None, None);
+    Ok(native_only(bootstrap("sluice-standalone", opts, listener, clusters, None, None)))
+}
+
+/// What a bootstrap for the native build differs in, in both modes: no WasmService (the module
+/// does the singleton's work itself) and the runtime flag for its stats' names.
+fn native_only(mut b: Value) -> Value {
     if let Some(b) = b.as_object_mut() {
         b.remove("bootstrap_extensions");
     }
     // Envoy's Prometheus output strips a registered custom namespace (`wasmcustom` always; the
     // module's `dynamicmodulescustom` only with this flag in 1.40), so both builds export
     // `sluice_requests{model_group=…}` and not `envoy_dynamicmodulescustom_sluice_requests`.
-    b["layered_runtime"] = json!({"layers": [{"name": "sluice", "static_layer": {
-        "envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix": true,
-    }}]});
-    Ok(b)
+    b["layered_runtime"] = json!({"layers": [{"name": "sluice", "static_layer": {STRIP_MODULE_STAT_PREFIX: true}}]});
+    b
 }
 
 /// Where an xDS-mode Envoy finds its control plane.
@@ -273,16 +289,35 @@ fn control_plane_tls(host: &str, tls: &ControlPlaneTls) -> Value {
 /// `sluice_control_plane` (ADS, and the filter's key lookups, usage reports, invalidation
 /// watch and limit syncs), so its TLS settings cover all of it.
 pub fn xds_bootstrap(control_plane: &ControlPlaneAddress, node_id: &str, opts: &BootstrapOptions) -> Value {
-    let wasm_filter = json!({
+    let (listener, cluster, dynamic) = xds_parts(control_plane, opts, WASM_FILTER_TYPE);
+    // The singleton ships usage to, and hears revocations from, the control plane.
+    let service = json!({"control_plane_cluster": crate::xds::CONTROL_PLANE_CLUSTER, "node_id": node_id}).to_string();
+    bootstrap(node_id, opts, listener, vec![cluster], Some(dynamic), Some(service))
+}
+
+/// xDS mode with the native build: the same listener, control-plane cluster and ADS as
+/// [`xds_bootstrap`], the listener asking ECDS for the dynamic-module filter only (the control
+/// plane names the module's path: `sluice serve --envoy-native`), and what every native
+/// bootstrap has ([`native_only`]): no WasmService, since the module ships usage, watches
+/// invalidations and syncs fleet limits itself, through the same `sluice_control_plane` cluster.
+pub fn xds_native_bootstrap(control_plane: &ControlPlaneAddress, node_id: &str, opts: &BootstrapOptions) -> Value {
+    let (listener, cluster, dynamic) = xds_parts(control_plane, opts, DYNAMIC_MODULE_FILTER_TYPE);
+    native_only(bootstrap(node_id, opts, listener, vec![cluster], Some(dynamic), None))
+}
+
+/// The listener whose filter (of `filter_type`) comes by ECDS, the control plane's cluster and
+/// the dynamic resources (ADS).
+fn xds_parts(control_plane: &ControlPlaneAddress, opts: &BootstrapOptions, filter_type: &str) -> (Value, Value, Value) {
+    let filter = json!({
         "name": crate::xds::FILTER_CONFIG_NAME,
         // No default: the listener warms until the control plane has sent a config, so no
         // request is ever served unchecked.
         "config_discovery": {
             "config_source": {"ads": {}, "resource_api_version": "V3"},
-            "type_urls": [WASM_FILTER_TYPE],
+            "type_urls": [filter_type],
         },
     });
-    let listener = listener(opts, wasm_filter, DEFAULT_ROUTE_TIMEOUT_SECS, DEFAULT_MAX_REQUEST_BODY_BYTES);
+    let listener = listener(opts, filter, DEFAULT_ROUTE_TIMEOUT_SECS, DEFAULT_MAX_REQUEST_BODY_BYTES);
     let is_ip = control_plane.host.parse::<IpAddr>().is_ok();
     let mut control_plane_cluster = json!({
         "name": crate::xds::CONTROL_PLANE_CLUSTER,
@@ -313,9 +348,7 @@ pub fn xds_bootstrap(control_plane: &ControlPlaneAddress, node_id: &str, opts: &
         },
         "cds_config": {"ads": {}, "resource_api_version": "V3"},
     });
-    // The singleton ships usage to, and hears revocations from, the control plane.
-    let service = json!({"control_plane_cluster": crate::xds::CONTROL_PLANE_CLUSTER, "node_id": node_id}).to_string();
-    bootstrap(node_id, opts, listener, vec![control_plane_cluster], Some(dynamic), Some(service))
+    (listener, control_plane_cluster, dynamic)
 }
 
 fn listener(opts: &BootstrapOptions, wasm_filter: Value, route_timeout_secs: u64, max_body_bytes: u64) -> Value {
@@ -621,11 +654,15 @@ mod tests {
         }
     }
 
-    fn both_bootstraps(opts: &BootstrapOptions) -> [Value; 2] {
+    /// Standalone and xDS, each with both builds.
+    fn both_bootstraps(opts: &BootstrapOptions) -> [Value; 4] {
         let s = from_litellm(&json!({}), &|_| None).unwrap();
+        let control_plane = ControlPlaneAddress { host: "127.0.0.1".into(), port: 4002, tls: None };
         [
             standalone_bootstrap(&s, opts).unwrap(),
-            xds_bootstrap(&ControlPlaneAddress { host: "127.0.0.1".into(), port: 4002, tls: None }, "n", opts),
+            standalone_native_bootstrap(&s, opts, "/x/libsluice_filter.so").unwrap(),
+            xds_bootstrap(&control_plane, "n", opts),
+            xds_native_bootstrap(&control_plane, "n", opts),
         ]
     }
 
@@ -734,5 +771,55 @@ mod tests {
             context["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"],
             json!([{"san_type": "IP_ADDRESS", "matcher": {"exact": "10.0.0.7"}}])
         );
+    }
+
+    #[test]
+    fn the_native_xds_bootstrap_asks_ecds_for_the_module_and_has_no_wasm_service() {
+        let tls =
+            ControlPlaneTls { ca: "/tls/ca.pem".into(), cert: "/tls/envoy.pem".into(), key: "/tls/envoy.key".into() };
+        let control_plane = ControlPlaneAddress { host: "sluice-control-plane".into(), port: 4002, tls: Some(tls) };
+        // The wasm path is unused: the control plane names the module.
+        let opts = BootstrapOptions { wasm_path: String::new(), ..opts() };
+        let wasm = xds_bootstrap(&control_plane, "edge-1", &opts);
+        let native = xds_native_bootstrap(&control_plane, "edge-1", &opts);
+        let filter = &hcm(&native)["http_filters"][0];
+        assert_eq!(filter["name"], "sluice");
+        assert_eq!(filter["config_discovery"]["type_urls"], json!([DYNAMIC_MODULE_FILTER_TYPE]));
+        assert_eq!(filter["config_discovery"]["config_source"], json!({"ads": {}, "resource_api_version": "V3"}));
+        assert!(filter.get("typed_config").is_none(), "no default config: the listener warms until ECDS answers");
+        assert_eq!(hcm(&wasm)["http_filters"][0]["config_discovery"]["type_urls"], json!([WASM_FILTER_TYPE]));
+        // Nothing of wasm's: no WasmService, no VM.
+        assert!(native.get("bootstrap_extensions").is_none());
+        let text = native.to_string();
+        for wasm_only in ["vm_config", "envoy.bootstrap.wasm", "sluice_service", WASM_FILTER_TYPE] {
+            assert!(!text.contains(wasm_only), "{wasm_only} in the native xDS bootstrap");
+        }
+        assert_eq!(native["layered_runtime"]["layers"][0]["static_layer"][STRIP_MODULE_STAT_PREFIX], true);
+        assert!(wasm.get("layered_runtime").is_none());
+        // Everything else is the wasm xDS bootstrap's: the node, the control plane's cluster
+        // (mTLS included), ADS, the route, the limits.
+        assert_eq!(native["node"], json!({"id": "edge-1", "cluster": "sluice"}));
+        assert_eq!(native["static_resources"]["clusters"], wasm["static_resources"]["clusters"]);
+        assert!(control_plane_cluster(&native)["transport_socket"]["typed_config"]["common_tls_context"].is_object());
+        assert_eq!(native["dynamic_resources"], wasm["dynamic_resources"]);
+        assert_eq!(hcm(&native)["route_config"], hcm(&wasm)["route_config"]);
+        assert_eq!(hcm(&native)["http_filters"][1], hcm(&wasm)["http_filters"][1]);
+        assert_eq!(native["overload_manager"], wasm["overload_manager"]);
+        assert_eq!(native["stats_config"], wasm["stats_config"]);
+        let (mut native_listener, mut wasm_listener) =
+            (native["static_resources"]["listeners"][0].clone(), wasm["static_resources"]["listeners"][0].clone());
+        for l in [&mut native_listener, &mut wasm_listener] {
+            l["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0] = Value::Null;
+        }
+        assert_eq!(native_listener, wasm_listener, "the listeners differ in the filter's type only");
+    }
+
+    #[test]
+    fn the_failure_policy_refusal_is_the_same_for_both_modes() {
+        assert!(refuse_failure_policy_for_native(FailurePolicy::FailClosed).is_ok());
+        for policy in [FailurePolicy::FailOpen, FailurePolicy::FailReload] {
+            let e = refuse_failure_policy_for_native(policy).unwrap_err();
+            assert!(e.contains("sluice_failure_policy") && e.contains("fail_closed"), "{e}");
+        }
     }
 }

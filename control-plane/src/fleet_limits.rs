@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
+use rustls::pki_types::CertificateDer;
 use sluice_core::fleet::window_of;
 use sluice_proto::gateway::v1::limit_service_server::LimitService;
 use sluice_proto::gateway::v1::{ScopeCounts, SyncLimitsRequest, SyncLimitsResponse};
@@ -236,24 +237,42 @@ impl LimitSyncApi {
 
     /// Reports are accepted only for the node the client certificate names: an instance is
     /// `<node id>/<suffix>`, and an Envoy that could report as another node could overwrite
-    /// that node's counts (and so lift or tighten its limits).
+    /// that node's counts (and so lift or tighten its limits). An instance without a node part
+    /// is named by the certificate ([`instance_name`]).
     pub fn with_node_identity(mut self, on: bool) -> Self {
         self.node_identity = on;
         self
     }
 
-    fn authorise(&self, request: &Request<SyncLimitsRequest>) -> Result<(), Status> {
+    /// The name the report's counts are kept under ([`instance_name`]), or why it is refused.
+    fn authorise(&self, request: &Request<SyncLimitsRequest>) -> Result<String, Status> {
+        let instance = &request.get_ref().instance;
         if !self.node_identity {
-            return Ok(());
+            return Ok(instance.clone());
         }
         let cert = crate::pki::peer_certificate(request)?;
-        let instance = &request.get_ref().instance;
-        let node = instance.split_once('/').map_or(instance.as_str(), |(node, _)| node);
-        crate::pki::check_node(&cert, node).map_err(|e| {
+        instance_name(Some(&cert), instance).map_err(|e| {
             inc(&self.metrics.data_plane_refused, 1);
             eprintln!("sluice: limit sync: refused instance {instance:?}: {e}");
             Status::permission_denied(e)
         })
+    }
+}
+
+/// The name a report's counts are kept under, given the caller's verified certificate (`None`:
+/// node identity is off, `--insecure-data-plane`, and the instance stays as sent).
+///
+/// - `<node>/<suffix>` (the wasm build's singleton, which reads Envoy's node id): kept, if the
+///   certificate names `<node>` (or is a fleet certificate).
+/// - No `/` (the native build, which cannot read Envoy's node id and sends a random suffix
+///   only): `<node>/<instance>`, the node being the one the certificate names, `*` for a fleet
+///   certificate. So the same rule holds: an Envoy's counts are kept under its own node, and it
+///   cannot overwrite another node's.
+pub fn instance_name(cert: Option<&CertificateDer<'_>>, instance: &str) -> Result<String, String> {
+    let Some(cert) = cert else { return Ok(instance.to_owned()) };
+    match instance.split_once('/') {
+        Some((node, _)) => crate::pki::check_node(cert, node).map(|()| instance.to_owned()),
+        None => crate::pki::node_label(cert).map(|node| format!("{node}/{instance}")),
     }
 }
 
@@ -280,10 +299,10 @@ fn validate(request: &SyncLimitsRequest, now_window: u64) -> Result<(), Status> 
 #[tonic::async_trait]
 impl LimitService for LimitSyncApi {
     async fn sync(&self, request: Request<SyncLimitsRequest>) -> Result<Response<SyncLimitsResponse>, Status> {
-        self.authorise(&request)?;
+        let instance = self.authorise(&request)?;
         let request = request.into_inner();
         validate(&request, current_window())?;
-        let others = match self.counts.report(&request.instance, request.window, &request.counts).await {
+        let others = match self.counts.report(&instance, request.window, &request.counts).await {
             Ok(o) => o,
             Err(_) => {
                 // Logged where it failed, when the outage starts and ends.
@@ -386,5 +405,43 @@ mod tests {
         assert!(validate(&SyncLimitsRequest { counts: vec![counts(&long, 1, 1)], ..ok }, 100).is_err());
         assert_eq!(parse_counts("7 9"), (7, 9));
         assert_eq!(parse_counts("garbage"), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn an_instance_without_a_node_is_named_by_the_certificate_and_one_with_a_node_is_checked() {
+        use crate::pki::{PkiDir, init, issue_envoy};
+        use rustls::pki_types::pem::PemObject;
+        let dir = PkiDir(std::env::temp_dir().join(format!("sluice-limits-pki-{}", now_ms())));
+        init(&dir, &["127.0.0.1".into()]).unwrap();
+        issue_envoy(&dir, "edge-1", false).unwrap();
+        issue_envoy(&dir, "fleet", true).unwrap();
+        let cert = |node: &str| CertificateDer::from_pem_file(dir.envoy_cert(node)).unwrap();
+        let (edge, fleet) = (cert("edge-1"), cert("fleet"));
+
+        // The native build's instance: a random suffix, named by the certificate.
+        assert_eq!(instance_name(Some(&edge), "0123456789abcdef").unwrap(), "edge-1/0123456789abcdef");
+        assert_eq!(instance_name(Some(&fleet), "0123456789abcdef").unwrap(), "*/0123456789abcdef");
+        // The wasm build's: as today, kept if the certificate names the node.
+        assert_eq!(instance_name(Some(&edge), "edge-1/9").unwrap(), "edge-1/9");
+        assert!(instance_name(Some(&edge), "edge-2/9").unwrap_err().contains("edge-2"));
+        assert_eq!(instance_name(Some(&fleet), "edge-2/9").unwrap(), "edge-2/9");
+        // The control plane's own certificate names no node either way.
+        let server = CertificateDer::from_pem_file(dir.server_cert()).unwrap();
+        assert!(instance_name(Some(&server), "0123456789abcdef").is_err());
+        assert!(instance_name(Some(&server), "edge-1/9").is_err());
+        // Node identity off (--insecure-data-plane): as sent.
+        assert_eq!(instance_name(None, "0123456789abcdef").unwrap(), "0123456789abcdef");
+        assert_eq!(instance_name(None, "edge-2/9").unwrap(), "edge-2/9");
+
+        // Stored and compared under that name: the same suffix sent with another certificate
+        // is another instance, whose counts are the others' to the first.
+        let fleet_counts = FleetCounts::in_memory();
+        let (w, scope) = (current_window(), "sluice:k:named");
+        let a = instance_name(Some(&edge), "aaaa").unwrap();
+        let b = instance_name(Some(&fleet), "aaaa").unwrap();
+        assert_eq!(fleet_counts.report(&a, w, &[counts(scope, 3, 30)]).await.unwrap(), vec![(0, 0)]);
+        assert_eq!(fleet_counts.report(&b, w, &[counts(scope, 2, 20)]).await.unwrap(), vec![(3, 30)]);
+        assert_eq!(fleet_counts.report(&a, w, &[counts(scope, 4, 40)]).await.unwrap(), vec![(2, 20)]);
+        std::fs::remove_dir_all(&dir.0).unwrap();
     }
 }

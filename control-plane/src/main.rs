@@ -12,12 +12,12 @@ use clap::{Parser, Subcommand};
 use serde_json::{Map, Value, json};
 use sluice_control_plane::envoy_bootstrap::{
     BootstrapOptions, ControlPlaneAddress, ControlPlaneTls, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEAP_MB,
-    standalone_bootstrap, standalone_native_bootstrap, to_yaml, xds_bootstrap,
+    standalone_bootstrap, standalone_native_bootstrap, to_yaml, xds_bootstrap, xds_native_bootstrap,
 };
 use sluice_control_plane::pki::{self, PkiDir};
 use sluice_control_plane::provider_policy::ProviderPolicy;
 use sluice_control_plane::server::data_plane_tls;
-use sluice_control_plane::xds::XdsOptions;
+use sluice_control_plane::xds::{FilterModule, XdsOptions};
 use sluice_control_plane::{config_file, key_file};
 use sluice_core::keys::{KeyHash, check_format};
 use sluice_core::time::{BudgetDuration, Timestamp};
@@ -114,10 +114,12 @@ enum Command {
         /// Path of sluice_filter.wasm (made absolute in the output).
         #[arg(long, required_unless_present = "native")]
         wasm: Option<PathBuf>,
-        /// Standalone mode with the native build: path of libsluice_filter.so (made absolute),
-        /// loaded as an Envoy dynamic module instead of the wasm filter (Envoy 1.40 exactly).
-        #[arg(long, value_name = "SO", conflicts_with_all = ["wasm", "xds"], requires = "config")]
-        native: Option<PathBuf>,
+        /// The native build, loaded as an Envoy dynamic module instead of the wasm filter
+        /// (Envoy 1.40 exactly). Standalone (-c): the path of libsluice_filter.so (made
+        /// absolute). xDS (--xds): no path; the control plane names the module (`sluice serve
+        /// --envoy-native PATH`).
+        #[arg(long, value_name = "SO", num_args = 0..=1, conflicts_with = "wasm")]
+        native: Option<Option<PathBuf>>,
         #[arg(short, long)]
         out: PathBuf,
         #[arg(long, default_value = "0.0.0.0:4000")]
@@ -153,6 +155,11 @@ struct ServeArgs {
     /// Path of sluice_filter.wasm on the Envoy hosts (sent in the filter's config).
     #[arg(long, env = "SLUICE_ENVOY_WASM", default_value = "/usr/local/lib/sluice/sluice_filter.wasm")]
     envoy_wasm: String,
+    /// The native build instead: path of libsluice_filter.so on the Envoy hosts, sent in the
+    /// filter's config (an Envoy dynamic module). Every Envoy of this control plane then starts
+    /// from `sluice envoy-config --xds … --native`.
+    #[arg(long, value_name = "PATH", env = "SLUICE_ENVOY_NATIVE", conflicts_with = "envoy_wasm")]
+    envoy_native: Option<String>,
     /// sqlite:PATH or postgres://…; overrides the config file.
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
@@ -401,13 +408,19 @@ fn serve_options(args: &ServeArgs) -> Result<sluice_control_plane::server::Serve
         .map(str::to_owned)
         .collect();
     let own = [env_refs(&settings), env_refs(&router)].concat();
-    let mut xds = XdsOptions::new(args.envoy_wasm.clone());
+    let module = match &args.envoy_native {
+        Some(path) => FilterModule::Native(path.clone()),
+        None => FilterModule::Wasm(args.envoy_wasm.clone()),
+    };
+    let mut xds = XdsOptions::with_module(module);
     // What shapes the filter in standalone mode shapes it here too.
     for name in ["max_request_size_mb", "sluice_failure_policy"] {
         if let Some(value) = settings.get(name) {
             xds.general_settings.insert(name.to_owned(), value.clone());
         }
     }
+    // Before anything starts: a failure policy the native build cannot apply.
+    xds.check()?;
     xds.provider_policy =
         ProviderPolicy::new(args.provider_credentials.as_deref(), &config_names, &own, args.upstream_hosts.as_deref())?;
     let xds_tls = match (&args.pki_dir, &args.xds_tls_cert, &args.xds_tls_key, &args.xds_client_ca) {
@@ -602,9 +615,17 @@ fn run(cli: Cli) -> Result<(), String> {
                 Some(w) => module(w, "cargo build --release --target wasm32-wasip1 -p sluice-filter")?,
                 None => String::new(),
             };
-            let native = match &native {
-                Some(n) => Some(module(n, "cargo build --release -p sluice-filter")?),
-                None => None,
+            // Standalone names the module; in xDS mode the control plane does (in ECDS).
+            let native = match (native, &xds) {
+                (None, _) => None,
+                (Some(Some(_)), Some(_)) => {
+                    return Err("--native takes no path with --xds: the control plane names the module: sluice serve --envoy-native PATH".into());
+                }
+                (Some(None), None) => {
+                    return Err("--native needs the path of libsluice_filter.so in standalone mode: --native path/to/libsluice_filter.so".into());
+                }
+                (Some(Some(path)), None) => Some(Some(module(&path, "cargo build --release -p sluice-filter")?)),
+                (Some(None), Some(_)) => Some(None),
             };
             let opts = BootstrapOptions {
                 listen_address: address.trim_start_matches('[').trim_end_matches(']').to_owned(),
@@ -643,15 +664,18 @@ fn run(cli: Cli) -> Result<(), String> {
                         }
                     };
                     let control_plane = ControlPlaneAddress { host, port, tls };
-                    xds_bootstrap(&control_plane, &node_id, &opts)
+                    match native {
+                        Some(_) => xds_native_bootstrap(&control_plane, &node_id, &opts),
+                        None => xds_bootstrap(&control_plane, &node_id, &opts),
+                    }
                 }
                 (None, Some(config)) => {
                     let s = config_file::load(&config)
                         .map_err(|errors| format!("{} is not valid:\n  {}", config.display(), errors.join("\n  ")))?;
                     print_warnings(&s.warnings);
                     match &native {
-                        Some(module) => standalone_native_bootstrap(&s, &opts, module)?,
-                        None => standalone_bootstrap(&s, &opts)?,
+                        Some(Some(module)) => standalone_native_bootstrap(&s, &opts, module)?,
+                        _ => standalone_bootstrap(&s, &opts)?,
                     }
                 }
                 (None, None) => return Err("give -c config.yaml (standalone) or --xds HOST:PORT".into()),

@@ -47,6 +47,23 @@ pub fn check_node(cert: &CertificateDer<'_>, node_id: &str) -> Result<(), String
         .map_err(|_| format!("the client certificate does not name node {node_id:?} ({name} or *.{NODE_DOMAIN})"))
 }
 
+/// The node the client certificate `cert` names: the label of its first DNS name
+/// `<label>.envoy.sluice`, or `*` for a fleet certificate (`*.envoy.sluice`). For callers that
+/// cannot say which node they are (the native module cannot read Envoy's node id): the
+/// certificate names them instead.
+pub fn node_label(cert: &CertificateDer<'_>) -> Result<String, String> {
+    let cert = webpki::EndEntityCert::try_from(cert).map_err(|e| format!("unreadable client certificate: {e}"))?;
+    let suffix = format!(".{NODE_DOMAIN}");
+    cert.valid_dns_names()
+        .find_map(|name| {
+            let label = name.to_ascii_lowercase().strip_suffix(&suffix)?.to_owned();
+            (label == "*" || node_name(&label).is_ok()).then_some(label)
+        })
+        .ok_or_else(|| {
+            format!("the client certificate names no Envoy node (<node-id>.{NODE_DOMAIN} or *.{NODE_DOMAIN})")
+        })
+}
+
 /// Whether the client certificate `cert` is an Envoy's at all: it names some node
 /// (`<label>.envoy.sluice`) or the fleet (`*.envoy.sluice`). The data-plane port's CA may be a
 /// shared one (a cluster-wide cert-manager issuer) that also signs other workloads' client
@@ -273,6 +290,10 @@ mod tests {
         assert!(check_envoy(&cert(&dir.server_cert())).is_err());
         check_envoy(&edge).unwrap();
         check_envoy(&fleet).unwrap();
+        // The node a certificate names, for callers that do not say.
+        assert_eq!(node_label(&edge).unwrap(), "edge-1");
+        assert_eq!(node_label(&fleet).unwrap(), "*");
+        assert!(node_label(&cert(&dir.server_cert())).is_err());
         // A tool's certificate for one run: valid for its name, nothing written.
         let files = std::fs::read_dir(&dir.0).unwrap().count();
         let (pem, _key) = ephemeral_client(&dir, "usage-import").unwrap();

@@ -343,3 +343,53 @@ fn a_weak_master_key_does_not_start_the_control_plane() {
     let says = String::from_utf8_lossy(&dev.wait_with_output().unwrap().stderr).into_owned();
     assert!(says.contains("accepted: --allow-weak-master-key"), "{says}");
 }
+
+#[test]
+fn the_native_build_is_chosen_by_the_control_plane_in_xds_mode_and_named_in_standalone_mode() {
+    let dir = std::env::temp_dir().join(format!("sluice-cli-native-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("envoy.yaml");
+    let envoy_config = |extra: &[&str]| {
+        Command::new(SLUICE).args(["envoy-config", "--out", out.to_str().unwrap()]).args(extra).output().unwrap()
+    };
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    // xDS: `--native` alone; the bootstrap asks ECDS for the dynamic-module filter.
+    ok(&envoy_config(&["--xds", "127.0.0.1:4002", "--insecure-data-plane", "--native"]));
+    let yaml = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        yaml.contains("dynamic_modules.v3.DynamicModuleFilter") && !yaml.contains("envoy.bootstrap.wasm"),
+        "{yaml}"
+    );
+    // xDS with a path, standalone without one: refused, saying what to do.
+    let with_path = envoy_config(&["--xds", "127.0.0.1:4002", "--insecure-data-plane", "--native", "/x.so"]);
+    assert!(!with_path.status.success() && stderr(&with_path).contains("sluice serve --envoy-native"), "{with_path:?}");
+    let config = dir.join("config.yaml");
+    std::fs::write(&config, r#"{"model_list": []}"#).unwrap();
+    let without = envoy_config(&["-c", config.to_str().unwrap(), "--native"]);
+    assert!(!without.status.success() && stderr(&without).contains("standalone mode"), "{without:?}");
+    // The control plane: one build at a time, and the native build refuses a failure policy it
+    // cannot apply before anything starts.
+    let serve = |config: &std::path::Path, extra: &[&str]| {
+        Command::new(SLUICE)
+            .args(["serve", "-c", config.to_str().unwrap(), "--insecure-data-plane"])
+            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--xds-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--database-url", &format!("sqlite:{}", dir.join("db.sqlite").display())])
+            .args(extra)
+            .env("SLUICE_MASTER_KEY", MASTER)
+            .env_remove("SLUICE_ENVOY_WASM")
+            .env_remove("SLUICE_ENVOY_NATIVE")
+            .output()
+            .unwrap()
+    };
+    let both = serve(&config, &["--envoy-native", "/x.so", "--envoy-wasm", "/x.wasm"]);
+    assert!(!both.status.success() && stderr(&both).contains("cannot be used with"), "{both:?}");
+    let fail_open = dir.join("fail-open.yaml");
+    std::fs::write(&fail_open, r#"{"model_list": [], "general_settings": {"sluice_failure_policy": "fail_open"}}"#)
+        .unwrap();
+    let refused = serve(&fail_open, &["--envoy-native", "/x.so"]);
+    assert!(!refused.status.success() && stderr(&refused).contains("only fail_closed"), "{refused:?}");
+    assert!(!dir.join("db.sqlite").exists(), "refused before the database was opened");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -5,7 +5,8 @@ ENVOY_BIN, SLUICE_WASM, SLUICE_CLI, SLUICE_MOCK.
 
 The build of the filter the standalone `gw` fixture runs is chosen by SLUICE_FILTER_BUILD:
 `wasm` (the default) or `native`, which loads SLUICE_NATIVE (libsluice_filter.so) as an Envoy
-dynamic module. Tests of what only one build has are marked `wasm_only`.
+dynamic module; the xDS harness (test_xds.py's Fleet) follows it too. Tests of what only one
+build has are marked `wasm_only`.
 """
 
 import json
@@ -29,6 +30,17 @@ ARTIFACTS = ("ENVOY_BIN", "SLUICE_CLI", "SLUICE_MOCK", "SLUICE_NATIVE" if NATIVE
 def wasm_only(reason):
     """Marks a test of something only the wasm build has (skipped, with the reason, natively)."""
     return pytest.mark.skipif(NATIVE, reason=f"wasm build only: {reason}")
+
+
+# The filter's own counters in Envoy's /stats: under `wasmcustom.` from the wasm build and
+# `dynamicmodulescustom.` from the native one, with the same names after that (the Prometheus
+# output, `sluice_…`, is the same for both).
+FILTER_STATS_PREFIX = "dynamicmodulescustom." if NATIVE else "wasmcustom."
+
+
+def filter_stat_name(name):
+    """The /stats name of the filter's counter `name` (e.g. `sluice.usage.shipped`) in this build."""
+    return FILTER_STATS_PREFIX + name
 
 PRICES = {
     "gpt-4o": (2.5e-6, 1e-5, 1.25e-6, None),

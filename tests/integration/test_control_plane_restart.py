@@ -160,7 +160,7 @@ def test_a_control_plane_killed_under_load_loses_no_usage_and_counts_none_twice(
     # What the Envoys were told: every record accepted once (the rows, warm-up included), except
     # those of a batch the kill cut between its commit and its answer: resent, they come back as
     # duplicates. The batches that failed while the control plane was down were resent.
-    stat = lambda e, name: int(e.stat(f"wasmcustom.sluice.usage.{name}") or 0)  # noqa: E731
+    stat = lambda e, name: int(e.filter_stat(f"sluice.usage.{name}") or 0)  # noqa: E731
     shipped = sum(stat(e, "shipped") for e in envoys)
     failures = sum(stat(e, "report_failures") for e in envoys)
     duplicates = sum(stat(e, "duplicates") for e in envoys)

@@ -255,8 +255,8 @@ def test_the_data_plane_port_needs_tls_unless_told_it_is_local_development(tmp_p
         assert "needs mTLS" in log and "--pki-dir" in log and "--insecure-data-plane" in log, log
         assert fleet.control_plane.wait(timeout=10) != 0
         # `sluice envoy-config --xds` refuses a plaintext bootstrap the same way.
-        out = subprocess.run([fleet.bins["SLUICE_CLI"], "envoy-config", "--xds", "127.0.0.1:1", "--wasm",
-                              fleet.bins["SLUICE_WASM"], "--out", str(tmp_path / "e.yaml")],
+        out = subprocess.run([fleet.bins["SLUICE_CLI"], "envoy-config", "--xds", "127.0.0.1:1",
+                              *fleet.filter_args(), "--out", str(tmp_path / "e.yaml")],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode != 0 and "--insecure-data-plane" in out.stderr, out.stderr
 

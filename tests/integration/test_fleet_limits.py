@@ -123,7 +123,7 @@ def test_an_rpm_limit_holds_across_envoys_on_different_replicas(replicas):
         assert cp.metric("sluice_limit_syncs_total") >= 1
         assert cp.metric("sluice_limit_sync_failures_total") == 0
     # Syncs are periodic, not per request.
-    syncs = int(a.stat("wasmcustom.sluice.fleet_limits.syncs") or 0)
+    syncs = int(a.filter_stat("sluice.fleet_limits.syncs") or 0)
     assert syncs >= 1
 
 
@@ -186,12 +186,12 @@ def test_without_redis_each_envoy_limits_alone_and_nothing_fails(replicas):
     assert admitted(a, key, 12) == 10
     assert admitted(b, key, 12) == 10
     wait_until(lambda: first.metric("sluice_limit_sync_failures_total") >= 1, what="failed syncs counted")
-    assert int(a.stat("wasmcustom.sluice.fleet_limits.sync_failures") or 0) >= 1
+    assert int(a.filter_stat("sluice.fleet_limits.sync_failures") or 0) >= 1
     # Redis back (empty, as after a restart): the Envoys report their counts again and the
     # fleet total is restored from them, so a fresh key's limit is shared again.
     redis.start()
     wait_until(lambda: second.metric("sluice_limit_syncs_total") >= 1 and
-               int(b.stat("wasmcustom.sluice.fleet_limits.syncs") or 0) >= 1, what="syncs resume")
+               int(b.filter_stat("sluice.fleet_limits.syncs") or 0) >= 1, what="syncs resume")
     key2, _ = create_key(first, "--alias", "fleet-redis-back", "--rpm", "10")
     assert a.chat(CHAT, key=key2).status_code == 200
     assert b.chat(CHAT, key=key2).status_code == 200

@@ -3,6 +3,11 @@
 Each Envoy starts from `sluice envoy-config --xds` (the control plane's address and nothing
 else); clusters, the Sluice filter's config and provider credentials arrive over xDS. The mock
 provider refuses requests without its key, so a 200 proves the credential came through SDS.
+
+The build follows SLUICE_FILTER_BUILD (conftest.py): natively the control plane runs with
+`--envoy-native SLUICE_NATIVE` and the Envoys start from `envoy-config --xds … --native`. A test
+that gives the control plane a wasm module of its own (`start_control_plane(wasm=…)`) runs the
+wasm build whatever the setting, and is `wasm_only`.
 """
 
 import json
@@ -19,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import cost, free_port, model_entry, stop_all
+from conftest import NATIVE, cost, filter_stat_name, free_port, model_entry, stop_all
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello there"}]}
 
@@ -43,7 +48,13 @@ class Fleet:
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
-        self.bins = {k: os.environ[k] for k in ("ENVOY_BIN", "SLUICE_WASM", "SLUICE_CLI", "SLUICE_MOCK")}
+        module = "SLUICE_NATIVE" if NATIVE else "SLUICE_WASM"
+        self.bins = {k: os.environ[k] for k in ("ENVOY_BIN", "SLUICE_CLI", "SLUICE_MOCK", module)}
+        if os.environ.get("SLUICE_WASM"):
+            self.bins["SLUICE_WASM"] = os.environ["SLUICE_WASM"]
+        # The build the control plane serves and the Envoys' bootstraps ask for: they must agree
+        # (a listener asks ECDS for one filter type).
+        self.native = NATIVE
         self.openai_key = "mock-openai-" + os.urandom(8).hex()
         self.master_key = "sk-master-" + os.urandom(16).hex()
         self.env = {**os.environ, "MOCK_OPENAI_KEY": self.openai_key, "MOCK_ANTHROPIC_KEY": "unused",
@@ -80,13 +91,21 @@ class Fleet:
         self.serve_args = ["--pki-dir", str(self.pki)]
         self.envoy_concurrency = 2
 
-    def start_control_plane(self, wasm=None):
+    def start_control_plane(self, wasm=None, module=None):
+        """`sluice serve` with the build under test, `module` naming another file of that build
+        (e.g. one missing on the Envoy hosts); `wasm` runs the given wasm module, in any run."""
+        if wasm is not None:
+            self.native = False
+            module_args = ["--envoy-wasm", wasm]
+        elif self.native:
+            module_args = ["--envoy-native", module or self.bins["SLUICE_NATIVE"]]
+        else:
+            module_args = ["--envoy-wasm", module or self.bins["SLUICE_WASM"]]
         self.cp_log_path = self.workdir / f"control-plane-{len(self.procs)}.log"
         self.control_plane = subprocess.Popen(
             [self.bins["SLUICE_CLI"], "serve", "-c", str(self.config_path), "--database-url", self.database_url,
              "--listen", f"127.0.0.1:{self.admin_port}", "--xds-listen", f"127.0.0.1:{self.xds_port}",
-             "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
-             "--envoy-wasm", wasm or self.bins["SLUICE_WASM"], *self.serve_args],
+             "--metrics-listen", f"127.0.0.1:{self.metrics_port}", *module_args, *self.serve_args],
             env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.cp_log_path, "w"))
         self.procs.append(self.control_plane)
         def started():
@@ -95,6 +114,11 @@ class Fleet:
             return "xDS and key lookups on" in self.cp_log_path.read_text()
 
         wait_until(started, what="control plane start")
+
+    def filter_args(self):
+        """`sluice envoy-config --xds`'s flag for the build this fleet serves: the native build's
+        module is named by the control plane, the wasm build's singleton needs the file."""
+        return ["--native"] if self.native else ["--wasm", self.bins["SLUICE_WASM"]]
 
     def stop_control_plane(self):
         self.control_plane.terminate()
@@ -149,7 +173,7 @@ class Envoy:
         self.admin = f"http://127.0.0.1:{self.admin_port}"
         self.yaml = fleet.workdir / f"{node_id}.yaml"
         subprocess.run([fleet.bins["SLUICE_CLI"], "envoy-config", "--xds", f"127.0.0.1:{fleet.xds_port}",
-                        "--node-id", node_id, "--wasm", fleet.bins["SLUICE_WASM"], "--out", str(self.yaml),
+                        "--node-id", node_id, *fleet.filter_args(), "--out", str(self.yaml),
                         "--listen", f"127.0.0.1:{self.port}", "--admin-port", str(self.admin_port), *config_args],
                        check=True, capture_output=True, timeout=60)
         self.start()
@@ -182,6 +206,10 @@ class Envoy:
         text = httpx.get(f"{self.admin}/stats?filter=^{re.escape(name)}$", timeout=5).text
         match = re.search(r": (\S+)", text)
         return match.group(1) if match else None
+
+    def filter_stat(self, name):
+        """The filter's own counter `name` (`sluice.…`), in either build (conftest.filter_stat_name)."""
+        return self.stat(filter_stat_name(name))
 
     def records(self):
         out = []
@@ -272,7 +300,7 @@ def test_a_config_envoy_rejects_is_nacked_and_the_previous_one_keeps_serving(fle
     version = envoy.stat("extension_config_discovery.http_filter.sluice.version_text")
     # An operator points the control plane at a filter module that is not on the Envoy host.
     fleet.stop_control_plane()
-    fleet.start_control_plane(wasm=str(fleet.workdir / "missing.wasm"))
+    fleet.start_control_plane(module=str(fleet.workdir / ("missing.so" if NATIVE else "missing.wasm")))
     wait_until(lambda: "rejected type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
                in fleet.cp_log_path.read_text(), what="NACK logged by the control plane")
     assert envoy.stat("extension_config_discovery.http_filter.sluice.update_rejected") == "1"

@@ -4,6 +4,11 @@
 //! CLI and prints how to use it. `cargo xtask join` starts one more Envoy (:4010) from the same
 //! control plane.
 //!
+//! `cargo xtask run --native` runs the native build (`libsluice_filter.so`, an Envoy dynamic
+//! module) instead of the wasm one: the control plane names it (`sluice serve --envoy-native`)
+//! and the Envoys start from `sluice envoy-config --xds … --native`. `join` follows the build
+//! the running quickstart chose (kept in its state directory).
+//!
 //! `SLUICE_QUICKSTART_BASE_PORT=N` moves every port to N and the ones after it, and the state to
 //! `.sluice/base-N/` (the integration tests run a quickstart beside a developer's this way).
 //! Every port is checked before anything starts, and the children are supervised
@@ -19,6 +24,59 @@ use std::time::{Duration, Instant};
 use crate::proc::{self, root};
 use crate::setup::{self, Tools};
 use crate::supervise::{self, Children};
+
+/// The build of the filter the quickstart runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    /// `sluice_filter.wasm` (the default).
+    Wasm,
+    /// `libsluice_filter.so`, an Envoy dynamic module.
+    Native,
+}
+
+impl Build {
+    /// `--native` among the arguments chooses the native build.
+    pub fn from_args(args: &[String]) -> Self {
+        if args.iter().any(|a| a == "--native") { Self::Native } else { Self::Wasm }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Wasm => "wasm",
+            Self::Native => "native",
+        }
+    }
+
+    /// `sluice serve`'s flag naming the filter on the Envoy hosts (here: this machine).
+    fn serve_args(self, tools: &Tools) -> [String; 2] {
+        match self {
+            Self::Wasm => ["--envoy-wasm".into(), tools.wasm.to_string_lossy().into_owned()],
+            Self::Native => ["--envoy-native".into(), tools.native.to_string_lossy().into_owned()],
+        }
+    }
+
+    /// `sluice envoy-config --xds`'s: the wasm build's singleton loads the file; the native
+    /// module is named by the control plane.
+    fn envoy_config_args(self, tools: &Tools) -> Vec<String> {
+        match self {
+            Self::Wasm => vec!["--wasm".into(), tools.wasm.to_string_lossy().into_owned()],
+            Self::Native => vec!["--native".into()],
+        }
+    }
+
+    /// The file in a quickstart's state directory that tells `join` which build it runs.
+    fn marker(dir: &Path) -> PathBuf {
+        dir.join("filter-build")
+    }
+
+    /// The build the quickstart in `dir` runs (wasm if it does not say).
+    fn of_running(dir: &Path) -> Self {
+        match std::fs::read_to_string(Self::marker(dir)) {
+            Ok(text) if text.trim() == Self::Native.name() => Self::Native,
+            _ => Self::Wasm,
+        }
+    }
+}
 
 /// Where a quickstart listens and keeps its state.
 struct Quickstart {
@@ -97,7 +155,7 @@ fn check_ports_free(ports: &[(u16, &str)], hint: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub fn run(smoke: bool) -> Result<(), String> {
+pub fn run(smoke: bool, build: Build) -> Result<(), String> {
     supervise::catch_stop_signals();
     let qs = Quickstart::from_env()?;
     let tools = setup::setup()?;
@@ -113,7 +171,8 @@ pub fn run(smoke: bool) -> Result<(), String> {
     std::fs::write(&config, example).map_err(|e| format!("{}: {e}", config.display()))?;
     let config_s = config.to_string_lossy().into_owned();
     let cli = tools.cli.to_string_lossy().into_owned();
-    let wasm = tools.wasm.to_string_lossy().into_owned();
+    let marker = Build::marker(&dir);
+    std::fs::write(&marker, build.name()).map_err(|e| format!("{}: {e}", marker.display()))?;
     // A fresh database each run, so the printed master key is the one that owns it.
     let db = dir.join("sluice.db");
     for suffix in ["", "-wal", "-shm"] {
@@ -151,7 +210,8 @@ pub fn run(smoke: bool) -> Result<(), String> {
     children.0.push(
         supervise::command(&cli)
             .args(["serve", "-c", &config_s, "--database-url", &db_url, "--listen", &control_plane])
-            .args(["--xds-listen", &xds, "--metrics-listen", &loopback(qs.metrics), "--envoy-wasm", &wasm])
+            .args(["--xds-listen", &xds, "--metrics-listen", &loopback(qs.metrics)])
+            .args(build.serve_args(&tools))
             .args(["--pki-dir", &pki_s])
             .envs(control_plane_env)
             .stdout(Stdio::null())
@@ -170,7 +230,7 @@ pub fn run(smoke: bool) -> Result<(), String> {
 
     let log_path = dir.join("envoy.log");
     let (listen, admin_port) = (format!("0.0.0.0:{}", qs.listen), qs.admin.to_string());
-    children.0.push(start_envoy(&tools, &qs, "quickstart-1", &listen, &admin_port, &log_path)?);
+    children.0.push(start_envoy(&tools, &qs, build, "quickstart-1", &listen, &admin_port, &log_path)?);
     wait_for(Duration::from_secs(30), &mut children, || envoy_ready(&loopback(qs.admin)))
         .map_err(|e| format!("Envoy not ready on {}: {e}; see {}", loopback(qs.admin), log_path.display()))?;
     wait_for_port(&mock, Duration::from_secs(10), &mut children)?;
@@ -178,8 +238,9 @@ pub fn run(smoke: bool) -> Result<(), String> {
     let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hello from the Sluice quickstart"}]}"#;
     let (port, admin) = (qs.listen, qs.admin);
     println!(
-        "\nSluice is running: Envoy on http://localhost:{port} (admin http://127.0.0.1:{admin}), configured by the control plane \
+        "\nSluice is running ({} build): Envoy on http://localhost:{port} (admin http://127.0.0.1:{admin}), configured by the control plane \
          (admin API {control_plane}, xDS {xds}, SQLite {}), mock provider on http://{mock}",
+        build.name(),
         db.display()
     );
     println!("Logs: {} and {}\n", cp_log_path.display(), log_path.display());
@@ -221,7 +282,9 @@ pub fn join() -> Result<(), String> {
     check_ports_free(&ports, "is another `cargo xtask join` still running?")?;
     let log_path = qs.dir.join("envoy-2.log");
     let (listen, admin_port) = (format!("0.0.0.0:{}", qs.join_listen), qs.join_admin.to_string());
-    children.0.push(start_envoy(&tools, &qs, "quickstart-2", &listen, &admin_port, &log_path)?);
+    // The build the control plane serves: a listener asks ECDS for one filter type.
+    let build = Build::of_running(&qs.dir);
+    children.0.push(start_envoy(&tools, &qs, build, "quickstart-2", &listen, &admin_port, &log_path)?);
     wait_for(Duration::from_secs(30), &mut children, || envoy_ready(&loopback(qs.join_admin)))
         .map_err(|e| format!("Envoy not ready on {}: {e}; see {}", loopback(qs.join_admin), log_path.display()))?;
     println!(
@@ -237,13 +300,13 @@ pub fn join() -> Result<(), String> {
 fn start_envoy(
     tools: &Tools,
     qs: &Quickstart,
+    build: Build,
     node_id: &str,
     listen: &str,
     admin_port: &str,
     log_path: &std::path::Path,
 ) -> Result<Child, String> {
     let cli = tools.cli.to_string_lossy().into_owned();
-    let wasm = tools.wasm.to_string_lossy().into_owned();
     let yaml = qs.dir.join(format!("{node_id}.yaml")).to_string_lossy().into_owned();
     let xds = loopback(qs.xds);
     // Its own client certificate, naming its node, from the run's CA.
@@ -251,27 +314,11 @@ fn start_envoy(
     if !qs.dir.join(format!("pki/envoy-{node_id}.pem")).exists() {
         proc::run(&cli, &["pki", "envoy", "--dir", &pki, "--node-id", node_id], &[])?;
     }
-    proc::run(
-        &cli,
-        &[
-            "envoy-config",
-            "--xds",
-            &xds,
-            "--node-id",
-            node_id,
-            "--wasm",
-            &wasm,
-            "--out",
-            &yaml,
-            "--listen",
-            listen,
-            "--admin-port",
-            admin_port,
-            "--pki-dir",
-            &pki,
-        ],
-        &[],
-    )?;
+    let module = build.envoy_config_args(tools);
+    let mut args = vec!["envoy-config", "--xds", &xds, "--node-id", node_id];
+    args.extend(module.iter().map(String::as_str));
+    args.extend(["--out", &yaml, "--listen", listen, "--admin-port", admin_port, "--pki-dir", &pki]);
+    proc::run(&cli, &args, &[])?;
     let log = std::fs::File::create(log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
     supervise::command(&tools.envoy)
         .args(["-c", &yaml, "--disable-hot-restart", "--log-level", "info", "--concurrency", "2"])

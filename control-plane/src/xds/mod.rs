@@ -12,5 +12,5 @@ pub mod protocol;
 pub mod resources;
 pub mod server;
 
-pub use resources::{CONTROL_PLANE_CLUSTER, FILTER_CONFIG_NAME, XdsOptions};
+pub use resources::{CONTROL_PLANE_CLUSTER, FILTER_CONFIG_NAME, FilterModule, XdsOptions};
 pub use server::{AdsService, SnapshotPublisher};

@@ -1,6 +1,7 @@
 //! What the control plane serves over xDS, built from the database: one cluster per model
 //! deployment (CDS), the Sluice filter's config (ECDS, a `TypedExtensionConfig` wrapping the
-//! wasm filter), and each deployment's provider credential (SDS).
+//! wasm filter, or the dynamic-module filter for the native build), and each deployment's
+//! provider credential (SDS).
 //!
 //! Provider credentials never enter the filter or its config: each cluster runs Envoy's
 //! `credential_injector` as an upstream HTTP filter, which takes the credential from an SDS
@@ -21,7 +22,9 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
+use envoy_types::pb::envoy::extensions::dynamic_modules::v3::DynamicModuleConfig;
 use envoy_types::pb::envoy::extensions::filters::http::credential_injector::v3::CredentialInjector;
+use envoy_types::pb::envoy::extensions::filters::http::dynamic_modules::v3::DynamicModuleFilter;
 use envoy_types::pb::envoy::extensions::filters::http::upstream_codec::v3::UpstreamCodec;
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{HttpFilter, http_filter};
@@ -44,7 +47,10 @@ use sluice_core::config::{GatewayConfig, KeyLookupConfig, LookupRateConfig, Prov
 use sluice_core::litellm::{FailurePolicy, Upstream, from_litellm};
 
 use super::protocol::{CLUSTER, EXTENSION_CONFIG, SECRET, Snapshot};
-use crate::envoy_bootstrap::{CA_BUNDLE, CONNECT_TIMEOUT_SECS, FILTER_ROOT_ID, VM_ID, WASM_RUNTIME, upstream_is_ip};
+use crate::envoy_bootstrap::{
+    CA_BUNDLE, CONNECT_TIMEOUT_SECS, FILTER_ROOT_ID, NATIVE_FILTER_NAME, VM_ID, WASM_RUNTIME,
+    refuse_failure_policy_for_native, upstream_is_ip,
+};
 use crate::provider_policy::ProviderPolicy;
 
 /// The name the listener's `config_discovery` asks for.
@@ -52,12 +58,23 @@ pub const FILTER_CONFIG_NAME: &str = "sluice";
 /// The bootstrap's cluster that reaches the control plane (xDS and key lookups).
 pub const CONTROL_PLANE_CLUSTER: &str = "sluice_control_plane";
 
+/// Which build of the filter the Envoys run, and its path on the Envoy hosts. One per control
+/// plane: an Envoy's listener asks ECDS for one type (`sluice envoy-config --xds` with `--wasm`
+/// or `--native`), and rejects a config of the other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterModule {
+    /// `sluice_filter.wasm` (`sluice serve --envoy-wasm`): the same file the bootstrap's
+    /// singleton service loads, so both share one VM image.
+    Wasm(String),
+    /// `libsluice_filter.so` (`sluice serve --envoy-native`), loaded as an Envoy dynamic module.
+    Native(String),
+}
+
 /// How the control plane describes Envoy's side of things.
 #[derive(Debug, Clone)]
 pub struct XdsOptions {
-    /// Path of `sluice_filter.wasm` on the Envoy hosts (the same file the bootstrap's singleton
-    /// service loads, so both share one VM image).
-    pub wasm_path: String,
+    /// The filter's build and its path on the Envoy hosts.
+    pub module: FilterModule,
     /// config.yaml's `general_settings` that shape the filter (`max_request_size_mb`,
     /// `sluice_failure_policy`), converted by the same code as in standalone mode.
     pub general_settings: serde_json::Map<String, serde_json::Value>,
@@ -68,9 +85,26 @@ pub struct XdsOptions {
 }
 
 impl XdsOptions {
+    /// Options for the wasm build at `wasm_path` (see [`XdsOptions::native`]).
     pub fn new(wasm_path: String) -> Self {
+        Self::with_module(FilterModule::Wasm(wasm_path))
+    }
+
+    /// Options for the native build: `libsluice_filter.so` at `module_path` on the Envoy hosts.
+    pub fn native(module_path: String) -> Self {
+        Self::with_module(FilterModule::Native(module_path))
+    }
+
+    /// What the options alone refuse, before anything starts (`sluice serve`): the snapshot of
+    /// no deployments, built by the same code as every snapshot (a failure policy the native
+    /// build cannot apply).
+    pub fn check(&self) -> Result<(), String> {
+        build(&[], self, &|_| None).map(|_| ())
+    }
+
+    pub fn with_module(module: FilterModule) -> Self {
         Self {
-            wasm_path,
+            module,
             general_settings: serde_json::Map::new(),
             key_lookup: KeyLookupConfig {
                 cluster: CONTROL_PLANE_CLUSTER.into(),
@@ -161,6 +195,18 @@ fn filter_config(
     opts: &XdsOptions,
 ) -> Result<TypedExtensionConfig, String> {
     let json = serde_json::to_string(gateway).map_err(|e| format!("cannot serialise the gateway config: {e}"))?;
+    let typed_config = match &opts.module {
+        FilterModule::Wasm(path) => pack(&wasm_filter(json, failure_policy, path)),
+        FilterModule::Native(path) => {
+            // Refused when the first snapshot is built, so `sluice serve` stops at start.
+            refuse_failure_policy_for_native(failure_policy)?;
+            pack(&native_filter(json, path))
+        }
+    };
+    Ok(TypedExtensionConfig { name: FILTER_CONFIG_NAME.into(), typed_config: Some(typed_config) })
+}
+
+fn wasm_filter(json: String, failure_policy: FailurePolicy, wasm_path: &str) -> Wasm {
     let failure_policy = match failure_policy {
         FailurePolicy::FailClosed => WasmFailurePolicy::FailClosed,
         FailurePolicy::FailOpen => WasmFailurePolicy::FailOpen,
@@ -169,12 +215,7 @@ fn filter_config(
     let vm = VmConfig {
         vm_id: VM_ID.into(),
         runtime: WASM_RUNTIME.into(),
-        code: Some(AsyncDataSource {
-            specifier: Some(async_data_source::Specifier::Local(DataSource {
-                specifier: Some(data_source::Specifier::Filename(opts.wasm_path.clone())),
-                ..Default::default()
-            })),
-        }),
+        code: Some(local_file(wasm_path)),
         ..Default::default()
     };
     let plugin = PluginConfig {
@@ -187,10 +228,33 @@ fn filter_config(
         allow_on_headers_stop_iteration: Some(BoolValue { value: true }),
         ..Default::default()
     };
-    Ok(TypedExtensionConfig {
-        name: FILTER_CONFIG_NAME.into(),
-        typed_config: Some(pack(&Wasm { config: Some(plugin) })),
-    })
+    Wasm { config: Some(plugin) }
+}
+
+/// The native build: what `standalone_native_bootstrap` writes in YAML. The module is named by
+/// `dynamic_module_config.module` (Envoy 1.40's `AsyncDataSource`, field 6 of
+/// `envoy.extensions.dynamic_modules.v3.DynamicModuleConfig`; envoy-types 0.7.7 has it), not by
+/// `name` (a `lib${name}.so` looked up on a search path). The module gets the StringValue's
+/// text: the same JSON as the wasm filter.
+fn native_filter(json: String, module_path: &str) -> DynamicModuleFilter {
+    DynamicModuleFilter {
+        dynamic_module_config: Some(DynamicModuleConfig {
+            module: Some(local_file(module_path)),
+            ..Default::default()
+        }),
+        filter_name: NATIVE_FILTER_NAME.into(),
+        filter_config: Some(pack(&StringValue { value: json })),
+        ..Default::default()
+    }
+}
+
+fn local_file(path: &str) -> AsyncDataSource {
+    AsyncDataSource {
+        specifier: Some(async_data_source::Specifier::Local(DataSource {
+            specifier: Some(data_source::Specifier::Filename(path.to_owned())),
+            ..Default::default()
+        })),
+    }
 }
 
 fn provider_secret(name: &str, value: String) -> Secret {
@@ -438,5 +502,76 @@ mod tests {
     fn an_invalid_deployment_set_is_refused_whole() {
         let bad = vec![json!({"model_name": "x", "litellm_params": {"model": "bedrock/claude"}})];
         assert!(build(&bad, &XdsOptions::new("/x.wasm".into()), &env).is_err());
+    }
+
+    fn native_options() -> XdsOptions {
+        XdsOptions { provider_policy: options().provider_policy, ..XdsOptions::native("/x/libsluice_filter.so".into()) }
+    }
+
+    #[test]
+    fn the_native_build_gets_the_dynamic_module_filter_with_the_same_config() {
+        let (wasm_snap, _) = build(&model_list(), &options(), &env).unwrap();
+        let (snap, _) = build(&model_list(), &native_options(), &env).unwrap();
+        let ext: TypedExtensionConfig = decode(&snap.resources[EXTENSION_CONFIG][FILTER_CONFIG_NAME]);
+        assert_eq!(ext.name, FILTER_CONFIG_NAME);
+        let any = ext.typed_config.as_ref().unwrap();
+        assert_eq!(any.type_url, crate::envoy_bootstrap::DYNAMIC_MODULE_FILTER_TYPE, "the type the bootstrap asks for");
+        let filter: DynamicModuleFilter = decode(any);
+        assert_eq!(filter.filter_name, "sluice");
+        assert!(!filter.terminal_filter);
+        let module = filter.dynamic_module_config.as_ref().unwrap();
+        assert_eq!(module.name, "", "named by path, not looked up on a search path");
+        let Some(AsyncDataSource { specifier: Some(async_data_source::Specifier::Local(file)) }) = &module.module
+        else {
+            panic!("no local module: {module:?}")
+        };
+        assert_eq!(file.specifier, Some(data_source::Specifier::Filename("/x/libsluice_filter.so".into())));
+        // The same JSON as the wasm filter's, in the same StringValue.
+        let wasm_ext: TypedExtensionConfig = decode(&wasm_snap.resources[EXTENSION_CONFIG][FILTER_CONFIG_NAME]);
+        let plugin = decode::<Wasm>(wasm_ext.typed_config.as_ref().unwrap()).config.unwrap();
+        assert_eq!(filter.filter_config, plugin.configuration);
+        let json: StringValue = decode(filter.filter_config.as_ref().unwrap());
+        assert!(!json.value.contains("sk-provider-secret"));
+        let gateway: GatewayConfig = serde_json::from_str(&json.value).unwrap();
+        assert_eq!(gateway.key_lookup.as_ref().unwrap().cluster, CONTROL_PLANE_CLUSTER);
+        // Nothing else changes.
+        assert_eq!(snap.resources[CLUSTER], wasm_snap.resources[CLUSTER]);
+        assert_eq!(snap.resources[SECRET], wasm_snap.resources[SECRET]);
+    }
+
+    /// The wire form Envoy 1.40 reads: `module` is field 6 of `DynamicModuleConfig`
+    /// (api/envoy/extensions/dynamic_modules/v3/dynamic_modules.proto), checked against a message
+    /// that has that one field, so a change of envoy-types' numbering cannot pass unnoticed.
+    #[test]
+    fn the_module_path_is_field_6_of_the_dynamic_module_config() {
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct ModuleOnly {
+            #[prost(message, optional, tag = "6")]
+            module: Option<AsyncDataSource>,
+        }
+        let config = native_filter("{}".into(), "/x/libsluice_filter.so").dynamic_module_config.unwrap();
+        let bytes = config.encode_to_vec();
+        let only = ModuleOnly::decode(bytes.as_slice()).unwrap();
+        assert_eq!(only.module, Some(local_file("/x/libsluice_filter.so")));
+        assert_eq!(ModuleOnly { module: only.module }.encode_to_vec(), bytes, "nothing but field 6 is set");
+    }
+
+    #[test]
+    fn the_native_build_refuses_a_failure_policy_it_cannot_apply() {
+        for (setting, ok) in [("fail_closed", true), ("fail_open", false), ("fail_reload", false)] {
+            let mut opts = native_options();
+            opts.general_settings = json!({"sluice_failure_policy": setting}).as_object().unwrap().clone();
+            match build(&model_list(), &opts, &env) {
+                Ok(_) => assert!(ok, "{setting} accepted"),
+                Err(e) => {
+                    assert!(!ok, "{setting}: {e}");
+                    assert!(e.contains("sluice_failure_policy") && e.contains("fail_closed"), "{e}");
+                }
+            }
+            // The wasm build applies all three.
+            let mut wasm = options();
+            wasm.general_settings = opts.general_settings.clone();
+            build(&model_list(), &wasm, &env).unwrap();
+        }
     }
 }
