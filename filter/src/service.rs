@@ -61,7 +61,6 @@ pub fn invalidations_since(text: &str, after_seq: u64) -> (Vec<Option<(char, Str
     (out, last)
 }
 
-
 /// Lines kept in [`INVALIDATIONS_KEY`]; a worker further behind drops its whole cache.
 const INVALIDATIONS_KEPT: usize = 256;
 const USAGE_SERVICE: &str = "sluice.v1.UsageService";

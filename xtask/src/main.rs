@@ -75,8 +75,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// The integration files the native build runs (those that use only the standalone `gw` fixture).
+/// The integration files run a second time against the native build (`SLUICE_FILTER_BUILD=native`:
+/// the `gw` fixture writes `envoy-config --native`, test_xds.py's Fleet runs `serve
+/// --envoy-native` and `envoy-config --xds --native`; `wasm_only` tests are skipped). Left out:
+/// test_native_module.py (the no-op module, build-neutral), test_deploy.py (the image and
+/// manifests ship the wasm build) and test_quickstart_signals.py (the quickstart's process
+/// handling; the native quickstart gets its own smoke run).
 const NATIVE_FILES: &[&str] = &[
+    // Standalone mode.
     "test_openai_sdk.py",
     "test_anthropic_sdk.py",
     "test_limits.py",
@@ -86,14 +92,7 @@ const NATIVE_FILES: &[&str] = &[
     "test_security.py",
     "test_config.py",
     "test_slow_clients.py",
-];
-
-/// The xDS integration files (test_xds.py's Fleet), which the native build runs once it has
-/// xDS mode: the harness follows SLUICE_FILTER_BUILD (`serve --envoy-native`, `envoy-config
-/// --xds --native`) and skips what is wasm-only.
-// Added to the native run once the filter's xDS mode lands.
-#[allow(dead_code)]
-const NATIVE_XDS_FILES: &[&str] = &[
+    // xDS mode.
     "test_xds.py",
     "test_replicas.py",
     "test_fleet_limits.py",
@@ -106,6 +105,7 @@ const NATIVE_XDS_FILES: &[&str] = &[
     "test_postgres_restart.py",
     "test_data_plane_tls.py",
     "test_failure_policy.py",
+    "test_soak_short.py",
 ];
 
 /// The test command the README gives and CI runs.
@@ -129,17 +129,17 @@ fn test() -> Result<(), String> {
         "integration tests (real Envoy, mock provider, OpenAI and Anthropic SDKs)",
         proc::run(&python, &["-m", "pytest", "tests/integration", "-q", "-p", "no:cacheprovider"], &env_refs),
     )?;
-    // The native build (Envoy dynamic module) against the files that use only the standalone
-    // `gw` fixture: xDS mode is wasm-only for now (ARCHITECTURE.md, "Native build").
+    // The native build (Envoy dynamic module), standalone and xDS mode.
     let native_env: Vec<(&str, &str)> = env_refs.iter().copied().chain([("SLUICE_FILTER_BUILD", "native")]).collect();
     let native_files: Vec<String> = NATIVE_FILES.iter().map(|f| format!("tests/integration/{f}")).collect();
     let mut native_args = vec!["-m", "pytest", "-q", "-p", "no:cacheprovider"];
     native_args.extend(native_files.iter().map(String::as_str));
     proc::step(
-        "integration tests again with the native build (standalone mode)",
+        "integration tests again with the native build (standalone and xDS mode)",
         proc::run(&python, &native_args, &native_env),
     )?;
     proc::step("quickstart smoke run", quickstart::run(true, quickstart::Build::Wasm))?;
+    proc::step("quickstart smoke run, native build", quickstart::run(true, quickstart::Build::Native))?;
     eprintln!("\nxtask: all checks passed");
     Ok(())
 }

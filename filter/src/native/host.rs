@@ -4,7 +4,7 @@
 //! ([`super::grpc`]), and usage records and limit scopes go to the singleton service on the
 //! main thread ([`super::service`]).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::{Arc, LazyLock};
@@ -100,13 +100,29 @@ pub struct DynamicModuleHost {
     counters: Arc<Counters>,
     /// xDS mode: usage goes to the singleton service (standalone: straight to the log).
     xds: bool,
+    /// What the stream's hooks tell the host (shared with the stream's object).
+    hook: Rc<HookState>,
+}
+
+/// Where the flow is being called from, and what came with the call.
+#[derive(Default)]
+pub struct HookState {
+    /// Inside a request-body hook: the chunk it brought is "received" (outside one, after a
+    /// key lookup's answer, the whole body is in Envoy's buffer and there is no received chunk).
+    pub in_request_body: Cell<bool>,
     /// The message of the key lookup's answer, put here by the callout hook for the flow.
-    grpc_answer: Rc<RefCell<Vec<u8>>>,
+    pub grpc_answer: RefCell<Vec<u8>>,
 }
 
 impl DynamicModuleHost {
-    pub fn new(stream: Stream, counters: Arc<Counters>, xds: bool, grpc_answer: Rc<RefCell<Vec<u8>>>) -> Self {
-        Self { stream, counters, xds, grpc_answer }
+    pub fn new(stream: Stream, counters: Arc<Counters>, xds: bool, hook: Rc<HookState>) -> Self {
+        Self { stream, counters, xds, hook }
+    }
+
+    /// The chunk this hook brought is separate from Envoy's buffer (a request-body hook, unless
+    /// a filter before this one buffered the body and the chunk is that buffer).
+    fn received_is_separate(&self) -> bool {
+        self.hook.in_request_body.get() && !self.stream.received_is_buffered()
     }
 
     fn callbacks(&self) -> &'static Callbacks {
@@ -149,24 +165,25 @@ impl Host for DynamicModuleHost {
     }
 
     /// The whole request body: what earlier callbacks buffered, then this callback's chunk
-    /// (unless that chunk is the buffer itself).
+    /// (unless that chunk is the buffer itself, or there is no body callback).
     fn request_body(&self, size: usize) -> Option<Vec<u8>> {
         let mut body = Vec::with_capacity(size);
         self.stream.read_body(BUFFERED_REQUEST_BODY, &mut body);
-        if !self.stream.received_is_buffered() {
+        if self.received_is_separate() {
             self.stream.read_body(RECEIVED_REQUEST_BODY, &mut body);
         }
         Some(body)
     }
 
     /// Empties both parts of the body and puts the new one in this callback's chunk, which
-    /// Envoy adds to its buffer and sends on when the callback continues.
+    /// Envoy adds to its buffer and sends on when the callback continues; outside a body
+    /// callback (a key lookup's answer resumed the request), into Envoy's buffer.
     fn replace_request_body(&self, _old_size: usize, body: &[u8]) {
-        let target = if self.stream.received_is_buffered() {
-            BUFFERED_REQUEST_BODY
-        } else {
+        let target = if self.received_is_separate() {
             self.stream.drain_body(BUFFERED_REQUEST_BODY, self.stream.body_len(BUFFERED_REQUEST_BODY));
             RECEIVED_REQUEST_BODY
+        } else {
+            BUFFERED_REQUEST_BODY
         };
         self.stream.drain_body(target, self.stream.body_len(target));
         if !self.stream.append_body(target, body) {
@@ -251,14 +268,21 @@ impl Host for DynamicModuleHost {
 
     /// A key lookup: an HTTP callout with gRPC's framing; the answer reaches the flow through
     /// `on_http_filter_http_callout_done`. Envoy numbers callouts per stream from 1.
-    fn dispatch_grpc(&self, cluster: &str, service: &str, method: &str, message: &[u8], timeout_ms: u64) -> Option<u32> {
+    fn dispatch_grpc(
+        &self,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout_ms: u64,
+    ) -> Option<u32> {
         let (path, body) = super::grpc::request(service, method, message);
         let id = self.stream.http_callout(cluster, &super::grpc::headers(&path, cluster), &body, timeout_ms)?;
         u32::try_from(id).ok()
     }
 
     fn grpc_response(&self, _size: usize) -> Option<Vec<u8>> {
-        Some(std::mem::take(&mut *self.grpc_answer.borrow_mut()))
+        Some(std::mem::take(&mut *self.hook.grpc_answer.borrow_mut()))
     }
 
     fn resume_request(&self) {
@@ -288,8 +312,7 @@ mod tests {
     #[test]
     fn every_counter_the_service_reports_is_defined() {
         let service = include_str!("../service.rs");
-        let names: Vec<&str> =
-            service.split("count(\"").skip(1).filter_map(|piece| piece.split('"').next()).collect();
+        let names: Vec<&str> = service.split("count(\"").skip(1).filter_map(|piece| piece.split('"').next()).collect();
         assert!(names.len() >= 6, "the service's counters were not found ({names:?})");
         for name in names {
             assert!(SERVICE_COUNTERS.contains(&name), "{name} is counted by the service but not defined natively");

@@ -26,12 +26,12 @@ use sluice_core::limits::ScopeState;
 use sluice_core::routing::SplitMix64;
 
 use super::abi::{
-    ABI_VERSION, BODY_STOP_ITERATION_AND_BUFFER, BUFFERED_REQUEST_BODY, CALLOUT_SUCCESS, CONTINUE, CalloutAnswer,
-    CalloutResult, Callbacks, ConfigEnvoyPtr, ConfigHandle, ConfigModulePtr, EnvoyBuffer, EnvoyHttpHeader,
+    ABI_VERSION, BODY_STOP_ITERATION_AND_BUFFER, BUFFERED_REQUEST_BODY, CALLOUT_SUCCESS, CONTINUE, Callbacks,
+    CalloutAnswer, CalloutResult, ConfigEnvoyPtr, ConfigHandle, ConfigModulePtr, EnvoyBuffer, EnvoyHttpHeader,
     FilterEnvoyPtr, FilterModulePtr, FilterStatus, HEADERS_STOP_ITERATION, LiveConfig, RECEIVED_REQUEST_BODY,
     RECEIVED_RESPONSE_BODY, Stream,
 };
-use super::host::{Counters, DynamicModuleHost, FLOW_COUNTERS, SERVICE_COUNTERS, log, shared};
+use super::host::{Counters, DynamicModuleHost, FLOW_COUNTERS, HookState, SERVICE_COUNTERS, log, shared};
 use super::{grpc, service};
 use crate::flow::{Gateway, RequestFlow};
 use crate::host::{Action, LogLevel};
@@ -100,8 +100,12 @@ impl FilterConfig {
             let mut rng = SplitMix64::new(seed);
             let random = rng.next_u64();
             let gateway = Rc::new(Gateway::new(self.compiled.clone(), self.secrets.clone()));
-            let worker =
-                Worker { config: Arc::downgrade(&self.token), gateway, rng: Cell::new(rng), invalidations_seen: Cell::new(0) };
+            let worker = Worker {
+                config: Arc::downgrade(&self.token),
+                gateway,
+                rng: Cell::new(rng),
+                invalidations_seen: Cell::new(0),
+            };
             if self.xds {
                 apply_invalidations(&worker);
             }
@@ -134,8 +138,8 @@ struct StreamFilter {
     gateway: Rc<Gateway>,
     stream: Stream,
     counters: Arc<Counters>,
-    /// Shared with the host: the key lookup's answer, for the flow to read.
-    grpc_answer: Rc<RefCell<Vec<u8>>>,
+    /// Shared with the host: which hook is running, the key lookup's answer.
+    hook: Rc<HookState>,
     xds: bool,
 }
 
@@ -146,7 +150,7 @@ impl StreamFilter {
         if let Ok(mut flow) = self.flow.try_borrow_mut() {
             flow.on_log();
         }
-        let host = DynamicModuleHost::new(self.stream, Arc::clone(&self.counters), self.xds, Rc::clone(&self.grpc_answer));
+        let host = DynamicModuleHost::new(self.stream, Arc::clone(&self.counters), self.xds, Rc::clone(&self.hook));
         self.gateway.flush_metrics(&host);
     }
 }
@@ -299,14 +303,14 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
     // on_http_filter_destroy) and used only in its hooks, on its worker thread.
     let stream = unsafe { Stream::new(filter_envoy, callbacks) };
     let (gateway, random) = config.worker();
-    let grpc_answer = Rc::new(RefCell::new(Vec::new()));
-    let host = DynamicModuleHost::new(stream, Arc::clone(&config.counters), config.xds, Rc::clone(&grpc_answer));
+    let hook = Rc::new(HookState::default());
+    let host = DynamicModuleHost::new(stream, Arc::clone(&config.counters), config.xds, Rc::clone(&hook));
     let filter = StreamFilter {
         flow: RefCell::new(RequestFlow::new(host, Rc::clone(&gateway), random)),
         gateway,
         stream,
         counters: Arc::clone(&config.counters),
-        grpc_answer,
+        hook,
         xds: config.xds,
     };
     Box::into_raw(Box::new(filter)).cast_const().cast()
@@ -352,7 +356,10 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     if !f.stream.received_is_buffered() {
         size += f.stream.body_len(RECEIVED_REQUEST_BODY);
     }
-    body_status(flow.on_request_body(size, end_of_stream))
+    f.hook.in_request_body.set(true);
+    let action = flow.on_request_body(size, end_of_stream);
+    f.hook.in_request_body.set(false);
+    body_status(action)
 }
 
 /// # Safety
@@ -437,7 +444,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     let answer = unsafe { CalloutAnswer::read(headers, headers_size, chunks, chunks_size) };
     let (status, message) = grpc::answer(result == CALLOUT_SUCCESS, &answer.headers, &answer.body);
     let size = message.len();
-    *f.grpc_answer.borrow_mut() = message;
+    *f.hook.grpc_answer.borrow_mut() = message;
     flow.on_grpc_response(token, status, size);
 }
 

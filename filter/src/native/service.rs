@@ -120,7 +120,8 @@ pub fn register(config: LiveConfig, counters: Arc<Counters>, cluster: &str) {
                 let random = getrandom::u64().unwrap_or_else(|_| now_ms());
                 // The node id is not readable here: the control plane names this instance after
                 // its client certificate.
-                *service = Some(UsageService::start(MainThreadHost { callbacks: config_callbacks }, config, None, random));
+                *service =
+                    Some(UsageService::start(MainThreadHost { callbacks: config_callbacks }, config, None, random));
             }
         }
     });
@@ -279,7 +280,14 @@ impl Host for MainThreadHost {
         });
     }
 
-    fn dispatch_grpc(&self, cluster: &str, service: &str, method: &str, message: &[u8], timeout_ms: u64) -> Option<u32> {
+    fn dispatch_grpc(
+        &self,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout_ms: u64,
+    ) -> Option<u32> {
         let (path, body) = grpc::request(service, method, message);
         let headers = grpc::headers(&path, cluster);
         let id = self.with_driver(|d| d.config.http_callout(cluster, &headers, &body, timeout_ms)).flatten()?;
