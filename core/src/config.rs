@@ -199,6 +199,10 @@ pub struct Deployment {
     pub pricing: Pricing,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_output_tokens: Option<u64>,
+    /// LiteLLM's `drop_params`: a client parameter this deployment's format cannot carry is
+    /// dropped in translation instead of refused (400 `unsupported_params`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drop_params: bool,
 }
 
 fn one() -> u32 {
@@ -757,6 +761,7 @@ mod tests {
             tpm: None,
             pricing: Pricing::default(),
             max_output_tokens: None,
+            drop_params: false,
         }
     }
 

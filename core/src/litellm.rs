@@ -159,11 +159,13 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
 
     let mut request_timeout_secs = DEFAULT_REQUEST_TIMEOUT_SECS;
     let mut routing_strategy = RoutingStrategy::SimpleShuffle;
+    let mut drop_params = false;
     if let Some(settings) = root.get("litellm_settings").and_then(Value::as_object) {
-        cx.warn_unsupported("litellm_settings", settings, &["request_timeout"]);
+        cx.warn_unsupported("litellm_settings", settings, &["request_timeout", "drop_params"]);
         if let Some(t) = as_u64(settings.get("request_timeout")) {
             request_timeout_secs = t;
         }
+        drop_params = flag(&mut cx, "litellm_settings.drop_params", settings.get("drop_params")).unwrap_or(false);
     }
     if let Some(settings) = root.get("router_settings").and_then(Value::as_object) {
         cx.warn_unsupported("router_settings", settings, &["routing_strategy", "timeout"]);
@@ -247,7 +249,7 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
         }
     }
 
-    let (deployments, upstreams) = model_list(&mut cx, root.get("model_list"));
+    let (deployments, upstreams) = model_list(&mut cx, root.get("model_list"), drop_params);
     let keys: Vec<KeyConfig> = section(&mut cx, root.get("keys"), "keys");
     let teams: Vec<TeamConfig> = section(&mut cx, root.get("teams"), "teams");
 
@@ -316,7 +318,20 @@ fn section<T: serde::de::DeserializeOwned>(cx: &mut Ctx<'_>, value: Option<&Valu
     }
 }
 
-fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>) -> (Vec<Deployment>, Vec<Upstream>) {
+/// A boolean setting; anything else is an error naming it.
+fn flag(cx: &mut Ctx<'_>, path: &str, value: Option<&Value>) -> Option<bool> {
+    match value {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(other) => {
+            cx.error(format!("{path}: must be true or false, not {other}"));
+            None
+        }
+    }
+}
+
+/// `drop_params` is `litellm_settings.drop_params` unless an entry's `litellm_params` says.
+fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Vec<Deployment>, Vec<Upstream>) {
     let mut deployments = Vec::new();
     let mut upstreams = Vec::new();
     let Some(items) = value.and_then(Value::as_array) else {
@@ -342,7 +357,7 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>) -> (Vec<Deployment>, Vec<
         cx.warn_unsupported(
             &format!("model_list[{i}].litellm_params"),
             params,
-            &["model", "api_base", "api_key", "rpm", "tpm", "weight"],
+            &["model", "api_base", "api_key", "rpm", "tpm", "weight", "drop_params"],
         );
         cx.warn_unsupported(
             &format!("model_list[{i}].model_info"),
@@ -430,6 +445,8 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>) -> (Vec<Deployment>, Vec<
             // Two ids whose CRC32 and readable part agree: vanishingly rare, refused all the same.
             cx.error(format!("{at}: deployment id {id:?} maps to the same Envoy cluster as another; rename it"));
         }
+        let drop_params =
+            flag(cx, &format!("{at}: litellm_params.drop_params"), params.get("drop_params")).unwrap_or(drop_params);
         upstreams.push(Upstream { cluster: cluster.clone(), https, host, port });
         deployments.push(Deployment {
             id,
@@ -446,6 +463,7 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>) -> (Vec<Deployment>, Vec<
             max_output_tokens: as_u64(info.get("max_output_tokens"))
                 .or_else(|| as_u64(info.get("max_tokens")))
                 .or_else(|| catalog.and_then(|c| c.max_output_tokens)),
+            drop_params,
         });
     }
     (deployments, upstreams)
@@ -524,12 +542,38 @@ mod tests {
             "model_list[1].litellm_params.timeout",
             "least-busy",
             "router_settings.num_retries",
-            "litellm_settings.drop_params",
             "database_url",
         ] {
             assert!(all.contains(needle), "no warning for {needle}:\n{all}");
         }
         assert!(!all.contains("sk-master-very-secret-0123456789abcdef") && !all.contains("sk-provider-secret"));
+    }
+
+    /// `litellm_settings.drop_params` is every deployment's unless its `litellm_params` says.
+    #[test]
+    fn drop_params_is_global_with_a_per_deployment_override() {
+        let entry = |name: &str, drop: Option<bool>| {
+            let mut params = json!({"model": format!("anthropic/{name}")});
+            if let Some(d) = drop {
+                params["drop_params"] = json!(d);
+            }
+            json!({"model_name": name, "litellm_params": params})
+        };
+        let doc = |global: Value| {
+            json!({
+                "model_list": [entry("a", None), entry("b", Some(false)), entry("c", Some(true))],
+                "litellm_settings": {"drop_params": global},
+            })
+        };
+        let on = from_litellm(&doc(json!(true)), &env).unwrap();
+        let drops: Vec<bool> = on.gateway.deployments.iter().map(|d| d.drop_params).collect();
+        assert_eq!(drops, [true, false, true]);
+        assert!(!on.warnings.iter().any(|w| w.contains("drop_params")), "{:?}", on.warnings);
+        let off = from_litellm(&doc(Value::Null), &env).unwrap();
+        let drops: Vec<bool> = off.gateway.deployments.iter().map(|d| d.drop_params).collect();
+        assert_eq!(drops, [false, false, true]);
+        let errors = from_litellm(&doc(json!("yes")), &env).unwrap_err();
+        assert!(errors.iter().any(|e| e.0.contains("litellm_settings.drop_params: must be true or false")));
     }
 
     #[test]

@@ -81,6 +81,8 @@ const PENDING_LOG_EVERY_MS: u64 = 30_000;
 const REPLAY_HINT: &str =
     "every record is also in this log, on its usage line: `sluice usage import` replays them (idempotent)";
 const REPORT_TIMEOUT_MS: u64 = 10_000;
+/// Usage lines are written to the log in calls of about this many bytes.
+const LOG_CALL_BYTES: usize = 64 * 1024;
 /// Above the control plane's 20 s hold, so an idle watch ends with an answer, not a timeout.
 const WATCH_TIMEOUT_MS: u64 = 30_000;
 const WATCH_RETRY_MS: u64 = 1_000;
@@ -197,13 +199,24 @@ impl<H: Host> UsageService<H> {
         self.sync_limits(true);
     }
 
-    /// Usage records from the workers: newline-separated JSON, any number per batch.
+    /// Usage records from the workers: newline-separated JSON, any number per batch. Each is
+    /// one `sluice.usage {…}` line of Envoy's log, written a batch per log call (one write
+    /// instead of one per record: the line was a tenth of the native build's cost per request);
+    /// only a batch's first line carries Envoy's log prefix.
     pub fn take_usage<'a>(&mut self, batches: impl IntoIterator<Item = &'a [u8]>) {
+        let mut lines = String::new();
         for batch in batches {
             for line in batch.split(|b| *b == b'\n').filter(|r| !r.is_empty()) {
                 // The log line is kept in every mode: operators grep it, and it holds any record
                 // the outbox had to let go during a long outage.
-                self.host.log(LogLevel::Info, &format!("{USAGE_LOG_PREFIX}{}", String::from_utf8_lossy(line)));
+                if !lines.is_empty() {
+                    lines.push('\n');
+                }
+                lines.push_str(USAGE_LOG_PREFIX);
+                lines.push_str(&String::from_utf8_lossy(line));
+                if lines.len() >= LOG_CALL_BYTES {
+                    self.host.log(LogLevel::Info, &std::mem::take(&mut lines));
+                }
                 if let Some(link) = &mut self.link {
                     match record_from_json(line) {
                         Some(record) => {
@@ -215,6 +228,9 @@ impl<H: Host> UsageService<H> {
                     }
                 }
             }
+        }
+        if !lines.is_empty() {
+            self.host.log(LogLevel::Info, &lines);
         }
         self.send_report();
     }
@@ -431,7 +447,11 @@ mod tests {
         let (envoy, mut service) = service(Some("edge-1"));
         let batch = format!("{RECORD}\n{RECORD}\nnot json\n");
         service.take_usage([batch.as_bytes()]);
-        assert_eq!(envoy.logs.borrow().iter().filter(|l| l.starts_with(USAGE_LOG_PREFIX)).count(), 3);
+        // One log call, one line per record, each findable by its prefix.
+        let logs = envoy.logs.borrow().clone();
+        let usage: Vec<&String> = logs.iter().filter(|l| l.starts_with(USAGE_LOG_PREFIX)).collect();
+        assert_eq!(usage.len(), 1);
+        assert_eq!(usage[0].lines().filter(|l| l.starts_with(USAGE_LOG_PREFIX)).count(), 3);
         assert_eq!(envoy.metric("sluice.usage.unreadable"), 1);
         let report = last_call(&envoy, "Report");
         assert_eq!(pb::ReportUsageRequest::decode(report.message.as_slice()).map(|r| r.records.len()).ok(), Some(2));
@@ -457,6 +477,21 @@ mod tests {
         envoy.now_ms.set(envoy.now_ms.get() + 60_000);
         service.tick();
         assert_eq!(envoy.grpc_calls.borrow().iter().filter(|c| c.method == "Report").count(), reports);
+    }
+
+    /// A large hand-over is written in several log calls of bounded size, no line lost or cut.
+    #[test]
+    fn a_large_batch_is_logged_in_bounded_calls() {
+        let (envoy, mut service) = service(None);
+        let batch: String = (0..300).map(|_| format!("{RECORD}\n")).collect();
+        service.take_usage([batch.as_bytes()]);
+        let logs = envoy.logs.borrow().clone();
+        let calls: Vec<&String> = logs.iter().filter(|l| l.starts_with(USAGE_LOG_PREFIX)).collect();
+        assert!(calls.len() >= 2, "{} calls", calls.len());
+        assert!(calls.iter().all(|c| c.len() < LOG_CALL_BYTES + RECORD.len() + USAGE_LOG_PREFIX.len()));
+        let lines: Vec<&str> = calls.iter().flat_map(|c| c.lines()).collect();
+        assert_eq!(lines.len(), 300);
+        assert!(lines.iter().all(|l| *l == format!("{USAGE_LOG_PREFIX}{RECORD}")));
     }
 
     /// An instance is `<node>/<random>` when the binding knows the node, else `<random>` alone,

@@ -41,6 +41,7 @@ fn deployment(id: &str, group: &str, provider: Provider, upstream: &str) -> Depl
             cache_creation_input_token_cost: None,
         },
         max_output_tokens: Some(1000),
+        drop_params: false,
     }
 }
 

@@ -56,7 +56,7 @@ impl Translation {
         let target = Target {
             model: &deployment.upstream_model,
             default_max_tokens: deployment.max_output_tokens.unwrap_or(default_max_tokens),
-            drop_params: false,
+            drop_params: deployment.drop_params,
         };
         let translated = match self.direction {
             Direction::OpenAiToAnthropic => openai_anthropic::request(body, &target)?,

@@ -47,6 +47,7 @@ PRICES = {
     "gpt-4o-mini": (1.5e-7, 6e-7, 7.5e-8, None),
     "text-embedding-3-small": (2e-8, 0.0, None, None),
     "claude-3-5-sonnet": (3e-6, 1.5e-5, 3e-7, 3.75e-6),
+    "claude-lenient": (3e-6, 1.5e-5, 3e-7, 3.75e-6),
     "dead-model": (1e-6, 1e-6, None, None),
 }
 
@@ -175,12 +176,17 @@ class Gateway:
     def write_config(self):
         openai_base = f"{self.mock_url}/v1"
         dead_port = free_port()  # nothing listens here
+        # LiteLLM's drop_params on one deployment: what Anthropic cannot take is dropped.
+        lenient = model_entry("claude-lenient", "anthropic/claude-3-5-sonnet-20241022", self.mock_url,
+                              "MOCK_ANTHROPIC_KEY", "claude-lenient")
+        lenient["litellm_params"]["drop_params"] = True
         models = [
             model_entry("gpt-4o", "openai/gpt-4o-2024-08-06", openai_base, "MOCK_OPENAI_KEY", "gpt-4o-a", 3),
             model_entry("gpt-4o", "openai/gpt-4o", openai_base, "MOCK_OPENAI_KEY", "gpt-4o-b", 1),
             model_entry("gpt-4o-mini", "openai/gpt-4o-mini", openai_base, "MOCK_OPENAI_KEY", "mini"),
             model_entry("text-embedding-3-small", "openai/text-embedding-3-small", openai_base, "MOCK_OPENAI_KEY", "emb"),
             model_entry("claude-3-5-sonnet", "anthropic/claude-3-5-sonnet-20241022", self.mock_url, "MOCK_ANTHROPIC_KEY", "claude"),
+            lenient,
             model_entry("dead-model", "openai/dead", f"http://127.0.0.1:{dead_port}/v1", "MOCK_OPENAI_KEY", "dead"),
         ]
         keys = []

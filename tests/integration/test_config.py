@@ -51,21 +51,6 @@ def test_the_native_module_loads_at_envoys_abi_version_without_a_vm(gw):
     assert "DynamicModuleFilter" in bootstrap and "envoy.bootstrap.wasm" not in bootstrap and "vm_config" not in bootstrap
 
 
-@pytest.mark.skipif(not NATIVE, reason="native build only: xDS mode is the wasm build's for now")
-def test_the_native_module_refuses_a_key_lookup_config_clearly(gw, tmp_path):
-    out = tmp_path / "envoy.yaml"
-    gw.cli("envoy-config", "-c", str(gw.config_path), *gw.filter_args(), "--out", str(out),
-           "--listen", f"127.0.0.1:{free_port()}", "--admin-port", str(free_port()))
-    text = out.read_text()
-    plain = '"schema_version":1'
-    assert plain in text
-    out.write_text(text.replace(plain, '"key_lookup":{"cluster":"sluice_control_plane"},' + plain, 1))
-    proc = subprocess.run([gw.env_bin["ENVOY_BIN"], "-c", str(out), "--disable-hot-restart", "--base-id", str(os.getpid() % 1000 + 11)],
-                          env=gw.env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0
-    assert "key_lookup (xDS mode) is not supported by the native build yet" in proc.stderr, proc.stderr[-2000:]
-
-
 def test_a_failure_policy_the_build_cannot_apply_is_refused(gw, tmp_path):
     """fail_open/fail_reload are the wasm VM's; the native build has no VM and refuses them."""
     cfg = json.loads(gw.config_path.read_text())

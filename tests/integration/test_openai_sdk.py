@@ -174,3 +174,16 @@ def test_a_parameter_claude_cannot_take_is_refused_by_name(gw):
         client(gw, "sdk").chat.completions.create(
             model="claude-3-5-sonnet", messages=[{"role": "user", "content": "hi"}], logit_bias={"1": 1})
     assert "logit_bias" in str(e.value) and "drop_params" in str(e.value)
+
+
+def test_with_drop_params_a_parameter_claude_cannot_take_is_dropped(gw):
+    """LiteLLM's `drop_params: true` (here in the deployment's litellm_params; also
+    `litellm_settings.drop_params`): the request is served without the parameter, and metered."""
+    before = len(gw.records("sdk"))
+    served = gw.mock_stats()["served"]
+    reply = client(gw, "sdk").chat.completions.create(
+        model="claude-lenient", max_tokens=40, messages=[{"role": "user", "content": "hi"}], logit_bias={"1": 1})
+    assert reply.choices[0].message.content and reply.model == "claude-lenient"
+    assert gw.mock_stats()["served"] == served + 1
+    rec = gw.wait_records("sdk", before + 1)[-1]
+    assert rec["deployment"] == "claude-lenient" and rec["cost_usd"] > 0

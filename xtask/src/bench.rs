@@ -14,7 +14,8 @@
 //!   time (utime + stime from /proc) per request.
 //!
 //! LiteLLM's proxy (pinned, its own venv) is measured on the same upstream unless `--no-litellm`;
-//! `--profile` adds a `perf record` of Sluice's (wasm) Envoy during one saturated run. The report
+//! `--profile` adds a `perf record` of each Sluice Envoy during one saturated run (the native
+//! build's host call by host call). The report
 //! goes to stdout and to BENCHMARKS.md, between the bench-results markers.
 
 use std::io::{Read, Write};
@@ -307,16 +308,24 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         running.iter().filter(|f| f.kind.is_sluice()).map(|f| (f.kind, metered_tokens(f.kind))).collect();
     let litellm_rss = litellm.as_ref().map_or(0, |l| rss_kib(l.pid));
 
-    let profile = if !opts.profile {
+    let running_pid =
+        |kind: Kind| fronts.iter().find(|f| f.kind == kind).and_then(|f| f.pid.as_ref().ok().copied());
+    let profiles = if !opts.profile {
         None
     } else {
-        let sluice = fronts.iter().find(|f| f.kind == Kind::SluiceWasm).and_then(|f| f.pid.as_ref().ok().copied());
-        Some(match sluice {
+        let wasm = match running_pid(Kind::SluiceWasm) {
             Some(pid) => crate::bench_profile::profile(pid, &dir, || {
                 wrk(&scripts.chat, Kind::SluiceWasm.port(), 32, "8s", pid, false)
             }),
             None => Err("Sluice (wasm) is not running".into()),
-        })
+        };
+        let native = match running_pid(Kind::SluiceNative) {
+            Some(pid) => crate::bench_profile::profile_native(pid, &dir, || {
+                wrk(&scripts.chat, Kind::SluiceNative.port(), 32, "8s", pid, false)
+            }),
+            None => Err("Sluice (native) is not running".into()),
+        };
+        Some((wasm, native))
     };
 
     let mut command = "cargo xtask bench".to_owned();
@@ -341,8 +350,9 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     };
     let mut report = crate::bench_report::render(&run);
     report.push_str(&litellm_text(&litellm, &litellm_runs, litellm_rss, &run));
-    if let Some(p) = profile {
-        report.push_str(&crate::bench_profile::render(&p));
+    if let Some((wasm, native)) = profiles {
+        report.push_str(&crate::bench_profile::render(&wasm));
+        report.push_str(&crate::bench_profile::render_native(&native));
     }
     println!("\n{report}");
     write_block(&root().join("BENCHMARKS.md"), BEGIN, END, &report)

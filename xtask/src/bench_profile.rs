@@ -1,5 +1,10 @@
-//! `cargo xtask bench --profile`: where Sluice's (wasm) Envoy spends its CPU, from `perf record
-//! -g` on that Envoy alone during one saturated chat run, grouped by where the code lives.
+//! `cargo xtask bench --profile`: where Sluice's Envoys spend their CPU, from `perf record` on
+//! each alone during one saturated chat run. The wasm build's samples are grouped by where the
+//! code lives (the JIT-compiled module has no symbols). The native build's are read with DWARF
+//! call graphs, which unwind through the stripped Envoy binary (its `.eh_frame` stays): the
+//! module's hooks (`envoy_dynamic_module_on_*`) and the host calls (`envoy_dynamic_module_callback_*`,
+//! Envoy's exported functions) are named symbols, so each gets its inclusive share: what Sluice
+//! costs host call by host call.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -12,6 +17,103 @@ pub(crate) struct Profile {
     samples: u64,
     groups: Vec<(&'static str, f64)>,
     unresolved_envoy_share: f64,
+}
+
+/// The native build's profile: inclusive shares of the module's hooks and of the host calls.
+pub(crate) struct NativeProfile {
+    cpu_us_per_request: f64,
+    samples: u64,
+    /// (symbol, inclusive share of samples), largest first.
+    hooks: Vec<(String, f64)>,
+    host_calls: Vec<(String, f64)>,
+}
+
+/// Records `pid` with DWARF call graphs while `load` runs (about 8 s).
+pub(crate) fn profile_native(
+    pid: u32,
+    dir: &Path,
+    load: impl FnOnce() -> Result<WrkResult, String>,
+) -> Result<NativeProfile, String> {
+    let data = dir.join("perf-native.data");
+    let data_s = data.to_string_lossy().into_owned();
+    let perf = Command::new("perf")
+        .args(["record", "--call-graph", "dwarf,16384", "-F", "499", "-o", &data_s, "-p", &pid.to_string()])
+        .args(["--", "sleep", "8"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start perf: {e}"))?;
+    let run = load();
+    let recorded = perf.wait_with_output().map_err(|e| format!("perf: {e}"))?;
+    let run = run?;
+    if !recorded.status.success() {
+        return Err(format!("`perf record` failed: {}", String::from_utf8_lossy(&recorded.stderr).trim()));
+    }
+    let report = crate::proc::output(
+        "perf",
+        &["report", "-i", &data_s, "--stdio", "--children", "-g", "none", "--sort", "sym", "--percent-limit", "0"],
+        &[],
+    )?;
+    let (mut hooks, mut host_calls, mut samples) = (Vec::new(), Vec::new(), 0);
+    for line in report.lines() {
+        let line = line.trim();
+        if let Some(n) = line.strip_prefix("# Samples: ") {
+            samples = parse_count(n);
+        }
+        // "  5.77%  0.00%  [.] envoy_dynamic_module_on_http_filter_request_body"
+        let mut parts = line.split_whitespace();
+        let (Some(children), Some(_self), Some(_kind), Some(symbol)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let Ok(pct) = children.trim_end_matches('%').parse::<f64>() else { continue };
+        if let Some(hook) = symbol.strip_prefix("envoy_dynamic_module_on_") {
+            hooks.push((hook.to_owned(), pct));
+        } else if let Some(call) = symbol.strip_prefix("envoy_dynamic_module_callback_") {
+            host_calls.push((call.to_owned(), pct));
+        }
+    }
+    if samples == 0 || hooks.is_empty() {
+        return Err(format!("`perf report` found none of the module's hooks; see {}", data.display()));
+    }
+    // Each symbol once (a symbol can be listed per DSO); largest first.
+    for list in [&mut hooks, &mut host_calls] {
+        list.sort_by(|a, b| b.1.total_cmp(&a.1));
+        list.dedup_by(|a, b| a.0 == b.0);
+    }
+    Ok(NativeProfile { cpu_us_per_request: run.envoy_cpu_us_per_request, samples, hooks, host_calls })
+}
+
+pub(crate) fn render_native(p: &Result<NativeProfile, String>) -> String {
+    let p = match p {
+        Err(e) => return format!("\n**Profile of Sluice (native)** (`--profile`): not taken: {e}.\n"),
+        Ok(p) => p,
+    };
+    let per_request = |pct: f64| pct / 100.0 * p.cpu_us_per_request;
+    let mut out = format!(
+        "\n**Profile of Sluice (native)** (`--profile`): `perf record --call-graph dwarf -F 499` on that Envoy alone \
+during one 8 s chat run at 32 connections ({} samples; {:.1} µs of Envoy CPU per request in that run). Inclusive \
+shares: a hook's share holds the host calls it makes and the Envoy work they do; what is in no hook is Envoy's own \
+(codec, buffering, routing, sockets) plus the singleton's tick on the main thread.\n\n\
+| the module's hook (`envoy_dynamic_module_on_…`) | share of samples | µs per request |\n|---|---|---|\n",
+        p.samples, p.cpu_us_per_request
+    );
+    let mut in_hooks = 0.0;
+    for (hook, pct) in p.hooks.iter().filter(|(_, pct)| *pct >= 0.1) {
+        // Config-level hooks run on the main thread; the stream's hooks do not nest (but a local
+        // reply's headers re-enter, counted once in the outer hook).
+        in_hooks += pct;
+        out.push_str(&format!("| {hook} | {pct:.1} % | {:.1} |\n", per_request(*pct)));
+    }
+    out.push_str(&format!(
+        "| *all hooks* | {in_hooks:.1} % | {:.1} |\n\n| host call (`envoy_dynamic_module_callback_…`) | share of samples | µs per request |\n|---|---|---|\n",
+        per_request(in_hooks)
+    ));
+    for (call, pct) in p.host_calls.iter().filter(|(_, pct)| *pct >= 0.1) {
+        out.push_str(&format!("| {call} | {pct:.1} % | {:.1} |\n", per_request(*pct)));
+    }
+    out
 }
 
 /// Records `pid` while `load` runs (`load` must last about as long as the recording: 8 s).
@@ -130,10 +232,10 @@ fn classify(dso: &str, symbol: &str) -> &'static str {
 
 pub(crate) fn render(p: &Result<Profile, String>) -> String {
     match p {
-        Err(e) => format!("\n**Profile** (`--profile`): not taken: {e}.\n"),
+        Err(e) => format!("\n**Profile of Sluice (wasm)** (`--profile`): not taken: {e}.\n"),
         Ok(p) => {
             let mut out = format!(
-                "\n**Profile** (`--profile`): `perf record -g -F 999` on Sluice's (wasm) Envoy alone during one 8 s chat run at \
+                "\n**Profile of Sluice (wasm)** (`--profile`): `perf record -g -F 999` on that Envoy alone during one 8 s chat run at \
 32 connections ({} samples; {:.1} µs of Envoy CPU per request in that run), grouped by `perf report --sort dso,sym`:\n\n\
 | where | share of samples | µs per request |\n|---|---|---|\n",
                 p.samples, p.cpu_us_per_request

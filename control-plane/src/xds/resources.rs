@@ -78,6 +78,8 @@ pub struct XdsOptions {
     /// config.yaml's `general_settings` that shape the filter (`max_request_size_mb`,
     /// `sluice_failure_policy`), converted by the same code as in standalone mode.
     pub general_settings: serde_json::Map<String, serde_json::Value>,
+    /// config.yaml's `litellm_settings` that shape the filter (`drop_params`).
+    pub litellm_settings: serde_json::Map<String, serde_json::Value>,
     pub key_lookup: KeyLookupConfig,
     /// Which credentials deployments may name and where they may go; checked again here, so a
     /// deployment stored before a policy change never gets a refused credential.
@@ -106,6 +108,7 @@ impl XdsOptions {
         Self {
             module,
             general_settings: serde_json::Map::new(),
+            litellm_settings: serde_json::Map::new(),
             key_lookup: KeyLookupConfig {
                 cluster: CONTROL_PLANE_CLUSTER.into(),
                 timeout_ms: 1000,
@@ -128,7 +131,11 @@ pub fn build(
     opts: &XdsOptions,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(Snapshot, Vec<String>), String> {
-    let doc = serde_json::json!({ "model_list": model_list, "general_settings": opts.general_settings });
+    let doc = serde_json::json!({
+        "model_list": model_list,
+        "general_settings": opts.general_settings,
+        "litellm_settings": opts.litellm_settings,
+    });
     let standalone =
         from_litellm(&doc, env).map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
     let mut gateway: GatewayConfig = standalone.gateway;

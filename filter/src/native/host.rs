@@ -15,7 +15,6 @@ use super::abi::{
 };
 use super::shared_data::SharedData;
 use crate::host::{CasResult, Host, LogLevel};
-use crate::usage_record::USAGE_LOG_PREFIX;
 
 /// The shared data of every worker of this Envoy (and of every config it loads, as proxy-wasm's
 /// shared data outlives VMs): limit and budget counters.
@@ -98,8 +97,6 @@ impl Counters {
 pub struct DynamicModuleHost {
     stream: Stream,
     counters: Arc<Counters>,
-    /// xDS mode: usage goes to the singleton service (standalone: straight to the log).
-    xds: bool,
     /// What the stream's hooks tell the host (shared with the stream's object).
     hook: Rc<HookState>,
 }
@@ -115,8 +112,8 @@ pub struct HookState {
 }
 
 impl DynamicModuleHost {
-    pub fn new(stream: Stream, counters: Arc<Counters>, xds: bool, hook: Rc<HookState>) -> Self {
-        Self { stream, counters, xds, hook }
+    pub fn new(stream: Stream, counters: Arc<Counters>, hook: Rc<HookState>) -> Self {
+        Self { stream, counters, hook }
     }
 
     /// The chunk this hook brought is separate from Envoy's buffer (a request-body hook, unless
@@ -225,15 +222,11 @@ impl Host for DynamicModuleHost {
         SHARED.set(key, value, cas)
     }
 
-    /// xDS mode: handed to the singleton service, which logs and ships it. Standalone mode:
-    /// the record goes to Envoy's log at once, the line the wasm build's singleton writes (no
-    /// queue, no batch: a log call is what the hand-off would have cost).
+    /// Handed to the singleton service on the main thread, which writes the records to the log
+    /// a batch per call (and ships them in xDS mode): one log call per request was a tenth of
+    /// this build's cost per request (BENCHMARKS.md, profile).
     fn enqueue_usage(&self, record: &[u8]) -> bool {
-        if self.xds {
-            super::service::hand_over_usage(record);
-        } else {
-            self.log(LogLevel::Info, &format!("{USAGE_LOG_PREFIX}{}", String::from_utf8_lossy(record)));
-        }
+        super::service::hand_over_usage(record);
         true
     }
 

@@ -47,8 +47,7 @@ struct FilterConfig {
     counters: Arc<Counters>,
     /// Alive while the config is: workers drop their gateway for a config whose token is gone.
     token: Arc<()>,
-    /// xDS mode (`key_lookup`): keys are looked up, usage is shipped, and this config drives the
-    /// singleton service while it is the newest (`service.rs`).
+    /// xDS mode (`key_lookup`): keys are looked up and invalidated, usage is shipped.
     xds: bool,
     /// Envoy's pointer for this config, as a number: the service's name for its driver.
     envoy_config: usize,
@@ -140,7 +139,6 @@ struct StreamFilter {
     counters: Arc<Counters>,
     /// Shared with the host: which hook is running, the key lookup's answer.
     hook: Rc<HookState>,
-    xds: bool,
 }
 
 impl StreamFilter {
@@ -150,7 +148,7 @@ impl StreamFilter {
         if let Ok(mut flow) = self.flow.try_borrow_mut() {
             flow.on_log();
         }
-        let host = DynamicModuleHost::new(self.stream, Arc::clone(&self.counters), self.xds, Rc::clone(&self.hook));
+        let host = DynamicModuleHost::new(self.stream, Arc::clone(&self.counters), Rc::clone(&self.hook));
         self.gateway.flush_metrics(&host);
     }
 }
@@ -254,12 +252,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     match load_config(callbacks, &handle, &bytes) {
         Ok(mut config) => {
             config.envoy_config = config_envoy as usize;
-            if let Some(lookup) = config.compiled.config.key_lookup.as_ref() {
-                // SAFETY: the config Envoy is creating; forgotten in on_http_filter_config_destroy
-                // (unregister), used on this, the main, thread only.
-                let live = unsafe { LiveConfig::new(config_envoy, callbacks) };
-                service::register(live, Arc::clone(&config.counters), &lookup.cluster);
-            }
+            let cluster = config.compiled.config.key_lookup.as_ref().map(|lookup| lookup.cluster.as_str());
+            // SAFETY: the config Envoy is creating; forgotten in on_http_filter_config_destroy
+            // (unregister), used on this, the main, thread only.
+            let live = unsafe { LiveConfig::new(config_envoy, callbacks) };
+            service::register(live, Arc::clone(&config.counters), cluster);
             Box::into_raw(Box::new(config)).cast_const().cast()
         }
         Err(e) => {
@@ -277,9 +274,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(conf
         // SAFETY: made by Box::into_raw in on_http_filter_config_new; Envoy destroys it once,
         // after its last stream.
         let config = unsafe { Box::from_raw(config.cast::<FilterConfig>().cast_mut()) };
-        if config.xds {
-            service::unregister(config.envoy_config);
-        }
+        service::unregister(config.envoy_config);
     }
 }
 
@@ -304,14 +299,13 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
     let stream = unsafe { Stream::new(filter_envoy, callbacks) };
     let (gateway, random) = config.worker();
     let hook = Rc::new(HookState::default());
-    let host = DynamicModuleHost::new(stream, Arc::clone(&config.counters), config.xds, Rc::clone(&hook));
+    let host = DynamicModuleHost::new(stream, Arc::clone(&config.counters), Rc::clone(&hook));
     let filter = StreamFilter {
         flow: RefCell::new(RequestFlow::new(host, Rc::clone(&gateway), random)),
         gateway,
         stream,
         counters: Arc::clone(&config.counters),
         hook,
-        xds: config.xds,
     };
     Box::into_raw(Box::new(filter)).cast_const().cast()
 }

@@ -1,11 +1,12 @@
-//! The singleton service in the native build (xDS mode): [`crate::service::UsageService`] on
-//! Envoy's main thread, where the wasm build runs it in a `WasmService` VM.
+//! The singleton service in the native build: [`crate::service::UsageService`] on Envoy's main
+//! thread, where the wasm build runs it in a `WasmService` VM. In both modes it writes the usage
+//! lines (a batch per log call); in xDS mode it also ships them, watches invalidations and syncs
+//! limits.
 //!
 //! - **Who drives it.** There is no singleton extension to live in, so the filter configs carry
-//!   it: each config with `key_lookup` registers as a driver when Envoy creates it and leaves
-//!   when Envoy destroys it; the newest live one makes the service's gRPC calls (config-level
-//!   HTTP callouts through the control plane's cluster, [`super::grpc`]) and defines its
-//!   counters. A replaced driver's calls in flight are forgotten (`calls_lost`): its answers,
+//!   it: each config registers as a driver when Envoy creates it and leaves when Envoy destroys
+//!   it; the newest live one makes the service's gRPC calls (config-level HTTP callouts through
+//!   the control plane's cluster, [`super::grpc`]) and counts its counters. A replaced driver's calls in flight are forgotten (`calls_lost`): its answers,
 //!   numbered by another config, are ignored.
 //! - **When it runs.** A thread of the module's own wakes every [`TICK`] and posts an event to
 //!   the main thread through the driver's scheduler (Envoy's config scheduler has no timer).
@@ -74,7 +75,7 @@ thread_local! {
 
 // ---- the workers' side ---------------------------------------------------------------------
 
-/// A usage record from a worker (xDS mode).
+/// A usage record from a worker.
 pub fn hand_over_usage(record: &[u8]) {
     let mut handover = lock(&HANDOVER);
     handover.usage.extend_from_slice(record);
@@ -100,11 +101,11 @@ pub fn invalidations_generation() -> u64 {
 
 // ---- the main thread's side ----------------------------------------------------------------
 
-/// A config with `key_lookup` was created: it drives the service from now on (the service
-/// starts with the first one).
-pub fn register(config: LiveConfig, counters: Arc<Counters>, cluster: &str) {
+/// A config was created: it drives the service from now on (the service starts with the first
+/// one). `cluster` reaches the control plane (xDS mode; None in standalone mode).
+pub fn register(config: LiveConfig, counters: Arc<Counters>, cluster: Option<&str>) {
     let Some(scheduler) = config.new_scheduler() else {
-        log(config.callbacks(), LogLevel::Error, "sluice: Envoy gave no scheduler: usage is not shipped");
+        log(config.callbacks(), LogLevel::Error, "sluice: Envoy gave no scheduler: the usage service cannot run");
         return;
     };
     lock(&SCHEDULERS).push((config.ptr() as usize, scheduler));
@@ -113,10 +114,17 @@ pub fn register(config: LiveConfig, counters: Arc<Counters>, cluster: &str) {
         let Ok(mut service) = service.try_borrow_mut() else { return };
         match service.as_mut() {
             // The old driver's calls were numbered by it: their answers will not be read.
-            Some(running) => running.calls_lost(),
-            None => {
+            Some(running) if running.has_control_plane() == cluster.is_some() => running.calls_lost(),
+            // The first config, or one of a mode the service was not started in (the bootstrap
+            // fixes the mode, so only a test would): start it.
+            running => {
+                if let Some(old) = running {
+                    old.calls_lost();
+                    take_handover(old);
+                    old.stop();
+                }
                 let config_callbacks = config.callbacks();
-                let config = ServiceConfig { control_plane_cluster: Some(cluster.to_owned()), node_id: None };
+                let config = ServiceConfig { control_plane_cluster: cluster.map(str::to_owned), node_id: None };
                 let random = getrandom::u64().unwrap_or_else(|_| now_ms());
                 // The node id is not readable here: the control plane names this instance after
                 // its client certificate.
