@@ -15,6 +15,14 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// The error shape this endpoint's clients read.
+    pub fn error_format(self) -> crate::error::ErrorFormat {
+        match self {
+            Endpoint::Messages => crate::error::ErrorFormat::Anthropic,
+            _ => crate::error::ErrorFormat::OpenAi,
+        }
+    }
+
     pub const ALL: [Endpoint; 5] =
         [Endpoint::ChatCompletions, Endpoint::Completions, Endpoint::Embeddings, Endpoint::Models, Endpoint::Messages];
 

@@ -304,6 +304,43 @@ impl GatewayError {
     pub fn body(&self) -> Vec<u8> {
         error_body(&self.message(), self.error_type(), self.param(), self.code())
     }
+
+    /// The body for a client of `format`: Anthropic's shape on `/v1/messages` (what its SDKs and
+    /// Claude Code read), OpenAI's everywhere else.
+    pub fn body_for(&self, format: ErrorFormat) -> Vec<u8> {
+        match format {
+            ErrorFormat::OpenAi => self.body(),
+            ErrorFormat::Anthropic => anthropic_error_body(self.status(), &self.message()),
+        }
+    }
+}
+
+/// Which API's error shape a client reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorFormat {
+    OpenAi,
+    Anthropic,
+}
+
+/// Anthropic's error type for an HTTP status (its API reference, "Errors").
+pub fn anthropic_error_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    }
+}
+
+/// `{"type":"error","error":{"type","message"}}`.
+pub fn anthropic_error_body(status: u16, message: &str) -> Vec<u8> {
+    serde_json::json!({"type": "error", "error": {"type": anthropic_error_type(status), "message": message}})
+        .to_string()
+        .into_bytes()
 }
 
 #[derive(Serialize)]
@@ -332,6 +369,32 @@ pub fn error_body(message: &str, kind: &str, param: Option<&str>, code: &str) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On /v1/messages the gateway's own refusals read like Anthropic's: `type: error`, the
+    /// error type Anthropic gives the status, the same message.
+    #[test]
+    fn anthropic_clients_get_anthropic_shaped_errors() {
+        let shape = |e: &GatewayError| -> serde_json::Value {
+            serde_json::from_slice(&e.body_for(ErrorFormat::Anthropic)).unwrap_or_default()
+        };
+        for (error, kind) in [
+            (GatewayError::InvalidKey, "authentication_error"),
+            (GatewayError::ModelNotAllowed { model: "m".into() }, "permission_error"),
+            (GatewayError::UnknownRoute, "not_found_error"),
+            (GatewayError::BodyTooLarge { limit: 1 }, "request_too_large"),
+            (GatewayError::MissingModel, "invalid_request_error"),
+            (GatewayError::KeyServiceUnavailable, "overloaded_error"),
+            (GatewayError::Internal { detail: "x" }, "api_error"),
+        ] {
+            let body = shape(&error);
+            assert_eq!(body["type"], "error", "{error:?}");
+            assert_eq!(body["error"]["type"], kind, "{error:?}");
+            assert_eq!(body["error"]["message"], error.message(), "{error:?}");
+        }
+        let openai: serde_json::Value =
+            serde_json::from_slice(&GatewayError::InvalidKey.body_for(ErrorFormat::OpenAi)).unwrap_or_default();
+        assert_eq!(openai["error"]["code"], "invalid_api_key");
+    }
 
     fn parse(e: &GatewayError) -> serde_json::Value {
         serde_json::from_slice(&e.body()).unwrap()

@@ -12,7 +12,7 @@ use sluice_core::config::{
 };
 use sluice_core::cost::nanos_to_usd;
 use sluice_core::endpoint::Endpoint;
-use sluice_core::error::{GatewayError, LimitKind, LimitScope};
+use sluice_core::error::{ErrorFormat, GatewayError, LimitKind, LimitScope};
 use sluice_core::fleet::{self, WindowSet};
 use sluice_core::keys::{self, KeyHash};
 use sluice_core::limits::Remaining;
@@ -350,7 +350,9 @@ impl<H: Host> RequestFlow<H> {
         let mut headers: Vec<(&str, &str)> = Vec::with_capacity(1 + extra.len());
         headers.push(("content-type", "application/json"));
         headers.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
-        self.host.send_local_response(u32::from(error.status()), &headers, &error.body());
+        // In the client's shape: Anthropic's on /v1/messages (an unknown route is OpenAI's).
+        let format = self.endpoint.map_or(ErrorFormat::OpenAi, Endpoint::error_format);
+        self.host.send_local_response(u32::from(error.status()), &headers, &error.body_for(format));
         self.host.count(&format!("sluice.rejections.reason.{}", error.code()), 1);
         Action::Pause
     }
@@ -1004,7 +1006,7 @@ impl<H: Host> RequestFlow<H> {
                     Vec::new()
                 } else if *overflow {
                     GatewayError::Untranslatable { detail: format!("the provider's answer is over {scan_limit} bytes") }
-                        .body()
+                        .body_for(translation.direction.client_format())
                 } else {
                     translation.response(self.status, body, self.start_ms / 1000)
                 };

@@ -5,7 +5,7 @@
 use sluice_core::config::{Deployment, Provider};
 use sluice_core::conversion::{Target, anthropic_openai, openai_anthropic};
 use sluice_core::endpoint::Endpoint;
-use sluice_core::error::GatewayError;
+use sluice_core::error::{ErrorFormat, GatewayError};
 use sluice_core::usage::Usage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +17,14 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// The error shape the client reads.
+    pub fn client_format(self) -> ErrorFormat {
+        match self {
+            Self::OpenAiToAnthropic => ErrorFormat::OpenAi,
+            Self::AnthropicToOpenAi => ErrorFormat::Anthropic,
+        }
+    }
+
     /// The translation a request on `endpoint` needs to reach `provider`, if one exists.
     pub fn between(endpoint: Endpoint, provider: Provider) -> Option<Direction> {
         match (endpoint, provider) {
@@ -67,7 +75,8 @@ impl Translation {
 
     /// A whole response body in the client's format: the answer, or the provider's error.
     pub fn response(&self, status: u16, body: &[u8], created_unix_secs: u64) -> Vec<u8> {
-        let untranslatable = |e: sluice_core::conversion::ConversionError| GatewayError::from(e).body();
+        let format = self.direction.client_format();
+        let untranslatable = |e: sluice_core::conversion::ConversionError| GatewayError::from(e).body_for(format);
         match (self.direction, (200..300).contains(&status)) {
             (Direction::OpenAiToAnthropic, true) => {
                 openai_anthropic::response(body, &self.client_model, created_unix_secs).unwrap_or_else(untranslatable)

@@ -81,3 +81,24 @@ def test_a_parameter_openai_cannot_take_is_refused_by_name(gw):
         client(gw).messages.create(model="gpt-4o", max_tokens=5, messages=[{"role": "user", "content": "hi"}],
                                    extra_body={"top_k": 3})
     assert "top_k" in str(e.value)
+
+
+def test_the_gateways_own_refusals_come_in_anthropics_shape(gw):
+    """Claude Code and the Anthropic SDK read `{"type":"error","error":{"type","message"}}`: a bad
+    key, a model the gateway does not serve and a blocked key are refused in that shape, as the
+    SDK's exception for the status."""
+    bad = anthropic.Anthropic(base_url=gw.url, api_key="sk-sluice-" + "A" * 42, max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as e:
+        bad.messages.create(model="claude-3-5-sonnet", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "authentication_error"
+    assert e.value.body["error"]["message"]
+    with pytest.raises(anthropic.BadRequestError) as e:
+        client(gw).messages.create(model="no-such-model", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    assert e.value.body["error"]["type"] == "invalid_request_error" and "no-such-model" in e.value.body["error"]["message"]
+    blocked = anthropic.Anthropic(base_url=gw.url, api_key=gw.keys["blocked"], max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as e:
+        blocked.messages.create(model="claude-3-5-sonnet", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    assert e.value.body["error"]["type"] == "authentication_error"
+    # The OpenAI routes keep OpenAI's shape.
+    r = gw.post("/v1/chat/completions", "blocked", {"model": "gpt-4o", "messages": []})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "key_blocked"

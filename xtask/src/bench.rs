@@ -308,8 +308,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         running.iter().filter(|f| f.kind.is_sluice()).map(|f| (f.kind, metered_tokens(f.kind))).collect();
     let litellm_rss = litellm.as_ref().map_or(0, |l| rss_kib(l.pid));
 
-    let running_pid =
-        |kind: Kind| fronts.iter().find(|f| f.kind == kind).and_then(|f| f.pid.as_ref().ok().copied());
+    let running_pid = |kind: Kind| fronts.iter().find(|f| f.kind == kind).and_then(|f| f.pid.as_ref().ok().copied());
     let profiles = if !opts.profile {
         None
     } else {

@@ -300,15 +300,7 @@ pub fn response(body: &[u8], client_model: &str) -> Result<Vec<u8>, ConversionEr
 /// OpenAI's error body in Anthropic's shape (`{"type":"error","error":{"type","message"}}`).
 pub fn error(body: &[u8], status: u16) -> Vec<u8> {
     let (message, _) = provider_error(body);
-    let kind = match status {
-        400 | 404 | 413 | 422 => "invalid_request_error",
-        401 => "authentication_error",
-        403 => "permission_error",
-        429 => "rate_limit_error",
-        529 | 503 => "overloaded_error",
-        _ => "api_error",
-    };
-    json!({"type": "error", "error": {"type": kind, "message": message}}).to_string().into_bytes()
+    crate::error::anthropic_error_body(status, &message)
 }
 
 /// Turns an OpenAI stream into Anthropic's events as the chunks arrive. `message_delta` waits
