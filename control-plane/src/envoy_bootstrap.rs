@@ -351,77 +351,94 @@ fn xds_parts(control_plane: &ControlPlaneAddress, opts: &BootstrapOptions, filte
     (listener, control_plane_cluster, dynamic)
 }
 
-fn listener(opts: &BootstrapOptions, wasm_filter: Value, route_timeout_secs: u64, max_body_bytes: u64) -> Value {
-    // Envoy's own error replies (provider unreachable, timeouts) in OpenAI's error shape. Only
-    // replies with these response flags: the filter's own replies are already JSON.
-    let local_reply = json!({"mappers": [
-        {
+/// Envoy's own error replies (provider unreachable, timeouts, a failed filter, overload) in the
+/// client's error shape: Anthropic's on `/v1/messages`, OpenAI's elsewhere. The filter's own
+/// replies are already JSON and match none of these filters.
+fn local_reply_mappers() -> Vec<Value> {
+    let cel = |expression: String| {
+        json!({"extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                "expression": expression,
+            },
+        }})
+    };
+    let status_is = |code: u32, runtime_key: &str| json!({"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": code, "runtime_key": runtime_key}}}});
+    // (which replies, the message, OpenAI's type and code, Anthropic's type)
+    let replies: [(Value, &str, &str, &str, &str); 5] = [
+        (
             // The filter's VM failed (a trap; Envoy sends the 503 itself, with no body and no
             // response flag): under FAIL_CLOSED every request on that worker gets it until a
             // restart, under FAIL_RELOAD until the VM is reloaded. Nothing went upstream.
             // Evaluated on local replies only, never on a forwarded request.
-            "filter": {"extension_filter": {
-                "name": "envoy.access_loggers.extension_filters.cel",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
-                    "expression": format!("response.code_details == '{WASM_FAIL_STREAM_DETAILS}'"),
-                },
-            }},
-            "body_format_override": {
-                "json_format": {"error": {
-                    "message": "The gateway's filter failed; the request was not forwarded.",
-                    "type": "service_unavailable",
-                    "param": null,
-                    "code": "gateway_filter_failed",
-                }},
-                "content_type": "application/json",
-            },
-        },
-        {
-            "filter": {"response_flag_filter": {"flags": ["UH", "UF", "UO", "NR", "URX", "NC", "UT", "LH", "UC", "DC", "UPE", "UMSDR", "DPE"]}},
-            "body_format_override": {
-                "json_format": {"error": {"message": "%LOCAL_REPLY_BODY%", "type": "upstream_error", "code": "%RESPONSE_CODE%"}},
-                "content_type": "application/json",
-            },
-        },
-        {
+            cel(format!("response.code_details == '{WASM_FAIL_STREAM_DETAILS}'")),
+            "The gateway's filter failed; the request was not forwarded.",
+            "service_unavailable",
+            "gateway_filter_failed",
+            "api_error",
+        ),
+        (
+            // No upstream answered (unreachable, reset, timed out, no route).
+            json!({"response_flag_filter": {"flags": ["UH", "UF", "UO", "NR", "URX", "NC", "UT", "LH", "UC", "DC", "UPE", "UMSDR", "DPE"]}}),
+            "%LOCAL_REPLY_BODY%",
+            "upstream_error",
+            "%RESPONSE_CODE%",
+            "api_error",
+        ),
+        (
             // A body over the limit is refused by Envoy's buffer (the filter buffers it to route).
-            "filter": {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": 413, "runtime_key": "sluice.unused_413"}}}},
-            "body_format_override": {
-                "json_format": {"error": {"message": "Request body too large.", "type": "invalid_request_error", "code": "request_too_large"}},
-                "content_type": "application/json",
-            },
-        },
-        {
+            status_is(413, "sluice.unused_413"),
+            "Request body too large.",
+            "invalid_request_error",
+            "request_too_large",
+            "request_too_large",
+        ),
+        (
             // The client did not send its headers (request_headers_timeout) or its whole request
             // (request_timeout, stream_idle_timeout before the end of the request) in time. A
             // timeout after the request was complete is a 504 with a response flag (above).
-            "filter": {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": 408, "runtime_key": "sluice.unused_408"}}}},
-            "body_format_override": {
-                "json_format": {"error": {"message": "The request was not received in time (%LOCAL_REPLY_BODY%).", "type": "invalid_request_error", "code": "request_timeout"}},
-                "content_type": "application/json",
-            },
-        },
-        {
+            status_is(408, "sluice.unused_408"),
+            "The request was not received in time (%LOCAL_REPLY_BODY%).",
+            "invalid_request_error",
+            "request_timeout",
+            "invalid_request_error",
+        ),
+        (
             // The overload manager refuses new requests (the heap is near --max-heap-mb).
-            "filter": {"extension_filter": {
-                "name": "envoy.access_loggers.extension_filters.cel",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
-                    "expression": format!("response.code_details == '{OVERLOAD_DETAILS}'"),
-                },
-            }},
+            cel(format!("response.code_details == '{OVERLOAD_DETAILS}'")),
+            "The gateway is overloaded; retry later.",
+            "service_unavailable",
+            "gateway_overloaded",
+            "overloaded_error",
+        ),
+    ];
+    let on_messages =
+        json!({"header_filter": {"header": {"name": ":path", "string_match": {"prefix": "/v1/messages"}}}});
+    let mut mappers = Vec::new();
+    for (filter, message, openai_type, code, anthropic_type) in replies {
+        // First match wins: the Anthropic twin comes first.
+        mappers.push(json!({
+            "filter": {"and_filter": {"filters": [on_messages.clone(), filter.clone()]}},
             "body_format_override": {
-                "json_format": {"error": {
-                    "message": "The gateway is overloaded; retry later.",
-                    "type": "service_unavailable",
-                    "param": null,
-                    "code": "gateway_overloaded",
-                }},
+                "json_format": {"type": "error", "error": {"type": anthropic_type, "message": message}},
                 "content_type": "application/json",
             },
-        },
-    ]});
+        }));
+        let mut error = json!({"message": message, "type": openai_type, "code": code});
+        if openai_type == "service_unavailable" {
+            error["param"] = Value::Null;
+        }
+        mappers.push(json!({
+            "filter": filter,
+            "body_format_override": {"json_format": {"error": error}, "content_type": "application/json"},
+        }));
+    }
+    mappers
+}
+
+fn listener(opts: &BootstrapOptions, wasm_filter: Value, route_timeout_secs: u64, max_body_bytes: u64) -> Value {
+    let local_reply = json!({"mappers": local_reply_mappers()});
     let hcm = json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "sluice",
@@ -638,17 +655,30 @@ mod tests {
         }
     }
 
+    /// Envoy's own replies answer in the client's shape: Anthropic's on /v1/messages (the twin
+    /// that comes first), OpenAI's elsewhere.
     #[test]
-    fn a_failed_vm_answers_in_openai_error_shape() {
-        let s = from_litellm(&json!({}), &|_| None).unwrap();
-        for b in [
-            standalone_bootstrap(&s, &opts()).unwrap(),
-            xds_bootstrap(&ControlPlaneAddress { host: "127.0.0.1".into(), port: 4002, tls: None }, "n", &opts()),
-        ] {
-            let mapper = &hcm(&b)["local_reply_config"]["mappers"][0];
-            let expression = mapper["filter"]["extension_filter"]["typed_config"]["expression"].as_str().unwrap();
+    fn envoys_own_replies_answer_in_the_clients_error_shape() {
+        for b in both_bootstraps(&opts()) {
+            let mappers = hcm(&b)["local_reply_config"]["mappers"].as_array().unwrap().clone();
+            assert_eq!(mappers.len(), 10);
+            for pair in mappers.chunks(2) {
+                let (anthropic, openai) = (&pair[0], &pair[1]);
+                let both = anthropic["filter"]["and_filter"]["filters"].as_array().unwrap();
+                assert_eq!(both[0]["header_filter"]["header"]["string_match"]["prefix"], "/v1/messages");
+                assert_eq!(both[1], openai["filter"]);
+                let a = &anthropic["body_format_override"]["json_format"];
+                assert_eq!(a["type"], "error");
+                assert!(
+                    a["error"]["type"].as_str().unwrap().ends_with("error")
+                        || a["error"]["type"] == "request_too_large"
+                );
+                assert_eq!(a["error"]["message"], openai["body_format_override"]["json_format"]["error"]["message"]);
+            }
+            let failed_vm = &mappers[1];
+            let expression = failed_vm["filter"]["extension_filter"]["typed_config"]["expression"].as_str().unwrap();
             assert!(expression.contains("wasm_fail_stream"), "{expression}");
-            let error = &mapper["body_format_override"]["json_format"]["error"];
+            let error = &failed_vm["body_format_override"]["json_format"]["error"];
             assert_eq!(error["code"], "gateway_filter_failed");
             assert_eq!(error["type"], "service_unavailable");
         }

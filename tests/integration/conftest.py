@@ -49,6 +49,7 @@ PRICES = {
     "claude-3-5-sonnet": (3e-6, 1.5e-5, 3e-7, 3.75e-6),
     "claude-lenient": (3e-6, 1.5e-5, 3e-7, 3.75e-6),
     "dead-model": (1e-6, 1e-6, None, None),
+    "dead-claude": (1e-6, 1e-6, None, None),
 }
 
 # Keys the tests use, by alias: the CLI flags that create them.
@@ -188,6 +189,7 @@ class Gateway:
             model_entry("claude-3-5-sonnet", "anthropic/claude-3-5-sonnet-20241022", self.mock_url, "MOCK_ANTHROPIC_KEY", "claude"),
             lenient,
             model_entry("dead-model", "openai/dead", f"http://127.0.0.1:{dead_port}/v1", "MOCK_OPENAI_KEY", "dead"),
+            model_entry("dead-claude", "anthropic/dead", f"http://127.0.0.1:{dead_port}", "MOCK_ANTHROPIC_KEY", "dead-claude"),
         ]
         keys = []
         for alias, flags in KEYS.items():

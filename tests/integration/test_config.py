@@ -18,11 +18,12 @@ def test_generated_bootstrap_validates(gw):
 def test_config_check_reports_unsupported_keys(gw, tmp_path):
     cfg = json.loads(gw.config_path.read_text())
     cfg["router_settings"]["num_retries"] = 3
-    cfg["litellm_settings"] = {"drop_params": True}
+    cfg["litellm_settings"] = {"drop_params": True, "success_callback": ["langfuse"]}
     path = tmp_path / "c.yaml"
     path.write_text(json.dumps(cfg))
     r = gw.cli("config", "check", "-c", str(path))
-    assert "router_settings.num_retries" in r.stderr and "litellm_settings.drop_params" in r.stderr
+    assert "router_settings.num_retries" in r.stderr and "litellm_settings.success_callback" in r.stderr
+    assert "drop_params" not in r.stderr  # read and enforced, not ignored
     cfg["keys"][0]["max_budgte"] = 5
     path.write_text(json.dumps(cfg))
     r = gw.cli("config", "check", "-c", str(path), check=False)

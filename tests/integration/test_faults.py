@@ -95,3 +95,15 @@ def test_unreachable_provider_is_a_json_503(gw):
     assert r.status_code == 503
     err = r.json()["error"]
     assert err["type"] == "upstream_error" and str(err["code"]) == "503"
+
+
+def test_unreachable_provider_is_a_503_in_anthropics_shape_on_messages(gw):
+    """Envoy's own reply (no upstream answered) reaches an Anthropic client in Anthropic's error
+    shape: to a Claude deployment (passed through) and to an OpenAI one (translated)."""
+    for model in ("dead-claude", "dead-model"):
+        r = httpx.post(gw.url + "/v1/messages", timeout=30, headers={"x-api-key": gw.keys["faults"]},
+                       json={"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 503, (model, r.text)
+        body = r.json()
+        assert body["type"] == "error", (model, body)
+        assert body["error"]["type"] in ("api_error", "overloaded_error") and body["error"]["message"], (model, body)
