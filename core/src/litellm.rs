@@ -390,6 +390,8 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
             }
         };
         let api_base = params.get("api_base").and_then(Value::as_str).unwrap_or(default_base);
+        // The provider's own host: the only one its default credential variable goes to.
+        let official_host = parse_api_base(default_base).map(|(_, host, _, _)| host).unwrap_or_default();
         let (https, host, port, base_path) = match parse_api_base(api_base) {
             Ok(parts) => parts,
             Err(e) => {
@@ -398,7 +400,17 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
             }
         };
         let api_key_env = match params.get("api_key") {
-            None | Some(Value::Null) => Some(default_env.to_owned()),
+            // LiteLLM's default: OPENAI_API_KEY / ANTHROPIC_API_KEY. Only to the provider itself:
+            // an `api_base` elsewhere (a self-hosted server, another vendor) would otherwise be
+            // sent the provider's key without anyone having named it.
+            None | Some(Value::Null) if host == official_host => Some(default_env.to_owned()),
+            None | Some(Value::Null) => {
+                cx.warnings.push(format!(
+                    "{at}: no litellm_params.api_key: requests to {host} carry no provider credential \
+                     (${default_env} is sent only to {official_host}); name one with api_key: os.environ/NAME"
+                ));
+                None
+            }
             Some(Value::String(s)) => match env_ref(s) {
                 Some(name) => Some(name.to_owned()),
                 None => {
@@ -547,6 +559,29 @@ mod tests {
             assert!(all.contains(needle), "no warning for {needle}:\n{all}");
         }
         assert!(!all.contains("sk-master-very-secret-0123456789abcdef") && !all.contains("sk-provider-secret"));
+    }
+
+    /// Without `api_key`, the provider's default variable goes to the provider's own host only:
+    /// an `api_base` elsewhere gets no credential (and a warning), never OPENAI_API_KEY.
+    #[test]
+    fn the_default_credential_goes_only_to_the_providers_own_host() {
+        let doc = json!({"model_list": [
+            {"model_name": "a", "litellm_params": {"model": "openai/gpt-4o"}},
+            {"model_name": "b", "litellm_params": {"model": "openai/gpt-4o", "api_base": "https://api.openai.com/v1"}},
+            {"model_name": "c", "litellm_params": {"model": "hosted_vllm/llama", "api_base": "http://10.0.0.5:8000/v1"}},
+            {"model_name": "d", "litellm_params": {"model": "openai/gpt-4o", "api_base": "https://evil.example/v1"}},
+            {"model_name": "e", "litellm_params": {"model": "anthropic/claude-sonnet-4-5"}},
+            {"model_name": "f", "litellm_params": {"model": "openai/x", "api_base": "http://10.0.0.5:8000/v1", "api_key": "os.environ/VLLM_KEY"}},
+        ]});
+        let s = from_litellm(&doc, &env).unwrap();
+        let envs: Vec<Option<&str>> = s.gateway.deployments.iter().map(|d| d.api_key_env.as_deref()).collect();
+        assert_eq!(
+            envs,
+            [Some("OPENAI_API_KEY"), Some("OPENAI_API_KEY"), None, None, Some("ANTHROPIC_API_KEY"), Some("VLLM_KEY")]
+        );
+        let warned: Vec<&String> = s.warnings.iter().filter(|w| w.contains("carry no provider credential")).collect();
+        assert_eq!(warned.len(), 2, "{warned:?}");
+        assert!(warned[1].contains("evil.example") && warned[1].contains("api.openai.com"));
     }
 
     /// `litellm_settings.drop_params` is every deployment's unless its `litellm_params` says.

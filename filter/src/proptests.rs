@@ -323,8 +323,9 @@ fn response() -> impl Strategy<Value = Response> {
 
 // ---- checks ------------------------------------------------------------------------------------
 
-/// A local reply is JSON: an OpenAI-shaped error with a matching status, or the model list.
-fn check_reply(reply: &LocalReply) -> Result<(), TestCaseError> {
+/// A local reply is JSON: an error in the client's shape (Anthropic's on `/v1/messages`,
+/// OpenAI's elsewhere) with a matching status, or the model list.
+fn check_reply(reply: &LocalReply, path: &str) -> Result<(), TestCaseError> {
     prop_assert_eq!(reply.header("content-type"), Some("application/json"));
     let v: Value = serde_json::from_slice(&reply.body)
         .map_err(|e| TestCaseError::fail(format!("reply body is not JSON ({e}): {:?}", reply.body)))?;
@@ -335,7 +336,12 @@ fn check_reply(reply: &LocalReply) -> Result<(), TestCaseError> {
     }
     prop_assert!([400, 401, 403, 404, 405, 413, 429, 503].contains(&reply.status), "status {}", reply.status);
     let error = &v["error"];
-    prop_assert!(error["message"].is_string() && error["type"].is_string() && error["code"].is_string(), "{}", v);
+    if path.starts_with("/v1/messages") {
+        prop_assert_eq!(&v["type"], "error");
+        prop_assert!(error["message"].is_string() && error["type"].is_string(), "{}", v);
+    } else {
+        prop_assert!(error["message"].is_string() && error["type"].is_string() && error["code"].is_string(), "{}", v);
+    }
     if reply.status == 429 {
         prop_assert!(reply.header("retry-after").is_some());
     }
@@ -447,7 +453,7 @@ fn play(h: &Harness, req: &Request, resp: &Response) -> Result<bool, TestCaseErr
         }
     }
     if let Some(r) = reply() {
-        check_reply(&r)?;
+        check_reply(&r, &host.request_header_str(":path").unwrap_or_default())?;
         prop_assert!(!admitted);
     } else {
         prop_assert!(admitted, "neither answered nor let through");
@@ -742,7 +748,7 @@ proptest! {
         }
         // Once both the body and the answer are in, the request is answered or on its way.
         match reply() {
-            Some(r) => check_reply(&r)?,
+            Some(r) => check_reply(&r, "/v1/chat/completions")?,
             None => {
                 prop_assert!(host.request_header_str("x-sluice-cluster").is_some(), "neither answered nor routed");
                 check_routed(&h, &host, &host.stream.request_body.borrow().clone(), &body)?;
