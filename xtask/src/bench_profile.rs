@@ -36,19 +36,7 @@ pub(crate) fn profile_native(
 ) -> Result<NativeProfile, String> {
     let data = dir.join("perf-native.data");
     let data_s = data.to_string_lossy().into_owned();
-    let perf = Command::new("perf")
-        .args(["record", "--call-graph", "dwarf,16384", "-F", "499", "-o", &data_s, "-p", &pid.to_string()])
-        .args(["--", "sleep", "8"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start perf: {e}"))?;
-    let run = load();
-    let recorded = perf.wait_with_output().map_err(|e| format!("perf: {e}"))?;
-    let run = run?;
-    if !recorded.status.success() {
-        return Err(format!("`perf record` failed: {}", String::from_utf8_lossy(&recorded.stderr).trim()));
-    }
+    let run = record(pid, &data_s, &["--call-graph", "dwarf,16384", "-F", "499"], load)?;
     let report = crate::proc::output(
         "perf",
         &["report", "-i", &data_s, "--stdio", "--children", "-g", "none", "--sort", "sym", "--percent-limit", "0"],
@@ -124,18 +112,7 @@ pub(crate) fn profile(
 ) -> Result<Profile, String> {
     let data = dir.join("perf.data");
     let data_s = data.to_string_lossy().into_owned();
-    let perf = Command::new("perf")
-        .args(["record", "-g", "-F", "999", "-o", &data_s, "-p", &pid.to_string(), "--", "sleep", "8"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start perf: {e}"))?;
-    let run = load();
-    let recorded = perf.wait_with_output().map_err(|e| format!("perf: {e}"))?;
-    let run = run?;
-    if !recorded.status.success() {
-        return Err(format!("`perf record` failed: {}", String::from_utf8_lossy(&recorded.stderr).trim()));
-    }
+    let run = record(pid, &data_s, &["-g", "-F", "999"], load)?;
     let report = crate::proc::output(
         "perf",
         &[
@@ -190,6 +167,30 @@ pub(crate) fn profile(
     unresolved_envoy_share *= 100.0 / total;
     groups.sort_by(|a, b| b.1.total_cmp(&a.1));
     Ok(Profile { cpu_us_per_request: run.envoy_cpu_us_per_request, samples, groups, unresolved_envoy_share })
+}
+
+/// `perf record <how> -o data -p pid -- sleep 8` while `load` runs (about as long); the run.
+fn record(
+    pid: u32,
+    data: &str,
+    how: &[&str],
+    load: impl FnOnce() -> Result<WrkResult, String>,
+) -> Result<WrkResult, String> {
+    let perf = Command::new("perf")
+        .arg("record")
+        .args(how)
+        .args(["-o", data, "-p", &pid.to_string(), "--", "sleep", "8"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start perf: {e}"))?;
+    let run = load();
+    let recorded = perf.wait_with_output().map_err(|e| format!("perf: {e}"))?;
+    let run = run?;
+    if !recorded.status.success() {
+        return Err(format!("`perf record` failed: {}", String::from_utf8_lossy(&recorded.stderr).trim()));
+    }
+    Ok(run)
 }
 
 /// "12K of event 'cpu-clock'" → 12000.

@@ -248,6 +248,48 @@ fn module_headers(headers: &[(&str, &[u8])]) -> Vec<ModuleHttpHeader> {
         .collect()
 }
 
+/// The signature both callout callbacks share (a stream's or a config's pointer first).
+type CalloutFn = unsafe extern "C" fn(
+    *mut c_void,
+    *mut u64,
+    ModuleBuffer,
+    *const ModuleHttpHeader,
+    usize,
+    ModuleBuffer,
+    u64,
+) -> CalloutInitResult;
+
+/// Starts a callout with `call` on `owner`; its id, or None if Envoy could not start it.
+///
+/// # Safety
+/// `owner` is the live object `call` takes (a stream's for the stream callout, a config's for
+/// the config callout), used on its thread.
+unsafe fn callout(
+    call: CalloutFn,
+    owner: *mut c_void,
+    cluster: &str,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+    timeout_ms: u64,
+) -> Option<u64> {
+    let headers = module_headers(headers);
+    let mut id = 0u64;
+    // SAFETY: the caller's promise for `owner`; `id` is writable; Envoy copies the cluster name,
+    // headers and body before returning.
+    let result = unsafe {
+        call(
+            owner,
+            &mut id,
+            ModuleBuffer::of(cluster.as_bytes()),
+            headers.as_ptr(),
+            headers.len(),
+            ModuleBuffer::of(body),
+            timeout_ms,
+        )
+    };
+    (result == CALLOUT_INIT_SUCCESS).then_some(id)
+}
+
 /// A callout's answer as Envoy delivers it: headers, then the body's chunks.
 pub struct CalloutAnswer {
     pub headers: Vec<(Vec<u8>, Vec<u8>)>,
@@ -451,22 +493,8 @@ impl Stream {
     /// Starts an HTTP request to `cluster` for this stream; its id, or None if Envoy could not
     /// start it (no such cluster, or it failed before returning).
     pub fn http_callout(&self, cluster: &str, headers: &[(&str, &[u8])], body: &[u8], timeout_ms: u64) -> Option<u64> {
-        let headers = module_headers(headers);
-        let mut id = 0u64;
-        // SAFETY: a live stream; `id` is writable; Envoy copies the cluster name, headers and
-        // body before returning.
-        let result = unsafe {
-            (self.callbacks.http_callout)(
-                self.ptr,
-                &mut id,
-                ModuleBuffer::of(cluster.as_bytes()),
-                headers.as_ptr(),
-                headers.len(),
-                ModuleBuffer::of(body),
-                timeout_ms,
-            )
-        };
-        (result == CALLOUT_INIT_SUCCESS).then_some(id)
+        // SAFETY: a live stream, the object this callback takes.
+        unsafe { callout(self.callbacks.http_callout, self.ptr, cluster, headers, body, timeout_ms) }
     }
 
     /// Adds to a counter the stream's config defined.
@@ -538,21 +566,8 @@ impl LiveConfig {
 
     /// Starts an HTTP request to `cluster` from the config; its id, or None.
     pub fn http_callout(&self, cluster: &str, headers: &[(&str, &[u8])], body: &[u8], timeout_ms: u64) -> Option<u64> {
-        let headers = module_headers(headers);
-        let mut id = 0u64;
-        // SAFETY: a live config (see `new`), on the main thread; Envoy copies the inputs.
-        let result = unsafe {
-            (self.callbacks.config_http_callout)(
-                self.ptr,
-                &mut id,
-                ModuleBuffer::of(cluster.as_bytes()),
-                headers.as_ptr(),
-                headers.len(),
-                ModuleBuffer::of(body),
-                timeout_ms,
-            )
-        };
-        (result == CALLOUT_INIT_SUCCESS).then_some(id)
+        // SAFETY: a live config (see `new`), on the main thread: the object this callback takes.
+        unsafe { callout(self.callbacks.config_http_callout, self.ptr, cluster, headers, body, timeout_ms) }
     }
 
     pub fn increment_counter(&self, id: usize, delta: u64) -> bool {
