@@ -243,6 +243,7 @@ fn spend_log(r: &UsageRecord, key: &Tenancy) -> SpendLog {
         status: i64::from(r.status),
         outcome: outcome(r.outcome).into(),
         estimated: r.estimated,
+        price_unknown: r.price_unknown,
         start_ms: signed(r.start_ms),
     }
 }

@@ -449,6 +449,8 @@ async fn concurrent_updates_to_one_key_all_land(plane: &Plane) {
 async fn migrations_apply_to_an_empty_database_and_to_the_previous_schema() {
     use sluice_control_plane::store::migrations::migrator_through;
     use sluice_control_plane::store::{Backend, DirectoryStore, UserRecord};
+    // Schema 4: spend_logs.price_unknown.
+    const LATEST: i64 = 4;
     let applied = |pool: sqlx::AnyPool| async move {
         sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM _sqlx_migrations").fetch_one(&pool).await.unwrap()
     };
@@ -456,10 +458,10 @@ async fn migrations_apply_to_an_empty_database_and_to_the_previous_schema() {
         // An empty database gets every version; a second start changes nothing.
         let (url, cleanup) = database(db).await;
         let fresh = SqlStore::open(&url).await.unwrap();
-        assert_eq!(applied(fresh.pool().clone()).await, 3, "{db:?}");
+        assert_eq!(applied(fresh.pool().clone()).await, LATEST, "{db:?}");
         fresh.pool().close().await;
         let again = SqlStore::open(&url).await.unwrap();
-        assert_eq!(applied(again.pool().clone()).await, 3);
+        assert_eq!(applied(again.pool().clone()).await, LATEST);
         again.pool().close().await;
         drop_database(cleanup).await;
 
@@ -479,7 +481,7 @@ async fn migrations_apply_to_an_empty_database_and_to_the_previous_schema() {
         assert_eq!(applied(old.clone()).await, 1);
         old.close().await;
         let upgraded = SqlStore::open(&url).await.unwrap();
-        assert_eq!(applied(upgraded.pool().clone()).await, 3, "{db:?}");
+        assert_eq!(applied(upgraded.pool().clone()).await, LATEST, "{db:?}");
         let user: UserRecord = upgraded.get("from-schema-1").await.unwrap();
         assert_eq!(user.user_role, "internal_user");
         upgraded.pool().close().await;

@@ -203,6 +203,10 @@ pub struct Deployment {
     /// dropped in translation instead of refused (400 `unsupported_params`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drop_params: bool,
+    /// No price is known for this deployment (no `model_info` prices, not in the built-in
+    /// table): its requests are recorded at $0 and flagged `price_unknown`, never silently.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub price_unknown: bool,
 }
 
 fn one() -> u32 {
@@ -762,6 +766,7 @@ mod tests {
             pricing: Pricing::default(),
             max_output_tokens: None,
             drop_params: false,
+            price_unknown: false,
         }
     }
 

@@ -433,6 +433,7 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
         let price = |k: &str| as_f64(info.get(k));
         let base_model = info.get("base_model").and_then(Value::as_str);
         let catalog = base_model.and_then(price_catalog::lookup).or_else(|| price_catalog::lookup(model));
+        let mut price_unknown = false;
         let pricing = if info.contains_key("input_cost_per_token") || info.contains_key("output_cost_per_token") {
             Pricing {
                 input_cost_per_token: price("input_cost_per_token").unwrap_or(0.0),
@@ -445,9 +446,11 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
         } else {
             let named = base_model.unwrap_or(model);
             cx.warnings.push(format!(
-                "{at}: no price known for {named:?} (not in the built-in table, no model_info prices): its spend \
-                 will be recorded as $0 until model_info.input_cost_per_token / output_cost_per_token are set"
+                "{at}: no price known for {named:?} (not in the built-in table, no model_info prices): its \
+                 requests are recorded at $0, flagged price_unknown (and counted in sluice_unpriced_requests), \
+                 until model_info.input_cost_per_token / output_cost_per_token are set"
             ));
+            price_unknown = true;
             Pricing::default()
         };
         let cluster = cluster_name(&id);
@@ -476,6 +479,7 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
                 .or_else(|| as_u64(info.get("max_tokens")))
                 .or_else(|| catalog.and_then(|c| c.max_output_tokens)),
             drop_params,
+            price_unknown,
         });
     }
     (deployments, upstreams)
@@ -753,6 +757,8 @@ mod tests {
         assert_eq!((price(1).input_cost_per_token, price(1).output_cost_per_token), (1.5e-7, 6e-7));
         assert_eq!(price(2).cache_creation_input_token_cost, Some(3.75e-6));
         assert_eq!(price(3), Pricing::default());
+        let flagged: Vec<bool> = s.gateway.deployments.iter().map(|d| d.price_unknown).collect();
+        assert_eq!(flagged, [false, false, false, true]);
         let unpriced: Vec<&String> = s.warnings.iter().filter(|w| w.contains("no price known")).collect();
         assert_eq!(unpriced.len(), 1, "{:?}", s.warnings);
         assert!(unpriced[0].contains("hosted_vllm/llama-3-70b"), "{}", unpriced[0]);

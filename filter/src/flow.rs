@@ -82,12 +82,13 @@ struct GroupMetrics {
     pending: [Cell<u64>; GROUP_METRICS],
 }
 
-const GROUP_METRICS: usize = 5;
+const GROUP_METRICS: usize = 6;
 const REQUESTS: usize = 0;
 const PROMPT_TOKENS: usize = 1;
 const COMPLETION_TOKENS: usize = 2;
 const COST_NANOS: usize = 3;
 const ESTIMATED: usize = 4;
+const UNPRICED: usize = 5;
 
 impl GroupMetrics {
     fn add(&self, metric: usize, delta: u64) {
@@ -116,6 +117,7 @@ impl Gateway {
                         format!("sluice.completion_tokens.model_group.{part}"),
                         format!("sluice.cost_nanodollars.model_group.{part}"),
                         format!("sluice.estimated_usage.model_group.{part}"),
+                        format!("sluice.unpriced_requests.model_group.{part}"),
                     ],
                     pending: Default::default(),
                 }
@@ -1044,6 +1046,7 @@ impl<H: Host> RequestFlow<H> {
             metrics.add(COMPLETION_TOKENS, usage.completion_tokens);
             metrics.add(COST_NANOS, cost_nanos);
             metrics.add(ESTIMATED, u64::from(estimated));
+            metrics.add(UNPRICED, u64::from(deployment.price_unknown));
         }
         let key = self.key();
         let unverified_id = match &self.principal {
@@ -1079,6 +1082,7 @@ impl<H: Host> RequestFlow<H> {
             latency_ms: now.saturating_sub(self.start_ms),
             streamed: admitted.streamed,
             estimated,
+            price_unknown: deployment.price_unknown,
         };
         let Ok(json) = serde_json::to_vec(&record) else {
             return;

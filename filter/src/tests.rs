@@ -42,6 +42,7 @@ fn deployment(id: &str, group: &str, provider: Provider, upstream: &str) -> Depl
         },
         max_output_tokens: Some(1000),
         drop_params: false,
+        price_unknown: false,
     }
 }
 
@@ -439,6 +440,35 @@ fn sse(events: &[&str]) -> String {
 const CHUNK1: &str = r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hello"},"finish_reason":null}],"usage":null}"#;
 const CHUNK2: &str = r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":" world"},"finish_reason":"stop"}],"usage":null}"#;
 const USAGE: &str = r#"{"id":"c","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":20,"completion_tokens":2,"total_tokens":22}}"#;
+
+/// A deployment nobody priced is served, its records say `price_unknown` beside the $0, and
+/// the model group's `unpriced_requests` counts them: never a silent $0.
+#[test]
+fn an_unpriced_deployments_requests_are_flagged_and_counted() {
+    let mut config = base_config();
+    for d in &mut config.deployments {
+        if d.id == "mini" {
+            d.pricing = Pricing::default();
+            d.price_unknown = true;
+        }
+    }
+    let h = Harness::new(config);
+    for (model, unpriced) in [("gpt-4o-mini", true), ("gpt-4o", false)] {
+        let (mut s, reply) =
+            h.post("/v1/chat/completions", &key(1), &format!(r#"{{"model":"{model}","messages":[]}}"#));
+        assert!(reply.is_none());
+        let body = r#"{"id":"x","object":"chat.completion","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}}"#;
+        s.respond(200, "application/json", &[body.as_bytes()], true);
+        s.finish();
+        let records = h.envoy.records();
+        let r = records.last().unwrap();
+        assert_eq!(r["price_unknown"], unpriced, "{model}");
+        assert_eq!(r["cost_usd"].as_f64().unwrap() == 0.0, unpriced, "{model}");
+    }
+    h.gateway.flush_metrics(&MockHost::new(Rc::clone(&h.envoy)));
+    assert_eq!(h.envoy.metric("sluice.unpriced_requests.model_group.gpt-4o-mini"), 1);
+    assert_eq!(h.envoy.metric("sluice.unpriced_requests.model_group.gpt-4o"), 0);
+}
 
 #[test]
 fn openai_stream_gets_usage_added_then_stripped() {

@@ -49,4 +49,7 @@ pub struct UsageRecord<'a> {
     pub streamed: bool,
     /// True when tokens were estimated because the provider's usage never arrived.
     pub estimated: bool,
+    /// True when the deployment has no known price: `cost_usd` is 0 because nobody priced it,
+    /// not because the request was free.
+    pub price_unknown: bool,
 }

@@ -29,6 +29,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0003_budget_windows.sql"),
         include_str!("../../migrations/postgres/0003_budget_windows.sql"),
     ),
+    (
+        4,
+        "spend price_unknown",
+        include_str!("../../migrations/sqlite/0004_price_unknown.sql"),
+        include_str!("../../migrations/postgres/0004_price_unknown.sql"),
+    ),
 ];
 
 /// The migrator for `backend`, with every version up to `through` (tests build older schemas).

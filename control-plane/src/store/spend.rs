@@ -28,6 +28,8 @@ pub struct SpendLog {
     pub status: i64,
     pub outcome: String,
     pub estimated: bool,
+    /// The deployment had no known price (its cost of 0 is not "free").
+    pub price_unknown: bool,
     pub start_ms: i64,
 }
 
@@ -368,8 +370,8 @@ impl SpendStore for SqlStore {
             let sql = format!(
                 "INSERT INTO spend_logs (record_id, request_id, key_id, team_id, user_id, organization_id, customer_id, \
                  model_group, deployment_id, tags, prompt_tokens, completion_tokens, cost_nanos, status, outcome, \
-                 estimated, start_ms, day) VALUES {} ON CONFLICT (record_id) DO NOTHING RETURNING record_id",
-                placeholders(chunk.len(), 18)
+                 estimated, price_unknown, start_ms, day) VALUES {} ON CONFLICT (record_id) DO NOTHING RETURNING record_id",
+                placeholders(chunk.len(), 19)
             );
             let mut q = sqlx::query(&sql);
             for l in chunk {
@@ -390,6 +392,7 @@ impl SpendStore for SqlStore {
                     .bind(l.status)
                     .bind(l.outcome.clone())
                     .bind(i64::from(l.estimated))
+                    .bind(i64::from(l.price_unknown))
                     .bind(l.start_ms)
                     .bind(day_of(l.start_ms));
             }
