@@ -12,16 +12,17 @@
 //!   the main thread through the driver's scheduler (Envoy's config scheduler has no timer).
 //!   A scope the workers announce posts one at once.
 //! - **What the workers hand over.** Usage records and scope names go into [`HANDOVER`], a
-//!   mutex a worker holds for one append; the main thread takes the lot on each event. Key
-//!   invalidations come back the other way in the shared-data entry the wasm build uses, with
-//!   a generation number workers compare on each stream instead of reading the entry.
+//!   mutex a worker holds for one append; the main thread takes the lot on each event (and at
+//!   once when it passes 1 MiB). Key invalidations come back the other way in the shared-data
+//!   entry the wasm build uses, with a generation number workers compare on each stream
+//!   instead of reading the entry.
 //!
 //! The service itself is main-thread state (a thread-local): every hook that touches it runs
 //! there. A callout Envoy completes inside the call that started it (a failure before it left)
 //! finds the service borrowed and is dropped; the start then reports failure, as it should.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once, PoisonError};
 use std::time::Duration;
 
@@ -37,6 +38,10 @@ pub const TICK: Duration = Duration::from_millis(200);
 /// Scheduler events: the periodic tick, and a scope announced (sync at once).
 const EVENT_TICK: u64 = 1;
 const EVENT_ANNOUNCED: u64 = 2;
+const EVENT_HANDOVER_FULL: u64 = 3;
+/// Usage bytes past which a worker asks the main thread to take them at once, instead of at the
+/// next tick: a burst stays bounded in memory (and so does a tick thread that never started).
+const HANDOVER_FLUSH_BYTES: usize = 1 << 20;
 
 /// What workers hand the service between two events.
 #[derive(Default)]
@@ -53,6 +58,9 @@ static SCHEDULERS: Mutex<Vec<(usize, Scheduler)>> = Mutex::new(Vec::new());
 /// Bumped at each write of the invalidation log; workers re-read the log when it moved.
 static INVALIDATIONS_GENERATION: AtomicU64 = AtomicU64::new(0);
 static TICKER: Once = Once::new();
+/// A full hand-over was announced to the main thread and not taken yet (one event, not one per
+/// request).
+static FLUSH_ASKED: AtomicBool = AtomicBool::new(false);
 
 /// A poisoned lock would mean a panic while holding it, which this module never does; the data
 /// is still whole (each holder appends or takes), so go on with it.
@@ -77,9 +85,18 @@ thread_local! {
 
 /// A usage record from a worker.
 pub fn hand_over_usage(record: &[u8]) {
-    let mut handover = lock(&HANDOVER);
-    handover.usage.extend_from_slice(record);
-    handover.usage.push(b'\n');
+    let full = {
+        let mut handover = lock(&HANDOVER);
+        handover.usage.extend_from_slice(record);
+        handover.usage.push(b'\n');
+        handover.usage.len() >= HANDOVER_FLUSH_BYTES
+    };
+    if full
+        && !FLUSH_ASKED.swap(true, Ordering::AcqRel)
+        && let Some((_, scheduler)) = lock(&SCHEDULERS).last()
+    {
+        scheduler.commit(EVENT_HANDOVER_FULL);
+    }
 }
 
 /// A scope a worker limits this minute: synced with the fleet at once.
@@ -177,6 +194,7 @@ pub fn unregister(envoy_config: usize) {
 
 fn take_handover(service: &mut UsageService<MainThreadHost>) {
     let handover = std::mem::take(&mut *lock(&HANDOVER));
+    FLUSH_ASKED.store(false, Ordering::Release);
     if !handover.scopes.is_empty() {
         service.take_announcements([handover.scopes.as_slice()]);
     }
