@@ -346,15 +346,18 @@ impl<H: Host> RequestFlow<H> {
 
     /// Answers the client with an OpenAI-style error (a 429 with `retry-after`, and the limit
     /// it hit) and stops the request here.
+    /// The client's error shape: Anthropic's on /v1/messages (an unknown route is OpenAI's).
+    fn error_format(&self) -> ErrorFormat {
+        self.endpoint.map_or(ErrorFormat::OpenAi, Endpoint::error_format)
+    }
+
     fn reject(&mut self, error: &GatewayError) -> Action {
         self.rejected = true;
         let extra = rate_limit_headers(error);
         let mut headers: Vec<(&str, &str)> = Vec::with_capacity(1 + extra.len());
         headers.push(("content-type", "application/json"));
         headers.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
-        // In the client's shape: Anthropic's on /v1/messages (an unknown route is OpenAI's).
-        let format = self.endpoint.map_or(ErrorFormat::OpenAi, Endpoint::error_format);
-        self.host.send_local_response(u32::from(error.status()), &headers, &error.body_for(format));
+        self.host.send_local_response(u32::from(error.status()), &headers, &error.body_for(self.error_format()));
         self.host.count(&format!("sluice.rejections.reason.{}", error.code()), 1);
         Action::Pause
     }
@@ -1008,7 +1011,7 @@ impl<H: Host> RequestFlow<H> {
                     Vec::new()
                 } else if *overflow {
                     GatewayError::Untranslatable { detail: format!("the provider's answer is over {scan_limit} bytes") }
-                        .body_for(translation.direction.client_format())
+                        .body_for(self.error_format())
                 } else {
                     translation.response(self.status, body, self.start_ms / 1000)
                 };

@@ -17,12 +17,13 @@ pub enum Direction {
 }
 
 impl Direction {
-    /// The error shape the client reads.
+    /// The error shape the client reads: its route's.
     pub fn client_format(self) -> ErrorFormat {
-        match self {
-            Self::OpenAiToAnthropic => ErrorFormat::OpenAi,
-            Self::AnthropicToOpenAi => ErrorFormat::Anthropic,
-        }
+        let client = match self {
+            Self::OpenAiToAnthropic => Endpoint::ChatCompletions,
+            Self::AnthropicToOpenAi => Endpoint::Messages,
+        };
+        client.error_format()
     }
 
     /// The translation a request on `endpoint` needs to reach `provider`, if one exists.

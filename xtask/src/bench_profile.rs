@@ -65,10 +65,12 @@ pub(crate) fn profile_native(
     if samples == 0 || hooks.is_empty() {
         return Err(format!("`perf report` found none of the module's hooks; see {}", data.display()));
     }
-    // Each symbol once (a symbol can be listed per DSO); largest first.
+    // Largest first, each symbol once (a symbol can be listed per DSO: its largest entry kept;
+    // `dedup_by` would only merge neighbours).
     for list in [&mut hooks, &mut host_calls] {
         list.sort_by(|a, b| b.1.total_cmp(&a.1));
-        list.dedup_by(|a, b| a.0 == b.0);
+        let mut seen = std::collections::HashSet::new();
+        list.retain(|(symbol, _)| seen.insert(symbol.clone()));
     }
     Ok(NativeProfile { cpu_us_per_request: run.envoy_cpu_us_per_request, samples, hooks, host_calls })
 }

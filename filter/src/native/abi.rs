@@ -235,15 +235,15 @@ callbacks! {
         = c"envoy_dynamic_module_callback_http_filter_config_increment_counter";
 }
 
-/// The headers of a callout as Envoy's header structs (borrowing `headers`).
-fn module_headers(headers: &[(&str, &[u8])]) -> Vec<ModuleHttpHeader> {
+/// Headers (of a callout or a local reply) as Envoy's header structs, borrowing `headers`.
+fn module_headers<V: AsRef<[u8]>>(headers: &[(&str, V)]) -> Vec<ModuleHttpHeader> {
     headers
         .iter()
         .map(|(k, v)| ModuleHttpHeader {
             key_ptr: k.as_ptr().cast(),
             key_length: k.len(),
-            value_ptr: v.as_ptr().cast(),
-            value_length: v.len(),
+            value_ptr: v.as_ref().as_ptr().cast(),
+            value_length: v.as_ref().len(),
         })
         .collect()
 }
@@ -450,15 +450,7 @@ impl Stream {
 
     /// A local reply (Envoy's response code details: `dynamic_module`).
     pub fn send_response(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
-        let headers: Vec<ModuleHttpHeader> = headers
-            .iter()
-            .map(|(k, v)| ModuleHttpHeader {
-                key_ptr: k.as_ptr().cast(),
-                key_length: k.len(),
-                value_ptr: v.as_ptr().cast(),
-                value_length: v.len(),
-            })
-            .collect();
+        let headers = module_headers(headers);
         // SAFETY: a live stream; `headers` and `body` outlive the call and Envoy copies them.
         unsafe {
             (self.callbacks.send_response)(
@@ -525,6 +517,10 @@ impl ConfigHandle {
     /// `on_http_filter_config_new`, and the handle does not outlive that call.
     pub unsafe fn new(ptr: ConfigEnvoyPtr, callbacks: &'static Callbacks) -> ConfigHandle {
         ConfigHandle { ptr, callbacks }
+    }
+
+    pub fn ptr(&self) -> ConfigEnvoyPtr {
+        self.ptr
     }
 
     /// Defines a counter (no labels); its id, or None if Envoy refused.

@@ -12,8 +12,23 @@ pub const OK: u32 = 0;
 const UNKNOWN: u32 = 2;
 const UNAVAILABLE: u32 = 14;
 
-/// The request's headers and framed body for `/<service>/<method>`.
-pub fn request(service: &str, method: &str, message: &[u8]) -> (String, Vec<u8>) {
+/// A call of `/<service>/<method>` on `cluster`: `start` sends the callout (a stream's or a
+/// config's) with the call's headers and framed body; the call's token, or None if Envoy did not
+/// start it.
+pub fn call(
+    cluster: &str,
+    service: &str,
+    method: &str,
+    message: &[u8],
+    start: impl FnOnce(&[(&str, &[u8])], &[u8]) -> Option<u64>,
+) -> Option<u32> {
+    let (path, body) = request(service, method, message);
+    let id = start(&headers(&path, cluster), &body)?;
+    u32::try_from(id).ok()
+}
+
+/// The request's path and framed body for `/<service>/<method>`.
+fn request(service: &str, method: &str, message: &[u8]) -> (String, Vec<u8>) {
     let mut body = Vec::with_capacity(message.len() + 5);
     body.push(0); // not compressed
     body.extend_from_slice(&u32::try_from(message.len()).unwrap_or(u32::MAX).to_be_bytes());
@@ -22,7 +37,7 @@ pub fn request(service: &str, method: &str, message: &[u8]) -> (String, Vec<u8>)
 }
 
 /// The headers of a call: `:authority` is required by Envoy (and unread by the control plane).
-pub fn headers<'a>(path: &'a str, cluster: &'a str) -> [(&'a str, &'a [u8]); 5] {
+fn headers<'a>(path: &'a str, cluster: &'a str) -> [(&'a str, &'a [u8]); 5] {
     [
         (":method", b"POST"),
         (":path", path.as_bytes()),

@@ -269,9 +269,9 @@ impl Host for DynamicModuleHost {
         message: &[u8],
         timeout_ms: u64,
     ) -> Option<u32> {
-        let (path, body) = super::grpc::request(service, method, message);
-        let id = self.stream.http_callout(cluster, &super::grpc::headers(&path, cluster), &body, timeout_ms)?;
-        u32::try_from(id).ok()
+        super::grpc::call(cluster, service, method, message, |headers, body| {
+            self.stream.http_callout(cluster, headers, body, timeout_ms)
+        })
     }
 
     fn grpc_response(&self, _size: usize) -> Option<Vec<u8>> {

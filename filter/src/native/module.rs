@@ -47,8 +47,6 @@ struct FilterConfig {
     counters: Arc<Counters>,
     /// Alive while the config is: workers drop their gateway for a config whose token is gone.
     token: Arc<()>,
-    /// xDS mode (`key_lookup`): keys are looked up and invalidated, usage is shipped.
-    xds: bool,
     /// Envoy's pointer for this config, as a number: the service's name for its driver.
     envoy_config: usize,
 }
@@ -83,35 +81,38 @@ impl FilterConfig {
             // Compared by address, touching no reference count (every worker shares it); a dead
             // entry's Weak keeps its allocation, so no new config can have that address.
             let token = Arc::as_ptr(&self.token);
-            if let Some(w) = workers.iter().find(|w| w.config.as_ptr() == token) {
+            // A stream's random value, and the invalidations the singleton wrote since.
+            let serve = |w: &Worker| {
                 let mut rng = w.rng.get();
                 let random = rng.next_u64();
                 w.rng.set(rng);
-                if self.xds {
+                if self.is_xds() {
                     apply_invalidations(w);
                 }
-                return (Rc::clone(&w.gateway), random);
+                (Rc::clone(&w.gateway), random)
+            };
+            if let Some(w) = workers.iter().find(|w| w.config.as_ptr() == token) {
+                return serve(w);
             }
             workers.retain(|w| w.config.strong_count() > 0);
             // Every worker configures in the same millisecond: only real entropy keeps their
             // routing choices and record ids apart.
             let seed = getrandom::u64().unwrap_or(0) ^ SEEDS.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-            let mut rng = SplitMix64::new(seed);
-            let random = rng.next_u64();
-            let gateway = Rc::new(Gateway::new(self.compiled.clone(), self.secrets.clone()));
             let worker = Worker {
                 config: Arc::downgrade(&self.token),
-                gateway,
-                rng: Cell::new(rng),
+                gateway: Rc::new(Gateway::new(self.compiled.clone(), self.secrets.clone())),
+                rng: Cell::new(SplitMix64::new(seed)),
                 invalidations_seen: Cell::new(0),
             };
-            if self.xds {
-                apply_invalidations(&worker);
-            }
-            let gateway = Rc::clone(&worker.gateway);
+            let served = serve(&worker);
             workers.push(worker);
-            (gateway, random)
+            served
         })
+    }
+
+    /// xDS mode (`key_lookup`): keys are looked up and invalidated, usage is shipped.
+    fn is_xds(&self) -> bool {
+        self.compiled.config.key_lookup.is_some()
     }
 }
 
@@ -181,8 +182,7 @@ fn load_config(callbacks: &'static Callbacks, handle: &ConfigHandle, bytes: &[u8
     let probe = Gateway::new(compiled.clone(), Secrets::default());
     let rejections: Vec<String> =
         GatewayError::CODES.iter().map(|code| format!("sluice.rejections.reason.{code}")).collect();
-    let xds = compiled.config.key_lookup.is_some();
-    let service_counters = if xds { SERVICE_COUNTERS } else { &[] };
+    let service_counters = if compiled.config.key_lookup.is_some() { SERVICE_COUNTERS } else { &[] };
     let names = FLOW_COUNTERS
         .iter()
         .chain(service_counters)
@@ -208,7 +208,13 @@ fn load_config(callbacks: &'static Callbacks, handle: &ConfigHandle, bytes: &[u8
             compiled.teams.len()
         ),
     );
-    Ok(FilterConfig { compiled, secrets, counters: Arc::new(counters), token: Arc::new(()), xds, envoy_config: 0 })
+    Ok(FilterConfig {
+        compiled,
+        secrets,
+        counters: Arc::new(counters),
+        token: Arc::new(()),
+        envoy_config: handle.ptr() as usize,
+    })
 }
 
 // ---- hooks ---------------------------------------------------------------------------------
@@ -250,8 +256,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     // SAFETY: the config Envoy is creating in this very call; the handle ends with it.
     let handle = unsafe { ConfigHandle::new(config_envoy, callbacks) };
     match load_config(callbacks, &handle, &bytes) {
-        Ok(mut config) => {
-            config.envoy_config = config_envoy as usize;
+        Ok(config) => {
             let cluster = config.compiled.config.key_lookup.as_ref().map(|lookup| lookup.cluster.as_str());
             // SAFETY: the config Envoy is creating; forgotten in on_http_filter_config_destroy
             // (unregister), used on this, the main, thread only.

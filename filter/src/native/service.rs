@@ -314,10 +314,9 @@ impl Host for MainThreadHost {
         message: &[u8],
         timeout_ms: u64,
     ) -> Option<u32> {
-        let (path, body) = grpc::request(service, method, message);
-        let headers = grpc::headers(&path, cluster);
-        let id = self.with_driver(|d| d.config.http_callout(cluster, &headers, &body, timeout_ms)).flatten()?;
-        u32::try_from(id).ok()
+        grpc::call(cluster, service, method, message, |headers, body| {
+            self.with_driver(|d| d.config.http_callout(cluster, headers, body, timeout_ms)).flatten()
+        })
     }
 
     /// The service gets its answers' bodies as arguments (`on_answer`).
