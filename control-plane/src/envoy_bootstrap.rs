@@ -468,8 +468,9 @@ fn listener(opts: &BootstrapOptions, wasm_filter: Value, route_timeout_secs: u64
                 "routes": [{
                     "match": {"prefix": "/"},
                     "route": {"cluster_header": CLUSTER_HEADER, "timeout": format!("{route_timeout_secs}s"), "auto_host_rewrite": true},
-                    // The filter sets the cluster header and handles credentials; these never go upstream.
-                    "request_headers_to_remove": [CLUSTER_HEADER, "api-key", "accept-encoding"],
+                    // The filter sets the cluster header; it never goes upstream. (The filter
+                    // also replaces the client's credential headers with the provider's.)
+                    "request_headers_to_remove": [CLUSTER_HEADER, "accept-encoding"],
                 }],
             }],
         },

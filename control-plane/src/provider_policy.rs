@@ -31,8 +31,6 @@ const OWN_SECRETS: &[&str] = &[
 ];
 /// Any variable with this prefix is the control plane's own.
 const OWN_PREFIX: &str = "SLUICE_";
-/// Credentials allowed when `--provider-credentials` is not given (plus config.yaml's names).
-const DEFAULT_CREDENTIALS: &[&str] = &["OPENAI_API_KEY", "ANTHROPIC_API_KEY"];
 /// Host names of cloud metadata services (compared without case and trailing dot).
 const METADATA_NAMES: &[&str] =
     &["metadata", "metadata.google.internal", "metadata.goog", "instance-data", "instance-data.ec2.internal"];
@@ -112,7 +110,11 @@ impl Default for ProviderPolicy {
     /// The providers' usual credential names, any upstream host that is not refused outright.
     fn default() -> Self {
         Self {
-            credentials: DEFAULT_CREDENTIALS.iter().map(|n| NamePattern::Exact((*n).to_owned())).collect(),
+            // Credentials allowed when `--provider-credentials` is not given (plus config.yaml's
+            // names): each provider's default variables.
+            credentials: sluice_core::providers::default_key_names()
+                .map(|n| NamePattern::Exact(n.to_owned()))
+                .collect(),
             own_secrets: OWN_SECRETS.iter().map(|n| (*n).to_owned()).collect(),
             upstream_hosts: None,
         }

@@ -158,13 +158,48 @@ pub enum Provider {
     Openai,
     /// Anthropic: `x-api-key` and `anthropic-version`.
     Anthropic,
+    /// Azure OpenAI: OpenAI's format under `/openai/deployments/{name}` with `?api-version=`
+    /// (or Azure's `/openai/v1`), the key in `api-key`.
+    Azure,
 }
 
 impl Provider {
     pub fn format(self) -> ApiFormat {
         match self {
-            Self::Openai => ApiFormat::OpenAi,
+            Self::Openai | Self::Azure => ApiFormat::OpenAi,
             Self::Anthropic => ApiFormat::Anthropic,
+        }
+    }
+}
+
+/// LiteLLM's `model_info.mode`: which routes a deployment serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelMode {
+    /// `/v1/chat/completions` and `/v1/messages`.
+    Chat,
+    /// `/v1/completions`.
+    Completion,
+    /// `/v1/embeddings`.
+    Embedding,
+}
+
+impl ModelMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "chat" => Some(Self::Chat),
+            "completion" => Some(Self::Completion),
+            "embedding" => Some(Self::Embedding),
+            _ => None,
+        }
+    }
+
+    pub fn serves(self, endpoint: crate::endpoint::Endpoint) -> bool {
+        use crate::endpoint::Endpoint as E;
+        match self {
+            Self::Chat => matches!(endpoint, E::ChatCompletions | E::Messages),
+            Self::Completion => endpoint == E::Completions,
+            Self::Embedding => endpoint == E::Embeddings,
         }
     }
 }
@@ -182,9 +217,13 @@ pub struct Deployment {
     pub upstream_model: String,
     /// The Envoy cluster that reaches this deployment's `api_base`.
     pub cluster: String,
-    /// Path prefix of `api_base` (`/v1` for OpenAI, empty for Anthropic).
+    /// Path prefix of `api_base` (`/v1` for OpenAI, empty for Anthropic,
+    /// `/openai/deployments/{name}` for Azure).
     #[serde(default)]
     pub base_path: String,
+    /// Query string appended to every upstream path (Azure's `?api-version=…`), or empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path_query: String,
     /// Name of the environment variable holding the provider credential (never its value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_env: Option<String>,
@@ -203,6 +242,9 @@ pub struct Deployment {
     /// dropped in translation instead of refused (400 `unsupported_params`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drop_params: bool,
+    /// `model_info.mode`: the routes it serves (any, when not given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ModelMode>,
     /// No price is known for this deployment (no `model_info` prices, not in the built-in
     /// table): its requests are recorded at $0 and flagged `price_unknown`, never silently.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -620,6 +662,15 @@ impl CompiledConfig {
                     d.base_path
                 )));
             }
+            if !(d.path_query.is_empty()
+                || (d.path_query.starts_with('?')
+                    && d.path_query.bytes().skip(1).all(|b| b.is_ascii_alphanumeric() || b"-_.=&".contains(&b))))
+            {
+                errors.push(ConfigError(format!(
+                    "{what}: query {:?} must be '?' and name=value pairs of [A-Za-z0-9-_.]",
+                    d.path_query
+                )));
+            }
             if let Some(env) = &d.api_key_env
                 && (env.is_empty() || !env.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
             {
@@ -759,6 +810,8 @@ mod tests {
             upstream_model: group.into(),
             cluster: format!("sluice_{id}"),
             base_path: "/v1".into(),
+            path_query: String::new(),
+            mode: None,
             api_key_env: Some("OPENAI_API_KEY".into()),
             weight: 1,
             rpm: None,

@@ -15,6 +15,7 @@ pub mod litellm;
 pub mod lookup_budget;
 pub mod outbox;
 pub mod price_catalog;
+pub mod providers;
 pub mod request;
 pub mod routing;
 pub mod sse;

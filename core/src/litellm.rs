@@ -1,8 +1,8 @@
 //! LiteLLM's `config.yaml` shape → [`GatewayConfig`], plus the upstream endpoints Envoy needs.
 //!
 //! The YAML is parsed into a `serde_json::Value` by the caller (core stays free of YAML).
-//! Every key Sluice does not support is named in a warning; unknown fields in Sluice's own
-//! `keys:` and `teams:` sections are errors, because a misspelt budget must not be ignored.
+//! Every key Sluice does not enforce is an error naming it (a setting that would be silently
+//! ignored is refused), as are unknown fields in Sluice's own `keys:` and `teams:` sections.
 //! Secrets are never copied into warnings, errors or the output: `os.environ/NAME` values are
 //! kept as names (provider keys) or hashed (the master key).
 
@@ -10,11 +10,12 @@ use serde_json::{Map, Value};
 
 use crate::config::{
     CompiledConfig, ConfigError, DEFAULT_MAX_REQUEST_BODY_BYTES, DEFAULT_MAX_RESPONSE_SCAN_BYTES, Deployment,
-    GatewayConfig, KeyConfig, Provider, RoutingStrategy, SCHEMA_VERSION, TeamConfig,
+    GatewayConfig, KeyConfig, ModelMode, Provider, RoutingStrategy, SCHEMA_VERSION, TeamConfig,
 };
 use crate::cost::Pricing;
 use crate::keys::check_master_key;
 use crate::price_catalog;
+use crate::providers;
 use crate::routing::shuffle_weight;
 
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 600;
@@ -58,9 +59,12 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn warn_unsupported(&mut self, path: &str, map: &Map<String, Value>, supported: &[&str]) {
+    /// Every key Sluice does not enforce is an error, never a warning: a setting that is
+    /// silently not applied (a budget, a fallback, a callback) is worse than a refusal.
+    fn refuse_unsupported(&mut self, path: &str, map: &Map<String, Value>, supported: &[&str]) {
         for key in map.keys().filter(|k| !supported.contains(&k.as_str())) {
-            self.warnings.push(format!("{path}.{key}: not supported by Sluice yet, ignored"));
+            let at = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+            self.error(format!("{at}: not supported by Sluice; remove it (supported here: {})", supported.join(", ")));
         }
     }
 
@@ -140,35 +144,24 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
     let Some(root) = doc.as_object() else {
         return Err(vec![ConfigError("the config must be a YAML mapping (model_list, router_settings, …)".into())]);
     };
-    cx.warn_unsupported(
+    cx.refuse_unsupported(
         "",
         root,
-        &[
-            "model_list",
-            "router_settings",
-            "litellm_settings",
-            "general_settings",
-            "keys",
-            "teams",
-            "environment_variables",
-        ],
+        &["model_list", "router_settings", "litellm_settings", "general_settings", "keys", "teams"],
     );
-    if root.contains_key("environment_variables") {
-        cx.warnings.push("environment_variables: not supported; set variables in Envoy's environment instead".into());
-    }
 
     let mut request_timeout_secs = DEFAULT_REQUEST_TIMEOUT_SECS;
     let mut routing_strategy = RoutingStrategy::SimpleShuffle;
     let mut drop_params = false;
     if let Some(settings) = root.get("litellm_settings").and_then(Value::as_object) {
-        cx.warn_unsupported("litellm_settings", settings, &["request_timeout", "drop_params"]);
+        cx.refuse_unsupported("litellm_settings", settings, &["request_timeout", "drop_params"]);
         if let Some(t) = as_u64(settings.get("request_timeout")) {
             request_timeout_secs = t;
         }
         drop_params = flag(&mut cx, "litellm_settings.drop_params", settings.get("drop_params")).unwrap_or(false);
     }
     if let Some(settings) = root.get("router_settings").and_then(Value::as_object) {
-        cx.warn_unsupported("router_settings", settings, &["routing_strategy", "timeout"]);
+        cx.refuse_unsupported("router_settings", settings, &["routing_strategy", "timeout"]);
         if let Some(t) = as_u64(settings.get("timeout")) {
             request_timeout_secs = t;
         }
@@ -180,8 +173,9 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
                 | "usage-based-routing"
                 | "usage-based-routing-v2"
                 | "cost-based-routing"),
-            ) => cx.warnings.push(format!(
-                "router_settings.routing_strategy: {s} is not supported yet; using simple-shuffle (weighted)"
+            ) => cx.error(format!(
+                "router_settings.routing_strategy: {s} is not supported by Sluice; use simple-shuffle (weighted by \
+                 weight, rpm or tpm)"
             )),
             Some(other) => cx.error(format!("router_settings.routing_strategy: unknown strategy {other:?}")),
         }
@@ -192,7 +186,7 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
     let mut max_request_body_bytes = DEFAULT_MAX_REQUEST_BODY_BYTES;
     let mut failure_policy = FailurePolicy::FailClosed;
     if let Some(settings) = root.get("general_settings").and_then(Value::as_object) {
-        cx.warn_unsupported(
+        cx.refuse_unsupported(
             "general_settings",
             settings,
             &["master_key", "database_url", "max_request_size_mb", "sluice_failure_policy"],
@@ -331,6 +325,55 @@ fn flag(cx: &mut Ctx<'_>, path: &str, value: Option<&Value>) -> Option<bool> {
 }
 
 /// `drop_params` is `litellm_settings.drop_params` unless an entry's `litellm_params` says.
+/// A string setting of a `litellm_params` entry: written there (literally or as
+/// `os.environ/NAME`), else read from LiteLLM's variable for it; `None` when neither is set.
+fn setting(
+    cx: &mut Ctx<'_>,
+    at: &str,
+    params: &Map<String, Value>,
+    name: &str,
+    env_default: Option<&str>,
+) -> Option<String> {
+    match params.get(name) {
+        None | Some(Value::Null) => env_default.and_then(|var| (cx.env)(var)).filter(|v| !v.is_empty()),
+        Some(Value::String(s)) => match env_ref(s) {
+            Some(var) => {
+                let value = (cx.env)(var).filter(|v| !v.is_empty());
+                if value.is_none() {
+                    cx.error(format!("{at}: litellm_params.{name}: environment variable {var} is not set"));
+                }
+                value
+            }
+            None => Some(s.clone()),
+        },
+        Some(_) => {
+            cx.error(format!("{at}: litellm_params.{name} must be a string"));
+            None
+        }
+    }
+}
+
+/// Azure OpenAI's path for a deployment: `{base}/openai/deployments/{name}` with
+/// `?api-version=`, or Azure's version-less `/openai/v1` API when `api_version` is `v1`,
+/// `latest` or `preview`, or `api_base` already ends in `/openai/v1`.
+fn azure_path(api_path: &str, deployment: &str, version: &str) -> Result<(String, String), String> {
+    let safe = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !safe(deployment) {
+        return Err(format!("azure/{deployment:?}: a deployment name is letters, digits, '-', '_' and '.'"));
+    }
+    if !safe(version) {
+        return Err(format!("litellm_params.api_version {version:?} is not an Azure API version"));
+    }
+    let v1 = api_path.ends_with("/openai/v1") || matches!(version, "v1" | "latest" | "preview");
+    if v1 {
+        let base = if api_path.ends_with("/openai/v1") { api_path.to_owned() } else { format!("{api_path}/openai/v1") };
+        let query = if version == "preview" { "?api-version=preview".to_owned() } else { String::new() };
+        return Ok((base, query));
+    }
+    let base = api_path.strip_suffix("/openai").unwrap_or(api_path);
+    Ok((format!("{base}/openai/deployments/{deployment}"), format!("?api-version={version}")))
+}
+
 fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Vec<Deployment>, Vec<Upstream>) {
     let mut deployments = Vec::new();
     let mut upstreams = Vec::new();
@@ -347,19 +390,19 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
             cx.error(format!("model_list[{i}] must be a mapping"));
             continue;
         };
-        cx.warn_unsupported(&format!("model_list[{i}]"), entry, &["model_name", "litellm_params", "model_info"]);
+        cx.refuse_unsupported(&format!("model_list[{i}]"), entry, &["model_name", "litellm_params", "model_info"]);
         if name.is_empty() {
             cx.error(format!("{at}: model_name is required"));
         }
         let empty = Map::new();
         let params = entry.get("litellm_params").and_then(Value::as_object).unwrap_or(&empty);
         let info = entry.get("model_info").and_then(Value::as_object).unwrap_or(&empty);
-        cx.warn_unsupported(
+        cx.refuse_unsupported(
             &format!("model_list[{i}].litellm_params"),
             params,
-            &["model", "api_base", "api_key", "rpm", "tpm", "weight", "drop_params"],
+            &["model", "api_base", "api_key", "api_version", "rpm", "tpm", "weight", "drop_params"],
         );
-        cx.warn_unsupported(
+        cx.refuse_unsupported(
             &format!("model_list[{i}].model_info"),
             info,
             &[
@@ -379,37 +422,60 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
             continue;
         };
         let (provider_name, upstream_model) = model.split_once('/').unwrap_or(("openai", model));
-        let (provider, default_base, default_env) = match provider_name {
-            "openai" | "hosted_vllm" | "openai_compatible" | "text-completion-openai" => {
-                (Provider::Openai, "https://api.openai.com/v1", "OPENAI_API_KEY")
-            }
-            "anthropic" => (Provider::Anthropic, "https://api.anthropic.com", "ANTHROPIC_API_KEY"),
-            other => {
-                cx.error(format!("{at}: provider {other:?} is not supported yet (openai, anthropic and OpenAI-compatible servers are)"));
-                continue;
-            }
+        let Some(spec) = providers::lookup(provider_name) else {
+            let known: Vec<&str> = providers::PROVIDERS.iter().map(|p| p.name).collect();
+            cx.error(format!("{at}: provider {provider_name:?} is not supported (supported: {})", known.join(", ")));
+            continue;
         };
-        let api_base = params.get("api_base").and_then(Value::as_str).unwrap_or(default_base);
-        // The provider's own host: the only one its default credential variable goes to.
-        let official_host = parse_api_base(default_base).map(|(_, host, _, _)| host).unwrap_or_default();
-        let (https, host, port, base_path) = match parse_api_base(api_base) {
+        let Some(api_base) =
+            setting(cx, &at, params, "api_base", spec.base_env).or(spec.default_base.map(str::to_owned))
+        else {
+            cx.error(format!("{at}: {provider_name}/ needs litellm_params.api_base (the server's URL)"));
+            continue;
+        };
+        let (https, host, port, api_path) = match parse_api_base(&api_base) {
             Ok(parts) => parts,
             Err(e) => {
                 cx.error(format!("{at}: {e}"));
                 continue;
             }
         };
+        let (base_path, path_query) = match spec.provider {
+            Provider::Azure => {
+                let version = setting(cx, &at, params, "api_version", Some("AZURE_API_VERSION"))
+                    .unwrap_or_else(|| providers::AZURE_DEFAULT_API_VERSION.to_owned());
+                match azure_path(&api_path, upstream_model, &version) {
+                    Ok(parts) => parts,
+                    Err(e) => {
+                        cx.error(format!("{at}: {e}"));
+                        continue;
+                    }
+                }
+            }
+            _ => {
+                if params.contains_key("api_version") {
+                    cx.error(format!("{at}: litellm_params.api_version is Azure's; {provider_name}/ has none"));
+                }
+                (api_path, String::new())
+            }
+        };
         let api_key_env = match params.get("api_key") {
-            // LiteLLM's default: OPENAI_API_KEY / ANTHROPIC_API_KEY. Only to the provider itself:
+            // LiteLLM's default variable for the provider, but only to the provider's own hosts:
             // an `api_base` elsewhere (a self-hosted server, another vendor) would otherwise be
             // sent the provider's key without anyone having named it.
-            None | Some(Value::Null) if host == official_host => Some(default_env.to_owned()),
             None | Some(Value::Null) => {
-                cx.warnings.push(format!(
-                    "{at}: no litellm_params.api_key: requests to {host} carry no provider credential \
-                     (${default_env} is sent only to {official_host}); name one with api_key: os.environ/NAME"
-                ));
-                None
+                let default = spec.key_envs.iter().find(|name| (cx.env)(name).is_some()).or(spec.key_envs.first());
+                match default {
+                    Some(name) if spec.default_key_may_go_to(&host) => Some((*name).to_owned()),
+                    Some(name) => {
+                        cx.warnings.push(format!(
+                            "{at}: no litellm_params.api_key: requests to {host} carry no provider credential \
+                             (${name} is sent only to {provider_name}'s own hosts); name one with api_key: os.environ/NAME"
+                        ));
+                        None
+                    }
+                    None => None,
+                }
             }
             Some(Value::String(s)) => match env_ref(s) {
                 Some(name) => Some(name.to_owned()),
@@ -462,14 +528,29 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
         }
         let drop_params =
             flag(cx, &format!("{at}: litellm_params.drop_params"), params.get("drop_params")).unwrap_or(drop_params);
+        let mode = match info.get("mode") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(m)) => ModelMode::parse(m).or_else(|| {
+                cx.error(format!(
+                    "{at}: model_info.mode {m:?} is not supported by Sluice (chat, completion or embedding)"
+                ));
+                None
+            }),
+            Some(_) => {
+                cx.error(format!("{at}: model_info.mode must be a string"));
+                None
+            }
+        };
         upstreams.push(Upstream { cluster: cluster.clone(), https, host, port });
         deployments.push(Deployment {
             id,
             model_name: name,
-            provider,
+            provider: spec.provider,
             upstream_model: upstream_model.to_owned(),
             cluster,
             base_path,
+            path_query,
+            mode,
             api_key_env,
             weight: shuffle_weight(weight, rpm, tpm),
             rpm,
@@ -504,13 +585,13 @@ mod tests {
         json!({
             "model_list": [
                 {"model_name": "gpt-4o", "litellm_params": {"model": "openai/gpt-4o-2024-08-06", "api_key": "os.environ/OPENAI_API_KEY", "weight": 3},
-                 "model_info": {"id": "gpt4o-east", "input_cost_per_token": 2.5e-6, "output_cost_per_token": 1e-5, "cache_read_input_token_cost": 1.25e-6, "supports_vision": true}},
-                {"model_name": "gpt-4o", "litellm_params": {"model": "openai/gpt-4o", "api_base": "http://127.0.0.1:8081/v1", "rpm": 100, "timeout": 30},
+                 "model_info": {"id": "gpt4o-east", "input_cost_per_token": 2.5e-6, "output_cost_per_token": 1e-5, "cache_read_input_token_cost": 1.25e-6}},
+                {"model_name": "gpt-4o", "litellm_params": {"model": "openai/gpt-4o", "api_base": "http://127.0.0.1:8081/v1", "rpm": 100},
                  "model_info": {"input_cost_per_token": 2.5e-6, "output_cost_per_token": 1e-5, "max_tokens": 4096}},
                 {"model_name": "claude", "litellm_params": {"model": "anthropic/claude-3-5-sonnet-20241022", "api_key": "os.environ/ANTHROPIC_API_KEY"},
                  "model_info": {"input_cost_per_token": 3e-6, "output_cost_per_token": 1.5e-5, "cache_creation_input_token_cost": 3.75e-6}},
             ],
-            "router_settings": {"routing_strategy": "least-busy", "num_retries": 2},
+            "router_settings": {"routing_strategy": "simple-shuffle"},
             "litellm_settings": {"request_timeout": 120, "drop_params": true},
             "general_settings": {"master_key": "os.environ/SLUICE_MASTER_KEY", "max_request_size_mb": 2, "database_url": "postgres://x"},
             "teams": [{"team_id": "platform", "rpm_limit": 600, "max_budget": 100}],
@@ -553,16 +634,153 @@ mod tests {
         assert_eq!(s.request_timeout_secs, 120);
         assert_eq!(s.gateway.keys.len(), 1);
         let all = s.warnings.join("\n");
-        for needle in [
-            "model_list[0].model_info.supports_vision",
-            "model_list[1].litellm_params.timeout",
-            "least-busy",
-            "router_settings.num_retries",
-            "database_url",
-        ] {
-            assert!(all.contains(needle), "no warning for {needle}:\n{all}");
-        }
+        assert!(all.contains("database_url"), "{all}");
         assert!(!all.contains("sk-master-very-secret-0123456789abcdef") && !all.contains("sk-provider-secret"));
+    }
+
+    /// A setting Sluice would not apply is refused, by name, never accepted and ignored.
+    #[test]
+    fn settings_sluice_does_not_enforce_are_refused_by_name() {
+        let mut doc = realistic();
+        doc["model_list"][0]["model_info"]["supports_vision"] = json!(true);
+        doc["model_list"][1]["litellm_params"]["timeout"] = json!(30);
+        doc["router_settings"] = json!({"routing_strategy": "least-busy", "num_retries": 2});
+        doc["litellm_settings"]["success_callback"] = json!(["langfuse"]);
+        doc["environment_variables"] = json!({"A": "b"});
+        let errors = from_litellm(&doc, &env).unwrap_err();
+        let all: Vec<&str> = errors.iter().map(|e| e.0.as_str()).collect();
+        for needle in [
+            "model_list[0].model_info.supports_vision: not supported by Sluice",
+            "model_list[1].litellm_params.timeout: not supported by Sluice",
+            "router_settings.routing_strategy: least-busy is not supported by Sluice",
+            "router_settings.num_retries: not supported by Sluice",
+            "litellm_settings.success_callback: not supported by Sluice",
+            "environment_variables: not supported by Sluice",
+        ] {
+            assert!(all.iter().any(|e| e.starts_with(needle)), "no error for {needle}:\n{all:#?}");
+        }
+        assert_eq!(all.len(), 6, "{all:#?}");
+    }
+
+    /// `model_info.mode` is kept (the filter routes by it); a mode Sluice has no route for is
+    /// refused by name.
+    #[test]
+    fn model_mode_is_kept_or_refused() {
+        let entry = |mode: Value| json!({"model_list": [{"model_name": "e", "litellm_params": {"model": "openai/text-embedding-3-small"}, "model_info": {"mode": mode}}]});
+        let s = from_litellm(&entry(json!("embedding")), &env).unwrap();
+        assert_eq!(s.gateway.deployments[0].mode, Some(ModelMode::Embedding));
+        let errors = from_litellm(&entry(json!("image_generation")), &env).unwrap_err();
+        assert!(errors[0].0.contains("model_info.mode \"image_generation\" is not supported by Sluice"), "{errors:?}");
+    }
+
+    /// LiteLLM's OpenAI-compatible providers: their default servers and key variables, a key
+    /// only to the provider's own host, `<PROVIDER>_API_BASE`, and self-hosted servers that
+    /// must be given an `api_base` and get a key only when one is named.
+    #[test]
+    fn openai_compatible_providers_get_their_defaults() {
+        let doc = json!({"model_list": [
+            {"model_name": "a", "litellm_params": {"model": "groq/llama-3.3-70b-versatile"}},
+            {"model_name": "b", "litellm_params": {"model": "together_ai/meta-llama/Llama-3-8b"}},
+            {"model_name": "c", "litellm_params": {"model": "deepseek/deepseek-chat"}},
+            {"model_name": "d", "litellm_params": {"model": "mistral/mistral-large-latest"}},
+            {"model_name": "e", "litellm_params": {"model": "hosted_vllm/llama", "api_base": "http://10.0.0.5:8000/v1"}},
+            {"model_name": "f", "litellm_params": {"model": "ollama_chat/llama3"}},
+            {"model_name": "g", "litellm_params": {"model": "xai/grok-2", "api_base": "os.environ/XAI_API_BASE"}},
+        ]});
+        let env = |name: &str| match name {
+            "TOGETHER_AI_API_KEY" => Some("t".to_owned()),
+            "XAI_API_BASE" => Some("https://eu.api.x.ai/v1".to_owned()),
+            _ => None,
+        };
+        let s = from_litellm(&doc, &env).unwrap();
+        let got: Vec<(&str, &str, &str, Option<&str>)> = s
+            .gateway
+            .deployments
+            .iter()
+            .zip(&s.upstreams)
+            .map(|(d, u)| (d.upstream_model.as_str(), u.host.as_str(), d.base_path.as_str(), d.api_key_env.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("llama-3.3-70b-versatile", "api.groq.com", "/openai/v1", Some("GROQ_API_KEY")),
+                // The first of LiteLLM's variables that is set.
+                ("meta-llama/Llama-3-8b", "api.together.xyz", "/v1", Some("TOGETHER_AI_API_KEY")),
+                ("deepseek-chat", "api.deepseek.com", "/beta", Some("DEEPSEEK_API_KEY")),
+                ("mistral-large-latest", "api.mistral.ai", "/v1", Some("MISTRAL_API_KEY")),
+                ("llama", "10.0.0.5", "/v1", None),
+                ("llama3", "localhost", "/v1", None),
+                // Another host than the provider's own: no default key.
+                ("grok-2", "eu.api.x.ai", "/v1", None),
+            ]
+        );
+        assert!(s.gateway.deployments.iter().all(|d| d.provider == Provider::Openai));
+        let missing = json!({"model_list": [{"model_name": "v", "litellm_params": {"model": "hosted_vllm/llama"}}]});
+        let errors = from_litellm(&missing, &env).unwrap_err();
+        assert!(errors[0].0.contains("hosted_vllm/ needs litellm_params.api_base"), "{errors:?}");
+        let unknown = json!({"model_list": [{"model_name": "v", "litellm_params": {"model": "bedrock/claude"}}]});
+        let errors = from_litellm(&unknown, &env).unwrap_err();
+        assert!(errors[0].0.contains("provider \"bedrock\" is not supported (supported: openai,"), "{errors:?}");
+    }
+
+    /// Azure OpenAI: the deployment's path with `api-version`, Azure's `/openai/v1` form, the
+    /// key in `api-key` from AZURE_API_KEY only to Azure's hosts.
+    #[test]
+    fn azure_deployments_get_azure_paths_and_keys() {
+        let doc = json!({"model_list": [
+            {"model_name": "a", "litellm_params": {"model": "azure/gpt4o-prod", "api_base": "https://acme.openai.azure.com", "api_version": "2024-08-01-preview"}},
+            {"model_name": "b", "litellm_params": {"model": "azure/gpt4o-prod", "api_base": "os.environ/AZURE_API_BASE"}},
+            {"model_name": "c", "litellm_params": {"model": "azure/gpt-4.1", "api_base": "https://acme.openai.azure.com/openai/v1/"}},
+            {"model_name": "d", "litellm_params": {"model": "azure/gpt-4.1", "api_base": "https://acme.cognitiveservices.azure.com", "api_version": "preview"}},
+            {"model_name": "e", "litellm_params": {"model": "azure/dep", "api_base": "http://127.0.0.1:9000", "api_key": "os.environ/AZ_MOCK"}},
+            {"model_name": "f", "litellm_params": {"model": "azure/dep", "api_base": "http://127.0.0.1:9000"}},
+        ]});
+        let env = |name: &str| match name {
+            "AZURE_API_BASE" => Some("https://acme-eu.openai.azure.com/".to_owned()),
+            "AZURE_API_VERSION" => Some("2024-06-01".to_owned()),
+            _ => None,
+        };
+        let s = from_litellm(&doc, &env).unwrap();
+        let got: Vec<(&str, &str, &str, Option<&str>)> = s
+            .gateway
+            .deployments
+            .iter()
+            .zip(&s.upstreams)
+            .map(|(d, u)| (u.host.as_str(), d.base_path.as_str(), d.path_query.as_str(), d.api_key_env.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "acme.openai.azure.com",
+                    "/openai/deployments/gpt4o-prod",
+                    "?api-version=2024-08-01-preview",
+                    Some("AZURE_API_KEY")
+                ),
+                (
+                    "acme-eu.openai.azure.com",
+                    "/openai/deployments/gpt4o-prod",
+                    "?api-version=2024-06-01",
+                    Some("AZURE_API_KEY")
+                ),
+                ("acme.openai.azure.com", "/openai/v1", "", Some("AZURE_API_KEY")),
+                ("acme.cognitiveservices.azure.com", "/openai/v1", "?api-version=preview", Some("AZURE_API_KEY")),
+                ("127.0.0.1", "/openai/deployments/dep", "?api-version=2024-06-01", Some("AZ_MOCK")),
+                ("127.0.0.1", "/openai/deployments/dep", "?api-version=2024-06-01", None),
+            ]
+        );
+        assert!(s.gateway.deployments.iter().all(|d| d.provider == Provider::Azure));
+        assert!(s.warnings.iter().any(|w| w.contains("127.0.0.1") && w.contains("$AZURE_API_KEY")), "{:?}", s.warnings);
+        let bad = json!({"model_list": [
+            {"model_name": "a", "litellm_params": {"model": "azure/x y", "api_base": "https://acme.openai.azure.com"}},
+            {"model_name": "b", "litellm_params": {"model": "azure/x"}},
+            {"model_name": "c", "litellm_params": {"model": "openai/x", "api_version": "2024-06-01"}},
+        ]});
+        let errors: Vec<String> = from_litellm(&bad, &|_| None).unwrap_err().into_iter().map(|e| e.0).collect();
+        assert!(errors[0].contains("a deployment name is letters"), "{errors:?}");
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[1].contains("azure/ needs litellm_params.api_base"), "{errors:?}");
+        assert!(errors[2].contains("api_version is Azure's"), "{errors:?}");
     }
 
     /// Without `api_key`, the provider's default variable goes to the provider's own host only:
@@ -584,8 +802,8 @@ mod tests {
             [Some("OPENAI_API_KEY"), Some("OPENAI_API_KEY"), None, None, Some("ANTHROPIC_API_KEY"), Some("VLLM_KEY")]
         );
         let warned: Vec<&String> = s.warnings.iter().filter(|w| w.contains("carry no provider credential")).collect();
-        assert_eq!(warned.len(), 2, "{warned:?}");
-        assert!(warned[1].contains("evil.example") && warned[1].contains("api.openai.com"));
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(warned[0].contains("evil.example") && warned[0].contains("$OPENAI_API_KEY"));
     }
 
     /// `litellm_settings.drop_params` is every deployment's unless its `litellm_params` says.
@@ -634,7 +852,7 @@ mod tests {
         for needle in [
             "model_list[0]",
             "os.environ/NAME",
-            "\"azure\"",
+            "azure/ needs litellm_params.api_base",
             "model_list[2]",
             "model_list[3]",
             "MISSING_VAR",
@@ -744,7 +962,7 @@ mod tests {
 
     #[test]
     fn prices_come_from_model_info_else_the_table_else_a_warning_naming_the_model() {
-        let entry = |model: &str, info: Value| json!({"model_name": "m", "litellm_params": {"model": model}, "model_info": info});
+        let entry = |model: &str, info: Value| json!({"model_name": "m", "litellm_params": {"model": model, "api_base": "http://10.0.0.5:8000/v1"}, "model_info": info});
         let doc = json!({"model_list": [
             entry("openai/gpt-4o", json!({"id": "own", "input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6})),
             entry("hosted_vllm/prod-east", json!({"id": "proxied", "base_model": "gpt-4o-mini"})),

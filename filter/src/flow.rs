@@ -836,12 +836,13 @@ impl<H: Host> RequestFlow<H> {
         if !self.may_use(&group.name) {
             return Err(GatewayError::ModelNotAllowed { model: model.to_owned() });
         }
-        // Deployments of the group that speak this route's wire format, or whose format the
-        // gateway translates to (`translation.rs`).
+        // Deployments of the group whose `mode` serves this route and that speak its wire
+        // format, or one the gateway translates to (`translation.rs`).
         let client_format = endpoint.format();
         let candidates =
             group.deployments.iter().filter_map(|i| Some((*i, config.deployment(*i)?))).filter(|(_, d)| {
-                d.provider.format() == client_format || Direction::between(endpoint, d.provider).is_some()
+                d.mode.is_none_or(|m| m.serves(endpoint))
+                    && (d.provider.format() == client_format || Direction::between(endpoint, d.provider).is_some())
             });
         let chosen = choose_weighted(candidates.clone().map(|(_, d)| d.weight), self.random)
             .and_then(|c| candidates.clone().nth(c));
@@ -908,26 +909,30 @@ impl<H: Host> RequestFlow<H> {
             self.host.replace_request_body(body.len(), &new_body);
             self.host.set_request_header("content-length", Some(new_body.len().to_string().as_bytes()));
         }
-        let upstream_path = format!("{}{}", deployment.base_path, upstream_endpoint.upstream_suffix());
+        let upstream_path =
+            format!("{}{}{}", deployment.base_path, upstream_endpoint.upstream_suffix(), deployment.path_query);
         if upstream_path.as_bytes() != self.path.as_slice() {
             self.host.set_request_header(":path", Some(upstream_path.as_bytes()));
         }
         self.host.set_request_header("x-sluice-cluster", Some(deployment.cluster.as_bytes()));
-        // The provider's credential replaces the client's; the client's other header goes.
+        // The provider's credential replaces the client's, in the provider's header; the
+        // client's key goes from the others (whichever of the three it came in).
         let credential = gateway.credentials.get(index).and_then(Option::as_deref);
-        match deployment.provider {
+        let bearer;
+        let (header, value) = match deployment.provider {
             Provider::Openai => {
-                let bearer = credential.map(|c| format!("Bearer {c}"));
-                self.host.set_request_header("authorization", bearer.as_deref().map(str::as_bytes));
-                self.host.set_request_header("x-api-key", None);
+                bearer = credential.map(|c| format!("Bearer {c}"));
+                ("authorization", bearer.as_deref())
             }
-            Provider::Anthropic => {
-                self.host.set_request_header("x-api-key", credential.map(str::as_bytes));
-                self.host.set_request_header("authorization", None);
-                if self.host.request_header("anthropic-version").is_none() {
-                    self.host.set_request_header("anthropic-version", Some(ANTHROPIC_VERSION.as_bytes()));
-                }
-            }
+            Provider::Anthropic => ("x-api-key", credential),
+            Provider::Azure => ("api-key", credential),
+        };
+        for other in ["authorization", "x-api-key", "api-key"].into_iter().filter(|h| *h != header) {
+            self.host.set_request_header(other, None);
+        }
+        self.host.set_request_header(header, value.map(str::as_bytes));
+        if deployment.provider == Provider::Anthropic && self.host.request_header("anthropic-version").is_none() {
+            self.host.set_request_header("anthropic-version", Some(ANTHROPIC_VERSION.as_bytes()));
         }
         self.admitted = Some(Admitted {
             group: group_index,

@@ -6,7 +6,7 @@ use sluice_core::config::{Deployment, Provider};
 use sluice_core::conversion::{Target, anthropic_openai, openai_anthropic};
 use sluice_core::endpoint::Endpoint;
 use sluice_core::error::{ErrorFormat, GatewayError};
-use sluice_core::usage::Usage;
+use sluice_core::usage::{ApiFormat, Usage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -28,9 +28,9 @@ impl Direction {
 
     /// The translation a request on `endpoint` needs to reach `provider`, if one exists.
     pub fn between(endpoint: Endpoint, provider: Provider) -> Option<Direction> {
-        match (endpoint, provider) {
-            (Endpoint::ChatCompletions, Provider::Anthropic) => Some(Self::OpenAiToAnthropic),
-            (Endpoint::Messages, Provider::Openai) => Some(Self::AnthropicToOpenAi),
+        match (endpoint, provider.format()) {
+            (Endpoint::ChatCompletions, ApiFormat::Anthropic) => Some(Self::OpenAiToAnthropic),
+            (Endpoint::Messages, ApiFormat::OpenAi) => Some(Self::AnthropicToOpenAi),
             _ => None,
         }
     }

@@ -50,6 +50,7 @@ PRICES = {
     "claude-lenient": (3e-6, 1.5e-5, 3e-7, 3.75e-6),
     "dead-model": (1e-6, 1e-6, None, None),
     "dead-claude": (1e-6, 1e-6, None, None),
+    "azure-gpt": (2.5e-6, 1e-5, 1.25e-6, None),
 }
 
 # Keys the tests use, by alias: the CLI flags that create them.
@@ -61,6 +62,7 @@ KEYS = {
     "money-a": [],
     "money-b": ["--team", "platform"],
     "only-gpt4o": ["--models", "gpt-4o"],
+    "providers": [],
     "rpm20": ["--rpm", "20"],
     "tpm": ["--tpm", "300"],
     "budget": ["--max-budget", "0.05"],
@@ -88,10 +90,27 @@ def stop_all(procs):
             proc.kill()
 
 
+# Ports for the test's listeners come from below the kernel's ephemeral range (32768-60999 by
+# default): a port the kernel handed out with bind(0) is free only until some outgoing connection
+# (Envoy to its upstream, a client to Postgres) is given it as its local port, which made a
+# listener fail with "Address already in use" now and then. A counter seeded by the process id
+# keeps one run from reusing a port it already handed out.
+_PORT_FLOOR, _PORT_CEILING = 20000, 32000
+_next_port = _PORT_FLOOR + (os.getpid() * 7919) % (_PORT_CEILING - _PORT_FLOOR)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    global _next_port
+    for _ in range(_PORT_CEILING - _PORT_FLOOR):
+        port = _next_port
+        _next_port = _PORT_FLOOR + (_next_port + 1 - _PORT_FLOOR) % (_PORT_CEILING - _PORT_FLOOR)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 class CertAuthority:
@@ -148,6 +167,7 @@ class Gateway:
         self.provider_keys = {
             "MOCK_OPENAI_KEY": "mock-openai-" + os.urandom(8).hex(),
             "MOCK_ANTHROPIC_KEY": "mock-anthropic-" + os.urandom(8).hex(),
+            "MOCK_AZURE_KEY": "mock-azure-" + os.urandom(8).hex(),
         }
         self.master_key = "sk-master-" + os.urandom(16).hex()
         self.env = {**os.environ, **self.provider_keys, "SLUICE_MASTER_KEY": self.master_key}
@@ -161,7 +181,8 @@ class Gateway:
         proc = subprocess.Popen(
             [self.env_bin["SLUICE_MOCK"], "--listen", "127.0.0.1:0",
              "--openai-key", self.provider_keys["MOCK_OPENAI_KEY"],
-             "--anthropic-key", self.provider_keys["MOCK_ANTHROPIC_KEY"], "--workers", "2"],
+             "--anthropic-key", self.provider_keys["MOCK_ANTHROPIC_KEY"],
+             "--azure-key", self.provider_keys["MOCK_AZURE_KEY"], "--workers", "2"],
             stdout=subprocess.PIPE, text=True)
         self.procs.append(proc)
         line = proc.stdout.readline()
@@ -181,6 +202,9 @@ class Gateway:
         lenient = model_entry("claude-lenient", "anthropic/claude-3-5-sonnet-20241022", self.mock_url,
                               "MOCK_ANTHROPIC_KEY", "claude-lenient")
         lenient["litellm_params"]["drop_params"] = True
+        # Azure OpenAI: the deployment's path, `api-version`, the key in `api-key`.
+        azure = model_entry("azure-gpt", "azure/gpt4o-prod", self.mock_url, "MOCK_AZURE_KEY", "azure-east")
+        azure["litellm_params"]["api_version"] = "2024-10-21"
         models = [
             model_entry("gpt-4o", "openai/gpt-4o-2024-08-06", openai_base, "MOCK_OPENAI_KEY", "gpt-4o-a", 3),
             model_entry("gpt-4o", "openai/gpt-4o", openai_base, "MOCK_OPENAI_KEY", "gpt-4o-b", 1),
@@ -190,6 +214,7 @@ class Gateway:
             lenient,
             model_entry("dead-model", "openai/dead", f"http://127.0.0.1:{dead_port}/v1", "MOCK_OPENAI_KEY", "dead"),
             model_entry("dead-claude", "anthropic/dead", f"http://127.0.0.1:{dead_port}", "MOCK_ANTHROPIC_KEY", "dead-claude"),
+            azure,
         ]
         keys = []
         for alias, flags in KEYS.items():

@@ -57,8 +57,9 @@ class Fleet:
         self.native = NATIVE
         self.openai_key = "mock-openai-" + os.urandom(8).hex()
         self.master_key = "sk-master-" + os.urandom(16).hex()
+        self.azure_key = "mock-azure-" + os.urandom(8).hex()
         self.env = {**os.environ, "MOCK_OPENAI_KEY": self.openai_key, "MOCK_ANTHROPIC_KEY": "unused",
-                    "SLUICE_MASTER_KEY": self.master_key}
+                    "MOCK_AZURE_KEY": self.azure_key, "SLUICE_MASTER_KEY": self.master_key}
         self.admin_port = free_port()
         self.xds_port = free_port()
         self.metrics_port = free_port()
@@ -66,7 +67,8 @@ class Fleet:
         self.envoys = []
         self.procs = []
         mock = subprocess.Popen([self.bins["SLUICE_MOCK"], "--listen", "127.0.0.1:0", "--openai-key", self.openai_key,
-                                 "--anthropic-key", "unused"], stdout=subprocess.PIPE, text=True)
+                                 "--anthropic-key", "unused", "--azure-key", self.azure_key],
+                                stdout=subprocess.PIPE, text=True)
         self.procs.append(mock)
         match = re.search(r"listening on 127\.0\.0\.1:(\d+)", mock.stdout.readline())
         assert match, "mock provider did not start"
@@ -75,6 +77,7 @@ class Fleet:
             "model_list": [
                 model_entry("gpt-4o", "openai/gpt-4o", f"{self.mock_url}/v1", "MOCK_OPENAI_KEY", "gpt-4o-a"),
                 model_entry("gpt-4o-mini", "openai/gpt-4o-mini", f"{self.mock_url}/v1", "MOCK_OPENAI_KEY", "mini"),
+                model_entry("azure-gpt", "azure/gpt4o-prod", self.mock_url, "MOCK_AZURE_KEY", "azure-east"),
             ],
             "general_settings": {"master_key": "os.environ/SLUICE_MASTER_KEY"},
         }
@@ -244,6 +247,21 @@ def test_envoy_runs_on_config_from_the_control_plane_and_never_sees_a_provider_k
     assert fleet.openai_key not in dump  # the SDS secret is redacted
     assert fleet.openai_key not in envoy.log_path.read_text()
     assert fleet.master_key not in dump
+
+
+def test_an_azure_deployment_gets_its_key_in_api_key_from_sds(fleet):
+    """xDS mode: Envoy's credential injector puts the Azure key in `api-key` on Azure's path;
+    the client's key goes nowhere upstream, and the key is never in Envoy's config dump."""
+    envoy = fleet.start_envoy("edge-azure")
+    resp = httpx.post(f"{envoy.url}/v1/chat/completions", json={**CHAT, "model": "azure-gpt"}, timeout=30,
+                      headers={"api-key": fleet.master_key})
+    assert resp.status_code == 200, resp.text
+    seen = fleet.served()["requests"][-1]
+    assert seen["path"] == "/openai/deployments/gpt4o-prod/chat/completions"
+    assert seen["query"] == "api-version=2024-10-21"
+    assert seen["api_key"] == fleet.azure_key and seen["authorization"] is None
+    dump = httpx.get(f"{envoy.admin}/config_dump?include_eds", timeout=5).text
+    assert fleet.azure_key not in dump
 
 
 def test_admin_changes_reach_every_envoy(fleet):

@@ -290,6 +290,7 @@ fn credential_injector(secret_name: &str, provider: Provider) -> HttpFilter {
     let (header, prefix) = match provider {
         Provider::Openai => ("authorization", "Bearer "),
         Provider::Anthropic => ("x-api-key", ""),
+        Provider::Azure => ("api-key", ""),
     };
     let generic = Generic {
         credential: Some(SdsSecretConfig { name: secret_name.into(), sds_config: Some(ads()) }),

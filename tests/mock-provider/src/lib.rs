@@ -1,7 +1,8 @@
-//! A mock LLM provider: OpenAI chat/completions/embeddings and Anthropic messages, streaming
-//! and not, deterministic, with per-request knobs for latency, token counts, chunking, cuts,
-//! errors and garbage. It stands in for the paid upstream in tests, benchmarks and the
-//! quickstart, and counts what it served so tests can check spend records against it.
+//! A mock LLM provider: OpenAI chat/completions/embeddings (also at Azure OpenAI's paths) and
+//! Anthropic messages, streaming and not, deterministic, with per-request knobs for latency,
+//! token counts, chunking, cuts, errors and garbage. It stands in for the paid upstream in
+//! tests, benchmarks and the quickstart, and counts what it served so tests can check spend
+//! records against it.
 
 mod knobs;
 mod providers;
@@ -26,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 pub use knobs::Knobs;
-use providers::{Api, Reply};
+use providers::{Api, Dialect, Reply};
 pub use stats::Stats;
 
 /// Server-wide settings from the command line.
@@ -35,6 +36,8 @@ pub struct Config {
     pub latency_ms: u64,
     pub openai_key: Option<String>,
     pub anthropic_key: Option<String>,
+    /// Required as `api-key` on Azure OpenAI paths when set.
+    pub azure_key: Option<String>,
 }
 
 /// A response body that is either complete or fed frame by frame from a channel; an `Err`
@@ -95,6 +98,7 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response<MockBody> {
 
 async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<MockBody>, Infallible> {
     let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
     let headers: HashMap<String, String> = req
         .headers()
         .iter()
@@ -112,27 +116,64 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Mo
         }
         _ => {}
     }
-    let path_v1 = path.strip_prefix("/v1").unwrap_or(&path);
-    let api = match path_v1 {
-        "/chat/completions" => Api::Chat,
-        "/completions" => Api::Completions,
-        "/embeddings" => Api::Embeddings,
-        "/messages" => Api::Messages,
-        _ => {
-            return Ok(json_response(
-                StatusCode::NOT_FOUND,
-                providers::openai_error("Unknown URL", "invalid_request_error", "unknown_url"),
-            ));
+    let Some((api, dialect)) = route(&path) else {
+        if path.starts_with("/openai/") {
+            return Ok(respond(providers::azure_error(StatusCode::NOT_FOUND, AZURE_NOT_FOUND), Knobs::default()));
         }
+        return Ok(json_response(
+            StatusCode::NOT_FOUND,
+            providers::openai_error("Unknown URL", "invalid_request_error", "unknown_url"),
+        ));
     };
+    // Azure routes a classic deployment path only with an api-version; without one it is a 404,
+    // recorded so a test can tell "never arrived" from "arrived without api-version".
+    if matches!(dialect, Dialect::Azure { deployment: Some(_) }) && !has_api_version(query.as_deref()) {
+        let reply = providers::azure_error(StatusCode::NOT_FOUND, AZURE_NOT_FOUND);
+        state.stats.record(&path, query.as_deref(), &headers, &body, &reply);
+        return Ok(respond(reply, Knobs::default()));
+    }
     let knobs = Knobs::from_headers(&headers, &state.config);
-    let reply = providers::reply(api, &headers, &body, &knobs, &state.config);
-    state.stats.record(&path, &headers, &body, &reply);
+    let reply = providers::reply(api, &dialect, &headers, &body, &knobs, &state.config);
+    state.stats.record(&path, query.as_deref(), &headers, &body, &reply);
     if knobs.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
     }
     Ok(respond(reply, knobs))
 }
+
+/// Which API a path serves, and in whose dialect: OpenAI's `/v1/…` (or bare), Anthropic's
+/// `/v1/messages`, Azure's classic `/openai/deployments/{d}/…` and its `/openai/v1/…`.
+fn route(path: &str) -> Option<(Api, Dialect)> {
+    let openai_api = |rest: &str| match rest {
+        "/chat/completions" => Some(Api::Chat),
+        "/completions" => Some(Api::Completions),
+        "/embeddings" => Some(Api::Embeddings),
+        _ => None,
+    };
+    if let Some(rest) = path.strip_prefix("/openai/v1") {
+        return openai_api(rest).map(|api| (api, Dialect::Azure { deployment: None }));
+    }
+    if let Some(rest) = path.strip_prefix("/openai/deployments/") {
+        let (deployment, rest) = rest.split_at(rest.find('/')?);
+        if deployment.is_empty() {
+            return None;
+        }
+        return openai_api(rest).map(|api| (api, Dialect::Azure { deployment: Some(deployment.to_owned()) }));
+    }
+    let rest = path.strip_prefix("/v1").unwrap_or(path);
+    match rest {
+        "/messages" => Some((Api::Messages, Dialect::Native)),
+        _ => openai_api(rest).map(|api| (api, Dialect::Native)),
+    }
+}
+
+/// Whether the query string carries a non-empty `api-version`, which Azure's classic paths need.
+fn has_api_version(query: Option<&str>) -> bool {
+    query.is_some_and(|q| q.split('&').any(|pair| pair.strip_prefix("api-version=").is_some_and(|v| !v.is_empty())))
+}
+
+/// Azure's message for a path (or a classic path without api-version) it does not route.
+const AZURE_NOT_FOUND: &str = "Resource not found";
 
 fn respond(reply: Reply, knobs: Knobs) -> Response<MockBody> {
     match reply {

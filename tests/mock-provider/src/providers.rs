@@ -1,4 +1,5 @@
 //! OpenAI and Anthropic response shapes, built deterministically from the request and knobs.
+//! Azure OpenAI answers in OpenAI's shapes; only how it is addressed and authorised differs.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +15,18 @@ pub enum Api {
     Completions,
     Embeddings,
     Messages,
+}
+
+/// Whose conventions a request follows around the shared response shapes: the provider's own
+/// (OpenAI's bearer token, Anthropic's x-api-key) or Azure OpenAI's (`api-key`, and in the
+/// classic form a deployment in the path standing in for the body's model).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dialect {
+    Native,
+    /// `deployment` is the path's in the classic `/openai/deployments/{d}/…` form, None in `/openai/v1/…`.
+    Azure {
+        deployment: Option<String>,
+    },
 }
 
 #[derive(Debug)]
@@ -44,6 +57,15 @@ pub fn openai_error(message: &str, kind: &str, code: &str) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// Azure's error envelope for what its front door rejects (routing, keys), before any model runs.
+pub fn azure_error(status: StatusCode, message: &str) -> Reply {
+    let body = json!({"error": {"code": status.as_u16().to_string(), "message": message}});
+    Reply::Json { status, body: serde_json::to_vec(&body).unwrap_or_default() }
+}
+
+/// Azure's answer to a request with no valid key, verbatim.
+const AZURE_DENIED: &str = "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.";
+
 fn anthropic_error(message: &str, kind: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({"type": "error", "error": {"type": kind, "message": message}})).unwrap_or_default()
 }
@@ -66,18 +88,30 @@ fn anthropic_sse(name: &str, data: &Value) -> Vec<u8> {
 }
 
 /// The reply to one request.
-pub fn reply(api: Api, headers: &HashMap<String, String>, body: &[u8], knobs: &Knobs, config: &Config) -> Reply {
+pub fn reply(
+    api: Api,
+    dialect: &Dialect,
+    headers: &HashMap<String, String>,
+    body: &[u8],
+    knobs: &Knobs,
+    config: &Config,
+) -> Reply {
     // Credentials first, as a provider would.
-    let authorised = match api {
-        Api::Messages => config.anthropic_key.as_ref().is_none_or(|k| headers.get("x-api-key") == Some(k)),
-        _ => config
+    let authorised = match (dialect, api) {
+        // Only the exact `api-key` header: a bearer token here means the client used OpenAI's scheme.
+        (Dialect::Azure { .. }, _) => config.azure_key.as_ref().is_none_or(|k| headers.get("api-key") == Some(k)),
+        (Dialect::Native, Api::Messages) => {
+            config.anthropic_key.as_ref().is_none_or(|k| headers.get("x-api-key") == Some(k))
+        }
+        (Dialect::Native, _) => config
             .openai_key
             .as_ref()
             .is_none_or(|k| headers.get("authorization").map(String::as_str) == Some(format!("Bearer {k}").as_str())),
     };
     if !authorised {
-        return match api {
-            Api::Messages => Reply::Json {
+        return match (dialect, api) {
+            (Dialect::Azure { .. }, _) => azure_error(StatusCode::UNAUTHORIZED, AZURE_DENIED),
+            (_, Api::Messages) => Reply::Json {
                 status: StatusCode::UNAUTHORIZED,
                 body: anthropic_error("invalid x-api-key", "authentication_error"),
             },
@@ -96,7 +130,12 @@ pub fn reply(api: Api, headers: &HashMap<String, String>, body: &[u8], knobs: &K
             "invalid_json",
         );
     };
-    let Some(model) = request.get("model").and_then(Value::as_str).map(str::to_owned) else {
+    // Azure's classic form ignores a missing body model: the deployment names what answers.
+    let deployment = match dialect {
+        Dialect::Azure { deployment } => deployment.clone(),
+        Dialect::Native => None,
+    };
+    let Some(model) = request.get("model").and_then(Value::as_str).map(str::to_owned).or(deployment) else {
         return error(
             api,
             StatusCode::BAD_REQUEST,

@@ -14,6 +14,8 @@ const KEEP: usize = 1000;
 #[derive(Debug, Clone, Serialize)]
 struct Seen {
     path: String,
+    /// The raw query string (e.g. Azure's `api-version=…`), None when the URL had none.
+    query: Option<String>,
     model: Option<String>,
     stream: bool,
     include_usage: bool,
@@ -55,7 +57,14 @@ struct PeekOptions {
 }
 
 impl Stats {
-    pub fn record(&self, path: &str, headers: &HashMap<String, String>, body: &[u8], reply: &Reply) {
+    pub fn record(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        headers: &HashMap<String, String>,
+        body: &[u8],
+        reply: &Reply,
+    ) {
         let status = reply.status();
         // A started 2xx response is a billed upstream call, even if it is cut later.
         if (200..300).contains(&status) {
@@ -64,6 +73,7 @@ impl Stats {
         let peek: Peek = serde_json::from_slice(body).unwrap_or_default();
         let seen = Seen {
             path: path.to_owned(),
+            query: query.map(str::to_owned),
             model: peek.model,
             stream: peek.stream.unwrap_or(false),
             include_usage: peek.stream_options.and_then(|o| o.include_usage).unwrap_or(false),

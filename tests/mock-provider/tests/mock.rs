@@ -172,3 +172,130 @@ async fn errors_and_embeddings() {
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["data"].as_array().unwrap().len(), 3);
 }
+
+const AZURE_DENIED: &str = "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.";
+
+fn azure_key() -> Config {
+    Config { azure_key: Some("zk".into()), openai_key: Some("pk".into()), ..Config::default() }
+}
+
+#[tokio::test]
+async fn azure_classic_path_answers_as_the_deployment_and_records_the_query() {
+    let addr = start(azure_key()).await;
+    let path = "/openai/deployments/my-gpt/chat/completions?api-version=2024-10-21";
+    let (status, body, _) =
+        request(addr, path, &[("api-key", "zk"), ("x-mock-completion-tokens", "2")], r#"{"messages":[]}"#).await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], "my-gpt", "no body model: the deployment answers");
+    assert_eq!(v["choices"][0]["message"]["content"], "tok0 tok1");
+    assert_eq!(v["usage"]["completion_tokens"], 2);
+    let (_, body, _) = request(addr, path, &[("api-key", "zk")], r#"{"model":"gpt-4o","messages":[]}"#).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["model"], "gpt-4o", "a body model is echoed as on OpenAI's paths");
+    let (_, stats, _) = request(addr, "/mock/stats", &[], "").await;
+    let stats: serde_json::Value = serde_json::from_slice(&stats).unwrap();
+    assert_eq!(stats["served"], 2);
+    assert_eq!(stats["requests"][0]["path"], "/openai/deployments/my-gpt/chat/completions");
+    assert_eq!(stats["requests"][0]["query"], "api-version=2024-10-21");
+    assert_eq!(stats["requests"][0]["api_key"], "zk");
+    assert_eq!(stats["by_path"]["/openai/deployments/my-gpt/chat/completions"], 2);
+}
+
+#[tokio::test]
+async fn azure_classic_path_without_api_version_is_not_found() {
+    let addr = start(azure_key()).await;
+    for path in ["/openai/deployments/d/chat/completions", "/openai/deployments/d/completions?api-version="] {
+        let (status, body, _) = request(addr, path, &[("api-key", "zk")], r#"{"prompt":"x"}"#).await;
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(body, br#"{"error":{"code":"404","message":"Resource not found"}}"#);
+    }
+    let (status, body, _) = request(addr, "/openai/deployments/d/images?api-version=1", &[], "{}").await;
+    assert_eq!(
+        (status, body.as_slice()),
+        (404, br#"{"error":{"code":"404","message":"Resource not found"}}"#.as_slice())
+    );
+    let (_, stats, _) = request(addr, "/mock/stats", &[], "").await;
+    let stats: serde_json::Value = serde_json::from_slice(&stats).unwrap();
+    assert_eq!(stats["served"], 0);
+    assert_eq!(stats["requests"][0]["query"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn azure_paths_take_only_the_api_key_header() {
+    let addr = start(azure_key()).await;
+    let path = "/openai/deployments/d/chat/completions?api-version=2024-10-21";
+    for headers in [vec![], vec![("api-key", "wrong")], vec![("authorization", "Bearer zk")]] {
+        let (status, body, _) = request(addr, path, &headers, r#"{"messages":[]}"#).await;
+        assert_eq!(status, 401, "{headers:?}");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v, serde_json::json!({"error": {"code": "401", "message": AZURE_DENIED}}));
+    }
+    // The OpenAI paths still want their own key as a bearer token, not Azure's.
+    let (status, _, _) = request(addr, "/v1/chat/completions", &[("api-key", "zk")], r#"{"model":"m"}"#).await;
+    assert_eq!(status, 401);
+    let (status, _, _) =
+        request(addr, "/v1/chat/completions", &[("authorization", "Bearer pk")], r#"{"model":"m"}"#).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn azure_v1_form_needs_a_model_but_no_api_version() {
+    let addr = start(azure_key()).await;
+    let (status, body, _) =
+        request(addr, "/openai/v1/chat/completions", &[("api-key", "zk")], r#"{"model":"dep","messages":[]}"#).await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((v["object"].as_str(), v["model"].as_str()), (Some("chat.completion"), Some("dep")));
+    let (status, _, _) = request(
+        addr,
+        "/openai/v1/completions?api-version=preview",
+        &[("api-key", "zk")],
+        r#"{"model":"dep","prompt":"x"}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _, _) = request(addr, "/openai/v1/chat/completions", &[("api-key", "zk")], r#"{"messages":[]}"#).await;
+    assert_eq!(status, 400, "the v1 form has no deployment to stand in for the model");
+    let (status, _, _) = request(addr, "/openai/v1/chat/completions", &[], r#"{"model":"dep"}"#).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn azure_streams_and_knobs_match_openai() {
+    let addr = start(azure_key()).await;
+    let path = "/openai/deployments/d/chat/completions?api-version=2024-10-21";
+    let body = r#"{"stream":true,"stream_options":{"include_usage":true}}"#;
+    let (status, raw, _) = request(addr, path, &[("api-key", "zk"), ("x-mock-completion-tokens", "3")], body).await;
+    assert_eq!(status, 200);
+    let events = data_events(&raw);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<serde_json::Value> =
+        events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk" && c["model"] == "d"));
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(text, "tok0 tok1 tok2");
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 3);
+    let (status, _, _) = request(addr, path, &[("api-key", "zk"), ("x-mock-status", "429")], "{}").await;
+    assert_eq!(status, 429);
+}
+
+#[tokio::test]
+async fn azure_embeddings() {
+    let addr = start(azure_key()).await;
+    let (status, body, _) = request(
+        addr,
+        "/openai/deployments/emb/embeddings?api-version=2024-10-21",
+        &[("api-key", "zk")],
+        r#"{"input":["a","b"]}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((v["object"].as_str(), v["model"].as_str()), (Some("list"), Some("emb")));
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    let (status, _, _) =
+        request(addr, "/openai/v1/embeddings", &[("api-key", "zk")], r#"{"model":"emb","input":"a"}"#).await;
+    assert_eq!(status, 200);
+}

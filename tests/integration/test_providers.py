@@ -1,0 +1,87 @@
+"""Providers beyond OpenAI and Anthropic, through a real Envoy with the real SDKs: Azure OpenAI
+(the deployment's path with `api-version`, the key in `api-key`), reached by OpenAI-format and
+Anthropic-format clients alike, metered and priced."""
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from conftest import cost
+
+AZURE_PATH = "/openai/deployments/gpt4o-prod/chat/completions"
+
+
+def openai_client(gw):
+    return openai.OpenAI(base_url=f"{gw.url}/v1", api_key=gw.keys["providers"], max_retries=0)
+
+
+def last_azure_call(gw):
+    seen = gw.mock_stats()["requests"][-1]
+    assert seen["path"] == AZURE_PATH, seen
+    return seen
+
+
+def test_the_openai_sdk_reaches_an_azure_deployment(gw):
+    before = len(gw.records("providers"))
+    reply = openai_client(gw).chat.completions.create(
+        model="azure-gpt", messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-mock-prompt-tokens": "120", "x-mock-completion-tokens": "5", "x-mock-cached-tokens": "20"})
+    assert reply.choices[0].message.content == "tok0 tok1 tok2 tok3 tok4"
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (120, 5)
+    seen = last_azure_call(gw)
+    assert seen["query"] == "api-version=2024-10-21"
+    # Azure's key in Azure's header; the client's Sluice key in no header at all.
+    assert seen["api_key"] == gw.provider_keys["MOCK_AZURE_KEY"]
+    assert seen["authorization"] is None and seen["x_api_key"] is None
+    rec = gw.wait_records("providers", before + 1)[-1]
+    assert (rec["model_group"], rec["deployment"], rec["upstream_model"]) == ("azure-gpt", "azure-east", "gpt4o-prod")
+    assert (rec["prompt_tokens"], rec["cached_prompt_tokens"], rec["completion_tokens"]) == (120, 20, 5)
+    assert rec["cost_usd"] == pytest.approx(cost("azure-gpt", 120, 5, cached=20), abs=1e-9)
+
+
+def test_an_azure_stream_is_metered_from_its_usage_chunk(gw):
+    before = len(gw.records("providers"))
+    stream = openai_client(gw).chat.completions.create(
+        model="azure-gpt", stream=True, messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-mock-prompt-tokens": "40", "x-mock-completion-tokens": "7"})
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == " ".join(f"tok{i}" for i in range(7))
+    seen = last_azure_call(gw)
+    # The gateway asks Azure for the usage chunk even though this client did not.
+    assert seen["stream"] and seen["include_usage"]
+    rec = gw.wait_records("providers", before + 1)[-1]
+    assert (rec["prompt_tokens"], rec["completion_tokens"], rec["streamed"], rec["estimated"]) == (40, 7, True, False)
+
+
+def test_the_anthropic_sdk_reaches_an_azure_deployment(gw):
+    """Claude Code in front of Azure OpenAI: Messages → Chat Completions on Azure's path."""
+    before = len(gw.records("providers"))
+    client = anthropic.Anthropic(base_url=gw.url, api_key=gw.keys["providers"], max_retries=0)
+    msg = client.messages.create(
+        model="azure-gpt", max_tokens=50, messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-mock-prompt-tokens": "30", "x-mock-completion-tokens": "3"})
+    assert msg.type == "message" and msg.content[0].text == "tok0 tok1 tok2"
+    assert (msg.usage.input_tokens, msg.usage.output_tokens) == (30, 3)
+    seen = last_azure_call(gw)
+    assert seen["api_key"] == gw.provider_keys["MOCK_AZURE_KEY"] and seen["x_api_key"] is None
+    rec = gw.wait_records("providers", before + 1)[-1]
+    assert (rec["route"], rec["prompt_tokens"], rec["completion_tokens"]) == ("/v1/messages", 30, 3)
+
+
+def test_a_client_sending_its_key_as_api_key_does_not_leak_it_to_openai(gw):
+    """Azure SDKs send the gateway key in `api-key`; an OpenAI deployment must not receive it."""
+    reply = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []},
+                       headers={"api-key": gw.keys["providers"]}, timeout=30)
+    assert reply.status_code == 200, reply.text
+    seen = gw.mock_stats()["requests"][-1]
+    assert seen["path"] == "/v1/chat/completions"
+    assert seen["api_key"] is None
+    assert seen["authorization"] == f"Bearer {gw.provider_keys['MOCK_OPENAI_KEY']}"
+
+
+def test_an_azure_error_comes_back_in_the_clients_format(gw):
+    reply = gw.post("/v1/chat/completions", "providers", {"model": "azure-gpt", "messages": []},
+                    headers={"x-mock-status": "429"})
+    assert reply.status_code == 429
+    assert reply.json()["error"]["message"]
