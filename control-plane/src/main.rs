@@ -422,6 +422,9 @@ fn serve_options(args: &ServeArgs) -> Result<sluice_control_plane::server::Serve
     if let Some(value) = doc.as_ref().and_then(|d| d.get("litellm_settings")?.get("drop_params")) {
         xds.litellm_settings.insert("drop_params".to_owned(), value.clone());
     }
+    if let Some(value) = router.get("model_group_alias") {
+        xds.router_settings.insert("model_group_alias".to_owned(), value.clone());
+    }
     // Before anything starts: a failure policy the native build cannot apply.
     xds.check()?;
     xds.provider_policy =

@@ -50,6 +50,20 @@ pub struct GatewayConfig {
     /// Keys not in `keys` are looked up in the control plane (xDS mode); None: standalone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_lookup: Option<KeyLookupConfig>,
+    /// `router_settings.model_group_alias`: names clients may ask for, served by a group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_group_aliases: Vec<GroupAlias>,
+}
+
+/// One `router_settings.model_group_alias` entry: requests for `alias` go to `group` (and are
+/// metered as that group's); a `hidden` alias is served but not listed by `/v1/models`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GroupAlias {
+    pub alias: String,
+    pub group: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hidden: bool,
 }
 
 /// How the filter asks the control plane for a key it has not cached
@@ -481,8 +495,9 @@ pub struct CompiledConfig {
     pub groups: Vec<ModelGroup>,
     key_index: HashMap<KeyHash, usize>,
     group_index: HashMap<String, usize>,
-    /// Model group names in sorted order, for `/v1/models`.
-    pub sorted_groups: Vec<usize>,
+    /// What `/v1/models` lists, sorted by name: every group and every alias not hidden, each
+    /// with the group that serves it.
+    pub listed_models: Vec<(String, usize)>,
 }
 
 /// The shared-data counter of a key, a team, a key on one model group: the names the filter
@@ -688,6 +703,24 @@ impl CompiledConfig {
             }
         }
 
+        let mut listed_models: Vec<(String, usize)> =
+            groups.iter().enumerate().map(|(i, g)| (g.name.clone(), i)).collect();
+        for a in &config.model_group_aliases {
+            let what = format!("model_group_alias {:?}", a.alias);
+            match group_index.get(&a.group).copied() {
+                _ if group_index.contains_key(&a.alias) => {
+                    errors.push(ConfigError(format!("{what}: a model group or another alias has that name")));
+                }
+                None => errors.push(ConfigError(format!("{what}: model group {:?} is not in model_list", a.group))),
+                Some(g) => {
+                    group_index.insert(a.alias.clone(), g);
+                    if !a.hidden {
+                        listed_models.push((a.alias.clone(), g));
+                    }
+                }
+            }
+        }
+
         let mut teams = Vec::new();
         let mut team_index: HashMap<&str, usize> = HashMap::new();
         for t in &config.teams {
@@ -729,9 +762,8 @@ impl CompiledConfig {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let mut sorted_groups: Vec<usize> = (0..groups.len()).collect();
-        sorted_groups.sort_by(|a, b| groups.get(*a).map(|g| &g.name).cmp(&groups.get(*b).map(|g| &g.name)));
-        Ok(Self { config, keys, teams, groups, key_index, group_index, sorted_groups })
+        listed_models.sort();
+        Ok(Self { config, keys, teams, groups, key_index, group_index, listed_models })
     }
 
     pub fn key(&self, hash: &KeyHash) -> Option<&CompiledKey> {
@@ -834,6 +866,7 @@ mod tests {
             keys: vec![],
             teams: vec![],
             key_lookup: None,
+            model_group_aliases: Vec::new(),
         }
     }
 
@@ -842,7 +875,7 @@ mod tests {
         let c = CompiledConfig::compile(base()).unwrap();
         assert_eq!(c.group("gpt-4o").unwrap().deployments, vec![0, 1]);
         assert!(c.group("nope").is_none());
-        let names: Vec<_> = c.sorted_groups.iter().map(|i| c.groups[*i].name.as_str()).collect();
+        let names: Vec<_> = c.listed_models.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(names, ["claude", "gpt-4o"]);
     }
 

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{
     CompiledConfig, ConfigError, DEFAULT_MAX_REQUEST_BODY_BYTES, DEFAULT_MAX_RESPONSE_SCAN_BYTES, Deployment,
-    GatewayConfig, KeyConfig, ModelMode, Provider, RoutingStrategy, SCHEMA_VERSION, TeamConfig,
+    GatewayConfig, GroupAlias, KeyConfig, ModelMode, Provider, RoutingStrategy, SCHEMA_VERSION, TeamConfig,
 };
 use crate::cost::Pricing;
 use crate::keys::check_master_key;
@@ -153,6 +153,7 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
     let mut request_timeout_secs = DEFAULT_REQUEST_TIMEOUT_SECS;
     let mut routing_strategy = RoutingStrategy::SimpleShuffle;
     let mut drop_params = false;
+    let mut aliases = Vec::new();
     if let Some(settings) = root.get("litellm_settings").and_then(Value::as_object) {
         cx.refuse_unsupported("litellm_settings", settings, &["request_timeout", "drop_params"]);
         if let Some(t) = as_u64(settings.get("request_timeout")) {
@@ -161,7 +162,27 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
         drop_params = flag(&mut cx, "litellm_settings.drop_params", settings.get("drop_params")).unwrap_or(false);
     }
     if let Some(settings) = root.get("router_settings").and_then(Value::as_object) {
-        cx.refuse_unsupported("router_settings", settings, &["routing_strategy", "timeout"]);
+        cx.refuse_unsupported(
+            "router_settings",
+            settings,
+            &[
+                "routing_strategy",
+                "timeout",
+                "model_group_alias",
+                // `sluice serve`'s shared state (read there, not here).
+                "redis_url",
+                "redis_host",
+                "redis_port",
+                "redis_password",
+            ],
+        );
+        aliases = model_group_alias(&mut cx, settings.get("model_group_alias"));
+        if settings.keys().any(|k| k.starts_with("redis_")) {
+            cx.warnings.push(
+                "router_settings.redis_*: read by `sluice serve` (xDS mode); a standalone Envoy counts in its own shared memory"
+                    .into(),
+            );
+        }
         if let Some(t) = as_u64(settings.get("timeout")) {
             request_timeout_secs = t;
         }
@@ -257,6 +278,7 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
         keys,
         teams,
         key_lookup: None,
+        model_group_aliases: aliases,
     };
     if cx.errors.is_empty() {
         // The filter's own validation: what it would refuse, refuse here.
@@ -324,7 +346,37 @@ fn flag(cx: &mut Ctx<'_>, path: &str, value: Option<&Value>) -> Option<bool> {
     }
 }
 
-/// `drop_params` is `litellm_settings.drop_params` unless an entry's `litellm_params` says.
+/// `router_settings.model_group_alias`: `alias: group` or `alias: {model: group, hidden: true}`.
+fn model_group_alias(cx: &mut Ctx<'_>, value: Option<&Value>) -> Vec<GroupAlias> {
+    let Some(value) = value.filter(|v| !v.is_null()) else { return Vec::new() };
+    let Some(map) = value.as_object() else {
+        cx.error("router_settings.model_group_alias must be a mapping of alias to model group".into());
+        return Vec::new();
+    };
+    let mut aliases = Vec::new();
+    for (alias, target) in map {
+        let at = format!("router_settings.model_group_alias.{alias}");
+        let (group, hidden) = match target {
+            Value::String(group) => (group.clone(), false),
+            Value::Object(o) => {
+                cx.refuse_unsupported(&at, o, &["model", "hidden"]);
+                let Some(group) = o.get("model").and_then(Value::as_str) else {
+                    cx.error(format!("{at}.model: the model group is required"));
+                    continue;
+                };
+                let hidden = flag(cx, &format!("{at}.hidden"), o.get("hidden")).unwrap_or(false);
+                (group.to_owned(), hidden)
+            }
+            _ => {
+                cx.error(format!("{at}: must be a model group name or {{model, hidden}}"));
+                continue;
+            }
+        };
+        aliases.push(GroupAlias { alias: alias.clone(), group, hidden });
+    }
+    aliases
+}
+
 /// A string setting of a `litellm_params` entry: written there (literally or as
 /// `os.environ/NAME`), else read from LiteLLM's variable for it; `None` when neither is set.
 fn setting(
@@ -374,6 +426,7 @@ fn azure_path(api_path: &str, deployment: &str, version: &str) -> Result<(String
     Ok((format!("{base}/openai/deployments/{deployment}"), format!("?api-version={version}")))
 }
 
+/// `drop_params` is `litellm_settings.drop_params` unless an entry's `litellm_params` says.
 fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Vec<Deployment>, Vec<Upstream>) {
     let mut deployments = Vec::new();
     let mut upstreams = Vec::new();
@@ -660,6 +713,33 @@ mod tests {
             assert!(all.iter().any(|e| e.starts_with(needle)), "no error for {needle}:\n{all:#?}");
         }
         assert_eq!(all.len(), 6, "{all:#?}");
+    }
+
+    /// LiteLLM's `router_settings.model_group_alias`, both spellings; an alias must name a
+    /// group and must not shadow one.
+    #[test]
+    fn model_group_aliases_are_read_and_checked() {
+        let mut doc = realistic();
+        doc["router_settings"]["model_group_alias"] =
+            json!({"gpt-4": "gpt-4o", "sonnet": {"model": "claude", "hidden": true}});
+        let s = from_litellm(&doc, &env).unwrap();
+        let aliases: Vec<(&str, &str, bool)> =
+            s.gateway.model_group_aliases.iter().map(|a| (a.alias.as_str(), a.group.as_str(), a.hidden)).collect();
+        assert_eq!(aliases, [("gpt-4", "gpt-4o", false), ("sonnet", "claude", true)]);
+        let c = CompiledConfig::compile(s.gateway).unwrap();
+        assert_eq!(c.group_index("sonnet"), c.group_index("claude"));
+        let listed: Vec<&str> = c.listed_models.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(listed, ["claude", "gpt-4", "gpt-4o"], "hidden aliases are served, not listed");
+        for (bad, says) in [
+            (json!({"gpt-5": "nope"}), "model group \"nope\" is not in model_list"),
+            (json!({"claude": "gpt-4o"}), "a model group or another alias has that name"),
+            (json!({"x": {"model": "gpt-4o", "order": 1}}), "model_group_alias.x.order: not supported"),
+            (json!(["gpt-4o"]), "must be a mapping"),
+        ] {
+            doc["router_settings"]["model_group_alias"] = bad;
+            let errors = from_litellm(&doc, &env).unwrap_err();
+            assert!(errors.iter().any(|e| e.0.contains(says)), "{says}: {errors:?}");
+        }
     }
 
     /// `model_info.mode` is kept (the filter routes by it); a mode Sluice has no route for is

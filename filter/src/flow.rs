@@ -767,7 +767,8 @@ impl<H: Host> RequestFlow<H> {
         }
     }
 
-    /// `GET /v1/models`: the model groups this key may use, answered without an upstream.
+    /// `GET /v1/models`: the model groups and aliases this key may use, answered without an
+    /// upstream.
     fn answer_models(&mut self) {
         #[derive(serde::Serialize)]
         struct Model<'a> {
@@ -778,11 +779,12 @@ impl<H: Host> RequestFlow<H> {
         }
         let config = self.config();
         let data: Vec<Model<'_>> = config
-            .sorted_groups
+            .listed_models
             .iter()
-            .filter_map(|i| config.groups.get(*i))
-            .filter(|g| self.may_use(&g.name))
-            .map(|g| Model { id: &g.name, object: "model", created: 0, owned_by: "sluice" })
+            .filter(|(name, group)| {
+                self.may_use(name) || config.groups.get(*group).is_some_and(|g| self.may_use(&g.name))
+            })
+            .map(|(name, _)| Model { id: name, object: "model", created: 0, owned_by: "sluice" })
             .collect();
         let body = serde_json::to_vec(&serde_json::json!({ "object": "list", "data": data })).unwrap_or_default();
         self.rejected = true; // answered locally: no upstream, no usage record
@@ -833,7 +835,8 @@ impl<H: Host> RequestFlow<H> {
         let group_index =
             config.group_index(model).ok_or_else(|| GatewayError::UnknownModel { model: model.to_owned() })?;
         let group = config.groups.get(group_index).ok_or(GatewayError::Internal { detail: "group" })?;
-        if !self.may_use(&group.name) {
+        // A key may name the group or the name it asked for (an alias of the group).
+        if !self.may_use(&group.name) && !self.may_use(model) {
             return Err(GatewayError::ModelNotAllowed { model: model.to_owned() });
         }
         // Deployments of the group whose `mode` serves this route and that speak its wire

@@ -5,8 +5,8 @@ use std::rc::Rc;
 
 use crate::host::{Action, Host};
 use sluice_core::config::{
-    CompiledConfig, Deployment, GatewayConfig, KeyConfig, ModelMode, Provider, RoutingStrategy, SCHEMA_VERSION,
-    TeamConfig,
+    CompiledConfig, Deployment, GatewayConfig, GroupAlias, KeyConfig, ModelMode, Provider, RoutingStrategy,
+    SCHEMA_VERSION, TeamConfig,
 };
 use sluice_core::cost::Pricing;
 use sluice_core::keys::{KeyHash, key_from_random};
@@ -72,6 +72,7 @@ pub(crate) fn base_config() -> GatewayConfig {
         keys: vec![key_config(1)],
         teams: vec![],
         key_lookup: None,
+        model_group_aliases: Vec::new(),
     }
 }
 
@@ -277,6 +278,40 @@ fn azure_deployments_get_their_path_and_api_key() {
     assert_eq!(s.host.request_header_str("x-api-key"), None);
     let sent: serde_json::Value = serde_json::from_slice(&s.host.stream.request_body.borrow()).unwrap();
     assert_eq!(sent["messages"][0]["content"], "hi", "translated to Chat Completions: {sent}");
+}
+
+/// `router_settings.model_group_alias`: an alias is served (and metered) by its group, listed
+/// by `/v1/models` unless hidden, and a key may be given the alias or the group.
+#[test]
+fn a_model_group_alias_is_served_by_its_group() {
+    let mut cfg = base_config();
+    cfg.model_group_aliases = vec![
+        GroupAlias { alias: "gpt-4".into(), group: "gpt-4o".into(), hidden: false },
+        GroupAlias { alias: "secret".into(), group: "gpt-4o-mini".into(), hidden: true },
+    ];
+    cfg.keys.push(KeyConfig { models: vec!["gpt-4".into()], ..key_config(2) });
+    let h = Harness::new(cfg);
+    for model in ["gpt-4", "secret"] {
+        let (mut s, reply) =
+            h.post("/v1/chat/completions", &key(1), &format!(r#"{{"model":"{model}","messages":[]}}"#));
+        assert!(reply.is_none(), "{model}");
+        s.respond(200, "application/json", &[openai_response(10, 5, 0).as_bytes()], true);
+        s.finish();
+    }
+    let groups: Vec<String> =
+        h.envoy.records().iter().map(|r| r["model_group"].as_str().unwrap_or("").to_owned()).collect();
+    assert_eq!(groups, ["gpt-4o", "gpt-4o-mini"], "metered as the group");
+    // Only the alias is allowed to key 2: the alias works, another group does not.
+    assert!(h.post("/v1/chat/completions", &key(2), r#"{"model":"gpt-4","messages":[]}"#).1.is_none());
+    let (_, reply) = h.post("/v1/chat/completions", &key(2), r#"{"model":"gpt-4o-mini","messages":[]}"#);
+    assert_eq!(reply.map(|r| r.status), Some(403));
+    for (k, listed) in [(key(1), vec!["claude-3-5-sonnet", "gpt-4", "gpt-4o", "gpt-4o-mini"]), (key(2), vec!["gpt-4"])]
+    {
+        let mut s = h.start("GET", "/v1/models", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        let models = s.send_body(b"").expect("answered").json();
+        let ids: Vec<&str> = models["data"].as_array().unwrap().iter().filter_map(|m| m["id"].as_str()).collect();
+        assert_eq!(ids, listed);
+    }
 }
 
 /// `model_info.mode`: an embedding deployment is not called for chat, nor a chat one for

@@ -232,7 +232,10 @@ class Gateway:
             self.key_ids[alias] = created["key_hash"].removeprefix("sha256:")[:16]
         config = {
             "model_list": models,
-            "router_settings": {"routing_strategy": "simple-shuffle"},
+            "router_settings": {
+                "routing_strategy": "simple-shuffle",
+                "model_group_alias": {"gpt-4": "gpt-4o-mini", "mini-hidden": {"model": "gpt-4o-mini", "hidden": True}},
+            },
             "general_settings": {"master_key": "os.environ/SLUICE_MASTER_KEY", "max_request_size_mb": 1},
             "teams": [
                 {"team_id": "platform", "rpm_limit": 100000, "max_budget": 1000},

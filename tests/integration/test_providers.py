@@ -1,6 +1,6 @@
-"""Providers beyond OpenAI and Anthropic, through a real Envoy with the real SDKs: Azure OpenAI
-(the deployment's path with `api-version`, the key in `api-key`), reached by OpenAI-format and
-Anthropic-format clients alike, metered and priced."""
+"""Providers and model names, through a real Envoy with the real SDKs: Azure OpenAI (the
+deployment's path with `api-version`, the key in `api-key`), reached by OpenAI-format and
+Anthropic-format clients alike, metered and priced; LiteLLM's `model_group_alias`."""
 
 import anthropic
 import httpx
@@ -85,3 +85,16 @@ def test_an_azure_error_comes_back_in_the_clients_format(gw):
                     headers={"x-mock-status": "429"})
     assert reply.status_code == 429
     assert reply.json()["error"]["message"]
+
+
+def test_a_model_group_alias_is_served_and_metered_as_its_group(gw):
+    before = len(gw.records("providers"))
+    for name in ["gpt-4", "mini-hidden"]:
+        reply = openai_client(gw).chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}])
+        assert reply.choices[0].message.content
+        assert gw.mock_stats()["requests"][-1]["model"] == "gpt-4o-mini"
+    recs = gw.wait_records("providers", before + 2)[-2:]
+    assert [r["model_group"] for r in recs] == ["gpt-4o-mini", "gpt-4o-mini"]
+    listed = {m.id for m in openai_client(gw).models.list()}
+    assert "gpt-4" in listed and "gpt-4o-mini" in listed
+    assert "mini-hidden" not in listed  # served, not listed

@@ -80,6 +80,8 @@ pub struct XdsOptions {
     pub general_settings: serde_json::Map<String, serde_json::Value>,
     /// config.yaml's `litellm_settings` that shape the filter (`drop_params`).
     pub litellm_settings: serde_json::Map<String, serde_json::Value>,
+    /// config.yaml's `router_settings` that shape the filter (`model_group_alias`).
+    pub router_settings: serde_json::Map<String, serde_json::Value>,
     pub key_lookup: KeyLookupConfig,
     /// Which credentials deployments may name and where they may go; checked again here, so a
     /// deployment stored before a policy change never gets a refused credential.
@@ -109,6 +111,7 @@ impl XdsOptions {
             module,
             general_settings: serde_json::Map::new(),
             litellm_settings: serde_json::Map::new(),
+            router_settings: serde_json::Map::new(),
             key_lookup: KeyLookupConfig {
                 cluster: CONTROL_PLANE_CLUSTER.into(),
                 timeout_ms: 1000,
@@ -131,10 +134,29 @@ pub fn build(
     opts: &XdsOptions,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(Snapshot, Vec<String>), String> {
+    // An alias of a group no deployment serves any more (deleted through the admin API) is
+    // left out with a warning: it must not stop every later configuration from reaching Envoy.
+    let mut router_settings = opts.router_settings.clone();
+    let mut dropped = Vec::new();
+    if let Some(serde_json::Value::Object(aliases)) = router_settings.get_mut("model_group_alias") {
+        let served =
+            |group: &str| model_list.iter().any(|m| m.get("model_name").and_then(|n| n.as_str()) == Some(group));
+        aliases.retain(|alias, target| {
+            let group = target.as_str().or_else(|| target.get("model").and_then(|m| m.as_str())).unwrap_or("");
+            let keep = served(group);
+            if !keep {
+                dropped.push(format!(
+                    "router_settings.model_group_alias.{alias}: model group {group:?} has no deployment; not served"
+                ));
+            }
+            keep
+        });
+    }
     let doc = serde_json::json!({
         "model_list": model_list,
         "general_settings": opts.general_settings,
         "litellm_settings": opts.litellm_settings,
+        "router_settings": router_settings,
     });
     let standalone =
         from_litellm(&doc, env).map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
@@ -147,6 +169,7 @@ pub fn build(
     let mut clusters = BTreeMap::new();
     let mut secrets = BTreeMap::new();
     let mut warnings = standalone.warnings;
+    warnings.extend(dropped);
     for (deployment, upstream) in gateway.deployments.iter_mut().zip(&standalone.upstreams) {
         // The credential goes to SDS; the filter config keeps no trace of it.
         let credential = deployment.api_key_env.take().and_then(|name| {
@@ -470,6 +493,24 @@ mod tests {
         assert_eq!(snap.clusters_named_by[FILTER_CONFIG_NAME].len(), 2);
         // The filter accepts what the control plane sends.
         sluice_core::config::CompiledConfig::compile(gateway).unwrap();
+    }
+
+    /// `router_settings.model_group_alias` reaches the filter; an alias of a group that no
+    /// deployment serves any more is left out with a warning instead of stopping every update.
+    #[test]
+    fn model_group_aliases_reach_the_filter_and_a_stale_one_is_dropped() {
+        let mut opts = options();
+        let aliases = json!({"model_group_alias": {"gpt-4": "gpt-4o", "old": {"model": "gone", "hidden": true}}});
+        opts.router_settings = aliases.as_object().unwrap().clone();
+        let (snap, warnings) = build(&model_list(), &opts, &env).unwrap();
+        let ext: TypedExtensionConfig = decode(&snap.resources[EXTENSION_CONFIG][FILTER_CONFIG_NAME]);
+        let wasm: Wasm = decode(ext.typed_config.as_ref().unwrap());
+        let json: StringValue = decode(wasm.config.unwrap().configuration.as_ref().unwrap());
+        let gateway: GatewayConfig = serde_json::from_str(&json.value).unwrap();
+        let names: Vec<(&str, &str)> =
+            gateway.model_group_aliases.iter().map(|a| (a.alias.as_str(), a.group.as_str())).collect();
+        assert_eq!(names, [("gpt-4", "gpt-4o")]);
+        assert!(warnings.iter().any(|w| w.contains("model_group_alias.old") && w.contains("\"gone\"")), "{warnings:?}");
     }
 
     #[test]
