@@ -186,6 +186,33 @@ impl Provider {
     }
 }
 
+impl Deployment {
+    /// The upstream model for a request to this deployment's group: the configured name, with
+    /// its `*` replaced by the part of the requested name the group's `*` matched.
+    pub fn upstream_model_for<'a>(&'a self, matched: Option<&str>) -> std::borrow::Cow<'a, str> {
+        match matched {
+            Some(part) if self.upstream_model.contains('*') => self.upstream_model.replacen('*', part, 1).into(),
+            _ => std::borrow::Cow::Borrowed(&self.upstream_model),
+        }
+    }
+
+    /// The prices of `upstream_model` at this deployment, and whether none is known.
+    pub fn pricing_for(&self, upstream_model: &str) -> (Pricing, bool) {
+        match self.priced_models.get(upstream_model) {
+            Some(pricing) => (*pricing, false),
+            None => (self.pricing, self.price_unknown),
+        }
+    }
+}
+
+/// The part of `name` that `pattern`'s one `*` matches (`openai/*` and `openai/gpt-4o`: `gpt-4o`),
+/// or None when it does not match or `pattern` has no `*`.
+pub fn wildcard_match<'a>(pattern: &str, name: &'a str) -> Option<&'a str> {
+    let (prefix, suffix) = pattern.split_once('*')?;
+    let rest = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+    (!rest.is_empty()).then_some(rest)
+}
+
 /// LiteLLM's `model_info.mode`: which routes a deployment serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -256,6 +283,10 @@ pub struct Deployment {
     /// dropped in translation instead of refused (400 `unsupported_params`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drop_params: bool,
+    /// A wildcard deployment's prices by upstream model (the built-in table's models of its
+    /// provider that its pattern matches); a model not listed is billed at `pricing`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub priced_models: BTreeMap<String, Pricing>,
     /// `model_info.mode`: the routes it serves (any, when not given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<ModelMode>,
@@ -496,8 +527,10 @@ pub struct CompiledConfig {
     key_index: HashMap<KeyHash, usize>,
     group_index: HashMap<String, usize>,
     /// What `/v1/models` lists, sorted by name: every group and every alias not hidden, each
-    /// with the group that serves it.
+    /// with the group that serves it (a wildcard group by the priced names it matches).
     pub listed_models: Vec<(String, usize)>,
+    /// Groups whose name has a `*`, the most specific (longest fixed part) first.
+    wildcard_groups: Vec<usize>,
 }
 
 /// The shared-data counter of a key, a team, a key on one model group: the names the filter
@@ -662,6 +695,15 @@ impl CompiledConfig {
             if d.upstream_model.is_empty() {
                 errors.push(ConfigError(format!("{what}: the upstream model name is empty")));
             }
+            let stars = |s: &str| s.matches('*').count();
+            if stars(&d.model_name) > 1 || stars(&d.upstream_model) > 1 {
+                errors.push(ConfigError(format!("{what}: a wildcard name has one '*'")));
+            } else if stars(&d.upstream_model) == 1 && stars(&d.model_name) == 0 {
+                errors.push(ConfigError(format!(
+                    "{what}: the upstream model {:?} has a '*' but model_name has none to fill it",
+                    d.upstream_model
+                )));
+            }
             if !is_safe_name(&d.cluster) {
                 errors.push(ConfigError(format!(
                     "{what}: cluster {:?} must be 1-200 characters of [A-Za-z0-9-_.:/]",
@@ -703,8 +745,27 @@ impl CompiledConfig {
             }
         }
 
-        let mut listed_models: Vec<(String, usize)> =
-            groups.iter().enumerate().map(|(i, g)| (g.name.clone(), i)).collect();
+        let mut listed_models: Vec<(String, usize)> = Vec::new();
+        let mut wildcard_groups = Vec::new();
+        for (i, g) in groups.iter().enumerate() {
+            if !g.name.contains('*') {
+                listed_models.push((g.name.clone(), i));
+                continue;
+            }
+            wildcard_groups.push(i);
+            // Listed as the names it serves that have a known price, else as the pattern.
+            let before = listed_models.len();
+            for d in g.deployments.iter().filter_map(|d| config.deployments.get(*d)) {
+                for upstream in d.priced_models.keys() {
+                    let served = wildcard_match(&d.upstream_model, upstream).map(|part| g.name.replacen('*', part, 1));
+                    listed_models.extend(served.map(|name| (name, i)));
+                }
+            }
+            if listed_models.len() == before {
+                listed_models.push((g.name.clone(), i));
+            }
+        }
+        wildcard_groups.sort_by_key(|i| std::cmp::Reverse(groups.get(*i).map_or(0, |g| g.name.len())));
         for a in &config.model_group_aliases {
             let what = format!("model_group_alias {:?}", a.alias);
             match group_index.get(&a.group).copied() {
@@ -763,7 +824,8 @@ impl CompiledConfig {
             return Err(errors);
         }
         listed_models.sort();
-        Ok(Self { config, keys, teams, groups, key_index, group_index, listed_models })
+        listed_models.dedup_by(|a, b| a.0 == b.0);
+        Ok(Self { config, keys, teams, groups, key_index, group_index, listed_models, wildcard_groups })
     }
 
     pub fn key(&self, hash: &KeyHash) -> Option<&CompiledKey> {
@@ -787,6 +849,18 @@ impl CompiledConfig {
     /// Position of a model group in `groups`.
     pub fn group_index(&self, name: &str) -> Option<usize> {
         self.group_index.get(name).copied()
+    }
+
+    /// The group serving a requested model name: a group or alias of that name, else the most
+    /// specific wildcard group matching it, with the part its `*` matched.
+    pub fn resolve_model<'a>(&self, name: &'a str) -> Option<(usize, Option<&'a str>)> {
+        if let Some(index) = self.group_index(name) {
+            return Some((index, None));
+        }
+        self.wildcard_groups.iter().find_map(|i| {
+            let group = self.groups.get(*i)?;
+            wildcard_match(&group.name, name).map(|part| (*i, Some(part)))
+        })
     }
 
     pub fn deployment(&self, idx: usize) -> Option<&Deployment> {
@@ -843,6 +917,7 @@ mod tests {
             cluster: format!("sluice_{id}"),
             base_path: "/v1".into(),
             path_query: String::new(),
+            priced_models: BTreeMap::new(),
             mode: None,
             api_key_env: Some("OPENAI_API_KEY".into()),
             weight: 1,

@@ -6,6 +6,8 @@
 //! Secrets are never copied into warnings, errors or the output: `os.environ/NAME` values are
 //! kept as names (provider keys) or hashed (the master key).
 
+use std::collections::BTreeMap;
+
 use serde_json::{Map, Value};
 
 use crate::config::{
@@ -553,6 +555,7 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
         let base_model = info.get("base_model").and_then(Value::as_str);
         let catalog = base_model.and_then(price_catalog::lookup).or_else(|| price_catalog::lookup(model));
         let mut price_unknown = false;
+        let mut priced_models = BTreeMap::new();
         let pricing = if info.contains_key("input_cost_per_token") || info.contains_key("output_cost_per_token") {
             Pricing {
                 input_cost_per_token: price("input_cost_per_token").unwrap_or(0.0),
@@ -562,6 +565,20 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
             }
         } else if let Some(listed) = catalog {
             listed.pricing()
+        } else if upstream_model.contains('*') {
+            // A wildcard: each model it reaches at the table's price for it; the others at $0,
+            // flagged price_unknown, like any model with no known price.
+            priced_models = price_catalog::matching(provider_name, upstream_model)
+                .into_iter()
+                .map(|(name, price)| (name, price.pricing()))
+                .collect();
+            cx.warnings.push(format!(
+                "{at}: a wildcard: the {} models of {provider_name}/ in the built-in table that {upstream_model:?} \
+                 matches are priced from it; any other is recorded at $0, flagged price_unknown",
+                priced_models.len()
+            ));
+            price_unknown = true;
+            Pricing::default()
         } else {
             let named = base_model.unwrap_or(model);
             cx.warnings.push(format!(
@@ -603,6 +620,7 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
             cluster,
             base_path,
             path_query,
+            priced_models,
             mode,
             api_key_env,
             weight: shuffle_weight(weight, rpm, tpm),
@@ -740,6 +758,50 @@ mod tests {
             let errors = from_litellm(&doc, &env).unwrap_err();
             assert!(errors.iter().any(|e| e.0.contains(says)), "{says}: {errors:?}");
         }
+    }
+
+    /// Wildcard groups (`openai/*`, `*`): each model they reach is priced from the built-in
+    /// table, a group or alias of the exact name wins, and the most specific pattern next.
+    #[test]
+    fn wildcard_groups_route_any_name_of_their_provider_at_its_price() {
+        let doc = json!({"model_list": [
+            {"model_name": "openai/*", "litellm_params": {"model": "openai/*"}},
+            {"model_name": "*", "litellm_params": {"model": "anthropic/*"}},
+            {"model_name": "claude-sonnet-*", "litellm_params": {"model": "anthropic/claude-sonnet-*"},
+             "model_info": {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}},
+            {"model_name": "openai/gpt-4o", "litellm_params": {"model": "openai/gpt-4o"}},
+        ]});
+        let s = from_litellm(&doc, &env).unwrap();
+        let d = &s.gateway.deployments;
+        assert_eq!(d[0].priced_models.get("gpt-4o-mini").map(|p| p.input_cost_per_token), Some(1.5e-7));
+        assert!(d[0].price_unknown, "a model the table does not know is flagged");
+        assert!(d[2].priced_models.is_empty() && !d[2].price_unknown, "model_info prices every model it reaches");
+        let c = CompiledConfig::compile(s.gateway.clone()).unwrap();
+        let group = |name: &'static str| c.resolve_model(name).map(|(g, part)| (c.groups[g].name.clone(), part));
+        assert_eq!(group("openai/gpt-4o"), Some(("openai/gpt-4o".to_owned(), None)), "the exact group wins");
+        assert_eq!(group("openai/gpt-4o-mini"), Some(("openai/*".to_owned(), Some("gpt-4o-mini"))));
+        assert_eq!(
+            group("claude-sonnet-4-5"),
+            Some(("claude-sonnet-*".to_owned(), Some("4-5"))),
+            "the most specific pattern"
+        );
+        assert_eq!(group("claude-opus-4-5"), Some(("*".to_owned(), Some("claude-opus-4-5"))));
+        let wild = &s.gateway.deployments[1];
+        assert_eq!(wild.upstream_model_for(Some("claude-opus-4-5")), "claude-opus-4-5");
+        assert_eq!(wild.pricing_for("claude-opus-4-5").1, false);
+        assert_eq!(wild.pricing_for("claude-made-up").1, true);
+        // /v1/models lists the names a wildcard serves at a known price.
+        assert!(c.listed_models.iter().any(|(n, _)| n == "openai/gpt-4o-mini"));
+        let listed = |name: &str| c.listed_models.iter().any(|(n, _)| n == name);
+        assert!(!listed("openai/*") && !listed("*"));
+        assert!(listed("claude-sonnet-*"), "a wildcard without a table of its models is listed as its pattern");
+        let bad = json!({"model_list": [
+            {"model_name": "a", "litellm_params": {"model": "openai/*"}},
+            {"model_name": "b/*/*", "litellm_params": {"model": "openai/*"}},
+        ]});
+        let errors: Vec<String> = from_litellm(&bad, &env).unwrap_err().into_iter().map(|e| e.0).collect();
+        assert!(errors.iter().any(|e| e.contains("has a '*' but model_name has none")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("a wildcard name has one '*'")), "{errors:?}");
     }
 
     /// `model_info.mode` is kept (the filter routes by it); a mode Sluice has no route for is

@@ -6,7 +6,7 @@
 //! Used where config.yaml is read (the CLI and the control plane); the filter gets prices
 //! already resolved in its config, so the table is never in the wasm module.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 
 use serde::Deserialize;
@@ -78,6 +78,18 @@ pub fn lookup(model: &str) -> Option<CatalogPrice> {
     same_provider.then_some(*price)
 }
 
+/// The models of `provider` (as `lookup` finds them under `provider/name`) whose names
+/// `pattern`'s one `*` matches (a wildcard deployment's `openai/*`: every OpenAI model), by name.
+pub fn matching(provider: &str, pattern: &str) -> BTreeMap<String, CatalogPrice> {
+    let prefix = format!("{provider}/");
+    table()
+        .keys()
+        .map(|name| name.strip_prefix(&prefix).unwrap_or(name))
+        .filter(|name| crate::config::wildcard_match(pattern, name).is_some())
+        .filter_map(|name| Some((name.to_owned(), lookup(&format!("{prefix}{name}"))?)))
+        .collect()
+}
+
 /// How many models the table has (for `sluice config check`'s summary and the tests).
 pub fn len() -> usize {
     table().len()
@@ -110,5 +122,15 @@ mod tests {
         assert_eq!(lookup("anthropic/gpt-4o"), None);
         assert_eq!(lookup("openai/my-fine-tune"), None);
         assert_eq!(lookup("hosted_vllm/llama-3"), None);
+    }
+
+    #[test]
+    fn a_wildcard_finds_its_providers_models_only() {
+        let openai = matching("openai", "*");
+        assert_eq!(openai.get("gpt-4o").map(|p| p.input), Some(2.5e-6));
+        assert!(!openai.contains_key("claude-sonnet-4-5") && !openai.keys().any(|k| k.contains('/')));
+        let claude = matching("anthropic", "claude-sonnet-*");
+        assert!(claude.contains_key("claude-sonnet-4-5") && claude.keys().all(|k| k.starts_with("claude-sonnet-")));
+        assert!(matching("hosted_vllm", "*").is_empty());
     }
 }

@@ -10,7 +10,7 @@ use sluice_core::config::{
     CompiledConfig, CompiledKey, CompiledTeam, DEFAULT_MAX_OUTPUT_TOKENS, FleetBudget, KeyConfig, Provider,
     ResolvedKey, TeamConfig,
 };
-use sluice_core::cost::nanos_to_usd;
+use sluice_core::cost::{Pricing, nanos_to_usd};
 use sluice_core::endpoint::Endpoint;
 use sluice_core::error::{ErrorFormat, GatewayError, LimitKind, LimitScope};
 use sluice_core::fleet::{self, WindowSet};
@@ -257,6 +257,11 @@ struct Admitted {
     est_prompt_tokens: u64,
     tickets: Vec<Ticket>,
     remaining: Remaining,
+    /// What the upstream model costs, and whether no price is known for it.
+    pricing: Pricing,
+    price_unknown: bool,
+    /// The upstream model a wildcard deployment was asked for (others: the deployment's).
+    wildcard_model: Option<String>,
 }
 
 /// What the response tap keeps while the response passes.
@@ -832,10 +837,10 @@ impl<H: Host> RequestFlow<H> {
         let gateway = Rc::clone(&self.gateway);
         let config = &gateway.config;
         let model = req.model.as_ref();
-        let group_index =
-            config.group_index(model).ok_or_else(|| GatewayError::UnknownModel { model: model.to_owned() })?;
+        let (group_index, matched) =
+            config.resolve_model(model).ok_or_else(|| GatewayError::UnknownModel { model: model.to_owned() })?;
         let group = config.groups.get(group_index).ok_or(GatewayError::Internal { detail: "group" })?;
-        // A key may name the group or the name it asked for (an alias of the group).
+        // A key may name the group or the name it asked for (an alias, a wildcard's match).
         if !self.may_use(&group.name) && !self.may_use(model) {
             return Err(GatewayError::ModelNotAllowed { model: model.to_owned() });
         }
@@ -854,6 +859,8 @@ impl<H: Host> RequestFlow<H> {
         };
         let format = deployment.provider.format();
         let streamed = req.stream && endpoint.can_stream();
+        let upstream_model = deployment.upstream_model_for(matched);
+        let (pricing, price_unknown) = deployment.pricing_for(&upstream_model);
         // Translated before admission: a request that cannot be translated reserves nothing.
         // (`between` names only pairs of different formats.)
         let translated = match Direction::between(endpoint, deployment.provider) {
@@ -861,7 +868,7 @@ impl<H: Host> RequestFlow<H> {
             Some(direction) => {
                 let translation =
                     Translation { direction, client_model: model.to_owned(), include_usage: req.client_wants_usage };
-                Some((translation.request(body, deployment, DEFAULT_MAX_OUTPUT_TOKENS)?, translation))
+                Some((translation.request(body, deployment, &upstream_model, DEFAULT_MAX_OUTPUT_TOKENS)?, translation))
             }
         };
 
@@ -872,7 +879,7 @@ impl<H: Host> RequestFlow<H> {
         } else {
             req.max_output_tokens.or(deployment.max_output_tokens).unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS)
         };
-        let max_cost = deployment.pricing.max_cost_nanos(est_prompt_tokens, max_output);
+        let max_cost = pricing.max_cost_nanos(est_prompt_tokens, max_output);
         let mut scopes: Vec<Scope<'_>> = Vec::with_capacity(3);
         // Looked-up scopes (xDS mode) share slots; configured ones have named records.
         let placement = if config.config.key_lookup.is_some() { Placement::Slotted } else { Placement::Named };
@@ -906,7 +913,7 @@ impl<H: Host> RequestFlow<H> {
         let strip_usage_chunk = wants_usage_chunk && !req.client_wants_usage;
         let (new_body, upstream_endpoint, translation) = match translated {
             Some((body, translation)) => (Some(body), translation.direction.upstream_endpoint(), Some(translation)),
-            None => (rewrite_body(body, &req, &deployment.upstream_model, wants_usage_chunk), endpoint, None),
+            None => (rewrite_body(body, &req, &upstream_model, wants_usage_chunk), endpoint, None),
         };
         if let Some(new_body) = new_body {
             self.host.replace_request_body(body.len(), &new_body);
@@ -947,6 +954,12 @@ impl<H: Host> RequestFlow<H> {
             est_prompt_tokens,
             tickets,
             remaining,
+            pricing,
+            price_unknown,
+            wildcard_model: match upstream_model {
+                std::borrow::Cow::Owned(name) => Some(name),
+                std::borrow::Cow::Borrowed(_) => None,
+            },
         });
         Ok(())
     }
@@ -1046,7 +1059,7 @@ impl<H: Host> RequestFlow<H> {
         let Some(deployment) = gateway.config.deployment(admitted.deployment) else {
             return;
         };
-        let cost_nanos = deployment.pricing.cost_nanos(&usage);
+        let cost_nanos = admitted.pricing.cost_nanos(&usage);
         let now = self.host.now_ms();
         if !counters::settle_all(&self.host, &admitted.tickets, now, usage.total_tokens(), cost_nanos) {
             self.host.log(LogLevel::Error, "sluice: could not settle counters (shared data unavailable)");
@@ -1057,7 +1070,7 @@ impl<H: Host> RequestFlow<H> {
             metrics.add(COMPLETION_TOKENS, usage.completion_tokens);
             metrics.add(COST_NANOS, cost_nanos);
             metrics.add(ESTIMATED, u64::from(estimated));
-            metrics.add(UNPRICED, u64::from(deployment.price_unknown));
+            metrics.add(UNPRICED, u64::from(admitted.price_unknown));
         }
         let key = self.key();
         let unverified_id = match &self.principal {
@@ -1078,7 +1091,7 @@ impl<H: Host> RequestFlow<H> {
             user_id: key.and_then(|k| k.user_id.as_deref()),
             model_group: gateway.config.groups.get(admitted.group).map_or("", |g| g.name.as_str()),
             deployment: &deployment.id,
-            upstream_model: &deployment.upstream_model,
+            upstream_model: admitted.wildcard_model.as_deref().unwrap_or(&deployment.upstream_model),
             route: self.endpoint.map_or("", Endpoint::route),
             status: self.status,
             outcome,
@@ -1093,7 +1106,7 @@ impl<H: Host> RequestFlow<H> {
             latency_ms: now.saturating_sub(self.start_ms),
             streamed: admitted.streamed,
             estimated,
-            price_unknown: deployment.price_unknown,
+            price_unknown: admitted.price_unknown,
         };
         let Ok(json) = serde_json::to_vec(&record) else {
             return;

@@ -32,6 +32,7 @@ fn deployment(id: &str, group: &str, provider: Provider, upstream: &str) -> Depl
         cluster: format!("sluice_{id}"),
         base_path: if provider == Provider::Openai { "/v1".into() } else { String::new() },
         path_query: String::new(),
+        priced_models: Default::default(),
         mode: None,
         api_key_env: None,
         weight: 1,
@@ -312,6 +313,35 @@ fn a_model_group_alias_is_served_by_its_group() {
         let ids: Vec<&str> = models["data"].as_array().unwrap().iter().filter_map(|m| m["id"].as_str()).collect();
         assert_eq!(ids, listed);
     }
+}
+
+/// A wildcard group: the requested name's matched part is the upstream model, priced from the
+/// deployment's table of known models, and flagged `price_unknown` when it is not in it.
+#[test]
+fn a_wildcard_group_sends_the_matched_model_at_its_price() {
+    let mut cfg = base_config();
+    let mut wild = deployment("wild", "openai/*", Provider::Openai, "*");
+    wild.priced_models.insert("gpt-4o-mini".into(), Pricing { input_cost_per_token: 1e-6, ..Pricing::default() });
+    // As config.yaml makes it without model_info prices: $0 and flagged for any other model.
+    (wild.pricing, wild.price_unknown) = (Pricing::default(), true);
+    cfg.deployments.push(wild);
+    let h = Harness::new(cfg);
+    for model in ["openai/gpt-4o-mini", "openai/ft-mine"] {
+        let (mut s, reply) =
+            h.post("/v1/chat/completions", &key(1), &format!(r#"{{"model":"{model}","messages":[]}}"#));
+        assert!(reply.is_none(), "{model}");
+        let sent: serde_json::Value = serde_json::from_slice(&s.host.stream.request_body.borrow()).unwrap();
+        assert_eq!(sent["model"], model.trim_start_matches("openai/"));
+        s.respond(200, "application/json", &[openai_response(1000, 0, 0).as_bytes()], true);
+        s.finish();
+    }
+    let records = h.envoy.records();
+    let got: Vec<(&str, f64, bool)> = records
+        .iter()
+        .map(|r| (r["upstream_model"].as_str().unwrap(), r["cost_usd"].as_f64().unwrap(), r["price_unknown"] == true))
+        .collect();
+    assert_eq!(got, [("gpt-4o-mini", 1e-3, false), ("ft-mine", 0.0, true)]);
+    assert_eq!(records[0]["model_group"], "openai/*");
 }
 
 /// `model_info.mode`: an embedding deployment is not called for chat, nor a chat one for

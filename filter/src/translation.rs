@@ -60,10 +60,11 @@ impl Translation {
         &self,
         body: &[u8],
         deployment: &Deployment,
+        upstream_model: &str,
         default_max_tokens: u64,
     ) -> Result<Vec<u8>, GatewayError> {
         let target = Target {
-            model: &deployment.upstream_model,
+            model: upstream_model,
             default_max_tokens: deployment.max_output_tokens.unwrap_or(default_max_tokens),
             drop_params: deployment.drop_params,
         };

@@ -215,6 +215,10 @@ class Gateway:
             model_entry("dead-model", "openai/dead", f"http://127.0.0.1:{dead_port}/v1", "MOCK_OPENAI_KEY", "dead"),
             model_entry("dead-claude", "anthropic/dead", f"http://127.0.0.1:{dead_port}", "MOCK_ANTHROPIC_KEY", "dead-claude"),
             azure,
+            # A wildcard: any `wild/<name>` goes to the OpenAI-format mock as `<name>`, priced
+            # from the built-in table.
+            {"model_name": "wild/*", "litellm_params": {"model": "openai/*", "api_base": openai_base,
+                                                         "api_key": "os.environ/MOCK_OPENAI_KEY"}},
         ]
         keys = []
         for alias, flags in KEYS.items():

@@ -1,6 +1,7 @@
 """Providers and model names, through a real Envoy with the real SDKs: Azure OpenAI (the
 deployment's path with `api-version`, the key in `api-key`), reached by OpenAI-format and
-Anthropic-format clients alike, metered and priced; LiteLLM's `model_group_alias`."""
+Anthropic-format clients alike, metered and priced; LiteLLM's `model_group_alias` and wildcard
+model groups."""
 
 import anthropic
 import httpx
@@ -98,3 +99,20 @@ def test_a_model_group_alias_is_served_and_metered_as_its_group(gw):
     listed = {m.id for m in openai_client(gw).models.list()}
     assert "gpt-4" in listed and "gpt-4o-mini" in listed
     assert "mini-hidden" not in listed  # served, not listed
+
+
+def test_a_wildcard_group_sends_the_model_asked_for_at_the_tables_price(gw):
+    before = len(gw.records("providers"))
+    for name in ["wild/gpt-4o-mini", "wild/my-fine-tune"]:
+        reply = openai_client(gw).chat.completions.create(
+            model=name, messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-mock-prompt-tokens": "1000", "x-mock-completion-tokens": "100"})
+        assert reply.choices[0].message.content
+        assert gw.mock_stats()["requests"][-1]["model"] == name.removeprefix("wild/")
+    known, unknown = gw.wait_records("providers", before + 2)[-2:]
+    assert (known["model_group"], known["upstream_model"], known["price_unknown"]) == ("wild/*", "gpt-4o-mini", False)
+    # gpt-4o-mini in the built-in table: $0.15 and $0.60 per million tokens.
+    assert known["cost_usd"] == pytest.approx(1000 * 0.15e-6 + 100 * 0.6e-6, abs=1e-12)
+    # Not in the table: served, recorded at $0 and flagged, never silently.
+    assert (unknown["upstream_model"], unknown["cost_usd"], unknown["price_unknown"]) == ("my-fine-tune", 0, True)
+    assert "wild/gpt-4o-mini" in {m.id for m in openai_client(gw).models.list()}
