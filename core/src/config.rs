@@ -217,12 +217,14 @@ pub fn wildcard_match<'a>(pattern: &str, name: &'a str) -> Option<&'a str> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelMode {
-    /// `/v1/chat/completions` and `/v1/messages`.
+    /// `/v1/chat/completions`, `/v1/messages` and `/v1/responses`.
     Chat,
     /// `/v1/completions`.
     Completion,
     /// `/v1/embeddings`.
     Embedding,
+    /// `/v1/responses` only (a model OpenAI serves on the Responses API alone).
+    Responses,
 }
 
 impl ModelMode {
@@ -231,6 +233,7 @@ impl ModelMode {
             "chat" => Some(Self::Chat),
             "completion" => Some(Self::Completion),
             "embedding" => Some(Self::Embedding),
+            "responses" => Some(Self::Responses),
             _ => None,
         }
     }
@@ -238,9 +241,10 @@ impl ModelMode {
     pub fn serves(self, endpoint: crate::endpoint::Endpoint) -> bool {
         use crate::endpoint::Endpoint as E;
         match self {
-            Self::Chat => matches!(endpoint, E::ChatCompletions | E::Messages),
+            Self::Chat => matches!(endpoint, E::ChatCompletions | E::Messages | E::Responses),
             Self::Completion => endpoint == E::Completions,
             Self::Embedding => endpoint == E::Embeddings,
+            Self::Responses => endpoint == E::Responses,
         }
     }
 }

@@ -12,6 +12,8 @@ pub enum Endpoint {
     Models,
     /// Anthropic `/v1/messages`: passed through to Anthropic deployments.
     Messages,
+    /// OpenAI's Responses API (`/v1/responses`): passed through to OpenAI deployments.
+    Responses,
 }
 
 impl Endpoint {
@@ -23,8 +25,14 @@ impl Endpoint {
         }
     }
 
-    pub const ALL: [Endpoint; 5] =
-        [Endpoint::ChatCompletions, Endpoint::Completions, Endpoint::Embeddings, Endpoint::Models, Endpoint::Messages];
+    pub const ALL: [Endpoint; 6] = [
+        Endpoint::ChatCompletions,
+        Endpoint::Completions,
+        Endpoint::Embeddings,
+        Endpoint::Models,
+        Endpoint::Messages,
+        Endpoint::Responses,
+    ];
 
     /// Recognises a request path (query string allowed), or None for a route Sluice doesn't serve.
     pub fn from_path(path: &[u8]) -> Option<Self> {
@@ -37,6 +45,7 @@ impl Endpoint {
             b"/embeddings" => Some(Self::Embeddings),
             b"/models" => Some(Self::Models),
             b"/messages" => Some(Self::Messages),
+            b"/responses" => Some(Self::Responses),
             _ => None,
         }
     }
@@ -49,6 +58,7 @@ impl Endpoint {
             Self::Embeddings => "/v1/embeddings",
             Self::Models => "/v1/models",
             Self::Messages => "/v1/messages",
+            Self::Responses => "/v1/responses",
         }
     }
 
@@ -60,6 +70,7 @@ impl Endpoint {
             Self::Embeddings => "/embeddings",
             Self::Models => "/models",
             Self::Messages => "/v1/messages",
+            Self::Responses => "/responses",
         }
     }
 
@@ -79,7 +90,7 @@ impl Endpoint {
 
     /// Whether responses on this route can stream (embeddings never do).
     pub fn can_stream(self) -> bool {
-        matches!(self, Self::ChatCompletions | Self::Completions | Self::Messages)
+        matches!(self, Self::ChatCompletions | Self::Completions | Self::Messages | Self::Responses)
     }
 
     fn bit(self) -> u8 {
@@ -92,7 +103,7 @@ impl Endpoint {
 pub struct RouteSet(u8);
 
 impl RouteSet {
-    pub const ALL: RouteSet = RouteSet(0b1_1111);
+    pub const ALL: RouteSet = RouteSet(0b11_1111);
 
     /// Compiles LiteLLM-style `allowed_routes`: route paths (with or without `/v1`) or the
     /// route groups `llm_api_routes`, `openai_routes`, `anthropic_routes`, `info_routes`.
@@ -111,6 +122,7 @@ impl RouteSet {
                         | Endpoint::Completions.bit()
                         | Endpoint::Embeddings.bit()
                         | Endpoint::Models.bit()
+                        | Endpoint::Responses.bit()
                 }
                 "anthropic_routes" => Endpoint::Messages.bit(),
                 "info_routes" => Endpoint::Models.bit(),
@@ -139,6 +151,11 @@ mod tests {
         assert_eq!(Endpoint::from_path(b"/v1/models/"), Some(Endpoint::Models));
         assert_eq!(Endpoint::from_path(b"/messages"), Some(Endpoint::Messages));
         assert_eq!(Endpoint::from_path(b"/v1/embeddings"), Some(Endpoint::Embeddings));
+        assert_eq!(Endpoint::from_path(b"/v1/responses"), Some(Endpoint::Responses));
+        for e in Endpoint::ALL {
+            assert_eq!(Endpoint::from_path(e.route().as_bytes()), Some(e));
+            assert!(RouteSet::ALL.contains(e));
+        }
         for other in
             [&b"/"[..], b"/v2/chat/completions", b"/v1/chat/completions/../x", b"/admin", b"", b"/v1/v1/models"]
         {

@@ -602,7 +602,7 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
             None | Some(Value::Null) => None,
             Some(Value::String(m)) => ModelMode::parse(m).or_else(|| {
                 cx.error(format!(
-                    "{at}: model_info.mode {m:?} is not supported by Sluice (chat, completion or embedding)"
+                    "{at}: model_info.mode {m:?} is not supported by Sluice (chat, completion, embedding or responses)"
                 ));
                 None
             }),

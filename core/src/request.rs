@@ -26,6 +26,9 @@ struct Fields<'a> {
     max_tokens: Option<u64>,
     #[serde(default)]
     max_completion_tokens: Option<u64>,
+    /// The Responses API's name for it.
+    #[serde(default)]
+    max_output_tokens: Option<u64>,
 }
 
 fn raw_keep_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -49,7 +52,7 @@ pub struct LlmRequest<'a> {
     pub client_wants_usage: bool,
     /// Byte range of the `stream_options` value, if present.
     stream_options_span: Option<(usize, usize)>,
-    /// `max_completion_tokens`, else `max_tokens`.
+    /// `max_completion_tokens`, else `max_tokens`, else (Responses API) `max_output_tokens`.
     pub max_output_tokens: Option<u64>,
 }
 
@@ -101,14 +104,14 @@ pub fn parse_request(body: &[u8]) -> Result<LlmRequest<'_>, GatewayError> {
         stream: fields.stream.unwrap_or(false),
         client_wants_usage,
         stream_options_span,
-        max_output_tokens: fields.max_completion_tokens.or(fields.max_tokens),
+        max_output_tokens: fields.max_completion_tokens.or(fields.max_tokens).or(fields.max_output_tokens),
     })
 }
 
 /// Best guess at which field a serde data error is about, for the error's `param`.
 fn field_of(e: &serde_json::Error) -> &'static str {
     let msg = e.to_string();
-    ["max_completion_tokens", "max_tokens", "stream_options", "stream", "model"]
+    ["max_completion_tokens", "max_output_tokens", "max_tokens", "stream_options", "stream", "model"]
         .into_iter()
         .find(|f| msg.contains(f))
         .unwrap_or(if msg.contains("boolean") {

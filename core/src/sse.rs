@@ -261,6 +261,40 @@ impl SseUsageScanner {
                 self.anthropic_event(data, name);
                 true
             }
+            ApiFormat::OpenAiResponses => {
+                self.responses_event(data, name);
+                true
+            }
+        }
+    }
+
+    /// OpenAI's Responses API: text in `response.output_text.delta`, usage in the final
+    /// `response.completed` (or `response.incomplete`: cut short by a limit, but finished and
+    /// billed); a `response.failed` carries usage if the provider billed any, but is no
+    /// completion. There is no `[DONE]`.
+    fn responses_event(&mut self, data: &[u8], name: &[u8]) {
+        let Ok(event) = serde_json::from_slice::<ResponsesEvent>(data) else {
+            self.malformed = true;
+            return;
+        };
+        let kind = event.kind.unwrap_or(match name {
+            b"response.output_text.delta" => ResponsesKind::OutputTextDelta,
+            b"response.completed" => ResponsesKind::Completed,
+            b"response.incomplete" => ResponsesKind::Incomplete,
+            b"response.failed" => ResponsesKind::Failed,
+            _ => ResponsesKind::Other,
+        });
+        match kind {
+            ResponsesKind::OutputTextDelta => {
+                self.delivered_text_bytes = self.delivered_text_bytes.saturating_add(event.delta.0);
+            }
+            ResponsesKind::Completed | ResponsesKind::Incomplete | ResponsesKind::Failed => {
+                if let Some(usage) = event.response.and_then(|r| r.usage) {
+                    self.usage = Some(usage);
+                }
+                self.completed = !matches!(kind, ResponsesKind::Failed);
+            }
+            ResponsesKind::Other => {}
         }
     }
 
@@ -602,6 +636,39 @@ struct OpenAiFunction {
     arguments: TextLen,
 }
 
+/// A Responses API stream event: only what the scanner needs.
+#[derive(Deserialize)]
+struct ResponsesEvent {
+    #[serde(rename = "type", default)]
+    kind: Option<ResponsesKind>,
+    /// `response.output_text.delta`'s text.
+    #[serde(default)]
+    delta: TextLen,
+    /// The response object of `response.completed` / `incomplete` / `failed`.
+    #[serde(default)]
+    response: Option<ResponsesBody>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+enum ResponsesKind {
+    #[serde(rename = "response.output_text.delta")]
+    OutputTextDelta,
+    #[serde(rename = "response.completed")]
+    Completed,
+    #[serde(rename = "response.incomplete")]
+    Incomplete,
+    #[serde(rename = "response.failed")]
+    Failed,
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct ResponsesBody {
+    #[serde(default)]
+    usage: Option<RawUsage>,
+}
+
 /// An Anthropic stream event: only what the scanner needs.
 #[derive(Deserialize)]
 struct AnthropicEvent {
@@ -925,6 +992,63 @@ mod tests {
                 check_every_split(ApiFormat::OpenAi, strip, &openai_events(), eol, &want);
             }
         }
+    }
+
+    /// OpenAI's Responses API as it streams (abridged payloads, real shapes): text from the
+    /// `output_text` deltas, usage from `response.completed`, no `[DONE]`.
+    fn responses_events() -> Vec<Ev> {
+        vec![
+            named(
+                "response.created",
+                r#"{"type":"response.created","sequence_number":0,"response":{"id":"resp_1","object":"response","status":"in_progress","output":[],"usage":null}}"#,
+                0,
+            ),
+            named(
+                "response.output_item.added",
+                r#"{"type":"response.output_item.added","sequence_number":1,"output_index":0,"item":{"type":"message","id":"msg_1","status":"in_progress","role":"assistant","content":[]}}"#,
+                0,
+            ),
+            named(
+                "response.output_text.delta",
+                r#"{"type":"response.output_text.delta","sequence_number":2,"item_id":"msg_1","output_index":0,"content_index":0,"delta":"Hello"}"#,
+                5,
+            ),
+            named(
+                "response.output_text.delta",
+                r#"{"type":"response.output_text.delta","sequence_number":3,"item_id":"msg_1","output_index":0,"content_index":0,"delta":" w\u00f6rld"}"#,
+                7,
+            ),
+            named(
+                "response.output_text.done",
+                r#"{"type":"response.output_text.done","sequence_number":4,"item_id":"msg_1","output_index":0,"content_index":0,"text":"Hello wörld"}"#,
+                0,
+            ),
+            named(
+                "response.completed",
+                r#"{"type":"response.completed","sequence_number":5,"response":{"id":"resp_1","object":"response","status":"completed","output":[{"type":"message","content":[{"type":"output_text","text":"Hello wörld"}]}],"usage":{"input_tokens":30,"input_tokens_details":{"cached_tokens":10},"output_tokens":4,"output_tokens_details":{"reasoning_tokens":1},"total_tokens":34}}}"#,
+                0,
+            ),
+        ]
+    }
+
+    #[test]
+    fn responses_stream_at_every_split() {
+        let usage = Usage {
+            prompt_tokens: 30,
+            cached_prompt_tokens: 10,
+            cache_write_tokens: 0,
+            completion_tokens: 4,
+            reasoning_tokens: 1,
+        };
+        let want = Outcome { usage: Some(usage), text: 12, completed: true, malformed: false };
+        for eol in ["\n", "\r\n"] {
+            check_every_split(ApiFormat::OpenAiResponses, false, &responses_events(), eol, &want);
+        }
+        // Cut before `response.completed`: text delivered, no usage, not complete.
+        let mut events = responses_events();
+        events.pop();
+        let want = Outcome { usage: None, text: 12, completed: false, malformed: false };
+        check_every_split(ApiFormat::OpenAiResponses, false, &events, "\n", &want);
     }
 
     #[test]

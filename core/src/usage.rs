@@ -10,6 +10,9 @@ pub enum ApiFormat {
     OpenAi,
     /// Anthropic `/v1/messages`.
     Anthropic,
+    /// OpenAI's Responses API (`/v1/responses`): `input_tokens` (cached ones included) and
+    /// `output_tokens`, and in a stream, typed events ending in `response.completed`.
+    OpenAiResponses,
 }
 
 /// Normalised token counts of one request.
@@ -50,6 +53,9 @@ pub(crate) struct RawUsage {
     output_tokens: Option<u64>,
     cache_creation_input_tokens: Option<u64>,
     cache_read_input_tokens: Option<u64>,
+    // OpenAI Responses
+    input_tokens_details: Option<PromptDetails>,
+    output_tokens_details: Option<CompletionDetails>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -71,6 +77,14 @@ impl RawUsage {
                 cache_write_tokens: 0,
                 completion_tokens: self.completion_tokens.unwrap_or(0),
                 reasoning_tokens: self.completion_tokens_details.as_ref().and_then(|d| d.reasoning_tokens).unwrap_or(0),
+            },
+            // Unlike Anthropic's, these input tokens already include the cached ones.
+            ApiFormat::OpenAiResponses => Usage {
+                prompt_tokens: self.input_tokens.unwrap_or(0),
+                cached_prompt_tokens: self.input_tokens_details.as_ref().and_then(|d| d.cached_tokens).unwrap_or(0),
+                cache_write_tokens: 0,
+                completion_tokens: self.output_tokens.unwrap_or(0),
+                reasoning_tokens: self.output_tokens_details.as_ref().and_then(|d| d.reasoning_tokens).unwrap_or(0),
             },
             ApiFormat::Anthropic => {
                 let writes = self.cache_creation_input_tokens.unwrap_or(0);
@@ -98,6 +112,8 @@ impl RawUsage {
             output_tokens,
             cache_creation_input_tokens,
             cache_read_input_tokens,
+            input_tokens_details,
+            output_tokens_details,
         } = later;
         self.prompt_tokens = prompt_tokens.or(self.prompt_tokens);
         self.completion_tokens = completion_tokens.or(self.completion_tokens);
@@ -107,6 +123,8 @@ impl RawUsage {
         self.output_tokens = output_tokens.or(self.output_tokens);
         self.cache_creation_input_tokens = cache_creation_input_tokens.or(self.cache_creation_input_tokens);
         self.cache_read_input_tokens = cache_read_input_tokens.or(self.cache_read_input_tokens);
+        self.input_tokens_details = input_tokens_details.or(self.input_tokens_details.take());
+        self.output_tokens_details = output_tokens_details.or(self.output_tokens_details.take());
     }
 }
 
@@ -137,6 +155,22 @@ mod tests {
                 cache_write_tokens: 0,
                 completion_tokens: 5,
                 reasoning_tokens: 2
+            }
+        );
+    }
+
+    #[test]
+    fn openai_responses_usage_counts_cached_input_inside_input_tokens() {
+        let body = br#"{"object":"response","output":[],"usage":{"input_tokens":100,"input_tokens_details":{"cached_tokens":40},"output_tokens":20,"output_tokens_details":{"reasoning_tokens":8},"total_tokens":120}}"#;
+        let u = parse_response_usage(ApiFormat::OpenAiResponses, body).unwrap();
+        assert_eq!(
+            u,
+            Usage {
+                prompt_tokens: 100,
+                cached_prompt_tokens: 40,
+                cache_write_tokens: 0,
+                completion_tokens: 20,
+                reasoning_tokens: 8
             }
         );
     }

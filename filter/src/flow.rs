@@ -851,13 +851,17 @@ impl<H: Host> RequestFlow<H> {
             group.deployments.iter().filter_map(|i| Some((*i, config.deployment(*i)?))).filter(|(_, d)| {
                 d.mode.is_none_or(|m| m.serves(endpoint))
                     && (d.provider.format() == client_format || Direction::between(endpoint, d.provider).is_some())
+                    // The Responses API is OpenAI's own, passed through to OpenAI only.
+                    && (endpoint != Endpoint::Responses || d.provider == Provider::Openai)
             });
         let chosen = choose_weighted(candidates.clone().map(|(_, d)| d.weight), self.random)
             .and_then(|c| candidates.clone().nth(c));
         let Some((index, deployment)) = chosen else {
             return Err(GatewayError::ModelNotOnRoute { model: model.to_owned(), route: endpoint.route() });
         };
-        let format = deployment.provider.format();
+        // What the response is parsed as: the deployment's format, or the Responses API's own.
+        let format =
+            if endpoint == Endpoint::Responses { ApiFormat::OpenAiResponses } else { deployment.provider.format() };
         let streamed = req.stream && endpoint.can_stream();
         let upstream_model = deployment.upstream_model_for(matched);
         let (pricing, price_unknown) = deployment.pricing_for(&upstream_model);

@@ -344,6 +344,60 @@ fn a_wildcard_group_sends_the_matched_model_at_its_price() {
     assert_eq!(records[0]["model_group"], "openai/*");
 }
 
+/// OpenAI's Responses API: passed through to OpenAI deployments (model renamed, nothing
+/// added), metered from its own usage shape, streamed or not; never to Anthropic.
+#[test]
+fn the_responses_api_is_passed_through_and_metered() {
+    let h = Harness::new(base_config());
+    let body = r#"{"model":"gpt-4o","input":"hi","max_output_tokens":50}"#;
+    let (mut s, reply) = h.post("/v1/responses", &key(1), body);
+    assert!(reply.is_none());
+    assert_eq!(s.host.request_header_str(":path").as_deref(), Some("/v1/responses"));
+    let sent: serde_json::Value = serde_json::from_slice(&s.host.stream.request_body.borrow()).unwrap();
+    assert_eq!((sent["model"].as_str(), sent.get("stream_options")), (Some("gpt-4o-2024-08-06"), None));
+    let answer = r#"{"object":"response","status":"completed","output":[],"usage":{"input_tokens":100,"input_tokens_details":{"cached_tokens":40},"output_tokens":20,"output_tokens_details":{"reasoning_tokens":5},"total_tokens":120}}"#;
+    s.respond(200, "application/json", &[answer.as_bytes()], true);
+    s.finish();
+
+    let (mut s, reply) = h.post("/v1/responses", &key(1), r#"{"model":"gpt-4o","input":"hi","stream":true}"#);
+    assert!(reply.is_none());
+    let sent: serde_json::Value = serde_json::from_slice(&s.host.stream.request_body.borrow()).unwrap();
+    assert_eq!(sent.get("stream_options"), None, "the Responses API reports usage without being asked");
+    let events = [
+        "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"usage\":null}}\n\n",
+        "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"hello\"}\n\n",
+        "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":7,\"output_tokens\":3}}}\n\n",
+    ];
+    let chunks: Vec<&[u8]> = events.iter().map(|e| e.as_bytes()).collect();
+    assert_eq!(s.respond(200, "text/event-stream", &chunks, true), events.concat().into_bytes(), "passed unchanged");
+    s.finish();
+
+    let records = h.envoy.records();
+    let got: Vec<(u64, u64, u64, u64, bool, &str)> = records
+        .iter()
+        .map(|r| {
+            let n = |k: &str| r[k].as_u64().unwrap_or(0);
+            let outcome = r["outcome"].as_str().unwrap_or("");
+            (
+                n("prompt_tokens"),
+                n("cached_prompt_tokens"),
+                n("completion_tokens"),
+                n("reasoning_tokens"),
+                r["estimated"] == true,
+                outcome,
+            )
+        })
+        .collect();
+    assert_eq!(got, [(100, 40, 20, 5, false, "completed"), (7, 0, 3, 0, false, "completed")]);
+    assert_eq!(records[0]["route"], "/v1/responses");
+
+    let (_, reply) = h.post("/v1/responses", &key(1), r#"{"model":"claude-3-5-sonnet","input":"hi"}"#);
+    assert_eq!(
+        reply.map(|r| r.json()["error"]["code"].clone()),
+        Some(serde_json::json!("model_not_supported_on_route"))
+    );
+}
+
 /// `model_info.mode`: an embedding deployment is not called for chat, nor a chat one for
 /// embeddings; the client is told the model is not served on that route.
 #[test]

@@ -1,7 +1,7 @@
 """Providers and model names, through a real Envoy with the real SDKs: Azure OpenAI (the
 deployment's path with `api-version`, the key in `api-key`), reached by OpenAI-format and
-Anthropic-format clients alike, metered and priced; LiteLLM's `model_group_alias` and wildcard
-model groups."""
+Anthropic-format clients alike, metered and priced; OpenAI's Responses API passed through and
+metered; LiteLLM's `model_group_alias` and wildcard model groups."""
 
 import anthropic
 import httpx
@@ -109,10 +109,48 @@ def test_a_wildcard_group_sends_the_model_asked_for_at_the_tables_price(gw):
             extra_headers={"x-mock-prompt-tokens": "1000", "x-mock-completion-tokens": "100"})
         assert reply.choices[0].message.content
         assert gw.mock_stats()["requests"][-1]["model"] == name.removeprefix("wild/")
-    known, unknown = gw.wait_records("providers", before + 2)[-2:]
+    # Two Envoy workers may write their records in either order.
+    recs = {r["upstream_model"]: r for r in gw.wait_records("providers", before + 2)[-2:]}
+    known, unknown = recs["gpt-4o-mini"], recs["my-fine-tune"]
     assert (known["model_group"], known["upstream_model"], known["price_unknown"]) == ("wild/*", "gpt-4o-mini", False)
     # gpt-4o-mini in the built-in table: $0.15 and $0.60 per million tokens.
     assert known["cost_usd"] == pytest.approx(1000 * 0.15e-6 + 100 * 0.6e-6, abs=1e-12)
     # Not in the table: served, recorded at $0 and flagged, never silently.
     assert (unknown["upstream_model"], unknown["cost_usd"], unknown["price_unknown"]) == ("my-fine-tune", 0, True)
     assert "wild/gpt-4o-mini" in {m.id for m in openai_client(gw).models.list()}
+
+
+def test_the_responses_api_is_passed_through_and_metered(gw):
+    before = len(gw.records("providers"))
+    resp = openai_client(gw).responses.create(
+        model="gpt-4o-mini", input="hi", max_output_tokens=50,
+        extra_headers={"x-mock-prompt-tokens": "90", "x-mock-cached-tokens": "30", "x-mock-completion-tokens": "4"})
+    assert resp.output_text == "tok0 tok1 tok2 tok3"
+    assert (resp.usage.input_tokens, resp.usage.output_tokens) == (90, 4)
+    assert gw.mock_stats()["requests"][-1]["path"] == "/v1/responses"
+    rec = gw.wait_records("providers", before + 1)[-1]
+    assert (rec["route"], rec["prompt_tokens"], rec["cached_prompt_tokens"], rec["completion_tokens"]) == ("/v1/responses", 90, 30, 4)
+    assert rec["cost_usd"] == pytest.approx(cost("gpt-4o-mini", 90, 4, cached=30), abs=1e-12)
+
+
+def test_a_responses_stream_is_metered_from_response_completed_and_a_cut_one_estimated(gw):
+    before = len(gw.records("providers"))
+    with openai_client(gw).responses.stream(
+            model="gpt-4o-mini", input="hi",
+            extra_headers={"x-mock-prompt-tokens": "25", "x-mock-completion-tokens": "6"}) as stream:
+        text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+        final = stream.get_final_response()
+    assert text == " ".join(f"tok{i}" for i in range(6)) and final.usage.output_tokens == 6
+    rec = gw.wait_records("providers", before + 1)[-1]
+    assert (rec["prompt_tokens"], rec["completion_tokens"], rec["streamed"], rec["estimated"]) == (25, 6, True, False)
+    # The provider goes away before `response.completed`: charged for what was delivered.
+    with httpx.stream("POST", f"{gw.url}/v1/responses", json={"model": "gpt-4o-mini", "input": "hi", "stream": True},
+                      headers={**gw.auth("providers"), "x-mock-completion-tokens": "20", "x-mock-cut-after": "8"},
+                      timeout=30) as r:
+        try:
+            for _ in r.iter_bytes():
+                pass
+        except httpx.HTTPError:
+            pass  # the cut reaches the client as a broken stream
+    rec = gw.wait_records("providers", before + 2)[-1]
+    assert rec["estimated"] and rec["outcome"] in ("truncated", "cancelled") and rec["completion_tokens"] > 0, rec

@@ -1,8 +1,8 @@
-//! A mock LLM provider: OpenAI chat/completions/embeddings (also at Azure OpenAI's paths) and
-//! Anthropic messages, streaming and not, deterministic, with per-request knobs for latency,
-//! token counts, chunking, cuts, errors and garbage. It stands in for the paid upstream in
-//! tests, benchmarks and the quickstart, and counts what it served so tests can check spend
-//! records against it.
+//! A mock LLM provider: OpenAI chat/completions/embeddings (also at Azure OpenAI's paths),
+//! OpenAI responses and Anthropic messages, streaming and not, deterministic, with per-request
+//! knobs for latency, token counts, chunking, cuts, errors and garbage. It stands in for the paid
+//! upstream in tests, benchmarks and the quickstart, and counts what it served so tests can check
+//! spend records against it.
 
 mod knobs;
 mod providers;
@@ -141,8 +141,9 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Mo
     Ok(respond(reply, knobs))
 }
 
-/// Which API a path serves, and in whose dialect: OpenAI's `/v1/…` (or bare), Anthropic's
-/// `/v1/messages`, Azure's classic `/openai/deployments/{d}/…` and its `/openai/v1/…`.
+/// Which API a path serves, and in whose dialect: OpenAI's `/v1/…` (or bare; Responses only
+/// there), Anthropic's `/v1/messages`, Azure's classic `/openai/deployments/{d}/…` and its
+/// `/openai/v1/…`.
 fn route(path: &str) -> Option<(Api, Dialect)> {
     let openai_api = |rest: &str| match rest {
         "/chat/completions" => Some(Api::Chat),
@@ -163,6 +164,7 @@ fn route(path: &str) -> Option<(Api, Dialect)> {
     let rest = path.strip_prefix("/v1").unwrap_or(path);
     match rest {
         "/messages" => Some((Api::Messages, Dialect::Native)),
+        "/responses" => Some((Api::Responses, Dialect::Native)),
         _ => openai_api(rest).map(|api| (api, Dialect::Native)),
     }
 }

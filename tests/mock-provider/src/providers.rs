@@ -1,4 +1,5 @@
-//! OpenAI and Anthropic response shapes, built deterministically from the request and knobs.
+//! OpenAI (chat, completions, embeddings, Responses) and Anthropic response shapes, built
+//! deterministically from the request and knobs.
 //! Azure OpenAI answers in OpenAI's shapes; only how it is addressed and authorised differs.
 
 use std::collections::HashMap;
@@ -15,6 +16,8 @@ pub enum Api {
     Completions,
     Embeddings,
     Messages,
+    /// OpenAI's Responses API: OpenAI's key and errors, its own body, usage and stream shapes.
+    Responses,
 }
 
 /// Whose conventions a request follows around the shared response shapes: the provider's own
@@ -83,7 +86,8 @@ fn sse(data: &Value) -> Vec<u8> {
     format!("data: {data}\n\n").into_bytes()
 }
 
-fn anthropic_sse(name: &str, data: &Value) -> Vec<u8> {
+/// An SSE event with an `event:` name, as Anthropic's and OpenAI's Responses streams send them.
+fn named_sse(name: &str, data: &Value) -> Vec<u8> {
     format!("event: {name}\ndata: {data}\n\n").into_bytes()
 }
 
@@ -156,7 +160,11 @@ pub fn reply(
         };
     }
     let include_usage = request.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
-    let max_tokens = request.get("max_completion_tokens").or_else(|| request.get("max_tokens")).and_then(Value::as_u64);
+    let max_tokens = match api {
+        Api::Responses => request.get("max_output_tokens"),
+        _ => request.get("max_completion_tokens").or_else(|| request.get("max_tokens")),
+    }
+    .and_then(Value::as_u64);
     let prompt = knobs.prompt_tokens.unwrap_or((body.len() as u64).div_ceil(4));
     let completion = knobs.completion_tokens.unwrap_or_else(|| max_tokens.map_or(16, |m| m.min(16)));
     let word = if knobs.split_bytes.is_some() { "tök" } else { "tok" };
@@ -168,6 +176,8 @@ pub fn reply(
         (Api::Chat | Api::Completions, true) => g.openai_stream(api),
         (Api::Messages, false) => g.anthropic_full(),
         (Api::Messages, true) => g.anthropic_stream(),
+        (Api::Responses, false) => g.responses_full(),
+        (Api::Responses, true) => g.responses_stream(),
     }
 }
 
@@ -219,18 +229,21 @@ impl Gen {
             }))
             .unwrap_or_default()
         };
-        let mut words = self.completion;
-        if let Some(target) = self.knobs.response_bytes {
-            // Grow the text word by word from the empty response's size (one serialisation,
-            // not one per word: benchmarks call this thousands of times a second).
-            let mut size = build(0).len();
-            words = 0;
-            while size < target && words < 100_000 {
-                size += self.piece(words).len();
-                words += 1;
-            }
+        Reply::Json { status: StatusCode::OK, body: build(self.words(|| build(0).len())) }
+    }
+
+    /// The words in a non-streaming text: the completion count, or as many as pad the body to
+    /// about `x-mock-response-bytes`, grown from `empty` (the wordless body's size) word by word
+    /// (one serialisation, not one per word: benchmarks call this thousands of times a second).
+    fn words(&self, empty: impl FnOnce() -> usize) -> u64 {
+        let Some(target) = self.knobs.response_bytes else { return self.completion };
+        let mut size = empty();
+        let mut words = 0;
+        while size < target && words < 100_000 {
+            size += self.piece(words).len();
+            words += 1;
         }
-        Reply::Json { status: StatusCode::OK, body: build(words) }
+        words
     }
 
     fn openai_stream(&self, api: Api) -> Reply {
@@ -304,31 +317,113 @@ impl Gen {
 
     fn anthropic_stream(&self) -> Reply {
         let mut events = vec![
-            anthropic_sse(
+            named_sse(
                 "message_start",
                 &json!({"type": "message_start", "message": {
                 "id": format!("msg_mock_{}", self.id), "type": "message", "role": "assistant", "model": self.model,
                 "content": [], "stop_reason": null, "stop_sequence": null, "usage": self.anthropic_usage(1)}}),
             ),
-            anthropic_sse(
+            named_sse(
                 "content_block_start",
                 &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
             ),
-            anthropic_sse("ping", &json!({"type": "ping"})),
+            named_sse("ping", &json!({"type": "ping"})),
         ];
         let step = self.knobs.chunk_tokens.max(1) as u64;
         let mut i = 0;
         while i < self.completion {
             let text: String = (i..(i + step).min(self.completion)).map(|w| self.piece(w)).collect();
-            events.push(anthropic_sse(
+            events.push(named_sse(
                 "content_block_delta",
                 &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
             ));
             i += step;
         }
-        events.push(anthropic_sse("content_block_stop", &json!({"type": "content_block_stop", "index": 0})));
-        events.push(anthropic_sse("message_delta", &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": self.completion}})));
-        events.push(anthropic_sse("message_stop", &json!({"type": "message_stop"})));
+        events.push(named_sse("content_block_stop", &json!({"type": "content_block_stop", "index": 0})));
+        events.push(named_sse("message_delta", &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": self.completion}})));
+        events.push(named_sse("message_stop", &json!({"type": "message_stop"})));
         Reply::Stream { events }
     }
+
+    /// Responses usage: `input_tokens` includes the cached ones, as OpenAI counts them.
+    fn responses_usage(&self, output: u64) -> Value {
+        json!({
+            "input_tokens": self.prompt,
+            "input_tokens_details": {"cached_tokens": self.knobs.cached_tokens},
+            "output_tokens": output,
+            "output_tokens_details": {"reasoning_tokens": self.knobs.reasoning_tokens},
+            "total_tokens": self.prompt + output,
+        })
+    }
+
+    fn response(&self, created_at: u64, status: &str, output: Value, usage: Value) -> Value {
+        json!({
+            "id": format!("resp_{}", self.id), "object": "response", "created_at": created_at, "status": status,
+            "model": self.model, "output": output, "usage": usage,
+        })
+    }
+
+    /// The one assistant message a response outputs.
+    fn response_message(&self, status: &str, content: Value) -> Value {
+        let id = format!("msg_{}", self.id);
+        json!({"type": "message", "id": id, "status": status, "role": "assistant", "content": content})
+    }
+
+    fn responses_full(&self) -> Reply {
+        let build = |words: u64| {
+            let message = self.response_message("completed", json!([output_text(&self.text(words))]));
+            let body = self.response(now(), "completed", json!([message]), self.responses_usage(words));
+            serde_json::to_vec(&body).unwrap_or_default()
+        };
+        Reply::Json { status: StatusCode::OK, body: build(self.words(|| build(0).len())) }
+    }
+
+    /// Named events with an increasing `sequence_number` and no `[DONE]`: the stream ends with
+    /// `response.completed`, which alone carries the usage (so a cut before it leaves none).
+    fn responses_stream(&self) -> Reply {
+        let created_at = now();
+        let item_id = format!("msg_{}", self.id);
+        let text = self.text(self.completion);
+        let mut events = vec![
+            json!({"type": "response.created",
+                "response": self.response(created_at, "in_progress", json!([]), Value::Null)}),
+            json!({"type": "response.output_item.added", "output_index": 0,
+                "item": self.response_message("in_progress", json!([]))}),
+            json!({"type": "response.content_part.added", "item_id": item_id, "output_index": 0,
+                "content_index": 0, "part": output_text("")}),
+        ];
+        let step = self.knobs.chunk_tokens.max(1) as u64;
+        let mut i = 0;
+        while i < self.completion {
+            let delta: String = (i..(i + step).min(self.completion)).map(|w| self.piece(w)).collect();
+            events.push(json!({"type": "response.output_text.delta", "item_id": item_id, "output_index": 0,
+                "content_index": 0, "delta": delta}));
+            i += step;
+        }
+        let message = self.response_message("completed", json!([output_text(&text)]));
+        events.extend([
+            json!({"type": "response.output_text.done", "item_id": item_id, "output_index": 0,
+                "content_index": 0, "text": text}),
+            json!({"type": "response.content_part.done", "item_id": item_id, "output_index": 0,
+                "content_index": 0, "part": output_text(&text)}),
+            json!({"type": "response.output_item.done", "output_index": 0, "item": message}),
+            json!({"type": "response.completed", "response": self.response(created_at, "completed",
+                json!([message]), self.responses_usage(self.completion))}),
+        ]);
+        let events = events
+            .into_iter()
+            .enumerate()
+            .map(|(n, mut event)| {
+                event["sequence_number"] = json!(n);
+                let name = event["type"].as_str().unwrap_or_default().to_owned();
+                named_sse(&name, &event)
+            })
+            .collect();
+        Reply::Stream { events }
+    }
+}
+
+/// A Responses `output_text` content part.
+fn output_text(text: &str) -> Value {
+    json!({"type": "output_text", "text": text, "annotations": []})
 }

@@ -299,3 +299,155 @@ async fn azure_embeddings() {
         request(addr, "/openai/v1/embeddings", &[("api-key", "zk")], r#"{"model":"emb","input":"a"}"#).await;
     assert_eq!(status, 200);
 }
+
+/// A Responses stream's events as (the `event:` name, the `data:` JSON), in order.
+fn named_events(body: &[u8]) -> Vec<(String, serde_json::Value)> {
+    String::from_utf8_lossy(body)
+        .split("\n\n")
+        .filter(|block| !block.trim().is_empty())
+        .map(|block| {
+            let field = |name: &str| block.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_default().to_owned();
+            (field("event: "), serde_json::from_str(&field("data: ")).unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn responses_usage_and_text_follow_the_knobs() {
+    let addr = start(Config::default()).await;
+    let knobs = [
+        ("x-mock-prompt-tokens", "50"),
+        ("x-mock-completion-tokens", "3"),
+        ("x-mock-cached-tokens", "10"),
+        ("x-mock-reasoning-tokens", "2"),
+    ];
+    let (status, body, _) = request(addr, "/v1/responses", &knobs, r#"{"model":"gpt-4.1","input":"hi"}"#).await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (v["object"].as_str(), v["status"].as_str(), v["model"].as_str()),
+        (Some("response"), Some("completed"), Some("gpt-4.1"))
+    );
+    assert!(v["id"].as_str().unwrap().starts_with("resp_") && v["created_at"].is_u64());
+    let message = &v["output"][0];
+    assert_eq!((message["type"].as_str(), message["role"].as_str()), (Some("message"), Some("assistant")));
+    assert!(message["id"].as_str().unwrap().starts_with("msg_"));
+    assert_eq!(
+        message["content"],
+        serde_json::json!([{"type": "output_text", "text": "tok0 tok1 tok2", "annotations": []}])
+    );
+    assert_eq!(
+        v["usage"],
+        serde_json::json!({
+            "input_tokens": 50, "input_tokens_details": {"cached_tokens": 10},
+            "output_tokens": 3, "output_tokens_details": {"reasoning_tokens": 2}, "total_tokens": 53,
+        })
+    );
+    // The bare path answers too; max_output_tokens caps the default length as max_tokens does.
+    let (status, body, _) = request(addr, "/responses", &[], r#"{"model":"m","input":[],"max_output_tokens":2}"#).await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["output"][0]["content"][0]["text"], "tok0 tok1");
+    let (_, stats, _) = request(addr, "/mock/stats", &[], "").await;
+    let stats: serde_json::Value = serde_json::from_slice(&stats).unwrap();
+    assert_eq!(stats["served"], 2);
+    assert_eq!(stats["by_path"]["/v1/responses"], 1);
+    assert_eq!(stats["requests"][0]["model"], "gpt-4.1");
+}
+
+#[tokio::test]
+async fn responses_errors_are_openai_shaped() {
+    let addr = start(Config { openai_key: Some("pk".into()), ..Config::default() }).await;
+    let auth = ("authorization", "Bearer pk");
+    let (status, body, _) = request(addr, "/v1/responses", &[auth], r#"{"input":"hi"}"#).await;
+    assert_eq!(status, 400);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["message"], "you must provide a model parameter");
+    for headers in [vec![], vec![("authorization", "Bearer wrong")]] {
+        let (status, body, _) = request(addr, "/v1/responses", &headers, r#"{"model":"m"}"#).await;
+        assert_eq!(status, 401, "{headers:?}");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "invalid_api_key");
+    }
+    let (status, body, _) =
+        request(addr, "/v1/responses", &[auth, ("x-mock-status", "429")], r#"{"model":"m","stream":true}"#).await;
+    assert_eq!(status, 429);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["type"], "api_error");
+}
+
+#[tokio::test]
+async fn responses_stream_events_in_order_with_usage_last() {
+    let addr = start(Config::default()).await;
+    let knobs = [
+        ("x-mock-prompt-tokens", "9"),
+        ("x-mock-completion-tokens", "3"),
+        ("x-mock-cached-tokens", "4"),
+        ("x-mock-reasoning-tokens", "1"),
+    ];
+    let (status, body, complete) =
+        request(addr, "/v1/responses", &knobs, r#"{"model":"m","input":"hi","stream":true}"#).await;
+    assert_eq!((status, complete), (200, true));
+    assert!(!String::from_utf8_lossy(&body).contains("[DONE]"));
+    let events = named_events(&body);
+    let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "response.created",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.delta",
+            "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed"
+        ]
+    );
+    for (n, (name, data)) in events.iter().enumerate() {
+        assert_eq!((data["type"].as_str(), data["sequence_number"].as_u64()), (Some(name.as_str()), Some(n as u64)));
+    }
+    let created = &events[0].1["response"];
+    assert_eq!((created["status"].as_str(), created["usage"].is_null()), (Some("in_progress"), true));
+    assert_eq!(created["output"], serde_json::json!([]));
+    let text: String = events
+        .iter()
+        .filter(|(name, _)| name == "response.output_text.delta")
+        .map(|(_, d)| d["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, "tok0 tok1 tok2");
+    assert_eq!(events[6].1["text"], "tok0 tok1 tok2");
+    let done = &events[9].1["response"];
+    assert_eq!((done["status"].as_str(), done["id"].as_str()), (Some("completed"), created["id"].as_str()));
+    assert_eq!(done["output"][0]["content"][0]["text"], "tok0 tok1 tok2");
+    assert_eq!(
+        done["usage"],
+        serde_json::json!({
+            "input_tokens": 9, "input_tokens_details": {"cached_tokens": 4},
+            "output_tokens": 3, "output_tokens_details": {"reasoning_tokens": 1}, "total_tokens": 12,
+        })
+    );
+}
+
+#[tokio::test]
+async fn responses_streams_chunk_split_and_cut_like_chat() {
+    let addr = start(Config::default()).await;
+    let body = r#"{"model":"m","stream":true}"#;
+    let chunked = [("x-mock-completion-tokens", "5"), ("x-mock-chunk-tokens", "2"), ("x-mock-split-bytes", "7")];
+    let (_, raw, complete) = request(addr, "/v1/responses", &chunked, body).await;
+    assert!(complete);
+    let deltas: Vec<String> = named_events(&raw)
+        .into_iter()
+        .filter(|(name, _)| name == "response.output_text.delta")
+        .map(|(_, d)| d["delta"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(deltas, ["tök0 tök1", " tök2 tök3", " tök4"]);
+    let (status, raw, complete) = request(addr, "/v1/responses", &[("x-mock-cut-after", "4")], body).await;
+    assert_eq!(status, 200);
+    assert!(!complete, "the chunked body never terminates");
+    let text = String::from_utf8_lossy(&raw);
+    assert_eq!(text.matches("event: ").count(), 4, "exactly the first four events arrive");
+    assert!(!text.contains("response.completed") && !text.contains("input_tokens"));
+}
