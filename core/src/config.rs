@@ -175,6 +175,9 @@ pub enum Provider {
     /// Azure OpenAI: OpenAI's format under `/openai/deployments/{name}` with `?api-version=`
     /// (or Azure's `/openai/v1`), the key in `api-key`.
     Azure,
+    /// Google Gemini (Generative Language API): `{base}/models/{model}:generateContent`, the
+    /// key in `x-goog-api-key`; reached by OpenAI clients through translation.
+    Gemini,
 }
 
 impl Provider {
@@ -182,6 +185,7 @@ impl Provider {
         match self {
             Self::Openai | Self::Azure => ApiFormat::OpenAi,
             Self::Anthropic => ApiFormat::Anthropic,
+            Self::Gemini => ApiFormat::Gemini,
         }
     }
 }
@@ -193,6 +197,28 @@ impl Deployment {
         match matched {
             Some(part) if self.upstream_model.contains('*') => self.upstream_model.replacen('*', part, 1).into(),
             _ => std::borrow::Cow::Borrowed(&self.upstream_model),
+        }
+    }
+
+    /// The path of a request to this deployment on `endpoint`: its base path, the route below it
+    /// and its query (Azure's `api-version`); Gemini's names the model and the method instead.
+    /// None when a (wildcard-matched) model name cannot be part of a path.
+    pub fn upstream_path(
+        &self,
+        endpoint: crate::endpoint::Endpoint,
+        upstream_model: &str,
+        streamed: bool,
+    ) -> Option<String> {
+        match self.provider {
+            Provider::Gemini => {
+                let safe = upstream_model.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                if upstream_model.is_empty() || !safe {
+                    return None;
+                }
+                let method = if streamed { "streamGenerateContent?alt=sse" } else { "generateContent" };
+                Some(format!("{}/models/{upstream_model}:{method}", self.base_path))
+            }
+            _ => Some(format!("{}{}{}", self.base_path, endpoint.upstream_suffix(), self.path_query)),
         }
     }
 
@@ -698,6 +724,14 @@ impl CompiledConfig {
             }
             if d.upstream_model.is_empty() {
                 errors.push(ConfigError(format!("{what}: the upstream model name is empty")));
+            }
+            if d.provider == Provider::Gemini
+                && !d.upstream_model.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.*".contains(&b))
+            {
+                errors.push(ConfigError(format!(
+                    "{what}: the Gemini model {:?} goes in the URL path: letters, digits, '-', '_', '.'",
+                    d.upstream_model
+                )));
             }
             let stars = |s: &str| s.matches('*').count();
             if stars(&d.model_name) > 1 || stars(&d.upstream_model) > 1 {

@@ -507,6 +507,8 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
                     }
                 }
             }
+            // Google's API version is part of its path: `/v1beta` unless api_base names one.
+            Provider::Gemini if api_path.is_empty() => ("/v1beta".to_owned(), String::new()),
             _ => {
                 if params.contains_key("api_version") {
                     cx.error(format!("{at}: litellm_params.api_version is Azure's; {provider_name}/ has none"));
@@ -863,6 +865,30 @@ mod tests {
         let unknown = json!({"model_list": [{"model_name": "v", "litellm_params": {"model": "bedrock/claude"}}]});
         let errors = from_litellm(&unknown, &env).unwrap_err();
         assert!(errors[0].0.contains("provider \"bedrock\" is not supported (supported: openai,"), "{errors:?}");
+    }
+
+    /// Gemini: Google's server and `/v1beta` by default, GEMINI_API_KEY only to it, the price
+    /// from the table; the model goes in the path, so it must be a plain name.
+    #[test]
+    fn gemini_deployments_get_googles_defaults() {
+        let doc = json!({"model_list": [
+            {"model_name": "flash", "litellm_params": {"model": "gemini/gemini-2.5-flash"}},
+            {"model_name": "local", "litellm_params": {"model": "gemini/gemini-2.5-flash", "api_base": "http://127.0.0.1:9000", "api_key": "os.environ/G"}},
+        ]});
+        let s = from_litellm(&doc, &env).unwrap();
+        let d = &s.gateway.deployments;
+        assert_eq!(
+            (d[0].provider, d[0].base_path.as_str(), d[0].api_key_env.as_deref()),
+            (Provider::Gemini, "/v1beta", Some("GEMINI_API_KEY"))
+        );
+        assert_eq!(s.upstreams[0].host, "generativelanguage.googleapis.com");
+        assert_eq!(d[0].pricing.input_cost_per_token, 3e-7);
+        assert_eq!((d[1].base_path.as_str(), d[1].api_key_env.as_deref()), ("/v1beta", Some("G")));
+        let path = d[0].upstream_path(crate::endpoint::Endpoint::ChatCompletions, "gemini-2.5-flash", true);
+        assert_eq!(path.as_deref(), Some("/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"));
+        assert_eq!(d[0].upstream_path(crate::endpoint::Endpoint::ChatCompletions, "../x", false), None);
+        let bad = json!({"model_list": [{"model_name": "x", "litellm_params": {"model": "gemini/a?b"}}]});
+        assert!(from_litellm(&bad, &env).unwrap_err()[0].0.contains("goes in the URL path"));
     }
 
     /// Azure OpenAI: the deployment's path with `api-version`, Azure's `/openai/v1` form, the

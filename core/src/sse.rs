@@ -265,6 +265,8 @@ impl SseUsageScanner {
                 self.responses_event(data, name);
                 true
             }
+            // No client speaks Gemini: its streams are always translated (`conversion`).
+            ApiFormat::Gemini => true,
         }
     }
 

@@ -13,6 +13,8 @@ pub enum ApiFormat {
     /// OpenAI's Responses API (`/v1/responses`): `input_tokens` (cached ones included) and
     /// `output_tokens`, and in a stream, typed events ending in `response.completed`.
     OpenAiResponses,
+    /// Google Gemini's `generateContent`: `usageMetadata`, always behind a translation.
+    Gemini,
 }
 
 /// Normalised token counts of one request.
@@ -56,6 +58,15 @@ pub(crate) struct RawUsage {
     // OpenAI Responses
     input_tokens_details: Option<PromptDetails>,
     output_tokens_details: Option<CompletionDetails>,
+    // Gemini (`usageMetadata`)
+    #[serde(rename = "promptTokenCount")]
+    prompt_token_count: Option<u64>,
+    #[serde(rename = "candidatesTokenCount")]
+    candidates_token_count: Option<u64>,
+    #[serde(rename = "cachedContentTokenCount")]
+    cached_content_token_count: Option<u64>,
+    #[serde(rename = "thoughtsTokenCount")]
+    thoughts_token_count: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -86,6 +97,17 @@ impl RawUsage {
                 completion_tokens: self.output_tokens.unwrap_or(0),
                 reasoning_tokens: self.output_tokens_details.as_ref().and_then(|d| d.reasoning_tokens).unwrap_or(0),
             },
+            // The prompt count includes cached content; thinking is billed as output.
+            ApiFormat::Gemini => {
+                let thoughts = self.thoughts_token_count.unwrap_or(0);
+                Usage {
+                    prompt_tokens: self.prompt_token_count.unwrap_or(0),
+                    cached_prompt_tokens: self.cached_content_token_count.unwrap_or(0),
+                    cache_write_tokens: 0,
+                    completion_tokens: self.candidates_token_count.unwrap_or(0).saturating_add(thoughts),
+                    reasoning_tokens: thoughts,
+                }
+            }
             ApiFormat::Anthropic => {
                 let writes = self.cache_creation_input_tokens.unwrap_or(0);
                 let reads = self.cache_read_input_tokens.unwrap_or(0);
@@ -114,6 +136,10 @@ impl RawUsage {
             cache_read_input_tokens,
             input_tokens_details,
             output_tokens_details,
+            prompt_token_count,
+            candidates_token_count,
+            cached_content_token_count,
+            thoughts_token_count,
         } = later;
         self.prompt_tokens = prompt_tokens.or(self.prompt_tokens);
         self.completion_tokens = completion_tokens.or(self.completion_tokens);
@@ -125,12 +151,24 @@ impl RawUsage {
         self.cache_read_input_tokens = cache_read_input_tokens.or(self.cache_read_input_tokens);
         self.input_tokens_details = input_tokens_details.or(self.input_tokens_details.take());
         self.output_tokens_details = output_tokens_details.or(self.output_tokens_details.take());
+        self.prompt_token_count = prompt_token_count.or(self.prompt_token_count);
+        self.candidates_token_count = candidates_token_count.or(self.candidates_token_count);
+        self.cached_content_token_count = cached_content_token_count.or(self.cached_content_token_count);
+        self.thoughts_token_count = thoughts_token_count.or(self.thoughts_token_count);
     }
 }
 
 #[derive(Deserialize)]
 struct WithUsage {
+    /// Gemini calls it `usageMetadata`.
+    #[serde(alias = "usageMetadata")]
     usage: Option<RawUsage>,
+}
+
+/// A `usage` object already parsed as JSON (a translator's), normalised; a malformed one
+/// counts nothing.
+pub(crate) fn usage_of_value(format: ApiFormat, usage: &serde_json::Value) -> Usage {
+    RawUsage::deserialize(usage).map(|u| u.normalise(format)).unwrap_or_default()
 }
 
 /// Usage of a complete non-streaming response body, or None if it is not JSON or has none.
@@ -171,6 +209,22 @@ mod tests {
                 cache_write_tokens: 0,
                 completion_tokens: 20,
                 reasoning_tokens: 8
+            }
+        );
+    }
+
+    #[test]
+    fn gemini_usage_metadata_counts_thoughts_as_output() {
+        let body = br#"{"candidates":[],"usageMetadata":{"promptTokenCount":50,"candidatesTokenCount":10,"cachedContentTokenCount":20,"thoughtsTokenCount":5,"totalTokenCount":65}}"#;
+        let u = parse_response_usage(ApiFormat::Gemini, body).unwrap();
+        assert_eq!(
+            u,
+            Usage {
+                prompt_tokens: 50,
+                cached_prompt_tokens: 20,
+                cache_write_tokens: 0,
+                completion_tokens: 15,
+                reasoning_tokens: 5
             }
         );
     }

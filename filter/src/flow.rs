@@ -876,6 +876,16 @@ impl<H: Host> RequestFlow<H> {
             }
         };
 
+        // Where it goes, decided before admission: a request refused here reserves nothing.
+        let upstream_endpoint = translated.as_ref().map_or(endpoint, |(_, t)| t.direction.upstream_endpoint());
+        let upstream_path =
+            deployment.upstream_path(upstream_endpoint, &upstream_model, streamed).ok_or_else(|| {
+                GatewayError::InvalidField {
+                    param: "model",
+                    detail: "not a model name this provider can be asked for".into(),
+                }
+            })?;
+
         // Admission: reserve estimated tokens and the maximum cost on every limited scope.
         let est_prompt_tokens = usage::estimate_tokens_from_bytes(body.len() as u64);
         let max_output = if endpoint == Endpoint::Embeddings {
@@ -915,16 +925,14 @@ impl<H: Host> RequestFlow<H> {
         // The body for the deployment: its model name; OpenAI streams must report usage.
         let wants_usage_chunk = streamed && format == ApiFormat::OpenAi;
         let strip_usage_chunk = wants_usage_chunk && !req.client_wants_usage;
-        let (new_body, upstream_endpoint, translation) = match translated {
-            Some((body, translation)) => (Some(body), translation.direction.upstream_endpoint(), Some(translation)),
-            None => (rewrite_body(body, &req, &upstream_model, wants_usage_chunk), endpoint, None),
+        let (new_body, translation) = match translated {
+            Some((body, translation)) => (Some(body), Some(translation)),
+            None => (rewrite_body(body, &req, &upstream_model, wants_usage_chunk), None),
         };
         if let Some(new_body) = new_body {
             self.host.replace_request_body(body.len(), &new_body);
             self.host.set_request_header("content-length", Some(new_body.len().to_string().as_bytes()));
         }
-        let upstream_path =
-            format!("{}{}{}", deployment.base_path, upstream_endpoint.upstream_suffix(), deployment.path_query);
         if upstream_path.as_bytes() != self.path.as_slice() {
             self.host.set_request_header(":path", Some(upstream_path.as_bytes()));
         }
@@ -940,7 +948,9 @@ impl<H: Host> RequestFlow<H> {
             }
             Provider::Anthropic => ("x-api-key", credential),
             Provider::Azure => ("api-key", credential),
+            Provider::Gemini => ("x-goog-api-key", credential),
         };
+        // (The client's key can only be in these three: `credential()` reads no other.)
         for other in ["authorization", "x-api-key", "api-key"].into_iter().filter(|h| *h != header) {
             self.host.set_request_header(other, None);
         }

@@ -376,6 +376,10 @@ fn check_routed(h: &Harness, host: &MockHost, sent_body: &[u8], client_body: &[u
             prop_assert_eq!(host.request_header_str("api-key"), Some(secret));
             prop_assert_eq!(host.request_header_str("authorization"), None);
         }
+        sluice_core::config::Provider::Gemini => {
+            prop_assert_eq!(host.request_header_str("x-goog-api-key"), Some(secret));
+            prop_assert_eq!(host.request_header_str("authorization"), None);
+        }
     }
     prop_assert_eq!(host.request_header_str("api-key").is_some(), d.provider == sluice_core::config::Provider::Azure);
     Ok(())

@@ -344,6 +344,43 @@ fn a_wildcard_group_sends_the_matched_model_at_its_price() {
     assert_eq!(records[0]["model_group"], "openai/*");
 }
 
+/// Gemini: an OpenAI client's request translated to `generateContent` on the model's path
+/// (the streaming method for a stream), the key in `x-goog-api-key`; the answer translated back.
+#[test]
+fn a_gemini_deployment_is_reached_through_translation() {
+    let mut cfg = base_config();
+    cfg.deployments.push(Deployment {
+        base_path: "/v1beta".into(),
+        ..deployment("gemini", "flash", Provider::Gemini, "gemini-2.5-flash")
+    });
+    let h = Harness::new(cfg);
+    for (stream, path) in [
+        (false, "/v1beta/models/gemini-2.5-flash:generateContent"),
+        (true, "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"),
+    ] {
+        let body = format!(r#"{{"model":"flash","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#);
+        let (mut s, reply) = h.post("/v1/chat/completions", &key(1), &body);
+        assert!(reply.is_none());
+        assert_eq!(s.host.request_header_str(":path").as_deref(), Some(path));
+        assert_eq!(s.host.request_header_str("x-goog-api-key").as_deref(), Some("provider-secret-gemini"));
+        assert_eq!(s.host.request_header_str("authorization"), None);
+        let sent: serde_json::Value = serde_json::from_slice(&s.host.stream.request_body.borrow()).unwrap();
+        assert_eq!(sent["contents"][0]["parts"][0]["text"], "hi");
+        if !stream {
+            let answer = r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"hello"}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":2,"thoughtsTokenCount":3}}"#;
+            let out = s.respond(200, "application/json", &[answer.as_bytes()], true);
+            let out: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(
+                (out["choices"][0]["message"]["content"].as_str(), out["model"].as_str()),
+                (Some("hello"), Some("flash"))
+            );
+            s.finish();
+            let rec = h.envoy.records().pop().unwrap();
+            assert_eq!((rec["prompt_tokens"].as_u64(), rec["completion_tokens"].as_u64()), (Some(9), Some(5)));
+        }
+    }
+}
+
 /// OpenAI's Responses API: passed through to OpenAI deployments (model renamed, nothing
 /// added), metered from its own usage shape, streamed or not; never to Anthropic.
 #[test]

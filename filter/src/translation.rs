@@ -3,7 +3,7 @@
 //! so `flow.rs` routes and meters the same way whatever the pair.
 
 use sluice_core::config::{Deployment, Provider};
-use sluice_core::conversion::{Target, anthropic_openai, openai_anthropic};
+use sluice_core::conversion::{Target, anthropic_openai, openai_anthropic, openai_gemini};
 use sluice_core::endpoint::Endpoint;
 use sluice_core::error::{ErrorFormat, GatewayError};
 use sluice_core::usage::{ApiFormat, Usage};
@@ -14,13 +14,15 @@ pub enum Direction {
     OpenAiToAnthropic,
     /// An Anthropic Messages client (Claude Code, the Anthropic SDK), an OpenAI deployment.
     AnthropicToOpenAi,
+    /// An OpenAI Chat Completions client, a Gemini deployment.
+    OpenAiToGemini,
 }
 
 impl Direction {
     /// The error shape the client reads: its route's.
     pub fn client_format(self) -> ErrorFormat {
         let client = match self {
-            Self::OpenAiToAnthropic => Endpoint::ChatCompletions,
+            Self::OpenAiToAnthropic | Self::OpenAiToGemini => Endpoint::ChatCompletions,
             Self::AnthropicToOpenAi => Endpoint::Messages,
         };
         client.error_format()
@@ -31,15 +33,17 @@ impl Direction {
         match (endpoint, provider.format()) {
             (Endpoint::ChatCompletions, ApiFormat::Anthropic) => Some(Self::OpenAiToAnthropic),
             (Endpoint::Messages, ApiFormat::OpenAi) => Some(Self::AnthropicToOpenAi),
+            (Endpoint::ChatCompletions, ApiFormat::Gemini) => Some(Self::OpenAiToGemini),
             _ => None,
         }
     }
 
-    /// The route the deployment is called on.
+    /// The route the deployment is called on (Gemini's path names its own method:
+    /// `Deployment::upstream_path`).
     pub fn upstream_endpoint(self) -> Endpoint {
         match self {
             Self::OpenAiToAnthropic => Endpoint::Messages,
-            Self::AnthropicToOpenAi => Endpoint::ChatCompletions,
+            Self::AnthropicToOpenAi | Self::OpenAiToGemini => Endpoint::ChatCompletions,
         }
     }
 }
@@ -71,6 +75,7 @@ impl Translation {
         let translated = match self.direction {
             Direction::OpenAiToAnthropic => openai_anthropic::request(body, &target)?,
             Direction::AnthropicToOpenAi => anthropic_openai::request(body, &target)?,
+            Direction::OpenAiToGemini => openai_gemini::request(body, &target)?,
         };
         Ok(translated.body)
     }
@@ -88,6 +93,10 @@ impl Translation {
                 anthropic_openai::response(body, &self.client_model).unwrap_or_else(untranslatable)
             }
             (Direction::AnthropicToOpenAi, false) => anthropic_openai::error(body, status),
+            (Direction::OpenAiToGemini, true) => {
+                openai_gemini::response(body, &self.client_model, created_unix_secs).unwrap_or_else(untranslatable)
+            }
+            (Direction::OpenAiToGemini, false) => openai_gemini::error(body),
         }
     }
 
@@ -101,6 +110,11 @@ impl Translation {
             Direction::AnthropicToOpenAi => {
                 StreamTranslation::ToAnthropic(anthropic_openai::StreamTranslator::new(&self.client_model))
             }
+            Direction::OpenAiToGemini => StreamTranslation::GeminiToOpenAi(openai_gemini::StreamTranslator::new(
+                &self.client_model,
+                created_unix_secs,
+                self.include_usage,
+            )),
         }
     }
 }
@@ -110,6 +124,7 @@ impl Translation {
 pub enum StreamTranslation {
     ToOpenAi(openai_anthropic::StreamTranslator),
     ToAnthropic(anthropic_openai::StreamTranslator),
+    GeminiToOpenAi(openai_gemini::StreamTranslator),
 }
 
 impl StreamTranslation {
@@ -117,6 +132,7 @@ impl StreamTranslation {
         match self {
             Self::ToOpenAi(t) => t.feed(chunk, end_of_stream),
             Self::ToAnthropic(t) => t.feed(chunk, end_of_stream),
+            Self::GeminiToOpenAi(t) => t.feed(chunk, end_of_stream),
         }
     }
 
@@ -125,6 +141,7 @@ impl StreamTranslation {
         match self {
             Self::ToOpenAi(t) => t.usage(),
             Self::ToAnthropic(t) => t.usage(),
+            Self::GeminiToOpenAi(t) => t.usage(),
         }
     }
 
@@ -133,6 +150,7 @@ impl StreamTranslation {
         match self {
             Self::ToOpenAi(t) => t.completed(),
             Self::ToAnthropic(t) => t.completed(),
+            Self::GeminiToOpenAi(t) => t.completed(),
         }
     }
 }

@@ -51,6 +51,7 @@ PRICES = {
     "dead-model": (1e-6, 1e-6, None, None),
     "dead-claude": (1e-6, 1e-6, None, None),
     "azure-gpt": (2.5e-6, 1e-5, 1.25e-6, None),
+    "gemini-flash": (3e-7, 2.5e-6, 3e-8, None),
 }
 
 # Keys the tests use, by alias: the CLI flags that create them.
@@ -168,6 +169,7 @@ class Gateway:
             "MOCK_OPENAI_KEY": "mock-openai-" + os.urandom(8).hex(),
             "MOCK_ANTHROPIC_KEY": "mock-anthropic-" + os.urandom(8).hex(),
             "MOCK_AZURE_KEY": "mock-azure-" + os.urandom(8).hex(),
+            "MOCK_GEMINI_KEY": "mock-gemini-" + os.urandom(8).hex(),
         }
         self.master_key = "sk-master-" + os.urandom(16).hex()
         self.env = {**os.environ, **self.provider_keys, "SLUICE_MASTER_KEY": self.master_key}
@@ -182,7 +184,8 @@ class Gateway:
             [self.env_bin["SLUICE_MOCK"], "--listen", "127.0.0.1:0",
              "--openai-key", self.provider_keys["MOCK_OPENAI_KEY"],
              "--anthropic-key", self.provider_keys["MOCK_ANTHROPIC_KEY"],
-             "--azure-key", self.provider_keys["MOCK_AZURE_KEY"], "--workers", "2"],
+             "--azure-key", self.provider_keys["MOCK_AZURE_KEY"],
+             "--gemini-key", self.provider_keys["MOCK_GEMINI_KEY"], "--workers", "2"],
             stdout=subprocess.PIPE, text=True)
         self.procs.append(proc)
         line = proc.stdout.readline()
@@ -215,6 +218,8 @@ class Gateway:
             model_entry("dead-model", "openai/dead", f"http://127.0.0.1:{dead_port}/v1", "MOCK_OPENAI_KEY", "dead"),
             model_entry("dead-claude", "anthropic/dead", f"http://127.0.0.1:{dead_port}", "MOCK_ANTHROPIC_KEY", "dead-claude"),
             azure,
+            # Gemini: OpenAI clients through translation, the model in Google's path.
+            model_entry("gemini-flash", "gemini/gemini-2.5-flash", self.mock_url, "MOCK_GEMINI_KEY", "gemini"),
             # A wildcard: any `wild/<name>` goes to the OpenAI-format mock as `<name>`, priced
             # from the built-in table.
             {"model_name": "wild/*", "litellm_params": {"model": "openai/*", "api_base": openai_base,

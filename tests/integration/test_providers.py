@@ -3,6 +3,8 @@ deployment's path with `api-version`, the key in `api-key`), reached by OpenAI-f
 Anthropic-format clients alike, metered and priced; OpenAI's Responses API passed through and
 metered; LiteLLM's `model_group_alias` and wildcard model groups."""
 
+import json
+
 import anthropic
 import httpx
 import openai
@@ -154,3 +156,72 @@ def test_a_responses_stream_is_metered_from_response_completed_and_a_cut_one_est
             pass  # the cut reaches the client as a broken stream
     rec = gw.wait_records("providers", before + 2)[-1]
     assert rec["estimated"] and rec["outcome"] in ("truncated", "cancelled") and rec["completion_tokens"] > 0, rec
+
+
+# ---- Gemini: an OpenAI client in front of Google's generateContent ---------------------------
+
+GEMINI_PATH = "/v1beta/models/gemini-2.5-flash:generateContent"
+GEMINI_STREAM_PATH = "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+
+
+def test_the_openai_sdk_reaches_a_gemini_deployment(gw):
+    before = len(gw.records("providers"))
+    reply = openai_client(gw).chat.completions.create(
+        model="gemini-flash", max_tokens=40,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+        extra_headers={"x-mock-prompt-tokens": "80", "x-mock-completion-tokens": "5",
+                       "x-mock-cached-tokens": "30", "x-mock-reasoning-tokens": "7"})
+    assert reply.model == "gemini-flash" and reply.object == "chat.completion"
+    assert reply.choices[0].message.content == "tok0 tok1 tok2 tok3 tok4"
+    assert reply.choices[0].finish_reason == "stop"
+    # Thinking is billed as output: 5 + 7.
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (80, 12)
+    seen = gw.mock_stats()["requests"][-1]
+    assert seen["path"] == GEMINI_PATH
+    sent = seen["body_json"]
+    assert sent["systemInstruction"]["parts"][0]["text"] == "Be brief."
+    assert sent["contents"] == [{"role": "user", "parts": [{"text": "hi"}]}]
+    assert sent["generationConfig"]["maxOutputTokens"] == 40
+    # Google's key in Google's header; neither the client's key nor another provider's.
+    assert seen["x_goog_api_key"] == gw.provider_keys["MOCK_GEMINI_KEY"]
+    assert seen["authorization"] is None and seen["x_api_key"] is None and seen["api_key"] is None
+    rec = gw.wait_records("providers", before + 1)[-1]
+    assert (rec["model_group"], rec["prompt_tokens"], rec["cached_prompt_tokens"], rec["completion_tokens"],
+            rec["reasoning_tokens"]) == ("gemini-flash", 80, 30, 12, 7)
+    assert rec["cost_usd"] == pytest.approx(cost("gemini-flash", 80, 12, cached=30), abs=1e-12)
+
+
+def test_a_gemini_stream_becomes_openai_chunks_with_usage(gw):
+    before = len(gw.records("providers"))
+    stream = openai_client(gw).chat.completions.create(
+        model="gemini-flash", stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-mock-prompt-tokens": "20", "x-mock-completion-tokens": "6"})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == " ".join(f"tok{i}" for i in range(6))
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    assert chunks[-1].usage.prompt_tokens == 20 and chunks[-1].usage.completion_tokens == 6
+    assert gw.mock_stats()["requests"][-1]["path"] == GEMINI_STREAM_PATH
+    rec = gw.wait_records("providers", before + 1)[-1]
+    assert (rec["prompt_tokens"], rec["completion_tokens"], rec["streamed"], rec["estimated"]) == (20, 6, True, False)
+
+
+def test_gemini_function_calls_come_back_as_tool_calls(gw):
+    tools = [{"type": "function", "function": {"name": "weather", "description": "Weather in a city",
+                                               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    reply = openai_client(gw).chat.completions.create(
+        model="gemini-flash", tools=tools, messages=[{"role": "user", "content": "Weather in Paris?"}],
+        extra_headers={"x-mock-tool-call": "weather"})
+    call = reply.choices[0].message.tool_calls[0]
+    assert (call.function.name, json.loads(call.function.arguments)) == ("weather", {"city": "Paris"})
+    assert reply.choices[0].finish_reason == "tool_calls"
+    sent = gw.mock_stats()["requests"][-1]["body_json"]
+    assert sent["tools"][0]["functionDeclarations"][0]["name"] == "weather"
+
+
+def test_a_gemini_error_reaches_the_openai_client_in_its_shape(gw):
+    with pytest.raises(openai.RateLimitError) as e:
+        openai_client(gw).chat.completions.create(
+            model="gemini-flash", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-mock-status": "429"})
+    assert e.value.status_code == 429 and "mock error 429" in str(e.value)

@@ -314,6 +314,7 @@ fn credential_injector(secret_name: &str, provider: Provider) -> HttpFilter {
         Provider::Openai => ("authorization", "Bearer "),
         Provider::Anthropic => ("x-api-key", ""),
         Provider::Azure => ("api-key", ""),
+        Provider::Gemini => ("x-goog-api-key", ""),
     };
     let generic = Generic {
         credential: Some(SdsSecretConfig { name: secret_name.into(), sds_config: Some(ads()) }),

@@ -3,6 +3,7 @@
 //!
 //! - [`openai_anthropic`]: an OpenAI Chat Completions client in front of an Anthropic Messages
 //!   deployment: the request there, the response, the stream and the errors back.
+//! - [`openai_gemini`]: the same for a Google Gemini (`generateContent`) deployment.
 //!
 //! Each direction is a pure function of bytes (the stream: a state machine fed chunk by chunk)
 //! with what it cannot know passed in ([`Target`]: the upstream model, the default
@@ -15,6 +16,7 @@
 
 pub mod anthropic_openai;
 pub mod openai_anthropic;
+pub mod openai_gemini;
 mod sse_events;
 
 pub use sse_events::SseEvents;

@@ -23,6 +23,8 @@ pub struct Knobs {
     pub garbage: bool,
     /// Pad a non-streaming response to about this many bytes.
     pub response_bytes: Option<usize>,
+    /// Gemini: answer with a call of this function (when the request declares functions).
+    pub tool_call: Option<String>,
 }
 
 impl Knobs {
@@ -42,6 +44,7 @@ impl Knobs {
             status: num("x-mock-status").and_then(|n| u16::try_from(n).ok()),
             garbage: headers.get("x-mock-garbage").is_some_and(|v| v == "1"),
             response_bytes: num("x-mock-response-bytes").map(|n| n as usize),
+            tool_call: headers.get("x-mock-tool-call").map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()),
         }
     }
 }

@@ -1,9 +1,10 @@
 //! A mock LLM provider: OpenAI chat/completions/embeddings (also at Azure OpenAI's paths),
-//! OpenAI responses and Anthropic messages, streaming and not, deterministic, with per-request
-//! knobs for latency, token counts, chunking, cuts, errors and garbage. It stands in for the paid
-//! upstream in tests, benchmarks and the quickstart, and counts what it served so tests can check
-//! spend records against it.
+//! OpenAI responses, Anthropic messages and Google Gemini's generateContent, streaming and not,
+//! deterministic, with per-request knobs for latency, token counts, chunking, cuts, errors and
+//! garbage. It stands in for the paid upstream in tests, benchmarks and the quickstart, and counts
+//! what it served so tests can check spend records against it.
 
+mod gemini;
 mod knobs;
 mod providers;
 mod stats;
@@ -38,6 +39,8 @@ pub struct Config {
     pub anthropic_key: Option<String>,
     /// Required as `api-key` on Azure OpenAI paths when set.
     pub azure_key: Option<String>,
+    /// Required as `x-goog-api-key` (or `?key=`) on Gemini paths when set.
+    pub gemini_key: Option<String>,
 }
 
 /// A response body that is either complete or fed frame by frame from a channel; an `Err`
@@ -115,6 +118,15 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Mo
             return Ok(json_response(StatusCode::OK, b"{}".to_vec()));
         }
         _ => {}
+    }
+    if let Some(target) = gemini::route(&path) {
+        let knobs = Knobs::from_headers(&headers, &state.config);
+        let reply = gemini::reply(&target, query.as_deref(), &headers, &body, &knobs, &state.config);
+        state.stats.record_gemini(&path, query.as_deref(), &headers, &body, &reply, &target);
+        if knobs.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
+        }
+        return Ok(respond(reply, knobs));
     }
     let Some((api, dialect)) = route(&path) else {
         if path.starts_with("/openai/") {
@@ -198,7 +210,7 @@ fn respond(reply: Reply, knobs: Knobs) -> Response<MockBody> {
             }
             json_response(status, body)
         }
-        Reply::Stream { events } => {
+        Reply::Stream { events, content_type } => {
             let (tx, rx) = mpsc::channel(16);
             tokio::spawn(async move {
                 let stream: Vec<u8> = match knobs.cut_after {
@@ -234,7 +246,7 @@ fn respond(reply: Reply, knobs: Knobs) -> Response<MockBody> {
             let mut response = Response::new(MockBody::Channel(rx));
             response
                 .headers_mut()
-                .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/event-stream"));
+                .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
             response
                 .headers_mut()
                 .insert(hyper::header::CACHE_CONTROL, hyper::header::HeaderValue::from_static("no-cache"));

@@ -1,5 +1,5 @@
 //! `sluice-mock-provider --listen 127.0.0.1:8081 [--latency-ms N] [--openai-key K]
-//! [--anthropic-key K] [--azure-key K] [--workers N]`
+//! [--anthropic-key K] [--azure-key K] [--gemini-key K] [--workers N]`
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -9,7 +9,7 @@ use clap::Parser;
 use sluice_mock_provider::{Config, serve};
 
 #[derive(Parser)]
-#[command(about = "Mock OpenAI/Azure OpenAI/Anthropic provider for Sluice's tests, benchmarks and quickstart")]
+#[command(about = "Mock OpenAI/Azure OpenAI/Anthropic/Gemini provider for Sluice's tests, benchmarks and quickstart")]
 struct Args {
     /// Address to listen on; port 0 picks a free port (printed on stdout).
     #[arg(long, default_value = "127.0.0.1:8081")]
@@ -26,6 +26,9 @@ struct Args {
     /// Require `api-key: <key>` on Azure OpenAI paths (/openai/deployments/…, /openai/v1/…).
     #[arg(long)]
     azure_key: Option<String>,
+    /// Require `x-goog-api-key: <key>` (or `?key=<key>`) on Gemini paths (/v1beta/models/…, /v1/models/…).
+    #[arg(long)]
+    gemini_key: Option<String>,
     /// Runtime worker threads (1 leaves room for Envoy during benchmarks on small machines).
     #[arg(long, default_value_t = 1)]
     workers: usize,
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         openai_key: args.openai_key,
         anthropic_key: args.anthropic_key,
         azure_key: args.azure_key,
+        gemini_key: args.gemini_key,
     });
     let result = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen).await?;

@@ -1,5 +1,5 @@
 //! OpenAI (chat, completions, embeddings, Responses) and Anthropic response shapes, built
-//! deterministically from the request and knobs.
+//! deterministically from the request and knobs (Gemini's, from the same generator, in `gemini`).
 //! Azure OpenAI answers in OpenAI's shapes; only how it is addressed and authorised differs.
 
 use std::collections::HashMap;
@@ -38,11 +38,16 @@ pub enum Reply {
         status: StatusCode,
         body: Vec<u8>,
     },
-    /// Complete SSE events, each with its terminating blank line.
+    /// Complete SSE events, each with its terminating blank line (or, for Gemini without
+    /// `alt=sse`, the pieces of one streamed JSON array), sent as `content_type`.
     Stream {
         events: Vec<Vec<u8>>,
+        content_type: &'static str,
     },
 }
+
+/// The content type of an SSE stream.
+pub const EVENT_STREAM: &str = "text/event-stream";
 
 impl Reply {
     pub fn status(&self) -> u16 {
@@ -54,6 +59,11 @@ impl Reply {
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh number for a response's id.
+pub fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
 
 pub fn openai_error(message: &str, kind: &str, code: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({"error": {"message": message, "type": kind, "param": null, "code": code}}))
@@ -154,7 +164,7 @@ pub fn reply(
     let stream = request.get("stream").and_then(Value::as_bool).unwrap_or(false) && api != Api::Embeddings;
     if knobs.garbage {
         return if stream {
-            Reply::Stream { events: vec![b"data: {not json\n\n".to_vec(); 3] }
+            Reply::Stream { events: vec![b"data: {not json\n\n".to_vec(); 3], content_type: EVENT_STREAM }
         } else {
             Reply::Json { status: StatusCode::OK, body: b"this is not json {{{".to_vec() }
         };
@@ -167,8 +177,8 @@ pub fn reply(
     .and_then(Value::as_u64);
     let prompt = knobs.prompt_tokens.unwrap_or((body.len() as u64).div_ceil(4));
     let completion = knobs.completion_tokens.unwrap_or_else(|| max_tokens.map_or(16, |m| m.min(16)));
-    let word = if knobs.split_bytes.is_some() { "tök" } else { "tok" };
-    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let word = word(knobs);
+    let id = next_id();
     let g = Gen { model, prompt, completion, word, id, knobs: knobs.clone(), include_usage };
     match (api, stream) {
         (Api::Embeddings, _) => g.embeddings(&request),
@@ -181,23 +191,29 @@ pub fn reply(
     }
 }
 
-struct Gen {
-    model: String,
-    prompt: u64,
-    completion: u64,
-    word: &'static str,
-    id: u64,
-    knobs: Knobs,
-    include_usage: bool,
+/// The word the texts repeat: a multi-byte one when the stream is split into byte pieces.
+pub fn word(knobs: &Knobs) -> &'static str {
+    if knobs.split_bytes.is_some() { "tök" } else { "tok" }
+}
+
+/// Builds the deterministic responses: `completion` words "tok0 tok1 …".
+pub struct Gen {
+    pub model: String,
+    pub prompt: u64,
+    pub completion: u64,
+    pub word: &'static str,
+    pub id: u64,
+    pub knobs: Knobs,
+    pub include_usage: bool,
 }
 
 impl Gen {
     /// Word `i` as it appears in the text: the first without a leading space.
-    fn piece(&self, i: u64) -> String {
+    pub fn piece(&self, i: u64) -> String {
         if i == 0 { format!("{}0", self.word) } else { format!(" {}{i}", self.word) }
     }
 
-    fn text(&self, words: u64) -> String {
+    pub fn text(&self, words: u64) -> String {
         (0..words).map(|i| self.piece(i)).collect()
     }
 
@@ -235,7 +251,7 @@ impl Gen {
     /// The words in a non-streaming text: the completion count, or as many as pad the body to
     /// about `x-mock-response-bytes`, grown from `empty` (the wordless body's size) word by word
     /// (one serialisation, not one per word: benchmarks call this thousands of times a second).
-    fn words(&self, empty: impl FnOnce() -> usize) -> u64 {
+    pub fn words(&self, empty: impl FnOnce() -> usize) -> u64 {
         let Some(target) = self.knobs.response_bytes else { return self.completion };
         let mut size = empty();
         let mut words = 0;
@@ -282,7 +298,7 @@ impl Gen {
             events.push(sse(&json!({"id": id, "object": object, "created": created, "model": self.model, "choices": [], "usage": self.openai_usage(self.completion)})));
         }
         events.push(b"data: [DONE]\n\n".to_vec());
-        Reply::Stream { events }
+        Reply::Stream { events, content_type: EVENT_STREAM }
     }
 
     fn embeddings(&self, request: &Value) -> Reply {
@@ -342,7 +358,7 @@ impl Gen {
         events.push(named_sse("content_block_stop", &json!({"type": "content_block_stop", "index": 0})));
         events.push(named_sse("message_delta", &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": self.completion}})));
         events.push(named_sse("message_stop", &json!({"type": "message_stop"})));
-        Reply::Stream { events }
+        Reply::Stream { events, content_type: EVENT_STREAM }
     }
 
     /// Responses usage: `input_tokens` includes the cached ones, as OpenAI counts them.
@@ -419,7 +435,7 @@ impl Gen {
                 named_sse(&name, &event)
             })
             .collect();
-        Reply::Stream { events }
+        Reply::Stream { events, content_type: EVENT_STREAM }
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
+use crate::gemini::Target;
 use crate::providers::Reply;
 
 const KEEP: usize = 1000;
@@ -22,12 +23,17 @@ struct Seen {
     authorization: Option<String>,
     x_api_key: Option<String>,
     api_key: Option<String>,
+    /// Gemini's key header.
+    x_goog_api_key: Option<String>,
     anthropic_version: Option<String>,
     accept_encoding: Option<String>,
     /// The content-length header as sent, to check it against the body that arrived.
     content_length: Option<String>,
     status: u16,
     body_bytes: usize,
+    /// The request body as JSON, kept on Gemini paths (null elsewhere, or when not JSON) so a
+    /// test can check what a translation sent (systemInstruction, generationConfig, tools…).
+    body_json: Option<serde_json::Value>,
 }
 
 #[derive(Default)]
@@ -56,6 +62,29 @@ struct PeekOptions {
     include_usage: Option<bool>,
 }
 
+impl Seen {
+    /// What every request records; the body-derived fields are the caller's.
+    fn new(path: &str, query: Option<&str>, headers: &HashMap<String, String>, body: &[u8], reply: &Reply) -> Self {
+        Self {
+            path: path.to_owned(),
+            query: query.map(str::to_owned),
+            model: None,
+            stream: false,
+            include_usage: false,
+            authorization: headers.get("authorization").cloned(),
+            x_api_key: headers.get("x-api-key").cloned(),
+            api_key: headers.get("api-key").cloned(),
+            x_goog_api_key: headers.get("x-goog-api-key").cloned(),
+            anthropic_version: headers.get("anthropic-version").cloned(),
+            accept_encoding: headers.get("accept-encoding").cloned(),
+            content_length: headers.get("content-length").cloned(),
+            status: reply.status(),
+            body_bytes: body.len(),
+            body_json: None,
+        }
+    }
+}
+
 impl Stats {
     pub fn record(
         &self,
@@ -65,29 +94,38 @@ impl Stats {
         body: &[u8],
         reply: &Reply,
     ) {
-        let status = reply.status();
+        let peek: Peek = serde_json::from_slice(body).unwrap_or_default();
+        let mut seen = Seen::new(path, query, headers, body, reply);
+        seen.model = peek.model;
+        seen.stream = peek.stream.unwrap_or(false);
+        seen.include_usage = peek.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
+        self.push(seen);
+    }
+
+    /// A request on a Gemini path: the model and streaming are the path's; the body is kept.
+    pub fn record_gemini(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        headers: &HashMap<String, String>,
+        body: &[u8],
+        reply: &Reply,
+        target: &Target,
+    ) {
+        let mut seen = Seen::new(path, query, headers, body, reply);
+        seen.model = target.model().map(str::to_owned);
+        seen.stream = target.stream();
+        seen.body_json = serde_json::from_slice(body).ok();
+        self.push(seen);
+    }
+
+    fn push(&self, seen: Seen) {
         // A started 2xx response is a billed upstream call, even if it is cut later.
-        if (200..300).contains(&status) {
+        if (200..300).contains(&seen.status) {
             self.served.fetch_add(1, Ordering::Relaxed);
         }
-        let peek: Peek = serde_json::from_slice(body).unwrap_or_default();
-        let seen = Seen {
-            path: path.to_owned(),
-            query: query.map(str::to_owned),
-            model: peek.model,
-            stream: peek.stream.unwrap_or(false),
-            include_usage: peek.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
-            authorization: headers.get("authorization").cloned(),
-            x_api_key: headers.get("x-api-key").cloned(),
-            api_key: headers.get("api-key").cloned(),
-            anthropic_version: headers.get("anthropic-version").cloned(),
-            accept_encoding: headers.get("accept-encoding").cloned(),
-            content_length: headers.get("content-length").cloned(),
-            status,
-            body_bytes: body.len(),
-        };
         if let Ok(mut inner) = self.inner.lock() {
-            *inner.by_path.entry(path.to_owned()).or_default() += 1;
+            *inner.by_path.entry(seen.path.clone()).or_default() += 1;
             if inner.requests.len() == KEEP {
                 inner.requests.pop_front();
             }

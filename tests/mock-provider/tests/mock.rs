@@ -16,6 +16,17 @@ async fn start(config: Config) -> std::net::SocketAddr {
 
 /// One HTTP/1.1 request with `connection: close`; returns (status, raw body bytes, complete).
 async fn request(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, Vec<u8>, bool) {
+    let (status, _, body, complete) = request_with_head(addr, path, headers, body).await;
+    (status, body, complete)
+}
+
+/// As `request`, with the response head (lowercased) after the status.
+async fn request_with_head(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, Vec<u8>, bool) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let mut req =
         format!("POST {path} HTTP/1.1\r\nhost: mock\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
@@ -32,11 +43,11 @@ async fn request(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)
     let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let rest = &raw[split..];
     if !head.contains("transfer-encoding: chunked") {
-        return (status, rest.to_vec(), complete);
+        return (status, head, rest.to_vec(), complete);
     }
     match dechunk(rest) {
-        Some(b) => (status, b, complete),
-        None => (status, rest.to_vec(), false),
+        Some(b) => (status, head, b, complete),
+        None => (status, head, rest.to_vec(), false),
     }
 }
 
@@ -450,4 +461,298 @@ async fn responses_streams_chunk_split_and_cut_like_chat() {
     let text = String::from_utf8_lossy(&raw);
     assert_eq!(text.matches("event: ").count(), 4, "exactly the first four events arrive");
     assert!(!text.contains("response.completed") && !text.contains("input_tokens"));
+}
+
+// ---- Gemini -------------------------------------------------------------------------------
+
+const GEMINI: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
+const GEMINI_SSE: &str = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse";
+const GEMINI_BODY: &str = r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#;
+
+fn gemini_key() -> Config {
+    Config { gemini_key: Some("gk".into()), openai_key: Some("pk".into()), ..Config::default() }
+}
+
+async fn stats(addr: std::net::SocketAddr) -> serde_json::Value {
+    let (_, stats, _) = request(addr, "/mock/stats", &[], "").await;
+    serde_json::from_slice(&stats).unwrap()
+}
+
+/// The JSON of each event of a Gemini SSE stream, checking its framing: `data: ` lines only,
+/// each event ended by CRLF CRLF.
+fn gemini_events(body: &[u8]) -> Vec<serde_json::Value> {
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert!(text.ends_with("\r\n\r\n"), "{text:?}");
+    text.split_terminator("\r\n\r\n")
+        .map(|event| {
+            assert!(!event.contains('\n') && !event.contains('\r'), "one line per event: {event:?}");
+            serde_json::from_str(event.strip_prefix("data: ").unwrap()).unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn gemini_generate_content_follows_the_knobs_and_records_the_body() {
+    let addr = start(gemini_key()).await;
+    let knobs = [
+        ("x-goog-api-key", "gk"),
+        ("x-mock-prompt-tokens", "50"),
+        ("x-mock-completion-tokens", "3"),
+        ("x-mock-cached-tokens", "10"),
+        ("x-mock-reasoning-tokens", "2"),
+    ];
+    let sent = r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}],"systemInstruction":{"parts":[{"text":"Be brief."}]},"generationConfig":{"maxOutputTokens":40,"temperature":0.5}}"#;
+    let (status, head, body, _) = request_with_head(addr, GEMINI, &knobs, sent).await;
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: application/json"));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        v["candidates"],
+        serde_json::json!([{"content": {"parts": [{"text": "tok0 tok1 tok2"}], "role": "model"},
+            "finishReason": "STOP", "index": 0}])
+    );
+    assert_eq!(
+        v["usageMetadata"],
+        serde_json::json!({"promptTokenCount": 50, "candidatesTokenCount": 3, "totalTokenCount": 55,
+            "cachedContentTokenCount": 10, "thoughtsTokenCount": 2})
+    );
+    assert_eq!(v["modelVersion"], "gemini-2.5-flash", "the model is the path's");
+    assert!(v["responseId"].as_str().is_some_and(|id| !id.is_empty()));
+    // Without cache or thoughts their counts are absent; /v1/ answers too; 16 words by default.
+    let (status, body, _) =
+        request(addr, "/v1/models/gemini-pro:generateContent", &[("x-goog-api-key", "gk")], GEMINI_BODY).await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let usage = v["usageMetadata"].as_object().unwrap();
+    assert_eq!(usage.keys().collect::<Vec<_>>(), ["candidatesTokenCount", "promptTokenCount", "totalTokenCount"]);
+    assert_eq!((usage["candidatesTokenCount"].as_u64(), v["modelVersion"].as_str()), (Some(16), Some("gemini-pro")));
+    let stats = stats(addr).await;
+    assert_eq!(stats["served"], 2);
+    let seen = &stats["requests"][0];
+    assert_eq!((seen["path"].as_str(), seen["query"].as_str()), (Some(GEMINI), None));
+    assert_eq!((seen["model"].as_str(), seen["stream"].as_bool()), (Some("gemini-2.5-flash"), Some(false)));
+    assert_eq!(seen["x_goog_api_key"], "gk");
+    assert_eq!(seen["authorization"], serde_json::Value::Null);
+    assert_eq!(seen["body_json"]["systemInstruction"]["parts"][0]["text"], "Be brief.");
+    assert_eq!(seen["body_json"]["generationConfig"]["maxOutputTokens"], 40);
+    assert_eq!(stats["by_path"]["/v1/models/gemini-pro:generateContent"], 1);
+}
+
+#[tokio::test]
+async fn gemini_wants_its_key_in_the_header_or_the_query() {
+    let addr = start(gemini_key()).await;
+    let invalid = serde_json::json!({"error": {"code": 400,
+        "message": "API key not valid. Please pass a valid API key.", "status": "INVALID_ARGUMENT"}});
+    for headers in [vec![], vec![("x-goog-api-key", "wrong")], vec![("authorization", "Bearer gk")]] {
+        let (status, body, _) = request(addr, GEMINI, &headers, GEMINI_BODY).await;
+        assert_eq!(status, 400, "{headers:?}");
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap(), invalid);
+    }
+    let (status, _, _) = request(addr, &format!("{GEMINI}?key=wrong"), &[], GEMINI_BODY).await;
+    assert_eq!(status, 400);
+    let (status, _, _) = request(addr, &format!("{GEMINI}?key=gk"), &[], GEMINI_BODY).await;
+    assert_eq!(status, 200);
+    let (status, _, _) = request(addr, GEMINI_SSE, &[("x-goog-api-key", "gk")], GEMINI_BODY).await;
+    assert_eq!(status, 200);
+    let stats = stats(addr).await;
+    assert_eq!(stats["served"], 2);
+    assert_eq!(stats["requests"][4]["query"], "key=gk");
+    assert_eq!(stats["requests"][5]["query"], "alt=sse");
+    // Without a configured key anything goes.
+    let addr = start(Config::default()).await;
+    let (status, _, _) = request(addr, GEMINI, &[], GEMINI_BODY).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn gemini_refuses_bad_bodies_and_unknown_methods_in_googles_words() {
+    let addr = start(Config::default()).await;
+    let error = |body: &[u8]| serde_json::from_slice::<serde_json::Value>(body).unwrap()["error"].clone();
+    let no_contents = serde_json::json!({"code": 400,
+        "message": "* GenerateContentRequest.contents: contents is not specified\n", "status": "INVALID_ARGUMENT"});
+    for body in ["", "{}", r#"{"contents":[]}"#, r#"{"generationConfig":{"maxOutputTokens":5}}"#] {
+        let (status, raw, _) = request(addr, GEMINI, &[], body).await;
+        assert_eq!((status, error(&raw)), (400, no_contents.clone()), "{body}");
+    }
+    let (status, raw, _) = request(addr, GEMINI, &[], "{nope").await;
+    assert_eq!((status, error(&raw)["status"].as_str()), (400, Some("INVALID_ARGUMENT")));
+    // What Google refuses that a translation might send: OpenAI fields, OpenAI roles, empty parts.
+    let cases = [
+        (r#"{"contents":[{"parts":[{"text":"x"}]}],"messages":[]}"#, "Unknown name \"messages\""),
+        (r#"{"contents":[{"role":"assistant","parts":[{"text":"x"}]}]}"#, "Please use a valid role: user, model."),
+        (r#"{"contents":[{"role":"user","parts":[]}]}"#, "contents[0].parts: contents.parts must not be empty"),
+    ];
+    for (body, message) in cases {
+        let (status, raw, _) = request(addr, GEMINI, &[], body).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(error(&raw)["message"].as_str().unwrap().contains(message), "{body}");
+    }
+    // Proto's own field names are accepted as well as the JSON names.
+    let snake = r#"{"contents":[{"parts":[{"text":"x"}]}],"system_instruction":{"parts":[{"text":"s"}]},"generation_config":{"max_output_tokens":2}}"#;
+    let (status, raw, _) = request(addr, GEMINI, &[], snake).await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(v["candidates"][0]["content"]["parts"][0]["text"], "tok0 tok1");
+    for path in [
+        "/v1beta/models/gemini-2.5-flash:countTokens",
+        "/v1beta/models/gemini-2.5-flash",
+        "/v1beta/models/:generateContent",
+        "/v1beta/tunedModels/x:generateContent",
+    ] {
+        let (status, raw, _) = request(addr, path, &[], GEMINI_BODY).await;
+        assert_eq!((status, error(&raw)["status"].as_str()), (404, Some("NOT_FOUND")), "{path}");
+        assert_eq!(error(&raw)["code"], 404);
+    }
+    // A percent-encoded colon routes as the colon does.
+    let (status, _, _) = request(addr, "/v1beta/models/g%3AgenerateContent", &[], GEMINI_BODY).await;
+    assert_eq!(status, 200);
+    assert_eq!(stats(addr).await["served"], 2);
+}
+
+#[tokio::test]
+async fn gemini_streams_crlf_framed_events_with_cumulative_usage() {
+    let addr = start(Config::default()).await;
+    let knobs = [
+        ("x-mock-prompt-tokens", "9"),
+        ("x-mock-completion-tokens", "5"),
+        ("x-mock-chunk-tokens", "2"),
+        ("x-mock-cached-tokens", "4"),
+        ("x-mock-reasoning-tokens", "3"),
+    ];
+    let (status, head, body, complete) = request_with_head(addr, GEMINI_SSE, &knobs, GEMINI_BODY).await;
+    assert_eq!((status, complete), (200, true));
+    assert!(head.contains("content-type: text/event-stream"));
+    let text = String::from_utf8_lossy(&body);
+    assert!(!text.contains("[DONE]") && !text.contains("event:"));
+    let events = gemini_events(&body);
+    assert_eq!(events.len(), 3);
+    let pieces: Vec<&str> =
+        events.iter().map(|e| e["candidates"][0]["content"]["parts"][0]["text"].as_str().unwrap()).collect();
+    assert_eq!(pieces, ["tok0 tok1", " tok2 tok3", " tok4"]);
+    for (event, so_far) in events.iter().zip([2, 4, 5]) {
+        assert_eq!(event["candidates"][0]["content"]["role"], "model");
+        assert_eq!(event["modelVersion"], "gemini-2.5-flash");
+        assert_eq!(event["responseId"], events[0]["responseId"]);
+        assert_eq!(
+            event["usageMetadata"],
+            serde_json::json!({"promptTokenCount": 9, "candidatesTokenCount": so_far,
+                "totalTokenCount": 9 + so_far + 3, "cachedContentTokenCount": 4, "thoughtsTokenCount": 3})
+        );
+    }
+    assert!(events[..2].iter().all(|e| e["candidates"][0].get("finishReason").is_none()));
+    assert_eq!(events[2]["candidates"][0]["finishReason"], "STOP");
+    let seen = &stats(addr).await["requests"][0];
+    assert_eq!((seen["stream"].as_bool(), seen["query"].as_str()), (Some(true), Some("alt=sse")));
+    assert_eq!(seen["path"], "/v1beta/models/gemini-2.5-flash:streamGenerateContent");
+}
+
+#[tokio::test]
+async fn gemini_streams_split_and_cut_like_chat() {
+    let addr = start(Config::default()).await;
+    let split = [("x-mock-completion-tokens", "4"), ("x-mock-split-bytes", "7")];
+    let (_, body, complete) = request(addr, GEMINI_SSE, &split, GEMINI_BODY).await;
+    assert!(complete);
+    let text: String = gemini_events(&body)
+        .iter()
+        .map(|e| e["candidates"][0]["content"]["parts"][0]["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(text, "tök0 tök1 tök2 tök3");
+    let cut = [("x-mock-completion-tokens", "6"), ("x-mock-cut-after", "2")];
+    let (status, body, complete) = request(addr, GEMINI_SSE, &cut, GEMINI_BODY).await;
+    assert_eq!(status, 200);
+    assert!(!complete, "the chunked body never terminates");
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(text.matches("data: ").count(), 2, "exactly the first two events arrive");
+    assert!(!text.contains("finishReason"));
+    // Without alt=sse Google streams one JSON array.
+    let path = "/v1beta/models/m:streamGenerateContent";
+    let (status, head, body, _) =
+        request_with_head(addr, path, &[("x-mock-completion-tokens", "3")], GEMINI_BODY).await;
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: application/json"));
+    let array: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+    assert_eq!(array.len(), 3);
+    assert_eq!(array[2]["candidates"][0]["finishReason"], "STOP");
+}
+
+#[tokio::test]
+async fn gemini_tool_call_knob_answers_with_a_function_call() {
+    let addr = start(Config::default()).await;
+    let body = r#"{"contents":[{"role":"user","parts":[{"text":"Weather in Paris?"}]}],"tools":[{"functionDeclarations":[{"name":"weather","parameters":{"type":"object"}}]}]}"#;
+    let call = serde_json::json!([{"functionCall": {"name": "weather", "args": {"city": "Paris"}}}]);
+    let (status, raw, _) = request(addr, GEMINI, &[("x-mock-tool-call", "weather")], body).await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(v["candidates"][0]["content"]["parts"], call);
+    assert_eq!(v["candidates"][0]["finishReason"], "STOP");
+    let (_, raw, _) = request(addr, GEMINI_SSE, &[("x-mock-tool-call", "weather")], body).await;
+    let events = gemini_events(&raw);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["candidates"][0]["content"]["parts"], call);
+    assert_eq!(events[0]["candidates"][0]["finishReason"], "STOP");
+    assert_eq!(stats(addr).await["requests"][0]["body_json"]["tools"][0]["functionDeclarations"][0]["name"], "weather");
+    // Without declared functions the knob is ignored.
+    let (_, raw, _) = request(addr, GEMINI, &[("x-mock-tool-call", "weather")], GEMINI_BODY).await;
+    let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    assert!(v["candidates"][0]["content"]["parts"][0]["text"].is_string());
+}
+
+#[tokio::test]
+async fn gemini_max_output_tokens_cuts_the_answer_with_max_tokens() {
+    let addr = start(Config::default()).await;
+    let capped = |n: u64| {
+        format!(r#"{{"contents":[{{"parts":[{{"text":"x"}}]}}],"generationConfig":{{"maxOutputTokens":{n}}}}}"#)
+    };
+    let cases = [
+        (vec![], 3, "tok0 tok1 tok2", "MAX_TOKENS"),
+        (vec![("x-mock-completion-tokens", "10")], 4, "tok0 tok1 tok2 tok3", "MAX_TOKENS"),
+        (vec![("x-mock-completion-tokens", "2")], 5, "tok0 tok1", "STOP"),
+    ];
+    for (headers, cap, text, finish) in cases {
+        let (status, raw, _) = request(addr, GEMINI, &headers, &capped(cap)).await;
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        let candidate = &v["candidates"][0];
+        assert_eq!(
+            (candidate["content"]["parts"][0]["text"].as_str(), candidate["finishReason"].as_str()),
+            (Some(text), Some(finish)),
+            "{headers:?} {cap}"
+        );
+        assert_eq!(v["usageMetadata"]["candidatesTokenCount"], text.split(' ').count());
+    }
+    let (_, raw, _) = request(addr, GEMINI_SSE, &[("x-mock-completion-tokens", "6")], &capped(2)).await;
+    let events = gemini_events(&raw);
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1]["candidates"][0]["finishReason"], "MAX_TOKENS");
+    assert_eq!(events[1]["usageMetadata"]["candidatesTokenCount"], 2);
+}
+
+#[tokio::test]
+async fn gemini_errors_are_googles() {
+    let addr = start(Config::default()).await;
+    for (code, name) in [
+        (429, "RESOURCE_EXHAUSTED"),
+        (400, "INVALID_ARGUMENT"),
+        (401, "UNAUTHENTICATED"),
+        (403, "PERMISSION_DENIED"),
+        (404, "NOT_FOUND"),
+        (503, "UNAVAILABLE"),
+        (500, "INTERNAL"),
+        (502, "INTERNAL"),
+    ] {
+        let status_knob = code.to_string();
+        for path in [GEMINI, GEMINI_SSE] {
+            let (status, raw, _) = request(addr, path, &[("x-mock-status", &status_knob)], GEMINI_BODY).await;
+            assert_eq!(status, code);
+            let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+            assert_eq!(
+                v,
+                serde_json::json!({"error": {"code": code, "message": format!("mock error {code}"), "status": name}})
+            );
+        }
+    }
+    let (status, raw, _) = request(addr, GEMINI, &[("x-mock-garbage", "1")], GEMINI_BODY).await;
+    assert_eq!(status, 200);
+    assert!(serde_json::from_slice::<serde_json::Value>(&raw).is_err());
+    assert_eq!(stats(addr).await["served"], 1);
 }
