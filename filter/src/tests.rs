@@ -381,6 +381,40 @@ fn a_gemini_deployment_is_reached_through_translation() {
     }
 }
 
+/// An Anthropic client in front of Gemini: the two translations composed, both ways.
+#[test]
+fn an_anthropic_client_reaches_gemini_through_openais_format() {
+    let mut cfg = base_config();
+    cfg.deployments.push(Deployment {
+        base_path: "/v1beta".into(),
+        ..deployment("gemini", "flash", Provider::Gemini, "gemini-2.5-flash")
+    });
+    let h = Harness::new(cfg);
+    let mut s = h.start("POST", "/v1/messages", &[("x-api-key", key(1).as_bytes())]);
+    assert!(
+        s.send_body(
+            br#"{"model":"flash","max_tokens":20,"system":"Be brief.","messages":[{"role":"user","content":"hi"}]}"#
+        )
+        .is_none()
+    );
+    assert_eq!(s.host.request_header_str(":path").as_deref(), Some("/v1beta/models/gemini-2.5-flash:generateContent"));
+    let sent: serde_json::Value = serde_json::from_slice(&s.host.stream.request_body.borrow()).unwrap();
+    assert_eq!(sent["systemInstruction"]["parts"][0]["text"], "Be brief.");
+    assert_eq!(sent["generationConfig"]["maxOutputTokens"], 20);
+    let answer = r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"hello"}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":2}}"#;
+    let out: serde_json::Value =
+        serde_json::from_slice(&s.respond(200, "application/json", &[answer.as_bytes()], true)).unwrap();
+    assert_eq!((out["type"].as_str(), out["content"][0]["text"].as_str()), (Some("message"), Some("hello")));
+    assert_eq!((out["usage"]["input_tokens"].as_u64(), out["usage"]["output_tokens"].as_u64()), (Some(9), Some(2)));
+    // A Gemini error reaches the Anthropic client in Anthropic's shape.
+    let mut s = h.start("POST", "/v1/messages", &[("x-api-key", key(1).as_bytes())]);
+    assert!(s.send_body(br#"{"model":"flash","max_tokens":20,"messages":[{"role":"user","content":"hi"}]}"#).is_none());
+    let error = r#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED"}}"#;
+    let out: serde_json::Value =
+        serde_json::from_slice(&s.respond(429, "application/json", &[error.as_bytes()], true)).unwrap();
+    assert_eq!((out["type"].as_str(), out["error"]["type"].as_str()), (Some("error"), Some("rate_limit_error")));
+}
+
 /// OpenAI's Responses API: passed through to OpenAI deployments (model renamed, nothing
 /// added), metered from its own usage shape, streamed or not; never to Anthropic.
 #[test]

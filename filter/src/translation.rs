@@ -16,6 +16,9 @@ pub enum Direction {
     AnthropicToOpenAi,
     /// An OpenAI Chat Completions client, a Gemini deployment.
     OpenAiToGemini,
+    /// An Anthropic Messages client, a Gemini deployment: through OpenAI's format both ways
+    /// (the two translations composed, each tested on its own).
+    AnthropicToGemini,
 }
 
 impl Direction {
@@ -23,7 +26,7 @@ impl Direction {
     pub fn client_format(self) -> ErrorFormat {
         let client = match self {
             Self::OpenAiToAnthropic | Self::OpenAiToGemini => Endpoint::ChatCompletions,
-            Self::AnthropicToOpenAi => Endpoint::Messages,
+            Self::AnthropicToOpenAi | Self::AnthropicToGemini => Endpoint::Messages,
         };
         client.error_format()
     }
@@ -34,6 +37,7 @@ impl Direction {
             (Endpoint::ChatCompletions, ApiFormat::Anthropic) => Some(Self::OpenAiToAnthropic),
             (Endpoint::Messages, ApiFormat::OpenAi) => Some(Self::AnthropicToOpenAi),
             (Endpoint::ChatCompletions, ApiFormat::Gemini) => Some(Self::OpenAiToGemini),
+            (Endpoint::Messages, ApiFormat::Gemini) => Some(Self::AnthropicToGemini),
             _ => None,
         }
     }
@@ -43,7 +47,7 @@ impl Direction {
     pub fn upstream_endpoint(self) -> Endpoint {
         match self {
             Self::OpenAiToAnthropic => Endpoint::Messages,
-            Self::AnthropicToOpenAi | Self::OpenAiToGemini => Endpoint::ChatCompletions,
+            Self::AnthropicToOpenAi | Self::OpenAiToGemini | Self::AnthropicToGemini => Endpoint::ChatCompletions,
         }
     }
 }
@@ -76,6 +80,10 @@ impl Translation {
             Direction::OpenAiToAnthropic => openai_anthropic::request(body, &target)?,
             Direction::AnthropicToOpenAi => anthropic_openai::request(body, &target)?,
             Direction::OpenAiToGemini => openai_gemini::request(body, &target)?,
+            Direction::AnthropicToGemini => {
+                let openai = anthropic_openai::request(body, &target)?;
+                openai_gemini::request(&openai.body, &target)?
+            }
         };
         Ok(translated.body)
     }
@@ -97,6 +105,12 @@ impl Translation {
                 openai_gemini::response(body, &self.client_model, created_unix_secs).unwrap_or_else(untranslatable)
             }
             (Direction::OpenAiToGemini, false) => openai_gemini::error(body),
+            (Direction::AnthropicToGemini, true) => {
+                openai_gemini::response(body, &self.client_model, created_unix_secs)
+                    .and_then(|openai| anthropic_openai::response(&openai, &self.client_model))
+                    .unwrap_or_else(untranslatable)
+            }
+            (Direction::AnthropicToGemini, false) => anthropic_openai::error(&openai_gemini::error(body), status),
         }
     }
 
@@ -115,6 +129,11 @@ impl Translation {
                 created_unix_secs,
                 self.include_usage,
             )),
+            // The middle stream always carries the usage chunk: the Anthropic side needs it.
+            Direction::AnthropicToGemini => StreamTranslation::GeminiToAnthropic(
+                openai_gemini::StreamTranslator::new(&self.client_model, created_unix_secs, true),
+                anthropic_openai::StreamTranslator::new(&self.client_model),
+            ),
         }
     }
 }
@@ -125,6 +144,8 @@ pub enum StreamTranslation {
     ToOpenAi(openai_anthropic::StreamTranslator),
     ToAnthropic(anthropic_openai::StreamTranslator),
     GeminiToOpenAi(openai_gemini::StreamTranslator),
+    /// Gemini's events to OpenAI chunks, those to Anthropic events.
+    GeminiToAnthropic(openai_gemini::StreamTranslator, anthropic_openai::StreamTranslator),
 }
 
 impl StreamTranslation {
@@ -133,6 +154,9 @@ impl StreamTranslation {
             Self::ToOpenAi(t) => t.feed(chunk, end_of_stream),
             Self::ToAnthropic(t) => t.feed(chunk, end_of_stream),
             Self::GeminiToOpenAi(t) => t.feed(chunk, end_of_stream),
+            Self::GeminiToAnthropic(gemini, anthropic) => {
+                anthropic.feed(&gemini.feed(chunk, end_of_stream), end_of_stream)
+            }
         }
     }
 
@@ -141,7 +165,7 @@ impl StreamTranslation {
         match self {
             Self::ToOpenAi(t) => t.usage(),
             Self::ToAnthropic(t) => t.usage(),
-            Self::GeminiToOpenAi(t) => t.usage(),
+            Self::GeminiToOpenAi(t) | Self::GeminiToAnthropic(t, _) => t.usage(),
         }
     }
 
@@ -150,7 +174,7 @@ impl StreamTranslation {
         match self {
             Self::ToOpenAi(t) => t.completed(),
             Self::ToAnthropic(t) => t.completed(),
-            Self::GeminiToOpenAi(t) => t.completed(),
+            Self::GeminiToOpenAi(t) | Self::GeminiToAnthropic(t, _) => t.completed(),
         }
     }
 }

@@ -225,3 +225,26 @@ def test_a_gemini_error_reaches_the_openai_client_in_its_shape(gw):
         openai_client(gw).chat.completions.create(
             model="gemini-flash", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-mock-status": "429"})
     assert e.value.status_code == 429 and "mock error 429" in str(e.value)
+
+
+def test_the_anthropic_sdk_reaches_a_gemini_deployment(gw):
+    """Claude Code in front of Gemini: Messages → (OpenAI) → generateContent and back."""
+    before = len(gw.records("providers"))
+    client = anthropic.Anthropic(base_url=gw.url, api_key=gw.keys["providers"], max_retries=0)
+    msg = client.messages.create(
+        model="gemini-flash", max_tokens=30, system="Be brief.", messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-mock-prompt-tokens": "40", "x-mock-completion-tokens": "3"})
+    assert msg.type == "message" and msg.content[0].text == "tok0 tok1 tok2"
+    assert (msg.stop_reason, msg.usage.input_tokens, msg.usage.output_tokens) == ("end_turn", 40, 3)
+    seen = gw.mock_stats()["requests"][-1]
+    assert seen["path"] == GEMINI_PATH and seen["x_goog_api_key"] == gw.provider_keys["MOCK_GEMINI_KEY"]
+    assert seen["body_json"]["systemInstruction"]["parts"][0]["text"] == "Be brief."
+    with client.messages.stream(
+            model="gemini-flash", max_tokens=30, messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-mock-prompt-tokens": "12", "x-mock-completion-tokens": "5"}) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == " ".join(f"tok{i}" for i in range(5)) and final.usage.output_tokens == 5
+    recs = gw.wait_records("providers", before + 2)[-2:]
+    assert sorted((r["prompt_tokens"], r["completion_tokens"], r["estimated"]) for r in recs) == [(12, 5, False), (40, 3, False)]
+    assert all(r["route"] == "/v1/messages" for r in recs)
