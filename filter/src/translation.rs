@@ -130,10 +130,10 @@ impl Translation {
                 self.include_usage,
             )),
             // The middle stream always carries the usage chunk: the Anthropic side needs it.
-            Direction::AnthropicToGemini => StreamTranslation::GeminiToAnthropic(
+            Direction::AnthropicToGemini => StreamTranslation::GeminiToAnthropic(Box::new((
                 openai_gemini::StreamTranslator::new(&self.client_model, created_unix_secs, true),
                 anthropic_openai::StreamTranslator::new(&self.client_model),
-            ),
+            ))),
         }
     }
 }
@@ -144,8 +144,9 @@ pub enum StreamTranslation {
     ToOpenAi(openai_anthropic::StreamTranslator),
     ToAnthropic(anthropic_openai::StreamTranslator),
     GeminiToOpenAi(openai_gemini::StreamTranslator),
-    /// Gemini's events to OpenAI chunks, those to Anthropic events.
-    GeminiToAnthropic(openai_gemini::StreamTranslator, anthropic_openai::StreamTranslator),
+    /// Gemini's events to OpenAI chunks, those to Anthropic events (boxed: the pair is twice
+    /// the size of the others).
+    GeminiToAnthropic(Box<(openai_gemini::StreamTranslator, anthropic_openai::StreamTranslator)>),
 }
 
 impl StreamTranslation {
@@ -154,7 +155,8 @@ impl StreamTranslation {
             Self::ToOpenAi(t) => t.feed(chunk, end_of_stream),
             Self::ToAnthropic(t) => t.feed(chunk, end_of_stream),
             Self::GeminiToOpenAi(t) => t.feed(chunk, end_of_stream),
-            Self::GeminiToAnthropic(gemini, anthropic) => {
+            Self::GeminiToAnthropic(pair) => {
+                let (gemini, anthropic) = &mut **pair;
                 anthropic.feed(&gemini.feed(chunk, end_of_stream), end_of_stream)
             }
         }
@@ -165,7 +167,8 @@ impl StreamTranslation {
         match self {
             Self::ToOpenAi(t) => t.usage(),
             Self::ToAnthropic(t) => t.usage(),
-            Self::GeminiToOpenAi(t) | Self::GeminiToAnthropic(t, _) => t.usage(),
+            Self::GeminiToOpenAi(t) => t.usage(),
+            Self::GeminiToAnthropic(pair) => pair.0.usage(),
         }
     }
 
@@ -174,7 +177,8 @@ impl StreamTranslation {
         match self {
             Self::ToOpenAi(t) => t.completed(),
             Self::ToAnthropic(t) => t.completed(),
-            Self::GeminiToOpenAi(t) | Self::GeminiToAnthropic(t, _) => t.completed(),
+            Self::GeminiToOpenAi(t) => t.completed(),
+            Self::GeminiToAnthropic(pair) => pair.0.completed(),
         }
     }
 }
