@@ -113,6 +113,20 @@ fn cluster(u: &Upstream) -> Value {
             "explicit_http_config": {"http_protocol_options": {}},
         }},
     });
+    if let Some(region) = &u.aws_region {
+        // Bedrock: SigV4 by Envoy with its own AWS credentials (its environment, ~/.aws, a web
+        // identity), after the filter chose the path and body (the signature covers both).
+        c["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"] = json!([
+            {"name": "envoy.filters.http.aws_request_signing", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.aws_request_signing.v3.AwsRequestSigning",
+                "service_name": "bedrock",
+                "region": region,
+            }},
+            {"name": "envoy.filters.http.upstream_codec", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec",
+            }},
+        ]);
+    }
     if u.https {
         // Verify the provider's certificate chain *and* its name.
         c["transport_socket"] = json!({

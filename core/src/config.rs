@@ -178,6 +178,9 @@ pub enum Provider {
     /// Google Gemini (Generative Language API): `{base}/models/{model}:generateContent`, the
     /// key in `x-goog-api-key`; reached by OpenAI clients through translation.
     Gemini,
+    /// AWS Bedrock's Converse API: `/model/{id}/converse` (`converse-stream`, AWS's binary
+    /// event stream), signed (SigV4) by Envoy's `aws_request_signing` filter on the cluster.
+    Bedrock,
 }
 
 impl Provider {
@@ -186,6 +189,7 @@ impl Provider {
             Self::Openai | Self::Azure => ApiFormat::OpenAi,
             Self::Anthropic => ApiFormat::Anthropic,
             Self::Gemini => ApiFormat::Gemini,
+            Self::Bedrock => ApiFormat::Bedrock,
         }
     }
 }
@@ -217,6 +221,17 @@ impl Deployment {
                 }
                 let method = if streamed { "streamGenerateContent?alt=sse" } else { "generateContent" };
                 Some(format!("{}/models/{upstream_model}:{method}", self.base_path))
+            }
+            Provider::Bedrock => {
+                // An id (`anthropic.claude-…-v1:0`) or an inference profile's ARN: one path
+                // segment, its `:` and `/` escaped as AWS's SDKs do.
+                let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b);
+                if upstream_model.is_empty() || !upstream_model.bytes().all(allowed) {
+                    return None;
+                }
+                let id = upstream_model.replace(':', "%3A").replace('/', "%2F");
+                let method = if streamed { "converse-stream" } else { "converse" };
+                Some(format!("{}/model/{id}/{method}", self.base_path))
             }
             _ => Some(format!("{}{}{}", self.base_path, endpoint.upstream_suffix(), self.path_query)),
         }
@@ -725,11 +740,13 @@ impl CompiledConfig {
             if d.upstream_model.is_empty() {
                 errors.push(ConfigError(format!("{what}: the upstream model name is empty")));
             }
-            if d.provider == Provider::Gemini
-                && !d.upstream_model.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.*".contains(&b))
-            {
+            let path_safe = |b: u8| match d.provider {
+                Provider::Bedrock => b.is_ascii_alphanumeric() || b"-_.*:/".contains(&b),
+                _ => b.is_ascii_alphanumeric() || b"-_.*".contains(&b),
+            };
+            if matches!(d.provider, Provider::Gemini | Provider::Bedrock) && !d.upstream_model.bytes().all(path_safe) {
                 errors.push(ConfigError(format!(
-                    "{what}: the Gemini model {:?} goes in the URL path: letters, digits, '-', '_', '.'",
+                    "{what}: the model {:?} goes in the URL path: letters, digits, '-', '_', '.' (and ':', '/' for Bedrock)",
                     d.upstream_model
                 )));
             }

@@ -37,6 +37,9 @@ pub struct Upstream {
     pub https: bool,
     pub host: String,
     pub port: u16,
+    /// Requests are signed by Envoy (`aws_request_signing` on the cluster) for this AWS
+    /// region: Bedrock. The credentials are Envoy's own (its AWS credential chain).
+    pub aws_region: Option<String>,
 }
 
 /// Everything standalone mode needs to generate Envoy's bootstrap.
@@ -416,7 +419,8 @@ fn azure_path(api_path: &str, deployment: &str, version: &str) -> Result<(String
         return Err(format!("azure/{deployment:?}: a deployment name is letters, digits, '-', '_' and '.'"));
     }
     if !safe(version) {
-        return Err(format!("litellm_params.api_version {version:?} is not an Azure API version"));
+        // Not echoed: it may have come from the environment.
+        return Err("litellm_params.api_version is not an Azure API version (letters, digits, '-', '_', '.')".into());
     }
     let v1 = api_path.ends_with("/openai/v1") || matches!(version, "v1" | "latest" | "preview");
     if v1 {
@@ -455,7 +459,7 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
         cx.refuse_unsupported(
             &format!("model_list[{i}].litellm_params"),
             params,
-            &["model", "api_base", "api_key", "api_version", "rpm", "tpm", "weight", "drop_params"],
+            &["model", "api_base", "api_key", "api_version", "aws_region_name", "rpm", "tpm", "weight", "drop_params"],
         );
         cx.refuse_unsupported(
             &format!("model_list[{i}].model_info"),
@@ -482,8 +486,38 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
             cx.error(format!("{at}: provider {provider_name:?} is not supported (supported: {})", known.join(", ")));
             continue;
         };
-        let Some(api_base) =
-            setting(cx, &at, params, "api_base", spec.base_env).or(spec.default_base.map(str::to_owned))
+        // Bedrock: signed by Envoy in the region's endpoint; the credentials are Envoy's.
+        let aws_region = if spec.provider == Provider::Bedrock {
+            let region = setting(cx, &at, params, "aws_region_name", Some("AWS_REGION"))
+                .or_else(|| (cx.env)("AWS_DEFAULT_REGION").filter(|r| !r.is_empty()));
+            match region {
+                Some(r) if !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => Some(r),
+                // Not echoed: it may have come from the environment.
+                Some(_) => {
+                    cx.error(format!("{at}: aws_region_name is not an AWS region (letters, digits and '-')"));
+                    continue;
+                }
+                None => {
+                    cx.error(format!("{at}: bedrock/ needs litellm_params.aws_region_name (or AWS_REGION)"));
+                    continue;
+                }
+            }
+        } else {
+            if params.contains_key("aws_region_name") {
+                cx.error(format!("{at}: litellm_params.aws_region_name is Bedrock's; {provider_name}/ has none"));
+            }
+            None
+        };
+        if spec.provider == Provider::Bedrock && params.contains_key("api_key") {
+            cx.error(format!(
+                "{at}: bedrock/ takes no api_key: Envoy signs its requests with its own AWS credentials \
+                 (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in its environment, ~/.aws, or a web identity)"
+            ));
+        }
+        let region_base = aws_region.as_ref().map(|r| format!("https://bedrock-runtime.{r}.amazonaws.com"));
+        let Some(api_base) = setting(cx, &at, params, "api_base", spec.base_env)
+            .or(region_base)
+            .or(spec.default_base.map(str::to_owned))
         else {
             cx.error(format!("{at}: {provider_name}/ needs litellm_params.api_base (the server's URL)"));
             continue;
@@ -613,7 +647,7 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
                 None
             }
         };
-        upstreams.push(Upstream { cluster: cluster.clone(), https, host, port });
+        upstreams.push(Upstream { cluster: cluster.clone(), https, host, port, aws_region });
         deployments.push(Deployment {
             id,
             model_name: name,
@@ -688,11 +722,23 @@ mod tests {
         assert_eq!(d[0].pricing.cache_read_input_token_cost, Some(1.25e-6));
         assert_eq!(
             s.upstreams[0],
-            Upstream { cluster: cluster_name("gpt4o-east"), https: true, host: "api.openai.com".into(), port: 443 }
+            Upstream {
+                cluster: cluster_name("gpt4o-east"),
+                https: true,
+                host: "api.openai.com".into(),
+                port: 443,
+                aws_region: None
+            }
         );
         assert_eq!(
             s.upstreams[1],
-            Upstream { cluster: cluster_name("gpt-4o-1"), https: false, host: "127.0.0.1".into(), port: 8081 }
+            Upstream {
+                cluster: cluster_name("gpt-4o-1"),
+                https: false,
+                host: "127.0.0.1".into(),
+                port: 8081,
+                aws_region: None
+            }
         );
         assert_eq!(s.upstreams[2].host, "api.anthropic.com");
         // Envoy reads the key from the same variable: the config names it and holds no digest.
@@ -862,9 +908,9 @@ mod tests {
         let missing = json!({"model_list": [{"model_name": "v", "litellm_params": {"model": "hosted_vllm/llama"}}]});
         let errors = from_litellm(&missing, &env).unwrap_err();
         assert!(errors[0].0.contains("hosted_vllm/ needs litellm_params.api_base"), "{errors:?}");
-        let unknown = json!({"model_list": [{"model_name": "v", "litellm_params": {"model": "bedrock/claude"}}]});
+        let unknown = json!({"model_list": [{"model_name": "v", "litellm_params": {"model": "vertex_ai/gemini"}}]});
         let errors = from_litellm(&unknown, &env).unwrap_err();
-        assert!(errors[0].0.contains("provider \"bedrock\" is not supported (supported: openai,"), "{errors:?}");
+        assert!(errors[0].0.contains("provider \"vertex_ai\" is not supported (supported: openai,"), "{errors:?}");
     }
 
     /// Gemini: Google's server and `/v1beta` by default, GEMINI_API_KEY only to it, the price
@@ -889,6 +935,37 @@ mod tests {
         assert_eq!(d[0].upstream_path(crate::endpoint::Endpoint::ChatCompletions, "../x", false), None);
         let bad = json!({"model_list": [{"model_name": "x", "litellm_params": {"model": "gemini/a?b"}}]});
         assert!(from_litellm(&bad, &env).unwrap_err()[0].0.contains("goes in the URL path"));
+    }
+
+    /// Bedrock: the region's endpoint, signed by Envoy in that region, no key in config; the
+    /// model id (or an inference profile's ARN) escaped into the path.
+    #[test]
+    fn bedrock_deployments_are_signed_by_envoy_in_their_region() {
+        let doc = json!({"model_list": [
+            {"model_name": "claude", "litellm_params": {"model": "bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0", "aws_region_name": "eu-west-1"}},
+            {"model_name": "mock", "litellm_params": {"model": "bedrock/us.anthropic.claude-sonnet-4-5", "api_base": "http://127.0.0.1:9000"}},
+        ]});
+        let env = |name: &str| (name == "AWS_REGION").then(|| "us-east-1".to_owned());
+        let s = from_litellm(&doc, &env).unwrap();
+        let u: Vec<(&str, Option<&str>)> =
+            s.upstreams.iter().map(|u| (u.host.as_str(), u.aws_region.as_deref())).collect();
+        assert_eq!(
+            u,
+            [("bedrock-runtime.eu-west-1.amazonaws.com", Some("eu-west-1")), ("127.0.0.1", Some("us-east-1"))]
+        );
+        let d = &s.gateway.deployments[0];
+        assert_eq!((d.provider, d.api_key_env.as_deref()), (Provider::Bedrock, None));
+        let path = d.upstream_path(crate::endpoint::Endpoint::ChatCompletions, &d.upstream_model, true);
+        assert_eq!(path.as_deref(), Some("/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse-stream"));
+        let bad = json!({"model_list": [
+            {"model_name": "a", "litellm_params": {"model": "bedrock/x"}},
+            {"model_name": "b", "litellm_params": {"model": "bedrock/x", "aws_region_name": "us-east-1", "api_key": "os.environ/K"}},
+            {"model_name": "c", "litellm_params": {"model": "bedrock/x", "aws_region_name": "us-east-1", "aws_access_key_id": "os.environ/K"}},
+        ]});
+        let errors: Vec<String> = from_litellm(&bad, &|_| None).unwrap_err().into_iter().map(|e| e.0).collect();
+        assert!(errors.iter().any(|e| e.contains("needs litellm_params.aws_region_name")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("takes no api_key")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("aws_access_key_id: not supported by Sluice")), "{errors:?}");
     }
 
     /// Azure OpenAI: the deployment's path with `api-version`, Azure's `/openai/v1` form, the

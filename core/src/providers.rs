@@ -38,7 +38,7 @@ const fn spec(
     ProviderSpec { name, provider, default_base, base_env, key_envs, own_hosts }
 }
 
-use Provider::{Anthropic, Azure, Gemini, Openai};
+use Provider::{Anthropic, Azure, Bedrock, Gemini, Openai};
 
 /// Every supported prefix. OpenAI-compatible servers speak OpenAI's format with a Bearer token.
 #[rustfmt::skip]
@@ -49,6 +49,8 @@ pub const PROVIDERS: &[ProviderSpec] = &[
     // Azure OpenAI: `api_base` is the resource's own URL; its key goes only to Azure's hosts.
     spec("azure", Azure, None, Some("AZURE_API_BASE"), &["AZURE_API_KEY", "AZURE_OPENAI_API_KEY"], &[".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com"]),
     spec("gemini", Gemini, Some("https://generativelanguage.googleapis.com/v1beta"), Some("GEMINI_API_BASE"), &["GEMINI_API_KEY", "GOOGLE_API_KEY"], &["generativelanguage.googleapis.com"]),
+    // Bedrock: `api_base` from the region (`aws_region_name`, AWS_REGION); no key: Envoy signs.
+    spec("bedrock", Bedrock, None, Some("AWS_BEDROCK_RUNTIME_ENDPOINT"), &[], &[]),
     spec("groq", Openai, Some("https://api.groq.com/openai/v1"), Some("GROQ_API_BASE"), &["GROQ_API_KEY"], &["api.groq.com"]),
     spec("mistral", Openai, Some("https://api.mistral.ai/v1"), Some("MISTRAL_API_BASE"), &["MISTRAL_API_KEY"], &["api.mistral.ai"]),
     spec("codestral", Openai, Some("https://codestral.mistral.ai/v1"), Some("CODESTRAL_API_BASE"), &["CODESTRAL_API_KEY"], &["codestral.mistral.ai"]),
@@ -123,6 +125,6 @@ mod tests {
         assert_eq!(lookup("groq").map(|p| p.default_key_may_go_to("API.GROQ.COM.")), Some(true));
         assert_eq!(lookup("groq").map(|p| p.default_key_may_go_to("api.openai.com")), Some(false));
         assert_eq!(lookup("hosted_vllm").map(|p| p.default_key_may_go_to("10.0.0.5")), Some(false));
-        assert!(lookup("bedrock").is_none());
+        assert!(lookup("vertex_ai").is_none());
     }
 }

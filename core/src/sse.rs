@@ -265,8 +265,8 @@ impl SseUsageScanner {
                 self.responses_event(data, name);
                 true
             }
-            // No client speaks Gemini: its streams are always translated (`conversion`).
-            ApiFormat::Gemini => true,
+            // No client speaks Gemini or Bedrock: their streams are always translated.
+            ApiFormat::Gemini | ApiFormat::Bedrock => true,
         }
     }
 

@@ -15,6 +15,9 @@ pub enum ApiFormat {
     OpenAiResponses,
     /// Google Gemini's `generateContent`: `usageMetadata`, always behind a translation.
     Gemini,
+    /// AWS Bedrock's Converse API: `inputTokens` (without cache reads and writes, like
+    /// Anthropic's), always behind a translation.
+    Bedrock,
 }
 
 /// Normalised token counts of one request.
@@ -67,6 +70,15 @@ pub(crate) struct RawUsage {
     cached_content_token_count: Option<u64>,
     #[serde(rename = "thoughtsTokenCount")]
     thoughts_token_count: Option<u64>,
+    // Bedrock Converse
+    #[serde(rename = "inputTokens")]
+    converse_input_tokens: Option<u64>,
+    #[serde(rename = "outputTokens")]
+    converse_output_tokens: Option<u64>,
+    #[serde(rename = "cacheReadInputTokens")]
+    converse_cache_read_tokens: Option<u64>,
+    #[serde(rename = "cacheWriteInputTokens")]
+    converse_cache_write_tokens: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -108,6 +120,17 @@ impl RawUsage {
                     reasoning_tokens: thoughts,
                 }
             }
+            ApiFormat::Bedrock => {
+                let writes = self.converse_cache_write_tokens.unwrap_or(0);
+                let reads = self.converse_cache_read_tokens.unwrap_or(0);
+                Usage {
+                    prompt_tokens: self.converse_input_tokens.unwrap_or(0).saturating_add(writes).saturating_add(reads),
+                    cached_prompt_tokens: reads,
+                    cache_write_tokens: writes,
+                    completion_tokens: self.converse_output_tokens.unwrap_or(0),
+                    reasoning_tokens: 0,
+                }
+            }
             ApiFormat::Anthropic => {
                 let writes = self.cache_creation_input_tokens.unwrap_or(0);
                 let reads = self.cache_read_input_tokens.unwrap_or(0);
@@ -140,6 +163,10 @@ impl RawUsage {
             candidates_token_count,
             cached_content_token_count,
             thoughts_token_count,
+            converse_input_tokens,
+            converse_output_tokens,
+            converse_cache_read_tokens,
+            converse_cache_write_tokens,
         } = later;
         self.prompt_tokens = prompt_tokens.or(self.prompt_tokens);
         self.completion_tokens = completion_tokens.or(self.completion_tokens);
@@ -155,6 +182,10 @@ impl RawUsage {
         self.candidates_token_count = candidates_token_count.or(self.candidates_token_count);
         self.cached_content_token_count = cached_content_token_count.or(self.cached_content_token_count);
         self.thoughts_token_count = thoughts_token_count.or(self.thoughts_token_count);
+        self.converse_input_tokens = converse_input_tokens.or(self.converse_input_tokens);
+        self.converse_output_tokens = converse_output_tokens.or(self.converse_output_tokens);
+        self.converse_cache_read_tokens = converse_cache_read_tokens.or(self.converse_cache_read_tokens);
+        self.converse_cache_write_tokens = converse_cache_write_tokens.or(self.converse_cache_write_tokens);
     }
 }
 
@@ -226,6 +257,16 @@ mod tests {
                 completion_tokens: 15,
                 reasoning_tokens: 5
             }
+        );
+    }
+
+    #[test]
+    fn bedrock_converse_usage_counts_cache_tokens_as_input() {
+        let body = br#"{"output":{},"stopReason":"end_turn","usage":{"inputTokens":10,"outputTokens":7,"cacheReadInputTokens":30,"cacheWriteInputTokens":20,"totalTokens":67}}"#;
+        let u = parse_response_usage(ApiFormat::Bedrock, body).unwrap();
+        assert_eq!(
+            (u.prompt_tokens, u.cached_prompt_tokens, u.cache_write_tokens, u.completion_tokens),
+            (60, 30, 20, 7)
         );
     }
 

@@ -941,20 +941,25 @@ impl<H: Host> RequestFlow<H> {
         // client's key goes from the others (whichever of the three it came in).
         let credential = gateway.credentials.get(index).and_then(Option::as_deref);
         let bearer;
-        let (header, value) = match deployment.provider {
+        let provider_header = match deployment.provider {
             Provider::Openai => {
                 bearer = credential.map(|c| format!("Bearer {c}"));
-                ("authorization", bearer.as_deref())
+                Some(("authorization", bearer.as_deref()))
             }
-            Provider::Anthropic => ("x-api-key", credential),
-            Provider::Azure => ("api-key", credential),
-            Provider::Gemini => ("x-goog-api-key", credential),
+            Provider::Anthropic => Some(("x-api-key", credential)),
+            Provider::Azure => Some(("api-key", credential)),
+            Provider::Gemini => Some(("x-goog-api-key", credential)),
+            // Envoy signs Bedrock's requests (SigV4) on the cluster: no header from here.
+            Provider::Bedrock => None,
         };
+        let header = provider_header.map(|(name, _)| name);
         // (The client's key can only be in these three: `credential()` reads no other.)
-        for other in ["authorization", "x-api-key", "api-key"].into_iter().filter(|h| *h != header) {
+        for other in ["authorization", "x-api-key", "api-key"].into_iter().filter(|h| Some(*h) != header) {
             self.host.set_request_header(other, None);
         }
-        self.host.set_request_header(header, value.map(str::as_bytes));
+        if let Some((name, value)) = provider_header {
+            self.host.set_request_header(name, value.map(str::as_bytes));
+        }
         if deployment.provider == Provider::Anthropic && self.host.request_header("anthropic-version").is_none() {
             self.host.set_request_header("anthropic-version", Some(ANTHROPIC_VERSION.as_bytes()));
         }
@@ -989,14 +994,18 @@ impl<H: Host> RequestFlow<H> {
         for (name, value) in remaining_headers(&admitted.remaining) {
             self.host.set_response_header(name, Some(value.as_bytes()));
         }
-        let is_sse = self
-            .host
-            .response_header("content-type")
-            .is_some_and(|v| v.windows(17).any(|w| w.eq_ignore_ascii_case(b"text/event-stream")));
+        let content_type = self.host.response_header("content-type").unwrap_or_default();
+        let has = |needle: &[u8]| content_type.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle));
+        let is_sse = has(b"text/event-stream");
         if let Some(translation) = &admitted.translation {
             // Every byte of the body changes: its length is no longer the provider's.
             self.host.set_response_header("content-length", None);
-            self.tap = if is_sse && (200..300).contains(&self.status) {
+            // Bedrock streams AWS's binary event stream; the client gets SSE.
+            let is_stream = is_sse || has(b"application/vnd.amazon.eventstream");
+            self.tap = if is_stream && (200..300).contains(&self.status) {
+                if !is_sse {
+                    self.host.set_response_header("content-type", Some(b"text/event-stream"));
+                }
                 let created = self.start_ms / 1000;
                 Tap::TranslatedSse(translation.stream(created))
             } else {

@@ -380,6 +380,11 @@ fn check_routed(h: &Harness, host: &MockHost, sent_body: &[u8], client_body: &[u
             prop_assert_eq!(host.request_header_str("x-goog-api-key"), Some(secret));
             prop_assert_eq!(host.request_header_str("authorization"), None);
         }
+        // Signed by Envoy on the cluster: the filter sends no credential at all.
+        sluice_core::config::Provider::Bedrock => {
+            prop_assert_eq!(host.request_header_str("authorization"), None);
+            prop_assert_eq!(host.request_header_str("x-api-key"), None);
+        }
     }
     prop_assert_eq!(host.request_header_str("api-key").is_some(), d.provider == sluice_core::config::Provider::Azure);
     Ok(())

@@ -3,7 +3,7 @@
 //! so `flow.rs` routes and meters the same way whatever the pair.
 
 use sluice_core::config::{Deployment, Provider};
-use sluice_core::conversion::{Target, anthropic_openai, openai_anthropic, openai_gemini};
+use sluice_core::conversion::{Target, anthropic_openai, openai_anthropic, openai_bedrock, openai_gemini};
 use sluice_core::endpoint::Endpoint;
 use sluice_core::error::{ErrorFormat, GatewayError};
 use sluice_core::usage::{ApiFormat, Usage};
@@ -19,14 +19,18 @@ pub enum Direction {
     /// An Anthropic Messages client, a Gemini deployment: through OpenAI's format both ways
     /// (the two translations composed, each tested on its own).
     AnthropicToGemini,
+    /// An OpenAI Chat Completions client, a Bedrock (Converse) deployment.
+    OpenAiToBedrock,
+    /// An Anthropic Messages client, a Bedrock deployment: through OpenAI's format both ways.
+    AnthropicToBedrock,
 }
 
 impl Direction {
     /// The error shape the client reads: its route's.
     pub fn client_format(self) -> ErrorFormat {
         let client = match self {
-            Self::OpenAiToAnthropic | Self::OpenAiToGemini => Endpoint::ChatCompletions,
-            Self::AnthropicToOpenAi | Self::AnthropicToGemini => Endpoint::Messages,
+            Self::OpenAiToAnthropic | Self::OpenAiToGemini | Self::OpenAiToBedrock => Endpoint::ChatCompletions,
+            Self::AnthropicToOpenAi | Self::AnthropicToGemini | Self::AnthropicToBedrock => Endpoint::Messages,
         };
         client.error_format()
     }
@@ -38,6 +42,8 @@ impl Direction {
             (Endpoint::Messages, ApiFormat::OpenAi) => Some(Self::AnthropicToOpenAi),
             (Endpoint::ChatCompletions, ApiFormat::Gemini) => Some(Self::OpenAiToGemini),
             (Endpoint::Messages, ApiFormat::Gemini) => Some(Self::AnthropicToGemini),
+            (Endpoint::ChatCompletions, ApiFormat::Bedrock) => Some(Self::OpenAiToBedrock),
+            (Endpoint::Messages, ApiFormat::Bedrock) => Some(Self::AnthropicToBedrock),
             _ => None,
         }
     }
@@ -47,7 +53,11 @@ impl Direction {
     pub fn upstream_endpoint(self) -> Endpoint {
         match self {
             Self::OpenAiToAnthropic => Endpoint::Messages,
-            Self::AnthropicToOpenAi | Self::OpenAiToGemini | Self::AnthropicToGemini => Endpoint::ChatCompletions,
+            Self::AnthropicToOpenAi
+            | Self::OpenAiToGemini
+            | Self::AnthropicToGemini
+            | Self::OpenAiToBedrock
+            | Self::AnthropicToBedrock => Endpoint::ChatCompletions,
         }
     }
 }
@@ -84,6 +94,11 @@ impl Translation {
                 let openai = anthropic_openai::request(body, &target)?;
                 openai_gemini::request(&openai.body, &target)?
             }
+            Direction::OpenAiToBedrock => openai_bedrock::request(body, &target)?,
+            Direction::AnthropicToBedrock => {
+                let openai = anthropic_openai::request(body, &target)?;
+                openai_bedrock::request(&openai.body, &target)?
+            }
         };
         Ok(translated.body)
     }
@@ -111,6 +126,18 @@ impl Translation {
                     .unwrap_or_else(untranslatable)
             }
             (Direction::AnthropicToGemini, false) => anthropic_openai::error(&openai_gemini::error(body), status),
+            (Direction::OpenAiToBedrock, true) => {
+                openai_bedrock::response(body, &self.client_model, created_unix_secs).unwrap_or_else(untranslatable)
+            }
+            (Direction::OpenAiToBedrock, false) => openai_bedrock::error(body, status),
+            (Direction::AnthropicToBedrock, true) => {
+                openai_bedrock::response(body, &self.client_model, created_unix_secs)
+                    .and_then(|openai| anthropic_openai::response(&openai, &self.client_model))
+                    .unwrap_or_else(untranslatable)
+            }
+            (Direction::AnthropicToBedrock, false) => {
+                anthropic_openai::error(&openai_bedrock::error(body, status), status)
+            }
         }
     }
 
@@ -134,6 +161,13 @@ impl Translation {
                 openai_gemini::StreamTranslator::new(&self.client_model, created_unix_secs, true),
                 anthropic_openai::StreamTranslator::new(&self.client_model),
             ))),
+            Direction::OpenAiToBedrock => StreamTranslation::BedrockToOpenAi(Box::new(
+                openai_bedrock::StreamTranslator::new(&self.client_model, created_unix_secs, self.include_usage),
+            )),
+            Direction::AnthropicToBedrock => StreamTranslation::BedrockToAnthropic(Box::new((
+                openai_bedrock::StreamTranslator::new(&self.client_model, created_unix_secs, true),
+                anthropic_openai::StreamTranslator::new(&self.client_model),
+            ))),
         }
     }
 }
@@ -147,6 +181,10 @@ pub enum StreamTranslation {
     /// Gemini's events to OpenAI chunks, those to Anthropic events (boxed: the pair is twice
     /// the size of the others).
     GeminiToAnthropic(Box<(openai_gemini::StreamTranslator, anthropic_openai::StreamTranslator)>),
+    /// AWS's binary event stream to OpenAI chunks.
+    BedrockToOpenAi(Box<openai_bedrock::StreamTranslator>),
+    /// AWS's event stream to OpenAI chunks, those to Anthropic events.
+    BedrockToAnthropic(Box<(openai_bedrock::StreamTranslator, anthropic_openai::StreamTranslator)>),
 }
 
 impl StreamTranslation {
@@ -159,6 +197,11 @@ impl StreamTranslation {
                 let (gemini, anthropic) = &mut **pair;
                 anthropic.feed(&gemini.feed(chunk, end_of_stream), end_of_stream)
             }
+            Self::BedrockToOpenAi(t) => t.feed(chunk, end_of_stream),
+            Self::BedrockToAnthropic(pair) => {
+                let (bedrock, anthropic) = &mut **pair;
+                anthropic.feed(&bedrock.feed(chunk, end_of_stream), end_of_stream)
+            }
         }
     }
 
@@ -169,6 +212,8 @@ impl StreamTranslation {
             Self::ToAnthropic(t) => t.usage(),
             Self::GeminiToOpenAi(t) => t.usage(),
             Self::GeminiToAnthropic(pair) => pair.0.usage(),
+            Self::BedrockToOpenAi(t) => t.usage(),
+            Self::BedrockToAnthropic(pair) => pair.0.usage(),
         }
     }
 
@@ -179,6 +224,8 @@ impl StreamTranslation {
             Self::ToAnthropic(t) => t.completed(),
             Self::GeminiToOpenAi(t) => t.completed(),
             Self::GeminiToAnthropic(pair) => pair.0.completed(),
+            Self::BedrockToOpenAi(t) => t.completed(),
+            Self::BedrockToAnthropic(pair) => pair.0.completed(),
         }
     }
 }

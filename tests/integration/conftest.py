@@ -52,7 +52,12 @@ PRICES = {
     "dead-claude": (1e-6, 1e-6, None, None),
     "azure-gpt": (2.5e-6, 1e-5, 1.25e-6, None),
     "gemini-flash": (3e-7, 2.5e-6, 3e-8, None),
+    "bedrock-claude": (3e-6, 1.5e-5, 3e-7, 3.75e-6),
 }
+
+# Envoy's own AWS credentials (its credential chain reads them from its environment); the mock
+# provider checks that Envoy's SigV4 signature names this access key.
+AWS_ACCESS_KEY_ID = "AKIDSLUICETEST00001"
 
 # Keys the tests use, by alias: the CLI flags that create them.
 KEYS = {
@@ -172,7 +177,8 @@ class Gateway:
             "MOCK_GEMINI_KEY": "mock-gemini-" + os.urandom(8).hex(),
         }
         self.master_key = "sk-master-" + os.urandom(16).hex()
-        self.env = {**os.environ, **self.provider_keys, "SLUICE_MASTER_KEY": self.master_key}
+        self.env = {**os.environ, **self.provider_keys, "SLUICE_MASTER_KEY": self.master_key,
+                    "AWS_ACCESS_KEY_ID": AWS_ACCESS_KEY_ID, "AWS_SECRET_ACCESS_KEY": "test-" + os.urandom(8).hex()}
         self.procs = []
         self.keys = {}
         self.key_ids = {}
@@ -185,7 +191,8 @@ class Gateway:
              "--openai-key", self.provider_keys["MOCK_OPENAI_KEY"],
              "--anthropic-key", self.provider_keys["MOCK_ANTHROPIC_KEY"],
              "--azure-key", self.provider_keys["MOCK_AZURE_KEY"],
-             "--gemini-key", self.provider_keys["MOCK_GEMINI_KEY"], "--workers", "2"],
+             "--gemini-key", self.provider_keys["MOCK_GEMINI_KEY"],
+             "--aws-access-key-id", AWS_ACCESS_KEY_ID, "--workers", "2"],
             stdout=subprocess.PIPE, text=True)
         self.procs.append(proc)
         line = proc.stdout.readline()
@@ -220,6 +227,14 @@ class Gateway:
             azure,
             # Gemini: OpenAI clients through translation, the model in Google's path.
             model_entry("gemini-flash", "gemini/gemini-2.5-flash", self.mock_url, "MOCK_GEMINI_KEY", "gemini"),
+            # Bedrock (Converse): no key in config; Envoy signs with its own AWS credentials.
+            {"model_name": "bedrock-claude",
+             "litellm_params": {"model": "bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0", "api_base": self.mock_url,
+                                "aws_region_name": "us-east-1"},
+             "model_info": {"id": "bedrock", "input_cost_per_token": PRICES["bedrock-claude"][0],
+                            "output_cost_per_token": PRICES["bedrock-claude"][1],
+                            "cache_read_input_token_cost": PRICES["bedrock-claude"][2],
+                            "cache_creation_input_token_cost": PRICES["bedrock-claude"][3]}},
             # A wildcard: any `wild/<name>` goes to the OpenAI-format mock as `<name>`, priced
             # from the built-in table.
             {"model_name": "wild/*", "litellm_params": {"model": "openai/*", "api_base": openai_base,

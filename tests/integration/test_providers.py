@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import cost
+from conftest import AWS_ACCESS_KEY_ID, cost
 
 AZURE_PATH = "/openai/deployments/gpt4o-prod/chat/completions"
 
@@ -248,3 +248,68 @@ def test_the_anthropic_sdk_reaches_a_gemini_deployment(gw):
     recs = gw.wait_records("providers", before + 2)[-2:]
     assert sorted((r["prompt_tokens"], r["completion_tokens"], r["estimated"]) for r in recs) == [(12, 5, False), (40, 3, False)]
     assert all(r["route"] == "/v1/messages" for r in recs)
+
+
+# ---- Bedrock: Converse, signed by Envoy ------------------------------------------------------
+
+def last_bedrock_call(gw, method):
+    seen = gw.mock_stats()["requests"][-1]
+    assert seen["path"].startswith("/model/anthropic.claude-3-5-sonnet-20240620-v1") and seen["path"].endswith(f"/{method}"), seen
+    # Envoy's aws_request_signing signed it with Envoy's own credentials, for Bedrock in the region.
+    assert seen["authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={AWS_ACCESS_KEY_ID}/"), seen["authorization"]
+    assert "/us-east-1/bedrock/aws4_request" in seen["authorization"] and seen["x_amz_date"]
+    assert seen["x_api_key"] is None and seen["api_key"] is None
+    return seen
+
+
+def test_the_openai_sdk_reaches_a_bedrock_deployment_signed_by_envoy(gw):
+    before = len(gw.records("providers"))
+    reply = openai_client(gw).chat.completions.create(
+        model="bedrock-claude", max_tokens=40,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+        extra_headers={"x-mock-prompt-tokens": "100", "x-mock-completion-tokens": "4",
+                       "x-mock-cached-tokens": "30", "x-mock-cache-write-tokens": "20"})
+    assert reply.choices[0].message.content == "tok0 tok1 tok2 tok3"
+    assert reply.choices[0].finish_reason == "stop"
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (100, 4)
+    seen = last_bedrock_call(gw, "converse")
+    sent = seen["body_json"]
+    assert sent["system"] == [{"text": "Be brief."}] and sent["inferenceConfig"]["maxTokens"] == 40
+    rec = gw.wait_records("providers", before + 1)[-1]
+    assert (rec["model_group"], rec["prompt_tokens"], rec["cached_prompt_tokens"], rec["cache_write_tokens"],
+            rec["completion_tokens"]) == ("bedrock-claude", 100, 30, 20, 4)
+    assert rec["cost_usd"] == pytest.approx(cost("bedrock-claude", 100, 4, cached=30, cache_write=20), abs=1e-12)
+
+
+def test_a_bedrock_event_stream_becomes_openai_chunks_with_usage(gw):
+    before = len(gw.records("providers"))
+    stream = openai_client(gw).chat.completions.create(
+        model="bedrock-claude", stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-mock-prompt-tokens": "15", "x-mock-completion-tokens": "6"})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == " ".join(f"tok{i}" for i in range(6))
+    assert chunks[-1].usage.prompt_tokens == 15 and chunks[-1].usage.completion_tokens == 6
+    last_bedrock_call(gw, "converse-stream")
+    rec = gw.wait_records("providers", before + 1)[-1]
+    assert (rec["prompt_tokens"], rec["completion_tokens"], rec["streamed"], rec["estimated"]) == (15, 6, True, False)
+
+
+def test_the_anthropic_sdk_reaches_a_bedrock_deployment(gw):
+    client = anthropic.Anthropic(base_url=gw.url, api_key=gw.keys["providers"], max_retries=0)
+    msg = client.messages.create(
+        model="bedrock-claude", max_tokens=30, messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-mock-prompt-tokens": "9", "x-mock-completion-tokens": "2"})
+    assert msg.content[0].text == "tok0 tok1" and (msg.usage.input_tokens, msg.usage.output_tokens) == (9, 2)
+    last_bedrock_call(gw, "converse")
+    with client.messages.stream(model="bedrock-claude", max_tokens=30, messages=[{"role": "user", "content": "hi"}],
+                                extra_headers={"x-mock-completion-tokens": "3"}) as stream:
+        assert "".join(stream.text_stream) == "tok0 tok1 tok2"
+
+
+def test_a_bedrock_throttle_reaches_the_openai_client_as_a_429(gw):
+    with pytest.raises(openai.RateLimitError) as e:
+        openai_client(gw).chat.completions.create(
+            model="bedrock-claude", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-mock-status": "429"})
+    assert e.value.status_code == 429 and "mock error 429" in str(e.value)

@@ -23,6 +23,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
 use envoy_types::pb::envoy::extensions::dynamic_modules::v3::DynamicModuleConfig;
+use envoy_types::pb::envoy::extensions::filters::http::aws_request_signing::v3::AwsRequestSigning;
 use envoy_types::pb::envoy::extensions::filters::http::credential_injector::v3::CredentialInjector;
 use envoy_types::pb::envoy::extensions::filters::http::dynamic_modules::v3::DynamicModuleFilter;
 use envoy_types::pb::envoy::extensions::filters::http::upstream_codec::v3::UpstreamCodec;
@@ -308,13 +309,15 @@ fn http_filter<M: Message + Name>(name: &str, config: &M) -> HttpFilter {
     }
 }
 
-/// The provider's credential header, set by Envoy on the upstream request from an SDS secret.
-fn credential_injector(secret_name: &str, provider: Provider) -> HttpFilter {
+/// The provider's credential header, set by Envoy on the upstream request from an SDS secret;
+/// None for Bedrock, whose requests Envoy signs instead (`aws_request_signing`).
+fn credential_injector(secret_name: &str, provider: Provider) -> Option<HttpFilter> {
     let (header, prefix) = match provider {
         Provider::Openai => ("authorization", "Bearer "),
         Provider::Anthropic => ("x-api-key", ""),
         Provider::Azure => ("api-key", ""),
         Provider::Gemini => ("x-goog-api-key", ""),
+        Provider::Bedrock => return None,
     };
     let generic = Generic {
         credential: Some(SdsSecretConfig { name: secret_name.into(), sds_config: Some(ads()) }),
@@ -329,7 +332,7 @@ fn credential_injector(secret_name: &str, provider: Provider) -> HttpFilter {
         }),
         ..Default::default()
     };
-    http_filter("envoy.filters.http.credential_injector", &injector)
+    Some(http_filter("envoy.filters.http.credential_injector", &injector))
 }
 
 /// One deployment's cluster: the same shape as the standalone bootstrap's (envoy_bootstrap.rs),
@@ -349,7 +352,14 @@ fn cluster(u: &Upstream, credential: Option<&(String, Provider)>) -> Cluster {
     };
     let mut upstream_filters = Vec::new();
     if let Some((secret_name, provider)) = credential {
-        upstream_filters.push(credential_injector(secret_name, *provider));
+        upstream_filters.extend(credential_injector(secret_name, *provider));
+    }
+    if let Some(region) = &u.aws_region {
+        // Bedrock: SigV4 by Envoy with its own AWS credentials, after the filter chose the
+        // path and body (the signature covers both).
+        let signing =
+            AwsRequestSigning { service_name: "bedrock".into(), region: region.clone(), ..Default::default() };
+        upstream_filters.push(http_filter("envoy.filters.http.aws_request_signing", &signing));
     }
     if !upstream_filters.is_empty() {
         upstream_filters.push(http_filter("envoy.filters.http.upstream_codec", &UpstreamCodec {}));

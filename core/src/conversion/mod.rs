@@ -4,6 +4,7 @@
 //! - [`openai_anthropic`]: an OpenAI Chat Completions client in front of an Anthropic Messages
 //!   deployment: the request there, the response, the stream and the errors back.
 //! - [`openai_gemini`]: the same for a Google Gemini (`generateContent`) deployment.
+//! - [`openai_bedrock`]: the same for an AWS Bedrock deployment (the Converse API).
 //!
 //! Each direction is a pure function of bytes (the stream: a state machine fed chunk by chunk)
 //! with what it cannot know passed in ([`Target`]: the upstream model, the default
@@ -15,7 +16,9 @@
 //! upstream attempt (the deployment that answers may change between attempts).
 
 pub mod anthropic_openai;
+mod aws_eventstream;
 pub mod openai_anthropic;
+pub mod openai_bedrock;
 pub mod openai_gemini;
 mod sse_events;
 

@@ -276,7 +276,7 @@ fn stream(format: ApiFormat) -> BoxedStrategy<Vec<Ev>> {
         ApiFormat::Anthropic => anthropic_event().boxed(),
         // `format()` does not generate it: the Responses stream is checked at every split by
         // the unit tests in sse.rs.
-        ApiFormat::OpenAiResponses | ApiFormat::Gemini => unreachable!("not generated"),
+        ApiFormat::OpenAiResponses | ApiFormat::Gemini | ApiFormat::Bedrock => unreachable!("not generated"),
     };
     prop::collection::vec((event, prop::sample::select(&["\n", "\r\n", "\r"][..])), 0..12)
         .prop_map(|evs| evs.into_iter().map(|(e, eol)| Ev { eol, ..e }).collect())

@@ -23,7 +23,7 @@ pub struct Knobs {
     pub garbage: bool,
     /// Pad a non-streaming response to about this many bytes.
     pub response_bytes: Option<usize>,
-    /// Gemini: answer with a call of this function (when the request declares functions).
+    /// Gemini and Bedrock: answer with a call of this function (when the request declares tools).
     pub tool_call: Option<String>,
 }
 

@@ -1,9 +1,10 @@
 //! A mock LLM provider: OpenAI chat/completions/embeddings (also at Azure OpenAI's paths),
-//! OpenAI responses, Anthropic messages and Google Gemini's generateContent, streaming and not,
-//! deterministic, with per-request knobs for latency, token counts, chunking, cuts, errors and
-//! garbage. It stands in for the paid upstream in tests, benchmarks and the quickstart, and counts
-//! what it served so tests can check spend records against it.
+//! OpenAI responses, Anthropic messages, Google Gemini's generateContent and AWS Bedrock's
+//! Converse, streaming and not, deterministic, with per-request knobs for latency, token counts,
+//! chunking, cuts, errors and garbage. It stands in for the paid upstream in tests, benchmarks
+//! and the quickstart, and counts what it served so tests can check spend records against it.
 
+mod bedrock;
 mod gemini;
 mod knobs;
 mod providers;
@@ -41,6 +42,9 @@ pub struct Config {
     pub azure_key: Option<String>,
     /// Required as `x-goog-api-key` (or `?key=`) on Gemini paths when set.
     pub gemini_key: Option<String>,
+    /// When set, Bedrock paths (`/model/…`) want a SigV4 `authorization` for this access key id
+    /// and the `bedrock` service, and an `x-amz-date` (the signature itself is not verified).
+    pub aws_access_key_id: Option<String>,
 }
 
 /// A response body that is either complete or fed frame by frame from a channel; an `Err`
@@ -127,6 +131,23 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Mo
             tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
         }
         return Ok(respond(reply, knobs));
+    }
+    if let Some(target) = bedrock::route(&path) {
+        let knobs = Knobs::from_headers(&headers, &state.config);
+        let answer = bedrock::reply(&target, &headers, &body, &knobs, &state.config);
+        state.stats.record_bedrock(&path, query.as_deref(), &headers, &body, &answer.reply, &target);
+        if knobs.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
+        }
+        let mut response = respond(answer.reply, knobs);
+        let request_id = format!("00000000-0000-4000-8000-{:012x}", providers::next_id());
+        if let Ok(value) = hyper::header::HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-amzn-requestid", value);
+        }
+        if let Some(error_type) = answer.error_type {
+            response.headers_mut().insert("x-amzn-errortype", hyper::header::HeaderValue::from_static(error_type));
+        }
+        return Ok(response);
     }
     let Some((api, dialect)) = route(&path) else {
         if path.starts_with("/openai/") {

@@ -1,5 +1,5 @@
 //! `sluice-mock-provider --listen 127.0.0.1:8081 [--latency-ms N] [--openai-key K]
-//! [--anthropic-key K] [--azure-key K] [--gemini-key K] [--workers N]`
+//! [--anthropic-key K] [--azure-key K] [--gemini-key K] [--aws-access-key-id AKID] [--workers N]`
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -9,7 +9,9 @@ use clap::Parser;
 use sluice_mock_provider::{Config, serve};
 
 #[derive(Parser)]
-#[command(about = "Mock OpenAI/Azure OpenAI/Anthropic/Gemini provider for Sluice's tests, benchmarks and quickstart")]
+#[command(
+    about = "Mock OpenAI/Azure OpenAI/Anthropic/Gemini/Bedrock provider for Sluice's tests, benchmarks and quickstart"
+)]
 struct Args {
     /// Address to listen on; port 0 picks a free port (printed on stdout).
     #[arg(long, default_value = "127.0.0.1:8081")]
@@ -29,6 +31,11 @@ struct Args {
     /// Require `x-goog-api-key: <key>` (or `?key=<key>`) on Gemini paths (/v1beta/models/…, /v1/models/…).
     #[arg(long)]
     gemini_key: Option<String>,
+    /// Require a SigV4 signature for this access key id on Bedrock paths (/model/…/converse…):
+    /// `authorization: AWS4-HMAC-SHA256 Credential=<id>/…/bedrock/aws4_request, SignedHeaders=…,
+    /// Signature=…` and `x-amz-date` (present and shaped so, not verified).
+    #[arg(long)]
+    aws_access_key_id: Option<String>,
     /// Runtime worker threads (1 leaves room for Envoy during benchmarks on small machines).
     #[arg(long, default_value_t = 1)]
     workers: usize,
@@ -50,6 +57,7 @@ fn main() -> ExitCode {
         anthropic_key: args.anthropic_key,
         azure_key: args.azure_key,
         gemini_key: args.gemini_key,
+        aws_access_key_id: args.aws_access_key_id,
     });
     let result = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen).await?;

@@ -39,7 +39,8 @@ pub enum Reply {
         body: Vec<u8>,
     },
     /// Complete SSE events, each with its terminating blank line (or, for Gemini without
-    /// `alt=sse`, the pieces of one streamed JSON array), sent as `content_type`.
+    /// `alt=sse`, the pieces of one streamed JSON array; for Bedrock, binary event-stream
+    /// messages), sent as `content_type`.
     Stream {
         events: Vec<Vec<u8>>,
         content_type: &'static str,

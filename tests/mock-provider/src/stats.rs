@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
+use crate::bedrock;
 use crate::gemini::Target;
 use crate::providers::Reply;
 
@@ -25,14 +26,18 @@ struct Seen {
     api_key: Option<String>,
     /// Gemini's key header.
     x_goog_api_key: Option<String>,
+    /// SigV4's headers (Bedrock): the signing time, the session token, the payload hash.
+    x_amz_date: Option<String>,
+    x_amz_security_token: Option<String>,
+    x_amz_content_sha256: Option<String>,
     anthropic_version: Option<String>,
     accept_encoding: Option<String>,
     /// The content-length header as sent, to check it against the body that arrived.
     content_length: Option<String>,
     status: u16,
     body_bytes: usize,
-    /// The request body as JSON, kept on Gemini paths (null elsewhere, or when not JSON) so a
-    /// test can check what a translation sent (systemInstruction, generationConfig, tools…).
+    /// The request body as JSON, kept on Gemini and Bedrock paths (null elsewhere, or when not
+    /// JSON) so a test can check what a translation sent (systemInstruction, toolConfig…).
     body_json: Option<serde_json::Value>,
 }
 
@@ -75,6 +80,9 @@ impl Seen {
             x_api_key: headers.get("x-api-key").cloned(),
             api_key: headers.get("api-key").cloned(),
             x_goog_api_key: headers.get("x-goog-api-key").cloned(),
+            x_amz_date: headers.get("x-amz-date").cloned(),
+            x_amz_security_token: headers.get("x-amz-security-token").cloned(),
+            x_amz_content_sha256: headers.get("x-amz-content-sha256").cloned(),
             anthropic_version: headers.get("anthropic-version").cloned(),
             accept_encoding: headers.get("accept-encoding").cloned(),
             content_length: headers.get("content-length").cloned(),
@@ -111,6 +119,23 @@ impl Stats {
         body: &[u8],
         reply: &Reply,
         target: &Target,
+    ) {
+        let mut seen = Seen::new(path, query, headers, body, reply);
+        seen.model = target.model().map(str::to_owned);
+        seen.stream = target.stream();
+        seen.body_json = serde_json::from_slice(body).ok();
+        self.push(seen);
+    }
+
+    /// A request on a Bedrock path: the (decoded) model and streaming are the path's; the body is kept.
+    pub fn record_bedrock(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        headers: &HashMap<String, String>,
+        body: &[u8],
+        reply: &Reply,
+        target: &bedrock::Target,
     ) {
         let mut seen = Seen::new(path, query, headers, body, reply);
         seen.model = target.model().map(str::to_owned);

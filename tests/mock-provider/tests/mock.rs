@@ -756,3 +756,376 @@ async fn gemini_errors_are_googles() {
     assert!(serde_json::from_slice::<serde_json::Value>(&raw).is_err());
     assert_eq!(stats(addr).await["served"], 1);
 }
+
+// ---- Bedrock (Converse) -------------------------------------------------------------------
+
+const CONVERSE: &str = "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse";
+const CONVERSE_STREAM: &str = "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse-stream";
+const CONVERSE_BODY: &str = r#"{"messages":[{"role":"user","content":[{"text":"hi"}]}]}"#;
+const SIGV4: &str = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20250101/us-east-1/bedrock/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=0123456789abcdef";
+const SIGNED: [(&str, &str); 2] = [("authorization", SIGV4), ("x-amz-date", "20250101T000000Z")];
+
+fn aws_key() -> Config {
+    Config { aws_access_key_id: Some("AKIDEXAMPLE".into()), ..Config::default() }
+}
+
+/// Headers: the SigV4 pair, then `extra`.
+fn signed<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    SIGNED.iter().copied().chain(extra.iter().copied()).collect()
+}
+
+/// Decodes an AWS event stream into (`:event-type`, JSON payload), checking every message's
+/// lengths, both CRCs and its `:content-type`/`:message-type` headers; every byte must belong
+/// to a complete message.
+fn aws_events(mut body: &[u8]) -> Vec<(String, serde_json::Value)> {
+    let be32 = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    let mut events = Vec::new();
+    while !body.is_empty() {
+        assert!(body.len() >= 16, "a truncated prelude: {body:?}");
+        let (total, headers_len) = (be32(&body[0..]) as usize, be32(&body[4..]) as usize);
+        assert_eq!(be32(&body[8..]), crc32fast::hash(&body[..8]), "prelude CRC");
+        let message = &body[..total];
+        assert_eq!(be32(&message[total - 4..]), crc32fast::hash(&message[..total - 4]), "message CRC");
+        let mut headers = std::collections::HashMap::new();
+        let mut h = &message[12..12 + headers_len];
+        while !h.is_empty() {
+            let name_len = h[0] as usize;
+            let name = String::from_utf8(h[1..1 + name_len].to_vec()).unwrap();
+            assert_eq!(h[1 + name_len], 7, "string header");
+            let value_len = u16::from_be_bytes([h[2 + name_len], h[3 + name_len]]) as usize;
+            let value = String::from_utf8(h[4 + name_len..4 + name_len + value_len].to_vec()).unwrap();
+            headers.insert(name, value);
+            h = &h[4 + name_len + value_len..];
+        }
+        assert_eq!(headers[":content-type"], "application/json");
+        assert_eq!(headers[":message-type"], "event");
+        let payload: serde_json::Value = serde_json::from_slice(&message[12 + headers_len..total - 4]).unwrap();
+        assert!(payload["p"].as_str().is_some_and(|p| !p.is_empty()), "AWS's padding");
+        events.push((headers[":event-type"].clone(), payload));
+        body = &body[total..];
+    }
+    events
+}
+
+fn names(events: &[(String, serde_json::Value)]) -> Vec<&str> {
+    events.iter().map(|(name, _)| name.as_str()).collect()
+}
+
+#[tokio::test]
+async fn bedrock_converse_follows_the_knobs_and_records_the_body() {
+    let addr = start(aws_key()).await;
+    let headers = signed(&[
+        ("x-amz-security-token", "session-token"),
+        ("x-amz-content-sha256", "UNSIGNED-PAYLOAD"),
+        ("x-mock-prompt-tokens", "50"),
+        ("x-mock-completion-tokens", "3"),
+        ("x-mock-cached-tokens", "10"),
+        ("x-mock-cache-write-tokens", "5"),
+    ]);
+    let sent = r#"{"messages":[{"role":"user","content":[{"text":"hi"}]}],"system":[{"text":"Be brief."}],"inferenceConfig":{"maxTokens":40,"temperature":0.5}}"#;
+    let (status, head, body, _) = request_with_head(addr, CONVERSE, &headers, sent).await;
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: application/json") && head.contains("x-amzn-requestid: "));
+    assert!(!head.contains("x-amzn-errortype"));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "output": {"message": {"role": "assistant", "content": [{"text": "tok0 tok1 tok2"}]}},
+            "stopReason": "end_turn",
+            "usage": {"inputTokens": 35, "outputTokens": 3, "totalTokens": 53,
+                "cacheReadInputTokens": 10, "cacheWriteInputTokens": 5},
+            "metrics": {"latencyMs": 12},
+        })
+    );
+    // 16 words by default, no cache.
+    let (_, body, _) = request(addr, "/model/amazon.nova-lite-v1%3A0/converse", &SIGNED, CONVERSE_BODY).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((v["usage"]["outputTokens"].as_u64(), v["usage"]["cacheReadInputTokens"].as_u64()), (Some(16), Some(0)));
+    let stats = stats(addr).await;
+    assert_eq!(stats["served"], 2);
+    let seen = &stats["requests"][0];
+    assert_eq!(seen["path"], CONVERSE, "the path as sent");
+    assert_eq!(
+        (seen["model"].as_str(), seen["stream"].as_bool()),
+        (Some("anthropic.claude-3-5-sonnet-20240620-v1:0"), Some(false)),
+        "the model decoded"
+    );
+    assert_eq!(seen["authorization"], SIGV4);
+    assert_eq!(seen["x_amz_date"], "20250101T000000Z");
+    assert_eq!(seen["x_amz_security_token"], "session-token");
+    assert_eq!(seen["x_amz_content_sha256"], "UNSIGNED-PAYLOAD");
+    assert_eq!(seen["body_json"]["system"][0]["text"], "Be brief.");
+    assert_eq!(seen["body_json"]["inferenceConfig"]["maxTokens"], 40);
+    assert_eq!(stats["requests"][1]["model"], "amazon.nova-lite-v1:0");
+    assert_eq!(stats["requests"][1]["x_amz_security_token"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn bedrock_wants_a_sigv4_signature_for_the_configured_key() {
+    let addr = start(aws_key()).await;
+    let denied = serde_json::json!({"message": "The security token included in the request is invalid."});
+    let date = ("x-amz-date", "20250101T000000Z");
+    let other_key = SIGV4.replace("AKIDEXAMPLE", "AKIDOTHER");
+    let prefix_key = SIGV4.replace("AKIDEXAMPLE/", "AKIDEXAMPLE2/");
+    let other_service = SIGV4.replace("/bedrock/", "/s3/");
+    let unsigned = SIGV4.replace("Signature=", "Sig=");
+    let cases: Vec<Vec<(&str, &str)>> = vec![
+        vec![],
+        vec![date],
+        vec![("authorization", SIGV4)],
+        vec![("authorization", "Bearer AKIDEXAMPLE"), date],
+        vec![("authorization", &other_key), date],
+        vec![("authorization", &prefix_key), date],
+        vec![("authorization", &other_service), date],
+        vec![("authorization", &unsigned), date],
+    ];
+    for headers in cases {
+        for path in [CONVERSE, CONVERSE_STREAM] {
+            let (status, head, body, _) = request_with_head(addr, path, &headers, CONVERSE_BODY).await;
+            assert_eq!(status, 403, "{headers:?}");
+            assert!(head.contains("x-amzn-errortype: unrecognizedclientexception"), "{head}");
+            assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap(), denied);
+        }
+    }
+    let (status, _, _) = request(addr, CONVERSE, &SIGNED, CONVERSE_BODY).await;
+    assert_eq!(status, 200);
+    assert_eq!(stats(addr).await["served"], 1);
+    // Without a configured key anything goes.
+    let addr = start(Config::default()).await;
+    let (status, _, _) = request(addr, CONVERSE, &[], CONVERSE_BODY).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn bedrock_refuses_bad_bodies_and_unknown_operations_in_aws_words() {
+    let addr = start(Config::default()).await;
+    let cases = [
+        ("{}", "Value null at 'messages'"),
+        (r#"{"messages":null,"system":[{"text":"s"}]}"#, "Value null at 'messages'"),
+        (r#"{"messages":[]}"#, "A conversation must start with a user message"),
+        ("{nope", "Malformed input request"),
+        (r#"{"messages":[{"role":"system","content":[{"text":"x"}]}]}"#, "Value 'system' at 'messages.1.member.role'"),
+        (r#"{"messages":[{"role":"assistant","content":[{"text":"x"}]}]}"#, "must start with a user message"),
+        (r#"{"messages":[{"role":"user","content":[]}]}"#, "messages.0 is empty"),
+        (r#"{"messages":[{"role":"user","content":"x"}]}"#, "messages.0 is empty"),
+        (
+            r#"{"messages":[{"role":"user","content":[{"text":"a"}]},{"role":"user","content":[{"text":"b"}]}]}"#,
+            "must alternate between user and assistant roles",
+        ),
+    ];
+    for (body, message) in cases {
+        for path in [CONVERSE, CONVERSE_STREAM] {
+            let (status, head, raw, _) = request_with_head(addr, path, &[], body).await;
+            assert_eq!(status, 400, "{body}");
+            assert!(head.contains("x-amzn-errortype: validationexception"), "{body}");
+            let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+            assert!(v["message"].as_str().unwrap().contains(message), "{body}: {v}");
+        }
+    }
+    for path in [
+        "/model/m/invoke",
+        "/model/m/invoke-with-response-stream",
+        "/model/m",
+        "/model//converse",
+        "/model/arn:aws:bedrock:us-east-1:1:inference-profile/us.m/converse",
+    ] {
+        let (status, head, raw, _) = request_with_head(addr, path, &[], CONVERSE_BODY).await;
+        assert_eq!(status, 404, "{path}");
+        assert!(head.contains("x-amzn-errortype: unknownoperationexception"), "{path}");
+        assert!(serde_json::from_slice::<serde_json::Value>(&raw).unwrap()["message"].is_string());
+    }
+    // An ARN with its slash encoded is a model id like any other.
+    let arn = "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fus.m/converse";
+    let (status, _, _) = request(addr, arn, &[], CONVERSE_BODY).await;
+    assert_eq!(status, 200);
+    let stats = stats(addr).await;
+    assert_eq!(stats["served"], 1);
+    assert_eq!(
+        stats["requests"].as_array().unwrap().last().unwrap()["model"],
+        "arn:aws:bedrock:us-east-1:1:inference-profile/us.m"
+    );
+}
+
+#[tokio::test]
+async fn bedrock_streams_crc_checked_events_in_order() {
+    let addr = start(aws_key()).await;
+    let headers = signed(&[
+        ("x-mock-prompt-tokens", "20"),
+        ("x-mock-completion-tokens", "5"),
+        ("x-mock-chunk-tokens", "2"),
+        ("x-mock-cached-tokens", "4"),
+        ("x-mock-cache-write-tokens", "6"),
+    ]);
+    let (status, head, body, complete) = request_with_head(addr, CONVERSE_STREAM, &headers, CONVERSE_BODY).await;
+    assert_eq!((status, complete), (200, true));
+    assert!(head.contains("content-type: application/vnd.amazon.eventstream"));
+    let events = aws_events(&body);
+    assert_eq!(
+        names(&events),
+        [
+            "messageStart",
+            "contentBlockDelta",
+            "contentBlockDelta",
+            "contentBlockDelta",
+            "contentBlockStop",
+            "messageStop",
+            "metadata"
+        ]
+    );
+    assert_eq!(events[0].1["role"], "assistant");
+    let pieces: Vec<&str> = events[1..4]
+        .iter()
+        .map(|(_, e)| {
+            assert_eq!(e["contentBlockIndex"], 0);
+            e["delta"]["text"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(pieces, ["tok0 tok1", " tok2 tok3", " tok4"]);
+    assert_eq!(events[4].1["contentBlockIndex"], 0);
+    assert_eq!(events[5].1["stopReason"], "end_turn");
+    assert_eq!(
+        events[6].1["usage"],
+        serde_json::json!({"inputTokens": 10, "outputTokens": 5, "totalTokens": 25,
+            "cacheReadInputTokens": 4, "cacheWriteInputTokens": 6})
+    );
+    assert_eq!(events[6].1["metrics"]["latencyMs"], 12);
+    let seen = &stats(addr).await["requests"][0];
+    assert_eq!(
+        (seen["stream"].as_bool(), seen["model"].as_str()),
+        (Some(true), Some("anthropic.claude-3-5-sonnet-20240620-v1:0"))
+    );
+    assert_eq!(seen["path"], CONVERSE_STREAM);
+}
+
+#[tokio::test]
+async fn bedrock_streams_split_and_cut_like_chat() {
+    let addr = start(Config::default()).await;
+    let split = [("x-mock-completion-tokens", "4"), ("x-mock-split-bytes", "7")];
+    let (_, body, complete) = request(addr, CONVERSE_STREAM, &split, CONVERSE_BODY).await;
+    assert!(complete);
+    let text: String =
+        aws_events(&body).iter().filter_map(|(_, e)| e["delta"]["text"].as_str().map(str::to_owned)).collect();
+    assert_eq!(text, "tök0 tök1 tök2 tök3");
+    let cut = [("x-mock-completion-tokens", "6"), ("x-mock-cut-after", "2")];
+    let (status, body, complete) = request(addr, CONVERSE_STREAM, &cut, CONVERSE_BODY).await;
+    assert_eq!(status, 200);
+    assert!(!complete, "the chunked body never terminates");
+    // An unterminated chunked body comes back raw: keep the chunks that arrived whole.
+    let mut rest = body.as_slice();
+    let mut arrived = Vec::new();
+    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16).unwrap();
+        let Some(data) = rest.get(eol + 2..eol + 2 + size) else { break };
+        arrived.extend_from_slice(data);
+        rest = &rest[(eol + 4 + size).min(rest.len())..];
+    }
+    assert_eq!(names(&aws_events(&arrived)), ["messageStart", "contentBlockDelta"], "exactly the first two messages");
+}
+
+#[tokio::test]
+async fn bedrock_tool_call_knob_answers_with_a_tool_use() {
+    let addr = start(Config::default()).await;
+    let body = r#"{"messages":[{"role":"user","content":[{"text":"Weather in Paris?"}]}],"toolConfig":{"tools":[{"toolSpec":{"name":"weather","inputSchema":{"json":{"type":"object"}}}}]}}"#;
+    let knob = [("x-mock-tool-call", "weather"), ("x-mock-completion-tokens", "7")];
+    let (status, raw, _) = request(addr, CONVERSE, &knob, body).await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let content = v["output"]["message"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), 1);
+    let tool_use = &content[0]["toolUse"];
+    assert!(tool_use["toolUseId"].as_str().unwrap().starts_with("tooluse_"));
+    assert_eq!(
+        (tool_use["name"].as_str(), &tool_use["input"]),
+        (Some("weather"), &serde_json::json!({"city": "Paris"}))
+    );
+    assert_eq!((v["stopReason"].as_str(), v["usage"]["outputTokens"].as_u64()), (Some("tool_use"), Some(7)));
+    let (_, raw, complete) = request(addr, CONVERSE_STREAM, &knob, body).await;
+    assert!(complete);
+    let events = aws_events(&raw);
+    assert_eq!(
+        names(&events),
+        [
+            "messageStart",
+            "contentBlockStart",
+            "contentBlockDelta",
+            "contentBlockDelta",
+            "contentBlockStop",
+            "messageStop",
+            "metadata"
+        ]
+    );
+    let start = &events[1].1;
+    assert_eq!(start["contentBlockIndex"], 0);
+    assert_eq!(start["start"]["toolUse"]["name"], "weather");
+    assert!(start["start"]["toolUse"]["toolUseId"].as_str().unwrap().starts_with("tooluse_"));
+    let input: String = events[2..4].iter().map(|(_, e)| e["delta"]["toolUse"]["input"].as_str().unwrap()).collect();
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&input).unwrap(), serde_json::json!({"city": "Paris"}));
+    assert_eq!(events[5].1["stopReason"], "tool_use");
+    assert_eq!(events[6].1["usage"]["outputTokens"], 7);
+    assert_eq!(stats(addr).await["requests"][0]["body_json"]["toolConfig"]["tools"][0]["toolSpec"]["name"], "weather");
+    // Without declared tools the knob is ignored.
+    let (_, raw, _) = request(addr, CONVERSE, &knob, CONVERSE_BODY).await;
+    let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(
+        (v["output"]["message"]["content"][0]["text"].is_string(), v["stopReason"].as_str()),
+        (true, Some("end_turn"))
+    );
+}
+
+#[tokio::test]
+async fn bedrock_max_tokens_cuts_the_answer_with_max_tokens() {
+    let addr = start(Config::default()).await;
+    let capped = |n: u64| {
+        format!(
+            r#"{{"messages":[{{"role":"user","content":[{{"text":"x"}}]}}],"inferenceConfig":{{"maxTokens":{n}}}}}"#
+        )
+    };
+    let cases = [
+        (vec![], 3, "tok0 tok1 tok2", "max_tokens"),
+        (vec![("x-mock-completion-tokens", "10")], 4, "tok0 tok1 tok2 tok3", "max_tokens"),
+        (vec![("x-mock-completion-tokens", "2")], 5, "tok0 tok1", "end_turn"),
+    ];
+    for (headers, cap, text, stop) in cases {
+        let (status, raw, _) = request(addr, CONVERSE, &headers, &capped(cap)).await;
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        assert_eq!(
+            (v["output"]["message"]["content"][0]["text"].as_str(), v["stopReason"].as_str()),
+            (Some(text), Some(stop)),
+            "{headers:?} {cap}"
+        );
+        assert_eq!(v["usage"]["outputTokens"], text.split(' ').count());
+    }
+    let (_, raw, _) = request(addr, CONVERSE_STREAM, &[("x-mock-completion-tokens", "6")], &capped(2)).await;
+    let events = aws_events(&raw);
+    assert_eq!(names(&events).iter().filter(|n| **n == "contentBlockDelta").count(), 2);
+    assert_eq!(events[events.len() - 2].1["stopReason"], "max_tokens");
+    assert_eq!(events[events.len() - 1].1["usage"]["outputTokens"], 2);
+}
+
+#[tokio::test]
+async fn bedrock_errors_are_aws_json_even_on_streams() {
+    let addr = start(Config::default()).await;
+    for (code, name) in [
+        (429, "ThrottlingException"),
+        (400, "ValidationException"),
+        (403, "AccessDeniedException"),
+        (404, "ResourceNotFoundException"),
+        (503, "ServiceUnavailableException"),
+        (500, "InternalServerException"),
+        (502, "InternalServerException"),
+    ] {
+        let status_knob = code.to_string();
+        for path in [CONVERSE, CONVERSE_STREAM] {
+            let (status, head, raw, _) =
+                request_with_head(addr, path, &[("x-mock-status", &status_knob)], CONVERSE_BODY).await;
+            assert_eq!(status, code);
+            assert!(head.contains("content-type: application/json"), "{head}");
+            assert!(head.contains(&format!("x-amzn-errortype: {}", name.to_ascii_lowercase())), "{head}");
+            let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+            assert_eq!(v, serde_json::json!({"message": format!("mock error {code}")}));
+        }
+    }
+    assert_eq!(stats(addr).await["served"], 0);
+}

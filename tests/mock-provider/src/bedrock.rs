@@ -1,0 +1,392 @@
+//! AWS Bedrock's Converse API: `POST /model/{modelId}/converse` (JSON) and
+//! `/model/{modelId}/converse-stream` (AWS's binary event stream,
+//! `application/vnd.amazon.eventstream`). The model id is the path's, percent-decoded (an ARN or
+//! a version's colon arrives encoded); SigV4 is checked for presence and shape (the configured
+//! access key id, the `bedrock` service, `x-amz-date`), not verified; errors are AWS's
+//! `{"message":…}` with the exception's name in `x-amzn-ErrorType`. The text, token counts and
+//! stream faults come from the same deterministic generator and knobs as the other APIs.
+
+use std::collections::HashMap;
+
+use hyper::StatusCode;
+use serde_json::{Value, json};
+
+use crate::providers::{Gen, Reply, next_id, word};
+use crate::{Config, Knobs};
+
+/// The content type of a Converse stream.
+pub const AMAZON_EVENT_STREAM: &str = "application/vnd.amazon.eventstream";
+
+/// What a path under `/model/` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `/model/{modelId}/converse` (`stream` false) or `/model/{modelId}/converse-stream`.
+    Converse { model: String, stream: bool },
+    /// Any other operation (invoke, count-tokens…), an empty or undecodable model id, or an id
+    /// with an unencoded `/` (AWS routes it as another operation).
+    NotFound,
+}
+
+impl Target {
+    pub fn model(&self) -> Option<&str> {
+        match self {
+            Target::Converse { model, .. } => Some(model),
+            Target::NotFound => None,
+        }
+    }
+
+    pub fn stream(&self) -> bool {
+        matches!(self, Target::Converse { stream: true, .. })
+    }
+}
+
+/// Whether a path is Bedrock runtime's (everything under `/model/`), and what it asks.
+pub fn route(path: &str) -> Option<Target> {
+    let rest = path.strip_prefix("/model/")?;
+    let Some((raw, operation)) = rest.split_once('/') else {
+        return Some(Target::NotFound);
+    };
+    let stream = match operation {
+        "converse" => false,
+        "converse-stream" => true,
+        _ => return Some(Target::NotFound),
+    };
+    match percent_decode(raw) {
+        Some(model) if !model.is_empty() => Some(Target::Converse { model, stream }),
+        _ => Some(Target::NotFound),
+    }
+}
+
+/// `%XX` escapes decoded (to UTF-8); None if an escape is malformed or the result is not UTF-8.
+fn percent_decode(raw: &str) -> Option<String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A Bedrock reply and, for an error, the exception name for `x-amzn-ErrorType`.
+pub struct Answer {
+    pub reply: Reply,
+    pub error_type: Option<&'static str>,
+}
+
+fn aws_error(status: StatusCode, error_type: &'static str, message: &str) -> Answer {
+    let body = serde_json::to_vec(&json!({"message": message})).unwrap_or_default();
+    Answer { reply: Reply::Json { status, body }, error_type: Some(error_type) }
+}
+
+fn invalid(message: &str) -> Answer {
+    aws_error(StatusCode::BAD_REQUEST, "ValidationException", message)
+}
+
+/// The exception AWS names for a status the `x-mock-status` knob asks for.
+fn exception(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "ValidationException",
+        403 => "AccessDeniedException",
+        404 => "ResourceNotFoundException",
+        429 => "ThrottlingException",
+        503 => "ServiceUnavailableException",
+        _ => "InternalServerException",
+    }
+}
+
+/// AWS's answer to a missing or malformed signature, verbatim.
+const BAD_TOKEN: &str = "The security token included in the request is invalid.";
+const FIRST_USER: &str =
+    "A conversation must start with a user message. Try again with a conversation that starts with a user message.";
+const ALTERNATE: &str = "A conversation must alternate between user and assistant roles. Make sure the conversation alternates between user and assistant roles and try again.";
+
+/// Whether the request carries a SigV4 signature for `key_id` and the `bedrock` service (its
+/// shape only: the signature itself is not checked) and its `x-amz-date`.
+fn signed(headers: &HashMap<String, String>, key_id: &str) -> bool {
+    let Some(auth) = headers.get("authorization") else { return false };
+    auth.strip_prefix("AWS4-HMAC-SHA256 Credential=").and_then(|rest| rest.strip_prefix(key_id)).is_some_and(|rest| {
+        rest.starts_with('/')
+            && rest.contains("/bedrock/aws4_request")
+            && rest.contains("SignedHeaders=")
+            && rest.contains("Signature=")
+    }) && headers.get("x-amz-date").is_some_and(|d| !d.trim().is_empty())
+}
+
+/// AWS's checks of `messages`, in its words: present, non-empty, each a user or assistant
+/// message with non-empty content, starting with the user and alternating.
+fn check(request: &Value) -> Result<(), Answer> {
+    if !request.is_object() {
+        return Err(invalid("Malformed input request, please reformat your input and try again."));
+    }
+    let Some(messages) = request.get("messages").filter(|m| !m.is_null()) else {
+        return Err(invalid(
+            "1 validation error detected: Value null at 'messages' failed to satisfy constraint: Member must not be null",
+        ));
+    };
+    let Some(messages) = messages.as_array() else {
+        return Err(invalid("Malformed input request, please reformat your input and try again."));
+    };
+    if messages.is_empty() {
+        return Err(invalid(FIRST_USER));
+    }
+    let mut previous = None;
+    for (i, message) in messages.iter().enumerate() {
+        let role = message.get("role").and_then(Value::as_str).unwrap_or_default();
+        if role != "user" && role != "assistant" {
+            return Err(invalid(&format!(
+                "1 validation error detected: Value '{role}' at 'messages.{}.member.role' failed to satisfy constraint: Member must satisfy enum value set: [user, assistant]",
+                i + 1
+            )));
+        }
+        if message.get("content").and_then(Value::as_array).is_none_or(|c| c.is_empty()) {
+            return Err(invalid(&format!(
+                "The content field in the Message object at messages.{i} is empty. Add a ContentBlock object to the content field and try again."
+            )));
+        }
+        if previous.is_none() && role != "user" {
+            return Err(invalid(FIRST_USER));
+        }
+        if previous == Some(role) {
+            return Err(invalid(ALTERNATE));
+        }
+        previous = Some(role);
+    }
+    Ok(())
+}
+
+/// Whether the request declares at least one tool the model could use.
+fn declares_tools(request: &Value) -> bool {
+    request.pointer("/toolConfig/tools").and_then(Value::as_array).is_some_and(|tools| !tools.is_empty())
+}
+
+/// The reply to one request on a path under `/model/`.
+pub fn reply(
+    target: &Target,
+    headers: &HashMap<String, String>,
+    body: &[u8],
+    knobs: &Knobs,
+    config: &Config,
+) -> Answer {
+    let Target::Converse { model, stream } = target else {
+        return aws_error(StatusCode::NOT_FOUND, "UnknownOperationException", "Unknown operation");
+    };
+    if config.aws_access_key_id.as_deref().is_some_and(|key_id| !signed(headers, key_id)) {
+        return aws_error(StatusCode::FORBIDDEN, "UnrecognizedClientException", BAD_TOKEN);
+    }
+    let Ok(request) = serde_json::from_slice::<Value>(body) else {
+        return invalid("Malformed input request, please reformat your input and try again.");
+    };
+    if let Err(answer) = check(&request) {
+        return answer;
+    }
+    if let Some(status) = knobs.status.and_then(|s| StatusCode::from_u16(s).ok()) {
+        return aws_error(status, exception(status), &format!("mock error {}", status.as_u16()));
+    }
+    if knobs.garbage {
+        let reply = if *stream {
+            Reply::Stream {
+                events: vec![b"this is not an event stream".to_vec(); 3],
+                content_type: AMAZON_EVENT_STREAM,
+            }
+        } else {
+            Reply::Json { status: StatusCode::OK, body: b"this is not json {{{".to_vec() }
+        };
+        return Answer { reply, error_type: None };
+    }
+    // inferenceConfig.maxTokens caps the answer, whether its length is the default or a knob's;
+    // an answer cut short stops with max_tokens.
+    let cap = request.pointer("/inferenceConfig/maxTokens").and_then(Value::as_u64);
+    let wanted = knobs.completion_tokens.unwrap_or(16);
+    let completion = cap.map_or(wanted, |m| wanted.min(m));
+    let g = Gen {
+        model: model.clone(),
+        prompt: knobs.prompt_tokens.unwrap_or((body.len() as u64).div_ceil(4)),
+        completion,
+        word: word(knobs),
+        id: next_id(),
+        knobs: knobs.clone(),
+        include_usage: false,
+    };
+    let tool = knobs.tool_call.clone().filter(|_| declares_tools(&request));
+    let stop = match (&tool, completion < wanted) {
+        (Some(_), _) => "tool_use",
+        (None, true) => "max_tokens",
+        (None, false) => "end_turn",
+    };
+    let converse = Converse { g, stop };
+    let reply = match (*stream, tool) {
+        (false, Some(name)) => converse.full(json!([{"toolUse": converse.tool_use(&name, true)}]), completion),
+        (false, None) => {
+            let build = |words: u64| converse.body(json!([{"text": converse.g.text(words)}]), words);
+            let words = converse.g.words(|| serde_json::to_vec(&build(0)).map_or(0, |b| b.len()));
+            converse.full(json!([{"text": converse.g.text(words)}]), words)
+        }
+        (true, Some(name)) => converse.tool_stream(&name),
+        (true, None) => converse.text_stream(),
+    };
+    Answer { reply, error_type: None }
+}
+
+/// The padding AWS adds to every event's payload (its length varies there; a short one here).
+const PAD: &str = "abcdefghijkl";
+
+/// Latency reported in `metrics` (the knob's delay is the server's, not the model's).
+const LATENCY_MS: u64 = 12;
+
+struct Converse {
+    g: Gen,
+    stop: &'static str,
+}
+
+impl Converse {
+    /// Bedrock's usage: `x-mock-prompt-tokens` counts cache reads and writes, `inputTokens` does
+    /// not (as Bedrock reports it); the total counts everything.
+    fn usage(&self, output: u64) -> Value {
+        let (read, write) = (self.g.knobs.cached_tokens, self.g.knobs.cache_write_tokens);
+        let input = self.g.prompt.saturating_sub(read + write);
+        json!({
+            "inputTokens": input,
+            "outputTokens": output,
+            "totalTokens": input + read + write + output,
+            "cacheReadInputTokens": read,
+            "cacheWriteInputTokens": write,
+        })
+    }
+
+    fn tool_use(&self, name: &str, with_input: bool) -> Value {
+        let mut tool_use = json!({"toolUseId": format!("tooluse_{}", self.g.id), "name": name});
+        if with_input {
+            tool_use["input"] = json!({"city": "Paris"});
+        }
+        tool_use
+    }
+
+    fn body(&self, content: Value, output: u64) -> Value {
+        json!({
+            "output": {"message": {"role": "assistant", "content": content}},
+            "stopReason": self.stop,
+            "usage": self.usage(output),
+            "metrics": {"latencyMs": LATENCY_MS},
+        })
+    }
+
+    fn full(&self, content: Value, output: u64) -> Reply {
+        Reply::Json {
+            status: StatusCode::OK,
+            body: serde_json::to_vec(&self.body(content, output)).unwrap_or_default(),
+        }
+    }
+
+    /// messageStart, then the events of the content block, contentBlockStop, messageStop, metadata.
+    fn stream(&self, block: Vec<(&'static str, Value)>) -> Reply {
+        let mut events = vec![("messageStart", json!({"role": "assistant"}))];
+        events.extend(block);
+        events.extend([
+            ("contentBlockStop", json!({"contentBlockIndex": 0})),
+            ("messageStop", json!({"stopReason": self.stop})),
+            ("metadata", json!({"usage": self.usage(self.g.completion), "metrics": {"latencyMs": LATENCY_MS}})),
+        ]);
+        let events = events
+            .into_iter()
+            .map(|(name, mut payload)| {
+                payload["p"] = json!(PAD);
+                frame(name, &serde_json::to_vec(&payload).unwrap_or_default())
+            })
+            .collect();
+        Reply::Stream { events, content_type: AMAZON_EVENT_STREAM }
+    }
+
+    /// One contentBlockDelta per `chunk_tokens` words (none for an empty answer).
+    fn text_stream(&self) -> Reply {
+        let step = self.g.knobs.chunk_tokens.max(1) as u64;
+        let mut deltas = Vec::new();
+        let mut i = 0;
+        while i < self.g.completion {
+            let end = (i + step).min(self.g.completion);
+            let text: String = (i..end).map(|w| self.g.piece(w)).collect();
+            deltas.push(("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": text}})));
+            i = end;
+        }
+        self.stream(deltas)
+    }
+
+    /// The tool use opened by contentBlockStart, its input JSON in two pieces.
+    fn tool_stream(&self, name: &str) -> Reply {
+        let delta = |input: &str| {
+            ("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"toolUse": {"input": input}}}))
+        };
+        self.stream(vec![
+            ("contentBlockStart", json!({"contentBlockIndex": 0, "start": {"toolUse": self.tool_use(name, false)}})),
+            delta("{\"city\":"),
+            delta("\"Paris\"}"),
+        ])
+    }
+}
+
+/// One event-stream message: the prelude (total and headers lengths, big-endian, and their
+/// CRC32), the headers (`:event-type`, `:content-type`, `:message-type`, all strings), the
+/// payload, and the CRC32 of everything before it.
+pub fn frame(event_type: &str, payload: &[u8]) -> Vec<u8> {
+    let mut headers = Vec::new();
+    for (name, value) in
+        [(":event-type", event_type), (":content-type", "application/json"), (":message-type", "event")]
+    {
+        headers.push(name.len() as u8);
+        headers.extend_from_slice(name.as_bytes());
+        headers.push(7);
+        headers.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        headers.extend_from_slice(value.as_bytes());
+    }
+    let total = 12 + headers.len() + payload.len() + 4;
+    let mut message = Vec::with_capacity(total);
+    message.extend_from_slice(&(total as u32).to_be_bytes());
+    message.extend_from_slice(&(headers.len() as u32).to_be_bytes());
+    let prelude_crc = crc32fast::hash(&message);
+    message.extend_from_slice(&prelude_crc.to_be_bytes());
+    message.extend_from_slice(&headers);
+    message.extend_from_slice(payload);
+    let message_crc = crc32fast::hash(&message);
+    message.extend_from_slice(&message_crc.to_be_bytes());
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_converse_paths_and_decodes_the_model() {
+        let converse = |model: &str, stream| Some(Target::Converse { model: model.to_owned(), stream });
+        assert_eq!(
+            route("/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse"),
+            converse("anthropic.claude-3-5-sonnet-20240620-v1:0", false)
+        );
+        assert_eq!(route("/model/m/converse-stream"), converse("m", true));
+        assert_eq!(
+            route("/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fus.m/converse"),
+            converse("arn:aws:bedrock:us-east-1:1:inference-profile/us.m", false)
+        );
+        for path in ["/model/m/invoke", "/model//converse", "/model/m", "/model/a/b/converse", "/model/%zz/converse"] {
+            assert_eq!(route(path), Some(Target::NotFound), "{path}");
+        }
+        assert_eq!(route("/v1/chat/completions"), None);
+    }
+
+    #[test]
+    fn frames_carry_lengths_and_crcs() {
+        let message = frame("metadata", b"{}");
+        let total = u32::from_be_bytes([message[0], message[1], message[2], message[3]]) as usize;
+        assert_eq!(total, message.len());
+        let prelude_crc = u32::from_be_bytes([message[8], message[9], message[10], message[11]]);
+        assert_eq!(prelude_crc, crc32fast::hash(&message[..8]));
+        assert_eq!(&message[total - 6..total - 4], b"{}");
+    }
+}
