@@ -506,6 +506,29 @@ mod tests {
         sluice_core::config::CompiledConfig::compile(gateway).unwrap();
     }
 
+    /// A Bedrock deployment's cluster signs with Envoy's own AWS credentials: no secret, no
+    /// credential injector, `aws_request_signing` for its region before the codec.
+    #[test]
+    fn a_bedrock_cluster_is_signed_by_envoy() {
+        let list = [
+            json!({"model_name": "claude", "litellm_params": {"model": "bedrock/anthropic.claude-3-haiku-20240307-v1:0", "aws_region_name": "eu-central-1"},
+                           "model_info": {"id": "br"}}),
+        ];
+        let (snap, _) = build(&list, &options(), &env).unwrap();
+        let cluster: Cluster = decode(&snap.resources[CLUSTER][&cluster_name("br")]);
+        assert!(cluster.transport_socket.is_some());
+        let options: HttpProtocolOptions =
+            decode(&cluster.typed_extension_protocol_options[&HttpProtocolOptions::full_name()]);
+        let names: Vec<&str> = options.http_filters.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["envoy.filters.http.aws_request_signing", "envoy.filters.http.upstream_codec"]);
+        let Some(http_filter::ConfigType::TypedConfig(any)) = &options.http_filters[0].config_type else {
+            panic!("typed config")
+        };
+        let signing: AwsRequestSigning = decode(any);
+        assert_eq!((signing.service_name.as_str(), signing.region.as_str()), ("bedrock", "eu-central-1"));
+        assert!(snap.resources[SECRET].is_empty());
+    }
+
     /// `router_settings.model_group_alias` reaches the filter; an alias of a group that no
     /// deployment serves any more is left out with a warning instead of stopping every update.
     #[test]
