@@ -325,7 +325,9 @@ class Gateway:
     def records(self, alias=None):
         """Usage records written so far (optionally only one key's)."""
         out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
+        text = self.log_path.read_text(errors="replace")
+        # Envoy may be writing the last line right now: only complete lines are read.
+        for line in text[:text.rfind("\n") + 1].splitlines():
             idx = line.find("sluice.usage ")
             if idx >= 0:
                 rec = json.loads(line[idx + len("sluice.usage "):])

@@ -4,6 +4,7 @@ Anthropic-format clients alike, metered and priced; OpenAI's Responses API passe
 metered; LiteLLM's `model_group_alias` and wildcard model groups."""
 
 import json
+import time
 
 import anthropic
 import httpx
@@ -13,6 +14,19 @@ import pytest
 from conftest import AWS_ACCESS_KEY_ID, cost
 
 AZURE_PATH = "/openai/deployments/gpt4o-prod/chat/completions"
+
+
+def records_where(gw, n, timeout=10.0, **fields):
+    """The `n` usage records of this file's key whose fields have these values, once written.
+    Every test asks for values no other request in this file produces (its own token counts),
+    so a record another test's request writes late is never taken for this one's."""
+    deadline = time.time() + timeout
+    while True:
+        found = [r for r in gw.records("providers") if all(r.get(k) == v for k, v in fields.items())]
+        if len(found) >= n or time.time() > deadline:
+            assert len(found) == n, f"{len(found)} records with {fields}, not {n}"
+            return found
+        time.sleep(0.05)
 
 
 def openai_client(gw):
@@ -26,7 +40,6 @@ def last_azure_call(gw):
 
 
 def test_the_openai_sdk_reaches_an_azure_deployment(gw):
-    before = len(gw.records("providers"))
     reply = openai_client(gw).chat.completions.create(
         model="azure-gpt", messages=[{"role": "user", "content": "hi"}],
         extra_headers={"x-mock-prompt-tokens": "120", "x-mock-completion-tokens": "5", "x-mock-cached-tokens": "20"})
@@ -37,14 +50,13 @@ def test_the_openai_sdk_reaches_an_azure_deployment(gw):
     # Azure's key in Azure's header; the client's Sluice key in no header at all.
     assert seen["api_key"] == gw.provider_keys["MOCK_AZURE_KEY"]
     assert seen["authorization"] is None and seen["x_api_key"] is None
-    rec = gw.wait_records("providers", before + 1)[-1]
+    [rec] = records_where(gw, 1, model_group="azure-gpt", prompt_tokens=120)
     assert (rec["model_group"], rec["deployment"], rec["upstream_model"]) == ("azure-gpt", "azure-east", "gpt4o-prod")
     assert (rec["prompt_tokens"], rec["cached_prompt_tokens"], rec["completion_tokens"]) == (120, 20, 5)
     assert rec["cost_usd"] == pytest.approx(cost("azure-gpt", 120, 5, cached=20), abs=1e-9)
 
 
 def test_an_azure_stream_is_metered_from_its_usage_chunk(gw):
-    before = len(gw.records("providers"))
     stream = openai_client(gw).chat.completions.create(
         model="azure-gpt", stream=True, messages=[{"role": "user", "content": "hi"}],
         extra_headers={"x-mock-prompt-tokens": "40", "x-mock-completion-tokens": "7"})
@@ -53,13 +65,12 @@ def test_an_azure_stream_is_metered_from_its_usage_chunk(gw):
     seen = last_azure_call(gw)
     # The gateway asks Azure for the usage chunk even though this client did not.
     assert seen["stream"] and seen["include_usage"]
-    rec = gw.wait_records("providers", before + 1)[-1]
+    [rec] = records_where(gw, 1, model_group="azure-gpt", prompt_tokens=40)
     assert (rec["prompt_tokens"], rec["completion_tokens"], rec["streamed"], rec["estimated"]) == (40, 7, True, False)
 
 
 def test_the_anthropic_sdk_reaches_an_azure_deployment(gw):
     """Claude Code in front of Azure OpenAI: Messages → Chat Completions on Azure's path."""
-    before = len(gw.records("providers"))
     client = anthropic.Anthropic(base_url=gw.url, api_key=gw.keys["providers"], max_retries=0)
     msg = client.messages.create(
         model="azure-gpt", max_tokens=50, messages=[{"role": "user", "content": "hi"}],
@@ -68,7 +79,7 @@ def test_the_anthropic_sdk_reaches_an_azure_deployment(gw):
     assert (msg.usage.input_tokens, msg.usage.output_tokens) == (30, 3)
     seen = last_azure_call(gw)
     assert seen["api_key"] == gw.provider_keys["MOCK_AZURE_KEY"] and seen["x_api_key"] is None
-    rec = gw.wait_records("providers", before + 1)[-1]
+    [rec] = records_where(gw, 1, model_group="azure-gpt", prompt_tokens=30)
     assert (rec["route"], rec["prompt_tokens"], rec["completion_tokens"]) == ("/v1/messages", 30, 3)
 
 
@@ -91,20 +102,18 @@ def test_an_azure_error_comes_back_in_the_clients_format(gw):
 
 
 def test_a_model_group_alias_is_served_and_metered_as_its_group(gw):
-    before = len(gw.records("providers"))
     for name in ["gpt-4", "mini-hidden"]:
-        reply = openai_client(gw).chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}])
+        reply = openai_client(gw).chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}],
+                                                          extra_headers={"x-mock-prompt-tokens": "77"})
         assert reply.choices[0].message.content
         assert gw.mock_stats()["requests"][-1]["model"] == "gpt-4o-mini"
-    recs = gw.wait_records("providers", before + 2)[-2:]
-    assert [r["model_group"] for r in recs] == ["gpt-4o-mini", "gpt-4o-mini"]
+    records_where(gw, 2, model_group="gpt-4o-mini", prompt_tokens=77)  # metered as the group
     listed = {m.id for m in openai_client(gw).models.list()}
     assert "gpt-4" in listed and "gpt-4o-mini" in listed
     assert "mini-hidden" not in listed  # served, not listed
 
 
 def test_a_wildcard_group_sends_the_model_asked_for_at_the_tables_price(gw):
-    before = len(gw.records("providers"))
     for name in ["wild/gpt-4o-mini", "wild/my-fine-tune"]:
         reply = openai_client(gw).chat.completions.create(
             model=name, messages=[{"role": "user", "content": "hi"}],
@@ -112,7 +121,7 @@ def test_a_wildcard_group_sends_the_model_asked_for_at_the_tables_price(gw):
         assert reply.choices[0].message.content
         assert gw.mock_stats()["requests"][-1]["model"] == name.removeprefix("wild/")
     # Two Envoy workers may write their records in either order.
-    recs = {r["upstream_model"]: r for r in gw.wait_records("providers", before + 2)[-2:]}
+    recs = {r["upstream_model"]: r for r in records_where(gw, 2, model_group="wild/*", prompt_tokens=1000)}
     known, unknown = recs["gpt-4o-mini"], recs["my-fine-tune"]
     assert (known["model_group"], known["upstream_model"], known["price_unknown"]) == ("wild/*", "gpt-4o-mini", False)
     # gpt-4o-mini in the built-in table: $0.15 and $0.60 per million tokens.
@@ -123,27 +132,25 @@ def test_a_wildcard_group_sends_the_model_asked_for_at_the_tables_price(gw):
 
 
 def test_the_responses_api_is_passed_through_and_metered(gw):
-    before = len(gw.records("providers"))
     resp = openai_client(gw).responses.create(
         model="gpt-4o-mini", input="hi", max_output_tokens=50,
         extra_headers={"x-mock-prompt-tokens": "90", "x-mock-cached-tokens": "30", "x-mock-completion-tokens": "4"})
     assert resp.output_text == "tok0 tok1 tok2 tok3"
     assert (resp.usage.input_tokens, resp.usage.output_tokens) == (90, 4)
     assert gw.mock_stats()["requests"][-1]["path"] == "/v1/responses"
-    rec = gw.wait_records("providers", before + 1)[-1]
+    [rec] = records_where(gw, 1, route="/v1/responses", prompt_tokens=90)
     assert (rec["route"], rec["prompt_tokens"], rec["cached_prompt_tokens"], rec["completion_tokens"]) == ("/v1/responses", 90, 30, 4)
     assert rec["cost_usd"] == pytest.approx(cost("gpt-4o-mini", 90, 4, cached=30), abs=1e-12)
 
 
 def test_a_responses_stream_is_metered_from_response_completed_and_a_cut_one_estimated(gw):
-    before = len(gw.records("providers"))
     with openai_client(gw).responses.stream(
             model="gpt-4o-mini", input="hi",
             extra_headers={"x-mock-prompt-tokens": "25", "x-mock-completion-tokens": "6"}) as stream:
         text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
         final = stream.get_final_response()
     assert text == " ".join(f"tok{i}" for i in range(6)) and final.usage.output_tokens == 6
-    rec = gw.wait_records("providers", before + 1)[-1]
+    [rec] = records_where(gw, 1, route="/v1/responses", prompt_tokens=25)
     assert (rec["prompt_tokens"], rec["completion_tokens"], rec["streamed"], rec["estimated"]) == (25, 6, True, False)
     # The provider goes away before `response.completed`: charged for what was delivered.
     with httpx.stream("POST", f"{gw.url}/v1/responses", json={"model": "gpt-4o-mini", "input": "hi", "stream": True},
@@ -154,7 +161,7 @@ def test_a_responses_stream_is_metered_from_response_completed_and_a_cut_one_est
                 pass
         except httpx.HTTPError:
             pass  # the cut reaches the client as a broken stream
-    rec = gw.wait_records("providers", before + 2)[-1]
+    [rec] = records_where(gw, 1, route="/v1/responses", estimated=True)
     assert rec["estimated"] and rec["outcome"] in ("truncated", "cancelled") and rec["completion_tokens"] > 0, rec
 
 
@@ -165,7 +172,6 @@ GEMINI_STREAM_PATH = "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
 
 
 def test_the_openai_sdk_reaches_a_gemini_deployment(gw):
-    before = len(gw.records("providers"))
     reply = openai_client(gw).chat.completions.create(
         model="gemini-flash", max_tokens=40,
         messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
@@ -185,14 +191,13 @@ def test_the_openai_sdk_reaches_a_gemini_deployment(gw):
     # Google's key in Google's header; neither the client's key nor another provider's.
     assert seen["x_goog_api_key"] == gw.provider_keys["MOCK_GEMINI_KEY"]
     assert seen["authorization"] is None and seen["x_api_key"] is None and seen["api_key"] is None
-    rec = gw.wait_records("providers", before + 1)[-1]
+    [rec] = records_where(gw, 1, model_group="gemini-flash", prompt_tokens=80)
     assert (rec["model_group"], rec["prompt_tokens"], rec["cached_prompt_tokens"], rec["completion_tokens"],
             rec["reasoning_tokens"]) == ("gemini-flash", 80, 30, 12, 7)
     assert rec["cost_usd"] == pytest.approx(cost("gemini-flash", 80, 12, cached=30), abs=1e-12)
 
 
 def test_a_gemini_stream_becomes_openai_chunks_with_usage(gw):
-    before = len(gw.records("providers"))
     stream = openai_client(gw).chat.completions.create(
         model="gemini-flash", stream=True, stream_options={"include_usage": True},
         messages=[{"role": "user", "content": "hi"}],
@@ -203,7 +208,7 @@ def test_a_gemini_stream_becomes_openai_chunks_with_usage(gw):
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
     assert chunks[-1].usage.prompt_tokens == 20 and chunks[-1].usage.completion_tokens == 6
     assert gw.mock_stats()["requests"][-1]["path"] == GEMINI_STREAM_PATH
-    rec = gw.wait_records("providers", before + 1)[-1]
+    [rec] = records_where(gw, 1, model_group="gemini-flash", prompt_tokens=20)
     assert (rec["prompt_tokens"], rec["completion_tokens"], rec["streamed"], rec["estimated"]) == (20, 6, True, False)
 
 
@@ -229,7 +234,6 @@ def test_a_gemini_error_reaches_the_openai_client_in_its_shape(gw):
 
 def test_the_anthropic_sdk_reaches_a_gemini_deployment(gw):
     """Claude Code in front of Gemini: Messages → (OpenAI) → generateContent and back."""
-    before = len(gw.records("providers"))
     client = anthropic.Anthropic(base_url=gw.url, api_key=gw.keys["providers"], max_retries=0)
     msg = client.messages.create(
         model="gemini-flash", max_tokens=30, system="Be brief.", messages=[{"role": "user", "content": "hi"}],
@@ -245,9 +249,9 @@ def test_the_anthropic_sdk_reaches_a_gemini_deployment(gw):
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text == " ".join(f"tok{i}" for i in range(5)) and final.usage.output_tokens == 5
-    recs = gw.wait_records("providers", before + 2)[-2:]
-    assert sorted((r["prompt_tokens"], r["completion_tokens"], r["estimated"]) for r in recs) == [(12, 5, False), (40, 3, False)]
-    assert all(r["route"] == "/v1/messages" for r in recs)
+    recs = records_where(gw, 1, model_group="gemini-flash", prompt_tokens=12) + \
+        records_where(gw, 1, model_group="gemini-flash", prompt_tokens=40)
+    assert [(r["completion_tokens"], r["estimated"], r["route"]) for r in recs] == [(5, False, "/v1/messages"), (3, False, "/v1/messages")]
 
 
 # ---- Bedrock: Converse, signed by Envoy ------------------------------------------------------
@@ -263,7 +267,6 @@ def last_bedrock_call(gw, method):
 
 
 def test_the_openai_sdk_reaches_a_bedrock_deployment_signed_by_envoy(gw):
-    before = len(gw.records("providers"))
     reply = openai_client(gw).chat.completions.create(
         model="bedrock-claude", max_tokens=40,
         messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
@@ -275,14 +278,13 @@ def test_the_openai_sdk_reaches_a_bedrock_deployment_signed_by_envoy(gw):
     seen = last_bedrock_call(gw, "converse")
     sent = seen["body_json"]
     assert sent["system"] == [{"text": "Be brief."}] and sent["inferenceConfig"]["maxTokens"] == 40
-    rec = gw.wait_records("providers", before + 1)[-1]
+    [rec] = records_where(gw, 1, model_group="bedrock-claude", prompt_tokens=100)
     assert (rec["model_group"], rec["prompt_tokens"], rec["cached_prompt_tokens"], rec["cache_write_tokens"],
             rec["completion_tokens"]) == ("bedrock-claude", 100, 30, 20, 4)
     assert rec["cost_usd"] == pytest.approx(cost("bedrock-claude", 100, 4, cached=30, cache_write=20), abs=1e-12)
 
 
 def test_a_bedrock_event_stream_becomes_openai_chunks_with_usage(gw):
-    before = len(gw.records("providers"))
     stream = openai_client(gw).chat.completions.create(
         model="bedrock-claude", stream=True, stream_options={"include_usage": True},
         messages=[{"role": "user", "content": "hi"}],
@@ -292,7 +294,7 @@ def test_a_bedrock_event_stream_becomes_openai_chunks_with_usage(gw):
     assert text == " ".join(f"tok{i}" for i in range(6))
     assert chunks[-1].usage.prompt_tokens == 15 and chunks[-1].usage.completion_tokens == 6
     last_bedrock_call(gw, "converse-stream")
-    rec = gw.wait_records("providers", before + 1)[-1]
+    [rec] = records_where(gw, 1, model_group="bedrock-claude", prompt_tokens=15)
     assert (rec["prompt_tokens"], rec["completion_tokens"], rec["streamed"], rec["estimated"]) == (15, 6, True, False)
 
 
