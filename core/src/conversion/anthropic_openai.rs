@@ -9,7 +9,7 @@
 use serde_json::{Map, Value, json};
 
 use super::sse_events::{Event, SseEvents};
-use super::{ConversionError, Target, Translated, bad_response, invalid, provider_error};
+use super::{ConversionError, Target, Translated, bad_response, invalid, openai_side, provider_error};
 use crate::usage::Usage;
 
 const PROVIDER: &str = "openai";
@@ -19,8 +19,7 @@ const UNSUPPORTED: &[&str] = &["top_k", "thinking", "container", "mcp_servers", 
 
 /// The request an Anthropic client sent, as OpenAI Chat Completions wants it.
 pub fn request(body: &[u8], target: &Target<'_>) -> Result<Translated, ConversionError> {
-    let parsed: Value = serde_json::from_slice(body).map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
-    let req = parsed.as_object().ok_or_else(|| invalid("the request body must be an object"))?;
+    let req = super::request_object(body)?;
     let known = [
         "model",
         "messages",
@@ -51,8 +50,7 @@ pub fn request(body: &[u8], target: &Target<'_>) -> Result<Translated, Conversio
             messages.push(json!({"role": "system", "content": text}));
         }
     }
-    let turns = req.get("messages").and_then(Value::as_array).ok_or_else(|| invalid("messages must be an array"))?;
-    for (i, turn) in turns.iter().enumerate() {
+    for (i, turn) in super::messages(&req)?.iter().enumerate() {
         let role = turn
             .get("role")
             .and_then(Value::as_str)
@@ -117,8 +115,7 @@ pub fn request(body: &[u8], target: &Target<'_>) -> Result<Translated, Conversio
             out.insert("parallel_tool_calls".into(), Value::Bool(false));
         }
     }
-    let body = serde_json::to_vec(&Value::Object(out)).map_err(|e| invalid(e.to_string()))?;
-    Ok(Translated { body, dropped: unsupported })
+    super::translated(out, unsupported)
 }
 
 /// The text of a string or of an array of text blocks (others are refused).
@@ -206,14 +203,11 @@ fn assistant_turn(content: Option<&Value>, i: usize) -> Result<Value, Conversion
             for block in blocks {
                 match block.get("type").and_then(Value::as_str) {
                     Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or_default()),
-                    Some("tool_use") => calls.push(json!({
-                        "id": block.get("id").cloned().unwrap_or(Value::Null),
-                        "type": "function",
-                        "function": {
-                            "name": block.get("name").cloned().unwrap_or(Value::Null),
-                            "arguments": block.get("input").map_or_else(|| "{}".to_owned(), Value::to_string),
-                        },
-                    })),
+                    Some("tool_use") => calls.push(openai_side::tool_call(
+                        block.get("id").cloned().unwrap_or(Value::Null),
+                        block.get("name").cloned().unwrap_or(Value::Null),
+                        block.get("input"),
+                    )),
                     // Earlier turns' thinking is the model's own scratch: not replayed.
                     Some("thinking" | "redacted_thinking") => {}
                     other => {
@@ -226,11 +220,7 @@ fn assistant_turn(content: Option<&Value>, i: usize) -> Result<Value, Conversion
         }
         _ => return Err(invalid(format!("messages[{i}].content must be a string or an array"))),
     }
-    let mut message = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::from(text) }});
-    if !calls.is_empty() {
-        message["tool_calls"] = Value::Array(calls);
-    }
-    Ok(message)
+    Ok(openai_side::assistant_message(text, calls))
 }
 
 fn stop_reason(finish: Option<&str>) -> Value {
@@ -267,7 +257,7 @@ fn usage_to_anthropic(u: &Usage) -> Value {
 
 /// A `chat.completion` as a Messages response for the client, who asked for `client_model`.
 pub fn response(body: &[u8], client_model: &str) -> Result<Vec<u8>, ConversionError> {
-    let parsed: Value = serde_json::from_slice(body).map_err(|e| bad_response(format!("not JSON: {e}")))?;
+    let parsed = super::response_json(body)?;
     let choice = parsed.get("choices").and_then(|c| c.get(0)).ok_or_else(|| bad_response("no choices"))?;
     let message = choice.get("message").ok_or_else(|| bad_response("no message"))?;
     let mut content = Vec::new();

@@ -4,12 +4,13 @@
 
 use serde_json::{Value, json};
 
+use super::super::test_support::translated;
 use super::*;
 
 const TARGET: Target<'static> = Target { model: "gpt-4o-2024-08-06", default_max_tokens: 4096, drop_params: false };
 
 fn translate(body: Value) -> Value {
-    serde_json::from_slice(&request(body.to_string().as_bytes(), &TARGET).unwrap().body).unwrap()
+    translated(request, &TARGET, &body)
 }
 
 #[test]

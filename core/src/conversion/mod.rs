@@ -20,11 +20,16 @@ mod aws_eventstream;
 pub mod openai_anthropic;
 pub mod openai_bedrock;
 pub mod openai_gemini;
+mod openai_side;
 mod sse_events;
+#[cfg(test)]
+mod test_support;
 
 pub use sse_events::SseEvents;
 
 use std::fmt;
+
+use serde_json::{Map, Value};
 
 /// What a translation needs to know about the deployment it translates for.
 #[derive(Debug, Clone, Copy)]
@@ -85,12 +90,48 @@ impl From<ConversionError> for crate::error::GatewayError {
 /// The message and type of a provider's error body (`{"error": {"message", "type"}}`, the
 /// shape both OpenAI and Anthropic use); a body without one is quoted as the message.
 fn provider_error(body: &[u8]) -> (String, Option<String>) {
-    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
     let inner = parsed.as_ref().and_then(|v| v.get("error"));
-    let field = |name: &str| inner.and_then(|e| e.get(name)).and_then(serde_json::Value::as_str).map(str::to_owned);
-    let message =
-        field("message").unwrap_or_else(|| format!("the provider answered: {}", String::from_utf8_lossy(body)));
-    (message, field("type"))
+    let field = |name: &str| inner.and_then(|e| e.get(name)).and_then(Value::as_str).map(str::to_owned);
+    (field("message").unwrap_or_else(|| quoted_answer(body)), field("type"))
+}
+
+/// The message for an error body that says nothing readable: the body itself.
+fn quoted_answer(body: &[u8]) -> String {
+    format!("the provider answered: {}", String::from_utf8_lossy(body))
+}
+
+/// A request body, which must be a JSON object.
+fn request_object(body: &[u8]) -> Result<Map<String, Value>, ConversionError> {
+    match serde_json::from_slice(body).map_err(|e| invalid(format!("the body is not JSON: {e}")))? {
+        Value::Object(req) => Ok(req),
+        _ => Err(invalid("the request body must be an object")),
+    }
+}
+
+/// A request's `messages` (OpenAI's and Anthropic's are both an array of that name).
+fn messages(req: &Map<String, Value>) -> Result<&[Value], ConversionError> {
+    req.get("messages").and_then(Value::as_array).map(Vec::as_slice).ok_or_else(|| invalid("messages must be an array"))
+}
+
+/// The translated request: `out` as the body, and the parameters dropped.
+fn translated(out: Map<String, Value>, dropped: Vec<String>) -> Result<Translated, ConversionError> {
+    let body = serde_json::to_vec(&Value::Object(out)).map_err(|e| invalid(e.to_string()))?;
+    Ok(Translated { body, dropped })
+}
+
+/// A provider's answer, parsed.
+fn response_json(body: &[u8]) -> Result<Value, ConversionError> {
+    serde_json::from_slice(body).map_err(|e| bad_response(format!("not JSON: {e}")))
+}
+
+/// A provider's answer that must be a JSON object.
+fn response_object(body: &[u8]) -> Result<Value, ConversionError> {
+    let parsed = response_json(body)?;
+    if !parsed.is_object() {
+        return Err(bad_response("not a JSON object"));
+    }
+    Ok(parsed)
 }
 
 fn invalid(detail: impl Into<String>) -> ConversionError {

@@ -9,8 +9,9 @@
 
 use serde_json::{Map, Value, json};
 
+use super::openai_side::{self, Chunks, Part, Role, ToolCallIndexes, ToolChoice};
 use super::sse_events::{Event, SseEvents};
-use super::{ConversionError, Target, Translated, bad_response, invalid, provider_error};
+use super::{ConversionError, Target, Translated, invalid, provider_error};
 use crate::usage::Usage;
 
 const PROVIDER: &str = "anthropic";
@@ -34,55 +35,41 @@ const UNSUPPORTED: &[&str] = &[
     "function_call",
 ];
 
-/// OpenAI parameters that mean nothing to a provider and are left out silently (LiteLLM does
-/// the same): OpenAI-side storage and service settings.
-const IGNORED: &[&str] = &["store", "metadata", "service_tier", "stream_options", "parallel_tool_calls"];
+/// OpenAI parameters with an Anthropic counterpart (translated below); the rest of OpenAI's
+/// are left out silently (`openai_side`), anything else is unsupported.
+const KNOWN: &[&str] = &[
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "temperature",
+    "top_p",
+    "stream",
+    "tools",
+    "tool_choice",
+    "user",
+    "n",
+    "response_format",
+];
 
-fn object(value: &Value, what: &str) -> Result<Map<String, Value>, ConversionError> {
-    value.as_object().cloned().ok_or_else(|| invalid(format!("{what} must be an object")))
+/// Whether Anthropic can take a parameter the client sent.
+fn takes(name: &str, value: &Value) -> bool {
+    match name {
+        "n" => value.as_u64().is_none_or(|n| n <= 1),
+        "response_format" => value.get("type").and_then(Value::as_str) == Some("text"),
+        other => !UNSUPPORTED.contains(&other) && KNOWN.contains(&other),
+    }
 }
 
 /// The request an OpenAI client sent, as Anthropic Messages wants it.
 pub fn request(body: &[u8], target: &Target<'_>) -> Result<Translated, ConversionError> {
-    let parsed: Value = serde_json::from_slice(body).map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
-    let req = object(&parsed, "the request body")?;
+    let req = super::request_object(body)?;
     let mut out = Map::new();
     out.insert("model".into(), Value::from(target.model));
+    let unsupported = openai_side::unsupported_params(PROVIDER, &req, target, takes)?;
 
-    let mut unsupported = Vec::new();
-    for (name, value) in &req {
-        let is_unsupported = match name.as_str() {
-            "n" => value.as_u64().is_some_and(|n| n > 1),
-            "response_format" => value.get("type").and_then(Value::as_str) != Some("text"),
-            other => UNSUPPORTED.contains(&other),
-        };
-        let known = matches!(
-            name.as_str(),
-            "model"
-                | "messages"
-                | "max_tokens"
-                | "max_completion_tokens"
-                | "stop"
-                | "temperature"
-                | "top_p"
-                | "stream"
-                | "tools"
-                | "tool_choice"
-                | "user"
-                | "n"
-                | "response_format"
-        ) || IGNORED.contains(&name.as_str());
-        if is_unsupported || !known {
-            unsupported.push(name.clone());
-        }
-    }
-    if !unsupported.is_empty() && !target.drop_params {
-        unsupported.sort();
-        return Err(ConversionError::Unsupported { provider: PROVIDER, params: unsupported });
-    }
-
-    let messages = req.get("messages").and_then(Value::as_array).ok_or_else(|| invalid("messages must be an array"))?;
-    let (system, turns) = messages_to_anthropic(messages)?;
+    let (system, turns) = messages_to_anthropic(super::messages(&req)?)?;
     if let Some(system) = system {
         out.insert("system".into(), system);
     }
@@ -97,15 +84,8 @@ pub fn request(body: &[u8], target: &Target<'_>) -> Result<Translated, Conversio
         .unwrap_or(target.default_max_tokens);
     out.insert("max_tokens".into(), Value::from(max_tokens));
 
-    match req.get("stop") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) => {
-            out.insert("stop_sequences".into(), json!([s]));
-        }
-        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
-            out.insert("stop_sequences".into(), Value::Array(items.clone()));
-        }
-        Some(_) => return Err(invalid("stop must be a string or an array of strings")),
+    if let Some(stop) = openai_side::stop_sequences(&req)? {
+        out.insert("stop_sequences".into(), stop);
     }
     for name in ["temperature", "top_p", "stream"] {
         if let Some(v) = req.get(name).filter(|v| !v.is_null()) {
@@ -122,36 +102,21 @@ pub fn request(body: &[u8], target: &Target<'_>) -> Result<Translated, Conversio
     if let Some(choice) = tool_choice_to_anthropic(req.get("tool_choice"), no_parallel)? {
         out.insert("tool_choice".into(), choice);
     }
-    let body = serde_json::to_vec(&Value::Object(out)).map_err(|e| invalid(e.to_string()))?;
-    Ok(Translated { body, dropped: unsupported })
+    super::translated(out, unsupported)
 }
 
 /// System and developer messages become Anthropic's `system`; tool results become
 /// `tool_result` blocks in a user turn; consecutive turns of one role are merged (Anthropic
 /// wants them alternating).
 fn messages_to_anthropic(messages: &[Value]) -> Result<(Option<Value>, Vec<Value>), ConversionError> {
-    let mut system: Vec<Value> = Vec::new();
-    let mut turns: Vec<(String, Vec<Value>)> = Vec::new();
-    for (i, message) in messages.iter().enumerate() {
-        let role = message
-            .get("role")
-            .and_then(Value::as_str)
-            .ok_or_else(|| invalid(format!("messages[{i}].role is missing")))?;
-        let (role, blocks) = match role {
-            "system" | "developer" => {
-                system.extend(content_blocks(message.get("content"), i)?);
-                continue;
-            }
-            "user" => ("user", content_blocks(message.get("content"), i)?),
-            "assistant" => ("assistant", assistant_blocks(message, i)?),
-            "tool" => ("user", vec![tool_result(message, i)?]),
-            other => return Err(invalid(format!("messages[{i}].role {other:?} is not supported"))),
-        };
-        match turns.last_mut() {
-            Some((last, existing)) if last == role => existing.extend(blocks),
-            _ => turns.push((role.to_owned(), blocks)),
-        }
-    }
+    let (system, turns) = openai_side::conversation(messages, false, |role, message, i| {
+        Ok(match role {
+            Role::System => (None, content_blocks(message.get("content"), i)?),
+            Role::User => (Some("user"), content_blocks(message.get("content"), i)?),
+            Role::Assistant => (Some("assistant"), assistant_blocks(message, i)?),
+            Role::Tool => (Some("user"), vec![tool_result(message, i)?]),
+        })
+    })?;
     let turns = turns.into_iter().map(|(role, content)| json!({"role": role, "content": content})).collect();
     let system = match system.as_slice() {
         [] => None,
@@ -164,39 +129,17 @@ fn messages_to_anthropic(messages: &[Value]) -> Result<(Option<Value>, Vec<Value
 
 /// A message's `content` (a string or an array of parts) as Anthropic content blocks.
 fn content_blocks(content: Option<&Value>, i: usize) -> Result<Vec<Value>, ConversionError> {
-    match content {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(text)) => Ok(vec![json!({"type": "text", "text": text})]),
-        Some(Value::Array(parts)) => parts.iter().map(|p| part_to_block(p, i)).collect(),
-        Some(_) => Err(invalid(format!("messages[{i}].content must be a string or an array"))),
-    }
-}
-
-fn part_to_block(part: &Value, i: usize) -> Result<Value, ConversionError> {
-    match part.get("type").and_then(Value::as_str) {
-        Some("text") => {
-            let text = part.get("text").and_then(Value::as_str).unwrap_or_default();
-            Ok(json!({"type": "text", "text": text}))
-        }
-        Some("image_url") => {
-            let url = part
-                .get("image_url")
-                .and_then(|u| u.get("url").or(Some(u)))
-                .and_then(Value::as_str)
-                .ok_or_else(|| invalid(format!("messages[{i}]: image_url.url is missing")))?;
-            Ok(json!({"type": "image", "source": image_source(url, i)?}))
-        }
-        other => Err(invalid(format!("messages[{i}]: content part type {other:?} is not supported for Anthropic"))),
-    }
+    openai_side::map_content(content, i, |part| match part {
+        Part::Text(text) => Ok(json!({"type": "text", "text": text})),
+        Part::ImageUrl(url) => Ok(json!({"type": "image", "source": image_source(url, i)?})),
+        Part::Other(kind, _) => Err(openai_side::unsupported_part(kind, "Anthropic", i)),
+    })
 }
 
 /// `data:<media type>;base64,<data>` → a base64 source; an http(s) URL → a URL source.
 fn image_source(url: &str, i: usize) -> Result<Value, ConversionError> {
     if let Some(rest) = url.strip_prefix("data:") {
-        let (meta, data) = rest.split_once(',').ok_or_else(|| invalid(format!("messages[{i}]: malformed data URL")))?;
-        let media_type = meta
-            .strip_suffix(";base64")
-            .ok_or_else(|| invalid(format!("messages[{i}]: only base64 data URLs are supported")))?;
+        let (media_type, data) = openai_side::base64_data_url(rest, i)?;
         return Ok(json!({"type": "base64", "media_type": media_type, "data": data}));
     }
     if url.starts_with("https://") || url.starts_with("http://") {
@@ -209,31 +152,22 @@ fn image_source(url: &str, i: usize) -> Result<Value, ConversionError> {
 fn assistant_blocks(message: &Value, i: usize) -> Result<Vec<Value>, ConversionError> {
     let mut blocks = content_blocks(message.get("content"), i)?;
     blocks.retain(|b| b.get("text").and_then(Value::as_str) != Some(""));
+    // Unlike Gemini and Bedrock, Anthropic takes a call without a name or with non-object
+    // arguments as it is (and `tool_calls` that are not an array as none).
     for call in message.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
-        let function =
-            call.get("function").ok_or_else(|| invalid(format!("messages[{i}]: tool call without function")))?;
-        let arguments = function.get("arguments").and_then(Value::as_str).unwrap_or("{}");
-        let input: Value = if arguments.trim().is_empty() {
-            json!({})
-        } else {
-            serde_json::from_str(arguments)
-                .map_err(|e| invalid(format!("messages[{i}]: tool call arguments are not JSON: {e}")))?
-        };
+        let function = openai_side::function_of(call, i)?;
         blocks.push(json!({
             "type": "tool_use",
             "id": call.get("id").cloned().unwrap_or(Value::Null),
             "name": function.get("name").cloned().unwrap_or(Value::Null),
-            "input": input,
+            "input": openai_side::arguments_of(function, i)?,
         }));
     }
     Ok(blocks)
 }
 
 fn tool_result(message: &Value, i: usize) -> Result<Value, ConversionError> {
-    let id = message
-        .get("tool_call_id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| invalid(format!("messages[{i}].tool_call_id is missing")))?;
+    let id = openai_side::tool_call_id(message, i)?;
     let content = match message.get("content") {
         Some(Value::String(text)) => Value::from(text.as_str()),
         other => Value::Array(content_blocks(other, i)?),
@@ -242,48 +176,32 @@ fn tool_result(message: &Value, i: usize) -> Result<Value, ConversionError> {
 }
 
 fn tools_to_anthropic(tools: &Value) -> Result<Value, ConversionError> {
-    let tools = tools.as_array().ok_or_else(|| invalid("tools must be an array"))?;
-    let converted = tools
-        .iter()
+    let converted = openai_side::function_tools(tools, None)?
+        .into_iter()
         .map(|tool| {
-            let function = tool.get("function").ok_or_else(|| invalid("tools[].function is missing"))?;
-            let name = function.get("name").and_then(Value::as_str).ok_or_else(|| invalid("tools[].function.name is missing"))?;
-            let mut out = json!({
-                "name": name,
-                "input_schema": function.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-            });
-            if let Some(description) = function.get("description").filter(|d| d.is_string()) {
+            let schema = tool.parameters.cloned().unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+            let mut out = json!({"name": tool.name, "input_schema": schema});
+            if let Some(description) = tool.description {
                 out["description"] = description.clone();
             }
-            Ok(out)
+            out
         })
-        .collect::<Result<Vec<_>, ConversionError>>()?;
+        .collect();
     Ok(Value::Array(converted))
 }
 
 fn tool_choice_to_anthropic(choice: Option<&Value>, no_parallel: bool) -> Result<Option<Value>, ConversionError> {
-    let mut out = match choice {
-        None | Some(Value::Null) => {
+    let mut out = match choice.filter(|c| !c.is_null()).map(openai_side::tool_choice).transpose()? {
+        None => {
             if !no_parallel {
                 return Ok(None);
             }
             json!({"type": "auto"})
         }
-        Some(Value::String(s)) => match s.as_str() {
-            "auto" => json!({"type": "auto"}),
-            "none" => json!({"type": "none"}),
-            "required" => json!({"type": "any"}),
-            other => return Err(invalid(format!("tool_choice {other:?} is not auto, none or required"))),
-        },
-        Some(Value::Object(o)) => {
-            let name = o
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .and_then(Value::as_str)
-                .ok_or_else(|| invalid("tool_choice.function.name is missing"))?;
-            json!({"type": "tool", "name": name})
-        }
-        Some(_) => return Err(invalid("tool_choice must be a string or an object")),
+        Some(ToolChoice::Auto) => json!({"type": "auto"}),
+        Some(ToolChoice::NoCalls) => json!({"type": "none"}),
+        Some(ToolChoice::Required) => json!({"type": "any"}),
+        Some(ToolChoice::Function(name)) => json!({"type": "tool", "name": name}),
     };
     if no_parallel && out["type"] != "none" {
         out["disable_parallel_tool_use"] = Value::Bool(true);
@@ -303,20 +221,8 @@ fn finish_reason(stop_reason: Option<&str>) -> Value {
     }
 }
 
-/// Anthropic's usage as OpenAI's: prompt tokens include the cached reads and the cache writes
-/// (Anthropic counts them apart); `cached_tokens` are the reads.
-fn usage_to_openai(usage: &Usage) -> Value {
-    let prompt = usage.prompt_tokens;
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": prompt.saturating_add(usage.completion_tokens),
-        "prompt_tokens_details": {"cached_tokens": usage.cached_prompt_tokens},
-        "cache_creation_input_tokens": usage.cache_write_tokens,
-        "cache_read_input_tokens": usage.cached_prompt_tokens,
-    })
-}
-
+/// Anthropic's usage as a [`Usage`]: prompt tokens include the cached reads and the cache
+/// writes (Anthropic counts them apart).
 fn anthropic_usage(usage: Option<&Value>) -> Usage {
     let n = |name: &str| usage.and_then(|u| u.get(name)).and_then(Value::as_u64).unwrap_or(0);
     let (input, read, write) = (n("input_tokens"), n("cache_read_input_tokens"), n("cache_creation_input_tokens"));
@@ -331,43 +237,33 @@ fn anthropic_usage(usage: Option<&Value>) -> Usage {
 
 /// A Messages response as a `chat.completion` for the client, who asked for `client_model`.
 pub fn response(body: &[u8], client_model: &str, created_unix_secs: u64) -> Result<Vec<u8>, ConversionError> {
-    let parsed: Value = serde_json::from_slice(body).map_err(|e| bad_response(format!("not JSON: {e}")))?;
-    let content = parsed.get("content").and_then(Value::as_array).ok_or_else(|| bad_response("no content array"))?;
+    let parsed = super::response_json(body)?;
+    let content =
+        parsed.get("content").and_then(Value::as_array).ok_or_else(|| super::bad_response("no content array"))?;
     let mut text = String::new();
     let mut tool_calls = Vec::new();
     for block in content {
         match block.get("type").and_then(Value::as_str) {
             Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or_default()),
-            Some("tool_use") => tool_calls.push(json!({
-                "id": block.get("id").cloned().unwrap_or(Value::Null),
-                "type": "function",
-                "function": {
-                    "name": block.get("name").cloned().unwrap_or(Value::Null),
-                    "arguments": block.get("input").map_or_else(|| "{}".to_owned(), Value::to_string),
-                },
-            })),
+            Some("tool_use") => tool_calls.push(openai_side::tool_call(
+                block.get("id").cloned().unwrap_or(Value::Null),
+                block.get("name").cloned().unwrap_or(Value::Null),
+                block.get("input"),
+            )),
             // Thinking and other blocks have no place in a chat completion's message.
             _ => {}
         }
     }
-    let mut message = json!({"role": "assistant", "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { Value::from(text) }});
-    if !tool_calls.is_empty() {
-        message["tool_calls"] = Value::Array(tool_calls);
-    }
+    let message = openai_side::assistant_message(text, tool_calls);
+    let finish = finish_reason(parsed.get("stop_reason").and_then(Value::as_str));
     let usage = anthropic_usage(parsed.get("usage"));
-    let out = json!({
-        "id": parsed.get("id").cloned().unwrap_or(Value::Null),
-        "object": "chat.completion",
-        "created": created_unix_secs,
-        "model": client_model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "finish_reason": finish_reason(parsed.get("stop_reason").and_then(Value::as_str)),
-        }],
-        "usage": usage_to_openai(&usage),
-    });
-    serde_json::to_vec(&out).map_err(|e| bad_response(e.to_string()))
+    openai_side::completion(
+        parsed.get("id").cloned().unwrap_or(Value::Null),
+        created_unix_secs,
+        client_model,
+        vec![openai_side::choice(0, message, finish)],
+        openai_side::usage_with_cache_fields(&usage),
+    )
 }
 
 /// Anthropic's error body (`{"type":"error","error":{"type","message"}}`) in OpenAI's shape;
@@ -375,7 +271,7 @@ pub fn response(body: &[u8], client_model: &str, created_unix_secs: u64) -> Resu
 pub fn error(body: &[u8]) -> Vec<u8> {
     let (message, kind) = provider_error(body);
     let kind = kind.as_deref().unwrap_or("api_error");
-    json!({"error": {"message": message, "type": kind, "param": null, "code": kind}}).to_string().into_bytes()
+    openai_side::error_body(&message, kind, Some(kind))
 }
 
 /// Turns Anthropic's stream into OpenAI chunks as the events arrive: nothing is held back
@@ -383,16 +279,11 @@ pub fn error(body: &[u8]) -> Vec<u8> {
 #[derive(Debug)]
 pub struct StreamTranslator {
     events: SseEvents,
-    client_model: String,
-    created: u64,
-    /// The client asked for `stream_options.include_usage`: a last chunk carries the usage.
-    include_usage: bool,
-    id: String,
+    /// The chunks out (their id: the message's, from `message_start`).
+    chunks: Chunks,
     usage: Usage,
-    /// Anthropic block index → OpenAI tool call index, for tool-use blocks.
-    tool_indexes: Vec<(u64, u64)>,
-    /// `[DONE]` was sent: nothing more goes out.
-    done: bool,
+    /// Anthropic's tool-use block indexes, in OpenAI's tool call order.
+    tool_indexes: ToolCallIndexes,
     /// `message_stop` arrived.
     stopped: bool,
 }
@@ -401,13 +292,9 @@ impl StreamTranslator {
     pub fn new(client_model: &str, created_unix_secs: u64, include_usage: bool) -> Self {
         Self {
             events: SseEvents::default(),
-            client_model: client_model.to_owned(),
-            created: created_unix_secs,
-            include_usage,
-            id: String::new(),
+            chunks: Chunks::new(String::new(), client_model, created_unix_secs, include_usage),
             usage: Usage::default(),
-            tool_indexes: Vec::new(),
-            done: false,
+            tool_indexes: ToolCallIndexes::default(),
             stopped: false,
         }
     }
@@ -419,9 +306,8 @@ impl StreamTranslator {
         for event in self.events.feed(chunk, end_of_stream) {
             self.translate(&event, &mut out);
         }
-        if end_of_stream && !self.done {
-            self.done = true;
-            out.extend_from_slice(b"data: [DONE]\n\n");
+        if end_of_stream {
+            self.chunks.end(&mut out);
         }
         out
     }
@@ -437,19 +323,8 @@ impl StreamTranslator {
         self.usage
     }
 
-    fn chunk(&self, delta: Value, finish: Value, out: &mut Vec<u8>) {
-        let chunk = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.client_model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        });
-        push_data(out, &chunk);
-    }
-
     fn translate(&mut self, event: &Event, out: &mut Vec<u8>) {
-        if self.done {
+        if self.chunks.done {
             return;
         }
         let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
@@ -458,27 +333,22 @@ impl StreamTranslator {
         match kind {
             "message_start" => {
                 let message = data.get("message");
-                self.id = message.and_then(|m| m.get("id")).and_then(Value::as_str).unwrap_or_default().to_owned();
+                self.chunks.id =
+                    message.and_then(|m| m.get("id")).and_then(Value::as_str).unwrap_or_default().to_owned();
                 let usage = anthropic_usage(message.and_then(|m| m.get("usage")));
                 self.usage.prompt_tokens = usage.prompt_tokens;
                 self.usage.cached_prompt_tokens = usage.cached_prompt_tokens;
                 self.usage.cache_write_tokens = usage.cache_write_tokens;
                 self.usage.completion_tokens = usage.completion_tokens;
-                self.chunk(json!({"role": "assistant", "content": ""}), Value::Null, out);
+                self.chunks.role(0, out);
             }
             "content_block_start" => {
                 let block = data.get("content_block");
                 if block.and_then(|b| b.get("type")).and_then(Value::as_str) == Some("tool_use") {
-                    let block_index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
-                    let tool_index = self.tool_indexes.len() as u64;
-                    self.tool_indexes.push((block_index, tool_index));
-                    let call = json!({
-                        "index": tool_index,
-                        "id": block.and_then(|b| b.get("id")).cloned().unwrap_or(Value::Null),
-                        "type": "function",
-                        "function": {"name": block.and_then(|b| b.get("name")).cloned().unwrap_or(Value::Null), "arguments": ""},
-                    });
-                    self.chunk(json!({"tool_calls": [call]}), Value::Null, out);
+                    let tool_index = self.tool_indexes.open(data.get("index").and_then(Value::as_u64).unwrap_or(0));
+                    let field = |name: &str| block.and_then(|b| b.get(name)).cloned().unwrap_or(Value::Null);
+                    let delta = openai_side::tool_call_opened(tool_index, field("id"), field("name"));
+                    self.chunks.chunk(0, delta, Value::Null, out);
                 }
             }
             "content_block_delta" => {
@@ -486,18 +356,14 @@ impl StreamTranslator {
                 match delta.and_then(|d| d.get("type")).and_then(Value::as_str) {
                     Some("text_delta") => {
                         let text = delta.and_then(|d| d.get("text")).cloned().unwrap_or_default();
-                        self.chunk(json!({"content": text}), Value::Null, out);
+                        self.chunks.chunk(0, json!({"content": text}), Value::Null, out);
                     }
                     Some("input_json_delta") => {
                         let block_index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
-                        let tool_index =
-                            self.tool_indexes.iter().find(|(b, _)| *b == block_index).map_or(0, |(_, t)| *t);
+                        // A fragment of a block that never started goes to the first call.
+                        let tool_index = self.tool_indexes.of(block_index).unwrap_or(0);
                         let partial = delta.and_then(|d| d.get("partial_json")).cloned().unwrap_or_default();
-                        self.chunk(
-                            json!({"tool_calls": [{"index": tool_index, "function": {"arguments": partial}}]}),
-                            Value::Null,
-                            out,
-                        );
+                        self.chunks.chunk(0, openai_side::tool_call_arguments(tool_index, partial), Value::Null, out);
                     }
                     // Thinking and signature deltas have no place in a chat completion chunk.
                     _ => {}
@@ -508,44 +374,20 @@ impl StreamTranslator {
                     self.usage.completion_tokens = output;
                 }
                 let stop = data.get("delta").and_then(|d| d.get("stop_reason")).and_then(Value::as_str);
-                self.chunk(json!({}), finish_reason(stop), out);
+                self.chunks.chunk(0, json!({}), finish_reason(stop), out);
             }
             "message_stop" => {
-                if self.include_usage {
-                    let chunk = json!({
-                        "id": self.id,
-                        "object": "chat.completion.chunk",
-                        "created": self.created,
-                        "model": self.client_model,
-                        "choices": [],
-                        "usage": usage_to_openai(&self.usage),
-                    });
-                    push_data(out, &chunk);
-                }
-                self.done = true;
+                self.chunks.usage(openai_side::usage_with_cache_fields(&self.usage), out);
                 self.stopped = true;
-                out.extend_from_slice(b"data: [DONE]\n\n");
+                self.chunks.end(out);
             }
-            "error" => {
-                // The stream failed at the provider: the client gets the error in its own
-                // format, then the end of the stream.
-                let bytes = error(event.data.as_bytes());
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(&bytes);
-                out.extend_from_slice(b"\n\n");
-                self.done = true;
-                out.extend_from_slice(b"data: [DONE]\n\n");
-            }
+            // The stream failed at the provider: the client gets the error in its own format,
+            // then the end of the stream.
+            "error" => self.chunks.fail(&error(event.data.as_bytes()), out),
             // ping, content_block_stop, and event types added later.
             _ => {}
         }
     }
-}
-
-fn push_data(out: &mut Vec<u8>, value: &Value) {
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(value.to_string().as_bytes());
-    out.extend_from_slice(b"\n\n");
 }
 
 #[cfg(test)]

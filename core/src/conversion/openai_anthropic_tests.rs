@@ -5,13 +5,16 @@
 
 use serde_json::{Value, json};
 
+use super::super::test_support::{
+    MALFORMED_EVERYWHERE, assert_malformed, completion, deltas, openai_chunks, translated,
+};
 use super::*;
 
 const TARGET: Target<'static> =
     Target { model: "claude-sonnet-4-5-20250929", default_max_tokens: 4096, drop_params: false };
 
 fn translate(body: Value) -> Value {
-    serde_json::from_slice(&request(body.to_string().as_bytes(), &TARGET).unwrap().body).unwrap()
+    translated(request, &TARGET, &body)
 }
 
 #[test]
@@ -134,29 +137,14 @@ fn parameters_anthropic_cannot_take_are_refused_by_name_unless_dropped() {
 
 #[test]
 fn malformed_requests_get_a_reason() {
-    for (body, reason) in [
-        ("not json", "not JSON"),
-        ("[]", "must be an object"),
-        (r#"{"messages": "x"}"#, "messages must be an array"),
-        (r#"{"messages": [{"content": "x"}]}"#, "role is missing"),
-        (r#"{"messages": [{"role": "wizard", "content": "x"}]}"#, "wizard"),
-        (
-            r#"{"messages": [{"role": "assistant", "tool_calls": [{"id": "1", "function": {"name": "f", "arguments": "{oops"}}]}]}"#,
-            "not JSON",
-        ),
+    let own = [
         (
             r#"{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}]}]}"#,
             "http(s) URL",
         ),
         (r#"{"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}"#, "input_audio"),
-        (r#"{"messages": [], "stop": 3}"#, "stop must be"),
-        (r#"{"messages": [], "max_tokens": -1}"#, "max_tokens"),
-        (r#"{"messages": [{"role": "tool", "content": "x"}]}"#, "tool_call_id"),
-    ] {
-        let e = request(body.as_bytes(), &TARGET).unwrap_err();
-        assert!(matches!(e, ConversionError::InvalidRequest { .. }), "{body}: {e:?}");
-        assert!(e.to_string().contains(reason), "{body}: {e}");
-    }
+    ];
+    assert_malformed(request, &TARGET, MALFORMED_EVERYWHERE.iter().chain(&own));
 }
 
 #[test]
@@ -203,7 +191,7 @@ fn stop_reasons_map_to_finish_reasons() {
         ("pause_turn", "stop"),
     ] {
         let body = json!({"id": "m", "content": [{"type": "text", "text": "x"}], "stop_reason": stop, "usage": {"input_tokens": 1, "output_tokens": 1}});
-        let got: Value = serde_json::from_slice(&response(body.to_string().as_bytes(), "m", 0).unwrap()).unwrap();
+        let got: Value = completion(response, &body.to_string());
         assert_eq!(got["choices"][0]["finish_reason"], finish, "{stop}");
     }
     let bad = response(b"{\"type\":\"message\"}", "m", 0).unwrap_err();
@@ -225,23 +213,7 @@ fn provider_errors_come_back_in_openai_shape() {
 /// The OpenAI chunks a translator writes for `stream`, fed in `pieces`.
 fn stream_chunks(pieces: &[&[u8]], include_usage: bool) -> (Vec<Value>, bool, Usage) {
     let mut t = StreamTranslator::new("claude", 1_700_000_000, include_usage);
-    let mut out = Vec::new();
-    for (i, piece) in pieces.iter().enumerate() {
-        out.extend(t.feed(piece, i + 1 == pieces.len()));
-    }
-    let text = String::from_utf8(out).unwrap();
-    let mut chunks = Vec::new();
-    let mut done = false;
-    for event in text.split("\n\n").filter(|e| !e.is_empty()) {
-        let data = event.strip_prefix("data: ").unwrap();
-        if data == "[DONE]" {
-            assert!(!done, "[DONE] twice");
-            done = true;
-        } else {
-            assert!(!done, "a chunk after [DONE]");
-            chunks.push(serde_json::from_str(data).unwrap());
-        }
-    }
+    let (chunks, done) = openai_chunks(pieces, |piece, end| t.feed(piece, end));
     (chunks, done, t.usage())
 }
 
@@ -250,10 +222,8 @@ fn a_streamed_tool_call_becomes_openai_chunks_whatever_the_split() {
     let stream = include_bytes!("../../tests/fixtures/anthropic/stream_tool_use.sse");
     let (chunks, done, usage) = stream_chunks(&[stream], true);
     assert!(done);
-    let deltas: Vec<Value> =
-        chunks.iter().map(|c| c["choices"].get(0).map_or(Value::Null, |ch| ch["delta"].clone())).collect();
     assert_eq!(
-        deltas,
+        deltas(&chunks),
         [
             json!({"role": "assistant", "content": ""}),
             json!({"content": "Okay"}),

@@ -18,6 +18,7 @@
 use serde_json::{Map, Value, json};
 
 use super::aws_eventstream::{EventStreamDecoder, Message};
+use super::openai_side::{self, Chunks, Part, Role, ToolCallIndexes, ToolChoice, present};
 use super::{ConversionError, Target, Translated, bad_response, invalid};
 use crate::usage::Usage;
 
@@ -28,12 +29,6 @@ const PROVIDER: &str = "bedrock";
 const SUPPORTED: &[&str] =
     &["messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "tools", "tool_choice"];
 
-/// OpenAI parameters left out silently: the model and streaming are in the URL, the rest are
-/// OpenAI-side settings that change nothing the provider does. Anything else is unsupported:
-/// refused, or dropped under `drop_params`.
-const IGNORED: &[&str] =
-    &["model", "stream", "stream_options", "user", "metadata", "store", "parallel_tool_calls", "service_tier"];
-
 /// An `image_url` part Bedrock cannot take (an http(s) URL), as named in [`Translated::dropped`].
 const DROPPED_IMAGE: &str = "image_url";
 
@@ -42,39 +37,29 @@ fn open_schema() -> Value {
     json!({"type": "object"})
 }
 
-/// A field the client sent, `null` counting as absent.
-fn present<'a>(req: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    req.get(name).filter(|v| !v.is_null())
-}
-
-/// Whether a parameter outside [`SUPPORTED`] and [`IGNORED`] asks for nothing Bedrock would
-/// have to do (`null`, `n: 1`, a text `response_format`): then it is left out silently.
+/// Whether a parameter outside `SUPPORTED` (and those left out silently everywhere) asks for
+/// nothing Bedrock would have to do (`null`, `n: 1`, a text `response_format`): then it is left
+/// out silently too.
 fn asks_nothing(name: &str, value: &Value) -> bool {
     value.is_null()
         || (name == "n" && value.as_u64() == Some(1))
         || (name == "response_format" && value.get("type").and_then(Value::as_str) == Some("text"))
 }
 
-/// The request an OpenAI client sent, as Bedrock's Converse API wants it.
+/// The request an OpenAI client sent, as Bedrock's Converse API wants it. Parameters left out
+/// silently: OpenAI-side settings, the model and streaming (in the URL), and those that ask for
+/// nothing; anything else outside `SUPPORTED` is unsupported: refused, or dropped under
+/// `drop_params`.
 pub fn request(body: &[u8], target: &Target<'_>) -> Result<Translated, ConversionError> {
-    let parsed: Value = serde_json::from_slice(body).map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
-    let req = parsed.as_object().ok_or_else(|| invalid("the request body must be an object"))?;
+    let req = &super::request_object(body)?;
+    let mut dropped = openai_side::unsupported_params(PROVIDER, req, target, |name, value| {
+        SUPPORTED.contains(&name)
+            || openai_side::IGNORED_WITH_THE_MODEL_IN_THE_URL.contains(&name)
+            || asks_nothing(name, value)
+    })?;
 
-    let mut dropped: Vec<String> = req
-        .iter()
-        .filter(|(name, value)| {
-            !SUPPORTED.contains(&name.as_str()) && !IGNORED.contains(&name.as_str()) && !asks_nothing(name, value)
-        })
-        .map(|(name, _)| name.clone())
-        .collect();
-    dropped.sort();
-    if !dropped.is_empty() && !target.drop_params {
-        return Err(ConversionError::Unsupported { provider: PROVIDER, params: dropped });
-    }
-
-    let messages = req.get("messages").and_then(Value::as_array).ok_or_else(|| invalid("messages must be an array"))?;
     let mut converter = Converter { drop_params: target.drop_params, dropped_image: false };
-    let (system, turns) = converter.messages(messages)?;
+    let (system, turns) = converter.messages(super::messages(req)?)?;
     if converter.dropped_image {
         dropped.push(DROPPED_IMAGE.to_owned());
     }
@@ -88,8 +73,7 @@ pub fn request(body: &[u8], target: &Target<'_>) -> Result<Translated, Conversio
     if let Some(config) = tool_config(req, out.get("messages"))? {
         out.insert("toolConfig".into(), config);
     }
-    let body = serde_json::to_vec(&Value::Object(out)).map_err(|e| invalid(e.to_string()))?;
-    Ok(Translated { body, dropped })
+    super::translated(out, dropped)
 }
 
 /// Messages → Converse `system` and `messages`, remembering whether an image was dropped.
@@ -103,71 +87,35 @@ impl Converter {
     /// user turn; consecutive turns of one role are merged (Bedrock wants them alternating), and
     /// a turn left with no content is left out (Bedrock refuses an empty one).
     fn messages(&mut self, messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>), ConversionError> {
-        let mut system: Vec<Value> = Vec::new();
-        let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
-        for (i, message) in messages.iter().enumerate() {
-            let role = message
-                .get("role")
-                .and_then(Value::as_str)
-                .ok_or_else(|| invalid(format!("messages[{i}].role is missing")))?;
-            let (role, blocks) = match role {
-                "system" | "developer" => {
-                    for block in self.content_blocks(message.get("content"), i)? {
-                        if block.get("text").is_none() {
-                            return Err(invalid(format!("messages[{i}]: a system message can hold only text")));
-                        }
-                        system.push(block);
+        let (system, turns) = openai_side::conversation(messages, true, |role, message, i| {
+            Ok(match role {
+                Role::System => {
+                    let blocks = self.content_blocks(message.get("content"), i)?;
+                    if blocks.iter().any(|block| block.get("text").is_none()) {
+                        return Err(invalid(format!("messages[{i}]: a system message can hold only text")));
                     }
-                    continue;
+                    (None, blocks)
                 }
-                "user" => ("user", self.content_blocks(message.get("content"), i)?),
-                "assistant" => ("assistant", self.assistant_blocks(message, i)?),
-                "tool" => ("user", vec![tool_result(message, i)?]),
-                other => return Err(invalid(format!("messages[{i}].role {other:?} is not supported"))),
-            };
-            if blocks.is_empty() {
-                continue;
-            }
-            match turns.last_mut() {
-                Some((last, existing)) if *last == role => existing.extend(blocks),
-                _ => turns.push((role, blocks)),
-            }
-        }
+                Role::User => (Some("user"), self.content_blocks(message.get("content"), i)?),
+                Role::Assistant => (Some("assistant"), self.assistant_blocks(message, i)?),
+                Role::Tool => (Some("user"), vec![tool_result(message, i)?]),
+            })
+        })?;
         let turns = turns.into_iter().map(|(role, content)| json!({"role": role, "content": content})).collect();
         Ok((system, turns))
     }
 
     /// A message's `content` (a string or an array of parts) as Converse content blocks.
     fn content_blocks(&mut self, content: Option<&Value>, i: usize) -> Result<Vec<Value>, ConversionError> {
-        match content {
-            None | Some(Value::Null) => Ok(Vec::new()),
-            Some(Value::String(text)) => Ok(vec![json!({"text": text})]),
-            Some(Value::Array(parts)) => {
-                let mut blocks = Vec::new();
-                for part in parts {
-                    if let Some(block) = self.part_to_block(part, i)? {
-                        blocks.push(block);
-                    }
-                }
-                Ok(blocks)
-            }
-            Some(_) => Err(invalid(format!("messages[{i}].content must be a string or an array"))),
-        }
+        let blocks = openai_side::map_content(content, i, |part| self.part_to_block(part, i))?;
+        Ok(blocks.into_iter().flatten().collect())
     }
 
     /// A content part as a block; None: an http(s) image dropped under `drop_params`.
-    fn part_to_block(&mut self, part: &Value, i: usize) -> Result<Option<Value>, ConversionError> {
-        match part.get("type").and_then(Value::as_str) {
-            Some("text") => {
-                let text = part.get("text").and_then(Value::as_str).unwrap_or_default();
-                Ok(Some(json!({"text": text})))
-            }
-            Some("image_url") => {
-                let url = part
-                    .get("image_url")
-                    .and_then(|u| u.get("url").or(Some(u)))
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| invalid(format!("messages[{i}]: image_url.url is missing")))?;
+    fn part_to_block(&mut self, part: Part<'_>, i: usize) -> Result<Option<Value>, ConversionError> {
+        match part {
+            Part::Text(text) => Ok(Some(json!({"text": text}))),
+            Part::ImageUrl(url) => {
                 if url.starts_with("https://") || url.starts_with("http://") {
                     if self.drop_params {
                         self.dropped_image = true;
@@ -180,7 +128,7 @@ impl Converter {
                 }
                 image_block(url, i).map(Some)
             }
-            other => Err(invalid(format!("messages[{i}]: content part type {other:?} is not supported for Bedrock"))),
+            Part::Other(kind, _) => Err(openai_side::unsupported_part(kind, "Bedrock", i)),
         }
     }
 
@@ -188,32 +136,12 @@ impl Converter {
     fn assistant_blocks(&mut self, message: &Value, i: usize) -> Result<Vec<Value>, ConversionError> {
         let mut blocks = self.content_blocks(message.get("content"), i)?;
         blocks.retain(|b| b.get("text").and_then(Value::as_str) != Some(""));
-        let calls = match message.get("tool_calls") {
-            None | Some(Value::Null) => &[][..],
-            Some(Value::Array(calls)) => calls.as_slice(),
-            Some(_) => return Err(invalid(format!("messages[{i}].tool_calls must be an array"))),
-        };
-        for call in calls {
+        for call in openai_side::tool_calls(message, i)? {
             let id = call
                 .get("id")
                 .and_then(Value::as_str)
                 .ok_or_else(|| invalid(format!("messages[{i}]: a tool call without an id")))?;
-            let function =
-                call.get("function").ok_or_else(|| invalid(format!("messages[{i}]: tool call without function")))?;
-            let name = function
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| invalid(format!("messages[{i}]: tool call without a function name")))?;
-            let arguments = function.get("arguments").and_then(Value::as_str).unwrap_or("{}");
-            let input: Value = if arguments.trim().is_empty() {
-                json!({})
-            } else {
-                serde_json::from_str(arguments)
-                    .map_err(|e| invalid(format!("messages[{i}]: tool call arguments are not JSON: {e}")))?
-            };
-            if !input.is_object() {
-                return Err(invalid(format!("messages[{i}]: tool call arguments must be a JSON object")));
-            }
+            let (name, input) = openai_side::named_call(call, i)?;
             blocks.push(json!({"toolUse": {"toolUseId": id, "name": name, "input": input}}));
         }
         Ok(blocks)
@@ -225,10 +153,7 @@ fn image_block(url: &str, i: usize) -> Result<Value, ConversionError> {
     let rest = url
         .strip_prefix("data:")
         .ok_or_else(|| invalid(format!("messages[{i}]: an image must be a base64 data URL")))?;
-    let (meta, data) = rest.split_once(',').ok_or_else(|| invalid(format!("messages[{i}]: malformed data URL")))?;
-    let media_type = meta
-        .strip_suffix(";base64")
-        .ok_or_else(|| invalid(format!("messages[{i}]: only base64 data URLs are supported")))?;
+    let (media_type, data) = openai_side::base64_data_url(rest, i)?;
     let format = match media_type.to_ascii_lowercase().as_str() {
         "image/png" => "png",
         "image/jpeg" | "image/jpg" => "jpeg",
@@ -246,25 +171,8 @@ fn image_block(url: &str, i: usize) -> Result<Value, ConversionError> {
 /// A tool message as a `toolResult` block: a JSON object result as `json`, anything else as
 /// `text`.
 fn tool_result(message: &Value, i: usize) -> Result<Value, ConversionError> {
-    let id = message
-        .get("tool_call_id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| invalid(format!("messages[{i}].tool_call_id is missing")))?;
-    let text = match message.get("content") {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(text)) => text.clone(),
-        Some(Value::Array(parts)) => {
-            let mut text = String::new();
-            for part in parts {
-                match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
-                    (Some("text"), Some(piece)) => text.push_str(piece),
-                    _ => return Err(invalid(format!("messages[{i}]: a tool message's content parts must be text"))),
-                }
-            }
-            text
-        }
-        Some(_) => return Err(invalid(format!("messages[{i}].content must be a string or an array"))),
-    };
+    let id = openai_side::tool_call_id(message, i)?;
+    let text = openai_side::tool_message_text(message, i)?;
     let content = match serde_json::from_str::<Value>(&text) {
         Ok(Value::Object(object)) => json!({"json": object}),
         _ => json!({"text": text}),
@@ -276,29 +184,11 @@ fn tool_result(message: &Value, i: usize) -> Result<Value, ConversionError> {
 /// Anthropic models on Bedrock require one), and the sampling settings sent.
 fn inference_config(req: &Map<String, Value>, target: &Target<'_>) -> Result<Map<String, Value>, ConversionError> {
     let mut config = Map::new();
-    let max_tokens = present(req, "max_completion_tokens")
-        .or_else(|| present(req, "max_tokens"))
-        .map(|v| v.as_u64().ok_or_else(|| invalid("max_tokens must be a non-negative integer")))
-        .transpose()?
-        .unwrap_or(target.default_max_tokens);
+    let max_tokens = openai_side::max_tokens(req)?.unwrap_or(target.default_max_tokens);
     config.insert("maxTokens".into(), Value::from(max_tokens));
-    for (openai, bedrock) in [("temperature", "temperature"), ("top_p", "topP")] {
-        if let Some(value) = present(req, openai) {
-            if !value.is_number() {
-                return Err(invalid(format!("{openai} must be a number")));
-            }
-            config.insert(bedrock.into(), value.clone());
-        }
-    }
-    match present(req, "stop") {
-        None => {}
-        Some(Value::String(s)) => {
-            config.insert("stopSequences".into(), json!([s]));
-        }
-        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
-            config.insert("stopSequences".into(), Value::Array(items.clone()));
-        }
-        Some(_) => return Err(invalid("stop must be a string or an array of strings")),
+    openai_side::copy_numbers(req, &[("temperature", "temperature"), ("top_p", "topP")], &mut config)?;
+    if let Some(stop) = openai_side::stop_sequences(req)? {
+        config.insert("stopSequences".into(), stop);
     }
     Ok(config)
 }
@@ -327,31 +217,22 @@ fn tool_config(req: &Map<String, Value>, messages: Option<&Value>) -> Result<Opt
 }
 
 fn tool_specs(tools: &Value) -> Result<Vec<Value>, ConversionError> {
-    let tools = tools.as_array().ok_or_else(|| invalid("tools must be an array"))?;
-    tools
-        .iter()
+    let specs = openai_side::function_tools(tools, Some("Bedrock"))?
+        .into_iter()
         .map(|tool| {
-            let kind = tool.get("type").and_then(Value::as_str).unwrap_or("function");
-            if kind != "function" {
-                return Err(invalid(format!("tools[].type {kind:?} is not supported for Bedrock")));
-            }
-            let function = tool.get("function").ok_or_else(|| invalid("tools[].function is missing"))?;
-            let name = function
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| invalid("tools[].function.name is missing"))?;
-            let schema = function
-                .get("parameters")
+            let schema = tool
+                .parameters
                 .filter(|p| !p.is_null())
                 .cloned()
                 .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
-            let mut spec = json!({"name": name, "inputSchema": {"json": schema}});
-            if let Some(description) = function.get("description").filter(|d| d.is_string()) {
+            let mut spec = json!({"name": tool.name, "inputSchema": {"json": schema}});
+            if let Some(description) = tool.description {
                 spec["description"] = description.clone();
             }
-            Ok(json!({"toolSpec": spec}))
+            json!({"toolSpec": spec})
         })
-        .collect()
+        .collect();
+    Ok(specs)
 }
 
 /// The tools the translated conversation's `toolUse` blocks name, once each, in order.
@@ -390,23 +271,12 @@ fn history_tools(messages: Option<&Value>) -> Vec<Value> {
 
 /// OpenAI's `tool_choice` as Converse's `toolChoice`; None for `none` (see the module's doc).
 fn tool_choice(choice: &Value) -> Result<Option<Value>, ConversionError> {
-    match choice {
-        Value::String(s) => match s.as_str() {
-            "auto" => Ok(Some(json!({"auto": {}}))),
-            "required" => Ok(Some(json!({"any": {}}))),
-            "none" => Ok(None),
-            other => Err(invalid(format!("tool_choice {other:?} is not auto, none or required"))),
-        },
-        Value::Object(o) => {
-            let name = o
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .and_then(Value::as_str)
-                .ok_or_else(|| invalid("tool_choice.function.name is missing"))?;
-            Ok(Some(json!({"tool": {"name": name}})))
-        }
-        _ => Err(invalid("tool_choice must be a string or an object")),
-    }
+    Ok(match openai_side::tool_choice(choice)? {
+        ToolChoice::Auto => Some(json!({"auto": {}})),
+        ToolChoice::Required => Some(json!({"any": {}})),
+        ToolChoice::NoCalls => None,
+        ToolChoice::Function(name) => Some(json!({"tool": {"name": name}})),
+    })
 }
 
 /// Bedrock's `stopReason` as OpenAI's `finish_reason`.
@@ -439,19 +309,6 @@ fn bedrock_usage(usage: &Value) -> Option<Usage> {
     })
 }
 
-/// A [`Usage`] in OpenAI's shape: `cached_tokens` are the reads; the Anthropic-style cache
-/// fields as LiteLLM adds them.
-fn usage_to_openai(usage: &Usage) -> Value {
-    json!({
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens(),
-        "prompt_tokens_details": {"cached_tokens": usage.cached_prompt_tokens},
-        "cache_creation_input_tokens": usage.cache_write_tokens,
-        "cache_read_input_tokens": usage.cached_prompt_tokens,
-    })
-}
-
 /// The usage of a complete Converse response, or None if it is not JSON or has none.
 pub fn usage_of(body: &[u8]) -> Option<Usage> {
     let parsed: Value = serde_json::from_slice(body).ok()?;
@@ -462,20 +319,13 @@ pub fn usage_of(body: &[u8]) -> Option<Usage> {
 /// SDKs' `ResponseMetadata` does), else a digest of the body (the HTTP API has the id only in
 /// a header): the same answer always gets the same id.
 fn id_basis(parsed: &Value, raw: &[u8]) -> String {
-    parsed
-        .get("ResponseMetadata")
-        .and_then(|m| m.get("RequestId"))
-        .and_then(Value::as_str)
-        .filter(|id| !id.is_empty())
-        .map_or_else(|| format!("bedrock{:08x}", crc32fast::hash(raw)), str::to_owned)
+    let request_id = parsed.get("ResponseMetadata").and_then(|m| m.get("RequestId")).and_then(Value::as_str);
+    openai_side::id_or_digest(request_id, "bedrock", raw)
 }
 
 /// A Converse response as a `chat.completion` for the client, who asked for `client_model`.
 pub fn response(body: &[u8], client_model: &str, created_unix_secs: u64) -> Result<Vec<u8>, ConversionError> {
-    let parsed: Value = serde_json::from_slice(body).map_err(|e| bad_response(format!("not JSON: {e}")))?;
-    if !parsed.is_object() {
-        return Err(bad_response("not a JSON object"));
-    }
+    let parsed = super::response_object(body)?;
     let content = parsed
         .get("output")
         .and_then(|o| o.get("message"))
@@ -488,36 +338,24 @@ pub fn response(body: &[u8], client_model: &str, created_unix_secs: u64) -> Resu
         if let Some(piece) = block.get("text").and_then(Value::as_str) {
             text.push_str(piece);
         } else if let Some(call) = block.get("toolUse").filter(|c| c.is_object()) {
-            tool_calls.push(json!({
-                "id": call.get("toolUseId").cloned().unwrap_or(Value::Null),
-                "type": "function",
-                "function": {
-                    "name": call.get("name").cloned().unwrap_or(Value::Null),
-                    "arguments": call.get("input").filter(|i| !i.is_null()).map_or_else(|| "{}".to_owned(), Value::to_string),
-                },
-            }));
+            tool_calls.push(openai_side::tool_call(
+                call.get("toolUseId").cloned().unwrap_or(Value::Null),
+                call.get("name").cloned().unwrap_or(Value::Null),
+                call.get("input").filter(|i| !i.is_null()),
+            ));
         }
         // reasoningContent (and anything new) has no place in a chat completion's message.
     }
-    let content = if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { Value::from(text) };
-    let mut message = json!({"role": "assistant", "content": content});
-    if !tool_calls.is_empty() {
-        message["tool_calls"] = Value::Array(tool_calls);
-    }
+    let message = openai_side::assistant_message(text, tool_calls);
+    let finish = Value::from(finish_reason(parsed.get("stopReason").and_then(Value::as_str)));
     let usage = parsed.get("usage").and_then(bedrock_usage).unwrap_or_default();
-    let out = json!({
-        "id": format!("chatcmpl-{}", id_basis(&parsed, body)),
-        "object": "chat.completion",
-        "created": created_unix_secs,
-        "model": client_model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "finish_reason": finish_reason(parsed.get("stopReason").and_then(Value::as_str)),
-        }],
-        "usage": usage_to_openai(&usage),
-    });
-    serde_json::to_vec(&out).map_err(|e| bad_response(e.to_string()))
+    openai_side::completion(
+        Value::from(format!("chatcmpl-{}", id_basis(&parsed, body))),
+        created_unix_secs,
+        client_model,
+        vec![openai_side::choice(0, message, finish)],
+        openai_side::usage_with_cache_fields(&usage),
+    )
 }
 
 /// The OpenAI error type of a Bedrock HTTP status (its exception's name is in the
@@ -532,9 +370,9 @@ fn error_type(status: u16) -> &'static str {
     }
 }
 
-/// An error in OpenAI's shape.
+/// An error in OpenAI's shape (Bedrock's have no code).
 fn openai_error(message: &str, kind: &str) -> Vec<u8> {
-    json!({"error": {"message": message, "type": kind, "param": null, "code": null}}).to_string().into_bytes()
+    openai_side::error_body(message, kind, None)
 }
 
 /// The `message` of a Bedrock error body (`{"message": "..."}`; some AWS services write
@@ -545,7 +383,7 @@ fn error_message(body: &[u8]) -> String {
         .as_ref()
         .and_then(|v| v.get("message").or_else(|| v.get("Message")))
         .and_then(Value::as_str)
-        .map_or_else(|| format!("the provider answered: {}", String::from_utf8_lossy(body)), str::to_owned)
+        .map_or_else(|| super::quoted_answer(body), str::to_owned)
 }
 
 /// Bedrock's error body in OpenAI's shape, typed by the HTTP `status` (which stays the
@@ -571,36 +409,30 @@ fn exception_type(name: &str) -> &'static str {
 #[derive(Debug)]
 pub struct StreamTranslator {
     decoder: EventStreamDecoder,
-    client_model: String,
-    created: u64,
-    /// The client asked for `stream_options.include_usage`: a last chunk carries the usage.
-    include_usage: bool,
+    /// The chunks out. The stream carries no id: theirs is made of the creation time.
+    chunks: Chunks,
     usage: Usage,
     /// The first chunk (the role) was sent.
     started: bool,
-    /// Bedrock content block index → OpenAI tool call index, for tool-use blocks.
-    tool_indexes: Vec<(u64, u64)>,
+    /// Bedrock's tool-use content block indexes, in OpenAI's tool call order.
+    tool_indexes: ToolCallIndexes,
     /// `messageStop` arrived.
     stopped: bool,
     /// `metadata` (the usage) arrived.
     metered: bool,
-    /// `[DONE]` was sent: nothing more goes out.
-    done: bool,
 }
 
 impl StreamTranslator {
     pub fn new(client_model: &str, created_unix_secs: u64, include_usage: bool) -> Self {
+        let id = format!("chatcmpl-bedrock{created_unix_secs}");
         Self {
             decoder: EventStreamDecoder::default(),
-            client_model: client_model.to_owned(),
-            created: created_unix_secs,
-            include_usage,
+            chunks: Chunks::new(id, client_model, created_unix_secs, include_usage),
             usage: Usage::default(),
             started: false,
-            tool_indexes: Vec::new(),
+            tool_indexes: ToolCallIndexes::default(),
             stopped: false,
             metered: false,
-            done: false,
         }
     }
 
@@ -609,20 +441,19 @@ impl StreamTranslator {
     /// stream that ends without them still ends with it.
     pub fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> Vec<u8> {
         let mut out = Vec::new();
-        if !self.done {
+        if !self.chunks.done {
             for decoded in self.decoder.feed(chunk) {
                 match decoded {
                     Ok(message) => self.translate(&message, &mut out),
                     Err(e) => {
                         let message = format!("the provider's event stream could not be decoded: {e}");
-                        self.fail(&openai_error(&message, "api_error"), &mut out);
+                        self.chunks.fail(&openai_error(&message, "api_error"), &mut out);
                     }
                 }
             }
         }
-        if end_of_stream && !self.done {
-            self.done = true;
-            out.extend_from_slice(b"data: [DONE]\n\n");
+        if end_of_stream {
+            self.chunks.end(&mut out);
         }
         out
     }
@@ -637,56 +468,29 @@ impl StreamTranslator {
         self.usage
     }
 
-    /// The stream carries no id: one made of the creation time, the same for all its chunks.
-    fn id(&self) -> String {
-        format!("chatcmpl-bedrock{}", self.created)
-    }
-
-    fn chunk(&self, delta: Value, finish: Value, out: &mut Vec<u8>) {
-        let chunk = json!({
-            "id": self.id(),
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.client_model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        });
-        push_data(out, &chunk);
-    }
-
     /// The role chunk, once, before anything else.
     fn start(&mut self, out: &mut Vec<u8>) {
         if !self.started {
             self.started = true;
-            self.chunk(json!({"role": "assistant", "content": ""}), Value::Null, out);
+            self.chunks.role(0, out);
         }
-    }
-
-    /// The stream failed: the client gets the error in its own format, then the end.
-    fn fail(&mut self, error: &[u8], out: &mut Vec<u8>) {
-        if self.done {
-            return;
-        }
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(error);
-        out.extend_from_slice(b"\n\n");
-        out.extend_from_slice(b"data: [DONE]\n\n");
-        self.done = true;
     }
 
     fn translate(&mut self, message: &Message, out: &mut Vec<u8>) {
-        if self.done {
+        if self.chunks.done {
             return;
         }
+        // The stream failed: the client gets the error in its own format, then the end.
         match message.header(":message-type") {
             Some("exception") => {
                 let kind = exception_type(message.header(":exception-type").unwrap_or_default());
-                self.fail(&openai_error(&error_message(&message.payload), kind), out);
+                self.chunks.fail(&openai_error(&error_message(&message.payload), kind), out);
                 return;
             }
             Some("error") => {
                 let code = message.header(":error-code").unwrap_or("error");
                 let detail = message.header(":error-message").unwrap_or_default();
-                self.fail(&openai_error(&format!("{code}: {detail}"), "api_error"), out);
+                self.chunks.fail(&openai_error(&format!("{code}: {detail}"), "api_error"), out);
                 return;
             }
             _ => {}
@@ -706,40 +510,32 @@ impl StreamTranslator {
                     return;
                 };
                 self.start(out);
-                let tool_index = self.tool_indexes.len() as u64;
-                self.tool_indexes.push((block_index, tool_index));
-                let call = json!({
-                    "index": tool_index,
-                    "id": tool.get("toolUseId").cloned().unwrap_or(Value::Null),
-                    "type": "function",
-                    "function": {"name": tool.get("name").cloned().unwrap_or(Value::Null), "arguments": ""},
-                });
-                self.chunk(json!({"tool_calls": [call]}), Value::Null, out);
+                let tool_index = self.tool_indexes.open(block_index);
+                let field = |name: &str| tool.get(name).cloned().unwrap_or(Value::Null);
+                let delta = openai_side::tool_call_opened(tool_index, field("toolUseId"), field("name"));
+                self.chunks.chunk(0, delta, Value::Null, out);
             }
             "contentBlockDelta" => {
                 let delta = data.get("delta");
                 if let Some(text) = delta.and_then(|d| d.get("text")).and_then(Value::as_str) {
                     self.start(out);
-                    self.chunk(json!({"content": text}), Value::Null, out);
+                    self.chunks.chunk(0, json!({"content": text}), Value::Null, out);
                 } else if let Some(input) =
                     delta.and_then(|d| d.get("toolUse")).and_then(|t| t.get("input")).and_then(Value::as_str)
                 {
                     // A fragment of a block that never started is nobody's arguments.
-                    let Some(&(_, tool_index)) = self.tool_indexes.iter().find(|(b, _)| *b == block_index) else {
+                    let Some(tool_index) = self.tool_indexes.of(block_index) else {
                         return;
                     };
-                    self.chunk(
-                        json!({"tool_calls": [{"index": tool_index, "function": {"arguments": input}}]}),
-                        Value::Null,
-                        out,
-                    );
+                    let delta = openai_side::tool_call_arguments(tool_index, Value::from(input));
+                    self.chunks.chunk(0, delta, Value::Null, out);
                 }
                 // reasoningContent has no place in a chat completion chunk.
             }
             "messageStop" => {
                 self.start(out);
                 let reason = finish_reason(data.get("stopReason").and_then(Value::as_str));
-                self.chunk(json!({}), Value::from(reason), out);
+                self.chunks.chunk(0, json!({}), Value::from(reason), out);
                 self.stopped = true;
             }
             "metadata" => {
@@ -747,32 +543,15 @@ impl StreamTranslator {
                     self.usage = usage;
                 }
                 self.metered = true;
-                if self.include_usage {
-                    let chunk = json!({
-                        "id": self.id(),
-                        "object": "chat.completion.chunk",
-                        "created": self.created,
-                        "model": self.client_model,
-                        "choices": [],
-                        "usage": usage_to_openai(&self.usage),
-                    });
-                    push_data(out, &chunk);
-                }
+                self.chunks.usage(openai_side::usage_with_cache_fields(&self.usage), out);
                 if self.stopped {
-                    self.done = true;
-                    out.extend_from_slice(b"data: [DONE]\n\n");
+                    self.chunks.end(out);
                 }
             }
             // contentBlockStop, and event types added later.
             _ => {}
         }
     }
-}
-
-fn push_data(out: &mut Vec<u8>, value: &Value) {
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(value.to_string().as_bytes());
-    out.extend_from_slice(b"\n\n");
 }
 
 #[cfg(test)]

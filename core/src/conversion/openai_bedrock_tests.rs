@@ -6,13 +6,18 @@
 use serde_json::{Value, json};
 
 use super::super::aws_eventstream::encode;
+use super::super::test_support::{
+    MALFORMED_EVERYWHERE, MALFORMED_FOR_GEMINI_AND_BEDROCK, assert_a_text_stream, assert_any_split_reads_the_same,
+    assert_invalid_responses, assert_malformed, completion, completion_for, deltas, openai_chunks, translated,
+    with_fields,
+};
 use super::*;
 
 const TARGET: Target<'static> =
     Target { model: "anthropic.claude-3-5-sonnet-20240620-v1:0", default_max_tokens: 4096, drop_params: false };
 
 fn translate(body: Value) -> Value {
-    serde_json::from_slice(&request(body.to_string().as_bytes(), &TARGET).unwrap().body).unwrap()
+    translated(request, &TARGET, &body)
 }
 
 #[test]
@@ -130,7 +135,7 @@ fn tool_calls_and_their_results_round_trip_as_tool_use_and_tool_result() {
     );
 
     // The answer to the first call comes back as a tool call, and goes back as a toolUse.
-    let answer: Value = serde_json::from_slice(&response(TOOL_USE_RESPONSE.as_bytes(), "m", 0).unwrap()).unwrap();
+    let answer: Value = completion(response, TOOL_USE_RESPONSE);
     let sent = translate(json!({
         "messages": [
             {"role": "user", "content": "What is the most popular song on WZPZ?"},
@@ -163,10 +168,7 @@ fn tool_choice_maps_and_none_keeps_the_tools_without_a_choice() {
     }
     // No tools: no toolConfig, whatever the choice.
     for extra in [json!({}), json!({"tool_choice": "none"}), json!({"tools": [], "tool_choice": "auto"})] {
-        let mut body = json!({"messages": [{"role": "user", "content": "Hi"}]});
-        for (k, v) in extra.as_object().unwrap() {
-            body[k] = v.clone();
-        }
+        let body = with_fields(json!({"messages": [{"role": "user", "content": "Hi"}]}), &extra);
         assert!(translate(body).get("toolConfig").is_none(), "{extra}");
     }
     // Tool calls in the history but no tools: Bedrock wants a toolConfig, so they are declared.
@@ -198,11 +200,10 @@ fn output_and_sampling_settings_map_to_inference_config() {
         (json!({"stop": "END"}), json!({"maxTokens": 4096, "stopSequences": ["END"]})),
         (json!({"stop": ["\n\nHuman:", "END"]}), json!({"maxTokens": 4096, "stopSequences": ["\n\nHuman:", "END"]})),
     ] {
-        let mut body = json!({"model": "bedrock-claude", "messages": [{"role": "user", "content": "Hi"}]});
-        for (k, v) in extra.as_object().unwrap() {
-            body[k] = v.clone();
-        }
-        let got = translate(body);
+        let got = translate(with_fields(
+            json!({"model": "bedrock-claude", "messages": [{"role": "user", "content": "Hi"}]}),
+            &extra,
+        ));
         assert_eq!(got["inferenceConfig"], config, "{extra}");
         assert!(got.get("model").is_none() && got.get("modelId").is_none(), "the model goes in the URL");
     }
@@ -281,26 +282,10 @@ fn an_http_image_is_refused_unless_dropped() {
 
 #[test]
 fn malformed_requests_get_a_reason() {
-    for (body, reason) in [
-        ("not json", "not JSON"),
-        ("[]", "must be an object"),
-        (r#"{"messages": "x"}"#, "messages must be an array"),
-        (r#"{"model": "m"}"#, "messages must be an array"),
-        (r#"{"messages": [{"content": "x"}]}"#, "role is missing"),
-        (r#"{"messages": [{"role": "wizard", "content": "x"}]}"#, "wizard"),
+    let own = [
         (r#"{"messages": [{"role": "user", "content": 7}]}"#, "string or an array"),
-        (
-            r#"{"messages": [{"role": "assistant", "tool_calls": [{"id": "1", "function": {"name": "f", "arguments": "{oops"}}]}]}"#,
-            "not JSON",
-        ),
-        (
-            r#"{"messages": [{"role": "assistant", "tool_calls": [{"id": "1", "function": {"name": "f", "arguments": "[1]"}}]}]}"#,
-            "JSON object",
-        ),
-        (r#"{"messages": [{"role": "assistant", "tool_calls": [{"id": "1", "function": {}}]}]}"#, "function name"),
         (r#"{"messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f"}}]}]}"#, "without an id"),
         (r#"{"messages": [{"role": "assistant", "tool_calls": {}}]}"#, "tool_calls must be"),
-        (r#"{"messages": [{"role": "tool", "content": "x"}]}"#, "tool_call_id"),
         (
             r#"{"messages": [{"role": "tool", "tool_call_id": "t", "content": [{"type": "image_url"}]}]}"#,
             "must be text",
@@ -314,29 +299,18 @@ fn malformed_requests_get_a_reason() {
             "base64 data URL",
         ),
         (
-            r#"{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png,abc"}}]}]}"#,
-            "base64",
-        ),
-        (
             r#"{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/bmp;base64,Qk0="}}]}]}"#,
             "image/bmp",
         ),
         (r#"{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}"#, "url is missing"),
         (r#"{"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}"#, "input_audio"),
-        (r#"{"messages": [], "stop": 3}"#, "stop must be"),
-        (r#"{"messages": [], "max_tokens": -1}"#, "max_tokens"),
         (r#"{"messages": [], "top_p": "high"}"#, "top_p"),
-        (r#"{"messages": [], "tool_choice": "sometimes"}"#, "sometimes"),
         (r#"{"messages": [], "tool_choice": {"type": "function"}}"#, "function.name"),
         (r#"{"messages": [], "tool_choice": 1}"#, "string or an object"),
         (r#"{"messages": [], "tools": {}}"#, "tools must be an array"),
-        (r#"{"messages": [], "tools": [{"type": "function", "function": {}}]}"#, "name is missing"),
         (r#"{"messages": [], "tools": [{"type": "retrieval"}]}"#, "retrieval"),
-    ] {
-        let e = request(body.as_bytes(), &TARGET).unwrap_err();
-        assert!(matches!(e, ConversionError::InvalidRequest { .. }), "{body}: {e:?}");
-        assert!(e.to_string().contains(reason), "{body}: {e}");
-    }
+    ];
+    assert_malformed(request, &TARGET, MALFORMED_EVERYWHERE.iter().chain(MALFORMED_FOR_GEMINI_AND_BEDROCK).chain(&own));
 }
 
 /// A Converse answer as the user guide shows one (with the reasoning a Claude 3.7 model
@@ -375,8 +349,7 @@ const TOOL_USE_RESPONSE: &str = r#"{
 
 #[test]
 fn a_text_response_becomes_a_chat_completion_without_its_reasoning() {
-    let got: Value =
-        serde_json::from_slice(&response(TEXT_RESPONSE.as_bytes(), "bedrock-claude", 1_700_000_000).unwrap()).unwrap();
+    let got = completion_for(response, TEXT_RESPONSE, "bedrock-claude", 1_700_000_000);
     assert_eq!(
         got,
         json!({
@@ -421,7 +394,7 @@ fn a_text_response_becomes_a_chat_completion_without_its_reasoning() {
 
 #[test]
 fn a_tool_use_response_becomes_tool_calls() {
-    let got: Value = serde_json::from_slice(&response(TOOL_USE_RESPONSE.as_bytes(), "m", 7).unwrap()).unwrap();
+    let got: Value = completion_for(response, TOOL_USE_RESPONSE, "m", 7);
     assert_eq!(
         got["choices"],
         json!([{
@@ -434,7 +407,7 @@ fn a_tool_use_response_becomes_tool_calls() {
     );
     assert_eq!(got["usage"]["total_tokens"], 428);
     // No request id in the body: an id from a digest of it, the same every time.
-    let again: Value = serde_json::from_slice(&response(TOOL_USE_RESPONSE.as_bytes(), "m", 7).unwrap()).unwrap();
+    let again: Value = completion_for(response, TOOL_USE_RESPONSE, "m", 7);
     assert_eq!(got["id"], again["id"]);
     assert!(got["id"].as_str().unwrap().starts_with("chatcmpl-bedrock"), "{}", got["id"]);
 }
@@ -454,19 +427,16 @@ fn stop_reasons_map_to_finish_reasons() {
     ] {
         let body = json!({"output": {"message": {"role": "assistant", "content": [{"text": "Here is"}]}}, "stopReason": reason,
             "usage": {"inputTokens": 10, "outputTokens": 2, "totalTokens": 12}});
-        let got: Value = serde_json::from_slice(&response(body.to_string().as_bytes(), "m", 0).unwrap()).unwrap();
+        let got: Value = completion(response, &body.to_string());
         assert_eq!(got["choices"][0]["finish_reason"], finish, "{reason}");
         assert_eq!(got["choices"][0]["message"]["content"], "Here is");
     }
     // Cut at max_tokens before any text: an empty answer, not a null one.
     let body = r#"{"output":{"message":{"role":"assistant","content":[]}},"stopReason":"max_tokens","usage":{"inputTokens":9,"outputTokens":0,"totalTokens":9}}"#;
-    let got: Value = serde_json::from_slice(&response(body.as_bytes(), "m", 0).unwrap()).unwrap();
+    let got: Value = completion(response, body);
     assert_eq!(got["choices"][0]["message"], json!({"role": "assistant", "content": ""}));
     assert_eq!(got["choices"][0]["finish_reason"], "length");
-    for bad in ["not json", "[]", "{}", r#"{"output": {"message": {"content": "x"}}}"#] {
-        let e = response(bad.as_bytes(), "m", 0).unwrap_err();
-        assert!(matches!(e, ConversionError::InvalidResponse { .. }), "{bad}: {e:?}");
-    }
+    assert_invalid_responses(response, &["not json", "[]", "{}", r#"{"output": {"message": {"content": "x"}}}"#]);
 }
 
 #[test]
@@ -504,28 +474,8 @@ fn event(kind: &str, payload: Value) -> Vec<u8> {
 /// wrote `[DONE]`, whether it completed, and the usage it counted.
 fn stream_chunks(pieces: &[&[u8]], include_usage: bool) -> (Vec<Value>, bool, bool, Usage) {
     let mut t = StreamTranslator::new("bedrock-claude", 1_700_000_000, include_usage);
-    let mut out = Vec::new();
-    for (i, piece) in pieces.iter().enumerate() {
-        out.extend(t.feed(piece, i + 1 == pieces.len()));
-    }
-    let text = String::from_utf8(out).unwrap();
-    let mut chunks = Vec::new();
-    let mut done = false;
-    for event in text.split("\n\n").filter(|e| !e.is_empty()) {
-        let data = event.strip_prefix("data: ").unwrap();
-        if data == "[DONE]" {
-            assert!(!done, "[DONE] twice");
-            done = true;
-        } else {
-            assert!(!done, "a chunk after [DONE]");
-            chunks.push(serde_json::from_str(data).unwrap());
-        }
-    }
+    let (chunks, done) = openai_chunks(pieces, |piece, end| t.feed(piece, end));
     (chunks, done, t.completed(), t.usage())
-}
-
-fn deltas(chunks: &[Value]) -> Vec<Value> {
-    chunks.iter().map(|c| c["choices"].get(0).map_or(Value::Null, |ch| ch["delta"].clone())).collect()
 }
 
 fn text_stream() -> Vec<Vec<u8>> {
@@ -555,34 +505,16 @@ fn a_streamed_answer_becomes_openai_chunks_whatever_the_split() {
     let stream = text_stream().concat();
     let (chunks, done, completed, usage) = stream_chunks(&[&stream], true);
     assert!(done && completed);
-    assert_eq!(
-        deltas(&chunks),
-        [
-            json!({"role": "assistant", "content": ""}),
-            json!({"content": "Here is a list"}),
-            json!({"content": " of 3 pop songs 🎵"}),
-            json!({}),
-            Value::Null, // the usage chunk has no choices
-        ]
-    );
-    assert!(chunks.iter().all(|c| c["id"] == "chatcmpl-bedrock1700000000"
-        && c["model"] == "bedrock-claude"
-        && c["created"] == 1_700_000_000
-        && c["object"] == "chat.completion.chunk"));
-    assert_eq!(chunks[3]["choices"][0]["finish_reason"], "stop");
-    assert!(chunks[..3].iter().all(|c| c["choices"][0]["finish_reason"].is_null()));
-    assert_eq!(chunks[4]["choices"], json!([]));
-    assert_eq!(
-        chunks[4]["usage"],
-        json!({
-            "prompt_tokens": 1050,
-            "completion_tokens": 12,
-            "total_tokens": 1062,
-            "prompt_tokens_details": {"cached_tokens": 900},
-            "cache_creation_input_tokens": 100,
-            "cache_read_input_tokens": 900
-        })
-    );
+    let openai_usage = json!({
+        "prompt_tokens": 1050,
+        "completion_tokens": 12,
+        "total_tokens": 1062,
+        "prompt_tokens_details": {"cached_tokens": 900},
+        "cache_creation_input_tokens": 100,
+        "cache_read_input_tokens": 900
+    });
+    let texts = ["Here is a list", " of 3 pop songs 🎵"];
+    assert_a_text_stream(&chunks, "chatcmpl-bedrock1700000000", "bedrock-claude", texts, &openai_usage);
     assert_eq!(
         usage,
         Usage {
@@ -596,10 +528,7 @@ fn a_streamed_answer_becomes_openai_chunks_whatever_the_split() {
 
     // Split at every byte (inside frames, headers and the emoji): the same chunks.
     let whole = stream_chunks(&[&stream], true);
-    for at in 0..=stream.len() {
-        let (a, b) = stream.split_at(at);
-        assert_eq!(stream_chunks(&[a, b], true), whole, "split at {at}");
-    }
+    assert_any_split_reads_the_same(&stream, &whole, |pieces| stream_chunks(pieces, true));
     let single: Vec<&[u8]> = stream.chunks(1).collect();
     assert_eq!(stream_chunks(&single, true), whole);
     // [DONE] goes out right after metadata: the end of the stream adds nothing.
@@ -664,10 +593,7 @@ fn a_streamed_tool_call_becomes_tool_call_chunks_with_its_input_in_fragments() {
     assert_eq!(chunks[8]["choices"][0]["finish_reason"], "tool_calls");
     assert_eq!((usage.prompt_tokens, usage.completion_tokens), (375, 53));
     let whole = stream_chunks(&[&stream], false);
-    for at in 0..=stream.len() {
-        let (a, b) = stream.split_at(at);
-        assert_eq!(stream_chunks(&[a, b], false), whole, "split at {at}");
-    }
+    assert_any_split_reads_the_same(&stream, &whole, |pieces| stream_chunks(pieces, false));
 }
 
 #[test]

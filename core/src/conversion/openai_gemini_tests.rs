@@ -5,12 +5,17 @@
 
 use serde_json::{Value, json};
 
+use super::super::test_support::{
+    MALFORMED_EVERYWHERE, MALFORMED_FOR_GEMINI_AND_BEDROCK, assert_a_text_stream, assert_any_split_reads_the_same,
+    assert_invalid_responses, assert_malformed, completion, completion_for, deltas, openai_chunks, translated,
+    with_fields,
+};
 use super::*;
 
 const TARGET: Target<'static> = Target { model: "gemini-2.5-flash", default_max_tokens: 4096, drop_params: false };
 
 fn translate(body: Value) -> Value {
-    serde_json::from_slice(&request(body.to_string().as_bytes(), &TARGET).unwrap().body).unwrap()
+    translated(request, &TARGET, &body)
 }
 
 #[test]
@@ -179,11 +184,8 @@ fn sampling_and_output_settings_map_to_generation_config() {
             json!({"responseMimeType": "application/json", "responseSchema": schema}),
         ),
     ] {
-        let mut body = json!({"model": "gemini", "messages": [{"role": "user", "content": "Hi"}]});
-        for (k, v) in extra.as_object().unwrap() {
-            body[k] = v.clone();
-        }
-        let got = translate(body);
+        let got =
+            translate(with_fields(json!({"model": "gemini", "messages": [{"role": "user", "content": "Hi"}]}), &extra));
         assert_eq!(got["generationConfig"], config, "{extra}");
         assert!(got.get("model").is_none(), "the model goes in the URL");
     }
@@ -226,45 +228,18 @@ fn parameters_gemini_cannot_take_are_refused_by_name_unless_dropped() {
 
 #[test]
 fn malformed_requests_get_a_reason() {
-    for (body, reason) in [
-        ("not json", "not JSON"),
-        ("[]", "must be an object"),
-        (r#"{"messages": "x"}"#, "messages must be an array"),
-        (r#"{"model": "m"}"#, "messages must be an array"),
-        (r#"{"messages": [{"content": "x"}]}"#, "role is missing"),
-        (r#"{"messages": [{"role": "wizard", "content": "x"}]}"#, "wizard"),
-        (
-            r#"{"messages": [{"role": "assistant", "tool_calls": [{"id": "1", "function": {"name": "f", "arguments": "{oops"}}]}]}"#,
-            "not JSON",
-        ),
-        (
-            r#"{"messages": [{"role": "assistant", "tool_calls": [{"id": "1", "function": {"name": "f", "arguments": "[1]"}}]}]}"#,
-            "JSON object",
-        ),
-        (r#"{"messages": [{"role": "assistant", "tool_calls": [{"id": "1", "function": {}}]}]}"#, "function name"),
-        (r#"{"messages": [{"role": "tool", "content": "x"}]}"#, "tool_call_id"),
+    let own = [
         (r#"{"messages": [{"role": "tool", "tool_call_id": "nowhere", "content": "x"}]}"#, "nowhere"),
         (
             r#"{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}]}]}"#,
             "http(s) URL",
         ),
-        (
-            r#"{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png,abc"}}]}]}"#,
-            "base64",
-        ),
         (r#"{"messages": [{"role": "user", "content": [{"type": "file"}]}]}"#, "file"),
-        (r#"{"messages": [], "stop": 3}"#, "stop must be"),
-        (r#"{"messages": [], "max_tokens": -1}"#, "max_tokens"),
         (r#"{"messages": [], "temperature": "hot"}"#, "temperature"),
         (r#"{"messages": [], "n": 0}"#, "n must be"),
         (r#"{"messages": [], "response_format": {"type": "yaml"}}"#, "yaml"),
-        (r#"{"messages": [], "tool_choice": "sometimes"}"#, "sometimes"),
-        (r#"{"messages": [], "tools": [{"type": "function", "function": {}}]}"#, "name is missing"),
-    ] {
-        let e = request(body.as_bytes(), &TARGET).unwrap_err();
-        assert!(matches!(e, ConversionError::InvalidRequest { .. }), "{body}: {e:?}");
-        assert!(e.to_string().contains(reason), "{body}: {e}");
-    }
+    ];
+    assert_malformed(request, &TARGET, MALFORMED_EVERYWHERE.iter().chain(MALFORMED_FOR_GEMINI_AND_BEDROCK).chain(&own));
 }
 
 /// `generateContent`'s answer in Google's text generation guide (a thinking model).
@@ -298,8 +273,7 @@ const TEXT_RESPONSE: &str = r#"{
 
 #[test]
 fn a_text_response_becomes_a_chat_completion_without_its_thoughts() {
-    let got: Value =
-        serde_json::from_slice(&response(TEXT_RESPONSE.as_bytes(), "gemini", 1_700_000_000).unwrap()).unwrap();
+    let got = completion_for(response, TEXT_RESPONSE, "gemini", 1_700_000_000);
     assert_eq!(
         got,
         json!({
@@ -356,8 +330,7 @@ const FUNCTION_CALL_RESPONSE: &str = r#"{
 
 #[test]
 fn function_calls_become_tool_calls_and_their_signatures_come_back() {
-    let got: Value =
-        serde_json::from_slice(&response(FUNCTION_CALL_RESPONSE.as_bytes(), "gemini", 0).unwrap()).unwrap();
+    let got = completion_for(response, FUNCTION_CALL_RESPONSE, "gemini", 0);
     let message = &got["choices"][0]["message"];
     assert_eq!(
         *message,
@@ -399,8 +372,8 @@ fn function_calls_become_tool_calls_and_their_signatures_come_back() {
 
     // Gemini's own call id, when it gives one, is kept; no responseId: ids from a digest, stable.
     let body = r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Checking."},{"functionCall":{"id":"fc-7","name":"f","args":{}}}]},"finishReason":"STOP"}]}"#;
-    let a: Value = serde_json::from_slice(&response(body.as_bytes(), "m", 0).unwrap()).unwrap();
-    let b: Value = serde_json::from_slice(&response(body.as_bytes(), "m", 0).unwrap()).unwrap();
+    let a: Value = completion(response, body);
+    let b: Value = completion(response, body);
     assert_eq!(a, b);
     assert!(a["id"].as_str().unwrap().starts_with("chatcmpl-gemini"), "{}", a["id"]);
     assert_eq!(a["choices"][0]["message"]["content"], "Checking.");
@@ -422,18 +395,18 @@ fn finish_reasons_map_and_a_blocked_prompt_is_filtered_content() {
         ("MALFORMED_FUNCTION_CALL", "stop"),
     ] {
         let body = json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "x"}]}, "finishReason": reason, "index": 0}], "responseId": "r"});
-        let got: Value = serde_json::from_slice(&response(body.to_string().as_bytes(), "m", 0).unwrap()).unwrap();
+        let got: Value = completion(response, &body.to_string());
         assert_eq!(got["choices"][0]["finish_reason"], finish, "{reason}");
     }
     // Thinking used up the budget: MAX_TOKENS with a content that has no parts.
     let body = r#"{"candidates":[{"content":{"role":"model"},"finishReason":"MAX_TOKENS","index":0}],"usageMetadata":{"promptTokenCount":9,"totalTokenCount":109,"thoughtsTokenCount":100},"responseId":"r"}"#;
-    let got: Value = serde_json::from_slice(&response(body.as_bytes(), "m", 0).unwrap()).unwrap();
+    let got: Value = completion(response, body);
     assert_eq!(got["choices"][0]["message"], json!({"role": "assistant", "content": ""}));
     assert_eq!(got["choices"][0]["finish_reason"], "length");
     assert_eq!(got["usage"]["completion_tokens"], 100);
     // A prompt blocked before any candidate.
     let body = r#"{"promptFeedback":{"blockReason":"SAFETY","safetyRatings":[{"category":"HARM_CATEGORY_DANGEROUS_CONTENT","probability":"HIGH"}]},"usageMetadata":{"promptTokenCount":12,"totalTokenCount":12},"modelVersion":"gemini-2.5-flash","responseId":"b"}"#;
-    let got: Value = serde_json::from_slice(&response(body.as_bytes(), "m", 0).unwrap()).unwrap();
+    let got: Value = completion(response, body);
     assert_eq!(
         got["choices"],
         json!([{"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "content_filter"}])
@@ -441,15 +414,12 @@ fn finish_reasons_map_and_a_blocked_prompt_is_filtered_content() {
     assert_eq!(got["usage"]["prompt_tokens"], 12);
     // Several candidates (`n`): one choice each.
     let body = r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"A"}]},"finishReason":"STOP","index":0},{"content":{"role":"model","parts":[{"text":"B"}]},"finishReason":"MAX_TOKENS","index":1}],"responseId":"r"}"#;
-    let got: Value = serde_json::from_slice(&response(body.as_bytes(), "m", 0).unwrap()).unwrap();
+    let got: Value = completion(response, body);
     assert_eq!(
         (got["choices"][1]["index"].clone(), got["choices"][1]["message"]["content"].clone()),
         (json!(1), json!("B"))
     );
-    for bad in ["not json", "[]", "{}", r#"{"candidates": []}"#] {
-        let e = response(bad.as_bytes(), "m", 0).unwrap_err();
-        assert!(matches!(e, ConversionError::InvalidResponse { .. }), "{bad}: {e:?}");
-    }
+    assert_invalid_responses(response, &["not json", "[]", "{}", r#"{"candidates": []}"#]);
 }
 
 #[test]
@@ -494,28 +464,8 @@ fn provider_errors_come_back_in_openai_shape() {
 /// wrote `[DONE]`, whether it completed, and the usage it counted.
 fn stream_chunks(pieces: &[&[u8]], include_usage: bool) -> (Vec<Value>, bool, bool, Usage) {
     let mut t = StreamTranslator::new("gemini", 1_700_000_000, include_usage);
-    let mut out = Vec::new();
-    for (i, piece) in pieces.iter().enumerate() {
-        out.extend(t.feed(piece, i + 1 == pieces.len()));
-    }
-    let text = String::from_utf8(out).unwrap();
-    let mut chunks = Vec::new();
-    let mut done = false;
-    for event in text.split("\n\n").filter(|e| !e.is_empty()) {
-        let data = event.strip_prefix("data: ").unwrap();
-        if data == "[DONE]" {
-            assert!(!done, "[DONE] twice");
-            done = true;
-        } else {
-            assert!(!done, "a chunk after [DONE]");
-            chunks.push(serde_json::from_str(data).unwrap());
-        }
-    }
+    let (chunks, done) = openai_chunks(pieces, |piece, end| t.feed(piece, end));
     (chunks, done, t.completed(), t.usage())
-}
-
-fn deltas(chunks: &[Value]) -> Vec<Value> {
-    chunks.iter().map(|c| c["choices"].get(0).map_or(Value::Null, |ch| ch["delta"].clone())).collect()
 }
 
 /// `streamGenerateContent?alt=sse` as Google's streaming guide shows it (CRLF-separated).
@@ -534,33 +484,14 @@ fn a_streamed_answer_becomes_openai_chunks_whatever_the_split() {
     let stream = TEXT_STREAM.as_bytes();
     let (chunks, done, completed, usage) = stream_chunks(&[stream], true);
     assert!(done && completed);
-    assert_eq!(
-        deltas(&chunks),
-        [
-            json!({"role": "assistant", "content": ""}),
-            json!({"content": "The cat sat"}),
-            json!({"content": " on the mat. 😺"}),
-            json!({}),
-            Value::Null, // the usage chunk has no choices
-        ]
-    );
-    assert!(chunks.iter().all(|c| c["id"] == "chatcmpl-s1"
-        && c["model"] == "gemini"
-        && c["created"] == 1_700_000_000
-        && c["object"] == "chat.completion.chunk"));
-    assert_eq!(chunks[3]["choices"][0]["finish_reason"], "stop");
-    assert!(chunks[..3].iter().all(|c| c["choices"][0]["finish_reason"].is_null()));
-    assert_eq!(chunks[4]["choices"], json!([]));
-    assert_eq!(
-        chunks[4]["usage"],
-        json!({
-            "prompt_tokens": 10,
-            "completion_tokens": 29,
-            "total_tokens": 39,
-            "prompt_tokens_details": {"cached_tokens": 4},
-            "completion_tokens_details": {"reasoning_tokens": 20}
-        })
-    );
+    let openai_usage = json!({
+        "prompt_tokens": 10,
+        "completion_tokens": 29,
+        "total_tokens": 39,
+        "prompt_tokens_details": {"cached_tokens": 4},
+        "completion_tokens_details": {"reasoning_tokens": 20}
+    });
+    assert_a_text_stream(&chunks, "chatcmpl-s1", "gemini", ["The cat sat", " on the mat. 😺"], &openai_usage);
     assert_eq!(
         usage,
         Usage {
@@ -574,10 +505,7 @@ fn a_streamed_answer_becomes_openai_chunks_whatever_the_split() {
 
     // Split at every byte (inside CRLFs and the emoji): the same chunks.
     let whole = stream_chunks(&[stream], true);
-    for at in 0..=stream.len() {
-        let (a, b) = stream.split_at(at);
-        assert_eq!(stream_chunks(&[a, b], true), whole, "split at {at}");
-    }
+    assert_any_split_reads_the_same(stream, &whole, |pieces| stream_chunks(pieces, true));
     let single: Vec<&[u8]> = stream.chunks(1).collect();
     assert_eq!(stream_chunks(&single, true), whole);
     // Without include_usage, no usage chunk (the request is still charged: `usage()`).
@@ -609,10 +537,7 @@ fn a_streamed_function_call_becomes_a_tool_call_chunk() {
     assert_eq!(chunks[4]["choices"][0]["finish_reason"], "tool_calls");
     assert_eq!((usage.prompt_tokens, usage.completion_tokens), (50, 14));
     let whole = stream_chunks(&[stream], false);
-    for at in 0..=stream.len() {
-        let (a, b) = stream.split_at(at);
-        assert_eq!(stream_chunks(&[a, b], false), whole, "split at {at}");
-    }
+    assert_any_split_reads_the_same(stream, &whole, |pieces| stream_chunks(pieces, false));
 }
 
 #[test]

@@ -6,41 +6,21 @@
 //! `{"message":…}` with the exception's name in `x-amzn-ErrorType`. The text, token counts and
 //! stream faults come from the same deterministic generator and knobs as the other APIs.
 
-use std::collections::HashMap;
-
 use hyper::StatusCode;
+use hyper::header::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
-use crate::providers::{Gen, Reply, next_id, word};
+use crate::providers::{Gen, Reply, next_id};
+use crate::request::{Received, Target};
 use crate::{Config, Knobs};
 
 /// The content type of a Converse stream.
 pub const AMAZON_EVENT_STREAM: &str = "application/vnd.amazon.eventstream";
 
-/// What a path under `/model/` asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// `/model/{modelId}/converse` (`stream` false) or `/model/{modelId}/converse-stream`.
-    Converse { model: String, stream: bool },
-    /// Any other operation (invoke, count-tokens…), an empty or undecodable model id, or an id
-    /// with an unencoded `/` (AWS routes it as another operation).
-    NotFound,
-}
-
-impl Target {
-    pub fn model(&self) -> Option<&str> {
-        match self {
-            Target::Converse { model, .. } => Some(model),
-            Target::NotFound => None,
-        }
-    }
-
-    pub fn stream(&self) -> bool {
-        matches!(self, Target::Converse { stream: true, .. })
-    }
-}
-
-/// Whether a path is Bedrock runtime's (everything under `/model/`), and what it asks.
+/// Whether a path is Bedrock runtime's (everything under `/model/`), and what it asks:
+/// `/model/{modelId}/converse` (`stream` false) or `/model/{modelId}/converse-stream`. Any other
+/// operation (invoke, count-tokens…), an empty or undecodable model id, or an id with an
+/// unencoded `/` (AWS routes it as another operation) is not found.
 pub fn route(path: &str) -> Option<Target> {
     let rest = path.strip_prefix("/model/")?;
     let Some((raw, operation)) = rest.split_once('/') else {
@@ -52,7 +32,7 @@ pub fn route(path: &str) -> Option<Target> {
         _ => return Some(Target::NotFound),
     };
     match percent_decode(raw) {
-        Some(model) if !model.is_empty() => Some(Target::Converse { model, stream }),
+        Some(model) if !model.is_empty() => Some(Target::Model { model, stream }),
         _ => Some(Target::NotFound),
     }
 }
@@ -81,9 +61,19 @@ pub struct Answer {
     pub error_type: Option<&'static str>,
 }
 
+/// AWS's headers on every answer: a request id, and an error's exception name.
+pub fn add_headers(error_type: Option<&'static str>, headers: &mut HeaderMap) {
+    let request_id = format!("00000000-0000-4000-8000-{:012x}", next_id());
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        headers.insert("x-amzn-requestid", value);
+    }
+    if let Some(error_type) = error_type {
+        headers.insert("x-amzn-errortype", HeaderValue::from_static(error_type));
+    }
+}
+
 fn aws_error(status: StatusCode, error_type: &'static str, message: &str) -> Answer {
-    let body = serde_json::to_vec(&json!({"message": message})).unwrap_or_default();
-    Answer { reply: Reply::Json { status, body }, error_type: Some(error_type) }
+    Answer { reply: Reply::json(status, &json!({"message": message})), error_type: Some(error_type) }
 }
 
 fn invalid(message: &str) -> Answer {
@@ -110,14 +100,14 @@ const ALTERNATE: &str = "A conversation must alternate between user and assistan
 
 /// Whether the request carries a SigV4 signature for `key_id` and the `bedrock` service (its
 /// shape only: the signature itself is not checked) and its `x-amz-date`.
-fn signed(headers: &HashMap<String, String>, key_id: &str) -> bool {
-    let Some(auth) = headers.get("authorization") else { return false };
+fn signed(received: &Received, key_id: &str) -> bool {
+    let Some(auth) = received.header("authorization") else { return false };
     auth.strip_prefix("AWS4-HMAC-SHA256 Credential=").and_then(|rest| rest.strip_prefix(key_id)).is_some_and(|rest| {
         rest.starts_with('/')
             && rest.contains("/bedrock/aws4_request")
             && rest.contains("SignedHeaders=")
             && rest.contains("Signature=")
-    }) && headers.get("x-amz-date").is_some_and(|d| !d.trim().is_empty())
+    }) && received.header("x-amz-date").is_some_and(|d| !d.trim().is_empty())
 }
 
 /// AWS's checks of `messages`, in its words: present, non-empty, each a user or assistant
@@ -168,68 +158,45 @@ fn declares_tools(request: &Value) -> bool {
 }
 
 /// The reply to one request on a path under `/model/`.
-pub fn reply(
-    target: &Target,
-    headers: &HashMap<String, String>,
-    body: &[u8],
-    knobs: &Knobs,
-    config: &Config,
-) -> Answer {
-    let Target::Converse { model, stream } = target else {
+pub fn reply(target: &Target, received: &Received, knobs: &Knobs, config: &Config) -> Answer {
+    let Target::Model { model, stream } = target else {
         return aws_error(StatusCode::NOT_FOUND, "UnknownOperationException", "Unknown operation");
     };
-    if config.aws_access_key_id.as_deref().is_some_and(|key_id| !signed(headers, key_id)) {
+    if config.aws_access_key_id.as_deref().is_some_and(|key_id| !signed(received, key_id)) {
         return aws_error(StatusCode::FORBIDDEN, "UnrecognizedClientException", BAD_TOKEN);
     }
-    let Ok(request) = serde_json::from_slice::<Value>(body) else {
+    let Some(request) = received.json() else {
         return invalid("Malformed input request, please reformat your input and try again.");
     };
     if let Err(answer) = check(&request) {
         return answer;
     }
-    if let Some(status) = knobs.status.and_then(|s| StatusCode::from_u16(s).ok()) {
-        return aws_error(status, exception(status), &format!("mock error {}", status.as_u16()));
+    if let Some((status, message)) = knobs.forced_error() {
+        return aws_error(status, exception(status), &message);
     }
     if knobs.garbage {
-        let reply = if *stream {
-            Reply::Stream {
-                events: vec![b"this is not an event stream".to_vec(); 3],
-                content_type: AMAZON_EVENT_STREAM,
-            }
-        } else {
-            Reply::Json { status: StatusCode::OK, body: b"this is not json {{{".to_vec() }
+        return Answer {
+            reply: Reply::garbage(*stream, b"this is not an event stream", AMAZON_EVENT_STREAM),
+            error_type: None,
         };
-        return Answer { reply, error_type: None };
     }
     // inferenceConfig.maxTokens caps the answer, whether its length is the default or a knob's;
     // an answer cut short stops with max_tokens.
     let cap = request.pointer("/inferenceConfig/maxTokens").and_then(Value::as_u64);
-    let wanted = knobs.completion_tokens.unwrap_or(16);
-    let completion = cap.map_or(wanted, |m| wanted.min(m));
-    let g = Gen {
-        model: model.clone(),
-        prompt: knobs.prompt_tokens.unwrap_or((body.len() as u64).div_ceil(4)),
-        completion,
-        word: word(knobs),
-        id: next_id(),
-        knobs: knobs.clone(),
-        include_usage: false,
-    };
-    let tool = knobs.tool_call.clone().filter(|_| declares_tools(&request));
-    let stop = match (&tool, completion < wanted) {
+    let (completion, cut) = knobs.capped_completion(cap);
+    let tool = knobs.tool_call.as_deref().filter(|_| declares_tools(&request));
+    let stop = match (tool, cut) {
         (Some(_), _) => "tool_use",
         (None, true) => "max_tokens",
         (None, false) => "end_turn",
     };
-    let converse = Converse { g, stop };
+    let converse = Converse { g: Gen::new(model.clone(), completion, received, knobs), stop };
     let reply = match (*stream, tool) {
-        (false, Some(name)) => converse.full(json!([{"toolUse": converse.tool_use(&name, true)}]), completion),
-        (false, None) => {
-            let build = |words: u64| converse.body(json!([{"text": converse.g.text(words)}]), words);
-            let words = converse.g.words(|| serde_json::to_vec(&build(0)).map_or(0, |b| b.len()));
-            converse.full(json!([{"text": converse.g.text(words)}]), words)
+        (false, Some(name)) => {
+            Reply::ok(&converse.body(json!([{"toolUse": converse.tool_use(name, true)}]), completion))
         }
-        (true, Some(name)) => converse.tool_stream(&name),
+        (false, None) => converse.g.padded(|words| converse.body(json!([{"text": converse.g.text(words)}]), words)),
+        (true, Some(name)) => converse.tool_stream(name),
         (true, None) => converse.text_stream(),
     };
     Answer { reply, error_type: None }
@@ -264,7 +231,7 @@ impl Converse {
     fn tool_use(&self, name: &str, with_input: bool) -> Value {
         let mut tool_use = json!({"toolUseId": format!("tooluse_{}", self.g.id), "name": name});
         if with_input {
-            tool_use["input"] = json!({"city": "Paris"});
+            tool_use["input"] = Knobs::tool_arguments();
         }
         tool_use
     }
@@ -276,13 +243,6 @@ impl Converse {
             "usage": self.usage(output),
             "metrics": {"latencyMs": LATENCY_MS},
         })
-    }
-
-    fn full(&self, content: Value, output: u64) -> Reply {
-        Reply::Json {
-            status: StatusCode::OK,
-            body: serde_json::to_vec(&self.body(content, output)).unwrap_or_default(),
-        }
     }
 
     /// messageStart, then the events of the content block, contentBlockStop, messageStop, metadata.
@@ -306,16 +266,12 @@ impl Converse {
 
     /// One contentBlockDelta per `chunk_tokens` words (none for an empty answer).
     fn text_stream(&self) -> Reply {
-        let step = self.g.knobs.chunk_tokens.max(1) as u64;
-        let mut deltas = Vec::new();
-        let mut i = 0;
-        while i < self.g.completion {
-            let end = (i + step).min(self.g.completion);
-            let text: String = (i..end).map(|w| self.g.piece(w)).collect();
-            deltas.push(("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": text}})));
-            i = end;
-        }
-        self.stream(deltas)
+        let deltas = self
+            .g
+            .chunks()
+            .into_iter()
+            .map(|(text, _)| ("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": text}})));
+        self.stream(deltas.collect())
     }
 
     /// The tool use opened by contentBlockStart, its input JSON in two pieces.
@@ -364,7 +320,7 @@ mod tests {
 
     #[test]
     fn routes_converse_paths_and_decodes_the_model() {
-        let converse = |model: &str, stream| Some(Target::Converse { model: model.to_owned(), stream });
+        let converse = |model: &str, stream| Some(Target::Model { model: model.to_owned(), stream });
         assert_eq!(
             route("/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse"),
             converse("anthropic.claude-3-5-sonnet-20240620-v1:0", false)

@@ -5,37 +5,16 @@
 //! The text, token counts and stream faults come from the same deterministic generator and
 //! knobs as the other APIs.
 
-use std::collections::HashMap;
-
 use hyper::StatusCode;
 use serde_json::{Value, json};
 
-use crate::providers::{EVENT_STREAM, Gen, Reply, next_id, word};
+use crate::providers::{EVENT_STREAM, Gen, Reply};
+use crate::request::{Received, Target};
 use crate::{Config, Knobs};
 
-/// What a Gemini path asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// `models/{model}:generateContent` (`stream` false) or `:streamGenerateContent`.
-    Generate { model: String, stream: bool },
-    /// Any other method, or a path without `models/{model}:`: Google's 404.
-    NotFound,
-}
-
-impl Target {
-    pub fn model(&self) -> Option<&str> {
-        match self {
-            Target::Generate { model, .. } => Some(model),
-            Target::NotFound => None,
-        }
-    }
-
-    pub fn stream(&self) -> bool {
-        matches!(self, Target::Generate { stream: true, .. })
-    }
-}
-
-/// Whether a path is Gemini's (everything under `/v1beta/`, and `/v1/models/…`), and what it asks.
+/// Whether a path is Gemini's (everything under `/v1beta/`, and `/v1/models/…`), and what it
+/// asks: `models/{model}:generateContent` (`stream` false) or `:streamGenerateContent`; any
+/// other method, or a path without `models/{model}:`, is Google's 404.
 pub fn route(path: &str) -> Option<Target> {
     let rest = match path.strip_prefix("/v1beta/") {
         Some(rest) => rest,
@@ -54,7 +33,7 @@ pub fn route(path: &str) -> Option<Target> {
         "streamGenerateContent" => true,
         _ => return Some(Target::NotFound),
     };
-    Some(Target::Generate { model: model.to_owned(), stream })
+    Some(Target::Model { model: model.to_owned(), stream })
 }
 
 /// Google's error envelope, its `status` name following the HTTP status.
@@ -68,8 +47,7 @@ pub fn error(status: StatusCode, message: &str) -> Reply {
         503 => "UNAVAILABLE",
         _ => "INTERNAL",
     };
-    let body = json!({"error": {"code": status.as_u16(), "message": message, "status": name}});
-    Reply::Json { status, body: serde_json::to_vec(&body).unwrap_or_default() }
+    Reply::json(status, &json!({"error": {"code": status.as_u16(), "message": message, "status": name}}))
 }
 
 fn invalid(message: &str) -> Reply {
@@ -105,10 +83,6 @@ const ROLES: &[&str] = &["user", "model", "function"];
 /// A field by its JSON name or its proto name.
 fn field<'a>(v: &'a Value, camel: &str, snake: &str) -> Option<&'a Value> {
     v.get(camel).or_else(|| v.get(snake))
-}
-
-fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
-    query?.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
 /// Google's checks of the body, in its words: an object of known fields with non-empty
@@ -149,42 +123,32 @@ fn declares_functions(request: &Value) -> bool {
 }
 
 /// The reply to one request on a Gemini path.
-pub fn reply(
-    target: &Target,
-    query: Option<&str>,
-    headers: &HashMap<String, String>,
-    body: &[u8],
-    knobs: &Knobs,
-    config: &Config,
-) -> Reply {
-    let Target::Generate { model, stream } = target else {
+pub fn reply(target: &Target, received: &Received, knobs: &Knobs, config: &Config) -> Reply {
+    let Target::Model { model, stream } = target else {
         return error(StatusCode::NOT_FOUND, NOT_FOUND);
     };
-    let authorised = config.gemini_key.as_deref().is_none_or(|k| {
-        headers.get("x-goog-api-key").map(String::as_str) == Some(k) || query_param(query, "key") == Some(k)
-    });
+    let authorised = config
+        .gemini_key
+        .as_deref()
+        .is_none_or(|k| received.header("x-goog-api-key") == Some(k) || received.query_values("key").next() == Some(k));
     if !authorised {
         return invalid(KEY_INVALID);
     }
     // An empty body is an empty message, which then lacks its contents.
-    let parsed = if body.iter().all(u8::is_ascii_whitespace) { Ok(json!({})) } else { serde_json::from_slice(body) };
-    let Ok(request) = parsed else {
+    let parsed = if received.body.iter().all(u8::is_ascii_whitespace) { Some(json!({})) } else { received.json() };
+    let Some(request) = parsed else {
         return invalid("Invalid JSON payload received. Unexpected token.");
     };
     if let Err(reply) = check(&request) {
         return reply;
     }
-    if let Some(status) = knobs.status.and_then(|s| StatusCode::from_u16(s).ok()) {
-        return error(status, &format!("mock error {}", status.as_u16()));
+    if let Some((status, message)) = knobs.forced_error() {
+        return error(status, &message);
     }
-    let sse = query_param(query, "alt") == Some("sse");
+    let sse = received.query_values("alt").next() == Some("sse");
     let content_type = if sse { EVENT_STREAM } else { "application/json" };
     if knobs.garbage {
-        return if *stream {
-            Reply::Stream { events: vec![b"data: {not json\r\n\r\n".to_vec(); 3], content_type }
-        } else {
-            Reply::Json { status: StatusCode::OK, body: b"this is not json {{{".to_vec() }
-        };
+        return Reply::garbage(*stream, b"data: {not json\r\n\r\n", content_type);
     }
     // maxOutputTokens caps the answer, whether its length is the default or a knob's (0 is unset,
     // as in proto); an answer cut short ends with MAX_TOKENS.
@@ -192,26 +156,14 @@ pub fn reply(
         .and_then(|g| field(g, "maxOutputTokens", "max_output_tokens"))
         .and_then(Value::as_u64)
         .filter(|&m| m > 0);
-    let wanted = knobs.completion_tokens.unwrap_or(16);
-    let completion = cap.map_or(wanted, |m| wanted.min(m));
-    let finish = if completion < wanted { "MAX_TOKENS" } else { "STOP" };
-    let g = Gen {
-        model: model.clone(),
-        prompt: knobs.prompt_tokens.unwrap_or((body.len() as u64).div_ceil(4)),
-        completion,
-        word: word(knobs),
-        id: next_id(),
-        knobs: knobs.clone(),
-        include_usage: false,
-    };
-    let gemini = Gemini { g, finish };
+    let (completion, cut) = knobs.capped_completion(cap);
+    let finish = if cut { "MAX_TOKENS" } else { "STOP" };
+    let gemini = Gemini { g: Gen::new(model.clone(), completion, received, knobs), finish };
     let tool = knobs.tool_call.as_deref().filter(|_| declares_functions(&request));
     match (*stream, tool) {
-        (false, Some(name)) => gemini.full_json(gemini.response(&[function_call(name)], true, completion)),
+        (false, Some(name)) => Reply::ok(&gemini.response(&[function_call(name)], true, completion)),
         (false, None) => {
-            let build = |words: u64| gemini.response(&[json!({"text": gemini.g.text(words)})], true, words);
-            let words = gemini.g.words(|| serde_json::to_vec(&build(0)).map_or(0, |b| b.len()));
-            gemini.full_json(build(words))
+            gemini.g.padded(|words| gemini.response(&[json!({"text": gemini.g.text(words)})], true, words))
         }
         (true, Some(name)) => {
             gemini.stream(vec![gemini.response(&[function_call(name)], true, completion)], sse, content_type)
@@ -222,7 +174,7 @@ pub fn reply(
 
 /// The function call the `x-mock-tool-call` knob asks for.
 fn function_call(name: &str) -> Value {
-    json!({"functionCall": {"name": name, "args": {"city": "Paris"}}})
+    json!({"functionCall": {"name": name, "args": Knobs::tool_arguments()}})
 }
 
 struct Gemini {
@@ -262,21 +214,10 @@ impl Gemini {
         })
     }
 
-    fn full_json(&self, response: Value) -> Reply {
-        Reply::Json { status: StatusCode::OK, body: serde_json::to_vec(&response).unwrap_or_default() }
-    }
-
     /// The streamed text: `chunk_tokens` words a chunk with the usage so far, the last with the
     /// finish reason (an empty text if there are no words).
     fn text_chunks(&self) -> Vec<Value> {
-        let step = self.g.knobs.chunk_tokens.max(1) as u64;
-        let mut pieces = Vec::new();
-        let mut i = 0;
-        while i < self.g.completion {
-            let end = (i + step).min(self.g.completion);
-            pieces.push(((i..end).map(|w| self.g.piece(w)).collect::<String>(), end));
-            i = end;
-        }
+        let mut pieces = self.g.chunks();
         if pieces.is_empty() {
             pieces.push((String::new(), 0));
         }

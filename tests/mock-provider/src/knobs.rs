@@ -2,7 +2,13 @@
 
 use std::collections::HashMap;
 
+use hyper::StatusCode;
+use serde_json::{Value, json};
+
 use crate::Config;
+
+/// An answer's length in words when neither a knob nor the request sets it.
+pub const DEFAULT_COMPLETION: u64 = 16;
 
 #[derive(Debug, Clone, Default)]
 pub struct Knobs {
@@ -46,5 +52,24 @@ impl Knobs {
             response_bytes: num("x-mock-response-bytes").map(|n| n as usize),
             tool_call: headers.get("x-mock-tool-call").map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()),
         }
+    }
+
+    /// The error `x-mock-status` forces, and its message.
+    pub fn forced_error(&self) -> Option<(StatusCode, String)> {
+        let status = self.status.and_then(|s| StatusCode::from_u16(s).ok())?;
+        Some((status, format!("mock error {}", status.as_u16())))
+    }
+
+    /// The answer's length where the request's `cap` (none if None) limits the default length
+    /// and a knob's alike, and whether the cap cut it short.
+    pub fn capped_completion(&self, cap: Option<u64>) -> (u64, bool) {
+        let wanted = self.completion_tokens.unwrap_or(DEFAULT_COMPLETION);
+        let completion = cap.map_or(wanted, |m| wanted.min(m));
+        (completion, completion < wanted)
+    }
+
+    /// The arguments of the call `x-mock-tool-call` asks for.
+    pub fn tool_arguments() -> Value {
+        json!({"city": "Paris"})
     }
 }

@@ -8,9 +8,9 @@ mod bedrock;
 mod gemini;
 mod knobs;
 mod providers;
+mod request;
 mod stats;
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 
 pub use knobs::Knobs;
 use providers::{Api, Dialect, Reply};
+use request::{Received, Target};
 pub use stats::Stats;
 
 /// Server-wide settings from the command line.
@@ -103,10 +104,27 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response<MockBody> {
     response
 }
 
+impl State {
+    /// Records what a request got, waits out the latency knob, then answers.
+    async fn answer(
+        &self,
+        received: &Received,
+        reply: Reply,
+        target: Option<&Target>,
+        knobs: Knobs,
+    ) -> Response<MockBody> {
+        self.stats.record(received, &reply, target);
+        if knobs.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
+        }
+        respond(reply, knobs)
+    }
+}
+
 async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<MockBody>, Infallible> {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
-    let headers: HashMap<String, String> = req
+    let headers = req
         .headers()
         .iter()
         .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
@@ -115,7 +133,8 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Mo
         Ok(b) => b.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    match path.as_str() {
+    let received = Received { path, query, headers, body };
+    match received.path.as_str() {
         "/mock/stats" => return Ok(json_response(StatusCode::OK, state.stats.to_json())),
         "/mock/reset" => {
             state.stats.reset();
@@ -123,34 +142,19 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Mo
         }
         _ => {}
     }
-    if let Some(target) = gemini::route(&path) {
-        let knobs = Knobs::from_headers(&headers, &state.config);
-        let reply = gemini::reply(&target, query.as_deref(), &headers, &body, &knobs, &state.config);
-        state.stats.record_gemini(&path, query.as_deref(), &headers, &body, &reply, &target);
-        if knobs.latency_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
-        }
-        return Ok(respond(reply, knobs));
+    let knobs = Knobs::from_headers(&received.headers, &state.config);
+    if let Some(target) = gemini::route(&received.path) {
+        let reply = gemini::reply(&target, &received, &knobs, &state.config);
+        return Ok(state.answer(&received, reply, Some(&target), knobs).await);
     }
-    if let Some(target) = bedrock::route(&path) {
-        let knobs = Knobs::from_headers(&headers, &state.config);
-        let answer = bedrock::reply(&target, &headers, &body, &knobs, &state.config);
-        state.stats.record_bedrock(&path, query.as_deref(), &headers, &body, &answer.reply, &target);
-        if knobs.latency_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
-        }
-        let mut response = respond(answer.reply, knobs);
-        let request_id = format!("00000000-0000-4000-8000-{:012x}", providers::next_id());
-        if let Ok(value) = hyper::header::HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert("x-amzn-requestid", value);
-        }
-        if let Some(error_type) = answer.error_type {
-            response.headers_mut().insert("x-amzn-errortype", hyper::header::HeaderValue::from_static(error_type));
-        }
+    if let Some(target) = bedrock::route(&received.path) {
+        let answer = bedrock::reply(&target, &received, &knobs, &state.config);
+        let mut response = state.answer(&received, answer.reply, Some(&target), knobs).await;
+        bedrock::add_headers(answer.error_type, response.headers_mut());
         return Ok(response);
     }
-    let Some((api, dialect)) = route(&path) else {
-        if path.starts_with("/openai/") {
+    let Some((api, dialect)) = route(&received.path) else {
+        if received.path.starts_with("/openai/") {
             return Ok(respond(providers::azure_error(StatusCode::NOT_FOUND, AZURE_NOT_FOUND), Knobs::default()));
         }
         return Ok(json_response(
@@ -160,18 +164,12 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Mo
     };
     // Azure routes a classic deployment path only with an api-version; without one it is a 404,
     // recorded so a test can tell "never arrived" from "arrived without api-version".
-    if matches!(dialect, Dialect::Azure { deployment: Some(_) }) && !has_api_version(query.as_deref()) {
+    if matches!(dialect, Dialect::Azure { deployment: Some(_) }) && !has_api_version(&received) {
         let reply = providers::azure_error(StatusCode::NOT_FOUND, AZURE_NOT_FOUND);
-        state.stats.record(&path, query.as_deref(), &headers, &body, &reply);
-        return Ok(respond(reply, Knobs::default()));
+        return Ok(state.answer(&received, reply, None, Knobs::default()).await);
     }
-    let knobs = Knobs::from_headers(&headers, &state.config);
-    let reply = providers::reply(api, &dialect, &headers, &body, &knobs, &state.config);
-    state.stats.record(&path, query.as_deref(), &headers, &body, &reply);
-    if knobs.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
-    }
-    Ok(respond(reply, knobs))
+    let reply = providers::reply(api, &dialect, &received, &knobs, &state.config);
+    Ok(state.answer(&received, reply, None, knobs).await)
 }
 
 /// Which API a path serves, and in whose dialect: OpenAI's `/v1/…` (or bare; Responses only
@@ -203,8 +201,8 @@ fn route(path: &str) -> Option<(Api, Dialect)> {
 }
 
 /// Whether the query string carries a non-empty `api-version`, which Azure's classic paths need.
-fn has_api_version(query: Option<&str>) -> bool {
-    query.is_some_and(|q| q.split('&').any(|pair| pair.strip_prefix("api-version=").is_some_and(|v| !v.is_empty())))
+fn has_api_version(received: &Received) -> bool {
+    received.query_values("api-version").any(|v| !v.is_empty())
 }
 
 /// Azure's message for a path (or a classic path without api-version) it does not route.

@@ -2,12 +2,13 @@
 //! deterministically from the request and knobs (Gemini's, from the same generator, in `gemini`).
 //! Azure OpenAI answers in OpenAI's shapes; only how it is addressed and authorised differs.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hyper::StatusCode;
 use serde_json::{Value, json};
 
+use crate::knobs::DEFAULT_COMPLETION;
+use crate::request::Received;
 use crate::{Config, Knobs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +58,24 @@ impl Reply {
             Reply::Stream { .. } => 200,
         }
     }
+
+    pub fn json(status: StatusCode, body: &Value) -> Reply {
+        Reply::Json { status, body: serde_json::to_vec(body).unwrap_or_default() }
+    }
+
+    pub fn ok(body: &Value) -> Reply {
+        Reply::json(StatusCode::OK, body)
+    }
+
+    /// What `x-mock-garbage` answers: a stream of three broken `event`s (each API's framing of
+    /// one), or a 200 whose body is not JSON.
+    pub fn garbage(stream: bool, event: &[u8], content_type: &'static str) -> Reply {
+        if stream {
+            Reply::Stream { events: vec![event.to_vec(); 3], content_type }
+        } else {
+            Reply::Json { status: StatusCode::OK, body: b"this is not json {{{".to_vec() }
+        }
+    }
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -73,8 +92,7 @@ pub fn openai_error(message: &str, kind: &str, code: &str) -> Vec<u8> {
 
 /// Azure's error envelope for what its front door rejects (routing, keys), before any model runs.
 pub fn azure_error(status: StatusCode, message: &str) -> Reply {
-    let body = json!({"error": {"code": status.as_u16().to_string(), "message": message}});
-    Reply::Json { status, body: serde_json::to_vec(&body).unwrap_or_default() }
+    Reply::json(status, &json!({"error": {"code": status.as_u16().to_string(), "message": message}}))
 }
 
 /// Azure's answer to a request with no valid key, verbatim.
@@ -103,25 +121,18 @@ fn named_sse(name: &str, data: &Value) -> Vec<u8> {
 }
 
 /// The reply to one request.
-pub fn reply(
-    api: Api,
-    dialect: &Dialect,
-    headers: &HashMap<String, String>,
-    body: &[u8],
-    knobs: &Knobs,
-    config: &Config,
-) -> Reply {
+pub fn reply(api: Api, dialect: &Dialect, received: &Received, knobs: &Knobs, config: &Config) -> Reply {
     // Credentials first, as a provider would.
     let authorised = match (dialect, api) {
         // Only the exact `api-key` header: a bearer token here means the client used OpenAI's scheme.
-        (Dialect::Azure { .. }, _) => config.azure_key.as_ref().is_none_or(|k| headers.get("api-key") == Some(k)),
+        (Dialect::Azure { .. }, _) => config.azure_key.as_deref().is_none_or(|k| received.header("api-key") == Some(k)),
         (Dialect::Native, Api::Messages) => {
-            config.anthropic_key.as_ref().is_none_or(|k| headers.get("x-api-key") == Some(k))
+            config.anthropic_key.as_deref().is_none_or(|k| received.header("x-api-key") == Some(k))
         }
         (Dialect::Native, _) => config
             .openai_key
             .as_ref()
-            .is_none_or(|k| headers.get("authorization").map(String::as_str) == Some(format!("Bearer {k}").as_str())),
+            .is_none_or(|k| received.header("authorization") == Some(format!("Bearer {k}").as_str())),
     };
     if !authorised {
         return match (dialect, api) {
@@ -136,7 +147,7 @@ pub fn reply(
             },
         };
     }
-    let Ok(request) = serde_json::from_slice::<Value>(body) else {
+    let Some(request) = received.json() else {
         return error(
             api,
             StatusCode::BAD_REQUEST,
@@ -159,16 +170,12 @@ pub fn reply(
             "missing_model",
         );
     };
-    if let Some(status) = knobs.status.and_then(|s| StatusCode::from_u16(s).ok()) {
-        return error(api, status, &format!("mock error {}", status.as_u16()), "api_error", "mock_error");
+    if let Some((status, message)) = knobs.forced_error() {
+        return error(api, status, &message, "api_error", "mock_error");
     }
     let stream = request.get("stream").and_then(Value::as_bool).unwrap_or(false) && api != Api::Embeddings;
     if knobs.garbage {
-        return if stream {
-            Reply::Stream { events: vec![b"data: {not json\n\n".to_vec(); 3], content_type: EVENT_STREAM }
-        } else {
-            Reply::Json { status: StatusCode::OK, body: b"this is not json {{{".to_vec() }
-        };
+        return Reply::garbage(stream, b"data: {not json\n\n", EVENT_STREAM);
     }
     let include_usage = request.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
     let max_tokens = match api {
@@ -176,11 +183,10 @@ pub fn reply(
         _ => request.get("max_completion_tokens").or_else(|| request.get("max_tokens")),
     }
     .and_then(Value::as_u64);
-    let prompt = knobs.prompt_tokens.unwrap_or((body.len() as u64).div_ceil(4));
-    let completion = knobs.completion_tokens.unwrap_or_else(|| max_tokens.map_or(16, |m| m.min(16)));
-    let word = word(knobs);
-    let id = next_id();
-    let g = Gen { model, prompt, completion, word, id, knobs: knobs.clone(), include_usage };
+    // Unlike Gemini's and Bedrock's caps, the request's max tokens cap only the default length.
+    let completion =
+        knobs.completion_tokens.unwrap_or_else(|| max_tokens.map_or(DEFAULT_COMPLETION, |m| m.min(DEFAULT_COMPLETION)));
+    let g = Gen { include_usage, ..Gen::new(model, completion, received, knobs) };
     match (api, stream) {
         (Api::Embeddings, _) => g.embeddings(&request),
         (Api::Chat | Api::Completions, false) => g.openai_full(api),
@@ -193,7 +199,7 @@ pub fn reply(
 }
 
 /// The word the texts repeat: a multi-byte one when the stream is split into byte pieces.
-pub fn word(knobs: &Knobs) -> &'static str {
+fn word(knobs: &Knobs) -> &'static str {
     if knobs.split_bytes.is_some() { "tök" } else { "tok" }
 }
 
@@ -209,6 +215,20 @@ pub struct Gen {
 }
 
 impl Gen {
+    /// The generator of `completion` words by `model` for a request: its prompt counts the
+    /// body's bytes by four unless a knob says otherwise; a stream carries no usage unless asked.
+    pub fn new(model: String, completion: u64, received: &Received, knobs: &Knobs) -> Self {
+        Self {
+            model,
+            prompt: knobs.prompt_tokens.unwrap_or((received.body.len() as u64).div_ceil(4)),
+            completion,
+            word: word(knobs),
+            id: next_id(),
+            knobs: knobs.clone(),
+            include_usage: false,
+        }
+    }
+
     /// Word `i` as it appears in the text: the first without a leading space.
     pub fn piece(&self, i: u64) -> String {
         if i == 0 { format!("{}0", self.word) } else { format!(" {}{i}", self.word) }
@@ -216,6 +236,25 @@ impl Gen {
 
     pub fn text(&self, words: u64) -> String {
         (0..words).map(|i| self.piece(i)).collect()
+    }
+
+    /// The completion as a stream sends it: `chunk_tokens` words a piece, each with the number
+    /// of words up to its end (none for an empty completion).
+    pub fn chunks(&self) -> Vec<(String, u64)> {
+        let step = self.knobs.chunk_tokens.max(1);
+        (0..self.completion)
+            .step_by(step)
+            .map(|i| {
+                let end = (i + step as u64).min(self.completion);
+                ((i..end).map(|w| self.piece(w)).collect(), end)
+            })
+            .collect()
+    }
+
+    /// A non-streaming answer: the body `build` makes for as many words as `words` asks.
+    pub fn padded(&self, build: impl Fn(u64) -> Value) -> Reply {
+        let words = self.words(|| serde_json::to_vec(&build(0)).map_or(0, |b| b.len()));
+        Reply::ok(&build(words))
     }
 
     fn openai_usage(&self, completion: u64) -> Value {
@@ -240,19 +279,18 @@ impl Gen {
                     json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}),
                 ),
             };
-            serde_json::to_vec(&json!({
+            json!({
                 "id": format!("chatcmpl-mock-{}", self.id), "object": object, "created": now(), "model": self.model,
                 "choices": [choice], "usage": self.openai_usage(words),
-            }))
-            .unwrap_or_default()
+            })
         };
-        Reply::Json { status: StatusCode::OK, body: build(self.words(|| build(0).len())) }
+        self.padded(build)
     }
 
     /// The words in a non-streaming text: the completion count, or as many as pad the body to
     /// about `x-mock-response-bytes`, grown from `empty` (the wordless body's size) word by word
     /// (one serialisation, not one per word: benchmarks call this thousands of times a second).
-    pub fn words(&self, empty: impl FnOnce() -> usize) -> u64 {
+    fn words(&self, empty: impl FnOnce() -> usize) -> u64 {
         let Some(target) = self.knobs.response_bytes else { return self.completion };
         let mut size = empty();
         let mut words = 0;
@@ -284,12 +322,8 @@ impl Gen {
             events
                 .push(chunk(json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null})));
         }
-        let step = self.knobs.chunk_tokens.max(1) as u64;
-        let mut i = 0;
-        while i < self.completion {
-            let text: String = (i..(i + step).min(self.completion)).map(|w| self.piece(w)).collect();
+        for (text, _) in self.chunks() {
             events.push(chunk(content(&text, Value::Null)));
-            i += step;
         }
         events.push(match api {
             Api::Completions => chunk(json!({"index": 0, "text": "", "finish_reason": "stop"})),
@@ -310,8 +344,9 @@ impl Gen {
         let data: Vec<Value> = (0..inputs)
             .map(|i| json!({"object": "embedding", "index": i, "embedding": [0.1, -0.2, 0.3, -0.4, 0.5, -0.6, 0.7, -0.8]}))
             .collect();
-        let body = json!({"object": "list", "data": data, "model": self.model, "usage": {"prompt_tokens": self.prompt, "total_tokens": self.prompt}});
-        Reply::Json { status: StatusCode::OK, body: serde_json::to_vec(&body).unwrap_or_default() }
+        Reply::ok(
+            &json!({"object": "list", "data": data, "model": self.model, "usage": {"prompt_tokens": self.prompt, "total_tokens": self.prompt}}),
+        )
     }
 
     fn anthropic_usage(&self, output: u64) -> Value {
@@ -324,12 +359,11 @@ impl Gen {
     }
 
     fn anthropic_full(&self) -> Reply {
-        let body = json!({
+        Reply::ok(&json!({
             "id": format!("msg_mock_{}", self.id), "type": "message", "role": "assistant", "model": self.model,
             "content": [{"type": "text", "text": self.text(self.completion)}],
             "stop_reason": "end_turn", "stop_sequence": null, "usage": self.anthropic_usage(self.completion),
-        });
-        Reply::Json { status: StatusCode::OK, body: serde_json::to_vec(&body).unwrap_or_default() }
+        }))
     }
 
     fn anthropic_stream(&self) -> Reply {
@@ -346,15 +380,11 @@ impl Gen {
             ),
             named_sse("ping", &json!({"type": "ping"})),
         ];
-        let step = self.knobs.chunk_tokens.max(1) as u64;
-        let mut i = 0;
-        while i < self.completion {
-            let text: String = (i..(i + step).min(self.completion)).map(|w| self.piece(w)).collect();
+        for (text, _) in self.chunks() {
             events.push(named_sse(
                 "content_block_delta",
                 &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
             ));
-            i += step;
         }
         events.push(named_sse("content_block_stop", &json!({"type": "content_block_stop", "index": 0})));
         events.push(named_sse("message_delta", &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": self.completion}})));
@@ -387,12 +417,10 @@ impl Gen {
     }
 
     fn responses_full(&self) -> Reply {
-        let build = |words: u64| {
+        self.padded(|words| {
             let message = self.response_message("completed", json!([output_text(&self.text(words))]));
-            let body = self.response(now(), "completed", json!([message]), self.responses_usage(words));
-            serde_json::to_vec(&body).unwrap_or_default()
-        };
-        Reply::Json { status: StatusCode::OK, body: build(self.words(|| build(0).len())) }
+            self.response(now(), "completed", json!([message]), self.responses_usage(words))
+        })
     }
 
     /// Named events with an increasing `sequence_number` and no `[DONE]`: the stream ends with
@@ -409,13 +437,9 @@ impl Gen {
             json!({"type": "response.content_part.added", "item_id": item_id, "output_index": 0,
                 "content_index": 0, "part": output_text("")}),
         ];
-        let step = self.knobs.chunk_tokens.max(1) as u64;
-        let mut i = 0;
-        while i < self.completion {
-            let delta: String = (i..(i + step).min(self.completion)).map(|w| self.piece(w)).collect();
+        for (delta, _) in self.chunks() {
             events.push(json!({"type": "response.output_text.delta", "item_id": item_id, "output_index": 0,
                 "content_index": 0, "delta": delta}));
-            i += step;
         }
         let message = self.response_message("completed", json!([output_text(&text)]));
         events.extend([

@@ -7,9 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use crate::bedrock;
-use crate::gemini::Target;
 use crate::providers::Reply;
+use crate::request::{Received, Target};
 
 const KEEP: usize = 1000;
 
@@ -67,81 +66,39 @@ struct PeekOptions {
     include_usage: Option<bool>,
 }
 
-impl Seen {
-    /// What every request records; the body-derived fields are the caller's.
-    fn new(path: &str, query: Option<&str>, headers: &HashMap<String, String>, body: &[u8], reply: &Reply) -> Self {
-        Self {
-            path: path.to_owned(),
-            query: query.map(str::to_owned),
-            model: None,
-            stream: false,
-            include_usage: false,
-            authorization: headers.get("authorization").cloned(),
-            x_api_key: headers.get("x-api-key").cloned(),
-            api_key: headers.get("api-key").cloned(),
-            x_goog_api_key: headers.get("x-goog-api-key").cloned(),
-            x_amz_date: headers.get("x-amz-date").cloned(),
-            x_amz_security_token: headers.get("x-amz-security-token").cloned(),
-            x_amz_content_sha256: headers.get("x-amz-content-sha256").cloned(),
-            anthropic_version: headers.get("anthropic-version").cloned(),
-            accept_encoding: headers.get("accept-encoding").cloned(),
-            content_length: headers.get("content-length").cloned(),
-            status: reply.status(),
-            body_bytes: body.len(),
-            body_json: None,
-        }
-    }
-}
-
 impl Stats {
-    pub fn record(
-        &self,
-        path: &str,
-        query: Option<&str>,
-        headers: &HashMap<String, String>,
-        body: &[u8],
-        reply: &Reply,
-    ) {
-        let peek: Peek = serde_json::from_slice(body).unwrap_or_default();
-        let mut seen = Seen::new(path, query, headers, body, reply);
-        seen.model = peek.model;
-        seen.stream = peek.stream.unwrap_or(false);
-        seen.include_usage = peek.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
-        self.push(seen);
-    }
-
-    /// A request on a Gemini path: the model and streaming are the path's; the body is kept.
-    pub fn record_gemini(
-        &self,
-        path: &str,
-        query: Option<&str>,
-        headers: &HashMap<String, String>,
-        body: &[u8],
-        reply: &Reply,
-        target: &Target,
-    ) {
-        let mut seen = Seen::new(path, query, headers, body, reply);
-        seen.model = target.model().map(str::to_owned);
-        seen.stream = target.stream();
-        seen.body_json = serde_json::from_slice(body).ok();
-        self.push(seen);
-    }
-
-    /// A request on a Bedrock path: the (decoded) model and streaming are the path's; the body is kept.
-    pub fn record_bedrock(
-        &self,
-        path: &str,
-        query: Option<&str>,
-        headers: &HashMap<String, String>,
-        body: &[u8],
-        reply: &Reply,
-        target: &bedrock::Target,
-    ) {
-        let mut seen = Seen::new(path, query, headers, body, reply);
-        seen.model = target.model().map(str::to_owned);
-        seen.stream = target.stream();
-        seen.body_json = serde_json::from_slice(body).ok();
-        self.push(seen);
+    /// Records a request and the status it got. On a path that names its model (`target`), the
+    /// model and streaming are the path's and the body is kept; elsewhere they are the body's.
+    pub fn record(&self, received: &Received, reply: &Reply, target: Option<&Target>) {
+        let (model, stream, include_usage, body_json) = match target {
+            Some(target) => (target.model().map(str::to_owned), target.stream(), false, received.json()),
+            None => {
+                let peek: Peek = serde_json::from_slice(&received.body).unwrap_or_default();
+                let include_usage = peek.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
+                (peek.model, peek.stream.unwrap_or(false), include_usage, None)
+            }
+        };
+        let header = |name: &str| received.header(name).map(str::to_owned);
+        self.push(Seen {
+            path: received.path.clone(),
+            query: received.query.clone(),
+            model,
+            stream,
+            include_usage,
+            authorization: header("authorization"),
+            x_api_key: header("x-api-key"),
+            api_key: header("api-key"),
+            x_goog_api_key: header("x-goog-api-key"),
+            x_amz_date: header("x-amz-date"),
+            x_amz_security_token: header("x-amz-security-token"),
+            x_amz_content_sha256: header("x-amz-content-sha256"),
+            anthropic_version: header("anthropic-version"),
+            accept_encoding: header("accept-encoding"),
+            content_length: header("content-length"),
+            status: reply.status(),
+            body_bytes: received.body.len(),
+            body_json,
+        });
     }
 
     fn push(&self, seen: Seen) {

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use serde_json::{Value, json};
 use sluice_mock_provider::{Config, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -45,25 +46,126 @@ async fn request_with_head(
     if !head.contains("transfer-encoding: chunked") {
         return (status, head, rest.to_vec(), complete);
     }
-    match dechunk(rest) {
-        Some(b) => (status, head, b, complete),
-        None => (status, head, rest.to_vec(), false),
-    }
+    let (body, terminated) = dechunk(rest);
+    (status, head, body, complete && terminated)
 }
 
-/// Decodes a chunked body (bytes: chunks may split UTF-8); None if it ends before the last chunk.
-fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
+/// Decodes a chunked body (bytes: chunks may split UTF-8): the chunks that arrived whole, and
+/// whether the last chunk arrived (a cut stream's never does).
+fn dechunk(mut rest: &[u8]) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
-    loop {
-        let eol = rest.windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).ok()?.trim(), 16).ok()?;
+    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&rest[..eol]).ok().and_then(|s| usize::from_str_radix(s.trim(), 16).ok());
+        let Some(size) = size else { break };
         if size == 0 {
-            return Some(out);
+            return (out, true);
         }
-        let data = rest.get(eol + 2..eol + 2 + size)?;
+        let Some(data) = rest.get(eol + 2..eol + 2 + size) else { break };
         out.extend_from_slice(data);
-        rest = rest.get(eol + 4 + size..)?;
+        let Some(next) = rest.get(eol + 4 + size..) else { break };
+        rest = next;
     }
+    (out, false)
+}
+
+/// The knobs for a usage's prompt, completion, cached and reasoning tokens.
+fn usage_knobs(
+    prompt: &'static str,
+    completion: &'static str,
+    cached: &'static str,
+    reasoning: &'static str,
+) -> [(&'static str, &'static str); 4] {
+    [
+        ("x-mock-prompt-tokens", prompt),
+        ("x-mock-completion-tokens", completion),
+        ("x-mock-cached-tokens", cached),
+        ("x-mock-reasoning-tokens", reasoning),
+    ]
+}
+
+fn parse(body: &[u8]) -> Value {
+    serde_json::from_slice(body).unwrap()
+}
+
+/// `request`'s JSON body, the status checked to be 200.
+async fn ok_json(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> Value {
+    let (status, raw, _) = request(addr, path, headers, body).await;
+    assert_eq!(status, 200, "{path}");
+    parse(&raw)
+}
+
+async fn stats(addr: std::net::SocketAddr) -> Value {
+    parse(&request(addr, "/mock/stats", &[], "").await.1)
+}
+
+/// What arrives of a stream the `x-mock-cut-after` knob in `headers` cuts, checking that it
+/// started with a 200 and never ended.
+async fn cut_stream(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> Vec<u8> {
+    let (status, raw, complete) = request(addr, path, headers, body).await;
+    assert_eq!(status, 200);
+    assert!(!complete, "the chunked body never terminates");
+    raw
+}
+
+/// A four-word stream split into 7-byte pieces (it must arrive whole), and what arrives of a
+/// six-word one cut after two events.
+async fn split_and_cut(addr: std::net::SocketAddr, path: &str, body: &str) -> (Vec<u8>, Vec<u8>) {
+    let split = [("x-mock-completion-tokens", "4"), ("x-mock-split-bytes", "7")];
+    let (_, whole, complete) = request(addr, path, &split, body).await;
+    assert!(complete);
+    let cut = [("x-mock-completion-tokens", "6"), ("x-mock-cut-after", "2")];
+    (whole, cut_stream(addr, path, &cut, body).await)
+}
+
+/// The answers to `x-mock-status` set to each of `codes` on each of `paths` (a non-streaming
+/// and a streaming one), their status checked: (the code, its name, the head, the JSON body).
+async fn forced_errors<'a>(
+    addr: std::net::SocketAddr,
+    paths: [&str; 2],
+    body: &str,
+    codes: &[(u16, &'a str)],
+) -> Vec<(u16, &'a str, String, Value)> {
+    let mut answers = Vec::new();
+    for &(code, name) in codes {
+        for path in paths {
+            let knob = code.to_string();
+            let (status, head, raw, _) = request_with_head(addr, path, &[("x-mock-status", &knob)], body).await;
+            assert_eq!(status, code);
+            answers.push((code, name, head, parse(&raw)));
+        }
+    }
+    answers
+}
+
+/// Without a configured key anything goes: a mock without one answers `path` with a 200.
+async fn answers_without_a_key(path: &str, body: &str) {
+    let addr = start(Config::default()).await;
+    let (status, _, _) = request(addr, path, &[], body).await;
+    assert_eq!(status, 200);
+}
+
+/// How the cap a request sets in `body(cap)` limits the answer's length, the default one or a
+/// knob's: for each case the JSON answer from `path` (status checked) as (the knobs and cap, the
+/// text expected, whether the cap cuts it short, the answer); then `stream_path`'s answer to a
+/// six-word stream capped at two.
+async fn capped_answers(
+    addr: std::net::SocketAddr,
+    path: &str,
+    stream_path: &str,
+    body: impl Fn(u64) -> String,
+) -> (Vec<(String, &'static str, bool, Value)>, Vec<u8>) {
+    let cases = [
+        (vec![], 3, "tok0 tok1 tok2", true),
+        (vec![("x-mock-completion-tokens", "10")], 4, "tok0 tok1 tok2 tok3", true),
+        (vec![("x-mock-completion-tokens", "2")], 5, "tok0 tok1", false),
+    ];
+    let mut answers = Vec::new();
+    for (headers, cap, text, cut) in cases {
+        let v = ok_json(addr, path, &headers, &body(cap)).await;
+        answers.push((format!("{headers:?} {cap}"), text, cut, v));
+    }
+    let (_, stream, _) = request(addr, stream_path, &[("x-mock-completion-tokens", "6")], &body(2)).await;
+    (answers, stream)
 }
 
 fn data_events(body: &[u8]) -> Vec<String> {
@@ -73,15 +175,13 @@ fn data_events(body: &[u8]) -> Vec<String> {
 #[tokio::test]
 async fn chat_usage_follows_the_knobs() {
     let addr = start(Config::default()).await;
-    let (status, body, _) = request(
+    let v = ok_json(
         addr,
         "/v1/chat/completions",
         &[("x-mock-prompt-tokens", "50"), ("x-mock-completion-tokens", "3"), ("x-mock-cached-tokens", "10")],
         r#"{"model":"gpt-4o","messages":[]}"#,
     )
     .await;
-    assert_eq!(status, 200);
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["choices"][0]["message"]["content"], "tok0 tok1 tok2");
     assert_eq!(v["usage"]["prompt_tokens"], 50);
     assert_eq!(v["usage"]["completion_tokens"], 3);
@@ -101,7 +201,7 @@ async fn streams_carry_usage_only_when_asked_and_match_the_full_text() {
     assert_eq!(&events[events.len() - 2], usage[0], "the usage chunk comes last, before [DONE]");
     let text: String = events[..events.len() - 1]
         .iter()
-        .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
         .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(text, "tok0 tok1 tok2 tok3");
@@ -112,10 +212,8 @@ async fn streams_carry_usage_only_when_asked_and_match_the_full_text() {
 #[tokio::test]
 async fn cut_streams_end_without_the_terminating_chunk() {
     let addr = start(Config::default()).await;
-    let (status, body, complete) =
-        request(addr, "/v1/chat/completions", &[("x-mock-cut-after", "3")], r#"{"model":"m","stream":true}"#).await;
-    assert_eq!(status, 200);
-    assert!(!complete, "the chunked body never terminates");
+    let body =
+        cut_stream(addr, "/v1/chat/completions", &[("x-mock-cut-after", "3")], r#"{"model":"m","stream":true}"#).await;
     let text = String::from_utf8_lossy(&body);
     assert!(!text.contains("[DONE]"));
     assert_eq!(text.matches("data: ").count(), 3, "exactly the first three events arrive");
@@ -132,8 +230,7 @@ async fn provider_keys_are_enforced_and_stats_count_served_requests() {
     assert_eq!(status, 200);
     let (status, _, _) = request(addr, "/v1/messages", &[("x-api-key", "ak")], r#"{"model":"c","max_tokens":5}"#).await;
     assert_eq!(status, 200);
-    let (_, stats, _) = request(addr, "/mock/stats", &[], "").await;
-    let stats: serde_json::Value = serde_json::from_slice(&stats).unwrap();
+    let stats = stats(addr).await;
     assert_eq!(stats["served"], 2);
     assert_eq!(stats["requests"][1]["authorization"], "Bearer pk");
 }
@@ -150,7 +247,7 @@ async fn anthropic_stream_events_in_order_with_usage() {
     .await;
     let types: Vec<String> = data_events(&body)
         .iter()
-        .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
         .filter_map(|v| v["type"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(
@@ -180,7 +277,7 @@ async fn errors_and_embeddings() {
     let (status, _, _) = request(addr, "/v1/chat/completions", &[], "{nope").await;
     assert_eq!(status, 400);
     let (_, body, _) = request(addr, "/v1/embeddings", &[], r#"{"model":"e","input":["a","b","c"]}"#).await;
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let v = parse(&body);
     assert_eq!(v["data"].as_array().unwrap().len(), 3);
 }
 
@@ -194,19 +291,15 @@ fn azure_key() -> Config {
 async fn azure_classic_path_answers_as_the_deployment_and_records_the_query() {
     let addr = start(azure_key()).await;
     let path = "/openai/deployments/my-gpt/chat/completions?api-version=2024-10-21";
-    let (status, body, _) =
-        request(addr, path, &[("api-key", "zk"), ("x-mock-completion-tokens", "2")], r#"{"messages":[]}"#).await;
-    assert_eq!(status, 200);
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let v = ok_json(addr, path, &[("api-key", "zk"), ("x-mock-completion-tokens", "2")], r#"{"messages":[]}"#).await;
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["model"], "my-gpt", "no body model: the deployment answers");
     assert_eq!(v["choices"][0]["message"]["content"], "tok0 tok1");
     assert_eq!(v["usage"]["completion_tokens"], 2);
     let (_, body, _) = request(addr, path, &[("api-key", "zk")], r#"{"model":"gpt-4o","messages":[]}"#).await;
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let v = parse(&body);
     assert_eq!(v["model"], "gpt-4o", "a body model is echoed as on OpenAI's paths");
-    let (_, stats, _) = request(addr, "/mock/stats", &[], "").await;
-    let stats: serde_json::Value = serde_json::from_slice(&stats).unwrap();
+    let stats = stats(addr).await;
     assert_eq!(stats["served"], 2);
     assert_eq!(stats["requests"][0]["path"], "/openai/deployments/my-gpt/chat/completions");
     assert_eq!(stats["requests"][0]["query"], "api-version=2024-10-21");
@@ -227,10 +320,9 @@ async fn azure_classic_path_without_api_version_is_not_found() {
         (status, body.as_slice()),
         (404, br#"{"error":{"code":"404","message":"Resource not found"}}"#.as_slice())
     );
-    let (_, stats, _) = request(addr, "/mock/stats", &[], "").await;
-    let stats: serde_json::Value = serde_json::from_slice(&stats).unwrap();
+    let stats = stats(addr).await;
     assert_eq!(stats["served"], 0);
-    assert_eq!(stats["requests"][0]["query"], serde_json::Value::Null);
+    assert_eq!(stats["requests"][0]["query"], Value::Null);
 }
 
 #[tokio::test]
@@ -240,8 +332,8 @@ async fn azure_paths_take_only_the_api_key_header() {
     for headers in [vec![], vec![("api-key", "wrong")], vec![("authorization", "Bearer zk")]] {
         let (status, body, _) = request(addr, path, &headers, r#"{"messages":[]}"#).await;
         assert_eq!(status, 401, "{headers:?}");
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(v, serde_json::json!({"error": {"code": "401", "message": AZURE_DENIED}}));
+        let v = parse(&body);
+        assert_eq!(v, json!({"error": {"code": "401", "message": AZURE_DENIED}}));
     }
     // The OpenAI paths still want their own key as a bearer token, not Azure's.
     let (status, _, _) = request(addr, "/v1/chat/completions", &[("api-key", "zk")], r#"{"model":"m"}"#).await;
@@ -254,10 +346,8 @@ async fn azure_paths_take_only_the_api_key_header() {
 #[tokio::test]
 async fn azure_v1_form_needs_a_model_but_no_api_version() {
     let addr = start(azure_key()).await;
-    let (status, body, _) =
-        request(addr, "/openai/v1/chat/completions", &[("api-key", "zk")], r#"{"model":"dep","messages":[]}"#).await;
-    assert_eq!(status, 200);
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let v =
+        ok_json(addr, "/openai/v1/chat/completions", &[("api-key", "zk")], r#"{"model":"dep","messages":[]}"#).await;
     assert_eq!((v["object"].as_str(), v["model"].as_str()), (Some("chat.completion"), Some("dep")));
     let (status, _, _) = request(
         addr,
@@ -282,8 +372,7 @@ async fn azure_streams_and_knobs_match_openai() {
     assert_eq!(status, 200);
     let events = data_events(&raw);
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<serde_json::Value> =
-        events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
     assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk" && c["model"] == "d"));
     let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
     assert_eq!(text, "tok0 tok1 tok2");
@@ -295,15 +384,13 @@ async fn azure_streams_and_knobs_match_openai() {
 #[tokio::test]
 async fn azure_embeddings() {
     let addr = start(azure_key()).await;
-    let (status, body, _) = request(
+    let v = ok_json(
         addr,
         "/openai/deployments/emb/embeddings?api-version=2024-10-21",
         &[("api-key", "zk")],
         r#"{"input":["a","b"]}"#,
     )
     .await;
-    assert_eq!(status, 200);
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!((v["object"].as_str(), v["model"].as_str()), (Some("list"), Some("emb")));
     assert_eq!(v["data"].as_array().unwrap().len(), 2);
     let (status, _, _) =
@@ -312,7 +399,7 @@ async fn azure_embeddings() {
 }
 
 /// A Responses stream's events as (the `event:` name, the `data:` JSON), in order.
-fn named_events(body: &[u8]) -> Vec<(String, serde_json::Value)> {
+fn named_events(body: &[u8]) -> Vec<(String, Value)> {
     String::from_utf8_lossy(body)
         .split("\n\n")
         .filter(|block| !block.trim().is_empty())
@@ -326,15 +413,8 @@ fn named_events(body: &[u8]) -> Vec<(String, serde_json::Value)> {
 #[tokio::test]
 async fn responses_usage_and_text_follow_the_knobs() {
     let addr = start(Config::default()).await;
-    let knobs = [
-        ("x-mock-prompt-tokens", "50"),
-        ("x-mock-completion-tokens", "3"),
-        ("x-mock-cached-tokens", "10"),
-        ("x-mock-reasoning-tokens", "2"),
-    ];
-    let (status, body, _) = request(addr, "/v1/responses", &knobs, r#"{"model":"gpt-4.1","input":"hi"}"#).await;
-    assert_eq!(status, 200);
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let knobs = usage_knobs("50", "3", "10", "2");
+    let v = ok_json(addr, "/v1/responses", &knobs, r#"{"model":"gpt-4.1","input":"hi"}"#).await;
     assert_eq!(
         (v["object"].as_str(), v["status"].as_str(), v["model"].as_str()),
         (Some("response"), Some("completed"), Some("gpt-4.1"))
@@ -343,24 +423,18 @@ async fn responses_usage_and_text_follow_the_knobs() {
     let message = &v["output"][0];
     assert_eq!((message["type"].as_str(), message["role"].as_str()), (Some("message"), Some("assistant")));
     assert!(message["id"].as_str().unwrap().starts_with("msg_"));
-    assert_eq!(
-        message["content"],
-        serde_json::json!([{"type": "output_text", "text": "tok0 tok1 tok2", "annotations": []}])
-    );
+    assert_eq!(message["content"], json!([{"type": "output_text", "text": "tok0 tok1 tok2", "annotations": []}]));
     assert_eq!(
         v["usage"],
-        serde_json::json!({
+        json!({
             "input_tokens": 50, "input_tokens_details": {"cached_tokens": 10},
             "output_tokens": 3, "output_tokens_details": {"reasoning_tokens": 2}, "total_tokens": 53,
         })
     );
     // The bare path answers too; max_output_tokens caps the default length as max_tokens does.
-    let (status, body, _) = request(addr, "/responses", &[], r#"{"model":"m","input":[],"max_output_tokens":2}"#).await;
-    assert_eq!(status, 200);
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let v = ok_json(addr, "/responses", &[], r#"{"model":"m","input":[],"max_output_tokens":2}"#).await;
     assert_eq!(v["output"][0]["content"][0]["text"], "tok0 tok1");
-    let (_, stats, _) = request(addr, "/mock/stats", &[], "").await;
-    let stats: serde_json::Value = serde_json::from_slice(&stats).unwrap();
+    let stats = stats(addr).await;
     assert_eq!(stats["served"], 2);
     assert_eq!(stats["by_path"]["/v1/responses"], 1);
     assert_eq!(stats["requests"][0]["model"], "gpt-4.1");
@@ -372,30 +446,25 @@ async fn responses_errors_are_openai_shaped() {
     let auth = ("authorization", "Bearer pk");
     let (status, body, _) = request(addr, "/v1/responses", &[auth], r#"{"input":"hi"}"#).await;
     assert_eq!(status, 400);
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let v = parse(&body);
     assert_eq!(v["error"]["message"], "you must provide a model parameter");
     for headers in [vec![], vec![("authorization", "Bearer wrong")]] {
         let (status, body, _) = request(addr, "/v1/responses", &headers, r#"{"model":"m"}"#).await;
         assert_eq!(status, 401, "{headers:?}");
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let v = parse(&body);
         assert_eq!(v["error"]["code"], "invalid_api_key");
     }
     let (status, body, _) =
         request(addr, "/v1/responses", &[auth, ("x-mock-status", "429")], r#"{"model":"m","stream":true}"#).await;
     assert_eq!(status, 429);
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let v = parse(&body);
     assert_eq!(v["error"]["type"], "api_error");
 }
 
 #[tokio::test]
 async fn responses_stream_events_in_order_with_usage_last() {
     let addr = start(Config::default()).await;
-    let knobs = [
-        ("x-mock-prompt-tokens", "9"),
-        ("x-mock-completion-tokens", "3"),
-        ("x-mock-cached-tokens", "4"),
-        ("x-mock-reasoning-tokens", "1"),
-    ];
+    let knobs = usage_knobs("9", "3", "4", "1");
     let (status, body, complete) =
         request(addr, "/v1/responses", &knobs, r#"{"model":"m","input":"hi","stream":true}"#).await;
     assert_eq!((status, complete), (200, true));
@@ -422,7 +491,7 @@ async fn responses_stream_events_in_order_with_usage_last() {
     }
     let created = &events[0].1["response"];
     assert_eq!((created["status"].as_str(), created["usage"].is_null()), (Some("in_progress"), true));
-    assert_eq!(created["output"], serde_json::json!([]));
+    assert_eq!(created["output"], json!([]));
     let text: String = events
         .iter()
         .filter(|(name, _)| name == "response.output_text.delta")
@@ -435,7 +504,7 @@ async fn responses_stream_events_in_order_with_usage_last() {
     assert_eq!(done["output"][0]["content"][0]["text"], "tok0 tok1 tok2");
     assert_eq!(
         done["usage"],
-        serde_json::json!({
+        json!({
             "input_tokens": 9, "input_tokens_details": {"cached_tokens": 4},
             "output_tokens": 3, "output_tokens_details": {"reasoning_tokens": 1}, "total_tokens": 12,
         })
@@ -455,9 +524,7 @@ async fn responses_streams_chunk_split_and_cut_like_chat() {
         .map(|(_, d)| d["delta"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(deltas, ["tök0 tök1", " tök2 tök3", " tök4"]);
-    let (status, raw, complete) = request(addr, "/v1/responses", &[("x-mock-cut-after", "4")], body).await;
-    assert_eq!(status, 200);
-    assert!(!complete, "the chunked body never terminates");
+    let raw = cut_stream(addr, "/v1/responses", &[("x-mock-cut-after", "4")], body).await;
     let text = String::from_utf8_lossy(&raw);
     assert_eq!(text.matches("event: ").count(), 4, "exactly the first four events arrive");
     assert!(!text.contains("response.completed") && !text.contains("input_tokens"));
@@ -473,14 +540,9 @@ fn gemini_key() -> Config {
     Config { gemini_key: Some("gk".into()), openai_key: Some("pk".into()), ..Config::default() }
 }
 
-async fn stats(addr: std::net::SocketAddr) -> serde_json::Value {
-    let (_, stats, _) = request(addr, "/mock/stats", &[], "").await;
-    serde_json::from_slice(&stats).unwrap()
-}
-
 /// The JSON of each event of a Gemini SSE stream, checking its framing: `data: ` lines only,
 /// each event ended by CRLF CRLF.
-fn gemini_events(body: &[u8]) -> Vec<serde_json::Value> {
+fn gemini_events(body: &[u8]) -> Vec<Value> {
     let text = String::from_utf8(body.to_vec()).unwrap();
     assert!(text.ends_with("\r\n\r\n"), "{text:?}");
     text.split_terminator("\r\n\r\n")
@@ -494,35 +556,26 @@ fn gemini_events(body: &[u8]) -> Vec<serde_json::Value> {
 #[tokio::test]
 async fn gemini_generate_content_follows_the_knobs_and_records_the_body() {
     let addr = start(gemini_key()).await;
-    let knobs = [
-        ("x-goog-api-key", "gk"),
-        ("x-mock-prompt-tokens", "50"),
-        ("x-mock-completion-tokens", "3"),
-        ("x-mock-cached-tokens", "10"),
-        ("x-mock-reasoning-tokens", "2"),
-    ];
+    let knobs = [&[("x-goog-api-key", "gk")][..], &usage_knobs("50", "3", "10", "2")].concat();
     let sent = r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}],"systemInstruction":{"parts":[{"text":"Be brief."}]},"generationConfig":{"maxOutputTokens":40,"temperature":0.5}}"#;
     let (status, head, body, _) = request_with_head(addr, GEMINI, &knobs, sent).await;
     assert_eq!(status, 200);
     assert!(head.contains("content-type: application/json"));
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let v = parse(&body);
     assert_eq!(
         v["candidates"],
-        serde_json::json!([{"content": {"parts": [{"text": "tok0 tok1 tok2"}], "role": "model"},
+        json!([{"content": {"parts": [{"text": "tok0 tok1 tok2"}], "role": "model"},
             "finishReason": "STOP", "index": 0}])
     );
     assert_eq!(
         v["usageMetadata"],
-        serde_json::json!({"promptTokenCount": 50, "candidatesTokenCount": 3, "totalTokenCount": 55,
+        json!({"promptTokenCount": 50, "candidatesTokenCount": 3, "totalTokenCount": 55,
             "cachedContentTokenCount": 10, "thoughtsTokenCount": 2})
     );
     assert_eq!(v["modelVersion"], "gemini-2.5-flash", "the model is the path's");
     assert!(v["responseId"].as_str().is_some_and(|id| !id.is_empty()));
     // Without cache or thoughts their counts are absent; /v1/ answers too; 16 words by default.
-    let (status, body, _) =
-        request(addr, "/v1/models/gemini-pro:generateContent", &[("x-goog-api-key", "gk")], GEMINI_BODY).await;
-    assert_eq!(status, 200);
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let v = ok_json(addr, "/v1/models/gemini-pro:generateContent", &[("x-goog-api-key", "gk")], GEMINI_BODY).await;
     let usage = v["usageMetadata"].as_object().unwrap();
     assert_eq!(usage.keys().collect::<Vec<_>>(), ["candidatesTokenCount", "promptTokenCount", "totalTokenCount"]);
     assert_eq!((usage["candidatesTokenCount"].as_u64(), v["modelVersion"].as_str()), (Some(16), Some("gemini-pro")));
@@ -532,7 +585,7 @@ async fn gemini_generate_content_follows_the_knobs_and_records_the_body() {
     assert_eq!((seen["path"].as_str(), seen["query"].as_str()), (Some(GEMINI), None));
     assert_eq!((seen["model"].as_str(), seen["stream"].as_bool()), (Some("gemini-2.5-flash"), Some(false)));
     assert_eq!(seen["x_goog_api_key"], "gk");
-    assert_eq!(seen["authorization"], serde_json::Value::Null);
+    assert_eq!(seen["authorization"], Value::Null);
     assert_eq!(seen["body_json"]["systemInstruction"]["parts"][0]["text"], "Be brief.");
     assert_eq!(seen["body_json"]["generationConfig"]["maxOutputTokens"], 40);
     assert_eq!(stats["by_path"]["/v1/models/gemini-pro:generateContent"], 1);
@@ -541,12 +594,12 @@ async fn gemini_generate_content_follows_the_knobs_and_records_the_body() {
 #[tokio::test]
 async fn gemini_wants_its_key_in_the_header_or_the_query() {
     let addr = start(gemini_key()).await;
-    let invalid = serde_json::json!({"error": {"code": 400,
+    let invalid = json!({"error": {"code": 400,
         "message": "API key not valid. Please pass a valid API key.", "status": "INVALID_ARGUMENT"}});
     for headers in [vec![], vec![("x-goog-api-key", "wrong")], vec![("authorization", "Bearer gk")]] {
         let (status, body, _) = request(addr, GEMINI, &headers, GEMINI_BODY).await;
         assert_eq!(status, 400, "{headers:?}");
-        assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap(), invalid);
+        assert_eq!(parse(&body), invalid);
     }
     let (status, _, _) = request(addr, &format!("{GEMINI}?key=wrong"), &[], GEMINI_BODY).await;
     assert_eq!(status, 400);
@@ -558,17 +611,14 @@ async fn gemini_wants_its_key_in_the_header_or_the_query() {
     assert_eq!(stats["served"], 2);
     assert_eq!(stats["requests"][4]["query"], "key=gk");
     assert_eq!(stats["requests"][5]["query"], "alt=sse");
-    // Without a configured key anything goes.
-    let addr = start(Config::default()).await;
-    let (status, _, _) = request(addr, GEMINI, &[], GEMINI_BODY).await;
-    assert_eq!(status, 200);
+    answers_without_a_key(GEMINI, GEMINI_BODY).await;
 }
 
 #[tokio::test]
 async fn gemini_refuses_bad_bodies_and_unknown_methods_in_googles_words() {
     let addr = start(Config::default()).await;
-    let error = |body: &[u8]| serde_json::from_slice::<serde_json::Value>(body).unwrap()["error"].clone();
-    let no_contents = serde_json::json!({"code": 400,
+    let error = |body: &[u8]| serde_json::from_slice::<Value>(body).unwrap()["error"].clone();
+    let no_contents = json!({"code": 400,
         "message": "* GenerateContentRequest.contents: contents is not specified\n", "status": "INVALID_ARGUMENT"});
     for body in ["", "{}", r#"{"contents":[]}"#, r#"{"generationConfig":{"maxOutputTokens":5}}"#] {
         let (status, raw, _) = request(addr, GEMINI, &[], body).await;
@@ -589,9 +639,7 @@ async fn gemini_refuses_bad_bodies_and_unknown_methods_in_googles_words() {
     }
     // Proto's own field names are accepted as well as the JSON names.
     let snake = r#"{"contents":[{"parts":[{"text":"x"}]}],"system_instruction":{"parts":[{"text":"s"}]},"generation_config":{"max_output_tokens":2}}"#;
-    let (status, raw, _) = request(addr, GEMINI, &[], snake).await;
-    assert_eq!(status, 200);
-    let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let v = ok_json(addr, GEMINI, &[], snake).await;
     assert_eq!(v["candidates"][0]["content"]["parts"][0]["text"], "tok0 tok1");
     for path in [
         "/v1beta/models/gemini-2.5-flash:countTokens",
@@ -612,13 +660,7 @@ async fn gemini_refuses_bad_bodies_and_unknown_methods_in_googles_words() {
 #[tokio::test]
 async fn gemini_streams_crlf_framed_events_with_cumulative_usage() {
     let addr = start(Config::default()).await;
-    let knobs = [
-        ("x-mock-prompt-tokens", "9"),
-        ("x-mock-completion-tokens", "5"),
-        ("x-mock-chunk-tokens", "2"),
-        ("x-mock-cached-tokens", "4"),
-        ("x-mock-reasoning-tokens", "3"),
-    ];
+    let knobs = [&[("x-mock-chunk-tokens", "2")][..], &usage_knobs("9", "5", "4", "3")].concat();
     let (status, head, body, complete) = request_with_head(addr, GEMINI_SSE, &knobs, GEMINI_BODY).await;
     assert_eq!((status, complete), (200, true));
     assert!(head.contains("content-type: text/event-stream"));
@@ -635,7 +677,7 @@ async fn gemini_streams_crlf_framed_events_with_cumulative_usage() {
         assert_eq!(event["responseId"], events[0]["responseId"]);
         assert_eq!(
             event["usageMetadata"],
-            serde_json::json!({"promptTokenCount": 9, "candidatesTokenCount": so_far,
+            json!({"promptTokenCount": 9, "candidatesTokenCount": so_far,
                 "totalTokenCount": 9 + so_far + 3, "cachedContentTokenCount": 4, "thoughtsTokenCount": 3})
         );
     }
@@ -649,19 +691,13 @@ async fn gemini_streams_crlf_framed_events_with_cumulative_usage() {
 #[tokio::test]
 async fn gemini_streams_split_and_cut_like_chat() {
     let addr = start(Config::default()).await;
-    let split = [("x-mock-completion-tokens", "4"), ("x-mock-split-bytes", "7")];
-    let (_, body, complete) = request(addr, GEMINI_SSE, &split, GEMINI_BODY).await;
-    assert!(complete);
-    let text: String = gemini_events(&body)
+    let (split, cut) = split_and_cut(addr, GEMINI_SSE, GEMINI_BODY).await;
+    let text: String = gemini_events(&split)
         .iter()
         .map(|e| e["candidates"][0]["content"]["parts"][0]["text"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(text, "tök0 tök1 tök2 tök3");
-    let cut = [("x-mock-completion-tokens", "6"), ("x-mock-cut-after", "2")];
-    let (status, body, complete) = request(addr, GEMINI_SSE, &cut, GEMINI_BODY).await;
-    assert_eq!(status, 200);
-    assert!(!complete, "the chunked body never terminates");
-    let text = String::from_utf8_lossy(&body);
+    let text = String::from_utf8_lossy(&cut);
     assert_eq!(text.matches("data: ").count(), 2, "exactly the first two events arrive");
     assert!(!text.contains("finishReason"));
     // Without alt=sse Google streams one JSON array.
@@ -670,7 +706,7 @@ async fn gemini_streams_split_and_cut_like_chat() {
         request_with_head(addr, path, &[("x-mock-completion-tokens", "3")], GEMINI_BODY).await;
     assert_eq!(status, 200);
     assert!(head.contains("content-type: application/json"));
-    let array: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+    let array: Vec<Value> = serde_json::from_slice(&body).unwrap();
     assert_eq!(array.len(), 3);
     assert_eq!(array[2]["candidates"][0]["finishReason"], "STOP");
 }
@@ -679,10 +715,8 @@ async fn gemini_streams_split_and_cut_like_chat() {
 async fn gemini_tool_call_knob_answers_with_a_function_call() {
     let addr = start(Config::default()).await;
     let body = r#"{"contents":[{"role":"user","parts":[{"text":"Weather in Paris?"}]}],"tools":[{"functionDeclarations":[{"name":"weather","parameters":{"type":"object"}}]}]}"#;
-    let call = serde_json::json!([{"functionCall": {"name": "weather", "args": {"city": "Paris"}}}]);
-    let (status, raw, _) = request(addr, GEMINI, &[("x-mock-tool-call", "weather")], body).await;
-    assert_eq!(status, 200);
-    let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let call = json!([{"functionCall": {"name": "weather", "args": {"city": "Paris"}}}]);
+    let v = ok_json(addr, GEMINI, &[("x-mock-tool-call", "weather")], body).await;
     assert_eq!(v["candidates"][0]["content"]["parts"], call);
     assert_eq!(v["candidates"][0]["finishReason"], "STOP");
     let (_, raw, _) = request(addr, GEMINI_SSE, &[("x-mock-tool-call", "weather")], body).await;
@@ -693,7 +727,7 @@ async fn gemini_tool_call_knob_answers_with_a_function_call() {
     assert_eq!(stats(addr).await["requests"][0]["body_json"]["tools"][0]["functionDeclarations"][0]["name"], "weather");
     // Without declared functions the knob is ignored.
     let (_, raw, _) = request(addr, GEMINI, &[("x-mock-tool-call", "weather")], GEMINI_BODY).await;
-    let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let v = parse(&raw);
     assert!(v["candidates"][0]["content"]["parts"][0]["text"].is_string());
 }
 
@@ -703,25 +737,18 @@ async fn gemini_max_output_tokens_cuts_the_answer_with_max_tokens() {
     let capped = |n: u64| {
         format!(r#"{{"contents":[{{"parts":[{{"text":"x"}}]}}],"generationConfig":{{"maxOutputTokens":{n}}}}}"#)
     };
-    let cases = [
-        (vec![], 3, "tok0 tok1 tok2", "MAX_TOKENS"),
-        (vec![("x-mock-completion-tokens", "10")], 4, "tok0 tok1 tok2 tok3", "MAX_TOKENS"),
-        (vec![("x-mock-completion-tokens", "2")], 5, "tok0 tok1", "STOP"),
-    ];
-    for (headers, cap, text, finish) in cases {
-        let (status, raw, _) = request(addr, GEMINI, &headers, &capped(cap)).await;
-        assert_eq!(status, 200);
-        let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let (answers, stream) = capped_answers(addr, GEMINI, GEMINI_SSE, capped).await;
+    for (case, text, cut, v) in answers {
+        let finish = if cut { "MAX_TOKENS" } else { "STOP" };
         let candidate = &v["candidates"][0];
         assert_eq!(
             (candidate["content"]["parts"][0]["text"].as_str(), candidate["finishReason"].as_str()),
             (Some(text), Some(finish)),
-            "{headers:?} {cap}"
+            "{case}"
         );
         assert_eq!(v["usageMetadata"]["candidatesTokenCount"], text.split(' ').count());
     }
-    let (_, raw, _) = request(addr, GEMINI_SSE, &[("x-mock-completion-tokens", "6")], &capped(2)).await;
-    let events = gemini_events(&raw);
+    let events = gemini_events(&stream);
     assert_eq!(events.len(), 2);
     assert_eq!(events[1]["candidates"][0]["finishReason"], "MAX_TOKENS");
     assert_eq!(events[1]["usageMetadata"]["candidatesTokenCount"], 2);
@@ -730,7 +757,7 @@ async fn gemini_max_output_tokens_cuts_the_answer_with_max_tokens() {
 #[tokio::test]
 async fn gemini_errors_are_googles() {
     let addr = start(Config::default()).await;
-    for (code, name) in [
+    let codes = [
         (429, "RESOURCE_EXHAUSTED"),
         (400, "INVALID_ARGUMENT"),
         (401, "UNAUTHENTICATED"),
@@ -739,21 +766,13 @@ async fn gemini_errors_are_googles() {
         (503, "UNAVAILABLE"),
         (500, "INTERNAL"),
         (502, "INTERNAL"),
-    ] {
-        let status_knob = code.to_string();
-        for path in [GEMINI, GEMINI_SSE] {
-            let (status, raw, _) = request(addr, path, &[("x-mock-status", &status_knob)], GEMINI_BODY).await;
-            assert_eq!(status, code);
-            let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
-            assert_eq!(
-                v,
-                serde_json::json!({"error": {"code": code, "message": format!("mock error {code}"), "status": name}})
-            );
-        }
+    ];
+    for (code, name, _, v) in forced_errors(addr, [GEMINI, GEMINI_SSE], GEMINI_BODY, &codes).await {
+        assert_eq!(v, json!({"error": {"code": code, "message": format!("mock error {code}"), "status": name}}));
     }
     let (status, raw, _) = request(addr, GEMINI, &[("x-mock-garbage", "1")], GEMINI_BODY).await;
     assert_eq!(status, 200);
-    assert!(serde_json::from_slice::<serde_json::Value>(&raw).is_err());
+    assert!(serde_json::from_slice::<Value>(&raw).is_err());
     assert_eq!(stats(addr).await["served"], 1);
 }
 
@@ -777,7 +796,7 @@ fn signed<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
 /// Decodes an AWS event stream into (`:event-type`, JSON payload), checking every message's
 /// lengths, both CRCs and its `:content-type`/`:message-type` headers; every byte must belong
 /// to a complete message.
-fn aws_events(mut body: &[u8]) -> Vec<(String, serde_json::Value)> {
+fn aws_events(mut body: &[u8]) -> Vec<(String, Value)> {
     let be32 = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
     let mut events = Vec::new();
     while !body.is_empty() {
@@ -799,7 +818,7 @@ fn aws_events(mut body: &[u8]) -> Vec<(String, serde_json::Value)> {
         }
         assert_eq!(headers[":content-type"], "application/json");
         assert_eq!(headers[":message-type"], "event");
-        let payload: serde_json::Value = serde_json::from_slice(&message[12 + headers_len..total - 4]).unwrap();
+        let payload: Value = serde_json::from_slice(&message[12 + headers_len..total - 4]).unwrap();
         assert!(payload["p"].as_str().is_some_and(|p| !p.is_empty()), "AWS's padding");
         events.push((headers[":event-type"].clone(), payload));
         body = &body[total..];
@@ -807,7 +826,7 @@ fn aws_events(mut body: &[u8]) -> Vec<(String, serde_json::Value)> {
     events
 }
 
-fn names(events: &[(String, serde_json::Value)]) -> Vec<&str> {
+fn names(events: &[(String, Value)]) -> Vec<&str> {
     events.iter().map(|(name, _)| name.as_str()).collect()
 }
 
@@ -827,10 +846,10 @@ async fn bedrock_converse_follows_the_knobs_and_records_the_body() {
     assert_eq!(status, 200);
     assert!(head.contains("content-type: application/json") && head.contains("x-amzn-requestid: "));
     assert!(!head.contains("x-amzn-errortype"));
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let v = parse(&body);
     assert_eq!(
         v,
-        serde_json::json!({
+        json!({
             "output": {"message": {"role": "assistant", "content": [{"text": "tok0 tok1 tok2"}]}},
             "stopReason": "end_turn",
             "usage": {"inputTokens": 35, "outputTokens": 3, "totalTokens": 53,
@@ -840,7 +859,7 @@ async fn bedrock_converse_follows_the_knobs_and_records_the_body() {
     );
     // 16 words by default, no cache.
     let (_, body, _) = request(addr, "/model/amazon.nova-lite-v1%3A0/converse", &SIGNED, CONVERSE_BODY).await;
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let v = parse(&body);
     assert_eq!((v["usage"]["outputTokens"].as_u64(), v["usage"]["cacheReadInputTokens"].as_u64()), (Some(16), Some(0)));
     let stats = stats(addr).await;
     assert_eq!(stats["served"], 2);
@@ -858,13 +877,13 @@ async fn bedrock_converse_follows_the_knobs_and_records_the_body() {
     assert_eq!(seen["body_json"]["system"][0]["text"], "Be brief.");
     assert_eq!(seen["body_json"]["inferenceConfig"]["maxTokens"], 40);
     assert_eq!(stats["requests"][1]["model"], "amazon.nova-lite-v1:0");
-    assert_eq!(stats["requests"][1]["x_amz_security_token"], serde_json::Value::Null);
+    assert_eq!(stats["requests"][1]["x_amz_security_token"], Value::Null);
 }
 
 #[tokio::test]
 async fn bedrock_wants_a_sigv4_signature_for_the_configured_key() {
     let addr = start(aws_key()).await;
-    let denied = serde_json::json!({"message": "The security token included in the request is invalid."});
+    let denied = json!({"message": "The security token included in the request is invalid."});
     let date = ("x-amz-date", "20250101T000000Z");
     let other_key = SIGV4.replace("AKIDEXAMPLE", "AKIDOTHER");
     let prefix_key = SIGV4.replace("AKIDEXAMPLE/", "AKIDEXAMPLE2/");
@@ -885,16 +904,13 @@ async fn bedrock_wants_a_sigv4_signature_for_the_configured_key() {
             let (status, head, body, _) = request_with_head(addr, path, &headers, CONVERSE_BODY).await;
             assert_eq!(status, 403, "{headers:?}");
             assert!(head.contains("x-amzn-errortype: unrecognizedclientexception"), "{head}");
-            assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap(), denied);
+            assert_eq!(parse(&body), denied);
         }
     }
     let (status, _, _) = request(addr, CONVERSE, &SIGNED, CONVERSE_BODY).await;
     assert_eq!(status, 200);
     assert_eq!(stats(addr).await["served"], 1);
-    // Without a configured key anything goes.
-    let addr = start(Config::default()).await;
-    let (status, _, _) = request(addr, CONVERSE, &[], CONVERSE_BODY).await;
-    assert_eq!(status, 200);
+    answers_without_a_key(CONVERSE, CONVERSE_BODY).await;
 }
 
 #[tokio::test]
@@ -919,7 +935,7 @@ async fn bedrock_refuses_bad_bodies_and_unknown_operations_in_aws_words() {
             let (status, head, raw, _) = request_with_head(addr, path, &[], body).await;
             assert_eq!(status, 400, "{body}");
             assert!(head.contains("x-amzn-errortype: validationexception"), "{body}");
-            let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+            let v = parse(&raw);
             assert!(v["message"].as_str().unwrap().contains(message), "{body}: {v}");
         }
     }
@@ -933,7 +949,7 @@ async fn bedrock_refuses_bad_bodies_and_unknown_operations_in_aws_words() {
         let (status, head, raw, _) = request_with_head(addr, path, &[], CONVERSE_BODY).await;
         assert_eq!(status, 404, "{path}");
         assert!(head.contains("x-amzn-errortype: unknownoperationexception"), "{path}");
-        assert!(serde_json::from_slice::<serde_json::Value>(&raw).unwrap()["message"].is_string());
+        assert!(parse(&raw)["message"].is_string());
     }
     // An ARN with its slash encoded is a model id like any other.
     let arn = "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fus.m/converse";
@@ -986,7 +1002,7 @@ async fn bedrock_streams_crc_checked_events_in_order() {
     assert_eq!(events[5].1["stopReason"], "end_turn");
     assert_eq!(
         events[6].1["usage"],
-        serde_json::json!({"inputTokens": 10, "outputTokens": 5, "totalTokens": 25,
+        json!({"inputTokens": 10, "outputTokens": 5, "totalTokens": 25,
             "cacheReadInputTokens": 4, "cacheWriteInputTokens": 6})
     );
     assert_eq!(events[6].1["metrics"]["latencyMs"], 12);
@@ -1001,26 +1017,11 @@ async fn bedrock_streams_crc_checked_events_in_order() {
 #[tokio::test]
 async fn bedrock_streams_split_and_cut_like_chat() {
     let addr = start(Config::default()).await;
-    let split = [("x-mock-completion-tokens", "4"), ("x-mock-split-bytes", "7")];
-    let (_, body, complete) = request(addr, CONVERSE_STREAM, &split, CONVERSE_BODY).await;
-    assert!(complete);
+    let (split, cut) = split_and_cut(addr, CONVERSE_STREAM, CONVERSE_BODY).await;
     let text: String =
-        aws_events(&body).iter().filter_map(|(_, e)| e["delta"]["text"].as_str().map(str::to_owned)).collect();
+        aws_events(&split).iter().filter_map(|(_, e)| e["delta"]["text"].as_str().map(str::to_owned)).collect();
     assert_eq!(text, "tök0 tök1 tök2 tök3");
-    let cut = [("x-mock-completion-tokens", "6"), ("x-mock-cut-after", "2")];
-    let (status, body, complete) = request(addr, CONVERSE_STREAM, &cut, CONVERSE_BODY).await;
-    assert_eq!(status, 200);
-    assert!(!complete, "the chunked body never terminates");
-    // An unterminated chunked body comes back raw: keep the chunks that arrived whole.
-    let mut rest = body.as_slice();
-    let mut arrived = Vec::new();
-    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16).unwrap();
-        let Some(data) = rest.get(eol + 2..eol + 2 + size) else { break };
-        arrived.extend_from_slice(data);
-        rest = &rest[(eol + 4 + size).min(rest.len())..];
-    }
-    assert_eq!(names(&aws_events(&arrived)), ["messageStart", "contentBlockDelta"], "exactly the first two messages");
+    assert_eq!(names(&aws_events(&cut)), ["messageStart", "contentBlockDelta"], "exactly the first two messages");
 }
 
 #[tokio::test]
@@ -1028,17 +1029,12 @@ async fn bedrock_tool_call_knob_answers_with_a_tool_use() {
     let addr = start(Config::default()).await;
     let body = r#"{"messages":[{"role":"user","content":[{"text":"Weather in Paris?"}]}],"toolConfig":{"tools":[{"toolSpec":{"name":"weather","inputSchema":{"json":{"type":"object"}}}}]}}"#;
     let knob = [("x-mock-tool-call", "weather"), ("x-mock-completion-tokens", "7")];
-    let (status, raw, _) = request(addr, CONVERSE, &knob, body).await;
-    assert_eq!(status, 200);
-    let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let v = ok_json(addr, CONVERSE, &knob, body).await;
     let content = v["output"]["message"]["content"].as_array().unwrap();
     assert_eq!(content.len(), 1);
     let tool_use = &content[0]["toolUse"];
     assert!(tool_use["toolUseId"].as_str().unwrap().starts_with("tooluse_"));
-    assert_eq!(
-        (tool_use["name"].as_str(), &tool_use["input"]),
-        (Some("weather"), &serde_json::json!({"city": "Paris"}))
-    );
+    assert_eq!((tool_use["name"].as_str(), &tool_use["input"]), (Some("weather"), &json!({"city": "Paris"})));
     assert_eq!((v["stopReason"].as_str(), v["usage"]["outputTokens"].as_u64()), (Some("tool_use"), Some(7)));
     let (_, raw, complete) = request(addr, CONVERSE_STREAM, &knob, body).await;
     assert!(complete);
@@ -1060,13 +1056,13 @@ async fn bedrock_tool_call_knob_answers_with_a_tool_use() {
     assert_eq!(start["start"]["toolUse"]["name"], "weather");
     assert!(start["start"]["toolUse"]["toolUseId"].as_str().unwrap().starts_with("tooluse_"));
     let input: String = events[2..4].iter().map(|(_, e)| e["delta"]["toolUse"]["input"].as_str().unwrap()).collect();
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&input).unwrap(), serde_json::json!({"city": "Paris"}));
+    assert_eq!(serde_json::from_str::<Value>(&input).unwrap(), json!({"city": "Paris"}));
     assert_eq!(events[5].1["stopReason"], "tool_use");
     assert_eq!(events[6].1["usage"]["outputTokens"], 7);
     assert_eq!(stats(addr).await["requests"][0]["body_json"]["toolConfig"]["tools"][0]["toolSpec"]["name"], "weather");
     // Without declared tools the knob is ignored.
     let (_, raw, _) = request(addr, CONVERSE, &knob, CONVERSE_BODY).await;
-    let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let v = parse(&raw);
     assert_eq!(
         (v["output"]["message"]["content"][0]["text"].is_string(), v["stopReason"].as_str()),
         (true, Some("end_turn"))
@@ -1081,24 +1077,17 @@ async fn bedrock_max_tokens_cuts_the_answer_with_max_tokens() {
             r#"{{"messages":[{{"role":"user","content":[{{"text":"x"}}]}}],"inferenceConfig":{{"maxTokens":{n}}}}}"#
         )
     };
-    let cases = [
-        (vec![], 3, "tok0 tok1 tok2", "max_tokens"),
-        (vec![("x-mock-completion-tokens", "10")], 4, "tok0 tok1 tok2 tok3", "max_tokens"),
-        (vec![("x-mock-completion-tokens", "2")], 5, "tok0 tok1", "end_turn"),
-    ];
-    for (headers, cap, text, stop) in cases {
-        let (status, raw, _) = request(addr, CONVERSE, &headers, &capped(cap)).await;
-        assert_eq!(status, 200);
-        let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let (answers, stream) = capped_answers(addr, CONVERSE, CONVERSE_STREAM, capped).await;
+    for (case, text, cut, v) in answers {
+        let stop = if cut { "max_tokens" } else { "end_turn" };
         assert_eq!(
             (v["output"]["message"]["content"][0]["text"].as_str(), v["stopReason"].as_str()),
             (Some(text), Some(stop)),
-            "{headers:?} {cap}"
+            "{case}"
         );
         assert_eq!(v["usage"]["outputTokens"], text.split(' ').count());
     }
-    let (_, raw, _) = request(addr, CONVERSE_STREAM, &[("x-mock-completion-tokens", "6")], &capped(2)).await;
-    let events = aws_events(&raw);
+    let events = aws_events(&stream);
     assert_eq!(names(&events).iter().filter(|n| **n == "contentBlockDelta").count(), 2);
     assert_eq!(events[events.len() - 2].1["stopReason"], "max_tokens");
     assert_eq!(events[events.len() - 1].1["usage"]["outputTokens"], 2);
@@ -1107,7 +1096,7 @@ async fn bedrock_max_tokens_cuts_the_answer_with_max_tokens() {
 #[tokio::test]
 async fn bedrock_errors_are_aws_json_even_on_streams() {
     let addr = start(Config::default()).await;
-    for (code, name) in [
+    let codes = [
         (429, "ThrottlingException"),
         (400, "ValidationException"),
         (403, "AccessDeniedException"),
@@ -1115,17 +1104,11 @@ async fn bedrock_errors_are_aws_json_even_on_streams() {
         (503, "ServiceUnavailableException"),
         (500, "InternalServerException"),
         (502, "InternalServerException"),
-    ] {
-        let status_knob = code.to_string();
-        for path in [CONVERSE, CONVERSE_STREAM] {
-            let (status, head, raw, _) =
-                request_with_head(addr, path, &[("x-mock-status", &status_knob)], CONVERSE_BODY).await;
-            assert_eq!(status, code);
-            assert!(head.contains("content-type: application/json"), "{head}");
-            assert!(head.contains(&format!("x-amzn-errortype: {}", name.to_ascii_lowercase())), "{head}");
-            let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
-            assert_eq!(v, serde_json::json!({"message": format!("mock error {code}")}));
-        }
+    ];
+    for (code, name, head, v) in forced_errors(addr, [CONVERSE, CONVERSE_STREAM], CONVERSE_BODY, &codes).await {
+        assert!(head.contains("content-type: application/json"), "{head}");
+        assert!(head.contains(&format!("x-amzn-errortype: {}", name.to_ascii_lowercase())), "{head}");
+        assert_eq!(v, json!({"message": format!("mock error {code}")}));
     }
     assert_eq!(stats(addr).await["served"], 0);
 }

@@ -1,0 +1,57 @@
+//! What every API reads of a request alike: the request as it arrived, and what a path that
+//! names its model (Gemini's, Bedrock's) asks for.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+/// A request as it arrived: its path, raw query string, headers (lowercase names) and body.
+pub struct Received {
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HashMap<String, String>,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    /// The values the query string gives `name`, in order (`name=value` pairs, not decoded).
+    pub fn query_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> {
+        let pairs = self.query.as_deref().map(|q| q.split('&')).into_iter().flatten();
+        pairs.filter_map(move |pair| pair.strip_prefix(name)?.strip_prefix('='))
+    }
+
+    /// The body as JSON, None when it is not.
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+/// What a path that names its model asks for (Gemini's `models/{model}:…`, Bedrock's
+/// `/model/{modelId}/…`): a generation by that model, streamed or not, or nothing it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Model {
+        model: String,
+        stream: bool,
+    },
+    /// Another method or operation, or a path without a usable model: the provider's 404.
+    NotFound,
+}
+
+impl Target {
+    pub fn model(&self) -> Option<&str> {
+        match self {
+            Target::Model { model, .. } => Some(model),
+            Target::NotFound => None,
+        }
+    }
+
+    pub fn stream(&self) -> bool {
+        matches!(self, Target::Model { stream: true, .. })
+    }
+}
