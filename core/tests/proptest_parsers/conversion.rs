@@ -6,8 +6,8 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::{Value, json};
 use sluice_core::conversion::Target;
-use sluice_core::conversion::anthropic_openai;
 use sluice_core::conversion::openai_anthropic::{StreamTranslator, error, request, response};
+use sluice_core::conversion::{anthropic_openai, openai_bedrock, openai_gemini};
 
 use crate::common::{config, hostile_bytes, json_value, split_at_points};
 
@@ -102,6 +102,125 @@ proptest! {
         prop_assert!(text.starts_with("event: message_start\n"));
         let ended = text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n") || text.contains("event: error\n");
         prop_assert!(ended, "the stream did not end: {}", text);
+        prop_assert_eq!(run(&split_at_points(&stream, &points)), whole);
+    }
+}
+
+/// Gemini streams (`alt=sse`, CRLF-framed) of response chunks with any text, finish reason and
+/// usage, and any JSON between them.
+fn gemini_stream() -> impl Strategy<Value = Vec<u8>> {
+    let chunk = prop_oneof![
+        3 => (".{0,12}", prop::option::of(prop_oneof![Just("STOP"), Just("MAX_TOKENS"), Just("SAFETY")]), 0u64..1000).prop_map(
+            |(text, finish, n)| json!({"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": finish}],
+                                       "usageMetadata": {"promptTokenCount": n, "candidatesTokenCount": n / 2}})
+        ),
+        1 => json_value(),
+    ];
+    prop::collection::vec(chunk, 0..10)
+        .prop_map(|chunks| chunks.iter().map(|c| format!("data: {c}\r\n\r\n")).collect::<String>().into_bytes())
+}
+
+/// One message of AWS's event stream, CRCs included.
+fn aws_message(event_type: &str, payload: &[u8]) -> Vec<u8> {
+    let mut headers = Vec::new();
+    for (name, value) in
+        [(":message-type", "event"), (":event-type", event_type), (":content-type", "application/json")]
+    {
+        headers.push(name.len() as u8);
+        headers.extend_from_slice(name.as_bytes());
+        headers.push(7);
+        headers.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        headers.extend_from_slice(value.as_bytes());
+    }
+    let total = (16 + headers.len() + payload.len()) as u32;
+    let mut out = total.to_be_bytes().to_vec();
+    out.extend_from_slice(&(headers.len() as u32).to_be_bytes());
+    let prelude_crc = crc32fast::hash(&out);
+    out.extend_from_slice(&prelude_crc.to_be_bytes());
+    out.extend_from_slice(&headers);
+    out.extend_from_slice(payload);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out
+}
+
+/// Bedrock ConverseStream: well-framed messages of its event types with any JSON payload, the
+/// occasional realistic one.
+fn bedrock_stream() -> impl Strategy<Value = Vec<u8>> {
+    let kind = prop_oneof![
+        Just("messageStart"),
+        Just("contentBlockStart"),
+        Just("contentBlockDelta"),
+        Just("contentBlockStop"),
+        Just("messageStop"),
+        Just("metadata"),
+        Just("other")
+    ];
+    let payload = prop_oneof![
+        json_value(),
+        ".{0,8}".prop_map(|t| json!({"contentBlockIndex": 0, "delta": {"text": t}})),
+        Just(json!({"stopReason": "end_turn"})),
+        (0u64..1000).prop_map(|n| json!({"usage": {"inputTokens": n, "outputTokens": n / 3}})),
+    ];
+    prop::collection::vec((kind, payload), 0..10).prop_map(|events| {
+        events.iter().flat_map(|(kind, payload)| aws_message(kind, payload.to_string().as_bytes())).collect()
+    })
+}
+
+/// An OpenAI stream a translator wrote: `data:` events, exactly one `[DONE]`, last.
+fn ends_once_with_done(out: &[u8]) -> Result<(), TestCaseError> {
+    let text = String::from_utf8(out.to_vec()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    prop_assert_eq!(text.matches("data: [DONE]\n\n").count(), 1, "{}", text);
+    prop_assert!(text.ends_with("data: [DONE]\n\n"));
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    #[test]
+    fn gemini_translation_never_panics_and_cuts_make_no_difference(
+        body in prop_oneof![chat_request(), hostile_bytes()],
+        answer in prop_oneof![json_value().prop_map(|v| v.to_string().into_bytes()), hostile_bytes()],
+        stream in prop_oneof![gemini_stream(), hostile_bytes()],
+        points in prop::collection::vec(any::<Index>(), 0..6),
+    ) {
+        if let Ok(translated) = openai_gemini::request(&body, &TARGET) {
+            let sent: Value = serde_json::from_slice(&translated.body).unwrap();
+            prop_assert!(sent["contents"].is_array() && sent.get("model").is_none());
+        }
+        let _ = openai_gemini::response(&answer, "m", 0);
+        let e: Value = serde_json::from_slice(&openai_gemini::error(&answer)).unwrap();
+        prop_assert!(e["error"]["message"].is_string());
+        let run = |pieces: &[&[u8]]| {
+            let mut t = openai_gemini::StreamTranslator::new("m", 0, true);
+            run_stream(|chunk, end| t.feed(chunk, end), pieces)
+        };
+        let whole = run(&[&stream]);
+        ends_once_with_done(&whole)?;
+        prop_assert_eq!(run(&split_at_points(&stream, &points)), whole);
+    }
+
+    #[test]
+    fn bedrock_translation_never_panics_and_cuts_make_no_difference(
+        body in prop_oneof![chat_request(), hostile_bytes()],
+        answer in prop_oneof![json_value().prop_map(|v| v.to_string().into_bytes()), hostile_bytes()],
+        stream in prop_oneof![bedrock_stream(), hostile_bytes()],
+        points in prop::collection::vec(any::<Index>(), 0..6),
+    ) {
+        if let Ok(translated) = openai_bedrock::request(&body, &TARGET) {
+            let sent: Value = serde_json::from_slice(&translated.body).unwrap();
+            prop_assert!(sent["messages"].is_array() && sent["inferenceConfig"]["maxTokens"].is_u64());
+        }
+        let _ = openai_bedrock::response(&answer, "m", 0);
+        let e: Value = serde_json::from_slice(&openai_bedrock::error(&answer, 429)).unwrap();
+        prop_assert!(e["error"]["message"].is_string());
+        let run = |pieces: &[&[u8]]| {
+            let mut t = openai_bedrock::StreamTranslator::new("m", 0, true);
+            run_stream(|chunk, end| t.feed(chunk, end), pieces)
+        };
+        let whole = run(&[&stream]);
+        ends_once_with_done(&whole)?;
         prop_assert_eq!(run(&split_at_points(&stream, &points)), whole);
     }
 }
