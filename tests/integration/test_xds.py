@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import NATIVE, cost, filter_stat_name, free_port, model_entry, stop_all
+from conftest import AWS_ACCESS_KEY_ID, NATIVE, cost, filter_stat_name, free_port, model_entry, stop_all
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello there"}]}
 
@@ -58,8 +58,10 @@ class Fleet:
         self.openai_key = "mock-openai-" + os.urandom(8).hex()
         self.master_key = "sk-master-" + os.urandom(16).hex()
         self.azure_key = "mock-azure-" + os.urandom(8).hex()
+        self.gemini_key = "mock-gemini-" + os.urandom(8).hex()
         self.env = {**os.environ, "MOCK_OPENAI_KEY": self.openai_key, "MOCK_ANTHROPIC_KEY": "unused",
-                    "MOCK_AZURE_KEY": self.azure_key, "SLUICE_MASTER_KEY": self.master_key}
+                    "MOCK_AZURE_KEY": self.azure_key, "MOCK_GEMINI_KEY": self.gemini_key,
+                    "SLUICE_MASTER_KEY": self.master_key}
         self.admin_port = free_port()
         self.xds_port = free_port()
         self.metrics_port = free_port()
@@ -67,7 +69,8 @@ class Fleet:
         self.envoys = []
         self.procs = []
         mock = subprocess.Popen([self.bins["SLUICE_MOCK"], "--listen", "127.0.0.1:0", "--openai-key", self.openai_key,
-                                 "--anthropic-key", "unused", "--azure-key", self.azure_key],
+                                 "--anthropic-key", "unused", "--azure-key", self.azure_key,
+                                 "--gemini-key", self.gemini_key, "--aws-access-key-id", AWS_ACCESS_KEY_ID],
                                 stdout=subprocess.PIPE, text=True)
         self.procs.append(mock)
         match = re.search(r"listening on 127\.0\.0\.1:(\d+)", mock.stdout.readline())
@@ -78,6 +81,12 @@ class Fleet:
                 model_entry("gpt-4o", "openai/gpt-4o", f"{self.mock_url}/v1", "MOCK_OPENAI_KEY", "gpt-4o-a"),
                 model_entry("gpt-4o-mini", "openai/gpt-4o-mini", f"{self.mock_url}/v1", "MOCK_OPENAI_KEY", "mini"),
                 model_entry("azure-gpt", "azure/gpt4o-prod", self.mock_url, "MOCK_AZURE_KEY", "azure-east"),
+                model_entry("gemini-flash", "gemini/gemini-2.5-flash", self.mock_url, "MOCK_GEMINI_KEY", "gemini"),
+                # No key: the Envoys sign Bedrock's requests with their own AWS credentials.
+                {"model_name": "bedrock-claude",
+                 "litellm_params": {"model": "bedrock/anthropic.claude-3-haiku-20240307-v1:0", "api_base": self.mock_url,
+                                    "aws_region_name": "us-west-2"},
+                 "model_info": {"id": "bedrock", "input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}},
             ],
             "general_settings": {"master_key": "os.environ/SLUICE_MASTER_KEY"},
         }
@@ -183,8 +192,10 @@ class Envoy:
 
     def start(self):
         self.log_path = self.fleet.workdir / f"{self.node_id}-{time.time_ns()}.log"
-        # The Envoy gets no provider credential: those come from the control plane over SDS.
+        # The Envoy gets no provider credential: those come from the control plane over SDS. It
+        # has its own AWS identity (as from EKS's IRSA), with which it signs Bedrock's requests.
         env = {k: v for k, v in os.environ.items() if not k.startswith("MOCK_")}
+        env.update({"AWS_ACCESS_KEY_ID": AWS_ACCESS_KEY_ID, "AWS_SECRET_ACCESS_KEY": "envoy-own-aws-secret"})
         self.proc = subprocess.Popen(
             [self.fleet.bins["ENVOY_BIN"], "-c", str(self.yaml), "--disable-hot-restart",
              "--concurrency", str(self.fleet.envoy_concurrency),
@@ -262,6 +273,25 @@ def test_an_azure_deployment_gets_its_key_in_api_key_from_sds(fleet):
     assert seen["api_key"] == fleet.azure_key and seen["authorization"] is None
     dump = httpx.get(f"{envoy.admin}/config_dump?include_eds", timeout=5).text
     assert fleet.azure_key not in dump
+
+
+def test_gemini_and_bedrock_get_their_credentials_from_envoy_not_the_filter(fleet):
+    """xDS mode: Gemini's key injected by Envoy from SDS in `x-goog-api-key`; Bedrock's request
+    signed by the Envoy's aws_request_signing with the Envoy's own AWS credentials."""
+    envoy = fleet.start_envoy("edge-google-aws")
+    resp = envoy.chat({**CHAT, "model": "gemini-flash"})
+    assert resp.status_code == 200 and resp.json()["choices"][0]["message"]["content"], resp.text
+    seen = fleet.served()["requests"][-1]
+    assert seen["path"] == "/v1beta/models/gemini-2.5-flash:generateContent"
+    assert seen["x_goog_api_key"] == fleet.gemini_key and seen["authorization"] is None
+    resp = envoy.chat({**CHAT, "model": "bedrock-claude"})
+    assert resp.status_code == 200 and resp.json()["choices"][0]["message"]["content"], resp.text
+    seen = fleet.served()["requests"][-1]
+    assert seen["path"].endswith("/converse")
+    assert seen["authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={AWS_ACCESS_KEY_ID}/")
+    assert "/us-west-2/bedrock/aws4_request" in seen["authorization"]
+    dump = httpx.get(f"{envoy.admin}/config_dump?include_eds", timeout=5).text
+    assert fleet.gemini_key not in dump and "envoy-own-aws-secret" not in dump
 
 
 def test_admin_changes_reach_every_envoy(fleet):
