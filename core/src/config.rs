@@ -213,22 +213,20 @@ impl Deployment {
         upstream_model: &str,
         streamed: bool,
     ) -> Option<String> {
+        let in_path = matches!(self.provider, Provider::Gemini | Provider::Bedrock);
+        if in_path
+            && (upstream_model.is_empty() || !upstream_model.bytes().all(|b| path_segment_byte(self.provider, b)))
+        {
+            return None;
+        }
         match self.provider {
             Provider::Gemini => {
-                let safe = upstream_model.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-                if upstream_model.is_empty() || !safe {
-                    return None;
-                }
                 let method = if streamed { "streamGenerateContent?alt=sse" } else { "generateContent" };
                 Some(format!("{}/models/{upstream_model}:{method}", self.base_path))
             }
             Provider::Bedrock => {
                 // An id (`anthropic.claude-…-v1:0`) or an inference profile's ARN: one path
                 // segment, its `:` and `/` escaped as AWS's SDKs do.
-                let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b);
-                if upstream_model.is_empty() || !upstream_model.bytes().all(allowed) {
-                    return None;
-                }
                 let id = upstream_model.replace(':', "%3A").replace('/', "%2F");
                 let method = if streamed { "converse-stream" } else { "converse" };
                 Some(format!("{}/model/{id}/{method}", self.base_path))
@@ -244,6 +242,13 @@ impl Deployment {
             None => (self.pricing, self.price_unknown),
         }
     }
+}
+
+/// A byte a name may have where it stands as one segment of `provider`'s URL path (Gemini's
+/// model, Azure's deployment and `api-version`): letters, digits, `-`, `_`, `.`; Bedrock's id
+/// or ARN also `:` and `/`, escaped when the path is built.
+pub fn path_segment_byte(provider: Provider, b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-_.".contains(&b) || (provider == Provider::Bedrock && b":/".contains(&b))
 }
 
 /// The part of `name` that `pattern`'s one `*` matches (`openai/*` and `openai/gpt-4o`: `gpt-4o`),
@@ -740,11 +745,10 @@ impl CompiledConfig {
             if d.upstream_model.is_empty() {
                 errors.push(ConfigError(format!("{what}: the upstream model name is empty")));
             }
-            let path_safe = |b: u8| match d.provider {
-                Provider::Bedrock => b.is_ascii_alphanumeric() || b"-_.*:/".contains(&b),
-                _ => b.is_ascii_alphanumeric() || b"-_.*".contains(&b),
-            };
-            if matches!(d.provider, Provider::Gemini | Provider::Bedrock) && !d.upstream_model.bytes().all(path_safe) {
+            // (A wildcard's `*` is filled per request and checked then: `upstream_path`.)
+            if matches!(d.provider, Provider::Gemini | Provider::Bedrock)
+                && !d.upstream_model.bytes().all(|b| b == b'*' || path_segment_byte(d.provider, b))
+            {
                 errors.push(ConfigError(format!(
                     "{what}: the model {:?} goes in the URL path: letters, digits, '-', '_', '.' (and ':', '/' for Bedrock)",
                     d.upstream_model

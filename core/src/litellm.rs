@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use crate::config::{
     CompiledConfig, ConfigError, DEFAULT_MAX_REQUEST_BODY_BYTES, DEFAULT_MAX_RESPONSE_SCAN_BYTES, Deployment,
     GatewayConfig, GroupAlias, KeyConfig, ModelMode, Provider, RoutingStrategy, SCHEMA_VERSION, TeamConfig,
+    path_segment_byte,
 };
 use crate::cost::Pricing;
 use crate::keys::check_master_key;
@@ -414,7 +415,7 @@ fn setting(
 /// `?api-version=`, or Azure's version-less `/openai/v1` API when `api_version` is `v1`,
 /// `latest` or `preview`, or `api_base` already ends in `/openai/v1`.
 fn azure_path(api_path: &str, deployment: &str, version: &str) -> Result<(String, String), String> {
-    let safe = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    let safe = |s: &str| !s.is_empty() && s.bytes().all(|b| path_segment_byte(Provider::Azure, b));
     if !safe(deployment) {
         return Err(format!("azure/{deployment:?}: a deployment name is letters, digits, '-', '_' and '.'"));
     }
