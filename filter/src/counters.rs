@@ -55,7 +55,9 @@ pub struct Ticket {
     pub checkpoint: bool,
 }
 
-/// Reads a scope record, applies `f`, and writes it back with CAS; retries on conflict.
+/// Reads a scope record, applies `f`, and writes it back so that no other worker's update is
+/// lost (a named record through the host's in-place update; a slotted one with CAS, since
+/// the slot itself is chosen from what was read).
 fn update<H: Host, T>(
     host: &H,
     name: &str,
@@ -63,20 +65,21 @@ fn update<H: Host, T>(
     now_window: u64,
     mut f: impl FnMut(&mut ScopeState) -> T,
 ) -> Option<T> {
+    if placement == Placement::Named {
+        let mut result = None;
+        let written = host.shared_update(name, &mut |record| {
+            let mut state = ScopeState::decode(record);
+            result = Some(f(&mut state));
+            record.clear();
+            record.extend_from_slice(&state.encode());
+            true
+        });
+        return result.filter(|_| written);
+    }
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let (key, mut state, cas) = match placement {
-            Placement::Named => {
-                let (bytes, cas) = host.shared_get(name);
-                (name.to_owned(), bytes.as_deref().map(ScopeState::decode).unwrap_or_default(), cas)
-            }
-            Placement::Slotted => claim(host, name, now_window),
-        };
+        let (key, mut state, cas) = claim(host, name, now_window);
         let result = f(&mut state);
-        let written = match placement {
-            Placement::Named => host.shared_set(&key, &state.encode(), cas),
-            Placement::Slotted => host.shared_set(&key, &slot_record(&state, name), cas),
-        };
-        match written {
+        match host.shared_set(&key, &slot_record(&state, name), cas) {
             CasResult::Written => return Some(result),
             CasResult::Conflict => continue,
             CasResult::Failed => return None,

@@ -2,8 +2,9 @@
 //! on the body → meter the response → settle and record (log). Generic over [`Host`] so every path runs in
 //! native unit tests against a mock Envoy.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use prost::Message;
 use sluice_core::config::{
@@ -26,6 +27,7 @@ use crate::counters::{self, Placement, Scope, Ticket};
 use crate::health::{self, Probe};
 use crate::host::{Action, Host, LogLevel};
 use crate::key_cache::{Cached, Invalidations, KeyCache, SharedEntry, Verdict, read_shared, write_shared};
+use crate::metrics::{GroupMetric, Metrics};
 use crate::secrets::Secrets;
 use crate::translation::{Direction, StreamTranslation, Translation};
 use crate::usage_record::{Outcome, USAGE_LOG_PREFIX, UsageRecord};
@@ -45,12 +47,64 @@ const MAX_CREDENTIAL_LEN: usize = 512;
 const STALE_RETRY_MS: u64 = 5_000;
 const ANTHROPIC_VERSION: &str = "2023-06-01";
 
+/// Every request header the flow reads, fetched in one host call when the request starts.
+const READ_REQUEST_HEADERS: [&str; 9] = [
+    ":path",
+    ":method",
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "content-length",
+    "x-request-id",
+    "anthropic-version",
+    CLUSTER_HEADER,
+];
+/// The header the route picks the cluster by (`cluster_header`); the route removes it upstream.
+const CLUSTER_HEADER: &str = "x-sluice-cluster";
+/// Every response header the flow reads, fetched in one host call: the status, the content
+/// type, and the provider's own `x-ratelimit-*` (replaced by the gateway's where it has them).
+const READ_RESPONSE_HEADERS: [&str; 6] = [
+    ":status",
+    "content-type",
+    RATE_LIMIT_HEADERS[0],
+    RATE_LIMIT_HEADERS[1],
+    RATE_LIMIT_HEADERS[2],
+    RATE_LIMIT_HEADERS[3],
+];
+/// The client's allowance on its tightest scope, as OpenAI and LiteLLM name it.
+const RATE_LIMIT_HEADERS: [&str; 4] = [
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+];
+/// Where a client may send its key (LiteLLM reads the same three).
+const CLIENT_KEY_HEADERS: [&str; 3] = ["authorization", "x-api-key", "api-key"];
+
+/// The client's key: a bearer token in `authorization`, else `x-api-key`, else `api-key`.
+fn client_credential(
+    authorization: Option<Vec<u8>>,
+    x_api_key: Option<Vec<u8>>,
+    api_key: Option<Vec<u8>>,
+) -> Result<Vec<u8>, GatewayError> {
+    if let Some(token) = authorization.as_deref().and_then(keys::bearer_token) {
+        return Ok(token.to_vec());
+    }
+    [x_api_key, api_key]
+        .into_iter()
+        .flatten()
+        .map(|v| v.trim_ascii().to_vec())
+        .find(|v| !v.is_empty())
+        .ok_or(GatewayError::MissingKey)
+}
+
 /// What the worker shares with every request: the compiled config, provider credentials, and
 /// the keys it knows (configured ones, and those looked up in the control plane).
 pub struct Gateway {
     pub config: CompiledConfig,
-    /// Per deployment, the credential header value read from the environment at configure time.
-    pub credentials: Vec<Option<String>>,
+    /// Per deployment, the header its credential goes in upstream, with the value read from
+    /// the environment at configure time (made once, not per request).
+    upstream_credentials: Vec<UpstreamCredential>,
     /// The master key's digest (standalone mode), from the environment likewise.
     master_key: Option<KeyHash>,
     /// The configured keys with their teams (same index as `config.keys`).
@@ -61,82 +115,67 @@ pub struct Gateway {
     pub invalidations: RefCell<Invalidations>,
     /// The lookups this worker may start (`key_lookup.rate`); None in standalone mode.
     lookup_budget: Option<RefCell<LookupBudget>>,
-    /// Requests served from `key_cache`, counted here and reported on the tick, so a hit costs
-    /// no host call.
-    key_cache_hits: Cell<u64>,
-    /// Lookups the budget refused (the key then served stale, or a 429), reported on the tick
-    /// like the hits: a flood must not cost an extra host call per request.
-    lookups_refused: Cell<u64>,
     /// Rate-limited scopes this worker announced to the singleton this minute (xDS mode: the
-    /// singleton syncs their counts with the rest of the fleet).
+    /// singleton syncs their counts with the fleet).
     announced_scopes: RefCell<WindowSet>,
-    /// Per model group (same index as `config.groups`), its metric names, built once here so
-    /// the hot path formats none.
-    group_metrics: Vec<GroupMetrics>,
+    /// What requests counted and a tick has not reported yet (shared by every worker of a
+    /// config in the native build).
+    pub metrics: Arc<Metrics>,
+    /// The usage record being written (kept, so a request allocates none).
+    record_buffer: RefCell<Vec<u8>>,
 }
 
-/// A model group's metrics: their names, and what requests added since the last tick (the
-/// request path adds here; the tick reports, so a request costs no metric host call).
-struct GroupMetrics {
-    names: [String; GROUP_METRICS],
-    pending: [Cell<u64>; GROUP_METRICS],
+/// Where a deployment's credential goes upstream.
+#[derive(Debug, Clone, Default)]
+struct UpstreamCredential {
+    /// The provider's header (None: Envoy signs the request on the cluster, as for Bedrock).
+    header: Option<&'static str>,
+    /// Its value (None: no key configured; the header is then not sent).
+    value: Option<String>,
 }
 
-const GROUP_METRICS: usize = 6;
-const REQUESTS: usize = 0;
-const PROMPT_TOKENS: usize = 1;
-const COMPLETION_TOKENS: usize = 2;
-const COST_NANOS: usize = 3;
-const ESTIMATED: usize = 4;
-const UNPRICED: usize = 5;
-
-impl GroupMetrics {
-    fn add(&self, metric: usize, delta: u64) {
-        if let Some(cell) = self.pending.get(metric) {
-            cell.set(cell.get().saturating_add(delta));
-        }
+impl UpstreamCredential {
+    fn new(provider: Provider, credential: Option<&str>) -> UpstreamCredential {
+        let (header, value) = match provider {
+            Provider::Openai => ("authorization", credential.map(|c| format!("Bearer {c}"))),
+            Provider::Anthropic => ("x-api-key", credential.map(str::to_owned)),
+            Provider::Azure => ("api-key", credential.map(str::to_owned)),
+            Provider::Gemini => ("x-goog-api-key", credential.map(str::to_owned)),
+            // Envoy signs Bedrock's requests (SigV4) on the cluster: no header from here.
+            Provider::Bedrock => return UpstreamCredential::default(),
+        };
+        UpstreamCredential { header: Some(header), value }
     }
 }
 
 impl Gateway {
     pub fn new(config: CompiledConfig, secrets: Secrets) -> Self {
-        let group_metrics = config
-            .groups
-            .iter()
-            .map(|g| {
-                // Metric name parts may not contain `.` (it separates tags); model groups often do.
-                let part: String = g
-                    .name
-                    .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
-                    .collect();
-                GroupMetrics {
-                    names: [
-                        format!("sluice.requests.model_group.{part}"),
-                        format!("sluice.prompt_tokens.model_group.{part}"),
-                        format!("sluice.completion_tokens.model_group.{part}"),
-                        format!("sluice.cost_nanodollars.model_group.{part}"),
-                        format!("sluice.estimated_usage.model_group.{part}"),
-                        format!("sluice.unpriced_requests.model_group.{part}"),
-                    ],
-                    pending: Default::default(),
-                }
-            })
-            .collect();
+        let metrics = Arc::new(Metrics::new(&config));
+        Self::with_metrics(config, secrets, metrics)
+    }
+
+    /// A gateway whose counts go to `metrics` (the native build's workers share one per config).
+    pub fn with_metrics(config: CompiledConfig, secrets: Secrets, metrics: Arc<Metrics>) -> Self {
         let keys = (0..config.keys.len()).filter_map(|i| config.resolved(i)).map(Rc::new).collect();
         let lookup_budget = config.config.key_lookup.as_ref().map(|l| RefCell::new(LookupBudget::new(&l.rate)));
+        let upstream_credentials = config
+            .config
+            .deployments
+            .iter()
+            .enumerate()
+            .map(|(i, d)| UpstreamCredential::new(d.provider, secrets.credentials.get(i).and_then(Option::as_deref)))
+            .collect();
         Self {
             config,
-            credentials: secrets.credentials,
+            upstream_credentials,
             master_key: secrets.master_key,
             keys,
             key_cache: RefCell::new(KeyCache::default()),
             invalidations: RefCell::new(Invalidations::default()),
             lookup_budget,
-            key_cache_hits: Cell::new(0),
-            lookups_refused: Cell::new(0),
             announced_scopes: RefCell::new(WindowSet::default()),
-            group_metrics,
+            metrics,
+            record_buffer: RefCell::new(Vec::new()),
         }
     }
 
@@ -153,20 +192,9 @@ impl Gateway {
         }
     }
 
-    /// The per-model-group metric names (the native build defines its counters up front).
-    pub fn group_metric_names(&self) -> impl Iterator<Item = &str> {
-        self.group_metrics.iter().flat_map(|g| g.names.iter().map(String::as_str))
-    }
-
-    /// Reports what the request path counted without host calls (called on the worker's tick).
+    /// Reports what the request path counted without host calls (the wasm build's tick).
     pub fn flush_metrics<H: Host>(&self, host: &H) {
-        host.count("sluice.key_cache.hits", self.key_cache_hits.take());
-        host.count("sluice.key_lookups_refused", self.lookups_refused.take());
-        for group in &self.group_metrics {
-            for (name, pending) in group.names.iter().zip(&group.pending) {
-                host.count(name, pending.take());
-            }
-        }
+        self.metrics.drain(|name, delta| host.count(name, delta));
     }
 }
 
@@ -290,6 +318,13 @@ pub struct RequestFlow<H: Host> {
     start_ms: u64,
     /// The client's `:path` (the upstream path replaces it only where they differ).
     path: Vec<u8>,
+    /// Which of the client's credential headers (`CLIENT_KEY_HEADERS`) it sent: those are
+    /// removed upstream (a header it did not send costs no call).
+    client_key_headers: [bool; 3],
+    /// The client sent `anthropic-version` (else the gateway sets Anthropic's).
+    has_anthropic_version: bool,
+    /// The client sent a `CLUSTER_HEADER` of its own (replaced, never trusted).
+    client_sent_cluster: bool,
     endpoint: Option<Endpoint>,
     principal: Option<Principal>,
     request_id: Option<String>,
@@ -316,6 +351,9 @@ impl<H: Host> RequestFlow<H> {
             random,
             start_ms: 0,
             path: Vec::new(),
+            client_key_headers: [false; 3],
+            has_anthropic_version: false,
+            client_sent_cluster: false,
             endpoint: None,
             principal: None,
             request_id: None,
@@ -363,7 +401,7 @@ impl<H: Host> RequestFlow<H> {
         headers.push(("content-type", "application/json"));
         headers.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
         self.host.send_local_response(u32::from(error.status()), &headers, &error.body_for(self.error_format()));
-        self.host.count(&format!("sluice.rejections.reason.{}", error.code()), 1);
+        self.gateway.metrics.rejection(error);
         Action::Pause
     }
 
@@ -375,7 +413,10 @@ impl<H: Host> RequestFlow<H> {
             core::arch::wasm32::unreachable();
         }
         self.start_ms = self.host.now_ms();
-        self.path = self.host.request_header(":path").unwrap_or_default();
+        let [path, method, authorization, x_api_key, api_key, content_length, request_id, anthropic_version, cluster] =
+            self.host.request_headers(READ_REQUEST_HEADERS);
+        self.client_sent_cluster = cluster.is_some();
+        self.path = path.unwrap_or_default();
         if let Some(probe) = Probe::from_path(&self.path) {
             self.answer_probe(probe);
             return Action::Pause;
@@ -384,22 +425,24 @@ impl<H: Host> RequestFlow<H> {
             return self.reject(&GatewayError::UnknownRoute);
         };
         self.endpoint = Some(endpoint);
-        let method = self.host.request_header(":method").unwrap_or_default();
-        if method != endpoint.method().as_bytes() {
+        if method.as_deref() != Some(endpoint.method().as_bytes()) {
             return self
                 .reject(&GatewayError::MethodNotAllowed { route: endpoint.route(), allowed: endpoint.method() });
         }
+        self.client_key_headers = [authorization.is_some(), x_api_key.is_some(), api_key.is_some()];
+        self.has_anthropic_version = anthropic_version.is_some();
         // A key to ask the control plane about is asked about only once the request passed
         // every check that needs no key, so a request refused anyway costs no call.
         let mut to_look_up = None;
-        match self.authenticate(endpoint) {
+        let credential = client_credential(authorization, x_api_key, api_key);
+        match credential.and_then(|token| self.authenticate(&token, endpoint)) {
             Ok(Auth::Known(principal)) => self.principal = Some(principal),
             Ok(Auth::Lookup(hash, stale)) => to_look_up = Some((hash, stale)),
             Err(e) => return self.reject(&e),
         }
-        // The client's credential never goes upstream: `authorization` and `x-api-key` are
-        // replaced or removed when the request is routed (nothing leaves before that); the
-        // route removes `api-key`, `accept-encoding` (the gateway meters plain responses) and
+        // The client's credential never goes upstream: `authorization`, `x-api-key` and
+        // `api-key` are replaced or removed when the request is routed (nothing leaves before
+        // that); the route removes `accept-encoding` (the gateway meters plain responses) and
         // any client-sent `x-sluice-cluster` (the filter always sets its own).
         if endpoint == Endpoint::Models {
             if let Some((hash, stale)) = to_look_up
@@ -416,14 +459,11 @@ impl<H: Host> RequestFlow<H> {
             return self.reject(&GatewayError::MissingModel);
         }
         let limit = self.config().config.max_request_body_bytes;
-        let declared = self
-            .host
-            .request_header("content-length")
-            .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u64>().ok());
+        let declared = content_length.and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u64>().ok());
         if declared.is_some_and(|len| len > limit) {
             return self.reject(&GatewayError::BodyTooLarge { limit });
         }
-        self.request_id = self.host.request_header("x-request-id").map(|v| String::from_utf8_lossy(&v).into_owned());
+        self.request_id = request_id.map(|v| String::from_utf8_lossy(&v).into_owned());
         if let Some((hash, stale)) = to_look_up
             && let Err(e) = self.start_lookup(hash, stale)
         {
@@ -436,22 +476,11 @@ impl<H: Host> RequestFlow<H> {
         Action::Pause
     }
 
-    fn credential(&self) -> Result<Vec<u8>, GatewayError> {
-        if let Some(token) = self.host.request_header("authorization").as_deref().and_then(keys::bearer_token) {
-            return Ok(token.to_vec());
-        }
-        ["x-api-key", "api-key"]
-            .into_iter()
-            .find_map(|h| self.host.request_header(h).map(|v| v.trim_ascii().to_vec()).filter(|v| !v.is_empty()))
-            .ok_or(GatewayError::MissingKey)
-    }
-
-    fn authenticate(&self, endpoint: Endpoint) -> Result<Auth, GatewayError> {
-        let token = self.credential()?;
+    fn authenticate(&self, token: &[u8], endpoint: Endpoint) -> Result<Auth, GatewayError> {
         if token.len() > MAX_CREDENTIAL_LEN {
             return Err(GatewayError::MalformedKey);
         }
-        let hash = KeyHash::of(&token);
+        let hash = KeyHash::of(token);
         let config = self.config();
         if self.gateway.master_key.is_some_and(|m| m.ct_eq(&hash)) {
             return Ok(Auth::Known(Principal::Master));
@@ -463,7 +492,7 @@ impl<H: Host> RequestFlow<H> {
             && self.gateway.master_key.is_none()
             && token.len() >= keys::MIN_MASTER_KEY_LEN;
         if !master_by_lookup {
-            keys::check_format(&token).map_err(|_| GatewayError::MalformedKey)?;
+            keys::check_format(token).map_err(|_| GatewayError::MalformedKey)?;
         }
         let resolved = match config.key_position(&hash) {
             Some(index) => self.gateway.keys.get(index).cloned().ok_or(GatewayError::InvalidKey)?,
@@ -474,7 +503,7 @@ impl<H: Host> RequestFlow<H> {
                 let cached = self.gateway.key_cache.borrow().get(&hash, self.start_ms).cloned();
                 match cached {
                     Some(Cached::Found(r)) => {
-                        self.gateway.key_cache_hits.set(self.gateway.key_cache_hits.get() + 1);
+                        self.gateway.metrics.key_cache_hit();
                         r
                     }
                     Some(Cached::Unknown) => {
@@ -615,7 +644,7 @@ impl<H: Host> RequestFlow<H> {
         stale: Option<Rc<ResolvedKey>>,
         refused: Refused,
     ) -> Result<(), GatewayError> {
-        self.gateway.lookups_refused.set(self.gateway.lookups_refused.get() + 1);
+        self.gateway.metrics.lookup_refused();
         match stale {
             Some(known) => self.serve_stale(hash, known),
             None => Err(GatewayError::KeyLookupRateLimited { retry_after_secs: refused.retry_after_secs() }),
@@ -931,36 +960,33 @@ impl<H: Host> RequestFlow<H> {
         };
         if let Some(new_body) = new_body {
             self.host.replace_request_body(body.len(), &new_body);
-            self.host.set_request_header("content-length", Some(new_body.len().to_string().as_bytes()));
+            self.host.set_request_header("content-length", Some(itoa::Buffer::new().format(new_body.len()).as_bytes()));
         }
         if upstream_path.as_bytes() != self.path.as_slice() {
             self.host.set_request_header(":path", Some(upstream_path.as_bytes()));
         }
-        self.host.set_request_header("x-sluice-cluster", Some(deployment.cluster.as_bytes()));
+        // A client's own cluster header is replaced; otherwise ours is only added.
+        if self.client_sent_cluster {
+            self.host.set_request_header(CLUSTER_HEADER, Some(deployment.cluster.as_bytes()));
+        } else {
+            self.host.add_request_header(CLUSTER_HEADER, deployment.cluster.as_bytes());
+        }
         // The provider's credential replaces the client's, in the provider's header; the
-        // client's key goes from the others (whichever of the three it came in).
-        let credential = gateway.credentials.get(index).and_then(Option::as_deref);
-        let bearer;
-        let provider_header = match deployment.provider {
-            Provider::Openai => {
-                bearer = credential.map(|c| format!("Bearer {c}"));
-                Some(("authorization", bearer.as_deref()))
+        // client's key goes from the others it came in.
+        let upstream = gateway.upstream_credentials.get(index);
+        let (header, value) = upstream.map_or((None, None), |u| (u.header, u.value.as_deref()));
+        for (client_header, sent) in CLIENT_KEY_HEADERS.into_iter().zip(self.client_key_headers) {
+            if sent && Some(client_header) != header {
+                self.host.set_request_header(client_header, None);
             }
-            Provider::Anthropic => Some(("x-api-key", credential)),
-            Provider::Azure => Some(("api-key", credential)),
-            Provider::Gemini => Some(("x-goog-api-key", credential)),
-            // Envoy signs Bedrock's requests (SigV4) on the cluster: no header from here.
-            Provider::Bedrock => None,
-        };
-        let header = provider_header.map(|(name, _)| name);
-        // (The client's key can only be in these three: `credential()` reads no other.)
-        for other in ["authorization", "x-api-key", "api-key"].into_iter().filter(|h| Some(*h) != header) {
-            self.host.set_request_header(other, None);
         }
-        if let Some((name, value)) = provider_header {
-            self.host.set_request_header(name, value.map(str::as_bytes));
+        let client_sent = |name| CLIENT_KEY_HEADERS.iter().zip(self.client_key_headers).any(|(h, s)| s && *h == name);
+        if let Some(header) = header
+            && (value.is_some() || client_sent(header))
+        {
+            self.host.set_request_header(header, value.map(str::as_bytes));
         }
-        if deployment.provider == Provider::Anthropic && self.host.request_header("anthropic-version").is_none() {
+        if deployment.provider == Provider::Anthropic && !self.has_anthropic_version {
             self.host.set_request_header("anthropic-version", Some(ANTHROPIC_VERSION.as_bytes()));
         }
         self.admitted = Some(Admitted {
@@ -989,12 +1015,10 @@ impl<H: Host> RequestFlow<H> {
         let Some(admitted) = &self.admitted else {
             return Action::Continue;
         };
-        self.status =
-            self.host.response_header(":status").and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()).unwrap_or(0);
-        for (name, value) in remaining_headers(&admitted.remaining) {
-            self.host.set_response_header(name, Some(value.as_bytes()));
-        }
-        let content_type = self.host.response_header("content-type").unwrap_or_default();
+        let [status, content_type, rate_limit @ ..] = self.host.response_headers(READ_RESPONSE_HEADERS);
+        self.status = status.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()).unwrap_or(0);
+        set_remaining_headers(&self.host, &admitted.remaining, rate_limit.map(|h| h.is_some()));
+        let content_type = content_type.unwrap_or_default();
         let has = |needle: &[u8]| content_type.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle));
         let is_sse = has(b"text/event-stream");
         if let Some(translation) = &admitted.translation {
@@ -1087,14 +1111,13 @@ impl<H: Host> RequestFlow<H> {
         if !counters::settle_all(&self.host, &admitted.tickets, now, usage.total_tokens(), cost_nanos) {
             self.host.log(LogLevel::Error, "sluice: could not settle counters (shared data unavailable)");
         }
-        if let Some(metrics) = gateway.group_metrics.get(admitted.group) {
-            metrics.add(REQUESTS, 1);
-            metrics.add(PROMPT_TOKENS, usage.prompt_tokens);
-            metrics.add(COMPLETION_TOKENS, usage.completion_tokens);
-            metrics.add(COST_NANOS, cost_nanos);
-            metrics.add(ESTIMATED, u64::from(estimated));
-            metrics.add(UNPRICED, u64::from(admitted.price_unknown));
-        }
+        let group = |metric, delta| gateway.metrics.group(admitted.group, metric, delta);
+        group(GroupMetric::Requests, 1);
+        group(GroupMetric::PromptTokens, usage.prompt_tokens);
+        group(GroupMetric::CompletionTokens, usage.completion_tokens);
+        group(GroupMetric::CostNanos, cost_nanos);
+        group(GroupMetric::Estimated, u64::from(estimated));
+        group(GroupMetric::Unpriced, u64::from(admitted.price_unknown));
         let key = self.key();
         let unverified_id = match &self.principal {
             Some(Principal::Unverified(hash)) => format!("unverified:{}", hash.short_id()),
@@ -1104,9 +1127,9 @@ impl<H: Host> RequestFlow<H> {
             Some(Principal::Unverified(_)) => unverified_id.as_str(),
             _ => key.map_or("master", |k| k.key_id.as_str()),
         };
-        let record_id = format!("{:016x}{:016x}", self.random, SplitMix64::new(self.random).next_u64());
+        let record_id = record_id(self.random);
         let record = UsageRecord {
-            record_id: &record_id,
+            record_id: std::str::from_utf8(&record_id).unwrap_or_default(),
             request_id: self.request_id.as_deref().unwrap_or(""),
             key_id,
             key_alias: key.and_then(|k| k.alias.as_deref()),
@@ -1131,13 +1154,14 @@ impl<H: Host> RequestFlow<H> {
             estimated,
             price_unknown: admitted.price_unknown,
         };
-        let Ok(json) = serde_json::to_vec(&record) else {
-            return;
-        };
+        let mut json = gateway.record_buffer.take();
+        json.clear();
+        record.write_json(&mut json);
         if !self.host.enqueue_usage(&json) {
             // The singleton service is not up (yet): write the record ourselves, never drop it.
             self.host.log(LogLevel::Info, &format!("{USAGE_LOG_PREFIX}{}", String::from_utf8_lossy(&json)));
         }
+        gateway.record_buffer.replace(json);
     }
 
     /// Usage of a finished request: as reported by the provider, or estimated from what was
@@ -1201,6 +1225,18 @@ impl<H: Host> RequestFlow<H> {
     }
 }
 
+/// A record's id: the request's random value and the next of its generator, 32 hex digits.
+fn record_id(random: u64) -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 32];
+    let halves = [random, SplitMix64::new(random).next_u64()];
+    for (i, digit) in id.iter_mut().enumerate() {
+        let half = halves.get(i / 16).copied().unwrap_or(0);
+        *digit = HEX[((half >> (60 - 4 * (i % 16))) & 0xf) as usize];
+    }
+    id
+}
+
 /// Appends the response chunk of `size` bytes to `body`, up to `limit` bytes in all; past it,
 /// `overflow` is set and nothing more is kept.
 fn gather<H: Host>(host: &H, body: &mut Vec<u8>, overflow: &mut bool, size: usize, limit: usize) {
@@ -1209,23 +1245,46 @@ fn gather<H: Host>(host: &H, body: &mut Vec<u8>, overflow: &mut bool, size: usiz
     }
     if body.len().saturating_add(size) > limit {
         *overflow = true;
-    } else if let Some(chunk) = host.response_body(size) {
-        body.extend_from_slice(&chunk);
+    } else {
+        host.append_response_body(size, body);
     }
 }
 
 /// `x-ratelimit-*` headers for the tightest scope.
 fn remaining_headers(remaining: &Remaining) -> Vec<(&'static str, String)> {
     let mut out = Vec::with_capacity(4);
+    let [limit_requests, remaining_requests, limit_tokens, remaining_tokens] = RATE_LIMIT_HEADERS;
     if let Some((limit, left)) = remaining.requests {
-        out.push(("x-ratelimit-limit-requests", limit.to_string()));
-        out.push(("x-ratelimit-remaining-requests", left.to_string()));
+        out.push((limit_requests, limit.to_string()));
+        out.push((remaining_requests, left.to_string()));
     }
     if let Some((limit, left)) = remaining.tokens {
-        out.push(("x-ratelimit-limit-tokens", limit.to_string()));
-        out.push(("x-ratelimit-remaining-tokens", left.to_string()));
+        out.push((limit_tokens, limit.to_string()));
+        out.push((remaining_tokens, left.to_string()));
     }
     out
+}
+
+/// Sets the `x-ratelimit-*` headers for the tightest scope on the response, replacing those of
+/// the provider (`sent`: which of `RATE_LIMIT_HEADERS` it sent; the others are only added).
+/// Numbers are formatted on the stack: this runs for every limited request.
+fn set_remaining_headers<H: Host>(host: &H, remaining: &Remaining, sent: [bool; 4]) {
+    let values = [
+        remaining.requests.map(|(limit, _)| limit),
+        remaining.requests.map(|(_, left)| left),
+        remaining.tokens.map(|(limit, _)| limit),
+        remaining.tokens.map(|(_, left)| left),
+    ];
+    for ((name, value), sent) in RATE_LIMIT_HEADERS.into_iter().zip(values).zip(sent) {
+        let Some(value) = value else { continue };
+        let mut digits = itoa::Buffer::new();
+        let value = digits.format(value).as_bytes();
+        if sent {
+            host.set_response_header(name, Some(value));
+        } else {
+            host.add_response_header(name, value);
+        }
+    }
 }
 
 /// Headers of a rejection: `retry-after` and the limit that was hit (remaining 0).

@@ -36,21 +36,69 @@ pub enum CasResult {
     Failed,
 }
 
+/// Compare-and-swap attempts before a shared-data update gives up (each retry means another
+/// worker made progress, so only a broken host reaches it).
+const MAX_CAS_ATTEMPTS: usize = 64;
+
 pub trait Host {
     fn request_header(&self, name: &str) -> Option<Vec<u8>>;
+    /// Several request headers at once: one host call where the binding has one (proxy-wasm's
+    /// header-map read, the dynamic module's header array), so the flow reads every header it
+    /// needs when the request starts.
+    fn request_headers<const N: usize>(&self, names: [&str; N]) -> [Option<Vec<u8>>; N] {
+        names.map(|name| self.request_header(name))
+    }
     /// Sets (replaces) a request header, or removes it with `None`.
     fn set_request_header(&self, name: &str, value: Option<&[u8]>);
+    /// Adds a header the request does not have (no search for an old value, as `set` makes).
+    fn add_request_header(&self, name: &str, value: &[u8]) {
+        self.set_request_header(name, Some(value));
+    }
     fn request_body(&self, size: usize) -> Option<Vec<u8>>;
     /// Replaces the whole buffered request body of `old_size` bytes.
     fn replace_request_body(&self, old_size: usize, body: &[u8]);
     fn response_header(&self, name: &str) -> Option<Vec<u8>>;
+    /// Several response headers at once, as [`Host::request_headers`].
+    fn response_headers<const N: usize>(&self, names: [&str; N]) -> [Option<Vec<u8>>; N] {
+        names.map(|name| self.response_header(name))
+    }
     fn set_response_header(&self, name: &str, value: Option<&[u8]>);
+    /// Adds a header the response does not have, as [`Host::add_request_header`].
+    fn add_response_header(&self, name: &str, value: &[u8]) {
+        self.set_response_header(name, Some(value));
+    }
     fn response_body(&self, size: usize) -> Option<Vec<u8>>;
+    /// Appends the current response chunk (`size` bytes) to `out` (a binding that can read
+    /// straight into it copies once).
+    fn append_response_body(&self, size: usize, out: &mut Vec<u8>) {
+        if let Some(chunk) = self.response_body(size) {
+            out.extend_from_slice(&chunk);
+        }
+    }
     /// Replaces the current response body chunk of `old_size` bytes.
     fn replace_response_body(&self, old_size: usize, body: &[u8]);
     fn send_local_response(&self, status: u32, headers: &[(&str, &str)], body: &[u8]);
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
     fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> CasResult;
+    /// Changes one shared-data entry in place: `change` gets its value (empty when absent) and
+    /// says whether to write it back. No other worker's write in between is lost: by default
+    /// proxy-wasm's compare-and-swap loop (`change` may run again after a conflict); a binding
+    /// whose shared data is process memory does it under one lock. False if it could not write.
+    fn shared_update(&self, key: &str, change: &mut dyn FnMut(&mut Vec<u8>) -> bool) -> bool {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let (value, cas) = self.shared_get(key);
+            let mut value = value.unwrap_or_default();
+            if !change(&mut value) {
+                return true;
+            }
+            match self.shared_set(key, &value, cas) {
+                CasResult::Written => return true,
+                CasResult::Conflict => {}
+                CasResult::Failed => return false,
+            }
+        }
+        false
+    }
     /// Hands a usage record (one JSON line) to the singleton service; false if it could not
     /// be queued (the caller then writes it to the log itself).
     fn enqueue_usage(&self, record: &[u8]) -> bool;

@@ -4,6 +4,7 @@
 //! - [`host`]: every host call behind one trait (mocked natively in tests), no binding's types.
 //! - [`flow`]: one request's life: authenticate, admit, route, meter, settle, record.
 //! - [`counters`]: limit and budget counters in shared data (CAS loops).
+//! - [`metrics`]: what the request path counts, reported to Envoy's counters on a tick.
 //! - [`health`]: the liveness and readiness probes, and the workers' heartbeats behind them.
 //! - [`translation`]: a client and a deployment of different formats (both directions).
 //! - [`secrets`]: provider credentials and the master key, from Envoy's environment.
@@ -19,6 +20,7 @@ pub mod flow;
 pub mod health;
 pub mod host;
 pub mod key_cache;
+pub mod metrics;
 #[cfg(test)]
 mod mock_host;
 pub mod secrets;

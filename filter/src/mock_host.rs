@@ -138,9 +138,19 @@ impl Host for MockHost {
         get(&self.stream.request_headers, name)
     }
 
+    fn request_headers<const N: usize>(&self, names: [&str; N]) -> [Option<Vec<u8>>; N] {
+        self.envoy.host_calls.borrow_mut().push("request_headers");
+        names.map(|name| get(&self.stream.request_headers, name))
+    }
+
     fn set_request_header(&self, name: &str, value: Option<&[u8]>) {
         self.envoy.host_calls.borrow_mut().push("set_request_header");
         set(&self.stream.request_headers, name, value);
+    }
+
+    fn add_request_header(&self, name: &str, value: &[u8]) {
+        self.envoy.host_calls.borrow_mut().push("add_request_header");
+        self.stream.request_headers.borrow_mut().push((name.to_owned(), value.to_vec()));
     }
 
     fn request_body(&self, size: usize) -> Option<Vec<u8>> {
@@ -159,9 +169,19 @@ impl Host for MockHost {
         get(&self.stream.response_headers, name)
     }
 
+    fn response_headers<const N: usize>(&self, names: [&str; N]) -> [Option<Vec<u8>>; N] {
+        self.envoy.host_calls.borrow_mut().push("response_headers");
+        names.map(|name| get(&self.stream.response_headers, name))
+    }
+
     fn set_response_header(&self, name: &str, value: Option<&[u8]>) {
         self.envoy.host_calls.borrow_mut().push("set_response_header");
         set(&self.stream.response_headers, name, value);
+    }
+
+    fn add_response_header(&self, name: &str, value: &[u8]) {
+        self.envoy.host_calls.borrow_mut().push("add_response_header");
+        self.stream.response_headers.borrow_mut().push((name.to_owned(), value.to_vec()));
     }
 
     fn response_body(&self, size: usize) -> Option<Vec<u8>> {

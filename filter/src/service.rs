@@ -206,19 +206,25 @@ impl<H: Host> UsageService<H> {
     pub fn take_usage<'a>(&mut self, batches: impl IntoIterator<Item = &'a [u8]>) {
         let mut lines = String::new();
         for batch in batches {
-            for line in batch.split(|b| *b == b'\n').filter(|r| !r.is_empty()) {
+            // Records are the filter's own JSON, so valid UTF-8: checked once per batch (a
+            // damaged one is still logged, with replacement characters).
+            let batch = match std::str::from_utf8(batch) {
+                Ok(text) => std::borrow::Cow::Borrowed(text),
+                Err(_) => String::from_utf8_lossy(batch),
+            };
+            for line in batch.split('\n').filter(|r| !r.is_empty()) {
                 // The log line is kept in every mode: operators grep it, and it holds any record
                 // the outbox had to let go during a long outage.
                 if !lines.is_empty() {
                     lines.push('\n');
                 }
                 lines.push_str(USAGE_LOG_PREFIX);
-                lines.push_str(&String::from_utf8_lossy(line));
+                lines.push_str(line);
                 if lines.len() >= LOG_CALL_BYTES {
                     self.host.log(LogLevel::Info, &std::mem::take(&mut lines));
                 }
                 if let Some(link) = &mut self.link {
-                    match record_from_json(line) {
+                    match record_from_json(line.as_bytes()) {
                         Some(record) => {
                             if link.outbox.push(record).is_some() {
                                 self.host.count("sluice.usage.outbox_overflow", 1);

@@ -1,5 +1,5 @@
-//! `cargo xtask bench [--quick] [--no-litellm] [--profile] [--no-pin] [--native-filter PATH]`: every front
-//! Envoy issue 15 compares, in one run, in alternating rounds, on one upstream.
+//! `cargo xtask bench [--quick] [--no-litellm] [--profile] [--no-pin] [--native-filter PATH] [--prebuilt DIR]`:
+//! every front Envoy issue 15 compares, in one run, in alternating rounds, on one upstream.
 //!
 //! - Front Envoys, each `--concurrency 1`: bare; the no-op wasm filter (`tests/noop-filter`); the
 //!   native no-op module (`tests/native-noop`); Sluice (wasm); Sluice (native, when a
@@ -9,9 +9,13 @@
 //!   so the ratios measure the gateway, not the upstream.
 //! - With two cores or more (and no `--no-pin`), the measured Envoy runs on core 0, wrk, the
 //!   upstream and this process on core 1.
-//! - Scenarios (`Scenario`), each run for every Envoy in every round, the order rotated per round
-//!   and scenario so no Envoy always goes first. Per run: req/s, latency, and the Envoy's own CPU
-//!   time (utime + stime from /proc) per request.
+//! - Scenarios (`Scenario`), each run for every Envoy it applies to in every round, the order
+//!   rotated per round and scenario so no Envoy always goes first. Per run: req/s, latency, and
+//!   the Envoy's own CPU time (utime + stime from /proc) per request.
+//! - The translated path: an OpenAI client of an Anthropic deployment (the upstream answers
+//!   `/v1/messages` in Anthropic's format), on the standalone Sluice Envoys.
+//! - xDS mode (`bench_xds.rs`): per Sluice build a control plane and an Envoy it configures,
+//!   for the key-cache rows (a miss per request, looked up at the control plane; a hit).
 //!
 //! LiteLLM's proxy (pinned, its own venv) is measured on the same upstream unless `--no-litellm`;
 //! `--profile` adds a `perf record` of each Sluice Envoy during one saturated run (the native
@@ -26,8 +30,10 @@ use std::time::{Duration, Instant};
 
 use crate::envoy_yaml::{self, Filter, STREAM_HEADER};
 use crate::proc::{self, root};
-use crate::setup;
+use crate::setup::{self, Tools};
 use crate::supervise::Children;
+
+use crate::bench_xds as xds;
 
 const UPSTREAM_PORT: u16 = 18_110;
 const UPSTREAM_ADMIN: u16 = 18_910;
@@ -91,10 +97,30 @@ pub(crate) enum Scenario {
     Ttft1,
     Prompt32k,
     Limited,
+    /// An OpenAI client of an Anthropic deployment: the filter translates both ways.
+    Translated32,
+    /// xDS mode, a key new to the Envoy on every request (looked up), in bursts.
+    XdsMiss,
+    /// xDS mode, one key (cached), the same bursts.
+    XdsHitBurst,
+    /// xDS mode, one key (cached), saturated.
+    XdsHit32,
 }
 
-pub(crate) const SCENARIOS: [Scenario; 6] =
-    [Scenario::Chat32, Scenario::Chat1, Scenario::Stream32, Scenario::Ttft1, Scenario::Prompt32k, Scenario::Limited];
+pub(crate) const SCENARIOS: [Scenario; 10] = [
+    Scenario::Chat32,
+    Scenario::Chat1,
+    Scenario::Stream32,
+    Scenario::Ttft1,
+    Scenario::Prompt32k,
+    Scenario::Limited,
+    Scenario::Translated32,
+    // The bursts before the saturated xDS run, whose usage the control plane is still
+    // ingesting for a while after it (on the load core).
+    Scenario::XdsMiss,
+    Scenario::XdsHitBurst,
+    Scenario::XdsHit32,
+];
 
 impl Scenario {
     pub(crate) fn label(self) -> &'static str {
@@ -105,11 +131,39 @@ impl Scenario {
             Scenario::Ttft1 => "streaming, time to first token (1 connection)",
             Scenario::Prompt32k => "32 KB prompt, 32 connections",
             Scenario::Limited => "limit hit (RPM exhausted), 32 connections",
+            Scenario::Translated32 => "translated: OpenAI client, Anthropic deployment, 32 connections",
+            Scenario::XdsMiss => "xDS mode, key-cache miss (a new key per request), bursts of 80 on 8 connections",
+            Scenario::XdsHitBurst => "xDS mode, key-cache hit (one key), the same bursts",
+            Scenario::XdsHit32 => "xDS mode, key-cache hit (one key), 32 connections",
         }
     }
     /// Latency is what counts at one connection; throughput and CPU elsewhere.
     pub(crate) fn is_latency(self) -> bool {
         matches!(self, Scenario::Chat1 | Scenario::Ttft1)
+    }
+    /// Runs on the xDS-mode Sluice Envoys, not the standalone ones.
+    pub(crate) fn is_xds(self) -> bool {
+        matches!(self, Scenario::XdsHit32 | Scenario::XdsMiss | Scenario::XdsHitBurst)
+    }
+    /// Measured in bursts (`bench_xds.rs`), not with wrk.
+    pub(crate) fn is_burst(self) -> bool {
+        matches!(self, Scenario::XdsMiss | Scenario::XdsHitBurst)
+    }
+    /// Whether `kind` runs this scenario: the reference Envoys have no translation, no key
+    /// cache and no xDS mode.
+    pub(crate) fn applies(self, kind: Kind) -> bool {
+        match self {
+            Scenario::Translated32 | Scenario::XdsMiss | Scenario::XdsHitBurst | Scenario::XdsHit32 => kind.is_sluice(),
+            _ => true,
+        }
+    }
+    /// Bare Envoy's run this scenario is paired with, per round: its own, or, where bare Envoy
+    /// has no equivalent, its chat at 32 connections (the same request from the client's side).
+    pub(crate) fn bare_pair(self) -> Scenario {
+        match self {
+            Scenario::Translated32 | Scenario::XdsMiss | Scenario::XdsHitBurst | Scenario::XdsHit32 => Scenario::Chat32,
+            other => other,
+        }
     }
 }
 
@@ -125,6 +179,9 @@ pub(crate) struct WrkResult {
     /// Envoy's CPU time (user + system) per request during the run: unlike req/s, this does
     /// not depend on how the cores are shared with wrk and the upstream.
     pub(crate) envoy_cpu_us_per_request: f64,
+    /// Key lookups the Envoy started during the run (its `sluice.key_lookups` counter; xDS
+    /// mode only): the miss rate is this over `requests`, read, not assumed.
+    pub(crate) lookups: Option<f64>,
 }
 
 struct Options {
@@ -133,6 +190,8 @@ struct Options {
     profile: bool,
     no_pin: bool,
     native_filter: Option<PathBuf>,
+    /// A cargo target directory whose artifacts are used as they are, without building.
+    prebuilt: Option<PathBuf>,
 }
 
 fn options(args: &[String]) -> Result<Options, String> {
@@ -142,6 +201,7 @@ fn options(args: &[String]) -> Result<Options, String> {
         profile: false,
         no_pin: false,
         native_filter: std::env::var_os("SLUICE_NATIVE").filter(|v| !v.is_empty()).map(PathBuf::from),
+        prebuilt: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -151,6 +211,7 @@ fn options(args: &[String]) -> Result<Options, String> {
             "--profile" => o.profile = true,
             "--no-pin" => o.no_pin = true,
             "--native-filter" => o.native_filter = Some(it.next().ok_or("--native-filter needs a path")?.into()),
+            "--prebuilt" => o.prebuilt = Some(it.next().ok_or("--prebuilt needs a target directory")?.into()),
             other => return Err(format!("cargo xtask bench: unknown argument {other}")),
         }
     }
@@ -160,7 +221,12 @@ fn options(args: &[String]) -> Result<Options, String> {
 pub fn bench(args: &[String]) -> Result<(), String> {
     let opts = options(args)?;
     let (duration, rounds, ttft_per_round) = if opts.quick { ("2s", 1, 30) } else { ("6s", 3, 100) };
-    let tools = setup::setup()?;
+    // Bursts per run of the key-cache rows (each over 2 s: the lookup budget refills between).
+    let bursts = if opts.quick { 2 } else { 4 };
+    let tools = match &opts.prebuilt {
+        Some(target) => prebuilt_tools(target)?,
+        None => setup::setup()?,
+    };
     ensure_wrk()?;
     let dir = root().join(".sluice/bench");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -237,15 +303,44 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     }
     check_native_abi(&dir, Kind::NoopNative)?;
 
-    let chat = chat_body(false, 14);
-    let stream = chat_body(true, 14);
-    let big = chat_body(false, 520);
+    // The same two builds in xDS mode, each with its control plane and enough keys that no
+    // request of the miss row carries a key twice (plus the warm-up's miss and flood).
+    let xds_setup = xds::Setup {
+        envoy: &tools.envoy,
+        cli: &cli,
+        wasm: &tools.wasm,
+        native: native.as_deref().filter(|so| so.exists()),
+        dir: &dir,
+        load_core: pin.then_some(LOAD_CORE),
+        envoy_core: pin.then_some(ENVOY_CORE),
+        provider_key: &provider_key,
+        upstream_port: UPSTREAM_PORT,
+    };
+    let miss_keys = rounds * bursts * xds::BURST + 1 + xds::FLOOD;
+    let mut xds_fronts: Vec<xds::XdsFront> = [Kind::SluiceWasm, Kind::SluiceNative]
+        .into_iter()
+        .map(|kind| {
+            eprintln!("xtask: bench: {} in xDS mode: control plane, {} keys, Envoy", kind.name(), miss_keys + 1);
+            xds::start(kind, &xds_setup, miss_keys, &mut children)
+        })
+        .collect();
+
+    let chat = chat_body("gpt-4o", false, 14);
+    let stream = chat_body("gpt-4o", true, 14);
+    let big = chat_body("gpt-4o", false, 520);
+    let translated = chat_body(ANTHROPIC_GROUP, false, 14);
     let scripts = Scripts {
         chat: write_script(&dir, "chat.lua", &chat, &key, &provider_key, false)?,
         stream: write_script(&dir, "stream.lua", &stream, &key, &provider_key, true)?,
         big: write_script(&dir, "prompt32k.lua", &big, &key, &provider_key, false)?,
         limited: write_script(&dir, "limited.lua", &chat, &limited_key, &provider_key, false)?,
+        translated: write_script(&dir, "translated.lua", &translated, &key, &provider_key, false)?,
     };
+    let mut xds_scripts = Vec::new();
+    for f in &xds_fronts {
+        let name = format!("xds-hit-{}.lua", xds::port(f.kind));
+        xds_scripts.push((f.kind, write_script(&dir, &name, &chat, &f.hit_key, &provider_key, false)?));
+    }
 
     // Warm up every path (VM JIT, connection pools) and check each answers as it should.
     for f in &fronts {
@@ -255,6 +350,9 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         let port = f.kind.port();
         check_request(port, &key, &provider_key, &chat, false)?;
         check_request(port, &key, &provider_key, &stream, true)?;
+        if f.kind.is_sluice() {
+            check_translated(port, &key, &provider_key, &translated)?;
+        }
         for _ in 0..2 {
             let status = post(port, &limited_key, &provider_key, &chat, false)?.0;
             if f.kind.is_sluice() && status == 429 {
@@ -262,6 +360,16 @@ pub fn bench(args: &[String]) -> Result<(), String> {
             }
         }
         wrk(&scripts.chat, port, 32, "2s", 0, false)?;
+        if f.kind.is_sluice() {
+            wrk(&scripts.translated, port, 32, "2s", 0, false)?;
+        }
+    }
+    for f in &mut xds_fronts {
+        if f.pid.is_ok()
+            && let Err(e) = warm_up_xds(f, &provider_key, &chat, &xds_scripts)
+        {
+            f.pid = Err(format!("could not be run in xDS mode: {e}"));
+        }
     }
 
     let mut litellm: Result<Litellm, String> = if opts.no_litellm {
@@ -270,28 +378,54 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         start_litellm(&dir, &provider_key, &chat, pin, &mut children).map_err(|e| format!("could not be run here: {e}"))
     };
 
-    let running: Vec<&Front> = fronts.iter().filter(|f| f.pid.is_ok()).collect();
     let rss_before: Vec<u64> = fronts.iter().map(|f| f.pid.as_ref().map_or(0, |p| rss_kib(*p))).collect();
     let load_before = loadavg();
     // results[scenario][kind] holds one run per round.
     let mut results: Vec<Vec<Vec<WrkResult>>> = vec![vec![Vec::new(); KINDS.len()]; SCENARIOS.len()];
     let mut litellm_runs: Vec<WrkResult> = Vec::new();
+    // The hit row's bursts: one key for every request.
+    let repeated = |k: &str| vec![k.to_owned(); bursts * xds::BURST];
     for round in 0..rounds {
         for (s, scenario) in SCENARIOS.iter().enumerate() {
-            for n in 0..running.len() {
-                let f = running[(n + round + s) % running.len()];
-                let pid = f.pid.as_ref().copied().unwrap_or(0);
-                eprintln!("xtask: bench round {} / {rounds}: {} — {}", round + 1, scenario.label(), f.kind.name());
-                let port = f.kind.port();
-                let r = match scenario {
+            let targets = targets(*scenario, &fronts, &xds_fronts);
+            for n in 0..targets.len() {
+                let t = targets[(n + round + s) % targets.len()];
+                eprintln!("xtask: bench round {} / {rounds}: {} — {}", round + 1, scenario.label(), t.kind.name());
+                let (port, pid) = (t.port, t.pid);
+                let hit_key = xds_fronts.iter().find(|f| f.kind == t.kind).map(|f| f.hit_key.clone());
+                if matches!(scenario, Scenario::XdsHitBurst | Scenario::XdsHit32) {
+                    // Cached now: its 60 s in the cache may have run out since the last hit row.
+                    check_request(port, hit_key.as_deref().unwrap_or_default(), &provider_key, &chat, false)?;
+                }
+                let lookups_before =
+                    if scenario.is_xds() && t.kind.is_sluice() { Some(xds::lookups(t.admin)?) } else { None };
+                let mut r = match scenario {
                     Scenario::Chat32 => wrk(&scripts.chat, port, 32, duration, pid, false)?,
                     Scenario::Chat1 => wrk(&scripts.chat, port, 1, duration, pid, false)?,
                     Scenario::Stream32 => wrk(&scripts.stream, port, 32, duration, pid, false)?,
                     Scenario::Ttft1 => time_to_first_token(port, &key, &provider_key, &stream, ttft_per_round)?,
                     Scenario::Prompt32k => wrk(&scripts.big, port, 32, duration, pid, false)?,
                     Scenario::Limited => wrk(&scripts.limited, port, 32, duration, pid, true)?,
+                    Scenario::Translated32 => wrk(&scripts.translated, port, 32, duration, pid, false)?,
+                    Scenario::XdsHit32 => {
+                        let script = xds_scripts.iter().find(|(k, _)| *k == t.kind).map(|(_, p)| p.as_path());
+                        wrk(script.ok_or("no hit script")?, port, 32, duration, pid, false)?
+                    }
+                    Scenario::XdsMiss => {
+                        let front = xds_fronts.iter_mut().find(|f| f.kind == t.kind).ok_or("no xDS front")?;
+                        let keys = front.take(bursts * xds::BURST)?;
+                        xds::run(port, pid, &chat, &provider_key, &keys, bursts)?
+                    }
+                    Scenario::XdsHitBurst => {
+                        xds::run(port, pid, &chat, &provider_key, &repeated(&hit_key.unwrap_or_default()), bursts)?
+                    }
                 };
-                results[s][f.kind.index()].push(r);
+                if let Some(before) = lookups_before {
+                    // The counters some builds report on the worker's tick (250 ms) are in by now.
+                    std::thread::sleep(Duration::from_millis(300));
+                    r.lookups = Some(xds::lookups(t.admin)?.saturating_sub(before) as f64);
+                }
+                results[s][t.kind.index()].push(r);
             }
         }
         if let Ok(l) = &litellm {
@@ -304,6 +438,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     }
     let load_after = loadavg();
     let rss_after: Vec<u64> = fronts.iter().map(|f| f.pid.as_ref().map_or(0, |p| rss_kib(*p))).collect();
+    let running: Vec<&Front> = fronts.iter().filter(|f| f.pid.is_ok()).collect();
     let metered: Vec<(Kind, Result<u64, String>)> =
         running.iter().filter(|f| f.kind.is_sluice()).map(|f| (f.kind, metered_tokens(f.kind))).collect();
     let litellm_rss = litellm.as_ref().map_or(0, |l| rss_kib(l.pid));
@@ -332,17 +467,29 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         command.push(' ');
         command.push_str(a);
     }
+    let xds_summary = xds_fronts
+        .iter()
+        .map(|f| XdsSummary {
+            kind: f.kind,
+            missing: f.pid.as_ref().err().cloned(),
+            keys_created: f.keys_created,
+            keys_per_s: f.keys_per_s,
+            flood: f.flood,
+        })
+        .collect();
     let run = Run {
         command,
         rounds,
         duration,
         ttft_per_round,
+        bursts,
         cores,
         pinned: pin,
         metered,
         load_before,
         load_after,
         fronts: &fronts,
+        xds: xds_summary,
         results: &results,
         rss_before,
         rss_after,
@@ -357,12 +504,109 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     write_block(&root().join("BENCHMARKS.md"), BEGIN, END, &report)
 }
 
+/// Where one scenario's run goes: an Envoy's listener, admin port and pid.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    kind: Kind,
+    port: u16,
+    admin: u16,
+    pid: u32,
+}
+
+/// The running Envoys a scenario is measured on: the standalone fronts, or for the xDS rows
+/// the xDS-mode Sluice Envoys.
+fn targets(scenario: Scenario, fronts: &[Front], xds_fronts: &[xds::XdsFront]) -> Vec<Target> {
+    let mut out = Vec::new();
+    for f in fronts.iter().filter(|f| scenario.applies(f.kind)) {
+        if scenario.is_xds() && f.kind.is_sluice() {
+            if let Some(Ok(pid)) = xds_fronts.iter().find(|x| x.kind == f.kind).map(|x| x.pid.as_ref()) {
+                out.push(Target { kind: f.kind, port: xds::port(f.kind), admin: xds::admin(f.kind), pid: *pid });
+            }
+        } else if let Ok(pid) = f.pid {
+            out.push(Target { kind: f.kind, port: f.kind.port(), admin: f.kind.admin(), pid });
+        }
+    }
+    out
+}
+
+/// An xDS-mode Envoy's checks before the rounds: the hit key answers (and is cached), a new
+/// key answers and shows as exactly one lookup in Envoy's own counter (so the miss rate can
+/// be read), a flood of new keys from one client shows what the lookup budget lets through,
+/// and a saturated run warms the path.
+fn warm_up_xds(
+    f: &mut xds::XdsFront,
+    provider_key: &str,
+    chat: &str,
+    scripts: &[(Kind, PathBuf)],
+) -> Result<(), String> {
+    let (port, admin) = (xds::port(f.kind), xds::admin(f.kind));
+    // The listener serves once the control plane's filter config has arrived over ECDS.
+    let start = Instant::now();
+    while post(port, &f.hit_key, provider_key, chat, false).map(|(status, _)| status) != Ok(200) {
+        if start.elapsed() > Duration::from_secs(30) {
+            return check_request(port, &f.hit_key, provider_key, chat, false);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    check_request(port, &f.hit_key, provider_key, chat, false)?;
+    let before = xds::lookups(admin)?;
+    let new_key = f.take(1)?.concat();
+    check_request(port, &new_key, provider_key, chat, false)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let looked_up = xds::lookups(admin)?.saturating_sub(before);
+    if looked_up != 1 {
+        return Err(format!(
+            "a key new to this Envoy made {looked_up} lookups in its `sluice.key_lookups` counter, not 1: the miss rate could not be read"
+        ));
+    }
+    let flood_keys = f.take(xds::FLOOD)?;
+    f.flood = Some(xds::flood(port, admin, chat, provider_key, &flood_keys)?);
+    let script = scripts.iter().find(|(k, _)| *k == f.kind).map(|(_, p)| p.as_path()).ok_or("no hit script")?;
+    wrk(script, port, 32, "2s", 0, false).map(|_| ())
+}
+
+/// The artifacts of a target directory `cargo xtask setup` (or the same builds) filled, used
+/// as they are: nothing is built, so a bench can run beside someone else's build of the tree.
+fn prebuilt_tools(target: &Path) -> Result<Tools, String> {
+    let root = root();
+    let envoy = match std::env::var_os("ENVOY_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => std::fs::read_dir(root.join(".venv/lib"))
+            .map_err(|e| format!(".venv/lib: {e} (run `cargo xtask setup` once, or set ENVOY_BIN)"))?
+            .flatten()
+            .map(|entry| entry.path().join("site-packages/envoy/_bin/envoy"))
+            .find(|p| p.exists())
+            .ok_or("no Envoy binary in .venv (set ENVOY_BIN)")?,
+    };
+    let wasm_dir = target.join("wasm32-wasip1/release");
+    let tools = Tools {
+        python: root.join(".venv/bin/python"),
+        envoy,
+        wasm: wasm_dir.join("sluice_filter.wasm"),
+        noop_wasm: wasm_dir.join("sluice_noop_filter.wasm"),
+        trap_wasm: wasm_dir.join("sluice_filter_trap.wasm"),
+        native_noop: target.join("release/libsluice_native_noop.so"),
+        native: target.join("release/libsluice_filter.so"),
+        cli: target.join("debug/sluice"),
+        mock: target.join("debug/sluice-mock-provider"),
+    };
+    for needed in [&tools.envoy, &tools.wasm, &tools.noop_wasm, &tools.native_noop, &tools.cli] {
+        if !needed.exists() {
+            return Err(format!("--prebuilt: no {}", needed.display()));
+        }
+    }
+    eprintln!("xtask: bench: using the artifacts in {} as they are (--prebuilt: nothing built)", target.display());
+    Ok(tools)
+}
+
 /// Everything the report is made from.
 pub(crate) struct Run<'a> {
     pub(crate) command: String,
     pub(crate) rounds: usize,
     pub(crate) duration: &'a str,
     pub(crate) ttft_per_round: usize,
+    /// Bursts per run of the burst-shaped rows.
+    pub(crate) bursts: usize,
     pub(crate) cores: usize,
     pub(crate) pinned: bool,
     /// Completion tokens each Sluice Envoy counted over the run.
@@ -370,6 +614,8 @@ pub(crate) struct Run<'a> {
     pub(crate) load_before: String,
     pub(crate) load_after: String,
     pub(crate) fronts: &'a [Front],
+    /// The Sluice builds in xDS mode.
+    pub(crate) xds: Vec<XdsSummary>,
     pub(crate) results: &'a [Vec<Vec<WrkResult>>],
     pub(crate) rss_before: Vec<u64>,
     pub(crate) rss_after: Vec<u64>,
@@ -385,6 +631,28 @@ impl Run<'_> {
     pub(crate) fn missing(&self, kind: Kind) -> Option<&str> {
         self.fronts.iter().find(|f| f.kind == kind).and_then(|f| f.pid.as_ref().err().map(String::as_str))
     }
+    /// Why an Envoy has no figures in one scenario: the xDS rows' Sluice Envoys are others.
+    pub(crate) fn missing_in(&self, scenario: Scenario, kind: Kind) -> Option<&str> {
+        if scenario.is_xds() && kind.is_sluice() {
+            return match self.xds.iter().find(|x| x.kind == kind) {
+                Some(x) => x.missing.as_deref(),
+                None => Some("not run in xDS mode"),
+            };
+        }
+        self.missing(kind)
+    }
+}
+
+/// What the report says about a Sluice build in xDS mode.
+pub(crate) struct XdsSummary {
+    pub(crate) kind: Kind,
+    /// Why it has no figures, if it has none.
+    pub(crate) missing: Option<String>,
+    /// Keys made through the admin API before the rounds, and how fast.
+    pub(crate) keys_created: usize,
+    pub(crate) keys_per_s: f64,
+    /// New keys at once from one client address: what the lookup budget let through.
+    pub(crate) flood: Option<xds::Flood>,
 }
 
 /// The wrk scripts of the scenarios.
@@ -393,9 +661,10 @@ struct Scripts {
     stream: PathBuf,
     big: PathBuf,
     limited: PathBuf,
+    translated: PathBuf,
 }
 
-fn write(path: &Path, text: &str) -> Result<(), String> {
+pub(crate) fn write(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -451,7 +720,7 @@ fn sluice_config(
 
 /// Starts an Envoy (on `core` if given) and waits until its admin says it is ready.
 #[allow(clippy::too_many_arguments)]
-fn start_envoy(
+pub(crate) fn start_envoy(
     envoy: &Path,
     yaml: &Path,
     admin: u16,
@@ -677,6 +946,24 @@ fn check_request(port: u16, key: &str, provider_key: &str, body: &str, stream: b
     Ok(())
 }
 
+/// An OpenAI client's chat request to the Anthropic deployment comes back as an OpenAI chat
+/// completion translated from the upstream's Messages answer (its usage renamed), not as the
+/// Messages body itself.
+fn check_translated(port: u16, key: &str, provider_key: &str, body: &str) -> Result<(), String> {
+    let (status, response) = post(port, key, provider_key, body, false)?;
+    let translated = response.contains("\"object\":\"chat.completion\"")
+        && response.contains("\"prompt_tokens\":250")
+        && response.contains("\"completion_tokens\":300")
+        && !response.contains("\"type\":\"message\"");
+    if status != 200 || !translated {
+        let head: String = response.chars().take(300).collect();
+        return Err(format!(
+            "translated request to :{port} was not answered with a chat completion: HTTP {status}: {head}"
+        ));
+    }
+    Ok(())
+}
+
 /// One wrk run; `envoy_pid` (0: don't) is the Envoy whose CPU time is sampled around it. A
 /// non-2xx answer is an error unless `allow_non_2xx` (the limit-hit scenario counts them).
 pub(crate) fn wrk(
@@ -812,7 +1099,7 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     percentile(&mut v, 50.0)
 }
 
-fn percentile(v: &mut [f64], p: f64) -> f64 {
+pub(crate) fn percentile(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
@@ -837,12 +1124,12 @@ pub fn write_block(path: &Path, begin: &str, end: &str, report: &str) -> Result<
     std::fs::write(path, updated).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// A chat request: `filler` sentences of 63 bytes (14: ~1 KB, like a short conversation; 520:
-/// ~32 KB, a long prompt).
-fn chat_body(stream: bool, filler: usize) -> String {
+/// A chat request to `model`: `filler` sentences of 63 bytes (14: ~1 KB, like a short
+/// conversation; 520: ~32 KB, a long prompt).
+fn chat_body(model: &str, stream: bool, filler: usize) -> String {
     let filler = "Summarise the following meeting notes in three bullet points. ".repeat(filler);
     format!(
-        r#"{{"model":"gpt-4o","stream":{stream},"max_tokens":256,"messages":[{{"role":"system","content":"You are a concise assistant."}},{{"role":"user","content":"{filler}"}}]}}"#
+        r#"{{"model":"{model}","stream":{stream},"max_tokens":256,"messages":[{{"role":"system","content":"You are a concise assistant."}},{{"role":"user","content":"{filler}"}}]}}"#
     )
 }
 
@@ -866,8 +1153,12 @@ fn write_script(
     Ok(path)
 }
 
+/// The model group of the translated path: an Anthropic deployment on the same upstream,
+/// which answers its `/v1/messages` in Anthropic's format.
+const ANTHROPIC_GROUP: &str = "claude-bench";
+
 fn bench_config() -> String {
     format!(
-        "model_list:\n  - model_name: gpt-4o\n    litellm_params:\n      model: openai/gpt-4o\n      api_base: http://127.0.0.1:{UPSTREAM_PORT}/v1\n      api_key: os.environ/BENCH_PROVIDER_KEY\n    model_info:\n      input_cost_per_token: 0.0000025\n      output_cost_per_token: 0.00001\nkeys:\n"
+        "model_list:\n  - model_name: gpt-4o\n    litellm_params:\n      model: openai/gpt-4o\n      api_base: http://127.0.0.1:{UPSTREAM_PORT}/v1\n      api_key: os.environ/BENCH_PROVIDER_KEY\n    model_info:\n      input_cost_per_token: 0.0000025\n      output_cost_per_token: 0.00001\n  - model_name: {ANTHROPIC_GROUP}\n    litellm_params:\n      model: anthropic/claude-3-5-sonnet-20241022\n      api_base: http://127.0.0.1:{UPSTREAM_PORT}\n      api_key: os.environ/BENCH_PROVIDER_KEY\n    model_info:\n      input_cost_per_token: 0.000003\n      output_cost_per_token: 0.000015\nkeys:\n"
     )
 }

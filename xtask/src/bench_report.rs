@@ -19,15 +19,48 @@ pub(crate) fn of(run: &Run, s: Scenario, k: Kind, f: fn(&WrkResult) -> f64) -> O
     spread(run.runs(s, k).iter().map(f).collect())
 }
 
-/// `f(a's run) − f(b's run)`, paired per round (the same minute of a shared machine), then
-/// median and range over the rounds.
-fn diff(run: &Run, s: Scenario, a: Kind, b: Kind, f: fn(&WrkResult) -> f64) -> Option<Spread> {
-    spread(run.runs(s, a).iter().zip(run.runs(s, b)).map(|(x, y)| f(x) - f(y)).collect())
+/// `f(a's run in scenario sa) − f(b's run in sb)`, paired per round (the same minute of a
+/// shared machine), then median and range over the rounds.
+fn diff_in(
+    run: &Run,
+    (sa, a): (Scenario, Kind),
+    (sb, b): (Scenario, Kind),
+    f: fn(&WrkResult) -> f64,
+) -> Option<Spread> {
+    spread(run.runs(sa, a).iter().zip(run.runs(sb, b)).map(|(x, y)| f(x) - f(y)).collect())
 }
 
-/// `g(this Envoy's run, bare's run)` per round, then median and range.
+/// `f(a's run) − f(b's run)` in one scenario, paired per round.
+fn diff(run: &Run, s: Scenario, a: Kind, b: Kind, f: fn(&WrkResult) -> f64) -> Option<Spread> {
+    diff_in(run, (s, a), (s, b), f)
+}
+
+/// `f(this Envoy's run) − f(bare's paired run)` (`Scenario::bare_pair`), per round.
+fn added(run: &Run, s: Scenario, k: Kind, f: fn(&WrkResult) -> f64) -> Option<Spread> {
+    diff_in(run, (s, k), (s.bare_pair(), KINDS[BARE]), f)
+}
+
+/// `g(this Envoy's run, bare's paired run)` per round, then median and range.
 fn vs_bare(run: &Run, s: Scenario, k: Kind, g: fn(&WrkResult, &WrkResult) -> f64) -> Option<Spread> {
-    spread(run.runs(s, k).iter().zip(run.runs(s, KINDS[BARE])).map(|(r, b)| g(r, b)).collect())
+    spread(run.runs(s, k).iter().zip(run.runs(s.bare_pair(), KINDS[BARE])).map(|(r, b)| g(r, b)).collect())
+}
+
+/// Lookups Envoy counted over requests sent, over all rounds (the xDS rows): (share, lookups,
+/// requests), or `None` where no counter was read.
+fn looked_up(run: &Run, s: Scenario, k: Kind) -> Option<(f64, f64, f64)> {
+    let runs = run.runs(s, k);
+    if runs.is_empty() || runs.iter().any(|r| r.lookups.is_none()) {
+        return None;
+    }
+    let (lookups, requests) = runs.iter().fold((0.0, 0.0), |(l, n), r| (l + r.lookups.unwrap_or(0.0), n + r.requests));
+    Some((lookups / requests.max(1.0), lookups, requests))
+}
+
+/// ", 100.0 % looked up (160 lookups, 160 requests)" for the xDS rows, else nothing.
+fn looked_up_text(run: &Run, s: Scenario, k: Kind) -> String {
+    looked_up(run, s, k).map_or(String::new(), |(share, lookups, requests)| {
+        format!(", {:.1} % looked up ({lookups:.0} lookups, {requests:.0} requests)", share * 100.0)
+    })
 }
 
 /// Throughput ratio: this Envoy's req/s ÷ bare's.
@@ -73,25 +106,134 @@ fn short(reason: &str) -> &str {
 
 /// One cell of the ratio table: what this Envoy costs against bare Envoy in one scenario.
 fn ratio_cell(run: &Run, s: Scenario, k: Kind) -> String {
-    if let Some(reason) = run.missing(k) {
+    if !s.applies(k) {
+        return "—".to_owned();
+    }
+    if let Some(reason) = run.missing_in(s, k) {
         return short(reason).to_owned();
     }
     if s.is_latency() {
-        let p50 = diff(run, s, k, KINDS[BARE], |r| r.p50_us);
-        let p99 = diff(run, s, k, KINDS[BARE], |r| r.p99_us);
+        let p50 = added(run, s, k, |r| r.p50_us);
+        let p99 = added(run, s, k, |r| r.p99_us);
         return match (p50, p99) {
             (Some(a), Some(b)) => format!("p50 {:+.0} µs, p99 {:+.0} µs", a.0, b.0),
             _ => "—".to_owned(),
         };
     }
     let (Some(t), Some(c), Some(a)) =
-        (vs_bare(run, s, k, rps_ratio), vs_bare(run, s, k, cpu_ratio), diff(run, s, k, KINDS[BARE], cpu))
+        (vs_bare(run, s, k, rps_ratio), vs_bare(run, s, k, cpu_ratio), added(run, s, k, cpu))
     else {
         return "—".to_owned();
     };
     let refused = refused_share(run, s, k);
     let refused = if refused > 0.0 { format!(" ({:.0} % refused)", refused * 100.0) } else { String::new() };
-    format!("{:.2}× req/s, {:.2}× CPU, {:+.1} µs{refused}", t.0, c.0, a.0)
+    let lookups =
+        looked_up(run, s, k).map_or(String::new(), |(share, _, _)| format!(" ({:.0} % looked up)", share * 100.0));
+    // Bursts of 80 are bound by latency and the lookup budget, not by the Envoy's core: their
+    // req/s is no throughput to set against a saturated run.
+    let throughput = if s.is_burst() { String::new() } else { format!("{:.2}× req/s, ", t.0) };
+    format!("{throughput}{:.2}× CPU, {:+.1} µs{refused}{lookups}", c.0, a.0)
+}
+
+/// The translated row, against each build's own untranslated chat of the same round.
+fn translation_notes(run: &Run) -> String {
+    let s = Scenario::Translated32;
+    let mut parts = Vec::new();
+    for k in [Kind::SluiceWasm, Kind::SluiceNative] {
+        // CPU only: req/s between two runs of one Envoy moves with whatever shares the load core.
+        if let Some(cpu_added) = diff_in(run, (s, k), (Scenario::Chat32, k), cpu) {
+            parts.push(format!("{} {} µs of CPU per request", k.name(), fmt_signed(cpu_added, 1)));
+        }
+    }
+    if parts.is_empty() {
+        return String::new();
+    }
+    format!(
+        "**The translated row.** An OpenAI client's `/v1/chat/completions` for `claude-bench`, an `anthropic/` deployment \
+on the same upstream: the filter rewrites the request into Anthropic's Messages format for `/v1/messages`, and the answer \
+(the same ~1.4 KB of text as a Messages response with `usage`) back into a `chat.completion`, checked before the rounds. \
+It is paired with bare Envoy's chat at 32 connections, the same request from the client's side. Translation's own cost, \
+against the same Envoy's untranslated chat at 32 connections in the same round: {}.\n\n",
+        parts.join("; ")
+    )
+}
+
+/// How the xDS rows were made, their miss rate as Envoy counted it, and a miss against a hit.
+fn xds_notes(run: &Run) -> String {
+    if run.xds.iter().all(|x| x.missing.is_some()) {
+        return String::new();
+    }
+    let mut keys = Vec::new();
+    let mut floods = Vec::new();
+    let mut misses = Vec::new();
+    for x in run.xds.iter().filter(|x| x.missing.is_none()) {
+        let k = x.kind;
+        keys.push(format!("{} for {} ({:.0} keys/s)", x.keys_created, k.name(), x.keys_per_s));
+        if let Some(f) = x.flood {
+            floods.push(format!(
+                "{}: {} looked up, {} answered 429, of {}",
+                k.name(),
+                f.lookups,
+                f.refused,
+                f.requests
+            ));
+        }
+        let rate = looked_up(run, Scenario::XdsMiss, k).map_or("no lookup count".to_owned(), |(share, l, n)| {
+            // Requests served from the cache would make it a hit measurement, whatever its label.
+            let warning = match share {
+                s if s < 0.5 => " — NOT a miss measurement: most requests were served from the cache",
+                s if s < 0.99 => " — some requests were served from the cache",
+                _ => "",
+            };
+            format!("{l:.0} lookups for {n:.0} requests ({:.1} %){warning}", share * 100.0)
+        });
+        let hit_rate = looked_up(run, Scenario::XdsHitBurst, k)
+            .map_or(String::new(), |(_, l, n)| format!(", the hit bursts {l:.0} for {n:.0}"));
+        let vs_hit = |f: fn(&WrkResult) -> f64| diff_in(run, (Scenario::XdsMiss, k), (Scenario::XdsHitBurst, k), f);
+        let cost = match (vs_hit(cpu), vs_hit(|r| r.p50_us), vs_hit(|r| r.p99_us)) {
+            (Some(c), Some(p50), Some(p99)) => format!(
+                "; **a miss costs {} µs of Envoy CPU more than a hit**, p50 {:+.0} µs, p99 {:+.0} µs",
+                fmt_signed(c, 1),
+                p50.0,
+                p99.0
+            ),
+            _ => String::new(),
+        };
+        misses.push(format!("{}: {rate}{hit_rate}{cost}", k.name()));
+    }
+    let floods = if floods.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (measured in the warm-up, {} new keys at once from one address: {})",
+            crate::bench_xds::FLOOD,
+            floods.join("; ")
+        )
+    };
+    format!(
+        "**The xDS rows.** Each Sluice build also runs in xDS mode: a control plane (`sluice serve`, SQLite, the CLI's \
+debug build, on the load core; its data-plane port on mTLS from `sluice pki`) and a front Envoy from `sluice envoy-config \
+--xds` that gets its clusters, the filter's config and the provider credential from it. Keys were made through the admin \
+API (`sluice key create`) before the rounds: {}. The hit rows repeat one key, cached (a request with it just before each \
+hit run); every request of the miss row carries a key its Envoy has never seen, and Envoy's own `sluice.key_lookups` \
+counter (/stats, read before and after each run) says how many were looked up. **Misses are measured in bursts, not at \
+saturation**: the filter budgets lookups (per worker 50 a second and 100 at once; per client address 10 a second and 20 \
+at once; `key_lookup.rate`, which the control plane sends at its defaults), so a client sending new keys as fast as it can \
+gets 429 `key_lookup_rate_limited` past its first 20{floods}. A burst is 80 requests from 8 loopback addresses \
+(127.0.0.10–17, one keep-alive connection each, 10 requests one after the other), {} bursts per run, 1.8 s apart so the \
+budget refills; a burst's CPU is the Envoy's (/proc/PID/task/*/schedstat, in ns) over the burst and the 0.6 s after it \
+(the ticks that ship its usage, sync its limits and flush its metrics), less the Envoy's idle rate over that time (the \
+mean of 1.2 s measured before and after); its req/s is over the bursts' own time, bound by the lookups' latency, and no \
+throughput ratio is given for it. Bare Envoy has no key cache to miss: every xDS row is paired with bare Envoy's chat at 32 \
+connections of the same round (the same request from the client's side), so the burst rows' \"added\" figures also hold \
+what bursts of 8 connections cost any Envoy over a saturated run; the miss's own cost is the miss row against the hit \
+row's same bursts, paired per round. The miss row's latency includes the lookup at the control plane (SQLite, debug \
+build, sharing the load core with the client) with 8 requests in flight. Miss rate, and a miss's own cost, paired per \
+round: {}.\n\n",
+        keys.join(", "),
+        run.bursts,
+        misses.join("; "),
+    )
 }
 
 /// The share of requests answered non-2xx, over all rounds.
@@ -208,14 +350,14 @@ fn targets(run: &Run) -> String {
     );
     out += &row(
         "1 connection: added p50 ≤ 100 µs",
-        &|k| med(diff(run, Scenario::Chat1, k, KINDS[BARE], |r| r.p50_us)),
+        &|k| med(added(run, Scenario::Chat1, k, |r| r.p50_us)),
         " µs",
         |v| v <= 100.0,
         false,
     );
     out += &row(
         "1 connection: added p99 ≤ 250 µs",
-        &|k| med(diff(run, Scenario::Chat1, k, KINDS[BARE], |r| r.p99_us)),
+        &|k| med(added(run, Scenario::Chat1, k, |r| r.p99_us)),
         " µs",
         |v| v <= 250.0,
         false,
@@ -233,15 +375,16 @@ fn per_envoy(run: &Run) -> String {
     );
     for s in SCENARIOS {
         for k in KINDS {
-            if run.missing(k).is_some() {
+            if !s.applies(k) || run.missing_in(s, k).is_some() || run.runs(s, k).is_empty() {
                 continue;
             }
             let refused = refused_share(run, s, k);
-            let name = if refused > 0.0 {
-                format!("{}, {:.0} % answered 429", k.name(), refused * 100.0)
-            } else {
-                k.name().to_owned()
-            };
+            let mut name = k.name().to_owned();
+            if refused > 0.0 {
+                let what = if s == Scenario::Limited { "answered 429" } else { "not 2xx" };
+                name.push_str(&format!(", {:.0} % {what}", refused * 100.0));
+            }
+            name.push_str(&looked_up_text(run, s, k));
             let opt = |v: Option<Spread>, d: usize, unit: &str| {
                 v.map_or("—".to_owned(), |v| format!("{}{unit}", fmt(v, d)))
             };
@@ -251,7 +394,7 @@ fn per_envoy(run: &Run) -> String {
                 let added = if k == KINDS[BARE] {
                     "—".to_owned()
                 } else {
-                    diff(run, s, k, KINDS[BARE], cpu).map_or("—".to_owned(), |v| format!("{} µs", fmt_signed(v, 1)))
+                    added(run, s, k, cpu).map_or("—".to_owned(), |v| format!("{} µs", fmt_signed(v, 1)))
                 };
                 // How much of one core the Envoy used: near 100 % it was the bottleneck; well
                 // below, something else was (the load core, or a busy machine).
@@ -279,14 +422,20 @@ fn per_envoy(run: &Run) -> String {
 }
 
 fn not_measured(run: &Run) -> String {
-    let mut out = String::from(
-        "**Not measured here.** A key-cache miss: it needs xDS mode (a control plane answering the Envoy's key lookups), \
-which this harness does not start; `cargo xtask bench-fleet` measures a miss from the client side (control plane on \
-Postgres) but not as Envoy CPU per request.",
+    let mut out = translation_notes(run);
+    out.push_str(&xds_notes(run));
+    out.push_str(
+        "**Not measured here.** Key-cache misses at saturation (the filter's lookup budget refuses them, above, and \
+`sluice serve` has no setting to raise it for a measurement), the xDS-mode Envoys' memory, and a translated stream.",
     );
     for k in KINDS {
         if let Some(reason) = run.missing(k) {
             out.push_str(&format!(" {}: {reason}.", k.name()));
+        }
+    }
+    for x in &run.xds {
+        if let Some(reason) = &x.missing {
+            out.push_str(&format!(" {} in xDS mode: {reason}.", x.kind.name()));
         }
     }
     out.push_str(&format!(

@@ -21,13 +21,17 @@ pub(crate) const STREAM_HEADER: &str = "x-bench-stream";
 
 /// The upstream: `POST /v1/chat/completions` (any path, in fact) answered with an OpenAI chat
 /// completion carrying `usage`, or with an SSE stream ending in a usage chunk and `[DONE]` when
-/// the request carries `x-bench-stream`. The buffer filter reads the whole request first: a
-/// response sent before the request's body has arrived can make Envoy close an HTTP/1
-/// connection, and the front Envoy would pay for a new upstream connection per request (with
-/// it, a front Envoy's `upstream_cx_total` stays at its 32 connections over a run).
+/// the request carries `x-bench-stream`; `/v1/messages` (where Sluice sends an OpenAI client's
+/// request for an Anthropic deployment, translated) with an Anthropic Messages answer carrying
+/// `usage` (non-streaming only: the translated scenario does not stream). The buffer filter
+/// reads the whole request first: a response sent before the request's body has arrived can
+/// make Envoy close an HTTP/1 connection, and the front Envoy would pay for a new upstream
+/// connection per request (with it, a front Envoy's `upstream_cx_total` stays at its 32
+/// connections over a run).
 pub(crate) fn upstream(port: u16, admin: u16) -> String {
     let chat = yaml_string(&chat_completion());
     let sse = yaml_string(&sse_stream());
+    let message = yaml_string(&anthropic_message());
     format!(
         r#"admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
@@ -46,6 +50,11 @@ static_resources:
                     - name: all
                       domains: ["*"]
                       routes:
+                        - match: {{path: /v1/messages}}
+                          direct_response: {{status: 200, body: {{inline_string: {message}}}}}
+                          response_headers_to_add:
+                            - header: {{key: content-type, value: application/json}}
+                              append_action: OVERWRITE_IF_EXISTS_OR_ADD
                         - match: {{prefix: /, headers: [{{name: {STREAM_HEADER}, present_match: true}}]}}
                           direct_response: {{status: 200, body: {{inline_string: {sse}}}}}
                           response_headers_to_add:
@@ -142,12 +151,27 @@ static_resources:
     )
 }
 
+/// The answer's text, the same in every format: the translated path and the untranslated one
+/// carry the same content.
+fn answer_text() -> String {
+    "The meeting agreed on three points: ship the gateway, measure it honestly, cut host calls. ".repeat(13)
+}
+
 /// A ~1.4 KB OpenAI chat completion with `usage`, which Sluice meters and charges.
 fn chat_completion() -> String {
-    let content =
-        "The meeting agreed on three points: ship the gateway, measure it honestly, cut host calls. ".repeat(13);
+    let content = answer_text();
     format!(
         r#"{{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-2024-08-06","choices":[{{"index":0,"message":{{"role":"assistant","content":"{content}"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":250,"completion_tokens":300,"total_tokens":550}}}}"#
+    )
+}
+
+/// The same answer as an Anthropic Messages response, with `usage` in Anthropic's names (the
+/// filter translates it into a `chat.completion` with `prompt_tokens` 250 and
+/// `completion_tokens` 300, which the bench checks before measuring).
+fn anthropic_message() -> String {
+    let content = answer_text();
+    format!(
+        r#"{{"id":"msg_bench","type":"message","role":"assistant","model":"claude-3-5-sonnet-20241022","content":[{{"type":"text","text":"{content}"}}],"stop_reason":"end_turn","stop_sequence":null,"usage":{{"input_tokens":250,"output_tokens":300}}}}"#
     )
 }
 

@@ -8,10 +8,11 @@
 //! - `cargo xtask join`   one more Envoy from the running quickstart's control plane.
 //! - `cargo xtask test`   every check: fmt, clippy, unit tests (native and wasm32), integration
 //!   tests against a real Envoy (the standalone files again with the native build), and a smoke run of the quickstart.
-//! - `cargo xtask bench [--quick] [--no-litellm] [--profile] [--native-filter PATH]`  every
-//!   front Envoy of issue 15 (bare, no-op wasm, no-op native, Sluice wasm, Sluice native when
-//!   given) in alternating rounds on one `direct_response` upstream, per scenario; LiteLLM's
-//!   proxy unless `--no-litellm`.
+//! - `cargo xtask bench [--quick] [--no-litellm] [--profile] [--native-filter PATH] [--prebuilt DIR]`
+//!   every front Envoy of issue 15 (bare, no-op wasm, no-op native, Sluice wasm, Sluice native
+//!   when given) in alternating rounds on one `direct_response` upstream, per scenario (with the
+//!   translated path and, in xDS mode, key-cache misses and hits); LiteLLM's proxy unless
+//!   `--no-litellm`; `--prebuilt` measures a target directory's artifacts without building.
 //! - `cargo xtask bench-fleet`  the control plane: key lookup with 1M keys, ingestion rate,
 //!   revocation time.
 //! - `cargo xtask bench-native`  an alias of `bench --no-litellm`, which now measures the
@@ -26,6 +27,7 @@
 mod bench;
 mod bench_fleet;
 mod bench_profile;
+mod bench_xds;
 mod bench_report;
 mod envoy_yaml;
 mod prices;
@@ -54,7 +56,7 @@ fn main() -> ExitCode {
         Some("prices") => prices::prices(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|run [--smoke] [--native]|join|test|bench [--quick] [--no-litellm] [--profile] [--no-pin] [--native-filter PATH]|bench-fleet|bench-native|fuzz [--cases N]|soak [--duration SECS]|prices [--litellm VERSION]>"
+                "usage: cargo xtask <setup|run [--smoke] [--native]|join|test|bench [--quick] [--no-litellm] [--profile] [--no-pin] [--native-filter PATH] [--prebuilt DIR]|bench-fleet|bench-native|fuzz [--cases N]|soak [--duration SECS]|prices [--litellm VERSION]>"
             );
             return ExitCode::from(2);
         }

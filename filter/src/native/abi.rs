@@ -49,11 +49,20 @@ impl EnvoyBuffer {
     /// `ptr` must point at `length` readable bytes (Envoy's promise for a buffer it just filled,
     /// until the stream's next mutation).
     pub unsafe fn to_vec(self) -> Option<Vec<u8>> {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.as_slice() }.map(<[u8]>::to_vec)
+    }
+
+    /// The bytes, borrowed, or None for Envoy's `{NULL, 0}`.
+    ///
+    /// # Safety
+    /// As for [`EnvoyBuffer::to_vec`], for as long as the slice is used.
+    pub unsafe fn as_slice<'a>(self) -> Option<&'a [u8]> {
         if self.ptr.is_null() {
             return None;
         }
         // SAFETY: the caller's promise above.
-        Some(unsafe { core::slice::from_raw_parts(self.ptr.cast::<u8>(), self.length) }.to_vec())
+        Some(unsafe { core::slice::from_raw_parts(self.ptr.cast::<u8>(), self.length) })
     }
 }
 
@@ -178,12 +187,24 @@ callbacks! {
     /// values into the last argument unless it is null.
     get_header: fn(FilterEnvoyPtr, HeaderType, ModuleBuffer, *mut EnvoyBuffer, usize, *mut usize) -> bool
         = c"envoy_dynamic_module_callback_http_get_header";
+    /// Adds a value to a header (copied), keeping any it has.
+    add_header: fn(FilterEnvoyPtr, HeaderType, ModuleBuffer, ModuleBuffer) -> bool
+        = c"envoy_dynamic_module_callback_http_add_header";
+    /// How many headers a map holds (each value of a repeated header counts).
+    get_headers_size: fn(FilterEnvoyPtr, HeaderType) -> usize
+        = c"envoy_dynamic_module_callback_http_get_headers_size";
+    /// Fills an array of that many entries with the map's headers (Envoy's bytes).
+    get_headers: fn(FilterEnvoyPtr, HeaderType, *mut EnvoyHttpHeader) -> bool
+        = c"envoy_dynamic_module_callback_http_get_headers";
     /// Replaces every value of a header (copied); a null value removes it.
     set_header: fn(FilterEnvoyPtr, HeaderType, ModuleBuffer, ModuleBuffer) -> bool
         = c"envoy_dynamic_module_callback_http_set_header";
     /// How many chunks a body has (0 when there is none).
     get_body_chunks_size: fn(FilterEnvoyPtr, BodyType) -> usize
         = c"envoy_dynamic_module_callback_http_get_body_chunks_size";
+    /// A body's length in bytes (0 when there is none).
+    get_body_size: fn(FilterEnvoyPtr, BodyType) -> usize
+        = c"envoy_dynamic_module_callback_http_get_body_size";
     /// Fills an array of that many buffers with the body's chunks.
     get_body_chunks: fn(FilterEnvoyPtr, BodyType, *mut EnvoyBuffer) -> bool
         = c"envoy_dynamic_module_callback_http_get_body_chunks";
@@ -358,6 +379,10 @@ fn lookup(name: &CStr) -> Result<*mut c_void, String> {
     Ok(found)
 }
 
+/// Header and chunk arrays up to this long are read onto the stack (a request's headers and a
+/// body's chunks rarely pass it); longer ones onto the heap.
+const INLINE_ENTRIES: usize = 32;
+
 /// One stream, as the module may touch it: Envoy's filter pointer and the callbacks. Safe to
 /// use because it is only made (unsafely, in the hooks) from the pointer Envoy passed to
 /// `on_http_filter_new`, kept in that stream's own object, and dropped with it in
@@ -398,6 +423,43 @@ impl Stream {
         if found { unsafe { value.to_vec() } } else { None }
     }
 
+    /// The first value of each of `names` (lowercase, as Envoy keeps them), in one pass over
+    /// the map: two calls, where a lookup per name is one each plus Envoy's copy of the name.
+    pub fn headers<const N: usize>(&self, kind: HeaderType, names: [&str; N]) -> [Option<Vec<u8>>; N] {
+        let mut found: [Option<Vec<u8>>; N] = [const { None }; N];
+        // SAFETY: a live stream.
+        let count = unsafe { (self.callbacks.get_headers_size)(self.ptr, kind) };
+        if count == 0 {
+            return found;
+        }
+        const EMPTY: EnvoyHttpHeader = EnvoyHttpHeader { key: EnvoyBuffer::NULL, value: EnvoyBuffer::NULL };
+        let (mut stack, mut heap) = ([EMPTY; INLINE_ENTRIES], Vec::new());
+        let headers = match stack.get_mut(..count) {
+            Some(inline) => inline,
+            None => {
+                heap.resize(count, EMPTY);
+                &mut heap[..]
+            }
+        };
+        // SAFETY: a live stream; `headers` has room for the `count` entries Envoy just reported.
+        if !unsafe { (self.callbacks.get_headers)(self.ptr, kind, headers.as_mut_ptr()) } {
+            return found;
+        }
+        for header in headers.iter() {
+            // SAFETY: Envoy just filled the entry from its map, unchanged until our next call.
+            let (Some(key), Some(value)) = (unsafe { header.key.as_slice() }, unsafe { header.value.as_slice() })
+            else {
+                continue;
+            };
+            if let Some(slot) = names.iter().position(|n| n.as_bytes() == key).and_then(|i| found.get_mut(i))
+                && slot.is_none()
+            {
+                *slot = Some(value.to_vec());
+            }
+        }
+        found
+    }
+
     /// Sets (replaces) a header, or removes it with `None`.
     pub fn set_header(&self, kind: HeaderType, name: &str, value: Option<&[u8]>) -> bool {
         let value = value.map_or(ModuleBuffer::NULL, ModuleBuffer::of);
@@ -405,31 +467,44 @@ impl Stream {
         unsafe { (self.callbacks.set_header)(self.ptr, kind, ModuleBuffer::of(name.as_bytes()), value) }
     }
 
-    /// The chunks of one body, as Envoy's buffers.
-    fn chunks(&self, kind: BodyType) -> Vec<EnvoyBuffer> {
-        // SAFETY: a live stream.
-        let count = unsafe { (self.callbacks.get_body_chunks_size)(self.ptr, kind) };
-        if count == 0 {
-            return Vec::new();
+    /// Adds a value to a header, keeping any it has.
+    pub fn add_header(&self, kind: HeaderType, name: &str, value: &[u8]) -> bool {
+        // SAFETY: a live stream; Envoy copies both buffers before returning.
+        unsafe {
+            (self.callbacks.add_header)(self.ptr, kind, ModuleBuffer::of(name.as_bytes()), ModuleBuffer::of(value))
         }
-        let mut chunks = vec![EnvoyBuffer::NULL; count];
-        // SAFETY: a live stream; `chunks` has room for the `count` buffers Envoy just reported.
-        let ok = unsafe { (self.callbacks.get_body_chunks)(self.ptr, kind, chunks.as_mut_ptr()) };
-        if ok { chunks } else { Vec::new() }
     }
 
     /// Appends one body (all its chunks) to `out`.
     pub fn read_body(&self, kind: BodyType, out: &mut Vec<u8>) {
-        for chunk in self.chunks(kind) {
+        // SAFETY: a live stream.
+        let count = unsafe { (self.callbacks.get_body_chunks_size)(self.ptr, kind) };
+        if count == 0 {
+            return;
+        }
+        let (mut stack, mut heap) = ([EnvoyBuffer::NULL; INLINE_ENTRIES], Vec::new());
+        let chunks = match stack.get_mut(..count) {
+            Some(inline) => inline,
+            None => {
+                heap.resize(count, EnvoyBuffer::NULL);
+                &mut heap[..]
+            }
+        };
+        // SAFETY: a live stream; `chunks` has room for the `count` buffers Envoy just reported.
+        if !unsafe { (self.callbacks.get_body_chunks)(self.ptr, kind, chunks.as_mut_ptr()) } {
+            return;
+        }
+        for chunk in chunks.iter() {
             // SAFETY: Envoy just filled `chunk` from the body, unchanged until our next call.
-            if let Some(bytes) = unsafe { chunk.to_vec() } {
-                out.extend_from_slice(&bytes);
+            if let Some(bytes) = unsafe { chunk.as_slice() } {
+                out.extend_from_slice(bytes);
             }
         }
     }
 
     pub fn body_len(&self, kind: BodyType) -> usize {
-        self.chunks(kind).iter().map(|c| c.length).sum()
+        // SAFETY: a live stream.
+        unsafe { (self.callbacks.get_body_size)(self.ptr, kind) }
     }
 
     pub fn drain_body(&self, kind: BodyType, bytes: usize) -> bool {

@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use sluice_core::config::{CompiledConfig, GatewayConfig};
-use sluice_core::error::GatewayError;
 use sluice_core::limits::ScopeState;
 use sluice_core::routing::SplitMix64;
 
@@ -35,6 +34,7 @@ use super::host::{Counters, DynamicModuleHost, FLOW_COUNTERS, HookState, SERVICE
 use super::{grpc, service};
 use crate::flow::{Gateway, RequestFlow};
 use crate::host::{Action, LogLevel};
+use crate::metrics::Metrics;
 use crate::secrets::Secrets;
 
 /// The host callbacks, resolved once by `envoy_dynamic_module_on_program_init`.
@@ -45,6 +45,8 @@ struct FilterConfig {
     compiled: CompiledConfig,
     secrets: Secrets,
     counters: Arc<Counters>,
+    /// What every worker's requests counted, reported by the main thread's tick.
+    metrics: Arc<Metrics>,
     /// Alive while the config is: workers drop their gateway for a config whose token is gone.
     token: Arc<()>,
     /// Envoy's pointer for this config, as a number: the service's name for its driver.
@@ -100,7 +102,11 @@ impl FilterConfig {
             let seed = getrandom::u64().unwrap_or(0) ^ SEEDS.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
             let worker = Worker {
                 config: Arc::downgrade(&self.token),
-                gateway: Rc::new(Gateway::new(self.compiled.clone(), self.secrets.clone())),
+                gateway: Rc::new(Gateway::with_metrics(
+                    self.compiled.clone(),
+                    self.secrets.clone(),
+                    Arc::clone(&self.metrics),
+                )),
                 rng: Cell::new(SplitMix64::new(seed)),
                 invalidations_seen: Cell::new(0),
             };
@@ -129,28 +135,24 @@ fn apply_invalidations(worker: &Worker) {
     }
 }
 
-/// One stream: the flow, and what its end needs.
+/// One stream: the flow, and what the hooks read of Envoy's around it.
 struct StreamFilter {
     /// Borrowed only for one hook's work. Envoy calls a hook again from inside ours when the
     /// flow sends a local reply (the reply's headers pass back through this filter): that
     /// nested call finds the flow borrowed and lets the reply through untouched.
     flow: RefCell<RequestFlow<DynamicModuleHost>>,
-    gateway: Rc<Gateway>,
     stream: Stream,
-    counters: Arc<Counters>,
     /// Shared with the host: which hook is running, the key lookup's answer.
     hook: Rc<HookState>,
 }
 
 impl StreamFilter {
-    /// Settles and records the request (once: the flow ignores a second call), then reports
-    /// this worker's metrics (counters are cheap natively: no tick batches them).
+    /// Settles and records the request (once: the flow ignores a second call). Its metrics
+    /// wait in the config's [`Metrics`] for the main thread's tick.
     fn finish(&self) {
         if let Ok(mut flow) = self.flow.try_borrow_mut() {
             flow.on_log();
         }
-        let host = DynamicModuleHost::new(self.stream, Arc::clone(&self.counters), Rc::clone(&self.hook));
-        self.gateway.flush_metrics(&host);
     }
 }
 
@@ -179,16 +181,9 @@ fn load_config(callbacks: &'static Callbacks, handle: &ConfigHandle, bytes: &[u8
     // `api_key: os.environ/NAME` and the master key's directly (the wasm build needs
     // `host_env_keys`).
     let secrets = crate::secrets::from_env(&compiled, |name| std::env::var(name).ok())?;
-    let probe = Gateway::new(compiled.clone(), Secrets::default());
-    let rejections: Vec<String> =
-        GatewayError::CODES.iter().map(|code| format!("sluice.rejections.reason.{code}")).collect();
+    let metrics = Arc::new(Metrics::new(&compiled));
     let service_counters = if compiled.config.key_lookup.is_some() { SERVICE_COUNTERS } else { &[] };
-    let names = FLOW_COUNTERS
-        .iter()
-        .chain(service_counters)
-        .copied()
-        .chain(probe.group_metric_names())
-        .chain(rejections.iter().map(String::as_str));
+    let names = FLOW_COUNTERS.iter().chain(service_counters).copied().chain(metrics.names());
     let counters = Counters::define(handle, names)?;
     // Two workers creating the same record at once could lose an update: made before traffic.
     let scopes = compiled.keys.iter().flat_map(|k| {
@@ -212,6 +207,7 @@ fn load_config(callbacks: &'static Callbacks, handle: &ConfigHandle, bytes: &[u8
         compiled,
         secrets,
         counters: Arc::new(counters),
+        metrics,
         token: Arc::new(()),
         envoy_config: handle.ptr() as usize,
     })
@@ -261,7 +257,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             // SAFETY: the config Envoy is creating; forgotten in on_http_filter_config_destroy
             // (unregister), used on this, the main, thread only.
             let live = unsafe { LiveConfig::new(config_envoy, callbacks) };
-            service::register(live, Arc::clone(&config.counters), cluster);
+            service::register(live, Arc::clone(&config.counters), Arc::clone(&config.metrics), cluster);
             Box::into_raw(Box::new(config)).cast_const().cast()
         }
         Err(e) => {
@@ -305,13 +301,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
     let (gateway, random) = config.worker();
     let hook = Rc::new(HookState::default());
     let host = DynamicModuleHost::new(stream, Arc::clone(&config.counters), Rc::clone(&hook));
-    let filter = StreamFilter {
-        flow: RefCell::new(RequestFlow::new(host, Rc::clone(&gateway), random)),
-        gateway,
-        stream,
-        counters: Arc::clone(&config.counters),
-        hook,
-    };
+    let filter = StreamFilter { flow: RefCell::new(RequestFlow::new(host, gateway, random)), stream, hook };
     Box::into_raw(Box::new(filter)).cast_const().cast()
 }
 

@@ -30,6 +30,7 @@ use super::abi::{Callbacks, LiveConfig, Scheduler};
 use super::grpc;
 use super::host::{Counters, log, now_ms, shared};
 use crate::host::{CasResult, Host, LogLevel};
+use crate::metrics::Metrics;
 use crate::service::{INVALIDATIONS_KEY, ServiceConfig, UsageService};
 
 /// How often the service retries, keeps its watch open and syncs limits (the wasm build's
@@ -72,6 +73,19 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Driver {
     config: LiveConfig,
     counters: Arc<Counters>,
+    /// What the workers' requests with this config counted since the last tick.
+    metrics: Arc<Metrics>,
+}
+
+impl Driver {
+    /// Reports the workers' pending counts on this config's counters.
+    fn report_metrics(&self) {
+        self.metrics.drain(|name, delta| {
+            if let Some(id) = self.counters.id(name) {
+                self.config.increment_counter(id, delta);
+            }
+        });
+    }
 }
 
 thread_local! {
@@ -120,13 +134,13 @@ pub fn invalidations_generation() -> u64 {
 
 /// A config was created: it drives the service from now on (the service starts with the first
 /// one). `cluster` reaches the control plane (xDS mode; None in standalone mode).
-pub fn register(config: LiveConfig, counters: Arc<Counters>, cluster: Option<&str>) {
+pub fn register(config: LiveConfig, counters: Arc<Counters>, metrics: Arc<Metrics>, cluster: Option<&str>) {
     let Some(scheduler) = config.new_scheduler() else {
         log(config.callbacks(), LogLevel::Error, "sluice: Envoy gave no scheduler: the usage service cannot run");
         return;
     };
     lock(&SCHEDULERS).push((config.ptr() as usize, scheduler));
-    DRIVERS.with(|d| d.borrow_mut().push(Driver { config, counters }));
+    DRIVERS.with(|d| d.borrow_mut().push(Driver { config, counters, metrics }));
     SERVICE.with(|service| {
         let Ok(mut service) = service.try_borrow_mut() else { return };
         match service.as_mut() {
@@ -175,6 +189,8 @@ pub fn unregister(envoy_config: usize) {
     let (was_current, left) = DRIVERS.with(|d| {
         let mut drivers = d.borrow_mut();
         let was_current = drivers.last().is_some_and(|last| last.config.ptr() as usize == key);
+        // Its streams are over: what they counted is reported while its counters still exist.
+        drivers.iter().filter(|driver| driver.config.ptr() as usize == key).for_each(Driver::report_metrics);
         drivers.retain(|driver| driver.config.ptr() as usize != key);
         (was_current, drivers.len())
     });
@@ -203,8 +219,15 @@ fn take_handover(service: &mut UsageService<MainThreadHost>) {
     }
 }
 
-/// An event posted by a driver's scheduler.
+/// An event posted by a driver's scheduler. A tick also reports every config's metrics.
 pub fn on_event(event: u64) {
+    if event == EVENT_TICK {
+        DRIVERS.with(|d| {
+            if let Ok(drivers) = d.try_borrow() {
+                drivers.iter().for_each(Driver::report_metrics);
+            }
+        });
+    }
     SERVICE.with(|service| {
         let Ok(mut service) = service.try_borrow_mut() else { return };
         let Some(running) = service.as_mut() else { return };

@@ -35,6 +35,30 @@ impl SharedData {
         }
     }
 
+    /// Changes an entry in place under the lock (`change` gets the value, empty when absent,
+    /// and says whether it changed it): what a get and a CAS set do, with no other writer in
+    /// between possible.
+    pub fn update(&self, key: &str, change: &mut dyn FnMut(&mut Vec<u8>) -> bool) {
+        let mut entries = self.entries();
+        let entries = &mut *entries;
+        let cas = entries.last_cas.checked_add(1).unwrap_or(1);
+        match entries.values.get_mut(key) {
+            Some((value, version)) => {
+                if change(value) {
+                    *version = cas;
+                    entries.last_cas = cas;
+                }
+            }
+            None => {
+                let mut value = Vec::new();
+                if change(&mut value) {
+                    entries.values.insert(key.to_owned(), (value, cas));
+                    entries.last_cas = cas;
+                }
+            }
+        }
+    }
+
     pub fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> CasResult {
         let mut entries = self.entries();
         if let (Some(expected), Some((_, current))) = (cas.filter(|c| *c != 0), entries.values.get(key))
@@ -75,6 +99,27 @@ mod tests {
         assert_eq!(data.set("k", b"d", None), CasResult::Written, "no version: always written");
         let (_, Some(last)) = data.get("k") else { panic!("no version") };
         assert!(last > first);
+    }
+
+    #[test]
+    fn an_update_in_place_changes_the_value_and_its_version() {
+        let data = SharedData::default();
+        data.update("k", &mut |v| {
+            v.extend_from_slice(b"a");
+            true
+        });
+        let (value, Some(first)) = data.get("k") else { panic!("no version") };
+        assert_eq!(value.as_deref(), Some(&b"a"[..]));
+        data.update("k", &mut |v| {
+            v.push(b'b');
+            true
+        });
+        let (value, Some(second)) = data.get("k") else { panic!("no version") };
+        assert_eq!(value.as_deref(), Some(&b"ab"[..]));
+        assert!(second > first);
+        assert_eq!(data.set("k", b"c", Some(first)), CasResult::Conflict, "an update moves the version");
+        data.update("absent", &mut |_| false);
+        assert_eq!(data.get("absent"), (None, None), "an unchanged absent entry is not created");
     }
 
     /// Concurrent read-modify-write loops lose no update: what the counters rely on.

@@ -113,14 +113,37 @@ fn ok_or_log<T>(result: Result<T, Status>, what: &str) -> Option<T> {
     }
 }
 
+/// The first value of each of `names` from one header map, in one host call for the whole map
+/// (proxy-wasm's `get_header_map_pairs`) instead of one per name: a boundary crossing costs more
+/// than copying a request's headers.
+fn header_map<const N: usize>(map: MapType, names: [&str; N]) -> [Option<Vec<u8>>; N] {
+    let mut found: [Option<Vec<u8>>; N] = [const { None }; N];
+    for (key, value) in hostcalls::get_map_bytes(map).unwrap_or_default() {
+        if let Some(slot) = names.iter().position(|n| *n == key).and_then(|i| found.get_mut(i))
+            && slot.is_none()
+        {
+            *slot = Some(value);
+        }
+    }
+    found
+}
+
 impl Host for EnvoyHost {
     fn request_header(&self, name: &str) -> Option<Vec<u8>> {
         // The `_bytes` variant: header values may be any bytes, and the String variant panics.
         hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
     }
 
+    fn request_headers<const N: usize>(&self, names: [&str; N]) -> [Option<Vec<u8>>; N] {
+        header_map(MapType::HttpRequestHeaders, names)
+    }
+
     fn set_request_header(&self, name: &str, value: Option<&[u8]>) {
         ok_or_log(hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, value), "set_request_header");
+    }
+
+    fn add_request_header(&self, name: &str, value: &[u8]) {
+        ok_or_log(hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value), "add_request_header");
     }
 
     fn request_body(&self, size: usize) -> Option<Vec<u8>> {
@@ -135,8 +158,16 @@ impl Host for EnvoyHost {
         hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).ok().flatten()
     }
 
+    fn response_headers<const N: usize>(&self, names: [&str; N]) -> [Option<Vec<u8>>; N] {
+        header_map(MapType::HttpResponseHeaders, names)
+    }
+
     fn set_response_header(&self, name: &str, value: Option<&[u8]>) {
         ok_or_log(hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, value), "set_response_header");
+    }
+
+    fn add_response_header(&self, name: &str, value: &[u8]) {
+        ok_or_log(hostcalls::add_map_value_bytes(MapType::HttpResponseHeaders, name, value), "add_response_header");
     }
 
     fn response_body(&self, size: usize) -> Option<Vec<u8>> {
