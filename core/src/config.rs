@@ -287,7 +287,7 @@ impl ModelMode {
     pub fn serves(self, endpoint: crate::endpoint::Endpoint) -> bool {
         use crate::endpoint::Endpoint as E;
         match self {
-            Self::Chat => matches!(endpoint, E::ChatCompletions | E::Messages | E::Responses),
+            Self::Chat => matches!(endpoint, E::ChatCompletions | E::Messages | E::Responses | E::CountTokens),
             Self::Completion => endpoint == E::Completions,
             Self::Embedding => endpoint == E::Embeddings,
             Self::Responses => endpoint == E::Responses,

@@ -14,24 +14,28 @@ pub enum Endpoint {
     Messages,
     /// OpenAI's Responses API (`/v1/responses`): passed through to OpenAI deployments.
     Responses,
+    /// Anthropic's `/v1/messages/count_tokens` (Claude Code asks it): passed through to an
+    /// Anthropic deployment of the group, else estimated by the filter. Never billed.
+    CountTokens,
 }
 
 impl Endpoint {
     /// The error shape this endpoint's clients read.
     pub fn error_format(self) -> crate::error::ErrorFormat {
         match self {
-            Endpoint::Messages => crate::error::ErrorFormat::Anthropic,
+            Endpoint::Messages | Endpoint::CountTokens => crate::error::ErrorFormat::Anthropic,
             _ => crate::error::ErrorFormat::OpenAi,
         }
     }
 
-    pub const ALL: [Endpoint; 6] = [
+    pub const ALL: [Endpoint; 7] = [
         Endpoint::ChatCompletions,
         Endpoint::Completions,
         Endpoint::Embeddings,
         Endpoint::Models,
         Endpoint::Messages,
         Endpoint::Responses,
+        Endpoint::CountTokens,
     ];
 
     /// Recognises a request path (query string allowed), or None for a route Sluice doesn't serve.
@@ -46,6 +50,7 @@ impl Endpoint {
             b"/models" => Some(Self::Models),
             b"/messages" => Some(Self::Messages),
             b"/responses" => Some(Self::Responses),
+            b"/messages/count_tokens" => Some(Self::CountTokens),
             _ => None,
         }
     }
@@ -59,6 +64,7 @@ impl Endpoint {
             Self::Models => "/v1/models",
             Self::Messages => "/v1/messages",
             Self::Responses => "/v1/responses",
+            Self::CountTokens => "/v1/messages/count_tokens",
         }
     }
 
@@ -71,12 +77,13 @@ impl Endpoint {
             Self::Models => "/models",
             Self::Messages => "/v1/messages",
             Self::Responses => "/responses",
+            Self::CountTokens => "/v1/messages/count_tokens",
         }
     }
 
     pub fn format(self) -> ApiFormat {
         match self {
-            Self::Messages => ApiFormat::Anthropic,
+            Self::Messages | Self::CountTokens => ApiFormat::Anthropic,
             _ => ApiFormat::OpenAi,
         }
     }
@@ -103,7 +110,7 @@ impl Endpoint {
 pub struct RouteSet(u8);
 
 impl RouteSet {
-    pub const ALL: RouteSet = RouteSet(0b11_1111);
+    pub const ALL: RouteSet = RouteSet(0b111_1111);
 
     /// Compiles LiteLLM-style `allowed_routes`: route paths (with or without `/v1`) or the
     /// route groups `llm_api_routes`, `openai_routes`, `anthropic_routes`, `info_routes`.
@@ -124,7 +131,7 @@ impl RouteSet {
                         | Endpoint::Models.bit()
                         | Endpoint::Responses.bit()
                 }
-                "anthropic_routes" => Endpoint::Messages.bit(),
+                "anthropic_routes" => Endpoint::Messages.bit() | Endpoint::CountTokens.bit(),
                 "info_routes" => Endpoint::Models.bit(),
                 path => Endpoint::from_path(path.as_bytes())
                     .ok_or_else(|| format!("unknown route {path:?} in allowed_routes"))?
@@ -152,6 +159,8 @@ mod tests {
         assert_eq!(Endpoint::from_path(b"/messages"), Some(Endpoint::Messages));
         assert_eq!(Endpoint::from_path(b"/v1/embeddings"), Some(Endpoint::Embeddings));
         assert_eq!(Endpoint::from_path(b"/v1/responses"), Some(Endpoint::Responses));
+        assert_eq!(Endpoint::from_path(b"/v1/messages/count_tokens"), Some(Endpoint::CountTokens));
+        assert_eq!(Endpoint::from_path(b"/messages/count_tokens?beta=true"), Some(Endpoint::CountTokens));
         for e in Endpoint::ALL {
             assert_eq!(Endpoint::from_path(e.route().as_bytes()), Some(e));
             assert!(RouteSet::ALL.contains(e));
@@ -175,5 +184,6 @@ mod tests {
         assert!(RouteSet::from_names(&["/key/generate"]).is_err());
         let anthropic = RouteSet::from_names(&["anthropic_routes"]).unwrap();
         assert!(anthropic.contains(Endpoint::Messages) && !anthropic.contains(Endpoint::ChatCompletions));
+        assert!(anthropic.contains(Endpoint::CountTokens));
     }
 }

@@ -853,6 +853,7 @@ impl<H: Host> RequestFlow<H> {
         self.awaiting_body = false;
         let body = self.host.request_body(body_size).unwrap_or_default();
         match self.route_and_admit(&body) {
+            Ok(()) if self.rejected => Action::Pause, // answered here
             Ok(()) => Action::Continue,
             Err(error) => self.reject(&error),
         }
@@ -872,6 +873,9 @@ impl<H: Host> RequestFlow<H> {
         // A key may name the group or the name it asked for (an alias, a wildcard's match).
         if !self.may_use(&group.name) && !self.may_use(model) {
             return Err(GatewayError::ModelNotAllowed { model: model.to_owned() });
+        }
+        if endpoint == Endpoint::CountTokens {
+            return self.count_tokens(&gateway, group, matched, body, &req);
         }
         // Deployments of the group whose `mode` serves this route and that speak its wire
         // format, or one the gateway translates to (`translation.rs`).
@@ -958,8 +962,40 @@ impl<H: Host> RequestFlow<H> {
             Some((body, translation)) => (Some(body), Some(translation)),
             None => (rewrite_body(body, &req, &upstream_model, wants_usage_chunk), None),
         };
+        self.send_upstream(&gateway, index, &upstream_path, body.len(), new_body.as_deref());
+        self.admitted = Some(Admitted {
+            group: group_index,
+            deployment: index,
+            format,
+            translation,
+            streamed,
+            strip_usage_chunk,
+            est_prompt_tokens,
+            tickets,
+            remaining,
+            pricing,
+            price_unknown,
+            wildcard_model: match upstream_model {
+                std::borrow::Cow::Owned(name) => Some(name),
+                std::borrow::Cow::Borrowed(_) => None,
+            },
+        });
+        Ok(())
+    }
+
+    /// Points the held request at deployment `index`: its body (when it changed), path, cluster,
+    /// the provider's credential in place of the client's, and Anthropic's version header.
+    fn send_upstream(
+        &mut self,
+        gateway: &Gateway,
+        index: usize,
+        upstream_path: &str,
+        body_len: usize,
+        new_body: Option<&[u8]>,
+    ) {
+        let Some(deployment) = gateway.config.deployment(index) else { return };
         if let Some(new_body) = new_body {
-            self.host.replace_request_body(body.len(), &new_body);
+            self.host.replace_request_body(body_len, new_body);
             self.host.set_request_header("content-length", Some(itoa::Buffer::new().format(new_body.len()).as_bytes()));
         }
         if upstream_path.as_bytes() != self.path.as_slice() {
@@ -989,23 +1025,39 @@ impl<H: Host> RequestFlow<H> {
         if deployment.provider == Provider::Anthropic && !self.has_anthropic_version {
             self.host.set_request_header("anthropic-version", Some(ANTHROPIC_VERSION.as_bytes()));
         }
-        self.admitted = Some(Admitted {
-            group: group_index,
-            deployment: index,
-            format,
-            translation,
-            streamed,
-            strip_usage_chunk,
-            est_prompt_tokens,
-            tickets,
-            remaining,
-            pricing,
-            price_unknown,
-            wildcard_model: match upstream_model {
-                std::borrow::Cow::Owned(name) => Some(name),
-                std::borrow::Cow::Borrowed(_) => None,
-            },
+    }
+
+    /// `/v1/messages/count_tokens` for `group`: passed to one of its Anthropic deployments
+    /// (Anthropic counts for free: nothing is admitted, billed or recorded), else answered
+    /// here with the estimate admission uses (LiteLLM would run the model's tokenizer where it
+    /// has one; the figure is labelled an estimate in ARCHITECTURE.md).
+    fn count_tokens(
+        &mut self,
+        gateway: &Gateway,
+        group: &sluice_core::config::ModelGroup,
+        matched: Option<&str>,
+        body: &[u8],
+        req: &sluice_core::request::LlmRequest<'_>,
+    ) -> Result<(), GatewayError> {
+        let config = &gateway.config;
+        let anthropic = group.deployments.iter().filter_map(|i| Some((*i, config.deployment(*i)?))).filter(|(_, d)| {
+            d.provider == Provider::Anthropic && d.mode.is_none_or(|m| m.serves(Endpoint::CountTokens))
         });
+        let chosen = choose_weighted(anthropic.clone().map(|(_, d)| d.weight), self.random)
+            .and_then(|c| anthropic.clone().nth(c));
+        let Some((index, deployment)) = chosen else {
+            let estimate = usage::estimate_tokens_from_bytes(body.len() as u64);
+            let answer = format!("{{\"input_tokens\":{estimate}}}");
+            self.rejected = true; // answered here: no upstream, no usage record
+            self.host.send_local_response(200, &[("content-type", "application/json")], answer.as_bytes());
+            return Ok(());
+        };
+        let upstream_model = deployment.upstream_model_for(matched);
+        let upstream_path = deployment
+            .upstream_path(Endpoint::CountTokens, &upstream_model, false)
+            .ok_or(GatewayError::Internal { detail: "count_tokens path" })?;
+        let new_body = rewrite_body(body, req, &upstream_model, false);
+        self.send_upstream(gateway, index, &upstream_path, body.len(), new_body.as_deref());
         Ok(())
     }
 

@@ -249,6 +249,42 @@ fn credentials_are_read_from_every_header_spelling_and_stripped() {
     assert_eq!(s.host.request_header_str("x-api-key").as_deref(), Some("provider-secret-claude"));
 }
 
+/// Anthropic's `count_tokens` (Claude Code asks it before a turn): passed to the group's
+/// Anthropic deployment with its key and model name, or estimated here for a group with none;
+/// never admitted, billed or recorded.
+#[test]
+fn count_tokens_goes_to_anthropic_or_is_estimated_and_is_never_billed() {
+    let mut cfg = base_config();
+    cfg.keys[0].rpm_limit = Some(1);
+    let h = Harness::new(cfg);
+    let body = br#"{"model":"claude-3-5-sonnet","messages":[{"role":"user","content":"hello there"}]}"#;
+    for _ in 0..2 {
+        // Twice within an RPM of 1: a count is no request against the key's limits.
+        let mut s = h.start("POST", "/v1/messages/count_tokens?beta=true", &[("x-api-key", key(1).as_bytes())]);
+        assert!(s.send_body(body).is_none());
+        assert_eq!(s.host.request_header_str(":path").as_deref(), Some("/v1/messages/count_tokens"));
+        assert_eq!(s.host.request_header_str("x-api-key").as_deref(), Some("provider-secret-claude"));
+        assert_eq!(s.host.request_header_str("anthropic-version").as_deref(), Some("2023-06-01"));
+        let sent: serde_json::Value = serde_json::from_slice(&s.host.stream.request_body.borrow()).unwrap();
+        assert_eq!(sent["model"], "claude-3-5-sonnet-20241022", "the deployment's model name");
+        s.respond(200, "application/json", &[br#"{"input_tokens":12}"#], true);
+        s.finish();
+        assert_eq!(s.host.response_header_str("x-ratelimit-remaining-requests"), None);
+    }
+    // A group with no Anthropic deployment: the gateway's estimate, in Anthropic's shape.
+    let mut s = h.start("POST", "/v1/messages/count_tokens", &[("x-api-key", key(1).as_bytes())]);
+    let reply = s.send_body(br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hello there"}]}"#).unwrap();
+    assert_eq!(reply.status, 200);
+    assert!(reply.json()["input_tokens"].as_u64().is_some_and(|n| n > 0), "{:?}", reply.json());
+    assert_eq!(s.host.request_header_str("x-sluice-cluster"), None, "nothing went upstream");
+    s.finish();
+    assert!(h.envoy.records().is_empty(), "a count is never billed");
+    // Refused like any request: an unknown model, a key without the model.
+    let mut s = h.start("POST", "/v1/messages/count_tokens", &[("x-api-key", key(1).as_bytes())]);
+    let reply = s.send_body(br#"{"model":"nope","messages":[]}"#).unwrap();
+    assert_eq!((reply.status, reply.json()["type"].as_str()), (400, Some("error")), "Anthropic's error shape");
+}
+
 /// Azure OpenAI: the deployment's path with its `api-version`, the key in `api-key`, the
 /// client's key out of every header; an Anthropic client reaches it through translation.
 #[test]

@@ -102,3 +102,26 @@ def test_the_gateways_own_refusals_come_in_anthropics_shape(gw):
     # The OpenAI routes keep OpenAI's shape.
     r = gw.post("/v1/chat/completions", "blocked", {"model": "gpt-4o", "messages": []})
     assert r.status_code == 401 and r.json()["error"]["code"] == "key_blocked"
+
+
+def test_count_tokens_is_answered_by_anthropic_or_estimated_and_never_billed(gw):
+    """Claude Code counts a prompt's tokens before it sends it (`/v1/messages/count_tokens`):
+    Anthropic's own count for a Claude group, the gateway's estimate for any other group, and
+    no spend either way."""
+    before = len(gw.records("anthropic"))
+    counted = client(gw).messages.count_tokens(
+        model="claude-3-5-sonnet", messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-mock-prompt-tokens": "321"})
+    assert counted.input_tokens == 321
+    seen = gw.mock_stats()["requests"][-1]
+    assert seen["path"] == "/v1/messages/count_tokens"
+    assert seen["x_api_key"] == gw.provider_keys["MOCK_ANTHROPIC_KEY"]
+    calls = len(gw.mock_stats()["requests"])
+    estimated = client(gw).messages.count_tokens(model="gpt-4o", messages=[{"role": "user", "content": "hi " * 100}])
+    assert 50 < estimated.input_tokens < 400
+    assert len(gw.mock_stats()["requests"]) == calls, "an estimate calls no provider"
+    with pytest.raises(anthropic.BadRequestError):
+        client(gw).messages.count_tokens(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+    # A billed request after them is the only new record.
+    client(gw).messages.create(model="claude-3-5-sonnet", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    assert len(gw.wait_records("anthropic", before + 1)) == before + 1

@@ -430,10 +430,14 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         }
         if let Ok(l) = &litellm {
             eprintln!("xtask: bench round {} / {rounds}: LiteLLM proxy", round + 1);
-            match wrk(&l.script, LITELLM_PORT, 32, duration, l.pid, false) {
+            let pid = l.pid;
+            match wrk(&l.script, LITELLM_PORT, 32, duration, pid, false) {
                 Ok(r) => litellm_runs.push(r),
                 Err(e) => litellm = Err(format!("failed during the run: {e}")),
             }
+            // LiteLLM works through the requests wrk left in flight for a while after wrk
+            // stops, on the measured Envoys' core: the next Envoy's run waits until it is idle.
+            wait_until_idle(pid);
         }
     }
     let load_after = loadavg();
@@ -1015,6 +1019,22 @@ pub(crate) fn wrk(
 
 /// `sysconf(_SC_CLK_TCK)`, which is 100 on every Linux this runs on (std has no sysconf).
 const CLOCK_TICKS_PER_SEC: f64 = 100.0;
+
+/// Waits (up to 20 s) until `pid` used less than one clock tick (10 ms) of CPU in a quarter of
+/// a second.
+fn wait_until_idle(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = cpu_ticks(pid);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = cpu_ticks(pid);
+        match (last, now) {
+            (Some(a), Some(b)) if b.saturating_sub(a) == 0 => return,
+            (_, None) => return,
+            _ => last = now,
+        }
+    }
+}
 
 /// A process's user + system CPU time so far, in clock ticks (fields 14 and 15 of /proc/PID/stat).
 fn cpu_ticks(pid: u32) -> Option<u64> {

@@ -27,8 +27,8 @@
 mod bench;
 mod bench_fleet;
 mod bench_profile;
-mod bench_xds;
 mod bench_report;
+mod bench_xds;
 mod envoy_yaml;
 mod prices;
 mod proc;

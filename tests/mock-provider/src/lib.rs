@@ -195,6 +195,7 @@ fn route(path: &str) -> Option<(Api, Dialect)> {
     let rest = path.strip_prefix("/v1").unwrap_or(path);
     match rest {
         "/messages" => Some((Api::Messages, Dialect::Native)),
+        "/messages/count_tokens" => Some((Api::CountTokens, Dialect::Native)),
         "/responses" => Some((Api::Responses, Dialect::Native)),
         _ => openai_api(rest).map(|api| (api, Dialect::Native)),
     }

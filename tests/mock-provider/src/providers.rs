@@ -19,6 +19,9 @@ pub enum Api {
     Messages,
     /// OpenAI's Responses API: OpenAI's key and errors, its own body, usage and stream shapes.
     Responses,
+    /// Anthropic's `/v1/messages/count_tokens`: `{"input_tokens": n}`, the prompt as the
+    /// Messages API would count it (the `prompt_tokens` knob, else the body's bytes by four).
+    CountTokens,
 }
 
 /// Whose conventions a request follows around the shared response shapes: the provider's own
@@ -103,7 +106,8 @@ fn anthropic_error(message: &str, kind: &str) -> Vec<u8> {
 }
 
 fn error(api: Api, status: StatusCode, message: &str, kind: &str, code: &str) -> Reply {
-    let body = if api == Api::Messages { anthropic_error(message, kind) } else { openai_error(message, kind, code) };
+    let anthropic = matches!(api, Api::Messages | Api::CountTokens);
+    let body = if anthropic { anthropic_error(message, kind) } else { openai_error(message, kind, code) };
     Reply::Json { status, body }
 }
 
@@ -126,7 +130,7 @@ pub fn reply(api: Api, dialect: &Dialect, received: &Received, knobs: &Knobs, co
     let authorised = match (dialect, api) {
         // Only the exact `api-key` header: a bearer token here means the client used OpenAI's scheme.
         (Dialect::Azure { .. }, _) => config.azure_key.as_deref().is_none_or(|k| received.header("api-key") == Some(k)),
-        (Dialect::Native, Api::Messages) => {
+        (Dialect::Native, Api::Messages | Api::CountTokens) => {
             config.anthropic_key.as_deref().is_none_or(|k| received.header("x-api-key") == Some(k))
         }
         (Dialect::Native, _) => config
@@ -137,7 +141,7 @@ pub fn reply(api: Api, dialect: &Dialect, received: &Received, knobs: &Knobs, co
     if !authorised {
         return match (dialect, api) {
             (Dialect::Azure { .. }, _) => azure_error(StatusCode::UNAUTHORIZED, AZURE_DENIED),
-            (_, Api::Messages) => Reply::Json {
+            (_, Api::Messages | Api::CountTokens) => Reply::Json {
                 status: StatusCode::UNAUTHORIZED,
                 body: anthropic_error("invalid x-api-key", "authentication_error"),
             },
@@ -188,6 +192,9 @@ pub fn reply(api: Api, dialect: &Dialect, received: &Received, knobs: &Knobs, co
         knobs.completion_tokens.unwrap_or_else(|| max_tokens.map_or(DEFAULT_COMPLETION, |m| m.min(DEFAULT_COMPLETION)));
     let g = Gen { include_usage, ..Gen::new(model, completion, received, knobs) };
     match (api, stream) {
+        (Api::CountTokens, _) => {
+            Reply::Json { status: StatusCode::OK, body: json!({"input_tokens": g.prompt}).to_string().into_bytes() }
+        }
         (Api::Embeddings, _) => g.embeddings(&request),
         (Api::Chat | Api::Completions, false) => g.openai_full(api),
         (Api::Chat | Api::Completions, true) => g.openai_stream(api),
