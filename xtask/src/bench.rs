@@ -390,6 +390,9 @@ pub fn bench(args: &[String]) -> Result<(), String> {
             let targets = targets(*scenario, &fronts, &xds_fronts);
             for n in 0..targets.len() {
                 let t = targets[(n + round + s) % targets.len()];
+                // What the last run left behind (LiteLLM's backlog, a control plane ingesting a
+                // burst's usage) must not share the cores with this one.
+                wait_for_quiet_machine();
                 eprintln!("xtask: bench round {} / {rounds}: {} — {}", round + 1, scenario.label(), t.kind.name());
                 let (port, pid) = (t.port, t.pid);
                 let hit_key = xds_fronts.iter().find(|f| f.kind == t.kind).map(|f| f.hit_key.clone());
@@ -1019,6 +1022,31 @@ pub(crate) fn wrk(
 
 /// `sysconf(_SC_CLK_TCK)`, which is 100 on every Linux this runs on (std has no sysconf).
 const CLOCK_TICKS_PER_SEC: f64 = 100.0;
+
+/// Waits (up to 15 s) until the machine's cores are idle at least 90 % of a quarter of a second
+/// (`/proc/stat`), so a run starts with nothing else on its cores.
+fn wait_for_quiet_machine() {
+    fn busy_and_total() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let fields: Vec<u64> =
+            stat.lines().next()?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+        let total: u64 = fields.iter().sum();
+        // idle and iowait are the 4th and 5th fields.
+        let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+        Some((total.saturating_sub(idle), total))
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let Some(mut last) = busy_and_total() else { return };
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        let Some(now) = busy_and_total() else { return };
+        let (busy, total) = (now.0.saturating_sub(last.0), now.1.saturating_sub(last.1));
+        if total > 0 && busy * 10 <= total {
+            return;
+        }
+        last = now;
+    }
+}
 
 /// Waits (up to 20 s) until `pid` used less than one clock tick (10 ms) of CPU in a quarter of
 /// a second.
