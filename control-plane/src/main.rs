@@ -200,6 +200,15 @@ struct ServeArgs {
     /// addresses (which listing them here allows).
     #[arg(long, env = "SLUICE_UPSTREAM_HOSTS", value_name = "LIST")]
     upstream_hosts: Option<String>,
+    /// Key lookups each Envoy worker may start, as `PER_SECOND/BURST` (default 50/100): a key
+    /// the worker knew before keeps being served from its cache when they are spent; a new key
+    /// gets a 429 with `retry-after`. Raise it where many new keys arrive at once.
+    #[arg(long, env = "SLUICE_KEY_LOOKUP_RATE", value_name = "RATE", value_parser = lookup_rate)]
+    key_lookup_rate: Option<(u32, u32)>,
+    /// The same per client address on each worker (default 10/20); `0/0` turns the per-client
+    /// limit off (behind a proxy whose clients Envoy cannot tell apart).
+    #[arg(long, env = "SLUICE_KEY_LOOKUP_CLIENT_RATE", value_name = "RATE", value_parser = client_lookup_rate)]
+    key_lookup_client_rate: Option<(u32, u32)>,
     /// Accept a master key shorter than 32 characters (LiteLLM's docs' sk-1234). Local
     /// development only.
     #[arg(long, env = "SLUICE_ALLOW_WEAK_MASTER_KEY")]
@@ -425,7 +434,14 @@ fn serve_options(args: &ServeArgs) -> Result<sluice_control_plane::server::Serve
     if let Some(value) = router.get("model_group_alias") {
         xds.router_settings.insert("model_group_alias".to_owned(), value.clone());
     }
-    // Before anything starts: a failure policy the native build cannot apply.
+    if let Some((per_second, burst)) = args.key_lookup_rate {
+        (xds.key_lookup.rate.per_second, xds.key_lookup.rate.burst) = (per_second, burst);
+    }
+    if let Some((per_second, burst)) = args.key_lookup_client_rate {
+        (xds.key_lookup.rate.per_source_per_second, xds.key_lookup.rate.per_source_burst) = (per_second, burst);
+    }
+    // Before anything starts: a failure policy the native build cannot apply, a lookup rate the
+    // filter would refuse.
     xds.check()?;
     xds.provider_policy =
         ProviderPolicy::new(args.provider_credentials.as_deref(), &config_names, &own, args.upstream_hosts.as_deref())?;
@@ -691,5 +707,41 @@ fn run(cli: Cli) -> Result<(), String> {
             eprintln!("wrote {}", out.display());
             Ok(())
         }
+    }
+}
+
+/// `--key-lookup-rate`: `PER_SECOND/BURST`, whole numbers, the rate above zero (a worker that
+/// may look up nothing would refuse every new key) and the burst at least the rate.
+fn lookup_rate(value: &str) -> Result<(u32, u32), String> {
+    match client_lookup_rate(value)? {
+        (0, _) => Err(format!("{value:?}: a worker must be allowed some lookups (the rate above 0)")),
+        rate => Ok(rate),
+    }
+}
+
+/// `--key-lookup-client-rate`: as `--key-lookup-rate`, or `0/0` for no per-client limit.
+fn client_lookup_rate(value: &str) -> Result<(u32, u32), String> {
+    let (per_second, burst) =
+        value.split_once('/').ok_or_else(|| format!("{value:?}: expected PER_SECOND/BURST, e.g. 50/100"))?;
+    let number = |n: &str| n.trim().parse::<u32>().map_err(|_| format!("{value:?}: {n:?} is not a whole number"));
+    let (per_second, burst) = (number(per_second)?, number(burst)?);
+    if burst < per_second || (per_second > 0 && burst == 0) {
+        return Err(format!("{value:?}: the burst must be at least the rate per second"));
+    }
+    Ok((per_second, burst))
+}
+
+#[cfg(test)]
+mod lookup_rate_tests {
+    use super::{client_lookup_rate, lookup_rate};
+
+    #[test]
+    fn a_lookup_rate_is_per_second_and_burst() {
+        assert_eq!(lookup_rate("50/100"), Ok((50, 100)));
+        assert_eq!(client_lookup_rate("0/0"), Ok((0, 0)), "no per-client limit");
+        for bad in ["50", "x/100", "100/50", "-1/5", "5/", "0/0", "0/5"] {
+            assert!(lookup_rate(bad).is_err(), "{bad}");
+        }
+        assert!(client_lookup_rate("5/0").is_err());
     }
 }
