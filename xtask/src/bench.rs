@@ -1028,8 +1028,7 @@ const CLOCK_TICKS_PER_SEC: f64 = 100.0;
 fn wait_for_quiet_machine() {
     fn busy_and_total() -> Option<(u64, u64)> {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let fields: Vec<u64> =
-            stat.lines().next()?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+        let fields: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
         let total: u64 = fields.iter().sum();
         // idle and iowait are the 4th and 5th fields.
         let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);

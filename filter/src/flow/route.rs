@@ -1,0 +1,264 @@
+//! Stage two: the whole body is here. Validate it, choose the deployment, translate when the
+//! formats differ, admit on every limited scope, and point the held request at the deployment
+//! with its credential (or answer `count_tokens`).
+
+use super::*;
+
+/// Where a deployment's credential goes upstream.
+#[derive(Debug, Clone, Default)]
+pub(super) struct UpstreamCredential {
+    /// The provider's header (None: Envoy signs the request on the cluster, as for Bedrock).
+    pub(super) header: Option<&'static str>,
+    /// Its value (None: no key configured; the header is then not sent).
+    pub(super) value: Option<String>,
+}
+
+impl UpstreamCredential {
+    pub(super) fn new(provider: Provider, credential: Option<&str>) -> UpstreamCredential {
+        let (header, value) = match provider {
+            Provider::Openai => ("authorization", credential.map(|c| format!("Bearer {c}"))),
+            Provider::Anthropic => ("x-api-key", credential.map(str::to_owned)),
+            Provider::Azure => ("api-key", credential.map(str::to_owned)),
+            Provider::Gemini => ("x-goog-api-key", credential.map(str::to_owned)),
+            // Envoy signs Bedrock's requests (SigV4) on the cluster: no header from here.
+            Provider::Bedrock => return UpstreamCredential::default(),
+        };
+        UpstreamCredential { header: Some(header), value }
+    }
+}
+
+impl<H: Host> RequestFlow<H> {
+    pub fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !self.awaiting_body {
+            return Action::Continue;
+        }
+        let limit = self.config().config.max_request_body_bytes;
+        if body_size as u64 > limit {
+            // No content-length (chunked upload), or a client that lied about it.
+            self.awaiting_body = false;
+            return self.reject(&GatewayError::BodyTooLarge { limit });
+        }
+        if !end_of_stream {
+            return Action::Pause; // Envoy buffers until the whole body is here
+        }
+        if self.lookup.is_some() {
+            // Routing needs the key: keep the body buffered until the control plane answers.
+            self.body_ready = Some(body_size);
+            return Action::Pause;
+        }
+        self.route_body(body_size)
+    }
+
+    /// The whole body is buffered: route and admit, or refuse.
+    pub(super) fn route_body(&mut self, body_size: usize) -> Action {
+        self.awaiting_body = false;
+        let body = self.host.request_body(body_size).unwrap_or_default();
+        match self.route_and_admit(&body) {
+            Ok(()) if self.rejected => Action::Pause, // answered here
+            Ok(()) => Action::Continue,
+            Err(error) => self.reject(&error),
+        }
+    }
+
+    /// Validates the body, chooses the deployment, admits the request on every limited scope,
+    /// and points the (still held) headers and the body at the deployment.
+    fn route_and_admit(&mut self, body: &[u8]) -> Result<(), GatewayError> {
+        let endpoint = self.endpoint.ok_or(GatewayError::Internal { detail: "no endpoint" })?;
+        let req = parse_request(body)?;
+        let gateway = Rc::clone(&self.gateway);
+        let config = &gateway.config;
+        let model = req.model.as_ref();
+        let (group_index, matched) =
+            config.resolve_model(model).ok_or_else(|| GatewayError::UnknownModel { model: model.to_owned() })?;
+        let group = config.groups.get(group_index).ok_or(GatewayError::Internal { detail: "group" })?;
+        // A key may name the group or the name it asked for (an alias, a wildcard's match).
+        if !self.may_use(&group.name) && !self.may_use(model) {
+            return Err(GatewayError::ModelNotAllowed { model: model.to_owned() });
+        }
+        if endpoint == Endpoint::CountTokens {
+            return self.count_tokens(&gateway, group, matched, body, &req);
+        }
+        // Deployments of the group whose `mode` serves this route and that speak its wire
+        // format, or one the gateway translates to (`translation.rs`).
+        let client_format = endpoint.format();
+        let candidates =
+            group.deployments.iter().filter_map(|i| Some((*i, config.deployment(*i)?))).filter(|(_, d)| {
+                d.mode.is_none_or(|m| m.serves(endpoint))
+                    && (d.provider.format() == client_format || Direction::between(endpoint, d.provider).is_some())
+                    // The Responses API is OpenAI's own, passed through to OpenAI only.
+                    && (endpoint != Endpoint::Responses || d.provider == Provider::Openai)
+            });
+        let chosen = choose_weighted(candidates.clone().map(|(_, d)| d.weight), self.random)
+            .and_then(|c| candidates.clone().nth(c));
+        let Some((index, deployment)) = chosen else {
+            return Err(GatewayError::ModelNotOnRoute { model: model.to_owned(), route: endpoint.route() });
+        };
+        // What the response is parsed as: the deployment's format, or the Responses API's own.
+        let format =
+            if endpoint == Endpoint::Responses { ApiFormat::OpenAiResponses } else { deployment.provider.format() };
+        let streamed = req.stream && endpoint.can_stream();
+        let upstream_model = deployment.upstream_model_for(matched);
+        let (pricing, price_unknown) = deployment.pricing_for(&upstream_model);
+        // Translated before admission: a request that cannot be translated reserves nothing.
+        // (`between` names only pairs of different formats.)
+        let translated = match Direction::between(endpoint, deployment.provider) {
+            None => None,
+            Some(direction) => {
+                let translation =
+                    Translation { direction, client_model: model.to_owned(), include_usage: req.client_wants_usage };
+                Some((translation.request(body, deployment, &upstream_model, DEFAULT_MAX_OUTPUT_TOKENS)?, translation))
+            }
+        };
+
+        // Where it goes, decided before admission: a request refused here reserves nothing.
+        let upstream_endpoint = translated.as_ref().map_or(endpoint, |(_, t)| t.direction.upstream_endpoint());
+        let upstream_path =
+            deployment.upstream_path(upstream_endpoint, &upstream_model, streamed).ok_or_else(|| {
+                GatewayError::InvalidField {
+                    param: "model",
+                    detail: "not a model name this provider can be asked for".into(),
+                }
+            })?;
+
+        // Admission: reserve estimated tokens and the maximum cost on every limited scope.
+        let est_prompt_tokens = usage::estimate_tokens_from_bytes(body.len() as u64);
+        let max_output = if endpoint == Endpoint::Embeddings {
+            0
+        } else {
+            req.max_output_tokens.or(deployment.max_output_tokens).unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS)
+        };
+        let max_cost = pricing.max_cost_nanos(est_prompt_tokens, max_output);
+        let mut scopes: Vec<Scope<'_>> = Vec::with_capacity(3);
+        // Looked-up scopes (xDS mode) share slots; configured ones have named records.
+        let placement = if config.config.key_lookup.is_some() { Placement::Slotted } else { Placement::Named };
+        if let Some(key) = self.key() {
+            if !key.limits.is_unlimited() {
+                scopes.push(Scope { name: &key.counter_name, limits: key.limits, kind: LimitScope::Key, placement });
+            }
+            if let Some(team) = self.team().filter(|t| !t.limits.is_unlimited()) {
+                scopes.push(Scope { name: &team.counter_name, limits: team.limits, kind: LimitScope::Team, placement });
+            }
+            if let Some(per_model) = key.model_limits.get(&group.name) {
+                scopes.push(Scope {
+                    name: &per_model.counter_name,
+                    limits: per_model.limits,
+                    kind: LimitScope::KeyModel,
+                    placement,
+                });
+            }
+        }
+        let (tickets, remaining) = if scopes.is_empty() {
+            (Vec::new(), Remaining::default())
+        } else {
+            counters::admit_all(&self.host, &scopes, self.start_ms, est_prompt_tokens, max_cost)?
+        };
+        if config.config.key_lookup.is_some() {
+            gateway.announce_to_fleet(&self.host, &tickets, self.start_ms);
+        }
+
+        // The body for the deployment: its model name; OpenAI streams must report usage.
+        let wants_usage_chunk = streamed && format == ApiFormat::OpenAi;
+        let strip_usage_chunk = wants_usage_chunk && !req.client_wants_usage;
+        let (new_body, translation) = match translated {
+            Some((body, translation)) => (Some(body), Some(translation)),
+            None => (rewrite_body(body, &req, &upstream_model, wants_usage_chunk), None),
+        };
+        self.send_upstream(&gateway, index, &upstream_path, body.len(), new_body.as_deref());
+        self.admitted = Some(Admitted {
+            group: group_index,
+            deployment: index,
+            format,
+            translation,
+            streamed,
+            strip_usage_chunk,
+            est_prompt_tokens,
+            tickets,
+            remaining,
+            pricing,
+            price_unknown,
+            wildcard_model: match upstream_model {
+                std::borrow::Cow::Owned(name) => Some(name),
+                std::borrow::Cow::Borrowed(_) => None,
+            },
+        });
+        Ok(())
+    }
+
+    /// Points the held request at deployment `index`: its body (when it changed), path, cluster,
+    /// the provider's credential in place of the client's, and Anthropic's version header.
+    fn send_upstream(
+        &mut self,
+        gateway: &Gateway,
+        index: usize,
+        upstream_path: &str,
+        body_len: usize,
+        new_body: Option<&[u8]>,
+    ) {
+        let Some(deployment) = gateway.config.deployment(index) else { return };
+        if let Some(new_body) = new_body {
+            self.host.replace_request_body(body_len, new_body);
+            self.host.set_request_header("content-length", Some(itoa::Buffer::new().format(new_body.len()).as_bytes()));
+        }
+        if upstream_path.as_bytes() != self.path.as_slice() {
+            self.host.set_request_header(":path", Some(upstream_path.as_bytes()));
+        }
+        // A client's own cluster header is replaced; otherwise ours is only added.
+        if self.client_sent_cluster {
+            self.host.set_request_header(CLUSTER_HEADER, Some(deployment.cluster.as_bytes()));
+        } else {
+            self.host.add_request_header(CLUSTER_HEADER, deployment.cluster.as_bytes());
+        }
+        // The provider's credential replaces the client's, in the provider's header; the
+        // client's key goes from the others it came in.
+        let upstream = gateway.upstream_credentials.get(index);
+        let (header, value) = upstream.map_or((None, None), |u| (u.header, u.value.as_deref()));
+        for (client_header, sent) in CLIENT_KEY_HEADERS.into_iter().zip(self.client_key_headers) {
+            if sent && Some(client_header) != header {
+                self.host.set_request_header(client_header, None);
+            }
+        }
+        let client_sent = |name| CLIENT_KEY_HEADERS.iter().zip(self.client_key_headers).any(|(h, s)| s && *h == name);
+        if let Some(header) = header
+            && (value.is_some() || client_sent(header))
+        {
+            self.host.set_request_header(header, value.map(str::as_bytes));
+        }
+        if deployment.provider == Provider::Anthropic && !self.has_anthropic_version {
+            self.host.set_request_header("anthropic-version", Some(ANTHROPIC_VERSION.as_bytes()));
+        }
+    }
+
+    /// `/v1/messages/count_tokens` for `group`: passed to one of its Anthropic deployments
+    /// (Anthropic counts for free: nothing is admitted, billed or recorded), else answered
+    /// here with the estimate admission uses (LiteLLM would run the model's tokenizer where it
+    /// has one; the figure is labelled an estimate in ARCHITECTURE.md).
+    fn count_tokens(
+        &mut self,
+        gateway: &Gateway,
+        group: &sluice_core::config::ModelGroup,
+        matched: Option<&str>,
+        body: &[u8],
+        req: &sluice_core::request::LlmRequest<'_>,
+    ) -> Result<(), GatewayError> {
+        let config = &gateway.config;
+        let anthropic = group.deployments.iter().filter_map(|i| Some((*i, config.deployment(*i)?))).filter(|(_, d)| {
+            d.provider == Provider::Anthropic && d.mode.is_none_or(|m| m.serves(Endpoint::CountTokens))
+        });
+        let chosen = choose_weighted(anthropic.clone().map(|(_, d)| d.weight), self.random)
+            .and_then(|c| anthropic.clone().nth(c));
+        let Some((index, deployment)) = chosen else {
+            let estimate = usage::estimate_tokens_from_bytes(body.len() as u64);
+            let answer = format!("{{\"input_tokens\":{estimate}}}");
+            self.rejected = true; // answered here: no upstream, no usage record
+            self.host.send_local_response(200, &[("content-type", "application/json")], answer.as_bytes());
+            return Ok(());
+        };
+        let upstream_model = deployment.upstream_model_for(matched);
+        let upstream_path = deployment
+            .upstream_path(Endpoint::CountTokens, &upstream_model, false)
+            .ok_or(GatewayError::Internal { detail: "count_tokens path" })?;
+        let new_body = rewrite_body(body, req, &upstream_model, false);
+        self.send_upstream(gateway, index, &upstream_path, body.len(), new_body.as_deref());
+        Ok(())
+    }
+}
