@@ -87,6 +87,7 @@ const NATIVE_FILES: &[&str] = &[
     // Standalone mode.
     "test_openai_sdk.py",
     "test_anthropic_sdk.py",
+    "test_providers.py",
     "test_limits.py",
     "test_money.py",
     "test_bad_input.py",
