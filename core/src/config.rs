@@ -221,14 +221,23 @@ impl Deployment {
         }
         match self.provider {
             Provider::Gemini => {
-                let method = if streamed { "streamGenerateContent?alt=sse" } else { "generateContent" };
+                let method = match (endpoint, streamed) {
+                    (crate::endpoint::Endpoint::Embeddings, _) => "batchEmbedContents",
+                    (_, true) => "streamGenerateContent?alt=sse",
+                    (_, false) => "generateContent",
+                };
                 Some(format!("{}/models/{upstream_model}:{method}", self.base_path))
             }
             Provider::Bedrock => {
                 // An id (`anthropic.claude-…-v1:0`) or an inference profile's ARN: one path
-                // segment, its `:` and `/` escaped as AWS's SDKs do.
+                // segment, its `:` and `/` escaped as AWS's SDKs do. Embeddings are
+                // InvokeModel's (the model's own body), chat is Converse's.
                 let id = upstream_model.replace(':', "%3A").replace('/', "%2F");
-                let method = if streamed { "converse-stream" } else { "converse" };
+                let method = match (endpoint, streamed) {
+                    (crate::endpoint::Endpoint::Embeddings, _) => "invoke",
+                    (_, true) => "converse-stream",
+                    (_, false) => "converse",
+                };
                 Some(format!("{}/model/{id}/{method}", self.base_path))
             }
             _ => Some(format!("{}{}{}", self.base_path, endpoint.upstream_suffix(), self.path_query)),

@@ -934,6 +934,11 @@ mod tests {
         let path = d[0].upstream_path(crate::endpoint::Endpoint::ChatCompletions, "gemini-2.5-flash", true);
         assert_eq!(path.as_deref(), Some("/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"));
         assert_eq!(d[0].upstream_path(crate::endpoint::Endpoint::ChatCompletions, "../x", false), None);
+        // Embeddings: one batchEmbedContents call, whether or not the client said `stream`.
+        for streamed in [false, true] {
+            let path = d[0].upstream_path(crate::endpoint::Endpoint::Embeddings, "gemini-embedding-001", streamed);
+            assert_eq!(path.as_deref(), Some("/v1beta/models/gemini-embedding-001:batchEmbedContents"));
+        }
         let bad = json!({"model_list": [{"model_name": "x", "litellm_params": {"model": "gemini/a?b"}}]});
         assert!(from_litellm(&bad, &env).unwrap_err()[0].0.contains("goes in the URL path"));
     }
@@ -958,6 +963,8 @@ mod tests {
         assert_eq!((d.provider, d.api_key_env.as_deref()), (Provider::Bedrock, None));
         let path = d.upstream_path(crate::endpoint::Endpoint::ChatCompletions, &d.upstream_model, true);
         assert_eq!(path.as_deref(), Some("/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse-stream"));
+        let path = d.upstream_path(crate::endpoint::Endpoint::Embeddings, "amazon.titan-embed-text-v2:0", false);
+        assert_eq!(path.as_deref(), Some("/model/amazon.titan-embed-text-v2%3A0/invoke"));
         let bad = json!({"model_list": [
             {"model_name": "a", "litellm_params": {"model": "bedrock/x"}},
             {"model_name": "b", "litellm_params": {"model": "bedrock/x", "aws_region_name": "us-east-1", "api_key": "os.environ/K"}},

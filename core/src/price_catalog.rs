@@ -118,6 +118,16 @@ mod tests {
         assert_eq!(lookup("azure/gpt-4o").map(|p| p.input), Some(2.5e-6));
         let embedding = lookup("openai/text-embedding-3-small").map(|p| (p.input, p.output));
         assert_eq!(embedding, Some((2e-8, 0.0)));
+        // Embedding models behind a translation are priced per input token too.
+        let per_input = |m: &str| lookup(m).map(|p| (p.input, p.output));
+        assert_eq!(per_input("gemini/gemini-embedding-001"), Some((1.5e-7, 0.0)));
+        assert_eq!(per_input("bedrock/amazon.titan-embed-text-v2:0"), Some((2e-8, 0.0)));
+        assert_eq!(per_input("bedrock/amazon.titan-embed-text-v1"), Some((1e-7, 0.0)));
+        assert_eq!(per_input("bedrock/cohere.embed-english-v3"), Some((1e-7, 0.0)));
+        assert_eq!(per_input("bedrock/cohere.embed-multilingual-v3"), Some((1e-7, 0.0)));
+        // LiteLLM lists text-embedding-004 under Vertex only (free on Gemini's API): no price,
+        // so such a deployment is flagged `price_unknown` unless its model_info prices it.
+        assert_eq!(lookup("gemini/text-embedding-004"), None);
         // A name listed under another provider is not that provider's price.
         assert_eq!(lookup("anthropic/gpt-4o"), None);
         assert_eq!(lookup("openai/my-fine-tune"), None);

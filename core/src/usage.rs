@@ -194,6 +194,9 @@ struct WithUsage {
     /// Gemini calls it `usageMetadata`.
     #[serde(alias = "usageMetadata")]
     usage: Option<RawUsage>,
+    /// Amazon Titan's embeddings (Bedrock InvokeModel) count their input at the top level.
+    #[serde(rename = "inputTextTokenCount")]
+    input_text_token_count: Option<u64>,
 }
 
 /// A `usage` object already parsed as JSON (a translator's), normalised; a malformed one
@@ -202,10 +205,15 @@ pub(crate) fn usage_of_value(format: ApiFormat, usage: &serde_json::Value) -> Us
     RawUsage::deserialize(usage).map(|u| u.normalise(format)).unwrap_or_default()
 }
 
-/// Usage of a complete non-streaming response body, or None if it is not JSON or has none.
+/// Usage of a complete non-streaming response body, or None if it is not JSON or has none
+/// (Gemini's and Cohere's embeddings count nothing: the caller estimates those).
 pub fn parse_response_usage(format: ApiFormat, body: &[u8]) -> Option<Usage> {
     let parsed: WithUsage = serde_json::from_slice(body).ok()?;
-    parsed.usage.map(|u| u.normalise(format))
+    match (parsed.usage, parsed.input_text_token_count) {
+        (Some(u), _) => Some(u.normalise(format)),
+        (None, Some(input)) if format == ApiFormat::Bedrock => Some(Usage { prompt_tokens: input, ..Usage::default() }),
+        (None, _) => None,
+    }
 }
 
 #[cfg(test)]
@@ -281,6 +289,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!((u.prompt_tokens, u.completion_tokens, u.cached_prompt_tokens), (3, 0, 0));
+    }
+
+    #[test]
+    fn embeddings_behind_a_translation() {
+        // Amazon Titan (Bedrock InvokeModel): the input's exact count, at the top level.
+        let titan = br#"{"embedding":[0.5,-0.25],"inputTextTokenCount":7}"#;
+        assert_eq!(
+            parse_response_usage(ApiFormat::Bedrock, titan),
+            Some(Usage { prompt_tokens: 7, ..Usage::default() })
+        );
+        // Read as Bedrock's only (no other format has the field).
+        assert_eq!(parse_response_usage(ApiFormat::OpenAi, titan), None);
+        // Gemini's batchEmbedContents and Cohere on Bedrock count nothing.
+        assert_eq!(parse_response_usage(ApiFormat::Gemini, br#"{"embeddings":[{"values":[0.5]}]}"#), None);
+        let cohere = br#"{"embeddings":[[0.5]],"id":"x","response_type":"embeddings_floats","texts":["hi"]}"#;
+        assert_eq!(parse_response_usage(ApiFormat::Bedrock, cohere), None);
+        // A Gemini answer that does count (Vertex's shape) is exact.
+        let counted = br#"{"embeddings":[{"values":[0.5]}],"usageMetadata":{"promptTokenCount":4}}"#;
+        assert_eq!(parse_response_usage(ApiFormat::Gemini, counted).map(|u| u.prompt_tokens), Some(4));
+        for bad in [&br#"{"inputTextTokenCount":-1}"#[..], br#"{"inputTextTokenCount":"7"}"#] {
+            assert_eq!(parse_response_usage(ApiFormat::Bedrock, bad), None);
+        }
     }
 
     #[test]

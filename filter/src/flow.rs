@@ -471,10 +471,21 @@ impl<H: Host> RequestFlow<H> {
                 }
             }
             Tap::TranslatedJson { body, overflow, .. } | Tap::Json { body, overflow } => {
+                // Embeddings from a provider that counts no tokens (Gemini, Cohere on Bedrock):
+                // a whole answer is complete, its prompt the estimate its client was shown.
+                let uncounted = || match tap {
+                    Tap::TranslatedJson { translation, .. } => {
+                        translation.uncounted_embeddings_prompt(self.status, body)
+                    }
+                    _ => None,
+                };
                 match usage::parse_response_usage(admitted.format, body) {
                     Some(u) if self.response_complete => (u, Outcome::Completed, false),
                     Some(u) => (u, cut_outcome(), true),
-                    None if !*overflow && self.response_complete => (estimate(0), Outcome::Truncated, true),
+                    None if !*overflow && self.response_complete => match uncounted() {
+                        Some(prompt_tokens) => (Usage { prompt_tokens, ..Usage::default() }, Outcome::Completed, true),
+                        None => (estimate(0), Outcome::Truncated, true),
+                    },
                     None => (estimate(body.len() as u64), cut_outcome(), true),
                 }
             }

@@ -22,7 +22,7 @@ use crate::host::Host;
 use crate::key_cache::shared_slots;
 use crate::mock_host::{LocalReply, MockHost};
 use crate::tests::lookup_support::{stored, xds_config};
-use crate::tests::{Harness, base_config, key, key_config};
+use crate::tests::{Harness, base_config, embeddings_config, key, key_config};
 
 /// `cases` unless `PROPTEST_CASES` is set; no failure files (a failure prints its shrunk
 /// input, which becomes a plain test in tests.rs).
@@ -504,6 +504,63 @@ fn play(h: &Harness, req: &Request, resp: &Response) -> Result<bool, TestCaseErr
     Ok(admitted)
 }
 
+/// An embeddings request for a group of `embeddings_config` (Gemini, Titan, Cohere), with
+/// inputs, encodings and dimensions of every kind, some refused.
+fn embeddings_body() -> impl Strategy<Value = Vec<u8>> {
+    let input = prop_oneof![
+        odd_string().prop_map(Value::from),
+        prop::collection::vec(odd_string(), 0..4).prop_map(Value::from),
+        Just(json!([1, 2, 3])),
+        Just(Value::Null),
+    ];
+    let encoding = prop::sample::select(&[None, Some("float"), Some("base64"), Some("int8")][..]);
+    let model = prop::sample::select(&["g-emb", "titan", "cohere"][..]);
+    (model, input, encoding, prop::option::of(0u64..5000)).prop_map(|(model, input, encoding, dimensions)| {
+        let mut body = json!({"model": model, "input": input});
+        if let Some(e) = encoding {
+            body["encoding_format"] = json!(e);
+        }
+        if let Some(d) = dimensions {
+            body["dimensions"] = json!(d);
+        }
+        serde_json::to_vec(&body).unwrap()
+    })
+}
+
+/// What a Gemini or Bedrock embeddings call may get back: its shapes with any vector and
+/// count, anything else, any status and content type, whole or cut.
+fn embeddings_answer() -> impl Strategy<Value = Response> {
+    let vector = prop_oneof![
+        prop::collection::vec(any::<f64>(), 0..4).prop_map(Value::from),
+        Just(json!([0.5, "x"])),
+        Just(json!("AAAA")),
+    ];
+    let body = prop_oneof![
+        (vector.clone(), 1u64..1000, 0usize..3).prop_map(|(v, n, shape)| match shape {
+            0 => json!({"embeddings": [{"values": v}]}),
+            1 => json!({"embedding": v, "inputTextTokenCount": n}),
+            _ => json!({"embeddings": [v], "texts": ["a"]}),
+        }
+        .to_string()
+        .into_bytes()),
+        bytes(200),
+    ];
+    let status = prop::sample::select(&["200", "400", "429", "500"][..]).prop_map(|s| s.as_bytes().to_vec());
+    let content_type =
+        prop::sample::select(&["application/json", "text/event-stream", "application/vnd.amazon.eventstream", ""][..])
+            .prop_map(|s| s.as_bytes().to_vec());
+    (status, content_type, body, prop::collection::vec(any::<Index>(), 0..4), any::<bool>()).prop_map(
+        |(status, content_type, body, cuts, complete)| Response {
+            status,
+            content_type,
+            body,
+            cuts,
+            complete,
+            code_details: None,
+        },
+    )
+}
+
 /// Standalone config with keys that hit every check: limits, budgets, windows, a team,
 /// per-model limits, routes, blocked and expired keys.
 fn limited_config(rpm: u64, tpm: u64, budget: f64) -> GatewayConfig {
@@ -783,6 +840,52 @@ proptest! {
             let mut req = req.clone();
             req.headers.push(("authorization".into(), format!("Bearer {}", key(seed)).into_bytes()));
             play(&other, &req, resp)?;
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// Embeddings through Gemini and Bedrock translations, with any request and any answer: no
+    /// panic; the client gets OpenAI's JSON (its list or an error) or nothing of a cut answer,
+    /// never the provider's bytes; an admitted request is metered once, and a completed one is
+    /// never metered as nothing.
+    #[test]
+    fn embeddings_of_any_answer_are_translated_and_metered_once(body in embeddings_body(), resp in embeddings_answer()) {
+        let h = Harness::new(embeddings_config());
+        let host = MockHost::new(Rc::clone(&h.envoy));
+        {
+            let auth = format!("Bearer {}", key(1)).into_bytes();
+            let mut headers = host.stream.request_headers.borrow_mut();
+            headers.push((":method".into(), b"POST".to_vec()));
+            headers.push((":path".into(), b"/v1/embeddings".to_vec()));
+            headers.push(("authorization".into(), auth));
+        }
+        let mut flow = RequestFlow::new(host.clone(), Rc::clone(&h.gateway), 7);
+        prop_assert_eq!(flow.on_request_headers(false), Action::Pause);
+        *host.stream.request_body.borrow_mut() = body.clone();
+        let action = flow.on_request_body(body.len(), true);
+        let reply = host.stream.local_reply.borrow().clone();
+        if let Some(r) = reply {
+            check_reply(&r, "/v1/embeddings")?;
+            prop_assert_eq!(action, Action::Pause);
+            flow.on_log();
+            prop_assert_eq!(new_records(&h, 0)?.len(), 0);
+            return Ok(());
+        }
+        prop_assert_eq!(action, Action::Continue);
+        let delivered = respond(&host, &mut flow, &resp);
+        prop_assert!(
+            delivered.is_empty() || serde_json::from_slice::<Value>(&delivered).is_ok_and(|v| v.is_object()),
+            "{:?}",
+            String::from_utf8_lossy(&delivered)
+        );
+        flow.on_log();
+        let records = new_records(&h, 0)?;
+        prop_assert_eq!(records.len(), 1);
+        if records[0]["outcome"] == "completed" {
+            prop_assert!(records[0]["prompt_tokens"].as_u64().is_some_and(|n| n > 0), "{}", records[0]);
         }
     }
 }

@@ -422,6 +422,118 @@ fn a_gemini_deployment_is_reached_through_translation() {
     }
 }
 
+/// The base config with embedding groups on Gemini (`g-emb`) and Bedrock (`titan`, `cohere`),
+/// priced per input token as the built-in table prices them.
+pub(crate) fn embeddings_config() -> GatewayConfig {
+    let mut cfg = base_config();
+    let priced = |d: Deployment, input: f64| Deployment {
+        mode: Some(ModelMode::Embedding),
+        pricing: Pricing { input_cost_per_token: input, ..Pricing::default() },
+        ..d
+    };
+    cfg.deployments.push(priced(
+        Deployment {
+            base_path: "/v1beta".into(),
+            ..deployment("g-emb", "g-emb", Provider::Gemini, "gemini-embedding-001")
+        },
+        1.5e-7,
+    ));
+    cfg.deployments.push(priced(deployment("titan", "titan", Provider::Bedrock, "amazon.titan-embed-text-v2:0"), 2e-8));
+    cfg.deployments.push(priced(deployment("cohere", "cohere", Provider::Bedrock, "cohere.embed-english-v3"), 1e-7));
+    cfg
+}
+
+/// Embeddings to Gemini and Bedrock: the model's own path and body, the answer OpenAI's list
+/// (base64 as asked), metered exactly from Titan's count and as an estimate (marked, completed)
+/// from Gemini's and Cohere's, which count nothing.
+#[test]
+fn embeddings_reach_gemini_and_bedrock_through_translation() {
+    let h = Harness::new(embeddings_config());
+    let json = |bytes: &[u8]| -> serde_json::Value { serde_json::from_slice(bytes).unwrap() };
+    let cases: [(&str, &str, &str, serde_json::Value, &str, serde_json::Value); 3] = [
+        (
+            r#"{"model":"g-emb","input":["hello","world!!!!"],"dimensions":2,"encoding_format":"base64"}"#,
+            "/v1beta/models/gemini-embedding-001:batchEmbedContents",
+            r#"{"embeddings":[{"values":[0.5,-2.0]},{"values":[1.0,0.0]}]}"#,
+            serde_json::json!(["AAAAPwAAAMA=", "AACAPwAAAAA="]),
+            "x-goog-api-key",
+            serde_json::json!(5),
+        ),
+        (
+            r#"{"model":"titan","input":"hi there","dimensions":256}"#,
+            "/model/amazon.titan-embed-text-v2%3A0/invoke",
+            r#"{"embedding":[0.5,-2.0],"inputTextTokenCount":3}"#,
+            serde_json::json!([[0.5, -2.0]]),
+            "",
+            serde_json::json!(3),
+        ),
+        (
+            r#"{"model":"cohere","input":["a","bcdef"],"encoding_format":"float"}"#,
+            "/model/cohere.embed-english-v3/invoke",
+            r#"{"embeddings":[[0.5],[1.0]],"id":"e","response_type":"embeddings_floats","texts":["a","bcdef"]}"#,
+            serde_json::json!([[0.5], [1.0]]),
+            "",
+            serde_json::json!(3),
+        ),
+    ];
+    for (body, path, answer, vectors, key_header, prompt) in cases {
+        let (mut s, reply) = h.post("/v1/embeddings", &key(1), body);
+        assert!(reply.is_none(), "{body}: {:?}", reply.map(|r| r.json()));
+        assert_eq!(s.host.request_header_str(":path").as_deref(), Some(path));
+        assert_eq!(s.host.request_header_str("authorization"), None, "the client's key never goes upstream");
+        if !key_header.is_empty() {
+            assert_eq!(s.host.request_header_str(key_header).as_deref(), Some("provider-secret-g-emb"));
+        }
+        let out = json(&s.respond(200, "application/json", &[answer.as_bytes()], true));
+        let got: Vec<serde_json::Value> =
+            out["data"].as_array().unwrap().iter().map(|d| d["embedding"].clone()).collect();
+        assert_eq!(serde_json::Value::from(got), vectors, "{body}");
+        assert_eq!(out["usage"], serde_json::json!({"prompt_tokens": prompt, "total_tokens": prompt}));
+        s.finish();
+    }
+    let sent = |i: usize| h.envoy.records()[i].clone();
+    let got: Vec<(String, u64, bool, String, f64)> = (0..3)
+        .map(|i| {
+            let r = sent(i);
+            (
+                r["model_group"].as_str().unwrap().to_owned(),
+                r["prompt_tokens"].as_u64().unwrap(),
+                r["estimated"] == true,
+                r["outcome"].as_str().unwrap().to_owned(),
+                r["cost_usd"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let expected = [("g-emb", 5, true, 5.0 * 1.5e-7), ("titan", 3, false, 3.0 * 2e-8), ("cohere", 3, true, 3.0 * 1e-7)];
+    for ((group, prompt, estimated, outcome, cost), (g, p, e, c)) in got.iter().zip(expected) {
+        assert_eq!((group.as_str(), *prompt, *estimated, outcome.as_str()), (g, p, e, "completed"));
+        assert!((cost - c).abs() < 1e-15, "{group}: {cost} != {c}");
+    }
+
+    // Titan takes one text; token ids go nowhere but OpenAI: 400s naming `input`, nothing sent.
+    for body in [r#"{"model":"titan","input":["a","b"]}"#, r#"{"model":"g-emb","input":[1,2,3]}"#] {
+        let (_, reply) = h.post("/v1/embeddings", &key(1), body);
+        let reply = reply.expect("refused here");
+        assert_eq!((reply.status, reply.json()["error"]["param"].as_str()), (400, Some("input")), "{body}");
+    }
+    // A provider's error comes back in OpenAI's shape with its status, and is no usage.
+    let (mut s, _) = h.post("/v1/embeddings", &key(1), r#"{"model":"g-emb","input":"a"}"#);
+    let error = r#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED"}}"#;
+    let out = json(&s.respond(429, "application/json", &[error.as_bytes()], true));
+    assert_eq!(
+        (out["error"]["type"].as_str(), out["error"]["message"].as_str()),
+        (Some("rate_limit_error"), Some("quota"))
+    );
+    s.finish();
+    assert_eq!(sent(3)["outcome"], "upstream_error");
+    // An answer that is not an embeddings list: the client's error, metered as truncated.
+    let (mut s, _) = h.post("/v1/embeddings", &key(1), r#"{"model":"cohere","input":"a"}"#);
+    let out = json(&s.respond(200, "application/json", &[b"{\"nothing\":1}"], true));
+    assert!(out["error"]["message"].as_str().unwrap().contains("neither an embedding"), "{out}");
+    s.finish();
+    assert_eq!((sent(4)["outcome"].as_str(), sent(4)["estimated"].as_bool()), (Some("truncated"), Some(true)));
+}
+
 /// An Anthropic client in front of Gemini: the two translations composed, both ways.
 #[test]
 fn an_anthropic_client_reaches_gemini_through_openais_format() {

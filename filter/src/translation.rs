@@ -3,7 +3,9 @@
 //! so `flow.rs` routes and meters the same way whatever the pair.
 
 use sluice_core::config::{Deployment, Provider};
-use sluice_core::conversion::{Target, anthropic_openai, openai_anthropic, openai_bedrock, openai_gemini};
+use sluice_core::conversion::{
+    EmbeddingsAsk, Target, anthropic_openai, openai_anthropic, openai_bedrock, openai_gemini,
+};
 use sluice_core::endpoint::Endpoint;
 use sluice_core::error::{ErrorFormat, GatewayError};
 use sluice_core::usage::{ApiFormat, Usage};
@@ -23,6 +25,10 @@ pub enum Direction {
     OpenAiToBedrock,
     /// An Anthropic Messages client, a Bedrock deployment: through OpenAI's format both ways.
     AnthropicToBedrock,
+    /// An OpenAI `/v1/embeddings` client, a Gemini deployment (`batchEmbedContents`).
+    OpenAiEmbeddingsToGemini,
+    /// An OpenAI `/v1/embeddings` client, a Bedrock deployment (InvokeModel: Titan, Cohere).
+    OpenAiEmbeddingsToBedrock,
 }
 
 impl Direction {
@@ -30,6 +36,7 @@ impl Direction {
     pub fn client_format(self) -> ErrorFormat {
         let client = match self {
             Self::OpenAiToAnthropic | Self::OpenAiToGemini | Self::OpenAiToBedrock => Endpoint::ChatCompletions,
+            Self::OpenAiEmbeddingsToGemini | Self::OpenAiEmbeddingsToBedrock => Endpoint::Embeddings,
             Self::AnthropicToOpenAi | Self::AnthropicToGemini | Self::AnthropicToBedrock => Endpoint::Messages,
         };
         client.error_format()
@@ -44,6 +51,8 @@ impl Direction {
             (Endpoint::Messages, ApiFormat::Gemini) => Some(Self::AnthropicToGemini),
             (Endpoint::ChatCompletions, ApiFormat::Bedrock) => Some(Self::OpenAiToBedrock),
             (Endpoint::Messages, ApiFormat::Bedrock) => Some(Self::AnthropicToBedrock),
+            (Endpoint::Embeddings, ApiFormat::Gemini) => Some(Self::OpenAiEmbeddingsToGemini),
+            (Endpoint::Embeddings, ApiFormat::Bedrock) => Some(Self::OpenAiEmbeddingsToBedrock),
             _ => None,
         }
     }
@@ -53,6 +62,7 @@ impl Direction {
     pub fn upstream_endpoint(self) -> Endpoint {
         match self {
             Self::OpenAiToAnthropic => Endpoint::Messages,
+            Self::OpenAiEmbeddingsToGemini | Self::OpenAiEmbeddingsToBedrock => Endpoint::Embeddings,
             Self::AnthropicToOpenAi
             | Self::OpenAiToGemini
             | Self::AnthropicToGemini
@@ -70,12 +80,16 @@ pub struct Translation {
     pub client_model: String,
     /// An OpenAI client asked for `stream_options.include_usage`.
     pub include_usage: bool,
+    /// An embeddings request: what its answer must honour (`encoding_format`) and the
+    /// gateway\'s estimate of its input, noted when the request is translated.
+    pub embeddings: Option<EmbeddingsAsk>,
 }
 
 impl Translation {
     /// The body for `deployment`; a request that cannot be translated is the client's error.
+    /// (An embeddings request also notes what its answer must honour: `embeddings`.)
     pub fn request(
-        &self,
+        &mut self,
         body: &[u8],
         deployment: &Deployment,
         upstream_model: &str,
@@ -99,6 +113,16 @@ impl Translation {
                 let openai = anthropic_openai::request(body, &target)?;
                 openai_bedrock::request(&openai.body, &target)?
             }
+            Direction::OpenAiEmbeddingsToGemini => {
+                let (translated, ask) = openai_gemini::embeddings_request(body, &target)?;
+                self.embeddings = Some(ask);
+                translated
+            }
+            Direction::OpenAiEmbeddingsToBedrock => {
+                let (translated, ask) = openai_bedrock::embeddings_request(body, &target)?;
+                self.embeddings = Some(ask);
+                translated
+            }
         };
         Ok(translated.body)
     }
@@ -107,6 +131,7 @@ impl Translation {
     pub fn response(&self, status: u16, body: &[u8], created_unix_secs: u64) -> Vec<u8> {
         let format = self.direction.client_format();
         let untranslatable = |e: sluice_core::conversion::ConversionError| GatewayError::from(e).body_for(format);
+        let asked = self.embeddings.unwrap_or_default();
         match (self.direction, (200..300).contains(&status)) {
             (Direction::OpenAiToAnthropic, true) => {
                 openai_anthropic::response(body, &self.client_model, created_unix_secs).unwrap_or_else(untranslatable)
@@ -138,7 +163,29 @@ impl Translation {
             (Direction::AnthropicToBedrock, false) => {
                 anthropic_openai::error(&openai_bedrock::error(body, status), status)
             }
+            (Direction::OpenAiEmbeddingsToGemini, true) => {
+                openai_gemini::embeddings_response(body, &self.client_model, asked).unwrap_or_else(untranslatable)
+            }
+            (Direction::OpenAiEmbeddingsToGemini, false) => openai_gemini::error(body),
+            (Direction::OpenAiEmbeddingsToBedrock, true) => {
+                openai_bedrock::embeddings_response(body, &self.client_model, asked).unwrap_or_else(untranslatable)
+            }
+            (Direction::OpenAiEmbeddingsToBedrock, false) => openai_bedrock::error(body, status),
         }
+    }
+
+    /// The prompt tokens of an embeddings answer whose provider counts none (Gemini, Cohere on
+    /// Bedrock): the estimate noted with the request, the same figure the client's `usage`
+    /// shows. None for any other request, or a body that is not an embeddings answer (a JSON
+    /// object with `embeddings`; read without building it, as it is only metered here).
+    pub fn uncounted_embeddings_prompt(&self, status: u16, body: &[u8]) -> Option<u64> {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            embeddings: Option<serde::de::IgnoredAny>,
+        }
+        let asked = self.embeddings?;
+        let answer: Answer = serde_json::from_slice(body).ok()?;
+        ((200..300).contains(&status) && answer.embeddings.is_some()).then_some(asked.prompt_estimate)
     }
 
     pub fn stream(&self, created_unix_secs: u64) -> StreamTranslation {
@@ -168,6 +215,11 @@ impl Translation {
                 openai_bedrock::StreamTranslator::new(&self.client_model, created_unix_secs, true),
                 anthropic_openai::StreamTranslator::new(&self.client_model),
             ))),
+            // Embeddings never stream: a provider that streams one anyway gets the client an
+            // error, as an answer it cannot translate.
+            Direction::OpenAiEmbeddingsToGemini | Direction::OpenAiEmbeddingsToBedrock => {
+                StreamTranslation::NotAStream(ErrorFormat::OpenAi)
+            }
         }
     }
 }
@@ -185,6 +237,9 @@ pub enum StreamTranslation {
     BedrockToOpenAi(Box<openai_bedrock::StreamTranslator>),
     /// AWS's event stream to OpenAI chunks, those to Anthropic events.
     BedrockToAnthropic(Box<(openai_bedrock::StreamTranslator, anthropic_openai::StreamTranslator)>),
+    /// A stream where the request asked for none (embeddings): nothing of it is sent on, and the
+    /// client gets an error in its format when it ends.
+    NotAStream(ErrorFormat),
 }
 
 impl StreamTranslation {
@@ -202,6 +257,11 @@ impl StreamTranslation {
                 let (bedrock, anthropic) = &mut **pair;
                 anthropic.feed(&bedrock.feed(chunk, end_of_stream), end_of_stream)
             }
+            Self::NotAStream(format) if end_of_stream => GatewayError::Untranslatable {
+                detail: "the provider streamed an answer to a request that does not stream".into(),
+            }
+            .body_for(*format),
+            Self::NotAStream(_) => Vec::new(),
         }
     }
 
@@ -214,6 +274,7 @@ impl StreamTranslation {
             Self::GeminiToAnthropic(pair) => pair.0.usage(),
             Self::BedrockToOpenAi(t) => t.usage(),
             Self::BedrockToAnthropic(pair) => pair.0.usage(),
+            Self::NotAStream(_) => Usage::default(),
         }
     }
 
@@ -226,6 +287,7 @@ impl StreamTranslation {
             Self::GeminiToAnthropic(pair) => pair.0.completed(),
             Self::BedrockToOpenAi(t) => t.completed(),
             Self::BedrockToAnthropic(pair) => pair.0.completed(),
+            Self::NotAStream(_) => false,
         }
     }
 }

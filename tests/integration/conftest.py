@@ -53,6 +53,10 @@ PRICES = {
     "azure-gpt": (2.5e-6, 1e-5, 1.25e-6, None),
     "gemini-flash": (3e-7, 2.5e-6, 3e-8, None),
     "bedrock-claude": (3e-6, 1.5e-5, 3e-7, 3.75e-6),
+    # From the built-in table (LiteLLM's price map), per input token.
+    "gemini-embed": (1.5e-7, 0.0, None, None),
+    "titan-embed": (2e-8, 0.0, None, None),
+    "cohere-embed": (1e-7, 0.0, None, None),
 }
 
 # Envoy's own AWS credentials (its credential chain reads them from its environment); the mock
@@ -235,6 +239,21 @@ class Gateway:
                             "output_cost_per_token": PRICES["bedrock-claude"][1],
                             "cache_read_input_token_cost": PRICES["bedrock-claude"][2],
                             "cache_creation_input_token_cost": PRICES["bedrock-claude"][3]}},
+            # Embeddings behind translations (`mode: embedding`), priced per input token from
+            # the built-in table: Gemini's batchEmbedContents, Bedrock's InvokeModel (Titan v2,
+            # Cohere), the last two signed by Envoy like Converse.
+            {"model_name": "gemini-embed",
+             "litellm_params": {"model": "gemini/gemini-embedding-001", "api_base": self.mock_url,
+                                "api_key": "os.environ/MOCK_GEMINI_KEY"},
+             "model_info": {"id": "gemini-embed", "mode": "embedding"}},
+            {"model_name": "titan-embed",
+             "litellm_params": {"model": "bedrock/amazon.titan-embed-text-v2:0", "api_base": self.mock_url,
+                                "aws_region_name": "us-east-1"},
+             "model_info": {"id": "titan-embed", "mode": "embedding"}},
+            {"model_name": "cohere-embed",
+             "litellm_params": {"model": "bedrock/cohere.embed-english-v3", "api_base": self.mock_url,
+                                "aws_region_name": "us-east-1"},
+             "model_info": {"id": "cohere-embed", "mode": "embedding"}},
             # A wildcard: any `wild/<name>` goes to the OpenAI-format mock as `<name>`, priced
             # from the built-in table.
             {"model_name": "wild/*", "litellm_params": {"model": "openai/*", "api_base": openai_base,

@@ -1,7 +1,8 @@
 """Providers and model names, through a real Envoy with the real SDKs: Azure OpenAI (the
 deployment's path with `api-version`, the key in `api-key`), reached by OpenAI-format and
 Anthropic-format clients alike, metered and priced; OpenAI's Responses API passed through and
-metered; LiteLLM's `model_group_alias` and wildcard model groups."""
+metered; LiteLLM's `model_group_alias` and wildcard model groups; Gemini and Bedrock chat and
+embeddings behind translations."""
 
 import json
 import time
@@ -315,3 +316,111 @@ def test_a_bedrock_throttle_reaches_the_openai_client_as_a_429(gw):
         openai_client(gw).chat.completions.create(
             model="bedrock-claude", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-mock-status": "429"})
     assert e.value.status_code == 429 and "mock error 429" in str(e.value)
+
+
+# ---- Embeddings: Gemini's batchEmbedContents, Bedrock's InvokeModel (Titan, Cohere) ---------
+
+GEMINI_EMBED_PATH = "/v1beta/models/gemini-embedding-001:batchEmbedContents"
+
+
+def estimate(*texts):
+    """The gateway's estimate of an input its provider does not count: each text's bytes by
+    four, rounded up, at least one."""
+    return sum(max(1, -(-len(t.encode()) // 4)) for t in texts)
+
+
+def signed_by_envoy(seen):
+    assert seen["authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={AWS_ACCESS_KEY_ID}/"), seen["authorization"]
+    assert "/us-east-1/bedrock/aws4_request" in seen["authorization"] and seen["x_amz_date"]
+    assert seen["x_api_key"] is None and seen["api_key"] is None
+
+
+def test_the_openai_sdk_embeds_with_gemini_in_base64_by_default_and_in_floats(gw):
+    client = openai_client(gw)
+    texts = ["The food was delicious and the waiter was friendly.", "Sluice meters embeddings too"]
+    # The SDK asks for base64 unless told otherwise, and decodes it.
+    default = client.embeddings.create(model="gemini-embed", input=texts)
+    seen = gw.mock_stats()["requests"][-1]
+    assert seen["path"] == GEMINI_EMBED_PATH
+    assert seen["x_goog_api_key"] == gw.provider_keys["MOCK_GEMINI_KEY"]
+    assert seen["authorization"] is None and seen["x_api_key"] is None and seen["api_key"] is None
+    assert seen["body_json"] == {"requests": [
+        {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": t}]}} for t in texts]}
+    floats = client.embeddings.create(model="gemini-embed", input=texts, encoding_format="float")
+    assert (floats.object, floats.model, [d.index for d in floats.data]) == ("list", "gemini-embed", [0, 1])
+    assert [len(d.embedding) for d in floats.data] == [8, 8]
+    assert [d.embedding for d in default.data] == [d.embedding for d in floats.data]
+    assert floats.data[0].embedding != floats.data[1].embedding
+    # Gemini counts no tokens: both answers carry the gateway's estimate, as the records do.
+    n = estimate(*texts)
+    assert (default.usage.prompt_tokens, floats.usage.prompt_tokens, floats.usage.total_tokens) == (n, n, n)
+    for rec in records_where(gw, 2, model_group="gemini-embed", prompt_tokens=n):
+        assert (rec["route"], rec["status"], rec["outcome"], rec["estimated"], rec["completion_tokens"],
+                rec["upstream_model"], rec["price_unknown"]) == \
+            ("/v1/embeddings", 200, "completed", True, 0, "gemini-embedding-001", False)
+        assert rec["cost_usd"] > 0 and rec["cost_usd"] == pytest.approx(cost("gemini-embed", n, 0), abs=1e-12)
+    # dimensions is Gemini's outputDimensionality.
+    short = client.embeddings.create(model="gemini-embed", input="hi", dimensions=4, encoding_format="float")
+    assert len(short.data[0].embedding) == 4
+    assert gw.mock_stats()["requests"][-1]["body_json"]["requests"][0]["outputDimensionality"] == 4
+
+
+def test_titan_embeddings_are_metered_from_titans_own_count(gw):
+    client = openai_client(gw)
+    count = {"x-mock-prompt-tokens": "37"}
+    reply = client.embeddings.create(model="titan-embed", input="Hello from Titan", dimensions=256, extra_headers=count)
+    seen = gw.mock_stats()["requests"][-1]
+    assert seen["path"] == "/model/amazon.titan-embed-text-v2%3A0/invoke"
+    signed_by_envoy(seen)
+    assert seen["body_json"] == {"inputText": "Hello from Titan", "dimensions": 256}
+    assert len(reply.data) == 1 and len(reply.data[0].embedding) == 256
+    assert (reply.usage.prompt_tokens, reply.usage.total_tokens) == (37, 37)
+    floats = client.embeddings.create(model="titan-embed", input=["Hello from Titan"], dimensions=256,
+                                      encoding_format="float", extra_headers=count)
+    assert floats.data[0].embedding == reply.data[0].embedding
+    for rec in records_where(gw, 2, model_group="titan-embed", prompt_tokens=37):
+        assert (rec["outcome"], rec["estimated"], rec["upstream_model"]) == \
+            ("completed", False, "amazon.titan-embed-text-v2:0")
+        assert rec["cost_usd"] == pytest.approx(cost("titan-embed", 37, 0), abs=1e-12)
+    # Titan embeds one text a call: several are the client's 400, naming `input`, sent nowhere.
+    calls = len(gw.mock_stats()["requests"])
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model="titan-embed", input=["one", "two"])
+    assert e.value.status_code == 400 and e.value.param == "input" and "one text" in str(e.value)
+    assert len(gw.mock_stats()["requests"]) == calls
+
+
+def test_cohere_embeddings_on_bedrock_are_estimated(gw):
+    client = openai_client(gw)
+    texts = ["a first document", "a second, somewhat longer document", "third"]
+    floats = client.embeddings.create(model="cohere-embed", input=texts, encoding_format="float")
+    seen = gw.mock_stats()["requests"][-1]
+    assert seen["path"] == "/model/cohere.embed-english-v3/invoke"
+    signed_by_envoy(seen)
+    assert seen["body_json"] == {"texts": texts, "input_type": "search_document"}
+    assert [len(d.embedding) for d in floats.data] == [8, 8, 8]
+    default = client.embeddings.create(model="cohere-embed", input=texts)
+    assert [d.embedding for d in default.data] == [d.embedding for d in floats.data]
+    n = estimate(*texts)
+    assert (floats.usage.prompt_tokens, default.usage.prompt_tokens) == (n, n)
+    for rec in records_where(gw, 2, model_group="cohere-embed", prompt_tokens=n):
+        assert (rec["outcome"], rec["estimated"]) == ("completed", True)
+        assert rec["cost_usd"] == pytest.approx(cost("cohere-embed", n, 0), abs=1e-12)
+    # Cohere v3 has no `dimensions`: refused by name (LiteLLM's UnsupportedParamsError).
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model="cohere-embed", input="x", dimensions=256)
+    assert "dimensions" in str(e.value)
+
+
+def test_embedding_errors_reach_the_openai_client_in_its_shape(gw):
+    client = openai_client(gw)
+    for model in ["gemini-embed", "titan-embed", "cohere-embed"]:
+        with pytest.raises(openai.RateLimitError) as e:
+            client.embeddings.create(model=model, input="hi", extra_headers={"x-mock-status": "429"})
+        assert e.value.status_code == 429 and "mock error 429" in str(e.value), model
+        [rec] = records_where(gw, 1, model_group=model, status=429)
+        assert (rec["outcome"], rec["prompt_tokens"], rec["cost_usd"]) == ("upstream_error", 0, 0)
+    # Token ids are OpenAI's own: a 400 naming `input`.
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model="gemini-embed", input=[[1, 2, 3]])
+    assert e.value.param == "input"

@@ -6,6 +6,11 @@
 //! - [`openai_gemini`]: the same for a Google Gemini (`generateContent`) deployment.
 //! - [`openai_bedrock`]: the same for an AWS Bedrock deployment (the Converse API).
 //!
+//! An OpenAI `/v1/embeddings` client reaches Gemini (`batchEmbedContents`) and Bedrock
+//! (InvokeModel: Amazon Titan and Cohere embedding models) through the same two modules
+//! (`embeddings_request`, `embeddings_response`), the OpenAI side shared in
+//! `openai_embeddings` ([`EmbeddingsAsk`]: what the answer must honour of the request).
+//!
 //! Each direction is a pure function of bytes (the stream: a state machine fed chunk by chunk)
 //! with what it cannot know passed in ([`Target`]: the upstream model, the default
 //! `max_tokens`, whether unsupported parameters are dropped; the creation time). Translation
@@ -19,12 +24,14 @@ pub mod anthropic_openai;
 mod aws_eventstream;
 pub mod openai_anthropic;
 pub mod openai_bedrock;
+mod openai_embeddings;
 pub mod openai_gemini;
 mod openai_side;
 mod sse_events;
 #[cfg(test)]
 mod test_support;
 
+pub use openai_embeddings::{EmbeddingsAsk, Encoding};
 pub use sse_events::SseEvents;
 
 use std::fmt;
@@ -55,6 +62,8 @@ pub struct Translated {
 pub enum ConversionError {
     /// Not JSON, or not the shape the format requires (a client error: 400).
     InvalidRequest { detail: String },
+    /// One field of the request is not what the format (or the provider) allows: a 400 naming it.
+    InvalidField { param: &'static str, detail: String },
     /// Parameters the provider cannot take, without `drop_params` (400, named as LiteLLM does).
     Unsupported { provider: &'static str, params: Vec<String> },
     /// The provider's answer is not what its format promises (502: the provider's fault).
@@ -65,6 +74,7 @@ impl fmt::Display for ConversionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::InvalidRequest { detail } => write!(f, "invalid request: {detail}"),
+            Self::InvalidField { param, detail } => write!(f, "invalid {param}: {detail}"),
             Self::Unsupported { provider, params } => write!(
                 f,
                 "{provider} does not support parameters: {}. To drop them, set `litellm_settings.drop_params: true` \
@@ -80,6 +90,7 @@ impl From<ConversionError> for crate::error::GatewayError {
     fn from(e: ConversionError) -> Self {
         match e {
             ConversionError::Unsupported { provider, params } => Self::UnsupportedParams { provider, params },
+            ConversionError::InvalidField { param, detail } => Self::InvalidField { param, detail },
             ConversionError::InvalidRequest { detail } | ConversionError::InvalidResponse { detail } => {
                 Self::Untranslatable { detail }
             }

@@ -7,7 +7,9 @@
 //! - [`response`]: a Converse response → a `chat.completion`; [`usage_of`]: its usage;
 //! - [`StreamTranslator`]: `/converse-stream`'s AWS event stream (binary frames, decoded by
 //!   `aws_eventstream`) → `chat.completion.chunk`s as they arrive, then `data: [DONE]`;
-//! - [`error`]: Bedrock's error body → OpenAI's.
+//! - [`error`]: Bedrock's error body → OpenAI's (InvokeModel's errors have the same shape);
+//! - [`embeddings_request`], [`embeddings_response`]: `/v1/embeddings` → InvokeModel
+//!   (`/model/{id}/invoke`) for Amazon Titan and Cohere embedding models, and back.
 //!
 //! Bedrock takes images only as bytes (base64 in JSON): an http(s) image URL is refused (or,
 //! under `drop_params`, left out), never fetched. Bedrock has no `tool_choice: "none"`: the
@@ -18,6 +20,7 @@
 use serde_json::{Map, Value, json};
 
 use super::aws_eventstream::{EventStreamDecoder, Message};
+use super::openai_embeddings::{self, EmbeddingsAsk};
 use super::openai_side::{self, Chunks, Part, Role, ToolCallIndexes, ToolChoice, present};
 use super::{ConversionError, Target, Translated, bad_response, invalid};
 use crate::usage::Usage;
@@ -557,3 +560,120 @@ impl StreamTranslator {
 #[cfg(test)]
 #[path = "openai_bedrock_tests.rs"]
 mod tests;
+
+// ---- embeddings (InvokeModel) -----------------------------------------------------------------
+
+/// The embedding models Bedrock's InvokeModel is asked for, by their body's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EmbeddingModel {
+    /// `amazon.titan-embed-text-v1`, `amazon.titan-embed-g1-text-02`: `inputText` only.
+    TitanV1,
+    /// `amazon.titan-embed-text-v2:0`: `inputText`, `dimensions`, `normalize`.
+    TitanV2,
+    /// `cohere.embed-english-v3`, `cohere.embed-multilingual-v3`: `texts`, `input_type`.
+    Cohere,
+}
+
+/// Which embedding model a model id (or an inference profile's id or ARN, which contains it)
+/// names; None: not one Sluice translates to.
+fn embedding_model(id: &str) -> Option<EmbeddingModel> {
+    if id.contains("amazon.titan-embed-text-v2") {
+        Some(EmbeddingModel::TitanV2)
+    } else if id.contains("amazon.titan-embed-text-v1") || id.contains("amazon.titan-embed-g1-text") {
+        Some(EmbeddingModel::TitanV1)
+    } else if id.contains("cohere.embed-english-v3") || id.contains("cohere.embed-multilingual-v3") {
+        Some(EmbeddingModel::Cohere)
+    } else {
+        None
+    }
+}
+
+/// Cohere's `input_type` when the client names none (LiteLLM's default).
+const COHERE_DEFAULT_INPUT_TYPE: &str = "search_document";
+
+/// An OpenAI `/v1/embeddings` request as the body of Bedrock's InvokeModel for the deployment's
+/// model (`POST /model/{id}/invoke`). Titan embeds one text a call: an `input` of several is
+/// refused (LiteLLM makes one call per text; a gateway that meters and admits per request does
+/// not). Titan v2 takes `dimensions` and (passed on) `normalize`; Cohere takes no `dimensions`,
+/// and `input_type` (default `search_document`) and `truncate` passed on.
+pub fn embeddings_request(body: &[u8], target: &Target<'_>) -> Result<(Translated, EmbeddingsAsk), ConversionError> {
+    let model = embedding_model(target.model).ok_or_else(|| {
+        invalid(format!(
+            "{} is not an embedding model Sluice can call on Bedrock (Amazon Titan text embeddings, Cohere embed v3)",
+            target.model
+        ))
+    })?;
+    let (takes_dimensions, extra): (bool, &[&str]) = match model {
+        EmbeddingModel::TitanV1 => (false, &[]),
+        EmbeddingModel::TitanV2 => (true, &["normalize"]),
+        EmbeddingModel::Cohere => (false, &["input_type", "truncate"]),
+    };
+    let (read, req) = openai_embeddings::read(body, target, PROVIDER, takes_dimensions, extra)?;
+    let mut out = Map::new();
+    match model {
+        EmbeddingModel::TitanV1 | EmbeddingModel::TitanV2 => {
+            let [text] = read.inputs.as_slice() else {
+                return Err(ConversionError::InvalidField {
+                    param: "input",
+                    detail: format!(
+                        "{} embeds one text per request: send a string, or an array of one (got {})",
+                        target.model,
+                        read.inputs.len()
+                    ),
+                });
+            };
+            out.insert("inputText".into(), Value::String(text.clone()));
+            if let Some(dimensions) = read.dimensions {
+                out.insert("dimensions".into(), Value::from(dimensions));
+            }
+            match present(&req, "normalize") {
+                None => {}
+                Some(Value::Bool(b)) => {
+                    out.insert("normalize".into(), Value::Bool(*b));
+                }
+                Some(_) => {
+                    return Err(ConversionError::InvalidField {
+                        param: "normalize",
+                        detail: "must be a boolean".into(),
+                    });
+                }
+            }
+        }
+        EmbeddingModel::Cohere => {
+            out.insert("texts".into(), json!(read.inputs));
+            let string_field = |name: &'static str| match present(&req, name) {
+                None => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(ConversionError::InvalidField { param: name, detail: "must be a string".into() }),
+            };
+            let input_type = string_field("input_type")?.unwrap_or_else(|| COHERE_DEFAULT_INPUT_TYPE.to_owned());
+            out.insert("input_type".into(), Value::String(input_type));
+            if let Some(truncate) = string_field("truncate")? {
+                out.insert("truncate".into(), Value::String(truncate));
+            }
+        }
+    }
+    Ok((super::translated(out, read.dropped)?, read.ask))
+}
+
+/// InvokeModel's answer as OpenAI's list of embeddings: Titan's `{"embedding": […],
+/// "inputTextTokenCount": n}` (an exact count), or Cohere's `{"embeddings": [[…], …]}` (or, by
+/// type, `{"embeddings": {"float": [[…]]}}`), which counts nothing: its usage is the gateway's
+/// estimate of the input.
+pub fn embeddings_response(body: &[u8], client_model: &str, ask: EmbeddingsAsk) -> Result<Vec<u8>, ConversionError> {
+    let parsed = super::response_object(body)?;
+    if let Some(vector) = parsed.get("embedding") {
+        let prompt_tokens = parsed.get("inputTextTokenCount").and_then(Value::as_u64).unwrap_or(ask.prompt_estimate);
+        return openai_embeddings::answer(&[vector], client_model, ask.encoding, prompt_tokens);
+    }
+    let embeddings = match parsed.get("embeddings") {
+        Some(Value::Object(by_type)) => by_type.get("float"),
+        other => other,
+    };
+    let vectors: Vec<&Value> = embeddings
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad_response("neither an embedding nor an array of float embeddings"))?
+        .iter()
+        .collect();
+    openai_embeddings::answer(&vectors, client_model, ask.encoding, ask.prompt_estimate)
+}

@@ -695,3 +695,151 @@ fn a_stream_cut_before_its_end_still_ends_for_the_client_but_is_not_completed() 
     assert!(done && !completed && chunks.is_empty(), "{chunks:?}");
     assert_eq!(usage, Usage::default());
 }
+
+// ---- embeddings (InvokeModel) -----------------------------------------------------------------
+
+fn embedder(model: &'static str) -> Target<'static> {
+    Target { model, default_max_tokens: 0, drop_params: false }
+}
+
+fn embed(body: &Value, target: &Target<'_>) -> Result<(Value, EmbeddingsAsk, Vec<String>), ConversionError> {
+    let (translated, ask) = embeddings_request(body.to_string().as_bytes(), target)?;
+    Ok((serde_json::from_slice(&translated.body).unwrap(), ask, translated.dropped))
+}
+
+#[test]
+fn embeddings_requests_are_each_models_own_body() {
+    use super::super::Encoding::{Base64, Float};
+    let cases = [
+        // Titan v2: inputText, dimensions, normalize (passed on).
+        (
+            "amazon.titan-embed-text-v2:0",
+            json!({"model": "t", "input": "Hello world", "dimensions": 512, "normalize": true, "user": "u"}),
+            json!({"inputText": "Hello world", "dimensions": 512, "normalize": true}),
+            Float,
+            3,
+        ),
+        // An array of one is one text; an inference profile names the model inside its id.
+        (
+            "us.amazon.titan-embed-text-v2:0",
+            json!({"model": "t", "input": ["Hi"], "encoding_format": "base64"}),
+            json!({"inputText": "Hi"}),
+            Base64,
+            1,
+        ),
+        (
+            "amazon.titan-embed-text-v1",
+            json!({"model": "t", "input": "abcde"}),
+            json!({"inputText": "abcde"}),
+            Float,
+            2,
+        ),
+        // Cohere: every text in one call, input_type defaulting to LiteLLM's search_document.
+        (
+            "cohere.embed-english-v3",
+            json!({"model": "c", "input": ["first", "second text"]}),
+            json!({"texts": ["first", "second text"], "input_type": "search_document"}),
+            Float,
+            2 + 3,
+        ),
+        (
+            "cohere.embed-multilingual-v3",
+            json!({"model": "c", "input": "q", "input_type": "search_query", "truncate": "END", "encoding_format": "float"}),
+            json!({"texts": ["q"], "input_type": "search_query", "truncate": "END"}),
+            Float,
+            1,
+        ),
+    ];
+    for (model, body, expected, encoding, estimate) in cases {
+        let (got, ask, dropped) = embed(&body, &embedder(model)).unwrap();
+        assert_eq!(got, expected, "{model}: {body}");
+        assert_eq!(ask, EmbeddingsAsk { encoding, prompt_estimate: estimate }, "{model}: {body}");
+        assert!(dropped.is_empty());
+    }
+}
+
+#[test]
+fn embeddings_requests_bedrock_cannot_take() {
+    let titan = embedder("amazon.titan-embed-text-v2:0");
+    // Titan embeds one text a call: several are a 400 naming input (LiteLLM would loop).
+    let e = embed(&json!({"model": "t", "input": ["a", "b"]}), &titan).unwrap_err();
+    assert!(
+        matches!(&e, ConversionError::InvalidField { param: "input", detail } if detail.contains("one text")),
+        "{e:?}"
+    );
+    for (body, param) in [
+        (json!({"model": "t", "input": [1, 2]}), "input"),
+        (json!({"model": "t", "input": [[1, 2]]}), "input"),
+        (json!({"model": "t", "input": "a", "normalize": "yes"}), "normalize"),
+        (json!({"model": "t", "input": "a", "encoding_format": "binary"}), "encoding_format"),
+    ] {
+        match embed(&body, &titan) {
+            Err(ConversionError::InvalidField { param: p, .. }) => assert_eq!(p, param, "{body}"),
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+    // dimensions where the model has none (Titan v1, Cohere v3): refused, or dropped.
+    for model in ["amazon.titan-embed-text-v1", "cohere.embed-english-v3"] {
+        let body = json!({"model": "t", "input": "a", "dimensions": 256});
+        let e = embed(&body, &embedder(model)).unwrap_err();
+        assert_eq!(e, ConversionError::Unsupported { provider: "bedrock", params: vec!["dimensions".into()] });
+        let (got, _, dropped) = embed(&body, &Target { drop_params: true, ..embedder(model) }).unwrap();
+        assert!(got.get("dimensions").is_none() && dropped == ["dimensions"], "{got} {dropped:?}");
+    }
+    // normalize is Titan v2's, input_type Cohere's.
+    let e = embed(&json!({"model": "t", "input": "a", "input_type": "x"}), &titan).unwrap_err();
+    assert_eq!(e, ConversionError::Unsupported { provider: "bedrock", params: vec!["input_type".into()] });
+    let e = embed(&json!({"model": "t", "input": "a", "normalize": true}), &embedder("cohere.embed-english-v3"));
+    assert_eq!(e.unwrap_err(), ConversionError::Unsupported { provider: "bedrock", params: vec!["normalize".into()] });
+    // A model that is no embedding model Sluice knows.
+    let e = embed(&json!({"model": "t", "input": "a"}), &TARGET).unwrap_err();
+    assert!(
+        matches!(&e, ConversionError::InvalidRequest { detail } if detail.contains("not an embedding model")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn invoke_model_answers_are_openais_list() {
+    use super::super::Encoding::{Base64, Float};
+    let float = EmbeddingsAsk { encoding: Float, prompt_estimate: 9 };
+    let answer = |body: &[u8], ask| -> Value {
+        serde_json::from_slice(&embeddings_response(body, "emb", ask).unwrap()).unwrap()
+    };
+    // Titan (AWS's reference shape): its count is exact.
+    let titan = br#"{"embedding": [0.5, -2.0], "inputTextTokenCount": 3, "embeddingsByType": {"float": [0.5, -2.0]}}"#;
+    assert_eq!(
+        answer(titan, float),
+        json!({"object": "list", "model": "emb", "usage": {"prompt_tokens": 3, "total_tokens": 3},
+               "data": [{"object": "embedding", "index": 0, "embedding": [0.5, -2.0]}]})
+    );
+    assert_eq!(answer(titan, EmbeddingsAsk { encoding: Base64, ..float })["data"][0]["embedding"], "AAAAPwAAAMA=");
+    // Cohere: no count, the estimate; floats as an array, or by type.
+    for cohere in [
+        &br#"{"embeddings": [[0.5, -2.0], [1.0]], "id": "e-1", "response_type": "embeddings_floats", "texts": ["a", "b"]}"#[..],
+        br#"{"embeddings": {"float": [[0.5, -2.0], [1.0]]}, "id": "e-1", "response_type": "embeddings_by_type", "texts": ["a", "b"]}"#,
+    ] {
+        let got = answer(cohere, float);
+        assert_eq!(got["usage"], json!({"prompt_tokens": 9, "total_tokens": 9}));
+        assert_eq!(got["data"][1], json!({"object": "embedding", "index": 1, "embedding": [1.0]}));
+        assert_eq!(answer(cohere, EmbeddingsAsk { encoding: Base64, ..float })["data"][0]["embedding"], "AAAAPwAAAMA=");
+    }
+    for bad in [
+        &b""[..],
+        b"[1]",
+        b"{}",
+        br#"{"embedding": "AAAA"}"#,
+        br#"{"embedding": [1, "2"]}"#,
+        br#"{"embeddings": {"int8": [[1]]}}"#,
+        br#"{"embeddings": [1, 2]}"#,
+    ] {
+        let e = embeddings_response(bad, "m", float).unwrap_err();
+        assert!(matches!(e, ConversionError::InvalidResponse { .. }), "{}: {e:?}", String::from_utf8_lossy(bad));
+    }
+    // InvokeModel's errors are Converse's shape: OpenAI's error, typed by the status.
+    let e: Value = serde_json::from_slice(&error(br#"{"message": "Malformed input request"}"#, 400)).unwrap();
+    assert_eq!(
+        (e["error"]["message"].as_str(), e["error"]["type"].as_str()),
+        (Some("Malformed input request"), Some("invalid_request_error"))
+    );
+}

@@ -6,7 +6,9 @@
 //! - [`response`]: a `GenerateContentResponse` → a `chat.completion`; [`usage_of`]: its usage;
 //! - [`StreamTranslator`]: `streamGenerateContent?alt=sse` events → `chat.completion.chunk`s as
 //!   they arrive, then `data: [DONE]`;
-//! - [`error`]: Gemini's error body → OpenAI's.
+//! - [`error`]: Gemini's error body → OpenAI's;
+//! - [`embeddings_request`], [`embeddings_response`]: `/v1/embeddings` → `batchEmbedContents`
+//!   and back.
 //!
 //! Gemini 3 refuses a conversation whose earlier function calls come back without the
 //! `thoughtSignature` it attached to them; an OpenAI client keeps nothing but the tool call id,
@@ -15,6 +17,7 @@
 
 use serde_json::{Map, Value, json};
 
+use super::openai_embeddings::{self, EmbeddingsAsk};
 use super::openai_side::{self, Chunks, Part, Role, ToolChoice, present};
 use super::sse_events::{Event, SseEvents};
 use super::{ConversionError, Target, Translated, bad_response, invalid};
@@ -534,3 +537,58 @@ impl StreamTranslator {
 #[cfg(test)]
 #[path = "openai_gemini_tests.rs"]
 mod tests;
+
+// ---- embeddings -------------------------------------------------------------------------------
+
+/// An OpenAI `/v1/embeddings` request as Gemini's `batchEmbedContents` wants it (the model and
+/// the method in the URL): one `EmbedContentRequest` per input text, `dimensions` as
+/// `outputDimensionality`, and LiteLLM's `task_type` as `taskType`.
+pub fn embeddings_request(body: &[u8], target: &Target<'_>) -> Result<(Translated, EmbeddingsAsk), ConversionError> {
+    let (read, req) = openai_embeddings::read(body, target, PROVIDER, true, &["task_type"])?;
+    let task_type = match present(&req, "task_type") {
+        None => None,
+        Some(Value::String(t)) => Some(t.clone()),
+        Some(_) => return Err(ConversionError::InvalidField { param: "task_type", detail: "must be a string".into() }),
+    };
+    let model = format!("models/{}", target.model);
+    let requests = read
+        .inputs
+        .iter()
+        .map(|text| {
+            let mut one = Map::new();
+            one.insert("model".into(), Value::String(model.clone()));
+            one.insert("content".into(), json!({"parts": [{"text": text}]}));
+            if let Some(task_type) = &task_type {
+                one.insert("taskType".into(), Value::String(task_type.clone()));
+            }
+            if let Some(dimensions) = read.dimensions {
+                one.insert("outputDimensionality".into(), Value::from(dimensions));
+            }
+            Value::Object(one)
+        })
+        .collect();
+    let mut out = Map::new();
+    out.insert("requests".into(), Value::Array(requests));
+    Ok((super::translated(out, read.dropped)?, read.ask))
+}
+
+/// A `BatchEmbedContentsResponse` (`{"embeddings": [{"values": […]}, …]}`) as OpenAI's list of
+/// embeddings. Google's Gemini API reports no token counts for it: the usage is the gateway's
+/// estimate of the input, unless the body has a `usageMetadata.promptTokenCount` (Vertex's
+/// shape), which is then exact.
+pub fn embeddings_response(body: &[u8], client_model: &str, ask: EmbeddingsAsk) -> Result<Vec<u8>, ConversionError> {
+    let parsed = super::response_object(body)?;
+    let embeddings =
+        parsed.get("embeddings").and_then(Value::as_array).ok_or_else(|| bad_response("no embeddings array"))?;
+    let vectors = embeddings
+        .iter()
+        .enumerate()
+        .map(|(i, e)| e.get("values").ok_or_else(|| bad_response(format!("embeddings[{i}] has no values"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let prompt_tokens = parsed
+        .get("usageMetadata")
+        .and_then(|u| u.get("promptTokenCount"))
+        .and_then(Value::as_u64)
+        .unwrap_or(ask.prompt_estimate);
+    openai_embeddings::answer(&vectors, client_model, ask.encoding, prompt_tokens)
+}

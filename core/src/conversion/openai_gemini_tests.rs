@@ -585,3 +585,120 @@ fn a_stream_that_is_blocked_fails_or_is_cut_still_ends_for_the_client() {
     assert!(done && !completed && chunks.is_empty(), "{chunks:?}");
     assert_eq!(usage, Usage::default());
 }
+
+// ---- embeddings -------------------------------------------------------------------------------
+
+use super::super::Encoding;
+
+const EMBEDDER: Target<'static> = Target { model: "gemini-embedding-001", default_max_tokens: 0, drop_params: false };
+
+fn embed(body: &Value, target: &Target<'_>) -> Result<(Value, EmbeddingsAsk, Vec<String>), ConversionError> {
+    let (translated, ask) = embeddings_request(body.to_string().as_bytes(), target)?;
+    Ok((serde_json::from_slice(&translated.body).unwrap(), ask, translated.dropped))
+}
+
+#[test]
+fn an_embeddings_request_is_one_embed_content_request_per_input() {
+    let text = |t: &str| json!({"model": "models/gemini-embedding-001", "content": {"parts": [{"text": t}]}});
+    let cases = [
+        // A string; `user` and the model (in the URL) left out; float is the default.
+        (
+            json!({"model": "g", "input": "What is the meaning of life?", "user": "u-1"}),
+            json!({"requests": [text("What is the meaning of life?")]}),
+            Encoding::Float,
+            7,
+        ),
+        // An array; `dimensions` as outputDimensionality; the OpenAI SDK's default base64.
+        (
+            json!({"model": "g", "input": ["hello", "world!!!!"], "dimensions": 768, "encoding_format": "base64"}),
+            json!({"requests": [with_fields(text("hello"), &json!({"outputDimensionality": 768})),
+                             with_fields(text("world!!!!"), &json!({"outputDimensionality": 768}))]}),
+            Encoding::Base64,
+            2 + 3,
+        ),
+        // LiteLLM's task_type; null fields count as absent.
+        (
+            json!({"model": "g", "input": [""], "task_type": "RETRIEVAL_QUERY", "dimensions": null, "encoding_format": null}),
+            json!({"requests": [with_fields(text(""), &json!({"taskType": "RETRIEVAL_QUERY"}))]}),
+            Encoding::Float,
+            1,
+        ),
+    ];
+    for (body, expected, encoding, estimate) in cases {
+        let (got, ask, dropped) = embed(&body, &EMBEDDER).unwrap();
+        assert_eq!(got, expected, "{body}");
+        assert_eq!(ask, EmbeddingsAsk { encoding, prompt_estimate: estimate }, "{body}");
+        assert!(dropped.is_empty());
+    }
+}
+
+#[test]
+fn embeddings_input_must_be_text() {
+    let cases = [
+        (json!({"model": "g", "input": [1, 2, 3]}), "input"),
+        (json!({"model": "g", "input": [[1, 2], [3]]}), "input"),
+        (json!({"model": "g", "input": ["a", 1]}), "input"),
+        (json!({"model": "g", "input": []}), "input"),
+        (json!({"model": "g", "input": 5}), "input"),
+        (json!({"model": "g", "input": null}), "input"),
+        (json!({"model": "g"}), "input"),
+        (json!({"model": "g", "input": "a", "encoding_format": "int8"}), "encoding_format"),
+        (json!({"model": "g", "input": "a", "dimensions": 0}), "dimensions"),
+        (json!({"model": "g", "input": "a", "dimensions": "256"}), "dimensions"),
+        (json!({"model": "g", "input": "a", "task_type": 3}), "task_type"),
+    ];
+    for (body, param) in cases {
+        match embed(&body, &EMBEDDER) {
+            Err(ConversionError::InvalidField { param: p, .. }) => assert_eq!(p, param, "{body}"),
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+    assert!(matches!(embed(&json!([1]), &EMBEDDER), Err(ConversionError::InvalidRequest { .. })));
+    // A parameter Gemini has no field for: refused, or dropped under drop_params.
+    let body = json!({"model": "g", "input": "a", "seed": 1});
+    assert_eq!(
+        embed(&body, &EMBEDDER).unwrap_err(),
+        ConversionError::Unsupported { provider: "gemini", params: vec!["seed".into()] }
+    );
+    let (got, _, dropped) = embed(&body, &Target { drop_params: true, ..EMBEDDER }).unwrap();
+    assert_eq!((got["requests"].as_array().unwrap().len(), dropped), (1, vec!["seed".to_owned()]));
+}
+
+#[test]
+fn a_batch_embed_contents_response_is_openais_list() {
+    // As Google's reference shows it (values shortened).
+    let body = br#"{"embeddings": [{"values": [0.013168523, -0.008711934, -0.046782676]}, {"values": [0.5, -2]}]}"#;
+    let ask = EmbeddingsAsk { encoding: Encoding::Float, prompt_estimate: 11 };
+    let got: Value = serde_json::from_slice(&embeddings_response(body, "my-embedder", ask).unwrap()).unwrap();
+    assert_eq!(
+        got,
+        json!({"object": "list", "model": "my-embedder", "usage": {"prompt_tokens": 11, "total_tokens": 11},
+               "data": [{"object": "embedding", "index": 0, "embedding": [0.013168523, -0.008711934, -0.046782676]},
+                        {"object": "embedding", "index": 1, "embedding": [0.5, -2]}]})
+    );
+    let ask = EmbeddingsAsk { encoding: Encoding::Base64, ..ask };
+    let got: Value = serde_json::from_slice(&embeddings_response(body, "m", ask).unwrap()).unwrap();
+    assert_eq!(got["data"][0]["embedding"], "ysBXPIC8Drwxnz+9");
+    assert_eq!(got["data"][1]["embedding"], "AAAAPwAAAMA=");
+    // A count in the body (Vertex's usageMetadata) is exact, and wins over the estimate.
+    let counted = br#"{"embeddings": [{"values": [1]}], "usageMetadata": {"promptTokenCount": 4}}"#;
+    let got: Value = serde_json::from_slice(&embeddings_response(counted, "m", ask).unwrap()).unwrap();
+    assert_eq!(got["usage"], json!({"prompt_tokens": 4, "total_tokens": 4}));
+    for bad in [
+        &b"not json"[..],
+        b"[]",
+        b"{}",
+        br#"{"embeddings": {"values": [1]}}"#,
+        br#"{"embeddings": [{"value": [1]}]}"#,
+        br#"{"embeddings": [{"values": "AAAA"}]}"#,
+        br#"{"embeddings": [{"values": [1, null]}]}"#,
+    ] {
+        let e = embeddings_response(bad, "m", ask).unwrap_err();
+        assert!(matches!(e, ConversionError::InvalidResponse { .. }), "{}: {e:?}", String::from_utf8_lossy(bad));
+    }
+    // Errors are the chat errors' (Google's envelope, the same on every method).
+    let error_body = br#"{"error": {"code": 400, "message": "Request contains an invalid argument.", "status": "INVALID_ARGUMENT"}}"#;
+    let e: Value = serde_json::from_slice(&error(error_body)).unwrap();
+    assert_eq!(e["error"]["message"], "Request contains an invalid argument.");
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+}

@@ -224,3 +224,60 @@ proptest! {
         prop_assert_eq!(run(&split_at_points(&stream, &points)), whole);
     }
 }
+
+/// Embeddings requests with the right field names and any values in them.
+fn embeddings_request() -> impl Strategy<Value = Vec<u8>> {
+    (json_value(), json_value(), json_value(), json_value()).prop_map(|(input, dimensions, encoding, extra)| {
+        json!({"model": "m", "input": input, "dimensions": dimensions, "encoding_format": encoding,
+               "input_type": extra, "normalize": extra, "task_type": extra})
+        .to_string()
+        .into_bytes()
+    })
+}
+
+/// Embedding answers of Gemini's, Titan's and Cohere's shapes with any JSON in them.
+fn embeddings_answer() -> impl Strategy<Value = Vec<u8>> {
+    (json_value(), json_value(), 0usize..3).prop_map(|(vector, count, shape)| {
+        match shape {
+            0 => json!({"embeddings": [{"values": vector}], "usageMetadata": {"promptTokenCount": count}}),
+            1 => json!({"embedding": vector, "inputTextTokenCount": count}),
+            _ => json!({"embeddings": [vector], "texts": count}),
+        }
+        .to_string()
+        .into_bytes()
+    })
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// Embeddings both ways, for every model shape: no input panics, an accepted request is the
+    /// provider's shape, and any answer is OpenAI's list or an error, never a panic.
+    #[test]
+    fn embeddings_translation_never_panics(
+        body in prop_oneof![embeddings_request(), hostile_bytes()],
+        answer in prop_oneof![embeddings_answer(), json_value().prop_map(|v| v.to_string().into_bytes()), hostile_bytes()],
+        base64 in any::<bool>(),
+        estimate in any::<u64>(),
+    ) {
+        use sluice_core::conversion::{EmbeddingsAsk, Encoding};
+        let ask = EmbeddingsAsk { encoding: if base64 { Encoding::Base64 } else { Encoding::Float }, prompt_estimate: estimate };
+        let gemini = Target { model: "gemini-embedding-001", ..TARGET };
+        if let Ok((translated, _)) = openai_gemini::embeddings_request(&body, &gemini) {
+            let sent: Value = serde_json::from_slice(&translated.body).unwrap();
+            prop_assert!(sent["requests"].as_array().is_some_and(|r| !r.is_empty()));
+        }
+        for model in ["amazon.titan-embed-text-v2:0", "amazon.titan-embed-text-v1", "cohere.embed-english-v3", "anthropic.claude"] {
+            if let Ok((translated, _)) = openai_bedrock::embeddings_request(&body, &Target { model, ..TARGET }) {
+                let sent: Value = serde_json::from_slice(&translated.body).unwrap();
+                prop_assert!(sent["inputText"].is_string() || sent["texts"].is_array());
+            }
+        }
+        let answers = [openai_gemini::embeddings_response(&answer, "m", ask), openai_bedrock::embeddings_response(&answer, "m", ask)];
+        for out in answers.into_iter().flatten() {
+            let list: Value = serde_json::from_slice(&out).unwrap();
+            prop_assert_eq!(&list["object"], "list");
+            prop_assert!(list["usage"]["prompt_tokens"].is_u64());
+        }
+    }
+}

@@ -104,9 +104,14 @@ impl<H: Host> RequestFlow<H> {
         let translated = match Direction::between(endpoint, deployment.provider) {
             None => None,
             Some(direction) => {
-                let translation =
-                    Translation { direction, client_model: model.to_owned(), include_usage: req.client_wants_usage };
-                Some((translation.request(body, deployment, &upstream_model, DEFAULT_MAX_OUTPUT_TOKENS)?, translation))
+                let mut translation = Translation {
+                    direction,
+                    client_model: model.to_owned(),
+                    include_usage: req.client_wants_usage,
+                    embeddings: None,
+                };
+                let body = translation.request(body, deployment, &upstream_model, DEFAULT_MAX_OUTPUT_TOKENS)?;
+                Some((body, translation))
             }
         };
 

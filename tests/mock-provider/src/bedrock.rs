@@ -1,6 +1,7 @@
 //! AWS Bedrock's Converse API: `POST /model/{modelId}/converse` (JSON) and
 //! `/model/{modelId}/converse-stream` (AWS's binary event stream,
-//! `application/vnd.amazon.eventstream`). The model id is the path's, percent-decoded (an ARN or
+//! `application/vnd.amazon.eventstream`), and InvokeModel (`/model/{modelId}/invoke`) for the
+//! Amazon Titan and Cohere embedding models (their own bodies; deterministic vectors). The model id is the path's, percent-decoded (an ARN or
 //! a version's colon arrives encoded); SigV4 is checked for presence and shape (the configured
 //! access key id, the `bedrock` service, `x-amz-date`), not verified; errors are AWS's
 //! `{"message":…}` with the exception's name in `x-amzn-ErrorType`. The text, token counts and
@@ -18,9 +19,10 @@ use crate::{Config, Knobs};
 pub const AMAZON_EVENT_STREAM: &str = "application/vnd.amazon.eventstream";
 
 /// Whether a path is Bedrock runtime's (everything under `/model/`), and what it asks:
-/// `/model/{modelId}/converse` (`stream` false) or `/model/{modelId}/converse-stream`. Any other
-/// operation (invoke, count-tokens…), an empty or undecodable model id, or an id with an
-/// unencoded `/` (AWS routes it as another operation) is not found.
+/// `/model/{modelId}/converse` (`stream` false) or `/model/{modelId}/converse-stream`, or
+/// `/model/{modelId}/invoke` of an embedding model. Any other operation (count-tokens…, invoke
+/// of another model), an empty or undecodable model id, or an id with an unencoded `/` (AWS
+/// routes it as another operation) is not found.
 pub fn route(path: &str) -> Option<Target> {
     let rest = path.strip_prefix("/model/")?;
     let Some((raw, operation)) = rest.split_once('/') else {
@@ -29,6 +31,13 @@ pub fn route(path: &str) -> Option<Target> {
     let stream = match operation {
         "converse" => false,
         "converse-stream" => true,
+        // InvokeModel: the mock serves the embedding models' bodies only.
+        "invoke" => {
+            return match percent_decode(raw) {
+                Some(model) if embed_kind(&model).is_some() => Some(Target::Embed { model }),
+                _ => Some(Target::NotFound),
+            };
+        }
         _ => return Some(Target::NotFound),
     };
     match percent_decode(raw) {
@@ -159,12 +168,17 @@ fn declares_tools(request: &Value) -> bool {
 
 /// The reply to one request on a path under `/model/`.
 pub fn reply(target: &Target, received: &Received, knobs: &Knobs, config: &Config) -> Answer {
-    let Target::Model { model, stream } = target else {
+    if matches!(target, Target::NotFound) {
         return aws_error(StatusCode::NOT_FOUND, "UnknownOperationException", "Unknown operation");
-    };
+    }
     if config.aws_access_key_id.as_deref().is_some_and(|key_id| !signed(received, key_id)) {
         return aws_error(StatusCode::FORBIDDEN, "UnrecognizedClientException", BAD_TOKEN);
     }
+    let (model, stream) = match target {
+        Target::Model { model, stream } => (model, stream),
+        Target::Embed { model } => return embed(model, received, knobs),
+        Target::NotFound => return aws_error(StatusCode::NOT_FOUND, "UnknownOperationException", "Unknown operation"),
+    };
     let Some(request) = received.json() else {
         return invalid("Malformed input request, please reformat your input and try again.");
     };
@@ -345,4 +359,99 @@ mod tests {
         assert_eq!(prelude_crc, crc32fast::hash(&message[..8]));
         assert_eq!(&message[total - 6..total - 4], b"{}");
     }
+}
+
+/// The embedding models InvokeModel serves here, by their body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EmbedKind {
+    TitanV1,
+    TitanV2,
+    Cohere,
+}
+
+fn embed_kind(model: &str) -> Option<EmbedKind> {
+    if model.contains("amazon.titan-embed-text-v2") {
+        Some(EmbedKind::TitanV2)
+    } else if model.contains("amazon.titan-embed-text-v1") || model.contains("amazon.titan-embed-g1-text") {
+        Some(EmbedKind::TitanV1)
+    } else if model.contains("cohere.embed-") {
+        Some(EmbedKind::Cohere)
+    } else {
+        None
+    }
+}
+
+/// The fields a model's InvokeModel body may have (AWS refuses any other as extraneous).
+fn embed_fields(kind: EmbedKind) -> &'static [&'static str] {
+    match kind {
+        EmbedKind::TitanV1 => &["inputText"],
+        EmbedKind::TitanV2 => &["inputText", "dimensions", "normalize", "embeddingTypes"],
+        EmbedKind::Cohere => &["texts", "input_type", "truncate", "embedding_types", "images"],
+    }
+}
+
+const COHERE_INPUT_TYPES: &[&str] = &["search_document", "search_query", "classification", "clustering"];
+
+/// InvokeModel of an embedding model: AWS's checks of the model's body, then Titan's one vector
+/// (`dimensions` long, 1024 unless asked; its input counted, `x-mock-prompt-tokens` or the
+/// text's bytes by four) or Cohere's one per text (8 values, no count, the texts echoed).
+fn embed(model: &str, received: &Received, knobs: &Knobs) -> Answer {
+    const MALFORMED: &str = "Malformed input request, please reformat your input and try again.";
+    let Some(kind) = embed_kind(model) else {
+        return aws_error(StatusCode::NOT_FOUND, "ResourceNotFoundException", "Could not resolve the foundation model");
+    };
+    let Some(request) = received.json().filter(Value::is_object) else {
+        return invalid(MALFORMED);
+    };
+    if let Some(extra) = request.as_object().and_then(|o| o.keys().find(|k| !embed_fields(kind).contains(&k.as_str())))
+    {
+        return invalid(&format!(
+            "Malformed input request: extraneous key [{extra}] is not permitted, please reformat your input and try again."
+        ));
+    }
+    if let Some((status, message)) = knobs.forced_error() {
+        return aws_error(status, exception(status), &message);
+    }
+    if knobs.garbage {
+        return Answer { reply: Reply::garbage(false, b"", "application/json"), error_type: None };
+    }
+    let reply = match kind {
+        EmbedKind::TitanV1 | EmbedKind::TitanV2 => {
+            let Some(text) = request.get("inputText").and_then(Value::as_str).filter(|t| !t.is_empty()) else {
+                return invalid(
+                    "Malformed input request: #: required key [inputText] not found, please reformat your input and try again.",
+                );
+            };
+            let dimensions = match request.get("dimensions").map(Value::as_u64) {
+                None => 1024,
+                Some(Some(d @ (256 | 512 | 1024))) => d,
+                Some(_) => {
+                    return invalid(
+                        "Malformed input request: #/dimensions: 256, 512 or 1024 expected, please reformat your input and try again.",
+                    );
+                }
+            };
+            let count = knobs.prompt_tokens.unwrap_or((text.len() as u64).div_ceil(4));
+            json!({"embedding": crate::gemini::embedding(text, dimensions), "inputTextTokenCount": count})
+        }
+        EmbedKind::Cohere => {
+            let texts: Option<Vec<&str>> = request
+                .get("texts")
+                .and_then(Value::as_array)
+                .filter(|t| !t.is_empty() && t.len() <= 96)
+                .and_then(|t| t.iter().map(Value::as_str).collect());
+            let Some(texts) = texts else {
+                return invalid(MALFORMED);
+            };
+            let input_type = request.get("input_type").and_then(Value::as_str).unwrap_or_default();
+            if !COHERE_INPUT_TYPES.contains(&input_type) {
+                return invalid(
+                    "Malformed input request: #/input_type: input_type is required and must be one of search_document, search_query, classification, clustering",
+                );
+            }
+            let vectors: Vec<Vec<f64>> = texts.iter().map(|t| crate::gemini::embedding(t, 8)).collect();
+            json!({"embeddings": vectors, "id": format!("mock-cohere-{}", next_id()), "response_type": "embeddings_floats", "texts": texts})
+        }
+    };
+    Answer { reply: Reply::ok(&reply), error_type: None }
 }

@@ -1,6 +1,7 @@
 //! Google's Generative Language API (Gemini): `POST /v1beta/models/{model}:generateContent` and
 //! `…:streamGenerateContent` (SSE with CRLF framing under `?alt=sse`, else one JSON array
-//! streamed piece by piece, as Google sends it), also under `/v1/`. The model is the path's; the
+//! streamed piece by piece, as Google sends it), and `…:batchEmbedContents` (deterministic
+//! vectors, no token counts, as Google's), also under `/v1/`. The model is the path's; the
 //! key is `x-goog-api-key` or `?key=`; errors are Google's `{"error":{code,message,status}}`.
 //! The text, token counts and stream faults come from the same deterministic generator and
 //! knobs as the other APIs.
@@ -31,6 +32,7 @@ pub fn route(path: &str) -> Option<Target> {
     let stream = match method {
         "generateContent" => false,
         "streamGenerateContent" => true,
+        "batchEmbedContents" => return Some(Target::Embed { model: model.to_owned() }),
         _ => return Some(Target::NotFound),
     };
     Some(Target::Model { model: model.to_owned(), stream })
@@ -124,13 +126,16 @@ fn declares_functions(request: &Value) -> bool {
 
 /// The reply to one request on a Gemini path.
 pub fn reply(target: &Target, received: &Received, knobs: &Knobs, config: &Config) -> Reply {
-    let Target::Model { model, stream } = target else {
-        return error(StatusCode::NOT_FOUND, NOT_FOUND);
-    };
     let authorised = config
         .gemini_key
         .as_deref()
         .is_none_or(|k| received.header("x-goog-api-key") == Some(k) || received.query_values("key").next() == Some(k));
+    let (model, stream) = match target {
+        Target::Model { model, stream } => (model, stream),
+        Target::Embed { model } if authorised => return embed(model, received, knobs),
+        Target::Embed { .. } => return invalid(KEY_INVALID),
+        Target::NotFound => return error(StatusCode::NOT_FOUND, NOT_FOUND),
+    };
     if !authorised {
         return invalid(KEY_INVALID);
     }
@@ -248,4 +253,60 @@ impl Gemini {
             .collect();
         Reply::Stream { events, content_type }
     }
+}
+
+/// `batchEmbedContents`: Google's checks of the body (a non-empty `requests`, each for the
+/// path's model, with text parts), then one vector a request, `outputDimensionality` long (8
+/// unless asked), made of its text ([`embedding`]). Google reports no token counts here.
+fn embed(model: &str, received: &Received, knobs: &Knobs) -> Reply {
+    let Some(request) = received.json() else {
+        return invalid("Invalid JSON payload received. Unexpected token.");
+    };
+    if let Some(unknown) = request.as_object().and_then(|o| o.keys().find(|k| k.as_str() != "requests")) {
+        return invalid(&format!("Invalid JSON payload received. Unknown name \"{unknown}\": Cannot find field."));
+    }
+    let Some(requests) = request.get("requests").and_then(Value::as_array).filter(|r| !r.is_empty()) else {
+        return invalid("* BatchEmbedContentsRequest.requests: requests is not specified\n");
+    };
+    let wanted = format!("models/{model}");
+    let mut vectors = Vec::with_capacity(requests.len());
+    for (i, one) in requests.iter().enumerate() {
+        if one.get("model").and_then(Value::as_str) != Some(wanted.as_str()) {
+            return invalid(&format!(
+                "* BatchEmbedContentsRequest.requests[{i}].model: the model in the request ({}) does not match the model in the URL ({wanted})",
+                one.get("model").and_then(Value::as_str).unwrap_or_default()
+            ));
+        }
+        let parts = one.pointer("/content/parts").and_then(Value::as_array).filter(|p| !p.is_empty());
+        let Some(text) = parts.map(|p| p.iter().filter_map(|part| part.get("text")?.as_str()).collect::<String>())
+        else {
+            return invalid(&format!(
+                "* BatchEmbedContentsRequest.requests[{i}].content.parts: contents.parts must not be empty.\n"
+            ));
+        };
+        let dimensions =
+            field(one, "outputDimensionality", "output_dimensionality").and_then(Value::as_u64).unwrap_or(8);
+        vectors.push(json!({"values": embedding(&text, dimensions)}));
+    }
+    if let Some((status, message)) = knobs.forced_error() {
+        return error(status, &message);
+    }
+    if knobs.garbage {
+        return Reply::garbage(false, b"{\"embeddings\": [{\"values\": [0.1,", "application/json");
+    }
+    Reply::ok(&json!({"embeddings": vectors}))
+}
+
+/// A deterministic vector of `dimensions` values for `text`: eighths in [-1, 1) (exact in f32,
+/// so base64 and float answers compare equal), from the text's bytes.
+pub fn embedding(text: &str, dimensions: u64) -> Vec<f64> {
+    let seed = text.bytes().fold(17u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    let value = |i: u64| {
+        let mut h = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i.wrapping_mul(0x632B_E59B_D9B4_E019));
+        h ^= h >> 29;
+        h = h.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        h ^= h >> 32;
+        (h % 16) as f64 / 8.0 - 1.0
+    };
+    (0..dimensions.min(4096)).map(value).collect()
 }

@@ -32,12 +32,18 @@ impl Received {
 }
 
 /// What a path that names its model asks for (Gemini's `models/{model}:…`, Bedrock's
-/// `/model/{modelId}/…`): a generation by that model, streamed or not, or nothing it serves.
+/// `/model/{modelId}/…`): a generation by that model, streamed or not, embeddings, or nothing
+/// it serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     Model {
         model: String,
         stream: bool,
+    },
+    /// Embeddings by that model (Gemini's `:batchEmbedContents`, Bedrock's `/invoke` of a
+    /// Titan or Cohere embedding model).
+    Embed {
+        model: String,
     },
     /// Another method or operation, or a path without a usable model: the provider's 404.
     NotFound,
@@ -46,7 +52,7 @@ pub enum Target {
 impl Target {
     pub fn model(&self) -> Option<&str> {
         match self {
-            Target::Model { model, .. } => Some(model),
+            Target::Model { model, .. } | Target::Embed { model } => Some(model),
             Target::NotFound => None,
         }
     }
