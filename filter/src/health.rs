@@ -18,6 +18,10 @@ use crate::host::{CasResult, Host};
 const WORKERS_KEY: &str = "sluice:workers";
 /// A heartbeat older than this is a worker that stopped ticking (ticks are every 250 ms).
 const STALE_MS: u64 = 3_000;
+/// A replacement VM is created after the failure and first ticks a whole tick period later, so
+/// its first heartbeat comes at least a tick after the failed VM's last; a sibling that
+/// started with the failed VM ticks within milliseconds of it. Half a tick tells them apart.
+const REPLACEMENT_GAP_MS: u64 = 125;
 /// Registry entries kept: replaced VMs are pruned as newcomers register, so only a long run of
 /// failures without reloads could reach this; past it, the oldest entries go.
 const MAX_WORKERS: usize = 64;
@@ -26,7 +30,26 @@ thread_local! {
     /// This VM's id (wasm: one VM per worker thread; natively: one per thread), drawn once:
     /// a filter config pushed again reuses the VM and keeps the id.
     static WORKER_ID: Cell<u64> = Cell::new(getrandom::u64().unwrap_or(0) | 1);
-    static REGISTERED: Cell<bool> = const { Cell::new(false) };
+    static REGISTRATION: Registration = const { Registration::new() };
+}
+
+/// A VM's place in the registry: when it first ticked, and whether it is registered yet (a
+/// registration another worker's write beat is retried on the next tick).
+pub struct Registration {
+    first_beat_ms: Cell<u64>,
+    done: Cell<bool>,
+}
+
+impl Registration {
+    pub const fn new() -> Registration {
+        Registration { first_beat_ms: Cell::new(0), done: Cell::new(false) }
+    }
+}
+
+impl Default for Registration {
+    fn default() -> Registration {
+        Registration::new()
+    }
 }
 
 /// A probe route, if `path` is one.
@@ -57,7 +80,7 @@ fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
 
 /// The worker's tick: its heartbeat, and its id in the registry the first time.
 pub fn heartbeat<H: Host>(host: &H) {
-    REGISTERED.with(|registered| beat(host, WORKER_ID.with(Cell::get), registered));
+    REGISTRATION.with(|registration| beat(host, WORKER_ID.with(Cell::get), registration));
 }
 
 /// The root context is going away in an orderly way (a config replaced, Envoy draining): if
@@ -68,11 +91,16 @@ pub fn retire<H: Host>(host: &H) {
     host.shared_set(&alive_key(id), &Beat { at_ms: host.now_ms(), retired: true }.encode(), None);
 }
 
-fn beat<H: Host>(host: &H, id: u64, registered: &Cell<bool>) {
+fn beat<H: Host>(host: &H, id: u64, registration: &Registration) {
     let now = host.now_ms();
     host.shared_set(&alive_key(id), &Beat { at_ms: now, retired: false }.encode(), None);
-    if !registered.get() && register(host, id, now) {
-        registered.set(true);
+    if registration.first_beat_ms.get() == 0 {
+        registration.first_beat_ms.set(now);
+    }
+    // Registered as of its first tick, however many ticks the write took: a VM that started
+    // before another failed must never pass for that one's replacement.
+    if !registration.done.get() && register(host, id, registration.first_beat_ms.get()) {
+        registration.done.set(true);
     }
 }
 
@@ -107,16 +135,17 @@ fn read_registry(bytes: &[u8]) -> Vec<Entry> {
     bytes.chunks_exact(16).filter_map(|c| Some(Entry { id: read_u64(c, 0)?, registered_ms: read_u64(c, 8)? })).collect()
 }
 
-/// Adds `id` to the registry (CAS; retried on the next tick if another worker wrote first),
-/// dropping the VMs that are accounted for (stale and retired or replaced).
-fn register<H: Host>(host: &H, id: u64, now: u64) -> bool {
+/// Adds `id`, which first ticked at `first_beat_ms`, to the registry (CAS; retried on the next
+/// tick if another worker wrote first), dropping the VMs that are accounted for (stale and
+/// retired or replaced).
+fn register<H: Host>(host: &H, id: u64, first_beat_ms: u64) -> bool {
     let (bytes, cas) = host.shared_get(WORKERS_KEY);
     let mut entries = read_registry(&bytes.unwrap_or_default());
     if entries.iter().any(|e| e.id == id) {
         return true;
     }
-    entries.push(Entry { id, registered_ms: now });
-    let state = assess(host, &entries, now);
+    entries.push(Entry { id, registered_ms: first_beat_ms });
+    let state = assess(host, &entries, host.now_ms());
     entries.retain(|e| !state.accounted.contains(&e.id));
     let excess = entries.len().saturating_sub(MAX_WORKERS);
     entries.drain(..excess);
@@ -132,8 +161,9 @@ struct Assessment {
     accounted: Vec<u64>,
 }
 
-/// Pairs each stale, unretired VM (oldest heartbeat first) with the earliest VM registered
-/// after that heartbeat and not yet paired: its replacement.
+/// Pairs each stale, unretired VM (oldest heartbeat first) with the earliest VM whose first
+/// heartbeat came after that one's last (by `REPLACEMENT_GAP_MS`) and not yet paired: its
+/// replacement.
 fn assess<H: Host>(host: &H, entries: &[Entry], now: u64) -> Assessment {
     let beats: Vec<Option<Beat>> =
         entries.iter().map(|e| host.shared_get(&alive_key(e.id)).0.as_deref().and_then(Beat::decode)).collect();
@@ -158,7 +188,7 @@ fn assess<H: Host>(host: &H, entries: &[Entry], now: u64) -> Assessment {
         let replacement = newcomers
             .iter()
             .zip(paired.iter_mut())
-            .find(|(e, used)| !**used && e.id != id && e.registered_ms > last_beat);
+            .find(|(e, used)| !**used && e.id != id && e.registered_ms > last_beat + REPLACEMENT_GAP_MS);
         match replacement {
             Some((_, used)) => {
                 *used = true;
@@ -212,7 +242,7 @@ mod tests {
     }
 
     /// Every VM in `ids` ticks for `ms`.
-    fn run(envoy: &MockEnvoy, host: &MockHost, ids: &[(u64, &Cell<bool>)], ms: u64) {
+    fn run(envoy: &MockEnvoy, host: &MockHost, ids: &[(u64, &Registration)], ms: u64) {
         for _ in 0..ms / 250 {
             envoy.now_ms.set(envoy.now_ms.get() + 250);
             for (id, registered) in ids {
@@ -225,7 +255,7 @@ mod tests {
     fn a_worker_that_stops_ticking_makes_readiness_false_until_envoy_restarts() {
         let envoy = MockEnvoy::new(1_000_000);
         let host = MockHost::new(Rc::clone(&envoy));
-        let (a, b) = (Cell::new(false), Cell::new(false));
+        let (a, b) = (Registration::new(), Registration::new());
         run(&envoy, &host, &[(1, &a), (2, &b)], 1_000);
         assert_eq!(body(&readiness(&host)), r#"{"status":"healthy","workers_running":2,"workers_failed":0}"#);
         // Worker 2's VM failed (fail_closed): it ticks no more, and nothing replaces it.
@@ -241,7 +271,7 @@ mod tests {
     fn a_reloaded_vm_replaces_the_failed_one_even_when_it_starts_at_once() {
         let envoy = MockEnvoy::new(1_000_000);
         let host = MockHost::new(Rc::clone(&envoy));
-        let (a, b, c) = (Cell::new(false), Cell::new(false), Cell::new(false));
+        let (a, b, c) = (Registration::new(), Registration::new(), Registration::new());
         run(&envoy, &host, &[(1, &a), (2, &b)], 1_000);
         // Worker 2 fails; Envoy reloads it within the same tick (fail_reload).
         run(&envoy, &host, &[(1, &a), (3, &c)], 250);
@@ -249,17 +279,35 @@ mod tests {
         run(&envoy, &host, &[(1, &a), (3, &c)], 5_000);
         assert_eq!(body(&readiness(&host)), r#"{"status":"healthy","workers_running":2,"workers_failed":0}"#);
         // The replaced VM was pruned from the registry when a newcomer registered later.
-        run(&envoy, &host, &[(1, &a), (3, &c), (4, &Cell::new(false))], 250);
+        run(&envoy, &host, &[(1, &a), (3, &c), (4, &Registration::new())], 250);
         let ids: Vec<u64> =
             read_registry(&host.shared_get(WORKERS_KEY).0.unwrap_or_default()).iter().map(|e| e.id).collect();
         assert_eq!(ids, [1, 3, 4]);
+    }
+
+    /// A worker whose registration took a few ticks (another worker's write came first) is
+    /// registered as of its first tick: it is no replacement for a worker that failed after it
+    /// started, even one that failed before its second tick.
+    #[test]
+    fn a_late_registration_never_passes_for_a_failed_workers_replacement() {
+        let envoy = MockEnvoy::new(1_000_000);
+        let host = MockHost::new(Rc::clone(&envoy));
+        let (a, b) = (Registration::new(), Registration::new());
+        // Both first tick together (worker 1 a few ms after worker 2); worker 2 fails before its
+        // second tick, and worker 1's registration only lands a second later.
+        b.first_beat_ms.set(envoy.now_ms.get() + 250);
+        a.first_beat_ms.set(envoy.now_ms.get() + 253);
+        run(&envoy, &host, &[(2, &b)], 250);
+        run(&envoy, &host, &[(1, &a)], 4_000);
+        let r = readiness(&host);
+        assert_eq!(body(&r), r#"{"status":"unhealthy","workers_running":1,"workers_failed":1}"#);
     }
 
     #[test]
     fn a_retired_vm_is_no_failure() {
         let envoy = MockEnvoy::new(1_000_000);
         let host = MockHost::new(Rc::clone(&envoy));
-        let (a, b) = (Cell::new(false), Cell::new(false));
+        let (a, b) = (Registration::new(), Registration::new());
         run(&envoy, &host, &[(1, &a), (2, &b)], 1_000);
         host.shared_set(&alive_key(2), &Beat { at_ms: envoy.now_ms.get(), retired: true }.encode(), None);
         run(&envoy, &host, &[(1, &a)], 5_000);
@@ -271,7 +319,7 @@ mod tests {
         let envoy = MockEnvoy::new(1_000_000);
         let host = MockHost::new(Rc::clone(&envoy));
         for id in 0..(MAX_WORKERS as u64 * 3) {
-            run(&envoy, &host, &[(id, &Cell::new(false))], 4_000);
+            run(&envoy, &host, &[(id, &Registration::new())], 4_000);
         }
         let registered = read_registry(&host.shared_get(WORKERS_KEY).0.unwrap_or_default()).len();
         assert!(registered <= 2, "{registered}");
