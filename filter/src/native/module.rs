@@ -2,9 +2,9 @@
 //!
 //! **Where state lives.** A filter config ([`FilterConfig`]) is made once on Envoy's main
 //! thread and then read by every worker: it holds only `Sync` data (the compiled config, the
-//! provider credentials, the counter ids). What the wasm build keeps per worker VM — the
-//! [`Gateway`]: key cache, lookup budget, metrics not yet reported — is per worker thread here
-//! too, in a thread-local made from the config on the thread's first stream, so the request
+//! provider credentials, the counter ids, and the metrics the workers count for the main
+//! thread's tick to report, as atomics). What the wasm build keeps per worker VM — the
+//! [`Gateway`]: key cache, lookup budget — is per worker thread here too, in a thread-local made from the config on the thread's first stream, so the request
 //! path takes no lock (the `Gateway` is `Rc`/`RefCell` inside, as in wasm). A config Envoy
 //! replaced is forgotten by each worker when it next makes a gateway. The counters' shared data
 //! is process memory (`shared_data.rs`), shared by every worker and config, as proxy-wasm's is.
