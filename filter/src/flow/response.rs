@@ -97,32 +97,22 @@ fn gather<H: Host>(host: &H, body: &mut Vec<u8>, overflow: &mut bool, size: usiz
     }
 }
 
-/// `x-ratelimit-*` headers for the tightest scope.
-fn remaining_headers(remaining: &Remaining) -> Vec<(&'static str, String)> {
-    let mut out = Vec::with_capacity(4);
-    let [limit_requests, remaining_requests, limit_tokens, remaining_tokens] = RATE_LIMIT_HEADERS;
-    if let Some((limit, left)) = remaining.requests {
-        out.push((limit_requests, limit.to_string()));
-        out.push((remaining_requests, left.to_string()));
-    }
-    if let Some((limit, left)) = remaining.tokens {
-        out.push((limit_tokens, limit.to_string()));
-        out.push((remaining_tokens, left.to_string()));
-    }
-    out
+/// The values of `RATE_LIMIT_HEADERS` for the tightest scope (None: that scope kind is not
+/// limited).
+fn remaining_values(remaining: &Remaining) -> [Option<u64>; 4] {
+    [
+        remaining.requests.map(|(limit, _)| limit),
+        remaining.requests.map(|(_, left)| left),
+        remaining.tokens.map(|(limit, _)| limit),
+        remaining.tokens.map(|(_, left)| left),
+    ]
 }
 
 /// Sets the `x-ratelimit-*` headers for the tightest scope on the response, replacing those of
 /// the provider (`sent`: which of `RATE_LIMIT_HEADERS` it sent; the others are only added).
 /// Numbers are formatted on the stack: this runs for every limited request.
 fn set_remaining_headers<H: Host>(host: &H, remaining: &Remaining, sent: [bool; 4]) {
-    let values = [
-        remaining.requests.map(|(limit, _)| limit),
-        remaining.requests.map(|(_, left)| left),
-        remaining.tokens.map(|(limit, _)| limit),
-        remaining.tokens.map(|(_, left)| left),
-    ];
-    for ((name, value), sent) in RATE_LIMIT_HEADERS.into_iter().zip(values).zip(sent) {
+    for ((name, value), sent) in RATE_LIMIT_HEADERS.into_iter().zip(remaining_values(remaining)).zip(sent) {
         let Some(value) = value else { continue };
         let mut digits = itoa::Buffer::new();
         let value = digits.format(value).as_bytes();
@@ -148,7 +138,11 @@ pub(super) fn rate_limit_headers(error: &GatewayError) -> Vec<(&'static str, Str
         LimitKind::Requests => rem.requests = Some((*limit, 0)),
         LimitKind::Tokens => rem.tokens = Some((*limit, 0)),
     }
-    let mut out = remaining_headers(&rem);
+    let mut out: Vec<(&'static str, String)> = RATE_LIMIT_HEADERS
+        .into_iter()
+        .zip(remaining_values(&rem))
+        .filter_map(|(name, value)| Some((name, value?.to_string())))
+        .collect();
     out.push(("retry-after", retry_after_secs.to_string()));
     out
 }
