@@ -27,7 +27,7 @@ use sluice_core::keys::{self, KeyHash};
 use sluice_core::limits::Remaining;
 use sluice_core::lookup_budget::{LookupBudget, Refused, Source};
 use sluice_core::request::{parse_request, rewrite_body};
-use sluice_core::routing::{SplitMix64, choose_weighted};
+use sluice_core::routing::choose_weighted;
 use sluice_core::sse::{Forward, SseUsageScanner};
 use sluice_core::usage::{self, ApiFormat, Usage};
 
@@ -386,7 +386,7 @@ impl<H: Host> RequestFlow<H> {
             Some(Principal::Unverified(_)) => unverified_id.as_str(),
             _ => key.map_or("master", |k| k.key_id.as_str()),
         };
-        let record_id = record_id(self.random);
+        let record_id = crate::usage_record::record_id(self.random);
         let record = UsageRecord {
             record_id: std::str::from_utf8(&record_id).unwrap_or_default(),
             request_id: self.request_id.as_deref().unwrap_or(""),
@@ -493,16 +493,4 @@ impl<H: Host> RequestFlow<H> {
             Tap::None => (estimate(0), Outcome::Cancelled, true),
         }
     }
-}
-
-/// A record's id: the request's random value and the next of its generator, 32 hex digits.
-fn record_id(random: u64) -> [u8; 32] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = [0u8; 32];
-    let halves = [random, SplitMix64::new(random).next_u64()];
-    for (i, digit) in id.iter_mut().enumerate() {
-        let half = halves.get(i / 16).copied().unwrap_or(0);
-        *digit = HEX[((half >> (60 - 4 * (i % 16))) & 0xf) as usize];
-    }
-    id
 }

@@ -160,6 +160,20 @@ impl<'a> JsonObject<'a> {
     }
 }
 
+/// A record's id: the request's random value and the next of its generator, 32 hex digits.
+pub fn record_id(random: u64) -> [u8; 32] {
+    let mut id = [0u8; 32];
+    let halves = [random, sluice_core::routing::SplitMix64::new(random).next_u64()];
+    for (i, digit) in id.iter_mut().enumerate() {
+        let half = halves.get(i / 16).copied().unwrap_or(0);
+        *digit = HEX[((half >> (60 - 4 * (i % 16))) & 0xf) as usize];
+    }
+    id
+}
+
+/// Lowercase hex digits (record ids, `\u00XX` escapes).
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 /// A JSON string: quotes, backslashes and control characters escaped, the rest as is (the
 /// value is UTF-8 already).
 fn write_json_string(out: &mut Vec<u8>, value: &str) {
@@ -178,7 +192,6 @@ fn write_json_string(out: &mut Vec<u8>, value: &str) {
         };
         out.extend_from_slice(bytes.get(start..i).unwrap_or_default());
         if escape.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
             out.extend_from_slice(b"\\u00");
             out.push(HEX[usize::from(b >> 4)]);
             out.push(HEX[usize::from(b & 0xf)]);
