@@ -26,6 +26,9 @@ pub const NATIVE_FILTER_NAME: &str = "sluice";
 const STRIP_MODULE_STAT_PREFIX: &str = "envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix";
 pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 pub const CONNECT_TIMEOUT_SECS: i64 = 10;
+/// Retries in flight at once to one deployment (Envoy's circuit breaker, 3 by default, which
+/// under load let some requests go unretried): as many as the requests it may have in flight.
+pub const MAX_CONCURRENT_RETRIES: u32 = 1024;
 pub const VM_ID: &str = "sluice";
 pub const WASM_RUNTIME: &str = "envoy.wasm.runtime.v8";
 pub const FILTER_ROOT_ID: &str = "sluice_filter";
@@ -101,6 +104,7 @@ fn cluster(u: &Upstream) -> Value {
         "type": if upstream_is_ip(u) { "STATIC" } else { "LOGICAL_DNS" },
         "dns_lookup_family": "V4_PREFERRED",
         "connect_timeout": format!("{CONNECT_TIMEOUT_SECS}s"),
+        "circuit_breakers": {"thresholds": [{"max_retries": MAX_CONCURRENT_RETRIES}]},
         "load_assignment": {
             "cluster_name": u.cluster,
             "endpoints": [{"lb_endpoints": [{"endpoint": {
@@ -379,8 +383,9 @@ fn local_reply_mappers() -> Vec<Value> {
         }})
     };
     let status_is = |code: u32, runtime_key: &str| json!({"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": code, "runtime_key": runtime_key}}}});
-    // (which replies, the message, OpenAI's type and code, Anthropic's type)
-    let replies: [(Value, &str, &str, &str, &str); 5] = [
+    // Which replies, the message, OpenAI's type and code, Anthropic's type, a status instead of Envoy's.
+    type Reply<'a> = (Value, &'a str, &'a str, &'a str, &'a str, Option<u16>);
+    let replies: [Reply<'_>; 6] = [
         (
             // The filter's VM failed (a trap; Envoy sends the 503 itself, with no body and no
             // response flag): under FAIL_CLOSED every request on that worker gets it until a
@@ -391,14 +396,26 @@ fn local_reply_mappers() -> Vec<Value> {
             "service_unavailable",
             "gateway_filter_failed",
             "api_error",
+            None,
         ),
         (
-            // No upstream answered (unreachable, reset, timed out, no route).
-            json!({"response_flag_filter": {"flags": ["UH", "UF", "UO", "NR", "URX", "NC", "UT", "LH", "UC", "DC", "UPE", "UMSDR", "DPE"]}}),
+            // The provider did not answer within the request's timeout (`timeout`,
+            // `stream_timeout`, `request_timeout`, a request's `timeout`): LiteLLM's 408.
+            json!({"response_flag_filter": {"flags": ["UT"]}}),
+            "The provider did not answer in time (%LOCAL_REPLY_BODY%).",
+            "timeout_error",
+            "request_timeout",
+            "timeout_error",
+            Some(408),
+        ),
+        (
+            // No upstream answered (unreachable, reset, no route).
+            json!({"response_flag_filter": {"flags": ["UH", "UF", "UO", "NR", "URX", "NC", "LH", "UC", "DC", "UPE", "UMSDR", "DPE"]}}),
             "%LOCAL_REPLY_BODY%",
             "upstream_error",
             "%RESPONSE_CODE%",
             "api_error",
+            None,
         ),
         (
             // A body over the limit is refused by Envoy's buffer (the filter buffers it to route).
@@ -407,6 +424,7 @@ fn local_reply_mappers() -> Vec<Value> {
             "invalid_request_error",
             "request_too_large",
             "request_too_large",
+            None,
         ),
         (
             // The client did not send its headers (request_headers_timeout) or its whole request
@@ -417,6 +435,7 @@ fn local_reply_mappers() -> Vec<Value> {
             "invalid_request_error",
             "request_timeout",
             "invalid_request_error",
+            None,
         ),
         (
             // The overload manager refuses new requests (the heap is near --max-heap-mb).
@@ -425,30 +444,57 @@ fn local_reply_mappers() -> Vec<Value> {
             "service_unavailable",
             "gateway_overloaded",
             "overloaded_error",
+            None,
         ),
     ];
     let on_messages =
         json!({"header_filter": {"header": {"name": ":path", "string_match": {"prefix": "/v1/messages"}}}});
     let mut mappers = Vec::new();
-    for (filter, message, openai_type, code, anthropic_type) in replies {
+    for (filter, message, openai_type, code, anthropic_type, status) in replies {
         // First match wins: the Anthropic twin comes first.
-        mappers.push(json!({
+        let mut anthropic = json!({
             "filter": {"and_filter": {"filters": [on_messages.clone(), filter.clone()]}},
             "body_format_override": {
                 "json_format": {"type": "error", "error": {"type": anthropic_type, "message": message}},
                 "content_type": "application/json",
             },
-        }));
+        });
         let mut error = json!({"message": message, "type": openai_type, "code": code});
         if openai_type == "service_unavailable" {
             error["param"] = Value::Null;
         }
-        mappers.push(json!({
+        let mut openai = json!({
             "filter": filter,
             "body_format_override": {"json_format": {"error": error}, "content_type": "application/json"},
-        }));
+        });
+        if let Some(status) = status {
+            anthropic["status_code"] = json!(status);
+            openai["status_code"] = json!(status);
+        }
+        mappers.push(anthropic);
+        mappers.push(openai);
     }
     mappers
+}
+
+/// The route's retry policy: none by default. The filter turns retries on per request, with the
+/// router's headers (`filter/src/flow/attempts.rs`); what headers cannot say is here: a retry
+/// goes to another of the cluster's hosts where there is one, and waits as long as a 429's
+/// `retry-after` asks (up to a minute; a longer wait is not honoured and the usual backoff
+/// applies).
+fn retry_policy() -> Value {
+    json!({
+        "num_retries": 0,
+        "retry_host_predicate": [{
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"},
+        }],
+        "host_selection_retry_max_attempts": 3,
+        "rate_limited_retry_back_off": {
+            "reset_headers": [{"name": "retry-after", "format": "SECONDS"}],
+            "max_interval": "60s",
+        },
+    })
 }
 
 fn listener(opts: &BootstrapOptions, wasm_filter: Value, route_timeout_secs: u64, max_body_bytes: u64) -> Value {
@@ -479,9 +525,16 @@ fn listener(opts: &BootstrapOptions, wasm_filter: Value, route_timeout_secs: u64
             "virtual_hosts": [{
                 "name": "sluice",
                 "domains": ["*"],
+                // `x-envoy-attempt-count` on the response: the filter reports a request's retries.
+                "include_attempt_count_in_response": true,
                 "routes": [{
                     "match": {"prefix": "/"},
-                    "route": {"cluster_header": CLUSTER_HEADER, "timeout": format!("{route_timeout_secs}s"), "auto_host_rewrite": true},
+                    "route": {
+                        "cluster_header": CLUSTER_HEADER,
+                        "timeout": format!("{route_timeout_secs}s"),
+                        "auto_host_rewrite": true,
+                        "retry_policy": retry_policy(),
+                    },
                     // The filter sets the cluster header; it never goes upstream. (The filter
                     // also replaces the client's credential headers with the provider's.)
                     "request_headers_to_remove": [CLUSTER_HEADER, "accept-encoding"],
@@ -676,7 +729,7 @@ mod tests {
     fn envoys_own_replies_answer_in_the_clients_error_shape() {
         for b in both_bootstraps(&opts()) {
             let mappers = hcm(&b)["local_reply_config"]["mappers"].as_array().unwrap().clone();
-            assert_eq!(mappers.len(), 10);
+            assert_eq!(mappers.len(), 12);
             for pair in mappers.chunks(2) {
                 let (anthropic, openai) = (&pair[0], &pair[1]);
                 let both = anthropic["filter"]["and_filter"]["filters"].as_array().unwrap();
@@ -696,6 +749,12 @@ mod tests {
             let error = &failed_vm["body_format_override"]["json_format"]["error"];
             assert_eq!(error["code"], "gateway_filter_failed");
             assert_eq!(error["type"], "service_unavailable");
+            // A provider too slow for the request's timeout: LiteLLM's 408, in both shapes.
+            let timed_out = &mappers[2..4];
+            for m in timed_out {
+                assert_eq!(m["status_code"], 408);
+            }
+            assert_eq!(timed_out[1]["filter"]["response_flag_filter"]["flags"], json!(["UT"]));
         }
     }
 

@@ -428,11 +428,15 @@ fn serve_options(args: &ServeArgs) -> Result<sluice_control_plane::server::Serve
             xds.general_settings.insert(name.to_owned(), value.clone());
         }
     }
-    if let Some(value) = doc.as_ref().and_then(|d| d.get("litellm_settings")?.get("drop_params")) {
-        xds.litellm_settings.insert("drop_params".to_owned(), value.clone());
+    // litellm_settings and router_settings shape the filter whole, through the same conversion
+    // as standalone mode, which refuses what Sluice would not enforce (the Redis settings are
+    // this process's own, read above).
+    if let Some(Value::Object(litellm)) = doc.as_ref().and_then(|d| d.get("litellm_settings")) {
+        xds.litellm_settings = litellm.clone();
     }
-    if let Some(value) = router.get("model_group_alias") {
-        xds.router_settings.insert("model_group_alias".to_owned(), value.clone());
+    if let Value::Object(router) = &router {
+        xds.router_settings =
+            router.iter().filter(|(k, _)| !k.starts_with("redis_")).map(|(k, v)| (k.clone(), v.clone())).collect();
     }
     if let Some((per_second, burst)) = args.key_lookup_rate {
         (xds.key_lookup.rate.per_second, xds.key_lookup.rate.burst) = (per_second, burst);

@@ -15,6 +15,7 @@ use crate::cost::{Pricing, usd_to_nanos};
 use crate::endpoint::{Endpoint, RouteSet};
 use crate::keys::KeyHash;
 use crate::limits::ScopeLimits;
+use crate::retries::RetryPolicy;
 use crate::time::{BudgetDuration, Timestamp};
 use crate::usage::ApiFormat;
 
@@ -53,6 +54,14 @@ pub struct GatewayConfig {
     /// `router_settings.model_group_alias`: names clients may ask for, served by a group.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub model_group_aliases: Vec<GroupAlias>,
+    /// `num_retries` and `retry_policy` (router_settings or litellm_settings): how Envoy's router
+    /// retries a request (`crate::retries`).
+    #[serde(default, skip_serializing_if = "RetryPolicy::is_off")]
+    pub retries: RetryPolicy,
+    /// How long one attempt may take when neither the request nor its deployment says
+    /// (`router_settings.timeout`, `litellm_settings.request_timeout`), in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// One `router_settings.model_group_alias` entry: requests for `alias` go to `group` (and are
@@ -353,6 +362,12 @@ pub struct Deployment {
     /// table): its requests are recorded at $0 and flagged `price_unknown`, never silently.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub price_unknown: bool,
+    /// `litellm_params.timeout`: how long one attempt at this deployment may take, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// `litellm_params.stream_timeout`: the same for a streamed request (until its first byte).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_timeout_ms: Option<u64>,
 }
 
 fn one() -> u32 {
@@ -995,6 +1010,8 @@ mod tests {
             max_output_tokens: None,
             drop_params: false,
             price_unknown: false,
+            timeout_ms: None,
+            stream_timeout_ms: None,
         }
     }
 
@@ -1010,6 +1027,8 @@ mod tests {
             teams: vec![],
             key_lookup: None,
             model_group_aliases: Vec::new(),
+            retries: RetryPolicy::default(),
+            timeout_ms: None,
         }
     }
 

@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod price_catalog;
 pub mod providers;
 pub mod request;
+pub mod retries;
 pub mod routing;
 pub mod sse;
 pub mod time;

@@ -19,6 +19,7 @@ use crate::cost::Pricing;
 use crate::keys::check_master_key;
 use crate::price_catalog;
 use crate::providers;
+use crate::retries::{self, RetryPolicy, RetryPolicyCounts};
 use crate::routing::shuffle_weight;
 
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 600;
@@ -160,12 +161,18 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
     let mut routing_strategy = RoutingStrategy::SimpleShuffle;
     let mut drop_params = false;
     let mut aliases = Vec::new();
+    // Retries and the per-attempt timeout: litellm_settings first, router_settings wins.
+    let mut num_retries = 0;
+    let mut retry_counts = RetryPolicyCounts::default();
+    let mut timeout_ms = None;
     if let Some(settings) = root.get("litellm_settings").and_then(Value::as_object) {
-        cx.refuse_unsupported("litellm_settings", settings, &["request_timeout", "drop_params"]);
-        if let Some(t) = as_u64(settings.get("request_timeout")) {
-            request_timeout_secs = t;
+        cx.refuse_unsupported("litellm_settings", settings, &["request_timeout", "drop_params", "num_retries"]);
+        if let Some(t) = seconds(&mut cx, "litellm_settings.request_timeout", settings.get("request_timeout")) {
+            request_timeout_secs = t.div_ceil(1000);
+            timeout_ms = Some(t);
         }
         drop_params = flag(&mut cx, "litellm_settings.drop_params", settings.get("drop_params")).unwrap_or(false);
+        num_retries = retry_count(&mut cx, "litellm_settings.num_retries", settings.get("num_retries")).unwrap_or(0);
     }
     if let Some(settings) = root.get("router_settings").and_then(Value::as_object) {
         cx.refuse_unsupported(
@@ -174,6 +181,8 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
             &[
                 "routing_strategy",
                 "timeout",
+                "num_retries",
+                "retry_policy",
                 "model_group_alias",
                 // `sluice serve`'s shared state (read there, not here).
                 "redis_url",
@@ -189,9 +198,14 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
                     .into(),
             );
         }
-        if let Some(t) = as_u64(settings.get("timeout")) {
-            request_timeout_secs = t;
+        if let Some(t) = seconds(&mut cx, "router_settings.timeout", settings.get("timeout")) {
+            request_timeout_secs = t.div_ceil(1000);
+            timeout_ms = Some(t);
         }
+        if let Some(n) = retry_count(&mut cx, "router_settings.num_retries", settings.get("num_retries")) {
+            num_retries = n;
+        }
+        retry_counts = retry_policy(&mut cx, settings.get("retry_policy"));
         match settings.get("routing_strategy").and_then(Value::as_str) {
             None | Some("simple-shuffle") => routing_strategy = RoutingStrategy::SimpleShuffle,
             Some(
@@ -270,6 +284,10 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
         }
     }
 
+    let retries = retries::resolve(num_retries, &retry_counts).unwrap_or_else(|e| {
+        cx.error(format!("router_settings.{e}"));
+        RetryPolicy::default()
+    });
     let (deployments, upstreams) = model_list(&mut cx, root.get("model_list"), drop_params);
     let keys: Vec<KeyConfig> = section(&mut cx, root.get("keys"), "keys");
     let teams: Vec<TeamConfig> = section(&mut cx, root.get("teams"), "teams");
@@ -285,6 +303,8 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
         teams,
         key_lookup: None,
         model_group_aliases: aliases,
+        retries,
+        timeout_ms,
     };
     if cx.errors.is_empty() {
         // The filter's own validation: what it would refuse, refuse here.
@@ -350,6 +370,47 @@ fn flag(cx: &mut Ctx<'_>, path: &str, value: Option<&Value>) -> Option<bool> {
             None
         }
     }
+}
+
+/// A timeout in seconds (fractions allowed), as milliseconds; anything else is an error naming it.
+fn seconds(cx: &mut Ctx<'_>, path: &str, value: Option<&Value>) -> Option<u64> {
+    let value = value.filter(|v| !v.is_null())?;
+    let ms = value.as_f64().and_then(retries::timeout_ms);
+    if ms.is_none() {
+        cx.error(format!("{path}: must be a number of seconds above 0 and at most a day, not {value}"));
+    }
+    ms
+}
+
+/// A retry count: a whole number from 0 to [`retries::MAX_RETRIES`].
+fn retry_count(cx: &mut Ctx<'_>, path: &str, value: Option<&Value>) -> Option<u32> {
+    let value = value.filter(|v| !v.is_null())?;
+    match as_u64(Some(value)).and_then(|n| u32::try_from(n).ok()).filter(|n| *n <= retries::MAX_RETRIES) {
+        Some(n) => Some(n),
+        None => {
+            cx.error(format!("{path}: must be a whole number from 0 to {}, not {value}", retries::MAX_RETRIES));
+            None
+        }
+    }
+}
+
+/// `router_settings.retry_policy`: LiteLLM's error classes with a retry count each.
+fn retry_policy(cx: &mut Ctx<'_>, value: Option<&Value>) -> RetryPolicyCounts {
+    let mut counts = RetryPolicyCounts::default();
+    let Some(value) = value.filter(|v| !v.is_null()) else { return counts };
+    let Some(map) = value.as_object() else {
+        cx.error("router_settings.retry_policy must be a mapping of error class to retry count".into());
+        return counts;
+    };
+    for (class, count) in map {
+        let at = format!("router_settings.retry_policy.{class}");
+        if !RetryPolicyCounts::NAMES.contains(&class.as_str()) {
+            cx.error(format!("{at}: not an error class (one of {})", RetryPolicyCounts::NAMES.join(", ")));
+        } else if let Some(n) = retry_count(cx, &at, Some(count)) {
+            counts.set(class, n);
+        }
+    }
+    counts
 }
 
 /// `router_settings.model_group_alias`: `alias: group` or `alias: {model: group, hidden: true}`.
@@ -460,7 +521,19 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
         cx.refuse_unsupported(
             &format!("model_list[{i}].litellm_params"),
             params,
-            &["model", "api_base", "api_key", "api_version", "aws_region_name", "rpm", "tpm", "weight", "drop_params"],
+            &[
+                "model",
+                "api_base",
+                "api_key",
+                "api_version",
+                "aws_region_name",
+                "rpm",
+                "tpm",
+                "weight",
+                "drop_params",
+                "timeout",
+                "stream_timeout",
+            ],
         );
         cx.refuse_unsupported(
             &format!("model_list[{i}].model_info"),
@@ -648,6 +721,9 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
                 None
             }
         };
+        let timeout_ms = seconds(cx, &format!("{at}: litellm_params.timeout"), params.get("timeout"));
+        let stream_timeout_ms =
+            seconds(cx, &format!("{at}: litellm_params.stream_timeout"), params.get("stream_timeout"));
         upstreams.push(Upstream { cluster: cluster.clone(), https, host, port, aws_region });
         deployments.push(Deployment {
             id,
@@ -669,6 +745,8 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
                 .or_else(|| catalog.and_then(|c| c.max_output_tokens)),
             drop_params,
             price_unknown,
+            timeout_ms,
+            stream_timeout_ms,
         });
     }
     (deployments, upstreams)
@@ -763,23 +841,67 @@ mod tests {
     fn settings_sluice_does_not_enforce_are_refused_by_name() {
         let mut doc = realistic();
         doc["model_list"][0]["model_info"]["supports_vision"] = json!(true);
-        doc["model_list"][1]["litellm_params"]["timeout"] = json!(30);
-        doc["router_settings"] = json!({"routing_strategy": "least-busy", "num_retries": 2});
+        doc["model_list"][1]["litellm_params"]["max_retries"] = json!(3);
+        doc["router_settings"] = json!({"routing_strategy": "least-busy", "fallbacks": [{"gpt-4o": ["claude"]}]});
         doc["litellm_settings"]["success_callback"] = json!(["langfuse"]);
         doc["environment_variables"] = json!({"A": "b"});
         let errors = from_litellm(&doc, &env).unwrap_err();
         let all: Vec<&str> = errors.iter().map(|e| e.0.as_str()).collect();
         for needle in [
             "model_list[0].model_info.supports_vision: not supported by Sluice",
-            "model_list[1].litellm_params.timeout: not supported by Sluice",
+            "model_list[1].litellm_params.max_retries: not supported by Sluice",
             "router_settings.routing_strategy: least-busy is not supported by Sluice",
-            "router_settings.num_retries: not supported by Sluice",
+            "router_settings.fallbacks: not supported by Sluice",
             "litellm_settings.success_callback: not supported by Sluice",
             "environment_variables: not supported by Sluice",
         ] {
             assert!(all.iter().any(|e| e.starts_with(needle)), "no error for {needle}:\n{all:#?}");
         }
         assert_eq!(all.len(), 6, "{all:#?}");
+    }
+
+    /// Retries and timeouts reach the filter's config: the gateway's policy, each deployment's
+    /// timeouts; what one retry budget cannot express is refused with the reason.
+    #[test]
+    fn retries_and_timeouts_are_read_and_checked() {
+        let mut doc = realistic();
+        doc["litellm_settings"]["num_retries"] = json!(1);
+        doc["router_settings"] = json!({
+            "num_retries": 3,
+            "timeout": 2.5,
+            "retry_policy": {"RateLimitErrorRetries": 3, "InternalServerErrorRetries": 0},
+        });
+        doc["model_list"][1]["litellm_params"]["timeout"] = json!(0.75);
+        doc["model_list"][1]["litellm_params"]["stream_timeout"] = json!(4);
+        let s = from_litellm(&doc, &env).unwrap();
+        let retries = s.gateway.retries;
+        assert_eq!(retries.num_retries, 3, "router_settings wins over litellm_settings");
+        assert_eq!(retries.on.status_codes(), "429,408");
+        assert_eq!(s.gateway.timeout_ms, Some(2500));
+        assert_eq!(s.request_timeout_secs, 3);
+        let d = &s.gateway.deployments[1];
+        assert_eq!((d.timeout_ms, d.stream_timeout_ms), (Some(750), Some(4000)));
+        assert_eq!(s.gateway.deployments[0].timeout_ms, None);
+
+        let mut doc = realistic();
+        doc["router_settings"] = json!({
+            "num_retries": 2,
+            "retry_policy": {"RateLimitErrorRetries": 4, "Teapot": 1, "TimeoutErrorRetries": -1},
+        });
+        doc["model_list"][0]["litellm_params"]["timeout"] = json!(-5);
+        doc["model_list"][1]["litellm_params"]["stream_timeout"] = json!("soon");
+        doc["litellm_settings"]["num_retries"] = json!(11);
+        let errors: Vec<String> = from_litellm(&doc, &env).unwrap_err().into_iter().map(|e| e.0).collect();
+        for needle in [
+            "router_settings.retry_policy.Teapot: not an error class",
+            "router_settings.retry_policy.TimeoutErrorRetries: must be a whole number from 0 to 10",
+            "litellm_settings.num_retries: must be a whole number from 0 to 10, not 11",
+            "router_settings.retry_policy: RateLimitErrorRetries is 4 but InternalServerErrorRetries is 2",
+            "litellm_params.timeout: must be a number of seconds above 0",
+            "litellm_params.stream_timeout: must be a number of seconds above 0",
+        ] {
+            assert!(errors.iter().any(|e| e.contains(needle)), "no error for {needle}:\n{errors:#?}");
+        }
     }
 
     /// LiteLLM's `router_settings.model_group_alias`, both spellings; an alias must name a

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::error::GatewayError;
+use crate::retries;
 
 #[derive(Deserialize)]
 struct Fields<'a> {
@@ -29,7 +30,16 @@ struct Fields<'a> {
     /// The Responses API's name for it.
     #[serde(default)]
     max_output_tokens: Option<u64>,
+    // The gateway's own per-request settings (LiteLLM's), never sent upstream.
+    #[serde(borrow, default, deserialize_with = "raw_keep_null")]
+    num_retries: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_keep_null")]
+    timeout: Option<&'a RawValue>,
 }
+
+/// Request fields that are the gateway's own settings, not the provider's (LiteLLM takes them
+/// per request): read by [`parse_request`] and removed from the body before it goes upstream.
+pub const GATEWAY_PARAMS: [&str; 2] = ["num_retries", "timeout"];
 
 fn raw_keep_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
@@ -54,6 +64,12 @@ pub struct LlmRequest<'a> {
     stream_options_span: Option<(usize, usize)>,
     /// `max_completion_tokens`, else `max_tokens`, else (Responses API) `max_output_tokens`.
     pub max_output_tokens: Option<u64>,
+    /// `num_retries`: this request's retries, in place of the gateway's.
+    pub num_retries: Option<u32>,
+    /// `timeout` (seconds in the body): how long each attempt may take, in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Byte ranges of the [`GATEWAY_PARAMS`] values present, to remove before going upstream.
+    gateway_param_spans: Vec<(usize, usize)>,
 }
 
 fn span_of(body: &str, raw: &RawValue) -> Option<(usize, usize)> {
@@ -98,6 +114,26 @@ pub fn parse_request(body: &[u8]) -> Result<LlmRequest<'_>, GatewayError> {
         }
         stream_options_span = span_of(text, raw);
     }
+    let mut gateway_param_spans = Vec::new();
+    let mut num_retries = None;
+    if let Some(raw) = fields.num_retries.filter(|r| r.get() != "null") {
+        let n: Option<u32> = serde_json::from_str(raw.get()).ok();
+        num_retries = Some(n.filter(|n| *n <= retries::MAX_RETRIES).ok_or_else(|| GatewayError::InvalidField {
+            param: "num_retries",
+            detail: format!("must be a whole number from 0 to {}", retries::MAX_RETRIES),
+        })?);
+    }
+    let mut timeout_ms = None;
+    if let Some(raw) = fields.timeout.filter(|r| r.get() != "null") {
+        let seconds: Option<f64> = serde_json::from_str(raw.get()).ok();
+        timeout_ms = Some(seconds.and_then(retries::timeout_ms).ok_or_else(|| GatewayError::InvalidField {
+            param: "timeout",
+            detail: "must be a number of seconds above 0 and at most a day".into(),
+        })?);
+    }
+    for raw in [fields.num_retries, fields.timeout].into_iter().flatten() {
+        gateway_param_spans.push(span_of(text, raw).ok_or(GatewayError::Internal { detail: "param span" })?);
+    }
     Ok(LlmRequest {
         model,
         model_span,
@@ -105,7 +141,38 @@ pub fn parse_request(body: &[u8]) -> Result<LlmRequest<'_>, GatewayError> {
         client_wants_usage,
         stream_options_span,
         max_output_tokens: fields.max_completion_tokens.or(fields.max_tokens).or(fields.max_output_tokens),
+        num_retries,
+        timeout_ms,
+        gateway_param_spans,
     })
+}
+
+/// The edit that removes the member whose value is at `value` (its name, colon and one
+/// neighbouring comma), or None when the member is not written plainly (`"name":`).
+fn member_removal(body: &[u8], value: (usize, usize)) -> Option<(usize, usize)> {
+    let is_space = |b: &u8| b.is_ascii_whitespace();
+    let before = body.get(..value.0)?;
+    let colon = before.iter().rposition(|b| !is_space(b))?;
+    if before.get(colon) != Some(&b':') {
+        return None;
+    }
+    let name_end = before.get(..colon)?.iter().rposition(|b| !is_space(b))? + 1;
+    let name = GATEWAY_PARAMS.iter().find(|p| {
+        let quoted = p.len() + 2;
+        name_end >= quoted
+            && before.get(name_end - quoted..name_end).is_some_and(|q| {
+                q.first() == Some(&b'"') && q.last() == Some(&b'"') && q.get(1..q.len() - 1) == Some(p.as_bytes())
+            })
+    })?;
+    let start = name_end - (name.len() + 2);
+    let after = body.get(value.1..)?;
+    let next = after.iter().position(|b| !is_space(b))?;
+    if after.get(next) == Some(&b',') {
+        return Some((start, value.1 + next + 1)); // `"name": v,` (a member follows)
+    }
+    // The last member: take the comma before it, if there is one.
+    let prev = body.get(..start)?.iter().rposition(|b| !is_space(b))?;
+    Some(if body.get(prev) == Some(&b',') { (prev, value.1) } else { (start, value.1) })
 }
 
 /// Best guess at which field a serde data error is about, for the error's `param`.
@@ -134,10 +201,16 @@ pub fn rewrite_body(
 ) -> Option<Vec<u8>> {
     let rename = req.model != upstream_model;
     let add_usage = add_include_usage && !req.client_wants_usage;
-    if !rename && !add_usage {
+    if !rename && !add_usage && req.gateway_param_spans.is_empty() {
         return None;
     }
-    let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::with_capacity(2);
+    let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::with_capacity(2 + req.gateway_param_spans.len());
+    for span in &req.gateway_param_spans {
+        let Some((start, end)) = member_removal(body, *span) else {
+            return rewrite_parsed(body, upstream_model, add_usage);
+        };
+        edits.push((start, end, Vec::new()));
+    }
     if rename {
         let quoted = serde_json::to_vec(upstream_model).ok()?;
         edits.push((req.model_span.0, req.model_span.1, quoted));
@@ -165,6 +238,10 @@ pub fn rewrite_body(
         }
     }
     edits.sort_by_key(|e| e.0);
+    if edits.windows(2).any(|w| w.first().map(|e| e.1) > w.get(1).map(|e| e.0)) {
+        // Two removed members side by side at the end of the object both took one comma.
+        return rewrite_parsed(body, upstream_model, add_usage);
+    }
     let extra: usize = edits.iter().map(|e| e.2.len()).sum();
     let mut out = Vec::with_capacity(body.len() + extra);
     let mut at = 0;
@@ -175,6 +252,26 @@ pub fn rewrite_body(
     }
     out.extend_from_slice(body.get(at..)?);
     Some(out)
+}
+
+/// The rewrite done on the parsed document: for the rare body whose gateway settings the byte
+/// edits cannot take out (an escaped name, two of them side by side at the end).
+fn rewrite_parsed(body: &[u8], upstream_model: &str, add_usage: bool) -> Option<Vec<u8>> {
+    let mut doc: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    for name in GATEWAY_PARAMS {
+        doc.remove(name);
+    }
+    doc.insert("model".into(), upstream_model.into());
+    if add_usage {
+        let options = doc.entry("stream_options").or_insert_with(|| serde_json::json!({}));
+        if !options.is_object() {
+            *options = serde_json::json!({});
+        }
+        if let Some(options) = options.as_object_mut() {
+            options.insert("include_usage".into(), true.into());
+        }
+    }
+    serde_json::to_vec(&doc).ok()
 }
 
 #[cfg(test)]
@@ -230,6 +327,48 @@ mod tests {
         }
         let err = parse_request(br#"{"model":"m","stream":"yes"}"#).unwrap_err();
         assert!(matches!(err, GatewayError::InvalidField { param: "stream", .. }), "{err:?}");
+    }
+
+    #[test]
+    fn the_gateways_own_settings_are_read_and_never_sent_upstream() {
+        let cases = [
+            (r#"{"model":"m","num_retries":2,"messages":[]}"#, Some(2), None),
+            (r#"{"num_retries" : 0 , "model":"m","timeout":1.5}"#, Some(0), Some(1500)),
+            (r#"{"model":"m","timeout":30}"#, None, Some(30_000)),
+            (r#"{"model":"m","num_retries":1,"timeout":2}"#, Some(1), Some(2000)),
+            (r#"{"model":"m","num_retries":null}"#, None, None),
+            (r#"{"model":"m","num\u005fretries":3,"timeout":1}"#, Some(3), Some(1000)),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"\"num_retries\":1"}],"timeout":1}"#,
+                None,
+                Some(1000),
+            ),
+        ];
+        for (body, retries, timeout) in cases {
+            let r = parse_request(body.as_bytes()).unwrap();
+            assert_eq!((r.num_retries, r.timeout_ms), (retries, timeout), "{body}");
+            let out = rewrite_body(body.as_bytes(), &r, "up", false).unwrap();
+            let v: Value = serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{body}: {e}"));
+            let expected = {
+                let mut v: Value = serde_json::from_str(body).unwrap();
+                let o = v.as_object_mut().unwrap();
+                o.remove("num_retries");
+                o.remove("timeout");
+                o.insert("model".into(), json!("up"));
+                v
+            };
+            assert_eq!(v, expected, "{body}");
+        }
+        for (body, param) in [
+            (r#"{"model":"m","num_retries":-1}"#, "num_retries"),
+            (r#"{"model":"m","num_retries":11}"#, "num_retries"),
+            (r#"{"model":"m","num_retries":"2"}"#, "num_retries"),
+            (r#"{"model":"m","timeout":0}"#, "timeout"),
+            (r#"{"model":"m","timeout":"1s"}"#, "timeout"),
+        ] {
+            let err = parse_request(body.as_bytes()).unwrap_err();
+            assert!(matches!(err, GatewayError::InvalidField { param: p, .. } if p == param), "{body}: {err:?}");
+        }
     }
 
     #[test]

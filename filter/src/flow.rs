@@ -41,11 +41,13 @@ use crate::translation::{Direction, StreamTranslation, Translation};
 use crate::usage_record::{Outcome, USAGE_LOG_PREFIX, UsageRecord};
 use sluice_proto::gateway::v1::{KeyLookupRequest, KeyLookupResponse};
 
+mod attempts;
 mod auth;
 mod lookup;
 mod response;
 mod route;
 
+use attempts::AttemptPolicy;
 use lookup::{PendingLookup, Shared};
 use response::rate_limit_headers;
 use route::UpstreamCredential;
@@ -64,8 +66,9 @@ const MAX_CREDENTIAL_LEN: usize = 512;
 const STALE_RETRY_MS: u64 = 5_000;
 const ANTHROPIC_VERSION: &str = "2023-06-01";
 
-/// Every request header the flow reads, fetched in one host call when the request starts.
-const READ_REQUEST_HEADERS: [&str; 9] = [
+/// Every request header the flow reads, fetched in one host call when the request starts:
+/// what it acts on, then the router's retry and timeout headers (only the gateway sets those).
+const READ_REQUEST_HEADERS: [&str; 14] = [
     ":path",
     ":method",
     "authorization",
@@ -75,14 +78,21 @@ const READ_REQUEST_HEADERS: [&str; 9] = [
     "x-request-id",
     "anthropic-version",
     CLUSTER_HEADER,
+    attempts::ROUTER_HEADERS[0],
+    attempts::ROUTER_HEADERS[1],
+    attempts::ROUTER_HEADERS[2],
+    attempts::ROUTER_HEADERS[3],
+    attempts::ROUTER_HEADERS[4],
 ];
 /// The header the route picks the cluster by (`cluster_header`); the route removes it upstream.
 const CLUSTER_HEADER: &str = "x-sluice-cluster";
 /// Every response header the flow reads, fetched in one host call: the status, the content
-/// type, and the provider's own `x-ratelimit-*` (replaced by the gateway's where it has them).
-const READ_RESPONSE_HEADERS: [&str; 6] = [
+/// type, the router's count of attempts, and the provider's own `x-ratelimit-*` (replaced by
+/// the gateway's where it has them).
+const READ_RESPONSE_HEADERS: [&str; 7] = [
     ":status",
     "content-type",
+    "x-envoy-attempt-count",
     RATE_LIMIT_HEADERS[0],
     RATE_LIMIT_HEADERS[1],
     RATE_LIMIT_HEADERS[2],
@@ -105,6 +115,8 @@ pub struct Gateway {
     /// Per deployment, the header its credential goes in upstream, with the value read from
     /// the environment at configure time (made once, not per request).
     upstream_credentials: Vec<UpstreamCredential>,
+    /// How the router retries and times out requests (`attempts.rs`).
+    attempt_policy: AttemptPolicy,
     /// The master key's digest (standalone mode), from the environment likewise.
     master_key: Option<KeyHash>,
     /// The configured keys with their teams (same index as `config.keys`).
@@ -143,6 +155,7 @@ impl Gateway {
             .map(|(i, d)| UpstreamCredential::new(d.provider, secrets.credentials.get(i).and_then(Option::as_deref)))
             .collect();
         Self {
+            attempt_policy: AttemptPolicy::new(&config),
             config,
             upstream_credentials,
             master_key: secrets.master_key,
@@ -233,6 +246,8 @@ struct Admitted {
     price_unknown: bool,
     /// The upstream model a wildcard deployment was asked for (others: the deployment's).
     wildcard_model: Option<String>,
+    /// Retries the router was allowed (`attempts.rs`).
+    retries: u32,
 }
 
 /// What the response tap keeps while the response passes.

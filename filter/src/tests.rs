@@ -47,6 +47,8 @@ fn deployment(id: &str, group: &str, provider: Provider, upstream: &str) -> Depl
         max_output_tokens: Some(1000),
         drop_params: false,
         price_unknown: false,
+        timeout_ms: None,
+        stream_timeout_ms: None,
     }
 }
 
@@ -74,6 +76,8 @@ pub(crate) fn base_config() -> GatewayConfig {
         teams: vec![],
         key_lookup: None,
         model_group_aliases: Vec::new(),
+        retries: Default::default(),
+        timeout_ms: None,
     }
 }
 
@@ -247,6 +251,74 @@ fn credentials_are_read_from_every_header_spelling_and_stripped() {
     assert!(s.send_body(br#"{"model":"claude-3-5-sonnet","max_tokens":10,"messages":[]}"#).is_none());
     assert_eq!(s.host.request_header_str("authorization"), None);
     assert_eq!(s.host.request_header_str("x-api-key").as_deref(), Some("provider-secret-claude"));
+}
+
+/// Retries and timeouts reach Envoy's router as its own request headers: the gateway's policy,
+/// a deployment's timeouts, a request's `num_retries` and `timeout` (never sent upstream); a
+/// client's own router headers never reach the router.
+#[test]
+fn the_router_is_told_the_retries_and_timeouts_and_a_client_cannot_tell_it() {
+    let router = |s: &Stream| {
+        [
+            "x-envoy-max-retries",
+            "x-envoy-retriable-status-codes",
+            "x-envoy-upstream-rq-timeout-ms",
+            "x-envoy-upstream-rq-per-try-timeout-ms",
+        ]
+        .map(|h| s.host.request_header_str(h))
+    };
+    // Nothing configured, nothing asked: no router header at all.
+    let h = Harness::new(base_config());
+    let (s, reply) = h.post("/v1/chat/completions", &key(1), CHAT);
+    assert!(reply.is_none());
+    assert_eq!(router(&s), [None, None, None, None]);
+
+    let mut config = base_config();
+    config.retries = sluice_core::retries::resolve(2, &Default::default()).unwrap();
+    config.timeout_ms = Some(30_000);
+    config.deployments[2].timeout_ms = Some(5_000);
+    config.deployments[2].stream_timeout_ms = Some(1_500);
+    let h = Harness::new(config);
+    let (s, _) = h.post("/v1/chat/completions", &key(1), CHAT);
+    assert_eq!(
+        s.host.request_header_str("x-envoy-retry-on").as_deref(),
+        Some(sluice_core::retries::RETRY_ON_HEADER_VALUE)
+    );
+    assert_eq!(
+        router(&s),
+        [Some("2".into()), Some("429,500,502,503,504,408".into()), Some("90000".into()), Some("30000".into())],
+        "the gateway's timeout, once per attempt for the whole"
+    );
+    let (s, _) = h.post("/v1/chat/completions", &key(1), r#"{"model":"gpt-4o-mini","messages":[]}"#);
+    assert_eq!(router(&s)[2..], [Some("15000".into()), Some("5000".into())], "the deployment's timeout");
+    // A stream: time to first byte per attempt (its stream_timeout); the route bounds the rest.
+    let (s, _) = h.post("/v1/chat/completions", &key(1), r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#);
+    assert_eq!(router(&s)[2..], [None, Some("1500".into())]);
+    // The request's own settings win, and do not go upstream.
+    let (s, _) = h.post(
+        "/v1/chat/completions",
+        &key(1),
+        r#"{"model":"gpt-4o-mini","num_retries":0,"timeout":0.25,"messages":[]}"#,
+    );
+    assert_eq!(router(&s), [None, None, Some("250".into()), None]);
+    let sent: serde_json::Value = serde_json::from_slice(&s.host.stream.request_body.borrow()).unwrap();
+    assert_eq!(sent, serde_json::json!({"model": "gpt-4o-mini", "messages": []}));
+    // A client's router headers are removed before anything else happens.
+    let auth = format!("Bearer {}", key(1));
+    let mut s = h.start(
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", auth.as_bytes()), ("x-envoy-max-retries", b"50"), ("x-envoy-upstream-rq-timeout-ms", b"1")],
+    );
+    assert!(s.send_body(br#"{"model":"gpt-4o","num_retries":1,"messages":[]}"#).is_none());
+    assert_eq!(
+        router(&s),
+        [Some("1".into()), Some("429,500,502,503,504,408".into()), Some("60000".into()), Some("30000".into())]
+    );
+    // A bad setting is the client's error, named.
+    let (_, reply) = h.post("/v1/chat/completions", &key(1), r#"{"model":"gpt-4o","num_retries":99}"#);
+    let reply = reply.expect("refused");
+    assert_eq!((reply.status, reply.json()["error"]["param"].as_str()), (400, Some("num_retries")));
 }
 
 /// Anthropic's `count_tokens` (Claude Code asks it before a turn): passed to the group's

@@ -95,6 +95,7 @@ const NATIVE_FILES: &[&str] = &[
     "test_security.py",
     "test_config.py",
     "test_slow_clients.py",
+    "test_retries.py",
     // xDS mode.
     "test_xds.py",
     "test_replicas.py",

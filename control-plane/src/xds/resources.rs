@@ -11,8 +11,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, DnsLookupFamily};
+use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster, circuit_breakers};
 use envoy_types::pb::envoy::config::core::v3::Address;
 use envoy_types::pb::envoy::config::core::v3::{
     AggregatedConfigSource, ApiVersion, AsyncDataSource, ConfigSource, DataSource, Http1ProtocolOptions, SocketAddress,
@@ -42,14 +42,14 @@ use envoy_types::pb::envoy::extensions::wasm::v3::{
     FailurePolicy as WasmFailurePolicy, PluginConfig, VmConfig, plugin_config,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
-use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, StringValue};
+use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, StringValue, UInt32Value};
 use prost::{Message, Name};
 use sluice_core::config::{GatewayConfig, KeyLookupConfig, LookupRateConfig, Provider};
 use sluice_core::litellm::{FailurePolicy, Upstream, from_litellm};
 
 use super::protocol::{CLUSTER, EXTENSION_CONFIG, SECRET, Snapshot};
 use crate::envoy_bootstrap::{
-    CA_BUNDLE, CONNECT_TIMEOUT_SECS, FILTER_ROOT_ID, NATIVE_FILTER_NAME, VM_ID, WASM_RUNTIME,
+    CA_BUNDLE, CONNECT_TIMEOUT_SECS, FILTER_ROOT_ID, MAX_CONCURRENT_RETRIES, NATIVE_FILTER_NAME, VM_ID, WASM_RUNTIME,
     refuse_failure_policy_for_native, upstream_is_ip,
 };
 use crate::provider_policy::ProviderPolicy;
@@ -79,9 +79,10 @@ pub struct XdsOptions {
     /// config.yaml's `general_settings` that shape the filter (`max_request_size_mb`,
     /// `sluice_failure_policy`), converted by the same code as in standalone mode.
     pub general_settings: serde_json::Map<String, serde_json::Value>,
-    /// config.yaml's `litellm_settings` that shape the filter (`drop_params`).
+    /// config.yaml's `litellm_settings` (`drop_params`, `num_retries`, `request_timeout`).
     pub litellm_settings: serde_json::Map<String, serde_json::Value>,
-    /// config.yaml's `router_settings` that shape the filter (`model_group_alias`).
+    /// config.yaml's `router_settings` but the Redis ones (`model_group_alias`, `num_retries`,
+    /// `retry_policy`, `timeout`).
     pub router_settings: serde_json::Map<String, serde_json::Value>,
     pub key_lookup: KeyLookupConfig,
     /// Which credentials deployments may name and where they may go; checked again here, so a
@@ -378,6 +379,13 @@ fn cluster(u: &Upstream, credential: Option<&(String, Provider)>) -> Cluster {
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(discovery.into())),
         dns_lookup_family: DnsLookupFamily::V4Preferred.into(),
         connect_timeout: Some(Duration { seconds: CONNECT_TIMEOUT_SECS, nanos: 0 }),
+        circuit_breakers: Some(CircuitBreakers {
+            thresholds: vec![circuit_breakers::Thresholds {
+                max_retries: Some(UInt32Value { value: MAX_CONCURRENT_RETRIES }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
         load_assignment: Some(ClusterLoadAssignment {
             cluster_name: u.cluster.clone(),
             endpoints: vec![LocalityLbEndpoints {
@@ -545,6 +553,24 @@ mod tests {
             gateway.model_group_aliases.iter().map(|a| (a.alias.as_str(), a.group.as_str())).collect();
         assert_eq!(names, [("gpt-4", "gpt-4o")]);
         assert!(warnings.iter().any(|w| w.contains("model_group_alias.old") && w.contains("\"gone\"")), "{warnings:?}");
+    }
+
+    /// Retries and timeouts from `sluice serve`'s config.yaml reach the filter; a setting Sluice
+    /// would not enforce stops the control plane at start, as `sluice config check` would.
+    #[test]
+    fn retry_settings_reach_the_filter_and_unenforced_ones_are_refused() {
+        let mut opts = options();
+        opts.router_settings = json!({"num_retries": 2, "timeout": 1.5}).as_object().unwrap().clone();
+        opts.litellm_settings = json!({"num_retries": 5}).as_object().unwrap().clone();
+        let (snap, _) = build(&model_list(), &opts, &env).unwrap();
+        let ext: TypedExtensionConfig = decode(&snap.resources[EXTENSION_CONFIG][FILTER_CONFIG_NAME]);
+        let json: StringValue =
+            decode(decode::<Wasm>(ext.typed_config.as_ref().unwrap()).config.unwrap().configuration.as_ref().unwrap());
+        let gateway: GatewayConfig = serde_json::from_str(&json.value).unwrap();
+        assert_eq!((gateway.retries.num_retries, gateway.timeout_ms), (2, Some(1500)));
+        opts.router_settings = json!({"fallbacks": [{"gpt-4o": ["gpt-4o-mini"]}]}).as_object().unwrap().clone();
+        let e = opts.check().unwrap_err();
+        assert!(e.contains("router_settings.fallbacks: not supported by Sluice"), "{e}");
     }
 
     #[test]

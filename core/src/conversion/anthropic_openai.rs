@@ -32,6 +32,9 @@ pub fn request(body: &[u8], target: &Target<'_>) -> Result<Translated, Conversio
         "tools",
         "tool_choice",
         "metadata",
+        // The gateway's own (`request::GATEWAY_PARAMS`), read by the filter, never forwarded.
+        "num_retries",
+        "timeout",
     ];
     let mut unsupported: Vec<String> =
         req.keys().filter(|k| UNSUPPORTED.contains(&k.as_str()) || !known.contains(&k.as_str())).cloned().collect();

@@ -10,7 +10,9 @@ use crate::usage::Usage;
 
 /// OpenAI parameters that mean nothing to a provider and are left out silently (LiteLLM does
 /// the same): OpenAI-side storage and service settings.
-const IGNORED: &[&str] = &["store", "metadata", "service_tier", "stream_options", "parallel_tool_calls"];
+/// And the gateway's own per-request settings (`request::GATEWAY_PARAMS`).
+const IGNORED: &[&str] =
+    &["store", "metadata", "service_tier", "stream_options", "parallel_tool_calls", "num_retries", "timeout"];
 
 /// Left out silently too where the URL names the model and says whether it streams (Gemini,
 /// Bedrock): those two, and `user`, which such a provider has no field for.

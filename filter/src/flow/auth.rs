@@ -29,9 +29,26 @@ impl<H: Host> RequestFlow<H> {
             core::arch::wasm32::unreachable();
         }
         self.start_ms = self.host.now_ms();
-        let [path, method, authorization, x_api_key, api_key, content_length, request_id, anthropic_version, cluster] =
-            self.host.request_headers(READ_REQUEST_HEADERS);
+        let [
+            path,
+            method,
+            authorization,
+            x_api_key,
+            api_key,
+            content_length,
+            request_id,
+            anthropic_version,
+            cluster,
+            router_headers @ ..,
+        ] = self.host.request_headers(READ_REQUEST_HEADERS);
         self.client_sent_cluster = cluster.is_some();
+        // How often and how long the router tries is the gateway's to say, never a client's
+        // (Envoy strips these from outside clients; one it counts as internal keeps them).
+        for (name, sent) in attempts::ROUTER_HEADERS.into_iter().zip(router_headers) {
+            if sent.is_some() {
+                self.host.set_request_header(name, None);
+            }
+        }
         self.path = path.unwrap_or_default();
         if let Some(probe) = Probe::from_path(&self.path) {
             self.answer_probe(probe);

@@ -9,8 +9,14 @@ impl<H: Host> RequestFlow<H> {
         let Some(admitted) = &self.admitted else {
             return Action::Continue;
         };
-        let [status, content_type, rate_limit @ ..] = self.host.response_headers(READ_RESPONSE_HEADERS);
+        let [status, content_type, attempt_count, rate_limit @ ..] = self.host.response_headers(READ_RESPONSE_HEADERS);
         self.status = status.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()).unwrap_or(0);
+        if admitted.retries > 0 {
+            // LiteLLM's header: the retries this answer took (the router counts attempts).
+            let attempts: u32 = attempt_count.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()).unwrap_or(1);
+            let retried = itoa::Buffer::new().format(attempts.saturating_sub(1)).to_owned();
+            self.host.add_response_header("x-litellm-attempted-retries", retried.as_bytes());
+        }
         set_remaining_headers(&self.host, &admitted.remaining, rate_limit.map(|h| h.is_some()));
         let content_type = content_type.unwrap_or_default();
         let has = |needle: &[u8]| content_type.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle));

@@ -169,6 +169,7 @@ impl<H: Host> RequestFlow<H> {
             None => (rewrite_body(body, &req, &upstream_model, wants_usage_chunk), None),
         };
         self.send_upstream(&gateway, index, &upstream_path, body.len(), new_body.as_deref());
+        let retries = self.tell_the_router(&gateway, deployment, &req, streamed);
         self.admitted = Some(Admitted {
             group: group_index,
             deployment: index,
@@ -185,6 +186,7 @@ impl<H: Host> RequestFlow<H> {
                 std::borrow::Cow::Owned(name) => Some(name),
                 std::borrow::Cow::Borrowed(_) => None,
             },
+            retries,
         });
         Ok(())
     }

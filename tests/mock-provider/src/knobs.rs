@@ -31,6 +31,11 @@ pub struct Knobs {
     pub response_bytes: Option<usize>,
     /// Gemini and Bedrock: answer with a call of this function (when the request declares tools).
     pub tool_call: Option<String>,
+    /// `retry-after` (seconds) on a forced error.
+    pub retry_after: Option<u64>,
+    /// The faults (status, latency, garbage, cut) hit only the first this-many attempts of a
+    /// request (attempts share Envoy's `x-request-id`); later ones are answered normally.
+    pub fault_attempts: Option<u64>,
 }
 
 impl Knobs {
@@ -51,7 +56,14 @@ impl Knobs {
             garbage: headers.get("x-mock-garbage").is_some_and(|v| v == "1"),
             response_bytes: num("x-mock-response-bytes").map(|n| n as usize),
             tool_call: headers.get("x-mock-tool-call").map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()),
+            retry_after: num("x-mock-retry-after"),
+            fault_attempts: num("x-mock-fault-attempts"),
         }
+    }
+
+    /// This attempt past `fault_attempts`: answered as if no fault were asked for.
+    pub fn without_faults(self, config: &Config) -> Self {
+        Self { latency_ms: config.latency_ms, status: None, garbage: false, cut_after: None, retry_after: None, ..self }
     }
 
     /// The error `x-mock-status` forces, and its message.

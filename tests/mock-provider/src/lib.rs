@@ -70,6 +70,8 @@ impl http_body::Body for MockBody {
 struct State {
     config: Arc<Config>,
     stats: Stats,
+    /// Attempts seen per `x-request-id`, for `x-mock-fault-attempts`.
+    attempts: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// Serves connections until `shutdown` resolves.
@@ -77,7 +79,7 @@ pub async fn serve<F>(listener: TcpListener, config: Arc<Config>, shutdown: F)
 where
     F: std::future::Future,
 {
-    let state = Arc::new(State { config, stats: Stats::default() });
+    let state = Arc::new(State { config, stats: Stats::default(), attempts: Default::default() });
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -117,7 +119,28 @@ impl State {
         if knobs.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
         }
-        respond(reply, knobs)
+        let retry_after = knobs.retry_after.filter(|_| knobs.status.is_some());
+        let mut response = respond(reply, knobs);
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert("retry-after", hyper::header::HeaderValue::from(seconds));
+        }
+        response
+    }
+
+    /// The knobs for this attempt: past `x-mock-fault-attempts` of its request, no faults.
+    fn knobs_for(&self, received: &Received) -> Knobs {
+        let knobs = Knobs::from_headers(&received.headers, &self.config);
+        let Some(faulty) = knobs.fault_attempts else { return knobs };
+        let id = received.header("x-request-id").unwrap_or_default().to_owned();
+        let attempt = match self.attempts.lock() {
+            Ok(mut seen) => {
+                let n = seen.entry(id).or_default();
+                *n += 1;
+                *n
+            }
+            Err(_) => 1,
+        };
+        if attempt > faulty { knobs.without_faults(&self.config) } else { knobs }
     }
 }
 
@@ -142,7 +165,7 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Mo
         }
         _ => {}
     }
-    let knobs = Knobs::from_headers(&received.headers, &state.config);
+    let knobs = state.knobs_for(&received);
     if let Some(target) = gemini::route(&received.path) {
         let reply = gemini::reply(&target, &received, &knobs, &state.config);
         return Ok(state.answer(&received, reply, Some(&target), knobs).await);

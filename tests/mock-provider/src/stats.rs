@@ -38,6 +38,11 @@ struct Seen {
     /// The request body as JSON, kept on Gemini and Bedrock paths (null elsewhere, or when not
     /// JSON) so a test can check what a translation sent (systemInstruction, toolConfig…).
     body_json: Option<serde_json::Value>,
+    /// Envoy's own `x-envoy-*` request headers that arrived (names), to prove the router kept
+    /// its retry and timeout headers to itself.
+    envoy_headers: Vec<String>,
+    /// Envoy's `x-request-id`: a request's attempts share it.
+    request_id: Option<String>,
 }
 
 #[derive(Default)]
@@ -98,6 +103,8 @@ impl Stats {
             status: reply.status(),
             body_bytes: received.body.len(),
             body_json,
+            envoy_headers: received.headers.keys().filter(|k| k.starts_with("x-envoy-")).cloned().collect(),
+            request_id: header("x-request-id"),
         });
     }
 

@@ -1,0 +1,69 @@
+//! How Envoy's router tries a routed request: how many times, on which provider answers, and how
+//! long each attempt may take (`sluice_core::retries`). Said in the router's own request headers,
+//! set only when something is configured or asked, so a request with neither costs nothing here.
+
+use sluice_core::config::Deployment;
+use sluice_core::request::LlmRequest;
+use sluice_core::retries::RETRY_ON_HEADER_VALUE;
+
+use super::*;
+
+/// The router's headers this stage sets (a client's own are removed in `auth`).
+pub(super) const ROUTER_HEADERS: [&str; 5] = [
+    "x-envoy-max-retries",
+    "x-envoy-retry-on",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+];
+
+/// Retries and timeouts as the router is told them, made once per config.
+#[derive(Debug, Default)]
+pub(super) struct AttemptPolicy {
+    /// `x-envoy-retriable-status-codes` for the gateway's retry classes.
+    retriable_status_codes: String,
+}
+
+impl AttemptPolicy {
+    pub(super) fn new(config: &CompiledConfig) -> Self {
+        AttemptPolicy { retriable_status_codes: config.config.retries.on.status_codes() }
+    }
+}
+
+impl<H: Host> RequestFlow<H> {
+    /// Tells the router this request's retries (the request's `num_retries`, else the
+    /// gateway's) and timeouts (the request's `timeout`, else the deployment's — its
+    /// `stream_timeout` for a stream — else the gateway's `timeout`).
+    ///
+    /// The router's per-try timeout runs until the response starts reaching the client, so it
+    /// is each attempt's time to first byte; a stream is not cut once it flows (the route's
+    /// timeout bounds it). A whole answer must arrive within one timeout per attempt.
+    /// Returns the retries allowed.
+    pub(super) fn tell_the_router(
+        &self,
+        gateway: &Gateway,
+        deployment: &Deployment,
+        req: &LlmRequest<'_>,
+        streamed: bool,
+    ) -> u32 {
+        let config = &gateway.config.config;
+        let retries = req.num_retries.unwrap_or(config.retries.num_retries);
+        let mut digits = itoa::Buffer::new();
+        if retries > 0 {
+            self.host.add_request_header(ROUTER_HEADERS[0], digits.format(retries).as_bytes());
+            self.host.add_request_header(ROUTER_HEADERS[1], RETRY_ON_HEADER_VALUE.as_bytes());
+            self.host.add_request_header(ROUTER_HEADERS[2], gateway.attempt_policy.retriable_status_codes.as_bytes());
+        }
+        let deployment_timeout =
+            if streamed { deployment.stream_timeout_ms.or(deployment.timeout_ms) } else { deployment.timeout_ms };
+        let Some(per_attempt) = req.timeout_ms.or(deployment_timeout).or(config.timeout_ms) else { return retries };
+        if streamed || retries > 0 {
+            self.host.add_request_header(ROUTER_HEADERS[4], digits.format(per_attempt).as_bytes());
+        }
+        if !streamed {
+            let whole = per_attempt.saturating_mul(u64::from(retries) + 1);
+            self.host.add_request_header(ROUTER_HEADERS[3], digits.format(whole).as_bytes());
+        }
+        retries
+    }
+}
