@@ -562,8 +562,8 @@ async fn models_are_validated_like_the_gateway(plane: &Plane) {
     for (params, says) in [
         // A setting the gateway would not enforce is refused by name, not stored and ignored.
         (
-            serde_json::json!({"model": "openai/gpt-4o", "api_key": "os.environ/OPENAI_API_KEY", "order": 1}),
-            "litellm_params.order: not supported by Sluice",
+            serde_json::json!({"model": "openai/gpt-4o", "api_key": "os.environ/OPENAI_API_KEY", "max_retries": 1}),
+            "litellm_params.max_retries: not supported by Sluice",
         ),
         (literal, "os.environ"),
         (serde_json::json!({"model": "nosuchprovider/x"}), "provider"),

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cooldown::CooldownPolicy;
 use crate::cost::{Pricing, usd_to_nanos};
 use crate::endpoint::{Endpoint, RouteSet};
 use crate::keys::KeyHash;
@@ -62,6 +63,10 @@ pub struct GatewayConfig {
     /// (`router_settings.timeout`, `litellm_settings.request_timeout`), in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// `allowed_fails`, `cooldown_time`, `disable_cooldowns` (router_settings): when a failing
+    /// deployment leaves its group's rotation (`crate::cooldown`).
+    #[serde(default)]
+    pub cooldown: CooldownPolicy,
 }
 
 /// One `router_settings.model_group_alias` entry: requests for `alias` go to `group` (and are
@@ -165,12 +170,24 @@ fn default_max_scan() -> u64 {
     DEFAULT_MAX_RESPONSE_SCAN_BYTES
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// How a deployment of a group is chosen among the healthy ones of the lowest `order`
+/// (LiteLLM's `router_settings.routing_strategy`; `crate::routing`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub enum RoutingStrategy {
     /// LiteLLM's default: random choice weighted by `weight`, else `rpm`, else `tpm`.
     #[default]
     #[serde(rename = "simple-shuffle")]
     SimpleShuffle,
+    /// The fewest requests in flight, counted across the Envoy's workers.
+    #[serde(rename = "least-busy")]
+    LeastBusy,
+    /// The lowest recent latency (time to first byte for a stream), at random among those
+    /// within `buffer` of it; a deployment with no recent sample is tried first.
+    #[serde(rename = "latency-based-routing")]
+    LatencyBased(crate::routing::LatencySettings),
+    /// The cheapest per token by its prices.
+    #[serde(rename = "cost-based-routing")]
+    CostBased,
 }
 
 /// The wire protocol a deployment speaks.
@@ -368,6 +385,10 @@ pub struct Deployment {
     /// `litellm_params.stream_timeout`: the same for a streamed request (until its first byte).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_timeout_ms: Option<u64>,
+    /// `litellm_params.order`: the group's deployments of the lowest order that are not cooling
+    /// down take its requests (none: after every ordered one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<u32>,
 }
 
 fn one() -> u32 {
@@ -1012,6 +1033,7 @@ mod tests {
             price_unknown: false,
             timeout_ms: None,
             stream_timeout_ms: None,
+            order: None,
         }
     }
 
@@ -1029,6 +1051,7 @@ mod tests {
             model_group_aliases: Vec::new(),
             retries: RetryPolicy::default(),
             timeout_ms: None,
+            cooldown: CooldownPolicy::default(),
         }
     }
 

@@ -104,6 +104,12 @@ pub enum GatewayError {
         spend_usd: f64,
         max_budget_usd: f64,
     },
+    /// Every deployment of the group that could serve the request is cooling down after
+    /// failures (`cooldown.rs`).
+    NoHealthyDeployment {
+        group: String,
+        retry_after_secs: u64,
+    },
     /// The key is not cached and the control plane could not be asked (fail closed).
     KeyServiceUnavailable,
     /// The key is not cached and this worker may not ask the control plane about another key
@@ -141,7 +147,7 @@ impl GatewayError {
             Self::BodyTooLarge { .. } => 413,
             Self::RateLimited { .. } | Self::KeyLookupRateLimited { .. } => 429,
             Self::Internal { .. } => 500,
-            Self::KeyServiceUnavailable => 503,
+            Self::KeyServiceUnavailable | Self::NoHealthyDeployment { .. } => 503,
             Self::UnknownModel { .. }
             | Self::ModelNotOnRoute { .. }
             | Self::MissingModel
@@ -178,6 +184,7 @@ impl GatewayError {
             Self::BudgetExceeded { .. } | Self::OwnerBudgetExceeded { .. } => "budget_exceeded",
             Self::KeyServiceUnavailable => "key_service_unavailable",
             Self::KeyLookupRateLimited { .. } => "key_lookup_rate_limited",
+            Self::NoHealthyDeployment { .. } => "no_healthy_deployment",
             Self::Internal { .. } => "internal_error",
         }
     }
@@ -206,6 +213,7 @@ impl GatewayError {
         "budget_exceeded",
         "key_service_unavailable",
         "key_lookup_rate_limited",
+        "no_healthy_deployment",
         "internal_error",
     ];
 
@@ -295,6 +303,10 @@ impl GatewayError {
             }
             Self::KeyLookupRateLimited { retry_after_secs } => format!(
                 "Too many API keys this gateway has not seen recently are being checked; this one could not be checked now. Retry after {retry_after_secs} s."
+            ),
+            Self::NoHealthyDeployment { group, retry_after_secs } => format!(
+                "No deployment of model group {} can take requests now: each failed recently and is cooling down. Retry after {retry_after_secs} s.",
+                echo(group)
             ),
             Self::Internal { detail } => format!("Internal gateway error: {detail}"),
         }
@@ -433,6 +445,7 @@ mod tests {
             },
             GatewayError::KeyServiceUnavailable,
             GatewayError::KeyLookupRateLimited { retry_after_secs: 1 },
+            GatewayError::NoHealthyDeployment { group: "g".into(), retry_after_secs: 1 },
             GatewayError::Internal { detail: "d" },
         ];
         for e in &every {
@@ -461,6 +474,7 @@ mod tests {
                 | GatewayError::OwnerBudgetExceeded { .. }
                 | GatewayError::KeyServiceUnavailable
                 | GatewayError::KeyLookupRateLimited { .. }
+                | GatewayError::NoHealthyDeployment { .. }
                 | GatewayError::Internal { .. } => {}
             }
             assert!(GatewayError::CODES.contains(&e.code()), "{} is not in CODES", e.code());

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod conversion;
+pub mod cooldown;
 pub mod cost;
 pub mod endpoint;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod fleet;
 pub mod keys;
 pub mod limits;
 pub mod litellm;
+pub mod load;
 pub mod lookup_budget;
 pub mod outbox;
 pub mod price_catalog;

@@ -15,11 +15,13 @@ use crate::config::{
     GatewayConfig, GroupAlias, KeyConfig, ModelMode, Provider, RoutingStrategy, SCHEMA_VERSION, TeamConfig,
     path_segment_byte,
 };
+use crate::cooldown::CooldownPolicy;
 use crate::cost::Pricing;
 use crate::keys::check_master_key;
 use crate::price_catalog;
 use crate::providers;
 use crate::retries::{self, RetryPolicy, RetryPolicyCounts};
+use crate::routing::LatencySettings;
 use crate::routing::shuffle_weight;
 
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 600;
@@ -165,6 +167,7 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
     let mut num_retries = 0;
     let mut retry_counts = RetryPolicyCounts::default();
     let mut timeout_ms = None;
+    let mut cooldown = CooldownPolicy::default();
     if let Some(settings) = root.get("litellm_settings").and_then(Value::as_object) {
         cx.refuse_unsupported("litellm_settings", settings, &["request_timeout", "drop_params", "num_retries"]);
         if let Some(t) = seconds(&mut cx, "litellm_settings.request_timeout", settings.get("request_timeout")) {
@@ -180,9 +183,13 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
             settings,
             &[
                 "routing_strategy",
+                "routing_strategy_args",
                 "timeout",
                 "num_retries",
                 "retry_policy",
+                "allowed_fails",
+                "cooldown_time",
+                "disable_cooldowns",
                 "model_group_alias",
                 // `sluice serve`'s shared state (read there, not here).
                 "redis_url",
@@ -206,19 +213,31 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
             num_retries = n;
         }
         retry_counts = retry_policy(&mut cx, settings.get("retry_policy"));
+        if let Some(n) = whole(&mut cx, "router_settings.allowed_fails", settings.get("allowed_fails")) {
+            cooldown.allowed_fails = n;
+        }
+        if let Some(ms) = seconds(&mut cx, "router_settings.cooldown_time", settings.get("cooldown_time")) {
+            cooldown.cooldown_ms = ms;
+        }
+        if flag(&mut cx, "router_settings.disable_cooldowns", settings.get("disable_cooldowns")) == Some(true) {
+            cooldown.enabled = false;
+        }
+        let args = settings.get("routing_strategy_args").filter(|v| !v.is_null());
         match settings.get("routing_strategy").and_then(Value::as_str) {
             None | Some("simple-shuffle") => routing_strategy = RoutingStrategy::SimpleShuffle,
-            Some(
-                s @ ("least-busy"
-                | "latency-based-routing"
-                | "usage-based-routing"
-                | "usage-based-routing-v2"
-                | "cost-based-routing"),
-            ) => cx.error(format!(
-                "router_settings.routing_strategy: {s} is not supported by Sluice; use simple-shuffle (weighted by \
-                 weight, rpm or tpm)"
+            Some("least-busy") => routing_strategy = RoutingStrategy::LeastBusy,
+            Some("cost-based-routing") => routing_strategy = RoutingStrategy::CostBased,
+            Some("latency-based-routing") => {
+                routing_strategy = RoutingStrategy::LatencyBased(latency_settings(&mut cx, args));
+            }
+            Some(s @ ("usage-based-routing" | "usage-based-routing-v2")) => cx.error(format!(
+                "router_settings.routing_strategy: {s} is not supported by Sluice yet; use simple-shuffle (weighted \
+                 by weight, rpm or tpm), least-busy, latency-based-routing or cost-based-routing"
             )),
             Some(other) => cx.error(format!("router_settings.routing_strategy: unknown strategy {other:?}")),
+        }
+        if args.is_some() && !matches!(routing_strategy, RoutingStrategy::LatencyBased(_)) {
+            cx.error("router_settings.routing_strategy_args: only latency-based-routing takes arguments".into());
         }
     }
 
@@ -305,6 +324,7 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
         model_group_aliases: aliases,
         retries,
         timeout_ms,
+        cooldown,
     };
     if cx.errors.is_empty() {
         // The filter's own validation: what it would refuse, refuse here.
@@ -380,6 +400,36 @@ fn seconds(cx: &mut Ctx<'_>, path: &str, value: Option<&Value>) -> Option<u64> {
         cx.error(format!("{path}: must be a number of seconds above 0 and at most a day, not {value}"));
     }
     ms
+}
+
+/// `routing_strategy_args` of `latency-based-routing`: `lowest_latency_buffer`, `ttl` (seconds).
+fn latency_settings(cx: &mut Ctx<'_>, args: Option<&Value>) -> LatencySettings {
+    let mut settings = LatencySettings::default();
+    let Some(args) = args else { return settings };
+    let Some(map) = args.as_object() else {
+        cx.error("router_settings.routing_strategy_args must be a mapping".into());
+        return settings;
+    };
+    cx.refuse_unsupported("router_settings.routing_strategy_args", map, &["lowest_latency_buffer", "ttl"]);
+    match map.get("lowest_latency_buffer").filter(|v| !v.is_null()).map(|v| v.as_f64()) {
+        None => {}
+        Some(Some(b)) if b.is_finite() && b >= 0.0 => settings.buffer = b,
+        Some(_) => cx.error("router_settings.routing_strategy_args.lowest_latency_buffer: must be a fraction of 0 or more (0.5: within 50%)".into()),
+    }
+    if let Some(ms) = seconds(cx, "router_settings.routing_strategy_args.ttl", map.get("ttl")) {
+        settings.ttl_ms = ms;
+    }
+    settings
+}
+
+/// A whole number (a count, an order); anything else is an error naming it.
+fn whole(cx: &mut Ctx<'_>, path: &str, value: Option<&Value>) -> Option<u32> {
+    let value = value.filter(|v| !v.is_null())?;
+    let n = as_u64(Some(value)).and_then(|n| u32::try_from(n).ok());
+    if n.is_none() {
+        cx.error(format!("{path}: must be a whole number, not {value}"));
+    }
+    n
 }
 
 /// A retry count: a whole number from 0 to [`retries::MAX_RETRIES`].
@@ -533,6 +583,7 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
                 "drop_params",
                 "timeout",
                 "stream_timeout",
+                "order",
             ],
         );
         cx.refuse_unsupported(
@@ -724,6 +775,7 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
         let timeout_ms = seconds(cx, &format!("{at}: litellm_params.timeout"), params.get("timeout"));
         let stream_timeout_ms =
             seconds(cx, &format!("{at}: litellm_params.stream_timeout"), params.get("stream_timeout"));
+        let order = whole(cx, &format!("{at}: litellm_params.order"), params.get("order"));
         upstreams.push(Upstream { cluster: cluster.clone(), https, host, port, aws_region });
         deployments.push(Deployment {
             id,
@@ -747,6 +799,7 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
             price_unknown,
             timeout_ms,
             stream_timeout_ms,
+            order,
         });
     }
     (deployments, upstreams)
@@ -842,7 +895,8 @@ mod tests {
         let mut doc = realistic();
         doc["model_list"][0]["model_info"]["supports_vision"] = json!(true);
         doc["model_list"][1]["litellm_params"]["max_retries"] = json!(3);
-        doc["router_settings"] = json!({"routing_strategy": "least-busy", "fallbacks": [{"gpt-4o": ["claude"]}]});
+        doc["router_settings"] =
+            json!({"routing_strategy": "usage-based-routing-v2", "fallbacks": [{"gpt-4o": ["claude"]}]});
         doc["litellm_settings"]["success_callback"] = json!(["langfuse"]);
         doc["environment_variables"] = json!({"A": "b"});
         let errors = from_litellm(&doc, &env).unwrap_err();
@@ -850,7 +904,7 @@ mod tests {
         for needle in [
             "model_list[0].model_info.supports_vision: not supported by Sluice",
             "model_list[1].litellm_params.max_retries: not supported by Sluice",
-            "router_settings.routing_strategy: least-busy is not supported by Sluice",
+            "router_settings.routing_strategy: usage-based-routing-v2 is not supported by Sluice",
             "router_settings.fallbacks: not supported by Sluice",
             "litellm_settings.success_callback: not supported by Sluice",
             "environment_variables: not supported by Sluice",
@@ -881,6 +935,7 @@ mod tests {
         assert_eq!(s.request_timeout_secs, 3);
         let d = &s.gateway.deployments[1];
         assert_eq!((d.timeout_ms, d.stream_timeout_ms), (Some(750), Some(4000)));
+        assert_eq!(s.gateway.cooldown, CooldownPolicy::default(), "on by default, as in LiteLLM");
         assert_eq!(s.gateway.deployments[0].timeout_ms, None);
 
         let mut doc = realistic();
@@ -889,6 +944,8 @@ mod tests {
             "retry_policy": {"RateLimitErrorRetries": 4, "Teapot": 1, "TimeoutErrorRetries": -1},
         });
         doc["model_list"][0]["litellm_params"]["timeout"] = json!(-5);
+        doc["model_list"][0]["litellm_params"]["order"] = json!("first");
+        doc["router_settings"]["allowed_fails"] = json!(-1);
         doc["model_list"][1]["litellm_params"]["stream_timeout"] = json!("soon");
         doc["litellm_settings"]["num_retries"] = json!(11);
         let errors: Vec<String> = from_litellm(&doc, &env).unwrap_err().into_iter().map(|e| e.0).collect();
@@ -899,9 +956,51 @@ mod tests {
             "router_settings.retry_policy: RateLimitErrorRetries is 4 but InternalServerErrorRetries is 2",
             "litellm_params.timeout: must be a number of seconds above 0",
             "litellm_params.stream_timeout: must be a number of seconds above 0",
+            "litellm_params.order: must be a whole number",
+            "router_settings.allowed_fails: must be a whole number",
         ] {
             assert!(errors.iter().any(|e| e.contains(needle)), "no error for {needle}:\n{errors:#?}");
         }
+    }
+
+    #[test]
+    fn routing_strategies_are_read() {
+        let mut doc = realistic();
+        for (name, expected) in [
+            ("simple-shuffle", RoutingStrategy::SimpleShuffle),
+            ("least-busy", RoutingStrategy::LeastBusy),
+            ("cost-based-routing", RoutingStrategy::CostBased),
+            ("latency-based-routing", RoutingStrategy::LatencyBased(LatencySettings::default())),
+        ] {
+            doc["router_settings"] = json!({"routing_strategy": name});
+            assert_eq!(from_litellm(&doc, &env).unwrap().gateway.routing_strategy, expected, "{name}");
+        }
+        doc["router_settings"] = json!({"routing_strategy": "latency-based-routing",
+            "routing_strategy_args": {"lowest_latency_buffer": 0.5, "ttl": 60}});
+        assert_eq!(
+            from_litellm(&doc, &env).unwrap().gateway.routing_strategy,
+            RoutingStrategy::LatencyBased(LatencySettings { buffer: 0.5, ttl_ms: 60_000 })
+        );
+        doc["router_settings"] = json!({"routing_strategy": "least-busy", "routing_strategy_args": {"ttl": 60}});
+        let errors = from_litellm(&doc, &env).unwrap_err();
+        assert!(errors[0].0.contains("only latency-based-routing takes arguments"), "{errors:?}");
+        doc["router_settings"] = json!({"routing_strategy": "latency-based-routing",
+            "routing_strategy_args": {"lowest_latency_buffer": -1, "max_latency_list_size": 5}});
+        let errors: Vec<String> = from_litellm(&doc, &env).unwrap_err().into_iter().map(|e| e.0).collect();
+        assert!(errors.iter().any(|e| e.contains("max_latency_list_size: not supported")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("lowest_latency_buffer: must be a fraction")), "{errors:?}");
+    }
+
+    #[test]
+    fn cooldown_and_order_are_read() {
+        let mut doc = realistic();
+        doc["router_settings"] = json!({"allowed_fails": 1, "cooldown_time": 30});
+        doc["model_list"][0]["litellm_params"]["order"] = json!(2);
+        let s = from_litellm(&doc, &env).unwrap();
+        assert_eq!(s.gateway.cooldown, CooldownPolicy { enabled: true, allowed_fails: 1, cooldown_ms: 30_000 });
+        assert_eq!((s.gateway.deployments[0].order, s.gateway.deployments[1].order), (Some(2), None));
+        doc["router_settings"] = json!({"disable_cooldowns": true});
+        assert!(!from_litellm(&doc, &env).unwrap().gateway.cooldown.enabled);
     }
 
     /// LiteLLM's `router_settings.model_group_alias`, both spellings; an alias must name a

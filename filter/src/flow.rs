@@ -31,10 +31,12 @@ use sluice_core::routing::choose_weighted;
 use sluice_core::sse::{Forward, SseUsageScanner};
 use sluice_core::usage::{self, ApiFormat, Usage};
 
+use crate::cooldowns::Cooldowns;
 use crate::counters::{self, Placement, Scope, Ticket};
 use crate::health::{self, Probe};
 use crate::host::{Action, Host, LogLevel};
 use crate::key_cache::{Cached, Invalidations, KeyCache, SharedEntry, Verdict, read_shared, write_shared};
+use crate::loads::Loads;
 use crate::metrics::{GroupMetric, Metrics};
 use crate::secrets::Secrets;
 use crate::translation::{Direction, StreamTranslation, Translation};
@@ -117,6 +119,10 @@ pub struct Gateway {
     upstream_credentials: Vec<UpstreamCredential>,
     /// How the router retries and times out requests (`attempts.rs`).
     attempt_policy: AttemptPolicy,
+    /// Which deployments are cooling down after failures.
+    cooldowns: Cooldowns,
+    /// Deployments' requests in flight and latency (`least-busy`, `latency-based-routing`).
+    loads: Loads,
     /// The master key's digest (standalone mode), from the environment likewise.
     master_key: Option<KeyHash>,
     /// The configured keys with their teams (same index as `config.keys`).
@@ -156,6 +162,8 @@ impl Gateway {
             .collect();
         Self {
             attempt_policy: AttemptPolicy::new(&config),
+            cooldowns: Cooldowns::new(&config),
+            loads: Loads::new(&config),
             config,
             upstream_credentials,
             master_key: secrets.master_key,
@@ -248,6 +256,8 @@ struct Admitted {
     wildcard_model: Option<String>,
     /// Retries the router was allowed (`attempts.rs`).
     retries: u32,
+    /// Counted in its deployment's requests in flight (`least-busy`): uncounted at the end.
+    in_flight: bool,
 }
 
 /// What the response tap keeps while the response passes.
@@ -294,6 +304,10 @@ pub struct RequestFlow<H: Host> {
     body_ready: Option<usize>,
     admitted: Option<Admitted>,
     status: u16,
+    /// Attempts the router made (`x-envoy-attempt-count`; 1 when it does not say).
+    attempts: u32,
+    /// When the response began (read only under `latency-based-routing`).
+    first_byte_ms: u64,
     tap: Tap,
     response_complete: bool,
     /// A local reply was sent; nothing else to do for this request.
@@ -320,6 +334,8 @@ impl<H: Host> RequestFlow<H> {
             body_ready: None,
             admitted: None,
             status: 0,
+            attempts: 1,
+            first_byte_ms: 0,
             tap: Tap::None,
             response_complete: false,
             rejected: false,
@@ -382,6 +398,8 @@ impl<H: Host> RequestFlow<H> {
         };
         let cost_nanos = admitted.pricing.cost_nanos(&usage);
         let now = self.host.now_ms();
+        self.count_failures(&gateway, &admitted, now);
+        self.update_load(&gateway, &admitted, now);
         if !counters::settle_all(&self.host, &admitted.tickets, now, usage.total_tokens(), cost_nanos) {
             self.host.log(LogLevel::Error, "sluice: could not settle counters (shared data unavailable)");
         }

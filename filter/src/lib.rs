@@ -15,11 +15,13 @@
 //! - `native` (other targets): the dynamic-module binding: the ABI, its [`host::Host`], the
 //!   exported hooks, the singleton on Envoy's main thread (ARCHITECTURE.md, "Native build").
 
+pub mod cooldowns;
 pub mod counters;
 pub mod flow;
 pub mod health;
 pub mod host;
 pub mod key_cache;
+pub mod loads;
 pub mod metrics;
 #[cfg(test)]
 mod mock_host;

@@ -49,6 +49,7 @@ fn deployment(id: &str, group: &str, provider: Provider, upstream: &str) -> Depl
         price_unknown: false,
         timeout_ms: None,
         stream_timeout_ms: None,
+        order: None,
     }
 }
 
@@ -78,6 +79,7 @@ pub(crate) fn base_config() -> GatewayConfig {
         model_group_aliases: Vec::new(),
         retries: Default::default(),
         timeout_ms: None,
+        cooldown: Default::default(),
     }
 }
 
@@ -319,6 +321,124 @@ fn the_router_is_told_the_retries_and_timeouts_and_a_client_cannot_tell_it() {
     let (_, reply) = h.post("/v1/chat/completions", &key(1), r#"{"model":"gpt-4o","num_retries":99}"#);
     let reply = reply.expect("refused");
     assert_eq!((reply.status, reply.json()["error"]["param"].as_str()), (400, Some("num_retries")));
+}
+
+/// Cooldown: a deployment that failed more than `allowed_fails` times this minute (each router
+/// attempt counting) leaves its group's rotation for `cooldown_time` on every worker; with none
+/// left the group answers 503 with when to come back; `order` picks the lowest healthy order.
+#[test]
+fn a_failing_deployment_cools_down_and_the_group_routes_around_it() {
+    let mut config = base_config();
+    config.cooldown = sluice_core::cooldown::CooldownPolicy { enabled: true, allowed_fails: 1, cooldown_ms: 5_000 };
+    let mut second = deployment("gpt4o-b", "gpt-4o", Provider::Openai, "gpt-4o");
+    second.order = Some(2);
+    config.deployments[0].order = Some(1);
+    config.deployments.push(second);
+    let h = Harness::new(config);
+    let sent_to = |s: &Stream| s.host.request_header_str("x-sluice-cluster").unwrap();
+    // Order 1 takes every request while it is healthy.
+    let (mut s, _) = h.post("/v1/chat/completions", &key(1), CHAT);
+    assert_eq!(sent_to(&s), "sluice_gpt4o-a");
+    // Its failures: one answer after three attempts (the router's retries) is three.
+    s.host.stream.response_headers.borrow_mut().push(("x-envoy-attempt-count".into(), b"2".to_vec()));
+    s.respond(503, "application/json", &[br#"{"error":{}}"#], true);
+    s.finish();
+    assert!(h.envoy.logs.borrow().iter().any(|l| l.contains("deployment gpt4o-a of model group gpt-4o failed")));
+    // Out of rotation here at once, and on another worker of the same Envoy (shared data).
+    let (s, _) = h.post("/v1/chat/completions", &key(1), CHAT);
+    assert_eq!(sent_to(&s), "sluice_gpt4o-b", "order 2 takes over");
+    let other = Harness::on(Rc::clone(&h.envoy), h.gateway.config.config.clone());
+    let (s, _) = other.post("/v1/chat/completions", &key(1), CHAT);
+    assert_eq!(sent_to(&s), "sluice_gpt4o-b");
+    // A success after one failed attempt still counts that attempt; one more failure cools b down.
+    let mut s = s;
+    s.host.stream.response_headers.borrow_mut().push(("x-envoy-attempt-count".into(), b"2".to_vec()));
+    s.respond(200, "application/json", &[openai_response(5, 5, 0).as_bytes()], true);
+    s.finish();
+    let (mut s, _) = h.post("/v1/chat/completions", &key(1), CHAT);
+    s.respond(429, "application/json", &[br#"{"error":{}}"#], true);
+    s.finish();
+    h.envoy.now_ms.set(NOW + 300); // past this worker's refresh of the other's record
+    let (_, reply) = h.post("/v1/chat/completions", &key(1), CHAT);
+    let reply = reply.expect("no deployment left");
+    assert_eq!((reply.status, reply.json()["error"]["code"].as_str()), (503, Some("no_healthy_deployment")));
+    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("gpt-4o"));
+    assert_eq!(reply.header("retry-after"), Some("5"));
+    // Back after cooldown_time, order 1 first again.
+    h.envoy.now_ms.set(NOW + 5_100);
+    let (s, reply) = h.post("/v1/chat/completions", &key(1), CHAT);
+    assert!(reply.is_none());
+    assert_eq!(sent_to(&s), "sluice_gpt4o-a");
+    // A group of one is never cooled down: the mini deployment fails and keeps serving.
+    for _ in 0..3 {
+        let (mut s, reply) = h.post("/v1/chat/completions", &key(1), r#"{"model":"gpt-4o-mini","messages":[]}"#);
+        assert!(reply.is_none());
+        s.respond(500, "application/json", &[br#"{"error":{}}"#], true);
+        s.finish();
+    }
+}
+
+/// A group of three deployments under each routing strategy: least-busy goes to the one with
+/// the fewest requests in flight (counted on every worker), latency-based to the fastest once
+/// each is measured, cost-based to the cheapest.
+#[test]
+fn routing_strategies_choose_within_a_group() {
+    use sluice_core::routing::LatencySettings;
+    let config_with = |strategy| {
+        let mut config = base_config();
+        config.routing_strategy = strategy;
+        config.deployments.truncate(1);
+        for (id, input) in [("gpt4o-b", 1e-6), ("gpt4o-c", 3e-6)] {
+            let mut d = deployment(id, "gpt-4o", Provider::Openai, "gpt-4o");
+            d.pricing.input_cost_per_token = input;
+            config.deployments.push(d);
+        }
+        config.deployments[0].pricing.input_cost_per_token = 2e-6;
+        config
+    };
+    let sent_to = |s: &Stream| s.host.request_header_str("x-sluice-cluster").unwrap();
+
+    let h = Harness::new(config_with(RoutingStrategy::CostBased));
+    for _ in 0..3 {
+        assert_eq!(sent_to(&h.post("/v1/chat/completions", &key(1), CHAT).0), "sluice_gpt4o-b");
+    }
+
+    let h = Harness::new(config_with(RoutingStrategy::LeastBusy));
+    let other = Harness::on(Rc::clone(&h.envoy), h.gateway.config.config.clone());
+    let first = h.post("/v1/chat/completions", &key(1), CHAT).0;
+    let second = other.post("/v1/chat/completions", &key(1), CHAT).0;
+    let third = h.post("/v1/chat/completions", &key(1), CHAT).0;
+    let mut busy = vec![sent_to(&first), sent_to(&second), sent_to(&third)];
+    busy.sort();
+    assert_eq!(busy, ["sluice_gpt4o-a", "sluice_gpt4o-b", "sluice_gpt4o-c"], "each goes to an idle one");
+    let freed = sent_to(&second);
+    let mut second = second;
+    second.respond(200, "application/json", &[openai_response(1, 1, 0).as_bytes()], true);
+    second.finish();
+    assert_eq!(sent_to(&h.post("/v1/chat/completions", &key(1), CHAT).0), freed, "the one that finished");
+
+    let settings = LatencySettings { buffer: 0.0, ttl_ms: 60_000 };
+    let h = Harness::new(config_with(RoutingStrategy::LatencyBased(settings)));
+    let mut latency_of = std::collections::HashMap::new();
+    latency_of.insert("sluice_gpt4o-a", 300);
+    latency_of.insert("sluice_gpt4o-b", 20);
+    latency_of.insert("sluice_gpt4o-c", 200);
+    // Each unmeasured deployment is tried once, then the fastest takes the traffic.
+    let mut seen = Vec::new();
+    for i in 0..6u64 {
+        let start = NOW + i * 1_000;
+        h.envoy.now_ms.set(start);
+        let (mut s, _) = h.post("/v1/chat/completions", &key(1), CHAT);
+        let to = sent_to(&s);
+        h.envoy.now_ms.set(start + latency_of[to.as_str()]);
+        s.respond(200, "application/json", &[openai_response(1, 1, 0).as_bytes()], true);
+        s.finish();
+        seen.push(to);
+    }
+    let mut measured = seen[..3].to_vec();
+    measured.sort();
+    assert_eq!(measured, ["sluice_gpt4o-a", "sluice_gpt4o-b", "sluice_gpt4o-c"]);
+    assert_eq!(seen[3..], ["sluice_gpt4o-b", "sluice_gpt4o-b", "sluice_gpt4o-b"]);
 }
 
 /// Anthropic's `count_tokens` (Claude Code asks it before a turn): passed to the group's

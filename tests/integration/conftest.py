@@ -277,6 +277,9 @@ class Gateway:
             "model_list": models,
             "router_settings": {
                 "routing_strategy": "simple-shuffle",
+                # The error tests send failures to gpt-4o's two deployments on purpose; cooldown
+                # (on by default, as in LiteLLM) is test_retries.py's to test.
+                "disable_cooldowns": True,
                 "model_group_alias": {"gpt-4": "gpt-4o-mini", "mini-hidden": {"model": "gpt-4o-mini", "hidden": True}},
             },
             "general_settings": {"master_key": "os.environ/SLUICE_MASTER_KEY", "max_request_size_mb": 1},

@@ -32,9 +32,25 @@ class RetryGateway(Gateway):
         dead["model_name"] = "dead"
         out = json.loads(self.cli("key", "new", "--alias", "retry", "--json").stdout)
         self.keys["retry"] = out["key"]
+        # Two groups of two for cooldown: one deployment down, then both.
+        pair = [model_entry("gpt-4o-mini", "openai/gpt-4o-mini", base, "MOCK_OPENAI_KEY", "pair-up"),
+                model_entry("gpt-4o-mini", "openai/gpt-4o-mini", f"http://127.0.0.1:{free_port()}/v1",
+                            "MOCK_OPENAI_KEY", "pair-down")]
+        dead_pair = [model_entry("gpt-4o-mini", "openai/gpt-4o-mini", f"http://127.0.0.1:{free_port()}/v1",
+                                 "MOCK_OPENAI_KEY", f"dead-pair-{i}") for i in range(2)]
+        for entry in pair:
+            entry["model_name"] = "pair"
+        for entry in dead_pair:
+            entry["model_name"] = "dead-pair"
+        # `order`: the second deployment only while the first is cooling down.
+        ordered = [model_entry("gpt-4o-mini", "openai/gpt-4o-mini", base, "MOCK_OPENAI_KEY", f"ordered-{i}")
+                   for i in (1, 2)]
+        for i, entry in enumerate(ordered, 1):
+            entry["model_name"] = "ordered"
+            entry["litellm_params"]["order"] = i
         config = {
-            "model_list": [flaky, slow, dead],
-            "router_settings": {"num_retries": 2},
+            "model_list": [flaky, slow, dead, *pair, *dead_pair, *ordered],
+            "router_settings": {"num_retries": 2, "allowed_fails": 1, "cooldown_time": 1.5},
             "general_settings": {"master_key": "os.environ/SLUICE_MASTER_KEY"},
             "keys": [out["entry"]],
         }
@@ -236,3 +252,42 @@ def test_in_xds_mode_the_control_planes_retry_settings_reach_the_envoys(tmp_path
         assert r.status_code == 408 and 0.9 <= time.monotonic() - t0 < 3
     finally:
         fleet.stop()
+
+
+def test_a_dead_deployment_cools_down_and_its_group_keeps_answering(rgw):
+    """Of a group's two deployments one is down: after it failed (each of the router's attempts
+    counting) it is out of rotation on every worker for cooldown_time, then tried again."""
+    statuses = [chat(rgw, {**CHAT, "model": "pair"}).status_code for _ in range(24)]
+    assert statuses.count(200) >= 22, statuses
+    time.sleep(1.6)  # cooldown_time 1.5 s
+    statuses = [chat(rgw, {**CHAT, "model": "pair"}).status_code for _ in range(24)]
+    assert 1 <= statuses.count(503) <= 2, f"back in rotation, then cooled again: {statuses}"
+
+
+def test_a_group_with_every_deployment_cooling_down_says_so_at_once(rgw):
+    seen = []
+    for _ in range(6):
+        r = chat(rgw, {**CHAT, "model": "dead-pair"})
+        seen.append(r.status_code)
+        if r.status_code == 503 and r.json()["error"]["code"] == "no_healthy_deployment":
+            break
+    else:
+        raise AssertionError(f"never refused as cooling down: {seen}")
+    error = r.json()["error"]
+    assert "dead-pair" in error["message"] and int(r.headers["retry-after"]) >= 1
+    time.sleep(0.3)  # every worker has re-read the records by now
+    t0 = time.monotonic()
+    assert chat(rgw, {**CHAT, "model": "dead-pair"}).json()["error"]["code"] == "no_healthy_deployment"
+    assert time.monotonic() - t0 < 0.5, "answered by the gateway, no attempt upstream"
+
+
+def test_order_sends_everything_to_the_first_until_it_cools_down(rgw):
+    first = [chat(rgw, {**CHAT, "model": "ordered"}) for _ in range(6)]
+    assert all(r.status_code == 200 for r in first)
+    recs = [record_of(rgw, r)["deployment"] for r in first]
+    assert recs == ["ordered-1"] * 6, recs
+    # Order 1 fails (twice: more than allowed_fails 1, on one request with its retries).
+    r = chat(rgw, {**CHAT, "model": "ordered", "num_retries": 1}, headers={"x-mock-status": "500"})
+    assert r.status_code == 500
+    then = [chat(rgw, {**CHAT, "model": "ordered"}) for _ in range(4)]
+    assert [record_of(rgw, r)["deployment"] for r in then] == ["ordered-2"] * 4

@@ -96,6 +96,7 @@ const NATIVE_FILES: &[&str] = &[
     "test_config.py",
     "test_slow_clients.py",
     "test_retries.py",
+    "test_routing.py",
     // xDS mode.
     "test_xds.py",
     "test_replicas.py",

@@ -11,10 +11,13 @@ impl<H: Host> RequestFlow<H> {
         };
         let [status, content_type, attempt_count, rate_limit @ ..] = self.host.response_headers(READ_RESPONSE_HEADERS);
         self.status = status.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()).unwrap_or(0);
+        if matches!(self.config().config.routing_strategy, sluice_core::config::RoutingStrategy::LatencyBased(_)) {
+            self.first_byte_ms = self.host.now_ms();
+        }
+        self.attempts = attempt_count.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()).unwrap_or(1).max(1);
         if admitted.retries > 0 {
-            // LiteLLM's header: the retries this answer took (the router counts attempts).
-            let attempts: u32 = attempt_count.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()).unwrap_or(1);
-            let retried = itoa::Buffer::new().format(attempts.saturating_sub(1)).to_owned();
+            // LiteLLM's header: the retries this answer took.
+            let retried = itoa::Buffer::new().format(self.attempts - 1).to_owned();
             self.host.add_response_header("x-litellm-attempted-retries", retried.as_bytes());
         }
         set_remaining_headers(&self.host, &admitted.remaining, rate_limit.map(|h| h.is_some()));
@@ -134,7 +137,8 @@ fn set_remaining_headers<H: Host>(host: &H, remaining: &Remaining, sent: [bool; 
 pub(super) fn rate_limit_headers(error: &GatewayError) -> Vec<(&'static str, String)> {
     let (kind, limit, retry_after_secs) = match error {
         GatewayError::RateLimited { kind, limit, retry_after_secs, .. } => (kind, limit, retry_after_secs),
-        GatewayError::KeyLookupRateLimited { retry_after_secs } => {
+        GatewayError::KeyLookupRateLimited { retry_after_secs }
+        | GatewayError::NoHealthyDeployment { retry_after_secs, .. } => {
             return vec![("retry-after", retry_after_secs.to_string())];
         }
         _ => return Vec::new(),

@@ -2,6 +2,9 @@
 //! formats differ, admit on every limited scope, and point the held request at the deployment
 //! with its credential (or answer `count_tokens`).
 
+use sluice_core::config::{Deployment, RoutingStrategy};
+use sluice_core::routing::{choose_least, choose_lowest_latency};
+
 use super::*;
 
 /// Where a deployment's credential goes upstream.
@@ -88,10 +91,14 @@ impl<H: Host> RequestFlow<H> {
                     // The Responses API is OpenAI's own, passed through to OpenAI only.
                     && (endpoint != Endpoint::Responses || d.provider == Provider::Openai)
             });
-        let chosen = choose_weighted(candidates.clone().map(|(_, d)| d.weight), self.random)
-            .and_then(|c| candidates.clone().nth(c));
-        let Some((index, deployment)) = chosen else {
-            return Err(GatewayError::ModelNotOnRoute { model: model.to_owned(), route: endpoint.route() });
+        let (index, deployment) = match self.choose(&gateway, group, candidates) {
+            Ok(chosen) => chosen,
+            Err(None) => {
+                return Err(GatewayError::ModelNotOnRoute { model: model.to_owned(), route: endpoint.route() });
+            }
+            Err(Some(retry_after_secs)) => {
+                return Err(GatewayError::NoHealthyDeployment { group: group.name.clone(), retry_after_secs });
+            }
         };
         // What the response is parsed as: the deployment's format, or the Responses API's own.
         let format =
@@ -160,6 +167,7 @@ impl<H: Host> RequestFlow<H> {
         if config.config.key_lookup.is_some() {
             gateway.announce_to_fleet(&self.host, &tickets, self.start_ms);
         }
+        let in_flight = self.start_load(&gateway, group, index);
 
         // The body for the deployment: its model name; OpenAI streams must report usage.
         let wants_usage_chunk = streamed && format == ApiFormat::OpenAi;
@@ -187,8 +195,110 @@ impl<H: Host> RequestFlow<H> {
                 std::borrow::Cow::Borrowed(_) => None,
             },
             retries,
+            in_flight,
         });
         Ok(())
+    }
+
+    /// One of `candidates` (the group's deployments that can serve the request): of those not
+    /// cooling down, the lowest `order`, then by the routing strategy. Err(None) when there are
+    /// no candidates; Err(Some(seconds)) when every one is cooling down, with when the first
+    /// comes back.
+    fn choose<'c>(
+        &self,
+        gateway: &Gateway,
+        group: &sluice_core::config::ModelGroup,
+        candidates: impl Iterator<Item = (usize, &'c Deployment)> + Clone,
+    ) -> Result<(usize, &'c Deployment), Option<u64>> {
+        let order = |d: &Deployment| d.order.unwrap_or(u32::MAX);
+        if group.deployments.len() < 2 {
+            // One deployment: nothing to weigh, nothing shared to read.
+            return candidates.clone().next().ok_or(None);
+        }
+        let config = &gateway.config.config;
+        let now = self.start_ms;
+        let mut back_at = u64::MAX;
+        let mut any = false;
+        let mut pool: Vec<(usize, &'c Deployment)> = Vec::with_capacity(group.deployments.len());
+        for (i, d) in candidates {
+            any = true;
+            let until = if config.cooldown.enabled { gateway.cooldowns.cooled_until(&self.host, i, now) } else { 0 };
+            if until > now {
+                back_at = back_at.min(until);
+            } else {
+                pool.push((i, d));
+            }
+        }
+        let Some(lowest) = pool.iter().map(|(_, d)| order(d)).min() else {
+            return Err(any.then(|| back_at.saturating_sub(now).div_ceil(1000).max(1)));
+        };
+        pool.retain(|(_, d)| order(d) == lowest);
+        let picked = match config.routing_strategy {
+            RoutingStrategy::SimpleShuffle => choose_weighted(pool.iter().map(|(_, d)| d.weight), self.random),
+            RoutingStrategy::LeastBusy => {
+                let busy: Vec<f64> =
+                    pool.iter().map(|(i, _)| f64::from(gateway.loads.read(&self.host, *i).busy(now))).collect();
+                choose_least(busy.into_iter(), self.random)
+            }
+            RoutingStrategy::LatencyBased(settings) => {
+                let latencies: Vec<Option<f64>> = pool
+                    .iter()
+                    .map(|(i, _)| gateway.loads.read(&self.host, *i).latency(now, settings.ttl_ms))
+                    .collect();
+                choose_lowest_latency(&latencies, settings.buffer, self.random)
+            }
+            RoutingStrategy::CostBased => choose_least(
+                pool.iter().map(|(_, d)| d.pricing.input_cost_per_token + d.pricing.output_cost_per_token),
+                self.random,
+            ),
+        };
+        picked.and_then(|c| pool.get(c).copied()).ok_or(None)
+    }
+
+    /// Counts an admitted request in its deployment's requests in flight (`least-busy`).
+    fn start_load(&self, gateway: &Gateway, group: &sluice_core::config::ModelGroup, index: usize) -> bool {
+        let counts =
+            group.deployments.len() > 1 && gateway.config.config.routing_strategy == RoutingStrategy::LeastBusy;
+        if counts {
+            let now = self.start_ms;
+            gateway.loads.update(&self.host, index, &mut |load| load.started(now));
+        }
+        counts
+    }
+
+    /// At the end of a request: out of its deployment's requests in flight, and its latency
+    /// (time to first byte for a stream) into the deployment's average (`latency-based-routing`;
+    /// answers only: a failure is cooldown's to count).
+    pub(super) fn update_load(&self, gateway: &Gateway, admitted: &Admitted, now_ms: u64) {
+        if admitted.in_flight {
+            gateway.loads.update(&self.host, admitted.deployment, &mut |load| load.finished(now_ms));
+        }
+        let RoutingStrategy::LatencyBased(settings) = gateway.config.config.routing_strategy else { return };
+        let in_group = gateway.config.groups.get(admitted.group).is_some_and(|g| g.deployments.len() > 1);
+        if !in_group || !(200..300).contains(&self.status) {
+            return;
+        }
+        let end = if admitted.streamed && self.first_byte_ms > 0 { self.first_byte_ms } else { now_ms };
+        let sample = end.saturating_sub(self.start_ms);
+        gateway.loads.update(&self.host, admitted.deployment, &mut |load| {
+            load.observe_latency(sample, now_ms, settings.ttl_ms);
+        });
+    }
+
+    /// Counts the failed attempts of a finished request against its deployment (the router's
+    /// retries all went to it): all of them when the answer was a failure, else all but the
+    /// last. Only where cooldowns apply.
+    pub(super) fn count_failures(&self, gateway: &Gateway, admitted: &Admitted, now_ms: u64) {
+        let config = &gateway.config;
+        let in_group = config.groups.get(admitted.group).is_some_and(|g| g.deployments.len() > 1);
+        if !config.config.cooldown.enabled || !in_group {
+            return;
+        }
+        let failed = self.status != 0 && sluice_core::cooldown::is_failure(self.status);
+        let failures = if failed { self.attempts } else { self.attempts - 1 };
+        if failures > 0 {
+            gateway.cooldowns.record_failures(&self.host, config, admitted.deployment, now_ms, failures);
+        }
     }
 
     /// Points the held request at deployment `index`: its body (when it changed), path, cluster,
