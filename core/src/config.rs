@@ -188,6 +188,10 @@ pub enum RoutingStrategy {
     /// The cheapest per token by its prices.
     #[serde(rename = "cost-based-routing")]
     CostBased,
+    /// Each deployment's `rpm`/`tpm` is a limit: the least-used deployment (by tokens this
+    /// minute) with room for the request; none with room is a 429.
+    #[serde(rename = "usage-based-routing-v2")]
+    UsageBasedV2,
 }
 
 /// The wire protocol a deployment speaks.
@@ -636,6 +640,11 @@ pub fn key_counter_name(key_id: &str) -> String {
 
 pub fn team_counter_name(team_id: &str) -> String {
     format!("sluice:t:{team_id}")
+}
+
+/// A deployment's counter under `usage-based-routing-v2` (its `rpm`/`tpm` and its use).
+pub fn deployment_counter_name(deployment_id: &str) -> String {
+    format!("sluice:d:{deployment_id}")
 }
 
 pub fn key_model_counter_name(key_id: &str, group: &str) -> String {

@@ -17,6 +17,9 @@ pub enum LimitScope {
     User,
     /// The key's organization (budgets only, counted by the control plane).
     Organization,
+    /// A deployment's own `rpm`/`tpm` (`usage-based-routing-v2`): the provider's limit, not
+    /// the client's.
+    Deployment,
 }
 
 impl LimitScope {
@@ -27,6 +30,7 @@ impl LimitScope {
             Self::KeyModel => "key_model",
             Self::User => "user",
             Self::Organization => "organization",
+            Self::Deployment => "deployment",
         }
     }
 }
@@ -110,6 +114,12 @@ pub enum GatewayError {
         group: String,
         retry_after_secs: u64,
     },
+    /// Every deployment of the group that could serve the request is at its `rpm` or `tpm`
+    /// (`usage-based-routing-v2`).
+    GroupAtCapacity {
+        group: String,
+        retry_after_secs: u64,
+    },
     /// The key is not cached and the control plane could not be asked (fail closed).
     KeyServiceUnavailable,
     /// The key is not cached and this worker may not ask the control plane about another key
@@ -145,7 +155,7 @@ impl GatewayError {
             Self::UnknownRoute => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::BodyTooLarge { .. } => 413,
-            Self::RateLimited { .. } | Self::KeyLookupRateLimited { .. } => 429,
+            Self::RateLimited { .. } | Self::KeyLookupRateLimited { .. } | Self::GroupAtCapacity { .. } => 429,
             Self::Internal { .. } => 500,
             Self::KeyServiceUnavailable | Self::NoHealthyDeployment { .. } => 503,
             Self::UnknownModel { .. }
@@ -185,6 +195,7 @@ impl GatewayError {
             Self::KeyServiceUnavailable => "key_service_unavailable",
             Self::KeyLookupRateLimited { .. } => "key_lookup_rate_limited",
             Self::NoHealthyDeployment { .. } => "no_healthy_deployment",
+            Self::GroupAtCapacity { .. } => "deployments_at_capacity",
             Self::Internal { .. } => "internal_error",
         }
     }
@@ -214,6 +225,7 @@ impl GatewayError {
         "key_service_unavailable",
         "key_lookup_rate_limited",
         "no_healthy_deployment",
+        "deployments_at_capacity",
         "internal_error",
     ];
 
@@ -277,6 +289,7 @@ impl GatewayError {
                     LimitScope::KeyModel => "this API key and model",
                     LimitScope::User => "the user of this API key",
                     LimitScope::Organization => "the organization of this API key",
+                    LimitScope::Deployment => "the model's deployment",
                 };
                 format!("Rate limit reached for {whose}: {limit} {what}. Retry after {retry_after_secs} s.")
             }
@@ -306,6 +319,10 @@ impl GatewayError {
             ),
             Self::NoHealthyDeployment { group, retry_after_secs } => format!(
                 "No deployment of model group {} can take requests now: each failed recently and is cooling down. Retry after {retry_after_secs} s.",
+                echo(group)
+            ),
+            Self::GroupAtCapacity { group, retry_after_secs } => format!(
+                "No deployment of model group {} has capacity now: each is at its rpm or tpm limit. Retry after {retry_after_secs} s.",
                 echo(group)
             ),
             Self::Internal { detail } => format!("Internal gateway error: {detail}"),
@@ -446,6 +463,7 @@ mod tests {
             GatewayError::KeyServiceUnavailable,
             GatewayError::KeyLookupRateLimited { retry_after_secs: 1 },
             GatewayError::NoHealthyDeployment { group: "g".into(), retry_after_secs: 1 },
+            GatewayError::GroupAtCapacity { group: "g".into(), retry_after_secs: 1 },
             GatewayError::Internal { detail: "d" },
         ];
         for e in &every {
@@ -475,6 +493,7 @@ mod tests {
                 | GatewayError::KeyServiceUnavailable
                 | GatewayError::KeyLookupRateLimited { .. }
                 | GatewayError::NoHealthyDeployment { .. }
+                | GatewayError::GroupAtCapacity { .. }
                 | GatewayError::Internal { .. } => {}
             }
             assert!(GatewayError::CODES.contains(&e.code()), "{} is not in CODES", e.code());

@@ -251,6 +251,16 @@ pub fn admit(
     Ok((Reservation { window: state.window, tokens, cost_nanos }, remaining))
 }
 
+/// The tokens a scope counted this minute (this Envoy's and the fleet's), if one more request
+/// of `est_tokens` fits its limits now; None when it does not. What `usage-based-routing-v2`
+/// compares deployments by, read without changing the record.
+pub fn usage_if_room(state: &ScopeState, limits: &ScopeLimits, now_ms: u64, est_tokens: u64) -> Option<u64> {
+    let mut trial = *state;
+    let (reservation, _) = admit(&mut trial, limits, LimitScope::Deployment, now_ms, est_tokens, 0).ok()?;
+    let (_, other_tokens) = trial.others();
+    Some(trial.tokens.saturating_sub(reservation.tokens).saturating_add(other_tokens))
+}
+
 /// Whether an admission moved this Envoy's own count past a tenth of `limit`: the points at
 /// which the fleet hears of it at once (an immediate sync) rather than at the next periodic
 /// one, so a burst is seen by the other Envoys while it is still under way.
@@ -300,6 +310,21 @@ mod tests {
 
     fn rpm(n: u64) -> ScopeLimits {
         ScopeLimits::new(Some(n), None, None, None)
+    }
+
+    #[test]
+    fn usage_if_room_reads_a_deployments_use_and_its_room_without_changing_it() {
+        let limits = ScopeLimits::new(Some(2), Some(100), None, None);
+        let mut s = ScopeState::default();
+        assert_eq!(usage_if_room(&s, &limits, T0, 10), Some(0));
+        admit(&mut s, &limits, LimitScope::Deployment, T0, 30, 0).unwrap();
+        let before = s;
+        assert_eq!(usage_if_room(&s, &limits, T0 + 1, 10), Some(30));
+        assert_eq!(s, before, "only read");
+        assert_eq!(usage_if_room(&s, &limits, T0 + 1, 71), None, "30 + 71 > tpm 100");
+        admit(&mut s, &limits, LimitScope::Deployment, T0, 10, 0).unwrap();
+        assert_eq!(usage_if_room(&s, &limits, T0 + 2, 1), None, "rpm 2 reached");
+        assert_eq!(usage_if_room(&s, &limits, T0 + 60_000, 1), Some(0), "a new minute");
     }
 
     #[test]

@@ -230,10 +230,12 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
             Some("latency-based-routing") => {
                 routing_strategy = RoutingStrategy::LatencyBased(latency_settings(&mut cx, args));
             }
-            Some(s @ ("usage-based-routing" | "usage-based-routing-v2")) => cx.error(format!(
-                "router_settings.routing_strategy: {s} is not supported by Sluice yet; use simple-shuffle (weighted \
-                 by weight, rpm or tpm), least-busy, latency-based-routing or cost-based-routing"
-            )),
+            Some("usage-based-routing-v2") => routing_strategy = RoutingStrategy::UsageBasedV2,
+            Some("usage-based-routing") => cx.error(
+                "router_settings.routing_strategy: usage-based-routing is LiteLLM's deprecated first version; use \
+                 usage-based-routing-v2"
+                    .into(),
+            ),
             Some(other) => cx.error(format!("router_settings.routing_strategy: unknown strategy {other:?}")),
         }
         if args.is_some() && !matches!(routing_strategy, RoutingStrategy::LatencyBased(_)) {
@@ -896,7 +898,7 @@ mod tests {
         doc["model_list"][0]["model_info"]["supports_vision"] = json!(true);
         doc["model_list"][1]["litellm_params"]["max_retries"] = json!(3);
         doc["router_settings"] =
-            json!({"routing_strategy": "usage-based-routing-v2", "fallbacks": [{"gpt-4o": ["claude"]}]});
+            json!({"routing_strategy": "usage-based-routing", "fallbacks": [{"gpt-4o": ["claude"]}]});
         doc["litellm_settings"]["success_callback"] = json!(["langfuse"]);
         doc["environment_variables"] = json!({"A": "b"});
         let errors = from_litellm(&doc, &env).unwrap_err();
@@ -904,7 +906,7 @@ mod tests {
         for needle in [
             "model_list[0].model_info.supports_vision: not supported by Sluice",
             "model_list[1].litellm_params.max_retries: not supported by Sluice",
-            "router_settings.routing_strategy: usage-based-routing-v2 is not supported by Sluice",
+            "router_settings.routing_strategy: usage-based-routing is LiteLLM's deprecated first version",
             "router_settings.fallbacks: not supported by Sluice",
             "litellm_settings.success_callback: not supported by Sluice",
             "environment_variables: not supported by Sluice",
@@ -970,6 +972,7 @@ mod tests {
             ("simple-shuffle", RoutingStrategy::SimpleShuffle),
             ("least-busy", RoutingStrategy::LeastBusy),
             ("cost-based-routing", RoutingStrategy::CostBased),
+            ("usage-based-routing-v2", RoutingStrategy::UsageBasedV2),
             ("latency-based-routing", RoutingStrategy::LatencyBased(LatencySettings::default())),
         ] {
             doc["router_settings"] = json!({"routing_strategy": name});

@@ -182,8 +182,11 @@ pub fn admit_all<H: Host>(
         let result = outcome.unwrap_or(Err(GatewayError::Internal { detail: "shared counters unavailable" }));
         match result {
             Ok((reservation, rem, checkpoint)) => {
-                remaining.requests = tighter(remaining.requests, rem.requests);
-                remaining.tokens = tighter(remaining.tokens, rem.tokens);
+                // A deployment's limit is the provider's, not the client's allowance.
+                if scope.kind != LimitScope::Deployment {
+                    remaining.requests = tighter(remaining.requests, rem.requests);
+                    remaining.tokens = tighter(remaining.tokens, rem.tokens);
+                }
                 tickets.push(Ticket {
                     name: scope.name.to_owned(),
                     placement: scope.placement,

@@ -3,8 +3,9 @@
 //!
 //! - `auth`: the headers: probes and `/v1/models` answered, the credential checked, the request
 //!   held for its body (`lookup`: a key this Envoy has not seen, xDS mode);
-//! - `route`: the body: validated, the deployment chosen, translated, admitted on every limited
-//!   scope, the request pointed at the deployment;
+//! - `route`: the body: validated, the deployment chosen (`choice`), translated, admitted on
+//!   every limited scope, the request pointed at the deployment and the router told its retries
+//!   and timeouts (`attempts`);
 //! - `response`: the response's tap (usage scanner, translator, bounded copy) and the
 //!   `x-ratelimit-*` headers;
 //! - here: what every stage shares ([`Gateway`], [`RequestFlow`]'s state, the rejection), and
@@ -45,6 +46,7 @@ use sluice_proto::gateway::v1::{KeyLookupRequest, KeyLookupResponse};
 
 mod attempts;
 mod auth;
+mod choice;
 mod lookup;
 mod response;
 mod route;
@@ -123,6 +125,8 @@ pub struct Gateway {
     cooldowns: Cooldowns,
     /// Deployments' requests in flight and latency (`least-busy`, `latency-based-routing`).
     loads: Loads,
+    /// Each deployment's counter under `usage-based-routing-v2` (empty under the others).
+    pub usage_counters: Vec<String>,
     /// The master key's digest (standalone mode), from the environment likewise.
     master_key: Option<KeyHash>,
     /// The configured keys with their teams (same index as `config.keys`).
@@ -164,6 +168,7 @@ impl Gateway {
             attempt_policy: AttemptPolicy::new(&config),
             cooldowns: Cooldowns::new(&config),
             loads: Loads::new(&config),
+            usage_counters: usage_counters(&config),
             config,
             upstream_credentials,
             master_key: secrets.master_key,
@@ -194,6 +199,14 @@ impl Gateway {
     pub fn flush_metrics<H: Host>(&self, host: &H) {
         self.metrics.drain(|name, delta| host.count(name, delta));
     }
+}
+
+/// The deployments' counters `usage-based-routing-v2` admits on (none under another strategy).
+pub fn usage_counters(config: &CompiledConfig) -> Vec<String> {
+    if config.config.routing_strategy != sluice_core::config::RoutingStrategy::UsageBasedV2 {
+        return Vec::new();
+    }
+    config.config.deployments.iter().map(|d| sluice_core::config::deployment_counter_name(&d.id)).collect()
 }
 
 impl Gateway {

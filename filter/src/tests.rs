@@ -441,6 +441,45 @@ fn routing_strategies_choose_within_a_group() {
     assert_eq!(seen[3..], ["sluice_gpt4o-b", "sluice_gpt4o-b", "sluice_gpt4o-b"]);
 }
 
+/// `usage-based-routing-v2`: a deployment's rpm/tpm are limits, shared by every worker; the
+/// least-used deployment with room takes the request; none with room is a 429 naming the group,
+/// and the client's `x-ratelimit-*` never show a deployment's limits.
+#[test]
+fn usage_based_routing_respects_deployment_limits() {
+    let mut config = base_config();
+    config.routing_strategy = RoutingStrategy::UsageBasedV2;
+    config.deployments.truncate(1);
+    config.deployments[0].rpm = Some(2);
+    let mut b = deployment("gpt4o-b", "gpt-4o", Provider::Openai, "gpt-4o");
+    b.rpm = Some(1);
+    config.deployments.push(b);
+    let h = Harness::new(config);
+    let other = Harness::on(Rc::clone(&h.envoy), h.gateway.config.config.clone());
+    let sent_to = |s: &Stream| s.host.request_header_str("x-sluice-cluster").unwrap();
+    // The first answer's tokens make a the more used; b, unused, takes the next.
+    let (mut first, _) = h.post("/v1/chat/completions", &key(1), CHAT);
+    let first_to = sent_to(&first);
+    first.respond(200, "application/json", &[openai_response(500, 100, 0).as_bytes()], true);
+    first.finish();
+    let (mut second, _) = other.post("/v1/chat/completions", &key(1), CHAT);
+    assert_ne!(sent_to(&second), first_to, "the less used one");
+    // The key has no limits: a deployment's (rpm 1) must not appear as the client's.
+    second.respond(200, "application/json", &[openai_response(5, 5, 0).as_bytes()], true);
+    assert_eq!(second.host.response_header_str("x-ratelimit-limit-requests"), None);
+    // a has room for one more (rpm 2), b for none (rpm 1).
+    let (third, reply) = h.post("/v1/chat/completions", &key(1), CHAT);
+    assert!(reply.is_none());
+    assert_eq!(sent_to(&third), "sluice_gpt4o-a");
+    let (_, reply) = other.post("/v1/chat/completions", &key(1), CHAT);
+    let reply = reply.expect("both at their rpm");
+    assert_eq!((reply.status, reply.json()["error"]["code"].as_str()), (429, Some("deployments_at_capacity")));
+    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("gpt-4o"));
+    assert!(reply.header("retry-after").is_some());
+    // The next minute, room again.
+    h.envoy.now_ms.set(NOW + 60_000);
+    assert!(h.post("/v1/chat/completions", &key(1), CHAT).1.is_none());
+}
+
 /// Anthropic's `count_tokens` (Claude Code asks it before a turn): passed to the group's
 /// Anthropic deployment with its key and model name, or estimated here for a group with none;
 /// never admitted, billed or recorded.

@@ -333,6 +333,17 @@ class Gateway:
     def stop(self):
         stop_all(self.procs)
 
+    def serve(self):
+        """A fixture's body: the mock, the config and Envoy started, the gateway yielded, all
+        stopped afterwards (`yield from Gateway(...).serve()`)."""
+        try:
+            self.start_mock()
+            self.write_config()
+            self.start_envoy()
+            yield self
+        finally:
+            self.stop()
+
     # -- helpers for tests -----------------------------------------------------------------
 
     def auth(self, alias):
@@ -397,11 +408,4 @@ def gw():
     if missing:
         pytest.fail(f"set {', '.join(missing)} (cargo xtask test does this)")
     with tempfile.TemporaryDirectory(prefix="sluice-it-") as tmp:
-        g = Gateway(Path(tmp))
-        try:
-            g.start_mock()
-            g.write_config()
-            g.start_envoy()
-            yield g
-        finally:
-            g.stop()
+        yield from Gateway(Path(tmp)).serve()

@@ -60,14 +60,7 @@ class RetryGateway(Gateway):
 
 @pytest.fixture(scope="module")
 def rgw(tmp_path_factory):
-    g = RetryGateway(tmp_path_factory.mktemp("retries"))
-    try:
-        g.start_mock()
-        g.write_config()
-        g.start_envoy()
-        yield g
-    finally:
-        g.stop()
+    yield from RetryGateway(tmp_path_factory.mktemp("retries")).serve()
 
 
 def attempts_of(gw, request_id):

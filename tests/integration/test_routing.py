@@ -19,10 +19,10 @@ class StrategyGateway(Gateway):
     """A gateway whose group `pool` has two deployments, `a` and `b`, each on a mock of its own
     answering after `latency_ms[name]`, routed by `strategy`."""
 
-    def __init__(self, workdir, strategy, args=None, prices=None, latency_ms=None):
+    def __init__(self, workdir, strategy, args=None, prices=None, latency_ms=None, rpm=None):
         super().__init__(workdir)
         self.strategy, self.args, self.prices = strategy, args, prices or {}
-        self.latency_ms = latency_ms or {}
+        self.latency_ms, self.rpm = latency_ms or {}, rpm or {}
 
     def deployment_mock(self, latency_ms):
         mock = subprocess.Popen([self.env_bin["SLUICE_MOCK"], "--listen", "127.0.0.1:0", "--openai-key",
@@ -39,6 +39,8 @@ class StrategyGateway(Gateway):
             entry["model_name"] = "pool"
             if name in self.prices:
                 entry["model_info"]["input_cost_per_token"] = self.prices[name]
+            if name in self.rpm:
+                entry["litellm_params"]["rpm"] = self.rpm[name]
             entries.append(entry)
         out = json.loads(self.cli("key", "new", "--alias", "routing", "--json").stdout)
         self.keys["routing"] = out["key"]
@@ -106,3 +108,20 @@ def test_least_busy_spreads_concurrent_slow_requests(start):
     assert all(r.status_code == 200 for r in responses)
     served = served_by(gw, responses)
     assert sorted(served) == ["a", "a", "b", "b"], served
+
+
+def test_usage_based_routing_v2_keeps_each_deployment_under_its_rpm(start):
+    """Each deployment's rpm is a limit across the Envoy's workers: the least-used deployment
+    with room serves; with none left the group answers 429, until the next minute."""
+    gw = start("usage-based-routing-v2", rpm={"a": 3, "b": 2})
+    # Close to a minute's end the limits would reset mid-test.
+    if time.time() % 60 > 50:
+        time.sleep(61 - time.time() % 60)
+    responses = [gw.post("/v1/chat/completions", "routing", CHAT) for _ in range(5)]
+    assert [r.status_code for r in responses] == [200] * 5, [r.text for r in responses]
+    assert sorted(served_by(gw, responses)) == ["a", "a", "a", "b", "b"]
+    r = gw.post("/v1/chat/completions", "routing", CHAT)
+    assert r.status_code == 429, r.text
+    error = r.json()["error"]
+    assert error["code"] == "deployments_at_capacity" and "pool" in error["message"]
+    assert 1 <= int(r.headers["retry-after"]) <= 60

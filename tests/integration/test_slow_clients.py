@@ -278,14 +278,7 @@ class LimitedGateway(Gateway):
 
 @pytest.fixture
 def limited(tmp_path):
-    g = LimitedGateway(tmp_path)
-    try:
-        g.start_mock()
-        g.write_config()
-        g.start_envoy()
-        yield g
-    finally:
-        g.stop()
+    yield from LimitedGateway(tmp_path).serve()
 
 
 def test_the_overload_manager_sheds_requests_and_connections_over_the_flags_limits(limited):

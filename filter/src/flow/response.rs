@@ -138,7 +138,8 @@ pub(super) fn rate_limit_headers(error: &GatewayError) -> Vec<(&'static str, Str
     let (kind, limit, retry_after_secs) = match error {
         GatewayError::RateLimited { kind, limit, retry_after_secs, .. } => (kind, limit, retry_after_secs),
         GatewayError::KeyLookupRateLimited { retry_after_secs }
-        | GatewayError::NoHealthyDeployment { retry_after_secs, .. } => {
+        | GatewayError::NoHealthyDeployment { retry_after_secs, .. }
+        | GatewayError::GroupAtCapacity { retry_after_secs, .. } => {
             return vec![("retry-after", retry_after_secs.to_string())];
         }
         _ => return Vec::new(),

@@ -2,9 +2,7 @@
 //! formats differ, admit on every limited scope, and point the held request at the deployment
 //! with its credential (or answer `count_tokens`).
 
-use sluice_core::config::{Deployment, RoutingStrategy};
-use sluice_core::routing::{choose_least, choose_lowest_latency};
-
+use super::choice::NoChoice;
 use super::*;
 
 /// Where a deployment's credential goes upstream.
@@ -91,13 +89,17 @@ impl<H: Host> RequestFlow<H> {
                     // The Responses API is OpenAI's own, passed through to OpenAI only.
                     && (endpoint != Endpoint::Responses || d.provider == Provider::Openai)
             });
-        let (index, deployment) = match self.choose(&gateway, group, candidates) {
+        let est_prompt_tokens = usage::estimate_tokens_from_bytes(body.len() as u64);
+        let (index, deployment) = match self.choose(&gateway, group, candidates, est_prompt_tokens) {
             Ok(chosen) => chosen,
-            Err(None) => {
+            Err(NoChoice::NoCandidate) => {
                 return Err(GatewayError::ModelNotOnRoute { model: model.to_owned(), route: endpoint.route() });
             }
-            Err(Some(retry_after_secs)) => {
+            Err(NoChoice::AllCoolingDown(retry_after_secs)) => {
                 return Err(GatewayError::NoHealthyDeployment { group: group.name.clone(), retry_after_secs });
+            }
+            Err(NoChoice::AllAtCapacity(retry_after_secs)) => {
+                return Err(GatewayError::GroupAtCapacity { group: group.name.clone(), retry_after_secs });
             }
         };
         // What the response is parsed as: the deployment's format, or the Responses API's own.
@@ -133,7 +135,6 @@ impl<H: Host> RequestFlow<H> {
             })?;
 
         // Admission: reserve estimated tokens and the maximum cost on every limited scope.
-        let est_prompt_tokens = usage::estimate_tokens_from_bytes(body.len() as u64);
         let max_output = if endpoint == Endpoint::Embeddings {
             0
         } else {
@@ -159,10 +160,23 @@ impl<H: Host> RequestFlow<H> {
                 });
             }
         }
+        // usage-based-routing-v2: the deployment's rpm/tpm are limits, admitted with the key's.
+        if let Some(name) = gateway.usage_counters.get(index).filter(|_| group.deployments.len() > 1) {
+            let limits = choice::usage_limits(deployment);
+            scopes.push(Scope { name, limits, kind: LimitScope::Deployment, placement: Placement::Named });
+        }
         let (tickets, remaining) = if scopes.is_empty() {
             (Vec::new(), Remaining::default())
         } else {
-            counters::admit_all(&self.host, &scopes, self.start_ms, est_prompt_tokens, max_cost)?
+            counters::admit_all(&self.host, &scopes, self.start_ms, est_prompt_tokens, max_cost).map_err(
+                |e| match e {
+                    // Another worker took the room the choice saw.
+                    GatewayError::RateLimited { scope: LimitScope::Deployment, retry_after_secs, .. } => {
+                        GatewayError::GroupAtCapacity { group: group.name.clone(), retry_after_secs }
+                    }
+                    other => other,
+                },
+            )?
         };
         if config.config.key_lookup.is_some() {
             gateway.announce_to_fleet(&self.host, &tickets, self.start_ms);
@@ -198,107 +212,6 @@ impl<H: Host> RequestFlow<H> {
             in_flight,
         });
         Ok(())
-    }
-
-    /// One of `candidates` (the group's deployments that can serve the request): of those not
-    /// cooling down, the lowest `order`, then by the routing strategy. Err(None) when there are
-    /// no candidates; Err(Some(seconds)) when every one is cooling down, with when the first
-    /// comes back.
-    fn choose<'c>(
-        &self,
-        gateway: &Gateway,
-        group: &sluice_core::config::ModelGroup,
-        candidates: impl Iterator<Item = (usize, &'c Deployment)> + Clone,
-    ) -> Result<(usize, &'c Deployment), Option<u64>> {
-        let order = |d: &Deployment| d.order.unwrap_or(u32::MAX);
-        if group.deployments.len() < 2 {
-            // One deployment: nothing to weigh, nothing shared to read.
-            return candidates.clone().next().ok_or(None);
-        }
-        let config = &gateway.config.config;
-        let now = self.start_ms;
-        let mut back_at = u64::MAX;
-        let mut any = false;
-        let mut pool: Vec<(usize, &'c Deployment)> = Vec::with_capacity(group.deployments.len());
-        for (i, d) in candidates {
-            any = true;
-            let until = if config.cooldown.enabled { gateway.cooldowns.cooled_until(&self.host, i, now) } else { 0 };
-            if until > now {
-                back_at = back_at.min(until);
-            } else {
-                pool.push((i, d));
-            }
-        }
-        let Some(lowest) = pool.iter().map(|(_, d)| order(d)).min() else {
-            return Err(any.then(|| back_at.saturating_sub(now).div_ceil(1000).max(1)));
-        };
-        pool.retain(|(_, d)| order(d) == lowest);
-        let picked = match config.routing_strategy {
-            RoutingStrategy::SimpleShuffle => choose_weighted(pool.iter().map(|(_, d)| d.weight), self.random),
-            RoutingStrategy::LeastBusy => {
-                let busy: Vec<f64> =
-                    pool.iter().map(|(i, _)| f64::from(gateway.loads.read(&self.host, *i).busy(now))).collect();
-                choose_least(busy.into_iter(), self.random)
-            }
-            RoutingStrategy::LatencyBased(settings) => {
-                let latencies: Vec<Option<f64>> = pool
-                    .iter()
-                    .map(|(i, _)| gateway.loads.read(&self.host, *i).latency(now, settings.ttl_ms))
-                    .collect();
-                choose_lowest_latency(&latencies, settings.buffer, self.random)
-            }
-            RoutingStrategy::CostBased => choose_least(
-                pool.iter().map(|(_, d)| d.pricing.input_cost_per_token + d.pricing.output_cost_per_token),
-                self.random,
-            ),
-        };
-        picked.and_then(|c| pool.get(c).copied()).ok_or(None)
-    }
-
-    /// Counts an admitted request in its deployment's requests in flight (`least-busy`).
-    fn start_load(&self, gateway: &Gateway, group: &sluice_core::config::ModelGroup, index: usize) -> bool {
-        let counts =
-            group.deployments.len() > 1 && gateway.config.config.routing_strategy == RoutingStrategy::LeastBusy;
-        if counts {
-            let now = self.start_ms;
-            gateway.loads.update(&self.host, index, &mut |load| load.started(now));
-        }
-        counts
-    }
-
-    /// At the end of a request: out of its deployment's requests in flight, and its latency
-    /// (time to first byte for a stream) into the deployment's average (`latency-based-routing`;
-    /// answers only: a failure is cooldown's to count).
-    pub(super) fn update_load(&self, gateway: &Gateway, admitted: &Admitted, now_ms: u64) {
-        if admitted.in_flight {
-            gateway.loads.update(&self.host, admitted.deployment, &mut |load| load.finished(now_ms));
-        }
-        let RoutingStrategy::LatencyBased(settings) = gateway.config.config.routing_strategy else { return };
-        let in_group = gateway.config.groups.get(admitted.group).is_some_and(|g| g.deployments.len() > 1);
-        if !in_group || !(200..300).contains(&self.status) {
-            return;
-        }
-        let end = if admitted.streamed && self.first_byte_ms > 0 { self.first_byte_ms } else { now_ms };
-        let sample = end.saturating_sub(self.start_ms);
-        gateway.loads.update(&self.host, admitted.deployment, &mut |load| {
-            load.observe_latency(sample, now_ms, settings.ttl_ms);
-        });
-    }
-
-    /// Counts the failed attempts of a finished request against its deployment (the router's
-    /// retries all went to it): all of them when the answer was a failure, else all but the
-    /// last. Only where cooldowns apply.
-    pub(super) fn count_failures(&self, gateway: &Gateway, admitted: &Admitted, now_ms: u64) {
-        let config = &gateway.config;
-        let in_group = config.groups.get(admitted.group).is_some_and(|g| g.deployments.len() > 1);
-        if !config.config.cooldown.enabled || !in_group {
-            return;
-        }
-        let failed = self.status != 0 && sluice_core::cooldown::is_failure(self.status);
-        let failures = if failed { self.attempts } else { self.attempts - 1 };
-        if failures > 0 {
-            gateway.cooldowns.record_failures(&self.host, config, admitted.deployment, now_ms, failures);
-        }
     }
 
     /// Points the held request at deployment `index`: its body (when it changed), path, cluster,

@@ -189,7 +189,11 @@ fn load_config(callbacks: &'static Callbacks, handle: &ConfigHandle, bytes: &[u8
     let scopes = compiled.keys.iter().flat_map(|k| {
         std::iter::once(k.counter_name.as_str()).chain(k.model_limits.values().map(|m| m.counter_name.as_str()))
     });
-    for name in scopes.chain(compiled.teams.iter().map(|t| t.counter_name.as_str())) {
+    let deployments = crate::flow::usage_counters(&compiled);
+    for name in scopes
+        .chain(compiled.teams.iter().map(|t| t.counter_name.as_str()))
+        .chain(deployments.iter().map(String::as_str))
+    {
         super::host::ensure_record(name, &ScopeState::default().encode());
     }
     log(

@@ -81,8 +81,8 @@ impl SluiceRoot {
         }) {
             counters::ensure_exists(&host, name);
         }
-        for team in &compiled.teams {
-            counters::ensure_exists(&host, &team.counter_name);
+        for name in compiled.teams.iter().map(|t| &t.counter_name).chain(&crate::flow::usage_counters(&compiled)) {
+            counters::ensure_exists(&host, name);
         }
         // Every worker VM numbers its contexts the same way and configures in the same
         // millisecond: only real entropy keeps their routing choices and record ids apart.
