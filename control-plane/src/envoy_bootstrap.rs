@@ -536,8 +536,16 @@ fn listener(opts: &BootstrapOptions, wasm_filter: Value, route_timeout_secs: u64
                         "retry_policy": retry_policy(),
                     },
                     // The filter sets the cluster header; it never goes upstream. (The filter
-                    // also replaces the client's credential headers with the provider's.)
-                    "request_headers_to_remove": [CLUSTER_HEADER, "accept-encoding"],
+                    // also replaces the client's credential headers with the provider's.) Nor
+                    // does the client's address, which Envoy would add: a provider has no need
+                    // of the gateway's users' IPs.
+                    "request_headers_to_remove": [
+                        CLUSTER_HEADER,
+                        "accept-encoding",
+                        "x-forwarded-for",
+                        "x-envoy-external-address",
+                        "x-envoy-expected-rq-timeout-ms",
+                    ],
                 }],
             }],
         },

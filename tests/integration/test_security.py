@@ -225,3 +225,15 @@ def test_more_headers_than_envoy_allows_never_reach_the_filter(gw):
     status, _, _ = exchange(gw, MANY + b"".join(b"x-more-%d: v\r\n" % i for i in range(10)))
     assert status == 431
     assert_no_vm_failed(gw)
+
+
+def test_the_clients_address_never_reaches_the_provider(gw):
+    """Envoy would tell the provider who the gateway's users are (x-forwarded-for,
+    x-envoy-external-address); the route removes both, sent by the client or added by Envoy."""
+    r = gw.post("/v1/chat/completions", "open", {"model": "gpt-4o-mini", "messages": []},
+                headers={"x-forwarded-for": "203.0.113.7"})
+    assert r.status_code == 200
+    seen = [s for s in gw.mock_stats()["requests"] if s["request_id"] == r.headers["x-request-id"]]
+    assert len(seen) == 1
+    assert seen[0]["x_forwarded_for"] is None
+    assert not {"x-envoy-external-address", "x-envoy-expected-rq-timeout-ms"} & set(seen[0]["envoy_headers"])

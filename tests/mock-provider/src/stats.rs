@@ -43,6 +43,8 @@ struct Seen {
     envoy_headers: Vec<String>,
     /// Envoy's `x-request-id`: a request's attempts share it.
     request_id: Option<String>,
+    /// The client's address, if Envoy forwarded it (it must not: the provider has no need of it).
+    x_forwarded_for: Option<String>,
 }
 
 #[derive(Default)]
@@ -105,6 +107,7 @@ impl Stats {
             body_json,
             envoy_headers: received.headers.keys().filter(|k| k.starts_with("x-envoy-")).cloned().collect(),
             request_id: header("x-request-id"),
+            x_forwarded_for: header("x-forwarded-for"),
         });
     }
 
