@@ -37,12 +37,17 @@ fn wait_for_port(port: u16) {
     }
 }
 
-fn start() -> Server {
-    let port = free_port();
+/// A path under the temp dir that no earlier run used: a port can repeat across runs, and a
+/// database left by one would leak into the next.
+fn fresh_path(prefix: &str) -> std::path::PathBuf {
     let mut random = [0u8; 6];
     getrandom::fill(&mut random).unwrap();
-    let db = std::env::temp_dir()
-        .join(format!("sluice-cli-{}.db", random.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+    std::env::temp_dir().join(format!("{prefix}{}", random.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+}
+
+fn start() -> Server {
+    let port = free_port();
+    let db = fresh_path("sluice-cli-").with_extension("db");
     let log = db.with_extension("log");
     let out = std::fs::File::create(&log).unwrap();
     let child = Command::new(SLUICE)
@@ -201,7 +206,7 @@ fn the_cli_drives_organizations_users_and_teams() {
 fn the_cli_manages_model_deployments_and_serve_syncs_the_config_file() {
     // `serve -c config.yaml` syncs model_list into the database at start.
     let port = free_port();
-    let dir = std::env::temp_dir().join(format!("sluice-cli-models-{port}"));
+    let dir = fresh_path("sluice-cli-models-");
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("config.yaml");
     std::fs::write(
@@ -316,7 +321,7 @@ fn the_cli_drives_budgets_and_customers() {
 #[test]
 fn a_weak_master_key_does_not_start_the_control_plane() {
     let serve = |key: &str, extra: &[&str]| {
-        let dir = std::env::temp_dir().join(format!("sluice-cli-weak-{}", free_port()));
+        let dir = fresh_path("sluice-cli-weak-");
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
         let child = Command::new(SLUICE)
@@ -346,7 +351,7 @@ fn a_weak_master_key_does_not_start_the_control_plane() {
 
 #[test]
 fn the_native_build_is_chosen_by_the_control_plane_in_xds_mode_and_named_in_standalone_mode() {
-    let dir = std::env::temp_dir().join(format!("sluice-cli-native-{}", free_port()));
+    let dir = fresh_path("sluice-cli-native-");
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("envoy.yaml");
     let envoy_config = |extra: &[&str]| {
