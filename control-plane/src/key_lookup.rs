@@ -144,6 +144,7 @@ fn per_model(limits: &BTreeMap<String, i64>) -> BTreeMap<String, u64> {
 pub fn key_config(hash: KeyHash, key: &KeyRecord) -> KeyConfig {
     KeyConfig {
         key_hash: Some(hash),
+        master: false,
         key_id: Some(key.key_id.clone()),
         key_alias: key.key_alias.clone(),
         team_id: key.team_id.clone(),
@@ -203,6 +204,7 @@ impl<S: Store> KeyLookupService for KeyLookupApi<S> {
             inc(&self.metrics.lookups_found, 1);
             let master = KeyConfig {
                 key_hash: Some(hash),
+                master: true,
                 key_id: Some(MASTER_KEY_ID.into()),
                 key_alias: Some("master key".into()),
                 ..Default::default()

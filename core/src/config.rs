@@ -67,6 +67,11 @@ pub struct GatewayConfig {
     /// deployment leaves its group's rotation (`crate::cooldown`).
     #[serde(default)]
     pub cooldown: CooldownPolicy,
+    /// `general_settings.background_health_checks` with `health_check_interval`: every
+    /// deployment is probed this often (ms) by one worker per Envoy, and one that fails is out
+    /// of its group's rotation until the next round (`deployment_health`). None: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_interval_ms: Option<u64>,
 }
 
 /// One `router_settings.model_group_alias` entry: requests for `alias` go to `group` (and are
@@ -347,6 +352,10 @@ pub struct Deployment {
     pub upstream_model: String,
     /// The Envoy cluster that reaches this deployment's `api_base`.
     pub cluster: String,
+    /// `api_base`'s scheme and authority (`https://api.openai.com`): what `/health` shows of
+    /// the deployment, and the `:authority` a health probe names (no secret: LiteLLM shows it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub origin: String,
     /// Path prefix of `api_base` (`/v1` for OpenAI, empty for Anthropic,
     /// `/openai/deployments/{name}` for Azure).
     #[serde(default)]
@@ -393,6 +402,9 @@ pub struct Deployment {
     /// down take its requests (none: after every ordered one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<u32>,
+    /// `model_info.disable_background_health_check`: left out of background health checks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_background_health_check: bool,
 }
 
 fn one() -> u32 {
@@ -404,6 +416,10 @@ fn one() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     pub key_hash: Option<KeyHash>,
+    /// The control plane's master key, as its key lookup answers for it (xDS mode, where no
+    /// Envoy holds the master key's digest): it may run the gateway's admin routes (`/health`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub master: bool,
     /// The control plane's id of the key (`key_…`), used in usage records and counter names;
     /// standalone keys have none and are named by their hash prefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -527,6 +543,8 @@ impl ModelAccess {
 #[derive(Debug, Clone)]
 pub struct CompiledKey {
     pub hash: KeyHash,
+    /// The control plane's master key (`KeyConfig::master`).
+    pub master: bool,
     /// Non-secret id used in usage records, logs and counter names (hash prefix).
     pub key_id: String,
     pub alias: Option<String>,
@@ -749,6 +767,7 @@ fn compile_key(
     }
     Some(CompiledKey {
         hash,
+        master: k.master,
         counter_name: key_counter_name(&key_id),
         key_id,
         alias: k.key_alias.clone(),
@@ -1018,7 +1037,7 @@ impl CompiledConfig {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn deployment(id: &str, group: &str) -> Deployment {
@@ -1028,6 +1047,7 @@ mod tests {
             provider: Provider::Openai,
             upstream_model: group.into(),
             cluster: format!("sluice_{id}"),
+            origin: String::new(),
             base_path: "/v1".into(),
             path_query: String::new(),
             priced_models: BTreeMap::new(),
@@ -1043,6 +1063,7 @@ mod tests {
             timeout_ms: None,
             stream_timeout_ms: None,
             order: None,
+            no_background_health_check: false,
         }
     }
 
@@ -1061,6 +1082,7 @@ mod tests {
             retries: RetryPolicy::default(),
             timeout_ms: None,
             cooldown: CooldownPolicy::default(),
+            health_check_interval_ms: None,
         }
     }
 

@@ -84,6 +84,11 @@ impl CooldownRecord {
         false
     }
 
+    /// Keeps the deployment out of rotation until at least `until_ms` (a failed health check).
+    pub fn hold_until(&mut self, until_ms: u64) {
+        self.cooled_until_ms = self.cooled_until_ms.max(until_ms);
+    }
+
     pub fn cooled(&self, now_ms: u64) -> bool {
         now_ms < self.cooled_until_ms
     }

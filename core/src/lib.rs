@@ -7,6 +7,7 @@ pub mod config;
 pub mod conversion;
 pub mod cooldown;
 pub mod cost;
+pub mod deployment_health;
 pub mod endpoint;
 pub mod error;
 pub mod fleet;

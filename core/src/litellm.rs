@@ -25,6 +25,8 @@ use crate::routing::LatencySettings;
 use crate::routing::shuffle_weight;
 
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 600;
+/// LiteLLM's `health_check_interval` when `background_health_checks` is on without one.
+pub const DEFAULT_HEALTH_CHECK_INTERVAL_MS: u64 = 300_000;
 
 /// What to do with a request when the filter itself fails (a wasm trap).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +90,17 @@ fn as_u64(v: Option<&Value>) -> Option<u64> {
 
 fn as_f64(v: Option<&Value>) -> Option<f64> {
     v.and_then(|v| v.as_f64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok())))
+}
+
+/// `https://host`, with the port only where it is not the scheme's own (IPv6 in brackets).
+fn origin_of(https: bool, host: &str, port: u16) -> String {
+    let scheme = if https { "https" } else { "http" };
+    let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
+    if port == if https { 443 } else { 80 } {
+        format!("{scheme}://{host}")
+    } else {
+        format!("{scheme}://{host}:{port}")
+    }
 }
 
 /// Parses an `api_base` URL: scheme, host (IPv6 in brackets), optional port, path.
@@ -247,12 +260,31 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
     let mut master_key_literal = false;
     let mut max_request_body_bytes = DEFAULT_MAX_REQUEST_BODY_BYTES;
     let mut failure_policy = FailurePolicy::FailClosed;
+    let mut health_check_interval_ms = None;
     if let Some(settings) = root.get("general_settings").and_then(Value::as_object) {
         cx.refuse_unsupported(
             "general_settings",
             settings,
-            &["master_key", "database_url", "max_request_size_mb", "sluice_failure_policy"],
+            &[
+                "master_key",
+                "database_url",
+                "max_request_size_mb",
+                "sluice_failure_policy",
+                "background_health_checks",
+                "health_check_interval",
+            ],
         );
+        // LiteLLM's default interval is 300 s; the interval alone (checks off) changes nothing.
+        let interval =
+            seconds(&mut cx, "general_settings.health_check_interval", settings.get("health_check_interval"));
+        if interval.is_some_and(|ms| ms < 1_000) {
+            cx.error("general_settings.health_check_interval: must be at least one second".into());
+        }
+        let background =
+            flag(&mut cx, "general_settings.background_health_checks", settings.get("background_health_checks"));
+        if background == Some(true) {
+            health_check_interval_ms = Some(interval.unwrap_or(DEFAULT_HEALTH_CHECK_INTERVAL_MS));
+        }
         if settings.contains_key("database_url") {
             cx.warnings.push("general_settings.database_url: standalone mode keeps no database; spend lives in Envoy's shared memory".into());
         }
@@ -327,6 +359,7 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
         retries,
         timeout_ms,
         cooldown,
+        health_check_interval_ms,
     };
     if cx.errors.is_empty() {
         // The filter's own validation: what it would refuse, refuse here.
@@ -601,6 +634,7 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
                 "cache_creation_input_token_cost",
                 "max_tokens",
                 "max_output_tokens",
+                "disable_background_health_check",
             ],
         );
         let Some(model) = params.get("model").and_then(Value::as_str) else {
@@ -778,6 +812,13 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
         let stream_timeout_ms =
             seconds(cx, &format!("{at}: litellm_params.stream_timeout"), params.get("stream_timeout"));
         let order = whole(cx, &format!("{at}: litellm_params.order"), params.get("order"));
+        let no_background_health_check = flag(
+            cx,
+            &format!("{at}: model_info.disable_background_health_check"),
+            info.get("disable_background_health_check"),
+        )
+        .unwrap_or(false);
+        let origin = origin_of(https, &host, port);
         upstreams.push(Upstream { cluster: cluster.clone(), https, host, port, aws_region });
         deployments.push(Deployment {
             id,
@@ -785,6 +826,7 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
             provider: spec.provider,
             upstream_model: upstream_model.to_owned(),
             cluster,
+            origin,
             base_path,
             path_query,
             priced_models,
@@ -802,6 +844,7 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
             timeout_ms,
             stream_timeout_ms,
             order,
+            no_background_health_check,
         });
     }
     (deployments, upstreams)
@@ -1387,6 +1430,37 @@ mod tests {
         doc["keys"][0]["team_id"] = json!("ghost");
         let errors = from_litellm(&doc, &env).unwrap_err();
         assert!(errors.iter().any(|e| e.0.contains("ghost")));
+    }
+
+    #[test]
+    fn background_health_checks_and_the_deployments_origin() {
+        let doc = |general: Value| {
+            json!({"model_list": [
+                {"model_name": "a", "litellm_params": {"model": "openai/a", "api_base": "https://api.example.com:8443/v1"}},
+                {"model_name": "b", "litellm_params": {"model": "openai/b"}, "model_info": {"disable_background_health_check": true}},
+                {"model_name": "c", "litellm_params": {"model": "openai/c", "api_base": "http://[::1]:80"}},
+            ], "general_settings": general})
+        };
+        let s = from_litellm(&doc(json!({"background_health_checks": true})), &env).unwrap();
+        assert_eq!(s.gateway.health_check_interval_ms, Some(DEFAULT_HEALTH_CHECK_INTERVAL_MS));
+        let d = &s.gateway.deployments;
+        assert_eq!((d[0].no_background_health_check, d[1].no_background_health_check), (false, true));
+        assert_eq!(d[0].origin, "https://api.example.com:8443");
+        assert_eq!(d[1].origin, "https://api.openai.com");
+        assert_eq!(d[2].origin, "http://[::1]");
+        let s = from_litellm(&doc(json!({"background_health_checks": true, "health_check_interval": 30})), &env);
+        assert_eq!(s.unwrap().gateway.health_check_interval_ms, Some(30_000));
+        // The interval alone: checks stay off.
+        let s = from_litellm(&doc(json!({"health_check_interval": 30})), &env).unwrap();
+        assert_eq!(s.gateway.health_check_interval_ms, None);
+        for (bad, says) in [
+            (json!({"background_health_checks": true, "health_check_interval": 0.5}), "at least one second"),
+            (json!({"background_health_checks": true, "health_check_interval": -1}), "health_check_interval"),
+            (json!({"background_health_checks": "yes"}), "background_health_checks"),
+        ] {
+            let errors = from_litellm(&doc(bad.clone()), &env).unwrap_err();
+            assert!(errors.iter().any(|e| e.0.contains(says)), "{bad}: {errors:?}");
+        }
     }
 
     #[test]

@@ -48,6 +48,23 @@ impl Cooldowns {
         view.cooled_until_ms
     }
 
+    /// Takes deployment `index` out of rotation until `until_ms` (it failed a background health
+    /// check), unless it already is for longer.
+    pub fn hold_out(&self, host: &impl Host, index: usize, until_ms: u64, now_ms: u64) {
+        let Some(key) = self.keys.get(index) else { return };
+        let mut after = CooldownRecord::default();
+        let written = host.shared_update(key, &mut |bytes| {
+            let mut record = CooldownRecord::decode(bytes);
+            record.hold_until(until_ms);
+            *bytes = record.encode().to_vec();
+            after = record;
+            true
+        });
+        if written && let Some(view) = self.views.borrow_mut().get_mut(index) {
+            *view = View { cooled_until_ms: after.cooled_until_ms, read_ms: now_ms.max(1) };
+        }
+    }
+
     /// Counts `failures` of deployment `index` (named `id` in the log) at `now_ms`, in shared
     /// data; a deployment this cools down is out of rotation here at once, elsewhere within
     /// [`REFRESH_MS`].

@@ -47,6 +47,7 @@ use sluice_proto::gateway::v1::{KeyLookupRequest, KeyLookupResponse};
 mod attempts;
 mod auth;
 mod choice;
+mod health_check;
 mod lookup;
 mod response;
 mod route;
@@ -54,7 +55,7 @@ mod route;
 use attempts::AttemptPolicy;
 use lookup::{PendingLookup, Shared};
 use response::rate_limit_headers;
-use route::UpstreamCredential;
+pub(crate) use route::UpstreamCredential;
 
 /// The control plane's key lookup (proto/sluice/v1/gateway.proto).
 pub const KEY_LOOKUP_SERVICE: &str = "sluice.v1.KeyLookupService";
@@ -68,7 +69,7 @@ const MAX_CREDENTIAL_LEN: usize = 512;
 /// request per key and worker every few seconds, not every request (and a flood of made-up
 /// keys, which empties the lookup budget, costs a known key nothing).
 const STALE_RETRY_MS: u64 = 5_000;
-const ANTHROPIC_VERSION: &str = "2023-06-01";
+pub(crate) const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// Every request header the flow reads, fetched in one host call when the request starts:
 /// what it acts on, then the router's retry and timeout headers (only the gateway sets those).
@@ -118,11 +119,11 @@ pub struct Gateway {
     pub config: CompiledConfig,
     /// Per deployment, the header its credential goes in upstream, with the value read from
     /// the environment at configure time (made once, not per request).
-    upstream_credentials: Vec<UpstreamCredential>,
+    pub(crate) upstream_credentials: Vec<UpstreamCredential>,
     /// How the router retries and times out requests (`attempts.rs`).
     attempt_policy: AttemptPolicy,
     /// Which deployments are cooling down after failures.
-    cooldowns: Cooldowns,
+    pub(crate) cooldowns: Cooldowns,
     /// Deployments' requests in flight and latency (`least-busy`, `latency-based-routing`).
     loads: Loads,
     /// Each deployment's counter under `usage-based-routing-v2` (empty under the others).
@@ -326,6 +327,10 @@ pub struct RequestFlow<H: Host> {
     /// A local reply was sent; nothing else to do for this request.
     rejected: bool,
     recorded: bool,
+    /// `/health`: the probes out and their answers (`health_check.rs`).
+    health_check: Option<crate::deployment_health::Probes>,
+    /// `/health` waits for its credential's lookup before it starts the probes.
+    health_pending: bool,
 }
 
 impl<H: Host> RequestFlow<H> {
@@ -353,6 +358,8 @@ impl<H: Host> RequestFlow<H> {
             response_complete: false,
             rejected: false,
             recorded: false,
+            health_check: None,
+            health_pending: false,
         }
     }
 

@@ -119,6 +119,12 @@ pub trait Host {
     -> Option<u32>;
     /// The body of the gRPC answer being delivered (`size` bytes).
     fn grpc_response(&self, size: usize) -> Option<Vec<u8>>;
+    /// An HTTP call to a cluster (a deployment's health probe); the answer comes back to this
+    /// request's context. Returns the call's token, or None if Envoy refused to start it.
+    fn dispatch_http(&self, cluster: &str, headers: &[(&str, &[u8])], body: &[u8], timeout_ms: u64) -> Option<u32>;
+    /// The HTTP answer being delivered: its status (None: no answer came) and its body
+    /// (`size` bytes).
+    fn http_response(&self, size: usize) -> (Option<u16>, Vec<u8>);
     /// Lets a request that the filter paused continue (headers and buffered body).
     fn resume_request(&self);
 }

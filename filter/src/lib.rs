@@ -6,6 +6,7 @@
 //! - [`counters`]: limit and budget counters in shared data (CAS loops).
 //! - [`metrics`]: what the request path counts, reported to Envoy's counters on a tick.
 //! - [`health`]: the liveness and readiness probes, and the workers' heartbeats behind them.
+//! - [`deployment_health`]: deployments' health probes, for `/health` and background checks.
 //! - [`translation`]: a client and a deployment of different formats (both directions).
 //! - [`secrets`]: provider credentials and the master key, from Envoy's environment.
 //! - [`key_cache`]: keys looked up in the control plane, per worker (xDS mode).
@@ -17,6 +18,7 @@
 
 pub mod cooldowns;
 pub mod counters;
+pub mod deployment_health;
 pub mod flow;
 pub mod health;
 pub mod host;

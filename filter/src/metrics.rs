@@ -30,7 +30,8 @@ const GROUP_METRICS: [&str; 6] =
 /// The fleet-independent counters before the per-group ones.
 const KEY_CACHE_HITS: usize = 0;
 const LOOKUPS_REFUSED: usize = 1;
-const FIXED: [&str; 2] = ["sluice.key_cache.hits", "sluice.key_lookups_refused"];
+const HEALTH_PROBES: usize = 2;
+const FIXED: [&str; 3] = ["sluice.key_cache.hits", "sluice.key_lookups_refused", "sluice.health_probes"];
 
 /// The pending counts of one config's metrics, by index, with their names.
 pub struct Metrics {
@@ -75,6 +76,11 @@ impl Metrics {
 
     pub fn lookup_refused(&self) {
         self.add(LOOKUPS_REFUSED, 1);
+    }
+
+    /// A deployment's health probe sent (each is a billed provider call the gateway made).
+    pub fn health_probe(&self) {
+        self.add(HEALTH_PROBES, 1);
     }
 
     pub fn rejection(&self, error: &GatewayError) {

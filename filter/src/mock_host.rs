@@ -28,6 +28,18 @@ pub struct MockEnvoy {
     pub grpc_calls: RefCell<Vec<GrpcCall>>,
     /// When true, Envoy refuses to start gRPC calls (no such cluster).
     pub grpc_refused: Cell<bool>,
+    /// HTTP calls started (health probes), in order; their tokens follow the gRPC calls'.
+    pub http_calls: RefCell<Vec<HttpCall>>,
+}
+
+/// An HTTP call the filter started: where, with which headers and body.
+#[derive(Debug, Clone)]
+pub struct HttpCall {
+    pub token: u32,
+    pub cluster: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub timeout_ms: u64,
 }
 
 /// A gRPC call a request started.
@@ -92,6 +104,8 @@ pub struct MockStream {
     pub local_reply: RefCell<Option<LocalReply>>,
     /// The gRPC answer being delivered to this request.
     pub grpc_response: RefCell<Vec<u8>>,
+    /// The HTTP answer being delivered to the stream (status, body).
+    pub http_response: RefCell<(Option<u16>, Vec<u8>)>,
     /// Times the filter let a paused request continue.
     pub resumed: Cell<u32>,
     /// What Envoy would report as the response code details at the end.
@@ -301,6 +315,26 @@ impl Host for MockHost {
         self.envoy.host_calls.borrow_mut().push("grpc_response");
         let body = self.stream.grpc_response.borrow();
         body.get(..size.min(body.len())).map(<[u8]>::to_vec)
+    }
+
+    fn dispatch_http(&self, cluster: &str, headers: &[(&str, &[u8])], body: &[u8], timeout_ms: u64) -> Option<u32> {
+        self.envoy.host_calls.borrow_mut().push("dispatch_http");
+        let mut calls = self.envoy.http_calls.borrow_mut();
+        let token = u32::try_from(calls.len()).unwrap_or(u32::MAX) + 1000;
+        calls.push(HttpCall {
+            token,
+            cluster: cluster.to_owned(),
+            headers: headers.iter().map(|(k, v)| ((*k).to_owned(), String::from_utf8_lossy(v).into_owned())).collect(),
+            body: body.to_vec(),
+            timeout_ms,
+        });
+        Some(token)
+    }
+
+    fn http_response(&self, size: usize) -> (Option<u16>, Vec<u8>) {
+        self.envoy.host_calls.borrow_mut().push("http_response");
+        let (status, body) = &*self.stream.http_response.borrow();
+        (*status, body.get(..size.min(body.len())).map(<[u8]>::to_vec).unwrap_or_default())
     }
 
     fn resume_request(&self) {

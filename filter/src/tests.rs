@@ -30,6 +30,7 @@ fn deployment(id: &str, group: &str, provider: Provider, upstream: &str) -> Depl
         provider,
         upstream_model: upstream.into(),
         cluster: format!("sluice_{id}"),
+        origin: format!("https://{id}.example"),
         base_path: if provider == Provider::Openai { "/v1".into() } else { String::new() },
         path_query: String::new(),
         priced_models: Default::default(),
@@ -50,6 +51,7 @@ fn deployment(id: &str, group: &str, provider: Provider, upstream: &str) -> Depl
         timeout_ms: None,
         stream_timeout_ms: None,
         order: None,
+        no_background_health_check: false,
     }
 }
 
@@ -80,6 +82,7 @@ pub(crate) fn base_config() -> GatewayConfig {
         retries: Default::default(),
         timeout_ms: None,
         cooldown: Default::default(),
+        health_check_interval_ms: None,
     }
 }
 
@@ -2473,5 +2476,183 @@ mod lookup_budget {
         let mut s = h.start("GET", "/v1/models", &[("authorization", format!("Bearer {k}").as_bytes())]);
         assert_eq!(s.flow.on_request_headers(true), Action::Pause);
         assert_lookup_refused(s.reply());
+    }
+}
+
+mod health_check {
+    use super::lookup_support::*;
+    use super::*;
+
+    impl Stream {
+        /// Delivers a probe's answer for the deployment whose cluster is `cluster`.
+        fn answer_probe(&mut self, cluster: &str, status: Option<u16>, body: &str) {
+            let token = self.host.envoy.http_calls.borrow().iter().find(|c| c.cluster == cluster).unwrap().token;
+            *self.host.stream.http_response.borrow_mut() = (status, body.as_bytes().to_vec());
+            self.flow.on_http_response(token, body.len());
+        }
+    }
+
+    #[test]
+    fn the_master_key_probes_every_deployment_through_its_own_cluster_and_gets_litellms_report() {
+        let h = Harness::new(base_config());
+        let mut s = h.start("GET", "/health", &[("authorization", b"Bearer sk-master-1234")]);
+        assert_eq!(s.flow.on_request_headers(true), Action::Pause);
+        assert!(s.reply().is_none(), "waits for the probes");
+        {
+            let calls = h.envoy.http_calls.borrow();
+            let clusters: Vec<&str> = calls.iter().map(|c| c.cluster.as_str()).collect();
+            assert_eq!(clusters, ["sluice_gpt4o-a", "sluice_claude", "sluice_mini"]);
+            let header = |i: usize, name: &str| {
+                calls[i].headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default()
+            };
+            // OpenAI's: its path, its credential, the smallest chat request.
+            assert_eq!(header(0, ":path"), "/v1/chat/completions");
+            assert_eq!(header(0, ":authority"), "gpt4o-a.example");
+            assert_eq!(header(0, "authorization"), "Bearer provider-secret-gpt4o-a");
+            let body: serde_json::Value = serde_json::from_slice(&calls[0].body).unwrap();
+            assert_eq!((body["model"].as_str(), body["max_tokens"].as_u64()), (Some("gpt-4o-2024-08-06"), Some(1)));
+            // Anthropic's: translated to Messages, its header and version.
+            assert_eq!(header(1, ":path"), "/v1/messages");
+            assert_eq!(header(1, "x-api-key"), "provider-secret-claude");
+            assert_eq!(header(1, "anthropic-version"), "2023-06-01");
+            let body: serde_json::Value = serde_json::from_slice(&calls[1].body).unwrap();
+            assert_eq!(body["messages"][0]["role"], "user");
+            assert!(calls.iter().all(|c| c.timeout_ms == 60_000));
+        }
+        s.answer_probe("sluice_gpt4o-a", Some(200), &openai_response(1, 1, 0));
+        s.answer_probe("sluice_claude", None, "");
+        assert!(s.reply().is_none(), "one probe still out");
+        s.answer_probe(
+            "sluice_mini",
+            Some(401),
+            r#"{"error":{"message":"Incorrect API key provided: sk-abc***wxyz.","type":"invalid_request_error"}}"#,
+        );
+        let reply = s.reply().unwrap();
+        assert_eq!(reply.status, 200);
+        let report = reply.json();
+        assert_eq!((report["healthy_count"].as_u64(), report["unhealthy_count"].as_u64()), (Some(1), Some(2)));
+        assert_eq!(report["healthy_endpoints"][0]["model_id"], "gpt4o-a");
+        assert_eq!(report["healthy_endpoints"][0]["api_base"], "https://gpt4o-a.example");
+        let errors: Vec<&str> =
+            report["unhealthy_endpoints"].as_array().unwrap().iter().map(|e| e["error"].as_str().unwrap()).collect();
+        assert!(errors[0].starts_with("no answer"), "{errors:?}");
+        assert_eq!(errors[1], "HTTP 401: Incorrect API key provided: [redacted]");
+        let text = String::from_utf8_lossy(&reply.body).into_owned();
+        assert!(!text.contains("provider-secret") && !text.contains("wxyz"), "{text}");
+        s.finish();
+        assert!(h.envoy.records().is_empty(), "a probe is not a client's request");
+        h.report_metrics();
+        assert_eq!(h.envoy.metric("sluice.health_probes"), 3);
+    }
+
+    #[test]
+    fn a_query_narrows_the_probes_and_a_late_answer_is_ignored() {
+        let h = Harness::new(base_config());
+        let mut s = h.start("GET", "/health?model=gpt-4o-mini", &[("authorization", b"Bearer sk-master-1234")]);
+        s.flow.on_request_headers(true);
+        assert_eq!(h.envoy.http_calls.borrow().len(), 1);
+        s.answer_probe("sluice_mini", Some(200), "{}");
+        assert_eq!(s.reply().unwrap().json()["healthy_count"], 1);
+        s.answer_probe("sluice_mini", Some(500), "{}"); // again: nothing changes, nothing panics
+        assert_eq!(s.reply().unwrap().json()["healthy_count"], 1);
+        // A model no deployment serves: an empty report at once.
+        let mut s = h.start("GET", "/health?model=nope", &[("authorization", b"Bearer sk-master-1234")]);
+        s.flow.on_request_headers(true);
+        assert_eq!(s.reply().unwrap().json()["healthy_count"], 0);
+    }
+
+    #[test]
+    fn only_the_master_key_may_run_health_checks() {
+        let h = Harness::new(base_config());
+        let auth = format!("Bearer {}", key(1));
+        for (method, headers, status) in [
+            ("GET", vec![("authorization", auth.as_bytes())], 403),
+            ("GET", vec![], 401),
+            ("POST", vec![("authorization", &b"Bearer sk-master-1234"[..])], 405),
+        ] {
+            let mut s = h.start(method, "/health", &headers);
+            s.flow.on_request_headers(true);
+            assert_eq!(s.reply().unwrap().status, status, "{method} {headers:?}");
+        }
+        assert!(h.envoy.http_calls.borrow().is_empty());
+    }
+
+    /// `background_health_checks`: one worker per Envoy runs each round (a lease in shared data),
+    /// every `health_check_interval`; a deployment that fails is out of rotation until the next
+    /// round, and `/health` answers from the last round without probing.
+    #[test]
+    fn background_rounds_run_once_per_interval_and_take_failing_deployments_out() {
+        use crate::deployment_health::BackgroundHealth;
+        let mut config = base_config();
+        config.health_check_interval_ms = Some(60_000);
+        config.deployments.push(deployment("gpt4o-b", "gpt-4o", Provider::Openai, "gpt-4o"));
+        config.deployments[2].no_background_health_check = true; // mini
+        let a = Harness::new(config.clone());
+        let b = Harness::on(Rc::clone(&a.envoy), config);
+        let (a_rounds, b_rounds) = (BackgroundHealth::default(), BackgroundHealth::default());
+        let host = MockHost::new(Rc::clone(&a.envoy));
+        let probes = || a.envoy.http_calls.borrow().len();
+        // Before the first round, /health probes on demand.
+        let mut s = a.start("GET", "/health", &[("authorization", b"Bearer sk-master-1234")]);
+        s.flow.on_request_headers(true);
+        assert_eq!(probes(), 4);
+        a.envoy.http_calls.borrow_mut().clear();
+        a_rounds.tick(&host, &a.gateway); // creates the lease
+        b_rounds.tick(&host, &b.gateway); // takes the round
+        a_rounds.tick(&host, &a.gateway); // not due again
+        let calls = a.envoy.http_calls.borrow().clone();
+        let clusters: Vec<&str> = calls.iter().map(|c| c.cluster.as_str()).collect();
+        assert_eq!(clusters, ["sluice_gpt4o-a", "sluice_claude", "sluice_gpt4o-b"], "mini opted out");
+        let answer = |rounds: &BackgroundHealth, gateway: &Rc<Gateway>, cluster: &str, status: u16| {
+            let token = calls.iter().find(|c| c.cluster == cluster).unwrap().token;
+            assert!(rounds.on_answer(&host, gateway, token, Some(status), b"{}"));
+        };
+        assert!(!a_rounds.awaits(calls[0].token), "only the worker that sent them");
+        answer(&b_rounds, &b.gateway, "sluice_gpt4o-a", 500);
+        answer(&b_rounds, &b.gateway, "sluice_claude", 200);
+        assert!(a.envoy.logs.borrow().iter().all(|l| !l.contains("background health check")), "round not over");
+        answer(&b_rounds, &b.gateway, "sluice_gpt4o-b", 200);
+        assert!(a.envoy.logs.borrow().iter().any(|l| l.contains("1 of 3 deployments failed (gpt4o-a)")));
+        // /health answers from the round at once.
+        let mut s = a.start("GET", "/health", &[("authorization", b"Bearer sk-master-1234")]);
+        s.flow.on_request_headers(true);
+        let report = s.reply().unwrap().json();
+        assert_eq!((report["healthy_count"].as_u64(), report["unhealthy_count"].as_u64()), (Some(2), Some(1)));
+        assert_eq!(report["unhealthy_endpoints"][0]["error"], "HTTP 500");
+        assert_eq!(a.envoy.http_calls.borrow().len(), 3, "no new probe");
+        // The failing deployment is out of rotation on every worker until the next round.
+        for _ in 0..4 {
+            let (s, reply) = a.post("/v1/chat/completions", &key(1), CHAT);
+            assert!(reply.is_none());
+            assert_eq!(s.host.request_header_str("x-sluice-cluster").unwrap(), "sluice_gpt4o-b");
+        }
+        a.envoy.now_ms.set(NOW + 60_001);
+        let (s, _) = (0..20)
+            .map(|_| a.post("/v1/chat/completions", &key(1), CHAT))
+            .find(|(s, _)| s.host.request_header_str("x-sluice-cluster").unwrap() == "sluice_gpt4o-a")
+            .expect("back in rotation after the interval");
+        drop(s);
+        a_rounds.tick(&host, &a.gateway);
+        assert_eq!(a.envoy.http_calls.borrow().len(), 6, "the next round, on whichever worker ticks first");
+    }
+
+    #[test]
+    fn in_xds_mode_the_looked_up_master_key_may_and_another_key_may_not() {
+        let mut cfg = xds_config(false);
+        cfg.master_key_env = None;
+        let h = Harness::new(cfg);
+        let master = "sk-master-0123456789abcdef0123456789abcdef";
+        let mut s = h.start("GET", "/health", &[("authorization", format!("Bearer {master}").as_bytes())]);
+        assert_eq!(s.flow.on_request_headers(true), Action::Pause);
+        let answered =
+            KeyConfig { key_hash: Some(KeyHash::of(master.as_bytes())), master: true, ..KeyConfig::default() };
+        s.deliver(0, &answer(Some(&answered), None));
+        assert_eq!(h.envoy.http_calls.borrow().len(), 3, "probes started once the key is known");
+        // A key the control plane knows, but not the master key.
+        let mut s = h.start("GET", "/health", &[("authorization", format!("Bearer {}", key(7)).as_bytes())]);
+        s.flow.on_request_headers(true);
+        s.deliver(0, &answer(Some(&stored(7)), None));
+        assert_eq!(s.reply().unwrap().status, 403);
+        assert_eq!(h.envoy.http_calls.borrow().len(), 3);
     }
 }

@@ -294,6 +294,51 @@ def test_gemini_and_bedrock_get_their_credentials_from_envoy_not_the_filter(flee
     assert fleet.gemini_key not in dump and "envoy-own-aws-secret" not in dump
 
 
+def test_health_with_the_master_key_probes_every_deployment_with_envoys_credentials(fleet):
+    """xDS mode: `/health` on the gateway's port, the master key looked up at the control plane;
+    each probe carries the credential Envoy injects (SDS) or the signature it makes (Bedrock),
+    never one the filter holds."""
+    envoy = fleet.start_envoy("edge-health")
+    before = fleet.served()["served"]
+    resp = httpx.get(f"{envoy.url}/health", headers={"Authorization": f"Bearer {fleet.master_key}"}, timeout=90)
+    assert resp.status_code == 200, resp.text
+    report = resp.json()
+    assert report["unhealthy_count"] == 0, report["unhealthy_endpoints"]
+    assert sorted(e["model_id"] for e in report["healthy_endpoints"]) == ["azure-east", "bedrock", "gemini",
+                                                                        "gpt-4o-a", "mini"]
+    assert fleet.served()["served"] == before + 5
+    assert fleet.openai_key not in resp.text and fleet.master_key not in resp.text
+    key, _ = create_key(fleet)
+    resp = httpx.get(f"{envoy.url}/health", headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    assert resp.status_code == 403
+    assert fleet.served()["served"] == before + 5
+
+
+def test_background_health_checks_in_config_yaml_reach_the_envoys(tmp_path):
+    """`general_settings.background_health_checks` in `sluice serve`'s config.yaml shapes the
+    filter as it does standalone: the Envoy probes every deployment and answers `/health`
+    from the round."""
+    f = Fleet(tmp_path)
+    try:
+        config = json.loads(f.config_path.read_text())
+        config["general_settings"].update({"background_health_checks": True, "health_check_interval": 30})
+        config["model_list"].append(model_entry("gpt-4o", "openai/gpt-4o", f"http://127.0.0.1:{free_port()}/v1",
+                                                "MOCK_OPENAI_KEY", "gpt-4o-down"))
+        f.config_path.write_text(json.dumps(config))
+        f.start_control_plane()
+        envoy = f.start_envoy("edge-background", wait=False)
+        wait_until(lambda: "background health check: 1 of 6 deployments failed (gpt-4o-down)"
+                   in envoy.log_path.read_text(), timeout=30, what="a background round")
+        served = f.served()["served"]
+        resp = httpx.get(f"{envoy.url}/health", headers={"Authorization": f"Bearer {f.master_key}"}, timeout=30)
+        assert resp.status_code == 200
+        assert [e["model_id"] for e in resp.json()["unhealthy_endpoints"]] == ["gpt-4o-down"]
+        assert resp.json()["healthy_count"] == 5
+        assert f.served()["served"] == served, "answered from the round"
+    finally:
+        f.stop()
+
+
 def test_admin_changes_reach_every_envoy(fleet):
     a = fleet.start_envoy("edge-a")
     b = fleet.start_envoy("edge-b")

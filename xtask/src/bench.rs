@@ -42,8 +42,8 @@ const LITELLM_PORT: u16 = 18_400;
 /// release whose dependencies resolve here (1.106.10 needs a certifi newer than any published).
 const LITELLM_VERSION: &str = "1.106.0";
 /// The measured Envoy's core, and everything else's, when the machine has two.
-const ENVOY_CORE: &str = "0";
-const LOAD_CORE: &str = "1";
+pub(crate) const ENVOY_CORE: &str = "0";
+pub(crate) const LOAD_CORE: &str = "1";
 
 /// The front Envoys, in their base order (`BARE` first: everything is compared with it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -675,7 +675,7 @@ pub(crate) fn write(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn taskset_works() -> bool {
+pub(crate) fn taskset_works() -> bool {
     Command::new("taskset").arg("-V").output().is_ok_and(|o| o.status.success())
 }
 
@@ -688,7 +688,13 @@ fn metered_tokens(kind: Kind) -> Result<u64, String> {
 }
 
 /// `sluice key new --append-to config.yaml`, returning the key.
-fn new_key(cli: &str, config: &str, alias: &str, limits: &[&str], env: &[(&str, &str)]) -> Result<String, String> {
+pub(crate) fn new_key(
+    cli: &str,
+    config: &str,
+    alias: &str,
+    limits: &[&str],
+    env: &[(&str, &str)],
+) -> Result<String, String> {
     let mut args = vec!["key", "new", "--alias", alias, "--max-budget", "1000000000", "--append-to", config, "--json"];
     args.extend_from_slice(limits);
     let created = proc::output(cli, &args, env)?;
@@ -928,7 +934,13 @@ pub(crate) fn ensure_wrk() -> Result<(), String> {
 }
 
 /// One request, with the headers the load generator sends: (status, response).
-fn post(port: u16, key: &str, provider_key: &str, body: &str, stream: bool) -> Result<(u16, String), String> {
+pub(crate) fn post(
+    port: u16,
+    key: &str,
+    provider_key: &str,
+    body: &str,
+    stream: bool,
+) -> Result<(u16, String), String> {
     let auth = format!("Bearer {key}");
     let provider = format!("Bearer {provider_key}");
     let mut headers = vec![
@@ -943,7 +955,7 @@ fn post(port: u16, key: &str, provider_key: &str, body: &str, stream: bool) -> R
 }
 
 /// A chat (or stream) request through an Envoy is answered 200 with the upstream's body.
-fn check_request(port: u16, key: &str, provider_key: &str, body: &str, stream: bool) -> Result<(), String> {
+pub(crate) fn check_request(port: u16, key: &str, provider_key: &str, body: &str, stream: bool) -> Result<(), String> {
     let (status, response) = post(port, key, provider_key, body, stream)?;
     let expected = if stream { "data: [DONE]" } else { "\"usage\"" };
     if status != 200 || !response.contains(expected) {
@@ -1025,7 +1037,7 @@ const CLOCK_TICKS_PER_SEC: f64 = 100.0;
 
 /// Waits (up to 15 s) until the machine's cores are idle at least 90 % of a quarter of a second
 /// (`/proc/stat`), so a run starts with nothing else on its cores.
-fn wait_for_quiet_machine() {
+pub(crate) fn wait_for_quiet_machine() {
     fn busy_and_total() -> Option<(u64, u64)> {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
         let fields: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
@@ -1173,14 +1185,14 @@ pub fn write_block(path: &Path, begin: &str, end: &str, report: &str) -> Result<
 
 /// A chat request to `model`: `filler` sentences of 63 bytes (14: ~1 KB, like a short
 /// conversation; 520: ~32 KB, a long prompt).
-fn chat_body(model: &str, stream: bool, filler: usize) -> String {
+pub(crate) fn chat_body(model: &str, stream: bool, filler: usize) -> String {
     let filler = "Summarise the following meeting notes in three bullet points. ".repeat(filler);
     format!(
         r#"{{"model":"{model}","stream":{stream},"max_tokens":256,"messages":[{{"role":"system","content":"You are a concise assistant."}},{{"role":"user","content":"{filler}"}}]}}"#
     )
 }
 
-fn write_script(
+pub(crate) fn write_script(
     dir: &Path,
     name: &str,
     body: &str,

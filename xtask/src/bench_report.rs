@@ -7,7 +7,7 @@ use crate::proc;
 /// Median, min and max over the rounds.
 pub(crate) type Spread = (f64, f64, f64);
 
-fn spread(v: Vec<f64>) -> Option<Spread> {
+pub(crate) fn spread(v: Vec<f64>) -> Option<Spread> {
     if v.is_empty() {
         return None;
     }
@@ -86,12 +86,12 @@ fn rss_ratio(run: &Run, k: Kind) -> f64 {
 }
 
 /// "12.3 (10.1–14.0)", with `digits` decimals.
-fn fmt(s: Spread, digits: usize) -> String {
+pub(crate) fn fmt(s: Spread, digits: usize) -> String {
     format!("{:.d$} ({:.d$}–{:.d$})", s.0, s.1, s.2, d = digits)
 }
 
 /// "+12.3 (+10.1 to +14.0)".
-fn fmt_signed(s: Spread, digits: usize) -> String {
+pub(crate) fn fmt_signed(s: Spread, digits: usize) -> String {
     format!("{:+.d$} ({:+.d$} to {:+.d$})", s.0, s.1, s.2, d = digits)
 }
 

@@ -197,3 +197,21 @@ fn sse_stream() -> String {
 fn yaml_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
 }
+
+/// The upstream of [`upstream`] with every answer held back `delay_ms` by Envoy's fault filter
+/// (`cargo xtask bench-routing`: a fast and a slow deployment of one model group).
+pub(crate) fn delayed_upstream(port: u16, admin: u16, delay_ms: u64) -> String {
+    let fault = format!(
+        r#"                http_filters:
+                  - name: envoy.filters.http.fault
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+                      delay:
+                        fixed_delay: {}.{:03}s
+                        percentage: {{numerator: 100, denominator: HUNDRED}}
+"#,
+        delay_ms / 1000,
+        delay_ms % 1000
+    );
+    upstream(port, admin).replacen("                http_filters:\n", &fault, 1)
+}

@@ -15,6 +15,9 @@
 //!   `--no-litellm`; `--prebuilt` measures a target directory's artifacts without building.
 //! - `cargo xtask bench-fleet`  the control plane: key lookup with 1M keys, ingestion rate,
 //!   revocation time.
+//! - `cargo xtask bench-routing [--quick] [--write]`  issue 12: each routing strategy's Envoy CPU
+//!   per request (against `simple-shuffle` and bare Envoy), and latency-based routing's split
+//!   between a 20 ms and a 200 ms deployment; BENCHMARKS.md only with `--write`.
 //! - `cargo xtask bench-native`  an alias of `bench --no-litellm`, which now measures the
 //!   native floor too.
 //! - `cargo xtask prices [--litellm VERSION]`  refreshes the built-in price table from LiteLLM's
@@ -28,6 +31,7 @@ mod bench;
 mod bench_fleet;
 mod bench_profile;
 mod bench_report;
+mod bench_routing;
 mod bench_xds;
 mod envoy_yaml;
 mod prices;
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("bench") => bench::bench(&args[1..]),
         Some("bench-fleet") => bench_fleet::bench_fleet(),
+        Some("bench-routing") => bench_routing::bench_routing(&args[1..]),
         // Superseded: `bench` runs the native no-op module beside the others.
         Some("bench-native") => bench::bench(&[&args[1..], &["--no-litellm".to_owned()]].concat()),
         Some("fuzz") => fuzz(&args[1..]),
@@ -56,7 +61,7 @@ fn main() -> ExitCode {
         Some("prices") => prices::prices(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|run [--smoke] [--native]|join|test|bench [--quick] [--no-litellm] [--profile] [--no-pin] [--native-filter PATH] [--prebuilt DIR]|bench-fleet|bench-native|fuzz [--cases N]|soak [--duration SECS]|prices [--litellm VERSION]>"
+                "usage: cargo xtask <setup|run [--smoke] [--native]|join|test|bench [--quick] [--no-litellm] [--profile] [--no-pin] [--native-filter PATH] [--prebuilt DIR]|bench-fleet|bench-routing [--quick] [--write] [--no-pin] [--prebuilt DIR]|bench-native|fuzz [--cases N]|soak [--duration SECS]|prices [--litellm VERSION]>"
             );
             return ExitCode::from(2);
         }
@@ -97,6 +102,7 @@ const NATIVE_FILES: &[&str] = &[
     "test_slow_clients.py",
     "test_retries.py",
     "test_routing.py",
+    "test_health_check.py",
     // xDS mode.
     "test_xds.py",
     "test_replicas.py",

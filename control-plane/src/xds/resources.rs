@@ -77,7 +77,8 @@ pub struct XdsOptions {
     /// The filter's build and its path on the Envoy hosts.
     pub module: FilterModule,
     /// config.yaml's `general_settings` that shape the filter (`max_request_size_mb`,
-    /// `sluice_failure_policy`), converted by the same code as in standalone mode.
+    /// `sluice_failure_policy`, `background_health_checks`), converted by the same code as in
+    /// standalone mode.
     pub general_settings: serde_json::Map<String, serde_json::Value>,
     /// config.yaml's `litellm_settings` (`drop_params`, `num_retries`, `request_timeout`).
     pub litellm_settings: serde_json::Map<String, serde_json::Value>,

@@ -54,6 +54,9 @@ impl<H: Host> RequestFlow<H> {
             self.answer_probe(probe);
             return Action::Pause;
         }
+        if health_check::is_health_path(&self.path) {
+            return self.health_headers(method.as_deref(), authorization, x_api_key, api_key);
+        }
         let Some(endpoint) = Endpoint::from_path(&self.path) else {
             return self.reject(&GatewayError::UnknownRoute);
         };
@@ -106,6 +109,41 @@ impl<H: Host> RequestFlow<H> {
         // bootstrap sets `allow_on_headers_stop_iteration`, so Envoy keeps calling the body
         // callback while the headers wait (without it, a paused headers phase stops the body too).
         self.awaiting_body = true;
+        Action::Pause
+    }
+
+    /// `GET /health`: the credential is checked like any (in xDS mode the master key is looked
+    /// up), then the probes start (`health_check.rs`); the request waits for their answers.
+    fn health_headers(
+        &mut self,
+        method: Option<&[u8]>,
+        authorization: Option<Vec<u8>>,
+        x_api_key: Option<Vec<u8>>,
+        api_key: Option<Vec<u8>>,
+    ) -> Action {
+        if method != Some(b"GET") {
+            return self.reject(&GatewayError::MethodNotAllowed { route: "/health", allowed: "GET" });
+        }
+        // A key's route check reads the route it asks for: `/health` is answered like
+        // `/v1/models`, here, with no upstream and no usage record.
+        self.endpoint = Some(Endpoint::Models);
+        let credential = client_credential(authorization, x_api_key, api_key);
+        match credential.and_then(|token| self.authenticate(&token, Endpoint::Models)) {
+            Ok(Auth::Known(principal)) => {
+                self.principal = Some(principal);
+                self.start_health_check();
+            }
+            Ok(Auth::Lookup(hash, stale)) => {
+                self.health_pending = true;
+                if let Err(e) = self.start_lookup(hash, stale) {
+                    return self.reject(&e);
+                }
+                if self.lookup.is_none() {
+                    self.start_health_check(); // the stale entry served
+                }
+            }
+            Err(e) => return self.reject(&e),
+        }
         Action::Pause
     }
 

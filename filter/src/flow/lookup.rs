@@ -230,7 +230,9 @@ impl<H: Host> RequestFlow<H> {
                 }
             }
         }
-        if endpoint == Endpoint::Models {
+        if self.health_pending {
+            self.start_health_check();
+        } else if endpoint == Endpoint::Models {
             self.answer_models();
         } else if let Some(body_size) = self.body_ready.take() {
             // The body is all here: route now, then let the request go.

@@ -7,11 +7,11 @@ use super::*;
 
 /// Where a deployment's credential goes upstream.
 #[derive(Debug, Clone, Default)]
-pub(super) struct UpstreamCredential {
+pub(crate) struct UpstreamCredential {
     /// The provider's header (None: Envoy signs the request on the cluster, as for Bedrock).
-    pub(super) header: Option<&'static str>,
+    pub(crate) header: Option<&'static str>,
     /// Its value (None: no key configured; the header is then not sent).
-    pub(super) value: Option<String>,
+    pub(crate) value: Option<String>,
 }
 
 impl UpstreamCredential {

@@ -311,6 +311,12 @@ unsafe fn callout(
     (result == CALLOUT_INIT_SUCCESS).then_some(id)
 }
 
+/// A callout's HTTP status, if an answer was delivered (None: reset, timed out, not sent).
+pub fn callout_status(delivered: bool, headers: &[(Vec<u8>, Vec<u8>)]) -> Option<u16> {
+    let (_, status) = headers.iter().find(|(k, _)| k.as_slice() == b":status").filter(|_| delivered)?;
+    std::str::from_utf8(status).ok()?.parse().ok()
+}
+
 /// A callout's answer as Envoy delivers it: headers, then the body's chunks.
 pub struct CalloutAnswer {
     pub headers: Vec<(Vec<u8>, Vec<u8>)>,

@@ -107,6 +107,8 @@ pub struct HookState {
     pub in_request_body: Cell<bool>,
     /// The message of the key lookup's answer, put here by the callout hook for the flow.
     pub grpc_answer: RefCell<Vec<u8>>,
+    /// A health probe's answer (status, body), put here likewise.
+    pub http_answer: RefCell<(Option<u16>, Vec<u8>)>,
 }
 
 impl DynamicModuleHost {
@@ -304,6 +306,14 @@ impl Host for DynamicModuleHost {
 
     fn grpc_response(&self, _size: usize) -> Option<Vec<u8>> {
         Some(std::mem::take(&mut *self.hook.grpc_answer.borrow_mut()))
+    }
+
+    fn dispatch_http(&self, cluster: &str, headers: &[(&str, &[u8])], body: &[u8], timeout_ms: u64) -> Option<u32> {
+        self.stream.http_callout(cluster, headers, body, timeout_ms).and_then(|id| u32::try_from(id).ok())
+    }
+
+    fn http_response(&self, _size: usize) -> (Option<u16>, Vec<u8>) {
+        std::mem::take(&mut *self.hook.http_answer.borrow_mut())
     }
 
     fn resume_request(&self) {

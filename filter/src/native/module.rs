@@ -28,7 +28,7 @@ use super::abi::{
     ABI_VERSION, BODY_STOP_ITERATION_AND_BUFFER, BUFFERED_REQUEST_BODY, CALLOUT_SUCCESS, CONTINUE, Callbacks,
     CalloutAnswer, CalloutResult, ConfigEnvoyPtr, ConfigHandle, ConfigModulePtr, EnvoyBuffer, EnvoyHttpHeader,
     FilterEnvoyPtr, FilterModulePtr, FilterStatus, HEADERS_STOP_ITERATION, LiveConfig, RECEIVED_REQUEST_BODY,
-    RECEIVED_RESPONSE_BODY, Stream,
+    RECEIVED_RESPONSE_BODY, Stream, callout_status,
 };
 use super::host::{Counters, DynamicModuleHost, FLOW_COUNTERS, HookState, SERVICE_COUNTERS, log, shared};
 use super::{grpc, service};
@@ -261,7 +261,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             // SAFETY: the config Envoy is creating; forgotten in on_http_filter_config_destroy
             // (unregister), used on this, the main, thread only.
             let live = unsafe { LiveConfig::new(config_envoy, callbacks) };
-            service::register(live, Arc::clone(&config.counters), Arc::clone(&config.metrics), cluster);
+            // Background health checks run on this thread, with a gateway of their own.
+            let health = config.compiled.config.health_check_interval_ms.map(|_| {
+                Gateway::with_metrics(config.compiled.clone(), config.secrets.clone(), Arc::clone(&config.metrics))
+            });
+            service::register(live, Arc::clone(&config.counters), Arc::clone(&config.metrics), cluster, health);
             Box::into_raw(Box::new(config)).cast_const().cast()
         }
         Err(e) => {
@@ -411,8 +415,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: Fil
     }
 }
 
-/// A key lookup's answer (xDS mode), on the stream's worker thread: the flow admits or refuses
-/// and resumes the request. An answer Envoy delivers inside the call that started it (it failed
+/// A key lookup's answer (xDS mode) or a health probe's, on the stream's worker thread: the
+/// flow admits or refuses and resumes the request, or counts the probe. An answer Envoy delivers inside the call that started it (it failed
 /// before leaving) finds the flow borrowed and is dropped: the start reports the failure.
 ///
 /// # Safety
@@ -435,6 +439,14 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     let Ok(token) = u32::try_from(callout_id) else { return };
     // SAFETY: the hook's arguments, as Envoy passed them.
     let answer = unsafe { CalloutAnswer::read(headers, headers_size, chunks, chunks_size) };
+    if flow.awaits_http_call(token) {
+        // A health probe's answer: the status as sent, the body as is.
+        let status = callout_status(result == CALLOUT_SUCCESS, &answer.headers);
+        let size = answer.body.len();
+        *f.hook.http_answer.borrow_mut() = (status, answer.body);
+        flow.on_http_response(token, size);
+        return;
+    }
     let (status, message) = grpc::answer(result == CALLOUT_SUCCESS, &answer.headers, &answer.body);
     let size = message.len();
     *f.hook.grpc_answer.borrow_mut() = message;

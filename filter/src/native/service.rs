@@ -22,13 +22,16 @@
 //! finds the service borrowed and is dropped; the start then reports failure, as it should.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once, PoisonError};
 use std::time::Duration;
 
-use super::abi::{Callbacks, LiveConfig, Scheduler};
+use super::abi::{Callbacks, LiveConfig, Scheduler, callout_status};
 use super::grpc;
 use super::host::{Counters, log, now_ms, shared};
+use crate::deployment_health::BackgroundHealth;
+use crate::flow::Gateway;
 use crate::host::{CasResult, Host, LogLevel};
 use crate::metrics::Metrics;
 use crate::service::{INVALIDATIONS_KEY, ServiceConfig, UsageService};
@@ -75,6 +78,9 @@ struct Driver {
     counters: Arc<Counters>,
     /// What the workers' requests with this config counted since the last tick.
     metrics: Arc<Metrics>,
+    /// `background_health_checks`: a gateway of the config's own on this thread, for the
+    /// probes' paths and credentials, and the round it runs.
+    health: Option<(Rc<Gateway>, BackgroundHealth)>,
 }
 
 impl Driver {
@@ -134,13 +140,20 @@ pub fn invalidations_generation() -> u64 {
 
 /// A config was created: it drives the service from now on (the service starts with the first
 /// one). `cluster` reaches the control plane (xDS mode; None in standalone mode).
-pub fn register(config: LiveConfig, counters: Arc<Counters>, metrics: Arc<Metrics>, cluster: Option<&str>) {
+pub fn register(
+    config: LiveConfig,
+    counters: Arc<Counters>,
+    metrics: Arc<Metrics>,
+    cluster: Option<&str>,
+    health: Option<Gateway>,
+) {
     let Some(scheduler) = config.new_scheduler() else {
         log(config.callbacks(), LogLevel::Error, "sluice: Envoy gave no scheduler: the usage service cannot run");
         return;
     };
     lock(&SCHEDULERS).push((config.ptr() as usize, scheduler));
-    DRIVERS.with(|d| d.borrow_mut().push(Driver { config, counters, metrics }));
+    let health = health.map(|gateway| (Rc::new(gateway), BackgroundHealth::default()));
+    DRIVERS.with(|d| d.borrow_mut().push(Driver { config, counters, metrics, health }));
     SERVICE.with(|service| {
         let Ok(mut service) = service.try_borrow_mut() else { return };
         match service.as_mut() {
@@ -225,6 +238,10 @@ pub fn on_event(event: u64) {
         DRIVERS.with(|d| {
             if let Ok(drivers) = d.try_borrow() {
                 drivers.iter().for_each(Driver::report_metrics);
+                // The current driver runs the background health checks' rounds.
+                if let Some(Driver { config, health: Some((gateway, health)), .. }) = drivers.last() {
+                    health.tick(&MainThreadHost { callbacks: config.callbacks() }, gateway);
+                }
             }
         });
     }
@@ -245,6 +262,19 @@ pub fn on_answer(config: LiveConfig, callout: u64, delivered: bool, headers: &[(
         return;
     }
     let Ok(token) = u32::try_from(callout) else { return };
+    // A background health probe's answer: the status as sent, the body as is.
+    let probe = DRIVERS.with(|d| {
+        let Ok(drivers) = d.try_borrow() else { return false };
+        let Some(Driver { config, health: Some((gateway, health)), .. }) = drivers.last() else { return false };
+        if !health.awaits(token) {
+            return false;
+        }
+        let status = callout_status(delivered, headers);
+        health.on_answer(&MainThreadHost { callbacks: config.callbacks() }, gateway, token, status, body)
+    });
+    if probe {
+        return;
+    }
     let (status, message) = grpc::answer(delivered, headers, body);
     SERVICE.with(|service| {
         if let Ok(mut service) = service.try_borrow_mut()
@@ -345,6 +375,17 @@ impl Host for MainThreadHost {
     /// The service gets its answers' bodies as arguments (`on_answer`).
     fn grpc_response(&self, _: usize) -> Option<Vec<u8>> {
         None
+    }
+
+    fn dispatch_http(&self, cluster: &str, headers: &[(&str, &[u8])], body: &[u8], timeout_ms: u64) -> Option<u32> {
+        self.with_driver(|d| d.config.http_callout(cluster, headers, body, timeout_ms))
+            .flatten()
+            .and_then(|id| u32::try_from(id).ok())
+    }
+
+    /// As for gRPC: the answers come as arguments.
+    fn http_response(&self, _: usize) -> (Option<u16>, Vec<u8>) {
+        (None, Vec::new())
     }
     fn resume_request(&self) {}
 }

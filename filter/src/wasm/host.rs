@@ -256,6 +256,23 @@ impl Host for EnvoyHost {
         hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size).ok().flatten()
     }
 
+    fn dispatch_http(&self, cluster: &str, headers: &[(&str, &[u8])], body: &[u8], timeout_ms: u64) -> Option<u32> {
+        // proxy-wasm takes header values as text; the probes' are ASCII.
+        let headers: Vec<(&str, &str)> =
+            headers.iter().filter_map(|(k, v)| Some((*k, std::str::from_utf8(v).ok()?))).collect();
+        let timeout = std::time::Duration::from_millis(timeout_ms);
+        ok_or_log(hostcalls::dispatch_http_call(cluster, headers, Some(body), Vec::new(), timeout), "http call")
+    }
+
+    fn http_response(&self, size: usize) -> (Option<u16>, Vec<u8>) {
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.trim().parse().ok());
+        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size).ok().flatten().unwrap_or_default();
+        (status, body)
+    }
+
     fn resume_request(&self) {
         ok_or_log(hostcalls::resume_http_request(), "resume_http_request");
     }

@@ -14,6 +14,7 @@ use sluice_core::routing::SplitMix64;
 use super::host::{EnvoyHost, WorkerState};
 use super::service::WasmService;
 use crate::counters;
+use crate::deployment_health::BackgroundHealth;
 use crate::flow::{Gateway, RequestFlow};
 use crate::host::{self, Host, LogLevel};
 use crate::secrets;
@@ -36,6 +37,8 @@ pub struct SluiceRoot {
     role: Role,
     worker: Rc<RefCell<WorkerState>>,
     rng: Cell<SplitMix64>,
+    /// This worker's share of `background_health_checks` (the round it runs, if it won one).
+    background_health: BackgroundHealth,
 }
 
 impl SluiceRoot {
@@ -44,6 +47,7 @@ impl SluiceRoot {
             role: Role::Unconfigured,
             worker: Rc::new(RefCell::new(WorkerState::default())),
             rng: Cell::new(SplitMix64::new(u64::from(context_id))),
+            background_health: BackgroundHealth::default(),
         }
     }
 
@@ -125,6 +129,17 @@ impl Context for SluiceRoot {
         }
     }
 
+    /// A background health probe's answer.
+    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let host = self.host();
+        if let Role::Filter(gateway) = &self.role
+            && self.background_health.awaits(token_id)
+        {
+            let (status, body) = host.http_response(body_size);
+            self.background_health.on_answer(&host, gateway, token_id, status, &body);
+        }
+    }
+
     /// The VM is going away (drain, reload): hand over what is still batched.
     fn on_done(&mut self) -> bool {
         match &mut self.role {
@@ -168,6 +183,7 @@ impl RootContext for SluiceRoot {
                 self.worker.borrow_mut().flush_usage();
                 self.apply_invalidations(&gateway);
                 gateway.flush_metrics(&self.host());
+                self.background_health.tick(&self.host(), &gateway);
             }
             Role::Service(service) => service.tick(),
             Role::Unconfigured => {}
@@ -213,6 +229,10 @@ struct SluiceHttp {
 impl Context for SluiceHttp {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
         self.flow.on_grpc_response(token_id, status_code, response_size);
+    }
+
+    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        self.flow.on_http_response(token_id, body_size);
     }
 }
 
