@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from conftest import Gateway, free_port, model_entry
+from conftest import Gateway, filter_stat_name, free_port, model_entry
 
 
 def health(gw, query="", key=None):
@@ -40,9 +40,18 @@ def test_health_probes_every_deployment_and_reports_litellms_shape(gw):
     # No credential in the report.
     for secret in [gw.master_key, *gw.provider_keys.values()]:
         assert secret not in r.text
-    # The probes reached the provider; none of them is a client's request.
+    # The probes reached the provider; none of them is a client's request; each is counted.
     assert gw.mock_stats()["served"] > mock_before["served"]
     assert len(gw.records()) == records_before
+    sent = len(healthy) + len(unhealthy)
+    stat = filter_stat_name("sluice.health_probes")
+    def probes_counted():
+        text = httpx.get(f"{gw.admin}/stats?filter=^{stat}$", timeout=5).text
+        return int(text.split(": ")[1]) if ": " in text else 0
+    deadline = time.time() + 5
+    while probes_counted() < sent:
+        assert time.time() < deadline, f"{stat}: {probes_counted()} of {sent}"
+        time.sleep(0.1)
 
 
 def test_health_narrows_to_a_model_or_a_deployment(gw):
