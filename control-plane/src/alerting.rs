@@ -165,7 +165,8 @@ pub fn tls_client_config(extra_roots: Option<&Path>) -> Result<rustls::ClientCon
 }
 
 /// The webhook `general_settings` asks for: `alerting` must list `"webhook"` and `WEBHOOK_URL`
-/// (passed in) must be set, as in LiteLLM. Other alerting channels are not built (a warning).
+/// (passed in) must be set, as in LiteLLM. Other alerting channels are not built: refused, as is
+/// a webhook with no URL (an alert that would never be sent).
 pub fn webhook_from_settings(settings: &Value, webhook_url: Option<&str>) -> Result<Option<WebhookUrl>, String> {
     let channels = match settings.get("alerting") {
         None | Some(Value::Null) => return Ok(None),
@@ -177,7 +178,9 @@ pub fn webhook_from_settings(settings: &Value, webhook_url: Option<&str>) -> Res
         match channel.as_str() {
             Some("webhook") => webhook = true,
             Some(other) => {
-                eprintln!("warning: general_settings.alerting: {other:?} is not supported (only \"webhook\")")
+                return Err(format!(
+                    "general_settings.alerting: {other:?} is not supported by Sluice (only \"webhook\")"
+                ));
             }
             None => return Err("general_settings.alerting must be a list of names, e.g. [\"webhook\"]".into()),
         }
@@ -187,12 +190,9 @@ pub fn webhook_from_settings(settings: &Value, webhook_url: Option<&str>) -> Res
     }
     match webhook_url.filter(|u| !u.is_empty()) {
         Some(url) => WebhookUrl::parse(url).map(Some),
-        None => {
-            eprintln!(
-                "warning: general_settings.alerting lists \"webhook\" but WEBHOOK_URL is not set: no budget webhooks"
-            );
-            Ok(None)
-        }
+        None => Err("general_settings.alerting lists \"webhook\" but WEBHOOK_URL is not set: set it, or remove \
+                     the webhook"
+            .into()),
     }
 }
 
@@ -413,11 +413,13 @@ pub(crate) mod tests {
 
     #[test]
     fn the_webhook_is_on_when_alerting_lists_it_and_webhook_url_is_set() {
-        let on = json!({"alerting": ["slack", "webhook"]});
+        let on = json!({"alerting": ["webhook"]});
         assert!(webhook_from_settings(&on, Some("http://h/x")).unwrap().is_some());
         assert!(webhook_from_settings(&on, Some("https://h/x")).unwrap().unwrap().is_https());
-        assert_eq!(webhook_from_settings(&on, None).unwrap(), None, "no URL: a warning, not an error");
-        assert_eq!(webhook_from_settings(&json!({"alerting": ["slack"]}), Some("http://h")).unwrap(), None);
+        // Asked for and not possible: refused, never silently off.
+        assert!(webhook_from_settings(&on, None).unwrap_err().contains("WEBHOOK_URL is not set"));
+        let slack = webhook_from_settings(&json!({"alerting": ["slack"]}), Some("http://h")).unwrap_err();
+        assert!(slack.contains("\"slack\" is not supported by Sluice"), "{slack}");
         assert_eq!(webhook_from_settings(&json!({}), Some("http://h")).unwrap(), None);
         assert!(webhook_from_settings(&json!({"alerting": "webhook"}), Some("http://h")).is_err());
         assert!(webhook_from_settings(&on, Some("ftp://h")).is_err(), "asked for, and impossible: refuse to start");

@@ -338,6 +338,9 @@ fn serve_options(args: &ServeArgs) -> Result<sluice_control_plane::server::Serve
         }
         None => None,
     };
+    if let Some(doc) = &doc {
+        config_file::refuse_unserved(doc)?;
+    }
     let settings = doc.as_ref().and_then(|d| d.get("general_settings")).cloned().unwrap_or(Value::Null);
     // Budget alerts: `alerting: ["webhook"]` and WEBHOOK_URL, as in LiteLLM; an https receiver's
     // certificate may also chain to the CAs in SSL_CERT_FILE.

@@ -155,6 +155,9 @@ fn check_ports_free(ports: &[(u16, &str)], hint: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The comment in examples/config.yaml above its standalone-only sections.
+const STANDALONE_ONLY: &str = "# Standalone mode only:";
+
 pub fn run(smoke: bool, build: Build) -> Result<(), String> {
     supervise::catch_stop_signals();
     let qs = Quickstart::from_env()?;
@@ -166,8 +169,14 @@ pub fn run(smoke: bool, build: Build) -> Result<(), String> {
     let config = dir.join("config.yaml");
     let example = std::fs::read_to_string(root().join("examples/config.yaml"))
         .map_err(|e| format!("examples/config.yaml: {e}"))?;
-    // The example's models point at the mock provider on its default port.
+    // The example's models point at the mock provider on its default port. Its standalone-only
+    // sections (teams and keys in the file) go: `sluice serve` keeps those in its database, and
+    // refuses a config.yaml that has them.
     let example = example.replace("http://127.0.0.1:8081", &format!("http://127.0.0.1:{}", qs.mock));
+    let example = match example.find(STANDALONE_ONLY) {
+        Some(at) => example[..at].to_owned(),
+        None => return Err(format!("examples/config.yaml: no {STANDALONE_ONLY:?} line before its teams and keys")),
+    };
     std::fs::write(&config, example).map_err(|e| format!("{}: {e}", config.display()))?;
     let config_s = config.to_string_lossy().into_owned();
     let cli = tools.cli.to_string_lossy().into_owned();
