@@ -7,11 +7,18 @@
 //! `x-sluice-cluster`, which the single route reads with `cluster_header`. Provider credentials
 //! reach the VM as environment variables (`host_env_keys`) in standalone mode and are injected
 //! by Envoy from SDS secrets in xDS mode; never as config.
+//!
+//! Fallbacks (`router_settings.fallbacks`, `default_fallbacks`) fail a request over by Envoy's
+//! internal redirect: the route always follows a 307 internally, copying `x-sluice-failover`
+//! into the redirected request ([`internal_redirect_policy`]), and, only when the gateway has
+//! fallbacks, each deployment cluster runs Sluice's module first in its upstream chain in the
+//! attempt role (`root_id`/`filter_name` [`ATTEMPT_FILTER_NAME`], `wasm_attempt_filter`,
+//! `native_attempt_filter`), which turns a failed answer into that 307.
 
 use std::net::IpAddr;
 
 use serde_json::{Value, json};
-use sluice_core::config::DEFAULT_MAX_REQUEST_BODY_BYTES;
+use sluice_core::config::{DEFAULT_MAX_REQUEST_BODY_BYTES, GatewayConfig};
 use sluice_core::litellm::{FailurePolicy, Standalone, Upstream};
 
 pub const CLUSTER_HEADER: &str = "x-sluice-cluster";
@@ -32,6 +39,12 @@ pub const MAX_CONCURRENT_RETRIES: u32 = 1024;
 pub const VM_ID: &str = "sluice";
 pub const WASM_RUNTIME: &str = "envoy.wasm.runtime.v8";
 pub const FILTER_ROOT_ID: &str = "sluice_filter";
+pub use sluice_core::fallbacks::{ATTEMPT_FILTER_NAME, FAILOVER_HEADER};
+/// Passes one client request may make through the filter by internal redirect: the first and
+/// one per failover (a fallback chain's groups, the deployments tried in each).
+pub const MAX_INTERNAL_REDIRECTS: u32 = 16;
+const UPSTREAM_CODEC: &str = "envoy.filters.http.upstream_codec";
+const UPSTREAM_CODEC_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec";
 /// Requests may stream for minutes; the route's timeout in xDS mode (standalone takes
 /// `router_settings.timeout`).
 const DEFAULT_ROUTE_TIMEOUT_SECS: u64 = 600;
@@ -98,7 +111,60 @@ pub fn upstream_is_ip(u: &Upstream) -> bool {
     u.host.parse::<IpAddr>().is_ok()
 }
 
-fn cluster(u: &Upstream) -> Value {
+/// The gateway has fallbacks: its deployment clusters need the attempt filter.
+pub fn has_fallbacks(gateway: &GatewayConfig) -> bool {
+    !gateway.fallbacks.is_empty() || !gateway.default_fallbacks.is_empty()
+}
+
+/// The attempt filter for a deployment cluster's upstream chain, wasm build: the downstream
+/// filter's VM (the same `vm_config`, so the same `vm_id` and its shared data, where the plans
+/// are) in the attempt role, with the downstream filter's failure policy.
+fn wasm_attempt_filter(vm_config: Value, failure_policy: &str) -> Value {
+    json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": WASM_FILTER_TYPE,
+            "config": {
+                "name": ATTEMPT_FILTER_NAME,
+                "root_id": ATTEMPT_FILTER_NAME,
+                "vm_config": vm_config,
+                "configuration": {"@type": STRING_VALUE, "value": "{}"},
+                "failure_policy": failure_policy,
+            },
+        },
+    })
+}
+
+/// The attempt filter, native build: the same module as the downstream filter (one process, one
+/// shared data), under the attempt's `filter_name`.
+fn native_attempt_filter(module_path: &str) -> Value {
+    json!({
+        "name": "envoy.filters.http.dynamic_modules",
+        "typed_config": {
+            "@type": DYNAMIC_MODULE_FILTER_TYPE,
+            "dynamic_module_config": {"module": {"local": {"filename": module_path}}},
+            "filter_name": ATTEMPT_FILTER_NAME,
+            "filter_config": {"@type": STRING_VALUE, "value": "{}"},
+        },
+    })
+}
+
+/// What the route does with a 307: the attempt filter's failover is followed inside Envoy (the
+/// request passes through the filter again, with its body), carrying the nonce header. Always
+/// on, in both modes: an xDS-mode bootstrap cannot know whether fallbacks will be configured,
+/// and without the attempt filter nothing makes such a 307 but a provider.
+pub fn internal_redirect_policy() -> Value {
+    json!({
+        "redirect_response_codes": [307],
+        "max_internal_redirects": MAX_INTERNAL_REDIRECTS,
+        "allow_cross_scheme_redirect": true,
+        "response_headers_to_copy": [FAILOVER_HEADER],
+    })
+}
+
+/// One deployment's cluster; `attempt` is the attempt filter when the gateway has fallbacks,
+/// first in the upstream chain (before Bedrock's signing, which must see the final request).
+fn cluster(u: &Upstream, attempt: Option<&Value>) -> Value {
     let mut c = json!({
         "name": u.cluster,
         "type": if upstream_is_ip(u) { "STATIC" } else { "LOGICAL_DNS" },
@@ -117,19 +183,20 @@ fn cluster(u: &Upstream) -> Value {
             "explicit_http_config": {"http_protocol_options": {}},
         }},
     });
+    let mut upstream_filters: Vec<Value> = attempt.into_iter().cloned().collect();
     if let Some(region) = &u.aws_region {
         // Bedrock: SigV4 by Envoy with its own AWS credentials (its environment, ~/.aws, a web
         // identity), after the filter chose the path and body (the signature covers both).
-        c["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"] = json!([
-            {"name": "envoy.filters.http.aws_request_signing", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.aws_request_signing.v3.AwsRequestSigning",
-                "service_name": "bedrock",
-                "region": region,
-            }},
-            {"name": "envoy.filters.http.upstream_codec", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec",
-            }},
-        ]);
+        upstream_filters.push(json!({"name": "envoy.filters.http.aws_request_signing", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.aws_request_signing.v3.AwsRequestSigning",
+            "service_name": "bedrock",
+            "region": region,
+        }}));
+    }
+    if !upstream_filters.is_empty() {
+        upstream_filters.push(json!({"name": UPSTREAM_CODEC, "typed_config": {"@type": UPSTREAM_CODEC_TYPE}}));
+        c["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"] =
+            Value::Array(upstream_filters);
     }
     if u.https {
         // Verify the provider's certificate chain *and* its name.
@@ -195,8 +262,10 @@ pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<V
             },
         },
     });
+    let attempt =
+        has_fallbacks(&s.gateway).then(|| wasm_attempt_filter(vm_config(&opts.wasm_path, &env_keys), failure_policy));
     let listener = listener(opts, wasm_filter, s.request_timeout_secs, s.gateway.max_request_body_bytes);
-    let clusters: Vec<Value> = s.upstreams.iter().map(cluster).collect();
+    let clusters: Vec<Value> = s.upstreams.iter().map(|u| cluster(u, attempt.as_ref())).collect();
     Ok(bootstrap("sluice-standalone", opts, listener, clusters, None, None))
 }
 
@@ -235,8 +304,9 @@ pub fn standalone_native_bootstrap(
             "filter_config": {"@type": STRING_VALUE, "value": gateway_json},
         },
     });
+    let attempt = has_fallbacks(&s.gateway).then(|| native_attempt_filter(module_path));
     let listener = listener(opts, native_filter, s.request_timeout_secs, s.gateway.max_request_body_bytes);
-    let clusters: Vec<Value> = s.upstreams.iter().map(cluster).collect();
+    let clusters: Vec<Value> = s.upstreams.iter().map(|u| cluster(u, attempt.as_ref())).collect();
     Ok(native_only(bootstrap("sluice-standalone", opts, listener, clusters, None, None)))
 }
 
@@ -534,6 +604,7 @@ fn listener(opts: &BootstrapOptions, wasm_filter: Value, route_timeout_secs: u64
                         "timeout": format!("{route_timeout_secs}s"),
                         "auto_host_rewrite": true,
                         "retry_policy": retry_policy(),
+                        "internal_redirect_policy": internal_redirect_policy(),
                     },
                     // The filter sets the cluster header; it never goes upstream. (The filter
                     // also replaces the client's credential headers with the provider's.) Nor
@@ -924,6 +995,141 @@ mod tests {
             l["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0] = Value::Null;
         }
         assert_eq!(native_listener, wasm_listener, "the listeners differ in the filter's type only");
+    }
+
+    /// Two groups (one deployment each, a Bedrock one among them), with `router_settings` added.
+    fn with_groups(router_settings: Value) -> Standalone {
+        let doc = json!({
+            "model_list": [
+                {"model_name": "a", "litellm_params": {"model": "openai/gpt-4o", "api_key": "os.environ/OPENAI_KEY"}, "model_info": {"id": "a1"}},
+                {"model_name": "b", "litellm_params": {"model": "bedrock/anthropic.claude-3-haiku-20240307-v1:0", "aws_region_name": "eu-central-1"}, "model_info": {"id": "b1"}},
+                {"model_name": "b", "litellm_params": {"model": "openai/gpt-4o-mini", "api_base": "http://10.0.0.7:8080"}, "model_info": {"id": "b2"}},
+            ],
+            "general_settings": {"sluice_failure_policy": "fail_reload"},
+            "router_settings": router_settings,
+        });
+        from_litellm(&doc, &|_| None).unwrap()
+    }
+
+    fn upstream_filters(cluster: &Value) -> Vec<Value> {
+        cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+            ["http_filters"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn deployment_clusters(b: &Value) -> Vec<Value> {
+        b["static_resources"]["clusters"].as_array().unwrap().clone()
+    }
+
+    /// With fallbacks, every deployment cluster runs the module's attempt role first and the
+    /// codec last, in both builds; the wasm one shares the downstream filter's VM and failure
+    /// policy, the native one its module.
+    #[test]
+    fn with_fallbacks_every_deployment_cluster_runs_the_attempt_filter_first() {
+        for settings in [json!({"fallbacks": [{"a": ["b"]}]}), json!({"default_fallbacks": ["b"]})] {
+            let s = with_groups(settings.clone());
+            assert!(has_fallbacks(&s.gateway), "{settings}");
+            let wasm = standalone_bootstrap(&s, &opts()).unwrap();
+            let downstream = &hcm(&wasm)["http_filters"][0]["typed_config"]["config"];
+            let clusters = deployment_clusters(&wasm);
+            assert_eq!(clusters.len(), 3);
+            for c in &clusters {
+                let filters = upstream_filters(c);
+                assert_eq!(filters[0]["name"], "envoy.filters.http.wasm", "{}", c["name"]);
+                let attempt = &filters[0]["typed_config"];
+                assert_eq!(attempt["@type"], WASM_FILTER_TYPE);
+                let config = &attempt["config"];
+                assert_eq!(config["root_id"], "sluice_attempt");
+                assert_eq!(config["name"], "sluice_attempt");
+                assert_eq!(
+                    config["vm_config"], downstream["vm_config"],
+                    "the same VM: its shared data holds the plans"
+                );
+                assert_eq!(config["vm_config"]["vm_id"], VM_ID);
+                assert_eq!(config["failure_policy"], downstream["failure_policy"]);
+                assert_eq!(config["failure_policy"], "FAIL_RELOAD");
+                assert_eq!(config["configuration"], json!({"@type": STRING_VALUE, "value": "{}"}));
+                assert_eq!(filters.last().unwrap()["name"], "envoy.filters.http.upstream_codec");
+            }
+            // Bedrock's signing stays between them: it signs the final request.
+            let bedrock = clusters.iter().find(|c| c["name"].as_str().unwrap().contains("b1")).unwrap();
+            let names: Vec<Value> = upstream_filters(bedrock).iter().map(|f| f["name"].clone()).collect();
+            assert_eq!(
+                names,
+                [
+                    "envoy.filters.http.wasm",
+                    "envoy.filters.http.aws_request_signing",
+                    "envoy.filters.http.upstream_codec"
+                ]
+            );
+
+            let native_s = Standalone { failure_policy: FailurePolicy::FailClosed, ..s };
+            let native = standalone_native_bootstrap(&native_s, &opts(), "/x/libsluice_filter.so").unwrap();
+            let downstream = &hcm(&native)["http_filters"][0]["typed_config"];
+            for c in &deployment_clusters(&native) {
+                let filters = upstream_filters(c);
+                assert_eq!(filters[0]["name"], "envoy.filters.http.dynamic_modules", "{}", c["name"]);
+                let attempt = &filters[0]["typed_config"];
+                assert_eq!(attempt["@type"], DYNAMIC_MODULE_FILTER_TYPE);
+                assert_eq!(attempt["dynamic_module_config"], downstream["dynamic_module_config"]);
+                assert_eq!(attempt["filter_name"], "sluice_attempt");
+                assert_eq!(attempt["filter_config"], json!({"@type": STRING_VALUE, "value": "{}"}));
+                assert_eq!(filters.last().unwrap()["name"], "envoy.filters.http.upstream_codec");
+            }
+            let text = native.to_string();
+            assert!(!text.contains("vm_config") && !text.contains(WASM_FILTER_TYPE), "nothing of wasm's");
+        }
+    }
+
+    /// Without fallbacks a deployment cluster pays nothing: no attempt filter, and no upstream
+    /// chain at all unless Bedrock signs.
+    #[test]
+    fn without_fallbacks_no_cluster_runs_the_attempt_filter() {
+        let s = with_groups(json!({}));
+        assert!(!has_fallbacks(&s.gateway));
+        let builds = [
+            standalone_bootstrap(&s, &opts()).unwrap(),
+            standalone_native_bootstrap(
+                &Standalone { failure_policy: FailurePolicy::FailClosed, ..s.clone() },
+                &opts(),
+                "/x/libsluice_filter.so",
+            )
+            .unwrap(),
+        ];
+        for b in &builds {
+            for c in &deployment_clusters(b) {
+                let names: Vec<Value> = upstream_filters(c).iter().map(|f| f["name"].clone()).collect();
+                if c["name"].as_str().unwrap().contains("b1") {
+                    assert_eq!(names, ["envoy.filters.http.aws_request_signing", "envoy.filters.http.upstream_codec"]);
+                } else {
+                    assert!(names.is_empty(), "{}: {names:?}", c["name"]);
+                }
+            }
+            assert!(!b.to_string().contains("sluice_attempt"));
+        }
+        assert_eq!(builds[0]["static_resources"]["clusters"], builds[1]["static_resources"]["clusters"]);
+    }
+
+    /// The route follows the attempt filter's 307 internally and copies its nonce, in every
+    /// bootstrap, with or without fallbacks (an xDS-mode Envoy learns of them later).
+    #[test]
+    fn every_route_follows_a_failover_redirect() {
+        let expected = json!({
+            "redirect_response_codes": [307],
+            "max_internal_redirects": 16,
+            "allow_cross_scheme_redirect": true,
+            "response_headers_to_copy": ["x-sluice-failover"],
+        });
+        let with = with_groups(json!({"fallbacks": [{"a": ["b"]}]}));
+        let mut all = both_bootstraps(&opts()).to_vec();
+        all.push(standalone_bootstrap(&with, &opts()).unwrap());
+        for b in &all {
+            let routes = hcm(b)["route_config"]["virtual_hosts"][0]["routes"].as_array().unwrap();
+            assert_eq!(routes.len(), 1);
+            assert_eq!(routes[0]["route"]["internal_redirect_policy"], expected);
+        }
     }
 
     #[test]

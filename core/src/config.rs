@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::cooldown::CooldownPolicy;
 use crate::cost::{Pricing, usd_to_nanos};
 use crate::endpoint::{Endpoint, RouteSet};
+use crate::fallbacks::FallbackRule;
 use crate::keys::KeyHash;
 use crate::limits::ScopeLimits;
 use crate::retries::RetryPolicy;
@@ -72,6 +73,13 @@ pub struct GatewayConfig {
     /// of its group's rotation until the next round (`deployment_health`). None: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check_interval_ms: Option<u64>,
+    /// `fallbacks` (router_settings or litellm_settings): the groups a failing request of a
+    /// group moves on to, in order (`crate::fallbacks`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<FallbackRule>,
+    /// `default_fallbacks`: the chain of every group without its own entry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub default_fallbacks: Vec<String>,
 }
 
 /// One `router_settings.model_group_alias` entry: requests for `alias` go to `group` (and are
@@ -623,6 +631,17 @@ pub struct CompiledTeam {
 pub struct ModelGroup {
     pub name: String,
     pub deployments: Vec<usize>,
+    /// The groups its failing requests move on to, in order (indices into `groups`).
+    pub fallbacks: Vec<usize>,
+}
+
+impl ModelGroup {
+    /// Whether its deployments can be taken out of rotation (cooldown): when another deployment
+    /// or a fallback group can take the traffic. As in LiteLLM, the only deployment of a group
+    /// without fallbacks never is: there would be nothing to route to instead.
+    pub fn can_cool_down(&self) -> bool {
+        self.deployments.len() > 1 || !self.fallbacks.is_empty()
+    }
 }
 
 /// An error in a gateway config, naming the offending entry.
@@ -869,7 +888,7 @@ impl CompiledConfig {
                 errors.push(ConfigError(format!("{what}: {e}")));
             }
             let g = *group_index.entry(d.model_name.clone()).or_insert_with(|| {
-                groups.push(ModelGroup { name: d.model_name.clone(), deployments: Vec::new() });
+                groups.push(ModelGroup { name: d.model_name.clone(), deployments: Vec::new(), fallbacks: Vec::new() });
                 groups.len() - 1
             });
             if let Some(group) = groups.get_mut(g) {
@@ -912,6 +931,12 @@ impl CompiledConfig {
                     }
                 }
             }
+        }
+
+        let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+        match crate::fallbacks::chains(&names, &config.fallbacks, &config.default_fallbacks) {
+            Ok(chains) => groups.iter_mut().zip(chains).for_each(|(g, chain)| g.fallbacks = chain),
+            Err(e) => errors.extend(e.into_iter().map(ConfigError)),
         }
 
         let mut teams = Vec::new();
@@ -1083,6 +1108,8 @@ pub(crate) mod tests {
             timeout_ms: None,
             cooldown: CooldownPolicy::default(),
             health_check_interval_ms: None,
+            fallbacks: Vec::new(),
+            default_fallbacks: Vec::new(),
         }
     }
 

@@ -10,6 +10,7 @@ pub mod cost;
 pub mod deployment_health;
 pub mod endpoint;
 pub mod error;
+pub mod fallbacks;
 pub mod fleet;
 pub mod keys;
 pub mod limits;

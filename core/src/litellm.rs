@@ -17,6 +17,7 @@ use crate::config::{
 };
 use crate::cooldown::CooldownPolicy;
 use crate::cost::Pricing;
+use crate::fallbacks::FallbackRule;
 use crate::keys::check_master_key;
 use crate::price_catalog;
 use crate::providers;
@@ -181,8 +182,16 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
     let mut retry_counts = RetryPolicyCounts::default();
     let mut timeout_ms = None;
     let mut cooldown = CooldownPolicy::default();
+    // Fallbacks: litellm_settings first, router_settings wins (each list whole).
+    let mut fallbacks = Vec::new();
+    let mut default_fallbacks = Vec::new();
     if let Some(settings) = root.get("litellm_settings").and_then(Value::as_object) {
-        cx.refuse_unsupported("litellm_settings", settings, &["request_timeout", "drop_params", "num_retries"]);
+        cx.refuse_unsupported(
+            "litellm_settings",
+            settings,
+            &["request_timeout", "drop_params", "num_retries", "fallbacks", "default_fallbacks"],
+        );
+        fallback_settings(&mut cx, "litellm_settings", settings, &mut fallbacks, &mut default_fallbacks);
         if let Some(t) = seconds(&mut cx, "litellm_settings.request_timeout", settings.get("request_timeout")) {
             request_timeout_secs = t.div_ceil(1000);
             timeout_ms = Some(t);
@@ -204,6 +213,8 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
                 "cooldown_time",
                 "disable_cooldowns",
                 "model_group_alias",
+                "fallbacks",
+                "default_fallbacks",
                 // `sluice serve`'s shared state (read there, not here).
                 "redis_url",
                 "redis_host",
@@ -212,6 +223,7 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
             ],
         );
         aliases = model_group_alias(&mut cx, settings.get("model_group_alias"));
+        fallback_settings(&mut cx, "router_settings", settings, &mut fallbacks, &mut default_fallbacks);
         if settings.keys().any(|k| k.starts_with("redis_")) {
             cx.warnings.push(
                 "router_settings.redis_*: read by `sluice serve` (xDS mode); a standalone Envoy counts in its own shared memory"
@@ -360,6 +372,8 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
         timeout_ms,
         cooldown,
         health_check_interval_ms,
+        fallbacks,
+        default_fallbacks,
     };
     if cx.errors.is_empty() {
         // The filter's own validation: what it would refuse, refuse here.
@@ -435,6 +449,49 @@ fn seconds(cx: &mut Ctx<'_>, path: &str, value: Option<&Value>) -> Option<u64> {
         cx.error(format!("{path}: must be a number of seconds above 0 and at most a day, not {value}"));
     }
     ms
+}
+
+/// `fallbacks` (`[{"gpt-4o": ["claude", "mini"]}, …]`) and `default_fallbacks` (`["mini"]`) of
+/// one section, each replacing what an earlier section gave. The groups named are checked when
+/// the config is compiled.
+fn fallback_settings(
+    cx: &mut Ctx<'_>,
+    section: &str,
+    settings: &serde_json::Map<String, Value>,
+    fallbacks: &mut Vec<FallbackRule>,
+    default_fallbacks: &mut Vec<String>,
+) {
+    let names = |cx: &mut Ctx<'_>, at: &str, value: &Value| -> Vec<String> {
+        match value.as_array().map(|a| a.iter().map(|v| v.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>()) {
+            Some(Some(names)) => names,
+            _ => {
+                cx.error(format!("{at}: must be a list of model group names"));
+                Vec::new()
+            }
+        }
+    };
+    match settings.get("fallbacks") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(entries)) => {
+            *fallbacks = Vec::new();
+            for entry in entries {
+                let Some(map) = entry.as_object().filter(|m| m.len() == 1) else {
+                    cx.error(format!(
+                        "{section}.fallbacks: each entry is one group and its list, e.g. {{\"gpt-4o\": [\"claude\"]}}"
+                    ));
+                    continue;
+                };
+                for (group, to) in map {
+                    let to = names(cx, &format!("{section}.fallbacks.{group}"), to);
+                    fallbacks.push(FallbackRule { group: group.clone(), to });
+                }
+            }
+        }
+        Some(_) => cx.error(format!("{section}.fallbacks: must be a list, e.g. [{{\"gpt-4o\": [\"claude\"]}}]")),
+    }
+    if let Some(value) = settings.get("default_fallbacks").filter(|v| !v.is_null()) {
+        *default_fallbacks = names(cx, &format!("{section}.default_fallbacks"), value);
+    }
 }
 
 /// `routing_strategy_args` of `latency-based-routing`: `lowest_latency_buffer`, `ttl` (seconds).
@@ -941,7 +998,7 @@ mod tests {
         doc["model_list"][0]["model_info"]["supports_vision"] = json!(true);
         doc["model_list"][1]["litellm_params"]["max_retries"] = json!(3);
         doc["router_settings"] =
-            json!({"routing_strategy": "usage-based-routing", "fallbacks": [{"gpt-4o": ["claude"]}]});
+            json!({"routing_strategy": "usage-based-routing", "context_window_fallbacks": [{"gpt-4o": ["claude"]}]});
         doc["litellm_settings"]["success_callback"] = json!(["langfuse"]);
         doc["environment_variables"] = json!({"A": "b"});
         let errors = from_litellm(&doc, &env).unwrap_err();
@@ -950,7 +1007,7 @@ mod tests {
             "model_list[0].model_info.supports_vision: not supported by Sluice",
             "model_list[1].litellm_params.max_retries: not supported by Sluice",
             "router_settings.routing_strategy: usage-based-routing is LiteLLM's deprecated first version",
-            "router_settings.fallbacks: not supported by Sluice",
+            "router_settings.context_window_fallbacks: not supported by Sluice",
             "litellm_settings.success_callback: not supported by Sluice",
             "environment_variables: not supported by Sluice",
         ] {
@@ -1430,6 +1487,37 @@ mod tests {
         doc["keys"][0]["team_id"] = json!("ghost");
         let errors = from_litellm(&doc, &env).unwrap_err();
         assert!(errors.iter().any(|e| e.0.contains("ghost")));
+    }
+
+    #[test]
+    fn fallbacks_from_either_section_are_checked_against_the_groups() {
+        let doc = |router: Value, litellm: Value| {
+            json!({"model_list": [
+                {"model_name": "a", "litellm_params": {"model": "openai/a"}},
+                {"model_name": "b", "litellm_params": {"model": "openai/b"}},
+                {"model_name": "c", "litellm_params": {"model": "openai/c"}},
+            ], "router_settings": router, "litellm_settings": litellm})
+        };
+        let s =
+            from_litellm(&doc(json!({"fallbacks": [{"a": ["b", "c"]}], "default_fallbacks": ["c"]}), json!({})), &env)
+                .unwrap();
+        assert_eq!(s.gateway.fallbacks, [FallbackRule { group: "a".into(), to: vec!["b".into(), "c".into()] }]);
+        assert_eq!(s.gateway.default_fallbacks, ["c"]);
+        // litellm_settings' list, replaced by router_settings' when both have one.
+        let s = from_litellm(&doc(json!({}), json!({"fallbacks": [{"b": ["a"]}]})), &env).unwrap();
+        assert_eq!(s.gateway.fallbacks[0].group, "b");
+        let s = from_litellm(&doc(json!({"fallbacks": [{"c": ["a"]}]}), json!({"fallbacks": [{"b": ["a"]}]})), &env);
+        assert_eq!(s.unwrap().gateway.fallbacks[0].group, "c");
+        for (router, says) in [
+            (json!({"fallbacks": [{"a": ["zzz"]}]}), "fallbacks.a: \"zzz\" is not a model group"),
+            (json!({"fallbacks": [{"a": ["b"]}, {"b": ["a"]}]}), "fallbacks: a cycle"),
+            (json!({"fallbacks": {"a": ["b"]}}), "router_settings.fallbacks: must be a list"),
+            (json!({"fallbacks": [{"a": "b"}]}), "router_settings.fallbacks.a: must be a list"),
+            (json!({"default_fallbacks": "b"}), "router_settings.default_fallbacks: must be a list"),
+        ] {
+            let errors = from_litellm(&doc(router.clone(), json!({})), &env).unwrap_err();
+            assert!(errors.iter().any(|e| e.0.contains(says)), "{router}: {errors:?}");
+        }
     }
 
     #[test]

@@ -47,6 +47,7 @@ use sluice_proto::gateway::v1::{KeyLookupRequest, KeyLookupResponse};
 mod attempts;
 mod auth;
 mod choice;
+mod fallback;
 mod health_check;
 mod lookup;
 mod response;
@@ -331,6 +332,13 @@ pub struct RequestFlow<H: Host> {
     health_check: Option<crate::deployment_health::Probes>,
     /// `/health` waits for its credential's lookup before it starts the probes.
     health_pending: bool,
+    /// Fallbacks: the request's plan (`fallback.rs`), whether it is in shared data, and
+    /// whether this pass is one Envoy redirected from a failed step.
+    plan: Option<sluice_core::fallbacks::Plan>,
+    plan_saved: bool,
+    failover_pass: bool,
+    /// The request body's size as Envoy holds it (what a rewrite replaces).
+    buffered_len: usize,
 }
 
 impl<H: Host> RequestFlow<H> {
@@ -360,6 +368,10 @@ impl<H: Host> RequestFlow<H> {
             recorded: false,
             health_check: None,
             health_pending: false,
+            plan: None,
+            plan_saved: false,
+            failover_pass: false,
+            buffered_len: 0,
         }
     }
 
@@ -404,12 +416,18 @@ impl<H: Host> RequestFlow<H> {
     /// Called once when the stream ends, however it ends: settle, count, record.
     pub fn on_log(&mut self) {
         if self.recorded || self.rejected {
+            self.end_plan();
             return;
         }
         self.recorded = true;
         let Some(admitted) = self.admitted.take() else {
+            self.end_plan();
             return;
         };
+        if self.end_redirected_pass(&admitted) {
+            return; // the next pass records the request
+        }
+        self.end_plan();
         let tap = std::mem::replace(&mut self.tap, Tap::None);
         let (usage, outcome, estimated) = self.measure(&admitted, &tap);
         let gateway = Rc::clone(&self.gateway);

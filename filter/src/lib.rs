@@ -19,6 +19,7 @@
 pub mod cooldowns;
 pub mod counters;
 pub mod deployment_health;
+pub mod failover;
 pub mod flow;
 pub mod health;
 pub mod host;

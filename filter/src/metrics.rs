@@ -31,7 +31,9 @@ const GROUP_METRICS: [&str; 6] =
 const KEY_CACHE_HITS: usize = 0;
 const LOOKUPS_REFUSED: usize = 1;
 const HEALTH_PROBES: usize = 2;
-const FIXED: [&str; 3] = ["sluice.key_cache.hits", "sluice.key_lookups_refused", "sluice.health_probes"];
+const FAILOVERS: usize = 3;
+const FIXED: [&str; 4] =
+    ["sluice.key_cache.hits", "sluice.key_lookups_refused", "sluice.health_probes", "sluice.failovers"];
 
 /// The pending counts of one config's metrics, by index, with their names.
 pub struct Metrics {
@@ -81,6 +83,11 @@ impl Metrics {
     /// A deployment's health probe sent (each is a billed provider call the gateway made).
     pub fn health_probe(&self) {
         self.add(HEALTH_PROBES, 1);
+    }
+
+    /// A pass of a request with fallbacks failed and went on to the plan's next step.
+    pub fn failover(&self) {
+        self.add(FAILOVERS, 1);
     }
 
     pub fn rejection(&self, error: &GatewayError) {

@@ -83,6 +83,8 @@ pub(crate) fn base_config() -> GatewayConfig {
         timeout_ms: None,
         cooldown: Default::default(),
         health_check_interval_ms: None,
+        fallbacks: Vec::new(),
+        default_fallbacks: Vec::new(),
     }
 }
 
@@ -2654,5 +2656,148 @@ mod health_check {
         s.deliver(0, &answer(Some(&stored(7)), None));
         assert_eq!(s.reply().unwrap().status, 403);
         assert_eq!(h.envoy.http_calls.borrow().len(), 3);
+    }
+}
+
+/// LiteLLM's `fallbacks`: a request to a group with a chain carries a plan; a failed step comes
+/// back as a new pass (Envoy's internal redirect, played here by hand) that serves the next
+/// step with the client's own body, through the fallback's translation, metered there.
+mod fallbacks {
+    use sluice_core::fallbacks::FallbackRule;
+
+    use super::*;
+    use crate::failover::{self, FAILOVER_HEADER, FAILOVER_PATH};
+
+    fn config() -> GatewayConfig {
+        let mut cfg = base_config();
+        cfg.fallbacks =
+            vec![FallbackRule { group: "gpt-4o".into(), to: vec!["claude-3-5-sonnet".into(), "gpt-4o-mini".into()] }];
+        cfg
+    }
+
+    const ANTHROPIC_ANSWER: &str = r#"{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"text","text":"Hello!"}],"stop_reason":"end_turn","usage":{"input_tokens":12,"output_tokens":3}}"#;
+
+    impl Stream {
+        /// The end of a pass Envoy redirected (the router kept the 307; the filter saw no
+        /// response).
+        fn redirected(&mut self) {
+            *self.host.stream.code_details.borrow_mut() = Some("internal_redirect".into());
+            self.flow.on_log();
+        }
+    }
+
+    /// The next pass, as Envoy's redirect delivers it: the failover path, the nonce the 307
+    /// carried, the headers and body as the failed pass left them.
+    fn next_pass(h: &Harness, failed: &Stream, nonce: &str) -> Stream {
+        let left = failed.host.stream.request_headers.borrow().clone();
+        let mut headers: Vec<(&str, &[u8])> = left
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), ":method" | ":path" | "x-request-id"))
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        headers.push((FAILOVER_HEADER, nonce.as_bytes()));
+        let mut s = h.start("POST", FAILOVER_PATH, &headers);
+        let body = failed.host.stream.request_body.borrow().clone();
+        assert_eq!(s.flow.on_request_headers(false), Action::Pause);
+        *s.host.stream.request_body.borrow_mut() = body.clone();
+        s.flow.on_request_body(body.len(), true);
+        s
+    }
+
+    #[test]
+    fn a_failed_request_moves_to_its_fallback_with_the_clients_body_and_is_billed_there() {
+        let h = Harness::new(config());
+        let host = MockHost::new(Rc::clone(&h.envoy));
+        let (mut first, reply) = h.post("/v1/chat/completions", &key(1), CHAT);
+        assert!(reply.is_none());
+        assert_eq!(first.host.request_header_str("x-sluice-cluster").as_deref(), Some("sluice_gpt4o-a"));
+        // The router retries only what has no answer: a provider's failure goes to the plan.
+        assert_eq!(
+            first.host.request_header_str("x-envoy-retry-on").as_deref(),
+            Some("connect-failure,refused-stream,reset")
+        );
+        assert_eq!(first.host.request_header_str("x-envoy-retriable-status-codes"), None);
+        let plan = failover::load(&host, "req-1", NOW).expect("a plan in shared data");
+        assert_eq!((plan.steps.len(), plan.step, plan.tried.as_slice()), (3, 0, &[0][..]));
+        // The attempt filter: the deployment's 503 becomes the redirect; a 200 or a 400 would not.
+        let nonce = failover::redirect_nonce(&host, 503, Some(b"req-1")).unwrap();
+        assert!(failover::redirect_nonce(&host, 400, Some(b"req-1")).is_none());
+        first.redirected();
+        assert!(h.envoy.records().is_empty(), "a failed pass bills nothing");
+        // The next pass: Claude, translated from the client's own body; the OpenAI key is gone.
+        let mut second = next_pass(&h, &first, &nonce);
+        assert!(second.reply().is_none(), "{:?}", second.reply());
+        assert_eq!(second.host.request_header_str("x-sluice-cluster").as_deref(), Some("sluice_claude"));
+        assert_eq!(second.host.request_header_str(":path").as_deref(), Some("/v1/messages"));
+        assert_eq!(second.host.request_header_str("x-api-key").as_deref(), Some("provider-secret-claude"));
+        assert_eq!(second.host.request_header_str("authorization"), None);
+        let sent: serde_json::Value = serde_json::from_slice(&second.host.stream.request_body.borrow()).unwrap();
+        assert_eq!(sent["model"], "claude-3-5-sonnet-20241022");
+        assert!(sent["messages"][0]["content"].to_string().contains("hello"), "{sent}");
+        // The same nonce cannot be played twice, nor a made-up one.
+        let mut replay = h.start("POST", FAILOVER_PATH, &[(FAILOVER_HEADER, nonce.as_bytes())]);
+        replay.flow.on_request_headers(false);
+        assert_eq!(replay.reply().unwrap().status, 404);
+        // Answered: LiteLLM's header, one record, at the fallback's price and group.
+        second.respond(200, "application/json", &[ANTHROPIC_ANSWER.as_bytes()], true);
+        assert_eq!(second.host.response_header_str("x-litellm-attempted-fallbacks").as_deref(), Some("1"));
+        second.finish();
+        let records = h.envoy.records();
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            (records[0]["model_group"].as_str(), records[0]["deployment"].as_str()),
+            (Some("claude-3-5-sonnet"), Some("claude"))
+        );
+        assert!(failover::load(&host, "req-1", NOW).is_none(), "the plan's slot is free again");
+        // The failed deployment's failure was counted, the reservation of the failed pass released.
+        h.report_metrics();
+        assert_eq!(h.envoy.metric("sluice.failovers"), 1);
+    }
+
+    #[test]
+    fn the_last_step_gets_no_redirect_and_a_key_skips_groups_it_may_not_use() {
+        let mut cfg = config();
+        cfg.keys.push(KeyConfig { models: vec!["gpt-4o".into(), "gpt-4o-mini".into()], ..key_config(2) });
+        let h = Harness::new(cfg);
+        let host = MockHost::new(Rc::clone(&h.envoy));
+        let (mut first, _) = h.post("/v1/chat/completions", &key(2), CHAT);
+        let nonce = failover::redirect_nonce(&host, 429, Some(b"req-1")).unwrap();
+        first.redirected();
+        // Claude is not this key's: the pass goes on to mini, the plan's last step.
+        let mut second = next_pass(&h, &first, &nonce);
+        assert!(second.reply().is_none(), "{:?}", second.reply());
+        assert_eq!(second.host.request_header_str("x-sluice-cluster").as_deref(), Some("sluice_mini"));
+        assert_eq!(second.host.request_header_str("x-envoy-retry-on"), None, "no step left: the router's own retries");
+        assert_eq!(failover::redirect_nonce(&host, 503, Some(b"req-1")), None, "nothing left to redirect to");
+        second.respond(503, "application/json", &[br#"{"error":{"message":"down"}}"#], true);
+        second.finish();
+        assert_eq!(h.envoy.records()[0]["status"], 503);
+        assert_eq!(second.host.response_header_str("x-litellm-attempted-fallbacks").as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn a_group_with_no_deployment_to_offer_falls_back_before_anything_is_sent() {
+        let mut cfg = config();
+        cfg.cooldown = sluice_core::cooldown::CooldownPolicy { enabled: true, allowed_fails: 0, cooldown_ms: 60_000 };
+        cfg.deployments.push(deployment("gpt4o-b", "gpt-4o", Provider::Openai, "gpt-4o"));
+        let h = Harness::new(cfg);
+        // Both of gpt-4o's deployments fail once: both cool down.
+        for _ in 0..2 {
+            let (mut s, _) = h.post("/v1/chat/completions", &key(1), CHAT);
+            s.respond(500, "application/json", &[br#"{"error":{}}"#], true);
+            s.finish();
+        }
+        let (s, reply) = h.post("/v1/chat/completions", &key(1), CHAT);
+        assert!(reply.is_none(), "{reply:?}");
+        assert_eq!(s.host.request_header_str("x-sluice-cluster").as_deref(), Some("sluice_claude"));
+        // Without fallbacks the same group answers 503 no_healthy_deployment (cooldown's test).
+    }
+
+    #[test]
+    fn fallback_rules_are_checked_when_the_config_is_compiled() {
+        let mut cfg = base_config();
+        cfg.fallbacks = vec![FallbackRule { group: "gpt-4o".into(), to: vec!["nope".into()] }];
+        let errors = CompiledConfig::compile(cfg).unwrap_err();
+        assert!(errors.iter().any(|e| e.0.contains("\"nope\" is not a model group")), "{errors:?}");
     }
 }

@@ -17,19 +17,19 @@ def test_generated_bootstrap_validates(gw):
 
 def test_config_check_refuses_settings_it_would_not_enforce(gw, tmp_path):
     cfg = json.loads(gw.config_path.read_text())
-    cfg["router_settings"]["fallbacks"] = [{"gpt-4o": ["claude-3-5-sonnet"]}]
+    cfg["router_settings"]["content_policy_fallbacks"] = [{"gpt-4o": ["claude-3-5-sonnet"]}]
     cfg["litellm_settings"] = {"drop_params": True, "success_callback": ["langfuse"]}
     path = tmp_path / "c.yaml"
     path.write_text(json.dumps(cfg))
     r = gw.cli("config", "check", "-c", str(path), check=False)
     assert r.returncode == 1, r.stderr
-    assert "router_settings.fallbacks: not supported by Sluice" in r.stderr
+    assert "router_settings.content_policy_fallbacks: not supported by Sluice" in r.stderr
     assert "litellm_settings.success_callback: not supported by Sluice" in r.stderr
     assert "drop_params: not supported" not in r.stderr  # read and enforced, not refused
     # Envoy's config is not written from a config with settings Sluice would ignore.
     r = gw.cli("envoy-config", "-c", str(path), *gw.filter_args(), "--out", str(tmp_path / "e.yaml"), check=False)
-    assert r.returncode != 0 and "fallbacks" in r.stderr and not (tmp_path / "e.yaml").exists()
-    del cfg["router_settings"]["fallbacks"]
+    assert r.returncode != 0 and "content_policy_fallbacks" in r.stderr and not (tmp_path / "e.yaml").exists()
+    del cfg["router_settings"]["content_policy_fallbacks"]
     del cfg["litellm_settings"]["success_callback"]
     path.write_text(json.dumps(cfg))
     gw.cli("config", "check", "-c", str(path))
@@ -99,3 +99,20 @@ def test_prices_come_from_the_built_in_table_and_an_unpriced_model_is_named(gw, 
            "--listen", f"127.0.0.1:{free_port()}", "--admin-port", str(free_port()))
     text = out.read_text().replace("\\", "")
     assert '"input_cost_per_token":1.5e-7' in text and '"output_cost_per_token":6e-7' in text, text[:3000]
+
+
+def test_config_check_refuses_bad_fallbacks_with_the_reason(gw, tmp_path):
+    cfg = json.loads(gw.config_path.read_text())
+    path = tmp_path / "c.yaml"
+    for fallbacks, says in [
+        ([{"gpt-4o": ["gpt-4o-mini"]}, {"gpt-4o-mini": ["gpt-4o"]}], "fallbacks: a cycle: gpt-4o"),
+        ([{"gpt-4o": ["no-such-group"]}], 'fallbacks.gpt-4o: "no-such-group" is not a model group'),
+        ([{"gpt-4o": ["gpt-4o"]}], "cannot fall back to itself"),
+    ]:
+        cfg["router_settings"]["fallbacks"] = fallbacks
+        path.write_text(json.dumps(cfg))
+        r = gw.cli("config", "check", "-c", str(path), check=False)
+        assert r.returncode == 1 and says in r.stderr, r.stderr
+    cfg["router_settings"]["fallbacks"] = [{"gpt-4o": ["claude-3-5-sonnet", "gpt-4o-mini"]}]
+    path.write_text(json.dumps(cfg))
+    gw.cli("config", "check", "-c", str(path))

@@ -339,6 +339,37 @@ def test_background_health_checks_in_config_yaml_reach_the_envoys(tmp_path):
         f.stop()
 
 
+def test_fallbacks_in_config_yaml_fail_a_request_over_on_every_envoy(tmp_path):
+    """`router_settings.fallbacks` in `sluice serve`'s config.yaml: a group whose deployment
+    answers 503 is served by its fallback, the provider credential of each step injected by
+    Envoy (SDS), the request billed once at the control plane, where it was answered."""
+    f = Fleet(tmp_path)
+    try:
+        down = subprocess.Popen([f.bins["SLUICE_MOCK"], "--listen", "127.0.0.1:0", "--status", "503",
+                                 "--openai-key", f.openai_key], stdout=subprocess.PIPE, text=True)
+        f.procs.append(down)
+        down_url = "http://127.0.0.1:" + re.search(r"listening on 127\.0\.0\.1:(\d+)", down.stdout.readline()).group(1)
+        config = json.loads(f.config_path.read_text())
+        broken = model_entry("gpt-4o", "openai/gpt-4o", f"{down_url}/v1", "MOCK_OPENAI_KEY", "broken-a")
+        broken["model_name"] = "broken"
+        config["model_list"].append(broken)
+        config["router_settings"] = {"fallbacks": [{"broken": ["gpt-4o-mini"]}]}
+        f.config_path.write_text(json.dumps(config))
+        f.start_control_plane()
+        envoy = f.start_envoy("edge-fallbacks")
+        key, key_id = create_key(f)
+        resp = envoy.chat({**CHAT, "model": "broken"}, key=key)
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["x-litellm-attempted-fallbacks"] == "1"
+        seen = f.served()["requests"][-1]
+        assert seen["authorization"] == f"Bearer {f.openai_key}" and seen["model"] == "gpt-4o-mini"
+        by_model = lambda: json.loads(f.cli("spend", "--group-by", "model", "--key", key_id, "--json").stdout)
+        rows = wait_until(lambda: by_model()["requests"] == 1 and by_model(), what="the spend row")
+        assert [r["group"] for r in rows["rows"]] == ["gpt-4o-mini"], rows
+    finally:
+        f.stop()
+
+
 def test_admin_changes_reach_every_envoy(fleet):
     a = fleet.start_envoy("edge-a")
     b = fleet.start_envoy("edge-b")

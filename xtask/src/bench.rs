@@ -572,19 +572,24 @@ fn warm_up_xds(
     wrk(script, port, 32, "2s", 0, false).map(|_| ())
 }
 
-/// The artifacts of a target directory `cargo xtask setup` (or the same builds) filled, used
-/// as they are: nothing is built, so a bench can run beside someone else's build of the tree.
-fn prebuilt_tools(target: &Path) -> Result<Tools, String> {
-    let root = root();
-    let envoy = match std::env::var_os("ENVOY_BIN") {
-        Some(bin) => PathBuf::from(bin),
-        None => std::fs::read_dir(root.join(".venv/lib"))
+/// The Envoy to run: `ENVOY_BIN`, else the pinned one `cargo xtask setup` put in `.venv`.
+pub(crate) fn envoy_bin() -> Result<PathBuf, String> {
+    match std::env::var_os("ENVOY_BIN") {
+        Some(bin) => Ok(PathBuf::from(bin)),
+        None => std::fs::read_dir(root().join(".venv/lib"))
             .map_err(|e| format!(".venv/lib: {e} (run `cargo xtask setup` once, or set ENVOY_BIN)"))?
             .flatten()
             .map(|entry| entry.path().join("site-packages/envoy/_bin/envoy"))
             .find(|p| p.exists())
-            .ok_or("no Envoy binary in .venv (set ENVOY_BIN)")?,
-    };
+            .ok_or_else(|| "no Envoy binary in .venv (set ENVOY_BIN)".to_owned()),
+    }
+}
+
+/// The artifacts of a target directory `cargo xtask setup` (or the same builds) filled, used
+/// as they are: nothing is built, so a bench can run beside someone else's build of the tree.
+fn prebuilt_tools(target: &Path) -> Result<Tools, String> {
+    let root = root();
+    let envoy = envoy_bin()?;
     let wasm_dir = target.join("wasm32-wasip1/release");
     let tools = Tools {
         python: root.join(".venv/bin/python"),

@@ -112,15 +112,7 @@ fn artifacts(prebuilt: Option<&Path>) -> Result<Artifacts, String> {
         (None, Some(dir)) => PathBuf::from(dir),
         (None, None) => root.join("target"),
     };
-    let envoy = match std::env::var_os("ENVOY_BIN") {
-        Some(bin) => PathBuf::from(bin),
-        None => std::fs::read_dir(root.join(".venv/lib"))
-            .map_err(|e| format!(".venv/lib: {e} (run `cargo xtask setup` once, or set ENVOY_BIN)"))?
-            .flatten()
-            .map(|entry| entry.path().join("site-packages/envoy/_bin/envoy"))
-            .find(|p| p.exists())
-            .ok_or("no Envoy binary in .venv (set ENVOY_BIN)")?,
-    };
+    let envoy = bench::envoy_bin()?;
     let cli = ["debug/sluice", "release/sluice"]
         .iter()
         .map(|p| target.join(p))

@@ -103,6 +103,7 @@ const NATIVE_FILES: &[&str] = &[
     "test_retries.py",
     "test_routing.py",
     "test_health_check.py",
+    "test_fallbacks.py",
     // xDS mode.
     "test_xds.py",
     "test_replicas.py",

@@ -49,8 +49,8 @@ use sluice_core::litellm::{FailurePolicy, Upstream, from_litellm};
 
 use super::protocol::{CLUSTER, EXTENSION_CONFIG, SECRET, Snapshot};
 use crate::envoy_bootstrap::{
-    CA_BUNDLE, CONNECT_TIMEOUT_SECS, FILTER_ROOT_ID, MAX_CONCURRENT_RETRIES, NATIVE_FILTER_NAME, VM_ID, WASM_RUNTIME,
-    refuse_failure_policy_for_native, upstream_is_ip,
+    ATTEMPT_FILTER_NAME, CA_BUNDLE, CONNECT_TIMEOUT_SECS, FILTER_ROOT_ID, MAX_CONCURRENT_RETRIES, NATIVE_FILTER_NAME,
+    VM_ID, WASM_RUNTIME, has_fallbacks, refuse_failure_policy_for_native, upstream_is_ip,
 };
 use crate::provider_policy::ProviderPolicy;
 
@@ -140,10 +140,14 @@ pub fn build(
     // An alias of a group no deployment serves any more (deleted through the admin API) is
     // left out with a warning: it must not stop every later configuration from reaching Envoy.
     let mut router_settings = opts.router_settings.clone();
+    let mut litellm_settings = opts.litellm_settings.clone();
     let mut dropped = Vec::new();
+    let served = |group: &str| model_list.iter().any(|m| m.get("model_name").and_then(|n| n.as_str()) == Some(group));
+    // Likewise a fallback from or to such a group (and `sluice serve`'s check, a snapshot of no
+    // deployments, must not refuse the fallbacks of config.yaml's groups).
+    drop_unserved_fallbacks(&mut router_settings, "router_settings", &served, &mut dropped);
+    drop_unserved_fallbacks(&mut litellm_settings, "litellm_settings", &served, &mut dropped);
     if let Some(serde_json::Value::Object(aliases)) = router_settings.get_mut("model_group_alias") {
-        let served =
-            |group: &str| model_list.iter().any(|m| m.get("model_name").and_then(|n| n.as_str()) == Some(group));
         aliases.retain(|alias, target| {
             let group = target.as_str().or_else(|| target.get("model").and_then(|m| m.as_str())).unwrap_or("");
             let keep = served(group);
@@ -158,7 +162,7 @@ pub fn build(
     let doc = serde_json::json!({
         "model_list": model_list,
         "general_settings": opts.general_settings,
-        "litellm_settings": opts.litellm_settings,
+        "litellm_settings": litellm_settings,
         "router_settings": router_settings,
     });
     let standalone =
@@ -169,6 +173,9 @@ pub fn build(
     gateway.master_key_env = None;
     gateway.key_lookup = Some(opts.key_lookup.clone());
 
+    // With fallbacks, every deployment cluster runs the module's attempt role first in its
+    // upstream chain: it turns a failed answer into the internal redirect to the next pass.
+    let attempt = has_fallbacks(&gateway).then(|| attempt_filter(&opts.module, standalone.failure_policy));
     let mut clusters = BTreeMap::new();
     let mut secrets = BTreeMap::new();
     let mut warnings = standalone.warnings;
@@ -197,7 +204,7 @@ pub fn build(
             secrets.insert(secret_name.clone(), pack(&provider_secret(&secret_name, value)));
             (secret_name, deployment.provider)
         });
-        clusters.insert(upstream.cluster.clone(), pack(&cluster(upstream, injected.as_ref())));
+        clusters.insert(upstream.cluster.clone(), pack(&cluster(upstream, injected.as_ref(), attempt.as_ref())));
     }
     let routes_to: BTreeSet<String> = gateway.deployments.iter().map(|d| d.cluster.clone()).collect();
     let filter = filter_config(&gateway, standalone.failure_policy, opts)?;
@@ -208,6 +215,47 @@ pub fn build(
     snapshot.resources.insert(EXTENSION_CONFIG, [(FILTER_CONFIG_NAME.to_owned(), pack(&filter))].into());
     snapshot.clusters_named_by.insert(FILTER_CONFIG_NAME.into(), routes_to);
     Ok((snapshot, warnings))
+}
+
+/// Leaves out of `section`'s `fallbacks` and `default_fallbacks` every group no deployment
+/// serves, each named in a warning: a `fallbacks` entry of such a group, and such a group in a
+/// list (an entry keeps the groups it has left, so its group never falls back to
+/// `default_fallbacks` instead). Anything not of LiteLLM's shape is left for the conversion to
+/// refuse.
+fn drop_unserved_fallbacks(
+    settings: &mut serde_json::Map<String, serde_json::Value>,
+    section: &str,
+    served: &dyn Fn(&str) -> bool,
+    dropped: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    fn keep_served(list: &mut Value, at: &str, served: &dyn Fn(&str) -> bool, dropped: &mut Vec<String>) {
+        if let Value::Array(groups) = list {
+            groups.retain(|g| {
+                let keep = g.as_str().is_none_or(served);
+                if !keep {
+                    dropped.push(format!("{at}: model group {g} has no deployment; left out"));
+                }
+                keep
+            });
+        }
+    }
+    if let Some(Value::Array(entries)) = settings.get_mut("fallbacks") {
+        entries.retain_mut(|entry| {
+            let Some(map) = entry.as_object_mut().filter(|m| m.len() == 1) else { return true };
+            let Some((group, to)) = map.iter_mut().next() else { return true };
+            let at = format!("{section}.fallbacks.{group}");
+            if !served(group) {
+                dropped.push(format!("{at}: model group {group:?} has no deployment; its fallbacks are left out"));
+                return false;
+            }
+            keep_served(to, &at, served, dropped);
+            true
+        });
+    }
+    if let Some(list) = settings.get_mut("default_fallbacks") {
+        keep_served(list, &format!("{section}.default_fallbacks"), served, dropped);
+    }
 }
 
 pub fn pack<M: Message + Name>(message: &M) -> Any {
@@ -239,24 +287,32 @@ fn filter_config(
     Ok(TypedExtensionConfig { name: FILTER_CONFIG_NAME.into(), typed_config: Some(typed_config) })
 }
 
-fn wasm_filter(json: String, failure_policy: FailurePolicy, wasm_path: &str) -> Wasm {
-    let failure_policy = match failure_policy {
+fn wasm_failure_policy(failure_policy: FailurePolicy) -> WasmFailurePolicy {
+    match failure_policy {
         FailurePolicy::FailClosed => WasmFailurePolicy::FailClosed,
         FailurePolicy::FailOpen => WasmFailurePolicy::FailOpen,
         FailurePolicy::FailReload => WasmFailurePolicy::FailReload,
-    };
-    let vm = VmConfig {
+    }
+}
+
+/// The VM every wasm filter of the snapshot runs in: the gateway's filter and the attempt
+/// filters share it (and its shared data, where fallback plans are) by `vm_id`.
+fn wasm_vm(wasm_path: &str) -> VmConfig {
+    VmConfig {
         vm_id: VM_ID.into(),
         runtime: WASM_RUNTIME.into(),
         code: Some(local_file(wasm_path)),
         ..Default::default()
-    };
+    }
+}
+
+fn wasm_filter(json: String, failure_policy: FailurePolicy, wasm_path: &str) -> Wasm {
     let plugin = PluginConfig {
         name: FILTER_CONFIG_NAME.into(),
         root_id: FILTER_ROOT_ID.into(),
-        vm: Some(plugin_config::Vm::VmConfig(vm)),
+        vm: Some(plugin_config::Vm::VmConfig(wasm_vm(wasm_path))),
         configuration: Some(pack(&StringValue { value: json })),
-        failure_policy: failure_policy.into(),
+        failure_policy: wasm_failure_policy(failure_policy).into(),
         // The filter holds the headers while it reads the body (ARCHITECTURE.md).
         allow_on_headers_stop_iteration: Some(BoolValue { value: true }),
         ..Default::default()
@@ -303,6 +359,31 @@ fn provider_secret(name: &str, value: String) -> Secret {
     }
 }
 
+/// The module in a deployment cluster's upstream chain, in the attempt role (the standalone
+/// bootstrap's, in protobuf): the ECDS filter's VM and failure policy (wasm) or its module
+/// (native), with no config of its own.
+fn attempt_filter(module: &FilterModule, failure_policy: FailurePolicy) -> HttpFilter {
+    match module {
+        FilterModule::Wasm(path) => {
+            let plugin = PluginConfig {
+                name: ATTEMPT_FILTER_NAME.into(),
+                root_id: ATTEMPT_FILTER_NAME.into(),
+                vm: Some(plugin_config::Vm::VmConfig(wasm_vm(path))),
+                configuration: Some(pack(&StringValue { value: "{}".into() })),
+                failure_policy: wasm_failure_policy(failure_policy).into(),
+                ..Default::default()
+            };
+            http_filter("envoy.filters.http.wasm", &Wasm { config: Some(plugin) })
+        }
+        FilterModule::Native(path) => {
+            // The ECDS filter's module config, under the attempt's name.
+            let filter =
+                DynamicModuleFilter { filter_name: ATTEMPT_FILTER_NAME.into(), ..native_filter("{}".into(), path) };
+            http_filter("envoy.filters.http.dynamic_modules", &filter)
+        }
+    }
+}
+
 fn http_filter<M: Message + Name>(name: &str, config: &M) -> HttpFilter {
     HttpFilter {
         name: name.into(),
@@ -338,8 +419,10 @@ fn credential_injector(secret_name: &str, provider: Provider) -> Option<HttpFilt
 }
 
 /// One deployment's cluster: the same shape as the standalone bootstrap's (envoy_bootstrap.rs),
-/// plus the credential injector when the deployment has a credential.
-fn cluster(u: &Upstream, credential: Option<&(String, Provider)>) -> Cluster {
+/// plus the credential injector when the deployment has a credential. The attempt filter, when
+/// the gateway has fallbacks, comes first in the upstream chain: it sees the provider's answer
+/// last, and the credential and signature are set after it.
+fn cluster(u: &Upstream, credential: Option<&(String, Provider)>, attempt: Option<&HttpFilter>) -> Cluster {
     let discovery = if upstream_is_ip(u) { DiscoveryType::Static } else { DiscoveryType::LogicalDns };
     let endpoint = Endpoint {
         address: Some(Address {
@@ -352,7 +435,7 @@ fn cluster(u: &Upstream, credential: Option<&(String, Provider)>) -> Cluster {
         hostname: u.host.clone(),
         ..Default::default()
     };
-    let mut upstream_filters = Vec::new();
+    let mut upstream_filters: Vec<HttpFilter> = attempt.into_iter().cloned().collect();
     if let Some((secret_name, provider)) = credential {
         upstream_filters.extend(credential_injector(secret_name, *provider));
     }
@@ -569,9 +652,10 @@ mod tests {
             decode(decode::<Wasm>(ext.typed_config.as_ref().unwrap()).config.unwrap().configuration.as_ref().unwrap());
         let gateway: GatewayConfig = serde_json::from_str(&json.value).unwrap();
         assert_eq!((gateway.retries.num_retries, gateway.timeout_ms), (2, Some(1500)));
-        opts.router_settings = json!({"fallbacks": [{"gpt-4o": ["gpt-4o-mini"]}]}).as_object().unwrap().clone();
+        opts.router_settings =
+            json!({"content_policy_fallbacks": [{"gpt-4o": ["gpt-4o-mini"]}]}).as_object().unwrap().clone();
         let e = opts.check().unwrap_err();
-        assert!(e.contains("router_settings.fallbacks: not supported by Sluice"), "{e}");
+        assert!(e.contains("router_settings.content_policy_fallbacks: not supported by Sluice"), "{e}");
     }
 
     #[test]
@@ -664,6 +748,153 @@ mod tests {
         let only = ModuleOnly::decode(bytes.as_slice()).unwrap();
         assert_eq!(only.module, Some(local_file("/x/libsluice_filter.so")));
         assert_eq!(ModuleOnly { module: only.module }.encode_to_vec(), bytes, "nothing but field 6 is set");
+    }
+
+    fn upstream_filter_names(cluster: &Cluster) -> Vec<String> {
+        let options: HttpProtocolOptions =
+            decode(&cluster.typed_extension_protocol_options[&HttpProtocolOptions::full_name()]);
+        options.http_filters.iter().map(|f| f.name.clone()).collect()
+    }
+
+    fn upstream_filter(cluster: &Cluster, at: usize) -> Any {
+        let options: HttpProtocolOptions =
+            decode(&cluster.typed_extension_protocol_options[&HttpProtocolOptions::full_name()]);
+        let Some(http_filter::ConfigType::TypedConfig(any)) = &options.http_filters[at].config_type else {
+            panic!("typed config")
+        };
+        any.clone()
+    }
+
+    /// The test's deployments plus a Bedrock one, whose groups fall back to each other.
+    fn with_fallbacks(mut opts: XdsOptions, settings: serde_json::Value) -> (Snapshot, XdsOptions) {
+        opts.router_settings = settings.as_object().unwrap().clone();
+        let mut list = model_list();
+        list.push(json!({"model_name": "claude", "litellm_params": {"model": "bedrock/anthropic.claude-3-haiku-20240307-v1:0", "aws_region_name": "eu-central-1"},
+                         "model_info": {"id": "br"}}));
+        let (snap, _) = build(&list, &opts, &env).unwrap();
+        (snap, opts)
+    }
+
+    /// With fallbacks, every deployment cluster runs the module's attempt role first (the ECDS
+    /// filter's VM or module), then the credential or the signature, and the codec last.
+    #[test]
+    fn with_fallbacks_every_deployment_cluster_runs_the_attempt_filter_first() {
+        for settings in [json!({"fallbacks": [{"gpt-4o": ["claude"]}]}), json!({"default_fallbacks": ["claude"]})] {
+            let mut wasm_opts = options();
+            wasm_opts.general_settings = json!({"sluice_failure_policy": "fail_open"}).as_object().unwrap().clone();
+            let (snap, _) = with_fallbacks(wasm_opts, settings.clone());
+            let ext: TypedExtensionConfig = decode(&snap.resources[EXTENSION_CONFIG][FILTER_CONFIG_NAME]);
+            let downstream = decode::<Wasm>(ext.typed_config.as_ref().unwrap()).config.unwrap();
+            let clusters = &snap.resources[CLUSTER];
+            assert_eq!(clusters.len(), 3);
+            for (name, any) in clusters {
+                let cluster: Cluster = decode(any);
+                let names = upstream_filter_names(&cluster);
+                assert_eq!(names[0], "envoy.filters.http.wasm", "{name}");
+                assert_eq!(names.last().map(String::as_str), Some("envoy.filters.http.upstream_codec"), "{name}");
+                let attempt = decode::<Wasm>(&upstream_filter(&cluster, 0)).config.unwrap();
+                assert_eq!((attempt.name.as_str(), attempt.root_id.as_str()), ("sluice_attempt", "sluice_attempt"));
+                assert_eq!(attempt.vm, downstream.vm, "the ECDS filter's VM: its shared data holds the plans");
+                assert_eq!(attempt.failure_policy, downstream.failure_policy);
+                assert_eq!(attempt.failure_policy, WasmFailurePolicy::FailOpen as i32);
+                let config: StringValue = decode(attempt.configuration.as_ref().unwrap());
+                assert_eq!(config.value, "{}");
+            }
+            let names = |id: &str| upstream_filter_names(&decode(&clusters[&cluster_name(id)]));
+            assert_eq!(
+                names("east"),
+                [
+                    "envoy.filters.http.wasm",
+                    "envoy.filters.http.credential_injector",
+                    "envoy.filters.http.upstream_codec"
+                ]
+            );
+            assert_eq!(names("local"), ["envoy.filters.http.wasm", "envoy.filters.http.upstream_codec"]);
+            assert_eq!(
+                names("br"),
+                [
+                    "envoy.filters.http.wasm",
+                    "envoy.filters.http.aws_request_signing",
+                    "envoy.filters.http.upstream_codec"
+                ]
+            );
+
+            let (snap, _) = with_fallbacks(native_options(), settings);
+            let ext: TypedExtensionConfig = decode(&snap.resources[EXTENSION_CONFIG][FILTER_CONFIG_NAME]);
+            let downstream: DynamicModuleFilter = decode(ext.typed_config.as_ref().unwrap());
+            for (name, any) in &snap.resources[CLUSTER] {
+                let cluster: Cluster = decode(any);
+                let names = upstream_filter_names(&cluster);
+                assert_eq!(names[0], "envoy.filters.http.dynamic_modules", "{name}");
+                assert_eq!(names.last().map(String::as_str), Some("envoy.filters.http.upstream_codec"), "{name}");
+                let attempt: DynamicModuleFilter = decode(&upstream_filter(&cluster, 0));
+                assert_eq!(attempt.filter_name, "sluice_attempt");
+                assert_eq!(attempt.dynamic_module_config, downstream.dynamic_module_config, "the ECDS filter's module");
+                let config: StringValue = decode(attempt.filter_config.as_ref().unwrap());
+                assert_eq!(config.value, "{}");
+            }
+        }
+    }
+
+    /// A fallback from or to a group no deployment serves (deleted through the admin API) is
+    /// left out with a warning, as a stale alias is: it must not stop every later configuration,
+    /// nor `sluice serve`'s check of config.yaml's settings against no deployments.
+    #[test]
+    fn fallbacks_of_groups_without_deployments_are_left_out_with_a_warning() {
+        let mut opts = options();
+        opts.router_settings = json!({
+            "fallbacks": [{"gpt-4o": ["gone", "claude"]}, {"old": ["claude"]}],
+            "default_fallbacks": ["gone", "claude"],
+        })
+        .as_object()
+        .unwrap()
+        .clone();
+        opts.litellm_settings = json!({"default_fallbacks": ["gone"]}).as_object().unwrap().clone();
+        opts.check().unwrap();
+        let (snap, warnings) = build(&model_list(), &opts, &env).unwrap();
+        let ext: TypedExtensionConfig = decode(&snap.resources[EXTENSION_CONFIG][FILTER_CONFIG_NAME]);
+        let json: StringValue =
+            decode(decode::<Wasm>(ext.typed_config.as_ref().unwrap()).config.unwrap().configuration.as_ref().unwrap());
+        let gateway: GatewayConfig = serde_json::from_str(&json.value).unwrap();
+        let rules: Vec<(&str, Vec<&str>)> =
+            gateway.fallbacks.iter().map(|r| (r.group.as_str(), r.to.iter().map(String::as_str).collect())).collect();
+        assert_eq!(rules, [("gpt-4o", vec!["claude"])]);
+        assert_eq!(gateway.default_fallbacks, ["claude"]);
+        let all = format!("{warnings:?}");
+        for at in [
+            "router_settings.fallbacks.gpt-4o",
+            "router_settings.fallbacks.old",
+            "router_settings.default_fallbacks",
+            "litellm_settings.default_fallbacks",
+        ] {
+            assert!(all.contains(at), "{at}: {all}");
+        }
+        // Still fallbacks: the clusters run the attempt filter.
+        let cluster: Cluster = decode(&snap.resources[CLUSTER][&cluster_name("east")]);
+        assert_eq!(upstream_filter_names(&cluster)[0], "envoy.filters.http.wasm");
+        // None left: none of it.
+        opts.router_settings = json!({"fallbacks": [{"old": ["gone"]}]}).as_object().unwrap().clone();
+        let (snap, _) = build(&model_list(), &opts, &env).unwrap();
+        let cluster: Cluster = decode(&snap.resources[CLUSTER][&cluster_name("east")]);
+        assert_eq!(
+            upstream_filter_names(&cluster),
+            ["envoy.filters.http.credential_injector", "envoy.filters.http.upstream_codec"]
+        );
+    }
+
+    /// Without fallbacks the clusters are as before: no attempt filter anywhere.
+    #[test]
+    fn without_fallbacks_no_cluster_runs_the_attempt_filter() {
+        for opts in [options(), native_options()] {
+            let (snap, _) = with_fallbacks(opts, json!({}));
+            for (name, any) in &snap.resources[CLUSTER] {
+                let names = upstream_filter_names(&decode(any));
+                assert!(
+                    !names.iter().any(|n| n == "envoy.filters.http.wasm" || n == "envoy.filters.http.dynamic_modules"),
+                    "{name}: {names:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub(super) const ROUTER_HEADERS: [&str; 5] = [
     "x-envoy-upstream-rq-per-try-timeout-ms",
 ];
 
+/// What the router retries for a request whose failures go to its fallback plan instead.
+const CONNECTION_RETRY_ON: &str = "connect-failure,refused-stream,reset";
+
 /// Retries and timeouts as the router is told them, made once per config.
 #[derive(Debug, Default)]
 pub(super) struct AttemptPolicy {
@@ -49,7 +52,12 @@ impl<H: Host> RequestFlow<H> {
         let config = &gateway.config.config;
         let retries = req.num_retries.unwrap_or(config.retries.num_retries);
         let mut digits = itoa::Buffer::new();
-        if retries > 0 {
+        if self.plan_continues() {
+            // A provider's failure goes to the plan's next step (another deployment, the next
+            // fallback group); the router retries only what has no answer to redirect.
+            self.host.add_request_header(ROUTER_HEADERS[0], digits.format(retries.max(1)).as_bytes());
+            self.host.add_request_header(ROUTER_HEADERS[1], CONNECTION_RETRY_ON.as_bytes());
+        } else if retries > 0 {
             self.host.add_request_header(ROUTER_HEADERS[0], digits.format(retries).as_bytes());
             self.host.add_request_header(ROUTER_HEADERS[1], RETRY_ON_HEADER_VALUE.as_bytes());
             self.host.add_request_header(ROUTER_HEADERS[2], gateway.attempt_policy.retriable_status_codes.as_bytes());

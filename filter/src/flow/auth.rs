@@ -54,6 +54,9 @@ impl<H: Host> RequestFlow<H> {
             self.answer_probe(probe);
             return Action::Pause;
         }
+        if self.path == crate::failover::FAILOVER_PATH.as_bytes() {
+            return self.failover_pass_headers(request_id);
+        }
         if health_check::is_health_path(&self.path) {
             return self.health_headers(method.as_deref(), authorization, x_api_key, api_key);
         }

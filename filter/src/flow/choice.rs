@@ -17,6 +17,8 @@ pub(super) enum NoChoice {
     AllCoolingDown(u64),
     /// Every candidate is at its `rpm`/`tpm` (`usage-based-routing-v2`), until the next minute.
     AllAtCapacity(u64),
+    /// The key may not use the group (a fallback step's).
+    NotAllowed,
 }
 
 /// A deployment's limits as `usage-based-routing-v2` counts them: its `rpm` and `tpm`, tokens
@@ -37,8 +39,8 @@ impl<H: Host> RequestFlow<H> {
         est_tokens: u64,
     ) -> Result<(usize, &'c Deployment), NoChoice> {
         let order = |d: &Deployment| d.order.unwrap_or(u32::MAX);
-        if group.deployments.len() < 2 {
-            // One deployment: nothing to weigh, nothing shared to read.
+        if !group.can_cool_down() {
+            // One deployment and no fallback: nothing to weigh, nothing shared to read.
             return candidates.clone().next().ok_or(NoChoice::NoCandidate);
         }
         let config = &gateway.config.config;
@@ -139,7 +141,7 @@ impl<H: Host> RequestFlow<H> {
     /// last. Only where cooldowns apply.
     pub(super) fn count_failures(&self, gateway: &Gateway, admitted: &Admitted, now_ms: u64) {
         let config = &gateway.config;
-        let in_group = config.groups.get(admitted.group).is_some_and(|g| g.deployments.len() > 1);
+        let in_group = config.groups.get(admitted.group).is_some_and(sluice_core::config::ModelGroup::can_cool_down);
         if !config.config.cooldown.enabled || !in_group {
             return;
         }

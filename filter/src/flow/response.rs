@@ -21,6 +21,7 @@ impl<H: Host> RequestFlow<H> {
             self.host.add_response_header("x-litellm-attempted-retries", retried.as_bytes());
         }
         set_remaining_headers(&self.host, &admitted.remaining, rate_limit.map(|h| h.is_some()));
+        self.tell_fallbacks_attempted();
         let content_type = content_type.unwrap_or_default();
         let has = |needle: &[u8]| content_type.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle));
         let is_sse = has(b"text/event-stream");

@@ -28,6 +28,25 @@ impl UpstreamCredential {
     }
 }
 
+/// Deployments of `group` that can serve `endpoint`: their `mode` serves it and they speak its
+/// wire format or one the gateway translates to (`translation.rs`); a wildcard deployment only
+/// for a name it matched (`wildcard`), never as a fallback.
+fn candidates<'c>(
+    config: &'c CompiledConfig,
+    group: &'c sluice_core::config::ModelGroup,
+    endpoint: Endpoint,
+    wildcard: bool,
+) -> impl Iterator<Item = (usize, &'c sluice_core::config::Deployment)> + Clone + 'c {
+    let client_format = endpoint.format();
+    group.deployments.iter().filter_map(|i| Some((*i, config.deployment(*i)?))).filter(move |(_, d)| {
+        d.mode.is_none_or(|m| m.serves(endpoint))
+            && (d.provider.format() == client_format || Direction::between(endpoint, d.provider).is_some())
+            // The Responses API is OpenAI's own, passed through to OpenAI only.
+            && (endpoint != Endpoint::Responses || d.provider == Provider::Openai)
+            && (wildcard || !d.upstream_model.contains('*'))
+    })
+}
+
 impl<H: Host> RequestFlow<H> {
     pub fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if !self.awaiting_body {
@@ -53,7 +72,12 @@ impl<H: Host> RequestFlow<H> {
     /// The whole body is buffered: route and admit, or refuse.
     pub(super) fn route_body(&mut self, body_size: usize) -> Action {
         self.awaiting_body = false;
-        let body = self.host.request_body(body_size).unwrap_or_default();
+        self.buffered_len = body_size;
+        // A failover pass gets the body as the failed pass left it: the plan has the client's.
+        let body = match self.plan.as_ref().filter(|_| self.failover_pass) {
+            Some(plan) => plan.body.clone(),
+            None => self.host.request_body(body_size).unwrap_or_default(),
+        };
         match self.route_and_admit(&body) {
             Ok(()) if self.rejected => Action::Pause, // answered here
             Ok(()) => Action::Continue,
@@ -69,37 +93,68 @@ impl<H: Host> RequestFlow<H> {
         let gateway = Rc::clone(&self.gateway);
         let config = &gateway.config;
         let model = req.model.as_ref();
-        let (group_index, matched) =
-            config.resolve_model(model).ok_or_else(|| GatewayError::UnknownModel { model: model.to_owned() })?;
-        let group = config.groups.get(group_index).ok_or(GatewayError::Internal { detail: "group" })?;
+        // A failover pass serves its plan's step; a first pass, the group the model names.
+        let (own_group, mut matched) = match self.step_group() {
+            Some(group) => (group, None),
+            None => {
+                config.resolve_model(model).ok_or_else(|| GatewayError::UnknownModel { model: model.to_owned() })?
+            }
+        };
+        let group = config.groups.get(own_group).ok_or(GatewayError::Internal { detail: "group" })?;
         // A key may name the group or the name it asked for (an alias, a wildcard's match).
-        if !self.may_use(&group.name) && !self.may_use(model) {
+        if !self.failover_pass && !self.may_use(&group.name) && !self.may_use(model) {
             return Err(GatewayError::ModelNotAllowed { model: model.to_owned() });
         }
         if endpoint == Endpoint::CountTokens {
             return self.count_tokens(&gateway, group, matched, body, &req);
         }
-        // Deployments of the group whose `mode` serves this route and that speak its wire
-        // format, or one the gateway translates to (`translation.rs`).
-        let client_format = endpoint.format();
-        let candidates =
-            group.deployments.iter().filter_map(|i| Some((*i, config.deployment(*i)?))).filter(|(_, d)| {
-                d.mode.is_none_or(|m| m.serves(endpoint))
-                    && (d.provider.format() == client_format || Direction::between(endpoint, d.provider).is_some())
-                    // The Responses API is OpenAI's own, passed through to OpenAI only.
-                    && (endpoint != Endpoint::Responses || d.provider == Provider::Openai)
-            });
+        if !self.failover_pass {
+            let retries = req.num_retries.unwrap_or(config.config.retries.num_retries);
+            self.start_plan(own_group, &group.fallbacks, retries, body);
+        }
+        // Under a plan, a deployment not tried yet if the group has one.
         let est_prompt_tokens = usage::estimate_tokens_from_bytes(body.len() as u64);
-        let (index, deployment) = match self.choose(&gateway, group, candidates, est_prompt_tokens) {
-            Ok(chosen) => chosen,
-            Err(NoChoice::NoCandidate) => {
-                return Err(GatewayError::ModelNotOnRoute { model: model.to_owned(), route: endpoint.route() });
-            }
-            Err(NoChoice::AllCoolingDown(retry_after_secs)) => {
-                return Err(GatewayError::NoHealthyDeployment { group: group.name.clone(), retry_after_secs });
-            }
-            Err(NoChoice::AllAtCapacity(retry_after_secs)) => {
-                return Err(GatewayError::GroupAtCapacity { group: group.name.clone(), retry_after_secs });
+        let mut group_index = self.step_group().unwrap_or(own_group);
+        // Each step's group in turn, while one has no deployment to offer or is not the key's.
+        let (group_index, group, index, deployment) = loop {
+            let group = config.groups.get(group_index).ok_or(GatewayError::Internal { detail: "group" })?;
+            // The request's own group was checked above (by the name it asked for, too).
+            let own = if self.failover_pass {
+                self.plan.as_ref().and_then(|p| p.steps.first()) == Some(&group_index)
+            } else {
+                group_index == own_group
+            };
+            let allowed = own || self.may_use(&group.name);
+            let choice = if allowed {
+                let all = candidates(config, group, endpoint, matched.is_some());
+                let untried = all.clone().any(|(i, _)| !self.tried(i));
+                self.choose(&gateway, group, all.filter(|(i, _)| !untried || !self.tried(*i)), est_prompt_tokens)
+            } else {
+                Err(NoChoice::NotAllowed)
+            };
+            let no_choice = match choice {
+                Ok((index, deployment)) => break (group_index, group, index, deployment),
+                Err(no_choice) => no_choice,
+            };
+            match self.next_step() {
+                Some(next) => {
+                    group_index = next;
+                    matched = None;
+                }
+                None => {
+                    return Err(match no_choice {
+                        NoChoice::NoCandidate => {
+                            GatewayError::ModelNotOnRoute { model: model.to_owned(), route: endpoint.route() }
+                        }
+                        NoChoice::NotAllowed => GatewayError::ModelNotAllowed { model: group.name.clone() },
+                        NoChoice::AllCoolingDown(retry_after_secs) => {
+                            GatewayError::NoHealthyDeployment { group: group.name.clone(), retry_after_secs }
+                        }
+                        NoChoice::AllAtCapacity(retry_after_secs) => {
+                            GatewayError::GroupAtCapacity { group: group.name.clone(), retry_after_secs }
+                        }
+                    });
+                }
             }
         };
         // What the response is parsed as: the deployment's format, or the Responses API's own.
@@ -182,6 +237,7 @@ impl<H: Host> RequestFlow<H> {
             gateway.announce_to_fleet(&self.host, &tickets, self.start_ms);
         }
         let in_flight = self.start_load(&gateway, group, index);
+        self.commit_plan(index, group_index);
 
         // The body for the deployment: its model name; OpenAI streams must report usage.
         let wants_usage_chunk = streamed && format == ApiFormat::OpenAi;
@@ -190,7 +246,9 @@ impl<H: Host> RequestFlow<H> {
             Some((body, translation)) => (Some(body), Some(translation)),
             None => (rewrite_body(body, &req, &upstream_model, wants_usage_chunk), None),
         };
-        self.send_upstream(&gateway, index, &upstream_path, body.len(), new_body.as_deref());
+        // A failover pass replaces what the failed pass left, even with the client's own bytes.
+        let new_body = new_body.or_else(|| self.failover_pass.then(|| body.to_vec()));
+        self.send_upstream(&gateway, index, &upstream_path, self.buffered_len, new_body.as_deref());
         let retries = self.tell_the_router(&gateway, deployment, &req, streamed);
         self.admitted = Some(Admitted {
             group: group_index,

@@ -9,6 +9,15 @@
 //! replaced is forgotten by each worker when it next makes a gateway. The counters' shared data
 //! is process memory (`shared_data.rs`), shared by every worker and config, as proxy-wasm's is.
 //!
+//! **Two kinds of config, one set of hooks.** The dynamic-module filter named
+//! [`ATTEMPT_FILTER_NAME`] (`filter_name` in the bootstrap) is the attempt filter in a
+//! deployment cluster's upstream chain (configured only when the gateway has fallbacks): it
+//! turns a failed answer to a request with a fallback plan into the internal redirect to its
+//! next pass (`crate::failover`), and touches nothing else. Every other name is the gateway's
+//! filter. The pointers Envoy holds say which: a config is a `ModuleConfig`, a stream a
+//! `ModuleStream`, each an enum behind one `Box`, so a hook matches once and never casts one
+//! kind to the other.
+//!
 //! **Never panic**: a panic here unwinds into Envoy's C++ (or aborts, with `panic = "abort"`)
 //! and takes the process down; there is no VM to fail and no failure policy. The workspace lints
 //! deny unwrap/expect/panic, and every hook treats a null or unexpected pointer as "nothing to
@@ -21,6 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use sluice_core::config::{CompiledConfig, GatewayConfig};
+use sluice_core::fallbacks::ATTEMPT_FILTER_NAME;
 use sluice_core::limits::ScopeState;
 use sluice_core::routing::SplitMix64;
 
@@ -28,7 +38,7 @@ use super::abi::{
     ABI_VERSION, BODY_STOP_ITERATION_AND_BUFFER, BUFFERED_REQUEST_BODY, CALLOUT_SUCCESS, CONTINUE, Callbacks,
     CalloutAnswer, CalloutResult, ConfigEnvoyPtr, ConfigHandle, ConfigModulePtr, EnvoyBuffer, EnvoyHttpHeader,
     FilterEnvoyPtr, FilterModulePtr, FilterStatus, HEADERS_STOP_ITERATION, LiveConfig, RECEIVED_REQUEST_BODY,
-    RECEIVED_RESPONSE_BODY, Stream, callout_status,
+    RECEIVED_RESPONSE_BODY, REQUEST_HEADERS, RESPONSE_HEADERS, Stream, callout_status,
 };
 use super::host::{Counters, DynamicModuleHost, FLOW_COUNTERS, HookState, SERVICE_COUNTERS, log, shared};
 use super::{grpc, service};
@@ -39,6 +49,33 @@ use crate::secrets::Secrets;
 
 /// The host callbacks, resolved once by `envoy_dynamic_module_on_program_init`.
 static CALLBACKS: OnceLock<Callbacks> = OnceLock::new();
+
+/// What a config pointer Envoy holds points at.
+// Only ever behind the Box Envoy holds, never moved: an attempt config (one per deployment
+// cluster) wastes the gateway's size, where boxing the gateway's would add a pointer chase.
+#[allow(clippy::large_enum_variant)]
+enum ModuleConfig {
+    /// The gateway's filter (the listener's).
+    Filter(FilterConfig),
+    /// The attempt filter (a deployment cluster's upstream chain).
+    Attempt(AttemptConfig),
+}
+
+/// The attempt filter's config: nothing to compile; the host's counters, which it never counts,
+/// made once here instead of per stream.
+struct AttemptConfig {
+    counters: Arc<Counters>,
+}
+
+/// What a stream pointer Envoy holds points at: a stream of the config's kind.
+// Only ever behind the Box Envoy holds, never moved: an attempt's allocation has the gateway
+// stream's size, where boxing the gateway's stream would add an allocation and a pointer chase
+// to every request.
+#[allow(clippy::large_enum_variant)]
+enum ModuleStream {
+    Filter(StreamFilter),
+    Attempt(AttemptFilter),
+}
 
 /// One loaded filter config, shared by every worker thread.
 struct FilterConfig {
@@ -57,6 +94,7 @@ struct FilterConfig {
 const _: fn() = || {
     fn shared_across_threads<T: Send + Sync>() {}
     shared_across_threads::<FilterConfig>();
+    shared_across_threads::<ModuleConfig>();
 };
 
 /// A worker thread's gateway for one config.
@@ -156,6 +194,35 @@ impl StreamFilter {
     }
 }
 
+/// One upstream attempt of a request (a deployment cluster's upstream chain): a failing answer
+/// to a request whose fallback plan has a step left becomes a 307 to the request's next pass
+/// (`crate::failover`); anything else passes untouched.
+struct AttemptFilter {
+    stream: Stream,
+    counters: Arc<Counters>,
+}
+
+impl AttemptFilter {
+    /// At the attempt's response headers. The request's headers are still readable here: an
+    /// upstream filter's are the router's copy of the downstream request's, which outlives
+    /// every attempt (Envoy's `UpstreamRequestFilterManagerCallbacks::requestHeaders`). A
+    /// success costs one header read and a comparison.
+    fn on_response_headers(&self) {
+        let status = self.stream.header(RESPONSE_HEADERS, ":status");
+        let status = status.as_deref().and_then(|s| std::str::from_utf8(s).ok()?.parse().ok()).unwrap_or(0);
+        if !sluice_core::fallbacks::fails_over(status) {
+            return;
+        }
+        let host = DynamicModuleHost::new(self.stream, Arc::clone(&self.counters), Rc::new(HookState::default()));
+        let request_id = self.stream.header(REQUEST_HEADERS, "x-request-id");
+        if let Some(nonce) = crate::failover::redirect_nonce(&host, status, request_id.as_deref()) {
+            for (name, value) in crate::failover::redirect_headers(&nonce) {
+                self.stream.set_header(RESPONSE_HEADERS, name, Some(value.as_bytes()));
+            }
+        }
+    }
+}
+
 fn headers_status(action: Action) -> FilterStatus {
     match action {
         Action::Continue => CONTINUE,
@@ -236,7 +303,8 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
     }
 }
 
-/// A filter config: `filter_config` is the same `GatewayConfig` JSON the wasm filter gets.
+/// A filter config: `filter_config` is the same `GatewayConfig` JSON the wasm filter gets, or,
+/// for the filter named [`ATTEMPT_FILTER_NAME`], anything (the attempt filter has no config).
 /// Null (an invalid config, logged) makes Envoy reject it, as the wasm filter's failed
 /// `on_configure` does: fail closed at load.
 ///
@@ -245,12 +313,19 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     config_envoy: ConfigEnvoyPtr,
-    _name: EnvoyBuffer,
+    name: EnvoyBuffer,
     config: EnvoyBuffer,
 ) -> ConfigModulePtr {
     let Some(callbacks) = CALLBACKS.get() else {
         return core::ptr::null();
     };
+    // SAFETY: Envoy's buffer, valid for this call.
+    if is_attempt_filter(unsafe { name.as_slice() }) {
+        let attempt = AttemptConfig { counters: Arc::new(Counters::default()) };
+        // One per deployment cluster: not worth a line each at start.
+        log(callbacks, LogLevel::Debug, "sluice: attempt filter configured (native)");
+        return Box::into_raw(Box::new(ModuleConfig::Attempt(attempt))).cast_const().cast();
+    }
     // SAFETY: Envoy's buffer, valid for this call.
     let bytes = unsafe { config.to_vec() }.unwrap_or_default();
     // SAFETY: the config Envoy is creating in this very call; the handle ends with it.
@@ -266,13 +341,18 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
                 Gateway::with_metrics(config.compiled.clone(), config.secrets.clone(), Arc::clone(&config.metrics))
             });
             service::register(live, Arc::clone(&config.counters), Arc::clone(&config.metrics), cluster, health);
-            Box::into_raw(Box::new(config)).cast_const().cast()
+            Box::into_raw(Box::new(ModuleConfig::Filter(config))).cast_const().cast()
         }
         Err(e) => {
             log(callbacks, LogLevel::Critical, &format!("sluice: invalid filter configuration: {e}"));
             core::ptr::null()
         }
     }
+}
+
+/// The filter `name` (the bootstrap's `filter_name`) is the attempt filter's.
+fn is_attempt_filter(name: Option<&[u8]>) -> bool {
+    name == Some(ATTEMPT_FILTER_NAME.as_bytes())
 }
 
 /// # Safety
@@ -282,8 +362,10 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(conf
     if !config.is_null() {
         // SAFETY: made by Box::into_raw in on_http_filter_config_new; Envoy destroys it once,
         // after its last stream.
-        let config = unsafe { Box::from_raw(config.cast::<FilterConfig>().cast_mut()) };
-        service::unregister(config.envoy_config);
+        let config = unsafe { Box::from_raw(config.cast::<ModuleConfig>().cast_mut()) };
+        if let ModuleConfig::Filter(config) = *config {
+            service::unregister(config.envoy_config);
+        }
     }
 }
 
@@ -300,16 +382,27 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
         return core::ptr::null();
     };
     // SAFETY: a config this module made, alive while Envoy has streams of it.
-    let Some(config) = (unsafe { config.cast::<FilterConfig>().as_ref() }) else {
+    let Some(config) = (unsafe { config.cast::<ModuleConfig>().as_ref() }) else {
         return core::ptr::null();
     };
     // SAFETY: the stream's pointer, kept in the stream's own object (dropped in
     // on_http_filter_destroy) and used only in its hooks, on its worker thread.
     let stream = unsafe { Stream::new(filter_envoy, callbacks) };
-    let (gateway, random) = config.worker();
-    let hook = Rc::new(HookState::default());
-    let host = DynamicModuleHost::new(stream, Arc::clone(&config.counters), Rc::clone(&hook));
-    let filter = StreamFilter { flow: RefCell::new(RequestFlow::new(host, gateway, random)), stream, hook };
+    let filter = match config {
+        ModuleConfig::Filter(config) => {
+            let (gateway, random) = config.worker();
+            let hook = Rc::new(HookState::default());
+            let host = DynamicModuleHost::new(stream, Arc::clone(&config.counters), Rc::clone(&hook));
+            ModuleStream::Filter(StreamFilter {
+                flow: RefCell::new(RequestFlow::new(host, gateway, random)),
+                stream,
+                hook,
+            })
+        }
+        ModuleConfig::Attempt(config) => {
+            ModuleStream::Attempt(AttemptFilter { stream, counters: Arc::clone(&config.counters) })
+        }
+    };
     Box::into_raw(Box::new(filter)).cast_const().cast()
 }
 
@@ -317,9 +410,21 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
 ///
 /// # Safety
 /// `filter` is null or a live pointer from `on_http_filter_new`, used on its worker thread.
-unsafe fn stream_filter<'a>(filter: FilterModulePtr) -> Option<&'a StreamFilter> {
+unsafe fn module_stream<'a>(filter: FilterModulePtr) -> Option<&'a ModuleStream> {
     // SAFETY: the caller's promise; shared references only (hooks may nest, see `flow`).
-    unsafe { filter.cast::<StreamFilter>().as_ref() }
+    unsafe { filter.cast::<ModuleStream>().as_ref() }
+}
+
+/// The gateway filter's stream, for one hook; None for an attempt's (nothing to do).
+///
+/// # Safety
+/// As for [`module_stream`].
+unsafe fn stream_filter<'a>(filter: FilterModulePtr) -> Option<&'a StreamFilter> {
+    // SAFETY: the caller's promise.
+    match unsafe { module_stream(filter) }? {
+        ModuleStream::Filter(f) => Some(f),
+        ModuleStream::Attempt(_) => None,
+    }
 }
 
 /// # Safety
@@ -368,7 +473,14 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     _end_of_stream: bool,
 ) -> FilterStatus {
     // SAFETY: see the function's contract.
-    let Some(f) = (unsafe { stream_filter(filter) }) else { return CONTINUE };
+    let f = match unsafe { module_stream(filter) } {
+        Some(ModuleStream::Filter(f)) => f,
+        Some(ModuleStream::Attempt(attempt)) => {
+            attempt.on_response_headers();
+            return CONTINUE;
+        }
+        None => return CONTINUE,
+    };
     let Ok(mut flow) = f.flow.try_borrow_mut() else { return CONTINUE };
     headers_status(flow.on_response_headers())
 }
@@ -411,7 +523,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: FilterModulePtr) {
     if !filter.is_null() {
         // SAFETY: made by Box::into_raw in on_http_filter_new; no hook runs after this one.
-        drop(unsafe { Box::from_raw(filter.cast::<StreamFilter>().cast_mut()) });
+        drop(unsafe { Box::from_raw(filter.cast::<ModuleStream>().cast_mut()) });
     }
 }
 
@@ -586,5 +698,16 @@ mod tests {
         assert!(err.contains("envoy_dynamic_module_callback_http_get_header"), "{err}");
         assert!(err.contains("v0.2.0"), "{err}");
         assert!(envoy_dynamic_module_on_program_init().is_null());
+    }
+
+    /// Only the bootstrap's attempt filter name makes the attempt kind; the gateway's filter is
+    /// named `sluice` (and any other name, or none, is the gateway's too).
+    #[test]
+    fn the_attempt_filter_is_chosen_by_its_filter_name() {
+        assert!(is_attempt_filter(Some(b"sluice_attempt")));
+        for other in [&b"sluice"[..], b"", b"sluice_attempt2", b"SLUICE_ATTEMPT"] {
+            assert!(!is_attempt_filter(Some(other)), "{other:?}");
+        }
+        assert!(!is_attempt_filter(None));
     }
 }

@@ -31,6 +31,9 @@ enum Role {
     Unconfigured,
     Filter(Rc<Gateway>),
     Service(Box<WasmService>),
+    /// In a deployment cluster's upstream chain: turns a failed attempt of a request with a
+    /// fallback plan into the internal redirect to its next pass.
+    Attempt,
 }
 
 pub struct SluiceRoot {
@@ -157,6 +160,10 @@ impl Context for SluiceRoot {
 impl RootContext for SluiceRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let root_id = hostcalls::get_property(vec!["plugin_root_id"]).ok().flatten().unwrap_or_default();
+        if root_id == sluice_core::fallbacks::ATTEMPT_FILTER_NAME.as_bytes() {
+            self.role = Role::Attempt;
+            return true;
+        }
         if root_id == SERVICE_ROOT_ID.as_bytes() {
             let config = self.get_plugin_configuration().unwrap_or_default();
             return match WasmService::start(self.host(), &config) {
@@ -186,7 +193,7 @@ impl RootContext for SluiceRoot {
                 self.background_health.tick(&self.host(), &gateway);
             }
             Role::Service(service) => service.tick(),
-            Role::Unconfigured => {}
+            Role::Unconfigured | Role::Attempt => {}
         }
     }
 
@@ -208,6 +215,7 @@ impl RootContext for SluiceRoot {
                 self.rng.set(rng);
                 Some(Box::new(SluiceHttp { flow: RequestFlow::new(self.host(), Rc::clone(gateway), random) }))
             }
+            Role::Attempt => Some(Box::new(Attempt { host: self.host(), request_id: None })),
             // Fail closed: a worker without a valid config never lets a request through.
             Role::Unconfigured | Role::Service(_) => Some(Box::new(Unconfigured { host: self.host() })),
         }
@@ -255,6 +263,34 @@ impl HttpContext for SluiceHttp {
 
     fn on_log(&mut self) {
         self.flow.on_log();
+    }
+}
+
+/// One upstream attempt of a request (the attempt role): a failure of a request with a plan
+/// step left becomes a 307 to its next pass; anything else passes untouched.
+struct Attempt {
+    host: EnvoyHost,
+    /// Read with the request's headers: a wasm filter cannot read them in a response callback.
+    request_id: Option<Vec<u8>>,
+}
+
+impl Context for Attempt {}
+
+impl HttpContext for Attempt {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.request_id = self.host.request_header("x-request-id");
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let status = self.host.response_header(":status");
+        let status = status.as_deref().and_then(|s| std::str::from_utf8(s).ok()?.parse().ok()).unwrap_or(0);
+        if let Some(nonce) = crate::failover::redirect_nonce(&self.host, status, self.request_id.as_deref()) {
+            for (name, value) in crate::failover::redirect_headers(&nonce) {
+                self.host.set_response_header(name, Some(value.as_bytes()));
+            }
+        }
+        Action::Continue
     }
 }
 

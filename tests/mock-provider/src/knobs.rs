@@ -52,7 +52,7 @@ impl Knobs {
             chunk_delay_ms: num("x-mock-chunk-delay-ms").unwrap_or(0),
             split_bytes: num("x-mock-split-bytes").map(|n| n.max(1) as usize),
             cut_after: num("x-mock-cut-after").map(|n| n as usize),
-            status: num("x-mock-status").and_then(|n| u16::try_from(n).ok()),
+            status: num("x-mock-status").and_then(|n| u16::try_from(n).ok()).or(config.status),
             garbage: headers.get("x-mock-garbage").is_some_and(|v| v == "1"),
             response_bytes: num("x-mock-response-bytes").map(|n| n as usize),
             tool_call: headers.get("x-mock-tool-call").map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()),

@@ -37,6 +37,8 @@ pub use stats::Stats;
 #[derive(Debug, Clone, Default)]
 pub struct Config {
     pub latency_ms: u64,
+    /// Every answer this error status (`--status`), unless the request asks for another.
+    pub status: Option<u16>,
     pub openai_key: Option<String>,
     pub anthropic_key: Option<String>,
     /// Required as `api-key` on Azure OpenAI paths when set.

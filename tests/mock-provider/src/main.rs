@@ -1,4 +1,4 @@
-//! `sluice-mock-provider --listen 127.0.0.1:8081 [--latency-ms N] [--openai-key K]
+//! `sluice-mock-provider --listen 127.0.0.1:8081 [--latency-ms N] [--status N] [--openai-key K]
 //! [--anthropic-key K] [--azure-key K] [--gemini-key K] [--aws-access-key-id AKID] [--workers N]`
 
 use std::net::SocketAddr;
@@ -19,6 +19,10 @@ struct Args {
     /// Delay before every response's headers, unless a request sets x-mock-latency-ms.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
+    /// Answer every request with this error status (a deployment that is down but reachable),
+    /// unless a request sets x-mock-status.
+    #[arg(long)]
+    status: Option<u16>,
     /// Require `Authorization: Bearer <key>` on OpenAI-format endpoints.
     #[arg(long)]
     openai_key: Option<String>,
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         };
     let config = Arc::new(Config {
         latency_ms: args.latency_ms,
+        status: args.status,
         openai_key: args.openai_key,
         anthropic_key: args.anthropic_key,
         azure_key: args.azure_key,

@@ -1,0 +1,221 @@
+//! LiteLLM's `fallbacks` and `default_fallbacks`, and the plan a request carries through them.
+//!
+//! A request to a group with a chain may be served by the group, then by each group of its
+//! chain in order, each tried `1 + num_retries` times (a retry prefers a deployment not tried
+//! yet). Each try is one pass of the request through the filter: a failed one is redirected
+//! inside Envoy to the next (ARCHITECTURE.md, "Fallbacks"), and the [`Plan`] is what the next
+//! pass needs to know, kept in shared data under the request's id. Pure: encoding, choosing
+//! the next step, validating the config.
+
+use serde::{Deserialize, Serialize};
+
+/// The name of Sluice's module in a deployment cluster's upstream chain, where it turns a
+/// failed attempt into the redirect to the next pass (the wasm build's `root_id`, the native
+/// build's `filter_name`; the bootstraps and both bindings use this one constant).
+pub const ATTEMPT_FILTER_NAME: &str = "sluice_attempt";
+/// The plan's nonce, on the attempt filter's 307 and, copied by the route's redirect policy, on
+/// the next pass's request.
+pub const FAILOVER_HEADER: &str = "x-sluice-failover";
+/// The path a failover pass arrives on (the route matches every path; the filter knows this one).
+pub const FAILOVER_PATH: &str = "/__sluice/failover";
+
+/// One `fallbacks` entry: requests for `group` that fail move on to `to`, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackRule {
+    pub group: String,
+    pub to: Vec<String>,
+}
+
+/// Each group's chain of fallback groups (indices into `names`): its own rule, else
+/// `default_fallbacks`, never itself. Refused: a name that is not a group, two rules for one
+/// group, a group falling back to itself, a cycle of rules.
+pub fn chains(names: &[&str], rules: &[FallbackRule], default: &[String]) -> Result<Vec<Vec<usize>>, Vec<String>> {
+    let mut errors = Vec::new();
+    let index = |name: &str, at: &str, errors: &mut Vec<String>| {
+        let found = names.iter().position(|n| *n == name);
+        if found.is_none() {
+            errors.push(format!("{at}: {name:?} is not a model group in model_list"));
+        }
+        found
+    };
+    let defaults: Vec<usize> = default.iter().filter_map(|g| index(g, "default_fallbacks", &mut errors)).collect();
+    let mut explicit: Vec<Option<Vec<usize>>> = vec![None; names.len()];
+    for rule in rules {
+        let at = format!("fallbacks.{}", rule.group);
+        let Some(from) = index(&rule.group, "fallbacks", &mut errors) else { continue };
+        let to: Vec<usize> = rule.to.iter().filter_map(|g| index(g, &at, &mut errors)).collect();
+        if to.contains(&from) {
+            errors.push(format!("{at}: a group cannot fall back to itself"));
+        }
+        match explicit.get_mut(from) {
+            Some(slot @ None) => *slot = Some(to),
+            _ => errors.push(format!("{at}: the group has two fallbacks entries")),
+        }
+    }
+    // A cycle of rules (a → b, b → a) would send a failing request round and round.
+    for start in 0..names.len() {
+        let mut stack = vec![(start, vec![start])];
+        while let Some((at, path)) = stack.pop() {
+            for next in explicit.get(at).and_then(Option::as_ref).into_iter().flatten() {
+                if *next == start {
+                    let cycle: Vec<&str> = path.iter().chain([next]).filter_map(|i| names.get(*i).copied()).collect();
+                    errors.push(format!("fallbacks: a cycle: {}", cycle.join(" → ")));
+                } else if !path.contains(next) {
+                    let mut longer = path.clone();
+                    longer.push(*next);
+                    stack.push((*next, longer));
+                }
+            }
+        }
+        if errors.iter().any(|e| e.starts_with("fallbacks: a cycle")) {
+            break; // one cycle named is enough
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(explicit
+        .into_iter()
+        .enumerate()
+        .map(|(group, rule)| rule.unwrap_or_else(|| defaults.iter().copied().filter(|g| *g != group).collect()))
+        .collect())
+}
+
+/// Whether a provider's answer moves a request with a plan on to its next step: LiteLLM falls
+/// back on rate limits, timeouts, server errors and a deployment's auth or not-found errors;
+/// a bad request is the client's and goes back to it.
+pub fn fails_over(status: u16) -> bool {
+    crate::cooldown::is_failure(status)
+}
+
+/// What a request's next pass needs: who asked, what, the client's own body, the steps left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// One-time: the redirect carries it, the next pass checks it (a client cannot forge a
+    /// pass with a request id it saw).
+    pub nonce: String,
+    pub request_id: String,
+    /// The key's digest (hex), or `master`.
+    pub principal: String,
+    /// The client's `:path`.
+    pub path: String,
+    /// The groups of the steps (index into the config's groups), the first the request's own.
+    pub steps: Vec<usize>,
+    /// The step the current pass is serving.
+    pub step: usize,
+    /// Deployments tried so far (a retry prefers another), and their groups.
+    pub tried: Vec<usize>,
+    pub tried_groups: Vec<usize>,
+    /// When the plan was made (a stale plan is never followed).
+    pub created_ms: u64,
+    /// The client's body, as it sent it (not serialised: appended after the JSON).
+    #[serde(skip)]
+    pub body: Vec<u8>,
+}
+
+/// How long a plan is followed: longer than any request's own timeout allows.
+pub const PLAN_TTL_MS: u64 = 15 * 60 * 1000;
+
+impl Plan {
+    /// The steps of a request to `group`: its own `1 + retries` tries, then each fallback's.
+    pub fn steps(group: usize, chain: &[usize], retries: u32) -> Vec<usize> {
+        let tries = 1 + retries as usize;
+        std::iter::once(group).chain(chain.iter().copied()).flat_map(|g| std::iter::repeat_n(g, tries)).collect()
+    }
+
+    /// Whether a step follows the current one.
+    pub fn has_next(&self) -> bool {
+        self.step + 1 < self.steps.len()
+    }
+
+    /// `[len u32 LE][JSON][body]`.
+    pub fn encode(&self) -> Vec<u8> {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        let len = u32::try_from(json.len()).unwrap_or(u32::MAX);
+        let mut out = Vec::with_capacity(4 + json.len() + self.body.len());
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&json);
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Plan> {
+        let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+        let json = bytes.get(4..4 + len)?;
+        let mut plan: Plan = serde_json::from_slice(json).ok()?;
+        plan.body = bytes.get(4 + len..)?.to_vec();
+        Some(plan)
+    }
+
+    /// Fallback groups sent to so far (LiteLLM's `x-litellm-attempted-fallbacks`): the distinct
+    /// groups tried but the request's own (one skipped before sending is not counted).
+    pub fn fallbacks_attempted(&self) -> usize {
+        let Some(own) = self.steps.first() else { return 0 };
+        let mut seen: Vec<usize> = Vec::new();
+        for g in self.tried_groups.iter().filter(|g| *g != own) {
+            if !seen.contains(g) {
+                seen.push(*g);
+            }
+        }
+        seen.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(group: &str, to: &[&str]) -> FallbackRule {
+        FallbackRule { group: group.into(), to: to.iter().map(|s| (*s).to_owned()).collect() }
+    }
+
+    #[test]
+    fn chains_come_from_rules_else_the_default_never_the_group_itself() {
+        let names = ["gpt-4o", "claude", "mini"];
+        let chains = chains(&names, &[rule("gpt-4o", &["claude", "mini"])], &["mini".into()]).unwrap();
+        assert_eq!(chains, [vec![1, 2], vec![2], Vec::<usize>::new()]);
+        assert!(super::chains(&names, &[], &[]).unwrap().iter().all(Vec::is_empty));
+    }
+
+    #[test]
+    fn unknown_groups_self_fallbacks_duplicates_and_cycles_are_refused() {
+        let names = ["a", "b", "c"];
+        let says = |rules: &[FallbackRule], default: &[String], what: &str| {
+            let errors = chains(&names, rules, default).unwrap_err();
+            assert!(errors.iter().any(|e| e.contains(what)), "{what}: {errors:?}");
+        };
+        says(&[rule("a", &["zzz"])], &[], "fallbacks.a: \"zzz\" is not a model group");
+        says(&[rule("zzz", &["a"])], &[], "fallbacks: \"zzz\" is not a model group");
+        says(&[], &["nope".into()], "default_fallbacks: \"nope\"");
+        says(&[rule("a", &["a"])], &[], "cannot fall back to itself");
+        says(&[rule("a", &["b"]), rule("a", &["c"])], &[], "two fallbacks entries");
+        says(&[rule("a", &["b"]), rule("b", &["c"]), rule("c", &["a"])], &[], "a cycle: a → b → c → a");
+        // A default that names every group is no cycle: it is followed one level only.
+        assert!(chains(&names, &[], &["a".into(), "b".into()]).is_ok());
+    }
+
+    #[test]
+    fn steps_give_each_group_its_tries_and_plans_round_trip() {
+        assert_eq!(Plan::steps(0, &[2, 1], 1), [0, 0, 2, 2, 1, 1]);
+        assert_eq!(Plan::steps(3, &[], 0), [3]);
+        let plan = Plan {
+            nonce: "n".into(),
+            request_id: "r".into(),
+            principal: "master".into(),
+            path: "/v1/chat/completions".into(),
+            steps: vec![0, 0, 2],
+            step: 2,
+            tried: vec![4, 5],
+            tried_groups: vec![0, 2],
+            created_ms: 7,
+            body: b"{\"model\":\"gpt-4o\"}\xff".to_vec(),
+        };
+        assert_eq!(Plan::decode(&plan.encode()), Some(plan.clone()));
+        assert_eq!(plan.fallbacks_attempted(), 1);
+        assert!(!plan.has_next());
+        assert_eq!(Plan::decode(b"\x09\x00\x00\x00{}"), None);
+        assert_eq!(Plan::decode(b""), None);
+        assert!(fails_over(429) && fails_over(503) && !fails_over(400) && !fails_over(200));
+    }
+}

@@ -1,0 +1,142 @@
+//! Fallbacks' plans in shared data, and the upstream part of a failover.
+//!
+//! A request to a group with fallbacks carries a [`Plan`] (`sluice_core::fallbacks`): saved
+//! here under its request id before it goes upstream, in one of [`SLOTS`] shared-data entries
+//! (proxy-wasm cannot delete an entry, so they are reused: a finished or stale plan's slot is
+//! free). When a deployment fails such a request, Sluice's module in the deployment cluster's
+//! upstream chain (the "attempt" filter) turns the failed answer into a 307 to
+//! [`FAILOVER_PATH`] carrying the plan's one-time nonce in [`FAILOVER_HEADER`]; Envoy's router
+//! follows it internally (the route's `internal_redirect_policy` copies that header into the
+//! redirected request), and the request passes through the filter again, which reads the plan
+//! and serves its next step (`flow/fallback.rs`).
+
+use sluice_core::fallbacks::{self, PLAN_TTL_MS, Plan};
+pub use sluice_core::fallbacks::{FAILOVER_HEADER, FAILOVER_PATH};
+
+use crate::host::{CasResult, Host};
+
+/// Where the redirect's `location` points: [`FAILOVER_PATH`] on any host (the route's domains
+/// are `*`).
+pub const FAILOVER_LOCATION: &str = "http://sluice.internal/__sluice/failover";
+/// Shared-data slots for plans; a plan takes the first free of [`PROBES`] from its request id's.
+const SLOTS: u64 = 4096;
+const PROBES: u64 = 8;
+
+fn slot_key(request_id: &str, probe: u64) -> String {
+    // FNV-1a: request ids are Envoy's UUIDs, spread enough for a slot number.
+    let hash =
+        request_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    format!("sluice:fo:{}", hash.wrapping_add(probe) % SLOTS)
+}
+
+/// Saves `plan` under its request id (replacing the request's earlier one); false if every
+/// slot it may take holds another live plan.
+pub fn save(host: &impl Host, plan: &Plan, now_ms: u64) -> bool {
+    let encoded = plan.encode();
+    for probe in 0..PROBES {
+        let key = slot_key(&plan.request_id, probe);
+        let (bytes, cas) = host.shared_get(&key);
+        let free = match bytes.as_deref().and_then(Plan::decode) {
+            None => true,
+            Some(held) => held.request_id == plan.request_id || now_ms > held.created_ms.saturating_add(PLAN_TTL_MS),
+        };
+        if free && host.shared_set(&key, &encoded, cas) == CasResult::Written {
+            return true;
+        }
+    }
+    false
+}
+
+/// The live plan of `request_id`, if it has one.
+pub fn load(host: &impl Host, request_id: &str, now_ms: u64) -> Option<Plan> {
+    (0..PROBES).find_map(|probe| {
+        let plan = Plan::decode(&host.shared_get(&slot_key(request_id, probe)).0?)?;
+        (plan.request_id == request_id && now_ms <= plan.created_ms.saturating_add(PLAN_TTL_MS)).then_some(plan)
+    })
+}
+
+/// Frees `request_id`'s slot: its request is over, or has no step left.
+pub fn clear(host: &impl Host, request_id: &str) {
+    for probe in 0..PROBES {
+        let key = slot_key(request_id, probe);
+        let (bytes, cas) = host.shared_get(&key);
+        if bytes.as_deref().and_then(Plan::decode).is_some_and(|p| p.request_id == request_id) {
+            host.shared_set(&key, b"", cas);
+            return;
+        }
+    }
+}
+
+/// The attempt filter's decision on an upstream answer: a status that fails over, for a
+/// request whose plan has a step left, becomes a redirect to the next pass; the nonce to send.
+/// Only a failed answer reads shared data: a success costs a comparison.
+pub fn redirect_nonce(host: &impl Host, status: u16, request_id: Option<&[u8]>) -> Option<String> {
+    if !fallbacks::fails_over(status) {
+        return None;
+    }
+    let request_id = std::str::from_utf8(request_id?).ok()?;
+    let plan = load(host, request_id, host.now_ms())?;
+    plan.has_next().then_some(plan.nonce)
+}
+
+/// The response headers that turn an attempt's answer into the redirect (`:status`, where to,
+/// the nonce), for either binding to set.
+pub fn redirect_headers(nonce: &str) -> [(&'static str, &str); 3] {
+    [(":status", "307"), ("location", FAILOVER_LOCATION), (FAILOVER_HEADER, nonce)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mock_host::{MockEnvoy, MockHost};
+
+    fn plan(request_id: &str, steps: Vec<usize>, created_ms: u64) -> Plan {
+        Plan {
+            nonce: format!("nonce-{request_id}"),
+            request_id: request_id.into(),
+            principal: "master".into(),
+            path: "/v1/chat/completions".into(),
+            steps,
+            step: 0,
+            tried: vec![0],
+            tried_groups: vec![0],
+            created_ms,
+            body: b"{}".to_vec(),
+        }
+    }
+
+    #[test]
+    fn plans_are_found_by_request_id_and_their_slots_reused() {
+        let host = MockHost::new(MockEnvoy::new(1_000));
+        assert!(save(&host, &plan("r1", vec![0, 1], 1_000), 1_000));
+        assert_eq!(load(&host, "r1", 1_000).map(|p| p.steps), Some(vec![0, 1]));
+        assert_eq!(load(&host, "r2", 1_000), None);
+        // A failure of r1 redirects; a success or a client's error does not.
+        assert_eq!(redirect_nonce(&host, 503, Some(b"r1")), Some("nonce-r1".into()));
+        assert_eq!(redirect_nonce(&host, 200, Some(b"r1")), None);
+        assert_eq!(redirect_nonce(&host, 400, Some(b"r1")), None);
+        assert_eq!(redirect_nonce(&host, 503, Some(b"r2")), None);
+        // The last step: nothing to redirect to.
+        let mut last = plan("r1", vec![0, 1], 1_000);
+        last.step = 1;
+        assert!(save(&host, &last, 1_000));
+        assert_eq!(redirect_nonce(&host, 503, Some(b"r1")), None);
+        clear(&host, "r1");
+        assert_eq!(load(&host, "r1", 1_000), None);
+        // Every slot one request id may take, held by others: a stale one is reused.
+        let crowd: Vec<String> = (0..100_000)
+            .map(|i| format!("x{i}"))
+            .filter(|id| slot_key(id, 0) == slot_key("r3", 0))
+            .take(PROBES as usize)
+            .collect();
+        for (i, id) in crowd.iter().enumerate() {
+            let created = if i == 3 { 0 } else { 1_000 };
+            let mut p = plan(id, vec![0, 1], created);
+            p.request_id.clone_from(id);
+            // Each taken in order of its own probes; the crowd fills r3's first slots.
+            assert!(save(&host, &p, 1_000));
+        }
+        assert!(save(&host, &plan("r3", vec![0, 1], 1_000), PLAN_TTL_MS + 500));
+        assert!(load(&host, "r3", PLAN_TTL_MS + 500).is_some());
+    }
+}
