@@ -684,6 +684,13 @@ pub fn deployment_counter_name(deployment_id: &str) -> String {
     format!("sluice:d:{deployment_id}")
 }
 
+/// A deployment's record of routing state in shared data, by kind: its cooldown (`cd`,
+/// `crate::cooldown`) or its load (`ld`, `crate::load`). Its usage counter is
+/// [`deployment_counter_name`].
+pub fn deployment_record_name(kind: &str, deployment_id: &str) -> String {
+    format!("sluice:{kind}:{deployment_id}")
+}
+
 pub fn key_model_counter_name(key_id: &str, group: &str) -> String {
     format!("sluice:km:{key_id}:{group}")
 }

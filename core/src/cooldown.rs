@@ -41,6 +41,18 @@ pub struct CooldownRecord {
     pub cooled_until_ms: u64,
 }
 
+impl crate::load::SharedRecord for CooldownRecord {
+    const KIND: &'static str = "cd";
+
+    fn decode(bytes: &[u8]) -> Self {
+        CooldownRecord::decode(bytes)
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        CooldownRecord::encode(self).to_vec()
+    }
+}
+
 impl CooldownRecord {
     pub const LEN: usize = 16;
 

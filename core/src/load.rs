@@ -10,6 +10,27 @@ pub const IN_FLIGHT_TRUST_MS: u64 = 15 * 60_000;
 /// averages its last ten).
 const LATENCY_ALPHA: f64 = 0.2;
 
+/// A per-deployment record the filter keeps in shared data (one entry per deployment, named
+/// [`crate::config::deployment_record_name`]`(KIND, id)`): its bytes, fixed-size, an absent or
+/// malformed entry decoding as a clean record.
+pub trait SharedRecord: Sized {
+    const KIND: &'static str;
+    fn decode(bytes: &[u8]) -> Self;
+    fn encode(&self) -> Vec<u8>;
+}
+
+impl SharedRecord for DeploymentLoad {
+    const KIND: &'static str = "ld";
+
+    fn decode(bytes: &[u8]) -> Self {
+        DeploymentLoad::decode(bytes)
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        DeploymentLoad::encode(self).to_vec()
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct DeploymentLoad {
     pub in_flight: u32,

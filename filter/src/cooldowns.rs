@@ -9,6 +9,7 @@ use std::cell::RefCell;
 use sluice_core::config::CompiledConfig;
 use sluice_core::cooldown::CooldownRecord;
 
+use crate::deployment_records::DeploymentRecords;
 use crate::host::{Host, LogLevel};
 
 /// How stale this worker's view of another worker's record may be.
@@ -22,46 +23,45 @@ struct View {
 }
 
 pub struct Cooldowns {
-    /// Shared-data key per deployment (same index as the config's deployments).
-    keys: Vec<String>,
+    records: DeploymentRecords<CooldownRecord>,
+    /// This worker's view of each record (same index as the config's deployments).
     views: RefCell<Vec<View>>,
 }
 
 impl Cooldowns {
     pub fn new(config: &CompiledConfig) -> Self {
-        let deployments = &config.config.deployments;
         Cooldowns {
-            keys: deployments.iter().map(|d| format!("sluice:cd:{}", d.id)).collect(),
-            views: RefCell::new(vec![View::default(); deployments.len()]),
+            records: DeploymentRecords::new(config),
+            views: RefCell::new(vec![View::default(); config.config.deployments.len()]),
+        }
+    }
+
+    /// What deployment `index`'s record became: this worker sees it at once.
+    fn saw(&self, index: usize, record: &CooldownRecord, now_ms: u64) {
+        if let Some(view) = self.views.borrow_mut().get_mut(index) {
+            *view = View { cooled_until_ms: record.cooled_until_ms, read_ms: now_ms.max(1) };
         }
     }
 
     /// When deployment `index`'s cooldown ends (0 or a past time: it is in rotation).
     pub fn cooled_until(&self, host: &impl Host, index: usize, now_ms: u64) -> u64 {
-        let mut views = self.views.borrow_mut();
-        let (Some(view), Some(key)) = (views.get_mut(index), self.keys.get(index)) else { return 0 };
-        if view.read_ms == 0 || now_ms.saturating_sub(view.read_ms) >= REFRESH_MS {
-            let (bytes, _) = host.shared_get(key);
-            view.cooled_until_ms = CooldownRecord::decode(bytes.as_deref().unwrap_or_default()).cooled_until_ms;
-            view.read_ms = now_ms.max(1);
+        let stale = self
+            .views
+            .borrow()
+            .get(index)
+            .is_some_and(|v| v.read_ms == 0 || now_ms.saturating_sub(v.read_ms) >= REFRESH_MS);
+        if stale {
+            let record = self.records.read(host, index);
+            self.saw(index, &record, now_ms);
         }
-        view.cooled_until_ms
+        self.views.borrow().get(index).map_or(0, |v| v.cooled_until_ms)
     }
 
     /// Takes deployment `index` out of rotation until `until_ms` (it failed a background health
     /// check), unless it already is for longer.
     pub fn hold_out(&self, host: &impl Host, index: usize, until_ms: u64, now_ms: u64) {
-        let Some(key) = self.keys.get(index) else { return };
-        let mut after = CooldownRecord::default();
-        let written = host.shared_update(key, &mut |bytes| {
-            let mut record = CooldownRecord::decode(bytes);
-            record.hold_until(until_ms);
-            *bytes = record.encode().to_vec();
-            after = record;
-            true
-        });
-        if written && let Some(view) = self.views.borrow_mut().get_mut(index) {
-            *view = View { cooled_until_ms: after.cooled_until_ms, read_ms: now_ms.max(1) };
+        if let Some(after) = self.records.update(host, index, &mut |record| record.hold_until(until_ms)) {
+            self.saw(index, &after, now_ms);
         }
     }
 
@@ -70,23 +70,14 @@ impl Cooldowns {
     /// [`REFRESH_MS`].
     pub fn record_failures(&self, host: &impl Host, config: &CompiledConfig, index: usize, now_ms: u64, failures: u32) {
         let policy = config.config.cooldown;
-        let (Some(key), Some(deployment)) = (self.keys.get(index), config.deployment(index)) else { return };
-        let mut after = CooldownRecord::default();
+        let Some(deployment) = config.deployment(index) else { return };
         let mut started = false;
-        let written = host.shared_update(key, &mut |bytes| {
-            let mut record = CooldownRecord::decode(bytes);
-            started = record.record_failures(&policy, now_ms, failures);
-            *bytes = record.encode().to_vec();
-            after = record;
-            true
-        });
-        if !written {
-            host.log(LogLevel::Error, "sluice: could not count a deployment's failure (shared data unavailable)");
+        let Some(after) =
+            self.records.update(host, index, &mut |record| started = record.record_failures(&policy, now_ms, failures))
+        else {
             return;
-        }
-        if let Some(view) = self.views.borrow_mut().get_mut(index) {
-            *view = View { cooled_until_ms: after.cooled_until_ms, read_ms: now_ms.max(1) };
-        }
+        };
+        self.saw(index, &after, now_ms);
         if started {
             host.log(
                 LogLevel::Warn,

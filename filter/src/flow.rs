@@ -34,10 +34,10 @@ use sluice_core::usage::{self, ApiFormat, Usage};
 
 use crate::cooldowns::Cooldowns;
 use crate::counters::{self, Placement, Scope, Ticket};
+use crate::deployment_records::DeploymentRecords;
 use crate::health::{self, Probe};
 use crate::host::{Action, Host, LogLevel};
 use crate::key_cache::{Cached, Invalidations, KeyCache, SharedEntry, Verdict, read_shared, write_shared};
-use crate::loads::Loads;
 use crate::metrics::{GroupMetric, Metrics};
 use crate::secrets::Secrets;
 use crate::translation::{Direction, StreamTranslation, Translation};
@@ -126,7 +126,7 @@ pub struct Gateway {
     /// Which deployments are cooling down after failures.
     pub(crate) cooldowns: Cooldowns,
     /// Deployments' requests in flight and latency (`least-busy`, `latency-based-routing`).
-    loads: Loads,
+    loads: DeploymentRecords<sluice_core::load::DeploymentLoad>,
     /// Each deployment's counter under `usage-based-routing-v2` (empty under the others).
     pub usage_counters: Vec<String>,
     /// The master key's digest (standalone mode), from the environment likewise.
@@ -169,7 +169,7 @@ impl Gateway {
         Self {
             attempt_policy: AttemptPolicy::new(&config),
             cooldowns: Cooldowns::new(&config),
-            loads: Loads::new(&config),
+            loads: DeploymentRecords::new(&config),
             usage_counters: usage_counters(&config),
             config,
             upstream_credentials,

@@ -19,12 +19,12 @@
 pub mod cooldowns;
 pub mod counters;
 pub mod deployment_health;
+pub mod deployment_records;
 pub mod failover;
 pub mod flow;
 pub mod health;
 pub mod host;
 pub mod key_cache;
-pub mod loads;
 pub mod metrics;
 #[cfg(test)]
 mod mock_host;
