@@ -111,9 +111,10 @@ pub fn upstream_is_ip(u: &Upstream) -> bool {
     u.host.parse::<IpAddr>().is_ok()
 }
 
-/// The gateway has fallbacks: its deployment clusters need the attempt filter.
-pub fn has_fallbacks(gateway: &GatewayConfig) -> bool {
-    !gateway.fallbacks.is_empty() || !gateway.default_fallbacks.is_empty()
+/// The gateway's requests may move between passes (fallbacks, or retries to another
+/// deployment of a group): its deployment clusters need the attempt filter.
+pub fn needs_attempt_filter(gateway: &GatewayConfig) -> bool {
+    sluice_core::fallbacks::config_fails_over(gateway)
 }
 
 /// The attempt filter for a deployment cluster's upstream chain, wasm build: the downstream
@@ -262,8 +263,8 @@ pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<V
             },
         },
     });
-    let attempt =
-        has_fallbacks(&s.gateway).then(|| wasm_attempt_filter(vm_config(&opts.wasm_path, &env_keys), failure_policy));
+    let attempt = needs_attempt_filter(&s.gateway)
+        .then(|| wasm_attempt_filter(vm_config(&opts.wasm_path, &env_keys), failure_policy));
     let listener = listener(opts, wasm_filter, s.request_timeout_secs, s.gateway.max_request_body_bytes);
     let clusters: Vec<Value> = s.upstreams.iter().map(|u| cluster(u, attempt.as_ref())).collect();
     Ok(bootstrap("sluice-standalone", opts, listener, clusters, None, None))
@@ -304,7 +305,7 @@ pub fn standalone_native_bootstrap(
             "filter_config": {"@type": STRING_VALUE, "value": gateway_json},
         },
     });
-    let attempt = has_fallbacks(&s.gateway).then(|| native_attempt_filter(module_path));
+    let attempt = needs_attempt_filter(&s.gateway).then(|| native_attempt_filter(module_path));
     let listener = listener(opts, native_filter, s.request_timeout_secs, s.gateway.max_request_body_bytes);
     let clusters: Vec<Value> = s.upstreams.iter().map(|u| cluster(u, attempt.as_ref())).collect();
     Ok(native_only(bootstrap("sluice-standalone", opts, listener, clusters, None, None)))
@@ -1030,7 +1031,7 @@ mod tests {
     fn with_fallbacks_every_deployment_cluster_runs_the_attempt_filter_first() {
         for settings in [json!({"fallbacks": [{"a": ["b"]}]}), json!({"default_fallbacks": ["b"]})] {
             let s = with_groups(settings.clone());
-            assert!(has_fallbacks(&s.gateway), "{settings}");
+            assert!(needs_attempt_filter(&s.gateway), "{settings}");
             let wasm = standalone_bootstrap(&s, &opts()).unwrap();
             let downstream = &hcm(&wasm)["http_filters"][0]["typed_config"]["config"];
             let clusters = deployment_clusters(&wasm);
@@ -1083,12 +1084,16 @@ mod tests {
         }
     }
 
-    /// Without fallbacks a deployment cluster pays nothing: no attempt filter, and no upstream
-    /// chain at all unless Bedrock signs.
+    /// Without fallbacks and without a group of several deployments (whose retries go to
+    /// another deployment), a deployment cluster pays nothing: no attempt filter, and no
+    /// upstream chain at all unless Bedrock signs.
     #[test]
     fn without_fallbacks_no_cluster_runs_the_attempt_filter() {
-        let s = with_groups(json!({}));
-        assert!(!has_fallbacks(&s.gateway));
+        assert!(needs_attempt_filter(&with_groups(json!({})).gateway), "group b has two deployments");
+        let mut s = with_groups(json!({}));
+        s.gateway.deployments.retain(|d| d.id != "b2");
+        s.upstreams.retain(|u| !u.cluster.contains("b2"));
+        assert!(!needs_attempt_filter(&s.gateway));
         let builds = [
             standalone_bootstrap(&s, &opts()).unwrap(),
             standalone_native_bootstrap(

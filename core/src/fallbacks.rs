@@ -9,6 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::retries::RetryOn;
+
 /// The name of Sluice's module in a deployment cluster's upstream chain, where it turns a
 /// failed attempt into the redirect to the next pass (the wasm build's `root_id`, the native
 /// build's `filter_name`; the bootstraps and both bindings use this one constant).
@@ -89,6 +91,17 @@ pub fn fails_over(status: u16) -> bool {
     crate::cooldown::is_failure(status)
 }
 
+/// Whether a request to a group may move between passes (and needs the attempt filter on its
+/// deployments' clusters): the config has fallbacks, or a group of several deployments, whose
+/// retries go to another deployment.
+pub fn config_fails_over(config: &crate::config::GatewayConfig) -> bool {
+    let mut groups: Vec<&str> = config.deployments.iter().map(|d| d.model_name.as_str()).collect();
+    let all = groups.len();
+    groups.sort_unstable();
+    groups.dedup();
+    !config.fallbacks.is_empty() || !config.default_fallbacks.is_empty() || groups.len() < all
+}
+
 /// What a request's next pass needs: who asked, what, the client's own body, the steps left.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
@@ -109,6 +122,10 @@ pub struct Plan {
     pub tried_groups: Vec<usize>,
     /// When the plan was made (a stale plan is never followed).
     pub created_ms: u64,
+    /// Which answers a try of the same group retries (`retry_policy`); a move to a fallback
+    /// group follows [`fails_over`].
+    #[serde(default)]
+    pub retry_on: RetryOn,
     /// The client's body, as it sent it (not serialised: appended after the JSON).
     #[serde(skip)]
     pub body: Vec<u8>,
@@ -127,6 +144,16 @@ impl Plan {
     /// Whether a step follows the current one.
     pub fn has_next(&self) -> bool {
         self.step + 1 < self.steps.len()
+    }
+
+    /// Whether an answer with `status` to the current step moves the request on to the next:
+    /// a retry of the same group on what `retry_policy` retries, a fallback on a failure.
+    pub fn moves_on(&self, status: u16) -> bool {
+        match (self.steps.get(self.step), self.steps.get(self.step + 1)) {
+            (Some(now), Some(next)) if now == next => self.retry_on.retries(status),
+            (Some(_), Some(_)) => fails_over(status),
+            _ => false,
+        }
     }
 
     /// `[len u32 LE][JSON][body]`.
@@ -209,6 +236,7 @@ mod tests {
             tried: vec![4, 5],
             tried_groups: vec![0, 2],
             created_ms: 7,
+            retry_on: RetryOn::default(),
             body: b"{\"model\":\"gpt-4o\"}\xff".to_vec(),
         };
         assert_eq!(Plan::decode(&plan.encode()), Some(plan.clone()));
@@ -217,5 +245,13 @@ mod tests {
         assert_eq!(Plan::decode(b"\x09\x00\x00\x00{}"), None);
         assert_eq!(Plan::decode(b""), None);
         assert!(fails_over(429) && fails_over(503) && !fails_over(400) && !fails_over(200));
+        // A retry of the same group follows retry_policy; a move to a fallback, any failure.
+        let mut p = Plan { steps: vec![0, 0, 2], step: 0, ..plan };
+        p.retry_on.rate_limit = false;
+        assert!(!p.moves_on(429) && p.moves_on(503) && !p.moves_on(404));
+        p.step = 1;
+        assert!(p.moves_on(429) && p.moves_on(404) && !p.moves_on(400));
+        p.step = 2;
+        assert!(!p.moves_on(503), "the last step");
     }
 }

@@ -59,6 +59,19 @@ impl RetryPolicy {
 }
 
 impl RetryOn {
+    /// Whether a provider's answer with `status` is retried (the same classes as
+    /// [`RetryOn::status_codes`]).
+    pub fn retries(&self, status: u16) -> bool {
+        match status {
+            429 => self.rate_limit,
+            500 | 502 | 503 | 504 => self.server_error,
+            408 => self.timeout,
+            400 => self.bad_request,
+            401 | 403 => self.authentication,
+            _ => false,
+        }
+    }
+
     /// `x-envoy-retriable-status-codes` for these classes (empty: none).
     pub fn status_codes(&self) -> String {
         let mut codes: Vec<&str> = Vec::new();

@@ -10,8 +10,8 @@
 //! redirected request), and the request passes through the filter again, which reads the plan
 //! and serves its next step (`flow/fallback.rs`).
 
-use sluice_core::fallbacks::{self, PLAN_TTL_MS, Plan};
 pub use sluice_core::fallbacks::{FAILOVER_HEADER, FAILOVER_PATH};
+use sluice_core::fallbacks::{PLAN_TTL_MS, Plan};
 
 use crate::host::{CasResult, Host};
 
@@ -71,12 +71,18 @@ pub fn clear(host: &impl Host, request_id: &str) {
 /// request whose plan has a step left, becomes a redirect to the next pass; the nonce to send.
 /// Only a failed answer reads shared data: a success costs a comparison.
 pub fn redirect_nonce(host: &impl Host, status: u16, request_id: Option<&[u8]>) -> Option<String> {
-    if !fallbacks::fails_over(status) {
+    if !may_move_on(status) {
         return None;
     }
     let request_id = std::str::from_utf8(request_id?).ok()?;
     let plan = load(host, request_id, host.now_ms())?;
-    plan.has_next().then_some(plan.nonce)
+    plan.moves_on(status).then_some(plan.nonce)
+}
+
+/// Whether an answer with `status` could move a request on (an error): the attempt filter
+/// looks for a plan only then.
+pub fn may_move_on(status: u16) -> bool {
+    status >= 400
 }
 
 /// The response headers that turn an attempt's answer into the redirect (`:status`, where to,
@@ -100,6 +106,7 @@ mod tests {
             step: 0,
             tried: vec![0],
             tried_groups: vec![0],
+            retry_on: Default::default(),
             created_ms,
             body: b"{}".to_vec(),
         }

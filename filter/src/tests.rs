@@ -2793,6 +2793,39 @@ mod fallbacks {
         // Without fallbacks the same group answers 503 no_healthy_deployment (cooldown's test).
     }
 
+    /// Without fallbacks, a group of several deployments retries on another one (LiteLLM's
+    /// retries), for what `retry_policy` retries; a single deployment's stay with the router.
+    #[test]
+    fn a_retry_goes_to_another_deployment_of_the_group() {
+        let mut cfg = base_config();
+        cfg.deployments.push(deployment("gpt4o-b", "gpt-4o", Provider::Openai, "gpt-4o"));
+        cfg.retries.num_retries = 1;
+        cfg.retries.on.rate_limit = false;
+        let h = Harness::new(cfg);
+        let host = MockHost::new(Rc::clone(&h.envoy));
+        let (mut first, _) = h.post("/v1/chat/completions", &key(1), CHAT);
+        let tried = first.host.request_header_str("x-sluice-cluster").unwrap();
+        assert!(failover::redirect_nonce(&host, 429, Some(b"req-1")).is_none(), "429 is not retried here");
+        let nonce = failover::redirect_nonce(&host, 502, Some(b"req-1")).unwrap();
+        first.redirected();
+        let mut second = next_pass(&h, &first, &nonce);
+        let other = second.host.request_header_str("x-sluice-cluster").unwrap();
+        assert_ne!(other, tried, "the retry goes to the other deployment");
+        assert_eq!(
+            second.host.request_header_str("authorization").as_deref(),
+            Some(format!("Bearer provider-secret-{}", other.trim_start_matches("sluice_")).as_str())
+        );
+        second.respond(200, "application/json", &[openai_response(5, 5, 0).as_bytes()], true);
+        assert_eq!(second.host.response_header_str("x-litellm-attempted-retries").as_deref(), Some("1"));
+        assert_eq!(second.host.response_header_str("x-litellm-attempted-fallbacks"), None, "no fallbacks here");
+        second.finish();
+        assert_eq!(h.envoy.records().len(), 1);
+        // A group of one: the router retries (its retry-after waited out), no plan.
+        let (s, _) = h.post("/v1/chat/completions", &key(1), r#"{"model":"gpt-4o-mini","messages":[]}"#);
+        assert_eq!(s.host.request_header_str("x-envoy-retriable-status-codes").as_deref(), Some("500,502,503,504,408"));
+        assert!(failover::redirect_nonce(&host, 503, Some(b"req-1")).is_none());
+    }
+
     #[test]
     fn fallback_rules_are_checked_when_the_config_is_compiled() {
         let mut cfg = base_config();

@@ -48,8 +48,13 @@ class RetryGateway(Gateway):
         for i, entry in enumerate(ordered, 1):
             entry["model_name"] = "ordered"
             entry["litellm_params"]["order"] = i
+        # Two healthy deployments of different upstream models: a retry's, told apart upstream.
+        twins = [model_entry("gpt-4o-mini", f"openai/{model}", base, "MOCK_OPENAI_KEY", f"twin-{i}")
+                 for i, model in ((1, "gpt-4o-mini"), (2, "gpt-4o"))]
+        for entry in twins:
+            entry["model_name"] = "twins"
         config = {
-            "model_list": [flaky, slow, dead, *pair, *dead_pair, *ordered],
+            "model_list": [flaky, slow, dead, *pair, *dead_pair, *ordered, *twins],
             "router_settings": {"num_retries": 2, "allowed_fails": 1, "cooldown_time": 1.5},
             "general_settings": {"master_key": "os.environ/SLUICE_MASTER_KEY"},
             "keys": [out["entry"]],
@@ -279,8 +284,26 @@ def test_order_sends_everything_to_the_first_until_it_cools_down(rgw):
     assert all(r.status_code == 200 for r in first)
     recs = [record_of(rgw, r)["deployment"] for r in first]
     assert recs == ["ordered-1"] * 6, recs
-    # Order 1 fails (twice: more than allowed_fails 1, on one request with its retries).
-    r = chat(rgw, {**CHAT, "model": "ordered", "num_retries": 1}, headers={"x-mock-status": "500"})
-    assert r.status_code == 500
+    # Order 1 fails twice (more than allowed_fails 1; retries off, so both are its).
+    for _ in range(2):
+        r = chat(rgw, {**CHAT, "model": "ordered", "num_retries": 0}, headers={"x-mock-status": "500"})
+        assert r.status_code == 500
+    time.sleep(0.3)  # every worker has re-read the records by now
     then = [chat(rgw, {**CHAT, "model": "ordered"}) for _ in range(4)]
     assert [record_of(rgw, r)["deployment"] for r in then] == ["ordered-2"] * 4
+
+
+def test_a_retry_goes_to_another_deployment_of_the_group(rgw):
+    """LiteLLM's retries move to another deployment of the group: the first attempt fails (the
+    mock fails a request's first attempt only), the retry is the other deployment's, through
+    Envoy's internal redirect; billed once, there."""
+    r = chat(rgw, {**CHAT, "model": "twins", "num_retries": 1},
+             headers={"x-mock-status": "500", "x-mock-fault-attempts": "1"})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-litellm-attempted-retries"] == "1"
+    attempts = attempts_of(rgw, r.headers["x-request-id"])
+    assert [a["status"] for a in attempts] == [500, 200], attempts
+    assert attempts[0]["model"] != attempts[1]["model"], "two deployments"
+    record = record_of(rgw, r)
+    assert record["deployment"] == {"gpt-4o-mini": "twin-1", "gpt-4o": "twin-2"}[attempts[1]["model"]]
+    assert record["status"] == 200 and record["cost_usd"] > 0

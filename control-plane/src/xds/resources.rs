@@ -50,7 +50,7 @@ use sluice_core::litellm::{FailurePolicy, Upstream, from_litellm};
 use super::protocol::{CLUSTER, EXTENSION_CONFIG, SECRET, Snapshot};
 use crate::envoy_bootstrap::{
     ATTEMPT_FILTER_NAME, CA_BUNDLE, CONNECT_TIMEOUT_SECS, FILTER_ROOT_ID, MAX_CONCURRENT_RETRIES, NATIVE_FILTER_NAME,
-    VM_ID, WASM_RUNTIME, has_fallbacks, refuse_failure_policy_for_native, upstream_is_ip,
+    VM_ID, WASM_RUNTIME, needs_attempt_filter, refuse_failure_policy_for_native, upstream_is_ip,
 };
 use crate::provider_policy::ProviderPolicy;
 
@@ -175,7 +175,7 @@ pub fn build(
 
     // With fallbacks, every deployment cluster runs the module's attempt role first in its
     // upstream chain: it turns a failed answer into the internal redirect to the next pass.
-    let attempt = has_fallbacks(&gateway).then(|| attempt_filter(&opts.module, standalone.failure_policy));
+    let attempt = needs_attempt_filter(&gateway).then(|| attempt_filter(&opts.module, standalone.failure_policy));
     let mut clusters = BTreeMap::new();
     let mut secrets = BTreeMap::new();
     let mut warnings = standalone.warnings;
@@ -886,7 +886,8 @@ mod tests {
     #[test]
     fn without_fallbacks_no_cluster_runs_the_attempt_filter() {
         for opts in [options(), native_options()] {
-            let (snap, _) = with_fallbacks(opts, json!({}));
+            // (with_fallbacks' list has a group of two, whose retries need the attempt filter)
+            let (snap, _) = build(&model_list(), &opts, &env).unwrap();
             for (name, any) in &snap.resources[CLUSTER] {
                 let names = upstream_filter_names(&decode(any));
                 assert!(

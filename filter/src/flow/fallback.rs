@@ -83,21 +83,25 @@ impl<H: Host> RequestFlow<H> {
         }
     }
 
-    /// A plan for a request to `group` (index), when the group has fallbacks: made before its
-    /// first step, with the client's body.
-    pub(super) fn start_plan(&mut self, group: usize, chain: &[usize], retries: u32, body: &[u8]) {
-        if chain.is_empty() || self.plan.is_some() {
+    /// A plan for a request to `group` (index), when it has somewhere to move on to: fallback
+    /// groups, or retries and another deployment to retry on. Made before its first step, with
+    /// the client's body.
+    pub(super) fn start_plan(&mut self, group: usize, retries: u32, body: &[u8]) {
+        let gateway = Rc::clone(&self.gateway);
+        let Some(own) = gateway.config.groups.get(group) else { return };
+        let retries_elsewhere = retries > 0 && own.deployments.len() > 1;
+        if (own.fallbacks.is_empty() && !retries_elsewhere) || self.plan.is_some() {
             return;
         }
         // Only the groups this key may use: a key never reaches a model through a fallback that
         // it could not ask for (and with none left, the group's own answer is the client's).
-        let gateway = Rc::clone(&self.gateway);
-        let chain: Vec<usize> = chain
+        let chain: Vec<usize> = own
+            .fallbacks
             .iter()
             .copied()
             .filter(|g| gateway.config.groups.get(*g).is_some_and(|g| self.may_use(&g.name)))
             .collect();
-        if chain.is_empty() {
+        if chain.is_empty() && !retries_elsewhere {
             return;
         }
         let principal = match &self.principal {
@@ -117,6 +121,7 @@ impl<H: Host> RequestFlow<H> {
             tried: Vec::new(),
             tried_groups: Vec::new(),
             created_ms: self.start_ms,
+            retry_on: gateway.config.config.retries.on,
             body: body.to_vec(),
         });
     }
@@ -211,11 +216,20 @@ impl<H: Host> RequestFlow<H> {
         }
     }
 
-    /// LiteLLM's `x-litellm-attempted-fallbacks` on the answer of a request with fallbacks.
-    pub(super) fn tell_fallbacks_attempted(&self) {
-        if let Some(plan) = &self.plan {
-            let n = itoa::Buffer::new().format(plan.fallbacks_attempted()).to_owned();
+    /// LiteLLM's `x-litellm-attempted-retries` (tries of the answering group before this one,
+    /// the router's own included) and, for a group with fallbacks, `x-litellm-attempted-fallbacks`,
+    /// on the answer of a request with a plan. False if it has none (the router's count holds).
+    pub(super) fn tell_plan_attempts(&self, router_attempts: u32) -> bool {
+        let Some(plan) = &self.plan else { return false };
+        let mut digits = itoa::Buffer::new();
+        let group = plan.tried_groups.last();
+        let earlier = plan.tried_groups.iter().filter(|g| Some(*g) == group).count().saturating_sub(1);
+        let retried = earlier + router_attempts.saturating_sub(1) as usize;
+        self.host.add_response_header("x-litellm-attempted-retries", digits.format(retried).as_bytes());
+        if plan.steps.iter().any(|g| Some(g) != plan.steps.first()) {
+            let n = digits.format(plan.fallbacks_attempted());
             self.host.add_response_header("x-litellm-attempted-fallbacks", n.as_bytes());
         }
+        true
     }
 }

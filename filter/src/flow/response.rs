@@ -15,13 +15,14 @@ impl<H: Host> RequestFlow<H> {
             self.first_byte_ms = self.host.now_ms();
         }
         self.attempts = attempt_count.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()).unwrap_or(1).max(1);
-        if admitted.retries > 0 {
+        if self.tell_plan_attempts(self.attempts) {
+            // Counted over the request's passes.
+        } else if admitted.retries > 0 {
             // LiteLLM's header: the retries this answer took.
             let retried = itoa::Buffer::new().format(self.attempts - 1).to_owned();
             self.host.add_response_header("x-litellm-attempted-retries", retried.as_bytes());
         }
         set_remaining_headers(&self.host, &admitted.remaining, rate_limit.map(|h| h.is_some()));
-        self.tell_fallbacks_attempted();
         let content_type = content_type.unwrap_or_default();
         let has = |needle: &[u8]| content_type.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle));
         let is_sse = has(b"text/event-stream");

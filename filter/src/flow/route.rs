@@ -110,7 +110,7 @@ impl<H: Host> RequestFlow<H> {
         }
         if !self.failover_pass {
             let retries = req.num_retries.unwrap_or(config.config.retries.num_retries);
-            self.start_plan(own_group, &group.fallbacks, retries, body);
+            self.start_plan(own_group, retries, body);
         }
         // Under a plan, a deployment not tried yet if the group has one.
         let est_prompt_tokens = usage::estimate_tokens_from_bytes(body.len() as u64);

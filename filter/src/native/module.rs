@@ -210,7 +210,7 @@ impl AttemptFilter {
     fn on_response_headers(&self) {
         let status = self.stream.header(RESPONSE_HEADERS, ":status");
         let status = status.as_deref().and_then(|s| std::str::from_utf8(s).ok()?.parse().ok()).unwrap_or(0);
-        if !sluice_core::fallbacks::fails_over(status) {
+        if !crate::failover::may_move_on(status) {
             return;
         }
         let host = DynamicModuleHost::new(self.stream, Arc::clone(&self.counters), Rc::new(HookState::default()));
