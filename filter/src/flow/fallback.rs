@@ -1,6 +1,7 @@
-//! Fallbacks (LiteLLM's `fallbacks` and `default_fallbacks`): a request to a group with a chain
-//! gets a [`Plan`] before it goes upstream — its steps (the group's own tries, then each
-//! fallback group's), what was tried, the client's own body — kept in shared data
+//! Fallbacks and retries elsewhere (LiteLLM's `fallbacks`, `default_fallbacks`, and the
+//! `num_retries` of a group of several deployments): such a request gets a [`Plan`] before it
+//! goes upstream — its steps (the group's own tries, then each fallback group's), what was
+//! tried, the client's own body — kept in shared data
 //! (`crate::failover`). A step whose group has no deployment to offer (all cooling down, all at
 //! capacity) or that the key may not use is skipped here, before anything is sent; a step whose
 //! deployment fails comes back through Envoy's internal redirect as a new pass of this flow,
