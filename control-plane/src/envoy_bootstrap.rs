@@ -117,10 +117,20 @@ pub fn needs_attempt_filter(gateway: &GatewayConfig) -> bool {
     sluice_core::fallbacks::config_fails_over(gateway)
 }
 
-/// The attempt filter for a deployment cluster's upstream chain, wasm build: the downstream
-/// filter's VM (the same `vm_config`, so the same `vm_id` and its shared data, where the plans
-/// are) in the attempt role, with the downstream filter's failure policy.
-fn wasm_attempt_filter(vm_config: Value, failure_policy: &str) -> Value {
+/// The VM configuration that sets the attempt filter's VM apart from the gateway filter's.
+/// Envoy shares a VM among plugins of the same `vm_id`, code and VM configuration, and shared
+/// data among VMs of the same `vm_id`: the attempt filter must see the plans (same `vm_id`) but
+/// run in a VM of its own, because an HTTP call the gateway filter makes (a health probe) runs
+/// the cluster's upstream chain while the gateway filter's VM is still inside that call, and
+/// proxy-wasm cannot enter a VM twice (measured: the VM trapped on the nested context).
+pub const ATTEMPT_VM_CONFIGURATION: &str = "sluice_attempt";
+
+/// The attempt filter for a deployment cluster's upstream chain, wasm build: the module with
+/// the downstream filter's `vm_id` (its shared data, where the plans are) in a VM of its own
+/// ([`ATTEMPT_VM_CONFIGURATION`]), in the attempt role, with the downstream filter's failure
+/// policy.
+fn wasm_attempt_filter(mut vm_config: Value, failure_policy: &str) -> Value {
+    vm_config["configuration"] = json!({"@type": STRING_VALUE, "value": ATTEMPT_VM_CONFIGURATION});
     json!({
         "name": "envoy.filters.http.wasm",
         "typed_config": {
@@ -1044,10 +1054,12 @@ mod tests {
                 let config = &attempt["config"];
                 assert_eq!(config["root_id"], "sluice_attempt");
                 assert_eq!(config["name"], "sluice_attempt");
-                assert_eq!(
-                    config["vm_config"], downstream["vm_config"],
-                    "the same VM: its shared data holds the plans"
-                );
+                // The gateway filter's module and vm_id (its shared data holds the plans), in a
+                // VM of its own (the VM configuration sets it apart).
+                let mut own = config["vm_config"].clone();
+                assert_eq!(own["configuration"]["value"], ATTEMPT_VM_CONFIGURATION);
+                own.as_object_mut().unwrap().remove("configuration");
+                assert_eq!(own, downstream["vm_config"]);
                 assert_eq!(config["vm_config"]["vm_id"], VM_ID);
                 assert_eq!(config["failure_policy"], downstream["failure_policy"]);
                 assert_eq!(config["failure_policy"], "FAIL_RELOAD");

@@ -49,8 +49,9 @@ use sluice_core::litellm::{FailurePolicy, Upstream, from_litellm};
 
 use super::protocol::{CLUSTER, EXTENSION_CONFIG, SECRET, Snapshot};
 use crate::envoy_bootstrap::{
-    ATTEMPT_FILTER_NAME, CA_BUNDLE, CONNECT_TIMEOUT_SECS, FILTER_ROOT_ID, MAX_CONCURRENT_RETRIES, NATIVE_FILTER_NAME,
-    VM_ID, WASM_RUNTIME, needs_attempt_filter, refuse_failure_policy_for_native, upstream_is_ip,
+    ATTEMPT_FILTER_NAME, ATTEMPT_VM_CONFIGURATION, CA_BUNDLE, CONNECT_TIMEOUT_SECS, FILTER_ROOT_ID,
+    MAX_CONCURRENT_RETRIES, NATIVE_FILTER_NAME, VM_ID, WASM_RUNTIME, needs_attempt_filter,
+    refuse_failure_policy_for_native, upstream_is_ip,
 };
 use crate::provider_policy::ProviderPolicy;
 
@@ -365,10 +366,15 @@ fn provider_secret(name: &str, value: String) -> Secret {
 fn attempt_filter(module: &FilterModule, failure_policy: FailurePolicy) -> HttpFilter {
     match module {
         FilterModule::Wasm(path) => {
+            // A VM of its own, sharing the gateway filter's data (envoy_bootstrap.rs).
+            let vm = VmConfig {
+                configuration: Some(pack(&StringValue { value: ATTEMPT_VM_CONFIGURATION.into() })),
+                ..wasm_vm(path)
+            };
             let plugin = PluginConfig {
                 name: ATTEMPT_FILTER_NAME.into(),
                 root_id: ATTEMPT_FILTER_NAME.into(),
-                vm: Some(plugin_config::Vm::VmConfig(wasm_vm(path))),
+                vm: Some(plugin_config::Vm::VmConfig(vm)),
                 configuration: Some(pack(&StringValue { value: "{}".into() })),
                 failure_policy: wasm_failure_policy(failure_policy).into(),
                 ..Default::default()
@@ -794,7 +800,12 @@ mod tests {
                 assert_eq!(names.last().map(String::as_str), Some("envoy.filters.http.upstream_codec"), "{name}");
                 let attempt = decode::<Wasm>(&upstream_filter(&cluster, 0)).config.unwrap();
                 assert_eq!((attempt.name.as_str(), attempt.root_id.as_str()), ("sluice_attempt", "sluice_attempt"));
-                assert_eq!(attempt.vm, downstream.vm, "the ECDS filter's VM: its shared data holds the plans");
+                // The ECDS filter's module and vm_id (its shared data holds the plans), in a VM
+                // of its own (the VM configuration sets it apart).
+                let Some(plugin_config::Vm::VmConfig(mut vm)) = attempt.vm.clone() else { panic!("no VM") };
+                let own: StringValue = decode(vm.configuration.take().as_ref().unwrap());
+                assert_eq!(own.value, ATTEMPT_VM_CONFIGURATION);
+                assert_eq!(Some(plugin_config::Vm::VmConfig(vm)), downstream.vm);
                 assert_eq!(attempt.failure_policy, downstream.failure_policy);
                 assert_eq!(attempt.failure_policy, WasmFailurePolicy::FailOpen as i32);
                 let config: StringValue = decode(attempt.configuration.as_ref().unwrap());
