@@ -436,7 +436,7 @@ impl<H: Host> RequestFlow<H> {
         };
         let cost_nanos = admitted.pricing.cost_nanos(&usage);
         let now = self.host.now_ms();
-        self.count_failures(&gateway, &admitted, now);
+        self.count_failures(&gateway, &admitted, now, self.failed_attempts());
         self.update_load(&gateway, &admitted, now);
         if !counters::settle_all(&self.host, &admitted.tickets, now, usage.total_tokens(), cost_nanos) {
             self.host.log(LogLevel::Error, "sluice: could not settle counters (shared data unavailable)");

@@ -136,18 +136,18 @@ impl<H: Host> RequestFlow<H> {
         });
     }
 
-    /// Counts the failed attempts of a finished request against its deployment (the router's
-    /// retries all went to it): all of them when the answer was a failure, else all but the
-    /// last. Only where cooldowns apply.
-    pub(super) fn count_failures(&self, gateway: &Gateway, admitted: &Admitted, now_ms: u64) {
+    /// The failed attempts of a finished request at its deployment (the router's retries all
+    /// went to it): all of them when the answer was a failure, else all but the last.
+    pub(super) fn failed_attempts(&self) -> u32 {
+        let failed = self.status != 0 && sluice_core::cooldown::is_failure(self.status);
+        if failed { self.attempts } else { self.attempts - 1 }
+    }
+
+    /// Counts `failures` against the request's deployment, where cooldowns apply.
+    pub(super) fn count_failures(&self, gateway: &Gateway, admitted: &Admitted, now_ms: u64, failures: u32) {
         let config = &gateway.config;
         let in_group = config.groups.get(admitted.group).is_some_and(sluice_core::config::ModelGroup::can_cool_down);
-        if !config.config.cooldown.enabled || !in_group {
-            return;
-        }
-        let failed = self.status != 0 && sluice_core::cooldown::is_failure(self.status);
-        let failures = if failed { self.attempts } else { self.attempts - 1 };
-        if failures > 0 {
+        if config.config.cooldown.enabled && in_group && failures > 0 {
             gateway.cooldowns.record_failures(&self.host, config, admitted.deployment, now_ms, failures);
         }
     }

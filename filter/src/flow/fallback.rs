@@ -8,7 +8,6 @@
 //! which this module recognises, checks and resumes: the same principal, the same route, the
 //! client's body, the next step.
 
-use sluice_core::config::ModelGroup;
 use sluice_core::fallbacks::Plan;
 
 use super::*;
@@ -200,10 +199,7 @@ impl<H: Host> RequestFlow<H> {
             self.host.log(LogLevel::Error, "sluice: could not settle counters (shared data unavailable)");
         }
         self.update_load(&gateway, admitted, now);
-        let can_cool_down = gateway.config.groups.get(admitted.group).is_some_and(ModelGroup::can_cool_down);
-        if gateway.config.config.cooldown.enabled && can_cool_down {
-            gateway.cooldowns.record_failures(&self.host, &gateway.config, admitted.deployment, now, 1);
-        }
+        self.count_failures(&gateway, admitted, now, 1);
         gateway.metrics.failover();
         true
     }

@@ -15,10 +15,8 @@ impl<H: Host> RequestFlow<H> {
             self.first_byte_ms = self.host.now_ms();
         }
         self.attempts = attempt_count.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()).unwrap_or(1).max(1);
-        if self.tell_plan_attempts(self.attempts) {
-            // Counted over the request's passes.
-        } else if admitted.retries > 0 {
-            // LiteLLM's header: the retries this answer took.
+        // LiteLLM's header: the retries this answer took (over the passes, for a plan's).
+        if !self.tell_plan_attempts(self.attempts) && admitted.retries > 0 {
             let retried = itoa::Buffer::new().format(self.attempts - 1).to_owned();
             self.host.add_response_header("x-litellm-attempted-retries", retried.as_bytes());
         }
