@@ -141,6 +141,9 @@ fn wasm_attempt_filter(mut vm_config: Value, failure_policy: &str) -> Value {
                 "vm_config": vm_config,
                 "configuration": {"@type": STRING_VALUE, "value": "{}"},
                 "failure_policy": failure_policy,
+                // It holds a 400's headers while it reads the body (a refusal moves the request
+                // on): without this, paused headers pause the body too.
+                "allow_on_headers_stop_iteration": true,
             },
         },
     })

@@ -80,6 +80,17 @@ pub struct GatewayConfig {
     /// `default_fallbacks`: the chain of every group without its own entry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub default_fallbacks: Vec<String>,
+    /// `context_window_fallbacks`: where a request of a group goes when the prompt does not fit
+    /// (the provider refused it as too long, or the pre-send check found no deployment it fits).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub context_window_fallbacks: Vec<FallbackRule>,
+    /// `content_policy_fallbacks`: where it goes when a provider's content policy refused it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub content_policy_fallbacks: Vec<FallbackRule>,
+    /// `router_settings.enable_pre_call_checks`: a deployment whose `max_input_tokens` the
+    /// prompt's estimate exceeds is not sent the request (`crate::refusals::prompt_estimate`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pre_call_checks: bool,
 }
 
 /// One `router_settings.model_group_alias` entry: requests for `alias` go to `group` (and are
@@ -385,6 +396,10 @@ pub struct Deployment {
     pub pricing: Pricing,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_output_tokens: Option<u64>,
+    /// `model_info.max_input_tokens` (else the built-in table's): the longest prompt the model
+    /// takes, for the pre-send context check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_input_tokens: Option<u64>,
     /// LiteLLM's `drop_params`: a client parameter this deployment's format cannot carry is
     /// dropped in translation instead of refused (400 `unsupported_params`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -633,6 +648,10 @@ pub struct ModelGroup {
     pub deployments: Vec<usize>,
     /// The groups its failing requests move on to, in order (indices into `groups`).
     pub fallbacks: Vec<usize>,
+    /// The groups its requests move on to when the prompt does not fit, or a content policy
+    /// refused it (`context_window_fallbacks`, `content_policy_fallbacks`).
+    pub context_window_fallbacks: Vec<usize>,
+    pub content_policy_fallbacks: Vec<usize>,
 }
 
 impl ModelGroup {
@@ -895,7 +914,13 @@ impl CompiledConfig {
                 errors.push(ConfigError(format!("{what}: {e}")));
             }
             let g = *group_index.entry(d.model_name.clone()).or_insert_with(|| {
-                groups.push(ModelGroup { name: d.model_name.clone(), deployments: Vec::new(), fallbacks: Vec::new() });
+                groups.push(ModelGroup {
+                    name: d.model_name.clone(),
+                    deployments: Vec::new(),
+                    fallbacks: Vec::new(),
+                    context_window_fallbacks: Vec::new(),
+                    content_policy_fallbacks: Vec::new(),
+                });
                 groups.len() - 1
             });
             if let Some(group) = groups.get_mut(g) {
@@ -940,10 +965,28 @@ impl CompiledConfig {
             }
         }
 
+        // Each kind of chain is checked the same way, and an error names its setting.
         let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
-        match crate::fallbacks::chains(&names, &config.fallbacks, &config.default_fallbacks) {
-            Ok(chains) => groups.iter_mut().zip(chains).for_each(|(g, chain)| g.fallbacks = chain),
-            Err(e) => errors.extend(e.into_iter().map(ConfigError)),
+        let chains = [
+            ("fallbacks", crate::fallbacks::chains(&names, &config.fallbacks, &config.default_fallbacks)),
+            ("context_window_fallbacks", crate::fallbacks::chains(&names, &config.context_window_fallbacks, &[])),
+            ("content_policy_fallbacks", crate::fallbacks::chains(&names, &config.content_policy_fallbacks, &[])),
+        ];
+        for (setting, found) in chains {
+            let chains = match found {
+                Ok(chains) => chains,
+                Err(e) => {
+                    errors.extend(e.into_iter().map(|e| ConfigError(e.replacen("fallbacks", setting, 1))));
+                    continue;
+                }
+            };
+            for (group, chain) in groups.iter_mut().zip(chains) {
+                match setting {
+                    "fallbacks" => group.fallbacks = chain,
+                    "context_window_fallbacks" => group.context_window_fallbacks = chain,
+                    _ => group.content_policy_fallbacks = chain,
+                }
+            }
         }
 
         let mut teams = Vec::new();
@@ -1090,6 +1133,7 @@ pub(crate) mod tests {
             tpm: None,
             pricing: Pricing::default(),
             max_output_tokens: None,
+            max_input_tokens: None,
             drop_params: false,
             price_unknown: false,
             timeout_ms: None,
@@ -1117,6 +1161,9 @@ pub(crate) mod tests {
             health_check_interval_ms: None,
             fallbacks: Vec::new(),
             default_fallbacks: Vec::new(),
+            context_window_fallbacks: Vec::new(),
+            content_policy_fallbacks: Vec::new(),
+            pre_call_checks: false,
         }
     }
 

@@ -120,6 +120,13 @@ pub enum GatewayError {
         group: String,
         retry_after_secs: u64,
     },
+    /// The prompt does not fit any deployment of the group (`max_input_tokens`, checked before
+    /// sending with `enable_pre_call_checks`), and no context-window fallback took it.
+    ContextWindowExceeded {
+        group: String,
+        estimate: u64,
+        max_input_tokens: u64,
+    },
     /// The key is not cached and the control plane could not be asked (fail closed).
     KeyServiceUnavailable,
     /// The key is not cached and this worker may not ask the control plane about another key
@@ -166,7 +173,8 @@ impl GatewayError {
             | Self::Untranslatable { .. }
             | Self::UnsupportedParams { .. }
             | Self::BudgetExceeded { .. }
-            | Self::OwnerBudgetExceeded { .. } => 400,
+            | Self::OwnerBudgetExceeded { .. }
+            | Self::ContextWindowExceeded { .. } => 400,
         }
     }
 
@@ -196,6 +204,7 @@ impl GatewayError {
             Self::KeyLookupRateLimited { .. } => "key_lookup_rate_limited",
             Self::NoHealthyDeployment { .. } => "no_healthy_deployment",
             Self::GroupAtCapacity { .. } => "deployments_at_capacity",
+            Self::ContextWindowExceeded { .. } => "context_length_exceeded",
             Self::Internal { .. } => "internal_error",
         }
     }
@@ -226,6 +235,7 @@ impl GatewayError {
         "key_lookup_rate_limited",
         "no_healthy_deployment",
         "deployments_at_capacity",
+        "context_length_exceeded",
         "internal_error",
     ];
 
@@ -250,6 +260,7 @@ impl GatewayError {
             | Self::ModelNotOnRoute { .. }
             | Self::MissingModel => Some("model"),
             Self::InvalidField { param, .. } => Some(param),
+            Self::ContextWindowExceeded { .. } => Some("messages"),
             _ => None,
         }
     }
@@ -323,6 +334,13 @@ impl GatewayError {
             ),
             Self::GroupAtCapacity { group, retry_after_secs } => format!(
                 "No deployment of model group {} has capacity now: each is at its rpm or tpm limit. Retry after {retry_after_secs} s.",
+                echo(group)
+            ),
+            // OpenAI's own words first: clients (LiteLLM's SDK among them) recognise them.
+            Self::ContextWindowExceeded { group, estimate, max_input_tokens } => format!(
+                "This model's maximum context length is {max_input_tokens} tokens. However, your messages resulted in \
+                 about {estimate} tokens (the gateway's estimate), more than any deployment of model group {} takes. \
+                 Set context_window_fallbacks to send such requests to a model with a larger context window.",
                 echo(group)
             ),
             Self::Internal { detail } => format!("Internal gateway error: {detail}"),
@@ -464,6 +482,7 @@ mod tests {
             GatewayError::KeyLookupRateLimited { retry_after_secs: 1 },
             GatewayError::NoHealthyDeployment { group: "g".into(), retry_after_secs: 1 },
             GatewayError::GroupAtCapacity { group: "g".into(), retry_after_secs: 1 },
+            GatewayError::ContextWindowExceeded { group: "g".into(), estimate: 9, max_input_tokens: 8 },
             GatewayError::Internal { detail: "d" },
         ];
         for e in &every {
@@ -494,6 +513,7 @@ mod tests {
                 | GatewayError::KeyLookupRateLimited { .. }
                 | GatewayError::NoHealthyDeployment { .. }
                 | GatewayError::GroupAtCapacity { .. }
+                | GatewayError::ContextWindowExceeded { .. }
                 | GatewayError::Internal { .. } => {}
             }
             assert!(GatewayError::CODES.contains(&e.code()), "{} is not in CODES", e.code());

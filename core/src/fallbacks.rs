@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::refusals::Refusal;
 use crate::retries::RetryOn;
 
 /// The name of Sluice's module in a deployment cluster's upstream chain, where it turns a
@@ -92,14 +93,18 @@ pub fn fails_over(status: u16) -> bool {
 }
 
 /// Whether a request to a group may move between passes (and needs the attempt filter on its
-/// deployments' clusters): the config has fallbacks, or a group of several deployments, whose
-/// retries go to another deployment.
+/// deployments' clusters): the config has fallbacks of any kind, or a group of several
+/// deployments, whose retries go to another deployment.
 pub fn config_fails_over(config: &crate::config::GatewayConfig) -> bool {
     let mut groups: Vec<&str> = config.deployments.iter().map(|d| d.model_name.as_str()).collect();
     let all = groups.len();
     groups.sort_unstable();
     groups.dedup();
-    !config.fallbacks.is_empty() || !config.default_fallbacks.is_empty() || groups.len() < all
+    !config.fallbacks.is_empty()
+        || !config.default_fallbacks.is_empty()
+        || !config.context_window_fallbacks.is_empty()
+        || !config.content_policy_fallbacks.is_empty()
+        || groups.len() < all
 }
 
 /// What a request's next pass needs: who asked, what, the client's own body, the steps left.
@@ -126,6 +131,18 @@ pub struct Plan {
     /// group follows [`fails_over`].
     #[serde(default)]
     pub retry_on: RetryOn,
+    /// The steps a provider's context-window refusal moves the request on to
+    /// (`context_window_fallbacks` of its group), and a content-policy refusal
+    /// (`content_policy_fallbacks`); empty: the group has none, and such a refusal follows the
+    /// fallbacks' steps (LiteLLM's order). Used once: a step of one of them has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_context_window: Vec<usize>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_content_policy: Vec<usize>,
+    /// The step a provider refused (a 400 that moved the request on): not its deployment's
+    /// failure, so it does not count towards cooldown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_at: Option<usize>,
     /// The client's body, as it sent it (not serialised: appended after the JSON).
     #[serde(skip)]
     pub body: Vec<u8>,
@@ -137,13 +154,26 @@ pub const PLAN_TTL_MS: u64 = 15 * 60 * 1000;
 impl Plan {
     /// The steps of a request to `group`: its own `1 + retries` tries, then each fallback's.
     pub fn steps(group: usize, chain: &[usize], retries: u32) -> Vec<usize> {
-        let tries = 1 + retries as usize;
-        std::iter::once(group).chain(chain.iter().copied()).flat_map(|g| std::iter::repeat_n(g, tries)).collect()
+        let mut steps = Plan::chain_steps(&[group], retries);
+        steps.extend(Plan::chain_steps(chain, retries));
+        steps
     }
 
     /// Whether a step follows the current one.
     pub fn has_next(&self) -> bool {
         self.step + 1 < self.steps.len()
+    }
+
+    /// Whether the request may still move on after the current step: a step follows, or a
+    /// refusal's steps could (the plan must then be kept for the next pass).
+    pub fn may_continue(&self) -> bool {
+        self.has_next() || !self.on_context_window.is_empty() || !self.on_content_policy.is_empty()
+    }
+
+    /// The steps of a chain of groups: each group's `1 + retries` tries, in order.
+    pub fn chain_steps(chain: &[usize], retries: u32) -> Vec<usize> {
+        let tries = 1 + retries as usize;
+        chain.iter().flat_map(|g| std::iter::repeat_n(*g, tries)).collect()
     }
 
     /// Whether an answer with `status` to the current step moves the request on to the next:
@@ -154,6 +184,35 @@ impl Plan {
             (Some(_), Some(_)) => fails_over(status),
             _ => false,
         }
+    }
+
+    /// Whether a provider's 400 could move the request on once the body says why
+    /// ([`crate::refusals`]): there is a step of another group to take, or a refusal's own.
+    pub fn may_divert(&self) -> bool {
+        let now = self.steps.get(self.step);
+        !self.on_context_window.is_empty()
+            || !self.on_content_policy.is_empty()
+            || self.steps.iter().skip(self.step + 1).any(|g| Some(g) != now)
+    }
+
+    /// The current step was refused for `refusal`: what follows it becomes that refusal's steps
+    /// or, where its group has none, the remaining steps of other groups (the same model would
+    /// refuse the same prompt again). True if a step follows.
+    pub fn divert(&mut self, refusal: Refusal) -> bool {
+        let chain = match refusal {
+            Refusal::ContextWindow => std::mem::take(&mut self.on_context_window),
+            Refusal::ContentPolicy => std::mem::take(&mut self.on_content_policy),
+        };
+        let now = self.steps.get(self.step).copied();
+        let rest: Vec<usize> = if chain.is_empty() {
+            self.steps.iter().skip(self.step + 1).copied().filter(|g| Some(*g) != now).collect()
+        } else {
+            chain
+        };
+        self.steps.truncate(self.step + 1);
+        self.steps.extend(rest);
+        self.refused_at = Some(self.step);
+        self.has_next()
     }
 
     /// `[len u32 LE][JSON][body]`.
@@ -237,6 +296,9 @@ mod tests {
             tried_groups: vec![0, 2],
             created_ms: 7,
             retry_on: RetryOn::default(),
+            on_context_window: vec![3],
+            on_content_policy: Vec::new(),
+            refused_at: None,
             body: b"{\"model\":\"gpt-4o\"}\xff".to_vec(),
         };
         assert_eq!(Plan::decode(&plan.encode()), Some(plan.clone()));
@@ -253,5 +315,47 @@ mod tests {
         assert!(p.moves_on(429) && p.moves_on(404) && !p.moves_on(400));
         p.step = 2;
         assert!(!p.moves_on(503), "the last step");
+    }
+
+    #[test]
+    fn a_refusal_moves_on_to_its_own_steps_else_to_other_groups() {
+        let plan = Plan {
+            nonce: "n".into(),
+            request_id: "r".into(),
+            principal: "master".into(),
+            path: "/v1/chat/completions".into(),
+            // Group 0 twice, then its fallback group 2 twice.
+            steps: vec![0, 0, 2, 2],
+            step: 0,
+            tried: vec![],
+            tried_groups: vec![],
+            created_ms: 0,
+            retry_on: RetryOn::default(),
+            on_context_window: vec![5, 5],
+            on_content_policy: Vec::new(),
+            refused_at: None,
+            body: Vec::new(),
+        };
+        assert!(plan.may_divert());
+        // A context-window refusal takes context_window_fallbacks' steps, once.
+        let mut p = plan.clone();
+        assert!(p.divert(Refusal::ContextWindow));
+        assert_eq!(p.steps, [0, 5, 5]);
+        assert!(p.on_context_window.is_empty());
+        assert_eq!(p.refused_at, Some(0));
+        p.step = 1;
+        assert!(!p.may_divert(), "another try of 5 is not another group");
+        assert!(!p.divert(Refusal::ContextWindow), "a second refusal has nowhere else to go");
+        // Content policy, with no chain of its own: the fallbacks' groups, not the same group again.
+        let mut p = plan.clone();
+        assert!(p.divert(Refusal::ContentPolicy));
+        assert_eq!(p.steps, [0, 2, 2]);
+        // On the last group, with no chain: nothing follows.
+        let mut p = Plan { step: 2, on_context_window: Vec::new(), ..plan.clone() };
+        assert!(!p.may_divert());
+        assert!(!p.divert(Refusal::ContextWindow));
+        assert_eq!(p.steps, [0, 0, 2]);
+        // Round trip with the chains.
+        assert_eq!(Plan::decode(&plan.encode()), Some(plan));
     }
 }

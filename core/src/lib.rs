@@ -20,6 +20,7 @@ pub mod lookup_budget;
 pub mod outbox;
 pub mod price_catalog;
 pub mod providers;
+pub mod refusals;
 pub mod request;
 pub mod retries;
 pub mod routing;

@@ -183,15 +183,23 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
     let mut timeout_ms = None;
     let mut cooldown = CooldownPolicy::default();
     // Fallbacks: litellm_settings first, router_settings wins (each list whole).
-    let mut fallbacks = Vec::new();
-    let mut default_fallbacks = Vec::new();
+    let mut fallbacks = FallbackSettings::default();
+    let mut pre_call_checks = false;
     if let Some(settings) = root.get("litellm_settings").and_then(Value::as_object) {
         cx.refuse_unsupported(
             "litellm_settings",
             settings,
-            &["request_timeout", "drop_params", "num_retries", "fallbacks", "default_fallbacks"],
+            &[
+                "request_timeout",
+                "drop_params",
+                "num_retries",
+                "fallbacks",
+                "default_fallbacks",
+                "context_window_fallbacks",
+                "content_policy_fallbacks",
+            ],
         );
-        fallback_settings(&mut cx, "litellm_settings", settings, &mut fallbacks, &mut default_fallbacks);
+        fallback_settings(&mut cx, "litellm_settings", settings, &mut fallbacks);
         if let Some(t) = seconds(&mut cx, "litellm_settings.request_timeout", settings.get("request_timeout")) {
             request_timeout_secs = t.div_ceil(1000);
             timeout_ms = Some(t);
@@ -215,6 +223,9 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
                 "model_group_alias",
                 "fallbacks",
                 "default_fallbacks",
+                "context_window_fallbacks",
+                "content_policy_fallbacks",
+                "enable_pre_call_checks",
                 // `sluice serve`'s shared state (read there, not here).
                 "redis_url",
                 "redis_host",
@@ -223,7 +234,10 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
             ],
         );
         aliases = model_group_alias(&mut cx, settings.get("model_group_alias"));
-        fallback_settings(&mut cx, "router_settings", settings, &mut fallbacks, &mut default_fallbacks);
+        fallback_settings(&mut cx, "router_settings", settings, &mut fallbacks);
+        pre_call_checks =
+            flag(&mut cx, "router_settings.enable_pre_call_checks", settings.get("enable_pre_call_checks"))
+                .unwrap_or(false);
         if settings.keys().any(|k| k.starts_with("redis_")) {
             cx.warnings.push(
                 "router_settings.redis_*: read by `sluice serve` (xDS mode); a standalone Envoy counts in its own shared memory"
@@ -372,8 +386,11 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
         timeout_ms,
         cooldown,
         health_check_interval_ms,
-        fallbacks,
-        default_fallbacks,
+        fallbacks: fallbacks.fallbacks,
+        default_fallbacks: fallbacks.default_fallbacks,
+        context_window_fallbacks: fallbacks.context_window_fallbacks,
+        content_policy_fallbacks: fallbacks.content_policy_fallbacks,
+        pre_call_checks,
     };
     if cx.errors.is_empty() {
         // The filter's own validation: what it would refuse, refuse here.
@@ -451,15 +468,27 @@ fn seconds(cx: &mut Ctx<'_>, path: &str, value: Option<&Value>) -> Option<u64> {
     ms
 }
 
-/// `fallbacks` (`[{"gpt-4o": ["claude", "mini"]}, …]`) and `default_fallbacks` (`["mini"]`) of
-/// one section, each replacing what an earlier section gave. The groups named are checked when
-/// the config is compiled.
+/// The fallback settings, from either section.
+#[derive(Default)]
+struct FallbackSettings {
+    fallbacks: Vec<FallbackRule>,
+    default_fallbacks: Vec<String>,
+    context_window_fallbacks: Vec<FallbackRule>,
+    content_policy_fallbacks: Vec<FallbackRule>,
+}
+
+/// The settings that take a list of rules like `fallbacks`.
+const FALLBACK_RULE_SETTINGS: [&str; 3] = ["fallbacks", "context_window_fallbacks", "content_policy_fallbacks"];
+
+/// `fallbacks`, `context_window_fallbacks`, `content_policy_fallbacks` (each
+/// `[{"gpt-4o": ["claude", "mini"]}, …]`) and `default_fallbacks` (`["mini"]`) of one section,
+/// each replacing what an earlier section gave. The groups named are checked when the config
+/// is compiled.
 fn fallback_settings(
     cx: &mut Ctx<'_>,
     section: &str,
     settings: &serde_json::Map<String, Value>,
-    fallbacks: &mut Vec<FallbackRule>,
-    default_fallbacks: &mut Vec<String>,
+    found: &mut FallbackSettings,
 ) {
     let names = |cx: &mut Ctx<'_>, at: &str, value: &Value| -> Vec<String> {
         match value.as_array().map(|a| a.iter().map(|v| v.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>()) {
@@ -470,27 +499,38 @@ fn fallback_settings(
             }
         }
     };
-    match settings.get("fallbacks") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(entries)) => {
-            *fallbacks = Vec::new();
-            for entry in entries {
-                let Some(map) = entry.as_object().filter(|m| m.len() == 1) else {
-                    cx.error(format!(
-                        "{section}.fallbacks: each entry is one group and its list, e.g. {{\"gpt-4o\": [\"claude\"]}}"
-                    ));
-                    continue;
-                };
-                for (group, to) in map {
-                    let to = names(cx, &format!("{section}.fallbacks.{group}"), to);
-                    fallbacks.push(FallbackRule { group: group.clone(), to });
+    for setting in FALLBACK_RULE_SETTINGS {
+        let rules = match settings.get(setting) {
+            None | Some(Value::Null) => continue,
+            Some(Value::Array(entries)) => {
+                let mut rules = Vec::new();
+                for entry in entries {
+                    let Some(map) = entry.as_object().filter(|m| m.len() == 1) else {
+                        cx.error(format!(
+                            "{section}.{setting}: each entry is one group and its list, e.g. {{\"gpt-4o\": [\"claude\"]}}"
+                        ));
+                        continue;
+                    };
+                    for (group, to) in map {
+                        let to = names(cx, &format!("{section}.{setting}.{group}"), to);
+                        rules.push(FallbackRule { group: group.clone(), to });
+                    }
                 }
+                rules
             }
+            Some(_) => {
+                cx.error(format!("{section}.{setting}: must be a list, e.g. [{{\"gpt-4o\": [\"claude\"]}}]"));
+                continue;
+            }
+        };
+        match setting {
+            "fallbacks" => found.fallbacks = rules,
+            "context_window_fallbacks" => found.context_window_fallbacks = rules,
+            _ => found.content_policy_fallbacks = rules,
         }
-        Some(_) => cx.error(format!("{section}.fallbacks: must be a list, e.g. [{{\"gpt-4o\": [\"claude\"]}}]")),
     }
     if let Some(value) = settings.get("default_fallbacks").filter(|v| !v.is_null()) {
-        *default_fallbacks = names(cx, &format!("{section}.default_fallbacks"), value);
+        found.default_fallbacks = names(cx, &format!("{section}.default_fallbacks"), value);
     }
 }
 
@@ -690,6 +730,7 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
                 "cache_read_input_token_cost",
                 "cache_creation_input_token_cost",
                 "max_tokens",
+                "max_input_tokens",
                 "max_output_tokens",
                 "disable_background_health_check",
             ],
@@ -896,6 +937,7 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
             max_output_tokens: as_u64(info.get("max_output_tokens"))
                 .or_else(|| as_u64(info.get("max_tokens")))
                 .or_else(|| catalog.and_then(|c| c.max_output_tokens)),
+            max_input_tokens: as_u64(info.get("max_input_tokens")).or_else(|| catalog.and_then(|c| c.max_input_tokens)),
             drop_params,
             price_unknown,
             timeout_ms,
@@ -997,8 +1039,7 @@ mod tests {
         let mut doc = realistic();
         doc["model_list"][0]["model_info"]["supports_vision"] = json!(true);
         doc["model_list"][1]["litellm_params"]["max_retries"] = json!(3);
-        doc["router_settings"] =
-            json!({"routing_strategy": "usage-based-routing", "context_window_fallbacks": [{"gpt-4o": ["claude"]}]});
+        doc["router_settings"] = json!({"routing_strategy": "usage-based-routing", "provider_budget_config": {"openai": {"budget_limit": 1}}});
         doc["litellm_settings"]["success_callback"] = json!(["langfuse"]);
         doc["environment_variables"] = json!({"A": "b"});
         let errors = from_litellm(&doc, &env).unwrap_err();
@@ -1007,7 +1048,7 @@ mod tests {
             "model_list[0].model_info.supports_vision: not supported by Sluice",
             "model_list[1].litellm_params.max_retries: not supported by Sluice",
             "router_settings.routing_strategy: usage-based-routing is LiteLLM's deprecated first version",
-            "router_settings.context_window_fallbacks: not supported by Sluice",
+            "router_settings.provider_budget_config: not supported by Sluice",
             "litellm_settings.success_callback: not supported by Sluice",
             "environment_variables: not supported by Sluice",
         ] {
@@ -1504,6 +1545,36 @@ mod tests {
         assert_eq!(s.gateway.fallbacks, [FallbackRule { group: "a".into(), to: vec!["b".into(), "c".into()] }]);
         assert_eq!(s.gateway.default_fallbacks, ["c"]);
         // litellm_settings' list, replaced by router_settings' when both have one.
+        // The refusals' chains, in either section, checked the same way and named by setting.
+        let s = from_litellm(
+            &doc(
+                json!({"context_window_fallbacks": [{"a": ["c"]}], "enable_pre_call_checks": true}),
+                json!({"content_policy_fallbacks": [{"a": ["b"]}]}),
+            ),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(s.gateway.context_window_fallbacks, [FallbackRule { group: "a".into(), to: vec!["c".into()] }]);
+        assert_eq!(s.gateway.content_policy_fallbacks, [FallbackRule { group: "a".into(), to: vec!["b".into()] }]);
+        assert!(s.gateway.pre_call_checks && s.gateway.fallbacks.is_empty());
+        for (settings, error) in [
+            (
+                json!({"context_window_fallbacks": [{"a": ["zzz"]}]}),
+                "context_window_fallbacks.a: \"zzz\" is not a model group",
+            ),
+            (
+                json!({"content_policy_fallbacks": [{"a": ["a"]}]}),
+                "content_policy_fallbacks.a: a group cannot fall back to itself",
+            ),
+            (
+                json!({"content_policy_fallbacks": {"a": ["b"]}}),
+                "router_settings.content_policy_fallbacks: must be a list",
+            ),
+            (json!({"enable_pre_call_checks": "yes"}), "router_settings.enable_pre_call_checks"),
+        ] {
+            let errors = from_litellm(&doc(settings, json!({})), &env).unwrap_err();
+            assert!(errors.iter().any(|e| e.0.contains(error)), "{error}: {errors:?}");
+        }
         let s = from_litellm(&doc(json!({}), json!({"fallbacks": [{"b": ["a"]}]})), &env).unwrap();
         assert_eq!(s.gateway.fallbacks[0].group, "b");
         let s = from_litellm(&doc(json!({"fallbacks": [{"c": ["a"]}]}), json!({"fallbacks": [{"b": ["a"]}]})), &env);
@@ -1596,6 +1667,7 @@ mod tests {
         // gpt-4o is in the built-in table: priced, and its output limit known.
         assert_eq!(s.gateway.deployments[0].pricing.input_cost_per_token, 2.5e-6);
         assert_eq!(s.gateway.deployments[0].max_output_tokens, Some(16_384));
+        assert_eq!(s.gateway.deployments[0].max_input_tokens, Some(128_000));
         assert!(s.warnings.is_empty(), "{:?}", s.warnings);
     }
 

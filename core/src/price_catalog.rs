@@ -28,6 +28,8 @@ pub struct CatalogPrice {
     pub cache_write: Option<f64>,
     #[serde(default)]
     pub max_output_tokens: Option<u64>,
+    #[serde(default)]
+    pub max_input_tokens: Option<u64>,
 }
 
 impl CatalogPrice {

@@ -67,22 +67,66 @@ pub fn clear(host: &impl Host, request_id: &str) {
     }
 }
 
-/// The attempt filter's decision on an upstream answer: a status that fails over, for a
-/// request whose plan has a step left, becomes a redirect to the next pass; the nonce to send.
-/// Only a failed answer reads shared data: a success costs a comparison.
-pub fn redirect_nonce(host: &impl Host, status: u16, request_id: Option<&[u8]>) -> Option<String> {
+/// What the attempt filter does with an upstream answer, decided at its headers.
+#[derive(Debug)]
+pub enum AttemptVerdict {
+    /// Pass it to the client's side untouched (a success, or a failure that stays).
+    Pass,
+    /// Turn it into the redirect to the next pass, with this nonce.
+    Redirect(String),
+    /// A 400 that may be a refusal with somewhere to go (`context_window_fallbacks`,
+    /// `content_policy_fallbacks`, or another group's step): hold the headers, read the
+    /// body, then [`refusal_redirect`].
+    ReadBody(Box<Plan>),
+}
+
+/// The attempt filter's decision on an upstream answer's headers: a status that moves a
+/// request whose plan has a step left on becomes a redirect to the next pass; a 400 that
+/// could be a refusal is read first. Only a failed answer reads shared data: a success costs a
+/// comparison.
+pub fn attempt_verdict(host: &impl Host, status: u16, request_id: Option<&[u8]>) -> AttemptVerdict {
     if !may_move_on(status) {
-        return None;
+        return AttemptVerdict::Pass;
     }
-    let request_id = std::str::from_utf8(request_id?).ok()?;
-    let plan = load(host, request_id, host.now_ms())?;
-    plan.moves_on(status).then_some(plan.nonce)
+    let Some(plan) =
+        request_id.and_then(|id| std::str::from_utf8(id).ok()).and_then(|id| load(host, id, host.now_ms()))
+    else {
+        return AttemptVerdict::Pass;
+    };
+    // A refusal is told apart before a 400 is retried (LiteLLM does not retry one that has a
+    // fallback of its own).
+    if status == 400 && plan.may_divert() {
+        return AttemptVerdict::ReadBody(Box::new(plan));
+    }
+    if plan.moves_on(status) { AttemptVerdict::Redirect(plan.nonce) } else { AttemptVerdict::Pass }
+}
+
+/// The end of a 400's body held by [`AttemptVerdict::ReadBody`]: a refusal the body states
+/// moves the plan on to its steps (saved for the next pass) and the answer becomes the
+/// redirect, with the nonce returned; any other 400 is retried when `retry_policy` says so,
+/// else passed to the client.
+pub fn refusal_redirect(host: &impl Host, mut plan: Box<Plan>, body: &[u8]) -> Option<String> {
+    match sluice_core::refusals::classify(400, body) {
+        Some(refusal) => (plan.divert(refusal) && save(host, &plan, host.now_ms())).then_some(plan.nonce),
+        None => plan.moves_on(400).then_some(plan.nonce),
+    }
 }
 
 /// Whether an answer with `status` could move a request on (an error): the attempt filter
 /// looks for a plan only then.
 pub fn may_move_on(status: u16) -> bool {
     status >= 400
+}
+
+/// The attempt filter's whole decision on an answer with `status` and `body`, as the bindings
+/// make it in two parts (the headers, then a held 400's body).
+#[cfg(test)]
+pub fn redirect_nonce(host: &impl Host, status: u16, request_id: Option<&[u8]>, body: &[u8]) -> Option<String> {
+    match attempt_verdict(host, status, request_id) {
+        AttemptVerdict::Pass => None,
+        AttemptVerdict::Redirect(nonce) => Some(nonce),
+        AttemptVerdict::ReadBody(plan) => refusal_redirect(host, plan, body),
+    }
 }
 
 /// The response headers that turn an attempt's answer into the redirect (`:status`, where to,
@@ -108,6 +152,9 @@ mod tests {
             tried_groups: vec![0],
             retry_on: Default::default(),
             created_ms,
+            on_context_window: Vec::new(),
+            on_content_policy: Vec::new(),
+            refused_at: None,
             body: b"{}".to_vec(),
         }
     }
@@ -119,15 +166,15 @@ mod tests {
         assert_eq!(load(&host, "r1", 1_000).map(|p| p.steps), Some(vec![0, 1]));
         assert_eq!(load(&host, "r2", 1_000), None);
         // A failure of r1 redirects; a success or a client's error does not.
-        assert_eq!(redirect_nonce(&host, 503, Some(b"r1")), Some("nonce-r1".into()));
-        assert_eq!(redirect_nonce(&host, 200, Some(b"r1")), None);
-        assert_eq!(redirect_nonce(&host, 400, Some(b"r1")), None);
-        assert_eq!(redirect_nonce(&host, 503, Some(b"r2")), None);
+        assert_eq!(redirect_nonce(&host, 503, Some(b"r1"), b""), Some("nonce-r1".into()));
+        assert_eq!(redirect_nonce(&host, 200, Some(b"r1"), b""), None);
+        assert_eq!(redirect_nonce(&host, 400, Some(b"r1"), b""), None);
+        assert_eq!(redirect_nonce(&host, 503, Some(b"r2"), b""), None);
         // The last step: nothing to redirect to.
         let mut last = plan("r1", vec![0, 1], 1_000);
         last.step = 1;
         assert!(save(&host, &last, 1_000));
-        assert_eq!(redirect_nonce(&host, 503, Some(b"r1")), None);
+        assert_eq!(redirect_nonce(&host, 503, Some(b"r1"), b""), None);
         clear(&host, "r1");
         assert_eq!(load(&host, "r1", 1_000), None);
         // Every slot one request id may take, held by others: a stale one is reused.

@@ -46,6 +46,7 @@ fn deployment(id: &str, group: &str, provider: Provider, upstream: &str) -> Depl
             cache_creation_input_token_cost: None,
         },
         max_output_tokens: Some(1000),
+        max_input_tokens: None,
         drop_params: false,
         price_unknown: false,
         timeout_ms: None,
@@ -85,6 +86,9 @@ pub(crate) fn base_config() -> GatewayConfig {
         health_check_interval_ms: None,
         fallbacks: Vec::new(),
         default_fallbacks: Vec::new(),
+        context_window_fallbacks: Vec::new(),
+        content_policy_fallbacks: Vec::new(),
+        pre_call_checks: false,
     }
 }
 
@@ -2720,8 +2724,8 @@ mod fallbacks {
         let plan = failover::load(&host, "req-1", NOW).expect("a plan in shared data");
         assert_eq!((plan.steps.len(), plan.step, plan.tried.as_slice()), (3, 0, &[0][..]));
         // The attempt filter: the deployment's 503 becomes the redirect; a 200 or a 400 would not.
-        let nonce = failover::redirect_nonce(&host, 503, Some(b"req-1")).unwrap();
-        assert!(failover::redirect_nonce(&host, 400, Some(b"req-1")).is_none());
+        let nonce = failover::redirect_nonce(&host, 503, Some(b"req-1"), b"").unwrap();
+        assert!(failover::redirect_nonce(&host, 400, Some(b"req-1"), b"").is_none());
         first.redirected();
         assert!(h.envoy.records().is_empty(), "a failed pass bills nothing");
         // The next pass: Claude, translated from the client's own body; the OpenAI key is gone.
@@ -2761,14 +2765,14 @@ mod fallbacks {
         let h = Harness::new(cfg);
         let host = MockHost::new(Rc::clone(&h.envoy));
         let (mut first, _) = h.post("/v1/chat/completions", &key(2), CHAT);
-        let nonce = failover::redirect_nonce(&host, 429, Some(b"req-1")).unwrap();
+        let nonce = failover::redirect_nonce(&host, 429, Some(b"req-1"), b"").unwrap();
         first.redirected();
         // Claude is not this key's: the pass goes on to mini, the plan's last step.
         let mut second = next_pass(&h, &first, &nonce);
         assert!(second.reply().is_none(), "{:?}", second.reply());
         assert_eq!(second.host.request_header_str("x-sluice-cluster").as_deref(), Some("sluice_mini"));
         assert_eq!(second.host.request_header_str("x-envoy-retry-on"), None, "no step left: the router's own retries");
-        assert_eq!(failover::redirect_nonce(&host, 503, Some(b"req-1")), None, "nothing left to redirect to");
+        assert_eq!(failover::redirect_nonce(&host, 503, Some(b"req-1"), b""), None, "nothing left to redirect to");
         second.respond(503, "application/json", &[br#"{"error":{"message":"down"}}"#], true);
         second.finish();
         assert_eq!(h.envoy.records()[0]["status"], 503);
@@ -2805,8 +2809,8 @@ mod fallbacks {
         let host = MockHost::new(Rc::clone(&h.envoy));
         let (mut first, _) = h.post("/v1/chat/completions", &key(1), CHAT);
         let tried = first.host.request_header_str("x-sluice-cluster").unwrap();
-        assert!(failover::redirect_nonce(&host, 429, Some(b"req-1")).is_none(), "429 is not retried here");
-        let nonce = failover::redirect_nonce(&host, 502, Some(b"req-1")).unwrap();
+        assert!(failover::redirect_nonce(&host, 429, Some(b"req-1"), b"").is_none(), "429 is not retried here");
+        let nonce = failover::redirect_nonce(&host, 502, Some(b"req-1"), b"").unwrap();
         first.redirected();
         let mut second = next_pass(&h, &first, &nonce);
         let other = second.host.request_header_str("x-sluice-cluster").unwrap();
@@ -2823,7 +2827,88 @@ mod fallbacks {
         // A group of one: the router retries (its retry-after waited out), no plan.
         let (s, _) = h.post("/v1/chat/completions", &key(1), r#"{"model":"gpt-4o-mini","messages":[]}"#);
         assert_eq!(s.host.request_header_str("x-envoy-retriable-status-codes").as_deref(), Some("500,502,503,504,408"));
-        assert!(failover::redirect_nonce(&host, 503, Some(b"req-1")).is_none());
+        assert!(failover::redirect_nonce(&host, 503, Some(b"req-1"), b"").is_none());
+    }
+
+    const TOO_LONG: &[u8] = br#"{"error":{"message":"This model's maximum context length is 128000 tokens.","type":"invalid_request_error","code":"context_length_exceeded"}}"#;
+    const FILTERED: &[u8] = br#"{"error":{"message":"The response was filtered due to the prompt triggering Azure OpenAI's content management policy.","code":"content_filter"}}"#;
+
+    /// `context_window_fallbacks`: gpt-4o's too-long prompts go to mini, its other failures
+    /// follow `fallbacks` (to Claude).
+    fn refusal_config() -> GatewayConfig {
+        let mut cfg = config();
+        cfg.context_window_fallbacks = vec![FallbackRule { group: "gpt-4o".into(), to: vec!["gpt-4o-mini".into()] }];
+        // A counted failure would take gpt-4o's only deployment out of rotation at once.
+        cfg.cooldown = sluice_core::cooldown::CooldownPolicy { enabled: true, allowed_fails: 0, cooldown_ms: 60_000 };
+        cfg
+    }
+
+    #[test]
+    fn a_context_window_refusal_takes_its_own_fallbacks_and_cools_nothing_down() {
+        let h = Harness::new(refusal_config());
+        let host = MockHost::new(Rc::clone(&h.envoy));
+        let (mut first, _) = h.post("/v1/chat/completions", &key(1), CHAT);
+        // The attempt filter: any other 400 stays the client's; the refusal moves on.
+        assert!(failover::redirect_nonce(&host, 400, Some(b"req-1"), br#"{"error":{"message":"bad"}}"#).is_none());
+        let nonce = failover::redirect_nonce(&host, 400, Some(b"req-1"), TOO_LONG).unwrap();
+        first.redirected();
+        let mut second = next_pass(&h, &first, &nonce);
+        assert!(second.reply().is_none(), "{:?}", second.reply());
+        assert_eq!(second.host.request_header_str("x-sluice-cluster").as_deref(), Some("sluice_mini"));
+        assert_eq!(failover::redirect_nonce(&host, 503, Some(b"req-1"), b""), None, "mini is the last step");
+        second.respond(200, "application/json", &[openai_response(5, 5, 0).as_bytes()], true);
+        assert_eq!(second.host.response_header_str("x-litellm-attempted-fallbacks").as_deref(), Some("1"));
+        second.finish();
+        let records = h.envoy.records();
+        assert_eq!((records.len(), records[0]["model_group"].as_str()), (1, Some("gpt-4o-mini")));
+        // A refusal is not the deployment's failure: gpt-4o is still in rotation.
+        let (next, _) = h.post("/v1/chat/completions", &key(1), CHAT);
+        assert_eq!(next.host.request_header_str("x-sluice-cluster").as_deref(), Some("sluice_gpt4o-a"));
+    }
+
+    #[test]
+    fn a_content_policy_refusal_without_its_own_fallbacks_follows_the_fallbacks() {
+        let h = Harness::new(refusal_config());
+        let host = MockHost::new(Rc::clone(&h.envoy));
+        let (mut first, _) = h.post("/v1/chat/completions", &key(1), CHAT);
+        let nonce = failover::redirect_nonce(&host, 400, Some(b"req-1"), FILTERED).unwrap();
+        first.redirected();
+        let second = next_pass(&h, &first, &nonce);
+        assert_eq!(second.host.request_header_str("x-sluice-cluster").as_deref(), Some("sluice_claude"));
+    }
+
+    #[test]
+    fn the_pre_send_check_skips_a_deployment_the_prompt_does_not_fit() {
+        let mut cfg = refusal_config();
+        cfg.pre_call_checks = true;
+        cfg.deployments[0].max_input_tokens = Some(100); // gpt-4o
+        cfg.max_request_body_bytes = 1 << 20;
+        let long =
+            format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{}"}}]}}"#, "word ".repeat(200));
+        // Too long for gpt-4o: straight to its context-window fallback, nothing sent to gpt-4o.
+        let h = Harness::new(cfg.clone());
+        let (s, reply) = h.post("/v1/chat/completions", &key(1), &long);
+        assert!(reply.is_none(), "{reply:?}");
+        assert_eq!(s.host.request_header_str("x-sluice-cluster").as_deref(), Some("sluice_mini"));
+        // A short prompt still goes to gpt-4o.
+        let (s, _) = h.post("/v1/chat/completions", &key(1), CHAT);
+        assert_eq!(s.host.request_header_str("x-sluice-cluster").as_deref(), Some("sluice_gpt4o-a"));
+        // No context-window fallback and no other group: LiteLLM's error, OpenAI's code.
+        cfg.fallbacks.clear();
+        cfg.context_window_fallbacks.clear();
+        let h = Harness::new(cfg.clone());
+        let (_, reply) = h.post("/v1/chat/completions", &key(1), &long);
+        let reply = reply.expect("refused before sending");
+        assert_eq!(reply.status, 400);
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(body["error"]["code"], "context_length_exceeded");
+        assert!(body["error"]["message"].as_str().unwrap().contains("maximum context length is 100 tokens"), "{body}");
+        // Off (LiteLLM's default): sent, and the provider decides.
+        cfg.pre_call_checks = false;
+        let h = Harness::new(cfg);
+        let (s, reply) = h.post("/v1/chat/completions", &key(1), &long);
+        assert!(reply.is_none(), "{reply:?}");
+        assert_eq!(s.host.request_header_str("x-sluice-cluster").as_deref(), Some("sluice_gpt4o-a"));
     }
 
     #[test]

@@ -17,19 +17,19 @@ def test_generated_bootstrap_validates(gw):
 
 def test_config_check_refuses_settings_it_would_not_enforce(gw, tmp_path):
     cfg = json.loads(gw.config_path.read_text())
-    cfg["router_settings"]["content_policy_fallbacks"] = [{"gpt-4o": ["claude-3-5-sonnet"]}]
+    cfg["router_settings"]["provider_budget_config"] = {"openai": {"budget_limit": 100, "time_period": "1d"}}
     cfg["litellm_settings"] = {"drop_params": True, "success_callback": ["langfuse"]}
     path = tmp_path / "c.yaml"
     path.write_text(json.dumps(cfg))
     r = gw.cli("config", "check", "-c", str(path), check=False)
     assert r.returncode == 1, r.stderr
-    assert "router_settings.content_policy_fallbacks: not supported by Sluice" in r.stderr
+    assert "router_settings.provider_budget_config: not supported by Sluice" in r.stderr
     assert "litellm_settings.success_callback: not supported by Sluice" in r.stderr
     assert "drop_params: not supported" not in r.stderr  # read and enforced, not refused
     # Envoy's config is not written from a config with settings Sluice would ignore.
     r = gw.cli("envoy-config", "-c", str(path), *gw.filter_args(), "--out", str(tmp_path / "e.yaml"), check=False)
-    assert r.returncode != 0 and "content_policy_fallbacks" in r.stderr and not (tmp_path / "e.yaml").exists()
-    del cfg["router_settings"]["content_policy_fallbacks"]
+    assert r.returncode != 0 and "provider_budget_config" in r.stderr and not (tmp_path / "e.yaml").exists()
+    del cfg["router_settings"]["provider_budget_config"]
     del cfg["litellm_settings"]["success_callback"]
     path.write_text(json.dumps(cfg))
     gw.cli("config", "check", "-c", str(path))

@@ -19,20 +19,23 @@ CHAT = [{"role": "user", "content": "hello there"}]
 
 class FallbackGateway(Gateway):
     """Groups on a mock that answers 503 to everything (`primary`, `limited`), on nothing at all
-    (`dead`: connections refused), and healthy fallbacks on the usual mock: an Anthropic one
-    (`claude-fb`, reached through translation) and an OpenAI one (`mini-fb`)."""
+    (`dead`: connections refused), on a mock whose model takes 40 tokens (`small`: longer
+    prompts get OpenAI's context-length error), a group the gateway knows takes 30 tokens
+    (`tiny`, checked before sending), one whose refusals are asked for per request (`guarded`),
+    and healthy fallbacks on the usual mock: an Anthropic one (`claude-fb`, reached through
+    translation) and an OpenAI one (`mini-fb`)."""
 
-    def down_mock(self):
-        mock = subprocess.Popen([self.env_bin["SLUICE_MOCK"], "--listen", "127.0.0.1:0", "--status", "503",
+    def extra_mock(self, *flags):
+        mock = subprocess.Popen([self.env_bin["SLUICE_MOCK"], "--listen", "127.0.0.1:0", *flags,
                                  "--openai-key", self.provider_keys["MOCK_OPENAI_KEY"]],
                                 stdout=subprocess.PIPE, text=True)
         self.procs.append(mock)
         port = re.search(r"listening on 127\.0\.0\.1:(\d+)", mock.stdout.readline()).group(1)
-        self.down_url = f"http://127.0.0.1:{port}"
-        return self.down_url
+        return f"http://127.0.0.1:{port}"
 
     def write_config(self):
-        down = self.down_mock()
+        down = self.down_url = self.extra_mock("--status", "503")
+        small = self.small_url = self.extra_mock("--context-window", "40")
         entry = lambda name, model, base, env, ident: {**model_entry("gpt-4o", model, base, env, ident),
                                                        "model_name": name}
         models = [
@@ -41,9 +44,16 @@ class FallbackGateway(Gateway):
             entry("dead", "openai/gpt-4o", f"http://127.0.0.1:{free_port()}/v1", "MOCK_OPENAI_KEY", "dead-a"),
             entry("claude-fb", "anthropic/claude-3-5-sonnet-20241022", self.mock_url, "MOCK_ANTHROPIC_KEY", "claude-fb"),
             entry("mini-fb", "openai/gpt-4o-mini", f"{self.mock_url}/v1", "MOCK_OPENAI_KEY", "mini-fb"),
+            entry("small", "openai/gpt-4o", f"{small}/v1", "MOCK_OPENAI_KEY", "small-a"),
+            entry("guarded", "openai/gpt-4o", f"{self.mock_url}/v1", "MOCK_OPENAI_KEY", "guarded-a"),
         ]
+        tiny = entry("tiny", "openai/gpt-4o", f"{self.mock_url}/v1", "MOCK_OPENAI_KEY", "tiny-a")
+        tiny["litellm_params"]["model"] = "openai/tiny-model"
+        tiny["model_info"]["max_input_tokens"] = 30
+        models.append(tiny)
         keys = []
-        for alias, flags in {"fb": [], "primary-only": ["--models", "primary"]}.items():
+        for alias, flags in {"fb": [], "primary-only": ["--models", "primary"],
+                             "guarded-only": ["--models", "guarded"]}.items():
             out = json.loads(self.cli("key", "new", "--alias", alias, *flags, "--json").stdout)
             self.keys[alias] = out["key"]
             self.key_ids[alias] = out["key_hash"].removeprefix("sha256:")[:16]
@@ -53,6 +63,9 @@ class FallbackGateway(Gateway):
             "router_settings": {
                 "fallbacks": [{"primary": ["claude-fb", "mini-fb"]}, {"dead": ["mini-fb"]}],
                 "default_fallbacks": ["mini-fb"],
+                "context_window_fallbacks": [{"small": ["claude-fb"]}, {"tiny": ["claude-fb"]}],
+                "content_policy_fallbacks": [{"guarded": ["claude-fb"]}],
+                "enable_pre_call_checks": True,
                 "allowed_fails": 1,
                 "cooldown_time": 30,
             },
@@ -148,3 +161,55 @@ def test_an_unreachable_group_with_fallbacks_cools_down_and_falls_back_before_se
     # The first fails (its attempts count against `allowed_fails: 1`); then mini-fb serves.
     assert statuses[0] == 503 and statuses[-2:] == [200, 200], statuses
     assert record_of(fb, r.headers["x-request-id"])["model_group"] == "mini-fb"
+
+
+LONG = [{"role": "user", "content": "tell me everything about rivers " * 20}]
+
+
+def test_a_prompt_too_long_for_its_model_goes_to_its_context_window_fallback(fb):
+    small_before = fb.served(fb.small_url)
+    raw = client(fb).chat.completions.with_raw_response.create(model="small", messages=LONG)
+    assert raw.parse().choices[0].message.content
+    assert raw.headers["x-litellm-attempted-fallbacks"] == "1"
+    # `small` refused it (OpenAI's context_length_exceeded), Claude answered and is billed.
+    assert fb.served(fb.small_url) == small_before + 1
+    record = record_of(fb, raw.headers["x-request-id"])
+    assert (record["model_group"], record["status"]) == ("claude-fb", 200)
+    # A refusal is the prompt's, not the deployment's failure: a short prompt is still `small`'s
+    # (allowed_fails is 1: two counted failures would have cooled it down).
+    for _ in range(2):
+        client(fb).chat.completions.create(model="small", messages=LONG)
+    raw = client(fb).chat.completions.with_raw_response.create(model="small", messages=CHAT)
+    assert record_of(fb, raw.headers["x-request-id"])["model_group"] == "small"
+
+
+def test_the_pre_send_check_never_sends_a_prompt_its_deployment_cannot_take(fb):
+    def asked_tiny():
+        seen = httpx.get(f"{fb.mock_url}/mock/stats", timeout=5).json()["requests"]
+        return sum(1 for r in seen if r.get("model") == "tiny-model")
+
+    before = asked_tiny()
+    raw = client(fb).chat.completions.with_raw_response.create(model="tiny", messages=LONG)
+    assert raw.parse().choices[0].message.content
+    assert record_of(fb, raw.headers["x-request-id"])["model_group"] == "claude-fb"
+    assert asked_tiny() == before, "the prompt's estimate is over tiny's max_input_tokens: never sent"
+    # A prompt that fits is tiny's own.
+    raw = client(fb).chat.completions.with_raw_response.create(model="tiny", messages=CHAT)
+    assert record_of(fb, raw.headers["x-request-id"])["model_group"] == "tiny"
+    assert asked_tiny() == before + 1
+
+
+def test_a_content_policy_refusal_goes_to_its_own_fallback_and_another_400_to_the_client(fb):
+    refuse = {"x-mock-refuse": "content_policy", "x-mock-fault-attempts": "1"}
+    raw = client(fb).chat.completions.with_raw_response.create(model="guarded", messages=CHAT, extra_headers=refuse)
+    assert raw.parse().choices[0].message.content
+    assert record_of(fb, raw.headers["x-request-id"])["model_group"] == "claude-fb"
+    # A 400 that is not a refusal is the client's: no fallback.
+    with pytest.raises(openai.BadRequestError) as failed:
+        client(fb).chat.completions.create(model="guarded", messages=CHAT,
+                                           extra_headers={"x-mock-status": "400", "x-mock-fault-attempts": "1"})
+    assert failed.value.response.headers["x-litellm-attempted-fallbacks"] == "0"
+    # Refused with nowhere to go (a key that may not use the fallback): the provider's own 400.
+    with pytest.raises(openai.BadRequestError) as failed:
+        client(fb, "guarded-only").chat.completions.create(model="guarded", messages=CHAT, extra_headers=refuse)
+    assert "safety system" in failed.value.message

@@ -353,7 +353,11 @@ def test_fallbacks_in_config_yaml_fail_a_request_over_on_every_envoy(tmp_path):
         broken = model_entry("gpt-4o", "openai/gpt-4o", f"{down_url}/v1", "MOCK_OPENAI_KEY", "broken-a")
         broken["model_name"] = "broken"
         config["model_list"].append(broken)
-        config["router_settings"] = {"fallbacks": [{"broken": ["gpt-4o-mini"]}]}
+        guarded = model_entry("gpt-4o", "openai/gpt-4o", f"{f.mock_url}/v1", "MOCK_OPENAI_KEY", "guarded-a")
+        guarded["model_name"] = "guarded"
+        config["model_list"].append(guarded)
+        config["router_settings"] = {"fallbacks": [{"broken": ["gpt-4o-mini"]}],
+                                     "content_policy_fallbacks": [{"guarded": ["gpt-4o-mini"]}]}
         f.config_path.write_text(json.dumps(config))
         f.start_control_plane()
         envoy = f.start_envoy("edge-fallbacks")
@@ -366,6 +370,15 @@ def test_fallbacks_in_config_yaml_fail_a_request_over_on_every_envoy(tmp_path):
         by_model = lambda: json.loads(f.cli("spend", "--group-by", "model", "--key", key_id, "--json").stdout)
         rows = wait_until(lambda: by_model()["requests"] == 1 and by_model(), what="the spend row")
         assert [r["group"] for r in rows["rows"]] == ["gpt-4o-mini"], rows
+        # `content_policy_fallbacks`: the provider's refusal (a 400 the attempt filter reads)
+        # moves the request on to its own fallback.
+        resp = httpx.post(f"{envoy.url}/v1/chat/completions", timeout=30,
+                          json={**CHAT, "model": "guarded"},
+                          headers={"Authorization": f"Bearer {key}", "x-mock-refuse": "content_policy",
+                                   "x-mock-fault-attempts": "1"})
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["x-litellm-attempted-fallbacks"] == "1"
+        assert f.served()["requests"][-1]["model"] == "gpt-4o-mini"
     finally:
         f.stop()
 

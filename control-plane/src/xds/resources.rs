@@ -218,7 +218,8 @@ pub fn build(
     Ok((snapshot, warnings))
 }
 
-/// Leaves out of `section`'s `fallbacks` and `default_fallbacks` every group no deployment
+/// Leaves out of `section`'s `fallbacks` (and the refusals' `context_window_fallbacks`,
+/// `content_policy_fallbacks`) and `default_fallbacks` every group no deployment
 /// serves, each named in a warning: a `fallbacks` entry of such a group, and such a group in a
 /// list (an entry keeps the groups it has left, so its group never falls back to
 /// `default_fallbacks` instead). Anything not of LiteLLM's shape is left for the conversion to
@@ -241,13 +242,14 @@ fn drop_unserved_fallbacks(
             });
         }
     }
-    if let Some(Value::Array(entries)) = settings.get_mut("fallbacks") {
+    for setting in ["fallbacks", "context_window_fallbacks", "content_policy_fallbacks"] {
+        let Some(Value::Array(entries)) = settings.get_mut(setting) else { continue };
         entries.retain_mut(|entry| {
             let Some(map) = entry.as_object_mut().filter(|m| m.len() == 1) else { return true };
             let Some((group, to)) = map.iter_mut().next() else { return true };
-            let at = format!("{section}.fallbacks.{group}");
+            let at = format!("{section}.{setting}.{group}");
             if !served(group) {
-                dropped.push(format!("{at}: model group {group:?} has no deployment; its fallbacks are left out"));
+                dropped.push(format!("{at}: model group {group:?} has no deployment; its {setting} are left out"));
                 return false;
             }
             keep_served(to, &at, served, dropped);
@@ -377,6 +379,8 @@ fn attempt_filter(module: &FilterModule, failure_policy: FailurePolicy) -> HttpF
                 vm: Some(plugin_config::Vm::VmConfig(vm)),
                 configuration: Some(pack(&StringValue { value: "{}".into() })),
                 failure_policy: wasm_failure_policy(failure_policy).into(),
+                // It holds a 400's headers while it reads the body (envoy_bootstrap.rs).
+                allow_on_headers_stop_iteration: Some(BoolValue { value: true }),
                 ..Default::default()
             };
             http_filter("envoy.filters.http.wasm", &Wasm { config: Some(plugin) })
@@ -659,9 +663,9 @@ mod tests {
         let gateway: GatewayConfig = serde_json::from_str(&json.value).unwrap();
         assert_eq!((gateway.retries.num_retries, gateway.timeout_ms), (2, Some(1500)));
         opts.router_settings =
-            json!({"content_policy_fallbacks": [{"gpt-4o": ["gpt-4o-mini"]}]}).as_object().unwrap().clone();
+            json!({"provider_budget_config": {"openai": {"budget_limit": 1}}}).as_object().unwrap().clone();
         let e = opts.check().unwrap_err();
-        assert!(e.contains("router_settings.content_policy_fallbacks: not supported by Sluice"), "{e}");
+        assert!(e.contains("router_settings.provider_budget_config: not supported by Sluice"), "{e}");
     }
 
     #[test]

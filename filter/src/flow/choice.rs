@@ -19,6 +19,9 @@ pub(super) enum NoChoice {
     AllAtCapacity(u64),
     /// The key may not use the group (a fallback step's).
     NotAllowed,
+    /// The prompt's estimate exceeds every candidate's `max_input_tokens` (the largest given):
+    /// the pre-send context check.
+    PromptTooLong(u64),
 }
 
 /// A deployment's limits as `usage-based-routing-v2` counts them: its `rpm` and `tpm`, tokens

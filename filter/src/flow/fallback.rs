@@ -9,6 +9,7 @@
 //! client's body, the next step.
 
 use sluice_core::fallbacks::Plan;
+use sluice_core::refusals::Refusal;
 
 use super::*;
 use crate::failover::{self, FAILOVER_HEADER};
@@ -84,24 +85,29 @@ impl<H: Host> RequestFlow<H> {
     }
 
     /// A plan for a request to `group` (index), when it has somewhere to move on to: fallback
-    /// groups, or retries and another deployment to retry on. Made before its first step, with
-    /// the client's body.
+    /// groups (for any failure, or for a refusal: `context_window_fallbacks`,
+    /// `content_policy_fallbacks`), or retries and another deployment to retry on. Made before
+    /// its first step, with the client's body.
     pub(super) fn start_plan(&mut self, group: usize, retries: u32, body: &[u8]) {
         let gateway = Rc::clone(&self.gateway);
         let Some(own) = gateway.config.groups.get(group) else { return };
-        let retries_elsewhere = retries > 0 && own.deployments.len() > 1;
-        if (own.fallbacks.is_empty() && !retries_elsewhere) || self.plan.is_some() {
+        if self.plan.is_some() {
             return;
         }
         // Only the groups this key may use: a key never reaches a model through a fallback that
         // it could not ask for (and with none left, the group's own answer is the client's).
-        let chain: Vec<usize> = own
-            .fallbacks
-            .iter()
-            .copied()
-            .filter(|g| gateway.config.groups.get(*g).is_some_and(|g| self.may_use(&g.name)))
-            .collect();
-        if chain.is_empty() && !retries_elsewhere {
+        let usable = |chain: &[usize]| -> Vec<usize> {
+            chain
+                .iter()
+                .copied()
+                .filter(|g| gateway.config.groups.get(*g).is_some_and(|g| self.may_use(&g.name)))
+                .collect()
+        };
+        let chain = usable(&own.fallbacks);
+        let on_context_window = Plan::chain_steps(&usable(&own.context_window_fallbacks), retries);
+        let on_content_policy = Plan::chain_steps(&usable(&own.content_policy_fallbacks), retries);
+        let retries_elsewhere = retries > 0 && own.deployments.len() > 1;
+        if chain.is_empty() && on_context_window.is_empty() && on_content_policy.is_empty() && !retries_elsewhere {
             return;
         }
         let principal = match &self.principal {
@@ -122,8 +128,22 @@ impl<H: Host> RequestFlow<H> {
             tried_groups: Vec::new(),
             created_ms: self.start_ms,
             retry_on: gateway.config.config.retries.on,
+            on_context_window,
+            on_content_policy,
+            refused_at: None,
             body: body.to_vec(),
         });
+    }
+
+    /// The prompt does not fit the current step's group (the pre-send check): the plan moves on
+    /// to its context-window steps (or other groups'); the next one's group, if any.
+    pub(super) fn divert_too_long(&mut self) -> Option<usize> {
+        let plan = self.plan.as_mut()?;
+        if !plan.divert(Refusal::ContextWindow) {
+            return None;
+        }
+        plan.step += 1;
+        plan.steps.get(plan.step).copied()
     }
 
     /// The next step's group, skipping past the current one; None at the end of the plan.
@@ -154,7 +174,7 @@ impl<H: Host> RequestFlow<H> {
         let Some(plan) = self.plan.as_mut() else { return };
         plan.tried.push(deployment);
         plan.tried_groups.push(group);
-        if !plan.has_next() {
+        if !plan.may_continue() {
             if self.plan_saved {
                 failover::clear(&self.host, &plan.request_id);
                 self.plan_saved = false;
@@ -179,7 +199,7 @@ impl<H: Host> RequestFlow<H> {
     /// Whether the request has steps after this pass (the router then leaves provider errors to
     /// the plan and retries only failed connections).
     pub(super) fn plan_continues(&self) -> bool {
-        self.plan_saved && self.plan.as_ref().is_some_and(Plan::has_next)
+        self.plan_saved && self.plan.as_ref().is_some_and(Plan::may_continue)
     }
 
     /// At the end of a pass that Envoy redirected to the next: nothing was billed (the provider
@@ -199,7 +219,14 @@ impl<H: Host> RequestFlow<H> {
             self.host.log(LogLevel::Error, "sluice: could not settle counters (shared data unavailable)");
         }
         self.update_load(&gateway, admitted, now);
-        self.count_failures(&gateway, admitted, now, 1);
+        // A refusal (the prompt too long, a content policy) is the request's, not the
+        // deployment's failure: the attempt filter marked the step in the plan it saved.
+        let refused = self.plan.as_ref().is_some_and(|plan| {
+            failover::load(&self.host, &plan.request_id, now).is_some_and(|saved| saved.refused_at == Some(plan.step))
+        });
+        if !refused {
+            self.count_failures(&gateway, admitted, now, 1);
+        }
         gateway.metrics.failover();
         true
     }

@@ -2,6 +2,9 @@
 //! formats differ, admit on every limited scope, and point the held request at the deployment
 //! with its credential (or answer `count_tokens`).
 
+use sluice_core::config::Deployment;
+use sluice_core::refusals;
+
 use super::choice::NoChoice;
 use super::*;
 
@@ -114,6 +117,12 @@ impl<H: Host> RequestFlow<H> {
         }
         // Under a plan, a deployment not tried yet if the group has one.
         let est_prompt_tokens = usage::estimate_tokens_from_bytes(body.len() as u64);
+        // LiteLLM's `enable_pre_call_checks`: a deployment the prompt does not fit is not sent it.
+        let window_estimate = config.config.pre_call_checks.then(|| refusals::prompt_estimate(body));
+        let fits = move |d: &Deployment| match (window_estimate, d.max_input_tokens) {
+            (Some(estimate), Some(max)) => estimate <= max,
+            _ => true,
+        };
         let mut group_index = self.step_group().unwrap_or(own_group);
         // Each step's group in turn, while one has no deployment to offer or is not the key's.
         let (group_index, group, index, deployment) = loop {
@@ -127,8 +136,19 @@ impl<H: Host> RequestFlow<H> {
             let allowed = own || self.may_use(&group.name);
             let choice = if allowed {
                 let all = candidates(config, group, endpoint, matched.is_some());
-                let untried = all.clone().any(|(i, _)| !self.tried(i));
-                self.choose(&gateway, group, all.filter(|(i, _)| !untried || !self.tried(*i)), est_prompt_tokens)
+                let fitting = all.clone().filter(|(_, d)| fits(d));
+                let untried = fitting.clone().any(|(i, _)| !self.tried(i));
+                match all.clone().filter_map(|(_, d)| d.max_input_tokens).max() {
+                    Some(largest) if fitting.clone().next().is_none() && all.clone().next().is_some() => {
+                        Err(NoChoice::PromptTooLong(largest))
+                    }
+                    _ => self.choose(
+                        &gateway,
+                        group,
+                        fitting.filter(|(i, _)| !untried || !self.tried(*i)),
+                        est_prompt_tokens,
+                    ),
+                }
             } else {
                 Err(NoChoice::NotAllowed)
             };
@@ -136,7 +156,12 @@ impl<H: Host> RequestFlow<H> {
                 Ok((index, deployment)) => break (group_index, group, index, deployment),
                 Err(no_choice) => no_choice,
             };
-            match self.next_step() {
+            // A prompt too long for the group takes its context-window fallbacks.
+            let next = match no_choice {
+                NoChoice::PromptTooLong(_) => self.divert_too_long(),
+                _ => self.next_step(),
+            };
+            match next {
                 Some(next) => {
                     group_index = next;
                     matched = None;
@@ -153,6 +178,11 @@ impl<H: Host> RequestFlow<H> {
                         NoChoice::AllAtCapacity(retry_after_secs) => {
                             GatewayError::GroupAtCapacity { group: group.name.clone(), retry_after_secs }
                         }
+                        NoChoice::PromptTooLong(max_input_tokens) => GatewayError::ContextWindowExceeded {
+                            group: group.name.clone(),
+                            estimate: window_estimate.unwrap_or(est_prompt_tokens),
+                            max_input_tokens,
+                        },
                     });
                 }
             }

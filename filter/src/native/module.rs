@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use sluice_core::config::{CompiledConfig, GatewayConfig};
-use sluice_core::fallbacks::ATTEMPT_FILTER_NAME;
+use sluice_core::fallbacks::{ATTEMPT_FILTER_NAME, Plan};
 use sluice_core::limits::ScopeState;
 use sluice_core::routing::SplitMix64;
 
@@ -42,6 +42,7 @@ use super::abi::{
 };
 use super::host::{Counters, DynamicModuleHost, FLOW_COUNTERS, HookState, SERVICE_COUNTERS, log, shared};
 use super::{grpc, service};
+use crate::failover::{self, AttemptVerdict};
 use crate::flow::{Gateway, RequestFlow};
 use crate::host::{Action, LogLevel};
 use crate::metrics::Metrics;
@@ -200,25 +201,59 @@ impl StreamFilter {
 struct AttemptFilter {
     stream: Stream,
     counters: Arc<Counters>,
+    /// A 400 held until its body says whether it is a refusal with somewhere to go: the plan,
+    /// and the body so far.
+    held: RefCell<Option<(Box<Plan>, Vec<u8>)>>,
 }
 
 impl AttemptFilter {
+    fn host(&self) -> DynamicModuleHost {
+        DynamicModuleHost::new(self.stream, Arc::clone(&self.counters), Rc::new(HookState::default()))
+    }
+
     /// At the attempt's response headers. The request's headers are still readable here: an
     /// upstream filter's are the router's copy of the downstream request's, which outlives
     /// every attempt (Envoy's `UpstreamRequestFilterManagerCallbacks::requestHeaders`). A
     /// success costs one header read and a comparison.
-    fn on_response_headers(&self) {
+    fn on_response_headers(&self, end_of_stream: bool) -> FilterStatus {
         let status = self.stream.header(RESPONSE_HEADERS, ":status");
         let status = status.as_deref().and_then(|s| std::str::from_utf8(s).ok()?.parse().ok()).unwrap_or(0);
-        if !crate::failover::may_move_on(status) {
-            return;
+        if !failover::may_move_on(status) {
+            return CONTINUE;
         }
-        let host = DynamicModuleHost::new(self.stream, Arc::clone(&self.counters), Rc::new(HookState::default()));
         let request_id = self.stream.header(REQUEST_HEADERS, "x-request-id");
-        if let Some(nonce) = crate::failover::redirect_nonce(&host, status, request_id.as_deref()) {
-            for (name, value) in crate::failover::redirect_headers(&nonce) {
-                self.stream.set_header(RESPONSE_HEADERS, name, Some(value.as_bytes()));
+        match failover::attempt_verdict(&self.host(), status, request_id.as_deref()) {
+            AttemptVerdict::Pass => {}
+            AttemptVerdict::Redirect(nonce) => self.redirect(&nonce),
+            // A 400 without a body says nothing more.
+            AttemptVerdict::ReadBody(_) if end_of_stream => {}
+            AttemptVerdict::ReadBody(plan) => {
+                *self.held.borrow_mut() = Some((plan, Vec::new()));
+                return HEADERS_STOP_ITERATION;
             }
+        }
+        CONTINUE
+    }
+
+    /// A held 400's body, chunk by chunk (Envoy buffers them too); at its end, the decision.
+    fn on_response_body(&self, end_of_stream: bool) -> FilterStatus {
+        let mut held = self.held.borrow_mut();
+        let Some((_, body)) = held.as_mut() else { return CONTINUE };
+        self.stream.read_body(RECEIVED_RESPONSE_BODY, body);
+        if !end_of_stream {
+            return BODY_STOP_ITERATION_AND_BUFFER;
+        }
+        if let Some((plan, body)) = held.take()
+            && let Some(nonce) = failover::refusal_redirect(&self.host(), plan, &body)
+        {
+            self.redirect(&nonce);
+        }
+        CONTINUE
+    }
+
+    fn redirect(&self, nonce: &str) {
+        for (name, value) in failover::redirect_headers(nonce) {
+            self.stream.set_header(RESPONSE_HEADERS, name, Some(value.as_bytes()));
         }
     }
 }
@@ -399,9 +434,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
                 hook,
             })
         }
-        ModuleConfig::Attempt(config) => {
-            ModuleStream::Attempt(AttemptFilter { stream, counters: Arc::clone(&config.counters) })
-        }
+        ModuleConfig::Attempt(config) => ModuleStream::Attempt(AttemptFilter {
+            stream,
+            counters: Arc::clone(&config.counters),
+            held: RefCell::new(None),
+        }),
     };
     Box::into_raw(Box::new(filter)).cast_const().cast()
 }
@@ -470,15 +507,12 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     _filter_envoy: FilterEnvoyPtr,
     filter: FilterModulePtr,
-    _end_of_stream: bool,
+    end_of_stream: bool,
 ) -> FilterStatus {
     // SAFETY: see the function's contract.
     let f = match unsafe { module_stream(filter) } {
         Some(ModuleStream::Filter(f)) => f,
-        Some(ModuleStream::Attempt(attempt)) => {
-            attempt.on_response_headers();
-            return CONTINUE;
-        }
+        Some(ModuleStream::Attempt(attempt)) => return attempt.on_response_headers(end_of_stream),
         None => return CONTINUE,
     };
     let Ok(mut flow) = f.flow.try_borrow_mut() else { return CONTINUE };
@@ -494,7 +528,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
     end_of_stream: bool,
 ) -> FilterStatus {
     // SAFETY: see the function's contract.
-    let Some(f) = (unsafe { stream_filter(filter) }) else { return CONTINUE };
+    let f = match unsafe { module_stream(filter) } {
+        Some(ModuleStream::Filter(f)) => f,
+        Some(ModuleStream::Attempt(attempt)) => return attempt.on_response_body(end_of_stream),
+        None => return CONTINUE,
+    };
     let Ok(mut flow) = f.flow.try_borrow_mut() else { return CONTINUE };
     let size = f.stream.body_len(RECEIVED_RESPONSE_BODY);
     // Never buffered: each chunk passes as soon as the tap has read it (streams stay streams).

@@ -9,12 +9,14 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use sluice_core::config::{CompiledConfig, GatewayConfig};
 use sluice_core::error::GatewayError;
+use sluice_core::fallbacks::Plan;
 use sluice_core::routing::SplitMix64;
 
 use super::host::{EnvoyHost, WorkerState};
 use super::service::WasmService;
 use crate::counters;
 use crate::deployment_health::BackgroundHealth;
+use crate::failover::{self, AttemptVerdict};
 use crate::flow::{Gateway, RequestFlow};
 use crate::host::{self, Host, LogLevel};
 use crate::secrets;
@@ -215,7 +217,7 @@ impl RootContext for SluiceRoot {
                 self.rng.set(rng);
                 Some(Box::new(SluiceHttp { flow: RequestFlow::new(self.host(), Rc::clone(gateway), random) }))
             }
-            Role::Attempt => Some(Box::new(Attempt { host: self.host(), request_id: None })),
+            Role::Attempt => Some(Box::new(Attempt { host: self.host(), request_id: None, held: None })),
             // Fail closed: a worker without a valid config never lets a request through.
             Role::Unconfigured | Role::Service(_) => Some(Box::new(Unconfigured { host: self.host() })),
         }
@@ -272,6 +274,16 @@ struct Attempt {
     host: EnvoyHost,
     /// Read with the request's headers: a wasm filter cannot read them in a response callback.
     request_id: Option<Vec<u8>>,
+    /// A 400 held until its body says whether it is a refusal with somewhere to go.
+    held: Option<Box<Plan>>,
+}
+
+impl Attempt {
+    fn redirect(&self, nonce: &str) {
+        for (name, value) in failover::redirect_headers(nonce) {
+            self.host.set_response_header(name, Some(value.as_bytes()));
+        }
+    }
 }
 
 impl Context for Attempt {}
@@ -282,13 +294,35 @@ impl HttpContext for Attempt {
         Action::Continue
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let status = self.host.response_header(":status");
         let status = status.as_deref().and_then(|s| std::str::from_utf8(s).ok()?.parse().ok()).unwrap_or(0);
-        if let Some(nonce) = crate::failover::redirect_nonce(&self.host, status, self.request_id.as_deref()) {
-            for (name, value) in crate::failover::redirect_headers(&nonce) {
-                self.host.set_response_header(name, Some(value.as_bytes()));
+        match failover::attempt_verdict(&self.host, status, self.request_id.as_deref()) {
+            AttemptVerdict::Pass => {}
+            AttemptVerdict::Redirect(nonce) => self.redirect(&nonce),
+            // A 400 without a body says nothing more.
+            AttemptVerdict::ReadBody(_) if end_of_stream => {}
+            AttemptVerdict::ReadBody(plan) => {
+                self.held = Some(plan);
+                return Action::Pause;
             }
+        }
+        Action::Continue
+    }
+
+    /// A held 400's body: buffered by Envoy until its end, then the decision.
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.held.is_none() {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = self.host.response_body(body_size).unwrap_or_default();
+        if let Some(plan) = self.held.take()
+            && let Some(nonce) = failover::refusal_redirect(&self.host, plan, &body)
+        {
+            self.redirect(&nonce);
         }
         Action::Continue
     }

@@ -33,9 +33,20 @@ pub struct Knobs {
     pub tool_call: Option<String>,
     /// `retry-after` (seconds) on a forced error.
     pub retry_after: Option<u64>,
-    /// The faults (status, latency, garbage, cut) hit only the first this-many attempts of a
-    /// request (attempts share Envoy's `x-request-id`); later ones are answered normally.
+    /// The faults (status, latency, garbage, cut, refusal) hit only the first this-many attempts
+    /// of a request (attempts share Envoy's `x-request-id`); later ones are answered normally.
     pub fault_attempts: Option<u64>,
+    /// `x-mock-refuse`: refuse the prompt as the provider would, with its own 400.
+    pub refuse: Option<Refusal>,
+}
+
+/// A provider's refusal of a prompt (`x-mock-refuse`, or `--context-window` for a long one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `context_window`: longer than the model takes.
+    ContextWindow,
+    /// `content_policy`: the provider's safety system refused it.
+    ContentPolicy,
 }
 
 impl Knobs {
@@ -58,12 +69,25 @@ impl Knobs {
             tool_call: headers.get("x-mock-tool-call").map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()),
             retry_after: num("x-mock-retry-after"),
             fault_attempts: num("x-mock-fault-attempts"),
+            refuse: match headers.get("x-mock-refuse").map(|v| v.trim()) {
+                Some("context_window") => Some(Refusal::ContextWindow),
+                Some("content_policy") => Some(Refusal::ContentPolicy),
+                _ => None,
+            },
         }
     }
 
     /// This attempt past `fault_attempts`: answered as if no fault were asked for.
     pub fn without_faults(self, config: &Config) -> Self {
-        Self { latency_ms: config.latency_ms, status: None, garbage: false, cut_after: None, retry_after: None, ..self }
+        Self {
+            latency_ms: config.latency_ms,
+            status: None,
+            garbage: false,
+            cut_after: None,
+            retry_after: None,
+            refuse: None,
+            ..self
+        }
     }
 
     /// The error `x-mock-status` forces, and its message.

@@ -48,6 +48,9 @@ pub struct Config {
     /// When set, Bedrock paths (`/model/…`) want a SigV4 `authorization` for this access key id
     /// and the `bedrock` service, and an `x-amz-date` (the signature itself is not verified).
     pub aws_access_key_id: Option<String>,
+    /// A prompt longer than this many tokens (the mock's count: its bytes over four) is refused
+    /// as too long, in the provider's own words (`--context-window`).
+    pub context_window: Option<u64>,
 }
 
 /// A response body that is either complete or fed frame by frame from a channel; an `Err`

@@ -1,5 +1,6 @@
 //! `sluice-mock-provider --listen 127.0.0.1:8081 [--latency-ms N] [--status N] [--openai-key K]
-//! [--anthropic-key K] [--azure-key K] [--gemini-key K] [--aws-access-key-id AKID] [--workers N]`
+//! [--anthropic-key K] [--azure-key K] [--gemini-key K] [--aws-access-key-id AKID]
+//! [--context-window N] [--workers N]`
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -40,6 +41,11 @@ struct Args {
     /// Signature=…` and `x-amz-date` (present and shaped so, not verified).
     #[arg(long)]
     aws_access_key_id: Option<String>,
+    /// Refuse a prompt of more than N tokens (its bytes over four) as longer than the model's
+    /// context window, with the provider's own error (OpenAI's `context_length_exceeded`,
+    /// Anthropic's "prompt is too long").
+    #[arg(long)]
+    context_window: Option<u64>,
     /// Runtime worker threads (1 leaves room for Envoy during benchmarks on small machines).
     #[arg(long, default_value_t = 1)]
     workers: usize,
@@ -63,6 +69,7 @@ fn main() -> ExitCode {
         azure_key: args.azure_key,
         gemini_key: args.gemini_key,
         aws_access_key_id: args.aws_access_key_id,
+        context_window: args.context_window,
     });
     let result = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen).await?;

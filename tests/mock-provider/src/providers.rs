@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use hyper::StatusCode;
 use serde_json::{Value, json};
 
-use crate::knobs::DEFAULT_COMPLETION;
+use crate::knobs::{DEFAULT_COMPLETION, Refusal};
 use crate::request::Received;
 use crate::{Config, Knobs};
 
@@ -111,6 +111,38 @@ fn error(api: Api, status: StatusCode, message: &str, kind: &str, code: &str) ->
     Reply::Json { status, body }
 }
 
+/// A provider's 400 refusing the prompt, in its own words (what LiteLLM and Sluice tell apart).
+fn refusal(api: Api, dialect: &Dialect, refusal: Refusal, prompt: u64, max: u64) -> Reply {
+    let anthropic = matches!(api, Api::Messages | Api::CountTokens);
+    let body = match (refusal, anthropic, dialect) {
+        (Refusal::ContextWindow, true, _) => {
+            anthropic_error(&format!("prompt is too long: {prompt} tokens > {max} maximum"), "invalid_request_error")
+        }
+        (Refusal::ContextWindow, false, _) => openai_error(
+            &format!(
+                "This model's maximum context length is {max} tokens. However, your messages resulted in {prompt} \
+                 tokens. Please reduce the length of the messages."
+            ),
+            "invalid_request_error",
+            "context_length_exceeded",
+        ),
+        (Refusal::ContentPolicy, true, _) => {
+            anthropic_error("Output blocked by content filtering policy", "invalid_request_error")
+        }
+        (Refusal::ContentPolicy, false, Dialect::Azure { .. }) => openai_error(
+            "The response was filtered due to the prompt triggering Azure OpenAI's content management policy.",
+            "invalid_request_error",
+            "content_filter",
+        ),
+        (Refusal::ContentPolicy, false, Dialect::Native) => openai_error(
+            "Your request was rejected as a result of our safety system.",
+            "invalid_request_error",
+            "content_policy_violation",
+        ),
+    };
+    Reply::Json { status: StatusCode::BAD_REQUEST, body }
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -176,6 +208,14 @@ pub fn reply(api: Api, dialect: &Dialect, received: &Received, knobs: &Knobs, co
     };
     if let Some((status, message)) = knobs.forced_error() {
         return error(api, status, &message, "api_error", "mock_error");
+    }
+    let prompt = knobs.prompt_tokens.unwrap_or((received.body.len() as u64).div_ceil(4));
+    let too_long = config.context_window.filter(|max| prompt > *max && api != Api::CountTokens);
+    if let Some(max) = too_long {
+        return refusal(api, dialect, Refusal::ContextWindow, prompt, max);
+    }
+    if let Some(refused) = knobs.refuse {
+        return refusal(api, dialect, refused, prompt, prompt.saturating_sub(1));
     }
     let stream = request.get("stream").and_then(Value::as_bool).unwrap_or(false) && api != Api::Embeddings;
     if knobs.garbage {
