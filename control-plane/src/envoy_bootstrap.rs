@@ -679,6 +679,8 @@ fn bootstrap(
         "stats_config": {"stats_tags": [
             {"tag_name": "model_group", "regex": r"^(?:wasmcustom|dynamicmodulescustom)\.sluice\.[a-z_]+(\.model_group\.([^.]+))$"},
             {"tag_name": "reason", "regex": r"^(?:wasmcustom|dynamicmodulescustom)\.sluice\.rejections(\.reason\.([^.]+))$"},
+            {"tag_name": "deployment", "regex": r"^(?:wasmcustom|dynamicmodulescustom)\.sluice\.failed_attempts(\.deployment\.([^.]+))\.error\.[^.]+$"},
+            {"tag_name": "error", "regex": r"^(?:wasmcustom|dynamicmodulescustom)\.sluice\.failed_attempts\.deployment\.[^.]+(\.error\.([^.]+))$"},
         ]},
     });
     if let Some(dynamic) = dynamic {

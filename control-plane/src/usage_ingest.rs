@@ -245,6 +245,7 @@ fn spend_log(r: &UsageRecord, key: &Tenancy) -> SpendLog {
         estimated: r.estimated,
         price_unknown: r.price_unknown,
         start_ms: signed(r.start_ms),
+        failed_attempts: r.failed_attempts.iter().map(|a| (a.deployment.clone(), a.error.clone())).collect(),
     }
 }
 

@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::attempts::AttemptError;
 use crate::refusals::Refusal;
 use crate::retries::RetryOn;
 
@@ -143,6 +144,10 @@ pub struct Plan {
     /// failure, so it does not count towards cooldown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused_at: Option<usize>,
+    /// How each step that failed failed, in the order of `tried` (the attempt filter adds one
+    /// as it moves the request on): the usage record's `failed_attempts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<AttemptError>,
     /// The client's body, as it sent it (not serialised: appended after the JSON).
     #[serde(skip)]
     pub body: Vec<u8>,
@@ -299,6 +304,7 @@ mod tests {
             on_context_window: vec![3],
             on_content_policy: Vec::new(),
             refused_at: None,
+            failed: Vec::new(),
             body: b"{\"model\":\"gpt-4o\"}\xff".to_vec(),
         };
         assert_eq!(Plan::decode(&plan.encode()), Some(plan.clone()));
@@ -334,6 +340,7 @@ mod tests {
             on_context_window: vec![5, 5],
             on_content_policy: Vec::new(),
             refused_at: None,
+            failed: Vec::new(),
             body: Vec::new(),
         };
         assert!(plan.may_divert());

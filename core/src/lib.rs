@@ -3,6 +3,7 @@
 //! No proxy-wasm, no tokio, no clock and no RNG: time and randomness are arguments,
 //! so every function here is deterministic and unit-tested natively and in wasm32.
 
+pub mod attempts;
 pub mod config;
 pub mod conversion;
 pub mod cooldown;

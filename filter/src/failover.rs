@@ -10,8 +10,10 @@
 //! redirected request), and the request passes through the filter again, which reads the plan
 //! and serves its next step (`flow/fallback.rs`).
 
+use sluice_core::attempts::AttemptError;
 pub use sluice_core::fallbacks::{FAILOVER_HEADER, FAILOVER_PATH};
 use sluice_core::fallbacks::{PLAN_TTL_MS, Plan};
+use sluice_core::refusals::Refusal;
 
 use crate::host::{CasResult, Host};
 
@@ -98,7 +100,18 @@ pub fn attempt_verdict(host: &impl Host, status: u16, request_id: Option<&[u8]>)
     if status == 400 && plan.may_divert() {
         return AttemptVerdict::ReadBody(Box::new(plan));
     }
-    if plan.moves_on(status) { AttemptVerdict::Redirect(plan.nonce) } else { AttemptVerdict::Pass }
+    if !plan.moves_on(status) {
+        return AttemptVerdict::Pass;
+    }
+    moved_on(host, plan, status, None).map_or(AttemptVerdict::Pass, AttemptVerdict::Redirect)
+}
+
+/// The current step failed with `status` (a `refusal`, for a 400 that states one): its class
+/// goes into the plan, saved for the next pass; the nonce of the redirect (None if the plan
+/// could not be saved: the failure is then the client's answer, never a pass without its plan).
+fn moved_on(host: &impl Host, mut plan: Plan, status: u16, refusal: Option<Refusal>) -> Option<String> {
+    plan.failed.extend(AttemptError::of(status, refusal));
+    save(host, &plan, host.now_ms()).then_some(plan.nonce)
 }
 
 /// The end of a 400's body held by [`AttemptVerdict::ReadBody`]: a refusal the body states
@@ -106,10 +119,12 @@ pub fn attempt_verdict(host: &impl Host, status: u16, request_id: Option<&[u8]>)
 /// redirect, with the nonce returned; any other 400 is retried when `retry_policy` says so,
 /// else passed to the client.
 pub fn refusal_redirect(host: &impl Host, mut plan: Box<Plan>, body: &[u8]) -> Option<String> {
-    match sluice_core::refusals::classify(400, body) {
-        Some(refusal) => (plan.divert(refusal) && save(host, &plan, host.now_ms())).then_some(plan.nonce),
-        None => plan.moves_on(400).then_some(plan.nonce),
-    }
+    let refusal = sluice_core::refusals::classify(400, body);
+    let moves_on = match refusal {
+        Some(refusal) => plan.divert(refusal),
+        None => plan.moves_on(400),
+    };
+    moves_on.then(|| moved_on(host, *plan, 400, refusal)).flatten()
 }
 
 /// Whether an answer with `status` could move a request on (an error): the attempt filter
@@ -155,6 +170,7 @@ mod tests {
             on_context_window: Vec::new(),
             on_content_policy: Vec::new(),
             refused_at: None,
+            failed: Vec::new(),
             body: b"{}".to_vec(),
         }
     }

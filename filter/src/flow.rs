@@ -16,6 +16,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use prost::Message;
+use sluice_core::attempts::AttemptError;
 use sluice_core::config::{
     CompiledConfig, CompiledKey, CompiledTeam, DEFAULT_MAX_OUTPUT_TOKENS, FleetBudget, KeyConfig, Provider,
     ResolvedKey, TeamConfig,
@@ -41,7 +42,7 @@ use crate::key_cache::{Cached, Invalidations, KeyCache, SharedEntry, Verdict, re
 use crate::metrics::{GroupMetric, Metrics};
 use crate::secrets::Secrets;
 use crate::translation::{Direction, StreamTranslation, Translation};
-use crate::usage_record::{Outcome, USAGE_LOG_PREFIX, UsageRecord};
+use crate::usage_record::{FailedAttempt, Outcome, USAGE_LOG_PREFIX, UsageRecord};
 use sluice_proto::gateway::v1::{KeyLookupRequest, KeyLookupResponse};
 
 mod attempts;
@@ -427,6 +428,14 @@ impl<H: Host> RequestFlow<H> {
         if self.end_redirected_pass(&admitted) {
             return; // the next pass records the request
         }
+        // The attempts before the answer: earlier passes' (the plan says how each failed), then
+        // the router's retries within this one.
+        let mut failed: Vec<(usize, AttemptError)> = Vec::new();
+        if let Some(plan) = &self.plan {
+            failed.extend(plan.tried.iter().copied().zip(plan.failed.iter().copied()));
+        }
+        let retried = self.attempts.saturating_sub(1) as usize;
+        failed.extend(std::iter::repeat_n((admitted.deployment, AttemptError::Retried), retried));
         self.end_plan();
         let tap = std::mem::replace(&mut self.tap, Tap::None);
         let (usage, outcome, estimated) = self.measure(&admitted, &tap);
@@ -458,6 +467,14 @@ impl<H: Host> RequestFlow<H> {
             _ => key.map_or("master", |k| k.key_id.as_str()),
         };
         let record_id = crate::usage_record::record_id(self.random);
+        let failed_attempts: Vec<FailedAttempt<'_>> = failed
+            .iter()
+            .filter_map(|(index, error)| {
+                gateway.metrics.failed_attempt(*index, *error);
+                let deployment = gateway.config.deployment(*index)?;
+                Some(FailedAttempt { deployment: &deployment.id, error: *error })
+            })
+            .collect();
         let record = UsageRecord {
             record_id: std::str::from_utf8(&record_id).unwrap_or_default(),
             request_id: self.request_id.as_deref().unwrap_or(""),
@@ -483,6 +500,7 @@ impl<H: Host> RequestFlow<H> {
             streamed: admitted.streamed,
             estimated,
             price_unknown: admitted.price_unknown,
+            failed_attempts: &failed_attempts,
         };
         let mut json = gateway.record_buffer.take();
         json.clear();

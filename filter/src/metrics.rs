@@ -8,6 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use sluice_core::attempts::AttemptError;
 use sluice_core::config::CompiledConfig;
 use sluice_core::error::GatewayError;
 
@@ -43,6 +44,14 @@ pub struct Metrics {
     rejections: usize,
     /// Index of the first per-group counter.
     groups: usize,
+    /// Index of the first failed-attempt counter (one per deployment and [`AttemptError`]).
+    failed_attempts: usize,
+}
+
+/// A name part for Envoy's stats: `.` separates tags, and group names and deployment ids often
+/// hold one.
+fn stat_part(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
 impl Metrics {
@@ -52,16 +61,20 @@ impl Metrics {
         names.extend(GatewayError::CODES.iter().map(|code| format!("sluice.rejections.reason.{code}")));
         let groups = names.len();
         for group in &config.groups {
-            // Metric name parts may not contain `.` (it separates tags); model groups often do.
-            let part: String = group
-                .name
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
-                .collect();
+            let part = stat_part(&group.name);
             names.extend(GROUP_METRICS.iter().map(|metric| format!("sluice.{metric}.model_group.{part}")));
         }
+        let failed_attempts = names.len();
+        for deployment in &config.config.deployments {
+            let part = stat_part(&deployment.id);
+            names.extend(
+                AttemptError::ALL
+                    .iter()
+                    .map(|e| format!("sluice.failed_attempts.deployment.{part}.error.{}", e.as_str())),
+            );
+        }
         let pending = names.iter().map(|_| AtomicU64::new(0)).collect();
-        Metrics { names, pending, rejections, groups }
+        Metrics { names, pending, rejections, groups, failed_attempts }
     }
 
     fn add(&self, index: usize, delta: u64) {
@@ -99,6 +112,11 @@ impl Metrics {
     /// `group` is an index into `config.groups`.
     pub fn group(&self, group: usize, metric: GroupMetric, delta: u64) {
         self.add(self.groups + group * GROUP_METRICS.len() + metric as usize, delta);
+    }
+
+    /// A failed attempt at `deployment` (an index into the config's deployments).
+    pub fn failed_attempt(&self, deployment: usize, error: AttemptError) {
+        self.add(self.failed_attempts + deployment * AttemptError::ALL.len() + error.index(), 1);
     }
 
     /// Every name, for a binding that defines its counters up front.
@@ -163,13 +181,18 @@ mod tests {
     }
 
     #[test]
-    fn every_rejection_code_and_group_metric_has_a_name() {
+    fn every_rejection_code_group_metric_and_failed_attempt_class_has_a_name() {
         let metrics = Metrics::new(&config());
         let names: Vec<&str> = metrics.names().collect();
         for code in GatewayError::CODES {
             assert!(names.contains(&format!("sluice.rejections.reason.{code}").as_str()));
         }
-        assert_eq!(names.len(), FIXED.len() + GatewayError::CODES.len() + 3 * GROUP_METRICS.len());
+        // Three groups, three deployments.
+        let failed = 3 * AttemptError::ALL.len();
+        assert_eq!(names.len(), FIXED.len() + GatewayError::CODES.len() + 3 * GROUP_METRICS.len() + failed);
         assert!(names.contains(&"sluice.unpriced_requests.model_group.gpt-4o-mini"));
+        // A failed attempt is counted under its deployment and class, the last one included.
+        metrics.failed_attempt(2, AttemptError::Retried);
+        assert_eq!(drained(&metrics), [("sluice.failed_attempts.deployment.mini.error.retried".to_owned(), 1)]);
     }
 }

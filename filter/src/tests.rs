@@ -364,6 +364,9 @@ fn a_failing_deployment_cools_down_and_the_group_routes_around_it() {
     s.host.stream.response_headers.borrow_mut().push(("x-envoy-attempt-count".into(), b"2".to_vec()));
     s.respond(200, "application/json", &[openai_response(5, 5, 0).as_bytes()], true);
     s.finish();
+    // The record says so: one try before the answer, retried by the router at the same deployment.
+    let record = h.envoy.records().pop().unwrap();
+    assert_eq!(record["failed_attempts"], serde_json::json!([{"deployment": "gpt4o-b", "error": "retried"}]));
     let (mut s, _) = h.post("/v1/chat/completions", &key(1), CHAT);
     s.respond(429, "application/json", &[br#"{"error":{}}"#], true);
     s.finish();
@@ -2753,9 +2756,14 @@ mod fallbacks {
             (Some("claude-3-5-sonnet"), Some("claude"))
         );
         assert!(failover::load(&host, "req-1", NOW).is_none(), "the plan's slot is free again");
-        // The failed deployment's failure was counted, the reservation of the failed pass released.
+        // The failed try is in the record and counted by deployment and class; billed nothing.
+        assert_eq!(
+            records[0]["failed_attempts"],
+            serde_json::json!([{"deployment": "gpt4o-a", "error": "server_error"}])
+        );
         h.report_metrics();
         assert_eq!(h.envoy.metric("sluice.failovers"), 1);
+        assert_eq!(h.envoy.metric("sluice.failed_attempts.deployment.gpt4o-a.error.server_error"), 1);
     }
 
     #[test]
@@ -2861,6 +2869,7 @@ mod fallbacks {
         second.finish();
         let records = h.envoy.records();
         assert_eq!((records.len(), records[0]["model_group"].as_str()), (1, Some("gpt-4o-mini")));
+        assert_eq!(records[0]["failed_attempts"][0]["error"], "context_window");
         // A refusal is not the deployment's failure: gpt-4o is still in rotation.
         let (next, _) = h.post("/v1/chat/completions", &key(1), CHAT);
         assert_eq!(next.host.request_header_str("x-sluice-cluster").as_deref(), Some("sluice_gpt4o-a"));

@@ -1,6 +1,7 @@
 //! The usage record: one per admitted request, the unit of spend.
 
 use serde::Serialize;
+use sluice_core::attempts::AttemptError;
 
 /// Log prefix of a usage record line; tests, log shippers and `sluice usage import` match on it.
 pub use sluice_proto::usage_line::USAGE_LOG_PREFIX;
@@ -52,6 +53,16 @@ pub struct UsageRecord<'a> {
     /// True when the deployment has no known price: `cost_usd` is 0 because nobody priced it,
     /// not because the request was free.
     pub price_unknown: bool,
+    /// The attempts before the one that answered (retries, a fallback's earlier steps), each at
+    /// its deployment with its error class; billed nothing.
+    pub failed_attempts: &'a [FailedAttempt<'a>],
+}
+
+/// One failed attempt of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FailedAttempt<'a> {
+    pub deployment: &'a str,
+    pub error: AttemptError,
 }
 
 impl Outcome {
@@ -96,6 +107,18 @@ impl UsageRecord<'_> {
         w.bool("streamed", self.streamed);
         w.bool("estimated", self.estimated);
         w.bool("price_unknown", self.price_unknown);
+        w.name("failed_attempts");
+        w.out.push(b'[');
+        for (i, attempt) in self.failed_attempts.iter().enumerate() {
+            if i > 0 {
+                w.out.push(b',');
+            }
+            let mut a = JsonObject::new(w.out);
+            a.str("deployment", attempt.deployment);
+            a.str("error", attempt.error.as_str());
+            a.end();
+        }
+        w.out.push(b']');
         w.end();
     }
 }
@@ -210,7 +233,7 @@ mod tests {
 
     use super::*;
 
-    fn record<'a>(text: &'a str, cost_usd: f64) -> UsageRecord<'a> {
+    fn record<'a>(text: &'a str, cost_usd: f64, failed_attempts: &'a [FailedAttempt<'a>]) -> UsageRecord<'a> {
         UsageRecord {
             record_id: "0123456789abcdef0123456789abcdef",
             request_id: text,
@@ -236,6 +259,7 @@ mod tests {
             streamed: true,
             estimated: false,
             price_unknown: true,
+            failed_attempts,
         }
     }
 
@@ -244,8 +268,12 @@ mod tests {
     fn the_written_line_is_the_serde_document() {
         let texts = ["plain", "quote \" back\\slash", "ctl \u{0}\u{1f}\n\r\t", "unicode é 漢 🦀", ""];
         for text in texts {
-            for cost in [0.0, 0.000_025, 1.5e-9, 123_456.789, f64::NAN] {
-                let record = record(text, cost);
+            let attempts = [
+                FailedAttempt { deployment: text, error: AttemptError::RateLimit },
+                FailedAttempt { deployment: "b", error: AttemptError::ContextWindow },
+            ];
+            for (cost, failed) in [0.0, 0.000_025, 1.5e-9, 123_456.789, f64::NAN].into_iter().zip([0, 1, 2, 0, 2]) {
+                let record = record(text, cost, &attempts[..failed]);
                 let mut line = Vec::new();
                 record.write_json(&mut line);
                 let ours: serde_json::Value = serde_json::from_slice(&line).unwrap();

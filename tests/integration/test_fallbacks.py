@@ -119,6 +119,13 @@ def test_a_failing_group_is_answered_by_its_fallback_through_translation_and_bil
     assert len(records) == 1, records
     assert (records[0]["model_group"], records[0]["deployment"]) == ("claude-fb", "claude-fb")
     assert records[0]["cost_usd"] > 0 and records[0]["status"] == 200
+    # The failed try is in the record, and counted in Envoy's stats by deployment and class.
+    assert records[0]["failed_attempts"] == [{"deployment": "primary-a", "error": "server_error"}]
+    counter = re.compile(r'^sluice_failed_attempts\{deployment="primary-a",error="server_error"\} (\d+)$', re.M)
+    deadline = time.time() + 5
+    while not (found := counter.search(fb.prometheus())) or int(found.group(1)) < 1:
+        assert time.time() < deadline, "sluice_failed_attempts{deployment=primary-a,error=server_error} never counted"
+        time.sleep(0.1)
 
 
 def test_a_stream_falls_back_before_its_first_byte(fb):
@@ -175,6 +182,7 @@ def test_a_prompt_too_long_for_its_model_goes_to_its_context_window_fallback(fb)
     assert fb.served(fb.small_url) == small_before + 1
     record = record_of(fb, raw.headers["x-request-id"])
     assert (record["model_group"], record["status"]) == ("claude-fb", 200)
+    assert record["failed_attempts"] == [{"deployment": "small-a", "error": "context_window"}]
     # A refusal is the prompt's, not the deployment's failure: a short prompt is still `small`'s
     # (allowed_fails is 1: two counted failures would have cooled it down).
     for _ in range(2):

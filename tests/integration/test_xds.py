@@ -103,6 +103,13 @@ class Fleet:
         self.serve_args = ["--pki-dir", str(self.pki)]
         self.envoy_concurrency = 2
 
+    def spend_rows(self, request_id):
+        """The control plane's spend rows of one request (its SQLite database, read directly)."""
+        import sqlite3
+        with sqlite3.connect(self.db) as db:
+            db.row_factory = sqlite3.Row
+            return [dict(r) for r in db.execute("SELECT * FROM spend_logs WHERE request_id = ?", (request_id,))]
+
     def start_control_plane(self, wasm=None, module=None):
         """`sluice serve` with the build under test, `module` naming another file of that build
         (e.g. one missing on the Envoy hosts); `wasm` runs the given wasm module, in any run."""
@@ -379,6 +386,9 @@ def test_fallbacks_in_config_yaml_fail_a_request_over_on_every_envoy(tmp_path):
         assert resp.status_code == 200, resp.text
         assert resp.headers["x-litellm-attempted-fallbacks"] == "1"
         assert f.served()["requests"][-1]["model"] == "gpt-4o-mini"
+        # The control plane keeps the failed try with the spend row (schema 5).
+        rows = wait_until(lambda: f.spend_rows(resp.headers["x-request-id"]), what="the refused request's row")
+        assert json.loads(rows[0]["failed_attempts"]) == [{"deployment": "guarded-a", "error": "content_policy"}]
     finally:
         f.stop()
 

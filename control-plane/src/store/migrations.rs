@@ -35,6 +35,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0004_price_unknown.sql"),
         include_str!("../../migrations/postgres/0004_price_unknown.sql"),
     ),
+    (
+        5,
+        "spend failed attempts",
+        include_str!("../../migrations/sqlite/0005_failed_attempts.sql"),
+        include_str!("../../migrations/postgres/0005_failed_attempts.sql"),
+    ),
 ];
 
 /// The migrator for `backend`, with every version up to `through` (tests build older schemas).

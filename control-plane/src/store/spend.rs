@@ -31,6 +31,15 @@ pub struct SpendLog {
     /// The deployment had no known price (its cost of 0 is not "free").
     pub price_unknown: bool,
     pub start_ms: i64,
+    /// The tries before the answer, `(deployment, error class)`: billed nothing.
+    pub failed_attempts: Vec<(String, String)>,
+}
+
+/// `failed_attempts` as stored: `[{"deployment": …, "error": …}]`.
+fn failed_attempts_json(attempts: &[(String, String)]) -> String {
+    let rows: Vec<serde_json::Value> =
+        attempts.iter().map(|(d, e)| serde_json::json!({"deployment": d, "error": e})).collect();
+    serde_json::Value::Array(rows).to_string()
 }
 
 /// Whose budget a window counts; the kind names the `spend_logs` column that attributes a
@@ -370,8 +379,9 @@ impl SpendStore for SqlStore {
             let sql = format!(
                 "INSERT INTO spend_logs (record_id, request_id, key_id, team_id, user_id, organization_id, customer_id, \
                  model_group, deployment_id, tags, prompt_tokens, completion_tokens, cost_nanos, status, outcome, \
-                 estimated, price_unknown, start_ms, day) VALUES {} ON CONFLICT (record_id) DO NOTHING RETURNING record_id",
-                placeholders(chunk.len(), 19)
+                 estimated, price_unknown, start_ms, day, failed_attempts) VALUES {} ON CONFLICT (record_id) DO NOTHING \
+                 RETURNING record_id",
+                placeholders(chunk.len(), 20)
             );
             let mut q = sqlx::query(&sql);
             for l in chunk {
@@ -394,7 +404,8 @@ impl SpendStore for SqlStore {
                     .bind(i64::from(l.estimated))
                     .bind(i64::from(l.price_unknown))
                     .bind(l.start_ms)
-                    .bind(day_of(l.start_ms));
+                    .bind(day_of(l.start_ms))
+                    .bind(failed_attempts_json(&l.failed_attempts));
             }
             // Only rows not seen before come back: those, and only those, are counted.
             let inserted: HashSet<String> =

@@ -131,6 +131,7 @@ impl<H: Host> RequestFlow<H> {
             on_context_window,
             on_content_policy,
             refused_at: None,
+            failed: Vec::new(),
             body: body.to_vec(),
         });
     }
