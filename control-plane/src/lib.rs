@@ -14,6 +14,7 @@ pub mod key_lookup;
 pub mod metrics;
 pub mod pki;
 pub mod provider_policy;
+pub mod rest;
 pub mod server;
 pub mod shared_redis;
 pub mod store;

@@ -318,7 +318,12 @@ pub async fn serve_planes(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| format!("reflection: {e}"))?;
+    // LiteLLM's management REST API beside the gRPC services, on the same port (HTTP/1.1 for
+    // REST clients, HTTP/2 for gRPC), through the same services (`crate::rest`).
+    let rest = crate::rest::router(Arc::clone(&admin));
     let admin_server = Server::builder()
+        .accept_http1(true)
+        .add_routes(tonic::service::Routes::from(rest))
         .add_service(health)
         .add_service(reflection)
         .add_service(KeyServiceServer::from_arc(admin.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))

@@ -1,0 +1,112 @@
+"""LiteLLM's management REST API on `sluice serve`'s admin port (issue 13, keys first): the
+calls a script written for LiteLLM makes (`curl -X POST …/key/generate -H "Authorization:
+Bearer $MASTER" -d '{…}'`), answered in LiteLLM's shapes, through the same services (and
+authorisation, validation and audit) as the gRPC admin API, the keys then used through a real
+Envoy with the OpenAI SDK."""
+import json
+
+import httpx
+import openai
+import pytest
+
+from test_xds import CHAT, Fleet, wait_until
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    f = Fleet(tmp_path_factory.mktemp("rest"))
+    f.start_control_plane()
+    f.rest = f"http://127.0.0.1:{f.admin_port}"
+    try:
+        yield f
+    finally:
+        f.stop()
+
+
+def call(fleet, method, path, key=None, **kwargs):
+    headers = {"Authorization": f"Bearer {key or fleet.master_key}"}
+    return httpx.request(method, f"{fleet.rest}{path}", headers=headers, timeout=30, **kwargs)
+
+
+def test_a_key_generated_over_rest_has_litellms_shape_and_works_through_envoy(fleet):
+    body = {"key_alias": "rest-made", "models": ["gpt-4o-mini"], "max_budget": 5.0, "budget_duration": "30d",
+            "rpm_limit": 100, "tpm_limit": 100000, "metadata": {"team": "search"}, "duration": "7d",
+            "some_field_litellm_ignores_too": 1}
+    r = call(fleet, "POST", "/key/generate", json=body)
+    assert r.status_code == 200, r.text
+    made = r.json()
+    assert made["key"].startswith("sk-") and made["key_alias"] == "rest-made"
+    assert made["models"] == ["gpt-4o-mini"] and made["max_budget"] == 5.0 and made["rpm_limit"] == 100
+    assert made["metadata"] == {"team": "search"} and made["expires"] is not None
+    assert made["key_name"].endswith(made["key"][-4:]) and made["token"]
+    # It serves the model it was given, through an Envoy of the fleet, and no other.
+    envoy = fleet.start_envoy("edge-rest")
+    client = openai.OpenAI(base_url=f"{envoy.url}/v1", api_key=made["key"], max_retries=0)
+    assert client.chat.completions.create(model="gpt-4o-mini", messages=CHAT["messages"]).choices[0].message.content
+    assert wait_until(lambda: fleet.served()["served"] > 0, what="the mock's answer")
+    with pytest.raises(openai.PermissionDeniedError):
+        client.chat.completions.create(model="gpt-4o", messages=CHAT["messages"])
+    # /key/info by the key itself; the key never comes back after it was made.
+    r = call(fleet, "GET", "/key/info", params={"key": made["key"]})
+    assert r.status_code == 200, r.text
+    info = r.json()["info"]
+    assert (info["key_alias"], info["budget_duration"], info["tpm_limit"]) == ("rest-made", "30d", 100000)
+    assert made["key"] not in r.text
+    # The action is audited like the CLI's.
+    audit = json.loads(fleet.cli("audit", "--json").stdout)["entries"]
+    assert any(e["action"] == "key.generate" and e["object_id"] == made["token"] for e in audit), audit
+
+
+def test_update_block_regenerate_and_delete_follow_litellm(fleet):
+    made = call(fleet, "POST", "/key/generate", json={"key_alias": "to-change", "rpm_limit": 5}).json()
+    # Update: a field given changes, a limit set to null is lifted, the rest stays.
+    r = call(fleet, "POST", "/key/update", json={"key": made["key"], "models": ["gpt-4o"], "rpm_limit": None,
+                                                 "tpm_limit": 1000})
+    assert r.status_code == 200, r.text
+    assert (r.json()["models"], r.json()["rpm_limit"], r.json()["tpm_limit"]) == (["gpt-4o"], None, 1000)
+    # Block and unblock.
+    assert call(fleet, "POST", "/key/block", json={"key": made["key"]}).json()["blocked"] is True
+    assert call(fleet, "POST", "/key/unblock", json={"key": made["key"]}).json()["blocked"] is False
+    # Regenerate (LiteLLM's path form): a new secret, the same key id and settings.
+    r = call(fleet, "POST", f"/key/{made['key']}/regenerate", json={})
+    assert r.status_code == 200, r.text
+    again = r.json()
+    assert again["key"] != made["key"] and again["token"] == made["token"] and again["tpm_limit"] == 1000
+    assert call(fleet, "GET", "/key/info", params={"key": made["key"]}).status_code in (401, 404)
+    # List: LiteLLM's pages, tokens by default, whole objects on request.
+    listed = call(fleet, "GET", "/key/list", params={"key_alias": "to-change"}).json()
+    assert listed["keys"] == [made["token"]] and listed["total_count"] == 1 and listed["current_page"] == 1
+    full = call(fleet, "GET", "/key/list", params={"key_alias": "to-change", "return_full_object": "true"}).json()
+    assert full["keys"][0]["key_alias"] == "to-change"
+    # Delete: every key named must exist first, or nothing is deleted.
+    r = call(fleet, "POST", "/key/delete", json={"keys": [again["key"], "sk-sluice-nope"]})
+    assert r.status_code >= 400
+    assert call(fleet, "GET", "/key/info", params={"key": again["key"]}).status_code == 200
+    r = call(fleet, "POST", "/key/delete", json={"keys": [again["key"]]})
+    assert r.status_code == 200 and r.json() == {"deleted_keys": [again["key"]]}
+    assert call(fleet, "GET", "/key/info", params={"key": again["key"]}).status_code == 404
+
+
+def test_bad_calls_get_litellms_error_shape_and_change_nothing(fleet):
+    def error(r, status):
+        assert r.status_code == status, r.text
+        body = r.json()["error"]
+        assert body["code"] == str(status) and body["message"], body
+        return body
+
+    before = call(fleet, "GET", "/key/list").json()["total_count"]
+    # No credential, a wrong one, and an LLM key (not an admin credential).
+    error(httpx.post(f"{fleet.rest}/key/generate", json={}, timeout=10), 401)
+    error(call(fleet, "POST", "/key/generate", key="sk-master-wrong", json={}), 401)
+    llm_key = call(fleet, "POST", "/key/generate", json={"key_alias": "just-llm"}).json()["key"]
+    error(call(fleet, "POST", "/key/generate", key=llm_key, json={}), 403)
+    # Not JSON; a field of the wrong type names it; a setting Sluice would not enforce is refused.
+    error(call(fleet, "POST", "/key/generate", content=b"{not json"), 400)
+    assert error(call(fleet, "POST", "/key/generate", json={"models": "gpt-4o"}), 422)["param"] == "models"
+    assert "guardrails" in error(call(fleet, "POST", "/key/generate", json={"guardrails": ["pii"]}), 400)["message"]
+    # A body over the limit.
+    error(call(fleet, "POST", "/key/generate", content=b'{"key_alias": "' + b"x" * 400_000 + b'"}'), 413)
+    # An unknown key.
+    error(call(fleet, "GET", "/key/info", params={"key": "sk-sluice-unknown"}), 404)
+    after = call(fleet, "GET", "/key/list").json()["total_count"]
+    assert after == before + 1, "only the LLM key made above"
