@@ -419,7 +419,8 @@ fn xds_parts(control_plane: &ControlPlaneAddress, opts: &BootstrapOptions, filte
             "type_urls": [filter_type],
         },
     });
-    let listener = listener(opts, filter, DEFAULT_ROUTE_TIMEOUT_SECS, DEFAULT_MAX_REQUEST_BODY_BYTES);
+    let mut listener = listener(opts, filter, DEFAULT_ROUTE_TIMEOUT_SECS, DEFAULT_MAX_REQUEST_BODY_BYTES);
+    route_management_to_control_plane(&mut listener);
     let is_ip = control_plane.host.parse::<IpAddr>().is_ok();
     let mut control_plane_cluster = json!({
         "name": crate::xds::CONTROL_PLANE_CLUSTER,
@@ -452,6 +453,28 @@ fn xds_parts(control_plane: &ControlPlaneAddress, opts: &BootstrapOptions, filte
     });
     (listener, control_plane_cluster, dynamic)
 }
+
+/// LiteLLM's management API on the gateway's own listener, as LiteLLM serves it: its paths go
+/// to the control plane over the Envoy's connection to it (the filter lets them pass; the
+/// control plane authenticates the caller's key), ahead of the route to the deployments.
+fn route_management_to_control_plane(listener: &mut Value) {
+    let routes =
+        &mut listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"];
+    let Some(routes) = routes.as_array_mut() else { return };
+    for (i, prefix) in sluice_core::endpoint::MANAGEMENT_PREFIXES.iter().enumerate() {
+        routes.insert(
+            i,
+            json!({
+                "match": {"prefix": prefix},
+                "route": {"cluster": crate::xds::CONTROL_PLANE_CLUSTER, "timeout": format!("{MANAGEMENT_TIMEOUT_SECS}s")},
+                "request_headers_to_remove": [CLUSTER_HEADER, "x-forwarded-for", "x-envoy-external-address"],
+            }),
+        );
+    }
+}
+
+/// How long a management call through an Envoy may take.
+const MANAGEMENT_TIMEOUT_SECS: u64 = 30;
 
 /// Envoy's own error replies (provider unreachable, timeouts, a failed filter, overload) in the
 /// client's error shape: Anthropic's on `/v1/messages`, OpenAI's elsewhere. The filter's own
@@ -748,6 +771,23 @@ mod tests {
 
     fn hcm(b: &Value) -> &Value {
         &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    }
+
+    /// The management API's paths go to the control plane from an xDS-mode Envoy's listener,
+    /// first; a standalone Envoy has no control plane, and no such route.
+    #[test]
+    fn management_paths_route_to_the_control_plane_in_xds_mode_only() {
+        let control_plane = ControlPlaneAddress { host: "127.0.0.1".into(), port: 4002, tls: None };
+        for b in [xds_bootstrap(&control_plane, "n", &opts()), xds_native_bootstrap(&control_plane, "n", &opts())] {
+            let routes = &hcm(&b)["route_config"]["virtual_hosts"][0]["routes"];
+            assert_eq!(routes[0]["match"]["prefix"], "/key/");
+            assert_eq!(routes[0]["route"]["cluster"], crate::xds::CONTROL_PLANE_CLUSTER);
+            assert_eq!(routes[1]["route"]["cluster_header"], CLUSTER_HEADER, "the deployments' route after");
+        }
+        let s = from_litellm(&json!({}), &|_| None).unwrap();
+        let b = standalone_bootstrap(&s, &opts()).unwrap();
+        let routes = hcm(&b)["route_config"]["virtual_hosts"][0]["routes"].as_array().unwrap();
+        assert_eq!(routes.len(), 1);
     }
 
     #[test]

@@ -286,7 +286,10 @@ pub async fn serve_planes(
             if let Some(tls) = tls {
                 builder = builder.tls_config(tls).map_err(|e| format!("data-plane TLS: {}", error_chain(&e)))?;
             }
+            // LiteLLM's management REST API for the Envoys' own listeners: an Envoy routes
+            // `/key/…` here, over its connection to the control plane (`crate::rest`).
             let server = builder
+                .add_routes(tonic::service::Routes::from(crate::rest::router(Arc::clone(&admin))))
                 .add_service(AggregatedDiscoveryServiceServer::new(ads))
                 .add_service(KeyLookupServiceServer::with_interceptor(
                     KeyLookupApi::new(

@@ -19,6 +19,15 @@ pub enum Endpoint {
     CountTokens,
 }
 
+/// The paths of LiteLLM's management REST API that the control plane serves: an Envoy in xDS
+/// mode routes them to it (the filter lets them pass), a standalone one has none to offer.
+pub const MANAGEMENT_PREFIXES: [&str; 1] = ["/key/"];
+
+/// Whether `path` is one of the management API's.
+pub fn is_management(path: &[u8]) -> bool {
+    MANAGEMENT_PREFIXES.iter().any(|prefix| path.starts_with(prefix.as_bytes()))
+}
+
 impl Endpoint {
     /// The error shape this endpoint's clients read.
     pub fn error_format(self) -> crate::error::ErrorFormat {

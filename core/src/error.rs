@@ -127,6 +127,8 @@ pub enum GatewayError {
         estimate: u64,
         max_input_tokens: u64,
     },
+    /// A management API path (`/key/…`) on a standalone gateway: only `sluice serve` has one.
+    ManagementUnavailable,
     /// The key is not cached and the control plane could not be asked (fail closed).
     KeyServiceUnavailable,
     /// The key is not cached and this worker may not ask the control plane about another key
@@ -159,7 +161,7 @@ impl GatewayError {
             | Self::KeyExpired
             | Self::TeamBlocked => 401,
             Self::RouteNotAllowed { .. } | Self::ModelNotAllowed { .. } => 403,
-            Self::UnknownRoute => 404,
+            Self::UnknownRoute | Self::ManagementUnavailable => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::BodyTooLarge { .. } => 413,
             Self::RateLimited { .. } | Self::KeyLookupRateLimited { .. } | Self::GroupAtCapacity { .. } => 429,
@@ -188,6 +190,7 @@ impl GatewayError {
             Self::TeamBlocked => "team_blocked",
             Self::RouteNotAllowed { .. } => "route_not_allowed",
             Self::UnknownRoute => "unknown_url",
+            Self::ManagementUnavailable => "management_api_unavailable",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::ModelNotAllowed { .. } => "model_not_allowed",
             Self::UnknownModel { .. } => "model_not_found",
@@ -219,6 +222,7 @@ impl GatewayError {
         "team_blocked",
         "route_not_allowed",
         "unknown_url",
+        "management_api_unavailable",
         "method_not_allowed",
         "model_not_allowed",
         "model_not_found",
@@ -274,6 +278,7 @@ impl GatewayError {
             Self::KeyExpired => "This API key has expired.".into(),
             Self::TeamBlocked => "The team of this API key is blocked.".into(),
             Self::RouteNotAllowed { route } => format!("This API key is not allowed to call {route}."),
+            Self::ManagementUnavailable => "LiteLLM's management API (/key/...) is served by the control plane (`sluice serve`), through its Envoys or on its admin port; this gateway runs standalone, with the keys of its config.yaml.".into(),
             Self::UnknownRoute => "Unknown URL. Sluice serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models and /v1/messages.".into(),
             Self::MethodNotAllowed { route, allowed } => format!("{route} only accepts {allowed}."),
             Self::ModelNotAllowed { model } => format!("This API key is not allowed to use model={}. Call /v1/models to see the models it may use.", echo(model)),
@@ -478,6 +483,7 @@ mod tests {
                 spend_usd: 1.0,
                 max_budget_usd: 1.0,
             },
+            GatewayError::ManagementUnavailable,
             GatewayError::KeyServiceUnavailable,
             GatewayError::KeyLookupRateLimited { retry_after_secs: 1 },
             GatewayError::NoHealthyDeployment { group: "g".into(), retry_after_secs: 1 },
@@ -509,6 +515,7 @@ mod tests {
                 | GatewayError::RateLimited { .. }
                 | GatewayError::BudgetExceeded { .. }
                 | GatewayError::OwnerBudgetExceeded { .. }
+                | GatewayError::ManagementUnavailable
                 | GatewayError::KeyServiceUnavailable
                 | GatewayError::KeyLookupRateLimited { .. }
                 | GatewayError::NoHealthyDeployment { .. }

@@ -1495,6 +1495,25 @@ pub(crate) mod lookup_support {
     }
 }
 
+/// LiteLLM's management paths: an xDS-mode Envoy routes them to the control plane, so the
+/// filter lets them pass without a key check or a lookup (the control plane checks the key); a
+/// standalone gateway says where the management API is.
+#[test]
+fn management_paths_pass_to_the_control_plane_or_are_refused_with_where_to_go() {
+    let admin = [("authorization", b"Bearer sk-master-anything".as_slice())];
+    let h = Harness::new(lookup_support::xds_config(false));
+    let mut s = h.start("POST", "/key/generate", &admin);
+    assert_eq!(s.flow.on_request_headers(false), Action::Continue);
+    assert!(s.reply().is_none() && h.envoy.grpc_calls.borrow().is_empty(), "no lookup, no answer");
+    s.finish();
+    assert!(h.envoy.records().is_empty(), "no usage record");
+    let h = Harness::new(base_config());
+    let mut s = h.start("POST", "/key/generate", &admin);
+    s.flow.on_request_headers(false);
+    let reply = s.reply().expect("answered here");
+    assert_eq!((reply.status, reply.json()["error"]["code"].as_str()), (404, Some("management_api_unavailable")));
+}
+
 mod lookup {
     use prost::Message;
     use sluice_proto::gateway::v1::KeyLookupRequest;

@@ -110,3 +110,33 @@ def test_bad_calls_get_litellms_error_shape_and_change_nothing(fleet):
     error(call(fleet, "GET", "/key/info", params={"key": "sk-sluice-unknown"}), 404)
     after = call(fleet, "GET", "/key/list").json()["total_count"]
     assert after == before + 1, "only the LLM key made above"
+
+
+def test_the_gateways_own_listener_serves_the_management_api(fleet):
+    """As LiteLLM serves it on its one port: an Envoy of the fleet routes `/key/…` to the control
+    plane (the filter lets it pass unchecked; the control plane checks the caller's key)."""
+    envoy = fleet.start_envoy("edge-rest-routes")
+    r = httpx.post(f"{envoy.url}/key/generate", json={"key_alias": "via-envoy", "models": ["gpt-4o"]},
+                   headers={"Authorization": f"Bearer {fleet.master_key}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    made = r.json()
+    info = httpx.get(f"{envoy.url}/key/info", params={"key": made["key"]},
+                     headers={"Authorization": f"Bearer {fleet.master_key}"}, timeout=30)
+    assert info.status_code == 200 and info.json()["info"]["key_alias"] == "via-envoy", info.text
+    # The control plane's refusals come back as they are: no key, or a model key.
+    assert httpx.post(f"{envoy.url}/key/generate", json={}, timeout=30).status_code == 401
+    r = httpx.post(f"{envoy.url}/key/generate", json={}, headers={"Authorization": f"Bearer {made['key']}"},
+                   timeout=30)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "403", r.text
+    # And the key it made serves models through the same listener.
+    client = openai.OpenAI(base_url=f"{envoy.url}/v1", api_key=made["key"], max_retries=0)
+    assert client.chat.completions.create(**CHAT).choices[0].message.content
+
+
+def test_a_standalone_gateway_says_where_the_management_api_is(gw):
+    r = httpx.post(f"{gw.url}/key/generate", json={"key_alias": "x"},
+                   headers={"Authorization": f"Bearer {gw.master_key}"}, timeout=10)
+    assert r.status_code == 404
+    error = r.json()["error"]
+    assert error["code"] == "management_api_unavailable" and "sluice serve" in error["message"], error
+

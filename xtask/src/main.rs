@@ -118,6 +118,7 @@ const NATIVE_FILES: &[&str] = &[
     "test_data_plane_tls.py",
     "test_failure_policy.py",
     "test_soak_short.py",
+    "test_rest_api.py",
 ];
 
 /// The test command the README gives and CI runs.

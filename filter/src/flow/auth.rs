@@ -60,6 +60,13 @@ impl<H: Host> RequestFlow<H> {
         if health_check::is_health_path(&self.path) {
             return self.health_headers(method.as_deref(), authorization, x_api_key, api_key);
         }
+        if sluice_core::endpoint::is_management(&self.path) {
+            // The control plane's to serve and authorise: the route sends it there (xDS mode).
+            if self.config().config.key_lookup.is_some() {
+                return Action::Continue;
+            }
+            return self.reject(&GatewayError::ManagementUnavailable);
+        }
         let Some(endpoint) = Endpoint::from_path(&self.path) else {
             return self.reject(&GatewayError::UnknownRoute);
         };
