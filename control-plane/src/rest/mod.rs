@@ -4,7 +4,12 @@
 //! `Authorization: Bearer …`, or LiteLLM's `x-litellm-api-key`, becomes the gRPC metadata the
 //! services read). Keys first; the rest of LiteLLM's management surface follows (issue 13).
 
+mod budgets;
+mod customers;
 mod keys;
+mod organizations;
+mod teams;
+mod users;
 
 use std::sync::Arc;
 
@@ -24,7 +29,14 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// The REST routes, to be served with the admin port's gRPC services.
 pub fn router<S: Store>(admin: Arc<Admin<S>>) -> Router {
-    keys::routes::<S>().layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES)).with_state(admin)
+    keys::routes::<S>()
+        .merge(teams::routes::<S>())
+        .merge(users::routes::<S>())
+        .merge(organizations::routes::<S>())
+        .merge(customers::routes::<S>())
+        .merge(budgets::routes::<S>())
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(admin)
 }
 
 /// A refusal in LiteLLM's shape (its `ProxyException`): `{"error": {"message", "type",

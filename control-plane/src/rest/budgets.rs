@@ -1,0 +1,12 @@
+//! LiteLLM's `/budgets` endpoints (to be written).
+
+use std::sync::Arc;
+
+use axum::Router;
+
+use crate::admin::Admin;
+use crate::store::Store;
+
+pub fn routes<S: Store>() -> Router<Arc<Admin<S>>> {
+    Router::new()
+}
