@@ -82,8 +82,8 @@ def test_update_block_regenerate_and_delete_follow_litellm(fleet):
     r = call(fleet, "POST", "/key/delete", json={"keys": [again["key"], "sk-sluice-nope"]})
     assert r.status_code >= 400
     assert call(fleet, "GET", "/key/info", params={"key": again["key"]}).status_code == 200
-    r = call(fleet, "POST", "/key/delete", json={"keys": [again["key"]]})
-    assert r.status_code == 200 and r.json() == {"deleted_keys": [again["key"]]}
+    r = call(fleet, "POST", "/key/delete", json={"keys": [again["key"], again["key"]]})
+    assert r.status_code == 200 and r.json() == {"deleted_keys": [again["key"]]}, r.text
     assert call(fleet, "GET", "/key/info", params={"key": again["key"]}).status_code == 404
 
 
@@ -103,6 +103,7 @@ def test_bad_calls_get_litellms_error_shape_and_change_nothing(fleet):
     # Not JSON; a field of the wrong type names it; a setting Sluice would not enforce is refused.
     error(call(fleet, "POST", "/key/generate", content=b"{not json"), 400)
     assert error(call(fleet, "POST", "/key/generate", json={"models": "gpt-4o"}), 422)["param"] == "models"
+    assert error(call(fleet, "POST", "/key/block", json={"key": 5}), 422)["param"] == "key"
     assert "guardrails" in error(call(fleet, "POST", "/key/generate", json={"guardrails": ["pii"]}), 400)["message"]
     # A body over the limit.
     error(call(fleet, "POST", "/key/generate", content=b'{"key_alias": "' + b"x" * 400_000 + b'"}'), 413)

@@ -304,13 +304,16 @@ async fn delete<S: Store>(State(admin): AdminState<S>, headers: HeaderMap, body:
     if keys.is_empty() && key_aliases.is_empty() {
         return Err(RestError::bad_request("name the keys to delete: keys or key_aliases"));
     }
-    let refs: Vec<(String, pb::KeyRef)> = keys
+    let mut refs: Vec<(String, pb::KeyRef)> = keys
         .iter()
         .map(|k| (k.clone(), key_ref(k)))
         .chain(
             key_aliases.iter().map(|a| (a.clone(), pb::KeyRef { r#ref: Some(pb::key_ref::Ref::KeyAlias(a.clone())) })),
         )
         .collect();
+    // A key named twice is deleted once.
+    let mut seen = std::collections::HashSet::new();
+    refs.retain(|(named, _)| seen.insert(named.clone()));
     // Every key must exist and be the caller's to see before any is deleted: a bad list
     // changes nothing.
     for (_, r) in &refs {

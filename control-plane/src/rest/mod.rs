@@ -165,7 +165,11 @@ pub fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, RestError> {
             fields.keys().find(|name| {
                 let mut rest = fields.clone();
                 rest.remove(*name);
-                serde_json::from_value::<T>(Value::Object(rest)).is_ok()
+                match serde_json::from_value::<T>(Value::Object(rest)) {
+                    Ok(_) => true,
+                    // A required field of the wrong type: without it, it is missing.
+                    Err(e) => e.to_string().starts_with(&format!("missing field `{name}`")),
+                }
             })
         });
         let param = match culprit {
