@@ -141,3 +141,36 @@ def test_a_standalone_gateway_says_where_the_management_api_is(gw):
     error = r.json()["error"]
     assert error["code"] == "management_api_unavailable" and "sluice serve" in error["message"], error
 
+
+
+def test_models_are_added_changed_and_removed_over_rest_and_every_envoy_follows(fleet):
+    envoy = fleet.start_envoy("edge-rest-models")
+    ask = {"model": "rest-model", "messages": [{"role": "user", "content": "hi"}]}
+    assert envoy.chat(ask).status_code == 400  # unknown, for now
+    r = call(fleet, "POST", "/model/new", json={
+        "model_name": "rest-model",
+        "litellm_params": {"model": "openai/upstream-rest", "api_base": f"{fleet.mock_url}/v1",
+                           "api_key": "os.environ/MOCK_OPENAI_KEY"},
+        "model_info": {"id": "rest-dep", "input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}})
+    assert r.status_code == 200, r.text
+    assert (r.json()["model_info"]["id"], r.json()["model_name"]) == ("rest-dep", "rest-model")
+    served = wait_until(lambda: (resp := envoy.chat(ask)).status_code == 200 and resp, what="the new model served")
+    assert served.json()["model"] == "upstream-rest"
+    # /model/info (and LiteLLM's /v1/model/info) list it, its key by name only.
+    for path in ("/model/info", "/v1/model/info"):
+        data = call(fleet, "GET", path).json()["data"]
+        mine = [m for m in data if m["model_info"]["id"] == "rest-dep"]
+        assert mine and mine[0]["litellm_params"]["api_key"] == "os.environ/MOCK_OPENAI_KEY", data
+    assert fleet.openai_key not in call(fleet, "GET", "/model/info").text
+    one = call(fleet, "GET", "/model/info", params={"litellm_model_id": "rest-dep"}).json()["data"]
+    assert [m["model_name"] for m in one] == ["rest-model"]
+    # Renamed: the old name is gone from every Envoy, the new one served.
+    r = call(fleet, "POST", "/model/update", json={"model_name": "rest-model-2", "model_info": {"id": "rest-dep"}})
+    assert r.status_code == 200 and r.json()["model_name"] == "rest-model-2", r.text
+    renamed = {**ask, "model": "rest-model-2"}
+    wait_until(lambda: envoy.chat(renamed).status_code == 200, what="the renamed model served")
+    # Deleted: refused again. A bad body changes nothing.
+    assert call(fleet, "POST", "/model/new", json={"model_name": "x", "litellm_params": "nope"}).status_code == 422
+    assert call(fleet, "POST", "/model/delete", json={"id": "rest-dep"}).status_code == 200
+    wait_until(lambda: envoy.chat(renamed).status_code == 400, what="the deleted model refused")
+    assert call(fleet, "POST", "/model/delete", json={"id": "rest-dep"}).status_code == 404

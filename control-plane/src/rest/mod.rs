@@ -7,6 +7,7 @@
 mod budgets;
 mod customers;
 mod keys;
+mod models;
 mod organizations;
 mod teams;
 mod users;
@@ -35,6 +36,7 @@ pub fn router<S: Store>(admin: Arc<Admin<S>>) -> Router {
         .merge(organizations::routes::<S>())
         .merge(customers::routes::<S>())
         .merge(budgets::routes::<S>())
+        .merge(models::routes::<S>())
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(admin)
 }
