@@ -174,3 +174,32 @@ def test_models_are_added_changed_and_removed_over_rest_and_every_envoy_follows(
     assert call(fleet, "POST", "/model/delete", json={"id": "rest-dep"}).status_code == 200
     wait_until(lambda: envoy.chat(renamed).status_code == 400, what="the deleted model refused")
     assert call(fleet, "POST", "/model/delete", json={"id": "rest-dep"}).status_code == 404
+
+
+def test_spend_logs_show_each_request_of_a_key(fleet):
+    envoy = fleet.start_envoy("edge-rest-spend")
+    made = call(fleet, "POST", "/key/generate", json={"key_alias": "spender", "models": ["gpt-4o-mini"]}).json()
+    client = openai.OpenAI(base_url=f"{envoy.url}/v1", api_key=made["key"], max_retries=0)
+    ids = []
+    for _ in range(2):
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=CHAT["messages"])
+        ids.append(raw.headers["x-request-id"])
+    rows = wait_until(lambda: len(r := call(fleet, "GET", "/spend/logs", params={"api_key": made["key"]}).json()) == 2
+                      and r, what="both requests' spend rows")
+    assert {r["request_id"] for r in rows} == set(ids)
+    for r in rows:
+        assert r["api_key"] == made["token"] and r["model_group"] == "gpt-4o-mini" and r["status"] == "success"
+        assert r["spend"] > 0 and r["total_tokens"] == r["prompt_tokens"] + r["completion_tokens"]
+        assert r["metadata"]["failed_attempts"] == [] and r["startTime"].endswith("Z")
+    # By request id, by token, and the admin's global view; a day range that excludes them.
+    one = call(fleet, "GET", "/spend/logs", params={"request_id": ids[0]}).json()
+    assert [r["request_id"] for r in one] == [ids[0]]
+    assert len(call(fleet, "GET", "/spend/logs", params={"api_key": made["token"]}).json()) == 2
+    assert len(call(fleet, "GET", "/global/spend/logs", params={"api_key": made["token"]}).json()) == 2
+    assert call(fleet, "GET", "/spend/logs", params={"api_key": made["token"], "end_date": "2000-01-01"}).json() == []
+    # Paged.
+    page2 = call(fleet, "GET", "/spend/logs", params={"api_key": made["token"], "page": 2, "page_size": 1}).json()
+    assert len(page2) == 1
+    # A key of no one's may not read them: an LLM key is no admin credential.
+    assert call(fleet, "GET", "/spend/logs", key=made["key"]).status_code == 403
+    assert isinstance(call(fleet, "GET", "/spend/tags").json(), list)

@@ -9,6 +9,7 @@ mod customers;
 mod keys;
 mod models;
 mod organizations;
+mod spend;
 mod teams;
 mod users;
 
@@ -37,6 +38,7 @@ pub fn router<S: Store>(admin: Arc<Admin<S>>) -> Router {
         .merge(customers::routes::<S>())
         .merge(budgets::routes::<S>())
         .merge(models::routes::<S>())
+        .merge(spend::routes::<S>())
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(admin)
 }

@@ -149,6 +149,15 @@ pub trait SpendStore {
     fn prune_budget_windows(&self, ended_before_ms: i64) -> impl Future<Output = StoreResult<u64>> + Send;
     fn query_spend(&self, filter: &SpendFilter, by: GroupBy)
     -> impl Future<Output = StoreResult<Vec<SpendRow>>> + Send;
+    /// The rows `filter` (and a request id) selects, newest first: `limit` of them after the
+    /// first `offset`, and how many there are in all.
+    fn spend_logs(
+        &self,
+        filter: &SpendFilter,
+        request_id: Option<&str>,
+        limit: i64,
+        offset: i64,
+    ) -> impl Future<Output = StoreResult<(Vec<SpendLog>, i64)>> + Send;
 }
 
 /// Rows per multi-row INSERT: well under both databases' bound-parameter limits (SQLite
@@ -468,6 +477,81 @@ impl SpendStore for SqlStore {
         let windows = charge_windows(&mut tx, logs, &new_positions, charges).await?;
         tx.commit().await?;
         Ok((new_positions, windows))
+    }
+
+    async fn spend_logs(
+        &self,
+        filter: &SpendFilter,
+        request_id: Option<&str>,
+        limit: i64,
+        offset: i64,
+    ) -> StoreResult<(Vec<SpendLog>, i64)> {
+        let has_tag = match self.backend {
+            Backend::Sqlite => "EXISTS (SELECT 1 FROM json_each(s.tags) WHERE value = $6)",
+            Backend::Postgres => "(s.tags::jsonb ? $6)",
+        };
+        let conditions = format!(
+            "($1 IS NULL OR s.key_id = $1) AND ($2 IS NULL OR s.team_id = $2) \
+             AND ($3 IS NULL OR s.user_id = $3) AND ($4 IS NULL OR s.organization_id = $4) \
+             AND ($5 IS NULL OR s.model_group = $5) AND ($6 IS NULL OR {has_tag}) \
+             AND ($7 IS NULL OR s.day >= $7) AND ($8 IS NULL OR s.day <= $8) AND ($9 IS NULL OR s.request_id = $9)"
+        );
+        // The filter's values, bound the same way to the count and to the page.
+        fn bind<'q>(
+            q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+            filter: &SpendFilter,
+            request_id: Option<&str>,
+        ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+            q.bind(filter.key_id.clone())
+                .bind(filter.team_id.clone())
+                .bind(filter.user_id.clone())
+                .bind(filter.organization_id.clone())
+                .bind(filter.model_group.clone())
+                .bind(filter.tag.clone())
+                .bind(filter.start_day.clone())
+                .bind(filter.end_day.clone())
+                .bind(request_id.map(str::to_owned))
+        }
+        let count_sql = format!("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM spend_logs s WHERE {conditions}");
+        let total: i64 = bind(sqlx::query(&count_sql), filter, request_id).fetch_one(&self.pool).await?.try_get("n")?;
+        let sql = format!(
+            "SELECT s.record_id, s.request_id, s.key_id, s.team_id, s.user_id, s.organization_id, s.customer_id, \
+             s.model_group, s.deployment_id, s.tags, s.prompt_tokens, s.completion_tokens, s.cost_nanos, s.status, \
+             s.outcome, s.estimated, s.price_unknown, s.start_ms, s.failed_attempts FROM spend_logs s \
+             WHERE {conditions} ORDER BY s.start_ms DESC, s.record_id LIMIT $10 OFFSET $11"
+        );
+        let rows = bind(sqlx::query(&sql), filter, request_id).bind(limit).bind(offset).fetch_all(&self.pool).await?;
+        let logs = rows
+            .iter()
+            .map(|r| {
+                let tags: String = r.try_get("tags")?;
+                let failed: String = r.try_get("failed_attempts")?;
+                let failed: Vec<serde_json::Value> = serde_json::from_str(&failed).unwrap_or_default();
+                let text = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
+                Ok(SpendLog {
+                    record_id: r.try_get("record_id")?,
+                    request_id: r.try_get("request_id")?,
+                    key_id: r.try_get("key_id")?,
+                    team_id: r.try_get("team_id")?,
+                    user_id: r.try_get("user_id")?,
+                    organization_id: r.try_get("organization_id")?,
+                    customer_id: r.try_get("customer_id")?,
+                    model_group: r.try_get("model_group")?,
+                    deployment_id: r.try_get("deployment_id")?,
+                    tags: serde_json::from_str(&tags).unwrap_or_default(),
+                    prompt_tokens: r.try_get("prompt_tokens")?,
+                    completion_tokens: r.try_get("completion_tokens")?,
+                    cost_nanos: r.try_get("cost_nanos")?,
+                    status: r.try_get("status")?,
+                    outcome: r.try_get("outcome")?,
+                    estimated: r.try_get::<i64, _>("estimated")? != 0,
+                    price_unknown: r.try_get::<i64, _>("price_unknown")? != 0,
+                    start_ms: r.try_get("start_ms")?,
+                    failed_attempts: failed.iter().map(|a| (text(a, "deployment"), text(a, "error"))).collect(),
+                })
+            })
+            .collect::<StoreResult<Vec<SpendLog>>>()?;
+        Ok((logs, total))
     }
 
     async fn query_spend(&self, filter: &SpendFilter, by: GroupBy) -> StoreResult<Vec<SpendRow>> {
