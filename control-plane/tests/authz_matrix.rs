@@ -59,6 +59,7 @@ enum Rpc {
     DeleteModel,
     ListModels,
     QuerySpend,
+    ListSpendLogs,
     UpdateBudget,
     DeleteBudget,
     GetBudget,
@@ -73,7 +74,7 @@ enum Rpc {
 
 /// Every RPC of the admin API (46): keys 8, users 5, teams 9, organizations 5, models 5,
 /// spend 1, budgets 5, customers 7, audit 1.
-const RPCS: [Rpc; 46] = [
+const RPCS: [Rpc; 47] = [
     Rpc::GetKey,
     Rpc::ListKeysSeesIt,
     Rpc::UpdateKey,
@@ -110,6 +111,7 @@ const RPCS: [Rpc; 46] = [
     Rpc::DeleteModel,
     Rpc::ListModels,
     Rpc::QuerySpend,
+    Rpc::ListSpendLogs,
     Rpc::UpdateBudget,
     Rpc::DeleteBudget,
     Rpc::GetBudget,
@@ -162,6 +164,7 @@ fn allowed(rpc: Rpc, actor: &str, own: bool) -> bool {
             | Rpc::GetOrganization
             | Rpc::ListOrganizationsSeesIt
             | Rpc::QuerySpend
+            | Rpc::ListSpendLogs
             | Rpc::ListAudit => any_of(&["master", "admin_viewer"]),
             _ => actor == "master",
         };
@@ -185,7 +188,7 @@ fn allowed(rpc: Rpc, actor: &str, own: bool) -> bool {
         Rpc::ListTeamsSeesIt => any_of(&ACTORS),
         Rpc::AddMember | Rpc::RemoveMember => any_of(&["master", "org_admin", "ta_admin"]),
         Rpc::GetUser => any_of(&["master", "admin_viewer", "org_admin", "member", "member_ro"]),
-        Rpc::ListUsersSeesIt | Rpc::QuerySpend => {
+        Rpc::ListUsersSeesIt | Rpc::QuerySpend | Rpc::ListSpendLogs => {
             any_of(&["master", "admin_viewer", "org_admin", "member", "member_ro"])
         }
         Rpc::UpdateUser | Rpc::CreateUser | Rpc::DeleteUser => any_of(&["master", "org_admin"]),
@@ -592,6 +595,11 @@ async fn call(plane: &Plane, rpc: Rpc, key: &str, own: bool) -> Result<(), tonic
             let query = pb::SpendQuery { user_id: Some(user.into()), ..Default::default() };
             SpendServiceClient::new(plane.channel().await).query_spend(as_(key, query)).await.map(drop)
         }
+        Rpc::ListSpendLogs => {
+            let filter = pb::SpendQuery { user_id: Some(user.into()), ..Default::default() };
+            let query = pb::SpendLogsQuery { filter: Some(filter), ..Default::default() };
+            SpendServiceClient::new(plane.channel().await).list_spend_logs(as_(key, query)).await.map(drop)
+        }
         Rpc::UpdateBudget => {
             let req = pb::UpdateBudgetRequest { budget_id: "shared-budget".into(), ..Default::default() };
             plane.budgets().await.update_budget(as_(key, req)).await.map(drop)
@@ -696,7 +704,12 @@ async fn matrix(db: Db) {
                         // Reading another tenant's object must look like it does not exist.
                         let read = matches!(
                             rpc,
-                            Rpc::GetKey | Rpc::GetTeam | Rpc::GetUser | Rpc::GetOrganization | Rpc::QuerySpend
+                            Rpc::GetKey
+                                | Rpc::GetTeam
+                                | Rpc::GetUser
+                                | Rpc::GetOrganization
+                                | Rpc::QuerySpend
+                                | Rpc::ListSpendLogs
                         );
                         if !own && read && s.code() != Code::NotFound {
                             failures.push(format!("{rpc:?} {tenant} as {actor}: {:?} instead of NotFound", s.code()));
