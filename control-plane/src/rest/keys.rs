@@ -155,7 +155,7 @@ fn key_fields(body: &Bytes) -> Result<(KeyFields, Value), RestError> {
 
 /// A key as LiteLLM shows it: `token` is Sluice's key id (a key's digest is never shown),
 /// `key_name` its abbreviation, `key` only when it was just made.
-fn key_json(key: &pb::Key, plaintext: Option<&str>) -> Value {
+pub(super) fn key_json(key: &pb::Key, plaintext: Option<&str>) -> Value {
     let limits = key.limits.clone().unwrap_or_default();
     let model_limits = key.model_limits.clone().unwrap_or_default();
     let metadata: Value = serde_json::from_str(&key.metadata_json).unwrap_or_else(|_| json!({}));

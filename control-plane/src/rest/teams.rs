@@ -228,26 +228,6 @@ fn memberships_json(team: &pb::Team) -> Vec<Value> {
     team.members.iter().map(|m| membership_json(&team.team_id, m)).collect()
 }
 
-/// A team's key as `/team/info` lists it: what identifies it and what it may do (the key
-/// itself, or its digest, is never shown).
-fn key_summary(key: &pb::Key) -> Value {
-    let limits = key.limits.clone().unwrap_or_default();
-    json!({
-        "token": key.key_id,
-        "key_name": format!("{}...{}", key.key_prefix, key.last4),
-        "key_alias": key.key_alias,
-        "user_id": key.user_id,
-        "team_id": key.team_id,
-        "models": key.models,
-        "max_budget": limits.max_budget,
-        "tpm_limit": limits.tpm_limit,
-        "rpm_limit": limits.rpm_limit,
-        "blocked": key.blocked,
-        "expires": key.expires_at,
-        "created_at": key.created_at,
-    })
-}
-
 fn not_found(message: String) -> RestError {
     RestError::from(tonic::Status::not_found(message))
 }
@@ -270,7 +250,7 @@ async fn team_keys<S: Store>(admin: &Admin<S>, headers: &HeaderMap, team_id: &st
         };
         let page = KeyService::list_keys(admin, grpc_request(headers, request)?).await?.into_inner();
         let last_page = page.keys.is_empty() || page.next_page_token.is_empty();
-        keys.extend(page.keys.iter().map(key_summary));
+        keys.extend(page.keys.iter().map(|k| super::keys::key_json(k, None)));
         if last_page || keys.len() as u64 >= page.total {
             return Ok(keys);
         }
