@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use sluice_proto::admin::v1 as pb;
 use sluice_proto::admin::v1::budget_service_server::BudgetService;
 
+use super::limits::{LimitFields, cleared_limits, insert_limits};
 use super::{Body, RestError, RestResult, grpc_request, json_response, parse_body, refuse_unsupported};
 use crate::admin::Admin;
 use crate::store::Store;
@@ -32,50 +33,6 @@ pub fn routes<S: Store>() -> Router<Arc<Admin<S>>> {
 /// LiteLLM budget settings Sluice's budgets do not carry: refused when given. A per-model
 /// budget has no place in a budget; the reset time follows from `budget_duration`.
 const UNSUPPORTED: [&str; 2] = ["model_max_budget", "budget_reset_at"];
-
-/// The limits Sluice's `Limits` carries, under LiteLLM's names (budgets and customers).
-pub(super) const LIMIT_NAMES: [&str; 6] =
-    ["rpm_limit", "tpm_limit", "max_parallel_requests", "max_budget", "soft_budget", "budget_duration"];
-
-/// The limit fields of a LiteLLM budget or customer body.
-#[derive(Debug, Default, Deserialize)]
-pub(super) struct LimitFields {
-    max_budget: Option<f64>,
-    soft_budget: Option<f64>,
-    max_parallel_requests: Option<i64>,
-    tpm_limit: Option<i64>,
-    rpm_limit: Option<i64>,
-    budget_duration: Option<String>,
-}
-
-impl LimitFields {
-    pub(super) fn limits(&self) -> pb::Limits {
-        pb::Limits {
-            rpm_limit: self.rpm_limit,
-            tpm_limit: self.tpm_limit,
-            max_parallel_requests: self.max_parallel_requests,
-            max_budget: self.max_budget,
-            soft_budget: self.soft_budget,
-            budget_duration: self.budget_duration.clone(),
-        }
-    }
-}
-
-/// The limits a body sets to null: removed (LiteLLM's way to lift one on an update).
-pub(super) fn cleared_limits(body: &Value) -> Vec<String> {
-    LIMIT_NAMES.into_iter().filter(|name| body.get(*name).is_some_and(Value::is_null)).map(str::to_owned).collect()
-}
-
-/// Limits under LiteLLM's names, into `out` (a budget row, or a customer).
-pub(super) fn insert_limits(out: &mut serde_json::Map<String, Value>, limits: Option<&pb::Limits>) {
-    let l = limits.cloned().unwrap_or_default();
-    out.insert("max_budget".into(), json!(l.max_budget));
-    out.insert("soft_budget".into(), json!(l.soft_budget));
-    out.insert("max_parallel_requests".into(), json!(l.max_parallel_requests));
-    out.insert("tpm_limit".into(), json!(l.tpm_limit));
-    out.insert("rpm_limit".into(), json!(l.rpm_limit));
-    out.insert("budget_duration".into(), json!(l.budget_duration));
-}
 
 /// A budget as LiteLLM's budget table shows it (without `model_max_budget`,
 /// `budget_reset_at`, `created_by`: Sluice's budgets have none of them).

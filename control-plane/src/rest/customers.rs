@@ -18,7 +18,8 @@ use sluice_proto::admin::v1 as pb;
 use sluice_proto::admin::v1::budget_service_server::BudgetService;
 use sluice_proto::admin::v1::customer_service_server::CustomerService;
 
-use super::budgets::{LimitFields, budget_json, cleared_limits, insert_limits};
+use super::budgets::budget_json;
+use super::limits::{LimitFields, cleared_limits, insert_limits};
 use super::{Body, RestError, RestResult, grpc_request, json_response, parse_body, parse_query, refuse_unsupported};
 use crate::admin::Admin;
 use crate::store::Store;

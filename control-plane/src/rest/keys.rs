@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use sluice_proto::admin::v1 as pb;
 use sluice_proto::admin::v1::key_service_server::KeyService;
 
+use super::limits::{LimitFields, cleared_limits};
 use super::{Body, RestError, RestResult, grpc_request, json_response, parse_body, parse_query, refuse_unsupported};
 use crate::admin::Admin;
 use crate::store::Store;
@@ -58,12 +59,8 @@ struct KeyFields {
     team_id: Option<String>,
     organization_id: Option<String>,
     models: Option<Vec<String>>,
-    max_budget: Option<f64>,
-    soft_budget: Option<f64>,
-    budget_duration: Option<String>,
-    tpm_limit: Option<i64>,
-    rpm_limit: Option<i64>,
-    max_parallel_requests: Option<i64>,
+    #[serde(flatten)]
+    limits: LimitFields,
     metadata: Option<Map<String, Value>>,
     tags: Option<Vec<String>>,
     allowed_routes: Option<Vec<String>>,
@@ -78,14 +75,7 @@ struct KeyFields {
 
 impl KeyFields {
     fn limits(&self) -> pb::Limits {
-        pb::Limits {
-            rpm_limit: self.rpm_limit,
-            tpm_limit: self.tpm_limit,
-            max_parallel_requests: self.max_parallel_requests,
-            max_budget: self.max_budget,
-            soft_budget: self.soft_budget,
-            budget_duration: self.budget_duration.clone(),
-        }
+        self.limits.limits()
     }
 
     fn has_model_limits(&self) -> bool {
@@ -265,12 +255,7 @@ async fn update<S: Store>(State(admin): AdminState<S>, headers: HeaderMap, body:
         None
     };
     // A limit set to null is removed (LiteLLM's way to lift one).
-    let cleared: Vec<String> =
-        ["rpm_limit", "tpm_limit", "max_parallel_requests", "max_budget", "soft_budget", "budget_duration"]
-            .into_iter()
-            .filter(|name| without_key.get(*name).is_some_and(Value::is_null))
-            .map(str::to_owned)
-            .collect();
+    let cleared = cleared_limits(&without_key);
     let list = |values: &Option<Vec<String>>| values.clone().map(|values| pb::StringList { values });
     let request = pb::UpdateKeyRequest {
         r#ref: Some(key_ref(&key)),

@@ -7,6 +7,7 @@
 mod budgets;
 mod customers;
 mod keys;
+mod limits;
 mod models;
 mod organizations;
 mod spend;

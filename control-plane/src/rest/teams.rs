@@ -18,6 +18,7 @@ use sluice_proto::admin::v1::key_service_server::KeyService;
 use sluice_proto::admin::v1::team_service_server::TeamService;
 use sluice_proto::admin::v1::user_service_server::UserService;
 
+use super::limits::{LimitFields, limits_json};
 use super::{Body, RestError, RestResult, grpc_request, json_response, parse_body, parse_query, refuse_unsupported};
 use crate::admin::Admin;
 use crate::store::Store;
@@ -139,12 +140,8 @@ struct TeamFields {
     team_alias: Option<String>,
     organization_id: Option<String>,
     models: Option<Vec<String>>,
-    max_budget: Option<f64>,
-    soft_budget: Option<f64>,
-    budget_duration: Option<String>,
-    tpm_limit: Option<i64>,
-    rpm_limit: Option<i64>,
-    max_parallel_requests: Option<i64>,
+    #[serde(flatten)]
+    limits: LimitFields,
     metadata: Option<Map<String, Value>>,
     members_with_roles: Option<Vec<MemberBody>>,
     /// Each member's default budget in the team (Sluice's `member_max_budget`).
@@ -154,14 +151,7 @@ struct TeamFields {
 
 impl TeamFields {
     fn limits(&self) -> pb::Limits {
-        pb::Limits {
-            rpm_limit: self.rpm_limit,
-            tpm_limit: self.tpm_limit,
-            max_parallel_requests: self.max_parallel_requests,
-            max_budget: self.max_budget,
-            soft_budget: self.soft_budget,
-            budget_duration: self.budget_duration.clone(),
-        }
+        self.limits.limits()
     }
 
     fn metadata_json(&self) -> Option<String> {
@@ -179,25 +169,13 @@ fn refuse_settings(body: &Bytes) -> Result<Value, RestError> {
     Ok(value)
 }
 
-fn limits_json(limits: &pb::Limits) -> Map<String, Value> {
-    let mut out = Map::new();
-    out.insert("max_budget".into(), json!(limits.max_budget));
-    out.insert("soft_budget".into(), json!(limits.soft_budget));
-    out.insert("budget_duration".into(), json!(limits.budget_duration));
-    out.insert("tpm_limit".into(), json!(limits.tpm_limit));
-    out.insert("rpm_limit".into(), json!(limits.rpm_limit));
-    out.insert("max_parallel_requests".into(), json!(limits.max_parallel_requests));
-    out
-}
-
 /// A team as LiteLLM shows it (`LiteLLM_TeamTable`). No `spend`: the team service does not
 /// report one (spend is read with the spend API).
 fn team_json(team: &pb::Team) -> Value {
-    let limits = team.limits.clone().unwrap_or_default();
     let metadata: Value = serde_json::from_str(&team.metadata_json).unwrap_or_else(|_| json!({}));
     let members: Vec<Value> =
         team.members.iter().map(|m| json!({"user_id": m.user_id, "role": role_name(m.role)})).collect();
-    let mut out = limits_json(&limits);
+    let mut out = limits_json(team.limits.as_ref());
     out.insert("team_id".into(), json!(team.team_id));
     out.insert("team_alias".into(), json!(team.team_alias));
     out.insert("organization_id".into(), json!(team.organization_id));
@@ -215,7 +193,7 @@ fn team_json(team: &pb::Team) -> Value {
 /// team in `litellm_budget_table` (null when it has none).
 fn membership_json(team_id: &str, member: &pb::Member) -> Value {
     let limits = member.limits.clone().unwrap_or_default();
-    let budget = if limits == pb::Limits::default() { Value::Null } else { Value::Object(limits_json(&limits)) };
+    let budget = if limits == pb::Limits::default() { Value::Null } else { Value::Object(limits_json(Some(&limits))) };
     json!({
         "team_id": team_id,
         "user_id": member.user_id,

@@ -16,6 +16,7 @@ use sluice_proto::admin::v1 as pb;
 use sluice_proto::admin::v1::key_service_server::KeyService;
 use sluice_proto::admin::v1::user_service_server::UserService;
 
+use super::limits::{LimitFields, cleared_limits, limits_json};
 use super::{Body, RestError, RestResult, grpc_request, json_response, parse_body, parse_query, refuse_unsupported};
 use crate::admin::Admin;
 use crate::store::Store;
@@ -55,51 +56,6 @@ const UNSUPPORTED: [&str; 19] = [
     "aliases",
     "object_permission",
 ];
-
-/// The limits users and organizations share, as LiteLLM names them (top-level fields).
-pub(super) const LIMIT_NAMES: [&str; 6] =
-    ["max_budget", "soft_budget", "budget_duration", "tpm_limit", "rpm_limit", "max_parallel_requests"];
-
-#[derive(Debug, Default, Deserialize)]
-pub(super) struct LimitFields {
-    max_budget: Option<f64>,
-    soft_budget: Option<f64>,
-    budget_duration: Option<String>,
-    tpm_limit: Option<i64>,
-    rpm_limit: Option<i64>,
-    max_parallel_requests: Option<i64>,
-}
-
-impl LimitFields {
-    pub(super) fn limits(&self) -> pb::Limits {
-        pb::Limits {
-            rpm_limit: self.rpm_limit,
-            tpm_limit: self.tpm_limit,
-            max_parallel_requests: self.max_parallel_requests,
-            max_budget: self.max_budget,
-            soft_budget: self.soft_budget,
-            budget_duration: self.budget_duration.clone(),
-        }
-    }
-}
-
-/// The limits an update sets to null: removed (LiteLLM's way to lift one, as on `/key/update`).
-pub(super) fn cleared_limits(body: &Value) -> Vec<String> {
-    LIMIT_NAMES.into_iter().filter(|name| body.get(*name).is_some_and(Value::is_null)).map(str::to_owned).collect()
-}
-
-/// Limits as LiteLLM shows them (its budget table's fields); an absent one is null, "no limit".
-pub(super) fn limits_json(limits: Option<&pb::Limits>) -> Map<String, Value> {
-    let l = limits.cloned().unwrap_or_default();
-    let mut out = Map::new();
-    out.insert("max_budget".into(), json!(l.max_budget));
-    out.insert("soft_budget".into(), json!(l.soft_budget));
-    out.insert("budget_duration".into(), json!(l.budget_duration));
-    out.insert("tpm_limit".into(), json!(l.tpm_limit));
-    out.insert("rpm_limit".into(), json!(l.rpm_limit));
-    out.insert("max_parallel_requests".into(), json!(l.max_parallel_requests));
-    out
-}
 
 /// `metadata` as the services store it (a JSON object in a string); unreadable is empty.
 pub(super) fn metadata_value(metadata_json: &str) -> Value {
