@@ -9,23 +9,13 @@ import httpx
 import openai
 import pytest
 
-from test_xds import CHAT, Fleet, wait_until
+from rest_support import call, error, rest_fleet
+from test_xds import CHAT, wait_until
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    f = Fleet(tmp_path_factory.mktemp("rest"))
-    f.start_control_plane()
-    f.rest = f"http://127.0.0.1:{f.admin_port}"
-    try:
-        yield f
-    finally:
-        f.stop()
-
-
-def call(fleet, method, path, key=None, **kwargs):
-    headers = {"Authorization": f"Bearer {key or fleet.master_key}"}
-    return httpx.request(method, f"{fleet.rest}{path}", headers=headers, timeout=30, **kwargs)
+    yield from rest_fleet(tmp_path_factory, "rest")
 
 
 def test_a_key_generated_over_rest_has_litellms_shape_and_works_through_envoy(fleet):
@@ -88,12 +78,6 @@ def test_update_block_regenerate_and_delete_follow_litellm(fleet):
 
 
 def test_bad_calls_get_litellms_error_shape_and_change_nothing(fleet):
-    def error(r, status):
-        assert r.status_code == status, r.text
-        body = r.json()["error"]
-        assert body["code"] == str(status) and body["message"], body
-        return body
-
     before = call(fleet, "GET", "/key/list").json()["total_count"]
     # No credential, a wrong one, and an LLM key (not an admin credential).
     error(httpx.post(f"{fleet.rest}/key/generate", json={}, timeout=10), 401)
@@ -140,7 +124,6 @@ def test_a_standalone_gateway_says_where_the_management_api_is(gw):
     assert r.status_code == 404
     error = r.json()["error"]
     assert error["code"] == "management_api_unavailable" and "sluice serve" in error["message"], error
-
 
 
 def test_models_are_added_changed_and_removed_over_rest_and_every_envoy_follows(fleet):

@@ -8,40 +8,20 @@ import httpx
 import openai
 import pytest
 
-from test_xds import CHAT, Fleet, wait_until
+from rest_support import call, error, ok, rest_fleet
+from test_xds import CHAT, wait_until
+
+
+def add_users(f):
+    """Members are users: made with the CLI (the user endpoints are not under test here)."""
+    for user, email in [("alice", "alice@example.com"), ("bob", "bob@example.com"), ("carol", None),
+                        ("dave", "dave@example.com"), ("erin", None)]:
+        f.cli("user", "create", "--id", user, *(["--email", email] if email else []))
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    f = Fleet(tmp_path_factory.mktemp("rest-teams"))
-    f.start_control_plane()
-    f.rest = f"http://127.0.0.1:{f.admin_port}"
-    # Members are users: made with the CLI (the user endpoints are not under test here).
-    for user, email in [("alice", "alice@example.com"), ("bob", "bob@example.com"), ("carol", None),
-                        ("dave", "dave@example.com"), ("erin", None)]:
-        f.cli("user", "create", "--id", user, *(["--email", email] if email else []))
-    try:
-        yield f
-    finally:
-        f.stop()
-
-
-def call(fleet, method, path, key=None, **kwargs):
-    headers = {"Authorization": f"Bearer {key or fleet.master_key}"}
-    return httpx.request(method, f"{fleet.rest}{path}", headers=headers, timeout=30, **kwargs)
-
-
-def ok(r):
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def error(r, status):
-    """LiteLLM's error shape: `{"error": {"message", "type", "param", "code"}}`."""
-    assert r.status_code == status, r.text
-    body = r.json()["error"]
-    assert body["code"] == str(status) and body["message"] and "type" in body and "param" in body, body
-    return body
+    yield from rest_fleet(tmp_path_factory, "rest-teams", add_users)
 
 
 def info(fleet, team_id):

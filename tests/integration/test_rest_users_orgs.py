@@ -10,37 +10,13 @@ import httpx
 import openai
 import pytest
 
-from test_xds import CHAT, Fleet, wait_until
+from rest_support import call, error, ok, rest_fleet
+from test_xds import CHAT, wait_until
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    f = Fleet(tmp_path_factory.mktemp("rest-users"))
-    f.start_control_plane()
-    f.rest = f"http://127.0.0.1:{f.admin_port}"
-    try:
-        yield f
-    finally:
-        f.stop()
-
-
-def call(fleet, method, path, key=None, **kwargs):
-    headers = {"Authorization": f"Bearer {key or fleet.master_key}"}
-    return httpx.request(method, f"{fleet.rest}{path}", headers=headers, timeout=30, **kwargs)
-
-
-def ok(r):
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def error(r, status):
-    """A refusal in LiteLLM's shape: {"error": {"message", "type", "param", "code"}}."""
-    assert r.status_code == status, r.text
-    body = r.json()["error"]
-    assert set(body) == {"message", "type", "param", "code"}, body
-    assert body["code"] == str(status) and body["message"], body
-    return body
+    yield from rest_fleet(tmp_path_factory, "rest-users")
 
 
 def unique(name):
