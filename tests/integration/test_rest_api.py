@@ -72,7 +72,11 @@ def test_update_block_regenerate_and_delete_follow_litellm(fleet):
     r = call(fleet, "POST", "/key/delete", json={"keys": [again["key"], "sk-sluice-nope"]})
     assert r.status_code >= 400
     assert call(fleet, "GET", "/key/info", params={"key": again["key"]}).status_code == 200
-    r = call(fleet, "POST", "/key/delete", json={"keys": [again["key"], again["key"]]})
+    by_hash = call(fleet, "GET", "/key/list", params={"key_hash": made["token"]}).json()
+    assert by_hash["keys"] == [made["token"]] and by_hash["total_count"] == 1
+    assert call(fleet, "GET", "/key/list", params={"include_team_keys": "true"}).status_code == 400
+    # LiteLLM's client sends the list it was not given as null.
+    r = call(fleet, "POST", "/key/delete", json={"keys": [again["key"], again["key"]], "key_aliases": None})
     assert r.status_code == 200 and r.json() == {"deleted_keys": [again["key"]]}, r.text
     assert call(fleet, "GET", "/key/info", params={"key": again["key"]}).status_code == 404
 
@@ -89,6 +93,8 @@ def test_bad_calls_get_litellms_error_shape_and_change_nothing(fleet):
     assert error(call(fleet, "POST", "/key/generate", json={"models": "gpt-4o"}), 422)["param"] == "models"
     assert error(call(fleet, "POST", "/key/block", json={"key": 5}), 422)["param"] == "key"
     assert "guardrails" in error(call(fleet, "POST", "/key/generate", json={"guardrails": ["pii"]}), 400)["message"]
+    assert "budget_id" in error(call(fleet, "POST", "/key/generate", json={"budget_id": "b1"}), 400)["message"]
+    assert "spend" in error(call(fleet, "POST", "/key/generate", json={"spend": 3.5}), 400)["message"]
     # A body over the limit.
     error(call(fleet, "POST", "/key/generate", content=b'{"key_alias": "' + b"x" * 400_000 + b'"}'), 413)
     # An unknown key.

@@ -16,7 +16,7 @@ use sluice_proto::admin::v1 as pb;
 use sluice_proto::admin::v1::key_service_server::KeyService;
 
 use super::limits::{LimitFields, cleared_limits};
-use super::{Body, RestError, RestResult, grpc_request, json_response, parse_body, parse_query, refuse_unsupported};
+use super::{Body, RestError, RestResult, grpc_request, json_response, parse_body, parse_query, refuse_unless_off};
 use crate::admin::Admin;
 use crate::store::Store;
 
@@ -36,8 +36,9 @@ pub fn routes<S: Store>() -> Router<Arc<Admin<S>>> {
 }
 
 /// LiteLLM key settings Sluice does not enforce: refused when given.
-const UNSUPPORTED: [&str; 12] = [
+const UNSUPPORTED: [&str; 13] = [
     "key",
+    "budget_id",
     "guardrails",
     "aliases",
     "config",
@@ -138,7 +139,7 @@ impl KeyFields {
 /// A body's fields, after the settings Sluice would not enforce are refused.
 fn key_fields(body: &Bytes) -> Result<(KeyFields, Value), RestError> {
     let value: Value = parse_body(body)?;
-    refuse_unsupported(&value, &UNSUPPORTED)?;
+    refuse_unless_off(&value, &UNSUPPORTED)?;
     let fields = parse_body(body)?;
     Ok((fields, value))
 }
@@ -240,7 +241,7 @@ async fn update<S: Store>(State(admin): AdminState<S>, headers: HeaderMap, body:
         }
         other => other,
     };
-    refuse_unsupported(&without_key, &UNSUPPORTED)?;
+    refuse_unless_off(&without_key, &UNSUPPORTED)?;
     let fields: KeyFields = parse_body(&body)?;
     if fields.key_type.is_some() || fields.organization_id.is_some() || fields.blocked.is_some() {
         return Err(RestError::bad_request(
@@ -277,15 +278,15 @@ async fn update<S: Store>(State(admin): AdminState<S>, headers: HeaderMap, body:
 
 #[derive(Deserialize)]
 struct DeleteBody {
-    #[serde(default)]
-    keys: Vec<String>,
-    #[serde(default)]
-    key_aliases: Vec<String>,
+    /// LiteLLM's client sends the list it was not given as null.
+    keys: Option<Vec<String>>,
+    key_aliases: Option<Vec<String>>,
 }
 
 async fn delete<S: Store>(State(admin): AdminState<S>, headers: HeaderMap, body: Body) -> RestResult {
     let body = body?;
     let DeleteBody { keys, key_aliases } = parse_body(&body)?;
+    let (keys, key_aliases) = (keys.unwrap_or_default(), key_aliases.unwrap_or_default());
     if keys.is_empty() && key_aliases.is_empty() {
         return Err(RestError::bad_request("name the keys to delete: keys or key_aliases"));
     }
@@ -332,16 +333,32 @@ struct ListQuery {
     team_id: Option<String>,
     organization_id: Option<String>,
     key_alias: Option<String>,
+    /// A key's token (Sluice's key id): that key alone.
+    key_hash: Option<String>,
     #[serde(default)]
     return_full_object: bool,
+    #[serde(default)]
+    include_team_keys: bool,
 }
 
 /// LiteLLM pages by number (`page`, `size`); the service by token: a page is reached by
 /// walking the tokens before it.
 async fn list<S: Store>(State(admin): AdminState<S>, headers: HeaderMap, RawQuery(query): RawQuery) -> RestResult {
     let q: ListQuery = parse_query(query.as_deref())?;
+    if q.include_team_keys {
+        // Another question than the filters ask: refused, not answered with fewer keys.
+        return Err(RestError::bad_request("include_team_keys: not supported by Sluice (list with team_id)"));
+    }
     let page = q.page.unwrap_or(1).max(1);
     let size = q.size.unwrap_or(10).clamp(1, 100);
+    if let Some(token) = &q.key_hash {
+        let key = KeyService::get_key(&*admin, grpc_request(&headers, key_ref(token))?).await?.into_inner();
+        let keys = vec![if q.return_full_object { key_json(&key, None) } else { json!(key.key_id) }];
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"keys": keys, "total_count": 1, "current_page": 1, "total_pages": 1}),
+        ));
+    }
     let mut token = String::new();
     let mut total = 0;
     let mut keys: Vec<pb::Key> = Vec::new();

@@ -203,3 +203,14 @@ pub fn refuse_unsupported(body: &Value, names: &[&str]) -> Result<(), RestError>
         None => Ok(()),
     }
 }
+
+/// Settings given as "off" (`false`, a `spend` of 0) ask for nothing Sluice lacks: a client that
+/// sends LiteLLM's defaults is not refused for them.
+pub fn refuse_unless_off(body: &Value, names: &[&str]) -> Result<(), RestError> {
+    let mut given = body.clone();
+    if let Some(fields) = given.as_object_mut() {
+        fields.retain(|name, v| !(v == &json!(false) || (name == "spend" && v.as_f64() == Some(0.0))));
+    }
+    refuse_unsupported(&given, names)?;
+    refuse_unsupported(&given, &["spend"])
+}

@@ -19,8 +19,11 @@ use sluice_proto::admin::v1::team_service_server::TeamService;
 use sluice_proto::admin::v1::user_service_server::UserService;
 
 use super::limits::{LimitFields, cleared_limits, limits_json};
-use super::users::{metadata_value, refuse_unless_off, role_from_name, role_name, user_json};
-use super::{Body, RestError, RestResult, grpc_request, json_response, parse_body, parse_query, refuse_unsupported};
+use super::users::{metadata_value, role_from_name, role_name, user_json};
+use super::{
+    Body, RestError, RestResult, grpc_request, json_response, parse_body, parse_query, refuse_unless_off,
+    refuse_unsupported,
+};
 use crate::admin::Admin;
 use crate::store::Store;
 

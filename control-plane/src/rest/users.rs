@@ -17,7 +17,10 @@ use sluice_proto::admin::v1::key_service_server::KeyService;
 use sluice_proto::admin::v1::user_service_server::UserService;
 
 use super::limits::{LimitFields, cleared_limits, limits_json};
-use super::{Body, RestError, RestResult, grpc_request, json_response, parse_body, parse_query, refuse_unsupported};
+use super::{
+    Body, RestError, RestResult, grpc_request, json_response, parse_body, parse_query, refuse_unless_off,
+    refuse_unsupported,
+};
 use crate::admin::Admin;
 use crate::store::Store;
 
@@ -60,17 +63,6 @@ const UNSUPPORTED: [&str; 19] = [
 /// `metadata` as the services store it (a JSON object in a string); unreadable is empty.
 pub(super) fn metadata_value(metadata_json: &str) -> Value {
     serde_json::from_str(metadata_json).unwrap_or_else(|_| json!({}))
-}
-
-/// Settings given as "off" (`false`, a `spend` of 0) ask for nothing Sluice lacks: a client that
-/// sends LiteLLM's defaults is not refused for them.
-pub(super) fn refuse_unless_off(body: &Value, names: &[&str]) -> Result<(), RestError> {
-    let mut given = body.clone();
-    if let Some(fields) = given.as_object_mut() {
-        fields.retain(|name, v| !(v == &json!(false) || (name == "spend" && v.as_f64() == Some(0.0))));
-    }
-    refuse_unsupported(&given, names)?;
-    refuse_unsupported(&given, &["spend"])
 }
 
 /// LiteLLM's role names (`user_role`).
