@@ -138,11 +138,12 @@ impl<H: Host> RequestFlow<H> {
                 let all = candidates(config, group, endpoint, matched.is_some());
                 let fitting = all.clone().filter(|(_, d)| fits(d));
                 let untried = fitting.clone().any(|(i, _)| !self.tried(i));
-                match all.clone().filter_map(|(_, d)| d.max_input_tokens).max() {
-                    Some(largest) if fitting.clone().next().is_none() && all.clone().next().is_some() => {
-                        Err(NoChoice::PromptTooLong(largest))
-                    }
-                    _ => self.choose(
+                // (Only with the check on can every candidate be too small.)
+                let too_long = window_estimate.is_some() && fitting.clone().next().is_none();
+                let largest = if too_long { all.clone().filter_map(|(_, d)| d.max_input_tokens).max() } else { None };
+                match largest {
+                    Some(largest) => Err(NoChoice::PromptTooLong(largest)),
+                    None => self.choose(
                         &gateway,
                         group,
                         fitting.filter(|(i, _)| !untried || !self.tried(*i)),
