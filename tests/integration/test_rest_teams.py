@@ -137,6 +137,16 @@ def test_block_unblock_list_and_delete_all_or_nothing(fleet):
     no_org = [t["team_id"] for t in ok(call(fleet, "GET", "/team/list",
                                              params={"organization_id": "default_organization"}))]
     assert {"alpha", "zeta"} <= set(no_org)
+    # LiteLLM's paged list (its client's `list_v2`): filtered by part of the alias, sorted, paged.
+    v2 = ok(call(fleet, "GET", "/v2/team/list", params={"team_alias": "et", "page_size": 1}))
+    assert [t["team_id"] for t in v2["teams"]] == ["zeta"] and (v2["total"], v2["total_pages"]) == (1, 1)
+    desc = ok(call(fleet, "GET", "/v2/team/list", params={"sort_by": "team_id", "sort_order": "desc",
+                                                          "page_size": 100}))
+    ids = [t["team_id"] for t in desc["teams"]]
+    assert ids == sorted(ids, reverse=True) and {"alpha", "zeta"} <= set(ids)
+    second = ok(call(fleet, "GET", "/v2/team/list", params={"sort_by": "team_id", "page": 2, "page_size": 1}))
+    assert second["page"] == 2 and len(second["teams"]) == 1 and second["teams"][0]["team_id"] == sorted(ids)[1]
+    assert error(call(fleet, "GET", "/v2/team/list", params={"sort_by": "spend"}), 422)["param"] == "sort_by"
     # Delete: every team named must exist first, or nothing is deleted.
     error(call(fleet, "POST", "/team/delete", json={"team_ids": ["alpha", "no-such-team"]}), 404)
     assert info(fleet, "alpha")["team_id"] == "alpha"

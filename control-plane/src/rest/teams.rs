@@ -32,6 +32,7 @@ pub fn routes<S: Store>() -> Router<Arc<Admin<S>>> {
         .route("/team/delete", post(delete::<S>))
         .route("/team/info", get(info::<S>))
         .route("/team/list", get(list::<S>))
+        .route("/v2/team/list", get(list_v2::<S>))
         .route("/team/block", post(block::<S>))
         .route("/team/unblock", post(unblock::<S>))
         .route("/team/member_add", post(member_add::<S>))
@@ -483,7 +484,20 @@ const NO_ORGANIZATION: &str = "default_organization";
 /// keys, sorted by alias as LiteLLM sorts them.
 async fn list<S: Store>(State(admin): AdminState<S>, headers: HeaderMap, RawQuery(query): RawQuery) -> RestResult {
     let q: ListQuery = parse_query(query.as_deref())?;
-    let org_filter = q.organization_id.clone().filter(|o| o != NO_ORGANIZATION);
+    let teams = visible_teams(&admin, &headers, q.organization_id.as_deref(), q.user_id.as_deref()).await?;
+    let out = teams_json(&admin, &headers, &teams).await?;
+    Ok(json_response(StatusCode::OK, &Value::Array(out)))
+}
+
+/// Every team the caller may see, narrowed to an organization (`default_organization`: none)
+/// and a member, sorted by alias (the service scopes a member's list to its own teams).
+async fn visible_teams<S: Store>(
+    admin: &Admin<S>,
+    headers: &HeaderMap,
+    organization_id: Option<&str>,
+    user_id: Option<&str>,
+) -> Result<Vec<pb::Team>, RestError> {
+    let org_filter = organization_id.filter(|o| *o != NO_ORGANIZATION).map(str::to_owned);
     let mut teams: Vec<pb::Team> = Vec::new();
     let mut token = String::new();
     loop {
@@ -492,7 +506,7 @@ async fn list<S: Store>(State(admin): AdminState<S>, headers: HeaderMap, RawQuer
             page_size: 500,
             page_token: std::mem::take(&mut token),
         };
-        let page = TeamService::list_teams(&*admin, grpc_request(&headers, request)?).await?.into_inner();
+        let page = TeamService::list_teams(admin, grpc_request(headers, request)?).await?.into_inner();
         let last_page = page.teams.is_empty() || page.next_page_token.is_empty();
         teams.extend(page.teams);
         if last_page || teams.len() as u64 >= page.total {
@@ -500,26 +514,93 @@ async fn list<S: Store>(State(admin): AdminState<S>, headers: HeaderMap, RawQuer
         }
         token = page.next_page_token;
     }
-    // Narrowed to what was asked (the service scopes a member's list to its own teams).
-    teams.retain(|t| match q.organization_id.as_deref() {
+    teams.retain(|t| match organization_id {
         None => true,
         Some(NO_ORGANIZATION) => t.organization_id.is_none(),
         Some(org) => t.organization_id.as_deref() == Some(org),
     });
-    if let Some(user) = &q.user_id {
-        teams.retain(|t| t.members.iter().any(|m| &m.user_id == user));
+    if let Some(user) = user_id {
+        teams.retain(|t| t.members.iter().any(|m| m.user_id == user));
     }
     teams.sort_by(|a, b| a.team_alias.as_deref().unwrap_or("").cmp(b.team_alias.as_deref().unwrap_or("")));
+    Ok(teams)
+}
+
+/// Teams as `/team/list` shows them: with their memberships and keys.
+async fn teams_json<S: Store>(
+    admin: &Admin<S>,
+    headers: &HeaderMap,
+    teams: &[pb::Team],
+) -> Result<Vec<Value>, RestError> {
     let mut out = Vec::with_capacity(teams.len());
-    for team in &teams {
+    for team in teams {
         let mut item = team_json(team);
         if let Some(obj) = item.as_object_mut() {
             obj.insert("team_memberships".into(), Value::Array(memberships_json(team)));
-            obj.insert("keys".into(), Value::Array(team_keys(&admin, &headers, &team.team_id).await?));
+            obj.insert("keys".into(), Value::Array(team_keys(admin, headers, &team.team_id).await?));
         }
         out.push(item);
     }
-    Ok(json_response(StatusCode::OK, &Value::Array(out)))
+    Ok(out)
+}
+
+/// LiteLLM's `/v2/team/list` (its client's `list_v2`): the same teams, filtered by `team_id`
+/// and part of `team_alias`, sorted, paged.
+#[derive(Deserialize)]
+struct ListV2Query {
+    user_id: Option<String>,
+    organization_id: Option<String>,
+    team_id: Option<String>,
+    team_alias: Option<String>,
+    page: Option<u32>,
+    page_size: Option<u32>,
+    sort_by: Option<String>,
+    sort_order: Option<String>,
+}
+
+async fn list_v2<S: Store>(State(admin): AdminState<S>, headers: HeaderMap, RawQuery(query): RawQuery) -> RestResult {
+    let q: ListV2Query = parse_query(query.as_deref())?;
+    let mut teams = visible_teams(&admin, &headers, q.organization_id.as_deref(), q.user_id.as_deref()).await?;
+    if let Some(id) = &q.team_id {
+        teams.retain(|t| &t.team_id == id);
+    }
+    if let Some(part) = q.team_alias.as_deref().map(str::to_lowercase) {
+        teams.retain(|t| t.team_alias.as_deref().is_some_and(|a| a.to_lowercase().contains(&part)));
+    }
+    match q.sort_by.as_deref() {
+        None | Some("team_alias") => {}
+        Some("team_id") => teams.sort_by(|a, b| a.team_id.cmp(&b.team_id)),
+        Some("created_at") => teams.sort_by(|a, b| a.created_at.cmp(&b.created_at)),
+        Some(other) => {
+            return Err(RestError::invalid(
+                "sort_by",
+                format!("sort_by: {other:?} is not team_id, team_alias or created_at"),
+            ));
+        }
+    }
+    match q.sort_order.as_deref() {
+        None | Some("asc") => {}
+        Some("desc") => teams.reverse(),
+        Some(other) => {
+            return Err(RestError::invalid("sort_order", format!("sort_order: {other:?} is not asc or desc")));
+        }
+    }
+    let page = q.page.unwrap_or(1).max(1);
+    let size = q.page_size.unwrap_or(10).clamp(1, 100);
+    let total = teams.len();
+    let start = (page as usize - 1).saturating_mul(size as usize).min(total);
+    let end = start.saturating_add(size as usize).min(total);
+    let out = teams_json(&admin, &headers, teams.get(start..end).unwrap_or_default()).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "teams": out,
+            "total": total,
+            "page": page,
+            "page_size": size,
+            "total_pages": total.div_ceil(size as usize),
+        }),
+    ))
 }
 
 async fn block<S: Store>(State(admin): AdminState<S>, headers: HeaderMap, body: Body) -> RestResult {
