@@ -780,9 +780,13 @@ mod tests {
         let control_plane = ControlPlaneAddress { host: "127.0.0.1".into(), port: 4002, tls: None };
         for b in [xds_bootstrap(&control_plane, "n", &opts()), xds_native_bootstrap(&control_plane, "n", &opts())] {
             let routes = &hcm(&b)["route_config"]["virtual_hosts"][0]["routes"];
-            assert_eq!(routes[0]["match"]["prefix"], "/key/");
-            assert_eq!(routes[0]["route"]["cluster"], crate::xds::CONTROL_PLANE_CLUSTER);
-            assert_eq!(routes[1]["route"]["cluster_header"], CLUSTER_HEADER, "the deployments' route after");
+            let prefixes = sluice_core::endpoint::MANAGEMENT_PREFIXES;
+            for (i, prefix) in prefixes.iter().enumerate() {
+                assert_eq!(routes[i]["match"]["prefix"], *prefix);
+                assert_eq!(routes[i]["route"]["cluster"], crate::xds::CONTROL_PLANE_CLUSTER);
+            }
+            let last = &routes[prefixes.len()];
+            assert_eq!(last["route"]["cluster_header"], CLUSTER_HEADER, "the deployments' route after");
         }
         let s = from_litellm(&json!({}), &|_| None).unwrap();
         let b = standalone_bootstrap(&s, &opts()).unwrap();
@@ -1188,9 +1192,12 @@ mod tests {
         let mut all = both_bootstraps(&opts()).to_vec();
         all.push(standalone_bootstrap(&with, &opts()).unwrap());
         for b in &all {
+            // The deployments' route (the management paths' go to the control plane, no failover).
             let routes = hcm(b)["route_config"]["virtual_hosts"][0]["routes"].as_array().unwrap();
-            assert_eq!(routes.len(), 1);
-            assert_eq!(routes[0]["route"]["internal_redirect_policy"], expected);
+            let to_deployments: Vec<&Value> =
+                routes.iter().filter(|r| r["route"]["cluster_header"] == CLUSTER_HEADER).collect();
+            assert_eq!(to_deployments.len(), 1);
+            assert_eq!(to_deployments[0]["route"]["internal_redirect_policy"], expected);
         }
     }
 
