@@ -465,7 +465,9 @@ fn route_management_to_control_plane(listener: &mut Value) {
         routes.insert(
             i,
             json!({
-                "match": {"prefix": prefix},
+                // Only a request the filter did not route: a deployment's own path may look like
+                // one of these (Bedrock's `/model/…/converse`) once the filter has rewritten it.
+                "match": {"prefix": prefix, "headers": [{"name": CLUSTER_HEADER, "present_match": true, "invert_match": true}]},
                 "route": {"cluster": crate::xds::CONTROL_PLANE_CLUSTER, "timeout": format!("{MANAGEMENT_TIMEOUT_SECS}s")},
                 "request_headers_to_remove": [CLUSTER_HEADER, "x-forwarded-for", "x-envoy-external-address"],
             }),
@@ -784,6 +786,9 @@ mod tests {
             for (i, prefix) in prefixes.iter().enumerate() {
                 assert_eq!(routes[i]["match"]["prefix"], *prefix);
                 assert_eq!(routes[i]["route"]["cluster"], crate::xds::CONTROL_PLANE_CLUSTER);
+                // Never a request the filter routed to a deployment (Bedrock's `/model/…` path).
+                let header = &routes[i]["match"]["headers"][0];
+                assert_eq!((header["name"].as_str(), &header["invert_match"]), (Some(CLUSTER_HEADER), &json!(true)));
             }
             let last = &routes[prefixes.len()];
             assert_eq!(last["route"]["cluster_header"], CLUSTER_HEADER, "the deployments' route after");

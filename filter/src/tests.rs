@@ -1502,9 +1502,11 @@ pub(crate) mod lookup_support {
 fn management_paths_pass_to_the_control_plane_or_are_refused_with_where_to_go() {
     let admin = [("authorization", b"Bearer sk-master-anything".as_slice())];
     let h = Harness::new(lookup_support::xds_config(false));
-    let mut s = h.start("POST", "/key/generate", &admin);
+    let mut s = h.start("POST", "/key/generate", &[admin[0], ("x-sluice-cluster", b"sluice_gpt4o-a".as_slice())]);
     assert_eq!(s.flow.on_request_headers(false), Action::Continue);
     assert!(s.reply().is_none() && h.envoy.grpc_calls.borrow().is_empty(), "no lookup, no answer");
+    // A client's choice of cluster is gone: the management route, never a deployment's.
+    assert_eq!(s.host.request_header_str("x-sluice-cluster"), None);
     s.finish();
     assert!(h.envoy.records().is_empty(), "no usage record");
     let h = Harness::new(base_config());

@@ -4,6 +4,7 @@ Bearer $MASTER" -d '{…}'`), answered in LiteLLM's shapes, through the same ser
 authorisation, validation and audit) as the gRPC admin API, the keys then used through a real
 Envoy with the OpenAI SDK."""
 import json
+import re
 
 import httpx
 import openai
@@ -114,6 +115,15 @@ def test_the_gateways_own_listener_serves_the_management_api(fleet):
     info = httpx.get(f"{envoy.url}/key/info", params={"key": made["key"]},
                      headers={"Authorization": f"Bearer {fleet.master_key}"}, timeout=30)
     assert info.status_code == 200 and info.json()["info"]["key_alias"] == "via-envoy", info.text
+    # A client's own cluster header does not send a management call to a deployment (whose
+    # cluster would add the provider's credential).
+    dump = httpx.get(f"{envoy.admin}/config_dump?include_eds", timeout=5).text
+    cluster = re.search(r"sluice_gpt_4o_a[a-z0-9_]*", dump).group(0)
+    served = fleet.served()["served"]
+    r = httpx.post(f"{envoy.url}/key/generate", json={"key_alias": "with-cluster"}, timeout=30,
+                   headers={"Authorization": f"Bearer {fleet.master_key}", "x-sluice-cluster": cluster})
+    assert r.status_code == 200 and r.json()["key_alias"] == "with-cluster", r.text
+    assert fleet.served()["served"] == served, "nothing reached a provider"
     # The control plane's refusals come back as they are: no key, or a model key.
     assert httpx.post(f"{envoy.url}/key/generate", json={}, timeout=30).status_code == 401
     r = httpx.post(f"{envoy.url}/key/generate", json={}, headers={"Authorization": f"Bearer {made['key']}"},

@@ -61,8 +61,12 @@ impl<H: Host> RequestFlow<H> {
             return self.health_headers(method.as_deref(), authorization, x_api_key, api_key);
         }
         if sluice_core::endpoint::is_management(&self.path) {
-            // The control plane's to serve and authorise: the route sends it there (xDS mode).
+            // The control plane's to serve and authorise: the route sends it there (xDS mode),
+            // never a client's choice of cluster (a deployment's would add its credential).
             if self.config().config.key_lookup.is_some() {
+                if self.client_sent_cluster {
+                    self.host.set_request_header(CLUSTER_HEADER, None);
+                }
                 return Action::Continue;
             }
             return self.reject(&GatewayError::ManagementUnavailable);
