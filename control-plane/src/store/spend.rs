@@ -160,6 +160,35 @@ pub trait SpendStore {
     ) -> impl Future<Output = StoreResult<(Vec<SpendLog>, i64)>> + Send;
 }
 
+/// The `WHERE` of a `SpendFilter` over `spend_logs s`, its values bound as `$1`–`$8` by
+/// [`bind_filter`] (totals and per-request rows select the same way).
+fn filter_conditions(backend: Backend) -> String {
+    let has_tag = match backend {
+        Backend::Sqlite => "EXISTS (SELECT 1 FROM json_each(s.tags) WHERE value = $6)",
+        Backend::Postgres => "(s.tags::jsonb ? $6)",
+    };
+    format!(
+        "($1 IS NULL OR s.key_id = $1) AND ($2 IS NULL OR s.team_id = $2) \
+         AND ($3 IS NULL OR s.user_id = $3) AND ($4 IS NULL OR s.organization_id = $4) \
+         AND ($5 IS NULL OR s.model_group = $5) AND ($6 IS NULL OR {has_tag}) \
+         AND ($7 IS NULL OR s.day >= $7) AND ($8 IS NULL OR s.day <= $8)"
+    )
+}
+
+fn bind_filter<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    filter: &SpendFilter,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    q.bind(filter.key_id.clone())
+        .bind(filter.team_id.clone())
+        .bind(filter.user_id.clone())
+        .bind(filter.organization_id.clone())
+        .bind(filter.model_group.clone())
+        .bind(filter.tag.clone())
+        .bind(filter.start_day.clone())
+        .bind(filter.end_day.clone())
+}
+
 /// Rows per multi-row INSERT: well under both databases' bound-parameter limits (SQLite
 /// 32,766; Postgres 65,535) at 18 and 7 columns.
 const LOG_ROWS_PER_STATEMENT: usize = 500;
@@ -486,41 +515,17 @@ impl SpendStore for SqlStore {
         limit: i64,
         offset: i64,
     ) -> StoreResult<(Vec<SpendLog>, i64)> {
-        let has_tag = match self.backend {
-            Backend::Sqlite => "EXISTS (SELECT 1 FROM json_each(s.tags) WHERE value = $6)",
-            Backend::Postgres => "(s.tags::jsonb ? $6)",
-        };
-        let conditions = format!(
-            "($1 IS NULL OR s.key_id = $1) AND ($2 IS NULL OR s.team_id = $2) \
-             AND ($3 IS NULL OR s.user_id = $3) AND ($4 IS NULL OR s.organization_id = $4) \
-             AND ($5 IS NULL OR s.model_group = $5) AND ($6 IS NULL OR {has_tag}) \
-             AND ($7 IS NULL OR s.day >= $7) AND ($8 IS NULL OR s.day <= $8) AND ($9 IS NULL OR s.request_id = $9)"
-        );
-        // The filter's values, bound the same way to the count and to the page.
-        fn bind<'q>(
-            q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
-            filter: &SpendFilter,
-            request_id: Option<&str>,
-        ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-            q.bind(filter.key_id.clone())
-                .bind(filter.team_id.clone())
-                .bind(filter.user_id.clone())
-                .bind(filter.organization_id.clone())
-                .bind(filter.model_group.clone())
-                .bind(filter.tag.clone())
-                .bind(filter.start_day.clone())
-                .bind(filter.end_day.clone())
-                .bind(request_id.map(str::to_owned))
-        }
+        let conditions = format!("{} AND ($9 IS NULL OR s.request_id = $9)", filter_conditions(self.backend));
+        let bind = |q| bind_filter(q, filter).bind(request_id.map(str::to_owned));
         let count_sql = format!("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM spend_logs s WHERE {conditions}");
-        let total: i64 = bind(sqlx::query(&count_sql), filter, request_id).fetch_one(&self.pool).await?.try_get("n")?;
+        let total: i64 = bind(sqlx::query(&count_sql)).fetch_one(&self.pool).await?.try_get("n")?;
         let sql = format!(
             "SELECT s.record_id, s.request_id, s.key_id, s.team_id, s.user_id, s.organization_id, s.customer_id, \
              s.model_group, s.deployment_id, s.tags, s.prompt_tokens, s.completion_tokens, s.cost_nanos, s.status, \
              s.outcome, s.estimated, s.price_unknown, s.start_ms, s.failed_attempts FROM spend_logs s \
              WHERE {conditions} ORDER BY s.start_ms DESC, s.record_id LIMIT $10 OFFSET $11"
         );
-        let rows = bind(sqlx::query(&sql), filter, request_id).bind(limit).bind(offset).fetch_all(&self.pool).await?;
+        let rows = bind(sqlx::query(&sql)).bind(limit).bind(offset).fetch_all(&self.pool).await?;
         let logs = rows
             .iter()
             .map(|r| {
@@ -556,9 +561,9 @@ impl SpendStore for SqlStore {
 
     async fn query_spend(&self, filter: &SpendFilter, by: GroupBy) -> StoreResult<Vec<SpendRow>> {
         // The grouping expression is one of these constants; every value is bound.
-        let (tags_of, has_tag) = match self.backend {
-            Backend::Sqlite => ("json_each(s.tags) t", "EXISTS (SELECT 1 FROM json_each(s.tags) WHERE value = $6)"),
-            Backend::Postgres => ("jsonb_array_elements_text(s.tags::jsonb) AS t(value)", "(s.tags::jsonb ? $6)"),
+        let tags_of = match self.backend {
+            Backend::Sqlite => "json_each(s.tags) t",
+            Backend::Postgres => "jsonb_array_elements_text(s.tags::jsonb) AS t(value)",
         };
         let (group, from) = match by {
             GroupBy::Day => ("s.day", "spend_logs s".to_owned()),
@@ -575,23 +580,10 @@ impl SpendStore for SqlStore {
              CAST(COALESCE(SUM(s.prompt_tokens), 0) AS BIGINT) AS prompt_tokens, \
              CAST(COALESCE(SUM(s.completion_tokens), 0) AS BIGINT) AS completion_tokens, \
              CAST(COALESCE(SUM(s.cost_nanos), 0) AS BIGINT) AS cost_nanos \
-             FROM {from} WHERE ($1 IS NULL OR s.key_id = $1) AND ($2 IS NULL OR s.team_id = $2) \
-             AND ($3 IS NULL OR s.user_id = $3) AND ($4 IS NULL OR s.organization_id = $4) \
-             AND ($5 IS NULL OR s.model_group = $5) AND ($6 IS NULL OR {has_tag}) \
-             AND ($7 IS NULL OR s.day >= $7) AND ($8 IS NULL OR s.day <= $8) \
-             GROUP BY {group} ORDER BY {group}"
+             FROM {from} WHERE {conditions} GROUP BY {group} ORDER BY {group}",
+            conditions = filter_conditions(self.backend),
         );
-        let rows = sqlx::query(&sql)
-            .bind(filter.key_id.clone())
-            .bind(filter.team_id.clone())
-            .bind(filter.user_id.clone())
-            .bind(filter.organization_id.clone())
-            .bind(filter.model_group.clone())
-            .bind(filter.tag.clone())
-            .bind(filter.start_day.clone())
-            .bind(filter.end_day.clone())
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = bind_filter(sqlx::query(&sql), filter).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 Ok(SpendRow {
