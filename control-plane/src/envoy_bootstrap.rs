@@ -19,6 +19,7 @@ use std::net::IpAddr;
 
 use serde_json::{Value, json};
 use sluice_core::config::{DEFAULT_MAX_REQUEST_BODY_BYTES, GatewayConfig};
+use sluice_core::fallbacks::FAILOVER_ROUTE_HEADER;
 use sluice_core::litellm::{FailurePolicy, Standalone, Upstream};
 
 pub const CLUSTER_HEADER: &str = "x-sluice-cluster";
@@ -47,7 +48,8 @@ const UPSTREAM_CODEC: &str = "envoy.filters.http.upstream_codec";
 const UPSTREAM_CODEC_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec";
 /// Requests may stream for minutes; the route's timeout in xDS mode (standalone takes
 /// `router_settings.timeout`).
-const DEFAULT_ROUTE_TIMEOUT_SECS: u64 = 600;
+/// The xDS-mode bootstrap's route timeout (its listener is written before any config is known).
+pub const XDS_ROUTE_TIMEOUT_SECS: u64 = 600;
 /// The response code details of the 503 Envoy sends when a wasm filter's VM has failed.
 const WASM_FAIL_STREAM_DETAILS: &str = "wasm_fail_stream";
 /// The response code details of the 503 Envoy sends while the overload manager refuses requests.
@@ -163,10 +165,10 @@ fn native_attempt_filter(module_path: &str) -> Value {
     })
 }
 
-/// What the route does with a 307: the attempt filter's failover is followed inside Envoy (the
-/// request passes through the filter again, with its body), carrying the nonce header. Always
-/// on, in both modes: an xDS-mode bootstrap cannot know whether fallbacks will be configured,
-/// and without the attempt filter nothing makes such a 307 but a provider.
+/// What the failover route does with a 307: the attempt filter's failover is followed inside
+/// Envoy (the request passes through the filter again, with its body), carrying the nonce
+/// header. In both modes (an xDS-mode bootstrap cannot know whether fallbacks will be
+/// configured), on the route only a request with a plan to follow takes ([`deployment_routes`]).
 pub fn internal_redirect_policy() -> Value {
     json!({
         "redirect_response_codes": [307],
@@ -419,7 +421,7 @@ fn xds_parts(control_plane: &ControlPlaneAddress, opts: &BootstrapOptions, filte
             "type_urls": [filter_type],
         },
     });
-    let mut listener = listener(opts, filter, DEFAULT_ROUTE_TIMEOUT_SECS, DEFAULT_MAX_REQUEST_BODY_BYTES);
+    let mut listener = listener(opts, filter, XDS_ROUTE_TIMEOUT_SECS, DEFAULT_MAX_REQUEST_BODY_BYTES);
     route_management_to_control_plane(&mut listener);
     let is_ip = control_plane.host.parse::<IpAddr>().is_ok();
     let mut control_plane_cluster = json!({
@@ -606,6 +608,45 @@ fn retry_policy() -> Value {
     })
 }
 
+/// The routes to the deployments: the cluster is the filter's `x-sluice-cluster`. A request
+/// whose plan has a step after this pass (the filter marks it with [`FAILOVER_ROUTE_HEADER`])
+/// takes the first, which follows the attempt filter's 307 to the next pass; every other request
+/// the second, the same without the redirect policy, because a route that may follow a redirect
+/// makes Envoy's router keep a copy of the whole request body to send it again (measured: most
+/// of a 32 KB prompt's added cost), which a request that cannot move should not pay.
+fn deployment_routes(route_timeout_secs: u64) -> Value {
+    let route = |failover: bool| {
+        let mut action = json!({
+            "cluster_header": CLUSTER_HEADER,
+            "timeout": format!("{route_timeout_secs}s"),
+            "auto_host_rewrite": true,
+            "retry_policy": retry_policy(),
+        });
+        let mut matcher = json!({"prefix": "/"});
+        if failover {
+            action["internal_redirect_policy"] = internal_redirect_policy();
+            matcher["headers"] = json!([{"name": FAILOVER_ROUTE_HEADER, "present_match": true}]);
+        }
+        json!({
+            "match": matcher,
+            "route": action,
+            // The filter's headers (the cluster, the failover route's marker) never go upstream.
+            // (The filter also replaces the client's credential headers with the provider's.)
+            // Nor does the client's address, which Envoy would add: a provider has no need of
+            // the gateway's users' IPs.
+            "request_headers_to_remove": [
+                CLUSTER_HEADER,
+                FAILOVER_ROUTE_HEADER,
+                "accept-encoding",
+                "x-forwarded-for",
+                "x-envoy-external-address",
+                "x-envoy-expected-rq-timeout-ms",
+            ],
+        })
+    };
+    json!([route(true), route(false)])
+}
+
 fn listener(opts: &BootstrapOptions, wasm_filter: Value, route_timeout_secs: u64, max_body_bytes: u64) -> Value {
     let local_reply = json!({"mappers": local_reply_mappers()});
     let hcm = json!({
@@ -636,27 +677,7 @@ fn listener(opts: &BootstrapOptions, wasm_filter: Value, route_timeout_secs: u64
                 "domains": ["*"],
                 // `x-envoy-attempt-count` on the response: the filter reports a request's retries.
                 "include_attempt_count_in_response": true,
-                "routes": [{
-                    "match": {"prefix": "/"},
-                    "route": {
-                        "cluster_header": CLUSTER_HEADER,
-                        "timeout": format!("{route_timeout_secs}s"),
-                        "auto_host_rewrite": true,
-                        "retry_policy": retry_policy(),
-                        "internal_redirect_policy": internal_redirect_policy(),
-                    },
-                    // The filter sets the cluster header; it never goes upstream. (The filter
-                    // also replaces the client's credential headers with the provider's.) Nor
-                    // does the client's address, which Envoy would add: a provider has no need
-                    // of the gateway's users' IPs.
-                    "request_headers_to_remove": [
-                        CLUSTER_HEADER,
-                        "accept-encoding",
-                        "x-forwarded-for",
-                        "x-envoy-external-address",
-                        "x-envoy-expected-rq-timeout-ms",
-                    ],
-                }],
+                "routes": deployment_routes(route_timeout_secs),
             }],
         },
         "http_filters": [
@@ -796,7 +817,7 @@ mod tests {
         let s = from_litellm(&json!({}), &|_| None).unwrap();
         let b = standalone_bootstrap(&s, &opts()).unwrap();
         let routes = hcm(&b)["route_config"]["virtual_hosts"][0]["routes"].as_array().unwrap();
-        assert_eq!(routes.len(), 1);
+        assert_eq!(routes.len(), 2, "the failover route and the plain one");
     }
 
     #[test]
@@ -1183,10 +1204,13 @@ mod tests {
         assert_eq!(builds[0]["static_resources"]["clusters"], builds[1]["static_resources"]["clusters"]);
     }
 
-    /// The route follows the attempt filter's 307 internally and copies its nonce, in every
-    /// bootstrap, with or without fallbacks (an xDS-mode Envoy learns of them later).
+    /// A request the filter marks as having a next step takes a route that follows the attempt
+    /// filter's 307 internally and copies its nonce, in every bootstrap, with or without
+    /// fallbacks (an xDS-mode Envoy learns of them later); any other takes the same route
+    /// without the redirect policy (whose router keeps a copy of every body). Neither lets the
+    /// marker or the cluster header go upstream.
     #[test]
-    fn every_route_follows_a_failover_redirect() {
+    fn only_the_marked_route_follows_a_failover_redirect() {
         let expected = json!({
             "redirect_response_codes": [307],
             "max_internal_redirects": 16,
@@ -1197,12 +1221,19 @@ mod tests {
         let mut all = both_bootstraps(&opts()).to_vec();
         all.push(standalone_bootstrap(&with, &opts()).unwrap());
         for b in &all {
-            // The deployments' route (the management paths' go to the control plane, no failover).
+            // The deployments' routes (the management paths' go to the control plane, no failover).
             let routes = hcm(b)["route_config"]["virtual_hosts"][0]["routes"].as_array().unwrap();
             let to_deployments: Vec<&Value> =
                 routes.iter().filter(|r| r["route"]["cluster_header"] == CLUSTER_HEADER).collect();
-            assert_eq!(to_deployments.len(), 1);
-            assert_eq!(to_deployments[0]["route"]["internal_redirect_policy"], expected);
+            let [failover, plain] = to_deployments[..] else { panic!("two deployment routes: {routes:?}") };
+            assert_eq!(failover["route"]["internal_redirect_policy"], expected);
+            assert_eq!(failover["match"]["headers"], json!([{"name": FAILOVER_ROUTE_HEADER, "present_match": true}]));
+            assert_eq!(plain["route"].get("internal_redirect_policy"), None);
+            assert_eq!(plain["match"], json!({"prefix": "/"}));
+            for route in [failover, plain] {
+                let removed = route["request_headers_to_remove"].as_array().unwrap();
+                assert!(removed.contains(&json!(CLUSTER_HEADER)) && removed.contains(&json!(FAILOVER_ROUTE_HEADER)));
+            }
         }
     }
 

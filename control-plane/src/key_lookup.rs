@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_core::config::{KeyConfig, TeamConfig, rate_limited_counters};
+use sluice_core::config::{KeyConfig, OwnerPolicy, TeamConfig, rate_limited_counters};
 use sluice_core::keys::KeyHash;
 use sluice_core::time::{BudgetDuration, Timestamp, format_rfc3339_ms};
 use sluice_proto::gateway::v1::key_lookup_service_server::KeyLookupService;
@@ -152,6 +152,7 @@ pub fn key_config(hash: KeyHash, key: &KeyRecord) -> KeyConfig {
         models: key.models.clone(),
         rpm_limit: unsigned(key.limits.rpm_limit),
         tpm_limit: unsigned(key.limits.tpm_limit),
+        max_parallel_requests: unsigned(key.limits.max_parallel_requests),
         max_budget: usd(key.limits.max_budget_nanos),
         budget_duration: duration(&key.limits),
         allowed_routes: key.allowed_routes.clone(),
@@ -167,7 +168,22 @@ pub fn key_config(hash: KeyHash, key: &KeyRecord) -> KeyConfig {
         user_fleet_spend: None,
         organization_max_budget: None,
         organization_fleet_spend: None,
+        user_policy: None,
+        organization_policy: None,
     }
+}
+
+/// What a user or an organization imposes on its keys, if anything (its budget travels apart:
+/// the control plane counts it).
+fn owner_policy(models: &[String], blocked: bool, limits: &LimitsRecord) -> Option<OwnerPolicy> {
+    let policy = OwnerPolicy {
+        models: models.to_vec(),
+        blocked,
+        rpm_limit: unsigned(limits.rpm_limit),
+        tpm_limit: unsigned(limits.tpm_limit),
+        max_parallel_requests: unsigned(limits.max_parallel_requests),
+    };
+    (!policy.is_empty()).then_some(policy)
 }
 
 pub fn team_config(team: &TeamRecord) -> TeamConfig {
@@ -177,6 +193,7 @@ pub fn team_config(team: &TeamRecord) -> TeamConfig {
         models: team.models.clone(),
         rpm_limit: unsigned(team.limits.rpm_limit),
         tpm_limit: unsigned(team.limits.tpm_limit),
+        max_parallel_requests: unsigned(team.limits.max_parallel_requests),
         max_budget: usd(team.limits.max_budget_nanos),
         budget_duration: duration(&team.limits),
         blocked: team.blocked,
@@ -254,12 +271,14 @@ impl<S: Store> KeyLookupService for KeyLookupApi<S> {
         {
             (config.user_max_budget, config.user_fleet_spend) =
                 self.owner_budget(ScopeId::User(user.user_id.clone()), &user.limits).await?;
+            config.user_policy = owner_policy(&user.models, false, &user.limits);
         }
         if let Some(org_id) = &config.organization_id
             && let Some(org) = self.found(self.store.get::<OrgRecord>(org_id).await)?
         {
             (config.organization_max_budget, config.organization_fleet_spend) =
                 self.owner_budget(ScopeId::Org(org.organization_id.clone()), &org.limits).await?;
+            config.organization_policy = owner_policy(&org.models, org.blocked, &org.limits);
         }
         inc(&self.metrics.lookups_found, 1);
         let key_json = json(&config)?;

@@ -266,6 +266,9 @@ enum KeyCommand {
         rpm: Option<u64>,
         #[arg(long)]
         tpm: Option<u64>,
+        /// Requests of the key in flight at once (max_parallel_requests).
+        #[arg(long)]
+        max_parallel: Option<u64>,
         /// USD.
         #[arg(long)]
         max_budget: Option<f64>,
@@ -525,6 +528,7 @@ fn run(cli: Cli) -> Result<(), String> {
             models,
             rpm,
             tpm,
+            max_parallel,
             max_budget,
             budget_duration,
             expires,
@@ -543,6 +547,7 @@ fn run(cli: Cli) -> Result<(), String> {
             put("models", (!models.is_empty()).then(|| Value::from(models)));
             put("rpm_limit", rpm.map(Value::from));
             put("tpm_limit", tpm.map(Value::from));
+            put("max_parallel_requests", max_parallel.map(Value::from));
             if let Some(b) = max_budget
                 && (!b.is_finite() || b < 0.0)
             {

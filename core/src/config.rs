@@ -14,9 +14,10 @@ use serde::{Deserialize, Serialize};
 use crate::cooldown::CooldownPolicy;
 use crate::cost::{Pricing, usd_to_nanos};
 use crate::endpoint::{Endpoint, RouteSet};
+use crate::error::LimitScope;
 use crate::fallbacks::FallbackRule;
 use crate::keys::KeyHash;
-use crate::limits::ScopeLimits;
+use crate::limits::{ScopeLimits, parallel_lease_ms};
 use crate::retries::RetryPolicy;
 use crate::time::{BudgetDuration, Timestamp};
 use crate::usage::ApiFormat;
@@ -25,6 +26,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 10 * 1024 * 1024;
 /// How much of a non-streaming response the filter copies to find `usage`.
 pub const DEFAULT_MAX_RESPONSE_SCAN_BYTES: u64 = 16 * 1024 * 1024;
+/// The route's timeout when the config does not set one (`litellm_settings.request_timeout`).
+pub const DEFAULT_ROUTE_TIMEOUT_MS: u64 = 600_000;
 /// Output tokens reserved against budgets when neither the request nor the model says.
 pub const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 4096;
 
@@ -64,6 +67,11 @@ pub struct GatewayConfig {
     /// (`router_settings.timeout`, `litellm_settings.request_timeout`), in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// The route's timeout (the bootstrap's, from `request_timeout`): no request is in flight
+    /// longer, which bounds how long a parallel-request slot a lost worker never gave back is
+    /// held (`crate::limits`).
+    #[serde(default = "default_route_timeout")]
+    pub route_timeout_ms: u64,
     /// `allowed_fails`, `cooldown_time`, `disable_cooldowns` (router_settings): when a failing
     /// deployment leaves its group's rotation (`crate::cooldown`).
     #[serde(default)]
@@ -190,6 +198,10 @@ fn default_negative_ttl_ms() -> u64 {
 fn default_max_body() -> u64 {
     DEFAULT_MAX_REQUEST_BODY_BYTES
 }
+fn default_route_timeout() -> u64 {
+    DEFAULT_ROUTE_TIMEOUT_MS
+}
+
 fn default_max_scan() -> u64 {
     DEFAULT_MAX_RESPONSE_SCAN_BYTES
 }
@@ -460,6 +472,9 @@ pub struct KeyConfig {
     pub rpm_limit: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm_limit: Option<u64>,
+    /// Requests of this key in flight at once (LiteLLM's parallel request limiter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel_requests: Option<u64>,
     /// USD.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_budget: Option<f64>,
@@ -498,6 +513,37 @@ pub struct KeyConfig {
     pub organization_max_budget: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub organization_fleet_spend: Option<f64>,
+    /// The rules of the key's user and of its organization (xDS mode: the lookup adds them
+    /// from the stored user and organization), enforced on every key they own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_policy: Option<OwnerPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization_policy: Option<OwnerPolicy>,
+}
+
+/// What a user or an organization imposes on each of its keys: the models it may use
+/// (intersected with the key's and the team's), blocking, and RPM, TPM and parallel limits
+/// counted over all of its keys together.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerPolicy {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub blocked: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm_limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm_limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel_requests: Option<u64>,
+}
+
+impl OwnerPolicy {
+    /// Whether it imposes anything at all (an owner with none is not sent).
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -512,6 +558,9 @@ pub struct TeamConfig {
     pub rpm_limit: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm_limit: Option<u64>,
+    /// Requests of the team's keys in flight at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel_requests: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_budget: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -592,6 +641,20 @@ pub struct CompiledKey {
     /// keeps no counters of its own for these.
     pub user_budget: FleetBudget,
     pub org_budget: FleetBudget,
+    /// The user's and the organization's rules ([`OwnerPolicy`]), those that impose any.
+    pub owners: Vec<CompiledOwner>,
+}
+
+/// A key's user or organization, as the filter enforces it.
+#[derive(Debug, Clone)]
+pub struct CompiledOwner {
+    /// `User` or `Organization`.
+    pub scope: LimitScope,
+    pub models: ModelAccess,
+    pub blocked: bool,
+    pub limits: ScopeLimits,
+    /// Shared-data name of the owner's counters (one per owner, whichever key counts).
+    pub counter_name: String,
 }
 
 /// A budget only the control plane counts (a user's, an organization's): its max and what the
@@ -698,6 +761,23 @@ pub fn team_counter_name(team_id: &str) -> String {
     format!("sluice:t:{team_id}")
 }
 
+pub fn user_counter_name(user_id: &str) -> String {
+    format!("sluice:u:{user_id}")
+}
+
+pub fn organization_counter_name(organization_id: &str) -> String {
+    format!("sluice:o:{organization_id}")
+}
+
+/// A key's owners that have a policy: (scope, id, policy, counter name).
+fn owner_policies(key: &KeyConfig) -> impl Iterator<Item = (LimitScope, &str, &OwnerPolicy, String)> {
+    let user = key.user_id.as_deref().zip(key.user_policy.as_ref());
+    let org = key.organization_id.as_deref().zip(key.organization_policy.as_ref());
+    user.map(|(id, p)| (LimitScope::User, id, p, user_counter_name(id)))
+        .into_iter()
+        .chain(org.map(|(id, p)| (LimitScope::Organization, id, p, organization_counter_name(id))))
+}
+
 /// A deployment's counter under `usage-based-routing-v2` (its `rpm`/`tpm` and its use).
 pub fn deployment_counter_name(deployment_id: &str) -> String {
     format!("sluice:d:{deployment_id}")
@@ -725,6 +805,11 @@ pub fn rate_limited_counters(key: &KeyConfig, team: Option<&TeamConfig>) -> Vec<
     if let Some(team) = team.filter(|t| t.rpm_limit.is_some() || t.tpm_limit.is_some()) {
         names.push(team_counter_name(&team.team_id));
     }
+    for (_, _, policy, counter) in owner_policies(key) {
+        if policy.rpm_limit.is_some() || policy.tpm_limit.is_some() {
+            names.push(counter);
+        }
+    }
     let mut groups: Vec<&String> = key.model_rpm_limit.keys().chain(key.model_tpm_limit.keys()).collect();
     groups.sort_unstable();
     groups.dedup();
@@ -747,7 +832,7 @@ fn check_budget(what: &str, budget: Option<f64>, errors: &mut Vec<ConfigError>) 
     }
 }
 
-fn compile_team(t: &TeamConfig, errors: &mut Vec<ConfigError>) -> CompiledTeam {
+fn compile_team(t: &TeamConfig, lease_ms: u64, errors: &mut Vec<ConfigError>) -> CompiledTeam {
     let what = format!("team {:?}", t.team_id);
     if !is_safe_name(&t.team_id) {
         errors.push(ConfigError(format!("{what}: team_id must be 1-200 characters of [A-Za-z0-9-_.:/]")));
@@ -757,7 +842,8 @@ fn compile_team(t: &TeamConfig, errors: &mut Vec<ConfigError>) -> CompiledTeam {
         team_id: t.team_id.clone(),
         models: ModelAccess::compile(&t.models),
         blocked: t.blocked,
-        limits: ScopeLimits::new(t.rpm_limit, t.tpm_limit, t.max_budget.map(usd_to_nanos), t.budget_duration),
+        limits: ScopeLimits::new(t.rpm_limit, t.tpm_limit, t.max_budget.map(usd_to_nanos), t.budget_duration)
+            .with_parallel(t.max_parallel_requests, lease_ms),
         counter_name: team_counter_name(&t.team_id),
         fleet_spend_nanos: t.fleet_spend.map(usd_to_nanos),
     }
@@ -768,6 +854,7 @@ fn compile_team(t: &TeamConfig, errors: &mut Vec<ConfigError>) -> CompiledTeam {
 fn compile_key(
     k: &KeyConfig,
     what: &str,
+    lease_ms: u64,
     team: Option<usize>,
     known_group: impl Fn(&str) -> bool,
     errors: &mut Vec<ConfigError>,
@@ -810,6 +897,21 @@ fn compile_key(
             counter_name: key_model_counter_name(&key_id, group),
         });
     }
+    let mut owners = Vec::new();
+    for (scope, id, policy, counter_name) in owner_policies(k) {
+        if !is_safe_name(id) {
+            errors.push(ConfigError(format!("{what}: owner id {id:?} must be 1-200 characters of [A-Za-z0-9-_.:/]")));
+            continue;
+        }
+        owners.push(CompiledOwner {
+            scope,
+            models: ModelAccess::compile(&policy.models),
+            blocked: policy.blocked,
+            limits: ScopeLimits::new(policy.rpm_limit, policy.tpm_limit, None, None)
+                .with_parallel(policy.max_parallel_requests, lease_ms),
+            counter_name,
+        });
+    }
     Some(CompiledKey {
         hash,
         master: k.master,
@@ -823,12 +925,14 @@ fn compile_key(
         routes,
         blocked: k.blocked,
         expires_unix_secs: k.expires.as_ref().map(|t| t.unix_secs),
-        limits: ScopeLimits::new(k.rpm_limit, k.tpm_limit, k.max_budget.map(usd_to_nanos), k.budget_duration),
+        limits: ScopeLimits::new(k.rpm_limit, k.tpm_limit, k.max_budget.map(usd_to_nanos), k.budget_duration)
+            .with_parallel(k.max_parallel_requests, lease_ms),
         model_limits,
         fleet_spend_nanos: k.fleet_spend.map(usd_to_nanos),
         organization_id: k.organization_id.clone(),
         user_budget: FleetBudget::of(k.user_max_budget, k.user_fleet_spend),
         org_budget: FleetBudget::of(k.organization_max_budget, k.organization_fleet_spend),
+        owners,
     })
 }
 
@@ -844,6 +948,9 @@ impl CompiledConfig {
         }
         if config.max_request_body_bytes == 0 {
             errors.push(ConfigError("max_request_body_bytes must be positive".into()));
+        }
+        if config.route_timeout_ms == 0 {
+            errors.push(ConfigError("route_timeout_ms must be positive".into()));
         }
         if let Some(lookup) = &config.key_lookup {
             lookup.rate.check(&mut errors);
@@ -996,7 +1103,7 @@ impl CompiledConfig {
             if team_index.insert(t.team_id.as_str(), teams.len()).is_some() {
                 errors.push(ConfigError(format!("{what}: duplicate team_id")));
             }
-            teams.push(compile_team(t, &mut errors));
+            teams.push(compile_team(t, parallel_lease_ms(config.route_timeout_ms), &mut errors));
         }
 
         let mut keys = Vec::new();
@@ -1015,7 +1122,14 @@ impl CompiledConfig {
                 },
                 None => None,
             };
-            let Some(key) = compile_key(k, &what, team, |g| group_index.contains_key(g), &mut errors) else {
+            let Some(key) = compile_key(
+                k,
+                &what,
+                parallel_lease_ms(config.route_timeout_ms),
+                team,
+                |g| group_index.contains_key(g),
+                &mut errors,
+            ) else {
                 continue;
             };
             if key_index.insert(key.hash, keys.len()).is_some() {
@@ -1074,6 +1188,18 @@ impl CompiledConfig {
         self.config.deployments.get(idx)
     }
 
+    /// The named records of the configured keys' and teams' counters (key, key × model, the
+    /// key's owners, team): made when the config loads, before traffic, because two workers
+    /// creating the same record at once could lose an update.
+    pub fn named_counters(&self) -> impl Iterator<Item = &str> {
+        let keys = self.keys.iter().flat_map(|k| {
+            std::iter::once(k.counter_name.as_str())
+                .chain(k.model_limits.values().map(|m| m.counter_name.as_str()))
+                .chain(k.owners.iter().map(|o| o.counter_name.as_str()))
+        });
+        keys.chain(self.teams.iter().map(|t| t.counter_name.as_str()))
+    }
+
     /// A key (and its team) the control plane answered a lookup with, validated and compiled
     /// like a configured one, with the same counter names. Per-model limits for model groups
     /// this gateway does not serve are left out (they cannot apply here).
@@ -1087,8 +1213,9 @@ impl CompiledConfig {
         if key.team_id.as_deref() != team.map(|t| t.team_id.as_str()) {
             errors.push(ConfigError(format!("{what}: its team does not match the team sent with it")));
         }
-        let compiled_team = team.map(|t| compile_team(t, &mut errors));
-        let compiled = compile_key(key, what, None, |_| true, &mut errors);
+        let lease_ms = parallel_lease_ms(self.config.route_timeout_ms);
+        let compiled_team = team.map(|t| compile_team(t, lease_ms, &mut errors));
+        let compiled = compile_key(key, what, lease_ms, None, |_| true, &mut errors);
         match compiled {
             Some(mut k) if errors.is_empty() => {
                 k.model_limits.retain(|group, _| self.group_index.contains_key(group));
@@ -1157,6 +1284,7 @@ pub(crate) mod tests {
             model_group_aliases: Vec::new(),
             retries: RetryPolicy::default(),
             timeout_ms: None,
+            route_timeout_ms: DEFAULT_ROUTE_TIMEOUT_MS,
             cooldown: CooldownPolicy::default(),
             health_check_interval_ms: None,
             fallbacks: Vec::new(),

@@ -94,6 +94,15 @@ pub enum GatewayError {
         limit: u64,
         retry_after_secs: u64,
     },
+    /// The key's user or organization is blocked.
+    OwnerBlocked {
+        scope: LimitScope,
+    },
+    /// LiteLLM's parallel request limiter: the scope has `limit` requests in flight already.
+    ParallelLimitReached {
+        scope: LimitScope,
+        limit: u64,
+    },
     BudgetExceeded {
         scope: LimitScope,
         spend_usd: f64,
@@ -151,6 +160,18 @@ fn echo(s: &str) -> &str {
     }
 }
 
+/// Whose limit a scope is, as an error message names it.
+fn whose(scope: LimitScope) -> &'static str {
+    match scope {
+        LimitScope::Key => "this API key",
+        LimitScope::Team => "the team of this API key",
+        LimitScope::KeyModel => "this API key and model",
+        LimitScope::User => "the user of this API key",
+        LimitScope::Organization => "the organization of this API key",
+        LimitScope::Deployment => "the model's deployment",
+    }
+}
+
 impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
@@ -159,12 +180,16 @@ impl GatewayError {
             | Self::InvalidKey
             | Self::KeyBlocked
             | Self::KeyExpired
-            | Self::TeamBlocked => 401,
+            | Self::TeamBlocked
+            | Self::OwnerBlocked { .. } => 401,
             Self::RouteNotAllowed { .. } | Self::ModelNotAllowed { .. } => 403,
             Self::UnknownRoute | Self::ManagementUnavailable => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::BodyTooLarge { .. } => 413,
-            Self::RateLimited { .. } | Self::KeyLookupRateLimited { .. } | Self::GroupAtCapacity { .. } => 429,
+            Self::RateLimited { .. }
+            | Self::ParallelLimitReached { .. }
+            | Self::KeyLookupRateLimited { .. }
+            | Self::GroupAtCapacity { .. } => 429,
             Self::Internal { .. } => 500,
             Self::KeyServiceUnavailable | Self::NoHealthyDeployment { .. } => 503,
             Self::UnknownModel { .. }
@@ -188,6 +213,8 @@ impl GatewayError {
             Self::KeyBlocked => "key_blocked",
             Self::KeyExpired => "key_expired",
             Self::TeamBlocked => "team_blocked",
+            Self::OwnerBlocked { scope: LimitScope::Organization } => "organization_blocked",
+            Self::OwnerBlocked { .. } => "user_blocked",
             Self::RouteNotAllowed { .. } => "route_not_allowed",
             Self::UnknownRoute => "unknown_url",
             Self::ManagementUnavailable => "management_api_unavailable",
@@ -202,6 +229,7 @@ impl GatewayError {
             Self::BodyTooLarge { .. } => "request_too_large",
             Self::RateLimited { kind: LimitKind::Requests, .. } => "rate_limit_exceeded",
             Self::RateLimited { kind: LimitKind::Tokens, .. } => "token_rate_limit_exceeded",
+            Self::ParallelLimitReached { .. } => "parallel_request_limit_reached",
             Self::BudgetExceeded { .. } | Self::OwnerBudgetExceeded { .. } => "budget_exceeded",
             Self::KeyServiceUnavailable => "key_service_unavailable",
             Self::KeyLookupRateLimited { .. } => "key_lookup_rate_limited",
@@ -220,6 +248,8 @@ impl GatewayError {
         "key_blocked",
         "key_expired",
         "team_blocked",
+        "user_blocked",
+        "organization_blocked",
         "route_not_allowed",
         "unknown_url",
         "management_api_unavailable",
@@ -234,6 +264,7 @@ impl GatewayError {
         "request_too_large",
         "rate_limit_exceeded",
         "token_rate_limit_exceeded",
+        "parallel_request_limit_reached",
         "budget_exceeded",
         "key_service_unavailable",
         "key_lookup_rate_limited",
@@ -277,6 +308,8 @@ impl GatewayError {
             Self::KeyBlocked => "This API key is blocked.".into(),
             Self::KeyExpired => "This API key has expired.".into(),
             Self::TeamBlocked => "The team of this API key is blocked.".into(),
+            Self::OwnerBlocked { scope: LimitScope::Organization } => "The organization of this API key is blocked.".into(),
+            Self::OwnerBlocked { .. } => "The user of this API key is blocked.".into(),
             Self::RouteNotAllowed { route } => format!("This API key is not allowed to call {route}."),
             Self::ManagementUnavailable => "LiteLLM's management API (/key/...) is served by the control plane (`sluice serve`), through its Envoys or on its admin port; this gateway runs standalone, with the keys of its config.yaml.".into(),
             Self::UnknownRoute => "Unknown URL. Sluice serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models and /v1/messages.".into(),
@@ -299,16 +332,13 @@ impl GatewayError {
                     LimitKind::Requests => "requests per minute",
                     LimitKind::Tokens => "tokens per minute",
                 };
-                let whose = match scope {
-                    LimitScope::Key => "this API key",
-                    LimitScope::Team => "the team of this API key",
-                    LimitScope::KeyModel => "this API key and model",
-                    LimitScope::User => "the user of this API key",
-                    LimitScope::Organization => "the organization of this API key",
-                    LimitScope::Deployment => "the model's deployment",
-                };
-                format!("Rate limit reached for {whose}: {limit} {what}. Retry after {retry_after_secs} s.")
+                format!("Rate limit reached for {}: {limit} {what}. Retry after {retry_after_secs} s.", whose(*scope))
             }
+            // LiteLLM's words first: its clients (and LiteLLM's own retry) look for them.
+            Self::ParallelLimitReached { scope, limit } => format!(
+                "Max parallel request limit reached. Hit limit for {}: {limit} requests in flight at once.",
+                whose(*scope)
+            ),
             Self::BudgetExceeded { scope, spend_usd, max_budget_usd } => {
                 let whose = match scope {
                     LimitScope::Team => "Team budget",
@@ -476,6 +506,9 @@ mod tests {
             GatewayError::UnsupportedParams { provider: "anthropic", params: vec!["seed".into()] },
             limited(LimitKind::Requests),
             limited(LimitKind::Tokens),
+            GatewayError::ParallelLimitReached { scope: LimitScope::Key, limit: 1 },
+            GatewayError::OwnerBlocked { scope: LimitScope::User },
+            GatewayError::OwnerBlocked { scope: LimitScope::Organization },
             GatewayError::BudgetExceeded { scope: LimitScope::Key, spend_usd: 1.0, max_budget_usd: 1.0 },
             GatewayError::OwnerBudgetExceeded {
                 scope: LimitScope::User,
@@ -513,6 +546,8 @@ mod tests {
                 | GatewayError::Untranslatable { .. }
                 | GatewayError::UnsupportedParams { .. }
                 | GatewayError::RateLimited { .. }
+                | GatewayError::ParallelLimitReached { .. }
+                | GatewayError::OwnerBlocked { .. }
                 | GatewayError::BudgetExceeded { .. }
                 | GatewayError::OwnerBudgetExceeded { .. }
                 | GatewayError::ManagementUnavailable

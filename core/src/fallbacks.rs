@@ -20,6 +20,12 @@ pub const ATTEMPT_FILTER_NAME: &str = "sluice_attempt";
 /// The plan's nonce, on the attempt filter's 307 and, copied by the route's redirect policy, on
 /// the next pass's request.
 pub const FAILOVER_HEADER: &str = "x-sluice-failover";
+/// Set by the filter on a request whose plan has a step after this pass: only then does the
+/// request take the route that follows the attempt filter's 307. Following redirects makes
+/// Envoy's router keep a copy of every request body (to send it again), a cost a request that
+/// cannot move should not pay; the route removes the header upstream, and the filter removes a
+/// client's own.
+pub const FAILOVER_ROUTE_HEADER: &str = "x-sluice-failover-route";
 /// The path a failover pass arrives on (the route matches every path; the filter knows this one).
 pub const FAILOVER_PATH: &str = "/__sluice/failover";
 

@@ -1,9 +1,16 @@
 //! Rate-limit windows and budget counters of one scope (a key, a team, a key × model).
 //!
-//! A scope's whole state is one small record ([`ScopeState`], 48 bytes) so the filter can keep it
+//! A scope's whole state is one small record ([`ScopeState`], 96 bytes) so the filter can keep it
 //! in one shared-data entry and update it with one compare-and-swap: requests and tokens in the
-//! current minute, spend and in-flight reservations in the current budget window. The functions
-//! here are the pure transitions; the filter supplies the CAS loop.
+//! current minute, spend and in-flight reservations in the current budget window, and requests
+//! in flight now (LiteLLM's `max_parallel_requests`). The functions here are the pure
+//! transitions; the filter supplies the CAS loop.
+//!
+//! Requests in flight are counted by the lease epoch they started in (an epoch is as long as
+//! the longest a request can take: the route's timeout, plus a margin), the current epoch's and
+//! the previous one's: a request ends within its lease, so a count two epochs old is of
+//! requests that have all ended. A slot a worker never gave back (a wasm VM that died with
+//! requests under way) is therefore forgotten within two leases, never held for ever.
 //!
 //! RPM/TPM use fixed one-minute windows aligned to the epoch (LiteLLM's semantics); exact across
 //! Envoy workers because every update is a CAS on the shared record.
@@ -18,27 +25,59 @@ use crate::time::BudgetDuration;
 
 pub const WINDOW_MS: u64 = 60_000;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScopeLimits {
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
     pub max_budget_nanos: Option<u64>,
     pub budget_duration: Option<BudgetDuration>,
+    /// LiteLLM's `max_parallel_requests`: the scope's requests in flight at once.
+    pub max_parallel: Option<u64>,
+    /// The lease epoch of requests in flight ([`parallel_lease_ms`]).
+    pub parallel_lease_ms: u64,
+}
+
+/// Added to the route's timeout for a request's lease: the time a request spends in the filter
+/// before the router's timer starts (a key lookup, the body arriving).
+const PARALLEL_LEASE_MARGIN_MS: u64 = 60_000;
+
+/// The lease of a request in flight, from the route's timeout (which bounds how long the
+/// router waits for a whole answer, streams included).
+pub const fn parallel_lease_ms(route_timeout_ms: u64) -> u64 {
+    route_timeout_ms.saturating_add(PARALLEL_LEASE_MARGIN_MS)
+}
+
+impl Default for ScopeLimits {
+    fn default() -> Self {
+        Self::new(None, None, None, None)
+    }
 }
 
 impl ScopeLimits {
-    pub fn new(
+    pub const fn new(
         rpm: Option<u64>,
         tpm: Option<u64>,
         max_budget_nanos: Option<u64>,
         budget_duration: Option<BudgetDuration>,
     ) -> Self {
-        Self { rpm, tpm, max_budget_nanos, budget_duration }
+        Self {
+            rpm,
+            tpm,
+            max_budget_nanos,
+            budget_duration,
+            max_parallel: None,
+            parallel_lease_ms: parallel_lease_ms(crate::config::DEFAULT_ROUTE_TIMEOUT_MS),
+        }
+    }
+
+    /// The same limits with a parallel-request limit, leased for `lease_ms`.
+    pub fn with_parallel(self, max_parallel: Option<u64>, lease_ms: u64) -> Self {
+        Self { max_parallel, parallel_lease_ms: lease_ms, ..self }
     }
 
     /// A scope with no limit needs no counter at all (and costs no host call).
     pub fn is_unlimited(&self) -> bool {
-        self.rpm.is_none() && self.tpm.is_none() && self.max_budget_nanos.is_none()
+        self.rpm.is_none() && self.tpm.is_none() && self.max_budget_nanos.is_none() && self.max_parallel.is_none()
     }
 
     fn budget_period(&self, now_ms: u64) -> u64 {
@@ -63,9 +102,14 @@ pub struct ScopeState {
     /// Requests and tokens the other Envoys of the fleet counted in `remote_window`.
     pub remote_requests: u64,
     pub remote_tokens: u64,
+    /// The lease epoch (`now_ms / parallel_lease_ms`) `parallel_current` counts in.
+    pub parallel_epoch: u64,
+    /// Requests in flight that started in `parallel_epoch`, and in the epoch before it.
+    pub parallel_current: u64,
+    pub parallel_previous: u64,
 }
 
-pub const STATE_LEN: usize = 72;
+pub const STATE_LEN: usize = 96;
 
 impl ScopeState {
     pub fn encode(&self) -> [u8; STATE_LEN] {
@@ -80,6 +124,9 @@ impl ScopeState {
             self.remote_window,
             self.remote_requests,
             self.remote_tokens,
+            self.parallel_epoch,
+            self.parallel_current,
+            self.parallel_previous,
         ];
         for (chunk, v) in out.chunks_exact_mut(8).zip(fields) {
             chunk.copy_from_slice(&v.to_le_bytes());
@@ -104,6 +151,37 @@ impl ScopeState {
             remote_window: next(),
             remote_requests: next(),
             remote_tokens: next(),
+            parallel_epoch: next(),
+            parallel_current: next(),
+            parallel_previous: next(),
+        }
+    }
+
+    /// Requests of this scope in flight, as last counted (leases not renewed: what an
+    /// eviction of the record must not lose).
+    pub fn in_flight(&self) -> u64 {
+        self.parallel_current.saturating_add(self.parallel_previous)
+    }
+
+    /// Moves the in-flight counts to the lease epoch of `now_ms`: the current epoch's become
+    /// the previous one's, and counts of older epochs are dropped (their requests have ended).
+    fn roll_parallel(&mut self, lease_ms: u64, now_ms: u64) {
+        let epoch = now_ms / lease_ms.max(1);
+        if epoch <= self.parallel_epoch {
+            return;
+        }
+        self.parallel_previous = if epoch == self.parallel_epoch.saturating_add(1) { self.parallel_current } else { 0 };
+        self.parallel_current = 0;
+        self.parallel_epoch = epoch;
+    }
+
+    /// A request that started in lease epoch `started` is no longer in flight.
+    fn end_parallel(&mut self, lease_ms: u64, now_ms: u64, started: u64) {
+        self.roll_parallel(lease_ms, now_ms);
+        if started == self.parallel_epoch {
+            self.parallel_current = self.parallel_current.saturating_sub(1);
+        } else if started.saturating_add(1) == self.parallel_epoch {
+            self.parallel_previous = self.parallel_previous.saturating_sub(1);
         }
     }
 
@@ -179,6 +257,18 @@ pub struct Reservation {
     pub window: u64,
     pub tokens: u64,
     pub cost_nanos: u64,
+    /// The lease epoch of the parallel-request slot the request holds, if it holds one.
+    pub parallel_epoch: Option<u64>,
+}
+
+/// How a request is admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// A request arriving.
+    New,
+    /// The next pass of a request already admitted (a failover): it takes a parallel slot (it
+    /// is in flight) but is not refused for one, as the request was admitted with its first.
+    Continuing,
 }
 
 /// Remaining allowance after an admission, for the `x-ratelimit-*` headers.
@@ -199,6 +289,8 @@ fn retry_after_secs(now_ms: u64) -> u64 {
 /// must fit (`tokens + estimate <= tpm`), then corrected to the real count at settlement.
 /// Budget: admitted while `spend + reserved < max_budget`, and the request's maximum cost is
 /// reserved, so concurrent requests overspend by at most one request's maximum cost.
+/// Parallel: admitted while fewer than `max_parallel` requests are in flight; the slot is held
+/// until the request is settled or released.
 pub fn admit(
     state: &mut ScopeState,
     limits: &ScopeLimits,
@@ -206,6 +298,19 @@ pub fn admit(
     now_ms: u64,
     est_tokens: u64,
     max_cost_nanos: u64,
+) -> Result<(Reservation, Remaining), GatewayError> {
+    admit_as(state, limits, scope, now_ms, est_tokens, max_cost_nanos, Admission::New)
+}
+
+/// [`admit`], for a request arriving or continuing ([`Admission`]).
+pub fn admit_as(
+    state: &mut ScopeState,
+    limits: &ScopeLimits,
+    scope: LimitScope,
+    now_ms: u64,
+    est_tokens: u64,
+    max_cost_nanos: u64,
+    admission: Admission,
 ) -> Result<(Reservation, Remaining), GatewayError> {
     state.roll(limits, now_ms);
     let (other_requests, other_tokens) = state.others();
@@ -239,7 +344,17 @@ pub fn admit(
             });
         }
     }
+    if let Some(max) = limits.max_parallel {
+        state.roll_parallel(limits.parallel_lease_ms, now_ms);
+        if admission == Admission::New && state.in_flight() >= max {
+            return Err(GatewayError::ParallelLimitReached { scope, limit: max });
+        }
+    }
     state.requests = state.requests.saturating_add(1);
+    let parallel_epoch = limits.max_parallel.map(|_| {
+        state.parallel_current = state.parallel_current.saturating_add(1);
+        state.parallel_epoch
+    });
     let tokens = if limits.tpm.is_some() { est_tokens } else { 0 };
     state.tokens = state.tokens.saturating_add(tokens);
     let cost_nanos = if limits.max_budget_nanos.is_some() { max_cost_nanos } else { 0 };
@@ -248,7 +363,7 @@ pub fn admit(
         requests: limits.rpm.map(|l| (l, l.saturating_sub(state.requests.saturating_add(other_requests)))),
         tokens: limits.tpm.map(|l| (l, l.saturating_sub(state.tokens.saturating_add(other_tokens)))),
     };
-    Ok((Reservation { window: state.window, tokens, cost_nanos }, remaining))
+    Ok((Reservation { window: state.window, tokens, cost_nanos, parallel_epoch }, remaining))
 }
 
 /// The tokens a scope counted this minute (this Envoy's and the fleet's), if one more request
@@ -290,6 +405,9 @@ pub fn settle(
     if limits.max_budget_nanos.is_some() {
         state.spend_nanos = state.spend_nanos.saturating_add(cost_nanos);
     }
+    if let Some(started) = reservation.parallel_epoch {
+        state.end_parallel(limits.parallel_lease_ms, now_ms, started);
+    }
 }
 
 /// Undoes an admission that did not go ahead (another scope refused the request).
@@ -300,6 +418,9 @@ pub fn release(state: &mut ScopeState, limits: &ScopeLimits, now_ms: u64, reserv
         state.tokens = state.tokens.saturating_sub(reservation.tokens);
     }
     state.reserved_nanos = state.reserved_nanos.saturating_sub(reservation.cost_nanos);
+    if let Some(started) = reservation.parallel_epoch {
+        state.end_parallel(limits.parallel_lease_ms, now_ms, started);
+    }
 }
 
 #[cfg(test)]
@@ -339,6 +460,9 @@ mod tests {
             remote_window: 7,
             remote_requests: 8,
             remote_tokens: 9,
+            parallel_epoch: 10,
+            parallel_current: 11,
+            parallel_previous: 12,
         };
         assert_eq!(ScopeState::decode(&s.encode()), s);
         assert_eq!(ScopeState::decode(b"short"), ScopeState::default());
@@ -421,6 +545,56 @@ mod tests {
         assert_eq!(s.reserved_nanos, 20); // r2 still in flight + the new one
         settle(&mut s, &limits, next_day, &r2, 0, 5);
         assert_eq!(s.spend_nanos, 5);
+    }
+
+    #[test]
+    fn parallel_requests_are_admitted_up_to_the_limit_and_each_end_frees_a_slot() {
+        let limits = ScopeLimits::default().with_parallel(Some(2), 600_000);
+        let mut s = ScopeState::default();
+        let (a, _) = admit(&mut s, &limits, LimitScope::Key, T0, 0, 0).unwrap();
+        let (b, _) = admit(&mut s, &limits, LimitScope::Key, T0, 0, 0).unwrap();
+        let refused = admit(&mut s, &limits, LimitScope::Key, T0 + 1, 0, 0).unwrap_err();
+        assert_eq!(refused, GatewayError::ParallelLimitReached { scope: LimitScope::Key, limit: 2 });
+        assert_eq!(refused.status(), 429);
+        assert!(refused.message().starts_with("Max parallel request limit reached"), "LiteLLM's words");
+        // However a request ends (answered, or released unanswered), its slot is free again.
+        settle(&mut s, &limits, T0 + 2, &a, 10, 10);
+        let (c, _) = admit(&mut s, &limits, LimitScope::Key, T0 + 3, 0, 0).unwrap();
+        release(&mut s, &limits, T0 + 4, &b);
+        admit(&mut s, &limits, LimitScope::Key, T0 + 5, 0, 0).unwrap();
+        assert!(admit(&mut s, &limits, LimitScope::Key, T0 + 6, 0, 0).is_err());
+        // A failover's next pass is never refused: its request was admitted; it holds a slot.
+        let (d, _) = admit_as(&mut s, &limits, LimitScope::Key, T0 + 7, 0, 0, Admission::Continuing).unwrap();
+        assert_eq!(s.in_flight(), 3);
+        release(&mut s, &limits, T0 + 8, &c);
+        release(&mut s, &limits, T0 + 9, &d);
+        assert_eq!(s.in_flight(), 1);
+    }
+
+    /// A slot never given back (its worker died) is forgotten within two leases; a request
+    /// that ends in the lease after its own still frees its slot, and one ending later than
+    /// that frees nothing twice.
+    #[test]
+    fn a_lost_parallel_slot_is_forgotten_within_two_leases() {
+        let lease = 600_000;
+        let limits = ScopeLimits::default().with_parallel(Some(1), lease);
+        let start = T0 - T0 % lease;
+        let mut s = ScopeState::default();
+        let (_lost, _) = admit(&mut s, &limits, LimitScope::Key, start + lease - 1, 0, 0).unwrap();
+        assert!(admit(&mut s, &limits, LimitScope::Key, start + lease, 0, 0).is_err(), "still leased");
+        assert!(admit(&mut s, &limits, LimitScope::Key, start + 2 * lease - 1, 0, 0).is_err(), "still leased");
+        let (late, _) = admit(&mut s, &limits, LimitScope::Key, start + 2 * lease, 0, 0).unwrap();
+        // Ended in the next lease: counted off the previous epoch.
+        settle(&mut s, &limits, start + 3 * lease - 1, &late, 0, 0);
+        assert_eq!(s.in_flight(), 0);
+        let (very_late, _) = admit(&mut s, &limits, LimitScope::Key, start + 3 * lease, 0, 0).unwrap();
+        let (other, _) =
+            admit_as(&mut s, &limits, LimitScope::Key, start + 4 * lease, 0, 0, Admission::Continuing).unwrap();
+        // Two leases on: the first's count is gone already; its end takes nothing from the other.
+        release(&mut s, &limits, start + 5 * lease, &very_late);
+        assert_eq!(s.in_flight(), 1);
+        release(&mut s, &limits, start + 5 * lease, &other);
+        assert_eq!(s.in_flight(), 0);
     }
 
     #[test]

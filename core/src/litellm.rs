@@ -384,6 +384,7 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
         model_group_aliases: aliases,
         retries,
         timeout_ms,
+        route_timeout_ms: request_timeout_secs.saturating_mul(1000),
         cooldown,
         health_check_interval_ms,
         fallbacks: fallbacks.fallbacks,

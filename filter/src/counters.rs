@@ -11,7 +11,7 @@
 //! fleet's counts and spend are the control plane's.
 
 use sluice_core::error::{GatewayError, LimitScope};
-use sluice_core::limits::{self, Remaining, Reservation, STATE_LEN, ScopeLimits, ScopeState, WINDOW_MS};
+use sluice_core::limits::{self, Admission, Remaining, Reservation, STATE_LEN, ScopeLimits, ScopeState, WINDOW_MS};
 
 use crate::host::{CasResult, Host};
 
@@ -127,7 +127,7 @@ fn claim<H: Host>(host: &H, name: &str, now_window: u64) -> (String, ScopeState,
         if owner == name.as_bytes() {
             return (slot, state, cas);
         }
-        let idle = state.window.saturating_add(1) < now_window && state.reserved_nanos == 0;
+        let idle = state.window.saturating_add(1) < now_window && state.reserved_nanos == 0 && state.in_flight() == 0;
         // Idle before busy, then the older minute.
         let rank = (!idle, state.window);
         if victim.as_ref().is_none_or(|v| rank < (!v.2, v.3)) {
@@ -168,13 +168,15 @@ pub fn admit_all<H: Host>(
     now_ms: u64,
     est_tokens: u64,
     max_cost_nanos: u64,
+    admission: Admission,
 ) -> Result<(Vec<Ticket>, Remaining), GatewayError> {
     let mut tickets: Vec<Ticket> = Vec::with_capacity(scopes.len());
     let mut remaining = Remaining::default();
     for scope in scopes {
         let outcome = update(host, scope.name, scope.placement, now_ms / WINDOW_MS, |state| {
             let before = (state.requests, state.tokens);
-            let admitted = limits::admit(state, &scope.limits, scope.kind, now_ms, est_tokens, max_cost_nanos);
+            let admitted =
+                limits::admit_as(state, &scope.limits, scope.kind, now_ms, est_tokens, max_cost_nanos, admission);
             let checkpoint = limits::crosses_tenth(scope.limits.rpm, before.0, state.requests)
                 || limits::crosses_tenth(scope.limits.tpm, before.1, state.tokens);
             admitted.map(|(reservation, rem)| (reservation, rem, checkpoint))
@@ -259,13 +261,12 @@ mod tests {
     use crate::mock_host::{MockEnvoy, MockHost};
 
     const MINUTE: u64 = WINDOW_MS;
-    const LIMITS: ScopeLimits =
-        ScopeLimits { rpm: Some(100), tpm: None, max_budget_nanos: None, budget_duration: None };
+    const LIMITS: ScopeLimits = ScopeLimits::new(Some(100), None, None, None);
 
     /// One request admitted and settled on a looked-up scope at `now_ms`.
     fn count(host: &MockHost, name: &str, now_ms: u64) {
         let scope = Scope { name, limits: LIMITS, kind: LimitScope::Key, placement: Placement::Slotted };
-        let (tickets, _) = admit_all(host, &[scope], now_ms, 10, 0).unwrap();
+        let (tickets, _) = admit_all(host, &[scope], now_ms, 10, 0, Admission::New).unwrap();
         assert!(settle_all(host, &tickets, now_ms, 10, 0));
     }
 
@@ -355,7 +356,7 @@ mod tests {
         ensure_exists(&host, "sluice:k:configured");
         let scope =
             Scope { name: "sluice:k:configured", limits: LIMITS, kind: LimitScope::Key, placement: Placement::Named };
-        let (tickets, _) = admit_all(&host, &[scope], 0, 10, 0).unwrap();
+        let (tickets, _) = admit_all(&host, &[scope], 0, 10, 0, Admission::New).unwrap();
         assert!(settle_all(&host, &tickets, 0, 10, 0));
         for i in 0..SLOTS * 2 {
             count(&host, &format!("sluice:k:key{i}"), 5 * MINUTE);

@@ -6,8 +6,8 @@
 //! free). When a deployment fails such a request, Sluice's module in the deployment cluster's
 //! upstream chain (the "attempt" filter) turns the failed answer into a 307 to
 //! [`FAILOVER_PATH`] carrying the plan's one-time nonce in [`FAILOVER_HEADER`]; Envoy's router
-//! follows it internally (the route's `internal_redirect_policy` copies that header into the
-//! redirected request), and the request passes through the filter again, which reads the plan
+//! follows it internally (the failover route, which a request with a next step takes, has an
+//! `internal_redirect_policy` that copies that header into the redirected request), and the request passes through the filter again, which reads the plan
 //! and serves its next step (`flow/fallback.rs`).
 
 use sluice_core::attempts::AttemptError;

@@ -24,9 +24,10 @@ use sluice_core::config::{
 use sluice_core::cost::{Pricing, nanos_to_usd};
 use sluice_core::endpoint::Endpoint;
 use sluice_core::error::{ErrorFormat, GatewayError, LimitKind, LimitScope};
+use sluice_core::fallbacks::FAILOVER_ROUTE_HEADER;
 use sluice_core::fleet::{self, WindowSet};
 use sluice_core::keys::{self, KeyHash};
-use sluice_core::limits::Remaining;
+use sluice_core::limits::{Admission, Remaining};
 use sluice_core::lookup_budget::{LookupBudget, Refused, Source};
 use sluice_core::request::{parse_request, rewrite_body};
 use sluice_core::routing::choose_weighted;
@@ -74,8 +75,9 @@ const STALE_RETRY_MS: u64 = 5_000;
 pub(crate) const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// Every request header the flow reads, fetched in one host call when the request starts:
-/// what it acts on, then the router's retry and timeout headers (only the gateway sets those).
-const READ_REQUEST_HEADERS: [&str; 14] = [
+/// what it acts on, then the headers only the gateway sets (the router's retry and timeout
+/// headers, the failover route's).
+const READ_REQUEST_HEADERS: [&str; 15] = [
     ":path",
     ":method",
     "authorization",
@@ -90,6 +92,7 @@ const READ_REQUEST_HEADERS: [&str; 14] = [
     attempts::ROUTER_HEADERS[2],
     attempts::ROUTER_HEADERS[3],
     attempts::ROUTER_HEADERS[4],
+    FAILOVER_ROUTE_HEADER,
 ];
 /// The header the route picks the cluster by (`cluster_header`); the route removes it upstream.
 const CLUSTER_HEADER: &str = "x-sluice-cluster";

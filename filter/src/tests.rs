@@ -5,8 +5,8 @@ use std::rc::Rc;
 
 use crate::host::{Action, Host};
 use sluice_core::config::{
-    CompiledConfig, Deployment, GatewayConfig, GroupAlias, KeyConfig, ModelMode, Provider, RoutingStrategy,
-    SCHEMA_VERSION, TeamConfig,
+    CompiledConfig, DEFAULT_ROUTE_TIMEOUT_MS, Deployment, GatewayConfig, GroupAlias, KeyConfig, ModelMode, Provider,
+    RoutingStrategy, SCHEMA_VERSION, TeamConfig,
 };
 use sluice_core::cost::Pricing;
 use sluice_core::keys::{KeyHash, key_from_random};
@@ -82,6 +82,7 @@ pub(crate) fn base_config() -> GatewayConfig {
         model_group_aliases: Vec::new(),
         retries: Default::default(),
         timeout_ms: None,
+        route_timeout_ms: DEFAULT_ROUTE_TIMEOUT_MS,
         cooldown: Default::default(),
         health_check_interval_ms: None,
         fallbacks: Vec::new(),
@@ -200,6 +201,20 @@ fn openai_response(prompt: u64, completion: u64, cached: u64) -> String {
 
 const CHAT: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hello"}]}"#;
 
+/// The failover route is the gateway's choice: a client's marker is removed (its request would
+/// otherwise have its body copied by the router and a provider's 307 followed).
+#[test]
+fn a_clients_failover_route_marker_is_removed() {
+    let h = Harness::new(base_config());
+    let auth = format!("Bearer {}", key(1));
+    let marker = sluice_core::fallbacks::FAILOVER_ROUTE_HEADER;
+    let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", auth.as_bytes()), (marker, b"1")]);
+    let reply = s.send_body(CHAT.as_bytes());
+    assert!(reply.is_none(), "{reply:?}");
+    assert_eq!(s.host.request_header_str("x-sluice-cluster").as_deref(), Some("sluice_gpt4o-a"));
+    assert_eq!(s.host.request_header_str(marker), None);
+}
+
 #[test]
 fn a_chat_request_is_routed_rewritten_and_metered() {
     let h = Harness::new(base_config());
@@ -215,6 +230,8 @@ fn a_chat_request_is_routed_rewritten_and_metered() {
     // The headers were held while the body changed length: content-length is the new one.
     let sent_len = s.host.stream.request_body.borrow().len();
     assert_eq!(s.host.request_header_str("content-length"), Some(sent_len.to_string()));
+    // Nowhere to go after this deployment: not the route that keeps a copy of the body.
+    assert_eq!(s.host.request_header_str(sluice_core::fallbacks::FAILOVER_ROUTE_HEADER), None);
 
     let body = openai_response(1000, 100, 400);
     let delivered = s.respond(200, "application/json", &[body.as_bytes()], true);
@@ -1034,6 +1051,97 @@ fn team_and_per_model_limits_apply_and_roll_back() {
     let reply = h.post("/v1/chat/completions", &key(3), CHAT).1.unwrap();
     assert_eq!(reply.status, 429);
     assert!(reply.json()["error"]["message"].as_str().unwrap().contains("team"));
+}
+
+/// LiteLLM's parallel request limiter, on a key and on its team: a request in flight holds a
+/// slot until it ends however it ends (answered, failed, or the client gone), and a refusal
+/// takes nothing from the other scopes.
+#[test]
+fn parallel_requests_are_limited_per_key_and_team_and_every_end_frees_a_slot() {
+    let mut cfg = base_config();
+    cfg.keys[0].max_parallel_requests = Some(2);
+    cfg.teams.push(TeamConfig { team_id: "t".into(), max_parallel_requests: Some(1), ..TeamConfig::default() });
+    cfg.keys.push(KeyConfig { team_id: Some("t".into()), rpm_limit: Some(2), ..key_config(2) });
+    cfg.keys.push(KeyConfig { team_id: Some("t".into()), ..key_config(3) });
+    let h = Harness::new(cfg);
+    let (mut first, reply) = h.post("/v1/chat/completions", &key(1), CHAT);
+    assert!(reply.is_none(), "{reply:?}");
+    let (mut second, reply) = h.post("/v1/chat/completions", &key(1), CHAT);
+    assert!(reply.is_none(), "{reply:?}");
+    let refused = h.post("/v1/chat/completions", &key(1), CHAT).1.unwrap();
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.json()["error"]["code"], "parallel_request_limit_reached");
+    assert!(refused.json()["error"]["message"].as_str().unwrap().starts_with("Max parallel request limit reached"));
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    // Answered: its slot is free.
+    first.respond(200, "application/json", &[openai_response(10, 5, 0).as_bytes()], true);
+    first.finish();
+    let (mut third, reply) = h.post("/v1/chat/completions", &key(1), CHAT);
+    assert!(reply.is_none(), "{reply:?}");
+    // Cut off before any answer (client gone, upstream reset): its slot is free too.
+    second.finish();
+    third.finish();
+    for _ in 0..2 {
+        assert!(h.post("/v1/chat/completions", &key(1), CHAT).1.is_none());
+    }
+
+    // The team's one slot is shared by its keys.
+    let (mut team_first, reply) = h.post("/v1/chat/completions", &key(3), CHAT);
+    assert!(reply.is_none(), "{reply:?}");
+    let refused = h.post("/v1/chat/completions", &key(2), CHAT).1.unwrap();
+    assert_eq!(refused.status, 429);
+    assert!(refused.json()["error"]["message"].as_str().unwrap().contains("the team of this API key"));
+    team_first.finish();
+    // The refusal gave back key 2's RPM admission: both of its 2 a minute are left.
+    for _ in 0..2 {
+        let (mut s, reply) = h.post("/v1/chat/completions", &key(2), CHAT);
+        assert!(reply.is_none(), "{reply:?}");
+        s.finish();
+    }
+    assert_eq!(h.post("/v1/chat/completions", &key(2), CHAT).1.unwrap().json()["error"]["code"], "rate_limit_exceeded");
+}
+
+/// A key's user and organization (their rules come with a looked-up key): their models narrow
+/// the key's, a blocked one refuses the key, and their limits count all of their keys together.
+#[test]
+fn a_keys_user_and_organization_rules_apply_to_it() {
+    use sluice_core::config::OwnerPolicy;
+    let mut cfg = base_config();
+    let owned = |seed, user: &str| KeyConfig {
+        user_id: Some(user.into()),
+        organization_id: Some("acme".into()),
+        user_policy: Some(OwnerPolicy { models: vec!["gpt-4o".into()], rpm_limit: Some(2), ..OwnerPolicy::default() }),
+        organization_policy: Some(OwnerPolicy { max_parallel_requests: Some(1), ..OwnerPolicy::default() }),
+        ..key_config(seed)
+    };
+    cfg.keys.push(owned(2, "alice"));
+    cfg.keys.push(owned(3, "alice"));
+    cfg.keys.push(KeyConfig {
+        organization_id: Some("frozen".into()),
+        organization_policy: Some(OwnerPolicy { blocked: true, ..OwnerPolicy::default() }),
+        ..key_config(4)
+    });
+    let h = Harness::new(cfg);
+    // The user's models.
+    let reply = h.post("/v1/chat/completions", &key(2), r#"{"model":"gpt-4o-mini"}"#).1.unwrap();
+    assert_eq!((reply.status, reply.json()["error"]["code"].as_str()), (403, Some("model_not_allowed")));
+    // The organization's one request in flight, whichever of its keys holds it.
+    let (mut in_flight, reply) = h.post("/v1/chat/completions", &key(2), CHAT);
+    assert!(reply.is_none(), "{reply:?}");
+    let reply = h.post("/v1/chat/completions", &key(3), CHAT).1.unwrap();
+    assert_eq!(reply.json()["error"]["code"], "parallel_request_limit_reached");
+    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("the organization of this API key"));
+    in_flight.finish();
+    // The user's RPM over both of its keys (the refusal above took none of it).
+    let (mut second, reply) = h.post("/v1/chat/completions", &key(3), CHAT);
+    assert!(reply.is_none(), "{reply:?}");
+    second.finish();
+    let reply = h.post("/v1/chat/completions", &key(2), CHAT).1.unwrap();
+    assert_eq!((reply.status, reply.json()["error"]["code"].as_str()), (429, Some("rate_limit_exceeded")));
+    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("the user of this API key"));
+    // A blocked organization refuses its keys before anything else.
+    let reply = h.post("/v1/chat/completions", &key(4), CHAT).1.unwrap();
+    assert_eq!((reply.status, reply.json()["error"]["code"].as_str()), (401, Some("organization_blocked")));
 }
 
 #[test]
@@ -2695,6 +2803,7 @@ mod fallbacks {
 
     use super::*;
     use crate::failover::{self, FAILOVER_HEADER, FAILOVER_PATH};
+    use sluice_core::fallbacks::FAILOVER_ROUTE_HEADER;
 
     fn config() -> GatewayConfig {
         let mut cfg = base_config();
@@ -2745,6 +2854,8 @@ mod fallbacks {
             Some("connect-failure,refused-stream,reset")
         );
         assert_eq!(first.host.request_header_str("x-envoy-retriable-status-codes"), None);
+        // It takes the route that follows the attempt filter's redirect.
+        assert_eq!(first.host.request_header_str(FAILOVER_ROUTE_HEADER).as_deref(), Some("1"));
         let plan = failover::load(&host, "req-1", NOW).expect("a plan in shared data");
         assert_eq!((plan.steps.len(), plan.step, plan.tried.as_slice()), (3, 0, &[0][..]));
         // The attempt filter: the deployment's 503 becomes the redirect; a 200 or a 400 would not.
@@ -2801,6 +2912,9 @@ mod fallbacks {
         assert!(second.reply().is_none(), "{:?}", second.reply());
         assert_eq!(second.host.request_header_str("x-sluice-cluster").as_deref(), Some("sluice_mini"));
         assert_eq!(second.host.request_header_str("x-envoy-retry-on"), None, "no step left: the router's own retries");
+        // Nor the route that follows a redirect (the first pass's marker came with the request).
+        assert_eq!(first.host.request_header_str(FAILOVER_ROUTE_HEADER).as_deref(), Some("1"));
+        assert_eq!(second.host.request_header_str(FAILOVER_ROUTE_HEADER), None);
         assert_eq!(failover::redirect_nonce(&host, 503, Some(b"req-1"), b""), None, "nothing left to redirect to");
         second.respond(503, "application/json", &[br#"{"error":{"message":"down"}}"#], true);
         second.finish();

@@ -76,6 +76,7 @@ KEYS = {
     "rpm20": ["--rpm", "20"],
     "tpm": ["--tpm", "300"],
     "budget": ["--max-budget", "0.05"],
+    "parallel2": ["--max-parallel", "2"],
     "blocked": [],
     "expired": ["--expires", "2020-01-01T00:00:00Z"],
     "embeddings-only": [],

@@ -4,6 +4,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -83,3 +84,30 @@ def test_budget_overspend_is_bounded_by_one_request(gw):
     # Spent: nothing more gets through.
     after = gw.post("/v1/chat/completions", "budget", body, headers=headers)
     assert after.status_code == 400 and "Budget has been exceeded" in after.json()["error"]["message"]
+
+
+def test_parallel_requests_are_limited_and_every_end_frees_a_slot(gw):
+    """max_parallel_requests: 2 (LiteLLM's parallel request limiter), across Envoy's workers:
+    of six concurrent slow requests two are served and four refused at once, as LiteLLM refuses
+    them; a slot frees when its request ends, also when the client gives up mid-request."""
+    slow = {"x-mock-latency-ms": "1500"}
+    responses = burst(gw, "parallel2", 6, headers=slow)
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [200, 200, 429, 429, 429, 429], codes
+    refused = next(r for r in responses if r.status_code == 429)
+    error = refused.json()["error"]
+    assert error["code"] == "parallel_request_limit_reached" and error["type"] == "rate_limit_error"
+    assert error["message"].startswith("Max parallel request limit reached"), error
+    assert refused.headers["retry-after"] == "1"
+    # Two clients give up while their requests wait on the provider: their slots come back.
+    for _ in range(2):
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(gw.url + "/v1/chat/completions", json=CHAT, timeout=0.3,
+                       headers={**gw.auth("parallel2"), "x-mock-latency-ms": "2000"})
+    deadline = time.time() + 10
+    while True:
+        codes = [r.status_code for r in burst(gw, "parallel2", 2, headers={"x-mock-latency-ms": "300"})]
+        if codes == [200, 200] or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    assert codes == [200, 200], "the abandoned requests' slots were not given back"

@@ -5,6 +5,7 @@ authorisation, validation and audit) as the gRPC admin API, the keys then used t
 Envoy with the OpenAI SDK."""
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -202,3 +203,34 @@ def test_spend_logs_show_each_request_of_a_key(fleet):
     # A key of no one's may not read them: an LLM key is no admin credential.
     assert call(fleet, "GET", "/spend/logs", key=made["key"]).status_code == 403
     assert isinstance(call(fleet, "GET", "/spend/tags").json(), list)
+
+
+def test_parallel_limits_set_over_rest_hold_on_the_fleets_envoys(fleet):
+    """max_parallel_requests on a key and on a team, made with LiteLLM's calls, are enforced by
+    an Envoy that looked the key up (xDS mode): concurrent slow requests past the limit get
+    LiteLLM's 429 at once, and the slots come back when the requests end."""
+    envoy = fleet.start_envoy("edge-parallel")
+    team = call(fleet, "POST", "/team/new", json={"team_alias": "one-at-a-time", "max_parallel_requests": 1}).json()
+    solo = call(fleet, "POST", "/key/generate", json={"max_parallel_requests": 2}).json()["key"]
+    members = [call(fleet, "POST", "/key/generate", json={"team_id": team["team_id"]}).json()["key"] for _ in range(2)]
+
+    def at_once(keys):
+        def one(key):
+            return httpx.post(f"{envoy.url}/v1/chat/completions", json=CHAT, timeout=30,
+                              headers={"Authorization": f"Bearer {key}", "x-mock-latency-ms": "1500"})
+        with ThreadPoolExecutor(max_workers=len(keys)) as pool:
+            return list(pool.map(one, keys))
+
+    # Looked up first (a miss waits for the control plane), so the burst meets the limit itself.
+    for key in [solo, *members]:
+        assert httpx.post(f"{envoy.url}/v1/chat/completions", json=CHAT, timeout=30,
+                          headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    responses = at_once([solo] * 5)
+    assert sorted(r.status_code for r in responses) == [200, 200, 429, 429, 429]
+    refused = next(r for r in responses if r.status_code == 429).json()["error"]
+    assert refused["code"] == "parallel_request_limit_reached", refused
+    responses = at_once(members)
+    assert sorted(r.status_code for r in responses) == [200, 429]
+    assert "team" in next(r for r in responses if r.status_code == 429).json()["error"]["message"]
+    # Every slot came back.
+    assert sorted(r.status_code for r in at_once([solo] * 2)) == [200, 200]

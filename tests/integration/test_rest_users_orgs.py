@@ -5,12 +5,15 @@ the gRPC admin API; the key `/user/new` makes is then used through a real Envoy 
 SDK, and an organization admin's management key is held to its own organization."""
 import json
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
 
 from rest_support import call, error, ok, rest_fleet
+from test_limits import away_from_minute_boundary
 from test_xds import CHAT, wait_until
 
 
@@ -75,6 +78,44 @@ def test_an_organization_and_its_users_key_work_through_envoy(fleet):
     actions = {(e["action"], e["object_id"]) for e in audit}
     assert {("organization.create", org["organization_id"]), ("user.create", user_id),
             ("key.generate", made["token"])} <= actions, audit
+
+
+def test_a_users_and_an_organizations_rules_hold_on_every_key_they_own(fleet):
+    """Issue 14: a user's models and RPM and an organization's parallel limit, set with LiteLLM's
+    calls, hold on keys that set none of their own, through an Envoy that looked the keys up;
+    each owner's count is shared by all of its keys."""
+    org_id = new_org(fleet, unique("limited"), max_parallel_requests=1)["organization_id"]
+    alice, bob = unique("alice"), unique("bob")
+    ok(call(fleet, "POST", "/user/new", json={"user_id": alice, "organization_id": org_id, "models": ["gpt-4o-mini"],
+                                              "rpm_limit": 2, "auto_create_key": False}))
+    ok(call(fleet, "POST", "/user/new", json={"user_id": bob, "organization_id": org_id, "auto_create_key": False}))
+    keys = {who: ok(call(fleet, "POST", "/key/generate", json={"user_id": who, "organization_id": org_id}))["key"]
+            for who in (alice, bob)}
+    envoy = fleet.start_envoy("edge-rest-owners")
+
+    def chat(who, model="gpt-4o-mini", latency_ms=0):
+        return httpx.post(f"{envoy.url}/v1/chat/completions", json={**CHAT, "model": model}, timeout=30,
+                          headers={"Authorization": f"Bearer {keys[who]}", "x-mock-latency-ms": str(latency_ms)})
+
+    # The user's models: alice's key (every model) may not use what alice may not.
+    refused = chat(alice, "gpt-4o")
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "model_not_allowed", refused.text
+    away_from_minute_boundary()
+    # The organization's one request in flight is shared by its users' keys (bob's key is
+    # looked up first, so its slow request is in flight when alice's arrives).
+    assert chat(bob).status_code == 200
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        slow = pool.submit(chat, bob, latency_ms=2000)
+        time.sleep(0.7)
+        refused = chat(alice)
+        assert slow.result().status_code == 200
+    assert refused.status_code == 429, refused.text
+    error_body = refused.json()["error"]
+    assert error_body["code"] == "parallel_request_limit_reached" and "organization" in error_body["message"]
+    # alice's RPM of 2 (the refusal took none of it), then LiteLLM's 429 for the user.
+    assert [chat(alice).status_code for _ in range(2)] == [200, 200]
+    refused = chat(alice)
+    assert refused.status_code == 429 and "the user of this API key" in refused.json()["error"]["message"]
 
 
 def test_update_list_and_all_or_nothing_delete(fleet):

@@ -173,6 +173,8 @@ pub fn build(
     // of it is in any Envoy's config or `/config_dump`.
     gateway.master_key_env = None;
     gateway.key_lookup = Some(opts.key_lookup.clone());
+    // The xDS-mode bootstrap's route timeout, not the config's: it is what bounds a request.
+    gateway.route_timeout_ms = crate::envoy_bootstrap::XDS_ROUTE_TIMEOUT_SECS.saturating_mul(1000);
 
     // With fallbacks, every deployment cluster runs the module's attempt role first in its
     // upstream chain: it turns a failed answer into the internal redirect to the next pass.

@@ -201,10 +201,14 @@ proptest! {
     /// Shared-data counter records: anything decodes (to a fresh state if it is not a record);
     /// a record decodes to what was encoded.
     #[test]
-    fn scope_state_records(bytes in prop::collection::vec(any::<u8>(), 0..100), fields in any::<[u64; 9]>()) {
+    fn scope_state_records(bytes in prop::collection::vec(any::<u8>(), 0..120), fields in any::<[u64; 12]>()) {
         let _ = ScopeState::decode(&bytes);
-        let [window, requests, tokens, period, spend_nanos, reserved_nanos, remote_window, remote_requests, remote_tokens] = fields;
-        let s = ScopeState { window, requests, tokens, period, spend_nanos, reserved_nanos, remote_window, remote_requests, remote_tokens };
+        let [window, requests, tokens, period, spend_nanos, reserved_nanos, remote_window, remote_requests, remote_tokens,
+             parallel_epoch, parallel_current, parallel_previous] = fields;
+        let s = ScopeState {
+            window, requests, tokens, period, spend_nanos, reserved_nanos, remote_window, remote_requests, remote_tokens,
+            parallel_epoch, parallel_current, parallel_previous,
+        };
         let encoded = s.encode();
         prop_assert_eq!(encoded.len(), STATE_LEN);
         prop_assert_eq!(ScopeState::decode(&encoded), s);

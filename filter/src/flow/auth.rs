@@ -39,12 +39,14 @@ impl<H: Host> RequestFlow<H> {
             request_id,
             anthropic_version,
             cluster,
-            router_headers @ ..,
+            gateway_headers @ ..,
         ] = self.host.request_headers(READ_REQUEST_HEADERS);
         self.client_sent_cluster = cluster.is_some();
-        // How often and how long the router tries is the gateway's to say, never a client's
-        // (Envoy strips these from outside clients; one it counts as internal keeps them).
-        for (name, sent) in attempts::ROUTER_HEADERS.into_iter().zip(router_headers) {
+        // How often and how long the router tries, and whether the route follows a failover,
+        // are the gateway's to say, never a client's (Envoy strips its own headers from outside
+        // clients, not from one it counts as internal; a previous pass's are set again if due).
+        let gateway_header_names = attempts::ROUTER_HEADERS.into_iter().chain([FAILOVER_ROUTE_HEADER]);
+        for (name, sent) in gateway_header_names.zip(gateway_headers) {
             if sent.is_some() {
                 self.host.set_request_header(name, None);
             }
@@ -225,6 +227,9 @@ impl<H: Host> RequestFlow<H> {
         if resolved.team.as_ref().is_some_and(|t| t.blocked) {
             return Err(GatewayError::TeamBlocked);
         }
+        if let Some(owner) = key.owners.iter().find(|o| o.blocked) {
+            return Err(GatewayError::OwnerBlocked { scope: owner.scope });
+        }
         // The control plane's fleet-wide count (xDS mode): a budget spent on any Envoy is spent
         // on all of them. This Envoy's own counters still reserve and settle each request.
         let over = |spend_nanos, max_nanos| {
@@ -266,7 +271,9 @@ impl<H: Host> RequestFlow<H> {
         let Some(key) = self.key() else {
             return true; // the master key may use every model
         };
-        key.models.allows(group) && self.team().is_none_or(|t| t.models.allows(group))
+        key.models.allows(group)
+            && self.team().is_none_or(|t| t.models.allows(group))
+            && key.owners.iter().all(|o| o.models.allows(group))
     }
 
     /// A liveness or readiness probe (no key: Kubernetes and load balancers call these).

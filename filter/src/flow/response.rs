@@ -142,6 +142,8 @@ pub(super) fn rate_limit_headers(error: &GatewayError) -> Vec<(&'static str, Str
         | GatewayError::GroupAtCapacity { retry_after_secs, .. } => {
             return vec![("retry-after", retry_after_secs.to_string())];
         }
+        // A slot frees when any request of the scope ends: worth trying again soon.
+        GatewayError::ParallelLimitReached { .. } => return vec![("retry-after", "1".into())],
         _ => return Vec::new(),
     };
     let mut rem = Remaining::default();

@@ -237,6 +237,9 @@ impl<H: Host> RequestFlow<H> {
             if let Some(team) = self.team().filter(|t| !t.limits.is_unlimited()) {
                 scopes.push(Scope { name: &team.counter_name, limits: team.limits, kind: LimitScope::Team, placement });
             }
+            for owner in key.owners.iter().filter(|o| !o.limits.is_unlimited()) {
+                scopes.push(Scope { name: &owner.counter_name, limits: owner.limits, kind: owner.scope, placement });
+            }
             if let Some(per_model) = key.model_limits.get(&group.name) {
                 scopes.push(Scope {
                     name: &per_model.counter_name,
@@ -254,7 +257,9 @@ impl<H: Host> RequestFlow<H> {
         let (tickets, remaining) = if scopes.is_empty() {
             (Vec::new(), Remaining::default())
         } else {
-            counters::admit_all(&self.host, &scopes, self.start_ms, est_prompt_tokens, max_cost).map_err(
+            // A failover's next pass continues a request admitted already (its parallel slot).
+            let admission = if self.failover_pass { Admission::Continuing } else { Admission::New };
+            counters::admit_all(&self.host, &scopes, self.start_ms, est_prompt_tokens, max_cost, admission).map_err(
                 |e| match e {
                     // Another worker took the room the choice saw.
                     GatewayError::RateLimited { scope: LimitScope::Deployment, retry_after_secs, .. } => {
@@ -320,6 +325,10 @@ impl<H: Host> RequestFlow<H> {
         }
         if upstream_path.as_bytes() != self.path.as_slice() {
             self.host.set_request_header(":path", Some(upstream_path.as_bytes()));
+        }
+        // Only a request with somewhere to go next takes the route that follows a failover.
+        if self.plan_continues() {
+            self.host.add_request_header(FAILOVER_ROUTE_HEADER, b"1");
         }
         // A client's own cluster header is replaced; otherwise ours is only added.
         if self.client_sent_cluster {

@@ -40,9 +40,10 @@ pub fn ensure_record(name: &str, initial: &[u8]) {
     }
 }
 
-/// The request headers the bootstrap's route reads (`envoy_bootstrap.rs`: one route, prefix `/`,
-/// `cluster_header: x-sluice-cluster`).
-const ROUTE_HEADERS: &[&str] = &["x-sluice-cluster", ":path"];
+/// The request headers the bootstrap's routes read (`envoy_bootstrap.rs`: prefix `/`,
+/// `cluster_header: x-sluice-cluster`, the failover route's marker; management prefixes in xDS
+/// mode).
+const ROUTE_HEADERS: &[&str] = &["x-sluice-cluster", ":path", sluice_core::fallbacks::FAILOVER_ROUTE_HEADER];
 
 /// Counter names the flow reports with a host call, besides those it keeps in
 /// [`crate::metrics::Metrics`] for the tick. A name missing here is not counted: the test below

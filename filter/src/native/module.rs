@@ -288,14 +288,8 @@ fn load_config(callbacks: &'static Callbacks, handle: &ConfigHandle, bytes: &[u8
     let names = FLOW_COUNTERS.iter().chain(service_counters).copied().chain(metrics.names());
     let counters = Counters::define(handle, names)?;
     // Two workers creating the same record at once could lose an update: made before traffic.
-    let scopes = compiled.keys.iter().flat_map(|k| {
-        std::iter::once(k.counter_name.as_str()).chain(k.model_limits.values().map(|m| m.counter_name.as_str()))
-    });
     let deployments = crate::flow::usage_counters(&compiled);
-    for name in scopes
-        .chain(compiled.teams.iter().map(|t| t.counter_name.as_str()))
-        .chain(deployments.iter().map(String::as_str))
-    {
+    for name in compiled.named_counters().chain(deployments.iter().map(String::as_str)) {
         super::host::ensure_record(name, &ScopeState::default().encode());
     }
     log(

@@ -85,12 +85,8 @@ impl SluiceRoot {
                 return false;
             }
         };
-        for name in compiled.keys.iter().flat_map(|k| {
-            std::iter::once(k.counter_name.as_str()).chain(k.model_limits.values().map(|m| m.counter_name.as_str()))
-        }) {
-            counters::ensure_exists(&host, name);
-        }
-        for name in compiled.teams.iter().map(|t| &t.counter_name).chain(&crate::flow::usage_counters(&compiled)) {
+        let deployments = crate::flow::usage_counters(&compiled);
+        for name in compiled.named_counters().chain(deployments.iter().map(String::as_str)) {
             counters::ensure_exists(&host, name);
         }
         // Every worker VM numbers its contexts the same way and configures in the same
