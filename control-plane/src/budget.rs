@@ -34,7 +34,7 @@ use sluice_core::time::BudgetDuration;
 use crate::alerting::{Delivery, Webhook, WebhookEvent};
 use crate::invalidation::{Invalidations, Target};
 use crate::metrics::{Metrics, inc};
-use crate::store::{BudgetWindow, Charge, LimitsRecord, ScopeKind, Store, StoreResult, WindowTotal};
+use crate::store::{BudgetWindow, Charge, LimitsRecord, ScopeKind, Store, StoreResult, WindowTotal, member_scope_id};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ScopeId {
@@ -42,15 +42,23 @@ pub enum ScopeId {
     Team(String),
     User(String),
     Org(String),
+    /// A user in a team, by [`member_scope_id`].
+    Member(String),
 }
 
 impl ScopeId {
+    /// A team member's scope.
+    pub fn member(team_id: &str, user_id: &str) -> Self {
+        Self::Member(member_scope_id(team_id, user_id))
+    }
+
     fn kind_and_id(&self) -> (ScopeKind, &str) {
         match self {
             Self::Key(id) => (ScopeKind::Key, id),
             Self::Team(id) => (ScopeKind::Team, id),
             Self::User(id) => (ScopeKind::User, id),
             Self::Org(id) => (ScopeKind::Org, id),
+            Self::Member(id) => (ScopeKind::Member, id),
         }
     }
 
@@ -60,7 +68,13 @@ impl ScopeId {
             ScopeKind::Team => Self::Team(id.to_owned()),
             ScopeKind::User => Self::User(id.to_owned()),
             ScopeKind::Org => Self::Org(id.to_owned()),
+            ScopeKind::Member => Self::Member(id.to_owned()),
         }
+    }
+
+    /// A member's team and user.
+    fn member_parts(id: &str) -> (&str, &str) {
+        id.split_once('|').unwrap_or((id, ""))
     }
 
     fn target(&self) -> Target {
@@ -69,6 +83,8 @@ impl ScopeId {
             Self::Team(id) => Target::Team(id.clone()),
             Self::User(id) => Target::User(id.clone()),
             Self::Org(id) => Target::Org(id.clone()),
+            // Every key of the user (its keys in this team among them).
+            Self::Member(id) => Target::User(Self::member_parts(id).1.to_owned()),
         }
     }
 
@@ -79,8 +95,18 @@ impl ScopeId {
             Self::Team(_) => ("team", "Team"),
             Self::User(_) => ("user", "User"),
             Self::Org(_) => ("organization", "Organization"),
+            Self::Member(_) => ("team", "Team member"),
         }
     }
+}
+
+/// A team member's budget limits (LiteLLM's team member budget): its own
+/// `max_budget_in_team`, else the team's `team_member_budget` for every member; its window is
+/// the membership's `budget_duration` (none: one window, as for any budget without a duration).
+pub fn member_limits(member: &LimitsRecord, team_default_nanos: Option<i64>) -> LimitsRecord {
+    let mut limits = member.clone();
+    limits.max_budget_nanos = limits.max_budget_nanos.or(team_default_nanos);
+    limits
 }
 
 /// The key whose usage was being counted and its owners, for the webhook's event (each field
@@ -339,6 +365,10 @@ fn event(crossed: Crossed, scope: &ScopeId, spend_nanos: u64, limits: &BudgetLim
         ScopeId::Team(id) => team_id = Some(id.clone()),
         ScopeId::User(id) => user_id = Some(id.clone()),
         ScopeId::Org(id) => organization_id = Some(id.clone()),
+        ScopeId::Member(id) => {
+            let (team, user) = ScopeId::member_parts(id);
+            (team_id, user_id) = (Some(team.to_owned()), Some(user.to_owned()));
+        }
     }
     WebhookEvent {
         spend: usd(spend_nanos),
@@ -511,6 +541,55 @@ mod tests {
     #[tokio::test]
     async fn webhook_events_postgres() {
         thresholds_post_one_event_each(true).await;
+    }
+
+    /// A team member's window counts only the records of that user in that team: seeded from
+    /// `spend_logs` by both columns when the first charge creates it, then charged per batch;
+    /// reaching its max tells Envoys to drop the user's keys.
+    async fn a_member_window_counts_that_user_in_that_team_only(postgres: bool) {
+        let (url, cleanup) = database(postgres).await;
+        let store = SqlStore::open(&url).await.unwrap();
+        let invalidations = Arc::new(Invalidations::new("e".into()));
+        let tracker = BudgetTracker::new(Arc::clone(&invalidations), Arc::new(Metrics::default()));
+        let in_team = |id: &str, team: &str, user: &str, nanos: i64| SpendLog {
+            team_id: Some(team.into()),
+            ..spent(id, user, "acme", nanos)
+        };
+        // Spend before the budget existed: alice in ml counts, bob in ml and alice elsewhere do not.
+        let earlier = [
+            in_team("e1", "ml", "alice", 300),
+            in_team("e2", "ml", "bob", 5_000),
+            in_team("e3", "ops", "alice", 7_000),
+        ];
+        ingest(&tracker, &store, &earlier, &[], &SpendContext::default()).await;
+        let limits = BudgetLimits { max_nanos: Some(1_000), soft_nanos: None, duration: None };
+        let member = ScopeId::member("ml", "alice");
+        assert_eq!(tracker.spend(&store, &member, &limits, now()).await.unwrap(), 300, "summed from spend_logs");
+        let totals = ingest(
+            &tracker,
+            &store,
+            &[in_team("n1", "ml", "alice", 800)],
+            &[(member.clone(), limits)],
+            &SpendContext::default(),
+        )
+        .await;
+        assert_eq!(totals.iter().map(|t| t.spend_nanos).collect::<Vec<_>>(), [1_100], "seeded, then charged");
+        assert_eq!(tracker.spend(&store, &member, &limits, now()).await.unwrap(), 1_100);
+        let watched =
+            invalidations.watch(&WatchInvalidationsRequest { epoch: "e".into(), after_seq: 0 }, Duration::ZERO).await;
+        assert_eq!(watched.user_ids, ["alice".to_owned()], "the member's keys are dropped");
+        store.pool().close().await;
+        drop_database(cleanup).await;
+    }
+
+    #[tokio::test]
+    async fn member_window_sqlite() {
+        a_member_window_counts_that_user_in_that_team_only(false).await;
+    }
+
+    #[tokio::test]
+    async fn member_window_postgres() {
+        a_member_window_counts_that_user_in_that_team_only(true).await;
     }
 
     /// A replica of the control plane: its own pool on the shared database, its own log of

@@ -17,7 +17,7 @@ use sluice_proto::gateway::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::budget::{BudgetLimits, BudgetTracker, ScopeId};
+use crate::budget::{BudgetLimits, BudgetTracker, ScopeId, member_limits};
 use crate::fleet_limits::{FleetCounts, current_window};
 use crate::invalidation::Invalidations;
 use crate::metrics::{Metrics, inc};
@@ -170,6 +170,8 @@ pub fn key_config(hash: KeyHash, key: &KeyRecord) -> KeyConfig {
         organization_fleet_spend: None,
         user_policy: None,
         organization_policy: None,
+        member_max_budget: None,
+        member_fleet_spend: None,
     }
 }
 
@@ -269,9 +271,22 @@ impl<S: Store> KeyLookupService for KeyLookupApi<S> {
         if let Some(user_id) = &key.user_id
             && let Some(user) = self.found(self.store.get::<UserRecord>(user_id).await)?
         {
-            (config.user_max_budget, config.user_fleet_spend) =
-                self.owner_budget(ScopeId::User(user.user_id.clone()), &user.limits).await?;
+            // LiteLLM's rule: a team's key is held to the team's budget and the member's, not its
+            // owner's personal budget (whose spend still counts every key of the user).
+            if key.team_id.is_none() {
+                (config.user_max_budget, config.user_fleet_spend) =
+                    self.owner_budget(ScopeId::User(user.user_id.clone()), &user.limits).await?;
+            }
             config.user_policy = owner_policy(&user.models, false, &user.limits);
+        }
+        // The user's budget in the key's team (LiteLLM's team member budget).
+        if let (Some(user_id), Some((_, Some(team_record)))) = (&key.user_id, &team) {
+            let memberships = self.found(self.store.memberships(user_id).await)?.unwrap_or_default();
+            if let Some(member) = memberships.into_iter().find(|m| m.team_id == team_record.team_id) {
+                let limits = member_limits(&member.limits, team_record.member_max_budget_nanos);
+                (config.member_max_budget, config.member_fleet_spend) =
+                    self.owner_budget(ScopeId::member(&team_record.team_id, user_id), &limits).await?;
+            }
         }
         if let Some(org_id) = &config.organization_id
             && let Some(org) = self.found(self.store.get::<OrgRecord>(org_id).await)?

@@ -5,7 +5,7 @@
 //! exactly once however often a batch is replayed. Records are enriched from the key's stored
 //! tenancy (organization: the key's own, else its team's; tags) so spend can be reported by
 //! every dimension the admin API has, and counted against the budgets of the key, its team, its
-//! user and its organization (`budget.rs`).
+//! user, its organization and its user's membership of its team (`budget.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,10 +17,12 @@ use sluice_proto::gateway::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::budget::{BudgetLimits, BudgetTracker, ScopeId, SpendContext};
+use crate::budget::{BudgetLimits, BudgetTracker, ScopeId, SpendContext, member_limits};
 use crate::invalidation::Invalidations;
 use crate::metrics::{Metrics, inc};
-use crate::store::{KeyLookup, OrgRecord, SpendLog, Store, StoreError, StoreResult, TeamRecord, UserRecord, now_ms};
+use crate::store::{
+    KeyLookup, OrgRecord, SpendLog, Store, StoreError, StoreResult, TeamRecord, UserRecord, member_scope_id, now_ms,
+};
 
 /// Largest batch one call may carry; the singleton sends far fewer.
 pub const MAX_BATCH: usize = 10_000;
@@ -40,6 +42,8 @@ struct Tenancy {
     team_budget: Option<(String, BudgetLimits)>,
     user_budget: Option<(String, BudgetLimits)>,
     org_budget: Option<(String, BudgetLimits)>,
+    /// The key's user's budget in the key's team (by `member_scope_id`).
+    member_budget: Option<(String, BudgetLimits)>,
     /// The key and its owners, as a budget webhook event names them.
     context: SpendContext,
 }
@@ -50,6 +54,7 @@ impl Tenancy {
             || self.team_budget.is_some()
             || self.user_budget.is_some()
             || self.org_budget.is_some()
+            || self.member_budget.is_some()
     }
 }
 
@@ -156,7 +161,19 @@ impl<S: Store> UsageIngest<S> {
                     Some(org_id) => found(self.store.get::<OrgRecord>(org_id).await)?,
                     None => None,
                 };
+                let member_budget = match (&team, &k.user_id) {
+                    (Some(team), Some(user_id)) => self
+                        .store
+                        .memberships(user_id)
+                        .await?
+                        .into_iter()
+                        .find(|m| m.team_id == team.team_id)
+                        .and_then(|m| BudgetLimits::of(&member_limits(&m.limits, team.member_max_budget_nanos)))
+                        .map(|l| (member_scope_id(&team.team_id, user_id), l)),
+                    _ => None,
+                };
                 Tenancy {
+                    member_budget,
                     key_budget: BudgetLimits::of(&k.limits),
                     team_budget: team.as_ref().and_then(|t| Some((t.team_id.clone(), BudgetLimits::of(&t.limits)?))),
                     user_budget: user.as_ref().and_then(|u| Some((u.user_id.clone(), BudgetLimits::of(&u.limits)?))),
@@ -200,7 +217,9 @@ fn budgets_of(log: &SpendLog, t: &Tenancy) -> Vec<(ScopeId, BudgetLimits)> {
     let team = named(&t.team_budget, &log.team_id).map(|(id, l)| (ScopeId::Team(id), l));
     let user = named(&t.user_budget, &log.user_id).map(|(id, l)| (ScopeId::User(id), l));
     let org = named(&t.org_budget, &log.organization_id).map(|(id, l)| (ScopeId::Org(id), l));
-    [key, team, user, org].into_iter().flatten().collect()
+    let member_column = log.team_id.as_deref().zip(log.user_id.as_deref()).map(|(t, u)| member_scope_id(t, u));
+    let member = named(&t.member_budget, &member_column).map(|(id, l)| (ScopeId::Member(id), l));
+    [key, team, user, org, member].into_iter().flatten().collect()
 }
 
 fn outcome(o: i32) -> &'static str {

@@ -353,7 +353,10 @@ async fn user_and_org_budgets_are_counted_across_the_fleet(db: Db) {
     let id = |k: &pb::GeneratedKey| k.info.clone().unwrap().key_id;
 
     let answer = lookup(&plane, &alice_ml.key).await.0.unwrap();
-    assert_eq!((answer.user_max_budget, answer.user_fleet_spend), (Some(0.01), Some(0.0)));
+    // LiteLLM's rule: a team's key answers to the team's budgets, not its owner's own.
+    assert_eq!((answer.user_max_budget, answer.user_fleet_spend), (None, None));
+    let own = lookup(&plane, &alice_own.key).await.0.unwrap();
+    assert_eq!((own.user_max_budget, own.user_fleet_spend), (Some(0.01), Some(0.0)));
     assert_eq!(answer.organization_id.as_deref(), Some("acme"), "the team's organization");
     assert_eq!((answer.organization_max_budget, answer.organization_fleet_spend), (Some(0.02), Some(0.0)));
     let bob = lookup(&plane, &bob_ml.key).await.0.unwrap();
@@ -379,11 +382,12 @@ async fn user_and_org_budgets_are_counted_across_the_fleet(db: Db) {
             })
             .collect::<Vec<_>>()
     };
-    // alice spends $0.008 through her personal key: under her budget; her team key sees it.
+    // alice spends $0.008 through her personal key: under her budget.
     usage.report(ReportUsageRequest { records: records("a", &alice_own, "alice", None, 4, 0.002) }).await.unwrap();
-    let seen = lookup(&plane, &alice_ml.key).await.0.unwrap();
+    let seen = lookup(&plane, &alice_own.key).await.0.unwrap();
     assert!((seen.user_fleet_spend.unwrap() - 0.008).abs() < 1e-9, "{seen:?}");
-    assert_eq!(seen.organization_fleet_spend, Some(0.0), "a personal key's spend is not the organization's");
+    let team_key = lookup(&plane, &alice_ml.key).await.0.unwrap();
+    assert_eq!(team_key.organization_fleet_spend, Some(0.0), "a personal key's spend is not the organization's");
     // Two more requests cross $0.01: Envoys are told to drop every key of alice's.
     usage.report(ReportUsageRequest { records: records("b", &alice_own, "alice", None, 2, 0.002) }).await.unwrap();
     let next = |after: &WatchInvalidationsResponse| WatchInvalidationsRequest {
@@ -392,7 +396,8 @@ async fn user_and_org_budgets_are_counted_across_the_fleet(db: Db) {
     };
     let told = lookups.watch_invalidations(next(&start)).await.unwrap().into_inner();
     assert_eq!((told.user_ids.as_slice(), told.key_ids.len()), (["alice".to_owned()].as_slice(), 0));
-    assert!(lookup(&plane, &alice_ml.key).await.0.unwrap().user_fleet_spend.unwrap() >= 0.01);
+    assert!(lookup(&plane, &alice_own.key).await.0.unwrap().user_fleet_spend.unwrap() >= 0.01);
+    assert_eq!(lookup(&plane, &alice_ml.key).await.0.unwrap().user_fleet_spend, None, "her team key is not refused");
 
     // bob spends $0.02 through the team: the organization (through the team) is spent.
     usage.report(ReportUsageRequest { records: records("c", &bob_ml, "bob", Some("ml"), 5, 0.004) }).await.unwrap();

@@ -513,6 +513,13 @@ pub struct KeyConfig {
     pub organization_max_budget: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub organization_fleet_spend: Option<f64>,
+    /// The budget (USD) of the key's user in the key's team (LiteLLM's team member budget:
+    /// the member's own, else the team's default for members) and what the member spent across
+    /// every Envoy in its current window (xDS mode; the control plane counts it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_max_budget: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_fleet_spend: Option<f64>,
     /// The rules of the key's user and of its organization (xDS mode: the lookup adds them
     /// from the stored user and organization), enforced on every key they own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -641,6 +648,8 @@ pub struct CompiledKey {
     /// keeps no counters of its own for these.
     pub user_budget: FleetBudget,
     pub org_budget: FleetBudget,
+    /// The budget of the key's user in the key's team, counted likewise.
+    pub member_budget: FleetBudget,
     /// The user's and the organization's rules ([`OwnerPolicy`]), those that impose any.
     pub owners: Vec<CompiledOwner>,
 }
@@ -878,6 +887,7 @@ fn compile_key(
     check_budget(what, k.max_budget, errors);
     check_budget(&format!("{what}: user"), k.user_max_budget, errors);
     check_budget(&format!("{what}: organization"), k.organization_max_budget, errors);
+    check_budget(&format!("{what}: team member"), k.member_max_budget, errors);
     let routes = RouteSet::from_names(&k.allowed_routes).unwrap_or_else(|e| {
         errors.push(ConfigError(format!("{what}: {e}")));
         RouteSet::ALL
@@ -932,6 +942,7 @@ fn compile_key(
         organization_id: k.organization_id.clone(),
         user_budget: FleetBudget::of(k.user_max_budget, k.user_fleet_spend),
         org_budget: FleetBudget::of(k.organization_max_budget, k.organization_fleet_spend),
+        member_budget: FleetBudget::of(k.member_max_budget, k.member_fleet_spend),
         owners,
     })
 }

@@ -13,10 +13,14 @@ pub enum LimitScope {
     Key,
     Team,
     KeyModel,
-    /// The key's user (budgets only, counted by the control plane across the fleet).
+    /// The key's user (its budget counted by the control plane across the fleet; its RPM,
+    /// TPM and parallel limits by each Envoy, like a team's).
     User,
-    /// The key's organization (budgets only, counted by the control plane).
+    /// The key's organization (likewise).
     Organization,
+    /// The key's user in the key's team (LiteLLM's team member budget; counted by the control
+    /// plane).
+    TeamMember,
     /// A deployment's own `rpm`/`tpm` (`usage-based-routing-v2`): the provider's limit, not
     /// the client's.
     Deployment,
@@ -30,6 +34,7 @@ impl LimitScope {
             Self::KeyModel => "key_model",
             Self::User => "user",
             Self::Organization => "organization",
+            Self::TeamMember => "team_member",
             Self::Deployment => "deployment",
         }
     }
@@ -168,6 +173,7 @@ fn whose(scope: LimitScope) -> &'static str {
         LimitScope::KeyModel => "this API key and model",
         LimitScope::User => "the user of this API key",
         LimitScope::Organization => "the organization of this API key",
+        LimitScope::TeamMember => "the user of this API key in its team",
         LimitScope::Deployment => "the model's deployment",
     }
 }
@@ -345,6 +351,14 @@ impl GatewayError {
                     _ => "Budget",
                 };
                 format!("{whose} has been exceeded! Current cost: {spend_usd:.6}, Max budget: {max_budget_usd:.6}")
+            }
+            Self::OwnerBudgetExceeded { scope: LimitScope::TeamMember, id, spend_usd, max_budget_usd } => {
+                let (team, user) = id.split_once('|').unwrap_or((id.as_str(), ""));
+                format!(
+                    "Budget has been exceeded! Team member={} in team={} Current cost: {spend_usd:.6}, Max budget: {max_budget_usd:.6}",
+                    echo(user),
+                    echo(team)
+                )
             }
             Self::OwnerBudgetExceeded { scope, id, spend_usd, max_budget_usd } => {
                 let whose = match scope {

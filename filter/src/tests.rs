@@ -2250,6 +2250,31 @@ mod owner_budgets {
         // her keys through.
         a.gateway.apply_invalidations("1 u alice\n2 o acme\n3 u alice", NOW);
         assert!(request(&a, 60, Some(alice(60, 0.0))).is_none());
+
+        // Her budget in a team (LiteLLM's team member budget), spent: LiteLLM's words, naming
+        // the member and the team; under it, served.
+        let member = |spend| KeyConfig {
+            team_id: Some("ml".into()),
+            member_max_budget: Some(2.0),
+            member_fleet_spend: Some(spend),
+            ..alice(63, 0.0)
+        };
+        let team = TeamConfig { team_id: "ml".into(), ..TeamConfig::default() };
+        let k = key(63);
+        let mut s = a.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        s.deliver(0, &answer(Some(&member(2.5)), Some(&team)));
+        let reply = s.reply().expect("refused");
+        assert_eq!((reply.status, reply.json()["error"]["code"].as_str()), (400, Some("budget_exceeded")));
+        assert_eq!(
+            reply.json()["error"]["message"],
+            "Budget has been exceeded! Team member=alice in team=ml Current cost: 2.500000, Max budget: 2.000000"
+        );
+        a.gateway.apply_invalidations("1 u alice\n2 o acme\n3 u alice\n4 u alice", NOW);
+        let mut s = a.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        s.deliver(0, &answer(Some(&member(1.0)), Some(&team)));
+        assert!(s.reply().is_none(), "{:?}", s.reply());
     }
 }
 

@@ -178,3 +178,39 @@ def test_an_organization_budget_is_refused_across_the_fleet_until_its_window_res
     for envoy, key in ((a, key_a), (b, key_b)):
         wait_until(lambda e=envoy, k=key: e.chat(CHAT, key=k).status_code == 200, timeout=window + 5,
                    what="the organization's new window")
+
+
+def test_a_team_members_budget_is_refused_across_the_fleet_and_no_one_elses(alerting_fleet):
+    """LiteLLM's team member budget: alice's spend through her keys of team ml counts against her
+    own budget in ml (`max_budget_in_team`). Spent through one Envoy, her other key of the team
+    is refused by the other Envoy, which had it cached; bob in the same team and alice's key
+    outside the team are not; the webhook hears of it once, naming the member and the team."""
+    fleet, hook = alerting_fleet
+    a = fleet.start_envoy("edge-a")
+    b = fleet.start_envoy("edge-b")
+    for user in ("alice", "bob"):
+        fleet.cli("user", "create", "--id", user)
+    fleet.cli("team", "create", "--id", "ml")
+    fleet.cli("team", "add-member", "ml", "alice", "--max-budget", "0.001")
+    fleet.cli("team", "add-member", "ml", "bob")
+    key_a, _ = create_key(fleet, "--alias", "alice-ml-a", "--team", "ml", "--user", "alice")
+    key_b, _ = create_key(fleet, "--alias", "alice-ml-b", "--team", "ml", "--user", "alice")
+    bobs, _ = create_key(fleet, "--alias", "bob-ml", "--team", "ml", "--user", "bob")
+    personal, _ = create_key(fleet, "--alias", "alice-own", "--user", "alice")
+    assert b.chat(CHAT, key=key_b).status_code == 200  # cached on b
+
+    for _ in range(60):
+        resp = a.chat(CHAT, key=key_a)
+        if resp.status_code != 200:
+            break
+    error = resp.json()["error"]
+    assert (resp.status_code, error["code"]) == (400, "budget_exceeded"), resp.text
+    assert error["message"].startswith("Budget has been exceeded! Team member=alice in team=ml Current cost: ")
+    resp = wait_until(lambda: refused(b.chat(CHAT, key=key_b)), timeout=5, what="b refuses alice's other ml key")
+    assert "Team member=alice in team=ml" in resp.json()["error"]["message"]
+    assert b.chat(CHAT, key=bobs).status_code == 200, "another member of the team is not affected"
+    assert b.chat(CHAT, key=personal).status_code == 200, "alice outside the team is not affected"
+
+    [(_, event)] = wait_until(lambda: hook.of("budget_crossed"), timeout=10, what="budget_crossed delivered")
+    assert (event["event_group"], event["team_id"], event["user_id"]) == ("team", "ml", "alice")
+    assert event["event_message"] == "Team member Budget: Budget Crossed" and event["max_budget"] == 0.001

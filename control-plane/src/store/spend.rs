@@ -50,6 +50,14 @@ pub enum ScopeKind {
     Team,
     User,
     Org,
+    /// A user in one team (LiteLLM's team member budget): its id is [`member_scope_id`].
+    Member,
+}
+
+/// A team member's scope id: the team's id and the user's, joined by a character neither may
+/// contain (ids are [A-Za-z0-9-_.:/]), as `column(ScopeKind::Member)` joins the two columns.
+pub fn member_scope_id(team_id: &str, user_id: &str) -> String {
+    format!("{team_id}|{user_id}")
 }
 
 impl ScopeKind {
@@ -59,6 +67,7 @@ impl ScopeKind {
             Self::Team => "team",
             Self::User => "user",
             Self::Org => "org",
+            Self::Member => "member",
         }
     }
 }
@@ -220,6 +229,8 @@ fn column(kind: ScopeKind) -> &'static str {
         ScopeKind::Team => "team_id",
         ScopeKind::User => "user_id",
         ScopeKind::Org => "organization_id",
+        // NULL when either is: a record without a team or a user is no member's.
+        ScopeKind::Member => "(team_id || '|' || user_id)",
     }
 }
 

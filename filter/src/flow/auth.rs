@@ -261,6 +261,17 @@ impl<H: Host> RequestFlow<H> {
                 });
             }
         }
+        // The user's budget in the key's team, likewise (its id names both).
+        if let (Some(team), Some(user), Some((spend, max))) =
+            (key.team_id.as_deref(), key.user_id.as_deref(), key.member_budget.exceeded())
+        {
+            return Err(GatewayError::OwnerBudgetExceeded {
+                scope: LimitScope::TeamMember,
+                id: format!("{team}|{user}"),
+                spend_usd: nanos_to_usd(spend),
+                max_budget_usd: nanos_to_usd(max),
+            });
+        }
         if !key.routes.contains(endpoint) {
             return Err(GatewayError::RouteNotAllowed { route: endpoint.route() });
         }
