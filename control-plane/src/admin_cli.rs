@@ -948,7 +948,7 @@ pub struct SpendArgs {
     /// The last day (default: today).
     #[arg(long)]
     pub until: Option<String>,
-    /// day (default), key, team, user, org, model or tag.
+    /// day (default), key, team, user, org, model, tag or customer (the request's end user).
     #[arg(long, default_value = "day")]
     pub group_by: String,
 }
@@ -976,7 +976,8 @@ pub async fn run_spend(c: &Connection, a: SpendArgs) -> Result<(), String> {
         "org" => pb::SpendGroupBy::Organization,
         "model" => pb::SpendGroupBy::Model,
         "tag" => pb::SpendGroupBy::Tag,
-        other => return Err(format!("--group-by {other}: use day, key, team, user, org, model or tag")),
+        "customer" => pb::SpendGroupBy::Customer,
+        other => return Err(format!("--group-by {other}: use day, key, team, user, org, model, tag or customer")),
     };
     let query = pb::SpendQuery {
         key_id: a.key,

@@ -252,7 +252,8 @@ fn spend_log(r: &UsageRecord, key: &Tenancy) -> SpendLog {
         team_id: non_empty(&r.team_id).or_else(|| key.context.team_id.clone()),
         user_id: non_empty(&r.user_id).or_else(|| key.context.user_id.clone()),
         organization_id: key.organization_id.clone(),
-        customer_id: None,
+        // The request's end user (the body's `user`), as the filter recorded it.
+        customer_id: non_empty(&r.end_user),
         model_group: r.model_group.clone(),
         deployment_id: Some(r.deployment.clone()).filter(|d| !d.is_empty()),
         tags: key.tags.clone(),

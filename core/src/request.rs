@@ -35,7 +35,13 @@ struct Fields<'a> {
     num_retries: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "raw_keep_null")]
     timeout: Option<&'a RawValue>,
+    /// OpenAI's end-user identifier (LiteLLM's customer); sent upstream as it is.
+    #[serde(borrow, default)]
+    user: Option<&'a RawValue>,
 }
+
+/// The longest `user` the gateway records (a spend row's customer id).
+pub const MAX_END_USER_BYTES: usize = 256;
 
 /// Request fields that are the gateway's own settings, not the provider's (LiteLLM takes them
 /// per request): read by [`parse_request`] and removed from the body before it goes upstream.
@@ -70,6 +76,9 @@ pub struct LlmRequest<'a> {
     pub timeout_ms: Option<u64>,
     /// Byte ranges of the [`GATEWAY_PARAMS`] values present, to remove before going upstream.
     gateway_param_spans: Vec<(usize, usize)>,
+    /// `user`: the end user the request is made for (LiteLLM's customer), recorded with its
+    /// spend.
+    pub end_user: Option<Cow<'a, str>>,
 }
 
 fn span_of(body: &str, raw: &RawValue) -> Option<(usize, usize)> {
@@ -131,6 +140,20 @@ pub fn parse_request(body: &[u8]) -> Result<LlmRequest<'_>, GatewayError> {
             detail: "must be a number of seconds above 0 and at most a day".into(),
         })?);
     }
+    let end_user = match fields.user.filter(|r| r.get() != "null") {
+        None => None,
+        Some(raw) => {
+            let user: Cow<'_, str> = serde_json::from_str(raw.get())
+                .map_err(|_| GatewayError::InvalidField { param: "user", detail: "must be a string".into() })?;
+            if user.len() > MAX_END_USER_BYTES {
+                return Err(GatewayError::InvalidField {
+                    param: "user",
+                    detail: format!("at most {MAX_END_USER_BYTES} bytes"),
+                });
+            }
+            Some(user).filter(|u| !u.is_empty())
+        }
+    };
     for raw in [fields.num_retries, fields.timeout].into_iter().flatten() {
         gateway_param_spans.push(span_of(text, raw).ok_or(GatewayError::Internal { detail: "param span" })?);
     }
@@ -144,6 +167,7 @@ pub fn parse_request(body: &[u8]) -> Result<LlmRequest<'_>, GatewayError> {
         num_retries,
         timeout_ms,
         gateway_param_spans,
+        end_user,
     })
 }
 
@@ -385,6 +409,23 @@ mod tests {
         assert_eq!(v["model"], "gpt-4o-2024-08-06");
         assert_eq!(v["messages"][0]["content"], "model \"x\" 🌍");
         assert_eq!(v["temperature"], json!(0.30000000000000004));
+    }
+
+    /// OpenAI's `user` is the request's end user (recorded, sent on unchanged); a non-string
+    /// or an overlong one is a 400 naming it, null or empty is none.
+    #[test]
+    fn reads_the_end_user() {
+        let user = |body: &str| parse_request(body.as_bytes()).map(|r| r.end_user.map(|u| u.into_owned()));
+        assert_eq!(user(r#"{"model":"m","user":"cust-\u00e9"}"#), Ok(Some("cust-é".into())));
+        assert_eq!(user(r#"{"model":"m"}"#), Ok(None));
+        assert_eq!(user(r#"{"model":"m","user":null}"#), Ok(None));
+        assert_eq!(user(r#"{"model":"m","user":""}"#), Ok(None));
+        for bad in [r#"{"model":"m","user":42}"#.to_owned(), format!(r#"{{"model":"m","user":"{}"}}"#, "x".repeat(257))]
+        {
+            assert!(matches!(user(&bad), Err(GatewayError::InvalidField { param: "user", .. })), "{bad}");
+        }
+        let body = r#"{"model":"m","user":"cust"}"#;
+        assert_eq!(rewrite(body, "up", false)["user"], "cust", "sent upstream as it is");
     }
 
     #[test]

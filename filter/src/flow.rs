@@ -277,6 +277,8 @@ struct Admitted {
     retries: u32,
     /// Counted in its deployment's requests in flight (`least-busy`): uncounted at the end.
     in_flight: bool,
+    /// The request's end user (its `user`), recorded with its usage.
+    end_user: Option<String>,
 }
 
 /// What the response tap keeps while the response passes.
@@ -485,6 +487,7 @@ impl<H: Host> RequestFlow<H> {
             key_alias: key.and_then(|k| k.alias.as_deref()),
             team_id: key.and_then(|k| k.team_id.as_deref()),
             user_id: key.and_then(|k| k.user_id.as_deref()),
+            end_user: admitted.end_user.as_deref(),
             model_group: gateway.config.groups.get(admitted.group).map_or("", |g| g.name.as_str()),
             deployment: &deployment.id,
             upstream_model: admitted.wildcard_model.as_deref().unwrap_or(&deployment.upstream_model),

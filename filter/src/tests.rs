@@ -215,6 +215,20 @@ fn a_clients_failover_route_marker_is_removed() {
     assert_eq!(s.host.request_header_str(marker), None);
 }
 
+/// OpenAI's `user` (LiteLLM's end user, or customer) is recorded with the request's usage.
+#[test]
+fn the_end_user_is_recorded_with_the_usage() {
+    let h = Harness::new(base_config());
+    let (mut s, reply) =
+        h.post("/v1/chat/completions", &key(1), r#"{"model":"gpt-4o","user":"cust-42","messages":[]}"#);
+    assert!(reply.is_none(), "{reply:?}");
+    s.respond(200, "application/json", &[openai_response(10, 5, 0).as_bytes()], true);
+    s.finish();
+    assert_eq!(h.envoy.records()[0]["end_user"], "cust-42");
+    let refused = h.post("/v1/chat/completions", &key(1), r#"{"model":"gpt-4o","user":7}"#).1.unwrap();
+    assert_eq!((refused.status, refused.json()["error"]["param"].as_str()), (400, Some("user")));
+}
+
 #[test]
 fn a_chat_request_is_routed_rewritten_and_metered() {
     let h = Harness::new(base_config());
@@ -247,6 +261,7 @@ fn a_chat_request_is_routed_rewritten_and_metered() {
     assert_eq!(r["cached_prompt_tokens"], 400);
     assert_eq!(r["completion_tokens"], 100);
     assert_eq!(r["estimated"], false);
+    assert_eq!(r["end_user"], serde_json::Value::Null, "the body named no `user`");
     assert_eq!(r["outcome"], "completed");
     let expected = 600.0 * 2.5e-6 + 400.0 * 1.25e-6 + 100.0 * 1e-5;
     assert!((r["cost_usd"].as_f64().unwrap() - expected).abs() < 1e-9);

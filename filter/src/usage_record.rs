@@ -31,6 +31,8 @@ pub struct UsageRecord<'a> {
     pub key_alias: Option<&'a str>,
     pub team_id: Option<&'a str>,
     pub user_id: Option<&'a str>,
+    /// The request's end user (its `user`: LiteLLM's customer).
+    pub end_user: Option<&'a str>,
     pub model_group: &'a str,
     pub deployment: &'a str,
     pub upstream_model: &'a str,
@@ -89,6 +91,7 @@ impl UsageRecord<'_> {
         w.opt_str("key_alias", self.key_alias);
         w.opt_str("team_id", self.team_id);
         w.opt_str("user_id", self.user_id);
+        w.opt_str("end_user", self.end_user);
         w.str("model_group", self.model_group);
         w.str("deployment", self.deployment);
         w.str("upstream_model", self.upstream_model);
@@ -241,6 +244,7 @@ mod tests {
             key_alias: Some(text),
             team_id: None,
             user_id: Some("u\u{7f}"),
+            end_user: Some(text),
             model_group: "gpt-4o",
             deployment: "d",
             upstream_model: text,

@@ -181,8 +181,10 @@ def test_spend_logs_show_each_request_of_a_key(fleet):
     made = call(fleet, "POST", "/key/generate", json={"key_alias": "spender", "models": ["gpt-4o-mini"]}).json()
     client = openai.OpenAI(base_url=f"{envoy.url}/v1", api_key=made["key"], max_retries=0)
     ids = []
-    for _ in range(2):
-        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=CHAT["messages"])
+    # The first for an end user (OpenAI's `user`, LiteLLM's customer), the second for none.
+    for user in ("customer-42", None):
+        extra = {"user": user} if user else {}
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=CHAT["messages"], **extra)
         ids.append(raw.headers["x-request-id"])
     rows = wait_until(lambda: len(r := call(fleet, "GET", "/spend/logs", params={"api_key": made["key"]}).json()) == 2
                       and r, what="both requests' spend rows")
@@ -191,6 +193,10 @@ def test_spend_logs_show_each_request_of_a_key(fleet):
         assert r["api_key"] == made["token"] and r["model_group"] == "gpt-4o-mini" and r["status"] == "success"
         assert r["spend"] > 0 and r["total_tokens"] == r["prompt_tokens"] + r["completion_tokens"]
         assert r["metadata"]["failed_attempts"] == [] and r["startTime"].endswith("Z")
+    assert {r["request_id"]: r["end_user"] for r in rows} == {ids[0]: "customer-42", ids[1]: None}
+    # Spend by customer (the CLI's --group-by customer; '-' is the requests that named none).
+    by_customer = json.loads(fleet.cli("spend", "--group-by", "customer", "--key", made["token"], "--json").stdout)
+    assert {row["group"]: row["requests"] for row in by_customer["rows"]} == {"customer-42": 1, "-": 1}
     # By request id, by token, and the admin's global view; a day range that excludes them.
     one = call(fleet, "GET", "/spend/logs", params={"request_id": ids[0]}).json()
     assert [r["request_id"] for r in one] == [ids[0]]

@@ -31,6 +31,7 @@ fn group_by(g: i32) -> AdminResult<GroupBy> {
         Ok(pb::SpendGroupBy::Organization) => GroupBy::Organization,
         Ok(pb::SpendGroupBy::Model) => GroupBy::Model,
         Ok(pb::SpendGroupBy::Tag) => GroupBy::Tag,
+        Ok(pb::SpendGroupBy::Customer) => GroupBy::Customer,
         Err(_) => return Err(AdminError::InvalidArgument(format!("group_by {g} is not a grouping"))),
     })
 }
@@ -176,5 +177,6 @@ fn log_entry(l: &SpendLog) -> pb::SpendLogEntry {
         price_unknown: l.price_unknown,
         start_time: sluice_core::time::format_rfc3339_ms(l.start_ms),
         failed_attempts_json: serde_json::Value::Array(failed).to_string(),
+        end_user: l.customer_id.clone(),
     }
 }

@@ -60,6 +60,7 @@ fn log_json(l: &pb::SpendLogEntry) -> Value {
         "model_group": l.model_group,
         "model_id": l.deployment_id,
         "user": l.user_id,
+        "end_user": l.end_user,
         "team_id": l.team_id,
         "organization_id": l.organization_id,
         "request_tags": l.tags,

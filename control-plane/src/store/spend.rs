@@ -115,6 +115,8 @@ pub enum GroupBy {
     Organization,
     Model,
     Tag,
+    /// The request's end user (LiteLLM's customer).
+    Customer,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -584,6 +586,7 @@ impl SpendStore for SqlStore {
             GroupBy::Organization => ("COALESCE(s.organization_id, '-')", "spend_logs s".to_owned()),
             GroupBy::Model => ("s.model_group", "spend_logs s".to_owned()),
             GroupBy::Tag => ("t.value", format!("spend_logs s, {tags_of}")),
+            GroupBy::Customer => ("COALESCE(s.customer_id, '-')", "spend_logs s".to_owned()),
         };
         let sql = format!(
             // SUM of BIGINT is NUMERIC on Postgres: cast back so both databases return BIGINT.

@@ -304,6 +304,7 @@ impl<H: Host> RequestFlow<H> {
             },
             retries,
             in_flight,
+            end_user: req.end_user.as_deref().map(str::to_owned),
         });
         Ok(())
     }
