@@ -29,6 +29,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use sluice_core::config::member_scope_parts;
 use sluice_core::time::BudgetDuration;
 
 use crate::alerting::{Delivery, Webhook, WebhookEvent};
@@ -72,11 +73,6 @@ impl ScopeId {
         }
     }
 
-    /// A member's team and user.
-    fn member_parts(id: &str) -> (&str, &str) {
-        id.split_once('|').unwrap_or((id, ""))
-    }
-
     fn target(&self) -> Target {
         match self {
             Self::Key(id) => Target::Key(id.clone()),
@@ -84,7 +80,7 @@ impl ScopeId {
             Self::User(id) => Target::User(id.clone()),
             Self::Org(id) => Target::Org(id.clone()),
             // Every key of the user (its keys in this team among them).
-            Self::Member(id) => Target::User(Self::member_parts(id).1.to_owned()),
+            Self::Member(id) => Target::User(member_scope_parts(id).1.to_owned()),
         }
     }
 
@@ -366,7 +362,7 @@ fn event(crossed: Crossed, scope: &ScopeId, spend_nanos: u64, limits: &BudgetLim
         ScopeId::User(id) => user_id = Some(id.clone()),
         ScopeId::Org(id) => organization_id = Some(id.clone()),
         ScopeId::Member(id) => {
-            let (team, user) = ScopeId::member_parts(id);
+            let (team, user) = member_scope_parts(id);
             (team_id, user_id) = (Some(team.to_owned()), Some(user.to_owned()));
         }
     }

@@ -770,6 +770,17 @@ pub fn team_counter_name(team_id: &str) -> String {
     format!("sluice:t:{team_id}")
 }
 
+/// A team member's id, as its budget scope and its errors name it: the team's id and the
+/// user's, joined by a character neither may contain (ids are [A-Za-z0-9-_.:/]).
+pub fn member_scope_id(team_id: &str, user_id: &str) -> String {
+    format!("{team_id}|{user_id}")
+}
+
+/// The team and the user of a [`member_scope_id`].
+pub fn member_scope_parts(id: &str) -> (&str, &str) {
+    id.split_once('|').unwrap_or((id, ""))
+}
+
 pub fn user_counter_name(user_id: &str) -> String {
     format!("sluice:u:{user_id}")
 }

@@ -353,7 +353,7 @@ impl GatewayError {
                 format!("{whose} has been exceeded! Current cost: {spend_usd:.6}, Max budget: {max_budget_usd:.6}")
             }
             Self::OwnerBudgetExceeded { scope: LimitScope::TeamMember, id, spend_usd, max_budget_usd } => {
-                let (team, user) = id.split_once('|').unwrap_or((id.as_str(), ""));
+                let (team, user) = crate::config::member_scope_parts(id);
                 format!(
                     "Budget has been exceeded! Team member={} in team={} Current cost: {spend_usd:.6}, Max budget: {max_budget_usd:.6}",
                     echo(user),

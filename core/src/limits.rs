@@ -33,7 +33,7 @@ pub struct ScopeLimits {
     pub budget_duration: Option<BudgetDuration>,
     /// LiteLLM's `max_parallel_requests`: the scope's requests in flight at once.
     pub max_parallel: Option<u64>,
-    /// The lease epoch of requests in flight ([`parallel_lease_ms`]).
+    /// How long one lease epoch of requests in flight lasts ([`parallel_lease_ms`]).
     pub parallel_lease_ms: u64,
 }
 
@@ -157,8 +157,8 @@ impl ScopeState {
         }
     }
 
-    /// Requests of this scope in flight, as last counted (leases not renewed: what an
-    /// eviction of the record must not lose).
+    /// Requests of this scope in flight, as last counted (not rolled to the current epoch:
+    /// what a slot's eviction must not lose, read without the scope's limits).
     pub fn in_flight(&self) -> u64 {
         self.parallel_current.saturating_add(self.parallel_previous)
     }

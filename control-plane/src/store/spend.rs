@@ -54,11 +54,8 @@ pub enum ScopeKind {
     Member,
 }
 
-/// A team member's scope id: the team's id and the user's, joined by a character neither may
-/// contain (ids are [A-Za-z0-9-_.:/]), as `column(ScopeKind::Member)` joins the two columns.
-pub fn member_scope_id(team_id: &str, user_id: &str) -> String {
-    format!("{team_id}|{user_id}")
-}
+/// A team member's scope id (`team|user`), as `column(ScopeKind::Member)` joins the two columns.
+pub use sluice_core::config::member_scope_id;
 
 impl ScopeKind {
     pub fn as_str(self) -> &'static str {

@@ -267,7 +267,7 @@ impl<H: Host> RequestFlow<H> {
         {
             return Err(GatewayError::OwnerBudgetExceeded {
                 scope: LimitScope::TeamMember,
-                id: format!("{team}|{user}"),
+                id: sluice_core::config::member_scope_id(team, user),
                 spend_usd: nanos_to_usd(spend),
                 max_budget_usd: nanos_to_usd(max),
             });
