@@ -256,7 +256,16 @@ fn spend_log(r: &UsageRecord, key: &Tenancy) -> SpendLog {
         customer_id: non_empty(&r.end_user),
         model_group: r.model_group.clone(),
         deployment_id: Some(r.deployment.clone()).filter(|d| !d.is_empty()),
-        tags: key.tags.clone(),
+        // The key's tags, then the request's own (LiteLLM's request_tags), each once.
+        tags: {
+            let mut tags = key.tags.clone();
+            for tag in &r.request_tags {
+                if !tags.contains(tag) {
+                    tags.push(tag.clone());
+                }
+            }
+            tags
+        },
         prompt_tokens: signed(r.prompt_tokens),
         completion_tokens: signed(r.completion_tokens),
         cost_nanos,

@@ -42,6 +42,33 @@ struct Fields<'a> {
 
 /// The longest `user` the gateway records (a spend row's customer id).
 pub const MAX_END_USER_BYTES: usize = 256;
+/// LiteLLM's request tags header: comma-separated, spaces trimmed.
+pub const TAGS_HEADER: &str = "x-litellm-tags";
+/// The most request tags one request may carry, and the longest tag.
+pub const MAX_REQUEST_TAGS: usize = 32;
+pub const MAX_TAG_BYTES: usize = 128;
+
+/// The tags of an `x-litellm-tags` value (LiteLLM's request tags, recorded with the spend):
+/// comma-separated, each trimmed, empty ones skipped, duplicates once. More than
+/// [`MAX_REQUEST_TAGS`], a longer tag than [`MAX_TAG_BYTES`], or a value that is not UTF-8 is a
+/// 400 naming the header, never a tag silently dropped.
+pub fn parse_tags_header(value: &[u8]) -> Result<Vec<String>, GatewayError> {
+    let invalid = |detail: String| GatewayError::InvalidField { param: TAGS_HEADER, detail };
+    let text = std::str::from_utf8(value).map_err(|_| invalid("not UTF-8".into()))?;
+    let mut tags: Vec<String> = Vec::new();
+    for tag in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        if tag.len() > MAX_TAG_BYTES {
+            return Err(invalid(format!("a tag is at most {MAX_TAG_BYTES} bytes")));
+        }
+        if !tags.iter().any(|t| t == tag) {
+            tags.push(tag.to_owned());
+        }
+    }
+    if tags.len() > MAX_REQUEST_TAGS {
+        return Err(invalid(format!("at most {MAX_REQUEST_TAGS} tags")));
+    }
+    Ok(tags)
+}
 
 /// Request fields that are the gateway's own settings, not the provider's (LiteLLM takes them
 /// per request): read by [`parse_request`] and removed from the body before it goes upstream.
@@ -409,6 +436,20 @@ mod tests {
         assert_eq!(v["model"], "gpt-4o-2024-08-06");
         assert_eq!(v["messages"][0]["content"], "model \"x\" 🌍");
         assert_eq!(v["temperature"], json!(0.30000000000000004));
+    }
+
+    #[test]
+    fn reads_litellms_tags_header() {
+        assert_eq!(
+            parse_tags_header(b" team-api, production ,,us-east-1,production"),
+            Ok(vec!["team-api".to_owned(), "production".to_owned(), "us-east-1".to_owned()])
+        );
+        assert_eq!(parse_tags_header(b" , "), Ok(vec![]));
+        let many = (0..33).map(|i| format!("t{i}")).collect::<Vec<_>>().join(",");
+        let long = "x".repeat(129);
+        for bad in [many.as_bytes(), long.as_bytes(), b"\xff".as_slice()] {
+            assert!(matches!(parse_tags_header(bad), Err(GatewayError::InvalidField { param: TAGS_HEADER, .. })));
+        }
     }
 
     /// OpenAI's `user` is the request's end user (recorded, sent on unchanged); a non-string

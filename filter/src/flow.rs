@@ -77,7 +77,7 @@ pub(crate) const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Every request header the flow reads, fetched in one host call when the request starts:
 /// what it acts on, then the headers only the gateway sets (the router's retry and timeout
 /// headers, the failover route's).
-const READ_REQUEST_HEADERS: [&str; 15] = [
+const READ_REQUEST_HEADERS: [&str; 16] = [
     ":path",
     ":method",
     "authorization",
@@ -86,6 +86,7 @@ const READ_REQUEST_HEADERS: [&str; 15] = [
     "content-length",
     "x-request-id",
     "anthropic-version",
+    sluice_core::request::TAGS_HEADER,
     CLUSTER_HEADER,
     attempts::ROUTER_HEADERS[0],
     attempts::ROUTER_HEADERS[1],
@@ -314,6 +315,8 @@ pub struct RequestFlow<H: Host> {
     has_anthropic_version: bool,
     /// The client sent a `CLUSTER_HEADER` of its own (replaced, never trusted).
     client_sent_cluster: bool,
+    /// LiteLLM's request tags (`x-litellm-tags`), recorded with the usage.
+    request_tags: Vec<String>,
     endpoint: Option<Endpoint>,
     principal: Option<Principal>,
     request_id: Option<String>,
@@ -358,6 +361,7 @@ impl<H: Host> RequestFlow<H> {
             client_key_headers: [false; 3],
             has_anthropic_version: false,
             client_sent_cluster: false,
+            request_tags: Vec::new(),
             endpoint: None,
             principal: None,
             request_id: None,
@@ -488,6 +492,7 @@ impl<H: Host> RequestFlow<H> {
             team_id: key.and_then(|k| k.team_id.as_deref()),
             user_id: key.and_then(|k| k.user_id.as_deref()),
             end_user: admitted.end_user.as_deref(),
+            request_tags: &self.request_tags,
             model_group: gateway.config.groups.get(admitted.group).map_or("", |g| g.name.as_str()),
             deployment: &deployment.id,
             upstream_model: admitted.wildcard_model.as_deref().unwrap_or(&deployment.upstream_model),

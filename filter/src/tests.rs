@@ -215,16 +215,28 @@ fn a_clients_failover_route_marker_is_removed() {
     assert_eq!(s.host.request_header_str(marker), None);
 }
 
-/// OpenAI's `user` (LiteLLM's end user, or customer) is recorded with the request's usage.
+/// OpenAI's `user` (LiteLLM's end user, or customer) and LiteLLM's `x-litellm-tags` are
+/// recorded with the request's usage; a tags header the gateway cannot record whole is a 400.
 #[test]
-fn the_end_user_is_recorded_with_the_usage() {
+fn the_end_user_and_the_request_tags_are_recorded_with_the_usage() {
     let h = Harness::new(base_config());
-    let (mut s, reply) =
-        h.post("/v1/chat/completions", &key(1), r#"{"model":"gpt-4o","user":"cust-42","messages":[]}"#);
+    let auth = format!("Bearer {}", key(1));
+    let tags = (sluice_core::request::TAGS_HEADER, b"prod, job:7,prod".as_slice());
+    let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", auth.as_bytes()), tags]);
+    let reply = s.send_body(br#"{"model":"gpt-4o","user":"cust-42","messages":[]}"#);
     assert!(reply.is_none(), "{reply:?}");
     s.respond(200, "application/json", &[openai_response(10, 5, 0).as_bytes()], true);
     s.finish();
     assert_eq!(h.envoy.records()[0]["end_user"], "cust-42");
+    assert_eq!(h.envoy.records()[0]["request_tags"], serde_json::json!(["prod", "job:7"]));
+    let long = "x".repeat(200);
+    let mut s = h.start(
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", auth.as_bytes()), (sluice_core::request::TAGS_HEADER, long.as_bytes())],
+    );
+    let refused = s.send_body(CHAT.as_bytes()).unwrap();
+    assert_eq!((refused.status, refused.json()["error"]["param"].as_str()), (400, Some("x-litellm-tags")));
     let refused = h.post("/v1/chat/completions", &key(1), r#"{"model":"gpt-4o","user":7}"#).1.unwrap();
     assert_eq!((refused.status, refused.json()["error"]["param"].as_str()), (400, Some("user")));
 }

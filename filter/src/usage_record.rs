@@ -58,6 +58,8 @@ pub struct UsageRecord<'a> {
     /// The attempts before the one that answered (retries, a fallback's earlier steps), each at
     /// its deployment with its error class; billed nothing.
     pub failed_attempts: &'a [FailedAttempt<'a>],
+    /// LiteLLM's request tags (`x-litellm-tags`).
+    pub request_tags: &'a [String],
 }
 
 /// One failed attempt of a request.
@@ -120,6 +122,15 @@ impl UsageRecord<'_> {
             a.str("deployment", attempt.deployment);
             a.str("error", attempt.error.as_str());
             a.end();
+        }
+        w.out.push(b']');
+        w.name("request_tags");
+        w.out.push(b'[');
+        for (i, tag) in self.request_tags.iter().enumerate() {
+            if i > 0 {
+                w.out.push(b',');
+            }
+            write_json_string(w.out, tag);
         }
         w.out.push(b']');
         w.end();
@@ -236,7 +247,12 @@ mod tests {
 
     use super::*;
 
-    fn record<'a>(text: &'a str, cost_usd: f64, failed_attempts: &'a [FailedAttempt<'a>]) -> UsageRecord<'a> {
+    fn record<'a>(
+        text: &'a str,
+        cost_usd: f64,
+        failed_attempts: &'a [FailedAttempt<'a>],
+        request_tags: &'a [String],
+    ) -> UsageRecord<'a> {
         UsageRecord {
             record_id: "0123456789abcdef0123456789abcdef",
             request_id: text,
@@ -264,6 +280,7 @@ mod tests {
             estimated: false,
             price_unknown: true,
             failed_attempts,
+            request_tags,
         }
     }
 
@@ -276,8 +293,9 @@ mod tests {
                 FailedAttempt { deployment: text, error: AttemptError::RateLimit },
                 FailedAttempt { deployment: "b", error: AttemptError::ContextWindow },
             ];
+            let tags = [text.to_owned(), "b".to_owned()];
             for (cost, failed) in [0.0, 0.000_025, 1.5e-9, 123_456.789, f64::NAN].into_iter().zip([0, 1, 2, 0, 2]) {
-                let record = record(text, cost, &attempts[..failed]);
+                let record = record(text, cost, &attempts[..failed], &tags[..failed]);
                 let mut line = Vec::new();
                 record.write_json(&mut line);
                 let ours: serde_json::Value = serde_json::from_slice(&line).unwrap();

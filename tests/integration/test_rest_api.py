@@ -181,9 +181,11 @@ def test_spend_logs_show_each_request_of_a_key(fleet):
     made = call(fleet, "POST", "/key/generate", json={"key_alias": "spender", "models": ["gpt-4o-mini"]}).json()
     client = openai.OpenAI(base_url=f"{envoy.url}/v1", api_key=made["key"], max_retries=0)
     ids = []
-    # The first for an end user (OpenAI's `user`, LiteLLM's customer), the second for none.
+    # The first for an end user (OpenAI's `user`, LiteLLM's customer) and with LiteLLM's request
+    # tags header, the second for neither.
+    tag = f"job-{made['token'][-6:]}"
     for user in ("customer-42", None):
-        extra = {"user": user} if user else {}
+        extra = {"user": user, "extra_headers": {"x-litellm-tags": f"{tag}, nightly"}} if user else {}
         raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=CHAT["messages"], **extra)
         ids.append(raw.headers["x-request-id"])
     rows = wait_until(lambda: len(r := call(fleet, "GET", "/spend/logs", params={"api_key": made["key"]}).json()) == 2
@@ -194,6 +196,10 @@ def test_spend_logs_show_each_request_of_a_key(fleet):
         assert r["spend"] > 0 and r["total_tokens"] == r["prompt_tokens"] + r["completion_tokens"]
         assert r["metadata"]["failed_attempts"] == [] and r["startTime"].endswith("Z")
     assert {r["request_id"]: r["end_user"] for r in rows} == {ids[0]: "customer-42", ids[1]: None}
+    assert {r["request_id"]: r["request_tags"] for r in rows} == {ids[0]: [tag, "nightly"], ids[1]: []}
+    # LiteLLM's /spend/tags counts the tagged request under each of its tags.
+    by_tag = {t["individual_request_tag"]: t for t in call(fleet, "GET", "/spend/tags").json()}
+    assert by_tag[tag]["log_count"] == 1 and by_tag[tag]["total_spend"] > 0, by_tag
     # Spend by customer (the CLI's --group-by customer; '-' is the requests that named none).
     by_customer = json.loads(fleet.cli("spend", "--group-by", "customer", "--key", made["token"], "--json").stdout)
     assert {row["group"]: row["requests"] for row in by_customer["rows"]} == {"customer-42": 1, "-": 1}

@@ -38,6 +38,7 @@ impl<H: Host> RequestFlow<H> {
             content_length,
             request_id,
             anthropic_version,
+            tags,
             cluster,
             gateway_headers @ ..,
         ] = self.host.request_headers(READ_REQUEST_HEADERS);
@@ -116,6 +117,12 @@ impl<H: Host> RequestFlow<H> {
             return self.reject(&GatewayError::BodyTooLarge { limit });
         }
         self.request_id = request_id.map(|v| String::from_utf8_lossy(&v).into_owned());
+        if let Some(tags) = tags {
+            match sluice_core::request::parse_tags_header(&tags) {
+                Ok(tags) => self.request_tags = tags,
+                Err(e) => return self.reject(&e),
+            }
+        }
         if let Some((hash, stale)) = to_look_up
             && let Err(e) = self.start_lookup(hash, stale)
         {
