@@ -29,13 +29,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use sluice_core::config::member_scope_parts;
+use sluice_core::config::{member_scope_id, member_scope_parts};
 use sluice_core::time::BudgetDuration;
 
 use crate::alerting::{Delivery, Webhook, WebhookEvent};
 use crate::invalidation::{Invalidations, Target};
 use crate::metrics::{Metrics, inc};
-use crate::store::{BudgetWindow, Charge, LimitsRecord, ScopeKind, Store, StoreResult, WindowTotal, member_scope_id};
+use crate::store::{BudgetWindow, Charge, LimitsRecord, ScopeKind, Store, StoreResult, WindowTotal};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ScopeId {

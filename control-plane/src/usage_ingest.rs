@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use sluice_core::config::member_scope_id;
 use sluice_proto::gateway::v1::usage_service_server::UsageService;
 use sluice_proto::gateway::v1::{
     Outcome, ReportUsageRequest, ReportUsageResponse, UsageRecord, WatchInvalidationsRequest,
@@ -20,9 +21,7 @@ use tonic::{Request, Response, Status};
 use crate::budget::{BudgetLimits, BudgetTracker, ScopeId, SpendContext, member_limits};
 use crate::invalidation::Invalidations;
 use crate::metrics::{Metrics, inc};
-use crate::store::{
-    KeyLookup, OrgRecord, SpendLog, Store, StoreError, StoreResult, TeamRecord, UserRecord, member_scope_id, now_ms,
-};
+use crate::store::{KeyLookup, OrgRecord, SpendLog, Store, StoreError, StoreResult, TeamRecord, UserRecord, now_ms};
 
 /// Largest batch one call may carry; the singleton sends far fewer.
 pub const MAX_BATCH: usize = 10_000;

@@ -974,6 +974,8 @@ impl CompiledConfig {
         if config.route_timeout_ms == 0 {
             errors.push(ConfigError("route_timeout_ms must be positive".into()));
         }
+        // How long a key's or team's parallel-request slot is leased (`crate::limits`).
+        let lease_ms = parallel_lease_ms(config.route_timeout_ms);
         if let Some(lookup) = &config.key_lookup {
             lookup.rate.check(&mut errors);
         }
@@ -1125,7 +1127,7 @@ impl CompiledConfig {
             if team_index.insert(t.team_id.as_str(), teams.len()).is_some() {
                 errors.push(ConfigError(format!("{what}: duplicate team_id")));
             }
-            teams.push(compile_team(t, parallel_lease_ms(config.route_timeout_ms), &mut errors));
+            teams.push(compile_team(t, lease_ms, &mut errors));
         }
 
         let mut keys = Vec::new();
@@ -1144,14 +1146,7 @@ impl CompiledConfig {
                 },
                 None => None,
             };
-            let Some(key) = compile_key(
-                k,
-                &what,
-                parallel_lease_ms(config.route_timeout_ms),
-                team,
-                |g| group_index.contains_key(g),
-                &mut errors,
-            ) else {
+            let Some(key) = compile_key(k, &what, lease_ms, team, |g| group_index.contains_key(g), &mut errors) else {
                 continue;
             };
             if key_index.insert(key.hash, keys.len()).is_some() {

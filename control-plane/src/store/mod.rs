@@ -58,7 +58,6 @@ pub use keys::{KeyFilter, KeyLookup, KeyRecord, KeyStore, KeyType, ModelLimits, 
 pub use models::{ModelRecord, ModelStore, SyncReport};
 pub use spend::{
     BudgetWindow, Charge, GroupBy, ScopeKind, SpendFilter, SpendLog, SpendRow, SpendStore, WindowTotal, day_of,
-    member_scope_id,
 };
 
 /// Every capability the admin API needs, in one bound.

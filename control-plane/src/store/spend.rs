@@ -50,12 +50,10 @@ pub enum ScopeKind {
     Team,
     User,
     Org,
-    /// A user in one team (LiteLLM's team member budget): its id is [`member_scope_id`].
+    /// A user in one team (LiteLLM's team member budget): its id is
+    /// [`sluice_core::config::member_scope_id`].
     Member,
 }
-
-/// A team member's scope id (`team|user`), as `column(ScopeKind::Member)` joins the two columns.
-pub use sluice_core::config::member_scope_id;
 
 impl ScopeKind {
     pub fn as_str(self) -> &'static str {
@@ -228,7 +226,8 @@ fn column(kind: ScopeKind) -> &'static str {
         ScopeKind::Team => "team_id",
         ScopeKind::User => "user_id",
         ScopeKind::Org => "organization_id",
-        // NULL when either is: a record without a team or a user is no member's.
+        // `member_scope_id` in SQL (the same `|`); NULL when either is: a record without a
+        // team or a user is no member's.
         ScopeKind::Member => "(team_id || '|' || user_id)",
     }
 }
