@@ -8,166 +8,29 @@
 //! cannot be queued or delivered is logged and counted (`sluice_webhook_events_total`), never
 //! fatal. The event names the key by its id (`token`), never by the key or its digest.
 //!
-//! `http://` and `https://`: hyper's HTTP/1 client, over rustls (ring) for https. The
-//! receiver's certificate must chain to a root of `webpki-roots` (Mozilla's, compiled in) or to
-//! a CA in the PEM file `SSL_CERT_FILE` names (added to those roots, for private CAs), and name
-//! the URL's host (SNI and the hostname check are rustls's; verification is never turned off).
-//! Errors never repeat the URL beyond `host[:port]`: its path often carries a secret.
+//! `http://` and `https://` through `http_client` (its trust rules: `webpki-roots`, plus
+//! `SSL_CERT_FILE`'s CAs). Errors never repeat the URL beyond `host[:port]`: its path often
+//! carries a secret.
 
-use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 use serde::Serialize;
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio_rustls::TlsConnector;
+
+use crate::http_client::{self, Call, HttpTarget, HttpUrl};
 
 use crate::metrics::{Metrics, inc};
 
 /// Events waiting for delivery; beyond this they are dropped (and counted).
 pub const QUEUE: usize = 1024;
 
-/// Where events go: an `http(s)://host[:port][/path][?query]` URL, split for the client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WebhookUrl {
-    https: bool,
-    host: String,
-    port: u16,
-    /// `host[:port]` as written (the `Host` header).
-    authority: String,
-    /// Path and query (`/` when the URL has none).
-    path: String,
-}
-
-impl WebhookUrl {
-    /// Errors never repeat the URL: a webhook URL often carries a secret in its path.
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let (https, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
-            (Some(rest), _) => (false, rest),
-            (None, Some(rest)) => (true, rest),
-            (None, None) => return Err("WEBHOOK_URL must be an http:// or https:// URL".into()),
-        };
-        let rest = rest.split('#').next().unwrap_or_default();
-        let (authority, path) = match rest.find(['/', '?']) {
-            Some(i) => rest.split_at(i),
-            None => (rest, "/"),
-        };
-        let path = if path.starts_with('?') { format!("/{path}") } else { path.to_owned() };
-        if authority.is_empty() || authority.contains('@') || path.chars().any(|c| c.is_control() || c == ' ') {
-            return Err("WEBHOOK_URL must be http(s)://host[:port][/path] (no user info, no spaces)".into());
-        }
-        let (host, port) = match authority.strip_prefix('[') {
-            // [v6]:port
-            Some(v6) => {
-                let (host, after) = v6.split_once(']').ok_or("WEBHOOK_URL: unclosed [ in the host")?;
-                (host, after.strip_prefix(':'))
-            }
-            None => match authority.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            },
-        };
-        let port = match port {
-            None if https => 443,
-            None => 80,
-            Some(p) => p.parse::<u16>().map_err(|_| "WEBHOOK_URL: the port is not a number from 0 to 65535")?,
-        };
-        if host.is_empty() {
-            return Err("WEBHOOK_URL has no host".into());
-        }
-        Ok(Self { https, host: host.to_owned(), port, authority: authority.to_owned(), path })
-    }
-
-    /// `host[:port]`: what may be logged (the path may hold a secret).
-    pub fn authority(&self) -> &str {
-        &self.authority
-    }
-
-    pub fn is_https(&self) -> bool {
-        self.https
-    }
-}
-
-/// A webhook ready to be POSTed to: its URL and, for https, the TLS client and the name the
-/// receiver's certificate must carry. Built at start, so that an https URL whose trust
-/// settings cannot be loaded stops `sluice serve` rather than losing alerts later.
-#[derive(Clone)]
-pub struct WebhookTarget {
-    url: WebhookUrl,
-    tls: Option<(TlsConnector, ServerName<'static>)>,
-}
-
-impl fmt::Debug for WebhookTarget {
-    // Never the path: it may hold a secret.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WebhookTarget").field("authority", &self.url.authority).field("https", &self.url.https).finish()
-    }
-}
-
-impl WebhookTarget {
-    /// `extra_roots`: a PEM file of CA certificates trusted besides `webpki-roots`
-    /// (`SSL_CERT_FILE`); read only for an https URL.
-    pub fn new(url: WebhookUrl, extra_roots: Option<&Path>) -> Result<Self, String> {
-        if !url.https {
-            return Ok(Self { url, tls: None });
-        }
-        let name = ServerName::try_from(url.host.clone())
-            .map_err(|_| "WEBHOOK_URL: the host is neither a DNS name nor an IP address".to_owned())?;
-        let config = tls_client_config(extra_roots)?;
-        Ok(Self { url, tls: Some((TlsConnector::from(Arc::new(config)), name)) })
-    }
-
-    /// [`WebhookUrl::parse`], then [`WebhookTarget::new`].
-    pub fn parse(url: &str, extra_roots: Option<&Path>) -> Result<Self, String> {
-        Self::new(WebhookUrl::parse(url)?, extra_roots)
-    }
-
-    /// `host[:port]`: what may be logged.
-    pub fn authority(&self) -> &str {
-        self.url.authority()
-    }
-
-    pub fn is_https(&self) -> bool {
-        self.url.https
-    }
-}
-
-/// rustls on ring, trusting `webpki-roots` plus the CAs of `extra_roots` (a PEM file). The
-/// default verifier checks the chain, validity and the server name; it is never replaced.
-pub fn tls_client_config(extra_roots: Option<&Path>) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    if let Some(path) = extra_roots {
-        let file = path.display();
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("SSL_CERT_FILE {file}: {e}"))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("SSL_CERT_FILE {file}: {e}"))?;
-        let (added, _unusable) = roots.add_parsable_certificates(certs);
-        if added == 0 {
-            return Err(format!("SSL_CERT_FILE {file}: no usable CA certificate in it"));
-        }
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
-}
-
 /// The webhook `general_settings` asks for: `alerting` must list `"webhook"` and `WEBHOOK_URL`
 /// (passed in) must be set, as in LiteLLM. Other alerting channels are not built: refused, as is
 /// a webhook with no URL (an alert that would never be sent).
-pub fn webhook_from_settings(settings: &Value, webhook_url: Option<&str>) -> Result<Option<WebhookUrl>, String> {
+pub fn webhook_from_settings(settings: &Value, webhook_url: Option<&str>) -> Result<Option<HttpUrl>, String> {
     let channels = match settings.get("alerting") {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Array(channels)) => channels,
@@ -189,7 +52,7 @@ pub fn webhook_from_settings(settings: &Value, webhook_url: Option<&str>) -> Res
         return Ok(None);
     }
     match webhook_url.filter(|u| !u.is_empty()) {
-        Some(url) => WebhookUrl::parse(url).map(Some),
+        Some(url) => HttpUrl::parse(url, "WEBHOOK_URL").map(Some),
         None => Err("general_settings.alerting lists \"webhook\" but WEBHOOK_URL is not set: set it, or remove \
                      the webhook"
             .into()),
@@ -251,7 +114,7 @@ pub struct Webhook {
 
 impl Webhook {
     /// Starts the delivery task on the current tokio runtime (None outside one).
-    pub fn start(url: WebhookTarget, metrics: Arc<Metrics>, delivery: Delivery) -> Option<Self> {
+    pub fn start(url: HttpTarget, metrics: Arc<Metrics>, delivery: Delivery) -> Option<Self> {
         let runtime = tokio::runtime::Handle::try_current().ok()?;
         let (queue, events) = mpsc::channel(delivery.queue.max(1));
         runtime.spawn(deliver_all(url, events, Arc::clone(&metrics), delivery));
@@ -271,7 +134,7 @@ impl Webhook {
     }
 }
 
-async fn deliver_all(url: WebhookTarget, mut events: mpsc::Receiver<WebhookEvent>, metrics: Arc<Metrics>, d: Delivery) {
+async fn deliver_all(url: HttpTarget, mut events: mpsc::Receiver<WebhookEvent>, metrics: Arc<Metrics>, d: Delivery) {
     while let Some(event) = events.recv().await {
         let body = match serde_json::to_vec(&event) {
             Ok(body) => Bytes::from(body),
@@ -284,7 +147,13 @@ async fn deliver_all(url: WebhookTarget, mut events: mpsc::Receiver<WebhookEvent
         let mut backoff = d.first_backoff;
         let mut attempt = 1;
         loop {
-            let (retry, why) = match tokio::time::timeout(d.attempt_timeout, post(&url, body.clone())).await {
+            let call = Call {
+                method: hyper::Method::POST,
+                headers: &[("content-type", "application/json")],
+                body: body.clone(),
+            };
+            let answer = tokio::time::timeout(d.attempt_timeout, http_client::call(&url, call)).await;
+            let (retry, why) = match answer.map(|a| a.map(|a| a.status)) {
                 Ok(Ok(status)) if status.is_success() => {
                     inc(&metrics.webhook_sent, 1);
                     break;
@@ -312,104 +181,17 @@ async fn deliver_all(url: WebhookTarget, mut events: mpsc::Receiver<WebhookEvent
     }
 }
 
-/// Why a POST failed, and whether trying again may help.
-struct Failure {
-    retry: bool,
-    why: String,
-}
-
-impl Failure {
-    fn transient(why: String) -> Self {
-        Self { retry: true, why }
-    }
-}
-
-/// One POST on a fresh connection (events are rare: no pool).
-async fn post(target: &WebhookTarget, body: Bytes) -> Result<hyper::StatusCode, Failure> {
-    let url = &target.url;
-    let stream = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
-        .await
-        .map_err(|e| Failure::transient(format!("cannot connect to {}: {e}", url.authority)))?;
-    match &target.tls {
-        None => exchange(stream, url, body).await,
-        Some((connector, name)) => {
-            let stream = connector.connect(name.clone(), stream).await.map_err(|e| {
-                // A certificate that does not verify will not verify on the next attempt.
-                let rejected = e
-                    .get_ref()
-                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                    .is_some_and(|e| matches!(e, rustls::Error::InvalidCertificate(_)));
-                Failure { retry: !rejected, why: format!("TLS with {}: {e}", url.authority) }
-            })?;
-            exchange(stream, url, body).await
-        }
-    }
-}
-
-/// The HTTP/1 request and its status, on a connected (and, for https, encrypted) stream.
-async fn exchange<S>(stream: S, url: &WebhookUrl, body: Bytes) -> Result<hyper::StatusCode, Failure>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| Failure::transient(format!("HTTP: {e}")))?;
-    let connection = tokio::spawn(connection);
-    let request = hyper::Request::post(url.path.as_str())
-        .header(hyper::header::HOST, url.authority.as_str())
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .header(hyper::header::USER_AGENT, concat!("sluice/", env!("CARGO_PKG_VERSION")))
-        .header(hyper::header::CONNECTION, "close")
-        .body(Full::new(body))
-        // Never the error's text: it would be about the path.
-        .map_err(|_| Failure { retry: false, why: "the request could not be built".into() })?;
-    let answer = sender.send_request(request).await;
-    connection.abort();
-    answer.map(|r| r.status()).map_err(|e| Failure::transient(format!("HTTP: {e}")))
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use serde_json::json;
+    use std::path::Path;
     use std::sync::Mutex;
     use std::sync::atomic::Ordering;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[test]
-    fn urls_are_split_for_the_client_without_echoing_the_url_in_errors() {
-        let u = WebhookUrl::parse("http://127.0.0.1:8080/hooks/budget?x=1#frag").unwrap();
-        assert_eq!(
-            (u.host.as_str(), u.port, u.authority.as_str(), u.path.as_str(), u.https),
-            ("127.0.0.1", 8080, "127.0.0.1:8080", "/hooks/budget?x=1", false)
-        );
-        let u = WebhookUrl::parse("http://alerts.internal").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("alerts.internal", 80, "/"));
-        let u = WebhookUrl::parse("http://[::1]:9/x").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.authority.as_str()), ("::1", 9, "[::1]:9"));
-        assert_eq!(WebhookUrl::parse("http://h?q").unwrap().path, "/?q");
-        let u = WebhookUrl::parse("https://hooks.slack.com/services/T0/B0/X").unwrap();
-        assert_eq!(
-            (u.host.as_str(), u.port, u.authority.as_str(), u.path.as_str(), u.https),
-            ("hooks.slack.com", 443, "hooks.slack.com", "/services/T0/B0/X", true)
-        );
-        assert_eq!(WebhookUrl::parse("https://h:8443/").unwrap().port, 8443);
-        for bad in [
-            "ftp://h/T0SECRET",
-            "http://u:T0SECRET@h/",
-            "https://u:T0SECRET@h/",
-            "http://h:99999/",
-            "https://h/T0SECRET x",
-            "https://:443/T0SECRET",
-        ] {
-            let e = WebhookUrl::parse(bad).unwrap_err();
-            assert!(!e.contains("T0SECRET") && !e.contains("99999"), "{e}");
-        }
-        // What is logged and debug-printed is the authority, never the path.
-        let target = WebhookTarget::parse("https://hooks.example/T0SECRET", None).unwrap();
-        assert_eq!(target.authority(), "hooks.example");
-        assert!(!format!("{target:?}").contains("T0SECRET"));
-    }
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
     #[test]
     fn the_webhook_is_on_when_alerting_lists_it_and_webhook_url_is_set() {
@@ -423,19 +205,6 @@ pub(crate) mod tests {
         assert_eq!(webhook_from_settings(&json!({}), Some("http://h")).unwrap(), None);
         assert!(webhook_from_settings(&json!({"alerting": "webhook"}), Some("http://h")).is_err());
         assert!(webhook_from_settings(&on, Some("ftp://h")).is_err(), "asked for, and impossible: refuse to start");
-    }
-
-    #[test]
-    fn ssl_cert_file_must_hold_a_ca_and_is_read_only_for_https() {
-        let missing = Path::new("/nonexistent/sluice-ca.pem");
-        let e = WebhookTarget::parse("https://h/T0SECRET", Some(missing)).unwrap_err();
-        assert!(e.contains("SSL_CERT_FILE /nonexistent/sluice-ca.pem") && !e.contains("T0SECRET"), "{e}");
-        assert!(WebhookTarget::parse("http://h/x", Some(missing)).is_ok(), "http needs no trust store");
-        let ca = crate::test_certs::TestCa::new("webhook test CA");
-        let leaf = ca.leaf("only-a-key", "DNS:localhost");
-        let e = WebhookTarget::parse("https://h/", Some(&leaf.key)).unwrap_err();
-        assert!(e.contains("no usable CA certificate"), "{e}");
-        assert!(WebhookTarget::parse("https://h/", Some(&ca.cert())).is_ok());
     }
 
     pub(crate) fn event(kind: &'static str) -> WebhookEvent {
@@ -564,7 +333,8 @@ pub(crate) mod tests {
     async fn an_event_is_posted_as_litellm_json_and_retried_after_a_server_error() {
         let (url, got) = receiver(vec![503, 200]).await;
         let metrics = Arc::new(Metrics::default());
-        let hook = Webhook::start(WebhookTarget::parse(&url, None).unwrap(), Arc::clone(&metrics), fast()).unwrap();
+        let hook = Webhook::start(HttpTarget::parse(&url, "WEBHOOK_URL", None).unwrap(), Arc::clone(&metrics), fast())
+            .unwrap();
         hook.send(event("threshold_crossed"));
         settled(&metrics, 1).await;
         assert_eq!(metrics.webhook_sent.load(Ordering::Relaxed), 1);
@@ -584,7 +354,8 @@ pub(crate) mod tests {
         // A 400 is not retried; a closed port is retried, then given up.
         let (url, got) = receiver(vec![400, 200]).await;
         let metrics = Arc::new(Metrics::default());
-        let hook = Webhook::start(WebhookTarget::parse(&url, None).unwrap(), Arc::clone(&metrics), fast()).unwrap();
+        let hook = Webhook::start(HttpTarget::parse(&url, "WEBHOOK_URL", None).unwrap(), Arc::clone(&metrics), fast())
+            .unwrap();
         hook.send(event("budget_crossed"));
         hook.send(event("budget_crossed"));
         settled(&metrics, 2).await;
@@ -597,7 +368,7 @@ pub(crate) mod tests {
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
         let metrics = Arc::new(Metrics::default());
         let hook = Webhook::start(
-            WebhookTarget::parse(&format!("http://{closed}/"), None).unwrap(),
+            HttpTarget::parse(&format!("http://{closed}/"), "WEBHOOK_URL", None).unwrap(),
             Arc::clone(&metrics),
             fast(),
         )
@@ -614,7 +385,8 @@ pub(crate) mod tests {
         let url = format!("http://{}/", listener.local_addr().unwrap());
         let metrics = Arc::new(Metrics::default());
         let slow = Delivery { attempt_timeout: Duration::from_secs(30), ..fast() };
-        let hook = Webhook::start(WebhookTarget::parse(&url, None).unwrap(), Arc::clone(&metrics), slow).unwrap();
+        let hook =
+            Webhook::start(HttpTarget::parse(&url, "WEBHOOK_URL", None).unwrap(), Arc::clone(&metrics), slow).unwrap();
         let started = std::time::Instant::now();
         for _ in 0..20 {
             hook.send(event("budget_crossed"));
@@ -636,7 +408,7 @@ pub(crate) mod tests {
         let metrics = Arc::new(Metrics::default());
         // By name (SNI and a DNS name check) and by address (an IP address SAN).
         for url in [format!("https://localhost:{}/hook?src=sluice", addr.port()), format!("https://{addr}/by-ip")] {
-            let target = WebhookTarget::parse(&url, Some(&ca.cert())).unwrap();
+            let target = HttpTarget::parse(&url, "WEBHOOK_URL", Some(&ca.cert())).unwrap();
             let hook = Webhook::start(target, Arc::clone(&metrics), fast()).unwrap();
             hook.send(event("budget_crossed"));
         }
@@ -667,7 +439,7 @@ pub(crate) mod tests {
         ];
         let started = std::time::Instant::now();
         for (url, roots) in &cases {
-            let target = WebhookTarget::parse(url, roots.as_deref()).unwrap();
+            let target = HttpTarget::parse(url, "WEBHOOK_URL", roots.as_deref()).unwrap();
             Webhook::start(target, Arc::clone(&metrics), slow_retries).unwrap().send(event("budget_crossed"));
         }
         settled(&metrics, 3).await;

@@ -184,7 +184,7 @@ impl BudgetTracker {
     pub fn with_webhook_url(
         invalidations: Arc<Invalidations>,
         metrics: Arc<Metrics>,
-        url: Option<crate::alerting::WebhookTarget>,
+        url: Option<crate::http_client::HttpTarget>,
     ) -> Arc<Self> {
         let webhook = url.and_then(|url| Webhook::start(url, Arc::clone(&metrics), Delivery::default()));
         Self::with_webhook(invalidations, metrics, webhook)
@@ -394,8 +394,8 @@ mod tests {
     use sqlx::Executor;
 
     use super::*;
-    use crate::alerting::WebhookTarget;
     use crate::alerting::tests::receiver;
+    use crate::http_client::HttpTarget;
     use crate::store::{SpendLog, SpendStore, SqlStore};
 
     /// A fresh database: a SQLite file, or a new database on the Postgres the control plane's
@@ -475,7 +475,8 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let invalidations = Arc::new(Invalidations::new("e".into()));
         let fast = Delivery { first_backoff: Duration::from_millis(10), ..Delivery::default() };
-        let webhook = Webhook::start(WebhookTarget::parse(&hook, None).unwrap(), Arc::clone(&metrics), fast);
+        let webhook =
+            Webhook::start(HttpTarget::parse(&hook, "WEBHOOK_URL", None).unwrap(), Arc::clone(&metrics), fast);
         let tracker = BudgetTracker::with_webhook(Arc::clone(&invalidations), Arc::clone(&metrics), webhook);
         let user = BudgetLimits { max_nanos: Some(usd(0.01)), soft_nanos: Some(usd(0.005)), duration: None };
         let org = BudgetLimits { max_nanos: Some(usd(1.0)), soft_nanos: Some(usd(0.008)), duration: None };
@@ -603,8 +604,9 @@ mod tests {
             let invalidations = Arc::new(Invalidations::new("e".into()));
             let metrics = Arc::new(Metrics::default());
             let fast = Delivery { first_backoff: Duration::from_millis(10), ..Delivery::default() };
-            let hook = webhook
-                .and_then(|u| Webhook::start(WebhookTarget::parse(u, None).unwrap(), Arc::clone(&metrics), fast));
+            let hook = webhook.and_then(|u| {
+                Webhook::start(HttpTarget::parse(u, "WEBHOOK_URL", None).unwrap(), Arc::clone(&metrics), fast)
+            });
             let tracker = BudgetTracker::with_webhook(Arc::clone(&invalidations), Arc::clone(&metrics), hook);
             Self { store, invalidations, metrics, tracker }
         }

@@ -243,8 +243,30 @@ fn refuse_literal_master_key(s: &Standalone) -> Result<(), String> {
     Ok(())
 }
 
+/// Vertex AI takes OAuth access tokens that expire within the hour: only `sluice serve` mints
+/// them (`google_tokens.rs`) and hands them to Envoy over SDS; a standalone Envoy has no one to.
+fn refuse_vertex(s: &Standalone) -> Result<(), String> {
+    let vertex: Vec<&str> = s
+        .gateway
+        .deployments
+        .iter()
+        .zip(&s.upstreams)
+        .filter(|(_, u)| u.google_credentials.is_some())
+        .map(|(d, _)| d.id.as_str())
+        .collect();
+    if vertex.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "vertex_ai/ deployments ({}) need `sluice serve`: the control plane mints Vertex AI's access tokens \
+         and gives them to Envoy over SDS; a standalone Envoy cannot refresh them",
+        vertex.join(", ")
+    ))
+}
+
 pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<Value, String> {
     refuse_literal_master_key(s)?;
+    refuse_vertex(s)?;
     let gateway_json =
         serde_json::to_string(&s.gateway).map_err(|e| format!("cannot serialise the gateway config: {e}"))?;
     // Secrets reach the VM from Envoy's environment, by name: provider credentials and the master key.
@@ -307,6 +329,7 @@ pub fn standalone_native_bootstrap(
     module_path: &str,
 ) -> Result<Value, String> {
     refuse_literal_master_key(s)?;
+    refuse_vertex(s)?;
     refuse_failure_policy_for_native(s.failure_policy)?;
     let gateway_json =
         serde_json::to_string(&s.gateway).map_err(|e| format!("cannot serialise the gateway config: {e}"))?;

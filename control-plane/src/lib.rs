@@ -8,6 +8,8 @@ pub mod budget;
 pub mod config_file;
 pub mod envoy_bootstrap;
 pub mod fleet_limits;
+pub mod google_tokens;
+pub mod http_client;
 pub mod invalidation;
 pub mod key_file;
 pub mod key_lookup;

@@ -351,7 +351,7 @@ fn serve_options(args: &ServeArgs) -> Result<sluice_control_plane::server::Serve
         sluice_control_plane::alerting::webhook_from_settings(&settings, std::env::var("WEBHOOK_URL").ok().as_deref())?;
     let extra_roots = std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty()).map(PathBuf::from);
     let webhook = webhook
-        .map(|url| sluice_control_plane::alerting::WebhookTarget::new(url, extra_roots.as_deref()))
+        .map(|url| sluice_control_plane::http_client::HttpTarget::new(url, extra_roots.as_deref()))
         .transpose()?;
     let router = doc.as_ref().and_then(|d| d.get("router_settings")).cloned().unwrap_or(Value::Null);
     let model_list = doc.as_ref().map(|d| d.get("model_list").and_then(Value::as_array).cloned().unwrap_or_default());
@@ -415,11 +415,20 @@ fn serve_options(args: &ServeArgs) -> Result<sluice_control_plane::server::Serve
         eprintln!("warning: {e} (accepted: --allow-weak-master-key)");
     }
     // Provider credentials: the allow-list, and the variables that are this process's own.
-    let config_names: Vec<String> = model_list
-        .iter()
-        .flatten()
-        .filter_map(|m| m.pointer("/litellm_params/api_key").and_then(Value::as_str))
-        .filter_map(sluice_core::litellm::env_ref)
+    let credentials_named = |field: &str| -> Vec<&str> {
+        model_list.iter().flatten().filter_map(|m| m.pointer(field).and_then(Value::as_str)).collect()
+    };
+    let config_names: Vec<String> =
+        [credentials_named("/litellm_params/api_key"), credentials_named("/litellm_params/vertex_credentials")]
+            .concat()
+            .into_iter()
+            .filter_map(sluice_core::litellm::env_ref)
+            .map(str::to_owned)
+            .collect();
+    // Google credentials files the operator's config.yaml names (Vertex AI).
+    let credential_files: Vec<String> = credentials_named("/litellm_params/vertex_credentials")
+        .into_iter()
+        .filter(|v| sluice_core::litellm::env_ref(v).is_none())
         .map(str::to_owned)
         .collect();
     let own = [env_refs(&settings), env_refs(&router)].concat();
@@ -454,7 +463,8 @@ fn serve_options(args: &ServeArgs) -> Result<sluice_control_plane::server::Serve
     // filter would refuse.
     xds.check()?;
     xds.provider_policy =
-        ProviderPolicy::new(args.provider_credentials.as_deref(), &config_names, &own, args.upstream_hosts.as_deref())?;
+        ProviderPolicy::new(args.provider_credentials.as_deref(), &config_names, &own, args.upstream_hosts.as_deref())?
+            .with_credential_files(credential_files);
     let xds_tls = match (&args.pki_dir, &args.xds_tls_cert, &args.xds_tls_key, &args.xds_client_ca) {
         (Some(dir), ..) => {
             let dir = PkiDir(dir.clone());

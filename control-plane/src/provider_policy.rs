@@ -18,6 +18,8 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use sluice_core::litellm::GoogleCredentials;
+
 /// Variables that are the control plane's own secrets or settings, never a provider credential.
 const OWN_SECRETS: &[&str] = &[
     "DATABASE_URL",
@@ -104,6 +106,8 @@ pub struct ProviderPolicy {
     credentials: Vec<NamePattern>,
     own_secrets: BTreeSet<String>,
     upstream_hosts: Option<Vec<HostPattern>>,
+    /// Google credentials files deployments may name: those config.yaml's `model_list` names.
+    credential_files: BTreeSet<String>,
 }
 
 impl Default for ProviderPolicy {
@@ -117,6 +121,7 @@ impl Default for ProviderPolicy {
                 .collect(),
             own_secrets: OWN_SECRETS.iter().map(|n| (*n).to_owned()).collect(),
             upstream_hosts: None,
+            credential_files: BTreeSet::new(),
         }
     }
 }
@@ -160,6 +165,43 @@ impl ProviderPolicy {
             policy.upstream_hosts = Some(hosts);
         }
         Ok(policy)
+    }
+
+    /// Allows deployments to name these Google credentials files (`vertex_credentials: <path>`):
+    /// those the operator's config.yaml names. Any other path would let whoever may create
+    /// deployments mint tokens of any service account whose key this process can read.
+    pub fn with_credential_files(mut self, files: impl IntoIterator<Item = String>) -> Self {
+        self.credential_files.extend(files);
+        self
+    }
+
+    /// Why a Vertex AI deployment may not use `credentials`, or send their token to `host`, if
+    /// it may not. A Google access token goes only to Vertex AI's own hosts
+    /// (`aiplatform.googleapis.com`, `{location}-aiplatform.googleapis.com`) or to a host
+    /// `--upstream-hosts` lists by name: it is the workload's Google identity, worth more than
+    /// one provider's key.
+    pub fn check_google(&self, credentials: &GoogleCredentials, host: &str) -> Result<(), String> {
+        match credentials {
+            GoogleCredentials::Env(name) => {
+                self.check_credential(name).map_err(|e| format!("vertex_credentials: {e}"))?;
+            }
+            GoogleCredentials::File(path) if !self.credential_files.contains(path) => {
+                return Err(format!(
+                    "vertex_credentials {path:?} is not a file config.yaml's model_list names; name other credentials \
+                     with os.environ/NAME (a variable holding the JSON or its path)"
+                ));
+            }
+            GoogleCredentials::File(_) | GoogleCredentials::ApplicationDefault => {}
+        }
+        let name = normalise_host(host);
+        let vertex = name == "aiplatform.googleapis.com" || name.ends_with("-aiplatform.googleapis.com");
+        let listed = self.upstream_hosts.as_ref().is_some_and(|hosts| hosts.iter().any(|p| p.matches(&name)));
+        if !vertex && !listed {
+            return Err(format!(
+                "a Vertex AI access token goes only to Vertex AI's hosts or a host --upstream-hosts lists, not {name:?}"
+            ));
+        }
+        self.check_upstream(host)
     }
 
     /// Why the variable `name` may not hold a provider credential, if it may not.
@@ -338,5 +380,28 @@ mod tests {
         }
         assert!(ProviderPolicy::new(None, &[], &[], Some(" , ")).is_err());
         assert!(ProviderPolicy::new(None, &[], &[], Some("*.")).is_err());
+    }
+
+    /// A Google token goes to Vertex AI's hosts or listed ones; its credentials are named like
+    /// a key, or are a file the operator's config.yaml names.
+    #[test]
+    fn vertex_credentials_and_hosts_are_checked() {
+        let policy = ProviderPolicy::default().with_credential_files(["/etc/sluice/sa.json".to_owned()]);
+        let adc = GoogleCredentials::ApplicationDefault;
+        assert!(policy.check_google(&adc, "us-central1-aiplatform.googleapis.com").is_ok());
+        assert!(policy.check_google(&adc, "AIPLATFORM.googleapis.com.").is_ok());
+        let e = policy.check_google(&adc, "attacker.example").unwrap_err();
+        assert!(e.contains("goes only to Vertex AI's hosts"), "{e}");
+        assert!(policy.check_google(&adc, "evil-aiplatform.googleapis.com.attacker.example").is_err());
+        let listed = ProviderPolicy::new(None, &[], &[], Some("127.0.0.1")).unwrap();
+        assert!(listed.check_google(&adc, "127.0.0.1").is_ok());
+        let file = |p: &str| GoogleCredentials::File(p.to_owned());
+        assert!(policy.check_google(&file("/etc/sluice/sa.json"), "aiplatform.googleapis.com").is_ok());
+        let e = policy.check_google(&file("/var/run/other.json"), "aiplatform.googleapis.com").unwrap_err();
+        assert!(e.contains("is not a file config.yaml's model_list names"), "{e}");
+        let own = GoogleCredentials::Env("SLUICE_MASTER_KEY".into());
+        assert!(policy.check_google(&own, "aiplatform.googleapis.com").unwrap_err().contains("control plane's own"));
+        let unlisted = GoogleCredentials::Env("SOME_VAR".into());
+        assert!(policy.check_google(&unlisted, "aiplatform.googleapis.com").is_err());
     }
 }

@@ -35,9 +35,9 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::admin::Admin;
 use crate::admin::models::{deployment_id, validate_model_list};
-use crate::alerting::WebhookTarget;
 use crate::budget::BudgetTracker;
 use crate::fleet_limits::{FleetCounts, LimitSyncApi};
+use crate::http_client::HttpTarget;
 use crate::invalidation::RedisStream;
 use crate::key_lookup::KeyLookupApi;
 use crate::metrics::Metrics;
@@ -107,7 +107,7 @@ pub struct DataPlane {
     /// Where the fleet's rate-limit counts live (Redis, or this process).
     pub fleet_counts: FleetCounts,
     /// Where budget alerts are POSTed, besides the log and the metrics.
-    pub webhook: Option<WebhookTarget>,
+    pub webhook: Option<HttpTarget>,
     /// The Redis stream through which replicas share invalidations (None: this process only).
     pub invalidations: Option<RedisStream>,
     /// mTLS ([`data_plane_tls`]); None serves plaintext gRPC (h2c).
@@ -126,7 +126,7 @@ pub struct ServeOptions {
     /// this process.
     pub redis_url: Option<String>,
     /// Budget alert webhook (`general_settings.alerting: ["webhook"]` and `WEBHOOK_URL`).
-    pub webhook: Option<WebhookTarget>,
+    pub webhook: Option<HttpTarget>,
     /// mTLS on the data-plane port ([`data_plane_tls`]).
     pub xds_tls: Option<ServerTlsConfig>,
     pub master_key: Option<String>,

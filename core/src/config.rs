@@ -247,16 +247,29 @@ pub enum Provider {
     /// AWS Bedrock's Converse API: `/model/{id}/converse` (`converse-stream`, AWS's binary
     /// event stream), signed (SigV4) by Envoy's `aws_request_signing` filter on the cluster.
     Bedrock,
+    /// Gemini on Google Cloud's Vertex AI: Gemini's format under
+    /// `/v1/projects/{p}/locations/{l}/publishers/google`, an OAuth access token in
+    /// `authorization` (minted by the control plane, set by Envoy from SDS).
+    VertexGemini,
+    /// Claude on Vertex AI: Anthropic's Messages body without `model` and with Vertex's
+    /// `anthropic_version`, to `…/publishers/anthropic/models/{model}:rawPredict`
+    /// (`:streamRawPredict`), the same access token.
+    VertexAnthropic,
 }
 
 impl Provider {
     pub fn format(self) -> ApiFormat {
         match self {
             Self::Openai | Self::Azure => ApiFormat::OpenAi,
-            Self::Anthropic => ApiFormat::Anthropic,
-            Self::Gemini => ApiFormat::Gemini,
+            Self::Anthropic | Self::VertexAnthropic => ApiFormat::Anthropic,
+            Self::Gemini | Self::VertexGemini => ApiFormat::Gemini,
             Self::Bedrock => ApiFormat::Bedrock,
         }
+    }
+
+    /// Whether the model is a segment of the URL path rather than a field of the body.
+    pub fn model_in_path(self) -> bool {
+        matches!(self, Self::Gemini | Self::Bedrock | Self::VertexGemini | Self::VertexAnthropic)
     }
 }
 
@@ -279,14 +292,14 @@ impl Deployment {
         upstream_model: &str,
         streamed: bool,
     ) -> Option<String> {
-        let in_path = matches!(self.provider, Provider::Gemini | Provider::Bedrock);
+        let in_path = self.provider.model_in_path();
         if in_path
             && (upstream_model.is_empty() || !upstream_model.bytes().all(|b| path_segment_byte(self.provider, b)))
         {
             return None;
         }
         match self.provider {
-            Provider::Gemini => {
+            Provider::Gemini | Provider::VertexGemini => {
                 let method = match (endpoint, streamed) {
                     (crate::endpoint::Endpoint::Embeddings, _) => "batchEmbedContents",
                     (_, true) => "streamGenerateContent?alt=sse",
@@ -306,6 +319,14 @@ impl Deployment {
                 };
                 Some(format!("{}/model/{id}/{method}", self.base_path))
             }
+            Provider::VertexAnthropic => Some(match (endpoint, streamed) {
+                // Vertex counts Claude's tokens at one model-less name, the model in the body.
+                (crate::endpoint::Endpoint::CountTokens, _) => {
+                    format!("{}/models/count-tokens:rawPredict", self.base_path)
+                }
+                (_, true) => format!("{}/models/{upstream_model}:streamRawPredict", self.base_path),
+                (_, false) => format!("{}/models/{upstream_model}:rawPredict", self.base_path),
+            }),
             _ => Some(format!("{}{}{}", self.base_path, endpoint.upstream_suffix(), self.path_query)),
         }
     }
@@ -321,9 +342,13 @@ impl Deployment {
 
 /// A byte a name may have where it stands as one segment of `provider`'s URL path (Gemini's
 /// model, Azure's deployment and `api-version`): letters, digits, `-`, `_`, `.`; Bedrock's id
-/// or ARN also `:` and `/`, escaped when the path is built.
+/// or ARN also `:` and `/`, escaped when the path is built; Claude's on Vertex also `@`
+/// (`claude-3-5-sonnet-v2@20241022`).
 pub fn path_segment_byte(provider: Provider, b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-_.".contains(&b) || (provider == Provider::Bedrock && b":/".contains(&b))
+    b.is_ascii_alphanumeric()
+        || b"-_.".contains(&b)
+        || (provider == Provider::Bedrock && b":/".contains(&b))
+        || (provider == Provider::VertexAnthropic && b == b'@')
 }
 
 /// The part of `name` that `pattern`'s one `*` matches (`openai/*` and `openai/gpt-4o`: `gpt-4o`),
@@ -995,11 +1020,11 @@ impl CompiledConfig {
                 errors.push(ConfigError(format!("{what}: the upstream model name is empty")));
             }
             // (A wildcard's `*` is filled per request and checked then: `upstream_path`.)
-            if matches!(d.provider, Provider::Gemini | Provider::Bedrock)
+            if d.provider.model_in_path()
                 && !d.upstream_model.bytes().all(|b| b == b'*' || path_segment_byte(d.provider, b))
             {
                 errors.push(ConfigError(format!(
-                    "{what}: the model {:?} goes in the URL path: letters, digits, '-', '_', '.' (and ':', '/' for Bedrock)",
+                    "{what}: the model {:?} goes in the URL path: letters, digits, '-', '_', '.' (and ':', '/' for Bedrock, '@' for Claude on Vertex)",
                     d.upstream_model
                 )));
             }

@@ -96,6 +96,7 @@ fn provider_name(provider: Provider) -> &'static str {
         Provider::Azure => "azure",
         Provider::Gemini => "gemini",
         Provider::Bedrock => "bedrock",
+        Provider::VertexGemini | Provider::VertexAnthropic => "vertex_ai",
     }
 }
 

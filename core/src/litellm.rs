@@ -47,7 +47,28 @@ pub struct Upstream {
     /// Requests are signed by Envoy (`aws_request_signing` on the cluster) for this AWS
     /// region: Bedrock. The credentials are Envoy's own (its AWS credential chain).
     pub aws_region: Option<String>,
+    /// Vertex AI: requests carry an OAuth access token minted from these credentials by the
+    /// control plane and set by Envoy from SDS (so standalone mode cannot serve it).
+    pub google_credentials: Option<GoogleCredentials>,
 }
+
+/// Where a Vertex AI deployment's access tokens come from (LiteLLM's `vertex_credentials`):
+/// a service account's (or `gcloud auth application-default login`'s) JSON, by file or by
+/// environment variable, else Google's application default credentials. Only names and
+/// paths: the JSON holds a private key, so config.yaml never carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GoogleCredentials {
+    /// The JSON's path.
+    File(String),
+    /// `os.environ/NAME`: the variable holds the JSON itself or its path.
+    Env(String),
+    /// `GOOGLE_APPLICATION_CREDENTIALS`' file, else the metadata server (GKE's workload
+    /// identity, a GCE or Cloud Run service account).
+    ApplicationDefault,
+}
+
+/// Vertex AI's location when neither the entry nor the environment names one (LiteLLM's).
+pub const VERTEX_DEFAULT_LOCATION: &str = "us-central1";
 
 /// Everything standalone mode needs to generate Envoy's bootstrap.
 #[derive(Debug, Clone)]
@@ -655,6 +676,105 @@ fn setting(
     }
 }
 
+/// A Vertex AI entry's particulars.
+struct Vertex {
+    /// Gemini's format, or Anthropic's for Claude.
+    provider: Provider,
+    /// `https://{location}-aiplatform.googleapis.com` (`aiplatform.googleapis.com` for `global`).
+    default_base: String,
+    /// `/v1/projects/{project}/locations/{location}/publishers/{google|anthropic}`.
+    publisher_path: String,
+    credentials: GoogleCredentials,
+}
+
+/// `vertex_ai/…`'s settings (`Some(None)` for any other provider, which may not have them;
+/// `None` when the entry is refused): `vertex_project` (or `VERTEXAI_PROJECT`),
+/// `vertex_location` (or `VERTEXAI_LOCATION`, else us-central1), `vertex_credentials`; the
+/// model's family picks the format (Gemini, or Anthropic's for `claude-…`).
+fn vertex_deployment(
+    cx: &mut Ctx<'_>,
+    at: &str,
+    provider: Provider,
+    params: &Map<String, Value>,
+    info: &Map<String, Value>,
+    model: &str,
+) -> Option<Option<Vertex>> {
+    const SETTINGS: [&str; 3] = ["vertex_project", "vertex_location", "vertex_credentials"];
+    if provider != Provider::VertexGemini {
+        for name in SETTINGS.iter().filter(|n| params.contains_key(**n)) {
+            cx.error(format!("{at}: litellm_params.{name} is Vertex AI's; this provider has none"));
+        }
+        return Some(None);
+    }
+    let provider = if model.starts_with("claude") {
+        Provider::VertexAnthropic
+    } else if model.starts_with("gemini") {
+        Provider::VertexGemini
+    } else {
+        cx.error(format!(
+            "{at}: vertex_ai/{model}: Sluice serves Gemini (gemini-…) and Claude (claude-…) models on Vertex AI; \
+             other Vertex model families are not supported"
+        ));
+        return None;
+    };
+    if info.get("mode").and_then(Value::as_str).is_some_and(|m| m != "chat") {
+        cx.error(format!(
+            "{at}: vertex_ai/ serves chat models only (model_info.mode chat); Vertex embeddings are not supported"
+        ));
+        return None;
+    }
+    // Google's names: letters, digits and '-' (project ids also take ':' and '.' for domain-scoped projects).
+    let segment = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b));
+    let project = setting(cx, at, params, "vertex_project", Some("VERTEXAI_PROJECT"))
+        .or_else(|| (cx.env)("VERTEX_PROJECT").filter(|v| !v.is_empty()));
+    let Some(project) = project.filter(|p| segment(p)) else {
+        cx.error(format!(
+            "{at}: vertex_ai/ needs litellm_params.vertex_project (or VERTEXAI_PROJECT): a Google Cloud project id"
+        ));
+        return None;
+    };
+    let location = setting(cx, at, params, "vertex_location", Some("VERTEXAI_LOCATION"))
+        .or_else(|| (cx.env)("VERTEX_LOCATION").filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| VERTEX_DEFAULT_LOCATION.to_owned());
+    if !segment(&location) || location.contains([':', '.']) {
+        cx.error(format!(
+            "{at}: litellm_params.vertex_location is not a Google Cloud location (letters, digits and '-')"
+        ));
+        return None;
+    }
+    let credentials = match params.get("vertex_credentials") {
+        None | Some(Value::Null) => GoogleCredentials::ApplicationDefault,
+        Some(Value::String(s)) => match env_ref(s) {
+            Some(var) => GoogleCredentials::Env(var.to_owned()),
+            // A path; never JSON written into config.yaml (it holds a private key). Not echoed.
+            None if s.trim_start().starts_with('{') => {
+                cx.error(format!(
+                    "{at}: litellm_params.vertex_credentials must be a file's path or os.environ/NAME; \
+                     a service account's JSON written into config.yaml would put its private key in the config"
+                ));
+                return None;
+            }
+            None => GoogleCredentials::File(s.clone()),
+        },
+        Some(_) => {
+            cx.error(format!("{at}: litellm_params.vertex_credentials must be a string (a path or os.environ/NAME)"));
+            return None;
+        }
+    };
+    let host = if location == "global" {
+        "aiplatform.googleapis.com".to_owned()
+    } else {
+        format!("{location}-aiplatform.googleapis.com")
+    };
+    let publisher = if provider == Provider::VertexAnthropic { "anthropic" } else { "google" };
+    Some(Some(Vertex {
+        provider,
+        default_base: format!("https://{host}"),
+        publisher_path: format!("/v1/projects/{project}/locations/{location}/publishers/{publisher}"),
+        credentials,
+    }))
+}
+
 /// Azure OpenAI's path for a deployment: `{base}/openai/deployments/{name}` with
 /// `?api-version=`, or Azure's version-less `/openai/v1` API when `api_version` is `v1`,
 /// `latest` or `preview`, or `api_base` already ends in `/openai/v1`.
@@ -710,6 +830,9 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
                 "api_key",
                 "api_version",
                 "aws_region_name",
+                "vertex_project",
+                "vertex_location",
+                "vertex_credentials",
                 "rpm",
                 "tpm",
                 "weight",
@@ -746,6 +869,10 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
             cx.error(format!("{at}: provider {provider_name:?} is not supported (supported: {})", known.join(", ")));
             continue;
         };
+        let Some(vertex) = vertex_deployment(cx, &at, spec.provider, params, info, upstream_model) else {
+            continue;
+        };
+        let provider = vertex.as_ref().map_or(spec.provider, |v| v.provider);
         // Bedrock: signed by Envoy in the region's endpoint; the credentials are Envoy's.
         let aws_region = if spec.provider == Provider::Bedrock {
             let region = setting(cx, &at, params, "aws_region_name", Some("AWS_REGION"))
@@ -768,6 +895,12 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
             }
             None
         };
+        if vertex.is_some() && params.contains_key("api_key") {
+            cx.error(format!(
+                "{at}: vertex_ai/ takes no api_key: its requests carry an OAuth access token minted from \
+                 vertex_credentials (or Google's application default credentials)"
+            ));
+        }
         if spec.provider == Provider::Bedrock && params.contains_key("api_key") {
             cx.error(format!(
                 "{at}: bedrock/ takes no api_key: Envoy signs its requests with its own AWS credentials \
@@ -775,8 +908,10 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
             ));
         }
         let region_base = aws_region.as_ref().map(|r| format!("https://bedrock-runtime.{r}.amazonaws.com"));
+        let vertex_base = vertex.as_ref().map(|v| v.default_base.clone());
         let Some(api_base) = setting(cx, &at, params, "api_base", spec.base_env)
             .or(region_base)
+            .or(vertex_base)
             .or(spec.default_base.map(str::to_owned))
         else {
             cx.error(format!("{at}: {provider_name}/ needs litellm_params.api_base (the server's URL)"));
@@ -803,6 +938,11 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
             }
             // Google's API version is part of its path: `/v1beta` unless api_base names one.
             Provider::Gemini if api_path.is_empty() => ("/v1beta".to_owned(), String::new()),
+            // Vertex: the project's publisher path, below api_base's own path (a proxy's).
+            _ if vertex.is_some() => {
+                let publisher = vertex.as_ref().map_or("", |v| v.publisher_path.as_str());
+                (format!("{api_path}{publisher}"), String::new())
+            }
             _ => {
                 if params.contains_key("api_version") {
                     cx.error(format!("{at}: litellm_params.api_version is Azure's; {provider_name}/ has none"));
@@ -918,11 +1058,12 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
         )
         .unwrap_or(false);
         let origin = origin_of(https, &host, port);
-        upstreams.push(Upstream { cluster: cluster.clone(), https, host, port, aws_region });
+        let google_credentials = vertex.map(|v| v.credentials);
+        upstreams.push(Upstream { cluster: cluster.clone(), https, host, port, aws_region, google_credentials });
         deployments.push(Deployment {
             id,
             model_name: name,
-            provider: spec.provider,
+            provider,
             upstream_model: upstream_model.to_owned(),
             cluster,
             origin,
@@ -955,6 +1096,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    use crate::endpoint::Endpoint;
     use crate::keys::KeyHash;
 
     fn env(name: &str) -> Option<String> {
@@ -1004,7 +1146,8 @@ mod tests {
                 https: true,
                 host: "api.openai.com".into(),
                 port: 443,
-                aws_region: None
+                aws_region: None,
+                google_credentials: None
             }
         );
         assert_eq!(
@@ -1014,7 +1157,8 @@ mod tests {
                 https: false,
                 host: "127.0.0.1".into(),
                 port: 8081,
-                aws_region: None
+                aws_region: None,
+                google_credentials: None
             }
         );
         assert_eq!(s.upstreams[2].host, "api.anthropic.com");
@@ -1275,9 +1419,106 @@ mod tests {
         let missing = json!({"model_list": [{"model_name": "v", "litellm_params": {"model": "hosted_vllm/llama"}}]});
         let errors = from_litellm(&missing, &env).unwrap_err();
         assert!(errors[0].0.contains("hosted_vllm/ needs litellm_params.api_base"), "{errors:?}");
-        let unknown = json!({"model_list": [{"model_name": "v", "litellm_params": {"model": "vertex_ai/gemini"}}]});
+        let unknown = json!({"model_list": [{"model_name": "v", "litellm_params": {"model": "watsonx/granite"}}]});
         let errors = from_litellm(&unknown, &env).unwrap_err();
-        assert!(errors[0].0.contains("provider \"vertex_ai\" is not supported (supported: openai,"), "{errors:?}");
+        assert!(errors[0].0.contains("provider \"watsonx\" is not supported (supported: openai,"), "{errors:?}");
+    }
+
+    /// Vertex AI: the location's host and the project's publisher path, Gemini's format or
+    /// Anthropic's for Claude, credentials by name or path (never the JSON), priced from the table.
+    #[test]
+    fn vertex_deployments_get_their_project_path_and_credentials() {
+        let doc = json!({"model_list": [
+            {"model_name": "g", "litellm_params": {"model": "vertex_ai/gemini-2.5-pro", "vertex_project": "acme-ml", "vertex_location": "europe-west4", "vertex_credentials": "os.environ/VERTEX_SA"}},
+            {"model_name": "c", "litellm_params": {"model": "vertex_ai/claude-3-5-haiku@20241022", "vertex_project": "acme-ml", "vertex_location": "global", "vertex_credentials": "/etc/sluice/sa.json"}},
+            {"model_name": "d", "litellm_params": {"model": "vertex_ai/gemini-2.5-flash", "api_base": "http://127.0.0.1:9000/proxy"}},
+        ]});
+        let env = |name: &str| (name == "VERTEXAI_PROJECT").then(|| "from-env".to_owned());
+        let s = from_litellm(&doc, &env).unwrap();
+        let got: Vec<_> = s
+            .gateway
+            .deployments
+            .iter()
+            .zip(&s.upstreams)
+            .map(|(d, u)| (d.provider, u.host.as_str(), d.base_path.as_str(), u.google_credentials.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    Provider::VertexGemini,
+                    "europe-west4-aiplatform.googleapis.com",
+                    "/v1/projects/acme-ml/locations/europe-west4/publishers/google",
+                    Some(GoogleCredentials::Env("VERTEX_SA".into()))
+                ),
+                (
+                    Provider::VertexAnthropic,
+                    "aiplatform.googleapis.com",
+                    "/v1/projects/acme-ml/locations/global/publishers/anthropic",
+                    Some(GoogleCredentials::File("/etc/sluice/sa.json".into()))
+                ),
+                // VERTEXAI_PROJECT, us-central1 by default, below api_base's own path.
+                (
+                    Provider::VertexGemini,
+                    "127.0.0.1",
+                    "/proxy/v1/projects/from-env/locations/us-central1/publishers/google",
+                    Some(GoogleCredentials::ApplicationDefault)
+                ),
+            ]
+        );
+        assert!(s.gateway.deployments.iter().all(|d| d.api_key_env.is_none() && !d.price_unknown));
+        let paths: Vec<Option<String>> = s
+            .gateway
+            .deployments
+            .iter()
+            .map(|d| d.upstream_path(Endpoint::ChatCompletions, &d.upstream_model, true))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                Some("/v1/projects/acme-ml/locations/europe-west4/publishers/google/models/gemini-2.5-pro:streamGenerateContent?alt=sse".into()),
+                Some("/v1/projects/acme-ml/locations/global/publishers/anthropic/models/claude-3-5-haiku@20241022:streamRawPredict".into()),
+                Some("/proxy/v1/projects/from-env/locations/us-central1/publishers/google/models/gemini-2.5-flash:streamGenerateContent?alt=sse".into()),
+            ]
+        );
+        let claude = &s.gateway.deployments[1];
+        assert_eq!(
+            claude.upstream_path(Endpoint::Messages, &claude.upstream_model, false).as_deref(),
+            Some(
+                "/v1/projects/acme-ml/locations/global/publishers/anthropic/models/claude-3-5-haiku@20241022:rawPredict"
+            )
+        );
+        assert_eq!(
+            claude.upstream_path(Endpoint::CountTokens, &claude.upstream_model, false).as_deref(),
+            Some("/v1/projects/acme-ml/locations/global/publishers/anthropic/models/count-tokens:rawPredict")
+        );
+    }
+
+    #[test]
+    fn vertex_entries_it_cannot_serve_are_refused_with_the_reason() {
+        let refused = |params: Value| {
+            let doc = json!({"model_list": [{"model_name": "v", "litellm_params": params}]});
+            from_litellm(&doc, &|_| None).unwrap_err().into_iter().map(|e| e.0).collect::<Vec<_>>().join("; ")
+        };
+        let e = refused(json!({"model": "vertex_ai/gemini-2.5-pro"}));
+        assert!(e.contains("needs litellm_params.vertex_project"), "{e}");
+        let e = refused(json!({"model": "vertex_ai/llama-3.1-405b", "vertex_project": "p"}));
+        assert!(e.contains("Gemini (gemini-…) and Claude (claude-…)"), "{e}");
+        let e = refused(json!({"model": "vertex_ai/gemini-2.5-pro", "vertex_project": "p", "api_key": "os.environ/K"}));
+        assert!(e.contains("takes no api_key"), "{e}");
+        let e =
+            refused(json!({"model": "vertex_ai/gemini-2.5-pro", "vertex_project": "p", "vertex_location": "us/../x"}));
+        assert!(e.contains("not a Google Cloud location"), "{e}");
+        // The JSON itself (a private key) is never taken from config.yaml, nor echoed.
+        let e = refused(
+            json!({"model": "vertex_ai/gemini-2.5-pro", "vertex_project": "p", "vertex_credentials": "{\"private_key\": \"SECRET\"}"}),
+        );
+        assert!(e.contains("must be a file's path or os.environ/NAME") && !e.contains("SECRET"), "{e}");
+        let e = refused(json!({"model": "openai/gpt-4o", "vertex_project": "p"}));
+        assert!(e.contains("vertex_project is Vertex AI's"), "{e}");
+        let doc = json!({"model_list": [{"model_name": "v", "litellm_params": {"model": "vertex_ai/gemini-embedding-001", "vertex_project": "p"}, "model_info": {"mode": "embedding"}}]});
+        let e = from_litellm(&doc, &|_| None).unwrap_err();
+        assert!(e[0].0.contains("Vertex embeddings are not supported"), "{e:?}");
     }
 
     /// Gemini: Google's server and `/v1beta` by default, GEMINI_API_KEY only to it, the price

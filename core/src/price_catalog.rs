@@ -76,7 +76,9 @@ pub fn lookup(model: &str) -> Option<CatalogPrice> {
     let (listed_under, price) = table.get(name)?;
     let same_provider = listed_under == provider
         || (provider == "text-completion-openai" && listed_under == "openai")
-        || (provider == "anthropic" && listed_under.starts_with("anthropic"));
+        || (provider == "anthropic" && listed_under.starts_with("anthropic"))
+        // Gemini on Vertex is listed bare, under `vertex_ai-language-models`.
+        || (provider == "vertex_ai" && listed_under.starts_with("vertex_ai"));
     same_provider.then_some(*price)
 }
 
@@ -130,8 +132,12 @@ mod tests {
         // LiteLLM lists text-embedding-004 under Vertex only (free on Gemini's API): no price,
         // so such a deployment is flagged `price_unknown` unless its model_info prices it.
         assert_eq!(lookup("gemini/text-embedding-004"), None);
+        // Vertex AI: Gemini listed bare under Vertex's own provider names, Claude with its prefix.
+        assert_eq!(lookup("vertex_ai/gemini-2.5-pro").map(|p| (p.input, p.output)), Some((1.25e-6, 1e-5)));
+        assert_eq!(lookup("vertex_ai/claude-3-5-haiku@20241022").map(|p| (p.input, p.output)), Some((1e-6, 5e-6)));
         // A name listed under another provider is not that provider's price.
         assert_eq!(lookup("anthropic/gpt-4o"), None);
+        assert_eq!(lookup("vertex_ai/gpt-4o"), None);
         assert_eq!(lookup("openai/my-fine-tune"), None);
         assert_eq!(lookup("hosted_vllm/llama-3"), None);
     }

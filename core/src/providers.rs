@@ -38,7 +38,7 @@ const fn spec(
     ProviderSpec { name, provider, default_base, base_env, key_envs, own_hosts }
 }
 
-use Provider::{Anthropic, Azure, Bedrock, Gemini, Openai};
+use Provider::{Anthropic, Azure, Bedrock, Gemini, Openai, VertexGemini};
 
 /// Every supported prefix. OpenAI-compatible servers speak OpenAI's format with a Bearer token.
 #[rustfmt::skip]
@@ -51,6 +51,10 @@ pub const PROVIDERS: &[ProviderSpec] = &[
     spec("gemini", Gemini, Some("https://generativelanguage.googleapis.com/v1beta"), Some("GEMINI_API_BASE"), &["GEMINI_API_KEY", "GOOGLE_API_KEY"], &["generativelanguage.googleapis.com"]),
     // Bedrock: `api_base` from the region (`aws_region_name`, AWS_REGION); no key: Envoy signs.
     spec("bedrock", Bedrock, None, Some("AWS_BEDROCK_RUNTIME_ENDPOINT"), &[], &[]),
+    // Vertex AI: `api_base` from `vertex_location`; Gemini's format, or Anthropic's for Claude
+    // (`VertexAnthropic`, chosen by the model's name); no key: an OAuth token the control
+    // plane mints (`vertex_credentials`, else Google's application default credentials).
+    spec("vertex_ai", VertexGemini, None, None, &[], &[]),
     spec("groq", Openai, Some("https://api.groq.com/openai/v1"), Some("GROQ_API_BASE"), &["GROQ_API_KEY"], &["api.groq.com"]),
     spec("mistral", Openai, Some("https://api.mistral.ai/v1"), Some("MISTRAL_API_BASE"), &["MISTRAL_API_KEY"], &["api.mistral.ai"]),
     spec("codestral", Openai, Some("https://codestral.mistral.ai/v1"), Some("CODESTRAL_API_BASE"), &["CODESTRAL_API_KEY"], &["codestral.mistral.ai"]),
@@ -125,6 +129,9 @@ mod tests {
         assert_eq!(lookup("groq").map(|p| p.default_key_may_go_to("API.GROQ.COM.")), Some(true));
         assert_eq!(lookup("groq").map(|p| p.default_key_may_go_to("api.openai.com")), Some(false));
         assert_eq!(lookup("hosted_vllm").map(|p| p.default_key_may_go_to("10.0.0.5")), Some(false));
-        assert!(lookup("vertex_ai").is_none());
+        assert_eq!(
+            lookup("vertex_ai").map(|p| p.default_key_may_go_to("us-central1-aiplatform.googleapis.com")),
+            Some(false)
+        );
     }
 }

@@ -380,8 +380,11 @@ fn check_routed(h: &Harness, host: &MockHost, sent_body: &[u8], client_body: &[u
             prop_assert_eq!(host.request_header_str("x-goog-api-key"), Some(secret));
             prop_assert_eq!(host.request_header_str("authorization"), None);
         }
-        // Signed by Envoy on the cluster: the filter sends no credential at all.
-        sluice_core::config::Provider::Bedrock => {
+        // Signed by Envoy on the cluster, or a token Envoy sets from SDS (Vertex): the filter
+        // sends no credential at all.
+        sluice_core::config::Provider::Bedrock
+        | sluice_core::config::Provider::VertexGemini
+        | sluice_core::config::Provider::VertexAnthropic => {
             prop_assert_eq!(host.request_header_str("authorization"), None);
             prop_assert_eq!(host.request_header_str("x-api-key"), None);
         }

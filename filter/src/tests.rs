@@ -709,6 +709,72 @@ fn a_gemini_deployment_is_reached_through_translation() {
     }
 }
 
+/// Vertex AI: Gemini on its project path; Claude with the model in the path, Vertex's
+/// `anthropic_version` in a body without `model`, from an Anthropic client and (translated) an
+/// OpenAI one. The filter sends no credential (Envoy sets the access token from SDS), and the
+/// client's key never goes upstream.
+#[test]
+fn vertex_deployments_get_their_paths_and_bodies_and_no_credential_from_the_filter() {
+    let mut cfg = base_config();
+    let google = "/v1/projects/p/locations/us-central1/publishers/google";
+    let anthropic = "/v1/projects/p/locations/us-central1/publishers/anthropic";
+    cfg.deployments.push(Deployment {
+        base_path: google.into(),
+        ..deployment("vg", "vertex-flash", Provider::VertexGemini, "gemini-2.5-flash")
+    });
+    cfg.deployments.push(Deployment {
+        base_path: anthropic.into(),
+        ..deployment("vc", "vertex-claude", Provider::VertexAnthropic, "claude-3-5-haiku@20241022")
+    });
+    let h = Harness::new(cfg);
+    let messages = r#""messages":[{"role":"user","content":"hi"}]"#;
+    let cases = [
+        (
+            "/v1/chat/completions",
+            format!(r#"{{"model":"vertex-flash",{messages}}}"#),
+            format!("{google}/models/gemini-2.5-flash:generateContent"),
+        ),
+        (
+            "/v1/messages",
+            format!(r#"{{"model":"vertex-claude","max_tokens":5,"stream":true,{messages}}}"#),
+            format!("{anthropic}/models/claude-3-5-haiku@20241022:streamRawPredict"),
+        ),
+        (
+            "/v1/chat/completions",
+            format!(r#"{{"model":"vertex-claude",{messages}}}"#),
+            format!("{anthropic}/models/claude-3-5-haiku@20241022:rawPredict"),
+        ),
+    ];
+    for (route, body, path) in cases {
+        let (s, reply) = h.post(route, &key(1), &body);
+        assert!(reply.is_none(), "{route} {body}");
+        assert_eq!(s.host.request_header_str(":path").as_deref(), Some(path.as_str()));
+        for header in ["authorization", "x-api-key", "x-goog-api-key", "anthropic-version"] {
+            assert_eq!(s.host.request_header_str(header), None, "{header} for {path}");
+        }
+        let sent: serde_json::Value = serde_json::from_slice(&s.host.stream.request_body.borrow()).unwrap();
+        if path.contains("/anthropic/") {
+            assert_eq!(sent.get("model"), None, "{sent}");
+            assert_eq!(sent["anthropic_version"], "vertex-2023-10-16");
+            // As the client wrote it, or as translation writes it (a text block).
+            let content = &sent["messages"][0]["content"];
+            assert!(content == "hi" || content[0]["text"] == "hi", "{sent}");
+        } else {
+            assert_eq!(sent["contents"][0]["parts"][0]["text"], "hi");
+        }
+    }
+    // Claude Code's count_tokens reaches Vertex's counter, the model in the body.
+    let (s, reply) =
+        h.post("/v1/messages/count_tokens", &key(1), &format!(r#"{{"model":"vertex-claude",{messages}}}"#));
+    assert!(reply.is_none());
+    assert_eq!(s.host.request_header_str(":path"), Some(format!("{anthropic}/models/count-tokens:rawPredict")));
+    let sent: serde_json::Value = serde_json::from_slice(&s.host.stream.request_body.borrow()).unwrap();
+    assert_eq!(sent["model"], "claude-3-5-haiku@20241022");
+    // Vertex's embeddings are not Gemini's: not offered.
+    let (_, reply) = h.post("/v1/embeddings", &key(1), r#"{"model":"vertex-flash","input":"hi"}"#);
+    assert_eq!(reply.map(|r| r.status), Some(400));
+}
+
 /// The base config with embedding groups on Gemini (`g-emb`) and Bedrock (`titan`, `cohere`),
 /// priced per input token as the built-in table prices them.
 pub(crate) fn embeddings_config() -> GatewayConfig {

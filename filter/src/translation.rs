@@ -4,7 +4,7 @@
 
 use sluice_core::config::{Deployment, Provider};
 use sluice_core::conversion::{
-    EmbeddingsAsk, Target, anthropic_openai, openai_anthropic, openai_bedrock, openai_gemini,
+    EmbeddingsAsk, Target, anthropic_openai, openai_anthropic, openai_bedrock, openai_gemini, vertex,
 };
 use sluice_core::endpoint::Endpoint;
 use sluice_core::error::{ErrorFormat, GatewayError};
@@ -51,7 +51,10 @@ impl Direction {
             (Endpoint::Messages, ApiFormat::Gemini) => Some(Self::AnthropicToGemini),
             (Endpoint::ChatCompletions, ApiFormat::Bedrock) => Some(Self::OpenAiToBedrock),
             (Endpoint::Messages, ApiFormat::Bedrock) => Some(Self::AnthropicToBedrock),
-            (Endpoint::Embeddings, ApiFormat::Gemini) => Some(Self::OpenAiEmbeddingsToGemini),
+            // Vertex embeds through `:predict`, not Gemini's `batchEmbedContents`.
+            (Endpoint::Embeddings, ApiFormat::Gemini) if provider == Provider::Gemini => {
+                Some(Self::OpenAiEmbeddingsToGemini)
+            }
             (Endpoint::Embeddings, ApiFormat::Bedrock) => Some(Self::OpenAiEmbeddingsToBedrock),
             _ => None,
         }
@@ -124,6 +127,9 @@ impl Translation {
                 translated
             }
         };
+        if deployment.provider == Provider::VertexAnthropic {
+            return Ok(vertex::anthropic_request(&translated.body)?);
+        }
         Ok(translated.body)
     }
 

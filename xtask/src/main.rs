@@ -119,6 +119,7 @@ const NATIVE_FILES: &[&str] = &[
     "test_failure_policy.py",
     "test_soak_short.py",
     "test_rest_api.py",
+    "test_vertex.py",
 ];
 
 /// The test command the README gives and CI runs.

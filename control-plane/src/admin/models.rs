@@ -32,7 +32,10 @@ pub fn validate_model_list(entries: &[Value], policy: &ProviderPolicy) -> Result
         .zip(&standalone.upstreams)
         .enumerate()
         .flat_map(|(i, (deployment, upstream))| {
-            let credential = deployment.api_key_env.as_deref().map(|name| policy.check_credential(name));
+            let credential = match &upstream.google_credentials {
+                Some(source) => Some(policy.check_google(source, &upstream.host)),
+                None => deployment.api_key_env.as_deref().map(|name| policy.check_credential(name)),
+            };
             let host = policy.check_upstream(&upstream.host);
             let at = format!("model_list[{i}] (model_name {:?})", deployment.model_name);
             [credential.and_then(Result::err), host.err()].into_iter().flatten().map(move |e| format!("{at}: {e}"))

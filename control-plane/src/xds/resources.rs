@@ -11,6 +11,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use sluice_core::litellm::GoogleCredentials;
+
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, DnsLookupFamily};
 use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster, circuit_breakers};
 use envoy_types::pb::envoy::config::core::v3::Address;
@@ -138,6 +140,17 @@ pub fn build(
     opts: &XdsOptions,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(Snapshot, Vec<String>), String> {
+    build_with_tokens(model_list, opts, env, &|_| None)
+}
+
+/// [`build`], with Vertex AI deployments' access tokens from `google_token` (the
+/// `google_tokens` module's current token for a credential source; None: none yet).
+pub fn build_with_tokens(
+    model_list: &[serde_json::Value],
+    opts: &XdsOptions,
+    env: &dyn Fn(&str) -> Option<String>,
+    google_token: &dyn Fn(&GoogleCredentials) -> Option<String>,
+) -> Result<(Snapshot, Vec<String>), String> {
     // An alias of a group no deployment serves any more (deleted through the admin API) is
     // left out with a warning: it must not stop every later configuration from reaching Envoy.
     let mut router_settings = opts.router_settings.clone();
@@ -185,7 +198,9 @@ pub fn build(
     warnings.extend(dropped);
     for (deployment, upstream) in gateway.deployments.iter_mut().zip(&standalone.upstreams) {
         // The credential goes to SDS; the filter config keeps no trace of it.
-        let credential = deployment.api_key_env.take().and_then(|name| {
+        let credential = match &upstream.google_credentials {
+            Some(source) => vertex_token(deployment, upstream, source, &opts.provider_policy, google_token, &mut warnings),
+            None => deployment.api_key_env.take().and_then(|name| {
             let policy = &opts.provider_policy;
             if let Err(e) = policy.check_credential(&name).and_then(|()| policy.check_upstream(&upstream.host)) {
                 warnings.push(format!("deployment {}: no credential sent: {e}", deployment.id));
@@ -201,7 +216,8 @@ pub fn build(
                 None
             }
         }
-        });
+        }),
+        };
         let injected = credential.map(|value| {
             let secret_name = format!("sluice-provider-{}", upstream.cluster);
             secrets.insert(secret_name.clone(), pack(&provider_secret(&secret_name, value)));
@@ -404,6 +420,30 @@ fn http_filter<M: Message + Name>(name: &str, config: &M) -> HttpFilter {
     }
 }
 
+/// A Vertex AI deployment's access token, if its credentials may be used, its token may go to
+/// its host, and one has been minted (else a warning says why its requests go without one).
+fn vertex_token(
+    deployment: &sluice_core::config::Deployment,
+    upstream: &sluice_core::litellm::Upstream,
+    source: &GoogleCredentials,
+    policy: &ProviderPolicy,
+    google_token: &dyn Fn(&GoogleCredentials) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Option<String> {
+    if let Err(e) = policy.check_google(source, &upstream.host) {
+        warnings.push(format!("deployment {}: no credential sent: {e}", deployment.id));
+        return None;
+    }
+    let token = google_token(source);
+    if token.is_none() {
+        warnings.push(format!(
+            "deployment {}: no Vertex AI access token yet; requests go upstream without one until it is minted",
+            deployment.id
+        ));
+    }
+    token
+}
+
 /// The provider's credential header, set by Envoy on the upstream request from an SDS secret;
 /// None for Bedrock, whose requests Envoy signs instead (`aws_request_signing`).
 fn credential_injector(secret_name: &str, provider: Provider) -> Option<HttpFilter> {
@@ -412,6 +452,8 @@ fn credential_injector(secret_name: &str, provider: Provider) -> Option<HttpFilt
         Provider::Anthropic => ("x-api-key", ""),
         Provider::Azure => ("api-key", ""),
         Provider::Gemini => ("x-goog-api-key", ""),
+        // An OAuth access token (`google_tokens`).
+        Provider::VertexGemini | Provider::VertexAnthropic => ("authorization", "Bearer "),
         Provider::Bedrock => return None,
     };
     let generic = Generic {
@@ -631,6 +673,52 @@ mod tests {
         let signing: AwsRequestSigning = decode(any);
         assert_eq!((signing.service_name.as_str(), signing.region.as_str()), ("bedrock", "eu-central-1"));
         assert!(snap.resources[SECRET].is_empty());
+    }
+
+    /// A Vertex AI deployment's cluster sets the minted access token as `authorization: Bearer`
+    /// from SDS; the token is never in the filter's config; a token that may not go to the
+    /// deployment's host (not Vertex's, not listed) is never put in a secret.
+    #[test]
+    fn a_vertex_cluster_gets_its_access_token_from_sds() {
+        let list = [
+            json!({"model_name": "g", "litellm_params": {"model": "vertex_ai/gemini-2.5-pro", "vertex_project": "p", "vertex_credentials": "os.environ/OPENAI_KEY"},
+                   "model_info": {"id": "vg"}}),
+            json!({"model_name": "c", "litellm_params": {"model": "vertex_ai/claude-3-5-haiku@20241022", "vertex_project": "p", "api_base": "https://llm.example"},
+                   "model_info": {"id": "vc"}}),
+        ];
+        let token = |source: &GoogleCredentials| match source {
+            GoogleCredentials::Env(name) => Some(format!("ya29.token-for-{name}")),
+            _ => Some("ya29.adc".to_owned()),
+        };
+        let (snap, warnings) = build_with_tokens(&list, &options(), &env, &token).unwrap();
+        let secrets = &snap.resources[SECRET];
+        let name = format!("sluice-provider-{}", cluster_name("vg"));
+        assert_eq!(secrets.keys().collect::<Vec<_>>(), [&name], "{warnings:?}");
+        let secret: Secret = decode(&secrets[&name]);
+        assert!(format!("{secret:?}").contains("ya29.token-for-OPENAI_KEY"));
+        let cluster: Cluster = decode(&snap.resources[CLUSTER][&cluster_name("vg")]);
+        assert_eq!(cluster.load_assignment.as_ref().unwrap().endpoints[0].lb_endpoints.len(), 1);
+        let protocol: HttpProtocolOptions =
+            decode(&cluster.typed_extension_protocol_options[&HttpProtocolOptions::full_name()]);
+        let Some(http_filter::ConfigType::TypedConfig(any)) = &protocol.http_filters[0].config_type else {
+            panic!("typed config")
+        };
+        let injector: CredentialInjector = decode(any);
+        let generic: Generic = decode(injector.credential.as_ref().unwrap().typed_config.as_ref().unwrap());
+        assert_eq!((generic.header.as_str(), generic.header_value_prefix.as_str()), ("authorization", "Bearer "));
+        // Claude's token would go to a host that is not Vertex's: no secret, and why.
+        assert!(
+            warnings.iter().any(|w| w.contains("deployment vc: no credential sent") && w.contains("\"llm.example\"")),
+            "{warnings:?}"
+        );
+        let ext: TypedExtensionConfig = decode(&snap.resources[EXTENSION_CONFIG][FILTER_CONFIG_NAME]);
+        let wasm: Wasm = decode(ext.typed_config.as_ref().unwrap());
+        let json: StringValue = decode(wasm.config.unwrap().configuration.as_ref().unwrap());
+        assert!(!json.value.contains("ya29."), "{}", json.value);
+        // No token minted yet: the cluster goes without one, and the warning says so.
+        let (snap, warnings) = build(&list[..1], &options(), &env).unwrap();
+        assert!(snap.resources[SECRET].is_empty());
+        assert!(warnings.iter().any(|w| w.contains("no Vertex AI access token yet")), "{warnings:?}");
     }
 
     /// `router_settings.model_group_alias` reaches the filter; an alias of a group that no

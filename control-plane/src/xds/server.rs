@@ -21,7 +21,10 @@ use tonic::codegen::tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::protocol::{AdsStream, Event, Snapshot};
-use super::resources::{XdsOptions, build};
+use sluice_core::litellm::GoogleCredentials;
+
+use super::resources::{XdsOptions, build_with_tokens};
+use crate::google_tokens::GoogleTokens;
 use crate::metrics::{Metrics, inc};
 use crate::store::Store;
 
@@ -37,12 +40,16 @@ pub struct SnapshotPublisher<S> {
     metrics: Arc<Metrics>,
     /// Refusals already logged (the snapshot is rebuilt every few seconds).
     reported: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Vertex AI deployments' access tokens, minted in the background; a new one wakes `changed`.
+    google_tokens: Arc<GoogleTokens>,
 }
 
 impl<S: Store> SnapshotPublisher<S> {
     pub fn new(store: Arc<S>, options: XdsOptions, changed: Arc<Notify>, metrics: Arc<Metrics>) -> Self {
         let (sender, _) = watch::channel(Arc::new(Snapshot::default()));
-        Self { store, options, sender, changed, metrics, reported: Default::default() }
+        let extra_roots = std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+        let google_tokens = GoogleTokens::new(Arc::clone(&changed), extra_roots);
+        Self { store, options, sender, changed, metrics, reported: Default::default(), google_tokens }
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
@@ -55,7 +62,8 @@ impl<S: Store> SnapshotPublisher<S> {
         let models = self.store.all_models().await.map_err(|e| format!("reading deployments: {e}"))?;
         let entries: Vec<serde_json::Value> = models.into_iter().map(|m| m.entry).collect();
         let env = |name: &str| std::env::var(name).ok();
-        let (snapshot, warnings) = build(&entries, &self.options, &env)?;
+        let token = |source: &GoogleCredentials| self.google_tokens.current(source);
+        let (snapshot, warnings) = build_with_tokens(&entries, &self.options, &env, &token)?;
         // Only what the policy refuses: the rest was said when the deployment was accepted.
         for w in warnings.iter().filter(|w| w.contains("no credential sent")) {
             if self.reported.lock().map(|mut seen| seen.insert(w.clone())).unwrap_or(false) {

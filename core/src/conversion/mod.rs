@@ -5,6 +5,8 @@
 //!   deployment: the request there, the response, the stream and the errors back.
 //! - [`openai_gemini`]: the same for a Google Gemini (`generateContent`) deployment.
 //! - [`openai_bedrock`]: the same for an AWS Bedrock deployment (the Converse API).
+//! - [`vertex`]: Claude on Vertex AI, Anthropic's format with the model in the path (Gemini on
+//!   Vertex is Gemini's format as it is).
 //!
 //! An OpenAI `/v1/embeddings` client reaches Gemini (`batchEmbedContents`) and Bedrock
 //! (InvokeModel: Amazon Titan and Cohere embedding models) through the same two modules
@@ -30,6 +32,7 @@ mod openai_side;
 mod sse_events;
 #[cfg(test)]
 mod test_support;
+pub mod vertex;
 
 pub use openai_embeddings::{EmbeddingsAsk, Encoding};
 pub use sse_events::SseEvents;

@@ -3,6 +3,7 @@
 //! with its credential (or answer `count_tokens`).
 
 use sluice_core::config::Deployment;
+use sluice_core::conversion::vertex;
 use sluice_core::refusals;
 
 use super::choice::NoChoice;
@@ -24,6 +25,9 @@ impl UpstreamCredential {
             Provider::Anthropic => ("x-api-key", credential.map(str::to_owned)),
             Provider::Azure => ("api-key", credential.map(str::to_owned)),
             Provider::Gemini => ("x-goog-api-key", credential.map(str::to_owned)),
+            // Vertex AI's access token is set by Envoy from SDS (xDS mode only): the client's
+            // `authorization` is still removed here.
+            Provider::VertexGemini | Provider::VertexAnthropic => ("authorization", None),
             // Envoy signs Bedrock's requests (SigV4) on the cluster: no header from here.
             Provider::Bedrock => return UpstreamCredential::default(),
         };
@@ -197,6 +201,11 @@ impl<H: Host> RequestFlow<H> {
         // Translated before admission: a request that cannot be translated reserves nothing.
         // (`between` names only pairs of different formats.)
         let translated = match Direction::between(endpoint, deployment.provider) {
+            // Claude on Vertex: the Anthropic client's body with Vertex's two changes.
+            None if deployment.provider == Provider::VertexAnthropic => {
+                let renamed = rewrite_body(body, &req, &upstream_model, false);
+                Some((vertex::anthropic_request(renamed.as_deref().unwrap_or(body))?, None))
+            }
             None => None,
             Some(direction) => {
                 let mut translation = Translation {
@@ -206,12 +215,13 @@ impl<H: Host> RequestFlow<H> {
                     embeddings: None,
                 };
                 let body = translation.request(body, deployment, &upstream_model, DEFAULT_MAX_OUTPUT_TOKENS)?;
-                Some((body, translation))
+                Some((body, Some(translation)))
             }
         };
 
         // Where it goes, decided before admission: a request refused here reserves nothing.
-        let upstream_endpoint = translated.as_ref().map_or(endpoint, |(_, t)| t.direction.upstream_endpoint());
+        let upstream_endpoint =
+            translated.as_ref().and_then(|(_, t)| t.as_ref()).map_or(endpoint, |t| t.direction.upstream_endpoint());
         let upstream_path =
             deployment.upstream_path(upstream_endpoint, &upstream_model, streamed).ok_or_else(|| {
                 GatewayError::InvalidField {
@@ -279,7 +289,7 @@ impl<H: Host> RequestFlow<H> {
         let wants_usage_chunk = streamed && format == ApiFormat::OpenAi;
         let strip_usage_chunk = wants_usage_chunk && !req.client_wants_usage;
         let (new_body, translation) = match translated {
-            Some((body, translation)) => (Some(body), Some(translation)),
+            Some((body, translation)) => (Some(body), translation),
             None => (rewrite_body(body, &req, &upstream_model, wants_usage_chunk), None),
         };
         // A failover pass replaces what the failed pass left, even with the client's own bytes.
@@ -358,7 +368,7 @@ impl<H: Host> RequestFlow<H> {
     }
 
     /// `/v1/messages/count_tokens` for `group`: passed to one of its Anthropic deployments
-    /// (Anthropic counts for free: nothing is admitted, billed or recorded), else answered
+    /// (Claude on Vertex too, at Vertex's `count-tokens`; Anthropic counts for free: nothing is admitted, billed or recorded), else answered
     /// here with the estimate admission uses (LiteLLM would run the model's tokenizer where it
     /// has one; the figure is labelled an estimate in ARCHITECTURE.md).
     fn count_tokens(
@@ -371,7 +381,8 @@ impl<H: Host> RequestFlow<H> {
     ) -> Result<(), GatewayError> {
         let config = &gateway.config;
         let anthropic = group.deployments.iter().filter_map(|i| Some((*i, config.deployment(*i)?))).filter(|(_, d)| {
-            d.provider == Provider::Anthropic && d.mode.is_none_or(|m| m.serves(Endpoint::CountTokens))
+            matches!(d.provider, Provider::Anthropic | Provider::VertexAnthropic)
+                && d.mode.is_none_or(|m| m.serves(Endpoint::CountTokens))
         });
         let chosen = choose_weighted(anthropic.clone().map(|(_, d)| d.weight), self.random)
             .and_then(|c| anthropic.clone().nth(c));

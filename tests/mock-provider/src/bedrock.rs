@@ -47,7 +47,7 @@ pub fn route(path: &str) -> Option<Target> {
 }
 
 /// `%XX` escapes decoded (to UTF-8); None if an escape is malformed or the result is not UTF-8.
-fn percent_decode(raw: &str) -> Option<String> {
+pub fn percent_decode(raw: &str) -> Option<String> {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -177,7 +177,10 @@ pub fn reply(target: &Target, received: &Received, knobs: &Knobs, config: &Confi
     let (model, stream) = match target {
         Target::Model { model, stream } => (model, stream),
         Target::Embed { model } => return embed(model, received, knobs),
-        Target::NotFound => return aws_error(StatusCode::NOT_FOUND, "UnknownOperationException", "Unknown operation"),
+        // Bedrock's route names no count.
+        Target::Count { .. } | Target::NotFound => {
+            return aws_error(StatusCode::NOT_FOUND, "UnknownOperationException", "Unknown operation");
+        }
     };
     let Some(request) = received.json() else {
         return invalid("Malformed input request, please reformat your input and try again.");

@@ -1,10 +1,11 @@
 //! Google's Generative Language API (Gemini): `POST /v1beta/models/{model}:generateContent` and
 //! `…:streamGenerateContent` (SSE with CRLF framing under `?alt=sse`, else one JSON array
-//! streamed piece by piece, as Google sends it), and `…:batchEmbedContents` (deterministic
-//! vectors, no token counts, as Google's), also under `/v1/`. The model is the path's; the
-//! key is `x-goog-api-key` or `?key=`; errors are Google's `{"error":{code,message,status}}`.
-//! The text, token counts and stream faults come from the same deterministic generator and
-//! knobs as the other APIs.
+//! streamed piece by piece, as Google sends it), `…:countTokens` (`{"totalTokens": n}`) and
+//! `…:batchEmbedContents` (deterministic vectors, no token counts, as Google's), also under
+//! `/v1/`. The model is the path's; the key is `x-goog-api-key` or `?key=`; errors are Google's
+//! `{"error":{code,message,status}}`. The text, token counts and stream faults come from the
+//! same deterministic generator and knobs as the other APIs. Vertex AI's Gemini paths (`vertex`)
+//! are answered here too, without the key.
 
 use hyper::StatusCode;
 use serde_json::{Value, json};
@@ -14,8 +15,9 @@ use crate::request::{Received, Target};
 use crate::{Config, Knobs};
 
 /// Whether a path is Gemini's (everything under `/v1beta/`, and `/v1/models/…`), and what it
-/// asks: `models/{model}:generateContent` (`stream` false) or `:streamGenerateContent`; any
-/// other method, or a path without `models/{model}:`, is Google's 404.
+/// asks: `models/{model}:generateContent` (`stream` false) or `:streamGenerateContent`,
+/// `:countTokens` or `:batchEmbedContents`; any other method, or a path without
+/// `models/{model}:`, is Google's 404.
 pub fn route(path: &str) -> Option<Target> {
     let rest = match path.strip_prefix("/v1beta/") {
         Some(rest) => rest,
@@ -26,16 +28,26 @@ pub fn route(path: &str) -> Option<Target> {
     let Some((model, method)) = rest.strip_prefix("models/").and_then(|r| r.split_once(':')) else {
         return Some(Target::NotFound);
     };
-    if model.is_empty() || model.contains('/') {
+    if model.contains('/') {
         return Some(Target::NotFound);
     }
-    let stream = match method {
-        "generateContent" => false,
-        "streamGenerateContent" => true,
-        "batchEmbedContents" => return Some(Target::Embed { model: model.to_owned() }),
-        _ => return Some(Target::NotFound),
-    };
-    Some(Target::Model { model: model.to_owned(), stream })
+    Some(method_target(model, method, true))
+}
+
+/// What `{model}:{method}` asks of a Gemini model; `embed` whether `batchEmbedContents` is
+/// served there (Vertex AI embeds through another method, not served here).
+pub fn method_target(model: &str, method: &str, embed: bool) -> Target {
+    if model.is_empty() {
+        return Target::NotFound;
+    }
+    let model = model.to_owned();
+    match method {
+        "generateContent" => Target::Model { model, stream: false },
+        "streamGenerateContent" => Target::Model { model, stream: true },
+        "countTokens" => Target::Count { model },
+        "batchEmbedContents" if embed => Target::Embed { model },
+        _ => Target::NotFound,
+    }
 }
 
 /// Google's error envelope, its `status` name following the HTTP status.
@@ -124,25 +136,77 @@ fn declares_functions(request: &Value) -> bool {
     })
 }
 
-/// The reply to one request on a Gemini path.
+/// The reply to one request on a Gemini path: a path it does not serve is a 404 whatever the
+/// key; then the key (when one is configured), then [`answer`].
 pub fn reply(target: &Target, received: &Received, knobs: &Knobs, config: &Config) -> Reply {
+    if matches!(target, Target::NotFound) {
+        return error(StatusCode::NOT_FOUND, NOT_FOUND);
+    }
     let authorised = config
         .gemini_key
         .as_deref()
         .is_none_or(|k| received.header("x-goog-api-key") == Some(k) || received.query_values("key").next() == Some(k));
-    let (model, stream) = match target {
-        Target::Model { model, stream } => (model, stream),
-        Target::Embed { model } if authorised => return embed(model, received, knobs),
-        Target::Embed { .. } => return invalid(KEY_INVALID),
-        Target::NotFound => return error(StatusCode::NOT_FOUND, NOT_FOUND),
-    };
     if !authorised {
         return invalid(KEY_INVALID);
     }
-    // An empty body is an empty message, which then lacks its contents.
+    answer(target, received, knobs)
+}
+
+/// The answer to a request its caller has authorised (a Gemini key, a Vertex AI token).
+pub fn answer(target: &Target, received: &Received, knobs: &Knobs) -> Reply {
+    match target {
+        Target::Model { model, stream } => generate(model, *stream, received, knobs),
+        Target::Count { .. } => count(received, knobs),
+        Target::Embed { model } => embed(model, received, knobs),
+        Target::NotFound => error(StatusCode::NOT_FOUND, NOT_FOUND),
+    }
+}
+
+/// The body as JSON; an empty body is an empty message (which then lacks its contents).
+fn body(received: &Received) -> Result<Value, Reply> {
     let parsed = if received.body.iter().all(u8::is_ascii_whitespace) { Some(json!({})) } else { received.json() };
-    let Some(request) = parsed else {
-        return invalid("Invalid JSON payload received. Unexpected token.");
+    parsed.ok_or_else(|| invalid("Invalid JSON payload received. Unexpected token."))
+}
+
+/// `:countTokens`: the prompt as `:generateContent` of the same request would count it (the
+/// `prompt_tokens` knob, else the request's bytes by four), as `{"totalTokens": n}`. The request
+/// is the body (`contents` and the rest, checked as a generation's), or the body's
+/// `generateContentRequest`, whose bytes are then the ones counted.
+fn count(received: &Received, knobs: &Knobs) -> Reply {
+    let request = match body(received) {
+        Ok(request) => request,
+        Err(reply) => return reply,
+    };
+    let (request, bytes) = match field(&request, "generateContentRequest", "generate_content_request") {
+        Some(inner) => {
+            if let Some(other) = request.as_object().and_then(|o| {
+                o.keys().find(|k| !matches!(k.as_str(), "generateContentRequest" | "generate_content_request"))
+            }) {
+                return invalid(&format!(
+                    "* CountTokensRequest: {other} and generateContentRequest cannot both be set.\n"
+                ));
+            }
+            (inner.clone(), serde_json::to_vec(inner).map_or(0, |b| b.len()))
+        }
+        None => (request, received.body.len()),
+    };
+    if let Err(reply) = check(&request) {
+        return reply;
+    }
+    if let Some((status, message)) = knobs.forced_error() {
+        return error(status, &message);
+    }
+    if knobs.garbage {
+        return Reply::garbage(false, b"", "application/json");
+    }
+    Reply::ok(&json!({"totalTokens": knobs.prompt_tokens.unwrap_or((bytes as u64).div_ceil(4))}))
+}
+
+/// `:generateContent` (`stream` false) or `:streamGenerateContent` by `model`.
+fn generate(model: &str, stream: bool, received: &Received, knobs: &Knobs) -> Reply {
+    let request = match body(received) {
+        Ok(request) => request,
+        Err(reply) => return reply,
     };
     if let Err(reply) = check(&request) {
         return reply;
@@ -153,7 +217,7 @@ pub fn reply(target: &Target, received: &Received, knobs: &Knobs, config: &Confi
     let sse = received.query_values("alt").next() == Some("sse");
     let content_type = if sse { EVENT_STREAM } else { "application/json" };
     if knobs.garbage {
-        return Reply::garbage(*stream, b"data: {not json\r\n\r\n", content_type);
+        return Reply::garbage(stream, b"data: {not json\r\n\r\n", content_type);
     }
     // maxOutputTokens caps the answer, whether its length is the default or a knob's (0 is unset,
     // as in proto); an answer cut short ends with MAX_TOKENS.
@@ -163,9 +227,9 @@ pub fn reply(target: &Target, received: &Received, knobs: &Knobs, config: &Confi
         .filter(|&m| m > 0);
     let (completion, cut) = knobs.capped_completion(cap);
     let finish = if cut { "MAX_TOKENS" } else { "STOP" };
-    let gemini = Gemini { g: Gen::new(model.clone(), completion, received, knobs), finish };
+    let gemini = Gemini { g: Gen::new(model.to_owned(), completion, received, knobs), finish };
     let tool = knobs.tool_call.as_deref().filter(|_| declares_functions(&request));
-    match (*stream, tool) {
+    match (stream, tool) {
         (false, Some(name)) => Reply::ok(&gemini.response(&[function_call(name)], true, completion)),
         (false, None) => {
             gemini.g.padded(|words| gemini.response(&[json!({"text": gemini.g.text(words)})], true, words))

@@ -1,15 +1,20 @@
 //! A mock LLM provider: OpenAI chat/completions/embeddings (also at Azure OpenAI's paths),
-//! OpenAI responses, Anthropic messages, Google Gemini's generateContent and AWS Bedrock's
-//! Converse, streaming and not, deterministic, with per-request knobs for latency, token counts,
-//! chunking, cuts, errors and garbage. It stands in for the paid upstream in tests, benchmarks
-//! and the quickstart, and counts what it served so tests can check spend records against it.
+//! OpenAI responses, Anthropic messages, Google Gemini's generateContent and countTokens, Google
+//! Vertex AI's Gemini and Claude (rawPredict) paths, and AWS Bedrock's Converse, streaming and
+//! not, deterministic, with per-request knobs for latency, token counts, chunking, cuts, errors
+//! and garbage. For Vertex AI it also plays Google's OAuth 2 token endpoint (`/token`) and the
+//! GCE metadata server's token, whose tokens the Vertex AI paths then want (`--google-auth`). It
+//! stands in for the paid upstream in tests, benchmarks and the quickstart, and counts what it
+//! served so tests can check spend records against it.
 
 mod bedrock;
 mod gemini;
+mod google_auth;
 mod knobs;
 mod providers;
 mod request;
 mod stats;
+mod vertex;
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -33,8 +38,11 @@ use providers::{Api, Dialect, Reply};
 use request::{Received, Target};
 pub use stats::Stats;
 
+/// The lifetime of the access tokens the Google token endpoints issue, unless set: Google's.
+pub const DEFAULT_GOOGLE_TOKEN_TTL_SECS: u64 = 3599;
+
 /// Server-wide settings from the command line.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub latency_ms: u64,
     /// Every answer this error status (`--status`), unless the request asks for another.
@@ -51,6 +59,28 @@ pub struct Config {
     /// A prompt longer than this many tokens (the mock's count: its bytes over four) is refused
     /// as too long, in the provider's own words (`--context-window`).
     pub context_window: Option<u64>,
+    /// Vertex AI paths want `Authorization: Bearer <token>` with a token this mock's `/token` or
+    /// metadata server issued and that has not expired (`--google-auth`); else anything goes.
+    pub google_auth: bool,
+    /// How long those tokens last, in seconds (`--google-token-ttl`; 0 issues expired ones).
+    pub google_token_ttl_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            latency_ms: 0,
+            status: None,
+            openai_key: None,
+            anthropic_key: None,
+            azure_key: None,
+            gemini_key: None,
+            aws_access_key_id: None,
+            context_window: None,
+            google_auth: false,
+            google_token_ttl_secs: DEFAULT_GOOGLE_TOKEN_TTL_SECS,
+        }
+    }
 }
 
 /// A response body that is either complete or fed frame by frame from a channel; an `Err`
@@ -77,6 +107,8 @@ struct State {
     stats: Stats,
     /// Attempts seen per `x-request-id`, for `x-mock-fault-attempts`.
     attempts: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// The Google access tokens issued, for `--google-auth`.
+    tokens: google_auth::Tokens,
 }
 
 /// Serves connections until `shutdown` resolves.
@@ -84,7 +116,12 @@ pub async fn serve<F>(listener: TcpListener, config: Arc<Config>, shutdown: F)
 where
     F: std::future::Future,
 {
-    let state = Arc::new(State { config, stats: Stats::default(), attempts: Default::default() });
+    let state = Arc::new(State {
+        config,
+        stats: Stats::default(),
+        attempts: Default::default(),
+        tokens: google_auth::Tokens::default(),
+    });
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -168,9 +205,30 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Mo
             state.stats.reset();
             return Ok(json_response(StatusCode::OK, b"{}".to_vec()));
         }
+        // Google's credentials: no knobs (they are the gateway's own calls, not a client's), and
+        // counted apart from the served requests (no spend record follows a token).
+        google_auth::TOKEN_PATH => {
+            let reply = google_auth::token(&received, &state.config, &state.tokens);
+            if reply.status() == 200 {
+                state.stats.google_token_issued();
+            }
+            return Ok(respond(reply, Knobs::default()));
+        }
+        google_auth::METADATA_TOKEN_PATH => {
+            let response = google_auth::metadata(&received, &state.config, &state.tokens);
+            if response.status() == StatusCode::OK {
+                state.stats.google_token_issued();
+            }
+            return Ok(response);
+        }
         _ => {}
     }
     let knobs = state.knobs_for(&received);
+    // Before Gemini's and OpenAI's: Vertex AI's paths are under `/v1/` too.
+    if let Some(route) = vertex::route(&received.path) {
+        let (reply, target) = vertex::reply(&route, &received, &knobs, &state.config, &state.tokens);
+        return Ok(state.answer(&received, reply, Some(&target), knobs).await);
+    }
     if let Some(target) = gemini::route(&received.path) {
         let reply = gemini::reply(&target, &received, &knobs, &state.config);
         return Ok(state.answer(&received, reply, Some(&target), knobs).await);

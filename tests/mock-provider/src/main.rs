@@ -1,17 +1,22 @@
 //! `sluice-mock-provider --listen 127.0.0.1:8081 [--latency-ms N] [--status N] [--openai-key K]
 //! [--anthropic-key K] [--azure-key K] [--gemini-key K] [--aws-access-key-id AKID]
-//! [--context-window N] [--workers N]`
+//! [--google-auth] [--google-token-ttl SECS] [--context-window N] [--workers N]`
+//!
+//! Besides the providers' paths (Vertex AI's under `/v1/projects/…` among them) it serves
+//! Google's OAuth 2 token endpoint at `POST /token` and the GCE metadata server's
+//! `GET /computeMetadata/v1/instance/service-accounts/default/token`, for Vertex AI's tokens.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use sluice_mock_provider::{Config, serve};
+use sluice_mock_provider::{Config, DEFAULT_GOOGLE_TOKEN_TTL_SECS, serve};
 
 #[derive(Parser)]
 #[command(
-    about = "Mock OpenAI/Azure OpenAI/Anthropic/Gemini/Bedrock provider for Sluice's tests, benchmarks and quickstart"
+    about = "Mock OpenAI/Azure OpenAI/Anthropic/Gemini/Vertex AI/Bedrock provider for Sluice's tests, benchmarks and \
+             quickstart, with Google's OAuth 2 token endpoint (/token) and GCE metadata server token"
 )]
 struct Args {
     /// Address to listen on; port 0 picks a free port (printed on stdout).
@@ -41,6 +46,16 @@ struct Args {
     /// Signature=…` and `x-amz-date` (present and shaped so, not verified).
     #[arg(long)]
     aws_access_key_id: Option<String>,
+    /// Require `Authorization: Bearer <token>` on Vertex AI paths (/v1/projects/…/publishers/…),
+    /// with a token this mock issued at POST /token (a service account's JWT assertion or a
+    /// refresh token) or at the metadata server's
+    /// GET /computeMetadata/v1/instance/service-accounts/default/token, not yet expired.
+    #[arg(long)]
+    google_auth: bool,
+    /// Lifetime in seconds of the access tokens /token and the metadata server issue (0 issues
+    /// tokens already expired).
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_GOOGLE_TOKEN_TTL_SECS)]
+    google_token_ttl: u64,
     /// Refuse a prompt of more than N tokens (its bytes over four) as longer than the model's
     /// context window, with the provider's own error (OpenAI's `context_length_exceeded`,
     /// Anthropic's "prompt is too long").
@@ -70,6 +85,8 @@ fn main() -> ExitCode {
         gemini_key: args.gemini_key,
         aws_access_key_id: args.aws_access_key_id,
         context_window: args.context_window,
+        google_auth: args.google_auth,
+        google_token_ttl_secs: args.google_token_ttl,
     });
     let result = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen).await?;

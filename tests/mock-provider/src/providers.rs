@@ -1,6 +1,7 @@
 //! OpenAI (chat, completions, embeddings, Responses) and Anthropic response shapes, built
 //! deterministically from the request and knobs (Gemini's, from the same generator, in `gemini`).
-//! Azure OpenAI answers in OpenAI's shapes; only how it is addressed and authorised differs.
+//! Azure OpenAI answers in OpenAI's shapes, Claude on Vertex AI in Anthropic's; only how they
+//! are addressed and authorised differs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -25,14 +26,20 @@ pub enum Api {
 }
 
 /// Whose conventions a request follows around the shared response shapes: the provider's own
-/// (OpenAI's bearer token, Anthropic's x-api-key) or Azure OpenAI's (`api-key`, and in the
-/// classic form a deployment in the path standing in for the body's model).
+/// (OpenAI's bearer token, Anthropic's x-api-key), Azure OpenAI's (`api-key`, and in the
+/// classic form a deployment in the path standing in for the body's model) or Vertex AI's
+/// (Google's token, checked before, and the path's model).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dialect {
     Native,
     /// `deployment` is the path's in the classic `/openai/deployments/{d}/…` form, None in `/openai/v1/…`.
     Azure {
         deployment: Option<String>,
+    },
+    /// Claude on Vertex AI: `model` is the path's for `:rawPredict` (the body has none), None
+    /// for `count-tokens:rawPredict` (the body names it).
+    Vertex {
+        model: Option<String>,
     },
 }
 
@@ -101,7 +108,7 @@ pub fn azure_error(status: StatusCode, message: &str) -> Reply {
 /// Azure's answer to a request with no valid key, verbatim.
 const AZURE_DENIED: &str = "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.";
 
-fn anthropic_error(message: &str, kind: &str) -> Vec<u8> {
+pub fn anthropic_error(message: &str, kind: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({"type": "error", "error": {"type": kind, "message": message}})).unwrap_or_default()
 }
 
@@ -134,7 +141,7 @@ fn refusal(api: Api, dialect: &Dialect, refusal: Refusal, prompt: u64, max: u64)
             "invalid_request_error",
             "content_filter",
         ),
-        (Refusal::ContentPolicy, false, Dialect::Native) => openai_error(
+        (Refusal::ContentPolicy, false, Dialect::Native | Dialect::Vertex { .. }) => openai_error(
             "Your request was rejected as a result of our safety system.",
             "invalid_request_error",
             "content_policy_violation",
@@ -162,6 +169,8 @@ pub fn reply(api: Api, dialect: &Dialect, received: &Received, knobs: &Knobs, co
     let authorised = match (dialect, api) {
         // Only the exact `api-key` header: a bearer token here means the client used OpenAI's scheme.
         (Dialect::Azure { .. }, _) => config.azure_key.as_deref().is_none_or(|k| received.header("api-key") == Some(k)),
+        // Google's token, which `vertex` checked before.
+        (Dialect::Vertex { .. }, _) => true,
         (Dialect::Native, Api::Messages | Api::CountTokens) => {
             config.anthropic_key.as_deref().is_none_or(|k| received.header("x-api-key") == Some(k))
         }
@@ -192,9 +201,11 @@ pub fn reply(api: Api, dialect: &Dialect, received: &Received, knobs: &Knobs, co
             "invalid_json",
         );
     };
-    // Azure's classic form ignores a missing body model: the deployment names what answers.
+    // Azure's classic form ignores a missing body model: the deployment names what answers (and
+    // on Vertex AI the path's model, the body having none).
     let deployment = match dialect {
         Dialect::Azure { deployment } => deployment.clone(),
+        Dialect::Vertex { model } => model.clone(),
         Dialect::Native => None,
     };
     let Some(model) = request.get("model").and_then(Value::as_str).map(str::to_owned).or(deployment) else {

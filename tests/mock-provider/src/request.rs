@@ -1,5 +1,5 @@
 //! What every API reads of a request alike: the request as it arrived, and what a path that
-//! names its model (Gemini's, Bedrock's) asks for.
+//! names its model (Gemini's, Bedrock's, Vertex AI's) asks for.
 
 use std::collections::HashMap;
 
@@ -32,8 +32,8 @@ impl Received {
 }
 
 /// What a path that names its model asks for (Gemini's `models/{model}:…`, Bedrock's
-/// `/model/{modelId}/…`): a generation by that model, streamed or not, embeddings, or nothing
-/// it serves.
+/// `/model/{modelId}/…`, Vertex AI's `…/publishers/{p}/models/{model}:…`): a generation by that
+/// model, streamed or not, embeddings, a token count, or nothing it serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     Model {
@@ -45,6 +45,11 @@ pub enum Target {
     Embed {
         model: String,
     },
+    /// A count of the prompt's tokens for that model (Gemini's `:countTokens`, Claude on
+    /// Vertex's `count-tokens:rawPredict`, whose body names the model).
+    Count {
+        model: String,
+    },
     /// Another method or operation, or a path without a usable model: the provider's 404.
     NotFound,
 }
@@ -52,7 +57,7 @@ pub enum Target {
 impl Target {
     pub fn model(&self) -> Option<&str> {
         match self {
-            Target::Model { model, .. } | Target::Embed { model } => Some(model),
+            Target::Model { model, .. } | Target::Embed { model } | Target::Count { model } => Some(model),
             Target::NotFound => None,
         }
     }

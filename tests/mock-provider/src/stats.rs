@@ -35,8 +35,8 @@ struct Seen {
     content_length: Option<String>,
     status: u16,
     body_bytes: usize,
-    /// The request body as JSON, kept on Gemini and Bedrock paths (null elsewhere, or when not
-    /// JSON) so a test can check what a translation sent (systemInstruction, toolConfig…).
+    /// The request body as JSON, kept on Gemini, Vertex AI and Bedrock paths (null elsewhere, or
+    /// when not JSON) so a test can check what a translation sent (systemInstruction, toolConfig…).
     body_json: Option<serde_json::Value>,
     /// Envoy's own `x-envoy-*` request headers that arrived (names), to prove the router kept
     /// its retry and timeout headers to itself.
@@ -50,6 +50,8 @@ struct Seen {
 #[derive(Default)]
 pub struct Stats {
     served: AtomicU64,
+    /// Access tokens Google's token endpoints issued (the gateway's token fetches, not served requests).
+    google_tokens_issued: AtomicU64,
     inner: Mutex<Inner>,
 }
 
@@ -125,19 +127,30 @@ impl Stats {
         }
     }
 
+    /// Counts an access token issued.
+    pub fn google_token_issued(&self) {
+        self.google_tokens_issued.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         let served = self.served.load(Ordering::Relaxed);
+        let google_tokens_issued = self.google_tokens_issued.load(Ordering::Relaxed);
         let Ok(inner) = self.inner.lock() else {
             return b"{}".to_vec();
         };
-        serde_json::to_vec(
-            &serde_json::json!({ "served": served, "by_path": inner.by_path, "requests": inner.requests }),
-        )
+        serde_json::to_vec(&serde_json::json!({
+            "served": served,
+            "google_tokens_issued": google_tokens_issued,
+            "by_path": inner.by_path,
+            "requests": inner.requests,
+        }))
         .unwrap_or_default()
     }
 
+    /// Forgets what was served and the tokens counted (the tokens themselves stay good).
     pub fn reset(&self) {
         self.served.store(0, Ordering::Relaxed);
+        self.google_tokens_issued.store(0, Ordering::Relaxed);
         if let Ok(mut inner) = self.inner.lock() {
             inner.by_path.clear();
             inner.requests.clear();

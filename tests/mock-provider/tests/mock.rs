@@ -28,9 +28,26 @@ async fn request_with_head(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String, Vec<u8>, bool) {
+    send(addr, "POST", path, headers, body).await
+}
+
+/// A GET with `connection: close`; returns (status, head, raw body bytes).
+async fn get(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String, Vec<u8>) {
+    let (status, head, body, _) = send(addr, "GET", path, headers, "").await;
+    (status, head, body)
+}
+
+/// One HTTP/1.1 request by `method`: (status, head lowercased, raw body bytes, complete).
+async fn send(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, Vec<u8>, bool) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let mut req =
-        format!("POST {path} HTTP/1.1\r\nhost: mock\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
+        format!("{method} {path} HTTP/1.1\r\nhost: mock\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -642,7 +659,7 @@ async fn gemini_refuses_bad_bodies_and_unknown_methods_in_googles_words() {
     let v = ok_json(addr, GEMINI, &[], snake).await;
     assert_eq!(v["candidates"][0]["content"]["parts"][0]["text"], "tok0 tok1");
     for path in [
-        "/v1beta/models/gemini-2.5-flash:countTokens",
+        "/v1beta/models/gemini-2.5-flash:embedContent",
         "/v1beta/models/gemini-2.5-flash",
         "/v1beta/models/:generateContent",
         "/v1beta/tunedModels/x:generateContent",
@@ -774,6 +791,36 @@ async fn gemini_errors_are_googles() {
     assert_eq!(status, 200);
     assert!(serde_json::from_slice::<Value>(&raw).is_err());
     assert_eq!(stats(addr).await["served"], 1);
+}
+
+#[tokio::test]
+async fn gemini_count_tokens_counts_the_prompt_as_generate_content_would() {
+    let addr = start(gemini_key()).await;
+    let key = [("x-goog-api-key", "gk")];
+    let count = "/v1beta/models/gemini-2.5-flash:countTokens";
+    let v = ok_json(addr, count, &key, GEMINI_BODY).await;
+    assert_eq!(v, json!({"totalTokens": GEMINI_BODY.len().div_ceil(4)}));
+    let generated = ok_json(addr, GEMINI, &key, GEMINI_BODY).await;
+    assert_eq!(generated["usageMetadata"]["promptTokenCount"], v["totalTokens"]);
+    let v = ok_json(addr, count, &[key[0], ("x-mock-prompt-tokens", "77")], GEMINI_BODY).await;
+    assert_eq!(v, json!({"totalTokens": 77}));
+    // The wrapped form counts the generation request it wraps; /v1/ answers too.
+    let wrapped = format!(r#"{{"generateContentRequest":{{"model":"models/gemini-2.5-flash",{}}}"#, &GEMINI_BODY[1..]);
+    let inner: Value = serde_json::from_str(&wrapped).unwrap();
+    let inner = serde_json::to_vec(&inner["generateContentRequest"]).unwrap().len();
+    let v = ok_json(addr, "/v1/models/gemini-2.5-flash:countTokens", &key, &wrapped).await;
+    assert_eq!(v, json!({"totalTokens": inner.div_ceil(4)}));
+    // Google's checks and key as for a generation.
+    let (status, _, _) = request(addr, count, &[], GEMINI_BODY).await;
+    assert_eq!(status, 400);
+    let (status, raw, _) = request(addr, count, &key, "{}").await;
+    assert_eq!(status, 400);
+    assert!(parse(&raw)["error"]["message"].as_str().unwrap().contains("contents is not specified"));
+    let both = format!(r#"{{"generateContentRequest":{GEMINI_BODY},"contents":[]}}"#);
+    let (status, _, _) = request(addr, count, &key, &both).await;
+    assert_eq!(status, 400);
+    let seen = &stats(addr).await["requests"][0];
+    assert_eq!((seen["model"].as_str(), seen["stream"].as_bool()), (Some("gemini-2.5-flash"), Some(false)));
 }
 
 // ---- Bedrock (Converse) -------------------------------------------------------------------
@@ -1111,4 +1158,327 @@ async fn bedrock_errors_are_aws_json_even_on_streams() {
         assert_eq!(v, json!({"message": format!("mock error {code}")}));
     }
     assert_eq!(stats(addr).await["served"], 0);
+}
+
+// ---- Vertex AI and Google's tokens ----------------------------------------------------------
+
+const VERTEX: &str = "/v1/projects/my-project/locations/us-east5/publishers";
+const CLAUDE_BODY: &str =
+    r#"{"anthropic_version":"vertex-2023-10-16","max_tokens":50,"messages":[{"role":"user","content":"hi"}]}"#;
+const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
+const UNAUTHENTICATED: &str = "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.";
+
+fn vertex_gemini(method: &str) -> String {
+    format!("{VERTEX}/google/models/gemini-2.5-flash:{method}")
+}
+
+fn vertex_claude(method: &str) -> String {
+    format!("{VERTEX}/anthropic/models/claude-sonnet-4@20250514:{method}")
+}
+
+/// Unpadded base64url, as JWTs use it.
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// A service account's token request: a JWT assertion with `claims` over the usual ones, a
+/// fake signature, form-encoded as Google's client libraries send it.
+fn jwt_grant(header: &Value, claims: &[(&str, Value)]) -> String {
+    let now = unix_now();
+    let mut set = json!({"iss": "sa@my-project.iam.gserviceaccount.com", "scope": CLOUD_PLATFORM,
+        "aud": "https://oauth2.googleapis.com/token", "iat": now, "exp": now + 3600});
+    for (name, value) in claims {
+        set[*name] = value.clone();
+    }
+    let assertion = format!(
+        "{}.{}.{}",
+        base64url(header.to_string().as_bytes()),
+        base64url(set.to_string().as_bytes()),
+        base64url(b"not a real signature")
+    );
+    format!("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={assertion}")
+}
+
+fn rs256() -> Value {
+    json!({"alg": "RS256", "typ": "JWT"})
+}
+
+/// A token from `/token` for a good assertion, checked to be Google's token JSON.
+async fn issue_token(addr: std::net::SocketAddr, ttl: u64) -> String {
+    let v =
+        ok_json(addr, "/token", &[("content-type", "application/x-www-form-urlencoded")], &jwt_grant(&rs256(), &[]))
+            .await;
+    assert_eq!((v["token_type"].as_str(), v["expires_in"].as_u64()), (Some("Bearer"), Some(ttl)), "{v}");
+    assert_eq!(v.as_object().unwrap().len(), 3, "{v}");
+    let token = v["access_token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("ya29.mock-"), "{token}");
+    token
+}
+
+fn google_auth(ttl: u64) -> Config {
+    Config { google_auth: true, google_token_ttl_secs: ttl, ..Config::default() }
+}
+
+#[tokio::test]
+async fn vertex_gemini_answers_as_gemini_and_records_the_model() {
+    // Gemini's key is not Vertex AI's credential: without --google-auth anything goes.
+    let addr = start(gemini_key()).await;
+    let knobs = usage_knobs("50", "3", "10", "2");
+    let v = ok_json(addr, &vertex_gemini("generateContent"), &knobs, GEMINI_BODY).await;
+    let gemini = ok_json(addr, GEMINI, &[&[("x-goog-api-key", "gk")][..], &knobs].concat(), GEMINI_BODY).await;
+    assert_eq!((&v["candidates"], &v["usageMetadata"]), (&gemini["candidates"], &gemini["usageMetadata"]));
+    assert_eq!(v["modelVersion"], "gemini-2.5-flash", "the model is the path's");
+    let (status, head, body, complete) =
+        request_with_head(addr, &format!("{}?alt=sse", vertex_gemini("streamGenerateContent")), &[], GEMINI_BODY).await;
+    assert_eq!((status, complete), (200, true));
+    assert!(head.contains("content-type: text/event-stream"));
+    let events = gemini_events(&body);
+    assert_eq!(events.len(), 16);
+    assert_eq!(events[15]["candidates"][0]["finishReason"], "STOP");
+    let v = ok_json(addr, &vertex_gemini("countTokens"), &[], GEMINI_BODY).await;
+    assert_eq!(v, json!({"totalTokens": GEMINI_BODY.len().div_ceil(4)}));
+    // Google's checks of the body hold here too.
+    let (status, raw, _) = request(addr, &vertex_gemini("generateContent"), &[], "{}").await;
+    assert_eq!((status, parse(&raw)["error"]["status"].as_str()), (400, Some("INVALID_ARGUMENT")));
+    let stats = stats(addr).await;
+    assert_eq!(stats["served"], 4);
+    let seen = &stats["requests"];
+    assert_eq!((seen[0]["model"].as_str(), seen[0]["stream"].as_bool()), (Some("gemini-2.5-flash"), Some(false)));
+    assert_eq!(seen[0]["body_json"]["contents"][0]["parts"][0]["text"], "hi");
+    assert_eq!((seen[2]["stream"].as_bool(), seen[2]["query"].as_str()), (Some(true), Some("alt=sse")));
+    assert_eq!(seen[3]["model"], "gemini-2.5-flash");
+    assert_eq!(stats["by_path"][vertex_gemini("countTokens")], 1);
+}
+
+#[tokio::test]
+async fn vertex_paths_it_does_not_serve_are_googles_404() {
+    let addr = start(Config::default()).await;
+    for path in [
+        "/v1/projects//locations/us-east5/publishers/google/models/gemini-2.5-flash:generateContent".to_owned(),
+        "/v1/projects/p/locations//publishers/google/models/gemini-2.5-flash:generateContent".to_owned(),
+        "/v1/projects/p/locations/l/publishers/google/models/gemini-2.5-flash".to_owned(),
+        vertex_gemini("predict"),
+        vertex_claude("generateContent"),
+        format!("{VERTEX}/anthropic/models/count-tokens:streamRawPredict"),
+        format!("{VERTEX}/meta/models/llama:rawPredict"),
+    ] {
+        let (status, raw, _) = request(addr, &path, &[], GEMINI_BODY).await;
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(
+            parse(&raw),
+            json!({"error": {"code": 404, "message": "Requested entity was not found.", "status": "NOT_FOUND"}})
+        );
+    }
+    assert_eq!(stats(addr).await["by_path"].as_object().unwrap().len(), 7, "recorded, as a Gemini 404 is");
+}
+
+#[tokio::test]
+async fn vertex_claude_answers_as_messages_with_the_paths_model() {
+    // Anthropic's key is not Vertex AI's credential either.
+    let addr = start(Config { anthropic_key: Some("ak".into()), ..Config::default() }).await;
+    let v = ok_json(addr, &vertex_claude("rawPredict"), &[("x-mock-completion-tokens", "2")], CLAUDE_BODY).await;
+    assert_eq!((v["type"].as_str(), v["model"].as_str()), (Some("message"), Some("claude-sonnet-4@20250514")));
+    assert_eq!(v["content"][0]["text"], "tok0 tok1");
+    assert_eq!(v["usage"]["input_tokens"], CLAUDE_BODY.len().div_ceil(4));
+    let stream_body = CLAUDE_BODY.replace("\"max_tokens\"", "\"stream\":true,\"max_tokens\"");
+    let path = vertex_claude("streamRawPredict");
+    let (status, head, body, complete) =
+        request_with_head(addr, &path, &[("x-mock-completion-tokens", "3")], &stream_body).await;
+    assert_eq!((status, complete), (200, true));
+    assert!(head.contains("content-type: text/event-stream"));
+    let events = named_events(&body);
+    assert_eq!(events[0].0, "message_start");
+    assert_eq!(events[0].1["message"]["model"], "claude-sonnet-4@20250514");
+    assert_eq!(events.iter().filter(|(name, _)| name == "content_block_delta").count(), 3);
+    assert_eq!(events.last().unwrap().0, "message_stop");
+    // The version encoded, as some clients send it.
+    let encoded = format!("{VERTEX}/anthropic/models/claude-sonnet-4%4020250514:rawPredict");
+    assert_eq!(ok_json(addr, &encoded, &[], CLAUDE_BODY).await["model"], "claude-sonnet-4@20250514");
+    // count-tokens names its model in the body.
+    let count = format!("{VERTEX}/anthropic/models/count-tokens:rawPredict");
+    let count_body = r#"{"model":"claude-sonnet-4@20250514","messages":[{"role":"user","content":"hi"}]}"#;
+    let v = ok_json(addr, &count, &[], count_body).await;
+    assert_eq!(v, json!({"input_tokens": count_body.len().div_ceil(4)}));
+    let stats = stats(addr).await;
+    assert_eq!(stats["served"], 4);
+    let seen = &stats["requests"];
+    assert_eq!(
+        (seen[0]["model"].as_str(), seen[0]["stream"].as_bool()),
+        (Some("claude-sonnet-4@20250514"), Some(false))
+    );
+    assert_eq!(seen[0]["body_json"]["anthropic_version"], "vertex-2023-10-16");
+    assert_eq!(
+        (seen[1]["model"].as_str(), seen[1]["stream"].as_bool()),
+        (Some("claude-sonnet-4@20250514"), Some(true))
+    );
+    assert_eq!(seen[3]["model"], "claude-sonnet-4@20250514");
+    assert_eq!(stats["by_path"][path], 1);
+}
+
+#[tokio::test]
+async fn vertex_claude_refuses_a_body_without_vertexs_version_or_with_a_model() {
+    let addr = start(Config::default()).await;
+    let cases = [
+        (r#"{"max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#, "anthropic_version: Field required"),
+        (
+            r#"{"anthropic_version":"2023-06-01","messages":[]}"#,
+            "anthropic_version: Input should be 'vertex-2023-10-16'",
+        ),
+        (
+            r#"{"anthropic_version":"vertex-2023-10-16","model":"claude-sonnet-4","messages":[]}"#,
+            "model: Extra inputs are not permitted",
+        ),
+    ];
+    for path in [vertex_claude("rawPredict"), vertex_claude("streamRawPredict")] {
+        for (body, message) in cases {
+            let (status, raw, _) = request(addr, &path, &[], body).await;
+            let v = parse(&raw);
+            assert_eq!(
+                (status, v["type"].as_str(), v["error"]["type"].as_str()),
+                (400, Some("error"), Some("invalid_request_error")),
+                "{body}"
+            );
+            assert!(v["error"]["message"].as_str().unwrap().starts_with(message), "{body}: {v}");
+        }
+    }
+    // Not JSON: Anthropic's own answer; count-tokens without a model: Anthropic's.
+    let (status, raw, _) = request(addr, &vertex_claude("rawPredict"), &[], "{nope").await;
+    assert_eq!((status, parse(&raw)["type"].as_str()), (400, Some("error")));
+    let count = format!("{VERTEX}/anthropic/models/count-tokens:rawPredict");
+    let (status, raw, _) = request(addr, &count, &[], r#"{"messages":[]}"#).await;
+    assert_eq!((status, parse(&raw)["error"]["message"].as_str()), (400, Some("you must provide a model parameter")));
+    assert_eq!(stats(addr).await["served"], 0);
+}
+
+#[tokio::test]
+async fn the_token_endpoint_issues_tokens_vertex_then_accepts() {
+    let addr = start(google_auth(3599)).await;
+    let unauthenticated = json!({"error": {"code": 401, "message": UNAUTHENTICATED, "status": "UNAUTHENTICATED"}});
+    let paths = [
+        vertex_gemini("generateContent"),
+        vertex_gemini("countTokens"),
+        vertex_claude("rawPredict"),
+        vertex_claude("streamRawPredict"),
+        format!("{VERTEX}/anthropic/models/count-tokens:rawPredict"),
+    ];
+    for path in &paths {
+        for headers in [vec![], vec![("authorization", "Bearer ya29.made-up")], vec![("x-goog-api-key", "k")]] {
+            let (status, raw, _) = request(addr, path, &headers, GEMINI_BODY).await;
+            assert_eq!((status, parse(&raw)), (401, unauthenticated.clone()), "{path} {headers:?}");
+        }
+    }
+    assert_eq!(stats(addr).await["requests"][0]["model"], "gemini-2.5-flash", "refusals are recorded");
+    let token = issue_token(addr, 3599).await;
+    // Colons left unencoded decode the same.
+    let raw_colons = jwt_grant(&rs256(), &[]).replace("%3A", ":");
+    assert_eq!(ok_json(addr, "/token", &[], &raw_colons).await["token_type"], "Bearer");
+    let bearer = format!("Bearer {token}");
+    let auth = [("authorization", bearer.as_str())];
+    ok_json(addr, &paths[0], &auth, GEMINI_BODY).await;
+    ok_json(addr, &paths[2], &auth, CLAUDE_BODY).await;
+    let count_body = r#"{"model":"claude-sonnet-4@20250514","messages":[]}"#;
+    ok_json(addr, &paths[4], &auth, count_body).await;
+    // Other providers' paths are not Google's to guard.
+    ok_json(addr, "/v1/chat/completions", &[], r#"{"model":"gpt-4o","messages":[]}"#).await;
+    // A refresh token (gcloud's user credentials) works as well.
+    let refresh = "grant_type=refresh_token&client_id=764086051850-6qr4p6gpi6hn506pt8ejuq83di341hur.apps.googleusercontent.com&client_secret=d-FL95Q19q7MQmFpd7hHD0Ty&refresh_token=1%2F%2F0abc";
+    let v = ok_json(addr, "/token", &[], refresh).await;
+    let second = v["access_token"].as_str().unwrap();
+    assert_ne!(second, token);
+    ok_json(addr, &paths[0], &[("authorization", &format!("Bearer {second}"))], GEMINI_BODY).await;
+    let stats_now = stats(addr).await;
+    assert_eq!((stats_now["google_tokens_issued"].as_u64(), stats_now["served"].as_u64()), (Some(3), Some(5)));
+    assert!(stats_now["by_path"].get("/token").is_none(), "token fetches are not served requests");
+    // A reset forgets the count, not the tokens.
+    request(addr, "/mock/reset", &[], "").await;
+    assert_eq!(stats(addr).await["google_tokens_issued"], 0);
+    ok_json(addr, &paths[0], &auth, GEMINI_BODY).await;
+}
+
+#[tokio::test]
+async fn the_token_endpoint_refuses_bad_grants_in_oauths_words() {
+    let addr = start(google_auth(3599)).await;
+    let now = unix_now();
+    let grant = |claims: &[(&str, Value)]| jwt_grant(&rs256(), claims);
+    let cases = [
+        (
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion=a.b".to_owned(),
+            "invalid_grant",
+            "not three",
+        ),
+        (jwt_grant(&json!({"alg": "HS256", "typ": "JWT"}), &[]), "invalid_grant", "alg must be RS256"),
+        (grant(&[("iat", json!(now - 7200)), ("exp", json!(now - 3600))]), "invalid_grant", "is past"),
+        (grant(&[("scope", json!("https://www.googleapis.com/auth/devstorage.read_only"))]), "invalid_grant", "scope"),
+        (grant(&[("exp", json!(now + 7200))]), "invalid_grant", "over 3600"),
+        (grant(&[("aud", json!("https://www.googleapis.com/oauth2/v4/"))]), "invalid_grant", "aud"),
+        ("grant_type=refresh_token&client_id=c&client_secret=s".to_owned(), "invalid_grant", "refresh_token"),
+        (
+            "grant_type=password&username=u&password=p".to_owned(),
+            "unsupported_grant_type",
+            "Invalid grant_type: password",
+        ),
+        // A grant type with a broken escape is no grant type.
+        (grant(&[]).replace("jwt-bearer", "jwt-bearer%zz"), "unsupported_grant_type", "Invalid grant_type: "),
+    ];
+    for (body, error, description) in cases {
+        let (status, raw, _) = request(addr, "/token", &[], &body).await;
+        let v = parse(&raw);
+        assert_eq!((status, v["error"].as_str()), (400, Some(error)), "{body}: {v}");
+        assert!(v["error_description"].as_str().unwrap().contains(description), "{body}: {v}");
+    }
+    assert_eq!(stats(addr).await["google_tokens_issued"], 0);
+}
+
+#[tokio::test]
+async fn the_metadata_server_wants_its_header_and_issues_tokens_vertex_accepts() {
+    let addr = start(google_auth(600)).await;
+    let path = "/computeMetadata/v1/instance/service-accounts/default/token";
+    for headers in [vec![], vec![("metadata-flavor", "google-ish")]] {
+        let (status, head, body) = get(addr, path, &headers).await;
+        assert_eq!(status, 403, "{headers:?}");
+        assert!(head.contains("content-type: text/plain"), "{head}");
+        assert!(String::from_utf8(body).unwrap().contains("Metadata-Flavor"));
+    }
+    let (status, head, body) =
+        get(addr, &format!("{path}?scopes={CLOUD_PLATFORM}"), &[("Metadata-Flavor", "Google")]).await;
+    assert_eq!(status, 200);
+    assert!(head.contains("metadata-flavor: google") && head.contains("content-type: application/json"), "{head}");
+    let v = parse(&body);
+    assert_eq!((v["token_type"].as_str(), v["expires_in"].as_u64()), (Some("Bearer"), Some(600)));
+    let bearer = format!("Bearer {}", v["access_token"].as_str().unwrap());
+    ok_json(addr, &vertex_claude("rawPredict"), &[("authorization", &bearer)], CLAUDE_BODY).await;
+    assert_eq!(stats(addr).await["google_tokens_issued"], 1);
+}
+
+#[tokio::test]
+async fn expired_tokens_are_refused() {
+    let addr = start(google_auth(0)).await;
+    let token = issue_token(addr, 0).await;
+    let (status, raw, _) =
+        request(addr, &vertex_gemini("generateContent"), &[("authorization", &format!("Bearer {token}"))], GEMINI_BODY)
+            .await;
+    assert_eq!((status, parse(&raw)["error"]["status"].as_str()), (401, Some("UNAUTHENTICATED")));
+    // One of another mock (or a restarted one) is not this one's.
+    let other = start(google_auth(3599)).await;
+    let foreign = issue_token(other, 3599).await;
+    let (status, _, _) = request(
+        addr,
+        &vertex_gemini("generateContent"),
+        &[("authorization", &format!("Bearer {foreign}"))],
+        GEMINI_BODY,
+    )
+    .await;
+    assert_eq!(status, 401);
 }
