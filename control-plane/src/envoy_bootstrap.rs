@@ -22,6 +22,8 @@ use sluice_core::config::{DEFAULT_MAX_REQUEST_BODY_BYTES, GatewayConfig};
 use sluice_core::fallbacks::FAILOVER_ROUTE_HEADER;
 use sluice_core::litellm::{FailurePolicy, Standalone, Upstream};
 
+use crate::google_tokens;
+
 pub const CLUSTER_HEADER: &str = "x-sluice-cluster";
 const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
 pub const WASM_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
@@ -94,6 +96,9 @@ pub struct BootstrapOptions {
     pub max_heap_mb: u64,
     /// The global limit on downstream connections.
     pub max_connections: u64,
+    /// Standalone mode's Vertex AI access tokens: the directory `sluice google-tokens` keeps
+    /// them in, one SDS file per deployment (absolute).
+    pub google_token_dir: Option<String>,
 }
 
 fn vm_config(wasm: &str, env_keys: &[String]) -> Value {
@@ -180,7 +185,7 @@ pub fn internal_redirect_policy() -> Value {
 
 /// One deployment's cluster; `attempt` is the attempt filter when the gateway has fallbacks,
 /// first in the upstream chain (before Bedrock's signing, which must see the final request).
-fn cluster(u: &Upstream, attempt: Option<&Value>) -> Value {
+fn cluster(u: &Upstream, attempt: Option<&Value>, google_token_dir: Option<&str>) -> Value {
     let mut c = json!({
         "name": u.cluster,
         "type": if upstream_is_ip(u) { "STATIC" } else { "LOGICAL_DNS" },
@@ -200,6 +205,23 @@ fn cluster(u: &Upstream, attempt: Option<&Value>) -> Value {
         }},
     });
     let mut upstream_filters: Vec<Value> = attempt.into_iter().cloned().collect();
+    if let (Some(_), Some(dir)) = (&u.google_credentials, google_token_dir) {
+        // Vertex AI: the access token `sluice google-tokens` keeps fresh in the deployment's
+        // SDS file (Envoy re-reads it when it is replaced), set as the bearer token.
+        let file = google_tokens::sds_file_name(&u.cluster);
+        upstream_filters.push(json!({"name": "envoy.filters.http.credential_injector", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector",
+            "overwrite": true,
+            "credential": {"name": "envoy.http.injected_credentials.generic", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.http.injected_credentials.generic.v3.Generic",
+                "credential": {"name": google_tokens::secret_name(&u.cluster), "sds_config": {
+                    "path_config_source": {"path": format!("{dir}/{file}"), "watched_directory": {"path": dir}},
+                }},
+                "header": "authorization",
+                "header_value_prefix": "Bearer ",
+            }},
+        }}));
+    }
     if let Some(region) = &u.aws_region {
         // Bedrock: SigV4 by Envoy with its own AWS credentials (its environment, ~/.aws, a web
         // identity), after the filter chose the path and body (the signature covers both).
@@ -243,9 +265,13 @@ fn refuse_literal_master_key(s: &Standalone) -> Result<(), String> {
     Ok(())
 }
 
-/// Vertex AI takes OAuth access tokens that expire within the hour: only `sluice serve` mints
-/// them (`google_tokens.rs`) and hands them to Envoy over SDS; a standalone Envoy has no one to.
-fn refuse_vertex(s: &Standalone) -> Result<(), String> {
+/// Vertex AI takes OAuth access tokens that expire within the hour: `sluice serve` mints them
+/// and hands them to Envoy over SDS; a standalone Envoy needs `sluice google-tokens` beside it,
+/// keeping them in a directory its bootstrap names (`--google-token-dir`).
+fn refuse_vertex(s: &Standalone, opts: &BootstrapOptions) -> Result<(), String> {
+    if opts.google_token_dir.is_some() {
+        return Ok(());
+    }
     let vertex: Vec<&str> = s
         .gateway
         .deployments
@@ -258,15 +284,15 @@ fn refuse_vertex(s: &Standalone) -> Result<(), String> {
         return Ok(());
     }
     Err(format!(
-        "vertex_ai/ deployments ({}) need `sluice serve`: the control plane mints Vertex AI's access tokens \
-         and gives them to Envoy over SDS; a standalone Envoy cannot refresh them",
+        "vertex_ai/ deployments ({}) need their access tokens kept fresh: run `sluice google-tokens -c CONFIG --dir DIR` \
+         beside Envoy and give this command --google-token-dir DIR (or run `sluice serve`, which mints them itself)",
         vertex.join(", ")
     ))
 }
 
 pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<Value, String> {
     refuse_literal_master_key(s)?;
-    refuse_vertex(s)?;
+    refuse_vertex(s, opts)?;
     let gateway_json =
         serde_json::to_string(&s.gateway).map_err(|e| format!("cannot serialise the gateway config: {e}"))?;
     // Secrets reach the VM from Envoy's environment, by name: provider credentials and the master key.
@@ -303,7 +329,8 @@ pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<V
     let attempt = needs_attempt_filter(&s.gateway)
         .then(|| wasm_attempt_filter(vm_config(&opts.wasm_path, &env_keys), failure_policy));
     let listener = listener(opts, wasm_filter, s.request_timeout_secs, s.gateway.max_request_body_bytes);
-    let clusters: Vec<Value> = s.upstreams.iter().map(|u| cluster(u, attempt.as_ref())).collect();
+    let clusters: Vec<Value> =
+        s.upstreams.iter().map(|u| cluster(u, attempt.as_ref(), opts.google_token_dir.as_deref())).collect();
     Ok(bootstrap("sluice-standalone", opts, listener, clusters, None, None))
 }
 
@@ -329,7 +356,7 @@ pub fn standalone_native_bootstrap(
     module_path: &str,
 ) -> Result<Value, String> {
     refuse_literal_master_key(s)?;
-    refuse_vertex(s)?;
+    refuse_vertex(s, opts)?;
     refuse_failure_policy_for_native(s.failure_policy)?;
     let gateway_json =
         serde_json::to_string(&s.gateway).map_err(|e| format!("cannot serialise the gateway config: {e}"))?;
@@ -345,7 +372,8 @@ pub fn standalone_native_bootstrap(
     });
     let attempt = needs_attempt_filter(&s.gateway).then(|| native_attempt_filter(module_path));
     let listener = listener(opts, native_filter, s.request_timeout_secs, s.gateway.max_request_body_bytes);
-    let clusters: Vec<Value> = s.upstreams.iter().map(|u| cluster(u, attempt.as_ref())).collect();
+    let clusters: Vec<Value> =
+        s.upstreams.iter().map(|u| cluster(u, attempt.as_ref(), opts.google_token_dir.as_deref())).collect();
     Ok(native_only(bootstrap("sluice-standalone", opts, listener, clusters, None, None)))
 }
 
@@ -811,6 +839,7 @@ mod tests {
             admin_port: 9901,
             wasm_path: "/x/sluice_filter.wasm".into(),
             max_heap_mb: DEFAULT_MAX_HEAP_MB,
+            google_token_dir: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
@@ -877,6 +906,40 @@ mod tests {
         ] {
             assert!(e.contains("os.environ/") && !e.contains(key), "{e}");
         }
+    }
+
+    /// A standalone Vertex deployment reads its token from the SDS file `sluice google-tokens`
+    /// keeps in --google-token-dir; without the directory, both builds refuse it.
+    #[test]
+    fn a_standalone_vertex_cluster_reads_its_token_from_the_token_directory() {
+        let doc = json!({"model_list": [{"model_name": "g", "litellm_params": {"model": "vertex_ai/gemini-2.5-flash", "vertex_project": "p"}, "model_info": {"id": "vg"}}]});
+        let s = from_litellm(&doc, &|_| None).unwrap();
+        for e in [
+            standalone_bootstrap(&s, &opts()).unwrap_err(),
+            standalone_native_bootstrap(&s, &opts(), "/x.so").unwrap_err(),
+        ] {
+            assert!(e.contains("vertex_ai/ deployments (vg)") && e.contains("--google-token-dir"), "{e}");
+        }
+        let with_dir = BootstrapOptions { google_token_dir: Some("/run/sluice/tokens".into()), ..opts() };
+        let b = standalone_bootstrap(&s, &with_dir).unwrap();
+        let cluster = b["static_resources"]["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == sluice_core::litellm::cluster_name("vg"))
+            .unwrap();
+        let filters = &cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+            ["http_filters"];
+        let generic = &filters[0]["typed_config"]["credential"]["typed_config"];
+        assert_eq!(
+            (generic["header"].as_str(), generic["header_value_prefix"].as_str()),
+            (Some("authorization"), Some("Bearer "))
+        );
+        let source = &generic["credential"]["sds_config"]["path_config_source"];
+        let file = format!("/run/sluice/tokens/{}.json", sluice_core::litellm::cluster_name("vg"));
+        assert_eq!(source["path"], file.as_str());
+        assert_eq!(source["watched_directory"]["path"], "/run/sluice/tokens");
+        assert_eq!(filters[1]["name"], UPSTREAM_CODEC);
     }
 
     #[test]

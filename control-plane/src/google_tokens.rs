@@ -154,6 +154,74 @@ impl GoogleTokens {
     }
 }
 
+/// Standalone mode (no control plane to serve SDS): the SDS secret of deployment cluster
+/// `cluster` lives in `<dir>/<sds_file_name>`, which Envoy's bootstrap names and re-reads when
+/// [`keep_files_fresh`] replaces it.
+pub fn sds_file_name(cluster: &str) -> String {
+    format!("{cluster}.json")
+}
+
+/// The SDS secret's name for deployment cluster `cluster`.
+pub fn secret_name(cluster: &str) -> String {
+    format!("sluice-vertex-{cluster}")
+}
+
+/// `sluice google-tokens`: keeps each Vertex AI deployment's token in its SDS file in `dir`
+/// (written to a temporary file and renamed over it, the move Envoy watches for; mode 0600),
+/// rewriting a file whenever its source's token changes. `ready` is called once every
+/// deployment has a file. Runs until the process stops.
+pub async fn keep_files_fresh(
+    deployments: Vec<(String, GoogleCredentials)>,
+    dir: PathBuf,
+    extra_roots: Option<PathBuf>,
+    ready: impl FnOnce(),
+) -> Result<(), String> {
+    let changed = Arc::new(Notify::new());
+    let tokens = GoogleTokens::new(Arc::clone(&changed), extra_roots);
+    let mut written: HashMap<String, String> = HashMap::new();
+    let mut ready = Some(ready);
+    loop {
+        for (cluster, source) in &deployments {
+            let Some(token) = tokens.current(source) else { continue };
+            if written.get(cluster) == Some(&token) {
+                continue;
+            }
+            write_sds_file(&dir, cluster, &token)?;
+            written.insert(cluster.clone(), token);
+        }
+        if written.len() == deployments.len()
+            && let Some(ready) = ready.take()
+        {
+            ready();
+        }
+        // A new token wakes this at once; the sources are asked again every few seconds.
+        let _ = tokio::time::timeout(Duration::from_secs(5), changed.notified()).await;
+    }
+}
+
+fn write_sds_file(dir: &std::path::Path, cluster: &str, token: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let secret = serde_json::json!({"resources": [{
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        "name": secret_name(cluster),
+        "generic_secret": {"secret": {"inline_string": token}},
+    }]});
+    let path = dir.join(sds_file_name(cluster));
+    let temporary = dir.join(format!(".{}.tmp", sds_file_name(cluster)));
+    // Never the token in an error: only the file's name.
+    let failed = |e: std::io::Error| format!("cannot write {}: {}", path.display(), e.kind());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .map_err(failed)?;
+    file.write_all(secret.to_string().as_bytes()).and_then(|()| file.sync_all()).map_err(failed)?;
+    std::fs::rename(&temporary, &path).map_err(failed)
+}
+
 /// What a log line may say of a source: never the JSON an environment variable holds.
 fn describe(source: &GoogleCredentials) -> String {
     match source {

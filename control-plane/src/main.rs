@@ -135,6 +135,21 @@ enum Command {
         /// are refused. Keep it under half of Envoy's file-descriptor limit (`ulimit -n`).
         #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u64).range(1..))]
         max_connections: u64,
+        /// Standalone Vertex AI deployments: the directory `sluice google-tokens` keeps their
+        /// access tokens in (Envoy reads each deployment's from its SDS file there).
+        #[arg(long, value_name = "DIR", conflicts_with = "xds")]
+        google_token_dir: Option<PathBuf>,
+    },
+    /// Standalone mode's Vertex AI access tokens: mints each `vertex_ai/` deployment's token
+    /// from its `vertex_credentials` (else Google's application default credentials), keeps it
+    /// fresh, and writes it to DIR as the SDS file the Envoy of `envoy-config --google-token-dir
+    /// DIR` reads. Runs beside Envoy (`sluice serve` does this itself in xDS mode).
+    GoogleTokens {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Where the token files go (created, mode 0700; each file 0600).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
     },
 }
 
@@ -610,6 +625,33 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("key_hash: sha256:{}", KeyHash::of(key.as_bytes()).to_hex());
             Ok(())
         }
+        Command::GoogleTokens { config, dir } => {
+            let s = config_file::load(&config)
+                .map_err(|errors| format!("{} is not valid:\n  {}", config.display(), errors.join("\n  ")))?;
+            let deployments: Vec<(String, sluice_core::litellm::GoogleCredentials)> =
+                s.upstreams.iter().filter_map(|u| Some((u.cluster.clone(), u.google_credentials.clone()?))).collect();
+            if deployments.is_empty() {
+                return Err(format!("{} has no vertex_ai/ deployment: nothing to mint tokens for", config.display()));
+            }
+            {
+                use std::os::unix::fs::DirBuilderExt as _;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&dir)
+                    .map_err(|e| format!("--dir {}: {e}", dir.display()))?;
+            }
+            let extra_roots = std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty()).map(PathBuf::from);
+            let count = deployments.len();
+            let shown = dir.display().to_string();
+            let ready = move || println!("sluice google-tokens: {count} Vertex AI token(s) in {shown}, kept fresh");
+            runtime()?.block_on(sluice_control_plane::google_tokens::keep_files_fresh(
+                deployments,
+                dir,
+                extra_roots,
+                ready,
+            ))
+        }
         Command::Config(ConfigCommand::Check { config }) => {
             let s = config_file::load(&config)
                 .map_err(|errors| format!("{} is not valid:\n  {}", config.display(), errors.join("\n  ")))?;
@@ -644,7 +686,12 @@ fn run(cli: Cli) -> Result<(), String> {
             admin_port,
             max_heap_mb,
             max_connections,
+            google_token_dir,
         } => {
+            let google_token_dir = google_token_dir
+                .map(|dir| std::path::absolute(&dir).map_err(|e| format!("--google-token-dir {}: {e}", dir.display())))
+                .transpose()?
+                .map(|dir| dir.to_string_lossy().into_owned());
             let (address, port) =
                 listen.rsplit_once(':').ok_or_else(|| format!("--listen {listen:?}: use HOST:PORT"))?;
             let port: u16 = port.parse().map_err(|_| format!("--listen {listen:?}: invalid port"))?;
@@ -678,6 +725,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 wasm_path: wasm,
                 max_heap_mb,
                 max_connections,
+                google_token_dir,
             };
             let bootstrap = match (xds, config) {
                 (Some(xds), _) => {

@@ -67,6 +67,16 @@ pub enum GoogleCredentials {
     ApplicationDefault,
 }
 
+/// model_info's long-context prices, LiteLLM's names (the order `CatalogPrice`'s fields take).
+const LONG_CONTEXT_PRICES: [&str; 6] = [
+    "input_cost_per_token_above_200k_tokens",
+    "output_cost_per_token_above_200k_tokens",
+    "cache_read_input_token_cost_above_200k_tokens",
+    "cache_creation_input_token_cost_above_200k_tokens",
+    "input_cost_per_token_above_128k_tokens",
+    "output_cost_per_token_above_128k_tokens",
+];
+
 /// Vertex AI's location when neither the entry nor the environment names one (LiteLLM's).
 pub const VERTEX_DEFAULT_LOCATION: &str = "us-central1";
 
@@ -853,6 +863,12 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
                 "output_cost_per_token",
                 "cache_read_input_token_cost",
                 "cache_creation_input_token_cost",
+                LONG_CONTEXT_PRICES[0],
+                LONG_CONTEXT_PRICES[1],
+                LONG_CONTEXT_PRICES[2],
+                LONG_CONTEXT_PRICES[3],
+                LONG_CONTEXT_PRICES[4],
+                LONG_CONTEXT_PRICES[5],
                 "max_tokens",
                 "max_input_tokens",
                 "max_output_tokens",
@@ -992,13 +1008,37 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
         let catalog = base_model.and_then(price_catalog::lookup).or_else(|| price_catalog::lookup(model));
         let mut price_unknown = false;
         let mut priced_models = BTreeMap::new();
-        let pricing = if info.contains_key("input_cost_per_token") || info.contains_key("output_cost_per_token") {
-            Pricing {
-                input_cost_per_token: price("input_cost_per_token").unwrap_or(0.0),
-                output_cost_per_token: price("output_cost_per_token").unwrap_or(0.0),
-                cache_read_input_token_cost: price("cache_read_input_token_cost"),
-                cache_creation_input_token_cost: price("cache_creation_input_token_cost"),
+        let priced_here = ["input_cost_per_token", "output_cost_per_token"]
+            .iter()
+            .chain(&LONG_CONTEXT_PRICES)
+            .any(|k| info.contains_key(*k));
+        if LONG_CONTEXT_PRICES.iter().any(|k| info.contains_key(*k))
+            && !info.contains_key("input_cost_per_token")
+            && !info.contains_key("output_cost_per_token")
+        {
+            cx.error(format!(
+                "{at}: model_info sets long-context prices without input_cost_per_token / output_cost_per_token: \
+                 every shorter request would be priced at $0"
+            ));
+        }
+        let pricing = if priced_here {
+            // The table's shape, read from model_info's names (a long-context price without
+            // the base ones would price every shorter request at $0: refused below).
+            price_catalog::CatalogPrice {
+                input: price("input_cost_per_token").unwrap_or(0.0),
+                output: price("output_cost_per_token").unwrap_or(0.0),
+                cache_read: price("cache_read_input_token_cost"),
+                cache_write: price("cache_creation_input_token_cost"),
+                max_output_tokens: None,
+                max_input_tokens: None,
+                input_above_200k: price(LONG_CONTEXT_PRICES[0]),
+                output_above_200k: price(LONG_CONTEXT_PRICES[1]),
+                cache_read_above_200k: price(LONG_CONTEXT_PRICES[2]),
+                cache_write_above_200k: price(LONG_CONTEXT_PRICES[3]),
+                input_above_128k: price(LONG_CONTEXT_PRICES[4]),
+                output_above_128k: price(LONG_CONTEXT_PRICES[5]),
             }
+            .pricing()
         } else if let Some(listed) = catalog {
             listed.pricing()
         } else if upstream_model.contains('*') {
@@ -1492,6 +1532,24 @@ mod tests {
             claude.upstream_path(Endpoint::CountTokens, &claude.upstream_model, false).as_deref(),
             Some("/v1/projects/acme-ml/locations/global/publishers/anthropic/models/count-tokens:rawPredict")
         );
+    }
+
+    /// model_info's long-context prices, LiteLLM's names; without base prices they are refused.
+    #[test]
+    fn model_info_long_context_prices_are_read() {
+        let doc = json!({"model_list": [{"model_name": "g", "litellm_params": {"model": "gemini/gemini-2.5-pro", "api_key": "os.environ/G"},
+            "model_info": {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6,
+                           "input_cost_per_token_above_128k_tokens": 3e-6, "output_cost_per_token_above_128k_tokens": 4e-6}}]});
+        let s = from_litellm(&doc, &|_| None).unwrap();
+        let long = s.gateway.deployments[0].pricing.long_context.unwrap();
+        assert_eq!(
+            (long.above_input_tokens, long.input_cost_per_token, long.output_cost_per_token),
+            (128_000, 3e-6, 4e-6)
+        );
+        let doc = json!({"model_list": [{"model_name": "g", "litellm_params": {"model": "gemini/gemini-2.5-pro", "api_key": "os.environ/G"},
+            "model_info": {"input_cost_per_token_above_200k_tokens": 3e-6}}]});
+        let errors = from_litellm(&doc, &|_| None).unwrap_err();
+        assert!(errors[0].0.contains("long-context prices without input_cost_per_token"), "{errors:?}");
     }
 
     #[test]

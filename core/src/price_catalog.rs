@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use serde::Deserialize;
 
-use crate::cost::Pricing;
+use crate::cost::{LongContextPricing, Pricing};
 
 const TABLE: &str = include_str!("../data/model_prices.json");
 
@@ -30,6 +30,19 @@ pub struct CatalogPrice {
     pub max_output_tokens: Option<u64>,
     #[serde(default)]
     pub max_input_tokens: Option<u64>,
+    /// Long-context prices (LiteLLM's `…_above_200k_tokens`, `…_above_128k_tokens`).
+    #[serde(default)]
+    pub input_above_200k: Option<f64>,
+    #[serde(default)]
+    pub output_above_200k: Option<f64>,
+    #[serde(default)]
+    pub cache_read_above_200k: Option<f64>,
+    #[serde(default)]
+    pub cache_write_above_200k: Option<f64>,
+    #[serde(default)]
+    pub input_above_128k: Option<f64>,
+    #[serde(default)]
+    pub output_above_128k: Option<f64>,
 }
 
 impl CatalogPrice {
@@ -39,7 +52,29 @@ impl CatalogPrice {
             output_cost_per_token: self.output,
             cache_read_input_token_cost: self.cache_read,
             cache_creation_input_token_cost: self.cache_write,
+            long_context: self.long_context(),
         }
+    }
+
+    /// The tier above 200k prompt tokens where the table has one, else above 128k (older Gemini).
+    fn long_context(&self) -> Option<LongContextPricing> {
+        let tier = |above: u64, input: Option<f64>, output: Option<f64>, read: Option<f64>, write: Option<f64>| {
+            (input.is_some() || output.is_some()).then(|| LongContextPricing {
+                above_input_tokens: above,
+                input_cost_per_token: input.unwrap_or(self.input),
+                output_cost_per_token: output.unwrap_or(self.output),
+                cache_read_input_token_cost: read,
+                cache_creation_input_token_cost: write,
+            })
+        };
+        tier(
+            200_000,
+            self.input_above_200k,
+            self.output_above_200k,
+            self.cache_read_above_200k,
+            self.cache_write_above_200k,
+        )
+        .or_else(|| tier(128_000, self.input_above_128k, self.output_above_128k, None, None))
     }
 }
 
@@ -140,6 +175,30 @@ mod tests {
         assert_eq!(lookup("vertex_ai/gpt-4o"), None);
         assert_eq!(lookup("openai/my-fine-tune"), None);
         assert_eq!(lookup("hosted_vllm/llama-3"), None);
+    }
+
+    /// Gemini 2.5 Pro and Claude Sonnet 4.5 cost more above 200k prompt tokens: the table
+    /// keeps those prices, and a deployment's pricing carries them.
+    #[test]
+    fn long_context_prices_come_with_the_table() {
+        let pro = lookup("gemini/gemini-2.5-pro").map(|p| p.pricing().long_context);
+        assert_eq!(
+            pro,
+            Some(Some(LongContextPricing {
+                above_input_tokens: 200_000,
+                input_cost_per_token: 2.5e-6,
+                output_cost_per_token: 1.5e-5,
+                cache_read_input_token_cost: Some(2.5e-7),
+                cache_creation_input_token_cost: None,
+            }))
+        );
+        let sonnet = lookup("anthropic/claude-sonnet-4-5").and_then(|p| p.pricing().long_context);
+        assert_eq!(
+            sonnet.map(|l| (l.input_cost_per_token, l.cache_creation_input_token_cost)),
+            Some((6e-6, Some(7.5e-6)))
+        );
+        // Most models have one price whatever the prompt.
+        assert_eq!(lookup("openai/gpt-4o").map(|p| p.pricing().long_context), Some(None));
     }
 
     #[test]

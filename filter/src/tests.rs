@@ -44,6 +44,7 @@ fn deployment(id: &str, group: &str, provider: Provider, upstream: &str) -> Depl
             output_cost_per_token: 1e-5,
             cache_read_input_token_cost: Some(1.25e-6),
             cache_creation_input_token_cost: None,
+            long_context: None,
         },
         max_output_tokens: Some(1000),
         max_input_tokens: None,

@@ -243,6 +243,11 @@ class Gateway:
             # Embeddings behind translations (`mode: embedding`), priced per input token from
             # the built-in table: Gemini's batchEmbedContents, Bedrock's InvokeModel (Titan v2,
             # Cohere), the last two signed by Envoy like Converse.
+            # Priced from the built-in table, long-context prices included (test_money.py).
+            {"model_name": "gemini-pro",
+             "litellm_params": {"model": "gemini/gemini-2.5-pro", "api_base": self.mock_url,
+                                "api_key": "os.environ/MOCK_GEMINI_KEY"},
+             "model_info": {"id": "gemini-pro"}},
             {"model_name": "gemini-embed",
              "litellm_params": {"model": "gemini/gemini-embedding-001", "api_base": self.mock_url,
                                 "api_key": "os.environ/MOCK_GEMINI_KEY"},

@@ -46,6 +46,27 @@ def test_records_equal_upstream_calls_and_costs_match(gw):
     assert all(r["team_id"] == "platform" for r in recs if r["key_alias"] == "money-b")
 
 
+def test_a_prompt_over_200k_tokens_is_billed_whole_at_the_long_context_price(gw):
+    """Gemini 2.5 Pro from the built-in table: $1.25/$10 per million tokens, $2.50/$15 for a
+    request whose prompt is over 200k tokens (Google bills the whole request so). The provider
+    counts the prompt (the mock's knob stands in for a long document)."""
+    before = len(gw.records("money-a"))
+    expected = {}
+    for prompt in (200_000, 200_001):
+        r = httpx.post(gw.url + "/v1/chat/completions", timeout=30,
+                       json={"model": "gemini-pro", "messages": [{"role": "user", "content": "a long document"}]},
+                       headers={**gw.auth("money-a"), "x-mock-prompt-tokens": str(prompt),
+                                "x-mock-completion-tokens": "1000"})
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["prompt_tokens"] == prompt
+        expected[prompt] = prompt * 1.25e-6 + 1000 * 1e-5 if prompt <= 200_000 else prompt * 2.5e-6 + 1000 * 1.5e-5
+    recs = gw.wait_records("money-a", before + 2)[before:]
+    got = {r["prompt_tokens"]: r["cost_usd"] for r in recs}
+    # Hand-computed: $0.26 at 200,000 tokens; one more token and $0.5150025.
+    assert expected == pytest.approx({200_000: 0.26, 200_001: 0.5150025}, abs=1e-12)
+    assert got == pytest.approx(expected, abs=1e-9)
+
+
 def test_prometheus_counters_move(gw):
     def value(text, name, label):
         for line in text.splitlines():

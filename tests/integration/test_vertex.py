@@ -24,6 +24,7 @@ import pytest
 from anthropic import Anthropic
 from openai import OpenAI
 
+from conftest import NATIVE, free_port, stop_all
 from test_xds import Fleet, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -195,14 +196,79 @@ def test_tokens_are_refreshed_before_they_expire_and_no_request_fails(vertex):
     assert "PRIVATE KEY" not in dump and "PRIVATE KEY" not in vertex.cp_log_path.read_text()
 
 
-def test_a_vertex_deployment_is_refused_in_standalone_mode(tmp_path):
-    config = tmp_path / "config.yaml"
-    config.write_text(json.dumps({"model_list": [{"model_name": "g", "litellm_params": {
-        "model": "vertex_ai/gemini-2.5-flash", "vertex_project": PROJECT}}]}))
-    out = subprocess.run([os.environ["SLUICE_CLI"], "envoy-config", "-c", str(config), "--out", str(tmp_path / "e.yaml"),
-                          "--wasm", os.environ["SLUICE_WASM"]], capture_output=True, text=True, timeout=60)
-    assert out.returncode != 0
-    assert "vertex_ai/ deployments (g-0) need `sluice serve`" in out.stderr, out.stderr
+def standalone_filter_args():
+    if NATIVE:
+        return ["--native", os.environ["SLUICE_NATIVE"]]
+    return ["--wasm", os.environ["SLUICE_WASM"]]
+
+
+def test_a_standalone_envoy_is_served_by_sluice_google_tokens(tmp_path):
+    """Standalone mode: no control plane, so `sluice google-tokens` beside Envoy mints the
+    tokens and keeps each deployment's SDS file fresh; Envoy re-reads it when replaced.
+    Without --google-token-dir, envoy-config refuses the Vertex deployment and says why."""
+    procs = []
+    try:
+        mock = subprocess.Popen([os.environ["SLUICE_MOCK"], "--listen", "127.0.0.1:0", "--google-auth",
+                                 "--google-token-ttl", str(TOKEN_TTL_SECS)], stdout=subprocess.PIPE, text=True)
+        procs.append(mock)
+        google = re.search(r"listening on (127\.0\.0\.1:\d+)", mock.stdout.readline()).group(1)
+        account = {"type": "service_account", "private_key": TEST_KEY, "client_email": "sa@p.iam.gserviceaccount.com",
+                   "token_uri": f"http://{google}/token"}
+        master = "sk-master-" + os.urandom(16).hex()
+        env = {**os.environ, "VERTEX_SA_JSON": json.dumps(account), "SLUICE_MASTER_KEY": master}
+        config = tmp_path / "config.yaml"
+        config.write_text(json.dumps({
+            "model_list": [{"model_name": "g", "litellm_params": {
+                "model": "vertex_ai/gemini-2.5-flash", "vertex_project": PROJECT, "api_base": f"http://{google}",
+                "vertex_credentials": "os.environ/VERTEX_SA_JSON"}}],
+            "general_settings": {"master_key": "os.environ/SLUICE_MASTER_KEY"}}))
+        port, admin = free_port(), free_port()
+        envoy_config = [os.environ["SLUICE_CLI"], "envoy-config", "-c", str(config), *standalone_filter_args(),
+                        "--out", str(tmp_path / "envoy.yaml"), "--listen", f"127.0.0.1:{port}",
+                        "--admin-port", str(admin)]
+        refused = subprocess.run(envoy_config, capture_output=True, text=True, timeout=60, env=env)
+        assert refused.returncode != 0
+        assert "run `sluice google-tokens -c CONFIG --dir DIR`" in refused.stderr, refused.stderr
+
+        tokens_dir = tmp_path / "tokens"
+        refresher = subprocess.Popen([os.environ["SLUICE_CLI"], "google-tokens", "-c", str(config),
+                                      "--dir", str(tokens_dir)], env=env, stdout=subprocess.PIPE, text=True,
+                                     stderr=open(tmp_path / "google-tokens.log", "w"))
+        procs.append(refresher)
+        assert "kept fresh" in refresher.stdout.readline()
+        files = list(tokens_dir.iterdir())
+        assert len(files) == 1 and oct(files[0].stat().st_mode & 0o777) == "0o600"
+        assert oct(tokens_dir.stat().st_mode & 0o777) == "0o700"
+        subprocess.run([*envoy_config, "--google-token-dir", str(tokens_dir)], check=True, capture_output=True,
+                       timeout=60, env=env)
+        envoy_log = tmp_path / "envoy.log"
+        envoy = subprocess.Popen([os.environ["ENVOY_BIN"], "-c", str(tmp_path / "envoy.yaml"), "--disable-hot-restart",
+                                  "--concurrency", "1", "--base-id", str(port)],
+                                 env=env, stdout=subprocess.DEVNULL, stderr=open(envoy_log, "w"))
+        procs.append(envoy)
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        body = {"model": "g", "messages": [{"role": "user", "content": "hi"}]}
+        headers = {"Authorization": f"Bearer {master}"}
+        wait_until(lambda: httpx.post(url, json=body, headers=headers, timeout=10).status_code == 200, timeout=30,
+                   what="the standalone Envoy serving Vertex")
+        # Over three token lifetimes every request carries a valid token: the file is replaced
+        # at each renewal and Envoy follows.
+        seen = set()
+        deadline = time.time() + 3 * TOKEN_TTL_SECS
+        while time.time() < deadline:
+            resp = httpx.post(url, json=body, headers=headers, timeout=10)
+            assert resp.status_code == 200, resp.text
+            seen.add(httpx.get(f"http://{google}/mock/stats", timeout=5).json()["requests"][-1]["authorization"])
+            time.sleep(0.2)
+        assert len(seen) >= 3, seen
+        # The token is in the SDS file only: not in Envoy's config dump or either log.
+        dump = httpx.get(f"http://127.0.0.1:{admin}/config_dump", timeout=5).text
+        for token in seen:
+            value = token.removeprefix("Bearer ")
+            assert value not in dump and value not in envoy_log.read_text()
+            assert value not in (tmp_path / "google-tokens.log").read_text()
+    finally:
+        stop_all(procs)
 
 
 def test_a_vertex_token_never_goes_to_a_host_that_is_not_vertex_or_listed(vertex):

@@ -23,6 +23,13 @@ FIELDS = {
     "cache_creation_input_token_cost": "cache_write",
     "max_input_tokens": "max_input_tokens",
     "max_output_tokens": "max_output_tokens",
+    # Long-context prices (Gemini, Claude): the whole request above the threshold.
+    "input_cost_per_token_above_200k_tokens": "input_above_200k",
+    "output_cost_per_token_above_200k_tokens": "output_above_200k",
+    "cache_read_input_token_cost_above_200k_tokens": "cache_read_above_200k",
+    "cache_creation_input_token_cost_above_200k_tokens": "cache_write_above_200k",
+    "input_cost_per_token_above_128k_tokens": "input_above_128k",
+    "output_cost_per_token_above_128k_tokens": "output_above_128k",
 }
 
 with tempfile.TemporaryDirectory() as tmp:
