@@ -38,6 +38,49 @@ struct Fields<'a> {
     /// OpenAI's end-user identifier (LiteLLM's customer); sent upstream as it is.
     #[serde(borrow, default)]
     user: Option<&'a RawValue>,
+    /// Where else LiteLLM finds the end user, after `user`: `litellm_metadata.user`,
+    /// `metadata.user_id` (Anthropic's), the Responses API's `safety_identifier`.
+    #[serde(borrow, default)]
+    litellm_metadata: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    metadata: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    safety_identifier: Option<&'a RawValue>,
+}
+
+/// A `{"<name>": "..."}` member of an object the end user may sit in; anything else is not one.
+#[derive(Deserialize)]
+struct UserIn<'a> {
+    #[serde(borrow, default)]
+    user: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    user_id: Option<Cow<'a, str>>,
+}
+
+/// LiteLLM's end-user headers, in its order of precedence (before anything in the body).
+pub const END_USER_HEADERS: [&str; 2] = ["x-litellm-customer-id", "x-litellm-end-user-id"];
+
+/// The end user an [`END_USER_HEADERS`] value names (trimmed; empty is none). Not UTF-8, or
+/// longer than [`MAX_END_USER_BYTES`], is a 400 naming the header.
+pub fn end_user_header(header: &'static str, value: &[u8]) -> Result<Option<String>, GatewayError> {
+    let text = std::str::from_utf8(value)
+        .map_err(|_| GatewayError::InvalidField { param: header, detail: "not UTF-8".into() })?
+        .trim();
+    if text.len() > MAX_END_USER_BYTES {
+        return Err(GatewayError::InvalidField {
+            param: header,
+            detail: format!("at most {MAX_END_USER_BYTES} bytes"),
+        });
+    }
+    Ok((!text.is_empty()).then(|| text.to_owned()))
+}
+
+/// An end user found in the body, checked like `user`: at most [`MAX_END_USER_BYTES`].
+fn checked_end_user<'a>(param: &'static str, user: Cow<'a, str>) -> Result<Option<Cow<'a, str>>, GatewayError> {
+    if user.len() > MAX_END_USER_BYTES {
+        return Err(GatewayError::InvalidField { param, detail: format!("at most {MAX_END_USER_BYTES} bytes") });
+    }
+    Ok(Some(user).filter(|u| !u.is_empty()))
 }
 
 /// The longest `user` the gateway records (a spend row's customer id).
@@ -120,7 +163,7 @@ fn serde_detail(e: &serde_json::Error) -> String {
 
 /// Parses a request body. Invalid JSON, a non-object, a missing or non-string `model` or a
 /// field of the wrong type is a clear 400.
-pub fn parse_request(body: &[u8]) -> Result<LlmRequest<'_>, GatewayError> {
+pub fn parse_request<'a>(body: &'a [u8]) -> Result<LlmRequest<'a>, GatewayError> {
     let text =
         std::str::from_utf8(body).map_err(|e| GatewayError::InvalidJson { detail: format!("not UTF-8 ({e})") })?;
     if !text.trim_start().starts_with('{') {
@@ -167,20 +210,32 @@ pub fn parse_request(body: &[u8]) -> Result<LlmRequest<'_>, GatewayError> {
             detail: "must be a number of seconds above 0 and at most a day".into(),
         })?);
     }
-    let end_user = match fields.user.filter(|r| r.get() != "null") {
+    let mut end_user = match fields.user.filter(|r| r.get() != "null") {
         None => None,
         Some(raw) => {
             let user: Cow<'_, str> = serde_json::from_str(raw.get())
                 .map_err(|_| GatewayError::InvalidField { param: "user", detail: "must be a string".into() })?;
-            if user.len() > MAX_END_USER_BYTES {
-                return Err(GatewayError::InvalidField {
-                    param: "user",
-                    detail: format!("at most {MAX_END_USER_BYTES} bytes"),
-                });
-            }
-            Some(user).filter(|u| !u.is_empty())
+            checked_end_user("user", user)?
         }
     };
+    // LiteLLM's other places, in its order; each is the client's or the provider's own field,
+    // so one of another shape is not an end user (and not an error here).
+    let nested = |raw: Option<&'a RawValue>| raw.and_then(|r| serde_json::from_str::<UserIn<'a>>(r.get()).ok());
+    if end_user.is_none()
+        && let Some(user) = nested(fields.litellm_metadata).and_then(|m| m.user)
+    {
+        end_user = checked_end_user("litellm_metadata.user", user)?;
+    }
+    if end_user.is_none()
+        && let Some(user) = nested(fields.metadata).and_then(|m| m.user_id)
+    {
+        end_user = checked_end_user("metadata.user_id", user)?;
+    }
+    if end_user.is_none()
+        && let Some(user) = fields.safety_identifier.and_then(|r| serde_json::from_str::<Cow<'a, str>>(r.get()).ok())
+    {
+        end_user = checked_end_user("safety_identifier", user)?;
+    }
     for raw in [fields.num_retries, fields.timeout].into_iter().flatten() {
         gateway_param_spans.push(span_of(text, raw).ok_or(GatewayError::Internal { detail: "param span" })?);
     }
@@ -467,6 +522,38 @@ mod tests {
         }
         let body = r#"{"model":"m","user":"cust"}"#;
         assert_eq!(rewrite(body, "up", false)["user"], "cust", "sent upstream as it is");
+    }
+
+    /// LiteLLM's other places for the end user, after `user`, in its order; a field of another
+    /// shape there is not an end user, an overlong one is a 400 naming it.
+    #[test]
+    fn finds_the_end_user_where_litellm_does() {
+        let user = |body: &str| parse_request(body.as_bytes()).map(|r| r.end_user.map(|u| u.into_owned()));
+        let all = r#"{"model":"m","user":"a","litellm_metadata":{"user":"b"},"metadata":{"user_id":"c"},"safety_identifier":"d"}"#;
+        assert_eq!(user(all), Ok(Some("a".into())));
+        assert_eq!(
+            user(r#"{"model":"m","litellm_metadata":{"user":"b"},"metadata":{"user_id":"c"}}"#),
+            Ok(Some("b".into()))
+        );
+        // Anthropic's metadata.user_id (Claude Code sends it).
+        assert_eq!(
+            user(r#"{"model":"m","metadata":{"user_id":"c","other":1},"safety_identifier":"d"}"#),
+            Ok(Some("c".into()))
+        );
+        assert_eq!(user(r#"{"model":"m","safety_identifier":"d"}"#), Ok(Some("d".into())));
+        for other in [
+            r#"{"model":"m","metadata":"x"}"#,
+            r#"{"model":"m","metadata":{"user_id":5}}"#,
+            r#"{"model":"m","safety_identifier":1}"#,
+        ] {
+            assert_eq!(user(other), Ok(None), "{other}");
+        }
+        let long = format!(r#"{{"model":"m","metadata":{{"user_id":"{}"}}}}"#, "x".repeat(257));
+        assert!(matches!(user(&long), Err(GatewayError::InvalidField { param: "metadata.user_id", .. })));
+        assert_eq!(end_user_header("x-litellm-end-user-id", b" cust-9 "), Ok(Some("cust-9".into())));
+        assert_eq!(end_user_header("x-litellm-end-user-id", b"  "), Ok(None));
+        assert!(end_user_header("x-litellm-customer-id", &[0xff]).is_err());
+        assert!(end_user_header("x-litellm-customer-id", "x".repeat(257).as_bytes()).is_err());
     }
 
     #[test]

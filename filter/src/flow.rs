@@ -77,7 +77,7 @@ pub(crate) const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Every request header the flow reads, fetched in one host call when the request starts:
 /// what it acts on, then the headers only the gateway sets (the router's retry and timeout
 /// headers, the failover route's).
-const READ_REQUEST_HEADERS: [&str; 16] = [
+const READ_REQUEST_HEADERS: [&str; 18] = [
     ":path",
     ":method",
     "authorization",
@@ -87,6 +87,8 @@ const READ_REQUEST_HEADERS: [&str; 16] = [
     "x-request-id",
     "anthropic-version",
     sluice_core::request::TAGS_HEADER,
+    sluice_core::request::END_USER_HEADERS[0],
+    sluice_core::request::END_USER_HEADERS[1],
     CLUSTER_HEADER,
     attempts::ROUTER_HEADERS[0],
     attempts::ROUTER_HEADERS[1],
@@ -317,6 +319,9 @@ pub struct RequestFlow<H: Host> {
     client_sent_cluster: bool,
     /// LiteLLM's request tags (`x-litellm-tags`), recorded with the usage.
     request_tags: Vec<String>,
+    /// The end user a header names (`x-litellm-customer-id`, `x-litellm-end-user-id`): before
+    /// any the body names, as in LiteLLM.
+    header_end_user: Option<String>,
     endpoint: Option<Endpoint>,
     principal: Option<Principal>,
     request_id: Option<String>,
@@ -362,6 +367,7 @@ impl<H: Host> RequestFlow<H> {
             has_anthropic_version: false,
             client_sent_cluster: false,
             request_tags: Vec::new(),
+            header_end_user: None,
             endpoint: None,
             principal: None,
             request_id: None,

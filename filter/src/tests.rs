@@ -242,6 +242,37 @@ fn the_end_user_and_the_request_tags_are_recorded_with_the_usage() {
     assert_eq!((refused.status, refused.json()["error"]["param"].as_str()), (400, Some("user")));
 }
 
+/// LiteLLM's end-user headers come before the body (`x-litellm-customer-id` first); without
+/// them Anthropic's `metadata.user_id` names the end user of a Messages request.
+#[test]
+fn the_end_user_headers_come_before_the_body() {
+    let h = Harness::new(base_config());
+    let auth = format!("Bearer {}", key(1));
+    let body = br#"{"model":"gpt-4o","user":"from-body","messages":[]}"#;
+    let cases: [(&[(&str, &[u8])], &str); 3] = [
+        (&[("x-litellm-end-user-id", b"from-end-user-header")], "from-end-user-header"),
+        (&[("x-litellm-end-user-id", b"second"), ("x-litellm-customer-id", b"first")], "first"),
+        (&[("x-litellm-end-user-id", b"  ")], "from-body"),
+    ];
+    for (i, (headers, expected)) in cases.into_iter().enumerate() {
+        let mut all = vec![("authorization", auth.as_bytes())];
+        all.extend_from_slice(headers);
+        let mut s = h.start("POST", "/v1/chat/completions", &all);
+        assert!(s.send_body(body).is_none());
+        s.respond(200, "application/json", &[openai_response(10, 5, 0).as_bytes()], true);
+        s.finish();
+        assert_eq!(h.envoy.records()[i]["end_user"], expected);
+    }
+    let long = "x".repeat(300);
+    let mut s = h.start(
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", auth.as_bytes()), ("x-litellm-customer-id", long.as_bytes())],
+    );
+    let refused = s.send_body(body).unwrap();
+    assert_eq!((refused.status, refused.json()["error"]["param"].as_str()), (400, Some("x-litellm-customer-id")));
+}
+
 #[test]
 fn a_chat_request_is_routed_rewritten_and_metered() {
     let h = Harness::new(base_config());

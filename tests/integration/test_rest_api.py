@@ -7,6 +7,7 @@ import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -182,32 +183,44 @@ def test_spend_logs_show_each_request_of_a_key(fleet):
     client = openai.OpenAI(base_url=f"{envoy.url}/v1", api_key=made["key"], max_retries=0)
     ids = []
     # The first for an end user (OpenAI's `user`, LiteLLM's customer) and with LiteLLM's request
-    # tags header, the second for neither.
+    # tags header, the second for neither, the third named by LiteLLM's header (before the
+    # body's `user`), the fourth by Anthropic's `metadata.user_id` (Claude Code sends it).
     tag = f"job-{made['token'][-6:]}"
     for user in ("customer-42", None):
         extra = {"user": user, "extra_headers": {"x-litellm-tags": f"{tag}, nightly"}} if user else {}
         raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=CHAT["messages"], **extra)
         ids.append(raw.headers["x-request-id"])
-    rows = wait_until(lambda: len(r := call(fleet, "GET", "/spend/logs", params={"api_key": made["key"]}).json()) == 2
-                      and r, what="both requests' spend rows")
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=CHAT["messages"], user="not-this-one",
+        extra_headers={"x-litellm-end-user-id": "customer-7"})
+    ids.append(raw.headers["x-request-id"])
+    claude_code = anthropic.Anthropic(base_url=envoy.url, api_key=made["key"], max_retries=0)
+    raw = claude_code.messages.with_raw_response.create(model="gpt-4o-mini", max_tokens=20, messages=CHAT["messages"],
+                                                        metadata={"user_id": "claude-user-1"})
+    ids.append(raw.headers["x-request-id"])
+    rows = wait_until(lambda: len(r := call(fleet, "GET", "/spend/logs", params={"api_key": made["key"]}).json()) == 4
+                      and r, what="the requests' spend rows")
     assert {r["request_id"] for r in rows} == set(ids)
     for r in rows:
         assert r["api_key"] == made["token"] and r["model_group"] == "gpt-4o-mini" and r["status"] == "success"
         assert r["spend"] > 0 and r["total_tokens"] == r["prompt_tokens"] + r["completion_tokens"]
         assert r["metadata"]["failed_attempts"] == [] and r["startTime"].endswith("Z")
-    assert {r["request_id"]: r["end_user"] for r in rows} == {ids[0]: "customer-42", ids[1]: None}
+    assert {r["request_id"]: r["end_user"] for r in rows} == {
+        ids[0]: "customer-42", ids[1]: None, ids[2]: "customer-7", ids[3]: "claude-user-1"}
+    rows = [r for r in rows if r["request_id"] in ids[:2]]
     assert {r["request_id"]: r["request_tags"] for r in rows} == {ids[0]: [tag, "nightly"], ids[1]: []}
     # LiteLLM's /spend/tags counts the tagged request under each of its tags.
     by_tag = {t["individual_request_tag"]: t for t in call(fleet, "GET", "/spend/tags").json()}
     assert by_tag[tag]["log_count"] == 1 and by_tag[tag]["total_spend"] > 0, by_tag
     # Spend by customer (the CLI's --group-by customer; '-' is the requests that named none).
     by_customer = json.loads(fleet.cli("spend", "--group-by", "customer", "--key", made["token"], "--json").stdout)
-    assert {row["group"]: row["requests"] for row in by_customer["rows"]} == {"customer-42": 1, "-": 1}
+    assert {row["group"]: row["requests"] for row in by_customer["rows"]} == {
+        "customer-42": 1, "-": 1, "customer-7": 1, "claude-user-1": 1}
     # By request id, by token, and the admin's global view; a day range that excludes them.
     one = call(fleet, "GET", "/spend/logs", params={"request_id": ids[0]}).json()
     assert [r["request_id"] for r in one] == [ids[0]]
-    assert len(call(fleet, "GET", "/spend/logs", params={"api_key": made["token"]}).json()) == 2
-    assert len(call(fleet, "GET", "/global/spend/logs", params={"api_key": made["token"]}).json()) == 2
+    assert len(call(fleet, "GET", "/spend/logs", params={"api_key": made["token"]}).json()) == 4
+    assert len(call(fleet, "GET", "/global/spend/logs", params={"api_key": made["token"]}).json()) == 4
     assert call(fleet, "GET", "/spend/logs", params={"api_key": made["token"], "end_date": "2000-01-01"}).json() == []
     # Paged.
     page2 = call(fleet, "GET", "/spend/logs", params={"api_key": made["token"], "page": 2, "page_size": 1}).json()

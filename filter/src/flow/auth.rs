@@ -39,6 +39,8 @@ impl<H: Host> RequestFlow<H> {
             request_id,
             anthropic_version,
             tags,
+            customer_id,
+            end_user_id,
             cluster,
             gateway_headers @ ..,
         ] = self.host.request_headers(READ_REQUEST_HEADERS);
@@ -120,6 +122,13 @@ impl<H: Host> RequestFlow<H> {
         if let Some(tags) = tags {
             match sluice_core::request::parse_tags_header(&tags) {
                 Ok(tags) => self.request_tags = tags,
+                Err(e) => return self.reject(&e),
+            }
+        }
+        for (header, value) in sluice_core::request::END_USER_HEADERS.into_iter().zip([customer_id, end_user_id]) {
+            let Some(value) = value.filter(|_| self.header_end_user.is_none()) else { continue };
+            match sluice_core::request::end_user_header(header, &value) {
+                Ok(user) => self.header_end_user = user,
                 Err(e) => return self.reject(&e),
             }
         }

@@ -314,7 +314,7 @@ impl<H: Host> RequestFlow<H> {
             },
             retries,
             in_flight,
-            end_user: req.end_user.as_deref().map(str::to_owned),
+            end_user: self.header_end_user.clone().or_else(|| req.end_user.as_deref().map(str::to_owned)),
         });
         Ok(())
     }
