@@ -249,14 +249,15 @@ fn the_end_user_headers_come_before_the_body() {
     let h = Harness::new(base_config());
     let auth = format!("Bearer {}", key(1));
     let body = br#"{"model":"gpt-4o","user":"from-body","messages":[]}"#;
-    let cases: [(&[(&str, &[u8])], &str); 3] = [
-        (&[("x-litellm-end-user-id", b"from-end-user-header")], "from-end-user-header"),
-        (&[("x-litellm-end-user-id", b"second"), ("x-litellm-customer-id", b"first")], "first"),
-        (&[("x-litellm-end-user-id", b"  ")], "from-body"),
+    let end_user_id = "x-litellm-end-user-id";
+    let cases = [
+        (vec![(end_user_id, &b"from-end-user-header"[..])], "from-end-user-header"),
+        (vec![(end_user_id, &b"second"[..]), ("x-litellm-customer-id", &b"first"[..])], "first"),
+        (vec![(end_user_id, &b"  "[..])], "from-body"),
     ];
     for (i, (headers, expected)) in cases.into_iter().enumerate() {
         let mut all = vec![("authorization", auth.as_bytes())];
-        all.extend_from_slice(headers);
+        all.extend(headers);
         let mut s = h.start("POST", "/v1/chat/completions", &all);
         assert!(s.send_body(body).is_none());
         s.respond(200, "application/json", &[openai_response(10, 5, 0).as_bytes()], true);
