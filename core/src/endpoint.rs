@@ -21,8 +21,21 @@ pub enum Endpoint {
 
 /// The paths of LiteLLM's management REST API that the control plane serves: an Envoy in xDS
 /// mode routes them to it (the filter lets them pass), a standalone one has none to offer.
-pub const MANAGEMENT_PREFIXES: [&str; 9] =
-    ["/key/", "/team/", "/user/", "/organization/", "/customer/", "/end_user/", "/budget/", "/model/", "/v1/model/"];
+pub const MANAGEMENT_PREFIXES: [&str; 13] = [
+    "/key/",
+    "/team/",
+    "/user/",
+    "/organization/",
+    "/customer/",
+    "/end_user/",
+    "/budget/",
+    "/model/",
+    "/v1/model/",
+    "/model_group/",
+    "/spend/",
+    "/global/spend/",
+    "/audit",
+];
 
 /// Whether `path` is one of the management API's.
 pub fn is_management(path: &[u8]) -> bool {

@@ -134,6 +134,13 @@ def test_the_gateways_own_listener_serves_the_management_api(fleet):
     # And the key it made serves models through the same listener.
     client = openai.OpenAI(base_url=f"{envoy.url}/v1", api_key=made["key"], max_retries=0)
     assert client.chat.completions.create(**CHAT).choices[0].message.content
+    # The read-only reports too: model groups, spend, the audit log.
+    admin = {"Authorization": f"Bearer {fleet.master_key}"}
+    groups = httpx.get(f"{envoy.url}/model_group/info", headers=admin, timeout=30)
+    assert groups.status_code == 200 and "gpt-4o" in {g["model_group"] for g in groups.json()["data"]}, groups.text
+    assert httpx.get(f"{envoy.url}/spend/logs", headers=admin, timeout=30).status_code == 200
+    audit = httpx.get(f"{envoy.url}/audit", params={"object_id": made["token"]}, headers=admin, timeout=30)
+    assert audit.status_code == 200 and audit.json()["audit_logs"], audit.text
 
 
 def test_a_standalone_gateway_says_where_the_management_api_is(gw):

@@ -4,6 +4,7 @@
 //! `Authorization: Bearer …`, or LiteLLM's `x-litellm-api-key`, becomes the gRPC metadata the
 //! services read). Keys first; the rest of LiteLLM's management surface follows (issue 13).
 
+mod audit;
 mod budgets;
 mod customers;
 mod keys;
@@ -11,6 +12,7 @@ mod limits;
 mod models;
 mod organizations;
 mod spend;
+mod spend_report;
 mod teams;
 mod users;
 
@@ -40,6 +42,8 @@ pub fn router<S: Store>(admin: Arc<Admin<S>>) -> Router {
         .merge(budgets::routes::<S>())
         .merge(models::routes::<S>())
         .merge(spend::routes::<S>())
+        .merge(spend_report::routes::<S>())
+        .merge(audit::routes::<S>())
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(admin)
 }
