@@ -161,6 +161,19 @@ impl BudgetLimits {
     }
 }
 
+/// What a scope has spent in its current budget window, as LiteLLM shows an object's
+/// `spend`: its `budget_duration`'s window, all time without one; budget or not.
+pub async fn current_spend<S: Store>(store: &S, scope: &ScopeId, limits: &LimitsRecord) -> StoreResult<f64> {
+    let now_ms = u64::try_from(crate::store::now_ms()).unwrap_or(0);
+    let window_of = BudgetLimits {
+        max_nanos: None,
+        soft_nanos: None,
+        duration: limits.budget_duration.as_deref().and_then(BudgetDuration::parse),
+    };
+    let spent = store.window_spend(&window_of.budget_window(scope, now_ms)).await?;
+    Ok(sluice_core::cost::nanos_to_usd(u64::try_from(spent).unwrap_or(0)))
+}
+
 pub struct BudgetTracker {
     invalidations: Arc<Invalidations>,
     metrics: Arc<Metrics>,

@@ -214,6 +214,11 @@ def test_spend_logs_show_each_request_of_a_key(fleet):
         assert r["metadata"]["failed_attempts"] == [] and r["startTime"].endswith("Z")
     assert {r["request_id"]: r["end_user"] for r in rows} == {
         ids[0]: "customer-42", ids[1]: None, ids[2]: "customer-7", ids[3]: "claude-user-1"}
+    # The key's `spend`, as LiteLLM shows it on /key/info (and in /key/list's full objects).
+    info = call(fleet, "GET", "/key/info", params={"key": made["key"]}).json()["info"]
+    assert info["spend"] == pytest.approx(sum(r["spend"] for r in rows), abs=1e-9) and info["spend"] > 0
+    listed = call(fleet, "GET", "/key/list", params={"key_alias": "spender", "return_full_object": "true"}).json()
+    assert [k["spend"] for k in listed["keys"]] == [info["spend"]]
     rows = [r for r in rows if r["request_id"] in ids[:2]]
     assert {r["request_id"]: r["request_tags"] for r in rows} == {ids[0]: [tag, "nightly"], ids[1]: []}
     # LiteLLM's /spend/tags counts the tagged request under each of its tags.

@@ -54,7 +54,7 @@ def test_an_organization_and_its_users_key_work_through_envoy(fleet):
         {"user_id": user_id, "organization_id": org["organization_id"], "user_role": "internal_user"}]
     assert (made["models"], made["max_budget"], made["tpm_limit"]) == (["gpt-4o-mini"], 10.0, 50000)
     assert made["key"].startswith("sk-") and made["token"] and made["key_alias"] == f"{user_id}-key"
-    assert "spend" not in made
+    assert made["spend"] == 0, "a new user has spent nothing (its spend is counted, not made up)"
 
     # The key serves the user's model through an Envoy of the fleet, and no other.
     envoy = fleet.start_envoy("edge-rest-users")

@@ -11,6 +11,7 @@ use super::validate::{
     check_name, check_names, dollars, id_or_new, limits_record, limits_to_proto, metadata, next_page_token, page_after,
     page_size, usd,
 };
+use crate::budget::{ScopeId, current_spend};
 use crate::invalidation::Target;
 use crate::store::{
     KeyFilter, LimitsRecord, ListFilter, MemberRecord, NewAudit, OrgRecord, Store, StoreError, TeamRecord, UserRecord,
@@ -77,7 +78,9 @@ fn member_to_proto(m: &MemberRecord) -> pb::Member {
 impl<S: Store> Admin<S> {
     async fn user_proto(&self, u: &UserRecord) -> AdminResult<pb::User> {
         let teams = self.store.memberships(&u.user_id).await?;
+        let spend = current_spend(&self.store, &ScopeId::User(u.user_id.clone()), &u.limits).await?;
         Ok(pb::User {
+            spend,
             user_id: u.user_id.clone(),
             user_email: u.user_email.clone(),
             user_role: role_to_proto(&u.user_role),
@@ -99,7 +102,9 @@ impl<S: Store> Admin<S> {
 
     async fn team_proto(&self, t: &TeamRecord) -> AdminResult<pb::Team> {
         let members = self.store.members(&t.team_id).await?;
+        let spend = current_spend(&self.store, &ScopeId::Team(t.team_id.clone()), &t.limits).await?;
         Ok(pb::Team {
+            spend,
             team_id: t.team_id.clone(),
             team_alias: t.team_alias.clone(),
             organization_id: t.organization_id.clone(),

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use super::auth::{Principal, Tenancy};
 use super::error::{AdminError, AdminResult, missing};
 use super::{Admin, random_id};
+use crate::budget::{ScopeId, current_spend};
 use crate::invalidation::Target;
 use crate::key_file::generate_key;
 use crate::store::{
@@ -153,6 +154,15 @@ fn to_proto(k: &KeyRecord) -> pb::Key {
         last_used_at: k.last_used_at.map(format_rfc3339_ms),
         created_by: k.created_by.clone(),
         previous_key_valid_until: k.previous_key_valid_until.map(format_rfc3339_ms),
+        spend: 0.0,
+    }
+}
+
+impl<S: Store> Admin<S> {
+    /// A key as the API shows it, with what it has spent in its current budget window.
+    async fn key_proto(&self, key: &KeyRecord) -> AdminResult<pb::Key> {
+        let spend = current_spend(&self.store, &ScopeId::Key(key.key_id.clone()), &key.limits).await?;
+        Ok(pb::Key { spend, ..to_proto(key) })
     }
 }
 
@@ -317,7 +327,7 @@ impl<S: Store> pb::key_service_server::KeyService for Admin<S> {
     async fn get_key(&self, request: Request<pb::KeyRef>) -> Result<Response<pb::Key>, Status> {
         let caller = self.caller(&request).await?;
         let (key, _) = self.visible_key(&caller, Some(request.into_inner())).await?;
-        Ok(Response::new(to_proto(&key)))
+        Ok(Response::new(self.key_proto(&key).await?))
     }
 
     async fn list_keys(&self, request: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
@@ -335,7 +345,11 @@ impl<S: Store> pb::key_service_server::KeyService for Admin<S> {
         };
         let (keys, total) = self.store.list_keys(&filter).await.map_err(AdminError::from)?;
         let next_page_token = next_page_token(keys.last().map(|k| k.key_id.clone()), keys.len(), limit);
-        Ok(Response::new(pb::ListKeysResponse { keys: keys.iter().map(to_proto).collect(), next_page_token, total }))
+        let mut listed = Vec::with_capacity(keys.len());
+        for key in &keys {
+            listed.push(self.key_proto(key).await?);
+        }
+        Ok(Response::new(pb::ListKeysResponse { keys: listed, next_page_token, total }))
     }
 }
 

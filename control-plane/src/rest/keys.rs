@@ -162,6 +162,7 @@ pub(super) fn key_json(key: &pb::Key, plaintext: Option<&str>) -> Value {
         "key_alias": key.key_alias,
         "expires": key.expires_at,
         "models": key.models,
+        "spend": key.spend,
         "max_budget": limits.max_budget,
         "soft_budget": limits.soft_budget,
         "budget_duration": limits.budget_duration,

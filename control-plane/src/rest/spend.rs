@@ -6,7 +6,7 @@
 //! its organization, anyone else its own.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::Router;
@@ -288,16 +288,6 @@ async fn tags<S: Store>(State(admin): AdminState<S>, headers: HeaderMap, RawQuer
 
 // ---- /spend/keys, /spend/users ------------------------------------------------------------
 
-/// Spend (nano-dollars) by the groups of a `QuerySpend` (`-`, "none", left out).
-async fn spend_by<S: Store>(
-    admin: &Admin<S>,
-    headers: &HeaderMap,
-    query: pb::SpendQuery,
-) -> Result<HashMap<String, u64>, RestError> {
-    let report = SpendService::query_spend(admin, grpc_request(headers, query)?).await?.into_inner();
-    Ok(report.rows.into_iter().filter(|r| r.group != "-").map(|r| (r.group, usd_to_nanos(r.spend))).collect())
-}
-
 /// The rows with their `spend`, most spent first (equal spend keeps the listing's order).
 fn by_spend_desc(mut rows: Vec<(Value, u64)>) -> Vec<Value> {
     rows.sort_by_key(|r| Reverse(r.1));
@@ -331,28 +321,8 @@ async fn keys<S: Store>(State(admin): AdminState<S>, headers: HeaderMap) -> Rest
         }
         token = page.next_page_token;
     }
-    let by_key = |team_id: Option<String>| pb::SpendQuery {
-        team_id,
-        group_by: pb::SpendGroupBy::Key as i32,
-        ..pb::SpendQuery::default()
-    };
-    // The caller's spend (everything, its organization's, or its own).
-    let mut spend = spend_by(&admin, &headers, by_key(None)).await?;
-    // A team admin lists the team's keys but its own spend has only its own requests: the
-    // team's spend has the rest. (A key's spend is all in its team; each answer is part of
-    // it, so the larger is kept.) A team the caller may not read answers nothing.
-    let teams: BTreeSet<String> =
-        keys.iter().filter(|k| !spend.contains_key(&k.key_id)).filter_map(|k| k.team_id.clone()).collect();
-    for team in teams {
-        if let Ok(more) = spend_by(&admin, &headers, by_key(Some(team))).await {
-            for (key, nanos) in more {
-                let e = spend.entry(key).or_default();
-                *e = (*e).max(nanos);
-            }
-        }
-    }
-    let rows =
-        keys.iter().map(|k| (super::keys::key_json(k, None), spend.get(&k.key_id).copied().unwrap_or(0))).collect();
+    // Each key's spend is the service's (its current budget window, as on /key/info).
+    let rows = keys.iter().map(|k| (super::keys::key_json(k, None), usd_to_nanos(k.spend))).collect();
     Ok(json_response(StatusCode::OK, &Value::Array(by_spend_desc(rows))))
 }
 
@@ -392,10 +362,7 @@ async fn users<S: Store>(State(admin): AdminState<S>, headers: HeaderMap, RawQue
             users
         }
     };
-    let query = pb::SpendQuery { user_id, group_by: pb::SpendGroupBy::User as i32, ..pb::SpendQuery::default() };
-    let spend = spend_by(&admin, &headers, query).await?;
-    let rows =
-        users.iter().map(|u| (super::users::user_json(u), spend.get(&u.user_id).copied().unwrap_or(0))).collect();
+    let rows = users.iter().map(|u| (super::users::user_json(u), usd_to_nanos(u.spend))).collect();
     Ok(json_response(StatusCode::OK, &Value::Array(by_spend_desc(rows))))
 }
 

@@ -181,6 +181,7 @@ fn team_json(team: &pb::Team) -> Value {
     out.insert("team_alias".into(), json!(team.team_alias));
     out.insert("organization_id".into(), json!(team.organization_id));
     out.insert("models".into(), json!(team.models));
+    out.insert("spend".into(), json!(team.spend));
     out.insert("team_member_budget".into(), json!(team.member_max_budget));
     out.insert("members_with_roles".into(), Value::Array(members));
     out.insert("metadata".into(), metadata);

@@ -114,6 +114,7 @@ pub(super) fn user_json(u: &pb::User) -> Value {
         "models": u.models,
         "metadata": metadata_value(&u.metadata_json),
         "teams": teams,
+        "spend": u.spend,
         "created_at": u.created_at,
         "updated_at": u.updated_at,
     });
