@@ -302,7 +302,7 @@ fn by_spend_desc(mut rows: Vec<(Value, u64)>) -> Vec<Value> {
 }
 
 /// LiteLLM's `/spend/keys`: every key the caller may list (its `/key/info` fields, `token`
-/// being Sluice's key id) with `spend`, all-time USD, most spent first.
+/// being Sluice's key id) with `spend` (USD in its current budget window), most spent first.
 async fn keys<S: Store>(State(admin): AdminState<S>, headers: HeaderMap) -> RestResult {
     let mut keys: Vec<pb::Key> = Vec::new();
     let mut token = String::new();
@@ -332,7 +332,7 @@ struct UsersQuery {
 }
 
 /// LiteLLM's `/spend/users`: every user the caller may list (its `/user/info` fields) with
-/// `spend`, all-time USD, most spent first; `[that user]` with `user_id`.
+/// `spend` (USD in its current budget window), most spent first; `[that user]` with `user_id`.
 async fn users<S: Store>(State(admin): AdminState<S>, headers: HeaderMap, RawQuery(query): RawQuery) -> RestResult {
     let UsersQuery { user_id } = parse_query(query.as_deref())?;
     let user_id = user_id.filter(|u| !u.is_empty());
