@@ -239,6 +239,14 @@ def test_spend_logs_show_each_request_of_a_key(fleet):
     assert len(page2) == 1
     # A key of no one's may not read them: an LLM key is no admin credential.
     assert call(fleet, "GET", "/spend/logs", key=made["key"]).status_code == 403
+    # But, as in LiteLLM, it may read its own /key/info (named or not), and no other key's.
+    own = call(fleet, "GET", "/key/info", key=made["key"])
+    assert own.status_code == 200 and own.json()["info"]["token"] == made["token"], own.text
+    assert own.json()["info"]["spend"] == pytest.approx(info["spend"]) and "key" not in own.json()["info"]
+    assert call(fleet, "GET", "/key/info", params={"key": made["key"]}, key=made["key"]).status_code == 200
+    other = call(fleet, "POST", "/key/generate", json={"key_alias": "someone-else"}).json()
+    assert error(call(fleet, "GET", "/key/info", params={"key": other["key"]}, key=made["key"]), 403)
+    assert error(call(fleet, "GET", "/key/info", params={"key": "sk-sluice-unknown"}, key=made["key"]), 403)
     assert isinstance(call(fleet, "GET", "/spend/tags").json(), list)
 
 

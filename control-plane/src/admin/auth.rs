@@ -12,7 +12,7 @@
 use sluice_core::keys::{self, KeyHash};
 
 use super::error::{AdminError, AdminResult};
-use crate::store::{DirectoryStore, KeyLookup, KeyStore, KeyType, StoreError, UserRecord, now_ms};
+use crate::store::{DirectoryStore, KeyLookup, KeyRecord, KeyStore, KeyType, StoreError, UserRecord, now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -388,19 +388,9 @@ impl Principal {
     }
 }
 
-/// Resolves the caller from the `authorization` metadata value.
-pub async fn authenticate<S: KeyStore + DirectoryStore>(
-    store: &S,
-    master_key_hash: Option<&KeyHash>,
-    authorization: Option<&[u8]>,
-) -> AdminResult<Principal> {
-    let token = authorization
-        .and_then(keys::bearer_token)
-        .ok_or(AdminError::Unauthenticated("send `authorization: Bearer <master key or management key>`"))?;
-    let hash = KeyHash::of(token);
-    if master_key_hash.is_some_and(|m| m.ct_eq(&hash)) {
-        return Ok(Principal::master());
-    }
+/// The key `token` is (its hash `hash`), if it is a Sluice key that is known, not blocked and
+/// not expired.
+async fn valid_key<S: KeyStore>(store: &S, token: &[u8], hash: &KeyHash) -> AdminResult<KeyRecord> {
     if keys::check_format(token).is_err() {
         return Err(AdminError::Unauthenticated("the credential is not a Sluice key"));
     }
@@ -415,6 +405,31 @@ pub async fn authenticate<S: KeyStore + DirectoryStore>(
     if key.expires_at.is_some_and(|at| at <= now_ms()) {
         return Err(AdminError::Unauthenticated("the key has expired"));
     }
+    Ok(key)
+}
+
+/// The record of the LLM API key `authorization` carries, if it carries a valid one: LiteLLM
+/// lets a virtual key read its own `/key/info`, and nothing else of the admin API.
+pub async fn llm_key_itself<S: KeyStore>(store: &S, authorization: Option<&[u8]>) -> AdminResult<Option<KeyRecord>> {
+    let Some(token) = authorization.and_then(keys::bearer_token) else { return Ok(None) };
+    let key = valid_key(store, token, &KeyHash::of(token)).await?;
+    Ok((key.key_type == KeyType::LlmApi).then_some(key))
+}
+
+/// Resolves the caller from the `authorization` metadata value.
+pub async fn authenticate<S: KeyStore + DirectoryStore>(
+    store: &S,
+    master_key_hash: Option<&KeyHash>,
+    authorization: Option<&[u8]>,
+) -> AdminResult<Principal> {
+    let token = authorization
+        .and_then(keys::bearer_token)
+        .ok_or(AdminError::Unauthenticated("send `authorization: Bearer <master key or management key>`"))?;
+    let hash = KeyHash::of(token);
+    if master_key_hash.is_some_and(|m| m.ct_eq(&hash)) {
+        return Ok(Principal::master());
+    }
+    let key = valid_key(store, token, &hash).await?;
     if key.key_type == KeyType::LlmApi {
         return Err(AdminError::PermissionDenied(
             "an LLM API key cannot call the admin API; use a management key".into(),

@@ -325,7 +325,28 @@ impl<S: Store> pb::key_service_server::KeyService for Admin<S> {
     }
 
     async fn get_key(&self, request: Request<pb::KeyRef>) -> Result<Response<pb::Key>, Status> {
-        let caller = self.caller(&request).await?;
+        let caller = match self.caller(&request).await {
+            Ok(caller) => caller,
+            // LiteLLM lets a virtual key read its own info, and nothing else of the admin API.
+            Err(AdminError::PermissionDenied(why)) => {
+                let authorization = request.metadata().get("authorization").map(|v| v.as_bytes());
+                let Some(own) = super::auth::llm_key_itself(&self.store, authorization).await? else {
+                    return Err(AdminError::PermissionDenied(why).into());
+                };
+                let named = request.into_inner();
+                let itself = match named.r#ref {
+                    None => true,
+                    Some(_) => self.store.get_key(&lookup(Some(named))?).await.is_ok_and(|k| k.key_id == own.key_id),
+                };
+                if !itself {
+                    return Err(
+                        AdminError::PermissionDenied("an LLM API key may read its own key info only".into()).into()
+                    );
+                }
+                return Ok(Response::new(self.key_proto(&own).await?));
+            }
+            Err(e) => return Err(e.into()),
+        };
         let (key, _) = self.visible_key(&caller, Some(request.into_inner())).await?;
         Ok(Response::new(self.key_proto(&key).await?))
     }

@@ -321,8 +321,9 @@ struct InfoQuery {
 
 async fn info<S: Store>(State(admin): AdminState<S>, headers: HeaderMap, RawQuery(query): RawQuery) -> RestResult {
     let InfoQuery { key } = parse_query(query.as_deref())?;
-    let key = key.ok_or_else(|| RestError::invalid("key", "key: the key (or its token) to describe is required"))?;
-    let found = KeyService::get_key(&*admin, grpc_request(&headers, key_ref(&key))?).await?.into_inner();
+    // No key named: the caller's own (LiteLLM's answer to a virtual key asking about itself).
+    let named = key.as_deref().map_or_else(pb::KeyRef::default, key_ref);
+    let found = KeyService::get_key(&*admin, grpc_request(&headers, named)?).await?.into_inner();
     Ok(json_response(StatusCode::OK, &json!({"key": found.key_id, "info": key_json(&found, None)})))
 }
 
