@@ -217,6 +217,15 @@ def test_an_org_admins_management_key_manages_its_organization_only(fleet):
     assert r["user_role"] == "internal_user_viewer"
     members = ok(call(fleet, "GET", "/organization/info", key=key, params={"organization_id": mine_id}))["members"]
     assert {m["user_id"] for m in members} == {admin_id, worker_id, newcomer_id}
+    # The org admin takes the newcomer out again: the user stays, in no organization.
+    gone = ok(call(fleet, "DELETE", "/organization/member_delete", key=key,
+                   json={"organization_id": mine_id, "user_id": newcomer_id}))
+    assert (gone["user_id"], gone["organization_id"]) == (newcomer_id, mine_id)
+    members = ok(call(fleet, "GET", "/organization/info", key=key, params={"organization_id": mine_id}))["members"]
+    assert {m["user_id"] for m in members} == {admin_id, worker_id}
+    assert ok(call(fleet, "GET", "/user/info", params={"user_id": newcomer_id}))["user_info"]["organization_id"] is None
+    error(call(fleet, "POST", "/organization/member_delete", key=key,
+               json={"organization_id": mine_id, "user_id": newcomer_id}), 404)
 
     # Another organization's: not found (ids cannot be probed), and nothing changes there.
     before = ok(call(fleet, "GET", "/user/list", params={"organization_id": theirs_id}))
@@ -289,9 +298,11 @@ def test_bad_calls_get_litellms_error_shape_and_change_nothing(fleet):
     ok(call(fleet, "POST", "/user/delete", json={"user_ids": [quiet["user_id"]]}))
     # A list filter the user service cannot apply is refused, not ignored.
     assert "user_email" in error(call(fleet, "GET", "/user/list", params={"user_email": "a@b"}), 400)["message"]
-    # Removing a member: the user service cannot take a user out of its organization.
-    assert "member_delete" in error(call(fleet, "DELETE", "/organization/member_delete", json={
-        "organization_id": org["organization_id"], "user_id": "m"}), 400)["message"]
+    # Removing a member who is not one, or naming no user.
+    error(call(fleet, "DELETE", "/organization/member_delete", json={
+        "organization_id": org["organization_id"], "user_id": "no-such-user"}), 404)
+    assert error(call(fleet, "DELETE", "/organization/member_delete", json={
+        "organization_id": org["organization_id"]}), 422)["param"] == "user_id"
     # Unknown ids.
     error(call(fleet, "GET", "/user/info", params={"user_id": "no-such-user"}), 404)
     error(call(fleet, "POST", "/user/update", json={"user_id": "no-such-user", "rpm_limit": 1}), 404)

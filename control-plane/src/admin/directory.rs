@@ -220,6 +220,11 @@ impl<S: Store> pb::user_service_server::UserService for Admin<S> {
         let mut preview = current.clone();
         apply_user_update(&mut preview, &req)?;
         let new_role = Role::parse(&preview.user_role).unwrap_or(Role::InternalUser);
+        // Taking a user out of its organization is its manager's to do (an org admin releasing
+        // a member); the rest of the change is judged as if the user stayed where it is.
+        if req.clear_organization {
+            preview.organization_id.clone_from(&current.organization_id);
+        }
         caller.can_manage_user(&user_tenancy(&preview), new_role)?;
         let audit = NewAudit::new(&caller.actor, "user.update", "user", &req.user_id);
         let after: UserRecord = self
@@ -288,9 +293,18 @@ fn apply_user_update(u: &mut UserRecord, req: &pb::UpdateUserRequest) -> AdminRe
     if let Some(role) = req.user_role {
         u.user_role = role_from_proto(role)?.as_str().to_owned();
     }
-    if let Some(org) = &req.organization_id {
-        check_name("organization_id", org)?;
-        u.organization_id = Some(org.clone());
+    match (&req.organization_id, req.clear_organization) {
+        (Some(_), true) => {
+            return Err(AdminError::InvalidArgument(
+                "organization_id and clear_organization: set one or take it away, not both".into(),
+            ));
+        }
+        (Some(org), false) => {
+            check_name("organization_id", org)?;
+            u.organization_id = Some(org.clone());
+        }
+        (None, true) => u.organization_id = None,
+        (None, false) => {}
     }
     if let Some(models) = &req.models {
         check_names("models", &models.values)?;

@@ -40,7 +40,7 @@ pub fn routes<S: Store>() -> Router<Arc<Admin<S>>> {
         .route("/organization/list", get(list::<S>))
         .route("/organization/member_add", post(member_add::<S>))
         .route("/organization/member_update", patch(member_update::<S>).post(member_update::<S>))
-        .route("/organization/member_delete", delete(member_delete).post(member_delete))
+        .route("/organization/member_delete", delete(member_delete::<S>).post(member_delete::<S>))
 }
 
 /// LiteLLM organization settings the organization service does not carry: refused when given.
@@ -438,11 +438,30 @@ async fn member_update<S: Store>(State(admin): AdminState<S>, headers: HeaderMap
     Ok(json_response(StatusCode::OK, &membership_json(&user, &organization_id)))
 }
 
-/// The user service can move a user to another organization but not take it out of one (an
-/// organization, once given, is always set): refused, saying what can be done instead.
-async fn member_delete() -> RestResult {
-    Err(RestError::bad_request(
-        "/organization/member_delete: not supported by Sluice: a user cannot be taken out of its organization \
-         (move it with /user/update organization_id, or delete it with /user/delete)",
-    ))
+#[derive(Deserialize)]
+struct MemberDeleteBody {
+    organization_id: String,
+    user_id: Option<String>,
+}
+
+/// Takes a member out of the organization (the user stays, in no organization; its keys follow
+/// at once). The answer is the membership that ended, as `member_update` shows one.
+async fn member_delete<S: Store>(State(admin): AdminState<S>, headers: HeaderMap, body: Body) -> RestResult {
+    let body = body?;
+    let MemberDeleteBody { organization_id, user_id } = parse_body(&body)?;
+    let user_id = user_id.ok_or_else(|| {
+        RestError::invalid("user_id", "user_id: required (Sluice finds users by id, not by user_email)")
+    })?;
+    OrganizationService::get_organization(&*admin, grpc_request(&headers, org_ref(&organization_id))?).await?;
+    let user = UserService::get_user(&*admin, grpc_request(&headers, pb::UserRef { user_id: user_id.clone() })?)
+        .await?
+        .into_inner();
+    if user.organization_id.as_deref() != Some(organization_id.as_str()) {
+        return Err(RestError::from(tonic::Status::not_found(format!(
+            "user {user_id} is not a member of organization {organization_id}"
+        ))));
+    }
+    let request = pb::UpdateUserRequest { user_id, clear_organization: true, ..pb::UpdateUserRequest::default() };
+    UserService::update_user(&*admin, grpc_request(&headers, request)?).await?;
+    Ok(json_response(StatusCode::OK, &membership_json(&user, &organization_id)))
 }

@@ -260,6 +260,7 @@ async fn update<S: Store>(State(admin): AdminState<S>, headers: HeaderMap, body:
         limits: Some(fields.limits.limits()),
         clear_limits: cleared_limits(&value),
         metadata_json: fields.metadata_json().filter(|_| fields.metadata.as_ref().is_some_and(|m| !m.is_empty())),
+        clear_organization: false,
     };
     let updated = UserService::update_user(&*admin, grpc_request(&headers, request)?).await?.into_inner();
     Ok(json_response(StatusCode::OK, &json!({"user_id": updated.user_id, "data": user_json(&updated)})))
