@@ -3049,6 +3049,32 @@ mod fallbacks {
         assert_eq!(h.envoy.metric("sluice.failed_attempts.deployment.gpt4o-a.error.server_error"), 1);
     }
 
+    /// The record of a request that failed over names the tags and end user of the client's
+    /// headers, which the redirect carries to the pass that answers.
+    #[test]
+    fn the_pass_that_answers_records_the_clients_tags_and_end_user() {
+        let h = Harness::new(config());
+        let host = MockHost::new(Rc::clone(&h.envoy));
+        let auth = format!("Bearer {}", key(1));
+        let headers = [
+            ("authorization", auth.as_bytes()),
+            (sluice_core::request::TAGS_HEADER, &b"nightly"[..]),
+            ("x-litellm-end-user-id", &b"cust-9"[..]),
+        ];
+        let mut first = h.start("POST", "/v1/chat/completions", &headers);
+        assert!(first.send_body(CHAT.as_bytes()).is_none());
+        let nonce = failover::redirect_nonce(&host, 503, Some(b"req-1"), b"").unwrap();
+        first.redirected();
+        let mut second = next_pass(&h, &first, &nonce);
+        assert!(second.reply().is_none(), "{:?}", second.reply());
+        second.respond(200, "application/json", &[ANTHROPIC_ANSWER.as_bytes()], true);
+        second.finish();
+        let records = h.envoy.records();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0]["request_tags"], serde_json::json!(["nightly"]));
+        assert_eq!(records[0]["end_user"], "cust-9");
+    }
+
     #[test]
     fn the_last_step_gets_no_redirect_and_a_key_skips_groups_it_may_not_use() {
         let mut cfg = config();

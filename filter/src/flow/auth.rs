@@ -23,6 +23,26 @@ fn client_credential(
 }
 
 impl<H: Host> RequestFlow<H> {
+    /// What the request's record says of it from LiteLLM's headers: its tags
+    /// (`x-litellm-tags`) and its end user (`x-litellm-customer-id`, else
+    /// `x-litellm-end-user-id`, before the body's). One it cannot record whole is a 400.
+    fn read_record_headers(
+        &mut self,
+        tags: Option<Vec<u8>>,
+        customer_id: Option<Vec<u8>>,
+        end_user_id: Option<Vec<u8>>,
+    ) -> Result<(), GatewayError> {
+        if let Some(tags) = tags {
+            self.request_tags = sluice_core::request::parse_tags_header(&tags)?;
+        }
+        for (header, value) in sluice_core::request::END_USER_HEADERS.into_iter().zip([customer_id, end_user_id]) {
+            if let Some(value) = value.filter(|_| self.header_end_user.is_none()) {
+                self.header_end_user = sluice_core::request::end_user_header(header, &value)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
         #[cfg(all(feature = "test-trap", target_arch = "wasm32"))]
         if self.host.request_header("x-sluice-test-trap").is_some() {
@@ -60,6 +80,11 @@ impl<H: Host> RequestFlow<H> {
             return Action::Pause;
         }
         if self.path == crate::failover::FAILOVER_PATH.as_bytes() {
+            // The redirected request carries the client's headers: its record names the same
+            // tags and end user as the first pass would have.
+            if let Err(e) = self.read_record_headers(tags, customer_id, end_user_id) {
+                return self.reject(&e);
+            }
             return self.failover_pass_headers(request_id);
         }
         if health_check::is_health_path(&self.path) {
@@ -119,18 +144,8 @@ impl<H: Host> RequestFlow<H> {
             return self.reject(&GatewayError::BodyTooLarge { limit });
         }
         self.request_id = request_id.map(|v| String::from_utf8_lossy(&v).into_owned());
-        if let Some(tags) = tags {
-            match sluice_core::request::parse_tags_header(&tags) {
-                Ok(tags) => self.request_tags = tags,
-                Err(e) => return self.reject(&e),
-            }
-        }
-        for (header, value) in sluice_core::request::END_USER_HEADERS.into_iter().zip([customer_id, end_user_id]) {
-            let Some(value) = value.filter(|_| self.header_end_user.is_none()) else { continue };
-            match sluice_core::request::end_user_header(header, &value) {
-                Ok(user) => self.header_end_user = user,
-                Err(e) => return self.reject(&e),
-            }
+        if let Err(e) = self.read_record_headers(tags, customer_id, end_user_id) {
+            return self.reject(&e);
         }
         if let Some((hash, stale)) = to_look_up
             && let Err(e) = self.start_lookup(hash, stale)
