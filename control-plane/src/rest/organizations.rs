@@ -407,6 +407,29 @@ struct MemberUpdateBody {
     role: Option<String>,
 }
 
+/// The user `user_id` names (required: Sluice finds users by id), if the organization exists
+/// and the user is its member (else 404, as for an unknown user).
+async fn member_of<S: Store>(
+    admin: &Admin<S>,
+    headers: &HeaderMap,
+    organization_id: &str,
+    user_id: Option<String>,
+) -> Result<pb::User, RestError> {
+    let user_id = user_id.ok_or_else(|| {
+        RestError::invalid("user_id", "user_id: required (Sluice finds users by id, not by user_email)")
+    })?;
+    OrganizationService::get_organization(admin, grpc_request(headers, org_ref(organization_id))?).await?;
+    let user = UserService::get_user(admin, grpc_request(headers, pb::UserRef { user_id: user_id.clone() })?)
+        .await?
+        .into_inner();
+    if user.organization_id.as_deref() != Some(organization_id) {
+        return Err(RestError::from(tonic::Status::not_found(format!(
+            "user {user_id} is not a member of organization {organization_id}"
+        ))));
+    }
+    Ok(user)
+}
+
 /// Changes a member's role (the user's role: Sluice keeps one per user). The answer is the
 /// membership, as LiteLLM's.
 async fn member_update<S: Store>(State(admin): AdminState<S>, headers: HeaderMap, body: Body) -> RestResult {
@@ -414,23 +437,15 @@ async fn member_update<S: Store>(State(admin): AdminState<S>, headers: HeaderMap
     let value: Value = parse_body(&body)?;
     refuse_unsupported(&value, &UNSUPPORTED_MEMBER)?;
     let MemberUpdateBody { organization_id, user_id, role } = parse_body(&body)?;
-    let user_id = user_id.ok_or_else(|| {
-        RestError::invalid("user_id", "user_id: required (Sluice finds users by id, not by user_email)")
-    })?;
     let role = role.as_deref().map(|r| org_role("role", r)).transpose()?;
-    OrganizationService::get_organization(&*admin, grpc_request(&headers, org_ref(&organization_id))?).await?;
-    let user = UserService::get_user(&*admin, grpc_request(&headers, pb::UserRef { user_id: user_id.clone() })?)
-        .await?
-        .into_inner();
-    if user.organization_id.as_deref() != Some(organization_id.as_str()) {
-        return Err(RestError::from(tonic::Status::not_found(format!(
-            "user {user_id} is not a member of organization {organization_id}"
-        ))));
-    }
+    let user = member_of(&admin, &headers, &organization_id, user_id).await?;
     let user = match role {
         Some(role) => {
-            let request =
-                pb::UpdateUserRequest { user_id, user_role: Some(role as i32), ..pb::UpdateUserRequest::default() };
+            let request = pb::UpdateUserRequest {
+                user_id: user.user_id.clone(),
+                user_role: Some(role as i32),
+                ..pb::UpdateUserRequest::default()
+            };
             UserService::update_user(&*admin, grpc_request(&headers, request)?).await?.into_inner()
         }
         None => user,
@@ -449,19 +464,12 @@ struct MemberDeleteBody {
 async fn member_delete<S: Store>(State(admin): AdminState<S>, headers: HeaderMap, body: Body) -> RestResult {
     let body = body?;
     let MemberDeleteBody { organization_id, user_id } = parse_body(&body)?;
-    let user_id = user_id.ok_or_else(|| {
-        RestError::invalid("user_id", "user_id: required (Sluice finds users by id, not by user_email)")
-    })?;
-    OrganizationService::get_organization(&*admin, grpc_request(&headers, org_ref(&organization_id))?).await?;
-    let user = UserService::get_user(&*admin, grpc_request(&headers, pb::UserRef { user_id: user_id.clone() })?)
-        .await?
-        .into_inner();
-    if user.organization_id.as_deref() != Some(organization_id.as_str()) {
-        return Err(RestError::from(tonic::Status::not_found(format!(
-            "user {user_id} is not a member of organization {organization_id}"
-        ))));
-    }
-    let request = pb::UpdateUserRequest { user_id, clear_organization: true, ..pb::UpdateUserRequest::default() };
+    let user = member_of(&admin, &headers, &organization_id, user_id).await?;
+    let request = pb::UpdateUserRequest {
+        user_id: user.user_id.clone(),
+        clear_organization: true,
+        ..pb::UpdateUserRequest::default()
+    };
     UserService::update_user(&*admin, grpc_request(&headers, request)?).await?;
     Ok(json_response(StatusCode::OK, &membership_json(&user, &organization_id)))
 }
