@@ -124,6 +124,12 @@ impl HttpTarget {
     }
 }
 
+/// `SSL_CERT_FILE`: a PEM file of CAs trusted besides Mozilla's roots, for private CAs (read
+/// only for https URLs).
+pub fn extra_roots_from_env() -> Option<std::path::PathBuf> {
+    std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty()).map(std::path::PathBuf::from)
+}
+
 /// rustls on ring, trusting `webpki-roots` plus the CAs of `extra_roots` (a PEM file). The
 /// default verifier checks the chain, validity and the server name; it is never replaced.
 pub fn tls_client_config(extra_roots: Option<&Path>) -> Result<rustls::ClientConfig, String> {

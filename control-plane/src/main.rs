@@ -364,7 +364,7 @@ fn serve_options(args: &ServeArgs) -> Result<sluice_control_plane::server::Serve
     // certificate may also chain to the CAs in SSL_CERT_FILE.
     let webhook =
         sluice_control_plane::alerting::webhook_from_settings(&settings, std::env::var("WEBHOOK_URL").ok().as_deref())?;
-    let extra_roots = std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty()).map(PathBuf::from);
+    let extra_roots = sluice_control_plane::http_client::extra_roots_from_env();
     let webhook = webhook
         .map(|url| sluice_control_plane::http_client::HttpTarget::new(url, extra_roots.as_deref()))
         .transpose()?;
@@ -641,7 +641,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     .create(&dir)
                     .map_err(|e| format!("--dir {}: {e}", dir.display()))?;
             }
-            let extra_roots = std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty()).map(PathBuf::from);
+            let extra_roots = sluice_control_plane::http_client::extra_roots_from_env();
             let count = deployments.len();
             let shown = dir.display().to_string();
             let ready = move || println!("sluice google-tokens: {count} Vertex AI token(s) in {shown}, kept fresh");

@@ -1008,14 +1008,10 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
         let catalog = base_model.and_then(price_catalog::lookup).or_else(|| price_catalog::lookup(model));
         let mut price_unknown = false;
         let mut priced_models = BTreeMap::new();
-        let priced_here = ["input_cost_per_token", "output_cost_per_token"]
-            .iter()
-            .chain(&LONG_CONTEXT_PRICES)
-            .any(|k| info.contains_key(*k));
-        if LONG_CONTEXT_PRICES.iter().any(|k| info.contains_key(*k))
-            && !info.contains_key("input_cost_per_token")
-            && !info.contains_key("output_cost_per_token")
-        {
+        let base_prices = info.contains_key("input_cost_per_token") || info.contains_key("output_cost_per_token");
+        let long_context_prices = LONG_CONTEXT_PRICES.iter().any(|k| info.contains_key(*k));
+        let priced_here = base_prices || long_context_prices;
+        if long_context_prices && !base_prices {
             cx.error(format!(
                 "{at}: model_info sets long-context prices without input_cost_per_token / output_cost_per_token: \
                  every shorter request would be priced at $0"

@@ -66,13 +66,7 @@ pub fn end_user_header(header: &'static str, value: &[u8]) -> Result<Option<Stri
     let text = std::str::from_utf8(value)
         .map_err(|_| GatewayError::InvalidField { param: header, detail: "not UTF-8".into() })?
         .trim();
-    if text.len() > MAX_END_USER_BYTES {
-        return Err(GatewayError::InvalidField {
-            param: header,
-            detail: format!("at most {MAX_END_USER_BYTES} bytes"),
-        });
-    }
-    Ok((!text.is_empty()).then(|| text.to_owned()))
+    Ok(checked_end_user(header, Cow::Borrowed(text))?.map(Cow::into_owned))
 }
 
 /// An end user found in the body, checked like `user`: at most [`MAX_END_USER_BYTES`].

@@ -47,8 +47,7 @@ pub struct SnapshotPublisher<S> {
 impl<S: Store> SnapshotPublisher<S> {
     pub fn new(store: Arc<S>, options: XdsOptions, changed: Arc<Notify>, metrics: Arc<Metrics>) -> Self {
         let (sender, _) = watch::channel(Arc::new(Snapshot::default()));
-        let extra_roots = std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
-        let google_tokens = GoogleTokens::new(Arc::clone(&changed), extra_roots);
+        let google_tokens = GoogleTokens::new(Arc::clone(&changed), crate::http_client::extra_roots_from_env());
         Self { store, options, sender, changed, metrics, reported: Default::default(), google_tokens }
     }
 

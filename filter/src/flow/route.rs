@@ -368,7 +368,8 @@ impl<H: Host> RequestFlow<H> {
     }
 
     /// `/v1/messages/count_tokens` for `group`: passed to one of its Anthropic deployments
-    /// (Claude on Vertex too, at Vertex's `count-tokens`; Anthropic counts for free: nothing is admitted, billed or recorded), else answered
+    /// (Claude on Vertex too, at Vertex's `count-tokens`; Anthropic counts for free: nothing is
+    /// admitted, billed or recorded), else answered
     /// here with the estimate admission uses (LiteLLM would run the model's tokenizer where it
     /// has one; the figure is labelled an estimate in ARCHITECTURE.md).
     fn count_tokens(
