@@ -45,6 +45,8 @@ pub enum ScopeId {
     Org(String),
     /// A user in a team, by [`member_scope_id`].
     Member(String),
+    /// An end user (LiteLLM's customer).
+    Customer(String),
 }
 
 impl ScopeId {
@@ -60,6 +62,7 @@ impl ScopeId {
             Self::User(id) => (ScopeKind::User, id),
             Self::Org(id) => (ScopeKind::Org, id),
             Self::Member(id) => (ScopeKind::Member, id),
+            Self::Customer(id) => (ScopeKind::Customer, id),
         }
     }
 
@@ -70,18 +73,22 @@ impl ScopeId {
             ScopeKind::User => Self::User(id.to_owned()),
             ScopeKind::Org => Self::Org(id.to_owned()),
             ScopeKind::Member => Self::Member(id.to_owned()),
+            ScopeKind::Customer => Self::Customer(id.to_owned()),
         }
     }
 
-    fn target(&self) -> Target {
-        match self {
+    /// The keys Envoys must look up again when the scope's budget is spent or its window ends;
+    /// None for a customer, whose standing travels in the filter config instead.
+    fn target(&self) -> Option<Target> {
+        Some(match self {
             Self::Key(id) => Target::Key(id.clone()),
             Self::Team(id) => Target::Team(id.clone()),
             Self::User(id) => Target::User(id.clone()),
             Self::Org(id) => Target::Org(id.clone()),
             // Every key of the user (its keys in this team among them).
             Self::Member(id) => Target::User(member_scope_parts(id).1.to_owned()),
-        }
+            Self::Customer(_) => return None,
+        })
     }
 
     /// LiteLLM's `event_group` and the label of its `event_message`.
@@ -92,6 +99,7 @@ impl ScopeId {
             Self::User(_) => ("user", "User"),
             Self::Org(_) => ("organization", "Organization"),
             Self::Member(_) => ("team", "Team member"),
+            Self::Customer(_) => ("customer", "Customer"),
         }
     }
 }
@@ -145,7 +153,7 @@ impl BudgetLimits {
 
     /// The window containing `at_ms`: [start, end) in Unix ms; a budget without a duration
     /// has one window, forever.
-    fn window(&self, at_ms: u64) -> (u64, Option<u64>) {
+    pub(crate) fn window(&self, at_ms: u64) -> (u64, Option<u64>) {
         match self.duration {
             None => (0, None),
             Some(d) => (d.period_start_secs(at_ms) * 1000, Some(d.period_end_secs(at_ms) * 1000)),
@@ -176,6 +184,8 @@ pub async fn current_spend<S: Store>(store: &S, scope: &ScopeId, limits: &Limits
 
 pub struct BudgetTracker {
     invalidations: Arc<Invalidations>,
+    /// Wakes the xDS snapshot's rebuild (customers' spent budgets are in the filter config).
+    config_changes: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
     metrics: Arc<Metrics>,
     webhook: Option<Webhook>,
     /// Spent windows whose end this process will announce (once each): the replica that
@@ -210,11 +220,18 @@ impl BudgetTracker {
     ) -> Arc<Self> {
         Arc::new(Self {
             invalidations,
+            config_changes: std::sync::OnceLock::new(),
             metrics,
             webhook,
             ending: Mutex::new(HashSet::new()),
             refused: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Customers' budgets spent (and their windows' ends) wake `config_changes`: the xDS
+    /// snapshot's rebuild, which sends every Envoy their standing (`crate::customers`).
+    pub fn rebuild_config_on(&self, config_changes: Arc<tokio::sync::Notify>) {
+        let _ = self.config_changes.set(config_changes);
     }
 
     /// The fleet-wide spend of a scope in its current window (for a key lookup's answer).
@@ -272,7 +289,7 @@ impl BudgetTracker {
                     usd(spend_nanos),
                     usd(max)
                 );
-                self.invalidations.publish(scope.target());
+                self.tell_envoys(&scope);
                 self.announce_end(&scope, &total.window, now_ms);
             }
             let usd_of = |n: i64| usd(u64::try_from(n).unwrap_or(0));
@@ -293,9 +310,22 @@ impl BudgetTracker {
                     usd(spend_nanos),
                     usd_of(max)
                 );
-                self.invalidations.publish(scope.target());
+                self.tell_envoys(&scope);
                 self.announce_end(&scope, &total.window, now_ms);
                 self.notify(Crossed::Max, &scope, spend_nanos, limits, context);
+            }
+        }
+    }
+
+    /// Makes every Envoy act on the scope's new standing: its keys are looked up again, or,
+    /// for a customer, the filter config is rebuilt with it.
+    fn tell_envoys(&self, scope: &ScopeId) {
+        match scope.target() {
+            Some(target) => self.invalidations.publish(target),
+            None => {
+                if let Some(config) = self.config_changes.get() {
+                    config.notify_one();
+                }
             }
         }
     }
@@ -334,7 +364,7 @@ impl BudgetTracker {
             if let Ok(mut ending) = tracker.ending.lock() {
                 ending.remove(&entry);
             }
-            tracker.invalidations.publish(entry.0.target());
+            tracker.tell_envoys(&entry.0);
         });
     }
 }
@@ -378,13 +408,18 @@ fn event(crossed: Crossed, scope: &ScopeId, spend_nanos: u64, limits: &BudgetLim
             let (team, user) = member_scope_parts(id);
             (team_id, user_id) = (Some(team.to_owned()), Some(user.to_owned()));
         }
+        ScopeId::Customer(_) => {}
     }
+    let customer_id = match scope {
+        ScopeId::Customer(id) => Some(id.clone()),
+        _ => None,
+    };
     WebhookEvent {
         spend: usd(spend_nanos),
         max_budget: limits.max_nanos.map(usd),
         soft_budget: limits.soft_nanos.map(usd),
         token,
-        customer_id: None,
+        customer_id,
         user_id,
         team_id,
         team_alias: c.team_alias.clone(),

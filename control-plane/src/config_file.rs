@@ -35,9 +35,9 @@ pub fn refuse_unserved(doc: &serde_json::Value) -> Result<(), String> {
     for key in doc.as_object().map(|o| o.keys()).into_iter().flatten() {
         match key.as_str() {
             k if SERVE_SECTIONS.contains(&k) => {}
-            "keys" | "teams" => refused.push(format!(
+            "keys" | "teams" | "customers" => refused.push(format!(
                 "{key}: standalone mode's; with `sluice serve` they live in its database (`sluice key create`, \
-                 `sluice team create`, or the admin API)"
+                 `sluice team create`, `sluice customer create`, or the admin API)"
             )),
             other => refused.push(format!("{other}: not supported by Sluice")),
         }

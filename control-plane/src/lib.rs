@@ -6,6 +6,7 @@ pub mod admin;
 pub mod alerting;
 pub mod budget;
 pub mod config_file;
+pub mod customers;
 pub mod envoy_bootstrap;
 pub mod fleet_limits;
 pub mod google_tokens;

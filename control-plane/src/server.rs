@@ -277,6 +277,7 @@ pub async fn serve_planes(
             let ads = if tls.is_some() { ads.with_node_identity() } else { ads };
             let fleet_counts = Arc::new(fleet_counts);
             let budgets = BudgetTracker::with_webhook_url(admin.invalidations(), Arc::clone(&metrics), webhook);
+            budgets.rebuild_config_on(admin.config_changes());
             tokio::spawn(publisher.run());
             tokio::spawn(crate::budget::prune_windows(Arc::clone(&store)));
             let ingest = Arc::new(UsageIngest::new(Arc::clone(&store), Arc::clone(&metrics), Arc::clone(&budgets)));

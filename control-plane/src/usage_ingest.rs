@@ -19,6 +19,7 @@ use sluice_proto::gateway::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::budget::{BudgetLimits, BudgetTracker, ScopeId, SpendContext, member_limits};
+use crate::customers::CustomerBudgets;
 use crate::invalidation::Invalidations;
 use crate::metrics::{Metrics, inc};
 use crate::store::{KeyLookup, OrgRecord, SpendLog, Store, StoreError, StoreResult, TeamRecord, UserRecord, now_ms};
@@ -69,13 +70,20 @@ fn found<T>(r: StoreResult<T>) -> StoreResult<Option<T>> {
 pub struct UsageIngest<S> {
     store: Arc<S>,
     tenancy: Mutex<HashMap<String, (Tenancy, Instant)>>,
+    customer_budgets: CustomerBudgets,
     metrics: Arc<Metrics>,
     budgets: Arc<BudgetTracker>,
 }
 
 impl<S: Store> UsageIngest<S> {
     pub fn new(store: Arc<S>, metrics: Arc<Metrics>, budgets: Arc<BudgetTracker>) -> Self {
-        Self { store, tenancy: Mutex::new(HashMap::new()), metrics, budgets }
+        Self {
+            store,
+            tenancy: Mutex::new(HashMap::new()),
+            customer_budgets: CustomerBudgets::default(),
+            metrics,
+            budgets,
+        }
     }
 
     /// Drops a key's cached tenancy when an invalidation names it, its team, user or
@@ -109,11 +117,19 @@ impl<S: Store> UsageIngest<S> {
         });
     }
 
-    /// Stores the batch and, for keys, teams, users and organizations with budgets, adds its
-    /// new spend to their windows in the same transaction (`budget_windows`, shared by every
-    /// replica), then raises the alerts this batch was the first to reach.
+    /// Stores the batch and, for keys, teams, users, organizations and customers with budgets,
+    /// adds its new spend to their windows in the same transaction (`budget_windows`, shared by
+    /// every replica), then raises the alerts this batch was the first to reach.
     async fn store_and_count(&self, logs: &[SpendLog], tenancy: &[&Tenancy]) -> StoreResult<usize> {
-        if !tenancy.iter().any(|t| t.budgeted()) {
+        let customers = if logs.iter().any(|l| l.customer_id.is_some()) {
+            self.customer_budgets.current(&*self.store).await?
+        } else {
+            Default::default()
+        };
+        let customer_budget = |log: &SpendLog| {
+            log.customer_id.as_ref().and_then(|id| Some((ScopeId::Customer(id.clone()), *customers.get(id)?)))
+        };
+        if !tenancy.iter().any(|t| t.budgeted()) && !logs.iter().any(|l| customer_budget(l).is_some()) {
             return self.store.record_spend(logs).await;
         }
         let now = u64::try_from(now_ms()).unwrap_or(0);
@@ -121,7 +137,7 @@ impl<S: Store> UsageIngest<S> {
         // Per scope: its limits and the last key that spent on it (for the webhook's event).
         let mut scopes: HashMap<ScopeId, (BudgetLimits, &SpendContext)> = HashMap::new();
         for (position, (log, t)) in logs.iter().zip(tenancy).enumerate() {
-            for (scope, limits) in budgets_of(log, t) {
+            for (scope, limits) in budgets_of(log, t).into_iter().chain(customer_budget(log)) {
                 charges.push(BudgetTracker::charge(position, &scope, &limits, log.start_ms, now));
                 scopes.insert(scope, (limits, &t.context));
             }

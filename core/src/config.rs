@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cooldown::CooldownPolicy;
 use crate::cost::{Pricing, usd_to_nanos};
+use crate::customers::{CustomerConfig, Customers};
 use crate::endpoint::{Endpoint, RouteSet};
 use crate::error::LimitScope;
 use crate::fallbacks::FallbackRule;
@@ -53,6 +54,10 @@ pub struct GatewayConfig {
     pub keys: Vec<KeyConfig>,
     #[serde(default)]
     pub teams: Vec<TeamConfig>,
+    /// End users with rules (LiteLLM's customers): in standalone mode from config.yaml's
+    /// `customers:`, in xDS mode from the control plane's directory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub customers: Vec<CustomerConfig>,
     /// Keys not in `keys` are looked up in the control plane (xDS mode); None: standalone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_lookup: Option<KeyLookupConfig>,
@@ -775,6 +780,7 @@ pub struct CompiledConfig {
     pub config: GatewayConfig,
     pub keys: Vec<CompiledKey>,
     pub teams: Vec<CompiledTeam>,
+    pub customers: Customers,
     pub groups: Vec<ModelGroup>,
     key_index: HashMap<KeyHash, usize>,
     group_index: HashMap<String, usize>,
@@ -1183,12 +1189,14 @@ impl CompiledConfig {
             keys.push(key);
         }
 
+        let customers = Customers::compile(&config.customers, lease_ms, &mut errors);
+
         if !errors.is_empty() {
             return Err(errors);
         }
         listed_models.sort();
         listed_models.dedup_by(|a, b| a.0 == b.0);
-        Ok(Self { config, keys, teams, groups, key_index, group_index, listed_models, wildcard_groups })
+        Ok(Self { config, keys, teams, customers, groups, key_index, group_index, listed_models, wildcard_groups })
     }
 
     pub fn key(&self, hash: &KeyHash) -> Option<&CompiledKey> {
@@ -1230,16 +1238,18 @@ impl CompiledConfig {
         self.config.deployments.get(idx)
     }
 
-    /// The named records of the configured keys' and teams' counters (key, key × model, the
-    /// key's owners, team): made when the config loads, before traffic, because two workers
-    /// creating the same record at once could lose an update.
+    /// The named records of the configured keys', teams' and (standalone) customers' counters
+    /// (key, key × model, the key's owners, team, customer): made when the config loads,
+    /// before traffic, because two workers creating the same record at once could lose an
+    /// update. In xDS mode customers come and go with the directory: their counters are slotted.
     pub fn named_counters(&self) -> impl Iterator<Item = &str> {
         let keys = self.keys.iter().flat_map(|k| {
             std::iter::once(k.counter_name.as_str())
                 .chain(k.model_limits.values().map(|m| m.counter_name.as_str()))
                 .chain(k.owners.iter().map(|o| o.counter_name.as_str()))
         });
-        keys.chain(self.teams.iter().map(|t| t.counter_name.as_str()))
+        let customers = self.customers.counter_names().filter(|_| self.config.key_lookup.is_none());
+        keys.chain(self.teams.iter().map(|t| t.counter_name.as_str())).chain(customers)
     }
 
     /// A key (and its team) the control plane answered a lookup with, validated and compiled
@@ -1322,6 +1332,7 @@ pub(crate) mod tests {
             deployments: vec![deployment("a", "gpt-4o"), deployment("b", "gpt-4o"), deployment("c", "claude")],
             keys: vec![],
             teams: vec![],
+            customers: vec![],
             key_lookup: None,
             model_group_aliases: Vec::new(),
             retries: RetryPolicy::default(),

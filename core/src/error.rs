@@ -24,6 +24,8 @@ pub enum LimitScope {
     /// A deployment's own `rpm`/`tpm` (`usage-based-routing-v2`): the provider's limit, not
     /// the client's.
     Deployment,
+    /// The request's end user (LiteLLM's customer, `crate::customers`).
+    Customer,
 }
 
 impl LimitScope {
@@ -36,6 +38,7 @@ impl LimitScope {
             Self::Organization => "organization",
             Self::TeamMember => "team_member",
             Self::Deployment => "deployment",
+            Self::Customer => "customer",
         }
     }
 }
@@ -102,6 +105,10 @@ pub enum GatewayError {
     /// The key's user or organization is blocked.
     OwnerBlocked {
         scope: LimitScope,
+    },
+    /// The request's end user (customer) is blocked: a 400, as LiteLLM answers it.
+    CustomerBlocked {
+        id: String,
     },
     /// LiteLLM's parallel request limiter: the scope has `limit` requests in flight already.
     ParallelLimitReached {
@@ -175,6 +182,7 @@ fn whose(scope: LimitScope) -> &'static str {
         LimitScope::Organization => "the organization of this API key",
         LimitScope::TeamMember => "the user of this API key in its team",
         LimitScope::Deployment => "the model's deployment",
+        LimitScope::Customer => "the end user of this request",
     }
 }
 
@@ -207,6 +215,7 @@ impl GatewayError {
             | Self::UnsupportedParams { .. }
             | Self::BudgetExceeded { .. }
             | Self::OwnerBudgetExceeded { .. }
+            | Self::CustomerBlocked { .. }
             | Self::ContextWindowExceeded { .. } => 400,
         }
     }
@@ -221,6 +230,7 @@ impl GatewayError {
             Self::TeamBlocked => "team_blocked",
             Self::OwnerBlocked { scope: LimitScope::Organization } => "organization_blocked",
             Self::OwnerBlocked { .. } => "user_blocked",
+            Self::CustomerBlocked { .. } => "customer_blocked",
             Self::RouteNotAllowed { .. } => "route_not_allowed",
             Self::UnknownRoute => "unknown_url",
             Self::ManagementUnavailable => "management_api_unavailable",
@@ -256,6 +266,7 @@ impl GatewayError {
         "team_blocked",
         "user_blocked",
         "organization_blocked",
+        "customer_blocked",
         "route_not_allowed",
         "unknown_url",
         "management_api_unavailable",
@@ -302,6 +313,7 @@ impl GatewayError {
             | Self::MissingModel => Some("model"),
             Self::InvalidField { param, .. } => Some(param),
             Self::ContextWindowExceeded { .. } => Some("messages"),
+            Self::CustomerBlocked { .. } => Some("user"),
             _ => None,
         }
     }
@@ -316,6 +328,8 @@ impl GatewayError {
             Self::TeamBlocked => "The team of this API key is blocked.".into(),
             Self::OwnerBlocked { scope: LimitScope::Organization } => "The organization of this API key is blocked.".into(),
             Self::OwnerBlocked { .. } => "The user of this API key is blocked.".into(),
+            // LiteLLM's words.
+            Self::CustomerBlocked { id } => format!("User blocked from making LLM API Calls. User={}", echo(id)),
             Self::RouteNotAllowed { route } => format!("This API key is not allowed to call {route}."),
             Self::ManagementUnavailable => "LiteLLM's management API (/key/...) is served by the control plane (`sluice serve`), through its Envoys or on its admin port; this gateway runs standalone, with the keys of its config.yaml.".into(),
             Self::UnknownRoute => "Unknown URL. Sluice serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models and /v1/messages.".into(),
@@ -348,6 +362,7 @@ impl GatewayError {
             Self::BudgetExceeded { scope, spend_usd, max_budget_usd } => {
                 let whose = match scope {
                     LimitScope::Team => "Team budget",
+                    LimitScope::Customer => "End user budget",
                     _ => "Budget",
                 };
                 format!("{whose} has been exceeded! Current cost: {spend_usd:.6}, Max budget: {max_budget_usd:.6}")
@@ -360,6 +375,11 @@ impl GatewayError {
                     echo(team)
                 )
             }
+            // Spent across the fleet: the control plane said so, without the figure.
+            Self::OwnerBudgetExceeded { scope: LimitScope::Customer, id, max_budget_usd, .. } => format!(
+                "Budget has been exceeded! End User={} has spent its budget. Max budget: {max_budget_usd:.6}",
+                echo(id)
+            ),
             Self::OwnerBudgetExceeded { scope, id, spend_usd, max_budget_usd } => {
                 let whose = match scope {
                     LimitScope::Organization => "Organization",
@@ -523,6 +543,7 @@ mod tests {
             GatewayError::ParallelLimitReached { scope: LimitScope::Key, limit: 1 },
             GatewayError::OwnerBlocked { scope: LimitScope::User },
             GatewayError::OwnerBlocked { scope: LimitScope::Organization },
+            GatewayError::CustomerBlocked { id: "ada".into() },
             GatewayError::BudgetExceeded { scope: LimitScope::Key, spend_usd: 1.0, max_budget_usd: 1.0 },
             GatewayError::OwnerBudgetExceeded {
                 scope: LimitScope::User,
@@ -562,6 +583,7 @@ mod tests {
                 | GatewayError::RateLimited { .. }
                 | GatewayError::ParallelLimitReached { .. }
                 | GatewayError::OwnerBlocked { .. }
+                | GatewayError::CustomerBlocked { .. }
                 | GatewayError::BudgetExceeded { .. }
                 | GatewayError::OwnerBudgetExceeded { .. }
                 | GatewayError::ManagementUnavailable

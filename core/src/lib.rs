@@ -8,6 +8,7 @@ pub mod config;
 pub mod conversion;
 pub mod cooldown;
 pub mod cost;
+pub mod customers;
 pub mod deployment_health;
 pub mod endpoint;
 pub mod error;

@@ -2,7 +2,7 @@
 //!
 //! The YAML is parsed into a `serde_json::Value` by the caller (core stays free of YAML).
 //! Every key Sluice does not enforce is an error naming it (a setting that would be silently
-//! ignored is refused), as are unknown fields in Sluice's own `keys:` and `teams:` sections.
+//! ignored is refused), as are unknown fields in Sluice's own `keys:`, `teams:` and `customers:` sections.
 //! Secrets are never copied into warnings, errors or the output: `os.environ/NAME` values are
 //! kept as names (provider keys) or hashed (the master key).
 
@@ -17,6 +17,7 @@ use crate::config::{
 };
 use crate::cooldown::CooldownPolicy;
 use crate::cost::Pricing;
+use crate::customers::CustomerConfig;
 use crate::fallbacks::FallbackRule;
 use crate::keys::check_master_key;
 use crate::price_catalog;
@@ -201,7 +202,7 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
     cx.refuse_unsupported(
         "",
         root,
-        &["model_list", "router_settings", "litellm_settings", "general_settings", "keys", "teams"],
+        &["model_list", "router_settings", "litellm_settings", "general_settings", "keys", "teams", "customers"],
     );
 
     let mut request_timeout_secs = DEFAULT_REQUEST_TIMEOUT_SECS;
@@ -401,6 +402,7 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
     let (deployments, upstreams) = model_list(&mut cx, root.get("model_list"), drop_params);
     let keys: Vec<KeyConfig> = section(&mut cx, root.get("keys"), "keys");
     let teams: Vec<TeamConfig> = section(&mut cx, root.get("teams"), "teams");
+    let customers: Vec<CustomerConfig> = section(&mut cx, root.get("customers"), "customers");
 
     let gateway = GatewayConfig {
         schema_version: SCHEMA_VERSION,
@@ -411,6 +413,7 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
         deployments,
         keys,
         teams,
+        customers,
         key_lookup: None,
         model_group_aliases: aliases,
         retries,

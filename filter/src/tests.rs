@@ -79,6 +79,7 @@ pub(crate) fn base_config() -> GatewayConfig {
         ],
         keys: vec![key_config(1)],
         teams: vec![],
+        customers: vec![],
         key_lookup: None,
         model_group_aliases: Vec::new(),
         retries: Default::default(),
@@ -1225,6 +1226,98 @@ fn parallel_requests_are_limited_per_key_and_team_and_every_end_frees_a_slot() {
         s.finish();
     }
     assert_eq!(h.post("/v1/chat/completions", &key(2), CHAT).1.unwrap().json()["error"]["code"], "rate_limit_exceeded");
+}
+
+/// End users (LiteLLM's customers) named by the body's `user` or LiteLLM's headers: a blocked
+/// one is refused with LiteLLM's 400, one whose budget the fleet spent is refused, and one with
+/// limits is counted across every key that names it; an end user without rules is free.
+#[test]
+fn a_customers_rules_apply_to_every_request_that_names_it() {
+    use sluice_core::customers::CustomerConfig;
+    let mut cfg = base_config();
+    cfg.keys.push(key_config(2));
+    cfg.customers = vec![
+        CustomerConfig { customer_id: "blocked-co".into(), blocked: true, ..CustomerConfig::default() },
+        CustomerConfig {
+            customer_id: "spent-co".into(),
+            max_budget: Some(1.0),
+            budget_spent: true,
+            ..CustomerConfig::default()
+        },
+        CustomerConfig {
+            customer_id: "ada".into(),
+            rpm_limit: Some(2),
+            max_parallel_requests: Some(1),
+            ..CustomerConfig::default()
+        },
+    ];
+    let h = Harness::new(cfg);
+    let as_user =
+        |user: &str| format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"hi"}}],"user":"{user}"}}"#);
+
+    let refused = h.post("/v1/chat/completions", &key(1), &as_user("blocked-co")).1.unwrap();
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.json()["error"]["code"], "customer_blocked");
+    assert_eq!(refused.json()["error"]["param"], "user");
+    assert_eq!(refused.json()["error"]["message"], "User blocked from making LLM API Calls. User=blocked-co");
+    // The header names it too, before the body.
+    let mut s = h.start(
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", format!("Bearer {}", key(1)).as_bytes()), ("x-litellm-customer-id", b"blocked-co")],
+    );
+    assert_eq!(s.send_body(CHAT.as_bytes()).unwrap().json()["error"]["code"], "customer_blocked");
+
+    let refused = h.post("/v1/chat/completions", &key(1), &as_user("spent-co")).1.unwrap();
+    assert_eq!((refused.status, refused.json()["error"]["type"].as_str()), (400, Some("budget_exceeded")));
+    assert!(refused.json()["error"]["message"].as_str().unwrap().contains("End User=spent-co"));
+
+    // One in flight at a time, across keys; two a minute.
+    let (mut first, reply) = h.post("/v1/chat/completions", &key(1), &as_user("ada"));
+    assert!(reply.is_none(), "{reply:?}");
+    let refused = h.post("/v1/chat/completions", &key(2), &as_user("ada")).1.unwrap();
+    assert_eq!(
+        (refused.status, refused.json()["error"]["code"].as_str()),
+        (429, Some("parallel_request_limit_reached"))
+    );
+    assert!(refused.json()["error"]["message"].as_str().unwrap().contains("the end user of this request"));
+    first.respond(200, "application/json", &[openai_response(10, 5, 0).as_bytes()], true);
+    first.finish();
+    let (mut second, reply) = h.post("/v1/chat/completions", &key(2), &as_user("ada"));
+    assert!(reply.is_none(), "{reply:?}");
+    second.finish();
+    let refused = h.post("/v1/chat/completions", &key(1), &as_user("ada")).1.unwrap();
+    assert_eq!((refused.status, refused.json()["error"]["code"].as_str()), (429, Some("rate_limit_exceeded")));
+
+    // Anyone else, and no end user at all, is not limited.
+    for body in [as_user("grace"), CHAT.to_owned(), CHAT.to_owned()] {
+        let (mut s, reply) = h.post("/v1/chat/completions", &key(1), &body);
+        assert!(reply.is_none(), "{reply:?}");
+        s.finish();
+    }
+}
+
+/// A customer's budget is reserved and settled on this Envoy's own count like a key's: once its
+/// spend reaches `max_budget`, the next request that names it is refused.
+#[test]
+fn a_customers_budget_is_counted_on_each_envoy() {
+    use sluice_core::customers::CustomerConfig;
+    let mut cfg = base_config();
+    cfg.customers =
+        vec![CustomerConfig { customer_id: "ada".into(), max_budget: Some(0.0001), ..CustomerConfig::default() }];
+    let h = Harness::new(cfg);
+    let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"user":"ada","max_tokens":5}"#;
+    let (mut s, reply) = h.post("/v1/chat/completions", &key(1), body);
+    assert!(reply.is_none(), "{reply:?}");
+    // 30 prompt + 5 completion tokens: $0.000125, past the budget.
+    s.respond(200, "application/json", &[openai_response(30, 5, 0).as_bytes()], true);
+    s.finish();
+    let refused = h.post("/v1/chat/completions", &key(1), body).1.unwrap();
+    assert_eq!((refused.status, refused.json()["error"]["code"].as_str()), (400, Some("budget_exceeded")));
+    assert!(refused.json()["error"]["message"].as_str().unwrap().starts_with("End user budget has been exceeded!"));
+    // Another end user of the same key is not.
+    let other = body.replace("\"ada\"", "\"grace\"");
+    assert!(h.post("/v1/chat/completions", &key(1), &other).1.is_none());
 }
 
 /// A key's user and organization (their rules come with a looked-up key): their models narrow

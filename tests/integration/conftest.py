@@ -294,6 +294,11 @@ class Gateway:
                 {"team_id": "capped", "rpm_limit": 5},
                 {"team_id": "frozen", "blocked": True},
             ],
+            # End users (LiteLLM's customers) the requests name with `user`.
+            "customers": [
+                {"customer_id": "rpm3-customer", "rpm_limit": 3},
+                {"customer_id": "blocked-customer", "blocked": True},
+            ],
             "keys": keys,
         }
         self.config_path = self.workdir / "config.yaml"

@@ -53,6 +53,22 @@ def test_tpm_counts_real_tokens(gw):
     assert used <= 300 + max(r["total_tokens"] for r in recs)
 
 
+def test_a_customers_rules_from_config_yaml_hold_across_workers_and_keys(gw):
+    """config.yaml's `customers:`: the end user a request names with `user` is held to its RPM
+    limit over both workers and every key (exact: three of thirty), and a blocked one is refused."""
+    away_from_minute_boundary()
+    as_customer = dict(CHAT, user="rpm3-customer")
+    codes = [r.status_code for r in burst(gw, "open", 15, body=as_customer)]
+    codes += [r.status_code for r in burst(gw, "sdk", 15, body=as_customer)]
+    assert (codes.count(200), codes.count(429)) == (3, 27), codes
+    refused = gw.post("/v1/chat/completions", "stream", as_customer)
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert "the end user of this request" in refused.json()["error"]["message"]
+    blocked = gw.post("/v1/chat/completions", "open", dict(CHAT, user="blocked-customer"))
+    assert (blocked.status_code, blocked.json()["error"]["code"]) == (400, "customer_blocked")
+    assert gw.post("/v1/chat/completions", "open", dict(CHAT, user="someone-else")).status_code == 200
+
+
 def test_team_rpm_is_shared_by_its_keys(gw):
     away_from_minute_boundary()
     codes = [gw.post("/v1/chat/completions", alias, CHAT).status_code for alias in ["capped-a", "capped-b"] * 4]

@@ -61,6 +61,7 @@ impl<S: Store> Admin<S> {
             )
             .await
             .map_err(missing("customer"))?;
+        self.config_changed();
         Ok(customer_proto(&after))
     }
 }
@@ -102,6 +103,8 @@ impl<S: Store> pb::budget_service_server::BudgetService for Admin<S> {
             )
             .await
             .map_err(missing("budget"))?;
+        // The customers that refer to it take its limits (in the filter config).
+        self.config_changed();
         Ok(Response::new(budget_proto(&after)))
     }
 
@@ -165,6 +168,8 @@ impl<S: Store> pb::customer_service_server::CustomerService for Admin<S> {
         };
         let audit = NewAudit::new(&caller.actor, "customer.create", "customer", &customer.customer_id);
         self.store.insert(&customer, audit).await.map_err(AdminError::from)?;
+        // Customers' rules travel in the filter config.
+        self.config_changed();
         Ok(Response::new(customer_proto(&customer)))
     }
 
@@ -200,6 +205,7 @@ impl<S: Store> pb::customer_service_server::CustomerService for Admin<S> {
             )
             .await
             .map_err(missing("customer"))?;
+        self.config_changed();
         Ok(Response::new(customer_proto(&after)))
     }
 
@@ -209,6 +215,7 @@ impl<S: Store> pb::customer_service_server::CustomerService for Admin<S> {
         let id = request.into_inner().customer_id;
         let audit = NewAudit::new(&caller.actor, "customer.delete", "customer", &id);
         self.store.delete::<CustomerRecord>(&id, audit).await.map_err(missing("customer"))?;
+        self.config_changed();
         Ok(Response::new(pb::Deleted { id }))
     }
 

@@ -53,6 +53,8 @@ pub enum ScopeKind {
     /// A user in one team (LiteLLM's team member budget): its id is
     /// [`sluice_core::config::member_scope_id`].
     Member,
+    /// An end user (LiteLLM's customer), by `spend_logs.customer_id`.
+    Customer,
 }
 
 impl ScopeKind {
@@ -63,6 +65,7 @@ impl ScopeKind {
             Self::User => "user",
             Self::Org => "org",
             Self::Member => "member",
+            Self::Customer => "customer",
         }
     }
 }
@@ -151,6 +154,13 @@ pub trait SpendStore {
     /// A budget window's spend across the fleet, in nano-dollars (for a window no batch has
     /// charged yet, what `spend_logs` has for it). Reads only.
     fn window_spend(&self, window: &BudgetWindow) -> impl Future<Output = StoreResult<i64>> + Send;
+    /// Every charged window of `kind` still open at `now_ms`: (scope id, window start, spend in
+    /// nano-dollars). One read for all scopes of a kind (the filter config's customers).
+    fn open_windows(
+        &self,
+        kind: ScopeKind,
+        now_ms: i64,
+    ) -> impl Future<Output = StoreResult<Vec<(String, i64, i64)>>> + Send;
     /// Forgets budget windows that ended before a time (Unix ms); returns how many.
     fn prune_budget_windows(&self, ended_before_ms: i64) -> impl Future<Output = StoreResult<u64>> + Send;
     fn query_spend(&self, filter: &SpendFilter, by: GroupBy)
@@ -229,6 +239,7 @@ fn column(kind: ScopeKind) -> &'static str {
         // `member_scope_id` in SQL (the same `|`); NULL when either is: a record without a
         // team or a user is no member's.
         ScopeKind::Member => "(team_id || '|' || user_id)",
+        ScopeKind::Customer => "customer_id",
     }
 }
 
@@ -371,6 +382,20 @@ async fn charge_windows(
 impl SpendStore for SqlStore {
     async fn record_spend(&self, logs: &[SpendLog]) -> StoreResult<usize> {
         Ok(self.record_charged_spend(logs, &[]).await?.0.len())
+    }
+
+    async fn open_windows(&self, kind: ScopeKind, now_ms: i64) -> StoreResult<Vec<(String, i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT scope_id, period_start, spend_nanos FROM budget_windows \
+             WHERE scope_kind = $1 AND (period_end IS NULL OR period_end > $2)",
+        )
+        .bind(kind.as_str())
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("scope_id")?, r.try_get("period_start")?, r.try_get("spend_nanos")?)))
+            .collect()
     }
 
     async fn window_spend(&self, window: &BudgetWindow) -> StoreResult<i64> {

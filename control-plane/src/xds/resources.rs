@@ -47,6 +47,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher}
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, StringValue, UInt32Value};
 use prost::{Message, Name};
 use sluice_core::config::{GatewayConfig, KeyLookupConfig, LookupRateConfig, Provider};
+use sluice_core::customers::CustomerConfig;
 use sluice_core::litellm::{FailurePolicy, Upstream, from_litellm};
 
 use super::protocol::{CLUSTER, EXTENSION_CONFIG, SECRET, Snapshot};
@@ -140,13 +141,15 @@ pub fn build(
     opts: &XdsOptions,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(Snapshot, Vec<String>), String> {
-    build_with_tokens(model_list, opts, env, &|_| None)
+    build_with_tokens(model_list, Vec::new(), opts, env, &|_| None)
 }
 
-/// [`build`], with Vertex AI deployments' access tokens from `google_token` (the
-/// `google_tokens` module's current token for a credential source; None: none yet).
+/// [`build`], with the customers every Envoy holds requests to (`crate::customers`), and
+/// Vertex AI deployments' access tokens from `google_token` (the `google_tokens` module's
+/// current token for a credential source; None: none yet).
 pub fn build_with_tokens(
     model_list: &[serde_json::Value],
+    customers: Vec<CustomerConfig>,
     opts: &XdsOptions,
     env: &dyn Fn(&str) -> Option<String>,
     google_token: &dyn Fn(&GoogleCredentials) -> Option<String>,
@@ -186,6 +189,7 @@ pub fn build_with_tokens(
     // of it is in any Envoy's config or `/config_dump`.
     gateway.master_key_env = None;
     gateway.key_lookup = Some(opts.key_lookup.clone());
+    gateway.customers = customers;
     // The xDS-mode bootstrap's route timeout, not the config's: it is what bounds a request.
     gateway.route_timeout_ms = crate::envoy_bootstrap::XDS_ROUTE_TIMEOUT_SECS.saturating_mul(1000);
 
@@ -690,7 +694,7 @@ mod tests {
             GoogleCredentials::Env(name) => Some(format!("ya29.token-for-{name}")),
             _ => Some("ya29.adc".to_owned()),
         };
-        let (snap, warnings) = build_with_tokens(&list, &options(), &env, &token).unwrap();
+        let (snap, warnings) = build_with_tokens(&list, Vec::new(), &options(), &env, &token).unwrap();
         let secrets = &snap.resources[SECRET];
         let name = format!("sluice-provider-{}", cluster_name("vg"));
         assert_eq!(secrets.keys().collect::<Vec<_>>(), [&name], "{warnings:?}");

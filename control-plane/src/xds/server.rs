@@ -28,7 +28,8 @@ use crate::google_tokens::GoogleTokens;
 use crate::metrics::{Metrics, inc};
 use crate::store::Store;
 
-/// How often the snapshot is rebuilt without a change notice (changes made by another replica).
+/// How often the snapshot is rebuilt without a change notice (changes made by another replica,
+/// customers' budget windows that ended).
 const REBUILD_PERIOD: Duration = Duration::from_secs(5);
 
 /// The single writer of snapshots.
@@ -60,9 +61,13 @@ impl<S: Store> SnapshotPublisher<S> {
     pub async fn rebuild(&self) -> Result<bool, String> {
         let models = self.store.all_models().await.map_err(|e| format!("reading deployments: {e}"))?;
         let entries: Vec<serde_json::Value> = models.into_iter().map(|m| m.entry).collect();
+        let now_ms = u64::try_from(crate::store::now_ms()).unwrap_or(0);
+        let customers = crate::customers::customer_configs(&*self.store, now_ms)
+            .await
+            .map_err(|e| format!("reading customers: {e}"))?;
         let env = |name: &str| std::env::var(name).ok();
         let token = |source: &GoogleCredentials| self.google_tokens.current(source);
-        let (snapshot, warnings) = build_with_tokens(&entries, &self.options, &env, &token)?;
+        let (snapshot, warnings) = build_with_tokens(&entries, customers, &self.options, &env, &token)?;
         // Only what the policy refuses: the rest was said when the deployment was accepted.
         for w in warnings.iter().filter(|w| w.contains("no credential sent")) {
             if self.reported.lock().map(|mut seen| seen.insert(w.clone())).unwrap_or(false) {

@@ -4,6 +4,7 @@
 
 use sluice_core::config::Deployment;
 use sluice_core::conversion::vertex;
+use sluice_core::customers::CompiledCustomer;
 use sluice_core::refusals;
 
 use super::choice::NoChoice;
@@ -114,6 +115,12 @@ impl<H: Host> RequestFlow<H> {
         }
         if endpoint == Endpoint::CountTokens {
             return self.count_tokens(&gateway, group, matched, body, &req);
+        }
+        // The end user (LiteLLM's customer): a header names it before the body does.
+        let end_user = self.header_end_user.clone().or_else(|| req.end_user.as_deref().map(str::to_owned));
+        let customer = end_user.as_deref().and_then(|id| Some(id).zip(config.customers.get(id)));
+        if let Some((id, customer)) = customer.filter(|_| !self.failover_pass) {
+            check_customer(id, customer)?;
         }
         if !self.failover_pass {
             let retries = req.num_retries.unwrap_or(config.config.retries.num_retries);
@@ -259,6 +266,14 @@ impl<H: Host> RequestFlow<H> {
                 });
             }
         }
+        if let Some((_, customer)) = customer.filter(|(_, c)| !c.limits.is_unlimited()) {
+            scopes.push(Scope {
+                name: &customer.counter_name,
+                limits: customer.limits,
+                kind: LimitScope::Customer,
+                placement,
+            });
+        }
         // usage-based-routing-v2: the deployment's rpm/tpm are limits, admitted with the key's.
         if let Some(name) = gateway.usage_counters.get(index).filter(|_| group.deployments.len() > 1) {
             let limits = choice::usage_limits(deployment);
@@ -314,7 +329,7 @@ impl<H: Host> RequestFlow<H> {
             },
             retries,
             in_flight,
-            end_user: self.header_end_user.clone().or_else(|| req.end_user.as_deref().map(str::to_owned)),
+            end_user,
         });
         Ok(())
     }
@@ -402,4 +417,22 @@ impl<H: Host> RequestFlow<H> {
         self.send_upstream(gateway, index, &upstream_path, body.len(), new_body.as_deref());
         Ok(())
     }
+}
+
+/// A customer's standing before anything is reserved: blocked, or its budget spent across the
+/// fleet (the control plane's word; this Envoy's own count is its scope's, at admission).
+fn check_customer(id: &str, customer: &CompiledCustomer) -> Result<(), GatewayError> {
+    if customer.blocked {
+        return Err(GatewayError::CustomerBlocked { id: id.to_owned() });
+    }
+    if customer.budget_spent {
+        let max_budget_usd = customer.limits.max_budget_nanos.map_or(0.0, sluice_core::cost::nanos_to_usd);
+        return Err(GatewayError::OwnerBudgetExceeded {
+            scope: LimitScope::Customer,
+            id: id.to_owned(),
+            spend_usd: max_budget_usd,
+            max_budget_usd,
+        });
+    }
+    Ok(())
 }

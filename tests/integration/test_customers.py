@@ -1,0 +1,124 @@
+"""End users (LiteLLM's customers) held to their rules by every Envoy (xDS mode).
+
+A real control plane and real Envoys (`test_xds.Fleet`). A request names its end user with the
+body's `user` (or LiteLLM's `x-litellm-customer-id` header); a customer made through the CLI or
+LiteLLM's `/customer/new` is refused by every Envoy once blocked, counted against its RPM limit
+across all keys, and refused by every Envoy once its budget (its own or its budget object's) is
+spent through any of them, until it is unblocked or given more budget.
+"""
+
+import json
+import time
+
+import httpx
+import pytest
+
+from test_xds import CHAT, Fleet, create_key, wait_until
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    f = Fleet(tmp_path)
+    try:
+        f.start_control_plane()
+        yield f
+    finally:
+        f.stop()
+
+
+def as_customer(user):
+    return dict(CHAT, user=user)
+
+
+def refused(resp, code):
+    return resp.status_code != 200 and resp.json()["error"]["code"] == code and resp
+
+
+def test_a_blocked_customer_is_refused_by_every_envoy_until_unblocked(fleet):
+    a = fleet.start_envoy("edge-a")
+    b = fleet.start_envoy("edge-b")
+    key, _ = create_key(fleet, "--alias", "app")
+    assert a.chat(as_customer("ada"), key=key).status_code == 200
+    # Through LiteLLM's REST API on the gateway's own URL, as LiteLLM's users script it.
+    admin = {"Authorization": f"Bearer {fleet.master_key}"}
+    resp = httpx.post(f"{a.url}/customer/new", json={"user_id": "ada"}, headers=admin, timeout=10)
+    assert resp.status_code == 200, resp.text
+    resp = httpx.post(f"{a.url}/customer/block", json={"user_ids": ["ada"]}, headers=admin, timeout=10)
+    assert resp.status_code == 200, resp.text
+
+    for envoy in (a, b):
+        resp = wait_until(lambda e=envoy: refused(e.chat(as_customer("ada"), key=key), "customer_blocked"),
+                          timeout=5, what="the blocked customer refused")
+        error = resp.json()["error"]
+        assert resp.status_code == 400
+        assert (error["message"], error["param"]) == ("User blocked from making LLM API Calls. User=ada", "user")
+    # LiteLLM's header names the customer before the body does.
+    resp = httpx.post(f"{b.url}/v1/chat/completions", json=as_customer("someone-else"), timeout=10,
+                      headers={"Authorization": f"Bearer {key}", "x-litellm-customer-id": "ada"})
+    assert refused(resp, "customer_blocked"), resp.text
+    # Nothing of the refused requests went upstream or was billed; others are served.
+    assert a.chat(as_customer("grace"), key=key).status_code == 200
+    assert a.chat(CHAT, key=key).status_code == 200
+
+    fleet.cli("customer", "unblock", "ada")
+    for envoy in (a, b):
+        wait_until(lambda e=envoy: e.chat(as_customer("ada"), key=key).status_code == 200, timeout=5,
+                   what="the unblocked customer served")
+
+
+def test_a_customers_budget_spent_through_one_envoy_is_refused_by_the_other(fleet):
+    a = fleet.start_envoy("edge-a")
+    b = fleet.start_envoy("edge-b")
+    # Each request costs ~$0.00016 (gpt-4o, 16 output tokens): ~7 spend the budget.
+    fleet.cli("budget", "create", "--id", "free-tier", "--max-budget", "0.001", "--budget-duration", "30d")
+    fleet.cli("customer", "create", "--id", "ada", "--budget", "free-tier")
+    key_a, _ = create_key(fleet, "--alias", "app-a")
+    key_b, _ = create_key(fleet, "--alias", "app-b")
+    assert b.chat(as_customer("ada"), key=key_b).status_code == 200
+
+    # a counts the customer's spend itself: it refuses once its own count reaches the budget.
+    served = 0
+    for _ in range(40):
+        resp = a.chat(as_customer("ada"), key=key_a)
+        if resp.status_code != 200:
+            break
+        served += 1
+    assert refused(resp, "budget_exceeded"), resp.text
+    assert resp.json()["error"]["message"].startswith("End user budget has been exceeded!")
+    assert 4 <= served <= 8, served
+
+    # b, which served ada once, hears from the control plane that the fleet spent it.
+    resp = wait_until(lambda: refused(b.chat(as_customer("ada"), key=key_b), "budget_exceeded"), timeout=5,
+                      what="b refuses the customer")
+    assert resp.json()["error"]["message"] == (
+        "Budget has been exceeded! End User=ada has spent its budget. Max budget: 0.001000")
+    assert b.chat(as_customer("grace"), key=key_b).status_code == 200, "other end users are not affected"
+
+    # The spend is the customer's, as reported, and at most one request over the budget.
+    report = fleet.cli("spend", "--group-by", "customer", "--json").stdout
+    ada = next(r for r in json.loads(report)["rows"] if r["group"] == "ada")
+    assert 0.001 <= ada["spend"] < 0.001 + 0.0005, ada
+
+    # More budget: served again everywhere.
+    fleet.cli("budget", "update", "free-tier", "--max-budget", "1")
+    for envoy, key in ((a, key_a), (b, key_b)):
+        wait_until(lambda e=envoy, k=key: e.chat(as_customer("ada"), key=k).status_code == 200, timeout=5,
+                   what="the customer served with more budget")
+
+
+def test_a_customers_rpm_limit_counts_every_key_that_names_it(fleet):
+    envoy = fleet.start_envoy("edge-a")
+    fleet.cli("customer", "create", "--id", "bob", "--rpm", "3")
+    keys = [create_key(fleet, "--alias", f"app-{i}")[0] for i in range(3)]
+    # One minute's window for the whole test (RPM windows are the clock's minutes).
+    if time.time() % 60 > 45:
+        time.sleep(60.5 - time.time() % 60)
+    wait_until(lambda: refused(envoy.chat(as_customer("bob"), key=keys[0]), "rate_limit_exceeded")
+               or None, timeout=5, what="the customer's limit in force")
+    # The limit counted the requests above; every key now gets the customer's 429.
+    for key in keys:
+        resp = envoy.chat(as_customer("bob"), key=key)
+        assert refused(resp, "rate_limit_exceeded"), resp.text
+        assert "the end user of this request" in resp.json()["error"]["message"]
+        assert resp.headers.get("retry-after")
+    assert envoy.chat(as_customer("carol"), key=keys[0]).status_code == 200
