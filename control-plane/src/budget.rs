@@ -47,6 +47,14 @@ pub enum ScopeId {
     Member(String),
     /// An end user (LiteLLM's customer).
     Customer(String),
+    /// A key on one model group, by [`key_model_scope_id`].
+    KeyModel(String),
+}
+
+/// A key's budget on one model group (LiteLLM's `model_max_budget`), as its scope names it:
+/// the key's id and the group joined by `|` (no key id contains one).
+pub fn key_model_scope_id(key_id: &str, model_group: &str) -> String {
+    format!("{key_id}|{model_group}")
 }
 
 impl ScopeId {
@@ -63,6 +71,7 @@ impl ScopeId {
             Self::Org(id) => (ScopeKind::Org, id),
             Self::Member(id) => (ScopeKind::Member, id),
             Self::Customer(id) => (ScopeKind::Customer, id),
+            Self::KeyModel(id) => (ScopeKind::KeyModel, id),
         }
     }
 
@@ -74,6 +83,7 @@ impl ScopeId {
             ScopeKind::Org => Self::Org(id.to_owned()),
             ScopeKind::Member => Self::Member(id.to_owned()),
             ScopeKind::Customer => Self::Customer(id.to_owned()),
+            ScopeKind::KeyModel => Self::KeyModel(id.to_owned()),
         }
     }
 
@@ -87,6 +97,7 @@ impl ScopeId {
             Self::Org(id) => Target::Org(id.clone()),
             // Every key of the user (its keys in this team among them).
             Self::Member(id) => Target::User(member_scope_parts(id).1.to_owned()),
+            Self::KeyModel(id) => Target::Key(id.split_once('|').map_or(id.as_str(), |(key, _)| key).to_owned()),
             Self::Customer(_) => return None,
         })
     }
@@ -100,6 +111,7 @@ impl ScopeId {
             Self::Org(_) => ("organization", "Organization"),
             Self::Member(_) => ("team", "Team member"),
             Self::Customer(_) => ("customer", "Customer"),
+            Self::KeyModel(_) => ("key", "Key model"),
         }
     }
 }
@@ -408,6 +420,7 @@ fn event(crossed: Crossed, scope: &ScopeId, spend_nanos: u64, limits: &BudgetLim
             let (team, user) = member_scope_parts(id);
             (team_id, user_id) = (Some(team.to_owned()), Some(user.to_owned()));
         }
+        ScopeId::KeyModel(id) => token = Some(id.split_once('|').map_or(id.as_str(), |(key, _)| key).to_owned()),
         ScopeId::Customer(_) => {}
     }
     let customer_id = match scope {

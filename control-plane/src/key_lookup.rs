@@ -17,7 +17,7 @@ use sluice_proto::gateway::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::budget::{BudgetLimits, BudgetTracker, ScopeId, member_limits};
+use crate::budget::{BudgetLimits, BudgetTracker, ScopeId, key_model_scope_id, member_limits};
 use crate::fleet_limits::{FleetCounts, current_window};
 use crate::invalidation::Invalidations;
 use crate::metrics::{Metrics, inc};
@@ -140,6 +140,19 @@ fn per_model(limits: &BTreeMap<String, i64>) -> BTreeMap<String, u64> {
     limits.iter().filter_map(|(m, v)| Some((m.clone(), u64::try_from(*v).ok()?))).collect()
 }
 
+/// A key's budget on each model group (LiteLLM's `model_max_budget`) as a budget of its own,
+/// in the key's `budget_duration` windows.
+pub fn model_budgets(key: &KeyRecord) -> impl Iterator<Item = (String, LimitsRecord)> + '_ {
+    key.model_limits.max_budget_nanos.iter().map(|(group, nanos)| {
+        let limits = LimitsRecord {
+            max_budget_nanos: Some(*nanos),
+            budget_duration: key.limits.budget_duration.clone(),
+            ..LimitsRecord::default()
+        };
+        (group.clone(), limits)
+    })
+}
+
 /// The gateway's view of a stored key.
 pub fn key_config(hash: KeyHash, key: &KeyRecord) -> KeyConfig {
     KeyConfig {
@@ -161,6 +174,13 @@ pub fn key_config(hash: KeyHash, key: &KeyRecord) -> KeyConfig {
         metadata: key.metadata.as_object().cloned().unwrap_or_default(),
         model_rpm_limit: per_model(&key.model_limits.rpm),
         model_tpm_limit: per_model(&key.model_limits.tpm),
+        model_max_budget: key
+            .model_limits
+            .max_budget_nanos
+            .iter()
+            .filter_map(|(m, nanos)| Some((m.clone(), usd(Some(*nanos))?)))
+            .collect(),
+        model_fleet_spend: BTreeMap::new(),
         fleet_spend: None,
         // The lookup adds the team's organization and the owners' budgets.
         organization_id: key.organization_id.clone(),
@@ -262,6 +282,13 @@ impl<S: Store> KeyLookupService for KeyLookupApi<S> {
         let team_json = team_answer.as_ref().map(json).transpose()?.unwrap_or_default();
         let mut config = key_config(hash, &key);
         config.fleet_spend = self.fleet_spend(ScopeId::Key(key.key_id.clone()), &key.limits).await?;
+        // Each model budget's spend, in the key's own budget window.
+        for (group, limits) in model_budgets(&key) {
+            let scope = ScopeId::KeyModel(key_model_scope_id(&key.key_id, &group));
+            if let Some(spend) = self.fleet_spend(scope, &limits).await? {
+                config.model_fleet_spend.insert(group, spend);
+            }
+        }
         // The user's and the organization's budgets (no counter in the filter: this answer,
         // and the invalidation when they are spent, are what enforce them).
         config.organization_id = key

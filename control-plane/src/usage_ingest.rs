@@ -18,7 +18,8 @@ use sluice_proto::gateway::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::budget::{BudgetLimits, BudgetTracker, ScopeId, SpendContext, member_limits};
+use crate::budget::{BudgetLimits, BudgetTracker, ScopeId, SpendContext, key_model_scope_id, member_limits};
+use crate::key_lookup::model_budgets;
 use crate::customers::CustomerBudgets;
 use crate::invalidation::Invalidations;
 use crate::metrics::{Metrics, inc};
@@ -44,6 +45,8 @@ struct Tenancy {
     org_budget: Option<(String, BudgetLimits)>,
     /// The key's user's budget in the key's team (by `member_scope_id`).
     member_budget: Option<(String, BudgetLimits)>,
+    /// The key's budget on each model group (`model_max_budget`).
+    model_budgets: HashMap<String, BudgetLimits>,
     /// The key and its owners, as a budget webhook event names them.
     context: SpendContext,
 }
@@ -55,6 +58,7 @@ impl Tenancy {
             || self.user_budget.is_some()
             || self.org_budget.is_some()
             || self.member_budget.is_some()
+            || !self.model_budgets.is_empty()
     }
 }
 
@@ -189,6 +193,9 @@ impl<S: Store> UsageIngest<S> {
                 };
                 Tenancy {
                     member_budget,
+                    model_budgets: model_budgets(&k)
+                        .filter_map(|(group, limits)| Some((group, BudgetLimits::of(&limits)?)))
+                        .collect(),
                     key_budget: BudgetLimits::of(&k.limits),
                     team_budget: team.as_ref().and_then(|t| Some((t.team_id.clone(), BudgetLimits::of(&t.limits)?))),
                     user_budget: user.as_ref().and_then(|u| Some((u.user_id.clone(), BudgetLimits::of(&u.limits)?))),
@@ -234,7 +241,11 @@ fn budgets_of(log: &SpendLog, t: &Tenancy) -> Vec<(ScopeId, BudgetLimits)> {
     let org = named(&t.org_budget, &log.organization_id).map(|(id, l)| (ScopeId::Org(id), l));
     let member_column = log.team_id.as_deref().zip(log.user_id.as_deref()).map(|(t, u)| member_scope_id(t, u));
     let member = named(&t.member_budget, &member_column).map(|(id, l)| (ScopeId::Member(id), l));
-    [key, team, user, org, member].into_iter().flatten().collect()
+    let model = log.key_id.as_ref().and_then(|key_id| {
+        let limits = t.model_budgets.get(&log.model_group)?;
+        Some((ScopeId::KeyModel(key_model_scope_id(key_id, &log.model_group)), *limits))
+    });
+    [key, team, user, org, member, model].into_iter().flatten().collect()
 }
 
 fn outcome(o: i32) -> &'static str {

@@ -522,6 +522,14 @@ pub struct KeyConfig {
     pub model_rpm_limit: BTreeMap<String, u64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub model_tpm_limit: BTreeMap<String, u64>,
+    /// USD per model group (LiteLLM's `model_max_budget`), in the key's `budget_duration`
+    /// windows: what the key may spend on that model, besides its own `max_budget`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub model_max_budget: BTreeMap<String, f64>,
+    /// USD this key spent on each budgeted model across every Envoy in the current window, as
+    /// the control plane counted it when it answered a lookup (xDS mode).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub model_fleet_spend: BTreeMap<String, f64>,
     /// USD this key spent across every Envoy in its current budget window, as the control
     /// plane counted it when it answered a lookup (xDS mode; a key at its `max_budget` is
     /// refused everywhere, not only on the Envoy that spent it).
@@ -665,7 +673,7 @@ pub struct CompiledKey {
     pub blocked: bool,
     pub expires_unix_secs: Option<i64>,
     pub limits: ScopeLimits,
-    /// Per-model limits (`model_rpm_limit` / `model_tpm_limit`) by model group.
+    /// Per-model limits (`model_rpm_limit`, `model_tpm_limit`, `model_max_budget`) by model group.
     pub model_limits: HashMap<String, ModelScope>,
     /// Shared-data name of this key's counters.
     pub counter_name: String,
@@ -730,6 +738,8 @@ pub struct ResolvedKey {
 pub struct ModelScope {
     pub limits: ScopeLimits,
     pub counter_name: String,
+    /// What the fleet spent of the model's budget in the current window (xDS mode), nano-dollars.
+    pub fleet_spend_nanos: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -935,18 +945,24 @@ fn compile_key(
         RouteSet::ALL
     });
     let mut model_limits = HashMap::new();
-    for group in k.model_rpm_limit.keys().chain(k.model_tpm_limit.keys()) {
+    for (group, budget) in &k.model_max_budget {
+        check_budget(&format!("{what}: model_max_budget.{group}"), Some(*budget), errors);
+    }
+    for group in k.model_rpm_limit.keys().chain(k.model_tpm_limit.keys()).chain(k.model_max_budget.keys()) {
         if !known_group(group) {
             errors.push(ConfigError(format!("{what}: per-model limit for unknown model {group:?}")));
         }
+        let budget = k.model_max_budget.get(group).map(|usd| usd_to_nanos(*usd));
         model_limits.entry(group.clone()).or_insert_with(|| ModelScope {
             limits: ScopeLimits::new(
                 k.model_rpm_limit.get(group).copied(),
                 k.model_tpm_limit.get(group).copied(),
-                None,
-                None,
+                budget,
+                // LiteLLM's per-model budgets reset with the key's own window.
+                budget.and(k.budget_duration),
             ),
             counter_name: key_model_counter_name(&key_id, group),
+            fleet_spend_nanos: k.model_fleet_spend.get(group).map(|usd| usd_to_nanos(*usd)),
         });
     }
     let mut owners = Vec::new();

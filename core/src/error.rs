@@ -363,6 +363,7 @@ impl GatewayError {
                 let whose = match scope {
                     LimitScope::Team => "Team budget",
                     LimitScope::Customer => "End user budget",
+                    LimitScope::KeyModel => "This API key's budget for the model",
                     _ => "Budget",
                 };
                 format!("{whose} has been exceeded! Current cost: {spend_usd:.6}, Max budget: {max_budget_usd:.6}")

@@ -1228,6 +1228,25 @@ fn parallel_requests_are_limited_per_key_and_team_and_every_end_frees_a_slot() {
     assert_eq!(h.post("/v1/chat/completions", &key(2), CHAT).1.unwrap().json()["error"]["code"], "rate_limit_exceeded");
 }
 
+/// A key's `model_max_budget` (standalone): this Envoy counts the key's spend on that model and
+/// refuses the model, only it, once spent.
+#[test]
+fn a_keys_model_budget_is_counted_on_each_envoy() {
+    let mut cfg = base_config();
+    cfg.keys[0].model_max_budget = [("gpt-4o".to_string(), 0.0001)].into();
+    let h = Harness::new(cfg);
+    let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#;
+    let (mut s, reply) = h.post("/v1/chat/completions", &key(1), body);
+    assert!(reply.is_none(), "{reply:?}");
+    s.respond(200, "application/json", &[openai_response(30, 5, 0).as_bytes()], true);
+    s.finish();
+    let refused = h.post("/v1/chat/completions", &key(1), body).1.unwrap();
+    assert_eq!((refused.status, refused.json()["error"]["code"].as_str()), (400, Some("budget_exceeded")));
+    let (mut s, reply) = h.post("/v1/chat/completions", &key(1), &body.replace("gpt-4o", "gpt-4o-mini"));
+    assert!(reply.is_none(), "another model is not limited: {reply:?}");
+    s.finish();
+}
+
 /// End users (LiteLLM's customers) named by the body's `user` or LiteLLM's headers: a blocked
 /// one is refused with LiteLLM's 400, one whose budget the fleet spent is refused, and one with
 /// limits is counted across every key that names it; an end user without rules is free.
@@ -2380,6 +2399,30 @@ mod fleet_budgets {
         s.send_body_awaiting_lookup(CHAT.as_bytes());
         s.deliver(0, &answer(Some(&KeyConfig { max_budget: Some(1.0), fleet_spend: Some(0.5), ..stored(52) }), None));
         assert!(s.reply().is_none());
+    }
+
+    /// LiteLLM's `model_max_budget`: the key's budget for one model, spent across the fleet,
+    /// refuses that model only.
+    #[test]
+    fn a_keys_model_budget_the_fleet_spent_refuses_that_model_only() {
+        let h = Harness::new(xds_config(false));
+        let cfg = KeyConfig {
+            model_max_budget: [("gpt-4o".to_string(), 0.5)].into(),
+            model_fleet_spend: [("gpt-4o".to_string(), 0.5)].into(),
+            ..stored(53)
+        };
+        let k = key(53);
+        let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        s.send_body_awaiting_lookup(CHAT.as_bytes());
+        s.deliver(0, &answer(Some(&cfg), None));
+        let reply = s.reply().unwrap();
+        assert_eq!((reply.status, reply.json()["error"]["code"].as_str()), (400, Some("budget_exceeded")));
+        let message = reply.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.starts_with("This API key's budget for the model has been exceeded! Current cost: 0.500000"));
+        let other = CHAT.replace("gpt-4o", "gpt-4o-mini");
+        let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", format!("Bearer {k}").as_bytes())]);
+        let reply = s.send_body(other.as_bytes());
+        assert!(reply.is_none(), "another model is not limited: {reply:?}");
     }
 }
 

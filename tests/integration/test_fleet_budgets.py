@@ -15,6 +15,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 
 from conftest import CertAuthority
@@ -214,3 +215,36 @@ def test_a_team_members_budget_is_refused_across_the_fleet_and_no_one_elses(aler
     [(_, event)] = wait_until(lambda: hook.of("budget_crossed"), timeout=10, what="budget_crossed delivered")
     assert (event["event_group"], event["team_id"], event["user_id"]) == ("team", "ml", "alice")
     assert event["event_message"] == "Team member Budget: Budget Crossed" and event["max_budget"] == 0.001
+
+
+def test_a_keys_model_budget_is_refused_across_the_fleet_for_that_model_only(alerting_fleet):
+    """LiteLLM's `model_max_budget` on `/key/generate`: the key's spend on gpt-4o, in its own
+    budget window, is capped; spent through one Envoy (which counts it itself), the other Envoy
+    refuses gpt-4o for the key once the control plane counted it, and gpt-4o-mini stays open."""
+    fleet, hook = alerting_fleet
+    a = fleet.start_envoy("edge-a")
+    b = fleet.start_envoy("edge-b")
+    admin = {"Authorization": f"Bearer {fleet.master_key}"}
+    resp = httpx.post(f"{a.url}/key/generate", headers=admin, timeout=10,
+                      json={"model_max_budget": {"gpt-4o": {"budget_limit": 0.001}}, "budget_duration": "30d"})
+    assert resp.status_code == 200, resp.text
+    key, key_id = resp.json()["key"], resp.json()["token"]
+    mini = dict(CHAT, model="gpt-4o-mini")
+    assert b.chat(CHAT, key=key).status_code == 200  # cached on b
+
+    served = 0
+    for _ in range(40):
+        resp = a.chat(CHAT, key=key)
+        if resp.status_code != 200:
+            break
+        served += 1
+    assert (resp.status_code, resp.json()["error"]["code"]) == (400, "budget_exceeded"), resp.text
+    assert resp.json()["error"]["message"].startswith("This API key's budget for the model has been exceeded!")
+    assert 4 <= served <= 8, served
+
+    resp = wait_until(lambda: refused(b.chat(CHAT, key=key)), timeout=5, what="b refuses gpt-4o for the key")
+    assert resp.json()["error"]["message"].endswith("Max budget: 0.001000")
+    for envoy in (a, b):
+        assert envoy.chat(mini, key=key).status_code == 200, "the key's other models are not limited"
+    [(_, event)] = wait_until(lambda: hook.of("budget_crossed"), timeout=5, what="budget_crossed delivered")
+    assert (event["event_group"], event["token"], event["max_budget"]) == ("key", key_id, 0.001)

@@ -55,6 +55,9 @@ pub enum ScopeKind {
     Member,
     /// An end user (LiteLLM's customer), by `spend_logs.customer_id`.
     Customer,
+    /// A key on one model group (LiteLLM's `model_max_budget`): its id is
+    /// [`crate::budget::key_model_scope_id`].
+    KeyModel,
 }
 
 impl ScopeKind {
@@ -66,6 +69,7 @@ impl ScopeKind {
             Self::Org => "org",
             Self::Member => "member",
             Self::Customer => "customer",
+            Self::KeyModel => "key_model",
         }
     }
 }
@@ -240,6 +244,7 @@ fn column(kind: ScopeKind) -> &'static str {
         // team or a user is no member's.
         ScopeKind::Member => "(team_id || '|' || user_id)",
         ScopeKind::Customer => "customer_id",
+        ScopeKind::KeyModel => "(key_id || '|' || model_group)",
     }
 }
 

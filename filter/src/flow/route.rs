@@ -2,8 +2,9 @@
 //! formats differ, admit on every limited scope, and point the held request at the deployment
 //! with its credential (or answer `count_tokens`).
 
-use sluice_core::config::Deployment;
+use sluice_core::config::{Deployment, FleetBudget};
 use sluice_core::conversion::vertex;
+use sluice_core::cost::nanos_to_usd;
 use sluice_core::customers::CompiledCustomer;
 use sluice_core::refusals;
 
@@ -258,6 +259,15 @@ impl<H: Host> RequestFlow<H> {
                 scopes.push(Scope { name: &owner.counter_name, limits: owner.limits, kind: owner.scope, placement });
             }
             if let Some(per_model) = key.model_limits.get(&group.name) {
+                // The key's budget for this model, spent across the fleet (xDS mode).
+                let fleet = FleetBudget { max_nanos: per_model.limits.max_budget_nanos, spend_nanos: per_model.fleet_spend_nanos };
+                if let Some((spent, max)) = fleet.exceeded().filter(|_| !self.failover_pass) {
+                    return Err(GatewayError::BudgetExceeded {
+                        scope: LimitScope::KeyModel,
+                        spend_usd: nanos_to_usd(spent),
+                        max_budget_usd: nanos_to_usd(max),
+                    });
+                }
                 scopes.push(Scope {
                     name: &per_model.counter_name,
                     limits: per_model.limits,
@@ -426,7 +436,7 @@ fn check_customer(id: &str, customer: &CompiledCustomer) -> Result<(), GatewayEr
         return Err(GatewayError::CustomerBlocked { id: id.to_owned() });
     }
     if customer.budget_spent {
-        let max_budget_usd = customer.limits.max_budget_nanos.map_or(0.0, sluice_core::cost::nanos_to_usd);
+        let max_budget_usd = customer.limits.max_budget_nanos.map_or(0.0, nanos_to_usd);
         return Err(GatewayError::OwnerBudgetExceeded {
             scope: LimitScope::Customer,
             id: id.to_owned(),
