@@ -29,7 +29,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use sluice_core::config::{member_scope_id, member_scope_parts};
+use sluice_core::config::{ProxyBudget, member_scope_id, member_scope_parts};
+use sluice_core::cost::usd_to_nanos;
 use sluice_core::time::BudgetDuration;
 
 use crate::alerting::{Delivery, Webhook, WebhookEvent};
@@ -49,6 +50,8 @@ pub enum ScopeId {
     Customer(String),
     /// A key on one model group, by [`key_model_scope_id`].
     KeyModel(String),
+    /// The whole gateway (`litellm_settings.max_budget`).
+    Proxy,
 }
 
 /// A key's budget on one model group (LiteLLM's `model_max_budget`), as its scope names it:
@@ -72,6 +75,7 @@ impl ScopeId {
             Self::Member(id) => (ScopeKind::Member, id),
             Self::Customer(id) => (ScopeKind::Customer, id),
             Self::KeyModel(id) => (ScopeKind::KeyModel, id),
+            Self::Proxy => (ScopeKind::Proxy, "proxy"),
         }
     }
 
@@ -84,11 +88,12 @@ impl ScopeId {
             ScopeKind::Member => Self::Member(id.to_owned()),
             ScopeKind::Customer => Self::Customer(id.to_owned()),
             ScopeKind::KeyModel => Self::KeyModel(id.to_owned()),
+            ScopeKind::Proxy => Self::Proxy,
         }
     }
 
     /// The keys Envoys must look up again when the scope's budget is spent or its window ends;
-    /// None for a customer, whose standing travels in the filter config instead.
+    /// None for a customer and the gateway, whose standing travels in the filter config instead.
     fn target(&self) -> Option<Target> {
         Some(match self {
             Self::Key(id) => Target::Key(id.clone()),
@@ -98,7 +103,7 @@ impl ScopeId {
             // Every key of the user (its keys in this team among them).
             Self::Member(id) => Target::User(member_scope_parts(id).1.to_owned()),
             Self::KeyModel(id) => Target::Key(id.split_once('|').map_or(id.as_str(), |(key, _)| key).to_owned()),
-            Self::Customer(_) => return None,
+            Self::Customer(_) | Self::Proxy => return None,
         })
     }
 
@@ -112,6 +117,7 @@ impl ScopeId {
             Self::Member(_) => ("team", "Team member"),
             Self::Customer(_) => ("customer", "Customer"),
             Self::KeyModel(_) => ("key", "Key model"),
+            Self::Proxy => ("proxy", "Proxy"),
         }
     }
 }
@@ -179,6 +185,18 @@ impl BudgetLimits {
         let signed = |ms: u64| i64::try_from(ms).unwrap_or(i64::MAX);
         BudgetWindow { kind, id: id.to_owned(), start_ms: signed(start_ms), end_ms: end_ms.map(signed) }
     }
+}
+
+/// Whether the gateway's own budget is spent across the fleet in its current window (for the
+/// filter config, `crate::customers`).
+pub async fn proxy_budget_spent<S: Store>(store: &S, budget: &ProxyBudget, now_ms: u64) -> StoreResult<bool> {
+    let limits = BudgetLimits {
+        max_nanos: Some(usd_to_nanos(budget.max_budget)),
+        soft_nanos: None,
+        duration: budget.budget_duration,
+    };
+    let spent = store.window_spend(&limits.budget_window(&ScopeId::Proxy, now_ms)).await?;
+    Ok(limits.max_nanos.is_some_and(|max| u64::try_from(spent).unwrap_or(0) >= max))
 }
 
 /// What a scope has spent in its current budget window, as LiteLLM shows an object's
@@ -421,7 +439,7 @@ fn event(crossed: Crossed, scope: &ScopeId, spend_nanos: u64, limits: &BudgetLim
             (team_id, user_id) = (Some(team.to_owned()), Some(user.to_owned()));
         }
         ScopeId::KeyModel(id) => token = Some(id.split_once('|').map_or(id.as_str(), |(key, _)| key).to_owned()),
-        ScopeId::Customer(_) => {}
+        ScopeId::Customer(_) | ScopeId::Proxy => {}
     }
     let customer_id = match scope {
         ScopeId::Customer(id) => Some(id.clone()),

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sluice_core::cost::nanos_to_usd;
+use sluice_core::cost::{nanos_to_usd, usd_to_nanos};
 use sluice_core::customers::CustomerConfig;
 use sluice_core::time::BudgetDuration;
 
@@ -71,10 +71,16 @@ async fn all_customers<S: Store>(store: &S) -> StoreResult<Vec<(CustomerRecord, 
 }
 
 /// The filter config's customers: each with a rule to enforce, with `budget_spent` where the
-/// fleet's spend in its current window (one read of every open customer window) reached it.
-pub async fn customer_configs<S: Store>(store: &S, now_ms: u64) -> StoreResult<Vec<CustomerConfig>> {
+/// fleet's spend in its current window (one read of every open customer window) reached it;
+/// and, with a default budget for end users (`max_end_user_budget`), each end user without an
+/// entry who spent it, as an entry of its own.
+pub async fn customer_configs<S: Store>(
+    store: &S,
+    now_ms: u64,
+    end_user_max_budget: Option<f64>,
+) -> StoreResult<Vec<CustomerConfig>> {
     let customers = all_customers(store).await?;
-    if customers.is_empty() {
+    if customers.is_empty() && end_user_max_budget.is_none() {
         return Ok(Vec::new());
     }
     let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
@@ -86,6 +92,21 @@ pub async fn customer_configs<S: Store>(store: &S, now_ms: u64) -> StoreResult<V
         .collect();
     let unsigned = |v: Option<i64>| v.and_then(|n| u64::try_from(n).ok());
     let mut configs = Vec::new();
+    if let Some(default) = end_user_max_budget {
+        // The default budget has one window, for ever (start 0), as in LiteLLM.
+        let listed: std::collections::HashSet<&str> = customers.iter().map(|(c, _)| c.customer_id.as_str()).collect();
+        let max = usd_to_nanos(default);
+        for ((id, start), spend) in &spent {
+            if *start == 0 && !listed.contains(id.as_str()) && u64::try_from(*spend).is_ok_and(|s| s >= max) {
+                configs.push(CustomerConfig {
+                    customer_id: id.clone(),
+                    max_budget: Some(default),
+                    budget_spent: true,
+                    ..CustomerConfig::default()
+                });
+            }
+        }
+    }
     for (c, limits) in customers {
         let budget_spent = BudgetLimits::of(&limits).is_some_and(|budget| {
             let start = i64::try_from(budget.window(now_ms).0).unwrap_or(i64::MAX);
@@ -114,11 +135,11 @@ pub async fn customer_configs<S: Store>(store: &S, now_ms: u64) -> StoreResult<V
     Ok(configs)
 }
 
-/// Customers' budgets by customer id.
-pub type BudgetsById = Arc<HashMap<String, BudgetLimits>>;
+/// Every customer's budget (None: it has none) by customer id.
+pub type BudgetsById = Arc<HashMap<String, Option<BudgetLimits>>>;
 
-/// The customers whose spend ingestion counts against a budget (a max or a soft one), read
-/// from the directory at most every [`BUDGETS_TTL`].
+/// The customers' budgets ingestion counts spend against (a max or a soft one), read from the
+/// directory at most every [`BUDGETS_TTL`].
 #[derive(Default)]
 pub struct CustomerBudgets {
     cached: Mutex<Option<(BudgetsById, Instant)>>,
@@ -132,10 +153,10 @@ impl CustomerBudgets {
         {
             return Ok(Arc::clone(budgets));
         }
-        let budgets: HashMap<String, BudgetLimits> = all_customers(store)
+        let budgets: HashMap<String, Option<BudgetLimits>> = all_customers(store)
             .await?
             .into_iter()
-            .filter_map(|(c, limits)| Some((c.customer_id, BudgetLimits::of(&limits)?)))
+            .map(|(c, limits)| (c.customer_id, BudgetLimits::of(&limits)))
             .collect();
         let budgets = Arc::new(budgets);
         if let Ok(mut cached) = self.cached.lock() {
@@ -189,7 +210,7 @@ mod tests {
         store.insert(&customer("bob", None, LimitsRecord::default(), true), audit()).await.unwrap();
         store.insert(&customer("cy", None, LimitsRecord::default(), false), audit()).await.unwrap();
 
-        let configs = customer_configs(&store, 1_795_341_610_000).await.unwrap();
+        let configs = customer_configs(&store, 1_795_341_610_000, None).await.unwrap();
         assert_eq!(configs.len(), 2, "a customer without a rule is not sent: {configs:?}");
         let ada = configs.iter().find(|c| c.customer_id == "ada").unwrap();
         assert_eq!((ada.rpm_limit, ada.max_budget), (Some(3), Some(1.0)));
@@ -198,6 +219,6 @@ mod tests {
         assert!(configs.iter().any(|c| c.customer_id == "bob" && c.blocked));
 
         let budgets = CustomerBudgets::default().current(&store).await.unwrap();
-        assert_eq!(budgets.keys().collect::<Vec<_>>(), ["ada"]);
+        assert!(budgets["ada"].is_some() && budgets["bob"].is_none());
     }
 }

@@ -269,6 +269,7 @@ pub async fn serve_planes(
             if let Some(l) = metrics_listener {
                 tokio::spawn(crate::metrics::serve(l, Arc::clone(&metrics)));
             }
+            let (proxy_budget, end_user_max_budget) = options.budgets();
             let publisher =
                 SnapshotPublisher::new(Arc::clone(&store), options, admin.config_changes(), Arc::clone(&metrics));
             // The first snapshot before any Envoy can ask, so none gets an empty config.
@@ -280,7 +281,10 @@ pub async fn serve_planes(
             budgets.rebuild_config_on(admin.config_changes());
             tokio::spawn(publisher.run());
             tokio::spawn(crate::budget::prune_windows(Arc::clone(&store)));
-            let ingest = Arc::new(UsageIngest::new(Arc::clone(&store), Arc::clone(&metrics), Arc::clone(&budgets)));
+            let ingest = Arc::new(
+                UsageIngest::new(Arc::clone(&store), Arc::clone(&metrics), Arc::clone(&budgets))
+                    .with_gateway_budgets(proxy_budget.as_ref(), end_user_max_budget),
+            );
             ingest.forget_tenancy_on(admin.invalidations());
             let envoy_only = crate::pki::EnvoyOnly { enforced: tls.is_some(), metrics: Arc::clone(&metrics) };
             let mut builder = Server::builder();

@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sluice_core::config::member_scope_id;
+use sluice_core::config::{ProxyBudget, member_scope_id};
+use sluice_core::cost::usd_to_nanos;
 use sluice_proto::gateway::v1::usage_service_server::UsageService;
 use sluice_proto::gateway::v1::{
     Outcome, ReportUsageRequest, ReportUsageResponse, UsageRecord, WatchInvalidationsRequest,
@@ -19,9 +20,9 @@ use sluice_proto::gateway::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::budget::{BudgetLimits, BudgetTracker, ScopeId, SpendContext, key_model_scope_id, member_limits};
-use crate::key_lookup::model_budgets;
 use crate::customers::CustomerBudgets;
 use crate::invalidation::Invalidations;
+use crate::key_lookup::model_budgets;
 use crate::metrics::{Metrics, inc};
 use crate::store::{KeyLookup, OrgRecord, SpendLog, Store, StoreError, StoreResult, TeamRecord, UserRecord, now_ms};
 
@@ -75,6 +76,10 @@ pub struct UsageIngest<S> {
     store: Arc<S>,
     tenancy: Mutex<HashMap<String, (Tenancy, Instant)>>,
     customer_budgets: CustomerBudgets,
+    /// `litellm_settings`' budgets: the gateway's own (every record counts) and that of each
+    /// end user without a customer entry.
+    proxy_budget: Option<BudgetLimits>,
+    end_user_budget: Option<BudgetLimits>,
     metrics: Arc<Metrics>,
     budgets: Arc<BudgetTracker>,
 }
@@ -85,9 +90,27 @@ impl<S: Store> UsageIngest<S> {
             store,
             tenancy: Mutex::new(HashMap::new()),
             customer_budgets: CustomerBudgets::default(),
+            proxy_budget: None,
+            end_user_budget: None,
             metrics,
             budgets,
         }
+    }
+
+    /// Counts `litellm_settings.max_budget` (with `budget_duration`) over every record, and
+    /// `max_end_user_budget` for each end user without a customer entry.
+    pub fn with_gateway_budgets(mut self, proxy: Option<&ProxyBudget>, end_user_max_budget: Option<f64>) -> Self {
+        self.proxy_budget = proxy.map(|b| BudgetLimits {
+            max_nanos: Some(usd_to_nanos(b.max_budget)),
+            soft_nanos: None,
+            duration: b.budget_duration,
+        });
+        self.end_user_budget = end_user_max_budget.map(|usd| BudgetLimits {
+            max_nanos: Some(usd_to_nanos(usd)),
+            soft_nanos: None,
+            duration: None,
+        });
+        self
     }
 
     /// Drops a key's cached tenancy when an invalidation names it, its team, user or
@@ -130,10 +153,19 @@ impl<S: Store> UsageIngest<S> {
         } else {
             Default::default()
         };
+        // A customer's own budget; an end user without an entry, the default one.
         let customer_budget = |log: &SpendLog| {
-            log.customer_id.as_ref().and_then(|id| Some((ScopeId::Customer(id.clone()), *customers.get(id)?)))
+            let id = log.customer_id.as_ref()?;
+            let limits = match customers.get(id) {
+                Some(own) => (*own)?,
+                None => self.end_user_budget?,
+            };
+            Some((ScopeId::Customer(id.clone()), limits))
         };
-        if !tenancy.iter().any(|t| t.budgeted()) && !logs.iter().any(|l| customer_budget(l).is_some()) {
+        let gateway_budgets = |log: &SpendLog| {
+            customer_budget(log).into_iter().chain(self.proxy_budget.map(|limits| (ScopeId::Proxy, limits)))
+        };
+        if !tenancy.iter().any(|t| t.budgeted()) && !logs.iter().any(|l| gateway_budgets(l).next().is_some()) {
             return self.store.record_spend(logs).await;
         }
         let now = u64::try_from(now_ms()).unwrap_or(0);
@@ -141,7 +173,7 @@ impl<S: Store> UsageIngest<S> {
         // Per scope: its limits and the last key that spent on it (for the webhook's event).
         let mut scopes: HashMap<ScopeId, (BudgetLimits, &SpendContext)> = HashMap::new();
         for (position, (log, t)) in logs.iter().zip(tenancy).enumerate() {
-            for (scope, limits) in budgets_of(log, t).into_iter().chain(customer_budget(log)) {
+            for (scope, limits) in budgets_of(log, t).into_iter().chain(gateway_budgets(log)) {
                 charges.push(BudgetTracker::charge(position, &scope, &limits, log.start_ms, now));
                 scopes.insert(scope, (limits, &t.context));
             }

@@ -58,6 +58,13 @@ pub struct GatewayConfig {
     /// `customers:`, in xDS mode from the control plane's directory.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub customers: Vec<CustomerConfig>,
+    /// `litellm_settings.max_end_user_budget`: what an end user without a customer entry may
+    /// spend (USD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_user_max_budget: Option<f64>,
+    /// `litellm_settings.max_budget` and `budget_duration`: the whole gateway's budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_budget: Option<ProxyBudget>,
     /// Keys not in `keys` are looked up in the control plane (xDS mode); None: standalone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_lookup: Option<KeyLookupConfig>,
@@ -105,6 +112,23 @@ pub struct GatewayConfig {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pre_call_checks: bool,
 }
+
+/// The whole gateway's budget (LiteLLM's proxy budget, `litellm_settings.max_budget` with
+/// `budget_duration`), counted over every request it admits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyBudget {
+    /// USD.
+    pub max_budget: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_duration: Option<BudgetDuration>,
+    /// xDS mode: the control plane found it spent across the fleet in the current window.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub budget_spent: bool,
+}
+
+/// The shared-data counter of the gateway's own budget.
+pub const PROXY_COUNTER_NAME: &str = "sluice:proxy";
 
 /// One `router_settings.model_group_alias` entry: requests for `alias` go to `group` (and are
 /// metered as that group's); a `hidden` alias is served but not listed by `/v1/models`.
@@ -791,6 +815,8 @@ pub struct CompiledConfig {
     pub keys: Vec<CompiledKey>,
     pub teams: Vec<CompiledTeam>,
     pub customers: Customers,
+    /// The gateway's budget ([`ProxyBudget`]) as its counter's limits.
+    pub proxy_limits: Option<ScopeLimits>,
     pub groups: Vec<ModelGroup>,
     key_index: HashMap<KeyHash, usize>,
     group_index: HashMap<String, usize>,
@@ -1205,14 +1231,29 @@ impl CompiledConfig {
             keys.push(key);
         }
 
-        let customers = Customers::compile(&config.customers, lease_ms, &mut errors);
+        let customers = Customers::compile(&config.customers, config.end_user_max_budget, lease_ms, &mut errors);
+        let proxy_limits = config.proxy_budget.as_ref().map(|b| {
+            check_budget("litellm_settings", Some(b.max_budget), &mut errors);
+            ScopeLimits::new(None, None, Some(usd_to_nanos(b.max_budget)), b.budget_duration)
+        });
 
         if !errors.is_empty() {
             return Err(errors);
         }
         listed_models.sort();
         listed_models.dedup_by(|a, b| a.0 == b.0);
-        Ok(Self { config, keys, teams, customers, groups, key_index, group_index, listed_models, wildcard_groups })
+        Ok(Self {
+            config,
+            keys,
+            teams,
+            customers,
+            proxy_limits,
+            groups,
+            key_index,
+            group_index,
+            listed_models,
+            wildcard_groups,
+        })
     }
 
     pub fn key(&self, hash: &KeyHash) -> Option<&CompiledKey> {
@@ -1265,7 +1306,8 @@ impl CompiledConfig {
                 .chain(k.owners.iter().map(|o| o.counter_name.as_str()))
         });
         let customers = self.customers.counter_names().filter(|_| self.config.key_lookup.is_none());
-        keys.chain(self.teams.iter().map(|t| t.counter_name.as_str())).chain(customers)
+        let proxy = self.proxy_limits.map(|_| PROXY_COUNTER_NAME);
+        keys.chain(self.teams.iter().map(|t| t.counter_name.as_str())).chain(customers).chain(proxy)
     }
 
     /// A key (and its team) the control plane answered a lookup with, validated and compiled
@@ -1349,6 +1391,8 @@ pub(crate) mod tests {
             keys: vec![],
             teams: vec![],
             customers: vec![],
+            end_user_max_budget: None,
+            proxy_budget: None,
             key_lookup: None,
             model_group_aliases: Vec::new(),
             retries: RetryPolicy::default(),

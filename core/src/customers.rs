@@ -4,6 +4,7 @@
 //! key, and refused everywhere once the control plane finds its budget spent across the fleet
 //! (`budget_spent`). An end user without an entry is free, as in LiteLLM.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
@@ -54,15 +55,27 @@ pub fn customer_counter_name(customer_id: &str) -> String {
     format!("sluice:c:{customer_id}")
 }
 
-/// The configured customers by id.
+/// The configured customers by id, and the budget of every other end user.
 #[derive(Debug, Clone, Default)]
 pub struct Customers {
     by_id: HashMap<String, CompiledCustomer>,
+    /// `litellm_settings.max_end_user_budget`: an end user without an entry may spend this
+    /// (nano-dollars, one window for ever, as in LiteLLM).
+    default_budget_nanos: Option<u64>,
 }
 
 impl Customers {
-    /// Validates and indexes `list`; every problem is added to `errors`.
-    pub fn compile(list: &[CustomerConfig], lease_ms: u64, errors: &mut Vec<ConfigError>) -> Self {
+    /// Validates and indexes `list`, with `end_user_max_budget` (USD) for everyone else; every
+    /// problem is added to `errors`.
+    pub fn compile(
+        list: &[CustomerConfig],
+        end_user_max_budget: Option<f64>,
+        lease_ms: u64,
+        errors: &mut Vec<ConfigError>,
+    ) -> Self {
+        if let Some(b) = end_user_max_budget.filter(|b| !b.is_finite() || *b < 0.0) {
+            errors.push(ConfigError(format!("max_end_user_budget must be a non-negative number, got {b}")));
+        }
         let mut by_id = HashMap::with_capacity(list.len());
         for c in list {
             let what = format!("customer {:?}", c.customer_id);
@@ -90,11 +103,21 @@ impl Customers {
                 errors.push(ConfigError(format!("{what}: duplicate customer_id")));
             }
         }
-        Self { by_id }
+        Self { by_id, default_budget_nanos: end_user_max_budget.map(usd_to_nanos) }
     }
 
-    pub fn get(&self, customer_id: &str) -> Option<&CompiledCustomer> {
-        self.by_id.get(customer_id)
+    /// The rules an end user is held to: its entry's, else the default budget's (None: free).
+    pub fn get(&self, customer_id: &str) -> Option<Cow<'_, CompiledCustomer>> {
+        if let Some(listed) = self.by_id.get(customer_id) {
+            return Some(Cow::Borrowed(listed));
+        }
+        let budget = self.default_budget_nanos?;
+        Some(Cow::Owned(CompiledCustomer {
+            blocked: false,
+            limits: ScopeLimits::new(None, None, Some(budget), None),
+            budget_spent: false,
+            counter_name: customer_counter_name(customer_id),
+        }))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -113,7 +136,7 @@ mod tests {
 
     fn compile(list: &[CustomerConfig]) -> Result<Customers, Vec<ConfigError>> {
         let mut errors = Vec::new();
-        let customers = Customers::compile(list, 1000, &mut errors);
+        let customers = Customers::compile(list, None, 1000, &mut errors);
         if errors.is_empty() { Ok(customers) } else { Err(errors) }
     }
 
@@ -136,6 +159,21 @@ mod tests {
         assert!(customers.get("eve").is_none());
         // Only a customer with a limit needs a counter.
         assert_eq!(customers.counter_names().collect::<Vec<_>>(), ["sluice:c:ada"]);
+    }
+
+    #[test]
+    fn an_end_user_without_an_entry_gets_the_default_budget_if_there_is_one() {
+        let list = [CustomerConfig { customer_id: "ada".into(), rpm_limit: Some(2), ..Default::default() }];
+        let mut errors = Vec::new();
+        let customers = Customers::compile(&list, Some(0.25), 1000, &mut errors);
+        assert!(errors.is_empty());
+        let eve = customers.get("eve").unwrap();
+        assert_eq!((eve.limits.max_budget_nanos, eve.counter_name.as_str()), (Some(250_000_000), "sluice:c:eve"));
+        // A customer with an entry keeps its own rules only (as LiteLLM: the default is for end
+        // users without a budget of their own).
+        assert_eq!(customers.get("ada").unwrap().limits.max_budget_nanos, None);
+        Customers::compile(&[], Some(-1.0), 1000, &mut errors);
+        assert!(errors[0].0.contains("max_end_user_budget"));
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub enum LimitScope {
     Deployment,
     /// The request's end user (LiteLLM's customer, `crate::customers`).
     Customer,
+    /// The whole gateway (LiteLLM's proxy budget, `litellm_settings.max_budget`).
+    Proxy,
 }
 
 impl LimitScope {
@@ -39,6 +41,7 @@ impl LimitScope {
             Self::TeamMember => "team_member",
             Self::Deployment => "deployment",
             Self::Customer => "customer",
+            Self::Proxy => "proxy",
         }
     }
 }
@@ -183,6 +186,7 @@ fn whose(scope: LimitScope) -> &'static str {
         LimitScope::TeamMember => "the user of this API key in its team",
         LimitScope::Deployment => "the model's deployment",
         LimitScope::Customer => "the end user of this request",
+        LimitScope::Proxy => "this gateway",
     }
 }
 
@@ -364,6 +368,7 @@ impl GatewayError {
                     LimitScope::Team => "Team budget",
                     LimitScope::Customer => "End user budget",
                     LimitScope::KeyModel => "This API key's budget for the model",
+                    LimitScope::Proxy => "The gateway's budget (litellm_settings.max_budget)",
                     _ => "Budget",
                 };
                 format!("{whose} has been exceeded! Current cost: {spend_usd:.6}, Max budget: {max_budget_usd:.6}")
@@ -377,6 +382,9 @@ impl GatewayError {
                 )
             }
             // Spent across the fleet: the control plane said so, without the figure.
+            Self::OwnerBudgetExceeded { scope: LimitScope::Proxy, max_budget_usd, .. } => format!(
+                "The gateway's budget (litellm_settings.max_budget) has been exceeded! Max budget: {max_budget_usd:.6}"
+            ),
             Self::OwnerBudgetExceeded { scope: LimitScope::Customer, id, max_budget_usd, .. } => format!(
                 "Budget has been exceeded! End User={} has spent its budget. Max budget: {max_budget_usd:.6}",
                 echo(id)

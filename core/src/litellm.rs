@@ -12,8 +12,8 @@ use serde_json::{Map, Value};
 
 use crate::config::{
     CompiledConfig, ConfigError, DEFAULT_MAX_REQUEST_BODY_BYTES, DEFAULT_MAX_RESPONSE_SCAN_BYTES, Deployment,
-    GatewayConfig, GroupAlias, KeyConfig, ModelMode, Provider, RoutingStrategy, SCHEMA_VERSION, TeamConfig,
-    path_segment_byte,
+    GatewayConfig, GroupAlias, KeyConfig, ModelMode, Provider, ProxyBudget, RoutingStrategy, SCHEMA_VERSION,
+    TeamConfig, path_segment_byte,
 };
 use crate::cooldown::CooldownPolicy;
 use crate::cost::Pricing;
@@ -25,6 +25,7 @@ use crate::providers;
 use crate::retries::{self, RetryPolicy, RetryPolicyCounts};
 use crate::routing::LatencySettings;
 use crate::routing::shuffle_weight;
+use crate::time::BudgetDuration;
 
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 600;
 /// LiteLLM's `health_check_interval` when `background_health_checks` is on without one.
@@ -217,6 +218,7 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
     // Fallbacks: litellm_settings first, router_settings wins (each list whole).
     let mut fallbacks = FallbackSettings::default();
     let mut pre_call_checks = false;
+    let (mut proxy_budget, mut end_user_max_budget) = (None, None);
     if let Some(settings) = root.get("litellm_settings").and_then(Value::as_object) {
         cx.refuse_unsupported(
             "litellm_settings",
@@ -229,8 +231,15 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
                 "default_fallbacks",
                 "context_window_fallbacks",
                 "content_policy_fallbacks",
+                "max_budget",
+                "budget_duration",
+                "max_end_user_budget",
             ],
         );
+        match budget_settings(settings) {
+            Ok(budgets) => (proxy_budget, end_user_max_budget) = budgets,
+            Err(errors) => errors.into_iter().for_each(|e| cx.error(e)),
+        }
         fallback_settings(&mut cx, "litellm_settings", settings, &mut fallbacks);
         if let Some(t) = seconds(&mut cx, "litellm_settings.request_timeout", settings.get("request_timeout")) {
             request_timeout_secs = t.div_ceil(1000);
@@ -414,6 +423,8 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
         keys,
         teams,
         customers,
+        end_user_max_budget,
+        proxy_budget,
         key_lookup: None,
         model_group_aliases: aliases,
         retries,
@@ -479,6 +490,44 @@ fn section<T: serde::de::DeserializeOwned>(cx: &mut Ctx<'_>, value: Option<&Valu
             Vec::new()
         }
     }
+}
+
+/// `litellm_settings`' budgets: the gateway's own (`max_budget` with `budget_duration`; 0 is
+/// none, as in LiteLLM) and every end user's without a customer entry (`max_end_user_budget`).
+/// The control plane reads them with this too (`sluice serve` counts them across the fleet).
+pub fn budget_settings(settings: &Map<String, Value>) -> Result<(Option<ProxyBudget>, Option<f64>), Vec<String>> {
+    let mut errors = Vec::new();
+    let mut usd = |name: &str| {
+        let value = settings.get(name).filter(|v| !v.is_null())?;
+        match value.as_f64().filter(|v| v.is_finite() && *v >= 0.0) {
+            Some(v) => Some(v),
+            None => {
+                errors.push(format!("litellm_settings.{name}: must be a number of USD, 0 or more, not {value}"));
+                None
+            }
+        }
+    };
+    let max_budget = usd("max_budget").filter(|b| *b > 0.0);
+    let end_user = usd("max_end_user_budget");
+    let duration = match settings.get("budget_duration").filter(|v| !v.is_null()) {
+        None => None,
+        Some(value) => {
+            let parsed = value.as_str().and_then(BudgetDuration::parse);
+            if parsed.is_none() {
+                errors.push(format!(
+                    "litellm_settings.budget_duration: {value} is not a duration (30s, 10m, 1h, 1d, 7d, 30d, 1mo)"
+                ));
+            } else if max_budget.is_none() {
+                errors.push("litellm_settings.budget_duration: needs litellm_settings.max_budget".into());
+            }
+            parsed
+        }
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let proxy = max_budget.map(|max_budget| ProxyBudget { max_budget, budget_duration: duration, budget_spent: false });
+    Ok((proxy, end_user))
 }
 
 /// A boolean setting; anything else is an error naming it.
@@ -1133,6 +1182,34 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn litellm_settings_budgets_are_read_or_refused_with_the_reason() {
+        let settings = |v: Value| v.as_object().cloned().unwrap();
+        let (proxy, end_user) = budget_settings(&settings(
+            json!({"max_budget": 100, "budget_duration": "30d", "max_end_user_budget": 0.5}),
+        ))
+        .unwrap();
+        let proxy = proxy.unwrap();
+        assert_eq!((proxy.max_budget, proxy.budget_duration), (100.0, BudgetDuration::parse("30d")));
+        assert_eq!(end_user, Some(0.5));
+        // LiteLLM's default, 0, is no budget.
+        assert_eq!(budget_settings(&settings(json!({"max_budget": 0}))).unwrap(), (None, None));
+        for (bad, reason) in [
+            (json!({"max_budget": -1}), "litellm_settings.max_budget: must be a number of USD"),
+            (json!({"max_end_user_budget": "lots"}), "litellm_settings.max_end_user_budget: must be a number"),
+            (json!({"max_budget": 1, "budget_duration": "fortnight"}), "is not a duration"),
+            (json!({"budget_duration": "1d"}), "needs litellm_settings.max_budget"),
+        ] {
+            let errors = budget_settings(&settings(bad)).unwrap_err();
+            assert!(errors[0].contains(reason), "{errors:?}");
+        }
+        // In config.yaml, through the same reader.
+        let doc = json!({"model_list": [], "litellm_settings": {"max_budget": 5, "max_end_user_budget": 1}});
+        let gateway = from_litellm(&doc, &|_| None).unwrap().gateway;
+        assert_eq!(gateway.proxy_budget.map(|b| b.max_budget), Some(5.0));
+        assert_eq!(gateway.end_user_max_budget, Some(1.0));
+    }
     use serde_json::json;
 
     use crate::endpoint::Endpoint;

@@ -80,6 +80,8 @@ pub(crate) fn base_config() -> GatewayConfig {
         keys: vec![key_config(1)],
         teams: vec![],
         customers: vec![],
+        end_user_max_budget: None,
+        proxy_budget: None,
         key_lookup: None,
         model_group_aliases: Vec::new(),
         retries: Default::default(),
@@ -1226,6 +1228,54 @@ fn parallel_requests_are_limited_per_key_and_team_and_every_end_frees_a_slot() {
         s.finish();
     }
     assert_eq!(h.post("/v1/chat/completions", &key(2), CHAT).1.unwrap().json()["error"]["code"], "rate_limit_exceeded");
+}
+
+/// LiteLLM's proxy budget (`litellm_settings.max_budget`): every admitted request counts against
+/// it, whatever its key; spent on this Envoy, or across the fleet (the control plane's word),
+/// every request is refused.
+#[test]
+fn the_gateways_own_budget_counts_every_request() {
+    use sluice_core::config::ProxyBudget;
+    let mut cfg = base_config();
+    cfg.keys.push(key_config(2));
+    cfg.proxy_budget = Some(ProxyBudget { max_budget: 0.0001, budget_duration: None, budget_spent: false });
+    let h = Harness::new(cfg.clone());
+    let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#;
+    let (mut s, reply) = h.post("/v1/chat/completions", &key(1), body);
+    assert!(reply.is_none(), "{reply:?}");
+    s.respond(200, "application/json", &[openai_response(30, 5, 0).as_bytes()], true);
+    s.finish();
+    let refused = h.post("/v1/chat/completions", &key(2), body).1.unwrap();
+    assert_eq!((refused.status, refused.json()["error"]["code"].as_str()), (400, Some("budget_exceeded")));
+    assert!(refused.json()["error"]["message"].as_str().unwrap().starts_with("The gateway's budget"));
+
+    cfg.proxy_budget = Some(ProxyBudget { max_budget: 5.0, budget_duration: None, budget_spent: true });
+    let fleet_spent = Harness::new(cfg).post("/v1/chat/completions", &key(1), body).1.unwrap();
+    assert_eq!(
+        fleet_spent.json()["error"]["message"],
+        "The gateway's budget (litellm_settings.max_budget) has been exceeded! Max budget: 5.000000"
+    );
+}
+
+/// `litellm_settings.max_end_user_budget`: each end user without a customer entry has that
+/// budget of its own, counted by this Envoy.
+#[test]
+fn end_users_without_an_entry_get_the_default_budget_each() {
+    let mut cfg = base_config();
+    cfg.end_user_max_budget = Some(0.0001);
+    let h = Harness::new(cfg);
+    let body = |user: &str| {
+        format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"hi"}}],"max_tokens":5,"user":"{user}"}}"#)
+    };
+    let (mut s, reply) = h.post("/v1/chat/completions", &key(1), &body("ada"));
+    assert!(reply.is_none(), "{reply:?}");
+    s.respond(200, "application/json", &[openai_response(30, 5, 0).as_bytes()], true);
+    s.finish();
+    let refused = h.post("/v1/chat/completions", &key(1), &body("ada")).1.unwrap();
+    assert_eq!((refused.status, refused.json()["error"]["code"].as_str()), (400, Some("budget_exceeded")));
+    assert!(refused.json()["error"]["message"].as_str().unwrap().starts_with("End user budget has been exceeded!"));
+    assert!(h.post("/v1/chat/completions", &key(1), &body("grace")).1.is_none(), "each end user has its own");
+    assert!(h.post("/v1/chat/completions", &key(1), CHAT).1.is_none(), "a request naming no one is not limited");
 }
 
 /// A key's `model_max_budget` (standalone): this Envoy counts the key's spend on that model and

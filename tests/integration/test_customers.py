@@ -87,11 +87,15 @@ def test_a_customers_budget_spent_through_one_envoy_is_refused_by_the_other(flee
     assert resp.json()["error"]["message"].startswith("End user budget has been exceeded!")
     assert 4 <= served <= 8, served
 
-    # b, which served ada once, hears from the control plane that the fleet spent it.
+    # The control plane counts what a shipped and tells every Envoy: a's refusal now says so
+    # (a refusal spends nothing, so waiting on a does not add to the spend).
+    fleet_says = "Budget has been exceeded! End User=ada has spent its budget. Max budget: 0.001000"
+    wait_until(lambda: a.chat(as_customer("ada"), key=key_a).json()["error"]["message"] == fleet_says,
+               timeout=5, what="the fleet's word on a")
+    # b, which served ada once, refuses it too (its config came with a's, give or take a request).
     resp = wait_until(lambda: refused(b.chat(as_customer("ada"), key=key_b), "budget_exceeded"), timeout=5,
                       what="b refuses the customer")
-    assert resp.json()["error"]["message"] == (
-        "Budget has been exceeded! End User=ada has spent its budget. Max budget: 0.001000")
+    assert resp.json()["error"]["message"] == fleet_says
     assert b.chat(as_customer("grace"), key=key_b).status_code == 200, "other end users are not affected"
 
     # The spend is the customer's, as reported, and at most one request over the budget.
@@ -122,3 +126,76 @@ def test_a_customers_rpm_limit_counts_every_key_that_names_it(fleet):
         assert "the end user of this request" in resp.json()["error"]["message"]
         assert resp.headers.get("retry-after")
     assert envoy.chat(as_customer("carol"), key=keys[0]).status_code == 200
+
+
+def fleet_with(tmp_path, litellm_settings):
+    f = Fleet(tmp_path)
+    config = json.loads(f.config_path.read_text())
+    config.setdefault("litellm_settings", {}).update(litellm_settings)
+    f.config_path.write_text(json.dumps(config))
+    f.start_control_plane()
+    return f
+
+
+def spend_until_refused(envoy, body, key):
+    """Requests until one is refused; returns how many were served and the refusal."""
+    for served in range(40):
+        resp = envoy.chat(body, key=key)
+        if resp.status_code != 200:
+            return served, resp
+    raise AssertionError("never refused")
+
+
+def test_an_end_users_default_budget_is_its_own_and_held_across_the_fleet(tmp_path):
+    """`litellm_settings.max_end_user_budget`: every end user without a customer entry may spend
+    that much; one who did, through one Envoy, is refused by the other too; others are not."""
+    fleet = fleet_with(tmp_path, {"max_end_user_budget": 0.0005})
+    try:
+        a = fleet.start_envoy("edge-a")
+        b = fleet.start_envoy("edge-b")
+        key, _ = create_key(fleet, "--alias", "app")
+        assert b.chat(as_customer("dee"), key=key).status_code == 200
+        served, resp = spend_until_refused(a, as_customer("dee"), key)
+        assert refused(resp, "budget_exceeded"), resp.text
+        assert 2 <= served <= 4, served
+        fleet_says = "Budget has been exceeded! End User=dee has spent its budget. Max budget: 0.000500"
+        wait_until(lambda: a.chat(as_customer("dee"), key=key).json()["error"]["message"] == fleet_says,
+                   timeout=5, what="the fleet's word on a")
+        resp = wait_until(lambda: refused(b.chat(as_customer("dee"), key=key), "budget_exceeded"), timeout=5,
+                          what="b refuses the end user")
+        assert resp.json()["error"]["message"] == fleet_says
+        for envoy in (a, b):
+            assert envoy.chat(as_customer("eli"), key=key).status_code == 200
+            assert envoy.chat(CHAT, key=key).status_code == 200
+    finally:
+        fleet.stop()
+
+
+def test_the_gateways_own_budget_spent_through_one_envoy_stops_every_envoy(tmp_path):
+    """LiteLLM's proxy budget (`litellm_settings.max_budget`): all spend, every key, counts."""
+    fleet = fleet_with(tmp_path, {"max_budget": 0.001, "budget_duration": "30d"})
+    try:
+        a = fleet.start_envoy("edge-a")
+        b = fleet.start_envoy("edge-b")
+        key_a, key_a_id = create_key(fleet, "--alias", "app-a")
+        key_b, _ = create_key(fleet, "--alias", "app-b")
+        assert b.chat(CHAT, key=key_b).status_code == 200
+        served, resp = spend_until_refused(a, CHAT, key_a)
+        assert refused(resp, "budget_exceeded"), resp.text
+        assert resp.json()["error"]["message"].startswith("The gateway's budget (litellm_settings.max_budget)")
+        assert 4 <= served <= 7, served
+        fleet_says = "The gateway's budget (litellm_settings.max_budget) has been exceeded! Max budget: 0.001000"
+        wait_until(lambda: a.chat(CHAT, key=key_a).json()["error"]["message"] == fleet_says,
+                   timeout=5, what="the fleet's word on a")
+        resp = wait_until(lambda: refused(b.chat(CHAT, key=key_b), "budget_exceeded"), timeout=5,
+                          what="b refuses once the fleet spent the gateway's budget")
+        assert resp.json()["error"]["message"] == fleet_says
+        # a held its own spend to the budget (within one request); the fleet's total also has
+        # what b (and the fleet's readiness checks) spent before a's spend reached b.
+        report = json.loads(fleet.cli("spend", "--group-by", "key", "--json").stdout)
+        [own] = [r for r in report["rows"] if r["group"] == key_a_id]
+        per_request = own["spend"] / served
+        assert 0.001 - per_request <= own["spend"] < 0.001 + per_request, report
+        assert report["spend"] >= 0.001
+    finally:
+        fleet.stop()

@@ -58,6 +58,8 @@ pub enum ScopeKind {
     /// A key on one model group (LiteLLM's `model_max_budget`): its id is
     /// [`crate::budget::key_model_scope_id`].
     KeyModel,
+    /// The whole gateway (LiteLLM's proxy budget): every record; its id is `proxy`.
+    Proxy,
 }
 
 impl ScopeKind {
@@ -70,6 +72,7 @@ impl ScopeKind {
             Self::Member => "member",
             Self::Customer => "customer",
             Self::KeyModel => "key_model",
+            Self::Proxy => "proxy",
         }
     }
 }
@@ -245,6 +248,8 @@ fn column(kind: ScopeKind) -> &'static str {
         ScopeKind::Member => "(team_id || '|' || user_id)",
         ScopeKind::Customer => "customer_id",
         ScopeKind::KeyModel => "(key_id || '|' || model_group)",
+        // Compared with the scope's id, `proxy`: every record.
+        ScopeKind::Proxy => "'proxy'",
     }
 }
 

@@ -46,7 +46,7 @@ use envoy_types::pb::envoy::extensions::wasm::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, StringValue, UInt32Value};
 use prost::{Message, Name};
-use sluice_core::config::{GatewayConfig, KeyLookupConfig, LookupRateConfig, Provider};
+use sluice_core::config::{GatewayConfig, KeyLookupConfig, LookupRateConfig, Provider, ProxyBudget};
 use sluice_core::customers::CustomerConfig;
 use sluice_core::litellm::{FailurePolicy, Upstream, from_litellm};
 
@@ -96,6 +96,12 @@ pub struct XdsOptions {
 }
 
 impl XdsOptions {
+    /// `litellm_settings`' budgets: the gateway's own and the end users' default
+    /// (`sluice serve` refused any it cannot read before it started).
+    pub fn budgets(&self) -> (Option<ProxyBudget>, Option<f64>) {
+        sluice_core::litellm::budget_settings(&self.litellm_settings).unwrap_or_default()
+    }
+
     /// Options for the wasm build at `wasm_path` (see [`XdsOptions::native`]).
     pub fn new(wasm_path: String) -> Self {
         Self::with_module(FilterModule::Wasm(wasm_path))
@@ -141,15 +147,23 @@ pub fn build(
     opts: &XdsOptions,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(Snapshot, Vec<String>), String> {
-    build_with_tokens(model_list, Vec::new(), opts, env, &|_| None)
+    build_with_tokens(model_list, PushedStanding::default(), opts, env, &|_| None)
 }
 
-/// [`build`], with the customers every Envoy holds requests to (`crate::customers`), and
-/// Vertex AI deployments' access tokens from `google_token` (the `google_tokens` module's
-/// current token for a credential source; None: none yet).
+/// What the control plane counts and every Envoy's filter config carries: the customers'
+/// rules and budgets spent (`crate::customers`), and whether the gateway's own budget is spent.
+#[derive(Debug, Clone, Default)]
+pub struct PushedStanding {
+    pub customers: Vec<CustomerConfig>,
+    pub proxy_budget_spent: bool,
+}
+
+/// [`build`], with the standing every Envoy holds requests to, and Vertex AI deployments'
+/// access tokens from `google_token` (the `google_tokens` module's current token for a
+/// credential source; None: none yet).
 pub fn build_with_tokens(
     model_list: &[serde_json::Value],
-    customers: Vec<CustomerConfig>,
+    standing: PushedStanding,
     opts: &XdsOptions,
     env: &dyn Fn(&str) -> Option<String>,
     google_token: &dyn Fn(&GoogleCredentials) -> Option<String>,
@@ -189,7 +203,10 @@ pub fn build_with_tokens(
     // of it is in any Envoy's config or `/config_dump`.
     gateway.master_key_env = None;
     gateway.key_lookup = Some(opts.key_lookup.clone());
-    gateway.customers = customers;
+    gateway.customers = standing.customers;
+    if let Some(budget) = gateway.proxy_budget.as_mut() {
+        budget.budget_spent = standing.proxy_budget_spent;
+    }
     // The xDS-mode bootstrap's route timeout, not the config's: it is what bounds a request.
     gateway.route_timeout_ms = crate::envoy_bootstrap::XDS_ROUTE_TIMEOUT_SECS.saturating_mul(1000);
 
@@ -694,7 +711,7 @@ mod tests {
             GoogleCredentials::Env(name) => Some(format!("ya29.token-for-{name}")),
             _ => Some("ya29.adc".to_owned()),
         };
-        let (snap, warnings) = build_with_tokens(&list, Vec::new(), &options(), &env, &token).unwrap();
+        let (snap, warnings) = build_with_tokens(&list, PushedStanding::default(), &options(), &env, &token).unwrap();
         let secrets = &snap.resources[SECRET];
         let name = format!("sluice-provider-{}", cluster_name("vg"));
         assert_eq!(secrets.keys().collect::<Vec<_>>(), [&name], "{warnings:?}");

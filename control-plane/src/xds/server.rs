@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::protocol::{AdsStream, Event, Snapshot};
 use sluice_core::litellm::GoogleCredentials;
 
-use super::resources::{XdsOptions, build_with_tokens};
+use super::resources::{PushedStanding, XdsOptions, build_with_tokens};
 use crate::google_tokens::GoogleTokens;
 use crate::metrics::{Metrics, inc};
 use crate::store::Store;
@@ -62,12 +62,20 @@ impl<S: Store> SnapshotPublisher<S> {
         let models = self.store.all_models().await.map_err(|e| format!("reading deployments: {e}"))?;
         let entries: Vec<serde_json::Value> = models.into_iter().map(|m| m.entry).collect();
         let now_ms = u64::try_from(crate::store::now_ms()).unwrap_or(0);
-        let customers = crate::customers::customer_configs(&*self.store, now_ms)
+        let (proxy_budget, end_user_max_budget) = self.options.budgets();
+        let customers = crate::customers::customer_configs(&*self.store, now_ms, end_user_max_budget)
             .await
             .map_err(|e| format!("reading customers: {e}"))?;
+        let proxy_budget_spent = match &proxy_budget {
+            Some(budget) => crate::budget::proxy_budget_spent(&*self.store, budget, now_ms)
+                .await
+                .map_err(|e| format!("reading the gateway's budget: {e}"))?,
+            None => false,
+        };
+        let standing = PushedStanding { customers, proxy_budget_spent };
         let env = |name: &str| std::env::var(name).ok();
         let token = |source: &GoogleCredentials| self.google_tokens.current(source);
-        let (snapshot, warnings) = build_with_tokens(&entries, customers, &self.options, &env, &token)?;
+        let (snapshot, warnings) = build_with_tokens(&entries, standing, &self.options, &env, &token)?;
         // Only what the policy refuses: the rest was said when the deployment was accepted.
         for w in warnings.iter().filter(|w| w.contains("no credential sent")) {
             if self.reported.lock().map(|mut seen| seen.insert(w.clone())).unwrap_or(false) {

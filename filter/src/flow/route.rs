@@ -2,7 +2,7 @@
 //! formats differ, admit on every limited scope, and point the held request at the deployment
 //! with its credential (or answer `count_tokens`).
 
-use sluice_core::config::{Deployment, FleetBudget};
+use sluice_core::config::{Deployment, FleetBudget, PROXY_COUNTER_NAME};
 use sluice_core::conversion::vertex;
 use sluice_core::cost::nanos_to_usd;
 use sluice_core::customers::CompiledCustomer;
@@ -120,8 +120,16 @@ impl<H: Host> RequestFlow<H> {
         // The end user (LiteLLM's customer): a header names it before the body does.
         let end_user = self.header_end_user.clone().or_else(|| req.end_user.as_deref().map(str::to_owned));
         let customer = end_user.as_deref().and_then(|id| Some(id).zip(config.customers.get(id)));
-        if let Some((id, customer)) = customer.filter(|_| !self.failover_pass) {
+        if let Some((id, customer)) = customer.as_ref().filter(|_| !self.failover_pass) {
             check_customer(id, customer)?;
+        }
+        if let Some(budget) = config.config.proxy_budget.as_ref().filter(|b| b.budget_spent && !self.failover_pass) {
+            return Err(GatewayError::OwnerBudgetExceeded {
+                scope: LimitScope::Proxy,
+                id: String::new(),
+                spend_usd: budget.max_budget,
+                max_budget_usd: budget.max_budget,
+            });
         }
         if !self.failover_pass {
             let retries = req.num_retries.unwrap_or(config.config.retries.num_retries);
@@ -260,7 +268,10 @@ impl<H: Host> RequestFlow<H> {
             }
             if let Some(per_model) = key.model_limits.get(&group.name) {
                 // The key's budget for this model, spent across the fleet (xDS mode).
-                let fleet = FleetBudget { max_nanos: per_model.limits.max_budget_nanos, spend_nanos: per_model.fleet_spend_nanos };
+                let fleet = FleetBudget {
+                    max_nanos: per_model.limits.max_budget_nanos,
+                    spend_nanos: per_model.fleet_spend_nanos,
+                };
                 if let Some((spent, max)) = fleet.exceeded().filter(|_| !self.failover_pass) {
                     return Err(GatewayError::BudgetExceeded {
                         scope: LimitScope::KeyModel,
@@ -276,12 +287,21 @@ impl<H: Host> RequestFlow<H> {
                 });
             }
         }
-        if let Some((_, customer)) = customer.filter(|(_, c)| !c.limits.is_unlimited()) {
+        if let Some((_, customer)) = customer.as_ref().filter(|(_, c)| !c.limits.is_unlimited()) {
             scopes.push(Scope {
                 name: &customer.counter_name,
                 limits: customer.limits,
                 kind: LimitScope::Customer,
                 placement,
+            });
+        }
+        if let Some(limits) = config.proxy_limits {
+            // One named record, whatever the mode (made when the config loads).
+            scopes.push(Scope {
+                name: PROXY_COUNTER_NAME,
+                limits,
+                kind: LimitScope::Proxy,
+                placement: Placement::Named,
             });
         }
         // usage-based-routing-v2: the deployment's rpm/tpm are limits, admitted with the key's.
