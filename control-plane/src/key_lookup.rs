@@ -190,6 +190,7 @@ pub fn key_config(hash: KeyHash, key: &KeyRecord) -> KeyConfig {
         organization_fleet_spend: None,
         user_policy: None,
         organization_policy: None,
+        member_policy: None,
         member_max_budget: None,
         member_fleet_spend: None,
     }
@@ -313,6 +314,7 @@ impl<S: Store> KeyLookupService for KeyLookupApi<S> {
                 let limits = member_limits(&member.limits, team_record.member_max_budget_nanos);
                 (config.member_max_budget, config.member_fleet_spend) =
                     self.owner_budget(ScopeId::member(&team_record.team_id, user_id), &limits).await?;
+                config.member_policy = owner_policy(&[], false, &member.limits);
             }
         }
         if let Some(org_id) = &config.organization_id

@@ -588,6 +588,10 @@ pub struct KeyConfig {
     pub user_policy: Option<OwnerPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub organization_policy: Option<OwnerPolicy>,
+    /// The limits of the key's user in the key's team (LiteLLM's team member `rpm_limit`,
+    /// `tpm_limit`; xDS mode), counted over that user's keys of the team.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_policy: Option<OwnerPolicy>,
 }
 
 /// What a user or an organization imposes on each of its keys: the models it may use
@@ -856,13 +860,21 @@ pub fn organization_counter_name(organization_id: &str) -> String {
     format!("sluice:o:{organization_id}")
 }
 
-/// A key's owners that have a policy: (scope, id, policy, counter name).
+/// A team member's counter: its user's keys of that team together.
+pub fn member_counter_name(team_id: &str, user_id: &str) -> String {
+    format!("sluice:m:{}", member_scope_id(team_id, user_id))
+}
+
+/// A key's owners that have a policy: (scope, id, policy, counter name); a team member by its
+/// user's id (its team's is checked with the team).
 fn owner_policies(key: &KeyConfig) -> impl Iterator<Item = (LimitScope, &str, &OwnerPolicy, String)> {
     let user = key.user_id.as_deref().zip(key.user_policy.as_ref());
     let org = key.organization_id.as_deref().zip(key.organization_policy.as_ref());
+    let member = key.team_id.as_deref().zip(key.user_id.as_deref()).zip(key.member_policy.as_ref());
     user.map(|(id, p)| (LimitScope::User, id, p, user_counter_name(id)))
         .into_iter()
         .chain(org.map(|(id, p)| (LimitScope::Organization, id, p, organization_counter_name(id))))
+        .chain(member.map(|((team, user), p)| (LimitScope::TeamMember, user, p, member_counter_name(team, user))))
 }
 
 /// A deployment's counter under `usage-based-routing-v2` (its `rpm`/`tpm` and its use).

@@ -3,6 +3,7 @@ for LiteLLM makes (`/team/new`, `/team/member_add`, `/team/block`, …), answere
 shapes through the same team service (and authorisation, validation and audit) as the gRPC
 admin API; a team's key then used through a real Envoy with the OpenAI SDK."""
 import json
+import time
 
 import httpx
 import openai
@@ -255,3 +256,30 @@ def without_spend(value):
     if isinstance(value, list):
         return [without_spend(v) for v in value]
     return value
+
+
+def test_a_members_rpm_limit_set_with_member_update_holds_on_its_keys_of_the_team(fleet):
+    """`/team/member_update` with `rpm_limit`: the member's requests through its keys of that team
+    are counted together (two keys, three a minute); another member of the team and the same
+    user's key outside it are not; lifting it (null) lets the member through again."""
+    ok(call(fleet, "POST", "/team/new", json={"team_id": "metered",
+                                              "members_with_roles": [{"role": "user", "user_id": "alice"},
+                                                                     {"role": "user", "user_id": "bob"}]}))
+    r = ok(call(fleet, "POST", "/team/member_update", json={"team_id": "metered", "user_id": "alice", "rpm_limit": 3}))
+    assert (r["rpm_limit"], r["tpm_limit"]) == (3, None)
+    keys = [ok(call(fleet, "POST", "/key/generate", json={"team_id": "metered", "user_id": "alice"}))["key"]
+            for _ in range(2)]
+    bobs = ok(call(fleet, "POST", "/key/generate", json={"team_id": "metered", "user_id": "bob"}))["key"]
+    own = ok(call(fleet, "POST", "/key/generate", json={"user_id": "alice"}))["key"]
+    envoy = fleet.start_envoy("edge-rest-members")
+    # One minute's window for the counting below.
+    while time.time() % 60 > 45:
+        time.sleep(0.5)
+    codes = [envoy.chat(CHAT, key=keys[i % 2]).status_code for i in range(6)]
+    assert codes == [200, 200, 200, 429, 429, 429], codes
+    refusal = envoy.chat(CHAT, key=keys[0]).json()["error"]
+    assert refusal["code"] == "rate_limit_exceeded" and "the user of this API key in its team" in refusal["message"]
+    assert envoy.chat(CHAT, key=bobs).status_code == 200, "another member is not limited"
+    assert envoy.chat(CHAT, key=own).status_code == 200, "alice outside the team is not limited"
+    ok(call(fleet, "POST", "/team/member_update", json={"team_id": "metered", "user_id": "alice", "rpm_limit": None}))
+    wait_until(lambda: envoy.chat(CHAT, key=keys[1]).status_code == 200, timeout=5, what="the lifted limit")

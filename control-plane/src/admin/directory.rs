@@ -452,6 +452,8 @@ impl<S: Store> pb::team_service_server::TeamService for Admin<S> {
         let record = self.member_record(&team.team_id, &member).await?;
         let audit = NewAudit::new(&caller.actor, "team.member_add", "team", &team.team_id);
         self.store.put_member(&record, audit).await.map_err(AdminError::from)?;
+        // The member's budget and limits travel with its keys' lookups.
+        self.invalidate(Target::User(record.user_id.clone()));
         Ok(Response::new(self.team_proto(&team).await?))
     }
 
@@ -462,6 +464,7 @@ impl<S: Store> pb::team_service_server::TeamService for Admin<S> {
         caller.can_manage_members(&team_tenancy(&team))?;
         let audit = NewAudit::new(&caller.actor, "team.member_remove", "team", &team.team_id);
         self.store.remove_member(&team.team_id, &req.user_id, audit).await.map_err(missing("member"))?;
+        self.invalidate(Target::User(req.user_id.clone()));
         Ok(Response::new(self.team_proto(&team).await?))
     }
 }

@@ -713,15 +713,18 @@ struct MemberUpdateBody {
     user_email: Option<String>,
     role: Option<Role>,
     max_budget_in_team: Option<f64>,
+    rpm_limit: Option<i64>,
+    tpm_limit: Option<i64>,
 }
 
-/// Changes a member's role or budget. The service's AddMember replaces both, so the member's
+/// Changes a member's role, budget or limits (its RPM and TPM over its keys of the team). The service's AddMember replaces both, so the member's
 /// current ones are read first and what the body does not name is kept; a budget set to null
 /// is lifted (as a key's limits are).
 async fn member_update<S: Store>(State(admin): AdminState<S>, headers: HeaderMap, body: Body) -> RestResult {
     let body = body?;
     let value: Value = parse_body(&body)?;
-    let MemberUpdateBody { team_id, user_id, user_email, role, max_budget_in_team } = parse_body(&body)?;
+    let MemberUpdateBody { team_id, user_id, user_email, role, max_budget_in_team, rpm_limit, tpm_limit } =
+        parse_body(&body)?;
     let team_id = required(team_id, "team_id")?;
     let user_id = resolve_one(&admin, &headers, user_id, user_email.clone()).await?;
     let team = get_team(&admin, &headers, &team_id).await?;
@@ -731,8 +734,15 @@ async fn member_update<S: Store>(State(admin): AdminState<S>, headers: HeaderMap
         .find(|m| m.user_id == user_id)
         .ok_or_else(|| not_found(format!("user {user_id} is not a member of team {}", team.team_id)))?;
     let mut limits = current.limits.clone().unwrap_or_default();
-    if max_budget_in_team.is_some() || value.get("max_budget_in_team").is_some_and(Value::is_null) {
+    let named = |field: &str, given: bool| given || value.get(field).is_some_and(Value::is_null);
+    if named("max_budget_in_team", max_budget_in_team.is_some()) {
         limits.max_budget = max_budget_in_team;
+    }
+    if named("rpm_limit", rpm_limit.is_some()) {
+        limits.rpm_limit = rpm_limit;
+    }
+    if named("tpm_limit", tpm_limit.is_some()) {
+        limits.tpm_limit = tpm_limit;
     }
     let member =
         pb::Member { user_id: user_id.clone(), role: role.map_or(current.role, Role::to_proto), limits: Some(limits) };
@@ -747,6 +757,8 @@ async fn member_update<S: Store>(State(admin): AdminState<S>, headers: HeaderMap
             "user_email": user_email,
             "role": now.map(|m| role_name(m.role)),
             "max_budget_in_team": now.and_then(|m| m.limits.as_ref()).and_then(|l| l.max_budget),
+            "rpm_limit": now.and_then(|m| m.limits.as_ref()).and_then(|l| l.rpm_limit),
+            "tpm_limit": now.and_then(|m| m.limits.as_ref()).and_then(|l| l.tpm_limit),
         }),
     ))
 }
