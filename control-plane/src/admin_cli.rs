@@ -48,6 +48,9 @@ pub struct KeyFields {
     pub duration: Option<String>,
     #[arg(long, value_delimiter = ',')]
     pub allowed_routes: Option<Vec<String>>,
+    /// Client addresses (CIDRs, comma-separated) the key may be used from.
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_ips: Option<Vec<String>>,
     #[arg(long, value_delimiter = ',')]
     pub tags: Option<Vec<String>>,
     /// A JSON object.
@@ -154,7 +157,7 @@ fn key_json(k: &pb::Key) -> Value {
         "user_id": k.user_id, "team_id": k.team_id, "organization_id": k.organization_id, "models": k.models,
         "rpm_limit": l.rpm_limit, "tpm_limit": l.tpm_limit, "max_parallel_requests": l.max_parallel_requests,
         "max_budget": l.max_budget, "soft_budget": l.soft_budget, "budget_duration": l.budget_duration,
-        "allowed_routes": k.allowed_routes, "tags": k.tags,
+        "allowed_routes": k.allowed_routes, "allowed_ips": k.allowed_ips, "tags": k.tags,
         "metadata": serde_json::from_str::<Value>(&k.metadata_json).unwrap_or(Value::Null),
         "key_type": pb::KeyType::try_from(k.key_type).map(|t| t.as_str_name()).unwrap_or("?"),
         "blocked": k.blocked, "expires_at": k.expires_at, "created_at": k.created_at, "updated_at": k.updated_at,
@@ -229,6 +232,7 @@ pub async fn run_key(c: &Connection, cmd: KeyAdmin) -> Result<(), String> {
                 models: fields.limits.models.clone().unwrap_or_default(),
                 limits: fields.limits.limits(),
                 allowed_routes: fields.allowed_routes.clone().unwrap_or_default(),
+                allowed_ips: fields.allowed_ips.clone().unwrap_or_default(),
                 metadata_json: fields.metadata.clone(),
                 tags: fields.tags.clone().unwrap_or_default(),
                 key_type: key_type as i32,
@@ -309,6 +313,7 @@ pub async fn run_key(c: &Connection, cmd: KeyAdmin) -> Result<(), String> {
                 metadata_json: fields.metadata.clone(),
                 tags: list(&fields.tags),
                 duration: fields.duration.clone(),
+                allowed_ips: list(&fields.allowed_ips),
             };
             let k = client.update_key(authed(c, req)?).await.map_err(|s| status_message(&s))?.into_inner();
             print_key(c, &k);

@@ -19,7 +19,7 @@ pub fn load(path: &Path) -> Result<Standalone, Vec<String>> {
 /// stops it, by name, rather than being silently ignored. (`litellm_settings`, `router_settings`
 /// and `model_list` are checked whole by the conversion the Envoys' config goes through.)
 const SERVE_SECTIONS: [&str; 4] = ["model_list", "general_settings", "litellm_settings", "router_settings"];
-const SERVE_GENERAL_SETTINGS: [&str; 7] = [
+const SERVE_GENERAL_SETTINGS: [&str; 8] = [
     "master_key",
     "database_url",
     "alerting",
@@ -27,6 +27,7 @@ const SERVE_GENERAL_SETTINGS: [&str; 7] = [
     "sluice_failure_policy",
     "background_health_checks",
     "health_check_interval",
+    "allowed_ips",
 ];
 
 /// What in config.yaml `sluice serve` would not act on, each named with the reason.

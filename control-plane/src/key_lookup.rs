@@ -169,6 +169,7 @@ pub fn key_config(hash: KeyHash, key: &KeyRecord) -> KeyConfig {
         max_budget: usd(key.limits.max_budget_nanos),
         budget_duration: duration(&key.limits),
         allowed_routes: key.allowed_routes.clone(),
+        allowed_ips: key.allowed_ips.clone(),
         blocked: key.blocked,
         expires: key.expires_at.and_then(|ms| Timestamp::parse(&format_rfc3339_ms(ms))),
         metadata: key.metadata.as_object().cloned().unwrap_or_default(),

@@ -453,7 +453,13 @@ fn serve_options(args: &ServeArgs) -> Result<sluice_control_plane::server::Serve
     };
     let mut xds = XdsOptions::with_module(module);
     // What shapes the filter in standalone mode shapes it here too.
-    for name in ["max_request_size_mb", "sluice_failure_policy", "background_health_checks", "health_check_interval"] {
+    for name in [
+        "max_request_size_mb",
+        "sluice_failure_policy",
+        "background_health_checks",
+        "health_check_interval",
+        "allowed_ips",
+    ] {
         if let Some(value) = settings.get(name) {
             xds.general_settings.insert(name.to_owned(), value.clone());
         }

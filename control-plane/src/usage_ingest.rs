@@ -392,6 +392,7 @@ mod tests {
             limits: LimitsRecord::default(),
             model_limits: ModelLimits::default(),
             allowed_routes: vec![],
+            allowed_ips: vec![],
             metadata: serde_json::json!({}),
             tags: tags.iter().map(|t| (*t).to_owned()).collect(),
             key_type: KeyType::LlmApi,

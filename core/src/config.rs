@@ -17,6 +17,7 @@ use crate::customers::{CustomerConfig, Customers};
 use crate::endpoint::{Endpoint, RouteSet};
 use crate::error::LimitScope;
 use crate::fallbacks::FallbackRule;
+use crate::ip_rules::IpRules;
 use crate::keys::KeyHash;
 use crate::limits::{ScopeLimits, parallel_lease_ms};
 use crate::retries::RetryPolicy;
@@ -65,6 +66,9 @@ pub struct GatewayConfig {
     /// `litellm_settings.max_budget` and `budget_duration`: the whole gateway's budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_budget: Option<ProxyBudget>,
+    /// `general_settings.allowed_ips`: the client addresses (CIDRs) the gateway serves at all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_ips: Vec<String>,
     /// Keys not in `keys` are looked up in the control plane (xDS mode); None: standalone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_lookup: Option<KeyLookupConfig>,
@@ -536,6 +540,9 @@ pub struct KeyConfig {
     pub budget_duration: Option<BudgetDuration>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_routes: Vec<String>,
+    /// Client addresses (CIDRs) this key may be used from; empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_ips: Vec<String>,
     #[serde(default)]
     pub blocked: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -698,6 +705,7 @@ pub struct CompiledKey {
     pub user_id: Option<String>,
     pub models: ModelAccess,
     pub routes: RouteSet,
+    pub allowed_ips: Option<IpRules>,
     pub blocked: bool,
     pub expires_unix_secs: Option<i64>,
     pub limits: ScopeLimits,
@@ -821,6 +829,8 @@ pub struct CompiledConfig {
     pub customers: Customers,
     /// The gateway's budget ([`ProxyBudget`]) as its counter's limits.
     pub proxy_limits: Option<ScopeLimits>,
+    /// `general_settings.allowed_ips`, compiled.
+    pub allowed_ips: Option<IpRules>,
     pub groups: Vec<ModelGroup>,
     key_index: HashMap<KeyHash, usize>,
     group_index: HashMap<String, usize>,
@@ -982,6 +992,10 @@ fn compile_key(
         errors.push(ConfigError(format!("{what}: {e}")));
         RouteSet::ALL
     });
+    let allowed_ips = IpRules::parse(&k.allowed_ips).unwrap_or_else(|e| {
+        errors.push(ConfigError(format!("{what}: allowed_ips: {e}")));
+        None
+    });
     let mut model_limits = HashMap::new();
     for (group, budget) in &k.model_max_budget {
         check_budget(&format!("{what}: model_max_budget.{group}"), Some(*budget), errors);
@@ -1029,6 +1043,7 @@ fn compile_key(
         user_id: k.user_id.clone(),
         models: ModelAccess::compile(&k.models),
         routes,
+        allowed_ips,
         blocked: k.blocked,
         expires_unix_secs: k.expires.as_ref().map(|t| t.unix_secs),
         limits: ScopeLimits::new(k.rpm_limit, k.tpm_limit, k.max_budget.map(usd_to_nanos), k.budget_duration)
@@ -1244,6 +1259,10 @@ impl CompiledConfig {
         }
 
         let customers = Customers::compile(&config.customers, config.end_user_max_budget, lease_ms, &mut errors);
+        let allowed_ips = IpRules::parse(&config.allowed_ips).unwrap_or_else(|e| {
+            errors.push(ConfigError(format!("general_settings.allowed_ips: {e}")));
+            None
+        });
         let proxy_limits = config.proxy_budget.as_ref().map(|b| {
             check_budget("litellm_settings", Some(b.max_budget), &mut errors);
             ScopeLimits::new(None, None, Some(usd_to_nanos(b.max_budget)), b.budget_duration)
@@ -1260,6 +1279,7 @@ impl CompiledConfig {
             teams,
             customers,
             proxy_limits,
+            allowed_ips,
             groups,
             key_index,
             group_index,
@@ -1405,6 +1425,7 @@ pub(crate) mod tests {
             customers: vec![],
             end_user_max_budget: None,
             proxy_budget: None,
+            allowed_ips: Vec::new(),
             key_lookup: None,
             model_group_aliases: Vec::new(),
             retries: RetryPolicy::default(),

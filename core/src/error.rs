@@ -113,6 +113,11 @@ pub enum GatewayError {
     CustomerBlocked {
         id: String,
     },
+    /// The client's address is not in `general_settings.allowed_ips` or the key's
+    /// `allowed_ips` (`unknown` when Envoy gave none).
+    IpNotAllowed {
+        ip: String,
+    },
     /// LiteLLM's parallel request limiter: the scope has `limit` requests in flight already.
     ParallelLimitReached {
         scope: LimitScope,
@@ -200,7 +205,7 @@ impl GatewayError {
             | Self::KeyExpired
             | Self::TeamBlocked
             | Self::OwnerBlocked { .. } => 401,
-            Self::RouteNotAllowed { .. } | Self::ModelNotAllowed { .. } => 403,
+            Self::RouteNotAllowed { .. } | Self::ModelNotAllowed { .. } | Self::IpNotAllowed { .. } => 403,
             Self::UnknownRoute | Self::ManagementUnavailable => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::BodyTooLarge { .. } => 413,
@@ -235,6 +240,7 @@ impl GatewayError {
             Self::OwnerBlocked { scope: LimitScope::Organization } => "organization_blocked",
             Self::OwnerBlocked { .. } => "user_blocked",
             Self::CustomerBlocked { .. } => "customer_blocked",
+            Self::IpNotAllowed { .. } => "ip_not_allowed",
             Self::RouteNotAllowed { .. } => "route_not_allowed",
             Self::UnknownRoute => "unknown_url",
             Self::ManagementUnavailable => "management_api_unavailable",
@@ -271,6 +277,7 @@ impl GatewayError {
         "user_blocked",
         "organization_blocked",
         "customer_blocked",
+        "ip_not_allowed",
         "route_not_allowed",
         "unknown_url",
         "management_api_unavailable",
@@ -334,6 +341,7 @@ impl GatewayError {
             Self::OwnerBlocked { .. } => "The user of this API key is blocked.".into(),
             // LiteLLM's words.
             Self::CustomerBlocked { id } => format!("User blocked from making LLM API Calls. User={}", echo(id)),
+            Self::IpNotAllowed { ip } => format!("Access forbidden: IP address {ip} not allowed."),
             Self::RouteNotAllowed { route } => format!("This API key is not allowed to call {route}."),
             Self::ManagementUnavailable => "LiteLLM's management API (/key/...) is served by the control plane (`sluice serve`), through its Envoys or on its admin port; this gateway runs standalone, with the keys of its config.yaml.".into(),
             Self::UnknownRoute => "Unknown URL. Sluice serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models and /v1/messages.".into(),
@@ -553,6 +561,7 @@ mod tests {
             GatewayError::OwnerBlocked { scope: LimitScope::User },
             GatewayError::OwnerBlocked { scope: LimitScope::Organization },
             GatewayError::CustomerBlocked { id: "ada".into() },
+            GatewayError::IpNotAllowed { ip: "10.0.0.1".into() },
             GatewayError::BudgetExceeded { scope: LimitScope::Key, spend_usd: 1.0, max_budget_usd: 1.0 },
             GatewayError::OwnerBudgetExceeded {
                 scope: LimitScope::User,
@@ -593,6 +602,7 @@ mod tests {
                 | GatewayError::ParallelLimitReached { .. }
                 | GatewayError::OwnerBlocked { .. }
                 | GatewayError::CustomerBlocked { .. }
+                | GatewayError::IpNotAllowed { .. }
                 | GatewayError::BudgetExceeded { .. }
                 | GatewayError::OwnerBudgetExceeded { .. }
                 | GatewayError::ManagementUnavailable

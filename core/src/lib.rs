@@ -14,6 +14,7 @@ pub mod endpoint;
 pub mod error;
 pub mod fallbacks;
 pub mod fleet;
+pub mod ip_rules;
 pub mod keys;
 pub mod limits;
 pub mod litellm;

@@ -328,6 +328,7 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
     let mut max_request_body_bytes = DEFAULT_MAX_REQUEST_BODY_BYTES;
     let mut failure_policy = FailurePolicy::FailClosed;
     let mut health_check_interval_ms = None;
+    let mut allowed_ips = Vec::new();
     if let Some(settings) = root.get("general_settings").and_then(Value::as_object) {
         cx.refuse_unsupported(
             "general_settings",
@@ -339,8 +340,16 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
                 "sluice_failure_policy",
                 "background_health_checks",
                 "health_check_interval",
+                "allowed_ips",
             ],
         );
+        match settings.get("allowed_ips").filter(|v| !v.is_null()) {
+            None => {}
+            Some(Value::Array(list)) if list.iter().all(Value::is_string) => {
+                allowed_ips = list.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+            }
+            Some(other) => cx.error(format!("general_settings.allowed_ips: must be a list of CIDRs, not {other}")),
+        }
         // LiteLLM's default interval is 300 s; the interval alone (checks off) changes nothing.
         let interval =
             seconds(&mut cx, "general_settings.health_check_interval", settings.get("health_check_interval"));
@@ -425,6 +434,7 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
         customers,
         end_user_max_budget,
         proxy_budget,
+        allowed_ips,
         key_lookup: None,
         model_group_aliases: aliases,
         retries,

@@ -82,6 +82,7 @@ pub(crate) fn base_config() -> GatewayConfig {
         customers: vec![],
         end_user_max_budget: None,
         proxy_budget: None,
+        allowed_ips: Vec::new(),
         key_lookup: None,
         model_group_aliases: Vec::new(),
         retries: Default::default(),
@@ -1228,6 +1229,52 @@ fn parallel_requests_are_limited_per_key_and_team_and_every_end_frees_a_slot() {
         s.finish();
     }
     assert_eq!(h.post("/v1/chat/completions", &key(2), CHAT).1.unwrap().json()["error"]["code"], "rate_limit_exceeded");
+}
+
+/// `general_settings.allowed_ips` and a key's `allowed_ips`: the downstream address Envoy saw
+/// must be in one of the CIDRs; any other gets LiteLLM's 403 before its key is even looked at
+/// (the gateway's list) or once it is (the key's). Liveness stays open to anyone.
+#[test]
+fn client_addresses_outside_the_allow_lists_are_refused() {
+    let mut cfg = base_config();
+    cfg.allowed_ips = vec!["10.0.0.0/8".into(), "2001:db8::/32".into()];
+    cfg.keys.push(KeyConfig { allowed_ips: vec!["10.1.0.0/16".into()], ..key_config(2) });
+    let h = Harness::new(cfg);
+    let from = |source: Option<&str>, k: &str| {
+        let auth = format!("Bearer {k}");
+        let mut s = h.start("POST", "/v1/chat/completions", &[("authorization", auth.as_bytes())]);
+        *s.host.stream.source_address.borrow_mut() = source.map(str::to_owned);
+        s.send_body(CHAT.as_bytes())
+    };
+    assert!(from(Some("10.9.9.9:5000"), &key(1)).is_none());
+    assert!(from(Some("[2001:db8::7]:443"), &key(1)).is_none());
+    for (source, shown) in [(Some("11.0.0.1:5000"), "11.0.0.1"), (None, "unknown")] {
+        let refused = from(source, &key(1)).unwrap();
+        assert_eq!((refused.status, refused.json()["error"]["code"].as_str()), (403, Some("ip_not_allowed")));
+        assert_eq!(refused.json()["error"]["message"], format!("Access forbidden: IP address {shown} not allowed."));
+    }
+    // The gateway's list is checked before the key: an unknown key from outside is a 403, not a 401.
+    assert_eq!(from(Some("11.0.0.1:5000"), "sk-nonsense").unwrap().status, 403);
+    // The key's own list narrows the gateway's.
+    assert!(from(Some("10.1.2.3:5000"), &key(2)).is_none());
+    let refused = from(Some("10.9.9.9:5000"), &key(2)).unwrap();
+    assert_eq!((refused.status, refused.json()["error"]["code"].as_str()), (403, Some("ip_not_allowed")));
+    // Kubernetes' probes come from the node, whatever the list says.
+    let mut probe = h.start("GET", "/health/liveliness", &[]);
+    *probe.host.stream.source_address.borrow_mut() = Some("172.16.0.1:1".into());
+    assert_eq!(probe.send_body(b"").unwrap().status, 200);
+}
+
+/// A list with an entry that is not a CIDR is refused with the entry named.
+#[test]
+fn an_allow_list_that_does_not_parse_is_refused() {
+    let mut cfg = base_config();
+    cfg.allowed_ips = vec!["10.0.0.0/33".into()];
+    cfg.keys[0].allowed_ips = vec!["localhost".into()];
+    let errors = CompiledConfig::compile(cfg).unwrap_err();
+    let text = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+    assert!(text.contains("general_settings.allowed_ips: \"10.0.0.0/33\" is not an IP address"), "{text}");
+    assert!(text.contains("allowed_ips: \"localhost\" is not an IP address"), "{text}");
 }
 
 /// LiteLLM's proxy budget (`litellm_settings.max_budget`): every admitted request counts against

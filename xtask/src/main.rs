@@ -120,7 +120,7 @@ const NATIVE_FILES: &[&str] = &[
     "test_soak_short.py",
     "test_rest_api.py",
     "test_vertex.py",
-    "test_customers.py",
+    "test_governance.py",
 ];
 
 /// The test command the README gives and CI runs.

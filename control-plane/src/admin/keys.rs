@@ -2,6 +2,7 @@
 //! change to the store with its audit row (one transaction).
 
 use sluice_core::endpoint::RouteSet;
+use sluice_core::ip_rules::IpRules;
 use sluice_core::keys::KeyHash;
 use sluice_core::time::format_rfc3339_ms;
 use sluice_proto::admin::v1 as pb;
@@ -46,6 +47,11 @@ fn model_limits(m: Option<pb::ModelLimits>) -> AdminResult<ModelLimits> {
 fn routes(values: &[String]) -> AdminResult<Vec<String>> {
     check_names("allowed_routes", values)?;
     RouteSet::from_names(values).map_err(|e| AdminError::InvalidArgument(format!("allowed_routes: {e}")))?;
+    Ok(values.to_vec())
+}
+
+fn allowed_ips(values: &[String]) -> AdminResult<Vec<String>> {
+    IpRules::parse(values).map_err(|e| AdminError::InvalidArgument(format!("allowed_ips: {e}")))?;
     Ok(values.to_vec())
 }
 
@@ -97,6 +103,7 @@ fn record_from_spec(spec: pb::KeySpec, caller: &Principal, plaintext: &str) -> A
         limits: LimitsRecord::default(),
         model_limits: model_limits(spec.model_limits)?,
         allowed_routes: routes(&spec.allowed_routes)?,
+        allowed_ips: allowed_ips(&spec.allowed_ips)?,
         metadata: metadata(spec.metadata_json.as_deref())?,
         tags: spec.tags,
         key_type: key_type(spec.key_type)?,
@@ -140,6 +147,7 @@ fn to_proto(k: &KeyRecord) -> pb::Key {
                 .collect(),
         }),
         allowed_routes: k.allowed_routes.clone(),
+        allowed_ips: k.allowed_ips.clone(),
         metadata_json: k.metadata.to_string(),
         tags: k.tags.clone(),
         key_type: match k.key_type {
@@ -398,6 +406,9 @@ fn apply_update(k: &mut KeyRecord, req: &pb::UpdateKeyRequest) -> AdminResult<()
     }
     if let Some(r) = &req.allowed_routes {
         k.allowed_routes = routes(&r.values)?;
+    }
+    if let Some(ips) = &req.allowed_ips {
+        k.allowed_ips = allowed_ips(&ips.values)?;
     }
     if let Some(m) = &req.metadata_json {
         k.metadata = metadata(Some(m))?;

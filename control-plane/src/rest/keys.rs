@@ -65,6 +65,8 @@ struct KeyFields {
     metadata: Option<Map<String, Value>>,
     tags: Option<Vec<String>>,
     allowed_routes: Option<Vec<String>>,
+    /// Client addresses (CIDRs) the key may be used from.
+    allowed_ips: Option<Vec<String>>,
     model_rpm_limit: Option<HashMap<String, i64>>,
     model_tpm_limit: Option<HashMap<String, i64>>,
     /// `{"gpt-4o": 10.0}`, or LiteLLM's newer `{"gpt-4o": {"budget_limit": 10.0}}`.
@@ -178,6 +180,7 @@ pub(super) fn key_json(key: &pb::Key, plaintext: Option<&str>) -> Value {
         "metadata": metadata,
         "tags": key.tags,
         "allowed_routes": key.allowed_routes,
+        "allowed_ips": key.allowed_ips,
         "key_type": key_type,
         "blocked": key.blocked,
         "created_at": key.created_at,
@@ -219,6 +222,7 @@ async fn generate<S: Store>(State(admin): AdminState<S>, headers: HeaderMap, bod
         key_type: fields.key_type()? as i32,
         duration: fields.duration.clone(),
         blocked: fields.blocked.unwrap_or(false),
+        allowed_ips: fields.allowed_ips.clone().unwrap_or_default(),
     };
     let request = grpc_request(&headers, pb::GenerateKeyRequest { spec: Some(spec) })?;
     let made = KeyService::generate_key(&*admin, request).await?.into_inner();
@@ -272,6 +276,7 @@ async fn update<S: Store>(State(admin): AdminState<S>, headers: HeaderMap, body:
         metadata_json: fields.metadata_json(),
         tags: list(&fields.tags),
         duration: fields.duration.clone(),
+        allowed_ips: list(&fields.allowed_ips),
     };
     let updated = KeyService::update_key(&*admin, grpc_request(&headers, request)?).await?.into_inner();
     Ok(json_response(StatusCode::OK, &key_json(&updated, None)))

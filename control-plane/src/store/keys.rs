@@ -63,6 +63,9 @@ pub struct KeyRecord {
     pub limits: LimitsRecord,
     pub model_limits: ModelLimits,
     pub allowed_routes: Vec<String>,
+    /// Client addresses (CIDRs) the key may be used from; empty: any.
+    #[serde(default)]
+    pub allowed_ips: Vec<String>,
     pub metadata: serde_json::Value,
     pub tags: Vec<String>,
     pub key_type: KeyType,
@@ -147,7 +150,7 @@ pub trait KeyStore {
 const KEY_COLUMNS: &str = "k.key_id, k.key_prefix, k.last4, k.key_alias, k.user_id, k.team_id, k.organization_id, \
     k.models, k.rpm_limit, k.tpm_limit, k.max_parallel_requests, k.max_budget_nanos, k.soft_budget_nanos, \
     k.budget_duration, k.model_limits, k.allowed_routes, k.metadata, k.tags, k.key_type, k.blocked, k.expires_at, \
-    k.created_by, k.created_at, k.updated_at, k.last_used_at, k.version, \
+    k.allowed_ips, k.created_by, k.created_at, k.updated_at, k.last_used_at, k.version, \
     (SELECT MAX(h.valid_until) FROM key_hashes h WHERE h.key_id = k.key_id AND h.valid_until IS NOT NULL) AS previous_valid_until";
 
 fn record_from_row(row: &AnyRow) -> StoreResult<KeyRecord> {
@@ -163,6 +166,7 @@ fn record_from_row(row: &AnyRow) -> StoreResult<KeyRecord> {
         limits: LimitsRecord::from_row(row)?,
         model_limits: from_json("model_limits", &row.try_get::<String, _>("model_limits")?)?,
         allowed_routes: from_json("allowed_routes", &row.try_get::<String, _>("allowed_routes")?)?,
+        allowed_ips: from_json("allowed_ips", &row.try_get::<String, _>("allowed_ips")?)?,
         metadata: from_json("metadata", &row.try_get::<String, _>("metadata")?)?,
         tags: from_json("tags", &row.try_get::<String, _>("tags")?)?,
         key_type: KeyType::parse(&row.try_get::<String, _>("key_type")?)?,
@@ -198,6 +202,7 @@ macro_rules! bind_key_fields {
         .bind($k.key_type.as_str())
         .bind(i64::from($k.blocked))
         .bind($k.expires_at)
+        .bind(to_json(&$k.allowed_ips))
     };
 }
 
@@ -232,10 +237,10 @@ impl KeyStore for SqlStore {
         let insert = sqlx::query(
             "INSERT INTO keys (key_id, key_prefix, last4, key_alias, user_id, team_id, organization_id, models, \
              rpm_limit, tpm_limit, max_parallel_requests, max_budget_nanos, soft_budget_nanos, budget_duration, \
-             model_limits, allowed_routes, metadata, tags, key_type, blocked, expires_at, created_by, created_at, \
-             updated_at, version) \
+             model_limits, allowed_routes, metadata, tags, key_type, blocked, expires_at, allowed_ips, created_by, \
+             created_at, updated_at, version) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, \
-             $22, $23, $24, 1)",
+             $22, $23, $24, $25, 1)",
         )
         .bind(key.key_id.clone());
         bind_key_fields!(insert, key)
@@ -299,7 +304,7 @@ impl KeyStore for SqlStore {
              organization_id = $6, models = $7, rpm_limit = $8, tpm_limit = $9, max_parallel_requests = $10, \
              max_budget_nanos = $11, soft_budget_nanos = $12, budget_duration = $13, model_limits = $14, \
              allowed_routes = $15, metadata = $16, tags = $17, key_type = $18, blocked = $19, expires_at = $20, \
-             updated_at = $21, version = version + 1 WHERE key_id = $22 AND version = $23",
+             allowed_ips = $21, updated_at = $22, version = version + 1 WHERE key_id = $23 AND version = $24",
         );
         let done = bind_key_fields!(update, after)
             .bind(after.updated_at)

@@ -41,6 +41,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0005_failed_attempts.sql"),
         include_str!("../../migrations/postgres/0005_failed_attempts.sql"),
     ),
+    (
+        6,
+        "key allowed_ips",
+        include_str!("../../migrations/sqlite/0006_key_allowed_ips.sql"),
+        include_str!("../../migrations/postgres/0006_key_allowed_ips.sql"),
+    ),
 ];
 
 /// The migrator for `backend`, with every version up to `through` (tests build older schemas).

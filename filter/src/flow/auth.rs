@@ -3,6 +3,8 @@
 //! shared data (a key no worker knows is looked up: `lookup.rs`); the request is held for its
 //! body.
 
+use sluice_core::ip_rules::{IpRules, parse_client_address};
+
 use super::*;
 
 /// The client's key: a bearer token in `authorization`, else `x-api-key`, else `api-key`.
@@ -78,6 +80,13 @@ impl<H: Host> RequestFlow<H> {
         if let Some(probe) = Probe::from_path(&self.path) {
             self.answer_probe(probe);
             return Action::Pause;
+        }
+        // `general_settings.allowed_ips`: before anything else is read or asked (LiteLLM's
+        // liveness and readiness probes above answer anyone, as Kubernetes' kubelet asks them).
+        if let Some(rules) = &self.gateway.config.allowed_ips
+            && let Err(e) = self.check_client_ip(rules)
+        {
+            return self.reject(&e);
         }
         if self.path == crate::failover::FAILOVER_PATH.as_bytes() {
             // The redirected request carries the client's headers: its record names the same
@@ -243,11 +252,24 @@ impl<H: Host> RequestFlow<H> {
         Ok(Auth::Known(Principal::Key(resolved)))
     }
 
+    /// The client's address against an allow-list, read from Envoy only when one applies. No
+    /// address (not an IP connection) is refused: a rule that cannot be checked does not pass.
+    fn check_client_ip(&self, rules: &IpRules) -> Result<(), GatewayError> {
+        match self.host.source_address().as_deref().and_then(parse_client_address) {
+            Some(ip) if rules.allows(ip) => Ok(()),
+            Some(ip) => Err(GatewayError::IpNotAllowed { ip: ip.to_string() }),
+            None => Err(GatewayError::IpNotAllowed { ip: "unknown".into() }),
+        }
+    }
+
     /// What a known key may not do, whichever way it became known.
     pub(super) fn check_key(&self, resolved: &ResolvedKey, endpoint: Endpoint) -> Result<(), GatewayError> {
         let key = &resolved.key;
         if key.blocked {
             return Err(GatewayError::KeyBlocked);
+        }
+        if let Some(rules) = &key.allowed_ips {
+            self.check_client_ip(rules)?;
         }
         if let Some(expires) = key.expires_unix_secs {
             let now_secs = i64::try_from(self.start_ms / 1000).unwrap_or(i64::MAX);

@@ -1,10 +1,13 @@
-"""End users (LiteLLM's customers) held to their rules by every Envoy (xDS mode).
+"""Governance across a fleet (xDS mode): customers, the gateway's own budget, IP allow-lists.
 
 A real control plane and real Envoys (`test_xds.Fleet`). A request names its end user with the
 body's `user` (or LiteLLM's `x-litellm-customer-id` header); a customer made through the CLI or
 LiteLLM's `/customer/new` is refused by every Envoy once blocked, counted against its RPM limit
 across all keys, and refused by every Envoy once its budget (its own or its budget object's) is
-spent through any of them, until it is unblocked or given more budget.
+spent through any of them, until it is unblocked or given more budget. `litellm_settings`'
+`max_end_user_budget` and `max_budget` hold across the fleet the same way. `allowed_ips` (the
+gateway's and a key's) are checked against the address Envoy saw: the clients here connect
+from different loopback addresses (127.0.0.0/8 is all local on Linux).
 """
 
 import json
@@ -197,5 +200,51 @@ def test_the_gateways_own_budget_spent_through_one_envoy_stops_every_envoy(tmp_p
         per_request = own["spend"] / served
         assert 0.001 - per_request <= own["spend"] < 0.001 + per_request, report
         assert report["spend"] >= 0.001
+    finally:
+        fleet.stop()
+
+
+def client_from(address):
+    return httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=10)
+
+
+def test_allow_lists_of_the_gateway_and_of_a_key_hold_on_the_address_envoy_saw(tmp_path):
+    fleet = Fleet(tmp_path)
+    config = json.loads(fleet.config_path.read_text())
+    config["general_settings"]["allowed_ips"] = ["127.0.0.0/29"]
+    fleet.config_path.write_text(json.dumps(config))
+    try:
+        fleet.start_control_plane()
+        envoy = fleet.start_envoy("edge-a")
+        admin = {"Authorization": f"Bearer {fleet.master_key}"}
+        made = httpx.post(f"{envoy.url}/key/generate", headers=admin, timeout=10,
+                          json={"key_alias": "from-3", "allowed_ips": ["127.0.0.3/32"]})
+        assert made.status_code == 200, made.text
+        assert made.json()["allowed_ips"] == ["127.0.0.3/32"]
+        narrow = made.json()["key"]
+        anywhere, _ = create_key(fleet, "--alias", "anywhere")
+
+        def chat(address, key):
+            with client_from(address) as c:
+                return c.post(f"{envoy.url}/v1/chat/completions", json=CHAT,
+                              headers={"Authorization": f"Bearer {key}"})
+
+        assert chat("127.0.0.2", anywhere).status_code == 200
+        assert chat("127.0.0.3", narrow).status_code == 200
+        for address, key in (("127.0.0.2", narrow), ("127.0.0.9", anywhere), ("127.0.0.9", "sk-anything")):
+            resp = chat(address, key)
+            error = resp.json()["error"]
+            assert (resp.status_code, error["code"]) == (403, "ip_not_allowed"), resp.text
+            assert error["message"] == f"Access forbidden: IP address {address} not allowed."
+        # Management calls through the gateway are held to the gateway's list too; probes are not.
+        with client_from("127.0.0.9") as c:
+            assert c.get(f"{envoy.url}/key/info", params={"key": anywhere}, headers=admin).status_code == 403
+            assert c.get(f"{envoy.url}/health/liveliness").status_code == 200
+        # A list that does not parse is refused with the entry named.
+        bad = httpx.post(f"{envoy.url}/key/generate", headers=admin, timeout=10, json={"allowed_ips": ["10.0.0.0/33"]})
+        assert bad.status_code == 400 and "10.0.0.0/33" in bad.text, bad.text
+        # Lifted: the key is served from anywhere the gateway allows.
+        httpx.post(f"{envoy.url}/key/update", headers=admin, timeout=10, json={"key": narrow, "allowed_ips": []})
+        wait_until(lambda: chat("127.0.0.2", narrow).status_code == 200, timeout=5, what="the lifted key list")
     finally:
         fleet.stop()
