@@ -157,6 +157,7 @@ fn key_json(k: &pb::Key) -> Value {
         "user_id": k.user_id, "team_id": k.team_id, "organization_id": k.organization_id, "models": k.models,
         "rpm_limit": l.rpm_limit, "tpm_limit": l.tpm_limit, "max_parallel_requests": l.max_parallel_requests,
         "max_budget": l.max_budget, "soft_budget": l.soft_budget, "budget_duration": l.budget_duration,
+        "budget_reset_at": sluice_control_plane::budget::budget_reset_at(l.budget_duration.as_deref()),
         "allowed_routes": k.allowed_routes, "allowed_ips": k.allowed_ips, "tags": k.tags,
         "metadata": serde_json::from_str::<Value>(&k.metadata_json).unwrap_or(Value::Null),
         "key_type": pb::KeyType::try_from(k.key_type).map(|t| t.as_str_name()).unwrap_or("?"),

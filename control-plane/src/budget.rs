@@ -187,6 +187,16 @@ impl BudgetLimits {
     }
 }
 
+/// When a budget of `duration` next resets (LiteLLM's `budget_reset_at`, RFC 3339): the end of
+/// its current window on the calendar every Envoy counts by (`BudgetDuration`); none without a
+/// duration (or one that does not parse).
+pub fn budget_reset_at(duration: Option<&str>) -> Option<String> {
+    let duration = BudgetDuration::parse(duration?)?;
+    let now_ms = u64::try_from(crate::store::now_ms()).unwrap_or(0);
+    let end_ms = duration.period_end_secs(now_ms).saturating_mul(1000);
+    Some(sluice_core::time::format_rfc3339_ms(i64::try_from(end_ms).unwrap_or(i64::MAX)))
+}
+
 /// Whether the gateway's own budget is spent across the fleet in its current window (for the
 /// filter config, `crate::customers`).
 pub async fn proxy_budget_spent<S: Store>(store: &S, budget: &ProxyBudget, now_ms: u64) -> StoreResult<bool> {

@@ -119,14 +119,20 @@ pub fn format_rfc3339_ms(unix_ms: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
 }
 
+const WEEK_SECS: u64 = 7 * 86_400;
+/// 1969-12-29, the Monday before the epoch, is this long before it.
+const MONDAY_BEFORE_EPOCH_SECS: u64 = 3 * 86_400;
+
 /// The longest budget duration, `4294967295w` (the longest one ever accepted): its window
 /// bounds in milliseconds still fit a u64.
 const MAX_DURATION_SECS: u64 = u32::MAX as u64 * 7 * 86_400;
 
-/// How often a budget's spend resets (LiteLLM's `budget_duration`).
-///
-/// Fixed windows are aligned to the Unix epoch (so `1d` resets at 00:00 UTC), which makes the
-/// window a pure function of time: every worker and every replica agrees on it without talking.
+/// How often a budget's spend resets (LiteLLM's `budget_duration`), on LiteLLM's calendar:
+/// `1d` at 00:00 UTC, `7d` (any whole number of weeks) on Monday at 00:00 UTC, `30d` and `1mo`
+/// on the 1st of the month at 00:00 UTC; any other duration in windows aligned to the Unix
+/// epoch (days at midnight). Every window is a pure function of time: every worker and every
+/// replica agrees on it without talking. (LiteLLM rolls sub-day durations forward from the
+/// moment of the reset instead, and takes a `timezone`; Sluice's calendar is UTC.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BudgetDuration {
     Seconds(u64),
@@ -135,10 +141,11 @@ pub enum BudgetDuration {
 }
 
 impl BudgetDuration {
-    /// Parses `30s`, `30m`, `1h`, `1d`, `7d`, `30d`, `1mo` (LiteLLM's duration syntax).
+    /// Parses `30s`, `30m`, `1h`, `1d`, `7d`, `30d`, `1mo` (LiteLLM's duration syntax; `30d`
+    /// is LiteLLM's month, as `1mo`).
     pub fn parse(s: &str) -> Option<Self> {
         let s = s.trim();
-        if s == "1mo" {
+        if s == "1mo" || s == "30d" {
             return Some(Self::CalendarMonth);
         }
         let split = s.find(|c: char| !c.is_ascii_digit())?;
@@ -160,11 +167,17 @@ impl BudgetDuration {
         }
     }
 
+    /// How long before the epoch windows of `len` seconds start: whole weeks start on Mondays
+    /// (the epoch was a Thursday), anything else at the epoch.
+    const fn lead_secs(len: u64) -> u64 {
+        if len % WEEK_SECS == 0 { MONDAY_BEFORE_EPOCH_SECS } else { 0 }
+    }
+
     /// Index of the window containing `now_ms`; spend resets when it changes.
     pub fn period(&self, now_ms: u64) -> u64 {
         let secs = now_ms / 1000;
         match self {
-            Self::Seconds(len) => secs / (*len).max(1),
+            Self::Seconds(len) => (secs + Self::lead_secs(*len)) / (*len).max(1),
             Self::CalendarMonth => {
                 let (year, month) = year_month_from_days((secs / 86_400) as i64);
                 (year.max(0) as u64) * 12 + u64::from(month - 1)
@@ -175,7 +188,9 @@ impl BudgetDuration {
     /// Unix seconds at which the window containing `now_ms` began.
     pub fn period_start_secs(&self, now_ms: u64) -> u64 {
         match self {
-            Self::Seconds(len) => self.period(now_ms).saturating_mul((*len).max(1)),
+            Self::Seconds(len) => {
+                self.period(now_ms).saturating_mul((*len).max(1)).saturating_sub(Self::lead_secs(*len))
+            }
             Self::CalendarMonth => {
                 let p = self.period(now_ms);
                 let (year, month) = ((p / 12) as i64, (p % 12) as u32 + 1);
@@ -187,7 +202,9 @@ impl BudgetDuration {
     /// Unix seconds at which the window containing `now_ms` ends.
     pub fn period_end_secs(&self, now_ms: u64) -> u64 {
         match self {
-            Self::Seconds(len) => (self.period(now_ms) + 1).saturating_mul((*len).max(1)),
+            Self::Seconds(len) => {
+                (self.period(now_ms) + 1).saturating_mul((*len).max(1)).saturating_sub(Self::lead_secs(*len))
+            }
             Self::CalendarMonth => {
                 let next = self.period(now_ms) + 1;
                 let (year, month) = ((next / 12) as i64, (next % 12) as u32 + 1);
@@ -257,6 +274,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn windows_follow_litellms_calendar() {
+        let at = |t: &str| u64::try_from(parse_rfc3339(t).unwrap()).unwrap() * 1000;
+        let window = |d: &str, t: &str| {
+            let d = BudgetDuration::parse(d).unwrap();
+            (d.period_start_secs(at(t)) * 1000, d.period_end_secs(at(t)) * 1000)
+        };
+        // 2026-12-10 is a Thursday.
+        assert_eq!(window("1d", "2026-12-10T15:00:00Z"), (at("2026-12-10"), at("2026-12-11")));
+        assert_eq!(window("7d", "2026-12-10T15:00:00Z"), (at("2026-12-07"), at("2026-12-14")), "Monday to Monday");
+        assert_eq!(window("7d", "2026-12-07T00:00:00Z"), (at("2026-12-07"), at("2026-12-14")));
+        assert_eq!(window("7d", "2026-12-06T23:59:59Z"), (at("2026-11-30"), at("2026-12-07")));
+        assert_eq!(window("2w", "2026-12-10T15:00:00Z").0 % (7 * 86_400_000), at("2026-12-07") % (7 * 86_400_000));
+        assert_eq!(window("30d", "2026-12-10T15:00:00Z"), (at("2026-12-01"), at("2027-01-01")), "a month");
+        assert_eq!(window("1h", "2026-12-10T15:20:00Z"), (at("2026-12-10T15:00:00Z"), at("2026-12-10T16:00:00Z")));
+        // The first windows near the epoch do not underflow.
+        let week = BudgetDuration::parse("7d").unwrap();
+        assert_eq!((week.period_start_secs(0), week.period_end_secs(0)), (0, 4 * 86_400));
+    }
+
+    #[test]
     fn rfc3339_known_instants() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("2000-03-01T00:00:00Z"), Some(951_868_800));
@@ -297,7 +334,7 @@ mod tests {
 
     #[test]
     fn durations_parse_and_print() {
-        assert_eq!(BudgetDuration::parse("30d"), Some(BudgetDuration::Seconds(30 * 86_400)));
+        assert_eq!(BudgetDuration::parse("30d"), Some(BudgetDuration::CalendarMonth), "LiteLLM's month");
         assert_eq!(BudgetDuration::parse("1h"), Some(BudgetDuration::Seconds(3600)));
         assert_eq!(BudgetDuration::parse("1mo"), Some(BudgetDuration::CalendarMonth));
         for bad in ["", "d", "0d", "1y", "-1d", "1.5d", "99999999999999999999d"] {

@@ -3,6 +3,7 @@ calls a script written for LiteLLM makes (`curl -X POST …/key/generate -H "Aut
 Bearer $MASTER" -d '{…}'`), answered in LiteLLM's shapes, through the same services (and
 authorisation, validation and audit) as the gRPC admin API, the keys then used through a real
 Envoy with the OpenAI SDK."""
+import datetime
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -44,10 +45,24 @@ def test_a_key_generated_over_rest_has_litellms_shape_and_works_through_envoy(fl
     assert r.status_code == 200, r.text
     info = r.json()["info"]
     assert (info["key_alias"], info["budget_duration"], info["tpm_limit"]) == ("rest-made", "30d", 100000)
+    # LiteLLM's calendar: a 30d budget resets on the 1st of next month at 00:00 UTC.
+    now = datetime.datetime.now(datetime.timezone.utc)
+    first = datetime.datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=datetime.timezone.utc)
+    assert info["budget_reset_at"] == first.strftime("%Y-%m-%dT00:00:00.000Z"), info
     assert made["key"] not in r.text
     # The action is audited like the CLI's.
     audit = json.loads(fleet.cli("audit", "--json").stdout)["entries"]
     assert any(e["action"] == "key.generate" and e["object_id"] == made["token"] for e in audit), audit
+
+
+def test_a_weekly_budget_resets_on_monday_at_midnight_utc(fleet):
+    r = call(fleet, "POST", "/key/generate", json={"key_alias": "weekly", "max_budget": 1.0, "budget_duration": "7d"})
+    reset = datetime.datetime.fromisoformat(r.json()["budget_reset_at"].replace("Z", "+00:00"))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    assert (reset.weekday(), reset.hour, reset.minute) == (0, 0, 0), reset
+    assert datetime.timedelta(0) < reset - now <= datetime.timedelta(days=7)
+    info = call(fleet, "GET", "/key/info", params={"key": r.json()["key"]}).json()["info"]
+    assert info["budget_reset_at"] == r.json()["budget_reset_at"]
 
 
 def test_update_block_regenerate_and_delete_follow_litellm(fleet):

@@ -168,6 +168,7 @@ pub(super) fn key_json(key: &pb::Key, plaintext: Option<&str>) -> Value {
         "max_budget": limits.max_budget,
         "soft_budget": limits.soft_budget,
         "budget_duration": limits.budget_duration,
+        "budget_reset_at": crate::budget::budget_reset_at(limits.budget_duration.as_deref()),
         "tpm_limit": limits.tpm_limit,
         "rpm_limit": limits.rpm_limit,
         "max_parallel_requests": limits.max_parallel_requests,

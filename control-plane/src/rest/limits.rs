@@ -45,6 +45,7 @@ pub fn limits_json(limits: Option<&pb::Limits>) -> Map<String, Value> {
     out.insert("max_budget".into(), json!(l.max_budget));
     out.insert("soft_budget".into(), json!(l.soft_budget));
     out.insert("budget_duration".into(), json!(l.budget_duration));
+    out.insert("budget_reset_at".into(), json!(crate::budget::budget_reset_at(l.budget_duration.as_deref())));
     out.insert("tpm_limit".into(), json!(l.tpm_limit));
     out.insert("rpm_limit".into(), json!(l.rpm_limit));
     out.insert("max_parallel_requests".into(), json!(l.max_parallel_requests));
