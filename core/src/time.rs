@@ -170,7 +170,7 @@ impl BudgetDuration {
     /// How long before the epoch windows of `len` seconds start: whole weeks start on Mondays
     /// (the epoch was a Thursday), anything else at the epoch.
     const fn lead_secs(len: u64) -> u64 {
-        if len % WEEK_SECS == 0 { MONDAY_BEFORE_EPOCH_SECS } else { 0 }
+        if len.is_multiple_of(WEEK_SECS) { MONDAY_BEFORE_EPOCH_SECS } else { 0 }
     }
 
     /// Index of the window containing `now_ms`; spend resets when it changes.
