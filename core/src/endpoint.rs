@@ -21,7 +21,7 @@ pub enum Endpoint {
 
 /// The paths of LiteLLM's management REST API that the control plane serves: an Envoy in xDS
 /// mode routes them to it (the filter lets them pass), a standalone one has none to offer.
-pub const MANAGEMENT_PREFIXES: [&str; 13] = [
+pub const MANAGEMENT_PREFIXES: [&str; 14] = [
     "/key/",
     "/team/",
     "/user/",
@@ -35,6 +35,8 @@ pub const MANAGEMENT_PREFIXES: [&str; 13] = [
     "/spend/",
     "/global/spend/",
     "/audit",
+    // LiteLLM's paged lists (its client's `teams.list_v2`).
+    "/v2/team/",
 ];
 
 /// Whether `path` is one of the management API's.

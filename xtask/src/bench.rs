@@ -40,7 +40,7 @@ const UPSTREAM_ADMIN: u16 = 18_910;
 const LITELLM_PORT: u16 = 18_400;
 /// LiteLLM's proxy, pinned: the 1.106 line DESIGN.md's anchor was measured with, at the newest
 /// release whose dependencies resolve here (1.106.10 needs a certifi newer than any published).
-const LITELLM_VERSION: &str = "1.106.0";
+use crate::setup::LITELLM_VERSION;
 /// The measured Envoy's core, and everything else's, when the machine has two.
 pub(crate) const ENVOY_CORE: &str = "0";
 pub(crate) const LOAD_CORE: &str = "1";
@@ -601,6 +601,8 @@ fn prebuilt_tools(target: &Path) -> Result<Tools, String> {
         native: target.join("release/libsluice_filter.so"),
         cli: target.join("debug/sluice"),
         mock: target.join("debug/sluice-mock-provider"),
+        // Installed (with pip) only when the LiteLLM comparison runs.
+        litellm_venv: root.join(".venv-litellm"),
     };
     for needed in [&tools.envoy, &tools.wasm, &tools.noop_wasm, &tools.native_noop, &tools.cli] {
         if !needed.exists() {
@@ -833,7 +835,7 @@ fn start_litellm(
     pin: bool,
     children: &mut Children,
 ) -> Result<Litellm, String> {
-    let litellm_bin = litellm_binary(&root())?;
+    let litellm_bin = crate::setup::litellm_venv(&root())?.join("bin/litellm");
     let master_key = format!("sk-litellm-bench-{}", proc::random_hex()?);
     let config = dir.join("litellm.yaml");
     std::fs::write(&config, litellm_config(&master_key)).map_err(|e| e.to_string())?;
@@ -884,33 +886,6 @@ fn start_litellm(
         std::thread::sleep(Duration::from_millis(500));
     }
     Err(format!("LiteLLM never served a chat request (last: {last}); see {}", log_path.display()))
-}
-
-/// `.venv-litellm/bin/litellm` at `LITELLM_VERSION`, installed with pip on first use. Its own
-/// venv: LiteLLM's dependency pins must not move the test venv's SDKs.
-fn litellm_binary(root: &Path) -> Result<PathBuf, String> {
-    let venv = root.join(".venv-litellm");
-    let python = venv.join("bin/python");
-    if !python.exists() {
-        proc::step("create .venv-litellm", proc::run("python3", &["-m", "venv", &venv.to_string_lossy()], &[]))?;
-    }
-    let py = python.to_string_lossy().into_owned();
-    let version = || {
-        proc::output(&py, &["-c", "import importlib.metadata as m; print(m.version('litellm'))"], &[])
-            .map(|v| v.trim().to_owned())
-    };
-    if version().ok().as_deref() != Some(LITELLM_VERSION) {
-        let requirement = format!("litellm[proxy]=={LITELLM_VERSION}");
-        proc::step(
-            &format!("pip install {requirement} into .venv-litellm"),
-            proc::run(&py, &["-m", "pip", "install", "--quiet", "--disable-pip-version-check", &requirement], &[]),
-        )?;
-        let installed = version()?;
-        if installed != LITELLM_VERSION {
-            return Err(format!("pip installed litellm {installed}, not {LITELLM_VERSION}"));
-        }
-    }
-    Ok(venv.join("bin/litellm"))
 }
 
 /// LiteLLM's config for the same upstream deployment.

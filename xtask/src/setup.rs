@@ -21,6 +21,9 @@ pub struct Tools {
     pub native: PathBuf,
     pub cli: PathBuf,
     pub mock: PathBuf,
+    /// The pinned LiteLLM's venv (`LITELLM_VERSION`): its management client and CLI are test
+    /// clients, its proxy the bench's comparison.
+    pub litellm_venv: PathBuf,
 }
 
 impl Tools {
@@ -36,6 +39,7 @@ impl Tools {
             ("SLUICE_NATIVE".into(), s(&self.native)),
             ("SLUICE_CLI".into(), s(&self.cli)),
             ("SLUICE_MOCK".into(), s(&self.mock)),
+            ("SLUICE_LITELLM_VENV".into(), s(&self.litellm_venv)),
         ]
     }
 }
@@ -47,6 +51,7 @@ pub fn setup() -> Result<Tools, String> {
         proc::step("rustup target add wasm32-wasip1", proc::run("rustup", &["target", "add", "wasm32-wasip1"], &[]))?;
     }
     let python = python_venv(&root)?;
+    let litellm_venv = litellm_venv(&root)?;
     let envoy = envoy_binary(&root)?;
     let cargo = proc::cargo();
     proc::step(
@@ -103,7 +108,40 @@ pub fn setup() -> Result<Tools, String> {
         native: target.join("release/libsluice_filter.so"),
         cli: target.join("debug/sluice"),
         mock: target.join("debug/sluice-mock-provider"),
+        litellm_venv,
     })
+}
+
+/// The LiteLLM release the tests' management client and CLI and the bench's proxy come from
+/// (1.107.0, a compromised release, is never to be installed).
+pub const LITELLM_VERSION: &str = "1.106.0";
+
+/// `.venv-litellm` with `litellm[proxy]` at `LITELLM_VERSION`, installed with pip when missing
+/// or another version. Its own venv: LiteLLM's dependency pins (openai < 3) must not move the
+/// test venv's SDKs.
+pub fn litellm_venv(root: &Path) -> Result<PathBuf, String> {
+    let venv = root.join(".venv-litellm");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        proc::step("create .venv-litellm", proc::run("python3", &["-m", "venv", &venv.to_string_lossy()], &[]))?;
+    }
+    let py = python.to_string_lossy().into_owned();
+    let version = || {
+        proc::output(&py, &["-c", "import importlib.metadata as m; print(m.version('litellm'))"], &[])
+            .map(|v| v.trim().to_owned())
+    };
+    if version().ok().as_deref() != Some(LITELLM_VERSION) {
+        let requirement = format!("litellm[proxy]=={LITELLM_VERSION}");
+        proc::step(
+            &format!("pip install {requirement} into .venv-litellm"),
+            proc::run(&py, &["-m", "pip", "install", "--quiet", "--disable-pip-version-check", &requirement], &[]),
+        )?;
+        let installed = version()?;
+        if installed != LITELLM_VERSION {
+            return Err(format!("pip installed litellm {installed}, not {LITELLM_VERSION}"));
+        }
+    }
+    Ok(venv)
 }
 
 /// A project-local venv with the pinned requirements, reinstalled only when they change.

@@ -28,6 +28,7 @@ pub fn routes<S: Store>() -> Router<Arc<Admin<S>>> {
         .route("/key/update", post(update::<S>))
         .route("/key/delete", post(delete::<S>))
         .route("/key/info", get(info::<S>))
+        .route("/key/health", post(health::<S>))
         .route("/key/list", get(list::<S>))
         .route("/key/block", post(block::<S>))
         .route("/key/unblock", post(unblock::<S>))
@@ -160,7 +161,8 @@ pub(super) fn key_json(key: &pb::Key, plaintext: Option<&str>) -> Value {
     };
     let mut out = json!({
         "token": key.key_id,
-        "key_name": format!("{}...{}", key.key_prefix, key.last4),
+        // LiteLLM's `sk-...abcd` (the stored prefix ends in its own ellipsis).
+        "key_name": format!("{}...{}", key.key_prefix.trim_end_matches('…'), key.last4),
         "key_alias": key.key_alias,
         "expires": key.expires_at,
         "models": key.models,
@@ -331,6 +333,18 @@ async fn info<S: Store>(State(admin): AdminState<S>, headers: HeaderMap, RawQuer
     let named = key.as_deref().map_or_else(pb::KeyRef::default, key_ref);
     let found = KeyService::get_key(&*admin, grpc_request(&headers, named)?).await?.into_inner();
     Ok(json_response(StatusCode::OK, &json!({"key": found.key_id, "info": key_json(&found, None)})))
+}
+
+/// LiteLLM's `/key/health`: is the calling key healthy? LiteLLM tests the key's own logging
+/// callbacks; a Sluice key has none, so a key that authenticates is healthy (an admin key, which
+/// names no key of its own, included) and any other caller gets the service's refusal.
+async fn health<S: Store>(State(admin): AdminState<S>, headers: HeaderMap) -> RestResult {
+    match KeyService::get_key(&*admin, grpc_request(&headers, pb::KeyRef::default())?).await {
+        Ok(_) => {}
+        Err(status) if status.code() == tonic::Code::InvalidArgument => {}
+        Err(status) => return Err(status.into()),
+    }
+    Ok(json_response(StatusCode::OK, &json!({"key": "healthy", "logging_callbacks": null})))
 }
 
 #[derive(Deserialize)]
