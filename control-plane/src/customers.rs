@@ -56,6 +56,19 @@ fn effective(own: &LimitsRecord, budget: Option<&LimitsRecord>) -> LimitsRecord 
     }
 }
 
+/// One customer's limits (its own, else its budget's; a budget gone is none).
+pub async fn customer_limits<S: Store>(store: &S, c: &CustomerRecord) -> StoreResult<LimitsRecord> {
+    let budget = match &c.budget_id {
+        Some(id) => match store.get::<BudgetRecord>(id).await {
+            Ok(b) => Some(b.limits),
+            Err(crate::store::StoreError::NotFound) => None,
+            Err(e) => return Err(e),
+        },
+        None => None,
+    };
+    Ok(effective(&c.limits, budget.as_ref()))
+}
+
 /// Every customer with the limits it is held to.
 async fn all_customers<S: Store>(store: &S) -> StoreResult<Vec<(CustomerRecord, LimitsRecord)>> {
     let budgets: HashMap<String, LimitsRecord> =

@@ -105,6 +105,11 @@ def test_a_customers_budget_spent_through_one_envoy_is_refused_by_the_other(flee
     report = fleet.cli("spend", "--group-by", "customer", "--json").stdout
     ada = next(r for r in json.loads(report)["rows"] if r["group"] == "ada")
     assert 0.001 <= ada["spend"] < 0.001 + 0.0005, ada
+    # LiteLLM's `/customer/info` shows the same spend, with the window's reset time.
+    admin = {"Authorization": f"Bearer {fleet.master_key}"}
+    info = httpx.get(f"{a.url}/customer/info", params={"end_user_id": "ada"}, headers=admin, timeout=10).json()
+    assert abs(info["spend"] - ada["spend"]) < 1e-9, (info, ada)
+    assert info["litellm_budget_table"]["budget_reset_at"], info
 
     # More budget: served again everywhere.
     fleet.cli("budget", "update", "free-tier", "--max-budget", "1")

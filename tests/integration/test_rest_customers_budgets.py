@@ -58,7 +58,7 @@ def test_a_customer_on_a_budget_is_created_read_updated_blocked_listed_and_delet
     assert ada["rpm_limit"] == 30 and ada["max_budget"] is None
     assert ada["litellm_budget_table"]["budget_id"] == "paid-tier"
     assert ada["litellm_budget_table"]["max_budget"] == 20.0
-    assert "spend" not in ada, "Sluice's customers carry no spend: none is invented"
+    assert ada["spend"] == 0, "a new customer has spent nothing (counted, not made up)"
     # One with its own budget and no budget table, made blocked.
     bob = ok(call(fleet, "POST", "/customer/new", json={"user_id": "bob", "max_budget": 1.5, "budget_duration": "7d",
                                                         "blocked": True}))

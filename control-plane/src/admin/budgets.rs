@@ -28,10 +28,19 @@ fn customer_proto(c: &CustomerRecord) -> pb::Customer {
         blocked: c.blocked,
         created_at: format_rfc3339_ms(c.created_at),
         updated_at: format_rfc3339_ms(c.updated_at),
+        spend: 0.0,
     }
 }
 
 impl<S: Store> Admin<S> {
+    /// A customer with what it spent in its current budget window (LiteLLM's `spend`).
+    async fn customer_with_spend(&self, c: &CustomerRecord) -> AdminResult<pb::Customer> {
+        let limits = crate::customers::customer_limits(&self.store, c).await?;
+        let scope = crate::budget::ScopeId::Customer(c.customer_id.clone());
+        let spend = crate::budget::current_spend(&self.store, &scope, &limits).await?;
+        Ok(pb::Customer { spend, ..customer_proto(c) })
+    }
+
     async fn check_budget_exists(&self, budget_id: Option<&String>) -> AdminResult<()> {
         if let Some(id) = budget_id {
             check_name("budget_id", id)?;
@@ -62,7 +71,7 @@ impl<S: Store> Admin<S> {
             .await
             .map_err(missing("customer"))?;
         self.config_changed();
-        Ok(customer_proto(&after))
+        self.customer_with_spend(&after).await
     }
 }
 
@@ -170,7 +179,7 @@ impl<S: Store> pb::customer_service_server::CustomerService for Admin<S> {
         self.store.insert(&customer, audit).await.map_err(AdminError::from)?;
         // Customers' rules travel in the filter config.
         self.config_changed();
-        Ok(Response::new(customer_proto(&customer)))
+        Ok(Response::new(self.customer_with_spend(&customer).await?))
     }
 
     async fn update_customer(
@@ -206,7 +215,7 @@ impl<S: Store> pb::customer_service_server::CustomerService for Admin<S> {
             .await
             .map_err(missing("customer"))?;
         self.config_changed();
-        Ok(Response::new(customer_proto(&after)))
+        Ok(Response::new(self.customer_with_spend(&after).await?))
     }
 
     async fn delete_customer(&self, request: Request<pb::CustomerRef>) -> Result<Response<pb::Deleted>, Status> {
@@ -223,7 +232,7 @@ impl<S: Store> pb::customer_service_server::CustomerService for Admin<S> {
         let caller = self.caller(&request).await?;
         caller.can_read_global("customers")?;
         let c: CustomerRecord = self.store.get(&request.into_inner().customer_id).await.map_err(missing("customer"))?;
-        Ok(Response::new(customer_proto(&c)))
+        Ok(Response::new(self.customer_with_spend(&c).await?))
     }
 
     async fn list_customers(
@@ -237,11 +246,11 @@ impl<S: Store> pb::customer_service_server::CustomerService for Admin<S> {
         let filter = ListFilter { column: None, after_id: page_after(req.page_token), limit };
         let (customers, total) = self.store.list::<CustomerRecord>(&filter).await.map_err(AdminError::from)?;
         let next_page_token = next_page_token(customers.last().map(|c| c.customer_id.clone()), customers.len(), limit);
-        Ok(Response::new(pb::ListCustomersResponse {
-            customers: customers.iter().map(customer_proto).collect(),
-            next_page_token,
-            total,
-        }))
+        let mut with_spend = Vec::with_capacity(customers.len());
+        for c in &customers {
+            with_spend.push(self.customer_with_spend(c).await?);
+        }
+        Ok(Response::new(pb::ListCustomersResponse { customers: with_spend, next_page_token, total }))
     }
 
     async fn block_customer(&self, request: Request<pb::CustomerRef>) -> Result<Response<pb::Customer>, Status> {

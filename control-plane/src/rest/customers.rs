@@ -1,8 +1,8 @@
 //! LiteLLM's `/customer/*` endpoints (and their older `/end_user/*` names) on the customer
 //! service: a customer is an end user of the platform's own product, LiteLLM's `user_id` being
 //! Sluice's `customer_id`. Answers in LiteLLM's end-user shape: the customer's own limits under
-//! LiteLLM's names, and the budget it refers to as `litellm_budget_table`. No `spend`: the
-//! service has none to give.
+//! LiteLLM's names, the budget it refers to as `litellm_budget_table`, and `spend` (its current
+//! budget window's).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -83,6 +83,7 @@ fn customer_json(customer: &pb::Customer, budget: Option<&pb::Budget>) -> Value 
     out.insert("user_id".into(), json!(customer.customer_id));
     out.insert("alias".into(), json!(customer.alias));
     out.insert("blocked".into(), json!(customer.blocked));
+    out.insert("spend".into(), json!(customer.spend));
     out.insert("budget_id".into(), json!(customer.budget_id));
     insert_limits(&mut out, customer.limits.as_ref());
     out.insert("litellm_budget_table".into(), budget.map(budget_json).unwrap_or(Value::Null));
