@@ -1231,6 +1231,15 @@ fn parallel_requests_are_limited_per_key_and_team_and_every_end_frees_a_slot() {
     assert_eq!(h.post("/v1/chat/completions", &key(2), CHAT).1.unwrap().json()["error"]["code"], "rate_limit_exceeded");
 }
 
+/// One request answered with 30 prompt and 5 completion tokens ($0.000125 at gpt-4o's test
+/// price): what the budget tests spend before they expect a refusal.
+fn spend_once(h: &Harness, key: &str, body: &str) {
+    let (mut s, reply) = h.post("/v1/chat/completions", key, body);
+    assert!(reply.is_none(), "{reply:?}");
+    s.respond(200, "application/json", &[openai_response(30, 5, 0).as_bytes()], true);
+    s.finish();
+}
+
 /// `general_settings.allowed_ips` and a key's `allowed_ips`: the downstream address Envoy saw
 /// must be in one of the CIDRs; any other gets LiteLLM's 403 before its key is even looked at
 /// (the gateway's list) or once it is (the key's). Liveness stays open to anyone.
@@ -1288,10 +1297,7 @@ fn the_gateways_own_budget_counts_every_request() {
     cfg.proxy_budget = Some(ProxyBudget { max_budget: 0.0001, budget_duration: None, budget_spent: false });
     let h = Harness::new(cfg.clone());
     let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#;
-    let (mut s, reply) = h.post("/v1/chat/completions", &key(1), body);
-    assert!(reply.is_none(), "{reply:?}");
-    s.respond(200, "application/json", &[openai_response(30, 5, 0).as_bytes()], true);
-    s.finish();
+    spend_once(&h, &key(1), body);
     let refused = h.post("/v1/chat/completions", &key(2), body).1.unwrap();
     assert_eq!((refused.status, refused.json()["error"]["code"].as_str()), (400, Some("budget_exceeded")));
     assert!(refused.json()["error"]["message"].as_str().unwrap().starts_with("The gateway's budget"));
@@ -1314,10 +1320,7 @@ fn end_users_without_an_entry_get_the_default_budget_each() {
     let body = |user: &str| {
         format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"hi"}}],"max_tokens":5,"user":"{user}"}}"#)
     };
-    let (mut s, reply) = h.post("/v1/chat/completions", &key(1), &body("ada"));
-    assert!(reply.is_none(), "{reply:?}");
-    s.respond(200, "application/json", &[openai_response(30, 5, 0).as_bytes()], true);
-    s.finish();
+    spend_once(&h, &key(1), &body("ada"));
     let refused = h.post("/v1/chat/completions", &key(1), &body("ada")).1.unwrap();
     assert_eq!((refused.status, refused.json()["error"]["code"].as_str()), (400, Some("budget_exceeded")));
     assert!(refused.json()["error"]["message"].as_str().unwrap().starts_with("End user budget has been exceeded!"));
@@ -1333,10 +1336,7 @@ fn a_keys_model_budget_is_counted_on_each_envoy() {
     cfg.keys[0].model_max_budget = [("gpt-4o".to_string(), 0.0001)].into();
     let h = Harness::new(cfg);
     let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#;
-    let (mut s, reply) = h.post("/v1/chat/completions", &key(1), body);
-    assert!(reply.is_none(), "{reply:?}");
-    s.respond(200, "application/json", &[openai_response(30, 5, 0).as_bytes()], true);
-    s.finish();
+    spend_once(&h, &key(1), body);
     let refused = h.post("/v1/chat/completions", &key(1), body).1.unwrap();
     assert_eq!((refused.status, refused.json()["error"]["code"].as_str()), (400, Some("budget_exceeded")));
     let (mut s, reply) = h.post("/v1/chat/completions", &key(1), &body.replace("gpt-4o", "gpt-4o-mini"));
@@ -1423,11 +1423,7 @@ fn a_customers_budget_is_counted_on_each_envoy() {
         vec![CustomerConfig { customer_id: "ada".into(), max_budget: Some(0.0001), ..CustomerConfig::default() }];
     let h = Harness::new(cfg);
     let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"user":"ada","max_tokens":5}"#;
-    let (mut s, reply) = h.post("/v1/chat/completions", &key(1), body);
-    assert!(reply.is_none(), "{reply:?}");
-    // 30 prompt + 5 completion tokens: $0.000125, past the budget.
-    s.respond(200, "application/json", &[openai_response(30, 5, 0).as_bytes()], true);
-    s.finish();
+    spend_once(&h, &key(1), body); // past the budget
     let refused = h.post("/v1/chat/completions", &key(1), body).1.unwrap();
     assert_eq!((refused.status, refused.json()["error"]["code"].as_str()), (400, Some("budget_exceeded")));
     assert!(refused.json()["error"]["message"].as_str().unwrap().starts_with("End user budget has been exceeded!"));

@@ -16,17 +16,7 @@ import time
 import httpx
 import pytest
 
-from test_xds import CHAT, Fleet, create_key, wait_until
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    f = Fleet(tmp_path)
-    try:
-        f.start_control_plane()
-        yield f
-    finally:
-        f.stop()
+from test_xds import CHAT, Fleet, create_key, fleet, wait_until  # noqa: F401 (the fixture)
 
 
 def as_customer(user):
@@ -35,6 +25,28 @@ def as_customer(user):
 
 def refused(resp, code):
     return resp.status_code != 200 and resp.json()["error"]["code"] == code and resp
+
+
+def spend_until_refused(envoy, body, key):
+    """Requests until one is refused; returns how many were served and the refusal."""
+    for served in range(40):
+        resp = envoy.chat(body, key=key)
+        if resp.status_code != 200:
+            return served, resp
+    raise AssertionError("never refused")
+
+
+def refused_across_the_fleet(first, second, body, fleet_says):
+    """After the first Envoy refused by its own count: the control plane counts what it shipped
+    and tells every Envoy, so its refusal turns into the fleet's (a refusal spends nothing, so
+    waiting on it adds no spend), and the second Envoy, whose config came with it (give or take
+    a request), refuses with the same words."""
+    (a, key_a), (b, key_b) = first, second
+    wait_until(lambda: a.chat(body, key=key_a).json()["error"]["message"] == fleet_says, timeout=5,
+               what="the fleet's word on the first Envoy")
+    resp = wait_until(lambda: refused(b.chat(body, key=key_b), "budget_exceeded"), timeout=5,
+                      what="the second Envoy refuses")
+    assert resp.json()["error"]["message"] == fleet_says
 
 
 def test_a_blocked_customer_is_refused_by_every_envoy_until_unblocked(fleet):
@@ -80,25 +92,13 @@ def test_a_customers_budget_spent_through_one_envoy_is_refused_by_the_other(flee
     assert b.chat(as_customer("ada"), key=key_b).status_code == 200
 
     # a counts the customer's spend itself: it refuses once its own count reaches the budget.
-    served = 0
-    for _ in range(40):
-        resp = a.chat(as_customer("ada"), key=key_a)
-        if resp.status_code != 200:
-            break
-        served += 1
+    served, resp = spend_until_refused(a, as_customer("ada"), key_a)
     assert refused(resp, "budget_exceeded"), resp.text
     assert resp.json()["error"]["message"].startswith("End user budget has been exceeded!")
     assert 4 <= served <= 8, served
-
-    # The control plane counts what a shipped and tells every Envoy: a's refusal now says so
-    # (a refusal spends nothing, so waiting on a does not add to the spend).
+    # b, which served ada once, hears from the control plane that the fleet spent it.
     fleet_says = "Budget has been exceeded! End User=ada has spent its budget. Max budget: 0.001000"
-    wait_until(lambda: a.chat(as_customer("ada"), key=key_a).json()["error"]["message"] == fleet_says,
-               timeout=5, what="the fleet's word on a")
-    # b, which served ada once, refuses it too (its config came with a's, give or take a request).
-    resp = wait_until(lambda: refused(b.chat(as_customer("ada"), key=key_b), "budget_exceeded"), timeout=5,
-                      what="b refuses the customer")
-    assert resp.json()["error"]["message"] == fleet_says
+    refused_across_the_fleet((a, key_a), (b, key_b), as_customer("ada"), fleet_says)
     assert b.chat(as_customer("grace"), key=key_b).status_code == 200, "other end users are not affected"
 
     # The spend is the customer's, as reported, and at most one request over the budget.
@@ -145,15 +145,6 @@ def fleet_with(tmp_path, litellm_settings):
     return f
 
 
-def spend_until_refused(envoy, body, key):
-    """Requests until one is refused; returns how many were served and the refusal."""
-    for served in range(40):
-        resp = envoy.chat(body, key=key)
-        if resp.status_code != 200:
-            return served, resp
-    raise AssertionError("never refused")
-
-
 def test_an_end_users_default_budget_is_its_own_and_held_across_the_fleet(tmp_path):
     """`litellm_settings.max_end_user_budget`: every end user without a customer entry may spend
     that much; one who did, through one Envoy, is refused by the other too; others are not."""
@@ -167,11 +158,7 @@ def test_an_end_users_default_budget_is_its_own_and_held_across_the_fleet(tmp_pa
         assert refused(resp, "budget_exceeded"), resp.text
         assert 2 <= served <= 4, served
         fleet_says = "Budget has been exceeded! End User=dee has spent its budget. Max budget: 0.000500"
-        wait_until(lambda: a.chat(as_customer("dee"), key=key).json()["error"]["message"] == fleet_says,
-                   timeout=5, what="the fleet's word on a")
-        resp = wait_until(lambda: refused(b.chat(as_customer("dee"), key=key), "budget_exceeded"), timeout=5,
-                          what="b refuses the end user")
-        assert resp.json()["error"]["message"] == fleet_says
+        refused_across_the_fleet((a, key), (b, key), as_customer("dee"), fleet_says)
         for envoy in (a, b):
             assert envoy.chat(as_customer("eli"), key=key).status_code == 200
             assert envoy.chat(CHAT, key=key).status_code == 200
@@ -193,11 +180,7 @@ def test_the_gateways_own_budget_spent_through_one_envoy_stops_every_envoy(tmp_p
         assert resp.json()["error"]["message"].startswith("The gateway's budget (litellm_settings.max_budget)")
         assert 4 <= served <= 7, served
         fleet_says = "The gateway's budget (litellm_settings.max_budget) has been exceeded! Max budget: 0.001000"
-        wait_until(lambda: a.chat(CHAT, key=key_a).json()["error"]["message"] == fleet_says,
-                   timeout=5, what="the fleet's word on a")
-        resp = wait_until(lambda: refused(b.chat(CHAT, key=key_b), "budget_exceeded"), timeout=5,
-                          what="b refuses once the fleet spent the gateway's budget")
-        assert resp.json()["error"]["message"] == fleet_says
+        refused_across_the_fleet((a, key_a), (b, key_b), CHAT, fleet_says)
         # a held its own spend to the budget (within one request); the fleet's total also has
         # what b (and the fleet's readiness checks) spent before a's spend reached b.
         report = json.loads(fleet.cli("spend", "--group-by", "key", "--json").stdout)
