@@ -1326,6 +1326,14 @@ fn end_users_without_an_entry_get_the_default_budget_each() {
     assert!(refused.json()["error"]["message"].as_str().unwrap().starts_with("End user budget has been exceeded!"));
     assert!(h.post("/v1/chat/completions", &key(1), &body("grace")).1.is_none(), "each end user has its own");
     assert!(h.post("/v1/chat/completions", &key(1), CHAT).1.is_none(), "a request naming no one is not limited");
+    // Clients name whom they like: their counters share the slots, never one record each.
+    let before = h.envoy.shared_len();
+    for i in 0..200 {
+        h.post("/v1/chat/completions", &key(1), &body(&format!("made-up-{i}"))).0.finish();
+    }
+    let host = MockHost::new(Rc::clone(&h.envoy));
+    assert!((0..200).all(|i| host.shared_get(&format!("sluice:c:made-up-{i}")).0.is_none()), "no record of their own");
+    assert!(h.envoy.shared_len() - before <= 200, "at most a slot each, of the {} there are", crate::counters::SLOTS);
 }
 
 /// A key's `model_max_budget` (standalone): this Envoy counts the key's spend on that model and

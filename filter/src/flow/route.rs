@@ -2,6 +2,8 @@
 //! formats differ, admit on every limited scope, and point the held request at the deployment
 //! with its credential (or answer `count_tokens`).
 
+use std::borrow::Cow;
+
 use sluice_core::config::{Deployment, FleetBudget, PROXY_COUNTER_NAME};
 use sluice_core::conversion::vertex;
 use sluice_core::cost::nanos_to_usd;
@@ -288,6 +290,12 @@ impl<H: Host> RequestFlow<H> {
             }
         }
         if let Some((_, customer)) = customer.as_ref().filter(|(_, c)| !c.limits.is_unlimited()) {
+            // An end user held to the default budget is whoever the client names: never a
+            // record of its own for the Envoy's life (clients could make them without end).
+            let placement = match customer {
+                Cow::Borrowed(_) => placement,
+                Cow::Owned(_) => Placement::Slotted,
+            };
             scopes.push(Scope {
                 name: &customer.counter_name,
                 limits: customer.limits,
