@@ -99,6 +99,9 @@ pub(crate) enum Scenario {
     Limited,
     /// An OpenAI client of an Anthropic deployment: the filter translates both ways.
     Translated32,
+    /// Chat naming an end user who is a customer with RPM and budget limits (issue 14's
+    /// checks in use: one more limited scope per request).
+    Customer32,
     /// xDS mode, a key new to the Envoy on every request (looked up), in bursts.
     XdsMiss,
     /// xDS mode, one key (cached), the same bursts.
@@ -107,7 +110,7 @@ pub(crate) enum Scenario {
     XdsHit32,
 }
 
-pub(crate) const SCENARIOS: [Scenario; 10] = [
+pub(crate) const SCENARIOS: [Scenario; 11] = [
     Scenario::Chat32,
     Scenario::Chat1,
     Scenario::Stream32,
@@ -115,6 +118,7 @@ pub(crate) const SCENARIOS: [Scenario; 10] = [
     Scenario::Prompt32k,
     Scenario::Limited,
     Scenario::Translated32,
+    Scenario::Customer32,
     // The bursts before the saturated xDS run, whose usage the control plane is still
     // ingesting for a while after it (on the load core).
     Scenario::XdsMiss,
@@ -132,6 +136,7 @@ impl Scenario {
             Scenario::Prompt32k => "32 KB prompt, 32 connections",
             Scenario::Limited => "limit hit (RPM exhausted), 32 connections",
             Scenario::Translated32 => "translated: OpenAI client, Anthropic deployment, 32 connections",
+            Scenario::Customer32 => "chat as a customer with RPM and budget limits, 32 connections",
             Scenario::XdsMiss => "xDS mode, key-cache miss (a new key per request), bursts of 80 on 8 connections",
             Scenario::XdsHitBurst => "xDS mode, key-cache hit (one key), the same bursts",
             Scenario::XdsHit32 => "xDS mode, key-cache hit (one key), 32 connections",
@@ -329,12 +334,15 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     let stream = chat_body("gpt-4o", true, 14);
     let big = chat_body("gpt-4o", false, 520);
     let translated = chat_body(ANTHROPIC_GROUP, false, 14);
+    // The end user the bench config's `customers:` limits (bare Envoy ignores the field).
+    let customer = chat.replacen('{', &format!(r#"{{"user":"{BENCH_CUSTOMER}","#), 1);
     let scripts = Scripts {
         chat: write_script(&dir, "chat.lua", &chat, &key, &provider_key, false)?,
         stream: write_script(&dir, "stream.lua", &stream, &key, &provider_key, true)?,
         big: write_script(&dir, "prompt32k.lua", &big, &key, &provider_key, false)?,
         limited: write_script(&dir, "limited.lua", &chat, &limited_key, &provider_key, false)?,
         translated: write_script(&dir, "translated.lua", &translated, &key, &provider_key, false)?,
+        customer: write_script(&dir, "customer.lua", &customer, &key, &provider_key, false)?,
     };
     let mut xds_scripts = Vec::new();
     for f in &xds_fronts {
@@ -350,6 +358,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         let port = f.kind.port();
         check_request(port, &key, &provider_key, &chat, false)?;
         check_request(port, &key, &provider_key, &stream, true)?;
+        check_request(port, &key, &provider_key, &customer, false)?;
         if f.kind.is_sluice() {
             check_translated(port, &key, &provider_key, &translated)?;
         }
@@ -360,6 +369,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
             }
         }
         wrk(&scripts.chat, port, 32, "2s", 0, false)?;
+        wrk(&scripts.customer, port, 32, "2s", 0, false)?;
         if f.kind.is_sluice() {
             wrk(&scripts.translated, port, 32, "2s", 0, false)?;
         }
@@ -410,6 +420,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
                     Scenario::Prompt32k => wrk(&scripts.big, port, 32, duration, pid, false)?,
                     Scenario::Limited => wrk(&scripts.limited, port, 32, duration, pid, true)?,
                     Scenario::Translated32 => wrk(&scripts.translated, port, 32, duration, pid, false)?,
+                    Scenario::Customer32 => wrk(&scripts.customer, port, 32, duration, pid, false)?,
                     Scenario::XdsHit32 => {
                         let script = xds_scripts.iter().find(|(k, _)| *k == t.kind).map(|(_, p)| p.as_path());
                         wrk(script.ok_or("no hit script")?, port, 32, duration, pid, false)?
@@ -676,6 +687,7 @@ struct Scripts {
     big: PathBuf,
     limited: PathBuf,
     translated: PathBuf,
+    customer: PathBuf,
 }
 
 pub(crate) fn write(path: &Path, text: &str) -> Result<(), String> {
@@ -1196,8 +1208,12 @@ pub(crate) fn write_script(
 /// which answers its `/v1/messages` in Anthropic's format.
 const ANTHROPIC_GROUP: &str = "claude-bench";
 
+/// The customer of the governed row: limits it never reaches, so every request is admitted
+/// and pays for their checks.
+const BENCH_CUSTOMER: &str = "bench-customer";
+
 fn bench_config() -> String {
     format!(
-        "model_list:\n  - model_name: gpt-4o\n    litellm_params:\n      model: openai/gpt-4o\n      api_base: http://127.0.0.1:{UPSTREAM_PORT}/v1\n      api_key: os.environ/BENCH_PROVIDER_KEY\n    model_info:\n      input_cost_per_token: 0.0000025\n      output_cost_per_token: 0.00001\n  - model_name: {ANTHROPIC_GROUP}\n    litellm_params:\n      model: anthropic/claude-3-5-sonnet-20241022\n      api_base: http://127.0.0.1:{UPSTREAM_PORT}\n      api_key: os.environ/BENCH_PROVIDER_KEY\n    model_info:\n      input_cost_per_token: 0.000003\n      output_cost_per_token: 0.000015\nkeys:\n"
+        "model_list:\n  - model_name: gpt-4o\n    litellm_params:\n      model: openai/gpt-4o\n      api_base: http://127.0.0.1:{UPSTREAM_PORT}/v1\n      api_key: os.environ/BENCH_PROVIDER_KEY\n    model_info:\n      input_cost_per_token: 0.0000025\n      output_cost_per_token: 0.00001\n  - model_name: {ANTHROPIC_GROUP}\n    litellm_params:\n      model: anthropic/claude-3-5-sonnet-20241022\n      api_base: http://127.0.0.1:{UPSTREAM_PORT}\n      api_key: os.environ/BENCH_PROVIDER_KEY\n    model_info:\n      input_cost_per_token: 0.000003\n      output_cost_per_token: 0.000015\ncustomers:\n  - customer_id: {BENCH_CUSTOMER}\n    rpm_limit: 1000000000\n    max_budget: 1000000000\nkeys:\n"
     )
 }

@@ -135,26 +135,41 @@ fn ratio_cell(run: &Run, s: Scenario, k: Kind) -> String {
     format!("{throughput}{:.2}× CPU, {:+.1} µs{refused}{lookups}", c.0, a.0)
 }
 
+/// What a row costs each Sluice build in CPU per request over its own chat at 32 connections
+/// in the same round (req/s between two runs of one Envoy moves with whatever shares the load
+/// core), as "wasm +x µs of CPU per request; native …"; None when neither build ran it.
+fn cpu_over_own_chat(run: &Run, s: Scenario) -> Option<String> {
+    let parts: Vec<String> = [Kind::SluiceWasm, Kind::SluiceNative]
+        .into_iter()
+        .filter_map(|k| {
+            let added = diff_in(run, (s, k), (Scenario::Chat32, k), cpu)?;
+            Some(format!("{} {} µs of CPU per request", k.name(), fmt_signed(added, 1)))
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
 /// The translated row, against each build's own untranslated chat of the same round.
 fn translation_notes(run: &Run) -> String {
-    let s = Scenario::Translated32;
-    let mut parts = Vec::new();
-    for k in [Kind::SluiceWasm, Kind::SluiceNative] {
-        // CPU only: req/s between two runs of one Envoy moves with whatever shares the load core.
-        if let Some(cpu_added) = diff_in(run, (s, k), (Scenario::Chat32, k), cpu) {
-            parts.push(format!("{} {} µs of CPU per request", k.name(), fmt_signed(cpu_added, 1)));
-        }
-    }
-    if parts.is_empty() {
-        return String::new();
-    }
+    let Some(cost) = cpu_over_own_chat(run, Scenario::Translated32) else { return String::new() };
     format!(
         "**The translated row.** An OpenAI client's `/v1/chat/completions` for `claude-bench`, an `anthropic/` deployment \
 on the same upstream: the filter rewrites the request into Anthropic's Messages format for `/v1/messages`, and the answer \
 (the same ~1.4 KB of text as a Messages response with `usage`) back into a `chat.completion`, checked before the rounds. \
 It is paired with bare Envoy's chat at 32 connections, the same request from the client's side. Translation's own cost, \
-against the same Envoy's untranslated chat at 32 connections in the same round: {}.\n\n",
-        parts.join("; ")
+against the same Envoy's untranslated chat at 32 connections in the same round: {cost}.\n\n"
+    )
+}
+
+/// The customer row: governance checks in use, against the same Envoy's plain chat.
+fn customer_notes(run: &Run) -> String {
+    let Some(cost) = cpu_over_own_chat(run, Scenario::Customer32) else { return String::new() };
+    format!(
+        "**The customer row.** The same chat naming an end user (`\"user\": \"bench-customer\"`) whom config.yaml's \
+`customers:` gives an RPM limit and a budget it never reaches: each request is checked against the customer and \
+reserved and settled on its counter too (one more limited scope). The checks' cost, against the same Envoy's chat \
+without an end user in the same round: {cost}. When unused (no customer, no gateway budget, no allow-list) they cost \
+a branch each: the chat row is their \"unused\" figure.\n\n"
     )
 }
 
@@ -423,6 +438,7 @@ fn per_envoy(run: &Run) -> String {
 
 fn not_measured(run: &Run) -> String {
     let mut out = translation_notes(run);
+    out.push_str(&customer_notes(run));
     out.push_str(&xds_notes(run));
     out.push_str(
         "**Not measured here.** Key-cache misses at saturation (the filter's lookup budget refuses them, above, and \
