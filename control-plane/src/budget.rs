@@ -60,6 +60,11 @@ pub fn key_model_scope_id(key_id: &str, model_group: &str) -> String {
     format!("{key_id}|{model_group}")
 }
 
+/// The key of a [`key_model_scope_id`].
+fn key_of_key_model(id: &str) -> &str {
+    id.split_once('|').map_or(id, |(key, _)| key)
+}
+
 impl ScopeId {
     /// A team member's scope.
     pub fn member(team_id: &str, user_id: &str) -> Self {
@@ -102,7 +107,7 @@ impl ScopeId {
             Self::Org(id) => Target::Org(id.clone()),
             // Every key of the user (its keys in this team among them).
             Self::Member(id) => Target::User(member_scope_parts(id).1.to_owned()),
-            Self::KeyModel(id) => Target::Key(id.split_once('|').map_or(id.as_str(), |(key, _)| key).to_owned()),
+            Self::KeyModel(id) => Target::Key(key_of_key_model(id).to_owned()),
             Self::Customer(_) | Self::Proxy => return None,
         })
     }
@@ -448,7 +453,7 @@ fn event(crossed: Crossed, scope: &ScopeId, spend_nanos: u64, limits: &BudgetLim
             let (team, user) = member_scope_parts(id);
             (team_id, user_id) = (Some(team.to_owned()), Some(user.to_owned()));
         }
-        ScopeId::KeyModel(id) => token = Some(id.split_once('|').map_or(id.as_str(), |(key, _)| key).to_owned()),
+        ScopeId::KeyModel(id) => token = Some(key_of_key_model(id).to_owned()),
         ScopeId::Customer(_) | ScopeId::Proxy => {}
     }
     let customer_id = match scope {
@@ -486,6 +491,18 @@ mod tests {
     use crate::alerting::tests::receiver;
     use crate::http_client::HttpTarget;
     use crate::store::{SpendLog, SpendStore, SqlStore};
+
+    #[test]
+    fn a_spent_budget_reaches_envoys_by_lookup_or_by_the_filter_config() {
+        // A key's model budget: the key is looked up again.
+        let key_model = ScopeId::KeyModel(key_model_scope_id("key_1", "gpt-4o|eu"));
+        assert_eq!(key_model.target(), Some(Target::Key("key_1".into())));
+        assert_eq!(key_model.kind_and_id(), (ScopeKind::KeyModel, "key_1|gpt-4o|eu"));
+        // Customers and the gateway have no key to look up: their standing is in the config.
+        assert_eq!(ScopeId::Customer("ada".into()).target(), None);
+        assert_eq!(ScopeId::Proxy.target(), None);
+        assert_eq!(ScopeId::of(ScopeKind::Proxy, "proxy"), ScopeId::Proxy);
+    }
 
     /// A fresh database: a SQLite file, or a new database on the Postgres the control plane's
     /// tests use (`SLUICE_TEST_POSTGRES`, default `postgres://postgres@127.0.0.1:5432`), as a
