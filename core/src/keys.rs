@@ -66,6 +66,20 @@ pub fn check_format(key: &[u8]) -> Result<(), KeyFormatError> {
     Ok(())
 }
 
+/// The shortest LiteLLM key accepted: LiteLLM makes `sk-` and 22 URL-safe characters.
+pub const MIN_LITELLM_KEY_LEN: usize = 20;
+
+/// Whether `token` has the shape of a LiteLLM virtual key (`sk-` and URL-safe characters, not
+/// Sluice's prefix): a key a team brings from LiteLLM, which stores SHA-256 of its keys, so the
+/// same digest finds it here (configured as `key_hash`, or looked up). Its shape has no
+/// checksum, so an unknown one costs a lookup (within the lookup budget) or a map probe.
+pub fn is_litellm_shaped(token: &[u8]) -> bool {
+    token.len() >= MIN_LITELLM_KEY_LEN
+        && token.starts_with(b"sk-")
+        && !token.starts_with(KEY_PREFIX.as_bytes())
+        && token.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
 /// The shortest master key accepted: it opens the admin API, so it must not be guessable
 /// (LiteLLM's docs' `sk-1234` is an example, not a key). Sluice's own keys have 48 characters.
 pub const MIN_MASTER_KEY_LEN: usize = 32;
@@ -188,6 +202,22 @@ mod tests {
         check_master_key("sk-master-0123456789abcdef0123456789ab").unwrap();
     }
     use super::*;
+
+    #[test]
+    fn litellm_keys_are_told_apart_from_sluices_and_from_noise() {
+        assert!(is_litellm_shaped(b"sk-q3Vb8fZc1Ykd0J2mWfN4aA"), "LiteLLM's own shape: sk- and 22 characters");
+        assert!(is_litellm_shaped(b"sk-team-search-prod-key-01"), "a custom key");
+        let sluice = key_from_random(&[7u8; 64]).unwrap();
+        assert!(!is_litellm_shaped(sluice.as_bytes()), "Sluice's own keys are checked by their checksum");
+        for not in [
+            &b"sk-short"[..],
+            b"Bearer-sk-aaaaaaaaaaaaaaaaaaaa",
+            b"sk-aaaaaaaaaa aaaaaaaaaaa",
+            b"sk-aaaaaaaaaaaaaaaaaaa\xff",
+        ] {
+            assert!(!is_litellm_shaped(not), "{}", String::from_utf8_lossy(not));
+        }
+    }
 
     fn key(seed: u8) -> String {
         let random: Vec<u8> = (0..64u16).map(|i| (i as u8).wrapping_mul(37).wrapping_add(seed)).collect();

@@ -1231,6 +1231,27 @@ fn parallel_requests_are_limited_per_key_and_team_and_every_end_frees_a_slot() {
     assert_eq!(h.post("/v1/chat/completions", &key(2), CHAT).1.unwrap().json()["error"]["code"], "rate_limit_exceeded");
 }
 
+/// A key brought from LiteLLM (`sk-` and 22 URL-safe characters; LiteLLM keeps SHA-256 of it)
+/// is configured by that digest and works as it did; an unknown one is an unknown key, and a
+/// Sluice-prefixed key with a wrong checksum is still refused before anything is looked at.
+#[test]
+fn a_key_brought_from_litellm_is_found_by_its_digest() {
+    let litellm_key = "sk-q3Vb8fZc1Ykd0J2mWfN4aA";
+    let mut cfg = base_config();
+    cfg.keys.push(KeyConfig { key_hash: Some(KeyHash::of(litellm_key.as_bytes())), ..KeyConfig::default() });
+    let h = Harness::new(cfg);
+    let (mut s, reply) = h.post("/v1/chat/completions", litellm_key, CHAT);
+    assert!(reply.is_none(), "{reply:?}");
+    s.finish();
+    let unknown = h.post("/v1/chat/completions", "sk-q3Vb8fZc1Ykd0J2mWfN4aB", CHAT).1.unwrap();
+    assert_eq!((unknown.status, unknown.json()["error"]["code"].as_str()), (401, Some("invalid_api_key")));
+    let mut forged = key(1);
+    forged.pop();
+    forged.push('x');
+    let refused = h.post("/v1/chat/completions", &forged, CHAT).1.unwrap();
+    assert!(refused.json()["error"]["message"].as_str().unwrap().contains("not a well-formed Sluice key"));
+}
+
 /// One request answered with 30 prompt and 5 completion tokens ($0.000125 at gpt-4o's test
 /// price): what the budget tests spend before they expect a refusal.
 fn spend_once(h: &Harness, key: &str, body: &str) {

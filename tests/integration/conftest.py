@@ -9,6 +9,7 @@ dynamic module; the xDS harness (test_xds.py's Fleet) follows it too. Tests of w
 build has are marked `wasm_only`.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -62,6 +63,10 @@ PRICES = {
 # Envoy's own AWS credentials (its credential chain reads them from its environment); the mock
 # provider checks that Envoy's SigV4 signature names this access key.
 AWS_ACCESS_KEY_ID = "AKIDSLUICETEST00001"
+
+# A virtual key of LiteLLM's shape (`sk-` and 22 URL-safe characters), as a team moving from
+# LiteLLM brings it.
+LITELLM_KEY = "sk-q3Vb8fZc1Ykd0J2mWfN4aA"
 
 # Keys the tests use, by alias: the CLI flags that create them.
 KEYS = {
@@ -279,6 +284,10 @@ class Gateway:
             keys.append(entry)
             self.keys[alias] = created["key"]
             self.key_ids[alias] = created["key_hash"].removeprefix("sha256:")[:16]
+        # A key brought from LiteLLM, configured by the digest LiteLLM keeps of it (its `token`).
+        self.keys["from-litellm"] = LITELLM_KEY
+        keys.append({"key_hash": "sha256:" + hashlib.sha256(LITELLM_KEY.encode()).hexdigest(),
+                     "key_alias": "from-litellm", "models": ["gpt-4o-mini"]})
         config = {
             "model_list": models,
             "router_settings": {

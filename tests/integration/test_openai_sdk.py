@@ -15,6 +15,22 @@ def client(gw, alias, **kw):
     return openai.OpenAI(base_url=f"{gw.url}/v1", api_key=gw.keys[alias], max_retries=0, **kw)
 
 
+def test_a_key_brought_from_litellm_keeps_working(gw):
+    """config.yaml names it by LiteLLM's digest of it (sha256, LiteLLM's `token` column): the
+    same key, its models held, in the OpenAI SDK."""
+    before = len(gw.records("from-litellm"))
+    reply = client(gw, "from-litellm").chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}])
+    assert reply.choices[0].message.content
+    assert gw.wait_records("from-litellm", before + 1)[-1]["model_group"] == "gpt-4o-mini"
+    with pytest.raises(openai.PermissionDeniedError):
+        client(gw, "from-litellm").chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    # One letter off is no key at all.
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{gw.url}/v1", api_key=gw.keys["from-litellm"][:-1] + "B", max_retries=0) \
+            .chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+
+
 def test_chat_completion_is_metered_at_the_price_table(gw):
     before = len(gw.records("sdk"))
     reply = client(gw, "sdk").chat.completions.create(

@@ -214,11 +214,12 @@ impl<H: Host> RequestFlow<H> {
         }
         // In xDS mode the master key stays with the control plane (the filter's config holds no
         // digest of it): a credential that could be one is looked up like a key, within the
-        // lookup budget. Anything else must be a well-formed Sluice key.
+        // lookup budget. A key of LiteLLM's shape is found by its digest like any key (a team
+        // moving from LiteLLM keeps its keys). Anything else must be a well-formed Sluice key.
         let master_by_lookup = config.config.key_lookup.is_some()
             && self.gateway.master_key.is_none()
             && token.len() >= keys::MIN_MASTER_KEY_LEN;
-        if !master_by_lookup {
+        if !master_by_lookup && !keys::is_litellm_shaped(token) {
             keys::check_format(token).map_err(|_| GatewayError::MalformedKey)?;
         }
         let resolved = match config.key_position(&hash) {
