@@ -164,6 +164,11 @@ pub struct BudgetLimits {
 }
 
 impl BudgetLimits {
+    /// A max budget of `usd` (no soft one) in `duration`'s windows (one for ever without).
+    pub fn max_usd(usd: f64, duration: Option<BudgetDuration>) -> Self {
+        Self { max_nanos: Some(usd_to_nanos(usd)), soft_nanos: None, duration }
+    }
+
     pub fn of(limits: &LimitsRecord) -> Option<Self> {
         let nanos = |v: Option<i64>| v.and_then(|n| u64::try_from(n).ok());
         let out = Self {
@@ -205,11 +210,7 @@ pub fn budget_reset_at(duration: Option<&str>) -> Option<String> {
 /// Whether the gateway's own budget is spent across the fleet in its current window (for the
 /// filter config, `crate::customers`).
 pub async fn proxy_budget_spent<S: Store>(store: &S, budget: &ProxyBudget, now_ms: u64) -> StoreResult<bool> {
-    let limits = BudgetLimits {
-        max_nanos: Some(usd_to_nanos(budget.max_budget)),
-        soft_nanos: None,
-        duration: budget.budget_duration,
-    };
+    let limits = BudgetLimits::max_usd(budget.max_budget, budget.budget_duration);
     let spent = store.window_spend(&limits.budget_window(&ScopeId::Proxy, now_ms)).await?;
     Ok(limits.max_nanos.is_some_and(|max| u64::try_from(spent).unwrap_or(0) >= max))
 }

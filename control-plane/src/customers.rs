@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sluice_core::cost::{nanos_to_usd, usd_to_nanos};
+use sluice_core::cost::nanos_to_usd;
 use sluice_core::customers::CustomerConfig;
 use sluice_core::time::BudgetDuration;
 
@@ -103,16 +103,24 @@ pub async fn customer_configs<S: Store>(
         .into_iter()
         .map(|(id, start, spend)| ((id, start), spend))
         .collect();
+    // Whether the fleet's spend in the budget's current window reached its max.
+    let is_spent = |id: &str, budget: &BudgetLimits| {
+        let start = i64::try_from(budget.window(now_ms).0).unwrap_or(i64::MAX);
+        let spend = spent.get(&(id.to_owned(), start)).copied().and_then(|n| u64::try_from(n).ok());
+        matches!((spend, budget.max_nanos), (Some(spend), Some(max)) if spend >= max)
+    };
     let unsigned = |v: Option<i64>| v.and_then(|n| u64::try_from(n).ok());
     let mut configs = Vec::new();
     if let Some(default) = end_user_max_budget {
-        // The default budget has one window, for ever (start 0), as in LiteLLM.
+        // The default budget has one window, for ever, as in LiteLLM (ingestion counts it so).
+        let budget = BudgetLimits::max_usd(default, None);
         let listed: std::collections::HashSet<&str> = customers.iter().map(|(c, _)| c.customer_id.as_str()).collect();
-        let max = usd_to_nanos(default);
-        for ((id, start), spend) in &spent {
-            if *start == 0 && !listed.contains(id.as_str()) && u64::try_from(*spend).is_ok_and(|s| s >= max) {
+        // Each end user once (a window of another length may be left from an earlier entry).
+        let end_users: std::collections::BTreeSet<&str> = spent.keys().map(|(id, _)| id.as_str()).collect();
+        for id in end_users {
+            if !listed.contains(id) && is_spent(id, &budget) {
                 configs.push(CustomerConfig {
-                    customer_id: id.clone(),
+                    customer_id: id.to_owned(),
                     max_budget: Some(default),
                     budget_spent: true,
                     ..CustomerConfig::default()
@@ -121,11 +129,7 @@ pub async fn customer_configs<S: Store>(
         }
     }
     for (c, limits) in customers {
-        let budget_spent = BudgetLimits::of(&limits).is_some_and(|budget| {
-            let start = i64::try_from(budget.window(now_ms).0).unwrap_or(i64::MAX);
-            let spend = spent.get(&(c.customer_id.clone(), start)).copied().and_then(|n| u64::try_from(n).ok());
-            matches!((spend, budget.max_nanos), (Some(spend), Some(max)) if spend >= max)
-        });
+        let budget_spent = BudgetLimits::of(&limits).is_some_and(|budget| is_spent(&c.customer_id, &budget));
         let config = CustomerConfig {
             customer_id: c.customer_id,
             blocked: c.blocked,

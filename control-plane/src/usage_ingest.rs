@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sluice_core::config::{ProxyBudget, member_scope_id};
-use sluice_core::cost::usd_to_nanos;
 use sluice_proto::gateway::v1::usage_service_server::UsageService;
 use sluice_proto::gateway::v1::{
     Outcome, ReportUsageRequest, ReportUsageResponse, UsageRecord, WatchInvalidationsRequest,
@@ -100,16 +99,8 @@ impl<S: Store> UsageIngest<S> {
     /// Counts `litellm_settings.max_budget` (with `budget_duration`) over every record, and
     /// `max_end_user_budget` for each end user without a customer entry.
     pub fn with_gateway_budgets(mut self, proxy: Option<&ProxyBudget>, end_user_max_budget: Option<f64>) -> Self {
-        self.proxy_budget = proxy.map(|b| BudgetLimits {
-            max_nanos: Some(usd_to_nanos(b.max_budget)),
-            soft_nanos: None,
-            duration: b.budget_duration,
-        });
-        self.end_user_budget = end_user_max_budget.map(|usd| BudgetLimits {
-            max_nanos: Some(usd_to_nanos(usd)),
-            soft_nanos: None,
-            duration: None,
-        });
+        self.proxy_budget = proxy.map(|b| BudgetLimits::max_usd(b.max_budget, b.budget_duration));
+        self.end_user_budget = end_user_max_budget.map(|usd| BudgetLimits::max_usd(usd, None));
         self
     }
 

@@ -933,7 +933,8 @@ fn is_safe_name(s: &str) -> bool {
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/'))
 }
 
-fn check_budget(what: &str, budget: Option<f64>, errors: &mut Vec<ConfigError>) {
+/// A USD budget must be a finite number, zero or more; `what` names the setting in the error.
+pub(crate) fn check_budget(what: &str, budget: Option<f64>, errors: &mut Vec<ConfigError>) {
     if let Some(b) = budget
         && (!b.is_finite() || b < 0.0)
     {

@@ -2,14 +2,15 @@
 //! (`request::END_USER_HEADERS`, the body's `user`, …). A customer with rules is refused when
 //! blocked, counted against its RPM, TPM and parallel limits and its budget on each Envoy like a
 //! key, and refused everywhere once the control plane finds its budget spent across the fleet
-//! (`budget_spent`). An end user without an entry is free, as in LiteLLM.
+//! (`budget_spent`). An end user without an entry is free, as in LiteLLM, unless
+//! `litellm_settings.max_end_user_budget` gives each such end user that budget.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, check_budget};
 use crate::cost::usd_to_nanos;
 use crate::limits::ScopeLimits;
 use crate::request::MAX_END_USER_BYTES;
@@ -73,9 +74,7 @@ impl Customers {
         lease_ms: u64,
         errors: &mut Vec<ConfigError>,
     ) -> Self {
-        if let Some(b) = end_user_max_budget.filter(|b| !b.is_finite() || *b < 0.0) {
-            errors.push(ConfigError(format!("max_end_user_budget must be a non-negative number, got {b}")));
-        }
+        check_budget("litellm_settings.max_end_user_budget", end_user_max_budget, errors);
         let mut by_id = HashMap::with_capacity(list.len());
         for c in list {
             let what = format!("customer {:?}", c.customer_id);
@@ -89,9 +88,7 @@ impl Customers {
                 )));
                 continue;
             }
-            if let Some(b) = c.max_budget.filter(|b| !b.is_finite() || *b < 0.0) {
-                errors.push(ConfigError(format!("{what}: max_budget must be a non-negative number, got {b}")));
-            }
+            check_budget(&what, c.max_budget, errors);
             let compiled = CompiledCustomer {
                 blocked: c.blocked,
                 limits: ScopeLimits::new(c.rpm_limit, c.tpm_limit, c.max_budget.map(usd_to_nanos), c.budget_duration)

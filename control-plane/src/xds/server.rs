@@ -21,6 +21,7 @@ use tonic::codegen::tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::protocol::{AdsStream, Event, Snapshot};
+use sluice_core::config::ProxyBudget;
 use sluice_core::litellm::GoogleCredentials;
 
 use super::resources::{PushedStanding, XdsOptions, build_with_tokens};
@@ -43,13 +44,16 @@ pub struct SnapshotPublisher<S> {
     reported: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Vertex AI deployments' access tokens, minted in the background; a new one wakes `changed`.
     google_tokens: Arc<GoogleTokens>,
+    /// `litellm_settings`' budgets (the gateway's own, the end users' default), read once.
+    budgets: (Option<ProxyBudget>, Option<f64>),
 }
 
 impl<S: Store> SnapshotPublisher<S> {
     pub fn new(store: Arc<S>, options: XdsOptions, changed: Arc<Notify>, metrics: Arc<Metrics>) -> Self {
         let (sender, _) = watch::channel(Arc::new(Snapshot::default()));
         let google_tokens = GoogleTokens::new(Arc::clone(&changed), crate::http_client::extra_roots_from_env());
-        Self { store, options, sender, changed, metrics, reported: Default::default(), google_tokens }
+        let budgets = options.budgets();
+        Self { store, options, sender, changed, metrics, reported: Default::default(), google_tokens, budgets }
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
@@ -62,11 +66,11 @@ impl<S: Store> SnapshotPublisher<S> {
         let models = self.store.all_models().await.map_err(|e| format!("reading deployments: {e}"))?;
         let entries: Vec<serde_json::Value> = models.into_iter().map(|m| m.entry).collect();
         let now_ms = u64::try_from(crate::store::now_ms()).unwrap_or(0);
-        let (proxy_budget, end_user_max_budget) = self.options.budgets();
-        let customers = crate::customers::customer_configs(&*self.store, now_ms, end_user_max_budget)
+        let (proxy_budget, end_user_max_budget) = &self.budgets;
+        let customers = crate::customers::customer_configs(&*self.store, now_ms, *end_user_max_budget)
             .await
             .map_err(|e| format!("reading customers: {e}"))?;
-        let proxy_budget_spent = match &proxy_budget {
+        let proxy_budget_spent = match proxy_budget {
             Some(budget) => crate::budget::proxy_budget_spent(&*self.store, budget, now_ms)
                 .await
                 .map_err(|e| format!("reading the gateway's budget: {e}"))?,
