@@ -717,9 +717,9 @@ struct MemberUpdateBody {
     tpm_limit: Option<i64>,
 }
 
-/// Changes a member's role, budget or limits (its RPM and TPM over its keys of the team). The service's AddMember replaces both, so the member's
-/// current ones are read first and what the body does not name is kept; a budget set to null
-/// is lifted (as a key's limits are).
+/// Changes a member's role, budget or limits (its RPM and TPM over its keys of the team). The
+/// service's AddMember replaces them all, so the member's current ones are read first and what
+/// the body does not name is kept; a budget or limit set to null is lifted (as a key's are).
 async fn member_update<S: Store>(State(admin): AdminState<S>, headers: HeaderMap, body: Body) -> RestResult {
     let body = body?;
     let value: Value = parse_body(&body)?;
