@@ -216,7 +216,8 @@ impl BudgetDuration {
     fn to_config_string(self) -> String {
         match self {
             Self::CalendarMonth => "1mo".to_owned(),
-            Self::Seconds(s) if s % 86_400 == 0 => format!("{}d", s / 86_400),
+            // `30d` reads as LiteLLM's month: thirty days of seconds (`720h`) print as hours.
+            Self::Seconds(s) if s % 86_400 == 0 && s != 30 * 86_400 => format!("{}d", s / 86_400),
             Self::Seconds(s) if s % 3600 == 0 => format!("{}h", s / 3600),
             Self::Seconds(s) if s % 60 == 0 => format!("{}m", s / 60),
             Self::Seconds(s) => format!("{s}s"),
@@ -335,6 +336,10 @@ mod tests {
     #[test]
     fn durations_parse_and_print() {
         assert_eq!(BudgetDuration::parse("30d"), Some(BudgetDuration::CalendarMonth), "LiteLLM's month");
+        // Thirty days given in another unit stay thirty days, and read back so.
+        let hours = BudgetDuration::parse("720h").unwrap();
+        assert_eq!(hours, BudgetDuration::Seconds(30 * 86_400));
+        assert_eq!(BudgetDuration::parse(&hours.to_config_string()), Some(hours));
         assert_eq!(BudgetDuration::parse("1h"), Some(BudgetDuration::Seconds(3600)));
         assert_eq!(BudgetDuration::parse("1mo"), Some(BudgetDuration::CalendarMonth));
         for bad in ["", "d", "0d", "1y", "-1d", "1.5d", "99999999999999999999d"] {
