@@ -322,6 +322,7 @@ fn spend_log(r: &UsageRecord, key: &Tenancy) -> SpendLog {
         outcome: outcome(r.outcome).into(),
         estimated: r.estimated,
         price_unknown: r.price_unknown,
+        cache_hit: r.cache_hit,
         start_ms: signed(r.start_ms),
         failed_attempts: r.failed_attempts.iter().map(|a| (a.deployment.clone(), a.error.clone())).collect(),
     }

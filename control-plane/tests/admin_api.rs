@@ -449,8 +449,8 @@ async fn concurrent_updates_to_one_key_all_land(plane: &Plane) {
 async fn migrations_apply_to_an_empty_database_and_to_the_previous_schema() {
     use sluice_control_plane::store::migrations::migrator_through;
     use sluice_control_plane::store::{Backend, DirectoryStore, UserRecord};
-    // Schema 6: keys.allowed_ips.
-    const LATEST: i64 = 6;
+    // Schema 7: spend_logs.cache_hit.
+    const LATEST: i64 = 7;
     let applied = |pool: sqlx::AnyPool| async move {
         sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM _sqlx_migrations").fetch_one(&pool).await.unwrap()
     };

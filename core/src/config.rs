@@ -115,6 +115,10 @@ pub struct GatewayConfig {
     /// prompt's estimate exceeds is not sent the request (`crate::refusals::prompt_estimate`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pre_call_checks: bool,
+    /// `litellm_settings.cache` with `cache_params`: the response cache (`crate::cache`).
+    /// None: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::cache::CacheConfig>,
 }
 
 /// The whole gateway's budget (LiteLLM's proxy budget, `litellm_settings.max_budget` with
@@ -1439,6 +1443,7 @@ pub(crate) mod tests {
             context_window_fallbacks: Vec::new(),
             content_policy_fallbacks: Vec::new(),
             pre_call_checks: false,
+            cache: None,
         }
     }
 

@@ -173,7 +173,7 @@ pub enum GatewayError {
 /// Longest client-supplied text echoed back in an error message.
 const ECHO_LIMIT: usize = 128;
 
-fn echo(s: &str) -> &str {
+pub(crate) fn echo(s: &str) -> &str {
     match s.char_indices().nth(ECHO_LIMIT) {
         Some((i, _)) => s.get(..i).unwrap_or(s),
         None => s,

@@ -4,6 +4,7 @@
 //! so every function here is deterministic and unit-tested natively and in wasm32.
 
 pub mod attempts;
+pub mod cache;
 pub mod config;
 pub mod conversion;
 pub mod cooldown;

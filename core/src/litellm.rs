@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use crate::cache;
 use crate::config::{
     CompiledConfig, ConfigError, DEFAULT_MAX_REQUEST_BODY_BYTES, DEFAULT_MAX_RESPONSE_SCAN_BYTES, Deployment,
     GatewayConfig, GroupAlias, KeyConfig, ModelMode, Provider, ProxyBudget, RoutingStrategy, SCHEMA_VERSION,
@@ -219,6 +220,7 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
     let mut fallbacks = FallbackSettings::default();
     let mut pre_call_checks = false;
     let (mut proxy_budget, mut end_user_max_budget) = (None, None);
+    let mut cache = None;
     if let Some(settings) = root.get("litellm_settings").and_then(Value::as_object) {
         cx.refuse_unsupported(
             "litellm_settings",
@@ -234,8 +236,14 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
                 "max_budget",
                 "budget_duration",
                 "max_end_user_budget",
+                "cache",
+                "cache_params",
             ],
         );
+        match cache_settings(settings) {
+            Ok(settings) => cache = settings,
+            Err(errors) => errors.into_iter().for_each(|e| cx.error(e)),
+        }
         match budget_settings(settings) {
             Ok(budgets) => (proxy_budget, end_user_max_budget) = budgets,
             Err(errors) => errors.into_iter().for_each(|e| cx.error(e)),
@@ -447,6 +455,7 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
         context_window_fallbacks: fallbacks.context_window_fallbacks,
         content_policy_fallbacks: fallbacks.content_policy_fallbacks,
         pre_call_checks,
+        cache,
     };
     if cx.errors.is_empty() {
         // The filter's own validation: what it would refuse, refuse here.
@@ -538,6 +547,164 @@ pub fn budget_settings(settings: &Map<String, Value>) -> Result<(Option<ProxyBud
     }
     let proxy = max_budget.map(|max_budget| ProxyBudget { max_budget, budget_duration: duration, budget_spent: false });
     Ok((proxy, end_user))
+}
+
+/// `litellm_settings.cache` and `cache_params`: the response cache, or None when off. Every
+/// member is applied or refused: the cache types Sluice does not have (Redis and the semantic
+/// ones for now, S3, GCS, disk) are refused with the reason, not quietly run in memory.
+pub fn cache_settings(settings: &Map<String, Value>) -> Result<Option<cache::CacheConfig>, Vec<String>> {
+    let mut errors = Vec::new();
+    let on = match settings.get("cache").filter(|v| !v.is_null()) {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            errors.push(format!("litellm_settings.cache: must be true or false, not {other}"));
+            false
+        }
+    };
+    let empty = Map::new();
+    let params = match settings.get("cache_params").filter(|v| !v.is_null()) {
+        None => &empty,
+        Some(Value::Object(map)) => map,
+        Some(other) => return Err(vec![format!("litellm_settings.cache_params: must be a mapping, not {other}")]),
+    };
+    const SUPPORTED: [&str; 10] = [
+        "type",
+        "mode",
+        "ttl",
+        "default_in_memory_ttl",
+        "namespace",
+        "supported_call_types",
+        "max_messages",
+        "semantic_cache_scope",
+        "max_size_in_memory",
+        "max_size_per_item",
+    ];
+    for key in params.keys().filter(|k| !SUPPORTED.contains(&k.as_str()) && k.as_str() != "scope") {
+        errors.push(format!(
+            "litellm_settings.cache_params.{key}: not supported by Sluice; remove it (supported here: {}, scope)",
+            SUPPORTED.join(", ")
+        ));
+    }
+    let at = |name: &str| format!("litellm_settings.cache_params.{name}");
+    match params.get("type").filter(|v| !v.is_null()) {
+        None => {}
+        Some(Value::String(t)) if t == "local" => {}
+        Some(Value::String(t))
+            if ["redis", "redis-semantic", "valkey-semantic", "qdrant-semantic", "s3", "gcs", "azure-blob", "disk"]
+                .contains(&t.as_str()) =>
+        {
+            errors.push(format!(
+                "{}: {t:?} is not supported by Sluice yet; use \"local\" (each Envoy keeps answers in its own shared memory)",
+                at("type")
+            ));
+        }
+        Some(other) => errors.push(format!("{}: {other} is not a cache type (local, redis, …)", at("type"))),
+    }
+    let mode = match params.get("mode").filter(|v| !v.is_null()).map(|v| v.as_str()) {
+        None | Some(Some("default_on")) => cache::CacheMode::DefaultOn,
+        Some(Some("default_off")) => cache::CacheMode::DefaultOff,
+        Some(_) => {
+            errors.push(format!("{}: must be default_on or default_off", at("mode")));
+            cache::CacheMode::DefaultOn
+        }
+    };
+    let mut seconds = |name: &str| -> Option<u64> {
+        let value = params.get(name).filter(|v| !v.is_null())?;
+        let secs = value.as_f64().filter(|s| s.is_finite() && *s > 0.0 && *s <= 365.0 * 86_400.0);
+        if secs.is_none() {
+            errors.push(format!("{}: must be a number of seconds above 0 (at most a year), not {value}", at(name)));
+        }
+        secs.map(|s| s.ceil() as u64)
+    };
+    let ttl_secs = seconds("default_in_memory_ttl").or(seconds("ttl")).unwrap_or(cache::DEFAULT_TTL_SECS);
+    let namespace = match params.get("namespace").filter(|v| !v.is_null()) {
+        None => None,
+        Some(Value::String(ns)) => {
+            cache::checked_namespace(ns.clone()).map_err(|d| errors.push(format!("{}: {d}", at("namespace")))).ok()
+        }
+        Some(other) => {
+            errors.push(format!("{}: must be a string, not {other}", at("namespace")));
+            None
+        }
+    };
+    let routes = match params.get("supported_call_types").filter(|v| !v.is_null()) {
+        None => cache::default_routes(),
+        Some(Value::Array(types)) => {
+            let mut routes: Vec<String> = Vec::new();
+            for t in types {
+                match t.as_str().and_then(cache::call_type) {
+                    Some(cache::CallType::Route(endpoint)) => {
+                        let route = endpoint.route().to_owned();
+                        if !routes.contains(&route) {
+                            routes.push(route);
+                        }
+                    }
+                    Some(cache::CallType::NotServed) => {}
+                    None => errors.push(format!(
+                        "{}: {t} is not a call type (completion, text_completion, embedding, responses, anthropic_messages, and their a- forms)",
+                        at("supported_call_types")
+                    )),
+                }
+            }
+            routes
+        }
+        Some(other) => {
+            errors.push(format!("{}: must be a list of call types, not {other}", at("supported_call_types")));
+            Vec::new()
+        }
+    };
+    let mut count = |name: &str, default: Option<u64>, max: u64| -> Option<u64> {
+        let Some(value) = params.get(name) else { return default };
+        if value.is_null() {
+            return None;
+        }
+        let n = as_u64(Some(value)).filter(|n| *n >= 1 && *n <= max);
+        if n.is_none() {
+            errors.push(format!("{}: must be a whole number from 1 to {max}, not {value}", at(name)));
+        }
+        n
+    };
+    let max_messages = count("max_messages", Some(u64::from(cache::DEFAULT_MAX_MESSAGES)), 1_000_000);
+    let max_entries = count("max_size_in_memory", Some(u64::from(cache::DEFAULT_MAX_ENTRIES)), 1_000_000);
+    let max_item_kb = count("max_size_per_item", Some(cache::DEFAULT_MAX_ITEM_KB), 64 * 1024);
+    let per_end_user = match params.get("semantic_cache_scope").filter(|v| !v.is_null()).map(Value::as_str) {
+        None | Some(Some("key")) => false,
+        Some(Some("end_user")) => true,
+        Some(_) => {
+            errors.push(format!("{}: must be key or end_user", at("semantic_cache_scope")));
+            false
+        }
+    };
+    let scope = match params.get("scope").filter(|v| !v.is_null()).map(Value::as_str) {
+        None | Some(Some("key")) => cache::CacheScope::Key,
+        Some(Some("team")) => cache::CacheScope::Team,
+        Some(_) => {
+            errors
+                .push(format!("{}: must be key or team (who may read an answer another request stored)", at("scope")));
+            cache::CacheScope::Key
+        }
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    if !on {
+        if !params.is_empty() {
+            return Err(vec!["litellm_settings.cache_params: set, but litellm_settings.cache is not true".into()]);
+        }
+        return Ok(None);
+    }
+    Ok(Some(cache::CacheConfig {
+        mode,
+        ttl_secs,
+        namespace,
+        routes,
+        scope,
+        per_end_user,
+        max_messages: max_messages.map(|n| n as u32),
+        max_entries: max_entries.map_or(cache::DEFAULT_MAX_ENTRIES, |n| n as u32),
+        max_item_bytes: max_item_kb.unwrap_or(cache::DEFAULT_MAX_ITEM_KB).saturating_mul(1024),
+    }))
 }
 
 /// A boolean setting; anything else is an error naming it.
@@ -1224,6 +1391,53 @@ mod tests {
 
     use crate::endpoint::Endpoint;
     use crate::keys::KeyHash;
+
+    #[test]
+    fn litellms_cache_settings_are_read_or_refused_with_the_reason() {
+        let settings = |v: Value| v.as_object().cloned().unwrap();
+        assert_eq!(cache_settings(&settings(json!({}))).unwrap(), None, "off unless asked");
+        let on = cache_settings(&settings(json!({"cache": true}))).unwrap().unwrap();
+        assert_eq!((on.ttl_secs, on.max_entries, on.max_messages), (600, 200, Some(4)), "LiteLLM's defaults");
+        assert!(
+            on.caches(Endpoint::ChatCompletions) && on.caches(Endpoint::Messages) && on.caches(Endpoint::Embeddings)
+        );
+        let c = cache_settings(&settings(json!({"cache": true, "cache_params": {
+            "type": "local", "mode": "default_off", "ttl": 30, "namespace": "prod",
+            "supported_call_types": ["acompletion", "atranscription"], "max_messages": null,
+            "max_size_in_memory": 10, "max_size_per_item": 64, "scope": "team", "semantic_cache_scope": "end_user"
+        }})))
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.mode, cache::CacheMode::DefaultOff);
+        assert_eq!((c.ttl_secs, c.namespace.as_deref(), c.max_messages), (30, Some("prod"), None));
+        assert_eq!(c.routes, vec!["/v1/chat/completions".to_owned()], "transcription: nothing Sluice serves");
+        assert_eq!((c.max_entries, c.max_item_bytes), (10, 64 * 1024));
+        assert_eq!((c.scope, c.per_end_user), (cache::CacheScope::Team, true));
+        // default_in_memory_ttl wins over ttl for the in-memory cache, as in LiteLLM.
+        let c =
+            cache_settings(&settings(json!({"cache": true, "cache_params": {"ttl": 30, "default_in_memory_ttl": 5}})));
+        assert_eq!(c.unwrap().unwrap().ttl_secs, 5);
+        for (bad, reason) in [
+            (json!({"cache": "yes"}), "litellm_settings.cache: must be true or false"),
+            (json!({"cache": true, "cache_params": {"type": "redis"}}), "\"redis\" is not supported by Sluice yet"),
+            (json!({"cache": true, "cache_params": {"type": "memcached"}}), "is not a cache type"),
+            (json!({"cache": true, "cache_params": {"ttl": -1}}), "cache_params.ttl: must be a number of seconds"),
+            (json!({"cache": true, "cache_params": {"mode": "sometimes"}}), "default_on or default_off"),
+            (json!({"cache": true, "cache_params": {"supported_call_types": ["speech"]}}), "is not a call type"),
+            (json!({"cache": true, "cache_params": {"host": "redis"}}), "cache_params.host: not supported by Sluice"),
+            (json!({"cache": true, "cache_params": {"scope": "global"}}), "must be key or team"),
+            (json!({"cache_params": {"ttl": 5}}), "litellm_settings.cache is not true"),
+        ] {
+            let errors = cache_settings(&settings(bad.clone())).unwrap_err();
+            assert!(errors.iter().any(|e| e.contains(reason)), "{bad}: {errors:?}");
+        }
+        // In config.yaml, through the same reader, and refused there with the same words.
+        let doc = json!({"model_list": [], "litellm_settings": {"cache": true, "cache_params": {"ttl": 45}}});
+        assert_eq!(from_litellm(&doc, &|_| None).unwrap().gateway.cache.map(|c| c.ttl_secs), Some(45));
+        let doc = json!({"model_list": [], "litellm_settings": {"cache": true, "cache_params": {"type": "s3"}}});
+        let errors = from_litellm(&doc, &|_| None).unwrap_err();
+        assert!(errors.iter().any(|e| e.0.contains("\"s3\" is not supported by Sluice yet")), "{errors:?}");
+    }
 
     fn env(name: &str) -> Option<String> {
         match name {

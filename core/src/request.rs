@@ -35,6 +35,9 @@ struct Fields<'a> {
     num_retries: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "raw_keep_null")]
     timeout: Option<&'a RawValue>,
+    /// LiteLLM's per-request cache controls (`crate::cache::CacheControl`).
+    #[serde(borrow, default, deserialize_with = "raw_keep_null")]
+    cache: Option<&'a RawValue>,
     /// OpenAI's end-user identifier (LiteLLM's customer); sent upstream as it is.
     #[serde(borrow, default)]
     user: Option<&'a RawValue>,
@@ -109,7 +112,7 @@ pub fn parse_tags_header(value: &[u8]) -> Result<Vec<String>, GatewayError> {
 
 /// Request fields that are the gateway's own settings, not the provider's (LiteLLM takes them
 /// per request): read by [`parse_request`] and removed from the body before it goes upstream.
-pub const GATEWAY_PARAMS: [&str; 2] = ["num_retries", "timeout"];
+pub const GATEWAY_PARAMS: [&str; 3] = ["num_retries", "timeout", "cache"];
 
 fn raw_keep_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
@@ -143,6 +146,8 @@ pub struct LlmRequest<'a> {
     /// `user`: the end user the request is made for (LiteLLM's customer), recorded with its
     /// spend.
     pub end_user: Option<Cow<'a, str>>,
+    /// `cache`: the request's cache controls (checked whether or not the cache is on).
+    pub cache_control: Option<crate::cache::CacheControl>,
 }
 
 fn span_of(body: &str, raw: &RawValue) -> Option<(usize, usize)> {
@@ -230,7 +235,11 @@ pub fn parse_request<'a>(body: &'a [u8]) -> Result<LlmRequest<'a>, GatewayError>
     {
         end_user = checked_end_user("safety_identifier", user)?;
     }
-    for raw in [fields.num_retries, fields.timeout].into_iter().flatten() {
+    let cache_control = match fields.cache.filter(|r| r.get() != "null") {
+        Some(raw) => Some(crate::cache::parse_cache_control(raw.get())?),
+        None => None,
+    };
+    for raw in [fields.num_retries, fields.timeout, fields.cache].into_iter().flatten() {
         gateway_param_spans.push(span_of(text, raw).ok_or(GatewayError::Internal { detail: "param span" })?);
     }
     Ok(LlmRequest {
@@ -244,6 +253,7 @@ pub fn parse_request<'a>(body: &'a [u8]) -> Result<LlmRequest<'a>, GatewayError>
         timeout_ms,
         gateway_param_spans,
         end_user,
+        cache_control,
     })
 }
 

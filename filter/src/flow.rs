@@ -48,6 +48,7 @@ use sluice_proto::gateway::v1::{KeyLookupRequest, KeyLookupResponse};
 
 mod attempts;
 mod auth;
+mod cache;
 mod choice;
 mod fallback;
 mod health_check;
@@ -77,7 +78,7 @@ pub(crate) const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Every request header the flow reads, fetched in one host call when the request starts:
 /// what it acts on, then the headers only the gateway sets (the router's retry and timeout
 /// headers, the failover route's).
-const READ_REQUEST_HEADERS: [&str; 18] = [
+const READ_REQUEST_HEADERS: [&str; 19] = [
     ":path",
     ":method",
     "authorization",
@@ -89,6 +90,7 @@ const READ_REQUEST_HEADERS: [&str; 18] = [
     sluice_core::request::TAGS_HEADER,
     sluice_core::request::END_USER_HEADERS[0],
     sluice_core::request::END_USER_HEADERS[1],
+    "cache-control",
     CLUSTER_HEADER,
     attempts::ROUTER_HEADERS[0],
     attempts::ROUTER_HEADERS[1],
@@ -353,6 +355,10 @@ pub struct RequestFlow<H: Host> {
     failover_pass: bool,
     /// The request body's size as Envoy holds it (what a rewrite replaces).
     buffered_len: usize,
+    /// The request's `Cache-Control` directives (read only when the response cache is on).
+    header_cache_control: Option<sluice_core::cache::CacheControl>,
+    /// What the response cache does for this request (`cache.rs`).
+    cache: cache::CacheState,
 }
 
 impl<H: Host> RequestFlow<H> {
@@ -388,6 +394,8 @@ impl<H: Host> RequestFlow<H> {
             plan_saved: false,
             failover_pass: false,
             buffered_len: 0,
+            header_cache_control: None,
+            cache: cache::CacheState::Off,
         }
     }
 
@@ -453,15 +461,25 @@ impl<H: Host> RequestFlow<H> {
         failed.extend(std::iter::repeat_n((admitted.deployment, AttemptError::Retried), retried));
         self.end_plan();
         let tap = std::mem::replace(&mut self.tap, Tap::None);
-        let (usage, outcome, estimated) = self.measure(&admitted, &tap);
+        let cache_hit = match self.cache {
+            cache::CacheState::Hit(usage) => Some(usage),
+            _ => None,
+        };
+        let (usage, outcome, estimated) = match cache_hit {
+            Some(usage) => (usage, Outcome::Completed, false),
+            None => self.measure(&admitted, &tap),
+        };
         let gateway = Rc::clone(&self.gateway);
         let Some(deployment) = gateway.config.deployment(admitted.deployment) else {
             return;
         };
-        let cost_nanos = admitted.pricing.cost_nanos(&usage);
+        // A cached answer costs nothing (LiteLLM's rule): no provider was asked.
+        let cost_nanos = if cache_hit.is_some() { 0 } else { admitted.pricing.cost_nanos(&usage) };
         let now = self.host.now_ms();
-        self.count_failures(&gateway, &admitted, now, self.failed_attempts());
-        self.update_load(&gateway, &admitted, now);
+        if cache_hit.is_none() {
+            self.count_failures(&gateway, &admitted, now, self.failed_attempts());
+            self.update_load(&gateway, &admitted, now);
+        }
         if !counters::settle_all(&self.host, &admitted.tickets, now, usage.total_tokens(), cost_nanos) {
             self.host.log(LogLevel::Error, "sluice: could not settle counters (shared data unavailable)");
         }
@@ -516,7 +534,8 @@ impl<H: Host> RequestFlow<H> {
             latency_ms: now.saturating_sub(self.start_ms),
             streamed: admitted.streamed,
             estimated,
-            price_unknown: admitted.price_unknown,
+            price_unknown: admitted.price_unknown && cache_hit.is_none(),
+            cache_hit: cache_hit.is_some(),
             failed_attempts: &failed_attempts,
         };
         let mut json = gateway.record_buffer.take();
@@ -527,6 +546,12 @@ impl<H: Host> RequestFlow<H> {
             self.host.log(LogLevel::Info, &format!("{USAGE_LOG_PREFIX}{}", String::from_utf8_lossy(&json)));
         }
         gateway.record_buffer.replace(json);
+        // A whole non-streamed answer is the tap's copy; a stream's was copied as it passed.
+        let copy = match tap {
+            Tap::Json { body, overflow: false } => Some(body),
+            _ => None,
+        };
+        self.store_in_cache(usage, outcome, estimated, copy);
     }
 
     /// Usage of a finished request: as reported by the provider, or estimated from what was

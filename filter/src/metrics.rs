@@ -33,8 +33,16 @@ const KEY_CACHE_HITS: usize = 0;
 const LOOKUPS_REFUSED: usize = 1;
 const HEALTH_PROBES: usize = 2;
 const FAILOVERS: usize = 3;
-const FIXED: [&str; 4] =
-    ["sluice.key_cache.hits", "sluice.key_lookups_refused", "sluice.health_probes", "sluice.failovers"];
+const RESPONSE_CACHE_HITS: usize = 4;
+const RESPONSE_CACHE_MISSES: usize = 5;
+const FIXED: [&str; 6] = [
+    "sluice.key_cache.hits",
+    "sluice.key_lookups_refused",
+    "sluice.health_probes",
+    "sluice.failovers",
+    "sluice.response_cache.hits",
+    "sluice.response_cache.misses",
+];
 
 /// The pending counts of one config's metrics, by index, with their names.
 pub struct Metrics {
@@ -101,6 +109,11 @@ impl Metrics {
     /// A pass of a request with fallbacks failed and went on to the plan's next step.
     pub fn failover(&self) {
         self.add(FAILOVERS, 1);
+    }
+
+    /// A request the response cache applied to: answered from it, or not.
+    pub fn cache(&self, hit: bool) {
+        self.add(if hit { RESPONSE_CACHE_HITS } else { RESPONSE_CACHE_MISSES }, 1);
     }
 
     pub fn rejection(&self, error: &GatewayError) {

@@ -95,6 +95,7 @@ pub(crate) fn base_config() -> GatewayConfig {
         context_window_fallbacks: Vec::new(),
         content_policy_fallbacks: Vec::new(),
         pre_call_checks: false,
+        cache: None,
     }
 }
 
@@ -3496,5 +3497,254 @@ mod fallbacks {
         cfg.fallbacks = vec![FallbackRule { group: "gpt-4o".into(), to: vec!["nope".into()] }];
         let errors = CompiledConfig::compile(cfg).unwrap_err();
         assert!(errors.iter().any(|e| e.0.contains("\"nope\" is not a model group")), "{errors:?}");
+    }
+}
+
+/// The response cache (`flow/cache.rs`): hits answered in the filter, never across tenants,
+/// LiteLLM's per-request controls, streams replayed as they were, errors never stored.
+mod response_cache {
+    use super::*;
+    use sluice_core::cache::{CacheConfig, CacheMode, CacheScope, default_routes};
+
+    fn cache_config() -> CacheConfig {
+        CacheConfig {
+            mode: CacheMode::DefaultOn,
+            ttl_secs: 60,
+            namespace: None,
+            routes: default_routes(),
+            scope: CacheScope::Key,
+            per_end_user: false,
+            max_messages: Some(4),
+            max_entries: 64,
+            max_item_bytes: 1 << 20,
+        }
+    }
+
+    fn cached_gateway() -> Harness {
+        let mut config = base_config();
+        config.keys.push(key_config(2));
+        config.cache = Some(cache_config());
+        Harness::new(config)
+    }
+
+    /// Sends `body` with key `seed`; a miss is answered by the provider with `answer`.
+    /// Returns the client's status, body and `x-sluice-cache`.
+    fn ask(h: &Harness, seed: u8, body: &str, answer: &str) -> (u32, Vec<u8>, Option<String>) {
+        let (mut s, reply) = h.post("/v1/chat/completions", &key(seed), body);
+        let out = match reply {
+            Some(reply) => (reply.status, reply.body.clone(), reply.header("x-sluice-cache").map(str::to_owned)),
+            None => {
+                let delivered = s.respond(200, "application/json", &[answer.as_bytes()], true);
+                (200, delivered, s.host.response_header_str("x-sluice-cache"))
+            }
+        };
+        s.finish();
+        out
+    }
+
+    #[test]
+    fn a_repeated_request_is_answered_from_the_cache_at_no_cost() {
+        let h = cached_gateway();
+        let answer = openai_response(1000, 100, 0);
+        let (status, first, state) = ask(&h, 1, CHAT, &answer);
+        assert_eq!((status, state.as_deref()), (200, Some("miss")));
+        let (mut s, reply) = h.post("/v1/chat/completions", &key(1), CHAT);
+        let reply = reply.expect("answered by the filter");
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body, first, "the same bytes the provider sent the first time");
+        assert_eq!(reply.header("x-sluice-cache"), Some("hit"));
+        assert_eq!(reply.header("content-type"), Some("application/json"));
+        assert_eq!(reply.header("x-litellm-cache-key").map(str::len), Some(64));
+        assert_eq!(s.host.request_header_str("x-sluice-cluster"), None, "never sent upstream");
+        s.finish();
+        let records = h.envoy.records();
+        assert_eq!(records.len(), 2, "one record per request, the hit included");
+        let (miss, hit) = (&records[0], &records[1]);
+        assert_eq!((miss["cache_hit"].as_bool(), hit["cache_hit"].as_bool()), (Some(false), Some(true)));
+        assert!(miss["cost_usd"].as_f64().unwrap() > 0.0);
+        assert_eq!(hit["cost_usd"], 0.0, "a hit costs nothing (LiteLLM's rule)");
+        assert_eq!((hit["prompt_tokens"].as_u64(), hit["completion_tokens"].as_u64()), (Some(1000), Some(100)));
+        assert_eq!(hit["outcome"], "completed");
+        h.report_metrics();
+        assert_eq!(h.envoy.metric("sluice.response_cache.hits"), 1);
+        assert_eq!(h.envoy.metric("sluice.response_cache.misses"), 1);
+    }
+
+    #[test]
+    fn another_key_never_reads_an_answer_and_team_scope_shares_within_the_team() {
+        let h = cached_gateway();
+        let answer = openai_response(10, 5, 0);
+        assert_eq!(ask(&h, 1, CHAT, &answer).2.as_deref(), Some("miss"));
+        assert_eq!(ask(&h, 2, CHAT, &answer).2.as_deref(), Some("miss"), "key 2 is another tenant");
+        assert_eq!(ask(&h, 2, CHAT, &answer).2.as_deref(), Some("hit"));
+
+        let mut config = base_config();
+        let team = |seed| KeyConfig { team_id: Some("t1".into()), ..key_config(seed) };
+        config.keys = vec![team(1), team(2), key_config(3)];
+        config.teams = vec![TeamConfig { team_id: "t1".into(), ..TeamConfig::default() }];
+        config.cache = Some(CacheConfig { scope: CacheScope::Team, ..cache_config() });
+        let h = Harness::new(config);
+        assert_eq!(ask(&h, 1, CHAT, &answer).2.as_deref(), Some("miss"));
+        assert_eq!(ask(&h, 2, CHAT, &answer).2.as_deref(), Some("hit"), "the same team");
+        assert_eq!(ask(&h, 3, CHAT, &answer).2.as_deref(), Some("miss"), "no team: its own");
+    }
+
+    #[test]
+    fn litellms_cache_controls_are_honoured() {
+        let h = cached_gateway();
+        let answer = openai_response(10, 5, 0);
+        let with = |control: &str| {
+            format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"hello"}}],"cache":{control}}}"#)
+        };
+        // no-store: answered, not stored.
+        assert_eq!(ask(&h, 1, &with(r#"{"no-store":true}"#), &answer).2.as_deref(), Some("miss"));
+        assert_eq!(ask(&h, 1, CHAT, &answer).2.as_deref(), Some("miss"), "nothing was stored");
+        // Stored now; no-cache skips the lookup (and stores again).
+        assert_eq!(ask(&h, 1, &with(r#"{"no-cache":true}"#), &answer).2.as_deref(), Some("miss"));
+        assert_eq!(ask(&h, 1, CHAT, &answer).2.as_deref(), Some("hit"));
+        // The cache controls never reach the provider.
+        let (s, _) = h.post("/v1/chat/completions", &key(1), &with(r#"{"no-cache":true}"#));
+        let sent: serde_json::Value = serde_json::from_slice(&s.host.stream.request_body.borrow()).unwrap();
+        assert!(sent.get("cache").is_none(), "{sent}");
+        // s-maxage: an entry older than the request accepts is not used.
+        h.envoy.now_ms.set(NOW + 20_000);
+        assert_eq!(ask(&h, 1, &with(r#"{"s-maxage":10}"#), &answer).2.as_deref(), Some("miss"));
+        assert_eq!(ask(&h, 1, &with(r#"{"s-maxage":30}"#), &answer).2.as_deref(), Some("hit"));
+        // The configured TTL (60 s) ends it; a request's own ttl replaces it for what it stores.
+        h.envoy.now_ms.set(NOW + 100_000);
+        assert_eq!(ask(&h, 1, &with(r#"{"ttl":1}"#), &answer).2.as_deref(), Some("miss"), "expired");
+        assert_eq!(ask(&h, 1, CHAT, &answer).2.as_deref(), Some("hit"));
+        h.envoy.now_ms.set(NOW + 102_000);
+        assert_eq!(ask(&h, 1, CHAT, &answer).2.as_deref(), Some("miss"), "the request's 1 s TTL");
+        // A namespace is another place.
+        assert_eq!(ask(&h, 1, &with(r#"{"namespace":"n1"}"#), &answer).2.as_deref(), Some("miss"));
+        // Cache-Control: no-cache from the header.
+        let (mut s, reply) = {
+            let auth = format!("Bearer {}", key(1));
+            let mut s = h.start(
+                "POST",
+                "/v1/chat/completions",
+                &[("authorization", auth.as_bytes()), ("cache-control", b"no-cache")],
+            );
+            let reply = s.send_body(CHAT.as_bytes());
+            (s, reply)
+        };
+        assert!(reply.is_none(), "the header's no-cache skips the lookup");
+        s.respond(200, "application/json", &[answer.as_bytes()], true);
+        s.finish();
+    }
+
+    #[test]
+    fn bad_controls_are_400s_that_reserve_nothing() {
+        let mut config = base_config();
+        config.keys = vec![KeyConfig { rpm_limit: Some(100), ..key_config(1) }];
+        config.cache = Some(cache_config());
+        let h = Harness::new(config);
+        for control in [r#"{"ttl":-5}"#, r#"{"no-store":"yes"}"#, r#"{"nostore":true}"#, r#""on""#] {
+            let body = format!(r#"{{"model":"gpt-4o","messages":[],"cache":{control}}}"#);
+            let (_, reply) = h.post("/v1/chat/completions", &key(1), &body);
+            let reply = reply.expect("refused");
+            assert_eq!(reply.status, 400, "{control}");
+            assert!(reply.json()["error"]["param"].as_str().unwrap().starts_with("cache"), "{}", reply.json());
+        }
+        let auth = format!("Bearer {}", key(1));
+        let mut s = h.start(
+            "POST",
+            "/v1/chat/completions",
+            &[("authorization", auth.as_bytes()), ("cache-control", b"max-age=soon")],
+        );
+        let reply = s.send_body(CHAT.as_bytes()).expect("refused");
+        assert_eq!(reply.status, 400);
+        // Nothing was counted against the key's RPM: 100 requests still pass.
+        for _ in 0..100 {
+            let (mut s, reply) = h.post(
+                "/v1/chat/completions",
+                &key(1),
+                r#"{"model":"gpt-4o","messages":[],"cache":{"no-store":true}}"#,
+            );
+            assert!(reply.is_none(), "{reply:?}");
+            s.finish();
+        }
+    }
+
+    #[test]
+    fn streams_are_replayed_as_streamed_and_only_to_a_request_of_the_same_form() {
+        let h = cached_gateway();
+        let stream_body = r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hello"}]}"#;
+        let (mut s, reply) = h.post("/v1/chat/completions", &key(1), stream_body);
+        assert!(reply.is_none());
+        let upstream = sse(&[CHUNK1, CHUNK2, USAGE, "[DONE]"]);
+        let delivered =
+            s.respond(200, "text/event-stream", &[&upstream.as_bytes()[..40], &upstream.as_bytes()[40..]], true);
+        s.finish();
+        assert_eq!(String::from_utf8(delivered.clone()).unwrap(), sse(&[CHUNK1, CHUNK2, "[DONE]"]));
+        let (mut s, reply) = h.post("/v1/chat/completions", &key(1), stream_body);
+        let reply = reply.expect("a hit");
+        assert_eq!(reply.body, delivered, "what the first client got, usage chunk removed as it was");
+        assert_eq!(reply.header("content-type"), Some("text/event-stream"));
+        s.finish();
+        let hit = &h.envoy.records()[1];
+        assert_eq!((hit["cache_hit"].as_bool(), hit["prompt_tokens"].as_u64()), (Some(true), Some(20)));
+        // The same prompt without streaming, or asking for the usage chunk: not this entry.
+        assert_eq!(
+            ask(
+                &h,
+                1,
+                r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hello"}]}"#,
+                &openai_response(1, 1, 0)
+            )
+            .2
+            .as_deref(),
+            Some("miss")
+        );
+        let with_usage = r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hello"}]}"#;
+        let (mut s, reply) = h.post("/v1/chat/completions", &key(1), with_usage);
+        assert!(reply.is_none(), "a stream without its usage chunk does not answer one that wants it");
+        s.finish();
+    }
+
+    #[test]
+    fn errors_and_cut_answers_are_never_stored() {
+        let h = cached_gateway();
+        let (mut s, _) = h.post("/v1/chat/completions", &key(1), CHAT);
+        s.respond(500, "application/json", &[br#"{"error":{"message":"boom"}}"#], true);
+        s.finish();
+        let (mut s, _) = h.post("/v1/chat/completions", &key(1), CHAT);
+        let answer = openai_response(10, 5, 0);
+        s.respond(200, "application/json", &[&answer.as_bytes()[..20]], false);
+        s.finish();
+        assert_eq!(ask(&h, 1, CHAT, &answer).2.as_deref(), Some("miss"), "neither the error nor the cut answer");
+        assert_eq!(ask(&h, 1, CHAT, &answer).2.as_deref(), Some("hit"));
+    }
+
+    #[test]
+    fn default_off_caches_only_requests_that_opt_in() {
+        let mut config = base_config();
+        config.cache = Some(CacheConfig { mode: CacheMode::DefaultOff, ..cache_config() });
+        let h = Harness::new(config);
+        let answer = openai_response(10, 5, 0);
+        assert_eq!(ask(&h, 1, CHAT, &answer).2, None, "not cached at all: no header");
+        assert_eq!(ask(&h, 1, CHAT, &answer).2, None);
+        let opt_in = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hello"}],"cache":{"use-cache":true}}"#;
+        assert_eq!(ask(&h, 1, opt_in, &answer).2.as_deref(), Some("miss"));
+        assert_eq!(ask(&h, 1, opt_in, &answer).2.as_deref(), Some("hit"));
+    }
+
+    #[test]
+    fn a_translated_answer_is_stored_as_the_client_got_it() {
+        let h = cached_gateway();
+        let body = r#"{"model":"claude-3-5-sonnet","max_tokens":50,"messages":[{"role":"user","content":"hi"}]}"#;
+        let (mut s, reply) = h.post("/v1/chat/completions", &key(1), body);
+        assert!(reply.is_none());
+        let anthropic = r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-3-5-sonnet-20241022","content":[{"type":"text","text":"Hello"}],"stop_reason":"end_turn","usage":{"input_tokens":12,"output_tokens":3}}"#;
+        let delivered = s.respond(200, "application/json", &[anthropic.as_bytes()], true);
+        s.finish();
+        let first: serde_json::Value = serde_json::from_slice(&delivered).unwrap();
+        assert_eq!(first["object"], "chat.completion");
+        let (mut s, reply) = h.post("/v1/chat/completions", &key(1), body);
+        let reply = reply.expect("a hit");
+        assert_eq!(reply.body, delivered);
+        s.finish();
+        assert_eq!(h.envoy.records()[1]["prompt_tokens"], 12);
     }
 }

@@ -55,6 +55,8 @@ pub struct UsageRecord<'a> {
     /// True when the deployment has no known price: `cost_usd` is 0 because nobody priced it,
     /// not because the request was free.
     pub price_unknown: bool,
+    /// Answered from the response cache: no provider call, cost 0, tokens as first billed.
+    pub cache_hit: bool,
     /// The attempts before the one that answered (retries, a fallback's earlier steps), each at
     /// its deployment with its error class; billed nothing.
     pub failed_attempts: &'a [FailedAttempt<'a>],
@@ -112,6 +114,7 @@ impl UsageRecord<'_> {
         w.bool("streamed", self.streamed);
         w.bool("estimated", self.estimated);
         w.bool("price_unknown", self.price_unknown);
+        w.bool("cache_hit", self.cache_hit);
         w.name("failed_attempts");
         w.out.push(b'[');
         for (i, attempt) in self.failed_attempts.iter().enumerate() {
@@ -279,6 +282,7 @@ mod tests {
             streamed: true,
             estimated: false,
             price_unknown: true,
+            cache_hit: false,
             failed_attempts,
             request_tags,
         }

@@ -104,6 +104,7 @@ const NATIVE_FILES: &[&str] = &[
     "test_routing.py",
     "test_health_check.py",
     "test_fallbacks.py",
+    "test_response_cache.py",
     // xDS mode.
     "test_xds.py",
     "test_replicas.py",

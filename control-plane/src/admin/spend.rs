@@ -175,6 +175,7 @@ fn log_entry(l: &SpendLog) -> pb::SpendLogEntry {
         outcome: l.outcome.clone(),
         estimated: l.estimated,
         price_unknown: l.price_unknown,
+        cache_hit: l.cache_hit,
         start_time: sluice_core::time::format_rfc3339_ms(l.start_ms),
         failed_attempts_json: serde_json::Value::Array(failed).to_string(),
         end_user: l.customer_id.clone(),

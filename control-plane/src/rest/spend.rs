@@ -106,6 +106,8 @@ fn log_json(l: &pb::SpendLogEntry) -> Value {
         "team_id": l.team_id,
         "organization_id": l.organization_id,
         "request_tags": l.tags,
+        // LiteLLM writes it as a string.
+        "cache_hit": if l.cache_hit { "True" } else { "False" },
         "status": if (200..400).contains(&l.status) { "success" } else { "failure" },
         "metadata": {
             "http_status": l.status,

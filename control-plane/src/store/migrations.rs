@@ -47,6 +47,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0006_key_allowed_ips.sql"),
         include_str!("../../migrations/postgres/0006_key_allowed_ips.sql"),
     ),
+    (
+        7,
+        "spend cache_hit",
+        include_str!("../../migrations/sqlite/0007_spend_cache_hit.sql"),
+        include_str!("../../migrations/postgres/0007_spend_cache_hit.sql"),
+    ),
 ];
 
 /// The migrator for `backend`, with every version up to `through` (tests build older schemas).

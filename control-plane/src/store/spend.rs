@@ -30,6 +30,8 @@ pub struct SpendLog {
     pub estimated: bool,
     /// The deployment had no known price (its cost of 0 is not "free").
     pub price_unknown: bool,
+    /// Answered from the response cache (LiteLLM's `cache_hit`): cost 0, no provider call.
+    pub cache_hit: bool,
     pub start_ms: i64,
     /// The tries before the answer, `(deployment, error class)`: billed nothing.
     pub failed_attempts: Vec<(String, String)>,
@@ -461,9 +463,9 @@ impl SpendStore for SqlStore {
             let sql = format!(
                 "INSERT INTO spend_logs (record_id, request_id, key_id, team_id, user_id, organization_id, customer_id, \
                  model_group, deployment_id, tags, prompt_tokens, completion_tokens, cost_nanos, status, outcome, \
-                 estimated, price_unknown, start_ms, day, failed_attempts) VALUES {} ON CONFLICT (record_id) DO NOTHING \
-                 RETURNING record_id",
-                placeholders(chunk.len(), 20)
+                 estimated, price_unknown, start_ms, day, failed_attempts, cache_hit) VALUES {} \
+                 ON CONFLICT (record_id) DO NOTHING RETURNING record_id",
+                placeholders(chunk.len(), 21)
             );
             let mut q = sqlx::query(&sql);
             for l in chunk {
@@ -487,7 +489,8 @@ impl SpendStore for SqlStore {
                     .bind(i64::from(l.price_unknown))
                     .bind(l.start_ms)
                     .bind(day_of(l.start_ms))
-                    .bind(failed_attempts_json(&l.failed_attempts));
+                    .bind(failed_attempts_json(&l.failed_attempts))
+                    .bind(i64::from(l.cache_hit));
             }
             // Only rows not seen before come back: those, and only those, are counted.
             let inserted: HashSet<String> =
@@ -566,7 +569,7 @@ impl SpendStore for SqlStore {
         let sql = format!(
             "SELECT s.record_id, s.request_id, s.key_id, s.team_id, s.user_id, s.organization_id, s.customer_id, \
              s.model_group, s.deployment_id, s.tags, s.prompt_tokens, s.completion_tokens, s.cost_nanos, s.status, \
-             s.outcome, s.estimated, s.price_unknown, s.start_ms, s.failed_attempts FROM spend_logs s \
+             s.outcome, s.estimated, s.price_unknown, s.start_ms, s.failed_attempts, s.cache_hit FROM spend_logs s \
              WHERE {conditions} ORDER BY s.start_ms DESC, s.record_id LIMIT $10 OFFSET $11"
         );
         let rows = bind(sqlx::query(&sql)).bind(limit).bind(offset).fetch_all(&self.pool).await?;
@@ -595,6 +598,7 @@ impl SpendStore for SqlStore {
                     outcome: r.try_get("outcome")?,
                     estimated: r.try_get::<i64, _>("estimated")? != 0,
                     price_unknown: r.try_get::<i64, _>("price_unknown")? != 0,
+                    cache_hit: r.try_get::<i64, _>("cache_hit")? != 0,
                     start_ms: r.try_get("start_ms")?,
                     failed_attempts: failed.iter().map(|a| (text(a, "deployment"), text(a, "error"))).collect(),
                 })

@@ -35,6 +35,7 @@ pub fn request(body: &[u8], target: &Target<'_>) -> Result<Translated, Conversio
         // The gateway's own (`request::GATEWAY_PARAMS`), read by the filter, never forwarded.
         "num_retries",
         "timeout",
+        "cache",
     ];
     let mut unsupported: Vec<String> =
         req.keys().filter(|k| UNSUPPORTED.contains(&k.as_str()) || !known.contains(&k.as_str())).cloned().collect();

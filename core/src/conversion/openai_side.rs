@@ -12,7 +12,7 @@ use crate::usage::Usage;
 /// the same): OpenAI-side storage and service settings.
 /// And the gateway's own per-request settings (`request::GATEWAY_PARAMS`).
 const IGNORED: &[&str] =
-    &["store", "metadata", "service_tier", "stream_options", "parallel_tool_calls", "num_retries", "timeout"];
+    &["store", "metadata", "service_tier", "stream_options", "parallel_tool_calls", "num_retries", "timeout", "cache"];
 
 /// Left out silently too where the URL names the model and says whether it streams (Gemini,
 /// Bedrock): those two, and `user`, which such a provider has no field for.

@@ -63,6 +63,7 @@ impl<H: Host> RequestFlow<H> {
             tags,
             customer_id,
             end_user_id,
+            cache_control,
             cluster,
             gateway_headers @ ..,
         ] = self.host.request_headers(READ_REQUEST_HEADERS);
@@ -155,6 +156,14 @@ impl<H: Host> RequestFlow<H> {
         self.request_id = request_id.map(|v| String::from_utf8_lossy(&v).into_owned());
         if let Err(e) = self.read_record_headers(tags, customer_id, end_user_id) {
             return self.reject(&e);
+        }
+        // Checked before anything is reserved: a bad directive is a 400, not a leaked slot.
+        if let Some(value) = cache_control.filter(|_| self.config().config.cache.is_some()) {
+            let mut control = sluice_core::cache::CacheControl::default();
+            if let Err(e) = sluice_core::cache::apply_cache_control_header(&mut control, &value) {
+                return self.reject(&e);
+            }
+            self.header_cache_control = Some(control);
         }
         if let Some((hash, stale)) = to_look_up
             && let Err(e) = self.start_lookup(hash, stale)

@@ -2,6 +2,7 @@
 //! usage scanner, a translator, or a bounded copy of a JSON body); the client's allowance goes
 //! out in `x-ratelimit-*`.
 
+use super::cache::CacheState;
 use super::*;
 
 impl<H: Host> RequestFlow<H> {
@@ -9,6 +10,9 @@ impl<H: Host> RequestFlow<H> {
         let Some(admitted) = &self.admitted else {
             return Action::Continue;
         };
+        if matches!(self.cache, CacheState::Hit(_)) {
+            return Action::Continue; // the cache's own answer
+        }
         let [status, content_type, attempt_count, rate_limit @ ..] = self.host.response_headers(READ_RESPONSE_HEADERS);
         self.status = status.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()).unwrap_or(0);
         if matches!(self.config().config.routing_strategy, sluice_core::config::RoutingStrategy::LatencyBased(_)) {
@@ -39,6 +43,9 @@ impl<H: Host> RequestFlow<H> {
                 self.host.set_response_header("content-type", Some(b"application/json"));
                 Tap::TranslatedJson { body: Vec::new(), overflow: false, translation: translation.clone() }
             };
+            let sent_type: &[u8] =
+                if matches!(self.tap, Tap::TranslatedSse(_)) { b"text/event-stream" } else { b"application/json" };
+            self.cache_response_headers(Some(sent_type));
             return Action::Continue;
         }
         self.tap = if is_sse {
@@ -50,21 +57,39 @@ impl<H: Host> RequestFlow<H> {
         } else {
             Tap::Json { body: Vec::new(), overflow: false }
         };
+        self.cache_response_headers(Some(&content_type));
         Action::Continue
     }
 
     pub fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if matches!(self.cache, CacheState::Hit(_)) {
+            return Action::Continue;
+        }
         if end_of_stream {
             self.response_complete = true;
         }
         let scan_limit = usize::try_from(self.config().config.max_response_scan_bytes).unwrap_or(usize::MAX);
+        let error_format = self.error_format();
+        // What the client is sent of a stream or a translated answer goes to the cache's copy
+        // too (a plain JSON answer's copy is the tap's own).
+        let fill = Self::cache_fill(&mut self.cache);
         match &mut self.tap {
             Tap::None => {}
             Tap::Sse(scanner) => {
                 let chunk =
                     if body_size > 0 { self.host.response_body(body_size).unwrap_or_default() } else { Vec::new() };
-                if let Forward::Replace(bytes) = scanner.feed(&chunk, end_of_stream) {
-                    self.host.replace_response_body(body_size, &bytes);
+                match scanner.feed(&chunk, end_of_stream) {
+                    Forward::Replace(bytes) => {
+                        self.host.replace_response_body(body_size, &bytes);
+                        if let Some(fill) = fill {
+                            fill.push(&bytes);
+                        }
+                    }
+                    Forward::Unchanged => {
+                        if let Some(fill) = fill {
+                            fill.push(&chunk);
+                        }
+                    }
                 }
             }
             Tap::Json { body, overflow } => gather(&self.host, body, overflow, body_size, scan_limit),
@@ -73,6 +98,9 @@ impl<H: Host> RequestFlow<H> {
                     if body_size > 0 { self.host.response_body(body_size).unwrap_or_default() } else { Vec::new() };
                 let translated = translator.feed(&chunk, end_of_stream);
                 self.host.replace_response_body(body_size, &translated);
+                if let Some(fill) = fill {
+                    fill.push(&translated);
+                }
             }
             Tap::TranslatedJson { body, overflow, translation } => {
                 // Held back chunk by chunk (each replaced by nothing) and sent whole, translated,
@@ -82,11 +110,14 @@ impl<H: Host> RequestFlow<H> {
                     Vec::new()
                 } else if *overflow {
                     GatewayError::Untranslatable { detail: format!("the provider's answer is over {scan_limit} bytes") }
-                        .body_for(self.error_format())
+                        .body_for(error_format)
                 } else {
                     translation.response(self.status, body, self.start_ms / 1000)
                 };
                 self.host.replace_response_body(body_size, &out);
+                if let Some(fill) = fill {
+                    fill.push(&out);
+                }
             }
         }
         Action::Continue

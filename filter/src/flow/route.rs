@@ -90,7 +90,8 @@ impl<H: Host> RequestFlow<H> {
             None => self.host.request_body(body_size).unwrap_or_default(),
         };
         match self.route_and_admit(&body) {
-            Ok(()) if self.rejected => Action::Pause, // answered here
+            // Answered here: refused, or from the response cache.
+            Ok(()) if self.rejected || matches!(self.cache, super::cache::CacheState::Hit(_)) => Action::Pause,
             Ok(()) => Action::Continue,
             Err(error) => self.reject(&error),
         }
@@ -335,20 +336,30 @@ impl<H: Host> RequestFlow<H> {
         if config.config.key_lookup.is_some() {
             gateway.announce_to_fleet(&self.host, &tickets, self.start_ms);
         }
-        let in_flight = self.start_load(&gateway, group, index);
-        self.commit_plan(index, group_index);
+        // The response cache: an answer stored for this tenant and request is sent from here.
+        let usage_chunk =
+            req.client_wants_usage && matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions);
+        let form = sluice_core::cache::EntryForm::wanted(streamed, usage_chunk);
+        let cache_hit = self.consult_cache(&gateway, &group.name, body, &req, form, end_user.as_deref());
 
-        // The body for the deployment: its model name; OpenAI streams must report usage.
         let wants_usage_chunk = streamed && format == ApiFormat::OpenAi;
         let strip_usage_chunk = wants_usage_chunk && !req.client_wants_usage;
-        let (new_body, translation) = match translated {
-            Some((body, translation)) => (Some(body), translation),
-            None => (rewrite_body(body, &req, &upstream_model, wants_usage_chunk), None),
+        let (in_flight, translation, retries) = if cache_hit {
+            (false, None, 0)
+        } else {
+            let in_flight = self.start_load(&gateway, group, index);
+            self.commit_plan(index, group_index);
+            // The body for the deployment: its model name; OpenAI streams must report usage.
+            let (new_body, translation) = match translated {
+                Some((body, translation)) => (Some(body), translation),
+                None => (rewrite_body(body, &req, &upstream_model, wants_usage_chunk), None),
+            };
+            // A failover pass replaces what the failed pass left, even with the client's own bytes.
+            let new_body = new_body.or_else(|| self.failover_pass.then(|| body.to_vec()));
+            self.send_upstream(&gateway, index, &upstream_path, self.buffered_len, new_body.as_deref());
+            let retries = self.tell_the_router(&gateway, deployment, &req, streamed);
+            (in_flight, translation, retries)
         };
-        // A failover pass replaces what the failed pass left, even with the client's own bytes.
-        let new_body = new_body.or_else(|| self.failover_pass.then(|| body.to_vec()));
-        self.send_upstream(&gateway, index, &upstream_path, self.buffered_len, new_body.as_deref());
-        let retries = self.tell_the_router(&gateway, deployment, &req, streamed);
         self.admitted = Some(Admitted {
             group: group_index,
             deployment: index,
