@@ -167,3 +167,31 @@ def test_cache_types_sluice_does_not_have_are_refused_with_the_reason(gw, tmp_pa
     assert out.returncode != 0
     assert '"redis" is not supported by Sluice yet' in out.stderr
     assert "cache_params.host: not supported" in out.stderr
+
+
+def test_in_xds_mode_the_setting_reaches_the_envoys_and_hits_reach_the_spend_logs(tmp_path):
+    """`sluice serve`'s config.yaml turns the cache on for every Envoy it configures; a hit's
+    usage record arrives at the control plane as LiteLLM's spend row with `cache_hit`, $0."""
+    from test_xds import Fleet, create_key, wait_until
+    f = Fleet(tmp_path)
+    try:
+        config = json.loads(f.config_path.read_text())
+        config["litellm_settings"] = {"cache": True}
+        f.config_path.write_text(json.dumps(config))
+        f.start_control_plane()
+        envoy = f.start_envoy("edge-cache")
+        key, key_id = create_key(f, "--alias", "cached")
+        body = {"model": "gpt-4o", "messages": prompt()}
+        before = f.served()["served"]
+        states = [envoy.chat(body, key=key).headers.get("x-sluice-cache") for _ in range(3)]
+        assert states == ["miss", "hit", "hit"]
+        assert f.served()["served"] == before + 1
+        rows = wait_until(lambda: len(r := httpx.get(
+            f"http://127.0.0.1:{f.admin_port}/spend/logs", params={"api_key": key_id},
+            headers={"Authorization": f"Bearer {f.master_key}"}, timeout=10).json()) == 3 and r,
+            what="three spend rows", timeout=30)
+        assert sorted(r["cache_hit"] for r in rows) == ["False", "True", "True"]
+        assert all(r["spend"] == 0 for r in rows if r["cache_hit"] == "True")
+        assert [r["spend"] > 0 for r in rows if r["cache_hit"] == "False"] == [True]
+    finally:
+        f.stop()

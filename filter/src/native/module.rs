@@ -183,15 +183,35 @@ struct StreamFilter {
     stream: Stream,
     /// Shared with the host: which hook is running, the key lookup's answer.
     hook: Rc<HookState>,
+    /// Envoy ended the stream inside one of our hooks (a local reply sent from a callout's
+    /// answer completes the stream at once): the hook records it when its own work is done.
+    finish_pending: Cell<bool>,
 }
 
 impl StreamFilter {
     /// Settles and records the request (once: the flow ignores a second call). Its metrics
-    /// wait in the config's [`Metrics`] for the main thread's tick.
+    /// wait in the config's [`Metrics`] for the main thread's tick. Called inside another hook
+    /// (the flow busy), it is left to that hook ([`StreamFilter::with_flow`]).
     fn finish(&self) {
-        if let Ok(mut flow) = self.flow.try_borrow_mut() {
-            flow.on_log();
+        match self.flow.try_borrow_mut() {
+            Ok(mut flow) => flow.on_log(),
+            Err(_) => self.finish_pending.set(true),
         }
+    }
+
+    /// One hook's work on the flow (None when the flow is busy: a hook nested in ours, such as
+    /// a local reply's headers passing back through this filter), then the stream's end if
+    /// Envoy ended it during that work. A cache hit answered after a key lookup is such a
+    /// reply: without this its usage record would be lost.
+    fn with_flow<T>(&self, work: impl FnOnce(&mut RequestFlow<DynamicModuleHost>) -> T) -> Option<T> {
+        let out = {
+            let mut flow = self.flow.try_borrow_mut().ok()?;
+            work(&mut flow)
+        };
+        if self.finish_pending.take() {
+            self.finish();
+        }
+        Some(out)
     }
 }
 
@@ -426,6 +446,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
                 flow: RefCell::new(RequestFlow::new(host, gateway, random)),
                 stream,
                 hook,
+                finish_pending: Cell::new(false),
             })
         }
         ModuleConfig::Attempt(config) => ModuleStream::Attempt(AttemptFilter {
@@ -469,8 +490,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
 ) -> FilterStatus {
     // SAFETY: see the function's contract.
     let Some(f) = (unsafe { stream_filter(filter) }) else { return CONTINUE };
-    let Ok(mut flow) = f.flow.try_borrow_mut() else { return CONTINUE };
-    headers_status(flow.on_request_headers(end_of_stream))
+    f.with_flow(|flow| headers_status(flow.on_request_headers(end_of_stream))).unwrap_or(CONTINUE)
 }
 
 /// # Safety
@@ -483,16 +503,18 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
 ) -> FilterStatus {
     // SAFETY: see the function's contract.
     let Some(f) = (unsafe { stream_filter(filter) }) else { return CONTINUE };
-    let Ok(mut flow) = f.flow.try_borrow_mut() else { return CONTINUE };
-    // The body so far: what Envoy buffered for us, and this callback's chunk.
-    let mut size = f.stream.body_len(BUFFERED_REQUEST_BODY);
-    if !f.stream.received_is_buffered() {
-        size += f.stream.body_len(RECEIVED_REQUEST_BODY);
-    }
-    f.hook.in_request_body.set(true);
-    let action = flow.on_request_body(size, end_of_stream);
-    f.hook.in_request_body.set(false);
-    body_status(action)
+    f.with_flow(|flow| {
+        // The body so far: what Envoy buffered for us, and this callback's chunk.
+        let mut size = f.stream.body_len(BUFFERED_REQUEST_BODY);
+        if !f.stream.received_is_buffered() {
+            size += f.stream.body_len(RECEIVED_REQUEST_BODY);
+        }
+        f.hook.in_request_body.set(true);
+        let action = flow.on_request_body(size, end_of_stream);
+        f.hook.in_request_body.set(false);
+        body_status(action)
+    })
+    .unwrap_or(CONTINUE)
 }
 
 /// # Safety
@@ -509,8 +531,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
         Some(ModuleStream::Attempt(attempt)) => return attempt.on_response_headers(end_of_stream),
         None => return CONTINUE,
     };
-    let Ok(mut flow) = f.flow.try_borrow_mut() else { return CONTINUE };
-    headers_status(flow.on_response_headers())
+    f.with_flow(|flow| headers_status(flow.on_response_headers())).unwrap_or(CONTINUE)
 }
 
 /// # Safety
@@ -527,10 +548,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
         Some(ModuleStream::Attempt(attempt)) => return attempt.on_response_body(end_of_stream),
         None => return CONTINUE,
     };
-    let Ok(mut flow) = f.flow.try_borrow_mut() else { return CONTINUE };
-    let size = f.stream.body_len(RECEIVED_RESPONSE_BODY);
     // Never buffered: each chunk passes as soon as the tap has read it (streams stay streams).
-    flow.on_response_body(size, end_of_stream);
+    f.with_flow(|flow| flow.on_response_body(f.stream.body_len(RECEIVED_RESPONSE_BODY), end_of_stream));
     CONTINUE
 }
 
@@ -579,22 +598,23 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
 ) {
     // SAFETY: see the function's contract.
     let Some(f) = (unsafe { stream_filter(filter) }) else { return };
-    let Ok(mut flow) = f.flow.try_borrow_mut() else { return };
     let Ok(token) = u32::try_from(callout_id) else { return };
     // SAFETY: the hook's arguments, as Envoy passed them.
     let answer = unsafe { CalloutAnswer::read(headers, headers_size, chunks, chunks_size) };
-    if flow.awaits_http_call(token) {
-        // A health probe's answer: the status as sent, the body as is.
-        let status = callout_status(result == CALLOUT_SUCCESS, &answer.headers);
-        let size = answer.body.len();
-        *f.hook.http_answer.borrow_mut() = (status, answer.body);
-        flow.on_http_response(token, size);
-        return;
-    }
-    let (status, message) = grpc::answer(result == CALLOUT_SUCCESS, &answer.headers, &answer.body);
-    let size = message.len();
-    *f.hook.grpc_answer.borrow_mut() = message;
-    flow.on_grpc_response(token, status, size);
+    f.with_flow(|flow| {
+        if flow.awaits_http_call(token) {
+            // A health probe's answer: the status as sent, the body as is.
+            let status = callout_status(result == CALLOUT_SUCCESS, &answer.headers);
+            let size = answer.body.len();
+            *f.hook.http_answer.borrow_mut() = (status, answer.body);
+            flow.on_http_response(token, size);
+            return;
+        }
+        let (status, message) = grpc::answer(result == CALLOUT_SUCCESS, &answer.headers, &answer.body);
+        let size = message.len();
+        *f.hook.grpc_answer.borrow_mut() = message;
+        flow.on_grpc_response(token, status, size);
+    });
 }
 
 /// An event the singleton's ticking thread (or a worker announcing a scope) posted to the main
