@@ -22,6 +22,7 @@ pub mod server;
 pub mod shared_redis;
 pub mod store;
 pub mod usage_ingest;
+pub mod usage_metrics;
 pub mod xds;
 
 /// A throwaway CA for the TLS tests (shared with the integration tests).

@@ -1,6 +1,6 @@
 //! The control plane's own metrics, in Prometheus' text format on `--metrics-listen`
 //! (default 127.0.0.1:4003, `GET /metrics`): connected Envoys and what xDS sent them, NACKs with
-//! their detail, key lookups, usage ingestion.
+//! their detail, key lookups, usage ingestion; and LiteLLM's usage metrics (`usage_metrics.rs`).
 
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -48,6 +48,8 @@ pub struct Metrics {
     pub invalidations_received: AtomicU64,
     pub invalidation_stream_failures: AtomicU64,
     pub invalidation_resets: AtomicU64,
+    /// LiteLLM's spend, token and request metrics from ingested usage (`usage_metrics.rs`).
+    pub usage: crate::usage_metrics::UsageMetrics,
 }
 
 pub fn inc(counter: &AtomicU64, by: u64) {
@@ -185,6 +187,7 @@ impl Metrics {
             "Times this replica's watchers were reset because stream entries may have been missed.",
             &[("", get(&self.invalidation_resets))],
         );
+        self.usage.render(&mut out);
         out
     }
 }

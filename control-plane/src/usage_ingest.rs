@@ -138,7 +138,9 @@ impl<S: Store> UsageIngest<S> {
     /// Stores the batch and, for keys, teams, users, organizations and customers with budgets,
     /// adds its new spend to their windows in the same transaction (`budget_windows`, shared by
     /// every replica), then raises the alerts this batch was the first to reach.
-    async fn store_and_count(&self, logs: &[SpendLog], tenancy: &[&Tenancy]) -> StoreResult<usize> {
+    /// Stores the rows and counts them against their budgets; the positions of the rows that
+    /// were new (a replayed one is neither stored nor counted again).
+    async fn store_and_count(&self, logs: &[SpendLog], tenancy: &[&Tenancy]) -> StoreResult<Vec<usize>> {
         let customers = if logs.iter().any(|l| l.customer_id.is_some()) {
             self.customer_budgets.current(&*self.store).await?
         } else {
@@ -157,7 +159,7 @@ impl<S: Store> UsageIngest<S> {
             customer_budget(log).into_iter().chain(self.proxy_budget.map(|limits| (ScopeId::Proxy, limits)))
         };
         if !tenancy.iter().any(|t| t.budgeted()) && !logs.iter().any(|l| gateway_budgets(l).next().is_some()) {
-            return self.store.record_spend(logs).await;
+            return Ok(self.store.record_charged_spend(logs, &[]).await?.0);
         }
         let now = u64::try_from(now_ms()).unwrap_or(0);
         let mut charges = Vec::new();
@@ -171,7 +173,7 @@ impl<S: Store> UsageIngest<S> {
         }
         let (new, totals) = self.store.record_charged_spend(logs, &charges).await?;
         self.budgets.counted(&totals, &scopes, now);
-        Ok(new.len())
+        Ok(new)
     }
 
     /// The key's tenancy, from the cache or the store (a key that is gone enriches nothing). A
@@ -328,6 +330,38 @@ fn spend_log(r: &UsageRecord, key: &Tenancy) -> SpendLog {
     }
 }
 
+/// A record's labels in LiteLLM's metrics (`usage_metrics.rs`): the key's id stands for
+/// LiteLLM's `hashed_api_key` (both name a key without being it).
+fn usage_labels(r: &UsageRecord, key: &SpendContext) -> crate::usage_metrics::Labels {
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
+    crate::usage_metrics::Labels {
+        end_user: text(&r.end_user),
+        hashed_api_key: r.key_id.clone(),
+        api_key_alias: r.key_alias.clone().or_else(|| key.key_alias.clone()).unwrap_or_default(),
+        model: r.upstream_model.clone(),
+        team: text(&r.team_id),
+        team_alias: text(&key.team_alias),
+        user: text(&r.user_id),
+        user_email: text(&key.user_email),
+        requested_model: r.model_group.clone(),
+        model_id: r.deployment.clone(),
+    }
+}
+
+/// A record's figures in LiteLLM's metrics; the spend is the row's (as billed).
+fn usage_figures(r: &UsageRecord, log: &SpendLog) -> crate::usage_metrics::Usage {
+    crate::usage_metrics::Usage {
+        spend_usd: log.cost_nanos.max(0) as f64 / 1e9,
+        input_tokens: r.prompt_tokens,
+        output_tokens: r.completion_tokens,
+        cached_input_tokens: r.cached_prompt_tokens,
+        cache_creation_tokens: r.cache_write_tokens,
+        reasoning_tokens: r.reasoning_tokens,
+        status: u16::try_from(r.status).unwrap_or(0),
+        route: r.route.clone(),
+    }
+}
+
 #[tonic::async_trait]
 impl<S: Store> UsageService for UsageIngest<S> {
     async fn report(&self, request: Request<ReportUsageRequest>) -> Result<Response<ReportUsageResponse>, Status> {
@@ -353,8 +387,13 @@ impl<S: Store> UsageService for UsageIngest<S> {
         let none = Tenancy::default();
         let tenancy: Vec<&Tenancy> = records.iter().map(|r| keys.get(r.key_id.as_str()).unwrap_or(&none)).collect();
         let logs: Vec<SpendLog> = records.iter().zip(&tenancy).map(|(r, t)| spend_log(r, t)).collect();
-        let accepted = self.store_and_count(&logs, &tenancy).await.map_err(failed)?;
-        let accepted = u32::try_from(accepted).unwrap_or(u32::MAX);
+        let new = self.store_and_count(&logs, &tenancy).await.map_err(failed)?;
+        for &position in &new {
+            if let (Some(r), Some(log), Some(t)) = (records.get(position), logs.get(position), tenancy.get(position)) {
+                self.metrics.usage.record(usage_labels(r, &t.context), &usage_figures(r, log));
+            }
+        }
+        let accepted = u32::try_from(new.len()).unwrap_or(u32::MAX);
         let total = u32::try_from(logs.len()).unwrap_or(u32::MAX);
         inc(&self.metrics.usage_ingested, u64::from(accepted));
         inc(&self.metrics.usage_duplicates, u64::from(total.saturating_sub(accepted)));

@@ -185,6 +185,27 @@ pub fn parse_cache_control(raw: &str) -> Result<CacheControl, GatewayError> {
     Ok(control)
 }
 
+/// The controls LiteLLM takes from a key's metadata (`SupportedCacheControls`).
+const KEY_CONTROLS: [&str; 4] = ["ttl", "s-maxage", "no-cache", "no-store"];
+
+/// A key's own cache controls: its metadata's `cache` object (LiteLLM's key-level controls,
+/// e.g. `{"no-cache": true, "no-store": true}` to keep a key out of the cache). As in LiteLLM,
+/// they replace whatever the request sends. None: the key has none. An error names what is
+/// wrong (a member LiteLLM does not take from a key, or a wrong type).
+pub fn key_cache_control(
+    metadata: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Option<CacheControl>, String> {
+    let Some(value) = metadata.get("cache").filter(|v| !v.is_null()) else { return Ok(None) };
+    let Some(members) = value.as_object() else { return Err("metadata.cache: must be an object".into()) };
+    if let Some(other) = members.keys().find(|k| !KEY_CONTROLS.contains(&k.as_str())) {
+        return Err(format!("metadata.cache.{other}: a key's cache controls are {}", KEY_CONTROLS.join(", ")));
+    }
+    parse_cache_control(&value.to_string()).map(Some).map_err(|e| match e {
+        GatewayError::InvalidField { param, detail } => format!("metadata.{param}: {detail}"),
+        other => format!("metadata.cache: {other:?}"),
+    })
+}
+
 /// A namespace: non-empty, at most [`MAX_NAMESPACE_BYTES`].
 pub fn checked_namespace(ns: String) -> Result<String, String> {
     if ns.is_empty() || ns.len() > MAX_NAMESPACE_BYTES {
@@ -509,6 +530,26 @@ mod tests {
                 Err(GatewayError::InvalidField { param: p, .. }) => assert_eq!(p, param, "{raw}"),
                 other => panic!("{raw}: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn a_keys_metadata_takes_litellms_key_level_controls_only() {
+        let meta = |v: serde_json::Value| v.as_object().cloned().unwrap();
+        assert_eq!(key_cache_control(&meta(serde_json::json!({"team": "x"}))), Ok(None));
+        let c = key_cache_control(&meta(serde_json::json!({"cache": {"no-cache": true, "no-store": true}})))
+            .unwrap()
+            .unwrap();
+        assert!(c.no_cache && c.no_store);
+        let c = key_cache_control(&meta(serde_json::json!({"cache": {"ttl": 30, "s-maxage": 5}}))).unwrap().unwrap();
+        assert_eq!((c.ttl_ms, c.max_age_ms), (Some(30_000), Some(5_000)));
+        for (bad, says) in [
+            (serde_json::json!({"cache": true}), "metadata.cache: must be an object"),
+            (serde_json::json!({"cache": {"namespace": "n"}}), "metadata.cache.namespace: a key's cache controls are"),
+            (serde_json::json!({"cache": {"ttl": "long"}}), "metadata.cache.ttl: must be a number"),
+        ] {
+            let e = key_cache_control(&meta(bad.clone())).unwrap_err();
+            assert!(e.starts_with(says), "{bad}: {e}");
         }
     }
 

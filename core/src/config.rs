@@ -730,6 +730,9 @@ pub struct CompiledKey {
     pub member_budget: FleetBudget,
     /// The user's and the organization's rules ([`OwnerPolicy`]), those that impose any.
     pub owners: Vec<CompiledOwner>,
+    /// The key's own response-cache controls (its metadata's `cache`, LiteLLM's key-level
+    /// controls): in place of the request's.
+    pub cache_control: Option<crate::cache::CacheControl>,
 }
 
 /// A key's user or organization, as the filter enforces it.
@@ -1001,6 +1004,10 @@ fn compile_key(
         errors.push(ConfigError(format!("{what}: allowed_ips: {e}")));
         None
     });
+    let cache_control = crate::cache::key_cache_control(&k.metadata).unwrap_or_else(|e| {
+        errors.push(ConfigError(format!("{what}: {e}")));
+        None
+    });
     let mut model_limits = HashMap::new();
     for (group, budget) in &k.model_max_budget {
         check_budget(&format!("{what}: model_max_budget.{group}"), Some(*budget), errors);
@@ -1060,6 +1067,7 @@ fn compile_key(
         org_budget: FleetBudget::of(k.organization_max_budget, k.organization_fleet_spend),
         member_budget: FleetBudget::of(k.member_max_budget, k.member_fleet_spend),
         owners,
+        cache_control,
     })
 }
 

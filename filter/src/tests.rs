@@ -3718,6 +3718,31 @@ mod response_cache {
     }
 
     #[test]
+    fn a_keys_own_controls_replace_the_requests() {
+        let mut config = base_config();
+        let mut kept_out = key_config(2);
+        kept_out.metadata = serde_json::json!({"cache": {"no-cache": true, "no-store": true}, "owner": "ops"})
+            .as_object()
+            .cloned()
+            .unwrap();
+        config.keys.push(kept_out);
+        config.cache = Some(cache_config());
+        let h = Harness::new(config.clone());
+        let answer = openai_response(10, 5, 0);
+        let asking = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hello"}],"cache":{"no-store":false}}"#;
+        for _ in 0..3 {
+            assert_eq!(ask(&h, 2, asking, &answer).2.as_deref(), Some("miss"), "the key neither reads nor stores");
+        }
+        // Key 1 has no rule of its own: the same request is stored and found.
+        assert_eq!(ask(&h, 1, asking, &answer).2.as_deref(), Some("miss"));
+        assert_eq!(ask(&h, 1, asking, &answer).2.as_deref(), Some("hit"));
+        // What LiteLLM does not take from a key is a config error, not ignored.
+        config.keys[1].metadata = serde_json::json!({"cache": {"namespace": "n"}}).as_object().cloned().unwrap();
+        let errors = CompiledConfig::compile(config).unwrap_err();
+        assert!(errors.iter().any(|e| e.0.contains("metadata.cache.namespace")), "{errors:?}");
+    }
+
+    #[test]
     fn default_off_caches_only_requests_that_opt_in() {
         let mut config = base_config();
         config.cache = Some(CacheConfig { mode: CacheMode::DefaultOff, ..cache_config() });

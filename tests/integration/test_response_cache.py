@@ -22,6 +22,10 @@ class CacheGateway(Gateway):
         super().write_config()
         config = json.loads(self.config_path.read_text())
         config["litellm_settings"] = {"cache": True, "cache_params": {"type": "local", "ttl": 600}}
+        # LiteLLM's key-level controls: this key is kept out of the cache.
+        for key in config["keys"]:
+            if key.get("key_alias") == "stream":
+                key["metadata"] = {"cache": {"no-cache": True, "no-store": True}}
         self.config_path.write_text(json.dumps(config, indent=2))
 
 
@@ -118,6 +122,16 @@ def test_two_keys_never_read_each_others_answers(gw):
     assert provider_calls(gw) == calls + 2, "one miss per key, then a hit each"
 
 
+def test_a_key_kept_out_of_the_cache_by_its_metadata_never_reads_or_stores(gw):
+    messages = prompt()
+    calls = provider_calls(gw)
+    for _ in range(3):
+        raw = oai(gw, "stream").chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=messages, extra_body={"cache": {"no-store": False}})
+        assert raw.headers["x-sluice-cache"] == "miss"
+    assert provider_calls(gw) == calls + 3
+
+
 def test_litellms_per_request_controls(gw):
     messages = prompt()
     calls = provider_calls(gw)
@@ -193,5 +207,14 @@ def test_in_xds_mode_the_setting_reaches_the_envoys_and_hits_reach_the_spend_log
         assert sorted(r["cache_hit"] for r in rows) == ["False", "True", "True"]
         assert all(r["spend"] == 0 for r in rows if r["cache_hit"] == "True")
         assert [r["spend"] > 0 for r in rows if r["cache_hit"] == "False"] == [True]
+        # A key's cache controls are checked when the key is made, as the Envoys read them.
+        r = httpx.post(f"http://127.0.0.1:{f.admin_port}/key/generate", timeout=10,
+                       headers={"Authorization": f"Bearer {f.master_key}"},
+                       json={"metadata": {"cache": {"namespace": "mine"}}})
+        assert r.status_code == 400 and "metadata.cache.namespace" in r.text, r.text
+        r = httpx.post(f"http://127.0.0.1:{f.admin_port}/key/generate", timeout=10,
+                       headers={"Authorization": f"Bearer {f.master_key}"},
+                       json={"metadata": {"cache": {"no-store": True}}})
+        assert r.status_code == 200, r.text
     finally:
         f.stop()

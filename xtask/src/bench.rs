@@ -102,6 +102,12 @@ pub(crate) enum Scenario {
     /// Chat naming an end user who is a customer with RPM and budget limits (issue 14's
     /// checks in use: one more limited scope per request).
     Customer32,
+    /// The same chat asked again (`cache: {"use-cache": true}`): Sluice answers it from its
+    /// response cache; bare Envoy and the no-op filters forward it as any chat.
+    CacheHit32,
+    /// A chat never asked before on every request, with the cache asked for: Sluice's miss path
+    /// (the key's digest, the lookup, the answer copied and stored).
+    CacheMiss32,
     /// xDS mode, a key new to the Envoy on every request (looked up), in bursts.
     XdsMiss,
     /// xDS mode, one key (cached), the same bursts.
@@ -110,7 +116,7 @@ pub(crate) enum Scenario {
     XdsHit32,
 }
 
-pub(crate) const SCENARIOS: [Scenario; 11] = [
+pub(crate) const SCENARIOS: [Scenario; 13] = [
     Scenario::Chat32,
     Scenario::Chat1,
     Scenario::Stream32,
@@ -119,6 +125,8 @@ pub(crate) const SCENARIOS: [Scenario; 11] = [
     Scenario::Limited,
     Scenario::Translated32,
     Scenario::Customer32,
+    Scenario::CacheHit32,
+    Scenario::CacheMiss32,
     // The bursts before the saturated xDS run, whose usage the control plane is still
     // ingesting for a while after it (on the load core).
     Scenario::XdsMiss,
@@ -137,6 +145,8 @@ impl Scenario {
             Scenario::Limited => "limit hit (RPM exhausted), 32 connections",
             Scenario::Translated32 => "translated: OpenAI client, Anthropic deployment, 32 connections",
             Scenario::Customer32 => "chat as a customer with RPM and budget limits, 32 connections",
+            Scenario::CacheHit32 => "response cache hit (the same chat again), 32 connections",
+            Scenario::CacheMiss32 => "response cache miss (a new chat every request, stored), 32 connections",
             Scenario::XdsMiss => "xDS mode, key-cache miss (a new key per request), bursts of 80 on 8 connections",
             Scenario::XdsHitBurst => "xDS mode, key-cache hit (one key), the same bursts",
             Scenario::XdsHit32 => "xDS mode, key-cache hit (one key), 32 connections",
@@ -187,6 +197,9 @@ pub(crate) struct WrkResult {
     /// Key lookups the Envoy started during the run (its `sluice.key_lookups` counter; xDS
     /// mode only): the miss rate is this over `requests`, read, not assumed.
     pub(crate) lookups: Option<f64>,
+    /// Requests the response cache answered during the run (its `sluice.response_cache.hits`
+    /// counter; the cache rows, Sluice's Envoys): the hit rate, read, not assumed.
+    pub(crate) cache_hits: Option<f64>,
 }
 
 struct Options {
@@ -336,6 +349,8 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     let translated = chat_body(ANTHROPIC_GROUP, false, 14);
     // The end user the bench config's `customers:` limits (bare Envoy ignores the field).
     let customer = chat.replacen('{', &format!(r#"{{"user":"{BENCH_CUSTOMER}","#), 1);
+    // LiteLLM's opt-in under `mode: default_off` (the other rows do not ask: no cache for them).
+    let cached = chat.replacen('{', r#"{"cache":{"use-cache":true},"#, 1);
     let scripts = Scripts {
         chat: write_script(&dir, "chat.lua", &chat, &key, &provider_key, false)?,
         stream: write_script(&dir, "stream.lua", &stream, &key, &provider_key, true)?,
@@ -343,6 +358,8 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         limited: write_script(&dir, "limited.lua", &chat, &limited_key, &provider_key, false)?,
         translated: write_script(&dir, "translated.lua", &translated, &key, &provider_key, false)?,
         customer: write_script(&dir, "customer.lua", &customer, &key, &provider_key, false)?,
+        cache_hit: write_script(&dir, "cache-hit.lua", &cached, &key, &provider_key, false)?,
+        cache_miss: write_unique_script(&dir, "cache-miss.lua", &cached, &key, &provider_key)?,
     };
     let mut xds_scripts = Vec::new();
     for f in &xds_fronts {
@@ -359,7 +376,9 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         check_request(port, &key, &provider_key, &chat, false)?;
         check_request(port, &key, &provider_key, &stream, true)?;
         check_request(port, &key, &provider_key, &customer, false)?;
+        check_request(port, &key, &provider_key, &cached, false)?;
         if f.kind.is_sluice() {
+            check_cache_hit(port, f.kind.admin(), &key, &provider_key, &cached)?;
             check_translated(port, &key, &provider_key, &translated)?;
         }
         for _ in 0..2 {
@@ -370,6 +389,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         }
         wrk(&scripts.chat, port, 32, "2s", 0, false)?;
         wrk(&scripts.customer, port, 32, "2s", 0, false)?;
+        wrk(&scripts.cache_miss, port, 32, "2s", 0, false)?;
         if f.kind.is_sluice() {
             wrk(&scripts.translated, port, 32, "2s", 0, false)?;
         }
@@ -412,6 +432,8 @@ pub fn bench(args: &[String]) -> Result<(), String> {
                 }
                 let lookups_before =
                     if scenario.is_xds() && t.kind.is_sluice() { Some(xds::lookups(t.admin)?) } else { None };
+                let is_cache_row = matches!(scenario, Scenario::CacheHit32 | Scenario::CacheMiss32);
+                let hits_before = if is_cache_row && t.kind.is_sluice() { Some(cache_hits(t.admin)?) } else { None };
                 let mut r = match scenario {
                     Scenario::Chat32 => wrk(&scripts.chat, port, 32, duration, pid, false)?,
                     Scenario::Chat1 => wrk(&scripts.chat, port, 1, duration, pid, false)?,
@@ -421,6 +443,8 @@ pub fn bench(args: &[String]) -> Result<(), String> {
                     Scenario::Limited => wrk(&scripts.limited, port, 32, duration, pid, true)?,
                     Scenario::Translated32 => wrk(&scripts.translated, port, 32, duration, pid, false)?,
                     Scenario::Customer32 => wrk(&scripts.customer, port, 32, duration, pid, false)?,
+                    Scenario::CacheHit32 => wrk(&scripts.cache_hit, port, 32, duration, pid, false)?,
+                    Scenario::CacheMiss32 => wrk(&scripts.cache_miss, port, 32, duration, pid, false)?,
                     Scenario::XdsHit32 => {
                         let script = xds_scripts.iter().find(|(k, _)| *k == t.kind).map(|(_, p)| p.as_path());
                         wrk(script.ok_or("no hit script")?, port, 32, duration, pid, false)?
@@ -438,6 +462,10 @@ pub fn bench(args: &[String]) -> Result<(), String> {
                     // The counters some builds report on the worker's tick (250 ms) are in by now.
                     std::thread::sleep(Duration::from_millis(300));
                     r.lookups = Some(xds::lookups(t.admin)?.saturating_sub(before) as f64);
+                }
+                if let Some(before) = hits_before {
+                    std::thread::sleep(Duration::from_millis(300));
+                    r.cache_hits = Some(cache_hits(t.admin)?.saturating_sub(before) as f64);
                 }
                 results[s][t.kind.index()].push(r);
             }
@@ -688,6 +716,8 @@ struct Scripts {
     limited: PathBuf,
     translated: PathBuf,
     customer: PathBuf,
+    cache_hit: PathBuf,
+    cache_miss: PathBuf,
 }
 
 pub(crate) fn write(path: &Path, text: &str) -> Result<(), String> {
@@ -1204,6 +1234,41 @@ pub(crate) fn write_script(
     Ok(path)
 }
 
+/// A wrk script whose every request is a chat never sent before (the first message's text ends
+/// with a number that counts up from a random start, so runs do not repeat each other either).
+fn write_unique_script(dir: &Path, name: &str, body: &str, key: &str, provider_key: &str) -> Result<PathBuf, String> {
+    let marked = body.replacen("\"content\":\"", "\"content\":\"__N__ ", 1);
+    if marked == body {
+        return Err("the bench's chat has no message content to make unique".into());
+    }
+    let escaped = marked.replace('\\', "\\\\").replace('"', "\\\"");
+    let lua = format!(
+        "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer {key}\"\nwrk.headers[\"x-bench-provider-key\"] = \"Bearer {provider_key}\"\nlocal template = \"{escaped}\"\nmath.randomseed(os.time())\nlocal n = math.random(1, 1000000000) * 1000\nrequest = function()\n  n = n + 1\n  local body = string.gsub(template, \"__N__\", tostring(n))\n  return wrk.format(nil, nil, nil, body)\nend\n"
+    );
+    let path = dir.join(name);
+    write(&path, &lua)?;
+    Ok(path)
+}
+
+/// The response cache answers a repeated chat: asked twice more, Envoy's hit counter moves.
+fn check_cache_hit(port: u16, admin: u16, key: &str, provider_key: &str, body: &str) -> Result<(), String> {
+    let before = cache_hits(admin)?;
+    for _ in 0..2 {
+        check_request(port, key, provider_key, body, false)?;
+    }
+    // The counters are reported on the filter's tick.
+    std::thread::sleep(Duration::from_millis(600));
+    let hits = cache_hits(admin)?.saturating_sub(before);
+    if hits < 2 {
+        return Err(format!("the response cache of :{port} answered {hits} of 2 repeated chats"));
+    }
+    Ok(())
+}
+
+fn cache_hits(admin: u16) -> Result<u64, String> {
+    xds::filter_counter(admin, "sluice.response_cache.hits")
+}
+
 /// The model group of the translated path: an Anthropic deployment on the same upstream,
 /// which answers its `/v1/messages` in Anthropic's format.
 const ANTHROPIC_GROUP: &str = "claude-bench";
@@ -1214,6 +1279,6 @@ const BENCH_CUSTOMER: &str = "bench-customer";
 
 fn bench_config() -> String {
     format!(
-        "model_list:\n  - model_name: gpt-4o\n    litellm_params:\n      model: openai/gpt-4o\n      api_base: http://127.0.0.1:{UPSTREAM_PORT}/v1\n      api_key: os.environ/BENCH_PROVIDER_KEY\n    model_info:\n      input_cost_per_token: 0.0000025\n      output_cost_per_token: 0.00001\n  - model_name: {ANTHROPIC_GROUP}\n    litellm_params:\n      model: anthropic/claude-3-5-sonnet-20241022\n      api_base: http://127.0.0.1:{UPSTREAM_PORT}\n      api_key: os.environ/BENCH_PROVIDER_KEY\n    model_info:\n      input_cost_per_token: 0.000003\n      output_cost_per_token: 0.000015\ncustomers:\n  - customer_id: {BENCH_CUSTOMER}\n    rpm_limit: 1000000000\n    max_budget: 1000000000\nkeys:\n"
+        "model_list:\n  - model_name: gpt-4o\n    litellm_params:\n      model: openai/gpt-4o\n      api_base: http://127.0.0.1:{UPSTREAM_PORT}/v1\n      api_key: os.environ/BENCH_PROVIDER_KEY\n    model_info:\n      input_cost_per_token: 0.0000025\n      output_cost_per_token: 0.00001\n  - model_name: {ANTHROPIC_GROUP}\n    litellm_params:\n      model: anthropic/claude-3-5-sonnet-20241022\n      api_base: http://127.0.0.1:{UPSTREAM_PORT}\n      api_key: os.environ/BENCH_PROVIDER_KEY\n    model_info:\n      input_cost_per_token: 0.000003\n      output_cost_per_token: 0.000015\nlitellm_settings:\n  cache: true\n  cache_params:\n    type: local\n    mode: default_off\ncustomers:\n  - customer_id: {BENCH_CUSTOMER}\n    rpm_limit: 1000000000\n    max_budget: 1000000000\nkeys:\n"
     )
 }

@@ -56,6 +56,17 @@ fn looked_up(run: &Run, s: Scenario, k: Kind) -> Option<(f64, f64, f64)> {
     Some((lookups / requests.max(1.0), lookups, requests))
 }
 
+/// Requests the response cache answered over requests sent, over all rounds (the cache rows):
+/// (share, hits, requests), or `None` where no counter was read.
+fn answered_from_cache(run: &Run, s: Scenario, k: Kind) -> Option<(f64, f64, f64)> {
+    let runs = run.runs(s, k);
+    if runs.is_empty() || runs.iter().any(|r| r.cache_hits.is_none()) {
+        return None;
+    }
+    let (hits, requests) = runs.iter().fold((0.0, 0.0), |(h, n), r| (h + r.cache_hits.unwrap_or(0.0), n + r.requests));
+    Some((hits / requests.max(1.0), hits, requests))
+}
+
 /// ", 100.0 % looked up (160 lookups, 160 requests)" for the xDS rows, else nothing.
 fn looked_up_text(run: &Run, s: Scenario, k: Kind) -> String {
     looked_up(run, s, k).map_or(String::new(), |(share, lookups, requests)| {
@@ -129,6 +140,9 @@ fn ratio_cell(run: &Run, s: Scenario, k: Kind) -> String {
     let refused = if refused > 0.0 { format!(" ({:.0} % refused)", refused * 100.0) } else { String::new() };
     let lookups =
         looked_up(run, s, k).map_or(String::new(), |(share, _, _)| format!(" ({:.0} % looked up)", share * 100.0));
+    let lookups = lookups
+        + &answered_from_cache(run, s, k)
+            .map_or(String::new(), |(share, _, _)| format!(" ({:.0} % from the cache)", share * 100.0));
     // Bursts of 80 are bound by latency and the lookup budget, not by the Envoy's core: their
     // req/s is no throughput to set against a saturated run.
     let throughput = if s.is_burst() { String::new() } else { format!("{:.2}× req/s, ", t.0) };
@@ -170,6 +184,38 @@ fn customer_notes(run: &Run) -> String {
 reserved and settled on its counter too (one more limited scope). The checks' cost, against the same Envoy's chat \
 without an end user in the same round: {cost}. When unused (no customer, no gateway budget, no allow-list) they cost \
 a branch each: the chat row is their \"unused\" figure.\n\n"
+    )
+}
+
+/// The response cache's rows: what a hit and a miss cost against the same Envoy's plain chat,
+/// with the hit rates Envoy counted.
+fn cache_notes(run: &Run) -> String {
+    let (Some(hit), Some(miss)) =
+        (cpu_over_own_chat(run, Scenario::CacheHit32), cpu_over_own_chat(run, Scenario::CacheMiss32))
+    else {
+        return String::new();
+    };
+    let mut rates = Vec::new();
+    for k in KINDS.iter().filter(|k| k.is_sluice()) {
+        for (s, what) in [(Scenario::CacheHit32, "hit row"), (Scenario::CacheMiss32, "miss row")] {
+            if let Some((share, hits, requests)) = answered_from_cache(run, s, *k) {
+                rates.push(format!(
+                    "{} {what}: {:.1} % from the cache ({hits:.0} of {requests:.0})",
+                    k.name(),
+                    share * 100.0
+                ));
+            }
+        }
+    }
+    format!(
+        "**The response cache rows.** The bench config turns LiteLLM's cache on with `mode: default_off`, so only \
+requests that ask (`\"cache\": {{\"use-cache\": true}}`) use it and every other row pays one branch for it. The hit row \
+asks the same chat again and again: Sluice answers from this Envoy's shared data, no upstream; bare Envoy and the no-op \
+filters forward it like any chat (their row is what the client would wait for without a cache). The miss row asks a chat \
+never sent before on every request: Sluice digests it, looks it up, copies the answer and stores it (the cache's 200 \
+slots overwritten in turn). Hit rates as Envoy counted them: {}. A hit's CPU against the same Envoy's plain chat in the \
+same round (negative: cheaper than going upstream): {hit}; a miss's: {miss}.\n\n",
+        rates.join("; ")
     )
 }
 
@@ -439,6 +485,7 @@ fn per_envoy(run: &Run) -> String {
 fn not_measured(run: &Run) -> String {
     let mut out = translation_notes(run);
     out.push_str(&customer_notes(run));
+    out.push_str(&cache_notes(run));
     out.push_str(&xds_notes(run));
     out.push_str(
         "**Not measured here.** Key-cache misses at saturation (the filter's lookup budget refuses them, above, and \

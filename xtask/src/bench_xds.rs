@@ -373,6 +373,7 @@ pub(crate) fn run(
         non_2xx: non_2xx as f64,
         envoy_cpu_us_per_request: busy_ns / 1000.0 / requests.max(1.0),
         lookups: None,
+        cache_hits: None,
     })
 }
 

@@ -20,7 +20,7 @@ use crate::store::{
 };
 
 use super::validate::{
-    apply_limits, check_name, check_names, dollars, duration_ms, limits_record, limits_to_proto, metadata,
+    apply_limits, check_name, check_names, dollars, duration_ms, key_metadata, limits_record, limits_to_proto,
     next_page_token, non_negative, page_after, page_size, usd,
 };
 
@@ -104,7 +104,7 @@ fn record_from_spec(spec: pb::KeySpec, caller: &Principal, plaintext: &str) -> A
         model_limits: model_limits(spec.model_limits)?,
         allowed_routes: routes(&spec.allowed_routes)?,
         allowed_ips: allowed_ips(&spec.allowed_ips)?,
-        metadata: metadata(spec.metadata_json.as_deref())?,
+        metadata: key_metadata(spec.metadata_json.as_deref())?,
         tags: spec.tags,
         key_type: key_type(spec.key_type)?,
         blocked: spec.blocked,
@@ -411,7 +411,7 @@ fn apply_update(k: &mut KeyRecord, req: &pb::UpdateKeyRequest) -> AdminResult<()
         k.allowed_ips = allowed_ips(&ips.values)?;
     }
     if let Some(m) = &req.metadata_json {
-        k.metadata = metadata(Some(m))?;
+        k.metadata = key_metadata(Some(m))?;
     }
     if let Some(tags) = &req.tags {
         check_names("tags", &tags.values)?;

@@ -69,6 +69,16 @@ pub fn metadata(json: Option<&str>) -> AdminResult<serde_json::Value> {
     }
 }
 
+/// A key's metadata: [`metadata`], and its `cache` (LiteLLM's key-level cache controls, which
+/// the Envoys enforce) checked as the filter reads it.
+pub fn key_metadata(json: Option<&str>) -> AdminResult<serde_json::Value> {
+    let value = metadata(json)?;
+    if let Some(map) = value.as_object() {
+        sluice_core::cache::key_cache_control(map).map_err(AdminError::InvalidArgument)?;
+    }
+    Ok(value)
+}
+
 /// Applies a Limits message to stored limits: each present field replaces the current value.
 pub fn apply_limits(l: &mut LimitsRecord, limits: &pb::Limits) -> AdminResult<()> {
     if limits.rpm_limit.is_some() {

@@ -90,8 +90,13 @@ impl<H: Host> RequestFlow<H> {
         let Some(endpoint) = self.endpoint.filter(|e| config.caches(*e) && !self.failover_pass) else {
             return false;
         };
-        // The body's controls, with the header's directives added (both checked already).
-        let mut control = req.cache_control.clone().unwrap_or_default();
+        // The key's own controls replace the body's (LiteLLM's key-level controls), then the
+        // header's directives are added (all checked already).
+        let key_control = match self.principal.as_ref() {
+            Some(Principal::Key(resolved)) => resolved.key.cache_control.clone(),
+            _ => None,
+        };
+        let mut control = key_control.or_else(|| req.cache_control.clone()).unwrap_or_default();
         if let Some(header) = self.header_cache_control.take() {
             control.no_cache |= header.no_cache;
             control.no_store |= header.no_store;
