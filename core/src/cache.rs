@@ -81,6 +81,24 @@ pub struct CacheConfig {
     pub max_item_bytes: u64,
 }
 
+/// LiteLLM's defaults: on for every request, 600 s, its call types, four messages, 200 entries
+/// of at most 1 MB, each key its own.
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            mode: CacheMode::DefaultOn,
+            ttl_secs: DEFAULT_TTL_SECS,
+            namespace: None,
+            routes: default_routes(),
+            scope: CacheScope::Key,
+            per_end_user: false,
+            max_messages: Some(DEFAULT_MAX_MESSAGES),
+            max_entries: DEFAULT_MAX_ENTRIES,
+            max_item_bytes: DEFAULT_MAX_ITEM_KB * 1024,
+        }
+    }
+}
+
 impl CacheConfig {
     pub fn caches(&self, endpoint: Endpoint) -> bool {
         self.routes.iter().any(|r| r == endpoint.route())
@@ -437,17 +455,7 @@ mod tests {
     use super::*;
 
     fn config() -> CacheConfig {
-        CacheConfig {
-            mode: CacheMode::DefaultOn,
-            ttl_secs: 60,
-            namespace: None,
-            routes: default_routes(),
-            scope: CacheScope::Key,
-            per_end_user: false,
-            max_messages: Some(DEFAULT_MAX_MESSAGES),
-            max_entries: 16,
-            max_item_bytes: 1 << 20,
-        }
+        CacheConfig { ttl_secs: 60, max_entries: 16, ..CacheConfig::default() }
     }
 
     fn key(scope: &str, body: &str) -> Option<CacheKey> {

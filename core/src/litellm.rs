@@ -1398,6 +1398,7 @@ mod tests {
         assert_eq!(cache_settings(&settings(json!({}))).unwrap(), None, "off unless asked");
         let on = cache_settings(&settings(json!({"cache": true}))).unwrap().unwrap();
         assert_eq!((on.ttl_secs, on.max_entries, on.max_messages), (600, 200, Some(4)), "LiteLLM's defaults");
+        assert_eq!(on, cache::CacheConfig::default());
         assert!(
             on.caches(Endpoint::ChatCompletions) && on.caches(Endpoint::Messages) && on.caches(Endpoint::Embeddings)
         );

@@ -3504,20 +3504,10 @@ mod fallbacks {
 /// LiteLLM's per-request controls, streams replayed as they were, errors never stored.
 mod response_cache {
     use super::*;
-    use sluice_core::cache::{CacheConfig, CacheMode, CacheScope, default_routes};
+    use sluice_core::cache::{CacheConfig, CacheMode, CacheScope};
 
     fn cache_config() -> CacheConfig {
-        CacheConfig {
-            mode: CacheMode::DefaultOn,
-            ttl_secs: 60,
-            namespace: None,
-            routes: default_routes(),
-            scope: CacheScope::Key,
-            per_end_user: false,
-            max_messages: Some(4),
-            max_entries: 64,
-            max_item_bytes: 1 << 20,
-        }
+        CacheConfig { ttl_secs: 60, max_entries: 64, ..CacheConfig::default() }
     }
 
     fn cached_gateway() -> Harness {

@@ -30,7 +30,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import free_port
+from conftest import free_port, stop_all
 
 ROOT = Path(__file__).resolve().parents[2]
 KUSTOMIZE = ROOT / "deploy/kubernetes"
@@ -990,10 +990,4 @@ def test_the_rendered_control_plane_and_gateway_connect_over_mtls(rendered, tmp_
         assert "sluice_xds_connected_envoys 1" in text, text
         assert (tmp_path / "control-plane" / "data" / "sluice.db").exists(), "SQLite on the claim's mount"
     finally:
-        for p in processes:
-            p.terminate()
-        for p in processes:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(processes)
