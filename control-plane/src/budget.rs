@@ -315,6 +315,33 @@ impl BudgetTracker {
     /// this replica's watchers only through Redis, which may be down. So this replica tells its
     /// own Envoys too (once per window and process; duplicates are harmless), but raises no
     /// alert: that was the claimer's.
+    /// LiteLLM's budget gauges (`usage_metrics.rs`) for a scope spend was just counted against.
+    fn show_standing(
+        &self,
+        scope: &ScopeId,
+        limits: &BudgetLimits,
+        context: &SpendContext,
+        window: &BudgetWindow,
+        spend_nanos: u64,
+    ) {
+        use crate::usage_metrics::{BudgetOwner, BudgetStanding};
+        let Some(max) = limits.max_nanos else { return };
+        let text = |v: &Option<String>| v.clone().unwrap_or_default();
+        let owner = match scope {
+            ScopeId::Key(id) => {
+                BudgetOwner::Key { hashed_api_key: id.clone(), api_key_alias: text(&context.key_alias) }
+            }
+            ScopeId::Team(id) => BudgetOwner::Team { team: id.clone(), team_alias: text(&context.team_alias) },
+            ScopeId::User(id) => BudgetOwner::User { user: id.clone() },
+            ScopeId::Org(id) => BudgetOwner::Org { org_id: id.clone() },
+            ScopeId::Customer(id) => BudgetOwner::Customer { end_user: id.clone() },
+            // Not among LiteLLM's gauges.
+            ScopeId::Member(_) | ScopeId::KeyModel(_) | ScopeId::Proxy => return,
+        };
+        let standing = BudgetStanding { max_usd: usd(max), spend_usd: usd(spend_nanos), resets_at_ms: window.end_ms };
+        self.metrics.usage.budget(owner, standing);
+    }
+
     pub fn counted(
         self: &Arc<Self>,
         totals: &[WindowTotal],
@@ -325,6 +352,7 @@ impl BudgetTracker {
             let scope = ScopeId::of(total.window.kind, &total.window.id);
             let Some((limits, context)) = scopes.get(&scope) else { continue };
             let spend_nanos = u64::try_from(total.spend_nanos).unwrap_or(0);
+            self.show_standing(&scope, limits, context, &total.window, spend_nanos);
             if total.max_claimed.is_none()
                 && let Some(max) = limits.max_nanos.filter(|max| spend_nanos >= *max)
                 && self.first_refusal(&scope, &total.window, max, now_ms)

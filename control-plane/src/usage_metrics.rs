@@ -108,9 +108,30 @@ struct Series {
     requests: HashMap<(Labels, u16, String), u64>,
 }
 
+/// Whose budget a gauge shows, with the labels LiteLLM gives it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum BudgetOwner {
+    Key { hashed_api_key: String, api_key_alias: String },
+    Team { team: String, team_alias: String },
+    User { user: String },
+    Org { org_id: String },
+    Customer { end_user: String },
+}
+
+/// A budget's standing after the last spend counted against it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetStanding {
+    pub max_usd: f64,
+    pub spend_usd: f64,
+    /// When the window resets (none: a budget without a duration).
+    pub resets_at_ms: Option<i64>,
+}
+
 #[derive(Debug, Default)]
 pub struct UsageMetrics {
     series: Mutex<Series>,
+    /// LiteLLM's budget gauges, by owner (bounded like the series).
+    budgets: Mutex<HashMap<BudgetOwner, BudgetStanding>>,
     overflowed: AtomicU64,
 }
 
@@ -151,8 +172,80 @@ impl UsageMetrics {
         *bounded(&mut series.requests, key, overflow, &self.overflowed) += 1;
     }
 
+    /// Sets a budget's gauges (called when spend was counted against it). A new owner past
+    /// [`MAX_SERIES`] is not shown (counted as overflow): a gauge cannot be summed into another.
+    pub fn budget(&self, owner: BudgetOwner, standing: BudgetStanding) {
+        let Ok(mut budgets) = self.budgets.lock() else { return };
+        if budgets.len() >= MAX_SERIES && !budgets.contains_key(&owner) {
+            self.overflowed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        budgets.insert(owner, standing);
+    }
+
+    /// LiteLLM's budget gauges: remaining, max, and hours until the window resets, per owner kind.
+    fn render_budgets(&self, out: &mut String, now_ms: i64) {
+        let Ok(budgets) = self.budgets.lock() else { return };
+        let kinds: [(&str, &str, fn(&BudgetOwner) -> Option<String>); 5] = [
+            ("api_key", "key", |o| match o {
+                BudgetOwner::Key { hashed_api_key, api_key_alias } => Some(format!(
+                    "hashed_api_key=\"{}\",api_key_alias=\"{}\"",
+                    escape(hashed_api_key),
+                    escape(api_key_alias)
+                )),
+                _ => None,
+            }),
+            ("team", "team", |o| match o {
+                BudgetOwner::Team { team, team_alias } => {
+                    Some(format!("team=\"{}\",team_alias=\"{}\"", escape(team), escape(team_alias)))
+                }
+                _ => None,
+            }),
+            ("user", "user", |o| match o {
+                BudgetOwner::User { user } => Some(format!("user=\"{}\"", escape(user))),
+                _ => None,
+            }),
+            ("org", "organization", |o| match o {
+                BudgetOwner::Org { org_id } => Some(format!("org_id=\"{}\",org_alias=\"\"", escape(org_id))),
+                _ => None,
+            }),
+            ("customer", "end user (customer)", |o| match o {
+                BudgetOwner::Customer { end_user } => Some(format!("end_user=\"{}\"", escape(end_user))),
+                _ => None,
+            }),
+        ];
+        for (kind, whose, labels_of) in kinds {
+            let rows: Vec<(String, &BudgetStanding)> =
+                budgets.iter().filter_map(|(owner, s)| Some((labels_of(owner)?, s))).collect();
+            let families: [(String, String, &dyn Fn(&BudgetStanding) -> Option<f64>); 3] = [
+                (
+                    format!("litellm_remaining_{kind}_budget_metric"),
+                    format!("Remaining budget of the {whose} in its window (USD)."),
+                    &|s| Some(s.max_usd - s.spend_usd),
+                ),
+                (format!("litellm_{kind}_max_budget_metric"), format!("Max budget of the {whose} (USD)."), &|s| {
+                    Some(s.max_usd)
+                }),
+                (
+                    format!("litellm_{kind}_budget_remaining_hours_metric"),
+                    format!("Hours until the {whose}'s budget window resets."),
+                    &|s| s.resets_at_ms.map(|end| (end - now_ms).max(0) as f64 / 3_600_000.0),
+                ),
+            ];
+            for (name, help, value) in families {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+                for (labels, standing) in &rows {
+                    if let Some(v) = value(standing) {
+                        let _ = writeln!(out, "{name}{{{labels}}} {v}");
+                    }
+                }
+            }
+        }
+    }
+
     /// The families in Prometheus' text format, appended to `out`.
     pub fn render(&self, out: &mut String) {
+        self.render_budgets(out, crate::store::now_ms());
         let Ok(series) = self.series.lock() else { return };
         let mut family = |name: &str, help: &str, value: &dyn Fn(&Totals) -> String| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -304,6 +397,28 @@ mod tests {
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
+    }
+
+    #[test]
+    fn budgets_show_as_litellms_gauges() {
+        let m = UsageMetrics::default();
+        let now = crate::store::now_ms();
+        let key = BudgetOwner::Key { hashed_api_key: "k1".into(), api_key_alias: "svc".into() };
+        m.budget(key.clone(), BudgetStanding { max_usd: 10.0, spend_usd: 2.5, resets_at_ms: Some(now + 7_200_000) });
+        m.budget(key, BudgetStanding { max_usd: 10.0, spend_usd: 4.0, resets_at_ms: Some(now + 7_200_000) });
+        m.budget(
+            BudgetOwner::Team { team: "t1".into(), team_alias: "Platform".into() },
+            BudgetStanding { max_usd: 100.0, spend_usd: 1.0, resets_at_ms: None },
+        );
+        let mut text = String::new();
+        m.render(&mut text);
+        assert_eq!(sample(&text, "litellm_remaining_api_key_budget_metric", "api_key_alias=\"svc\""), Some(6.0));
+        assert_eq!(sample(&text, "litellm_api_key_max_budget_metric", "hashed_api_key=\"k1\""), Some(10.0));
+        let hours = sample(&text, "litellm_api_key_budget_remaining_hours_metric", "\"k1\"").unwrap();
+        assert!((1.99..=2.0).contains(&hours), "{hours}");
+        assert_eq!(sample(&text, "litellm_remaining_team_budget_metric", "team_alias=\"Platform\""), Some(99.0));
+        assert_eq!(sample(&text, "litellm_team_budget_remaining_hours_metric", "t1"), None, "no window, no reset");
+        assert!(text.contains("# TYPE litellm_remaining_customer_budget_metric gauge"));
     }
 
     #[test]

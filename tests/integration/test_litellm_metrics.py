@@ -43,7 +43,7 @@ def traffic(fleet):
     """Three chats of one key for an end user, one of another key, and one the provider refuses
     with a 429: (key id, the other key's id)."""
     envoy = fleet.start_envoy("edge-metrics")
-    key, key_id = create_key(fleet, "--alias", "metered")
+    key, key_id = create_key(fleet, "--alias", "metered", "--max-budget", "5", "--budget-duration", "1d")
     other, other_id = create_key(fleet, "--alias", "other")
     for _ in range(3):
         assert envoy.chat({**CHAT, "user": "cust-1"}, key=key).status_code == 200
@@ -86,6 +86,13 @@ def test_spend_tokens_and_requests_under_litellms_names_and_labels(fleet, traffi
     for labels, _ in spend:
         assert {"end_user", "hashed_api_key", "api_key_alias", "model", "team", "team_alias", "user",
                 "user_email", "requested_model", "model_id"} <= set(labels)
+    # The key's budget, as LiteLLM's gauges show it: what is left of it, its max, its reset.
+    gauges = scrape(fleet)
+    assert total(gauges["litellm_api_key_max_budget_metric"], hashed_api_key=key_id, api_key_alias="metered") == 5
+    assert total(gauges["litellm_remaining_api_key_budget_metric"], hashed_api_key=key_id) == \
+        pytest.approx(5 - sum(r["spend"] for r in rows), abs=1e-9)
+    assert 0 < total(gauges["litellm_api_key_budget_remaining_hours_metric"], hashed_api_key=key_id) <= 24
+    assert total(gauges["litellm_api_key_max_budget_metric"], hashed_api_key=other_id) == 0, "no budget, no gauge"
     # A replayed batch adds nothing: the figures stay the spend logs' own.
     time.sleep(1.0)
     assert total(scrape(fleet)["litellm_requests_metric_total"], hashed_api_key=key_id) == 4
