@@ -118,6 +118,42 @@ pub enum BudgetOwner {
     Customer { end_user: String },
 }
 
+impl BudgetOwner {
+    /// The part of LiteLLM's gauge names for each kind of owner, and how its help text names it.
+    const KINDS: [(&'static str, &'static str); 5] = [
+        ("api_key", "key"),
+        ("team", "team"),
+        ("user", "user"),
+        ("org", "organization"),
+        ("customer", "end user (customer)"),
+    ];
+
+    fn kind(&self) -> &'static str {
+        match self {
+            BudgetOwner::Key { .. } => "api_key",
+            BudgetOwner::Team { .. } => "team",
+            BudgetOwner::User { .. } => "user",
+            BudgetOwner::Org { .. } => "org",
+            BudgetOwner::Customer { .. } => "customer",
+        }
+    }
+
+    /// Its labels as LiteLLM names them.
+    fn labels(&self) -> String {
+        match self {
+            BudgetOwner::Key { hashed_api_key, api_key_alias } => {
+                format!("hashed_api_key=\"{}\",api_key_alias=\"{}\"", escape(hashed_api_key), escape(api_key_alias))
+            }
+            BudgetOwner::Team { team, team_alias } => {
+                format!("team=\"{}\",team_alias=\"{}\"", escape(team), escape(team_alias))
+            }
+            BudgetOwner::User { user } => format!("user=\"{}\"", escape(user)),
+            BudgetOwner::Org { org_id } => format!("org_id=\"{}\",org_alias=\"\"", escape(org_id)),
+            BudgetOwner::Customer { end_user } => format!("end_user=\"{}\"", escape(end_user)),
+        }
+    }
+}
+
 /// A budget's standing after the last spend counted against it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BudgetStanding {
@@ -186,60 +222,31 @@ impl UsageMetrics {
     /// LiteLLM's budget gauges: remaining, max, and hours until the window resets, per owner kind.
     fn render_budgets(&self, out: &mut String, now_ms: i64) {
         let Ok(budgets) = self.budgets.lock() else { return };
-        let kinds: [(&str, &str, fn(&BudgetOwner) -> Option<String>); 5] = [
-            ("api_key", "key", |o| match o {
-                BudgetOwner::Key { hashed_api_key, api_key_alias } => Some(format!(
-                    "hashed_api_key=\"{}\",api_key_alias=\"{}\"",
-                    escape(hashed_api_key),
-                    escape(api_key_alias)
-                )),
-                _ => None,
-            }),
-            ("team", "team", |o| match o {
-                BudgetOwner::Team { team, team_alias } => {
-                    Some(format!("team=\"{}\",team_alias=\"{}\"", escape(team), escape(team_alias)))
-                }
-                _ => None,
-            }),
-            ("user", "user", |o| match o {
-                BudgetOwner::User { user } => Some(format!("user=\"{}\"", escape(user))),
-                _ => None,
-            }),
-            ("org", "organization", |o| match o {
-                BudgetOwner::Org { org_id } => Some(format!("org_id=\"{}\",org_alias=\"\"", escape(org_id))),
-                _ => None,
-            }),
-            ("customer", "end user (customer)", |o| match o {
-                BudgetOwner::Customer { end_user } => Some(format!("end_user=\"{}\"", escape(end_user))),
-                _ => None,
-            }),
-        ];
-        for (kind, whose, labels_of) in kinds {
+        for (kind, whose) in BudgetOwner::KINDS {
             let rows: Vec<(String, &BudgetStanding)> =
-                budgets.iter().filter_map(|(owner, s)| Some((labels_of(owner)?, s))).collect();
-            let families: [(String, String, &dyn Fn(&BudgetStanding) -> Option<f64>); 3] = [
-                (
-                    format!("litellm_remaining_{kind}_budget_metric"),
-                    format!("Remaining budget of the {whose} in its window (USD)."),
-                    &|s| Some(s.max_usd - s.spend_usd),
-                ),
-                (format!("litellm_{kind}_max_budget_metric"), format!("Max budget of the {whose} (USD)."), &|s| {
-                    Some(s.max_usd)
-                }),
-                (
-                    format!("litellm_{kind}_budget_remaining_hours_metric"),
-                    format!("Hours until the {whose}'s budget window resets."),
-                    &|s| s.resets_at_ms.map(|end| (end - now_ms).max(0) as f64 / 3_600_000.0),
-                ),
-            ];
-            for (name, help, value) in families {
+                budgets.iter().filter(|(o, _)| o.kind() == kind).map(|(o, s)| (o.labels(), s)).collect();
+            let remaining = |s: &BudgetStanding| Some(s.max_usd - s.spend_usd);
+            let max = |s: &BudgetStanding| Some(s.max_usd);
+            let hours = |s: &BudgetStanding| s.resets_at_ms.map(|end| (end - now_ms).max(0) as f64 / 3_600_000.0);
+            let mut family = |name: String, help: String, value: &dyn Fn(&BudgetStanding) -> Option<f64>| {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
                 for (labels, standing) in &rows {
                     if let Some(v) = value(standing) {
                         let _ = writeln!(out, "{name}{{{labels}}} {v}");
                     }
                 }
-            }
+            };
+            family(
+                format!("litellm_remaining_{kind}_budget_metric"),
+                format!("Remaining budget of the {whose} in its window (USD)."),
+                &remaining,
+            );
+            family(format!("litellm_{kind}_max_budget_metric"), format!("Max budget of the {whose} (USD)."), &max);
+            family(
+                format!("litellm_{kind}_budget_remaining_hours_metric"),
+                format!("Hours until the {whose}'s budget window resets."),
+                &hours,
+            );
         }
     }
 
