@@ -181,7 +181,7 @@ pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct Call<'a> {
     pub method: hyper::Method,
-    pub headers: &'a [(&'static str, &'a str)],
+    pub headers: &'a [(&'a str, &'a str)],
     pub body: Bytes,
 }
 

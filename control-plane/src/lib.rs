@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod alerting;
 pub mod budget;
+pub mod callbacks;
 pub mod config_file;
 pub mod customers;
 pub mod envoy_bootstrap;

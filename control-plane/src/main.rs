@@ -467,8 +467,24 @@ fn serve_options(args: &ServeArgs) -> Result<sluice_control_plane::server::Serve
     // litellm_settings and router_settings shape the filter whole, through the same conversion
     // as standalone mode, which refuses what Sluice would not enforce (the Redis settings are
     // this process's own, read above).
+    // Its logging callbacks are this process's to send (`callbacks.rs`), not the filter's.
+    let mut callbacks = None;
     if let Some(Value::Object(litellm)) = doc.as_ref().and_then(|d| d.get("litellm_settings")) {
-        xds.litellm_settings = litellm.clone();
+        let endpoint = std::env::var("GENERIC_LOGGER_ENDPOINT").ok();
+        let headers = std::env::var("GENERIC_LOGGER_HEADERS").ok();
+        if let Some(api) = sluice_control_plane::callbacks::generic_api_from_settings(
+            litellm,
+            endpoint.as_deref(),
+            headers.as_deref(),
+        )? {
+            let target = sluice_control_plane::http_client::HttpTarget::new(api.url.clone(), extra_roots.as_deref())?;
+            callbacks = Some((api, target));
+        }
+        xds.litellm_settings = litellm
+            .iter()
+            .filter(|(k, _)| !sluice_control_plane::callbacks::SETTINGS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
     }
     if let Value::Object(router) = &router {
         xds.router_settings =
@@ -514,6 +530,7 @@ fn serve_options(args: &ServeArgs) -> Result<sluice_control_plane::server::Serve
         database_url,
         redis_url,
         webhook,
+        callbacks,
         xds_tls,
         master_key,
         model_list,

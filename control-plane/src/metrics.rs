@@ -48,6 +48,10 @@ pub struct Metrics {
     pub invalidations_received: AtomicU64,
     pub invalidation_stream_failures: AtomicU64,
     pub invalidation_resets: AtomicU64,
+    /// LiteLLM's `generic_api` callback events: delivered, given up, dropped (queue full).
+    pub callback_sent: AtomicU64,
+    pub callback_failed: AtomicU64,
+    pub callback_dropped: AtomicU64,
     /// LiteLLM's spend, token and request metrics from ingested usage (`usage_metrics.rs`).
     pub usage: crate::usage_metrics::UsageMetrics,
 }
@@ -186,6 +190,16 @@ impl Metrics {
             "counter",
             "Times this replica's watchers were reset because stream entries may have been missed.",
             &[("", get(&self.invalidation_resets))],
+        );
+        metric(
+            "sluice_callback_events_total",
+            "counter",
+            "generic_api callback events, by result (sent; failed after retries; dropped, the queue being full).",
+            &[
+                ("{callback=\"generic_api\",result=\"sent\"}", get(&self.callback_sent)),
+                ("{callback=\"generic_api\",result=\"failed\"}", get(&self.callback_failed)),
+                ("{callback=\"generic_api\",result=\"dropped\"}", get(&self.callback_dropped)),
+            ],
         );
         self.usage.render(&mut out);
         out

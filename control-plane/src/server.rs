@@ -108,6 +108,8 @@ pub struct DataPlane {
     pub fleet_counts: FleetCounts,
     /// Where budget alerts are POSTed, besides the log and the metrics.
     pub webhook: Option<HttpTarget>,
+    /// LiteLLM's `generic_api` logging callback (`callbacks.rs`), with where it sends.
+    pub callbacks: Option<(crate::callbacks::GenericApi, HttpTarget)>,
     /// The Redis stream through which replicas share invalidations (None: this process only).
     pub invalidations: Option<RedisStream>,
     /// mTLS ([`data_plane_tls`]); None serves plaintext gRPC (h2c).
@@ -127,6 +129,8 @@ pub struct ServeOptions {
     pub redis_url: Option<String>,
     /// Budget alert webhook (`general_settings.alerting: ["webhook"]` and `WEBHOOK_URL`).
     pub webhook: Option<HttpTarget>,
+    /// LiteLLM's `generic_api` callback (`litellm_settings.callbacks`, `GENERIC_LOGGER_ENDPOINT`).
+    pub callbacks: Option<(crate::callbacks::GenericApi, HttpTarget)>,
     /// mTLS on the data-plane port ([`data_plane_tls`]).
     pub xds_tls: Option<ServerTlsConfig>,
     pub master_key: Option<String>,
@@ -207,12 +211,17 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
         let scheme = if url.is_https() { "https" } else { "http" };
         eprintln!("sluice: budget alerts are POSTed to the webhook on {scheme}://{}", url.authority());
     }
+    if let Some((_, target)) = &opts.callbacks {
+        let scheme = if target.is_https() { "https" } else { "http" };
+        eprintln!("sluice: generic_api callback events are POSTed to {scheme}://{}", target.authority());
+    }
     let data_plane = DataPlane {
         listener: xds_listener,
         xds: opts.xds,
         metrics: Some(metrics_listener),
         fleet_counts,
         webhook: opts.webhook,
+        callbacks: opts.callbacks,
         invalidations,
         tls: opts.xds_tls,
     };
@@ -258,6 +267,7 @@ pub async fn serve_planes(
             metrics: metrics_listener,
             fleet_counts,
             webhook,
+            callbacks,
             invalidations,
             tls,
         }) => {
@@ -283,7 +293,10 @@ pub async fn serve_planes(
             tokio::spawn(crate::budget::prune_windows(Arc::clone(&store)));
             let ingest = Arc::new(
                 UsageIngest::new(Arc::clone(&store), Arc::clone(&metrics), Arc::clone(&budgets))
-                    .with_gateway_budgets(proxy_budget.as_ref(), end_user_max_budget),
+                    .with_gateway_budgets(proxy_budget.as_ref(), end_user_max_budget)
+                    .with_callbacks(callbacks.and_then(|(api, target)| {
+                        crate::callbacks::CallbackSender::start(api, target, Arc::clone(&metrics))
+                    })),
             );
             ingest.forget_tenancy_on(admin.invalidations());
             let envoy_only = crate::pki::EnvoyOnly { enforced: tls.is_some(), metrics: Arc::clone(&metrics) };

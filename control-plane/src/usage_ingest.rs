@@ -81,6 +81,8 @@ pub struct UsageIngest<S> {
     end_user_budget: Option<BudgetLimits>,
     metrics: Arc<Metrics>,
     budgets: Arc<BudgetTracker>,
+    /// LiteLLM's logging callbacks, sent each stored row (`callbacks.rs`).
+    callbacks: Option<crate::callbacks::CallbackSender>,
 }
 
 impl<S: Store> UsageIngest<S> {
@@ -93,7 +95,14 @@ impl<S: Store> UsageIngest<S> {
             end_user_budget: None,
             metrics,
             budgets,
+            callbacks: None,
         }
+    }
+
+    /// Sends every stored row to LiteLLM's logging callbacks too.
+    pub fn with_callbacks(mut self, callbacks: Option<crate::callbacks::CallbackSender>) -> Self {
+        self.callbacks = callbacks;
+        self
     }
 
     /// Counts `litellm_settings.max_budget` (with `budget_duration`) over every record, and
@@ -391,6 +400,9 @@ impl<S: Store> UsageService for UsageIngest<S> {
         for &position in &new {
             if let (Some(r), Some(log), Some(t)) = (records.get(position), logs.get(position), tenancy.get(position)) {
                 self.metrics.usage.record(usage_labels(r, &t.context), &usage_figures(r, log));
+                if let Some(callbacks) = &self.callbacks {
+                    callbacks.send(r, log, &t.context);
+                }
             }
         }
         let accepted = u32::try_from(new.len()).unwrap_or(u32::MAX);

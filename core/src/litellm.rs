@@ -238,8 +238,20 @@ pub fn from_litellm(doc: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result
                 "max_end_user_budget",
                 "cache",
                 "cache_params",
+                // Refused below with the reason (`sluice serve` sends them).
+                "callbacks",
+                "success_callback",
+                "failure_callback",
             ],
         );
+        for name in
+            ["callbacks", "success_callback", "failure_callback"].into_iter().filter(|n| settings.contains_key(*n))
+        {
+            cx.error(format!(
+                "litellm_settings.{name}: logging callbacks are sent by `sluice serve` from the usage it ingests \
+                 (generic_api); a standalone Envoy has nothing to send them: run the control plane, or remove it"
+            ));
+        }
         match cache_settings(settings) {
             Ok(settings) => cache = settings,
             Err(errors) => errors.into_iter().for_each(|e| cx.error(e)),
@@ -1535,7 +1547,7 @@ mod tests {
             "model_list[1].litellm_params.max_retries: not supported by Sluice",
             "router_settings.routing_strategy: usage-based-routing is LiteLLM's deprecated first version",
             "router_settings.provider_budget_config: not supported by Sluice",
-            "litellm_settings.success_callback: not supported by Sluice",
+            "litellm_settings.success_callback: logging callbacks are sent by `sluice serve`",
             "environment_variables: not supported by Sluice",
         ] {
             assert!(all.iter().any(|e| e.starts_with(needle)), "no error for {needle}:\n{all:#?}");

@@ -35,6 +35,7 @@ impl BenchPlane {
             metrics: None,
             fleet_counts: sluice_control_plane::fleet_limits::FleetCounts::in_memory(),
             webhook: None,
+            callbacks: None,
             invalidations: None,
             tls: None,
         };

@@ -89,6 +89,7 @@ impl Plane {
                 metrics: Some(metrics),
                 fleet_counts: sluice_control_plane::fleet_limits::FleetCounts::in_memory(),
                 webhook: None,
+                callbacks: None,
                 invalidations: None,
                 tls,
             }),
