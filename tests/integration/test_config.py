@@ -24,7 +24,7 @@ def test_config_check_refuses_settings_it_would_not_enforce(gw, tmp_path):
     r = gw.cli("config", "check", "-c", str(path), check=False)
     assert r.returncode == 1, r.stderr
     assert "router_settings.provider_budget_config: not supported by Sluice" in r.stderr
-    assert "litellm_settings.success_callback: not supported by Sluice" in r.stderr
+    assert "litellm_settings.success_callback: logging callbacks are sent by `sluice serve`" in r.stderr
     assert "drop_params: not supported" not in r.stderr  # read and enforced, not refused
     # Envoy's config is not written from a config with settings Sluice would ignore.
     r = gw.cli("envoy-config", "-c", str(path), *gw.filter_args(), "--out", str(tmp_path / "e.yaml"), check=False)
