@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::http_client::{self, Call, HttpTarget, HttpUrl};
+use crate::http_client::{self, HttpTarget, HttpUrl};
 
 use crate::metrics::{Metrics, inc};
 
@@ -144,39 +144,20 @@ async fn deliver_all(url: HttpTarget, mut events: mpsc::Receiver<WebhookEvent>, 
                 continue;
             }
         };
-        let mut backoff = d.first_backoff;
-        let mut attempt = 1;
-        loop {
-            let call = Call {
-                method: hyper::Method::POST,
-                headers: &[("content-type", "application/json")],
-                body: body.clone(),
-            };
-            let answer = tokio::time::timeout(d.attempt_timeout, http_client::call(&url, call)).await;
-            let (retry, why) = match answer.map(|a| a.map(|a| a.status)) {
-                Ok(Ok(status)) if status.is_success() => {
-                    inc(&metrics.webhook_sent, 1);
-                    break;
-                }
-                Ok(Ok(status)) => {
-                    // The receiver refused this event (4xx): sending it again would not help.
-                    let retry = status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408;
-                    (retry, format!("HTTP {status}"))
-                }
-                Ok(Err(failure)) => (failure.retry, failure.why),
-                Err(_) => (true, format!("no answer within {} ms", d.attempt_timeout.as_millis())),
-            };
-            if !retry || attempt >= d.attempts {
+        let retries = http_client::Retries {
+            attempts: d.attempts,
+            first_backoff: d.first_backoff,
+            attempt_timeout: d.attempt_timeout,
+        };
+        match http_client::post_with_retries(&url, &[("content-type", "application/json")], body, retries).await {
+            Ok(()) => inc(&metrics.webhook_sent, 1),
+            Err((attempts, why)) => {
                 inc(&metrics.webhook_failed, 1);
                 eprintln!(
-                    "sluice: budget webhook: {} event for {} not delivered after {attempt} attempt(s): {why}",
+                    "sluice: budget webhook: {} event for {} not delivered after {attempts} attempt(s): {why}",
                     event.event, event.event_group
                 );
-                break;
             }
-            tokio::time::sleep(backoff).await;
-            backoff = backoff.saturating_mul(2);
-            attempt += 1;
         }
     }
 }

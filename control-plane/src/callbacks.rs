@@ -20,7 +20,7 @@ use sluice_proto::gateway::v1::UsageRecord;
 use tokio::sync::mpsc;
 
 use crate::budget::SpendContext;
-use crate::http_client::{self, Call, HttpTarget, HttpUrl};
+use crate::http_client::{self, HttpTarget, HttpUrl};
 use crate::metrics::{Metrics, inc};
 use crate::store::SpendLog;
 
@@ -30,9 +30,11 @@ pub const QUEUE: usize = 10_000;
 const BATCH: usize = 100;
 /// How long a payload waits for others to fill its batch.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
-const ATTEMPTS: u32 = 4;
-const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+const RETRIES: http_client::Retries = http_client::Retries {
+    attempts: 4,
+    first_backoff: Duration::from_millis(250),
+    attempt_timeout: Duration::from_secs(5),
+};
 
 /// The callback names LiteLLM's settings take that Sluice sends.
 const SUPPORTED: [&str; 1] = ["generic_api"];
@@ -208,33 +210,14 @@ async fn deliver_all(
         }
         let count = batch.len() as u64;
         let body = Bytes::from(Value::Array(batch).to_string());
-        let mut backoff = FIRST_BACKOFF;
-        let mut attempt = 1;
-        loop {
-            let call = Call { method: hyper::Method::POST, headers: &header_refs, body: body.clone() };
-            let answer = tokio::time::timeout(ATTEMPT_TIMEOUT, http_client::call(&target, call)).await;
-            let (retry, why) = match answer.map(|a| a.map(|a| a.status)) {
-                Ok(Ok(status)) if status.is_success() => {
-                    inc(&metrics.callback_sent, count);
-                    break;
-                }
-                Ok(Ok(status)) => {
-                    let retry = status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408;
-                    (retry, format!("HTTP {status}"))
-                }
-                Ok(Err(failure)) => (failure.retry, failure.why),
-                Err(_) => (true, format!("no answer within {} ms", ATTEMPT_TIMEOUT.as_millis())),
-            };
-            if !retry || attempt >= ATTEMPTS {
+        match http_client::post_with_retries(&target, &header_refs, body, RETRIES).await {
+            Ok(()) => inc(&metrics.callback_sent, count),
+            Err((attempts, why)) => {
                 inc(&metrics.callback_failed, count);
                 eprintln!(
-                    "sluice: generic_api callback: {count} event(s) not delivered after {attempt} attempt(s): {why}"
+                    "sluice: generic_api callback: {count} event(s) not delivered after {attempts} attempt(s): {why}"
                 );
-                break;
             }
-            tokio::time::sleep(backoff).await;
-            backoff = backoff.saturating_mul(2);
-            attempt += 1;
         }
     }
 }

@@ -185,6 +185,48 @@ pub struct Call<'a> {
     pub body: Bytes,
 }
 
+/// How a delivery is retried: attempts in all, the first wait (doubling after each), and how long
+/// one attempt may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Retries {
+    pub attempts: u32,
+    pub first_backoff: std::time::Duration,
+    pub attempt_timeout: std::time::Duration,
+}
+
+/// POSTs `body` until an answer is 2xx, retrying what may succeed later (no answer, a failed
+/// connection, 408, 429, 5xx) with exponential backoff. The error: the attempts made and the
+/// last reason (never the URL's path: it often carries a secret).
+pub async fn post_with_retries(
+    target: &HttpTarget,
+    headers: &[(&str, &str)],
+    body: Bytes,
+    retries: Retries,
+) -> Result<(), (u32, String)> {
+    let mut backoff = retries.first_backoff;
+    let mut attempt = 1;
+    loop {
+        let post = Call { method: hyper::Method::POST, headers, body: body.clone() };
+        let answer = tokio::time::timeout(retries.attempt_timeout, call(target, post)).await;
+        let (retry, why) = match answer.map(|a| a.map(|a| a.status)) {
+            Ok(Ok(status)) if status.is_success() => return Ok(()),
+            Ok(Ok(status)) => {
+                // A refusal (4xx) would be refused again.
+                let retry = status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408;
+                (retry, format!("HTTP {status}"))
+            }
+            Ok(Err(failure)) => (failure.retry, failure.why),
+            Err(_) => (true, format!("no answer within {} ms", retries.attempt_timeout.as_millis())),
+        };
+        if !retry || attempt >= retries.attempts {
+            return Err((attempt, why));
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = backoff.saturating_mul(2);
+        attempt += 1;
+    }
+}
+
 /// One call on a fresh connection (the callers call rarely: no pool).
 pub async fn call(target: &HttpTarget, call: Call<'_>) -> Result<Answer, Failure> {
     let url = &target.url;
