@@ -178,15 +178,20 @@ def test_the_gateways_own_budget_spent_through_one_envoy_stops_every_envoy(tmp_p
         served, resp = spend_until_refused(a, CHAT, key_a)
         assert refused(resp, "budget_exceeded"), resp.text
         assert resp.json()["error"]["message"].startswith("The gateway's budget (litellm_settings.max_budget)")
-        assert 4 <= served <= 7, served
+        # a stops at the first of two: its own count reaching the budget (its readiness check and
+        # its requests: 4 or 5 of them), or the control plane's word that the fleet's total did,
+        # which also has b's request and both Envoys' readiness checks (about 0.00064 before a's
+        # first request), so it can come as early as after a's second request, as soon as that
+        # request's usage is ingested: how early depends on when a ships its usage.
+        assert 2 <= served <= 7, served
         fleet_says = "The gateway's budget (litellm_settings.max_budget) has been exceeded! Max budget: 0.001000"
         refused_across_the_fleet((a, key_a), (b, key_b), CHAT, fleet_says)
-        # a held its own spend to the budget (within one request); the fleet's total also has
-        # what b (and the fleet's readiness checks) spent before a's spend reached b.
+        # Either way a never spent past the budget by more than one request, and the fleet's
+        # total reached it.
         report = json.loads(fleet.cli("spend", "--group-by", "key", "--json").stdout)
         [own] = [r for r in report["rows"] if r["group"] == key_a_id]
         per_request = own["spend"] / served
-        assert 0.001 - per_request <= own["spend"] < 0.001 + per_request, report
+        assert own["spend"] < 0.001 + per_request, report
         assert report["spend"] >= 0.001
     finally:
         fleet.stop()
