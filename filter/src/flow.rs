@@ -461,10 +461,7 @@ impl<H: Host> RequestFlow<H> {
         failed.extend(std::iter::repeat_n((admitted.deployment, AttemptError::Retried), retried));
         self.end_plan();
         let tap = std::mem::replace(&mut self.tap, Tap::None);
-        let cache_hit = match self.cache {
-            cache::CacheState::Hit(usage) => Some(usage),
-            _ => None,
-        };
+        let cache_hit = self.cache.hit();
         let (usage, outcome, estimated) = match cache_hit {
             Some(usage) => (usage, Outcome::Completed, false),
             None => self.measure(&admitted, &tap),

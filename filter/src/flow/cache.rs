@@ -27,6 +27,16 @@ pub(super) enum CacheState {
     Miss { key_header: String, fill: Option<Fill> },
 }
 
+impl CacheState {
+    /// The usage of the stored answer this request was given, if it was answered from the cache.
+    pub(super) fn hit(&self) -> Option<Usage> {
+        match self {
+            CacheState::Hit(usage) => Some(*usage),
+            _ => None,
+        }
+    }
+}
+
 /// The answer being copied for the cache.
 pub(super) struct Fill {
     slot: String,
@@ -157,14 +167,14 @@ impl<H: Host> RequestFlow<H> {
 
     /// The response's headers on a miss: say so, and keep the content type for the entry (an
     /// error is never stored).
-    pub(super) fn cache_response_headers(&mut self, content_type: Option<&[u8]>) {
+    pub(super) fn cache_response_headers(&mut self, content_type: &[u8]) {
         let CacheState::Miss { key_header, fill } = &mut self.cache else { return };
         self.host.add_response_header(CACHE_STATUS_HEADER, b"miss");
         self.host.add_response_header(CACHE_KEY_HEADER, key_header.as_bytes());
         if !(200..300).contains(&self.status) {
             *fill = None;
         } else if let Some(fill) = fill {
-            fill.content_type = content_type.unwrap_or(b"application/json").to_vec();
+            fill.content_type = content_type.to_vec();
         }
     }
 

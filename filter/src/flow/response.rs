@@ -2,7 +2,6 @@
 //! usage scanner, a translator, or a bounded copy of a JSON body); the client's allowance goes
 //! out in `x-ratelimit-*`.
 
-use super::cache::CacheState;
 use super::*;
 
 impl<H: Host> RequestFlow<H> {
@@ -10,7 +9,7 @@ impl<H: Host> RequestFlow<H> {
         let Some(admitted) = &self.admitted else {
             return Action::Continue;
         };
-        if matches!(self.cache, CacheState::Hit(_)) {
+        if self.cache.hit().is_some() {
             return Action::Continue; // the cache's own answer
         }
         let [status, content_type, attempt_count, rate_limit @ ..] = self.host.response_headers(READ_RESPONSE_HEADERS);
@@ -45,7 +44,7 @@ impl<H: Host> RequestFlow<H> {
             };
             let sent_type: &[u8] =
                 if matches!(self.tap, Tap::TranslatedSse(_)) { b"text/event-stream" } else { b"application/json" };
-            self.cache_response_headers(Some(sent_type));
+            self.cache_response_headers(sent_type);
             return Action::Continue;
         }
         self.tap = if is_sse {
@@ -57,12 +56,12 @@ impl<H: Host> RequestFlow<H> {
         } else {
             Tap::Json { body: Vec::new(), overflow: false }
         };
-        self.cache_response_headers(Some(&content_type));
+        self.cache_response_headers(&content_type);
         Action::Continue
     }
 
     pub fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if matches!(self.cache, CacheState::Hit(_)) {
+        if self.cache.hit().is_some() {
             return Action::Continue;
         }
         if end_of_stream {

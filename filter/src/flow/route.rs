@@ -91,7 +91,7 @@ impl<H: Host> RequestFlow<H> {
         };
         match self.route_and_admit(&body) {
             // Answered here: refused, or from the response cache.
-            Ok(()) if self.rejected || matches!(self.cache, super::cache::CacheState::Hit(_)) => Action::Pause,
+            Ok(()) if self.rejected || self.cache.hit().is_some() => Action::Pause,
             Ok(()) => Action::Continue,
             Err(error) => self.reject(&error),
         }
