@@ -4,7 +4,8 @@
 //!
 //! The contract with the filter: the wasm HTTP filter (`root_id: sluice_filter`) and the
 //! singleton service (`root_id: sluice_service`) share `vm_id: sluice`; the filter sets
-//! `x-sluice-cluster`, which the single route reads with `cluster_header`. Provider credentials
+//! `x-sluice-cluster`, which the routes read with `cluster_header` ([`DeploymentRoute`]; in xDS
+//! mode they come by RDS, `crate::xds::routes`). Provider credentials
 //! reach the VM as environment variables (`host_env_keys`) in standalone mode and are injected
 //! by Envoy from SDS secrets in xDS mode; never as config.
 //!
@@ -21,6 +22,7 @@ use serde_json::{Value, json};
 use sluice_core::config::{DEFAULT_MAX_REQUEST_BODY_BYTES, GatewayConfig};
 use sluice_core::fallbacks::FAILOVER_ROUTE_HEADER;
 use sluice_core::litellm::{FailurePolicy, Standalone, Upstream};
+use sluice_core::retries::STREAM_IDLE_HEADER;
 
 use crate::google_tokens;
 
@@ -48,10 +50,14 @@ pub use sluice_core::fallbacks::{ATTEMPT_FILTER_NAME, FAILOVER_HEADER};
 pub const MAX_INTERNAL_REDIRECTS: u32 = 16;
 const UPSTREAM_CODEC: &str = "envoy.filters.http.upstream_codec";
 const UPSTREAM_CODEC_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec";
-/// Requests may stream for minutes; the route's timeout in xDS mode (standalone takes
-/// `router_settings.timeout`).
-/// The xDS-mode bootstrap's route timeout (its listener is written before any config is known).
-pub const XDS_ROUTE_TIMEOUT_SECS: u64 = 600;
+/// The route configuration's name: the standalone bootstrap's, and the one an xDS-mode
+/// listener asks RDS for.
+pub const ROUTE_CONFIG_NAME: &str = "sluice";
+/// How long a retry waits at most for a 429's `retry-after` (a longer one is not honoured and
+/// the usual backoff applies).
+pub const MAX_RATE_LIMITED_BACKOFF_SECS: i64 = 60;
+/// Hosts the router tries for a retry before it gives up on finding one not tried yet.
+pub const HOST_SELECTION_RETRY_MAX_ATTEMPTS: i64 = 3;
 /// The response code details of the 503 Envoy sends when a wasm filter's VM has failed.
 const WASM_FAIL_STREAM_DETAILS: &str = "wasm_fail_stream";
 /// The response code details of the 503 Envoy sends while the overload manager refuses requests.
@@ -172,9 +178,10 @@ fn native_attempt_filter(module_path: &str) -> Value {
 
 /// What the failover route does with a 307: the attempt filter's failover is followed inside
 /// Envoy (the request passes through the filter again, with its body), carrying the nonce
-/// header. In both modes (an xDS-mode bootstrap cannot know whether fallbacks will be
-/// configured), on the route only a request with a plan to follow takes ([`deployment_routes`]).
-pub fn internal_redirect_policy() -> Value {
+/// header. On the failover routes only a request with a plan to follow takes
+/// ([`DeploymentRoute`]), whether or not the config has fallbacks now (xDS mode's, by RDS, say
+/// the same: `crate::xds::routes`).
+fn internal_redirect_policy() -> Value {
     json!({
         "redirect_response_codes": [307],
         "max_internal_redirects": MAX_INTERNAL_REDIRECTS,
@@ -328,7 +335,8 @@ pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<V
     });
     let attempt = needs_attempt_filter(&s.gateway)
         .then(|| wasm_attempt_filter(vm_config(&opts.wasm_path, &env_keys), failure_policy));
-    let listener = listener(opts, wasm_filter, s.request_timeout_secs, s.gateway.max_request_body_bytes);
+    let routes = static_routes(s.request_timeout_secs, &s.gateway.stream_idle_timeouts());
+    let listener = listener(opts, wasm_filter, routes, s.gateway.max_request_body_bytes);
     let clusters: Vec<Value> =
         s.upstreams.iter().map(|u| cluster(u, attempt.as_ref(), opts.google_token_dir.as_deref())).collect();
     Ok(bootstrap("sluice-standalone", opts, listener, clusters, None, None))
@@ -371,7 +379,8 @@ pub fn standalone_native_bootstrap(
         },
     });
     let attempt = needs_attempt_filter(&s.gateway).then(|| native_attempt_filter(module_path));
-    let listener = listener(opts, native_filter, s.request_timeout_secs, s.gateway.max_request_body_bytes);
+    let routes = static_routes(s.request_timeout_secs, &s.gateway.stream_idle_timeouts());
+    let listener = listener(opts, native_filter, routes, s.gateway.max_request_body_bytes);
     let clusters: Vec<Value> =
         s.upstreams.iter().map(|u| cluster(u, attempt.as_ref(), opts.google_token_dir.as_deref())).collect();
     Ok(native_only(bootstrap("sluice-standalone", opts, listener, clusters, None, None)))
@@ -472,8 +481,12 @@ fn xds_parts(control_plane: &ControlPlaneAddress, opts: &BootstrapOptions, filte
             "type_urls": [filter_type],
         },
     });
-    let mut listener = listener(opts, filter, XDS_ROUTE_TIMEOUT_SECS, DEFAULT_MAX_REQUEST_BODY_BYTES);
-    route_management_to_control_plane(&mut listener);
+    // The routes come by RDS (`crate::xds::routes`): they follow the deployments' timeouts.
+    let routes = json!({"rds": {
+        "config_source": {"ads": {}, "resource_api_version": "V3"},
+        "route_config_name": ROUTE_CONFIG_NAME,
+    }});
+    let listener = listener(opts, filter, routes, DEFAULT_MAX_REQUEST_BODY_BYTES);
     let is_ip = control_plane.host.parse::<IpAddr>().is_ok();
     let mut control_plane_cluster = json!({
         "name": crate::xds::CONTROL_PLANE_CLUSTER,
@@ -507,29 +520,11 @@ fn xds_parts(control_plane: &ControlPlaneAddress, opts: &BootstrapOptions, filte
     (listener, control_plane_cluster, dynamic)
 }
 
-/// LiteLLM's management API on the gateway's own listener, as LiteLLM serves it: its paths go
-/// to the control plane over the Envoy's connection to it (the filter lets them pass; the
-/// control plane authenticates the caller's key), ahead of the route to the deployments.
-fn route_management_to_control_plane(listener: &mut Value) {
-    let routes =
-        &mut listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"];
-    let Some(routes) = routes.as_array_mut() else { return };
-    for (i, prefix) in sluice_core::endpoint::MANAGEMENT_PREFIXES.iter().enumerate() {
-        routes.insert(
-            i,
-            json!({
-                // Only a request the filter did not route: a deployment's own path may look like
-                // one of these (Bedrock's `/model/…/converse`) once the filter has rewritten it.
-                "match": {"prefix": prefix, "headers": [{"name": CLUSTER_HEADER, "present_match": true, "invert_match": true}]},
-                "route": {"cluster": crate::xds::CONTROL_PLANE_CLUSTER, "timeout": format!("{MANAGEMENT_TIMEOUT_SECS}s")},
-                "request_headers_to_remove": [CLUSTER_HEADER, "x-forwarded-for", "x-envoy-external-address"],
-            }),
-        );
-    }
-}
-
 /// How long a management call through an Envoy may take.
-const MANAGEMENT_TIMEOUT_SECS: u64 = 30;
+pub const MANAGEMENT_TIMEOUT_SECS: u64 = 30;
+/// What a management route removes before the call goes to the control plane.
+pub const MANAGEMENT_ROUTE_HEADERS_TO_REMOVE: [&str; 3] =
+    [CLUSTER_HEADER, "x-forwarded-for", "x-envoy-external-address"];
 
 /// Envoy's own error replies (provider unreachable, timeouts, a failed filter, overload) in the
 /// client's error shape: Anthropic's on `/v1/messages`, OpenAI's elsewhere. The filter's own
@@ -639,68 +634,115 @@ fn local_reply_mappers() -> Vec<Value> {
     mappers
 }
 
-/// The route's retry policy: none by default. The filter turns retries on per request, with the
-/// router's headers (`filter/src/flow/attempts.rs`); what headers cannot say is here: a retry
-/// goes to another of the cluster's hosts where there is one, and waits as long as a 429's
-/// `retry-after` asks (up to a minute; a longer wait is not honoured and the usual backoff
-/// applies).
-fn retry_policy() -> Value {
-    json!({
-        "num_retries": 0,
-        "retry_host_predicate": [{
-            "name": "envoy.retry_host_predicates.previous_hosts",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"},
-        }],
-        "host_selection_retry_max_attempts": 3,
-        "rate_limited_retry_back_off": {
-            "reset_headers": [{"name": "retry-after", "format": "SECONDS"}],
-            "max_interval": "60s",
-        },
-    })
+/// One route to the deployments. Both renderings, the standalone bootstrap's JSON
+/// ([`deployment_routes`]) and RDS's protobuf in xDS mode (`crate::xds::routes`), are made from
+/// [`deployment_route_list`], so both modes route alike.
+///
+/// Every such route takes its cluster from the filter's `x-sluice-cluster` and retries nothing
+/// by default: the filter turns retries on per request with the router's headers
+/// (`filter/src/flow/attempts.rs`). What headers cannot say is on the route: a retry goes to
+/// another of the cluster's hosts where there is one (`previous_hosts`), and waits as long as a
+/// 429's `retry-after` asks, up to [`MAX_RATE_LIMITED_BACKOFF_SECS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeploymentRoute {
+    /// For a request whose plan has a step after this pass (the filter marks it with
+    /// [`FAILOVER_ROUTE_HEADER`]): follows the attempt filter's 307 to the next pass. The others
+    /// take a route without the redirect policy, because a route that may follow a redirect
+    /// makes Envoy's router keep a copy of the whole request body to send it again (measured:
+    /// most of a 32 KB prompt's added cost), which a request that cannot move should not pay.
+    pub failover: bool,
+    /// For a stream the filter marks with [`STREAM_IDLE_HEADER`] = this many ms (its
+    /// deployment's `stream_timeout`): the router's `per_try_idle_timeout`, which cuts a gap
+    /// longer than this before the first byte and between chunks (no router header sets it).
+    pub stream_idle_ms: Option<u64>,
 }
 
-/// The routes to the deployments: the cluster is the filter's `x-sluice-cluster`. A request
-/// whose plan has a step after this pass (the filter marks it with [`FAILOVER_ROUTE_HEADER`])
-/// takes the first, which follows the attempt filter's 307 to the next pass; every other request
-/// the second, the same without the redirect policy, because a route that may follow a redirect
-/// makes Envoy's router keep a copy of the whole request body to send it again (measured: most
-/// of a 32 KB prompt's added cost), which a request that cannot move should not pay.
-fn deployment_routes(route_timeout_secs: u64) -> Value {
-    let route = |failover: bool| {
+/// The routes to the deployments in match order: a pair (failover, plain) for each of the
+/// gateway's stream timeouts ([`GatewayConfig::stream_idle_timeouts`]), then the plain pair.
+pub fn deployment_route_list(stream_idle_ms: &[u64]) -> Vec<DeploymentRoute> {
+    let idle = stream_idle_ms.iter().map(|&ms| Some(ms)).chain([None]);
+    idle.flat_map(|stream_idle_ms| [true, false].map(|failover| DeploymentRoute { failover, stream_idle_ms })).collect()
+}
+
+/// What a deployment route removes before the request goes upstream: the filter's routing
+/// headers, `accept-encoding` (the gateway meters plain responses), and the client's address,
+/// which Envoy would add (a provider has no need of the gateway's users' IPs). The filter also
+/// replaces the client's credential headers with the provider's.
+pub const DEPLOYMENT_ROUTE_HEADERS_TO_REMOVE: [&str; 7] = [
+    CLUSTER_HEADER,
+    FAILOVER_ROUTE_HEADER,
+    STREAM_IDLE_HEADER,
+    "accept-encoding",
+    "x-forwarded-for",
+    "x-envoy-external-address",
+    "x-envoy-expected-rq-timeout-ms",
+];
+
+/// A duration as Envoy's JSON writes one (`1.5s`).
+fn json_duration_ms(ms: u64) -> String {
+    format!("{}.{:03}s", ms / 1000, ms % 1000)
+}
+
+/// The standalone bootstrap's rendering of [`deployment_route_list`].
+fn deployment_routes(route_timeout_secs: u64, stream_idle_ms: &[u64]) -> Value {
+    let route = |r: DeploymentRoute| {
+        let mut retry_policy = json!({
+            "num_retries": 0,
+            "retry_host_predicate": [{
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"},
+            }],
+            "host_selection_retry_max_attempts": HOST_SELECTION_RETRY_MAX_ATTEMPTS,
+            "rate_limited_retry_back_off": {
+                "reset_headers": [{"name": "retry-after", "format": "SECONDS"}],
+                "max_interval": format!("{MAX_RATE_LIMITED_BACKOFF_SECS}s"),
+            },
+        });
+        let mut headers = Vec::new();
+        if r.failover {
+            headers.push(json!({"name": FAILOVER_ROUTE_HEADER, "present_match": true}));
+        }
+        if let Some(ms) = r.stream_idle_ms {
+            headers.push(json!({"name": STREAM_IDLE_HEADER, "string_match": {"exact": ms.to_string()}}));
+            retry_policy["per_try_idle_timeout"] = json!(json_duration_ms(ms));
+        }
         let mut action = json!({
             "cluster_header": CLUSTER_HEADER,
             "timeout": format!("{route_timeout_secs}s"),
             "auto_host_rewrite": true,
-            "retry_policy": retry_policy(),
+            "retry_policy": retry_policy,
         });
-        let mut matcher = json!({"prefix": "/"});
-        if failover {
+        if r.failover {
             action["internal_redirect_policy"] = internal_redirect_policy();
-            matcher["headers"] = json!([{"name": FAILOVER_ROUTE_HEADER, "present_match": true}]);
         }
-        json!({
-            "match": matcher,
-            "route": action,
-            // The filter's headers (the cluster, the failover route's marker) never go upstream.
-            // (The filter also replaces the client's credential headers with the provider's.)
-            // Nor does the client's address, which Envoy would add: a provider has no need of
-            // the gateway's users' IPs.
-            "request_headers_to_remove": [
-                CLUSTER_HEADER,
-                FAILOVER_ROUTE_HEADER,
-                "accept-encoding",
-                "x-forwarded-for",
-                "x-envoy-external-address",
-                "x-envoy-expected-rq-timeout-ms",
-            ],
-        })
+        let mut matcher = json!({"prefix": "/"});
+        if !headers.is_empty() {
+            matcher["headers"] = Value::Array(headers);
+        }
+        json!({"match": matcher, "route": action, "request_headers_to_remove": DEPLOYMENT_ROUTE_HEADERS_TO_REMOVE})
     };
-    json!([route(true), route(false)])
+    Value::Array(deployment_route_list(stream_idle_ms).into_iter().map(route).collect())
 }
 
-fn listener(opts: &BootstrapOptions, wasm_filter: Value, route_timeout_secs: u64, max_body_bytes: u64) -> Value {
+/// The standalone bootstrap's routes: the deployments' ([`deployment_routes`]).
+fn static_routes(route_timeout_secs: u64, stream_idle_ms: &[u64]) -> Value {
+    json!({"route_config": {
+        "name": ROUTE_CONFIG_NAME,
+        "virtual_hosts": [{
+            "name": ROUTE_CONFIG_NAME,
+            "domains": ["*"],
+            // `x-envoy-attempt-count` on the response: the filter reports a request's retries.
+            "include_attempt_count_in_response": true,
+            "routes": deployment_routes(route_timeout_secs, stream_idle_ms),
+        }],
+    }})
+}
+
+/// The gateway's listener; `routes` is the connection manager's `route_config` (standalone) or
+/// `rds` (xDS mode).
+fn listener(opts: &BootstrapOptions, wasm_filter: Value, routes: Value, max_body_bytes: u64) -> Value {
     let local_reply = json!({"mappers": local_reply_mappers()});
-    let hcm = json!({
+    let mut hcm = json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "sluice",
         "use_remote_address": true,
@@ -721,21 +763,14 @@ fn listener(opts: &BootstrapOptions, wasm_filter: Value, route_timeout_secs: u64
             "initial_connection_window_size": HTTP2_INITIAL_CONNECTION_WINDOW_SIZE,
         },
         "local_reply_config": local_reply,
-        "route_config": {
-            "name": "sluice",
-            "virtual_hosts": [{
-                "name": "sluice",
-                "domains": ["*"],
-                // `x-envoy-attempt-count` on the response: the filter reports a request's retries.
-                "include_attempt_count_in_response": true,
-                "routes": deployment_routes(route_timeout_secs),
-            }],
-        },
         "http_filters": [
             wasm_filter,
             {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
         ],
     });
+    if let (Some(hcm), Value::Object(routes)) = (hcm.as_object_mut(), routes) {
+        hcm.extend(routes);
+    }
     json!({
         "name": "sluice",
         "address": {"socket_address": {"address": opts.listen_address, "port_value": opts.listen_port}},
@@ -848,23 +883,15 @@ mod tests {
         &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     }
 
-    /// The management API's paths go to the control plane from an xDS-mode Envoy's listener,
-    /// first; a standalone Envoy has no control plane, and no such route.
+    /// An xDS-mode Envoy takes its routes by RDS (management paths first: `crate::xds::routes`);
+    /// a standalone one has them in its bootstrap, and no management route (no control plane).
     #[test]
-    fn management_paths_route_to_the_control_plane_in_xds_mode_only() {
+    fn xds_mode_routes_come_by_rds_and_standalone_ones_with_the_bootstrap() {
         let control_plane = ControlPlaneAddress { host: "127.0.0.1".into(), port: 4002, tls: None };
         for b in [xds_bootstrap(&control_plane, "n", &opts()), xds_native_bootstrap(&control_plane, "n", &opts())] {
-            let routes = &hcm(&b)["route_config"]["virtual_hosts"][0]["routes"];
-            let prefixes = sluice_core::endpoint::MANAGEMENT_PREFIXES;
-            for (i, prefix) in prefixes.iter().enumerate() {
-                assert_eq!(routes[i]["match"]["prefix"], *prefix);
-                assert_eq!(routes[i]["route"]["cluster"], crate::xds::CONTROL_PLANE_CLUSTER);
-                // Never a request the filter routed to a deployment (Bedrock's `/model/…` path).
-                let header = &routes[i]["match"]["headers"][0];
-                assert_eq!((header["name"].as_str(), &header["invert_match"]), (Some(CLUSTER_HEADER), &json!(true)));
-            }
-            let last = &routes[prefixes.len()];
-            assert_eq!(last["route"]["cluster_header"], CLUSTER_HEADER, "the deployments' route after");
+            assert_eq!(hcm(&b)["rds"]["route_config_name"], ROUTE_CONFIG_NAME);
+            assert!(hcm(&b)["rds"]["config_source"]["ads"].is_object());
+            assert_eq!(hcm(&b).get("route_config"), None);
         }
         let s = from_litellm(&json!({}), &|_| None).unwrap();
         let b = standalone_bootstrap(&s, &opts()).unwrap();
@@ -1157,7 +1184,7 @@ mod tests {
         assert_eq!(native["static_resources"]["clusters"], wasm["static_resources"]["clusters"]);
         assert!(control_plane_cluster(&native)["transport_socket"]["typed_config"]["common_tls_context"].is_object());
         assert_eq!(native["dynamic_resources"], wasm["dynamic_resources"]);
-        assert_eq!(hcm(&native)["route_config"], hcm(&wasm)["route_config"]);
+        assert_eq!(hcm(&native)["rds"], hcm(&wasm)["rds"]);
         assert_eq!(hcm(&native)["http_filters"][1], hcm(&wasm)["http_filters"][1]);
         assert_eq!(native["overload_manager"], wasm["overload_manager"]);
         assert_eq!(native["stats_config"], wasm["stats_config"]);
@@ -1291,8 +1318,8 @@ mod tests {
     }
 
     /// A request the filter marks as having a next step takes a route that follows the attempt
-    /// filter's 307 internally and copies its nonce, in every bootstrap, with or without
-    /// fallbacks (an xDS-mode Envoy learns of them later); any other takes the same route
+    /// filter's 307 internally and copies its nonce, in every standalone bootstrap, with or
+    /// without fallbacks (xDS mode's: `crate::xds::routes`); any other takes the same route
     /// without the redirect policy (whose router keeps a copy of every body). Neither lets the
     /// marker or the cluster header go upstream.
     #[test]
@@ -1304,7 +1331,7 @@ mod tests {
             "response_headers_to_copy": ["x-sluice-failover"],
         });
         let with = with_groups(json!({"fallbacks": [{"a": ["b"]}]}));
-        let mut all = both_bootstraps(&opts()).to_vec();
+        let mut all = both_bootstraps(&opts())[..2].to_vec();
         all.push(standalone_bootstrap(&with, &opts()).unwrap());
         for b in &all {
             // The deployments' routes (the management paths' go to the control plane, no failover).
@@ -1320,6 +1347,51 @@ mod tests {
                 let removed = route["request_headers_to_remove"].as_array().unwrap();
                 assert!(removed.contains(&json!(CLUSTER_HEADER)) && removed.contains(&json!(FAILOVER_ROUTE_HEADER)));
             }
+        }
+    }
+
+    /// Each stream timeout of the config is a pair of routes the filter picks by
+    /// `x-sluice-stream-idle-ms`, whose router cuts a longer gap (`per_try_idle_timeout`),
+    /// ahead of the plain pair; the gateway's own timeout counts for deployments without one.
+    #[test]
+    fn each_stream_timeout_is_a_route_pair_with_that_idle_timeout() {
+        let doc = json!({
+            "model_list": [
+                {"model_name": "a", "litellm_params": {"model": "openai/gpt-4o", "api_key": "os.environ/K", "stream_timeout": 1.5}},
+                {"model_name": "b", "litellm_params": {"model": "openai/gpt-4o", "api_key": "os.environ/K", "timeout": 20}},
+                {"model_name": "c", "litellm_params": {"model": "openai/gpt-4o", "api_key": "os.environ/K"}},
+            ],
+            "litellm_settings": {"request_timeout": 300},
+        });
+        let s = from_litellm(&doc, &|_| None).unwrap();
+        for b in
+            [standalone_bootstrap(&s, &opts()).unwrap(), standalone_native_bootstrap(&s, &opts(), "/x/m.so").unwrap()]
+        {
+            let routes = hcm(&b)["route_config"]["virtual_hosts"][0]["routes"].as_array().unwrap().clone();
+            let shape: Vec<(Value, Value, bool)> = routes
+                .iter()
+                .map(|r| {
+                    let idle = r["match"]["headers"].as_array().and_then(|h| {
+                        h.iter().find(|h| h["name"] == STREAM_IDLE_HEADER).map(|h| h["string_match"]["exact"].clone())
+                    });
+                    let redirect = r["route"].get("internal_redirect_policy").is_some();
+                    (idle.unwrap_or(Value::Null), r["route"]["retry_policy"]["per_try_idle_timeout"].clone(), redirect)
+                })
+                .collect();
+            assert_eq!(
+                shape,
+                [
+                    (json!("1500"), json!("1.500s"), true),
+                    (json!("1500"), json!("1.500s"), false),
+                    (json!("20000"), json!("20.000s"), true),
+                    (json!("20000"), json!("20.000s"), false),
+                    (json!("300000"), json!("300.000s"), true),
+                    (json!("300000"), json!("300.000s"), false),
+                    (Value::Null, Value::Null, true),
+                    (Value::Null, Value::Null, false),
+                ]
+            );
+            assert!(routes.iter().all(|r| r["route"]["timeout"] == "300s"));
         }
     }
 

@@ -196,6 +196,18 @@ pub struct LookupRateConfig {
     pub max_sources: u32,
 }
 
+impl GatewayConfig {
+    /// The distinct chunk-gap timeouts of its deployments' streams ([`Deployment::stream_idle_ms`]),
+    /// ascending: Envoy's routes have one `per_try_idle_timeout` each, and the filter names the
+    /// one a stream takes (`crate::retries::STREAM_IDLE_HEADER`).
+    pub fn stream_idle_timeouts(&self) -> Vec<u64> {
+        let mut all: Vec<u64> = self.deployments.iter().filter_map(|d| d.stream_idle_ms(self.timeout_ms)).collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+}
+
 impl Default for LookupRateConfig {
     /// Why these: a found key costs one lookup per Envoy a minute (60 s TTL, shared by the
     /// workers), so 50 a second per worker refreshes thousands of active keys per Envoy, and a
@@ -311,6 +323,14 @@ impl Provider {
 }
 
 impl Deployment {
+    /// How long a stream from this deployment may go without a byte, before its first and
+    /// between its chunks (LiteLLM's `stream_timeout`, else `timeout`, else the gateway's
+    /// `timeout`: what its HTTP client's read timeout would be). None: only the connection
+    /// manager's idle timeout.
+    pub fn stream_idle_ms(&self, gateway_timeout_ms: Option<u64>) -> Option<u64> {
+        self.stream_timeout_ms.or(self.timeout_ms).or(gateway_timeout_ms)
+    }
+
     /// The upstream model for a request to this deployment's group: the configured name, with
     /// its `*` replaced by the part of the requested name the group's `*` matched.
     pub fn upstream_model_for<'a>(&'a self, matched: Option<&str>) -> std::borrow::Cow<'a, str> {
@@ -1281,6 +1301,16 @@ impl CompiledConfig {
             ScopeLimits::new(None, None, Some(usd_to_nanos(b.max_budget)), b.budget_duration)
         });
 
+        let stream_idle = config.stream_idle_timeouts();
+        if stream_idle.len() > crate::retries::MAX_STREAM_IDLE_ROUTES {
+            errors.push(ConfigError(format!(
+                "{} different stream timeouts (litellm_params.stream_timeout, else timeout, else request_timeout): \
+                 at most {} (each is a route in Envoy)",
+                stream_idle.len(),
+                crate::retries::MAX_STREAM_IDLE_ROUTES
+            )));
+        }
+
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -1453,6 +1483,24 @@ pub(crate) mod tests {
             pre_call_checks: false,
             cache: None,
         }
+    }
+
+    /// Each distinct stream timeout is a pair of Envoy routes: a handful are fine, a config
+    /// with more than the bound is refused with the reason (not cut short silently).
+    #[test]
+    fn stream_timeouts_are_counted_and_bounded() {
+        let mut c = base();
+        c.timeout_ms = Some(9_000);
+        c.deployments[0].stream_timeout_ms = Some(1_500);
+        c.deployments[1].timeout_ms = Some(1_500);
+        assert_eq!(c.stream_idle_timeouts(), [1_500, 9_000], "c: the gateway's");
+        assert!(CompiledConfig::compile(c.clone()).is_ok());
+        let bound = crate::retries::MAX_STREAM_IDLE_ROUTES;
+        c.deployments = (0..=bound)
+            .map(|i| Deployment { stream_timeout_ms: Some(1_000 + i as u64), ..deployment(&format!("d{i}"), "g") })
+            .collect();
+        let errors = CompiledConfig::compile(c).unwrap_err();
+        assert!(errors.iter().any(|e| e.0.contains("17 different stream timeouts")), "{errors:?}");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! own request headers (`x-envoy-max-retries`, `x-envoy-retry-on`,
 //! `x-envoy-retriable-status-codes`, `x-envoy-upstream-rq-timeout-ms`,
 //! `x-envoy-upstream-rq-per-try-timeout-ms`); the route adds what headers cannot say (honouring a
-//! 429's `retry-after`, another host on retry). ARCHITECTURE.md, "Retries and timeouts".
+//! 429's `retry-after`, another host on retry, and a stream's chunk-gap timeout, by a route the
+//! filter picks with [`STREAM_IDLE_HEADER`]). ARCHITECTURE.md, "Retries and timeouts".
 
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +49,15 @@ pub struct RetryPolicy {
 
 /// The router's `x-envoy-retry-on`: connection failures, resets, and the listed status codes.
 pub const RETRY_ON_HEADER_VALUE: &str = "connect-failure,refused-stream,reset,retriable-status-codes";
+
+/// The request header that picks a streamed request's route by its chunk-gap timeout: its value
+/// is one of `GatewayConfig::stream_idle_timeouts` in ms, and the route matching it has that
+/// `per_try_idle_timeout` (no router header says it per request). Set by the filter, removed by
+/// the route; a client's own is removed when its headers are read.
+pub const STREAM_IDLE_HEADER: &str = "x-sluice-stream-idle-ms";
+
+/// Most distinct stream timeouts a config may have: each is a pair of routes.
+pub const MAX_STREAM_IDLE_ROUTES: usize = 16;
 
 /// Most retries a request may ask for (LiteLLM has no bound; each retry may cost a provider call).
 pub const MAX_RETRIES: u32 = 10;

@@ -77,8 +77,8 @@ pub(crate) const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// Every request header the flow reads, fetched in one host call when the request starts:
 /// what it acts on, then the headers only the gateway sets (the router's retry and timeout
-/// headers, the failover route's).
-const READ_REQUEST_HEADERS: [&str; 19] = [
+/// headers, the routes' markers).
+const READ_REQUEST_HEADERS: [&str; 20] = [
     ":path",
     ":method",
     "authorization",
@@ -98,6 +98,7 @@ const READ_REQUEST_HEADERS: [&str; 19] = [
     attempts::ROUTER_HEADERS[3],
     attempts::ROUTER_HEADERS[4],
     FAILOVER_ROUTE_HEADER,
+    sluice_core::retries::STREAM_IDLE_HEADER,
 ];
 /// The header the route picks the cluster by (`cluster_header`); the route removes it upstream.
 const CLUSTER_HEADER: &str = "x-sluice-cluster";

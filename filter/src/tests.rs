@@ -384,9 +384,23 @@ fn the_router_is_told_the_retries_and_timeouts_and_a_client_cannot_tell_it() {
     );
     let (s, _) = h.post("/v1/chat/completions", &key(1), r#"{"model":"gpt-4o-mini","messages":[]}"#);
     assert_eq!(router(&s)[2..], [Some("15000".into()), Some("5000".into())], "the deployment's timeout");
-    // A stream: time to first byte per attempt (its stream_timeout); the route bounds the rest.
+    // A stream: the route whose idle timeout is its stream_timeout bounds its first byte and
+    // each gap between chunks; the route's timeout bounds the rest.
+    let idle = sluice_core::retries::STREAM_IDLE_HEADER;
+    // (Not the per-try timeout too: Envoy drops the idle timer when that one fires.)
     let (s, _) = h.post("/v1/chat/completions", &key(1), r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#);
-    assert_eq!(router(&s)[2..], [None, Some("1500".into())]);
+    assert_eq!(router(&s)[2..], [None, None]);
+    assert_eq!(s.host.request_header_str(idle).as_deref(), Some("1500"));
+    // A deployment without its own: the gateway's timeout, which a route of its own has too.
+    let (s, _) = h.post("/v1/chat/completions", &key(1), r#"{"model":"gpt-4o","stream":true,"messages":[]}"#);
+    assert_eq!(s.host.request_header_str(idle).as_deref(), Some("30000"));
+    assert_eq!(h.gateway.config.config.stream_idle_timeouts(), [1_500, 30_000]);
+    // Not for a whole answer, nor for a stream with its own timeout (no route has every number).
+    let (s, _) = h.post("/v1/chat/completions", &key(1), r#"{"model":"gpt-4o-mini","messages":[]}"#);
+    assert_eq!(s.host.request_header_str(idle), None);
+    let (s, _) =
+        h.post("/v1/chat/completions", &key(1), r#"{"model":"gpt-4o-mini","stream":true,"timeout":4,"messages":[]}"#);
+    assert_eq!((s.host.request_header_str(idle), router(&s)[3].as_deref()), (None, Some("4000")));
     // The request's own settings win, and do not go upstream.
     let (s, _) = h.post(
         "/v1/chat/completions",
@@ -401,9 +415,15 @@ fn the_router_is_told_the_retries_and_timeouts_and_a_client_cannot_tell_it() {
     let mut s = h.start(
         "POST",
         "/v1/chat/completions",
-        &[("authorization", auth.as_bytes()), ("x-envoy-max-retries", b"50"), ("x-envoy-upstream-rq-timeout-ms", b"1")],
+        &[
+            ("authorization", auth.as_bytes()),
+            ("x-envoy-max-retries", b"50"),
+            ("x-envoy-upstream-rq-timeout-ms", b"1"),
+            (idle, b"1"),
+        ],
     );
     assert!(s.send_body(br#"{"model":"gpt-4o","num_retries":1,"messages":[]}"#).is_none());
+    assert_eq!(s.host.request_header_str(idle), None);
     assert_eq!(
         router(&s),
         [Some("1".into()), Some("429,500,502,503,504,408".into()), Some("60000".into()), Some("30000".into())]

@@ -186,6 +186,39 @@ def test_stream_timeout_is_the_time_to_first_byte_not_the_streams_length(rgw):
     assert (rec["completion_tokens"], rec["outcome"]) == (5, "completed")
 
 
+def test_a_stream_that_stalls_longer_than_its_stream_timeout_is_cut_and_billed_for_what_came(rgw):
+    """LiteLLM's stream_timeout is its HTTP client's read timeout: a gap between chunks longer
+    than it ends the stream. Envoy's router cuts it (the route the filter picks for the
+    deployment's timeout has that per_try_idle_timeout); the client keeps the chunks it got."""
+    body = {**CHAT, "model": "slow", "stream": True, "num_retries": 0}
+    headers = {"x-mock-completion-tokens": "6", "x-mock-stall-after": "3", "x-mock-stall-ms": "3000"}
+    t0 = time.monotonic()
+    got = b""
+    with pytest.raises(httpx.HTTPError):
+        with httpx.stream("POST", rgw.url + "/v1/chat/completions", json=body, timeout=10,
+                          headers={"authorization": f"Bearer {rgw.keys['retry']}", **headers}) as r:
+            assert r.status_code == 200
+            request_id = r.headers["x-request-id"]
+            for chunk in r.iter_bytes():
+                got += chunk
+    elapsed = time.monotonic() - t0
+    # Cut 0.6 s into the stall, not after the provider's 3 s: three events came, no [DONE].
+    assert 0.5 <= elapsed < 2.5, elapsed
+    assert got.count(b"data: ") == 3 and b"[DONE]" not in got, got
+    rgw.wait_for(lambda recs: any(rec["request_id"] == request_id for rec in recs))
+    rec = next(rec for rec in rgw.records() if rec["request_id"] == request_id)
+    assert (rec["status"], rec["outcome"], rec["streamed"]) == (200, "truncated", True)
+    assert 0 < rec["completion_tokens"] < 6 and rec["cost_usd"] > 0
+
+
+def test_a_stream_whose_own_timeout_is_given_is_not_cut_by_the_deployments(rgw):
+    """A request's own `timeout` replaces the deployment's stream_timeout (its first byte, and
+    no gap timeout of 0.6 s): the stall above passes."""
+    body = {**CHAT, "model": "slow", "stream": True, "num_retries": 0, "timeout": 5}
+    r = chat(rgw, body, headers={"x-mock-completion-tokens": "4", "x-mock-stall-after": "2", "x-mock-stall-ms": "1000"})
+    assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
+
+
 def test_a_stream_is_retried_before_its_first_byte(rgw):
     r = chat(rgw, {**CHAT, "stream": True}, headers={"x-mock-status": "502", "x-mock-fault-attempts": "1"})
     assert r.status_code == 200 and "data: [DONE]" in r.text

@@ -427,6 +427,41 @@ def test_admin_changes_reach_every_envoy(fleet):
         assert envoy.chat(CHAT).status_code == 200
 
 
+def stalled_stream(envoy, model, stall_ms):
+    """A stream whose provider goes quiet for `stall_ms` after three events: (what the client
+    got, whether the stream ended with [DONE], seconds taken)."""
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"authorization": f"Bearer {envoy.fleet.master_key}", "x-mock-completion-tokens": "6",
+               "x-mock-stall-after": "3", "x-mock-stall-ms": str(stall_ms)}
+    got, t0 = b"", time.monotonic()
+    try:
+        with httpx.stream("POST", f"{envoy.url}/v1/chat/completions", json=body, headers=headers, timeout=10) as r:
+            assert r.status_code == 200, r.read()
+            for chunk in r.iter_bytes():
+                got += chunk
+    except httpx.HTTPError:
+        pass
+    return got, b"[DONE]" in got, time.monotonic() - t0
+
+
+def test_a_deployments_stream_timeout_reaches_every_envoy_as_its_routes(fleet):
+    """stream_timeout bounds a stream's gaps between chunks: a route per timeout (RDS), which
+    follows the deployments as the admin API changes them."""
+    a = fleet.start_envoy("edge-a")
+    params = {"model": "openai/gpt-4o-mini", "api_base": f"{fleet.mock_url}/v1",
+              "api_key": "os.environ/MOCK_OPENAI_KEY", "stream_timeout": 0.6}
+    info = {"id": "stalls", "input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}
+    fleet.cli("model", "create", "stalls", "--params", json.dumps(params), "--info", json.dumps(info))
+    wait_until(lambda: a.chat({**CHAT, "model": "stalls"}).status_code == 200, what="new model served")
+    wait_until(lambda: stalled_stream(a, "stalls", 3000)[1] is False, what="the stream cut")
+    got, done, took = stalled_stream(a, "stalls", 3000)
+    assert not done and got.count(b"data: ") == 3 and took < 2.5, (got, took)
+    # A longer stream_timeout: the same stall passes.
+    fleet.cli("model", "update", "stalls", "--params", json.dumps({**params, "stream_timeout": 5}))
+    wait_until(lambda: stalled_stream(a, "stalls", 1500)[1], what="the longer timeout")
+    assert a.chat(CHAT).status_code == 200
+
+
 def test_envoy_keeps_serving_without_the_control_plane_and_a_restarted_envoy_gets_the_current_config(fleet):
     envoy = fleet.start_envoy("edge-1")
     fleet.stop_control_plane()

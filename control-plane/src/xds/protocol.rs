@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const EXTENSION_CONFIG: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
 pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 
 /// Everything the control plane wants every Envoy to run, at one moment. Built by one writer
 /// ([`super::resources`]) and shared read-only by every stream.
@@ -98,8 +99,10 @@ pub struct AdsStream {
 }
 
 /// Send order inside one step: secrets before the clusters that use them, clusters before the
-/// filter config that routes to them.
-const ORDER: [&str; 3] = [SECRET, CLUSTER, EXTENSION_CONFIG];
+/// filter config that routes to them, and the routes before the filter config that picks them
+/// (a stream-idle route the filter names but Envoy does not have yet leaves the stream on the
+/// plain route, without the gap timeout, until it arrives).
+const ORDER: [&str; 4] = [SECRET, CLUSTER, ROUTE, EXTENSION_CONFIG];
 
 impl AdsStream {
     /// A request from Envoy: the first for a type subscribes; later ones ACK or NACK.

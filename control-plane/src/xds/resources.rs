@@ -1,7 +1,7 @@
 //! What the control plane serves over xDS, built from the database: one cluster per model
-//! deployment (CDS), the Sluice filter's config (ECDS, a `TypedExtensionConfig` wrapping the
-//! wasm filter, or the dynamic-module filter for the native build), and each deployment's
-//! provider credential (SDS).
+//! deployment (CDS), the routes (RDS, `super::routes`), the Sluice filter's config (ECDS, a
+//! `TypedExtensionConfig` wrapping the wasm filter, or the dynamic-module filter for the native
+//! build), and each deployment's provider credential (SDS).
 //!
 //! Provider credentials never enter the filter or its config: each cluster runs Envoy's
 //! `credential_injector` as an upstream HTTP filter, which takes the credential from an SDS
@@ -50,10 +50,10 @@ use sluice_core::config::{GatewayConfig, KeyLookupConfig, LookupRateConfig, Prov
 use sluice_core::customers::CustomerConfig;
 use sluice_core::litellm::{FailurePolicy, Upstream, from_litellm};
 
-use super::protocol::{CLUSTER, EXTENSION_CONFIG, SECRET, Snapshot};
+use super::protocol::{CLUSTER, EXTENSION_CONFIG, ROUTE, SECRET, Snapshot};
 use crate::envoy_bootstrap::{
     ATTEMPT_FILTER_NAME, ATTEMPT_VM_CONFIGURATION, CA_BUNDLE, CONNECT_TIMEOUT_SECS, FILTER_ROOT_ID,
-    MAX_CONCURRENT_RETRIES, NATIVE_FILTER_NAME, VM_ID, WASM_RUNTIME, needs_attempt_filter,
+    MAX_CONCURRENT_RETRIES, NATIVE_FILTER_NAME, ROUTE_CONFIG_NAME, VM_ID, WASM_RUNTIME, needs_attempt_filter,
     refuse_failure_policy_for_native, upstream_is_ip,
 };
 use crate::provider_policy::ProviderPolicy;
@@ -207,8 +207,6 @@ pub fn build_with_tokens(
     if let Some(budget) = gateway.proxy_budget.as_mut() {
         budget.budget_spent = standing.proxy_budget_spent;
     }
-    // The xDS-mode bootstrap's route timeout, not the config's: it is what bounds a request.
-    gateway.route_timeout_ms = crate::envoy_bootstrap::XDS_ROUTE_TIMEOUT_SECS.saturating_mul(1000);
 
     // With fallbacks, every deployment cluster runs the module's attempt role first in its
     // upstream chain: it turns a failed answer into the internal redirect to the next pass.
@@ -252,6 +250,8 @@ pub fn build_with_tokens(
     let mut snapshot = Snapshot::default();
     snapshot.resources.insert(CLUSTER, clusters);
     snapshot.resources.insert(SECRET, secrets);
+    let routes = super::routes::route_config(standalone.request_timeout_secs, &gateway.stream_idle_timeouts());
+    snapshot.resources.insert(ROUTE, [(ROUTE_CONFIG_NAME.to_owned(), pack(&routes))].into());
     snapshot.resources.insert(EXTENSION_CONFIG, [(FILTER_CONFIG_NAME.to_owned(), pack(&filter))].into());
     snapshot.clusters_named_by.insert(FILTER_CONFIG_NAME.into(), routes_to);
     Ok((snapshot, warnings))

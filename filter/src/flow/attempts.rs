@@ -4,7 +4,7 @@
 
 use sluice_core::config::Deployment;
 use sluice_core::request::LlmRequest;
-use sluice_core::retries::RETRY_ON_HEADER_VALUE;
+use sluice_core::retries::{RETRY_ON_HEADER_VALUE, STREAM_IDLE_HEADER};
 
 use super::*;
 
@@ -38,10 +38,10 @@ impl<H: Host> RequestFlow<H> {
     /// gateway's) and timeouts (the request's `timeout`, else the deployment's — its
     /// `stream_timeout` for a stream — else the gateway's `timeout`).
     ///
-    /// The router's per-try timeout runs until the response starts reaching the client, so it
-    /// is each attempt's time to first byte; a stream is not cut once it flows (the route's
-    /// timeout bounds it). A whole answer must arrive within one timeout per attempt.
-    /// Returns the retries allowed.
+    /// A whole answer must arrive within one timeout per attempt (the router's per-try timeout,
+    /// which runs until the response starts, and a whole-request timeout of one per attempt). A
+    /// stream's first byte and each gap between its chunks are bounded by its route's idle
+    /// timeout; the route's timeout bounds the rest. Returns the retries allowed.
     pub(super) fn tell_the_router(
         &self,
         gateway: &Gateway,
@@ -62,16 +62,26 @@ impl<H: Host> RequestFlow<H> {
             self.host.add_request_header(ROUTER_HEADERS[1], RETRY_ON_HEADER_VALUE.as_bytes());
             self.host.add_request_header(ROUTER_HEADERS[2], gateway.attempt_policy.retriable_status_codes.as_bytes());
         }
-        let deployment_timeout =
-            if streamed { deployment.stream_timeout_ms.or(deployment.timeout_ms) } else { deployment.timeout_ms };
-        let Some(per_attempt) = req.timeout_ms.or(deployment_timeout).or(config.timeout_ms) else { return retries };
-        if streamed || retries > 0 {
+        if streamed {
+            // A stream's time to first byte and its gaps between chunks: the route whose
+            // `per_try_idle_timeout` is its deployment's stream timeout. Not the per-try timeout
+            // too: when that fires after the first byte, Envoy drops the idle timer with it. A
+            // request's own `timeout` (any number; no route has each) bounds its first byte only.
+            if req.timeout_ms.is_none()
+                && let Some(idle) = deployment.stream_idle_ms(config.timeout_ms)
+            {
+                self.host.add_request_header(STREAM_IDLE_HEADER, digits.format(idle).as_bytes());
+            } else if let Some(first_byte) = req.timeout_ms {
+                self.host.add_request_header(ROUTER_HEADERS[4], digits.format(first_byte).as_bytes());
+            }
+            return retries;
+        }
+        let Some(per_attempt) = req.timeout_ms.or(deployment.timeout_ms).or(config.timeout_ms) else { return retries };
+        if retries > 0 {
             self.host.add_request_header(ROUTER_HEADERS[4], digits.format(per_attempt).as_bytes());
         }
-        if !streamed {
-            let whole = per_attempt.saturating_mul(u64::from(retries) + 1);
-            self.host.add_request_header(ROUTER_HEADERS[3], digits.format(whole).as_bytes());
-        }
+        let whole = per_attempt.saturating_mul(u64::from(retries) + 1);
+        self.host.add_request_header(ROUTER_HEADERS[3], digits.format(whole).as_bytes());
         retries
     }
 }

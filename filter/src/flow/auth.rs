@@ -71,7 +71,9 @@ impl<H: Host> RequestFlow<H> {
         // How often and how long the router tries, and whether the route follows a failover,
         // are the gateway's to say, never a client's (Envoy strips its own headers from outside
         // clients, not from one it counts as internal; a previous pass's are set again if due).
-        let gateway_header_names = attempts::ROUTER_HEADERS.into_iter().chain([FAILOVER_ROUTE_HEADER]);
+        let gateway_header_names = attempts::ROUTER_HEADERS
+            .into_iter()
+            .chain([FAILOVER_ROUTE_HEADER, sluice_core::retries::STREAM_IDLE_HEADER]);
         for (name, sent) in gateway_header_names.zip(gateway_headers) {
             if sent.is_some() {
                 self.host.set_request_header(name, None);

@@ -41,9 +41,14 @@ pub fn ensure_record(name: &str, initial: &[u8]) {
 }
 
 /// The request headers the bootstrap's routes read (`envoy_bootstrap.rs`: prefix `/`,
-/// `cluster_header: x-sluice-cluster`, the failover route's marker; management prefixes in xDS
-/// mode).
-const ROUTE_HEADERS: &[&str] = &["x-sluice-cluster", ":path", sluice_core::fallbacks::FAILOVER_ROUTE_HEADER];
+/// `cluster_header: x-sluice-cluster`, the failover route's and the stream-idle routes' markers;
+/// management prefixes in xDS mode).
+const ROUTE_HEADERS: &[&str] = &[
+    "x-sluice-cluster",
+    ":path",
+    sluice_core::fallbacks::FAILOVER_ROUTE_HEADER,
+    sluice_core::retries::STREAM_IDLE_HEADER,
+];
 
 /// Counter names the flow reports with a host call, besides those it keeps in
 /// [`crate::metrics::Metrics`] for the tick. A name missing here is not counted: the test below

@@ -25,6 +25,10 @@ pub struct Knobs {
     pub split_bytes: Option<usize>,
     /// Stream: send this many events, then abort. Non-stream: send half the body, then abort.
     pub cut_after: Option<usize>,
+    /// Stream: after this many events, go quiet for `stall_ms` once (a provider that stalls
+    /// mid-stream), then send the rest.
+    pub stall_after: Option<usize>,
+    pub stall_ms: u64,
     pub status: Option<u16>,
     pub garbage: bool,
     /// Pad a non-streaming response to about this many bytes.
@@ -63,6 +67,8 @@ impl Knobs {
             chunk_delay_ms: num("x-mock-chunk-delay-ms").unwrap_or(0),
             split_bytes: num("x-mock-split-bytes").map(|n| n.max(1) as usize),
             cut_after: num("x-mock-cut-after").map(|n| n as usize),
+            stall_after: num("x-mock-stall-after").map(|n| n as usize),
+            stall_ms: num("x-mock-stall-ms").unwrap_or(0),
             status: num("x-mock-status").and_then(|n| u16::try_from(n).ok()).or(config.status),
             garbage: headers.get("x-mock-garbage").is_some_and(|v| v == "1"),
             response_bytes: num("x-mock-response-bytes").map(|n| n as usize),

@@ -334,7 +334,10 @@ fn respond(reply: Reply, knobs: Knobs) -> Response<MockBody> {
                     }
                 } else {
                     let count = knobs.cut_after.unwrap_or(usize::MAX).min(events.len());
-                    for event in events.into_iter().take(count) {
+                    for (i, event) in events.into_iter().take(count).enumerate() {
+                        if knobs.stall_after == Some(i) {
+                            tokio::time::sleep(Duration::from_millis(knobs.stall_ms)).await;
+                        }
                         if knobs.chunk_delay_ms > 0 {
                             tokio::time::sleep(Duration::from_millis(knobs.chunk_delay_ms)).await;
                         }
