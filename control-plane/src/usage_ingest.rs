@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use sluice_core::config::{ProxyBudget, member_scope_id};
 use sluice_proto::gateway::v1::usage_service_server::UsageService;
 use sluice_proto::gateway::v1::{
-    Outcome, ReportUsageRequest, ReportUsageResponse, UsageRecord, WatchInvalidationsRequest,
+    FailedAttempt, Outcome, ReportUsageRequest, ReportUsageResponse, UsageRecord, WatchInvalidationsRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -24,6 +24,7 @@ use crate::invalidation::Invalidations;
 use crate::key_lookup::model_budgets;
 use crate::metrics::{Metrics, inc};
 use crate::store::{KeyLookup, OrgRecord, SpendLog, Store, StoreError, StoreResult, TeamRecord, UserRecord, now_ms};
+use crate::usage_metrics::DeploymentLabels;
 
 /// Largest batch one call may carry; the singleton sends far fewer.
 pub const MAX_BATCH: usize = 10_000;
@@ -357,6 +358,23 @@ fn usage_labels(r: &UsageRecord, key: &SpendContext) -> crate::usage_metrics::La
     }
 }
 
+impl<S: Store> UsageIngest<S> {
+    /// A cooled-down deployment's labels in LiteLLM's deployment metrics, from its stored entry
+    /// (a cooldown is rare: one read each). A deployment deleted since keeps its id only.
+    async fn deployment_labels(&self, cooled: &FailedAttempt) -> DeploymentLabels {
+        let entry = self.store.get_model(&cooled.deployment).await.map(|m| m.entry).unwrap_or_default();
+        let param = |name: &str| entry["litellm_params"][name].as_str().unwrap_or_default().to_owned();
+        let model = param("model");
+        DeploymentLabels {
+            api_provider: model.split_once('/').map(|(p, _)| p.to_owned()).unwrap_or_default(),
+            litellm_model_name: model,
+            model_id: cooled.deployment.clone(),
+            api_base: param("api_base"),
+            exception_status: cooled.error.clone(),
+        }
+    }
+}
+
 /// A record's figures in LiteLLM's metrics; the spend is the row's (as billed).
 fn usage_figures(r: &UsageRecord, log: &SpendLog) -> crate::usage_metrics::Usage {
     crate::usage_metrics::Usage {
@@ -400,6 +418,9 @@ impl<S: Store> UsageService for UsageIngest<S> {
         for &position in &new {
             if let (Some(r), Some(log), Some(t)) = (records.get(position), logs.get(position), tenancy.get(position)) {
                 self.metrics.usage.record(usage_labels(r, &t.context), &usage_figures(r, log));
+                for cooled in &r.cooled_down {
+                    self.metrics.usage.cooled_down(self.deployment_labels(cooled).await);
+                }
                 if let Some(callbacks) = &self.callbacks {
                     callbacks.send(r, log, &t.context);
                 }

@@ -106,6 +106,37 @@ struct Series {
     totals: HashMap<Labels, Totals>,
     /// Requests by label set, status and route (`litellm_proxy_total_requests_metric`).
     requests: HashMap<(Labels, u16, String), u64>,
+    /// Cooldowns by deployment and the failure's class (`litellm_deployment_cooled_down`).
+    cooled_down: HashMap<DeploymentLabels, u64>,
+}
+
+/// A deployment as LiteLLM labels its deployment metrics, and the failure that cooled it down.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct DeploymentLabels {
+    /// `litellm_params.model` (`openai/gpt-4o`).
+    pub litellm_model_name: String,
+    /// `model_info.id`.
+    pub model_id: String,
+    pub api_base: String,
+    /// The provider prefix of the model (`openai`).
+    pub api_provider: String,
+    /// The failure's class as the usage record names it (`rate_limit`, `server_error`, …): a
+    /// request's record keeps the class of its failed attempts, not their status (LiteLLM's
+    /// label holds the status).
+    pub exception_status: String,
+}
+
+impl DeploymentLabels {
+    fn overflow() -> DeploymentLabels {
+        let o = || OVERFLOW.to_owned();
+        DeploymentLabels {
+            litellm_model_name: o(),
+            model_id: o(),
+            api_base: o(),
+            api_provider: o(),
+            exception_status: o(),
+        }
+    }
 }
 
 /// Whose budget a gauge shows, with the labels LiteLLM gives it.
@@ -206,6 +237,12 @@ impl UsageMetrics {
         let key = (labels, usage.status, usage.route.clone());
         let overflow = || (Labels::overflow(), 0, OVERFLOW.to_owned());
         *bounded(&mut series.requests, key, overflow, &self.overflowed) += 1;
+    }
+
+    /// Counts a deployment's cooldown, which a stored spend row reported (once per new row).
+    pub fn cooled_down(&self, labels: DeploymentLabels) {
+        let Ok(mut series) = self.series.lock() else { return };
+        *bounded(&mut series.cooled_down, labels, DeploymentLabels::overflow, &self.overflowed) += 1;
     }
 
     /// Sets a budget's gauges (called when spend was counted against it). A new owner past
@@ -315,6 +352,22 @@ impl UsageMetrics {
             "Requests that reached a provider and failed, by status.",
             true,
         );
+        let name = "litellm_deployment_cooled_down_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Times a deployment was taken out of rotation (cooldown) by an Envoy, fleet-wide.\n# TYPE {name} counter"
+        );
+        for (l, n) in &series.cooled_down {
+            let _ = writeln!(
+                out,
+                "{name}{{litellm_model_name=\"{}\",model_id=\"{}\",api_base=\"{}\",api_provider=\"{}\",exception_status=\"{}\"}} {n}",
+                escape(&l.litellm_model_name),
+                escape(&l.model_id),
+                escape(&l.api_base),
+                escape(&l.api_provider),
+                escape(&l.exception_status)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP sluice_usage_metric_series_overflow_total Spend rows counted in the __overflow__ series (over {MAX_SERIES} label sets).\n# TYPE sluice_usage_metric_series_overflow_total counter\nsluice_usage_metric_series_overflow_total {}",
@@ -371,6 +424,34 @@ mod tests {
 
     fn sample(text: &str, name: &str, contains: &str) -> Option<f64> {
         text.lines().find(|l| l.starts_with(name) && l.contains(contains))?.rsplit(' ').next()?.parse().ok()
+    }
+
+    #[test]
+    fn cooldowns_are_counted_per_deployment_and_failure_class() {
+        let m = UsageMetrics::default();
+        let cooled = |id: &str, class: &str| DeploymentLabels {
+            litellm_model_name: "openai/gpt-4o".into(),
+            model_id: id.into(),
+            api_base: "https://api.openai.com/v1".into(),
+            api_provider: "openai".into(),
+            exception_status: class.into(),
+        };
+        m.cooled_down(cooled("a", "rate_limit"));
+        m.cooled_down(cooled("a", "rate_limit"));
+        m.cooled_down(cooled("b", "server_error"));
+        let mut text = String::new();
+        m.render(&mut text);
+        let name = "litellm_deployment_cooled_down_total";
+        assert_eq!(sample(&text, name, r#"model_id="a""#), Some(2.0));
+        assert_eq!(
+            sample(
+                &text,
+                name,
+                r#"model_id="b",api_base="https://api.openai.com/v1",api_provider="openai",exception_status="server_error""#
+            ),
+            Some(1.0)
+        );
+        assert!(text.contains("# TYPE litellm_deployment_cooled_down_total counter"));
     }
 
     #[test]

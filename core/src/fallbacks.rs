@@ -154,6 +154,11 @@ pub struct Plan {
     /// as it moves the request on): the usage record's `failed_attempts`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<AttemptError>,
+    /// The deployments (by index) this request's failures took out of rotation, each with the
+    /// class of the failure that did: the usage record's `cooled_down` (a failed pass adds its
+    /// own after it counted the failure; the pass that answers writes the record).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cooled_down: Vec<(usize, AttemptError)>,
     /// The client's body, as it sent it (not serialised: appended after the JSON).
     #[serde(skip)]
     pub body: Vec<u8>,
@@ -311,6 +316,7 @@ mod tests {
             on_content_policy: Vec::new(),
             refused_at: None,
             failed: Vec::new(),
+            cooled_down: Vec::new(),
             body: b"{\"model\":\"gpt-4o\"}\xff".to_vec(),
         };
         assert_eq!(Plan::decode(&plan.encode()), Some(plan.clone()));
@@ -347,6 +353,7 @@ mod tests {
             on_content_policy: Vec::new(),
             refused_at: None,
             failed: Vec::new(),
+            cooled_down: Vec::new(),
             body: Vec::new(),
         };
         assert!(plan.may_divert());

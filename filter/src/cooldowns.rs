@@ -67,15 +67,22 @@ impl Cooldowns {
 
     /// Counts `failures` of deployment `index` (named `id` in the log) at `now_ms`, in shared
     /// data; a deployment this cools down is out of rotation here at once, elsewhere within
-    /// [`REFRESH_MS`].
-    pub fn record_failures(&self, host: &impl Host, config: &CompiledConfig, index: usize, now_ms: u64, failures: u32) {
+    /// [`REFRESH_MS`]. True if these failures started its cooldown.
+    pub fn record_failures(
+        &self,
+        host: &impl Host,
+        config: &CompiledConfig,
+        index: usize,
+        now_ms: u64,
+        failures: u32,
+    ) -> bool {
         let policy = config.config.cooldown;
-        let Some(deployment) = config.deployment(index) else { return };
+        let Some(deployment) = config.deployment(index) else { return false };
         let mut started = false;
         let Some(after) =
             self.records.update(host, index, &mut |record| started = record.record_failures(&policy, now_ms, failures))
         else {
-            return;
+            return false;
         };
         self.saw(index, &after, now_ms);
         if started {
@@ -87,5 +94,6 @@ impl Cooldowns {
                 ),
             );
         }
+        started
     }
 }

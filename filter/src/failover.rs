@@ -171,6 +171,7 @@ mod tests {
             on_content_policy: Vec::new(),
             refused_at: None,
             failed: Vec::new(),
+            cooled_down: Vec::new(),
             body: b"{}".to_vec(),
         }
     }

@@ -455,6 +455,9 @@ impl<H: Host> RequestFlow<H> {
         // The attempts before the answer: earlier passes' (the plan says how each failed), then
         // the router's retries within this one.
         let mut failed: Vec<(usize, AttemptError)> = Vec::new();
+        // The deployments its failures took out of rotation: earlier passes' (saved in the plan
+        // after this pass read it), then this one's, below.
+        let mut cooled_down = self.earlier_cooldowns();
         if let Some(plan) = &self.plan {
             failed.extend(plan.tried.iter().copied().zip(plan.failed.iter().copied()));
         }
@@ -475,7 +478,10 @@ impl<H: Host> RequestFlow<H> {
         let cost_nanos = if cache_hit.is_some() { 0 } else { admitted.pricing.cost_nanos(&usage) };
         let now = self.host.now_ms();
         if cache_hit.is_none() {
-            self.count_failures(&gateway, &admitted, now, self.failed_attempts());
+            if self.count_failures(&gateway, &admitted, now, self.failed_attempts()) {
+                let class = AttemptError::of(self.status, None).unwrap_or(AttemptError::Retried);
+                cooled_down.push((admitted.deployment, class));
+            }
             self.update_load(&gateway, &admitted, now);
         }
         if !counters::settle_all(&self.host, &admitted.tickets, now, usage.total_tokens(), cost_nanos) {
@@ -498,14 +504,14 @@ impl<H: Host> RequestFlow<H> {
             _ => key.map_or("master", |k| k.key_id.as_str()),
         };
         let record_id = crate::usage_record::record_id(self.random);
-        let failed_attempts: Vec<FailedAttempt<'_>> = failed
-            .iter()
-            .filter_map(|(index, error)| {
-                gateway.metrics.failed_attempt(*index, *error);
-                let deployment = gateway.config.deployment(*index)?;
-                Some(FailedAttempt { deployment: &deployment.id, error: *error })
-            })
-            .collect();
+        let named = |(index, error): &(usize, AttemptError)| {
+            Some(FailedAttempt { deployment: &gateway.config.deployment(*index)?.id, error: *error })
+        };
+        for (index, error) in &failed {
+            gateway.metrics.failed_attempt(*index, *error);
+        }
+        let failed_attempts: Vec<FailedAttempt<'_>> = failed.iter().filter_map(named).collect();
+        let cooled_down: Vec<FailedAttempt<'_>> = cooled_down.iter().filter_map(named).collect();
         let record = UsageRecord {
             record_id: std::str::from_utf8(&record_id).unwrap_or_default(),
             request_id: self.request_id.as_deref().unwrap_or(""),
@@ -535,6 +541,7 @@ impl<H: Host> RequestFlow<H> {
             price_unknown: admitted.price_unknown && cache_hit.is_none(),
             cache_hit: cache_hit.is_some(),
             failed_attempts: &failed_attempts,
+            cooled_down: &cooled_down,
         };
         let mut json = gateway.record_buffer.take();
         json.clear();

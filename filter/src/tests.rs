@@ -455,6 +455,9 @@ fn a_failing_deployment_cools_down_and_the_group_routes_around_it() {
     s.respond(503, "application/json", &[br#"{"error":{}}"#], true);
     s.finish();
     assert!(h.envoy.logs.borrow().iter().any(|l| l.contains("deployment gpt4o-a of model group gpt-4o failed")));
+    // The request's record says it cooled its deployment down (the control plane counts it).
+    let record = h.envoy.records().pop().unwrap();
+    assert_eq!(record["cooled_down"], serde_json::json!([{"deployment": "gpt4o-a", "error": "server_error"}]));
     // Out of rotation here at once, and on another worker of the same Envoy (shared data).
     let (s, _) = h.post("/v1/chat/completions", &key(1), CHAT);
     assert_eq!(sent_to(&s), "sluice_gpt4o-b", "order 2 takes over");
@@ -469,6 +472,7 @@ fn a_failing_deployment_cools_down_and_the_group_routes_around_it() {
     // The record says so: one try before the answer, retried by the router at the same deployment.
     let record = h.envoy.records().pop().unwrap();
     assert_eq!(record["failed_attempts"], serde_json::json!([{"deployment": "gpt4o-b", "error": "retried"}]));
+    assert_eq!(record["cooled_down"], serde_json::json!([]), "one failure is within allowed_fails");
     let (mut s, _) = h.post("/v1/chat/completions", &key(1), CHAT);
     s.respond(429, "application/json", &[br#"{"error":{}}"#], true);
     s.finish();
@@ -3326,6 +3330,29 @@ mod fallbacks {
         h.report_metrics();
         assert_eq!(h.envoy.metric("sluice.failovers"), 1);
         assert_eq!(h.envoy.metric("sluice.failed_attempts.deployment.gpt4o-a.error.server_error"), 1);
+    }
+
+    /// A failed pass whose failure cools its deployment down says so in the plan; the pass that
+    /// answers puts it in the request's record (the control plane counts cooldowns from there).
+    #[test]
+    fn a_cooldown_a_failed_pass_started_is_in_the_answering_passs_record() {
+        let mut cfg = config();
+        cfg.cooldown = sluice_core::cooldown::CooldownPolicy { enabled: true, allowed_fails: 0, cooldown_ms: 5_000 };
+        let h = Harness::new(cfg);
+        let host = MockHost::new(Rc::clone(&h.envoy));
+        let (mut first, _) = h.post("/v1/chat/completions", &key(1), CHAT);
+        let nonce = failover::redirect_nonce(&host, 429, Some(b"req-1"), b"").unwrap();
+        first.redirected();
+        assert_eq!(
+            failover::load(&host, "req-1", NOW).map(|p| p.cooled_down),
+            Some(vec![(0, sluice_core::attempts::AttemptError::RateLimit)])
+        );
+        let mut second = next_pass(&h, &first, &nonce);
+        second.respond(200, "application/json", &[ANTHROPIC_ANSWER.as_bytes()], true);
+        second.finish();
+        let records = h.envoy.records();
+        assert_eq!(records[0]["cooled_down"], serde_json::json!([{"deployment": "gpt4o-a", "error": "rate_limit"}]));
+        assert_eq!(records[0]["failed_attempts"], records[0]["cooled_down"]);
     }
 
     /// The record of a request that failed over names the tags and end user of the client's

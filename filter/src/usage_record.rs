@@ -60,6 +60,10 @@ pub struct UsageRecord<'a> {
     /// The attempts before the one that answered (retries, a fallback's earlier steps), each at
     /// its deployment with its error class; billed nothing.
     pub failed_attempts: &'a [FailedAttempt<'a>],
+    /// The deployments this request's failures took out of rotation (cooldown), each with the
+    /// class of the failure that did: the control plane counts them as LiteLLM's
+    /// `litellm_deployment_cooled_down`.
+    pub cooled_down: &'a [FailedAttempt<'a>],
     /// LiteLLM's request tags (`x-litellm-tags`).
     pub request_tags: &'a [String],
 }
@@ -115,18 +119,20 @@ impl UsageRecord<'_> {
         w.bool("estimated", self.estimated);
         w.bool("price_unknown", self.price_unknown);
         w.bool("cache_hit", self.cache_hit);
-        w.name("failed_attempts");
-        w.out.push(b'[');
-        for (i, attempt) in self.failed_attempts.iter().enumerate() {
-            if i > 0 {
-                w.out.push(b',');
+        for (name, attempts) in [("failed_attempts", self.failed_attempts), ("cooled_down", self.cooled_down)] {
+            w.name(name);
+            w.out.push(b'[');
+            for (i, attempt) in attempts.iter().enumerate() {
+                if i > 0 {
+                    w.out.push(b',');
+                }
+                let mut a = JsonObject::new(w.out);
+                a.str("deployment", attempt.deployment);
+                a.str("error", attempt.error.as_str());
+                a.end();
             }
-            let mut a = JsonObject::new(w.out);
-            a.str("deployment", attempt.deployment);
-            a.str("error", attempt.error.as_str());
-            a.end();
+            w.out.push(b']');
         }
-        w.out.push(b']');
         w.name("request_tags");
         w.out.push(b'[');
         for (i, tag) in self.request_tags.iter().enumerate() {
@@ -284,6 +290,7 @@ mod tests {
             price_unknown: true,
             cache_hit: false,
             failed_attempts,
+            cooled_down: failed_attempts.get(1..).unwrap_or_default(),
             request_tags,
         }
     }

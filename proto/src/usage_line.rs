@@ -49,16 +49,8 @@ pub fn record_from_json(line: &[u8]) -> Option<pb::UsageRecord> {
         estimated: flag("estimated"),
         price_unknown: flag("price_unknown"),
         cache_hit: flag("cache_hit"),
-        failed_attempts: v
-            .get("failed_attempts")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .map(|a| pb::FailedAttempt {
-                deployment: a.get("deployment").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                error: a.get("error").and_then(Value::as_str).unwrap_or_default().to_owned(),
-            })
-            .collect(),
+        failed_attempts: attempts(&v, "failed_attempts"),
+        cooled_down: attempts(&v, "cooled_down"),
         request_tags: v
             .get("request_tags")
             .and_then(Value::as_array)
@@ -67,6 +59,16 @@ pub fn record_from_json(line: &[u8]) -> Option<pb::UsageRecord> {
             .filter_map(|t| t.as_str().map(str::to_owned))
             .collect(),
     })
+}
+
+/// A list of `{deployment, error}` (failed attempts, cooldowns).
+fn attempts(v: &Value, name: &str) -> Vec<pb::FailedAttempt> {
+    let list = v.get(name).and_then(Value::as_array).into_iter().flatten();
+    list.map(|a| pb::FailedAttempt {
+        deployment: a.get("deployment").and_then(Value::as_str).unwrap_or_default().to_owned(),
+        error: a.get("error").and_then(Value::as_str).unwrap_or_default().to_owned(),
+    })
+    .collect()
 }
 
 /// The record a line of Envoy's log carries, wherever the prefix sits in it (Envoy puts its
@@ -80,7 +82,7 @@ pub fn record_from_log_line(line: &str) -> Option<pb::UsageRecord> {
 mod tests {
     use super::*;
 
-    const LINE: &str = r#"{"record_id":"r1","request_id":"q","key_id":"key_1","key_alias":"a","team_id":null,"user_id":null,"end_user":"cust-7","model_group":"gpt-4o","deployment":"d","upstream_model":"m","route":"/v1/chat/completions","status":200,"outcome":"truncated","prompt_tokens":10,"cached_prompt_tokens":2,"cache_write_tokens":0,"completion_tokens":5,"reasoning_tokens":1,"total_tokens":15,"cost_usd":0.0001,"start_ms":7,"latency_ms":3,"streamed":true,"estimated":true,"price_unknown":true,"cache_hit":true,"failed_attempts":[{"deployment":"a","error":"rate_limit"}],"request_tags":["prod","job:7"]}"#;
+    const LINE: &str = r#"{"record_id":"r1","request_id":"q","key_id":"key_1","key_alias":"a","team_id":null,"user_id":null,"end_user":"cust-7","model_group":"gpt-4o","deployment":"d","upstream_model":"m","route":"/v1/chat/completions","status":200,"outcome":"truncated","prompt_tokens":10,"cached_prompt_tokens":2,"cache_write_tokens":0,"completion_tokens":5,"reasoning_tokens":1,"total_tokens":15,"cost_usd":0.0001,"start_ms":7,"latency_ms":3,"streamed":true,"estimated":true,"price_unknown":true,"cache_hit":true,"failed_attempts":[{"deployment":"a","error":"rate_limit"}],"cooled_down":[{"deployment":"a","error":"rate_limit"}],"request_tags":["prod","job:7"]}"#;
 
     #[test]
     fn a_usage_line_becomes_the_control_planes_record() {
@@ -92,6 +94,7 @@ mod tests {
         assert_eq!(r.outcome, pb::Outcome::Truncated as i32);
         assert!(r.streamed && r.estimated && r.price_unknown && r.cache_hit);
         assert_eq!(r.failed_attempts, [pb::FailedAttempt { deployment: "a".into(), error: "rate_limit".into() }]);
+        assert_eq!(r.cooled_down, r.failed_attempts);
         assert!(record_from_json(br#"{"model_group":"x"}"#).is_none(), "no record id, no record");
     }
 

@@ -139,7 +139,15 @@ def test_default_fallbacks_serve_a_group_without_its_own(fb):
     raw = client(fb).chat.completions.with_raw_response.create(model="limited", messages=CHAT)
     assert raw.parse().choices[0].message.content
     assert raw.headers["x-litellm-attempted-fallbacks"] == "1"
-    assert record_of(fb, raw.headers["x-request-id"])["model_group"] == "mini-fb"
+    record = record_of(fb, raw.headers["x-request-id"])
+    assert record["model_group"] == "mini-fb"
+    # One failure is within allowed_fails (1); the second takes limited-a out of rotation, and
+    # the request's record says so (the pass that failed saved it for the one that answered).
+    assert record["cooled_down"] == []
+    raw = client(fb).chat.completions.with_raw_response.create(model="limited", messages=CHAT)
+    record = record_of(fb, raw.headers["x-request-id"])
+    assert record["failed_attempts"] == [{"deployment": "limited-a", "error": "server_error"}]
+    assert record["cooled_down"] == record["failed_attempts"]
 
 
 def test_a_key_never_reaches_a_model_through_a_fallback_it_may_not_use(fb):

@@ -1,6 +1,7 @@
 """LiteLLM's Prometheus metrics on the control plane's /metrics, from the usage real Envoy traffic
 reported (xDS mode): the names and labels LiteLLM's dashboards query, and figures that are the
 spend logs' own."""
+import json
 import re
 import time
 from collections import defaultdict
@@ -113,3 +114,33 @@ def test_the_grafana_dashboard_queries_only_metrics_a_scrape_has(fleet, traffic)
                if (m := re.match(r"^(\w+)(?:\{| )", line))}
     assert names and names <= scraped, f"queried but not exported: {sorted(names - scraped)}"
     assert all(p["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"])
+
+
+def test_cooldowns_on_any_envoy_are_counted_fleet_wide_under_litellms_name(fleet, traffic):
+    """A deployment an Envoy takes out of rotation (more than allowed_fails failures in a
+    minute) is counted by the control plane from the request's usage record, as LiteLLM's
+    litellm_deployment_cooled_down with its deployment labels."""
+    envoy = fleet.envoys[0]
+    params = {"model": "openai/gpt-4o-mini", "api_base": f"{fleet.mock_url}/v1", "api_key": "os.environ/MOCK_OPENAI_KEY"}
+    for i in (1, 2):
+        fleet.cli("model", "create", "cooling", "--params", json.dumps(params),
+                  "--info", json.dumps({"id": f"cooling-{i}", "input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}))
+    body = {**CHAT, "model": "cooling"}
+    wait_until(lambda: envoy.chat(body).status_code == 200, what="the new group served")
+    # Every answer a 500: each deployment fails past allowed_fails (3) and cools down; then
+    # the group has none left and the filter answers 503 itself.
+    statuses = [httpx.post(f"{envoy.url}/v1/chat/completions", json=body, timeout=30,
+                           headers={"Authorization": f"Bearer {fleet.master_key}", "x-mock-status": "500"}).status_code
+                for _ in range(20)]
+    assert 503 in statuses, statuses
+
+    def cooled():
+        samples = scrape(fleet)["litellm_deployment_cooled_down_total"]
+        return {l["model_id"]: (l, v) for l, v in samples if l["model_id"].startswith("cooling-")}
+
+    seen = wait_until(lambda: len(c := cooled()) == 2 and c, what="both cooldowns at the control plane")
+    for model_id, (labels, value) in seen.items():
+        assert value == 1, seen
+        assert labels == {"litellm_model_name": "openai/gpt-4o-mini", "model_id": model_id,
+                          "api_base": f"{fleet.mock_url}/v1", "api_provider": "openai",
+                          "exception_status": "server_error"}

@@ -146,12 +146,14 @@ impl<H: Host> RequestFlow<H> {
         if failed { self.attempts } else { self.attempts - 1 }
     }
 
-    /// Counts `failures` against the request's deployment, where cooldowns apply.
-    pub(super) fn count_failures(&self, gateway: &Gateway, admitted: &Admitted, now_ms: u64, failures: u32) {
+    /// Counts `failures` against the request's deployment, where cooldowns apply; true if they
+    /// took it out of rotation.
+    pub(super) fn count_failures(&self, gateway: &Gateway, admitted: &Admitted, now_ms: u64, failures: u32) -> bool {
         let config = &gateway.config;
         let in_group = config.groups.get(admitted.group).is_some_and(sluice_core::config::ModelGroup::can_cool_down);
-        if config.config.cooldown.enabled && in_group && failures > 0 {
-            gateway.cooldowns.record_failures(&self.host, config, admitted.deployment, now_ms, failures);
-        }
+        config.config.cooldown.enabled
+            && in_group
+            && failures > 0
+            && gateway.cooldowns.record_failures(&self.host, config, admitted.deployment, now_ms, failures)
     }
 }

@@ -132,6 +132,7 @@ impl<H: Host> RequestFlow<H> {
             on_content_policy,
             refused_at: None,
             failed: Vec::new(),
+            cooled_down: Vec::new(),
             body: body.to_vec(),
         });
     }
@@ -220,16 +221,31 @@ impl<H: Host> RequestFlow<H> {
             self.host.log(LogLevel::Error, "sluice: could not settle counters (shared data unavailable)");
         }
         self.update_load(&gateway, admitted, now);
-        // A refusal (the prompt too long, a content policy) is the request's, not the
-        // deployment's failure: the attempt filter marked the step in the plan it saved.
-        let refused = self.plan.as_ref().is_some_and(|plan| {
-            failover::load(&self.host, &plan.request_id, now).is_some_and(|saved| saved.refused_at == Some(plan.step))
-        });
-        if !refused {
-            self.count_failures(&gateway, admitted, now, 1);
+        // The plan as the attempt filter saved it, with how this pass failed. A refusal (the
+        // prompt too long, a content policy) is the request's, not the deployment's failure.
+        let step = self.plan.as_ref().map(|plan| plan.step);
+        let saved = self.plan.as_ref().and_then(|plan| failover::load(&self.host, &plan.request_id, now));
+        let refused = saved.as_ref().is_some_and(|saved| saved.refused_at == step);
+        if !refused
+            && self.count_failures(&gateway, admitted, now, 1)
+            && let Some(mut saved) = saved
+        {
+            // Its cooldown goes in the request's record, which the pass that answers writes (the
+            // same worker, after this: Envoy ends a redirected pass before the next one starts).
+            let class = saved.failed.last().copied().unwrap_or(AttemptError::ServerError);
+            saved.cooled_down.push((admitted.deployment, class));
+            failover::save(&self.host, &saved, now);
         }
         gateway.metrics.failover();
         true
+    }
+
+    /// The deployments the request's earlier passes took out of rotation, as the last of them
+    /// saved them in the plan (after this pass read its copy).
+    pub(super) fn earlier_cooldowns(&self) -> Vec<(usize, AttemptError)> {
+        let Some(plan) = &self.plan else { return Vec::new() };
+        let saved = failover::load(&self.host, &plan.request_id, self.host.now_ms());
+        saved.map_or_else(|| plan.cooled_down.clone(), |saved| saved.cooled_down)
     }
 
     /// The request is over (served, refused or cut): its plan's slot is free again.
