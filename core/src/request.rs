@@ -35,6 +35,11 @@ struct Fields<'a> {
     num_retries: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "raw_keep_null")]
     timeout: Option<&'a RawValue>,
+    /// LiteLLM's other name for `timeout`.
+    #[serde(borrow, default, deserialize_with = "raw_keep_null")]
+    request_timeout: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_keep_null")]
+    stream_timeout: Option<&'a RawValue>,
     /// LiteLLM's per-request cache controls (`crate::cache::CacheControl`).
     #[serde(borrow, default, deserialize_with = "raw_keep_null")]
     cache: Option<&'a RawValue>,
@@ -112,7 +117,7 @@ pub fn parse_tags_header(value: &[u8]) -> Result<Vec<String>, GatewayError> {
 
 /// Request fields that are the gateway's own settings, not the provider's (LiteLLM takes them
 /// per request): read by [`parse_request`] and removed from the body before it goes upstream.
-pub const GATEWAY_PARAMS: [&str; 3] = ["num_retries", "timeout", "cache"];
+pub const GATEWAY_PARAMS: [&str; 5] = ["num_retries", "timeout", "request_timeout", "stream_timeout", "cache"];
 
 fn raw_keep_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
@@ -139,8 +144,11 @@ pub struct LlmRequest<'a> {
     pub max_output_tokens: Option<u64>,
     /// `num_retries`: this request's retries, in place of the gateway's.
     pub num_retries: Option<u32>,
-    /// `timeout` (seconds in the body): how long each attempt may take, in milliseconds.
+    /// `timeout` (or LiteLLM's `request_timeout`; seconds in the body): how long each attempt
+    /// may take, in milliseconds.
     pub timeout_ms: Option<u64>,
+    /// `stream_timeout`: the same for a stream (its first byte), ahead of every other timeout.
+    pub stream_timeout_ms: Option<u64>,
     /// Byte ranges of the [`GATEWAY_PARAMS`] values present, to remove before going upstream.
     gateway_param_spans: Vec<(usize, usize)>,
     /// `user`: the end user the request is made for (LiteLLM's customer), recorded with its
@@ -201,14 +209,19 @@ pub fn parse_request<'a>(body: &'a [u8]) -> Result<LlmRequest<'a>, GatewayError>
             detail: format!("must be a whole number from 0 to {}", retries::MAX_RETRIES),
         })?);
     }
-    let mut timeout_ms = None;
-    if let Some(raw) = fields.timeout.filter(|r| r.get() != "null") {
+    let seconds = |param: &'static str, raw: Option<&RawValue>| -> Result<Option<u64>, GatewayError> {
+        let Some(raw) = raw.filter(|r| r.get() != "null") else { return Ok(None) };
         let seconds: Option<f64> = serde_json::from_str(raw.get()).ok();
-        timeout_ms = Some(seconds.and_then(retries::timeout_ms).ok_or_else(|| GatewayError::InvalidField {
-            param: "timeout",
+        seconds.and_then(retries::timeout_ms).map(Some).ok_or_else(|| GatewayError::InvalidField {
+            param,
             detail: "must be a number of seconds above 0 and at most a day".into(),
-        })?);
-    }
+        })
+    };
+    let timeout_ms = match seconds("timeout", fields.timeout)? {
+        Some(ms) => Some(ms),
+        None => seconds("request_timeout", fields.request_timeout)?,
+    };
+    let stream_timeout_ms = seconds("stream_timeout", fields.stream_timeout)?;
     let mut end_user = match fields.user.filter(|r| r.get() != "null") {
         None => None,
         Some(raw) => {
@@ -239,7 +252,9 @@ pub fn parse_request<'a>(body: &'a [u8]) -> Result<LlmRequest<'a>, GatewayError>
         Some(raw) => Some(crate::cache::parse_cache_control(raw.get())?),
         None => None,
     };
-    for raw in [fields.num_retries, fields.timeout, fields.cache].into_iter().flatten() {
+    let gateway_params =
+        [fields.num_retries, fields.timeout, fields.request_timeout, fields.stream_timeout, fields.cache];
+    for raw in gateway_params.into_iter().flatten() {
         gateway_param_spans.push(span_of(text, raw).ok_or(GatewayError::Internal { detail: "param span" })?);
     }
     Ok(LlmRequest {
@@ -251,6 +266,7 @@ pub fn parse_request<'a>(body: &'a [u8]) -> Result<LlmRequest<'a>, GatewayError>
         max_output_tokens: fields.max_completion_tokens.or(fields.max_tokens).or(fields.max_output_tokens),
         num_retries,
         timeout_ms,
+        stream_timeout_ms,
         gateway_param_spans,
         end_user,
         cache_control,
@@ -453,6 +469,9 @@ mod tests {
                 None,
                 Some(1000),
             ),
+            // LiteLLM's other name for it; `timeout` wins when both are given.
+            (r#"{"model":"m","request_timeout":4}"#, None, Some(4000)),
+            (r#"{"model":"m","request_timeout":4,"timeout":2}"#, None, Some(2000)),
         ];
         for (body, retries, timeout) in cases {
             let r = parse_request(body.as_bytes()).unwrap();
@@ -462,8 +481,9 @@ mod tests {
             let expected = {
                 let mut v: Value = serde_json::from_str(body).unwrap();
                 let o = v.as_object_mut().unwrap();
-                o.remove("num_retries");
-                o.remove("timeout");
+                for param in GATEWAY_PARAMS {
+                    o.remove(param);
+                }
                 o.insert("model".into(), json!("up"));
                 v
             };
@@ -475,10 +495,21 @@ mod tests {
             (r#"{"model":"m","num_retries":"2"}"#, "num_retries"),
             (r#"{"model":"m","timeout":0}"#, "timeout"),
             (r#"{"model":"m","timeout":"1s"}"#, "timeout"),
+            (r#"{"model":"m","request_timeout":-3}"#, "request_timeout"),
+            (r#"{"model":"m","stream_timeout":false}"#, "stream_timeout"),
         ] {
             let err = parse_request(body.as_bytes()).unwrap_err();
             assert!(matches!(err, GatewayError::InvalidField { param: p, .. } if p == param), "{body}: {err:?}");
         }
+    }
+
+    #[test]
+    fn a_streams_own_timeout_is_read_and_never_sent_upstream() {
+        let body = br#"{"model":"m","stream":true,"stream_timeout":2.5,"timeout":9,"messages":[]}"#;
+        let r = parse_request(body).unwrap();
+        assert_eq!((r.stream_timeout_ms, r.timeout_ms), (Some(2500), Some(9000)));
+        let out: Value = serde_json::from_slice(&rewrite_body(body, &r, "up", false).unwrap()).unwrap();
+        assert_eq!(out, json!({"model": "up", "stream": true, "messages": []}));
     }
 
     #[test]

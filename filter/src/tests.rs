@@ -395,12 +395,19 @@ fn the_router_is_told_the_retries_and_timeouts_and_a_client_cannot_tell_it() {
     let (s, _) = h.post("/v1/chat/completions", &key(1), r#"{"model":"gpt-4o","stream":true,"messages":[]}"#);
     assert_eq!(s.host.request_header_str(idle).as_deref(), Some("30000"));
     assert_eq!(h.gateway.config.config.stream_idle_timeouts(), [1_500, 30_000]);
-    // Not for a whole answer, nor for a stream with its own timeout (no route has every number).
+    // Not for a whole answer, nor for a stream with its own timeout (no route has every number),
+    // in LiteLLM's order: the request's stream_timeout, the deployment's, the request's timeout.
     let (s, _) = h.post("/v1/chat/completions", &key(1), r#"{"model":"gpt-4o-mini","messages":[]}"#);
     assert_eq!(s.host.request_header_str(idle), None);
-    let (s, _) =
-        h.post("/v1/chat/completions", &key(1), r#"{"model":"gpt-4o-mini","stream":true,"timeout":4,"messages":[]}"#);
-    assert_eq!((s.host.request_header_str(idle), router(&s)[3].as_deref()), (None, Some("4000")));
+    let stream = |model: &str, own: &str| {
+        let body = format!(r#"{{"model":"{model}","stream":true,{own}"messages":[]}}"#);
+        let (s, _) = h.post("/v1/chat/completions", &key(1), &body);
+        (s.host.request_header_str(idle), router(&s)[3].clone())
+    };
+    assert_eq!(stream("gpt-4o-mini", r#""stream_timeout":4,"#), (None, Some("4000".into())));
+    assert_eq!(stream("gpt-4o-mini", r#""timeout":4,"#), (Some("1500".into()), None), "the deployment's first");
+    assert_eq!(stream("gpt-4o", r#""timeout":4,"#), (None, Some("4000".into())), "then the request's");
+    assert_eq!(stream("gpt-4o", r#""request_timeout":3,"#), (None, Some("3000".into())));
     // The request's own settings win, and do not go upstream.
     let (s, _) = h.post(
         "/v1/chat/completions",

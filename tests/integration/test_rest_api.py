@@ -194,6 +194,12 @@ def test_models_are_added_changed_and_removed_over_rest_and_every_envoy_follows(
     wait_until(lambda: envoy.chat(renamed).status_code == 200, what="the renamed model served")
     # Deleted: refused again. A bad body changes nothing.
     assert call(fleet, "POST", "/model/new", json={"model_name": "x", "litellm_params": "nope"}).status_code == 422
+    # A timeout Envoy could not apply is refused with the reason, as `sluice config check` does.
+    for setting in ("timeout", "stream_timeout"):
+        r = call(fleet, "POST", "/model/new", json={
+            "model_name": "bad-timeout", "model_info": {"id": f"bad-{setting}"},
+            "litellm_params": {"model": "openai/gpt-4o", "api_key": "os.environ/MOCK_OPENAI_KEY", setting: -1}})
+        assert r.status_code == 400 and f"litellm_params.{setting}" in r.text, r.text
     assert call(fleet, "POST", "/model/delete", json={"id": "rest-dep"}).status_code == 200
     wait_until(lambda: envoy.chat(renamed).status_code == 400, what="the deleted model refused")
     assert call(fleet, "POST", "/model/delete", json={"id": "rest-dep"}).status_code == 404

@@ -211,12 +211,21 @@ def test_a_stream_that_stalls_longer_than_its_stream_timeout_is_cut_and_billed_f
     assert 0 < rec["completion_tokens"] < 6 and rec["cost_usd"] > 0
 
 
-def test_a_stream_whose_own_timeout_is_given_is_not_cut_by_the_deployments(rgw):
-    """A request's own `timeout` replaces the deployment's stream_timeout (its first byte, and
-    no gap timeout of 0.6 s): the stall above passes."""
-    body = {**CHAT, "model": "slow", "stream": True, "num_retries": 0, "timeout": 5}
-    r = chat(rgw, body, headers={"x-mock-completion-tokens": "4", "x-mock-stall-after": "2", "x-mock-stall-ms": "1000"})
+def test_a_streams_own_stream_timeout_replaces_the_deployments(rgw):
+    """A request's own `stream_timeout` comes first (LiteLLM's order: then the deployment's, then
+    the request's `timeout`): it bounds the first byte, and the deployment's 0.6 s gap timeout
+    does not apply, so the stall above passes. Its `timeout` alone does not replace the
+    deployment's stream_timeout."""
+    headers = {"x-mock-completion-tokens": "4", "x-mock-stall-after": "2", "x-mock-stall-ms": "1000"}
+    body = {**CHAT, "model": "slow", "stream": True, "num_retries": 0, "stream_timeout": 5}
+    r = chat(rgw, body, headers=headers)
     assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
+    body = {**CHAT, "model": "slow", "stream": True, "num_retries": 0, "timeout": 5}
+    with pytest.raises(httpx.HTTPError):
+        with httpx.stream("POST", rgw.url + "/v1/chat/completions", json=body, timeout=10,
+                          headers={"authorization": f"Bearer {rgw.keys['retry']}", **headers}) as r:
+            for _ in r.iter_bytes():
+                pass
 
 
 def test_a_stream_is_retried_before_its_first_byte(rgw):

@@ -63,15 +63,21 @@ impl<H: Host> RequestFlow<H> {
             self.host.add_request_header(ROUTER_HEADERS[2], gateway.attempt_policy.retriable_status_codes.as_bytes());
         }
         if streamed {
-            // A stream's time to first byte and its gaps between chunks: the route whose
-            // `per_try_idle_timeout` is its deployment's stream timeout. Not the per-try timeout
-            // too: when that fires after the first byte, Envoy drops the idle timer with it. A
-            // request's own `timeout` (any number; no route has each) bounds its first byte only.
-            if req.timeout_ms.is_none()
-                && let Some(idle) = deployment.stream_idle_ms(config.timeout_ms)
-            {
+            // A stream's time to first byte and its gaps between chunks, in LiteLLM's order: the
+            // request's `stream_timeout`, the deployment's, the request's `timeout`, the
+            // deployment's `timeout`, the gateway's. A configured one is the route whose
+            // `per_try_idle_timeout` it is (not the per-try timeout too: when that fires after
+            // the first byte, Envoy drops the idle timer with it); a request's own may be any
+            // number (no route has each), so it bounds the first byte only.
+            let idle = match (req.stream_timeout_ms, deployment.stream_timeout_ms, req.timeout_ms) {
+                (Some(_), _, _) => None,
+                (None, Some(own), _) => Some(own),
+                (None, None, Some(_)) => None,
+                (None, None, None) => deployment.stream_idle_ms(config.timeout_ms),
+            };
+            if let Some(idle) = idle {
                 self.host.add_request_header(STREAM_IDLE_HEADER, digits.format(idle).as_bytes());
-            } else if let Some(first_byte) = req.timeout_ms {
+            } else if let Some(first_byte) = req.stream_timeout_ms.or(req.timeout_ms) {
                 self.host.add_request_header(ROUTER_HEADERS[4], digits.format(first_byte).as_bytes());
             }
             return retries;
