@@ -60,6 +60,9 @@ pub const MAX_RATE_LIMITED_BACKOFF_SECS: i64 = 60;
 pub const HOST_SELECTION_RETRY_MAX_ATTEMPTS: i64 = 3;
 /// The response code details of the 503 Envoy sends when a wasm filter's VM has failed.
 const WASM_FAIL_STREAM_DETAILS: &str = "wasm_fail_stream";
+/// The response code details of the 401 Envoy's credential injector sends when it has no
+/// credential to inject.
+const CREDENTIAL_NOT_INJECTED_DETAILS: &str = "failed_to_inject_credential";
 /// The response code details of the 503 Envoy sends while the overload manager refuses requests.
 const OVERLOAD_DETAILS: &str = "overload";
 
@@ -297,9 +300,31 @@ fn refuse_vertex(s: &Standalone, opts: &BootstrapOptions) -> Result<(), String> 
     ))
 }
 
+/// Azure deployments with an Entra ID application: Envoy's OAuth 2 credential injector fetches
+/// their tokens, with the client secret from SDS, which only `sluice serve` serves.
+fn refuse_entra(s: &Standalone) -> Result<(), String> {
+    let entra: Vec<&str> = s
+        .gateway
+        .deployments
+        .iter()
+        .zip(&s.upstreams)
+        .filter(|(_, u)| u.entra_client.is_some())
+        .map(|(d, _)| d.id.as_str())
+        .collect();
+    if entra.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "azure/ deployments with Entra ID's tenant_id/client_id/client_secret ({}) need `sluice serve`: Envoy fetches \
+         their tokens with the client secret the control plane serves over SDS; a standalone Envoy can use api_key",
+        entra.join(", ")
+    ))
+}
+
 pub fn standalone_bootstrap(s: &Standalone, opts: &BootstrapOptions) -> Result<Value, String> {
     refuse_literal_master_key(s)?;
     refuse_vertex(s, opts)?;
+    refuse_entra(s)?;
     let gateway_json =
         serde_json::to_string(&s.gateway).map_err(|e| format!("cannot serialise the gateway config: {e}"))?;
     // Secrets reach the VM from Envoy's environment, by name: provider credentials and the master key.
@@ -365,6 +390,7 @@ pub fn standalone_native_bootstrap(
 ) -> Result<Value, String> {
     refuse_literal_master_key(s)?;
     refuse_vertex(s, opts)?;
+    refuse_entra(s)?;
     refuse_failure_policy_for_native(s.failure_policy)?;
     let gateway_json =
         serde_json::to_string(&s.gateway).map_err(|e| format!("cannot serialise the gateway config: {e}"))?;
@@ -542,7 +568,7 @@ fn local_reply_mappers() -> Vec<Value> {
     let status_is = |code: u32, runtime_key: &str| json!({"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": code, "runtime_key": runtime_key}}}});
     // Which replies, the message, OpenAI's type and code, Anthropic's type, a status instead of Envoy's.
     type Reply<'a> = (Value, &'a str, &'a str, &'a str, &'a str, Option<u16>);
-    let replies: [Reply<'_>; 6] = [
+    let replies: [Reply<'_>; 7] = [
         (
             // The filter's VM failed (a trap; Envoy sends the 503 itself, with no body and no
             // response flag): under FAIL_CLOSED every request on that worker gets it until a
@@ -593,6 +619,17 @@ fn local_reply_mappers() -> Vec<Value> {
             "request_timeout",
             "invalid_request_error",
             None,
+        ),
+        (
+            // A deployment's credential injector has no credential yet (an Entra ID token not
+            // yet fetched, or its token service unreachable): the provider was not asked, and it
+            // is not the client's key that failed (Envoy's own reply would be a 401).
+            cel(format!("response.code_details == '{CREDENTIAL_NOT_INJECTED_DETAILS}'")),
+            "The gateway has no credential for this deployment yet (its token is being fetched); retry shortly.",
+            "service_unavailable",
+            "provider_credential_unavailable",
+            "api_error",
+            Some(503),
         ),
         (
             // The overload manager refuses new requests (the heap is near --max-heap-mb).
@@ -992,6 +1029,20 @@ mod tests {
         assert_eq!(native["overload_manager"], wasm["overload_manager"]);
     }
 
+    /// An Entra ID application needs SDS for its secret: both standalone bootstraps refuse it,
+    /// naming the deployment and the way out.
+    #[test]
+    fn a_standalone_bootstrap_refuses_an_entra_id_deployment_with_the_reason() {
+        let doc = json!({"model_list": [{"model_name": "az", "model_info": {"id": "az-1"}, "litellm_params": {
+            "model": "azure/gpt4o", "api_base": "https://acme.openai.azure.com", "tenant_id": "t",
+            "client_id": "c", "client_secret": "os.environ/AZ_SECRET"}}]});
+        let s = from_litellm(&doc, &|_| None).unwrap();
+        for result in [standalone_bootstrap(&s, &opts()), standalone_native_bootstrap(&s, &opts(), "/x/m.so")] {
+            let e = result.unwrap_err();
+            assert!(e.contains("(az-1) need `sluice serve`") && e.contains("can use api_key"), "{e}");
+        }
+    }
+
     #[test]
     fn the_native_bootstrap_refuses_a_failure_policy_it_cannot_apply() {
         for (setting, ok) in [("fail_closed", true), ("fail_open", false), ("fail_reload", false)] {
@@ -1007,7 +1058,7 @@ mod tests {
     fn envoys_own_replies_answer_in_the_clients_error_shape() {
         for b in both_bootstraps(&opts()) {
             let mappers = hcm(&b)["local_reply_config"]["mappers"].as_array().unwrap().clone();
-            assert_eq!(mappers.len(), 12);
+            assert_eq!(mappers.len(), 14);
             for pair in mappers.chunks(2) {
                 let (anthropic, openai) = (&pair[0], &pair[1]);
                 let both = anthropic["filter"]["and_filter"]["filters"].as_array().unwrap();

@@ -433,13 +433,16 @@ fn serve_options(args: &ServeArgs) -> Result<sluice_control_plane::server::Serve
     let credentials_named = |field: &str| -> Vec<&str> {
         model_list.iter().flatten().filter_map(|m| m.pointer(field).and_then(Value::as_str)).collect()
     };
-    let config_names: Vec<String> =
-        [credentials_named("/litellm_params/api_key"), credentials_named("/litellm_params/vertex_credentials")]
-            .concat()
-            .into_iter()
-            .filter_map(sluice_core::litellm::env_ref)
-            .map(str::to_owned)
-            .collect();
+    let config_names: Vec<String> = [
+        credentials_named("/litellm_params/api_key"),
+        credentials_named("/litellm_params/vertex_credentials"),
+        credentials_named("/litellm_params/client_secret"),
+    ]
+    .concat()
+    .into_iter()
+    .filter_map(sluice_core::litellm::env_ref)
+    .map(str::to_owned)
+    .collect();
     // Google credentials files the operator's config.yaml names (Vertex AI).
     let credential_files: Vec<String> = credentials_named("/litellm_params/vertex_credentials")
         .into_iter()

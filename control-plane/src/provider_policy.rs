@@ -208,7 +208,7 @@ impl ProviderPolicy {
     pub fn check_credential(&self, name: &str) -> Result<(), String> {
         if name.starts_with(OWN_PREFIX) || self.own_secrets.contains(name) {
             return Err(format!(
-                "api_key os.environ/{name} names one of the control plane's own secrets; it can never be a provider credential"
+                "os.environ/{name} names one of the control plane's own secrets; it can never be a provider credential"
             ));
         }
         if self.credentials.iter().any(|p| p.matches(name)) {
@@ -216,7 +216,7 @@ impl ProviderPolicy {
         }
         let allowed: Vec<String> = self.credentials.iter().map(NamePattern::show).collect();
         Err(format!(
-            "api_key os.environ/{name} is not an allowed provider credential (allowed: {}); start `sluice serve` with --provider-credentials to allow it",
+            "os.environ/{name} is not an allowed provider credential (allowed: {}); start `sluice serve` with --provider-credentials to allow it",
             if allowed.is_empty() { "none".to_owned() } else { allowed.join(", ") }
         ))
     }

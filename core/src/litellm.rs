@@ -53,7 +53,28 @@ pub struct Upstream {
     /// Vertex AI: requests carry an OAuth access token minted from these credentials by the
     /// control plane and set by Envoy from SDS (so standalone mode cannot serve it).
     pub google_credentials: Option<GoogleCredentials>,
+    /// Azure OpenAI with an Entra ID application instead of a key: Envoy fetches its tokens.
+    pub entra_client: Option<EntraClient>,
 }
+
+/// An Azure OpenAI deployment's Entra ID application (LiteLLM's `tenant_id`, `client_id`,
+/// `client_secret`, `azure_scope`): Envoy's OAuth 2 credential injector fetches access tokens
+/// with the client-credentials grant (and refreshes them) and sends them as `Authorization:
+/// Bearer`, the secret reaching it over SDS, so standalone mode cannot serve it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntraClient {
+    pub tenant_id: String,
+    pub client_id: String,
+    /// The variable holding the client secret (`os.environ/NAME`; never a literal).
+    pub client_secret_env: String,
+    pub scope: String,
+}
+
+/// The scope LiteLLM asks Entra ID for when `azure_scope` (or `AZURE_SCOPE`) does not say.
+pub const AZURE_DEFAULT_SCOPE: &str = "https://cognitiveservices.azure.com/.default";
+/// Entra ID's token service when `AZURE_AUTHORITY_HOST` does not name another (a sovereign
+/// cloud's), as LiteLLM and Azure's SDKs read it.
+pub const AZURE_DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
 
 /// Where a Vertex AI deployment's access tokens come from (LiteLLM's `vertex_credentials`):
 /// a service account's (or `gcloud auth application-default login`'s) JSON, by file or by
@@ -901,6 +922,50 @@ fn model_group_alias(cx: &mut Ctx<'_>, value: Option<&Value>) -> Vec<GroupAlias>
 
 /// A string setting of a `litellm_params` entry: written there (literally or as
 /// `os.environ/NAME`), else read from LiteLLM's variable for it; `None` when neither is set.
+/// LiteLLM's Entra ID client credentials of an Azure deployment, if it names them: all three,
+/// the secret by variable, and never beside `api_key`.
+fn entra_client(cx: &mut Ctx<'_>, at: &str, params: &Map<String, Value>, provider: Provider) -> Option<EntraClient> {
+    const NAMES: [&str; 4] = ["tenant_id", "client_id", "client_secret", "azure_scope"];
+    let given: Vec<&str> = NAMES.into_iter().filter(|n| params.get(*n).is_some_and(|v| !v.is_null())).collect();
+    if given.is_empty() {
+        return None;
+    }
+    if provider != Provider::Azure {
+        cx.error(format!("{at}: litellm_params.{} is Azure's (Entra ID); this deployment is not azure/", given[0]));
+        return None;
+    }
+    if params.get("api_key").is_some_and(|v| !v.is_null()) {
+        cx.error(format!(
+            "{at}: litellm_params.api_key and Entra ID's tenant_id/client_id/client_secret: give one way to authenticate"
+        ));
+        return None;
+    }
+    if !given[..given.len().min(3)].eq(&NAMES[..3]) {
+        cx.error(format!(
+            "{at}: litellm_params.tenant_id, client_id and client_secret go together (Entra ID's client credentials)"
+        ));
+        return None;
+    }
+    let client_secret_env = match params.get("client_secret").and_then(Value::as_str).and_then(env_ref) {
+        Some(name) => name.to_owned(),
+        None => {
+            // Never echo the value: it is a credential.
+            cx.error(format!("{at}: litellm_params.client_secret must be os.environ/NAME; a literal secret would be visible in Envoy's config dump"));
+            return None;
+        }
+    };
+    let tenant_id = setting(cx, at, params, "tenant_id", None)?;
+    let client_id = setting(cx, at, params, "client_id", None)?;
+    let scope =
+        setting(cx, at, params, "azure_scope", Some("AZURE_SCOPE")).unwrap_or_else(|| AZURE_DEFAULT_SCOPE.into());
+    // The tenant is part of the token endpoint's path.
+    if !tenant_id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')) {
+        cx.error(format!("{at}: litellm_params.tenant_id must be a tenant id or domain name"));
+        return None;
+    }
+    Some(EntraClient { tenant_id, client_id, client_secret_env, scope })
+}
+
 fn setting(
     cx: &mut Ctx<'_>,
     at: &str,
@@ -1084,6 +1149,10 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
                 "vertex_project",
                 "vertex_location",
                 "vertex_credentials",
+                "tenant_id",
+                "client_id",
+                "client_secret",
+                "azure_scope",
                 "rpm",
                 "tpm",
                 "weight",
@@ -1207,7 +1276,10 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
                 (api_path, String::new())
             }
         };
+        let entra_client = entra_client(cx, &at, params, spec.provider);
         let api_key_env = match params.get("api_key") {
+            // An Entra ID application stands in for the key (never LiteLLM's default variable too).
+            None | Some(Value::Null) if entra_client.is_some() => None,
             // LiteLLM's default variable for the provider, but only to the provider's own hosts:
             // an `api_base` elsewhere (a self-hosted server, another vendor) would otherwise be
             // sent the provider's key without anyone having named it.
@@ -1336,7 +1408,15 @@ fn model_list(cx: &mut Ctx<'_>, value: Option<&Value>, drop_params: bool) -> (Ve
         .unwrap_or(false);
         let origin = origin_of(https, &host, port);
         let google_credentials = vertex.map(|v| v.credentials);
-        upstreams.push(Upstream { cluster: cluster.clone(), https, host, port, aws_region, google_credentials });
+        upstreams.push(Upstream {
+            cluster: cluster.clone(),
+            https,
+            host,
+            port,
+            aws_region,
+            google_credentials,
+            entra_client,
+        });
         deployments.push(Deployment {
             id,
             model_name: name,
@@ -1500,7 +1580,8 @@ mod tests {
                 host: "api.openai.com".into(),
                 port: 443,
                 aws_region: None,
-                google_credentials: None
+                google_credentials: None,
+                entra_client: None,
             }
         );
         assert_eq!(
@@ -1511,7 +1592,8 @@ mod tests {
                 host: "127.0.0.1".into(),
                 port: 8081,
                 aws_region: None,
-                google_credentials: None
+                google_credentials: None,
+                entra_client: None,
             }
         );
         assert_eq!(s.upstreams[2].host, "api.anthropic.com");
@@ -1956,6 +2038,50 @@ mod tests {
 
     /// Azure OpenAI: the deployment's path with `api-version`, Azure's `/openai/v1` form, the
     /// key in `api-key` from AZURE_API_KEY only to Azure's hosts.
+    #[test]
+    fn azure_deployments_may_authenticate_with_an_entra_id_application_instead_of_a_key() {
+        let base = "https://acme.openai.azure.com";
+        let entra = json!({"model": "azure/gpt4o", "api_base": base, "tenant_id": "os.environ/AZ_TENANT",
+                           "client_id": "3f2a-app", "client_secret": "os.environ/AZ_SECRET"});
+        let doc = json!({"model_list": [{"model_name": "a", "litellm_params": entra}]});
+        let env = |name: &str| match name {
+            "AZ_TENANT" => Some("contoso.onmicrosoft.com".to_owned()),
+            "AZURE_API_KEY" => Some("unused".to_owned()),
+            _ => None,
+        };
+        let s = from_litellm(&doc, &env).unwrap();
+        assert_eq!(
+            s.upstreams[0].entra_client,
+            Some(EntraClient {
+                tenant_id: "contoso.onmicrosoft.com".into(),
+                client_id: "3f2a-app".into(),
+                client_secret_env: "AZ_SECRET".into(),
+                scope: AZURE_DEFAULT_SCOPE.into(),
+            })
+        );
+        assert_eq!(s.gateway.deployments[0].api_key_env, None, "no key beside the application, not even the default");
+        let refused = |params: Value| {
+            let doc = json!({"model_list": [{"model_name": "a", "litellm_params": params}]});
+            from_litellm(&doc, &env).unwrap_err().iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+        };
+        let mut literal = entra.clone();
+        literal["client_secret"] = json!("s3cr3t-value");
+        let said = refused(literal);
+        assert!(said.contains("client_secret must be os.environ/NAME") && !said.contains("s3cr3t"), "{said}");
+        let mut partial = entra.clone();
+        partial.as_object_mut().unwrap().remove("client_id");
+        assert!(refused(partial).contains("go together"));
+        let mut both = entra.clone();
+        both["api_key"] = json!("os.environ/AZURE_API_KEY");
+        assert!(refused(both).contains("give one way to authenticate"));
+        let mut openai = entra.clone();
+        openai["model"] = json!("openai/gpt-4o");
+        assert!(refused(openai).contains("is Azure's"));
+        let mut no_tenant = entra;
+        no_tenant["tenant_id"] = json!("os.environ/NOT_SET");
+        assert!(refused(no_tenant).contains("environment variable NOT_SET is not set"));
+    }
+
     #[test]
     fn azure_deployments_get_azure_paths_and_keys() {
         let doc = json!({"model_list": [

@@ -59,9 +59,12 @@ class Fleet:
         self.master_key = "sk-master-" + os.urandom(16).hex()
         self.azure_key = "mock-azure-" + os.urandom(8).hex()
         self.gemini_key = "mock-gemini-" + os.urandom(8).hex()
+        # An Entra ID application the mock's token endpoint knows (its secret only in the
+        # control plane's environment), and the mock as the token service.
+        self.entra_secret = "mock-entra-" + os.urandom(8).hex()
         self.env = {**os.environ, "MOCK_OPENAI_KEY": self.openai_key, "MOCK_ANTHROPIC_KEY": "unused",
                     "MOCK_AZURE_KEY": self.azure_key, "MOCK_GEMINI_KEY": self.gemini_key,
-                    "SLUICE_MASTER_KEY": self.master_key}
+                    "MOCK_ENTRA_SECRET": self.entra_secret, "SLUICE_MASTER_KEY": self.master_key}
         self.admin_port = free_port()
         self.xds_port = free_port()
         self.metrics_port = free_port()
@@ -70,12 +73,14 @@ class Fleet:
         self.procs = []
         mock = subprocess.Popen([self.bins["SLUICE_MOCK"], "--listen", "127.0.0.1:0", "--openai-key", self.openai_key,
                                  "--anthropic-key", "unused", "--azure-key", self.azure_key,
-                                 "--gemini-key", self.gemini_key, "--aws-access-key-id", AWS_ACCESS_KEY_ID],
+                                 "--gemini-key", self.gemini_key, "--aws-access-key-id", AWS_ACCESS_KEY_ID,
+                                 "--azure-ad-client-id", "sluice-app", "--azure-ad-client-secret", self.entra_secret],
                                 stdout=subprocess.PIPE, text=True)
         self.procs.append(mock)
         match = re.search(r"listening on 127\.0\.0\.1:(\d+)", mock.stdout.readline())
         assert match, "mock provider did not start"
         self.mock_url = f"http://127.0.0.1:{match.group(1)}"
+        self.env["AZURE_AUTHORITY_HOST"] = self.mock_url
         config = {
             "model_list": [
                 model_entry("gpt-4o", "openai/gpt-4o", f"{self.mock_url}/v1", "MOCK_OPENAI_KEY", "gpt-4o-a"),
@@ -319,6 +324,50 @@ def test_health_with_the_master_key_probes_every_deployment_with_envoys_credenti
     resp = httpx.get(f"{envoy.url}/health", headers={"Authorization": f"Bearer {key}"}, timeout=30)
     assert resp.status_code == 403
     assert fleet.served()["served"] == before + 5
+
+
+def test_an_azure_deployment_with_an_entra_id_application_is_sent_envoys_token(tmp_path):
+    """LiteLLM's tenant_id/client_id/client_secret on an azure/ deployment: Envoy fetches the
+    access token from Entra ID (the mock, as AZURE_AUTHORITY_HOST) with the client secret the
+    control plane serves over SDS, and sends it as a bearer token; no key goes, and the
+    secret is nowhere in Envoy's config dump."""
+    f = Fleet(tmp_path)
+    try:
+        config = json.loads(f.config_path.read_text())
+        config["model_list"].append({
+            "model_name": "azure-entra",
+            "litellm_params": {"model": "azure/gpt4o-prod", "api_base": f.mock_url, "api_version": "2024-08-01-preview",
+                               "tenant_id": "contoso", "client_id": "sluice-app",
+                               "client_secret": "os.environ/MOCK_ENTRA_SECRET"},
+            "model_info": {"id": "azure-entra", "input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}})
+        # An application Entra ID does not know: no token ever, so no request goes upstream.
+        unknown = json.loads(json.dumps(config["model_list"][-1]))
+        unknown["model_name"], unknown["model_info"]["id"] = "azure-unknown-app", "azure-unknown-app"
+        unknown["litellm_params"]["client_id"] = "not-registered"
+        config["model_list"].append(unknown)
+        f.config_path.write_text(json.dumps(config))
+        f.start_control_plane()
+        envoy = f.start_envoy("edge-entra")
+        body = {**CHAT, "model": "azure-entra"}
+        # Until Envoy has fetched its first token: a 503 in the client's shape, the provider not asked.
+        early = envoy.chat(body)
+        if early.status_code != 200:
+            assert early.status_code == 503, early.text
+            assert early.json()["error"]["code"] == "provider_credential_unavailable", early.text
+        wait_until(lambda: envoy.chat(body).status_code == 200, what="served with an Entra ID token")
+        refused = envoy.chat({**CHAT, "model": "azure-unknown-app"})
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "provider_credential_unavailable", \
+            refused.text
+        seen = [r for r in f.served()["requests"] if r["path"].startswith("/openai/deployments/gpt4o-prod/")][-1]
+        assert seen["authorization"].startswith("Bearer ya29.mock-") and seen["api_key"] is None, seen
+        assert f.served()["google_tokens_issued"] >= 1, "the token came from the token endpoint"
+        dump = httpx.get(f"{envoy.admin}/config_dump?include_eds", timeout=5).text
+        assert f.entra_secret not in dump and "contoso/oauth2/v2.0/token" in dump
+        # The usage is billed as any Azure request.
+        wait_until(lambda: any(r["deployment"] == "azure-entra" and r["cost_usd"] > 0 for r in envoy.records()),
+                   what="the request's usage record")
+    finally:
+        f.stop()
 
 
 def test_background_health_checks_in_config_yaml_reach_the_envoys(tmp_path):

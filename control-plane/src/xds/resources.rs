@@ -11,15 +11,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use sluice_core::litellm::GoogleCredentials;
+use sluice_core::litellm::{
+    AZURE_DEFAULT_AUTHORITY, EntraClient, GoogleCredentials, Upstream, cluster_name, parse_api_base,
+};
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, DnsLookupFamily};
 use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster, circuit_breakers};
 use envoy_types::pb::envoy::config::core::v3::Address;
 use envoy_types::pb::envoy::config::core::v3::{
-    AggregatedConfigSource, ApiVersion, AsyncDataSource, ConfigSource, DataSource, Http1ProtocolOptions, SocketAddress,
-    TransportSocket, TypedExtensionConfig, address, async_data_source, config_source, data_source, socket_address,
-    transport_socket,
+    AggregatedConfigSource, ApiVersion, AsyncDataSource, ConfigSource, DataSource, Http1ProtocolOptions, HttpUri,
+    SocketAddress, TransportSocket, TypedExtensionConfig, address, async_data_source, config_source, data_source,
+    http_uri, socket_address, transport_socket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
@@ -32,6 +34,7 @@ use envoy_types::pb::envoy::extensions::filters::http::upstream_codec::v3::Upstr
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{HttpFilter, http_filter};
 use envoy_types::pb::envoy::extensions::http::injected_credentials::generic::v3::Generic;
+use envoy_types::pb::envoy::extensions::http::injected_credentials::oauth2::v3::{OAuth2, o_auth2};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, GenericSecret, SdsSecretConfig, Secret, SubjectAltNameMatcher,
     UpstreamTlsContext, common_tls_context, secret, subject_alt_name_matcher,
@@ -48,7 +51,7 @@ use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, StringValue, U
 use prost::{Message, Name};
 use sluice_core::config::{GatewayConfig, KeyLookupConfig, LookupRateConfig, Provider, ProxyBudget};
 use sluice_core::customers::CustomerConfig;
-use sluice_core::litellm::{FailurePolicy, Upstream, from_litellm};
+use sluice_core::litellm::{FailurePolicy, from_litellm};
 
 use super::protocol::{CLUSTER, EXTENSION_CONFIG, ROUTE, SECRET, Snapshot};
 use crate::envoy_bootstrap::{
@@ -217,32 +220,37 @@ pub fn build_with_tokens(
     warnings.extend(dropped);
     for (deployment, upstream) in gateway.deployments.iter_mut().zip(&standalone.upstreams) {
         // The credential goes to SDS; the filter config keeps no trace of it.
-        let credential = match &upstream.google_credentials {
-            Some(source) => vertex_token(deployment, upstream, source, &opts.provider_policy, google_token, &mut warnings),
-            None => deployment.api_key_env.take().and_then(|name| {
-            let policy = &opts.provider_policy;
-            if let Err(e) = policy.check_credential(&name).and_then(|()| policy.check_upstream(&upstream.host)) {
-                warnings.push(format!("deployment {}: no credential sent: {e}", deployment.id));
-                return None;
+        let policy = &opts.provider_policy;
+        let injector = if let Some(entra) = &upstream.entra_client {
+            match EntraTokenService::of(env) {
+                Err(e) => {
+                    warnings.push(format!("deployment {}: no credential sent: {e}", deployment.id));
+                    None
+                }
+                Ok(service) => {
+                    entra_injector(deployment, upstream, entra, &service, policy, env, &mut warnings).map(|i| {
+                        secrets.insert(i.secret_name.clone(), pack(&provider_secret(&i.secret_name, i.client_secret)));
+                        clusters
+                            .insert(service.upstream.cluster.clone(), pack(&cluster(&service.upstream, None, None)));
+                        i.filter
+                    })
+                }
             }
-            match env(&name) {
-            Some(value) if !value.is_empty() => Some(value),
-            _ => {
-                warnings.push(format!(
-                    "deployment {}: ${name} is not set in the control plane's environment; requests go upstream without a provider credential",
-                    deployment.id
-                ));
-                None
-            }
-        }
-        }),
+        } else {
+            let credential = match &upstream.google_credentials {
+                Some(source) => vertex_token(deployment, upstream, source, policy, google_token, &mut warnings),
+                None => deployment
+                    .api_key_env
+                    .take()
+                    .and_then(|name| env_secret(&deployment.id, &name, &upstream.host, policy, env, &mut warnings)),
+            };
+            credential.and_then(|value| {
+                let secret_name = format!("sluice-provider-{}", upstream.cluster);
+                secrets.insert(secret_name.clone(), pack(&provider_secret(&secret_name, value)));
+                credential_injector(&secret_name, deployment.provider)
+            })
         };
-        let injected = credential.map(|value| {
-            let secret_name = format!("sluice-provider-{}", upstream.cluster);
-            secrets.insert(secret_name.clone(), pack(&provider_secret(&secret_name, value)));
-            (secret_name, deployment.provider)
-        });
-        clusters.insert(upstream.cluster.clone(), pack(&cluster(upstream, injected.as_ref(), attempt.as_ref())));
+        clusters.insert(upstream.cluster.clone(), pack(&cluster(upstream, injector, attempt.as_ref())));
     }
     let routes_to: BTreeSet<String> = gateway.deployments.iter().map(|d| d.cluster.clone()).collect();
     let filter = filter_config(&gateway, standalone.failure_policy, opts)?;
@@ -465,6 +473,116 @@ fn vertex_token(
     token
 }
 
+/// A credential a deployment names by variable, from the control plane's environment, if
+/// the provider policy lets it go to `host` (else a warning says why its requests go without).
+fn env_secret(
+    deployment_id: &str,
+    name: &str,
+    host: &str,
+    policy: &ProviderPolicy,
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Option<String> {
+    if let Err(e) = policy.check_credential(name).and_then(|()| policy.check_upstream(host)) {
+        warnings.push(format!("deployment {deployment_id}: no credential sent: {e}"));
+        return None;
+    }
+    let value = env(name).filter(|v| !v.is_empty());
+    if value.is_none() {
+        warnings.push(format!(
+            "deployment {deployment_id}: ${name} is not set in the control plane's environment; requests go upstream without a provider credential"
+        ));
+    }
+    value
+}
+
+/// Entra ID's token service (`AZURE_AUTHORITY_HOST`, else Microsoft's), as a cluster Envoy's
+/// OAuth 2 credential injector fetches tokens through.
+struct EntraTokenService {
+    upstream: Upstream,
+    /// The authority's own path (a proxy's), before `/{tenant}/oauth2/v2.0/token`.
+    base: String,
+}
+
+impl EntraTokenService {
+    fn of(env: &dyn Fn(&str) -> Option<String>) -> Result<EntraTokenService, String> {
+        let authority = env("AZURE_AUTHORITY_HOST").filter(|v| !v.is_empty());
+        let authority = authority.as_deref().unwrap_or(AZURE_DEFAULT_AUTHORITY);
+        let (https, host, port, path) =
+            parse_api_base(authority).map_err(|e| format!("AZURE_AUTHORITY_HOST {authority:?}: {e}"))?;
+        let cluster = cluster_name(&format!("entra-{host}-{port}"));
+        let base = format!("{}://{}{path}", if https { "https" } else { "http" }, origin_host(&host, port, https));
+        let upstream =
+            Upstream { cluster, https, host, port, aws_region: None, google_credentials: None, entra_client: None };
+        Ok(EntraTokenService { upstream, base })
+    }
+}
+
+/// `host[:port]` as a URL writes it (the scheme's own port left out, IPv6 in brackets).
+fn origin_host(host: &str, port: u16, https: bool) -> String {
+    let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
+    if port == if https { 443 } else { 80 } { host } else { format!("{host}:{port}") }
+}
+
+/// What an Entra ID deployment's cluster needs: the injector, and the secret it reads.
+struct EntraInjector {
+    filter: HttpFilter,
+    secret_name: String,
+    client_secret: String,
+}
+
+/// An Azure deployment's Entra ID application: Envoy's OAuth 2 credential injector fetches its
+/// access token from the token service with the client-credentials grant (the client secret
+/// from SDS, in the form as Entra ID takes it), refreshes it before it expires, and sets
+/// `Authorization: Bearer` on each request; until it has one, requests are refused with a 401.
+fn entra_injector(
+    deployment: &sluice_core::config::Deployment,
+    upstream: &Upstream,
+    entra: &EntraClient,
+    service: &EntraTokenService,
+    policy: &ProviderPolicy,
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Option<EntraInjector> {
+    // The secret goes to the token service only; the token to the deployment.
+    if let Err(e) = policy.check_upstream(&upstream.host) {
+        warnings.push(format!("deployment {}: no credential sent: {e}", deployment.id));
+        return None;
+    }
+    let client_secret =
+        env_secret(&deployment.id, &entra.client_secret_env, &service.upstream.host, policy, env, warnings)?;
+    let secret_name = format!("sluice-entra-{}", upstream.cluster);
+    let oauth2 = OAuth2 {
+        token_endpoint: Some(HttpUri {
+            uri: format!("{}/{}/oauth2/v2.0/token", service.base, entra.tenant_id),
+            timeout: Some(Duration { seconds: ENTRA_TOKEN_TIMEOUT_SECS, nanos: 0 }),
+            http_upstream_type: Some(http_uri::HttpUpstreamType::Cluster(service.upstream.cluster.clone())),
+        }),
+        scopes: vec![entra.scope.clone()],
+        token_fetch_retry_interval: Some(Duration { seconds: ENTRA_TOKEN_RETRY_SECS, nanos: 0 }),
+        flow_type: Some(o_auth2::FlowType::ClientCredentials(o_auth2::ClientCredentials {
+            client_id: entra.client_id.clone(),
+            client_secret: Some(SdsSecretConfig { name: secret_name.clone(), sds_config: Some(ads()) }),
+            auth_type: o_auth2::AuthType::UrlEncodedBody.into(),
+        })),
+        ..Default::default()
+    };
+    let injector = CredentialInjector {
+        overwrite: true,
+        credential: Some(TypedExtensionConfig {
+            name: "envoy.http.injected_credentials.oauth2".into(),
+            typed_config: Some(pack(&oauth2)),
+        }),
+        ..Default::default()
+    };
+    let filter = http_filter("envoy.filters.http.credential_injector", &injector);
+    Some(EntraInjector { filter, secret_name, client_secret })
+}
+
+/// How long a token fetch may take, and how soon a failed one is tried again.
+const ENTRA_TOKEN_TIMEOUT_SECS: i64 = 5;
+const ENTRA_TOKEN_RETRY_SECS: i64 = 1;
+
 /// The provider's credential header, set by Envoy on the upstream request from an SDS secret;
 /// None for Bedrock, whose requests Envoy signs instead (`aws_request_signing`).
 fn credential_injector(secret_name: &str, provider: Provider) -> Option<HttpFilter> {
@@ -494,10 +612,10 @@ fn credential_injector(secret_name: &str, provider: Provider) -> Option<HttpFilt
 }
 
 /// One deployment's cluster: the same shape as the standalone bootstrap's (envoy_bootstrap.rs),
-/// plus the credential injector when the deployment has a credential. The attempt filter, when
+/// plus its credential injector when the deployment has a credential. The attempt filter, when
 /// the gateway has fallbacks, comes first in the upstream chain: it sees the provider's answer
 /// last, and the credential and signature are set after it.
-fn cluster(u: &Upstream, credential: Option<&(String, Provider)>, attempt: Option<&HttpFilter>) -> Cluster {
+fn cluster(u: &Upstream, credential: Option<HttpFilter>, attempt: Option<&HttpFilter>) -> Cluster {
     let discovery = if upstream_is_ip(u) { DiscoveryType::Static } else { DiscoveryType::LogicalDns };
     let endpoint = Endpoint {
         address: Some(Address {
@@ -511,9 +629,7 @@ fn cluster(u: &Upstream, credential: Option<&(String, Provider)>, attempt: Optio
         ..Default::default()
     };
     let mut upstream_filters: Vec<HttpFilter> = attempt.into_iter().cloned().collect();
-    if let Some((secret_name, provider)) = credential {
-        upstream_filters.extend(credential_injector(secret_name, *provider));
-    }
+    upstream_filters.extend(credential);
     if let Some(region) = &u.aws_region {
         // Bedrock: SigV4 by Envoy with its own AWS credentials, after the filter chose the
         // path and body (the signature covers both).
@@ -740,6 +856,58 @@ mod tests {
         let (snap, warnings) = build(&list[..1], &options(), &env).unwrap();
         assert!(snap.resources[SECRET].is_empty());
         assert!(warnings.iter().any(|w| w.contains("no Vertex AI access token yet")), "{warnings:?}");
+    }
+
+    /// An Azure deployment with an Entra ID application: its cluster's injector fetches tokens
+    /// through a cluster for the token service (`AZURE_AUTHORITY_HOST`, else Microsoft's) with
+    /// the client secret from SDS; neither the secret nor a key is anywhere else.
+    #[test]
+    fn an_entra_id_deployment_has_envoy_fetch_its_tokens() {
+        let list = [json!({"model_name": "az", "model_info": {"id": "az"}, "litellm_params": {
+            "model": "azure/gpt4o", "api_base": "https://acme.openai.azure.com", "tenant_id": "contoso",
+            "client_id": "app-1", "client_secret": "os.environ/OPENAI_KEY", "azure_scope": "api://acme/.default"}})];
+        for (authority, uri, token_host) in [
+            (None, "https://login.microsoftonline.com/contoso/oauth2/v2.0/token", "login.microsoftonline.com"),
+            (Some("http://127.0.0.1:9100"), "http://127.0.0.1:9100/contoso/oauth2/v2.0/token", "127.0.0.1"),
+        ] {
+            let env = |name: &str| match name {
+                "AZURE_AUTHORITY_HOST" => authority.map(str::to_owned),
+                other => env(other),
+            };
+            let mut opts = options();
+            let hosts = "acme.openai.azure.com,login.microsoftonline.com,127.0.0.1";
+            opts.provider_policy = ProviderPolicy::new(Some("OPENAI_KEY"), &[], &[], Some(hosts)).unwrap();
+            let (snap, warnings) = build(&list, &opts, &env).unwrap();
+            let cluster: Cluster = decode(&snap.resources[CLUSTER][&cluster_name("az")]);
+            let injector: CredentialInjector = decode(&upstream_filter(&cluster, 0));
+            let credential = injector.credential.unwrap();
+            assert_eq!(credential.name, "envoy.http.injected_credentials.oauth2", "{warnings:?}");
+            let oauth2: OAuth2 = decode(credential.typed_config.as_ref().unwrap());
+            let endpoint = oauth2.token_endpoint.unwrap();
+            assert_eq!(endpoint.uri, uri);
+            let Some(http_uri::HttpUpstreamType::Cluster(token_cluster)) = endpoint.http_upstream_type else {
+                panic!("a cluster")
+            };
+            let token: Cluster = decode(&snap.resources[CLUSTER][&token_cluster]);
+            let host = &token.load_assignment.unwrap().endpoints[0].lb_endpoints[0];
+            assert!(format!("{host:?}").contains(token_host));
+            assert_eq!(oauth2.scopes, ["api://acme/.default"]);
+            let Some(o_auth2::FlowType::ClientCredentials(client)) = oauth2.flow_type else {
+                panic!("client credentials")
+            };
+            assert_eq!(client.client_id, "app-1");
+            let secret_name = client.client_secret.unwrap().name;
+            let secret: Secret = decode(&snap.resources[SECRET][&secret_name]);
+            assert!(format!("{secret:?}").contains("sk-provider-secret"));
+            assert_eq!(snap.resources[SECRET].len(), 1, "no key beside it");
+            assert!(!format!("{cluster:?}").contains("sk-provider-secret"));
+        }
+        // The secret's variable must be one the policy lets deployments name.
+        let mut opts = options();
+        opts.provider_policy = ProviderPolicy::new(Some("MISSING"), &[], &[], None).unwrap();
+        let (snap, warnings) = build(&list, &opts, &env).unwrap();
+        assert!(snap.resources[SECRET].is_empty());
+        assert!(warnings.iter().any(|w| w.contains("deployment az: no credential sent")), "{warnings:?}");
     }
 
     /// `router_settings.model_group_alias` reaches the filter; an alias of a group that no

@@ -46,8 +46,9 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    /// A fresh access token good for `ttl` seconds, as Google's token JSON.
-    fn issue(&self, ttl: u64) -> Value {
+    /// A fresh access token good for `ttl` seconds, as Google's token JSON (Entra ID's has the
+    /// same members).
+    pub fn issue(&self, ttl: u64) -> Value {
         let n = self.issued.fetch_add(1, Ordering::Relaxed) + 1;
         // The clock's nanoseconds keep two mocks in one process from issuing the same token.
         let salt = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
@@ -117,7 +118,7 @@ fn unix_now() -> i64 {
 }
 
 /// An `application/x-www-form-urlencoded` body's fields (the first of a repeated name wins).
-fn form(body: &[u8]) -> HashMap<String, String> {
+pub fn form(body: &[u8]) -> HashMap<String, String> {
     let mut fields = HashMap::new();
     for (name, value) in serde_urlencoded::from_bytes::<Vec<(String, String)>>(body).unwrap_or_default() {
         fields.entry(name).or_insert(value);

@@ -7,6 +7,7 @@
 //! stands in for the paid upstream in tests, benchmarks and the quickstart, and counts what it
 //! served so tests can check spend records against it.
 
+mod azure_ad;
 mod bedrock;
 mod gemini;
 mod google_auth;
@@ -64,6 +65,9 @@ pub struct Config {
     pub google_auth: bool,
     /// How long those tokens last, in seconds (`--google-token-ttl`; 0 issues expired ones).
     pub google_token_ttl_secs: u64,
+    /// An Entra ID application (client id, secret) whose tokens Azure OpenAI paths take as
+    /// `Authorization: Bearer` in place of `api-key` (`--azure-ad-client-id`, `-secret`).
+    pub azure_ad_client: Option<(String, String)>,
 }
 
 impl Default for Config {
@@ -79,6 +83,7 @@ impl Default for Config {
             context_window: None,
             google_auth: false,
             google_token_ttl_secs: DEFAULT_GOOGLE_TOKEN_TTL_SECS,
+            azure_ad_client: None,
         }
     }
 }
@@ -214,6 +219,13 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Mo
             }
             return Ok(respond(reply, Knobs::default()));
         }
+        path if azure_ad::tenant_of(path).is_some() => {
+            let reply = azure_ad::token(&received, &state.config, &state.tokens);
+            if reply.status() == 200 {
+                state.stats.google_token_issued();
+            }
+            return Ok(respond(reply, Knobs::default()));
+        }
         google_auth::METADATA_TOKEN_PATH => {
             let response = google_auth::metadata(&received, &state.config, &state.tokens);
             if response.status() == StatusCode::OK {
@@ -254,7 +266,11 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Mo
         let reply = providers::azure_error(StatusCode::NOT_FOUND, AZURE_NOT_FOUND);
         return Ok(state.answer(&received, reply, None, Knobs::default()).await);
     }
-    let reply = providers::reply(api, &dialect, &received, &knobs, &state.config);
+    // An Entra ID token in place of the key, where the mock has an application for it.
+    let entra_token = state.config.azure_ad_client.is_some()
+        && matches!(dialect, Dialect::Azure { .. })
+        && state.tokens.authorised(&received);
+    let reply = providers::reply(api, &dialect, &received, &knobs, &state.config, entra_token);
     Ok(state.answer(&received, reply, None, knobs).await)
 }
 

@@ -1,9 +1,11 @@
 //! `sluice-mock-provider --listen 127.0.0.1:8081 [--latency-ms N] [--status N] [--openai-key K]
 //! [--anthropic-key K] [--azure-key K] [--gemini-key K] [--aws-access-key-id AKID]
-//! [--google-auth] [--google-token-ttl SECS] [--context-window N] [--workers N]`
+//! [--google-auth] [--google-token-ttl SECS] [--azure-ad-client-id ID --azure-ad-client-secret S]
+//! [--context-window N] [--workers N]`
 //!
 //! Besides the providers' paths (Vertex AI's under `/v1/projects/…` among them) it serves
-//! Google's OAuth 2 token endpoint at `POST /token` and the GCE metadata server's
+//! Entra ID's token endpoint at `POST /{tenant}/oauth2/v2.0/token`, Google's OAuth 2 token
+//! endpoint at `POST /token` and the GCE metadata server's
 //! `GET /computeMetadata/v1/instance/service-accounts/default/token`, for Vertex AI's tokens.
 
 use std::net::SocketAddr;
@@ -56,6 +58,13 @@ struct Args {
     /// tokens already expired).
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_GOOGLE_TOKEN_TTL_SECS)]
     google_token_ttl: u64,
+    /// An Entra ID application: its token endpoint at POST /{tenant}/oauth2/v2.0/token issues
+    /// tokens for this client id and `--azure-ad-client-secret` (client credentials), which Azure
+    /// OpenAI paths then take as `Authorization: Bearer` in place of `api-key`.
+    #[arg(long, requires = "azure_ad_client_secret")]
+    azure_ad_client_id: Option<String>,
+    #[arg(long, requires = "azure_ad_client_id")]
+    azure_ad_client_secret: Option<String>,
     /// Refuse a prompt of more than N tokens (its bytes over four) as longer than the model's
     /// context window, with the provider's own error (OpenAI's `context_length_exceeded`,
     /// Anthropic's "prompt is too long").
@@ -87,6 +96,7 @@ fn main() -> ExitCode {
         context_window: args.context_window,
         google_auth: args.google_auth,
         google_token_ttl_secs: args.google_token_ttl,
+        azure_ad_client: args.azure_ad_client_id.zip(args.azure_ad_client_secret),
     });
     let result = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen).await?;

@@ -164,11 +164,22 @@ fn named_sse(name: &str, data: &Value) -> Vec<u8> {
 }
 
 /// The reply to one request.
-pub fn reply(api: Api, dialect: &Dialect, received: &Received, knobs: &Knobs, config: &Config) -> Reply {
+/// `entra_token`: the request carries an Entra ID token this mock issued (Azure's other scheme).
+pub fn reply(
+    api: Api,
+    dialect: &Dialect,
+    received: &Received,
+    knobs: &Knobs,
+    config: &Config,
+    entra_token: bool,
+) -> Reply {
     // Credentials first, as a provider would.
     let authorised = match (dialect, api) {
-        // Only the exact `api-key` header: a bearer token here means the client used OpenAI's scheme.
-        (Dialect::Azure { .. }, _) => config.azure_key.as_deref().is_none_or(|k| received.header("api-key") == Some(k)),
+        // The exact `api-key` header, or an Entra ID token: a bearer token of another kind means
+        // the client used OpenAI's scheme.
+        (Dialect::Azure { .. }, _) => {
+            entra_token || config.azure_key.as_deref().is_none_or(|k| received.header("api-key") == Some(k))
+        }
         // Google's token, which `vertex` checked before.
         (Dialect::Vertex { .. }, _) => true,
         (Dialect::Native, Api::Messages | Api::CountTokens) => {

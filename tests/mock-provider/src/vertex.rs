@@ -100,11 +100,11 @@ pub fn reply(route: &Route, received: &Received, knobs: &Knobs, config: &Config,
             // A body that is not JSON gets Anthropic's own answer to it from the shared reply.
             _ => {
                 let dialect = Dialect::Vertex { model: Some(model.clone()) };
-                providers::reply(Api::Messages, &dialect, received, knobs, config)
+                providers::reply(Api::Messages, &dialect, received, knobs, config, false)
             }
         },
         Route::ClaudeCount => {
-            providers::reply(Api::CountTokens, &Dialect::Vertex { model: None }, received, knobs, config)
+            providers::reply(Api::CountTokens, &Dialect::Vertex { model: None }, received, knobs, config, false)
         }
         Route::NotFound => gemini::answer(&Target::NotFound, received, knobs),
     };
