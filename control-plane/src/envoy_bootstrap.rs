@@ -275,6 +275,11 @@ fn refuse_literal_master_key(s: &Standalone) -> Result<(), String> {
     Ok(())
 }
 
+/// The ids of the deployments whose upstream is `so`.
+fn deployments_where(s: &Standalone, so: impl Fn(&Upstream) -> bool) -> Vec<&str> {
+    s.gateway.deployments.iter().zip(&s.upstreams).filter(|(_, u)| so(u)).map(|(d, _)| d.id.as_str()).collect()
+}
+
 /// Vertex AI takes OAuth access tokens that expire within the hour: `sluice serve` mints them
 /// and hands them to Envoy over SDS; a standalone Envoy needs `sluice google-tokens` beside it,
 /// keeping them in a directory its bootstrap names (`--google-token-dir`).
@@ -282,14 +287,7 @@ fn refuse_vertex(s: &Standalone, opts: &BootstrapOptions) -> Result<(), String> 
     if opts.google_token_dir.is_some() {
         return Ok(());
     }
-    let vertex: Vec<&str> = s
-        .gateway
-        .deployments
-        .iter()
-        .zip(&s.upstreams)
-        .filter(|(_, u)| u.google_credentials.is_some())
-        .map(|(d, _)| d.id.as_str())
-        .collect();
+    let vertex = deployments_where(s, |u| u.google_credentials.is_some());
     if vertex.is_empty() {
         return Ok(());
     }
@@ -303,14 +301,7 @@ fn refuse_vertex(s: &Standalone, opts: &BootstrapOptions) -> Result<(), String> 
 /// Azure deployments with an Entra ID application: Envoy's OAuth 2 credential injector fetches
 /// their tokens, with the client secret from SDS, which only `sluice serve` serves.
 fn refuse_entra(s: &Standalone) -> Result<(), String> {
-    let entra: Vec<&str> = s
-        .gateway
-        .deployments
-        .iter()
-        .zip(&s.upstreams)
-        .filter(|(_, u)| u.entra_client.is_some())
-        .map(|(d, _)| d.id.as_str())
-        .collect();
+    let entra = deployments_where(s, |u| u.entra_client.is_some());
     if entra.is_empty() {
         return Ok(());
     }

@@ -567,15 +567,7 @@ fn entra_injector(
         })),
         ..Default::default()
     };
-    let injector = CredentialInjector {
-        overwrite: true,
-        credential: Some(TypedExtensionConfig {
-            name: "envoy.http.injected_credentials.oauth2".into(),
-            typed_config: Some(pack(&oauth2)),
-        }),
-        ..Default::default()
-    };
-    let filter = http_filter("envoy.filters.http.credential_injector", &injector);
+    let filter = credential_injector_filter("envoy.http.injected_credentials.oauth2", pack(&oauth2));
     Some(EntraInjector { filter, secret_name, client_secret })
 }
 
@@ -600,15 +592,18 @@ fn credential_injector(secret_name: &str, provider: Provider) -> Option<HttpFilt
         header: header.into(),
         header_value_prefix: prefix.into(),
     };
+    Some(credential_injector_filter("envoy.http.injected_credentials.generic", pack(&generic)))
+}
+
+/// Envoy's credential injector with the credential extension `name`, replacing any value the
+/// request carries.
+fn credential_injector_filter(name: &str, credential: Any) -> HttpFilter {
     let injector = CredentialInjector {
         overwrite: true,
-        credential: Some(TypedExtensionConfig {
-            name: "envoy.http.injected_credentials.generic".into(),
-            typed_config: Some(pack(&generic)),
-        }),
+        credential: Some(TypedExtensionConfig { name: name.into(), typed_config: Some(credential) }),
         ..Default::default()
     };
-    Some(http_filter("envoy.filters.http.credential_injector", &injector))
+    http_filter("envoy.filters.http.credential_injector", &injector)
 }
 
 /// One deployment's cluster: the same shape as the standalone bootstrap's (envoy_bootstrap.rs),
