@@ -68,6 +68,27 @@ pub struct EntraClient {
     /// The variable holding the client secret (`os.environ/NAME`; never a literal).
     pub client_secret_env: String,
     pub scope: String,
+    /// Entra ID's token service: `AZURE_AUTHORITY_HOST` (a sovereign cloud's), else Microsoft's.
+    pub authority: String,
+}
+
+impl EntraClient {
+    /// The token service as a cluster to reach it by, and the tenant's token endpoint.
+    pub fn token_service(&self) -> Result<(Upstream, String), String> {
+        let (https, host, port, path) =
+            parse_api_base(&self.authority).map_err(|e| format!("AZURE_AUTHORITY_HOST {:?}: {e}", self.authority))?;
+        let uri = format!("{}{path}/{}/oauth2/v2.0/token", origin_of(https, &host, port), self.tenant_id);
+        let cluster = cluster_name(&format!("entra-{host}-{port}"));
+        let upstream =
+            Upstream { cluster, https, host, port, aws_region: None, google_credentials: None, entra_client: None };
+        Ok((upstream, uri))
+    }
+
+    /// The SDS secret (static in a standalone bootstrap) holding the client secret of the
+    /// deployment whose cluster is `cluster`.
+    pub fn secret_name(cluster: &str) -> String {
+        format!("sluice-entra-{cluster}")
+    }
 }
 
 /// The scope LiteLLM asks Entra ID for when `azure_scope` (or `AZURE_SCOPE`) does not say.
@@ -958,12 +979,18 @@ fn entra_client(cx: &mut Ctx<'_>, at: &str, params: &Map<String, Value>, provide
     let client_id = setting(cx, at, params, "client_id", None)?;
     let scope =
         setting(cx, at, params, "azure_scope", Some("AZURE_SCOPE")).unwrap_or_else(|| AZURE_DEFAULT_SCOPE.into());
+    let authority = (cx.env)("AZURE_AUTHORITY_HOST").filter(|v| !v.is_empty());
+    let authority = authority.as_deref().unwrap_or(AZURE_DEFAULT_AUTHORITY).trim_end_matches('/').to_owned();
+    if let Err(e) = parse_api_base(&authority) {
+        cx.error(format!("{at}: AZURE_AUTHORITY_HOST {authority:?}: {e}"));
+        return None;
+    }
     // The tenant is part of the token endpoint's path.
     if !tenant_id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')) {
         cx.error(format!("{at}: litellm_params.tenant_id must be a tenant id or domain name"));
         return None;
     }
-    Some(EntraClient { tenant_id, client_id, client_secret_env, scope })
+    Some(EntraClient { tenant_id, client_id, client_secret_env, scope, authority })
 }
 
 fn setting(
@@ -2057,6 +2084,7 @@ mod tests {
                 client_id: "3f2a-app".into(),
                 client_secret_env: "AZ_SECRET".into(),
                 scope: AZURE_DEFAULT_SCOPE.into(),
+                authority: AZURE_DEFAULT_AUTHORITY.into(),
             })
         );
         assert_eq!(s.gateway.deployments[0].api_key_env, None, "no key beside the application, not even the default");

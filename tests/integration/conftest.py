@@ -174,6 +174,10 @@ def model_entry(name, model, api_base, key_env, model_id, weight=None):
     return {"model_name": name, "litellm_params": params, "model_info": info}
 
 
+# The Entra ID application the mock's token endpoint knows (its secret: MOCK_ENTRA_SECRET).
+ENTRA_CLIENT_ID = "sluice-app"
+
+
 class Gateway:
     """A running Envoy+Sluice and its mock provider."""
 
@@ -185,6 +189,8 @@ class Gateway:
             "MOCK_ANTHROPIC_KEY": "mock-anthropic-" + os.urandom(8).hex(),
             "MOCK_AZURE_KEY": "mock-azure-" + os.urandom(8).hex(),
             "MOCK_GEMINI_KEY": "mock-gemini-" + os.urandom(8).hex(),
+            # An Entra ID application's secret: the mock's token endpoint knows it.
+            "MOCK_ENTRA_SECRET": "mock-entra-" + os.urandom(8).hex(),
         }
         self.master_key = "sk-master-" + os.urandom(16).hex()
         self.env = {**os.environ, **self.provider_keys, "SLUICE_MASTER_KEY": self.master_key,
@@ -202,7 +208,8 @@ class Gateway:
              "--anthropic-key", self.provider_keys["MOCK_ANTHROPIC_KEY"],
              "--azure-key", self.provider_keys["MOCK_AZURE_KEY"],
              "--gemini-key", self.provider_keys["MOCK_GEMINI_KEY"],
-             "--aws-access-key-id", AWS_ACCESS_KEY_ID, "--workers", "2"],
+             "--aws-access-key-id", AWS_ACCESS_KEY_ID, "--workers", "2",
+             "--azure-ad-client-id", ENTRA_CLIENT_ID, "--azure-ad-client-secret", self.provider_keys["MOCK_ENTRA_SECRET"]],
             stdout=subprocess.PIPE, text=True)
         self.procs.append(proc)
         line = proc.stdout.readline()
@@ -210,6 +217,8 @@ class Gateway:
         assert match, f"mock provider did not start: {line!r}"
         self.mock_port = int(match.group(1))
         self.mock_url = f"http://127.0.0.1:{self.mock_port}"
+        # The mock is Entra ID's token service too (as for a sovereign cloud).
+        self.env["AZURE_AUTHORITY_HOST"] = self.mock_url
 
     def cli(self, *args, check=True):
         return subprocess.run([self.env_bin["SLUICE_CLI"], *args], env=self.env, capture_output=True,

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import AWS_ACCESS_KEY_ID, cost
+from conftest import AWS_ACCESS_KEY_ID, ENTRA_CLIENT_ID, cost
 
 AZURE_PATH = "/openai/deployments/gpt4o-prod/chat/completions"
 
@@ -424,3 +424,19 @@ def test_embedding_errors_reach_the_openai_client_in_its_shape(gw):
     with pytest.raises(openai.BadRequestError) as e:
         client.embeddings.create(model="gemini-embed", input=[[1, 2, 3]])
     assert e.value.param == "input"
+
+
+
+def test_a_standalone_envoy_refuses_an_entra_id_deployment_with_the_reason(gw, tmp_path):
+    """An Entra ID application needs `sluice serve` (the client secret over SDS): a standalone
+    bootstrap is refused, naming the deployment and the way out."""
+    cfg = json.loads(gw.config_path.read_text())
+    cfg["model_list"].append({"model_name": "azure-entra", "model_info": {"id": "azure-entra"},
+                              "litellm_params": {"model": "azure/gpt4o-prod", "api_base": gw.mock_url,
+                                                 "tenant_id": "contoso", "client_id": ENTRA_CLIENT_ID,
+                                                 "client_secret": "os.environ/MOCK_ENTRA_SECRET"}})
+    path = tmp_path / "entra.yaml"
+    path.write_text(json.dumps(cfg))
+    r = gw.cli("envoy-config", "-c", str(path), *gw.filter_args(), "--out", str(tmp_path / "e.yaml"), check=False)
+    assert r.returncode != 0 and "(azure-entra) need `sluice serve`" in r.stderr, r.stderr
+    assert gw.provider_keys["MOCK_ENTRA_SECRET"] not in r.stderr

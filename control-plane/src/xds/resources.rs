@@ -11,9 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use sluice_core::litellm::{
-    AZURE_DEFAULT_AUTHORITY, EntraClient, GoogleCredentials, Upstream, cluster_name, parse_api_base,
-};
+use sluice_core::litellm::{EntraClient, GoogleCredentials, Upstream};
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, DnsLookupFamily};
 use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster, circuit_breakers};
@@ -222,16 +220,17 @@ pub fn build_with_tokens(
         // The credential goes to SDS; the filter config keeps no trace of it.
         let policy = &opts.provider_policy;
         let injector = if let Some(entra) = &upstream.entra_client {
-            match EntraTokenService::of(env) {
+            match entra.token_service() {
                 Err(e) => {
                     warnings.push(format!("deployment {}: no credential sent: {e}", deployment.id));
                     None
                 }
-                Ok(service) => {
-                    entra_injector(deployment, upstream, entra, &service, policy, env, &mut warnings).map(|i| {
+                Ok((service, uri)) => {
+                    let injector =
+                        entra_injector(deployment, upstream, entra, &service, &uri, policy, env, &mut warnings);
+                    injector.map(|i| {
                         secrets.insert(i.secret_name.clone(), pack(&provider_secret(&i.secret_name, i.client_secret)));
-                        clusters
-                            .insert(service.upstream.cluster.clone(), pack(&cluster(&service.upstream, None, None)));
+                        clusters.insert(service.cluster.clone(), pack(&cluster(&service, None, None)));
                         i.filter
                     })
                 }
@@ -496,34 +495,6 @@ fn env_secret(
     value
 }
 
-/// Entra ID's token service (`AZURE_AUTHORITY_HOST`, else Microsoft's), as a cluster Envoy's
-/// OAuth 2 credential injector fetches tokens through.
-struct EntraTokenService {
-    upstream: Upstream,
-    /// The authority's own path (a proxy's), before `/{tenant}/oauth2/v2.0/token`.
-    base: String,
-}
-
-impl EntraTokenService {
-    fn of(env: &dyn Fn(&str) -> Option<String>) -> Result<EntraTokenService, String> {
-        let authority = env("AZURE_AUTHORITY_HOST").filter(|v| !v.is_empty());
-        let authority = authority.as_deref().unwrap_or(AZURE_DEFAULT_AUTHORITY);
-        let (https, host, port, path) =
-            parse_api_base(authority).map_err(|e| format!("AZURE_AUTHORITY_HOST {authority:?}: {e}"))?;
-        let cluster = cluster_name(&format!("entra-{host}-{port}"));
-        let base = format!("{}://{}{path}", if https { "https" } else { "http" }, origin_host(&host, port, https));
-        let upstream =
-            Upstream { cluster, https, host, port, aws_region: None, google_credentials: None, entra_client: None };
-        Ok(EntraTokenService { upstream, base })
-    }
-}
-
-/// `host[:port]` as a URL writes it (the scheme's own port left out, IPv6 in brackets).
-fn origin_host(host: &str, port: u16, https: bool) -> String {
-    let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
-    if port == if https { 443 } else { 80 } { host } else { format!("{host}:{port}") }
-}
-
 /// What an Entra ID deployment's cluster needs: the injector, and the secret it reads.
 struct EntraInjector {
     filter: HttpFilter,
@@ -539,7 +510,8 @@ fn entra_injector(
     deployment: &sluice_core::config::Deployment,
     upstream: &Upstream,
     entra: &EntraClient,
-    service: &EntraTokenService,
+    service: &Upstream,
+    token_uri: &str,
     policy: &ProviderPolicy,
     env: &dyn Fn(&str) -> Option<String>,
     warnings: &mut Vec<String>,
@@ -549,14 +521,13 @@ fn entra_injector(
         warnings.push(format!("deployment {}: no credential sent: {e}", deployment.id));
         return None;
     }
-    let client_secret =
-        env_secret(&deployment.id, &entra.client_secret_env, &service.upstream.host, policy, env, warnings)?;
-    let secret_name = format!("sluice-entra-{}", upstream.cluster);
+    let client_secret = env_secret(&deployment.id, &entra.client_secret_env, &service.host, policy, env, warnings)?;
+    let secret_name = EntraClient::secret_name(&upstream.cluster);
     let oauth2 = OAuth2 {
         token_endpoint: Some(HttpUri {
-            uri: format!("{}/{}/oauth2/v2.0/token", service.base, entra.tenant_id),
+            uri: token_uri.to_owned(),
             timeout: Some(Duration { seconds: ENTRA_TOKEN_TIMEOUT_SECS, nanos: 0 }),
-            http_upstream_type: Some(http_uri::HttpUpstreamType::Cluster(service.upstream.cluster.clone())),
+            http_upstream_type: Some(http_uri::HttpUpstreamType::Cluster(service.cluster.clone())),
         }),
         scopes: vec![entra.scope.clone()],
         token_fetch_retry_interval: Some(Duration { seconds: ENTRA_TOKEN_RETRY_SECS, nanos: 0 }),
@@ -571,7 +542,8 @@ fn entra_injector(
     Some(EntraInjector { filter, secret_name, client_secret })
 }
 
-/// How long a token fetch may take, and how soon a failed one is tried again.
+/// How long a token fetch may take, and how soon a failed one is tried again (the first runs
+/// before the SDS secret has arrived and fails: measured).
 const ENTRA_TOKEN_TIMEOUT_SECS: i64 = 5;
 const ENTRA_TOKEN_RETRY_SECS: i64 = 1;
 
