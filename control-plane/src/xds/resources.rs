@@ -220,21 +220,11 @@ pub fn build_with_tokens(
         // The credential goes to SDS; the filter config keeps no trace of it.
         let policy = &opts.provider_policy;
         let injector = if let Some(entra) = &upstream.entra_client {
-            match entra.token_service() {
-                Err(e) => {
-                    warnings.push(format!("deployment {}: no credential sent: {e}", deployment.id));
-                    None
-                }
-                Ok((service, uri)) => {
-                    let injector =
-                        entra_injector(deployment, upstream, entra, &service, &uri, policy, env, &mut warnings);
-                    injector.map(|i| {
-                        secrets.insert(i.secret_name.clone(), pack(&provider_secret(&i.secret_name, i.client_secret)));
-                        clusters.insert(service.cluster.clone(), pack(&cluster(&service, None, None)));
-                        i.filter
-                    })
-                }
-            }
+            entra_injector(deployment, upstream, entra, policy, env, &mut warnings).map(|i| {
+                secrets.insert(i.secret_name.clone(), pack(&provider_secret(&i.secret_name, i.client_secret)));
+                clusters.insert(i.token_service.cluster.clone(), pack(&cluster(&i.token_service, None, None)));
+                i.filter
+            })
         } else {
             let credential = match &upstream.google_credentials {
                 Some(source) => vertex_token(deployment, upstream, source, policy, google_token, &mut warnings),
@@ -495,11 +485,13 @@ fn env_secret(
     value
 }
 
-/// What an Entra ID deployment's cluster needs: the injector, and the secret it reads.
+/// What an Entra ID deployment's cluster needs: the injector, the secret it reads, and the
+/// cluster of the token service it fetches from.
 struct EntraInjector {
     filter: HttpFilter,
     secret_name: String,
     client_secret: String,
+    token_service: Upstream,
 }
 
 /// An Azure deployment's Entra ID application: Envoy's OAuth 2 credential injector fetches its
@@ -510,12 +502,17 @@ fn entra_injector(
     deployment: &sluice_core::config::Deployment,
     upstream: &Upstream,
     entra: &EntraClient,
-    service: &Upstream,
-    token_uri: &str,
     policy: &ProviderPolicy,
     env: &dyn Fn(&str) -> Option<String>,
     warnings: &mut Vec<String>,
 ) -> Option<EntraInjector> {
+    let (service, token_uri) = match entra.token_service() {
+        Ok(found) => found,
+        Err(e) => {
+            warnings.push(format!("deployment {}: no credential sent: {e}", deployment.id));
+            return None;
+        }
+    };
     // The secret goes to the token service only; the token to the deployment.
     if let Err(e) = policy.check_upstream(&upstream.host) {
         warnings.push(format!("deployment {}: no credential sent: {e}", deployment.id));
@@ -525,7 +522,7 @@ fn entra_injector(
     let secret_name = EntraClient::secret_name(&upstream.cluster);
     let oauth2 = OAuth2 {
         token_endpoint: Some(HttpUri {
-            uri: token_uri.to_owned(),
+            uri: token_uri,
             timeout: Some(Duration { seconds: ENTRA_TOKEN_TIMEOUT_SECS, nanos: 0 }),
             http_upstream_type: Some(http_uri::HttpUpstreamType::Cluster(service.cluster.clone())),
         }),
@@ -539,7 +536,7 @@ fn entra_injector(
         ..Default::default()
     };
     let filter = credential_injector_filter("envoy.http.injected_credentials.oauth2", pack(&oauth2));
-    Some(EntraInjector { filter, secret_name, client_secret })
+    Some(EntraInjector { filter, secret_name, client_secret, token_service: service })
 }
 
 /// How long a token fetch may take, and how soon a failed one is tried again (the first runs
