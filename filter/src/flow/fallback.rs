@@ -243,7 +243,8 @@ impl<H: Host> RequestFlow<H> {
     /// The deployments the request's earlier passes took out of rotation, as the last of them
     /// saved them in the plan (after this pass read its copy).
     pub(super) fn earlier_cooldowns(&self) -> Vec<(usize, AttemptError)> {
-        let Some(plan) = &self.plan else { return Vec::new() };
+        // A first pass has none (and reads nothing: most requests with a plan end there).
+        let Some(plan) = self.plan.as_ref().filter(|_| self.failover_pass) else { return Vec::new() };
         let saved = failover::load(&self.host, &plan.request_id, self.host.now_ms());
         saved.map_or_else(|| plan.cooled_down.clone(), |saved| saved.cooled_down)
     }
