@@ -84,8 +84,7 @@ impl EntraClient {
         Ok((upstream, uri))
     }
 
-    /// The SDS secret (static in a standalone bootstrap) holding the client secret of the
-    /// deployment whose cluster is `cluster`.
+    /// The SDS secret holding the client secret of the deployment whose cluster is `cluster`.
     pub fn secret_name(cluster: &str) -> String {
         format!("sluice-entra-{cluster}")
     }
