@@ -51,6 +51,7 @@ mod auth;
 mod cache;
 mod choice;
 mod fallback;
+mod fan_out;
 mod health_check;
 mod lookup;
 mod response;
@@ -360,6 +361,9 @@ pub struct RequestFlow<H: Host> {
     header_cache_control: Option<sluice_core::cache::CacheControl>,
     /// What the response cache does for this request (`cache.rs`).
     cache: cache::CacheState,
+    /// The calls the filter sends itself for a request its deployment takes as several
+    /// (`fan_out.rs`); they replace the router's upstream request.
+    fan_out: Option<fan_out::FanOut>,
 }
 
 impl<H: Host> RequestFlow<H> {
@@ -397,6 +401,7 @@ impl<H: Host> RequestFlow<H> {
             buffered_len: 0,
             header_cache_control: None,
             cache: cache::CacheState::Off,
+            fan_out: None,
         }
     }
 
@@ -466,9 +471,11 @@ impl<H: Host> RequestFlow<H> {
         self.end_plan();
         let tap = std::mem::replace(&mut self.tap, Tap::None);
         let cache_hit = self.cache.hit();
-        let (usage, outcome, estimated) = match cache_hit {
-            Some(usage) => (usage, Outcome::Completed, false),
-            None => self.measure(&admitted, &tap),
+        let mut fan_out = self.fan_out.take();
+        let (usage, outcome, estimated) = match (cache_hit, &fan_out) {
+            (Some(usage), _) => (usage, Outcome::Completed, false),
+            (None, Some(calls)) => calls.measure(),
+            (None, None) => self.measure(&admitted, &tap),
         };
         let gateway = Rc::clone(&self.gateway);
         let Some(deployment) = gateway.config.deployment(admitted.deployment) else {
@@ -551,10 +558,11 @@ impl<H: Host> RequestFlow<H> {
             self.host.log(LogLevel::Info, &format!("{USAGE_LOG_PREFIX}{}", String::from_utf8_lossy(&json)));
         }
         gateway.record_buffer.replace(json);
-        // A whole non-streamed answer is the tap's copy; a stream's was copied as it passed.
+        // A whole non-streamed answer is the tap's copy (or the one the filter made from its
+        // calls); a stream's was copied as it passed.
         let copy = match tap {
             Tap::Json { body, overflow: false } => Some(body),
-            _ => None,
+            _ => fan_out.as_mut().and_then(fan_out::FanOut::take_reply),
         };
         self.store_in_cache(usage, outcome, estimated, copy);
     }

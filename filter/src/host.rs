@@ -48,6 +48,9 @@ pub trait Host {
     fn request_headers<const N: usize>(&self, names: [&str; N]) -> [Option<Vec<u8>>; N] {
         names.map(|name| self.request_header(name))
     }
+    /// Every request header, in order (one host call): only for the rare request the filter
+    /// sends on itself (`flow/fan_out.rs`).
+    fn all_request_headers(&self) -> Vec<(Vec<u8>, Vec<u8>)>;
     /// Sets (replaces) a request header, or removes it with `None`.
     fn set_request_header(&self, name: &str, value: Option<&[u8]>);
     /// Adds a header the request does not have (no search for an old value, as `set` makes).

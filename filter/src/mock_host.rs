@@ -157,6 +157,11 @@ impl Host for MockHost {
         names.map(|name| get(&self.stream.request_headers, name))
     }
 
+    fn all_request_headers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.envoy.host_calls.borrow_mut().push("all_request_headers");
+        self.stream.request_headers.borrow().iter().map(|(k, v)| (k.as_bytes().to_vec(), v.clone())).collect()
+    }
+
     fn set_request_header(&self, name: &str, value: Option<&[u8]>) {
         self.envoy.host_calls.borrow_mut().push("set_request_header");
         set(&self.stream.request_headers, name, value);

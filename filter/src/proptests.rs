@@ -877,6 +877,40 @@ proptest! {
             prop_assert_eq!(new_records(&h, 0)?.len(), 0);
             return Ok(());
         }
+        if action == Action::Pause {
+            // Titan's texts, a call each: every call gets this answer (a whole body; a cut one
+            // is no answer), until the client is answered.
+            let status = std::str::from_utf8(&resp.status).ok().and_then(|s| s.parse().ok()).filter(|_| resp.complete);
+            let mut delivered = 0;
+            while host.stream.local_reply.borrow().is_none() {
+                let calls = h.envoy.http_calls.borrow().clone();
+                let Some(call) = calls.get(delivered) else { break };
+                delivered += 1;
+                *host.stream.http_response.borrow_mut() = (status, resp.body.clone());
+                flow.on_http_response(call.token, resp.body.len());
+                // A stray or repeated answer is ignored.
+                flow.on_http_response(call.token, resp.body.len());
+            }
+            let reply = host.stream.local_reply.borrow().clone();
+            prop_assert!(reply.is_some(), "the calls answered, the client was not");
+            if let Some(r) = reply {
+                // The list, or an error in OpenAI's shape with the provider's status.
+                prop_assert_eq!(r.header("content-type"), Some("application/json"));
+                let v: Value = serde_json::from_slice(&r.body).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                if r.status == 200 {
+                    prop_assert!(v["object"] == "list" && v["data"].is_array(), "{}", v);
+                } else {
+                    prop_assert!(v["error"]["message"].is_string() && v["error"]["type"].is_string(), "{}", v);
+                }
+            }
+            flow.on_log();
+            let records = new_records(&h, 0)?;
+            prop_assert_eq!(records.len(), 1);
+            if records[0]["outcome"] == "completed" {
+                prop_assert!(records[0]["prompt_tokens"].as_u64().is_some_and(|n| n > 0), "{}", records[0]);
+            }
+            return Ok(());
+        }
         prop_assert_eq!(action, Action::Continue);
         let delivered = respond(&host, &mut flow, &resp);
         prop_assert!(

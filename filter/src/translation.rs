@@ -3,6 +3,7 @@
 //! so `flow.rs` routes and meters the same way whatever the pair.
 
 use sluice_core::config::{Deployment, Provider};
+use sluice_core::conversion::openai_bedrock::EmbeddingsCalls;
 use sluice_core::conversion::{
     EmbeddingsAsk, Target, anthropic_openai, openai_anthropic, openai_bedrock, openai_gemini, vertex,
 };
@@ -75,6 +76,15 @@ impl Direction {
     }
 }
 
+/// What a translated request sends its deployment.
+#[derive(Debug)]
+pub enum Upstream {
+    /// The request's body, for the router to send.
+    Body(Vec<u8>),
+    /// Several calls (Titan's embeddings of several texts), sent by the filter itself.
+    Calls(EmbeddingsCalls),
+}
+
 /// One request's translation.
 #[derive(Debug, Clone)]
 pub struct Translation {
@@ -90,7 +100,9 @@ pub struct Translation {
 
 impl Translation {
     /// The body for `deployment`; a request that cannot be translated is the client's error.
-    /// (An embeddings request also notes what its answer must honour: `embeddings`.)
+    /// (An embeddings request also notes what its answer must honour: `embeddings`.) A request
+    /// that takes several calls (`Upstream::Calls`) is refused here: only the request path
+    /// sends those (`flow/fan_out.rs`).
     pub fn request(
         &mut self,
         body: &[u8],
@@ -98,6 +110,24 @@ impl Translation {
         upstream_model: &str,
         default_max_tokens: u64,
     ) -> Result<Vec<u8>, GatewayError> {
+        match self.upstream(body, deployment, upstream_model, default_max_tokens)? {
+            Upstream::Body(body) => Ok(body),
+            Upstream::Calls(calls) => Err(GatewayError::InvalidField {
+                param: "input",
+                detail: format!("{upstream_model} embeds one text a call: {} texts need as many", calls.bodies.len()),
+            }),
+        }
+    }
+
+    /// What `deployment` is sent: one body, or (Titan embeddings of several texts) a call per
+    /// text.
+    pub fn upstream(
+        &mut self,
+        body: &[u8],
+        deployment: &Deployment,
+        upstream_model: &str,
+        default_max_tokens: u64,
+    ) -> Result<Upstream, GatewayError> {
         let target = Target {
             model: upstream_model,
             default_max_tokens: deployment.max_output_tokens.unwrap_or(default_max_tokens),
@@ -122,15 +152,22 @@ impl Translation {
                 translated
             }
             Direction::OpenAiEmbeddingsToBedrock => {
-                let (translated, ask) = openai_bedrock::embeddings_request(body, &target)?;
-                self.embeddings = Some(ask);
-                translated
+                let mut calls = openai_bedrock::embeddings_request(body, &target)?;
+                self.embeddings = Some(calls.ask);
+                return Ok(match calls.bodies.pop() {
+                    Some(one) if calls.bodies.is_empty() => Upstream::Body(one),
+                    Some(last) => {
+                        calls.bodies.push(last);
+                        Upstream::Calls(calls)
+                    }
+                    None => return Err(GatewayError::Internal { detail: "no embeddings call" }),
+                });
             }
         };
         if deployment.provider == Provider::VertexAnthropic {
-            return Ok(vertex::anthropic_request(&translated.body)?);
+            return Ok(Upstream::Body(vertex::anthropic_request(&translated.body)?));
         }
-        Ok(translated.body)
+        Ok(Upstream::Body(translated.body))
     }
 
     /// A whole response body in the client's format: the answer, or the provider's error.

@@ -382,12 +382,59 @@ def test_titan_embeddings_are_metered_from_titans_own_count(gw):
         assert (rec["outcome"], rec["estimated"], rec["upstream_model"]) == \
             ("completed", False, "amazon.titan-embed-text-v2:0")
         assert rec["cost_usd"] == pytest.approx(cost("titan-embed", 37, 0), abs=1e-12)
-    # Titan embeds one text a call: several are the client's 400, naming `input`, sent nowhere.
+
+
+def test_titan_embeds_several_texts_a_call_each_answered_as_one_list(gw):
+    """Titan embeds one text a call: the gateway sends a call per text through the deployment's
+    cluster (signed by Envoy), and the client gets one list in its order, metered at the sum of
+    Titan's counts, in one record."""
+    client = openai_client(gw)
+    texts = ["Hello from Titan", "a second, longer text to embed", "3"]
+    single = client.embeddings.create(model="titan-embed", input=texts[1], dimensions=256, encoding_format="float")
     calls = len(gw.mock_stats()["requests"])
+    many = client.embeddings.create(model="titan-embed", input=texts, dimensions=256, encoding_format="float")
+    seen = gw.mock_stats()["requests"][calls:]
+    assert sorted(r["body_json"]["inputText"] for r in seen) == sorted(texts)
+    for r in seen:
+        assert r["path"] == "/model/amazon.titan-embed-text-v2%3A0/invoke" and r["body_json"]["dimensions"] == 256
+        signed_by_envoy(r)
+    assert [d.index for d in many.data] == [0, 1, 2] and many.model == "titan-embed"
+    assert many.data[1].embedding == single.data[0].embedding
+    assert many.data[0].embedding != many.data[2].embedding
+    # The mock counts a text's bytes by four, as Titan's own count stands in for.
+    n = sum(-(-len(t.encode()) // 4) for t in texts)
+    assert (many.usage.prompt_tokens, many.usage.total_tokens) == (n, n)
+    rec = records_where(gw, 1, model_group="titan-embed", prompt_tokens=n)[0]
+    assert (rec["outcome"], rec["estimated"], rec["status"]) == ("completed", False, 200)
+    assert rec["cost_usd"] == pytest.approx(cost("titan-embed", n, 0), abs=1e-12)
+    # A call that fails is retried on its own (the request's num_retries), as a router attempt.
+    calls = len(gw.mock_stats()["requests"])
+    retried = client.embeddings.create(
+        model="titan-embed", input=["x" * 8, "y" * 8], encoding_format="float", extra_body={"num_retries": 1},
+        extra_headers={"x-mock-status": "503", "x-mock-fault-attempts": "1"})
+    assert len(retried.data) == 2 and retried.usage.prompt_tokens == 4
+    assert len(gw.mock_stats()["requests"]) == calls + 3
+    # One that fails for good is the client's error, in OpenAI's shape with the provider's status.
     with pytest.raises(openai.BadRequestError) as e:
-        client.embeddings.create(model="titan-embed", input=["one", "two"])
-    assert e.value.status_code == 400 and e.value.param == "input" and "one text" in str(e.value)
-    assert len(gw.mock_stats()["requests"]) == calls
+        client.embeddings.create(model="titan-embed", input=["one", "two"], extra_headers={"x-mock-status": "400"})
+    assert e.value.status_code == 400 and "mock error 400" in str(e.value)
+    rec = records_where(gw, 1, model_group="titan-embed", status=400)[0]
+    assert (rec["outcome"], rec["prompt_tokens"], rec["cost_usd"]) == ("upstream_error", 0, 0)
+
+
+def test_a_client_that_leaves_titans_calls_pays_for_them_and_envoy_carries_on(gw):
+    """The client leaves while the calls are out: the record bills them at their estimates
+    (the provider may have embedded them), and their late answers hurt nothing."""
+    texts = ["z" * 40, "w" * 40]
+    with pytest.raises(openai.APITimeoutError):
+        openai_client(gw).with_options(timeout=0.5).embeddings.create(
+            model="titan-embed", input=texts, extra_headers={"x-mock-latency-ms": "1500"})
+    rec = records_where(gw, 1, model_group="titan-embed", prompt_tokens=20)[0]
+    assert (rec["outcome"], rec["estimated"]) == ("cancelled", True)
+    assert rec["cost_usd"] == pytest.approx(cost("titan-embed", 20, 0), abs=1e-12)
+    time.sleep(1.5)  # the calls' answers come back to a stream that is gone
+    again = openai_client(gw).embeddings.create(model="titan-embed", input=["still", "here"])
+    assert len(again.data) == 2
 
 
 def test_cohere_embeddings_on_bedrock_are_estimated(gw):

@@ -8,8 +8,9 @@
 //! - [`StreamTranslator`]: `/converse-stream`'s AWS event stream (binary frames, decoded by
 //!   `aws_eventstream`) → `chat.completion.chunk`s as they arrive, then `data: [DONE]`;
 //! - [`error`]: Bedrock's error body → OpenAI's (InvokeModel's errors have the same shape);
-//! - [`embeddings_request`], [`embeddings_response`]: `/v1/embeddings` → InvokeModel
-//!   (`/model/{id}/invoke`) for Amazon Titan and Cohere embedding models, and back.
+//! - [`embeddings_request`], [`embeddings_answers`]: `/v1/embeddings` → InvokeModel calls
+//!   (`/model/{id}/invoke`; Titan's one per text) for Amazon Titan and Cohere embedding models,
+//!   and their answers back as one list.
 //!
 //! Bedrock takes images only as bytes (base64 in JSON): an http(s) image URL is refused (or,
 //! under `drop_params`, left out), never fetched. Bedrock has no `tool_choice: "none"`: the
@@ -591,12 +592,26 @@ fn embedding_model(id: &str) -> Option<EmbeddingModel> {
 /// Cohere's `input_type` when the client names none (LiteLLM's default).
 const COHERE_DEFAULT_INPUT_TYPE: &str = "search_document";
 
-/// An OpenAI `/v1/embeddings` request as the body of Bedrock's InvokeModel for the deployment's
-/// model (`POST /model/{id}/invoke`). Titan embeds one text a call: an `input` of several is
-/// refused (LiteLLM makes one call per text; a gateway that meters and admits per request does
-/// not). Titan v2 takes `dimensions` and (passed on) `normalize`; Cohere takes no `dimensions`,
-/// and `input_type` (default `search_document`) and `truncate` passed on.
-pub fn embeddings_request(body: &[u8], target: &Target<'_>) -> Result<(Translated, EmbeddingsAsk), ConversionError> {
+/// An OpenAI `/v1/embeddings` request as Bedrock InvokeModel calls (`POST /model/{id}/invoke`):
+/// one for Cohere (every text at once), one per text for Titan, which embeds one text a call
+/// (LiteLLM makes one call per text too; the gateway sends them and answers with
+/// [`embeddings_answers`]).
+#[derive(Debug)]
+pub struct EmbeddingsCalls {
+    /// Each call's body, in the order of the client's texts.
+    pub bodies: Vec<Vec<u8>>,
+    /// Each call's input, estimated (bytes / 4, at least one a text): what a call that never
+    /// answered is metered at.
+    pub estimates: Vec<u64>,
+    /// The client parameters left out under `drop_params`.
+    pub dropped: Vec<String>,
+    pub ask: EmbeddingsAsk,
+}
+
+/// The calls for an embeddings request (see [`EmbeddingsCalls`]). Titan v2 takes `dimensions`
+/// and (passed on) `normalize`; Cohere takes no `dimensions`, and `input_type` (default
+/// `search_document`) and `truncate` passed on.
+pub fn embeddings_request(body: &[u8], target: &Target<'_>) -> Result<EmbeddingsCalls, ConversionError> {
     let model = embedding_model(target.model).ok_or_else(|| {
         invalid(format!(
             "{} is not an embedding model Sluice can call on Bedrock (Amazon Titan text embeddings, Cohere embed v3)",
@@ -609,37 +624,32 @@ pub fn embeddings_request(body: &[u8], target: &Target<'_>) -> Result<(Translate
         EmbeddingModel::Cohere => (false, &["input_type", "truncate"]),
     };
     let (read, req) = openai_embeddings::read(body, target, PROVIDER, takes_dimensions, extra)?;
-    let mut out = Map::new();
-    match model {
+    let bodies: Vec<Map<String, Value>> = match model {
         EmbeddingModel::TitanV1 | EmbeddingModel::TitanV2 => {
-            let [text] = read.inputs.as_slice() else {
-                return Err(ConversionError::InvalidField {
-                    param: "input",
-                    detail: format!(
-                        "{} embeds one text per request: send a string, or an array of one (got {})",
-                        target.model,
-                        read.inputs.len()
-                    ),
-                });
-            };
-            out.insert("inputText".into(), Value::String(text.clone()));
-            if let Some(dimensions) = read.dimensions {
-                out.insert("dimensions".into(), Value::from(dimensions));
-            }
-            match present(&req, "normalize") {
-                None => {}
-                Some(Value::Bool(b)) => {
-                    out.insert("normalize".into(), Value::Bool(*b));
-                }
+            let normalize = match present(&req, "normalize") {
+                None => None,
+                Some(Value::Bool(b)) => Some(*b),
                 Some(_) => {
-                    return Err(ConversionError::InvalidField {
-                        param: "normalize",
-                        detail: "must be a boolean".into(),
-                    });
+                    return Err(ConversionError::InvalidField { param: "normalize", detail: "must be a boolean".into() });
                 }
-            }
+            };
+            read.inputs
+                .iter()
+                .map(|text| {
+                    let mut out = Map::new();
+                    out.insert("inputText".into(), Value::String(text.clone()));
+                    if let Some(dimensions) = read.dimensions {
+                        out.insert("dimensions".into(), Value::from(dimensions));
+                    }
+                    if let Some(normalize) = normalize {
+                        out.insert("normalize".into(), Value::Bool(normalize));
+                    }
+                    out
+                })
+                .collect()
         }
         EmbeddingModel::Cohere => {
+            let mut out = Map::new();
             out.insert("texts".into(), json!(read.inputs));
             let string_field = |name: &'static str| match present(&req, name) {
                 None => Ok(None),
@@ -651,29 +661,55 @@ pub fn embeddings_request(body: &[u8], target: &Target<'_>) -> Result<(Translate
             if let Some(truncate) = string_field("truncate")? {
                 out.insert("truncate".into(), Value::String(truncate));
             }
+            vec![out]
         }
-    }
-    Ok((super::translated(out, read.dropped)?, read.ask))
+    };
+    let estimates = match model {
+        EmbeddingModel::Cohere => vec![read.ask.prompt_estimate],
+        _ => read.inputs.iter().map(|t| crate::usage::estimate_tokens_from_bytes(t.len() as u64).max(1)).collect(),
+    };
+    let bodies = bodies
+        .into_iter()
+        .map(|out| serde_json::to_vec(&Value::Object(out)).map_err(|e| invalid(e.to_string())))
+        .collect::<Result<_, _>>()?;
+    Ok(EmbeddingsCalls { bodies, estimates, dropped: read.dropped, ask: read.ask })
 }
 
-/// InvokeModel's answer as OpenAI's list of embeddings: Titan's `{"embedding": […],
-/// "inputTextTokenCount": n}` (an exact count), or Cohere's `{"embeddings": [[…], …]}` (or, by
-/// type, `{"embeddings": {"float": [[…]]}}`), which counts nothing: its usage is the gateway's
-/// estimate of the input.
+/// InvokeModel's answer as OpenAI's list of embeddings (one call's; see [`embeddings_answers`]).
 pub fn embeddings_response(body: &[u8], client_model: &str, ask: EmbeddingsAsk) -> Result<Vec<u8>, ConversionError> {
-    let parsed = super::response_object(body)?;
-    if let Some(vector) = parsed.get("embedding") {
-        let prompt_tokens = parsed.get("inputTextTokenCount").and_then(Value::as_u64).unwrap_or(ask.prompt_estimate);
-        return openai_embeddings::answer(&[vector], client_model, ask.encoding, prompt_tokens);
+    Ok(embeddings_answers(&[body], client_model, ask)?.0)
+}
+
+/// The answers of an embeddings request's calls, in order, as OpenAI's one list of embeddings:
+/// Titan's `{"embedding": […], "inputTextTokenCount": n}` (an exact count), or Cohere's
+/// `{"embeddings": [[…], …]}` (or, by type, `{"embeddings": {"float": [[…]]}}`), which counts
+/// nothing. With the body, the input's exact count when every answer had one (the answer's
+/// `usage` then shows it; otherwise the gateway's estimate of the input).
+pub fn embeddings_answers(
+    bodies: &[&[u8]],
+    client_model: &str,
+    ask: EmbeddingsAsk,
+) -> Result<(Vec<u8>, Option<u64>), ConversionError> {
+    let parsed = bodies.iter().map(|b| super::response_object(b)).collect::<Result<Vec<_>, _>>()?;
+    let mut vectors: Vec<&Value> = Vec::new();
+    let mut counted = Some(0u64);
+    for answer in &parsed {
+        if let Some(vector) = answer.get("embedding") {
+            vectors.push(vector);
+            let count = answer.get("inputTextTokenCount").and_then(Value::as_u64);
+            counted = counted.zip(count).map(|(sum, n)| sum.saturating_add(n));
+            continue;
+        }
+        let embeddings = match answer.get("embeddings") {
+            Some(Value::Object(by_type)) => by_type.get("float"),
+            other => other,
+        };
+        let many = embeddings
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad_response("neither an embedding nor an array of float embeddings"))?;
+        vectors.extend(many.iter());
+        counted = None;
     }
-    let embeddings = match parsed.get("embeddings") {
-        Some(Value::Object(by_type)) => by_type.get("float"),
-        other => other,
-    };
-    let vectors: Vec<&Value> = embeddings
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad_response("neither an embedding nor an array of float embeddings"))?
-        .iter()
-        .collect();
-    openai_embeddings::answer(&vectors, client_model, ask.encoding, ask.prompt_estimate)
+    let prompt_tokens = counted.unwrap_or(ask.prompt_estimate);
+    Ok((openai_embeddings::answer(&vectors, client_model, ask.encoding, prompt_tokens)?, counted))
 }

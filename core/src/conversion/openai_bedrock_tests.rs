@@ -703,8 +703,10 @@ fn embedder(model: &'static str) -> Target<'static> {
 }
 
 fn embed(body: &Value, target: &Target<'_>) -> Result<(Value, EmbeddingsAsk, Vec<String>), ConversionError> {
-    let (translated, ask) = embeddings_request(body.to_string().as_bytes(), target)?;
-    Ok((serde_json::from_slice(&translated.body).unwrap(), ask, translated.dropped))
+    let calls = embeddings_request(body.to_string().as_bytes(), target)?;
+    let [one] = calls.bodies.as_slice() else { panic!("{} calls for {body}", calls.bodies.len()) };
+    assert_eq!(calls.estimates, [calls.ask.prompt_estimate]);
+    Ok((serde_json::from_slice(one).unwrap(), calls.ask, calls.dropped))
 }
 
 #[test]
@@ -759,14 +761,56 @@ fn embeddings_requests_are_each_models_own_body() {
 }
 
 #[test]
+fn titan_embeds_several_texts_in_a_call_each() {
+    let body = json!({"model": "t", "input": ["a", "bcdefghij", "xyz"], "dimensions": 256, "normalize": false});
+    let calls = embeddings_request(body.to_string().as_bytes(), &embedder("amazon.titan-embed-text-v2:0")).unwrap();
+    let bodies: Vec<Value> = calls.bodies.iter().map(|b| serde_json::from_slice(b).unwrap()).collect();
+    assert_eq!(
+        bodies,
+        [
+            json!({"inputText": "a", "dimensions": 256, "normalize": false}),
+            json!({"inputText": "bcdefghij", "dimensions": 256, "normalize": false}),
+            json!({"inputText": "xyz", "dimensions": 256, "normalize": false}),
+        ]
+    );
+    // Each call's own estimate (at least one a text), summing to the request's.
+    assert_eq!(calls.estimates, [1, 3, 1]);
+    assert_eq!(calls.ask.prompt_estimate, 5);
+    // Cohere's texts stay one call.
+    let calls = embeddings_request(body_without_titan_fields().as_bytes(), &embedder("cohere.embed-english-v3")).unwrap();
+    assert_eq!((calls.bodies.len(), calls.estimates.as_slice()), (1, &[1 + 3][..]));
+}
+
+fn body_without_titan_fields() -> String {
+    json!({"model": "c", "input": ["a", "bcdefghij"]}).to_string()
+}
+
+#[test]
+fn several_titan_answers_are_one_list_in_order_with_the_counts_summed() {
+    use super::super::Encoding::Float;
+    let ask = EmbeddingsAsk { encoding: Float, prompt_estimate: 99 };
+    let first = br#"{"embedding": [0.5], "inputTextTokenCount": 3}"#;
+    let second = br#"{"embedding": [-2.0], "inputTextTokenCount": 4}"#;
+    let (body, counted) = embeddings_answers(&[first, second], "emb", ask).unwrap();
+    let got: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        got,
+        json!({"object": "list", "model": "emb", "usage": {"prompt_tokens": 7, "total_tokens": 7},
+               "data": [{"object": "embedding", "index": 0, "embedding": [0.5]},
+                        {"object": "embedding", "index": 1, "embedding": [-2.0]}]})
+    );
+    assert_eq!(counted, Some(7));
+    // An answer without its count: the whole request is the estimate, said so.
+    let (body, counted) = embeddings_answers(&[first, br#"{"embedding": [1.0]}"#], "emb", ask).unwrap();
+    assert_eq!((serde_json::from_slice::<Value>(&body).unwrap()["usage"]["prompt_tokens"].as_u64(), counted), (Some(99), None));
+    // One bad answer spoils the list.
+    let e = embeddings_answers(&[first, b"{}"], "emb", ask).unwrap_err();
+    assert!(matches!(e, ConversionError::InvalidResponse { .. }), "{e:?}");
+}
+
+#[test]
 fn embeddings_requests_bedrock_cannot_take() {
     let titan = embedder("amazon.titan-embed-text-v2:0");
-    // Titan embeds one text a call: several are a 400 naming input (LiteLLM would loop).
-    let e = embed(&json!({"model": "t", "input": ["a", "b"]}), &titan).unwrap_err();
-    assert!(
-        matches!(&e, ConversionError::InvalidField { param: "input", detail } if detail.contains("one text")),
-        "{e:?}"
-    );
     for (body, param) in [
         (json!({"model": "t", "input": [1, 2]}), "input"),
         (json!({"model": "t", "input": [[1, 2]]}), "input"),

@@ -268,9 +268,13 @@ proptest! {
             prop_assert!(sent["requests"].as_array().is_some_and(|r| !r.is_empty()));
         }
         for model in ["amazon.titan-embed-text-v2:0", "amazon.titan-embed-text-v1", "cohere.embed-english-v3", "anthropic.claude"] {
-            if let Ok((translated, _)) = openai_bedrock::embeddings_request(&body, &Target { model, ..TARGET }) {
-                let sent: Value = serde_json::from_slice(&translated.body).unwrap();
-                prop_assert!(sent["inputText"].is_string() || sent["texts"].is_array());
+            if let Ok(calls) = openai_bedrock::embeddings_request(&body, &Target { model, ..TARGET }) {
+                prop_assert!(!calls.bodies.is_empty() && calls.bodies.len() == calls.estimates.len());
+                prop_assert_eq!(calls.estimates.iter().sum::<u64>(), calls.ask.prompt_estimate);
+                for one in &calls.bodies {
+                    let sent: Value = serde_json::from_slice(one).unwrap();
+                    prop_assert!(sent["inputText"].is_string() || sent["texts"].is_array());
+                }
             }
         }
         let answers = [openai_gemini::embeddings_response(&answer, "m", ask), openai_bedrock::embeddings_response(&answer, "m", ask)];

@@ -50,6 +50,11 @@ pub(super) struct Fill {
 }
 
 impl Fill {
+    /// The content type the client was sent (an answer the filter made itself).
+    pub(super) fn set_content_type(&mut self, content_type: &[u8]) {
+        self.content_type = content_type.to_vec();
+    }
+
     /// Appends bytes the client was sent, up to the entry size limit (past it: nothing stored).
     pub(super) fn push(&mut self, bytes: &[u8]) {
         if self.overflow {

@@ -44,14 +44,19 @@ impl<H: Host> RequestFlow<H> {
         self.answer_health_if_done();
     }
 
-    /// Whether `token` is one of this request's probes (the native build's callout hook asks,
-    /// since its probes and key lookups answer through one hook).
+    /// Whether `token` is one of this request's HTTP calls, a probe or a call of its own (the
+    /// native build's callout hook asks, since these and key lookups answer through one hook).
     pub fn awaits_http_call(&self, token: u32) -> bool {
         self.health_check.as_ref().is_some_and(|c| c.awaits(token))
+            || self.fan_out.as_ref().is_some_and(|f| f.awaits(token))
     }
 
-    /// A probe's answer.
+    /// An HTTP call's answer: a probe's, or one of the request's own calls (`fan_out.rs`).
     pub fn on_http_response(&mut self, token: u32, size: usize) {
+        if self.fan_out.as_ref().is_some_and(|f| f.awaits(token)) {
+            self.on_fan_out_answer(token, size);
+            return;
+        }
         if !self.awaits_http_call(token) {
             return;
         }

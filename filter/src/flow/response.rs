@@ -9,8 +9,8 @@ impl<H: Host> RequestFlow<H> {
         let Some(admitted) = &self.admitted else {
             return Action::Continue;
         };
-        if self.cache.hit().is_some() {
-            return Action::Continue; // the cache's own answer
+        if self.cache.hit().is_some() || self.fan_out.is_some() {
+            return Action::Continue; // the cache's own answer, or the filter's from its calls
         }
         let [status, content_type, attempt_count, rate_limit @ ..] = self.host.response_headers(READ_RESPONSE_HEADERS);
         self.status = status.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()).unwrap_or(0);
@@ -61,7 +61,7 @@ impl<H: Host> RequestFlow<H> {
     }
 
     pub fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if self.cache.hit().is_some() {
+        if self.cache.hit().is_some() || self.fan_out.is_some() {
             return Action::Continue;
         }
         if end_of_stream {
@@ -147,6 +147,15 @@ fn remaining_values(remaining: &Remaining) -> [Option<u64>; 4] {
     ]
 }
 
+/// The `x-ratelimit-*` headers for the tightest scope, for an answer the filter makes itself.
+pub(super) fn remaining_headers(remaining: &Remaining) -> Vec<(&'static str, String)> {
+    RATE_LIMIT_HEADERS
+        .into_iter()
+        .zip(remaining_values(remaining))
+        .filter_map(|(name, value)| Some((name, value?.to_string())))
+        .collect()
+}
+
 /// Sets the `x-ratelimit-*` headers for the tightest scope on the response, replacing those of
 /// the provider (`sent`: which of `RATE_LIMIT_HEADERS` it sent; the others are only added).
 /// Numbers are formatted on the stack: this runs for every limited request.
@@ -181,11 +190,7 @@ pub(super) fn rate_limit_headers(error: &GatewayError) -> Vec<(&'static str, Str
         LimitKind::Requests => rem.requests = Some((*limit, 0)),
         LimitKind::Tokens => rem.tokens = Some((*limit, 0)),
     }
-    let mut out: Vec<(&'static str, String)> = RATE_LIMIT_HEADERS
-        .into_iter()
-        .zip(remaining_values(&rem))
-        .filter_map(|(name, value)| Some((name, value?.to_string())))
-        .collect();
+    let mut out = remaining_headers(&rem);
     out.push(("retry-after", retry_after_secs.to_string()));
     out
 }

@@ -12,6 +12,7 @@ use sluice_core::refusals;
 
 use super::choice::NoChoice;
 use super::*;
+use crate::translation::Upstream;
 
 /// Where a deployment's credential goes upstream.
 #[derive(Debug, Clone, Default)]
@@ -90,8 +91,8 @@ impl<H: Host> RequestFlow<H> {
             None => self.host.request_body(body_size).unwrap_or_default(),
         };
         match self.route_and_admit(&body) {
-            // Answered here: refused, or from the response cache.
-            Ok(()) if self.rejected || self.cache.hit().is_some() => Action::Pause,
+            // Answered here: refused, or from the response cache; or sent by the filter itself.
+            Ok(()) if self.rejected || self.cache.hit().is_some() || self.fan_out.is_some() => Action::Pause,
             Ok(()) => Action::Continue,
             Err(error) => self.reject(&error),
         }
@@ -218,7 +219,9 @@ impl<H: Host> RequestFlow<H> {
         let upstream_model = deployment.upstream_model_for(matched);
         let (pricing, price_unknown) = deployment.pricing_for(&upstream_model);
         // Translated before admission: a request that cannot be translated reserves nothing.
-        // (`between` names only pairs of different formats.)
+        // (`between` names only pairs of different formats.) Titan's embeddings of several
+        // texts are a call each, which the filter sends (`fan_out.rs`).
+        let mut calls = None;
         let translated = match Direction::between(endpoint, deployment.provider) {
             // Claude on Vertex: the Anthropic client's body with Vertex's two changes.
             None if deployment.provider == Provider::VertexAnthropic => {
@@ -233,7 +236,13 @@ impl<H: Host> RequestFlow<H> {
                     include_usage: req.client_wants_usage,
                     embeddings: None,
                 };
-                let body = translation.request(body, deployment, &upstream_model, DEFAULT_MAX_OUTPUT_TOKENS)?;
+                let body = match translation.upstream(body, deployment, &upstream_model, DEFAULT_MAX_OUTPUT_TOKENS)? {
+                    Upstream::Body(body) => body,
+                    Upstream::Calls(several) => {
+                        calls = Some(several);
+                        Vec::new()
+                    }
+                };
                 Some((body, Some(translation)))
             }
         };
@@ -354,11 +363,15 @@ impl<H: Host> RequestFlow<H> {
                 Some((body, translation)) => (Some(body), translation),
                 None => (rewrite_body(body, &req, &upstream_model, wants_usage_chunk), None),
             };
-            // A failover pass replaces what the failed pass left, even with the client's own bytes.
-            let new_body = new_body.or_else(|| self.failover_pass.then(|| body.to_vec()));
-            self.send_upstream(&gateway, index, &upstream_path, self.buffered_len, new_body.as_deref());
-            let retries = self.tell_the_router(&gateway, deployment, &req, streamed);
-            (in_flight, translation, retries)
+            if calls.is_some() {
+                (in_flight, translation, 0) // sent below, once admitted
+            } else {
+                // A failover pass replaces what the failed pass left, even with the client's own bytes.
+                let new_body = new_body.or_else(|| self.failover_pass.then(|| body.to_vec()));
+                self.send_upstream(&gateway, index, &upstream_path, self.buffered_len, new_body.as_deref());
+                let retries = self.tell_the_router(&gateway, deployment, &req, streamed);
+                (in_flight, translation, retries)
+            }
         };
         self.admitted = Some(Admitted {
             group: group_index,
@@ -380,6 +393,10 @@ impl<H: Host> RequestFlow<H> {
             in_flight,
             end_user,
         });
+        let translation = self.admitted.as_ref().and_then(|a| a.translation.clone());
+        if let (Some(calls), Some(translation), false) = (calls, translation, cache_hit) {
+            self.start_fan_out(&gateway, index, &upstream_path, calls, translation, &req);
+        }
         Ok(())
     }
 

@@ -433,10 +433,23 @@ impl Stream {
     /// the map: two calls, where a lookup per name is one each plus Envoy's copy of the name.
     pub fn headers<const N: usize>(&self, kind: HeaderType, names: [&str; N]) -> [Option<Vec<u8>>; N] {
         let mut found: [Option<Vec<u8>>; N] = [const { None }; N];
+        self.visit_headers(kind, |key, value| {
+            if let Some(slot) = names.iter().position(|n| n.as_bytes() == key).and_then(|i| found.get_mut(i))
+                && slot.is_none()
+            {
+                *slot = Some(value.to_vec());
+            }
+        });
+        found
+    }
+
+    /// Every header of the map, in order, in one host call (the entries on the stack unless
+    /// there are many).
+    pub fn visit_headers(&self, kind: HeaderType, mut visit: impl FnMut(&[u8], &[u8])) {
         // SAFETY: a live stream.
         let count = unsafe { (self.callbacks.get_headers_size)(self.ptr, kind) };
         if count == 0 {
-            return found;
+            return;
         }
         const EMPTY: EnvoyHttpHeader = EnvoyHttpHeader { key: EnvoyBuffer::NULL, value: EnvoyBuffer::NULL };
         let (mut stack, mut heap) = ([EMPTY; INLINE_ENTRIES], Vec::new());
@@ -449,7 +462,7 @@ impl Stream {
         };
         // SAFETY: a live stream; `headers` has room for the `count` entries Envoy just reported.
         if !unsafe { (self.callbacks.get_headers)(self.ptr, kind, headers.as_mut_ptr()) } {
-            return found;
+            return;
         }
         for header in headers.iter() {
             // SAFETY: Envoy just filled the entry from its map, unchanged until our next call.
@@ -457,13 +470,8 @@ impl Stream {
             else {
                 continue;
             };
-            if let Some(slot) = names.iter().position(|n| n.as_bytes() == key).and_then(|i| found.get_mut(i))
-                && slot.is_none()
-            {
-                *slot = Some(value.to_vec());
-            }
+            visit(key, value);
         }
-        found
     }
 
     /// Sets (replaces) a header, or removes it with `None`.

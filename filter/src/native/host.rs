@@ -160,6 +160,12 @@ impl Host for DynamicModuleHost {
         self.stream.headers(REQUEST_HEADERS, names)
     }
 
+    fn all_request_headers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut all = Vec::new();
+        self.stream.visit_headers(REQUEST_HEADERS, |key, value| all.push((key.to_vec(), value.to_vec())));
+        all
+    }
+
     /// A header the route reads also clears the route cache, as Envoy does for a wasm filter's
     /// every header change: the filter routes by setting `x-sluice-cluster` (and `:path`) after
     /// Envoy chose a route. The route matches on nothing else (`prefix: /`, `cluster_header`),

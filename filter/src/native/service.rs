@@ -301,6 +301,9 @@ impl Host for MainThreadHost {
     fn request_header(&self, _: &str) -> Option<Vec<u8>> {
         None
     }
+    fn all_request_headers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        Vec::new()
+    }
     fn set_request_header(&self, _: &str, _: Option<&[u8]>) {}
     fn request_body(&self, _: usize) -> Option<Vec<u8>> {
         None

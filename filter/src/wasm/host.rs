@@ -138,6 +138,11 @@ impl Host for EnvoyHost {
         header_map(MapType::HttpRequestHeaders, names)
     }
 
+    fn all_request_headers(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+        headers.into_iter().map(|(k, v)| (k.into_bytes(), v)).collect()
+    }
+
     fn set_request_header(&self, name: &str, value: Option<&[u8]>) {
         ok_or_log(hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, value), "set_request_header");
     }
