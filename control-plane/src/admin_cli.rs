@@ -129,7 +129,7 @@ fn key_ref(s: &str) -> pb::KeyRef {
     pb::KeyRef { r#ref: Some(r) }
 }
 
-async fn channel(c: &Connection) -> Result<Channel, String> {
+pub(crate) async fn channel(c: &Connection) -> Result<Channel, String> {
     Channel::from_shared(c.server.clone())
         .map_err(|e| format!("--server {}: {e}", c.server))?
         .connect()
@@ -137,7 +137,7 @@ async fn channel(c: &Connection) -> Result<Channel, String> {
         .map_err(|e| format!("cannot reach the control plane at {} ({e}); is `sluice serve` running?", c.server))
 }
 
-fn authed<T>(c: &Connection, msg: T) -> Result<tonic::Request<T>, String> {
+pub(crate) fn authed<T>(c: &Connection, msg: T) -> Result<tonic::Request<T>, String> {
     let key = c.api_key.as_deref().ok_or("no credential: pass --api-key or set SLUICE_API_KEY")?;
     let mut req = tonic::Request::new(msg);
     let value: MetadataValue<_> =
@@ -146,7 +146,7 @@ fn authed<T>(c: &Connection, msg: T) -> Result<tonic::Request<T>, String> {
     Ok(req)
 }
 
-fn status_message(s: &tonic::Status) -> String {
+pub(crate) fn status_message(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 

@@ -2,6 +2,7 @@
 //! (`sluice serve`) and its admin API client (`sluice key create|list|…`, `sluice audit`).
 
 mod admin_cli;
+mod litellm_import;
 mod usage_import;
 
 use std::io::Read;
@@ -65,6 +66,9 @@ enum Command {
     /// Reusable budgets.
     #[command(subcommand)]
     Budget(admin_cli::BudgetAdmin),
+    /// Bring another gateway's objects in: `litellm` reads a LiteLLM proxy's database.
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// End users of your product (LiteLLM's customers).
     #[command(subcommand)]
     Customer(admin_cli::CustomerAdmin),
@@ -228,6 +232,14 @@ struct ServeArgs {
     /// development only.
     #[arg(long, env = "SLUICE_ALLOW_WEAK_MASTER_KEY")]
     allow_weak_master_key: bool,
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// A LiteLLM proxy's organizations, users, teams and virtual keys, from its Postgres
+    /// database: its keys keep working (imported by the digest LiteLLM stored). Idempotent;
+    /// `--dry-run` reports what it would do and what it cannot carry.
+    Litellm(litellm_import::ImportArgs),
 }
 
 #[derive(Subcommand)]
@@ -568,6 +580,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Spend(args) => runtime()?.block_on(admin_cli::run_spend(&connection, args)),
         Command::Usage(UsageCommand::Import(args)) => runtime()?.block_on(usage_import::run(args)),
         Command::Budget(cmd) => runtime()?.block_on(admin_cli::run_budget(&connection, cmd)),
+        Command::Import(ImportCommand::Litellm(args)) => runtime()?.block_on(litellm_import::run(&connection, args)),
         Command::Customer(cmd) => runtime()?.block_on(admin_cli::run_customer(&connection, cmd)),
         Command::Audit { object_type, object_id, limit } => {
             runtime()?.block_on(admin_cli::run_audit(&connection, object_type, object_id, limit))

@@ -41,8 +41,13 @@ fn send_probe(host: &impl Host, gateway: &Gateway, index: usize) -> Option<u32> 
     let (endpoint, body) = match Direction::between(endpoint, deployment.provider) {
         None => (endpoint, body),
         Some(direction) => {
-            let mut translation =
-                Translation { direction, client_model: model.to_owned(), include_usage: false, embeddings: None };
+            let mut translation = Translation {
+                direction,
+                client_model: model.to_owned(),
+                include_usage: false,
+                embeddings: None,
+                dropped_params: 0,
+            };
             let body = translation.request(&body, deployment, model, 1).ok()?;
             (direction.upstream_endpoint(), body)
         }

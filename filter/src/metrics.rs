@@ -23,10 +23,19 @@ pub enum GroupMetric {
     Estimated,
     /// Requests to a deployment with no known price.
     Unpriced,
+    /// Parameters a translation left out under `drop_params` (LiteLLM's), summed over requests.
+    DroppedParams,
 }
 
-const GROUP_METRICS: [&str; 6] =
-    ["requests", "prompt_tokens", "completion_tokens", "cost_nanodollars", "estimated_usage", "unpriced_requests"];
+const GROUP_METRICS: [&str; 7] = [
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_nanodollars",
+    "estimated_usage",
+    "unpriced_requests",
+    "dropped_params",
+];
 
 /// The fleet-independent counters before the per-group ones.
 const KEY_CACHE_HITS: usize = 0;

@@ -1617,6 +1617,29 @@ fn an_unpriced_deployments_requests_are_flagged_and_counted() {
     assert_eq!(h.envoy.metric("sluice.unpriced_requests.model_group.gpt-4o"), 0);
 }
 
+/// LiteLLM's `drop_params`: what the provider cannot take is left out of an admitted request,
+/// and counted per model group; without it the parameter is the client's 400, counted nowhere.
+#[test]
+fn dropped_parameters_are_counted_per_model_group() {
+    let mut config = base_config();
+    for d in &mut config.deployments {
+        d.drop_params = d.id == "claude";
+    }
+    let h = Harness::new(config);
+    let body = r#"{"model":"claude-3-5-sonnet","max_tokens":5,"messages":[{"role":"user","content":"hi"}],"logit_bias":{"1":1},"seed":7}"#;
+    let (s, reply) = h.post("/v1/chat/completions", &key(1), body);
+    assert!(reply.is_none());
+    let sent: serde_json::Value = serde_json::from_slice(&s.host.stream.request_body.borrow()).unwrap();
+    assert!(sent.get("logit_bias").is_none() && sent.get("seed").is_none(), "{sent}");
+    h.report_metrics();
+    assert_eq!(h.envoy.metric("sluice.dropped_params.model_group.claude-3-5-sonnet"), 2);
+    // An OpenAI deployment takes them as they are: nothing dropped.
+    let (_, reply) = h.post("/v1/chat/completions", &key(1), &body.replace("claude-3-5-sonnet", "gpt-4o"));
+    assert!(reply.is_none());
+    h.report_metrics();
+    assert_eq!(h.envoy.metric("sluice.dropped_params.model_group.gpt-4o"), 0);
+}
+
 #[test]
 fn openai_stream_gets_usage_added_then_stripped() {
     let h = Harness::new(base_config());

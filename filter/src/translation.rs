@@ -96,6 +96,9 @@ pub struct Translation {
     /// An embeddings request: what its answer must honour (`encoding_format`) and the
     /// gateway\'s estimate of its input, noted when the request is translated.
     pub embeddings: Option<EmbeddingsAsk>,
+    /// The client's parameters the translation left out under `drop_params` (counted once the
+    /// request is admitted).
+    pub dropped_params: usize,
 }
 
 impl Translation {
@@ -139,11 +142,13 @@ impl Translation {
             Direction::OpenAiToGemini => openai_gemini::request(body, &target)?,
             Direction::AnthropicToGemini => {
                 let openai = anthropic_openai::request(body, &target)?;
+                self.dropped_params = openai.dropped.len();
                 openai_gemini::request(&openai.body, &target)?
             }
             Direction::OpenAiToBedrock => openai_bedrock::request(body, &target)?,
             Direction::AnthropicToBedrock => {
                 let openai = anthropic_openai::request(body, &target)?;
+                self.dropped_params = openai.dropped.len();
                 openai_bedrock::request(&openai.body, &target)?
             }
             Direction::OpenAiEmbeddingsToGemini => {
@@ -154,6 +159,7 @@ impl Translation {
             Direction::OpenAiEmbeddingsToBedrock => {
                 let mut calls = openai_bedrock::embeddings_request(body, &target)?;
                 self.embeddings = Some(calls.ask);
+                self.dropped_params = calls.dropped.len();
                 return Ok(match calls.bodies.pop() {
                     Some(one) if calls.bodies.is_empty() => Upstream::Body(one),
                     Some(last) => {
@@ -164,6 +170,7 @@ impl Translation {
                 });
             }
         };
+        self.dropped_params = self.dropped_params.saturating_add(translated.dropped.len());
         if deployment.provider == Provider::VertexAnthropic {
             return Ok(Upstream::Body(vertex::anthropic_request(&translated.body)?));
         }

@@ -3,12 +3,13 @@
 import hashlib
 import os
 import subprocess
+import time
 
 import httpx
 import openai
 import pytest
 
-from conftest import cost, free_port
+from conftest import cost, filter_stat_name, free_port
 
 
 def client(gw, alias, **kw):
@@ -195,11 +196,23 @@ def test_a_parameter_claude_cannot_take_is_refused_by_name(gw):
 def test_with_drop_params_a_parameter_claude_cannot_take_is_dropped(gw):
     """LiteLLM's `drop_params: true` (here in the deployment's litellm_params; also
     `litellm_settings.drop_params`): the request is served without the parameter, and metered."""
-    before = len(gw.records("sdk"))
+    def dropped():
+        stat = filter_stat_name("sluice.dropped_params.model_group.claude-lenient")
+        text = httpx.get(f"{gw.admin}/stats?filter=^{stat}$", timeout=5).text
+        return int(text.split(": ")[1]) if ": " in text else 0
+
+    before, dropped_before = len(gw.records("sdk")), dropped()
     served = gw.mock_stats()["served"]
     reply = client(gw, "sdk").chat.completions.create(
-        model="claude-lenient", max_tokens=40, messages=[{"role": "user", "content": "hi"}], logit_bias={"1": 1})
+        model="claude-lenient", max_tokens=40, messages=[{"role": "user", "content": "hi"}],
+        logit_bias={"1": 1}, presence_penalty=0.5)
     assert reply.choices[0].message.content and reply.model == "claude-lenient"
     assert gw.mock_stats()["served"] == served + 1
+    assert "logit_bias" not in gw.mock_stats()["requests"][-1]["body_json"]
     rec = gw.wait_records("sdk", before + 1)[-1]
     assert rec["deployment"] == "claude-lenient" and rec["cost_usd"] > 0
+    # Counted, per model group: the operator sees what their clients lose (after a tick).
+    deadline = time.time() + 5
+    while dropped() < dropped_before + 2 and time.time() < deadline:
+        time.sleep(0.1)
+    assert dropped() == dropped_before + 2

@@ -234,6 +234,50 @@ impl<S: Store> pb::key_service_server::KeyService for Admin<S> {
         Ok(Response::new(pb::GeneratedKey { key: plaintext, info: Some(to_proto(&key)) }))
     }
 
+    /// A key made by LiteLLM, by the digest LiteLLM stored (`sluice import litellm`). Only an
+    /// admin may name a digest: it makes a credential nobody here has seen work.
+    async fn import_key(&self, request: Request<pb::ImportKeyRequest>) -> Result<Response<pb::ImportedKey>, Status> {
+        let caller = self.caller(&request).await?;
+        caller.can_write_global("imported keys")?;
+        let req = request.into_inner();
+        let digest = req.token_sha256.to_ascii_lowercase();
+        if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(AdminError::InvalidArgument(
+                "token_sha256: 64 hex digits (a key's SHA-256) are required".into(),
+            )
+            .into());
+        }
+        let key_hash = format!("sha256:{digest}");
+        match self.store.get_key(&KeyLookup::Hash(key_hash.clone())).await {
+            Ok(existing) => {
+                return Ok(Response::new(pb::ImportedKey { info: Some(to_proto(&existing)), created: false }));
+            }
+            Err(StoreError::NotFound) => {}
+            Err(e) => return Err(AdminError::from(e).into()),
+        }
+        let mut spec = req.spec.unwrap_or_default();
+        if spec.duration.take().is_some() {
+            return Err(AdminError::InvalidArgument("spec.duration: an imported key takes expires_at".into()).into());
+        }
+        // LiteLLM's display form: `sk-...AbCd`.
+        let shown = req.key_name.as_deref().unwrap_or("sk-...");
+        let mut key = record_from_spec(spec, &caller, shown)?;
+        key.key_prefix = "sk-…".into();
+        key.last4 = shown.rsplit("...").next().filter(|t| t.len() == 4 && t.is_ascii()).unwrap_or("").to_owned();
+        if let Some(at) = req.expires_at.as_deref() {
+            let secs = sluice_core::time::parse_rfc3339(at)
+                .ok_or_else(|| AdminError::InvalidArgument(format!("expires_at: {at:?} is not an RFC 3339 time")))?;
+            key.expires_at = Some(secs.saturating_mul(1000));
+        }
+        self.check_grant(&caller, &key).await?;
+        if req.dry_run {
+            return Ok(Response::new(pb::ImportedKey { info: Some(to_proto(&key)), created: true }));
+        }
+        let audit = NewAudit::new(&caller.actor, "key.import", "key", &key.key_id);
+        self.store.insert_key(&key, &key_hash, audit).await.map_err(AdminError::from)?;
+        Ok(Response::new(pb::ImportedKey { info: Some(to_proto(&key)), created: true }))
+    }
+
     async fn update_key(&self, request: Request<pb::UpdateKeyRequest>) -> Result<Response<pb::Key>, Status> {
         let caller = self.caller(&request).await?;
         let req = request.into_inner();

@@ -630,7 +630,10 @@ pub fn embeddings_request(body: &[u8], target: &Target<'_>) -> Result<Embeddings
                 None => None,
                 Some(Value::Bool(b)) => Some(*b),
                 Some(_) => {
-                    return Err(ConversionError::InvalidField { param: "normalize", detail: "must be a boolean".into() });
+                    return Err(ConversionError::InvalidField {
+                        param: "normalize",
+                        detail: "must be a boolean".into(),
+                    });
                 }
             };
             read.inputs

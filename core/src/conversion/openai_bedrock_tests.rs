@@ -777,7 +777,8 @@ fn titan_embeds_several_texts_in_a_call_each() {
     assert_eq!(calls.estimates, [1, 3, 1]);
     assert_eq!(calls.ask.prompt_estimate, 5);
     // Cohere's texts stay one call.
-    let calls = embeddings_request(body_without_titan_fields().as_bytes(), &embedder("cohere.embed-english-v3")).unwrap();
+    let calls =
+        embeddings_request(body_without_titan_fields().as_bytes(), &embedder("cohere.embed-english-v3")).unwrap();
     assert_eq!((calls.bodies.len(), calls.estimates.as_slice()), (1, &[1 + 3][..]));
 }
 
@@ -802,7 +803,10 @@ fn several_titan_answers_are_one_list_in_order_with_the_counts_summed() {
     assert_eq!(counted, Some(7));
     // An answer without its count: the whole request is the estimate, said so.
     let (body, counted) = embeddings_answers(&[first, br#"{"embedding": [1.0]}"#], "emb", ask).unwrap();
-    assert_eq!((serde_json::from_slice::<Value>(&body).unwrap()["usage"]["prompt_tokens"].as_u64(), counted), (Some(99), None));
+    assert_eq!(
+        (serde_json::from_slice::<Value>(&body).unwrap()["usage"]["prompt_tokens"].as_u64(), counted),
+        (Some(99), None)
+    );
     // One bad answer spoils the list.
     let e = embeddings_answers(&[first, b"{}"], "emb", ask).unwrap_err();
     assert!(matches!(e, ConversionError::InvalidResponse { .. }), "{e:?}");

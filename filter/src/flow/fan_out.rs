@@ -217,7 +217,11 @@ impl<H: Host> RequestFlow<H> {
         let mut fan_out = FanOut {
             cluster: deployment.cluster.clone(),
             headers,
-            timeout_ms: req.timeout_ms.or(deployment.timeout_ms).or(config.timeout_ms).unwrap_or(config.route_timeout_ms),
+            timeout_ms: req
+                .timeout_ms
+                .or(deployment.timeout_ms)
+                .or(config.timeout_ms)
+                .unwrap_or(config.route_timeout_ms),
             calls,
             next: 0,
             retries: req.num_retries.unwrap_or(config.retries.num_retries),

@@ -235,6 +235,7 @@ impl<H: Host> RequestFlow<H> {
                     client_model: model.to_owned(),
                     include_usage: req.client_wants_usage,
                     embeddings: None,
+                    dropped_params: 0,
                 };
                 let body = match translation.upstream(body, deployment, &upstream_model, DEFAULT_MAX_OUTPUT_TOKENS)? {
                     Upstream::Body(body) => body,
@@ -394,6 +395,9 @@ impl<H: Host> RequestFlow<H> {
             end_user,
         });
         let translation = self.admitted.as_ref().and_then(|a| a.translation.clone());
+        if let Some(dropped) = translation.as_ref().map(|t| t.dropped_params as u64).filter(|n| *n > 0) {
+            gateway.metrics.group(group_index, GroupMetric::DroppedParams, dropped);
+        }
         if let (Some(calls), Some(translation), false) = (calls, translation, cache_hit) {
             self.start_fan_out(&gateway, index, &upstream_path, calls, translation, &req);
         }

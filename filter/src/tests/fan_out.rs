@@ -67,7 +67,8 @@ fn several_texts_are_a_call_each_through_the_cluster_and_one_answer_in_their_ord
     let reply = s.reply().expect("answered once the last call is");
     assert_eq!(reply.status, 200);
     let out = reply.json();
-    let firsts: Vec<f64> = out["data"].as_array().unwrap().iter().map(|d| d["embedding"][0].as_f64().unwrap()).collect();
+    let firsts: Vec<f64> =
+        out["data"].as_array().unwrap().iter().map(|d| d["embedding"][0].as_f64().unwrap()).collect();
     assert_eq!(firsts, [2.5, 3.5, 7.5]);
     assert_eq!(out["usage"], serde_json::json!({"prompt_tokens": 12, "total_tokens": 12}));
     assert_eq!(out["model"], "titan");

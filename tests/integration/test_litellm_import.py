@@ -1,0 +1,155 @@
+"""`sluice import litellm`: a LiteLLM proxy's database, built by LiteLLM's own migrations (PyPI's
+`litellm-proxy-extras`, installed with `litellm[proxy]`) on the machine's Postgres and seeded as
+LiteLLM's admin API would have left it, imported into a Sluice fleet. The keys LiteLLM handed
+out keep working through Envoy, a second run changes nothing, and what Sluice cannot carry is
+reported."""
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import openai
+import pytest
+
+from rest_support import call, ok, rest_fleet
+from test_xds import CHAT, wait_until
+
+VENV = Path(os.environ.get("SLUICE_LITELLM_VENV", ".venv-litellm"))
+# LiteLLM's keys: `sk-` and 22 characters, stored as the SHA-256 of the whole key.
+PLAIN = {name: "sk-" + hashlib.sha256(f"{name}-{os.getpid()}".encode()).hexdigest()[:22]
+         for name in ("alice", "ops", "blocked", "spent", "expired")}
+
+
+def digest(key):
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def psql(database, sql=None, file=None):
+    args = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", database, "-q", "-v", "ON_ERROR_STOP=1"]
+    args += ["-f", str(file)] if file else ["-c", sql]
+    subprocess.run(args, check=True, capture_output=True, timeout=120)
+
+
+def litellm_database():
+    """A fresh database with LiteLLM's schema, from its migrations in order."""
+    migrations = sorted(VENV.glob("lib/python*/site-packages/litellm_proxy_extras/migrations/*/migration.sql"))
+    assert len(migrations) > 100, f"LiteLLM's migrations not found under {VENV}"
+    name = "litellm_" + os.urandom(6).hex()
+    psql("test", f"CREATE DATABASE {name}")
+    for migration in migrations:
+        psql(name, file=migration)
+    return name
+
+
+SEED = """
+INSERT INTO "LiteLLM_BudgetTable" (budget_id, max_budget, rpm_limit, budget_duration, created_by, updated_by)
+  VALUES ('b-acme', 500, 1000, '30d', 'admin', 'admin');
+INSERT INTO "LiteLLM_OrganizationTable" (organization_id, organization_alias, budget_id, models, created_by, updated_by)
+  VALUES ('org-acme', 'Acme', 'b-acme', ARRAY['gpt-4o-mini', 'gpt-4o'], 'admin', 'admin');
+INSERT INTO "LiteLLM_UserTable" (user_id, user_email, user_role, organization_id, models, max_budget)
+  VALUES ('alice', 'alice@acme.test', 'internal_user', 'org-acme', ARRAY[]::text[], 50),
+         ('ops', 'ops@acme.test', 'proxy_admin', NULL, ARRAY[]::text[], NULL);
+INSERT INTO "LiteLLM_TeamTable" (team_id, team_alias, organization_id, models, rpm_limit, members_with_roles,
+                                 max_budget, spend)
+  VALUES ('team-search', 'search', 'org-acme', ARRAY['gpt-4o-mini'], 600,
+          '[{{"user_id": "alice", "role": "admin"}}]', 100, 0);
+INSERT INTO "LiteLLM_VerificationToken" (token, key_name, key_alias, models, user_id, team_id, rpm_limit,
+                                         metadata, aliases)
+  VALUES ('{alice}', 'sk-...{alice4}', 'alice-laptop', ARRAY['gpt-4o-mini'], 'alice', 'team-search', 60,
+          '{{"tags": ["search"], "env": "prod"}}', '{{"gpt-4": "gpt-4o-mini"}}'),
+         ('{ops}', 'sk-...{ops4}', 'ops-all', ARRAY['all-team-models'], 'ops', NULL, NULL, '{{}}', '{{}}');
+INSERT INTO "LiteLLM_VerificationToken" (token, key_name, key_alias, models, blocked)
+  VALUES ('{blocked}', 'sk-...{blocked4}', 'revoked', ARRAY[]::text[], true);
+INSERT INTO "LiteLLM_VerificationToken" (token, key_name, key_alias, models, max_budget, spend)
+  VALUES ('{spent}', 'sk-...{spent4}', 'half-spent', ARRAY[]::text[], 10, 4.5);
+INSERT INTO "LiteLLM_VerificationToken" (token, key_name, key_alias, models, expires)
+  VALUES ('{expired}', 'sk-...{expired4}', 'old', ARRAY[]::text[], '2024-01-01T00:00:00Z');
+"""
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    database = litellm_database()
+    values = {name: digest(key) for name, key in PLAIN.items()}
+    values.update({f"{name}4": key[-4:] for name, key in PLAIN.items()})
+    psql(database, SEED.format(**values))
+    url = f"postgres://postgres@127.0.0.1:5432/{database}"
+    try:
+        for fleet in rest_fleet(tmp_path_factory, "litellm-import"):
+            fleet.litellm_url = url
+            yield fleet
+    finally:
+        psql("test", f"DROP DATABASE {database} WITH (FORCE)")
+
+
+def run_import(fleet, *flags):
+    r = subprocess.run([fleet.bins["SLUICE_CLI"], "--server", f"http://127.0.0.1:{fleet.admin_port}",
+                        "--api-key", fleet.master_key, "import", "litellm", "--from", fleet.litellm_url, *flags],
+                       env=fleet.env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_a_dry_run_reports_and_changes_nothing(imported):
+    out = run_import(imported, "--dry-run")
+    assert "organizations: would create 1" in out and "users: would create 2" in out, out
+    assert "teams: would create 1" in out and "keys: would create 4" in out, out
+    assert "key half-spent: $4.500000 spent of a $10.00 budget" in out, out
+    assert "LiteLLM_VerificationToken.aliases: 1 row(s)" in out, out
+    assert ok(call(imported, "GET", "/key/list"))["keys"] == []
+    assert call(imported, "GET", "/team/info", params={"team_id": "team-search"}).status_code == 404
+
+
+def test_litellm_keys_keep_working_with_their_owners_and_limits(imported):
+    out = run_import(imported)
+    assert "keys: created 4, already in Sluice 0" in out, out
+    envoy = imported.start_envoy("edge-import")
+    alice = openai.OpenAI(base_url=f"{envoy.url}/v1", api_key=PLAIN["alice"], max_retries=0)
+    assert alice.chat.completions.create(model="gpt-4o-mini", messages=CHAT["messages"]).choices[0].message.content
+    with pytest.raises(openai.PermissionDeniedError):
+        alice.chat.completions.create(model="gpt-4o", messages=CHAT["messages"])
+    # LiteLLM's "all-team-models": whatever its owner may use.
+    ops = openai.OpenAI(base_url=f"{envoy.url}/v1", api_key=PLAIN["ops"], max_retries=0)
+    assert ops.chat.completions.create(model="gpt-4o", messages=CHAT["messages"]).choices[0].message.content
+    for name, error in [("blocked", openai.AuthenticationError), ("expired", openai.AuthenticationError)]:
+        client = openai.OpenAI(base_url=f"{envoy.url}/v1", api_key=PLAIN[name], max_retries=0)
+        with pytest.raises(openai.APIStatusError) as e:
+            client.chat.completions.create(model="gpt-4o-mini", messages=CHAT["messages"])
+        assert e.value.status_code in (401, 403), (name, e.value)
+    # The half-spent key was not imported: unknown to Sluice.
+    spent = openai.OpenAI(base_url=f"{envoy.url}/v1", api_key=PLAIN["spent"], max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        spent.chat.completions.create(model="gpt-4o-mini", messages=CHAT["messages"])
+    # Owners, team, members and limits as LiteLLM had them.
+    info = ok(call(imported, "GET", "/key/info", params={"key": PLAIN["alice"]}))["info"]
+    assert (info["key_alias"], info["user_id"], info["team_id"], info["rpm_limit"]) == \
+        ("alice-laptop", "alice", "team-search", 60)
+    assert info["metadata"]["env"] == "prod" and info["key_name"].endswith(PLAIN["alice"][-4:])
+    team = ok(call(imported, "GET", "/team/info", params={"team_id": "team-search"}))["team_info"]
+    assert (team["team_alias"], team["organization_id"], team["rpm_limit"], team["max_budget"]) == \
+        ("search", "org-acme", 600, 100)
+    assert [(m["user_id"], m["role"]) for m in team["members_with_roles"]] == [("alice", "admin")]
+    user = ok(call(imported, "GET", "/user/info", params={"user_id": "ops"}))["user_info"]
+    assert user["user_role"] == "proxy_admin"
+    org = ok(call(imported, "GET", "/organization/info", params={"organization_id": "org-acme"}))
+    assert org["litellm_budget_table"]["max_budget"] == 500 and org["litellm_budget_table"]["rpm_limit"] == 1000
+    audit = json.loads(imported.cli("audit", "--json").stdout)["entries"]
+    assert sum(e["action"] == "key.import" for e in audit) == 4
+
+
+def test_a_second_run_changes_nothing_and_the_flag_imports_a_spent_budget(imported):
+    out = run_import(imported)
+    assert "keys: created 0, already in Sluice 4" in out and "teams: created 0, already in Sluice 1" in out, out
+    out = run_import(imported, "--reset-spent-budgets")
+    assert "keys: created 1, already in Sluice 4" in out, out
+    envoy = imported.envoys[0] if imported.envoys else imported.start_envoy("edge-import-2")
+    spent = openai.OpenAI(base_url=f"{envoy.url}/v1", api_key=PLAIN["spent"], max_retries=0)
+    wait_until(lambda: _serves(spent), what="the newly imported key served")
+
+
+def _serves(client):
+    try:
+        return bool(client.chat.completions.create(model="gpt-4o-mini", messages=CHAT["messages"]).choices)
+    except openai.AuthenticationError:
+        return False  # an Envoy that cached the key as unknown asks again after its negative TTL
