@@ -10,10 +10,15 @@
 //! the rest by id): a second run creates nothing. `--dry-run` reports what a run would do.
 //!
 //! What it cannot carry is reported, never dropped silently: a column Sluice has no field for,
-//! holding anything but its default, is listed with the number of rows that set it. LiteLLM's
-//! `spend` is not carried: Sluice's budgets count its own spend records. An object with a
-//! budget and spend in LiteLLM would start its budget afresh, so it is skipped unless
-//! `--reset-spent-budgets` says that is intended.
+//! holding anything but its default, is listed with the number of rows that set it.
+//!
+//! Spend: Sluice's budgets count its own spend records, so a key's LiteLLM `spend` is carried
+//! as one record of that cost (an opening balance, `route: /litellm/import`, record id from the
+//! key's digest, so a second run is a duplicate the control plane recognises), shipped through
+//! the data-plane port as an Envoy ships usage (`--xds`, `--pki-dir`). Teams, users and
+//! organizations get their keys' balances through their keys. An object with a budget whose
+//! LiteLLM spend would not be carried (no `--xds`, or spend on keys that are gone) would start
+//! that budget afresh, so it is skipped unless `--reset-spent-budgets` says that is intended.
 
 use std::collections::BTreeMap;
 
@@ -26,7 +31,11 @@ use sluice_proto::admin::v1::user_service_client::UserServiceClient;
 use sqlx::postgres::PgPoolOptions;
 use tonic::Code;
 
+use sluice_proto::gateway::v1::usage_service_client::UsageServiceClient;
+use sluice_proto::gateway::v1::{Outcome, ReportUsageRequest, UsageRecord};
+
 use crate::admin_cli::{Connection, authed, channel, status_message};
+use crate::usage_import::{self, DataPlaneArgs};
 
 #[derive(clap::Args)]
 pub struct ImportArgs {
@@ -40,6 +49,41 @@ pub struct ImportArgs {
     /// from $0 in Sluice (LiteLLM's spend is not carried). Without it they are skipped.
     #[arg(long)]
     reset_spent_budgets: bool,
+    /// The data-plane port, to carry LiteLLM's spend as opening balances (without it, spend
+    /// is not carried).
+    #[command(flatten)]
+    data_plane: DataPlaneArgs,
+}
+
+/// The model group and route of an opening balance's record.
+const IMPORT_GROUP: &str = "litellm-import";
+const IMPORT_ROUTE: &str = "/litellm/import";
+
+/// A key's LiteLLM spend as one usage record of that cost, for its Sluice key `key_id`.
+fn opening_balance(digest: &str, key_id: &str, spend: f64, now_ms: u64) -> UsageRecord {
+    UsageRecord {
+        record_id: format!("litellm-import-{digest}"),
+        request_id: format!("litellm-import-{digest}"),
+        key_id: key_id.to_owned(),
+        model_group: IMPORT_GROUP.to_owned(),
+        route: IMPORT_ROUTE.to_owned(),
+        status: 200,
+        outcome: Outcome::Completed as i32,
+        cost_usd: spend,
+        start_ms: now_ms,
+        ..UsageRecord::default()
+    }
+}
+
+/// Per owner id, the LiteLLM spend of its keys (what carrying the keys' balances gives it).
+fn spend_by(keys: &[Map<String, Value>], column: &str) -> BTreeMap<String, f64> {
+    let mut sums = BTreeMap::new();
+    for key in keys {
+        if let Some(owner) = string(key, column) {
+            *sums.entry(owner).or_default() += number(key, "spend").unwrap_or(0.0);
+        }
+    }
+    sums
 }
 
 /// Columns each table's mapping reads, or that say nothing Sluice needs (ids it derives,
@@ -249,12 +293,16 @@ fn metadata(row: &Map<String, Value>) -> Option<String> {
     row.get("metadata").filter(|m| m.as_object().is_some_and(|o| !o.is_empty())).map(Value::to_string)
 }
 
-/// Whether importing `row` would restart a budget LiteLLM has spent from: say why, or None.
-fn spent_budget(kind: &str, id: &str, row: &Map<String, Value>, budget: Option<f64>) -> Option<String> {
+/// Whether importing `row` would restart a budget LiteLLM has spent from (beyond the `carried`
+/// dollars its keys' balances bring): say why, or None. A cent is the tolerance (LiteLLM sums
+/// floats).
+fn spent_budget(kind: &str, id: &str, row: &Map<String, Value>, budget: Option<f64>, carried: f64) -> Option<String> {
     let spend = number(row, "spend").unwrap_or(0.0);
-    (budget.is_some() && spend > 0.0).then(|| {
+    let lost = spend - carried;
+    (budget.is_some() && lost > 0.01).then(|| {
         format!(
-            "{kind} {id}: ${spend:.6} spent of a ${:.2} budget in LiteLLM, which Sluice would restart from $0 \
+            "{kind} {id}: ${lost:.6} of its ${spend:.6} spent of a ${:.2} budget in LiteLLM would not be carried \
+             (no --xds, or spent by keys that are gone), so Sluice would restart that budget short of it \
              (--reset-spent-budgets to import it anyway)",
             budget.unwrap_or(0.0)
         )
@@ -356,6 +404,19 @@ pub async fn run(c: &Connection, args: ImportArgs) -> Result<(), String> {
     let dry = args.dry_run;
     let err = |s: tonic::Status| status_message(&s);
 
+    // Keys first: their balances are what teams, users and organizations carry.
+    let key_rows = rows(&pool, "LiteLLM_VerificationToken", "token").await?;
+    let carry = args.data_plane.xds.is_some();
+    let (by_team, by_user, by_org) = if carry {
+        (spend_by(&key_rows, "team_id"), spend_by(&key_rows, "user_id"), spend_by(&key_rows, "organization_id"))
+    } else {
+        Default::default()
+    };
+    let carried = |sums: &BTreeMap<String, f64>, id: &str| sums.get(id).copied().unwrap_or(0.0);
+    let carried_key = |key: &Map<String, Value>| if carry { number(key, "spend").unwrap_or(0.0) } else { 0.0 };
+    let mut balances: Vec<UsageRecord> = Vec::new();
+    let now = u64::try_from(sluice_control_plane::store::now_ms()).unwrap_or(0);
+
     let budgets: BTreeMap<String, Map<String, Value>> = rows(&pool, "LiteLLM_BudgetTable", "budget_id")
         .await?
         .into_iter()
@@ -372,7 +433,7 @@ pub async fn run(c: &Connection, args: ImportArgs) -> Result<(), String> {
             continue;
         }
         if !args.reset_spent_budgets
-            && let Some(why) = spent_budget("organization", &id, &row, budget_limits.max_budget)
+            && let Some(why) = spent_budget("organization", &id, &row, budget_limits.max_budget, carried(&by_org, &id))
         {
             report.skipped.push(why);
             continue;
@@ -406,7 +467,7 @@ pub async fn run(c: &Connection, args: ImportArgs) -> Result<(), String> {
             continue;
         }
         if !args.reset_spent_budgets
-            && let Some(why) = spent_budget("user", &id, &row, number(&row, "max_budget"))
+            && let Some(why) = spent_budget("user", &id, &row, number(&row, "max_budget"), carried(&by_user, &id))
         {
             report.skipped.push(why);
             continue;
@@ -438,7 +499,7 @@ pub async fn run(c: &Connection, args: ImportArgs) -> Result<(), String> {
             continue;
         }
         if !args.reset_spent_budgets
-            && let Some(why) = spent_budget("team", &id, &row, number(&row, "max_budget"))
+            && let Some(why) = spent_budget("team", &id, &row, number(&row, "max_budget"), carried(&by_team, &id))
         {
             report.skipped.push(why);
             continue;
@@ -468,11 +529,11 @@ pub async fn run(c: &Connection, args: ImportArgs) -> Result<(), String> {
         *report.created.entry("teams").or_default() += 1;
     }
 
-    for row in rows(&pool, "LiteLLM_VerificationToken", "token").await? {
+    for row in key_rows {
         let Some(token) = string(&row, "token") else { continue };
         let shown = string(&row, "key_alias").or_else(|| string(&row, "key_name")).unwrap_or_default();
         if !args.reset_spent_budgets
-            && let Some(why) = spent_budget("key", &shown, &row, number(&row, "max_budget"))
+            && let Some(why) = spent_budget("key", &shown, &row, number(&row, "max_budget"), carried_key(&row))
         {
             report.skipped.push(why);
             continue;
@@ -511,7 +572,7 @@ pub async fn run(c: &Connection, args: ImportArgs) -> Result<(), String> {
             allowed_ips: Vec::new(),
         };
         let req = pb::ImportKeyRequest {
-            token_sha256: token,
+            token_sha256: token.clone(),
             spec: Some(spec),
             expires_at: string(&row, "expires").map(utc),
             key_name: string(&row, "key_name"),
@@ -519,9 +580,13 @@ pub async fn run(c: &Connection, args: ImportArgs) -> Result<(), String> {
         };
         // A dry run cannot ask about a key whose owner it would create (not there yet).
         let owner_planned = planned.owns(&row);
+        let spend = number(&row, "spend").unwrap_or(0.0);
         if dry && owner_planned {
             report.unmapped("LiteLLM_VerificationToken", &row, KEY_COLUMNS);
             *report.created.entry("keys").or_default() += 1;
+            if carry && spend > 0.0 {
+                balances.push(opening_balance(&token, "", spend, now));
+            }
             continue;
         }
         let imported = match keys.import_key(authed(c, req)?).await {
@@ -537,6 +602,30 @@ pub async fn run(c: &Connection, args: ImportArgs) -> Result<(), String> {
         } else {
             *report.present.entry("keys").or_default() += 1;
         }
+        // Sent for a key found imported too: a run that stopped before its balances were
+        // shipped is finished by the next; the control plane counts each record once.
+        if let (true, Some(key)) = (carry, imported.info.as_ref().filter(|_| spend > 0.0)) {
+            balances.push(opening_balance(&token.to_ascii_lowercase(), &key.key_id, spend, now));
+        }
+    }
+    let total: f64 = balances.iter().map(|r| r.cost_usd).sum();
+    if dry && !balances.is_empty() {
+        println!("spend to carry: {} key balance(s), ${total:.6} in all", balances.len());
+    } else if !balances.is_empty() {
+        let mut usage = UsageServiceClient::new(usage_import::channel(&args.data_plane).await?);
+        let answer = usage
+            .report(ReportUsageRequest { records: balances.clone() })
+            .await
+            .map_err(|s| format!("the control plane refused the opening balances ({:?}): {}", s.code(), s.message()))?
+            .into_inner();
+        println!(
+            "spend carried: {} key balance(s), ${total:.6} in all ({} new, {} carried before)",
+            balances.len(),
+            answer.accepted,
+            answer.duplicates
+        );
+    } else if !carry {
+        println!("spend: not carried (no --xds); budgets of imported objects count from $0");
     }
     report.print(dry);
     Ok(())
@@ -583,8 +672,11 @@ mod tests {
     #[test]
     fn a_budget_with_spend_is_not_restarted_silently() {
         let spent = row(json!({"spend": 4.5}));
-        assert!(spent_budget("key", "k", &spent, Some(10.0)).is_some_and(|why| why.contains("$4.500000")));
-        assert!(spent_budget("key", "k", &spent, None).is_none(), "no budget: nothing restarts");
-        assert!(spent_budget("key", "k", &row(json!({"spend": 0.0})), Some(10.0)).is_none());
+        assert!(spent_budget("key", "k", &spent, Some(10.0), 0.0).is_some_and(|why| why.contains("$4.500000")));
+        assert!(spent_budget("key", "k", &spent, None, 0.0).is_none(), "no budget: nothing restarts");
+        assert!(spent_budget("key", "k", &row(json!({"spend": 0.0})), Some(10.0), 0.0).is_none());
+        // Carried by its keys' balances, to the cent: nothing restarts.
+        assert!(spent_budget("team", "t", &spent, Some(10.0), 4.495).is_none());
+        assert!(spent_budget("team", "t", &spent, Some(10.0), 4.0).is_some_and(|why| why.contains("$0.500000")));
     }
 }

@@ -18,11 +18,12 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 /// Records per Report call, as the singleton sends them.
 const BATCH: usize = 500;
 
+/// How to reach the control plane's data-plane port (where Envoys ship usage).
 #[derive(clap::Args)]
-pub struct ImportArgs {
+pub struct DataPlaneArgs {
     /// HOST:PORT of the control plane's data-plane port (`sluice serve --xds-listen`).
     #[arg(long)]
-    xds: String,
+    pub xds: Option<String>,
     /// mTLS from `sluice pki`'s directory: its ca.pem, and a client certificate for this run
     /// signed in memory with its ca.key (valid for an hour, never written to disk).
     #[arg(long, value_name = "DIR", conflicts_with = "xds_ca")]
@@ -40,6 +41,12 @@ pub struct ImportArgs {
     /// Plaintext, to a control plane run with --insecure-data-plane (local development).
     #[arg(long, conflicts_with_all = ["pki_dir", "xds_ca"])]
     insecure_data_plane: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    data_plane: DataPlaneArgs,
     /// Envoy log files (`-` or none: standard input).
     files: Vec<PathBuf>,
 }
@@ -48,8 +55,10 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-async fn channel(args: &ImportArgs) -> Result<Channel, String> {
-    let (host, _) = args.xds.rsplit_once(':').ok_or_else(|| format!("--xds {:?}: use HOST:PORT", args.xds))?;
+/// A channel to the data-plane port, as an Envoy would open it.
+pub async fn channel(args: &DataPlaneArgs) -> Result<Channel, String> {
+    let xds = args.xds.as_deref().ok_or("--xds HOST:PORT (the control plane's data-plane port) is required")?;
+    let (host, _) = xds.rsplit_once(':').ok_or_else(|| format!("--xds {xds:?}: use HOST:PORT"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     // (CA, certificate, key), PEM.
     let pem = match (&args.pki_dir, &args.xds_ca, &args.xds_cert, &args.xds_key) {
@@ -63,7 +72,7 @@ async fn channel(args: &ImportArgs) -> Result<Channel, String> {
         _ => return Err("the data-plane port needs mTLS: --pki-dir or --xds-ca/--xds-cert/--xds-key (or --insecure-data-plane for a local development control plane)".into()),
     };
     let scheme = if pem.is_some() { "https" } else { "http" };
-    let mut endpoint = Channel::from_shared(format!("{scheme}://{}", args.xds)).map_err(|e| format!("--xds: {e}"))?;
+    let mut endpoint = Channel::from_shared(format!("{scheme}://{xds}")).map_err(|e| format!("--xds: {e}"))?;
     if let Some((ca, cert, key)) = pem {
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(ca))
@@ -71,7 +80,7 @@ async fn channel(args: &ImportArgs) -> Result<Channel, String> {
             .domain_name(host);
         endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
     }
-    endpoint.connect().await.map_err(|e| format!("cannot reach the data-plane port {}: {e}", args.xds))
+    endpoint.connect().await.map_err(|e| format!("cannot reach the data-plane port {xds}: {e}"))
 }
 
 pub async fn run(args: ImportArgs) -> Result<(), String> {
@@ -102,7 +111,7 @@ pub async fn run(args: ImportArgs) -> Result<(), String> {
         scan(&mut std::io::BufReader::new(file), &path.display().to_string())?;
     }
     let found = records.len();
-    let mut client = UsageServiceClient::new(channel(&args).await?);
+    let mut client = UsageServiceClient::new(channel(&args.data_plane).await?);
     let (mut accepted, mut duplicates) = (0u64, 0u64);
     for batch in records.chunks(BATCH) {
         let answer = client
