@@ -1,11 +1,10 @@
-//! `sluice import litellm --from postgres://…`: brings a LiteLLM proxy's organizations, users,
-//! teams (with their members) and virtual keys into Sluice through the admin API, so that the
+//! `sluice import litellm --from postgres://…`: brings a LiteLLM proxy's reusable budgets, end
+//! users (customers), organizations, users, teams (with their members) and virtual keys into Sluice through the admin API, so that the
 //! keys LiteLLM handed out keep working (imported by the SHA-256 LiteLLM stored; Sluice never
 //! sees a plaintext).
 //!
-//! It reads LiteLLM's tables (its Prisma schema: `LiteLLM_OrganizationTable`, `…UserTable`,
-//! `…TeamTable`, `…VerificationToken`, `…BudgetTable` for the organizations' limits) a row at a
-//! time as JSON (`row_to_json`), so a column added by a later LiteLLM is seen and reported, not
+//! It reads LiteLLM's tables (its Prisma schema: `LiteLLM_BudgetTable`, `…EndUserTable`,
+//! `…OrganizationTable`, `…UserTable`, `…TeamTable`, `…VerificationToken`) a row at a time as JSON (`row_to_json`), so a column added by a later LiteLLM is seen and reported, not
 //! a decoding error. Every object is created only if Sluice does not have it (keys by digest,
 //! the rest by id): a second run creates nothing. `--dry-run` reports what a run would do.
 //!
@@ -24,6 +23,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 use sluice_proto::admin::v1 as pb;
+use sluice_proto::admin::v1::budget_service_client::BudgetServiceClient;
+use sluice_proto::admin::v1::customer_service_client::CustomerServiceClient;
 use sluice_proto::admin::v1::key_service_client::KeyServiceClient;
 use sluice_proto::admin::v1::organization_service_client::OrganizationServiceClient;
 use sluice_proto::admin::v1::team_service_client::TeamServiceClient;
@@ -115,6 +116,7 @@ const BUDGET_COLUMNS: &[&str] = &[
     "updated_at",
     "updated_by",
 ];
+const CUSTOMER_COLUMNS: &[&str] = &["user_id", "alias", "spend", "budget_id", "blocked"];
 const USER_COLUMNS: &[&str] = &[
     "user_id",
     "user_alias",
@@ -213,7 +215,7 @@ struct Report {
 impl Report {
     fn print(&self, dry_run: bool) {
         let verb = if dry_run { "would create" } else { "created" };
-        for kind in ["organizations", "users", "teams", "keys"] {
+        for kind in ["budgets", "customers", "organizations", "users", "teams", "keys"] {
             println!(
                 "{kind}: {verb} {}, already in Sluice {}",
                 self.created.get(kind).copied().unwrap_or(0),
@@ -398,7 +400,7 @@ pub async fn run(c: &Connection, args: ImportArgs) -> Result<(), String> {
     let mut orgs = OrganizationServiceClient::new(channel.clone());
     let mut users = UserServiceClient::new(channel.clone());
     let mut teams = TeamServiceClient::new(channel.clone());
-    let mut keys = KeyServiceClient::new(channel);
+    let mut keys = KeyServiceClient::new(channel.clone());
     let mut report = Report::default();
     let mut planned = Planned::default();
     let dry = args.dry_run;
@@ -423,6 +425,57 @@ pub async fn run(c: &Connection, args: ImportArgs) -> Result<(), String> {
         .filter_map(|b| Some((string(&b, "budget_id")?, b)))
         .collect();
 
+    // LiteLLM's reusable budgets (an organization's limits are one of them too), then the end
+    // users (LiteLLM's customers) that name them.
+    let mut budget_service = BudgetServiceClient::new(channel.clone());
+    for (id, row) in &budgets {
+        if exists(budget_service.get_budget(authed(c, pb::BudgetRef { budget_id: id.clone() })?).await)? {
+            *report.present.entry("budgets").or_default() += 1;
+            continue;
+        }
+        report.unmapped("LiteLLM_BudgetTable", row, BUDGET_COLUMNS);
+        if !dry {
+            let req = pb::CreateBudgetRequest { budget_id: id.clone(), limits: Some(limits(row)) };
+            if let Err(e) = budget_service.create_budget(authed(c, req)?).await {
+                report.skipped.push(format!("budget {id}: {}", err(e)));
+                continue;
+            }
+        }
+        *report.created.entry("budgets").or_default() += 1;
+    }
+    let mut customers = CustomerServiceClient::new(channel.clone());
+    for row in rows(&pool, "LiteLLM_EndUserTable", "user_id").await? {
+        let Some(id) = string(&row, "user_id") else { continue };
+        if exists(customers.get_customer(authed(c, pb::CustomerRef { customer_id: id.clone() })?).await)? {
+            *report.present.entry("customers").or_default() += 1;
+            continue;
+        }
+        // An end user's spend is also its keys' (the same requests): it is not carried twice.
+        let budget_id = string(&row, "budget_id");
+        let max_budget = budget_id.as_ref().and_then(|b| budgets.get(b)).and_then(|b| number(b, "max_budget"));
+        if !args.reset_spent_budgets
+            && let Some(why) = spent_budget("customer", &id, &row, max_budget, 0.0)
+        {
+            report.skipped.push(why);
+            continue;
+        }
+        report.unmapped("LiteLLM_EndUserTable", &row, CUSTOMER_COLUMNS);
+        if !dry {
+            let req = pb::CreateCustomerRequest {
+                customer_id: id.clone(),
+                alias: string(&row, "alias"),
+                budget_id,
+                limits: None,
+                blocked: row.get("blocked").and_then(Value::as_bool) == Some(true),
+            };
+            if let Err(e) = customers.create_customer(authed(c, req)?).await {
+                report.skipped.push(format!("customer {id}: {}", err(e)));
+                continue;
+            }
+        }
+        *report.created.entry("customers").or_default() += 1;
+    }
+
     for row in rows(&pool, "LiteLLM_OrganizationTable", "organization_id").await? {
         let Some(id) = string(&row, "organization_id") else { continue };
         let id_shown = id.clone();
@@ -439,9 +492,6 @@ pub async fn run(c: &Connection, args: ImportArgs) -> Result<(), String> {
             continue;
         }
         report.unmapped("LiteLLM_OrganizationTable", &row, ORG_COLUMNS);
-        if let Some(budget) = budget {
-            report.unmapped("LiteLLM_BudgetTable", budget, BUDGET_COLUMNS);
-        }
         if !dry {
             let req = pb::CreateOrganizationRequest {
                 organization_id: id.clone(),

@@ -44,7 +44,11 @@ def litellm_database():
 
 SEED = """
 INSERT INTO "LiteLLM_BudgetTable" (budget_id, max_budget, rpm_limit, budget_duration, created_by, updated_by)
-  VALUES ('b-acme', 500, 1000, '30d', 'admin', 'admin');
+  VALUES ('b-acme', 500, 1000, '30d', 'admin', 'admin'), ('b-gold', 20, NULL, '30d', 'admin', 'admin');
+INSERT INTO "LiteLLM_EndUserTable" (user_id, alias, spend, budget_id, blocked, models)
+  VALUES ('cust-1', 'Customer One', 0, 'b-gold', false, ARRAY[]::text[]),
+         ('cust-2', NULL, 3, 'b-gold', false, ARRAY[]::text[]),
+         ('cust-3', NULL, 0, NULL, true, ARRAY['gpt-4o']);
 INSERT INTO "LiteLLM_OrganizationTable" (organization_id, organization_alias, budget_id, models, created_by, updated_by)
   VALUES ('org-acme', 'Acme', 'b-acme', ARRAY['gpt-4o-mini', 'gpt-4o'], 'admin', 'admin');
 INSERT INTO "LiteLLM_UserTable" (user_id, user_email, user_role, organization_id, models, max_budget, spend)
@@ -97,6 +101,10 @@ def run_import(fleet, *flags, carry=True):
 
 def test_a_dry_run_reports_and_changes_nothing(imported):
     out = run_import(imported, "--dry-run")
+    assert "budgets: would create 2" in out and "customers: would create 2" in out, out
+    # An end user's spend is its keys' too: not carried twice, so a spent budget holds it back.
+    assert "customer cust-2: $3.000000 of its $3.000000 spent of a $20.00 budget" in out, out
+    assert "LiteLLM_EndUserTable.models: 1 row(s)" in out, out
     assert "organizations: would create 1" in out and "users: would create 2" in out, out
     assert "teams: would create 1" in out and "keys: would create 5" in out, out
     assert "spend to carry: 2 key balance(s), $12.500000 in all" in out, out
@@ -134,6 +142,13 @@ def test_litellm_keys_keep_working_with_their_owners_limits_and_spend(imported):
         spent.chat.completions.create(model="gpt-4o-mini", messages=CHAT["messages"])
     assert "budget" in str(e.value).lower(), e.value
     assert ok(call(imported, "GET", "/key/info", params={"key": PLAIN["spent"]}))["info"]["spend"] == 10
+    # A customer LiteLLM blocked is blocked here; one with a reusable budget keeps it.
+    with pytest.raises(openai.BadRequestError) as e:
+        alice.chat.completions.create(model="gpt-4o-mini", messages=CHAT["messages"], user="cust-3")
+    assert "cust-3" in str(e.value), e.value
+    cust = ok(call(imported, "GET", "/customer/info", params={"end_user_id": "cust-1"}))
+    assert (cust["alias"], cust["budget_id"], cust["litellm_budget_table"]["max_budget"]) == \
+        ("Customer One", "b-gold", 20)
     # Owners, team, members, limits and spend as LiteLLM had them.
     info = ok(call(imported, "GET", "/key/info", params={"key": PLAIN["alice"]}))["info"]
     assert (info["key_alias"], info["user_id"], info["team_id"], info["rpm_limit"]) == \
@@ -156,5 +171,6 @@ def test_litellm_keys_keep_working_with_their_owners_limits_and_spend(imported):
 def test_a_second_run_changes_nothing(imported):
     out = run_import(imported)
     assert "keys: created 0, already in Sluice 5" in out and "teams: created 0, already in Sluice 1" in out, out
+    assert "budgets: created 0, already in Sluice 2" in out and "customers: created 0, already in Sluice 2" in out, out
     assert "(0 new, 2 carried before)" in out, out
     assert ok(call(imported, "GET", "/key/info", params={"key": PLAIN["spent"]}))["info"]["spend"] == 10
