@@ -47,6 +47,7 @@ fn send_probe(host: &impl Host, gateway: &Gateway, index: usize) -> Option<u32> 
                 include_usage: false,
                 embeddings: None,
                 dropped_params: 0,
+                json_mode: false,
             };
             let body = translation.request(&body, deployment, model, 1).ok()?;
             (direction.upstream_endpoint(), body)

@@ -99,6 +99,9 @@ pub struct Translation {
     /// The client's parameters the translation left out under `drop_params` (counted once the
     /// request is admitted).
     pub dropped_params: usize,
+    /// The client's JSON schema is answered by a forced tool call, translated back as content
+    /// (`openai_anthropic::JSON_TOOL`).
+    pub json_mode: bool,
 }
 
 impl Translation {
@@ -171,6 +174,7 @@ impl Translation {
             }
         };
         self.dropped_params = self.dropped_params.saturating_add(translated.dropped.len());
+        self.json_mode = translated.json_mode;
         if deployment.provider == Provider::VertexAnthropic {
             return Ok(Upstream::Body(vertex::anthropic_request(&translated.body)?));
         }
@@ -184,7 +188,8 @@ impl Translation {
         let asked = self.embeddings.unwrap_or_default();
         match (self.direction, (200..300).contains(&status)) {
             (Direction::OpenAiToAnthropic, true) => {
-                openai_anthropic::response(body, &self.client_model, created_unix_secs).unwrap_or_else(untranslatable)
+                openai_anthropic::response(body, &self.client_model, created_unix_secs, self.json_mode)
+                    .unwrap_or_else(untranslatable)
             }
             (Direction::OpenAiToAnthropic, false) => openai_anthropic::error(body),
             (Direction::AnthropicToOpenAi, true) => {
@@ -244,6 +249,7 @@ impl Translation {
                 &self.client_model,
                 created_unix_secs,
                 self.include_usage,
+                self.json_mode,
             )),
             Direction::AnthropicToOpenAi => {
                 StreamTranslation::ToAnthropic(anthropic_openai::StreamTranslator::new(&self.client_model))

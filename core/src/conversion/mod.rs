@@ -58,6 +58,10 @@ pub struct Target<'a> {
 pub struct Translated {
     pub body: Vec<u8>,
     pub dropped: Vec<String>,
+    /// The client's `response_format` asked for JSON that the provider gives as a forced tool
+    /// call (`openai_anthropic::JSON_TOOL`): its answer is translated back as the message's
+    /// content.
+    pub json_mode: bool,
 }
 
 /// Why a body could not be translated.
@@ -131,7 +135,7 @@ fn messages(req: &Map<String, Value>) -> Result<&[Value], ConversionError> {
 /// The translated request: `out` as the body, and the parameters dropped.
 fn translated(out: Map<String, Value>, dropped: Vec<String>) -> Result<Translated, ConversionError> {
     let body = serde_json::to_vec(&Value::Object(out)).map_err(|e| invalid(e.to_string()))?;
-    Ok(Translated { body, dropped })
+    Ok(Translated { body, dropped, json_mode: false })
 }
 
 /// A provider's answer, parsed.

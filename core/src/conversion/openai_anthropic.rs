@@ -53,11 +53,26 @@ const KNOWN: &[&str] = &[
     "response_format",
 ];
 
+/// The tool a `response_format` JSON schema becomes (LiteLLM's name, so a client sees what it
+/// would see through LiteLLM): Anthropic is made to call it, and its input is the answer.
+pub const JSON_TOOL: &str = "json_tool_call";
+
+/// The schema a `response_format` of type `json_schema` names, if it is one Anthropic can be
+/// held to (an object schema, given whole). `json_object` names none: Anthropic cannot be
+/// made to answer in JSON without one, so it is refused (or dropped) like any parameter it
+/// cannot take, where LiteLLM ignores it.
+fn json_schema(response_format: &Value) -> Option<&Value> {
+    if response_format.get("type").and_then(Value::as_str) != Some("json_schema") {
+        return None;
+    }
+    response_format.get("json_schema")?.get("schema").filter(|s| s.is_object())
+}
+
 /// Whether Anthropic can take a parameter the client sent.
 fn takes(name: &str, value: &Value) -> bool {
     match name {
         "n" => value.as_u64().is_none_or(|n| n <= 1),
-        "response_format" => value.get("type").and_then(Value::as_str) == Some("text"),
+        "response_format" => value.get("type").and_then(Value::as_str) == Some("text") || json_schema(value).is_some(),
         other => !UNSUPPORTED.contains(&other) && KNOWN.contains(&other),
     }
 }
@@ -95,14 +110,39 @@ pub fn request(body: &[u8], target: &Target<'_>) -> Result<Translated, Conversio
     if let Some(user) = req.get("user").and_then(Value::as_str) {
         out.insert("metadata".into(), json!({"user_id": user}));
     }
-    if let Some(tools) = req.get("tools").filter(|v| !v.is_null()) {
+    let client_tools = req.get("tools").filter(|v| !v.is_null());
+    if let Some(tools) = client_tools {
         out.insert("tools".into(), tools_to_anthropic(tools)?);
     }
     let no_parallel = req.get("parallel_tool_calls").and_then(Value::as_bool) == Some(false);
     if let Some(choice) = tool_choice_to_anthropic(req.get("tool_choice"), no_parallel)? {
         out.insert("tool_choice".into(), choice);
     }
-    super::translated(out, unsupported)
+    // A JSON schema answer (LiteLLM's way): a tool with that schema, forced unless the client
+    // has tools of its own (then its tool choice stands, and the model may call either).
+    let schema = req
+        .get("response_format")
+        .and_then(json_schema)
+        .filter(|_| !unsupported.iter().any(|p| p == "response_format"));
+    if let Some(schema) = schema {
+        let mut input_schema = json!({"type": "object"});
+        if let (Some(base), Some(given)) = (input_schema.as_object_mut(), schema.as_object()) {
+            base.extend(given.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let tool = json!({"name": JSON_TOOL, "input_schema": input_schema});
+        match out.get_mut("tools").and_then(Value::as_array_mut) {
+            Some(tools) => tools.push(tool),
+            None => {
+                out.insert("tools".into(), Value::Array(vec![tool]));
+            }
+        }
+        if client_tools.is_none() {
+            out.insert("tool_choice".into(), json!({"type": "tool", "name": JSON_TOOL}));
+        }
+    }
+    let mut translated = super::translated(out, unsupported)?;
+    translated.json_mode = schema.is_some();
+    Ok(translated)
 }
 
 /// System and developer messages become Anthropic's `system`; tool results become
@@ -235,16 +275,28 @@ fn anthropic_usage(usage: Option<&Value>) -> Usage {
     }
 }
 
-/// A Messages response as a `chat.completion` for the client, who asked for `client_model`.
-pub fn response(body: &[u8], client_model: &str, created_unix_secs: u64) -> Result<Vec<u8>, ConversionError> {
+/// A Messages response as a `chat.completion` for the client, who asked for `client_model`. In
+/// `json_mode` the call of [`JSON_TOOL`] is the answer: its input is the message's content.
+pub fn response(
+    body: &[u8],
+    client_model: &str,
+    created_unix_secs: u64,
+    json_mode: bool,
+) -> Result<Vec<u8>, ConversionError> {
     let parsed = super::response_json(body)?;
     let content =
         parsed.get("content").and_then(Value::as_array).ok_or_else(|| super::bad_response("no content array"))?;
     let mut text = String::new();
     let mut tool_calls = Vec::new();
+    let mut answered_in_json = false;
     for block in content {
+        let is_json_answer = json_mode && block.get("name").and_then(Value::as_str) == Some(JSON_TOOL);
         match block.get("type").and_then(Value::as_str) {
             Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or_default()),
+            Some("tool_use") if is_json_answer => {
+                text.push_str(&block.get("input").map_or_else(|| "{}".to_owned(), Value::to_string));
+                answered_in_json = true;
+            }
             Some("tool_use") => tool_calls.push(openai_side::tool_call(
                 block.get("id").cloned().unwrap_or(Value::Null),
                 block.get("name").cloned().unwrap_or(Value::Null),
@@ -254,8 +306,15 @@ pub fn response(body: &[u8], client_model: &str, created_unix_secs: u64) -> Resu
             _ => {}
         }
     }
+    let stop_reason = parsed.get("stop_reason").and_then(Value::as_str);
+    // Stopped to call the JSON tool alone: for the client, the answer is complete.
+    let stop_reason = if answered_in_json && tool_calls.is_empty() && stop_reason == Some("tool_use") {
+        Some("end_turn")
+    } else {
+        stop_reason
+    };
     let message = openai_side::assistant_message(text, tool_calls);
-    let finish = finish_reason(parsed.get("stop_reason").and_then(Value::as_str));
+    let finish = finish_reason(stop_reason);
     let usage = anthropic_usage(parsed.get("usage"));
     openai_side::completion(
         parsed.get("id").cloned().unwrap_or(Value::Null),
@@ -286,16 +345,24 @@ pub struct StreamTranslator {
     tool_indexes: ToolCallIndexes,
     /// `message_stop` arrived.
     stopped: bool,
+    /// The request's JSON schema is answered by a call of [`JSON_TOOL`]: the block's index
+    /// once it started (its input streams as content), and whether another tool was called.
+    json_mode: bool,
+    json_block: Option<u64>,
+    other_tool_called: bool,
 }
 
 impl StreamTranslator {
-    pub fn new(client_model: &str, created_unix_secs: u64, include_usage: bool) -> Self {
+    pub fn new(client_model: &str, created_unix_secs: u64, include_usage: bool, json_mode: bool) -> Self {
         Self {
             events: SseEvents::default(),
             chunks: Chunks::new(String::new(), client_model, created_unix_secs, include_usage),
             usage: Usage::default(),
             tool_indexes: ToolCallIndexes::default(),
             stopped: false,
+            json_mode,
+            json_block: None,
+            other_tool_called: false,
         }
     }
 
@@ -344,8 +411,14 @@ impl StreamTranslator {
             }
             "content_block_start" => {
                 let block = data.get("content_block");
-                if block.and_then(|b| b.get("type")).and_then(Value::as_str) == Some("tool_use") {
-                    let tool_index = self.tool_indexes.open(data.get("index").and_then(Value::as_u64).unwrap_or(0));
+                let block_index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let is_tool = block.and_then(|b| b.get("type")).and_then(Value::as_str) == Some("tool_use");
+                let name = block.and_then(|b| b.get("name")).and_then(Value::as_str);
+                if is_tool && self.json_mode && name == Some(JSON_TOOL) {
+                    self.json_block = Some(block_index);
+                } else if is_tool {
+                    self.other_tool_called = true;
+                    let tool_index = self.tool_indexes.open(block_index);
                     let field = |name: &str| block.and_then(|b| b.get(name)).cloned().unwrap_or(Value::Null);
                     let delta = openai_side::tool_call_opened(tool_index, field("id"), field("name"));
                     self.chunks.chunk(0, delta, Value::Null, out);
@@ -360,6 +433,12 @@ impl StreamTranslator {
                     }
                     Some("input_json_delta") => {
                         let block_index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+                        if self.json_block == Some(block_index) {
+                            // The JSON answer, as the message's content.
+                            let partial = delta.and_then(|d| d.get("partial_json")).cloned().unwrap_or_default();
+                            self.chunks.chunk(0, json!({"content": partial}), Value::Null, out);
+                            return;
+                        }
                         // A fragment of a block that never started goes to the first call.
                         let tool_index = self.tool_indexes.of(block_index).unwrap_or(0);
                         let partial = delta.and_then(|d| d.get("partial_json")).cloned().unwrap_or_default();
@@ -374,6 +453,11 @@ impl StreamTranslator {
                     self.usage.completion_tokens = output;
                 }
                 let stop = data.get("delta").and_then(|d| d.get("stop_reason")).and_then(Value::as_str);
+                let stop = if self.json_block.is_some() && !self.other_tool_called && stop == Some("tool_use") {
+                    Some("end_turn")
+                } else {
+                    stop
+                };
                 self.chunks.chunk(0, json!({}), finish_reason(stop), out);
             }
             "message_stop" => {

@@ -150,7 +150,7 @@ fn malformed_requests_get_a_reason() {
 #[test]
 fn a_response_with_text_and_a_tool_call_becomes_a_chat_completion() {
     let body = include_bytes!("../../tests/fixtures/anthropic/response_tool_use.json");
-    let got: Value = serde_json::from_slice(&response(body, "claude", 1_700_000_000).unwrap()).unwrap();
+    let got: Value = serde_json::from_slice(&response(body, "claude", 1_700_000_000, false).unwrap()).unwrap();
     assert_eq!(
         got,
         json!({
@@ -191,10 +191,10 @@ fn stop_reasons_map_to_finish_reasons() {
         ("pause_turn", "stop"),
     ] {
         let body = json!({"id": "m", "content": [{"type": "text", "text": "x"}], "stop_reason": stop, "usage": {"input_tokens": 1, "output_tokens": 1}});
-        let got: Value = completion(response, &body.to_string());
+        let got: Value = completion(|b, m, c| response(b, m, c, false), &body.to_string());
         assert_eq!(got["choices"][0]["finish_reason"], finish, "{stop}");
     }
-    let bad = response(b"{\"type\":\"message\"}", "m", 0).unwrap_err();
+    let bad = response(b"{\"type\":\"message\"}", "m", 0, false).unwrap_err();
     assert!(matches!(bad, ConversionError::InvalidResponse { .. }), "{bad:?}");
 }
 
@@ -212,7 +212,7 @@ fn provider_errors_come_back_in_openai_shape() {
 
 /// The OpenAI chunks a translator writes for `stream`, fed in `pieces`.
 fn stream_chunks(pieces: &[&[u8]], include_usage: bool) -> (Vec<Value>, bool, Usage) {
-    let mut t = StreamTranslator::new("claude", 1_700_000_000, include_usage);
+    let mut t = StreamTranslator::new("claude", 1_700_000_000, include_usage, false);
     let (chunks, done) = openai_chunks(pieces, |piece, end| t.feed(piece, end));
     (chunks, done, t.usage())
 }
@@ -280,4 +280,89 @@ fn a_stream_that_fails_or_is_cut_still_ends_for_the_client() {
     // Garbage from the provider is no panic and no chunk.
     let (chunks, done, _) = stream_chunks(&[b"data: {not json\n\nevent: content_block_delta\ndata: 7\n\n"], false);
     assert!(done && chunks.is_empty(), "{chunks:?}");
+}
+
+// ---- response_format: a JSON schema through a forced tool call (LiteLLM's way) ----------------
+
+const SCHEMA: &str = r#"{"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}"#;
+
+fn with_schema(extra: Value) -> Value {
+    let mut body = json!({"model": "claude", "messages": [{"role": "user", "content": "Where?"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "place", "schema": serde_json::from_str::<Value>(SCHEMA).unwrap()}}});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    body
+}
+
+#[test]
+fn a_json_schema_is_a_forced_tool_and_its_call_is_the_answer() {
+    let body = with_schema(json!({}));
+    let out = request(body.to_string().as_bytes(), &TARGET).unwrap();
+    assert!(out.json_mode && out.dropped.is_empty());
+    let sent: Value = serde_json::from_slice(&out.body).unwrap();
+    assert_eq!(
+        sent["tools"],
+        json!([{"name": "json_tool_call", "input_schema": serde_json::from_str::<Value>(SCHEMA).unwrap()}])
+    );
+    assert_eq!(sent["tool_choice"], json!({"type": "tool", "name": "json_tool_call"}));
+    // With the client's own tools, its choice stands and the JSON tool is one more.
+    let own =
+        with_schema(json!({"tools": [{"type": "function", "function": {"name": "lookup"}}], "tool_choice": "auto"}));
+    let sent: Value = serde_json::from_slice(&request(own.to_string().as_bytes(), &TARGET).unwrap().body).unwrap();
+    let names: Vec<&str> = sent["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!((names, &sent["tool_choice"]), (vec!["lookup", "json_tool_call"], &json!({"type": "auto"})));
+    // The answer: the tool's input is the message's content, and the turn is complete.
+    let answer = br#"{"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+        "content": [{"type": "tool_use", "id": "toolu_1", "name": "json_tool_call", "input": {"city": "Paris"}}],
+        "stop_reason": "tool_use", "usage": {"input_tokens": 20, "output_tokens": 9}}"#;
+    let got: Value = serde_json::from_slice(&response(answer, "claude", 0, true).unwrap()).unwrap();
+    let message = &got["choices"][0]["message"];
+    assert_eq!(serde_json::from_str::<Value>(message["content"].as_str().unwrap()).unwrap(), json!({"city": "Paris"}));
+    assert!(message.get("tool_calls").is_none(), "{message}");
+    assert_eq!(got["choices"][0]["finish_reason"], "stop");
+    // Not asked for JSON: a tool of that name is a tool call like any.
+    let plain: Value = serde_json::from_slice(&response(answer, "claude", 0, false).unwrap()).unwrap();
+    assert_eq!(plain["choices"][0]["finish_reason"], "tool_calls");
+}
+
+#[test]
+fn json_object_without_a_schema_cannot_be_held_to_and_is_refused_or_dropped() {
+    let body = json!({"model": "claude", "messages": [], "response_format": {"type": "json_object"}});
+    let e = request(body.to_string().as_bytes(), &TARGET).unwrap_err();
+    assert_eq!(e, ConversionError::Unsupported { provider: "anthropic", params: vec!["response_format".into()] });
+    let lenient = Target { drop_params: true, ..TARGET };
+    let out = request(body.to_string().as_bytes(), &lenient).unwrap();
+    assert!(!out.json_mode && out.dropped == ["response_format"]);
+    // A schema under drop_params is honoured, not dropped.
+    let out = request(with_schema(json!({})).to_string().as_bytes(), &lenient).unwrap();
+    assert!(out.json_mode && out.dropped.is_empty());
+}
+
+#[test]
+fn a_streamed_json_answer_is_content_chunks_whatever_the_split() {
+    let stream = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_2\",\"usage\":{\"input_tokens\":20,\"output_tokens\":1}}}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_2\",\"name\":\"json_tool_call\",\"input\":{}}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"city\\\": \"}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\\\"Paris\\\"}\"}}\n\n",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":9}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    )
+    .as_bytes();
+    for split in [stream.len(), 1, 7, 100] {
+        let pieces: Vec<&[u8]> = stream.chunks(split).collect();
+        let mut t = StreamTranslator::new("claude", 0, false, true);
+        let (chunks, done) = openai_chunks(&pieces, |piece, end| t.feed(piece, end));
+        assert!(done && t.completed());
+        let text: String =
+            deltas(&chunks).iter().filter_map(|d| d.get("content")?.as_str().map(str::to_owned)).collect();
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), json!({"city": "Paris"}), "split {split}");
+        assert!(deltas(&chunks).iter().all(|d| d.get("tool_calls").is_none()));
+        let finish: Vec<&Value> =
+            chunks.iter().filter_map(|c| c["choices"][0].get("finish_reason")).filter(|f| !f.is_null()).collect();
+        assert_eq!(finish, [&json!("stop")], "split {split}");
+        assert_eq!(t.usage().completion_tokens, 9);
+    }
 }

@@ -55,7 +55,7 @@ fn run_stream(mut feed: impl FnMut(&[u8], bool) -> Vec<u8>, pieces: &[&[u8]]) ->
 }
 
 fn translate_stream(pieces: &[&[u8]]) -> Vec<u8> {
-    let mut t = StreamTranslator::new("m", 0, true);
+    let mut t = StreamTranslator::new("m", 0, true, false);
     run_stream(|chunk, end| t.feed(chunk, end), pieces)
 }
 
@@ -72,8 +72,8 @@ proptest! {
     }
 
     #[test]
-    fn responses_and_errors_never_panic(body in prop_oneof![json_value().prop_map(|v| v.to_string().into_bytes()), hostile_bytes()]) {
-        let _ = response(&body, "m", 0);
+    fn responses_and_errors_never_panic(body in prop_oneof![json_value().prop_map(|v| v.to_string().into_bytes()), hostile_bytes()], json_mode in any::<bool>()) {
+        let _ = response(&body, "m", 0, json_mode);
         let e: Value = serde_json::from_slice(&error(&body)).unwrap();
         prop_assert!(e["error"]["message"].is_string());
     }

@@ -236,6 +236,7 @@ impl<H: Host> RequestFlow<H> {
                     include_usage: req.client_wants_usage,
                     embeddings: None,
                     dropped_params: 0,
+                    json_mode: false,
                 };
                 let body = match translation.upstream(body, deployment, &upstream_model, DEFAULT_MAX_OUTPUT_TOKENS)? {
                     Upstream::Body(body) => body,

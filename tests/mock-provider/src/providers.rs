@@ -253,6 +253,12 @@ pub fn reply(
     let completion =
         knobs.completion_tokens.unwrap_or_else(|| max_tokens.map_or(DEFAULT_COMPLETION, |m| m.min(DEFAULT_COMPLETION)));
     let g = Gen { include_usage, ..Gen::new(model, completion, received, knobs) };
+    // A tool the request forces (`tool_choice: {"type": "tool"}`) is called, as Claude does.
+    if api == Api::Messages
+        && let Some(name) = forced_tool(&request)
+    {
+        return g.anthropic_tool_use(name, stream);
+    }
     match (api, stream) {
         (Api::CountTokens, _) => {
             Reply::Json { status: StatusCode::OK, body: json!({"input_tokens": g.prompt}).to_string().into_bytes() }
@@ -265,6 +271,12 @@ pub fn reply(
         (Api::Responses, false) => g.responses_full(),
         (Api::Responses, true) => g.responses_stream(),
     }
+}
+
+/// The tool an Anthropic request forces the model to call, if it does.
+fn forced_tool(request: &Value) -> Option<&str> {
+    let choice = request.get("tool_choice")?;
+    (choice.get("type").and_then(Value::as_str) == Some("tool")).then(|| choice.get("name")?.as_str())?
 }
 
 /// The word the texts repeat: a multi-byte one when the stream is split into byte pieces.
@@ -433,6 +445,49 @@ impl Gen {
             "content": [{"type": "text", "text": self.text(self.completion)}],
             "stop_reason": "end_turn", "stop_sequence": null, "usage": self.anthropic_usage(self.completion),
         }))
+    }
+
+    /// A call of the tool `name` with `Knobs::tool_arguments()` as its input: whole, or as a
+    /// stream whose input arrives in two `input_json_delta` pieces.
+    fn anthropic_tool_use(&self, name: &str, stream: bool) -> Reply {
+        let id = format!("toolu_mock_{}", self.id);
+        let input = Knobs::tool_arguments();
+        if !stream {
+            return Reply::ok(&json!({
+                "id": format!("msg_mock_{}", self.id), "type": "message", "role": "assistant", "model": self.model,
+                "content": [{"type": "tool_use", "id": id, "name": name, "input": input}],
+                "stop_reason": "tool_use", "stop_sequence": null, "usage": self.anthropic_usage(self.completion),
+            }));
+        }
+        let text = input.to_string();
+        let (first, rest) = text.split_at(text.len() / 2);
+        let delta = |piece: &str| {
+            named_sse(
+                "content_block_delta",
+                &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": piece}}),
+            )
+        };
+        let events = vec![
+            named_sse(
+                "message_start",
+                &json!({"type": "message_start", "message": {
+                "id": format!("msg_mock_{}", self.id), "type": "message", "role": "assistant", "model": self.model,
+                "content": [], "stop_reason": null, "stop_sequence": null, "usage": self.anthropic_usage(1)}}),
+            ),
+            named_sse(
+                "content_block_start",
+                &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}),
+            ),
+            delta(first),
+            delta(rest),
+            named_sse("content_block_stop", &json!({"type": "content_block_stop", "index": 0})),
+            named_sse(
+                "message_delta",
+                &json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": self.completion}}),
+            ),
+            named_sse("message_stop", &json!({"type": "message_stop"})),
+        ];
+        Reply::Stream { events, content_type: EVENT_STREAM }
     }
 
     fn anthropic_stream(&self) -> Reply {
