@@ -233,6 +233,37 @@ impl Report {
         }
     }
 
+    /// Counts one object Sluice has already.
+    fn present(&mut self, kind: &'static str) {
+        *self.present.entry(kind).or_default() += 1;
+    }
+
+    /// Counts one object created (or, in a dry run, to create), unless the admin API refused
+    /// it: then it is skipped with the API's words. Whether it was created.
+    fn created(&mut self, kind: &'static str, id: &str, refused: Option<tonic::Status>) -> bool {
+        match refused {
+            None => {
+                *self.created.entry(kind).or_default() += 1;
+                true
+            }
+            Some(status) => {
+                self.skipped.push(format!("{kind} {id}: {}", status_message(&status)));
+                false
+            }
+        }
+    }
+
+    /// Whether an object is held back (the reason noted) because its budget would restart.
+    fn held_back(&mut self, reset_allowed: bool, why: Option<String>) -> bool {
+        match why.filter(|_| !reset_allowed) {
+            Some(why) => {
+                self.skipped.push(why);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Notes each column of `row` outside `known` that holds more than its default.
     fn unmapped(&mut self, table: &str, row: &Map<String, Value>, known: &[&str]) {
         for (column, value) in row {
@@ -430,162 +461,127 @@ pub async fn run(c: &Connection, args: ImportArgs) -> Result<(), String> {
     let mut budget_service = BudgetServiceClient::new(channel.clone());
     for (id, row) in &budgets {
         if exists(budget_service.get_budget(authed(c, pb::BudgetRef { budget_id: id.clone() })?).await)? {
-            *report.present.entry("budgets").or_default() += 1;
+            report.present("budgets");
             continue;
         }
         report.unmapped("LiteLLM_BudgetTable", row, BUDGET_COLUMNS);
-        if !dry {
-            let req = pb::CreateBudgetRequest { budget_id: id.clone(), limits: Some(limits(row)) };
-            if let Err(e) = budget_service.create_budget(authed(c, req)?).await {
-                report.skipped.push(format!("budget {id}: {}", err(e)));
-                continue;
-            }
-        }
-        *report.created.entry("budgets").or_default() += 1;
+        let req = pb::CreateBudgetRequest { budget_id: id.clone(), limits: Some(limits(row)) };
+        let refused = if dry { None } else { budget_service.create_budget(authed(c, req)?).await.err() };
+        report.created("budgets", id, refused);
     }
     let mut customers = CustomerServiceClient::new(channel.clone());
     for row in rows(&pool, "LiteLLM_EndUserTable", "user_id").await? {
         let Some(id) = string(&row, "user_id") else { continue };
         if exists(customers.get_customer(authed(c, pb::CustomerRef { customer_id: id.clone() })?).await)? {
-            *report.present.entry("customers").or_default() += 1;
+            report.present("customers");
             continue;
         }
         // An end user's spend is also its keys' (the same requests): it is not carried twice.
         let budget_id = string(&row, "budget_id");
         let max_budget = budget_id.as_ref().and_then(|b| budgets.get(b)).and_then(|b| number(b, "max_budget"));
-        if !args.reset_spent_budgets
-            && let Some(why) = spent_budget("customer", &id, &row, max_budget, 0.0)
-        {
-            report.skipped.push(why);
+        if report.held_back(args.reset_spent_budgets, spent_budget("customer", &id, &row, max_budget, 0.0)) {
             continue;
         }
         report.unmapped("LiteLLM_EndUserTable", &row, CUSTOMER_COLUMNS);
-        if !dry {
-            let req = pb::CreateCustomerRequest {
-                customer_id: id.clone(),
-                alias: string(&row, "alias"),
-                budget_id,
-                limits: None,
-                blocked: row.get("blocked").and_then(Value::as_bool) == Some(true),
-            };
-            if let Err(e) = customers.create_customer(authed(c, req)?).await {
-                report.skipped.push(format!("customer {id}: {}", err(e)));
-                continue;
-            }
-        }
-        *report.created.entry("customers").or_default() += 1;
+        let req = pb::CreateCustomerRequest {
+            customer_id: id.clone(),
+            alias: string(&row, "alias"),
+            budget_id,
+            limits: None,
+            blocked: row.get("blocked").and_then(Value::as_bool) == Some(true),
+        };
+        let refused = if dry { None } else { customers.create_customer(authed(c, req)?).await.err() };
+        report.created("customers", &id, refused);
     }
 
     for row in rows(&pool, "LiteLLM_OrganizationTable", "organization_id").await? {
         let Some(id) = string(&row, "organization_id") else { continue };
-        let id_shown = id.clone();
         let budget = row.get("budget_id").and_then(Value::as_str).and_then(|b| budgets.get(b));
         let budget_limits = budget.map(limits).unwrap_or_default();
         if exists(orgs.get_organization(authed(c, pb::OrganizationRef { organization_id: id.clone() })?).await)? {
-            *report.present.entry("organizations").or_default() += 1;
+            report.present("organizations");
             continue;
         }
-        if !args.reset_spent_budgets
-            && let Some(why) = spent_budget("organization", &id, &row, budget_limits.max_budget, carried(&by_org, &id))
-        {
-            report.skipped.push(why);
+        let why = spent_budget("organization", &id, &row, budget_limits.max_budget, carried(&by_org, &id));
+        if report.held_back(args.reset_spent_budgets, why) {
             continue;
         }
         report.unmapped("LiteLLM_OrganizationTable", &row, ORG_COLUMNS);
-        if !dry {
-            let req = pb::CreateOrganizationRequest {
-                organization_id: id.clone(),
-                organization_alias: string(&row, "organization_alias"),
-                models: models(&row),
-                limits: Some(budget_limits),
-                metadata_json: metadata(&row),
-            };
-            if let Err(e) = orgs.create_organization(authed(c, req)?).await {
-                report.skipped.push(format!("organization {id_shown}: {}", err(e)));
-                continue;
-            }
+        let req = pb::CreateOrganizationRequest {
+            organization_id: id.clone(),
+            organization_alias: string(&row, "organization_alias"),
+            models: models(&row),
+            limits: Some(budget_limits),
+            metadata_json: metadata(&row),
+        };
+        let refused = if dry { None } else { orgs.create_organization(authed(c, req)?).await.err() };
+        if report.created("organizations", &id, refused) {
+            planned.orgs.push(id);
         }
-        planned.orgs.push(id_shown);
-        *report.created.entry("organizations").or_default() += 1;
     }
 
     for row in rows(&pool, "LiteLLM_UserTable", "user_id").await? {
         let Some(id) = string(&row, "user_id") else { continue };
-        let id_shown = id.clone();
         if exists(users.get_user(authed(c, pb::UserRef { user_id: id.clone() })?).await)? {
-            *report.present.entry("users").or_default() += 1;
+            report.present("users");
             continue;
         }
-        if !args.reset_spent_budgets
-            && let Some(why) = spent_budget("user", &id, &row, number(&row, "max_budget"), carried(&by_user, &id))
-        {
-            report.skipped.push(why);
+        let why = spent_budget("user", &id, &row, number(&row, "max_budget"), carried(&by_user, &id));
+        if report.held_back(args.reset_spent_budgets, why) {
             continue;
         }
         report.unmapped("LiteLLM_UserTable", &row, USER_COLUMNS);
-        if !dry {
-            let req = pb::CreateUserRequest {
-                user_id: id,
-                user_email: string(&row, "user_email"),
-                user_role: user_role(row.get("user_role").and_then(Value::as_str)) as i32,
-                organization_id: string(&row, "organization_id"),
-                models: models(&row),
-                limits: Some(limits(&row)),
-                metadata_json: metadata(&row),
-            };
-            if let Err(e) = users.create_user(authed(c, req)?).await {
-                report.skipped.push(format!("user {id_shown}: {}", err(e)));
-                continue;
-            }
+        let req = pb::CreateUserRequest {
+            user_id: id.clone(),
+            user_email: string(&row, "user_email"),
+            user_role: user_role(row.get("user_role").and_then(Value::as_str)) as i32,
+            organization_id: string(&row, "organization_id"),
+            models: models(&row),
+            limits: Some(limits(&row)),
+            metadata_json: metadata(&row),
+        };
+        let refused = if dry { None } else { users.create_user(authed(c, req)?).await.err() };
+        if report.created("users", &id, refused) {
+            planned.users.push(id);
         }
-        planned.users.push(id_shown);
-        *report.created.entry("users").or_default() += 1;
     }
 
     for row in rows(&pool, "LiteLLM_TeamTable", "team_id").await? {
         let Some(id) = string(&row, "team_id") else { continue };
         if exists(teams.get_team(authed(c, pb::TeamRef { team_id: id.clone() })?).await)? {
-            *report.present.entry("teams").or_default() += 1;
+            report.present("teams");
             continue;
         }
-        if !args.reset_spent_budgets
-            && let Some(why) = spent_budget("team", &id, &row, number(&row, "max_budget"), carried(&by_team, &id))
-        {
-            report.skipped.push(why);
+        let why = spent_budget("team", &id, &row, number(&row, "max_budget"), carried(&by_team, &id));
+        if report.held_back(args.reset_spent_budgets, why) {
             continue;
         }
         report.unmapped("LiteLLM_TeamTable", &row, TEAM_COLUMNS);
-        let blocked = row.get("blocked").and_then(Value::as_bool) == Some(true);
-        if !dry {
-            let req = pb::CreateTeamRequest {
-                team_id: id.clone(),
-                team_alias: string(&row, "team_alias"),
-                organization_id: string(&row, "organization_id"),
-                models: models(&row),
-                limits: Some(limits(&row)),
-                member_max_budget: None,
-                metadata_json: metadata(&row),
-                members: members(&row),
-            };
-            if let Err(e) = teams.create_team(authed(c, req)?).await {
-                report.skipped.push(format!("team {id}: {}", err(e)));
-                continue;
-            }
-            if blocked {
-                teams.block_team(authed(c, pb::TeamRef { team_id: id.clone() })?).await.map_err(err)?;
-            }
+        let req = pb::CreateTeamRequest {
+            team_id: id.clone(),
+            team_alias: string(&row, "team_alias"),
+            organization_id: string(&row, "organization_id"),
+            models: models(&row),
+            limits: Some(limits(&row)),
+            member_max_budget: None,
+            metadata_json: metadata(&row),
+            members: members(&row),
+        };
+        let refused = if dry { None } else { teams.create_team(authed(c, req)?).await.err() };
+        if !report.created("teams", &id, refused) {
+            continue;
+        }
+        if !dry && row.get("blocked").and_then(Value::as_bool) == Some(true) {
+            teams.block_team(authed(c, pb::TeamRef { team_id: id.clone() })?).await.map_err(err)?;
         }
         planned.teams.push(id);
-        *report.created.entry("teams").or_default() += 1;
     }
 
     for row in key_rows {
         let Some(token) = string(&row, "token") else { continue };
         let shown = string(&row, "key_alias").or_else(|| string(&row, "key_name")).unwrap_or_default();
-        if !args.reset_spent_budgets
-            && let Some(why) = spent_budget("key", &shown, &row, number(&row, "max_budget"), carried_key(&row))
-        {
-            report.skipped.push(why);
+        let why = spent_budget("key", &shown, &row, number(&row, "max_budget"), carried_key(&row));
+        if report.held_back(args.reset_spent_budgets, why) {
             continue;
         }
         let metadata_value = row.get("metadata").cloned().unwrap_or(Value::Null);
@@ -633,7 +629,7 @@ pub async fn run(c: &Connection, args: ImportArgs) -> Result<(), String> {
         let spend = number(&row, "spend").unwrap_or(0.0);
         if dry && owner_planned {
             report.unmapped("LiteLLM_VerificationToken", &row, KEY_COLUMNS);
-            *report.created.entry("keys").or_default() += 1;
+            report.created("keys", &shown, None);
             if carry && spend > 0.0 {
                 balances.push(opening_balance(&token, "", spend, now));
             }
@@ -641,16 +637,16 @@ pub async fn run(c: &Connection, args: ImportArgs) -> Result<(), String> {
         }
         let imported = match keys.import_key(authed(c, req)?).await {
             Ok(answer) => answer.into_inner(),
-            Err(e) => {
-                report.skipped.push(format!("key {shown}: {}", err(e)));
+            Err(refused) => {
+                report.created("keys", &shown, Some(refused));
                 continue;
             }
         };
         if imported.created {
             report.unmapped("LiteLLM_VerificationToken", &row, KEY_COLUMNS);
-            *report.created.entry("keys").or_default() += 1;
+            report.created("keys", &shown, None);
         } else {
-            *report.present.entry("keys").or_default() += 1;
+            report.present("keys");
         }
         // Sent for a key found imported too: a run that stopped before its balances were
         // shipped is finished by the next; the control plane counts each record once.
