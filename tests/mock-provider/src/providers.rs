@@ -447,6 +447,16 @@ impl Gen {
         }))
     }
 
+    /// A stream's first event: the message, its input counted, one output token so far.
+    fn anthropic_message_start(&self) -> Vec<u8> {
+        named_sse(
+            "message_start",
+            &json!({"type": "message_start", "message": {
+            "id": format!("msg_mock_{}", self.id), "type": "message", "role": "assistant", "model": self.model,
+            "content": [], "stop_reason": null, "stop_sequence": null, "usage": self.anthropic_usage(1)}}),
+        )
+    }
+
     /// A call of the tool `name` with `Knobs::tool_arguments()` as its input: whole, or as a
     /// stream whose input arrives in two `input_json_delta` pieces.
     fn anthropic_tool_use(&self, name: &str, stream: bool) -> Reply {
@@ -468,12 +478,7 @@ impl Gen {
             )
         };
         let events = vec![
-            named_sse(
-                "message_start",
-                &json!({"type": "message_start", "message": {
-                "id": format!("msg_mock_{}", self.id), "type": "message", "role": "assistant", "model": self.model,
-                "content": [], "stop_reason": null, "stop_sequence": null, "usage": self.anthropic_usage(1)}}),
-            ),
+            self.anthropic_message_start(),
             named_sse(
                 "content_block_start",
                 &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}),
@@ -492,12 +497,7 @@ impl Gen {
 
     fn anthropic_stream(&self) -> Reply {
         let mut events = vec![
-            named_sse(
-                "message_start",
-                &json!({"type": "message_start", "message": {
-                "id": format!("msg_mock_{}", self.id), "type": "message", "role": "assistant", "model": self.model,
-                "content": [], "stop_reason": null, "stop_sequence": null, "usage": self.anthropic_usage(1)}}),
-            ),
+            self.anthropic_message_start(),
             named_sse(
                 "content_block_start",
                 &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
