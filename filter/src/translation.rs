@@ -100,7 +100,7 @@ pub struct Translation {
     /// request is admitted).
     pub dropped_params: usize,
     /// The client's JSON schema is answered by a forced tool call, translated back as content
-    /// (`openai_anthropic::JSON_TOOL`).
+    /// (`sluice_core::conversion::JSON_TOOL`).
     pub json_mode: bool,
 }
 
@@ -207,11 +207,12 @@ impl Translation {
             }
             (Direction::AnthropicToGemini, false) => anthropic_openai::error(&openai_gemini::error(body), status),
             (Direction::OpenAiToBedrock, true) => {
-                openai_bedrock::response(body, &self.client_model, created_unix_secs).unwrap_or_else(untranslatable)
+                openai_bedrock::response(body, &self.client_model, created_unix_secs, self.json_mode)
+                    .unwrap_or_else(untranslatable)
             }
             (Direction::OpenAiToBedrock, false) => openai_bedrock::error(body, status),
             (Direction::AnthropicToBedrock, true) => {
-                openai_bedrock::response(body, &self.client_model, created_unix_secs)
+                openai_bedrock::response(body, &self.client_model, created_unix_secs, false)
                     .and_then(|openai| anthropic_openai::response(&openai, &self.client_model))
                     .unwrap_or_else(untranslatable)
             }
@@ -264,11 +265,16 @@ impl Translation {
                 openai_gemini::StreamTranslator::new(&self.client_model, created_unix_secs, true),
                 anthropic_openai::StreamTranslator::new(&self.client_model),
             ))),
-            Direction::OpenAiToBedrock => StreamTranslation::BedrockToOpenAi(Box::new(
-                openai_bedrock::StreamTranslator::new(&self.client_model, created_unix_secs, self.include_usage),
-            )),
+            Direction::OpenAiToBedrock => {
+                StreamTranslation::BedrockToOpenAi(Box::new(openai_bedrock::StreamTranslator::new(
+                    &self.client_model,
+                    created_unix_secs,
+                    self.include_usage,
+                    self.json_mode,
+                )))
+            }
             Direction::AnthropicToBedrock => StreamTranslation::BedrockToAnthropic(Box::new((
-                openai_bedrock::StreamTranslator::new(&self.client_model, created_unix_secs, true),
+                openai_bedrock::StreamTranslator::new(&self.client_model, created_unix_secs, true, false),
                 anthropic_openai::StreamTranslator::new(&self.client_model),
             ))),
             // Embeddings never stream: a provider that streams one anyway gets the client an

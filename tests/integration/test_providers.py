@@ -299,6 +299,32 @@ def test_a_bedrock_event_stream_becomes_openai_chunks_with_usage(gw):
     assert (rec["prompt_tokens"], rec["completion_tokens"], rec["streamed"], rec["estimated"]) == (15, 6, True, False)
 
 
+def test_structured_output_from_claude_on_bedrock_through_the_sdks_parse(gw):
+    """`response_format` with a JSON schema reaches Claude on Bedrock as a forced tool (LiteLLM's
+    `json_tool_call`), and the call comes back as the message's content, parsed by the SDK,
+    whole or streamed."""
+    import pydantic
+
+    class Place(pydantic.BaseModel):
+        city: str
+
+    client = openai_client(gw)
+    messages = [{"role": "user", "content": "Where is the Eiffel Tower?"}]
+    parsed = client.chat.completions.parse(model="bedrock-claude", messages=messages, response_format=Place,
+                                           max_tokens=50)
+    assert parsed.choices[0].message.parsed == Place(city="Paris")
+    assert parsed.choices[0].finish_reason == "stop" and not parsed.choices[0].message.tool_calls
+    seen = gw.mock_stats()["requests"][-1]
+    signed_by_envoy(seen)
+    assert seen["body_json"]["toolConfig"]["toolChoice"] == {"tool": {"name": "json_tool_call"}}
+    chunks = list(client.chat.completions.create(
+        model="bedrock-claude", messages=messages, max_tokens=50, stream=True,
+        response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": Place.model_json_schema()}}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert json.loads(text) == {"city": "Paris"}
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+
+
 def test_the_anthropic_sdk_reaches_a_bedrock_deployment(gw):
     client = anthropic.Anthropic(base_url=gw.url, api_key=gw.keys["providers"], max_retries=0)
     msg = client.messages.create(

@@ -35,6 +35,7 @@ mod test_support;
 pub mod vertex;
 
 pub use openai_embeddings::{EmbeddingsAsk, Encoding};
+pub use openai_side::JSON_TOOL;
 pub use sse_events::SseEvents;
 
 use std::fmt;
@@ -59,7 +60,7 @@ pub struct Translated {
     pub body: Vec<u8>,
     pub dropped: Vec<String>,
     /// The client's `response_format` asked for JSON that the provider gives as a forced tool
-    /// call (`openai_anthropic::JSON_TOOL`): its answer is translated back as the message's
+    /// call ([`JSON_TOOL`]): its answer is translated back as the message's
     /// content.
     pub json_mode: bool,
 }

@@ -9,7 +9,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::openai_side::{self, Chunks, Part, Role, ToolCallIndexes, ToolChoice};
+use super::openai_side::{self, Chunks, JSON_TOOL, Part, Role, ToolCallIndexes, ToolChoice};
 use super::sse_events::{Event, SseEvents};
 use super::{ConversionError, Target, Translated, invalid, provider_error};
 use crate::usage::Usage;
@@ -53,26 +53,13 @@ const KNOWN: &[&str] = &[
     "response_format",
 ];
 
-/// The tool a `response_format` JSON schema becomes (LiteLLM's name, so a client sees what it
-/// would see through LiteLLM): Anthropic is made to call it, and its input is the answer.
-pub const JSON_TOOL: &str = "json_tool_call";
-
-/// The schema a `response_format` of type `json_schema` names, if it is one Anthropic can be
-/// held to (an object schema, given whole). `json_object` names none: Anthropic cannot be
-/// made to answer in JSON without one, so it is refused (or dropped) like any parameter it
-/// cannot take, where LiteLLM ignores it.
-fn json_schema(response_format: &Value) -> Option<&Value> {
-    if response_format.get("type").and_then(Value::as_str) != Some("json_schema") {
-        return None;
-    }
-    response_format.get("json_schema")?.get("schema").filter(|s| s.is_object())
-}
-
 /// Whether Anthropic can take a parameter the client sent.
 fn takes(name: &str, value: &Value) -> bool {
     match name {
         "n" => value.as_u64().is_none_or(|n| n <= 1),
-        "response_format" => value.get("type").and_then(Value::as_str) == Some("text") || json_schema(value).is_some(),
+        "response_format" => {
+            value.get("type").and_then(Value::as_str) == Some("text") || openai_side::response_schema(value).is_some()
+        }
         other => !UNSUPPORTED.contains(&other) && KNOWN.contains(&other),
     }
 }
@@ -120,16 +107,9 @@ pub fn request(body: &[u8], target: &Target<'_>) -> Result<Translated, Conversio
     }
     // A JSON schema answer (LiteLLM's way): a tool with that schema, forced unless the client
     // has tools of its own (then its tool choice stands, and the model may call either).
-    let schema = req
-        .get("response_format")
-        .and_then(json_schema)
-        .filter(|_| !unsupported.iter().any(|p| p == "response_format"));
+    let schema = openai_side::json_answer_schema(&req, &unsupported);
     if let Some(schema) = schema {
-        let mut input_schema = json!({"type": "object"});
-        if let (Some(base), Some(given)) = (input_schema.as_object_mut(), schema.as_object()) {
-            base.extend(given.iter().map(|(k, v)| (k.clone(), v.clone())));
-        }
-        let tool = json!({"name": JSON_TOOL, "input_schema": input_schema});
+        let tool = json!({"name": JSON_TOOL, "input_schema": openai_side::object_schema(schema)});
         match out.get_mut("tools").and_then(Value::as_array_mut) {
             Some(tools) => tools.push(tool),
             None => {

@@ -12,6 +12,9 @@
 //!   (`/model/{id}/invoke`; Titan's one per text) for Amazon Titan and Cohere embedding models,
 //!   and their answers back as one list.
 //!
+//! A `response_format` JSON schema is answered as for Anthropic: a tool ([`JSON_TOOL`]), forced
+//! for Anthropic's models, whose call comes back as the message's content.
+//!
 //! Bedrock takes images only as bytes (base64 in JSON): an http(s) image URL is refused (or,
 //! under `drop_params`, left out), never fetched. Bedrock has no `tool_choice: "none"`: the
 //! tools are still sent, without a `toolChoice` (the model decides, as with `auto`). Bedrock
@@ -22,7 +25,7 @@ use serde_json::{Map, Value, json};
 
 use super::aws_eventstream::{EventStreamDecoder, Message};
 use super::openai_embeddings::{self, EmbeddingsAsk};
-use super::openai_side::{self, Chunks, Part, Role, ToolCallIndexes, ToolChoice, present};
+use super::openai_side::{self, Chunks, JSON_TOOL, Part, Role, ToolCallIndexes, ToolChoice, present};
 use super::{ConversionError, Target, Translated, bad_response, invalid};
 use crate::usage::Usage;
 
@@ -50,6 +53,11 @@ fn asks_nothing(name: &str, value: &Value) -> bool {
         || (name == "response_format" && value.get("type").and_then(Value::as_str) == Some("text"))
 }
 
+/// Whether Converse can take `response_format`: a JSON schema, as a forced tool ([`JSON_TOOL`]).
+fn takes_response_format(name: &str, value: &Value) -> bool {
+    name == "response_format" && openai_side::response_schema(value).is_some()
+}
+
 /// The request an OpenAI client sent, as Bedrock's Converse API wants it. Parameters left out
 /// silently: OpenAI-side settings, the model and streaming (in the URL), and those that ask for
 /// nothing; anything else outside `SUPPORTED` is unsupported: refused, or dropped under
@@ -60,6 +68,7 @@ pub fn request(body: &[u8], target: &Target<'_>) -> Result<Translated, Conversio
         SUPPORTED.contains(&name)
             || openai_side::IGNORED_WITH_THE_MODEL_IN_THE_URL.contains(&name)
             || asks_nothing(name, value)
+            || takes_response_format(name, value)
     })?;
 
     let mut converter = Converter { drop_params: target.drop_params, dropped_image: false };
@@ -74,10 +83,29 @@ pub fn request(body: &[u8], target: &Target<'_>) -> Result<Translated, Conversio
         out.insert("system".into(), Value::Array(system));
     }
     out.insert("inferenceConfig".into(), Value::Object(inference_config(req, target)?));
-    if let Some(config) = tool_config(req, out.get("messages"))? {
+    let mut config = tool_config(req, out.get("messages"))?;
+    // A JSON schema answer (LiteLLM's way, as for Anthropic): a tool with that schema, forced
+    // unless the client has tools of its own. Only Anthropic's models on Bedrock take a forced
+    // tool (`toolChoice.tool`); the others are offered it.
+    let schema = openai_side::json_answer_schema(req, &dropped);
+    if let Some(schema) = schema {
+        let spec =
+            json!({"toolSpec": {"name": JSON_TOOL, "inputSchema": {"json": openai_side::object_schema(schema)}}});
+        let client_tools = present(req, "tools").is_some();
+        let config = config.get_or_insert_with(|| json!({"tools": []}));
+        if let Some(tools) = config.get_mut("tools").and_then(Value::as_array_mut) {
+            tools.push(spec);
+        }
+        if !client_tools && target.model.contains("anthropic.") {
+            config["toolChoice"] = json!({"tool": {"name": JSON_TOOL}});
+        }
+    }
+    if let Some(config) = config {
         out.insert("toolConfig".into(), config);
     }
-    super::translated(out, dropped)
+    let mut translated = super::translated(out, dropped)?;
+    translated.json_mode = schema.is_some();
+    Ok(translated)
 }
 
 /// Messages → Converse `system` and `messages`, remembering whether an image was dropped.
@@ -327,8 +355,14 @@ fn id_basis(parsed: &Value, raw: &[u8]) -> String {
     openai_side::id_or_digest(request_id, "bedrock", raw)
 }
 
-/// A Converse response as a `chat.completion` for the client, who asked for `client_model`.
-pub fn response(body: &[u8], client_model: &str, created_unix_secs: u64) -> Result<Vec<u8>, ConversionError> {
+/// A Converse response as a `chat.completion` for the client, who asked for `client_model`. In
+/// `json_mode` the call of [`JSON_TOOL`] is the answer: its input is the message's content.
+pub fn response(
+    body: &[u8],
+    client_model: &str,
+    created_unix_secs: u64,
+    json_mode: bool,
+) -> Result<Vec<u8>, ConversionError> {
     let parsed = super::response_object(body)?;
     let content = parsed
         .get("output")
@@ -338,10 +372,17 @@ pub fn response(body: &[u8], client_model: &str, created_unix_secs: u64) -> Resu
         .ok_or_else(|| bad_response("no output.message.content array"))?;
     let mut text = String::new();
     let mut tool_calls = Vec::new();
+    let mut answered_in_json = false;
     for block in content {
+        let call = block.get("toolUse").filter(|c| c.is_object());
         if let Some(piece) = block.get("text").and_then(Value::as_str) {
             text.push_str(piece);
-        } else if let Some(call) = block.get("toolUse").filter(|c| c.is_object()) {
+        } else if let Some(call) =
+            call.filter(|c| json_mode && c.get("name").and_then(Value::as_str) == Some(JSON_TOOL))
+        {
+            text.push_str(&call.get("input").map_or_else(|| "{}".to_owned(), Value::to_string));
+            answered_in_json = true;
+        } else if let Some(call) = call {
             tool_calls.push(openai_side::tool_call(
                 call.get("toolUseId").cloned().unwrap_or(Value::Null),
                 call.get("name").cloned().unwrap_or(Value::Null),
@@ -350,8 +391,12 @@ pub fn response(body: &[u8], client_model: &str, created_unix_secs: u64) -> Resu
         }
         // reasoningContent (and anything new) has no place in a chat completion's message.
     }
+    let stop_reason = parsed.get("stopReason").and_then(Value::as_str);
+    // Stopped to call the JSON tool alone: for the client, the answer is complete.
+    let json_alone = answered_in_json && tool_calls.is_empty();
+    let finish =
+        Value::from(if json_alone && stop_reason == Some("tool_use") { "stop" } else { finish_reason(stop_reason) });
     let message = openai_side::assistant_message(text, tool_calls);
-    let finish = Value::from(finish_reason(parsed.get("stopReason").and_then(Value::as_str)));
     let usage = parsed.get("usage").and_then(bedrock_usage).unwrap_or_default();
     openai_side::completion(
         Value::from(format!("chatcmpl-{}", id_basis(&parsed, body))),
@@ -424,10 +469,15 @@ pub struct StreamTranslator {
     stopped: bool,
     /// `metadata` (the usage) arrived.
     metered: bool,
+    /// The request's JSON schema is answered by a call of [`JSON_TOOL`]: its block's index
+    /// once it started (its input streams as content), and whether another tool was called.
+    json_mode: bool,
+    json_block: Option<u64>,
+    other_tool_called: bool,
 }
 
 impl StreamTranslator {
-    pub fn new(client_model: &str, created_unix_secs: u64, include_usage: bool) -> Self {
+    pub fn new(client_model: &str, created_unix_secs: u64, include_usage: bool, json_mode: bool) -> Self {
         let id = format!("chatcmpl-bedrock{created_unix_secs}");
         Self {
             decoder: EventStreamDecoder::default(),
@@ -437,6 +487,9 @@ impl StreamTranslator {
             tool_indexes: ToolCallIndexes::default(),
             stopped: false,
             metered: false,
+            json_mode,
+            json_block: None,
+            other_tool_called: false,
         }
     }
 
@@ -514,6 +567,11 @@ impl StreamTranslator {
                     return;
                 };
                 self.start(out);
+                if self.json_mode && tool.get("name").and_then(Value::as_str) == Some(JSON_TOOL) {
+                    self.json_block = Some(block_index);
+                    return;
+                }
+                self.other_tool_called = true;
                 let tool_index = self.tool_indexes.open(block_index);
                 let field = |name: &str| tool.get(name).cloned().unwrap_or(Value::Null);
                 let delta = openai_side::tool_call_opened(tool_index, field("toolUseId"), field("name"));
@@ -527,6 +585,11 @@ impl StreamTranslator {
                 } else if let Some(input) =
                     delta.and_then(|d| d.get("toolUse")).and_then(|t| t.get("input")).and_then(Value::as_str)
                 {
+                    if self.json_block == Some(block_index) {
+                        // The JSON answer, as the message's content.
+                        self.chunks.chunk(0, json!({"content": input}), Value::Null, out);
+                        return;
+                    }
                     // A fragment of a block that never started is nobody's arguments.
                     let Some(tool_index) = self.tool_indexes.of(block_index) else {
                         return;
@@ -538,7 +601,10 @@ impl StreamTranslator {
             }
             "messageStop" => {
                 self.start(out);
-                let reason = finish_reason(data.get("stopReason").and_then(Value::as_str));
+                let stop_reason = data.get("stopReason").and_then(Value::as_str);
+                let json_alone = self.json_block.is_some() && !self.other_tool_called;
+                let reason =
+                    if json_alone && stop_reason == Some("tool_use") { "stop" } else { finish_reason(stop_reason) };
                 self.chunks.chunk(0, json!({}), Value::from(reason), out);
                 self.stopped = true;
             }

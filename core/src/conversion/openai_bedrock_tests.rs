@@ -135,7 +135,7 @@ fn tool_calls_and_their_results_round_trip_as_tool_use_and_tool_result() {
     );
 
     // The answer to the first call comes back as a tool call, and goes back as a toolUse.
-    let answer: Value = completion(response, TOOL_USE_RESPONSE);
+    let answer: Value = completion(converse, TOOL_USE_RESPONSE);
     let sent = translate(json!({
         "messages": [
             {"role": "user", "content": "What is the most popular song on WZPZ?"},
@@ -349,7 +349,7 @@ const TOOL_USE_RESPONSE: &str = r#"{
 
 #[test]
 fn a_text_response_becomes_a_chat_completion_without_its_reasoning() {
-    let got = completion_for(response, TEXT_RESPONSE, "bedrock-claude", 1_700_000_000);
+    let got = completion_for(converse, TEXT_RESPONSE, "bedrock-claude", 1_700_000_000);
     assert_eq!(
         got,
         json!({
@@ -394,7 +394,7 @@ fn a_text_response_becomes_a_chat_completion_without_its_reasoning() {
 
 #[test]
 fn a_tool_use_response_becomes_tool_calls() {
-    let got: Value = completion_for(response, TOOL_USE_RESPONSE, "m", 7);
+    let got: Value = completion_for(converse, TOOL_USE_RESPONSE, "m", 7);
     assert_eq!(
         got["choices"],
         json!([{
@@ -407,7 +407,7 @@ fn a_tool_use_response_becomes_tool_calls() {
     );
     assert_eq!(got["usage"]["total_tokens"], 428);
     // No request id in the body: an id from a digest of it, the same every time.
-    let again: Value = completion_for(response, TOOL_USE_RESPONSE, "m", 7);
+    let again: Value = completion_for(converse, TOOL_USE_RESPONSE, "m", 7);
     assert_eq!(got["id"], again["id"]);
     assert!(got["id"].as_str().unwrap().starts_with("chatcmpl-bedrock"), "{}", got["id"]);
 }
@@ -427,16 +427,16 @@ fn stop_reasons_map_to_finish_reasons() {
     ] {
         let body = json!({"output": {"message": {"role": "assistant", "content": [{"text": "Here is"}]}}, "stopReason": reason,
             "usage": {"inputTokens": 10, "outputTokens": 2, "totalTokens": 12}});
-        let got: Value = completion(response, &body.to_string());
+        let got: Value = completion(converse, &body.to_string());
         assert_eq!(got["choices"][0]["finish_reason"], finish, "{reason}");
         assert_eq!(got["choices"][0]["message"]["content"], "Here is");
     }
     // Cut at max_tokens before any text: an empty answer, not a null one.
     let body = r#"{"output":{"message":{"role":"assistant","content":[]}},"stopReason":"max_tokens","usage":{"inputTokens":9,"outputTokens":0,"totalTokens":9}}"#;
-    let got: Value = completion(response, body);
+    let got: Value = completion(converse, body);
     assert_eq!(got["choices"][0]["message"], json!({"role": "assistant", "content": ""}));
     assert_eq!(got["choices"][0]["finish_reason"], "length");
-    assert_invalid_responses(response, &["not json", "[]", "{}", r#"{"output": {"message": {"content": "x"}}}"#]);
+    assert_invalid_responses(converse, &["not json", "[]", "{}", r#"{"output": {"message": {"content": "x"}}}"#]);
 }
 
 #[test]
@@ -473,7 +473,7 @@ fn event(kind: &str, payload: Value) -> Vec<u8> {
 /// The OpenAI chunks a translator writes for `pieces` (the last ends the stream), whether it
 /// wrote `[DONE]`, whether it completed, and the usage it counted.
 fn stream_chunks(pieces: &[&[u8]], include_usage: bool) -> (Vec<Value>, bool, bool, Usage) {
-    let mut t = StreamTranslator::new("bedrock-claude", 1_700_000_000, include_usage);
+    let mut t = StreamTranslator::new("bedrock-claude", 1_700_000_000, include_usage, false);
     let (chunks, done) = openai_chunks(pieces, |piece, end| t.feed(piece, end));
     (chunks, done, t.completed(), t.usage())
 }
@@ -532,7 +532,7 @@ fn a_streamed_answer_becomes_openai_chunks_whatever_the_split() {
     let single: Vec<&[u8]> = stream.chunks(1).collect();
     assert_eq!(stream_chunks(&single, true), whole);
     // [DONE] goes out right after metadata: the end of the stream adds nothing.
-    let mut t = StreamTranslator::new("bedrock-claude", 0, false);
+    let mut t = StreamTranslator::new("bedrock-claude", 0, false, false);
     assert!(t.feed(&stream, false).ends_with(b"data: [DONE]\n\n"));
     assert!(t.completed());
     assert!(t.feed(b"", true).is_empty());
@@ -674,7 +674,7 @@ fn a_stream_cut_before_its_end_still_ends_for_the_client_but_is_not_completed() 
     assert_eq!(chunks.len(), 4);
     assert_eq!(chunks[3]["choices"][0]["finish_reason"], "stop");
     // messageStop without metadata: finished but not completed.
-    let mut t = StreamTranslator::new("m", 0, false);
+    let mut t = StreamTranslator::new("m", 0, false, false);
     t.feed(&events[..6].concat(), false);
     assert!(!t.completed());
     assert!(t.feed(b"", true).ends_with(b"data: [DONE]\n\n"));
@@ -697,6 +697,11 @@ fn a_stream_cut_before_its_end_still_ends_for_the_client_but_is_not_completed() 
 }
 
 // ---- embeddings (InvokeModel) -----------------------------------------------------------------
+
+/// A Converse answer translated for a client that asked for no JSON schema.
+fn converse(body: &[u8], client_model: &str, created: u64) -> Result<Vec<u8>, ConversionError> {
+    response(body, client_model, created, false)
+}
 
 fn embedder(model: &'static str) -> Target<'static> {
     Target { model, default_max_tokens: 0, drop_params: false }
@@ -890,4 +895,67 @@ fn invoke_model_answers_are_openais_list() {
         (e["error"]["message"].as_str(), e["error"]["type"].as_str()),
         (Some("Malformed input request"), Some("invalid_request_error"))
     );
+}
+
+// ---- response_format: a JSON schema through a tool (LiteLLM's way, as for Anthropic) ---------
+
+#[test]
+fn a_json_schema_is_a_tool_forced_for_claude_and_its_call_is_the_answer() {
+    let schema = json!({"type": "object", "properties": {"city": {"type": "string"}}});
+    let body = json!({"model": "b", "messages": [{"role": "user", "content": "Where?"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "place", "schema": schema}}});
+    let claude = Target { model: "anthropic.claude-3-5-sonnet-20240620-v1:0", ..TARGET };
+    let out = request(body.to_string().as_bytes(), &claude).unwrap();
+    assert!(out.json_mode && out.dropped.is_empty());
+    let sent: Value = serde_json::from_slice(&out.body).unwrap();
+    assert_eq!(
+        sent["toolConfig"],
+        json!({"tools": [{"toolSpec": {"name": "json_tool_call", "inputSchema": {"json": schema}}}],
+               "toolChoice": {"tool": {"name": "json_tool_call"}}})
+    );
+    // Other models on Bedrock take no forced tool: it is offered.
+    let llama = Target { model: "meta.llama3-1-70b-instruct-v1:0", ..TARGET };
+    let sent: Value = serde_json::from_slice(&request(body.to_string().as_bytes(), &llama).unwrap().body).unwrap();
+    assert!(
+        sent["toolConfig"].get("toolChoice").is_none() && sent["toolConfig"]["tools"].as_array().unwrap().len() == 1
+    );
+    // json_object names no schema: refused by name.
+    let object = json!({"model": "b", "messages": [], "response_format": {"type": "json_object"}});
+    let e = request(object.to_string().as_bytes(), &claude).unwrap_err();
+    assert_eq!(e, ConversionError::Unsupported { provider: "bedrock", params: vec!["response_format".into()] });
+    // The answer: the call's input is the content, the turn complete.
+    let answer = br#"{"output": {"message": {"role": "assistant", "content": [{"toolUse": {"toolUseId": "t1", "name": "json_tool_call", "input": {"city": "Paris"}}}]}},
+        "stopReason": "tool_use", "usage": {"inputTokens": 20, "outputTokens": 9, "totalTokens": 29}}"#;
+    let got: Value = serde_json::from_slice(&response(answer, "b", 0, true).unwrap()).unwrap();
+    let choice = &got["choices"][0];
+    assert_eq!(
+        serde_json::from_str::<Value>(choice["message"]["content"].as_str().unwrap()).unwrap(),
+        json!({"city": "Paris"})
+    );
+    assert!(choice["message"].get("tool_calls").is_none() && choice["finish_reason"] == "stop", "{choice}");
+}
+
+#[test]
+fn a_streamed_json_answer_from_converse_is_content() {
+    let frames = [
+        event("messageStart", json!({"role": "assistant"})),
+        event(
+            "contentBlockStart",
+            json!({"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": "t1", "name": "json_tool_call"}}}),
+        ),
+        event("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"toolUse": {"input": "{\"city\":"}}})),
+        event("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"toolUse": {"input": "\"Paris\"}"}}})),
+        event("messageStop", json!({"stopReason": "tool_use"})),
+        event("metadata", json!({"usage": {"inputTokens": 20, "outputTokens": 9, "totalTokens": 29}})),
+    ]
+    .concat();
+    let mut t = StreamTranslator::new("b", 0, false, true);
+    let (chunks, done) = openai_chunks(&[&frames], |piece, end| t.feed(piece, end));
+    assert!(done && t.completed());
+    let text: String = deltas(&chunks).iter().filter_map(|d| d.get("content")?.as_str().map(str::to_owned)).collect();
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), json!({"city": "Paris"}));
+    assert!(deltas(&chunks).iter().all(|d| d.get("tool_calls").is_none()));
+    let finish: Vec<&Value> =
+        chunks.iter().filter_map(|c| c["choices"][0].get("finish_reason")).filter(|f| !f.is_null()).collect();
+    assert_eq!(finish, [&json!("stop")]);
 }

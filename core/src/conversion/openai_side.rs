@@ -39,6 +39,38 @@ pub(super) fn unsupported_params(
 }
 
 /// A field the client sent, `null` counting as absent.
+/// The tool a `response_format` JSON schema becomes for a provider with no JSON mode of its own
+/// (Anthropic, Bedrock's Converse): the model is made to call it, and its input is the answer.
+/// LiteLLM's name, so a client sees what it would see through LiteLLM.
+pub const JSON_TOOL: &str = "json_tool_call";
+
+/// The schema a `response_format` of type `json_schema` names, if it is one a tool can carry
+/// (an object schema, given whole). `json_object` names none: such a provider cannot be held to
+/// JSON without one, so it is refused (or dropped) like any parameter it cannot take, where
+/// LiteLLM ignores it.
+pub(super) fn response_schema(response_format: &Value) -> Option<&Value> {
+    if response_format.get("type").and_then(Value::as_str) != Some("json_schema") {
+        return None;
+    }
+    response_format.get("json_schema")?.get("schema").filter(|s| s.is_object())
+}
+
+/// `schema` as a tool's input schema: an object, whatever else it says.
+pub(super) fn object_schema(schema: &Value) -> Value {
+    let mut input_schema = json!({"type": "object"});
+    if let (Some(base), Some(given)) = (input_schema.as_object_mut(), schema.as_object()) {
+        base.extend(given.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    input_schema
+}
+
+/// The request's JSON schema answer, if it asked for one and `dropped` does not hold it.
+pub(super) fn json_answer_schema<'a>(req: &'a Map<String, Value>, dropped: &[String]) -> Option<&'a Value> {
+    present(req, "response_format")
+        .and_then(response_schema)
+        .filter(|_| !dropped.iter().any(|p| p == "response_format"))
+}
+
 pub(super) fn present<'a>(req: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     req.get(name).filter(|v| !v.is_null())
 }

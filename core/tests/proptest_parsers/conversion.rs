@@ -212,11 +212,11 @@ proptest! {
             let sent: Value = serde_json::from_slice(&translated.body).unwrap();
             prop_assert!(sent["messages"].is_array() && sent["inferenceConfig"]["maxTokens"].is_u64());
         }
-        let _ = openai_bedrock::response(&answer, "m", 0);
+        let _ = openai_bedrock::response(&answer, "m", 0, true);
         let e: Value = serde_json::from_slice(&openai_bedrock::error(&answer, 429)).unwrap();
         prop_assert!(e["error"]["message"].is_string());
         let run = |pieces: &[&[u8]]| {
-            let mut t = openai_bedrock::StreamTranslator::new("m", 0, true);
+            let mut t = openai_bedrock::StreamTranslator::new("m", 0, true, false);
             run_stream(|chunk, end| t.feed(chunk, end), pieces)
         };
         let whole = run(&[&stream]);

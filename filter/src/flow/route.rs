@@ -395,11 +395,13 @@ impl<H: Host> RequestFlow<H> {
             in_flight,
             end_user,
         });
-        let translation = self.admitted.as_ref().and_then(|a| a.translation.clone());
-        if let Some(dropped) = translation.as_ref().map(|t| t.dropped_params as u64).filter(|n| *n > 0) {
+        let translation = self.admitted.as_ref().and_then(|a| a.translation.as_ref());
+        if let Some(dropped) = translation.map(|t| t.dropped_params as u64).filter(|n| *n > 0) {
             gateway.metrics.group(group_index, GroupMetric::DroppedParams, dropped);
         }
-        if let (Some(calls), Some(translation), false) = (calls, translation, cache_hit) {
+        if let Some(calls) = calls.filter(|_| !cache_hit)
+            && let Some(translation) = translation.cloned()
+        {
             self.start_fan_out(&gateway, index, &upstream_path, calls, translation, &req);
         }
         Ok(())

@@ -201,7 +201,10 @@ pub fn reply(target: &Target, received: &Received, knobs: &Knobs, config: &Confi
     // an answer cut short stops with max_tokens.
     let cap = request.pointer("/inferenceConfig/maxTokens").and_then(Value::as_u64);
     let (completion, cut) = knobs.capped_completion(cap);
-    let tool = knobs.tool_call.as_deref().filter(|_| declares_tools(&request));
+    // A tool the request forces (`toolChoice.tool`) is called, as Claude on Bedrock does; else
+    // the knob's, when the request declares tools.
+    let forced = request.pointer("/toolConfig/toolChoice/tool/name").and_then(Value::as_str);
+    let tool = forced.or_else(|| knobs.tool_call.as_deref().filter(|_| declares_tools(&request)));
     let stop = match (tool, cut) {
         (Some(_), _) => "tool_use",
         (None, true) => "max_tokens",
