@@ -9,7 +9,9 @@
 //! the rest by id): a second run creates nothing. `--dry-run` reports what a run would do.
 //!
 //! What it cannot carry is reported, never dropped silently: a column Sluice has no field for,
-//! holding anything but its default, is listed with the number of rows that set it.
+//! holding anything but its default, is listed with the number of rows that set it, and each
+//! deployment LiteLLM stored in its database (with its provider key: Sluice takes keys from the
+//! environment only) is named for the operator to add.
 //!
 //! Spend: Sluice's budgets count its own spend records, so a key's LiteLLM `spend` is carried
 //! as one record of that cost (an opening balance, `route: /litellm/import`, record id from the
@@ -653,6 +655,17 @@ pub async fn run(c: &Connection, args: ImportArgs) -> Result<(), String> {
         if let (true, Some(key)) = (carry, imported.info.as_ref().filter(|_| spend > 0.0)) {
             balances.push(opening_balance(&token.to_ascii_lowercase(), &key.key_id, spend, now));
         }
+    }
+    // Deployments LiteLLM stored (`store_model_in_db`) hold their provider keys, encrypted with
+    // LiteLLM's salt key; Sluice takes keys from the environment only, so each is named for
+    // the operator to add with its key in a variable.
+    for row in rows(&pool, "LiteLLM_ProxyModelTable", "model_id").await? {
+        let name = string(&row, "model_name").unwrap_or_default();
+        let id = string(&row, "model_id").unwrap_or_default();
+        report.skipped.push(format!(
+            "deployment {name} ({id}): not imported: LiteLLM stored its provider key in its database; add it to \
+             config.yaml (or `sluice model create`) with `api_key: os.environ/NAME`"
+        ));
     }
     let total: f64 = balances.iter().map(|r| r.cost_usd).sum();
     if dry && !balances.is_empty() {

@@ -63,6 +63,8 @@ INSERT INTO "LiteLLM_VerificationToken" (token, key_name, key_alias, models, use
   VALUES ('{alice}', 'sk-...{alice4}', 'alice-laptop', ARRAY['gpt-4o-mini'], 'alice', 'team-search', 60,
           '{{"tags": ["search"], "env": "prod"}}', '{{"gpt-4": "gpt-4o-mini"}}', 2.5),
          ('{ops}', 'sk-...{ops4}', 'ops-all', ARRAY['all-team-models'], 'ops', NULL, NULL, '{{}}', '{{}}', 0);
+INSERT INTO "LiteLLM_ProxyModelTable" (model_id, model_name, litellm_params, created_by, updated_by)
+  VALUES ('m-1', 'gpt-4o-db', '{{"model": "openai/gpt-4o", "api_key": "encrypted-by-litellm"}}', 'admin', 'admin');
 INSERT INTO "LiteLLM_VerificationToken" (token, key_name, key_alias, models, blocked)
   VALUES ('{blocked}', 'sk-...{blocked4}', 'revoked', ARRAY[]::text[], true);
 INSERT INTO "LiteLLM_VerificationToken" (token, key_name, key_alias, models, max_budget, spend)
@@ -105,6 +107,8 @@ def test_a_dry_run_reports_and_changes_nothing(imported):
     # An end user's spend is its keys' too: not carried twice, so a spent budget holds it back.
     assert "customer cust-2: $3.000000 of its $3.000000 spent of a $20.00 budget" in out, out
     assert "LiteLLM_EndUserTable.models: 1 row(s)" in out, out
+    # A deployment LiteLLM kept in its database carries its key: named, never imported.
+    assert "deployment gpt-4o-db (m-1): not imported" in out and "encrypted-by-litellm" not in out, out
     assert "organizations: would create 1" in out and "users: would create 2" in out, out
     assert "teams: would create 1" in out and "keys: would create 5" in out, out
     assert "spend to carry: 2 key balance(s), $12.500000 in all" in out, out
