@@ -122,7 +122,8 @@ impl FanOut {
         match status {
             Some(200..=299) => call.answer = Some(body),
             _ => {
-                // No answer is a connection failure or reset: always retried, as the router does.
+                // No answer is a connection failure or reset: retried whatever the classes say,
+                // as the router retries those.
                 let retriable = status.is_none_or(|s| self.retry_on.retries(s));
                 if retriable && call.tries <= self.retries && self.failure.is_none() {
                     self.retried = self.retried.saturating_add(1);
