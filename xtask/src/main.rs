@@ -124,26 +124,6 @@ const NATIVE_FILES: &[&str] = &[
     "test_governance.py",
 ];
 
-/// Most of sluice-core's unit tests one wasm process runs. Node 20's WASI (the machine's Node)
-/// crashes with SIGSEGV as the test binary exits once one process has run about 250 of them,
-/// every test having passed, whichever they are (measured 2026-12-07: 245 ran clean, 249
-/// crashed, in any mix); so they run in chunks well under that.
-const WASM_TESTS_PER_PROCESS: usize = 120;
-
-/// sluice-core's unit tests (in chunks, see above) and its integration tests, as wasm32-wasip1.
-fn core_tests_in_wasm(cargo: &str) -> Result<(), String> {
-    let base = ["test", "-p", "sluice-core", "--target", "wasm32-wasip1", "--quiet"];
-    let listed = proc::output(cargo, &[&base[..], &["--lib", "--", "--list", "--format", "terse"]].concat(), &[])?;
-    let names: Vec<&str> = listed.lines().filter_map(|l| l.strip_suffix(": test")).collect();
-    if names.is_empty() {
-        return Err("no sluice-core unit test was listed for wasm32-wasip1".into());
-    }
-    for chunk in names.chunks(WASM_TESTS_PER_PROCESS) {
-        proc::run(cargo, &[&base[..], &["--lib", "--", "--exact"], chunk].concat(), &[])?;
-    }
-    proc::run(cargo, &[&base[..], &["--test", "*"]].concat(), &[])
-}
-
 /// The test command the README gives and CI runs.
 fn test() -> Result<(), String> {
     let tools = setup::setup()?;
@@ -154,7 +134,10 @@ fn test() -> Result<(), String> {
         proc::run(&cargo, &["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"], &[]),
     )?;
     proc::step("unit tests (native)", proc::run(&cargo, &["test", "--workspace", "--quiet"], &[]))?;
-    proc::step("sluice-core unit tests compiled to wasm32-wasip1 (run under Node's WASI)", core_tests_in_wasm(&cargo))?;
+    proc::step(
+        "sluice-core unit tests compiled to wasm32-wasip1 (run under Wasmtime's WASI)",
+        proc::run(&cargo, &["test", "-p", "sluice-core", "--target", "wasm32-wasip1", "--quiet"], &[]),
+    )?;
     let env = tools.env();
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let python = tools.python.to_string_lossy().into_owned();
