@@ -300,16 +300,14 @@ fn integer(row: &Map<String, Value>, column: &str) -> Option<i64> {
     row.get(column).and_then(Value::as_i64)
 }
 
+/// A JSON array's strings (anything else in it, or no array, gives none).
+fn strings(value: Option<&Value>) -> Vec<String> {
+    value.and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect()
+}
+
 /// A model list, with LiteLLM's "every model" names as Sluice's empty list.
 fn models(row: &Map<String, Value>) -> Vec<String> {
-    let names: Vec<String> = row
-        .get("models")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .map(str::to_owned)
-        .collect();
+    let names = strings(row.get("models"));
     if names.iter().any(|m| ALL_MODELS.contains(&m.as_str())) { Vec::new() } else { names }
 }
 
@@ -586,16 +584,9 @@ pub async fn run(c: &Connection, args: ImportArgs) -> Result<(), String> {
         if report.held_back(args.reset_spent_budgets, why) {
             continue;
         }
-        let metadata_value = row.get("metadata").cloned().unwrap_or(Value::Null);
         // LiteLLM keeps a key's tags in its metadata.
-        let tags: Vec<String> = metadata_value
-            .get("tags")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect();
+        let tags = strings(row.get("metadata").and_then(|m| m.get("tags")));
+        let digest = token.to_ascii_lowercase();
         let spec = pb::KeySpec {
             key_alias: string(&row, "key_alias"),
             user_id: string(&row, "user_id"),
@@ -604,14 +595,7 @@ pub async fn run(c: &Connection, args: ImportArgs) -> Result<(), String> {
             models: models(&row),
             limits: Some(limits(&row)),
             model_limits: None,
-            allowed_routes: row
-                .get("allowed_routes")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect(),
+            allowed_routes: strings(row.get("allowed_routes")),
             metadata_json: metadata(&row),
             tags,
             key_type: key_type(row.get("key_type").and_then(Value::as_str)) as i32,
@@ -620,7 +604,7 @@ pub async fn run(c: &Connection, args: ImportArgs) -> Result<(), String> {
             allowed_ips: Vec::new(),
         };
         let req = pb::ImportKeyRequest {
-            token_sha256: token.clone(),
+            token_sha256: token,
             spec: Some(spec),
             expires_at: string(&row, "expires").map(utc),
             key_name: string(&row, "key_name"),
@@ -633,7 +617,7 @@ pub async fn run(c: &Connection, args: ImportArgs) -> Result<(), String> {
             report.unmapped("LiteLLM_VerificationToken", &row, KEY_COLUMNS);
             report.created("keys", &shown, None);
             if carry && spend > 0.0 {
-                balances.push(opening_balance(&token, "", spend, now));
+                balances.push(opening_balance(&digest, "", spend, now));
             }
             continue;
         }
@@ -653,7 +637,7 @@ pub async fn run(c: &Connection, args: ImportArgs) -> Result<(), String> {
         // Sent for a key found imported too: a run that stopped before its balances were
         // shipped is finished by the next; the control plane counts each record once.
         if let (true, Some(key)) = (carry, imported.info.as_ref().filter(|_| spend > 0.0)) {
-            balances.push(opening_balance(&token.to_ascii_lowercase(), &key.key_id, spend, now));
+            balances.push(opening_balance(&digest, &key.key_id, spend, now));
         }
     }
     // Deployments LiteLLM stored (`store_model_in_db`) hold their provider keys, encrypted with
@@ -667,21 +651,19 @@ pub async fn run(c: &Connection, args: ImportArgs) -> Result<(), String> {
              config.yaml (or `sluice model create`) with `api_key: os.environ/NAME`"
         ));
     }
-    let total: f64 = balances.iter().map(|r| r.cost_usd).sum();
-    if dry && !balances.is_empty() {
-        println!("spend to carry: {} key balance(s), ${total:.6} in all", balances.len());
-    } else if !balances.is_empty() {
+    let (count, total) = (balances.len(), balances.iter().map(|r| r.cost_usd).sum::<f64>());
+    if dry && count > 0 {
+        println!("spend to carry: {count} key balance(s), ${total:.6} in all");
+    } else if count > 0 {
         let mut usage = UsageServiceClient::new(usage_import::channel(&args.data_plane).await?);
         let answer = usage
-            .report(ReportUsageRequest { records: balances.clone() })
+            .report(ReportUsageRequest { records: balances })
             .await
             .map_err(|s| format!("the control plane refused the opening balances ({:?}): {}", s.code(), s.message()))?
             .into_inner();
         println!(
-            "spend carried: {} key balance(s), ${total:.6} in all ({} new, {} carried before)",
-            balances.len(),
-            answer.accepted,
-            answer.duplicates
+            "spend carried: {count} key balance(s), ${total:.6} in all ({} new, {} carried before)",
+            answer.accepted, answer.duplicates
         );
     } else if !carry {
         println!("spend: not carried (no --xds); budgets of imported objects count from $0");

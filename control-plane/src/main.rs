@@ -236,9 +236,9 @@ struct ServeArgs {
 
 #[derive(Subcommand)]
 enum ImportCommand {
-    /// A LiteLLM proxy's organizations, users, teams and virtual keys, from its Postgres
-    /// database: its keys keep working (imported by the digest LiteLLM stored). Idempotent;
-    /// `--dry-run` reports what it would do and what it cannot carry.
+    /// A LiteLLM proxy's budgets, end users, organizations, users, teams and virtual keys, from
+    /// its Postgres database: its keys keep working (imported by the digest LiteLLM stored).
+    /// Idempotent; `--dry-run` reports what it would do and what it cannot carry.
     Litellm(litellm_import::ImportArgs),
 }
 
