@@ -33,6 +33,29 @@ const RESULTS_KEY: &str = "sluice:health:results";
 /// deployment's own `timeout` is shorter.
 const PROBE_TIMEOUT_MS: u64 = 60_000;
 
+/// The headers of a JSON POST to `path` that the filter sends deployment `index` itself (a
+/// probe, a call per text: `flow/fan_out.rs`), as the router's request would have them: the
+/// deployment's authority, its credential in the provider's header, Anthropic's version.
+pub(crate) fn call_headers<'a>(gateway: &'a Gateway, index: usize, path: &'a str) -> Option<Vec<(&'a str, &'a [u8])>> {
+    let deployment = gateway.config.deployment(index)?;
+    let authority = deployment.origin.split_once("://").map_or(deployment.origin.as_str(), |(_, a)| a);
+    let mut headers: Vec<(&str, &[u8])> = vec![
+        (":method", b"POST"),
+        (":path", path.as_bytes()),
+        (":authority", authority.as_bytes()),
+        ("content-type", b"application/json"),
+    ];
+    if let Some(UpstreamCredential { header: Some(header), value: Some(value) }) =
+        gateway.upstream_credentials.get(index)
+    {
+        headers.push((header, value.as_bytes()));
+    }
+    if deployment.provider == Provider::Anthropic {
+        headers.push(("anthropic-version", ANTHROPIC_VERSION.as_bytes()));
+    }
+    Some(headers)
+}
+
 /// Sends deployment `index` its probe; the call's token, or None if it could not be sent.
 fn send_probe(host: &impl Host, gateway: &Gateway, index: usize) -> Option<u32> {
     let deployment = gateway.config.deployment(index)?;
@@ -54,21 +77,7 @@ fn send_probe(host: &impl Host, gateway: &Gateway, index: usize) -> Option<u32> 
         }
     };
     let path = deployment.upstream_path(endpoint, model, false)?;
-    let authority = deployment.origin.split_once("://").map_or(deployment.origin.as_str(), |(_, a)| a);
-    let mut headers: Vec<(&str, &[u8])> = vec![
-        (":method", b"POST"),
-        (":path", path.as_bytes()),
-        (":authority", authority.as_bytes()),
-        ("content-type", b"application/json"),
-    ];
-    if let Some(UpstreamCredential { header: Some(header), value: Some(value) }) =
-        gateway.upstream_credentials.get(index)
-    {
-        headers.push((header, value.as_bytes()));
-    }
-    if deployment.provider == Provider::Anthropic {
-        headers.push(("anthropic-version", ANTHROPIC_VERSION.as_bytes()));
-    }
+    let headers = call_headers(gateway, index, &path)?;
     let timeout_ms = deployment.timeout_ms.map_or(PROBE_TIMEOUT_MS, |t| t.min(PROBE_TIMEOUT_MS));
     gateway.metrics.health_probe();
     host.dispatch_http(&deployment.cluster, &headers, &body, timeout_ms)

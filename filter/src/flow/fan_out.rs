@@ -190,18 +190,9 @@ impl<H: Host> RequestFlow<H> {
     ) {
         let Some(deployment) = gateway.config.deployment(index) else { return };
         let config = &gateway.config.config;
-        let authority = deployment.origin.split_once("://").map_or(deployment.origin.as_str(), |(_, a)| a);
-        let mut headers: Vec<(String, Vec<u8>)> = vec![
-            (":method".into(), b"POST".to_vec()),
-            (":path".into(), upstream_path.as_bytes().to_vec()),
-            (":authority".into(), authority.as_bytes().to_vec()),
-            ("content-type".into(), b"application/json".to_vec()),
-        ];
-        if let Some(UpstreamCredential { header: Some(header), value: Some(value) }) =
-            gateway.upstream_credentials.get(index)
-        {
-            headers.push(((*header).to_owned(), value.as_bytes().to_vec()));
-        }
+        let Some(own) = crate::deployment_health::call_headers(gateway, index, upstream_path) else { return };
+        let mut headers: Vec<(String, Vec<u8>)> =
+            own.into_iter().map(|(name, value)| (name.to_owned(), value.to_vec())).collect();
         for (name, value) in self.host.all_request_headers() {
             if forwarded(&name)
                 && let Ok(name) = String::from_utf8(name)
