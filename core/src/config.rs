@@ -384,7 +384,15 @@ impl Deployment {
                 (_, true) => format!("{}/models/{upstream_model}:streamRawPredict", self.base_path),
                 (_, false) => format!("{}/models/{upstream_model}:rawPredict", self.base_path),
             }),
-            _ => Some(format!("{}{}{}", self.base_path, endpoint.upstream_suffix(), self.path_query)),
+            _ => {
+                // Every OpenAI-format request's path: pieces joined without `format!`'s machinery.
+                let suffix = endpoint.upstream_suffix();
+                let mut path = String::with_capacity(self.base_path.len() + suffix.len() + self.path_query.len());
+                path.push_str(&self.base_path);
+                path.push_str(suffix);
+                path.push_str(&self.path_query);
+                Some(path)
+            }
         }
     }
 

@@ -16,6 +16,7 @@ pub mod error;
 pub mod fallbacks;
 pub mod fleet;
 pub mod ip_rules;
+pub mod json_scan;
 pub mod keys;
 pub mod limits;
 pub mod litellm;

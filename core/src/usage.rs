@@ -207,8 +207,20 @@ pub(crate) fn usage_of_value(format: ApiFormat, usage: &serde_json::Value) -> Us
 
 /// Usage of a complete non-streaming response body, or None if it is not JSON or has none
 /// (Gemini's and Cohere's embeddings count nothing: the caller estimates those).
+///
+/// The answer's members are found by a structural scan (`json_scan`) and only `usage` is
+/// parsed: most of an answer is its text, which the scan skips at memchr's speed. Whatever the
+/// scan cannot follow is parsed whole, as before.
 pub fn parse_response_usage(format: ApiFormat, body: &[u8]) -> Option<Usage> {
-    let parsed: WithUsage = serde_json::from_slice(body).ok()?;
+    let parsed = match crate::json_scan::top_level_members(body, ["usage", "usageMetadata", "inputTextTokenCount"]) {
+        // Both names: serde's duplicate field (`usageMetadata` is an alias of `usage`).
+        Some([Some(_), Some(_), _]) => return None,
+        Some([usage, usage_metadata, input]) => WithUsage {
+            usage: usage.or(usage_metadata).map(serde_json::from_slice).transpose().ok()?.flatten(),
+            input_text_token_count: input.map(serde_json::from_slice).transpose().ok()?.flatten(),
+        },
+        None => serde_json::from_slice(body).ok()?,
+    };
     match (parsed.usage, parsed.input_text_token_count) {
         (Some(u), _) => Some(u.normalise(format)),
         (None, Some(input)) if format == ApiFormat::Bedrock => Some(Usage { prompt_tokens: input, ..Usage::default() }),
@@ -234,6 +246,36 @@ mod tests {
                 reasoning_tokens: 2
             }
         );
+    }
+
+    /// The scan's reading and a whole parse's agree wherever the scan answers.
+    #[test]
+    fn the_scan_finds_what_a_whole_parse_finds() {
+        let whole = |format, body: &[u8]| {
+            let parsed: WithUsage = serde_json::from_slice(body).ok()?;
+            match (parsed.usage, parsed.input_text_token_count) {
+                (Some(u), _) => Some(u.normalise(format)),
+                (None, Some(input)) if format == ApiFormat::Bedrock => {
+                    Some(Usage { prompt_tokens: input, ..Usage::default() })
+                }
+                (None, _) => None,
+            }
+        };
+        for body in [
+            r#"{"choices":[{"message":{"content":"say \"usage\":{\"prompt_tokens\":9}","usage":{"prompt_tokens":7}}}],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#,
+            r#"{"usage":null}"#,
+            r#"{"usage":{"prompt_tokens":"three"}}"#,
+            r#"{"usage":{"prompt_tokens":3},"usageMetadata":{"promptTokenCount":4}}"#,
+            r#"{"usageMetadata":{"promptTokenCount":4,"candidatesTokenCount":1}}"#,
+            r#"{"inputTextTokenCount":12,"embedding":[0.1,-2e-3]}"#,
+            r#"{"inputTextTokenCount":"12"}"#,
+            r#"{"usage":{"prompt_tokens":3}} {"#,
+            r#"not json"#,
+        ] {
+            for format in [ApiFormat::OpenAi, ApiFormat::Gemini, ApiFormat::Bedrock] {
+                assert_eq!(parse_response_usage(format, body.as_bytes()), whole(format, body.as_bytes()), "{body}");
+            }
+        }
     }
 
     #[test]

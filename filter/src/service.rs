@@ -206,6 +206,9 @@ impl<H: Host> UsageService<H> {
     pub fn take_usage<'a>(&mut self, batches: impl IntoIterator<Item = &'a [u8]>) {
         let mut lines = String::new();
         for batch in batches {
+            // Room for the batch and a prefix per record (a few % of a record), up to one log
+            // call's worth: the buffer is reused after each call, never grown record by record.
+            lines.reserve((batch.len() + batch.len() / 16).min(LOG_CALL_BYTES + 4096).saturating_sub(lines.len()));
             // Records are the filter's own JSON, so valid UTF-8: checked once per batch (a
             // damaged one is still logged, with replacement characters).
             let batch = match std::str::from_utf8(batch) {
@@ -221,7 +224,8 @@ impl<H: Host> UsageService<H> {
                 lines.push_str(USAGE_LOG_PREFIX);
                 lines.push_str(line);
                 if lines.len() >= LOG_CALL_BYTES {
-                    self.host.log(LogLevel::Info, &std::mem::take(&mut lines));
+                    self.host.log(LogLevel::Info, &lines);
+                    lines.clear();
                 }
                 if let Some(link) = &mut self.link {
                     match record_from_json(line.as_bytes()) {

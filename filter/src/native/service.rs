@@ -99,6 +99,9 @@ thread_local! {
     /// arrive there).
     static DRIVERS: RefCell<Vec<Driver>> = const { RefCell::new(Vec::new()) };
     static SERVICE: RefCell<Option<UsageService<MainThreadHost>>> = const { RefCell::new(None) };
+    /// The handover taken last time, emptied: swapped in at the next take, so the workers write
+    /// into buffers that already have their size instead of growing new ones every tick.
+    static SPARE: RefCell<Handover> = const { RefCell::new(Handover { usage: Vec::new(), scopes: Vec::new() }) };
 }
 
 // ---- the workers' side ---------------------------------------------------------------------
@@ -222,7 +225,8 @@ pub fn unregister(envoy_config: usize) {
 }
 
 fn take_handover(service: &mut UsageService<MainThreadHost>) {
-    let handover = std::mem::take(&mut *lock(&HANDOVER));
+    let Ok(mut handover) = SPARE.try_with(|spare| std::mem::take(&mut *spare.borrow_mut())) else { return };
+    std::mem::swap(&mut handover, &mut *lock(&HANDOVER));
     FLUSH_ASKED.store(false, Ordering::Release);
     if !handover.scopes.is_empty() {
         service.take_announcements([handover.scopes.as_slice()]);
@@ -230,6 +234,9 @@ fn take_handover(service: &mut UsageService<MainThreadHost>) {
     if !handover.usage.is_empty() {
         service.take_usage([handover.usage.as_slice()]);
     }
+    handover.usage.clear();
+    handover.scopes.clear();
+    let _ = SPARE.try_with(|spare| *spare.borrow_mut() = handover);
 }
 
 /// An event posted by a driver's scheduler. A tick also reports every config's metrics.
