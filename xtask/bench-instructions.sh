@@ -5,9 +5,10 @@
 #
 # Uses the Envoy configs the timed bench wrote: run `cargo xtask bench --quick --no-litellm
 # --native-filter target/release/libsluice_filter.so` first, then
-#   xtask/bench-instructions.sh [SECONDS] [MODULE.so]
+#   xtask/bench-instructions.sh [SECONDS] [MODULE.so] [SCENARIO]
 # MODULE.so (default: the one the bench config names) is the Sluice build to count, so a
-# candidate can be compared with the bench's. Prints, per front Envoy (bare, the no-op native
+# candidate can be compared with the bench's; SCENARIO is one of the bench's wrk scripts (chat,
+# the default; stream; prompt32k; …). Prints, per front Envoy (bare, the no-op native
 # module, Sluice native): requests served, Envoy's instructions per request (every thread; the
 # ticks and timers of the measured seconds spread over its requests, so compare runs of equal
 # length), and the module's hooks' own count per request with the Envoy calls they make
@@ -16,10 +17,12 @@ set -eu
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-20}
 MODULE=${2:-}
+SCENARIO=${3:-chat}
 BENCH=.sluice/bench
 ENVOY=${ENVOY_BIN:-$(ls -d .venv/lib/*/site-packages/envoy/_bin/envoy)}
 OUT=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
+[ -f "$BENCH/$SCENARIO.lua" ] || { echo "no $BENCH/$SCENARIO.lua" >&2; exit 2; }
 [ -f "$BENCH/upstream.yaml" ] || { echo "no $BENCH/upstream.yaml: run cargo xtask bench --quick first" >&2; exit 2; }
 command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 2; }
 
@@ -40,10 +43,10 @@ count() { # NAME YAML PORT
         i=$((i + 1)); [ $i -lt 300 ] || { echo "$name: Envoy did not start" >&2; exit 1; }; sleep 1
     done
     callgrind_control -i on $pid >/dev/null 2>&1
-    wrk -t1 -c4 -d5s -s "$BENCH/chat.lua" "http://127.0.0.1:$port/v1/chat/completions" >/dev/null # warm-up
+    wrk -t1 -c4 -d5s -s "$BENCH/$SCENARIO.lua" "http://127.0.0.1:$port/v1/chat/completions" >/dev/null # warm-up
     callgrind_control -z $pid >/dev/null 2>&1
     before=$(requests "$admin")
-    wrk -t1 -c4 -d"${SECONDS_PER_RUN}s" -s "$BENCH/chat.lua" "http://127.0.0.1:$port/v1/chat/completions" >"$OUT/$name.wrk"
+    wrk -t1 -c4 -d"${SECONDS_PER_RUN}s" -s "$BENCH/$SCENARIO.lua" "http://127.0.0.1:$port/v1/chat/completions" >"$OUT/$name.wrk"
     served=$(($(requests "$admin") - before))
     callgrind_control -d $pid >/dev/null 2>&1
     kill $pid; wait $pid 2>/dev/null || true

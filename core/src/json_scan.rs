@@ -66,23 +66,28 @@ fn skip_ws(doc: &[u8], mut i: usize) -> usize {
 
 /// From the opening quote at `start` to just past the closing one.
 fn skip_string(doc: &[u8], start: usize) -> Option<usize> {
-    /// Most strings (names, ids, numbers' neighbours) end within this many bytes: a plain loop
-    /// finds their end before memchr's dispatch would.
-    const SHORT: usize = 16;
     let mut i = start + 1;
     loop {
-        let rest = doc.get(i..)?;
-        let offset = match rest.iter().take(SHORT).position(|&b| b == b'"' || b == b'\\') {
-            Some(offset) => offset,
-            None => SHORT + memchr::memchr2(b'"', b'\\', rest.get(SHORT..)?)?,
-        };
-        let at = i + offset;
+        let at = i + memchr::memchr2(b'"', b'\\', doc.get(i..)?)?;
         if doc.get(at) == Some(&b'"') {
             return Some(at + 1);
         }
         i = at + 2; // a backslash and the byte it escapes (`\"` included)
     }
 }
+
+/// The bytes `skip_value` stops at: a string's quote and the brackets. Everything else inside
+/// a container (names' colons, commas, numbers, literals, whitespace) is passed over in a
+/// tight loop.
+const STOPS: [bool; 256] = {
+    let mut stops = [false; 256];
+    stops[b'"' as usize] = true;
+    stops[b'{' as usize] = true;
+    stops[b'}' as usize] = true;
+    stops[b'[' as usize] = true;
+    stops[b']' as usize] = true;
+    stops
+};
 
 /// From the first byte of a value at `start` to just past it.
 fn skip_value(doc: &[u8], start: usize) -> Option<usize> {
@@ -91,6 +96,9 @@ fn skip_value(doc: &[u8], start: usize) -> Option<usize> {
     let mut depth: u32 = 0;
     let mut i = start;
     loop {
+        if depth > 0 {
+            i += doc.get(i..)?.iter().position(|&b| STOPS[usize::from(b)])?;
+        }
         let byte = *doc.get(i)?;
         match byte {
             b'"' => {

@@ -200,7 +200,7 @@ impl SseUsageScanner {
             if self.in_line {
                 // Skip the rest of a line in one search.
                 let rest = bytes.get(i..)?;
-                i = i.saturating_add(rest.iter().position(|&b| is_eol(b))?);
+                i = i.saturating_add(memchr::memchr2(b'\n', b'\r', rest)?);
             }
             let &b = bytes.get(i)?;
             i = i.saturating_add(1);
@@ -226,7 +226,12 @@ impl SseUsageScanner {
         let mut name: &[u8] = b"";
         let mut first: Option<&[u8]> = None;
         let mut joined: Option<Vec<u8>> = None;
-        for line in event.split(|&b| is_eol(b)) {
+        // The event's lines, as `split(is_eol)` would cut them, found with memchr.
+        let mut start = 0;
+        let ends = memchr::memchr2_iter(b'\n', b'\r', event).chain(std::iter::once(event.len()));
+        for end in ends {
+            let line = event.get(start..end).unwrap_or_default();
+            start = end.saturating_add(1);
             let Some((field, value)) = parse_field(line) else {
                 continue;
             };
@@ -305,7 +310,8 @@ impl SseUsageScanner {
             self.completed = true;
             return true;
         }
-        let Ok(chunk) = serde_json::from_slice::<OpenAiChunk>(data) else {
+        let whole = || serde_json::from_slice::<OpenAiChunk>(data).ok();
+        let Some(chunk) = OpenAiChunk::scanned(data).or_else(whole) else {
             self.malformed = true;
             return true;
         };
@@ -579,6 +585,20 @@ struct OpenAiChunk {
     usage: Option<RawUsage>,
 }
 
+impl OpenAiChunk {
+    /// The chunk read from its `choices` and `usage` alone, found by a structural scan
+    /// (`json_scan`), so the members around them (`id`, `model`, …) are skipped, not parsed.
+    /// None where the scan cannot follow the chunk or a member does not parse: the caller
+    /// parses the whole chunk, as before, and gets serde's reading.
+    fn scanned(data: &[u8]) -> Option<Self> {
+        let [choices, usage] = crate::json_scan::top_level_members(data, ["choices", "usage"])?;
+        Some(OpenAiChunk {
+            choices: choices.map(serde_json::from_slice).transpose().ok()?.unwrap_or_default(),
+            usage: usage.map(serde_json::from_slice).transpose().ok()?.flatten(),
+        })
+    }
+}
+
 #[derive(Deserialize)]
 struct OpenAiChoice {
     #[serde(default)]
@@ -736,6 +756,36 @@ mod tests {
     const DONE: &str = "[DONE]";
 
     const OPENAI_TEXT: u64 = 3 + 11 + 7;
+
+    /// The scanned reading of a chunk is the whole parse's wherever the scan answers.
+    #[test]
+    fn a_scanned_openai_chunk_reads_as_the_whole_chunk() {
+        let read = |c: &OpenAiChunk| {
+            (
+                c.choices.is_array,
+                c.choices.len,
+                c.choices.text_bytes,
+                c.usage.as_ref().map(|u| u.normalise(ApiFormat::OpenAi)),
+            )
+        };
+        let tricky = [
+            r#"{"choices":null,"usage":null}"#,
+            r#"{"model":"say \"choices\":[]","choices":[{"delta":{"content":"ab"}},{"text":"cde"}]}"#,
+            r#"{"choices":[{"delta":{"content":"x"}}],"usage":{"prompt_tokens":"many"}}"#,
+            r#"{"choices":"none"}"#,
+            r#"{"choices":[],"choices":[]}"#,
+            r#"{"choices":[{"delta":{"content":"x"}}]"#,
+        ];
+        for data in [ROLE, HEL, UTF8, ESCAPED, STOP, USAGE].into_iter().chain(tricky) {
+            let whole = serde_json::from_slice::<OpenAiChunk>(data.as_bytes()).ok();
+            match OpenAiChunk::scanned(data.as_bytes()) {
+                Some(scanned) => assert_eq!(Some(read(&scanned)), whole.as_ref().map(read), "{data}"),
+                // Left to the whole parse: only where the scan cannot follow or a member fails.
+                None => assert!(whole.is_none(), "{data}"),
+            }
+        }
+        assert!(OpenAiChunk::scanned(USAGE.as_bytes()).is_some_and(|c| c.usage.is_some() && c.choices.len == 0));
+    }
 
     fn openai_usage() -> Usage {
         Usage {
