@@ -1,6 +1,6 @@
-//! Where a JSON object's top-level members lie, without building them: the hot path's read of a
-//! provider's whole answer, which wants one member (`usage`) out of a document that is mostly
-//! the answer's text.
+//! Where a JSON object's top-level members lie, without building them: the hot path's reads of
+//! a provider's answers, which want one or two members (a whole answer's `usage`, a stream
+//! chunk's `choices` and `usage`) out of documents that are mostly the answer's text.
 //!
 //! The scan checks the document's structure (one object; every string closed; brackets
 //! balanced, each closed by its own kind, at most [`MAX_DEPTH`] deep; nothing after it) and

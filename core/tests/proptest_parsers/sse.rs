@@ -400,6 +400,31 @@ proptest! {
         let _ = parse_response_usage(format, &serde_json::to_vec(&json!({"usage": value})).unwrap());
     }
 
+    /// A response's usage reads the same whatever members surround it: the scan that finds it
+    /// skips any JSON (strings with quotes, escapes and `usage` in them, nested `usage` keys,
+    /// deep brackets) and agrees with the whole parse on what is there, malformed usage
+    /// included.
+    #[test]
+    fn response_usage_is_the_same_among_any_members(
+        format in prop_oneof![Just(ApiFormat::OpenAi), Just(ApiFormat::Anthropic), Just(ApiFormat::Bedrock)],
+        others in crate::common::json_object(),
+        usage in prop_oneof![
+            json_value(),
+            raw_usage().prop_map(|u| json!({"input_tokens":u.input,"output_tokens":u.output,"prompt_tokens":u.cache_read})),
+        ],
+        pretty in any::<bool>(),
+    ) {
+        let mut doc = others;
+        for name in ["usage", "usageMetadata", "inputTextTokenCount"] {
+            doc.remove(name);
+        }
+        doc.insert("usage".into(), usage.clone());
+        let write = |v: &serde_json::Value| if pretty { serde_json::to_vec_pretty(v) } else { serde_json::to_vec(v) }.unwrap();
+        let among_others = parse_response_usage(format, &write(&serde_json::Value::Object(doc)));
+        let alone = parse_response_usage(format, &write(&json!({"usage": usage})));
+        prop_assert_eq!(among_others, alone);
+    }
+
     /// A response's usage object is read exactly, whatever the counts (up to u64::MAX).
     #[test]
     fn response_usage_reads_the_counts(u in raw_usage(), p in prop::option::of(count()), c in prop::option::of(count())) {
