@@ -221,10 +221,18 @@ pub fn parse_response_usage(format: ApiFormat, body: &[u8]) -> Option<Usage> {
         },
         None => serde_json::from_slice(body).ok()?,
     };
-    match (parsed.usage, parsed.input_text_token_count) {
-        (Some(u), _) => Some(u.normalise(format)),
-        (None, Some(input)) if format == ApiFormat::Bedrock => Some(Usage { prompt_tokens: input, ..Usage::default() }),
-        (None, _) => None,
+    parsed.normalise(format)
+}
+
+impl WithUsage {
+    fn normalise(self, format: ApiFormat) -> Option<Usage> {
+        match (self.usage, self.input_text_token_count) {
+            (Some(u), _) => Some(u.normalise(format)),
+            (None, Some(input)) if format == ApiFormat::Bedrock => {
+                Some(Usage { prompt_tokens: input, ..Usage::default() })
+            }
+            (None, _) => None,
+        }
     }
 }
 
@@ -251,16 +259,7 @@ mod tests {
     /// The scan's reading and a whole parse's agree wherever the scan answers.
     #[test]
     fn the_scan_finds_what_a_whole_parse_finds() {
-        let whole = |format, body: &[u8]| {
-            let parsed: WithUsage = serde_json::from_slice(body).ok()?;
-            match (parsed.usage, parsed.input_text_token_count) {
-                (Some(u), _) => Some(u.normalise(format)),
-                (None, Some(input)) if format == ApiFormat::Bedrock => {
-                    Some(Usage { prompt_tokens: input, ..Usage::default() })
-                }
-                (None, _) => None,
-            }
-        };
+        let whole = |format, body: &[u8]| serde_json::from_slice::<WithUsage>(body).ok()?.normalise(format);
         for body in [
             r#"{"choices":[{"message":{"content":"say \"usage\":{\"prompt_tokens\":9}","usage":{"prompt_tokens":7}}}],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#,
             r#"{"usage":null}"#,
